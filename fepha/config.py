@@ -1,0 +1,215 @@
+"""`cfg/fep-ha.cfg` and `cfg/syslod.cfg`: INI files found through $FEPROOT, typed at start-up.
+
+Every value can be overridden by an environment variable ``FEP_<SECTION>_<KEY>`` (upper case), which is
+how containers configure a node. A bad value stops the program with one line naming the file, section,
+key, the value and what is allowed (`ConfigError`); nothing is silently replaced by a default.
+"""
+
+from __future__ import annotations
+
+import configparser
+import ipaddress
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; str() is the one line to print."""
+
+
+def feproot() -> Path:
+    """The installation root: $FEPROOT, or the source tree this package sits in (development)."""
+    env = os.environ.get("FEPROOT")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent
+
+
+# --- value parsers: each returns the typed value or raises ValueError with what is allowed ------------
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(s: str) -> Any:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise ValueError(f"expected a {'number' if kind is float else 'whole number'} > 0") from None
+        if v <= 0:
+            raise ValueError(f"expected a {'number' if kind is float else 'whole number'} > 0")
+        return v
+    return parse
+
+
+def _port(s: str) -> int:
+    if not s.isdigit() or not 1 <= int(s) <= 65535:
+        raise ValueError("expected a TCP port 1..65535")
+    return int(s)
+
+
+def _node(s: str) -> str:
+    if s not in ("A", "B"):
+        raise ValueError("expected A or B")
+    return s
+
+
+def _ip(s: str) -> str:
+    try:
+        ipaddress.ip_address(s)
+    except ValueError:
+        raise ValueError("expected an IP address") from None
+    return s
+
+
+def _host(s: str) -> str:
+    if not s or any(c.isspace() for c in s):
+        raise ValueError("expected a host name or IP address")
+    return s
+
+
+def _bool(s: str) -> bool:
+    low = s.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(s: str) -> str:
+        if s not in allowed:
+            raise ValueError(f"expected one of {', '.join(allowed)}")
+        return s
+    return parse
+
+
+def _level(s: str) -> str:
+    return _choice("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")(s.upper())
+
+
+def _text(s: str) -> str:
+    return s
+
+
+def _nonneg_int(s: str) -> int:
+    if not s.isdigit():
+        raise ValueError("expected a whole number >= 0")
+    return int(s)
+
+
+def opt(section: str, parse: Callable[[str], Any], default: Any, doc: str = "") -> Any:
+    """A field of a settings dataclass, read from `[section] <field name>`."""
+    return field(default=default, metadata={"section": section, "parse": parse, "doc": doc})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """fep-ha.cfg: this node, the Redis pair and the timers."""
+
+    node_id: str = opt("node", _node, "A", "A or B: which of T020_UNION's IP1 (A) / IP2 (B) this node is")
+    ip: str = opt("node", _ip, "127.0.0.1", "this node's address (T020_UNION IP1 or IP2)")
+    bind: str = opt("node", _host, "127.0.0.1", "address the forwarding servers listen on (0.0.0.0: all)")
+    vip: str = opt("redis", _host, "127.0.0.1", "the VIP: address of the master Redis")
+    port: int = opt("redis", _port, 6379, "port of the master Redis on the VIP")
+    local_host: str = opt("redis", _host, "127.0.0.1", "this node's own Redis")
+    local_port: int = opt("redis", _port, 6379, "port of this node's own Redis")
+    password: str = opt("redis", _text, "", "Redis password (requirepass/masterauth), empty for none")
+    socket_timeout_s: float = opt("redis", _positive(float), 2.0, "timeout of one Redis command")
+    channel_switch_s: float = opt("timers", _positive(float), 30.0, "switch channel after this long without reconnect")
+    takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached this long")
+    lease_ttl_s: float = opt("timers", _positive(float), 10.0, "a lease not renewed this long lapses (dead holder)")
+    lease_tick_s: float = opt("timers", _positive(float), 1.0, "how often each node renews / bids for its leases")
+    poll_ms: int = opt("timers", _positive(int), 1000, "default poll period when T004_RTU.POLLMS is NULL")
+    heartbeat_s: float = opt("timers", _positive(float), 2.0, "heartbeat period; the key lives 3 periods")
+    reconnect_min_s: float = opt("timers", _positive(float), 0.5, "first reconnect backoff")
+    reconnect_max_s: float = opt("timers", _positive(float), 5.0, "longest reconnect backoff")
+    write_mode: str = opt("writer", _choice("auto", "direct", "batched"), "auto",
+                          "auto: direct when the local Redis is the master, batched otherwise")
+    batch_size: int = opt("writer", _positive(int), 500, "batched mode: flush after this many changes")
+    batch_window_ms: int = opt("writer", _positive(int), 20, "batched mode: flush at least this often")
+    control_timeout_s: float = opt("control", _positive(float), 10.0, "default deadline of a control")
+    select_timeout_s: float = opt("control", _positive(float), 30.0, "select-before-operate timeout")
+    api_bind: str = opt("api", _host, "127.0.0.1", "address the api listens on")
+    api_port: int = opt("api", _port, 8080, "port the api listens on")
+    api_token: str = opt("api", _text, "", "bearer token for operator actions; empty: actions disabled")
+    api_open_reads: bool = opt("api", _bool, True, "read-only endpoints without a token")
+    semodel: str = opt("paths", _text, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
+    tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
+    tls_key: str = opt("tls", _text, "", "private key of tls_cert")
+    tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
+
+    @property
+    def peer(self) -> str:
+        return "B" if self.node_id == "A" else "A"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """syslod.cfg: logging."""
+
+    dir: str = opt("log", _text, "log", "log directory, relative to $FEPROOT; empty: no file")
+    level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR")
+    max_bytes: int = opt("log", _positive(int), 10 * 1024 * 1024, "rotate a log file at this size")
+    backups: int = opt("log", _nonneg_int, 5, "rotated files kept")
+    console: bool = opt("log", _bool, True, "also log to stderr")
+
+
+def _key(f: Any) -> str:
+    """INI key of a field: the field name without its section prefix (api_port -> port)."""
+    section = f.metadata["section"]
+    return f.name[len(section) + 1:] if f.name.startswith(section + "_") else f.name
+
+
+def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Any:
+    """Read `path` into `cls`, applying FEP_<SECTION>_<KEY> variables of `env`; a missing file is
+    allowed only when every value has a default (it is then reported as missing by nobody)."""
+    env = os.environ if env is None else env
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    if path.exists():
+        try:
+            parser.read(path)
+        except configparser.Error as exc:
+            raise ConfigError(f"{path}: {exc.message.splitlines()[0]}") from None
+    known = {(f.metadata["section"], _key(f)) for f in fields(cls)}
+    for section in parser.sections():
+        for key in parser[section]:
+            if (section, key) not in known:
+                raise ConfigError(f"{path} [{section}] {key}: unknown setting")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        section, key = f.metadata["section"], _key(f)
+        var = f"FEP_{section}_{key}".upper()
+        if var in env:
+            raw, where = env[var], f"environment {var}"
+        elif parser.has_option(section, key):
+            raw, where = parser.get(section, key).strip(), f"{path} [{section}] {key}"
+        else:
+            continue
+        try:
+            values[f.name] = f.metadata["parse"](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{where} = {raw!r}: {exc}") from None
+    values.update(overrides or {})
+    return cls(**values)
+
+
+def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> NodeConfig:
+    root = root or feproot()
+    cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides)
+    if cfg.lease_ttl_s <= cfg.lease_tick_s * 2:
+        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [timers] lease_ttl_s = {cfg.lease_ttl_s}: "
+                          f"must be more than twice lease_tick_s ({cfg.lease_tick_s})")
+    return cfg
+
+
+def load_log(root: Path | None = None, env: Mapping[str, str] | None = None) -> LogConfig:
+    root = root or feproot()
+    return load_settings(LogConfig, root / "cfg" / "syslod.cfg", env)
+
+
+def semodel_path(cfg: NodeConfig, root: Path | None = None) -> Path:
+    p = Path(cfg.semodel)
+    return p if p.is_absolute() else (root or feproot()) / p

@@ -1,0 +1,88 @@
+#!lua name=fepctl
+-- Controls: queued in the master Redis per acquisition RTU, executed by that RTU's lease holder, at most
+-- once and never after the deadline. Every state change happens here, atomically:
+--   queued --ctl_claim--> executing --ctl_finish--> done | failed
+--   queued --ctl_claim after deadline / ctl_abandon--> expired          (never executed)
+--   executing --ctl_abandon after deadline--> unknown                    (executor vanished mid-way)
+-- Python side: fepha/controls.py. Keys from fepha/keyspace.py.
+-- FEPHA_LIBRARY_VERSION: 1
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function final(ctl, reply, audit, state, result, now)
+  redis.call('HSET', ctl, 'state', state, 'result', result, 'finished_ms', now)
+  local flat = redis.call('HGETALL', ctl)
+  redis.call('XADD', audit, 'MAXLEN', '~', 10000, '*', unpack(flat))
+  redis.call('RPUSH', reply, state .. '|' .. result)
+  redis.call('PEXPIRE', reply, 60000)
+  redis.call('PEXPIRE', ctl, 86400000)
+end
+
+-- ctl_submit(KEYS: ctl, queue; ARGV: id, rtu, point, value, origin, timeout_ms) -> deadline_ms
+local function ctl_submit(keys, args)
+  local now = now_ms()
+  local deadline = now + tonumber(args[6])
+  redis.call('HSET', keys[1], 'id', args[1], 'rtu', args[2], 'point', args[3], 'value', args[4],
+             'origin', args[5], 'created_ms', now, 'deadline_ms', deadline, 'state', 'queued')
+  redis.call('PEXPIRE', keys[1], 86400000)
+  redis.call('RPUSH', keys[2], args[1])
+  return deadline
+end
+
+-- ctl_claim(KEYS: lease, ctl, queue, reply, audit; ARGV: node, epoch, id)
+-- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms} when the holder
+-- must execute now, {0, reason} otherwise (a control popped by a node that lost the lease goes back to
+-- the head of the queue for the new holder).
+local function ctl_claim(keys, args)
+  local lease, ctl, queue, reply, audit = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local node, epoch, id = args[1], args[2], args[3]
+  local now = now_ms()
+  local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value')
+  if c[1] ~= 'queued' then
+    return {0, 'state ' .. tostring(c[1])}
+  end
+  local l = redis.call('HMGET', lease, 'holder', 'epoch')
+  if l[1] ~= node or l[2] ~= epoch then
+    redis.call('LPUSH', queue, id)
+    return {0, 'not holder'}
+  end
+  if now >= tonumber(c[2]) then
+    final(ctl, reply, audit, 'expired', 'deadline passed before execution', now)
+    return {0, 'expired'}
+  end
+  redis.call('HSET', ctl, 'state', 'executing', 'executor', node, 'epoch', epoch, 'claimed_ms', now)
+  return {1, c[3], c[4], tonumber(c[2]) - now}
+end
+
+-- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1, or 0 if it was not executing
+local function ctl_finish(keys, args)
+  local state = redis.call('HGET', keys[1], 'state')
+  if state ~= 'executing' then return 0 end
+  final(keys[1], keys[2], keys[3], args[1] == '1' and 'done' or 'failed', args[2], now_ms())
+  return 1
+end
+
+-- ctl_abandon(KEYS: ctl, reply, audit) -> final state. Called by the waiting forwarder once the deadline
+-- has passed without an answer: a queued control can no longer run; an executing one is 'unknown'.
+local function ctl_abandon(keys, args)
+  local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms')
+  local now = now_ms()
+  if c[1] == false then return 'missing' end
+  if now < tonumber(c[2]) then return c[1] end
+  if c[1] == 'queued' then
+    final(keys[1], keys[2], keys[3], 'expired', 'deadline passed before execution', now)
+    return 'expired'
+  elseif c[1] == 'executing' then
+    final(keys[1], keys[2], keys[3], 'unknown', 'no answer from the executing node before the deadline', now)
+    return 'unknown'
+  end
+  return c[1]
+end
+
+redis.register_function('ctl_submit', ctl_submit)
+redis.register_function('ctl_claim', ctl_claim)
+redis.register_function('ctl_finish', ctl_finish)
+redis.register_function('ctl_abandon', ctl_abandon)

@@ -1,0 +1,135 @@
+#!lua name=fepha
+-- fep-ha's Redis Functions: the writes that must be decided inside Redis (leases, fenced values,
+-- virtual points). Functions, unlike scripts loaded with SCRIPT LOAD, are replicated and persisted, so
+-- the replica has them the moment it becomes master. Loaded by fepha.redisfns; keys from fepha.keyspace.
+-- Times come from the master's clock (TIME), never from the nodes, so node clocks need not agree.
+-- FEPHA_LIBRARY_VERSION: 1
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- HSET and XADD the pid/record pairs args[from..] in chunks: Lua's unpack() has a stack limit of a few
+-- thousand values, and a full image may hold more. One stream record per chunk.
+local CHUNK = 2000
+local function put_pairs(hash, stream, maxlen, source, args, from)
+  local i = from
+  while i <= #args do
+    local j = math.min(i + CHUNK - 1, #args)
+    redis.call('HSET', hash, unpack(args, i, j))
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', source, unpack(args, i, j))
+    i = j + 1
+  end
+end
+
+local function hgetall(key)
+  local flat = redis.call('HGETALL', key)
+  local h = {}
+  for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+  return h
+end
+
+-- lease_tick(KEYS: lease, events; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms)
+-- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
+-- Rules (seed "load balancing"): a missing or lapsed lease goes to whoever ticks first; the holder renews
+-- and records when it last reached the device; the other node takes over only if it reaches the device
+-- and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
+local function lease_tick(keys, args)
+  local lease, events = keys[1], keys[2]
+  local rtu, node, reaches = args[1], args[2], args[3] == '1'
+  local ttl, takeover = tonumber(args[4]), tonumber(args[5])
+  local now = now_ms()
+  local l = hgetall(lease)
+  local holder, epoch = l['holder'], tonumber(l['epoch'] or '0')
+  local expires, reached = tonumber(l['expires_ms'] or '0'), tonumber(l['reached_ms'] or '0')
+  local reason = nil
+  if holder == node then
+    local fields = {'expires_ms', now + ttl}
+    if reaches then
+      table.insert(fields, 'reached_ms'); table.insert(fields, now)
+    end
+    redis.call('HSET', lease, unpack(fields))
+    return {holder, epoch, 0}
+  end
+  if holder == nil or holder == '' then
+    reason = 'initial'
+  elseif now > expires then
+    reason = 'lapsed'
+  elseif reaches and l['handover'] == node and now <= tonumber(l['handover_until_ms'] or '0') then
+    reason = 'handover'
+  elseif reaches and now - reached >= takeover then
+    reason = 'takeover'
+  end
+  if reason == nil then
+    return {holder, epoch, 0}
+  end
+  epoch = epoch + 1
+  redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
+             'reached_ms', reaches and now or 0)
+  redis.call('HDEL', lease, 'handover', 'handover_until_ms')
+  redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'rtu', rtu, 'from', holder or '', 'to', node,
+             'epoch', epoch, 'reason', reason, 'ts_ms', now)
+  return {node, epoch, 1}
+end
+
+-- lease_handover(KEYS: lease; ARGV: target node, window_ms)
+-- Marks a planned move: the target takes the lease at its next tick if it reaches the device within
+-- window_ms. Returns {holder, epoch, status} with status 'pending', 'already' (target holds) or 'none'.
+local function lease_handover(keys, args)
+  local lease, target, window = keys[1], args[1], tonumber(args[2])
+  local l = hgetall(lease)
+  if l['holder'] == nil then return {'', 0, 'none'} end
+  if l['holder'] == target then return {l['holder'], tonumber(l['epoch']), 'already'} end
+  redis.call('HSET', lease, 'handover', target, 'handover_until_ms', now_ms() + window)
+  return {l['holder'], tonumber(l['epoch']), 'pending'}
+end
+
+-- write_values(KEYS: lease, values, changes; ARGV: node, epoch, maxlen, rtu, pid1, rec1, pid2, rec2, ...)
+-- The fenced write of one poll's changes: applied only if `node` holds the lease at `epoch`, as one hash
+-- update plus one change-stream record. Returns {1, n} when written, {0, holder, epoch} when fenced out.
+local function write_values(keys, args)
+  local lease, values, changes = keys[1], keys[2], keys[3]
+  local node, epoch = args[1], args[2]
+  local l = redis.call('HMGET', lease, 'holder', 'epoch')
+  if l[1] ~= node or l[2] ~= epoch then
+    return {0, l[1] or '', tonumber(l[2] or '0')}
+  end
+  put_pairs(values, changes, tonumber(args[3]), args[4], args, 5)
+  return {1, (#args - 4) / 2}
+end
+
+-- link_set(KEYS: link, vpoints, changes; ARGV: node A|B, state 0/1, maxlen, vpid1, vpid2, ...)
+-- Records one node's link state to an RTU and recomputes the virtual points' val = vala || valb in the
+-- same step, so val is never out of step with its inputs. Virtual points are written (hash + change
+-- record) when val changes or a point has no value yet. Returns {vala, valb, val}.
+local function link_set(keys, args)
+  local link, vpoints, changes = keys[1], keys[2], keys[3]
+  local node, state, maxlen = string.lower(args[1]), args[2], tonumber(args[3])
+  local now = now_ms()
+  local l = hgetall(link)
+  local field = 'val' .. node
+  if l[field] ~= state then
+    redis.call('HSET', link, field, state, 'since_' .. node, now)
+    l[field] = state
+  end
+  local val = ((l['vala'] == '1') or (l['valb'] == '1')) and '1' or '0'
+  local changed = l['val'] ~= val
+  if changed then
+    redis.call('HSET', link, 'val', val, 'since', now)
+  end
+  local rec = val .. '|0|' .. now
+  local out = {}
+  for i = 4, #args do
+    if changed or redis.call('HEXISTS', vpoints, args[i]) == 0 then
+      table.insert(out, args[i]); table.insert(out, rec)
+    end
+  end
+  put_pairs(vpoints, changes, maxlen, 'vp', out, 1)
+  return {l['vala'] or '0', l['valb'] or '0', val}
+end
+
+redis.register_function('lease_tick', lease_tick)
+redis.register_function('lease_handover', lease_handover)
+redis.register_function('write_values', write_values)
+redis.register_function('link_set', link_set)

@@ -1,0 +1,45 @@
+"""Service heartbeats: a key with a TTL of three periods that the service refreshes every period.
+
+The api's /ready and each worker's ``--check`` (a Docker health check) read it; a missing key means the
+service is dead, hung or cut off from the master Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from typing import Any
+
+from fepha import keyspace as ks
+
+SERVICES = ("acquirer", "forwarder")
+
+
+def payload(service: str, node: str, gen: int, **extra: Any) -> str:
+    return json.dumps({"service": service, "node": node, "pid": os.getpid(), "host": socket.gethostname(),
+                       "ts_ms": int(time.time() * 1000), "gen": gen, **extra})
+
+
+async def beat(r: Any, service: str, node: str, period_s: float, gen: int, **extra: Any) -> None:
+    await r.set(ks.heartbeat(service, node), payload(service, node, gen, **extra), px=int(period_s * 3000))
+
+
+def read_sync(r: Any, service: str, node: str) -> dict[str, Any] | None:
+    raw = r.get(ks.heartbeat(service, node))
+    return json.loads(raw) if raw else None
+
+
+def check(r: Any, service: str, node: str, max_age_s: float) -> tuple[bool, str]:
+    """(fresh, reason) for a `--check` command: fresh when the key exists and is younger than max_age_s."""
+    try:
+        hb = read_sync(r, service, node)
+    except Exception as exc:  # any Redis failure means "not healthy", with the reason
+        return False, f"redis: {exc}"
+    if hb is None:
+        return False, f"no heartbeat of {service} on node {node}"
+    age = time.time() - hb["ts_ms"] / 1000
+    if age > max_age_s:
+        return False, f"heartbeat of {service} on node {node} is {age:.1f} s old"
+    return True, f"{service} on node {node} alive (pid {hb['pid']}, {age:.1f} s ago)"

@@ -1,0 +1,138 @@
+"""The whole Redis keyspace of fep-ha, in one module.
+
+Every key, channel and stream name that any service reads or writes is built here and nowhere else; a
+second copy of a key name elsewhere is a bug. `docs/keyspace.md` documents each key (type, writer,
+readers) and must change together with this file.
+
+Keys hold ids as decimal strings. Point ids share one namespace across acquisition points (`T011_POINT`)
+and virtual points (`T036_VTPNT`), so a change record names a point without naming its table.
+"""
+
+from __future__ import annotations
+
+PREFIX = "fep"
+
+# --- configuration (written by `sysload init`, read by every service) ------------------------------
+CFG_GEN = f"{PREFIX}:cfg:gen"
+"""String: the configuration generation, incremented by every successful `sysload init`."""
+CFG_META = f"{PREFIX}:cfg:meta"
+"""Hash: gen, loaded_at_ms, source, sha256, rows per table of the live configuration."""
+CFG_CHANGED = f"{PREFIX}:cfg:changed"
+"""Pub/sub channel: the new generation, published in the same transaction that switches it."""
+
+
+def cfg_table(table: str) -> str:
+    """Hash: one live SEMODEL.db table, row key -> JSON object of the row's columns."""
+    return f"{PREFIX}:cfg:t:{table}"
+
+
+def cfg_stage(table: str) -> str:
+    """Hash: a table being loaded; renamed onto `cfg_table` in the switch transaction."""
+    return f"{PREFIX}:cfg:stage:{table}"
+
+
+CFG_LOCK = f"{PREFIX}:cfg:lock"
+"""String with TTL: held by the one `sysload init` that is loading, so two loads never interleave."""
+
+# --- point values and changes (written by the lease holder's acquirer through Redis Functions) -----
+
+
+def values(rtu: int | str) -> str:
+    """Hash: point id -> value record (`fepha.points`) of one acquisition RTU's points."""
+    return f"{PREFIX}:val:{rtu}"
+
+
+VPOINTS = f"{PREFIX}:vp"
+"""Hash: virtual point id -> value record; `val` of `vala || valb`, computed by the `link_set` function."""
+
+CHANGES = f"{PREFIX}:chg"
+"""Stream: one entry per fenced write (field `r` = RTU id or `vp`, then point id -> value record pairs),
+bounded by MAXLEN ~ `CHANGES_MAXLEN`. Forwarders follow it with XREAD BLOCK on their local Redis."""
+CHANGES_MAXLEN = 100_000
+
+
+def link(rtu: int | str) -> str:
+    """Hash: the two nodes' link states of one acquisition RTU: `vala`, `valb`, `val` (0/1) and
+    `since_a`, `since_b`, `since` (ms). Written only by the `link_set` function."""
+    return f"{PREFIX}:link:{rtu}"
+
+
+# --- leases (load balancing, seed: "token") ------------------------------------------------------
+
+
+def lease(rtu: int | str) -> str:
+    """Hash: holder (node id), epoch, since_ms, expires_ms, reached_ms (holder last reached the device),
+    handover (target node, optional), handover_until_ms. Written only by the `lease_*` functions;
+    never expires by itself so the epoch survives a lapse."""
+    return f"{PREFIX}:lease:{rtu}"
+
+
+LEASE_EVENTS = f"{PREFIX}:lease:events"
+"""Stream: one entry per change of holder (rtu, from, to, epoch, reason), MAXLEN ~ 10000."""
+
+# --- channel state (per node and RTU, for the api) ------------------------------------------------
+
+
+def channel_state(rtu: int | str, node: str) -> str:
+    """Hash: active (1/2), and per channel n: chn_connected, chn_since_ms, chn_error, chn_switches.
+    Written by that node's acquirer when something changes."""
+    return f"{PREFIX}:chan:{rtu}:{node}"
+
+
+# --- heartbeats -------------------------------------------------------------------------------------
+
+
+def heartbeat(service: str, node: str) -> str:
+    """String with TTL: JSON {pid, host, ts_ms, gen, ...}; absent means the service is dead or cut off."""
+    return f"{PREFIX}:hb:{service}:{node}"
+
+
+# --- forwarder state --------------------------------------------------------------------------------
+
+
+def fwd_clients(rtu: int | str, node: str) -> str:
+    """Hash: connected masters of one forwarding RTU on one node: peer address -> JSON state.
+    Replaced by that node's forwarder when a master connects or leaves."""
+    return f"{PREFIX}:fwd:{rtu}:{node}"
+
+
+# --- controls -----------------------------------------------------------------------------------------
+
+CTL_SEQ = f"{PREFIX}:ctl:seq"
+"""String: counter for control ids."""
+
+
+def control(ctl_id: int | str) -> str:
+    """Hash: one control: id, rtu, point, value, origin, created_ms, deadline_ms, state, result,
+    executor, epoch, claimed_ms, finished_ms. Expires a day after it finished."""
+    return f"{PREFIX}:ctl:{ctl_id}"
+
+
+def control_queue(rtu: int | str) -> str:
+    """List: ids of controls waiting for the holder of this acquisition RTU."""
+    return f"{PREFIX}:ctl:q:{rtu}"
+
+
+def control_reply(ctl_id: int | str) -> str:
+    """List: the result of one control, pushed once by `ctl_finish`; the waiting forwarder BLPOPs it."""
+    return f"{PREFIX}:ctl:r:{ctl_id}"
+
+
+CTL_AUDIT = f"{PREFIX}:ctl:audit"
+"""Stream: one entry per finished control (all fields of the control hash), MAXLEN ~ 10000."""
+
+# --- metrics shared between processes ----------------------------------------------------------------
+
+
+def metrics(service: str, node: str) -> str:
+    """Hash: counters of one service on one node (name -> integer), for the api's /metrics."""
+    return f"{PREFIX}:m:{service}:{node}"
+
+
+def node_keys_for_rtu(rtu: int | str, nodes: tuple[str, ...] = ("A", "B")) -> list[str]:
+    """Every runtime key that belongs to one RTU, so a removed RTU leaves nothing behind."""
+    keys = [values(rtu), link(rtu), lease(rtu), control_queue(rtu)]
+    for node in nodes:
+        keys.append(channel_state(rtu, node))
+        keys.append(fwd_clients(rtu, node))
+    return keys

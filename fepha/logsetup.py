@@ -1,0 +1,47 @@
+"""Logging from syslod.cfg, the same for every program: a rotating file under $FEPROOT/<dir> and stderr.
+
+`OnceLogger` logs an error once per error state (when it starts and when it ends), not once per poll,
+so a dead device does not flood the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+
+from fepha.config import LogConfig, feproot
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup(program: str, cfg: LogConfig, root: Path | None = None) -> None:
+    handlers: list[logging.Handler] = []
+    if cfg.dir:
+        d = Path(cfg.dir)
+        d = d if d.is_absolute() else (root or feproot()) / d
+        d.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.handlers.RotatingFileHandler(d / f"{program}.log", maxBytes=cfg.max_bytes,
+                                                             backupCount=cfg.backups))
+    if cfg.console or not handlers:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=cfg.level, format=FORMAT, handlers=handlers, force=True)
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class OnceLogger:
+    """Logs a problem when it appears and when it clears, not on every repetition."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.active: dict[str, str] = {}
+
+    def problem(self, key: str, message: str) -> None:
+        if self.active.get(key) != message:
+            self.active[key] = message
+            self.log.warning("%s: %s", key, message)
+
+    def clear(self, key: str) -> None:
+        if self.active.pop(key, None) is not None:
+            self.log.info("%s: recovered", key)

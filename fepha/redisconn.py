@@ -1,0 +1,41 @@
+"""Connections to the two Redis a node uses: the master through the VIP (all writes) and its own local
+Redis (all reads). One place builds them so timeouts and credentials are the same everywhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from fepha.config import NodeConfig
+
+
+def _kw(cfg: NodeConfig) -> dict[str, Any]:
+    return dict(password=cfg.password or None, socket_timeout=cfg.socket_timeout_s,
+                socket_connect_timeout=cfg.socket_timeout_s, decode_responses=True,
+                health_check_interval=0)
+
+
+def master_sync(cfg: NodeConfig) -> redis.Redis:
+    return redis.Redis(host=cfg.vip, port=cfg.port, **_kw(cfg))
+
+
+def local_sync(cfg: NodeConfig) -> redis.Redis:
+    return redis.Redis(host=cfg.local_host, port=cfg.local_port, **_kw(cfg))
+
+
+def master_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
+    return aredis.Redis(host=cfg.vip, port=cfg.port, **{**_kw(cfg), **kw})
+
+
+def local_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
+    return aredis.Redis(host=cfg.local_host, port=cfg.local_port, **{**_kw(cfg), **kw})
+
+
+def role_of(info: dict[str, Any]) -> tuple[str, str | None]:
+    """('master', None) or ('slave', 'host:port') from INFO replication."""
+    role = str(info.get("role", "unknown"))
+    if role == "slave":
+        return role, f"{info.get('master_host')}:{info.get('master_port')}"
+    return role, None

@@ -1,0 +1,91 @@
+"""Reading and building SEMODEL.db files.
+
+`read_rows` turns a file into ``{table: [row, ...]}`` or a list of problems (missing file, not SQLite,
+missing table or column) that `sysload check` prints like any other rule; it never raises for a bad file.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from fepha.semodel.model import SCHEMA_SQL, TABLES, Row
+from fepha.semodel.validate import Problem
+
+
+def schema_columns() -> dict[str, list[str]]:
+    """Columns of each table as the schema defines them (read from the DDL, not written twice)."""
+    con = sqlite3.connect(":memory:")
+    try:
+        con.executescript(SCHEMA_SQL)
+        return {t: [r[1] for r in con.execute(f"PRAGMA table_info({t})")] for t in TABLES}
+    finally:
+        con.close()
+
+
+def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
+    if not path.exists():
+        return {}, [Problem("-", "-", "-", f"{path}: no such file")]
+    if path.is_dir():
+        return {}, [Problem("-", "-", "-", f"{path}: is a directory, not a SQLite database")]
+    with open(path, "rb") as fh:
+        if fh.read(16) != b"SQLite format 3\x00":
+            return {}, [Problem("-", "-", "-", f"{path}: not a SQLite database")]
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        return {}, [Problem("-", "-", "-", f"{path}: cannot open: {exc}")]
+    problems: list[Problem] = []
+    rows: dict[str, list[Row]] = {}
+    try:
+        present = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        for table, columns in schema_columns().items():
+            if table not in present:
+                problems.append(Problem(table, "-", "-", "table is missing"))
+                continue
+            have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
+            missing = [c for c in columns if c not in have]
+            for c in missing:
+                problems.append(Problem(table, "-", c, "column is missing"))
+            if missing:
+                continue
+            cur = con.execute(f"SELECT {', '.join(columns)} FROM {table}")
+            rows[table] = [dict(zip(columns, r)) for r in cur]
+    except sqlite3.DatabaseError as exc:
+        problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
+    finally:
+        con.close()
+    return rows, problems
+
+
+def build(sql_path: Path, db_path: Path) -> None:
+    """Create `db_path` anew from the schema and the data statements in `sql_path`."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = db_path.with_suffix(db_path.suffix + ".tmp")
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp)
+    try:
+        con.executescript(SCHEMA_SQL)
+        con.executescript(sql_path.read_text())
+        con.commit()
+    finally:
+        con.close()
+    tmp.replace(db_path)
+
+
+def write_rows(db_path: Path, rows: dict[str, list[Row]]) -> None:
+    """Create a SEMODEL.db from rows (tests and the benchmark generate configurations this way)."""
+    db_path.unlink(missing_ok=True)
+    con = sqlite3.connect(db_path)
+    try:
+        con.executescript(SCHEMA_SQL)
+        cols = schema_columns()
+        for table, trows in rows.items():
+            names = cols[table]
+            con.executemany(
+                f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+                [tuple(r.get(c) for c in names) for r in trows],
+            )
+        con.commit()
+    finally:
+        con.close()

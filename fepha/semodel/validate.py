@@ -1,0 +1,322 @@
+"""Validation of a configuration: every rule, every problem at once, each naming table, row and column.
+
+The rules are plain functions of the rows, so `sysload check`, `sysload init` and the tests share them.
+Nothing here rewrites a bad value into a good one: a value is either accepted as written or reported.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from fepha import datatypes
+from fepha.semodel.model import (
+    ACQ_PROTOCOLS, ACQUISITION, FORWARDING, FWD_PROTOCOLS, FWD_TABLES, KINDS, RTUTYPES, Row, row_key,
+)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Problem:
+    table: str
+    key: str
+    column: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.table} [{self.key}] {self.column}: {self.message}"
+
+
+# IEC 60870-5-104 type names allowed per forwarding table (se104s).
+IEC104_TYPES: dict[str, tuple[str, ...]] = {
+    "T005_ZFAI": ("M_ME_NA_1", "M_ME_NB_1", "M_ME_NC_1", "M_ME_TD_1", "M_ME_TE_1", "M_ME_TF_1"),
+    "T006_ZFDI": ("M_SP_NA_1", "M_SP_TB_1", "M_DP_NA_1", "M_DP_TB_1"),
+    "T007_ZFACC": ("M_IT_NA_1", "M_IT_TB_1"),
+    "T008_ZFDO": ("C_SC_NA_1", "C_DC_NA_1", "C_SC_TA_1", "C_DC_TA_1"),
+    "T009_ZFAO": ("C_SE_NA_1", "C_SE_NB_1", "C_SE_NC_1", "C_SE_TA_1", "C_SE_TB_1", "C_SE_TC_1"),
+}
+NUMERIC_TYPES = tuple(n for n in datatypes.DATATYPES if n != "bool")
+# modbus_trains: the area of each forwarding table and the data types it may hold.
+MODBUS_TRAINS_AREA: dict[str, str] = {
+    "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
+}
+MODBUS_TRAINS_TYPES: dict[str, tuple[str, ...]] = {
+    "T005_ZFAI": NUMERIC_TYPES, "T006_ZFDI": ("bool",), "T007_ZFACC": NUMERIC_TYPES,
+    "T008_ZFDO": ("bool",), "T009_ZFAO": NUMERIC_TYPES,
+}
+# Acquisition point kinds: the areas they may be read from / written to.
+KIND_AREAS: dict[str, tuple[str, ...]] = {
+    "AI": datatypes.REGISTER_AREAS, "ACC": datatypes.REGISTER_AREAS, "DI": datatypes.AREAS,
+    "DO": datatypes.WRITABLE_AREAS, "AO": ("hr",),
+}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+        return int(v)
+    return None
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float)):
+        return float(v)
+    try:
+        return float(v) if isinstance(v, str) else None
+    except ValueError:
+        return None
+
+
+def valid_ip(v: Any) -> bool:
+    try:
+        ipaddress.ip_address(str(v))
+        return True
+    except ValueError:
+        return False
+
+
+def valid_host(v: Any) -> bool:
+    return isinstance(v, str) and (valid_ip(v) or bool(_HOSTNAME.match(v)))
+
+
+class _Checker:
+    def __init__(self) -> None:
+        self.problems: list[Problem] = []
+
+    def add(self, table: str, row: Mapping[str, Any] | None, column: str, message: str) -> None:
+        key = "-" if row is None else row_key(table, row)
+        self.problems.append(Problem(table, key, column, message))
+
+    def int_in(self, table: str, row: Row, column: str, lo: int, hi: int, required: bool = True) -> int | None:
+        v = row.get(column)
+        if v is None:
+            if required:
+                self.add(table, row, column, "is not set")
+            return None
+        i = _int(v)
+        if i is None or not lo <= i <= hi:
+            self.add(table, row, column, f"{v!r} is not an integer in {lo}..{hi}")
+            return None
+        return i
+
+    def one_of(self, table: str, row: Row, column: str, allowed: Sequence[Any], required: bool = True) -> Any:
+        v = row.get(column)
+        if v is None:
+            if required:
+                self.add(table, row, column, f"is not set (one of {', '.join(map(str, allowed))})")
+            return None
+        if v not in allowed:
+            self.add(table, row, column, f"{v!r} is not one of {', '.join(map(str, allowed))}")
+            return None
+        return v
+
+
+def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
+    """Every problem of a configuration, sorted by table and row; empty when it may be loaded."""
+    c = _Checker()
+    _check_union(c, rows.get("T020_UNION", ()))
+    rtus = _check_rtus(c, rows.get("T004_RTU", ()))
+    _check_channels(c, rows.get("T010_CHANNEL", ()), rtus)
+    kinds = _check_points(c, rows.get("T011_POINT", ()), rtus)
+    _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
+    _check_forwards(c, rows, rtus, kinds)
+    return sorted(set(c.problems))
+
+
+def _check_union(c: _Checker, union: Sequence[Row]) -> None:
+    t = "T020_UNION"
+    if len(union) != 1:
+        c.add(t, None, "-", f"must hold exactly one row (the two nodes), holds {len(union)}")
+    for row in union:
+        for col in ("IP1", "IP2"):
+            if row.get(col) is None:
+                c.add(t, row, col, "is not set")
+            elif not valid_ip(row[col]):
+                c.add(t, row, col, f"{row[col]!r} is not an IP address")
+        if row.get("IP1") is not None and row.get("IP1") == row.get("IP2"):
+            c.add(t, row, "IP2", "must differ from IP1")
+
+
+def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int]:
+    """Returns RTUID -> RTUTYPE of the RTUs whose type is valid."""
+    t = "T004_RTU"
+    rtus: dict[int, int] = {}
+    ports: dict[int, Row] = {}
+    for row in rtu_rows:
+        rid = _int(row.get("RTUID"))
+        if rid is None:
+            c.add(t, row, "RTUID", f"{row.get('RTUID')!r} is not an integer")
+            continue
+        if not row.get("NAME"):
+            c.add(t, row, "NAME", "is not set")
+        rtype = c.one_of(t, row, "RTUTYPE", RTUTYPES)
+        if rtype is None:
+            continue
+        rtus[rid] = rtype
+        if rtype == ACQUISITION:
+            c.one_of(t, row, "PROTOCOL", ACQ_PROTOCOLS, required=False)
+            c.int_in(t, row, "POLLMS", 10, 3_600_000, required=False)
+            c.int_in(t, row, "TIMEOUTMS", 10, 60_000, required=False)
+        else:
+            proto = c.one_of(t, row, "PROTOCOL", FWD_PROTOCOLS)
+            port = c.int_in(t, row, "LISTENPORT", 1, 65535)
+            if port is not None:
+                if port in ports:
+                    c.add(t, row, "LISTENPORT", f"{port} is also used by RTU {ports[port]['RTUID']}")
+                ports[port] = row
+            hi = 247 if proto == "modbus_trains" else 65534
+            c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
+            for net in (row.get("ALLOW") or "").split(","):
+                if net.strip():
+                    try:
+                        ipaddress.ip_network(net.strip(), strict=False)
+                    except ValueError:
+                        c.add(t, row, "ALLOW", f"{net.strip()!r} is not an IP address or network")
+    return rtus
+
+
+def _check_rtu_ref(c: _Checker, t: str, row: Row, rtus: dict[int, int], rtype: int) -> int | None:
+    rid = _int(row.get("RTUID"))
+    what = "an acquisition" if rtype == ACQUISITION else "a forwarding"
+    if rid is None or rid not in rtus:
+        c.add(t, row, "RTUID", f"{row.get('RTUID')!r} is not an RTU of T004_RTU")
+        return None
+    if rtus[rid] != rtype:
+        c.add(t, row, "RTUID", f"RTU {rid} is not {what} RTU (RTUTYPE {rtype})")
+        return None
+    return rid
+
+
+def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int]) -> None:
+    t = "T010_CHANNEL"
+    have: dict[int, set[int]] = {}
+    for row in chans:
+        rid = _check_rtu_ref(c, t, row, rtus, ACQUISITION)
+        no = c.one_of(t, row, "CHANNO", (1, 2))
+        if not valid_host(row.get("HOST")):
+            c.add(t, row, "HOST", f"{row.get('HOST')!r} is not a host name or IP address")
+        c.int_in(t, row, "PORT", 1, 65535)
+        c.int_in(t, row, "UNITID", 0, 255, required=False)
+        if rid is not None and no is not None:
+            have.setdefault(rid, set()).add(no)
+    for rid, rtype in rtus.items():
+        if rtype == ACQUISITION and 1 not in have.get(rid, set()):
+            c.add("T004_RTU", {"RTUID": rid}, "RTUID", "acquisition RTU has no channel 1 in T010_CHANNEL")
+
+
+def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int]) -> dict[int, str]:
+    """Returns PNTID -> KIND of the points with a valid id and kind."""
+    t = "T011_POINT"
+    kinds: dict[int, str] = {}
+    for row in points:
+        pid = _int(row.get("PNTID"))
+        if pid is None:
+            c.add(t, row, "PNTID", f"{row.get('PNTID')!r} is not an integer")
+        _check_rtu_ref(c, t, row, rtus, ACQUISITION)
+        kind = c.one_of(t, row, "KIND", KINDS)
+        if pid is not None and kind is not None:
+            kinds[pid] = kind
+        area = c.one_of(t, row, "AREA", datatypes.AREAS)
+        dtype = c.one_of(t, row, "DATATYPE", tuple(datatypes.DATATYPES))
+        c.one_of(t, row, "BYTEORDER", datatypes.ORDERS, required=False)
+        c.one_of(t, row, "WORDORDER", datatypes.ORDERS, required=False)
+        addr = c.int_in(t, row, "ADDRESS", 0, 65535)
+        if kind and area and area not in KIND_AREAS[kind]:
+            c.add(t, row, "AREA", f"{kind} points cannot use area {area} (allowed: {', '.join(KIND_AREAS[kind])})")
+        if dtype and area:
+            if area not in datatypes.DATATYPES[dtype].areas:
+                c.add(t, row, "DATATYPE", f"{dtype} does not fit area {area} (a single bit)")
+            elif addr is not None and addr + datatypes.span(dtype, area) - 1 > 65535:
+                c.add(t, row, "ADDRESS", f"{dtype} at {addr} runs past address 65535")
+        if kind == "DI" and dtype and dtype != "bool":
+            c.add(t, row, "DATATYPE", f"DI points are bool, not {dtype}")
+        if kind in ("AI", "ACC", "AO") and dtype == "bool":
+            c.add(t, row, "DATATYPE", f"{kind} points need a numeric data type, not bool")
+        bit_needed = dtype == "bool" and area in datatypes.REGISTER_AREAS
+        if bit_needed:
+            c.int_in(t, row, "BITINDEX", 0, 15)
+        elif row.get("BITINDEX") is not None:
+            c.add(t, row, "BITINDEX", "is only for bool points in register areas (hr, ir)")
+        scale = _num(row.get("SCALE")) if row.get("SCALE") is not None else 1.0
+        if scale is None or scale == 0:
+            c.add(t, row, "SCALE", f"{row.get('SCALE')!r} is not a non-zero number")
+        if row.get("OFFSET") is not None and _num(row.get("OFFSET")) is None:
+            c.add(t, row, "OFFSET", f"{row.get('OFFSET')!r} is not a number")
+        if row.get("DEADBAND") is not None:
+            db = _num(row.get("DEADBAND"))
+            if db is None or db < 0:
+                c.add(t, row, "DEADBAND", f"{row.get('DEADBAND')!r} is not a number >= 0")
+    return kinds
+
+
+def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int], kinds: dict[int, str]) -> None:
+    t = "T036_VTPNT"
+    for row in vps:
+        vid = _int(row.get("VPID"))
+        if vid is None:
+            c.add(t, row, "VPID", f"{row.get('VPID')!r} is not an integer")
+        elif vid in kinds:
+            c.add(t, row, "VPID", f"{vid} is also a PNTID of T011_POINT (point ids are shared)")
+        else:
+            kinds[vid] = "VP"
+        _check_rtu_ref(c, t, row, rtus, ACQUISITION)
+
+
+def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[int, int],
+                    kinds: dict[int, str]) -> None:
+    protocols = {int(r["RTUID"]): r.get("PROTOCOL") for r in rows.get("T004_RTU", ())
+                 if _int(r.get("RTUID")) is not None}
+    used: dict[tuple[int, str], list[tuple[int, int, str, Row]]] = {}
+    for table, src_kinds in FWD_TABLES.items():
+        for row in rows.get(table, ()):
+            rid = _check_rtu_ref(c, table, row, rtus, FORWARDING)
+            src = _int(row.get("SRCID"))
+            if src is None or src not in kinds:
+                c.add(table, row, "SRCID", f"{row.get('SRCID')!r} is not a point of T011_POINT or T036_VTPNT")
+            elif kinds[src] not in src_kinds:
+                c.add(table, row, "SRCID", f"point {src} is {kinds[src]}, {table} forwards {'/'.join(src_kinds)}")
+            proto = protocols.get(rid) if rid is not None else None
+            addr = c.int_in(table, row, "ADDR", 0, 16_777_215 if proto == "se104s" else 65535)
+            if row.get("COEF") is not None and not _num(row.get("COEF")):
+                c.add(table, row, "COEF", f"{row.get('COEF')!r} is not a non-zero number")
+            dtype = _check_fwd_type(c, table, row, proto)
+            if rid is None or addr is None or proto is None:
+                continue
+            if proto == "modbus_trains":
+                area = MODBUS_TRAINS_AREA[table]
+                width = datatypes.span(dtype, area) if dtype else 1
+                used.setdefault((rid, area), []).append((addr, addr + width - 1, table, row))
+            else:
+                used.setdefault((rid, "all"), []).append((addr, addr, table, row))
+    for (rid, space), spans in used.items():
+        spans.sort(key=lambda s: (s[0], s[2], row_key(s[2], s[3])))
+        for (lo1, hi1, t1, r1), (lo2, hi2, t2, r2) in zip(spans, spans[1:]):
+            if lo2 <= hi1:
+                where = f" in area {space}" if space != "all" else ""
+                c.add(t2, r2, "ADDR", f"address {lo2} of forwarding RTU {rid}{where} is already used by "
+                      f"{t1} [{row_key(t1, r1)}]")
+
+
+def _check_fwd_type(c: _Checker, table: str, row: Row, proto: str | None) -> str | None:
+    v = row.get("TYPE")
+    if proto == "se104s":
+        c.one_of(table, row, "TYPE", IEC104_TYPES[table])
+        return None
+    if proto == "modbus_trains":
+        return c.one_of(table, row, "TYPE", MODBUS_TRAINS_TYPES[table])
+    if proto == "sefeps" and v is not None:
+        c.add(table, row, "TYPE", "must be empty for sefeps")
+    return None
+
+
+def problems_of(rows: Mapping[str, Sequence[Row]], extra: Iterable[Problem] = ()) -> list[Problem]:
+    return sorted(set(list(extra) + validate(rows)))

@@ -1,0 +1,123 @@
+"""Replacing the configuration in the master Redis, atomically.
+
+1. Refuse a replica (writes must go to the master; the replica follows by replication).
+2. Take the load lock, so two `sysload init` never interleave.
+3. Write every table into staging hashes with a pipeline (many fields per HSET, no round trip per row).
+4. One MULTI/EXEC: RENAME each staged table onto the live name (or DEL a table that is now empty),
+   delete the runtime keys of RTUs that are gone, INCR the generation, record the metadata and PUBLISH
+   the new generation. Readers (`fepha.cfgstore`) read inside MULTI/EXEC too, so they see the old or the
+   new configuration, never a mix and never nothing.
+The old tables' memory is freed in the background (lazyfree), so the switch does not stall the master.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from fepha import keyspace as ks
+from fepha import redisfns
+from fepha.semodel.model import TABLES, Row, row_key
+
+FIELDS_PER_HSET = 1000
+LOCK_TTL_MS = 120_000
+
+
+class NotMaster(Exception):
+    """The Redis we were pointed at is a replica."""
+
+
+class Busy(Exception):
+    """Another `sysload init` holds the load lock."""
+
+
+@dataclass
+class LoadReport:
+    gen: int
+    rows: dict[str, int]
+    removed_rtus: list[int]
+    seconds: float
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+def digest(rows: Mapping[str, Sequence[Row]]) -> str:
+    h = hashlib.sha256()
+    for t in TABLES:
+        for r in rows.get(t, ()):
+            h.update(json.dumps(r, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def ensure_master(r: Any) -> None:
+    info = r.info("replication")
+    if info.get("role") != "master":
+        raise NotMaster(f"Redis {r.connection_pool.connection_kwargs.get('host')}:"
+                        f"{r.connection_pool.connection_kwargs.get('port')} is a replica of "
+                        f"{info.get('master_host')}:{info.get('master_port')}; run sysload init against "
+                        f"the master (the VIP in fep-ha.cfg)")
+
+
+def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") -> LoadReport:
+    """Replace the live configuration with `rows` (already validated). `r`: sync client, decode on."""
+    t0 = time.perf_counter()
+    ensure_master(r)
+    token = f"{time.time()}"
+    if not r.set(ks.CFG_LOCK, token, nx=True, px=LOCK_TTL_MS):
+        raise Busy(f"another sysload init is loading (key {ks.CFG_LOCK}); try again when it is done")
+    phases: dict[str, float] = {}
+    try:
+        redisfns.load_sync(r)
+        old_rtus = {int(k) for k in r.hkeys(ks.cfg_table("T004_RTU"))}
+        t1 = time.perf_counter()
+        pipe = r.pipeline(transaction=False)
+        for t in TABLES:
+            pipe.delete(ks.cfg_stage(t))
+            mapping: dict[str, str] = {}
+            for row in rows.get(t, ()):
+                mapping[row_key(t, row)] = json.dumps(row, separators=(",", ":"))
+                if len(mapping) >= FIELDS_PER_HSET:
+                    pipe.hset(ks.cfg_stage(t), mapping=mapping)
+                    mapping = {}
+            if mapping:
+                pipe.hset(ks.cfg_stage(t), mapping=mapping)
+        pipe.execute()
+        phases["stage_s"] = time.perf_counter() - t1
+        new_rtus = {int(row["RTUID"]) for row in rows.get("T004_RTU", ())}
+        removed = sorted(old_rtus - new_rtus)
+        counts = {t: len(rows.get(t, ())) for t in TABLES}
+        keep_vps = {str(row["VPID"]) for row in rows.get("T036_VTPNT", ())}
+        stale_vps = [k for k in r.hkeys(ks.VPOINTS) if k not in keep_vps]
+        t2 = time.perf_counter()
+        gen = int(r.get(ks.CFG_GEN) or 0) + 1
+        tx = r.pipeline(transaction=True)
+        tx.incr(ks.CFG_GEN)
+        for t in TABLES:
+            if counts[t]:
+                tx.rename(ks.cfg_stage(t), ks.cfg_table(t))
+            else:
+                tx.delete(ks.cfg_table(t))
+        for rid in removed:
+            tx.delete(*ks.node_keys_for_rtu(rid))
+        if stale_vps:
+            tx.hdel(ks.VPOINTS, *stale_vps)
+        tx.delete(ks.CFG_META)
+        tx.hset(ks.CFG_META, mapping={"gen": gen, "loaded_at_ms": int(time.time() * 1000), "source": source,
+                                      "sha256": digest(rows),
+                                      **{f"rows:{t}": n for t, n in counts.items()}})
+        tx.publish(ks.CFG_CHANGED, gen)
+        res = tx.execute()
+        if int(res[0]) != gen:  # the lock makes this impossible unless someone bypassed it
+            raise Busy(f"generation moved to {res[0]} during the load (expected {gen})")
+        phases["switch_s"] = time.perf_counter() - t2
+    finally:
+        if r.get(ks.CFG_LOCK) == token:
+            r.delete(ks.CFG_LOCK)
+    return LoadReport(gen, counts, removed, time.perf_counter() - t0, phases)
+

@@ -1,0 +1,68 @@
+"""Shared fixtures: real redis-server processes on free loopback ports, a FEPROOT with the sample
+configuration, and a guard that fails any test leaving threads or asyncio tasks running."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from fep_tools.redisproc import RedisProc
+from fepha.semodel import db
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def redis_master():
+    with RedisProc() as r:
+        yield r
+
+
+@pytest.fixture
+def redis_pair():
+    """(master, replica), the replica in sync."""
+    with RedisProc() as m:
+        with RedisProc(replicaof=(m.host, m.port)) as s:
+            s.wait_synced()
+            yield m, s
+
+
+@pytest.fixture
+def feproot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A FEPROOT with a copy of cfg/ and db/SEMODEL.db built from the sample; FEPROOT set to it."""
+    shutil.copytree(REPO / "cfg", tmp_path / "cfg")
+    db.build(tmp_path / "cfg" / "SEMODEL.sql", tmp_path / "db" / "SEMODEL.db")
+    monkeypatch.setenv("FEPROOT", str(tmp_path))
+    monkeypatch.setenv("FEP_LOG_DIR", "")
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_threads():
+    """Fail a test that leaves threads behind (pymodbus's fixture does the same)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = 50
+    while deadline:
+        extra = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
+        if not extra:
+            return
+        deadline -= 1
+        threading.Event().wait(0.1)
+    pytest.fail(f"test left threads running: {extra}")
+
+
+@pytest.fixture(autouse=True)
+async def no_leftover_tasks():
+    """Fail a test that leaves asyncio tasks pending on its loop (runs on the test's own loop)."""
+    yield
+    for _ in range(50):
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and not t.done()]
+        if not pending:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail(f"test left asyncio tasks pending: {pending}")
