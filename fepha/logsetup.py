@@ -16,7 +16,8 @@ from fepha.config import LogConfig, feproot
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def setup(program: str, cfg: LogConfig, root: Path | None = None) -> None:
+def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool | None = None) -> None:
+    """`console` overrides syslod.cfg's (a command that prints its own report logs to the file only)."""
     handlers: list[logging.Handler] = []
     if cfg.dir:
         d = Path(cfg.dir)
@@ -24,7 +25,7 @@ def setup(program: str, cfg: LogConfig, root: Path | None = None) -> None:
         d.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.handlers.RotatingFileHandler(d / f"{program}.log", maxBytes=cfg.max_bytes,
                                                              backupCount=cfg.backups))
-    if cfg.console or not handlers:
+    if (cfg.console if console is None else console) or not handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=cfg.level, format=FORMAT, handlers=handlers, force=True)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

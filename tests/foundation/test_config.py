@@ -1,0 +1,66 @@
+"""fep-ha.cfg and syslod.cfg: typed values, environment overrides, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fepha import config
+from fepha.config import ConfigError
+
+
+def write(root: Path, text: str, name: str = "fep-ha.cfg") -> None:
+    (root / "cfg").mkdir(parents=True, exist_ok=True)
+    (root / "cfg" / name).write_text(text)
+
+
+def test_shipped_files_parse_with_the_seed_timers() -> None:
+    cfg = config.load_node(env={})
+    assert (cfg.channel_switch_s, cfg.takeover_s) == (30.0, 90.0)
+    assert cfg.node_id == "A" and cfg.peer == "B"
+    assert config.load_log(env={}).level == "INFO"
+
+
+def test_environment_overrides_every_value(tmp_path: Path) -> None:
+    write(tmp_path, "[redis]\nvip = 10.1.1.1\n[timers]\ntakeover_s = 90\n")
+    cfg = config.load_node(tmp_path, env={"FEP_REDIS_VIP": "198.18.0.100", "FEP_TIMERS_TAKEOVER_S": "4",
+                                          "FEP_NODE_ID": "B", "FEP_API_PORT": "9000"})
+    assert (cfg.vip, cfg.takeover_s, cfg.node_id, cfg.api_port) == ("198.18.0.100", 4.0, "B", 9000)
+
+
+@pytest.mark.parametrize("text,env,expect", [
+    ("[timers]\ntakeover_s = soon\n", {}, "fep-ha.cfg [timers] takeover_s = 'soon': expected a number > 0"),
+    ("[timers]\nchannel_switch_s = -3\n", {}, "[timers] channel_switch_s = '-3': expected a number > 0"),
+    ("[node]\nid = C\n", {}, "fep-ha.cfg [node] id = 'C': expected A or B"),
+    ("[node]\nip = 999.1.1.1\n", {}, "[node] ip = '999.1.1.1': expected an IP address"),
+    ("[redis]\nport = 70000\n", {}, "[redis] port = '70000': expected a TCP port 1..65535"),
+    ("[writer]\nwrite_mode = fast\n", {}, "write_mode = 'fast': expected one of auto, direct, batched"),
+    ("[timers]\ntakeover = 90\n", {}, "fep-ha.cfg [timers] takeover: unknown setting"),
+    ("", {"FEP_REDIS_PORT": "x"}, "environment FEP_REDIS_PORT = 'x': expected a TCP port 1..65535"),
+    ("[timers]\nlease_ttl_s = 1\nlease_tick_s = 1\n", {}, "lease_ttl_s = 1.0: must be more than twice lease_tick_s"),
+    ("[timers\n", {}, "fep-ha.cfg"),
+])
+def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, expect: str) -> None:
+    write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        config.load_node(tmp_path, env=env)
+    msg = str(exc.value)
+    assert expect in msg and "\n" not in msg
+
+
+def test_log_level_checked(tmp_path: Path) -> None:
+    write(tmp_path, "[log]\nlevel = LOUD\n", "syslod.cfg")
+    with pytest.raises(ConfigError, match=r"syslod.cfg \[log\] level = 'LOUD'"):
+        config.load_log(tmp_path, env={})
+
+
+def test_a_command_stops_with_the_line_and_exit_2(tmp_path: Path) -> None:
+    write(tmp_path, "[timers]\ntakeover_s = never\n")
+    p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "FEPROOT": str(tmp_path)})
+    assert p.returncode == 2
+    assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number > 0")
+    assert "Traceback" not in p.stderr

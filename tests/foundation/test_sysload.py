@@ -1,0 +1,209 @@
+"""`sysload` against real redis-server processes: init, refusal of a replica, the atomic switch,
+leftover keys, broken files, and the generation notification."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sqlite3
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from fep_loader.cli import main as sysload
+from fep_loader.store import digest, replace_config
+from fepha import cfgstore, redisfns
+from fepha import keyspace as ks
+from fepha.semodel import db
+from fepha.semodel.model import TABLES, row_key
+
+
+def dump(r) -> dict[str, object]:
+    """Every key and its content (for 'Redis untouched' comparisons)."""
+    out: dict[str, object] = {}
+    for k in r.scan_iter(count=1000):
+        t = r.type(k)
+        out[k] = {"hash": r.hgetall, "string": r.get, "stream": lambda k: r.xrange(k),
+                  "list": lambda k: r.lrange(k, 0, -1), "set": r.smembers}[t](k)
+    return out
+
+
+def rows_of(feproot: Path) -> dict:
+    rows, problems = db.read_rows(feproot / "db" / "SEMODEL.db")
+    assert not problems
+    return rows
+
+
+def init(feproot: Path, port: int, *extra: str) -> int:
+    return sysload(["init", "--redis", f"127.0.0.1:{port}", *extra])
+
+
+def test_init_loads_exactly_the_database(feproot: Path, redis_master, capsys) -> None:
+    assert init(feproot, redis_master.port) == 0
+    out = capsys.readouterr().out
+    assert "T011_POINT" in out and "17 rows" in out and "generation 1" in out
+    r = redis_master.client()
+    rows = rows_of(feproot)
+    for t in TABLES:
+        live = {k: json.loads(v) for k, v in r.hgetall(ks.cfg_table(t)).items()}
+        assert live == {row_key(t, row): row for row in rows[t]}, t
+    assert r.get(ks.CFG_GEN) == "1"
+    assert r.hget(ks.CFG_META, "sha256") == digest(rows)
+    assert not [k for k in r.scan_iter(match=ks.cfg_stage("*"))]
+    model = cfgstore.read_sync(r)
+    assert model is not None and model.gen == 1 and sorted(model.rtus) == [1, 2, 10, 11, 12]
+
+
+def test_init_removes_everything_of_an_earlier_configuration(feproot: Path, redis_master) -> None:
+    r = redis_master.client()
+    rows = rows_of(feproot)
+    bigger = copy.deepcopy(rows)
+    bigger["T004_RTU"].append({**rows["T004_RTU"][0], "RTUID": 3, "NAME": "Old RTU"})
+    bigger["T010_CHANNEL"].append({"RTUID": 3, "CHANNO": 1, "HOST": "127.0.0.1", "PORT": 1502, "UNITID": 1})
+    bigger["T036_VTPNT"].append({"VPID": 903, "RTUID": 3, "NAME": "old link"})
+    bigger["T009_ZFAO"] = []
+    replace_config(r, bigger)
+    # runtime state of RTU 3, as the services would have written it
+    redisfns.load_sync(r)
+    r.fcall(*redisfns.lease_tick(3, "A", True, 10_000, 90_000).argv)
+    r.fcall(*redisfns.write_values(3, "A", 1, ["777", "1|0|1"]).argv)
+    r.fcall(*redisfns.link_set(3, "A", True, [903]).argv)
+    r.hset(ks.channel_state(3, "A"), "active", 1)
+    assert r.exists(ks.cfg_table("T009_ZFAO")) == 0
+
+    replace_config(r, rows)
+    keys = set(r.scan_iter(count=1000))
+    for k in (ks.values(3), ks.lease(3), ks.link(3), ks.channel_state(3, "A")):
+        assert k not in keys
+    assert "903" not in r.hkeys(ks.VPOINTS)
+    assert json.loads(r.hget(ks.cfg_table("T004_RTU"), "1"))["NAME"] == "Substation North"
+    assert "3" not in r.hkeys(ks.cfg_table("T004_RTU"))
+    assert r.hlen(ks.cfg_table("T009_ZFAO")) == 3
+
+
+def test_invalid_database_leaves_redis_untouched(feproot: Path, redis_master, capsys) -> None:
+    assert init(feproot, redis_master.port) == 0
+    r = redis_master.client()
+    before = dump(r)
+    con = sqlite3.connect(feproot / "db" / "SEMODEL.db")
+    con.execute("UPDATE T004_RTU SET RTUTYPE = 5 WHERE RTUID = 2")
+    con.execute("UPDATE T011_POINT SET DATATYPE = 'float32', AREA = 'di' WHERE PNTID = 102")
+    con.commit()
+    con.close()
+    capsys.readouterr()
+    assert init(feproot, redis_master.port) == 1
+    err = capsys.readouterr().err
+    assert "T004_RTU [2] RTUTYPE" in err and "T011_POINT [102] DATATYPE" in err
+    assert dump(r) == before
+
+
+def test_init_refuses_a_replica(feproot: Path, redis_pair, capsys) -> None:
+    master, replica = redis_pair
+    assert init(feproot, replica.port) == 3
+    assert "replica" in capsys.readouterr().err
+    assert replica.client().get(ks.CFG_GEN) is None
+
+
+def test_configuration_and_functions_reach_the_replica(feproot: Path, redis_pair) -> None:
+    master, replica = redis_pair
+    assert init(feproot, master.port) == 0
+    master.client().wait(1, 5000)
+    rep = replica.client()
+    assert cfgstore.read_sync(rep).gen == 1
+    def as_dict(flat: list) -> dict:  # RESP2 replies are flat name/value lists
+        return dict(zip(flat[::2], flat[1::2]))
+    names = {as_dict(f)["name"] for lib in rep.function_list() for f in as_dict(lib)["functions"]}
+    assert {"lease_tick", "write_values", "link_set", "ctl_submit", "ctl_claim"} <= names
+
+
+def test_generation_is_notified(feproot: Path, redis_master) -> None:
+    r = redis_master.client()
+    ps = r.pubsub()
+    ps.subscribe(ks.CFG_CHANGED)
+    ps.get_message(timeout=1)
+    assert init(feproot, redis_master.port) == 0
+    assert init(feproot, redis_master.port) == 0
+    got = [ps.get_message(timeout=2) for _ in range(2)]
+    assert [m["data"] for m in got] == ["1", "2"]
+    ps.close()
+
+
+def test_reader_never_sees_a_mixed_or_empty_configuration(feproot: Path, redis_master) -> None:
+    """A reader polling during repeated loads of two different configurations sees one or the other."""
+    r = redis_master.client()
+    a = rows_of(feproot)
+    b = copy.deepcopy(a)
+    for row in b["T004_RTU"]:
+        row["NAME"] = row["NAME"] + " (B)"
+    b["T011_POINT"] += [{**a["T011_POINT"][1], "PNTID": 5000 + i, "ADDRESS": 300 + i} for i in range(2000)]
+    names_a = {row["NAME"] for row in a["T004_RTU"]}
+    names_b = {row["NAME"] for row in b["T004_RTU"]}
+    replace_config(r, a)
+    stop = threading.Event()
+    seen: list[tuple[int, frozenset, int]] = []
+    errors: list[BaseException] = []
+
+    def reader() -> None:
+        rr = redis_master.client()
+        try:
+            while not stop.is_set():
+                m = cfgstore.read_sync(rr)
+                seen.append((m.gen, frozenset(x.name for x in m.rtus.values()), len(m.points)))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            rr.close()
+
+    t = threading.Thread(target=reader)
+    t.start()
+    for i in range(12):
+        replace_config(r, b if i % 2 == 0 else a)
+    stop.set()
+    t.join()
+    assert not errors
+    assert len({g for g, _, _ in seen}) > 3, "reader too slow to observe several generations"
+    for gen, names, npoints in seen:
+        assert names in (frozenset(names_a), frozenset(names_b)), gen
+        assert npoints == (17 if names == frozenset(names_a) else 2017), gen
+
+
+@pytest.mark.parametrize("content,expect", [
+    (None, "no such file"),
+    (b"this is not a database", "not a SQLite database"),
+])
+def test_check_reports_a_bad_file(feproot: Path, capsys, content, expect) -> None:
+    path = feproot / "db" / "broken.db"
+    if content is not None:
+        path.write_bytes(content)
+    assert sysload(["check", "--db", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
+
+
+def test_check_reports_missing_table_and_column(feproot: Path, capsys) -> None:
+    path = feproot / "db" / "SEMODEL.db"
+    con = sqlite3.connect(path)
+    con.execute("DROP TABLE T036_VTPNT")
+    con.execute("ALTER TABLE T011_POINT DROP COLUMN DEADBAND")
+    con.commit()
+    con.close()
+    assert sysload(["check"]) == 1
+    err = capsys.readouterr().err
+    assert "T036_VTPNT [-] -: table is missing" in err
+    assert "T011_POINT [-] DEADBAND: column is missing" in err
+
+
+def test_console_script_check_and_build(feproot: Path) -> None:
+    """The installed `sysload` command, as an operator runs it."""
+    p = subprocess.run(["sysload", "build"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "valid (57 rows" in p.stdout
+
+
+def test_init_against_unreachable_redis(feproot: Path, capsys) -> None:
+    from fep_tools.redisproc import free_port
+    assert init(feproot, free_port()) == 3
+    assert "Redis 127.0.0.1" in capsys.readouterr().err

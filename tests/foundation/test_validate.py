@@ -1,0 +1,133 @@
+"""Every validation rule, each with a broken copy of the sample configuration (table tests, no network)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from fepha.semodel import db
+from fepha.semodel.validate import validate
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def sample_rows(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    path = tmp_path_factory.mktemp("semodel") / "SEMODEL.db"
+    db.build(REPO / "cfg" / "SEMODEL.sql", path)
+    rows, problems = db.read_rows(path)
+    assert problems == []
+    return rows
+
+
+def row(rows: dict, table: str, **match: Any) -> dict:
+    for r in rows[table]:
+        if all(r[k] == v for k, v in match.items()):
+            return r
+    raise KeyError((table, match))
+
+
+def setv(table: str, match: dict, column: str, value: Any) -> Callable[[dict], None]:
+    def mutate(rows: dict) -> None:
+        row(rows, table, **match)[column] = value
+    return mutate
+
+
+def add(table: str, new: dict) -> Callable[[dict], None]:
+    def mutate(rows: dict) -> None:
+        rows[table].append(new)
+    return mutate
+
+
+def drop(table: str, match: dict) -> Callable[[dict], None]:
+    def mutate(rows: dict) -> None:
+        rows[table].remove(row(rows, table, **match))
+    return mutate
+
+
+ZF = dict(ZFID=99, RTUID=10, SRCID=101, ADDR=7777, TYPE="M_ME_NC_1", COEF=None)
+
+CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str]]] = [
+    ("union ip1 invalid", setv("T020_UNION", {"ID": 1}, "IP1", "300.1.1.1"), ("T020_UNION", "1", "IP1")),
+    ("union ip2 missing", setv("T020_UNION", {"ID": 1}, "IP2", None), ("T020_UNION", "1", "IP2")),
+    ("union ips equal", setv("T020_UNION", {"ID": 1}, "IP2", "127.0.0.1"), ("T020_UNION", "1", "IP2")),
+    ("union two rows", add("T020_UNION", {"ID": 2, "IP1": "10.0.0.1", "IP2": "10.0.0.2"}), ("T020_UNION", "-", "-")),
+    ("rtutype missing", setv("T004_RTU", {"RTUID": 2}, "RTUTYPE", None), ("T004_RTU", "2", "RTUTYPE")),
+    ("rtutype 1", setv("T004_RTU", {"RTUID": 2}, "RTUTYPE", 1), ("T004_RTU", "2", "RTUTYPE")),
+    ("rtu name missing", setv("T004_RTU", {"RTUID": 2}, "NAME", ""), ("T004_RTU", "2", "NAME")),
+    ("fwd protocol unknown", setv("T004_RTU", {"RTUID": 12}, "PROTOCOL", "iec61850"), ("T004_RTU", "12", "PROTOCOL")),
+    ("fwd protocol missing", setv("T004_RTU", {"RTUID": 10}, "PROTOCOL", None), ("T004_RTU", "10", "PROTOCOL")),
+    ("acq protocol wrong", setv("T004_RTU", {"RTUID": 1}, "PROTOCOL", "se104s"), ("T004_RTU", "1", "PROTOCOL")),
+    ("poll period zero", setv("T004_RTU", {"RTUID": 1}, "POLLMS", 0), ("T004_RTU", "1", "POLLMS")),
+    ("listen port missing", setv("T004_RTU", {"RTUID": 11}, "LISTENPORT", None), ("T004_RTU", "11", "LISTENPORT")),
+    ("listen port twice", setv("T004_RTU", {"RTUID": 11}, "LISTENPORT", 2404), ("T004_RTU", "11", "LISTENPORT")),
+    ("modbus unit id 300", setv("T004_RTU", {"RTUID": 11}, "ADDRESS", 300), ("T004_RTU", "11", "ADDRESS")),
+    ("allow not a network", setv("T004_RTU", {"RTUID": 11}, "ALLOW", "10.0.0.0/8, nonsense"), ("T004_RTU", "11", "ALLOW")),
+    ("channel bad host", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 2}, "HOST", "bad host!"), ("T010_CHANNEL", "1:2", "HOST")),
+    ("channel bad port", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "PORT", 70000), ("T010_CHANNEL", "1:1", "PORT")),
+    ("channel number 3", setv("T010_CHANNEL", {"RTUID": 2, "CHANNO": 2}, "CHANNO", 3), ("T010_CHANNEL", "2:3", "CHANNO")),
+    ("channel of fwd rtu", add("T010_CHANNEL", {"RTUID": 10, "CHANNO": 1, "HOST": "h", "PORT": 1, "UNITID": 1}), ("T010_CHANNEL", "10:1", "RTUID")),
+    ("acq rtu without channel 1", drop("T010_CHANNEL", {"RTUID": 2, "CHANNO": 1}), ("T004_RTU", "2", "RTUID")),
+    ("point of unknown rtu", setv("T011_POINT", {"PNTID": 102}, "RTUID", 77), ("T011_POINT", "102", "RTUID")),
+    ("point of fwd rtu", setv("T011_POINT", {"PNTID": 102}, "RTUID", 10), ("T011_POINT", "102", "RTUID")),
+    ("point kind unknown", setv("T011_POINT", {"PNTID": 102}, "KIND", "XX"), ("T011_POINT", "102", "KIND")),
+    ("float32 in coils", setv("T011_POINT", {"PNTID": 101}, "AREA", "co"), ("T011_POINT", "101", "AREA")),
+    ("float32 in discrete inputs of a DI", setv("T011_POINT", {"PNTID": 105}, "DATATYPE", "float32"), ("T011_POINT", "105", "DATATYPE")),
+    ("datatype unknown", setv("T011_POINT", {"PNTID": 103}, "DATATYPE", "int64"), ("T011_POINT", "103", "DATATYPE")),
+    ("bool AI", setv("T011_POINT", {"PNTID": 102}, "DATATYPE", "bool"), ("T011_POINT", "102", "DATATYPE")),
+    ("byte order", setv("T011_POINT", {"PNTID": 101}, "BYTEORDER", "middle"), ("T011_POINT", "101", "BYTEORDER")),
+    ("word order", setv("T011_POINT", {"PNTID": 101}, "WORDORDER", "x"), ("T011_POINT", "101", "WORDORDER")),
+    ("bit index missing", setv("T011_POINT", {"PNTID": 107}, "BITINDEX", None), ("T011_POINT", "107", "BITINDEX")),
+    ("bit index 16", setv("T011_POINT", {"PNTID": 107}, "BITINDEX", 16), ("T011_POINT", "107", "BITINDEX")),
+    ("bit index on coil", setv("T011_POINT", {"PNTID": 105}, "BITINDEX", 2), ("T011_POINT", "105", "BITINDEX")),
+    ("address past end", setv("T011_POINT", {"PNTID": 101}, "ADDRESS", 65535), ("T011_POINT", "101", "ADDRESS")),
+    ("address negative", setv("T011_POINT", {"PNTID": 102}, "ADDRESS", -1), ("T011_POINT", "102", "ADDRESS")),
+    ("scale zero", setv("T011_POINT", {"PNTID": 102}, "SCALE", 0), ("T011_POINT", "102", "SCALE")),
+    ("offset text", setv("T011_POINT", {"PNTID": 102}, "OFFSET", "abc"), ("T011_POINT", "102", "OFFSET")),
+    ("deadband negative", setv("T011_POINT", {"PNTID": 102}, "DEADBAND", -1), ("T011_POINT", "102", "DEADBAND")),
+    ("AO in input registers", setv("T011_POINT", {"PNTID": 110}, "AREA", "ir"), ("T011_POINT", "110", "AREA")),
+    ("vpoint unknown rtu", setv("T036_VTPNT", {"VPID": 901}, "RTUID", 55), ("T036_VTPNT", "901", "RTUID")),
+    ("vpoint of fwd rtu", setv("T036_VTPNT", {"VPID": 901}, "RTUID", 10), ("T036_VTPNT", "901", "RTUID")),
+    ("vpoint id clashes with point", setv("T036_VTPNT", {"VPID": 902}, "VPID", 101), ("T036_VTPNT", "101", "VPID")),
+    ("fwd point unknown source", add("T005_ZFAI", {**ZF, "SRCID": 4242}), ("T005_ZFAI", "99", "SRCID")),
+    ("fwd AI from a DI", add("T005_ZFAI", {**ZF, "SRCID": 105}), ("T005_ZFAI", "99", "SRCID")),
+    ("fwd DI from an AI", add("T006_ZFDI", {**ZF, "SRCID": 101, "TYPE": "M_SP_NA_1"}), ("T006_ZFDI", "99", "SRCID")),
+    ("fwd DO from a DI", add("T008_ZFDO", {**ZF, "SRCID": 105, "TYPE": "C_SC_NA_1"}), ("T008_ZFDO", "99", "SRCID")),
+    ("fwd to acq rtu", add("T005_ZFAI", {**ZF, "RTUID": 1}), ("T005_ZFAI", "99", "RTUID")),
+    ("fwd 104 address twice", add("T005_ZFAI", {**ZF, "ADDR": 1001}), ("T005_ZFAI", "99", "ADDR")),
+    ("fwd 104 address twice across tables", add("T006_ZFDI", {**ZF, "SRCID": 106, "ADDR": 1001, "TYPE": "M_SP_NA_1"}), ("T006_ZFDI", "99", "ADDR")),
+    ("fwd 104 wrong type for table", add("T005_ZFAI", {**ZF, "TYPE": "M_SP_NA_1"}), ("T005_ZFAI", "99", "TYPE")),
+    ("fwd 104 IOA too large", add("T005_ZFAI", {**ZF, "ADDR": 2**24}), ("T005_ZFAI", "99", "ADDR")),
+    ("fwd modbus overlap of float32", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 1, "TYPE": "int16"}), ("T005_ZFAI", "99", "ADDR")),
+    ("fwd modbus overlap AI/ACC input registers", add("T007_ZFACC", {**ZF, "RTUID": 11, "SRCID": 108, "ADDR": 3, "TYPE": "uint16"}), ("T007_ZFACC", "99", "ADDR")),
+    ("fwd modbus type unknown", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 40, "TYPE": "M_ME_NC_1"}), ("T005_ZFAI", "99", "TYPE")),
+    ("fwd modbus bool for AI", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 40, "TYPE": "bool"}), ("T005_ZFAI", "99", "TYPE")),
+    ("fwd sefeps index twice", add("T006_ZFDI", {**ZF, "RTUID": 12, "SRCID": 106, "ADDR": 10, "TYPE": None}), ("T006_ZFDI", "99", "ADDR")),
+    ("fwd sefeps with type", add("T006_ZFDI", {**ZF, "RTUID": 12, "SRCID": 106, "ADDR": 50, "TYPE": "bool"}), ("T006_ZFDI", "99", "TYPE")),
+    ("fwd coef zero", add("T005_ZFAI", {**ZF, "COEF": 0}), ("T005_ZFAI", "99", "COEF")),
+]
+
+
+def test_sample_is_valid(sample_rows: dict) -> None:
+    assert validate(sample_rows) == []
+
+
+@pytest.mark.parametrize("name,mutate,where", CASES, ids=[c[0] for c in CASES])
+def test_rule(sample_rows: dict, name: str, mutate: Callable[[dict], None], where: tuple[str, str, str]) -> None:
+    rows = copy.deepcopy(sample_rows)
+    mutate(rows)
+    found = [(p.table, p.key, p.column) for p in validate(rows)]
+    assert where in found, f"{name}: expected a problem at {where}, got {found}"
+
+
+def test_every_problem_listed_at_once(sample_rows: dict) -> None:
+    """Twelve broken cells (none touching another's) are all reported by one validation."""
+    chosen = [CASES[i] for i in (0, 1, 4, 7, 10, 11, 15, 20, 23, 30, 38, 41)]
+    rows = copy.deepcopy(sample_rows)
+    for _, mutate, _ in chosen:
+        mutate(rows)
+    found = {(p.table, p.key, p.column) for p in validate(rows)}
+    assert {w for _, _, w in chosen} <= found
