@@ -79,3 +79,22 @@ class ForwardServer(abc.ABC):
     def queue_depth(self) -> int:
         """Events waiting to be sent, summed over connections and buffers."""
         return 0
+
+
+SERVERS: dict[str, str] = {
+    "se104s": "fep_forwarder.se104s:Se104Server",
+    "modbus_trains": "fep_forwarder.modbus_trains:ModbusTrainsServer",
+    "sefeps": "fep_forwarder.sefeps:SefepsServer",
+}
+"""Forwarding protocol (T004_RTU.PROTOCOL) -> "module:class" of its ForwardServer, imported on use so a
+protocol's module is loaded only when a configuration has an RTU of it."""
+
+
+def server_class(protocol: str) -> type[ForwardServer]:
+    """The ForwardServer class of a protocol; KeyError for a protocol the validator would have rejected."""
+    import importlib
+
+    module, _, name = SERVERS[protocol].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    assert issubclass(cls, ForwardServer)
+    return cls

@@ -47,11 +47,17 @@ class LoadReport:
         return sum(self.rows.values())
 
 
+def encode_row(row: Row) -> str:
+    """The stored form of a row (a field of `fep:cfg:t:{TABLE}`); also what the digest is taken over."""
+    return json.dumps(row, sort_keys=True, separators=(",", ":"))
+
+
 def digest(rows: Mapping[str, Sequence[Row]]) -> str:
+    """sha256 over every row's stored form, in table order: identifies a configuration's content."""
     h = hashlib.sha256()
     for t in TABLES:
         for r in rows.get(t, ()):
-            h.update(json.dumps(r, sort_keys=True, separators=(",", ":")).encode())
+            h.update(encode_row(r).encode())
     return h.hexdigest()
 
 
@@ -77,11 +83,14 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
         old_rtus = {int(k) for k in r.hkeys(ks.cfg_table("T004_RTU"))}
         t1 = time.perf_counter()
         pipe = r.pipeline(transaction=False)
+        sha = hashlib.sha256()  # the digest of `digest(rows)`, taken while encoding (rows encoded once)
         for t in TABLES:
             pipe.delete(ks.cfg_stage(t))
             mapping: dict[str, str] = {}
             for row in rows.get(t, ()):
-                mapping[row_key(t, row)] = json.dumps(row, separators=(",", ":"))
+                enc = encode_row(row)
+                sha.update(enc.encode())
+                mapping[row_key(t, row)] = enc
                 if len(mapping) >= FIELDS_PER_HSET:
                     pipe.hset(ks.cfg_stage(t), mapping=mapping)
                     mapping = {}
@@ -109,7 +118,7 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
             tx.hdel(ks.VPOINTS, *stale_vps)
         tx.delete(ks.CFG_META)
         tx.hset(ks.CFG_META, mapping={"gen": gen, "loaded_at_ms": int(time.time() * 1000), "source": source,
-                                      "sha256": digest(rows),
+                                      "sha256": sha.hexdigest(),
                                       **{f"rows:{t}": n for t, n in counts.items()}})
         tx.publish(ks.CFG_CHANGED, gen)
         res = tx.execute()
