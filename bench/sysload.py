@@ -20,10 +20,10 @@ import time
 from pathlib import Path
 
 import redis
-
 from fep_loader.cli import check_file
 from fep_loader.store import encode_row, replace_config
 from fep_tools.redisproc import RedisProc
+
 from fepha import keyspace as ks
 from fepha.semodel import db
 from fepha.semodel.model import TABLES, Row, row_key
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         env = {**os.environ, "FEP_LOG_DIR": "", "FEP_LOG_CONSOLE": "false"}
         out = subprocess.run([sys.executable, "-m", "fep_loader.cli", "init", "--db", str(path),
-                              "--redis", f"127.0.0.1:{rp.port}"], capture_output=True, text=True, env=env)
+                              "--redis", f"127.0.0.1:{rp.port}"], capture_output=True, text=True, env=env, check=False)
         cmd_s = time.perf_counter() - t0
         if out.returncode != 0:
             print(out.stdout, out.stderr)

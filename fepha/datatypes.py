@@ -11,8 +11,8 @@ word order is the order of the registers of a 32-bit value ("big": high word fir
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 AREAS = ("co", "di", "hr", "ir")
 """Modbus areas: coils, discrete inputs, holding registers, input registers."""
@@ -88,13 +88,13 @@ def decode_registers(
 
 
 def encode_registers(
-    value: int | float, datatype: str, byteorder: str = "big", wordorder: str = "big"
+    value: float, datatype: str, byteorder: str = "big", wordorder: str = "big"
 ) -> list[int]:
     """Encode a raw number into registers; raises ValueError when it does not fit the type."""
     dt = DATATYPES[datatype]
     if dt.name == "bool":
         return [1 if value else 0]
-    number: int | float = int(round(value)) if dt.integer else float(value)
+    number: float = round(value) if dt.integer else float(value)
     try:
         raw = struct.pack(dt.struct_code, number)
     except struct.error as exc:
@@ -102,7 +102,7 @@ def encode_registers(
     return _from_bytes(raw, byteorder, wordorder)
 
 
-def scaled(raw: int | float, scale: float, offset: float) -> int | float:
+def scaled(raw: float, scale: float, offset: float) -> int | float:
     """Engineering value = raw * scale + offset; stays an int when both are neutral."""
     if scale == 1.0 and offset == 0.0:
         return raw

@@ -12,6 +12,8 @@ import socket
 import time
 from typing import Any
 
+import redis
+
 from fepha import keyspace as ks
 
 SERVICES = ("acquirer", "forwarder")
@@ -35,7 +37,7 @@ def check(r: Any, service: str, node: str, max_age_s: float) -> tuple[bool, str]
     """(fresh, reason) for a `--check` command: fresh when the key exists and is younger than max_age_s."""
     try:
         hb = read_sync(r, service, node)
-    except Exception as exc:  # any Redis failure means "not healthy", with the reason
+    except (redis.RedisError, OSError, ValueError) as exc:  # unreachable or garbled: not healthy, say why
         return False, f"redis: {exc}"
     if hb is None:
         return False, f"no heartbeat of {service} on node {node}"

@@ -38,7 +38,7 @@ class Value:
         return not self.quality & Quality.IV
 
 
-def encode(value: float | int, quality: int, ts_ms: int) -> str:
+def encode(value: float, quality: int, ts_ms: int) -> str:
     """Encode one record. Integral floats are written as integers so DI/ACC values stay exact."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         value = int(value)

@@ -12,9 +12,9 @@ from fepha.config import NodeConfig
 
 
 def _kw(cfg: NodeConfig) -> dict[str, Any]:
-    return dict(password=cfg.password or None, socket_timeout=cfg.socket_timeout_s,
-                socket_connect_timeout=cfg.socket_timeout_s, decode_responses=True,
-                health_check_interval=0)
+    return {"password": cfg.password or None, "socket_timeout": cfg.socket_timeout_s,
+            "socket_connect_timeout": cfg.socket_timeout_s, "decode_responses": True,
+            "health_check_interval": 0}
 
 
 def master_sync(cfg: NodeConfig) -> redis.Redis:

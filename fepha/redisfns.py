@@ -8,9 +8,10 @@ a sync client, an async client or a pipeline: ``await r.fcall(*call.argv)``. The
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from fepha import keyspace as ks
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from fepha import config
 from fepha.config import ConfigError, NodeConfig

@@ -8,10 +8,11 @@ rows that passed `fepha.semodel.validate`; defaults for NULL columns are applied
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from fepha import datatypes
 
@@ -156,7 +157,7 @@ class Model:
     rows: dict[str, list[Row]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_rows(cls, rows: Rows, gen: int = 0) -> "Model":
+    def from_rows(cls, rows: Rows, gen: int = 0) -> Model:
         channels: dict[int, list[Channel]] = {}
         for r in rows.get("T010_CHANNEL", ()):
             ch = Channel(int(r["RTUID"]), int(r["CHANNO"]), str(r["HOST"]), int(r["PORT"]),

@@ -7,13 +7,23 @@ Nothing here rewrites a bad value into a good one: a value is either accepted as
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from fepha import datatypes
 from fepha.semodel.model import (
-    ACQ_PROTOCOLS, ACQUISITION, FORWARDING, FWD_PROTOCOLS, FWD_TABLES, KINDS, RTUTYPES, Row, row_key,
+    ACQ_PROTOCOLS,
+    ACQUISITION,
+    FORWARDING,
+    FWD_PROTOCOLS,
+    FWD_TABLES,
+    KINDS,
+    RTUTYPES,
+    Row,
+    row_key,
 )
 
 
@@ -299,7 +309,7 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
                 used.setdefault((rid, "all"), []).append((addr, addr, table, row))
     for (rid, space), spans in used.items():
         spans.sort(key=lambda s: (s[0], s[2], row_key(s[2], s[3])))
-        for (lo1, hi1, t1, r1), (lo2, hi2, t2, r2) in zip(spans, spans[1:]):
+        for (lo1, hi1, t1, r1), (lo2, hi2, t2, r2) in itertools.pairwise(spans):
             if lo2 <= hi1:
                 where = f" in area {space}" if space != "all" else ""
                 c.add(t2, r2, "ADDR", f"address {lo2} of forwarding RTU {rid}{where} is already used by "

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sqlite3
 import sys
 import time
 from pathlib import Path
 
 import redis
-
 from fep_loader.store import Busy, NotMaster, replace_config
+
 from fepha import config
 from fepha.config import ConfigError
 from fepha.logsetup import setup as log_setup
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         sql = args.sql or root / "cfg" / "SEMODEL.sql"
         try:
             db.build(sql, path)
-        except (OSError, Exception) as exc:  # sqlite3.Error or a missing file: one line, no traceback
+        except (OSError, sqlite3.Error) as exc:  # a missing file or bad SQL: one line, no traceback
             print(f"sysload build: {sql}: {exc}", file=sys.stderr)
             return 1
         print(f"built {path} from {sql}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from fep_tools.em_daq import run_all
+
 from fepha.config import NodeConfig
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def drop(table: str, match: dict) -> Callable[[dict], None]:
     return mutate
 
 
-ZF = dict(ZFID=99, RTUID=10, SRCID=101, ADDR=7777, TYPE="M_ME_NC_1", COEF=None)
+ZF = {"ZFID": 99, "RTUID": 10, "SRCID": 101, "ADDR": 7777, "TYPE": "M_ME_NC_1", "COEF": None}
 
 CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str]]] = [
     ("union ip1 invalid", setv("T020_UNION", {"ID": 1}, "IP1", "300.1.1.1"), ("T020_UNION", "1", "IP1")),
