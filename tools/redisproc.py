@@ -54,7 +54,8 @@ class RedisProc:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", self.host, "--dir", str(self.dir),
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning",
-                "--logfile", str(self.dir / "redis.log"), "--lazyfree-lazy-server-del", "yes"]
+                "--logfile", str(self.dir / "redis.log"), "--lazyfree-lazy-server-del", "yes",
+                "--repl-diskless-sync-delay", "0"]
         if self.password:
             args += ["--requirepass", self.password, "--masterauth", self.password]
         if self.replicaof:
