@@ -32,9 +32,12 @@ end
 
 -- lease_tick(KEYS: lease, events; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms)
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
--- Rules (seed "load balancing"): a missing or lapsed lease goes to whoever ticks first; the holder renews
--- and records when it last reached the device; the other node takes over only if it reaches the device
--- and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
+-- Rules (seed "load balancing"): a missing lease goes to the first node that ticks while it reaches the
+-- device (a node that has not polled yet, or cannot reach it, must not grab it: the other node would
+-- otherwise take it over at once, since the holder never reached the device); a lapsed lease (its holder
+-- died) goes to whoever ticks first, reaching or not, so that someone marks the points invalid; the holder
+-- renews and records when it last reached the device; the other node takes over only if it reaches the
+-- device and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
 local function lease_tick(keys, args)
   local lease, events = keys[1], keys[2]
   local rtu, node, reaches = args[1], args[2], args[3] == '1'
@@ -53,7 +56,7 @@ local function lease_tick(keys, args)
     return {holder, epoch, 0}
   end
   if holder == nil or holder == '' then
-    reason = 'initial'
+    if reaches then reason = 'initial' end
   elseif now > expires then
     reason = 'lapsed'
   elseif reaches and l['handover'] == node and now <= tonumber(l['handover_until_ms'] or '0') then
@@ -62,7 +65,7 @@ local function lease_tick(keys, args)
     reason = 'takeover'
   end
   if reason == nil then
-    return {holder, epoch, 0}
+    return {holder or '', epoch, 0}
   end
   epoch = epoch + 1
   redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,

@@ -9,8 +9,8 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from fep_tools.redisproc import RedisProc
+
 from fepha.semodel import db
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,10 +25,9 @@ def redis_master():
 @pytest.fixture
 def redis_pair():
     """(master, replica), the replica in sync."""
-    with RedisProc() as m:
-        with RedisProc(replicaof=(m.host, m.port)) as s:
-            s.wait_synced()
-            yield m, s
+    with RedisProc() as m, RedisProc(replicaof=(m.host, m.port)) as s:
+        s.wait_synced()
+        yield m, s
 
 
 @pytest.fixture

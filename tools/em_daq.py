@@ -9,20 +9,15 @@ so a supervisor (systemd) restarts the pair.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
-import signal
-import sys
-from collections.abc import Awaitable, Callable
 
-from fepha import config
-from fepha.config import ConfigError, NodeConfig
-from fepha.logsetup import setup as log_setup
+from fepha import worker
+from fepha.config import NodeConfig
 
 log = logging.getLogger("em_daq")
 
-Runner = Callable[[NodeConfig, asyncio.Event], Awaitable[None]]
+Runner = worker.Runner
 
 
 def _runners() -> dict[str, Runner]:
@@ -51,29 +46,17 @@ async def run_all(cfg: NodeConfig, stop: asyncio.Event, runners: dict[str, Runne
     return status
 
 
+def _runner() -> worker.Runner:
+    runners = _runners()
+
+    async def run(cfg: NodeConfig, stop: asyncio.Event) -> int:
+        return await run_all(cfg, stop, runners)
+
+    return run
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="em_daq", description=__doc__.split("\n")[0])
-    ap.parse_args(argv)
-    root = config.feproot()
-    try:
-        cfg = config.load_node(root)
-        log_setup("em_daq", config.load_log(root), root)
-    except ConfigError as exc:
-        print(f"em_daq: {exc}", file=sys.stderr)
-        return 2
-
-    async def _main() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("em_daq node %s starting (master Redis %s:%s, local %s:%s)", cfg.node_id, cfg.vip, cfg.port,
-                 cfg.local_host, cfg.local_port)
-        status = await run_all(cfg, stop, _runners())
-        log.info("em_daq node %s stopped (status %d)", cfg.node_id, status)
-        return status
-
-    return asyncio.run(_main())
+    return worker.main("em_daq", __doc__, ["acquirer", "forwarder"], _runner, argv)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import redis
 
@@ -45,7 +46,7 @@ class RedisProc:
     proc: subprocess.Popen | None = None
     _own_dir: bool = False
 
-    def start(self, timeout: float = 10.0) -> "RedisProc":
+    def start(self, timeout: float = 10.0) -> RedisProc:
         if not self.port:
             self.port = free_port(self.host)
         if self.dir is None:
@@ -93,6 +94,21 @@ class RedisProc:
             time.sleep(0.05)
         raise TimeoutError(f"replica {self.port} not in sync")
 
+    def caught_up(self, master: RedisProc, timeout: float = 10.0) -> None:
+        """Replica only: wait until it has applied everything `master` has written so far.
+
+        WAIT would not do here: it only counts the writes of its own connection, and the writes under test
+        come from another process's connection.
+        """
+        target = master.client().info("replication")["master_repl_offset"]
+        deadline = time.monotonic() + timeout
+        c = self.client()
+        while time.monotonic() < deadline:
+            if c.info("replication").get("slave_repl_offset", -1) >= target:
+                return
+            time.sleep(0.02)
+        raise TimeoutError(f"replica {self.port} did not reach offset {target}")
+
     def pause(self) -> None:
         """SIGSTOP: the server stops answering but keeps its sockets (a hung master)."""
         if self.proc:
@@ -126,7 +142,7 @@ class RedisProc:
         if self._own_dir and self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
 
-    def __enter__(self) -> "RedisProc":
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -109,7 +109,7 @@ def test_init_refuses_a_replica(feproot: Path, redis_pair, capsys) -> None:
 def test_configuration_and_functions_reach_the_replica(feproot: Path, redis_pair) -> None:
     master, replica = redis_pair
     assert init(feproot, master.port) == 0
-    master.client().wait(1, 5000)
+    replica.caught_up(master)
     rep = replica.client()
     assert cfgstore.read_sync(rep).gen == 1
     def as_dict(flat: list) -> dict:  # RESP2 replies are flat name/value lists

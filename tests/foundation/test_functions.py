@@ -1,0 +1,57 @@
+"""The lease and fencing rules as the Redis Functions apply them, on a real redis-server.
+
+Each case is a sequence of ticks (node, reaches, pause before it) and the holder/epoch expected after it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from fepha import keyspace as ks
+from fepha import redisfns
+
+TTL_MS, TAKEOVER_MS = 300, 200
+
+# (node, reaches, sleep_before_s) -> (holder, epoch)
+CASES = {
+    "first reaching node takes it": [(("A", True, 0), ("A", 1)), (("B", True, 0), ("A", 1))],
+    "a node that does not reach never grabs a free lease": [
+        (("A", False, 0), ("", 0)), (("B", True, 0), ("B", 1)), (("A", True, 0), ("B", 1))],
+    "holder that reaches keeps it": [
+        (("A", True, 0), ("A", 1)), (("A", True, 0.15), ("A", 1)), (("B", True, 0.15), ("A", 1))],
+    "takeover after the holder has not reached for the takeover time": [
+        (("A", True, 0), ("A", 1)), (("A", False, 0.1), ("A", 1)), (("B", True, 0.05), ("A", 1)),
+        (("A", False, 0.1), ("A", 1)), (("B", True, 0), ("B", 2))],
+    "no takeover by a node that does not reach either": [
+        (("A", True, 0), ("A", 1)), (("A", False, 0.25), ("A", 1)), (("B", False, 0), ("A", 1))],
+    "no stealing back": [
+        (("A", True, 0), ("A", 1)), (("A", False, 0.25), ("A", 1)), (("B", True, 0), ("B", 2)),
+        (("B", True, 0.1), ("B", 2)), (("A", True, 0.15), ("B", 2))],
+    "a lapsed lease goes to whoever ticks, reaching or not": [
+        (("A", True, 0), ("A", 1)), (("B", False, 0.4), ("B", 2)), (("A", True, 0), ("A", 3))],
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_lease_rules(redis_master, case: str) -> None:
+    r = redis_master.client()
+    redisfns.load_sync(r)
+    for (node, reaches, pause), (holder, epoch) in CASES[case]:
+        time.sleep(pause)
+        got = r.fcall(*redisfns.lease_tick(7, node, reaches, TTL_MS, TAKEOVER_MS).argv)
+        assert (got[0] or "", int(got[1])) == (holder, epoch), (case, node, reaches)
+    moves = r.xrange(ks.LEASE_EVENTS)
+    assert len(moves) == CASES[case][-1][1][1]
+
+
+def test_fenced_write_only_by_the_holder_at_its_epoch(redis_master) -> None:
+    r = redis_master.client()
+    redisfns.load_sync(r)
+    r.fcall(*redisfns.lease_tick(7, "A", True, 10_000, 90_000).argv)
+    assert r.fcall(*redisfns.write_values(7, "A", 1, ["1", "5|0|1000"]).argv)[0] == 1
+    assert r.fcall(*redisfns.write_values(7, "B", 1, ["1", "6|0|1001"]).argv) == [0, "A", 1]
+    assert r.fcall(*redisfns.write_values(7, "A", 0, ["1", "7|0|1002"]).argv) == [0, "A", 1]
+    assert r.hget(ks.values(7), "1") == "5|0|1000"
+    assert r.xlen(ks.CHANGES) == 1
