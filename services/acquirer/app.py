@@ -1,0 +1,110 @@
+"""The acquirer service: one runner per acquisition RTU, reloaded on a new configuration generation.
+
+`run(cfg, stop)` is what fep-acquirer and em_daq run. Only RTUs whose `Rtu.signature()` changed are
+restarted on reload; the others keep their connections, leases and change state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from fep_acquirer.executor import execute_loop
+from fep_acquirer.housekeeping import Housekeeping
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.writer import Writer
+
+from fepha import cfgstore, redisconn
+from fepha.config import NodeConfig
+from fepha.logsetup import OnceLogger
+from fepha.semodel.model import Model
+
+log = logging.getLogger("acquirer")
+
+
+class Acquirer:
+    def __init__(self, cfg: NodeConfig, master: Any, local: Any) -> None:
+        self.cfg, self.master, self.local = cfg, master, local
+        self.once = OnceLogger(log)
+        self.metrics = Metrics(cfg.node_id)
+        self.writer = Writer(master, cfg.node_id, cfg.batch_window_ms if cfg.write_mode == "batched" else 0,
+                             cfg.batch_size)
+        self.runners: dict[int, RtuRunner] = {}
+        self.signatures: dict[int, str] = {}
+        self.house = Housekeeping(cfg, master, local, self.writer, self.metrics, self.once, self.runners)
+        self.tasks: list[asyncio.Task[None]] = []
+        self.gen: int | None = None
+        self.stopping = asyncio.Event()
+
+    async def apply(self, model: Model) -> None:
+        """Start, stop or restart runners so they match `model`."""
+        wanted = {r.id: r for r in model.acquisition_rtus()}
+        for rid in list(self.runners):
+            if rid not in wanted or wanted[rid].signature() != self.signatures[rid]:
+                await self.runners.pop(rid).stop()
+                self.signatures.pop(rid)
+                self.house.sent_state.pop(rid, None)
+        for rid, rtu in wanted.items():
+            if rid not in self.runners:
+                runner = RtuRunner(rtu, self.cfg, self.writer, self.metrics, self.once)
+                self.runners[rid] = runner
+                self.signatures[rid] = rtu.signature()
+                runner.start()
+        self.gen = model.gen
+        self.house.gen = model.gen
+        log.info("configuration gen %d: %d acquisition RTUs", model.gen, len(self.runners))
+
+    async def check_config(self) -> None:
+        try:
+            gen = await cfgstore.gen_async(self.local)
+            if gen == self.gen:
+                return
+            model = await cfgstore.read_async(self.local)
+        except Exception as exc:  # noqa: BLE001 - local Redis down or loading: keep running what we have
+            self.once.problem("config", f"{type(exc).__name__}: {exc}")
+            return
+        self.once.clear("config")
+        if model is None:
+            self.once.problem("config", "no configuration in Redis (run sysload init)")
+            return
+        await self.apply(model)
+
+    async def run(self, stop: asyncio.Event, config_check_s: float = 1.0) -> None:
+        self.writer.start()
+        self.tasks = [asyncio.create_task(self.house.loop(), name="acquirer-housekeeping"),
+                      asyncio.create_task(execute_loop(self.master, self.cfg.node_id, self.runners,
+                                                       self.metrics, self.once, self.stopping),
+                                          name="acquirer-controls")]
+        try:
+            while not stop.is_set():
+                await self.check_config()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), config_check_s)
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        self.stopping.set()
+        if len(self.tasks) > 1:
+            await asyncio.wait([self.tasks[1]], timeout=2.0)
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
+        await asyncio.gather(*(r.stop() for r in self.runners.values()))
+        self.runners.clear()
+        await self.writer.stop()
+
+
+async def run(cfg: NodeConfig, stop: asyncio.Event) -> None:
+    """Run this node's acquirer until `stop` is set; leaves no task behind."""
+    master = redisconn.master_async(cfg)
+    local = redisconn.local_async(cfg)
+    try:
+        await Acquirer(cfg, master, local).run(stop)
+    finally:
+        await master.aclose()
+        await local.aclose()

@@ -1,0 +1,59 @@
+"""Control executor: pops this node's held RTUs' control queues on the master, claims each control in
+Lua (fenced by the lease epoch, refused after its deadline), writes the device, reports the outcome.
+
+At most once: the claim moves the control to `executing` atomically; a node that lost the lease puts it
+back (in Lua) for the new holder. Only the lease holder's executor ever writes to a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+
+from fepha import controls
+from fepha import keyspace as ks
+from fepha.logsetup import OnceLogger
+
+log = logging.getLogger("acquirer")
+
+
+async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
+                       once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5) -> None:
+    """Runs until `stopping` is set (checked between short BLPOPs: cancelling a blocked BLPOP can hang)."""
+    while not stopping.is_set():
+        held = {ks.control_queue(r.rtu.id): r for r in runners.values() if r.lease.held}
+        if not held:
+            await asyncio.sleep(block_s)
+            continue
+        try:
+            got = await master.blpop(list(held), timeout=block_s)
+        except Exception as exc:  # noqa: BLE001 - master unreachable; retried
+            once.problem("controls", f"{type(exc).__name__}: {exc}")
+            await asyncio.sleep(block_s)
+            continue
+        once.clear("controls")
+        if not got:
+            continue
+        runner = held[got[0]]
+        await run_one(master, node, runner, int(got[1]), metrics)
+
+
+async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metrics: Metrics) -> None:
+    claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id)
+    if claimed is None:
+        return
+    try:
+        await asyncio.wait_for(runner.write_point(claimed.point, claimed.value),
+                               max(0.001, claimed.remaining_ms / 1000))
+    except Exception as exc:  # noqa: BLE001 - any failure is the control's answer, not ours
+        metrics.inc("controls_failed")
+        log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point,
+                    exc or type(exc).__name__)
+        await controls.finish(master, ctl_id, False, str(exc) or type(exc).__name__)
+        return
+    metrics.inc("controls_executed")
+    await controls.finish(master, ctl_id, True, "written")

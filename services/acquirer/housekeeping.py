@@ -1,0 +1,125 @@
+"""The per-process periodic work: lease ticks and link states (one pipeline for all RTUs), invalidation
+of lost devices, channel-state hashes, Redis role watch (full image, write mode), heartbeat, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.writer import Writer
+
+from fepha import heartbeat, redisfns
+from fepha import keyspace as ks
+from fepha.config import NodeConfig
+from fepha.logsetup import OnceLogger
+from fepha.redisconn import role_of
+
+log = logging.getLogger("acquirer")
+
+
+def write_window_ms(mode: str, local_role: str, batch_window_ms: int) -> int:
+    """0 (direct: each poll's call at once) or the batch window, per cfg.write_mode and the local role."""
+    if mode == "direct" or (mode == "auto" and local_role == "master"):
+        return 0
+    return batch_window_ms
+
+
+class Housekeeping:
+    def __init__(self, cfg: NodeConfig, master: Any, local: Any, writer: Writer, metrics: Metrics,
+                 once: OnceLogger, runners: dict[int, RtuRunner]) -> None:
+        self.cfg, self.master, self.local, self.writer = cfg, master, local, writer
+        self.metrics, self.once, self.runners = metrics, once, runners
+        self.gen = 0
+        self.run_id: str | None = None
+        self.master_ok = True
+        self.sent_state: dict[int, dict[str, str]] = {}
+        self._last_beat = 0.0
+        self._last_flush = 0.0
+
+    async def loop(self) -> None:
+        while True:
+            t0 = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("housekeeping tick failed")
+            await asyncio.sleep(max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+
+    async def tick(self) -> None:
+        await self._watch_roles()
+        await self._leases()
+        await asyncio.gather(*(r.invalidate() for r in self.runners.values()
+                               if r.lease.held and not r.reaches()))
+        now = time.monotonic()
+        try:
+            if now - self._last_beat >= self.cfg.heartbeat_s:
+                await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
+                                     rtus=len(self.runners),
+                                     held=sum(1 for r in self.runners.values() if r.lease.held))
+                self._last_beat = now
+            if now - self._last_flush >= 1.0:
+                await self.metrics.flush(self.master)
+                self._last_flush = now
+        except Exception as exc:  # noqa: BLE001 - master unreachable: logged once, retried next tick
+            self.once.problem("heartbeat", f"{type(exc).__name__}: {exc}")
+
+    async def _watch_roles(self) -> None:
+        """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
+        try:
+            run_id = (await self.master.info("server"))["run_id"]
+            role, _ = role_of(await self.local.info("replication"))
+        except Exception as exc:  # noqa: BLE001 - unreachable master or local Redis
+            self.master_ok = False
+            self.once.problem("redis", f"{type(exc).__name__}: {exc}")
+            return
+        self.once.clear("redis")
+        if (self.run_id is not None and run_id != self.run_id) or not self.master_ok:
+            log.info("master Redis changed or came back (run_id %s): writing full images", run_id)
+            for r in self.runners.values():
+                if r.lease.held:
+                    r.full_image()
+        self.run_id, self.master_ok = run_id, True
+        self.writer.set_mode(write_window_ms(self.cfg.write_mode, role, self.cfg.batch_window_ms),
+                             self.cfg.batch_size)
+
+    async def _leases(self) -> None:
+        runners = list(self.runners.values())
+        if not runners:
+            return
+        ttl_ms, takeover_ms = int(self.cfg.lease_ttl_s * 1000), int(self.cfg.takeover_s * 1000)
+        node = self.cfg.node_id
+        pipe = self.master.pipeline(transaction=False)
+        states: dict[int, dict[str, str]] = {}
+        reach = [r.reaches() for r in runners]
+        for r, ok in zip(runners, reach):  # lease ticks first: their results are res[0:len(runners)]
+            pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms).argv)
+        for r, ok in zip(runners, reach):
+            pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints]).argv)
+            st = r.switcher.state()
+            if st != self.sent_state.get(r.rtu.id):
+                states[r.rtu.id] = st
+                pipe.hset(ks.channel_state(r.rtu.id, node), mapping=st)
+        try:
+            res = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL
+            self.master_ok = False
+            self.once.problem("lease", f"{type(exc).__name__}: {exc}")
+            return
+        self.once.clear("lease")
+        for r, tick in zip(runners, res):
+            if isinstance(tick, Exception):
+                self.once.problem("lease", str(tick))
+                continue
+            change = r.lease.update(str(tick[0] or ""), int(tick[1]))
+            if change:
+                self.metrics.inc("lease_changes")
+                log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder,
+                         r.lease.epoch)
+                if change == "gained":
+                    r.full_image()
+        if not any(isinstance(x, Exception) for x in res[len(runners):]):
+            self.sent_state.update(states)

@@ -1,0 +1,171 @@
+"""One acquisition RTU on this node: its channel loop, polls, change detection and fenced writes.
+
+Every node polls every device (hot standby: a takeover never waits for a connect); only the lease holder
+writes values. The lease view is updated by the housekeeping loop (housekeeping.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fep_acquirer.changes import ChangeTracker, Sample
+from fep_acquirer.channel import ChannelSwitcher
+from fep_acquirer.device import DeviceError, DeviceLink, LinkError
+from fep_acquirer.lease import LeaseView, reach_window_s, reaches
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.plan import decode_block, plan_reads
+from fep_acquirer.writer import Writer
+
+from fepha import points as pt
+from fepha.config import NodeConfig
+from fepha.logsetup import OnceLogger
+from fepha.semodel.model import Rtu
+
+log = logging.getLogger("acquirer")
+IV = int(pt.Quality.IV)
+
+
+class RtuRunner:
+    def __init__(self, rtu: Rtu, cfg: NodeConfig, writer: Writer, metrics: Metrics, once: OnceLogger) -> None:
+        self.rtu, self.cfg, self.writer, self.metrics, self.once = rtu, cfg, writer, metrics, once
+        self.node = cfg.node_id
+        self.poll_s = (rtu.poll_ms or cfg.poll_ms) / 1000
+        self.timeout_s = rtu.timeout_ms / 1000
+        self.blocks = plan_reads(rtu.points)
+        self.points = {p.id: p for p in rtu.points}
+        self.tracker = ChangeTracker(deadband={p.id: p.deadband for p in rtu.points if p.deadband > 0})
+        self.switcher = ChannelSwitcher(tuple(c.no for c in rtu.channels) or (1,), cfg.channel_switch_s,
+                                        cfg.reconnect_min_s, cfg.reconnect_max_s)
+        self.lease = LeaseView(self.node)
+        self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
+        self.last_ok: float | None = None  # monotonic time of the last complete answer
+        self.samples: dict[int, Sample] = {}
+        self.link: DeviceLink | None = None
+        self._write_lock = asyncio.Lock()
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"rtu {self.rtu.id}"
+
+    def reaches(self) -> bool:
+        return reaches(time.monotonic(), self.last_ok, self.window_s)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.run(), name=f"acquirer-rtu-{self.rtu.id}")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+            self.task = None
+
+    async def run(self) -> None:
+        chans = {c.no: c for c in self.rtu.channels}
+        if not chans:
+            self.once.problem(self.key, "no channel configured")
+            return
+        while True:
+            before = self.switcher.active
+            ch, delay = self.switcher.next_attempt(time.time())
+            if ch != before:
+                self.metrics.inc("channel_switches")
+                log.info("%s: switching to channel %d", self.key, ch)
+            if delay:
+                await asyncio.sleep(delay)
+            link = DeviceLink(chans[ch], self.timeout_s)
+            try:
+                await link.connect()
+                self.switcher.connected(time.time())
+                self.link = link
+                self.once.clear(f"{self.key} channel {ch}")
+                await self._poll_loop(link)
+            except LinkError as exc:
+                self.switcher.failed(time.time(), str(exc))
+                self.once.problem(f"{self.key} channel {ch}", str(exc))
+            finally:
+                self.link = None
+                link.close()
+
+    async def _poll_loop(self, link: DeviceLink) -> None:
+        while True:
+            t0 = time.monotonic()
+            await self.poll(link)
+            await asyncio.sleep(max(0.0, self.poll_s - (time.monotonic() - t0)))
+
+    async def poll(self, link: DeviceLink) -> None:
+        """Read every block; LinkError propagates (channel logic), DeviceError marks that block invalid."""
+        samples: dict[int, Sample] = {}
+        self.metrics.inc("polls")
+        bad = ""
+        for block in self.blocks:
+            try:
+                data = await link.read(block)
+                for pid, v in decode_block(block, data).items():
+                    samples[pid] = (v, 0)
+            except DeviceError as exc:
+                bad = f"{block.area}{block.start}+{block.count}: {exc}"
+                for p in block.points:
+                    samples[p.id] = (self.samples.get(p.id, (0, 0))[0], IV)
+            except LinkError:
+                self.metrics.inc("poll_errors")
+                raise
+        if bad:
+            self.metrics.inc("poll_errors")
+            self.once.problem(f"{self.key} read", bad)
+        else:
+            self.once.clear(f"{self.key} read")
+        self.last_ok = time.monotonic()
+        self.samples = samples
+        if self.lease.held:
+            await self.publish(samples, int(time.time() * 1000))
+
+    async def publish(self, samples: dict[int, Sample], ts_ms: int) -> None:
+        """One fenced write of what changed (plus compensations) since the last successful write."""
+        async with self._write_lock:
+            if not self.lease.held:
+                return
+            changes = self.tracker.changes(samples)
+            if not changes:
+                return
+            pairs: list[str] = []
+            for pid, (v, q) in changes.items():
+                pairs.append(str(pid))
+                pairs.append(pt.encode(v, q, ts_ms))
+            res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
+            if res.ok:
+                self.metrics.inc("changes_written", len(changes))
+                resent = self.tracker.committed(changes)
+                if resent:
+                    self.metrics.inc("compensations", resent)
+                self.once.clear(f"{self.key} write")
+            elif res.fenced:
+                self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
+                self.lease.fenced_out(res.holder, res.epoch)
+            else:
+                self.metrics.inc("write_errors")
+                self.tracker.failed(changes)
+                self.once.problem(f"{self.key} write", res.error)
+
+    async def invalidate(self) -> None:
+        """The holder lost its device: its points become invalid (written once, thanks to the tracker)."""
+        samples = {pid: (self.samples.get(pid, (0, 0))[0], IV) for pid in self.points}
+        self.samples = samples
+        await self.publish(samples, int(time.time() * 1000))
+
+    def full_image(self) -> None:
+        """Write every point again with the next poll (new lease, Redis role change or restart)."""
+        self.tracker.forget()
+        self.metrics.inc("full_images")
+
+    async def write_point(self, point_id: int, value: float) -> None:
+        """Control output: write one point to the device over the connected channel."""
+        p = self.points.get(point_id)
+        if p is None:
+            raise ValueError(f"point {point_id} is not a point of RTU {self.rtu.id}")
+        link = self.link
+        if link is None:
+            raise LinkError("device not connected")
+        await link.write(p, value)

@@ -1,0 +1,94 @@
+"""Fenced value writes to the master: one `write_values` call per poll response, pipelined.
+
+Direct mode (local Redis is the master) sends each poll's call at once; whatever queued up while the
+previous pipeline was in flight goes out together in the next. Batched mode (writing through the VIP to
+a remote master) holds calls up to `window_ms` or until `batch_size` changes are queued, so a remote
+round trip carries many poll responses. Both modes report failures to the caller, which re-sends the
+points with its next poll (compensation, see changes.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fepha import redisfns
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    ok: bool
+    fenced: bool = False  # rejected because this node no longer holds the lease at this epoch
+    holder: str = ""
+    epoch: int = 0
+    error: str = ""
+
+
+class Writer:
+    def __init__(self, master: Any, node: str, window_ms: int = 0, batch_size: int = 500) -> None:
+        self.master = master
+        self.node = node
+        self.window_s = window_ms / 1000
+        self.batch_size = batch_size
+        self._queue: list[tuple[redisfns.Call, int, asyncio.Future[WriteResult]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def set_mode(self, window_ms: int, batch_size: int) -> None:
+        self.window_s, self.batch_size = window_ms / 1000, batch_size
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="acquirer-writer")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        for _, _, fut in self._queue:
+            if not fut.done():
+                fut.set_result(WriteResult(False, error="stopped"))
+        self._queue.clear()
+
+    async def write(self, rtu: int, epoch: int, pairs: list[str]) -> WriteResult:
+        """Queue one poll response's changes (flat pid, record, ...) and wait for the outcome."""
+        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((redisfns.write_values(rtu, self.node, epoch, pairs), len(pairs) // 2, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.window_s > 0:
+                end = time.monotonic() + self.window_s
+                while sum(n for _, n, _ in self._queue) < self.batch_size and time.monotonic() < end:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), end - time.monotonic())
+                    except TimeoutError:
+                        break
+            batch, self._queue = self._queue, []
+            if batch:
+                await self._send(batch)
+
+    async def _send(self, batch: list[tuple[redisfns.Call, int, asyncio.Future[WriteResult]]]) -> None:
+        try:
+            pipe = self.master.pipeline(transaction=False)
+            for call, _, _ in batch:
+                pipe.fcall(*call.argv)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable, failover...: caller compensates
+            results = [exc] * len(batch)
+        for (_, _, fut), res in zip(batch, results, strict=True):
+            if fut.done():
+                continue
+            if isinstance(res, Exception):
+                fut.set_result(WriteResult(False, error=f"{type(res).__name__}: {res}"))
+            elif int(res[0]) == 1:
+                fut.set_result(WriteResult(True))
+            else:
+                fut.set_result(WriteResult(False, fenced=True, holder=str(res[1] or ""), epoch=int(res[2])))

@@ -1,0 +1,100 @@
+# ruff: noqa: C408 - rows are written as dict(COLUMN=...) to read like the schema
+"""Shared setup of the acquirer's integration tests: a generated configuration on free ports, loaded
+into a real Redis master, served by a real PlcSim, and nodes A/B with shortened timers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import redis.asyncio as aredis
+from fep_acquirer.app import Acquirer
+from fep_loader.store import replace_config
+from fep_tools.plcsim import PlcSim
+from fep_tools.redisproc import RedisProc, free_port
+
+from fepha import config
+from fepha.semodel.model import Model
+
+FAST = dict(lease_tick_s=0.1, lease_ttl_s=0.6, takeover_s=1.0, channel_switch_s=0.4, reconnect_min_s=0.05,
+            reconnect_max_s=0.2, heartbeat_s=0.2, poll_ms=100)
+
+
+def rtu_rows(rid: int, port: int, points: int = 4, poll_ms: int = 100) -> dict[str, list[dict[str, Any]]]:
+    """One acquisition RTU: channel 1 on 127.0.0.1, channel 2 on 127.0.0.2 (same port), `points` hr
+    uint16 points at 0.., one coil at 100, one virtual point."""
+    base = rid * 1000
+    pts = [dict(PNTID=base + i, RTUID=rid, KIND="AI", NAME=f"p{i}", AREA="hr", ADDRESS=i, DATATYPE="uint16",
+                BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=None, OFFSET=None, DEADBAND=None)
+           for i in range(points)]
+    pts.append(dict(PNTID=base + 900, RTUID=rid, KIND="DO", NAME="do", AREA="co", ADDRESS=100, DATATYPE="bool",
+                    BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=None, OFFSET=None, DEADBAND=None))
+    return {
+        "T004_RTU": [dict(RTUID=rid, NAME=f"rtu{rid}", RTUTYPE=0, PROTOCOL="modbus_tcp", POLLMS=poll_ms,
+                          TIMEOUTMS=200, LISTENPORT=None, ADDRESS=None, ALLOW=None)],
+        "T010_CHANNEL": [dict(RTUID=rid, CHANNO=1, HOST="127.0.0.1", PORT=port, UNITID=1),
+                         dict(RTUID=rid, CHANNO=2, HOST="127.0.0.2", PORT=port, UNITID=1)],
+        "T011_POINT": pts,
+        "T036_VTPNT": [dict(VPID=base + 999, RTUID=rid, NAME=f"link{rid}")],
+    }
+
+
+def merge(*parts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {"T020_UNION": [dict(ID=1, IP1="127.0.0.1", IP2="127.0.0.2")]}
+    for p in parts:
+        for t, rows in p.items():
+            out.setdefault(t, []).extend(rows)
+    return out
+
+
+def node_cfg(feproot, r: RedisProc, node: str, **kw: Any) -> config.NodeConfig:
+    return config.load_node(feproot, env={}, node_id=node, vip=r.host, port=r.port, local_host=r.host,
+                            local_port=r.port, **{**FAST, **kw})
+
+
+class Node:
+    """One acquirer (node A or B) running in this test's event loop."""
+
+    def __init__(self, cfg: config.NodeConfig) -> None:
+        self.cfg = cfg
+        self.master = aredis.Redis(host=cfg.vip, port=cfg.port, decode_responses=True, socket_timeout=1,
+                                   socket_connect_timeout=1)
+        self.acq = Acquirer(cfg, self.master, self.master)
+        self.stop_ev = asyncio.Event()
+        self.task = asyncio.create_task(self.acq.run(self.stop_ev, config_check_s=0.1))
+
+    async def stop(self) -> None:
+        self.stop_ev.set()
+        await self.task
+        await self.master.aclose()
+
+
+async def until(pred, timeout: float = 5.0, step: float = 0.05):
+    """Poll an (async or plain) predicate until truthy; returns its value or fails."""
+    end = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(Exception):
+            v = pred()
+            if asyncio.iscoroutine(v):
+                v = await v
+            if v:
+                return v
+        if time.monotonic() > end:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(step)
+
+
+def load(r: RedisProc, rows: dict[str, list[dict[str, Any]]]) -> Model:
+    replace_config(r.client(), rows, source="test")
+    return Model.from_rows(rows)
+
+
+async def start_sim(model: Model) -> PlcSim:
+    sim = PlcSim(model)
+    await sim.start()
+    return sim
+
+
+__all__ = ["FAST", "Node", "free_port", "load", "merge", "node_cfg", "rtu_rows", "start_sim", "until"]

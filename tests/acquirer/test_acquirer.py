@@ -1,0 +1,221 @@
+"""The acquirer against a real Redis and real Modbus servers (PlcSim), timers shortened (helpers.FAST)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fep_tools.redisproc import RedisProc
+
+from fepha import controls, points, redisfns
+from fepha import keyspace as ks
+from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+
+
+async def value_of(r, rtu: int, pid: int):
+    raw = await r.hget(ks.values(rtu), str(pid))
+    return points.decode(raw) if raw else None
+
+
+async def test_poll_write_switch_and_invalid(redis_master, feproot):
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    try:
+        r = a.master
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+        sim.set_value(1002, 42)
+        await until(lambda: value_of(r, 1, 1002), 3)
+        assert (await until(lambda: _eq(value_of(r, 1, 1002), 42))) is True
+        assert (await r.hget(ks.link(1), "vala")) == "1" and (await r.hget(ks.VPOINTS, "1999")).startswith("1|")
+        # channel 1 cut: switch to channel 2 after channel_switch_s, values keep flowing
+        t0 = time.monotonic()
+        sim.cut(1, 1)
+        await until(lambda: _field(r, ks.channel_state(1, "A"), "active", "2"), 5)
+        assert time.monotonic() - t0 >= 0.3
+        sim.set_value(1002, 43)
+        await until(lambda: _eq(value_of(r, 1, 1002), 43), 3)
+        # both down: the holder writes its points invalid (once) and its link goes 0
+        sim.cut(1)
+        await until(lambda: _quality(value_of(r, 1, 1002), points.Quality.IV), 5)
+        await until(lambda: _field(r, ks.link(1), "val", "0"), 3)
+        assert (await r.hget(ks.VPOINTS, "1999")).startswith("0|")
+        # channel 1 back: found again by alternating, values valid again
+        sim.restore(1, 1)
+        sim.set_value(1002, 44)
+        await until(lambda: _eq(value_of(r, 1, 1002), 44), 5)
+        v = await value_of(r, 1, 1002)
+        assert v.quality == 0
+        await until(lambda: _field(r, ks.channel_state(1, "A"), "ch1_connected", "1"), 2)
+        st = await r.hgetall(ks.channel_state(1, "A"))
+        assert st["active"] == "1" and int(st["ch2_switches"]) >= 1 and st["ch2_error"]
+        m = await until(lambda: r.hgetall(ks.metrics("acquirer", "A")), 2)
+        assert int(m["changes_written"]) > 0 and a.acq.metrics.total["channel_switches"] >= 2
+    finally:
+        await a.stop()
+        await sim.stop()
+
+
+async def _eq(coro, want) -> bool:
+    v = await coro
+    return v is not None and v.value == want and v.quality == 0
+
+
+async def _quality(coro, q) -> bool:
+    v = await coro
+    return v is not None and bool(v.quality & q)
+
+
+async def _field(r, key, field, want) -> bool:
+    return (await r.hget(key, field)) == want
+
+
+async def test_takeover_no_steal_back_and_fencing(redis_master, feproot):
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A", channel_switch_s=100))  # A stays on channel 1
+    await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+    b = Node(node_cfg(feproot, redis_master, "B"))
+    try:
+        r = a.master
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        old_epoch = a.acq.runners[1].lease.epoch
+        t0 = time.monotonic()
+        sim.cut(1, 1)  # A loses its device; B switches to channel 2 and reaches it
+        await until(lambda: b.acq.runners[1].lease.held, 5)
+        assert time.monotonic() - t0 >= 1.0  # takeover_s
+        assert (await r.hget(ks.lease(1), "holder")) == "B"
+        ev = (await r.xrevrange(ks.LEASE_EVENTS, count=1))[0][1]
+        assert ev["reason"] == "takeover" and ev["to"] == "B"
+        sim.set_value(1001, 7)
+        await until(lambda: _eq(value_of(r, 1, 1001), 7), 3)
+        # the fenced-out former holder's write is rejected by Redis
+        res = await r.fcall(*redisfns.write_values(1, "A", old_epoch, ["1001", "99|0|1"]).argv)
+        assert int(res[0]) == 0 and res[1] == "B"
+        assert (await value_of(r, 1, 1001)).value == 7
+        # A recovers: it reaches its device again but does not steal the lease back
+        sim.restore(1, 1)
+        await until(lambda: a.acq.runners[1].reaches(), 3)
+        t1 = time.monotonic()
+        while time.monotonic() - t1 < 1.5:
+            assert (await r.hget(ks.lease(1), "holder")) == "B"
+            await until(lambda: True)
+        assert not a.acq.runners[1].lease.held
+        assert (await r.hget(ks.link(1), "val")) == "1"
+    finally:
+        await b.stop()
+        await a.stop()
+        await sim.stop()
+
+
+async def test_holder_stopped_lease_lapses(redis_master, feproot):
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+    b = Node(node_cfg(feproot, redis_master, "B", takeover_s=30))
+    try:
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        await a.stop()
+        t0 = time.monotonic()
+        await until(lambda: b.acq.runners[1].lease.held, 3)
+        assert time.monotonic() - t0 < 2.0  # lease_ttl_s 0.6, not takeover_s 30
+        ev = (await b.master.xrevrange(ks.LEASE_EVENTS, count=1))[0][1]
+        assert ev["reason"] == "lapsed"
+        # B's heartbeat is there, A's expires
+        await until(lambda: _missing(b.master, ks.heartbeat("acquirer", "A")), 3)
+        assert await b.master.exists(ks.heartbeat("acquirer", "B"))
+    finally:
+        await b.stop()
+        await sim.stop()
+
+
+async def _missing(r, key) -> bool:
+    return not await r.exists(key)
+
+
+async def test_compensation_across_redis_restart(feproot):
+    with RedisProc(appendonly=True) as rp:
+        model = load(rp, merge(rtu_rows(1, free_port())))
+        sim = await start_sim(model)
+        a = Node(node_cfg(feproot, rp, "A"))
+        try:
+            await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+            sim.set_value(1000, 5)
+            await until(lambda: _eq(value_of(a.master, 1, 1000), 5), 3)
+            rp.stop()
+            sim.set_value(1000, 6)
+            sim.set_value(1001, 9)
+            await until(lambda: a.acq.metrics.total["write_errors"] > 0, 3)
+            rp.start()
+            await until(lambda: _eq(value_of(a.master, 1, 1000), 6), 5)
+            await until(lambda: _eq(value_of(a.master, 1, 1001), 9), 3)
+            assert a.acq.metrics.total["compensations"] + a.acq.metrics.total["full_images"] > 0
+        finally:
+            await a.stop()
+            await sim.stop()
+
+
+@pytest.mark.parametrize("a_state, b_state, val", [(0, 0, "0"), (1, 0, "1"), (0, 1, "1"), (1, 1, "1")])
+async def test_virtual_point_combinations(redis_master, a_state, b_state, val):
+    import redis.asyncio as aredis
+
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        redisfns.load_sync(redis_master.client())
+        for node, state in (("A", 1 - a_state), ("B", 1 - b_state), ("A", a_state), ("B", b_state)):
+            res = await r.fcall(*redisfns.link_set(7, node, bool(state), [77]).argv)
+        assert res == [str(a_state), str(b_state), val]
+        assert points.decode(await r.hget(ks.VPOINTS, "77")).value == int(val)
+    finally:
+        await r.aclose()
+
+
+async def test_reload_without_restart(redis_master, feproot):
+    p1, p2 = free_port(), free_port()
+    model = load(redis_master, merge(rtu_rows(1, p1)))
+    sim = await start_sim(load(redis_master, merge(rtu_rows(1, p1), rtu_rows(2, p2))))
+    load(redis_master, merge(rtu_rows(1, p1)))
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    try:
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+        first = a.acq.runners[1]
+        load(redis_master, merge(rtu_rows(1, p1), rtu_rows(2, p2)))  # add RTU 2, RTU 1 untouched
+        await until(lambda: 2 in a.acq.runners and a.acq.runners[2].lease.held, 3)
+        assert a.acq.runners[1] is first
+        sim.set_value(2001, 11)
+        await until(lambda: _eq(value_of(a.master, 2, 2001), 11), 3)
+        load(redis_master, merge(rtu_rows(1, p1, poll_ms=150)))  # RTU 1 changed, RTU 2 removed
+        await until(lambda: 2 not in a.acq.runners and a.acq.runners[1] is not first, 3)
+        assert model.gen == 0
+    finally:
+        await a.stop()
+        await sim.stop()
+
+
+async def test_controls_once_and_expired(redis_master, feproot):
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    try:
+        r = a.master
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+        await until(lambda: a.acq.runners[1].link is not None)
+        res = await controls.execute(r, 1, 1003, 321, "test", 2000)
+        assert res.ok, res
+        assert sim.value(1003) == 321
+        res = await controls.execute(r, 1, 1900, 1, "test", 2000)
+        assert res.ok and sim.value(1900) == 1
+        assert [w for w in sim.writes if w[1] == "hr"] == [(1, "hr", 3, [321])]
+        # deadline already passed when claimed: never written
+        ctl = await controls.submit(r, 1, 1002, 555, "test", 0)
+        res = await controls.wait(r, ctl, 500)
+        assert res.state == controls.EXPIRED and sim.value(1002) != 555
+        # unknown point: a clear failure, not a crash
+        res = await controls.execute(r, 1, 424242, 1, "test", 2000)
+        assert res.state == controls.FAILED and "not a point" in res.reason
+        m = a.acq.metrics.total
+        assert m["controls_executed"] == 2 and m["controls_failed"] == 1
+    finally:
+        await a.stop()
+        await sim.stop()

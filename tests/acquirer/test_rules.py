@@ -1,0 +1,125 @@
+"""Table tests of the acquirer's rules: no network."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from fep_acquirer.changes import ChangeTracker
+from fep_acquirer.channel import ChannelSwitcher
+from fep_acquirer.housekeeping import write_window_ms
+from fep_acquirer.lease import LeaseView, reach_window_s, reaches
+from fep_acquirer.plan import decode_block, plan_reads
+
+from fepha import datatypes as dt
+from fepha.semodel.model import Point
+
+
+def pt(pid: int, area: str, addr: int, typ: str = "uint16", **kw) -> Point:
+    return Point(id=pid, rtu=1, kind="AI", name="", area=area, address=addr, datatype=typ, **kw)
+
+
+@pytest.mark.parametrize("points, expected", [
+    ([pt(1, "hr", 0), pt(2, "hr", 1), pt(3, "hr", 2, "float32")], [("hr", 0, 4)]),
+    ([pt(1, "hr", 0), pt(2, "hr", 20)], [("hr", 0, 1), ("hr", 20, 1)]),            # gap > 8
+    ([pt(1, "hr", 0), pt(2, "hr", 9)], [("hr", 0, 10)]),                          # small gap read through
+    ([pt(i, "ir", i) for i in range(130)], [("ir", 0, 125), ("ir", 125, 5)]),     # 125-register limit
+    ([pt(1, "ir", 123, "uint32"), pt(2, "ir", 0)], [("ir", 0, 1), ("ir", 123, 2)]),
+    ([pt(1, "ir", 0), pt(2, "ir", 123, "float32")], [("ir", 0, 1), ("ir", 123, 2)]),
+    ([pt(1, "ir", 0), pt(2, "ir", 124, "float32")], [("ir", 0, 1), ("ir", 124, 2)]),  # would be 126
+    ([pt(i, "co", i, "bool") for i in range(2001)], [("co", 0, 2000), ("co", 2000, 1)]),
+    ([pt(1, "di", 5, "bool"), pt(2, "co", 5, "bool"), pt(3, "ir", 5, "bool", bit=3)],
+     [("co", 5, 1), ("di", 5, 1), ("ir", 5, 1)]),
+    ([pt(1, "ir", 7, "bool", bit=0), pt(2, "ir", 7, "bool", bit=15)], [("ir", 7, 1)]),  # shared register
+])
+def test_plan_reads(points, expected):
+    blocks = plan_reads(points)
+    assert [(b.area, b.start, b.count) for b in blocks] == expected
+    assert sorted(p.id for b in blocks for p in b.points) == sorted(p.id for p in points)
+    for b in blocks:
+        assert b.count <= (2000 if b.area in dt.BIT_AREAS else 125)
+
+
+@pytest.mark.parametrize("p, value", [
+    (pt(1, "hr", 0, "int16"), -1234),
+    (pt(1, "hr", 0, "uint16", scale=0.1, offset=-40), 2.0),
+    (pt(1, "hr", 0, "int32", wordorder="little"), -70000),
+    (pt(1, "hr", 0, "uint32", byteorder="little"), 4_000_000_000),
+    (pt(1, "hr", 0, "float32", byteorder="little", wordorder="little"), 3.5),
+    (pt(1, "hr", 0, "float32", scale=2.0, offset=1.0), 8.0),
+])
+def test_decode_registers(p, value):
+    regs = [0] * 3 + dt.encode_registers(dt.unscaled(value, p.scale, p.offset), p.datatype, p.byteorder,
+                                         p.wordorder)
+    p = dataclasses.replace(p, address=3)
+    blk = plan_reads([p])[0]
+    got = decode_block(blk, regs[blk.start:blk.start + blk.count])[p.id]
+    assert got == pytest.approx(value)
+
+
+def test_decode_bits_and_register_bits():
+    ps = [pt(1, "co", 0, "bool"), pt(2, "co", 2, "bool"), pt(3, "ir", 10, "bool", bit=3),
+          pt(4, "ir", 10, "bool", bit=4)]
+    blocks = {b.area: b for b in plan_reads(ps)}
+    assert decode_block(blocks["co"], [True, False, False]) == {1: 1, 2: 0}
+    assert decode_block(blocks["ir"], [0b1000]) == {3: 1, 4: 0}
+
+
+def test_change_tracker_rules():
+    t = ChangeTracker(deadband={1: 0.5})
+    assert t.changes({1: (10.0, 0), 2: (1, 0)}) == {1: (10.0, 0), 2: (1, 0)}  # never written
+    t.committed({1: (10.0, 0), 2: (1, 0)})
+    assert t.changes({1: (10.4, 0), 2: (1, 0)}) == {}                          # within deadband
+    assert t.changes({1: (10.6, 0), 2: (2, 0)}) == {1: (10.6, 0), 2: (2, 0)}
+    assert t.changes({1: (10.0, 0x80), 2: (1, 0)}) == {1: (10.0, 0x80)}        # quality change
+    t.failed({2: (2, 0)})
+    assert t.changes({1: (10.0, 0), 2: (1, 0)}) == {2: (1, 0)}                 # compensation, same value
+    assert t.committed({2: (1, 0)}) == 1
+    assert t.changes({1: (10.0, 0), 2: (1, 0)}) == {}
+    t.forget()
+    assert set(t.changes({1: (10.0, 0), 2: (1, 0)})) == {1, 2}                 # full image
+
+
+def test_channel_switch_sequence():
+    s = ChannelSwitcher((1, 2), switch_s=30, backoff_min_s=0.5, backoff_max_s=5)
+    assert s.next_attempt(0) == (1, 0.0)
+    s.connected(0)
+    s.failed(100, "reset")
+    assert s.next_attempt(100) == (1, 0.5)
+    for t, delay in ((101, 1.0), (103, 2.0), (107, 4.0), (120, 5.0)):
+        s.failed(t, "refused")
+        assert s.next_attempt(t) == (1, delay)
+    s.failed(127, "refused")
+    assert s.next_attempt(127) == (1, 3.0)          # never waits past the switch time
+    assert s.next_attempt(130) == (2, 0.0)          # 30 s without connection: switch
+    assert s.info[2].switches == 1
+    s.failed(130.1, "refused")
+    assert s.next_attempt(160.1) == (1, 0.0)        # neither works: keep alternating
+    s.connected(161)
+    assert s.state()["active"] == "1" and s.state()["ch1_connected"] == "1"
+    assert s.next_attempt(200) == (1, 0.0)
+
+
+def test_single_channel_never_switches():
+    s = ChannelSwitcher((1,), switch_s=1, backoff_min_s=0.5, backoff_max_s=1)
+    s.failed(0, "x")
+    assert s.next_attempt(100) == (1, 0.5)
+
+
+def test_lease_view_and_reach():
+    v = LeaseView("A")
+    assert v.update("A", 1) == "gained"
+    assert v.update("A", 1) is None
+    assert v.update("B", 2) == "lost"
+    assert v.update("B", 2) is None
+    assert v.update("A", 4) == "gained"
+    assert v.fenced_out("B", 5) == "lost" and not v.held
+    w = reach_window_s(1.0, 1.0, 1.0)
+    assert w == 3.0 and reach_window_s(0.1, 0.1, 1.0) == 2.0
+    assert reaches(10, 8, w) and not reaches(10, 6.9, w) and not reaches(10, None, w)
+
+
+@pytest.mark.parametrize("mode, role, expected", [
+    ("auto", "master", 0), ("auto", "slave", 20), ("direct", "slave", 0), ("batched", "master", 20)])
+def test_write_mode(mode, role, expected):
+    assert write_window_ms(mode, role, 20) == expected
