@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import abc
 import ssl
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Sequence
+from typing import Any, ClassVar, Protocol
 
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
@@ -79,6 +80,16 @@ class ForwardServer(abc.ABC):
     def queue_depth(self) -> int:
         """Events waiting to be sent, summed over connections and buffers."""
         return 0
+
+    on_clients_changed: Callable[[], None] | None = None
+    """Set by the runner: a server that calls it when a master connects or leaves gets its client list
+    written at once; others are picked up by the runner's once-a-second housekeeping."""
+
+    def counters(self) -> dict[str, int]:
+        """Monotonic counters since start (names from docs/keyspace.md, e.g. events_sent, events_dropped,
+        controls, controls_ok, control_latency_ms_sum); the runner adds their increases to the metrics
+        hash. Optional: a server without counters returns {}."""
+        return {}
 
 
 SERVERS: dict[str, str] = {

@@ -1,0 +1,350 @@
+"""The forwarder's runner: configuration -> one ForwardServer per forwarding RTU, fed from the local Redis.
+
+Reads go to the local Redis only (master or replica): the configuration snapshot, the full image and the
+change stream (XREAD BLOCK, no polling). Writes (heartbeat, metrics, connected masters, controls) go to the
+master. The full image is loaded on start, after every reconnect and when the stream was trimmed past the
+last entry read; a new configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose
+RTU changed. docs/forwarder.md describes the whole path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import ssl
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+
+from fepha import cfgstore, controls, heartbeat, redisconn
+from fepha import keyspace as ks
+from fepha.config import NodeConfig, feproot
+from fepha.logsetup import OnceLogger
+from fepha.semodel.model import FwdPoint, Model
+
+from .base import ControlOutcome, ForwardServer, server_class
+from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, trimmed_past
+
+log = logging.getLogger("fep_forwarder")
+
+SERVICE = "forwarder"
+READ_COUNT = 1000  # stream entries per XREAD
+TLS_PROTOCOLS = ("se104s", "sefeps")
+REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisControlSink:
+    """ControlSink over `fepha.controls` on the master Redis: queued for the source point's acquisition RTU,
+    executed by that RTU's lease holder on either node."""
+
+    def __init__(self, master: Any, model: Model, timeout_ms: int) -> None:
+        self.master = master
+        self.model = model
+        self.timeout_ms = timeout_ms
+
+    async def execute(self, fwd: FwdPoint, value: float, origin: str,
+                      timeout_ms: int | None = None) -> ControlOutcome:
+        point = self.model.points.get(fwd.src)
+        if point is None:
+            return ControlOutcome(False, "rejected", f"source point {fwd.src} is not an acquisition point")
+        try:
+            res = await controls.execute(self.master, point.rtu, point.id, value, origin,
+                                         timeout_ms or self.timeout_ms)
+        except REDIS_ERRORS as exc:
+            # It may or may not have been queued: the answer is unknown, never a retry.
+            return ControlOutcome(False, "unknown", f"master Redis: {exc}")
+        return ControlOutcome(res.ok, res.state, res.reason)
+
+
+def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | None:
+    """Server TLS context from [tls] cert/key (and ca for mutual TLS), None when no certificate is set."""
+    if not cfg.tls_cert:
+        return None
+    base = root or feproot()
+    path = lambda p: str(p if os.path.isabs(p) else base / p)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
+    if cfg.tls_ca:
+        ctx.load_verify_locations(path(cfg.tls_ca))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+class Forwarder:
+    def __init__(self, cfg: NodeConfig, stop: asyncio.Event, options: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.stop = stop
+        self.options = {"select_timeout_s": cfg.select_timeout_s,
+                        "control_timeout_ms": int(cfg.control_timeout_s * 1000), **(options or {})}
+        self.master = redisconn.master_async(cfg)
+        self.sink = RedisControlSink(self.master, Model({}, "", ""), int(cfg.control_timeout_s * 1000))
+        self.tls = tls_context(cfg)
+        self.model: Model | None = None
+        self.servers: dict[int, ForwardServer] = {}
+        self.signatures: dict[int, str] = {}
+        self.routing = Routing()
+        self.reload = asyncio.Event()
+        self.state_changed = asyncio.Event()  # a master connected or left: write the client lists now
+        self.last_id = "0-0"
+        self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
+        self.lag = 0
+        self.full_images = 0
+        self.once = OnceLogger(log)
+        self._counted: dict[int, dict[str, int]] = {}
+        self._pending: dict[str, int] = {}
+        self._clients_written: dict[int, str] = {}
+        self._next_beat = 0.0
+
+    # --- main loop -------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
+                 asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch")]
+        backoff = self.cfg.reconnect_min_s
+        try:
+            while not self.stop.is_set():
+                local = redisconn.local_async(self.cfg)
+                try:
+                    await self._follow(local)
+                    backoff = self.cfg.reconnect_min_s
+                except REDIS_ERRORS as exc:
+                    self.once.problem("local", f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: {exc}; "
+                                      "reconnecting, then reloading the full image")
+                    await self._sleep(backoff)
+                    backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+                finally:
+                    await local.aclose()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for rid in list(self.servers):
+                await self._stop_server(rid)
+            await self._write_state(final=True)
+            await self.master.aclose()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self.stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _follow(self, local: aredis.Redis) -> None:
+        model = await cfgstore.read_async(local)
+        while model is None and not self.stop.is_set():
+            self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
+            self.reload.clear()
+            try:
+                await asyncio.wait_for(self.reload.wait(), 2.0)
+            except TimeoutError:
+                pass
+            model = await cfgstore.read_async(local)
+        if model is None:
+            return
+        self.once.clear("nocfg")
+        await self._reconcile(model)
+        await self._full_image(local)
+        self.once.clear("local")
+        block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
+        while not self.stop.is_set():
+            if self.reload.is_set():
+                self.reload.clear()
+                if await cfgstore.gen_async(local) != self.model.gen:  # type: ignore[union-attr]
+                    model = await cfgstore.read_async(local)
+                    if model is not None:
+                        await self._reconcile(model)
+                        await self._full_image(local)
+                continue
+            got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            if not got:
+                continue
+            prev, before = self.last_id, self.consumed
+            entries = got[0][1]
+            self._dispatch(entries)
+            self.last_id = entries[-1][0]
+            self.consumed += len(entries)
+            self.lag = lag_ms(self.last_id, int(time.time() * 1000))
+            try:
+                info = await local.xinfo_stream(ks.CHANGES)
+            except redis.ResponseError:  # the stream was deleted after our read: nothing to compare
+                continue
+            if trimmed_past(before, int(info["entries-added"]), int(info["length"])):
+                log.warning("change stream trimmed past the last entry read (%s): loading the full image", prev)
+                await self._full_image(local)
+
+    def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
+        per: dict[int, list[Any]] = {}
+        bad: list[str] = []
+        for _, fields in entries:
+            merge(per, self.routing.updates(entry_pairs(fields), bad))
+        for rid, ups in per.items():
+            srv = self.servers.get(rid)
+            if srv is not None:
+                srv.apply(ups)
+        if bad:
+            self.once.problem("bad", f"change stream: {len(bad)} unusable records skipped, e.g. {bad[0]}")
+
+    async def _full_image(self, local: aredis.Redis) -> None:
+        """Read the stream position and every routed value hash in one MULTI/EXEC, so no change falls
+        between the image and the first entry followed."""
+        assert self.model is not None
+        rtus = image_keys(self.model, self.routing)
+        pipe = local.pipeline(transaction=True)
+        pipe.xrevrange(ks.CHANGES, "+", "-", count=1)
+        pipe.xinfo_stream(ks.CHANGES)
+        for rid in rtus:
+            pipe.hgetall(ks.values(rid))
+        pipe.hgetall(ks.VPOINTS)
+        res = await pipe.execute(raise_on_error=False)
+        for x in res[:1] + res[2:]:
+            if isinstance(x, Exception):
+                raise x
+        self.last_id = res[0][0][0] if res[0] else "0-0"
+        info = res[1]
+        self.consumed = 0 if isinstance(info, Exception) else int(info["entries-added"])  # no stream yet
+        per: dict[int, list[Any]] = {}
+        bad: list[str] = []
+        for h in res[2:]:
+            merge(per, self.routing.updates(h.items(), bad))
+        for rid, srv in self.servers.items():
+            srv.load_image(per.get(rid, []))
+        self.full_images += 1
+        n = sum(len(v) for v in per.values())
+        log.info("full image loaded: %d values for %d forwarding RTUs, following the stream from %s", n,
+                 len(self.servers), self.last_id)
+
+    # --- configuration -----------------------------------------------------------------------------------
+
+    async def _reconcile(self, model: Model) -> None:
+        """Start, stop or restart servers so they match `model`; an unchanged RTU keeps its server and its
+        masters' connections."""
+        wanted = {r.id: r for r in model.forwarding_rtus()}
+        for rid in list(self.servers):
+            if rid not in wanted or wanted[rid].signature() != self.signatures.get(rid):
+                await self._stop_server(rid)
+        self.sink.model = model
+        for rid, rtu in wanted.items():
+            if rid in self.servers:
+                continue
+            try:
+                cls = server_class(rtu.protocol)
+                srv = cls(rtu, model, self.cfg.bind, self.sink, self.cfg.node_id,
+                          tls=self.tls if rtu.protocol in TLS_PROTOCOLS else None, **self.options)
+                srv.on_clients_changed = self.state_changed.set
+                await srv.start()
+            except (OSError, KeyError, ValueError, ImportError) as exc:
+                self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
+                continue
+            self.once.clear(f"start:{rid}")
+            self.servers[rid] = srv
+            self.signatures[rid] = rtu.signature()
+        self.model = model
+        self.routing = Routing.of(model, self.servers)
+        log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
+
+    async def _stop_server(self, rid: int) -> None:
+        srv = self.servers.pop(rid)
+        self.signatures.pop(rid, None)
+        await self._count(rid, srv)  # keep its last counts
+        self._counted.pop(rid, None)
+        await srv.stop()
+
+    async def _watch_config(self) -> None:
+        """Pub/sub on the local Redis: a message on CFG_CHANGED sets `reload`; after a reconnect `reload`
+        is set too, and the main loop compares generations, so a missed message is not a missed reload."""
+        backoff = self.cfg.reconnect_min_s
+        while not self.stop.is_set():
+            local = redisconn.local_async(self.cfg)
+            ps = local.pubsub()
+            try:
+                await ps.subscribe(ks.CFG_CHANGED)
+                self.reload.set()
+                backoff = self.cfg.reconnect_min_s
+                while not self.stop.is_set():
+                    msg = await ps.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                    if msg is not None:
+                        log.info("configuration generation %s announced", msg.get("data"))
+                        self.reload.set()
+            except REDIS_ERRORS:
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, self.cfg.reconnect_max_s)
+            finally:
+                await ps.aclose()
+                await local.aclose()
+
+    # --- heartbeat, metrics, connected masters -------------------------------------------------------
+
+    async def _housekeeping(self) -> None:
+        period = min(1.0, self.cfg.heartbeat_s)
+        while not self.stop.is_set():
+            self.state_changed.clear()
+            await self._write_state()
+            try:
+                await asyncio.wait_for(self.state_changed.wait(), period)
+            except TimeoutError:
+                pass
+
+    async def _count(self, rid: int, srv: ForwardServer) -> dict[str, int]:
+        # counters() is the interface; a server that only keeps a `stats` Counter is read the same way
+        now = srv.counters() or {k: int(v) for k, v in (getattr(srv, "stats", None) or {}).items()}
+        before = self._counted.get(rid, {})
+        self._counted[rid] = now
+        for k, v in now.items():
+            d = v - before.get(k, 0)
+            if d:
+                self._pending[k] = self._pending.get(k, 0) + d
+        return now
+
+    async def _write_state(self, final: bool = False) -> None:
+        node = self.cfg.node_id
+        try:
+            for rid, srv in self.servers.items():
+                await self._count(rid, srv)
+            if self.full_images:
+                self._pending["full_images"] = self._pending.get("full_images", 0) + self.full_images
+                self.full_images = 0
+            pending = self._pending
+            pipe = self.master.pipeline(transaction=False)
+            mkey = ks.metrics(SERVICE, node)
+            for k, d in pending.items():
+                pipe.hincrby(mkey, k, d)
+            nclients = 0
+            for rid, srv in self.servers.items():
+                cl = {} if final else srv.clients()
+                nclients += len(cl)
+                text = json.dumps(cl, sort_keys=True)
+                if self._clients_written.get(rid) != text:
+                    pipe.delete(ks.fwd_clients(rid, node))
+                    if cl:
+                        pipe.hset(ks.fwd_clients(rid, node), mapping={p: json.dumps(s) for p, s in cl.items()})
+                    self._clients_written[rid] = text
+            for rid in [r for r in self._clients_written if r not in self.servers or final]:
+                pipe.delete(ks.fwd_clients(rid, node))
+                self._clients_written.pop(rid, None)
+            pipe.hset(mkey, mapping={"stream_lag_ms": self.lag, "clients": nclients})
+            if final:
+                pipe.delete(ks.heartbeat(SERVICE, node))
+            elif time.monotonic() >= self._next_beat:
+                self._next_beat = time.monotonic() + self.cfg.heartbeat_s
+                pipe.set(ks.heartbeat(SERVICE, node),
+                         heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0,
+                                           servers=sorted(self.servers), last_id=self.last_id),
+                         px=int(self.cfg.heartbeat_s * 3000))
+            await pipe.execute()
+            self._pending = {}
+            self.once.clear("master")
+        except REDIS_ERRORS as exc:
+            self.once.problem("master", f"master Redis {self.cfg.vip}:{self.cfg.port}: {exc}; "
+                              "heartbeat and metrics wait for it")
+            self._clients_written.clear()
+
+
+async def run(cfg: NodeConfig, stop: asyncio.Event, options: dict[str, Any] | None = None) -> None:
+    """Run the forwarder until `stop` is set. `options` are passed to every server (tests shorten timers)."""
+    await Forwarder(cfg, stop, options).run()

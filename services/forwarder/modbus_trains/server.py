@@ -1,0 +1,273 @@
+"""modbus_trains: one forwarding RTU served as a Modbus TCP server on pymodbus 3.16.1.
+
+Data and controls go through pymodbus's `SimDevice` with an action hook: on a read the hook copies the
+current image (kept by `AddressMap`) into the device's registers, on a write it runs the controls through
+the `ControlSink` and answers with a Modbus exception when one fails. Two things SimDevice cannot express
+are handled by the smallest additions on pymodbus's own server classes (docs/modbus_trains.md):
+
+- `_GuardedCore` (a `SimCore`, the object pymodbus builds from the SimDevices): SimCore answers an unknown
+  unit id with a KeyError (logged with a traceback, answered DEVICE_FAILURE) and SimDevice bit areas have
+  no holes (every bit between the first and the last configured one reads as 0), and the action hook of a
+  bit read is not told the bit count. The guard checks unit id and every requested address before the
+  SimDevice sees the request.
+- `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
+  connected-clients table, which need the peer address pymodbus does not pass to any hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.modbus_trains.addrmap import (
+    FUNCTION_AREA,
+    GATEWAY_PATH_UNAVAILABLE,
+    ILLEGAL_FUNCTION,
+    OUTCOME_EXCEPTION,
+    SERVER_DEVICE_FAILURE,
+    AddressMap,
+    RequestError,
+)
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
+from fepha import datatypes
+from fepha.logsetup import OnceLogger
+
+log = logging.getLogger("fep.forwarder.modbus_trains")
+_WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
+
+
+def _area_blocks(amap: AddressMap) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
+    """One SimData per area covering its used range (holes are refused by the guard, not by SimDevice).
+    An area without points still needs one entry for SimDevice; the guard makes it unreachable."""
+    out: list[list[SimData]] = []
+    for area in ("co", "di", "hr", "ir"):
+        span = amap.span(area)
+        lo, hi = span if span else (0, 0)
+        if area in datatypes.BIT_AREAS:
+            out.append([SimData(lo, values=[False] * (hi - lo + 1), datatype=DataType.BITS)])
+        else:
+            out.append([SimData(lo, count=hi - lo + 1, datatype=DataType.REGISTERS)])
+    return out[0], out[1], out[2], out[3]
+
+
+class _GuardedCore(SimCore):
+    """SimCore that answers unknown units and unmapped addresses with the proper exception."""
+
+    def __init__(self, owner: ModbusTrainsServer, devices: list[SimDevice]) -> None:
+        super().__init__(devices)
+        self.owner = owner
+
+    def _refuse(self, device_id: int, func_code: int, address: int, count: int, write: bool) -> ExcCodes | None:
+        o = self.owner
+        if device_id != o.unit and device_id != o.quality_unit and o.unit != 0:
+            return ExcCodes(GATEWAY_PATH_UNAVAILABLE)
+        area = FUNCTION_AREA.get(func_code)
+        if area is None:
+            return ExcCodes(ILLEGAL_FUNCTION)
+        if write and device_id == o.quality_unit:
+            return ExcCodes(ILLEGAL_FUNCTION)
+        try:
+            o.amap.check(area, address, count)
+        except RequestError as exc:
+            return ExcCodes(exc.code)
+        return None
+
+    def _device(self, device_id: int) -> int:
+        return device_id if device_id == self.owner.quality_unit else self.owner.value_device
+
+    async def async_getValues(self, device_id: int, func_code: int, address: int,
+                              count: int = 1) -> list[int] | list[bool] | ExcCodes:
+        if (refused := self._refuse(device_id, func_code, address, count, False)) is not None:
+            return refused
+        return await super().async_getValues(self._device(device_id), func_code, address, count)
+
+    async def async_setValues(self, device_id: int, func_code: int, address: int,
+                              values: list[int] | list[bool]) -> ExcCodes | None:
+        if (refused := self._refuse(device_id, func_code, address, len(values), True)) is not None:
+            return refused
+        return await super().async_setValues(self._device(device_id), func_code, address, values)
+
+
+class _Handler(ServerRequestHandler):
+    """pymodbus's per-connection handler plus the allowlist check and the clients table."""
+
+    def callback_connected(self) -> None:
+        super().callback_connected()
+        owner: ModbusTrainsServer = self.server.fwd
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        host = str(peer[0]) if peer else "?"
+        if not owner.allowed(host):
+            owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {host}",
+                               "connection refused (address not in T004_RTU.ALLOW)")
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        self.peer = f"{host}:{peer[1]}" if peer else "?"
+        owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        super().callback_disconnected(exc)
+        self.server.fwd.conns.pop(getattr(self, "peer", None), None)
+
+
+class _TcpServer(ModbusTcpServer):
+    fwd: ModbusTrainsServer
+
+    def callback_new_connection(self) -> _Handler:
+        return _Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
+class ModbusTrainsServer(ForwardServer):
+    """Options: quality_unit (int, unit id serving quality bits; default none), control_timeout_ms
+    (int, default: the ControlSink's)."""
+
+    protocol = "modbus_trains"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.amap = AddressMap(self.rtu.forwards)
+        self.unit = self.rtu.address
+        self.value_device = self.unit if self.unit != 0 else 1
+        q = self.options.get("quality_unit")
+        self.quality_unit: int | None = int(q) if q is not None else None
+        if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device):
+            raise ValueError(f"quality_unit {q} equals the RTU's unit id")
+        self.timeout_ms: int | None = self.options.get("control_timeout_ms")
+        self.allow = [ipaddress.ip_network(a, strict=False) for a in self.rtu.allow]
+        self.conns: dict[str, dict[str, Any]] = {}
+        self.once = OnceLogger(log)
+        self.origin = f"modbus_trains:{self.rtu.id}@{self.node}"
+        if self.tls is not None:
+            log.info("modbus_trains RTU %s: plain Modbus TCP; the tls_* settings apply to se104s/sefeps only",
+                     self.rtu.id)
+        self._srv: _TcpServer | None = None
+        self._writes: set[asyncio.Task] = set()
+        self.stats: Counter[str] = Counter()
+        """Forwarder counters (docs/keyspace.md names) for the runner: controls, controls_ok,
+        control_latency_ms_sum. Modbus is polled, so there are no events to count."""
+
+    # -- ForwardServer ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        devices = [SimDevice(self.value_device, simdata=_area_blocks(self.amap), action=self._values_action)]
+        if self.quality_unit is not None:
+            devices.append(SimDevice(self.quality_unit, simdata=_area_blocks(self.amap),
+                                     action=self._quality_action))
+        port = self.rtu.listen_port if self.rtu.listen_port is not None else 502
+        srv = _TcpServer(devices, address=(self.bind, port))
+        srv.fwd = self
+        srv.context = _GuardedCore(self, devices)
+        try:
+            await srv.serve_forever(background=True)
+        except RuntimeError as exc:  # pymodbus reports a failed bind this way
+            raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
+        self._srv = srv
+        log.info("modbus_trains RTU %s listening on %s:%s unit %s", self.rtu.id, self.bind, self.port, self.unit)
+
+    async def stop(self) -> None:
+        srv, self._srv = self._srv, None
+        for t in list(self._writes):
+            t.cancel()
+        if srv is not None:
+            await srv.shutdown()
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        self.conns.clear()
+        await asyncio.sleep(0)  # let pymodbus's closed connections run their connection_lost
+
+    def load_image(self, updates: Sequence[Update]) -> None:
+        self.amap.clear()
+        self.apply(updates)
+
+    def apply(self, updates: Sequence[Update]) -> None:
+        for u in updates:
+            self.amap.set_value(u.fwd, u.value)
+
+    def clients(self) -> dict[str, dict[str, Any]]:
+        return {k: dict(v) for k, v in self.conns.items()}
+
+    # -- helpers ----------------------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        """The bound port (the configured one, or the one the OS chose for LISTENPORT 0)."""
+        if self._srv is None or self._srv.transport is None:
+            return int(self.rtu.listen_port or 0)
+        return int(self._srv.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+
+    def allowed(self, host: str) -> bool:
+        if not self.allow:
+            return True
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.allow)
+
+    # -- SimDevice action hooks -------------------------------------------------------------------------
+    async def _values_action(self, function_code: int, start_address: int, address: int, count: int,
+                             registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+        area = FUNCTION_AREA[function_code]
+        if set_values is None or function_code not in _WRITE_FUNCTIONS:
+            self._fill(area, start_address, address, count, registers, quality=False)
+            return None
+        return await self._write(area, address, set_values)
+
+    async def _quality_action(self, function_code: int, start_address: int, address: int, count: int,
+                              registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+        self._fill(FUNCTION_AREA[function_code], start_address, address, count, registers, quality=True)
+        return None
+
+    def _fill(self, area: str, start: int, address: int, count: int, registers: list[int],
+              quality: bool) -> None:
+        """Copy the image into the SimDevice registers the request is about to read."""
+        src = (self.amap.quality if quality else self.amap.words)[area]
+        if area in datatypes.BIT_AREAS:
+            # bit areas: `start` and `count` are in 16-bit words, `address` is the bit address
+            first = address // 16
+            for w in range(first, first + count):
+                word = 0
+                for b in range(16):
+                    if src.get(w * 16 + b, 0):
+                        word |= 1 << b
+                registers[w - start] = word
+        else:
+            for a in range(address, address + count):
+                registers[a - start] = src.get(a, 0)
+
+    async def _write(self, area: str, address: int, values: Sequence[int | bool]) -> ExcCodes | None:
+        try:
+            plan = self.amap.writes(area, address, values)
+        except RequestError as exc:
+            return ExcCodes(exc.code)
+        task = asyncio.current_task()
+        if task is not None:
+            self._writes.add(task)
+        try:
+            for fwd, value, words in plan:
+                self.stats["controls"] += 1
+                t0 = time.monotonic()
+                try:
+                    out = await self.controls.execute(fwd, value, self.origin, self.timeout_ms)
+                except Exception as exc:  # noqa: BLE001  a sink must not raise; pymodbus would log a traceback
+                    self.once.problem(f"modbus_trains RTU {self.rtu.id} controls", f"control sink raised {exc!r}")
+                    return ExcCodes(SERVER_DEVICE_FAILURE)
+                self.stats["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+                if not out.ok:
+                    log.info("modbus_trains RTU %s control %s=%s %s: %s", self.rtu.id, fwd.id, value,
+                             out.state, out.reason)
+                    return ExcCodes(OUTCOME_EXCEPTION.get(out.state, SERVER_DEVICE_FAILURE))
+                self.stats["controls_ok"] += 1
+                self.amap.store(area, fwd.addr, words)
+            return None
+        finally:
+            if task is not None:
+                self._writes.discard(task)

@@ -1,0 +1,347 @@
+"""sefeps server: one forwarding RTU served to SCADA masters over TCP (optionally TLS), docs/sefeps.md.
+
+Thin I/O around `codec`: one reader loop and one writer task per connection. The writer owns the socket's
+output, so ordering is simple: control messages (welcome, res, hb, err) first, then a full image when one
+is due, then change events from the connection's bounded queue. Changes are numbered by the server (seq)
+and kept in a bounded replay buffer, so a master that reconnects resumes without a full image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Sequence
+from typing import Any
+
+from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.sefeps import codec
+
+from fepha.logsetup import OnceLogger
+from fepha.semodel.model import FwdPoint
+
+log = logging.getLogger("fep.forwarder.sefeps")
+
+DEFAULTS: dict[str, Any] = {
+    "heartbeat_s": 10.0,  # idle time before a heartbeat is sent; silence of 3x closes the connection
+    "queue_max": 10_000,  # events queued per connection before it is resynchronised with a full image
+    "replay_max": 10_000,  # events kept for resuming masters
+    "image_chunk": 2_000,  # points per image frame
+    "event_chunk": 500,  # points per ev frame
+    "max_inflight": 16,  # commands running at once per connection
+    "max_frame": codec.MAX_FRAME,
+    "control_timeout_ms": None,  # None: the ControlSink's default
+}
+
+
+class _Conn:
+    """One master's connection."""
+
+    def __init__(self, server: SefepsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.state = "hello"  # hello -> open -> closed
+        self.name = ""
+        self.version = 0
+        self.out: deque[dict[str, Any]] = deque()  # control messages, sent first
+        self.pending: deque[tuple[int, codec.Entry]] = deque()  # events after hello, bounded
+        self.need_image = False
+        self.wake = asyncio.Event()
+        now = time.monotonic()
+        self.last_rx = self.last_tx = now
+        self.since_ms = int(time.time() * 1000)
+        self.sent_seq = 0
+        self.overflows = 0
+        self.commands: dict[int, asyncio.Task] = {}
+        self.tasks: list[asyncio.Task] = []  # reader and writer
+        self.closing = False
+
+    # -- fed by the server ---------------------------------------------------------------------------
+    def push(self, events: Sequence[tuple[int, codec.Entry]]) -> None:
+        if self.state != "open" or self.need_image or not events:
+            return
+        if len(self.pending) + len(events) > self.server.opt["queue_max"]:
+            # the master does not keep up: drop its queue, send it a full image instead (docs/sefeps.md)
+            self.server.stats["events_dropped"] += len(self.pending) + len(events)
+            self.pending.clear()
+            self.need_image = True
+            self.overflows += 1
+            self.server.once.problem(f"sefeps RTU {self.server.rtu.id} master {self.peer}",
+                                     "queue full, resynchronising with a full image")
+        else:
+            self.pending.extend(events)
+        self.wake.set()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        self.out.append(msg)
+        self.wake.set()
+
+    def fail(self, code: str, msg: str) -> None:
+        """Tell the master why, then close: the writer sends what is queued up to the err, then closes."""
+        if self.closing:
+            return
+        log.info("sefeps RTU %s master %s: %s: %s", self.server.rtu.id, self.peer, code, msg)
+        self.out.clear()
+        self.out.append(codec.error(code, msg))
+        self.closing = True
+        self.wake.set()
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    async def read_loop(self) -> None:
+        dec = codec.Decoder(codec.CLIENT_MESSAGES, self.server.opt["max_frame"])
+        while not self.closing:
+            try:
+                data = await self.reader.read(65536)
+            except (ConnectionError, OSError):
+                return
+            if not data:
+                return
+            self.last_rx = time.monotonic()
+            try:
+                for msg in dec.feed(data):
+                    self.handle(msg)
+                    if self.closing:
+                        return
+            except codec.ProtocolError as exc:
+                self.fail(exc.code, exc.msg)
+                return
+
+    def handle(self, msg: dict[str, Any]) -> None:
+        srv = self.server
+        t = msg["t"]
+        if self.state == "hello":
+            if t != "hello":
+                raise codec.ProtocolError("proto", f"expected hello, got {t}")
+            version = codec.negotiate(msg["versions"])
+            if version is None:
+                raise codec.ProtocolError("version", f"no common version; server speaks {list(codec.SUPPORTED)}")
+            self.version, self.name, self.state = version, str(msg.get("name", "")), "open"
+            self.send(codec.welcome(version, srv.session, srv.rtu.id, srv.node, srv.opt["heartbeat_s"],
+                                    srv.catalog))
+            r = msg.get("resume")
+            self.resume(r["session"], r["seq"]) if r else self.start_image()
+            return
+        if t == "hello":
+            raise codec.ProtocolError("proto", "hello after hello")
+        if t == "hb":
+            return
+        if t == "resume":
+            self.resume(msg["session"], msg["seq"])
+        elif t == "cmd":
+            self.command(msg["id"], msg["addr"], msg["value"])
+        elif t == "bye":
+            self.closing = True
+            self.wake.set()
+
+    def start_image(self) -> None:
+        self.pending.clear()
+        self.need_image = True
+        self.wake.set()
+
+    def resume(self, session: str, seq: int) -> None:
+        srv = self.server
+        events = srv.replay.since(seq, srv.seq) if session == srv.session else None
+        if events is None:
+            self.start_image()
+            return
+        self.need_image = False
+        self.pending = deque(events)
+        self.wake.set()
+
+    def command(self, cmd_id: int, addr: int, value: float) -> None:
+        srv = self.server
+        fwd = srv.commands_by_addr.get(addr)
+        if cmd_id in self.commands:
+            self.send(codec.result(cmd_id, False, "rejected", "a command with this id is in flight"))
+        elif fwd is None:
+            what = "not a command point" if addr in srv.catalog_addrs else "unknown point"
+            self.send(codec.result(cmd_id, False, "rejected", f"{addr}: {what}"))
+        elif len(self.commands) >= srv.opt["max_inflight"]:
+            self.send(codec.result(cmd_id, False, "rejected", "too many commands in flight"))
+        else:
+            task = asyncio.create_task(self.run_command(cmd_id, fwd, value))
+            self.commands[cmd_id] = task
+
+    async def run_command(self, cmd_id: int, fwd: FwdPoint, value: float) -> None:
+        srv = self.server
+        srv.stats["controls"] += 1
+        t0 = time.monotonic()
+        try:
+            out = await srv.controls.execute(fwd, codec.command_value(fwd, value), f"sefeps:{srv.rtu.id}@"
+                                             f"{srv.node}:{self.peer}", srv.opt["control_timeout_ms"])
+            srv.stats["controls_ok"] += int(out.ok)
+            srv.stats["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+            self.send(codec.result(cmd_id, out.ok, out.state, out.reason))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
+            srv.once.problem(f"sefeps RTU {srv.rtu.id} controls", f"control sink raised {exc!r}")
+            self.send(codec.result(cmd_id, False, "failed", "internal error"))
+        finally:
+            self.commands.pop(cmd_id, None)
+
+    async def write_loop(self) -> None:
+        opt = self.server.opt
+        hb = float(opt["heartbeat_s"])
+        try:
+            while True:
+                if not (self.out or self.need_image or self.pending or self.closing):
+                    self.wake.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout=hb / 2)
+                now = time.monotonic()
+                if now - self.last_rx > 3 * hb and not self.closing:
+                    self.fail("timeout", f"nothing received for {3 * hb:g} s")
+                frames: list[dict[str, Any]] = []
+                while self.out:
+                    frames.append(self.out.popleft())
+                if not self.closing and self.state == "open":
+                    if self.need_image:
+                        srv = self.server
+                        self.need_image = False
+                        self.pending.clear()
+                        frames += codec.image_messages(srv.seq, srv.image_entries(), opt["image_chunk"])
+                        self.sent_seq = srv.seq
+                    elif self.pending:
+                        n = min(len(self.pending), opt["event_chunk"] * 8)
+                        batch = [self.pending.popleft() for _ in range(n)]
+                        frames += codec.event_messages(batch, opt["event_chunk"])
+                        self.sent_seq = batch[-1][0]
+                        self.server.stats["events_sent"] += n
+                if not frames and now - self.last_tx >= hb and not self.closing:
+                    frames.append(codec.HB)
+                if frames:
+                    self.writer.write(b"".join(codec.encode(f) for f in frames))
+                    self.last_tx = time.monotonic()
+                    await self.writer.drain()
+                if self.closing and not self.out:
+                    return
+        except (ConnectionError, OSError):
+            return
+
+    def info(self) -> dict[str, Any]:
+        return {"state": self.state, "name": self.name, "version": self.version, "since_ms": self.since_ms,
+                "sent_seq": self.sent_seq, "pending": len(self.pending), "overflows": self.overflows,
+                "commands": len(self.commands)}
+
+
+class SefepsServer(ForwardServer):
+    """Options (keyword arguments): see DEFAULTS."""
+
+    protocol = "sefeps"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.opt = {**DEFAULTS, **{k: v for k, v in self.options.items() if k in DEFAULTS and v is not None}}
+        forwards = [f for f in self.rtu.forwards]
+        self.catalog = [(f.addr, f.kind) for f in sorted(forwards, key=lambda f: f.addr)]
+        self.catalog_addrs = {f.addr for f in forwards}
+        self.commands_by_addr = {f.addr: f for f in forwards if f.kind in codec.COMMAND_KINDS}
+        self.session = f"{self.node}{self.rtu.id}-{time.time_ns():x}"
+        self.seq = 0
+        self.image: dict[int, codec.Entry] = {}
+        self.replay = codec.ReplayBuffer(int(self.opt["replay_max"]))
+        self.conns: dict[_Conn, asyncio.Task] = {}
+        self.once = OnceLogger(log)
+        self._server: asyncio.Server | None = None
+        self._stopping = False
+        self.stats: Counter[str] = Counter()
+        """Forwarder counters (docs/keyspace.md names) for the runner: events_sent, events_dropped
+        (queued events replaced by a full image), controls, controls_ok, control_latency_ms_sum."""
+
+    async def start(self) -> None:
+        self._stopping = False
+        port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
+        self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
+                                                  reuse_address=True)
+        log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
+
+    async def stop(self) -> None:
+        srv, self._server = self._server, None
+        self._stopping = True
+        if srv is not None:
+            srv.close()
+        for conn in list(self.conns):
+            # cancel the connection's own tasks, not the stream handler task: on Python 3.11 a cancelled
+            # handler task is logged as an error by asyncio.streams
+            conn.closing = True
+            for t in conn.tasks:
+                t.cancel()
+        if self.conns:
+            await asyncio.gather(*self.conns.values(), return_exceptions=True)
+        if srv is not None:
+            await srv.wait_closed()
+
+    @property
+    def port(self) -> int:
+        if self._server is None or not self._server.sockets:
+            return int(self.rtu.listen_port or 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def image_entries(self) -> list[codec.Entry]:
+        return [self.image[a] for a in sorted(self.image)]
+
+    def load_image(self, updates: Sequence[Update]) -> None:
+        self.image = {}
+        for u in updates:
+            if u.fwd.rtu == self.rtu.id and u.fwd.addr in self.catalog_addrs:
+                self.image[u.fwd.addr] = codec.entry(u.fwd, u.value)
+        self.seq += 1
+        self.replay.reset(self.seq)
+        for conn in self.conns:
+            if conn.state == "open":
+                conn.start_image()
+
+    def apply(self, updates: Sequence[Update]) -> None:
+        events: list[tuple[int, codec.Entry]] = []
+        for u in updates:
+            if u.fwd.rtu != self.rtu.id or u.fwd.addr not in self.catalog_addrs:
+                continue
+            e = codec.entry(u.fwd, u.value)
+            self.seq += 1
+            self.image[u.fwd.addr] = e
+            self.replay.append(self.seq, e)
+            events.append((self.seq, e))
+        for conn in self.conns:
+            conn.push(events)
+
+    def clients(self) -> dict[str, dict[str, Any]]:
+        return {c.peer: c.info() for c in self.conns}
+
+    def queue_depth(self) -> int:
+        return sum(len(c.pending) for c in self.conns)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = _Conn(self, reader, writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self.conns[conn] = task
+        wtask = asyncio.create_task(conn.write_loop())
+        try:
+            reader_task = asyncio.create_task(conn.read_loop())
+            conn.tasks = [reader_task, wtask]
+            try:
+                await asyncio.wait({reader_task, wtask}, return_when=asyncio.FIRST_COMPLETED)
+                if not wtask.done() and not self._stopping:  # the reader ended: peer closed, or fail() queued an err to send
+                    conn.closing = True
+                    conn.wake.set()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(asyncio.shield(wtask), 2.0)
+            finally:
+                reader_task.cancel()
+                await asyncio.gather(reader_task, return_exceptions=True)
+        finally:
+            conn.state = "closed"
+            wtask.cancel()
+            for t in list(conn.commands.values()):
+                t.cancel()
+            await asyncio.gather(wtask, *conn.commands.values(), return_exceptions=True)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            self.conns.pop(conn, None)

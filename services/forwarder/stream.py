@@ -1,0 +1,100 @@
+"""Pure rules of following the change stream: entry ids, gap detection, entry -> Updates.
+
+Kept apart from the Redis I/O in `app.py` so the rules are table-tested without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from fepha import points
+from fepha.semodel.model import FwdPoint, Model
+
+from .base import Update
+
+MONITOR_KINDS = ("AI", "DI", "ACC")
+
+
+def parse_id(entry_id: str | None) -> tuple[int, int]:
+    """'1700000000000-3' -> (1700000000000, 3); None or '' -> (0, 0)."""
+    if not entry_id:
+        return (0, 0)
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def trimmed_past(consumed: int, entries_added: int, length: int) -> bool:
+    """True when an entry after the ones already consumed may have been trimmed away.
+
+    `consumed` counts the stream's entries up to the last one read (from XINFO `entries-added` at the
+    full image, plus every entry read since); XINFO STREAM after a read gives `entries-added` and `length`.
+    The stream is trimmed from its head, so its oldest `entries_added - length` entries are gone; if that
+    reaches past what we consumed, we missed some. (`max-deleted-entry-id` does not help: trimming does
+    not update it.) Conservative: entries trimmed just after we read them also count."""
+    return entries_added - length > consumed
+
+
+@dataclass
+class Routing:
+    """Which forwarding points (of running servers) a source point id feeds."""
+
+    by_src: dict[int, list[FwdPoint]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: Model, rtus: Iterable[int]) -> Routing:
+        r = cls()
+        for rid in rtus:
+            rtu = model.rtus.get(rid)
+            if rtu is None:
+                continue
+            for f in rtu.forwards:
+                if f.kind in MONITOR_KINDS:
+                    r.by_src.setdefault(f.src, []).append(f)
+        return r
+
+    def updates(self, pairs: Iterable[tuple[str, str]], bad: list[str] | None = None) -> dict[int, list[Update]]:
+        """Point id -> record pairs (one stream entry or an image hash) -> Updates per forwarding RTU, in
+        order. Malformed records and non-numeric ids are skipped and reported in `bad`."""
+        out: dict[int, list[Update]] = {}
+        for pid, rec in pairs:
+            try:
+                fwds = self.by_src.get(int(pid))
+            except ValueError:
+                if bad is not None and pid != "r":
+                    bad.append(f"point id {pid!r}")
+                continue
+            if not fwds:
+                continue
+            try:
+                v = points.decode(rec)
+            except ValueError as exc:
+                if bad is not None:
+                    bad.append(str(exc))
+                continue
+            for f in fwds:
+                out.setdefault(f.rtu, []).append(Update(f, v))
+        return out
+
+
+def entry_pairs(fields: Mapping[str, str]) -> Iterable[tuple[str, str]]:
+    """The point id -> record pairs of one stream entry (field `r` names the source, not a point)."""
+    return ((k, v) for k, v in fields.items() if k != "r")
+
+
+def merge(into: dict[int, list[Update]], more: Mapping[int, Sequence[Update]]) -> None:
+    for rid, ups in more.items():
+        into.setdefault(rid, []).extend(ups)
+
+
+def image_keys(model: Model, routing: Routing) -> list[int]:
+    """Acquisition RTUs whose value hashes hold a routed source point (virtual points: the vp hash)."""
+    rtus = {model.points[src].rtu for src in routing.by_src if src in model.points}
+    return sorted(rtus)
+
+
+def lag_ms(entry_id: str, now_ms: int) -> int:
+    return max(0, now_ms - parse_id(entry_id)[0])
+
+
+__all__ = ["Routing", "entry_pairs", "image_keys", "lag_ms", "merge", "parse_id", "trimmed_past"]

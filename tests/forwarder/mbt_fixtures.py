@@ -1,0 +1,53 @@
+"""Shared test data for the modbus_trains tests: one forwarding RTU with every area and data type."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fep_forwarder.base import ControlOutcome
+
+from fepha.semodel.model import FwdPoint, Rtu
+
+
+def fp(zfid: int, table: str, addr: int, dtype: str, coef: float = 1.0, src: int = 0) -> FwdPoint:
+    kind = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": "ACC", "T008_ZFDO": "DO", "T009_ZFAO": "AO"}[table]
+    return FwdPoint(zfid, table, kind, 50, src or 1000 + zfid, addr, dtype, coef)
+
+
+FORWARDS = (
+    fp(1, "T005_ZFAI", 0, "float32"),
+    fp(2, "T005_ZFAI", 2, "int16", coef=10.0),
+    fp(3, "T005_ZFAI", 3, "uint16"),
+    fp(4, "T007_ZFACC", 10, "uint32"),
+    fp(5, "T007_ZFACC", 12, "int32"),
+    fp(6, "T006_ZFDI", 0, "bool"),
+    fp(7, "T006_ZFDI", 1, "bool"),
+    fp(8, "T006_ZFDI", 5, "bool"),
+    fp(9, "T008_ZFDO", 0, "bool"),
+    fp(10, "T008_ZFDO", 1, "bool"),
+    fp(11, "T009_ZFAO", 0, "uint16"),
+    fp(12, "T009_ZFAO", 1, "float32"),
+    fp(13, "T009_ZFAO", 3, "int32", coef=0.5),
+)
+BY_ID = {f.id: f for f in FORWARDS}
+
+
+def rtu(port: int = 0, unit: int = 1, allow: tuple[str, ...] = ()) -> Rtu:
+    return Rtu(id=50, name="test trains", rtutype=2, protocol="modbus_trains", listen_port=port, address=unit,
+               allow=allow, forwards=FORWARDS)
+
+
+@dataclasses.dataclass
+class ScriptedSink:
+    """A plain ControlSink for server-behaviour tests: records controls, answers per source value."""
+
+    calls: list[tuple[int, float, str]] = dataclasses.field(default_factory=list)
+    fail_values: dict[float, str] = dataclasses.field(default_factory=dict)  # value -> state
+
+    async def execute(self, fwd: FwdPoint, value: float, origin: str,
+                      timeout_ms: int | None = None) -> ControlOutcome:
+        self.calls.append((fwd.id, value, origin))
+        state = self.fail_values.get(value)
+        if state:
+            return ControlOutcome(False, state, f"scripted {state}")
+        return ControlOutcome(True, "done")

@@ -1,0 +1,387 @@
+"""sefeps server against the reference client (fep_tools.sefeps_client) and raw sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import struct
+
+import pytest
+from fep_forwarder.base import ControlOutcome, Update, server_class
+from fep_forwarder.sefeps import SefepsServer, codec
+from fep_tools.sefeps_client import SefepsClient, SefepsError
+
+from fepha.points import Value
+from fepha.semodel.model import FwdPoint, Rtu
+from tests.forwarder.ctl_helpers import redis_controls
+
+KINDS = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": "ACC", "T008_ZFDO": "DO", "T009_ZFAO": "AO"}
+
+
+def fp(zfid: int, table: str, addr: int, coef: float = 1.0) -> FwdPoint:
+    return FwdPoint(zfid, table, KINDS[table], 12, 100 + zfid, addr, None, coef)
+
+
+FWD = {f.addr: f for f in (fp(1, "T005_ZFAI", 1), fp(2, "T005_ZFAI", 2, 10.0), fp(3, "T006_ZFDI", 10),
+                           fp(4, "T007_ZFACC", 20), fp(5, "T008_ZFDO", 30), fp(6, "T009_ZFAO", 40, 0.5))}
+RTU = Rtu(id=12, name="sefeps test", rtutype=2, protocol="sefeps", listen_port=0, forwards=tuple(FWD.values()))
+
+
+def upd(addr: int, value: float, q: int = 0, ts: int = 1000) -> Update:
+    return Update(FWD[addr], Value(value, q, ts))
+
+
+@dataclasses.dataclass
+class Sink:
+    calls: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    block: asyncio.Event | None = None
+
+    async def execute(self, fwd, value, origin, timeout_ms=None):
+        self.calls.append((fwd.addr, value))
+        if self.block is not None:
+            await self.block.wait()
+        if value == 99:
+            return ControlOutcome(False, "failed", "device refused")
+        return ControlOutcome(True, "done", "written")
+
+
+@pytest.fixture
+async def server():
+    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", heartbeat_s=5)
+    await srv.start()
+    srv.load_image([upd(1, 1.5), upd(2, 2.0), upd(10, 1), upd(20, 100)])
+    try:
+        yield srv
+    finally:
+        await srv.stop()
+
+
+@pytest.fixture
+async def client(server):
+    c = SefepsClient("127.0.0.1", server.port, name="t1")
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
+def test_lookup_by_protocol():
+    assert server_class("sefeps") is SefepsServer
+
+
+async def test_hello_image_and_changes(server, client):
+    w = await client.connect()
+    assert (w["version"], w["rtu"], w["node"], w["hb_s"]) == (1, 12, "A", 5)
+    assert w["points"] == [[1, "AI"], [2, "AI"], [10, "DI"], [20, "ACC"], [30, "DO"], [40, "AO"]]
+    img = await client.wait_image()
+    assert img == {1: (1.5, 0, 1000), 2: (20.0, 0, 1000), 10: (1, 0, 1000), 20: (100, 0, 1000)}
+    seq0 = client.seq
+    server.apply([upd(1, 1.75, ts=2000), upd(10, 0, 0x80, ts=2001)])
+    server.apply([upd(2, -1.0, ts=2002)])
+    got = [await client.next_change() for _ in range(3)]
+    assert got == [(seq0 + 1, 1, 1.75, 0, 2000), (seq0 + 2, 10, 0, 0x80, 2001), (seq0 + 3, 2, -10.0, 0, 2002)]
+    info = list(server.clients().values())
+    assert len(info) == 1 and info[0]["name"] == "t1" and info[0]["state"] == "open"
+    assert server.stats["events_sent"] == 3 and server.queue_depth() == 0
+
+
+async def test_no_common_version_is_refused(server):
+    c = SefepsClient("127.0.0.1", server.port, versions=(2, 3))
+    with pytest.raises(SefepsError, match="version"):
+        await c.connect()
+
+
+async def test_commands(server, client):
+    await client.connect()
+    assert await client.command(40, 10.0) == {"t": "res", "id": 1, "ok": True, "state": "done", "reason": "written"}
+    r = await client.command(30, 99)
+    assert (r["ok"], r["state"], r["reason"]) == (False, "failed", "device refused")
+    r = await client.command(1, 1)
+    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "1: not a command point")
+    r = await client.command(77, 1)
+    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "77: unknown point")
+    assert server.controls.calls == [(40, 20.0), (30, 99.0)]  # AO value / COEF 0.5
+    assert (server.stats["controls"], server.stats["controls_ok"]) == (2, 1)
+
+
+async def test_commands_through_redis(redis_master):
+    rtu_of = {f.src: 7 for f in FWD.values()}
+    async with redis_controls(redis_master, rtu_of, executor_rtus=(7,)) as (sink, execs):
+        srv = SefepsServer(RTU, None, "127.0.0.1", sink, "B")
+        await srv.start()
+        c = SefepsClient("127.0.0.1", srv.port)
+        try:
+            await c.connect()
+            r1, r2 = await asyncio.gather(c.command(40, 21.0), c.command(30, 99))
+            assert (r1["ok"], r1["state"]) == (True, "done")
+            assert (r2["ok"], r2["state"], r2["reason"]) == (False, "failed", "device refused the write")
+            assert sorted(execs[0].executed) == sorted([(FWD[40].src, 42.0), (FWD[30].src, 99.0)])
+        finally:
+            await c.close()
+            await srv.stop()
+
+
+async def test_resume_after_reconnect_replays_missed_events(server, client):
+    await client.connect()
+    await client.wait_image()
+    server.apply([upd(1, 2.0)])
+    await client.next_change()
+    await client.close()
+    server.apply([upd(1, 3.0), upd(2, 4.0), upd(20, 101)])
+    await client.connect(resume=True)
+    got = [await client.next_change() for _ in range(3)]
+    assert [(a, v) for _, a, v, _, _ in got] == [(1, 3.0), (2, 40.0), (20, 101)]
+    assert client.images == 1 and client.image[1] == (3.0, 0, 1000)
+    server.apply([upd(1, 5.0)])
+    assert (await client.next_change())[2] == 5.0
+
+
+async def test_resume_too_old_gets_full_image():
+    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", replay_max=3)
+    await srv.start()
+    c = SefepsClient("127.0.0.1", srv.port)
+    try:
+        srv.load_image([upd(1, 0.0)])
+        await c.connect()
+        await c.wait_image()
+        await c.close()
+        srv.apply([upd(1, float(i)) for i in range(1, 6)])  # 5 events, only 3 kept
+        await c.connect(resume=True)
+        await c.wait_image()
+        assert c.images == 2 and c.image[1][0] == 5.0 and c.seq == srv.seq
+        c2 = SefepsClient("127.0.0.1", srv.port)
+        c2.session, c2.seq = "another-server-session", 1
+        await c2.connect(resume=True)  # a resume from another session also gets an image
+        await c2.wait_image()
+        await c2.close()
+    finally:
+        await c.close()
+        await srv.stop()
+
+
+async def test_resume_within_a_session_repeats_nothing_twice(server, client):
+    await client.connect()
+    await client.wait_image()
+    server.apply([upd(1, float(i)) for i in range(10, 15)])
+    got = [await client.next_change() for _ in range(5)]
+    last = got[-1][0]
+    client.seq = last - 3  # pretend the last 3 were lost
+    client.send_resume()
+    again = [await client.next_change() for _ in range(3)]
+    assert [s for s, *_ in again] == [last - 2, last - 1, last]
+    assert client.changes.empty()
+
+
+async def test_client_detects_a_gap_and_asks_to_resume():
+    """An in-test server that skips seqs: the reference client must send resume from its last seq."""
+    seen: list[dict] = []
+    done = asyncio.Event()
+
+    async def serve(reader, writer):
+        dec = codec.Decoder(codec.CLIENT_MESSAGES)
+        writer.write(codec.encode(codec.welcome(1, "S", 1, "A", 5, [[1, "AI"]])))
+        writer.write(codec.encode(codec.image_messages(5, [[1, 0, 0, 0]], 10)[0]))
+        writer.write(codec.encode({"t": "ev", "seq": 6, "points": [[1, 6, 0, 0]]}))
+        writer.write(codec.encode({"t": "ev", "seq": 9, "points": [[1, 9, 0, 0]]}))
+        writer.write(codec.encode({"t": "ev", "seq": 10, "points": [[1, 10, 0, 0]]}))  # no second resume
+        while not done.is_set():
+            data = await reader.read(4096)
+            if not data:
+                break
+            for m in dec.feed(data):
+                seen.append(m)
+                if m["t"] == "resume":
+                    done.set()
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    c = SefepsClient("127.0.0.1", srv.sockets[0].getsockname()[1])
+    try:
+        await c.connect()
+        await asyncio.wait_for(done.wait(), 5)
+        assert seen[-1] == {"t": "resume", "session": "S", "seq": 6} and c.gaps == 1
+        assert c.image[1][0] == 6 and c.seq == 6
+        await asyncio.sleep(0.05)
+        assert c.gaps == 1
+    finally:
+        await c.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def read_frames(reader: asyncio.StreamReader, until: str, timeout: float = 5.0) -> list[dict]:
+    dec = codec.Decoder(codec.SERVER_MESSAGES)
+    out: list[dict] = []
+    while True:
+        data = await asyncio.wait_for(reader.read(65536), timeout)
+        if not data:
+            out.append({"t": "EOF"})
+            return out
+        out += dec.feed(data)
+        if any(m["t"] == until for m in out):
+            return out
+
+
+async def test_heartbeat_timeout_closes_a_silent_master():
+    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", heartbeat_s=0.3)
+    await srv.start()
+    good = SefepsClient("127.0.0.1", srv.port)
+    try:
+        await good.connect()
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(codec.encode(codec.hello()))
+        frames = await read_frames(reader, "EOF", timeout=3)
+        types = [m["t"] for m in frames]
+        assert types[:2] == ["welcome", "image"] and "hb" in types
+        assert frames[-2] == {"t": "err", "code": "timeout", "msg": "nothing received for 0.9 s"}
+        writer.close()
+        assert not good.closed.is_set()  # the reference client heartbeats, so it stays
+        assert len(srv.clients()) == 1
+    finally:
+        await good.close()
+        await srv.stop()
+
+
+async def test_client_closes_on_a_silent_server():
+    """A server that welcomes and then says nothing: the client gives up after 3 heartbeat periods."""
+    async def serve(reader, writer):
+        writer.write(codec.encode(codec.welcome(1, "S", 1, "A", 0.2, [])))
+        while await reader.read(1 << 16):  # read the client's heartbeats, answer nothing
+            pass
+        writer.close()
+
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    c = SefepsClient("127.0.0.1", srv.sockets[0].getsockname()[1])
+    try:
+        await c.connect()
+        await asyncio.wait_for(c.closed.wait(), 3)
+        assert "nothing received" in c.close_reason
+    finally:
+        await c.close()
+        srv.close()
+        await srv.wait_closed()
+
+
+@pytest.mark.parametrize("garbage,code", [
+    (b"\x00\x00\x00\x05hello", "frame"),
+    (struct.pack(">I", 1 << 30), "frame"),
+    (codec.encode({"t": "cmd", "id": 1}), "proto"),
+    (codec.encode({"t": "hello", "versions": [1]}), "proto"),  # second hello
+])
+async def test_malformed_frame_closes_only_that_connection(server, client, garbage, code):
+    await client.connect()
+    await client.wait_image()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(codec.encode(codec.hello()) + garbage)
+    frames = await read_frames(reader, "EOF")
+    assert frames[-1] == {"t": "EOF"} and frames[-2]["t"] == "err" and frames[-2]["code"] == code
+    writer.close()
+    server.apply([upd(1, 42.0)])
+    assert (await client.next_change())[2] == 42.0
+    assert len(server.clients()) == 1
+
+
+async def test_message_before_hello_is_refused(server):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(codec.encode({"t": "hb"}))
+    frames = await read_frames(reader, "EOF")
+    assert [m["t"] for m in frames] == ["err", "EOF"] and frames[0]["code"] == "proto"
+    writer.close()
+
+
+async def test_full_queue_resynchronises_with_an_image():
+    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", queue_max=5)
+    await srv.start()
+    c = SefepsClient("127.0.0.1", srv.port)
+    try:
+        srv.load_image([upd(1, 0.0)])
+        await c.connect()
+        await c.wait_image()
+        c.image_ready.clear()
+        srv.apply([upd(1, float(i)) for i in range(1, 11)])  # 10 events at once, queue holds 5
+        await c.wait_image()
+        assert c.images == 2 and c.image[1][0] == 10.0 and c.seq == srv.seq and c.changes.empty()
+        assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.stats["events_dropped"] == 10
+        srv.apply([upd(1, 11.0)])
+        assert (await c.next_change())[2] == 11.0
+    finally:
+        await c.close()
+        await srv.stop()
+
+
+async def test_new_image_is_sent_to_connected_masters(server, client):
+    await client.connect()
+    await client.wait_image()
+    client.image_ready.clear()
+    server.load_image([upd(1, 9.0)])
+    await client.wait_image()
+    assert client.image == {1: (9.0, 0, 1000)} and client.images == 2
+
+
+async def test_stop_with_a_command_in_flight_leaves_nothing_running():
+    sink = Sink(block=asyncio.Event())
+    srv = SefepsServer(RTU, None, "127.0.0.1", sink, "A")
+    await srv.start()
+    c = SefepsClient("127.0.0.1", srv.port)
+    await c.connect()
+    pending = asyncio.create_task(c.command(40, 1.0))
+    while not sink.calls:
+        await asyncio.sleep(0.01)
+    await srv.stop()
+    with pytest.raises(SefepsError):
+        await pending
+    await c.close()
+
+
+async def test_sample_configuration_rtu_12_and_busy_port(feproot):
+    import dataclasses as dc
+
+    from fepha.semodel import db
+    from fepha.semodel.model import Model
+
+    rows, _ = db.read_rows(feproot / "db" / "SEMODEL.db")
+    model = Model.from_rows(rows)
+    r12 = dc.replace(model.rtus[12], listen_port=0)
+    srv = SefepsServer(r12, model, "127.0.0.1", Sink(), "A")
+    await srv.start()
+    srv.load_image([Update(f, Value(f.addr, 0, 5)) for f in r12.forwards])
+    c = SefepsClient("127.0.0.1", srv.port)
+    try:
+        w = await c.connect()
+        assert [a for a, _ in w["points"]] == [1, 2, 10, 11, 12, 20, 30, 40]
+        img = await c.wait_image()
+        assert sorted(img) == [1, 2, 10, 11, 12, 20, 30, 40] and all(img[a][0] == a for a in img)
+        with pytest.raises(OSError):
+            await SefepsServer(dc.replace(r12, listen_port=srv.port), model, "127.0.0.1", Sink(), "A").start()
+    finally:
+        await c.close()
+        await srv.stop()
+
+
+async def test_tls(tmp_path):
+    """Same protocol inside TLS (stdlib ssl), self-signed certificate for 127.0.0.1 made with openssl."""
+    import ssl
+
+    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
+    p = await asyncio.create_subprocess_exec(
+        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=fep-test",
+        "-addext", "subjectAltName=IP:127.0.0.1", stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+    assert await p.wait() == 0
+    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    sctx.load_cert_chain(cert, key)
+    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", tls=sctx)
+    await srv.start()
+    srv.load_image([upd(1, 7.0)])
+    c = SefepsClient("127.0.0.1", srv.port, tls=ssl.create_default_context(cafile=str(cert)))
+    plain = SefepsClient("127.0.0.1", srv.port)
+    try:
+        await c.connect()
+        assert (await c.wait_image())[1][0] == 7.0
+        with pytest.raises((SefepsError, OSError, asyncio.TimeoutError)):
+            await plain.connect(timeout=2)  # a plain-TCP master does not get in
+        assert len(srv.clients()) == 1
+    finally:
+        await c.close()
+        await srv.stop()
