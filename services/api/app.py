@@ -1,0 +1,98 @@
+"""The api application: `create_app(cfg)` builds a FastAPI app that reads this node's local Redis.
+
+It serves the versioned JSON API (`routes.py`), /health, /ready, /metrics and the operator dashboard
+(`static/`, plain files). Failures become answers here, never a 500: an unknown id is a 404, an action
+the state does not allow a 409, and a Redis outage (or no configuration loaded) a 503 with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from fep_api import routes
+from fep_api.state import Conflict, NoConfig, NotFound, Store
+from redis import exceptions as rex
+
+from fepha import redisconn
+from fepha.config import NodeConfig
+from fepha.logsetup import OnceLogger
+
+log = logging.getLogger("fep_api")
+STATIC = Path(__file__).resolve().parent / "static"
+
+DESCRIPTION = """Status of one fep-ha node, read from the node's own Redis (master or replica).
+
+Reads are open unless `[api] open_reads = false`; operator actions need `Authorization: Bearer <token>`
+with the token of `[api] token` (empty: actions disabled). Times are milliseconds since the epoch.
+"""
+
+
+def create_app(cfg: NodeConfig) -> FastAPI:
+    """The api for the node `cfg` describes. Redis clients connect lazily; the lifespan closes them."""
+    store = Store(cfg, redisconn.local_async(cfg))
+    once = OnceLogger(log)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await store.aclose()
+
+    app = FastAPI(title="fep-ha api", version=routes.VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app.state.cfg = cfg
+    app.state.store = store
+
+    def error(status: int, detail: str) -> JSONResponse:
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return error(404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(_: Request, exc: Conflict) -> JSONResponse:
+        return error(409, str(exc))
+
+    @app.exception_handler(NoConfig)
+    async def no_config(_: Request, exc: NoConfig) -> JSONResponse:
+        return error(503, str(exc))
+
+    async def redis_down(_: Request, exc: Exception) -> JSONResponse:
+        once.problem("redis", f"unreachable: {exc}")
+        return error(503, f"Redis unreachable: {exc}")
+
+    async def redis_error(_: Request, exc: Exception) -> JSONResponse:
+        once.problem("redis", f"error: {exc}")
+        return error(503, f"Redis error: {exc}")
+
+    app.add_exception_handler(rex.ConnectionError, redis_down)
+    app.add_exception_handler(rex.TimeoutError, redis_down)
+    app.add_exception_handler(ConnectionError, redis_down)
+    app.add_exception_handler(TimeoutError, redis_down)
+    app.add_exception_handler(rex.RedisError, redis_error)
+
+    @app.middleware("http")
+    async def recovered(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        if response.status_code < 500:
+            once.clear("redis")
+        return response
+
+    app.include_router(routes.probes)
+    app.include_router(routes.v1)
+    app.include_router(routes.ops)
+    app.include_router(routes.prom)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,36 @@
+"""`fep-api`: the status service of one node, on `[api] bind`:`[api] port` of fep-ha.cfg."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+
+from fepha import config
+from fepha.config import ConfigError
+from fepha.logsetup import setup as log_setup
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fep-api", description="fep-ha status api, health checks and dashboard")
+    p.add_argument("--bind", help="override [api] bind")
+    p.add_argument("--port", type=int, help="override [api] port")
+    args = p.parse_args(argv)
+    try:
+        cfg = config.load_node()
+        log_setup("fep-api", config.load_log())
+    except ConfigError as exc:
+        print(f"fep-api: {exc}", file=sys.stderr)
+        return 2
+    from fep_api.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=args.bind or cfg.api_bind,
+                                           port=args.port or cfg.api_port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    server.run()  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

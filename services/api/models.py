@@ -1,0 +1,235 @@
+"""Response and request models of the api: the OpenAPI schema is generated from these.
+
+Times are integers in milliseconds since the epoch (`*_ms`), the unit every key in Redis uses; point
+values also carry an ISO 8601 `time` for people. Fields that a writer may not have set yet are optional
+(`null`), so a half-initialised node (acquirer not started, no link state yet) is shown, not an error.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+NodeId = Literal["A", "B"]
+Kind = Literal["AI", "DI", "ACC", "DO", "AO"]
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: one sentence saying what is wrong."""
+
+    detail: str
+
+
+class ValidationErrorBody(BaseModel):
+    detail: list[dict[str, Any]] | str
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    node: NodeId
+    version: str
+
+
+class Check(BaseModel):
+    name: str = Field(description="redis, config, heartbeat:acquirer, heartbeat:forwarder")
+    ok: bool
+    detail: str
+
+
+class Ready(BaseModel):
+    ready: bool
+    node: NodeId
+    checks: list[Check]
+    reasons: list[str] = Field(description="detail of every failed check; empty when ready")
+
+
+class Heartbeat(BaseModel):
+    service: str
+    node: NodeId
+    alive: bool = Field(description="the heartbeat key exists and is younger than 3 heartbeat periods")
+    detail: str
+    age_s: float | None = None
+    pid: int | None = None
+    host: str | None = None
+    gen: int | None = Field(None, description="configuration generation the service runs")
+
+
+class RedisInfo(BaseModel):
+    address: str = Field(description="the local Redis this api reads")
+    role: str = Field(description="master or slave (replica)")
+    master: str | None = Field(None, description="host:port of the master when the local Redis is a replica")
+    link_status: str | None = Field(None, description="replica only: up or down")
+
+
+class CfgInfo(BaseModel):
+    gen: int = Field(description="configuration generation, 0 when none is loaded")
+    loaded_at_ms: int | None = None
+    source: str | None = None
+    sha256: str | None = None
+
+
+class NodeInfo(BaseModel):
+    node: NodeId
+    peer: NodeId
+    ip: str
+    time_ms: int = Field(description="the local Redis clock")
+    redis: RedisInfo
+    cfg: CfgInfo
+    heartbeats: list[Heartbeat] = Field(description="acquirer and forwarder of both nodes")
+
+
+class Lease(BaseModel):
+    holder: NodeId | None = Field(None, description="node that processes the RTU's device; null before the first tick")
+    epoch: int = 0
+    since_ms: int | None = None
+    expires_ms: int | None = None
+    remaining_ms: int | None = Field(None, description="expires_ms minus the local Redis clock; <0 lapsed")
+    lapsed: bool = Field(False, description="the holder stopped renewing (process or node dead)")
+    reached_ms: int | None = Field(None, description="last time the holder reached the device")
+    handover: NodeId | None = Field(None, description="target of a planned move in progress")
+    handover_until_ms: int | None = None
+
+
+class LeaseItem(Lease):
+    rtu: int
+    name: str
+
+
+class ChannelStatus(BaseModel):
+    no: int
+    host: str
+    port: int
+    connected: bool | None = Field(None, description="null: the node's acquirer has not reported it")
+    since_ms: int | None = None
+    error: str | None = None
+    switches: int | None = None
+
+
+class NodeChannels(BaseModel):
+    node: NodeId
+    reported: bool = Field(description="the node's acquirer has written a channel state for this RTU")
+    active: int | None = Field(None, description="channel in use (1 or 2)")
+    channels: list[ChannelStatus]
+
+
+class Link(BaseModel):
+    vala: bool | None = Field(None, description="node A reaches the device")
+    valb: bool | None = Field(None, description="node B reaches the device")
+    val: bool | None = Field(None, description="vala OR valb")
+    since_a_ms: int | None = None
+    since_b_ms: int | None = None
+    since_ms: int | None = None
+
+
+class FwdClient(BaseModel):
+    node: NodeId
+    peer: str
+    state: dict[str, Any] = Field(description="as the forwarder reported it")
+
+
+class Rtu(BaseModel):
+    id: int
+    name: str
+    type: Literal["acquisition", "forwarding"]
+    rtutype: int
+    protocol: str
+    points: int = Field(description="acquisition points (T011_POINT) or forwarding points (T005..T009)")
+    lease: Lease | None = Field(None, description="acquisition RTUs only")
+    channel_state: list[NodeChannels] | None = Field(None, description="acquisition RTUs only, nodes A and B")
+    link: Link | None = Field(None, description="acquisition RTUs only")
+    listen_port: int | None = Field(None, description="forwarding RTUs only")
+    clients: list[FwdClient] | None = Field(None, description="forwarding RTUs only: connected masters")
+
+
+class RtuList(BaseModel):
+    gen: int
+    time_ms: int
+    items: list[Rtu]
+
+
+class LeaseList(BaseModel):
+    time_ms: int
+    items: list[LeaseItem]
+
+
+class PointValue(BaseModel):
+    value: float | int | None = None
+    quality: int | None = Field(None, description="IEC 104 quality bits, 0 = good")
+    quality_flags: list[str] = Field(default_factory=list, description="names of the set bits: IV, NT, SB, BL, OV")
+    valid: bool = Field(False, description="a value exists and IV is not set")
+    ts_ms: int | None = None
+    time: str | None = Field(None, description="ts_ms as ISO 8601 UTC")
+    error: str | None = Field(None, description="why the stored record could not be decoded")
+
+
+class VirtualPoint(PointValue):
+    id: int
+    rtu: int
+    name: str
+    vala: bool | None = None
+    valb: bool | None = None
+    val: bool | None = None
+    since_ms: int | None = Field(None, description="when val last changed")
+
+
+class VirtualPointList(BaseModel):
+    items: list[VirtualPoint]
+
+
+class Point(PointValue):
+    id: int
+    rtu: int
+    kind: Kind
+    name: str
+    area: str
+    address: int
+    datatype: str
+
+
+class PointPage(BaseModel):
+    total: int = Field(description="points matching the filter")
+    offset: int
+    limit: int
+    items: list[Point]
+
+
+class Control(BaseModel):
+    stream_id: str = Field(description="id of the audit entry; pass it as `before` to page on")
+    id: int | None = None
+    rtu: int | None = None
+    point: int | None = None
+    value: float | None = None
+    origin: str | None = None
+    state: str | None = Field(None, description="done, failed, expired, unknown")
+    result: str | None = None
+    executor: str | None = None
+    epoch: int | None = None
+    created_ms: int | None = None
+    deadline_ms: int | None = None
+    claimed_ms: int | None = None
+    finished_ms: int | None = None
+
+
+class ControlPage(BaseModel):
+    total: int = Field(description="entries in the audit stream (bounded to about 10000)")
+    limit: int
+    items: list[Control]
+    next_before: str | None = Field(None, description="pass as `before` for the next (older) page; null at the end")
+
+
+class HandoverRequest(BaseModel):
+    target: NodeId | None = Field(None, description="node to move the lease to; default: the node that does not hold it")
+    window_s: float | None = Field(None, gt=0, le=600,
+                                   description="the target must take the lease within this time; default lease_ttl_s")
+    wait: bool = Field(False, description="answer only when the target took the lease (200) or the window passed (409)")
+
+
+class HandoverResult(BaseModel):
+    rtu: int
+    status: Literal["pending", "already", "moved"]
+    holder: NodeId | None
+    epoch: int
+    target: NodeId
+    until_ms: int | None = None
+    detail: str

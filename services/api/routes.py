@@ -1,0 +1,135 @@
+"""The endpoints. Each one is a thin call into `state.Store`; errors become answers in `app.py`'s
+exception handlers (unknown id 404, conflict 409, no configuration or Redis down 503)."""
+
+from __future__ import annotations
+
+from importlib import metadata
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+from fep_api import metrics
+from fep_api import models as m
+from fep_api.auth import require_operator, require_reader
+from fep_api.state import Store
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
+try:
+    VERSION = metadata.version("fep-ha")
+except metadata.PackageNotFoundError:  # running from a source tree that is not installed
+    VERSION = "0"
+
+
+def _err(desc: str) -> dict[str, Any]:
+    return {"model": m.ErrorBody, "description": desc}
+
+
+E404 = {404: _err("unknown id")}
+E503 = {503: _err("Redis unreachable or no configuration loaded")}
+AUTH = {401: _err("no bearer token (reads closed by configuration)"), 403: _err("wrong token")}
+READ = {**AUTH, **E503}
+
+probes = APIRouter(tags=["probes"])
+v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(require_reader)])
+ops = APIRouter(prefix="/api/v1", tags=["operator actions"])
+prom = APIRouter(tags=["metrics"], dependencies=[Depends(require_reader)])
+
+
+def store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+@probes.get("/health", response_model=m.Health, summary="Liveness: the process answers")
+async def health(request: Request) -> m.Health:
+    return m.Health(node=request.app.state.cfg.node_id, version=VERSION)
+
+
+@probes.get("/ready", response_model=m.Ready, summary="Readiness of this node",
+            responses={503: {"model": m.Ready, "description": "not ready; `reasons` says why"}},
+            description="Ready when the local Redis answers, a configuration is loaded and this node's "
+                        "acquirer and forwarder heartbeats are fresh (younger than 3 heartbeat periods).")
+async def ready(s: Store = Depends(store)) -> Any:
+    r = await s.ready()
+    if r.ready:
+        return r
+    return JSONResponse(r.model_dump(), status_code=503)
+
+
+@v1.get("/node", response_model=m.NodeInfo, tags=["node"], responses=READ,
+        summary="This node: identity, Redis role and master, configuration generation, heartbeats")
+async def node(s: Store = Depends(store)) -> m.NodeInfo:
+    return await s.node()
+
+
+@v1.get("/rtus", response_model=m.RtuList, tags=["rtus"], responses=READ,
+        summary="Every RTU: lease, channel and link state (acquisition), connected masters (forwarding)")
+async def rtus(s: Store = Depends(store)) -> m.RtuList:
+    return await s.rtus()
+
+
+@v1.get("/rtus/{rtu_id}", response_model=m.Rtu, tags=["rtus"], responses={**READ, **E404}, summary="One RTU")
+async def rtu(rtu_id: int = Path(description="T004_RTU.RTUID"), s: Store = Depends(store)) -> m.Rtu:
+    return (await s.rtus(rtu_id)).items[0]
+
+
+@v1.get("/leases", response_model=m.LeaseList, tags=["rtus"], responses=READ,
+        summary="The lease of every acquisition RTU")
+async def leases(s: Store = Depends(store)) -> m.LeaseList:
+    return await s.leases()
+
+
+@v1.get("/virtual-points", response_model=m.VirtualPointList, tags=["points"], responses=READ,
+        summary="Virtual points: vala, valb, val = vala OR valb, and since when")
+async def virtual_points(s: Store = Depends(store)) -> m.VirtualPointList:
+    return await s.virtual_points()
+
+
+@v1.get("/points", response_model=m.PointPage, tags=["points"], responses={**READ, **E404},
+        summary="Acquisition points with their values, by point id, paged")
+async def points(rtu: int | None = Query(None, description="only this RTU's points (404 if unknown)"),
+                 kind: m.Kind | None = Query(None, description="only this kind"),
+                 offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000),
+                 s: Store = Depends(store)) -> m.PointPage:
+    return await s.points(rtu, kind, offset, limit)
+
+
+@v1.get("/points/{point_id}", response_model=m.Point, tags=["points"], responses={**READ, **E404},
+        summary="One acquisition point: value, quality, timestamp")
+async def point(point_id: int = Path(description="T011_POINT.PNTID"), s: Store = Depends(store)) -> m.Point:
+    return await s.point(point_id)
+
+
+@v1.get("/controls", response_model=m.ControlPage, tags=["controls"], responses=READ,
+        summary="The control audit, newest first, paged")
+async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
+                                               description="only entries older than this stream id (next_before)"),
+                   limit: int = Query(50, ge=1, le=1000), s: Store = Depends(store)) -> m.ControlPage:
+    return await s.controls(before, limit)
+
+
+@ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
+          dependencies=[Depends(require_operator)],
+          responses={200: {"model": m.HandoverResult, "description": "the target holds the lease (already or moved)"},
+                     **AUTH, **E404,
+                     409: _err("a forwarding RTU, no holder yet, or (wait) the target did not take the lease"),
+                     503: _err("the master Redis is unreachable, or no configuration loaded")},
+          summary="Planned move of an acquisition RTU's lease to the other node",
+          description="Marks a handover on the master (function `lease_handover`). The target node takes the "
+                      "lease at its next lease tick only if it reaches the device within the window; "
+                      "otherwise the holder keeps it. 202: pending. With `wait`, answers 200 when moved or 409 "
+                      "when the window passed.")
+async def handover(response: Response, rtu_id: int = Path(description="T004_RTU.RTUID of an acquisition RTU"),
+                   req: m.HandoverRequest | None = None, s: Store = Depends(store)) -> m.HandoverResult:
+    res = await s.handover(rtu_id, req or m.HandoverRequest())
+    if res.status != "pending":
+        response.status_code = 200
+    return res
+
+
+@prom.get("/metrics", response_class=Response, summary="Prometheus metrics of both nodes",
+          responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                           "description": "Prometheus text format"}, **READ})
+async def prometheus(request: Request, s: Store = Depends(store)) -> Response:
+    snap, model = await s.metrics_snapshot()
+    body = metrics.render(snap, model, s.hb_max_age_s)
+    return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -1,0 +1,311 @@
+"""The api's reads of the local Redis (and its one write, the handover, on the master).
+
+All reads go to the node's own Redis, so the api answers the same on the master's node and on the
+replica's. Reads that belong together go in one pipeline. The configuration model is read with
+`fepha.cfgstore` once per generation and cached: a request costs one GET of the generation plus the
+runtime keys it shows, not a re-read of every table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from fep_api import models as m
+from fep_api import views
+from fep_api.metrics import MetricsSnapshot, read_snapshot
+
+from fepha import cfgstore, heartbeat, redisconn, redisfns
+from fepha import keyspace as ks
+from fepha.config import NodeConfig
+from fepha.semodel.model import Model
+from fepha.semodel.model import Point as SemPoint
+
+NODES = views.NODES
+
+
+class NoConfig(Exception):
+    """No configuration was loaded into Redis yet (503)."""
+
+
+class NotFound(Exception):
+    """An id that the live configuration does not have (404)."""
+
+
+class Conflict(Exception):
+    """An action that the current state does not allow (409)."""
+
+
+@dataclass
+class _Cache:
+    model: Model | None = None
+    points: list[SemPoint] = field(default_factory=list)
+
+
+class Store:
+    """Reads for one api process. `local` is the node's own Redis (async client, decode on)."""
+
+    def __init__(self, cfg: NodeConfig, local: Any) -> None:
+        self.cfg = cfg
+        self.local = local
+        self._master: Any = None
+        self._cache = _Cache()
+        self._lock: asyncio.Lock | None = None
+
+    @property
+    def master(self) -> Any:
+        if self._master is None:
+            self._master = redisconn.master_async(self.cfg)
+        return self._master
+
+    async def aclose(self) -> None:
+        await self.local.aclose()
+        if self._master is not None:
+            await self._master.aclose()
+
+    @property
+    def hb_max_age_s(self) -> float:
+        """A heartbeat is fresh for three periods (the lifetime of its key)."""
+        return self.cfg.heartbeat_s * 3
+
+    # --- configuration -----------------------------------------------------------------------------
+
+    async def model(self) -> Model:
+        gen = await cfgstore.gen_async(self.local)
+        cached = self._cache.model
+        if cached is not None and cached.gen == gen:
+            return cached
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            cached = self._cache.model
+            if cached is not None and cached.gen == gen:
+                return cached
+            model = await cfgstore.read_async(self.local)
+            if model is None:
+                raise NoConfig("no configuration is loaded in Redis: run `sysload init` on the master's node")
+            self._cache = _Cache(model, sorted(model.points.values(), key=lambda p: p.id))
+            return model
+
+    async def _points(self) -> list[SemPoint]:
+        await self.model()
+        return self._cache.points
+
+    async def now_ms(self) -> int:
+        return views.redis_time_ms(await self.local.time())
+
+    # --- node and readiness ------------------------------------------------------------------------
+
+    async def heartbeats(self, nodes: tuple[str, ...] = NODES) -> list[m.Heartbeat]:
+        keys = [(s, n) for n in nodes for s in heartbeat.SERVICES]
+        raws = await self.local.mget([ks.heartbeat(s, n) for s, n in keys])
+        return [views.heartbeat(s, n, raw, self.hb_max_age_s) for (s, n), raw in zip(keys, raws)]
+
+    async def node(self) -> m.NodeInfo:
+        pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        pipe.info("replication")
+        pipe.get(ks.CFG_GEN)
+        pipe.hgetall(ks.CFG_META)
+        t, info, gen, meta = await pipe.execute()
+        role, master = redisconn.role_of(info)
+        kw = self.local.connection_pool.connection_kwargs
+        return m.NodeInfo(
+            node=self.cfg.node_id, peer=self.cfg.peer, ip=self.cfg.ip,  # type: ignore[arg-type]
+            time_ms=views.redis_time_ms(t),
+            redis=m.RedisInfo(address=f"{kw.get('host')}:{kw.get('port')}", role=role, master=master,
+                              link_status=info.get("master_link_status")),
+            cfg=m.CfgInfo(gen=views.to_int(gen) or 0, loaded_at_ms=views.to_int(meta.get("loaded_at_ms")),
+                          source=meta.get("source"), sha256=meta.get("sha256")),
+            heartbeats=await self.heartbeats(),
+        )
+
+    async def ready(self) -> m.Ready:
+        checks: list[m.Check] = []
+        try:
+            await self.local.ping()
+            checks.append(m.Check(name="redis", ok=True, detail="local Redis answers"))
+            gen = await cfgstore.gen_async(self.local)
+            checks.append(m.Check(name="config", ok=gen > 0,
+                                  detail=f"configuration generation {gen}" if gen > 0 else
+                                  "no configuration loaded: run `sysload init` on the master's node"))
+            for hb in await self.heartbeats((self.cfg.node_id,)):
+                checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=hb.alive, detail=hb.detail))
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
+            checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
+        reasons = [c.detail for c in checks if not c.ok]
+        return m.Ready(ready=not reasons, node=self.cfg.node_id, checks=checks, reasons=reasons)  # type: ignore[arg-type]
+
+    # --- RTUs and leases ---------------------------------------------------------------------------
+
+    async def rtus(self, rtu_id: int | None = None) -> m.RtuList:
+        model = await self.model()
+        if rtu_id is None:
+            rtus = sorted(model.rtus.values(), key=lambda r: r.id)
+        elif rtu_id in model.rtus:
+            rtus = [model.rtus[rtu_id]]
+        else:
+            raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        for r in rtus:
+            if r.acquisition:
+                pipe.hgetall(ks.lease(r.id))
+                pipe.hgetall(ks.link(r.id))
+                for n in NODES:
+                    pipe.hgetall(ks.channel_state(r.id, n))
+            else:
+                for n in NODES:
+                    pipe.hgetall(ks.fwd_clients(r.id, n))
+        res = await pipe.execute()
+        now = views.redis_time_ms(res[0])
+        it = iter(res[1:])
+        items = []
+        for r in rtus:
+            if r.acquisition:
+                lease_h, link_h = next(it), next(it)
+                chan = {n: next(it) for n in NODES}
+                items.append(views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h))
+            else:
+                items.append(views.rtu(r, now, fwd={n: next(it) for n in NODES}))
+        return m.RtuList(gen=model.gen, time_ms=now, items=items)
+
+    async def leases(self) -> m.LeaseList:
+        model = await self.model()
+        rtus = sorted(model.acquisition_rtus(), key=lambda r: r.id)
+        pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        for r in rtus:
+            pipe.hgetall(ks.lease(r.id))
+        res = await pipe.execute()
+        now = views.redis_time_ms(res[0])
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now).model_dump())
+                 for r, h in zip(rtus, res[1:])]
+        return m.LeaseList(time_ms=now, items=items)
+
+    # --- values ------------------------------------------------------------------------------------
+
+    async def virtual_points(self) -> m.VirtualPointList:
+        model = await self.model()
+        vps = sorted(model.vpoints.values(), key=lambda v: v.id)
+        if not vps:
+            return m.VirtualPointList(items=[])
+        pipe = self.local.pipeline(transaction=False)
+        pipe.hmget(ks.VPOINTS, [str(v.id) for v in vps])
+        for v in vps:
+            pipe.hgetall(ks.link(v.rtu))
+        res = await pipe.execute()
+        return m.VirtualPointList(items=[views.virtual_point(v, rec, lk)
+                                         for v, rec, lk in zip(vps, res[0], res[1:])])
+
+    async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int) -> m.PointPage:
+        model = await self.model()
+        if rtu is not None and rtu not in model.rtus:
+            raise NotFound(f"RTU {rtu} is not in the configuration (generation {model.gen})")
+        sel = [p for p in await self._points() if (rtu is None or p.rtu == rtu) and (kind is None or p.kind == kind)]
+        page = sel[offset:offset + limit]
+        records = await self._records(page)
+        return m.PointPage(total=len(sel), offset=offset, limit=limit,
+                           items=[views.point(p, records.get(p.id)) for p in page])
+
+    async def _records(self, pts: list[SemPoint]) -> dict[int, str | None]:
+        by_rtu: dict[int, list[SemPoint]] = {}
+        for p in pts:
+            by_rtu.setdefault(p.rtu, []).append(p)
+        if not by_rtu:
+            return {}
+        pipe = self.local.pipeline(transaction=False)
+        for rid, ps in by_rtu.items():
+            pipe.hmget(ks.values(rid), [str(p.id) for p in ps])
+        out: dict[int, str | None] = {}
+        for ps, recs in zip(by_rtu.values(), await pipe.execute()):
+            out.update({p.id: rec for p, rec in zip(ps, recs)})
+        return out
+
+    async def point(self, pid: int) -> m.Point:
+        model = await self.model()
+        p = model.points.get(pid)
+        if p is None:
+            if pid in model.vpoints:
+                raise NotFound(f"point {pid} is a virtual point: see /api/v1/virtual-points")
+            raise NotFound(f"point {pid} is not in the configuration (generation {model.gen})")
+        return views.point(p, (await self._records([p])).get(pid))
+
+    # --- controls ----------------------------------------------------------------------------------
+
+    async def controls(self, before: str | None, limit: int) -> m.ControlPage:
+        end: str | None = "+"
+        if before is not None:
+            sid = views.parse_stream_id(before)
+            # beyond the largest stream id (the route's pattern allows 20 digits): older than everything
+            end = views.id_before(sid) if sid is not None else "+"
+
+        pipe = self.local.pipeline(transaction=False)
+        pipe.xlen(ks.CTL_AUDIT)
+        if end is not None:
+            pipe.xrevrange(ks.CTL_AUDIT, max=end, min="-", count=limit + 1)
+        res = await pipe.execute()
+        entries = res[1] if end is not None else []
+        more = len(entries) > limit
+        entries = entries[:limit]
+        return m.ControlPage(total=res[0], limit=limit, items=[views.control(sid, f) for sid, f in entries],
+                             next_before=entries[-1][0] if more and entries else None)
+
+    # --- the operator action -----------------------------------------------------------------------
+
+    async def handover(self, rtu_id: int, req: m.HandoverRequest) -> m.HandoverResult:
+        model = await self.model()
+        r = model.rtus.get(rtu_id)
+        if r is None:
+            raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        if not r.acquisition:
+            raise Conflict(f"RTU {rtu_id} is a forwarding RTU: only acquisition RTUs have a lease to hand over")
+        target = req.target
+        if target is None:
+            holder = await self.local.hget(ks.lease(rtu_id), "holder")
+            if holder not in NODES:
+                raise Conflict(f"RTU {rtu_id} has no lease holder yet: nothing to hand over")
+            target = "B" if holder == "A" else "A"
+        window_ms = int((req.window_s or self.cfg.lease_ttl_s) * 1000)
+        res = await self.master.fcall(*redisfns.lease_handover(rtu_id, target, window_ms).argv)
+        holder, epoch, status = (res[0] or None), int(res[1]), str(res[2])
+        if status == "none":
+            raise Conflict(f"RTU {rtu_id} has no lease holder yet: nothing to hand over")
+        if status == "already":
+            return m.HandoverResult(rtu=rtu_id, status="already", holder=holder, epoch=epoch, target=target,
+                                    detail=f"node {target} already holds the lease of RTU {rtu_id}")
+        now = views.redis_time_ms(await self.master.time())
+        until = now + window_ms
+        if not req.wait:
+            return m.HandoverResult(
+                rtu=rtu_id, status="pending", holder=holder, epoch=epoch, target=target, until_ms=until,
+                detail=f"node {target} takes the lease at its next tick if it reaches the device within "
+                       f"{window_ms / 1000:g} s; watch /api/v1/leases")
+        return await self._wait_moved(rtu_id, target, epoch, window_ms)
+
+    async def _wait_moved(self, rtu_id: int, target: str, epoch: int, window_ms: int) -> m.HandoverResult:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window_ms / 1000 + self.cfg.lease_tick_s
+        step = min(0.2, self.cfg.lease_tick_s / 4)
+        while True:
+            holder, ep = await self.local.hmget(ks.lease(rtu_id), ["holder", "epoch"])
+            if holder == target and (views.to_int(ep) or 0) > epoch:
+                return m.HandoverResult(rtu=rtu_id, status="moved", holder=holder, epoch=int(ep), target=target,
+                                        detail=f"node {target} took the lease of RTU {rtu_id}")
+            if loop.time() >= deadline:
+                raise Conflict(f"node {target} did not take the lease of RTU {rtu_id} within "
+                               f"{window_ms / 1000:g} s (it does not reach the device, or its acquirer is "
+                               f"not running); node {holder} keeps it")
+            await asyncio.sleep(step)
+
+    # --- metrics -----------------------------------------------------------------------------------
+
+    async def metrics_snapshot(self) -> tuple[MetricsSnapshot, Model | None]:
+        """Everything /metrics shows, read at once; without a configuration, the per-RTU part is empty."""
+        model: Model | None
+        try:
+            model = await self.model()
+        except NoConfig:
+            model = None
+        return await read_snapshot(self.local, model), model

@@ -1,0 +1,123 @@
+"""The api's decoding rules as tables, without Redis: leases, channel and link states, value records,
+stream ids, heartbeats, control audit entries."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from fep_api import views
+
+from fepha import points
+from fepha.semodel.model import Channel, Rtu, VirtualPoint
+
+NOW = 1_000_000
+
+
+@pytest.mark.parametrize("h, expect", [
+    ({}, dict(holder=None, epoch=0, remaining_ms=None, lapsed=False, handover=None)),
+    ({"holder": "A", "epoch": "3", "since_ms": "10", "expires_ms": str(NOW + 500), "reached_ms": "7"},
+     dict(holder="A", epoch=3, since_ms=10, remaining_ms=500, lapsed=False, reached_ms=7)),
+    ({"holder": "B", "epoch": "2", "expires_ms": str(NOW - 1)}, dict(holder="B", remaining_ms=-1, lapsed=True)),
+    ({"holder": "A", "epoch": "1", "expires_ms": str(NOW + 9), "reached_ms": "0"}, dict(reached_ms=None)),
+    # a pending handover is shown while its window is open, and no longer once it passed
+    ({"holder": "A", "epoch": "1", "handover": "B", "handover_until_ms": str(NOW + 1)},
+     dict(handover="B", handover_until_ms=NOW + 1)),
+    ({"holder": "A", "epoch": "1", "handover": "B", "handover_until_ms": str(NOW - 1)},
+     dict(handover=None, handover_until_ms=None)),
+    # garbage in a field is shown as unknown, not raised
+    ({"holder": "Z", "epoch": "x", "expires_ms": "soon"}, dict(holder=None, epoch=0, expires_ms=None)),
+])
+def test_lease(h: dict, expect: dict) -> None:
+    got = views.lease(h, NOW).model_dump()
+    assert {k: got[k] for k in expect} == expect
+
+
+RTU = Rtu(id=1, name="r", rtutype=0, protocol="modbus_tcp",
+          channels=(Channel(1, 1, "10.0.0.1", 502, 1), Channel(1, 2, "10.0.0.2", 502, 1)))
+
+
+def test_channels_reported_and_not() -> None:
+    st = views.channels(RTU, "B", {"active": "2", "ch1_connected": "0", "ch1_error": "refused",
+                                   "ch2_connected": "1", "ch2_since_ms": "5", "ch2_switches": "4"})
+    assert st.reported and st.active == 2
+    c1, c2 = st.channels
+    assert (c1.no, c1.host, c1.connected, c1.error, c1.switches) == (1, "10.0.0.1", False, "refused", None)
+    assert (c2.connected, c2.since_ms, c2.switches, c2.error) == (True, 5, 4, None)
+    empty = views.channels(RTU, "A", {})
+    assert not empty.reported and empty.active is None and [c.connected for c in empty.channels] == [None, None]
+
+
+def test_link_and_virtual_point() -> None:
+    lk = {"vala": "0", "valb": "1", "val": "1", "since_a": "1", "since_b": "2", "since": "3"}
+    assert views.link(lk).model_dump() == dict(vala=False, valb=True, val=True, since_a_ms=1, since_b_ms=2,
+                                               since_ms=3)
+    assert views.link({}).model_dump() == dict(vala=None, valb=None, val=None, since_a_ms=None,
+                                               since_b_ms=None, since_ms=None)
+    vp = views.virtual_point(VirtualPoint(901, 1, "link"), "1|0|3", lk)
+    assert (vp.val, vp.value, vp.valid, vp.since_ms) == (True, 1, True, 3)
+
+
+@pytest.mark.parametrize("record, expect", [
+    (None, dict(value=None, quality=None, valid=False, error=None)),
+    ("20.5|0|1700000000000", dict(value=20.5, quality=0, quality_flags=[], valid=True, ts_ms=1700000000000,
+                                  time="2023-11-14T22:13:20.000+00:00")),
+    (f"3|{0x80 | 0x40}|5", dict(value=3, quality=0xC0, quality_flags=["NT", "IV"], valid=False)),
+    (f"1|{0x01 | 0x20}|5", dict(quality_flags=["OV", "SB"], valid=True)),
+    ("nan|0|5", dict(value=None, valid=True)),
+    ("x|y", dict(value=None, error="malformed value record 'x|y'")),
+])
+def test_value_fields(record: str | None, expect: dict) -> None:
+    got = views.point(_point(), record).model_dump()
+    assert {k: got[k] for k in expect} == expect
+
+
+def _point():
+    from fepha.semodel.model import Point
+    return Point(id=101, rtu=1, kind="AI", name="v", area="hr", address=0, datatype="float32")
+
+
+def test_value_fields_use_the_shared_codec() -> None:
+    rec = points.encode(7.0, int(points.Quality.BL), 9)
+    assert views.value_fields(rec)["value"] == 7 and views.value_fields(rec)["quality_flags"] == ["BL"]
+
+
+@pytest.mark.parametrize("s, parsed, before", [
+    ("5-3", (5, 3), "5-2"),
+    ("5-0", (5, 0), f"4-{2**64 - 1}"),
+    ("5", (5, 0), f"4-{2**64 - 1}"),
+    ("0-0", (0, 0), None),
+    ("-1", None, None), ("a-b", None, None), ("5-", None, None), ("", None, None), ("1-2-3", None, None),
+    (f"{2**64}-0", None, None), (f"1-{2**64}", None, None),
+])
+def test_stream_ids(s: str, parsed: tuple | None, before: str | None) -> None:
+    assert views.parse_stream_id(s) == parsed
+    if parsed is not None:
+        assert views.id_before(parsed) == before
+
+
+def test_heartbeat_fresh_old_missing_broken() -> None:
+    now_ms = int(time.time() * 1000)
+    fresh = views.heartbeat("acquirer", "A", json.dumps({"pid": 7, "host": "h", "ts_ms": now_ms, "gen": 3}), 6)
+    assert fresh.alive and fresh.pid == 7 and fresh.gen == 3 and fresh.age_s is not None and fresh.age_s < 5
+    old = views.heartbeat("acquirer", "A", json.dumps({"pid": 7, "ts_ms": now_ms - 60_000}), 6)
+    assert not old.alive and "old" in old.detail
+    missing = views.heartbeat("forwarder", "B", None, 6)
+    assert not missing.alive and missing.detail == "no heartbeat of forwarder on node B"
+    broken = views.heartbeat("forwarder", "B", "{not json", 6)
+    assert not broken.alive and broken.pid is None
+
+
+def test_control_entry() -> None:
+    c = views.control("9-1", {"id": "4", "rtu": "1", "point": "109", "value": "1.0", "state": "done",
+                              "result": "ok", "executor": "A", "epoch": "2", "finished_ms": "77", "origin": "x"})
+    assert (c.stream_id, c.id, c.value, c.state, c.epoch, c.finished_ms, c.claimed_ms) == \
+        ("9-1", 4, 1.0, "done", 2, 77, None)
+    assert views.control("1-0", {"value": "nan", "id": "z"}).model_dump()["value"] is None
+
+
+def test_forwarder_clients() -> None:
+    got = views.clients("A", {"b:2": '{"since_ms": 1}', "a:1": "plain", "c:3": "[1]"})
+    assert [(c.peer, c.state) for c in got] == [("a:1", {"raw": "plain"}), ("b:2", {"since_ms": 1}),
+                                                ("c:3", {"value": [1]})]

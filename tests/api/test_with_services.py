@@ -1,0 +1,294 @@
+"""The api over a running system: the sample configuration in a real Redis pair, a real PlcSim serving its
+acquisition RTUs, real acquirers and forwarders for nodes A and B (`fep_acquirer.app.run`,
+`fep_forwarder.app.run`, timers shortened), and one api per node: A's reads the master, B's the replica.
+Nothing is written into Redis by the test; every value, lease and state comes from the services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fep_acquirer import app as acquirer
+from fep_forwarder import app as forwarder
+from fep_loader.store import replace_config
+from fep_tools.plcsim import PlcSim
+from fep_tools.redisproc import RedisProc, free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+from fepha import config
+from fepha.config import NodeConfig
+from fepha.semodel.model import Model
+from tests.api.conftest import TOKEN, sample_rows
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CHROMIUM = "/usr/bin/chromium"
+NODE_IP = {"A": "127.0.0.1", "B": "127.0.0.2"}
+# Shortened timers (the acquirer's tests use the same order of magnitude). A heartbeat is fresh for three
+# periods: 0.9 s, long enough not to flap on a busy two-core machine.
+TIMERS: dict[str, Any] = {"lease_tick_s": 0.1, "lease_ttl_s": 1.0, "takeover_s": 1.5, "channel_switch_s": 0.4,
+                          "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "heartbeat_s": 0.3, "poll_ms": 100,
+                          "socket_timeout_s": 2.0}
+ACQ = (1, 2)
+
+
+def system_rows(feproot: Path) -> dict[str, list[dict[str, Any]]]:
+    """The sample configuration moved to free ports (devices and forwarding servers) and polled every
+    100 ms with a 300 ms timeout; everything else as in cfg/SEMODEL.sql."""
+    rows = sample_rows(feproot)
+    dev_ports = {port: free_port() for port in {c["PORT"] for c in rows["T010_CHANNEL"]}}
+    rows["T010_CHANNEL"] = [{**c, "PORT": dev_ports[c["PORT"]]} for c in rows["T010_CHANNEL"]]
+    rows["T004_RTU"] = [{**r, "POLLMS": 100, "TIMEOUTMS": 300} if r["RTUTYPE"] == 0 else
+                        {**r, "LISTENPORT": free_port()} for r in rows["T004_RTU"]]
+    return rows
+
+
+async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Await an async predicate until it is truthy; its last error (an assert) explains a timeout."""
+    end = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            v = await pred()
+            if v:
+                return v
+        except (AssertionError, KeyError, TypeError) as exc:
+            last = exc
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not met within {timeout} s: {last!r}")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Service:
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+@dataclass
+class System:
+    master: RedisProc
+    replica: RedisProc
+    model: Model
+    sim: PlcSim
+    cfg: dict[str, NodeConfig]
+    api: dict[str, httpx.AsyncClient]
+    services: dict[tuple[str, str], Service] = field(default_factory=dict)
+
+    def start(self, service: str, node: str) -> None:
+        run = {"acquirer": acquirer.run, "forwarder": forwarder.run}[service]
+        stop = asyncio.Event()
+        self.services[(service, node)] = Service(stop, asyncio.create_task(run(self.cfg[node], stop)))
+
+    async def stop(self, service: str, node: str) -> None:
+        await self.services.pop((service, node)).close()
+
+    async def get(self, node: str, path: str, **kw: Any) -> Any:
+        r = await self.api[node].get(path, **kw)
+        assert r.status_code == 200, (path, r.status_code, r.text)
+        return r.json()
+
+    async def rtus(self, node: str = "A") -> dict[int, dict[str, Any]]:
+        return {r["id"]: r for r in (await self.get(node, "/api/v1/rtus"))["items"]}
+
+    async def point(self, pid: int, node: str = "A") -> dict[str, Any]:
+        return await self.get(node, f"/api/v1/points/{pid}")
+
+    async def metrics(self, node: str = "A") -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        r = await self.api[node].get("/metrics")
+        assert r.status_code == 200
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+
+
+@pytest.fixture
+async def system(redis_pair: tuple[RedisProc, RedisProc], feproot: Path, make_api) -> AsyncIterator[System]:
+    """Everything set up, no service started yet; services still running at the end are stopped."""
+    master, replica = redis_pair
+    rows = system_rows(feproot)
+    replace_config(master.client(), rows, source="sample")
+    model = Model.from_rows(rows)
+    sim = PlcSim(model)
+    await sim.start()
+    cfg, api = {}, {}
+    for node, local in (("A", master), ("B", replica)):
+        cfg[node] = config.load_node(feproot, env={}, node_id=node, ip=NODE_IP[node], bind=NODE_IP[node],
+                                     vip=master.host, port=master.port, local_host=local.host,
+                                     local_port=local.port, api_token=TOKEN, **TIMERS)
+        api[node] = await make_api(cfg[node])
+    s = System(master, replica, model, sim, cfg, api)
+    try:
+        yield s
+    finally:
+        for key in list(s.services):
+            await s.stop(*key)
+        await sim.stop()
+
+
+async def ready(s: System, node: str) -> bool:
+    return (await s.api[node].get("/ready")).status_code == 200
+
+
+async def settled(s: System) -> dict[int, dict[str, Any]]:
+    """/rtus of A once every acquisition RTU has a holder, both nodes report channel 1 connected and
+    link up, and B's api (the replica) shows the same holders."""
+    rtus = await s.rtus("A")
+    for rid in ACQ:
+        r = rtus[rid]
+        assert r["lease"]["holder"] in ("A", "B"), r["lease"]
+        assert (r["link"]["vala"], r["link"]["valb"], r["link"]["val"]) == (True, True, True), r["link"]
+        for st in r["channel_state"]:
+            assert st["reported"] and st["active"] == 1 and st["channels"][0]["connected"], st
+    on_b = await s.rtus("B")
+    assert [on_b[rid]["lease"]["holder"] for rid in ACQ] == [rtus[rid]["lease"]["holder"] for rid in ACQ]
+    return rtus
+
+
+async def test_status_of_a_running_system(system: System) -> None:
+    s = system
+    # nothing runs yet: not ready, and the api says why
+    r = await s.api["A"].get("/ready")
+    assert r.status_code == 503
+    assert r.json()["reasons"] == ["no heartbeat of acquirer on node A", "no heartbeat of forwarder on node A"]
+    for node in "AB":
+        s.start("acquirer", node)
+        s.start("forwarder", node)
+    for node in "AB":
+        await until(lambda node=node: ready(s, node), 10, f"/ready of node {node}")
+
+    # --- RTUs: one lease holder each, both nodes' channel and link state, the same on the replica
+    rtus = await until(lambda: settled(s), 10, "leases, channel and link states")
+    t0 = int(time.time() * 1000)
+    for rid in ACQ:
+        r = rtus[rid]
+        lease = r["lease"]
+        assert lease["epoch"] >= 1 and not lease["lapsed"] and lease["handover"] is None
+        assert 0 < lease["remaining_ms"] <= 1000 and lease["reached_ms"]
+        for st in r["channel_state"]:
+            ch1, ch2 = st["channels"]
+            assert (ch1["no"], ch1["connected"], ch1["error"]) == (1, True, None)
+            assert 0 < ch1["since_ms"] <= t0 and ch1["switches"] == 0
+            assert ch2["connected"] is False  # never tried: the active channel works
+    node_info = await s.get("B", "/api/v1/node")
+    assert node_info["redis"]["role"] == "slave" and node_info["cfg"]["gen"] == 1
+    assert all(h["alive"] for h in node_info["heartbeats"])
+
+    # --- values: every point polled with good quality; a change in the device changes value and time
+    pts = (await s.get("A", "/api/v1/points", params={"limit": 1000}))["items"]
+    assert len(pts) == 17 and all(p["valid"] and p["quality"] == 0 and p["ts_ms"] for p in pts), pts
+    before = await s.point(101)
+    assert before["value"] == 0
+    s.sim.set_value(101, 231.5)
+    s.sim.set_value(201, 4.25)
+    after = await until(lambda: _value(s, 101, 231.5), 5, "point 101 = 231.5")
+    assert after["ts_ms"] > before["ts_ms"] and after["quality_flags"] == [] and after["time"]
+    await until(lambda: _value(s, 201, 4.25, "B"), 5, "point 201 = 4.25 on the replica's api")
+    vps = (await s.get("A", "/api/v1/virtual-points"))["items"]
+    assert [(v["id"], v["vala"], v["valb"], v["val"], v["value"], v["valid"]) for v in vps] == \
+        [(901, True, True, True, 1, True), (902, True, True, True, 1, True)]
+
+    # --- handover: token rules, unknown RTU, then a real move accepted by the other node's acquirer
+    holder1 = rtus[1]["lease"]["holder"]
+    other = "B" if holder1 == "A" else "A"
+    url = "/api/v1/rtus/1/handover"
+    assert (await s.api["A"].post(url)).status_code == 401
+    assert (await s.api["A"].post(url, headers={"Authorization": "Bearer wrong"})).status_code == 403
+    r = await s.api["A"].post("/api/v1/rtus/99/handover", headers=AUTH)
+    assert r.status_code == 404 and "RTU 99" in r.json()["detail"]
+    assert (await s.point(101))["value"] == 231.5  # none of these moved anything
+    r = await s.api["A"].post(url, headers=AUTH, json={"wait": True, "window_s": 5})
+    assert r.status_code == 200, r.text
+    moved = r.json()
+    assert (moved["status"], moved["holder"], moved["target"]) == ("moved", other, other)
+    assert moved["epoch"] == rtus[1]["lease"]["epoch"] + 1
+    lease = (await s.get("A", "/api/v1/rtus/1"))["lease"]
+    assert (lease["holder"], lease["epoch"]) == (other, moved["epoch"])
+    # the new holder writes: a device change shows up
+    s.sim.set_value(101, 232.0)
+    await until(lambda: _value(s, 101, 232.0), 5, "point 101 = 232 written by the new holder")
+    # and back, asked on the replica's node (the api reads the replica, the handover goes to the master)
+    r = await s.api["B"].post(url, headers=AUTH, json={"target": holder1})
+    assert r.status_code == 202 and r.json()["status"] == "pending"
+    await until(lambda: _holder(s, 1, holder1), 5, f"lease of RTU 1 back to {holder1}")
+
+    # --- metrics from the running acquirers (flushed once a second)
+    m = await until(lambda: _counters(s), 5, "acquirer counters of both nodes")
+    written = sum(m.get(("fep_acquirer_changes_written_total", (("node", n),)), 0) for n in "AB")
+    assert written >= 17
+    assert m[("fep_acquirer_lease_changes_total", (("node", other),))] >= 1
+    assert m[("fep_acquirer_polls_total", (("node", "A"),))] > 0
+    assert m[("fep_acquirer_polls_total", (("node", "B"),))] > 0
+    assert m[("fep_lease_changes_total", ())] >= 4  # two first holders, the move and the move back
+    assert m[("fep_changes_entries_total", ())] > 0
+    for n in "AB":
+        for svc in ("acquirer", "forwarder"):
+            assert m[("fep_service_up", (("node", n), ("service", svc)))] == 1
+        assert m[("fep_link_up", (("node", n), ("rtu", "1")))] == 1
+        assert m[("fep_channel_connected", (("channel", "1"), ("node", n), ("rtu", "1")))] == 1
+    assert sum(m[("fep_lease_holder", (("node", n), ("rtu", "1")))] for n in "AB") == 1
+
+    # --- the device of RTU 2 is cut (both channels): invalid points, link down on both nodes
+    s.sim.cut(2)
+    await until(lambda: _invalid(s, 2), 5, "points of RTU 2 invalid")
+    r2 = await until(lambda: _link_down(s, 2), 5, "link of RTU 2 down")
+    for st in r2["channel_state"]:
+        assert not any(c["connected"] for c in st["channels"]) and st["channels"][0]["error"], st
+    vp = {v["id"]: v for v in (await s.get("A", "/api/v1/virtual-points"))["items"]}
+    assert (vp[902]["val"], vp[902]["value"], vp[901]["val"]) == (False, 0, True)
+    assert all(p["valid"] for p in (await s.get("A", "/api/v1/points", params={"rtu": 1}))["items"])
+    s.sim.restore(2)
+    s.sim.set_value(201, 5.0)
+    await until(lambda: _value(s, 201, 5.0), 5, "RTU 2 valid again after the restore")
+
+    # --- node A's acquirer stops: A is not ready, and says why; B holds every lease
+    await s.stop("acquirer", "A")
+    r = await until(lambda: _not_ready(s, "A"), 5, "node A not ready")
+    assert any("acquirer on node A" in x for x in r["reasons"]) and len(r["reasons"]) == 1, r
+    assert await ready(s, "B")
+    await until(lambda: _all_held_by(s, "B"), 5, "node B holds every lease")
+
+
+async def _value(s: System, pid: int, want: float, node: str = "A") -> dict[str, Any] | None:
+    p = await s.point(pid, node)
+    return p if p["value"] == want and p["valid"] else None
+
+
+async def _holder(s: System, rid: int, node: str) -> bool:
+    return (await s.get("A", f"/api/v1/rtus/{rid}"))["lease"]["holder"] == node
+
+
+async def _counters(s: System) -> dict[Any, float] | None:
+    m = await s.metrics()
+    need = [("fep_acquirer_lease_changes_total", (("node", n),)) for n in "AB"]
+    return m if all(m.get(k, 0) >= 1 for k in need) else None
+
+
+async def _invalid(s: System, rid: int) -> bool:
+    items = (await s.get("A", "/api/v1/points", params={"rtu": rid}))["items"]
+    return bool(items) and all(not p["valid"] and "IV" in p["quality_flags"] for p in items)
+
+
+async def _link_down(s: System, rid: int) -> dict[str, Any] | None:
+    r = (await s.get("A", f"/api/v1/rtus/{rid}"))
+    return r if (r["link"]["vala"], r["link"]["valb"], r["link"]["val"]) == (False, False, False) else None
+
+
+async def _not_ready(s: System, node: str) -> dict[str, Any] | None:
+    r = await s.api[node].get("/ready")
+    return r.json() if r.status_code == 503 else None
+
+
+async def _all_held_by(s: System, node: str) -> bool:
+    return all(x["holder"] == node for x in (await s.get("A", "/api/v1/leases"))["items"])
