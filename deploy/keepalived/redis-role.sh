@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# keepalived notify_fifo_script: sets the local Redis's role from keepalived's state, in order.
+#   MASTER          -> REPLICAOF NO ONE, but only if this node really holds the VIP right now
+#   BACKUP/FAULT/.. -> REPLICAOF <peer> <port>, but only if the peer's Redis is a master (never chain
+#                      onto a replica, never let a booting or empty peer that is not master wipe us)
+# Every second without a new line the last state is applied again (reconcile), so a restarted Redis,
+# which boots as a replica of the peer, is put back in its role, and a BACKUP waiting for its peer to
+# become master attaches as soon as it has. Usage: redis-role.sh FIFO  (keepalived passes the FIFO).
+# REDIS_ROLE_ONCE=STATE applies one state and exits (tests, manual use).
+set -u
+# keepalived gives scripts no environment: role.env sits beside the FIFO (written by start.sh)
+ENVFILE=${FEP_ROLE_ENV:-$(dirname "${1:-/run/fep/x}")/role.env}
+[ -r "$ENVFILE" ] && . "$ENVFILE"
+if [ -n "${REDISCLI_AUTH:-}" ]; then export REDISCLI_AUTH; else unset REDISCLI_AUTH; fi
+PORT=${REDIS_PORT:-6379}
+LOCAL=${REDIS_HOST:-${NODE_IP:-127.0.0.1}}
+PEER_PORT=${PEER_REDIS_PORT:-$PORT}
+LOG=${ROLE_LOG:-/dev/stderr}
+
+log() { echo "$(date -u +%FT%T.%3NZ) redis-role: $*" >> "$LOG"; }
+rcli() { timeout 2 redis-cli --no-auth-warning "$@" 2>/dev/null; }
+have_vip() { ip -o addr show 2>/dev/null | grep -qw "inet ${VIP}/[0-9]*"; }
+# "master" or "slave <host> <port>" or "" when unreachable
+role_of() { rcli -h "$1" -p "$2" role | head -n 3 | tr '\n' ' ' | awk '{ if ($1=="slave") print $1, $2, $3; else print $1 }'; }
+
+apply() {
+  local state=$1 mine peer
+  mine=$(role_of "$LOCAL" "$PORT")
+  [ -z "$mine" ] && return 1          # local Redis down: the track script puts us in FAULT anyway
+  case "$state" in
+    MASTER)
+      if ! have_vip; then log "MASTER but VIP $VIP not on this host: not promoting"; return 1; fi
+      if [ "$mine" != master ]; then
+        rcli -h "$LOCAL" -p "$PORT" replicaof no one >/dev/null && log "promoted (was: $mine)"
+      fi ;;
+    BACKUP|FAULT|STOP)
+      [ "$mine" = "slave $PEER_IP $PEER_PORT" ] && return 0
+      peer=$(role_of "$PEER_IP" "$PEER_PORT")
+      if [ "$peer" != master ]; then
+        [ "$mine" = master ] || return 1
+        log "$state: peer Redis is '${peer:-unreachable}', staying master until it is a master"; return 1
+      fi
+      rcli -h "$LOCAL" -p "$PORT" replicaof "$PEER_IP" "$PEER_PORT" >/dev/null \
+        && log "$state: now replica of $PEER_IP:$PEER_PORT (was: $mine)" ;;
+  esac
+}
+
+if [ -n "${REDIS_ROLE_ONCE:-}" ]; then apply "$REDIS_ROLE_ONCE"; exit $?; fi
+
+FIFO=${1:?usage: redis-role.sh FIFO}
+state=BACKUP
+echo "$state" > "${FEP_RUN:-/run/fep}/state" 2>/dev/null
+exec 3<> "$FIFO"                     # read+write: never sees EOF when keepalived reopens it
+while true; do
+  if read -r -t 1 kind name st _ <&3; then
+    [ "$kind" = INSTANCE ] || continue
+    state=$st
+    echo "$state" > "${FEP_RUN:-/run/fep}/state" 2>/dev/null
+    log "keepalived: $name $state"
+  fi
+  apply "$state"
+done

@@ -1,0 +1,148 @@
+"""deploy/keepalived scripts against real redis-server processes on loopback (no namespaces needed):
+the role script's decisions, its in-order FIFO reader with reconciliation, the track script and the
+rendered keepalived.conf (checked by keepalived's own config test)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from fep_tools.redisproc import RedisProc
+
+REPO = Path(__file__).resolve().parents[2]
+KA = REPO / "deploy" / "keepalived"
+pytestmark = pytest.mark.skipif(not shutil.which("redis-cli"), reason="redis-cli not installed (.ci/install)")
+
+
+def script_env(local: RedisProc, peer: RedisProc | None, vip: str, tmp: Path) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "FEP_ROLE_ENV": str(tmp / "none.env"), "REDIS_HOST": local.host,
+            "REDIS_PORT": str(local.port), "PEER_IP": "127.0.0.1",
+            "PEER_REDIS_PORT": str(peer.port if peer else 1), "VIP": vip, "REDISCLI_AUTH": "",
+            "FEP_RUN": str(tmp), "ROLE_LOG": str(tmp / "role.log")}
+
+
+def role(r: RedisProc) -> str:
+    info = r.client().info("replication")
+    return "master" if info["role"] == "master" else f"slave {info['master_port']}"
+
+
+def once(state: str, env: dict[str, str]) -> int:
+    return subprocess.run([str(KA / "redis-role.sh")], env={**env, "REDIS_ROLE_ONCE": state}, timeout=20, check=False).returncode
+
+
+@pytest.fixture
+def pair():
+    with RedisProc() as m, RedisProc() as s:
+        s.client().replicaof(m.host, m.port)
+        yield m, s
+
+
+def test_master_with_the_vip_promotes(pair, tmp_path: Path) -> None:
+    m, s = pair
+    assert once("MASTER", script_env(s, m, "127.0.0.1", tmp_path)) == 0   # 127.0.0.1 is on lo: "has the VIP"
+    assert role(s) == "master"
+    assert "promoted" in (tmp_path / "role.log").read_text()
+
+
+def test_master_without_the_vip_does_not_promote(pair, tmp_path: Path) -> None:
+    """A notify that is already out of date (VIP gone again) changes nothing."""
+    m, s = pair
+    assert once("MASTER", script_env(s, m, "127.9.9.9", tmp_path)) == 1
+    assert role(s) == f"slave {m.port}"
+
+
+@pytest.mark.parametrize("state", ["BACKUP", "FAULT"])
+def test_backup_or_fault_follows_a_master_peer(tmp_path: Path, state: str) -> None:
+    with RedisProc() as a, RedisProc() as b:
+        a.client().set("k", "from-a")
+        assert once(state, script_env(b, a, "127.9.9.9", tmp_path)) == 0
+        assert role(b) == f"slave {a.port}"
+        b.wait_synced()
+        assert b.client().get("k") == "from-a"
+        assert once(state, script_env(b, a, "127.9.9.9", tmp_path)) == 0   # idempotent, no second resync
+
+
+def test_backup_never_follows_a_peer_that_is_not_master(pair, tmp_path: Path) -> None:
+    """The peer is a replica (booting, or not yet promoted): becoming its replica would chain or wipe."""
+    m, s = pair
+    m.client().set("keep", "1")
+    assert once("BACKUP", script_env(m, s, "127.9.9.9", tmp_path)) == 1
+    assert role(m) == "master" and m.client().get("keep") == "1"
+
+
+def test_backup_with_unreachable_peer_stays_master(tmp_path: Path) -> None:
+    with RedisProc() as a:
+        assert once("BACKUP", script_env(a, None, "127.9.9.9", tmp_path)) == 1
+        assert role(a) == "master"
+
+
+def test_fifo_reader_applies_states_in_order_and_reconciles(pair, tmp_path: Path) -> None:
+    m, s = pair
+    fifo = tmp_path / "keepalived.fifo"
+    os.mkfifo(fifo)
+    env = script_env(s, m, "127.0.0.1", tmp_path)
+    p = subprocess.Popen([str(KA / "redis-role.sh"), str(fifo)], env=env, start_new_session=True)
+    try:
+        with open(fifo, "w") as f:
+            f.write('INSTANCE "VI_FEP" MASTER 100\n')
+            f.flush()
+            deadline = time.monotonic() + 10
+            while role(s) != "master" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert role(s) == "master"
+            # A restarted Redis boots as a replica (compose.yml): the reader puts it back within ~1 s.
+            s.client().replicaof(m.host, m.port)
+            deadline = time.monotonic() + 10
+            while role(s) != "master" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert role(s) == "master"
+            assert (tmp_path / "state").read_text().strip() == "MASTER"
+            f.write('INSTANCE "VI_FEP" BACKUP 100\n')
+            f.flush()
+            deadline = time.monotonic() + 10
+            while role(s) != f"slave {m.port}" and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert role(s) == f"slave {m.port}"
+    finally:
+        os.killpg(p.pid, 15)
+        p.wait(5)
+
+
+def test_track_script_checks_redis_itself(tmp_path: Path) -> None:
+    r = RedisProc().start()
+    env = {"PATH": os.environ["PATH"], "FEP_ROLE_ENV": str(tmp_path / "none.env"), "REDIS_HOST": r.host,
+           "REDIS_PORT": str(r.port), "REDISCLI_AUTH": ""}
+    try:
+        assert subprocess.run([str(KA / "check-redis.sh")], env=env, timeout=10, check=False).returncode == 0
+        r.pause()   # hung Redis: PING times out
+        assert subprocess.run([str(KA / "check-redis.sh")], env=env, timeout=10, check=False).returncode != 0
+        r.resume()
+    finally:
+        r.close()
+    assert subprocess.run([str(KA / "check-redis.sh")], env=env, timeout=10, check=False).returncode != 0
+
+
+@pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived not installed (.ci/install)")
+def test_rendered_config_passes_keepalived_config_test(tmp_path: Path) -> None:
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout.splitlines()
+    ifaces = [ln.split(": ")[1].split("@")[0] for ln in links if ": lo:" not in ln]
+    if not ifaces:
+        pytest.skip("no non-loopback interface for keepalived's config test")
+    env = {"PATH": os.environ["PATH"], "NODE_ID": "A", "NODE_IP": "198.18.0.1", "PEER_IP": "198.18.0.2",
+           "VIP": "198.18.0.10", "VRRP_INTERFACE": ifaces[0], "VRRP_AUTH": "secret12345", "FEP_RUN": str(tmp_path),
+           "REDISCLI_AUTH": "pw", "RENDER_ONLY": "1"}
+    out = subprocess.run([str(KA / "start.sh")], env=env, capture_output=True, text=True, timeout=10, check=False)
+    assert out.returncode == 0, out.stderr
+    conf = Path(out.stdout.strip()).read_text()
+    for must in ("state BACKUP", "nopreempt", "advert_int 1", "unicast_peer", "198.18.0.2",
+                 f"198.18.0.10/24 dev {ifaces[0]}", "track_script", "notify_fifo", "auth_pass secret12"):
+        assert must in conf, must
+    import re
+    assert not re.findall(r"@[A-Z_]+@", "\n".join(l for l in conf.splitlines() if not l.lstrip().startswith("#")))
+    assert "REDISCLI_AUTH=pw" in (tmp_path / "role.env").read_text()
+    t = subprocess.run(["keepalived", "-t", "-f", out.stdout.strip()], capture_output=True, text=True, timeout=10, check=False)
+    assert t.returncode == 0, t.stdout + t.stderr

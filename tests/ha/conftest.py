@@ -1,0 +1,52 @@
+"""Fixtures of the HA suite: a fresh two-node lab per test, torn down (processes by PID, namespaces)
+even when the test fails; its logs are attached to a failure."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.ha.harness import FIGURES, Lab, can_run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/ha/" in str(item.fspath):
+            item.add_marker(pytest.mark.ha)
+
+
+@pytest.fixture
+def lab(request: pytest.FixtureRequest):
+    reason = can_run()
+    if reason:
+        pytest.skip(reason)
+    timers = getattr(request, "param", None)
+    lab = Lab(timers)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(lab.logs())
+        lab.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def print_figures(request: pytest.FixtureRequest):
+    """At the end of the suite: the figures the scenarios measured, as one key=value line."""
+    yield
+    if FIGURES:
+        line = "HA figures: " + " ".join(f"{k}={v}" for k, v in FIGURES.items())
+        capman = request.config.pluginmanager.get_plugin("capturemanager")
+        if capman is not None:
+            with capman.global_and_fixture_disabled():
+                print("\n" + line)
+        else:
+            print(line)

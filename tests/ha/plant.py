@@ -1,0 +1,268 @@
+"""The plant side of the HA scenarios with services (4, 5, 7 and bench/failover.py): the PLC simulator in
+the PLC namespace, its journal of the changes it made, the services of both nodes, a control client on
+the SCADA host, and the rules that compare what the devices did with what a SCADA client received.
+
+Counting rules (plain functions, no network):
+- The simulator (`fep-plcsim --journal`) logs every change it makes: each tick changes every point
+  (bools toggle, numbers step by one), so a point's device timeline is the list of (time, value).
+- A SCADA client's timeline of a forwarded point is the list of values it received (IEC 104 objects of
+  any cause, or Modbus values that differ from the previous read), converted to the protocol's view.
+- A device change at t is *received* when the client got that value (in the protocol's view) after t
+  and before the next change plus `late_s` (delivery time). A DI transition that lasts less than the
+  poll period cannot be seen by polling, and one made while no node holds the lease (the failover gap:
+  VIP move + lease lapse, ~5 s with the suite's timers) is seen only if the state is still there when
+  the new holder writes its full image: the scenarios change values every `HOLD_S` s, longer than both,
+  so every change is visible and none may be lost.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fepha import keyspace as ks
+from fepha.semodel import db
+from fepha.semodel.model import Model
+from tests.ha.harness import IP, PLC_IPS, REPO, SCADA_IP, Lab, Node, Proc, parse_json_lines
+
+PLC_CONTROL = (PLC_IPS[0], 15020)
+HOLD_S = 8.0
+"""Seconds between two changes of the simulated devices in scenario 4: longer than the failover gap
+(no holder writes for ~5-6 s after node A dies) plus a poll period, so every state is seen."""
+
+
+# --- processes ---------------------------------------------------------------------------------------
+def model(lab: Lab) -> Model:
+    rows, problems = db.read_rows(lab.feproot / "db" / "SEMODEL.db")
+    return Model.from_rows(rows)
+
+
+def start_plcsim(lab: Lab, rate: float = 0.0) -> Proc:
+    """`fep-plcsim` in the PLC namespace, serving both channel addresses, journal in the lab dir."""
+    p = lab.spawn("plc", "plcsim", ["fep-plcsim", "--db", str(lab.feproot / "db" / "SEMODEL.db"),
+                                    "--rate", str(rate), "--control", "%s:%d" % PLC_CONTROL,
+                                    "--journal", str(lab.dir / "plcsim.jsonl")])
+    lab.wait_for(lambda: plc(lab, "status").startswith("ok"), 20, "PLC simulator serving", interval=0.3)
+    return p
+
+
+def plc(lab: Lab, line: str) -> str:
+    """One command on the simulator's control port (docs/plcsim.md), from inside the SCADA namespace."""
+    code = ("import socket,sys\ntry:\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),3)\n"
+            " s.sendall(sys.argv[3].encode()+b'\\n');print(s.makefile().readline().strip())\n"
+            "except OSError as e:\n print('err',e)")
+    r = subprocess.run(["ip", "netns", "exec", lab.ns["scada"], sys.executable, "-c", code, *map(str, PLC_CONTROL),
+                        line], capture_output=True, text=True, timeout=10, check=False)
+    return r.stdout.strip()
+
+
+def journal(lab: Lab) -> list[dict[str, Any]]:
+    path = lab.dir / "plcsim.jsonl"
+    return parse_json_lines(path.read_text()) if path.exists() else []
+
+
+def start_services(node: Node, *services: str, control_timeout_s: float | None = None) -> None:
+    extra = {"FEP_CONTROL_TIMEOUT_S": str(control_timeout_s)} if control_timeout_s else {}
+    for s in services:
+        node.start_service(s, extra)
+
+
+def holder(node: Node, rtu: int) -> str:
+    """The lease holder of `rtu` as the node's own Redis shows it ('' when none or Redis down)."""
+    return node.redis_cli("hget", ks.lease(rtu), "holder")
+
+
+def rtu_values(node: Node, rtu: int) -> dict[int, float]:
+    """The node's Redis value hash of an acquisition RTU: point id -> value (quality and time dropped)."""
+    out = node.redis_cli("--json", "hgetall", ks.values(rtu))
+    got = json.loads(out) if out.startswith("{") else {}
+    return {int(k): float(v.split("|")[0]) for k, v in got.items()}
+
+
+def audit(node: Node) -> list[dict[str, str]]:
+    """The control audit stream of the node's Redis (fields of each finished control)."""
+    out = node.redis_cli("--json", "xrange", ks.CTL_AUDIT, "-", "+")
+    if not out.startswith("["):
+        return []
+    entries = []
+    for _, fields in json.loads(out):
+        entries.append(dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields)
+    return entries
+
+
+def start_control_client(lab: Lab, node: str, ioa: int, values: list[int], go: str,
+                         interval_s: float, timeout_s: float) -> Proc:
+    """tests/ha/scada_control.py on the SCADA host: IEC 104 setpoints to `node` once `go` exists."""
+    return lab.spawn("scada", f"control-{node}", [
+        sys.executable, "-m", "tests.ha.scada_control", "--ip", IP[node], "--ioa", str(ioa),
+        "--values", ",".join(map(str, values)), "--go", go, "--interval", str(interval_s),
+        "--timeout", str(timeout_s)], {"PYTHONPATH": str(REPO)})
+
+
+# --- counting ---------------------------------------------------------------------------------------
+def device_timelines(events: list[dict[str, Any]]) -> dict[int, list[tuple[float, float]]]:
+    """Point id -> [(time, value)] of every value the device took (start, ticks, sets; writes by clients
+    are controls, not counted here)."""
+    tl: dict[int, list[tuple[float, float]]] = {}
+    for ev in events:
+        if ev.get("ev") not in ("start", "tick", "set"):
+            continue
+        for pid, v in ev["values"].items():
+            seq = tl.setdefault(int(pid), [])
+            if not seq or seq[-1][1] != v:
+                seq.append((ev["t"], v))
+    return tl
+
+
+@dataclass(frozen=True)
+class View:
+    """How one forwarded point shows a source point's value to a SCADA client."""
+
+    src: int
+    proto: str   # iec104 / modbus
+    key: Any     # ioa, or (kind, addr)
+    type: str
+    coef: float
+
+    def expected(self, v: float) -> float:
+        """The value the client should show for engineering value v."""
+        t = self.type
+        if t.startswith(("M_SP", "M_DP")) or t == "bool":
+            return float(bool(v))
+        x = v * self.coef
+        if t.startswith(("M_ME_NA", "M_ME_TD")):
+            return min(max(x, -1.0), 1 - 2**-15)
+        if t.startswith(("M_ME_NB", "M_ME_TE")):
+            return float(min(max(round(x), -32768), 32767))
+        if t.startswith(("M_ME_NC", "M_ME_TF")) or t == "float32":
+            return struct.unpack(">f", struct.pack(">f", x))[0]
+        return float(round(x))
+
+    def same(self, got: float, v: float) -> bool:
+        exp = self.expected(v)
+        return math.isclose(got, exp, rel_tol=1e-6, abs_tol=1e-4)
+
+
+def views(m: Model) -> list[View]:
+    """Every monitoring point of the se104s and modbus_trains RTUs whose source is a device point."""
+    out = []
+    points = {p.id for r in m.acquisition_rtus() for p in r.points}
+    for r in m.rtus.values():
+        for f in getattr(r, "forwards", ()):
+            if f.src not in points or f.kind not in ("AI", "DI", "ACC"):
+                continue
+            if r.protocol == "se104s":
+                out.append(View(f.src, "iec104", f.addr, f.type or "", f.coef))
+            elif r.protocol == "modbus_trains":
+                out.append(View(f.src, "modbus", ("di" if f.kind == "DI" else "ir", f.addr), f.type or "", f.coef))
+    return out
+
+
+def proto_value(rec: dict[str, Any], view: View) -> float | None:
+    """A probe record's value as a number in the protocol's view (None: not a value)."""
+    v = rec.get("value")
+    if v is None:
+        return None
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        if v.startswith("Double."):
+            return {"Double.ON": 1.0, "Double.OFF": 0.0}.get(v)
+        try:
+            return float(v)
+        except ValueError:
+            return None
+    if isinstance(v, list):       # two Modbus registers, high word first
+        raw = struct.pack(">HH", *v)
+        if view.type == "float32":
+            return struct.unpack(">f", raw)[0]
+        return float(struct.unpack(">i" if view.type == "int32" else ">I", raw)[0])
+    return float(v)
+
+
+def client_timeline(records: list[dict[str, Any]], view: View, node: str) -> list[tuple[float, float]]:
+    out = []
+    for r in records:
+        if r.get("node") != node or r.get("src") != view.proto:
+            continue
+        key = r.get("ioa") if view.proto == "iec104" else (r.get("kind"), r.get("addr"))
+        if key != view.key:
+            continue
+        v = proto_value(r, view)
+        if v is not None:
+            out.append((r["t"], v))
+    return out
+
+
+@dataclass
+class Count:
+    made: int = 0           # device changes in the window
+    received: int = 0       # of them, seen by the client in time
+    di_made: int = 0
+    di_lost: int = 0
+    lost: list[tuple[int, Any, float, float]] | None = None   # (src, key, time, value)
+
+
+def count_changes(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
+                  node: str, since: float, until: float, late_s: float = 2.5) -> Count:
+    """Device changes made in [since, until] for every view, and how many the client on `node` received
+    (the value in the protocol's view, at a time in [change, next change + late_s])."""
+    c = Count(lost=[])
+    for view in vs:
+        seq = dev.get(view.src, [])
+        got = client_timeline(records, view, node)
+        for i, (t, v) in enumerate(seq):
+            if not since <= t <= until:
+                continue
+            end = (seq[i + 1][0] if i + 1 < len(seq) else math.inf) + late_s
+            ok = any(t <= tr <= end and view.same(gv, v) for tr, gv in got)
+            c.made += 1
+            c.received += ok
+            is_di = view.type.startswith(("M_SP", "M_DP")) or view.type == "bool"
+            c.di_made += is_di
+            if not ok:
+                c.di_lost += is_di
+                c.lost.append((view.src, view.key, t, v))
+    return c
+
+
+def final_mismatches(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]],
+                     vs: list[View], node: str) -> list[tuple[int, Any, float, float | None]]:
+    """Views whose last value received on `node` differs from the device's last value."""
+    bad = []
+    for view in vs:
+        seq = dev.get(view.src)
+        got = client_timeline(records, view, node)
+        last = got[-1][1] if got else None
+        if seq and (last is None or not view.same(last, seq[-1][1])):
+            bad.append((view.src, view.key, view.expected(seq[-1][1]), last))
+    return bad
+
+
+def wait_final(lab: Lab, probe: Proc, vs: list[View], nodes: tuple[str, ...], timeout: float) -> None:
+    """Wait until every client on `nodes` shows every device's last value."""
+    from tests.ha.harness import probe_records
+
+    def done() -> bool:
+        dev = device_timelines(journal(lab))
+        recs = probe_records(probe)
+        return not any(final_mismatches(dev, recs, vs, n) for n in nodes)
+    try:
+        lab.wait_for(done, timeout, "SCADA clients showing the devices' values", interval=0.5)
+    except TimeoutError:
+        dev = device_timelines(journal(lab))
+        recs = probe_records(probe)
+        raise AssertionError({n: final_mismatches(dev, recs, vs, n) for n in nodes}) from None
+
+
+def now() -> float:
+    return time.time()
+
+
+__all__ = ["SCADA_IP"]

@@ -1,0 +1,52 @@
+"""A SCADA master sending IEC 104 setpoints (C_SE_NB_1) to one node, run on the SCADA host of the HA lab.
+
+    python -m tests.ha.scada_control --ip 198.18.0.2 --ioa 6001 --values 1001,1002 --go FILE
+
+Connects with c104's client (lib60870), waits for the connection to be open and for FILE to exist (the
+scenario creates it when it kills node A), then sends one command per value, one after the other, at
+most every --interval seconds. Each command is one JSON line on stdout: {"value", "sent", "answered",
+"ok"}; ok is True only for a positive ACT_CON (the device accepted the write), False for a negative one
+or no answer within --timeout.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import c104
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--ip", required=True)
+    ap.add_argument("--port", type=int, default=2404)
+    ap.add_argument("--ca", type=int, default=1)
+    ap.add_argument("--ioa", type=int, required=True)
+    ap.add_argument("--values", required=True)
+    ap.add_argument("--go", type=Path, required=True)
+    ap.add_argument("--interval", type=float, default=1.0)
+    ap.add_argument("--timeout", type=float, default=15.0)
+    args = ap.parse_args(argv)
+    client = c104.Client(tick_rate_ms=20, command_timeout_ms=int(args.timeout * 1000))
+    conn = client.add_connection(ip=args.ip, port=args.port, init=c104.Init.NONE)
+    point = conn.add_station(args.ca).add_point(io_address=args.ioa, type=c104.Type.C_SE_NB_1)
+    client.start()
+    deadline = time.monotonic() + 60
+    while not (conn.is_connected and args.go.exists()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(json.dumps({"state": "go", "connected": conn.is_connected, "t": time.time()}), flush=True)
+    for v in (int(x) for x in args.values.split(",")):
+        t0 = time.monotonic()
+        point.info = c104.ScaledCmd(target=c104.Int16(v))
+        sent = time.time()
+        ok = bool(point.transmit(cause=c104.Cot.ACTIVATION))
+        print(json.dumps({"value": v, "sent": sent, "answered": time.time(), "ok": ok}), flush=True)
+        time.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
+    client.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The SCADA host of the HA lab, run inside its namespace: one c104 (lib60870) IEC 104 client and one
+pymodbus client per node, printing what they receive as JSON lines on stdout, which the scenarios read.
+
+    python -m tests.ha.scada_probe --db SEMODEL.db --node A=198.18.0.1 --node B=198.18.0.2
+
+IEC 104: every monitoring point of the se104s RTU, general interrogation at connect (Init.ALL), then
+spontaneous data; each received object is one line {"src": "iec104", "node", "ioa", "value", "cot", "t"}.
+Modbus: the modbus_trains RTU's discrete inputs and input registers are read every 200 ms; a line
+{"src": "modbus", "node", "kind", "addr", "value", "t"} is printed when a value differs from the last
+one read (or the read fails: "value": null). c104 reconnects by itself when a node comes back.
+"""
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import c104
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from fepha.semodel import db
+from fepha.semodel.model import Model
+
+_out_lock = threading.Lock()
+
+
+def emit(**rec: Any) -> None:
+    rec["t"] = time.time()
+    with _out_lock:
+        sys.stdout.write(json.dumps(rec) + "\n")
+        sys.stdout.flush()
+
+
+def forwarding_rtu(model: Model, protocol: str) -> Any:
+    return next(r for r in model.rtus.values() if r.protocol == protocol)
+
+
+def start_iec104(node: str, ip: str, model: Model) -> c104.Client:
+    rtu = forwarding_rtu(model, "se104s")
+    client = c104.Client(tick_rate_ms=50, command_timeout_ms=3000)
+    conn = client.add_connection(ip=ip, port=rtu.listen_port, init=c104.Init.ALL)
+    station = conn.add_station(rtu.address)
+
+    def on_receive(point: c104.Point, previous_info: c104.Information,
+                   message: c104.IncomingMessage) -> c104.ResponseState:
+        v = message.info.value
+        emit(src="iec104", node=node, ioa=point.io_address, cot=message.cot.name,
+             value=v if isinstance(v, (int, float, bool)) else str(v), quality=str(message.info.quality))
+        return c104.ResponseState.SUCCESS
+
+    for f in rtu.forwards:
+        if f.type and f.type.startswith("M_"):
+            station.add_point(io_address=f.addr, type=getattr(c104.Type, f.type)).on_receive(on_receive)
+
+    def on_state(connection: c104.Connection, state: c104.ConnectionState) -> None:
+        emit(src="iec104-state", node=node, state=state.name)
+    conn.on_state_change(on_state)
+    client.start()
+    return client
+
+
+def poll_modbus(node: str, ip: str, model: Model, stop: threading.Event) -> None:
+    rtu = forwarding_rtu(model, "modbus_trains")
+    dis = sorted(f.addr for f in rtu.forwards if f.table == "T006_ZFDI")
+    irs = sorted(f.addr for f in rtu.forwards if f.table in ("T005_ZFAI", "T007_ZFACC"))
+    last: dict[tuple[str, int], Any] = {}
+    client = ModbusTcpClient(ip, port=rtu.listen_port, timeout=1, retries=0)
+    while not stop.is_set():
+        got: dict[tuple[str, int], Any] = {}
+        try:
+            if not client.connected:
+                client.connect()
+            if dis:
+                r = client.read_discrete_inputs(dis[0], count=dis[-1] - dis[0] + 1, device_id=rtu.address or 1)
+                if not r.isError():
+                    for a in dis:
+                        got[("di", a)] = int(r.bits[a - dis[0]])
+            if irs:
+                r = client.read_input_registers(irs[0], count=irs[-1] - irs[0] + 2, device_id=rtu.address or 1)
+                if not r.isError():
+                    for a in irs:
+                        got[("ir", a)] = [r.registers[a - irs[0]], r.registers[a - irs[0] + 1]]
+        except (ModbusException, OSError):  # a node that is down: report, keep trying
+            client.close()
+        for key in set(last) | set(got):
+            if last.get(key, "missing") != got.get(key):
+                emit(src="modbus", node=node, kind=key[0], addr=key[1], value=got.get(key))
+        last = got
+        stop.wait(0.2)
+    client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--db", type=Path, required=True)
+    ap.add_argument("--node", action="append", required=True, help="ID=IP")
+    args = ap.parse_args(argv)
+    rows, problems = db.read_rows(args.db)
+    assert not problems, problems
+    model = Model.from_rows(rows)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    clients, threads = [], []
+    for spec in args.node:
+        node, _, ip = spec.partition("=")
+        clients.append(start_iec104(node, ip, model))
+        t = threading.Thread(target=poll_modbus, args=(node, ip, model, stop), daemon=True)
+        t.start()
+        threads.append(t)
+    emit(src="probe", state="started")
+    while not stop.is_set():
+        stop.wait(0.5)
+    for c in clients:
+        c.stop()
+    for t in threads:
+        t.join(2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""keepalived + the Redis role scripts on two real nodes (namespaces): the Redis side of scenarios 4, 6
+and 7 of issue 6. The services' side is in test_scenarios.py."""
+
+from __future__ import annotations
+
+import time
+
+from tests.ha.harness import FIGURES, IP, Lab
+
+
+def test_pair_boots_with_one_master_and_a_synced_replica(lab: Lab) -> None:
+    holder = lab.start_pair()
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    assert holder is a and a.has_vip() and not b.has_vip()
+    assert a.role() == "master" and b.role() == "slave"
+    lab.sysload_init(a)   # the loader service's command, on the VIP's node (seed)
+    lab.wait_for(lambda: b.redis_cli("get", "fep:cfg:gen") == "1", 10, "configuration replicated to B")
+
+
+def test_node_loss_moves_vip_and_master_and_return_changes_nothing(lab: Lab) -> None:
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    lab.start_pair()
+    lab.sysload_init(a)
+    lab.wait_for(lambda: b.redis_cli("get", "fep:cfg:gen") == "1", 10, "B in sync")
+
+    t0 = time.monotonic()
+    a.crash()                                        # scenario 4: power cut on node A
+    lab.wait_for(b.has_vip, 15, "VIP on B")
+    vip_s = time.monotonic() - t0
+    lab.wait_for(lambda: b.role() == "master", 10, "B's Redis master")
+    FIGURES["vip_move_s"] = round(vip_s, 2)
+    FIGURES["redis_master_move_s"] = round(time.monotonic() - t0, 2)
+    assert b.redis_cli("get", "fep:cfg:gen") == "1"          # nothing lost with the master
+    b.redis_cli("set", "fep:ha:probe", "written-on-B")        # a write while A is away
+
+    a.reboot_network()                                # scenario 6: A returns (persistent Redis, same data dir)
+    a.start_redis()
+    a.start_keepalived()
+    lab.wait_for(lambda: a.redis_cli("info", "replication").find("master_link_status:up") >= 0, 15,
+                 "A replica of B in sync")
+    assert a.role() == "slave" and a.redis_cli("get", "fep:ha:probe") == "written-on-B"
+    time.sleep(5)                                    # > 3 adverts: nothing moves back by itself
+    assert b.has_vip() and not a.has_vip()
+    assert b.role() == "master" and a.role() == "slave"
+
+
+def test_partition_between_nodes_heals_to_one_master(lab: Lab) -> None:
+    """Scenario 7 (Redis side): split brain while the nodes cannot see each other; after it heals one
+    master remains and the other node resyncs from it (its writes in between are lost, docs/ha.md)."""
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    lab.start_pair()
+    a.cut(IP["B"])
+    b.cut(IP["A"])
+    lab.wait_for(lambda: b.has_vip() and b.role() == "master", 15, "split brain: B master too")
+    assert a.has_vip() and a.role() == "master"
+    a.redis_cli("set", "fep:ha:side", "A")
+    b.redis_cli("set", "fep:ha:side", "B")
+    a.heal(IP["B"])
+    b.heal(IP["A"])
+
+    def one_master() -> bool:
+        roles = {a.role(), b.role()}
+        return roles == {"master", "slave"} and a.has_vip() != b.has_vip()
+    lab.wait_for(one_master, 20, "one master after healing")
+    winner, loser = (a, b) if a.role() == "master" else (b, a)
+    assert winner.has_vip()
+    lab.wait_for(lambda: loser.redis_cli("get", "fep:ha:side") == winner.redis_cli("get", "fep:ha:side"), 15,
+                 "loser resynced from the winner")
+    assert winner.redis_cli("get", "fep:ha:side") == winner.id
