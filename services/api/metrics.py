@@ -37,7 +37,7 @@ HELP: dict[str, str] = {
     "write_errors": "fenced writes that failed (Redis error or fenced out)",
     "compensations": "points rewritten after a failed write (master side)",
     "full_images": "full images written (after a takeover or reconnect)",
-    "lease_changes": "leases this node's acquirer won",
+    "lease_changes": "leases this node's acquirer gained or lost",
     "channel_switches": "switches to the other channel after channel_switch_s without reconnect",
     "polls": "device polls",
     "poll_errors": "device polls that failed",
@@ -154,7 +154,8 @@ class SnapshotCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         s = self.snap
-        yield GaugeMetricFamily("fep_cfg_generation", "configuration generation in the local Redis", value=s.gen)
+        yield GaugeMetricFamily("fep_cfg_generation", "configuration generation in the local Redis",
+                                value=s.gen)
         role = GaugeMetricFamily("fep_redis_role", "role of the local Redis (1 for the current role)",
                                  labels=["role"])
         role.add_metric([s.role], 1)
@@ -183,9 +184,9 @@ class SnapshotCollector(Collector):
                                  views.to_float(h.get("control_latency_ms_sum")) or 0.0)
         yield from families.values()
         if latency:
-            lat = SummaryMetricFamily("fep_forwarder_control_latency_ms",
-                                      "latency of controls from a master's command to the device's answer, ms",
-                                      labels=["node"])
+            lat = SummaryMetricFamily(
+                "fep_forwarder_control_latency_ms",
+                "latency of controls from a master's command to the device's answer, ms", labels=["node"])
             for node, (count, total) in sorted(latency.items()):
                 lat.add_metric([node], count_value=count, sum_value=total)
             yield lat
@@ -194,8 +195,8 @@ class SnapshotCollector(Collector):
         s = self.snap
         yield CounterMetricFamily("fep_lease_changes", "changes of lease holder (all RTUs, both nodes)",
                                   value=s.lease_events.added)
-        yield CounterMetricFamily("fep_controls_finished", "controls that reached a final state (audit entries)",
-                                  value=s.audit.added)
+        yield CounterMetricFamily("fep_controls_finished",
+                                  "controls that reached a final state (audit entries)", value=s.audit.added)
         yield CounterMetricFamily("fep_changes_entries", "fenced writes recorded in the change stream",
                                   value=s.changes.added)
         yield GaugeMetricFamily("fep_changes_stream_length", "entries kept in the change stream",
@@ -206,7 +207,8 @@ class SnapshotCollector(Collector):
                                     value=max(0.0, (s.now_ms - s.changes.last_ms) / 1000))
 
     def _heartbeats(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("fep_service_up", "1 when the service's heartbeat is fresh", labels=["service", "node"])
+        up = GaugeMetricFamily("fep_service_up", "1 when the service's heartbeat is fresh",
+                               labels=["service", "node"])
         age = GaugeMetricFamily("fep_heartbeat_age_seconds", "age of the service's last heartbeat",
                                 labels=["service", "node"])
         now = time.time()
@@ -233,7 +235,8 @@ class SnapshotCollector(Collector):
                                   labels=["rtu"])
         link = GaugeMetricFamily("fep_link_up", "1 when the node reaches the RTU's device (vala/valb)",
                                  labels=["rtu", "node"])
-        conn = GaugeMetricFamily("fep_channel_connected", "1 when the node's channel to the device is connected",
+        conn = GaugeMetricFamily("fep_channel_connected",
+                                 "1 when the node's channel to the device is connected",
                                  labels=["rtu", "node", "channel"])
         active = GaugeMetricFamily("fep_channel_active", "channel the node uses for the RTU (1 or 2)",
                                    labels=["rtu", "node"])
@@ -258,8 +261,8 @@ class SnapshotCollector(Collector):
                 for c in st.channels:
                     if c.connected is not None:
                         conn.add_metric([str(rid), n, str(c.no)], 1 if c.connected else 0)
-        clients = GaugeMetricFamily("fep_forwarder_connected_masters", "masters connected to a forwarding RTU",
-                                    labels=["rtu", "node"])
+        clients = GaugeMetricFamily("fep_forwarder_connected_masters",
+                                    "masters connected to a forwarding RTU", labels=["rtu", "node"])
         for (rid, n), c in sorted(s.fwd_clients.items()):
             clients.add_metric([str(rid), n], c)
         yield from (holder, epoch, queue, link, conn, active, clients)

@@ -80,7 +80,8 @@ class NodeInfo(BaseModel):
 
 
 class Lease(BaseModel):
-    holder: NodeId | None = Field(None, description="node that processes the RTU's device; null before the first tick")
+    holder: NodeId | None = Field(None, description="node that processes the RTU's device; "
+                                                    "null before the first tick")
     epoch: int = 0
     since_ms: int | None = None
     expires_ms: int | None = None
@@ -156,7 +157,8 @@ class LeaseList(BaseModel):
 class PointValue(BaseModel):
     value: float | int | None = None
     quality: int | None = Field(None, description="IEC 104 quality bits, 0 = good")
-    quality_flags: list[str] = Field(default_factory=list, description="names of the set bits: IV, NT, SB, BL, OV")
+    quality_flags: list[str] = Field(default_factory=list,
+                                     description="names of the set bits: IV, NT, SB, BL, OV")
     valid: bool = Field(False, description="a value exists and IV is not set")
     ts_ms: int | None = None
     time: str | None = Field(None, description="ts_ms as ISO 8601 UTC")
@@ -215,14 +217,18 @@ class ControlPage(BaseModel):
     total: int = Field(description="entries in the audit stream (bounded to about 10000)")
     limit: int
     items: list[Control]
-    next_before: str | None = Field(None, description="pass as `before` for the next (older) page; null at the end")
+    next_before: str | None = Field(None, description="pass as `before` for the next (older) page; "
+                                                      "null at the end")
 
 
 class HandoverRequest(BaseModel):
-    target: NodeId | None = Field(None, description="node to move the lease to; default: the node that does not hold it")
+    target: NodeId | None = Field(None, description="node to move the lease to; "
+                                                    "default: the node that does not hold it")
     window_s: float | None = Field(None, gt=0, le=600,
-                                   description="the target must take the lease within this time; default lease_ttl_s")
-    wait: bool = Field(False, description="answer only when the target took the lease (200) or the window passed (409)")
+                                   description="the target must take the lease within this time; "
+                                               "default lease_ttl_s")
+    wait: bool = Field(False, description="answer only when the target took the lease (200) or the window "
+                                          "passed (409)")
 
 
 class HandoverResult(BaseModel):

@@ -102,22 +102,25 @@ async def point(point_id: int = Path(description="T011_POINT.PNTID"), s: Store =
 @v1.get("/controls", response_model=m.ControlPage, tags=["controls"], responses=READ,
         summary="The control audit, newest first, paged")
 async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
-                                               description="only entries older than this stream id (next_before)"),
+                                               description="only entries older than this stream id "
+                                                           "(next_before)"),
                    limit: int = Query(50, ge=1, le=1000), s: Store = Depends(store)) -> m.ControlPage:
     return await s.controls(before, limit)
 
 
 @ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
           dependencies=[Depends(require_operator)],
-          responses={200: {"model": m.HandoverResult, "description": "the target holds the lease (already or moved)"},
+          responses={200: {"model": m.HandoverResult,
+                           "description": "the target holds the lease (already or moved)"},
                      **AUTH, **E404,
-                     409: _err("a forwarding RTU, no holder yet, or (wait) the target did not take the lease"),
+                     409: _err("a forwarding RTU, no holder yet, or (wait) the target did not take the "
+                               "lease"),
                      503: _err("the master Redis is unreachable, or no configuration loaded")},
           summary="Planned move of an acquisition RTU's lease to the other node",
           description="Marks a handover on the master (function `lease_handover`). The target node takes the "
                       "lease at its next lease tick only if it reaches the device within the window; "
-                      "otherwise the holder keeps it. 202: pending. With `wait`, answers 200 when moved or 409 "
-                      "when the window passed.")
+                      "otherwise the holder keeps it. 202: pending. With `wait`, answers 200 when moved or "
+                      "409 when the window passed.")
 async def handover(response: Response, rtu_id: int = Path(description="T004_RTU.RTUID of an acquisition RTU"),
                    req: m.HandoverRequest | None = None, s: Store = Depends(store)) -> m.HandoverResult:
     res = await s.handover(rtu_id, req or m.HandoverRequest())

@@ -135,7 +135,8 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
             checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
         reasons = [c.detail for c in checks if not c.ok]
-        return m.Ready(ready=not reasons, node=self.cfg.node_id, checks=checks, reasons=reasons)  # type: ignore[arg-type]
+        return m.Ready(ready=not reasons, node=self.cfg.node_id,  # type: ignore[arg-type]
+                       checks=checks, reasons=reasons)
 
     # --- RTUs and leases ---------------------------------------------------------------------------
 
@@ -203,7 +204,8 @@ class Store:
         model = await self.model()
         if rtu is not None and rtu not in model.rtus:
             raise NotFound(f"RTU {rtu} is not in the configuration (generation {model.gen})")
-        sel = [p for p in await self._points() if (rtu is None or p.rtu == rtu) and (kind is None or p.kind == kind)]
+        sel = [p for p in await self._points()
+               if (rtu is None or p.rtu == rtu) and (kind is None or p.kind == kind)]
         page = sel[offset:offset + limit]
         records = await self._records(page)
         return m.PointPage(total=len(sel), offset=offset, limit=limit,
@@ -260,7 +262,8 @@ class Store:
         if r is None:
             raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
         if not r.acquisition:
-            raise Conflict(f"RTU {rtu_id} is a forwarding RTU: only acquisition RTUs have a lease to hand over")
+            raise Conflict(f"RTU {rtu_id} is a forwarding RTU: only acquisition RTUs have a lease to hand "
+                           f"over")
         target = req.target
         if target is None:
             holder = await self.local.hget(ks.lease(rtu_id), "holder")
@@ -291,8 +294,8 @@ class Store:
         while True:
             holder, ep = await self.local.hmget(ks.lease(rtu_id), ["holder", "epoch"])
             if holder == target and (views.to_int(ep) or 0) > epoch:
-                return m.HandoverResult(rtu=rtu_id, status="moved", holder=holder, epoch=int(ep), target=target,
-                                        detail=f"node {target} took the lease of RTU {rtu_id}")
+                return m.HandoverResult(rtu=rtu_id, status="moved", holder=holder, epoch=int(ep),
+                                        target=target, detail=f"node {target} took the lease of RTU {rtu_id}")
             if loop.time() >= deadline:
                 raise Conflict(f"node {target} did not take the lease of RTU {rtu_id} within "
                                f"{window_ms / 1000:g} s (it does not reach the device, or its acquirer is "

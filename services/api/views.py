@@ -8,6 +8,7 @@ odd key must not turn a status page into a 500.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -34,7 +35,7 @@ def to_int(v: Any) -> int | None:
             f = float(v)
         except (TypeError, ValueError):
             return None
-        return int(f) if f == f and abs(f) != float("inf") else None
+        return int(f) if math.isfinite(f) else None
 
 
 def to_float(v: Any) -> float | None:
@@ -42,7 +43,7 @@ def to_float(v: Any) -> float | None:
         f = float(v)
     except (TypeError, ValueError):
         return None
-    return f if f == f and abs(f) != float("inf") else None
+    return f if math.isfinite(f) else None
 
 
 def to_bool(v: Any) -> bool | None:
@@ -75,7 +76,7 @@ def value_fields(record: str | None) -> dict[str, Any]:
     except ValueError as exc:
         return {"error": str(exc)}
     value: float | int | None = v.value
-    if isinstance(value, float) and (value != value or abs(value) == float("inf")):
+    if isinstance(value, float) and not math.isfinite(value):
         value = None  # JSON has no NaN/inf
     flags = [q.name for q in points.Quality if q and v.quality & q and q.name]
     return {"value": value, "quality": v.quality, "quality_flags": flags, "valid": v.valid,
@@ -104,14 +105,18 @@ def lease(h: Mapping[str, str], now_ms: int) -> m.Lease:
 
 
 def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str]) -> m.NodeChannels:
-    """One node's channel state (`keyspace.channel_state`: active, ch<n>_connected/_since_ms/_error/_switches)."""
+    """One node's channel state (`keyspace.channel_state`: active,
+    ch<n>_connected/_since_ms/_error/_switches). A channel never tried has since_ms 0: shown as null."""
     out = []
     for ch in rtu.channels:
         p = f"ch{ch.no}_"
-        out.append(m.ChannelStatus(no=ch.no, host=ch.host, port=ch.port, connected=to_bool(h.get(p + "connected")),
-                                   since_ms=to_int(h.get(p + "since_ms")), error=h.get(p + "error") or None,
+        out.append(m.ChannelStatus(no=ch.no, host=ch.host, port=ch.port,
+                                   connected=to_bool(h.get(p + "connected")),
+                                   since_ms=to_int(h.get(p + "since_ms")) or None,
+                                   error=h.get(p + "error") or None,
                                    switches=to_int(h.get(p + "switches"))))
-    return m.NodeChannels(node=node, reported=bool(h), active=to_int(h.get("active")), channels=out)  # type: ignore[arg-type]
+    return m.NodeChannels(node=node, reported=bool(h),  # type: ignore[arg-type]
+                          active=to_int(h.get("active")), channels=out)
 
 
 def link(h: Mapping[str, str]) -> m.Link:
@@ -136,7 +141,7 @@ def clients(node: str, h: Mapping[str, str]) -> list[m.FwdClient]:
 def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
         chan: Mapping[str, Mapping[str, str]] | None = None, link_h: Mapping[str, str] | None = None,
         fwd: Mapping[str, Mapping[str, str]] | None = None) -> m.Rtu:
-    base: dict[str, Any] = dict(id=r.id, name=r.name, rtutype=r.rtutype, protocol=r.protocol)
+    base: dict[str, Any] = {"id": r.id, "name": r.name, "rtutype": r.rtutype, "protocol": r.protocol}
     if r.acquisition:
         chan = chan or {}
         return m.Rtu(**base, type="acquisition", points=len(r.points), lease=lease(lease_h or {}, now_ms),
@@ -147,8 +152,8 @@ def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
 
 
 def point(p: sem.Point, record: str | None) -> m.Point:
-    return m.Point(id=p.id, rtu=p.rtu, kind=p.kind, name=p.name, area=p.area, address=p.address,  # type: ignore[arg-type]
-                   datatype=p.datatype, **value_fields(record))
+    return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,  # type: ignore[arg-type]
+                   name=p.name, area=p.area, address=p.address, datatype=p.datatype, **value_fields(record))
 
 
 def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str]) -> m.VirtualPoint:

@@ -26,9 +26,10 @@ TOKEN = "s3cret-token"
 def node_cfg(local: RedisProc, master: RedisProc | None = None, **kw: Any) -> NodeConfig:
     """A node whose local Redis is `local` and whose VIP points at `master` (default: the same)."""
     master = master or local
-    base: dict[str, Any] = dict(node_id="A", ip="127.0.0.1", vip=master.host, port=master.port,
-                                local_host=local.host, local_port=local.port, api_token=TOKEN,
-                                heartbeat_s=1.0, lease_tick_s=0.2, lease_ttl_s=5.0, socket_timeout_s=1.0)
+    base: dict[str, Any] = {"node_id": "A", "ip": "127.0.0.1", "vip": master.host, "port": master.port,
+                            "local_host": local.host, "local_port": local.port, "api_token": TOKEN,
+                            "heartbeat_s": 1.0, "lease_tick_s": 0.2, "lease_ttl_s": 5.0,
+                            "socket_timeout_s": 1.0}
     base.update(kw)
     return NodeConfig(**base)
 
@@ -80,7 +81,8 @@ async def populate(r: aredis.Redis, ctl_count: int = 3) -> Populated:
     await r.hset(ks.fwd_clients(11, "B"), "127.0.0.8:50000", "not json")
     for s in heartbeat.SERVICES:
         await heartbeat.beat(r, s, "A", 5.0, 1)
-    await r.hset(ks.metrics("acquirer", "A"), mapping={"changes_written": 42, "polls": 100, "write_errors": 1})
+    await r.hset(ks.metrics("acquirer", "A"),
+                 mapping={"changes_written": 42, "polls": 100, "write_errors": 1})
     await r.hset(ks.metrics("forwarder", "A"), mapping={"events_sent": 7, "controls": 2, "controls_ok": 1,
                                                         "control_latency_ms_sum": 30, "stream_lag_ms": 5,
                                                         "clients": 1})

@@ -113,8 +113,8 @@ async def test_unknown_ids_are_404(loaded, ar, make_api) -> None:
         assert text in r.json()["detail"]
     r = await c.post("/api/v1/rtus/99/handover", headers=AUTH)
     assert r.status_code == 404 and "RTU 99" in r.json()["detail"]
-    for path in ["/api/v1/rtus/x", "/api/v1/points?kind=XX", "/api/v1/points?limit=0", "/api/v1/points?offset=-1",
-                 "/api/v1/controls?limit=5000", "/api/v1/controls?before=abc"]:
+    for path in ["/api/v1/rtus/x", "/api/v1/points?kind=XX", "/api/v1/points?limit=0",
+                 "/api/v1/points?offset=-1", "/api/v1/controls?limit=5000", "/api/v1/controls?before=abc"]:
         assert (await c.get(path)).status_code == 422, path
 
 
@@ -147,7 +147,8 @@ async def test_points_values_filters_and_paging(loaded, ar, make_api) -> None:
     ai1 = (await c.get("/api/v1/points", params={"rtu": 1, "kind": "AI"})).json()
     assert [p["id"] for p in ai1["items"]] == [101, 102, 103, 104] and ai1["total"] == 4
     p101, p102, p103, p104 = ai1["items"]
-    assert (p101["value"], p101["quality"], p101["valid"], p101["ts_ms"]) == (20.5, 0, True, 1_700_000_000_000)
+    assert (p101["value"], p101["quality"], p101["valid"], p101["ts_ms"]) == \
+        (20.5, 0, True, 1_700_000_000_000)
     assert p101["time"] == "2023-11-14T22:13:20.000+00:00"
     assert p102["quality_flags"] == ["NT", "IV"] and not p102["valid"]
     assert p103["value"] is None and p103["error"] == "malformed value record 'garbage'"
@@ -211,7 +212,8 @@ async def test_metrics(loaded, ar, make_api) -> None:
 async def test_metrics_without_configuration_or_streams(redis_master, make_api) -> None:
     c = await make_api(node_cfg(redis_master))
     r = await c.get("/metrics")
-    assert r.status_code == 200 and "fep_cfg_generation 0.0" in r.text and "fep_lease_changes_total 0.0" in r.text
+    assert r.status_code == 200
+    assert "fep_cfg_generation 0.0" in r.text and "fep_lease_changes_total 0.0" in r.text
 
 
 async def test_token_rules(loaded, ar, make_api) -> None:

@@ -16,18 +16,19 @@ NOW = 1_000_000
 
 
 @pytest.mark.parametrize("h, expect", [
-    ({}, dict(holder=None, epoch=0, remaining_ms=None, lapsed=False, handover=None)),
+    ({}, {"holder": None, "epoch": 0, "remaining_ms": None, "lapsed": False, "handover": None}),
     ({"holder": "A", "epoch": "3", "since_ms": "10", "expires_ms": str(NOW + 500), "reached_ms": "7"},
-     dict(holder="A", epoch=3, since_ms=10, remaining_ms=500, lapsed=False, reached_ms=7)),
-    ({"holder": "B", "epoch": "2", "expires_ms": str(NOW - 1)}, dict(holder="B", remaining_ms=-1, lapsed=True)),
-    ({"holder": "A", "epoch": "1", "expires_ms": str(NOW + 9), "reached_ms": "0"}, dict(reached_ms=None)),
+     {"holder": "A", "epoch": 3, "since_ms": 10, "remaining_ms": 500, "lapsed": False, "reached_ms": 7}),
+    ({"holder": "B", "epoch": "2", "expires_ms": str(NOW - 1)},
+     {"holder": "B", "remaining_ms": -1, "lapsed": True}),
+    ({"holder": "A", "epoch": "1", "expires_ms": str(NOW + 9), "reached_ms": "0"}, {"reached_ms": None}),
     # a pending handover is shown while its window is open, and no longer once it passed
     ({"holder": "A", "epoch": "1", "handover": "B", "handover_until_ms": str(NOW + 1)},
-     dict(handover="B", handover_until_ms=NOW + 1)),
+     {"handover": "B", "handover_until_ms": NOW + 1}),
     ({"holder": "A", "epoch": "1", "handover": "B", "handover_until_ms": str(NOW - 1)},
-     dict(handover=None, handover_until_ms=None)),
+     {"handover": None, "handover_until_ms": None}),
     # garbage in a field is shown as unknown, not raised
-    ({"holder": "Z", "epoch": "x", "expires_ms": "soon"}, dict(holder=None, epoch=0, expires_ms=None)),
+    ({"holder": "Z", "epoch": "x", "expires_ms": "soon"}, {"holder": None, "epoch": 0, "expires_ms": None}),
 ])
 def test_lease(h: dict, expect: dict) -> None:
     got = views.lease(h, NOW).model_dump()
@@ -40,33 +41,36 @@ RTU = Rtu(id=1, name="r", rtutype=0, protocol="modbus_tcp",
 
 def test_channels_reported_and_not() -> None:
     st = views.channels(RTU, "B", {"active": "2", "ch1_connected": "0", "ch1_error": "refused",
+                                   "ch1_since_ms": "0",
                                    "ch2_connected": "1", "ch2_since_ms": "5", "ch2_switches": "4"})
     assert st.reported and st.active == 2
     c1, c2 = st.channels
     assert (c1.no, c1.host, c1.connected, c1.error, c1.switches) == (1, "10.0.0.1", False, "refused", None)
+    assert c1.since_ms is None  # never connected
     assert (c2.connected, c2.since_ms, c2.switches, c2.error) == (True, 5, 4, None)
     empty = views.channels(RTU, "A", {})
-    assert not empty.reported and empty.active is None and [c.connected for c in empty.channels] == [None, None]
+    assert not empty.reported and empty.active is None
+    assert [c.connected for c in empty.channels] == [None, None]
 
 
 def test_link_and_virtual_point() -> None:
     lk = {"vala": "0", "valb": "1", "val": "1", "since_a": "1", "since_b": "2", "since": "3"}
-    assert views.link(lk).model_dump() == dict(vala=False, valb=True, val=True, since_a_ms=1, since_b_ms=2,
-                                               since_ms=3)
-    assert views.link({}).model_dump() == dict(vala=None, valb=None, val=None, since_a_ms=None,
-                                               since_b_ms=None, since_ms=None)
+    assert views.link(lk).model_dump() == {"vala": False, "valb": True, "val": True, "since_a_ms": 1,
+                                           "since_b_ms": 2, "since_ms": 3}
+    assert views.link({}).model_dump() == {"vala": None, "valb": None, "val": None, "since_a_ms": None,
+                                           "since_b_ms": None, "since_ms": None}
     vp = views.virtual_point(VirtualPoint(901, 1, "link"), "1|0|3", lk)
     assert (vp.val, vp.value, vp.valid, vp.since_ms) == (True, 1, True, 3)
 
 
 @pytest.mark.parametrize("record, expect", [
-    (None, dict(value=None, quality=None, valid=False, error=None)),
-    ("20.5|0|1700000000000", dict(value=20.5, quality=0, quality_flags=[], valid=True, ts_ms=1700000000000,
-                                  time="2023-11-14T22:13:20.000+00:00")),
-    (f"3|{0x80 | 0x40}|5", dict(value=3, quality=0xC0, quality_flags=["NT", "IV"], valid=False)),
-    (f"1|{0x01 | 0x20}|5", dict(quality_flags=["OV", "SB"], valid=True)),
-    ("nan|0|5", dict(value=None, valid=True)),
-    ("x|y", dict(value=None, error="malformed value record 'x|y'")),
+    (None, {"value": None, "quality": None, "valid": False, "error": None}),
+    ("20.5|0|1700000000000", {"value": 20.5, "quality": 0, "quality_flags": [], "valid": True,
+                              "ts_ms": 1700000000000, "time": "2023-11-14T22:13:20.000+00:00"}),
+    (f"3|{0x80 | 0x40}|5", {"value": 3, "quality": 0xC0, "quality_flags": ["NT", "IV"], "valid": False}),
+    (f"1|{0x01 | 0x20}|5", {"quality_flags": ["OV", "SB"], "valid": True}),
+    ("nan|0|5", {"value": None, "valid": True}),
+    ("x|y", {"value": None, "error": "malformed value record 'x|y'"}),
 ])
 def test_value_fields(record: str | None, expect: dict) -> None:
     got = views.point(_point(), record).model_dump()
@@ -99,7 +103,8 @@ def test_stream_ids(s: str, parsed: tuple | None, before: str | None) -> None:
 
 def test_heartbeat_fresh_old_missing_broken() -> None:
     now_ms = int(time.time() * 1000)
-    fresh = views.heartbeat("acquirer", "A", json.dumps({"pid": 7, "host": "h", "ts_ms": now_ms, "gen": 3}), 6)
+    raw = json.dumps({"pid": 7, "host": "h", "ts_ms": now_ms, "gen": 3})
+    fresh = views.heartbeat("acquirer", "A", raw, 6)
     assert fresh.alive and fresh.pid == 7 and fresh.gen == 3 and fresh.age_s is not None and fresh.age_s < 5
     old = views.heartbeat("acquirer", "A", json.dumps({"pid": 7, "ts_ms": now_ms - 60_000}), 6)
     assert not old.alive and "old" in old.detail
@@ -111,7 +116,8 @@ def test_heartbeat_fresh_old_missing_broken() -> None:
 
 def test_control_entry() -> None:
     c = views.control("9-1", {"id": "4", "rtu": "1", "point": "109", "value": "1.0", "state": "done",
-                              "result": "ok", "executor": "A", "epoch": "2", "finished_ms": "77", "origin": "x"})
+                              "result": "ok", "executor": "A", "epoch": "2", "finished_ms": "77",
+                              "origin": "x"})
     assert (c.stream_id, c.id, c.value, c.state, c.epoch, c.finished_ms, c.claimed_ms) == \
         ("9-1", 4, 1.0, "done", 2, 77, None)
     assert views.control("1-0", {"value": "nan", "id": "z"}).model_dump()["value"] is None

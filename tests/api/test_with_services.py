@@ -1,15 +1,18 @@
 """The api over a running system: the sample configuration in a real Redis pair, a real PlcSim serving its
-acquisition RTUs, real acquirers and forwarders for nodes A and B (`fep_acquirer.app.run`,
-`fep_forwarder.app.run`, timers shortened), and one api per node: A's reads the master, B's the replica.
-Nothing is written into Redis by the test; every value, lease and state comes from the services."""
+acquisition RTUs, and for each node the real `fep-acquirer` and `fep-forwarder` processes (as in their
+containers, configured by FEP_* variables, timers shortened), with one api per node in this test: A's
+reads the master, B's the replica. The test writes nothing into Redis besides the configuration; every
+value, lease, state, heartbeat and counter comes from the services."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
+import signal
+import subprocess
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +20,16 @@ from typing import Any
 
 import httpx
 import pytest
-from fep_acquirer import app as acquirer
-from fep_forwarder import app as forwarder
+import redis.asyncio as aredis
+import uvicorn
+from fep_api.app import create_app
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 from fep_tools.redisproc import RedisProc, free_port
 from prometheus_client.parser import text_string_to_metric_families
+from pymodbus.client import AsyncModbusTcpClient
 
-from fepha import config
+from fepha import config, controls
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
 from tests.api.conftest import TOKEN, sample_rows
@@ -34,9 +39,13 @@ CHROMIUM = "/usr/bin/chromium"
 NODE_IP = {"A": "127.0.0.1", "B": "127.0.0.2"}
 # Shortened timers (the acquirer's tests use the same order of magnitude). A heartbeat is fresh for three
 # periods: 0.9 s, long enough not to flap on a busy two-core machine.
-TIMERS: dict[str, Any] = {"lease_tick_s": 0.1, "lease_ttl_s": 1.0, "takeover_s": 1.5, "channel_switch_s": 0.4,
-                          "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "heartbeat_s": 0.3, "poll_ms": 100,
-                          "socket_timeout_s": 2.0}
+TIMERS = {"FEP_TIMERS_LEASE_TICK_S": "0.1", "FEP_TIMERS_LEASE_TTL_S": "1.0", "FEP_TIMERS_TAKEOVER_S": "1.5",
+          "FEP_TIMERS_CHANNEL_SWITCH_S": "0.4", "FEP_TIMERS_RECONNECT_MIN_S": "0.05",
+          "FEP_TIMERS_RECONNECT_MAX_S": "0.2", "FEP_TIMERS_HEARTBEAT_S": "0.3", "FEP_TIMERS_POLL_MS": "100",
+          "FEP_REDIS_SOCKET_TIMEOUT_S": "2.0"}
+COMMANDS = {"acquirer": "fep_acquirer.cli", "forwarder": "fep_forwarder.cli"}
+STOP_S = 3.0
+"""How long a service may take to stop after SIGTERM (it takes well under a second)."""
 ACQ = (1, 2)
 
 
@@ -49,6 +58,14 @@ def system_rows(feproot: Path) -> dict[str, list[dict[str, Any]]]:
     rows["T004_RTU"] = [{**r, "POLLMS": 100, "TIMEOUTMS": 300} if r["RTUTYPE"] == 0 else
                         {**r, "LISTENPORT": free_port()} for r in rows["T004_RTU"]]
     return rows
+
+
+def node_env(node: str, master: RedisProc, local: RedisProc) -> dict[str, str]:
+    """FEP_* settings of one node: what compose.yml gives each container, with the shortened timers."""
+    return {"FEP_NODE_ID": node, "FEP_NODE_IP": NODE_IP[node], "FEP_NODE_BIND": NODE_IP[node],
+            "FEP_REDIS_VIP": master.host, "FEP_REDIS_PORT": str(master.port),
+            "FEP_REDIS_LOCAL_HOST": local.host, "FEP_REDIS_LOCAL_PORT": str(local.port),
+            "FEP_API_TOKEN": TOKEN, **TIMERS}
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -67,33 +84,47 @@ async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "cond
         await asyncio.sleep(0.05)
 
 
-@dataclass
-class Service:
-    stop: asyncio.Event
-    task: asyncio.Task[None]
-
-    async def close(self) -> None:
-        self.stop.set()
-        await asyncio.wait_for(self.task, 10)
+async def exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
+    """Wait (without blocking the loop) for a process to end."""
+    end = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+    return proc.poll() is not None
 
 
 @dataclass
 class System:
+    feproot: Path
     master: RedisProc
     replica: RedisProc
     model: Model
     sim: PlcSim
+    env: dict[str, dict[str, str]]
     cfg: dict[str, NodeConfig]
     api: dict[str, httpx.AsyncClient]
-    services: dict[tuple[str, str], Service] = field(default_factory=dict)
+    procs: dict[tuple[str, str], subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, service: str, node: str) -> None:
-        run = {"acquirer": acquirer.run, "forwarder": forwarder.run}[service]
-        stop = asyncio.Event()
-        self.services[(service, node)] = Service(stop, asyncio.create_task(run(self.cfg[node], stop)))
+        env = {**os.environ, "FEPROOT": str(self.feproot), "FEP_LOG_DIR": "", **self.env[node]}
+        with open(self.feproot / f"{service}-{node}.log", "ab") as log:
+            self.procs[(service, node)] = subprocess.Popen(
+                [sys.executable, "-m", COMMANDS[service]], env=env, stdout=log, stderr=log)
 
-    async def stop(self, service: str, node: str) -> None:
-        await self.services.pop((service, node)).close()
+    async def stop(self, *which: tuple[str, str]) -> None:
+        """SIGTERM the services (default: all); one that does not exit within STOP_S is killed and reported
+        by a warning (how the services stop is their own tests' business, not the api's)."""
+        procs = {k: self.procs.pop(k) for k in (which or list(self.procs))}
+        for proc in procs.values():
+            proc.send_signal(signal.SIGTERM)
+        hung = []
+        for (service, node), proc in procs.items():
+            if not await exited(proc, STOP_S):
+                hung.append(f"{service} {node} (pid {proc.pid})")
+                proc.kill()
+                proc.wait(5)
+        if hung:
+            warnings.warn(f"did not exit within {STOP_S} s of SIGTERM, killed: {', '.join(hung)}",
+                          stacklevel=1)
 
     async def get(self, node: str, path: str, **kw: Any) -> Any:
         r = await self.api[node].get(path, **kw)
@@ -122,19 +153,23 @@ async def system(redis_pair: tuple[RedisProc, RedisProc], feproot: Path, make_ap
     model = Model.from_rows(rows)
     sim = PlcSim(model)
     await sim.start()
-    cfg, api = {}, {}
-    for node, local in (("A", master), ("B", replica)):
-        cfg[node] = config.load_node(feproot, env={}, node_id=node, ip=NODE_IP[node], bind=NODE_IP[node],
-                                     vip=master.host, port=master.port, local_host=local.host,
-                                     local_port=local.port, api_token=TOKEN, **TIMERS)
-        api[node] = await make_api(cfg[node])
-    s = System(master, replica, model, sim, cfg, api)
+    env = {node: node_env(node, master, local) for node, local in (("A", master), ("B", replica))}
+    cfg = {node: config.load_node(feproot, env=env[node]) for node in env}
+    api = {node: await make_api(cfg[node]) for node in cfg}
+    s = System(feproot, master, replica, model, sim, env, cfg, api)
     try:
         yield s
     finally:
-        for key in list(s.services):
-            await s.stop(*key)
-        await sim.stop()
+        try:
+            await s.stop()
+        finally:
+            await sim.stop()
+
+
+def start_all(s: System) -> None:
+    for node in "AB":
+        for service in COMMANDS:
+            s.start(service, node)
 
 
 async def ready(s: System, node: str) -> bool:
@@ -156,15 +191,14 @@ async def settled(s: System) -> dict[int, dict[str, Any]]:
     return rtus
 
 
-async def test_status_of_a_running_system(system: System) -> None:
+async def test_status_of_a_running_system(system: System, tmp_path: Path) -> None:
     s = system
     # nothing runs yet: not ready, and the api says why
     r = await s.api["A"].get("/ready")
     assert r.status_code == 503
-    assert r.json()["reasons"] == ["no heartbeat of acquirer on node A", "no heartbeat of forwarder on node A"]
-    for node in "AB":
-        s.start("acquirer", node)
-        s.start("forwarder", node)
+    assert r.json()["reasons"] == ["no heartbeat of acquirer on node A",
+                                   "no heartbeat of forwarder on node A"]
+    start_all(s)
     for node in "AB":
         await until(lambda node=node: ready(s, node), 10, f"/ready of node {node}")
 
@@ -180,14 +214,16 @@ async def test_status_of_a_running_system(system: System) -> None:
             ch1, ch2 = st["channels"]
             assert (ch1["no"], ch1["connected"], ch1["error"]) == (1, True, None)
             assert 0 < ch1["since_ms"] <= t0 and ch1["switches"] == 0
-            assert ch2["connected"] is False  # never tried: the active channel works
+            assert (ch2["connected"], ch2["since_ms"]) == (False, None)  # never tried: channel 1 works
     node_info = await s.get("B", "/api/v1/node")
     assert node_info["redis"]["role"] == "slave" and node_info["cfg"]["gen"] == 1
-    assert all(h["alive"] for h in node_info["heartbeats"])
+    hbs = {(h["service"], h["node"]): h for h in node_info["heartbeats"]}
+    assert all(h["alive"] for h in hbs.values()), hbs
+    assert {k: h["pid"] for k, h in hbs.items()} == {k: p.pid for k, p in s.procs.items()}
 
     # --- values: every point polled with good quality; a change in the device changes value and time
-    pts = (await s.get("A", "/api/v1/points", params={"limit": 1000}))["items"]
-    assert len(pts) == 17 and all(p["valid"] and p["quality"] == 0 and p["ts_ms"] for p in pts), pts
+    pts = await until(lambda: _all_good(s), 5, "every point polled with good quality")
+    assert len(pts) == 17 and all(p["ts_ms"] and p["time"] for p in pts)
     before = await s.point(101)
     assert before["value"] == 0
     s.sim.set_value(101, 231.5)
@@ -198,6 +234,27 @@ async def test_status_of_a_running_system(system: System) -> None:
     vps = (await s.get("A", "/api/v1/virtual-points"))["items"]
     assert [(v["id"], v["vala"], v["valb"], v["val"], v["value"], v["valid"]) for v in vps] == \
         [(901, True, True, True, 1, True), (902, True, True, True, 1, True)]
+
+    # --- a master connected to node A's modbus_trains server is listed under the forwarding RTU
+    mbt = s.model.rtus[11]
+    master = AsyncModbusTcpClient(NODE_IP["A"], port=mbt.listen_port, timeout=2, retries=0)
+    assert await master.connect()
+    try:
+        assert not (await master.read_input_registers(0, count=2, device_id=mbt.address or 1)).isError()
+        r11 = await until(lambda: _masters(s, 11), 5, "the connected master of RTU 11")
+        assert [(c["node"], c["peer"].rsplit(":", 1)[0]) for c in r11["clients"]] == [("A", "127.0.0.1")]
+        # --- the dashboard shows the holders the acquirers chose, and the master
+        dom = await dashboard_dom(s, tmp_path)
+    finally:
+        master.close()
+    assert 'data-rendered="1"' in dom
+    for rid in ACQ:
+        holder = rtus[rid]["lease"]["holder"]
+        assert (await s.get("A", f"/api/v1/rtus/{rid}"))["lease"]["holder"] == holder  # still the same
+        assert f'<tr data-rtu="{rid}" data-holder="{holder}">' in dom, (rid, holder)
+    for name in ("Substation North", "Pump Station 7", "SCADA IEC 104", "Pump Station 7 link",
+                 r11["clients"][0]["peer"]):
+        assert name in dom
 
     # --- handover: token rules, unknown RTU, then a real move accepted by the other node's acquirer
     holder1 = rtus[1]["lease"]["holder"]
@@ -222,6 +279,17 @@ async def test_status_of_a_running_system(system: System) -> None:
     r = await s.api["B"].post(url, headers=AUTH, json={"target": holder1})
     assert r.status_code == 202 and r.json()["status"] == "pending"
     await until(lambda: _holder(s, 1, holder1), 5, f"lease of RTU 1 back to {holder1}")
+
+    # --- a control, as a forwarder submits it, executed on the device by the holder: in the audit
+    master = aredis.Redis(host=s.master.host, port=s.master.port, decode_responses=True)
+    try:
+        res = await controls.execute(master, 1, 109, 1.0, "test:api", 3000)
+    finally:
+        await master.aclose()
+    assert res.ok, res
+    assert s.sim.value(109) == 1
+    want = [(res.id, 1, 109, 1.0, "done", holder1, "test:api")]
+    await until(lambda: _controls(s, "B", want), 3, "the control in the audit, read on the replica")
 
     # --- metrics from the running acquirers (flushed once a second)
     m = await until(lambda: _counters(s), 5, "acquirer counters of both nodes")
@@ -253,7 +321,7 @@ async def test_status_of_a_running_system(system: System) -> None:
     await until(lambda: _value(s, 201, 5.0), 5, "RTU 2 valid again after the restore")
 
     # --- node A's acquirer stops: A is not ready, and says why; B holds every lease
-    await s.stop("acquirer", "A")
+    await s.stop(("acquirer", "A"))
     r = await until(lambda: _not_ready(s, "A"), 5, "node A not ready")
     assert any("acquirer on node A" in x for x in r["reasons"]) and len(r["reasons"]) == 1, r
     assert await ready(s, "B")
@@ -263,6 +331,25 @@ async def test_status_of_a_running_system(system: System) -> None:
 async def _value(s: System, pid: int, want: float, node: str = "A") -> dict[str, Any] | None:
     p = await s.point(pid, node)
     return p if p["value"] == want and p["valid"] else None
+
+
+async def _all_good(s: System) -> list[dict[str, Any]] | None:
+    pts = (await s.get("A", "/api/v1/points", params={"limit": 1000}))["items"]
+    bad = [(p["id"], p["value"], p["quality_flags"]) for p in pts if not p["valid"] or p["quality"] != 0]
+    assert not bad, bad
+    return pts
+
+
+async def _controls(s: System, node: str, want: list[tuple[Any, ...]]) -> bool:
+    items = (await s.get(node, "/api/v1/controls"))["items"]
+    got = [(c["id"], c["rtu"], c["point"], c["value"], c["state"], c["executor"], c["origin"]) for c in items]
+    assert got == want, got
+    return True
+
+
+async def _masters(s: System, rid: int) -> dict[str, Any] | None:
+    r = await s.get("B", f"/api/v1/rtus/{rid}")
+    return r if r["clients"] else None
 
 
 async def _holder(s: System, rid: int, node: str) -> bool:
@@ -292,3 +379,35 @@ async def _not_ready(s: System, node: str) -> dict[str, Any] | None:
 
 async def _all_held_by(s: System, node: str) -> bool:
     return all(x["holder"] == node for x in (await s.get("A", "/api/v1/leases"))["items"])
+
+
+async def _started(server: uvicorn.Server) -> bool:
+    return server.started
+
+
+async def dashboard_dom(s: System, tmp_path: Path) -> str:
+    """The dashboard of node A's api served by uvicorn (in this loop, next to the test's other clients),
+    rendered by headless Chromium (an async subprocess: nothing waits for it but this test)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(s.cfg["A"]), host="127.0.0.1", port=port,
+                                           log_config=None, access_log=False, lifespan="on"))
+    serving = asyncio.create_task(server.serve(), name="test-uvicorn")
+    try:
+        await until(lambda: _started(server), 10, "uvicorn started")
+        flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
+                 "--window-size=1400,1000"]
+        proc = await asyncio.create_subprocess_exec(*flags, "--dump-dom", f"http://127.0.0.1:{port}/",
+                                                    stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.DEVNULL)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+    return out.decode()
