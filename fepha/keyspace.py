@@ -47,8 +47,11 @@ VPOINTS = f"{PREFIX}:vp"
 
 CHANGES = f"{PREFIX}:chg"
 """Stream: one entry per fenced write (field `r` = RTU id or `vp`, then point id -> value record pairs),
-bounded by MAXLEN ~ `CHANGES_MAXLEN`. Forwarders follow it with XREAD BLOCK on their local Redis."""
-CHANGES_MAXLEN = 100_000
+bounded by MAXLEN ~ `CHANGES_MAXLEN`. Forwarders follow it with XREAD BLOCK on their local Redis.
+One entry holds a whole poll response (up to ~1000 changes, ~25 KB), so the bound is in entries, not
+changes: 20,000 entries is ~500 MB in the worst case (every point of 1000-point blocks changing every poll)
+and a few MB in a normal plant; a forwarder that falls further behind reloads the full image."""
+CHANGES_MAXLEN = 20_000
 
 
 def link(rtu: int | str) -> str:

@@ -15,6 +15,7 @@ from fep_acquirer.executor import execute_loop
 from fep_acquirer.housekeeping import Housekeeping
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
 from fepha import cfgstore, redisconn
@@ -90,9 +91,7 @@ class Acquirer:
         self.stopping.set()
         if len(self.tasks) > 1:
             await asyncio.wait([self.tasks[1]], timeout=2.0)
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await asyncio.gather(*(cancel_and_wait(t) for t in self.tasks))
         self.tasks.clear()
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
         self.runners.clear()

@@ -3,6 +3,10 @@
 Pure: the I/O task asks `next_attempt(now)` which channel to try and when, and reports `connected(now)` /
 `failed(now, error)`. While neither channel works the machine keeps alternating, one channel for
 `switch_s` at a time.
+
+`now` is a monotonic clock (time.monotonic()): a wall-clock step (NTP, manual setting) must neither
+switch a channel early nor hold it back. The optional `wall` argument is the same instant on the wall
+clock, kept only for display (`since`, written as `ch<n>_since_ms` for the api); without it `since` is `now`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass, field
 @dataclass
 class ChannelInfo:
     connected: bool = False
-    since: float = 0.0
+    since: float = 0.0  # wall-clock time of the last connect / loss (display only; 0: never)
     last_error: str = ""
     switches: int = 0  # times this channel became the active one by a switch
 
@@ -34,18 +38,18 @@ class ChannelSwitcher:
         self.info = {c: ChannelInfo() for c in self.channels}
         self.backoff = self.backoff_min_s
 
-    def connected(self, now: float) -> None:
+    def connected(self, now: float, wall: float | None = None) -> None:
         info = self.info[self.active]
         if not info.connected:
-            info.connected, info.since = True, now
+            info.connected, info.since = True, now if wall is None else wall
         self.down_since = None
         self.backoff = self.backoff_min_s
 
-    def failed(self, now: float, error: str) -> None:
+    def failed(self, now: float, error: str, wall: float | None = None) -> None:
         """A connect attempt or an established connection of the active channel failed."""
         info = self.info[self.active]
         if info.connected or self.down_since is None:  # first failure: shortest backoff
-            info.since = now
+            info.since = now if wall is None else wall
             self.down_since = now
             self.backoff = self.backoff_min_s
         else:

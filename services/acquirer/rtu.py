@@ -16,6 +16,7 @@ from fep_acquirer.device import DeviceError, DeviceLink, LinkError
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
+from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
 from fepha import points as pt
@@ -45,6 +46,7 @@ class RtuRunner:
         self.link: DeviceLink | None = None
         self._write_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def key(self) -> str:
@@ -57,19 +59,19 @@ class RtuRunner:
         self.task = asyncio.create_task(self.run(), name=f"acquirer-rtu-{self.rtu.id}")
 
     async def stop(self) -> None:
-        if self.task:
-            self.task.cancel()
-            await asyncio.gather(self.task, return_exceptions=True)
-            self.task = None
+        """Stop the task (see tasks.py: the loops also check `_stopping`, a cancel may be swallowed)."""
+        self._stopping = True
+        task, self.task = self.task, None
+        await cancel_and_wait(task)
 
     async def run(self) -> None:
         chans = {c.no: c for c in self.rtu.channels}
         if not chans:
             self.once.problem(self.key, "no channel configured")
             return
-        while True:
+        while not self._stopping:
             before = self.switcher.active
-            ch, delay = self.switcher.next_attempt(time.time())
+            ch, delay = self.switcher.next_attempt(time.monotonic())
             if ch != before:
                 self.metrics.inc("channel_switches")
                 log.info("%s: switching to channel %d", self.key, ch)
@@ -78,19 +80,19 @@ class RtuRunner:
             link = DeviceLink(chans[ch], self.timeout_s)
             try:
                 await link.connect()
-                self.switcher.connected(time.time())
+                self.switcher.connected(time.monotonic(), wall=time.time())
                 self.link = link
                 self.once.clear(f"{self.key} channel {ch}")
                 await self._poll_loop(link)
             except LinkError as exc:
-                self.switcher.failed(time.time(), str(exc))
+                self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
                 self.once.problem(f"{self.key} channel {ch}", str(exc))
             finally:
                 self.link = None
                 link.close()
 
     async def _poll_loop(self, link: DeviceLink) -> None:
-        while True:
+        while not self._stopping:
             t0 = time.monotonic()
             await self.poll(link)
             await asyncio.sleep(max(0.0, self.poll_s - (time.monotonic() - t0)))

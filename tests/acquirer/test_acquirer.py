@@ -49,6 +49,8 @@ async def test_poll_write_switch_and_invalid(redis_master, feproot):
         await until(lambda: _field(r, ks.channel_state(1, "A"), "ch1_connected", "1"), 2)
         st = await r.hgetall(ks.channel_state(1, "A"))
         assert st["active"] == "1" and int(st["ch2_switches"]) >= 1 and st["ch2_error"]
+        for ch in (1, 2):  # wall-clock ms for the api, although the switching runs on the monotonic clock
+            assert abs(int(st[f"ch{ch}_since_ms"]) / 1000 - time.time()) < 60
         m = await until(lambda: r.hgetall(ks.metrics("acquirer", "A")), 2)
         assert int(m["changes_written"]) > 0 and a.acq.metrics.total["channel_switches"] >= 2
     finally:

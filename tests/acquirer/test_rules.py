@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import itertools
+import math
+import random
 
 import pytest
 from fep_acquirer.changes import ChangeTracker
@@ -10,6 +14,7 @@ from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.plan import decode_block, plan_reads
+from fep_acquirer.tasks import cancel_and_wait
 
 from fepha import datatypes as dt
 from fepha.semodel.model import Point
@@ -57,6 +62,28 @@ def test_decode_registers(p, value):
     assert got == pytest.approx(value)
 
 
+def test_decode_block_fast_path_matches_the_general_routine():
+    """The per-block struct path gives exactly what fepha.datatypes.decode_registers + scaled give."""
+    rnd = random.Random(7)
+    ps, addr = [], 0
+    combos = itertools.product(("int16", "uint16", "int32", "uint32", "float32"), ("big", "little"),
+                               ("big", "little"), ((1.0, 0.0), (0.1, -5.0)))
+    for i, (typ, bo, wo, (scale, offset)) in enumerate(combos):
+        ps.append(pt(i + 1, "hr", addr, typ, byteorder=bo, wordorder=wo, scale=scale, offset=offset))
+        addr += dt.span(typ, "hr")
+    ps.append(pt(999, "hr", addr, "bool", bit=5))
+    (blk,) = plan_reads(ps)
+    assert sum(f is not None for f in blk.fast) == 10  # big/big non-bool points take the fast path
+    for _ in range(50):
+        regs = [rnd.randrange(65536) for _ in range(blk.count)]
+        got = decode_block(blk, regs)
+        for p in ps:
+            raw = dt.decode_registers(regs[p.address:p.address + dt.span(p.datatype, "hr")], p.datatype,
+                                      p.byteorder, p.wordorder, p.bit)
+            want = raw if p.datatype == "bool" else dt.scaled(raw, p.scale, p.offset)
+            assert got[p.id] == want or (math.isnan(want) and math.isnan(got[p.id])), (p, regs)
+
+
 def test_decode_bits_and_register_bits():
     ps = [pt(1, "co", 0, "bool"), pt(2, "co", 2, "bool"), pt(3, "ir", 10, "bool", bit=3),
           pt(4, "ir", 10, "bool", bit=4)]
@@ -100,6 +127,20 @@ def test_channel_switch_sequence():
     assert s.next_attempt(200) == (1, 0.0)
 
 
+def test_channel_switch_on_monotonic_since_on_wall_clock():
+    """Switch timing follows the monotonic `now`; `since` (ch<n>_since_ms, for the api) the wall clock."""
+    s = ChannelSwitcher((1, 2), switch_s=30, backoff_min_s=0.5, backoff_max_s=5)
+    wall0 = 1_700_000_000.0
+    s.connected(5.0, wall=wall0)
+    assert s.state()["ch1_since_ms"] == "1700000000000"
+    s.failed(10.0, "reset", wall=wall0 - 3600)          # wall clock stepped back an hour: no effect on timing
+    assert s.state()["ch1_since_ms"] == str(int((wall0 - 3600) * 1000)) and s.state()["ch1_connected"] == "0"
+    assert s.next_attempt(39.9)[0] == 1
+    assert s.next_attempt(40.0) == (2, 0.0)             # 30 s of monotonic time, whatever the wall clock did
+    s.connected(41.0, wall=wall0 + 5)
+    assert s.state()["ch2_since_ms"] == "1700000005000" and s.state()["active"] == "2"
+
+
 def test_single_channel_never_switches():
     s = ChannelSwitcher((1,), switch_s=1, backoff_min_s=0.5, backoff_max_s=1)
     s.failed(0, "x")
@@ -123,3 +164,23 @@ def test_lease_view_and_reach():
     ("auto", "master", 0), ("auto", "slave", 20), ("direct", "slave", 0), ("batched", "master", 20)])
 def test_write_mode(mode, role, expected):
     assert write_window_ms(mode, role, 20) == expected
+
+
+async def test_cancel_and_wait_survives_a_swallowed_cancel():
+    """Python 3.11's asyncio.wait_for may swallow a cancel that coincides with its result; stop() must
+    still end the task (a hang here kept fep-acquirer from stopping under 10 ms polls)."""
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while swallowed < 2:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed += 1  # carries on, as if the cancel had never come
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(task, step_s=0.02), 2)
+    assert task.cancelled() and swallowed == 2

@@ -1,0 +1,50 @@
+"""Lease at start-up with both nodes (lease_tick in fepha/functions.lua + the acquirer's housekeeping): a free
+lease goes only to a node that reaches the device, each RTU ends with exactly one holder, and nothing
+flaps while both nodes reach every device."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from fepha import keyspace as ks
+from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+
+
+async def test_start_up_lease_goes_to_the_node_that_reaches(redis_master, feproot):
+    rows = merge(*(rtu_rows(rid, free_port()) for rid in (1, 2, 3)))
+    model = load(redis_master, rows)
+    sim = await start_sim(model)
+    sim.cut(1, 1)  # RTU 1: only channel 2 answers; A never leaves channel 1, so only B reaches it
+    await sim.settle()
+    a = Node(node_cfg(feproot, redis_master, "A", channel_switch_s=100))
+    b = Node(node_cfg(feproot, redis_master, "B"))
+    try:
+        r = a.master
+        await until(lambda: b.acq.runners and b.acq.runners[1].lease.held, 5)
+        await until(lambda: all(a.acq.runners[i].lease.held or b.acq.runners[i].lease.held for i in (2, 3)), 3)
+        await asyncio.sleep(1.6)  # 16 lease ticks, > 1 takeover time, > 2 lease TTLs (helpers.FAST): no move
+        events = [e for _, e in await r.xrange(ks.LEASE_EVENTS)]
+        assert sorted(int(e["rtu"]) for e in events) == [1, 2, 3], events  # one grant per RTU, no flapping
+        assert all(e["reason"] == "initial" and e["from"] == "" and e["epoch"] == "1" for e in events), events
+        first = {int(e["rtu"]): e["to"] for e in events}
+        assert first[1] == "B"  # not A first (it never reached RTU 1) and then B by takeover
+        for rid in (1, 2, 3):
+            holder = await r.hget(ks.lease(rid), "holder")
+            views = [n.cfg.node_id for n in (a, b) if n.acq.runners[rid].lease.held]
+            assert views == [holder] == [first[rid]], (rid, views, holder)
+        assert a.acq.metrics.total["lease_changes"] + b.acq.metrics.total["lease_changes"] == 3
+        assert not a.acq.runners[1].reaches() and b.acq.runners[2].reaches() and a.acq.runners[2].reaches()
+        # B (holder of RTU 1) writes its values; A never wrote anything for it
+        t0 = time.monotonic()
+        sim.set_value(1001, 17)
+        await until(lambda: _value_is(r, 1, 1001, 17), 3)
+        assert time.monotonic() - t0 < 3
+    finally:
+        await asyncio.gather(a.stop(), b.stop())
+        await sim.stop()
+
+
+async def _value_is(r, rtu: int, pid: int, want: int) -> bool:
+    raw = await r.hget(ks.values(rtu), str(pid))
+    return raw is not None and raw.split("|")[0] == str(want)
