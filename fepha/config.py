@@ -120,7 +120,7 @@ class NodeConfig:
     socket_timeout_s: float = opt("redis", _positive(float), 2.0, "timeout of one Redis command")
     channel_switch_s: float = opt("timers", _positive(float), 30.0, "switch channel after this long without reconnect")
     takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached this long")
-    lease_ttl_s: float = opt("timers", _positive(float), 10.0, "a lease not renewed this long lapses (dead holder)")
+    lease_ttl_s: float = opt("timers", _positive(float), 3.0, "a lease not renewed this long lapses (dead holder)")
     lease_tick_s: float = opt("timers", _positive(float), 1.0, "how often each node renews / bids for its leases")
     poll_ms: int = opt("timers", _positive(int), 1000, "default poll period when T004_RTU.POLLMS is NULL")
     heartbeat_s: float = opt("timers", _positive(float), 2.0, "heartbeat period; the key lives 3 periods")

@@ -99,9 +99,31 @@ async def execute(master: Any, rtu: int, point: int, value: float, origin: str, 
     return await wait(master, ctl_id, timeout_ms)
 
 
-async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int) -> Claimed | None:
-    res = await master.fcall(*claim_call(rtu, node, epoch, ctl_id).argv)
+NOT_REPLICATED = "refused: the claim did not reach the replica in time (replication lagging)"
+
+
+async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
+                replica_wait_ms: int = 1500) -> Claimed | None:
+    """Claim a popped control; None when it must not be executed (not holder, expired, refused).
+
+    Replication barrier: the pop and the claim must be on the replica before the device is written.
+    Otherwise, if this master died right after the write, the replica promoted in its place would still
+    hold the control as queued and the new holder would execute it a second time before its deadline.
+    So the claim is followed by WAIT on the same connection; if a replica is attached but has not
+    acknowledged within `replica_wait_ms`, the control is answered failed instead of executed. With no
+    replica attached (the peer is down) there is no one to take over with stale data: it is executed.
+    The wait is normally well under a millisecond; only right after a replica's (re)sync, until its first
+    acknowledgement (Redis replicas acknowledge once a second), can it take up to about one second.
+    """
+    pipe = master.pipeline(transaction=False)
+    pipe.fcall(*claim_call(rtu, node, epoch, ctl_id).argv)
+    pipe.wait(1, replica_wait_ms)
+    pipe.info("replication")
+    res, acked, info = await pipe.execute()
     if int(res[0]) != 1:
+        return None
+    if int(acked) < 1 and int(info.get("connected_slaves", 0)) > 0:
+        await finish(master, ctl_id, False, NOT_REPLICATED)
         return None
     return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]))
 

@@ -134,7 +134,7 @@ fep-ha demo running: two nodes on this machine (no keepalived: the master Redis 
   IEC 104         {a}:2404 and {b}:2404, common address 1, e.g.
                     python -c "import c104,time; c=c104.Client(); cn=c.add_connection(ip='{a}', port=2404,
                     init=c104.Init.ALL); c.start(); time.sleep(3); print(cn.stations[0].points if cn.stations else cn)"
-  Modbus TCP      mbpoll -m tcp -p 1502 -a 1 -t 3:float -r 1 -c 2 {a}      (tank level, flow: input registers)
+  Modbus TCP      mbpoll -m tcp -p 1502 -a 1 -t 3:float -B -r 1 -c 2 {a}   (tank level, flow: input registers)
                   mbpoll -m tcp -p 1502 -a 1 -t 1 -r 1 -c 3 {b}            (pumps, link: discrete inputs)
   sefeps          python -m fep_tools.sefeps_client --help
   Redis           redis-cli -h {a} -p {self.redis_port}   (master)    redis-cli -h {b} -p {self.redis_port}   (replica)

@@ -55,3 +55,34 @@ def test_fenced_write_only_by_the_holder_at_its_epoch(redis_master) -> None:
     assert r.fcall(*redisfns.write_values(7, "A", 0, ["1", "7|0|1002"]).argv) == [0, "A", 1]
     assert r.hget(ks.values(7), "1") == "5|0|1000"
     assert r.xlen(ks.CHANGES) == 1
+
+
+async def test_a_claim_waits_for_the_replica(redis_pair) -> None:
+    """A control is executed only once its claim is on the replica (else a failover could run it twice)."""
+    import redis.asyncio as aioredis
+
+    from fepha import controls
+
+    master, replica = redis_pair
+    redisfns.load_sync(master.client())
+    m = aioredis.Redis(host=master.host, port=master.port, decode_responses=True)
+    try:
+        await m.fcall(*redisfns.lease_tick(7, "A", True, 60_000, 90_000).argv)
+
+        async def pop_and_claim(wait_ms: int) -> tuple[int, controls.Claimed | None]:
+            ctl = await controls.submit(m, 7, 1, 5.0, "test", 10_000)
+            assert int(await m.lpop(ks.control_queue(7))) == ctl
+            return ctl, await controls.claim(m, 7, "A", 1, ctl, replica_wait_ms=wait_ms)
+
+        ctl, got = await pop_and_claim(3000)  # a fresh replica's first acknowledgement takes up to 1 s
+        assert got is not None and got.point == 1 and got.value == 5.0
+        replica.pause()  # attached but not acknowledging: a lagging replica
+        try:
+            ctl, got = await pop_and_claim(300)
+        finally:
+            replica.resume()
+        assert got is None
+        res = await controls.wait(m, ctl, 1000)
+        assert res.state == controls.FAILED and res.reason == controls.NOT_REPLICATED
+    finally:
+        await m.aclose()
