@@ -115,14 +115,17 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     The wait is normally well under a millisecond; only right after a replica's (re)sync, until its first
     acknowledgement (Redis replicas acknowledge once a second), can it take up to about one second.
     """
-    pipe = master.pipeline(transaction=False)
+    replicated = int((await master.info("replication")).get("connected_slaves", 0)) > 0
+    pipe = master.pipeline(transaction=False)  # WAIT counts the writes of its own connection: one pipeline
     pipe.fcall(*claim_call(rtu, node, epoch, ctl_id).argv)
-    pipe.wait(1, replica_wait_ms)
-    pipe.info("replication")
-    res, acked, info = await pipe.execute()
+    if replicated:  # WAIT with no replica attached would always sit out its whole timeout
+        pipe.wait(1, replica_wait_ms)
+        pipe.info("replication")
+    out = await pipe.execute()
+    res = out[0]
     if int(res[0]) != 1:
         return None
-    if int(acked) < 1 and int(info.get("connected_slaves", 0)) > 0:
+    if replicated and int(out[1]) < 1 and int(out[2].get("connected_slaves", 0)) > 0:
         await finish(master, ctl_id, False, NOT_REPLICATED)
         return None
     return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]))

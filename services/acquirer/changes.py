@@ -7,9 +7,17 @@ value" is a table-tested function rather than a side effect of the Redis code. V
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 Sample = tuple[int | float, int]  # (value, quality)
+
+
+def differs(last: Sample, s: Sample, deadband: float) -> bool:
+    """The change rule: quality changed, or value moved beyond the deadband (any move without one)."""
+    if last[1] != s[1]:
+        return True
+    return (abs(s[0] - last[0]) > deadband) if deadband > 0 else (s[0] != last[0])
 
 
 @dataclass
@@ -26,11 +34,7 @@ class ChangeTracker:
         written, dirty, deadband = self.written, self.dirty, self.deadband
         for pid, s in samples.items():
             last = written.get(pid)
-            if last is None or pid in dirty or last[1] != s[1]:
-                out[pid] = s
-                continue
-            db = deadband.get(pid, 0.0)
-            if (abs(s[0] - last[0]) > db) if db > 0 else (s[0] != last[0]):
+            if last is None or pid in dirty or differs(last, s, deadband.get(pid, 0.0)):
                 out[pid] = s
         return out
 
@@ -49,3 +53,69 @@ class ChangeTracker:
     def forget(self) -> None:
         """Redis lost or may have lost our data (role change, new lease): the next poll writes all."""
         self.written.clear()
+
+
+Replay = list[dict[int, tuple[Sample, int]]]  # batches of point id -> (sample, ts_ms)
+
+
+@dataclass
+class StandbyLog:
+    """What a standby node saw change on its device, kept for the moment it takes the lease over.
+
+    Between the holder's last write and the takeover (the lease TTL after a node loss, the takeover time
+    after a device loss) nobody writes, but the standby polls all the same. On gaining the lease it
+    replays what it saw after each point's value in Redis, in order and with the original timestamps,
+    so that a DI that changed and changed back inside that gap still reaches the masters.
+    """
+
+    window_ms: int
+    max_entries: int = 100_000
+    deadband: dict[int, float] = field(default_factory=dict)
+    last: dict[int, Sample] = field(default_factory=dict)
+    entries: deque[tuple[int, int, Sample]] = field(default_factory=deque)
+
+    def observe(self, samples: dict[int, Sample], ts_ms: int) -> None:
+        """A poll while not holding the lease: log the changes (the first sample is only a baseline)."""
+        last, db = self.last, self.deadband
+        for pid, s in samples.items():
+            prev = last.get(pid)
+            if prev is None or differs(prev, s, db.get(pid, 0.0)):
+                last[pid] = s
+                if prev is not None:
+                    self.entries.append((ts_ms, pid, s))
+        cutoff = ts_ms - self.window_ms
+        while self.entries and (self.entries[0][0] < cutoff or len(self.entries) > self.max_entries):
+            self.entries.popleft()
+
+    def holding(self, samples: dict[int, Sample]) -> None:
+        """A poll while holding the lease: nothing to keep, but the baseline follows the device."""
+        self.last = dict(samples)
+        self.entries.clear()
+
+    def replay(self, current: dict[int, tuple[Sample, int]]) -> Replay:
+        """Batches to write before the full image, given each point's (sample, ts_ms) in Redis.
+
+        Per point: the logged changes newer than its Redis value, without the leading ones equal to it
+        (the former holder already wrote those; the standby only saw them a poll later). Batches keep
+        the global time order and hold each point at most once (one stream entry cannot carry a point
+        twice). Clears the log.
+        """
+        batches: Replay = []
+        batch: dict[int, tuple[Sample, int]] = {}
+        started: set[int] = set()
+        for ts, pid, s in self.entries:
+            cur = current.get(pid)
+            if cur is not None and ts <= cur[1]:
+                continue
+            if pid not in started:
+                if cur is not None and not differs(cur[0], s, self.deadband.get(pid, 0.0)):
+                    continue
+                started.add(pid)
+            if pid in batch:
+                batches.append(batch)
+                batch = {}
+            batch[pid] = (s, ts)
+        if batch:
+            batches.append(batch)
+        self.entries.clear()
+        return batches

@@ -120,6 +120,6 @@ class Housekeeping:
                 log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder,
                          r.lease.epoch)
                 if change == "gained":
-                    r.full_image()
+                    r.lease_gained()
         if not any(isinstance(x, Exception) for x in res[len(runners):]):
             self.sent_state.update(states)

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from fep_acquirer.changes import ChangeTracker, Sample
+from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.device import DeviceError, DeviceLink, LinkError
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
@@ -19,6 +19,7 @@ from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
+from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
@@ -36,7 +37,13 @@ class RtuRunner:
         self.timeout_s = rtu.timeout_ms / 1000
         self.blocks = plan_reads(rtu.points)
         self.points = {p.id: p for p in rtu.points}
-        self.tracker = ChangeTracker(deadband={p.id: p.deadband for p in rtu.points if p.deadband > 0})
+        deadband = {p.id: p.deadband for p in rtu.points if p.deadband > 0}
+        self.tracker = ChangeTracker(deadband=deadband)
+        # what this node sees while standby, replayed when it takes over: covers the longest gap without
+        # a writer (takeover time or lease TTL) plus a few ticks and polls
+        gap_s = max(cfg.takeover_s, cfg.lease_ttl_s) + 3 * cfg.lease_tick_s + 2 * self.poll_s
+        self.standby = StandbyLog(window_ms=int(gap_s * 1000), deadband=deadband)
+        self._replay_pending = False
         self.switcher = ChannelSwitcher(tuple(c.no for c in rtu.channels) or (1,), cfg.channel_switch_s,
                                         cfg.reconnect_min_s, cfg.reconnect_max_s)
         self.lease = LeaseView(self.node)
@@ -121,14 +128,21 @@ class RtuRunner:
             self.once.clear(f"{self.key} read")
         self.last_ok = time.monotonic()
         self.samples = samples
+        ts_ms = int(time.time() * 1000)
         if self.lease.held:
-            await self.publish(samples, int(time.time() * 1000))
+            await self.publish(samples, ts_ms)  # replays the standby log first if the lease is new
+            self.standby.holding(samples)
+        else:
+            self.standby.observe(samples, ts_ms)
 
     async def publish(self, samples: dict[int, Sample], ts_ms: int) -> None:
         """One fenced write of what changed (plus compensations) since the last successful write."""
         async with self._write_lock:
             if not self.lease.held:
                 return
+            if self._replay_pending:
+                self._replay_pending = False
+                await self._replay()
             changes = self.tracker.changes(samples)
             if not changes:
                 return
@@ -161,6 +175,41 @@ class RtuRunner:
         """Write every point again with the next poll (new lease, Redis role change or restart)."""
         self.tracker.forget()
         self.metrics.inc("full_images")
+
+    def lease_gained(self) -> None:
+        """Replay what was seen as standby, then the full image, with the next poll."""
+        self._replay_pending = True
+        self.full_image()
+
+    async def _replay(self) -> None:
+        """Write the standby log's changes newer than Redis's values (see changes.StandbyLog)."""
+        if not self.standby.entries:
+            return
+        try:
+            raw = await self.writer.master.hgetall(ks.values(self.rtu.id))
+        except Exception as exc:  # noqa: BLE001 - no replay, the full image still follows
+            self.once.problem(f"{self.key} replay", f"{type(exc).__name__}: {exc}")
+            return
+        current: dict[int, tuple[Sample, int]] = {}
+        for pid, rec in raw.items():
+            try:
+                v = pt.decode(rec)
+            except ValueError:
+                continue
+            current[int(pid)] = ((v.value, v.quality), v.ts_ms)
+        replayed = 0
+        for batch in self.standby.replay(current):
+            pairs: list[str] = []
+            for pid, ((v, q), ts) in batch.items():
+                pairs += (str(pid), pt.encode(v, q, ts))
+            res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
+            if not res.ok:
+                self.once.problem(f"{self.key} replay", res.error or f"fenced out: lease is {res.holder}")
+                return
+            replayed += len(batch)
+        if replayed:
+            self.metrics.inc("changes_replayed", replayed)
+            log.info("%s: replayed %d changes seen while standby", self.key, replayed)
 
     async def write_point(self, point_id: int, value: float) -> None:
         """Control output: write one point to the device over the connected channel."""

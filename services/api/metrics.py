@@ -37,6 +37,7 @@ HELP: dict[str, str] = {
     "write_errors": "fenced writes that failed (Redis error or fenced out)",
     "compensations": "points rewritten after a failed write (master side)",
     "full_images": "full images written (after a takeover or reconnect)",
+    "changes_replayed": "changes seen while standby and written on taking the lease over",
     "lease_changes": "leases this node's acquirer gained or lost",
     "channel_switches": "switches to the other channel after channel_switch_s without reconnect",
     "polls": "device polls",

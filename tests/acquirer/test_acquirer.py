@@ -132,6 +132,41 @@ async def test_holder_stopped_lease_lapses(redis_master, feproot):
         await sim.stop()
 
 
+async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, feproot):
+    """Holder gone: until its lease lapses nobody writes; a value that changes and changes back in that
+    gap still reaches the change stream, in order, with the standby's timestamps."""
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5))
+    await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+    b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
+    try:
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        sim.set_value(1001, 7)
+        await until(lambda: value_of(b.master, 1, 1001), 3)
+        await until(lambda: _is(value_of(b.master, 1, 1001), 7), 3)
+        await a.stop()
+        gap_start = (await b.master.xrevrange(ks.CHANGES, count=1))[0][0]
+        sim.set_value(1001, 8)   # both inside the gap: A is gone, B does not hold the lease yet
+        await until(lambda: b.acq.runners[1].samples[1001][0] == 8, 2)
+        sim.set_value(1001, 7)
+        await until(lambda: b.acq.runners[1].samples[1001][0] == 7, 2)
+        assert not b.acq.runners[1].lease.held
+        await until(lambda: b.acq.runners[1].lease.held, 4)
+        await until(lambda: b.acq.metrics.total["changes_replayed"] >= 2, 2)
+        seen = [points.decode(f["1001"]).value for _, f in await b.master.xrange(ks.CHANGES, min=f"({gap_start}")
+                if "1001" in f]
+        assert seen[:2] == [8, 7], seen
+    finally:
+        await b.stop()
+        await sim.stop()
+
+
+async def _is(value, expected) -> bool:
+    v = await value
+    return v is not None and v.value == expected
+
+
 async def _missing(r, key) -> bool:
     return not await r.exists(key)
 

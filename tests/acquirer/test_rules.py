@@ -9,7 +9,7 @@ import math
 import random
 
 import pytest
-from fep_acquirer.changes import ChangeTracker
+from fep_acquirer.changes import ChangeTracker, StandbyLog
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
@@ -184,3 +184,44 @@ async def test_cancel_and_wait_survives_a_swallowed_cancel():
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task, step_s=0.02), 2)
     assert task.cancelled() and swallowed == 2
+
+
+# --- the standby log: replayed on takeover -------------------------------------------------------------
+STANDBY_CASES = {
+    # polls seen by the standby (ts, {pid: value}), Redis's values at takeover {pid: (value, ts)}, batches
+    "a DI that changed and changed back in the gap is replayed in order": (
+        [(100, {1: 0}), (200, {1: 1}), (300, {1: 0})], {1: (0, 150)}, [{1: (1, 200)}, {1: (0, 300)}]),
+    "changes the former holder already wrote are not repeated": (
+        [(100, {1: 0}), (200, {1: 1}), (300, {1: 0})], {1: (0, 290)}, []),
+    "a change written by the holder and seen a poll later by the standby is skipped": (
+        [(100, {1: 0}), (210, {1: 1}), (400, {1: 0})], {1: (1, 200)}, [{1: (0, 400)}]),
+    "global time order across points, one point per batch at most": (
+        [(100, {1: 0, 2: 0}), (200, {1: 1, 2: 1}), (300, {1: 0, 2: 1})], {1: (0, 50), 2: (0, 50)},
+        [{1: (1, 200), 2: (1, 200)}, {1: (0, 300)}]),
+    "a point Redis never had is replayed from its first change": (
+        [(100, {3: 5}), (200, {3: 6})], {}, [{3: (6, 200)}]),
+    "deadband: small moves are not logged": (
+        [(100, {4: 10.0}), (200, {4: 10.4}), (300, {4: 11.0})], {4: (10.0, 50)}, [{4: (11.0, 300)}]),
+}
+
+
+@pytest.mark.parametrize("case", list(STANDBY_CASES))
+def test_standby_log_replay(case: str) -> None:
+    polls, redis_now, expected = STANDBY_CASES[case]
+    log = StandbyLog(window_ms=10_000, deadband={4: 0.5})
+    for ts, values in polls:
+        log.observe({pid: (v, 0) for pid, v in values.items()}, ts)
+    got = log.replay({pid: ((v, 0), ts) for pid, (v, ts) in redis_now.items()})
+    assert got == [{pid: ((v, 0), ts) for pid, (v, ts) in b.items()} for b in expected]
+    assert not log.entries
+
+
+def test_standby_log_is_bounded_and_reset_while_holding() -> None:
+    log = StandbyLog(window_ms=1000, max_entries=3)
+    for i in range(10):
+        log.observe({1: (i, 0)}, 1000 + i)
+    assert [e[0] for e in log.entries] == [1007, 1008, 1009]
+    log.observe({1: (99, 0)}, 5000)
+    assert [e[0] for e in log.entries] == [5000]  # older than the window: gone
+    log.holding({1: (100, 0)})
+    assert not log.entries and log.last == {1: (100, 0)}
