@@ -35,7 +35,9 @@ end
 -- Rules (seed "load balancing"): a missing lease goes to the first node that ticks while it reaches the
 -- device (a node that has not polled yet, or cannot reach it, must not grab it: the other node would
 -- otherwise take it over at once, since the holder never reached the device); a lapsed lease (its holder
--- died) goes to whoever ticks first, reaching or not, so that someone marks the points invalid; the holder
+-- died) goes to the first node that reaches the device, or, once lapsed for one more TTL, to whoever ticks
+-- (then someone marks the points invalid; a node that was just restarted and has not polled yet does not
+-- grab a lease that is only lapsed because the master moved); the holder
 -- renews and records when it last reached the device; the other node takes over only if it reaches the
 -- device and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
 local function lease_tick(keys, args)
@@ -57,7 +59,7 @@ local function lease_tick(keys, args)
   end
   if holder == nil or holder == '' then
     if reaches then reason = 'initial' end
-  elseif now > expires then
+  elseif now > expires and (reaches or now > expires + ttl) then
     reason = 'lapsed'
   elseif reaches and l['handover'] == node and now <= tonumber(l['handover_until_ms'] or '0') then
     reason = 'handover'

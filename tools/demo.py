@@ -131,9 +131,9 @@ class Demo:
 fep-ha demo running: two nodes on this machine (no keepalived: the master Redis stays on node A).
 
   dashboard       http://{a}:{self.api_port}/   (node A)      http://{b}:{self.api_port}/   (node B)
-  IEC 104         {a}:2404 and {b}:2404, common address 1, e.g.
-                    python -c "import c104,time; c=c104.Client(); cn=c.add_connection(ip='{a}', port=2404,
-                    init=c104.Init.ALL); c.start(); time.sleep(3); print(cn.stations[0].points if cn.stations else cn)"
+  IEC 104         {a}:2404 and {b}:2404, common address 1; a reference master (c104's client) on both
+                  nodes, printing what it receives (GI, then spontaneous changes) as JSON lines:
+                    fep-scada-probe --db {self.root / 'db' / 'SEMODEL.db'} --node A={a} --node B={b}
   Modbus TCP      mbpoll -m tcp -p 1502 -a 1 -t 3:float -B -r 1 -c 2 {a}   (tank level, flow: input registers)
                   mbpoll -m tcp -p 1502 -a 1 -t 1 -r 1 -c 3 {b}            (pumps, link: discrete inputs)
   sefeps          python -m fep_tools.sefeps_client --help

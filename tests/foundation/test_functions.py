@@ -29,8 +29,10 @@ CASES = {
     "no stealing back": [
         (("A", True, 0), ("A", 1)), (("A", False, 0.25), ("A", 1)), (("B", True, 0), ("B", 2)),
         (("B", True, 0.1), ("B", 2)), (("A", True, 0.15), ("B", 2))],
-    "a lapsed lease goes to whoever ticks, reaching or not": [
-        (("A", True, 0), ("A", 1)), (("B", False, 0.4), ("B", 2)), (("A", True, 0), ("A", 3))],
+    "a lapsed lease goes to a node that reaches the device": [
+        (("A", True, 0), ("A", 1)), (("B", False, 0.4), ("A", 1)), (("B", True, 0), ("B", 2))],
+    "a lease lapsed for one more TTL goes to whoever ticks; a reaching node then takes it over": [
+        (("A", True, 0), ("A", 1)), (("B", False, 0.7), ("B", 2)), (("A", True, 0), ("A", 3))],
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ha.harness import FIGURES, Lab, can_run
+from tests.ha.harness import FIGURES, running_lab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -16,19 +16,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture
 def lab(request: pytest.FixtureRequest):
-    reason = can_run()
-    if reason:
-        pytest.skip(reason)
-    timers = getattr(request, "param", None)
-    lab = Lab(timers)
-    try:
-        lab.start()
+    with running_lab(request, getattr(request, "param", None)) as lab:
         yield lab
-    finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(lab.logs())
-        lab.close()
 
 
 @pytest.hookimpl(hookwrapper=True)

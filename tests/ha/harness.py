@@ -19,6 +19,7 @@ A exchanges with the PLC's first address (a cable cut as A sees it) without touc
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import shutil
@@ -26,11 +27,14 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from fepha import keyspace as ks
 
 REPO = Path(__file__).resolve().parents[2]
 NET = "198.18.0"
@@ -55,6 +59,11 @@ def can_run() -> str | None:
     for tool in ("ip", "iptables", "keepalived", "redis-server", "redis-cli", "docker-compose"):
         if not shutil.which(tool):
             return f"{tool} not installed (.ci/install)"
+    probe = f"fhprobe{os.getpid() % 100000}"
+    made = sh("ip", "netns", "add", probe, check=False)
+    if made.returncode != 0:
+        return f"cannot create network namespaces here: {made.stderr.strip()}"
+    sh("ip", "netns", "delete", probe, check=False)
     return None
 
 
@@ -363,9 +372,9 @@ def healthcheck(lab: Lab, node: Node, service: str) -> subprocess.CompletedProce
 
 
 def start_probe(lab: Lab) -> Proc:
-    """The SCADA host: IEC 104 + Modbus clients to both nodes (tests/ha/scada_probe.py)."""
+    """The SCADA host: IEC 104 + Modbus clients to both nodes (tools/scada_probe.py)."""
     import sys
-    return lab.spawn("scada", "probe", [sys.executable, "-m", "tests.ha.scada_probe", "--db",
+    return lab.spawn("scada", "probe", [sys.executable, "-m", "fep_tools.scada_probe", "--db",
                                         str(lab.feproot / "db" / "SEMODEL.db"), "--node", f"A={IP['A']}",
                                         "--node", f"B={IP['B']}"], {"PYTHONPATH": str(REPO)})
 
@@ -396,7 +405,8 @@ def start_plcsim(lab: Lab, rate: float = 0.0) -> Proc:
     static values by default (rate 0) so that the scenarios decide every change; control port on the
     PLC host's loopback (see `plc`)."""
     p = lab.spawn("plc", "plcsim", ["fep-plcsim", "--db", str(lab.feproot / "db" / "SEMODEL.db"),
-                                    "--rate", str(rate), "--control", f"127.0.0.1:{PLC_CONTROL_PORT}"])
+                                    "--rate", str(rate), "--control", f"127.0.0.1:{PLC_CONTROL_PORT}",
+                                    "--journal", str(lab.dir / "plcsim.jsonl")])
     lab.wait_for(lambda: plc(lab, "status").startswith("ok"), 20, "plcsim control port", interval=0.2)
     return p
 
@@ -418,17 +428,12 @@ def start_system(lab: Lab, services: tuple[str, ...] = ("acquirer", "forwarder")
     master = lab.start_pair()
     lab.sysload_init(master)
     for n in lab.nodes.values():
-        lab.wait_for(lambda n=n: n.redis_cli("get", _ks().CFG_GEN) == "1", 15, f"configuration on {n.id}")
+        lab.wait_for(lambda n=n: n.redis_cli("get", ks.CFG_GEN) == "1", 15, f"configuration on {n.id}")
     start_plcsim(lab, rate)
     for n in lab.nodes.values():
         for s in services:
             n.start_service(s)
     return master, (start_probe(lab) if probe else None)
-
-
-def _ks() -> Any:
-    from fepha import keyspace
-    return keyspace
 
 
 def hgetall(node: Node, key: str) -> dict[str, str]:
@@ -438,7 +443,7 @@ def hgetall(node: Node, key: str) -> dict[str, str]:
 
 
 def lease(node: Node, rtu: int) -> dict[str, str]:
-    return hgetall(node, _ks().lease(rtu))
+    return hgetall(node, ks.lease(rtu))
 
 
 def holders(node: Node, rtus: list[int]) -> dict[int, str]:
@@ -448,24 +453,24 @@ def holders(node: Node, rtus: list[int]) -> dict[int, str]:
 
 def channel_state(node: Node, rtu: int, of: str | None = None) -> dict[str, str]:
     """The channel-state hash that node `of` (default: `node` itself) writes for `rtu`."""
-    return hgetall(node, _ks().channel_state(rtu, of or node.id))
+    return hgetall(node, ks.channel_state(rtu, of or node.id))
 
 
 def link_state(node: Node, rtu: int) -> dict[str, str]:
     """vala/valb/val (+ since_*) of one acquisition RTU."""
-    return hgetall(node, _ks().link(rtu))
+    return hgetall(node, ks.link(rtu))
 
 
 def point_value(node: Node, rtu: int, point: int) -> Any:
     """The decoded value record (fepha.points.Value) of one point, or None."""
     from fepha import points
-    rec = node.redis_cli("hget", _ks().values(rtu), str(point))
+    rec = node.redis_cli("hget", ks.values(rtu), str(point))
     return points.decode(rec) if rec else None
 
 
 def vpoint_value(node: Node, vpid: int) -> Any:
     from fepha import points
-    rec = node.redis_cli("hget", _ks().VPOINTS, str(vpid))
+    rec = node.redis_cli("hget", ks.VPOINTS, str(vpid))
     return points.decode(rec) if rec else None
 
 
@@ -481,3 +486,74 @@ def modbus_last(p: Proc, node: str, kind: str, addr: int, since: float = 0.0) ->
     recs = [r for r in probe_records(p) if r["src"] == "modbus" and r["node"] == node and r["kind"] == kind
             and r["addr"] == addr and r["t"] >= since]
     return recs[-1] if recs else None
+
+
+def one_holder_each(lab: Lab, rtus: list[int], timeout: float = 40) -> dict[int, str]:
+    """Wait until every acquisition RTU has a holder and both Redis agree on it; returns the holders."""
+    a, b = lab.nodes["A"], lab.nodes["B"]
+
+    def agreed() -> dict[int, str] | None:
+        h = holders(a, rtus)
+        return h if all(v in IP for v in h.values()) and holders(b, rtus) == h else None
+    return lab.wait_for(agreed, timeout, "one holder per acquisition RTU, seen by both Redis", interval=0.3)
+
+
+def stays(fn: Any, seconds: float, what: str, interval: float = 0.5) -> None:
+    """Assert that `fn()` holds at every check during `seconds` (for "nothing moves by itself")."""
+    end = time.monotonic() + seconds
+    while True:
+        assert fn(), what
+        if time.monotonic() >= end:
+            return
+        time.sleep(interval)
+
+
+def device_port(lab: Lab, rtu: int) -> int:
+    """The TCP port of an acquisition RTU's channel 1 (the lab serves both channels on the same port)."""
+    return lab_model(lab).rtus[rtu].channels[0].port
+
+
+def last_lease_event(node: Node) -> dict[str, str]:
+    """Fields of the newest entry of the lease-events stream (rtu, from, to, epoch, reason, ts_ms)."""
+    lines = node.redis_cli("xrevrange", ks.LEASE_EVENTS, "+", "-", "count", "1").splitlines()[1:]
+    return dict(zip(lines[0::2], lines[1::2], strict=False))
+
+
+def value_flows(lab: Lab, probe: Proc, node: Node, rtu: int, point: int, ioa: int, value: float,
+                nodes: tuple[str, ...] = ("A", "B"), timeout: float = 20) -> None:
+    """Set `point` on its device now; wait until `node`'s Redis holds it with good quality and the IEC 104
+    clients of `nodes` received it at `ioa` (a float point, forwarded unscaled)."""
+    t0 = time.time()
+    assert plc(lab, f"set {point} {value}") == "ok"
+
+    def in_redis() -> bool:
+        v = point_value(node, rtu, point)
+        return v is not None and v.quality == 0 and abs(v.value - value) < 1e-3
+    lab.wait_for(in_redis, timeout, f"point {point} = {value} (good) in {node.id}'s Redis", interval=0.2)
+    for n in nodes:
+        def got(n: str = n) -> bool:
+            rec = iec104_last(probe, n, ioa, t0)
+            return rec is not None and abs(float(rec["value"]) - value) < 1e-3
+        lab.wait_for(got, timeout, f"IEC 104 client on {n}: IOA {ioa} = {value}", interval=0.2)
+
+
+@contextlib.contextmanager
+def running_lab(request: Any, timers: dict[str, float] | None = None, base: Path | None = None) -> Iterator[Lab]:
+    """A fresh lab for one test (skipped where the suite cannot run), its logs printed when the test
+    failed, always torn down (processes by PID, namespaces), also on failure."""
+    import pytest
+
+    reason = can_run()
+    if reason:
+        pytest.skip(reason)
+    if base is not None:
+        base.mkdir(exist_ok=True)
+    lab = Lab(timers, base=base)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        rep = getattr(request.node, "rep_call", None)
+        if rep is not None and rep.failed:
+            print(lab.logs())
+        lab.close()

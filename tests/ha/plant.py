@@ -9,59 +9,46 @@ Counting rules (plain functions, no network):
   any cause, or Modbus values that differ from the previous read), converted to the protocol's view.
 - A device change at t is *received* when the client got that value (in the protocol's view) after t
   and before the next change plus `late_s` (delivery time). A DI transition that lasts less than the
-  poll period cannot be seen by polling, and one made while no node holds the lease (the failover gap:
-  VIP move + lease lapse, ~5 s with the suite's timers) is seen only if the state is still there when
-  the new holder writes its full image: the scenarios change values every `HOLD_S` s, longer than both,
-  so every change is visible and none may be lost.
+  poll period cannot be seen by polling. Changes made while no node holds the lease (the failover gap:
+  VIP move + lease lapse, ~5 s with the suite's timers) are seen by the standby's polls and replayed,
+  with their timestamps, when it takes the lease: they arrive late (counted until the takeover +
+  `late_s`). The scenarios change values every `HOLD_S` s and flip one DI twice inside the gap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import struct
-import subprocess
 import sys
-import time
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fepha import keyspace as ks
-from fepha.semodel import db
 from fepha.semodel.model import Model
-from tests.ha.harness import IP, PLC_IPS, REPO, SCADA_IP, Lab, Node, Proc, parse_json_lines
+from tests.ha.harness import (
+    IP,
+    REPO,
+    Lab,
+    Node,
+    Proc,
+    holders,
+    parse_json_lines,
+    probe_records,
+    running_lab,
+    start_plcsim,
+    start_probe,
+)
 
-PLC_CONTROL = (PLC_IPS[0], 15020)
-HOLD_S = 8.0
+HOLD_S = 10.0
 """Seconds between two changes of the simulated devices in scenario 4: longer than the failover gap
-(no holder writes for ~5-6 s after node A dies) plus a poll period, so every state is seen."""
+(no holder writes for ~4-5 s after node A dies) plus a poll period and a margin, so every state is seen."""
 
 
 # --- processes ---------------------------------------------------------------------------------------
-def model(lab: Lab) -> Model:
-    rows, problems = db.read_rows(lab.feproot / "db" / "SEMODEL.db")
-    return Model.from_rows(rows)
-
-
-def start_plcsim(lab: Lab, rate: float = 0.0) -> Proc:
-    """`fep-plcsim` in the PLC namespace, serving both channel addresses, journal in the lab dir."""
-    p = lab.spawn("plc", "plcsim", ["fep-plcsim", "--db", str(lab.feproot / "db" / "SEMODEL.db"),
-                                    "--rate", str(rate), "--control", "%s:%d" % PLC_CONTROL,
-                                    "--journal", str(lab.dir / "plcsim.jsonl")])
-    lab.wait_for(lambda: plc(lab, "status").startswith("ok"), 20, "PLC simulator serving", interval=0.3)
-    return p
-
-
-def plc(lab: Lab, line: str) -> str:
-    """One command on the simulator's control port (docs/plcsim.md), from inside the SCADA namespace."""
-    code = ("import socket,sys\ntry:\n s=socket.create_connection((sys.argv[1],int(sys.argv[2])),3)\n"
-            " s.sendall(sys.argv[3].encode()+b'\\n');print(s.makefile().readline().strip())\n"
-            "except OSError as e:\n print('err',e)")
-    r = subprocess.run(["ip", "netns", "exec", lab.ns["scada"], sys.executable, "-c", code, *map(str, PLC_CONTROL),
-                        line], capture_output=True, text=True, timeout=10, check=False)
-    return r.stdout.strip()
-
-
 def journal(lab: Lab) -> list[dict[str, Any]]:
     path = lab.dir / "plcsim.jsonl"
     return parse_json_lines(path.read_text()) if path.exists() else []
@@ -73,9 +60,42 @@ def start_services(node: Node, *services: str, control_timeout_s: float | None =
         node.start_service(s, extra)
 
 
+def start_scada(lab: Lab, vs: list[View], timeout: float = 40) -> Proc:
+    """The SCADA probe, once both nodes' se104s listen (c104's client, whose first connect was refused,
+    was seen to reconnect without sending STARTDT: data never came), then wait for both nodes'
+    general interrogation and every device's value at both clients."""
+    for n in lab.nodes.values():
+        log = n.procs["forwarder"].log
+        lab.wait_for(lambda log=log: "se104s RTU" in log.read_text() and "listening" in log.read_text(), timeout,
+                     f"se104s listening on {n.id}", interval=0.2)
+    probe = start_probe(lab)
+    ioas = {v.key for v in vs if v.proto == "iec104" and not v.type.startswith("M_IT")}  # GI has no counters
+
+    def gi(node: str) -> set[int]:
+        return {r["ioa"] for r in probe_records(probe) if r["src"] == "iec104" and r["node"] == node
+                and r["cot"] == "INTERROGATED_BY_STATION"}
+    lab.wait_for(lambda: all(gi(n) >= ioas for n in lab.nodes), timeout,
+                 "general interrogation answered on both nodes", interval=0.3)
+    wait_final(lab, probe, vs, tuple(lab.nodes), timeout)
+    return probe
+
+
+def start_a_holding(lab: Lab, rtus: list[int]) -> tuple[Node, Node]:
+    """Redis pair, the configuration on both nodes, the PLC simulator (static values, journal), and node
+    A's acquirer holding every lease of `rtus` (so the scenarios know who holds what). Returns (A, B)."""
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    lab.start_pair()
+    lab.sysload_init(a)
+    lab.wait_for(lambda: b.redis_cli("get", ks.CFG_GEN) == "1", 15, "configuration on B")
+    start_plcsim(lab, rate=0)
+    start_services(a, "acquirer")
+    lab.wait_for(lambda: all(holder(a, r) == "A" for r in rtus), 30, "A holding every lease", 0.3)
+    return a, b
+
+
 def holder(node: Node, rtu: int) -> str:
     """The lease holder of `rtu` as the node's own Redis shows it ('' when none or Redis down)."""
-    return node.redis_cli("hget", ks.lease(rtu), "holder")
+    return holders(node, [rtu])[rtu]
 
 
 def rtu_values(node: Node, rtu: int) -> dict[int, float]:
@@ -210,9 +230,11 @@ class Count:
 
 
 def count_changes(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
-                  node: str, since: float, until: float, late_s: float = 2.5) -> Count:
+                  node: str, since: float, until: float, late_s: float = 2.5, catch_up: float = 0.0) -> Count:
     """Device changes made in [since, until] for every view, and how many the client on `node` received
-    (the value in the protocol's view, at a time in [change, next change + late_s])."""
+    (the value in the protocol's view, at a time in [change, next change + late_s]; a change made before
+    `catch_up` — the takeover, when the new holder replays what it saw in the failover gap — may arrive
+    until `catch_up` + late_s)."""
     c = Count(lost=[])
     for view in vs:
         seq = dev.get(view.src, [])
@@ -221,6 +243,8 @@ def count_changes(dev: dict[int, list[tuple[float, float]]], records: list[dict[
             if not since <= t <= until:
                 continue
             end = (seq[i + 1][0] if i + 1 < len(seq) else math.inf) + late_s
+            if t <= catch_up:
+                end = max(end, catch_up + late_s)
             ok = any(t <= tr <= end and view.same(gv, v) for tr, gv in got)
             c.made += 1
             c.received += ok
@@ -240,6 +264,8 @@ def final_mismatches(dev: dict[int, list[tuple[float, float]]], records: list[di
         seq = dev.get(view.src)
         got = client_timeline(records, view, node)
         last = got[-1][1] if got else None
+        if last is None and len(seq) == 1:
+            continue    # never changed and never sent (IEC 104 counters are not in a general interrogation)
         if seq and (last is None or not view.same(last, seq[-1][1])):
             bad.append((view.src, view.key, view.expected(seq[-1][1]), last))
     return bad
@@ -247,8 +273,6 @@ def final_mismatches(dev: dict[int, list[tuple[float, float]]], records: list[di
 
 def wait_final(lab: Lab, probe: Proc, vs: list[View], nodes: tuple[str, ...], timeout: float) -> None:
     """Wait until every client on `nodes` shows every device's last value."""
-    from tests.ha.harness import probe_records
-
     def done() -> bool:
         dev = device_timelines(journal(lab))
         recs = probe_records(probe)
@@ -261,8 +285,10 @@ def wait_final(lab: Lab, probe: Proc, vs: list[View], nodes: tuple[str, ...], ti
         raise AssertionError({n: final_mismatches(dev, recs, vs, n) for n in nodes}) from None
 
 
-def now() -> float:
-    return time.time()
+BASE = Path(tempfile.gettempdir()) / "fepha-plant"
+"""Where these scenarios' labs live (not /tmp/fh*: kept apart from other labs and their clean-ups)."""
 
 
-__all__ = ["SCADA_IP"]
+def plant_lab(request: Any, timers: dict[str, float] | None = None) -> contextlib.AbstractContextManager[Lab]:
+    """conftest's `lab`, under BASE."""
+    return running_lab(request, timers, base=BASE)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--interval", type=float, default=1.0)
     ap.add_argument("--timeout", type=float, default=15.0)
     args = ap.parse_args(argv)
-    client = c104.Client(tick_rate_ms=20, command_timeout_ms=int(args.timeout * 1000))
+    client = c104.Client(tick_rate_ms=50, command_timeout_ms=int(args.timeout * 1000))
     conn = client.add_connection(ip=args.ip, port=args.port, init=c104.Init.NONE)
     point = conn.add_station(args.ca).add_point(io_address=args.ioa, type=c104.Type.C_SE_NB_1)
     client.start()

@@ -1,7 +1,8 @@
-"""The SCADA host of the HA lab, run inside its namespace: one c104 (lib60870) IEC 104 client and one
-pymodbus client per node, printing what they receive as JSON lines on stdout, which the scenarios read.
+"""A reference SCADA master for the demo and the HA suite (which runs it in its SCADA namespace): one c104
+(lib60870) IEC 104 client and one pymodbus client per node, printing what they receive as JSON lines on
+stdout (the HA scenarios read them). Needs the test extras (c104).
 
-    python -m tests.ha.scada_probe --db SEMODEL.db --node A=198.18.0.1 --node B=198.18.0.2
+    fep-scada-probe --db $FEPROOT/db/SEMODEL.db --node A=198.18.0.1 --node B=198.18.0.2
 
 IEC 104: every monitoring point of the se104s RTU, general interrogation at connect (Init.ALL), then
 spontaneous data; each received object is one line {"src": "iec104", "node", "ioa", "value", "cot", "t"}.
@@ -12,6 +13,7 @@ one read (or the read fails: "value": null). c104 reconnects by itself when a no
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -32,15 +34,18 @@ _out_lock = threading.Lock()
 def emit(**rec: Any) -> None:
     rec["t"] = time.time()
     with _out_lock:
-        sys.stdout.write(json.dumps(rec) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps(rec) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away (`| head`): nothing left to do
+            os._exit(0)
 
 
 def forwarding_rtu(model: Model, protocol: str) -> Any:
     return next(r for r in model.rtus.values() if r.protocol == protocol)
 
 
-def start_iec104(node: str, ip: str, model: Model) -> c104.Client:
+def start_iec104(node: str, ip: str, model: Model) -> tuple[c104.Client, c104.Connection, int]:
     rtu = forwarding_rtu(model, "se104s")
     client = c104.Client(tick_rate_ms=50, command_timeout_ms=3000)
     conn = client.add_connection(ip=ip, port=rtu.listen_port, init=c104.Init.ALL)
@@ -61,7 +66,22 @@ def start_iec104(node: str, ip: str, model: Model) -> c104.Client:
         emit(src="iec104-state", node=node, state=state.name)
     conn.on_state_change(on_state)
     client.start()
-    return client
+    return client, conn, rtu.address
+
+
+def unmute_stuck(node: str, conn: c104.Connection, ca: int, muted_since: dict[str, float]) -> None:
+    """c104 2.2.1 sometimes opens a connection after a failed attempt (refused / timed out) without sending
+    STARTDT (seen with tshark: no byte from the client), so it stays OPEN_MUTED and receives nothing. A
+    SCADA master would restart it; so does the probe: STARTDT + general interrogation after 2 s muted."""
+    if conn.state != c104.ConnectionState.OPEN_MUTED:
+        muted_since.pop(node, None)
+        return
+    since = muted_since.setdefault(node, time.monotonic())
+    if time.monotonic() - since >= 2.0:
+        muted_since[node] = time.monotonic()
+        emit(src="probe", node=node, state="unmute-stuck-connection")
+        if conn.unmute():
+            conn.interrogation(common_address=ca, wait_for_response=False)
 
 
 def poll_modbus(node: str, ip: str, model: Model, stop: threading.Event) -> None:
@@ -80,11 +100,10 @@ def poll_modbus(node: str, ip: str, model: Model, stop: threading.Event) -> None
                 if not r.isError():
                     for a in dis:
                         got[("di", a)] = int(r.bits[a - dis[0]])
-            if irs:
-                r = client.read_input_registers(irs[0], count=irs[-1] - irs[0] + 2, device_id=rtu.address or 1)
+            for a in irs:   # one read per point: modbus_trains refuses a range over unmapped addresses
+                r = client.read_input_registers(a, count=2, device_id=rtu.address or 1)
                 if not r.isError():
-                    for a in irs:
-                        got[("ir", a)] = [r.registers[a - irs[0]], r.registers[a - irs[0] + 1]]
+                    got[("ir", a)] = list(r.registers)
         except (ModbusException, OSError):  # a node that is down: report, keep trying
             client.close()
         for key in set(last) | set(got):
@@ -107,15 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     clients, threads = [], []
+    iec: list[tuple[str, c104.Connection, int]] = []
     for spec in args.node:
         node, _, ip = spec.partition("=")
-        clients.append(start_iec104(node, ip, model))
+        client, conn, ca = start_iec104(node, ip, model)
+        clients.append(client)
+        iec.append((node, conn, ca))
         t = threading.Thread(target=poll_modbus, args=(node, ip, model, stop), daemon=True)
         t.start()
         threads.append(t)
     emit(src="probe", state="started")
+    muted_since: dict[str, float] = {}
     while not stop.is_set():
         stop.wait(0.5)
+        for node, conn, ca in iec:
+            unmute_stuck(node, conn, ca, muted_since)
     for c in clients:
         c.stop()
     for t in threads:

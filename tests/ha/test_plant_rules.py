@@ -1,0 +1,94 @@
+"""The counting rules of tests/ha/plant.py (scenario 4's "no change lost", scenario 7's convergence), as
+table tests without a network: a rule that cannot fail would prove nothing in the HA scenarios."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from tests.ha.plant import View, count_changes, device_timelines, final_mismatches, proto_value
+
+DI = View(src=105, proto="iec104", key=1, type="M_SP_TB_1", coef=1.0)
+DP = View(src=107, proto="iec104", key=3, type="M_DP_NA_1", coef=1.0)
+FLOAT = View(src=101, proto="iec104", key=1001, type="M_ME_NC_1", coef=1.0)
+NORM = View(src=201, proto="iec104", key=1004, type="M_ME_NA_1", coef=0.1)
+SCALED = View(src=103, proto="iec104", key=1003, type="M_ME_NB_1", coef=10.0)
+MB_FLOAT = View(src=202, proto="modbus", key=("ir", 2), type="float32", coef=1.0)
+
+
+def events(*changes: tuple[float, dict[int, float]]) -> list[dict]:
+    return [{"t": t, "ev": "start" if i == 0 else "tick", "values": {str(k): v for k, v in vals.items()}}
+            for i, (t, vals) in enumerate(changes)]
+
+
+def iec(t: float, ioa: int, value: object, node: str = "B") -> dict:
+    return {"src": "iec104", "node": node, "ioa": ioa, "value": value, "t": t}
+
+
+DEV = device_timelines(events((0, {105: 0}), (10, {105: 1}), (20, {105: 0}), (30, {105: 1})))
+
+
+@pytest.mark.parametrize(("received", "made", "lost"), [
+    ([iec(1, 1, False), iec(11, 1, True), iec(21, 1, False), iec(31, 1, True)], 3, []),
+    ([iec(11, 1, True), iec(31, 1, True)], 3, [(105, 1, 20, 0)]),              # 0 at 20..30 never seen
+    ([iec(11, 1, True), iec(21, 1, False), iec(31, 1, True)], 3, []),
+    ([iec(11, 1, True), iec(31.5, 1, False), iec(32, 1, True)], 3, []),        # late (full image) but in time
+    ([iec(11, 1, True), iec(35, 1, False), iec(36, 1, True)], 3, [(105, 1, 20, 0)]),   # too late
+    ([iec(11, 1, True), iec(21, 1, False, node="A"), iec(31, 1, True)], 3, [(105, 1, 20, 0)]),  # other node
+    ([iec(9, 1, True), iec(21, 1, False), iec(31, 1, True)], 3, [(105, 1, 10, 1)]),   # before the change
+])
+def test_count_changes(received: list[dict], made: int, lost: list) -> None:
+    c = count_changes(DEV, received, [DI], "B", since=5, until=35, late_s=2.5)
+    assert (c.made, c.lost, c.di_made, c.di_lost) == (made, lost, made, len(lost))
+    assert c.received == made - len(lost)
+
+
+@pytest.mark.parametrize(("view", "device", "rec_value", "same"), [
+    (FLOAT, 231.7, 231.7, True),                         # float32 rounding of both sides
+    (FLOAT, 231.7, 231.8, False),
+    (NORM, 5, "0.500000", True),                         # 5 * COEF 0.1, as c104 prints a NormalizedFloat
+    (NORM, 12, "0.999969", True),                        # clamped to 1 - 2^-15
+    (SCALED, 2.5, "25", True),
+    (SCALED, 2.5, "26", False),
+    (DP, 1, "Double.ON", True),
+    (DP, 0, "Double.ON", False),
+    (DI, 1, True, True),
+    (MB_FLOAT, 3.0, list(struct.unpack(">HH", struct.pack(">f", 3.0))), True),
+])
+def test_protocol_views(view: View, device: float, rec_value: object, same: bool) -> None:
+    rec = {"src": view.proto, "node": "B", "value": rec_value, "t": 1.0}
+    if view.proto == "iec104":
+        rec["ioa"] = view.key
+    else:
+        rec["kind"], rec["addr"] = view.key
+    got = proto_value(rec, view)
+    assert got is not None and view.same(got, device) is same
+
+
+def test_final_mismatches() -> None:
+    dev = device_timelines(events((0, {105: 0, 101: 0.0}), (10, {105: 1, 101: 1.0})))
+    ok = [iec(1, 1, False), iec(1, 1001, 0.0), iec(11, 1, True), iec(11, 1001, 1.0)]
+    assert final_mismatches(dev, ok, [DI, FLOAT], "B") == []
+    assert final_mismatches(dev, ok[:3], [DI, FLOAT], "B") == [(101, 1001, 1.0, 0.0)]
+    assert final_mismatches(dev, ok, [DI, FLOAT], "A") == [(105, 1, 1.0, None), (101, 1001, 1.0, None)]
+    never_changed = device_timelines(events((0, {108: 0})))
+    counter = View(src=108, proto="iec104", key=3001, type="M_IT_TB_1", coef=1.0)
+    assert final_mismatches(never_changed, [], [counter], "B") == []   # not in a GI, never sent: fine
+
+
+GAP = device_timelines(events((0, {106: 0}), (10, {106: 1}), (11, {106: 0}), (30, {106: 1})))
+GAP_DI = View(src=106, proto="iec104", key=2, type="M_SP_NA_1", coef=1.0)
+
+
+@pytest.mark.parametrize(("received", "lost"), [
+    # both flips of the gap (10, 11) replayed at the takeover (14), then the change at 30
+    ([iec(14, 2, True), iec(14.1, 2, False), iec(31, 2, True)], []),
+    # replayed later than the takeover + late_s: the short state is lost (the 0 lasting until 30 is not)
+    ([iec(17, 2, True), iec(17.1, 2, False), iec(31, 2, True)], [(106, 2, 10, 1)]),
+    # the flip never delivered (what happened before the standby replayed the gap)
+    ([iec(14.1, 2, False), iec(31, 2, True)], [(106, 2, 10, 1)]),
+])
+def test_count_changes_catch_up_after_the_takeover(received: list[dict], lost: list) -> None:
+    c = count_changes(GAP, received, [GAP_DI], "B", since=5, until=35, late_s=2.5, catch_up=14)
+    assert c.made == 3 and c.lost == lost
