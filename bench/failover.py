@@ -8,7 +8,7 @@ Per run, two labs:
 1. Node loss (scenario 4 of tests/ha/test_node_loss.py, same procedure and counting): node A (VIP, master
    Redis, every lease) is killed (SIGKILL of all its processes + link down) 2 s after a change of every
    device point; a DI is toggled on its device right after the kill. Lease TTL: `--lease-ttl-s`, by
-   default the product's 10 s (the tests use 4 s), takeover time the product's 90 s: B can take the
+   default the product's (3 s; the tests use 4 s), takeover time the product's 90 s: B can take the
    leases only once A's have lapsed (with the lab's 6 s takeover, the takeover rule would fire first).
    `vip_move_s`: kill -> VIP on B. `node_loss_to_data_s`: kill -> that DI change received by the IEC 104
    client on B (the first new data B delivers; B's acquirer must take the leases and poll).
@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fepha import keyspace as ks
 from fepha import points
+from fepha.config import NodeConfig
 from tests.ha import plant
 from tests.ha.harness import PLC_IPS, Lab, Node, can_run, device_port
 from tests.ha.test_node_loss import node_loss_run
@@ -88,8 +89,8 @@ def device_loss(runs_dir: Path, takeover_s: float) -> dict[str, float]:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--lease-ttl-s", type=float, default=10.0,
-                    help="lease TTL of the node-loss runs (default: the product's, compose.yml LEASE_TTL_S)")
+    ap.add_argument("--lease-ttl-s", type=float, default=NodeConfig().lease_ttl_s,
+                    help="lease TTL of the node-loss runs (default: the product's, fepha.config)")
     ap.add_argument("--takeover-s", type=float, default=6.0,
                     help="takeover time of the device-loss runs (product: 90; shortened by default)")
     args = ap.parse_args()
