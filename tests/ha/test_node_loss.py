@@ -31,7 +31,7 @@ KILL_AFTER_TICK_S = 2.0
 after the kill and holds `HOLD_S` - 2 s: B must deliver it from its first poll as the new holder."""
 
 
-def node_loss_run(lab: Lab, hold_s: float = plant.HOLD_S) -> dict:
+def node_loss_run(lab: Lab, hold_s: float = plant.HOLD_S, how: str = "crash") -> dict:
     """Scenario 4 (+5): returns the measurements; asserts nothing (the test and bench/failover.py do)."""
     a, b = plant.start_a_holding(lab, RTUS)
     plant.start_services(b, "acquirer")
@@ -53,7 +53,10 @@ def node_loss_run(lab: Lab, hold_s: float = plant.HOLD_S) -> dict:
     time.sleep(max(0.0, t_tick + KILL_AFTER_TICK_S - time.time()))
 
     t_kill = time.time()
-    a.crash()                                    # power cut: every process SIGKILLed, link down
+    if how == "crash":
+        a.crash()                                # power cut: every process SIGKILLed, link down
+    else:
+        a.link(False)                            # cable pulled: A's processes keep running, cut off
     old = plc(lab, f"get {KILL_DI}").split()[-1]
     new = 0 if float(old) else 1
     assert plc(lab, f"set {KILL_DI} {new}") == "ok"
@@ -129,12 +132,14 @@ def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
         yield lab
 
 
-def test_node_a_lost_b_takes_over_without_losing_changes_and_controls_at_most_once(lab: Lab) -> None:
-    res = node_loss_run(lab)
+@pytest.mark.parametrize("how", ["crash", "link_down"])
+def test_node_a_lost_b_takes_over_without_losing_changes_and_controls_at_most_once(lab: Lab, how: str) -> None:
+    res = node_loss_run(lab, how=how)
     c = res["count"]
-    FIGURES.update(node_loss_vip_s=round(res["vip_move_s"], 2), node_loss_lease_s=round(res["lease_move_s"], 2),
-                   node_loss_to_data_s=round(res["node_loss_to_data_s"], 2),
-                   node_loss_changes_made=c.made, node_loss_lost_changes=c.made - c.received)
+    pre = "node_loss" if how == "crash" else "link_loss"
+    FIGURES.update({f"{pre}_vip_s": round(res["vip_move_s"], 2), f"{pre}_lease_s": round(res["lease_move_s"], 2),
+                    f"{pre}_to_data_s": round(res["node_loss_to_data_s"], 2), f"{pre}_changes_made": c.made,
+                    f"{pre}_lost_changes": c.made - c.received})
     assert c.made >= 2 * 12 and c.di_made >= 2 * 4, c           # two changes of every forwarded point
     assert c.di_lost == 0 and c.lost == [], f"changes lost at the client on B: {c.lost}"
     assert res["gap_flips"][:2] == res["gap_expected"], f"DI flipped inside the gap: {res['gap_flips']}"
@@ -142,4 +147,4 @@ def test_node_a_lost_b_takes_over_without_losing_changes_and_controls_at_most_on
     outcome = check_controls(res)
     after = [x for x in res["answers"] if x["ok"] and x["sent"] > res["t_kill"]]
     assert after, (outcome, res["answers"], res["audit"])        # B executes controls once it holds
-    FIGURES.update(controls_ok=outcome["ok"], controls_rejected=outcome["rejected"])
+    FIGURES.update({f"{pre}_controls_ok": outcome["ok"], f"{pre}_controls_rejected": outcome["rejected"]})
