@@ -88,9 +88,11 @@ class StandbyLog:
             self.entries.popleft()
 
     def holding(self, samples: dict[int, Sample]) -> None:
-        """A poll while holding the lease: nothing to keep, but the baseline follows the device."""
-        self.last = dict(samples)
-        self.entries.clear()
+        """A poll while holding the lease: nothing to keep, but the baseline follows the device.
+        Takes `samples` over without a copy (per poll, hot path): the caller builds a new dict each poll."""
+        self.last = samples
+        if self.entries:
+            self.entries.clear()
 
     def replay(self, current: dict[int, tuple[Sample, int]]) -> Replay:
         """Batches to write before the full image, given each point's (sample, ts_ms) in Redis.
