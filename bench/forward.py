@@ -133,9 +133,9 @@ class Writer:
             raise RuntimeError(f"fenced write refused: {res}")
 
 
-def latency_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[list[float], int, int]:
-    first_seq, start_frame = w.seq + 1, len(rx.frames)
-    per, period = max(1, rate // 200), 0.005
+def paced_writes(w: Writer, per: int, period: float, seconds: float) -> float:
+    """A batch of `per` values every `period` s for `seconds`, on a fixed schedule (a late call does not
+    shift the later ones); -> when it started (perf_counter)."""
     t0 = time.perf_counter()
     k = 0
     while time.perf_counter() - t0 < seconds:
@@ -144,6 +144,12 @@ def latency_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[li
         delay = t0 + k * period - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
+    return t0
+
+
+def latency_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[list[float], int, int]:
+    first_seq, start_frame = w.seq + 1, len(rx.frames)
+    paced_writes(w, max(1, rate // 200), 0.005, seconds)
     last_seq = w.seq
     settle(rx, last_seq - first_seq + 1, start_frame, first_seq)
     got = {s: t for t, s in rx.values(start_frame) if first_seq <= s <= last_seq}
@@ -166,15 +172,7 @@ def settle(rx: Receiver, want: int, start_frame: int, first_seq: int, quiet_s: f
 def paced_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[float, int]:
     """`rate` values/s for `seconds` (a call every 10 ms); -> (values/s delivered, values lost)."""
     first_seq, start_frame = w.seq + 1, len(rx.frames)
-    per, period = max(1, rate // 100), 0.01
-    t0 = time.perf_counter()
-    k = 0
-    while time.perf_counter() - t0 < seconds:
-        w.batch(per)
-        k += 1
-        delay = t0 + k * period - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    t0 = paced_writes(w, max(1, rate // 100), 0.01, seconds)
     count = w.seq - first_seq + 1
     settle(rx, count, start_frame, first_seq)
     got = {s: t for t, s in rx.values(start_frame) if s >= first_seq}

@@ -6,12 +6,11 @@ import dataclasses
 
 from fep_forwarder.base import ControlOutcome
 
-from fepha.semodel.model import FwdPoint, Rtu
+from fepha.semodel.model import FWD_KIND, FwdPoint, Rtu
 
 
 def fp(zfid: int, table: str, addr: int, dtype: str, coef: float = 1.0, src: int = 0) -> FwdPoint:
-    kind = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": "ACC", "T008_ZFDO": "DO", "T009_ZFAO": "AO"}[table]
-    return FwdPoint(zfid, table, kind, 50, src or 1000 + zfid, addr, dtype, coef)
+    return FwdPoint(zfid, table, FWD_KIND[table], 50, src or 1000 + zfid, addr, dtype, coef)
 
 
 FORWARDS = (

@@ -17,13 +17,11 @@ from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
 
 from fepha.points import Value
-from fepha.semodel.model import FwdPoint, Model, Rtu
-
-KIND = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": "ACC", "T008_ZFDO": "DO", "T009_ZFAO": "AO"}
+from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 
 
 def fp(zfid: int, table: str, addr: int, type_: str, coef: float = 1.0) -> FwdPoint:
-    return FwdPoint(zfid, table, KIND[table], 10, 100 + zfid, addr, type_, coef)
+    return FwdPoint(zfid, table, FWD_KIND[table], 10, 100 + zfid, addr, type_, coef)
 
 
 MONITOR = (

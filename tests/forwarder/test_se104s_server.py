@@ -13,13 +13,12 @@ from typing import Self
 
 import c104
 import pytest
-from fep_forwarder.se104s import Se104Server
 from fep_forwarder.se104s import codec as c
 
 from fepha.points import Quality
-from fepha.semodel.model import Model
 
-from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, rtu, se104_server, until, upd
+from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd
+from .tls_cert import self_signed_server_context
 
 
 def full_image() -> list:
@@ -298,18 +297,8 @@ async def test_group_interrogation_returns_its_group_only() -> None:
 
 async def test_tls_connection(tmp_path: Path) -> None:
     """The same protocol inside TLS (stdlib ssl); a plain-TCP peer gets nothing and is dropped."""
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    p = await asyncio.create_subprocess_exec(
-        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=fep-test",
-        "-addext", "subjectAltName=IP:127.0.0.1", stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
-    assert await p.wait() == 0
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    sctx.load_cert_chain(cert, key)
-    srv = Se104Server(rtu(0), Model({}, "", ""), "127.0.0.1", Sink(), "A", tls=sctx)
-    await srv.start()
-    try:
+    sctx, cert = await self_signed_server_context(tmp_path)
+    async with se104_server(tls=sctx) as srv:
         srv.load_image(full_image())
         cctx = ssl.create_default_context(cafile=str(cert))
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port, ssl=cctx)
@@ -332,8 +321,6 @@ async def test_tls_connection(tmp_path: Path) -> None:
         answer = await in_thread(plain)
         assert not answer.startswith(b"\x68")  # the TLS layer rejects it: never an IEC 104 answer
         assert not any(v["active"] for v in srv.clients().values())
-    finally:
-        await srv.stop()
 
 
 async def test_t3_sends_testfr_and_t1_closes_a_silent_master() -> None:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from fep_forwarder.base import ControlOutcome, Update, server_class
@@ -12,14 +15,13 @@ from fep_forwarder.sefeps import SefepsServer, codec
 from fep_tools.sefeps_client import SefepsClient, SefepsError
 
 from fepha.points import Value
-from fepha.semodel.model import FwdPoint, Rtu
+from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 from tests.forwarder.ctl_helpers import redis_controls
-
-KINDS = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": "ACC", "T008_ZFDO": "DO", "T009_ZFAO": "AO"}
+from tests.forwarder.tls_cert import self_signed_server_context
 
 
 def fp(zfid: int, table: str, addr: int, coef: float = 1.0) -> FwdPoint:
-    return FwdPoint(zfid, table, KINDS[table], 12, 100 + zfid, addr, None, coef)
+    return FwdPoint(zfid, table, FWD_KIND[table], 12, 100 + zfid, addr, None, coef)
 
 
 FWD = {f.addr: f for f in (fp(1, "T005_ZFAI", 1), fp(2, "T005_ZFAI", 2, 10.0), fp(3, "T006_ZFDI", 10),
@@ -45,24 +47,52 @@ class Sink:
         return ControlOutcome(True, "done", "written")
 
 
-@pytest.fixture
-async def server():
-    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", heartbeat_s=5)
+@contextlib.asynccontextmanager
+async def sefeps_server(rtu: Rtu = RTU, model: Model | None = None, sink: Any = None, node: str = "A",
+                        **options: Any) -> AsyncIterator[SefepsServer]:
+    """Our server on a free port of 127.0.0.1 (a recording Sink unless `sink`), stopped on exit."""
+    srv = SefepsServer(rtu, model, "127.0.0.1", Sink() if sink is None else sink, node, **options)
     await srv.start()
-    srv.load_image([upd(1, 1.5), upd(2, 2.0), upd(10, 1), upd(20, 100)])
     try:
         yield srv
     finally:
         await srv.stop()
 
 
-@pytest.fixture
-async def client(server):
-    c = SefepsClient("127.0.0.1", server.port, name="t1")
+@contextlib.asynccontextmanager
+async def sefeps_client(port: int, **options: Any) -> AsyncIterator[SefepsClient]:
+    """A reference client for 127.0.0.1:`port`, not yet connected; closed on exit."""
+    c = SefepsClient("127.0.0.1", port, **options)
     try:
         yield c
     finally:
         await c.close()
+
+
+@contextlib.asynccontextmanager
+async def scripted_server(serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+                          ) -> AsyncIterator[SefepsClient]:
+    """An in-test asyncio server running `serve` and a reference client for it; both closed on exit."""
+    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        async with sefeps_client(srv.sockets[0].getsockname()[1]) as c:
+            yield c
+    finally:
+        srv.close()
+        await srv.wait_closed()
+
+
+@pytest.fixture
+async def server():
+    async with sefeps_server(heartbeat_s=5) as srv:
+        srv.load_image([upd(1, 1.5), upd(2, 2.0), upd(10, 1), upd(20, 100)])
+        yield srv
+
+
+@pytest.fixture
+async def client(server):
+    async with sefeps_client(server.port, name="t1") as c:
+        yield c
 
 
 def test_lookup_by_protocol():
@@ -106,19 +136,13 @@ async def test_commands(server, client):
 
 async def test_commands_through_redis(redis_master):
     rtu_of = {f.src: 7 for f in FWD.values()}
-    async with redis_controls(redis_master, rtu_of, executor_rtus=(7,)) as (sink, execs):
-        srv = SefepsServer(RTU, None, "127.0.0.1", sink, "B")
-        await srv.start()
-        c = SefepsClient("127.0.0.1", srv.port)
-        try:
-            await c.connect()
-            r1, r2 = await asyncio.gather(c.command(40, 21.0), c.command(30, 99))
-            assert (r1["ok"], r1["state"]) == (True, "done")
-            assert (r2["ok"], r2["state"], r2["reason"]) == (False, "failed", "device refused the write")
-            assert sorted(execs[0].executed) == sorted([(FWD[40].src, 42.0), (FWD[30].src, 99.0)])
-        finally:
-            await c.close()
-            await srv.stop()
+    async with (redis_controls(redis_master, rtu_of, executor_rtus=(7,)) as (sink, execs),
+                sefeps_server(sink=sink, node="B") as srv, sefeps_client(srv.port) as c):
+        await c.connect()
+        r1, r2 = await asyncio.gather(c.command(40, 21.0), c.command(30, 99))
+        assert (r1["ok"], r1["state"]) == (True, "done")
+        assert (r2["ok"], r2["state"], r2["reason"]) == (False, "failed", "device refused the write")
+        assert sorted(execs[0].executed) == sorted([(FWD[40].src, 42.0), (FWD[30].src, 99.0)])
 
 
 async def test_resume_after_reconnect_replays_missed_events(server, client):
@@ -137,10 +161,7 @@ async def test_resume_after_reconnect_replays_missed_events(server, client):
 
 
 async def test_resume_too_old_gets_full_image():
-    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", replay_max=3)
-    await srv.start()
-    c = SefepsClient("127.0.0.1", srv.port)
-    try:
+    async with sefeps_server(replay_max=3) as srv, sefeps_client(srv.port) as c:
         srv.load_image([upd(1, 0.0)])
         await c.connect()
         await c.wait_image()
@@ -154,9 +175,6 @@ async def test_resume_too_old_gets_full_image():
         await c2.connect(resume=True)  # a resume from another session also gets an image
         await c2.wait_image()
         await c2.close()
-    finally:
-        await c.close()
-        await srv.stop()
 
 
 async def test_resume_within_a_session_repeats_nothing_twice(server, client):
@@ -194,19 +212,13 @@ async def test_client_detects_a_gap_and_asks_to_resume():
                     done.set()
         writer.close()
 
-    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
-    c = SefepsClient("127.0.0.1", srv.sockets[0].getsockname()[1])
-    try:
+    async with scripted_server(serve) as c:
         await c.connect()
         await asyncio.wait_for(done.wait(), 5)
         assert seen[-1] == {"t": "resume", "session": "S", "seq": 6} and c.gaps == 1
         assert c.image[1][0] == 6 and c.seq == 6
         await asyncio.sleep(0.05)
         assert c.gaps == 1
-    finally:
-        await c.close()
-        srv.close()
-        await srv.wait_closed()
 
 
 async def read_frames(reader: asyncio.StreamReader, until: str, timeout: float = 5.0) -> list[dict]:
@@ -223,10 +235,7 @@ async def read_frames(reader: asyncio.StreamReader, until: str, timeout: float =
 
 
 async def test_heartbeat_timeout_closes_a_silent_master():
-    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", heartbeat_s=0.3)
-    await srv.start()
-    good = SefepsClient("127.0.0.1", srv.port)
-    try:
+    async with sefeps_server(heartbeat_s=0.3) as srv, sefeps_client(srv.port) as good:
         await good.connect()
         reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
         writer.write(codec.encode(codec.hello()))
@@ -237,9 +246,6 @@ async def test_heartbeat_timeout_closes_a_silent_master():
         writer.close()
         assert not good.closed.is_set()  # the reference client heartbeats, so it stays
         assert len(srv.clients()) == 1
-    finally:
-        await good.close()
-        await srv.stop()
 
 
 async def test_client_closes_on_a_silent_server():
@@ -250,16 +256,10 @@ async def test_client_closes_on_a_silent_server():
             pass
         writer.close()
 
-    srv = await asyncio.start_server(serve, "127.0.0.1", 0)
-    c = SefepsClient("127.0.0.1", srv.sockets[0].getsockname()[1])
-    try:
+    async with scripted_server(serve) as c:
         await c.connect()
         await asyncio.wait_for(c.closed.wait(), 3)
         assert "nothing received" in c.close_reason
-    finally:
-        await c.close()
-        srv.close()
-        await srv.wait_closed()
 
 
 @pytest.mark.parametrize("garbage,code", [
@@ -290,10 +290,7 @@ async def test_message_before_hello_is_refused(server):
 
 
 async def test_full_queue_resynchronises_with_an_image():
-    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", queue_max=5)
-    await srv.start()
-    c = SefepsClient("127.0.0.1", srv.port)
-    try:
+    async with sefeps_server(queue_max=5) as srv, sefeps_client(srv.port) as c:
         srv.load_image([upd(1, 0.0)])
         await c.connect()
         await c.wait_image()
@@ -304,9 +301,6 @@ async def test_full_queue_resynchronises_with_an_image():
         assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.stats["events_dropped"] == 10
         srv.apply([upd(1, 11.0)])
         assert (await c.next_change())[2] == 11.0
-    finally:
-        await c.close()
-        await srv.stop()
 
 
 async def test_new_image_is_sent_to_connected_masters(server, client):
@@ -342,46 +336,28 @@ async def test_sample_configuration_rtu_12_and_busy_port(feproot):
     rows, _ = db.read_rows(feproot / "db" / "SEMODEL.db")
     model = Model.from_rows(rows)
     r12 = dc.replace(model.rtus[12], listen_port=0)
-    srv = SefepsServer(r12, model, "127.0.0.1", Sink(), "A")
-    await srv.start()
-    srv.load_image([Update(f, Value(f.addr, 0, 5)) for f in r12.forwards])
-    c = SefepsClient("127.0.0.1", srv.port)
-    try:
-        w = await c.connect()
-        assert [a for a, _ in w["points"]] == [1, 2, 10, 11, 12, 20, 30, 40]
-        img = await c.wait_image()
-        assert sorted(img) == [1, 2, 10, 11, 12, 20, 30, 40] and all(img[a][0] == a for a in img)
-        with pytest.raises(OSError):
-            await SefepsServer(dc.replace(r12, listen_port=srv.port), model, "127.0.0.1", Sink(), "A").start()
-    finally:
-        await c.close()
-        await srv.stop()
+    async with sefeps_server(r12, model) as srv:
+        srv.load_image([Update(f, Value(f.addr, 0, 5)) for f in r12.forwards])
+        async with sefeps_client(srv.port) as c:
+            w = await c.connect()
+            assert [a for a, _ in w["points"]] == [1, 2, 10, 11, 12, 20, 30, 40]
+            img = await c.wait_image()
+            assert sorted(img) == [1, 2, 10, 11, 12, 20, 30, 40] and all(img[a][0] == a for a in img)
+            with pytest.raises(OSError):
+                await SefepsServer(dc.replace(r12, listen_port=srv.port), model, "127.0.0.1", Sink(), "A").start()
 
 
 async def test_tls(tmp_path):
     """Same protocol inside TLS (stdlib ssl), self-signed certificate for 127.0.0.1 made with openssl."""
     import ssl
 
-    cert, key = tmp_path / "c.pem", tmp_path / "k.pem"
-    p = await asyncio.create_subprocess_exec(
-        "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-        "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=fep-test",
-        "-addext", "subjectAltName=IP:127.0.0.1", stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL)
-    assert await p.wait() == 0
-    sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    sctx.load_cert_chain(cert, key)
-    srv = SefepsServer(RTU, None, "127.0.0.1", Sink(), "A", tls=sctx)
-    await srv.start()
-    srv.load_image([upd(1, 7.0)])
-    c = SefepsClient("127.0.0.1", srv.port, tls=ssl.create_default_context(cafile=str(cert)))
-    plain = SefepsClient("127.0.0.1", srv.port)
-    try:
-        await c.connect()
-        assert (await c.wait_image())[1][0] == 7.0
-        with pytest.raises((SefepsError, OSError, asyncio.TimeoutError)):
-            await plain.connect(timeout=2)  # a plain-TCP master does not get in
-        assert len(srv.clients()) == 1
-    finally:
-        await c.close()
-        await srv.stop()
+    sctx, cert = await self_signed_server_context(tmp_path)
+    async with sefeps_server(tls=sctx) as srv:
+        srv.load_image([upd(1, 7.0)])
+        async with sefeps_client(srv.port, tls=ssl.create_default_context(cafile=str(cert))) as c:
+            plain = SefepsClient("127.0.0.1", srv.port)
+            await c.connect()
+            assert (await c.wait_image())[1][0] == 7.0
+            with pytest.raises((SefepsError, OSError, asyncio.TimeoutError)):
+                await plain.connect(timeout=2)  # a plain-TCP master does not get in
+            assert len(srv.clients()) == 1
