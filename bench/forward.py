@@ -1,4 +1,4 @@
-"""Forwarding benchmark: fenced write into Redis -> value at a real IEC 104 client (c104 2.2.1, lib60870).
+"""Forwarding benchmark: Redis write or simulated PLC change -> value at a real IEC 104 client (c104 2.2.1).
 
 Two servers on the same load, in one run:
   se104s  the real `fep-forwarder` process (runner + our IEC 104 server) following the Redis change stream;
@@ -13,13 +13,29 @@ not included: it is "added latency"). Load 2 (throughput): paced loads of `--rat
 best delivered rate (values / (last arrival - first write)) of a step that lost nothing. `lost` counts the
 values of the latency load that never arrived. The c104 reference runs the latency load and the first step.
 
-Last line: p50_ms=… p99_ms=… c104_p99_ms=… latency_gain=… lossless_values_per_s=… lost=…
+Load 3 (end to end, the issue's "simulated PLC change to the value at the client"), on its own
+redis-server after the others: a PlcSim device in this process (one modbus_tcp RTU, 4 float32 points, all
+forwarded by an se104s RTU), the real `fep-acquirer` (node A, polling every `--e2e-poll-ms`, lease timers
+shortened by FEP_* variables) and `fep-forwarder` processes, the c104 client. Point 1 is set
+`--e2e-changes` times to a new value (a sequence number); PlcSim's `on_read` hook stamps the first read
+request that served each value, and the next change follows 10..90 % of a poll period after that read, so
+every change is read by its own poll. Added latency = arrival at the client's raw-frame callback - that
+read (what the poll period adds, waiting for the next read, is excluded: that is "beyond the poll period").
+It covers the Modbus answer, decoding, change detection, the fenced write, the stream, the forwarder and
+IEC 104. e2e_lost counts the changes that never arrived (a change never read counts as lost too).
+
+Last line: p50_ms=… p99_ms=… c104_p99_ms=… latency_gain=… lossless_values_per_s=… lost=… e2e_p50_ms=…
+e2e_p99_ms=… e2e_lost=…
 """
 
 
 
 import argparse
+import asyncio
+import contextlib
+import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -34,16 +50,18 @@ import c104
 import redis
 from fep_forwarder.se104s import codec
 from fep_loader.store import replace_config
+from fep_tools.plcsim import PlcSim
 from fep_tools.redisproc import RedisProc, free_port
 
 from fepha import keyspace as ks
 from fepha import points, redisfns
+from fepha.semodel.model import Model
 
 REPO = Path(__file__).resolve().parent.parent
 ACQ_RTU, FWD_RTU, CA, IOA0 = 1, 10, 1, 1000
 
 
-def rows(n: int, port: int) -> dict[str, list[dict[str, Any]]]:
+def rows(n: int, port: int, dev_port: int = 15999) -> dict[str, list[dict[str, Any]]]:
     return {
         "T020_UNION": [{"ID": 1, "IP1": "127.0.0.1", "IP2": "127.0.0.2"}],
         "T004_RTU": [
@@ -52,7 +70,7 @@ def rows(n: int, port: int) -> dict[str, list[dict[str, Any]]]:
             {"RTUID": FWD_RTU, "NAME": "bench 104", "RTUTYPE": 2, "PROTOCOL": "se104s", "POLLMS": None,
              "TIMEOUTMS": None, "LISTENPORT": port, "ADDRESS": CA, "ALLOW": None},
         ],
-        "T010_CHANNEL": [{"RTUID": ACQ_RTU, "CHANNO": 1, "HOST": "127.0.0.1", "PORT": 15999, "UNITID": 1}],
+        "T010_CHANNEL": [{"RTUID": ACQ_RTU, "CHANNO": 1, "HOST": "127.0.0.1", "PORT": dev_port, "UNITID": 1}],
         "T011_POINT": [{"PNTID": 1 + i, "RTUID": ACQ_RTU, "KIND": "AI", "NAME": f"p{i}", "AREA": "hr",
                         "ADDRESS": 2 * i, "DATATYPE": "float32", "BYTEORDER": None, "WORDORDER": None,
                         "BITINDEX": None, "SCALE": None, "OFFSET": None, "DEADBAND": None} for i in range(n)],
@@ -255,6 +273,96 @@ def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: 
     return res
 
 
+E2E_POINTS, E2E_BASE = 4, 1000.0
+E2E_TIMERS = {"FEP_TIMERS_LEASE_TICK_S": "0.1", "FEP_TIMERS_LEASE_TTL_S": "1.0", "FEP_TIMERS_TAKEOVER_S": "1.5",
+              "FEP_TIMERS_CHANNEL_SWITCH_S": "0.4", "FEP_TIMERS_RECONNECT_MIN_S": "0.05",
+              "FEP_TIMERS_RECONNECT_MAX_S": "0.2"}
+
+
+def e2e_phase(root: Path, changes: int, poll_ms: int) -> tuple[list[float], int]:
+    """PlcSim change -> real fep-acquirer -> Redis -> real fep-forwarder -> c104 client; -> (added
+    latencies in ms, changes lost)."""
+    fwd_port, dev_port = free_port(), free_port()
+    cfg_rows = rows(E2E_POINTS, fwd_port, dev_port)
+    cfg_rows["T004_RTU"][0].update(POLLMS=poll_ms, TIMEOUTMS=1000)
+    with RedisProc() as rp:
+        r = rp.client()
+        replace_config(r, cfg_rows)
+        redisfns.load_sync(r)
+        env = {**os.environ, "FEPROOT": str(root), "FEP_NODE_ID": "A", "FEP_REDIS_PORT": str(rp.port),
+               "FEP_REDIS_LOCAL_PORT": str(rp.port), "FEP_LOG_DIR": "", "FEP_LOG_LEVEL": "WARNING",
+               "FEP_TIMERS_POLL_MS": str(poll_ms), **E2E_TIMERS}
+        procs = [subprocess.Popen([sys.executable, "-m", module], env=env)
+                 for module in ("fep_acquirer.cli", "fep_forwarder.cli")]
+        try:
+            return asyncio.run(_e2e_drive(Model.from_rows(cfg_rows), fwd_port, changes, poll_ms))
+        finally:
+            for proc in procs:
+                stop(proc)
+
+
+async def _e2e_drive(model: Model, fwd_port: int, changes: int, poll_ms: int) -> tuple[list[float], int]:
+    """The device (PlcSim, on this loop) and the client; changes point 1, one per poll."""
+    first_read: dict[int, float] = {}  # value of point 1 -> perf_counter of the first read that served it
+    served = asyncio.Event()
+
+    def on_read(rtu: int, ch: int, area: str, address: int, count: int) -> None:
+        t = time.perf_counter()
+        v = int(sim.value(1))
+        if area == "hr" and address <= 0 < address + count and v not in first_read:  # point 1: hr 0..1
+            first_read[v] = t
+            served.set()
+
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it would trace every frame
+    sim = PlcSim(model, on_read=on_read)
+    await sim.start()
+    rx = Receiver(fwd_port)
+    try:
+        await asyncio.to_thread(wait_port, fwd_port)
+        await asyncio.to_thread(rx.__enter__)
+        # warm-up: the acquirer holds the lease and a change travels the whole chain
+        sim.set_value(1, E2E_BASE)
+        if not await arrived(rx, {int(E2E_BASE)}, 0, 30):
+            raise RuntimeError("no change reached the client through fep-acquirer and fep-forwarder")
+        start_frame, sent = len(rx.frames), []
+        rng = random.Random(104)
+        for k in range(1, changes + 1):
+            v = int(E2E_BASE) + k
+            served.clear()
+            sim.set_value(1, v)
+            sent.append(v)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(served.wait(), 10 * poll_ms / 1000)
+            # next change after a random part of a poll period: read by a later poll, at any phase
+            await asyncio.sleep(rng.uniform(0.1, 0.9) * poll_ms / 1000)
+        await arrived(rx, set(sent), start_frame, 3)
+        got: dict[int, float] = {}
+        for t, v in rx.values(start_frame):
+            got.setdefault(v, t)
+    finally:
+        rx.__exit__()
+        await sim.stop()
+    lat = [(got[v] - first_read[v]) * 1000 for v in sent if v in got and v in first_read]
+    unread = sum(1 for v in sent if v not in first_read)
+    if unread:
+        print(f"e2e: {unread} changes were never read by the acquirer (counted as lost)", flush=True)
+    return lat, len(sent) - len(lat)
+
+
+async def arrived(rx: Receiver, want: set[int], start_frame: int, timeout: float) -> bool:
+    """Wait until every value of `want` arrived at the client (since frame `start_frame`)."""
+    end, seen, pos = time.monotonic() + timeout, set(), start_frame
+    while True:
+        n = len(rx.frames)
+        seen.update(v for _, v in rx.values(pos) if v in want)
+        pos = n
+        if seen >= want:
+            return True
+        if time.monotonic() > end:
+            return False
+        await asyncio.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=1000)
@@ -263,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rates", default="20000,40000,80000,160000",
                     help="paced loads (values/s) stepped up until one loses values or saturates")
     ap.add_argument("--step-seconds", type=float, default=2.0)
+    ap.add_argument("--e2e-changes", type=int, default=200, help="device changes of the end-to-end load")
+    ap.add_argument("--e2e-poll-ms", type=int, default=100, help="poll period of the end-to-end load")
     ap.add_argument("--c104-ref", nargs=2, type=int, metavar=("REDIS_PORT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.c104_ref:
@@ -293,13 +403,19 @@ def main(argv: list[str] | None = None) -> int:
                 theirs = run_phase("c104.Server (reference)", ref_port, w, args, rates[:1])
             finally:
                 stop(ref)
+        e2e, e2e_lost = e2e_phase(root, args.e2e_changes, args.e2e_poll_ms)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     gain = theirs["p99"] / ours["p99"] if ours["p99"] > 0 else float("inf")
     lossless = ours["rate"] if ours["lat_lost"] == 0 else 0.0
     print(f"c104 reference lost {theirs['lat_lost']} of the latency load and {theirs['lost']} at {rates[0]:,}/s")
+    print(f"end to end (PlcSim -> fep-acquirer, {args.e2e_poll_ms} ms poll -> fep-forwarder -> c104 client): "
+          f"{len(e2e)}/{args.e2e_changes} changes arrived, added latency after the first read serving the "
+          f"change: p50 {pct(e2e, 50):.2f} ms, p99 {pct(e2e, 99):.2f} ms, max {max(e2e, default=float('nan')):.2f} ms",
+          flush=True)
     print(f"p50_ms={ours['p50']:.2f} p99_ms={ours['p99']:.2f} c104_p99_ms={theirs['p99']:.2f} "
-          f"latency_gain={gain:.1f} lossless_values_per_s={lossless:.0f} lost={ours['lat_lost']}")
+          f"latency_gain={gain:.1f} lossless_values_per_s={lossless:.0f} lost={ours['lat_lost']} "
+          f"e2e_p50_ms={pct(e2e, 50):.2f} e2e_p99_ms={pct(e2e, 99):.2f} e2e_lost={e2e_lost}")
     return 0
 
 

@@ -29,6 +29,7 @@ log = logging.getLogger("plcsim")
 
 _RANGES = {"int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-(2**31), 2**31 - 1),
            "uint32": (0, 2**32 - 1)}
+_READ_FC = {1, 2, 3, 4, 23}
 _FC_AREA = {1: "co", 5: "co", 15: "co", 2: "di", 3: "hr", 6: "hr", 16: "hr", 22: "hr", 23: "hr", 4: "ir"}
 
 
@@ -112,9 +113,13 @@ class PlcSim:
 
     def __init__(self, model: Model, rate: float = 0.0, host_map: dict[str, str] | None = None,
                  control: tuple[str, int] | None = None, change_on_read: bool = False,
-                 journal: Callable[[dict], None] | None = None) -> None:
+                 journal: Callable[[dict], None] | None = None,
+                 on_read: Callable[[int, int, str, int, int], None] | None = None) -> None:
         self.model = model
         self.journal = journal  # called with every change made and write received (--journal)
+        # called with (rtu, channel, area, address, count) as each read request is served, on the serving
+        # loop, so it sees exactly the data served (bench/forward.py times the first read of a new value)
+        self.on_read = on_read
         self.rate = rate
         self.change_on_read = change_on_read
         self.host_map = dict(host_map or {})
@@ -158,6 +163,8 @@ class PlcSim:
             return ExcCodes.ILLEGAL_FUNCTION
         if values is None and self.change_on_read:
             _step_raw(store, area, address, count)
+        if values is None and self.on_read is not None and fc in _READ_FC:  # a write's echo is no read
+            self.on_read(rtu, ch, area, address, count)
         if area in dt.BIT_AREAS:
             bits = store.bits[area]
             if values is not None:

@@ -1,5 +1,5 @@
 """The PLC simulator's own behaviour over real sockets (pymodbus client): the benchmark's change-on-read
-load, a cut unit answering exception 0x0B, and the line control interface."""
+load, a cut unit answering exception 0x0B, the line control interface and the read hook."""
 
 from __future__ import annotations
 
@@ -58,4 +58,23 @@ async def test_control_interface() -> None:
         assert answers[5].startswith("err") and "424242" in answers[5]
         assert answers[6].startswith("err unknown command")
     finally:
+        await sim.stop()
+
+
+async def test_on_read_sees_each_read_and_the_data_it_serves() -> None:
+    port = free_port()
+    seen: list[tuple[int, int, str, int, int, int | float]] = []
+    sim = PlcSim(Model.from_rows(merge(rtu_rows(1, port, points=2))),
+                 on_read=lambda *req: seen.append((*req, sim.value(1001))))
+    await sim.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    try:
+        assert await client.connect()
+        await client.read_holding_registers(0, count=2, device_id=1)
+        sim.set_value(1001, 7)
+        served = (await client.read_holding_registers(1, count=1, device_id=1)).registers[0]
+        await client.write_register(0, 9, device_id=1)  # a write is no read: not reported
+        assert seen == [(1, 1, "hr", 0, 2, 0), (1, 1, "hr", 1, 1, 7)] and served == 7
+    finally:
+        client.close()
         await sim.stop()
