@@ -17,7 +17,7 @@ from fep_tools.sefeps_client import SefepsClient, SefepsError
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 from tests.forwarder.ctl_helpers import redis_controls
-from tests.forwarder.tls_cert import self_signed_server_context
+from tests.forwarder.tls_cert import make_cert, self_signed_server_context
 
 
 def fp(zfid: int, table: str, addr: int, coef: float = 1.0) -> FwdPoint:
@@ -361,3 +361,39 @@ async def test_tls(tmp_path):
             with pytest.raises((SefepsError, OSError, asyncio.TimeoutError)):
                 await plain.connect(timeout=2)  # a plain-TCP master does not get in
             assert len(srv.clients()) == 1
+
+
+async def test_mutual_tls(tmp_path):
+    """[tls] ca set: the forwarder's own context (`tls_context`, relative paths from FEPROOT) requires a
+    client certificate the CA signed; masters without one, or with another, are refused; the rest work."""
+    import ssl
+
+    from fep_forwarder.app import tls_context
+
+    from fepha.config import NodeConfig
+
+    await make_cert(tmp_path, "server")
+    ccert, ckey = await make_cert(tmp_path, "master")
+    ocert, okey = await make_cert(tmp_path, "intruder")
+    sctx = tls_context(NodeConfig(tls_cert="server-cert.pem", tls_key="server-key.pem", tls_ca="master-cert.pem"),
+                       root=tmp_path)
+    assert sctx is not None and sctx.verify_mode == ssl.CERT_REQUIRED
+
+    def client_ctx(cert=None, key=None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "server-cert.pem"))
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        return ctx
+
+    async with sefeps_server(tls=sctx) as srv:
+        srv.load_image([upd(1, 7.0)])
+        async with sefeps_client(srv.port, tls=client_ctx(ccert, ckey)) as good:
+            await good.connect()
+            assert (await good.wait_image())[1][0] == 7.0
+            for bad in (client_ctx(), client_ctx(ocert, okey)):
+                async with sefeps_client(srv.port, tls=bad) as c:
+                    with pytest.raises((SefepsError, OSError, asyncio.TimeoutError)):
+                        await c.connect(timeout=2)
+            assert len(srv.clients()) == 1
+            srv.apply([upd(1, 8.0)])
+            assert (await good.next_change())[1:3] == (1, 8.0)

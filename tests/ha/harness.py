@@ -6,7 +6,7 @@
     PLC ns     : 198.18.0.20 (channel 1 of every device) and 198.18.0.21 (channel 2)
     SCADA ns   : 198.18.0.30
 
-Each node runs its own redis-server (appendonly, booting as replica of the peer like compose.yml's),
+Each node runs its own redis-server (compose.yml's command: appendonly, booting as replica of the peer),
 keepalived through deploy/keepalived/start.sh (with the role and track scripts), and the FEP services
 with the command and environment that compose.yml gives them (read through `docker-compose config`, so
 the file's own substitution is exercised). Everything is stopped by PID (process group) and every
@@ -22,6 +22,7 @@ import atexit
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -157,14 +158,16 @@ class Node:
 
     # --- redis -------------------------------------------------------------------------------------
     def start_redis(self) -> Proc:
-        """As compose.yml's redis service: appendonly, boots as a replica of the peer."""
+        """compose.yml's redis command (appendonly, boots as a replica of the peer), its data in the node's
+        directory instead of the container's /data; no RDB snapshots and no diskless-sync delay (faster
+        resyncs in the lab)."""
         data = self.dir / "redis"
         data.mkdir(exist_ok=True)
-        argv = ["redis-server", "--port", str(REDIS_PORT), "--bind", "0.0.0.0",
-                "--protected-mode", "no", "--appendonly", "yes", "--appendfsync", "everysec",
-                "--dir", str(data), "--requirepass", PASSWORD, "--masterauth", PASSWORD,
-                "--replicaof", self.peer.ip, str(REDIS_PORT), "--save", "", "--loglevel", "notice",
-                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]
+        cmd = self.lab.compose(self)["redis"]["command"]
+        argv = shlex.split(cmd) if isinstance(cmd, str) else [str(a) for a in cmd]
+        argv[argv.index("--dir") + 1] = str(data)
+        argv += ["--save", "", "--loglevel", "notice", "--repl-diskless-sync", "yes",
+                 "--repl-diskless-sync-delay", "0"]
         p = self.spawn("redis", argv)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
