@@ -224,3 +224,15 @@ class Model:
     def node_of_ip(self, ip: str) -> str | None:
         """Node id (A/B) of an address in T020_UNION, None when it is neither."""
         return {self.ip1: "A", self.ip2: "B"}.get(ip)
+
+    def identity_problem(self, node_id: str, ip: str) -> str | None:
+        """Why fep-ha.cfg's `[node] id`/`ip` disagree with T020_UNION (IP1 is node A, IP2 node B), None when
+        they agree. The letter decides which link state (`vala`/`valb`) a node writes and whose leases it
+        holds: two nodes configured with the same letter would both act as that node."""
+        listed = self.node_of_ip(ip)
+        if listed is None:
+            return f"[node] ip {ip} is neither T020_UNION IP1 ({self.ip1}) nor IP2 ({self.ip2})"
+        if listed != node_id:
+            return (f"[node] id is {node_id} but ip {ip} is T020_UNION {'IP1' if listed == 'A' else 'IP2'}, "
+                    f"i.e. node {listed}: check fep-ha.cfg on both nodes")
+        return None

@@ -54,6 +54,10 @@ class Acquirer:
                 self.runners[rid] = runner
                 self.signatures[rid] = rtu.signature()
                 runner.start()
+        if (why := model.identity_problem(self.cfg.node_id, self.cfg.ip)) is not None:
+            self.once.problem("identity", why)
+        else:
+            self.once.clear("identity")
         self.gen = model.gen
         self.house.gen = model.gen
         log.info("configuration gen %d: %d acquisition RTUs", model.gen, len(self.runners))

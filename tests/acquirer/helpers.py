@@ -50,8 +50,10 @@ def merge(*parts: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, A
 
 
 def node_cfg(feproot, r: RedisProc, node: str, **kw: Any) -> config.NodeConfig:
+    """Node `node` as merge()'s T020_UNION lists it (A 127.0.0.1, B 127.0.0.2), against Redis `r`."""
+    ip = "127.0.0.1" if node == "A" else "127.0.0.2"
     return config.load_node(feproot, env={}, node_id=node, vip=r.host, port=r.port, local_host=r.host,
-                            local_port=r.port, **{**FAST, **kw})
+                            local_port=r.port, **{"ip": ip, **FAST, **kw})
 
 
 class Node:

@@ -222,9 +222,15 @@ async def test_reload_without_restart(redis_master, feproot):
         assert a.acq.runners[1] is first
         sim.set_value(2001, 11)
         await until(lambda: _eq(value_of(a.master, 2, 2001), 11), 3)
+        assert "identity" not in a.acq.once.active  # fep-ha.cfg and T020_UNION agree: node A
         load(redis_master, merge(rtu_rows(1, p1, poll_ms=150)))  # RTU 1 changed, RTU 2 removed
         await until(lambda: 2 not in a.acq.runners and a.acq.runners[1] is not first, 3)
         assert model.gen == 0
+        swapped = merge(rtu_rows(1, p1, poll_ms=150))  # T020_UNION now says 127.0.0.1 is node B
+        swapped["T020_UNION"] = [{"ID": 1, "IP1": "127.0.0.2", "IP2": "127.0.0.1"}]
+        load(redis_master, swapped)
+        await until(lambda: "identity" in a.acq.once.active, 3)
+        assert "i.e. node B" in a.acq.once.active["identity"]
     finally:
         await a.stop()
         await sim.stop()

@@ -17,7 +17,7 @@ from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
 
 from fepha import datatypes as dt
-from fepha.semodel.model import Point
+from fepha.semodel.model import Model, Point
 
 
 def pt(pid: int, area: str, addr: int, typ: str = "uint16", **kw) -> Point:
@@ -225,3 +225,16 @@ def test_standby_log_is_bounded_and_reset_while_holding() -> None:
     assert [e[0] for e in log.entries] == [5000]  # older than the window: gone
     log.holding({1: (100, 0)})
     assert not log.entries and log.last == {1: (100, 0)}
+
+
+@pytest.mark.parametrize(("node", "ip", "problem"), [
+    ("A", "198.18.0.1", None),
+    ("B", "198.18.0.2", None),
+    ("B", "198.18.0.1", "[node] id is B but ip 198.18.0.1 is T020_UNION IP1, i.e. node A"),
+    ("A", "198.18.0.2", "[node] id is A but ip 198.18.0.2 is T020_UNION IP2, i.e. node B"),
+    ("A", "198.18.0.9", "[node] ip 198.18.0.9 is neither T020_UNION IP1 (198.18.0.1) nor IP2 (198.18.0.2)"),
+])
+def test_identity_against_t020_union(node: str, ip: str, problem: str | None) -> None:
+    model = Model(rtus={}, ip1="198.18.0.1", ip2="198.18.0.2", gen=1)
+    got = model.identity_problem(node, ip)
+    assert got == problem if problem is None else got is not None and got.startswith(problem)
