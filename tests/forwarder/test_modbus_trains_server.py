@@ -9,6 +9,7 @@ import struct
 import pytest
 from fep_forwarder.base import Update, server_class
 from fep_forwarder.modbus_trains import ModbusTrainsServer
+from fep_forwarder.modbus_trains.server import mbap_problem
 from pymodbus.client import AsyncModbusTcpClient
 
 from fepha.points import Quality, Value
@@ -214,6 +215,48 @@ async def _refused(port: int) -> bool:
     finally:
         writer.close()
     return data == b""
+
+
+GOOD_READ = bytes.fromhex("0001 0000 0006 01 04 0000 0001")  # FC 4, input register 0, one register
+
+
+@pytest.mark.parametrize(("buf", "problem"), [
+    (GOOD_READ, None),
+    (GOOD_READ[:5], None),  # header not complete yet: wait
+    (bytes.fromhex("0001 1234 0006 01 04 0000 0001"), "protocol id 4660"),
+    (bytes.fromhex("0001 0000 ffff 01 03"), "length field 65535"),
+    (bytes.fromhex("0001 0000 0001 01"), "length field 1"),
+    (bytes.fromhex("0001 0000 00ff 01"), "length field 255"),
+    (bytes.fromhex("0001 0000 00fe 01"), None),  # 254: a 253-byte PDU, the largest there is
+    (b"\xde\xad\xbe\xef" * 8, "protocol id 48879"),
+])
+def test_mbap_header_rules(buf: bytes, problem: str | None) -> None:
+    got = mbap_problem(buf)
+    assert got is None if problem is None else got is not None and got.startswith(problem)
+
+
+async def test_malformed_frame_closes_only_that_connection(served):
+    """A bad MBAP header closes that connection (pymodbus alone would keep it open and deaf); a PDU that
+    does not decode gets an exception answer; the other master and new connections are served."""
+    srv, _, c = served
+
+    async def exchange(data: bytes) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        try:
+            writer.write(data)
+            return await asyncio.wait_for(reader.read(100), 3)  # b"": closed by the server
+        finally:
+            writer.close()
+
+    for bad in (bytes.fromhex("0001 1234 0006 01 04 0000 0001"), bytes.fromhex("0001 0000 ffff 01 03") + bytes(20),
+                b"\xde\xad\xbe\xef" * 8):
+        assert await exchange(bad) == b""
+        assert (await c.read_input_registers(10, count=1)).registers == [1]
+    # a header that is fine around a PDU that is not: an exception answer, the connection stays usable
+    answer = await exchange(bytes.fromhex("0007 0000 0003 01 03 00") + GOOD_READ)
+    assert answer[:9] == bytes.fromhex("0007 0000 0003 01 80 01")
+    assert (await c.read_input_registers(0, count=2)).registers == f32(230.5)
+    assert await exchange(GOOD_READ) == bytes.fromhex("0001 0000 0005 01 04 02") + bytes(f32(230.5)[0].to_bytes(2, "big"))
 
 
 async def test_allowlist():

@@ -11,7 +11,8 @@ are handled by the smallest additions on pymodbus's own server classes (docs/mod
   bit read is not told the bit count. The guard checks unit id and every requested address before the
   SimDevice sees the request.
 - `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
-  connected-clients table, which need the peer address pymodbus does not pass to any hook.
+  connected-clients table, which need the peer address pymodbus does not pass to any hook; and a
+  malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus would keep open and deaf.
 """
 
 from __future__ import annotations
@@ -99,8 +100,24 @@ class _GuardedCore(SimCore):
         return await super().async_setValues(self._device(device_id), func_code, address, values)
 
 
+MBAP_LENGTH = (2, 254)  # the MBAP length field: unit id + function code ... unit id + a 253-byte PDU
+
+
+def mbap_problem(buf: bytes) -> str | None:
+    """What is wrong with the MBAP header at the start of `buf` (the unprocessed bytes of a connection),
+    None when it is well-formed or not complete yet. pymodbus's framer keeps a bad header in its buffer and
+    waits for ever (the connection stays open and deaf), so the server closes such a connection instead."""
+    if len(buf) >= 4 and (pid := int.from_bytes(buf[2:4], "big")) != 0:
+        return f"protocol id {pid} (Modbus is 0)"
+    lo, hi = MBAP_LENGTH
+    if len(buf) >= 6 and not lo <= (n := int.from_bytes(buf[4:6], "big")) <= hi:
+        return f"length field {n} (allowed {lo}..{hi})"
+    return None
+
+
 class _Handler(ServerRequestHandler):
-    """pymodbus's per-connection handler plus the allowlist check and the clients table."""
+    """pymodbus's per-connection handler plus the allowlist check, the clients table and closing a
+    connection whose frame header is malformed."""
 
     def callback_connected(self) -> None:
         super().callback_connected()
@@ -114,6 +131,16 @@ class _Handler(ServerRequestHandler):
             return
         self.peer = f"{host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        if (why := mbap_problem(data)) is not None:
+            owner: ModbusTrainsServer = self.server.fwd
+            host = getattr(self, "peer", "?").rpartition(":")[0]
+            owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {host}",
+                               f"malformed frame, connection closed: {why}")
+            self.transport.abort()  # type: ignore[union-attr]
+            return len(data)
+        return super().callback_data(data, addr)
 
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
