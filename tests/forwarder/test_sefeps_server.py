@@ -5,15 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
+from fep_forwarder.app import tls_context
 from fep_forwarder.base import ControlOutcome, Update, server_class
 from fep_forwarder.sefeps import SefepsServer, codec
 from fep_tools.sefeps_client import SefepsClient, SefepsError
 
+from fepha.config import NodeConfig
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 from tests.forwarder.ctl_helpers import redis_controls
@@ -349,8 +352,6 @@ async def test_sample_configuration_rtu_12_and_busy_port(feproot):
 
 async def test_tls(tmp_path):
     """Same protocol inside TLS (stdlib ssl), self-signed certificate for 127.0.0.1 made with openssl."""
-    import ssl
-
     sctx, cert = await self_signed_server_context(tmp_path)
     async with sefeps_server(tls=sctx) as srv:
         srv.load_image([upd(1, 7.0)])
@@ -366,12 +367,6 @@ async def test_tls(tmp_path):
 async def test_mutual_tls(tmp_path):
     """[tls] ca set: the forwarder's own context (`tls_context`, relative paths from FEPROOT) requires a
     client certificate the CA signed; masters without one, or with another, are refused; the rest work."""
-    import ssl
-
-    from fep_forwarder.app import tls_context
-
-    from fepha.config import NodeConfig
-
     await make_cert(tmp_path, "server")
     ccert, ckey = await make_cert(tmp_path, "master")
     ocert, okey = await make_cert(tmp_path, "intruder")

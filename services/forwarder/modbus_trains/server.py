@@ -119,26 +119,28 @@ class _Handler(ServerRequestHandler):
     """pymodbus's per-connection handler plus the allowlist check, the clients table and closing a
     connection whose frame header is malformed."""
 
+    host = "?"
+
+    def _close(self, why: str) -> None:
+        """Drop this connection, logging `why` once per client address."""
+        owner: ModbusTrainsServer = self.server.fwd
+        owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host}", why)
+        self.transport.abort()  # type: ignore[union-attr]
+
     def callback_connected(self) -> None:
         super().callback_connected()
         owner: ModbusTrainsServer = self.server.fwd
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        host = str(peer[0]) if peer else "?"
-        if not owner.allowed(host):
-            owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {host}",
-                               "connection refused (address not in T004_RTU.ALLOW)")
-            self.transport.abort()  # type: ignore[union-attr]
+        self.host = str(peer[0]) if peer else "?"
+        if not owner.allowed(self.host):
+            self._close("connection refused (address not in T004_RTU.ALLOW)")
             return
-        self.peer = f"{host}:{peer[1]}" if peer else "?"
+        self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
 
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
         if (why := mbap_problem(data)) is not None:
-            owner: ModbusTrainsServer = self.server.fwd
-            host = getattr(self, "peer", "?").rpartition(":")[0]
-            owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {host}",
-                               f"malformed frame, connection closed: {why}")
-            self.transport.abort()  # type: ignore[union-attr]
+            self._close(f"malformed frame, connection closed: {why}")
             return len(data)
         return super().callback_data(data, addr)
 
