@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fepha.controls import time_tag_too_old
+from fepha.iec104 import codec as c
 from fepha.logsetup import OnceLogger
 from fepha.points import Quality, Value
 from fepha.semodel.model import FwdPoint
 
 from ..base import ForwardServer, Update
-from . import codec as c
 
 log = logging.getLogger("fep_forwarder.se104s")
 
