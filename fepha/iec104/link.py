@@ -94,7 +94,8 @@ class AsduIn:
 
 @dataclass(frozen=True, slots=True)
 class Acked:
-    """Sent I frames the peer acknowledged: their tags, oldest first."""
+    """The peer acknowledged sent I frames (the k window opened): their tags, oldest first (none for
+    frames handed back by `release_unacked`)."""
 
     tags: tuple[Any, ...]
 
@@ -226,8 +227,7 @@ class Link:
         while q and 0 < c.seq_diff(nr, q[0][0]) <= outstanding:
             tags.append(q.popleft()[2])
         self.ack = nr
-        if tags:
-            events.append(Acked(tuple(tags)))
+        events.append(Acked(tuple(tags)))  # also without tags (released frames): the window opened
 
     def _on_u(self, code: int, events: list[Event]) -> None:
         if code == c.TESTFR_ACT:
