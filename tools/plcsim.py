@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
@@ -365,24 +366,27 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return 2
 
-    async def run() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            await sim.start()
-        except (OSError, RuntimeError) as exc:
-            log.error("cannot serve: %s", exc)
-            await sim.stop()
-            return 1
-        if sim.control_port:
-            log.info("control port %s:%d", args.control[0], sim.control_port)
-        await stop.wait()
-        await sim.stop()
-        return 0
+    return asyncio.run(serve_until_signal(sim, args.control))
 
-    return asyncio.run(run())
+
+async def serve_until_signal(sim: Any, control: tuple[str, int] | None) -> int:
+    """Start a simulator (start/stop/control_port), run it until SIGTERM/SIGINT, stop it; the exit status
+    (fep-plcsim, fep-rtu104sim)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await sim.start()
+    except (OSError, RuntimeError) as exc:
+        log.error("cannot serve: %s", exc)
+        await sim.stop()
+        return 1
+    if sim.control_port and control:
+        log.info("control port %s:%d", control[0], sim.control_port)
+    await stop.wait()
+    await sim.stop()
+    return 0
 
 
 if __name__ == "__main__":

@@ -268,6 +268,14 @@ def base_type(type_id: int) -> int:
     return _BASE_OF.get(type_id, type_id)
 
 
+_TAGGED_OF = {base: tagged for tagged, base in _BASE_OF.items()}
+
+
+def tagged_type(type_id: int) -> int:
+    """The time-tagged (CP56Time2a) form of a monitoring type (itself if it is one already)."""
+    return _TAGGED_OF.get(type_id, type_id)
+
+
 def element(type_id: int, value: float, quality: int, ts_ms: int) -> bytes:
     """Information element of a monitoring type from an engineering value (COEF already applied) and
     fepha quality bits (which use the IEC layout). Values outside the type's range are clamped with OV

@@ -159,3 +159,9 @@ def test_interrogation_counter_interrogation_and_clock_sync_asdus() -> None:
     assert c.cp56_ms(a.objects[0][1]) == T0
     a = c.parse_asdu(c.interrogation(7, 21, c.COT_DEACT))
     assert (a.cause, a.objects[0][1]) == (c.COT_DEACT, b"\x15")
+
+
+def test_tagged_and_base_forms() -> None:
+    assert [c.tagged_type(t) for t in (c.M_SP_NA_1, c.M_DP_NA_1, c.M_ME_NA_1, c.M_ME_NB_1, c.M_ME_NC_1,
+                                       c.M_IT_NA_1)] == [30, 31, 34, 35, 36, 37]
+    assert c.tagged_type(c.M_ME_TF_1) == c.M_ME_TF_1 and c.base_type(c.M_ME_TF_1) == c.M_ME_NC_1

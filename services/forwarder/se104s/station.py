@@ -97,6 +97,9 @@ class Station:
         self.select_timeout_s = float(o.get("select_timeout_s", 30.0))
         self.control_timeout_ms = o.get("control_timeout_ms")
         self.command_max_age_ms = int(o.get("command_max_age_ms", 10_000))
+        # One started connection at a time, as an RTU's redundancy group (tools/rtu104sim.py); se104s
+        # serves every started master.
+        self.single_active = bool(o.get("single_active", False))
         self.controls = controls
         self.origin = origin
         self.wake, self.on_closed, self.clients_changed = wake, closed, clients_changed
@@ -228,15 +231,23 @@ class Station:
         self.sessions.discard(s)
         self.clients_changed()
 
-    def _hand_back(self, s: Session) -> None:
-        """A started master stopped or left: if no other master is started, its unacknowledged and unsent
-        events go back to the station buffer (front, in order) for the next master."""
+    def _hand_back(self, s: Session, force: bool = False) -> None:
+        """A started master stopped or left: if no other master is started (or `force`), its unacknowledged
+        and unsent events go back to the station buffer (front, in order) for the next master."""
         items = [it for sent in s.link.release_unacked() for it in sent]
         items += [it for it in s.queue if it[0]]
         s.queue.clear()
         s.events_queued = 0
-        if items and not any(o.active for o in self.sessions if o is not s):
+        if items and (force or not any(o.active for o in self.sessions if o is not s)):
             self._buffer(items, front=True)
+
+    def _stop_others(self, s: Session) -> None:
+        """single_active: `s` started, so the connection started before it is stopped (without a word, as
+        a redundancy group does) and what it had not got acknowledged goes to `s` first."""
+        for o in self.sessions:
+            if o is not s and o.active:
+                o.link.started = False
+                self._hand_back(o, force=True)
 
     # --- receiving -----------------------------------------------------------------------------------
 
@@ -248,6 +259,8 @@ class Station:
             if isinstance(ev, AsduIn):
                 self._on_asdu(s, c.parse_asdu(ev.asdu), controls)
             elif isinstance(ev, Started):
+                if self.single_active:
+                    self._stop_others(s)
                 self.clients_changed()
                 if self.buffer:
                     items = list(self.buffer)
