@@ -412,7 +412,7 @@ class Rtu104Sim:
                 return f"ok {self.malformed(ints[0], ints[1] if len(ints) == 2 else None)}"
             if cmd == "set" and 2 <= len(args) <= 3:
                 self.set_value(int(args[0]), float(args[1]), int(args[2], 0) if len(args) == 3 else 0)
-                return "ok"
+                return f"ok {self.value(int(args[0])).ts_ms}"
             if cmd == "get" and len(args) == 1:
                 v = self.value(int(args[0]))
                 return f"ok {v.value} {v.quality} {v.ts_ms}"
