@@ -31,14 +31,17 @@ def feproot() -> Path:
 # --- value parsers: each returns the typed value or raises ValueError with what is allowed ------------
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
+    """A number > 0 (or >= 0 with `zero`, for periods where 0 means "never")."""
+    what = f"expected a {'number' if kind is float else 'whole number'} {'>=' if zero else '>'} 0"
+
     def parse(s: str) -> Any:
         try:
             v = kind(s)
         except ValueError:
-            raise ValueError(f"expected a {'number' if kind is float else 'whole number'} > 0") from None
-        if v <= 0:
-            raise ValueError(f"expected a {'number' if kind is float else 'whole number'} > 0")
+            raise ValueError(what) from None
+        if not (v >= 0 if zero else v > 0):
+            raise ValueError(what)
         return v
     return parse
 
@@ -140,6 +143,16 @@ class NodeConfig:
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
     tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
+    # IEC 104 acquisition (T004_RTU.PROTOCOL 'iec104'): the acquirer as controlling station
+    iec104_k: int = opt("iec104", _positive(int), 12, "k: I frames sent and not yet acknowledged, at most")
+    iec104_w: int = opt("iec104", _positive(int), 8, "w: acknowledge received I frames after this many")
+    iec104_t0_s: float = opt("iec104", _positive(float), 30.0, "t0: connect timeout")
+    iec104_t1_s: float = opt("iec104", _positive(float), 15.0, "t1: unconfirmed frame timeout (close); T004_RTU.TIMEOUTMS overrides")
+    iec104_t2_s: float = opt("iec104", _positive(float), 10.0, "t2: acknowledge received I frames at the latest after this")
+    iec104_t3_s: float = opt("iec104", _positive(float), 20.0, "t3: send TESTFR after this long without a frame")
+    iec104_gi_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic general interrogation; 0: only after STARTDT; T004_RTU.POLLMS overrides")
+    iec104_ci_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic counter interrogation; 0: never")
+    iec104_clock_sync_s: float = opt("iec104", _positive(float, zero=True), 0.0, "clock synchronisation after STARTDT and this often; 0: never")
 
     @property
     def peer(self) -> str:
@@ -203,6 +216,12 @@ def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **
     if cfg.lease_ttl_s <= cfg.lease_tick_s * 2:
         raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [timers] lease_ttl_s = {cfg.lease_ttl_s}: "
                           f"must be more than twice lease_tick_s ({cfg.lease_tick_s})")
+    if cfg.iec104_w > cfg.iec104_k:
+        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [iec104] w = {cfg.iec104_w}: must not exceed k "
+                          f"({cfg.iec104_k})")
+    if cfg.iec104_t2_s >= cfg.iec104_t1_s:
+        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [iec104] t2_s = {cfg.iec104_t2_s}: must be less "
+                          f"than t1_s ({cfg.iec104_t1_s})")
     return cfg
 
 

@@ -126,12 +126,12 @@ class PlcSim:
         self.host_map = dict(host_map or {})
         self.control = control
         self.control_port: int | None = None
-        self.stores = {r.id: DeviceStore(r) for r in model.acquisition_rtus()}
-        self.points = {p.id: p for r in model.acquisition_rtus() for p in r.points}
+        self.stores = {r.id: DeviceStore(r) for r in model.modbus_rtus()}
+        self.points = {p.id: p for r in model.modbus_rtus() for p in r.points}
         self.writes: list[tuple[int, str, int, list]] = []
         self._cut: set[tuple[int, int]] = set()
         self._eps: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # endpoint -> (rtu, ch, unit)
-        for r in model.acquisition_rtus():
+        for r in model.modbus_rtus():
             for ch in r.channels:
                 ep = (self.host_map.get(ch.host, ch.host), ch.port)
                 if any(u == ch.unit and rid != r.id for rid, _, u in self._eps.get(ep, [])):

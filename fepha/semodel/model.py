@@ -24,7 +24,8 @@ SCHEMA_SQL = resources.files("fepha.semodel").joinpath("schema.sql").read_text()
 ACQUISITION = 0
 FORWARDING = 2
 RTUTYPES = (ACQUISITION, FORWARDING)
-ACQ_PROTOCOLS = ("modbus_tcp",)
+MODBUS_TCP, IEC104 = "modbus_tcp", "iec104"
+ACQ_PROTOCOLS = (MODBUS_TCP, IEC104)
 FWD_PROTOCOLS = ("se104s", "modbus_trains", "sefeps")
 KINDS = ("AI", "DI", "ACC", "DO", "AO")
 POLLED_KINDS = ("AI", "DI", "ACC")
@@ -84,6 +85,7 @@ class Point:
     scale: float = 1.0
     offset: float = 0.0
     deadband: float = 0.0
+    ctlmode: str = "direct"  # iec104 DO/AO: "direct" or "sbo" (select before operate)
 
     @property
     def span(self) -> int:
@@ -129,6 +131,11 @@ class Rtu:
     def acquisition(self) -> bool:
         return self.rtutype == ACQUISITION
 
+    @property
+    def iec104(self) -> bool:
+        """An acquisition RTU the acquirer reaches as an IEC 60870-5-104 master (docs/acquirer.md)."""
+        return self.rtutype == ACQUISITION and self.protocol == IEC104
+
     def signature(self) -> str:
         """A stable text of everything that configures this RTU: equal signatures need no restart."""
         return json.dumps(_plain(self), sort_keys=True, default=str)
@@ -167,11 +174,11 @@ class Model:
         for r in rows.get("T011_POINT", ()):
             p = Point(
                 id=int(r["PNTID"]), rtu=int(r["RTUID"]), kind=str(r["KIND"]), name=str(r["NAME"] or ""),
-                area=str(r["AREA"]), address=int(r["ADDRESS"]), datatype=str(r["DATATYPE"]),
+                area=str(r["AREA"] or ""), address=int(r["ADDRESS"]), datatype=str(r["DATATYPE"]),
                 byteorder=r.get("BYTEORDER") or "big", wordorder=r.get("WORDORDER") or "big",
                 bit=None if r.get("BITINDEX") is None else int(r["BITINDEX"]),
                 scale=_f(r.get("SCALE"), 1.0), offset=_f(r.get("OFFSET"), 0.0),
-                deadband=_f(r.get("DEADBAND"), 0.0),
+                deadband=_f(r.get("DEADBAND"), 0.0), ctlmode=r.get("CTLMODE") or "direct",
             )
             points.setdefault(p.rtu, []).append(p)
         vpoints: dict[int, list[VirtualPoint]] = {}
@@ -193,7 +200,8 @@ class Model:
                 id=rid, name=str(r["NAME"] or ""), rtutype=rtype,
                 protocol=r.get("PROTOCOL") or ("modbus_tcp" if rtype == ACQUISITION else ""),
                 poll_ms=None if r.get("POLLMS") is None else int(r["POLLMS"]),
-                timeout_ms=int(r.get("TIMEOUTMS") or 1000),
+                # iec104: NULL stays 0, i.e. [iec104] t1_s of fep-ha.cfg (the node's setting, not the model's)
+                timeout_ms=int(r.get("TIMEOUTMS") or (0 if r.get("PROTOCOL") == IEC104 else 1000)),
                 listen_port=None if r.get("LISTENPORT") is None else int(r["LISTENPORT"]),
                 address=1 if r.get("ADDRESS") is None else int(r["ADDRESS"]),
                 allow=allow,
@@ -209,6 +217,10 @@ class Model:
 
     def acquisition_rtus(self) -> list[Rtu]:
         return [r for r in self.rtus.values() if r.rtutype == ACQUISITION]
+
+    def modbus_rtus(self) -> list[Rtu]:
+        """Acquisition RTUs polled over Modbus TCP (what fep-plcsim serves)."""
+        return [r for r in self.acquisition_rtus() if r.protocol == MODBUS_TCP]
 
     def forwarding_rtus(self) -> list[Rtu]:
         return [r for r in self.rtus.values() if r.rtutype == FORWARDING]

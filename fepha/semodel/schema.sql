@@ -8,9 +8,11 @@ CREATE TABLE T004_RTU (
     RTUID      INTEGER PRIMARY KEY,
     NAME       TEXT,
     RTUTYPE    INTEGER,          -- 0 acquisition, 2 forwarding
-    PROTOCOL   TEXT,             -- RTUTYPE 0: 'modbus_tcp' (or NULL); RTUTYPE 2: 'se104s', 'modbus_trains', 'sefeps'
+    PROTOCOL   TEXT,             -- RTUTYPE 0: 'modbus_tcp' (or NULL), 'iec104'; RTUTYPE 2: 'se104s', 'modbus_trains', 'sefeps'
     POLLMS     INTEGER,          -- RTUTYPE 0: poll period in ms; NULL: [timers] poll_ms of fep-ha.cfg
+                                 --   iec104: general interrogation period in ms; NULL: [iec104] gi_period_s
     TIMEOUTMS  INTEGER,          -- RTUTYPE 0: request timeout in ms; NULL: 1000
+                                 --   iec104: t1 (confirmation timeout) in ms; NULL: [iec104] t1_s
     LISTENPORT INTEGER,          -- RTUTYPE 2: TCP port the server listens on, on both nodes
     ADDRESS    INTEGER,          -- RTUTYPE 2: IEC 104 common address / Modbus unit id; NULL: 1
     ALLOW      TEXT              -- RTUTYPE 2: optional comma-separated client IP addresses/networks allowed
@@ -22,7 +24,7 @@ CREATE TABLE T010_CHANNEL (
     CHANNO  INTEGER,             -- 1 or 2
     HOST    TEXT,                -- IPv4/IPv6 address or host name of the device on this channel
     PORT    INTEGER,             -- TCP port, usually 502
-    UNITID  INTEGER,             -- Modbus unit id, 0..255
+    UNITID  INTEGER,             -- Modbus unit id, 0..255; iec104: common address of ASDU, 1..65534 (NULL: 1)
     PRIMARY KEY (RTUID, CHANNO)
 );
 
@@ -32,15 +34,16 @@ CREATE TABLE T011_POINT (
     RTUID     INTEGER,
     KIND      TEXT,                  -- AI, DI, ACC (polled); DO, AO (control targets)
     NAME      TEXT,
-    AREA      TEXT,                  -- co, di, hr, ir
-    ADDRESS   INTEGER,               -- 0-based Modbus address
-    DATATYPE  TEXT,                  -- bool, int16, uint16, int32, uint32, float32
+    AREA      TEXT,                  -- co, di, hr, ir (iec104: NULL)
+    ADDRESS   INTEGER,               -- 0-based Modbus address; iec104: information object address (IOA)
+    DATATYPE  TEXT,                  -- bool, int16, uint16, int32, uint32, float32; iec104: ASDU type name
     BYTEORDER TEXT,                  -- big (default) or little: bytes inside a register
     WORDORDER TEXT,                  -- big (default) or little: registers of a 32-bit value
     BITINDEX  INTEGER,               -- bool in hr/ir: bit 0..15 of the register
     SCALE     REAL,                  -- engineering = raw * SCALE + OFFSET; NULL: 1
     OFFSET    REAL,                  -- NULL: 0
-    DEADBAND  REAL                   -- AI: absolute change below which nothing is written; NULL: 0
+    DEADBAND  REAL,                  -- AI: absolute change below which nothing is written; NULL: 0
+    CTLMODE   TEXT                   -- iec104 DO/AO: 'direct' (NULL) or 'sbo' (select before operate)
 );
 
 -- Virtual points: one per acquisition RTU link, val = vala || valb (node A's and B's link state).

@@ -18,8 +18,10 @@ from fepha.semodel.model import (
     ACQ_PROTOCOLS,
     ACQUISITION,
     FORWARDING,
+    FWD_KIND,
     FWD_PROTOCOLS,
     FWD_TABLES,
+    IEC104,
     KINDS,
     RTUTYPES,
     Row,
@@ -47,6 +49,11 @@ IEC104_TYPES: dict[str, tuple[str, ...]] = {
     "T009_ZFAO": ("C_SE_NA_1", "C_SE_NB_1", "C_SE_NC_1", "C_SE_TA_1", "C_SE_TB_1", "C_SE_TC_1"),
 }
 NUMERIC_TYPES = tuple(n for n in datatypes.DATATYPES if n != "bool")
+# iec104 acquisition points: the ASDU types a point of each kind may be configured with (the same as se104s
+# forwards for that kind; a point accepts the time-tagged and the untagged form of its type alike).
+IEC104_KIND_TYPES: dict[str, tuple[str, ...]] = {kind: IEC104_TYPES[t] for t, kind in FWD_KIND.items()}
+IEC104_CTLMODES = ("direct", "sbo")
+IOA_MAX = 16_777_215
 # modbus_trains: the area of each forwarding table and the data types it may hold.
 MODBUS_TRAINS_AREA: dict[str, str] = {
     "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
@@ -135,8 +142,10 @@ def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
     c = _Checker()
     _check_union(c, rows.get("T020_UNION", ()))
     rtus = _check_rtus(c, rows.get("T004_RTU", ()))
-    _check_channels(c, rows.get("T010_CHANNEL", ()), rtus)
-    kinds = _check_points(c, rows.get("T011_POINT", ()), rtus)
+    iec = {rid for r in rows.get("T004_RTU", ()) if (rid := _int(r.get("RTUID"))) is not None
+           and rtus.get(rid) == ACQUISITION and r.get("PROTOCOL") == IEC104}
+    _check_channels(c, rows.get("T010_CHANNEL", ()), rtus, iec)
+    kinds = _check_points(c, rows.get("T011_POINT", ()), rtus, iec)
     _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
     _check_forwards(c, rows, rtus, kinds)
     return sorted(set(c.problems))
@@ -172,7 +181,13 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int]:
         if rtype is None:
             continue
         rtus[rid] = rtype
-        if rtype == ACQUISITION:
+        if rtype == ACQUISITION and row.get("PROTOCOL") == IEC104:
+            c.int_in(t, row, "POLLMS", 1000, 86_400_000, required=False)  # general interrogation period
+            c.int_in(t, row, "TIMEOUTMS", 100, 255_000, required=False)  # t1
+            for col in ("LISTENPORT", "ADDRESS", "ALLOW"):
+                if row.get(col) is not None:
+                    c.add(t, row, col, "is only for forwarding RTUs (iec104: the channels give the address)")
+        elif rtype == ACQUISITION:
             c.one_of(t, row, "PROTOCOL", ACQ_PROTOCOLS, required=False)
             c.int_in(t, row, "POLLMS", 10, 3_600_000, required=False)
             c.int_in(t, row, "TIMEOUTMS", 10, 60_000, required=False)
@@ -206,7 +221,7 @@ def _check_rtu_ref(c: _Checker, t: str, row: Row, rtus: dict[int, int], rtype: i
     return rid
 
 
-def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int]) -> None:
+def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int], iec: set[int]) -> None:
     t = "T010_CHANNEL"
     have: dict[int, set[int]] = {}
     for row in chans:
@@ -215,7 +230,10 @@ def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int]) -> 
         if not valid_host(row.get("HOST")):
             c.add(t, row, "HOST", f"{row.get('HOST')!r} is not a host name or IP address")
         c.int_in(t, row, "PORT", 1, 65535)
-        c.int_in(t, row, "UNITID", 0, 255, required=False)
+        if rid in iec:  # the common address of ASDU (65535 is the broadcast address, not a station's)
+            c.int_in(t, row, "UNITID", 1, 65534, required=False)
+        else:
+            c.int_in(t, row, "UNITID", 0, 255, required=False)
         if rid is not None and no is not None:
             have.setdefault(rid, set()).add(no)
     for rid, rtype in rtus.items():
@@ -223,18 +241,24 @@ def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int]) -> 
             c.add("T004_RTU", {"RTUID": rid}, "RTUID", "acquisition RTU has no channel 1 in T010_CHANNEL")
 
 
-def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int]) -> dict[int, str]:
+def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int], iec: set[int]) -> dict[int, str]:
     """Returns PNTID -> KIND of the points with a valid id and kind."""
     t = "T011_POINT"
     kinds: dict[int, str] = {}
+    ioas: dict[tuple[int, bool, int], Row] = {}
     for row in points:
         pid = _int(row.get("PNTID"))
         if pid is None:
             c.add(t, row, "PNTID", f"{row.get('PNTID')!r} is not an integer")
-        _check_rtu_ref(c, t, row, rtus, ACQUISITION)
+        rid = _check_rtu_ref(c, t, row, rtus, ACQUISITION)
         kind = c.one_of(t, row, "KIND", KINDS)
         if pid is not None and kind is not None:
             kinds[pid] = kind
+        if rid in iec:
+            _check_iec104_point(c, row, rid, kind, ioas)
+            continue
+        if row.get("CTLMODE") is not None:
+            c.add(t, row, "CTLMODE", "is only for DO/AO points of iec104 RTUs")
         area = c.one_of(t, row, "AREA", datatypes.AREAS)
         dtype = c.one_of(t, row, "DATATYPE", tuple(datatypes.DATATYPES))
         c.one_of(t, row, "BYTEORDER", datatypes.ORDERS, required=False)
@@ -256,16 +280,47 @@ def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int]) -> d
             c.int_in(t, row, "BITINDEX", 0, 15)
         elif row.get("BITINDEX") is not None:
             c.add(t, row, "BITINDEX", "is only for bool points in register areas (hr, ir)")
-        scale = _num(row.get("SCALE")) if row.get("SCALE") is not None else 1.0
-        if scale is None or scale == 0:
-            c.add(t, row, "SCALE", f"{row.get('SCALE')!r} is not a non-zero number")
-        if row.get("OFFSET") is not None and _num(row.get("OFFSET")) is None:
-            c.add(t, row, "OFFSET", f"{row.get('OFFSET')!r} is not a number")
-        if row.get("DEADBAND") is not None:
-            db = _num(row.get("DEADBAND"))
-            if db is None or db < 0:
-                c.add(t, row, "DEADBAND", f"{row.get('DEADBAND')!r} is not a number >= 0")
+        _check_scaling(c, row)
     return kinds
+
+
+def _check_scaling(c: _Checker, row: Row) -> None:
+    """SCALE, OFFSET and DEADBAND of a point (the same for every acquisition protocol)."""
+    t = "T011_POINT"
+    scale = _num(row.get("SCALE")) if row.get("SCALE") is not None else 1.0
+    if scale is None or scale == 0:
+        c.add(t, row, "SCALE", f"{row.get('SCALE')!r} is not a non-zero number")
+    if row.get("OFFSET") is not None and _num(row.get("OFFSET")) is None:
+        c.add(t, row, "OFFSET", f"{row.get('OFFSET')!r} is not a number")
+    if row.get("DEADBAND") is not None:
+        db = _num(row.get("DEADBAND"))
+        if db is None or db < 0:
+            c.add(t, row, "DEADBAND", f"{row.get('DEADBAND')!r} is not a number >= 0")
+
+
+def _check_iec104_point(c: _Checker, row: Row, rid: int, kind: str | None,
+                        ioas: dict[tuple[int, bool, int], Row]) -> None:
+    """A point of an iec104 RTU: IOA in ADDRESS, the ASDU type in DATATYPE, no Modbus columns; monitored
+    points and command targets each have their own IOAs per RTU (a device may reuse an IOA across them)."""
+    t = "T011_POINT"
+    for col in ("AREA", "BYTEORDER", "WORDORDER", "BITINDEX"):
+        if row.get(col) is not None:
+            c.add(t, row, col, "is a Modbus column, must be NULL for an iec104 RTU")
+    addr = c.int_in(t, row, "ADDRESS", 1, IOA_MAX)
+    if kind is not None:
+        c.one_of(t, row, "DATATYPE", IEC104_KIND_TYPES[kind])
+    command = kind in ("DO", "AO")
+    if command:
+        c.one_of(t, row, "CTLMODE", IEC104_CTLMODES, required=False)
+    elif row.get("CTLMODE") is not None:
+        c.add(t, row, "CTLMODE", "is only for DO/AO points (command targets)")
+    _check_scaling(c, row)
+    if addr is not None and kind is not None:
+        key = (rid, command, addr)
+        if key in ioas:
+            c.add(t, row, "ADDRESS", f"IOA {addr} of RTU {rid} is already used by PNTID {ioas[key]['PNTID']}")
+        else:
+            ioas[key] = row
 
 
 def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int], kinds: dict[int, str]) -> None:

@@ -13,8 +13,9 @@ from typing import Any
 
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.housekeeping import Housekeeping
+from fep_acquirer.iec104rtu import Iec104Runner
 from fep_acquirer.metrics import Metrics
-from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
@@ -33,7 +34,7 @@ class Acquirer:
         self.metrics = Metrics(cfg.node_id)
         self.writer = Writer(master, cfg.node_id, cfg.batch_window_ms if cfg.write_mode == "batched" else 0,
                              cfg.batch_size)
-        self.runners: dict[int, RtuRunner] = {}
+        self.runners: dict[int, RunnerBase] = {}
         self.signatures: dict[int, str] = {}
         self.house = Housekeeping(cfg, master, local, self.writer, self.metrics, self.once, self.runners)
         self.tasks: list[asyncio.Task[None]] = []
@@ -50,7 +51,8 @@ class Acquirer:
                 self.house.sent_state.pop(rid, None)
         for rid, rtu in wanted.items():
             if rid not in self.runners:
-                runner = RtuRunner(rtu, self.cfg, self.writer, self.metrics, self.once)
+                cls = Iec104Runner if rtu.iec104 else RtuRunner
+                runner = cls(rtu, self.cfg, self.writer, self.metrics, self.once)
                 self.runners[rid] = runner
                 self.signatures[rid] = rtu.signature()
                 runner.start()

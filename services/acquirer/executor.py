@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from fep_acquirer.metrics import Metrics
@@ -46,9 +47,10 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
     claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id)
     if claimed is None:
         return
+    left_s = max(0.001, claimed.remaining_ms / 1000)
     try:
-        await asyncio.wait_for(runner.write_point(claimed.point, claimed.value),
-                               max(0.001, claimed.remaining_ms / 1000))
+        how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,
+                                                        deadline=time.monotonic() + left_s), left_s)
     except Exception as exc:  # noqa: BLE001 - any failure is the control's answer, not ours
         metrics.inc("controls_failed")
         log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point,
@@ -56,4 +58,4 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         await controls.finish(master, ctl_id, False, str(exc) or type(exc).__name__)
         return
     metrics.inc("controls_executed")
-    await controls.finish(master, ctl_id, True, "written")
+    await controls.finish(master, ctl_id, True, how or "written")

@@ -29,28 +29,35 @@ log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 
 
-class RtuRunner:
+async def next_channel(switcher: ChannelSwitcher, metrics: Metrics, key: str) -> int:
+    """Wait for the next connection attempt (backoff, channel_switch_s) and return its channel; the same
+    for every acquisition protocol."""
+    before = switcher.active
+    ch, delay = switcher.next_attempt(time.monotonic())
+    if ch != before:
+        metrics.inc("channel_switches")
+        log.info("%s: switching to channel %d", key, ch)
+    if delay:
+        await asyncio.sleep(delay)
+    return ch
+
+
+class RunnerBase:
+    """What every acquisition runner shares (Modbus here, IEC 104 in iec104rtu.py): its RTU, lease view,
+    channel switcher, change tracker and task. Housekeeping and the executor use only this contract plus
+    `reaches`, `invalidate`, `full_image`, `lease_gained` and `write_point`."""
+
+    TASK = "acquirer-rtu"
+
     def __init__(self, rtu: Rtu, cfg: NodeConfig, writer: Writer, metrics: Metrics, once: OnceLogger) -> None:
         self.rtu, self.cfg, self.writer, self.metrics, self.once = rtu, cfg, writer, metrics, once
         self.node = cfg.node_id
-        self.poll_s = (rtu.poll_ms or cfg.poll_ms) / 1000
-        self.timeout_s = rtu.timeout_ms / 1000
-        self.blocks = plan_reads(rtu.points)
-        self.points = {p.id: p for p in rtu.points}
-        deadband = {p.id: p.deadband for p in rtu.points if p.deadband > 0}
-        self.tracker = ChangeTracker(deadband=deadband)
-        # what this node sees while standby, replayed when it takes over: covers the longest gap without
-        # a writer (takeover time or lease TTL) plus a few ticks and polls
-        gap_s = max(cfg.takeover_s, cfg.lease_ttl_s) + 3 * cfg.lease_tick_s + 2 * self.poll_s
-        self.standby = StandbyLog(window_ms=int(gap_s * 1000), deadband=deadband)
-        self._replay_pending = False
+        self.deadband = {p.id: p.deadband for p in rtu.points if p.deadband > 0}
+        self.tracker = ChangeTracker(deadband=self.deadband)
+        self.samples: dict[int, Sample] = {}
         self.switcher = ChannelSwitcher(tuple(c.no for c in rtu.channels) or (1,), cfg.channel_switch_s,
                                         cfg.reconnect_min_s, cfg.reconnect_max_s)
         self.lease = LeaseView(self.node)
-        self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
-        self.last_ok: float | None = None  # monotonic time of the last complete answer
-        self.samples: dict[int, Sample] = {}
-        self.link: DeviceLink | None = None
         self._write_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -59,11 +66,8 @@ class RtuRunner:
     def key(self) -> str:
         return f"rtu {self.rtu.id}"
 
-    def reaches(self) -> bool:
-        return reaches(time.monotonic(), self.last_ok, self.window_s)
-
     def start(self) -> None:
-        self.task = asyncio.create_task(self.run(), name=f"acquirer-rtu-{self.rtu.id}")
+        self.task = asyncio.create_task(self.run(), name=f"{self.TASK}-{self.rtu.id}")
 
     async def stop(self) -> None:
         """Stop the task (see tasks.py: the loops also check `_stopping`, a cancel may be swallowed)."""
@@ -72,18 +76,35 @@ class RtuRunner:
         await cancel_and_wait(task)
 
     async def run(self) -> None:
+        raise NotImplementedError
+
+
+class RtuRunner(RunnerBase):
+    def __init__(self, rtu: Rtu, cfg: NodeConfig, writer: Writer, metrics: Metrics, once: OnceLogger) -> None:
+        super().__init__(rtu, cfg, writer, metrics, once)
+        self.poll_s = (rtu.poll_ms or cfg.poll_ms) / 1000
+        self.timeout_s = rtu.timeout_ms / 1000
+        self.blocks = plan_reads(rtu.points)
+        self.points = {p.id: p for p in rtu.points}
+        # what this node sees while standby, replayed when it takes over: covers the longest gap without
+        # a writer (takeover time or lease TTL) plus a few ticks and polls
+        gap_s = max(cfg.takeover_s, cfg.lease_ttl_s) + 3 * cfg.lease_tick_s + 2 * self.poll_s
+        self.standby = StandbyLog(window_ms=int(gap_s * 1000), deadband=self.deadband)
+        self._replay_pending = False
+        self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
+        self.last_ok: float | None = None  # monotonic time of the last complete answer
+        self.link: DeviceLink | None = None
+
+    def reaches(self) -> bool:
+        return reaches(time.monotonic(), self.last_ok, self.window_s)
+
+    async def run(self) -> None:
         chans = {c.no: c for c in self.rtu.channels}
         if not chans:
             self.once.problem(self.key, "no channel configured")
             return
         while not self._stopping:
-            before = self.switcher.active
-            ch, delay = self.switcher.next_attempt(time.monotonic())
-            if ch != before:
-                self.metrics.inc("channel_switches")
-                log.info("%s: switching to channel %d", self.key, ch)
-            if delay:
-                await asyncio.sleep(delay)
+            ch = await next_channel(self.switcher, self.metrics, self.key)
             link = DeviceLink(chans[ch], self.timeout_s)
             try:
                 await link.connect()
@@ -211,8 +232,9 @@ class RtuRunner:
             self.metrics.inc("changes_replayed", replayed)
             log.info("%s: replayed %d changes seen while standby", self.key, replayed)
 
-    async def write_point(self, point_id: int, value: float) -> None:
-        """Control output: write one point to the device over the connected channel."""
+    async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> None:
+        """Control output: write one point to the device over the connected channel (the executor's
+        wait_for enforces `deadline`; a Modbus write has no later phase to bound)."""
         p = self.points.get(point_id)
         if p is None:
             raise ValueError(f"point {point_id} is not a point of RTU {self.rtu.id}")

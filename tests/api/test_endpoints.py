@@ -78,7 +78,8 @@ async def test_rtus_show_leases_channels_links_and_masters(loaded, ar, make_api)
     body = (await c.get("/api/v1/rtus")).json()
     assert body["gen"] == 1
     rtus = {r["id"]: r for r in body["items"]}
-    assert sorted(rtus) == [1, 2, 10, 11, 12]
+    assert sorted(rtus) == [1, 2, 3, 10, 11, 12]
+    assert (rtus[3]["type"], rtus[3]["protocol"], rtus[3]["points"]) == ("acquisition", "iec104", 7)
     r1, r2 = rtus[1], rtus[2]
     assert (r1["type"], r1["protocol"], r1["points"]) == ("acquisition", "modbus_tcp", 10)
     assert r1["lease"]["holder"] == "A" and r1["lease"]["epoch"] == 1 and not r1["lease"]["lapsed"]
@@ -123,18 +124,18 @@ async def test_leases_and_virtual_points(loaded, ar, make_api) -> None:
     c = await make_api(node_cfg(loaded))
     leases = (await c.get("/api/v1/leases")).json()["items"]
     assert [(x["rtu"], x["name"], x["holder"], x["epoch"]) for x in leases] == \
-        [(1, "Substation North", "A", 1), (2, "Pump Station 7", "B", 1)]
+        [(1, "Substation North", "A", 1), (2, "Pump Station 7", "B", 1), (3, "Substation South", None, 0)]
     vps = (await c.get("/api/v1/virtual-points")).json()["items"]
     assert [(v["id"], v["rtu"], v["vala"], v["valb"], v["val"], v["value"]) for v in vps] == \
-        [(901, 1, True, True, True, 1), (902, 2, False, True, True, 1)]
-    assert all(v["since_ms"] and v["valid"] for v in vps)
+        [(901, 1, True, True, True, 1), (902, 2, False, True, True, 1), (903, 3, None, None, None, None)]
+    assert all(v["since_ms"] and v["valid"] for v in vps[:2])  # 903: no node has reported RTU 3's link
 
 
 async def test_points_values_filters_and_paging(loaded, ar, make_api) -> None:
     await populate(ar)
     c = await make_api(node_cfg(loaded))
     everything = (await c.get("/api/v1/points", params={"limit": 1000})).json()
-    assert everything["total"] == 17 and [p["id"] for p in everything["items"]] == sorted(
+    assert everything["total"] == 24 and [p["id"] for p in everything["items"]] == sorted(
         p["id"] for p in everything["items"])
     pages, offset = [], 0
     while True:

@@ -49,10 +49,22 @@ STOP_S = 3.0
 ACQ = (1, 2)
 
 
+def without_iec104(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """The sample without its IEC 104 RTU (this system's devices are fep-plcsim's Modbus PLCs; IEC 104
+    acquisition has its own tests in tests/acquirer/test_iec104*.py)."""
+    gone = {r["RTUID"] for r in rows["T004_RTU"] if r["PROTOCOL"] == "iec104"}
+    out = {t: [r for r in rs if r.get("RTUID") not in gone or t.startswith(("T005", "T006", "T007", "T008", "T009"))]
+           for t, rs in rows.items()}
+    srcs = {p["PNTID"] for p in out["T011_POINT"]} | {v["VPID"] for v in out["T036_VTPNT"]}
+    for t in ("T005_ZFAI", "T006_ZFDI", "T007_ZFACC", "T008_ZFDO", "T009_ZFAO"):
+        out[t] = [r for r in out[t] if r["SRCID"] in srcs]
+    return out
+
+
 def system_rows(feproot: Path) -> dict[str, list[dict[str, Any]]]:
     """The sample configuration moved to free ports (devices and forwarding servers) and polled every
     100 ms with a 300 ms timeout; everything else as in cfg/SEMODEL.sql."""
-    rows = sample_rows(feproot)
+    rows = without_iec104(sample_rows(feproot))
     dev_ports = {port: free_port() for port in {c["PORT"] for c in rows["T010_CHANNEL"]}}
     rows["T010_CHANNEL"] = [{**c, "PORT": dev_ports[c["PORT"]]} for c in rows["T010_CHANNEL"]]
     rows["T004_RTU"] = [{**r, "POLLMS": 100, "TIMEOUTMS": 300} if r["RTUTYPE"] == 0 else

@@ -22,6 +22,9 @@ def test_shipped_files_parse_with_the_seed_timers() -> None:
     assert (cfg.channel_switch_s, cfg.takeover_s) == (30.0, 90.0)
     assert cfg.node_id == "A" and cfg.peer == "B"
     assert config.load_log(env={}).level == "INFO"
+    cfg = config.load_node(env={})
+    assert (cfg.iec104_k, cfg.iec104_w, cfg.iec104_t1_s, cfg.iec104_t3_s, cfg.iec104_gi_period_s) == (12, 8, 15.0,
+                                                                                                  20.0, 0.0)
 
 
 def test_environment_overrides_every_value(tmp_path: Path) -> None:
@@ -42,6 +45,10 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("", {"FEP_REDIS_PORT": "x"}, "environment FEP_REDIS_PORT = 'x': expected a TCP port 1..65535"),
     ("[timers]\nlease_ttl_s = 1\nlease_tick_s = 1\n", {}, "lease_ttl_s = 1.0: must be more than twice lease_tick_s"),
     ("[timers\n", {}, "fep-ha.cfg"),
+    ("[iec104]\nk = 4\nw = 8\n", {}, "[iec104] w = 8: must not exceed k (4)"),
+    ("[iec104]\nt1_s = 5\nt2_s = 5\n", {}, "[iec104] t2_s = 5.0: must be less than t1_s (5.0)"),
+    ("[iec104]\ngi_period_s = -1\n", {}, "[iec104] gi_period_s = '-1': expected a number >= 0"),
+    ("", {"FEP_IEC104_CLOCK_SYNC_S": "often"}, "FEP_IEC104_CLOCK_SYNC_S = 'often': expected a number >= 0"),
 ])
 def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, expect: str) -> None:
     write(tmp_path, text)

@@ -43,7 +43,7 @@ def init(feproot: Path, port: int, *extra: str) -> int:
 def test_init_loads_exactly_the_database(feproot: Path, redis_master, capsys) -> None:
     assert init(feproot, redis_master.port) == 0
     out = capsys.readouterr().out
-    assert "T011_POINT" in out and "17 rows" in out and "generation 1" in out
+    assert "T011_POINT" in out and "24 rows" in out and "generation 1" in out
     r = redis_master.client()
     rows = rows_of(feproot)
     for t in TABLES:
@@ -53,34 +53,34 @@ def test_init_loads_exactly_the_database(feproot: Path, redis_master, capsys) ->
     assert r.hget(ks.CFG_META, "sha256") == digest(rows)
     assert not [k for k in r.scan_iter(match=ks.cfg_stage("*"))]
     model = cfgstore.read_sync(r)
-    assert model is not None and model.gen == 1 and sorted(model.rtus) == [1, 2, 10, 11, 12]
+    assert model is not None and model.gen == 1 and sorted(model.rtus) == [1, 2, 3, 10, 11, 12]
 
 
 def test_init_removes_everything_of_an_earlier_configuration(feproot: Path, redis_master) -> None:
     r = redis_master.client()
     rows = rows_of(feproot)
     bigger = copy.deepcopy(rows)
-    bigger["T004_RTU"].append({**rows["T004_RTU"][0], "RTUID": 3, "NAME": "Old RTU"})
-    bigger["T010_CHANNEL"].append({"RTUID": 3, "CHANNO": 1, "HOST": "127.0.0.1", "PORT": 1502, "UNITID": 1})
-    bigger["T036_VTPNT"].append({"VPID": 903, "RTUID": 3, "NAME": "old link"})
+    bigger["T004_RTU"].append({**rows["T004_RTU"][0], "RTUID": 4, "NAME": "Old RTU"})
+    bigger["T010_CHANNEL"].append({"RTUID": 4, "CHANNO": 1, "HOST": "127.0.0.1", "PORT": 1502, "UNITID": 1})
+    bigger["T036_VTPNT"].append({"VPID": 904, "RTUID": 4, "NAME": "old link"})
     bigger["T009_ZFAO"] = []
     replace_config(r, bigger)
-    # runtime state of RTU 3, as the services would have written it
+    # runtime state of RTU 4, as the services would have written it
     redisfns.load_sync(r)
-    r.fcall(*redisfns.lease_tick(3, "A", True, 10_000, 90_000).argv)
-    r.fcall(*redisfns.write_values(3, "A", 1, ["777", "1|0|1"]).argv)
-    r.fcall(*redisfns.link_set(3, "A", True, [903]).argv)
-    r.hset(ks.channel_state(3, "A"), "active", 1)
+    r.fcall(*redisfns.lease_tick(4, "A", True, 10_000, 90_000).argv)
+    r.fcall(*redisfns.write_values(4, "A", 1, ["777", "1|0|1"]).argv)
+    r.fcall(*redisfns.link_set(4, "A", True, [904]).argv)
+    r.hset(ks.channel_state(4, "A"), "active", 1)
     assert r.exists(ks.cfg_table("T009_ZFAO")) == 0
 
     replace_config(r, rows)
     keys = set(r.scan_iter(count=1000))
-    for k in (ks.values(3), ks.lease(3), ks.link(3), ks.channel_state(3, "A")):
+    for k in (ks.values(4), ks.lease(4), ks.link(4), ks.channel_state(4, "A")):
         assert k not in keys
-    assert "903" not in r.hkeys(ks.VPOINTS)
+    assert "904" not in r.hkeys(ks.VPOINTS)
     assert json.loads(r.hget(ks.cfg_table("T004_RTU"), "1"))["NAME"] == "Substation North"
-    assert "3" not in r.hkeys(ks.cfg_table("T004_RTU"))
-    assert r.hlen(ks.cfg_table("T009_ZFAO")) == 3
+    assert "4" not in r.hkeys(ks.cfg_table("T004_RTU"))
+    assert r.hlen(ks.cfg_table("T009_ZFAO")) == 4
 
 
 def test_invalid_database_leaves_redis_untouched(feproot: Path, redis_master, capsys) -> None:
@@ -166,7 +166,7 @@ def test_reader_never_sees_a_mixed_or_empty_configuration(feproot: Path, redis_m
     assert len({g for g, _, _ in seen}) > 3, "reader too slow to observe several generations"
     for gen, names, npoints in seen:
         assert names in (frozenset(names_a), frozenset(names_b)), gen
-        assert npoints == (17 if names == frozenset(names_a) else 2017), gen
+        assert npoints == (24 if names == frozenset(names_a) else 2024), gen
 
 
 @pytest.mark.parametrize("content,expect", [
@@ -200,7 +200,7 @@ def test_console_script_check_and_build(feproot: Path) -> None:
     p = subprocess.run(["sysload", "build"], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stderr
     p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60, check=False)
-    assert p.returncode == 0 and "valid (57 rows" in p.stdout
+    assert p.returncode == 0 and "valid (75 rows" in p.stdout
 
 
 def test_init_against_unreachable_redis(feproot: Path, capsys) -> None:

@@ -400,7 +400,8 @@ def lab_model(lab: Lab) -> Any:
 
 
 def acquisition_rtus(lab: Lab) -> list[int]:
-    return sorted(r.id for r in lab_model(lab).rtus.values() if r.acquisition)
+    """The Modbus RTUs the lab's fep-plcsim serves (the sample's IEC 104 RTU has no device in the lab)."""
+    return sorted(r.id for r in lab_model(lab).modbus_rtus())
 
 
 def start_plcsim(lab: Lab, rate: float = 0.0) -> Proc:

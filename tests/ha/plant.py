@@ -172,7 +172,7 @@ class View:
 def views(m: Model) -> list[View]:
     """Every monitoring point of the se104s and modbus_trains RTUs whose source is a device point."""
     out = []
-    points = {p.id for r in m.acquisition_rtus() for p in r.points}
+    points = {p.id for r in m.modbus_rtus() for p in r.points}  # the devices fep-plcsim serves
     for r in m.rtus.values():
         for f in getattr(r, "forwards", ()):
             if f.src not in points or f.kind not in ("AI", "DI", "ACC"):

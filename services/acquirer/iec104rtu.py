@@ -1,0 +1,323 @@
+"""One IEC 104 acquisition RTU on this node: the acquirer as controlling station (IEC 60870-5-104 master).
+
+The same contract as the Modbus `RtuRunner` (housekeeping ticks its lease, the executor runs its controls):
+both nodes keep a connection to the RTU (its redundancy group); only the lease holder sends STARTDT, the
+other stays stopped and learns reachability from TESTFR. After every STARTDT con: clock sync (if
+configured) and a general interrogation. Spontaneous events are written at once with the device's time
+tag; answers to interrogations when they change something. A takeover loses nothing the RTU buffered for
+the group: the new holder's STARTDT makes the RTU send it. The rules are in iec104rules.py; the link
+(APCI, k/w, t1..t3) is fepha.iec104.link; this module is the socket and the Redis edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fep_acquirer import iec104rules as rules
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RunnerBase, next_channel
+from fep_acquirer.tasks import cancel_and_wait
+from fep_acquirer.writer import Writer
+
+from fepha import points as pt
+from fepha.config import NodeConfig
+from fepha.iec104 import codec as c
+from fepha.iec104.link import AsduIn, Link, LinkParams, LinkTimeout, Role, Started, Stopped
+from fepha.logsetup import OnceLogger
+from fepha.semodel.model import Channel, Rtu
+
+log = logging.getLogger("acquirer")
+IV = int(pt.Quality.IV)
+TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
+
+
+class LinkLost(Exception):
+    """The connection to the RTU ended (closed, t1 expired, malformed frame)."""
+
+
+class Iec104Runner(RunnerBase):
+    TASK = "acquirer-iec104"
+
+    def __init__(self, rtu: Rtu, cfg: NodeConfig, writer: Writer, metrics: Metrics, once: OnceLogger) -> None:
+        super().__init__(rtu, cfg, writer, metrics, once)
+        t1 = rtu.timeout_ms / 1000 if rtu.timeout_ms else cfg.iec104_t1_s
+        self.params = LinkParams(k=cfg.iec104_k, w=cfg.iec104_w, t0=cfg.iec104_t0_s, t1=t1,
+                                 t2=min(cfg.iec104_t2_s, t1 / 2), t3=cfg.iec104_t3_s)
+        gi_s = rtu.poll_ms / 1000 if rtu.poll_ms else cfg.iec104_gi_period_s
+        self.schedule = rules.Schedule(gi_s, cfg.iec104_ci_period_s, cfg.iec104_clock_sync_s)
+        self.map = rules.PointMap(rtu)
+        self.points = self.map.by_id
+        self.window_s = max(self.params.t3 + self.params.t1, 2 * cfg.lease_tick_s)
+        self.link: Link | None = None
+        self.channel: Channel | None = None
+        self._out: asyncio.StreamWriter | None = None
+        self._wake = asyncio.Event()
+        # (event batch, spontaneous) whose write failed (Redis unreachable): retried first, in order
+        self._unwritten: list[tuple[list[rules.Event], bool]] = []
+        self._command: rules.CommandExchange | None = None
+        self._command_done = asyncio.Event()
+        self._started_evt = asyncio.Event()
+
+    # --- the contract housekeeping and the executor use -----------------------------------------------
+
+    def reaches(self) -> bool:
+        link = self.link
+        return link is not None and rules.reaches(True, time.monotonic(), link.last_rx, self.window_s)
+
+    def lease_gained(self) -> None:
+        """Write every point again (the GI after our STARTDT brings them) and start data transfer."""
+        self.full_image()
+        self._wake.set()
+
+    def full_image(self) -> None:
+        self.tracker.forget()
+        self.metrics.inc("full_images")
+        self.schedule.request_gi(time.monotonic())
+        self._wake.set()
+
+    async def invalidate(self) -> None:
+        """The holder lost its RTU: its monitored points become invalid (written once, thanks to the tracker)."""
+        now_ms = int(time.time() * 1000)
+        events = [(pid, (self.samples.get(pid, (0, 0))[0], IV), now_ms) for pid in
+                  (p.id for p in self.map.monitored.values())]
+        await self._publish(events, spontaneous=False)
+
+    async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> str:
+        """Control: send the command (direct or select before operate), wait for ACT_CON and ACT_TERM;
+        returns how it ended. Raises on a negative or missing confirmation; the executor's wait_for cancels
+        it at the control's deadline (`deadline`, monotonic), so nothing is ever sent late. ACT_TERM is
+        awaited until shortly before the deadline (at most t1): an RTU that confirms but never terminates
+        (lib60870 does not for direct commands) gives a success that says so."""
+        p = self.points.get(point_id)
+        if p is None or p.kind not in ("DO", "AO"):
+            raise ValueError(f"point {point_id} is not a command target of RTU {self.rtu.id}")
+        if self._command is not None:
+            raise RuntimeError("another command to this RTU is in progress")
+        while True:  # a holder that just gained the lease waits for its STARTDT con (within the deadline)
+            link, ch = self.link, self.channel
+            if link is not None and ch is not None and link.started:
+                break
+            if not self.lease.held:
+                raise RuntimeError("not the lease holder")
+            self._started_evt.clear()
+            await self._started_evt.wait()
+        ex = rules.CommandExchange(p, ch.unit or 1, value, p.ctlmode == "sbo", int(time.time() * 1000))
+        first = ex.first()  # ValueError for a value the type cannot carry: nothing sent
+        self._command, self._command_done = ex, asyncio.Event()
+        try:
+            self._send(link, first)
+            while ex.result is None and ex.phase != "term":
+                self._command_done.clear()
+                await self._command_done.wait()
+            if ex.result is None:  # positive ACT_CON of the execute: ACT_TERM within the time left
+                end = time.monotonic() + self.params.t1
+                if deadline is not None:
+                    end = min(end, deadline - TERM_MARGIN_S)
+                while ex.result is None:
+                    self._command_done.clear()
+                    try:
+                        await asyncio.wait_for(self._command_done.wait(), max(0.0, end - time.monotonic()))
+                    except TimeoutError:
+                        return "executed (positive ACT_CON; no ACT_TERM before the deadline)"
+        finally:
+            self._command = None
+        assert ex.result is not None
+        ok, reason = ex.result
+        if not ok:
+            raise RuntimeError(reason)
+        return reason
+
+    # --- connection loop --------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        chans = {ch.no: ch for ch in self.rtu.channels}
+        if not chans:
+            self.once.problem(self.key, "no channel configured")
+            return
+        while not self._stopping:
+            no = await next_channel(self.switcher, self.metrics, self.key)
+            ch = chans[no]
+            try:
+                reader, out = await asyncio.wait_for(asyncio.open_connection(ch.host, ch.port), self.params.t0)
+            except (OSError, TimeoutError) as exc:
+                self.switcher.failed(time.monotonic(), f"connect {ch.host}:{ch.port}: {exc or 'timeout'}",
+                                     wall=time.time())
+                self.once.problem(f"{self.key} channel {no}", f"connect {ch.host}:{ch.port}: {exc or 'timeout'}")
+                continue
+            self.switcher.connected(time.monotonic(), wall=time.time())
+            self.once.clear(f"{self.key} channel {no}")
+            link = Link(Role.CLIENT, self.params, now=time.monotonic())
+            self.link, self.channel, self._out = link, ch, out
+            try:
+                await self._session(link, reader, out)
+            except LinkLost as exc:
+                self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
+                self.once.problem(f"{self.key} channel {no}", str(exc))
+            finally:
+                self.link = self.channel = self._out = None
+                self.schedule.stopped()
+                if self._command is not None and self._command.result is None:
+                    self._command._done(False, "connection to the RTU lost")
+                    self._command_done.set()
+                out.close()
+
+    async def _session(self, link: Link, reader: asyncio.StreamReader, out: asyncio.StreamWriter) -> None:
+        rx = asyncio.create_task(self._receive(link, reader), name=f"acquirer-iec104-rx-{self.rtu.id}")
+        try:
+            while not self._stopping:
+                if rx.done():
+                    rx.result()  # raises LinkLost
+                    raise LinkLost("connection closed")
+                now = time.monotonic()
+                try:
+                    link.tick(now)
+                except LinkTimeout as exc:
+                    raise LinkLost(str(exc)) from None
+                self._drive(link, now)
+                self._flush(link)
+                if self._unwritten and self.lease.held:
+                    await self._publish([], spontaneous=True)
+                until = [link.next_deadline(), now + self.cfg.lease_tick_s]
+                if (d := self.schedule.deadline()) is not None:
+                    until.append(d)
+                self._wake.clear()
+                wake = asyncio.ensure_future(self._wake.wait())
+                try:
+                    await asyncio.wait([rx, wake], timeout=max(0.005, min(until) - time.monotonic()),
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake.cancel()
+        finally:
+            await cancel_and_wait(rx)
+
+    def _drive(self, link: Link, now: float) -> None:
+        """The lease decides data transfer: the holder starts it, a node that lost the lease stops it."""
+        if link.pending is None:
+            if self.lease.held and not link.started:
+                link.start(now)
+                log.info("%s: STARTDT sent (lease holder, epoch %d)", self.key, self.lease.epoch)
+            elif not self.lease.held and link.started:
+                link.stop(now)
+                self.schedule.stopped()
+                log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
+        if link.started and self.channel is not None:
+            ca = self.channel.unit or 1
+            for kind in self.schedule.due(now):
+                self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000)))
+
+    def _send(self, link: Link, asdu: bytes) -> None:
+        if not link.window_open:  # k frames unacknowledged: the RTU is not keeping up; t1 will tell
+            raise RuntimeError("k window full")
+        link.send(asdu, time.monotonic())
+        self._flush(link)
+
+    def _flush(self, link: Link) -> None:
+        data = link.data_to_send()
+        if data and self._out is not None and link is self.link:
+            self._out.write(data)
+
+    async def _receive(self, link: Link, reader: asyncio.StreamReader) -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                raise LinkLost("closed by the RTU")
+            now = time.monotonic()
+            try:
+                events = link.receive(data, now)
+            except c.ProtocolError as exc:
+                self.metrics.inc("poll_errors")
+                raise LinkLost(f"malformed frame from the RTU: {exc}") from None
+            self._flush(link)
+            written: list[rules.Event] = []
+            spont = False
+            rx_ms = int(time.time() * 1000)
+            for ev in events:
+                if isinstance(ev, Started):
+                    log.info("%s: data transfer started", self.key)
+                    self.schedule.started(now)
+                    self._started_evt.set()
+                    self._wake.set()
+                elif isinstance(ev, Stopped):
+                    log.info("%s: data transfer stopped", self.key)
+                elif isinstance(ev, AsduIn):
+                    got = self._asdu(link, ev.asdu, rx_ms)
+                    if got is not None:
+                        if got.events and got.spontaneous != spont and written:
+                            await self._publish(written, spont)
+                            written = []
+                        written += got.events
+                        spont = got.spontaneous
+            if written:
+                await self._publish(written, spont)
+
+    def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
+        try:
+            a = c.parse_asdu(raw)
+        except c.ProtocolError as exc:
+            self.once.problem(f"{self.key} asdu", f"undecodable ASDU ignored: {exc}")
+            return None
+        ca = (self.channel.unit if self.channel else 1) or 1
+        if a.ca != ca:
+            self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")
+            return None
+        if rules.is_monitoring(a.type_id):
+            if not link.started:
+                return None
+            got = self.map.intake(a, rx_ms)
+            for k, msg in got.problems.items():
+                self.once.problem(f"{self.key} {k}", msg)
+            return got
+        ex = self._command
+        if ex is not None and ex.mine(a):
+            if ex.feed(a) == "execute":
+                self._send(link, ex.execute(int(time.time() * 1000)))
+            self._command_done.set()
+            return None
+        if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
+            log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
+            self.schedule.request_gi(time.monotonic())
+            self._wake.set()
+        elif a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
+            self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
+        return None
+
+    # --- fenced writes ----------------------------------------------------------------------------------
+
+    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> None:
+        """Write events in order: spontaneous ones always (each is an event), others when they change a
+        point (or after a full image); a failed write is retried first with the next write or tick."""
+        async with self._write_lock:
+            for pid, s, _ in events:
+                self.samples[pid] = s
+            if not self.lease.held:
+                return
+            todo = self._unwritten + [(b, spontaneous) for b in rules.batches(events)]
+            self._unwritten = []
+            for i, (batch, spont) in enumerate(todo):
+                if not spont:
+                    changed = self.tracker.changes({pid: s for pid, s, _ in batch})
+                    batch = [e for e in batch if e[0] in changed]
+                if not batch:
+                    continue
+                pairs: list[str] = []
+                for pid, (v, q), ts in batch:
+                    pairs += (str(pid), pt.encode(v, q, ts))
+                res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
+                done = {pid: s for pid, s, _ in batch}
+                if res.ok:
+                    self.metrics.inc("changes_written", len(batch))
+                    self.tracker.committed(done)
+                    self.once.clear(f"{self.key} write")
+                    continue
+                if res.fenced:
+                    self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
+                    self.lease.fenced_out(res.holder, res.epoch)
+                    self._wake.set()
+                    return
+                self.metrics.inc("write_errors")
+                self.tracker.failed(done)
+                self._unwritten = todo[i:]
+                self.once.problem(f"{self.key} write", res.error)
+                return

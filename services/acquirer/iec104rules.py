@@ -1,0 +1,274 @@
+"""IEC 104 acquisition rules: what the acquirer, as controlling station, makes of an RTU's ASDUs and what
+it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rules.py drives them by table.
+
+- `PointMap.intake` turns a monitoring ASDU into samples with their timestamps: the device's CP56Time2a
+  when the type carries one (it becomes the value's timestamp, which se104s sends on unchanged), the time
+  of reception otherwise; the device's quality bits (IV, NT, SB, BL, OV) carried as they are.
+- `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
+- `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
+  (positive or negative) and ACT_TERM.
+- `Schedule`: general interrogation after every STARTDT and periodically, counter interrogation and clock
+  synchronisation periodically, each if configured.
+- `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from fepha import datatypes as dt
+from fepha.iec104 import codec as c
+from fepha.semodel.model import Point, Rtu
+
+Event = tuple[int, tuple[float | int, int], int]  # point id, (value, quality), ts_ms
+DP_INDETERMINATE = "IV"  # a double point in its intermediate (0) or indeterminate (3) state: value kept, IV
+
+_MONITORING = {c.M_SP_NA_1, c.M_SP_TB_1, c.M_DP_NA_1, c.M_DP_TB_1, c.M_ME_NA_1, c.M_ME_NB_1, c.M_ME_NC_1,
+               c.M_ME_TD_1, c.M_ME_TE_1, c.M_ME_TF_1, c.M_IT_NA_1, c.M_IT_TB_1}
+SPONTANEOUS_CAUSES = {c.COT_SPONT}
+IV = 0x80
+
+
+def is_monitoring(type_id: int) -> bool:
+    return type_id in _MONITORING
+
+
+@dataclass(frozen=True)
+class Intake:
+    """What one monitoring ASDU gave: events in wire order, whether they were spontaneous (always
+    written) or answers to an interrogation / periodic (written when changed), and problems to log once
+    (keyed so that each distinct problem is logged once)."""
+
+    events: list[Event]
+    spontaneous: bool
+    problems: dict[str, str] = field(default_factory=dict)
+
+
+def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
+    """Timestamp of a time-tagged element: its CP56Time2a, or the reception time with a reason when the
+    tag is marked invalid (IV bit of the minutes octet) or is not a possible date."""
+    tag = elem[-7:]
+    if tag[2] & 0x80:
+        return rx_ms, "time tag marked invalid by the device: reception time used"
+    try:
+        return c.cp56_ms(tag), None
+    except (ValueError, OverflowError):
+        return rx_ms, f"impossible time tag {tag.hex()}: reception time used"
+
+
+def sample_of(p: Point, type_id: int, elem: bytes, rx_ms: int) -> tuple[float | int, int, int, str | None]:
+    """(engineering value, quality, ts_ms, problem or None) of one monitoring element for point `p`."""
+    value, quality, _ = c.decode_element(type_id, elem)
+    problem = None
+    ts = rx_ms
+    if type_id in c.TIME_TAGGED:
+        ts, problem = device_time(elem, rx_ms)
+    base = c.base_type(type_id)
+    if base == c.M_DP_NA_1:
+        dpi = int(value)
+        if dpi in (0, 3):
+            return 0, quality | IV, ts, problem  # intermediate / indeterminate: not a position
+        return (1 if dpi == 2 else 0), quality, ts, problem
+    if base == c.M_SP_NA_1:
+        return int(value), quality, ts, problem
+    if base == c.M_IT_NA_1:
+        return dt.scaled(int(value), p.scale, p.offset), quality, ts, problem
+    if not math.isfinite(value):
+        return 0, quality | IV, ts, problem
+    return dt.scaled(value, p.scale, p.offset), quality, ts, problem
+
+
+class PointMap:
+    """An iec104 RTU's points by IOA: monitored points and command targets apart."""
+
+    def __init__(self, rtu: Rtu) -> None:
+        self.monitored: dict[int, Point] = {p.address: p for p in rtu.points if p.kind in ("AI", "DI", "ACC")}
+        self.commands: dict[int, Point] = {p.address: p for p in rtu.points if p.kind in ("DO", "AO")}
+        self.by_id: dict[int, Point] = {p.id: p for p in rtu.points}
+
+    def intake(self, a: c.Asdu, rx_ms: int) -> Intake:
+        out: list[Event] = []
+        problems: dict[str, str] = {}
+        for ioa, elem in a.objects:
+            p = self.monitored.get(ioa)
+            if p is None:
+                problems[f"ioa {ioa}"] = f"IOA {ioa} (type {a.type_id}) is not a point of this RTU: ignored"
+                continue
+            want = c.TYPE_IDS[p.datatype]
+            if c.base_type(want) != c.base_type(a.type_id):
+                problems[f"type {ioa}"] = (f"IOA {ioa} came as type {a.type_id}, point {p.id} is configured as "
+                                           f"{p.datatype}: ignored")
+                continue
+            v, q, ts, problem = sample_of(p, a.type_id, elem, rx_ms)
+            if problem:
+                problems[f"time {ioa}"] = f"IOA {ioa}: {problem}"
+            out.append((p.id, (v, q), ts))
+        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems)
+
+
+def batches(events: Iterable[Event]) -> list[list[Event]]:
+    """Events in order, cut so that no batch holds a point twice (a device's buffer may hold several
+    events of one point: each must reach the change stream, in order)."""
+    out: list[list[Event]] = []
+    cur: list[Event] = []
+    seen: set[int] = set()
+    for e in events:
+        if e[0] in seen:
+            out.append(cur)
+            cur, seen = [], set()
+        cur.append(e)
+        seen.add(e[0])
+    if cur:
+        out.append(cur)
+    return out
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+def command_element(p: Point, value: float, select: bool, now_ms: int) -> bytes:
+    """The command object for an engineering value: DO 0/1 (C_DC: OFF/ON), AO unscaled by SCALE/OFFSET.
+    ValueError for a value the type cannot carry (the control fails without anything sent)."""
+    type_id = c.TYPE_IDS[p.datatype]
+    base = c.COMMAND_BASE[type_id]
+    if not math.isfinite(value):
+        raise ValueError(f"{value} is not a finite number")
+    if base in (c.C_SC_NA_1, c.C_DC_NA_1):
+        if value not in (0, 1):
+            raise ValueError(f"{p.kind} point {p.id} takes 0 or 1, not {value}")
+        raw = float(value)
+    else:
+        raw = dt.unscaled(value, p.scale, p.offset)
+        if base == c.C_SE_NA_1 and not -1.0 <= raw <= c.NVA_MAX:
+            raise ValueError(f"{raw} is outside the normalised range -1 .. +1 of {p.datatype}")
+        if base == c.C_SE_NB_1 and not -32768 <= round(raw) <= 32767:
+            raise ValueError(f"{raw} is outside the scaled range -32768 .. 32767 of {p.datatype}")
+        if base == c.C_SE_NC_1:
+            try:
+                struct.pack("<f", raw)
+            except OverflowError:
+                raise ValueError(f"{raw} does not fit a short float") from None
+        if base == c.C_SE_NB_1:
+            raw = float(round(raw))
+    return c.encode_command(type_id, raw, select=select, ts_ms=now_ms if type_id in c.TIME_TAGGED else None)
+
+
+def command_asdu(p: Point, ca: int, value: float, select: bool, now_ms: int, cause: int = c.COT_ACT) -> bytes:
+    return c.build_asdu(c.TYPE_IDS[p.datatype], cause, ca, [(p.address, command_element(p, value, select, now_ms))])
+
+
+@dataclass
+class CommandExchange:
+    """One command to one IOA: direct (ACT -> ACT_CON -> ACT_TERM) or select before operate (select ACT ->
+    ACT_CON, then execute ACT -> ACT_CON -> ACT_TERM). `feed` takes every ASDU the RTU sends and returns
+    the next ASDU to send (the execute after a positive select) or None; `result` is set when done:
+    (True, reason) or (False, reason)."""
+
+    point: Point
+    ca: int
+    value: float
+    sbo: bool
+    now_ms: int
+    phase: str = "select"  # select, execute, term, done
+    result: tuple[bool, str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.sbo:
+            self.phase = "execute"
+
+    def first(self) -> bytes:
+        return command_asdu(self.point, self.ca, self.value, self.phase == "select", self.now_ms)
+
+    def execute(self, now_ms: int) -> bytes:
+        return command_asdu(self.point, self.ca, self.value, False, now_ms)
+
+    def mine(self, a: c.Asdu) -> bool:
+        return (a.type_id == c.TYPE_IDS[self.point.datatype] and a.ca == self.ca
+                and any(ioa == self.point.address for ioa, _ in a.objects))
+
+    def feed(self, a: c.Asdu) -> str | None:
+        """'execute' when the execute command must be sent now, else None (result may be set)."""
+        if self.result is not None or not self.mine(a):
+            return None
+        cause = a.cause
+        if cause in (c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_COT, c.COT_UNKNOWN_CA, c.COT_UNKNOWN_IOA):
+            self._done(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
+        elif cause == c.COT_ACTCON and a.negative:
+            self._done(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
+        elif cause == c.COT_ACTCON and self.phase == "select":
+            self.phase = "execute"
+            return "execute"
+        elif cause == c.COT_ACTCON and self.phase == "execute":
+            self.phase = "term"
+        elif cause == c.COT_ACTTERM and self.phase in ("term", "execute"):
+            self._done(True, "executed (ACT_CON, ACT_TERM)")
+        return None
+
+    def _done(self, ok: bool, reason: str) -> None:
+        self.phase, self.result = "done", (ok, reason)
+
+
+_COT_NAMES = {c.COT_UNKNOWN_TYPE: "unknown type", c.COT_UNKNOWN_COT: "unknown cause",
+              c.COT_UNKNOWN_CA: "unknown common address", c.COT_UNKNOWN_IOA: "unknown IOA"}
+
+
+# --- interrogations and clock sync ------------------------------------------------------------------------
+
+
+@dataclass
+class Schedule:
+    """When to send a general interrogation (GI), a counter interrogation (CI) and a clock sync (CS):
+    right after every STARTDT con (CS first, so that the answers carry the set time), then every period;
+    a period of 0 disables the periodic GI, and CI or CS entirely. `due(now)` returns the kinds due now
+    and re-arms them."""
+
+    gi_period_s: float
+    ci_period_s: float
+    cs_period_s: float
+    next: dict[str, float] = field(default_factory=dict)
+
+    def started(self, now: float) -> None:
+        self.next = {"gi": now}
+        if self.cs_period_s > 0:
+            self.next["cs"] = now
+        if self.ci_period_s > 0:
+            self.next["ci"] = now
+
+    def stopped(self) -> None:
+        self.next = {}
+
+    def request_gi(self, now: float) -> None:
+        """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image)."""
+        if self.next:
+            self.next["gi"] = now
+
+    def due(self, now: float) -> list[str]:
+        out = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]
+        period = {"gi": self.gi_period_s, "ci": self.ci_period_s, "cs": self.cs_period_s}
+        for k in out:
+            if period[k] > 0:
+                self.next[k] = now + period[k]
+            else:
+                del self.next[k]
+        return out
+
+    def deadline(self) -> float | None:
+        return min(self.next.values()) if self.next else None
+
+
+def interrogation_asdu(kind: str, ca: int, now_ms: int) -> bytes:
+    if kind == "gi":
+        return c.interrogation(ca)
+    if kind == "ci":
+        return c.counter_interrogation(ca)
+    return c.clock_sync(ca, now_ms)
+
+
+def reaches(connected: bool, now: float, last_rx: float, window_s: float) -> bool:
+    """An IEC 104 RTU is reached while its connection is open and it sent a frame within `window_s`
+    (t3 + t1: an idle link is tested with TESTFR after t3 and closed when no answer comes within t1, so a
+    standby node that never starts data transfer learns the same as the holder)."""
+    return connected and now - last_rx <= window_s

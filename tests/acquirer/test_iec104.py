@@ -1,0 +1,194 @@
+# ruff: noqa: C408 - rows are written as dict(COLUMN=...) to read like the schema
+"""IEC 104 acquisition against c104's server (lib60870) as the field RTU, a real Redis, nodes A and B with
+shortened timers: STARTDT only by the holder, GI, spontaneous events with the RTU's time tag and quality,
+commands (direct and select before operate), takeover with events during it, malformed frames."""
+
+# no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
+
+import datetime as dtm
+import time
+from typing import Any, Self
+
+import c104
+from fep_tools.redisproc import free_port
+
+from fepha import controls, points
+from fepha import keyspace as ks
+from tests.acquirer.helpers import Node, load, merge, node_cfg, until
+
+CA = 7
+IEC_FAST = dict(iec104_t1_s=1.0, iec104_t2_s=0.2, iec104_t3_s=0.5, iec104_t0_s=1.0, iec104_ci_period_s=60.0)
+
+
+def iec_rows(rid: int, port: int, gi_ms: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """An iec104 RTU on 127.0.0.1:`port`, common address CA: a single point (IOA 100), a double point
+    (101), a float measurement (200, SCALE 2), a counter (300), an SBO single command (1000), a direct
+    float set-point (1100), one virtual point."""
+    def pt(pid: int, kind: str, ioa: int, typ: str, scale: float | None = None, mode: str | None = None):
+        return dict(PNTID=pid, RTUID=rid, KIND=kind, NAME=f"p{pid}", AREA=None, ADDRESS=ioa, DATATYPE=typ,
+                    BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=scale, OFFSET=None, DEADBAND=None,
+                    CTLMODE=mode)
+    b = rid * 1000
+    return {
+        "T004_RTU": [dict(RTUID=rid, NAME=f"iec{rid}", RTUTYPE=0, PROTOCOL="iec104", POLLMS=gi_ms,
+                          TIMEOUTMS=None, LISTENPORT=None, ADDRESS=None, ALLOW=None)],
+        "T010_CHANNEL": [dict(RTUID=rid, CHANNO=1, HOST="127.0.0.1", PORT=port, UNITID=CA)],
+        "T011_POINT": [pt(b + 1, "DI", 100, "M_SP_TB_1"), pt(b + 2, "DI", 101, "M_DP_TB_1"),
+                       pt(b + 3, "AI", 200, "M_ME_TF_1", scale=2.0), pt(b + 4, "ACC", 300, "M_IT_NA_1"),
+                       pt(b + 5, "DO", 1000, "C_SC_NA_1", mode="sbo"), pt(b + 6, "AO", 1100, "C_SE_NC_1")],
+        "T036_VTPNT": [dict(VPID=b + 999, RTUID=rid, NAME=f"link{rid}")],
+    }
+
+
+class Rtu:
+    """c104.Server as the field RTU: the points of iec_rows, commands recorded."""
+
+    def __init__(self, port: int) -> None:
+        self.server = c104.Server(ip="127.0.0.1", port=port, tick_rate_ms=50, select_timeout_ms=2000,
+                                  max_connections=2)
+        st = self.server.add_station(common_address=CA)
+        self.sp = st.add_point(io_address=100, type=c104.Type.M_SP_TB_1)
+        self.dp = st.add_point(io_address=101, type=c104.Type.M_DP_TB_1)
+        self.me = st.add_point(io_address=200, type=c104.Type.M_ME_TF_1)
+        self.it = st.add_point(io_address=300, type=c104.Type.M_IT_NA_1)
+        self.sc = st.add_point(io_address=1000, type=c104.Type.C_SC_NA_1,
+                               command_mode=c104.CommandMode.SELECT_AND_EXECUTE)
+        self.se = st.add_point(io_address=1100, type=c104.Type.C_SE_NC_1)
+        self.commands: list[tuple[int, Any]] = []
+        self.refuse = False
+        for p in (self.sc, self.se):
+            p.on_receive(self._on_command)
+
+    def _on_command(self, point: c104.Point, previous_info: c104.Information,
+                    message: c104.IncomingMessage) -> c104.ResponseState:
+        if self.refuse:
+            return c104.ResponseState.FAILURE
+        self.commands.append((point.io_address, point.value))
+        return c104.ResponseState.SUCCESS
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    def event(self, point: c104.Point, info: c104.Information) -> None:
+        point.info = info
+        point.transmit(cause=c104.Cot.SPONTANEOUS)
+
+
+def when(ms: int) -> dtm.datetime:
+    return dtm.datetime.fromtimestamp(ms / 1000, tz=dtm.UTC)
+
+
+async def value_of(r, rtu: int, pid: int) -> points.Value | None:
+    raw = await r.hget(ks.values(rtu), str(pid))
+    return points.decode(raw) if raw else None
+
+
+async def changes_of(r, pid: int) -> list[points.Value]:
+    """Every record of point `pid` in the change stream, in order."""
+    out = []
+    for _, fields in await r.xrange(ks.CHANGES):
+        if str(pid) in fields:
+            out.append(points.decode(fields[str(pid)]))
+    return out
+
+
+def holder(nodes: dict[str, Node], rid: int) -> str | None:
+    held = [n for n, node in nodes.items() if rid in node.acq.runners and node.acq.runners[rid].lease.held]
+    return held[0] if len(held) == 1 else None
+
+
+async def test_gi_spontaneous_time_tags_quality_and_only_the_holder_started(redis_master, feproot):
+    port = free_port()
+    load(redis_master, merge(iec_rows(5, port)))
+    with Rtu(port) as rtu:
+        rtu.sp.value, rtu.me.value, rtu.it.value = True, 10.5, 1234
+        nodes = {n: Node(node_cfg(feproot, redis_master, n, **IEC_FAST)) for n in "AB"}
+        r = nodes["A"].master
+        try:
+            h = await until(lambda: holder(nodes, 5), 5)
+            # the GI after STARTDT brings every point (SCALE applied), good quality
+            await until(lambda: _is(value_of(r, 5, 5003), 21.0), 5)
+            await until(lambda: _is(value_of(r, 5, 5001), 1), 3)
+            await until(lambda: _is(value_of(r, 5, 5004), 1234), 3)     # counter interrogation
+            # both nodes connected, only the holder started data transfer
+            await until(lambda: rtu.server.open_connection_count == 2, 3)
+            assert rtu.server.active_connection_count == 1
+            standby = nodes["B" if h == "A" else "A"].acq.runners[5]
+            assert standby.link is not None and not standby.link.started and standby.reaches()
+            await until(lambda: _field(r, ks.link(5), "valb", "1"), 3)
+            assert (await r.hget(ks.link(5), "vala")) == "1" and (await r.hget(ks.link(5), "val")) == "1"
+            # a spontaneous event: its time tag (an hour ago) becomes the value's timestamp
+            tag = (int(time.time()) - 3600) * 1000 + 123
+            rtu.event(rtu.sp, c104.SingleInfo(on=False, recorded_at=when(tag)))
+            v = await until(lambda: _is(value_of(r, 5, 5001), 0), 3)
+            assert v.ts_ms == tag
+            # quality bits carried as sent (substituted + not topical)
+            rtu.event(rtu.me, c104.ShortInfo(actual=3.0, quality=c104.Quality.Substituted | c104.Quality.NonTopical,
+                                             recorded_at=when(tag + 1000)))
+            v = await until(lambda: _val(value_of(r, 5, 5003), 6.0), 3)
+            assert v.quality == int(points.Quality.SB | points.Quality.NT) and v.ts_ms == tag + 1000
+            # double point: ON -> 1, intermediate -> IV
+            rtu.event(rtu.dp, c104.DoubleInfo(state=c104.Double.ON, recorded_at=when(tag + 2000)))
+            await until(lambda: _is(value_of(r, 5, 5002), 1), 3)
+            rtu.event(rtu.dp, c104.DoubleInfo(state=c104.Double.INTERMEDIATE, recorded_at=when(tag + 3000)))
+            v = await until(lambda: _val(value_of(r, 5, 5002), 0), 3)
+            assert v.quality & points.Quality.IV
+            # each spontaneous event is a change record, even one that repeats the value
+            rtu.event(rtu.sp, c104.SingleInfo(on=False, recorded_at=when(tag + 4000)))
+            await until(lambda: _count(changes_of(r, 5001), 3), 3)
+            recs = await changes_of(r, 5001)     # the GI's 1, then both events with their own time tags
+            assert [(x.value, x.ts_ms) for x in recs[1:]] == [(0, tag), (0, tag + 4000)], recs
+            assert recs[0].value == 1
+        finally:
+            for n in nodes.values():
+                await n.stop()
+
+
+async def test_commands_direct_and_select_before_operate(redis_master, feproot):
+    port = free_port()
+    load(redis_master, merge(iec_rows(5, port)))
+    with Rtu(port) as rtu:
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: holder({"A": a}, 5) and a.acq.runners[5].link.started, 5)
+            res = await controls.execute(r, 5, 5005, 1, "test", 3000)       # SBO single command
+            assert res.ok, res
+            res = await controls.execute(r, 5, 5006, 12.5, "test", 3000)    # direct set-point
+            assert res.ok, res
+            assert rtu.commands == [(1000, True), (1100, 12.5)]
+            rtu.refuse = True                                                # negative ACT_CON: failed
+            res = await controls.execute(r, 5, 5006, 1.0, "test", 3000)
+            assert res.state == controls.FAILED and "negative" in res.reason, res
+            rtu.refuse = False
+            res = await controls.execute(r, 5, 5005, 7, "test", 3000)       # not 0/1: nothing sent
+            assert res.state == controls.FAILED and "0 or 1" in res.reason
+            ctl = await controls.submit(r, 5, 5006, 99, "test", 0)          # expired: never sent
+            assert (await controls.wait(r, ctl, 500)).state == controls.EXPIRED
+            assert rtu.commands == [(1000, True), (1100, 12.5)]
+            audit = await r.xrange(ks.CTL_AUDIT)
+            assert len(audit) >= 4
+        finally:
+            await a.stop()
+
+
+async def _is(coro, want):
+    v = await coro
+    return v if v is not None and v.value == want and v.quality == 0 else None
+
+
+async def _val(coro, want):
+    v = await coro
+    return v if v is not None and v.value == want else None
+
+
+async def _field(r, key, field, want) -> bool:
+    return (await r.hget(key, field)) == want
+
+
+async def _count(coro, n):
+    return len(await coro) >= n
