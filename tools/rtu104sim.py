@@ -328,7 +328,7 @@ class Rtu104Sim:
         the current rate, so that the average holds however late the loop wakes)."""
         t0, done, rate = time.monotonic(), 0, self.rate
         while True:
-            await asyncio.sleep(0.2 if self.rate <= 0 else max(0.002, min(0.05, 1.0 / self.rate)))
+            await asyncio.sleep(0.02 if self.rate <= 0 else max(0.002, min(0.02, 1.0 / self.rate)))
             if self.rate != rate:
                 t0, done, rate = time.monotonic(), 0, self.rate
             if rate <= 0:
