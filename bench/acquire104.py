@@ -238,19 +238,8 @@ def throughput(lab: Lab, n_dev: int, rates: list[int], seconds: float) -> tuple[
 
 def master_values(rx: Receiver, start_frame: int) -> list[tuple[float, int, float, int | None]]:
     """(arrival, IOA, value, time tag ms) of every spontaneous M_ME_TF_1 object at the master."""
-    out = []
-    for t, raw in rx.frames[start_frame:]:
-        try:
-            frames = codec.FrameReader().feed(bytes(raw))
-        except codec.ProtocolError:
-            continue
-        for f in frames:
-            if f.kind != "I":
-                continue
-            a = codec.parse_asdu(f.asdu)
-            if a.cause == codec.COT_SPONT and a.type_id == codec.M_ME_TF_1:
-                out += [(t, ioa, *codec.decode_element(a.type_id, e)[::2]) for ioa, e in a.objects]
-    return out
+    return [(t, ioa, *codec.decode_element(a.type_id, e)[::2]) for t, a in rx.asdus(start_frame)
+            if a.cause == codec.COT_SPONT and a.type_id == codec.M_ME_TF_1 for ioa, e in a.objects]
 
 
 def latency(lab: Lab, n: int, run: int) -> tuple[list[float], int, bool]:

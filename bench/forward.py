@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -109,23 +110,21 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.client.stop()
 
-    def values(self, start: int = 0) -> list[tuple[float, int]]:
-        """(arrival, sequence number) of every spontaneous value in frames[start:]."""
-        out: list[tuple[float, int]] = []
+    def asdus(self, start: int = 0) -> Iterator[tuple[float, codec.Asdu]]:
+        """(arrival, ASDU) of every I frame in frames[start:] (a capture that does not parse is skipped)."""
         for t, raw in self.frames[start:]:
             try:
                 frames = codec.FrameReader().feed(bytes(raw))
             except codec.ProtocolError:
                 continue
             for f in frames:
-                if f.kind != "I":
-                    continue
-                a = codec.parse_asdu(f.asdu)
-                if a.cause != codec.COT_SPONT or a.type_id != codec.M_ME_NC_1:
-                    continue
-                for _, e in a.objects:
-                    out.append((t, int(codec.decode_element(a.type_id, e)[0])))
-        return out
+                if f.kind == "I":
+                    yield t, codec.parse_asdu(f.asdu)
+
+    def values(self, start: int = 0) -> list[tuple[float, int]]:
+        """(arrival, sequence number) of every spontaneous value in frames[start:]."""
+        return [(t, int(codec.decode_element(a.type_id, e)[0])) for t, a in self.asdus(start)
+                if a.cause == codec.COT_SPONT and a.type_id == codec.M_ME_NC_1 for _, e in a.objects]
 
 
 class Writer:

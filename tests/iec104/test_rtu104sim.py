@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import c104
@@ -171,3 +172,15 @@ async def test_malformed_frame_cut_restore_and_control_port() -> None:
         assert await ctl("bogus") == "err unknown command 'bogus'"
         assert (await ctl("get 9")).startswith("err")
         w.close()
+
+
+async def test_serves_the_sample_configurations_iec104_rtu(feproot: Path) -> None:
+    sim = Rtu104Sim.from_db(feproot / "db" / "SEMODEL.db", host_map={"127.0.0.1": "127.0.0.1",
+                                                                     "127.0.0.3": "127.0.0.1"})
+    assert list(sim.devices) == [3]  # the Modbus RTUs are fep-plcsim's
+    dev = sim.devices[3]
+    assert dev.ca == 3 and set(dev.endpoints.values()) == {("127.0.0.1", 2414)}
+    st = dev.station
+    assert {f.addr: t for f, t in st.monitor.values()} == {100: c.M_SP_TB_1, 101: c.M_DP_TB_1, 200: c.M_ME_TF_1,
+                                                            201: c.M_ME_TE_1, 300: c.M_IT_TB_1}
+    assert {a: t for a, (_, t) in st.commands.items()} == {1000: c.C_SC_NA_1, 1100: c.C_SE_NC_1}
