@@ -149,3 +149,21 @@ def test_a_master_that_does_not_keep_up_is_closed_and_its_queue_counted_as_dropp
     st.apply([upd(1001, float(i)) for i in range(51)])
     assert closed == [m.s] and st.counts["events_dropped"] == 51
     assert st.queue_depth() == 0
+
+
+def test_single_active_a_startdt_stops_the_started_master_and_takes_over_its_events() -> None:
+    st = station(single_active=True)
+    m1 = Pair(st, "m1")
+    m1.start()
+    st.apply([upd(1001 + (i % 2), float(i)) for i in range(10)])
+    m1.xfer(ack=False)  # 4 frames in flight, 6 events queued, none acknowledged
+    m2 = Pair(st, "m2")
+    m2.start()
+    assert not m1.s.active and m2.s.active
+    values = [c.decode_element(a.type_id, e)[0] for a in m2.got for _, e in a.objects]
+    assert values == [float(i * 10 if i % 2 else i) for i in range(10)]
+    st.apply([upd(1001, 77.0)])
+    m1.got.clear()
+    m1.xfer()
+    m2.xfer()
+    assert m1.got == [] and c.decode_element(m2.got[-1].type_id, m2.got[-1].objects[0][1])[0] == 77.0
