@@ -21,6 +21,7 @@ from fep_acquirer.rtu import RunnerBase, next_channel
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
+from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
 from fepha.iec104 import codec as c
@@ -31,6 +32,9 @@ from fepha.semodel.model import Channel, Rtu
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
+# After a takeover: how far back the change stream is read for the former holder's last records (its
+# entries of this RTU: the unacknowledged tail the RTU re-sends is at most w I frames, one entry each)
+RECENT_ENTRIES, RECENT_SCAN = 64, 20_000
 
 
 class LinkLost(Exception):
@@ -59,6 +63,9 @@ class Iec104Runner(RunnerBase):
         self._command: rules.CommandExchange | None = None
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
+        # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
+        self._recent: set[tuple[int, str]] | None = None
+        self._recent_pending = False
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
 
@@ -67,7 +74,9 @@ class Iec104Runner(RunnerBase):
         return link is not None and rules.reaches(True, time.monotonic(), link.last_rx, self.window_s)
 
     def lease_gained(self) -> None:
-        """Write every point again (the GI after our STARTDT brings them) and start data transfer."""
+        """Write every point again (the GI after our STARTDT brings them) and start data transfer, after
+        reading what the former holder wrote last (to recognise what the RTU sends twice)."""
+        self._recent_pending = True
         self.full_image()
         self._wake.set()
 
@@ -175,6 +184,8 @@ class Iec104Runner(RunnerBase):
                     link.tick(now)
                 except LinkTimeout as exc:
                     raise LinkLost(str(exc)) from None
+                if self._recent_pending and self.lease.held and not link.started and link.pending is None:
+                    await self._load_recent()
                 self._drive(link, now)
                 self._flush(link)
                 if self._unwritten and self.lease.held:
@@ -268,6 +279,13 @@ class Iec104Runner(RunnerBase):
             got = self.map.intake(a, rx_ms)
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
+            if self._recent is not None:
+                if got.spontaneous:  # the re-sent tail comes first, before the answers to our GI
+                    kept = rules.resent(got.events, self._recent, got.tagged)
+                    self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
+                    got.events[:] = kept
+                else:
+                    self._recent = None
             return got
         ex = self._command
         if ex is not None and ex.mine(a):
@@ -284,6 +302,27 @@ class Iec104Runner(RunnerBase):
         return None
 
     # --- fenced writes ----------------------------------------------------------------------------------
+
+    async def _load_recent(self) -> None:
+        """The records of this RTU among the newest change-stream entries (RECENT_SCAN at most)."""
+        self._recent_pending = False
+        recent: set[tuple[int, str]] = set()
+        mine, scanned, top = 0, 0, "+"
+        try:
+            while scanned < RECENT_SCAN and mine < RECENT_ENTRIES:
+                entries = await self.writer.master.xrevrange(ks.CHANGES, max=top, min="-", count=500)
+                if not entries:
+                    break
+                for eid, fields in entries:
+                    if fields.get("r") == str(self.rtu.id):
+                        mine += 1
+                        recent.update((int(k), v) for k, v in fields.items() if k != "r")
+                scanned += len(entries)
+                top = "(" + entries[-1][0]
+        except Exception as exc:  # noqa: BLE001 - no deduplication then: a re-sent event is written twice
+            self.once.problem(f"{self.key} recent", f"{type(exc).__name__}: {exc}")
+            return
+        self._recent = recent
 
     async def _publish(self, events: list[rules.Event], spontaneous: bool) -> None:
         """Write events in order: spontaneous ones always (each is an event), others when they change a

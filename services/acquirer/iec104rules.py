@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fepha import datatypes as dt
+from fepha import points as pt
 from fepha.iec104 import codec as c
 from fepha.semodel.model import Point, Rtu
 
@@ -39,12 +40,13 @@ def is_monitoring(type_id: int) -> bool:
 @dataclass(frozen=True)
 class Intake:
     """What one monitoring ASDU gave: events in wire order, whether they were spontaneous (always
-    written) or answers to an interrogation / periodic (written when changed), and problems to log once
-    (keyed so that each distinct problem is logged once)."""
+    written) or answers to an interrogation / periodic (written when changed), whether they carry the
+    device's time tags, and problems to log once (keyed so that each distinct problem is logged once)."""
 
     events: list[Event]
     spontaneous: bool
     problems: dict[str, str] = field(default_factory=dict)
+    tagged: bool = False
 
 
 def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
@@ -106,7 +108,24 @@ class PointMap:
             if problem:
                 problems[f"time {ioa}"] = f"IOA {ioa}: {problem}"
             out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems)
+        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED)
+
+
+def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
+    """The events not yet written: after a takeover the RTU sends again what the former holder received
+    but had not acknowledged (at most w I frames); those whose record (point, value, quality and the
+    device's time tag, to the ms) the former holder already wrote are dropped, once each. Only for
+    time-tagged events: an untagged one carries our reception time and is always new."""
+    if not tagged or not recent:
+        return events
+    out = []
+    for e in events:
+        key = (e[0], pt.encode(e[1][0], e[1][1], e[2]))
+        if key in recent:
+            recent.discard(key)
+        else:
+            out.append(e)
+    return out
 
 
 def batches(events: Iterable[Event]) -> list[list[Event]]:

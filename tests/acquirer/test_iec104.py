@@ -5,12 +5,16 @@ commands (direct and select before operate), takeover with events during it, mal
 
 # no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
 
+import asyncio
+import contextlib
 import datetime as dtm
 import time
 from typing import Any, Self
 
 import c104
+import redis.asyncio as aredis
 from fep_tools.redisproc import free_port
+from fep_tools.rtu104sim import Rtu104Sim
 
 from fepha import controls, points
 from fepha import keyspace as ks
@@ -192,3 +196,94 @@ async def _field(r, key, field, want) -> bool:
 
 async def _count(coro, n):
     return len(await coro) >= n
+
+
+async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
+    """Against fep-rtu104sim (a device that buffers for its redundancy group, as the standard's RTUs do):
+    the holder stops, its lease lapses after the TTL, the RTU keeps reporting meanwhile. The new holder's
+    STARTDT makes the RTU send what it kept, including what the old holder had not acknowledged: every
+    event reaches the change stream, in order, with its own time tag."""
+    port = free_port()
+    model = load(redis_master, merge(iec_rows(5, port)))
+    sim = Rtu104Sim.from_model(model)
+    await sim.start()
+    nodes = {n: Node(node_cfg(feproot, redis_master, n, **IEC_FAST)) for n in "AB"}
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        h = await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: len(sim.connections(5)) == 2, 3)
+        await until(lambda: value_of(r, 5, 5001), 3)
+        base = (int(time.time()) - 60) * 1000
+        sent: list[int] = []
+
+        async def report(n: int, gap_s: float) -> None:
+            for _ in range(n):
+                ts = base + len(sent)
+                sim.set_value(5001, len(sent) % 2, ts_ms=ts)
+                sent.append(ts)
+                await asyncio.sleep(gap_s)
+
+        await report(5, 0.02)                        # before: through the old holder
+        stopping = asyncio.create_task(nodes[h].stop())
+        await report(40, 0.03)                       # during: nobody started (lease TTL 0.6 s)
+        await stopping
+        other = "B" if h == "A" else "A"
+        await until(lambda: holder({other: nodes[other]}, 5), 5)
+        await report(5, 0.02)                        # after: through the new holder
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 5)
+        got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
+        assert sorted(set(got)) == sent, str([t - base for t in got]) + f" of {len(sent)}"   # none lost
+        # in order, each once: what the old holder had received but not yet acknowledged (up to w I frames)
+        # the RTU sends again after the new STARTDT; the new holder recognises what was written already
+        assert got == sent, str([t - base for t in got])
+        dropped = nodes[other].acq.metrics.total["duplicates_dropped"]
+        assert dropped <= 8, dropped
+    finally:
+        for n in nodes.values():
+            if not n.task.done():
+                await n.stop()
+        await r.aclose()
+        await sim.stop()
+
+
+async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logged_once(
+        redis_master, feproot, caplog):
+    good, bad = free_port(), free_port()
+    load(redis_master, merge(iec_rows(5, good), iec_rows(6, bad)))
+    frames: list[bytes] = []
+
+    async def broken_rtu(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Confirms STARTDT, then sends a frame with a bad start octet."""
+        data = await reader.read(6)
+        frames.append(data)
+        if data[2:3] == b"\x07":
+            writer.write(bytes((0x68, 4, 0x0B, 0, 0, 0)) + b"\x99\x04\x01\x00\x00\x00")
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    srv = await asyncio.start_server(broken_rtu, "127.0.0.1", bad)
+    with Rtu(good) as rtu:
+        rtu.server.get_station(CA).add_point(io_address=4242, type=c104.Type.M_SP_NA_1)  # not configured
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: holder({"A": a}, 5) and holder({"A": a}, 6), 5)
+            await until(lambda: _is(value_of(r, 5, 5003), 0.0), 5)
+            await until(lambda: len(frames) >= 2, 5)          # reconnected after closing the bad one
+            assert a.acq.runners[5].link is not None and a.acq.runners[5].link.started
+            for i in range(3):                                  # the good RTU is unaffected
+                rtu.event(rtu.me, c104.ShortInfo(actual=float(i + 1)))
+                await until(lambda i=i: _val(value_of(r, 5, 5003), 2.0 * (i + 1)), 3)
+            err = (await r.hgetall(ks.channel_state(6, "A")))["ch1_error"]
+            assert "malformed" in err, err
+            rtu.server.get_station(CA).get_point(4242).transmit(cause=c104.Cot.SPONTANEOUS)
+            rtu.server.get_station(CA).get_point(4242).transmit(cause=c104.Cot.SPONTANEOUS)
+            await asyncio.sleep(0.3)
+            unknown = [m for m in caplog.messages if "IOA 4242" in m]
+            assert len(unknown) == 1, unknown
+        finally:
+            await a.stop()
+            srv.close()
+            await srv.wait_closed()
