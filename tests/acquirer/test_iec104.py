@@ -9,16 +9,22 @@ import asyncio
 import contextlib
 import datetime as dtm
 import time
+from pathlib import Path
 from typing import Any, Self
 
 import c104
 import redis.asyncio as aredis
+from fep_forwarder import app as fwd_app
 from fep_tools.redisproc import free_port
 from fep_tools.rtu104sim import Rtu104Sim
 
 from fepha import controls, points
 from fepha import keyspace as ks
+from fepha.config import NodeConfig
+from fepha.semodel import db
 from tests.acquirer.helpers import Node, load, merge, node_cfg, until
+from tests.forwarder.se104s_fixtures import c104_master
+from tests.forwarder.se104s_fixtures import until as fwd_until
 
 CA = 7
 IEC_FAST = dict(iec104_t1_s=1.0, iec104_t2_s=0.2, iec104_t3_s=0.5, iec104_t0_s=1.0, iec104_ci_period_s=60.0)
@@ -80,6 +86,11 @@ class Rtu:
     def event(self, point: c104.Point, info: c104.Information) -> None:
         point.info = info
         point.transmit(cause=c104.Cot.SPONTANEOUS)
+
+
+def ms_of(t: dtm.datetime) -> int:
+    """Epoch ms of a time tag c104 reports (naive datetimes are UTC)."""
+    return round((t if t.tzinfo else t.replace(tzinfo=dtm.UTC)).timestamp() * 1000)
 
 
 def when(ms: int) -> dtm.datetime:
@@ -287,3 +298,68 @@ async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logge
             await a.stop()
             srv.close()
             await srv.wait_closed()
+
+
+def sample_104_rows(feproot: Path, rtu_port: int, scada_port: int) -> dict[str, list[dict[str, Any]]]:
+    """The sample's IEC 104 RTU (3, channel 1 only, on `rtu_port`) and its se104s RTU (10, on
+    `scada_port`) forwarding only RTU 3's points."""
+    rows, problems = db.read_rows(feproot / "db" / "SEMODEL.db")
+    assert not problems
+    rows["T004_RTU"] = [dict(r, LISTENPORT=scada_port) if r["RTUID"] == 10 else r
+                        for r in rows["T004_RTU"] if r["RTUID"] in (3, 10)]
+    rows["T010_CHANNEL"] = [dict(r, PORT=rtu_port) for r in rows["T010_CHANNEL"] if (r["RTUID"], r["CHANNO"]) == (3, 1)]
+    rows["T011_POINT"] = [r for r in rows["T011_POINT"] if r["RTUID"] == 3]
+    rows["T036_VTPNT"] = [r for r in rows["T036_VTPNT"] if r["RTUID"] == 3]
+    srcs = {r["PNTID"] for r in rows["T011_POINT"]} | {r["VPID"] for r in rows["T036_VTPNT"]}
+    for t in ("T005_ZFAI", "T006_ZFDI", "T007_ZFACC", "T008_ZFDO", "T009_ZFAO"):
+        rows[t] = [r for r in rows[t] if r["RTUID"] == 10 and r["SRCID"] in srcs]
+    return rows
+
+
+async def test_device_time_tag_reaches_the_scada_master_unchanged(redis_master, feproot):
+    """RTU (c104 server) -> acquirer -> Redis -> se104s -> SCADA master (c104 client): the breaker event's
+    CP56Time2a arrives at the master as the RTU stamped it, not as the time we heard of it; a command from
+    the master reaches the RTU as a select-before-operate command."""
+    rtu_port, scada_port = free_port(), free_port()
+    load(redis_master, sample_104_rows(feproot, rtu_port, scada_port))
+    srv = c104.Server(ip="127.0.0.1", port=rtu_port, tick_rate_ms=50, max_connections=2)
+    st = srv.add_station(common_address=3)
+    breaker = st.add_point(io_address=100, type=c104.Type.M_SP_TB_1)
+    volts = st.add_point(io_address=200, type=c104.Type.M_ME_TF_1)
+    cmd = st.add_point(io_address=1000, type=c104.Type.C_SC_NA_1, command_mode=c104.CommandMode.SELECT_AND_EXECUTE)
+    got_cmd: list[bool] = []
+
+    def on_cmd(point: c104.Point, previous_info: c104.Information,
+               message: c104.IncomingMessage) -> c104.ResponseState:
+        got_cmd.append(bool(point.value))
+        return c104.ResponseState.SUCCESS
+
+    cmd.on_receive(on_cmd)
+    srv.start()
+    a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+    stop = asyncio.Event()
+    fwd = asyncio.create_task(fwd_app.run(NodeConfig(
+        node_id="A", vip=redis_master.host, port=redis_master.port, local_host=redis_master.host,
+        local_port=redis_master.port, bind="127.0.0.1", heartbeat_s=0.5, control_timeout_s=3.0), stop))
+    try:
+        await until(lambda: holder({"A": a}, 3) and a.acq.runners[3].link.started, 5)
+        async with c104_master(scada_port, points={6: c104.Type.M_SP_TB_1, 1005: c104.Type.M_ME_TF_1,
+                                                   5002: c104.Type.C_SC_NA_1}, ca=1) as m:
+            tag = (int(time.time()) - 7200) * 1000 + 250           # two hours ago, to the millisecond
+            breaker.info = c104.SingleInfo(on=True, recorded_at=when(tag))
+            breaker.transmit(cause=c104.Cot.SPONTANEOUS)
+            volts.info = c104.ShortInfo(actual=231.5, recorded_at=when(tag + 5))
+            volts.transmit(cause=c104.Cot.SPONTANEOUS)
+
+            def at_master(ioa: int, value: Any) -> list[Any]:
+                return [x for x in m.values("SPONTANEOUS") if x.ioa == ioa and x.value == value]
+            await fwd_until(lambda: at_master(6, True) and at_master(1005, 231.5), 5, "events at the master")
+            sp, me = at_master(6, True)[-1], at_master(1005, 231.5)[-1]
+            assert ms_of(sp.recorded_at) == tag and ms_of(me.recorded_at) == tag + 5
+            ok = await m.command(5002, c104.SingleCmd(on=True))     # master -> se104s -> acquirer -> RTU
+            assert ok and got_cmd == [True]
+    finally:
+        stop.set()
+        await asyncio.wait_for(fwd, 10)
+        await a.stop()
+        srv.stop()
