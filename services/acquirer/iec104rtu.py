@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 
 from fep_acquirer import iec104rules as rules
@@ -253,7 +254,11 @@ class Iec104Runner(RunnerBase):
                 elif isinstance(ev, Stopped):
                     log.info("%s: data transfer stopped", self.key)
                 elif isinstance(ev, AsduIn):
-                    got = self._asdu(link, ev.asdu, rx_ms)
+                    try:
+                        got = self._asdu(link, ev.asdu, rx_ms)
+                    except (c.ProtocolError, ValueError, struct.error) as exc:
+                        self.metrics.inc("poll_errors")
+                        raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
                     if got is not None:
                         if got.events and got.spontaneous != spont and written:
                             await self._publish(written, spont)
@@ -264,11 +269,7 @@ class Iec104Runner(RunnerBase):
                 await self._publish(written, spont)
 
     def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
-        try:
-            a = c.parse_asdu(raw)
-        except c.ProtocolError as exc:
-            self.once.problem(f"{self.key} asdu", f"undecodable ASDU ignored: {exc}")
-            return None
+        a = c.parse_asdu(raw)  # ProtocolError: the connection is closed, as for a malformed frame
         ca = (self.channel.unit if self.channel else 1) or 1
         if a.ca != ca:
             self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")

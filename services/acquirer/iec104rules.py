@@ -63,12 +63,13 @@ def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
 
 def sample_of(p: Point, type_id: int, elem: bytes, rx_ms: int) -> tuple[float | int, int, int, str | None]:
     """(engineering value, quality, ts_ms, problem or None) of one monitoring element for point `p`."""
-    value, quality, _ = c.decode_element(type_id, elem)
     problem = None
     ts = rx_ms
+    base = c.base_type(type_id)
     if type_id in c.TIME_TAGGED:
         ts, problem = device_time(elem, rx_ms)
-    base = c.base_type(type_id)
+        elem = elem[:-7]
+    value, quality, _ = c.decode_element(base, elem)
     if base == c.M_DP_NA_1:
         dpi = int(value)
         if dpi in (0, 3):
