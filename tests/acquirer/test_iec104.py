@@ -363,3 +363,50 @@ async def test_device_time_tag_reaches_the_scada_master_unchanged(redis_master, 
         await asyncio.wait_for(fwd, 10)
         await a.stop()
         srv.stop()
+
+
+async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redis_master, feproot):
+    """Against fep-rtu104sim on two channels: clock sync then GI after STARTDT, GI again every POLLMS; a
+    holder whose lease is taken (the other node forced in Redis) sends STOPDT and the new holder STARTDT;
+    a cut channel 1 makes the holder switch to channel 2 after channel_switch_s, and the lease stays."""
+    port = free_port()
+    rows = merge(iec_rows(5, port, gi_ms=1000))
+    rows["T010_CHANNEL"].append(dict(RTUID=5, CHANNO=2, HOST="127.0.0.2", PORT=port, UNITID=CA))
+    model = load(redis_master, rows)
+    sim = Rtu104Sim.from_model(model)
+    await sim.start()
+    fast = dict(IEC_FAST, iec104_clock_sync_s=60.0)
+    nodes = {n: Node(node_cfg(feproot, redis_master, n, **fast)) for n in "AB"}
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        h = await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: sum(x["started"] for x in sim.connections(5)) == 1 and len(sim.connections(5)) == 2, 3)
+        await until(lambda: sim.log.clock_syncs, 3)
+        t0 = time.time()
+        await until(lambda: abs(sim.devices[5].clock_ms() / 1000 - t0) < 1.0, 3)    # the RTU's clock set
+        runner, sent = nodes[h].acq.runners[5], []
+        send = runner._send
+        runner._send = lambda link, asdu: (sent.append(asdu[0]), send(link, asdu))[1]  # type ids sent
+        await asyncio.sleep(2.3)                                                  # POLLMS 1000: periodic GI
+        assert 2 <= sent.count(100) <= 3, sent
+        # the lease moves (as if the holder's ticks had been refused): STOPDT by the old, STARTDT by the new
+        other = "B" if h == "A" else "A"
+        await r.hset(ks.lease(5), mapping={"holder": other, "epoch": "7"})
+        await until(lambda: holder({other: nodes[other]}, 5) and not nodes[h].acq.runners[5].lease.held, 3)
+        await until(lambda: nodes[other].acq.runners[5].link.started and not nodes[h].acq.runners[5].link.started, 3)
+        assert sum(x["started"] for x in sim.connections(5)) == 1
+        sim.set_value(5001, 1, ts_ms=1_790_000_000_000)
+        await until(lambda: _val(value_of(r, 5, 5001), 1), 3)
+        # channel 1 cut: both nodes go to channel 2, the holder keeps its lease
+        epoch = (await r.hgetall(ks.lease(5)))["epoch"]
+        await sim.cut(5, 1)
+        await until(lambda: _field(r, ks.channel_state(5, other), "active", "2"), 5)
+        await until(lambda: nodes[other].acq.runners[5].link.started, 5)
+        sim.set_value(5001, 0, ts_ms=1_790_000_001_000)
+        await until(lambda: _val(value_of(r, 5, 5001), 0), 5)
+        assert (await r.hgetall(ks.lease(5)))["epoch"] == epoch
+    finally:
+        for n in nodes.values():
+            await n.stop()
+        await r.aclose()
+        await sim.stop()
