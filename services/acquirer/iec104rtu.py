@@ -117,7 +117,8 @@ class Iec104Runner(RunnerBase):
         first = ex.first()  # ValueError for a value the type cannot carry: nothing sent
         self._command, self._command_done = ex, asyncio.Event()
         try:
-            self._send(link, first)
+            if not self._send(link, first):
+                raise RuntimeError("not sent: k unacknowledged frames to the RTU")
             while ex.result is None and ex.phase != "term":
                 self._command_done.clear()
                 await self._command_done.wait()
@@ -165,11 +166,14 @@ class Iec104Runner(RunnerBase):
             except LinkLost as exc:
                 self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
                 self.once.problem(f"{self.key} channel {no}", str(exc))
+            except Exception as exc:  # a bug must not end the RTU's task: close, log, reconnect
+                log.exception("%s: connection on channel %d failed", self.key, no)
+                self.switcher.failed(time.monotonic(), f"{type(exc).__name__}: {exc}", wall=time.time())
             finally:
                 self.link = self.channel = self._out = None
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
-                    self._command._done(False, "connection to the RTU lost")
+                    self._command.finish(False, "connection to the RTU lost")
                     self._command_done.set()
                 out.close()
 
@@ -214,16 +218,18 @@ class Iec104Runner(RunnerBase):
                 link.stop(now)
                 self.schedule.stopped()
                 log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
-        if link.started and self.channel is not None:
+        if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
             for kind in self.schedule.due(now):
                 self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000)))
 
-    def _send(self, link: Link, asdu: bytes) -> None:
-        if not link.window_open:  # k frames unacknowledged: the RTU is not keeping up; t1 will tell
-            raise RuntimeError("k window full")
+    def _send(self, link: Link, asdu: bytes) -> bool:
+        """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell)."""
+        if not link.window_open:
+            return False
         link.send(asdu, time.monotonic())
         self._flush(link)
+        return True
 
     def _flush(self, link: Link) -> None:
         data = link.data_to_send()
@@ -290,8 +296,8 @@ class Iec104Runner(RunnerBase):
             return got
         ex = self._command
         if ex is not None and ex.mine(a):
-            if ex.feed(a) == "execute":
-                self._send(link, ex.execute(int(time.time() * 1000)))
+            if ex.feed(a) == "execute" and not self._send(link, ex.execute(int(time.time() * 1000))):
+                ex.finish(False, "not executed: k unacknowledged frames to the RTU")
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new

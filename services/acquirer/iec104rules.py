@@ -215,19 +215,19 @@ class CommandExchange:
             return None
         cause = a.cause
         if cause in (c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_COT, c.COT_UNKNOWN_CA, c.COT_UNKNOWN_IOA):
-            self._done(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
+            self.finish(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
         elif cause == c.COT_ACTCON and a.negative:
-            self._done(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
+            self.finish(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
         elif cause == c.COT_ACTCON and self.phase == "select":
             self.phase = "execute"
             return "execute"
         elif cause == c.COT_ACTCON and self.phase == "execute":
             self.phase = "term"
         elif cause == c.COT_ACTTERM and self.phase in ("term", "execute"):
-            self._done(True, "executed (ACT_CON, ACT_TERM)")
+            self.finish(True, "executed (ACT_CON, ACT_TERM)")
         return None
 
-    def _done(self, ok: bool, reason: str) -> None:
+    def finish(self, ok: bool, reason: str) -> None:
         self.phase, self.result = "done", (ok, reason)
 
 
