@@ -201,6 +201,11 @@ async def _val(coro, want):
     return v if v is not None and v.value == want else None
 
 
+async def _iv(coro) -> bool:
+    v = await coro
+    return v is not None and bool(v.quality & points.Quality.IV)
+
+
 async def _field(r, key, field, want) -> bool:
     return (await r.hget(key, field)) == want
 
@@ -405,6 +410,11 @@ async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redi
         sim.set_value(5001, 0, ts_ms=1_790_000_001_000)
         await until(lambda: _val(value_of(r, 5, 5001), 0), 5)
         assert (await r.hgetall(ks.lease(5)))["epoch"] == epoch
+        # both channels cut: nobody reaches the RTU, the holder writes its points invalid, the link goes 0
+        await sim.cut(5, 2)
+        await until(lambda: _iv(value_of(r, 5, 5003)), 5)
+        await until(lambda: _field(r, ks.link(5), "val", "0"), 5)
+        assert (await value_of(r, 5, 5001)).value == 0          # the last value, marked invalid
     finally:
         for n in nodes.values():
             await n.stop()
