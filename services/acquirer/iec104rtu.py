@@ -67,6 +67,7 @@ class Iec104Runner(RunnerBase):
         # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
         self._recent: set[tuple[int, str]] | None = None
         self._recent_pending = False
+        self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
 
@@ -171,6 +172,7 @@ class Iec104Runner(RunnerBase):
                 self.switcher.failed(time.monotonic(), f"{type(exc).__name__}: {exc}", wall=time.time())
             finally:
                 self.link = self.channel = self._out = None
+                self._gi_open = False
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
                     self._command.finish(False, "connection to the RTU lost")
@@ -221,7 +223,8 @@ class Iec104Runner(RunnerBase):
         if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
             for kind in self.schedule.due(now):
-                self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000)))
+                if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
+                    self._gi_open = True
 
     def _send(self, link: Link, asdu: bytes) -> bool:
         """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell)."""
@@ -301,10 +304,13 @@ class Iec104Runner(RunnerBase):
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
-            self.schedule.request_gi(time.monotonic())
-            self._wake.set()
-        elif a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
+            if not self._gi_open:  # (one sent after STARTDT and not terminated yet answers with that image)
+                log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
+                self.schedule.request_gi(time.monotonic())
+                self._wake.set()
+        elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
+            self._gi_open = False
+        if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
         return None
 
