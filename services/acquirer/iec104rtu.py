@@ -304,9 +304,9 @@ class Iec104Runner(RunnerBase):
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            if not self._gi_open:  # (one sent after STARTDT and not terminated yet answers with that image)
+            # (a GI sent after STARTDT and not terminated yet answers with the new image already)
+            if not self._gi_open and self.schedule.request_gi(time.monotonic()):
                 log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
-                self.schedule.request_gi(time.monotonic())
                 self._wake.set()
         elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
             self._gi_open = False

@@ -260,10 +260,13 @@ class Schedule:
     def stopped(self) -> None:
         self.next = {}
 
-    def request_gi(self, now: float) -> None:
-        """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image)."""
-        if self.next:
-            self.next["gi"] = now
+    def request_gi(self, now: float) -> bool:
+        """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image); False
+        when none is needed (data transfer stopped, or a GI is due already)."""
+        if not self.next or self.next.get("gi", math.inf) <= now:
+            return False
+        self.next["gi"] = now
+        return True
 
     def due(self, now: float) -> list[str]:
         out = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]

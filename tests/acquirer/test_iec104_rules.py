@@ -180,8 +180,11 @@ def test_schedule_after_startdt_and_periodic() -> None:
     s = rules.Schedule(gi_period_s=0, ci_period_s=30, cs_period_s=60)
     s.started(0)
     assert s.due(0) == ["cs", "gi", "ci"] and s.due(29) == [] and s.due(30) == ["ci"] and s.due(60) == ["cs", "ci"]
-    s.request_gi(61)                                                # RTU restarted / full image
+    assert s.request_gi(61)                                         # RTU restarted / full image
+    assert not s.request_gi(61)                                     # already due: no second one
     assert s.due(61) == ["gi"] and s.due(1000) == ["cs", "ci"]
+    s.stopped()
+    assert not s.request_gi(1001) and s.due(1001) == []             # stopped: the next STARTDT brings one
 
 
 def test_interrogation_asdus() -> None:
