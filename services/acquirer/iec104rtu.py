@@ -59,8 +59,7 @@ class Iec104Runner(RunnerBase):
         self.channel: Channel | None = None
         self._out: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
-        # (event batch, spontaneous) whose write failed (Redis unreachable): retried first, in order
-        self._unwritten: list[tuple[list[rules.Event], bool]] = []
+        self._holding_acks = False  # received frames not written yet: acknowledgements wait (_receive)
         self._command: rules.CommandExchange | None = None
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
@@ -160,6 +159,7 @@ class Iec104Runner(RunnerBase):
                 continue
             self.switcher.connected(time.monotonic(), wall=time.time())
             self.once.clear(f"{self.key} channel {no}")
+            self._recent_pending = True  # what the RTU may send again was written by us or our predecessor
             link = Link(Role.CLIENT, self.params, now=time.monotonic())
             self.link, self.channel, self._out = link, ch, out
             try:
@@ -195,8 +195,6 @@ class Iec104Runner(RunnerBase):
                     await self._load_recent()
                 self._drive(link, now)
                 self._flush(link)
-                if self._unwritten and self.lease.held:
-                    await self._publish([], spontaneous=True)
                 until = [link.next_deadline(), now + self.cfg.lease_tick_s]
                 if (d := self.schedule.deadline()) is not None:
                     until.append(d)
@@ -235,6 +233,8 @@ class Iec104Runner(RunnerBase):
         return True
 
     def _flush(self, link: Link) -> None:
+        if self._holding_acks:  # an S frame now would acknowledge events not written yet
+            return
         data = link.data_to_send()
         if data and self._out is not None and link is self.link:
             self._out.write(data)
@@ -250,32 +250,46 @@ class Iec104Runner(RunnerBase):
             except c.ProtocolError as exc:
                 self.metrics.inc("poll_errors")
                 raise LinkLost(f"malformed frame from the RTU: {exc}") from None
-            self._flush(link)
-            written: list[rules.Event] = []
-            spont = False
-            rx_ms = int(time.time() * 1000)
-            for ev in events:
-                if isinstance(ev, Started):
-                    log.info("%s: data transfer started", self.key)
-                    self.schedule.started(now)
-                    self._started_evt.set()
-                    self._wake.set()
-                elif isinstance(ev, Stopped):
-                    log.info("%s: data transfer stopped", self.key)
-                elif isinstance(ev, AsduIn):
-                    try:
-                        got = self._asdu(link, ev.asdu, rx_ms)
-                    except (c.ProtocolError, ValueError, struct.error) as exc:
-                        self.metrics.inc("poll_errors")
-                        raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
-                    if got is not None:
-                        if got.events and got.spontaneous != spont and written:
-                            await self._publish(written, spont)
-                            written = []
-                        written += got.events
-                        spont = got.spontaneous
-            if written:
-                await self._publish(written, spont)
+            self._holding_acks = True
+            try:
+                await self._take(link, events, now)
+            finally:
+                self._holding_acks = False
+            self._flush(link)  # acknowledges (w, t2) only frames whose events are in Redis
+
+    async def _take(self, link: Link, events: list, now: float) -> None:
+        """Act on one read's events; its monitoring objects are written before anything acknowledges
+        them. A write that fails closes the connection unacknowledged: the RTU keeps those frames and
+        sends them again after the next STARTDT (ours after reconnecting, or the new holder's)."""
+        written: list[rules.Event] = []
+        spont = False
+        rx_ms = int(time.time() * 1000)
+        for ev in events:
+            if isinstance(ev, Started):
+                log.info("%s: data transfer started", self.key)
+                self.schedule.started(now)
+                self._started_evt.set()
+                self._wake.set()
+            elif isinstance(ev, Stopped):
+                log.info("%s: data transfer stopped", self.key)
+            elif isinstance(ev, AsduIn):
+                try:
+                    got = self._asdu(link, ev.asdu, rx_ms)
+                except (c.ProtocolError, ValueError, struct.error) as exc:
+                    self.metrics.inc("poll_errors")
+                    raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
+                if got is not None:
+                    if got.events and got.spontaneous != spont and written:
+                        await self._written(written, spont)
+                        written = []
+                    written += got.events
+                    spont = got.spontaneous
+        if written:
+            await self._written(written, spont)
+
+    async def _written(self, events: list[rules.Event], spontaneous: bool) -> None:
+        if not await self._publish(events, spontaneous):
+            raise LinkLost("events not written to Redis: connection closed unacknowledged, the RTU keeps them")
 
     def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
         a = c.parse_asdu(raw)  # ProtocolError: the connection is closed, as for a malformed frame
@@ -337,18 +351,17 @@ class Iec104Runner(RunnerBase):
             return
         self._recent = recent
 
-    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> None:
+    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> bool:
         """Write events in order: spontaneous ones always (each is an event), others when they change a
-        point (or after a full image); a failed write is retried first with the next write or tick."""
+        point (or after a full image). False when a write failed or was fenced (the tracker re-sends
+        failed points with the next write of them; received events are left to the RTU, see _take)."""
         async with self._write_lock:
             for pid, s, _ in events:
                 self.samples[pid] = s
             if not self.lease.held:
-                return
-            todo = self._unwritten + [(b, spontaneous) for b in rules.batches(events)]
-            self._unwritten = []
-            for i, (batch, spont) in enumerate(todo):
-                if not spont:
+                return False
+            for batch in rules.batches(events):
+                if not spontaneous:
                     changed = self.tracker.changes({pid: s for pid, s, _ in batch})
                     batch = [e for e in batch if e[0] in changed]
                 if not batch:
@@ -367,9 +380,9 @@ class Iec104Runner(RunnerBase):
                     self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
                     self.lease.fenced_out(res.holder, res.epoch)
                     self._wake.set()
-                    return
+                    return False
                 self.metrics.inc("write_errors")
                 self.tracker.failed(done)
-                self._unwritten = todo[i:]
                 self.once.problem(f"{self.key} write", res.error)
-                return
+                return False
+            return True

@@ -214,18 +214,30 @@ async def _count(coro, n):
     return len(await coro) >= n
 
 
+@contextlib.asynccontextmanager
+async def sim_system(redis_master, feproot, rows: dict[str, list[dict[str, Any]]], **cfg: Any):
+    """fep-rtu104sim serving `rows`' IEC 104 RTUs, acquirers A and B (IEC_FAST timers plus `cfg`) and a
+    Redis client of the test's own: (sim, nodes, r). Stops what is still running."""
+    sim = Rtu104Sim.from_model(load(redis_master, rows))
+    await sim.start()
+    nodes = {n: Node(node_cfg(feproot, redis_master, n, **{**IEC_FAST, **cfg})) for n in "AB"}
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        yield sim, nodes, r
+    finally:
+        for n in nodes.values():
+            if not n.task.done():
+                await n.stop()
+        await r.aclose()
+        await sim.stop()
+
+
 async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
     """Against fep-rtu104sim (a device that buffers for its redundancy group, as the standard's RTUs do):
     the holder stops, its lease lapses after the TTL, the RTU keeps reporting meanwhile. The new holder's
     STARTDT makes the RTU send what it kept, including what the old holder had not acknowledged: every
     event reaches the change stream, in order, with its own time tag."""
-    port = free_port()
-    model = load(redis_master, merge(iec_rows(5, port)))
-    sim = Rtu104Sim.from_model(model)
-    await sim.start()
-    nodes = {n: Node(node_cfg(feproot, redis_master, n, **IEC_FAST)) for n in "AB"}
-    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
-    try:
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
         h = await until(lambda: holder(nodes, 5), 5)
         await until(lambda: len(sim.connections(5)) == 2, 3)
         await until(lambda: value_of(r, 5, 5001), 3)
@@ -255,12 +267,6 @@ async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
         assert got == sent, str([t - base for t in got])
         dropped = nodes[other].acq.metrics.total["duplicates_dropped"]
         assert dropped <= 8, dropped
-    finally:
-        for n in nodes.values():
-            if not n.task.done():
-                await n.stop()
-        await r.aclose()
-        await sim.stop()
 
 
 async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logged_once(
@@ -377,13 +383,7 @@ async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redi
     port = free_port()
     rows = merge(iec_rows(5, port, gi_ms=1000))
     rows["T010_CHANNEL"].append(dict(RTUID=5, CHANNO=2, HOST="127.0.0.2", PORT=port, UNITID=CA))
-    model = load(redis_master, rows)
-    sim = Rtu104Sim.from_model(model)
-    await sim.start()
-    fast = dict(IEC_FAST, iec104_clock_sync_s=60.0)
-    nodes = {n: Node(node_cfg(feproot, redis_master, n, **fast)) for n in "AB"}
-    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
-    try:
+    async with sim_system(redis_master, feproot, rows, iec104_clock_sync_s=60.0) as (sim, nodes, r):
         h = await until(lambda: holder(nodes, 5), 5)
         await until(lambda: sum(x["started"] for x in sim.connections(5)) == 1 and len(sim.connections(5)) == 2, 3)
         await until(lambda: sim.log.clock_syncs, 3)
@@ -415,8 +415,26 @@ async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redi
         await until(lambda: _iv(value_of(r, 5, 5003)), 5)
         await until(lambda: _field(r, ks.link(5), "val", "0"), 5)
         assert (await value_of(r, 5, 5001)).value == 0          # the last value, marked invalid
-    finally:
-        for n in nodes.values():
-            await n.stop()
-        await r.aclose()
-        await sim.stop()
+
+
+async def test_redis_unreachable_during_events_loses_none(redis_master, feproot):
+    """The master Redis stops answering (CLIENT PAUSE) while the RTU reports: the holder's writes fail,
+    it closes its connection without acknowledging what it could not write, and the RTU sends those
+    events again after the next STARTDT (the same holder's or the other node's): none lost, none twice."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
+        await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: value_of(r, 5, 5001), 3)
+        base = (int(time.time()) - 60) * 1000
+        sent: list[int] = []
+        for i in range(60):
+            if i == 10:
+                await r.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            sim.set_value(5001, i % 2, ts_ms=base + i)
+            sent.append(base + i)
+            await asyncio.sleep(0.03)
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 8)
+        got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
+        assert sorted(set(got)) == sent, str([t - base for t in got]) + f" of {len(sent)}"   # none lost
+        assert got == sent, str([t - base for t in got])                                     # none twice
+        assert sum(n.acq.metrics.total["write_errors"] for n in nodes.values()) >= 1          # it did fail
