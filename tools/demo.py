@@ -3,6 +3,8 @@
     node A = 127.0.0.1: master Redis, acquirer, forwarder (IEC 104 :2404, Modbus :1502, sefeps :7070), api :8080
     node B = 127.0.0.2: replica Redis, acquirer, forwarder, api on the same ports of 127.0.0.2
     PLCs   = fep-plcsim serving the sample SEMODEL.db's devices on 127.0.0.1 (channel 1) and 127.0.0.3 (channel 2)
+    RTU    = fep-rtu104sim serving its IEC 104 RTU (Substation South) on 127.0.0.1:2414 and 127.0.0.3:2414,
+             one spontaneous event a second
 
 Loopback addresses stand in for the two hosts, so no namespaces and no root are needed for the run
 itself (`.ci/install` may need root to apt-get the Debian packages). There is no keepalived in the demo:
@@ -61,6 +63,11 @@ class Demo:
 
     def start_plcs(self) -> None:
         self.spawn("plcsim", ["fep-plcsim", "--db", str(self.root / "db" / "SEMODEL.db")], self.env("A"))
+
+    def start_rtu104(self) -> None:
+        """The sample's IEC 104 RTU (PROTOCOL iec104), beside the Modbus PLCs."""
+        self.spawn("rtu104sim", ["fep-rtu104sim", "--db", str(self.root / "db" / "SEMODEL.db"), "--rate", "1"],
+                   self.env("A"))
 
     def start_node(self, node: str) -> None:
         for prog in ("fep-acquirer", "fep-forwarder", "fep-api"):
@@ -136,6 +143,9 @@ fep-ha demo running: two nodes on this machine (no keepalived: the master Redis 
                     fep-scada-probe --db {self.root / 'db' / 'SEMODEL.db'} --node A={a} --node B={b}
   Modbus TCP      mbpoll -m tcp -p 1502 -a 1 -t 3:float -B -r 1 -c 2 {a}   (tank level, flow: input registers)
                   mbpoll -m tcp -p 1502 -a 1 -t 1 -r 1 -c 3 {b}            (pumps, link: discrete inputs)
+  IEC 104 RTU     fep-rtu104sim (Substation South, RTU 3) on 127.0.0.1:2414 / 127.0.0.3:2414, common address 3:
+                  both acquirers connected, the lease holder started; its events reach the IEC 104 masters
+                  above with the RTU's own time tags (IOA 6 breaker Q3, 1005 line voltage)
   sefeps          python -m fep_tools.sefeps_client --help
   Redis           redis-cli -h {a} -p {self.redis_port}   (master)    redis-cli -h {b} -p {self.redis_port}   (replica)
   logs            {self.root / 'log'}
@@ -167,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         demo.start_redis()
         demo.load()
         demo.start_plcs()
+        demo.start_rtu104()
         demo.start_node("A")
         demo.start_node("B")
         ready = demo.wait_ready()

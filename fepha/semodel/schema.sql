@@ -3,7 +3,7 @@
 -- Columns are deliberately loose (no CHECK, nullable): the validator reports every broken value with its
 -- table, row and column instead of SQLite refusing the first one.
 
--- RTUs: acquisition (RTUTYPE 0, Modbus TCP devices) and forwarding (RTUTYPE 2, servers for SCADA masters).
+-- RTUs: acquisition (RTUTYPE 0, Modbus TCP devices or IEC 104 RTUs) and forwarding (RTUTYPE 2, servers for SCADA masters).
 CREATE TABLE T004_RTU (
     RTUID      INTEGER PRIMARY KEY,
     NAME       TEXT,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 
 from fep_acquirer import iec104rules as rules
@@ -21,6 +22,7 @@ from fep_acquirer.rtu import RunnerBase, next_channel
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
+from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
 from fepha.iec104 import codec as c
@@ -31,6 +33,9 @@ from fepha.semodel.model import Channel, Rtu
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
+# After a takeover: how far back the change stream is read for the former holder's last records (its
+# entries of this RTU: the unacknowledged tail the RTU re-sends is at most w I frames, one entry each)
+RECENT_ENTRIES, RECENT_SCAN = 64, 20_000
 
 
 class LinkLost(Exception):
@@ -54,11 +59,14 @@ class Iec104Runner(RunnerBase):
         self.channel: Channel | None = None
         self._out: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
-        # (event batch, spontaneous) whose write failed (Redis unreachable): retried first, in order
-        self._unwritten: list[tuple[list[rules.Event], bool]] = []
+        self._holding_acks = False  # received frames not written yet: acknowledgements wait (_receive)
         self._command: rules.CommandExchange | None = None
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
+        # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
+        self._recent: set[tuple[int, str]] | None = None
+        self._recent_pending = False
+        self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
 
@@ -67,7 +75,9 @@ class Iec104Runner(RunnerBase):
         return link is not None and rules.reaches(True, time.monotonic(), link.last_rx, self.window_s)
 
     def lease_gained(self) -> None:
-        """Write every point again (the GI after our STARTDT brings them) and start data transfer."""
+        """Write every point again (the GI after our STARTDT brings them) and start data transfer, after
+        reading what the former holder wrote last (to recognise what the RTU sends twice)."""
+        self._recent_pending = True
         self.full_image()
         self._wake.set()
 
@@ -107,7 +117,8 @@ class Iec104Runner(RunnerBase):
         first = ex.first()  # ValueError for a value the type cannot carry: nothing sent
         self._command, self._command_done = ex, asyncio.Event()
         try:
-            self._send(link, first)
+            if not self._send(link, first):
+                raise RuntimeError("not sent: k unacknowledged frames to the RTU")
             while ex.result is None and ex.phase != "term":
                 self._command_done.clear()
                 await self._command_done.wait()
@@ -148,6 +159,7 @@ class Iec104Runner(RunnerBase):
                 continue
             self.switcher.connected(time.monotonic(), wall=time.time())
             self.once.clear(f"{self.key} channel {no}")
+            self._recent_pending = True  # what the RTU may send again was written by us or our predecessor
             link = Link(Role.CLIENT, self.params, now=time.monotonic())
             self.link, self.channel, self._out = link, ch, out
             try:
@@ -155,11 +167,15 @@ class Iec104Runner(RunnerBase):
             except LinkLost as exc:
                 self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
                 self.once.problem(f"{self.key} channel {no}", str(exc))
+            except Exception as exc:  # a bug must not end the RTU's task: close, log, reconnect
+                log.exception("%s: connection on channel %d failed", self.key, no)
+                self.switcher.failed(time.monotonic(), f"{type(exc).__name__}: {exc}", wall=time.time())
             finally:
                 self.link = self.channel = self._out = None
+                self._gi_open = False
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
-                    self._command._done(False, "connection to the RTU lost")
+                    self._command.finish(False, "connection to the RTU lost")
                     self._command_done.set()
                 out.close()
 
@@ -175,10 +191,10 @@ class Iec104Runner(RunnerBase):
                     link.tick(now)
                 except LinkTimeout as exc:
                     raise LinkLost(str(exc)) from None
+                if self._recent_pending and self.lease.held and not link.started and link.pending is None:
+                    await self._load_recent()
                 self._drive(link, now)
                 self._flush(link)
-                if self._unwritten and self.lease.held:
-                    await self._publish([], spontaneous=True)
                 until = [link.next_deadline(), now + self.cfg.lease_tick_s]
                 if (d := self.schedule.deadline()) is not None:
                     until.append(d)
@@ -202,18 +218,23 @@ class Iec104Runner(RunnerBase):
                 link.stop(now)
                 self.schedule.stopped()
                 log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
-        if link.started and self.channel is not None:
+        if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
             for kind in self.schedule.due(now):
-                self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000)))
+                if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
+                    self._gi_open = True
 
-    def _send(self, link: Link, asdu: bytes) -> None:
-        if not link.window_open:  # k frames unacknowledged: the RTU is not keeping up; t1 will tell
-            raise RuntimeError("k window full")
+    def _send(self, link: Link, asdu: bytes) -> bool:
+        """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell)."""
+        if not link.window_open:
+            return False
         link.send(asdu, time.monotonic())
         self._flush(link)
+        return True
 
     def _flush(self, link: Link) -> None:
+        if self._holding_acks:  # an S frame now would acknowledge events not written yet
+            return
         data = link.data_to_send()
         if data and self._out is not None and link is self.link:
             self._out.write(data)
@@ -229,35 +250,49 @@ class Iec104Runner(RunnerBase):
             except c.ProtocolError as exc:
                 self.metrics.inc("poll_errors")
                 raise LinkLost(f"malformed frame from the RTU: {exc}") from None
-            self._flush(link)
-            written: list[rules.Event] = []
-            spont = False
-            rx_ms = int(time.time() * 1000)
-            for ev in events:
-                if isinstance(ev, Started):
-                    log.info("%s: data transfer started", self.key)
-                    self.schedule.started(now)
-                    self._started_evt.set()
-                    self._wake.set()
-                elif isinstance(ev, Stopped):
-                    log.info("%s: data transfer stopped", self.key)
-                elif isinstance(ev, AsduIn):
+            self._holding_acks = True
+            try:
+                await self._take(link, events, now)
+            finally:
+                self._holding_acks = False
+            self._flush(link)  # acknowledges (w, t2) only frames whose events are in Redis
+
+    async def _take(self, link: Link, events: list, now: float) -> None:
+        """Act on one read's events; its monitoring objects are written before anything acknowledges
+        them. A write that fails closes the connection unacknowledged: the RTU keeps those frames and
+        sends them again after the next STARTDT (ours after reconnecting, or the new holder's)."""
+        written: list[rules.Event] = []
+        spont = False
+        rx_ms = int(time.time() * 1000)
+        for ev in events:
+            if isinstance(ev, Started):
+                log.info("%s: data transfer started", self.key)
+                self.schedule.started(now)
+                self._started_evt.set()
+                self._wake.set()
+            elif isinstance(ev, Stopped):
+                log.info("%s: data transfer stopped", self.key)
+            elif isinstance(ev, AsduIn):
+                try:
                     got = self._asdu(link, ev.asdu, rx_ms)
-                    if got is not None:
-                        if got.events and got.spontaneous != spont and written:
-                            await self._publish(written, spont)
-                            written = []
-                        written += got.events
-                        spont = got.spontaneous
-            if written:
-                await self._publish(written, spont)
+                except (c.ProtocolError, ValueError, struct.error) as exc:
+                    self.metrics.inc("poll_errors")
+                    raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
+                if got is not None:
+                    if got.events and got.spontaneous != spont and written:
+                        await self._written(written, spont)
+                        written = []
+                    written += got.events
+                    spont = got.spontaneous
+        if written:
+            await self._written(written, spont)
+
+    async def _written(self, events: list[rules.Event], spontaneous: bool) -> None:
+        if not await self._publish(events, spontaneous):
+            raise LinkLost("events not written to Redis: connection closed unacknowledged, the RTU keeps them")
 
     def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
-        try:
-            a = c.parse_asdu(raw)
-        except c.ProtocolError as exc:
-            self.once.problem(f"{self.key} asdu", f"undecodable ASDU ignored: {exc}")
-            return None
+        a = c.parse_asdu(raw)  # ProtocolError: the connection is closed, as for a malformed frame
         ca = (self.channel.unit if self.channel else 1) or 1
         if a.ca != ca:
             self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")
@@ -268,35 +303,65 @@ class Iec104Runner(RunnerBase):
             got = self.map.intake(a, rx_ms)
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
+            if self._recent is not None:
+                if got.spontaneous:  # the re-sent tail comes first, before the answers to our GI
+                    kept = rules.resent(got.events, self._recent, got.tagged)
+                    self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
+                    got.events[:] = kept
+                else:
+                    self._recent = None
             return got
         ex = self._command
         if ex is not None and ex.mine(a):
-            if ex.feed(a) == "execute":
-                self._send(link, ex.execute(int(time.time() * 1000)))
+            if ex.feed(a) == "execute" and not self._send(link, ex.execute(int(time.time() * 1000))):
+                ex.finish(False, "not executed: k unacknowledged frames to the RTU")
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
-            self.schedule.request_gi(time.monotonic())
-            self._wake.set()
-        elif a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
+            # (a GI sent after STARTDT and not terminated yet answers with the new image already)
+            if not self._gi_open and self.schedule.request_gi(time.monotonic()):
+                log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
+                self._wake.set()
+        elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
+            self._gi_open = False
+        if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
         return None
 
     # --- fenced writes ----------------------------------------------------------------------------------
 
-    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> None:
+    async def _load_recent(self) -> None:
+        """The records of this RTU among the newest change-stream entries (RECENT_SCAN at most)."""
+        self._recent_pending = False
+        recent: set[tuple[int, str]] = set()
+        mine, scanned, top = 0, 0, "+"
+        try:
+            while scanned < RECENT_SCAN and mine < RECENT_ENTRIES:
+                entries = await self.writer.master.xrevrange(ks.CHANGES, max=top, min="-", count=500)
+                if not entries:
+                    break
+                for eid, fields in entries:
+                    if fields.get("r") == str(self.rtu.id):
+                        mine += 1
+                        recent.update((int(k), v) for k, v in fields.items() if k != "r")
+                scanned += len(entries)
+                top = "(" + entries[-1][0]
+        except Exception as exc:  # noqa: BLE001 - no deduplication then: a re-sent event is written twice
+            self.once.problem(f"{self.key} recent", f"{type(exc).__name__}: {exc}")
+            return
+        self._recent = recent
+
+    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> bool:
         """Write events in order: spontaneous ones always (each is an event), others when they change a
-        point (or after a full image); a failed write is retried first with the next write or tick."""
+        point (or after a full image). False when a write failed or was fenced (the tracker re-sends
+        failed points with the next write of them; received events are left to the RTU, see _take)."""
         async with self._write_lock:
             for pid, s, _ in events:
                 self.samples[pid] = s
             if not self.lease.held:
-                return
-            todo = self._unwritten + [(b, spontaneous) for b in rules.batches(events)]
-            self._unwritten = []
-            for i, (batch, spont) in enumerate(todo):
-                if not spont:
+                return False
+            for batch in rules.batches(events):
+                if not spontaneous:
                     changed = self.tracker.changes({pid: s for pid, s, _ in batch})
                     batch = [e for e in batch if e[0] in changed]
                 if not batch:
@@ -315,9 +380,9 @@ class Iec104Runner(RunnerBase):
                     self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
                     self.lease.fenced_out(res.holder, res.epoch)
                     self._wake.set()
-                    return
+                    return False
                 self.metrics.inc("write_errors")
                 self.tracker.failed(done)
-                self._unwritten = todo[i:]
                 self.once.problem(f"{self.key} write", res.error)
-                return
+                return False
+            return True

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from fepha import datatypes as dt
+from fepha import points as pt
 from fepha.iec104 import codec as c
 from fepha.semodel.model import Point, Rtu
 
@@ -39,12 +40,13 @@ def is_monitoring(type_id: int) -> bool:
 @dataclass(frozen=True)
 class Intake:
     """What one monitoring ASDU gave: events in wire order, whether they were spontaneous (always
-    written) or answers to an interrogation / periodic (written when changed), and problems to log once
-    (keyed so that each distinct problem is logged once)."""
+    written) or answers to an interrogation / periodic (written when changed), whether they carry the
+    device's time tags, and problems to log once (keyed so that each distinct problem is logged once)."""
 
     events: list[Event]
     spontaneous: bool
     problems: dict[str, str] = field(default_factory=dict)
+    tagged: bool = False
 
 
 def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
@@ -61,12 +63,13 @@ def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
 
 def sample_of(p: Point, type_id: int, elem: bytes, rx_ms: int) -> tuple[float | int, int, int, str | None]:
     """(engineering value, quality, ts_ms, problem or None) of one monitoring element for point `p`."""
-    value, quality, _ = c.decode_element(type_id, elem)
     problem = None
     ts = rx_ms
+    base = c.base_type(type_id)
     if type_id in c.TIME_TAGGED:
         ts, problem = device_time(elem, rx_ms)
-    base = c.base_type(type_id)
+        elem = elem[:-7]
+    value, quality, _ = c.decode_element(base, elem)
     if base == c.M_DP_NA_1:
         dpi = int(value)
         if dpi in (0, 3):
@@ -106,7 +109,24 @@ class PointMap:
             if problem:
                 problems[f"time {ioa}"] = f"IOA {ioa}: {problem}"
             out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems)
+        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED)
+
+
+def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
+    """The events not yet written: after a takeover the RTU sends again what the former holder received
+    but had not acknowledged (at most w I frames); those whose record (point, value, quality and the
+    device's time tag, to the ms) the former holder already wrote are dropped, once each. Only for
+    time-tagged events: an untagged one carries our reception time and is always new."""
+    if not tagged or not recent:
+        return events
+    out = []
+    for e in events:
+        key = (e[0], pt.encode(e[1][0], e[1][1], e[2]))
+        if key in recent:
+            recent.discard(key)
+        else:
+            out.append(e)
+    return out
 
 
 def batches(events: Iterable[Event]) -> list[list[Event]]:
@@ -195,19 +215,19 @@ class CommandExchange:
             return None
         cause = a.cause
         if cause in (c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_COT, c.COT_UNKNOWN_CA, c.COT_UNKNOWN_IOA):
-            self._done(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
+            self.finish(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
         elif cause == c.COT_ACTCON and a.negative:
-            self._done(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
+            self.finish(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
         elif cause == c.COT_ACTCON and self.phase == "select":
             self.phase = "execute"
             return "execute"
         elif cause == c.COT_ACTCON and self.phase == "execute":
             self.phase = "term"
         elif cause == c.COT_ACTTERM and self.phase in ("term", "execute"):
-            self._done(True, "executed (ACT_CON, ACT_TERM)")
+            self.finish(True, "executed (ACT_CON, ACT_TERM)")
         return None
 
-    def _done(self, ok: bool, reason: str) -> None:
+    def finish(self, ok: bool, reason: str) -> None:
         self.phase, self.result = "done", (ok, reason)
 
 
@@ -240,10 +260,13 @@ class Schedule:
     def stopped(self) -> None:
         self.next = {}
 
-    def request_gi(self, now: float) -> None:
-        """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image)."""
-        if self.next:
-            self.next["gi"] = now
+    def request_gi(self, now: float) -> bool:
+        """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image); False
+        when none is needed (data transfer stopped, or a GI is due already)."""
+        if not self.next or self.next.get("gi", math.inf) <= now:
+            return False
+        self.next["gi"] = now
+        return True
 
     def due(self, now: float) -> list[str]:
         out = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]

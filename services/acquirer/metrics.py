@@ -8,7 +8,8 @@ from typing import Any
 from fepha import keyspace as ks
 
 NAMES = ("changes_written", "write_errors", "compensations", "full_images", "lease_changes",
-         "channel_switches", "polls", "poll_errors", "controls_executed", "controls_failed")
+         "channel_switches", "polls", "poll_errors", "controls_executed", "controls_failed",
+         "duplicates_dropped")
 
 
 class Metrics:

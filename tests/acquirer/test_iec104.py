@@ -5,16 +5,26 @@ commands (direct and select before operate), takeover with events during it, mal
 
 # no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
 
+import asyncio
+import contextlib
 import datetime as dtm
 import time
+from pathlib import Path
 from typing import Any, Self
 
 import c104
+import redis.asyncio as aredis
+from fep_forwarder import app as fwd_app
 from fep_tools.redisproc import free_port
+from fep_tools.rtu104sim import Rtu104Sim
 
 from fepha import controls, points
 from fepha import keyspace as ks
+from fepha.config import NodeConfig
+from fepha.semodel import db
 from tests.acquirer.helpers import Node, load, merge, node_cfg, until
+from tests.forwarder.se104s_fixtures import c104_master
+from tests.forwarder.se104s_fixtures import until as fwd_until
 
 CA = 7
 IEC_FAST = dict(iec104_t1_s=1.0, iec104_t2_s=0.2, iec104_t3_s=0.5, iec104_t0_s=1.0, iec104_ci_period_s=60.0)
@@ -76,6 +86,11 @@ class Rtu:
     def event(self, point: c104.Point, info: c104.Information) -> None:
         point.info = info
         point.transmit(cause=c104.Cot.SPONTANEOUS)
+
+
+def ms_of(t: dtm.datetime) -> int:
+    """Epoch ms of a time tag c104 reports (naive datetimes are UTC)."""
+    return round((t if t.tzinfo else t.replace(tzinfo=dtm.UTC)).timestamp() * 1000)
 
 
 def when(ms: int) -> dtm.datetime:
@@ -186,9 +201,240 @@ async def _val(coro, want):
     return v if v is not None and v.value == want else None
 
 
+async def _iv(coro) -> bool:
+    v = await coro
+    return v is not None and bool(v.quality & points.Quality.IV)
+
+
 async def _field(r, key, field, want) -> bool:
     return (await r.hget(key, field)) == want
 
 
 async def _count(coro, n):
     return len(await coro) >= n
+
+
+@contextlib.asynccontextmanager
+async def sim_system(redis_master, feproot, rows: dict[str, list[dict[str, Any]]], **cfg: Any):
+    """fep-rtu104sim serving `rows`' IEC 104 RTUs, acquirers A and B (IEC_FAST timers plus `cfg`) and a
+    Redis client of the test's own: (sim, nodes, r). Stops what is still running."""
+    sim = Rtu104Sim.from_model(load(redis_master, rows))
+    await sim.start()
+    nodes = {n: Node(node_cfg(feproot, redis_master, n, **{**IEC_FAST, **cfg})) for n in "AB"}
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        yield sim, nodes, r
+    finally:
+        for n in nodes.values():
+            if not n.task.done():
+                await n.stop()
+        await r.aclose()
+        await sim.stop()
+
+
+async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
+    """Against fep-rtu104sim (a device that buffers for its redundancy group, as the standard's RTUs do):
+    the holder stops, its lease lapses after the TTL, the RTU keeps reporting meanwhile. The new holder's
+    STARTDT makes the RTU send what it kept, including what the old holder had not acknowledged: every
+    event reaches the change stream, in order, with its own time tag."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
+        h = await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: len(sim.connections(5)) == 2, 3)
+        await until(lambda: value_of(r, 5, 5001), 3)
+        base = (int(time.time()) - 60) * 1000
+        sent: list[int] = []
+
+        async def report(n: int, gap_s: float) -> None:
+            for _ in range(n):
+                ts = base + len(sent)
+                sim.set_value(5001, len(sent) % 2, ts_ms=ts)
+                sent.append(ts)
+                await asyncio.sleep(gap_s)
+
+        await report(5, 0.02)                        # before: through the old holder
+        stopping = asyncio.create_task(nodes[h].stop())
+        await report(40, 0.03)                       # during: nobody started (lease TTL 0.6 s)
+        await stopping
+        other = "B" if h == "A" else "A"
+        await until(lambda: holder({other: nodes[other]}, 5), 5)
+        await report(5, 0.02)                        # after: through the new holder
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 5)
+        got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
+        assert sorted(set(got)) == sent, str([t - base for t in got]) + f" of {len(sent)}"   # none lost
+        # in order, each once: what the old holder had received but not yet acknowledged (up to w I frames)
+        # the RTU sends again after the new STARTDT; the new holder recognises what was written already
+        assert got == sent, str([t - base for t in got])
+        dropped = nodes[other].acq.metrics.total["duplicates_dropped"]
+        assert dropped <= 8, dropped
+
+
+async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logged_once(
+        redis_master, feproot, caplog):
+    good, bad = free_port(), free_port()
+    load(redis_master, merge(iec_rows(5, good), iec_rows(6, bad)))
+    frames: list[bytes] = []
+
+    async def broken_rtu(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Confirms STARTDT, then sends a frame with a bad start octet."""
+        data = await reader.read(6)
+        frames.append(data)
+        if data[2:3] == b"\x07":
+            writer.write(bytes((0x68, 4, 0x0B, 0, 0, 0)) + b"\x99\x04\x01\x00\x00\x00")
+        await writer.drain()
+        await reader.read(100)
+        writer.close()
+
+    srv = await asyncio.start_server(broken_rtu, "127.0.0.1", bad)
+    with Rtu(good) as rtu:
+        rtu.server.get_station(CA).add_point(io_address=4242, type=c104.Type.M_SP_NA_1)  # not configured
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: holder({"A": a}, 5) and holder({"A": a}, 6), 5)
+            await until(lambda: _is(value_of(r, 5, 5003), 0.0), 5)
+            await until(lambda: len(frames) >= 2, 5)          # reconnected after closing the bad one
+            assert a.acq.runners[5].link is not None and a.acq.runners[5].link.started
+            for i in range(3):                                  # the good RTU is unaffected
+                rtu.event(rtu.me, c104.ShortInfo(actual=float(i + 1)))
+                await until(lambda i=i: _val(value_of(r, 5, 5003), 2.0 * (i + 1)), 3)
+            err = (await r.hgetall(ks.channel_state(6, "A")))["ch1_error"]
+            assert "malformed" in err, err
+            rtu.server.get_station(CA).get_point(4242).transmit(cause=c104.Cot.SPONTANEOUS)
+            rtu.server.get_station(CA).get_point(4242).transmit(cause=c104.Cot.SPONTANEOUS)
+            await asyncio.sleep(0.3)
+            unknown = [m for m in caplog.messages if "IOA 4242" in m]
+            assert len(unknown) == 1, unknown
+        finally:
+            await a.stop()
+            srv.close()
+            await srv.wait_closed()
+
+
+def sample_104_rows(feproot: Path, rtu_port: int, scada_port: int) -> dict[str, list[dict[str, Any]]]:
+    """The sample's IEC 104 RTU (3, channel 1 only, on `rtu_port`) and its se104s RTU (10, on
+    `scada_port`) forwarding only RTU 3's points."""
+    rows, problems = db.read_rows(feproot / "db" / "SEMODEL.db")
+    assert not problems
+    rows["T004_RTU"] = [dict(r, LISTENPORT=scada_port) if r["RTUID"] == 10 else r
+                        for r in rows["T004_RTU"] if r["RTUID"] in (3, 10)]
+    rows["T010_CHANNEL"] = [dict(r, PORT=rtu_port) for r in rows["T010_CHANNEL"] if (r["RTUID"], r["CHANNO"]) == (3, 1)]
+    rows["T011_POINT"] = [r for r in rows["T011_POINT"] if r["RTUID"] == 3]
+    rows["T036_VTPNT"] = [r for r in rows["T036_VTPNT"] if r["RTUID"] == 3]
+    srcs = {r["PNTID"] for r in rows["T011_POINT"]} | {r["VPID"] for r in rows["T036_VTPNT"]}
+    for t in ("T005_ZFAI", "T006_ZFDI", "T007_ZFACC", "T008_ZFDO", "T009_ZFAO"):
+        rows[t] = [r for r in rows[t] if r["RTUID"] == 10 and r["SRCID"] in srcs]
+    return rows
+
+
+async def test_device_time_tag_reaches_the_scada_master_unchanged(redis_master, feproot):
+    """RTU (c104 server) -> acquirer -> Redis -> se104s -> SCADA master (c104 client): the breaker event's
+    CP56Time2a arrives at the master as the RTU stamped it, not as the time we heard of it; a command from
+    the master reaches the RTU as a select-before-operate command."""
+    rtu_port, scada_port = free_port(), free_port()
+    load(redis_master, sample_104_rows(feproot, rtu_port, scada_port))
+    srv = c104.Server(ip="127.0.0.1", port=rtu_port, tick_rate_ms=50, max_connections=2)
+    st = srv.add_station(common_address=3)
+    breaker = st.add_point(io_address=100, type=c104.Type.M_SP_TB_1)
+    volts = st.add_point(io_address=200, type=c104.Type.M_ME_TF_1)
+    cmd = st.add_point(io_address=1000, type=c104.Type.C_SC_NA_1, command_mode=c104.CommandMode.SELECT_AND_EXECUTE)
+    got_cmd: list[bool] = []
+
+    def on_cmd(point: c104.Point, previous_info: c104.Information,
+               message: c104.IncomingMessage) -> c104.ResponseState:
+        got_cmd.append(bool(point.value))
+        return c104.ResponseState.SUCCESS
+
+    cmd.on_receive(on_cmd)
+    srv.start()
+    a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+    stop = asyncio.Event()
+    fwd = asyncio.create_task(fwd_app.run(NodeConfig(
+        node_id="A", vip=redis_master.host, port=redis_master.port, local_host=redis_master.host,
+        local_port=redis_master.port, bind="127.0.0.1", heartbeat_s=0.5, control_timeout_s=3.0), stop))
+    try:
+        await until(lambda: holder({"A": a}, 3) and a.acq.runners[3].link.started, 5)
+        async with c104_master(scada_port, points={6: c104.Type.M_SP_TB_1, 1005: c104.Type.M_ME_TF_1,
+                                                   5002: c104.Type.C_SC_NA_1}, ca=1) as m:
+            tag = (int(time.time()) - 7200) * 1000 + 250           # two hours ago, to the millisecond
+            breaker.info = c104.SingleInfo(on=True, recorded_at=when(tag))
+            breaker.transmit(cause=c104.Cot.SPONTANEOUS)
+            volts.info = c104.ShortInfo(actual=231.5, recorded_at=when(tag + 5))
+            volts.transmit(cause=c104.Cot.SPONTANEOUS)
+
+            def at_master(ioa: int, value: Any) -> list[Any]:
+                return [x for x in m.values("SPONTANEOUS") if x.ioa == ioa and x.value == value]
+            await fwd_until(lambda: at_master(6, True) and at_master(1005, 231.5), 5, "events at the master")
+            sp, me = at_master(6, True)[-1], at_master(1005, 231.5)[-1]
+            assert ms_of(sp.recorded_at) == tag and ms_of(me.recorded_at) == tag + 5
+            ok = await m.command(5002, c104.SingleCmd(on=True))     # master -> se104s -> acquirer -> RTU
+            assert ok and got_cmd == [True]
+    finally:
+        stop.set()
+        await asyncio.wait_for(fwd, 10)
+        await a.stop()
+        srv.stop()
+
+
+async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redis_master, feproot):
+    """Against fep-rtu104sim on two channels: clock sync then GI after STARTDT, GI again every POLLMS; a
+    holder whose lease is taken (the other node forced in Redis) sends STOPDT and the new holder STARTDT;
+    a cut channel 1 makes the holder switch to channel 2 after channel_switch_s, and the lease stays."""
+    port = free_port()
+    rows = merge(iec_rows(5, port, gi_ms=1000))
+    rows["T010_CHANNEL"].append(dict(RTUID=5, CHANNO=2, HOST="127.0.0.2", PORT=port, UNITID=CA))
+    async with sim_system(redis_master, feproot, rows, iec104_clock_sync_s=60.0) as (sim, nodes, r):
+        h = await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: sum(x["started"] for x in sim.connections(5)) == 1 and len(sim.connections(5)) == 2, 3)
+        await until(lambda: sim.log.clock_syncs, 3)
+        t0 = time.time()
+        await until(lambda: abs(sim.devices[5].clock_ms() / 1000 - t0) < 1.0, 3)    # the RTU's clock set
+        runner, sent = nodes[h].acq.runners[5], []
+        send = runner._send
+        runner._send = lambda link, asdu: (sent.append(asdu[0]), send(link, asdu))[1]  # type ids sent
+        await asyncio.sleep(2.3)                                                  # POLLMS 1000: periodic GI
+        assert 2 <= sent.count(100) <= 3, sent
+        # the lease moves (as if the holder's ticks had been refused): STOPDT by the old, STARTDT by the new
+        other = "B" if h == "A" else "A"
+        await r.hset(ks.lease(5), mapping={"holder": other, "epoch": "7"})
+        await until(lambda: holder({other: nodes[other]}, 5) and not nodes[h].acq.runners[5].lease.held, 3)
+        await until(lambda: nodes[other].acq.runners[5].link.started and not nodes[h].acq.runners[5].link.started, 3)
+        assert sum(x["started"] for x in sim.connections(5)) == 1
+        sim.set_value(5001, 1, ts_ms=1_790_000_000_000)
+        await until(lambda: _val(value_of(r, 5, 5001), 1), 3)
+        # channel 1 cut: both nodes go to channel 2, the holder keeps its lease
+        epoch = (await r.hgetall(ks.lease(5)))["epoch"]
+        await sim.cut(5, 1)
+        await until(lambda: _field(r, ks.channel_state(5, other), "active", "2"), 5)
+        await until(lambda: nodes[other].acq.runners[5].link.started, 5)
+        sim.set_value(5001, 0, ts_ms=1_790_000_001_000)
+        await until(lambda: _val(value_of(r, 5, 5001), 0), 5)
+        assert (await r.hgetall(ks.lease(5)))["epoch"] == epoch
+        # both channels cut: nobody reaches the RTU, the holder writes its points invalid, the link goes 0
+        await sim.cut(5, 2)
+        await until(lambda: _iv(value_of(r, 5, 5003)), 5)
+        await until(lambda: _field(r, ks.link(5), "val", "0"), 5)
+        assert (await value_of(r, 5, 5001)).value == 0          # the last value, marked invalid
+
+
+async def test_redis_unreachable_during_events_loses_none(redis_master, feproot):
+    """The master Redis stops answering (CLIENT PAUSE) while the RTU reports: the holder's writes fail,
+    it closes its connection without acknowledging what it could not write, and the RTU sends those
+    events again after the next STARTDT (the same holder's or the other node's): none lost, none twice."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
+        await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: value_of(r, 5, 5001), 3)
+        base = (int(time.time()) - 60) * 1000
+        sent: list[int] = []
+        for i in range(60):
+            if i == 10:
+                await r.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            sim.set_value(5001, i % 2, ts_ms=base + i)
+            sent.append(base + i)
+            await asyncio.sleep(0.03)
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 8)
+        got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
+        assert sorted(set(got)) == sent, str([t - base for t in got]) + f" of {len(sent)}"   # none lost
+        assert got == sent, str([t - base for t in got])                                     # none twice
+        assert sum(n.acq.metrics.total["write_errors"] for n in nodes.values()) >= 1          # it did fail

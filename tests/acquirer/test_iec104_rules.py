@@ -1,0 +1,203 @@
+"""Table tests of the IEC 104 acquisition rules (services/acquirer/iec104rules.py): no network, no clock."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from fep_acquirer import iec104rules as rules
+
+from fepha import points as pt
+from fepha.iec104 import codec as c
+from fepha.semodel.model import Channel, Point, Rtu
+
+T = 1_790_000_000_123  # a device time tag (ms)
+RX = 1_800_000_000_000  # our reception time (ms)
+
+
+def point(pid: int, kind: str, ioa: int, typ: str, scale: float = 1.0, offset: float = 0.0,
+          mode: str = "direct") -> Point:
+    return Point(id=pid, rtu=1, kind=kind, name="", area="", address=ioa, datatype=typ, scale=scale,
+                 offset=offset, ctlmode=mode)
+
+
+SP = point(1, "DI", 100, "M_SP_TB_1")
+DP = point(2, "DI", 101, "M_DP_NA_1")
+NA = point(3, "AI", 200, "M_ME_NA_1", scale=100.0)
+NB = point(4, "AI", 201, "M_ME_TE_1", scale=0.1, offset=-40)
+NC = point(5, "AI", 202, "M_ME_NC_1")
+IT = point(6, "ACC", 300, "M_IT_TB_1")
+SC = point(7, "DO", 1000, "C_SC_NA_1", mode="sbo")
+DC = point(8, "DO", 1001, "C_DC_TA_1")
+SE_NA = point(9, "AO", 1100, "C_SE_NA_1", scale=100.0)
+SE_NB = point(10, "AO", 1101, "C_SE_NB_1")
+SE_NC = point(11, "AO", 1102, "C_SE_NC_1", scale=2.0, offset=1.0)
+RTU = Rtu(id=1, name="r", rtutype=0, protocol="iec104", channels=(Channel(1, 1, "h", 2404, 7),),
+          points=(SP, DP, NA, NB, NC, IT, SC, DC, SE_NA, SE_NB, SE_NC))
+
+
+def tagged(elem: bytes, ts: int = T, invalid: bool = False) -> bytes:
+    return elem + c.cp56(ts, invalid=invalid)
+
+
+@pytest.mark.parametrize("p,type_id,elem,want", [
+    (SP, c.M_SP_TB_1, tagged(b"\x01"), (1, 0, T)),
+    (SP, c.M_SP_NA_1, b"\x00", (0, 0, RX)),                              # untagged: reception time
+    (SP, c.M_SP_TB_1, tagged(b"\x01", invalid=True), (1, 0, RX)),        # tag marked invalid: reception time
+    (SP, c.M_SP_NA_1, bytes((0x01 | 0x80 | 0x40,)), (1, 0xC0, RX)),     # IV + NT carried
+    (SP, c.M_SP_NA_1, bytes((0x01 | 0x20 | 0x10,)), (1, 0x30, RX)),     # SB + BL carried
+    (DP, c.M_DP_NA_1, b"\x02", (1, 0, RX)),                              # ON
+    (DP, c.M_DP_NA_1, b"\x01", (0, 0, RX)),                              # OFF
+    (DP, c.M_DP_NA_1, b"\x00", (0, 0x80, RX)),                           # intermediate: IV
+    (DP, c.M_DP_TB_1, tagged(b"\x03"), (0, 0x80, T)),                    # indeterminate: IV
+    (NA, c.M_ME_NA_1, struct.pack("<hB", 16384, 0), (50.0, 0, RX)),      # 0.5 x SCALE 100
+    (NB, c.M_ME_TE_1, tagged(struct.pack("<hB", 650, 0x01)), (25.0, 0x01, T)),  # OV carried, scaled
+    (NC, c.M_ME_NC_1, struct.pack("<fB", 231.5, 0), (231.5, 0, RX)),
+    (NC, c.M_ME_NC_1, struct.pack("<fB", float("nan"), 0), (0, 0x80, RX)),
+    (IT, c.M_IT_TB_1, tagged(struct.pack("<iB", 123456, 0)), (123456, 0, T)),
+    (IT, c.M_IT_NA_1, struct.pack("<iB", -5, 0x80), (-5, 0x80, RX)),
+])
+def test_sample_of(p: Point, type_id: int, elem: bytes, want: tuple) -> None:
+    v, q, ts, _ = rules.sample_of(p, type_id, elem, RX)
+    assert (pytest.approx(v, abs=1e-3), q, ts) == want
+
+
+def test_impossible_time_tag_uses_reception_time_and_says_so() -> None:
+    bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 0, 0, 13, 26)  # day 0, month 13
+    v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
+    assert (v, q, ts) == (1, 0, RX) and problem and "reception time" in problem
+
+
+def asdu(type_id: int, cause: int, objs: list[tuple[int, bytes]], ca: int = 7, negative: bool = False) -> c.Asdu:
+    return c.parse_asdu(c.build_asdu(type_id, cause | (c.NEGATIVE if negative else 0), ca, objs))
+
+
+def test_intake_spontaneous_untagged_gi_unknown_ioa_and_wrong_type() -> None:
+    m = rules.PointMap(RTU)
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01")), (4242, tagged(b"\x00"))]), RX)
+    assert got.spontaneous and got.tagged and got.events == [(1, (1, 0), T)]
+    assert list(got.problems) == ["ioa 4242"] and "4242" in got.problems["ioa 4242"]
+    got = m.intake(asdu(c.M_SP_NA_1, c.COT_INROGEN, [(100, b"\x00")]), RX)          # GI answer, untagged
+    assert not got.spontaneous and not got.tagged and got.events == [(1, (0, 0), RX)]
+    got = m.intake(asdu(c.M_ME_NC_1, c.COT_SPONT, [(100, struct.pack("<fB", 1.0, 0))]), RX)  # IOA of a DI
+    assert got.events == [] and list(got.problems) == ["type 100"]
+    got = m.intake(asdu(c.M_SP_NA_1, c.COT_SPONT, [(1000, b"\x01")]), RX)           # a command IOA
+    assert got.events == [] and list(got.problems) == ["ioa 1000"]
+
+
+@pytest.mark.parametrize("pids,want", [
+    ([1, 2, 3], [[1, 2, 3]]),
+    ([1, 1, 1], [[1], [1], [1]]),
+    ([1, 2, 1, 3, 2], [[1, 2], [1, 3, 2]]),
+    ([], []),
+])
+def test_batches_hold_a_point_at_most_once_in_order(pids: list[int], want: list[list[int]]) -> None:
+    events = [(pid, (i, 0), i) for i, pid in enumerate(pids)]
+    assert [[e[0] for e in b] for b in rules.batches(events)] == want
+    assert [e for b in rules.batches(events) for e in b] == events
+
+
+def test_resent_drops_what_the_former_holder_wrote_once_each() -> None:
+    e1, e2, e3 = (1, (1, 0), T), (1, (0, 0), T + 1), (3, (5.0, 0), T + 2)
+    recent = {(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))}
+    assert rules.resent([e1, e2, e3], recent, tagged=True) == [e2]
+    assert rules.resent([e1], recent, tagged=True) == [e1]       # matched once: a second one is new
+    assert rules.resent([e3], {(3, pt.encode(5.0, 0, T + 2))}, tagged=False) == [e3]  # untagged: always new
+
+
+@pytest.mark.parametrize("p,value,select,want", [
+    (SC, 1, True, bytes((0x81,))),
+    (SC, 0, False, bytes((0x00,))),
+    (SE_NA, 50.0, False, struct.pack("<hB", 16384, 0)),
+    (SE_NB, 1234.4, True, struct.pack("<hB", 1234, 0x80)),
+    (SE_NC, 25.0, False, struct.pack("<fB", 12.0, 0)),              # (25 - 1) / 2
+])
+def test_command_element(p: Point, value: float, select: bool, want: bytes) -> None:
+    assert rules.command_element(p, value, select, T) == want
+
+
+def test_time_tagged_command_carries_the_time_and_double_command_maps_on_off() -> None:
+    e = rules.command_element(DC, 1, False, T)
+    assert e[0] == 2 and c.cp56_ms(e[1:]) == T
+    assert rules.command_element(DC, 0, False, T)[0] == 1
+
+
+@pytest.mark.parametrize("p,value,match", [
+    (SC, 2, "0 or 1"),
+    (SC, float("nan"), "finite"),
+    (SE_NA, 150.0, "normalised"),
+    (SE_NB, 40000, "scaled"),
+    (SE_NC, 1e39, "short float"),
+])
+def test_command_values_the_type_cannot_carry_are_refused(p: Point, value: float, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        rules.command_element(p, value, False, T)
+
+
+def reply(p: Point, cause: int, negative: bool = False, ioa: int | None = None, ca: int = 7) -> c.Asdu:
+    return asdu(c.TYPE_IDS[p.datatype], cause, [(p.address if ioa is None else ioa, b"\x01")], ca, negative)
+
+
+def test_direct_command_con_then_term() -> None:
+    ex = rules.CommandExchange(point(12, "DO", 1003, "C_SC_NA_1"), 7, 1, False, T)
+    assert c.parse_asdu(ex.first()).objects[0][1] == b"\x01"             # execute, S/E 0
+    assert ex.feed(reply(ex.point, c.COT_ACTCON, ioa=9999)) is None and ex.phase == "execute"  # not ours
+    assert ex.feed(reply(ex.point, c.COT_ACTCON, ca=8)) is None and ex.phase == "execute"      # other CA
+    assert ex.feed(reply(ex.point, c.COT_ACTCON)) is None and ex.phase == "term" and ex.result is None
+    ex.feed(reply(ex.point, c.COT_ACTTERM))
+    assert ex.result == (True, "executed (ACT_CON, ACT_TERM)")
+
+
+def test_select_before_operate() -> None:
+    ex = rules.CommandExchange(SC, 7, 1, True, T)
+    assert c.parse_asdu(ex.first()).objects[0][1] == b"\x81"             # select
+    assert ex.feed(reply(SC, c.COT_ACTCON)) == "execute"
+    assert c.parse_asdu(ex.execute(T)).objects[0][1] == b"\x01"
+    assert ex.feed(reply(SC, c.COT_ACTCON)) is None and ex.phase == "term"
+    ex.feed(reply(SC, c.COT_ACTTERM))
+    assert ex.result is not None and ex.result[0]
+
+
+@pytest.mark.parametrize("sbo,answer,reason", [
+    (True, (c.COT_ACTCON, True), "negative confirmation of the select"),
+    (False, (c.COT_ACTCON, True), "negative confirmation of the execute"),
+    (False, (c.COT_UNKNOWN_IOA, True), "unknown IOA"),
+    (True, (c.COT_UNKNOWN_TYPE, False), "unknown type"),
+])
+def test_command_refusals(sbo: bool, answer: tuple[int, bool], reason: str) -> None:
+    ex = rules.CommandExchange(SC, 7, 1, sbo, T)
+    assert ex.feed(reply(SC, answer[0], negative=answer[1])) is None
+    assert ex.result is not None and not ex.result[0] and reason in ex.result[1]
+
+
+def test_schedule_after_startdt_and_periodic() -> None:
+    s = rules.Schedule(gi_period_s=10, ci_period_s=0, cs_period_s=0)
+    assert s.due(0) == [] and s.deadline() is None                   # nothing before STARTDT
+    s.started(100)
+    assert s.due(100) == ["gi"] and s.due(105) == [] and s.due(110) == ["gi"]
+    s.stopped()
+    assert s.due(1000) == []
+    s = rules.Schedule(gi_period_s=0, ci_period_s=30, cs_period_s=60)
+    s.started(0)
+    assert s.due(0) == ["cs", "gi", "ci"] and s.due(29) == [] and s.due(30) == ["ci"] and s.due(60) == ["cs", "ci"]
+    assert s.request_gi(61)                                         # RTU restarted / full image
+    assert not s.request_gi(61)                                     # already due: no second one
+    assert s.due(61) == ["gi"] and s.due(1000) == ["cs", "ci"]
+    s.stopped()
+    assert not s.request_gi(1001) and s.due(1001) == []             # stopped: the next STARTDT brings one
+
+
+def test_interrogation_asdus() -> None:
+    assert c.parse_asdu(rules.interrogation_asdu("gi", 7, T)).type_id == c.C_IC_NA_1
+    assert c.parse_asdu(rules.interrogation_asdu("ci", 7, T)).type_id == c.C_CI_NA_1
+    cs = c.parse_asdu(rules.interrogation_asdu("cs", 7, T))
+    assert cs.type_id == c.C_CS_NA_1 and cs.ca == 7 and c.cp56_ms(cs.objects[0][1]) == T
+
+
+@pytest.mark.parametrize("connected,now,last,window,want", [
+    (True, 10.0, 9.0, 2.0, True),
+    (True, 10.0, 7.0, 2.0, False),       # silent longer than t3 + t1
+    (False, 10.0, 10.0, 2.0, False),     # no connection
+])
+def test_reaches(connected: bool, now: float, last: float, window: float, want: bool) -> None:
+    assert rules.reaches(connected, now, last, window) is want
