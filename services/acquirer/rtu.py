@@ -54,6 +54,8 @@ class RtuRunner:
         self._write_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.switched: list[dict[str, str | int]] = []
+        """Channel switches not yet in the timeline; housekeeping writes them with the channel state."""
 
     @property
     def key(self) -> str:
@@ -81,6 +83,8 @@ class RtuRunner:
             ch, delay = self.switcher.next_attempt(time.monotonic())
             if ch != before:
                 self.metrics.inc("channel_switches")
+                self.switched.append({"from_ch": before, "to_ch": ch, "ts_ms": int(time.time() * 1000),
+                                      "error": self.switcher.info[before].last_error})
                 log.info("%s: switching to channel %d", self.key, ch)
             if delay:
                 await asyncio.sleep(delay)
