@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fep_api import routes
-from fep_api.state import Conflict, NoConfig, NotFound, Store
+from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from redis import exceptions as rex
 
 from fepha import redisconn
@@ -59,6 +59,10 @@ def create_app(cfg: NodeConfig) -> FastAPI:
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
         return error(409, str(exc))
+
+    @app.exception_handler(Unprocessable)
+    async def unprocessable(_: Request, exc: Unprocessable) -> JSONResponse:
+        return error(422, str(exc))
 
     @app.exception_handler(NoConfig)
     async def no_config(_: Request, exc: NoConfig) -> JSONResponse:
