@@ -7,7 +7,7 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fep_api import metrics
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
@@ -140,6 +140,39 @@ async def events(kind: m.EventKind | None = Query(None, description="only this k
                 "last configuration load")
 async def overview(s: Store = Depends(store)) -> m.Overview:
     return await s.overview()
+
+
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"type": "string",
+                                      "enum": ["hello", "values", "timeline", "health", "overflow"]},
+                            "data": {"type": "string", "description": "JSON"}},
+             "description": "one server-sent event"}
+
+
+@v1.get("/stream", response_class=StreamingResponse, tags=["timeline"],
+        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                         "description": "server-sent events: hello, values, timeline, health, overflow "
+                                        "(see docs/api.md)"},
+                   **AUTH, 503: _err("too many live clients ([api] stream_clients)")},
+        summary="Live updates for dashboards (server-sent events): value changes, new timeline events, "
+                "node health",
+        description="One shared reader per api process follows the change stream and the timeline; each "
+                    "client has a bounded queue and is dropped (message `overflow`) when it falls that far "
+                    "behind. At most `[api] stream_clients` clients; more get 503.")
+async def stream(request: Request,
+                 rtu: list[str] | None = Query(None, max_length=100,
+                                               description="RTU ids whose value changes to send (`vp`: "
+                                                           "virtual points); default all"),
+                 values: bool = Query(True, description="send value changes at all"),
+                 duration_s: float | None = Query(None, gt=0, le=86400,
+                                                  description="end the stream after this long "
+                                                              "(default: until the client leaves)")
+                 ) -> StreamingResponse:
+    hub = request.app.state.hub
+    client = hub.join(frozenset(rtu) if rtu else None, values)
+    return StreamingResponse(hub.messages(client, request.app.state.cfg.node_id, duration_s),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @v1.get("/controls", response_model=m.ControlPage, tags=["controls"], responses=READ,
