@@ -380,12 +380,14 @@ class Store:
         pipe.info("replication")
         (rep,) = await pipe.execute()
         replication = views.replication(rep)
+        # the peer's role is known only through the replication link: as our replica (link up on the
+        # master) or as our master (link up on the replica); otherwise it is shown as unknown
         local_master = replication.role == "master"
-        peer_master = None if local_master else (replication.link_status == "up" or None)
+        link_up = replication.link_status == "up"
+        peer_master = (False if link_up else None) if local_master else (True if link_up else None)
         by = {(h.node, h.service): h for h in info.heartbeats}
         nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,  # type: ignore[arg-type]
-                              master=local_master if n == self.cfg.node_id else
-                              (False if local_master else peer_master),
+                              master=local_master if n == self.cfg.node_id else peer_master,
                               acquirer=by[(n, "acquirer")], forwarder=by[(n, "forwarder")]) for n in NODES]
         master_node = self.cfg.node_id if local_master else (self.cfg.peer if peer_master else None)
         last = await self.last_event("role", lambda e: e.fields.get("role") == "master")

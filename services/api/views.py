@@ -251,7 +251,8 @@ def event_text(kind: str, f: Mapping[str, str]) -> str:
         err = f" after: {f['error']}" if f.get("error") else ""
         return f"{rtu} on node {g('node')}: channel {g('from_ch')} → {g('to_ch')}{err}"
     if kind == "link":
-        return f"{rtu}: node {g('node')} link {_yes(f.get('up'))} (was {_yes(f.get('was'))})"
+        was = f"was {_yes(f.get('was'))}" if f.get("was") else "first report"
+        return f"{rtu}: node {g('node')} link {_yes(f.get('up'))} ({was})"
     if kind == "config":
         return f"configuration generation {g('gen')} loaded from {g('source')}"
     if kind == "role":
