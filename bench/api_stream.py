@@ -65,14 +65,14 @@ def sample_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 async def client(url: str, stop: asyncio.Event, counts: list[int]) -> None:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as c:
-        async with c.stream("GET", url + "/api/v1/stream", params=[("rtu", "vp"), ("rtu", "1")]) as r:
-            assert r.status_code == 200, r.status_code
-            async for line in r.aiter_lines():
-                if line.startswith("data: "):
-                    counts[0] += 1
-                if stop.is_set():
-                    return
+    async with httpx.AsyncClient(timeout=httpx.Timeout(10, read=None)) as c, \
+            c.stream("GET", url + "/api/v1/stream", params=[("rtu", "vp"), ("rtu", "1")]) as r:
+        assert r.status_code == 200, r.status_code
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                counts[0] += 1
+            if stop.is_set():
+                return
 
 
 POLLED = ("/api/v1/node", "/api/v1/rtus", "/api/v1/virtual-points", "/api/v1/controls?limit=10")
@@ -111,6 +111,12 @@ async def measure(pid: int, url: str, n: int, warmup: float, seconds: float, r: 
             "msgs_per_client_s": statistics.median(msgs) if msgs else 0.0, "chg_entries_s": (e1 - e0) / wall}
 
 
+def spawn(module: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A service of node A in its own process (stopped by PID at the end)."""
+    return subprocess.Popen([sys.executable, "-m", module], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
 def fmt(xs: list[float]) -> str:
     return f"{min(xs):.1f}/{statistics.median(xs):.1f}/{max(xs):.1f}"
 
@@ -144,16 +150,15 @@ async def main() -> None:
                    "FEP_NODE_IP": "127.0.0.1", "FEP_REDIS_VIP": red.host, "FEP_REDIS_PORT": str(red.port),
                    "FEP_REDIS_LOCAL_HOST": red.host, "FEP_REDIS_LOCAL_PORT": str(red.port),
                    "FEP_API_PORT": str(port), "FEP_API_STREAM_CLIENTS": str(max(args.clients) + 5)}
-            for mod in ("fep_api.cli", "fep_acquirer.cli", "fep_forwarder.cli"):
-                procs.append(subprocess.Popen([sys.executable, "-m", mod], env=env, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
+            procs += [spawn(mod, env) for mod in ("fep_api.cli", "fep_acquirer.cli", "fep_forwarder.cli")]
             api = procs[0]
             url = f"http://127.0.0.1:{port}"
             end = time.monotonic() + 30
             while True:
                 try:
-                    if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                        break
+                    async with httpx.AsyncClient(timeout=1) as c:
+                        if (await c.get(url + "/ready")).status_code == 200:
+                            break
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > end:

@@ -238,7 +238,8 @@ def _yes(v: str | None) -> str:
 
 def event_text(kind: str, f: Mapping[str, str]) -> str:
     """One line for the timeline; unknown or missing fields print as '?', never fail."""
-    g = lambda k: f.get(k) or "?"  # noqa: E731
+    def g(k: str) -> str:
+        return f.get(k) or "?"
     rtu = f"RTU {f['rtu']}" if f.get("rtu") else "?"
     if kind == "lease":
         frm = f.get("from") or "nobody"

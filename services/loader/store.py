@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from fepha import keyspace as ks
 from fepha import events, redisfns
+from fepha import keyspace as ks
 from fepha.semodel.model import TABLES, Row, row_key
 
 FIELDS_PER_HSET = 1000

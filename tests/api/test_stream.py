@@ -62,25 +62,25 @@ async def read_until(resp: httpx.Response, want: Any, timeout: float = 5.0) -> l
 
 
 async def test_values_timeline_and_health_arrive(url: str, ar: aredis.Redis) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
-        async with c.stream("GET", "/api/v1/stream", params={"rtu": "1"}) as resp:
-            assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
-            got = await read_until(resp, lambda g: any(e == "health" for e, _ in g))
-            assert got[0][0] == "hello"
-            health = next(d for e, d in got if e == "health")
-            assert health["overview"]["master_node"] == "A" and len(health["rtus"]["items"]) >= 2
-            t = int((await ar.time())[0]) * 1000
-            await ar.fcall(*redisfns.write_values(2, "B", 1, ["201", points.encode(7.0, 0, t)]).argv)
-            await ar.fcall(*redisfns.write_values(1, "A", 1, ["101", points.encode(99.5, 0, t),
-                                                              "102", points.encode(1.0, 0x80, t)]).argv)
-            await events.add(ar, "channel", "B", 1, from_ch=1, to_ch=2)
-            got = await read_until(resp, lambda g: any(e == "timeline" for e, _ in g))
-            vals = [d for e, d in got if e == "values"]
-            assert vals == [{"rtu": "1", "items": [
-                {"id": 101, "value": 99.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": t},
-                {"id": 102, "value": 1.0, "quality": 128, "quality_flags": ["IV"], "valid": False, "ts_ms": t}]}]
-            ev = next(d for e, d in got if e == "timeline")
-            assert ev["kind"] == "channel" and ev["text"] == "RTU 1 on node B: channel 1 → 2"
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c, \
+            c.stream("GET", "/api/v1/stream", params={"rtu": "1"}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        got = await read_until(resp, lambda g: any(e == "health" for e, _ in g))
+        assert got[0][0] == "hello"
+        health = next(d for e, d in got if e == "health")
+        assert health["overview"]["master_node"] == "A" and len(health["rtus"]["items"]) >= 2
+        t = int((await ar.time())[0]) * 1000
+        await ar.fcall(*redisfns.write_values(2, "B", 1, ["201", points.encode(7.0, 0, t)]).argv)
+        await ar.fcall(*redisfns.write_values(1, "A", 1, ["101", points.encode(99.5, 0, t),
+                                                          "102", points.encode(1.0, 0x80, t)]).argv)
+        await events.add(ar, "channel", "B", 1, from_ch=1, to_ch=2)
+        got = await read_until(resp, lambda g: any(e == "timeline" for e, _ in g))
+        vals = [d for e, d in got if e == "values"]
+        assert vals == [{"rtu": "1", "items": [
+            {"id": 101, "value": 99.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": t},
+            {"id": 102, "value": 1.0, "quality": 128, "quality_flags": ["IV"], "valid": False, "ts_ms": t}]}]
+        ev = next(d for e, d in got if e == "timeline")
+        assert ev["kind"] == "channel" and ev["text"] == "RTU 1 on node B: channel 1 → 2"
 
 
 async def test_client_limit_and_cleanup(url: str) -> None:
