@@ -103,6 +103,12 @@ class Browser:
             await asyncio.sleep(0.05)
         raise AssertionError(f"{what or expression} not true within {timeout} s (last: {last!r})")
 
+    async def key(self, key: str, code: int) -> None:
+        """Press and release one key (e.g. "Tab", 9; "ArrowDown", 40) in the focused element."""
+        for kind in ("rawKeyDown", "keyUp"):
+            await self.call("Input.dispatchKeyEvent", {"type": kind, "key": key, "code": key,
+                                                       "windowsVirtualKeyCode": code})
+
     async def screenshot(self, path: Path) -> None:
         h = await self.eval("document.documentElement.scrollHeight")
         await self.call("Emulation.setDeviceMetricsOverride",

@@ -391,7 +391,9 @@ function addEvent(e) {
   if ((k && e.kind !== k) || (r && String(e.rtu) !== r) || S.evIds.has(e.id)) return;
   S.evIds.add(e.id);
   const tbody = $("#events tbody");
-  tbody.insertBefore(eventRow(e), tbody.firstChild);
+  const tr = eventRow(e);
+  tr.setAttribute("data-arrived-ms", String(Date.now()));  // when it reached the page (tests measure it)
+  tbody.insertBefore(tr, tbody.firstChild);
   while (tbody.children.length > 200) tbody.removeChild(tbody.lastChild);
   if (e.kind === "control") api("/api/v1/controls?limit=10").then(renderControls).catch(() => {});
 }
