@@ -139,6 +139,10 @@ class NodeConfig:
     api_port: int = opt("api", _port, 8080, "port the api listens on")
     api_token: str = opt("api", _text, "", "bearer token for operator actions; empty: actions disabled")
     api_open_reads: bool = opt("api", _bool, True, "read-only endpoints without a token")
+    api_stream_clients: int = opt("api", _positive(int), 50,
+                                  "most /api/v1/stream (live dashboard) clients at once; more get 503")
+    api_stream_queue: int = opt("api", _positive(int), 256,
+                                "messages queued per stream client; a client this far behind is dropped")
     semodel: str = opt("paths", _text, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")

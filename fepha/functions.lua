@@ -104,7 +104,7 @@ local function write_values(keys, args)
   return {1, (#args - 4) / 2}
 end
 
--- link_set(KEYS: link, vpoints, changes; ARGV: node A|B, state 0/1, maxlen, vpid1, vpid2, ...)
+-- link_set(KEYS: link, vpoints, changes[, events]; ARGV: node A|B, state 0/1, maxlen, vpid1, vpid2, ...)
 -- Records one node's link state to an RTU and recomputes the virtual points' val = vala || valb in the
 -- same step, so val is never out of step with its inputs. Virtual points are written (hash + change
 -- record) when val changes or a point has no value yet. Returns {vala, valb, val}.
@@ -116,6 +116,11 @@ local function link_set(keys, args)
   local field = 'val' .. node
   if l[field] ~= state then
     redis.call('HSET', link, field, state, 'since_' .. node, now)
+    if keys[4] then  -- the operator timeline (fepha/events.py): this node's link to the device changed
+      redis.call('XADD', keys[4], 'MAXLEN', '~', 10000, '*', 'kind', 'link', 'node', string.upper(node),
+                 'rtu', string.match(link, '(%d+)$') or '', 'ts_ms', now, 'up', state,
+                 'was', l[field] or '')
+    end
     l[field] = state
   end
   local val = ((l['vala'] == '1') or (l['valb'] == '1')) and '1' or '0'

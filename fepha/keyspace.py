@@ -139,3 +139,11 @@ def node_keys_for_rtu(rtu: int | str, nodes: tuple[str, ...] = ("A", "B")) -> li
         keys.append(channel_state(rtu, node))
         keys.append(fwd_clients(rtu, node))
     return keys
+
+# --- operator timeline (fepha.events; read by the api's /api/v1/events and /api/v1/stream) ----------
+
+EVENTS = f"{PREFIX}:events"
+"""Stream: one entry per thing that happened besides lease changes (`LEASE_EVENTS`) and finished controls
+(`CTL_AUDIT`): field `kind` (channel, link, config, role, master), `node`, `rtu`, `ts_ms` and a few
+kind-specific fields. Bounded by MAXLEN ~ `EVENTS_MAXLEN`; written by `fepha.events` (and `link_set`)."""
+EVENTS_MAXLEN = 10_000

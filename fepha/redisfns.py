@@ -71,5 +71,5 @@ def write_values(rtu: int, node: str, epoch: int, pairs: Sequence[str] | Iterabl
 def link_set(rtu: int, node: str, state: bool, vpids: Sequence[int],
              maxlen: int = ks.CHANGES_MAXLEN) -> Call:
     """-> [vala, valb, val]"""
-    return Call("link_set", (ks.link(rtu), ks.VPOINTS, ks.CHANGES),
+    return Call("link_set", (ks.link(rtu), ks.VPOINTS, ks.CHANGES, ks.EVENTS),
                 (node, 1 if state else 0, int(maxlen), *vpids))

@@ -12,7 +12,7 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer
 
-from fepha import heartbeat, redisfns
+from fepha import events, heartbeat, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
@@ -39,6 +39,7 @@ class Housekeeping:
         self.sent_state: dict[int, dict[str, str]] = {}
         self._last_beat = 0.0
         self._last_flush = 0.0
+        self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
 
     async def loop(self) -> None:
         while True:
@@ -83,6 +84,14 @@ class Housekeeping:
                 if r.lease.held:
                     r.full_image()
         self.run_id, self.master_ok = run_id, True
+        if role != self.role:
+            if self.role is not None:
+                log.info("local Redis role %s -> %s", self.role, role)
+                try:
+                    await events.add(self.master, "role", self.cfg.node_id, role=role, was=self.role)
+                except Exception as exc:  # noqa: BLE001 - the timeline must not stop the role watch
+                    self.once.problem("events", f"{type(exc).__name__}: {exc}")
+            self.role = role
         self.writer.set_mode(write_window_ms(self.cfg.write_mode, role, self.cfg.batch_window_ms),
                              self.cfg.batch_size)
 
@@ -99,6 +108,9 @@ class Housekeeping:
             pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms).argv)
         for r, ok in zip(runners, reach):
             pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints]).argv)
+            for sw in r.switched:
+                events.add(pipe, "channel", node, r.rtu.id, **sw)
+            r.switched = []
             st = r.switcher.state()
             if st != self.sent_state.get(r.rtu.id):
                 states[r.rtu.id] = st

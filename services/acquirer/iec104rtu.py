@@ -18,7 +18,7 @@ import time
 
 from fep_acquirer import iec104rules as rules
 from fep_acquirer.metrics import Metrics
-from fep_acquirer.rtu import RunnerBase, next_channel
+from fep_acquirer.rtu import RunnerBase
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 
@@ -148,7 +148,7 @@ class Iec104Runner(RunnerBase):
             self.once.problem(self.key, "no channel configured")
             return
         while not self._stopping:
-            no = await next_channel(self.switcher, self.metrics, self.key)
+            no = await self.next_channel()
             ch = chans[no]
             try:
                 reader, out = await asyncio.wait_for(asyncio.open_connection(ch.host, ch.port), self.params.t0)

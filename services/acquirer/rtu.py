@@ -29,19 +29,6 @@ log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 
 
-async def next_channel(switcher: ChannelSwitcher, metrics: Metrics, key: str) -> int:
-    """Wait for the next connection attempt (backoff, channel_switch_s) and return its channel; the same
-    for every acquisition protocol."""
-    before = switcher.active
-    ch, delay = switcher.next_attempt(time.monotonic())
-    if ch != before:
-        metrics.inc("channel_switches")
-        log.info("%s: switching to channel %d", key, ch)
-    if delay:
-        await asyncio.sleep(delay)
-    return ch
-
-
 class RunnerBase:
     """What every acquisition runner shares (Modbus here, IEC 104 in iec104rtu.py): its RTU, lease view,
     channel switcher, change tracker and task. Housekeeping and the executor use only this contract plus
@@ -61,6 +48,22 @@ class RunnerBase:
         self._write_lock = asyncio.Lock()
         self.task: asyncio.Task[None] | None = None
         self._stopping = False
+        self.switched: list[dict[str, str | int]] = []
+        """Channel switches not yet in the timeline; housekeeping writes them with the channel state."""
+
+    async def next_channel(self) -> int:
+        """Wait for the next connection attempt (backoff, channel_switch_s) and return its channel; the same
+        for every acquisition protocol. A switch is counted, logged and queued for the timeline."""
+        before = self.switcher.active
+        ch, delay = self.switcher.next_attempt(time.monotonic())
+        if ch != before:
+            self.metrics.inc("channel_switches")
+            self.switched.append({"from_ch": before, "to_ch": ch, "ts_ms": int(time.time() * 1000),
+                                  "error": self.switcher.info[before].last_error})
+            log.info("%s: switching to channel %d", self.key, ch)
+        if delay:
+            await asyncio.sleep(delay)
+        return ch
 
     @property
     def key(self) -> str:
@@ -104,7 +107,7 @@ class RtuRunner(RunnerBase):
             self.once.problem(self.key, "no channel configured")
             return
         while not self._stopping:
-            ch = await next_channel(self.switcher, self.metrics, self.key)
+            ch = await self.next_channel()
             link = DeviceLink(chans[ch], self.timeout_s)
             try:
                 await link.connect()

@@ -16,7 +16,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fep_api import routes
-from fep_api.state import Conflict, NoConfig, NotFound, Store
+from fep_api.live import Hub, TooManyClients
+from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from redis import exceptions as rex
 
 from fepha import redisconn
@@ -36,6 +37,8 @@ with the token of `[api] token` (empty: actions disabled). Times are millisecond
 def create_app(cfg: NodeConfig) -> FastAPI:
     """The api for the node `cfg` describes. Redis clients connect lazily; the lifespan closes them."""
     store = Store(cfg, redisconn.local_async(cfg))
+    hub = Hub(store, cfg.api_stream_clients, cfg.api_stream_queue, health_s=min(1.0, cfg.heartbeat_s),
+              block_ms=int(min(500, cfg.socket_timeout_s * 500)))  # XREAD BLOCK within the socket timeout
     once = OnceLogger(log)
 
     @asynccontextmanager
@@ -43,11 +46,13 @@ def create_app(cfg: NodeConfig) -> FastAPI:
         try:
             yield
         finally:
+            await hub.aclose()
             await store.aclose()
 
     app = FastAPI(title="fep-ha api", version=routes.VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.cfg = cfg
     app.state.store = store
+    app.state.hub = hub
 
     def error(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
@@ -59,6 +64,14 @@ def create_app(cfg: NodeConfig) -> FastAPI:
     @app.exception_handler(Conflict)
     async def conflict(_: Request, exc: Conflict) -> JSONResponse:
         return error(409, str(exc))
+
+    @app.exception_handler(Unprocessable)
+    async def unprocessable(_: Request, exc: Unprocessable) -> JSONResponse:
+        return error(422, str(exc))
+
+    @app.exception_handler(TooManyClients)
+    async def too_many(_: Request, exc: TooManyClients) -> JSONResponse:
+        return error(503, str(exc))
 
     @app.exception_handler(NoConfig)
     async def no_config(_: Request, exc: NoConfig) -> JSONResponse:

@@ -11,6 +11,10 @@ from fepha import config
 from fepha.config import ConfigError
 from fepha.logsetup import setup as log_setup
 
+STOP_S = 2.0
+"""After SIGTERM, requests still open this long later (live dashboards on /api/v1/stream never end by
+themselves) are cut; browsers reconnect to the other node or when the api is back."""
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fep-api", description="fep-ha status api, health checks and dashboard")
@@ -27,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=args.bind or cfg.api_bind,
                                            port=args.port or cfg.api_port, log_config=None,
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on",
+                                           timeout_graceful_shutdown=STOP_S))
     server.run()  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
     return 0 if server.started else 1
 

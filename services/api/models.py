@@ -187,13 +187,117 @@ class Point(PointValue):
     area: str
     address: int
     datatype: str
+    age_ms: int | None = Field(None, description="time_ms of the page minus ts_ms: how old the source "
+                                                 "timestamp is (a value that does not change keeps its "
+                                                 "timestamp, so age alone is not staleness)")
+    stale: bool = Field(False, description="NT (not topical) is set: the value is not current")
 
 
 class PointPage(BaseModel):
     total: int = Field(description="points matching the filter")
     offset: int
     limit: int
+    time_ms: int | None = Field(None, description="the local Redis clock when the page was read")
     items: list[Point]
+
+
+Quality = Literal["good", "bad", "IV", "NT", "SB", "BL", "OV"]
+"""Point filter: good (a value, quality 0), bad (no value, or any bit set), or one quality bit set."""
+
+
+class Forward(PointValue):
+    """A forwarding point (T005..T009) with the value of its source point, as masters are served it."""
+
+    id: int = Field(description="ZFID")
+    rtu: int = Field(description="forwarding RTU")
+    table: str
+    kind: Kind
+    address: int
+    type: str | None = None
+    coef: float
+    src: int = Field(description="source point id (T011_POINT or T036_VTPNT)")
+    src_name: str | None = Field(None, description="null: the source is not in the configuration")
+    src_rtu: int | None = None
+
+
+class ForwardList(BaseModel):
+    rtu: int
+    time_ms: int
+    items: list[Forward]
+
+
+EventKind = Literal["lease", "channel", "link", "config", "control", "role", "master"]
+
+
+class Event(BaseModel):
+    """One entry of the timeline (fep:events, fep:lease:events or fep:ctl:audit, see docs/keyspace.md)."""
+
+    id: str = Field(description="<stream id>.<source> (0 events, 1 lease, 2 control); pass as `before`")
+    kind: EventKind
+    ts_ms: int | None = Field(None, description="when it happened (the writer's clock)")
+    time: str | None = None
+    node: str | None = Field(None, description="the node it happened on or concerns (A/B)")
+    rtu: int | None = None
+    text: str = Field(description="one line for people")
+    fields: dict[str, str] = Field(description="the stream entry as written")
+
+
+class EventPage(BaseModel):
+    limit: int
+    items: list[Event] = Field(description="newest first")
+    next_before: str | None = Field(None, description="pass as `before` for the next (older) page; null at the "
+                                                      "end")
+
+
+class Sample(BaseModel):
+    ts_ms: int
+    value: float | int | None
+    quality: int
+
+
+class Series(BaseModel):
+    id: int
+    name: str
+    samples: list[Sample] = Field(description="oldest first: every change in the window, then the current "
+                                              "value")
+
+
+class TrendSet(BaseModel):
+    rtu: int
+    seconds: int
+    time_ms: int
+    scanned: int = Field(description="change-stream entries read")
+    truncated: bool = Field(description="the window reaches past the stream's retention or the scan limit")
+    series: list[Series]
+
+
+class Replication(BaseModel):
+    role: str = Field(description="role of the local Redis: master or slave")
+    master: str | None = Field(None, description="host:port of the master (replica only)")
+    link_status: str | None = Field(None, description="replica: up/down; master: up when a replica is online")
+    lag_s: float | None = Field(None, description="replica: seconds since the last byte from the master; "
+                                                  "master: the replica's reported lag")
+    lag_bytes: int | None = Field(None, description="master: replication offset not yet acknowledged by "
+                                                    "the replica")
+    replicas: list[str] = Field(default_factory=list, description="master only: connected replicas")
+
+
+class NodeHealth(BaseModel):
+    node: NodeId
+    this: bool = Field(description="the node this api runs on")
+    master: bool | None = Field(None, description="its Redis is the master (null: unknown)")
+    acquirer: Heartbeat
+    forwarder: Heartbeat
+
+
+class Overview(BaseModel):
+    node: NodeId
+    time_ms: int
+    master_node: NodeId | None = Field(None, description="the node whose Redis is the master")
+    nodes: list[NodeHealth]
+    replication: Replication
+    last_failover: Event | None = Field(None, description="the newest role change to master")
+    cfg: CfgInfo
 
 
 class Control(BaseModel):

@@ -7,7 +7,7 @@ from importlib import metadata
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from fep_api import metrics
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
@@ -88,15 +88,91 @@ async def virtual_points(s: Store = Depends(store)) -> m.VirtualPointList:
         summary="Acquisition points with their values, by point id, paged")
 async def points(rtu: int | None = Query(None, description="only this RTU's points (404 if unknown)"),
                  kind: m.Kind | None = Query(None, description="only this kind"),
+                 quality: m.Quality | None = Query(None, description="good (quality 0), bad (no value or "
+                                                                     "any bit set), or one bit: IV, NT, SB, "
+                                                                     "BL, OV"),
                  offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000),
                  s: Store = Depends(store)) -> m.PointPage:
-    return await s.points(rtu, kind, offset, limit)
+    return await s.points(rtu, kind, offset, limit, quality)
 
 
 @v1.get("/points/{point_id}", response_model=m.Point, tags=["points"], responses={**READ, **E404},
         summary="One acquisition point: value, quality, timestamp")
 async def point(point_id: int = Path(description="T011_POINT.PNTID"), s: Store = Depends(store)) -> m.Point:
     return await s.point(point_id)
+
+
+@v1.get("/rtus/{rtu_id}/forwards", response_model=m.ForwardList, tags=["points"],
+        responses={**READ, **E404, 409: _err("an acquisition RTU (its points are in /points)")},
+        summary="The forwarding points of a forwarding RTU with their source points' values")
+async def forwards(rtu_id: int = Path(description="T004_RTU.RTUID of a forwarding RTU"),
+                   s: Store = Depends(store)) -> m.ForwardList:
+    return await s.forwards(rtu_id)
+
+
+@v1.get("/trends", response_model=m.TrendSet, tags=["points"], responses={**READ, **E404},
+        summary="Recent values of one RTU's analog (AI) points, from the change stream",
+        description="Every change of each AI point of the RTU within the last `seconds` (by source time), read from the "
+                    "change stream `fep:chg` (bounded: ~20000 entries, so at a high change rate the window "
+                    "is shorter; `truncated` says so), at most 20000 entries scanned and 600 samples per "
+                    "point (the newest), then the current value at the page time.")
+async def trends(rtu: int = Query(description="an acquisition RTU (404 if unknown)"),
+                 seconds: int = Query(300, ge=1, le=3600, description="window, seconds back from now"),
+                 s: Store = Depends(store)) -> m.TrendSet:
+    return await s.trends(rtu, seconds)
+
+
+@v1.get("/events", response_model=m.EventPage, tags=["timeline"], responses=READ,
+        summary="What happened, newest first, paged: lease changes, channel switches, link changes, "
+                "configuration loads, controls, Redis role changes, masters connecting and leaving",
+        description="The merge of the bounded streams `fep:events`, `fep:lease:events` and `fep:ctl:audit` "
+                    "(~10000 entries each, see docs/keyspace.md). Filters scan at most those streams.")
+async def events(kind: m.EventKind | None = Query(None, description="only this kind"),
+                 rtu: int | None = Query(None, ge=0, le=2**63 - 1, description="only events of this RTU"),
+                 before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?(\.[0-2])?$",
+                                            description="only events older than this event id (next_before)"),
+                 limit: int = Query(50, ge=1, le=1000), s: Store = Depends(store)) -> m.EventPage:
+    return await s.events(kind, rtu, before, limit)
+
+
+@v1.get("/overview", response_model=m.Overview, tags=["node"], responses=READ,
+        summary="Health at a glance: both nodes, who is master, replication link and lag, last failover, "
+                "last configuration load")
+async def overview(s: Store = Depends(store)) -> m.Overview:
+    return await s.overview()
+
+
+SSE_EVENT = {"type": "object", "required": ["event", "data"],
+             "properties": {"event": {"type": "string",
+                                      "enum": ["hello", "values", "timeline", "health", "overflow"]},
+                            "data": {"type": "string", "description": "JSON"}},
+             "description": "one server-sent event"}
+
+
+@v1.get("/stream", response_class=StreamingResponse, tags=["timeline"],
+        responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
+                         "description": "server-sent events: hello, values, timeline, health, overflow "
+                                        "(see docs/api.md)"},
+                   **AUTH, 503: _err("too many live clients ([api] stream_clients)")},
+        summary="Live updates for dashboards (server-sent events): value changes, new timeline events, "
+                "node health",
+        description="One shared reader per api process follows the change stream and the timeline; each "
+                    "client has a bounded queue and is dropped (message `overflow`) when it falls that far "
+                    "behind. At most `[api] stream_clients` clients; more get 503.")
+async def stream(request: Request,
+                 rtu: list[str] | None = Query(None, max_length=100,
+                                               description="RTU ids whose value changes to send (`vp`: "
+                                                           "virtual points); default all"),
+                 values: bool = Query(True, description="send value changes at all"),
+                 duration_s: float | None = Query(None, gt=0, le=86400,
+                                                  description="end the stream after this long "
+                                                              "(default: until the client leaves)")
+                 ) -> StreamingResponse:
+    hub = request.app.state.hub
+    client = hub.join(frozenset(rtu) if rtu else None, values)
+    return StreamingResponse(hub.messages(client, request.app.state.cfg.node_id, duration_s),
+                             media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @v1.get("/controls", response_model=m.ControlPage, tags=["controls"], responses=READ,

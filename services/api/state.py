@@ -15,6 +15,7 @@ from typing import Any
 from fep_api import models as m
 from fep_api import views
 from fep_api.metrics import MetricsSnapshot, read_snapshot
+from redis import exceptions as rex
 
 from fepha import cfgstore, heartbeat, redisconn, redisfns
 from fepha import keyspace as ks
@@ -35,6 +36,10 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """An action that the current state does not allow (409)."""
+
+
+class Unprocessable(Exception):
+    """A parameter that passed the schema but means nothing (422)."""
 
 
 @dataclass
@@ -200,16 +205,46 @@ class Store:
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk)
                                          for v, rec, lk in zip(vps, res[0], res[1:])])
 
-    async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int) -> m.PointPage:
+    async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
+                     quality: str | None = None) -> m.PointPage:
         model = await self.model()
         if rtu is not None and rtu not in model.rtus:
             raise NotFound(f"RTU {rtu} is not in the configuration (generation {model.gen})")
         sel = [p for p in await self._points()
                if (rtu is None or p.rtu == rtu) and (kind is None or p.kind == kind)]
-        page = sel[offset:offset + limit]
-        records = await self._records(page)
-        return m.PointPage(total=len(sel), offset=offset, limit=limit,
-                           items=[views.point(p, records.get(p.id)) for p in page])
+        now = await self.now_ms()
+        if quality is not None:  # the filter needs every selected value before paging
+            records = await self._records(sel)
+            sel = [p for p in sel if views.quality_matches(views.value_fields(records.get(p.id)), quality)]
+            page = sel[offset:offset + limit]
+        else:
+            page = sel[offset:offset + limit]
+            records = await self._records(page)
+        return m.PointPage(total=len(sel), offset=offset, limit=limit, time_ms=now,
+                           items=[views.point(p, records.get(p.id), now) for p in page])
+
+    async def forwards(self, rtu_id: int) -> m.ForwardList:
+        """The forwarding points of a forwarding RTU, each with its source point's current value."""
+        model = await self.model()
+        r = model.rtus.get(rtu_id)
+        if r is None:
+            raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        if r.acquisition:
+            raise Conflict(f"RTU {rtu_id} is an acquisition RTU: its points are in /api/v1/points?rtu={rtu_id}")
+        srcs = [model.points[f.src] for f in r.forwards if f.src in model.points]
+        records = await self._records(srcs)
+        vps = [f.src for f in r.forwards if f.src in model.vpoints]
+        if vps:
+            records.update(zip(vps, await self.local.hmget(ks.VPOINTS, [str(v) for v in vps])))
+        now = await self.now_ms()
+        items = []
+        for f in r.forwards:
+            src = model.points.get(f.src) or model.vpoints.get(f.src)
+            items.append(m.Forward(id=f.id, rtu=f.rtu, table=f.table, kind=f.kind,  # type: ignore[arg-type]
+                                   address=f.addr, type=f.type, coef=f.coef, src=f.src,
+                                   src_name=src.name if src else None, src_rtu=src.rtu if src else None,
+                                   **views.value_fields(records.get(f.src))))
+        return m.ForwardList(rtu=rtu_id, time_ms=now, items=items)
 
     async def _records(self, pts: list[SemPoint]) -> dict[int, str | None]:
         by_rtu: dict[int, list[SemPoint]] = {}
@@ -233,6 +268,132 @@ class Store:
                 raise NotFound(f"point {pid} is a virtual point: see /api/v1/virtual-points")
             raise NotFound(f"point {pid} is not in the configuration (generation {model.gen})")
         return views.point(p, (await self._records([p])).get(pid))
+
+    # --- timeline and trends -----------------------------------------------------------------------
+
+    EVENT_SCAN = 500
+    """Entries read per XREVRANGE while looking for events that match a filter."""
+
+    async def events(self, kind: str | None, rtu: int | None, before: str | None, limit: int) -> m.EventPage:
+        """The merged timeline, newest first. A filter scans at most the bounded streams (~10000 each)."""
+        cursor = None
+        if before is not None:
+            cursor = views.parse_event_id(before)
+            if cursor is None:
+                raise Unprocessable(f"`before` {before!r} is not an event id")
+        found: list[m.Event] = []
+        for src in views.sources_for(kind):
+            end = views.bound_for(src, cursor)
+            got = 0
+            while end is not None and got <= limit:
+                batch = await self.local.xrevrange(views.EVENT_SOURCES[src], max=end, min="-",
+                                                   count=self.EVENT_SCAN)
+                for sid, f in batch:
+                    ev = views.event(src, sid, f)
+                    if ev is not None and views.event_matches(ev, kind, rtu):
+                        found.append(ev)
+                        got += 1
+                        if got > limit:
+                            break
+                if len(batch) < self.EVENT_SCAN:
+                    break
+                sid = views.parse_stream_id(batch[-1][0])
+                end = views.id_before(sid) if sid else None
+        found.sort(key=lambda e: views.event_sort_key(e.id), reverse=True)
+        more = len(found) > limit
+        items = found[:limit]
+        return m.EventPage(limit=limit, items=items, next_before=items[-1].id if more and items else None)
+
+    async def last_event(self, kind: str, pred: Any) -> m.Event | None:
+        """The newest event of `kind` for which `pred(event)` holds (scans its stream back)."""
+        end: str | None = "+"
+        src = views.sources_for(kind)[0]
+        while end is not None:
+            batch = await self.local.xrevrange(views.EVENT_SOURCES[src], max=end, min="-", count=self.EVENT_SCAN)
+            for sid, f in batch:
+                ev = views.event(src, sid, f)
+                if ev is not None and ev.kind == kind and pred(ev):
+                    return ev
+            if len(batch) < self.EVENT_SCAN:
+                return None
+            sid = views.parse_stream_id(batch[-1][0])
+            end = views.id_before(sid) if sid else None
+        return None
+
+    TREND_SCAN = 20_000
+    """Most change-stream entries one trend request reads (the stream holds ~20000)."""
+    TREND_SAMPLES = 600
+    """Most samples per series (the newest are kept)."""
+
+    async def trends(self, rtu_id: int, seconds: int) -> m.TrendSet:
+        """Analog (AI) values of one RTU over the last `seconds`, from the change stream `fep:chg`."""
+        model = await self.model()
+        r = model.rtus.get(rtu_id)
+        if r is None:
+            raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        analog = {p.id: p for p in r.points if p.kind == "AI"}
+        now = await self.now_ms()
+        start = now - seconds * 1000
+        series: dict[int, list[m.Sample]] = {pid: [] for pid in analog}
+        scanned, lo, tag = 0, f"{start}-0", str(rtu_id)
+        try:  # entries trimmed away from inside the window: the trend misses changes
+            deleted = views.parse_stream_id(str((await self.local.xinfo_stream(ks.CHANGES))
+                                                .get("max-deleted-entry-id") or "0-0"))
+        except rex.ResponseError:  # no change stream yet
+            deleted = None
+        truncated = deleted is not None and deleted[0] >= start
+        while analog and scanned < self.TREND_SCAN:
+            batch = await self.local.xrange(ks.CHANGES, min=lo, max="+", count=1000)
+            scanned += len(batch)
+            for _sid, f in batch:
+                if f.get("r") != tag:
+                    continue
+                for pid_s, rec in f.items():
+                    pid = views.to_int(pid_s)
+                    if pid in series:
+                        pv = views.value_fields(rec)
+                        if pv.get("ts_ms") is not None and pv["ts_ms"] >= start and "error" not in pv:
+                            series[pid].append(m.Sample(ts_ms=pv["ts_ms"], value=pv["value"],
+                                                        quality=pv["quality"]))
+            if len(batch) < 1000:
+                break
+            sid = views.parse_stream_id(batch[-1][0])
+            lo = f"({batch[-1][0]}" if sid else "+"
+        else:
+            truncated = truncated or scanned >= self.TREND_SCAN
+        current = await self._records(list(analog.values()))
+        out = []
+        for pid, p in sorted(analog.items()):
+            samples = series[pid]
+            pv = views.value_fields(current.get(pid))
+            if pv.get("ts_ms") is not None and "error" not in pv:
+                samples.append(m.Sample(ts_ms=max(pv["ts_ms"], now), value=pv["value"], quality=pv["quality"]))
+            out.append(m.Series(id=pid, name=p.name, samples=samples[-self.TREND_SAMPLES:]))
+        return m.TrendSet(rtu=rtu_id, seconds=seconds, time_ms=now, scanned=scanned, truncated=truncated,
+                          series=out)
+
+    # --- health at a glance ------------------------------------------------------------------------
+
+    async def overview(self) -> m.Overview:
+        info = await self.node()
+        pipe = self.local.pipeline(transaction=False)
+        pipe.info("replication")
+        (rep,) = await pipe.execute()
+        replication = views.replication(rep)
+        # the peer's role is known only through the replication link: as our replica (link up on the
+        # master) or as our master (link up on the replica); otherwise it is shown as unknown
+        local_master = replication.role == "master"
+        link_up = replication.link_status == "up"
+        peer_master = (False if link_up else None) if local_master else (True if link_up else None)
+        by = {(h.node, h.service): h for h in info.heartbeats}
+        nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,  # type: ignore[arg-type]
+                              master=local_master if n == self.cfg.node_id else peer_master,
+                              acquirer=by[(n, "acquirer")], forwarder=by[(n, "forwarder")]) for n in NODES]
+        master_node = self.cfg.node_id if local_master else (self.cfg.peer if peer_master else None)
+        last = await self.last_event("role", lambda e: e.fields.get("role") == "master")
+        return m.Overview(node=self.cfg.node_id, time_ms=info.time_ms,  # type: ignore[arg-type]
+                          master_node=master_node, nodes=nodes, replication=replication,  # type: ignore[arg-type]
+                          last_failover=last, cfg=info.cfg)
 
     # --- controls ----------------------------------------------------------------------------------
 

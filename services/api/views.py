@@ -151,9 +151,10 @@ def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
                  clients=[c for n in NODES for c in clients(n, fwd.get(n, {}))])
 
 
-def point(p: sem.Point, record: str | None) -> m.Point:
+def point(p: sem.Point, record: str | None, now_ms: int | None = None) -> m.Point:
     return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,  # type: ignore[arg-type]
-                   name=p.name, area=p.area, address=p.address, datatype=p.datatype, **value_fields(record))
+                   name=p.name, area=p.area, address=p.address, datatype=p.datatype,
+                   **aged(value_fields(record), now_ms))
 
 
 def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str]) -> m.VirtualPoint:
@@ -209,3 +210,145 @@ def id_before(sid: tuple[int, int]) -> str | None:
     if ms > 0:
         return f"{ms - 1}-{MAX_STREAM_ID}"
     return None
+
+
+# --- the timeline -------------------------------------------------------------------------------------
+
+EVENT_SOURCES: tuple[str, ...] = (ks.EVENTS, ks.LEASE_EVENTS, ks.CTL_AUDIT)
+"""The streams the timeline merges; an event id names its stream by index here."""
+SOURCE_KIND: dict[int, str | None] = {0: None, 1: "lease", 2: "control"}
+
+
+def parse_event_id(s: str) -> tuple[int, int, int] | None:
+    """'ms-seq.src' (or a plain stream id, read as src 0) -> (ms, seq, src); None when malformed."""
+    sid, _, src_s = s.partition(".")
+    parsed = parse_stream_id(sid)
+    if parsed is None or (_ and not (src_s.isdigit() and int(src_s) < len(EVENT_SOURCES))):
+        return None
+    return parsed[0], parsed[1], int(src_s) if src_s else 0
+
+
+def event_sort_key(event_id: str) -> tuple[int, int, int]:
+    return parse_event_id(event_id) or (0, 0, 0)
+
+
+def _yes(v: str | None) -> str:
+    return {"1": "up", "0": "down"}.get(v or "", "?")
+
+
+def event_text(kind: str, f: Mapping[str, str]) -> str:
+    """One line for the timeline; unknown or missing fields print as '?', never fail."""
+    def g(k: str) -> str:
+        return f.get(k) or "?"
+    rtu = f"RTU {f['rtu']}" if f.get("rtu") else "?"
+    if kind == "lease":
+        frm = f.get("from") or "nobody"
+        return f"{rtu}: lease {frm} → {g('to')} (epoch {g('epoch')}, {g('reason')})"
+    if kind == "control":
+        res = f" ({f['result']})" if f.get("result") else ""
+        by = f" by {f['executor']}" if f.get("executor") else ""
+        return f"{rtu}: control {g('id')} point {g('point')} = {g('value')}: {g('state')}{res}{by}"
+    if kind == "channel":
+        err = f" after: {f['error']}" if f.get("error") else ""
+        return f"{rtu} on node {g('node')}: channel {g('from_ch')} → {g('to_ch')}{err}"
+    if kind == "link":
+        was = f"was {_yes(f.get('was'))}" if f.get("was") else "first report"
+        return f"{rtu}: node {g('node')} link {_yes(f.get('up'))} ({was})"
+    if kind == "config":
+        return f"configuration generation {g('gen')} loaded from {g('source')}"
+    if kind == "role":
+        return f"node {g('node')}: Redis {g('was')} → {g('role')}"
+    if kind == "master":
+        return f"{rtu} on node {g('node')}: master {g('peer')} {g('state')}"
+    return kind
+
+
+def event(src: int, stream_id: str, f: Mapping[str, str]) -> m.Event | None:
+    """A stream entry as a timeline event; None for an entry without a known kind."""
+    kind = SOURCE_KIND.get(src) or f.get("kind")
+    if kind not in ("lease", "channel", "link", "config", "control", "role", "master"):
+        return None
+    if kind == "lease":
+        node, ts = f.get("to"), to_int(f.get("ts_ms")) or to_int(stream_id.partition("-")[0])
+    elif kind == "control":
+        node, ts = f.get("executor"), to_int(f.get("finished_ms")) or to_int(stream_id.partition("-")[0])
+    else:
+        node, ts = f.get("node"), to_int(f.get("ts_ms"))
+    return m.Event(id=f"{stream_id}.{src}", kind=kind, ts_ms=ts, time=iso(ts),  # type: ignore[arg-type]
+                   node=node if node in NODES else None, rtu=to_int(f.get("rtu")), text=event_text(kind, f),
+                   fields={str(k): str(v) for k, v in f.items()})
+
+
+def event_matches(ev: m.Event, kind: str | None, rtu: int | None) -> bool:
+    return (kind is None or ev.kind == kind) and (rtu is None or ev.rtu == rtu)
+
+
+def sources_for(kind: str | None) -> list[int]:
+    """Which streams can hold events of `kind` (None: all)."""
+    if kind is None:
+        return list(SOURCE_KIND)
+    return [next((s for s, k in SOURCE_KIND.items() if k == kind), 0)]
+
+
+def bound_for(src: int, before: tuple[int, int, int] | None) -> str | None:
+    """Inclusive XREVRANGE end in stream `src` for events strictly older than `before` in the merged
+    order (ms, seq, src): the same stream id counts as older in a stream of a lower index."""
+    if before is None:
+        return "+"
+    ms, seq, bsrc = before
+    return f"{ms}-{seq}" if src < bsrc else id_before((ms, seq))
+
+
+# --- values --------------------------------------------------------------------------------------------
+
+def quality_matches(pv: Mapping[str, Any], want: str | None) -> bool:
+    """The `quality` filter of /points on the fields of `value_fields`."""
+    if want is None:
+        return True
+    good = pv.get("quality") == 0 and "error" not in pv
+    if want == "good":
+        return good
+    if want == "bad":
+        return not good
+    return want in (pv.get("quality_flags") or [])
+
+
+def aged(fields: dict[str, Any], now_ms: int | None) -> dict[str, Any]:
+    """`value_fields` plus age_ms (against the page's Redis clock) and stale (NT set)."""
+    ts = fields.get("ts_ms")
+    return {**fields, "age_ms": None if ts is None or now_ms is None else now_ms - ts,
+            "stale": "NT" in (fields.get("quality_flags") or [])}
+
+
+def live_values(rtu: str, pairs: Mapping[str, str] | list[tuple[str, str]]) -> dict[str, Any]:
+    """A change-stream entry as the live stream sends it: {rtu, items: [{id, value, quality, ...}]}."""
+    items = []
+    for pid, rec in (pairs.items() if isinstance(pairs, Mapping) else pairs):
+        if pid == "r":
+            continue
+        pv = value_fields(rec)
+        pv.pop("time", None)
+        items.append({"id": to_int(pid), **pv})
+    return {"rtu": rtu, "items": items}
+
+
+def replication(info: Mapping[str, Any]) -> m.Replication:
+    """INFO replication of the local Redis (as redis-py parses it) -> link state and lag."""
+    role = str(info.get("role") or "?")
+    if role == "master":
+        offset = to_int(info.get("master_repl_offset"))
+        replicas, lag_s, lag_bytes, up = [], None, None, False
+        for k, v in sorted(info.items()):
+            if not (str(k).startswith("slave") and isinstance(v, Mapping)):
+                continue
+            replicas.append(f"{v.get('ip')}:{v.get('port')} ({v.get('state')})")
+            up = up or v.get("state") == "online"
+            lag_s = to_float(v.get("lag"))
+            so = to_int(v.get("offset"))
+            lag_bytes = None if so is None or offset is None else max(0, offset - so)
+        return m.Replication(role=role, link_status="up" if up else "down", lag_s=lag_s, lag_bytes=lag_bytes,
+                             replicas=replicas)
+    host, port = info.get("master_host"), info.get("master_port")
+    return m.Replication(role=role, master=f"{host}:{port}" if host else None,
+                         link_status=info.get("master_link_status"),
+                         lag_s=to_float(info.get("master_last_io_seconds_ago")))

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from fepha import cfgstore, controls, heartbeat, redisconn
+from fepha import cfgstore, controls, events, heartbeat, redisconn
 from fepha import keyspace as ks
 from fepha.config import NodeConfig, feproot
 from fepha.logsetup import OnceLogger
@@ -99,6 +99,7 @@ class Forwarder:
         self._counted: dict[int, dict[str, int]] = {}
         self._pending: dict[str, int] = {}
         self._clients_written: dict[int, str] = {}
+        self._peers: dict[int, set[str]] = {}  # masters connected per RTU as last written (timeline)
         self._next_beat = 0.0
 
     # --- main loop -------------------------------------------------------------------------------------
@@ -327,6 +328,13 @@ class Forwarder:
             for rid in [r for r in self._clients_written if r not in self.servers or final]:
                 pipe.delete(ks.fwd_clients(rid, node))
                 self._clients_written.pop(rid, None)
+            peers = {rid: set() if final else set(srv.clients()) for rid, srv in self.servers.items()}
+            for rid in set(peers) | set(self._peers):
+                now_p, was_p = peers.get(rid, set()), self._peers.get(rid, set())
+                for p in sorted(now_p - was_p):
+                    events.add(pipe, "master", node, rid, peer=p, state="connected")
+                for p in sorted(was_p - now_p):
+                    events.add(pipe, "master", node, rid, peer=p, state="disconnected")
             pipe.hset(mkey, mapping={"stream_lag_ms": self.lag, "clients": nclients})
             if final:
                 pipe.delete(ks.heartbeat(SERVICE, node))
@@ -337,6 +345,7 @@ class Forwarder:
                                            servers=sorted(self.servers), last_id=self.last_id),
                          px=int(self.cfg.heartbeat_s * 3000))
             await pipe.execute()
+            self._peers = {rid: p for rid, p in peers.items() if p}
             self._pending = {}
             self.once.clear("master")
         except REDIS_ERRORS as exc:

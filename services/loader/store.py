@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from fepha import events, redisfns
 from fepha import keyspace as ks
-from fepha import redisfns
 from fepha.semodel.model import TABLES, Row, row_key
 
 FIELDS_PER_HSET = 1000
@@ -125,6 +125,8 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
         tx.hset(ks.CFG_META, mapping={"gen": gen, "loaded_at_ms": int(time.time() * 1000), "source": source,
                                       "sha256": sha.hexdigest(),
                                       **{f"rows:{t}": n for t, n in counts.items()}})
+        events.add(tx, "config", gen=gen, source=source, sha256=sha.hexdigest(), removed_rtus=len(removed),
+                   **{f"rows:{t}": n for t, n in counts.items() if n})
         tx.publish(ks.CFG_CHANGED, gen)
         res = tx.execute()
         if int(res[0]) != gen:  # the lock makes this impossible unless someone bypassed it

@@ -144,7 +144,9 @@ async def test_points_values_filters_and_paging(loaded, ar, make_api) -> None:
             break
         pages += page["items"]
         offset += 5
-    assert pages == everything["items"]
+    def timeless(items: list[dict]) -> list[dict]:  # age_ms follows the clock of each page
+        return [{k: v for k, v in p.items() if k != "age_ms"} for p in items]
+    assert timeless(pages) == timeless(everything["items"])
     ai1 = (await c.get("/api/v1/points", params={"rtu": 1, "kind": "AI"})).json()
     assert [p["id"] for p in ai1["items"]] == [101, 102, 103, 104] and ai1["total"] == 4
     p101, p102, p103, p104 = ai1["items"]

@@ -1,0 +1,189 @@
+"""Live updates for dashboards: `GET /api/v1/stream` (server-sent events) fed by one shared reader.
+
+One `Hub` per api process reads Redis for everybody: it follows the change stream and the three timeline
+streams with one blocking XREAD on the local Redis and reads the health picture (overview and RTUs) once
+per period. Each message is serialised once and put into every interested client's queue. A client is a
+bounded `asyncio.Queue`: a client that falls `queue` messages behind (a stalled browser, a dead
+connection the kernel has not noticed) is dropped with a final `overflow` message, never waited for, so
+one slow dashboard costs the others nothing and no worker is held. At most `max_clients` clients at once;
+the hub runs only while at least one client is connected.
+
+Messages (`event:` name, JSON `data:`):
+  hello     {node, time_ms}: first message; the client reloads its snapshot from the REST endpoints
+  values    {rtu, items: [{id, value, quality, quality_flags, valid, ts_ms}]}: one change-stream entry
+            (rtu is "vp" for virtual points); only for the RTUs the client asked for (`rtu=`), all if none
+  timeline  an `Event` of /api/v1/events
+  health    {overview, rtus}: /api/v1/overview and /api/v1/rtus, every `health_s`
+  overflow  {detail}: the client fell behind and is dropped (reconnect and reload)
+A comment line (`: keepalive`) every `keepalive_s` keeps proxies and dead-peer detection working.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fep_api import views
+from fep_api.state import NoConfig, Store
+
+from fepha import keyspace as ks
+
+log = logging.getLogger("fep_api.live")
+
+
+class TooManyClients(Exception):
+    """The configured number of stream clients is reached (503)."""
+
+
+def sse(event: str, data: Any) -> str:
+    """One server-sent-events message."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@dataclass(eq=False)
+class Client:
+    rtus: frozenset[str] | None
+    """RTU ids (strings as in the change stream, "vp" for virtual points) whose values it wants; None: all."""
+    values: bool
+    queue: asyncio.Queue[str]
+    dropped: bool = False
+    sent: int = 0
+
+    def wants(self, rtu: str) -> bool:
+        return self.values and (self.rtus is None or rtu in self.rtus)
+
+    def offer(self, msg: str) -> bool:
+        """Queue a message; False (and the client is marked dropped) when its queue is full."""
+        if self.dropped:
+            return False
+        try:
+            self.queue.put_nowait(msg)
+            return True
+        except asyncio.QueueFull:
+            self.dropped = True
+            return False
+
+
+@dataclass
+class Hub:
+    store: Store
+    max_clients: int
+    queue: int
+    health_s: float = 1.0
+    keepalive_s: float = 15.0
+    block_ms: int = 500
+    clients: set[Client] = field(default_factory=set)
+    dropped_total: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    def join(self, rtus: frozenset[str] | None, values: bool) -> Client:
+        if len(self.clients) >= self.max_clients:
+            raise TooManyClients(f"{len(self.clients)} live clients already (limit [api] stream_clients = "
+                                 f"{self.max_clients}): reload later, or poll the REST endpoints")
+        c = Client(rtus, values, asyncio.Queue(self.queue))
+        self.clients.add(c)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="fep-api-live-hub")
+        return c
+
+    def leave(self, c: Client) -> None:
+        self.clients.discard(c)
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for c in list(self.clients):
+            c.dropped = True
+        self.clients.clear()
+
+    def _broadcast(self, msg: str, rtu: str | None = None) -> None:
+        for c in list(self.clients):
+            if (rtu is None or c.wants(rtu)) and not c.offer(msg):
+                self.clients.discard(c)
+                self.dropped_total += 1
+                log.info("live client dropped: %d messages behind", self.queue)
+
+    async def _tails(self) -> dict[str, str]:
+        """The newest id of every followed stream ("0-0" for an empty one): only what comes after counts."""
+        names = [ks.CHANGES, *views.EVENT_SOURCES]
+        pipe = self.store.local.pipeline(transaction=False)
+        for n in names:
+            pipe.xrevrange(n, max="+", min="-", count=1)
+        res = await pipe.execute()
+        return {n: (r[0][0] if r else "0-0") for n, r in zip(names, res)}
+
+    async def _health(self) -> str:
+        overview = await self.store.overview()
+        try:
+            rtus = (await self.store.rtus()).model_dump(mode="json")
+        except NoConfig:
+            rtus = None
+        return sse("health", {"overview": overview.model_dump(mode="json"), "rtus": rtus})
+
+    async def _run(self) -> None:
+        """Follow Redis while anybody listens; a Redis error is retried every second (clients stay)."""
+        tails: dict[str, str] | None = None
+        next_health = 0.0
+        while self.clients:
+            try:
+                if tails is None:
+                    tails = await self._tails()
+                now = time.monotonic()
+                if now >= next_health:
+                    self._broadcast(await self._health())
+                    next_health = now + self.health_s
+                block = max(1, min(self.block_ms, int((next_health - time.monotonic()) * 1000)))
+                res = await self.store.local.xread(tails, count=500, block=block)
+                for stream, entries in res or []:
+                    for sid, f in entries:
+                        tails[stream] = sid
+                        self._entry(stream, sid, f)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - Redis down or no config: keep the clients, retry
+                log.info("live hub: %s: %s", type(exc).__name__, exc)
+                tails = None
+                await asyncio.sleep(1.0)
+
+    def _entry(self, stream: str, sid: str, f: dict[str, str]) -> None:
+        if stream == ks.CHANGES:
+            rtu = f.get("r", "")
+            if any(c.wants(rtu) for c in self.clients):
+                self._broadcast(sse("values", views.live_values(rtu, f)), rtu)
+            return
+        ev = views.event(views.EVENT_SOURCES.index(stream), sid, f)
+        if ev is not None:
+            self._broadcast(sse("timeline", ev.model_dump(mode="json")))
+
+    async def messages(self, c: Client, node: str, duration_s: float | None) -> AsyncIterator[str]:
+        """What one client receives, until it disconnects (the server cancels this generator), falls
+        behind, or `duration_s` passed."""
+        loop = asyncio.get_running_loop()
+        end = None if duration_s is None else loop.time() + duration_s
+        try:
+            yield sse("hello", {"node": node, "time_ms": int(time.time() * 1000)})
+            while True:
+                timeout = self.keepalive_s if end is None else min(self.keepalive_s, end - loop.time())
+                if timeout <= 0:
+                    return
+                if c.dropped and c.queue.empty():
+                    yield sse("overflow", {"detail": f"more than {self.queue} messages behind: reconnect"})
+                    return
+                try:
+                    msg = await asyncio.wait_for(c.queue.get(), timeout)
+                except TimeoutError:
+                    yield ": keepalive\n\n"
+                    continue
+                c.sent += 1
+                yield msg
+        finally:
+            self.leave(c)

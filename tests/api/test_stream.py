@@ -1,0 +1,122 @@
+"""The live stream: `/api/v1/stream` served by uvicorn (in the test's loop) over a real Redis with the
+sample configuration; clients are httpx streams. Values written through the real functions and timeline
+events arrive; the client limit answers 503; a client that stops reading is dropped, not waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aredis
+import uvicorn
+from fep_api.app import create_app
+from fep_api.live import Hub, sse
+from fep_tools.redisproc import free_port
+
+from fepha import events, points, redisfns
+from tests.api.conftest import node_cfg, populate
+
+
+async def serve(cfg: Any) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+
+
+@pytest.fixture
+async def url(loaded, ar: aredis.Redis) -> AsyncIterator[str]:
+    await populate(ar)
+    async for u in serve(node_cfg(loaded, api_stream_clients=3, api_stream_queue=50)):
+        yield u
+
+
+_lines: dict[int, Any] = {}
+
+
+async def read_until(resp: httpx.Response, want: Any, timeout: float = 5.0) -> list[tuple[str, Any]]:
+    """Messages (event, data) until `want(messages)` holds."""
+    got: list[tuple[str, Any]] = []
+    event = None
+    end = time.monotonic() + timeout
+    lines = _lines.setdefault(id(resp), resp.aiter_lines())
+    while not want(got):
+        line = await asyncio.wait_for(anext(lines), max(0.01, end - time.monotonic()))
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: "):
+            got.append((event, json.loads(line[6:])))
+    return got
+
+
+async def test_values_timeline_and_health_arrive(url: str, ar: aredis.Redis) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c, \
+            c.stream("GET", "/api/v1/stream", params={"rtu": "1"}) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        got = await read_until(resp, lambda g: any(e == "health" for e, _ in g))
+        assert got[0][0] == "hello"
+        health = next(d for e, d in got if e == "health")
+        assert health["overview"]["master_node"] == "A" and len(health["rtus"]["items"]) >= 2
+        t = int((await ar.time())[0]) * 1000
+        await ar.fcall(*redisfns.write_values(2, "B", 1, ["201", points.encode(7.0, 0, t)]).argv)
+        await ar.fcall(*redisfns.write_values(1, "A", 1, ["101", points.encode(99.5, 0, t),
+                                                          "102", points.encode(1.0, 0x80, t)]).argv)
+        await events.add(ar, "channel", "B", 1, from_ch=1, to_ch=2)
+        got = await read_until(resp, lambda g: any(e == "timeline" for e, _ in g))
+        vals = [d for e, d in got if e == "values"]
+        assert vals == [{"rtu": "1", "items": [
+            {"id": 101, "value": 99.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": t},
+            {"id": 102, "value": 1.0, "quality": 128, "quality_flags": ["IV"], "valid": False, "ts_ms": t}]}]
+        ev = next(d for e, d in got if e == "timeline")
+        assert ev["kind"] == "channel" and ev["text"] == "RTU 1 on node B: channel 1 → 2"
+
+
+async def test_client_limit_and_cleanup(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+        async def hold() -> httpx.Response:
+            return await c.send(c.build_request("GET", "/api/v1/stream"), stream=True)
+        held = [await hold() for _ in range(3)]
+        assert all(r.status_code == 200 for r in held)
+        r = await c.get("/api/v1/stream")
+        assert r.status_code == 503 and "stream_clients" in r.json()["detail"]
+        for h in held:
+            await h.aclose()
+        # the server notices the closed connections and frees the places
+        end = time.monotonic() + 5
+        while True:
+            r = await hold()
+            if r.status_code == 200:
+                await r.aclose()
+                break
+            await r.aclose()
+            assert time.monotonic() < end, "closed clients were not cleaned up"
+            await asyncio.sleep(0.1)
+        r = await c.get("/api/v1/stream", params={"duration_s": 0.3})
+        assert r.status_code == 200 and r.text.startswith("event: hello")
+
+
+async def test_a_client_that_stops_reading_is_dropped() -> None:
+    hub = Hub(store=None, max_clients=5, queue=3)  # type: ignore[arg-type]
+    slow, fast = hub.join(None, True), hub.join(frozenset({"1"}), True)
+    hub._task.cancel()  # no Redis here: only the fan-out is under test
+    for i in range(5):
+        hub._broadcast(sse("values", {"rtu": "1", "i": i}), "1")
+        fast.queue.get_nowait()
+    assert slow.dropped and slow not in hub.clients and hub.dropped_total == 1
+    assert fast in hub.clients and not fast.dropped
+    hub._broadcast(sse("values", {"rtu": "2"}), "2")  # not asked for: not queued
+    assert fast.queue.empty()
+    msgs = [m async for m in hub.messages(slow, "A", 1.0)]
+    assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 5
