@@ -109,6 +109,7 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str]]] = [
     ("fwd sefeps index twice", add("T006_ZFDI", {**ZF, "RTUID": 12, "SRCID": 106, "ADDR": 10, "TYPE": None}), ("T006_ZFDI", "99", "ADDR")),
     ("fwd sefeps with type", add("T006_ZFDI", {**ZF, "RTUID": 12, "SRCID": 106, "ADDR": 50, "TYPE": "bool"}), ("T006_ZFDI", "99", "TYPE")),
     ("fwd coef zero", add("T005_ZFAI", {**ZF, "COEF": 0}), ("T005_ZFAI", "99", "COEF")),
+    ("fwd 104 IOA 0 is reserved", add("T005_ZFAI", {**ZF, "ADDR": 0}), ("T005_ZFAI", "99", "ADDR")),
 ]
 
 
@@ -132,3 +133,15 @@ def test_every_problem_listed_at_once(sample_rows: dict) -> None:
         mutate(rows)
     found = {(p.table, p.key, p.column) for p in validate(rows)}
     assert {w for _, _, w in chosen} <= found
+
+
+def test_unitid_null_is_modbus_default_1(sample_rows: dict) -> None:
+    """docs/semodel.md: T010_CHANNEL.UNITID NULL means unit 1; an explicit 0 stays 0."""
+    from fepha.semodel.model import Model
+
+    rows = copy.deepcopy(sample_rows)
+    ch = rows["T010_CHANNEL"]
+    ch[0]["UNITID"], ch[1]["UNITID"] = None, 0
+    units = {(c.rtu, c.no): c.unit for cs in Model.from_rows(rows).rtus.values() for c in cs.channels}
+    assert units[(ch[0]["RTUID"], ch[0]["CHANNO"])] == 1
+    assert units[(ch[1]["RTUID"], ch[1]["CHANNO"])] == 0
