@@ -235,7 +235,8 @@ class Forwarder:
             try:
                 cls = server_class(rtu.protocol)
                 srv = cls(rtu, model, self.cfg.bind, self.sink, self.cfg.node_id,
-                          tls=self.tls if rtu.protocol in TLS_PROTOCOLS else None, **self.options)
+                          tls=self.tls if rtu.protocol in TLS_PROTOCOLS else None,
+                          **self.protocol_options(rtu.protocol))
                 srv.on_clients_changed = self.state_changed.set
                 await srv.start()
             except (OSError, KeyError, ValueError, ImportError) as exc:
@@ -247,6 +248,12 @@ class Forwarder:
         self.model = model
         self.routing = Routing.of(model, self.servers)
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
+
+    def protocol_options(self, protocol: str) -> dict[str, Any]:
+        """A server's options: its protocol's fep-ha.cfg section ([se104s]), then the runner's options
+        (which tests use to shorten timers) on top."""
+        per = self.cfg.se104s_options() if protocol == "se104s" else {}
+        return {**per, **self.options}
 
     async def _stop_server(self, rid: int) -> None:
         srv = self.servers.pop(rid)

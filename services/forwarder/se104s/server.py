@@ -76,6 +76,7 @@ class Se104Server(ForwardServer):
         o = self.options
         self.k = int(o.get("k", 12))
         self.w = int(o.get("w", 8))
+        self.t0 = float(o.get("t0", 30.0))
         self.t1 = float(o.get("t1", 15.0))
         self.t2 = float(o.get("t2", 10.0))
         self.t3 = float(o.get("t3", 20.0))
@@ -112,6 +113,7 @@ class Se104Server(ForwardServer):
     async def start(self) -> None:
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
         self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
+                                                  ssl_handshake_timeout=self.t0 if self.tls else None,
                                                   reuse_address=True)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.ca)
