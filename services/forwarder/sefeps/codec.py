@@ -137,6 +137,8 @@ class Decoder:
                 obj = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
             except (UnicodeDecodeError, ValueError) as exc:
                 raise ProtocolError("frame", f"frame is not UTF-8 JSON: {exc}") from None
+            except RecursionError:  # the stdlib parser recurses per nesting level (~1,000 levels)
+                raise ProtocolError("frame", "JSON nested too deeply") from None
             out.append(validate(obj, self.table))
         return out
 
@@ -161,6 +163,31 @@ def entry(fwd: FwdPoint, value: Value) -> Entry:
     if isinstance(v, float) and not math.isfinite(v):
         v, q = None, q | int(Quality.OV)
     return [fwd.addr, v, q, int(value.ts_ms)]
+
+
+# Reasons of a `rejected` res, exactly as docs/sefeps.md lists them (the res's id says which command).
+REJECT_UNKNOWN = "unknown point"
+REJECT_NOT_COMMAND = "not a command point"
+REJECT_DO_VALUE = "a DO takes 0 or 1"
+REJECT_BUSY = "too many commands in flight"
+REJECT_DUPLICATE_ID = "a command with this id is in flight"
+REJECT_REASONS = (REJECT_UNKNOWN, REJECT_NOT_COMMAND, REJECT_DO_VALUE, REJECT_BUSY, REJECT_DUPLICATE_ID)
+
+
+def command_problem(fwd: FwdPoint | None, value: float, known: bool) -> str | None:
+    """Why a cmd on `fwd` (None: no command point at that addr; `known`: the addr is in the catalogue)
+    with `value` is refused before reaching the device, None when it may run. A DO is a switch: exactly
+    0 (off) or 1 (on); 2 or 0.5 is not a switch position and must not turn the output on."""
+    if fwd is None:
+        return REJECT_NOT_COMMAND if known else REJECT_UNKNOWN
+    if fwd.kind == "DO" and value not in (0, 1):
+        return REJECT_DO_VALUE
+    return None
+
+
+def placeholder(addr: int) -> Entry:
+    """The image entry of a point that has no value yet: null, IV, ts 0 (docs/sefeps.md)."""
+    return [addr, None, int(Quality.IV), 0]
 
 
 def command_value(fwd: FwdPoint, value: float) -> float:

@@ -157,13 +157,15 @@ class _Conn:
         srv = self.server
         fwd = srv.commands_by_addr.get(addr)
         if cmd_id in self.commands:
-            self.send(codec.result(cmd_id, False, "rejected", "a command with this id is in flight"))
-        elif fwd is None:
-            what = "not a command point" if addr in srv.catalog_addrs else "unknown point"
-            self.send(codec.result(cmd_id, False, "rejected", f"{addr}: {what}"))
+            self.send(codec.result(cmd_id, False, "rejected", codec.REJECT_DUPLICATE_ID))
+        elif (why := codec.command_problem(fwd, value, addr in srv.catalog_addrs)) is not None:
+            log.info("sefeps RTU %s master %s: cmd %s on %s = %s rejected: %s", srv.rtu.id, self.peer, cmd_id,
+                     addr, value, why)
+            self.send(codec.result(cmd_id, False, "rejected", why))
         elif len(self.commands) >= srv.opt["max_inflight"]:
-            self.send(codec.result(cmd_id, False, "rejected", "too many commands in flight"))
+            self.send(codec.result(cmd_id, False, "rejected", codec.REJECT_BUSY))
         else:
+            assert fwd is not None
             task = asyncio.create_task(self.run_command(cmd_id, fwd, value))
             self.commands[cmd_id] = task
 
@@ -244,7 +246,7 @@ class SefepsServer(ForwardServer):
         self.commands_by_addr = {f.addr: f for f in forwards if f.kind in codec.COMMAND_KINDS}
         self.session = f"{self.node}{self.rtu.id}-{time.time_ns():x}"
         self.seq = 0
-        self.image: dict[int, codec.Entry] = {}
+        self.image: dict[int, codec.Entry] = self._empty_image()
         self.replay = codec.ReplayBuffer(int(self.opt["replay_max"]))
         self.conns: dict[_Conn, asyncio.Task] = {}
         self.once = OnceLogger(log)
@@ -286,8 +288,13 @@ class SefepsServer(ForwardServer):
     def image_entries(self) -> list[codec.Entry]:
         return [self.image[a] for a in sorted(self.image)]
 
+    def _empty_image(self) -> dict[int, codec.Entry]:
+        """Every monitored point (AI, DI, ACC) as a placeholder: a point with no value is in the image,
+        marked IV, never left out (docs/sefeps.md)."""
+        return {a: codec.placeholder(a) for a, k in self.catalog if k not in codec.COMMAND_KINDS}
+
     def load_image(self, updates: Sequence[Update]) -> None:
-        self.image = {}
+        self.image = self._empty_image()
         for u in updates:
             if u.fwd.rtu == self.rtu.id and u.fwd.addr in self.catalog_addrs:
                 self.image[u.fwd.addr] = codec.entry(u.fwd, u.value)
