@@ -9,13 +9,20 @@ codec for sefeps can replace ours by implementing this same class.
 from __future__ import annotations
 
 import abc
+import asyncio
+import dataclasses
+import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
+
+from .allow import Allowlist
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +48,31 @@ class ControlSink(Protocol):
         ...
 
 
+@dataclass
+class Counters:
+    """Monotonic counters of one server since it started; the field names are the metric names of
+    docs/keyspace.md. The runner adds their increases to the node's metrics hash once a second."""
+
+    events_sent: int = 0
+    events_buffered: int = 0  # se104s: events kept while no master had started data transfer
+    events_dropped: int = 0
+    controls: int = 0
+    controls_ok: int = 0
+    control_latency_ms_sum: int = 0
+    connections_refused: int = 0  # peers not in T004_RTU.ALLOW
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
 class ForwardServer(abc.ABC):
-    """One forwarding RTU's server on this node."""
+    """One forwarding RTU's server on this node.
+
+    Common to every protocol: `counts` (one `Counters`), `admit` (the ALLOW check at accept) and
+    `run_control` (count, time and run one control through the ControlSink)."""
 
     protocol: ClassVar[str]
+    log: ClassVar[logging.Logger] = logging.getLogger("fep_forwarder")
 
     def __init__(self, rtu: Rtu, model: Model, bind: str, controls: ControlSink, node: str,
                  tls: ssl.SSLContext | None = None, **options: Any) -> None:
@@ -55,6 +83,41 @@ class ForwardServer(abc.ABC):
         self.node = node
         self.tls = tls
         self.options = options
+        self.counts = Counters()
+        self.once = OnceLogger(self.log)
+        self.allowlist = Allowlist(rtu.allow)
+        self.control_timeout_ms: int | None = options.get("control_timeout_ms")
+
+    def admit(self, host: str) -> bool:
+        """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
+        per address) when the caller must close it without reading anything."""
+        if self.allowlist.permits(host):
+            return True
+        self.counts.connections_refused += 1
+        if (line := self.allowlist.first_refusal(host)) is not None:
+            self.log.warning("%s RTU %s: %s", self.protocol, self.rtu.id, line)
+        return False
+
+    async def run_control(self, fwd: FwdPoint, value: float, origin: str) -> ControlOutcome:
+        """Run one control on `fwd`'s source point (engineering units) through the ControlSink, counting
+        it (controls, controls_ok, control_latency_ms_sum). Never raises but for cancellation: a sink
+        that raises is logged once and answered as failed, so the master always gets an answer."""
+        self.counts.controls += 1
+        t0 = time.monotonic()
+        try:
+            out = await self.controls.execute(fwd, value, origin, self.control_timeout_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
+            self.once.problem(f"{self.protocol} RTU {self.rtu.id} controls", f"control sink raised {exc!r}")
+            out = ControlOutcome(False, "failed", "internal error")
+        self.counts.control_latency_ms_sum += int((time.monotonic() - t0) * 1000)
+        if out.ok:
+            self.counts.controls_ok += 1
+        else:
+            self.log.info("%s RTU %s control %s=%s from %s: %s %s", self.protocol, self.rtu.id, fwd.id, value,
+                          origin, out.state, out.reason)
+        return out
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -86,10 +149,9 @@ class ForwardServer(abc.ABC):
     written at once; others are picked up by the runner's once-a-second housekeeping."""
 
     def counters(self) -> dict[str, int]:
-        """Monotonic counters since start (names from docs/keyspace.md, e.g. events_sent, events_dropped,
-        controls, controls_ok, control_latency_ms_sum); the runner adds their increases to the metrics
-        hash. Optional: a server without counters returns {}."""
-        return {}
+        """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the
+        metrics hash."""
+        return self.counts.as_dict()
 
 
 SERVERS: dict[str, str] = {

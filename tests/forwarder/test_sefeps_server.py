@@ -116,7 +116,7 @@ async def test_hello_image_and_changes(server, client):
     assert got == [(seq0 + 1, 1, 1.75, 0, 2000), (seq0 + 2, 10, 0, 0x80, 2001), (seq0 + 3, 2, -10.0, 0, 2002)]
     info = list(server.clients().values())
     assert len(info) == 1 and info[0]["name"] == "t1" and info[0]["state"] == "open"
-    assert server.stats["events_sent"] == 3 and server.queue_depth() == 0
+    assert server.counts.events_sent == 3 and server.queue_depth() == 0
 
 
 async def test_no_common_version_is_refused(server):
@@ -139,7 +139,7 @@ async def test_commands(server, client):
         r = await client.command(30, bad)
         assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "a DO takes 0 or 1")
     assert server.controls.calls == [(40, 20.0), (40, 99.0), (30, 1), (30, 0)]  # AO value / COEF 0.5
-    assert (server.stats["controls"], server.stats["controls_ok"]) == (4, 3)
+    assert (server.counts.controls, server.counts.controls_ok) == (4, 3)
 
 
 def test_every_reject_reason_is_documented():
@@ -333,7 +333,7 @@ async def test_full_queue_resynchronises_with_an_image():
         srv.apply([upd(1, float(i)) for i in range(1, 11)])  # 10 events at once, queue holds 5
         await c.wait_image()
         assert c.images == 2 and c.image[1][0] == 10.0 and c.seq == srv.seq and c.changes.empty()
-        assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.stats["events_dropped"] == 10
+        assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.counts.events_dropped == 10
         srv.apply([upd(1, 11.0)])
         assert (await c.next_change())[2] == 11.0
 

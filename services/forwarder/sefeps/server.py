@@ -12,14 +12,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.sefeps import codec
 
-from fepha.logsetup import OnceLogger
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
@@ -67,7 +67,7 @@ class _Conn:
             return
         if len(self.pending) + len(events) > self.server.opt["queue_max"]:
             # the master does not keep up: drop its queue, send it a full image instead (docs/sefeps.md)
-            self.server.stats["events_dropped"] += len(self.pending) + len(events)
+            self.server.counts.events_dropped += len(self.pending) + len(events)
             self.pending.clear()
             self.need_image = True
             self.overflows += 1
@@ -171,19 +171,10 @@ class _Conn:
 
     async def run_command(self, cmd_id: int, fwd: FwdPoint, value: float) -> None:
         srv = self.server
-        srv.stats["controls"] += 1
-        t0 = time.monotonic()
         try:
-            out = await srv.controls.execute(fwd, codec.command_value(fwd, value), f"sefeps:{srv.rtu.id}@"
-                                             f"{srv.node}:{self.peer}", srv.opt["control_timeout_ms"])
-            srv.stats["controls_ok"] += int(out.ok)
-            srv.stats["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+            out = await srv.run_control(fwd, codec.command_value(fwd, value),
+                                        f"sefeps:{srv.rtu.id}@{srv.node}:{self.peer}")
             self.send(codec.result(cmd_id, out.ok, out.state, out.reason))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
-            srv.once.problem(f"sefeps RTU {srv.rtu.id} controls", f"control sink raised {exc!r}")
-            self.send(codec.result(cmd_id, False, "failed", "internal error"))
         finally:
             self.commands.pop(cmd_id, None)
 
@@ -214,7 +205,7 @@ class _Conn:
                         batch = [self.pending.popleft() for _ in range(n)]
                         frames += codec.event_messages(batch, opt["event_chunk"])
                         self.sent_seq = batch[-1][0]
-                        self.server.stats["events_sent"] += n
+                        self.server.counts.events_sent += n
                 if not frames and now - self.last_tx >= hb and not self.closing:
                     frames.append(codec.HB)
                 if frames:
@@ -236,10 +227,12 @@ class SefepsServer(ForwardServer):
     """Options (keyword arguments): see DEFAULTS."""
 
     protocol = "sefeps"
+    log = log
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opt = {**DEFAULTS, **{k: v for k, v in self.options.items() if k in DEFAULTS and v is not None}}
+        self.control_timeout_ms = self.opt["control_timeout_ms"]
         forwards = [f for f in self.rtu.forwards]
         self.catalog = [(f.addr, f.kind) for f in sorted(forwards, key=lambda f: f.addr)]
         self.catalog_addrs = {f.addr for f in forwards}
@@ -249,12 +242,10 @@ class SefepsServer(ForwardServer):
         self.image: dict[int, codec.Entry] = self._empty_image()
         self.replay = codec.ReplayBuffer(int(self.opt["replay_max"]))
         self.conns: dict[_Conn, asyncio.Task] = {}
-        self.once = OnceLogger(log)
         self._server: asyncio.Server | None = None
         self._stopping = False
-        self.stats: Counter[str] = Counter()
-        """Forwarder counters (docs/keyspace.md names) for the runner: events_sent, events_dropped
-        (queued events replaced by a full image), controls, controls_ok, control_latency_ms_sum."""
+        # counts: events_sent, events_dropped (queued events replaced by a full image), controls,
+        # controls_ok, control_latency_ms_sum, connections_refused
 
     async def start(self) -> None:
         self._stopping = False
@@ -324,6 +315,9 @@ class SefepsServer(ForwardServer):
         return sum(len(c.pending) for c in self.conns)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
+            writer.transport.abort()
+            return
         conn = _Conn(self, reader, writer)
         task = asyncio.current_task()
         assert task is not None
