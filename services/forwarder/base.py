@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import ssl
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -23,6 +23,7 @@ from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
 
 from .allow import Allowlist
+from .resume import ZERO, Sid, parse_id, prune_floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class Update:
 
     fwd: FwdPoint
     value: Value
+    sid: Sid = ZERO
+    """The change-stream entry it came from ((0, 0) in a full image): what masters' cursors count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,9 @@ class ForwardServer(abc.ABC):
         self.once = OnceLogger(self.log)
         self.allowlist = Allowlist(rtu.allow)
         self.control_timeout_ms: int | None = options.get("control_timeout_ms")
+        self._acked: dict[str, Sid] = {}  # newest cursor per master identity seen by this server
+        self._dirty: dict[str, Sid] = {}  # not yet taken by the runner
+        self._known: dict[str, Sid] = {}  # read from Redis by the runner
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -147,6 +153,62 @@ class ForwardServer(abc.ABC):
     on_clients_changed: Callable[[], None] | None = None
     """Set by the runner: a server that calls it when a master connects or leaves gets its client list
     written at once; others are picked up by the runner's once-a-second housekeeping."""
+
+    # --- where masters stand in the change stream (fep_forwarder.resume, docs/forwarder.md) ---------------
+
+    position: Sid = ZERO
+    """The newest change-stream entry the runner has handed this server (set by `advance`)."""
+    on_acked: Callable[[], None] | None = None
+    """Set by the runner: called when a master's cursor moved, so the runner writes it at once."""
+    cursor_source: Callable[[int, str], Awaitable[Sid | None]] | None = None
+    """Set by the runner: the cursor of (rtu, master identity) recorded in Redis, None when it has none."""
+
+    def advance(self, entry_id: str) -> None:
+        """The runner has handed over everything up to stream entry `entry_id` (after each batch of
+        entries, and before a full image with the image's position)."""
+        self.position = max(self.position, parse_id(entry_id))
+        self.advanced()
+
+    def advanced(self) -> None:
+        """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
+
+    def record_ack(self, identity: str, cursor: Sid) -> None:
+        """A master's cursor moved forward: keep it for the runner to write (latest value wins)."""
+        if cursor > self._acked.get(identity, ZERO) and cursor > self._known.get(identity, ZERO):
+            self._acked[identity] = cursor
+            self._dirty[identity] = cursor
+            if self.on_acked is not None:
+                self.on_acked()
+
+    def take_acked(self) -> dict[str, Sid]:
+        """The cursors that moved since the last call (the runner writes them to `fep:fwd:ack:{rtu}`)."""
+        dirty, self._dirty = self._dirty, {}
+        return dirty
+
+    def known_cursors(self) -> dict[str, Sid]:
+        """Every known master's cursor: Redis's (`set_known`) merged with the newest ones of this server."""
+        known = dict(self._known)
+        for ident, c in self._acked.items():
+            if c > known.get(ident, ZERO):
+                known[ident] = c
+        return known
+
+    def set_known(self, cursors: dict[str, Sid]) -> None:
+        """The runner's once-a-second read of `fep:fwd:ack:{rtu}` (local Redis)."""
+        self._known = cursors
+        self.prune(prune_floor(self.known_cursors().values(), self.position))
+
+    def prune(self, floor: Sid) -> None:
+        """Hook: forget buffered events every known master acknowledged (sid <= floor)."""
+
+    async def master_cursor(self, identity: str) -> Sid | None:
+        """The cursor of `identity`: Redis's (asked now, the freshest) or this server's, the newer."""
+        fetched = None
+        if self.cursor_source is not None:
+            fetched = await self.cursor_source(self.rtu.id, identity)
+        local = self._acked.get(identity)
+        got = [c for c in (fetched, local) if c is not None]
+        return max(got) if got else None
 
     def counters(self) -> dict[str, int]:
         """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the
