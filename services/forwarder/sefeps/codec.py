@@ -53,12 +53,13 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
     "hello": {"versions": (_LIST, True), "name": (_STR, False), "resume": (_DICT, False)},
     "cmd": {"id": (_INT, True), "addr": (_INT, True), "value": (_NUM, True)},
     "resume": {"session": (_STR, True), "seq": (_INT, True)},
+    "ack": {"seq": (_INT, True)},
     "hb": {},
     "bye": {},
 }
 SERVER_MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
     "welcome": {"version": (_INT, True), "session": (_STR, True), "rtu": (_INT, True), "node": (_STR, True),
-                "hb_s": (_NUM, True), "points": (_LIST, True)},
+                "hb_s": (_NUM, True), "points": (_LIST, True), "seq": (_INT, False)},
     "image": {"seq": (_INT, True), "points": (_LIST, True), "more": (_BOOL, True)},
     "ev": {"seq": (_INT, True), "points": (_LIST, True)},
     "res": {"id": (_INT, True), "ok": (_BOOL, True), "state": (_STR, True), "reason": (_STR, True)},
@@ -204,10 +205,19 @@ def hello(versions: Sequence[int] = SUPPORTED, name: str = "", resume: tuple[str
     return m
 
 
-def welcome(version: int, session: str, rtu: int, node: str, hb_s: float, points: Sequence[tuple[int, str]]
-            ) -> dict[str, Any]:
-    return {"t": "welcome", "version": version, "session": session, "rtu": rtu, "node": node, "hb_s": hb_s,
-            "points": [[a, k] for a, k in points]}
+def welcome(version: int, session: str, rtu: int, node: str, hb_s: float, points: Sequence[tuple[int, str]],
+            resumed_seq: int | None = None) -> dict[str, Any]:
+    """With `resumed_seq`: the master is resumed from its recorded position (another session): no image
+    follows, the next events continue from resumed_seq + 1 of this session."""
+    m: dict[str, Any] = {"t": "welcome", "version": version, "session": session, "rtu": rtu, "node": node,
+                         "hb_s": hb_s, "points": [[a, k] for a, k in points]}
+    if resumed_seq is not None:
+        m["seq"] = resumed_seq
+    return m
+
+
+def ack(seq: int) -> dict[str, Any]:
+    return {"t": "ack", "seq": seq}
 
 
 def image_messages(seq: int, entries: Sequence[Entry], chunk: int) -> list[dict[str, Any]]:
@@ -239,31 +249,3 @@ def error(code: str, msg: str) -> dict[str, Any]:
 
 
 HB: dict[str, Any] = {"t": "hb"}
-
-
-class ReplayBuffer:
-    """The last `maxlen` change events of a server, so a master can resume after a gap or a reconnect.
-
-    `floor` is the highest seq that is NOT replayable (events up to it were trimmed, or it is the seq of a
-    full image): resuming from s works when floor <= s <= current."""
-
-    def __init__(self, maxlen: int) -> None:
-        self.events: deque[tuple[int, Entry]] = deque()
-        self.maxlen = maxlen
-        self.floor = 0
-
-    def append(self, seq: int, e: Entry) -> None:
-        self.events.append((seq, e))
-        while len(self.events) > self.maxlen:
-            self.floor = self.events.popleft()[0]
-
-    def reset(self, seq: int) -> None:
-        """A full image at `seq` replaced everything: nothing before it can be replayed."""
-        self.events.clear()
-        self.floor = seq
-
-    def since(self, seq: int, current: int) -> list[tuple[int, Entry]] | None:
-        """Events after `seq` up to `current`, or None when the master needs a full image."""
-        if seq < self.floor or seq > current:
-            return None
-        return [ev for ev in self.events if ev[0] > seq]
