@@ -48,13 +48,13 @@ from typing import Any, Self
 
 import c104
 import redis
-from fep_forwarder.se104s import codec
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 from fep_tools.redisproc import RedisProc, free_port
 
 from fepha import keyspace as ks
 from fepha import points, redisfns
+from fepha.iec104 import codec
 from fepha.semodel.model import Model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,8 @@
 """IEC 60870-5-104 framing and ASDU coding: pure functions, no sockets, no clock.
 
-Everything the server puts on the wire or reads from it goes through here, so the table tests in
-tests/forwarder/test_se104s_codec.py cover the protocol without a network. Sizes follow the standard's
+Everything our IEC 104 peers put on the wire or read from it goes through here (se104s, the SCADA
+server; the acquirer's IEC 104 client; the simulated RTU in tools/), so the table tests in
+tests/iec104/test_codec.py cover the protocol without a network. Sizes follow the standard's
 104 profile: cause of transmission 2 octets (cause + originator), common address 2 octets, information
 object address 3 octets, little endian; an APDU is at most 253 octets after start and length.
 """
@@ -234,6 +235,21 @@ def parse_asdu(b: bytes) -> Asdu:
 def build_asdu(type_id: int, cot: int, ca: int, objects: Iterable[tuple[int, bytes]], oa: int = 0) -> bytes:
     objs = list(objects)
     return header(type_id, len(objs), cot, ca, oa) + b"".join(ioa(a) + e for a, e in objs)
+
+
+def interrogation(ca: int, qoi: int = 20, cause: int = COT_ACT) -> bytes:
+    """C_IC_NA_1: QOI 20 station interrogation, 21 .. 36 group 1 .. 16."""
+    return build_asdu(C_IC_NA_1, cause, ca, [(0, bytes((qoi,)))])
+
+
+def counter_interrogation(ca: int, qcc: int = 5, cause: int = COT_ACT) -> bytes:
+    """C_CI_NA_1: QCC request 1 .. 4 group, 5 general (freeze bits 6..7 zero: read)."""
+    return build_asdu(C_CI_NA_1, cause, ca, [(0, bytes((qcc,)))])
+
+
+def clock_sync(ca: int, ts_ms: int, cause: int = COT_ACT) -> bytes:
+    """C_CS_NA_1 carrying `ts_ms` as CP56Time2a."""
+    return build_asdu(C_CS_NA_1, cause, ca, [(0, cp56(ts_ms))])
 
 
 def mirror(a: Asdu, cause: int, negative: bool = False) -> bytes:

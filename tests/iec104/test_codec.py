@@ -1,4 +1,4 @@
-"""Table tests of the se104s codec: framing, ASDUs, elements, CP56Time2a, without a network."""
+"""Table tests of the IEC 104 codec (fepha.iec104.codec): framing, ASDUs, elements, CP56Time2a, without a network."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import calendar
 import struct
 
 import pytest
-from fep_forwarder.se104s import codec as c
+
+from fepha.iec104 import codec as c
 
 T0 = calendar.timegm((2026, 11, 25, 7, 44, 16)) * 1000 + 123  # a Wednesday
 
@@ -148,3 +149,13 @@ def test_mirror_answers_with_cause_and_negative_bit() -> None:
 def test_sequence_numbers_wrap() -> None:
     assert c.seq_diff(2, 32766) == 4
     assert c.seq_diff(5, 5) == 0
+
+
+def test_interrogation_counter_interrogation_and_clock_sync_asdus() -> None:
+    assert c.interrogation(7).hex() == "640106000700" "000000" "14"
+    assert c.counter_interrogation(7, 5).hex() == "650106000700" "000000" "05"
+    a = c.parse_asdu(c.clock_sync(0xFFFF, T0))
+    assert (a.type_id, a.cause, a.ca, a.objects[0][0]) == (c.C_CS_NA_1, c.COT_ACT, 0xFFFF, 0)
+    assert c.cp56_ms(a.objects[0][1]) == T0
+    a = c.parse_asdu(c.interrogation(7, 21, c.COT_DEACT))
+    assert (a.cause, a.objects[0][1]) == (c.COT_DEACT, b"\x15")
