@@ -382,8 +382,7 @@ class Forwarder:
                 pass
 
     async def _count(self, rid: int, srv: ForwardServer) -> dict[str, int]:
-        # counters() is the interface; a server that only keeps a `stats` Counter is read the same way
-        now = srv.counters() or {k: int(v) for k, v in (getattr(srv, "stats", None) or {}).items()}
+        now = srv.counters()  # ForwardServer.counts, one Counters object per server
         before = self._counted.get(rid, {})
         self._counted[rid] = now
         for k, v in now.items():
