@@ -15,11 +15,20 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+import c104
 
 from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
 
 from fepha.semodel import db
 from fepha.semodel.model import Model
+
+
+def _initialised(node: str) -> Any:
+    def on_init(client: c104.Client, station: c104.Station, cause: c104.Coi) -> None:
+        emit(src="iec104-init", node=node)
+    return on_init
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec, until in ((args.first, args.switch), (args.second, args.stop)):
         node, _, ip = spec.partition("=")
         client, conn, ca = start_iec104(node, ip, model)
-        client.on_station_initialized(lambda c, s, cause, node=node: emit(src="iec104-init", node=node))
+        client.on_station_initialized(_initialised(node))
         muted: dict[str, float] = {}
         while not until.exists() and time.monotonic() < end:
             time.sleep(0.02)

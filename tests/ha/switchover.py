@@ -107,7 +107,7 @@ def scada_switch_run(lab: Lab, tick_s: float = 1.5, before_s: float = 6.0, after
         log = n.procs["forwarder"].log
         lab.wait_for(lambda log=log: "se104s RTU" in log.read_text() and "listening" in log.read_text(), 40,
                      f"se104s listening on {n.id}", interval=0.2)
-    vs = plant.views(lab_model(lab))
+    vs = [v for v in plant.views(lab_model(lab)) if v.proto == "iec104"]  # the master speaks IEC 104 only
     k = load_node(lab.feproot, env={}).se104s_k
     master, switch, stop = start_master(lab)
     ioas = {v.key for v in vs if v.proto == "iec104" and not v.type.startswith("M_IT")}
@@ -136,3 +136,24 @@ def scada_switch_run(lab: Lab, tick_s: float = 1.5, before_s: float = 6.0, after
     inits = [r["node"] for r in recs if r.get("src") == "iec104-init"]
     return {"count": count, "k": k, "lease_move_s": lease_s, "t_kill": t_kill, "inits": inits,
             "ticks_after_kill": sum(1 for t in ticks if t > t_kill)}
+
+
+def scada_switch_figures(base: Any, runs: int, timers: dict[str, float] | None = None) -> str:
+    """bench/failover.py's measurement: `runs` fresh labs under `base`, one switchover each; prints one line
+    per run and returns the keys for the bench's last line: lost = total over the runs, dup = the worst
+    run, bound = the per-run bound (the same every run)."""
+    lost, dups, bound = 0, [], 0
+    for i in range(runs):
+        lab = Lab(timers, base=base)
+        try:
+            lab.start()
+            res = scada_switch_run(lab)
+        finally:
+            lab.close()
+        c = res["count"]
+        lost, bound = lost + c.lost, c.bound
+        dups.append(c.dup)
+        print(f"scada switch run {i + 1}: made={c.made} points={c.points} lost={c.lost} dup={c.dup} "
+              f"bound={c.bound} (k={res['k']}) lease_move_s={res['lease_move_s']:.2f} "
+              f"end_of_init_on_B={res['inits'].count('B')}", flush=True)
+    return f"scada_switch_lost={lost} scada_switch_dup={max(dups, default=0)} scada_switch_dup_bound={bound}"
