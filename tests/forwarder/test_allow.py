@@ -64,7 +64,7 @@ async def _sefeps_hello(port: int) -> bool:
     try:
         await c.connect(timeout=2)
         return True
-    except (SefepsError, OSError, asyncio.TimeoutError):
+    except (TimeoutError, SefepsError, OSError):
         return False
     finally:
         await c.close()
@@ -89,7 +89,7 @@ async def _iec104_open(port: int) -> bool:
                 return False
             if STARTED in link.receive(data, 0.0):
                 return True
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         return False
     finally:
         writer.close()

@@ -5,7 +5,6 @@ redis-server, real clients. It gets what it had not acknowledged, in order, and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from pathlib import Path

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
