@@ -201,6 +201,11 @@ class ForwardServer(abc.ABC):
     def prune(self, floor: Sid) -> None:
         """Hook: forget buffered events every known master acknowledged (sid <= floor)."""
 
+    def make_room(self) -> None:
+        """The history is full: forget what every known master has now (the once-a-second prune may be
+        up to a second behind), before anything is dropped."""
+        self.prune(prune_floor(self.known_cursors().values(), self.position))
+
     async def master_cursor(self, identity: str) -> Sid | None:
         """The cursor of `identity`: Redis's (asked now, the freshest) or this server's, the newer."""
         fetched = None

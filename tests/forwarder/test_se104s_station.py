@@ -198,3 +198,17 @@ def test_a_master_that_does_not_keep_up_is_closed_and_its_queue_counted_as_dropp
     st.apply([upd(1001, float(i)) for i in range(51)])
     assert closed == [m.s] and st.counts.events_dropped == 51
     assert st.queue_depth() == 51  # its queue is gone; the history keeps them for its return
+
+
+def test_a_full_history_first_forgets_what_every_known_master_acknowledged() -> None:
+    st = station(buffer_max=100)
+    st.make_room = lambda: st.history.prune(min(st.cursors.values()))  # ForwardServer.make_room's rule
+    st.advanced((1, 0))
+    st.load_image([])
+    m = Pair(st)
+    m.start()
+    for b in range(30):  # 300 events, the master keeps up and acknowledges (w = 2)
+        feed(st, 2 + 10 * b, [[upd(1001, float(10 * b + i))] for i in range(10)])
+        m.xfer()
+    assert values_of(m.got) == [float(i) for i in range(300)]
+    assert st.counts.events_dropped == 0 and len(st.history) <= 100

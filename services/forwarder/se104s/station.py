@@ -113,7 +113,8 @@ class Station:
                  run_control: Callable[[FwdPoint, float, str], Awaitable[ControlOutcome]], origin: str,
                  wake: Callable[[Session], None] = _nothing, closed: Callable[[Session], None] = _nothing,
                  clients_changed: Callable[[], None] = _nothing,
-                 acked: Callable[[str, Sid], None] = _nothing, counts: Counters | None = None) -> None:
+                 acked: Callable[[str, Sid], None] = _nothing, counts: Counters | None = None,
+                 make_room: Callable[[], None] = _nothing) -> None:
         o = options
         self.rtu = rtu
         self.link_params = LinkParams.from_options(o)
@@ -124,6 +125,7 @@ class Station:
         self.run_control = run_control
         self.origin = origin
         self.wake, self.on_closed, self.clients_changed, self.acked = wake, closed, clients_changed, acked
+        self.make_room = make_room
         self.position: Sid = ZERO  # the newest stream entry handed to the station (ForwardServer.advance)
         self.ca = rtu.address
         # keyed by (table, ZFID): ZFIDs are unique per forwarding table only
@@ -187,6 +189,8 @@ class Station:
 
     def _emit(self, ups: Sequence[Update]) -> None:
         items = [self._event(u) for u in ups]
+        if len(self.history) + len(items) > self.history.maxlen:
+            self.make_room()
         dropped = 0
         for it in items:
             dropped += self.history.append(it[2], it)

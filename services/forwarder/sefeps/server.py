@@ -351,7 +351,9 @@ class SefepsServer(ForwardServer):
                 conn.start_image()
 
     def apply(self, updates: Sequence[Update]) -> None:
-        events: list[tuple[int, codec.Entry]] = []
+        events: list[Event] = []
+        if len(self.history) + len(updates) > self.history.maxlen:
+            self.make_room()
         for u in updates:
             if u.fwd.rtu != self.rtu.id or u.fwd.addr not in self.catalog_addrs:
                 continue
