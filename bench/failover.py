@@ -22,8 +22,14 @@ Per run, two labs:
    moved and B's full image in the master Redis). It is dominated by the takeover timer, which the lab
    shortens (`takeover_s`, printed); the product default is 90 s (add ~the overhead printed).
 
-Last line: `vip_move_s=… node_loss_to_data_s=… device_loss_takeover_s=… lost_changes=…` (medians, except
-lost_changes: total).
+3. SCADA switchover (tests/ha/switchover.py, as tests/ha/test_scada_switchover.py): an IEC 104 master
+   receiving continuous spontaneous events from node A moves to node B when A is killed; per point, the
+   spontaneous events lost and duplicated (interrogation answers not counted); the bound is the events k
+   unacknowledged I frames can hold.
+
+Last line: `vip_move_s=… node_loss_to_data_s=… device_loss_takeover_s=… lost_changes=…
+scada_switch_lost=… scada_switch_dup=… scada_switch_dup_bound=…` (medians, except lost_changes and
+scada_switch_lost: totals, scada_switch_dup: the worst run).
 """
 
 from __future__ import annotations
@@ -113,8 +119,11 @@ def main() -> int:
           f"lease_move_s={med['lease_move_s']:.2f} (lease_ttl_s={args.lease_ttl_s:g}); lost {lost} of {made} "
           f"device changes; device loss with takeover_s={takeover_s:g} "
           f"(overhead {med['device_loss_takeover_s'] - takeover_s:.2f} s)")
+    # issue 10 c: SCADA switchover (tests/ha/switchover.py), keys appended to the last line
+    from tests.ha.switchover import scada_switch_figures
+    switch = scada_switch_figures(plant.BASE, args.runs, {"lease_ttl_s": args.lease_ttl_s, "takeover_s": 90})
     print(f"vip_move_s={med['vip_move_s']:.2f} node_loss_to_data_s={med['node_loss_to_data_s']:.2f} "
-          f"device_loss_takeover_s={med['device_loss_takeover_s']:.2f} lost_changes={lost}")
+          f"device_loss_takeover_s={med['device_loss_takeover_s']:.2f} lost_changes={lost} {switch}")
     return 0
 
 

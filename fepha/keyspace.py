@@ -99,6 +99,13 @@ def fwd_clients(rtu: int | str, node: str) -> str:
     return f"{PREFIX}:fwd:{rtu}:{node}"
 
 
+def fwd_acked(rtu: int | str) -> str:
+    """Hash: per SCADA master identity (its address) of one forwarding RTU, the change-stream (`fep:chg`)
+    entry id up to which that master acknowledged every event: written by the forwarder serving it, read
+    by either node's forwarder when the master starts there (docs/forwarder.md, resuming)."""
+    return f"{PREFIX}:fwd:ack:{rtu}"
+
+
 # --- controls -----------------------------------------------------------------------------------------
 
 CTL_SEQ = f"{PREFIX}:ctl:seq"
@@ -138,6 +145,7 @@ def node_keys_for_rtu(rtu: int | str, nodes: tuple[str, ...] = ("A", "B")) -> li
     for node in nodes:
         keys.append(channel_state(rtu, node))
         keys.append(fwd_clients(rtu, node))
+    keys.append(fwd_acked(rtu))
     return keys
 
 # --- operator timeline (fepha.events; read by the api's /api/v1/events and /api/v1/stream) ----------

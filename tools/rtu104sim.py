@@ -127,8 +127,9 @@ class Device(Se104Server):
         srv_rtu = Rtu(id=rtu.id, name=rtu.name, rtutype=2, protocol="se104s", address=self.ca,
                       forwards=tuple(fwds))
         super().__init__(srv_rtu, Model({}, "", ""), "", sim, "sim", **{"single_active": True, **options})
-        self.station = DeviceStation(self, srv_rtu, self.options, sim, f"rtu104sim:{rtu.id}", wake=self._wake,
-                                     closed=self._closed, clients_changed=self._clients_changed)
+        self.station = DeviceStation(self, srv_rtu, self.options, self.run_control, f"rtu104sim:{rtu.id}",
+                                     wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
+                                     acked=self.record_ack, counts=self.counts, make_room=self.make_room)
         self.fwd = {f.id: f for f in fwds}
         self.endpoints = {ch.no: (host_map.get(ch.host, ch.host), ch.port) for ch in rtu.channels}
         self._listeners: dict[int, asyncio.base_events.Server] = {}
@@ -138,6 +139,14 @@ class Device(Se104Server):
         self.station.load_image([Update(f, Value(0.0, 0, now)) for f in fwds if f.kind in MONITOR_KINDS])
         self._monitor = [f for f in fwds if f.kind in MONITOR_KINDS]
         self._next = 0
+        self._seq = 0  # the device's own event sequence: the station's history and cursor count in it
+
+    def _publish(self, ups: list[Update]) -> None:
+        """One batch of events as one entry of the device's sequence (as the forwarder's runner hands a
+        change-stream entry): the redundancy group's cursor and history count in these entries."""
+        self._seq += 1
+        self.station.apply([Update(u.fwd, u.value, (self._seq, 0)) for u in ups])
+        self.advance(f"{self._seq}-0")
 
     def clock_ms(self) -> int:
         return int(time.time() * 1000) + self.clock_offset_ms
@@ -217,7 +226,7 @@ class Device(Se104Server):
         f = self.fwd[point_id]
         if f.kind not in MONITOR_KINDS:
             raise KeyError(f"point {point_id} is a command target, not a monitored point")
-        self.station.apply([Update(f, Value(value, quality, self.clock_ms() if ts_ms is None else ts_ms))])
+        self._publish([Update(f, Value(value, quality, self.clock_ms() if ts_ms is None else ts_ms))])
 
     def value(self, point_id: int) -> Value:
         f = self.fwd[point_id]
@@ -238,7 +247,7 @@ class Device(Se104Server):
             key = (f.table, f.id)
             ups.append(Update(f, Value(_next_value(c.TYPE_IDS[f.type or ""], image[key].value), 0, ts)))
             image[key] = ups[-1].value  # the next event of the same point in this batch steps from here
-        self.station.apply(ups)
+        self._publish(ups)
 
 
 class Rtu104Sim:

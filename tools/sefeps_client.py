@@ -28,8 +28,10 @@ class SefepsError(Exception):
 
 class SefepsClient:
     def __init__(self, host: str, port: int, name: str = "fep_tools.sefeps_client",
-                 versions: tuple[int, ...] = codec.SUPPORTED, tls: ssl.SSLContext | None = None) -> None:
+                 versions: tuple[int, ...] = codec.SUPPORTED, tls: ssl.SSLContext | None = None,
+                 acks: bool = True) -> None:
         self.host, self.port, self.name, self.versions, self.tls = host, port, name, versions, tls
+        self.acks = acks  # send `ack` after each applied frame (a master that never acks: False)
         self.welcome: dict[str, Any] = {}
         self.session = ""
         self.seq = 0  # last seq applied (from an image or an event)
@@ -83,7 +85,10 @@ class SefepsClient:
         if first["t"] != "welcome":
             raise SefepsError(f"expected welcome, got {first['t']}")
         self.welcome = first
-        if self.session != first["session"]:
+        if "seq" in first:  # resumed from our recorded position (another node): our image stays valid
+            self.session, self.seq = first["session"], first["seq"]
+            self.image_ready.set()
+        elif self.session != first["session"]:
             self.session, self.seq = first["session"], 0
         for msg in msgs:
             self._handle(msg)
@@ -116,6 +121,12 @@ class SefepsClient:
             if not fut.done():
                 fut.set_exception(SefepsError(f"connection closed: {self.close_reason}"))
         self._results.clear()
+
+    def _ack(self) -> None:
+        """Tell the server what is applied (once per image or ev frame): it records this master's position
+        so that either node resumes it from there (docs/sefeps.md)."""
+        if self.acks:
+            self._send(codec.ack(self.seq))
 
     def _send(self, msg: dict[str, Any]) -> None:
         assert self._writer is not None
@@ -153,6 +164,7 @@ class SefepsClient:
                 self.images += 1
                 self._resuming = None
                 self.image_ready.set()
+                self._ack()
         elif t == "ev":
             seq = msg["seq"]
             if seq > self.seq + 1:
@@ -169,6 +181,7 @@ class SefepsClient:
                 self.seq = s
                 self.image[p[0]] = (p[1], p[2], p[3])
                 self.changes.put_nowait((s, p[0], p[1], p[2], p[3]))
+            self._ack()
         elif t == "res":
             fut = self._results.pop(msg["id"], None)
             if fut is not None and not fut.done():

@@ -168,7 +168,7 @@ class Model:
         channels: dict[int, list[Channel]] = {}
         for r in rows.get("T010_CHANNEL", ()):
             ch = Channel(int(r["RTUID"]), int(r["CHANNO"]), str(r["HOST"]), int(r["PORT"]),
-                         int(r["UNITID"] or 0))
+                         1 if r["UNITID"] is None else int(r["UNITID"]))  # NULL: 1, the Modbus default
             channels.setdefault(ch.rtu, []).append(ch)
         points: dict[int, list[Point]] = {}
         for r in rows.get("T011_POINT", ()):

@@ -350,7 +350,9 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
             elif kinds[src] not in src_kinds:
                 c.add(table, row, "SRCID", f"point {src} is {kinds[src]}, {table} forwards {'/'.join(src_kinds)}")
             proto = protocols.get(rid) if rid is not None else None
-            addr = c.int_in(table, row, "ADDR", 0, 16_777_215 if proto == "se104s" else 65535)
+            # IOA 0 is reserved in IEC 60870-5-104 (station-wide objects such as interrogation use it)
+            addr = c.int_in(table, row, "ADDR", 1 if proto == "se104s" else 0,
+                            16_777_215 if proto == "se104s" else 65535)
             if row.get("COEF") is not None and not _num(row.get("COEF")):
                 c.add(table, row, "COEF", f"{row.get('COEF')!r} is not a non-zero number")
             dtype = _check_fwd_type(c, table, row, proto)

@@ -51,6 +51,7 @@ HELP: dict[str, str] = {
     "controls": "controls received from masters",
     "controls_ok": "controls that ended done",
     "control_latency_ms_sum": "sum of the control latencies in ms",
+    "connections_refused": "master connections refused by T004_RTU.ALLOW",
     "stream_lag_ms": "age of the last change-stream entry the forwarder processed, ms",
     "clients": "masters connected to this node's forwarding servers",
 }

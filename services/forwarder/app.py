@@ -28,7 +28,8 @@ from fepha.logsetup import OnceLogger
 from fepha.semodel.model import FwdPoint, Model
 
 from .base import ControlOutcome, ForwardServer, server_class
-from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, trimmed_past
+from .resume import Sid, parse_cursors, sid_text
+from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
 log = logging.getLogger("fep_forwarder")
 
@@ -91,6 +92,9 @@ class Forwarder:
         self.routing = Routing()
         self.reload = asyncio.Event()
         self.state_changed = asyncio.Event()  # a master connected or left: write the client lists now
+        self.acked = asyncio.Event()  # a master's cursor moved: write it now
+        self._acks_pending: dict[int, dict[str, Sid]] = {}
+        self.local_rw = redisconn.local_async(cfg)  # cursors of masters new to this node, known cursors
         self.last_id = "0-0"
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
@@ -101,12 +105,14 @@ class Forwarder:
         self._clients_written: dict[int, str] = {}
         self._peers: dict[int, set[str]] = {}  # masters connected per RTU as last written (timeline)
         self._next_beat = 0.0
+        self._next_known = 0.0
 
     # --- main loop -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
-                 asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch")]
+                 asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
+                 asyncio.create_task(self._write_cursors(), name="forwarder-cursors")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -127,8 +133,11 @@ class Forwarder:
             await asyncio.gather(*tasks, return_exceptions=True)
             for rid in list(self.servers):
                 await self._stop_server(rid)
+            self.acked.set()
+            await self._flush_cursors()
             await self._write_state(final=True)
             await self.master.aclose()
+            await self.local_rw.aclose()
 
     async def _sleep(self, seconds: float) -> None:
         try:
@@ -182,12 +191,14 @@ class Forwarder:
     def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
-        for _, fields in entries:
-            merge(per, self.routing.updates(entry_pairs(fields), bad))
+        for eid, fields in entries:
+            merge(per, self.routing.updates(entry_pairs(fields), bad, parse_id(eid)))
         for rid, ups in per.items():
             srv = self.servers.get(rid)
             if srv is not None:
                 srv.apply(ups)
+        for srv in self.servers.values():
+            srv.advance(entries[-1][0])
         if bad:
             self.once.problem("bad", f"change stream: {len(bad)} unusable records skipped, e.g. {bad[0]}")
 
@@ -214,6 +225,7 @@ class Forwarder:
         for h in res[2:]:
             merge(per, self.routing.updates(h.items(), bad))
         for rid, srv in self.servers.items():
+            srv.advance(self.last_id)  # the image's position first: the server's history starts there
             srv.load_image(per.get(rid, []))
         self.full_images += 1
         n = sum(len(v) for v in per.values())
@@ -236,8 +248,11 @@ class Forwarder:
             try:
                 cls = server_class(rtu.protocol)
                 srv = cls(rtu, model, self.cfg.bind, self.sink, self.cfg.node_id,
-                          tls=self.tls if rtu.protocol in TLS_PROTOCOLS else None, **self.options)
+                          tls=self.tls if rtu.protocol in TLS_PROTOCOLS else None,
+                          **self.protocol_options(rtu.protocol))
                 srv.on_clients_changed = self.state_changed.set
+                srv.on_acked = self.acked.set
+                srv.cursor_source = self._cursor_of
                 await srv.start()
             except (OSError, KeyError, ValueError, ImportError) as exc:
                 self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
@@ -249,12 +264,21 @@ class Forwarder:
         self.routing = Routing.of(model, self.servers)
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
 
+    def protocol_options(self, protocol: str) -> dict[str, Any]:
+        """A server's options: its protocol's fep-ha.cfg section ([se104s]), then the runner's options
+        (which tests use to shorten timers) on top."""
+        per = self.cfg.se104s_options() if protocol == "se104s" else {}
+        return {**per, **self.options}
+
     async def _stop_server(self, rid: int) -> None:
         srv = self.servers.pop(rid)
         self.signatures.pop(rid, None)
         await self._count(rid, srv)  # keep its last counts
         self._counted.pop(rid, None)
         await srv.stop()
+        if moved := srv.take_acked():  # its masters' last cursors (they left as it stopped)
+            self._acks_pending.setdefault(rid, {}).update(moved)
+            self.acked.set()
 
     async def _watch_config(self) -> None:
         """Pub/sub on the local Redis: a message on CFG_CHANGED sets `reload`; after a reconnect `reload`
@@ -279,6 +303,70 @@ class Forwarder:
                 await ps.aclose()
                 await local.aclose()
 
+    # --- masters' cursors (fep:fwd:ack:{rtu}; fep_forwarder.resume) -------------------------------------
+
+    async def _cursor_of(self, rtu: int, identity: str) -> Sid | None:
+        """A master's recorded cursor, from the local Redis (the master Redis's replica, or itself);
+        None when it has none or Redis does not answer (the master then gets an interrogation)."""
+        try:
+            raw = await self.local_rw.hget(ks.fwd_acked(rtu), identity)
+        except REDIS_ERRORS as exc:
+            self.once.problem("cursor", f"local Redis: masters' cursors unreadable ({exc}); a master that "
+                              "starts now gets end of initialisation and its interrogation")
+            return None
+        self.once.clear("cursor")
+        return parse_id(raw) if raw else None
+
+    async def _write_cursors(self) -> None:
+        """Write every moved cursor to the master Redis as soon as it moved (coalesced: the writes of one
+        round trip carry every move meanwhile), and what is pending at least once a second."""
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.acked.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self.acked.clear()
+            await self._flush_cursors()
+
+    async def _flush_cursors(self) -> None:
+        for rid, srv in self.servers.items():
+            moved = srv.take_acked()
+            if moved:
+                self._acks_pending.setdefault(rid, {}).update(moved)
+        if not self._acks_pending:
+            return
+        pending, self._acks_pending = self._acks_pending, {}
+        try:
+            pipe = self.master.pipeline(transaction=False)
+            for rid, cur in pending.items():
+                pipe.hset(ks.fwd_acked(rid), mapping={k: sid_text(v) for k, v in cur.items()})
+            await pipe.execute()
+        except REDIS_ERRORS as exc:
+            for rid, cur in pending.items():  # keep them (newer moves win) for the next try
+                for k, v in cur.items():
+                    now = self._acks_pending.setdefault(rid, {})
+                    now[k] = max(v, now.get(k, v))
+            self.once.problem("master", f"master Redis {self.cfg.vip}:{self.cfg.port}: {exc}; "
+                              "masters' cursors wait for it")
+
+    async def _read_known_cursors(self) -> None:
+        """Once a second: every served RTU's recorded cursors, so a server buffers only what its known
+        masters have not acknowledged."""
+        if not self.servers:
+            return
+        try:
+            pipe = self.local_rw.pipeline(transaction=False)
+            rids = list(self.servers)
+            for rid in rids:
+                pipe.hgetall(ks.fwd_acked(rid))
+            res = await pipe.execute()
+        except REDIS_ERRORS:
+            return  # the main loop reports the local Redis
+        for rid, raw in zip(rids, res, strict=True):
+            srv = self.servers.get(rid)
+            if srv is not None:
+                srv.set_known(parse_cursors(raw))
+
     # --- heartbeat, metrics, connected masters -------------------------------------------------------
 
     async def _housekeeping(self) -> None:
@@ -286,14 +374,16 @@ class Forwarder:
         while not self.stop.is_set():
             self.state_changed.clear()
             await self._write_state()
+            if time.monotonic() >= self._next_known:
+                self._next_known = time.monotonic() + 1.0
+                await self._read_known_cursors()
             try:
                 await asyncio.wait_for(self.state_changed.wait(), period)
             except TimeoutError:
                 pass
 
     async def _count(self, rid: int, srv: ForwardServer) -> dict[str, int]:
-        # counters() is the interface; a server that only keeps a `stats` Counter is read the same way
-        now = srv.counters() or {k: int(v) for k, v in (getattr(srv, "stats", None) or {}).items()}
+        now = srv.counters()  # ForwardServer.counts, one Counters object per server
         before = self._counted.get(rid, {})
         self._counted[rid] = now
         for k, v in now.items():

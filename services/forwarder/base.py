@@ -9,13 +9,21 @@ codec for sefeps can replace ours by implementing this same class.
 from __future__ import annotations
 
 import abc
+import asyncio
+import dataclasses
+import logging
 import ssl
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
+
+from .allow import Allowlist
+from .resume import ZERO, Sid, parse_id, prune_floor
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +32,8 @@ class Update:
 
     fwd: FwdPoint
     value: Value
+    sid: Sid = ZERO
+    """The change-stream entry it came from ((0, 0) in a full image): what masters' cursors count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +51,31 @@ class ControlSink(Protocol):
         ...
 
 
+@dataclass
+class Counters:
+    """Monotonic counters of one server since it started; the field names are the metric names of
+    docs/keyspace.md. The runner adds their increases to the node's metrics hash once a second."""
+
+    events_sent: int = 0
+    events_buffered: int = 0  # se104s: events kept while no master had started data transfer
+    events_dropped: int = 0
+    controls: int = 0
+    controls_ok: int = 0
+    control_latency_ms_sum: int = 0
+    connections_refused: int = 0  # peers not in T004_RTU.ALLOW
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
 class ForwardServer(abc.ABC):
-    """One forwarding RTU's server on this node."""
+    """One forwarding RTU's server on this node.
+
+    Common to every protocol: `counts` (one `Counters`), `admit` (the ALLOW check at accept) and
+    `run_control` (count, time and run one control through the ControlSink)."""
 
     protocol: ClassVar[str]
+    log: ClassVar[logging.Logger] = logging.getLogger("fep_forwarder")
 
     def __init__(self, rtu: Rtu, model: Model, bind: str, controls: ControlSink, node: str,
                  tls: ssl.SSLContext | None = None, **options: Any) -> None:
@@ -55,6 +86,44 @@ class ForwardServer(abc.ABC):
         self.node = node
         self.tls = tls
         self.options = options
+        self.counts = Counters()
+        self.once = OnceLogger(self.log)
+        self.allowlist = Allowlist(rtu.allow)
+        self.control_timeout_ms: int | None = options.get("control_timeout_ms")
+        self._acked: dict[str, Sid] = {}  # newest cursor per master identity seen by this server
+        self._dirty: dict[str, Sid] = {}  # not yet taken by the runner
+        self._known: dict[str, Sid] = {}  # read from Redis by the runner
+
+    def admit(self, host: str) -> bool:
+        """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
+        per address) when the caller must close it without reading anything."""
+        if self.allowlist.permits(host):
+            return True
+        self.counts.connections_refused += 1
+        if (line := self.allowlist.first_refusal(host)) is not None:
+            self.log.warning("%s RTU %s: %s", self.protocol, self.rtu.id, line)
+        return False
+
+    async def run_control(self, fwd: FwdPoint, value: float, origin: str) -> ControlOutcome:
+        """Run one control on `fwd`'s source point (engineering units) through the ControlSink, counting
+        it (controls, controls_ok, control_latency_ms_sum). Never raises but for cancellation: a sink
+        that raises is logged once and answered as failed, so the master always gets an answer."""
+        self.counts.controls += 1
+        t0 = time.monotonic()
+        try:
+            out = await self.controls.execute(fwd, value, origin, self.control_timeout_ms)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
+            self.once.problem(f"{self.protocol} RTU {self.rtu.id} controls", f"control sink raised {exc!r}")
+            out = ControlOutcome(False, "failed", "internal error")
+        self.counts.control_latency_ms_sum += int((time.monotonic() - t0) * 1000)
+        if out.ok:
+            self.counts.controls_ok += 1
+        else:
+            self.log.info("%s RTU %s control %s=%s from %s: %s %s", self.protocol, self.rtu.id, fwd.id, value,
+                          origin, out.state, out.reason)
+        return out
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -85,11 +154,71 @@ class ForwardServer(abc.ABC):
     """Set by the runner: a server that calls it when a master connects or leaves gets its client list
     written at once; others are picked up by the runner's once-a-second housekeeping."""
 
+    # --- where masters stand in the change stream (fep_forwarder.resume, docs/forwarder.md) ---------------
+
+    position: Sid = ZERO
+    """The newest change-stream entry the runner has handed this server (set by `advance`)."""
+    on_acked: Callable[[], None] | None = None
+    """Set by the runner: called when a master's cursor moved, so the runner writes it at once."""
+    cursor_source: Callable[[int, str], Awaitable[Sid | None]] | None = None
+    """Set by the runner: the cursor of (rtu, master identity) recorded in Redis, None when it has none."""
+
+    def advance(self, entry_id: str) -> None:
+        """The runner has handed over everything up to stream entry `entry_id` (after each batch of
+        entries, and before a full image with the image's position)."""
+        self.position = max(self.position, parse_id(entry_id))
+        self.advanced()
+
+    def advanced(self) -> None:
+        """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
+
+    def record_ack(self, identity: str, cursor: Sid) -> None:
+        """A master's cursor moved forward: keep it for the runner to write (latest value wins)."""
+        if cursor > self._acked.get(identity, ZERO) and cursor > self._known.get(identity, ZERO):
+            self._acked[identity] = cursor
+            self._dirty[identity] = cursor
+            if self.on_acked is not None:
+                self.on_acked()
+
+    def take_acked(self) -> dict[str, Sid]:
+        """The cursors that moved since the last call (the runner writes them to `fep:fwd:ack:{rtu}`)."""
+        dirty, self._dirty = self._dirty, {}
+        return dirty
+
+    def known_cursors(self) -> dict[str, Sid]:
+        """Every known master's cursor: Redis's (`set_known`) merged with the newest ones of this server."""
+        known = dict(self._known)
+        for ident, c in self._acked.items():
+            if c > known.get(ident, ZERO):
+                known[ident] = c
+        return known
+
+    def set_known(self, cursors: dict[str, Sid]) -> None:
+        """The runner's once-a-second read of `fep:fwd:ack:{rtu}` (local Redis)."""
+        self._known = cursors
+        self.prune(prune_floor(self.known_cursors().values(), self.position))
+
+    def prune(self, floor: Sid) -> None:
+        """Hook: forget buffered events every known master acknowledged (sid <= floor)."""
+
+    def make_room(self) -> None:
+        """The history is full: forget what every known master has now (the once-a-second prune may be
+        up to a second behind), before anything is dropped."""
+        self.prune(prune_floor(self.known_cursors().values(), self.position))
+
+    async def master_cursor(self, identity: str) -> Sid | None:
+        """The cursor of `identity`: Redis's (asked now, the freshest) or this server's, the newer."""
+        fetched = None
+        if self.cursor_source is not None:
+            fetched = await self.cursor_source(self.rtu.id, identity)
+        local = self._acked.get(identity)
+        got = [c for c in (fetched, local) if c is not None]
+        return max(got) if got else None
+
     def counters(self) -> dict[str, int]:
-        """Monotonic counters since start (names from docs/keyspace.md, e.g. events_sent, events_dropped,
-        controls, controls_ok, control_latency_ms_sum); the runner adds their increases to the metrics
-        hash. Optional: a server without counters returns {}."""
-        return {}
+        """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the
+        metrics hash."""
+        return self.counts.as_dict()
 
 
 SERVERS: dict[str, str] = {

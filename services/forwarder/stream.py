@@ -12,16 +12,9 @@ from fepha import points
 from fepha.semodel.model import FwdPoint, Model
 
 from .base import Update
+from .resume import parse_id
 
 MONITOR_KINDS = ("AI", "DI", "ACC")
-
-
-def parse_id(entry_id: str | None) -> tuple[int, int]:
-    """'1700000000000-3' -> (1700000000000, 3); None or '' -> (0, 0)."""
-    if not entry_id:
-        return (0, 0)
-    ms, _, seq = entry_id.partition("-")
-    return (int(ms), int(seq or 0))
 
 
 def trimmed_past(consumed: int, entries_added: int, length: int) -> bool:
@@ -53,9 +46,10 @@ class Routing:
                     r.by_src.setdefault(f.src, []).append(f)
         return r
 
-    def updates(self, pairs: Iterable[tuple[str, str]], bad: list[str] | None = None) -> dict[int, list[Update]]:
-        """Point id -> record pairs (one stream entry or an image hash) -> Updates per forwarding RTU, in
-        order. Malformed records and non-numeric ids are skipped and reported in `bad`."""
+    def updates(self, pairs: Iterable[tuple[str, str]], bad: list[str] | None = None,
+                sid: tuple[int, int] = (0, 0)) -> dict[int, list[Update]]:
+        """Point id -> record pairs (one stream entry, whose id is `sid`, or an image hash) -> Updates per
+        forwarding RTU, in order. Malformed records and non-numeric ids are skipped and reported in `bad`."""
         out: dict[int, list[Update]] = {}
         for pid, rec in pairs:
             try:
@@ -73,7 +67,7 @@ class Routing:
                     bad.append(str(exc))
                 continue
             for f in fwds:
-                out.setdefault(f.rtu, []).append(Update(f, v))
+                out.setdefault(f.rtu, []).append(Update(f, v, sid))
         return out
 
 

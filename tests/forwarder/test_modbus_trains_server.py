@@ -106,7 +106,7 @@ async def test_writes_become_controls(served):
     assert sink.calls == [(9, 1.0, origin), (11, 12.0, origin), (12, 1.5, origin), (13, 20.0, origin)]
     assert (await c.read_holding_registers(0, count=5)).registers == [12, *f32(1.5), 0, 10]
     assert (await c.read_coils(0, count=1)).bits[0] is True
-    assert (srv.stats["controls"], srv.stats["controls_ok"]) == (4, 4)
+    assert (srv.counts.controls, srv.counts.controls_ok) == (4, 4)
     r = await c.mask_write_register(address=0, and_mask=0x00F0, or_mask=0x0003)  # FC 22: (12 & F0) | 3
     assert not r.isError() and sink.calls[-1] == (11, 3.0, origin)
     r = await c.readwrite_registers(read_address=0, read_count=1, write_address=3, values=[0, 7])  # FC 23
@@ -127,7 +127,7 @@ async def test_failed_controls_answer_exceptions(served, state, code):
     r = await c.write_coil(1, False)
     assert r.isError() and r.exception_code == code
     assert (await c.read_coils(1, count=1)).bits[0] is True
-    assert (srv.stats["controls"], srv.stats["controls_ok"]) == (2, 0)
+    assert (srv.counts.controls, srv.counts.controls_ok) == (2, 0)
 
 
 class BlockingSink(ScriptedSink):

@@ -17,6 +17,9 @@ import pytest
 from fepha.iec104 import codec as c
 from fepha.points import Quality
 
+from fep_forwarder.base import Update
+from fep_forwarder.se104s import Se104Server
+
 from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd
 from .tls_cert import self_signed_server_context
 
@@ -114,29 +117,60 @@ async def test_negative_confirmations() -> None:
         assert srv.counters()["controls"] == 2 and srv.counters()["controls_ok"] == 0
 
 
-async def test_events_buffered_without_master_reach_the_next_one_in_order() -> None:
+def feed(srv: Se104Server, n0: int, batches: list[list[Update]]) -> int:
+    """Hand `batches` to the server as the runner does: one stream entry each (ids n0, n0+1, ...)."""
+    for i, ups in enumerate(batches):
+        srv.apply([Update(u.fwd, u.value, (n0 + i, 0)) for u in ups])
+        srv.advance(f"{n0 + i}-0")
+    return n0 + len(batches)
+
+
+async def test_events_kept_for_a_known_master_reach_it_in_order_when_it_returns() -> None:
+    """A master that was served once is known (its acknowledged position is recorded): what it misses
+    while away reaches it, in order, when it starts again, with no end of initialisation."""
     async with se104_server() as srv:
+        srv.advance("1-0")
         srv.load_image(full_image())
-        for i in range(500):
-            srv.apply([upd(1001, float(i)), upd(2, i % 2)])
-        assert srv.queue_depth() == 1000 + 1  # 1000 events and the end of initialisation
         async with c104_master(srv.port) as m:
-            await until(lambda: len(m.values("SPONTANEOUS")) >= 1000, 10, "buffered events")
+            assert m.inits  # new to the system: end of initialisation, then it interrogates
+            await until(lambda: srv.known_cursors(), what="its position recorded")
+        n = feed(srv, 2, [[upd(1001, float(i)), upd(2, i % 2)] for i in range(500)])
+        assert srv.queue_depth() == 1000
+        async with c104_master(srv.port) as m:
+            await until(lambda: len(m.values("SPONTANEOUS")) >= 1000, 10, "missed events")
             sp = m.values("SPONTANEOUS")
             assert [r.value for r in sp if r.ioa == 1001] == [float(i) for i in range(500)]
             assert [r.value for r in sp if r.ioa == 2] == [bool(i % 2) for i in range(500)]
-            assert m.inits
+            assert not m.inits  # resumed, not a new start
+            await until(lambda: srv.known_cursors()["127.0.0.1"] == (n - 1, 0), what="all acknowledged")
         assert srv.counters()["events_buffered"] == 1000 and srv.counters()["events_dropped"] == 0
 
 
-async def test_full_buffer_drops_the_oldest_and_counts_them() -> None:
-    async with se104_server(buffer_max=100) as srv:
-        for i in range(300):
-            srv.apply([upd(1001, float(i))])
-        assert srv.counters()["events_dropped"] == 200  # the end of initialisation went too (not an event)
+async def test_a_new_master_gets_end_of_initialisation_and_its_interrogation_not_history() -> None:
+    async with se104_server() as srv:
+        srv.advance("1-0")
+        srv.load_image(full_image())
+        feed(srv, 2, [[upd(1001, float(i))] for i in range(50)])
         async with c104_master(srv.port) as m:
-            await until(lambda: len(m.values("SPONTANEOUS")) >= 100, 10, "buffered events")
-            assert [r.value for r in m.values("SPONTANEOUS")] == [float(i) for i in range(200, 300)]
+            await until(lambda: m.values("INTERROGATED_BY_STATION"), what="interrogation")
+            await asyncio.sleep(0.3)
+            assert m.inits and m.values("SPONTANEOUS") == []
+            assert {r.ioa: r.value for r in m.values("INTERROGATED_BY_STATION")}[1001] == pytest.approx(49.0)
+
+
+async def test_a_master_away_longer_than_the_history_interrogates() -> None:
+    async with se104_server(buffer_max=100) as srv:
+        srv.advance("1-0")
+        srv.load_image(full_image())
+        async with c104_master(srv.port):
+            await until(lambda: srv.known_cursors(), what="its position recorded")
+        feed(srv, 2, [[upd(1001, float(i))] for i in range(300)])
+        assert srv.counters()["events_dropped"] == 200
+        async with c104_master(srv.port) as m:
+            await until(lambda: m.values("INTERROGATED_BY_STATION"), what="interrogation")
+            await asyncio.sleep(0.3)
+            assert m.inits and m.values("SPONTANEOUS") == []  # no partial history: the image instead
+            assert {r.ioa: r.value for r in m.values("INTERROGATED_BY_STATION")}[1001] == pytest.approx(299.0)
 
 
 async def test_two_masters_both_get_spontaneous_data() -> None:

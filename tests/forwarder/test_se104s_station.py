@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from fep_forwarder.base import Update
 from fep_forwarder.se104s.station import Session, Station
 
 from fepha.iec104 import codec as c
@@ -20,7 +21,7 @@ class Pair:
     """The station with one master connection; `xfer` carries bytes both ways and returns what the master
     received (parsed ASDUs) and the controls the station wants run."""
 
-    def __init__(self, station: Station, peer: str = "m1") -> None:
+    def __init__(self, station: Station, peer: str = "m1:5000") -> None:
         self.st = station
         self.master = Link(Role.CLIENT, LinkParams.from_options(P))
         self.s: Session = station.connect(peer, 0.0)
@@ -44,7 +45,12 @@ class Pair:
         return controls
 
     def start(self) -> None:
+        """STARTDT; the station is then resumed with the master's recorded position, as the transport
+        does after asking Redis (here: what the station itself recorded, `st.cursors`)."""
         self.master.start(0.0)
+        self.xfer()
+        assert self.s.awaiting_cursor
+        self.st.resume(self.s, self.st.cursors.get(self.s.identity))  # type: ignore[attr-defined]
         self.xfer()
 
     def send(self, asdu: bytes) -> list[object]:
@@ -53,23 +59,64 @@ class Pair:
 
 
 def station(**options: object) -> Station:
-    return Station(rtu(), {**P, **options}, Sink(), "se104s:10:A")
+    """A station whose recorded master positions are kept in `st.cursors` and whose sink is `st.sink`."""
+    sink, cursors = Sink(), {}
+    st = Station(rtu(), {**P, **options}, sink.execute, "se104s:10:A", acked=cursors.__setitem__)
+    st.sink, st.cursors = sink, cursors  # type: ignore[attr-defined]
+    return st
 
 
-def test_buffered_events_and_end_of_initialisation_go_to_the_first_master_that_starts() -> None:
+def feed(st: Station, n0: int, batches: list[list[Update]]) -> int:
+    """Batches as the runner hands them: one stream entry each, ids n0, n0 + 1, ..."""
+    for i, ups in enumerate(batches):
+        st.apply([Update(u.fwd, u.value, (n0 + i, 0)) for u in ups])
+        st.advanced((n0 + i, 0))
+    return n0 + len(batches)
+
+
+def values_of(asdus: list[c.Asdu]) -> list[float]:
+    return [c.decode_element(a.type_id, e)[0] for a in asdus if a.cause == c.COT_SPONT for _, e in a.objects]
+
+
+def test_a_new_master_gets_end_of_initialisation_a_known_one_what_it_missed() -> None:
     st = station()
+    st.advanced((1, 0))
     st.load_image([upd(1001, 1.0)])
-    st.apply([upd(1001, float(i)) for i in range(100)])
+    feed(st, 2, [[upd(1001, float(i))] for i in range(10)])
     m = Pair(st)
     m.xfer()
-    assert m.got == [] and st.queue_depth() == 101  # connected, not started: nothing sent
+    assert m.got == []  # connected, not started: nothing sent
     m.start()
     assert STARTED in m.events
-    assert m.got[0].type_id == c.M_EI_NA_1
-    values = [c.decode_element(a.type_id, e)[0] for a in m.got[1:] for _, e in a.objects]
-    assert values == [float(i) for i in range(100)]
-    assert all(a.cause == c.COT_SPONT and a.ca == CA for a in m.got[1:])
-    assert st.counts["events_sent"] == 100 and st.queue_depth() == 0
+    assert [a.type_id for a in m.got] == [c.M_EI_NA_1]  # new: no history, it interrogates
+    assert st.cursors == {"m1": (11, 0)}
+    st.close(m.s, "gone")
+    st.disconnect(m.s)
+    n = feed(st, 12, [[upd(1001, float(i))] for i in range(100, 200)])
+    st.history.prune(min(st.cursors.values()))  # the runner's once-a-second prune (ForwardServer.set_known)
+    assert st.queue_depth() == 100  # what the known master has not acknowledged
+    again = Pair(st, "m1:5001")
+    again.start()
+    assert values_of(again.got) == [float(i) for i in range(100, 200)]
+    assert c.M_EI_NA_1 not in [a.type_id for a in again.got]
+    assert all(a.ca == CA for a in again.got)
+    assert st.counts.events_sent == 100 and st.cursors["m1"] == (n - 1, 0)
+
+
+def test_events_split_over_frames_move_the_position_only_past_whole_entries() -> None:
+    st = station()
+    st.advanced((1, 0))
+    st.load_image([])
+    m = Pair(st)
+    m.start()
+    # one stream entry of 2 types: two ASDUs; the master acknowledges only the first
+    feed(st, 2, [[upd(1001, 1.0), upd(1002, 2.0)], [upd(1001, 3.0)]])
+    m.xfer(ack=False)
+    assert m.s.link.in_flight == 4  # end of initialisation (not acknowledged yet) and three event frames
+    st._on_acked(m.s, 2)  # end of initialisation and the first half of entry 2
+    assert st.cursors["m1"] == (1, 0)
+    st._on_acked(m.s, 1)  # entry 2 complete
+    assert st.cursors["m1"] == (2, 0)
 
 
 def test_general_interrogation_answers_status_and_measured_points_with_invalid_for_unknown() -> None:
@@ -120,50 +167,69 @@ def test_select_then_execute_runs_one_control_with_positive_con_and_term() -> No
     asyncio.run(st.execute(controls[0]))  # type: ignore[arg-type]
     m.xfer()
     assert [(a.cause, a.negative) for a in m.got] == [(c.COT_ACTCON, False), (c.COT_ACTTERM, False)]
-    assert st.controls.calls == [(121, 1.0)]  # type: ignore[attr-defined]
+    assert st.sink.calls == [(121, 1.0)]  # type: ignore[attr-defined]
     assert m.send(exe) and st.selected == {}  # a second execute is a direct one: the selection is gone
 
 
-def test_stop_hands_unacknowledged_events_back_to_the_buffer_for_the_next_master() -> None:
+def test_what_a_master_left_unacknowledged_reaches_its_next_connection() -> None:
     st = station()
-    m1 = Pair(st, "m1")
+    st.advanced((1, 0))
+    st.load_image([])
+    m1 = Pair(st, "m1:5000")
     m1.start()
     m1.events.clear()
-    st.apply([upd(1001 + (i % 2), float(i)) for i in range(10)])  # alternating types: one ASDU each
+    feed(st, 2, [[upd(1001 + (i % 2), float(i))] for i in range(10)])  # alternating types: one ASDU each
     m1.xfer(ack=False)  # sent (k=4 frames) but the master never acknowledges
     assert m1.s.link.in_flight == 4
     st.close(m1.s, "gone")
     st.disconnect(m1.s)
-    assert st.queue_depth() == 10
-    m2 = Pair(st, "m2")
+    assert st.queue_depth() == 10 and st.cursors["m1"] == (1, 0)
+    m2 = Pair(st, "m1:5001")  # the same master (its address), reconnected
     m2.start()
-    values = [c.decode_element(a.type_id, e)[0] for a in m2.got for _, e in a.objects]
-    assert values == [float(i * 10 if i % 2 else i) for i in range(10)]  # all ten (1002: COEF 10), in order
+    assert values_of(m2.got) == [float(i * 10 if i % 2 else i) for i in range(10)]  # all ten, in order
 
 
 def test_a_master_that_does_not_keep_up_is_closed_and_its_queue_counted_as_dropped() -> None:
     closed: list[Session] = []
-    st = Station(rtu(), {**P, "queue_max": 50}, Sink(), "o", closed=closed.append)
+    st = Station(rtu(), {**P, "queue_max": 50}, Sink().execute, "o", closed=closed.append)
+    st.cursors = {}  # type: ignore[attr-defined]
     m = Pair(st)
     m.start()
     st.apply([upd(1001, float(i)) for i in range(51)])
-    assert closed == [m.s] and st.counts["events_dropped"] == 51
-    assert st.queue_depth() == 0
+    assert closed == [m.s] and st.counts.events_dropped == 51
+    assert st.queue_depth() == 51  # its queue is gone; the history keeps them for its return
+
+
+def test_a_full_history_first_forgets_what_every_known_master_acknowledged() -> None:
+    st = station(buffer_max=100)
+    st.make_room = lambda: st.history.prune(min(st.cursors.values()))  # ForwardServer.make_room's rule
+    st.advanced((1, 0))
+    st.load_image([])
+    m = Pair(st)
+    m.start()
+    for b in range(30):  # 300 events, the master keeps up and acknowledges (w = 2)
+        feed(st, 2 + 10 * b, [[upd(1001, float(10 * b + i))] for i in range(10)])
+        m.xfer()
+    assert values_of(m.got) == [float(i) for i in range(300)]
+    assert st.counts.events_dropped == 0 and len(st.history) <= 100
 
 
 def test_single_active_a_startdt_stops_the_started_master_and_takes_over_its_events() -> None:
+    """tools/rtu104sim.py's redundancy group: one cursor for all connections, so what the stopped one
+    had not acknowledged goes to the one that starts, in order, once."""
     st = station(single_active=True)
-    m1 = Pair(st, "m1")
+    st.advanced((1, 0))
+    st.load_image([])
+    m1 = Pair(st, "m1:5000")
     m1.start()
-    st.apply([upd(1001 + (i % 2), float(i)) for i in range(10)])
+    feed(st, 2, [[upd(1001 + (i % 2), float(i))] for i in range(10)])
     m1.xfer(ack=False)  # 4 frames in flight, 6 events queued, none acknowledged
-    m2 = Pair(st, "m2")
+    m2 = Pair(st, "m2:5000")
     m2.start()
     assert not m1.s.active and m2.s.active
-    values = [c.decode_element(a.type_id, e)[0] for a in m2.got for _, e in a.objects]
-    assert values == [float(i * 10 if i % 2 else i) for i in range(10)]
-    st.apply([upd(1001, 77.0)])
+    assert values_of(m2.got) == [float(i * 10 if i % 2 else i) for i in range(10)]
+    feed(st, 12, [[upd(1001, 77.0)]])
     m1.got.clear()
     m1.xfer()
     m2.xfer()
-    assert m1.got == [] and c.decode_element(m2.got[-1].type_id, m2.got[-1].objects[0][1])[0] == 77.0
+    assert m1.got == [] and values_of(m2.got)[-1] == 77.0

@@ -101,24 +101,3 @@ def test_image_and_event_messages():
     assert [(m["seq"], m["points"]) for m in evs] == [(1, ["a", "b"]), (3, ["c"]), (5, ["e"])]
     for m in imgs + evs[:1]:
         assert codec.Decoder(codec.SERVER_MESSAGES).feed(codec.encode(m)) == [m]
-
-
-@pytest.mark.parametrize("resume_from,expected", [
-    (10, []), (9, [10]), (7, [8, 9, 10]), (6, None), (11, None), (0, None),
-])
-def test_replay_buffer(resume_from, expected):
-    rb = codec.ReplayBuffer(3)
-    for s in range(1, 11):
-        rb.append(s, [s])
-    got = rb.since(resume_from, 10)
-    assert (None if got is None else [s for s, _ in got]) == expected
-
-
-def test_replay_buffer_reset_by_full_image():
-    rb = codec.ReplayBuffer(10)
-    for s in range(1, 4):
-        rb.append(s, [s])
-    rb.reset(4)
-    assert rb.since(3, 4) is None and rb.since(4, 4) == []
-    rb.append(5, [5])
-    assert rb.since(4, 5) == [(5, [5])]

@@ -8,6 +8,7 @@ import dataclasses
 import ssl
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,7 +116,7 @@ async def test_hello_image_and_changes(server, client):
     assert got == [(seq0 + 1, 1, 1.75, 0, 2000), (seq0 + 2, 10, 0, 0x80, 2001), (seq0 + 3, 2, -10.0, 0, 2002)]
     info = list(server.clients().values())
     assert len(info) == 1 and info[0]["name"] == "t1" and info[0]["state"] == "open"
-    assert server.stats["events_sent"] == 3 and server.queue_depth() == 0
+    assert server.counts.events_sent == 3 and server.queue_depth() == 0
 
 
 async def test_no_common_version_is_refused(server):
@@ -127,14 +128,45 @@ async def test_no_common_version_is_refused(server):
 async def test_commands(server, client):
     await client.connect()
     assert await client.command(40, 10.0) == {"t": "res", "id": 1, "ok": True, "state": "done", "reason": "written"}
-    r = await client.command(30, 99)
+    r = await client.command(40, 49.5)
     assert (r["ok"], r["state"], r["reason"]) == (False, "failed", "device refused")
     r = await client.command(1, 1)
-    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "1: not a command point")
+    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "not a command point")
     r = await client.command(77, 1)
-    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "77: unknown point")
-    assert server.controls.calls == [(40, 20.0), (30, 99.0)]  # AO value / COEF 0.5
-    assert (server.stats["controls"], server.stats["controls_ok"]) == (2, 1)
+    assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "unknown point")
+    assert (await client.command(30, 1))["ok"] and (await client.command(30, 0))["ok"]
+    for bad in (2, 0.5, -1):  # a DO is a switch: anything but 0 or 1 never reaches the device
+        r = await client.command(30, bad)
+        assert (r["ok"], r["state"], r["reason"]) == (False, "rejected", "a DO takes 0 or 1")
+    assert server.controls.calls == [(40, 20.0), (40, 99.0), (30, 1), (30, 0)]  # AO value / COEF 0.5
+    assert (server.counts.controls, server.counts.controls_ok) == (4, 3)
+
+
+def test_every_reject_reason_is_documented():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "sefeps.md").read_text()
+    row = next(line for line in doc.splitlines() if line.startswith("| `rejected`"))
+    assert all(f"`{r}`" in row for r in codec.REJECT_REASONS), row
+
+
+async def test_deeply_nested_json_gets_an_err_and_a_log_line(server, caplog):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(codec.encode(codec.hello()))
+    body = b"[" * 5000 + b"]" * 5000
+    writer.write(struct.pack(">I", len(body)) + body)
+    with caplog.at_level("INFO", logger="fep.forwarder.sefeps"):
+        frames = await read_frames(reader, "EOF")
+    assert frames[-1] == {"t": "EOF"}
+    assert frames[-2] == {"t": "err", "code": "frame", "msg": "JSON nested too deeply"}
+    assert any("JSON nested too deeply" in r.getMessage() for r in caplog.records)
+    writer.close()
+
+
+async def test_points_without_a_value_are_in_the_image_marked_invalid():
+    async with sefeps_server() as srv, sefeps_client(srv.port) as c:
+        srv.load_image([upd(1, 7.0)])
+        await c.connect()
+        img = await c.wait_image()
+        assert img == {1: (7.0, 0, 1000), 2: (None, 0x80, 0), 10: (None, 0x80, 0), 20: (None, 0x80, 0)}
 
 
 async def test_commands_through_redis(redis_master):
@@ -142,10 +174,10 @@ async def test_commands_through_redis(redis_master):
     async with (redis_controls(redis_master, rtu_of, executor_rtus=(7,)) as (sink, execs),
                 sefeps_server(sink=sink, node="B") as srv, sefeps_client(srv.port) as c):
         await c.connect()
-        r1, r2 = await asyncio.gather(c.command(40, 21.0), c.command(30, 99))
+        r1, r2 = await asyncio.gather(c.command(30, 1), c.command(40, 49.5))
         assert (r1["ok"], r1["state"]) == (True, "done")
         assert (r2["ok"], r2["state"], r2["reason"]) == (False, "failed", "device refused the write")
-        assert sorted(execs[0].executed) == sorted([(FWD[40].src, 42.0), (FWD[30].src, 99.0)])
+        assert sorted(execs[0].executed) == sorted([(FWD[30].src, 1.0), (FWD[40].src, 99.0)])
 
 
 async def test_resume_after_reconnect_replays_missed_events(server, client):
@@ -301,7 +333,7 @@ async def test_full_queue_resynchronises_with_an_image():
         srv.apply([upd(1, float(i)) for i in range(1, 11)])  # 10 events at once, queue holds 5
         await c.wait_image()
         assert c.images == 2 and c.image[1][0] == 10.0 and c.seq == srv.seq and c.changes.empty()
-        assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.stats["events_dropped"] == 10
+        assert next(iter(srv.clients().values()))["overflows"] == 1 and srv.counts.events_dropped == 10
         srv.apply([upd(1, 11.0)])
         assert (await c.next_change())[2] == 11.0
 
@@ -312,7 +344,8 @@ async def test_new_image_is_sent_to_connected_masters(server, client):
     client.image_ready.clear()
     server.load_image([upd(1, 9.0)])
     await client.wait_image()
-    assert client.image == {1: (9.0, 0, 1000)} and client.images == 2
+    assert client.image[1] == (9.0, 0, 1000) and client.images == 2
+    assert client.image[2] == (None, 0x80, 0)  # no value any more: in the image, invalid
 
 
 async def test_stop_with_a_command_in_flight_leaves_nothing_running():

@@ -49,6 +49,8 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("[iec104]\nt1_s = 5\nt2_s = 5\n", {}, "[iec104] t2_s = 5.0: must be less than t1_s (5.0)"),
     ("[iec104]\ngi_period_s = -1\n", {}, "[iec104] gi_period_s = '-1': expected a number >= 0"),
     ("", {"FEP_IEC104_CLOCK_SYNC_S": "often"}, "FEP_IEC104_CLOCK_SYNC_S = 'often': expected a number >= 0"),
+    ("[se104s]\nk = 4\nw = 8\n", {}, "[se104s] k = 4, w = 8: need w <= k <= 32767"),
+    ("[se104s]\nt1 = 0\n", {}, "[se104s] t1 = '0': expected a number > 0"),
 ])
 def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, expect: str) -> None:
     write(tmp_path, text)
@@ -71,3 +73,17 @@ def test_a_command_stops_with_the_line_and_exit_2(tmp_path: Path) -> None:
     assert p.returncode == 2
     assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number > 0")
     assert "Traceback" not in p.stderr
+
+
+def test_se104s_settings_reach_the_server_options(tmp_path: Path) -> None:
+    """[se104s] k ... command_max_age_ms become Se104Server options; the runner's own options win."""
+    import asyncio
+
+    from fep_forwarder.app import Forwarder
+
+    write(tmp_path, "[se104s]\nk = 20\nt3 = 7\nbuffer_max = 50\n")
+    cfg = config.load_node(tmp_path, env={"FEP_SE104S_W": "3"})
+    fwd = Forwarder(cfg, asyncio.Event(), {"t3": 0.5})
+    opts = fwd.protocol_options("se104s")
+    assert (opts["k"], opts["w"], opts["t3"], opts["buffer_max"], opts["command_max_age_ms"]) == (20, 3, 0.5, 50, 10_000)
+    assert "buffer_max" not in fwd.protocol_options("sefeps")

@@ -133,6 +133,7 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("ctlmode on a modbus point", setv("T011_POINT", {"PNTID": 109}, "CTLMODE", "sbo"), ("T011_POINT", "109", "CTLMODE")),
     ("iec104 scale zero", setv("T011_POINT", {"PNTID": 304}, "SCALE", 0), ("T011_POINT", "304", "SCALE")),
     ("modbus point with an IEC type", setv("T011_POINT", {"PNTID": 101}, "DATATYPE", "M_ME_NC_1"), ("T011_POINT", "101", "DATATYPE")),
+    ("fwd 104 IOA 0 is reserved", add("T005_ZFAI", {**ZF, "ADDR": 0}), ("T005_ZFAI", "99", "ADDR")),
 ]
 
 
@@ -171,3 +172,15 @@ def test_every_iec104_problem_listed_at_once(sample_rows: dict) -> None:
         mutate(rows)
     found = {(p.table, p.key, p.column) for p in validate(rows)}
     assert len(chosen) == 6 and {w for _, _, w in chosen} <= found
+
+
+def test_unitid_null_is_modbus_default_1(sample_rows: dict) -> None:
+    """docs/semodel.md: T010_CHANNEL.UNITID NULL means unit 1; an explicit 0 stays 0."""
+    from fepha.semodel.model import Model
+
+    rows = copy.deepcopy(sample_rows)
+    ch = rows["T010_CHANNEL"]
+    ch[0]["UNITID"], ch[1]["UNITID"] = None, 0
+    units = {(c.rtu, c.no): c.unit for cs in Model.from_rows(rows).rtus.values() for c in cs.channels}
+    assert units[(ch[0]["RTUID"], ch[0]["CHANNO"])] == 1
+    assert units[(ch[1]["RTUID"], ch[1]["CHANNO"])] == 0

@@ -18,13 +18,12 @@ are handled by the smallest additions on pymodbus's own server classes (docs/mod
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
@@ -42,7 +41,6 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from fepha import datatypes
-from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
 _WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
@@ -131,9 +129,9 @@ class _Handler(ServerRequestHandler):
         super().callback_connected()
         owner: ModbusTrainsServer = self.server.fwd
         peer = self.transport.get_extra_info("peername") if self.transport else None
-        self.host = str(peer[0]) if peer else "?"
-        if not owner.allowed(self.host):
-            self._close("connection refused (address not in T004_RTU.ALLOW)")
+        self.host = peer_host(peer)
+        if not owner.admit(self.host):  # T004_RTU.ALLOW: logged once per address, counted
+            self.transport.abort()  # type: ignore[union-attr]
             return
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
@@ -161,6 +159,7 @@ class ModbusTrainsServer(ForwardServer):
     (int, default: the ControlSink's)."""
 
     protocol = "modbus_trains"
+    log = log
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -171,19 +170,15 @@ class ModbusTrainsServer(ForwardServer):
         self.quality_unit: int | None = int(q) if q is not None else None
         if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device):
             raise ValueError(f"quality_unit {q} equals the RTU's unit id")
-        self.timeout_ms: int | None = self.options.get("control_timeout_ms")
-        self.allow = [ipaddress.ip_network(a, strict=False) for a in self.rtu.allow]
         self.conns: dict[str, dict[str, Any]] = {}
-        self.once = OnceLogger(log)
         self.origin = f"modbus_trains:{self.rtu.id}@{self.node}"
         if self.tls is not None:
             log.info("modbus_trains RTU %s: plain Modbus TCP; the tls_* settings apply to se104s/sefeps only",
                      self.rtu.id)
         self._srv: _TcpServer | None = None
         self._writes: set[asyncio.Task] = set()
-        self.stats: Counter[str] = Counter()
-        """Forwarder counters (docs/keyspace.md names) for the runner: controls, controls_ok,
-        control_latency_ms_sum. Modbus is polled, so there are no events to count."""
+        # counts: controls, controls_ok, control_latency_ms_sum, connections_refused (Modbus is polled,
+        # so there are no events to count)
 
     # -- ForwardServer ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -232,15 +227,6 @@ class ModbusTrainsServer(ForwardServer):
             return int(self.rtu.listen_port or 0)
         return int(self._srv.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
-    def allowed(self, host: str) -> bool:
-        if not self.allow:
-            return True
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(ip in net for net in self.allow)
-
     # -- SimDevice action hooks -------------------------------------------------------------------------
     async def _values_action(self, function_code: int, start_address: int, address: int, count: int,
                              registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
@@ -282,19 +268,9 @@ class ModbusTrainsServer(ForwardServer):
             self._writes.add(task)
         try:
             for fwd, value, words in plan:
-                self.stats["controls"] += 1
-                t0 = time.monotonic()
-                try:
-                    out = await self.controls.execute(fwd, value, self.origin, self.timeout_ms)
-                except Exception as exc:  # noqa: BLE001  a sink must not raise; pymodbus would log a traceback
-                    self.once.problem(f"modbus_trains RTU {self.rtu.id} controls", f"control sink raised {exc!r}")
-                    return ExcCodes(SERVER_DEVICE_FAILURE)
-                self.stats["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+                out = await self.run_control(fwd, value, self.origin)
                 if not out.ok:
-                    log.info("modbus_trains RTU %s control %s=%s %s: %s", self.rtu.id, fwd.id, value,
-                             out.state, out.reason)
                     return ExcCodes(OUTCOME_EXCEPTION.get(out.state, SERVER_DEVICE_FAILURE))
-                self.stats["controls_ok"] += 1
                 self.amap.store(area, fwd.addr, words)
             return None
         finally:

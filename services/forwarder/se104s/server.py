@@ -18,7 +18,9 @@ from typing import Any
 from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
 
+from ..allow import peer_host
 from ..base import ForwardServer, Update
+from ..resume import Sid
 from .station import Control, Session, Station
 
 log = logging.getLogger("fep_forwarder.se104s")
@@ -35,11 +37,14 @@ class ConnIO:
 
 class Se104Server(ForwardServer):
     protocol = "se104s"
+    log = log
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.station = Station(self.rtu, self.options, self.controls, f"se104s:{self.rtu.id}:{self.node}",
-                               wake=self._wake, closed=self._closed, clients_changed=self._clients_changed)
+        self.t0 = float(self.options.get("t0", 30.0))  # TLS handshake limit ([se104s] t0)
+        self.station = Station(self.rtu, self.options, self.run_control, f"se104s:{self.rtu.id}:{self.node}",
+                               wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
+                               acked=self.record_ack, counts=self.counts, make_room=self.make_room)
         self._io: dict[Session, ConnIO] = {}
         self._server: asyncio.base_events.Server | None = None
 
@@ -48,6 +53,7 @@ class Se104Server(ForwardServer):
     async def start(self) -> None:
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
         self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
+                                                  ssl_handshake_timeout=self.t0 if self.tls else None,
                                                   reuse_address=True)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
@@ -82,8 +88,18 @@ class Se104Server(ForwardServer):
     def queue_depth(self) -> int:
         return self.station.queue_depth()
 
-    def counters(self) -> dict[str, int]:
-        return dict(self.station.counts)
+    # --- masters' positions (ForwardServer hooks) --------------------------------------------------------
+
+    def advanced(self) -> None:
+        self.station.advanced(self.position)
+
+    def prune(self, floor: Sid) -> None:
+        self.station.history.prune(floor)
+
+    async def _resume(self, s: Session) -> None:
+        """STARTDT: fetch the master's recorded position (Redis, the freshest) and resume it from there."""
+        cursor = await self.master_cursor(s.identity)
+        self.station.resume(s, cursor)
 
     # --- station hooks ---------------------------------------------------------------------------------
 
@@ -115,6 +131,9 @@ class Se104Server(ForwardServer):
             io.writer.write(data)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
+            writer.transport.abort()
+            return
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         io = ConnIO(writer)
@@ -133,6 +152,9 @@ class Se104Server(ForwardServer):
                     break
                 for ctl in self.station.receive(s, data, time.monotonic()):
                     self._run(io, ctl)
+                if s.awaiting_cursor:
+                    s.awaiting_cursor = False
+                    self._spawn(io, self._resume(s))
                 self._flush(s, io)
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
@@ -161,7 +183,10 @@ class Se104Server(ForwardServer):
                 pass
 
     def _run(self, io: ConnIO, ctl: Control) -> None:
-        task = asyncio.create_task(self.station.execute(ctl))
+        self._spawn(io, self.station.execute(ctl))
+
+    def _spawn(self, io: ConnIO, coro: Any) -> None:
+        task = asyncio.create_task(coro)
         io.tasks.add(task)
         task.add_done_callback(io.tasks.discard)
 

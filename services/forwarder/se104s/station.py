@@ -6,10 +6,13 @@ and their buffering. Each master connection is a `Session` holding its `fepha.ie
 SERVER) and its queue. The transport (server.py) feeds received bytes to `receive`, runs `tick`, writes what
 `pump` and the link return, and runs the controls `receive` hands back through `execute`.
 
-Events are encoded once in `apply` and shared by every started session's queue; while no session has
-started data transfer they wait in the station's buffer (IEC 104 redundancy group behaviour) and go, in
-order, to the next master that sends STARTDT. docs/se104s.md says what happens when a queue or the buffer
-is full.
+Events are encoded once in `apply`, each tagged with the change-stream entry it came from, and shared by
+every started session's queue. The station keeps them in a `History` as long as a known master has not
+acknowledged them (the IEC 104 redundancy-group buffer, limited to what masters still need): a master that
+sends STARTDT is resumed after the position it acknowledged last, on this node or the other one (the
+transport fetches it from Redis and calls `resume`); a master new to the system, or whose position is
+older than the history, gets end of initialisation and interrogates. docs/se104s.md says what happens
+when a queue or the history is full, and the duplicates a switchover may bring (at most k APDUs).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,14 +32,17 @@ from fepha.logsetup import OnceLogger
 from fepha.points import Quality, Value
 from fepha.semodel.model import FwdPoint, Rtu
 
-from ..base import ControlSink, Update
+from ..allow import peer_host
+from ..base import ControlOutcome, Counters, Update
+from ..resume import ZERO, History, Sid, acked_cursor
 
 log = logging.getLogger("fep_forwarder.se104s")
 
 DEFAULT_TYPES = {"AI": "M_ME_NC_1", "DI": "M_SP_NA_1", "ACC": "M_IT_NA_1"}
 GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points, 2 measured values
-# Event = (type id, ioa + element): encoded once, shared by every queue. Answer = (0, whole ASDU).
-Item = tuple[int, bytes]
+# Event = (type id, ioa + element, stream entry): encoded once, shared by every queue.
+# Answer = (0, whole ASDU, ZERO).
+Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
 
 
@@ -56,15 +62,33 @@ class Session:
     link: Link
     id: int = field(default_factory=lambda: next(_ids))
     queue: deque[Item] = field(default_factory=deque)
+    inflight: deque[list[Item]] = field(default_factory=deque)  # events of each unacknowledged I frame
+    awaiting_cursor: bool = False  # started; the transport fetches its cursor and calls Station.resume
+    resumed: bool = False  # started and resumed: events flow
+    cursor: Sid | None = None  # what this master acknowledged, as a stream entry
+    skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
     events_queued: int = 0
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
     closed: bool = False
+    group: str | None = None  # single_active: every connection is one redundancy group, one cursor
 
     @property
     def active(self) -> bool:
         """Data transfer started (STARTDT) and the connection not closed."""
         return self.link.started and not self.closed
+
+    @property
+    def identity(self) -> str:
+        """The master across connections and nodes: its address (or the station's one redundancy group)."""
+        return self.group or peer_host(tuple(self.peer.rsplit(":", 1)))
+
+    def first_outstanding(self) -> Sid | None:
+        """The stream entry of the oldest event sent or queued and not acknowledged."""
+        for items in self.inflight:
+            if items:
+                return items[0][2]
+        return next((it[2] for it in self.queue if it[0]), None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,23 +110,28 @@ class Station:
     transport calls `pump`); `closed(session)`: the station closed it (the transport closes the socket);
     `clients_changed()`: a master connected, left, started or stopped."""
 
-    def __init__(self, rtu: Rtu, options: dict[str, Any], controls: ControlSink, origin: str,
+    def __init__(self, rtu: Rtu, options: dict[str, Any],
+                 run_control: Callable[[FwdPoint, float, str], Awaitable[ControlOutcome]], origin: str,
                  wake: Callable[[Session], None] = _nothing, closed: Callable[[Session], None] = _nothing,
-                 clients_changed: Callable[[], None] = _nothing) -> None:
+                 clients_changed: Callable[[], None] = _nothing,
+                 acked: Callable[[str, Sid], None] = _nothing, counts: Counters | None = None,
+                 make_room: Callable[[], None] = _nothing) -> None:
         o = options
         self.rtu = rtu
         self.link_params = LinkParams.from_options(o)
         self.queue_max = int(o.get("queue_max", 200_000))
         self.buffer_max = int(o.get("buffer_max", 200_000))
         self.select_timeout_s = float(o.get("select_timeout_s", 30.0))
-        self.control_timeout_ms = o.get("control_timeout_ms")
         self.command_max_age_ms = int(o.get("command_max_age_ms", 10_000))
-        # One started connection at a time, as an RTU's redundancy group (tools/rtu104sim.py); se104s
-        # serves every started master.
+        # One started connection at a time, as a field RTU's redundancy group (tools/rtu104sim.py): all its
+        # connections share one cursor, so a connection that starts resumes where the stopped one was
+        # acknowledged. se104s serves every started master, each with its own.
         self.single_active = bool(o.get("single_active", False))
-        self.controls = controls
+        self.run_control = run_control
         self.origin = origin
-        self.wake, self.on_closed, self.clients_changed = wake, closed, clients_changed
+        self.wake, self.on_closed, self.clients_changed, self.acked = wake, closed, clients_changed, acked
+        self.make_room = make_room
+        self.position: Sid = ZERO  # the newest stream entry handed to the station (ForwardServer.advance)
         self.ca = rtu.address
         # keyed by (table, ZFID): ZFIDs are unique per forwarding table only
         self.monitor: dict[tuple[str, int], tuple[FwdPoint, int]] = {}
@@ -114,21 +143,18 @@ class Station:
                 self.monitor[(f.table, f.id)] = (f, c.TYPE_IDS[f.type or DEFAULT_TYPES[f.kind]])
         self.image: dict[tuple[str, int], Value] = {}
         self.has_image = False
-        self.buffer: deque[Item] = deque()
+        self.history: History[Item] = History(self.buffer_max)
         self.sessions: set[Session] = set()
         self.selected: dict[int, Selection] = {}
-        self.counts: dict[str, int] = dict.fromkeys(
-            ("events_sent", "events_buffered", "events_dropped", "controls", "controls_ok",
-             "control_latency_ms_sum"), 0)
+        self.counts = counts if counts is not None else Counters()
         self._once = OnceLogger(log)
-        # End of initialisation goes to the first master that starts data transfer.
-        self.buffer.append((0, c.build_asdu(c.M_EI_NA_1, c.COT_INIT, self.ca, [(0, b"\x00")])))
 
     # --- image and events ----------------------------------------------------------------------------
 
     def load_image(self, updates: Sequence[Update]) -> None:
         """Replace the image. After a reload or stream gap, values that differ from the previous image are
-        also sent as spontaneous events: an IEC 104 master interrogates only when it connects."""
+        also sent as spontaneous events: an IEC 104 master interrogates only when it connects. Events
+        before the image may be missing from the history now: a master behind it interrogates."""
         old, had = self.image, self.has_image
         self.image = {}
         changed: list[Update] = []
@@ -138,8 +164,11 @@ class Station:
                 continue
             self.image[key] = u.value
             if had and old.get(key) != u.value:
-                changed.append(u)
+                changed.append(Update(u.fwd, u.value, self.position))
         self.has_image = True
+        self.history.start(self.position)
+        if had:
+            self.history.reset(self.position)
         if changed:
             self._emit(changed)
 
@@ -155,75 +184,130 @@ class Station:
                          "unacked": s.link.in_flight, "sent": s.sent} for s in self.sessions}
 
     def queue_depth(self) -> int:
-        return len(self.buffer) + sum(s.events_queued for s in self.sessions)
+        """Events queued for started masters, plus those kept for masters that are away."""
+        return len(self.history) + sum(s.events_queued for s in self.sessions)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
         v = u.value
-        return type_id, c.ioa(f.addr) + c.element(type_id, v.value * f.coef, v.quality, v.ts_ms)
+        return type_id, c.ioa(f.addr) + c.element(type_id, v.value * f.coef, v.quality, v.ts_ms), u.sid
 
     def _emit(self, ups: Sequence[Update]) -> None:
         items = [self._event(u) for u in ups]
+        if len(self.history) + len(items) > self.history.maxlen:
+            self.make_room()
+        dropped = 0
+        for it in items:
+            dropped += self.history.append(it[2], it)
+        if dropped:
+            self.counts.events_dropped += dropped
+            self._once.problem("buffer", f"se104s RTU {self.rtu.id}: more than {self.buffer_max} events not "
+                               "acknowledged by a known master: dropping the oldest (such a master "
+                               "interrogates when it comes back)")
         active = [s for s in self.sessions if s.active]
         if not active:
-            self._buffer(items)
+            self.counts.events_buffered += len(items)
             return
         for s in active:
-            s.queue.extend(items)
-            s.events_queued += len(items)
+            if not s.resumed:
+                continue  # gets them from the history when resumed
+            mine = items if s.skip is None else [it for it in items if it[2] > s.skip]
+            s.queue.extend(mine)
+            s.events_queued += len(mine)
             if s.events_queued > self.queue_max:
                 self._overflow(s)
             else:
                 self.wake(s)
 
-    def _buffer(self, items: Sequence[Item], front: bool = False) -> None:
-        events = sum(1 for t, _ in items if t)
-        self.counts["events_buffered"] += events
-        if front:
-            self.buffer.extendleft(reversed(items))
-        else:
-            self.buffer.extend(items)
-        dropped = 0
-        while len(self.buffer) > self.buffer_max:
-            t, _ = self.buffer.popleft()
-            dropped += 1 if t else 0
-        if dropped:
-            self.counts["events_dropped"] += dropped
-            self._once.problem("buffer", f"se104s RTU {self.rtu.id}: no master started and the buffer of "
-                               f"{self.buffer_max} events is full: dropping the oldest events")
-        elif not self.buffer:
-            self._once.clear("buffer")
-
     def _overflow(self, s: Session) -> None:
         dropped = s.events_queued
-        self.counts["events_dropped"] += dropped
+        self.counts.events_dropped += dropped
         log.warning("se104s RTU %s: master %s does not keep up (%d events queued, limit %d): closing it; "
                     "it must reconnect and interrogate", self.rtu.id, s.peer, dropped, self.queue_max)
         s.queue.clear()
         s.events_queued = 0
         s.link.release_unacked()
+        s.inflight.clear()
         self.close(s, "queue full")
+
+    # --- where masters stand (fep_forwarder.resume) ------------------------------------------------------
+
+    def resume(self, s: Session, cursor: Sid | None) -> None:
+        """Start sending events to a started master whose recorded position is `cursor` (None: none
+        known). Covered by the history: the events after it, ahead of anything queued meanwhile (a general
+        interrogation's answer comes after them, so the master ends with current values). Otherwise: end
+        of initialisation, and the master's interrogation gives it the image."""
+        s.awaiting_cursor = False
+        if s.closed or not s.active or s.resumed:
+            return
+        ei = (0, c.build_asdu(c.M_EI_NA_1, c.COT_INIT, self.ca, [(0, b"\x00")]), ZERO)
+        booted = cursor is None and self.single_active
+        if booted:  # a device's first started connection: end of initialisation, then all it buffered
+            cursor = self.history.floor
+        events = self.history.since(cursor) if cursor is not None else None
+        if events is None:
+            s.queue.appendleft(ei)
+            log.info("se104s RTU %s: master %s %s: end of initialisation, it interrogates", self.rtu.id,
+                     s.peer, "is new" if cursor is None else "was away longer than the history")
+            s.cursor, s.skip = self.position, None
+        else:
+            s.queue.extendleft(reversed(events))
+            s.events_queued += len(events)
+            log.info("se104s RTU %s: master %s resumed after stream entry %s: %d events", self.rtu.id, s.peer,
+                     f"{cursor[0]}-{cursor[1]}", len(events))
+            s.cursor = cursor
+            s.skip = cursor if cursor > self.position else None
+            if booted:
+                s.queue.appendleft(ei)
+        s.resumed = True
+        self.acked(s.identity, s.cursor)
+        self.wake(s)
+
+    def advanced(self, position: Sid) -> None:
+        """The runner handed over everything up to `position`: masters with nothing outstanding have
+        acknowledged up to it."""
+        self.position = position
+        for s in self.sessions:
+            if s.skip is not None and position >= s.skip:
+                s.skip = None
+            if s.resumed and s.active and s.events_queued == 0 and not any(s.inflight):
+                self._track(s, None)
+
+    def _track(self, s: Session, last_acked: Sid | None) -> None:
+        cur = acked_cursor(s.cursor or ZERO, last_acked, s.first_outstanding(), self.position)
+        if cur != s.cursor:
+            s.cursor = cur
+            self.acked(s.identity, cur)
+
+    def _on_acked(self, s: Session, n: int) -> None:
+        last: Sid | None = None
+        for _ in range(min(n, len(s.inflight))):
+            items = s.inflight.popleft()
+            if items:
+                last = items[-1][2]
+        if s.resumed:
+            self._track(s, last)
 
     # --- sessions ------------------------------------------------------------------------------------
 
     def connect(self, peer: str, now: float) -> Session:
-        s = Session(peer, Link(Role.SERVER, self.link_params, now))
+        s = Session(peer, Link(Role.SERVER, self.link_params, now),
+                    group="redundancy-group" if self.single_active else None)
         self.sessions.add(s)
         log.info("se104s RTU %s: master %s connected", self.rtu.id, peer)
         self.clients_changed()
         return s
 
     def close(self, s: Session, reason: str) -> None:
-        """The session ends (any reason): its selections go, its events go back to the buffer if no other
-        master is started. Idempotent; `disconnect` removes it from the client list afterwards."""
+        """The session ends (any reason): its selections go. What it had not acknowledged stays in the
+        history (its cursor is known), for its next connection on either node. Idempotent; `disconnect`
+        removes it from the client list afterwards."""
         if s.closed:
             return
-        was_active = s.active
         s.closed = True
         for sel_ioa in [a for a, sel in self.selected.items() if sel.conn == s.id]:
             del self.selected[sel_ioa]
-        if was_active:
-            self._hand_back(s)
+        self._stop_events(s)
         log.info("se104s RTU %s: master %s left (%s)", self.rtu.id, s.peer, reason)
         self.on_closed(s)
 
@@ -231,23 +315,22 @@ class Station:
         self.sessions.discard(s)
         self.clients_changed()
 
-    def _hand_back(self, s: Session, force: bool = False) -> None:
-        """A started master stopped or left: if no other master is started (or `force`), its unacknowledged
-        and unsent events go back to the station buffer (front, in order) for the next master."""
-        items = [it for sent in s.link.release_unacked() for it in sent]
-        items += [it for it in s.queue if it[0]]
-        s.queue.clear()
+    def _stop_events(self, s: Session) -> None:
+        """A master stopped or left: drop its queued events (the history keeps them for its resume)."""
+        s.link.release_unacked()
+        s.inflight.clear()
+        s.queue = deque(it for it in s.queue if not it[0])
         s.events_queued = 0
-        if items and (force or not any(o.active for o in self.sessions if o is not s)):
-            self._buffer(items, front=True)
+        s.resumed = s.awaiting_cursor = False
+        s.skip = None
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
-        a redundancy group does) and what it had not got acknowledged goes to `s` first."""
+        a redundancy group does); what it had not got acknowledged stays in the history for `s`."""
         for o in self.sessions:
             if o is not s and o.active:
                 o.link.started = False
-                self._hand_back(o, force=True)
+                self._stop_events(o)
 
     # --- receiving -----------------------------------------------------------------------------------
 
@@ -262,17 +345,12 @@ class Station:
                 if self.single_active:
                     self._stop_others(s)
                 self.clients_changed()
-                if self.buffer:
-                    items = list(self.buffer)
-                    self.buffer.clear()
-                    self._once.clear("buffer")
-                    s.queue.extendleft(reversed(items))
-                    s.events_queued += sum(1 for t, _ in items if t)
-                self.wake(s)
+                s.awaiting_cursor = True  # the transport fetches its position and calls `resume`
             elif isinstance(ev, Stopped):
-                self._hand_back(s)
+                self._stop_events(s)
                 self.clients_changed()
             elif isinstance(ev, Acked):
+                self._on_acked(s, len(ev.tags))
                 self.wake(s)
         return controls
 
@@ -281,7 +359,7 @@ class Station:
         s.link.tick(now)
 
     def _answer(self, s: Session, asdu: bytes) -> None:
-        s.queue.append((0, asdu))
+        s.queue.append((0, asdu, ZERO))
         self.wake(s)
 
     def _on_asdu(self, s: Session, a: c.Asdu, controls: list[Control]) -> None:
@@ -403,20 +481,14 @@ class Station:
         controls.append(Control(s, a, fwd, cmd.value / fwd.coef))
 
     async def execute(self, ctl: Control) -> None:
-        """Run an accepted command through the ControlSink; positive ACT_CON + ACT_TERM only after the
-        device accepted it, a negative ACT_CON otherwise."""
+        """Run an accepted command (ForwardServer.run_control: counted, never raises); positive ACT_CON +
+        ACT_TERM only after the device accepted it, a negative ACT_CON otherwise."""
         s, a, fwd = ctl.session, ctl.asdu, ctl.fwd
-        self.counts["controls"] += 1
-        t0 = time.monotonic()
-        out = await self.controls.execute(fwd, ctl.value, f"{self.origin}:{s.peer}", self.control_timeout_ms)
-        self.counts["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+        out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}")
         if out.ok:
-            self.counts["controls_ok"] += 1
             self._answer(s, c.mirror(a, c.COT_ACTCON))
             self._answer(s, c.mirror(a, c.COT_ACTTERM))
         else:
-            log.warning("se104s RTU %s: control from %s on IOA %s: %s %s", self.rtu.id, s.peer, fwd.addr,
-                        out.state, out.reason)
             self._answer(s, c.mirror(a, c.COT_ACTCON, True))
 
     # --- sending ----------------------------------------------------------------------------------------
@@ -426,24 +498,28 @@ class Station:
         allows; returns the octets to write (with any S/U frame the link owes)."""
         link = s.link
         while s.queue and not s.closed and link.window_open:
+            if s.active and not s.resumed:
+                break  # its position is being fetched: what it missed goes first
             if not s.active and s.queue[0][0]:
                 break
             asdu, items = self._next_asdu(s)
             link.send(asdu, now, items)
+            s.inflight.append(items)
         return link.data_to_send()
 
     def _next_asdu(self, s: Session) -> tuple[bytes, list[Item]]:
         """Pop the next ASDU: an answer as is, or a run of events of one type packed into one ASDU."""
         q = s.queue
-        type_id, data = q.popleft()
+        first = q.popleft()
+        type_id, data, _ = first
         if not type_id:
             return data, []
-        items = [(type_id, data)]
+        items = [first]
         limit = c.per_asdu(type_id)
         while q and len(items) < limit and q[0][0] == type_id:
             items.append(q.popleft())
         s.events_queued -= len(items)
         s.sent += len(items)
-        self.counts["events_sent"] += len(items)
-        asdu = c.header(type_id, len(items), c.COT_SPONT, self.ca) + b"".join(d for _, d in items)
+        self.counts.events_sent += len(items)
+        asdu = c.header(type_id, len(items), c.COT_SPONT, self.ca) + b"".join(d for _, d, _ in items)
         return asdu, items

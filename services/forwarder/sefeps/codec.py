@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -53,12 +52,13 @@ CLIENT_MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
     "hello": {"versions": (_LIST, True), "name": (_STR, False), "resume": (_DICT, False)},
     "cmd": {"id": (_INT, True), "addr": (_INT, True), "value": (_NUM, True)},
     "resume": {"session": (_STR, True), "seq": (_INT, True)},
+    "ack": {"seq": (_INT, True)},
     "hb": {},
     "bye": {},
 }
 SERVER_MESSAGES: dict[str, dict[str, tuple[str, bool]]] = {
     "welcome": {"version": (_INT, True), "session": (_STR, True), "rtu": (_INT, True), "node": (_STR, True),
-                "hb_s": (_NUM, True), "points": (_LIST, True)},
+                "hb_s": (_NUM, True), "points": (_LIST, True), "seq": (_INT, False)},
     "image": {"seq": (_INT, True), "points": (_LIST, True), "more": (_BOOL, True)},
     "ev": {"seq": (_INT, True), "points": (_LIST, True)},
     "res": {"id": (_INT, True), "ok": (_BOOL, True), "state": (_STR, True), "reason": (_STR, True)},
@@ -137,6 +137,8 @@ class Decoder:
                 obj = json.loads(body.decode("utf-8"), parse_constant=_no_constant)
             except (UnicodeDecodeError, ValueError) as exc:
                 raise ProtocolError("frame", f"frame is not UTF-8 JSON: {exc}") from None
+            except RecursionError:  # the stdlib parser recurses per nesting level (~1,000 levels)
+                raise ProtocolError("frame", "JSON nested too deeply") from None
             out.append(validate(obj, self.table))
         return out
 
@@ -163,6 +165,31 @@ def entry(fwd: FwdPoint, value: Value) -> Entry:
     return [fwd.addr, v, q, int(value.ts_ms)]
 
 
+# Reasons of a `rejected` res, exactly as docs/sefeps.md lists them (the res's id says which command).
+REJECT_UNKNOWN = "unknown point"
+REJECT_NOT_COMMAND = "not a command point"
+REJECT_DO_VALUE = "a DO takes 0 or 1"
+REJECT_BUSY = "too many commands in flight"
+REJECT_DUPLICATE_ID = "a command with this id is in flight"
+REJECT_REASONS = (REJECT_UNKNOWN, REJECT_NOT_COMMAND, REJECT_DO_VALUE, REJECT_BUSY, REJECT_DUPLICATE_ID)
+
+
+def command_problem(fwd: FwdPoint | None, value: float, known: bool) -> str | None:
+    """Why a cmd on `fwd` (None: no command point at that addr; `known`: the addr is in the catalogue)
+    with `value` is refused before reaching the device, None when it may run. A DO is a switch: exactly
+    0 (off) or 1 (on); 2 or 0.5 is not a switch position and must not turn the output on."""
+    if fwd is None:
+        return REJECT_NOT_COMMAND if known else REJECT_UNKNOWN
+    if fwd.kind == "DO" and value not in (0, 1):
+        return REJECT_DO_VALUE
+    return None
+
+
+def placeholder(addr: int) -> Entry:
+    """The image entry of a point that has no value yet: null, IV, ts 0 (docs/sefeps.md)."""
+    return [addr, None, int(Quality.IV), 0]
+
+
 def command_value(fwd: FwdPoint, value: float) -> float:
     """The source point's engineering value a command on `fwd` asks for (inverse of `entry`)."""
     return value / fwd.coef if fwd.kind in SCALED_KINDS else value
@@ -177,10 +204,19 @@ def hello(versions: Sequence[int] = SUPPORTED, name: str = "", resume: tuple[str
     return m
 
 
-def welcome(version: int, session: str, rtu: int, node: str, hb_s: float, points: Sequence[tuple[int, str]]
-            ) -> dict[str, Any]:
-    return {"t": "welcome", "version": version, "session": session, "rtu": rtu, "node": node, "hb_s": hb_s,
-            "points": [[a, k] for a, k in points]}
+def welcome(version: int, session: str, rtu: int, node: str, hb_s: float, points: Sequence[tuple[int, str]],
+            resumed_seq: int | None = None) -> dict[str, Any]:
+    """With `resumed_seq`: the master is resumed from its recorded position (another session): no image
+    follows, the next events continue from resumed_seq + 1 of this session."""
+    m: dict[str, Any] = {"t": "welcome", "version": version, "session": session, "rtu": rtu, "node": node,
+                         "hb_s": hb_s, "points": [[a, k] for a, k in points]}
+    if resumed_seq is not None:
+        m["seq"] = resumed_seq
+    return m
+
+
+def ack(seq: int) -> dict[str, Any]:
+    return {"t": "ack", "seq": seq}
 
 
 def image_messages(seq: int, entries: Sequence[Entry], chunk: int) -> list[dict[str, Any]]:
@@ -212,31 +248,3 @@ def error(code: str, msg: str) -> dict[str, Any]:
 
 
 HB: dict[str, Any] = {"t": "hb"}
-
-
-class ReplayBuffer:
-    """The last `maxlen` change events of a server, so a master can resume after a gap or a reconnect.
-
-    `floor` is the highest seq that is NOT replayable (events up to it were trimmed, or it is the seq of a
-    full image): resuming from s works when floor <= s <= current."""
-
-    def __init__(self, maxlen: int) -> None:
-        self.events: deque[tuple[int, Entry]] = deque()
-        self.maxlen = maxlen
-        self.floor = 0
-
-    def append(self, seq: int, e: Entry) -> None:
-        self.events.append((seq, e))
-        while len(self.events) > self.maxlen:
-            self.floor = self.events.popleft()[0]
-
-    def reset(self, seq: int) -> None:
-        """A full image at `seq` replaced everything: nothing before it can be replayed."""
-        self.events.clear()
-        self.floor = seq
-
-    def since(self, seq: int, current: int) -> list[tuple[int, Entry]] | None:
-        """Events after `seq` up to `current`, or None when the master needs a full image."""
-        if seq < self.floor or seq > current:
-            return None
-        return [ev for ev in self.events if ev[0] > seq]

@@ -3,7 +3,9 @@
 Thin I/O around `codec`: one reader loop and one writer task per connection. The writer owns the socket's
 output, so ordering is simple: control messages (welcome, res, hb, err) first, then a full image when one
 is due, then change events from the connection's bounded queue. Changes are numbered by the server (seq)
-and kept in a bounded replay buffer, so a master that reconnects resumes without a full image.
+and kept in a bounded history with the change-stream entry each came from: a master that reconnects
+resumes without a full image, on this node by (session, seq), on either node by its recorded cursor
+(fep_forwarder.resume; the master acknowledges with `ack`).
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
 
-from fepha.logsetup import OnceLogger
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
+Event = tuple[int, codec.Entry, Sid]  # (seq, [addr, value, quality, ts_ms], stream entry it came from)
 
 DEFAULTS: dict[str, Any] = {
     "heartbeat_s": 10.0,  # idle time before a heartbeat is sent; silence of 3x closes the connection
@@ -45,11 +49,15 @@ class _Conn:
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.identity = peer_host(peer)  # the master across reconnects and nodes: its address
         self.state = "hello"  # hello -> open -> closed
         self.name = ""
         self.version = 0
         self.out: deque[dict[str, Any]] = deque()  # control messages, sent first
-        self.pending: deque[tuple[int, codec.Entry]] = deque()  # events after hello, bounded
+        self.pending: deque[Event] = deque()  # events after hello, bounded
+        self.inflight: deque[tuple[int, Sid]] = deque()  # (seq, stream entry) sent, not acknowledged
+        self.cursor: Sid | None = None  # what this master acknowledged (None: not tracked yet)
+        self.skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
         self.need_image = False
         self.wake = asyncio.Event()
         now = time.monotonic()
@@ -62,12 +70,14 @@ class _Conn:
         self.closing = False
 
     # -- fed by the server ---------------------------------------------------------------------------
-    def push(self, events: Sequence[tuple[int, codec.Entry]]) -> None:
+    def push(self, events: Sequence[Event]) -> None:
         if self.state != "open" or self.need_image or not events:
             return
+        if self.skip is not None:  # resumed from another node ahead of this one: skip what it has
+            events = [ev for ev in events if ev[2] > self.skip]
         if len(self.pending) + len(events) > self.server.opt["queue_max"]:
             # the master does not keep up: drop its queue, send it a full image instead (docs/sefeps.md)
-            self.server.stats["events_dropped"] += len(self.pending) + len(events)
+            self.server.counts.events_dropped += len(self.pending) + len(events)
             self.pending.clear()
             self.need_image = True
             self.overflows += 1
@@ -104,34 +114,57 @@ class _Conn:
             self.last_rx = time.monotonic()
             try:
                 for msg in dec.feed(data):
-                    self.handle(msg)
+                    if self.state == "hello" and msg["t"] == "hello":
+                        await self.hello(msg)
+                    else:
+                        self.handle(msg)
                     if self.closing:
                         return
             except codec.ProtocolError as exc:
                 self.fail(exc.code, exc.msg)
                 return
 
-    def handle(self, msg: dict[str, Any]) -> None:
+    async def hello(self, msg: dict[str, Any]) -> None:
+        """The first message. Without `resume`: a full image. With a resume of this server's session: the
+        events after its seq. With one of another session (another node, or before a restart): the events
+        after the master's recorded cursor, announced by `seq` in welcome; an image when there is none."""
         srv = self.server
+        version = codec.negotiate(msg["versions"])
+        if version is None:
+            raise codec.ProtocolError("version", f"no common version; server speaks {list(codec.SUPPORTED)}")
+        r = msg.get("resume")
+        cursor = await srv.master_cursor(self.identity) if r and r["session"] != srv.session else None
+        if self.closing:
+            return
+        self.version, self.name, self.state = version, str(msg.get("name", "")), "open"
+        moved = srv.events_after(cursor) if cursor is not None else None
+        base = (moved[0][0] - 1 if moved else srv.seq) if moved is not None else None
+        self.send(codec.welcome(version, srv.session, srv.rtu.id, srv.node, srv.opt["heartbeat_s"],
+                                srv.catalog, resumed_seq=base))
+        if moved is not None:
+            self.cursor = cursor
+            self.skip = cursor if cursor is not None and cursor > srv.position else None
+            self.need_image = False
+            self.pending = deque(moved)
+            self.wake.set()
+            self.track()
+        elif r and r["session"] == srv.session:
+            self.resume(r["session"], r["seq"])
+        else:
+            self.start_image()
+
+    def handle(self, msg: dict[str, Any]) -> None:
         t = msg["t"]
         if self.state == "hello":
-            if t != "hello":
-                raise codec.ProtocolError("proto", f"expected hello, got {t}")
-            version = codec.negotiate(msg["versions"])
-            if version is None:
-                raise codec.ProtocolError("version", f"no common version; server speaks {list(codec.SUPPORTED)}")
-            self.version, self.name, self.state = version, str(msg.get("name", "")), "open"
-            self.send(codec.welcome(version, srv.session, srv.rtu.id, srv.node, srv.opt["heartbeat_s"],
-                                    srv.catalog))
-            r = msg.get("resume")
-            self.resume(r["session"], r["seq"]) if r else self.start_image()
-            return
+            raise codec.ProtocolError("proto", f"expected hello, got {t}")
         if t == "hello":
             raise codec.ProtocolError("proto", "hello after hello")
         if t == "hb":
             return
         if t == "resume":
             self.resume(msg["session"], msg["seq"])
+        elif t == "ack":
+            self.ack(msg["seq"])
         elif t == "cmd":
             self.command(msg["id"], msg["addr"], msg["value"])
         elif t == "bye":
@@ -140,48 +173,60 @@ class _Conn:
 
     def start_image(self) -> None:
         self.pending.clear()
+        self.inflight.clear()
         self.need_image = True
         self.wake.set()
 
     def resume(self, session: str, seq: int) -> None:
         srv = self.server
-        events = srv.replay.since(seq, srv.seq) if session == srv.session else None
+        events = srv.events_after_seq(seq) if session == srv.session else None
         if events is None:
             self.start_image()
             return
+        self.ack(seq)  # it applied everything up to seq
         self.need_image = False
         self.pending = deque(events)
+        self.inflight.clear()
         self.wake.set()
+
+    def ack(self, seq: int) -> None:
+        """The master applied everything up to `seq` of this session: move its cursor."""
+        last: Sid | None = None
+        while self.inflight and self.inflight[0][0] <= seq:
+            last = self.inflight.popleft()[1]
+        self.track(last)
+
+    def track(self, last_acked: Sid | None = None) -> None:
+        """Recompute this master's cursor (after an ack, or when the stream position moved)."""
+        if self.state != "open" or self.need_image and not self.inflight:
+            return  # an image is due: its dropped events are outstanding, their entries unknown
+        first = self.inflight[0][1] if self.inflight else self.pending[0][2] if self.pending else None
+        srv = self.server
+        self.cursor = acked_cursor(self.cursor or (0, 0), last_acked, first, srv.position)
+        srv.record_ack(self.identity, self.cursor)
 
     def command(self, cmd_id: int, addr: int, value: float) -> None:
         srv = self.server
         fwd = srv.commands_by_addr.get(addr)
         if cmd_id in self.commands:
-            self.send(codec.result(cmd_id, False, "rejected", "a command with this id is in flight"))
-        elif fwd is None:
-            what = "not a command point" if addr in srv.catalog_addrs else "unknown point"
-            self.send(codec.result(cmd_id, False, "rejected", f"{addr}: {what}"))
+            self.send(codec.result(cmd_id, False, "rejected", codec.REJECT_DUPLICATE_ID))
+        elif (why := codec.command_problem(fwd, value, addr in srv.catalog_addrs)) is not None:
+            log.info("sefeps RTU %s master %s: cmd %s on %s = %s rejected: %s", srv.rtu.id, self.peer, cmd_id,
+                     addr, value, why)
+            self.send(codec.result(cmd_id, False, "rejected", why))
         elif len(self.commands) >= srv.opt["max_inflight"]:
-            self.send(codec.result(cmd_id, False, "rejected", "too many commands in flight"))
+            self.send(codec.result(cmd_id, False, "rejected", codec.REJECT_BUSY))
         else:
+            assert fwd is not None
             task = asyncio.create_task(self.run_command(cmd_id, fwd, value))
             self.commands[cmd_id] = task
 
     async def run_command(self, cmd_id: int, fwd: FwdPoint, value: float) -> None:
         srv = self.server
-        srv.stats["controls"] += 1
-        t0 = time.monotonic()
         try:
-            out = await srv.controls.execute(fwd, codec.command_value(fwd, value), f"sefeps:{srv.rtu.id}@"
-                                             f"{srv.node}:{self.peer}", srv.opt["control_timeout_ms"])
-            srv.stats["controls_ok"] += int(out.ok)
-            srv.stats["control_latency_ms_sum"] += int((time.monotonic() - t0) * 1000)
+            out = await srv.run_control(fwd, codec.command_value(fwd, value),
+                                        f"sefeps:{srv.rtu.id}@{srv.node}:{self.peer}")
             self.send(codec.result(cmd_id, out.ok, out.state, out.reason))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
-            srv.once.problem(f"sefeps RTU {srv.rtu.id} controls", f"control sink raised {exc!r}")
-            self.send(codec.result(cmd_id, False, "failed", "internal error"))
         finally:
             self.commands.pop(cmd_id, None)
 
@@ -207,12 +252,15 @@ class _Conn:
                         self.pending.clear()
                         frames += codec.image_messages(srv.seq, srv.image_entries(), opt["image_chunk"])
                         self.sent_seq = srv.seq
+                        # the image holds every change up to the stream position: acknowledged with its seq
+                        self.inflight = deque([(srv.seq, srv.position)])
                     elif self.pending:
                         n = min(len(self.pending), opt["event_chunk"] * 8)
                         batch = [self.pending.popleft() for _ in range(n)]
-                        frames += codec.event_messages(batch, opt["event_chunk"])
+                        frames += codec.event_messages([(q, e) for q, e, _ in batch], opt["event_chunk"])
+                        self.inflight.extend((q, sid) for q, _, sid in batch)
                         self.sent_seq = batch[-1][0]
-                        self.server.stats["events_sent"] += n
+                        self.server.counts.events_sent += n
                 if not frames and now - self.last_tx >= hb and not self.closing:
                     frames.append(codec.HB)
                 if frames:
@@ -234,25 +282,25 @@ class SefepsServer(ForwardServer):
     """Options (keyword arguments): see DEFAULTS."""
 
     protocol = "sefeps"
+    log = log
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.opt = {**DEFAULTS, **{k: v for k, v in self.options.items() if k in DEFAULTS and v is not None}}
+        self.control_timeout_ms = self.opt["control_timeout_ms"]
         forwards = [f for f in self.rtu.forwards]
         self.catalog = [(f.addr, f.kind) for f in sorted(forwards, key=lambda f: f.addr)]
         self.catalog_addrs = {f.addr for f in forwards}
         self.commands_by_addr = {f.addr: f for f in forwards if f.kind in codec.COMMAND_KINDS}
         self.session = f"{self.node}{self.rtu.id}-{time.time_ns():x}"
         self.seq = 0
-        self.image: dict[int, codec.Entry] = {}
-        self.replay = codec.ReplayBuffer(int(self.opt["replay_max"]))
+        self.image: dict[int, codec.Entry] = self._empty_image()
+        self.history: History[Event] = History(int(self.opt["replay_max"]))
         self.conns: dict[_Conn, asyncio.Task] = {}
-        self.once = OnceLogger(log)
         self._server: asyncio.Server | None = None
         self._stopping = False
-        self.stats: Counter[str] = Counter()
-        """Forwarder counters (docs/keyspace.md names) for the runner: events_sent, events_dropped
-        (queued events replaced by a full image), controls, controls_ok, control_latency_ms_sum."""
+        # counts: events_sent, events_dropped (queued events replaced by a full image), controls,
+        # controls_ok, control_latency_ms_sum, connections_refused
 
     async def start(self) -> None:
         self._stopping = False
@@ -286,37 +334,78 @@ class SefepsServer(ForwardServer):
     def image_entries(self) -> list[codec.Entry]:
         return [self.image[a] for a in sorted(self.image)]
 
+    def _empty_image(self) -> dict[int, codec.Entry]:
+        """Every monitored point (AI, DI, ACC) as a placeholder: a point with no value is in the image,
+        marked IV, never left out (docs/sefeps.md)."""
+        return {a: codec.placeholder(a) for a, k in self.catalog if k not in codec.COMMAND_KINDS}
+
     def load_image(self, updates: Sequence[Update]) -> None:
-        self.image = {}
+        self.image = self._empty_image()
         for u in updates:
             if u.fwd.rtu == self.rtu.id and u.fwd.addr in self.catalog_addrs:
                 self.image[u.fwd.addr] = codec.entry(u.fwd, u.value)
         self.seq += 1
-        self.replay.reset(self.seq)
+        self.history.reset(self.position)
         for conn in self.conns:
             if conn.state == "open":
                 conn.start_image()
 
     def apply(self, updates: Sequence[Update]) -> None:
-        events: list[tuple[int, codec.Entry]] = []
+        events: list[Event] = []
+        if len(self.history) + len(updates) > self.history.maxlen:
+            self.make_room()
         for u in updates:
             if u.fwd.rtu != self.rtu.id or u.fwd.addr not in self.catalog_addrs:
                 continue
             e = codec.entry(u.fwd, u.value)
             self.seq += 1
             self.image[u.fwd.addr] = e
-            self.replay.append(self.seq, e)
-            events.append((self.seq, e))
+            ev = (self.seq, e, u.sid)
+            if self.history.append(u.sid, ev):
+                self.once.problem(f"sefeps RTU {self.rtu.id} history", f"more than {self.history.maxlen} "
+                                  "events not acknowledged by a known master: the oldest are dropped (such a "
+                                  "master gets a full image when it comes back)")
+            events.append(ev)
         for conn in self.conns:
             conn.push(events)
 
     def clients(self) -> dict[str, dict[str, Any]]:
         return {c.peer: c.info() for c in self.conns}
 
+    # -- resuming (fep_forwarder.resume) ----------------------------------------------------------------
+    def advanced(self) -> None:
+        self.history.start(self.position)
+        for conn in self.conns:
+            if conn.skip is not None and self.position >= conn.skip:
+                conn.skip = None
+            if conn.cursor is not None and not conn.inflight and not conn.pending:
+                conn.track()
+
+    def prune(self, floor: Sid) -> None:
+        self.history.prune(floor)
+
+    def events_after(self, cursor: Sid) -> list[Event] | None:
+        """Events after stream entry `cursor`, None when the history no longer covers it."""
+        return self.history.since(cursor)
+
+    def events_after_seq(self, seq: int) -> list[Event] | None:
+        """Events after `seq` of this session, None when they are not all kept any more."""
+        if seq > self.seq:
+            return None
+        if seq == self.seq:
+            return []
+        items = self.history.items
+        if not items or items[0][1][0] > seq + 1:
+            return None
+        return [ev for _, ev in items if ev[0] > seq]
+
     def queue_depth(self) -> int:
         return sum(len(c.pending) for c in self.conns)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
+            writer.transport.abort()
+            return
         conn = _Conn(self, reader, writer)
         task = asyncio.current_task()
         assert task is not None

@@ -1,0 +1,128 @@
+"""Where each SCADA master stands in the change stream, so that it resumes on either node: pure rules.
+
+Every event a forwarding server sends comes from one `fep:chg` entry, and both nodes' forwarders read the
+same replicated stream, so an entry id ("sid", as a `(ms, seq)` tuple) means the same thing on A and B.
+Per master identity (its IP address) the serving forwarder records in the master Redis the sid up to
+which the master acknowledged every event (`fep:fwd:ack:{rtu}`, docs/keyspace.md). When the master starts
+on a node, that node sends it the events after its cursor from its own `History`, then live data; a master
+without a cursor (new to the system), or whose cursor the history no longer covers, gets end of
+initialisation and its general interrogation instead (docs/forwarder.md, "Resuming a master").
+
+No I/O here: the servers and the runner call these with what they hold, and table tests drive them.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any, Generic, TypeVar
+
+Sid = tuple[int, int]
+T = TypeVar("T")
+
+ZERO: Sid = (0, 0)
+
+
+def parse_id(entry_id: str | None) -> Sid:
+    """'1700000000000-3' -> (1700000000000, 3); None or '' -> (0, 0). ValueError when malformed."""
+    if not entry_id:
+        return (0, 0)
+    ms, _, seq = entry_id.partition("-")
+    return (int(ms), int(seq or 0))
+
+
+def sid_text(sid: Sid) -> str:
+    return f"{sid[0]}-{sid[1]}"
+
+
+def acked_cursor(prev: Sid, last_acked: Sid | None, first_outstanding: Sid | None, position: Sid) -> Sid:
+    """A master's new cursor after an acknowledgement.
+
+    `last_acked`: sid of the newest event the master has acknowledged (None: none yet); `first_outstanding`:
+    sid of the oldest event sent or queued to it and not acknowledged (None: nothing outstanding);
+    `position`: the newest stream entry the server has been given. Nothing outstanding: every event up to
+    `position` is acknowledged. Otherwise the cursor may move only to an entry all of whose events are
+    acknowledged: `last_acked` when it is older than the first outstanding one (one entry's events can
+    span several APDUs). Never moves back."""
+    if first_outstanding is None:
+        return max(prev, position)
+    if last_acked is not None and last_acked < first_outstanding:
+        return max(prev, last_acked)
+    return prev
+
+
+class History(Generic[T]):
+    """A server's recent events with the sid of the entry each came from, in stream order.
+
+    It keeps what some known master has not acknowledged: `prune(floor)` drops what every known master has
+    (the "no master started" buffer of IEC 104 holds exactly this), and `maxlen` bounds it (oldest
+    dropped). `floor` is the newest sid the history does NOT fully cover: a cursor older than it cannot be
+    resumed from (its events were dropped, or came before this server started)."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.items: deque[tuple[Sid, T]] = deque()
+        self.maxlen = maxlen
+        self.floor: Sid = ZERO
+        self.started = False
+
+    def start(self, position: Sid) -> None:
+        """The first image: nothing before `position` is here (a later call is ignored)."""
+        if not self.started:
+            self.started = True
+            self.floor = position
+
+    def reset(self, position: Sid) -> None:
+        """A new full image after a stream gap: events before it may be missing."""
+        self.items.clear()
+        self.floor = max(self.floor, position)
+
+    def append(self, sid: Sid, item: T) -> int:
+        """Add one event; returns how many old ones were dropped to stay within maxlen."""
+        self.items.append((sid, item))
+        dropped = 0
+        while len(self.items) > self.maxlen:
+            old, _ = self.items.popleft()
+            # an entry partly dropped is not covered any more
+            self.floor = max(self.floor, old)
+            dropped += 1
+        return dropped
+
+    def prune(self, floor: Sid) -> None:
+        """Forget events every known master acknowledged (sid <= floor)."""
+        while self.items and self.items[0][0] <= floor:
+            self.items.popleft()
+        self.floor = max(self.floor, floor)
+
+    def covers(self, cursor: Sid) -> bool:
+        return self.started and cursor >= self.floor
+
+    def since(self, cursor: Sid) -> list[T] | None:
+        """The events after `cursor`, in order; None when the history does not cover it."""
+        if not self.covers(cursor):
+            return None
+        return [it for s, it in self.items if s > cursor]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def prune_floor(known: Iterable[Sid], position: Sid) -> Sid:
+    """What the history may forget: everything the least advanced known master acknowledged; with no
+    known master, everything up to `position` (a master new to the system gets no history)."""
+    return min(known, default=position)
+
+
+def parse_cursors(raw: Mapping[Any, Any]) -> dict[str, Sid]:
+    """HGETALL of `fep:fwd:ack:{rtu}` -> identity -> sid; unusable values are left out."""
+    out: dict[str, Sid] = {}
+    for k, v in raw.items():
+        key = k.decode() if isinstance(k, bytes) else str(k)
+        text = v.decode() if isinstance(v, bytes) else str(v)
+        try:
+            out[key] = parse_id(text)
+        except ValueError:
+            continue
+    return out
+
+
+__all__ = ["ZERO", "History", "Sid", "acked_cursor", "parse_cursors", "parse_id", "prune_floor", "sid_text"]

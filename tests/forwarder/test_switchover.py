@@ -1,0 +1,108 @@
+"""A SCADA master that moves from node A's forwarder to node B's resumes from its acknowledged position
+(fep:fwd:ack:{rtu}): two real forwarders (node A on 127.0.0.1, node B on 127.0.0.2, same port) on one real
+redis-server, real clients. It gets what it had not acknowledged, in order, and nothing it had."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aredis
+from fep_loader.store import replace_config
+from fep_tools.redisproc import RedisProc, free_port
+from fep_tools.sefeps_client import SefepsClient
+
+from fepha import keyspace as ks
+from fepha import redisfns
+from fepha.semodel import db
+
+from .test_runner import Writer, forwarder, node_cfg
+
+SEFEPS = 12  # sample RTU; its AI at addr 1 forwards point 101 of acquisition RTU 1
+
+
+def only_rtu(feproot: Path, rid: int, port: int) -> dict[str, list[dict[str, Any]]]:
+    rows, problems = db.read_rows(feproot / "db" / "SEMODEL.db")
+    assert not problems
+    rows["T004_RTU"] = [dict(r, LISTENPORT=port) if r["RTUID"] == rid else r for r in rows["T004_RTU"]
+                        if r["RTUID"] == rid or r["RTUTYPE"] != 2]
+    for t in ("T005_ZFAI", "T006_ZFDI", "T007_ZFACC", "T008_ZFDO", "T009_ZFAO"):
+        rows[t] = [r for r in rows.get(t, []) if r["RTUID"] == rid]
+    return rows
+
+
+async def listening(host: str, port: int) -> None:
+    end = time.monotonic() + 10
+    while True:
+        try:
+            _, w = await asyncio.open_connection(host, port)
+            w.close()
+            return
+        except OSError:
+            assert time.monotonic() < end, f"nothing listens on {host}:{port}"
+            await asyncio.sleep(0.05)
+
+
+async def until_cursor(r: aredis.Redis, rid: int, ident: str, at_least: str, timeout: float = 5.0) -> str:
+    want = tuple(map(int, at_least.split("-")))
+    end = time.monotonic() + timeout
+    while True:
+        cur = await r.hget(ks.fwd_acked(rid), ident)
+        if cur and tuple(map(int, cur.split("-"))) >= want:
+            return cur
+        assert time.monotonic() < end, f"cursor of {ident} is {cur}, waiting for {at_least}"
+        await asyncio.sleep(0.05)
+
+
+async def last_entry(r: aredis.Redis) -> str:
+    return (await r.xrevrange(ks.CHANGES, "+", "-", count=1))[0][0]
+
+
+async def test_sefeps_master_moves_to_the_other_node_without_loss_or_duplicates(redis_master: RedisProc,
+                                                                               feproot: Path) -> None:
+    port = free_port()
+    replace_config(redis_master.client(), only_rtu(feproot, SEFEPS, port))
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    w = Writer(r)
+    await w.write(1, p101=0.0)
+    cfg_a = node_cfg(redis_master)
+    cfg_b = dataclasses.replace(cfg_a, node_id="B", bind="127.0.0.2")
+    try:
+        async with forwarder(cfg_a), forwarder(cfg_b):
+            await listening("127.0.0.1", port)
+            await listening("127.0.0.2", port)
+            c = SefepsClient("127.0.0.1", port)
+            await c.connect()
+            await c.wait_image()
+            await until_cursor(r, SEFEPS, "127.0.0.1", await last_entry(r))
+            await asyncio.sleep(1.2)  # node B has read the master's cursor: it keeps what it has not acked
+            for i in range(1, 21):
+                await w.write(1, p101=float(i))
+            got = [(await c.next_change())[2] for _ in range(20)]
+            assert got == [float(i) for i in range(1, 21)]
+            await until_cursor(r, SEFEPS, "127.0.0.1", await last_entry(r))
+            await c.close()
+            for i in range(21, 31):  # while the master is away
+                await w.write(1, p101=float(i))
+            c.host = "127.0.0.2"
+            welcome = await c.connect(resume=True)
+            assert welcome["node"] == "B" and "seq" in welcome  # resumed, no image
+            got = [(await c.next_change())[2] for _ in range(10)]
+            assert got == [float(i) for i in range(21, 31)]
+            await w.write(1, p101=31.0)
+            assert (await c.next_change())[2] == 31.0  # then live data
+            await asyncio.sleep(0.3)
+            assert c.changes.empty() and c.images == 1
+            await c.close()
+            # a master with no image of its own (no resume) gets the full image, never history
+            fresh = SefepsClient("127.0.0.2", port)
+            await fresh.connect()
+            img = await fresh.wait_image()
+            assert img[1][0] == 31.0 and fresh.changes.empty()
+            await fresh.close()
+    finally:
+        await r.aclose()

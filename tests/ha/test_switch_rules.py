@@ -1,0 +1,36 @@
+"""The counting rules of tests/ha/switchover.py as table tests without a network: lost, duplicated and the
+duplicate bound must be able to fail."""
+
+from __future__ import annotations
+
+from tests.ha.plant import View, device_timelines
+from tests.ha.switchover import count_switch, dup_bound
+
+FLOAT = View(src=101, proto="iec104", key=1001, type="M_ME_NC_1", coef=1.0)
+FLOAT2 = View(src=102, proto="iec104", key=1002, type="M_ME_NC_1", coef=1.0)
+NORM = View(src=201, proto="iec104", key=1004, type="M_ME_NA_1", coef=0.1)  # clamps at 1: no sequence
+DI = View(src=105, proto="iec104", key=1, type="M_SP_TB_1", coef=1.0)  # toggles: no sequence
+
+DEV = device_timelines([{"t": t, "ev": "start" if t == 0 else "tick",
+                         "values": {"101": t, "102": t, "201": 100 + t, "105": t % 2}} for t in range(6)])
+
+
+def rx(ioa: int, value: float, cot: str = "SPONTANEOUS", node: str = "A") -> dict:
+    return {"src": "iec104", "node": node, "ioa": ioa, "value": value, "cot": cot, "t": 0.0}
+
+
+def test_every_change_once_is_clean_and_only_sequences_count() -> None:
+    recs = [rx(1001, v) for v in range(1, 6)] + [rx(1002, v, node="B") for v in range(1, 6)]
+    c = count_switch(DEV, recs, [FLOAT, FLOAT2, NORM, DI], since=0.5, until=5, k=12)
+    assert (c.made, c.lost, c.dup, c.points) == (10, 0, 0, 2)
+    assert c.bound == 24  # two counted points of one type: k ASDUs of two events each
+
+
+def test_lost_and_duplicated_and_interrogation_not_counted() -> None:
+    recs = [rx(1001, v) for v in (1, 2, 3)] + [rx(1001, v, node="B") for v in (3, 5)] + [rx(1001, 4, "INTERROGATED_BY_STATION")]
+    c = count_switch(DEV, recs, [FLOAT], since=0.5, until=5, k=12)
+    assert (c.made, c.lost, c.dup) == (5, 1, 1) and c.per_point[1001] == (5, 1, 1)
+
+
+def test_bound_is_k_frames_of_the_fullest_type() -> None:
+    assert dup_bound([FLOAT], 12) == 12 and dup_bound([FLOAT, FLOAT2, DI], 4) == 8 and dup_bound([], 12) == 0
