@@ -62,6 +62,10 @@ class RtuRunner:
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
 
+    def polled_age_ms(self) -> int:
+        """ms since the last complete poll (-1: none yet); the holder's becomes the lease's polled_ms."""
+        return -1 if self.last_ok is None else int((time.monotonic() - self.last_ok) * 1000)
+
     def start(self) -> None:
         self.task = asyncio.create_task(self.run(), name=f"acquirer-rtu-{self.rtu.id}")
 
