@@ -100,6 +100,16 @@ def _nonneg_int(s: str) -> int:
     return int(s)
 
 
+def _nonneg_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise ValueError("expected a number >= 0") from None
+    if not v >= 0:
+        raise ValueError("expected a number >= 0")
+    return v
+
+
 def opt(section: str, parse: Callable[[str], Any], default: Any, doc: str = "") -> Any:
     """A field of a settings dataclass, read from `[section] <field name>`."""
     return field(default=default, metadata={"section": section, "parse": parse, "doc": doc})
@@ -140,6 +150,17 @@ class NodeConfig:
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
     tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
+    # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
+    quality_replica_down_s: float = opt("quality", _nonneg_float, 0.0,
+                                        "NT on every value once the local replica's master link is down this "
+                                        "long; 0: 2 x lease_ttl_s")
+    quality_stale_polls: int = opt("quality", _positive(int), 3, "NT on an RTU's values when its holder has "
+                                   "not completed a poll for this many poll periods (plus one lease tick)")
+
+    @property
+    def replica_down_s(self) -> float:
+        """quality_replica_down_s, its 0 meaning 2 x lease_ttl_s."""
+        return self.quality_replica_down_s or 2 * self.lease_ttl_s
 
     @property
     def peer(self) -> str:
