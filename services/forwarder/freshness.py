@@ -39,8 +39,9 @@ class Limits:
 class ReplicaWatch:
     """How long the local Redis's data has been cut off from the master, from INFO replication.
 
-    A master (or a replica with its link up) is not cut off. Otherwise the start is taken from
-    `master_link_down_since_seconds` when Redis reports it (>= 0), else from the first observation."""
+    A master (or a replica with its link up) is not cut off. Otherwise the start is the first observation,
+    moved back by `master_link_down_since_seconds` minus one (Redis counts whole seconds) when Redis
+    reports more than one second (a forwarder started while the link was already down)."""
 
     def __init__(self) -> None:
         self.down_since_ms: int | None = None
@@ -53,7 +54,8 @@ class ReplicaWatch:
         if self.down_since_ms is None:
             reported = info.get("master_link_down_since_seconds") if info is not None else None
             try:
-                ago = max(0, int(reported)) * 1000 if reported is not None and int(reported) >= 0 else 0
+                # whole seconds of Redis's clock: 1 may mean 0.1 s, so one second is taken off
+                ago = max(0, int(reported) - 1) * 1000 if reported is not None else 0
             except (TypeError, ValueError):
                 ago = 0
             self.down_since_ms = now_ms - ago

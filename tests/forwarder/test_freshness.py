@@ -42,14 +42,17 @@ def test_rtu_rules(case: str) -> None:
 REPLICA_CASES = {
     "master": [(({"role": "master"}, 0), 0), (({"role": "master"}, 9000), 0)],
     "replica with its link up": [(({"role": "slave", "master_link_status": "up"}, 0), 0)],
-    "link down, Redis says since 4 s": [
-        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 4}, 10_000), 4000),
-        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 7}, 13_000), 7000)],
+    "link down, Redis says since 4 s (whole seconds: at least 3)": [
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 4}, 10_000), 3000),
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 7}, 13_000), 6000)],
+    "link just went down (Redis says 1 s, may be 0.1 s): counted from the first sight": [
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 1}, 10_000), 0),
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 2}, 10_700), 700)],
     "link down, never connected (-1): counted from the first sight": [
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": -1}, 10_000), 0),
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": -1}, 12_500), 2500)],
     "link back up resets": [
-        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 9}, 10_000), 9000),
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 9}, 10_000), 8000),
         (({"role": "slave", "master_link_status": "up"}, 11_000), 0),
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 0}, 12_000), 0)],
     "local Redis unreachable": [((None, 5000), 0), ((None, 8000), 3000), (({"role": "master"}, 9000), 0)],
