@@ -39,7 +39,8 @@ class Limits:
 class ReplicaWatch:
     """How long the local Redis's data has been cut off from the master, from INFO replication.
 
-    A master (or a replica with its link up) is not cut off. Otherwise the start is the first observation,
+    A master is not cut off; a replica with its link up is cut off for as long as it has heard nothing from
+    its master (`master_last_io_seconds_ago`). Otherwise the start is the first observation,
     moved back by `master_link_down_since_seconds` minus one (Redis counts whole seconds) when Redis
     reports more than one second (a forwarder started while the link was already down)."""
 
@@ -50,7 +51,9 @@ class ReplicaWatch:
         """`info` = INFO replication of the local Redis, None when it is unreachable -> ms cut off."""
         if info is not None and (info.get("role") != "slave" or info.get("master_link_status") == "up"):
             self.down_since_ms = None
-            return 0
+            # a silently broken link (packets dropped) stays "up" until repl-timeout (60 s): the time since
+            # the last byte from the master says more, as the holders write every lease tick
+            return max(0, _num(info.get("master_last_io_seconds_ago"))) * 1000 if info.get("role") == "slave" else 0
         if self.down_since_ms is None:
             reported = info.get("master_link_down_since_seconds") if info is not None else None
             try:
@@ -60,6 +63,13 @@ class ReplicaWatch:
                 ago = 0
             self.down_since_ms = now_ms - ago
         return now_ms - self.down_since_ms
+
+
+def _num(x: Any) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _int(h: Mapping[str, str], k: str) -> int | None:

@@ -42,6 +42,10 @@ def test_rtu_rules(case: str) -> None:
 REPLICA_CASES = {
     "master": [(({"role": "master"}, 0), 0), (({"role": "master"}, 9000), 0)],
     "replica with its link up": [(({"role": "slave", "master_link_status": "up"}, 0), 0)],
+    "link up but silent (packets dropped): the time since the master's last byte": [
+        (({"role": "slave", "master_link_status": "up", "master_last_io_seconds_ago": 0}, 0), 0),
+        (({"role": "slave", "master_link_status": "up", "master_last_io_seconds_ago": 7}, 7000), 7000),
+        (({"role": "slave", "master_link_status": "up", "master_last_io_seconds_ago": -1}, 8000), 0)],
     "link down, Redis says since 4 s (whole seconds: at least 3)": [
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 4}, 10_000), 3000),
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 7}, 13_000), 6000)],
