@@ -8,11 +8,12 @@ import asyncio
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import c104
 import pytest
 import redis.asyncio as aredis
+from fep_forwarder import app
 from fep_loader.store import replace_config
 from fep_tools.redisproc import RedisProc, free_port
 from fep_tools.sefeps_client import SefepsClient
@@ -24,7 +25,6 @@ from fepha.semodel import db
 
 from .se104s_fixtures import c104_master, in_thread, until
 from .test_runner import SAMPLE_POINTS, forwarder, node_cfg, se104s_rows, wait_listening
-from fep_forwarder import app
 
 TICK_S, TTL_MS = 0.2, 1000
 WATCHED = (1001, 1003, 1, 4)  # sources 101, 103, 105 of RTU 1 and virtual point 901 (RTU 1's link)
@@ -56,12 +56,12 @@ class Holder:
                 await self.tick()
             await asyncio.sleep(TICK_S)
 
-    async def __aenter__(self) -> Holder:
+    async def __aenter__(self) -> Self:
         await self.tick()
         self.task = asyncio.create_task(self.run())
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self.task is not None
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
