@@ -171,10 +171,22 @@ class NodeConfig:
     se104s_command_max_age_ms: int = opt("se104s", _positive(int), 10_000,
                                          "a time-tagged command older than this is refused")
 
+    # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
+    quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
+                                        "NT on every value once the local replica's master link is down this "
+                                        "long; 0: 2 x lease_ttl_s")
+    quality_stale_polls: int = opt("quality", _positive(int), 3, "NT on an RTU's values when its holder has "
+                                   "not completed a poll for this many poll periods (plus one lease tick)")
+
     def se104s_options(self) -> dict[str, Any]:
         """The [se104s] settings as Se104Server options (k, w, t0 ... command_max_age_ms)."""
         return {f.name[len("se104s_"):]: getattr(self, f.name) for f in fields(self)
                 if f.name.startswith("se104s_")}
+
+    @property
+    def replica_down_s(self) -> float:
+        """quality_replica_down_s, its 0 meaning 2 x lease_ttl_s."""
+        return self.quality_replica_down_s or 2 * self.lease_ttl_s
 
     @property
     def peer(self) -> str:

@@ -30,7 +30,7 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms)
+-- lease_tick(KEYS: lease, events; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms[, polled_age_ms])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
 -- Rules (seed "load balancing"): a missing lease goes to the first node that ticks while it reaches the
 -- device (a node that has not polled yet, or cannot reach it, must not grab it: the other node would
@@ -38,12 +38,14 @@ end
 -- died) goes to the first node that reaches the device, or, once lapsed for one more TTL, to whoever ticks
 -- (then someone marks the points invalid; a node that was just restarted and has not polled yet does not
 -- grab a lease that is only lapsed because the master moved); the holder
--- renews and records when it last reached the device; the other node takes over only if it reaches the
+-- renews and records when it last reached the device (and, given polled_age_ms, its last complete poll as
+-- polled_ms, which forwarders judge staleness by); the other node takes over only if it reaches the
 -- device and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
 local function lease_tick(keys, args)
   local lease, events = keys[1], keys[2]
   local rtu, node, reaches = args[1], args[2], args[3] == '1'
   local ttl, takeover = tonumber(args[4]), tonumber(args[5])
+  local polled = tonumber(args[6] or '')  -- ms since the node's last complete poll; -1: none yet
   local now = now_ms()
   local l = hgetall(lease)
   local holder, epoch = l['holder'], tonumber(l['epoch'] or '0')
@@ -53,6 +55,9 @@ local function lease_tick(keys, args)
     local fields = {'expires_ms', now + ttl}
     if reaches then
       table.insert(fields, 'reached_ms'); table.insert(fields, now)
+    end
+    if polled ~= nil and polled >= 0 then  -- issue 10b: the holder's last complete poll, master clock
+      table.insert(fields, 'polled_ms'); table.insert(fields, now - polled)
     end
     redis.call('HSET', lease, unpack(fields))
     return {holder, epoch, 0}
@@ -72,6 +77,9 @@ local function lease_tick(keys, args)
   epoch = epoch + 1
   redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
              'reached_ms', reaches and now or 0)
+  if polled ~= nil then
+    redis.call('HSET', lease, 'polled_ms', polled >= 0 and now - polled or 0)
+  end
   redis.call('HDEL', lease, 'handover', 'handover_until_ms')
   redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'rtu', rtu, 'from', holder or '', 'to', node,
              'epoch', epoch, 'reason', reason, 'ts_ms', now)
@@ -104,24 +112,33 @@ local function write_values(keys, args)
   return {1, (#args - 4) / 2}
 end
 
--- link_set(KEYS: link, vpoints, changes[, events]; ARGV: node A|B, state 0/1, maxlen, vpid1, vpid2, ...)
--- Records one node's link state to an RTU and recomputes the virtual points' val = vala || valb in the
--- same step, so val is never out of step with its inputs. Virtual points are written (hash + change
--- record) when val changes or a point has no value yet. Returns {vala, valb, val}.
-local function link_set(keys, args)
-  local link, vpoints, changes = keys[1], keys[2], keys[3]
-  local node, state, maxlen = string.lower(args[1]), args[2], tonumber(args[3])
-  local now = now_ms()
-  local l = hgetall(link)
-  local field = 'val' .. node
-  if l[field] ~= state then
-    redis.call('HSET', link, field, state, 'since_' .. node, now)
-    if keys[4] then  -- the operator timeline (fepha/events.py): this node's link to the device changed
-      redis.call('XADD', keys[4], 'MAXLEN', '~', 10000, '*', 'kind', 'link', 'node', string.upper(node),
-                 'rtu', string.match(link, '(%d+)$') or '', 'ts_ms', now, 'up', state,
-                 'was', l[field] or '')
+-- --- link state with liveness (issue 10a) ----------------------------------------------------------
+-- A node's link state counts only while that node keeps reporting it: `link_set` stamps `seen_a`/`seen_b`
+-- with the master's TIME at every report (each lease tick). A state of 1 whose stamp is older than live_ms
+-- (the lease TTL) is decayed to 0 by the next evaluation, so a node whose acquirer died, hangs (SIGSTOP)
+-- or is cut off from the master stops counting as reaching the device within live_ms plus one evaluation
+-- period. Evaluations: every `link_set` (both acquirers, each tick) and `link_refresh` (every forwarder,
+-- once a second), so the decay is written even when both acquirers are dead.
+local LINK_NODES = {'a', 'b'}
+
+-- The operator timeline (fepha/events.py), when the caller passes its key: one node's link changed.
+local function link_event(events, link, node, state, was, now, why)
+  if events then
+    redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'kind', 'link', 'node', string.upper(node),
+               'rtu', string.match(link, '(%d+)$') or '', 'ts_ms', now, 'up', state, 'was', was or '',
+               'reason', why)
+  end
+end
+
+-- Decays stale node states in `l` (and the hash), recomputes val = vala || valb, writes the virtual
+-- points (hash + change record) when val changes or a point has no value yet. Returns {vala, valb, val}.
+local function link_eval(link, vpoints, changes, events, maxlen, live, now, l, args, from)
+  for _, n in ipairs(LINK_NODES) do
+    if l['val' .. n] == '1' and now - tonumber(l['seen_' .. n] or '0') > live then
+      redis.call('HSET', link, 'val' .. n, '0', 'since_' .. n, now)
+      l['val' .. n] = '0'
+      link_event(events, link, n, '0', '1', now, 'not reporting')
     end
-    l[field] = state
   end
   local val = ((l['vala'] == '1') or (l['valb'] == '1')) and '1' or '0'
   local changed = l['val'] ~= val
@@ -130,7 +147,7 @@ local function link_set(keys, args)
   end
   local rec = val .. '|0|' .. now
   local out = {}
-  for i = 4, #args do
+  for i = from, #args do
     if changed or redis.call('HEXISTS', vpoints, args[i]) == 0 then
       table.insert(out, args[i]); table.insert(out, rec)
     end
@@ -139,7 +156,39 @@ local function link_set(keys, args)
   return {l['vala'] or '0', l['valb'] or '0', val}
 end
 
+-- link_set(KEYS: link, vpoints, changes[, events]; ARGV: node A|B, state 0/1, maxlen, live_ms, vpid1, ...)
+-- Records one node's link state to an RTU (and that the node is alive: seen_<node>) and recomputes the
+-- virtual points' val in the same step, so val is never out of step with its inputs.
+local function link_set(keys, args)
+  local link, vpoints, changes = keys[1], keys[2], keys[3]
+  local node, state, maxlen, live = string.lower(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
+  local now = now_ms()
+  local l = hgetall(link)
+  local field = 'val' .. node
+  if l[field] ~= state then
+    redis.call('HSET', link, field, state, 'since_' .. node, now, 'seen_' .. node, now)
+    link_event(keys[4], link, node, state, l[field], now, 'reported')
+    l[field] = state
+  else
+    redis.call('HSET', link, 'seen_' .. node, now)
+  end
+  l['seen_' .. node] = tostring(now)
+  return link_eval(link, vpoints, changes, keys[4], maxlen, live, now, l, args, 5)
+end
+
+-- link_refresh(KEYS: link, vpoints, changes[, events]; ARGV: maxlen, live_ms, vpid1, ...)
+-- The same evaluation without a report: decays the states of nodes that stopped reporting. A link no
+-- node ever reported is left alone (returns {'', '', ''}).
+local function link_refresh(keys, args)
+  local link, vpoints, changes = keys[1], keys[2], keys[3]
+  local l = hgetall(link)
+  if next(l) == nil then return {'', '', ''} end
+  return link_eval(link, vpoints, changes, keys[4], tonumber(args[1]), tonumber(args[2]), now_ms(), l, args, 3)
+end
+-- --- end of link state ------------------------------------------------------------------------------
+
 redis.register_function('lease_tick', lease_tick)
 redis.register_function('lease_handover', lease_handover)
 redis.register_function('write_values', write_values)
 redis.register_function('link_set', link_set)
+redis.register_function('link_refresh', link_refresh)

@@ -56,7 +56,8 @@ CHANGES_MAXLEN = 20_000
 
 def link(rtu: int | str) -> str:
     """Hash: the two nodes' link states of one acquisition RTU: `vala`, `valb`, `val` (0/1) and
-    `since_a`, `since_b`, `since` (ms). Written only by the `link_set` function."""
+    `since_a`, `since_b`, `since` (ms); `seen_a`, `seen_b` (ms): each node's last report, a state not
+    reported for the lease TTL decays to 0. Written only by the `link_set` / `link_refresh` functions."""
     return f"{PREFIX}:link:{rtu}"
 
 
@@ -65,6 +66,7 @@ def link(rtu: int | str) -> str:
 
 def lease(rtu: int | str) -> str:
     """Hash: holder (node id), epoch, since_ms, expires_ms, reached_ms (holder last reached the device),
+    polled_ms (holder's last complete poll),
     handover (target node, optional), handover_until_ms. Written only by the `lease_*` functions;
     never expires by itself so the epoch survives a lapse."""
     return f"{PREFIX}:lease:{rtu}"

@@ -50,10 +50,13 @@ class Call:
         return (self.name, len(self.keys), *self.keys, *self.args)
 
 
-def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int) -> Call:
-    """-> [holder, epoch, changed]"""
+def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int,
+               polled_age_ms: int | None = None) -> Call:
+    """-> [holder, epoch, changed]. `polled_age_ms`: ms since this node's last complete poll of the device
+    (-1: none yet); the holder's is recorded as the lease's `polled_ms` (None: not recorded)."""
+    extra = () if polled_age_ms is None else (int(polled_age_ms),)
     return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS),
-                (rtu, node, 1 if reaches else 0, int(ttl_ms), int(takeover_ms)))
+                (rtu, node, 1 if reaches else 0, int(ttl_ms), int(takeover_ms), *extra))
 
 
 def lease_handover(rtu: int, target: str, window_ms: int) -> Call:
@@ -68,8 +71,20 @@ def write_values(rtu: int, node: str, epoch: int, pairs: Sequence[str] | Iterabl
                 (node, int(epoch), int(maxlen), rtu, *pairs))
 
 
+LINK_LIVE_MS = 3000
+"""Default of `live_ms` (the lease TTL's default): a node's link state older than this no longer counts."""
+
+
 def link_set(rtu: int, node: str, state: bool, vpids: Sequence[int],
-             maxlen: int = ks.CHANGES_MAXLEN) -> Call:
-    """-> [vala, valb, val]"""
+             maxlen: int = ks.CHANGES_MAXLEN, live_ms: int = LINK_LIVE_MS) -> Call:
+    """-> [vala, valb, val]; states not reported for `live_ms` (either node's) are decayed to 0."""
     return Call("link_set", (ks.link(rtu), ks.VPOINTS, ks.CHANGES, ks.EVENTS),
-                (node, 1 if state else 0, int(maxlen), *vpids))
+                (node, 1 if state else 0, int(maxlen), int(live_ms), *vpids))
+
+
+def link_refresh(rtu: int, vpids: Sequence[int], live_ms: int = LINK_LIVE_MS,
+                 maxlen: int = ks.CHANGES_MAXLEN) -> Call:
+    """Re-evaluate a link without a report (any live process, on the master) -> [vala, valb, val],
+    or ['', '', ''] when no node ever reported it."""
+    return Call("link_refresh", (ks.link(rtu), ks.VPOINTS, ks.CHANGES, ks.EVENTS),
+                (int(maxlen), int(live_ms), *vpids))

@@ -105,9 +105,10 @@ class Housekeeping:
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
         for r, ok in zip(runners, reach):  # lease ticks first: their results are res[0:len(runners)]
-            pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms).argv)
+            pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv)
         for r, ok in zip(runners, reach):
-            pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints]).argv)
+            pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints],
+                                          live_ms=ttl_ms).argv)
             for sw in r.switched:
                 events.add(pipe, "channel", node, r.rtu.id, **sw)
             r.switched = []

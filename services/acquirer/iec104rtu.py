@@ -74,6 +74,15 @@ class Iec104Runner(RunnerBase):
         link = self.link
         return link is not None and rules.reaches(True, time.monotonic(), link.last_rx, self.window_s)
 
+    def polled_age_ms(self) -> int:
+        """The lease's polled_ms (forwarder staleness, docs/forwarder.md): a device that reports by exception
+        is topical while its link is alive (frames or TESTFR answers within t3 + t1), so 0 then; otherwise
+        ms since its last frame (-1: none yet)."""
+        link = self.link
+        if link is None:
+            return -1
+        return 0 if self.reaches() else int((time.monotonic() - link.last_rx) * 1000)
+
     def lease_gained(self) -> None:
         """Write every point again (the GI after our STARTDT brings them) and start data transfer, after
         reading what the former holder wrote last (to recognise what the RTU sends twice)."""

@@ -101,6 +101,10 @@ class RtuRunner(RunnerBase):
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
 
+    def polled_age_ms(self) -> int:
+        """ms since the last complete poll (-1: none yet); the holder's becomes the lease's polled_ms."""
+        return -1 if self.last_ok is None else int((time.monotonic() - self.last_ok) * 1000)
+
     async def run(self) -> None:
         chans = {c.no: c for c in self.rtu.channels}
         if not chans:

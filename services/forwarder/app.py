@@ -21,13 +21,15 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from fepha import cfgstore, controls, events, heartbeat, redisconn
+from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig, feproot
 from fepha.logsetup import OnceLogger
+from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
 
-from .base import ControlOutcome, ForwardServer, server_class
+from . import freshness
+from .base import ControlOutcome, ForwardServer, Update, server_class
 from .resume import Sid, parse_cursors, sid_text
 from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
@@ -106,13 +108,21 @@ class Forwarder:
         self._peers: dict[int, set[str]] = {}  # masters connected per RTU as last written (timeline)
         self._next_beat = 0.0
         self._next_known = 0.0
+        # issue 10b: the source values as stored (NT is overlaid when sent), and the current verdict
+        self.values: dict[int, Value] = {}
+        self.src_rtu: dict[int, int | None] = {}  # routed source point -> acquisition RTU, None: virtual
+        self.staleness = freshness.Staleness()
+        self.replica = freshness.ReplicaWatch()
+        self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
+                                       int(cfg.lease_tick_s * 1000))
 
     # --- main loop -------------------------------------------------------------------------------------
 
     async def run(self) -> None:
         tasks = [asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
-                 asyncio.create_task(self._write_cursors(), name="forwarder-cursors")]
+                 asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
+                 asyncio.create_task(self._freshness(), name="forwarder-freshness")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -196,7 +206,7 @@ class Forwarder:
         for rid, ups in per.items():
             srv = self.servers.get(rid)
             if srv is not None:
-                srv.apply(ups)
+                srv.apply(self._overlaid(ups))
         for srv in self.servers.values():
             srv.advance(entries[-1][0])
         if bad:
@@ -224,9 +234,10 @@ class Forwarder:
         bad: list[str] = []
         for h in res[2:]:
             merge(per, self.routing.updates(h.items(), bad))
+        self.values = {}
         for rid, srv in self.servers.items():
             srv.advance(self.last_id)  # the image's position first: the server's history starts there
-            srv.load_image(per.get(rid, []))
+            srv.load_image(self._overlaid(per.get(rid, [])))
         self.full_images += 1
         n = sum(len(v) for v in per.values())
         log.info("full image loaded: %d values for %d forwarding RTUs, following the stream from %s", n,
@@ -262,6 +273,8 @@ class Forwarder:
             self.signatures[rid] = rtu.signature()
         self.model = model
         self.routing = Routing.of(model, self.servers)
+        pts, vps = model.points, model.vpoints
+        self.src_rtu = {src: pts[src].rtu for src in self.routing.by_src if src in pts and src not in vps}
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
 
     def protocol_options(self, protocol: str) -> dict[str, Any]:
@@ -366,6 +379,100 @@ class Forwarder:
             srv = self.servers.get(rid)
             if srv is not None:
                 srv.set_known(parse_cursors(raw))
+
+    # --- staleness (NT) and link liveness (issue 10) ------------------------------------------------------
+
+    def _overlaid(self, ups: list[Update]) -> list[Update]:
+        """Record the stored values and return them as sent: NT added for sources judged not topical."""
+        out = []
+        for u in ups:
+            self.values[u.fwd.src] = u.value
+            v = freshness.overlay(u.value, self.staleness.stale(self.src_rtu.get(u.fwd.src)))
+            out.append(u if v is u.value else Update(u.fwd, v, u.sid))
+        return out
+
+    def _set_staleness(self, new: freshness.Staleness) -> None:
+        """Switch to a new verdict: the last value of every source whose NT state flipped goes out again,
+        spontaneously, with NT set or cleared."""
+        old, self.staleness = self.staleness, new
+        flipped = old.flipped(new, set(self.src_rtu.values()) | {None})
+        if not flipped:
+            return
+        for why in {new.all} - {old.all, None}:
+            log.warning("every forwarded value is not topical (NT): %s", why)
+        if old.all is not None and new.all is None:
+            log.info("local Redis follows the master again: NT cleared where no other rule holds")
+        for rid in sorted(r for r in flipped if r is not None):
+            if new.stale(rid) and rid in new.rtus:
+                log.warning("values of acquisition RTU %d not topical (NT): %s", rid, new.rtus[rid])
+            elif not new.stale(rid):
+                log.info("values of acquisition RTU %d topical again: NT cleared", rid)
+        per: dict[int, list[Update]] = {}
+        at = parse_id(self.last_id)  # re-sent in order after everything handed over so far
+        for src, fwds in self.routing.by_src.items():
+            rtu = self.src_rtu.get(src)
+            v = self.values.get(src)
+            if rtu not in flipped or v is None:
+                continue
+            v = freshness.overlay(v, new.stale(rtu))
+            for f in fwds:
+                per.setdefault(f.rtu, []).append(Update(f, v, at))
+        for rid, ups in per.items():
+            srv = self.servers.get(rid)
+            if srv is not None:
+                srv.apply(ups)
+
+    async def _freshness(self) -> None:
+        """Once a second (or each lease tick if shorter): judge staleness from the local Redis (INFO
+        replication, TIME, leases) and re-evaluate link liveness on the master (`link_refresh`, so the
+        virtual points fall even when no acquirer is alive)."""
+        period = min(1.0, self.cfg.lease_tick_s)
+        local = redisconn.local_async(self.cfg)
+        try:
+            while not self.stop.is_set():
+                await self._judge(local)
+                await self._refresh_links()
+                await self._sleep(period)
+        finally:
+            await local.aclose()
+
+    async def _judge(self, local: aredis.Redis) -> None:
+        model = self.model
+        if model is None:
+            return
+        rtus = sorted({r for r in self.src_rtu.values() if r is not None})
+        try:
+            pipe = local.pipeline(transaction=False)
+            pipe.info("replication")
+            pipe.time()
+            for rid in rtus:
+                pipe.hgetall(ks.lease(rid))
+            res = await pipe.execute()
+        except REDIS_ERRORS:
+            now = int(time.time() * 1000)  # local Redis unreachable: its data is cut off; this clock
+            cut = self.replica.observe(None, now)
+            self._set_staleness(freshness.Staleness(
+                f"local Redis unreachable for {cut} ms" if cut > self.limits.replica_down_ms else None,
+                self.staleness.rtus))
+            return
+        now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
+        cut = self.replica.observe(res[0], now)
+        polls = {rid: model.rtus[rid].poll_ms or self.cfg.poll_ms for rid in rtus}
+        self._set_staleness(freshness.judge(cut, dict(zip(rtus, res[2:])), polls, now, self.limits))
+
+    async def _refresh_links(self) -> None:
+        model = self.model
+        if model is None:
+            return
+        live_ms = int(self.cfg.lease_ttl_s * 1000)
+        try:
+            pipe = self.master.pipeline(transaction=False)
+            for r in model.acquisition_rtus():
+                pipe.fcall(*redisfns.link_refresh(r.id, [v.id for v in r.vpoints], live_ms).argv)
+            await pipe.execute()
+            self.once.clear("links")
+        except REDIS_ERRORS as exc:
+            self.once.problem("links", f"link refresh on the master: {exc}")
 
     # --- heartbeat, metrics, connected masters -------------------------------------------------------
 

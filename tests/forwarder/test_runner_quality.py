@@ -1,0 +1,257 @@
+"""Staleness is a quality (issue 10b), end to end: a real redis-server (pair), the forwarder runner, a real
+c104 master on se104s, a sefeps client and a pymodbus client on modbus_trains' quality unit. The acquirer
+is played by a task that ticks the lease and the link as the acquirer's housekeeping does."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Self
+
+import c104
+import pytest
+import redis.asyncio as aredis
+from fep_forwarder import app
+from fep_loader.store import replace_config
+from fep_tools.redisproc import RedisProc, free_port
+from fep_tools.sefeps_client import SefepsClient
+from pymodbus.client import AsyncModbusTcpClient
+
+from fepha import points, redisfns
+from fepha.points import Quality
+from fepha.semodel import db
+
+from .se104s_fixtures import c104_master, in_thread, until
+from .test_runner import SAMPLE_POINTS, forwarder, node_cfg, se104s_rows, wait_listening
+
+TICK_S, TTL_MS = 0.2, 1000
+WATCHED = (1001, 1003, 1, 4)  # sources 101, 103, 105 of RTU 1 and virtual point 901 (RTU 1's link)
+
+
+class Holder:
+    """Plays node A's acquirer for one RTU: every tick a lease tick (with its poll age) and a link report.
+    `alive` False = killed or frozen (no tick at all); `polling` False = ticks go on, polls do not complete."""
+
+    def __init__(self, r: aredis.Redis, rtu: int, ttl_ms: int = TTL_MS, poll_age: bool = True) -> None:
+        self.r, self.rtu, self.ttl_ms, self.poll_age = r, rtu, ttl_ms, poll_age
+        self.alive, self.polling = True, True
+        self.last_poll = time.monotonic()
+        self.epoch = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def tick(self) -> None:
+        if self.polling:
+            self.last_poll = time.monotonic()
+        age = int((time.monotonic() - self.last_poll) * 1000) if self.poll_age else None
+        vps = [901] if self.rtu == 1 else [902]
+        _, epoch, _ = await self.r.fcall(*redisfns.lease_tick(self.rtu, "A", True, self.ttl_ms, 90_000, age).argv)
+        self.epoch = int(epoch)
+        await self.r.fcall(*redisfns.link_set(self.rtu, "A", True, vps, live_ms=self.ttl_ms).argv)
+
+    async def run(self) -> None:
+        while True:
+            if self.alive:
+                await self.tick()
+            await asyncio.sleep(TICK_S)
+
+    async def __aenter__(self) -> Self:
+        await self.tick()
+        self.task = asyncio.create_task(self.run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def write(self, **pairs: float) -> None:
+        ts = int(time.time() * 1000)
+        flat = [x for pid, v in pairs.items() for x in (pid.lstrip("p"), points.encode(v, 0, ts))]
+        res = await self.r.fcall(*redisfns.write_values(self.rtu, "A", self.epoch, flat).argv)
+        assert int(res[0]) == 1, res
+
+
+def quality_cfg(proc: RedisProc, **kw: Any) -> Any:
+    return node_cfg(proc, lease_ttl_s=TTL_MS / 1000, lease_tick_s=TICK_S, **kw)
+
+
+def spont_q(m: Any, ioa: int) -> list[tuple[Any, bool]]:
+    """Spontaneous (value, NT) of one IOA, in arrival order."""
+    return [(r.value, c104.Quality.NonTopical in r.quality) for r in m.values("SPONTANEOUS") if r.ioa == ioa]
+
+
+async def gi(m: Any) -> dict[int, tuple[Any, bool]]:
+    """A general interrogation: IOA -> (value, NT) of the answer."""
+    n0 = len(m.values("INTERROGATED_BY_STATION"))
+    assert await in_thread(lambda: m.conn.interrogation(1, c104.Cot.ACTIVATION, c104.Qoi.STATION, True))
+    await until(lambda: len(m.values("INTERROGATED_BY_STATION")) >= n0 + len(WATCHED), what="GI answer")
+    await asyncio.sleep(0.2)
+    return {r.ioa: (r.value, c104.Quality.NonTopical in r.quality)
+            for r in m.values("INTERROGATED_BY_STATION")[n0:]}
+
+
+async def test_replica_cut_off_sets_nt_on_every_value_then_recovery_clears_it(
+        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
+    """Issue 10 problem 2: node B's Redis loses its replication link -> NT on every value served on B
+    within quality_replica_down_s (+ one check period), cleared spontaneously with the fresh value after."""
+    master, replica = redis_pair
+    port = free_port()
+    replace_config(master.client(), se104s_rows(feproot, port))
+    r = aredis.Redis(host=master.host, port=master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    limit_s = 1.5
+    # lease TTL of a minute and no poll stamps: only rule 1 (replica cut off) can fire here
+    cfg = dataclasses.replace(quality_cfg(master, quality_replica_down_s=limit_s), node_id="B",
+                              local_host=replica.host, local_port=replica.port)
+    try:
+        async with Holder(r, 1, ttl_ms=60_000, poll_age=False) as h:
+            await h.write(p101=7.0, p103=20.0, p105=1)
+            async with forwarder(cfg):
+                await wait_listening(port)
+                async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
+                    first = await gi(m)
+                    assert all(not first[ioa][1] for ioa in WATCHED), first
+                    t0 = time.monotonic()
+                    replica.client().replicaof("127.0.0.1", free_port())  # an address nobody answers
+                    await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
+                                "NT on every watched value")
+                    took = time.monotonic() - t0
+                    assert limit_s - 0.1 <= took <= limit_s + TICK_S + 1.0, took
+                    assert spont_q(m, 1001)[-1] == (pytest.approx(7.0), True)  # the frozen value, marked NT
+                    during = await gi(m)
+                    assert all(during[ioa][1] for ioa in WATCHED), during
+                    await h.write(p101=9.0)  # on the master only: B cannot see it yet
+                    n = {i: len(spont_q(m, i)) for i in WATCHED}
+                    replica.client().replicaof(master.host, master.port)
+                    await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
+                                "fresh value with NT cleared")
+                    for i in WATCHED:
+                        await until(lambda i=i: len(spont_q(m, i)) > n[i] and not spont_q(m, i)[-1][1], 5,
+                                    f"NT cleared on {i}")
+                    after = await gi(m)
+                    assert all(not after[ioa][1] for ioa in WATCHED), after
+    finally:
+        await r.aclose()
+
+
+async def test_rtu_without_live_holder_gets_nt_and_its_link_point_falls(redis_master: RedisProc,
+                                                                         feproot: Path) -> None:
+    """The holder stops ticking (killed or frozen): NT on its RTU's values within TTL + one tick (+ one
+    check), and its virtual point falls to 0 through the forwarder's link_refresh (no acquirer alive).
+    It comes back: the lapsed lease is taken again and the fresh value goes out with NT cleared."""
+    port = free_port()
+    replace_config(redis_master.client(), se104s_rows(feproot, port))
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    try:
+        async with Holder(r, 1) as h, forwarder(quality_cfg(redis_master)):
+            await h.write(p101=1.0, p103=2.0, p105=1)
+            await wait_listening(port)
+            async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
+                first = await gi(m)
+                assert all(not first[ioa][1] for ioa in WATCHED) and first[4][0] is True, first
+                t0 = time.monotonic()
+                h.alive = False
+                await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in (1001, 1003, 1)), 10,
+                            "NT on the RTU's values")
+                took = time.monotonic() - t0
+                assert took <= 2 * TTL_MS / 1000 + 1.0, took
+                await until(lambda: spont_q(m, 4) and spont_q(m, 4)[-1] == (False, False), 5, "link point 0")
+                assert time.monotonic() - t0 <= 2 * TTL_MS / 1000 + 1.0
+                h.alive = True
+                await asyncio.sleep(2 * TICK_S)
+                await h.write(p101=5.0)
+                await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(5.0), False), 5, "fresh, NT cleared")
+                await until(lambda: not spont_q(m, 1003)[-1][1] and spont_q(m, 4)[-1] == (True, False), 5,
+                            "NT cleared on the unchanged value, link point back to 1")
+    finally:
+        await r.aclose()
+
+
+async def test_holder_that_stops_polling_gets_nt_after_the_configured_polls(redis_master: RedisProc,
+                                                                              feproot: Path) -> None:
+    """The holder keeps its lease but completes no poll: NT after quality_stale_polls poll periods (RTU 1
+    polls every 500 ms) plus one lease tick; polls again: NT cleared."""
+    port = free_port()
+    replace_config(redis_master.client(), se104s_rows(feproot, port))
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    try:
+        async with Holder(r, 1) as h, forwarder(quality_cfg(redis_master, quality_stale_polls=2)):
+            await h.write(p101=1.0, p103=2.0, p105=1)
+            await wait_listening(port)
+            async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
+                await gi(m)
+                await asyncio.sleep(1.5)  # polling on: nothing turns NT
+                assert not any(q for i in WATCHED for _, q in spont_q(m, i))
+                t0 = time.monotonic()
+                h.polling = False
+                await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in (1001, 1003, 1)), 10,
+                            "NT on the RTU's values")
+                took = time.monotonic() - t0
+                assert 2 * 0.5 - TICK_S <= took <= 2 * 0.5 + 2 * TICK_S + 1.0, took
+                assert not any(q for _, q in spont_q(m, 4))  # the link point is not judged by polls
+                h.polling = True
+                await until(lambda: all(not spont_q(m, i)[-1][1] for i in (1001, 1003, 1)), 5, "NT cleared")
+    finally:
+        await r.aclose()
+
+
+async def test_nt_on_sefeps_and_the_modbus_trains_quality_unit(redis_master: RedisProc, feproot: Path) -> None:
+    """The same verdict on the other protocols: sefeps events carry quality 0x40, the modbus_trains quality
+    unit reads 0x40 at the value's address; both clear when the holder is back."""
+    rows, _ = db.read_rows(feproot / "db" / "SEMODEL.db")
+    ports = {10: free_port(), 11: free_port(), 12: free_port()}
+    rows["T004_RTU"] = [dict(x, LISTENPORT=ports[x["RTUID"]]) if x["RTUID"] in ports else x
+                        for x in rows["T004_RTU"]]
+    replace_config(redis_master.client(), rows)
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    nt = int(Quality.NT)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(app.run(quality_cfg(redis_master), stop, {"quality_unit": 9}))
+        async with Holder(r, 1) as h1, Holder(r, 2) as h2:
+            await h1.write(p101=3.0)
+            await h2.write(p201=4.5)
+            for p in ports.values():
+                await wait_listening(p)
+            # the runner passes its options to every server; quality_unit is modbus_trains'
+            sef = SefepsClient("127.0.0.1", ports[12])
+            await sef.connect()
+            mb = AsyncModbusTcpClient("127.0.0.1", port=ports[11], timeout=2, retries=0)
+            assert await mb.connect()
+            try:
+                img = await sef.wait_image()
+                assert img[1][0] == pytest.approx(3.0) and not img[1][1] & nt
+                h1.alive = h2.alive = False
+                while True:
+                    _, addr, value, q, _ = await sef.next_change(5)
+                    if addr == 1 and q & nt:
+                        assert value == pytest.approx(3.0)
+                        break
+
+                async def mb_quality() -> int:
+                    return (await mb.read_input_registers(0, count=2, device_id=9)).registers[0]
+                end = time.monotonic() + 5
+                while not (await mb_quality()) & nt:
+                    assert time.monotonic() < end, "NT on the quality unit"
+                    await asyncio.sleep(0.1)
+                h1.alive = h2.alive = True
+                while True:
+                    _, addr, value, q, _ = await sef.next_change(5)
+                    if addr == 1 and not q & nt:
+                        break
+                end = time.monotonic() + 5
+                while (await mb_quality()) & nt:
+                    assert time.monotonic() < end, "NT cleared on the quality unit"
+                    await asyncio.sleep(0.1)
+            finally:
+                mb.close()
+                await sef.close()
+                stop.set()
+                await asyncio.wait_for(task, 10)
+    finally:
+        await r.aclose()
