@@ -11,7 +11,6 @@ from typing import Any
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer
-
 from fepha import heartbeat, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
@@ -95,9 +94,9 @@ class Housekeeping:
         pipe = self.master.pipeline(transaction=False)
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
-        for r, ok in zip(runners, reach):  # lease ticks first: their results are res[0:len(runners)]
+        for r, ok in zip(runners, reach, strict=False):  # lease ticks first: their results are res[0:len(runners)]
             pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms).argv)
-        for r, ok in zip(runners, reach):
+        for r, ok in zip(runners, reach, strict=False):
             pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints]).argv)
             st = r.switcher.state()
             if st != self.sent_state.get(r.rtu.id):
@@ -110,7 +109,7 @@ class Housekeeping:
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
         self.once.clear("lease")
-        for r, tick in zip(runners, res):
+        for r, tick in zip(runners, res, strict=False):
             if isinstance(tick, Exception):
                 self.once.problem("lease", str(tick))
                 continue

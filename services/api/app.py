@@ -15,10 +15,10 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fep_api import routes
-from fep_api.state import Conflict, NoConfig, NotFound, Store
 from redis import exceptions as rex
 
+from fep_api import routes
+from fep_api.state import Conflict, NoConfig, NotFound, Store
 from fepha import redisconn
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger

@@ -6,6 +6,7 @@ import calendar
 import struct
 
 import pytest
+
 from fep_forwarder.se104s import codec as c
 
 T0 = calendar.timegm((2026, 11, 25, 7, 44, 16)) * 1000 + 123  # a Wednesday

@@ -13,8 +13,8 @@ from typing import Self
 
 import c104
 import pytest
-from fep_forwarder.se104s import codec as c
 
+from fep_forwarder.se104s import codec as c
 from fepha.points import Quality
 
 from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd

@@ -25,6 +25,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
@@ -35,12 +41,6 @@ from fep_forwarder.modbus_trains.addrmap import (
     AddressMap,
     RequestError,
 )
-from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.server.requesthandler import ServerRequestHandler
-from pymodbus.simulator import DataType, SimData, SimDevice
-from pymodbus.simulator.simcore import SimCore
-
 from fepha import datatypes
 from fepha.logsetup import OnceLogger
 

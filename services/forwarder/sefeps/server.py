@@ -18,7 +18,6 @@ from typing import Any
 
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.sefeps import codec
-
 from fepha.logsetup import OnceLogger
 from fepha.semodel.model import FwdPoint
 
