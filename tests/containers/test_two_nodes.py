@@ -106,3 +106,5 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     FIGURES.update({f"{how}_vip_on_b_s": round(vip_s, 2), f"{how}_leases_on_b_s": round(lease_s, 2),
                     f"{how}_node_loss_to_data_s": round(t_data - t_loss, 2)})
     assert b.health().get("api") == "healthy" and b.ready()
+    # restart: unless-stopped: how many of A's killed containers podman started again by now (reported)
+    FIGURES[f"{how}_a_containers_restarted"] = sum(c.get("State") == "running" for c in a.containers())
