@@ -1,5 +1,5 @@
 """The README's second command on stock Debian 12: `.ci/install` from scratch in a clean debootstrap rootfs
-(the container suite's base, cached by tests/containers/images.py), then one quick test with the venv it made.
+(the container suite's base, cached by tests/containers/images.py), then one quick test through `.ci/run` with the venv it made.
 
 Stock Debian's python3 is externally managed (PEP 668): `pip install` into it is refused, so .ci/install
 must make its own venv (.venv). The rootfs runs as a chroot in private mount and PID namespaces (what it
@@ -53,15 +53,16 @@ def test_ci_install_on_a_clean_debian_rootfs(tmp_path: Path) -> None:
     (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")
     (root / "usr/sbin/policy-rc.d").chmod(0o755)
     shutil.copy("/etc/resolv.conf", root / "etc/resolv.conf")
+    ca = ""
     if images.HOST_CA.exists():   # TLS to the package index may be intercepted here: the host's CA bundle
-        shutil.copy(images.HOST_CA, root / "etc/ssl/certs/host-ca-bundle.crt")
-    inner = ("cd /src && export PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt HOME=/root "
-             "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin && "
-             "[ -f \"$PIP_CERT\" ] || unset PIP_CERT; "
-             "FEPHA_NO_CONTAINERS=1 .ci/install && .venv/bin/python -m pytest -q -p no:cacheprovider "
-             "tests/foundation/test_config.py")
+        shutil.copy(images.HOST_CA, root / "root/host-ca.crt")
+        ca = "PIP_CERT=/root/host-ca.crt"
+    # a clean environment (none of this machine's pip settings), as on a stock machine
+    # .ci/run = .ci/install, then pytest with the venv (its commands first on PATH)
+    inner = "cd /src && FEPHA_NO_CONTAINERS=1 .ci/run -q -p no:cacheprovider tests/foundation/test_config.py"
     script = (f"set -e; R={root}; mount --bind /dev $R/dev; mount -t proc proc $R/proc; "
-              f"mount -t sysfs sys $R/sys; exec chroot $R /bin/bash -c '{inner}'")
+              f"mount -t sysfs sys $R/sys; exec chroot $R /usr/bin/env -i HOME=/root LANG=C.UTF-8 {ca} "
+              f"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin /bin/bash -c '{inner}'")
     r = subprocess.run(["unshare", "--mount", "--pid", "--fork", "bash", "-c", script], capture_output=True,
                        text=True, timeout=1500, check=False)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
