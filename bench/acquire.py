@@ -38,20 +38,22 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
+
 from fep_acquirer.app import Acquirer
 from fep_acquirer.device import DeviceLink
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc, free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fepha import config, redisfns
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.logsetup import OnceLogger
 from fepha.semodel import db
 from fepha.semodel.model import Model
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 log = logging.getLogger("bench")

@@ -51,12 +51,13 @@ import c104
 import redis
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
-from fep_tools.redisproc import RedisProc, free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fepha import keyspace as ks
 from fepha import points, redisfns
 from fepha.iec104 import codec
 from fepha.semodel.model import Model
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 ACQ_RTU, FWD_RTU, CA, IOA0 = 1, 10, 1, 1000

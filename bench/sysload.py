@@ -20,13 +20,15 @@ import time
 from pathlib import Path
 
 import redis
+
 from fep_loader.cli import check_file
 from fep_loader.store import encode_row, replace_config
-from fep_tools.redisproc import RedisProc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fepha import keyspace as ks
 from fepha.semodel import db
 from fepha.semodel.model import TABLES, Row, row_key
+from tests.redisproc import RedisProc
 
 KINDS = (("AI", "hr", "float32"), ("AI", "ir", "int16"), ("DI", "di", "bool"), ("ACC", "ir", "uint32"),
          ("DI", "co", "bool"))

@@ -24,7 +24,7 @@ def _model(results: list[Any]) -> Model | None:
     gen = results[0]
     if gen is None:
         return None
-    rows: dict[str, list[Row]] = {t: [json.loads(v) for v in vals] for t, vals in zip(TABLES, results[1:])}
+    rows: dict[str, list[Row]] = {t: [json.loads(v) for v in vals] for t, vals in zip(TABLES, results[1:], strict=False)}
     return Model.from_rows(rows, gen=int(gen))
 
 

@@ -9,9 +9,9 @@ import threading
 from pathlib import Path
 
 import pytest
-from fep_tools.redisproc import RedisProc
 
 from fepha.semodel import db
+from tests.redisproc import RedisProc
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -24,7 +24,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from fep_tools.redisproc import RedisProc
+from tests.redisproc import RedisProc
 
 REPO = Path(__file__).resolve().parent.parent
 NODES = {"A": "127.0.0.1", "B": "127.0.0.2"}
@@ -104,7 +104,7 @@ class Demo:
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:
         if not shutil.which(argv[0]):
-            raise SystemExit(f"demo: {argv[0]} is not installed yet (pip install -e .)")
+            raise SystemExit(f"demo: {argv[0]} is not installed yet (.ci/install)")
         log = (self.root / "log")
         log.mkdir(exist_ok=True)
         p = subprocess.Popen(argv, env=env, stdout=(log / f"{name}.out").open("ab"), stderr=subprocess.STDOUT,
@@ -118,10 +118,10 @@ class Demo:
                 raise SystemExit(f"demo: {name} exited with {p.returncode}:\n{out}")
 
     def stop(self) -> None:
-        for name, p in reversed(self.procs):
+        for _name, p in reversed(self.procs):
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        for name, p in reversed(self.procs):
+        for _name, p in reversed(self.procs):
             try:
                 p.wait(10)
             except subprocess.TimeoutExpired:
@@ -155,6 +155,8 @@ Ctrl-C stops everything the demo started.
 
 
 def main(argv: list[str] | None = None) -> int:
+    # the commands (fep-acquirer, sysload, ...) beside this interpreter: the project venv, even when not activated
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     ap = argparse.ArgumentParser(prog="demo", description="two-node fep-ha demo on this machine")
     ap.add_argument("--no-install", action="store_true", help="do not run .ci/install first")
     ap.add_argument("--seconds", type=float, default=0, help="stop after this long (0: until Ctrl-C)")

@@ -50,7 +50,7 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
             if missing:
                 continue
             cur = con.execute(f"SELECT {', '.join(columns)} FROM {table}")
-            rows[table] = [dict(zip(columns, r)) for r in cur]
+            rows[table] = [dict(zip(columns, r, strict=False)) for r in cur]
     except sqlite3.DatabaseError as exc:
         problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
     finally:

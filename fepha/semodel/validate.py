@@ -366,7 +366,7 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
                 used.setdefault((rid, "all"), []).append((addr, addr, table, row))
     for (rid, space), spans in used.items():
         spans.sort(key=lambda s: (s[0], s[2], row_key(s[2], s[3])))
-        for (lo1, hi1, t1, r1), (lo2, hi2, t2, r2) in itertools.pairwise(spans):
+        for (_lo1, hi1, t1, r1), (lo2, _hi2, t2, r2) in itertools.pairwise(spans):
             if lo2 <= hi1:
                 where = f" in area {space}" if space != "all" else ""
                 c.add(t2, r2, "ADDR", f"address {lo2} of forwarding RTU {rid}{where} is already used by "

@@ -18,7 +18,6 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
-
 from fepha import cfgstore, redisconn
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger

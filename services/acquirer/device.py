@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fep_acquirer.plan import Block
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from fep_acquirer.plan import Block
 from fepha import datatypes as dt
 from fepha.semodel.model import Channel, Point
 

@@ -14,7 +14,6 @@ from typing import Any
 
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
-
 from fepha import controls
 from fepha import keyspace as ks
 from fepha.logsetup import OnceLogger

@@ -123,7 +123,7 @@ class Housekeeping:
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
         self.once.clear("lease")
-        for r, tick in zip(runners, res):
+        for r, tick in zip(runners, res, strict=False):
             if isinstance(tick, Exception):
                 self.once.problem("lease", str(tick))
                 continue

@@ -18,7 +18,6 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
-
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import hiredis
-from fep_acquirer.tasks import cancel_and_wait
 from redis.exceptions import ResponseError
 
+from fep_acquirer.tasks import cancel_and_wait
 from fepha import redisfns
 
 

@@ -20,6 +20,8 @@ from fep_api.live import Hub, TooManyClients
 from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from redis import exceptions as rex
 
+from fep_api import routes
+from fep_api.state import Conflict, NoConfig, NotFound, Store
 from fepha import redisconn
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger

@@ -12,7 +12,6 @@ from fep_api import metrics
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
 from fep_api.state import Store
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 try:
     VERSION = metadata.version("fep-ha")

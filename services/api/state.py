@@ -105,7 +105,7 @@ class Store:
     async def heartbeats(self, nodes: tuple[str, ...] = NODES) -> list[m.Heartbeat]:
         keys = [(s, n) for n in nodes for s in heartbeat.SERVICES]
         raws = await self.local.mget([ks.heartbeat(s, n) for s, n in keys])
-        return [views.heartbeat(s, n, raw, self.hb_max_age_s) for (s, n), raw in zip(keys, raws)]
+        return [views.heartbeat(s, n, raw, self.hb_max_age_s) for (s, n), raw in zip(keys, raws, strict=False)]
 
     async def node(self) -> m.NodeInfo:
         pipe = self.local.pipeline(transaction=False)
@@ -187,7 +187,7 @@ class Store:
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now).model_dump())
-                 for r, h in zip(rtus, res[1:])]
+                 for r, h in zip(rtus, res[1:], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Store:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk)
-                                         for v, rec, lk in zip(vps, res[0], res[1:])])
+                                         for v, rec, lk in zip(vps, res[0], res[1:], strict=False)])
 
     async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
                      quality: str | None = None) -> m.PointPage:
@@ -256,8 +256,8 @@ class Store:
         for rid, ps in by_rtu.items():
             pipe.hmget(ks.values(rid), [str(p.id) for p in ps])
         out: dict[int, str | None] = {}
-        for ps, recs in zip(by_rtu.values(), await pipe.execute()):
-            out.update({p.id: rec for p, rec in zip(ps, recs)})
+        for ps, recs in zip(by_rtu.values(), await pipe.execute(), strict=False):
+            out.update({p.id: rec for p, rec in zip(ps, recs, strict=False)})
         return out
 
     async def point(self, pid: int) -> m.Point:

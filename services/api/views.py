@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fep_api import models as m
-
 from fepha import heartbeat as hbmod
 from fepha import keyspace as ks
 from fepha import points

@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 import redis
-from fep_loader.store import Busy, NotMaster, replace_config
 
+from fep_loader.store import Busy, NotMaster, replace_config
 from fepha import config
 from fepha.config import ConfigError
 from fepha.logsetup import setup as log_setup

@@ -1,4 +1,4 @@
-# ruff: noqa: C408 - rows are written as dict(COLUMN=...) to read like the schema
+
 """Shared setup of the acquirer's integration tests: a generated configuration on free ports, loaded
 into a real Redis master, served by a real PlcSim, and nodes A/B with shortened timers."""
 
@@ -10,13 +10,13 @@ import time
 from typing import Any
 
 import redis.asyncio as aredis
+
 from fep_acquirer.app import Acquirer
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
-from fep_tools.redisproc import RedisProc, free_port
-
 from fepha import config
 from fepha.semodel.model import Model
+from tests.redisproc import RedisProc, free_port
 
 FAST = dict(lease_tick_s=0.1, lease_ttl_s=0.6, takeover_s=1.0, channel_switch_s=0.4, reconnect_min_s=0.05,
             reconnect_max_s=0.2, heartbeat_s=0.2, poll_ms=100)

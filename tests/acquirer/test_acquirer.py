@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from fep_tools.redisproc import RedisProc
 
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.redisproc import RedisProc
 
 
 async def value_of(r, rtu: int, pid: int):

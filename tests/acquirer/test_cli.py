@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from fep_tools.redisproc import RedisProc, free_port
+from tests.redisproc import RedisProc, free_port
 
 HEARTBEAT_S = 0.2  # --check wants the heartbeat younger than 3 periods: 0.6 s
 

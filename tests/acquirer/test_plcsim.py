@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-from fep_tools.plcsim import PlcSim
 from pymodbus.client import AsyncModbusTcpClient
 
+from fep_tools.plcsim import PlcSim
 from fepha.semodel.model import Model
 from tests.acquirer.helpers import free_port, merge, rtu_rows
 

@@ -9,13 +9,13 @@ import math
 import random
 
 import pytest
+
 from fep_acquirer.changes import ChangeTracker, StandbyLog
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
-
 from fepha import datatypes as dt
 from fepha.semodel.model import Model, Point
 

@@ -11,14 +11,14 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aredis
+
 from fep_api.app import create_app
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc
-
 from fepha import controls, heartbeat, points, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.semodel import db
+from tests.redisproc import RedisProc
 
 TOKEN = "s3cret-token"
 

@@ -8,13 +8,13 @@ import asyncio
 
 import pytest
 import redis.asyncio as aredis
-from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc
 from prometheus_client.parser import text_string_to_metric_families
 
+from fep_loader.store import replace_config
 from fepha import controls, redisfns
 from fepha import keyspace as ks
 from tests.api.conftest import TOKEN, node_cfg, populate, sample_rows
+from tests.redisproc import RedisProc
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 

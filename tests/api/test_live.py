@@ -18,11 +18,11 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import schemathesis
-from fep_tools.redisproc import free_port
 from hypothesis import HealthCheck, given, settings
 from schemathesis.specs.openapi.checks import ignored_auth
 
 from tests.api.conftest import TOKEN, populate
+from tests.redisproc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"

@@ -7,8 +7,8 @@ import json
 import time
 
 import pytest
-from fep_api import views
 
+from fep_api import views
 from fepha import points
 from fepha.semodel.model import Channel, Rtu, VirtualPoint
 

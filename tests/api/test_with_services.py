@@ -22,17 +22,17 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import uvicorn
-from fep_api.app import create_app
-from fep_loader.store import replace_config
-from fep_tools.plcsim import PlcSim
-from fep_tools.redisproc import RedisProc, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from pymodbus.client import AsyncModbusTcpClient
 
+from fep_api.app import create_app
+from fep_loader.store import replace_config
+from fep_tools.plcsim import PlcSim
 from fepha import config, controls
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
 from tests.api.conftest import TOKEN, sample_rows
+from tests.redisproc import RedisProc, free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CHROMIUM = "/usr/bin/chromium"

@@ -112,10 +112,14 @@ def test_keepalived_host_network_net_admin(tmp_path: Path) -> None:
 
 def test_dockerfile_installs_the_distribution_as_non_root() -> None:
     text = (REPO / "Dockerfile").read_text()
-    assert text.startswith("#") and "FROM python:3.11-slim" in text
-    assert "pip install --no-cache-dir ." in text
+    assert text.startswith("#") and "ARG BASE=python:3.11-slim" in text and "FROM ${BASE}" in text
+    assert "python3 -m venv /opt/venv" in text and "/opt/venv/bin/pip install" in text
+    assert "COPY tools" not in text, "the dev tools (tools/) stay out of the image"
+    assert "ENV FEPROOT=/opt/fep " in text
     assert re.search(r"^USER fep$", text, re.MULTILINE)
     scripts = set(re.findall(r'^([a-z_-]+) = "', (REPO / "pyproject.toml").read_text(), re.MULTILINE))
+    assert not any(v.startswith("fep_tools") for v in re.findall(r'^[a-z_-]+ = "([^"]+)"',
+                                                                 (REPO / "pyproject.toml").read_text(), re.MULTILINE))
     s = yaml.safe_load((REPO / "compose.yml").read_text())["services"]
     for name in ("loader", "acquirer", "forwarder", "api"):
         assert s[name]["command"][0] in scripts

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from fep_tools.redisproc import free_port
+from tests.redisproc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

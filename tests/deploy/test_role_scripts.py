@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from fep_tools.redisproc import RedisProc
+
+from tests.redisproc import RedisProc
 
 REPO = Path(__file__).resolve().parents[2]
 KA = REPO / "deploy" / "keepalived"
@@ -142,7 +143,7 @@ def test_rendered_config_passes_keepalived_config_test(tmp_path: Path) -> None:
                  f"198.18.0.10/24 dev {ifaces[0]}", "track_script", "notify_fifo", "auth_pass secret12"):
         assert must in conf, must
     import re
-    assert not re.findall(r"@[A-Z_]+@", "\n".join(l for l in conf.splitlines() if not l.lstrip().startswith("#")))
+    assert not re.findall(r"@[A-Z_]+@", "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#")))
     assert "REDISCLI_AUTH=pw" in (tmp_path / "role.env").read_text()
     t = subprocess.run(["keepalived", "-t", "-f", out.stdout.strip()], capture_output=True, text=True, timeout=10, check=False)
     assert t.returncode == 0, t.stdout + t.stderr

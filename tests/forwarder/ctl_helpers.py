@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aredis
-from fep_forwarder.base import ControlOutcome
 
+from fep_forwarder.base import ControlOutcome
 from fepha import controls, redisfns
 from fepha import keyspace as ks
 from fepha.semodel.model import FwdPoint

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from fep_forwarder.base import ControlOutcome
-
 from fepha.semodel.model import FWD_KIND, FwdPoint, Rtu
 
 

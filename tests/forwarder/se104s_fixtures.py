@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import c104
+
 from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
-
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fep_forwarder.modbus_trains import ModbusTrainsServer
 from pymodbus.client import AsyncModbusTcpClient
 
+from fep_forwarder.modbus_trains import ModbusTrainsServer
 from fepha import keyspace as ks
 from tests.forwarder.ctl_helpers import redis_controls
 from tests.forwarder.mbt_fixtures import FORWARDS, rtu

@@ -6,6 +6,7 @@ import dataclasses
 import struct
 
 import pytest
+
 from fep_forwarder.modbus_trains.addrmap import (
     ILLEGAL_DATA_ADDRESS,
     ILLEGAL_DATA_VALUE,
@@ -14,7 +15,6 @@ from fep_forwarder.modbus_trains.addrmap import (
     decode,
     encode,
 )
-
 from fepha.points import Quality, Value
 from tests.forwarder.mbt_fixtures import BY_ID, FORWARDS
 
@@ -85,7 +85,7 @@ def test_image_and_invalid_quality_keeps_last_valid_value():
     assert amap.read("ir", 0, 1, quality=True) == [Quality.IV]  # nothing received yet
     amap.set_value(BY_ID[1], Value(2.5, 0, 1))
     amap.set_value(BY_ID[2], Value(-1.5, Quality.NT, 1))  # stale but valid: shown
-    assert amap.read("ir", 0, 3) == f32(2.5) + [0xFFF1]
+    assert amap.read("ir", 0, 3) == [*f32(2.5), 65521]
     assert amap.read("ir", 0, 3, quality=True) == [0, 0, Quality.NT]
     amap.set_value(BY_ID[1], Value(0, Quality.IV, 2))  # invalid: registers keep 2.5, quality says IV
     assert amap.read("ir", 0, 2) == f32(2.5)

@@ -7,11 +7,11 @@ import asyncio
 import struct
 
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
 from fep_forwarder.base import Update, server_class
 from fep_forwarder.modbus_trains import ModbusTrainsServer
 from fep_forwarder.modbus_trains.server import mbap_problem
-from pymodbus.client import AsyncModbusTcpClient
-
 from fepha.points import Quality, Value
 from tests.forwarder.mbt_fixtures import BY_ID, ScriptedSink, rtu
 
@@ -51,7 +51,7 @@ def test_lookup_by_protocol():
 async def test_read_each_area_and_type(served):
     srv, _, c = served
     ir = await c.read_input_registers(0, count=4)
-    assert ir.registers == f32(230.5) + [0xFF85, 7]  # -12.3 * COEF 10 -> -123
+    assert ir.registers == [*f32(230.5), 0xFF85, 7]  # -12.3 * COEF 10 -> -123
     acc = await c.read_input_registers(10, count=4)
     assert acc.registers == [1, 4464, 0xFFFF, 0xFFFE]
     di = await c.read_discrete_inputs(0, count=2)
@@ -67,7 +67,7 @@ async def test_read_each_area_and_type(served):
 async def test_changes_and_quality_unit(served):
     srv, _, c = served
     srv.apply([upd(3, 9, Quality.NT), upd(1, 0, Quality.IV)])
-    assert (await c.read_input_registers(0, count=4)).registers == f32(230.5) + [0xFF85, 9]
+    assert (await c.read_input_registers(0, count=4)).registers == [*f32(230.5), 65413, 9]
     q = await c.read_input_registers(0, count=4, device_id=2)
     assert q.registers == [Quality.IV, Quality.IV, 0, Quality.NT]
     qdi = await c.read_discrete_inputs(0, count=2, device_id=2)

@@ -14,14 +14,14 @@ from typing import Any
 import c104
 import pytest
 import redis.asyncio as aredis
+
 from fep_forwarder import app, cli
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc, free_port
-
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.semodel import db
+from tests.redisproc import RedisProc, free_port
 
 from .se104s_fixtures import c104_master, in_thread, until
 

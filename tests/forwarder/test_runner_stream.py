@@ -1,8 +1,8 @@
 """Table tests of the runner's pure rules (fep_forwarder.stream): ids, gap detection, entry -> Updates."""
 
 import pytest
-from fep_forwarder.stream import Routing, entry_pairs, image_keys, lag_ms, parse_id, trimmed_past
 
+from fep_forwarder.stream import Routing, entry_pairs, image_keys, lag_ms, parse_id, trimmed_past
 from fepha.points import Value
 from fepha.semodel.model import Model
 

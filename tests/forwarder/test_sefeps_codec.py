@@ -6,8 +6,8 @@ import json
 import struct
 
 import pytest
-from fep_forwarder.sefeps import codec
 
+from fep_forwarder.sefeps import codec
 from fepha.points import Quality, Value
 from fepha.semodel.model import FwdPoint
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fep_forwarder.app import tls_context
 from fep_forwarder.base import ControlOutcome, Update, server_class
 from fep_forwarder.sefeps import SefepsServer, codec
 from fep_tools.sefeps_client import SefepsClient, SefepsError
-
 from fepha.config import NodeConfig
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu

@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 from fep_tools import cfgdoc
-
 from fepha import keyspace as ks
 
 ROOT = Path(__file__).resolve().parents[2]

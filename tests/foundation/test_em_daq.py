@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from fep_tools.em_daq import run_all
-
+from fep_em_daq.cli import run_all
 from fepha.config import NodeConfig
 
 

@@ -11,9 +11,9 @@ import threading
 from pathlib import Path
 
 import pytest
+
 from fep_loader.cli import main as sysload
 from fep_loader.store import digest, replace_config
-
 from fepha import cfgstore, redisfns
 from fepha import keyspace as ks
 from fepha.semodel import db
@@ -113,7 +113,7 @@ def test_configuration_and_functions_reach_the_replica(feproot: Path, redis_pair
     rep = replica.client()
     assert cfgstore.read_sync(rep).gen == 1
     def as_dict(flat: list) -> dict:  # RESP2 replies are flat name/value lists
-        return dict(zip(flat[::2], flat[1::2]))
+        return dict(zip(flat[::2], flat[1::2], strict=False))
     names = {as_dict(f)["name"] for lib in rep.function_list() for f in as_dict(lib)["functions"]}
     assert {"lease_tick", "write_values", "link_set", "ctl_submit", "ctl_claim"} <= names
 
@@ -204,6 +204,6 @@ def test_console_script_check_and_build(feproot: Path) -> None:
 
 
 def test_init_against_unreachable_redis(feproot: Path, capsys) -> None:
-    from fep_tools.redisproc import free_port
+    from tests.redisproc import free_port
     assert init(feproot, free_port()) == 3
     assert "Redis 127.0.0.1" in capsys.readouterr().err

@@ -112,7 +112,7 @@ def audit(node: Node) -> list[dict[str, str]]:
         return []
     entries = []
     for _, fields in json.loads(out):
-        entries.append(dict(zip(fields[::2], fields[1::2])) if isinstance(fields, list) else fields)
+        entries.append(dict(zip(fields[::2], fields[1::2], strict=False)) if isinstance(fields, list) else fields)
     return entries
 
 

@@ -34,12 +34,6 @@ from fep_forwarder.modbus_trains.addrmap import (
     AddressMap,
     RequestError,
 )
-from pymodbus.constants import ExcCodes
-from pymodbus.server import ModbusTcpServer
-from pymodbus.server.requesthandler import ServerRequestHandler
-from pymodbus.simulator import DataType, SimData, SimDevice
-from pymodbus.simulator.simcore import SimCore
-
 from fepha import datatypes
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
