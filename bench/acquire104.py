@@ -43,9 +43,10 @@ from typing import Any
 
 import redis
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc, free_port
 from forward import CA, E2E_TIMERS, Receiver, pct, stop, wait_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.redisproc
+from tests.redisproc import RedisProc, free_port
 from fepha import keyspace as ks
 from fepha import points, redisfns
 from fepha.iec104 import codec

@@ -34,8 +34,9 @@ import httpx
 import redis.asyncio as aredis
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
-from fep_tools.redisproc import RedisProc, free_port
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.redisproc
+from tests.redisproc import RedisProc, free_port
 from fepha import keyspace as ks
 from fepha.semodel import db
 from fepha.semodel.model import Model

@@ -4,7 +4,9 @@ configuration, and a guard that fails any test leaving threads or asyncio tasks 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,10 @@ from fepha.semodel import db
 from tests.redisproc import RedisProc
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The suites start the console commands (fep-plcsim, sysload, ...) by name: those of the interpreter that
+# runs the tests (the project venv's .venv/bin) come first, however pytest was started.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture

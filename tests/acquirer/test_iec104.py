@@ -15,7 +15,7 @@ from typing import Any, Self
 import c104
 import redis.asyncio as aredis
 from fep_forwarder import app as fwd_app
-from fep_tools.redisproc import free_port
+from tests.redisproc import free_port
 from fep_tools.rtu104sim import Rtu104Sim
 
 from fepha import controls, points

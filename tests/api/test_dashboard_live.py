@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fep_tools.redisproc import free_port
+from tests.redisproc import free_port
 from pymodbus.client import AsyncModbusTcpClient
 
 from tests.api.cdp import CHROMIUM, Browser

@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 import uvicorn
 from fep_api.app import create_app
 from fep_api.live import Hub, sse
-from fep_tools.redisproc import free_port
+from tests.redisproc import free_port
 
 from fepha import events, points, redisfns
 from tests.api.conftest import node_cfg, populate

@@ -129,7 +129,7 @@ async def test_a_refusal_reaches_metrics_through_the_runner(redis_master, feproo
     import redis.asyncio as aredis
     from fep_api import metrics
     from fep_loader.store import replace_config
-    from fep_tools.redisproc import free_port
+    from tests.redisproc import free_port
 
     from fepha import cfgstore
     from fepha import keyspace as ks

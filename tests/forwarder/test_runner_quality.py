@@ -15,7 +15,7 @@ import pytest
 import redis.asyncio as aredis
 from fep_forwarder import app
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc, free_port
+from tests.redisproc import RedisProc, free_port
 from fep_tools.sefeps_client import SefepsClient
 from pymodbus.client import AsyncModbusTcpClient
 

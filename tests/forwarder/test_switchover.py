@@ -12,7 +12,7 @@ from typing import Any
 
 import redis.asyncio as aredis
 from fep_loader.store import replace_config
-from fep_tools.redisproc import RedisProc, free_port
+from tests.redisproc import RedisProc, free_port
 from fep_tools.sefeps_client import SefepsClient
 
 from fepha import keyspace as ks

@@ -12,7 +12,7 @@ from typing import Any
 
 import c104
 import pytest
-from fep_tools.redisproc import free_port
+from tests.redisproc import free_port
 from fep_tools.rtu104sim import MALFORMED, Rtu104Sim, device, kind_of
 
 from fepha.iec104 import codec as c
