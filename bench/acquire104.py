@@ -42,15 +42,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from fep_loader.store import replace_config
 from forward import CA, E2E_TIMERS, Receiver, pct, stop, wait_port
 
+from fep_loader.store import replace_config
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.redisproc
-from tests.redisproc import RedisProc, free_port
 from fepha import keyspace as ks
 from fepha import points, redisfns
 from fepha.iec104 import codec
 from fepha.semodel import db
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 FWD_RTU = 1000

@@ -32,14 +32,15 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aredis
+
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root: tests.redisproc
-from tests.redisproc import RedisProc, free_port
 from fepha import keyspace as ks
 from fepha.semodel import db
 from fepha.semodel.model import Model
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -107,7 +108,7 @@ async def measure(pid: int, url: str, n: int, warmup: float, seconds: float, r: 
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     wall = t1 - t0
-    msgs = [(b - a) / wall for a, b in zip(m0, m1)]
+    msgs = [(b - a) / wall for a, b in zip(m0, m1, strict=True)]
     return {"cpu_pct": 100 * (c1 - c0) / wall, "rss_mb": rss, "hwm_mb": hwm,
             "msgs_per_client_s": statistics.median(msgs) if msgs else 0.0, "chg_entries_s": (e1 - e0) / wall}
 

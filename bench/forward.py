@@ -49,6 +49,7 @@ from typing import Any, Self
 
 import c104
 import redis
+
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 

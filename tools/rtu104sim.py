@@ -27,7 +27,6 @@ from typing import Any
 from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
 from fep_forwarder.se104s.station import Control, Session, Station
-
 from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.db import read_rows

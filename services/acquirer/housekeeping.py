@@ -11,7 +11,6 @@ from typing import Any
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer
-
 from fepha import events, heartbeat, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
@@ -104,9 +103,9 @@ class Housekeeping:
         pipe = self.master.pipeline(transaction=False)
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
-        for r, ok in zip(runners, reach):  # lease ticks first: their results are res[0:len(runners)]
+        for r, ok in zip(runners, reach, strict=True):  # lease ticks first: their results are res[0:len(runners)]
             pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv)
-        for r, ok in zip(runners, reach):
+        for r, ok in zip(runners, reach, strict=True):
             pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints],
                                           live_ms=ttl_ms).argv)
             for sw in r.switched:

@@ -21,7 +21,6 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RunnerBase
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
-
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
@@ -349,7 +348,7 @@ class Iec104Runner(RunnerBase):
                 entries = await self.writer.master.xrevrange(ks.CHANGES, max=top, min="-", count=500)
                 if not entries:
                     break
-                for eid, fields in entries:
+                for _eid, fields in entries:
                     if fields.get("r") == str(self.rtu.id):
                         mine += 1
                         recent.update((int(k), v) for k, v in fields.items() if k != "r")

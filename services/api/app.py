@@ -15,13 +15,11 @@ from pathlib import Path
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from fep_api import routes
-from fep_api.live import Hub, TooManyClients
-from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from redis import exceptions as rex
 
 from fep_api import routes
-from fep_api.state import Conflict, NoConfig, NotFound, Store
+from fep_api.live import Hub, TooManyClients
+from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from fepha import redisconn
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger

@@ -31,7 +31,6 @@ from typing import Any
 
 from fep_api import views
 from fep_api.state import NoConfig, Store
-
 from fepha import keyspace as ks
 
 log = logging.getLogger("fep_api.live")
@@ -119,7 +118,7 @@ class Hub:
         for n in names:
             pipe.xrevrange(n, max="+", min="-", count=1)
         res = await pipe.execute()
-        return {n: (r[0][0] if r else "0-0") for n, r in zip(names, res)}
+        return {n: (r[0][0] if r else "0-0") for n, r in zip(names, res, strict=True)}
 
     async def _health(self) -> str:
         overview = await self.store.overview()

@@ -8,6 +8,8 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+
 from fep_api import metrics
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader

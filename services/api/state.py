@@ -12,11 +12,11 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import exceptions as rex
+
 from fep_api import models as m
 from fep_api import views
 from fep_api.metrics import MetricsSnapshot, read_snapshot
-from redis import exceptions as rex
-
 from fepha import cfgstore, heartbeat, redisconn, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
@@ -235,7 +235,7 @@ class Store:
         records = await self._records(srcs)
         vps = [f.src for f in r.forwards if f.src in model.vpoints]
         if vps:
-            records.update(zip(vps, await self.local.hmget(ks.VPOINTS, [str(v) for v in vps])))
+            records.update(zip(vps, await self.local.hmget(ks.VPOINTS, [str(v) for v in vps]), strict=True))
         now = await self.now_ms()
         items = []
         for f in r.forwards:

@@ -458,7 +458,7 @@ class Forwarder:
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
         polls = {rid: model.rtus[rid].poll_ms or self.cfg.poll_ms for rid in rtus}
-        self._set_staleness(freshness.judge(cut, dict(zip(rtus, res[2:])), polls, now, self.limits))
+        self._set_staleness(freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits))
 
     async def _refresh_links(self) -> None:
         model = self.model

@@ -169,7 +169,7 @@ class ForwardServer(abc.ABC):
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
 
-    def advanced(self) -> None:
+    def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
 
     def record_ack(self, identity: str, cursor: Sid) -> None:
@@ -198,7 +198,7 @@ class ForwardServer(abc.ABC):
         self._known = cursors
         self.prune(prune_floor(self.known_cursors().values(), self.position))
 
-    def prune(self, floor: Sid) -> None:
+    def prune(self, floor: Sid) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: forget buffered events every known master acknowledged (sid <= floor)."""
 
     def make_room(self) -> None:

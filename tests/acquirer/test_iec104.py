@@ -1,4 +1,4 @@
-# ruff: noqa: C408 - rows are written as dict(COLUMN=...) to read like the schema
+
 """IEC 104 acquisition against c104's server (lib60870) as the field RTU, a real Redis, nodes A and B with
 shortened timers: STARTDT only by the holder, GI, spontaneous events with the RTU's time tag and quality,
 commands (direct and select before operate), takeover with events during it, malformed frames."""
@@ -14,10 +14,9 @@ from typing import Any, Self
 
 import c104
 import redis.asyncio as aredis
-from fep_forwarder import app as fwd_app
-from tests.redisproc import free_port
-from fep_tools.rtu104sim import Rtu104Sim
 
+from fep_forwarder import app as fwd_app
+from fep_tools.rtu104sim import Rtu104Sim
 from fepha import controls, points
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
@@ -25,6 +24,7 @@ from fepha.semodel import db
 from tests.acquirer.helpers import Node, load, merge, node_cfg, until
 from tests.forwarder.se104s_fixtures import c104_master
 from tests.forwarder.se104s_fixtures import until as fwd_until
+from tests.redisproc import free_port
 
 CA = 7
 IEC_FAST = dict(iec104_t1_s=1.0, iec104_t2_s=0.2, iec104_t3_s=0.5, iec104_t0_s=1.0, iec104_ci_period_s=60.0)

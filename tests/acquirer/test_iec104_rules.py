@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
-from fep_acquirer import iec104rules as rules
 
+from fep_acquirer import iec104rules as rules
 from fepha import points as pt
 from fepha.iec104 import codec as c
 from fepha.semodel.model import Channel, Point, Rtu

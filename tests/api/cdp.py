@@ -33,7 +33,7 @@ class Browser:
         self.proc = subprocess.Popen(
             [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}",
              "--remote-debugging-pipe", "about:blank"],
-            preexec_fn=fds, close_fds=False,  # noqa: PLW1509 - only the fd moves, before exec
+            preexec_fn=fds, close_fds=False,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os.close(to_chrome_r)
         os.close(from_chrome_w)

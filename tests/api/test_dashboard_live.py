@@ -16,12 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.redisproc import free_port
 from pymodbus.client import AsyncModbusTcpClient
 
 from tests.api.cdp import CHROMIUM, Browser
 from tests.api.conftest import TOKEN
 from tests.api.test_with_services import NODE_IP, System, settled, start_all, system, until  # noqa: F401
+from tests.redisproc import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 IMG = REPO / "docs" / "img"

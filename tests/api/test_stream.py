@@ -14,12 +14,12 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import uvicorn
+
 from fep_api.app import create_app
 from fep_api.live import Hub, sse
-from tests.redisproc import free_port
-
 from fepha import events, points, redisfns
 from tests.api.conftest import node_cfg, populate
+from tests.redisproc import free_port
 
 
 async def serve(cfg: Any) -> AsyncIterator[str]:

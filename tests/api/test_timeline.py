@@ -5,8 +5,8 @@ and age, forwarding points with their sources' values, trends from the change st
 from __future__ import annotations
 
 import redis.asyncio as aredis
-from fep_loader.store import replace_config
 
+from fep_loader.store import replace_config
 from fepha import events, points, redisfns
 from fepha import keyspace as ks
 from tests.api.conftest import node_cfg, populate, sample_rows

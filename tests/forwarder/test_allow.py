@@ -8,13 +8,13 @@ import dataclasses
 import logging
 
 import pytest
+from pymodbus.client import AsyncModbusTcpClient
+
 from fep_forwarder.allow import Allowlist, peer_host
 from fep_forwarder.modbus_trains import ModbusTrainsServer
 from fep_forwarder.se104s import Se104Server
 from fep_forwarder.sefeps import SefepsServer
 from fep_tools.sefeps_client import SefepsClient, SefepsError
-from pymodbus.client import AsyncModbusTcpClient
-
 from tests.forwarder import mbt_fixtures as mbt
 from tests.forwarder import se104s_fixtures as s104
 from tests.forwarder.test_sefeps_server import RTU as SEFEPS_RTU
@@ -127,14 +127,14 @@ async def test_a_refusal_reaches_metrics_through_the_runner(redis_master, feproo
     import time
 
     import redis.asyncio as aredis
+
     from fep_api import metrics
     from fep_loader.store import replace_config
-    from tests.redisproc import free_port
-
     from fepha import cfgstore
     from fepha import keyspace as ks
     from fepha.semodel import db
     from tests.forwarder.test_runner import forwarder, node_cfg, wait_listening
+    from tests.redisproc import free_port
 
     rows, _ = db.read_rows(feproot / "db" / "SEMODEL.db")
     port = free_port()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from fep_forwarder.freshness import NT, Limits, ReplicaWatch, Staleness, judge, overlay, rtu_reason
 
+from fep_forwarder.freshness import NT, Limits, ReplicaWatch, Staleness, judge, overlay, rtu_reason
 from fepha.points import Quality, Value
 
 LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000)

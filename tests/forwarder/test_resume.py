@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from fep_forwarder.resume import History, acked_cursor, parse_cursors, parse_id, prune_floor, sid_text
 
 A, B, C, D = (1, 0), (2, 0), (2, 1), (3, 0)

@@ -13,15 +13,15 @@ from typing import Any, Self
 import c104
 import pytest
 import redis.asyncio as aredis
-from fep_forwarder import app
-from fep_loader.store import replace_config
-from tests.redisproc import RedisProc, free_port
-from fep_tools.sefeps_client import SefepsClient
 from pymodbus.client import AsyncModbusTcpClient
 
+from fep_forwarder import app
+from fep_loader.store import replace_config
+from fep_tools.sefeps_client import SefepsClient
 from fepha import points, redisfns
 from fepha.points import Quality
 from fepha.semodel import db
+from tests.redisproc import RedisProc, free_port
 
 from .se104s_fixtures import c104_master, in_thread, until
 from .test_runner import SAMPLE_POINTS, forwarder, node_cfg, se104s_rows, wait_listening

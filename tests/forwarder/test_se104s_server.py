@@ -14,11 +14,10 @@ from typing import Self
 import c104
 import pytest
 
-from fepha.iec104 import codec as c
-from fepha.points import Quality
-
 from fep_forwarder.base import Update
 from fep_forwarder.se104s import Se104Server
+from fepha.iec104 import codec as c
+from fepha.points import Quality
 
 from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd
 from .tls_cert import self_signed_server_context

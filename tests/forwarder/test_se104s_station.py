@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from fep_forwarder.base import Update
 from fep_forwarder.se104s.station import Session, Station
-
 from fepha.iec104 import codec as c
 from fepha.iec104.link import STARTED, AsduIn, Event, Link, LinkParams, Role
 from fepha.points import Quality

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aredis
-from fep_loader.store import replace_config
-from tests.redisproc import RedisProc, free_port
-from fep_tools.sefeps_client import SefepsClient
 
+from fep_loader.store import replace_config
+from fep_tools.sefeps_client import SefepsClient
 from fepha import keyspace as ks
 from fepha import redisfns
 from fepha.semodel import db
+from tests.redisproc import RedisProc, free_port
 
 from .test_runner import Writer, forwarder, node_cfg
 

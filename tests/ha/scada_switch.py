@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import c104
-from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
 
+from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
 from fepha.semodel import db
 from fepha.semodel.model import Model
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import c104
 import pytest
-from tests.redisproc import free_port
-from fep_tools.rtu104sim import MALFORMED, Rtu104Sim, device, kind_of
 
+from fep_tools.rtu104sim import MALFORMED, Rtu104Sim, device, kind_of
 from fepha.iec104 import codec as c
 from tests.forwarder.se104s_fixtures import c104_master, in_thread, until
+from tests.redisproc import free_port
 
 from .rawmaster import raw_master
 

@@ -23,6 +23,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+from pymodbus.simulator.simcore import SimCore
+
 from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (

@@ -22,7 +22,6 @@ from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
-
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
@@ -198,7 +197,7 @@ class _Conn:
 
     def track(self, last_acked: Sid | None = None) -> None:
         """Recompute this master's cursor (after an ack, or when the stream position moved)."""
-        if self.state != "open" or self.need_image and not self.inflight:
+        if self.state != "open" or (self.need_image and not self.inflight):
             return  # an image is due: its dropped events are outstanding, their entries unknown
         first = self.inflight[0][1] if self.inflight else self.pending[0][2] if self.pending else None
         srv = self.server
