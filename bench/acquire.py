@@ -101,6 +101,9 @@ def stop(p: subprocess.Popen) -> None:
             p.wait(5)
 
 
+SEED_MAXLEN = 2_000_000  # one record per point: the window's records must all stay for the count
+
+
 class SeedWriter:
     """The seed's write path behind the acquirer's Writer interface: per changed point one awaited round trip
     (HSET value + XADD change, pipelined together) on the master's side, or (replica side) pipelines of
@@ -126,8 +129,7 @@ class SeedWriter:
             pipe = self.master.pipeline(transaction=False)
             for j in range(i, min(i + step, len(pairs)), 2):
                 pipe.hset(vkey, pairs[j], pairs[j + 1])
-                pipe.xadd(ks.CHANGES, {"r": rtu, pairs[j]: pairs[j + 1]}, maxlen=ks.CHANGES_MAXLEN,
-                          approximate=True)
+                pipe.xadd(ks.CHANGES, {"r": rtu, pairs[j]: pairs[j + 1]}, maxlen=SEED_MAXLEN, approximate=True)
             await pipe.execute()
         return WriteResult(True)
 
@@ -244,8 +246,9 @@ def measure(plant: Plant, mode: str, seconds: float, period_slack: float) -> dic
                 polls.setdefault(rid, set()).add(p.ts_ms)
                 changes += 1
         cursor = "(" + chunk[-1][0]
-    if r.xlen(ks.CHANGES) >= ks.CHANGES_MAXLEN:
-        raise RuntimeError("the change stream was trimmed inside the window: lengthen CHANGES_MAXLEN or shorten")
+    first = r.xrange(ks.CHANGES, count=1)
+    if first and tuple(map(int, first[0][0].split("-"))) > tuple(map(int, start_id.split("-"))):
+        raise RuntimeError("the change stream was trimmed inside the window: shorten --seconds")
     period = args.poll_ms
     gaps = []
     for rid in range(1, plant.n_rtus + 1):

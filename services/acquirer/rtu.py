@@ -112,8 +112,7 @@ class RtuRunner:
         for block in self.blocks:
             try:
                 data = await link.read(block)
-                for pid, v in decode_block(block, data).items():
-                    samples[pid] = (v, 0)
+                samples.update({pid: (v, 0) for pid, v in decode_block(block, data).items()})
             except DeviceError as exc:
                 bad = f"{block.area}{block.start}+{block.count}: {exc}"
                 for p in block.points:
