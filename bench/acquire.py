@@ -19,7 +19,8 @@ Per run, for `--seconds` after a warm-up (leases held, full images written):
 - sustained: every RTU's polls in the window came at most `--period-slack` after the previous one
   (from the poll timestamps of the records) and every RTU wrote in every period.
 max_points_at_1s: ours at `--search` point counts (same RTU size, more RTUs), upward until one is not
-sustained; the largest sustained count (a lower bound when the last step held).
+sustained (from above the main runs' count when they were all sustained, else from the lowest); the largest
+sustained count (a lower bound when the last step held).
 
 write path (labelled, not the headline): the acquirer's RtuRunner objects in this process, publishing
 synthetic responses in a loop in which every point changes every call (no Modbus: the write path's ceiling).
@@ -340,8 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--period-slack", type=float, default=0.1,
                     help="a poll may come this fraction of a period late and still count as on time")
-    ap.add_argument("--search", default="250000,300000,400000,500000",
-                    help="point counts tried upward for max_points_at_1s ('' skips)")
+    ap.add_argument("--search", default="50000,100000,150000,250000,300000,400000,500000",
+                    help="point counts tried upward for max_points_at_1s, from the first above what the main "
+                         "runs sustained, until one fails ('' skips)")
     ap.add_argument("--search-seconds", type=float, default=8.0)
     ap.add_argument("--seed-replica", action="store_true", help="also measure the seed's replica side")
     ap.add_argument("--seed-batch", type=int, default=50, help="points per pipeline of the seed's replica side")
@@ -384,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in [int(x) for x in args.search.split(",") if x]:
             if n <= best:
                 continue
+            if not best and n >= points:  # the main runs failed at `points`: no need to try more
+                break
             n_rtus = max(1, n // args.points_per_rtu)
             m = with_plant(args, n_rtus, tmp, lambda p: measure(p, "ours", args.search_seconds, args.period_slack))
             print(f"search {n_rtus * args.points_per_rtu:,} points: {show('ours', m)}", flush=True)
