@@ -56,8 +56,8 @@ from tests.ha.harness import PLC_IPS, Lab, Node, can_run, device_port, lab_model
 
 RTUS = (1, 2)
 DEVICE_LOSS_RTU = 1
-AI_PNT0, AI_IOA0, AI_ADDR0 = 3001, 3001, 300
-DI_PNT0, DI_IOA0, DI_ADDR0 = 4001, 4001, 40
+AI_PNT0, AI_IOA0, AI_ADDR0 = 3001, 20001, 300
+DI_PNT0, DI_IOA0, DI_ADDR0 = 4001, 21001, 40
 
 
 def extra_sql(n_ai: int, n_di: int) -> str:
