@@ -55,6 +55,7 @@ from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer, WriteResult
 from fep_loader.store import replace_config
 from fep_tools.redisproc import RedisProc, free_port
+from procs import stop
 
 from fepha import config, redisfns
 from fepha import keyspace as ks
@@ -85,6 +86,16 @@ def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int, first: int 
     return out
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (free_port alone may hand out the same port twice in a row of 100)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out:
+            out.append(p)
+    return out
+
+
 def cpu_s(pid: int) -> float:
     """utime + stime of a process, seconds (/proc/PID/stat fields 14 and 15)."""
     with open(f"/proc/{pid}/stat") as f:
@@ -92,14 +103,6 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK
 
 
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(5)
 
 
 SEED_MAXLEN = 2_000_000  # one record per point: the window's records must all stay for the count
@@ -149,7 +152,7 @@ class Plant:
 
     def __init__(self, args: argparse.Namespace, n_rtus: int, tmp: Path) -> None:
         self.args, self.n_rtus, self.tmp = args, n_rtus, tmp
-        ports = [free_port() for _ in range(n_rtus)]
+        ports = free_ports(n_rtus)
         self.rows = rows(n_rtus, args.points_per_rtu, ports, args.poll_ms)
         self.points = n_rtus * args.points_per_rtu
         self.rp = RedisProc().start()

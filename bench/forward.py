@@ -25,8 +25,7 @@ e2e_p99_ms= e2e_samples= (medians of the runs; latency_gain = c104's median p99 
 latency loads and end-to-end changes that never arrived).
 """
 
-from __future__ import annotations
-
+# no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
 import argparse
 import asyncio
 import logging
@@ -49,6 +48,7 @@ from fep_forwarder.se104s import codec
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 from fep_tools.redisproc import RedisProc, free_port
+from procs import stop, wait_port
 
 from fepha import keyspace as ks
 from fepha import points, redisfns
@@ -249,25 +249,8 @@ def c104_reference(redis_port: int, port: int, n: int) -> None:
                     srv.transmit_batch(batch)
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
-    import socket
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
-def stop(p: subprocess.Popen[bytes]) -> None:
-    p.send_signal(signal.SIGTERM)
-    try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
 
 
 def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: list[int]) -> dict[str, float]:
