@@ -33,7 +33,7 @@ TINY = {
     "sysload": ["--points", "2000", "--per-rtu", "100", "--runs", "1"],
     "acquire": ["--tiny"],
     "forward": ["--tiny"],
-    "failover": ["--runs", "1"],
+    "failover": ["--runs", "1", "--before-s", "3", "--after-s", "8", "--extra-ai", "4", "--extra-di", "4"],
 }
 
 
