@@ -1,33 +1,44 @@
-"""Acquisition benchmark: point changes written to Redis per second by the acquirer, against the seed's way.
+"""Acquisition benchmark, end to end: real Modbus devices -> the real `fep-acquirer` process -> real Redis.
 
-Setup: a real redis-server (RedisProc), a generated configuration of `--rtus` RTUs with `--points` uint16
-holding registers each (loaded with the loader's replace_config), served by a real PlcSim (`fep-plcsim`
-in its own process, `--change-on-read`: every point changes with every poll).
+Load (all printed at the start): `--rtus` RTUs of `--points-per-rtu` uint16 holding registers each, polled
+every `--poll-ms`, served by `--sims` `fep-plcsim` processes (each serving a share of the RTUs, one TCP
+port per RTU). Every read request changes about `--change-pct` % of the registers it reads to the moment
+the device serves them (`--stamp-pct`, ms modulo 2**16) and answers after `--delay-ms` (a device's
+response time). So each value written to Redis says when the device served it, and the stream record's id
+says when Redis stored it: poll_to_redis = stream id ms - served ms (the device's answer -> the change in
+Redis: the rest of that poll's reads, decoding, change detection, the fenced write). Clocks: one machine.
 
-Three loads, each `--seconds` long, repeated `--runs` times (medians printed):
-  write path  the acquirer's own RtuRunner objects, lease taken by the real `lease_tick`, each RTU's task
-              publishing poll responses in a loop (`RtuRunner.publish`: change detection, record encoding,
-              one fenced `write_values` Function call per poll response through the real Writer, direct
-              mode). The responses were read from the PlcSim once over Modbus and alternate between two
-              value sets, so every point changes at every poll; Modbus time is not in this figure.
-  per point   the same changes written the seed's way: one awaited round trip (HSET value + XADD change
-              record, pipelined together) per point, the same concurrency (one task per RTU).
-  end to end  the whole acquirer (`fep_acquirer.app.Acquirer`: housekeeping, lease, Modbus polls every
-              `--poll-ms` against the PlcSim, decode, change detection, write). The offered load is
-              rtus x points / poll period (400,000/s by default); what comes through is limited by the
-              Modbus side (pymodbus client here, pymodbus server in the simulator's process) on 2 cores.
+Per run, for `--seconds` after a warm-up (leases held, full images written):
+- ours: `fep-acquirer` (product code and timers, node A, direct Redis). changes/s = change records in the
+  stream; CPU of the acquirer process and of redis-server separately, from /proc/PID/stat (% of one core,
+  and CPU seconds per 100,000 changes).
+- seed: the same process and Modbus code with the seed's write path ("FEP-A writes each point as soon as it
+  is processed", `SeedWriter`): one awaited round trip per changed point (HSET + XADD, pipelined together).
+  `--seed-replica` also measures the seed's replica side (pipelined batches of `--seed-batch` points).
+  seed_speedup = seed's (acquirer + Redis) CPU s per 100k changes / ours.
+- sustained: every RTU's polls in the window came at most `--period-slack` after the previous one
+  (from the poll timestamps of the records) and every RTU wrote in every period.
+max_points_at_1s: ours at `--search` point counts (same RTU size, more RTUs), upward until one is not
+sustained (from above the main runs' count when they were all sustained, else from the lowest); the largest
+sustained count (a lower bound when the last step held).
 
-CPU is this process's CPU time (time.process_time: the acquirer's, not Redis's or the simulator's).
-Last line: changes_per_s=… per_point_changes_per_s=… speedup=… cpu_s_per_100k=… e2e_changes_per_s=…
-e2e_cpu_s_per_100k=…
+write path (labelled, not the headline): the acquirer's RtuRunner objects in this process, publishing
+synthetic responses in a loop in which every point changes every call (no Modbus: the write path's ceiling).
+
+Last line (medians of --runs; max_points_at_1s from one search):
+e2e_changes_per_s= rtus= points= poll_ms= change_pct= poll_to_redis_p50_ms= poll_to_redis_p99_ms=
+acq_cpu_pct= redis_cpu_pct= acq_cpu_s_per_100k= redis_cpu_s_per_100k= seed_speedup= max_points_at_1s=
+changes_per_s=
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -37,13 +48,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis
 import redis.asyncio as aredis
+from procs import stop
 
-from fep_acquirer.app import Acquirer
-from fep_acquirer.device import DeviceLink
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
-from fep_acquirer.writer import Writer
+from fep_acquirer.writer import Writer, WriteResult
 from fep_loader.store import replace_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,20 +67,20 @@ from fepha.semodel.model import Model
 from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
+CLK = os.sysconf("SC_CLK_TCK")
 log = logging.getLogger("bench")
 
 
-def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int) -> dict[str, list[dict[str, Any]]]:
+def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int, first: int = 1) -> dict[str, list]:
     out: dict[str, list[dict[str, Any]]] = {"T020_UNION": [{"ID": 1, "IP1": "127.0.0.1", "IP2": "127.0.0.2"}],
                                             "T004_RTU": [], "T010_CHANNEL": [], "T011_POINT": []}
     for i in range(n_rtus):
-        rid = i + 1
+        rid = first + i
         out["T004_RTU"].append({"RTUID": rid, "NAME": f"bench{rid}", "RTUTYPE": 0, "PROTOCOL": "modbus_tcp",
                                 "POLLMS": poll_ms, "TIMEOUTMS": 1000, "LISTENPORT": None, "ADDRESS": None,
                                 "ALLOW": None})
-        for ch in (1, 2):
-            out["T010_CHANNEL"].append({"RTUID": rid, "CHANNO": ch, "HOST": f"127.0.0.{ch}", "PORT": ports[i],
-                                        "UNITID": 1})
+        out["T010_CHANNEL"] += [{"RTUID": rid, "CHANNO": ch, "HOST": f"127.0.0.{ch}", "PORT": ports[i],
+                                 "UNITID": 1} for ch in (1, 2)]
         out["T011_POINT"] += [{"PNTID": rid * 100_000 + a, "RTUID": rid, "KIND": "AI", "NAME": f"p{a}",
                                "AREA": "hr", "ADDRESS": a, "DATATYPE": "uint16", "BYTEORDER": None,
                                "WORDORDER": None, "BITINDEX": None, "SCALE": None, "OFFSET": None,
@@ -77,241 +88,345 @@ def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int) -> dict[str
     return out
 
 
-class Sim:
-    """fep-plcsim in its own process (so its CPU is not counted as the acquirer's), stopped by PID."""
-
-    def __init__(self, db_path: Path, endpoints: list[tuple[str, int]]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "fep_tools.plcsim", "--db", str(db_path),
-                                      "--rate", "0", "--change-on-read"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.endpoints = endpoints
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        end = time.monotonic() + timeout
-        for host, port in self.endpoints:
-            while True:
-                try:
-                    _, w = await asyncio.open_connection(host, port)
-                    w.close()
-                    await w.wait_closed()
-                    break
-                except OSError:
-                    if self.proc.poll() is not None or time.monotonic() > end:
-                        raise RuntimeError(f"fep-plcsim did not serve {host}:{port}") from None
-                    await asyncio.sleep(0.1)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-async def reset(r: Any, n_rtus: int) -> None:
-    """Drop values, change stream and leases between runs (memory stays bounded, every run alike)."""
-    await r.delete(ks.CHANGES, ks.LEASE_EVENTS, *(ks.values(i + 1) for i in range(n_rtus)),
-                   *(ks.lease(i + 1) for i in range(n_rtus)))
-
-
-async def make_runners(model: Model, cfg: config.NodeConfig, writer: Writer, metrics: Metrics,
-                       ) -> list[tuple[RtuRunner, list[dict[int, tuple[int | float, int]]]]]:
-    """The acquirer's runners, each with two poll responses read over Modbus (the second 'next poll')."""
-    once = OnceLogger(log)
-    out = []
-    for rtu in model.acquisition_rtus():
-        runner = RtuRunner(rtu, cfg, writer, metrics, once)
-        link = DeviceLink(rtu.channels[0], 2.0)
-        await link.connect()
-        try:
-            await runner.poll(link)  # lease not held yet: reads and decodes only
-            first = runner.samples
-            await runner.poll(link)
-            second = runner.samples
-        finally:
-            link.close()
-        assert all(first[p] != second[p] for p in first), "the simulator did not change every point"
-        out.append((runner, [first, second]))
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (free_port alone may hand out the same port twice in a row of 100)."""
+    out: list[int] = []
+    while len(out) < n:
+        p = free_port()
+        if p not in out:
+            out.append(p)
     return out
 
 
-async def take_leases(r: Any, runners: list[RtuRunner], node: str) -> None:
-    for runner in runners:
-        holder, epoch, _ = await r.fcall(*redisfns.lease_tick(runner.rtu.id, node, True, 600_000,
-                                                              600_000).argv)
-        runner.lease.update(str(holder), int(epoch))
-        runner.full_image()
-        assert runner.lease.held, f"lease of rtu {runner.rtu.id} is held by {holder}"
+def cpu_s(pid: int) -> float:
+    """utime + stime of a process, seconds (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
 
 
-async def write_path_run(r: Any, prepared, metrics: Metrics, seconds: float) -> tuple[int, float, float]:
-    """(changes, wall s, cpu s) of RtuRunner.publish loops, one task per RTU, all points changing."""
-    await reset(r, len(prepared))
-    await take_leases(r, [runner for runner, _ in prepared], "A")
-    before = metrics.total["changes_written"]
-
-    async def loop(runner: RtuRunner, responses) -> None:
-        i = 0
-        while time.monotonic() < end:
-            await runner.publish(responses[i & 1], int(time.time() * 1000))
-            i += 1
-
-    c0, t0 = time.process_time(), time.monotonic()
-    end = t0 + seconds
-    await asyncio.gather(*(loop(runner, resp) for runner, resp in prepared))
-    wall, cpu = time.monotonic() - t0, time.process_time() - c0
-    errors = metrics.total["write_errors"]
-    if errors:
-        raise RuntimeError(f"{errors} write errors in the write-path load")
-    n = metrics.total["changes_written"] - before
-    await verify(r, prepared, n)
-    return n, wall, cpu
 
 
-async def verify(r: Any, prepared, n: int) -> None:
-    """The changes counted are in Redis: every point's record holds one of its two values, and the change
-    stream has at least one record per poll response written."""
-    for runner, responses in prepared:
-        got = await r.hgetall(ks.values(runner.rtu.id))
-        assert len(got) == len(responses[0]), f"rtu {runner.rtu.id}: {len(got)} values in Redis"
-        for pid, rec in got.items():
-            v = pt.decode(rec).value
-            assert v in (responses[0][int(pid)][0], responses[1][int(pid)][0]), (pid, rec)
-    per_call = max(len(resp[0]) for _, resp in prepared)
-    assert await r.xlen(ks.CHANGES) >= n // per_call, "fewer change records than poll responses written"
+SEED_MAXLEN = 2_000_000  # one record per point: the window's records must all stay for the count
 
 
-async def per_point_run(r: Any, prepared, seconds: float) -> tuple[int, float, float]:
-    """The seed's way: for each changed point, one awaited round trip (HSET + XADD)."""
-    await reset(r, len(prepared))
-    total = 0
+class SeedWriter:
+    """The seed's write path behind the acquirer's Writer interface: per changed point one awaited round trip
+    (HSET value + XADD change, pipelined together) on the master's side, or (replica side) pipelines of
+    `batch` points. Not fenced, no compensation: as the seed describes it."""
 
-    async def loop(runner: RtuRunner, responses) -> None:
-        nonlocal total
-        vkey, rid = ks.values(runner.rtu.id), runner.rtu.id
-        last: dict[int, tuple[int | float, int]] = {}
-        i = 0
-        while time.monotonic() < end:
-            ts = int(time.time() * 1000)
-            for pid, s in responses[i & 1].items():
-                if time.monotonic() >= end:
-                    return
-                if last.get(pid) == s:
-                    continue
-                rec = pt.encode(s[0], s[1], ts)
-                pipe = r.pipeline(transaction=False)
-                pipe.hset(vkey, str(pid), rec)
-                pipe.xadd(ks.CHANGES, {"r": rid, str(pid): rec}, maxlen=ks.CHANGES_MAXLEN, approximate=True)
-                await pipe.execute()
-                last[pid] = s
-                total += 1
-            i += 1
+    batch = 0  # 0: master side, one round trip per point
 
-    c0, t0 = time.process_time(), time.monotonic()
-    end = t0 + seconds
-    await asyncio.gather(*(loop(runner, resp) for runner, resp in prepared))
-    return total, time.monotonic() - t0, time.process_time() - c0
+    def __init__(self, master: Any, node: str, window_ms: int = 0, batch_size: int = 500) -> None:
+        self.master = master
+
+    def set_mode(self, window_ms: int, batch_size: int) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def write(self, rtu: int, epoch: int, pairs: list[str]) -> WriteResult:
+        vkey, step = ks.values(rtu), 2 * max(1, self.batch)
+        for i in range(0, len(pairs), step):
+            pipe = self.master.pipeline(transaction=False)
+            for j in range(i, min(i + step, len(pairs)), 2):
+                pipe.hset(vkey, pairs[j], pairs[j + 1])
+                pipe.xadd(ks.CHANGES, {"r": rtu, pairs[j]: pairs[j + 1]}, maxlen=SEED_MAXLEN, approximate=True)
+            await pipe.execute()
+        return WriteResult(True)
 
 
-async def end_to_end_run(r: Any, cfg: config.NodeConfig, n_rtus: int, seconds: float,
-                         ) -> tuple[int, float, float]:
-    """The whole acquirer for `seconds` once every RTU's lease is held: changes written, wall, cpu."""
-    await reset(r, n_rtus)
-    acq = Acquirer(cfg, r, r)
-    stop = asyncio.Event()
-    task = asyncio.create_task(acq.run(stop, config_check_s=0.2))
+def seed_acquirer(side: str, batch: int) -> int:
+    """`--seed-acquirer`: fep-acquirer with the seed's write path (same process shape, polls, decoding)."""
+    from fep_acquirer import app, cli
+
+    SeedWriter.batch = batch if side == "replica" else 0
+    app.Writer = SeedWriter  # type: ignore[misc, assignment]
+    return cli.main([])
+
+
+class Plant:
+    """redis-server, the configuration loaded by the loader, `sims` fep-plcsim processes; stopped by PID."""
+
+    def __init__(self, args: argparse.Namespace, n_rtus: int, tmp: Path) -> None:
+        self.args, self.n_rtus, self.tmp = args, n_rtus, tmp
+        ports = free_ports(n_rtus)
+        self.rows = rows(n_rtus, args.points_per_rtu, ports, args.poll_ms)
+        self.points = n_rtus * args.points_per_rtu
+        self.rp = RedisProc().start()
+        self.r = redis.Redis(host=self.rp.host, port=self.rp.port, decode_responses=True)
+        self.procs: list[subprocess.Popen] = []
+        replace_config(self.r, self.rows, source="bench")
+        redisfns.load_sync(self.r)
+        n_sims = max(1, min(args.sims, n_rtus))
+        for s in range(n_sims):
+            lo, hi = s * n_rtus // n_sims, (s + 1) * n_rtus // n_sims
+            part = rows(hi - lo, args.points_per_rtu, ports[lo:hi], args.poll_ms, first=lo + 1)
+            path = tmp / f"sim{s}.db"
+            path.unlink(missing_ok=True)
+            db.write_rows(path, part)
+            self.procs.append(subprocess.Popen(
+                [sys.executable, "-m", "fep_tools.plcsim", "--db", str(path), "--rate", "0",
+                 "--stamp-pct", str(args.change_pct), "--delay-ms", str(args.delay_ms)],
+                stdout=subprocess.DEVNULL, stderr=(tmp / f"sim{s}.log").open("wb")))
+        self.sims = list(self.procs)
+        self.ports = ports
+
+    def wait_sims(self, timeout: float = 60) -> None:
+        import socket
+        end = time.monotonic() + timeout
+        for port in self.ports:
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > end or any(p.poll() is not None for p in self.sims):
+                        logs = "".join(p.read_text()[-2000:] for p in self.tmp.glob("sim*.log"))
+                        raise RuntimeError(f"fep-plcsim does not serve port {port}:\n{logs}") from None
+                    time.sleep(0.1)
+
+    def acquirer(self, mode: str) -> subprocess.Popen:
+        env = {**os.environ, "FEPROOT": str(self.tmp), "FEP_NODE_ID": "A", "FEP_REDIS_PORT": str(self.rp.port),
+               "FEP_REDIS_LOCAL_PORT": str(self.rp.port), "FEP_LOG_DIR": "", "FEP_LOG_LEVEL": "WARNING"}
+        argv = ([sys.executable, "-m", "fep_acquirer.cli"] if mode == "ours" else
+                [sys.executable, __file__, "--seed-acquirer", mode, "--seed-batch", str(self.args.seed_batch)])
+        p = subprocess.Popen(argv, env=env)
+        self.procs.append(p)
+        return p
+
+    def reset(self) -> None:
+        """Values, change stream and leases dropped between loads (every load starts alike)."""
+        self.r.delete(ks.CHANGES, ks.LEASE_EVENTS, *(ks.values(i + 1) for i in range(self.n_rtus)),
+                      *(ks.lease(i + 1) for i in range(self.n_rtus)))
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            stop(p)
+        self.r.close()
+        self.rp.stop()
+
+
+def measure(plant: Plant, mode: str, seconds: float, period_slack: float) -> dict[str, float]:
+    """One load of `mode` ('ours', 'master', 'replica') for `seconds` after its warm-up."""
+    args, r = plant.args, plant.r
+    plant.reset()
+    acq = plant.acquirer(mode)
     try:
-        end = time.monotonic() + 10
-        while not (len(acq.runners) == n_rtus and all(x.lease.held for x in acq.runners.values())):
-            if time.monotonic() > end or task.done():
-                raise RuntimeError("the acquirer did not take its leases within 10 s")
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.5)  # full images written, polls in their rhythm
-        m0, c0, t0 = acq.metrics.total["changes_written"], time.process_time(), time.monotonic()
-        await asyncio.sleep(seconds)
-        n, wall, cpu = (acq.metrics.total["changes_written"] - m0, time.monotonic() - t0,
-                        time.process_time() - c0)
+        end = time.monotonic() + 60 + plant.points / 10_000
+        want = {ks.values(i + 1) for i in range(plant.n_rtus)}
+        while True:  # warm-up: every RTU's full image in Redis
+            if acq.poll() is not None:
+                raise RuntimeError(f"the {mode} acquirer exited with {acq.returncode}")
+            if all(r.hlen(k) == args.points_per_rtu for k in want):
+                break
+            if time.monotonic() > end:
+                raise RuntimeError(f"{mode}: full images not written within the warm-up")
+            time.sleep(0.2)
+        time.sleep(2 * args.poll_ms / 1000 + 0.5)
+        last = r.xrevrange(ks.CHANGES, count=1)
+        start_id = last[0][0] if last else "0-0"
+        a0, r0, t0 = cpu_s(acq.pid), cpu_s(plant.rp.proc.pid), time.monotonic()
+        time.sleep(seconds)
+        a1, r1, wall = cpu_s(acq.pid), cpu_s(plant.rp.proc.pid), time.monotonic() - t0
+        end_id = r.xrevrange(ks.CHANGES, count=1)[0][0]
     finally:
-        stop.set()
-        await task
-    return n, wall, cpu
+        stop(acq)
+        plant.procs.remove(acq)
+    lat, polls, changes = [], {}, 0
+    cursor = "(" + start_id
+    while True:
+        chunk = r.xrange(ks.CHANGES, cursor, end_id, count=2000)
+        if not chunk:
+            break
+        for eid, fields in chunk:
+            id_ms = int(eid.split("-")[0])
+            rid = int(fields.pop("r"))
+            for rec in fields.values():
+                p = pt.decode(rec)
+                lat.append((id_ms - int(p.value)) & 0xFFFF)
+                polls.setdefault(rid, set()).add(p.ts_ms)
+                changes += 1
+        cursor = "(" + chunk[-1][0]
+    first = r.xrange(ks.CHANGES, count=1)
+    if first and tuple(map(int, first[0][0].split("-"))) > tuple(map(int, start_id.split("-"))):
+        raise RuntimeError("the change stream was trimmed inside the window: shorten --seconds")
+    period = args.poll_ms
+    gaps = []
+    for rid in range(1, plant.n_rtus + 1):
+        ts = sorted(polls.get(rid, ()))
+        gaps.append(max((b - a for a, b in itertools.pairwise(ts)), default=float("inf")) if len(ts) > 1
+                    else float("inf"))
+    worst_gap = max(gaps)
+    sustained = worst_gap <= period * (1 + period_slack) and len(lat) > 0
+    lat.sort()
+    acq_cpu, red_cpu = a1 - a0, r1 - r0
+    n = max(changes, 1)
+    return {"changes_per_s": changes / wall, "p50": pct(lat, 50), "p99": pct(lat, 99),
+            "acq_cpu_pct": 100 * acq_cpu / wall, "redis_cpu_pct": 100 * red_cpu / wall,
+            "acq_s_100k": acq_cpu / n * 1e5, "redis_s_100k": red_cpu / n * 1e5,
+            "worst_gap_ms": worst_gap, "sustained": float(sustained)}
 
 
-async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
-    ports = [free_port() for _ in range(args.rtus)]
-    data = rows(args.rtus, args.points, ports, args.poll_ms)
-    db.write_rows(tmp / "SEMODEL.db", data)
+def pct(xs: list[float], p: float) -> float:
+    return float(xs[min(len(xs) - 1, int(p / 100 * len(xs)))]) if xs else float("nan")
+
+
+def show(name: str, m: dict[str, float]) -> str:
+    return (f"{name}: {m['changes_per_s']:,.0f} changes/s, poll_to_redis p50 {m['p50']:.0f} ms p99 "
+            f"{m['p99']:.0f} ms, acquirer {m['acq_cpu_pct']:.1f} % of a core ({m['acq_s_100k']:.3f} s/100k), "
+            f"redis {m['redis_cpu_pct']:.1f} % ({m['redis_s_100k']:.3f} s/100k), longest poll interval "
+            f"{m['worst_gap_ms']:.0f} ms -> {'sustained' if m['sustained'] else 'NOT sustained'}")
+
+
+def with_plant(args: argparse.Namespace, n_rtus: int, tmp: Path, fn):
+    plant = Plant(args, n_rtus, tmp)
+    try:
+        plant.wait_sims()
+        return fn(plant)
+    finally:
+        plant.close()
+
+
+# --- write path (labelled: no Modbus) ---------------------------------------------------------------------
+async def write_path(args: argparse.Namespace, tmp: Path) -> tuple[float, float]:
+    """(changes/s, bench CPU s per 100k) of RtuRunner.publish loops, every point changing every call."""
+    n_rtus, n_points = args.wp_rtus, args.wp_points
+    data = rows(n_rtus, n_points, [free_port() for _ in range(n_rtus)], 1000)
     model = Model.from_rows(data)
-    sim = Sim(tmp / "SEMODEL.db", [("127.0.0.1", p) for p in ports])
     with RedisProc() as rp:
+        replace_config(rp.client(), data, source="bench")
+        cfg = config.load_node(tmp, env={}, node_id="A", vip=rp.host, port=rp.port, local_host=rp.host,
+                               local_port=rp.port, write_mode="direct")
+        r = aredis.Redis(host=rp.host, port=rp.port, decode_responses=True)
+        metrics, once = Metrics("A"), OnceLogger(log)
+        writer = Writer(r, "A", 0, cfg.batch_size)
+        writer.start()
         try:
-            replace_config(rp.client(), data, source="bench")
-            await sim.ready()
-            cfg = config.load_node(REPO, env={}, node_id="A", vip=rp.host, port=rp.port, local_host=rp.host,
-                                   local_port=rp.port, write_mode="direct", lease_tick_s=0.2, lease_ttl_s=5,
-                                   takeover_s=30, heartbeat_s=1)
-            r = aredis.Redis(host=rp.host, port=rp.port, decode_responses=True)
-            try:
-                return await _measure(args, r, model, cfg)
-            finally:
-                await r.aclose()
+            runners = [RtuRunner(rtu, cfg, writer, metrics, once) for rtu in model.acquisition_rtus()]
+            for run in runners:
+                holder, epoch, _ = await r.fcall(*redisfns.lease_tick(run.rtu.id, "A", True, 600_000,
+                                                                      600_000).argv)
+                run.lease.update(str(holder), int(epoch))
+                run.full_image()
+            resp = [[{p.id: (k + i, 0) for i, p in enumerate(run.rtu.points)} for k in (0, 1)] for run in runners]
+
+            async def loop(run: RtuRunner, two) -> None:
+                i = 0
+                while time.monotonic() < end:
+                    await run.publish(two[i & 1], int(time.time() * 1000))
+                    i += 1
+
+            c0, t0 = time.process_time(), time.monotonic()
+            end = t0 + args.wp_seconds
+            await asyncio.gather(*(loop(run, two) for run, two in zip(runners, resp, strict=True)))
+            wall, cpu = time.monotonic() - t0, time.process_time() - c0
+            if metrics.total["write_errors"]:
+                raise RuntimeError("write errors in the write-path load")
+            n = metrics.total["changes_written"]
         finally:
-            sim.stop()
-
-
-async def _measure(args: argparse.Namespace, r: Any, model: Model, cfg: config.NodeConfig) -> dict[str, float]:
-    metrics = Metrics("A")
-    writer = Writer(r, "A", 0, cfg.batch_size)
-    writer.start()
-    try:
-        prepared = await make_runners(model, cfg, writer, metrics)
-        res: dict[str, list[float]] = {k: [] for k in ("wp", "wp_cpu", "pp", "e2e", "e2e_cpu")}
-        for run in range(args.runs):
-            n, wall, cpu = await write_path_run(r, prepared, metrics, args.seconds)
-            res["wp"].append(n / wall)
-            res["wp_cpu"].append(cpu / n * 100_000)
-            mem = (await r.info("memory"))["used_memory"] / 2**20
-            entries = await r.xlen(ks.CHANGES)
-            pn, pwall, _ = await per_point_run(r, prepared, args.per_point_seconds)
-            res["pp"].append(pn / pwall)
-            print(f"run {run + 1}: write path {n / wall:,.0f} changes/s ({cpu / n * 1e5:.2f} cpu s/100k, "
-                  f"{n} changes in {wall:.1f} s; Redis then {mem:.0f} MB, change stream {entries} records); "
-                  f"per point {pn / pwall:,.0f} changes/s", flush=True)
-            if args.e2e_seconds > 0:
-                en, ewall, ecpu = await end_to_end_run(r, cfg, args.rtus, args.e2e_seconds)
-                res["e2e"].append(en / ewall)
-                res["e2e_cpu"].append(ecpu / max(en, 1) * 100_000)
-                print(f"run {run + 1}: end to end (Modbus polls every {args.poll_ms} ms) {en / ewall:,.0f} "
-                      f"changes/s ({ecpu / max(en, 1) * 1e5:.2f} cpu s/100k)", flush=True)
-    finally:
-        await writer.stop()
-    return {k: statistics.median(v) if v else 0.0 for k, v in res.items()}
+            await writer.stop()
+            await r.aclose()
+    return n / wall, cpu / n * 1e5
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rtus", type=int, default=4)
-    ap.add_argument("--points", type=int, default=1000, help="points per RTU (uint16 holding registers)")
+    ap.add_argument("--rtus", type=int, default=100)
+    ap.add_argument("--points-per-rtu", type=int, default=2000)
+    ap.add_argument("--poll-ms", type=int, default=1000)
+    ap.add_argument("--change-pct", type=float, default=5.0, help="% of the points read that change per poll")
+    ap.add_argument("--delay-ms", type=float, default=2.0, help="device response delay per request")
+    ap.add_argument("--sims", type=int, default=4, help="fep-plcsim processes sharing the RTUs")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measurement window of each load")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--seconds", type=float, default=3.0, help="length of each write-path run")
-    ap.add_argument("--per-point-seconds", type=float, default=2.0)
-    ap.add_argument("--e2e-seconds", type=float, default=3.0, help="0 skips the end-to-end load")
-    ap.add_argument("--poll-ms", type=int, default=10, help="poll period of the end-to-end load")
+    ap.add_argument("--period-slack", type=float, default=0.1,
+                    help="a poll may come this fraction of a period late and still count as on time")
+    ap.add_argument("--search", default="50000,100000,150000,250000,300000,400000,500000",
+                    help="point counts tried upward for max_points_at_1s, from the first above what the main "
+                         "runs sustained, until one fails ('' skips)")
+    ap.add_argument("--search-seconds", type=float, default=8.0)
+    ap.add_argument("--seed-replica", action="store_true", help="also measure the seed's replica side")
+    ap.add_argument("--seed-batch", type=int, default=50, help="points per pipeline of the seed's replica side")
+    ap.add_argument("--wp-rtus", type=int, default=20)
+    ap.add_argument("--wp-points", type=int, default=1000)
+    ap.add_argument("--wp-seconds", type=float, default=3.0)
+    ap.add_argument("--tiny", action="store_true", help="a few seconds on tiny parameters (the test suite)")
+    ap.add_argument("--seed-acquirer", choices=("master", "replica"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup (Redis, simulator) runs on SIGTERM
+    if args.seed_acquirer:
+        return seed_acquirer(args.seed_acquirer, args.seed_batch)
+    if args.tiny:
+        args.rtus, args.points_per_rtu, args.poll_ms, args.sims, args.seconds, args.runs = 3, 200, 200, 1, 1.5, 1
+        args.search, args.search_seconds, args.wp_rtus, args.wp_points, args.wp_seconds = "900", 1.5, 2, 100, 0.5
+        args.delay_ms, args.change_pct = 1.0, 20.0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # cleanup (Redis, simulators) runs on SIGTERM
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
-    print(f"{args.rtus} RTUs x {args.points} points, all changing every poll; {args.runs} runs; "
-          f"cpu count {os.cpu_count()}", flush=True)
-    with tempfile.TemporaryDirectory(prefix="fep-bench-acq-") as tmp:
-        m = asyncio.run(bench(args, Path(tmp)))
-    speedup = m["wp"] / m["pp"] if m["pp"] else 0.0
-    print(f"medians: write path {m['wp']:,.0f} changes/s, per point {m['pp']:,.0f} changes/s, "
-          f"speedup {speedup:.1f}x, {m['wp_cpu']:.2f} cpu s per 100k changes; end to end {m['e2e']:,.0f} "
-          f"changes/s ({m['e2e_cpu']:.2f} cpu s per 100k)")
-    print(f"changes_per_s={m['wp']:.0f} per_point_changes_per_s={m['pp']:.0f} speedup={speedup:.1f} "
-          f"cpu_s_per_100k={m['wp_cpu']:.3f} e2e_changes_per_s={m['e2e']:.0f} "
-          f"e2e_cpu_s_per_100k={m['e2e_cpu']:.3f}")
+    points = args.rtus * args.points_per_rtu
+    print(f"parameters: {args.rtus} RTUs x {args.points_per_rtu} uint16 points = {points:,} points, poll "
+          f"{args.poll_ms} ms, {args.change_pct:g} % changing per poll, device delay {args.delay_ms:g} ms, "
+          f"{args.sims} fep-plcsim processes, {args.seconds:g} s windows, {args.runs} runs, poll on time within "
+          f"+{args.period_slack:.0%}; cpu count {os.cpu_count()}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="fep-bench-acq-"))
+    shutil.copytree(REPO / "cfg", tmp / "cfg")
+    try:
+        modes = ["ours", "master"] + (["replica"] if args.seed_replica else [])
+        res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
+
+        def runs(plant: Plant) -> None:
+            for i in range(args.runs):
+                for mode in modes:  # alternating, on the same plant
+                    m = measure(plant, mode, args.seconds, args.period_slack)
+                    res[mode].append(m)
+                    label = {"ours": "ours", "master": "seed (master side, one write per point)",
+                             "replica": f"seed (replica side, pipelines of {args.seed_batch})"}[mode]
+                    print(f"run {i + 1} {show(label, m)}", flush=True)
+
+        with_plant(args, args.rtus, tmp, runs)
+        best = points if all(m["sustained"] for m in res["ours"]) else 0
+        for n in [int(x) for x in args.search.split(",") if x]:
+            if n <= best:
+                continue
+            if not best and n >= points:  # the main runs failed at `points`: no need to try more
+                break
+            n_rtus = max(1, n // args.points_per_rtu)
+            m = with_plant(args, n_rtus, tmp, lambda p: measure(p, "ours", args.search_seconds, args.period_slack))
+            print(f"search {n_rtus * args.points_per_rtu:,} points: {show('ours', m)}", flush=True)
+            if not m["sustained"]:
+                break
+            best = n_rtus * args.points_per_rtu
+        wp, wp_cpu = asyncio.run(write_path(args, tmp))
+        print(f"write path (no Modbus; {args.wp_rtus} RTUs x {args.wp_points} points, every point changing every "
+              f"call, this process's CPU): {wp:,.0f} changes/s, {wp_cpu:.3f} cpu s/100k", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def stat(mode: str, key: str) -> tuple[float, float, float]:
+        xs = [m[key] for m in res[mode]]
+        return min(xs), statistics.median(xs), max(xs)
+
+    for mode in modes:
+        print(f"{mode} min/median/max: " + "; ".join(
+            "{} {:.3g}/{:.3g}/{:.3g}".format(k, *stat(mode, k))
+            for k in ("changes_per_s", "p50", "p99", "acq_cpu_pct", "redis_cpu_pct", "acq_s_100k", "redis_s_100k")))
+    med = {k: stat("ours", k)[1] for k in res["ours"][0]}
+    seed = {k: stat("master", k)[1] for k in res["master"][0]}
+    ours_total, seed_total = med["acq_s_100k"] + med["redis_s_100k"], seed["acq_s_100k"] + seed["redis_s_100k"]
+    speedup = seed_total / ours_total if ours_total else float("nan")
+    if "replica" in res:
+        rep = {k: stat("replica", k)[1] for k in res["replica"][0]}
+        print(f"seed replica side: {(rep['acq_s_100k'] + rep['redis_s_100k']) / ours_total:.1f}x our CPU per change")
+    out = {"e2e_changes_per_s": f"{med['changes_per_s']:.0f}", "rtus": args.rtus, "points": points,
+           "poll_ms": args.poll_ms, "change_pct": f"{args.change_pct:g}",
+           "poll_to_redis_p50_ms": f"{med['p50']:.0f}", "poll_to_redis_p99_ms": f"{med['p99']:.0f}",
+           "acq_cpu_pct": f"{med['acq_cpu_pct']:.1f}", "redis_cpu_pct": f"{med['redis_cpu_pct']:.1f}",
+           "acq_cpu_s_per_100k": f"{med['acq_s_100k']:.3f}", "redis_cpu_s_per_100k": f"{med['redis_s_100k']:.3f}",
+           "seed_speedup": f"{speedup:.1f}", "max_points_at_1s": best, "changes_per_s": f"{wp:.0f}"}
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
 

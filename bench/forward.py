@@ -1,43 +1,39 @@
-"""Forwarding benchmark: Redis write or simulated PLC change -> value at a real IEC 104 client (c104 2.2.1).
+"""Forwarding benchmark: Redis write or device change -> value at a real IEC 104 client (c104 2.2.1).
 
-Two servers on the same load, in one run:
+Two servers on the same load, `--runs` alternating runs each (ours, c104, ours, c104, ...; min/median/max):
   se104s  the real `fep-forwarder` process (runner + our IEC 104 server) following the Redis change stream;
-  c104    c104's own `c104.Server`, fed from the same stream by a small adapter process (XREAD BLOCK ->
-          point.value / point.transmit(SPONTANEOUS)), the reference the issue asks for.
+  c104    c104's own `c104.Server` at its best: its smallest tick (50 ms, c104 2.2.1 refuses less) and one
+          `Batch` per stream record sent with `transmit_batch` (c104 packs the ASDUs, as our server packs
+          the values of a record per type), fed by a small adapter process (XREAD BLOCK).
 
 Load 1 (latency): `--rate` changes/s for `--seconds`, written as fenced `write_values` calls every 5 ms (a
 poll's worth each); each value is a sequence number, so the client knows which write it came from.
-Latency = arrival at the client's raw-frame callback - the moment before the write call (the poll period is
-not included: it is "added latency"). Load 2 (throughput): paced loads of `--rates` values/s (a call every
-10 ms), stepped up until a step loses values or the delivered rate saturates; lossless_values_per_s is the
-best delivered rate (values / (last arrival - first write)) of a step that lost nothing. `lost` counts the
-values of the latency load that never arrived. The c104 reference runs the latency load and the first step.
+Latency = arrival at the client's raw-frame callback - the moment before the write call. Load 2
+(throughput, last run): paced loads of `--rates` values/s (a call every 10 ms), stepped up until a step
+loses values or the delivered rate saturates; lossless_values_per_s is the best delivered rate of a step
+that lost nothing. The c104 reference runs the first step only.
 
-Load 3 (end to end, the issue's "simulated PLC change to the value at the client"), on its own
-redis-server after the others: a PlcSim device in this process (one modbus_tcp RTU, 4 float32 points, all
-forwarded by an se104s RTU), the real `fep-acquirer` (node A, polling every `--e2e-poll-ms`, lease timers
-shortened by FEP_* variables) and `fep-forwarder` processes, the c104 client. Point 1 is set
-`--e2e-changes` times to a new value (a sequence number); PlcSim's `on_read` hook stamps the first read
-request that served each value, and the next change follows 10..90 % of a poll period after that read, so
-every change is read by its own poll. Added latency = arrival at the client's raw-frame callback - that
-read (what the poll period adds, waiting for the next read, is excluded: that is "beyond the poll period").
-It covers the Modbus answer, decoding, change detection, the fenced write, the stream, the forwarder and
-IEC 104. e2e_lost counts the changes that never arrived (a change never read counts as lost too).
+Load 3 (end to end, poll phase included), on its own redis-server: a PlcSim device in this process (one
+modbus_tcp RTU with float32, int16 and DI points forwarded as M_ME_NC_1, M_ME_NB_1 and M_SP_NA_1), the real
+`fep-acquirer` (polling every `--e2e-poll-ms`) and `fep-forwarder` processes, the c104 client. Each point
+changes on its own random schedule (1.2 to 2.2 poll periods apart: every change is seen by a poll, the poll
+phase is uniform); latency = arrival at the client - the change in the device, so it includes waiting for
+the next poll (on average half a period). `--e2e-samples` changes in all.
 
-Last line: p50_ms=… p99_ms=… c104_p99_ms=… latency_gain=… lossless_values_per_s=… lost=… e2e_p50_ms=…
-e2e_p99_ms=… e2e_lost=…
+Last line: runs= p50_ms= p99_ms= c104_p99_ms= latency_gain= lossless_values_per_s= lost= e2e_p50_ms=
+e2e_p99_ms= e2e_samples= (medians of the runs; latency_gain = c104's median p99 / ours; lost: values of our
+latency loads and end-to-end changes that never arrived).
 """
 
-
-
+# no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +45,7 @@ from typing import Any, Self
 
 import c104
 import redis
+from procs import stop, wait_port
 
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
@@ -106,6 +103,7 @@ class Receiver:
     def __enter__(self) -> Self:
         self.client.start()
         if not self.opened.wait(20):
+            self.client.stop()
             raise RuntimeError("c104 client did not open the connection")
         return self
 
@@ -123,10 +121,14 @@ class Receiver:
                 if f.kind == "I":
                     yield t, codec.parse_asdu(f.asdu)
 
+    def spontaneous(self, start: int = 0) -> list[tuple[float, int, int, float]]:
+        """(arrival, type id, IOA, value) of every spontaneous object in frames[start:]."""
+        return [(t, a.type_id, ioa, codec.decode_element(a.type_id, e)[0]) for t, a in self.asdus(start)
+                if a.cause == codec.COT_SPONT for ioa, e in a.objects]
+
     def values(self, start: int = 0) -> list[tuple[float, int]]:
-        """(arrival, sequence number) of every spontaneous value in frames[start:]."""
-        return [(t, int(codec.decode_element(a.type_id, e)[0])) for t, a in self.asdus(start)
-                if a.cause == codec.COT_SPONT and a.type_id == codec.M_ME_NC_1 for _, e in a.objects]
+        """(arrival, sequence number) of every spontaneous M_ME_NC_1 value in frames[start:]."""
+        return [(t, int(v)) for t, tid, _, v in self.spontaneous(start) if tid == codec.M_ME_NC_1]
 
 
 class Writer:
@@ -222,7 +224,7 @@ def pct(xs: list[float], p: float) -> float:
 
 def c104_reference(redis_port: int, port: int, n: int) -> None:
     """The reference: c104's own server fed from the change stream (run as a subprocess)."""
-    srv = c104.Server(ip="127.0.0.1", port=port, tick_rate_ms=50)
+    srv = c104.Server(ip="127.0.0.1", port=port, tick_rate_ms=50)  # 50 ms: the smallest c104 2.2.1 accepts
     st = srv.add_station(CA)
     pts = {1 + i: st.add_point(io_address=IOA0 + i, type=c104.Type.M_ME_NC_1) for i in range(n)}
     srv.start()
@@ -234,36 +236,38 @@ def c104_reference(redis_port: int, port: int, n: int) -> None:
         for _, entries in got:
             for eid, fields in entries:
                 last = eid
+                # one Batch (ASDUs packed by c104) per stream record, as our server packs per record
+                batch, inside = c104.Batch(cause=c104.Cot.SPONTANEOUS), set()
                 for pid, rec in fields.items():
                     p = pts.get(int(pid)) if pid != "r" else None
-                    if p is not None:
-                        p.value = float(points.decode(rec).value)
-                        p.transmit(cause=c104.Cot.SPONTANEOUS)
+                    if p is None:
+                        continue
+                    if pid in inside:  # a point once per Batch: send what is packed, start another
+                        srv.transmit_batch(batch)
+                        batch, inside = c104.Batch(cause=c104.Cot.SPONTANEOUS), set()
+                    p.value = float(points.decode(rec).value)
+                    batch.add_point(p)
+                    inside.add(pid)
+                if inside:
+                    srv.transmit_batch(batch)
 
 
-def wait_port(port: int, timeout: float = 20) -> None:
-    import socket
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
 
 
-def stop(p: "subprocess.Popen[bytes]") -> None:
-    p.send_signal(signal.SIGTERM)
+
+
+def connected(port: int) -> Receiver:
+    """A c104 client with its connection open; a second client if the first did not open (c104's client
+    was seen not to open a connection whose first attempt met a server still starting)."""
     try:
-        p.wait(10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        p.wait(5)
+        return Receiver(port).__enter__()
+    except RuntimeError:
+        print(f"c104 client on {port} did not open: a second client", flush=True)
+        return Receiver(port).__enter__()
 
 
 def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: list[int]) -> dict[str, float]:
-    with Receiver(port) as rx:
+    with connected(port) as rx:
         time.sleep(0.3)
         lat, sent, got = latency_load(w, rx, args.rate, args.seconds)
         rate, lost, log = throughput(w, rx, rates, args.step_seconds)
@@ -274,18 +278,33 @@ def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: 
     return res
 
 
-E2E_POINTS, E2E_BASE = 4, 1000.0
+# --- end to end: device change -> frame at the master, poll phase included ----------------------------------
+# (type, area, datatype, ASDU type, forwarding table) of the end-to-end points: floats, scaled ints, DIs
+E2E_KINDS = [("AI", "hr", "float32", "M_ME_NC_1", "T005_ZFAI")] * 6 + \
+            [("AI", "hr", "int16", "M_ME_NB_1", "T005_ZFAI")] * 5 + [("DI", "di", "bool", "M_SP_NA_1", "T006_ZFDI")] * 5
 E2E_TIMERS = {"FEP_TIMERS_LEASE_TICK_S": "0.1", "FEP_TIMERS_LEASE_TTL_S": "1.0", "FEP_TIMERS_TAKEOVER_S": "1.5",
               "FEP_TIMERS_CHANNEL_SWITCH_S": "0.4", "FEP_TIMERS_RECONNECT_MIN_S": "0.05",
               "FEP_TIMERS_RECONNECT_MAX_S": "0.2"}
 
 
-def e2e_phase(root: Path, changes: int, poll_ms: int) -> tuple[list[float], int]:
-    """PlcSim change -> real fep-acquirer -> Redis -> real fep-forwarder -> c104 client; -> (added
-    latencies in ms, changes lost)."""
+def e2e_rows(fwd_port: int, dev_port: int, poll_ms: int) -> dict[str, list[dict[str, Any]]]:
+    out = rows(0, fwd_port, dev_port)
+    out["T004_RTU"][0].update(POLLMS=poll_ms, TIMEOUTMS=1000)
+    out["T006_ZFDI"] = []
+    for i, (kind, area, dtype, asdu, table) in enumerate(E2E_KINDS):
+        out["T011_POINT"].append({"PNTID": 1 + i, "RTUID": ACQ_RTU, "KIND": kind, "NAME": f"e{i}", "AREA": area,
+                                  "ADDRESS": 2 * i, "DATATYPE": dtype, "BYTEORDER": None, "WORDORDER": None,
+                                  "BITINDEX": None, "SCALE": None, "OFFSET": None, "DEADBAND": None})
+        out[table].append({"ZFID": 1 + i, "RTUID": FWD_RTU, "SRCID": 1 + i, "ADDR": IOA0 + i, "TYPE": asdu,
+                           "COEF": None})
+    return out
+
+
+def e2e_phase(root: Path, samples: int, poll_ms: int) -> tuple[list[float], int]:
+    """PlcSim change -> real fep-acquirer -> Redis -> real fep-forwarder -> c104 client; -> (latencies in
+    ms from the change in the device, changes lost)."""
     fwd_port, dev_port = free_port(), free_port()
-    cfg_rows = rows(E2E_POINTS, fwd_port, dev_port)
-    cfg_rows["T004_RTU"][0].update(POLLMS=poll_ms, TIMEOUTMS=1000)
+    cfg_rows = e2e_rows(fwd_port, dev_port, poll_ms)
     with RedisProc() as rp:
         r = rp.client()
         replace_config(r, cfg_rows)
@@ -296,58 +315,60 @@ def e2e_phase(root: Path, changes: int, poll_ms: int) -> tuple[list[float], int]
         procs = [subprocess.Popen([sys.executable, "-m", module], env=env)
                  for module in ("fep_acquirer.cli", "fep_forwarder.cli")]
         try:
-            return asyncio.run(_e2e_drive(Model.from_rows(cfg_rows), fwd_port, changes, poll_ms))
+            return asyncio.run(_e2e_drive(Model.from_rows(cfg_rows), fwd_port, samples, poll_ms))
         finally:
             for proc in procs:
                 stop(proc)
 
 
-async def _e2e_drive(model: Model, fwd_port: int, changes: int, poll_ms: int) -> tuple[list[float], int]:
-    """The device (PlcSim, on this loop) and the client; changes point 1, one per poll."""
-    first_read: dict[int, float] = {}  # value of point 1 -> perf_counter of the first read that served it
-    served = asyncio.Event()
-
-    def on_read(rtu: int, ch: int, area: str, address: int, count: int) -> None:
-        t = time.perf_counter()
-        v = int(sim.value(1))
-        if area == "hr" and address <= 0 < address + count and v not in first_read:  # point 1: hr 0..1
-            first_read[v] = t
-            served.set()
-
+async def _e2e_drive(model: Model, fwd_port: int, samples: int, poll_ms: int) -> tuple[list[float], int]:
+    """Every point changes on its own random schedule (1.2 .. 2.2 poll periods apart, so that each change is
+    seen by a poll and the poll phase is uniform): analog values count up (the value names the change), DIs
+    toggle (the n-th spontaneous event of a DI is its n-th change)."""
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # it would trace every frame
-    sim = PlcSim(model, on_read=on_read)
+    sim = PlcSim(model)
     await sim.start()
     rx = Receiver(fwd_port)
+    n = len(E2E_KINDS)
+    changed: dict[int, list[tuple[float, float]]] = {1 + i: [] for i in range(n)}  # pid -> (t, value)
     try:
         await asyncio.to_thread(wait_port, fwd_port)
         await asyncio.to_thread(rx.__enter__)
-        # warm-up: the acquirer holds the lease and a change travels the whole chain
-        sim.set_value(1, E2E_BASE)
-        if not await arrived(rx, {int(E2E_BASE)}, 0, 30):
+        sim.set_value(1, 1000.0)  # warm-up: the acquirer holds the lease and a change travels the chain
+        if not await arrived(rx, {1000}, 0, 30):
             raise RuntimeError("no change reached the client through fep-acquirer and fep-forwarder")
-        start_frame, sent = len(rx.frames), []
+        await asyncio.sleep(2 * poll_ms / 1000)
+        start_frame = len(rx.frames)
         rng = random.Random(104)
-        for k in range(1, changes + 1):
-            v = int(E2E_BASE) + k
-            served.clear()
-            sim.set_value(1, v)
-            sent.append(v)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(served.wait(), 10 * poll_ms / 1000)
-            # next change after a random part of a poll period: read by a later poll, at any phase
-            await asyncio.sleep(rng.uniform(0.1, 0.9) * poll_ms / 1000)
-        await arrived(rx, set(sent), start_frame, 3)
-        got: dict[int, float] = {}
-        for t, v in rx.values(start_frame):
-            got.setdefault(v, t)
+
+        async def drive(pid: int, count: int) -> None:
+            kind = E2E_KINDS[pid - 1][2]
+            for k in range(1, count + 1):
+                await asyncio.sleep(rng.uniform(1.2, 2.2) * poll_ms / 1000)
+                v = float(k % 2) if kind == "bool" else float(2000 + k)
+                sim.set_value(pid, v)
+                changed[pid].append((time.perf_counter(), v))
+
+        await asyncio.gather(*(drive(1 + i, -(-samples // n)) for i in range(n)))
+        await asyncio.sleep(3 * poll_ms / 1000 + 1.0)
+        events = rx.spontaneous(start_frame)
     finally:
         rx.__exit__()
         await sim.stop()
-    lat = [(got[v] - first_read[v]) * 1000 for v in sent if v in got and v in first_read]
-    unread = sum(1 for v in sent if v not in first_read)
-    if unread:
-        print(f"e2e: {unread} changes were never read by the acquirer (counted as lost)", flush=True)
-    return lat, len(sent) - len(lat)
+    lat: list[float] = []
+    lost = 0
+    for pid, sent in changed.items():
+        got = [(t, v) for t, _, ioa, v in events if ioa == IOA0 + pid - 1]
+        if E2E_KINDS[pid - 1][2] == "bool":  # toggles: n-th event <-> n-th change, values must agree
+            pairs = [(s, g) for s, g in zip(sent, got, strict=False) if s[1] == g[1]]
+        else:
+            first: dict[float, float] = {}
+            for t, v in got:
+                first.setdefault(v, t)
+            pairs = [(s, (first[s[1]], s[1])) for s in sent if s[1] in first]
+        lat += [(g[0] - s[0]) * 1000 for s, g in pairs]
+        lost += len(sent) - len(pairs)
+    return lat, lost
 
 
 async def arrived(rx: Receiver, want: set[int], start_frame: int, timeout: float) -> bool:
@@ -364,25 +385,41 @@ async def arrived(rx: Receiver, want: set[int], start_frame: int, timeout: float
         await asyncio.sleep(0.05)
 
 
+def mmm(xs: list[float]) -> str:
+    return f"{min(xs):.2f}/{statistics.median(xs):.2f}/{max(xs):.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--points", type=int, default=1000)
     ap.add_argument("--rate", type=int, default=10_000, help="changes/s of the latency load")
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--runs", type=int, default=5, help="alternating latency runs of each server")
     ap.add_argument("--rates", default="20000,40000,80000,160000",
                     help="paced loads (values/s) stepped up until one loses values or saturates")
     ap.add_argument("--step-seconds", type=float, default=2.0)
-    ap.add_argument("--e2e-changes", type=int, default=200, help="device changes of the end-to-end load")
+    ap.add_argument("--e2e-samples", type=int, default=2000, help="device changes of the end-to-end load")
     ap.add_argument("--e2e-poll-ms", type=int, default=100, help="poll period of the end-to-end load")
+    ap.add_argument("--tiny", action="store_true", help="a few seconds on tiny parameters (the test suite)")
     ap.add_argument("--c104-ref", nargs=2, type=int, metavar=("REDIS_PORT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.c104_ref:
         c104_reference(args.c104_ref[0], args.c104_ref[1], args.points)
         return 0
+    if args.tiny:
+        args.points, args.rate, args.seconds, args.runs, args.rates = 50, 1000, 0.5, 1, "2000"
+        args.step_seconds, args.e2e_samples, args.e2e_poll_ms = 0.5, 32, 50
     rates = [int(x) for x in args.rates.split(",")]
+    print(f"parameters: {args.points} M_ME_NC_1 points, latency load {args.rate}/s for {args.seconds:g} s "
+          f"(a write every 5 ms), {args.runs} alternating runs per server; throughput steps {rates} "
+          f"({args.step_seconds:g} s each); c104 2.2.1 reference: Batch per stream record, tick 50 ms (its "
+          f"smallest); end to end: {args.e2e_samples} changes of {len(E2E_KINDS)} points (float32, int16, DI), "
+          f"poll {args.e2e_poll_ms} ms; cpu count {os.cpu_count()}", flush=True)
     root = Path(tempfile.mkdtemp(prefix="fep-bench-fwd-"))
     shutil.copytree(REPO / "cfg", root / "cfg")
     port, ref_port = free_port(), free_port()
+    ours: list[dict[str, float]] = []
+    theirs: list[dict[str, float]] = []
     try:
         with RedisProc() as rp:
             r = rp.client()
@@ -391,32 +428,44 @@ def main(argv: list[str] | None = None) -> int:
             w = Writer(r, args.points)
             env = {**os.environ, "FEPROOT": str(root), "FEP_REDIS_PORT": str(rp.port),
                    "FEP_REDIS_LOCAL_PORT": str(rp.port), "FEP_LOG_DIR": "", "FEP_LOG_LEVEL": "WARNING"}
-            fwd = subprocess.Popen([sys.executable, "-m", "fep_forwarder.cli"], env=env)
-            try:
-                wait_port(port)
-                ours = run_phase("se104s (fep-forwarder)", port, w, args, rates)
-            finally:
-                stop(fwd)
-            ref = subprocess.Popen([sys.executable, __file__, "--points", str(args.points), "--c104-ref",
-                                    str(rp.port), str(ref_port)])
-            try:
-                wait_port(ref_port)
-                theirs = run_phase("c104.Server (reference)", ref_port, w, args, rates[:1])
-            finally:
-                stop(ref)
-        e2e, e2e_lost = e2e_phase(root, args.e2e_changes, args.e2e_poll_ms)
+            for run in range(args.runs):
+                last = run == args.runs - 1
+                fwd = subprocess.Popen([sys.executable, "-m", "fep_forwarder.cli"], env=env)
+                try:
+                    wait_port(port)
+                    ours.append(run_phase(f"run {run + 1} se104s (fep-forwarder)", port, w, args,
+                                          rates if last else []))
+                finally:
+                    stop(fwd)
+                ref = subprocess.Popen([sys.executable, __file__, "--points", str(args.points), "--c104-ref",
+                                        str(rp.port), str(ref_port)])
+                try:
+                    wait_port(ref_port)
+                    theirs.append(run_phase(f"run {run + 1} c104.Server (reference)", ref_port, w, args,
+                                            rates[:1] if last else []))
+                finally:
+                    stop(ref)
+        e2e, e2e_lost = e2e_phase(root, args.e2e_samples, args.e2e_poll_ms)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    gain = theirs["p99"] / ours["p99"] if ours["p99"] > 0 else float("inf")
-    lossless = ours["rate"] if ours["lat_lost"] == 0 else 0.0
-    print(f"c104 reference lost {theirs['lat_lost']} of the latency load and {theirs['lost']} at {rates[0]:,}/s")
-    print(f"end to end (PlcSim -> fep-acquirer, {args.e2e_poll_ms} ms poll -> fep-forwarder -> c104 client): "
-          f"{len(e2e)}/{args.e2e_changes} changes arrived, added latency after the first read serving the "
-          f"change: p50 {pct(e2e, 50):.2f} ms, p99 {pct(e2e, 99):.2f} ms, max {max(e2e, default=float('nan')):.2f} ms",
-          flush=True)
-    print(f"p50_ms={ours['p50']:.2f} p99_ms={ours['p99']:.2f} c104_p99_ms={theirs['p99']:.2f} "
-          f"latency_gain={gain:.1f} lossless_values_per_s={lossless:.0f} lost={ours['lat_lost']} "
-          f"e2e_p50_ms={pct(e2e, 50):.2f} e2e_p99_ms={pct(e2e, 99):.2f} e2e_lost={e2e_lost}")
+    p50, p99 = statistics.median(o["p50"] for o in ours), statistics.median(o["p99"] for o in ours)
+    c_p99 = statistics.median(t["p99"] for t in theirs)
+    gains = [t["p99"] / o["p99"] for o, t in zip(ours, theirs, strict=True) if o["p99"] > 0]
+    lost = sum(o["lat_lost"] for o in ours)
+    lossless = ours[-1]["rate"] if lost == 0 else 0.0
+    print(f"se104s min/median/max over {args.runs} runs: p50 {mmm([o['p50'] for o in ours])} ms, p99 "
+          f"{mmm([o['p99'] for o in ours])} ms; c104 (Batch) p50 {mmm([t['p50'] for t in theirs])} ms, p99 "
+          f"{mmm([t['p99'] for t in theirs])} ms; latency_gain per run {mmm(gains)}")
+    print(f"c104 reference lost {sum(t['lat_lost'] for t in theirs)} of its latency loads and "
+          f"{theirs[-1]['lost']} at {rates[0]:,}/s")
+    print(f"end to end (PlcSim change -> fep-acquirer, {args.e2e_poll_ms} ms poll -> fep-forwarder -> c104 client,"
+          f" poll phase included): {len(e2e)}/{args.e2e_samples} changes arrived, p50 {pct(e2e, 50):.2f} ms, "
+          f"p99 {pct(e2e, 99):.2f} ms, max {max(e2e, default=float('nan')):.2f} ms, lost {e2e_lost}", flush=True)
+    out = {"runs": args.runs, "p50_ms": f"{p50:.2f}", "p99_ms": f"{p99:.2f}", "c104_p99_ms": f"{c_p99:.2f}",
+           "latency_gain": f"{c_p99 / p99:.1f}" if p99 > 0 else "inf", "lossless_values_per_s": f"{lossless:.0f}",
+           "lost": lost + e2e_lost, "e2e_p50_ms": f"{pct(e2e, 50):.2f}", "e2e_p99_ms": f"{pct(e2e, 99):.2f}",
+           "e2e_samples": len(e2e)}
+    print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import json
 import logging
+import random
 import signal
 import time
 from collections.abc import Callable
@@ -109,13 +110,30 @@ def _step_raw(store: DeviceStore, area: str, address: int, count: int) -> None:
     regs[address : address + count] = [(v + 1) & 0xFFFF for v in regs[address : address + count]]
 
 
+def _stamp_some(store: DeviceStore, area: str, address: int, count: int, pct: float, rng: random.Random) -> None:
+    """stamp_pct: `pct` % of the registers of a read (on average; which ones at random) take the serving
+    moment as value, `time.time()` in ms modulo 2**16, so that whoever receives the value knows when the
+    device served it (bench/acquire.py: device -> Redis latency, within 65 s). Bit areas are left alone."""
+    if area in dt.BIT_AREAS:
+        return
+    want = count * pct / 100
+    n = int(want) + (rng.random() < want - int(want))
+    if not n:
+        return
+    regs = store.regs[area]
+    stamp = int(time.time() * 1000) & 0xFFFF
+    for i in rng.sample(range(address, address + count), min(n, count)):
+        regs[i] = stamp if regs[i] != stamp else (stamp + 1) & 0xFFFF
+
+
 class PlcSim:
     """Modbus TCP servers for every acquisition RTU of a model, on both channels (see docs/plcsim.md)."""
 
     def __init__(self, model: Model, rate: float = 0.0, host_map: dict[str, str] | None = None,
                  control: tuple[str, int] | None = None, change_on_read: bool = False,
                  journal: Callable[[dict], None] | None = None,
-                 on_read: Callable[[int, int, str, int, int], None] | None = None) -> None:
+                 on_read: Callable[[int, int, str, int, int], None] | None = None,
+                 stamp_pct: float = 0.0, delay_ms: float = 0.0) -> None:
         self.model = model
         self.journal = journal  # called with every change made and write received (--journal)
         # called with (rtu, channel, area, address, count) as each read request is served, on the serving
@@ -123,6 +141,9 @@ class PlcSim:
         self.on_read = on_read
         self.rate = rate
         self.change_on_read = change_on_read
+        self.stamp_pct = stamp_pct  # see _stamp_some (--stamp-pct)
+        self.delay_s = delay_ms / 1000  # every answer waits this long: a device's response time (--delay-ms)
+        self._rng = random.Random(0)
         self.host_map = dict(host_map or {})
         self.control = control
         self.control_port: int | None = None
@@ -162,8 +183,12 @@ class PlcSim:
         store = self.stores[rtu]
         if area is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         if values is None and self.change_on_read:
             _step_raw(store, area, address, count)
+        if values is None and self.stamp_pct:
+            _stamp_some(store, area, address, count, self.stamp_pct, self._rng)
         if values is None and self.on_read is not None and fc in _READ_FC:  # a write's echo is no read
             self.on_read(rtu, ch, area, address, count)
         if area in dt.BIT_AREAS:
@@ -348,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--map", action="append", default=[], metavar="OLD=NEW", help="bind NEW instead of OLD")
     ap.add_argument("--change-on-read", action="store_true",
                     help="every read changes the values it reads (benchmark load: all points change each poll)")
+    ap.add_argument("--stamp-pct", type=float, default=0.0,
+                    help="each read changes this %% of the registers it reads to the serving time (ms mod 65536)")
+    ap.add_argument("--delay-ms", type=float, default=0.0, help="response delay of every request (device time)")
     ap.add_argument("--control", type=_hostport, default=None, metavar="HOST:PORT", help="control port")
     ap.add_argument("--journal", type=Path, default=None, metavar="FILE",
                     help="append one JSON line per change made (start, tick, set) and write received")
@@ -361,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
         journal = lambda ev: out.write(json.dumps({"t": time.time(), **ev}) + "\n")
     try:
         sim = PlcSim.from_db(args.db, rate=args.rate, host_map=host_map, control=args.control,
-                             change_on_read=args.change_on_read, journal=journal)
+                             change_on_read=args.change_on_read, journal=journal,
+                             stamp_pct=args.stamp_pct, delay_ms=args.delay_ms)
     except (OSError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -5,7 +5,8 @@ stdout (the HA scenarios read them). Needs the test extras (c104).
     fep-scada-probe --db $FEPROOT/db/SEMODEL.db --node A=198.18.0.1 --node B=198.18.0.2
 
 IEC 104: every monitoring point of the se104s RTU, general interrogation at connect (Init.ALL), then
-spontaneous data; each received object is one line {"src": "iec104", "node", "ioa", "value", "cot", "t"}.
+spontaneous data; each received object is one line {"src": "iec104", "node", "ioa", "value", "cot", "t"}
+(plus "tt", its CP56 time tag in s, when the type carries one).
 Modbus: the modbus_trains RTU's discrete inputs and input registers are read every 200 ms; a line
 {"src": "modbus", "node", "kind", "addr", "value", "t"} is printed when a value differs from the last
 one read (or the read fails: "value": null). c104 reconnects by itself when a node comes back.
@@ -53,9 +54,10 @@ def start_iec104(node: str, ip: str, model: Model) -> tuple[c104.Client, c104.Co
 
     def on_receive(point: c104.Point, previous_info: c104.Information,
                    message: c104.IncomingMessage) -> c104.ResponseState:
-        v = message.info.value
+        v, tag = message.info.value, message.info.recorded_at  # tag: the CP56 time of a time-tagged type
         emit(src="iec104", node=node, ioa=point.io_address, cot=message.cot.name,
-             value=v if isinstance(v, (int, float, bool)) else str(v), quality=str(message.info.quality))
+             value=v if isinstance(v, (int, float, bool)) else str(v), quality=str(message.info.quality),
+             **({"tt": tag.timestamp()} if tag is not None else {}))
         return c104.ResponseState.SUCCESS
 
     for f in rtu.forwards:

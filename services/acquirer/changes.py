@@ -34,6 +34,10 @@ class ChangeTracker:
         written, dirty, deadband = self.written, self.dirty, self.deadband
         for pid, s in samples.items():
             last = written.get(pid)
+            if last == s:  # the common case (most points do not change): no rule to apply unless dirty
+                if dirty and pid in dirty:
+                    out[pid] = s
+                continue
             if last is None or pid in dirty or differs(last, s, deadband.get(pid, 0.0)):
                 out[pid] = s
         return out

@@ -126,10 +126,19 @@ class RtuRunner(RunnerBase):
                 link.close()
 
     async def _poll_loop(self, link: DeviceLink) -> None:
+        """Poll at once, then on a fixed schedule at this RTU's own phase of the period: RTUs connected at
+        the same moment would otherwise poll in one burst each period (bench/acquire.py, 100 RTUs: the
+        burst queues in the acquirer and the devices). A poll that overruns is followed at once."""
+        period = self.poll_s
+        phase = (self.rtu.id * 0.6180339887) % 1.0 * period  # golden-ratio spread over the period
+        slot: float | None = None
         while not self._stopping:
-            t0 = time.monotonic()
             await self.poll(link)
-            await asyncio.sleep(max(0.0, self.poll_s - (time.monotonic() - t0)))
+            now = time.monotonic()
+            slot = now + (phase - now) % period if slot is None else slot + period
+            if slot < now:
+                slot = now
+            await asyncio.sleep(slot - now)
 
     async def poll(self, link: DeviceLink) -> None:
         """Read every block; LinkError propagates (channel logic), DeviceError marks that block invalid."""
@@ -139,8 +148,7 @@ class RtuRunner(RunnerBase):
         for block in self.blocks:
             try:
                 data = await link.read(block)
-                for pid, v in decode_block(block, data).items():
-                    samples[pid] = (v, 0)
+                samples.update({pid: (v, 0) for pid, v in decode_block(block, data).items()})
             except DeviceError as exc:
                 bad = f"{block.area}{block.start}+{block.count}: {exc}"
                 for p in block.points:

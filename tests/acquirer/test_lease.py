@@ -9,6 +9,7 @@ import time
 
 from fepha import keyspace as ks
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.stays import astays
 
 
 async def test_start_up_lease_goes_to_the_node_that_reaches(redis_master, feproot):
@@ -23,7 +24,13 @@ async def test_start_up_lease_goes_to_the_node_that_reaches(redis_master, feproo
         r = a.master
         await until(lambda: b.acq.runners and b.acq.runners[1].lease.held, 5)
         await until(lambda: all(a.acq.runners[i].lease.held or b.acq.runners[i].lease.held for i in (2, 3)), 3)
-        await asyncio.sleep(1.6)  # 16 lease ticks, > 1 takeover time, > 2 lease TTLs (helpers.FAST): no move
+        # 16 lease ticks, > 1 takeover time, > 2 lease TTLs (helpers.FAST): no move, checked all along
+        n0 = await r.xlen(ks.LEASE_EVENTS)
+
+        async def no_new_event() -> bool:
+            return await r.xlen(ks.LEASE_EVENTS) == n0
+
+        await astays(no_new_event, 1.6, "no lease move while both nodes reach every device", interval=0.05)
         events = [e for _, e in await r.xrange(ks.LEASE_EVENTS)]
         assert sorted(int(e["rtu"]) for e in events) == [1, 2, 3], events  # one grant per RTU, no flapping
         assert all(e["reason"] == "initial" and e["from"] == "" and e["epoch"] == "1" for e in events), events

@@ -6,6 +6,7 @@ import asyncio
 
 from fep_em_daq.cli import run_all
 from fepha.config import NodeConfig
+from tests.stays import astays
 
 
 async def _until_stop(cfg: NodeConfig, stop: asyncio.Event) -> None:
@@ -20,8 +21,7 @@ async def _fails(cfg: NodeConfig, stop: asyncio.Event) -> None:
 async def test_stop_ends_both_with_status_0() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(run_all(NodeConfig(), stop, {"a": _until_stop, "b": _until_stop}))
-    await asyncio.sleep(0.02)
-    assert not task.done()
+    await astays(lambda: not task.done(), 0.2, "both services keep running until stop")
     stop.set()
     assert await asyncio.wait_for(task, 2) == 0
 

@@ -18,12 +18,13 @@ Counting rules (plain functions, no network):
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import struct
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,59 @@ def proto_value(rec: dict[str, Any], view: View) -> float | None:
             return struct.unpack(">f", raw)[0]
         return float(struct.unpack(">i" if view.type == "int32" else ">I", raw)[0])
     return float(v)
+
+
+@dataclass
+class Tally:
+    events: int = 0          # device changes in the window (of forwarded points)
+    lost: int = 0
+    dup: int = 0
+    order: int = 0           # analog values received out of order
+    tag: int = 0             # time tags going backwards or outside [change, arrival]
+    per_point_lost: dict[int, int] = field(default_factory=dict)
+
+
+def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
+          node: str, since: float, until: float) -> Tally:
+    """Device changes in [since, until] vs spontaneous events received on `node` (bench/failover.py): answers
+    to GI are not events. Analog: a change is lost when its value never arrives, duplicated when it arrives
+    more than once, out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
+    change; the same state twice in a row is a duplicate, changes beyond the distinct events are lost.
+    Time tags must not go backwards and must lie between the first change of the window (- 1.5 s) and the
+    arrival (+ 0.5 s: clocks of one machine)."""
+    out = Tally()
+    for v in vs:
+        if v.proto != "iec104" or v.src not in dev:
+            continue
+        made = [(t, x) for t, x in dev[v.src] if since <= t <= until]
+        if not made:
+            continue
+        got = [r for r in records if r.get("src") == "iec104" and r.get("node") == node and r["ioa"] == v.key
+               and r.get("cot") == "SPONTANEOUS" and r["t"] >= made[0][0]]
+        vals = [(r, proto_value(r, v)) for r in got]
+        out.events += len(made)
+        is_di = v.type.startswith(("M_SP", "M_DP"))
+        if is_di:  # states in order: the n-th event is the n-th change
+            seq = [x for _, x in vals]
+            dup = sum(1 for a, b in itertools.pairwise(seq) if a == b)
+            lost = max(0, len(made) - (len(seq) - dup))
+        else:
+            lost = dup = 0
+            for _, x in made:
+                n = sum(1 for _, g in vals if g is not None and v.same(g, x))
+                lost += n == 0
+                dup += max(0, n - 1)
+            nums = [g for _, g in vals if g is not None]
+            out.order += sum(1 for a, b in itertools.pairwise(nums) if b < a)
+        out.lost += lost
+        out.dup += dup
+        if lost:
+            out.per_point_lost[v.src] = lost
+        tags = [(r["tt"], r["t"]) for r, _ in vals if "tt" in r]
+        out.tag += sum(1 for (a, _), (b, _) in itertools.pairwise(tags) if b < a)
+        first_change = made[0][0]
+        out.tag += sum(1 for tt, arrival in tags if not first_change - 1.5 <= tt <= arrival + 0.5)
+    return out
 
 
 def client_timeline(records: list[dict[str, Any]], view: View, node: str) -> list[tuple[float, float]]:

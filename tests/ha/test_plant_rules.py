@@ -7,7 +7,14 @@ import struct
 
 import pytest
 
-from tests.ha.plant import View, count_changes, device_timelines, final_mismatches, proto_value
+from tests.ha.plant import (
+    View,
+    count_changes,
+    count_spontaneous,
+    device_timelines,
+    final_mismatches,
+    proto_value,
+)
 
 DI = View(src=105, proto="iec104", key=1, type="M_SP_TB_1", coef=1.0)
 DP = View(src=107, proto="iec104", key=3, type="M_DP_NA_1", coef=1.0)
@@ -92,3 +99,34 @@ GAP_DI = View(src=106, proto="iec104", key=2, type="M_SP_NA_1", coef=1.0)
 def test_count_changes_catch_up_after_the_takeover(received: list[dict], lost: list) -> None:
     c = count_changes(GAP, received, [GAP_DI], "B", since=5, until=35, late_s=2.5, catch_up=14)
     assert c.made == 3 and c.lost == lost
+
+
+# --- bench/failover.py's spontaneous-event count ----------------------------------------------------------
+RAMP = View(src=3001, proto="iec104", key=3001, type="M_ME_TF_1", coef=1.0)
+RAMP_DEV = {3001: [(10.0, 1.0), (11.0, 2.0), (12.0, 3.0), (13.0, 4.0)],
+            105: [(10.0, 1.0), (11.0, 0.0), (12.0, 1.0), (13.0, 0.0)]}
+
+
+def spont(t: float, ioa: int, value: object, tt: float | None = None, cot: str = "SPONTANEOUS") -> dict:
+    return {**iec(t, ioa, value), "cot": cot, **({"tt": tt} if tt is not None else {})}
+
+
+CLEAN = [spont(10.1 + i, 3001, float(i + 1), 10.0 + i) for i in range(4)] + \
+        [spont(10.1 + i, 1, bool((i + 1) % 2), 10.0 + i) for i in range(4)]
+
+
+@pytest.mark.parametrize("records, lost, dup, order, tag", [
+    (CLEAN, 0, 0, 0, 0),
+    # a GI answer is not an event: value 3 only answered to GI is lost
+    ([r for r in CLEAN if not (r["ioa"] == 3001 and r["value"] == 3.0)] + [spont(12.5, 3001, 3.0, cot="INTERROGATED_BY_STATION")],
+     1, 0, 0, 0),
+    ([*CLEAN, spont(13.2, 3001, 4.0, 13.0)], 0, 1, 0, 0),                       # sent again after a takeover
+    ([*CLEAN, spont(13.3, 3001, 2.0, 11.0)], 0, 1, 1, 1),                       # old value replayed late
+    # DI: the last toggle lost, the state before it sent twice
+    ([r for r in CLEAN if not (r["ioa"] == 1 and r["t"] > 13)] + [spont(13.2, 1, True, 12.0)], 1, 1, 0, 0),
+    ([r for r in CLEAN if r["ioa"] == 1] + [spont(10.1 + i, 3001, float(i + 1), 5.0) for i in range(4)],
+     0, 0, 0, 4),                                                              # time tags before the change
+])
+def test_count_spontaneous(records: list[dict], lost: int, dup: int, order: int, tag: int) -> None:
+    c = count_spontaneous(RAMP_DEV, sorted(records, key=lambda r: r["t"]), [RAMP, DI], "B", 9.5, 14.0)
+    assert (c.events, c.lost, c.dup, c.order, c.tag) == (8, lost, dup, order, tag)
