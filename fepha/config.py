@@ -161,10 +161,10 @@ class NodeConfig:
     # forwarding RTU of the node uses them (fep_forwarder.app passes them as that server's options)
     se104s_k: int = opt("se104s", _positive(int), 12, "IEC 104 k: I-frames sent and not yet acknowledged, at most")
     se104s_w: int = opt("se104s", _positive(int), 8, "IEC 104 w: acknowledge the master's I-frames after this many")
-    se104s_t0: float = opt("se104s", _positive(float), 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
-    se104s_t1: float = opt("se104s", _positive(float), 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
-    se104s_t2: float = opt("se104s", _positive(float), 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
-    se104s_t3: float = opt("se104s", _positive(float), 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
+    se104s_t0_s: float = opt("se104s", _positive(float), 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
+    se104s_t1_s: float = opt("se104s", _positive(float), 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
+    se104s_t2_s: float = opt("se104s", _positive(float), 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
+    se104s_t3_s: float = opt("se104s", _positive(float), 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
     se104s_queue_max: int = opt("se104s", _positive(int), 200_000, "events queued per started master before it is closed")
     se104s_buffer_max: int = opt("se104s", _positive(int), 200_000,
                                  "events kept while no master is started (oldest dropped)")
@@ -179,8 +179,8 @@ class NodeConfig:
                                    "not completed a poll for this many poll periods (plus one lease tick)")
 
     def se104s_options(self) -> dict[str, Any]:
-        """The [se104s] settings as Se104Server options (k, w, t0 ... command_max_age_ms)."""
-        return {f.name[len("se104s_"):]: getattr(self, f.name) for f in fields(self)
+        """The [se104s] settings as Se104Server options (k, w, t0 ... t3 in s, ... command_max_age_ms)."""
+        return {f.name[len("se104s_"):].removesuffix("_s"): getattr(self, f.name) for f in fields(self)
                 if f.name.startswith("se104s_")}
 
     @property
@@ -259,6 +259,9 @@ def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **
     if not cfg.se104s_w <= cfg.se104s_k <= 32767:
         raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [se104s] k = {cfg.se104s_k}, w = {cfg.se104s_w}: "
                           "need w <= k <= 32767 (IEC 104 recommends w at most 2/3 of k)")
+    if cfg.se104s_t2_s >= cfg.se104s_t1_s:
+        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [se104s] t2_s = {cfg.se104s_t2_s}: must be less "
+                          f"than t1_s ({cfg.se104s_t1_s})")
     return cfg
 
 

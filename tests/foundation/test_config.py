@@ -50,7 +50,8 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("[iec104]\ngi_period_s = -1\n", {}, "[iec104] gi_period_s = '-1': expected a number >= 0"),
     ("", {"FEP_IEC104_CLOCK_SYNC_S": "often"}, "FEP_IEC104_CLOCK_SYNC_S = 'often': expected a number >= 0"),
     ("[se104s]\nk = 4\nw = 8\n", {}, "[se104s] k = 4, w = 8: need w <= k <= 32767"),
-    ("[se104s]\nt1 = 0\n", {}, "[se104s] t1 = '0': expected a number > 0"),
+    ("[se104s]\nt1_s = 0\n", {}, "[se104s] t1_s = '0': expected a number > 0"),
+    ("[se104s]\nt1_s = 5\nt2_s = 5\n", {}, "[se104s] t2_s = 5.0: must be less than t1_s (5.0)"),
 ])
 def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, expect: str) -> None:
     write(tmp_path, text)
@@ -81,7 +82,7 @@ def test_se104s_settings_reach_the_server_options(tmp_path: Path) -> None:
 
     from fep_forwarder.app import Forwarder
 
-    write(tmp_path, "[se104s]\nk = 20\nt3 = 7\nbuffer_max = 50\n")
+    write(tmp_path, "[se104s]\nk = 20\nt3_s = 7\nbuffer_max = 50\n")
     cfg = config.load_node(tmp_path, env={"FEP_SE104S_W": "3"})
     fwd = Forwarder(cfg, asyncio.Event(), {"t3": 0.5})
     opts = fwd.protocol_options("se104s")

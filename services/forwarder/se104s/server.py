@@ -41,7 +41,7 @@ class Se104Server(ForwardServer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.t0 = float(self.options.get("t0", 30.0))  # TLS handshake limit ([se104s] t0)
+        self.t0 = float(self.options.get("t0", 30.0))  # TLS handshake limit ([se104s] t0_s)
         self.station = Station(self.rtu, self.options, self.run_control, f"se104s:{self.rtu.id}:{self.node}",
                                wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
                                acked=self.record_ack, counts=self.counts, make_room=self.make_room)
