@@ -214,13 +214,32 @@ class Tally:
     dup: int = 0
     order: int = 0           # analog values received out of order
     tag: int = 0             # time tags going backwards or outside [change, arrival]
+    quality: int = 0         # quality-only events: the same value again with NT/IV set or cleared
     per_point_lost: dict[int, int] = field(default_factory=dict)
+
+
+def quality_only(vals: list[tuple[dict[str, Any], float | None]]) -> tuple[list[tuple[dict[str, Any], float | None]], int]:
+    """Split a point's received (record, value) sequence into value events and quality-only events: a
+    record with the previous record's value and another quality (NT set when the lease has no live
+    holder, cleared when the new holder polls: docs/forwarder.md) tells SCADA the value's status, not a
+    new value, so it is neither a duplicate nor a device change. Returns (value events, quality-only count)."""
+    kept: list[tuple[dict[str, Any], float | None]] = []
+    n = 0
+    prev: tuple[float | None, Any] | None = None
+    for r, x in vals:
+        q = r.get("quality")
+        if prev is not None and prev[0] == x and prev[1] != q:
+            n += 1
+        else:
+            kept.append((r, x))
+        prev = (x, q)
+    return kept, n
 
 
 def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
           node: str, since: float, until: float) -> Tally:
     """Device changes in [since, until] vs spontaneous events received on `node` (bench/failover.py): answers
-    to GI are not events. Analog: a change is lost when its value never arrives, duplicated when it arrives
+    to GI are not events, and neither are quality-only events (`quality_only`: counted apart). Analog: a change is lost when its value never arrives, duplicated when it arrives
     more than once, out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
     change; the same state twice in a row is a duplicate, changes beyond the distinct events are lost.
     Time tags must not go backwards and must lie between the first change of the window (- 1.5 s) and the
@@ -234,7 +253,8 @@ def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[d
             continue
         got = [r for r in records if r.get("src") == "iec104" and r.get("node") == node and r["ioa"] == v.key
                and r.get("cot") == "SPONTANEOUS" and r["t"] >= made[0][0]]
-        vals = [(r, proto_value(r, v)) for r in got]
+        vals, nq = quality_only([(r, proto_value(r, v)) for r in got])
+        out.quality += nq
         out.events += len(made)
         is_di = v.type.startswith(("M_SP", "M_DP"))
         if is_di:  # states in order: the n-th event is the n-th change
