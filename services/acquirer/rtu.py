@@ -77,6 +77,17 @@ class RunnerBase:
         task, self.task = self.task, None
         await cancel_and_wait(task)
 
+    async def held_by_master(self) -> dict[int, tuple[Sample, int]] | None:
+        """The RTU's values as the master Redis holds them (one HGETALL; a full image compares with it);
+        None when unreadable (logged once: the full image then writes every point)."""
+        try:
+            raw = await self.writer.master.hgetall(ks.values(self.rtu.id))
+        except Exception as exc:  # noqa: BLE001 - the full image still follows, whole
+            self.once.problem(f"{self.key} full image", f"{type(exc).__name__}: {exc}")
+            return None
+        self.once.clear(f"{self.key} full image")
+        return held_in_redis(raw)
+
     async def run(self) -> None:
         raise NotImplementedError
 
@@ -224,10 +235,8 @@ class RtuRunner(RunnerBase):
         changes.StandbyLog), then let the tracker take what Redis holds as written, so the full image
         writes only what differs. Unreadable: no replay, and every point is written (tracker forgotten)."""
         replay, self._replay_pending = self._replay_pending, False
-        try:
-            current = held_in_redis(await self.writer.master.hgetall(ks.values(self.rtu.id)))
-        except Exception as exc:  # noqa: BLE001 - the full image still follows, whole
-            self.once.problem(f"{self.key} replay", f"{type(exc).__name__}: {exc}")
+        current = await self.held_by_master()
+        if current is None:
             return
         if replay and self.standby.entries:
             batches = self.standby.replay(current)
