@@ -69,18 +69,19 @@ RTUS = (1, 2)
 DEVICE_LOSS_RTU = 1
 AI_PNT0, AI_IOA0, AI_ADDR0 = 3001, 20001, 300
 DI_PNT0, DI_IOA0, DI_ADDR0 = 4001, 21001, 40
+POINT_COLS = "(PNTID, RTUID, KIND, NAME, AREA, ADDRESS, DATATYPE)"  # the others NULL: columns get added
 
 
 def extra_sql(n_ai: int, n_di: int) -> str:
     """More forwarded points on device 1: the sample configuration has only a handful."""
     lines = []
     for i in range(n_ai):
-        lines.append(f"INSERT INTO T011_POINT VALUES ({AI_PNT0 + i}, 1, 'AI', 'bench analog {i}', 'hr', "
-                     f"{AI_ADDR0 + i}, 'uint16', NULL, NULL, NULL, NULL, NULL, NULL);")
+        lines.append(f"INSERT INTO T011_POINT {POINT_COLS} VALUES ({AI_PNT0 + i}, 1, 'AI', 'bench analog {i}', "
+                     f"'hr', {AI_ADDR0 + i}, 'uint16');")
         lines.append(f"INSERT INTO T005_ZFAI VALUES ({100 + i}, 10, {AI_PNT0 + i}, {AI_IOA0 + i}, 'M_ME_TF_1', NULL);")
     for i in range(n_di):
-        lines.append(f"INSERT INTO T011_POINT VALUES ({DI_PNT0 + i}, 1, 'DI', 'bench DI {i}', 'di', "
-                     f"{DI_ADDR0 + i}, 'bool', NULL, NULL, NULL, NULL, NULL, NULL);")
+        lines.append(f"INSERT INTO T011_POINT {POINT_COLS} VALUES ({DI_PNT0 + i}, 1, 'DI', 'bench DI {i}', 'di', "
+                     f"{DI_ADDR0 + i}, 'bool');")
         lines.append(f"INSERT INTO T006_ZFDI VALUES ({100 + i}, 10, {DI_PNT0 + i}, {DI_IOA0 + i}, 'M_SP_TB_1', NULL);")
     return "\n".join(lines) + "\n"
 
