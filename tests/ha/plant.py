@@ -239,8 +239,10 @@ def quality_only(vals: list[tuple[dict[str, Any], float | None]]) -> tuple[list[
 def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
           node: str, since: float, until: float) -> Tally:
     """Device changes in [since, until] vs spontaneous events received on `node` (bench/failover.py): answers
-    to GI are not events, and neither are quality-only events (`quality_only`: counted apart). Analog: a change is lost when its value never arrives, duplicated when it arrives
-    more than once, out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
+    to GI are not events, and neither are quality-only events (`quality_only`: counted apart). Analog: a
+    change is lost when its value never arrives, duplicated when it arrives more than once (m changes that
+    the protocol shows as one value, e.g. a normalized value clipped at its maximum with OV, need m
+    arrivals of it), out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
     change; the same state twice in a row is a duplicate, changes beyond the distinct events are lost.
     Time tags must not go backwards and must lie between the first change of the window (- 1.5 s) and the
     arrival (+ 0.5 s: clocks of one machine)."""
@@ -263,10 +265,17 @@ def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[d
             lost = max(0, len(made) - (len(seq) - dup))
         else:
             lost = dup = 0
+            # device values the protocol shows alike (a normalized value clipped with OV) are grouped:
+            # m changes showing one protocol value need m arrivals of it, not one each
+            groups: dict[float, int] = {}
             for _, x in made:
-                n = sum(1 for _, g in vals if g is not None and v.same(g, x))
-                lost += n == 0
-                dup += max(0, n - 1)
+                e = v.expected(x)
+                key = next((k for k in groups if math.isclose(k, e, rel_tol=1e-6, abs_tol=1e-4)), e)
+                groups[key] = groups.get(key, 0) + 1
+            for e, m in groups.items():
+                n = sum(1 for _, g in vals if g is not None and math.isclose(g, e, rel_tol=1e-6, abs_tol=1e-4))
+                lost += max(0, m - n)
+                dup += max(0, n - m)
             nums = [g for _, g in vals if g is not None]
             out.order += sum(1 for a, b in itertools.pairwise(nums) if b < a)
         out.lost += lost

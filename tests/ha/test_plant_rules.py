@@ -160,3 +160,18 @@ def good(records: list[dict]) -> list[dict]:
 def test_count_spontaneous_quality_only(records: list[dict], lost: int, dup: int, quality: int) -> None:
     c = count_spontaneous(RAMP_DEV, sorted(records, key=lambda r: r["t"]), [RAMP, DI], "B", 9.5, 14.0)
     assert (c.events, c.lost, c.dup, c.quality) == (8, lost, dup, quality)
+
+
+CLIP_DEV = {201: [(10.0, 9.0), (11.0, 10.0), (12.0, 11.0), (13.0, 12.0)]}   # NORM: coef 0.1, clipped from 10
+
+
+@pytest.mark.parametrize("values, lost, dup", [
+    ([0.9, 0.999969, 0.999969, 0.999969], 0, 0),            # 10, 11, 12 all show the maximum (OV): one each
+    ([0.9, 0.999969, 0.999969], 1, 0),                      # one of them never came
+    ([0.9, 0.999969, 0.999969, 0.999969, 0.999969], 0, 1),  # one came twice
+    ([0.999969, 0.999969, 0.999969], 1, 0),                 # 9 (0.9) lost
+])
+def test_count_spontaneous_clipped_values_are_counted_per_change(values: list[float], lost: int, dup: int) -> None:
+    recs = [spont(10.1 + i, NORM.key, x) for i, x in enumerate(values)]
+    c = count_spontaneous(CLIP_DEV, recs, [NORM], "B", 9.5, 14.0)
+    assert (c.events, c.lost, c.dup) == (4, lost, dup)
