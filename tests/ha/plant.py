@@ -272,8 +272,12 @@ def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[d
                 e = v.expected(x)
                 key = next((k for k in groups if math.isclose(k, e, rel_tol=1e-6, abs_tol=1e-4)), e)
                 groups[key] = groups.get(key, 0) + 1
+            # arrivals from the point's first change after the window on may be that change (a clipped value
+            # cannot tell): not counted
+            t_next = next((t for t, _ in dev[v.src] if t > until), math.inf)
+            inside = [(r, g) for r, g in vals if r["t"] < t_next]
             for e, m in groups.items():
-                n = sum(1 for _, g in vals if g is not None and math.isclose(g, e, rel_tol=1e-6, abs_tol=1e-4))
+                n = sum(1 for _, g in inside if g is not None and math.isclose(g, e, rel_tol=1e-6, abs_tol=1e-4))
                 lost += max(0, m - n)
                 dup += max(0, n - m)
             nums = [g for _, g in vals if g is not None]

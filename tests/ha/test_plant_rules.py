@@ -162,7 +162,8 @@ def test_count_spontaneous_quality_only(records: list[dict], lost: int, dup: int
     assert (c.events, c.lost, c.dup, c.quality) == (8, lost, dup, quality)
 
 
-CLIP_DEV = {201: [(10.0, 9.0), (11.0, 10.0), (12.0, 11.0), (13.0, 12.0)]}   # NORM: coef 0.1, clipped from 10
+CLIP_DEV = {201: [(10.0, 9.0), (11.0, 10.0), (12.0, 11.0), (13.0, 12.0), (14.05, 13.0)]}  # NORM: coef 0.1,
+# clipped from 10; the last change comes after the window (9.5-14.0) and arrives at 14.1
 
 
 @pytest.mark.parametrize("values, lost, dup", [
@@ -170,8 +171,9 @@ CLIP_DEV = {201: [(10.0, 9.0), (11.0, 10.0), (12.0, 11.0), (13.0, 12.0)]}   # NO
     ([0.9, 0.999969, 0.999969], 1, 0),                      # one of them never came
     ([0.9, 0.999969, 0.999969, 0.999969, 0.999969], 0, 1),  # one came twice
     ([0.999969, 0.999969, 0.999969], 1, 0),                 # 9 (0.9) lost
+    ([0.9, 0.999969, 0.999969, 0.999969, None, 0.999969], 0, 0),  # 13 changed after the window, arrives then
 ])
 def test_count_spontaneous_clipped_values_are_counted_per_change(values: list[float], lost: int, dup: int) -> None:
-    recs = [spont(10.1 + i, NORM.key, x) for i, x in enumerate(values)]
+    recs = [spont(10.1 + 0.8 * i, NORM.key, x) for i, x in enumerate(values) if x is not None]  # the 6th: 14.1
     c = count_spontaneous(CLIP_DEV, recs, [NORM], "B", 9.5, 14.0)
     assert (c.events, c.lost, c.dup) == (4, lost, dup)
