@@ -26,9 +26,11 @@ not a duplicate: while the lease has no live holder the forwarder re-sends the R
 without NT once the new holder polls (docs/forwarder.md); SCADA must see those, they are counted apart
 (quality_only_spontaneous, tests/ha/plant.py `quality_only`). Order: analog values must arrive
 increasing; time tags (TB/TF types) must not go backwards and must lie between the change in the device
-and its arrival. The new holder writes, after its standby replay, only the points whose value or quality
-differs from the master's (read once at the lease gain, docs/acquirer.md): before that, its full image
-sent every unchanged value again (dup_spontaneous=976 of 6612 events, 121-189 per takeover).
+and its arrival. Analog changes that the protocol shows as one value (a normalized value clipped with OV)
+need one arrival each. dup_spontaneous=976 of 6612 events (before 2026-11-29) were such clipped changes
+miscounted, NT set/cleared re-sends, and a counter's NT re-sends (no NT bit in BCR: the same object twice,
+now dropped by se104s); docs/ha.md has the trace. A new holder's full image writes only what differs from
+the master's values (docs/acquirer.md), which this bench cannot show: every point changes within the gap.
 node_loss_to_data_s / link_cut_to_data_s: kill -> the first spontaneous event on B of a change made after the kill.
 
 Device loss: device 1 cut from its holder A on both its addresses (iptables in A's namespace). Takeover
