@@ -8,7 +8,10 @@ value" is a table-tested function rather than a side effect of the Redis code. V
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from fepha import points as pt
 
 Sample = tuple[int | float, int]  # (value, quality)
 
@@ -58,8 +61,37 @@ class ChangeTracker:
         """Redis lost or may have lost our data (role change, new lease): the next poll writes all."""
         self.written.clear()
 
+    def seed(self, held: dict[int, Sample]) -> None:
+        """What the master Redis holds (read once after `forget`) becomes what was written: the next poll
+        writes only the points missing there or whose value (beyond the deadband) or quality differs, and
+        the dirty ones. A new holder or a replaced master thus does not send every unchanged value to the
+        masters again as a change (bench/failover.py counted those as duplicates, docs/ha.md)."""
+        self.written = dict(held)
+
 
 Replay = list[dict[int, tuple[Sample, int]]]  # batches of point id -> (sample, ts_ms)
+
+
+def held_in_redis(raw: Mapping[str, str]) -> dict[int, tuple[Sample, int]]:
+    """A value hash as read from Redis: point id -> ((value, quality), ts_ms); unreadable records are left
+    out (so they are written again)."""
+    out: dict[int, tuple[Sample, int]] = {}
+    for pid, rec in raw.items():
+        try:
+            v = pt.decode(rec)
+            out[int(pid)] = ((v.value, v.quality), v.ts_ms)
+        except ValueError:
+            continue
+    return out
+
+
+def after_replay(current: dict[int, tuple[Sample, int]], batches: Replay) -> dict[int, tuple[Sample, int]]:
+    """What Redis holds once the replay's batches are written: each point's last replayed (sample, ts_ms)
+    over `current` (a new dict; `current` is left as it was)."""
+    out = dict(current)
+    for batch in batches:
+        out.update(batch)
+    return out
 
 
 @dataclass

@@ -66,6 +66,7 @@ class Iec104Runner(RunnerBase):
         self._recent: set[tuple[int, str]] | None = None
         self._recent_pending = False
         self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
+        self._sync_pending = False  # full image asked: compare with the master's values before the next write
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
 
@@ -90,7 +91,10 @@ class Iec104Runner(RunnerBase):
         self._wake.set()
 
     def full_image(self) -> None:
+        """Write again what differs from the master's values (read once, with the next write: the answers
+        to the GI asked here), as the Modbus runner does."""
         self.tracker.forget()
+        self._sync_pending = True
         self.metrics.inc("full_images")
         self.schedule.request_gi(time.monotonic())
         self._wake.set()
@@ -368,6 +372,11 @@ class Iec104Runner(RunnerBase):
                 self.samples[pid] = s
             if not self.lease.held:
                 return False
+            if self._sync_pending:
+                self._sync_pending = False
+                held = await self.held_by_master()
+                if held is not None:
+                    self.tracker.seed({pid: s for pid, (s, _) in held.items()})
             for batch in rules.batches(events):
                 if not spontaneous:
                     changed = self.tracker.changes({pid: s for pid, s, _ in batch})

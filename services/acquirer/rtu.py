@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog
+from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.device import DeviceError, DeviceLink, LinkError
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
@@ -77,6 +77,17 @@ class RunnerBase:
         task, self.task = self.task, None
         await cancel_and_wait(task)
 
+    async def held_by_master(self) -> dict[int, tuple[Sample, int]] | None:
+        """The RTU's values as the master Redis holds them (one HGETALL; a full image compares with it);
+        None when unreadable (logged once: the full image then writes every point)."""
+        try:
+            raw = await self.writer.master.hgetall(ks.values(self.rtu.id))
+        except Exception as exc:  # noqa: BLE001 - the full image still follows, whole
+            self.once.problem(f"{self.key} full image", f"{type(exc).__name__}: {exc}")
+            return None
+        self.once.clear(f"{self.key} full image")
+        return held_in_redis(raw)
+
     async def run(self) -> None:
         raise NotImplementedError
 
@@ -93,6 +104,7 @@ class RtuRunner(RunnerBase):
         gap_s = max(cfg.takeover_s, cfg.lease_ttl_s) + 3 * cfg.lease_tick_s + 2 * self.poll_s
         self.standby = StandbyLog(window_ms=int(gap_s * 1000), deadband=self.deadband)
         self._replay_pending = False
+        self._sync_pending = False  # full image asked: compare with the master's values once, then write
         self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
         self.last_ok: float | None = None  # monotonic time of the last complete answer
         self.link: DeviceLink | None = None
@@ -175,9 +187,9 @@ class RtuRunner(RunnerBase):
         async with self._write_lock:
             if not self.lease.held:
                 return
-            if self._replay_pending:
-                self._replay_pending = False
-                await self._replay()
+            if self._sync_pending:
+                self._sync_pending = False
+                await self._sync()
             changes = self.tracker.changes(samples)
             if not changes:
                 return
@@ -207,8 +219,10 @@ class RtuRunner(RunnerBase):
         await self.publish(samples, int(time.time() * 1000))
 
     def full_image(self) -> None:
-        """Write every point again with the next poll (new lease, Redis role change or restart)."""
+        """With the next poll, write every point whose value or quality differs from the master's (new
+        lease, Redis role change or restart): the master's value hash is read once then (`_sync`)."""
         self.tracker.forget()
+        self._sync_pending = True
         self.metrics.inc("full_images")
 
     def lease_gained(self) -> None:
@@ -216,35 +230,31 @@ class RtuRunner(RunnerBase):
         self._replay_pending = True
         self.full_image()
 
-    async def _replay(self) -> None:
-        """Write the standby log's changes newer than Redis's values (see changes.StandbyLog)."""
-        if not self.standby.entries:
+    async def _sync(self) -> None:
+        """Read the master's value hash once: replay the standby log's changes newer than its values (see
+        changes.StandbyLog), then let the tracker take what Redis holds as written, so the full image
+        writes only what differs. Unreadable: no replay, and every point is written (tracker forgotten)."""
+        replay, self._replay_pending = self._replay_pending, False
+        current = await self.held_by_master()
+        if current is None:
             return
-        try:
-            raw = await self.writer.master.hgetall(ks.values(self.rtu.id))
-        except Exception as exc:  # noqa: BLE001 - no replay, the full image still follows
-            self.once.problem(f"{self.key} replay", f"{type(exc).__name__}: {exc}")
-            return
-        current: dict[int, tuple[Sample, int]] = {}
-        for pid, rec in raw.items():
-            try:
-                v = pt.decode(rec)
-            except ValueError:
-                continue
-            current[int(pid)] = ((v.value, v.quality), v.ts_ms)
-        replayed = 0
-        for batch in self.standby.replay(current):
-            pairs: list[str] = []
-            for pid, ((v, q), ts) in batch.items():
-                pairs += (str(pid), pt.encode(v, q, ts))
-            res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
-            if not res.ok:
-                self.once.problem(f"{self.key} replay", res.error or f"fenced out: lease is {res.holder}")
-                return
-            replayed += len(batch)
-        if replayed:
-            self.metrics.inc("changes_replayed", replayed)
-            log.info("%s: replayed %d changes seen while standby", self.key, replayed)
+        if replay and self.standby.entries:
+            batches = self.standby.replay(current)
+            replayed = 0
+            for batch in batches:
+                pairs: list[str] = []
+                for pid, ((v, q), ts) in batch.items():
+                    pairs += (str(pid), pt.encode(v, q, ts))
+                res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
+                if not res.ok:
+                    self.once.problem(f"{self.key} replay", res.error or f"fenced out: lease is {res.holder}")
+                    return
+                replayed += len(batch)
+            if replayed:
+                self.metrics.inc("changes_replayed", replayed)
+                log.info("%s: replayed %d changes seen while standby", self.key, replayed)
+            current = after_replay(current, batches)
+        self.tracker.seed({pid: s for pid, (s, _) in current.items()})
 
     async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> None:
         """Control output: write one point to the device over the connected channel (the executor's

@@ -157,6 +157,14 @@ async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, fe
         seen = [points.decode(f["1001"]).value for _, f in await b.master.xrange(ks.CHANGES, min=f"({gap_start}")
                 if "1001" in f]
         assert seen[:2] == [8, 7], seen
+        # the full image that follows writes only what differs from Redis: nothing here (docs/acquirer.md)
+        polls = b.acq.metrics.total["polls"]
+        await until(lambda: b.acq.metrics.total["polls"] >= polls + 3, 3)
+        written = [(pid, points.decode(rec).value)
+                   for _, f in await b.master.xrange(ks.CHANGES, min=f"({gap_start}")
+                   for pid, rec in f.items() if pid in ("1000", "1001", "1002", "1003")]
+        assert written == [("1001", 8), ("1001", 7)], written
+        assert b.acq.metrics.total["full_images"] >= 1
     finally:
         await b.stop()
         await sim.stop()

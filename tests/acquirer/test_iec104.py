@@ -252,6 +252,7 @@ async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
                 await asyncio.sleep(gap_s)
 
         await report(5, 0.02)                        # before: through the old holder
+        unchanged = {pid: len(await changes_of(r, pid)) for pid in (5002, 5003)}
         stopping = asyncio.create_task(nodes[h].stop())
         await report(40, 0.03)                       # during: nobody started (lease TTL 0.6 s)
         await stopping
@@ -267,6 +268,9 @@ async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
         assert got == sent, str([t - base for t in got])
         dropped = nodes[other].acq.metrics.total["duplicates_dropped"]
         assert dropped <= 8, dropped
+        # the new holder's GI answers are written only where they differ from Redis (full image: none here)
+        assert nodes[other].acq.metrics.total["full_images"] >= 1
+        assert {pid: len(await changes_of(r, pid)) for pid in unchanged} == unchanged
 
 
 async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logged_once(

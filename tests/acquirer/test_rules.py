@@ -10,13 +10,14 @@ import random
 
 import pytest
 
-from fep_acquirer.changes import ChangeTracker, StandbyLog
+from fep_acquirer.changes import ChangeTracker, StandbyLog, after_replay, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
 from fepha import datatypes as dt
+from fepha import points
 from fepha.semodel.model import Model, Point
 
 
@@ -105,6 +106,40 @@ def test_change_tracker_rules():
     assert t.changes({1: (10.0, 0), 2: (1, 0)}) == {}
     t.forget()
     assert set(t.changes({1: (10.0, 0), 2: (1, 0)})) == {1, 2}                 # full image
+
+
+@pytest.mark.parametrize("held, samples, expected", [
+    ({1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {}),   # Redis has it all
+    ({1: (10.0, 0), 2: (1, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {3: (0, 0)}),     # missing there
+    ({1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {1: (10.6, 0), 2: (0, 0), 3: (0, 0)},
+     {1: (10.6, 0), 2: (0, 0)}),                                                        # values moved
+    ({1: (10.0, 0), 2: (1, 0x80), 3: (0, 0)}, {1: (10.4, 0), 2: (1, 0), 3: (0, 0)},
+     {2: (1, 0)}),                                                                      # deadband; IV cleared
+    ({}, {1: (10.0, 0), 2: (1, 0)}, {1: (10.0, 0), 2: (1, 0)}),                        # Redis lost its data
+])
+def test_full_image_writes_what_differs_from_redis(held, samples, expected):
+    t = ChangeTracker(deadband={1: 0.5})
+    t.committed({1: (3.0, 0), 2: (0, 0), 3: (0, 0)})
+    t.forget()
+    t.seed(held)
+    assert t.changes(samples) == expected
+
+
+def test_seed_keeps_compensations():
+    t = ChangeTracker()
+    t.failed({2: (1, 0)})
+    t.forget()
+    t.seed({1: (5, 0), 2: (1, 0)})
+    assert t.changes({1: (5, 0), 2: (1, 0)}) == {2: (1, 0)}  # a failed write is re-sent whatever Redis holds
+
+
+def test_held_in_redis_and_after_replay():
+    raw = {"1": points.encode(7, 0, 1000), "2": points.encode(1, 0x80, 2000), "3": "garbage"}
+    held = held_in_redis(raw)
+    assert held == {1: ((7, 0), 1000), 2: ((1, 0x80), 2000)}
+    after = after_replay(held, [{1: ((8, 0), 3000)}, {1: ((7, 0), 3500), 3: ((4, 0), 3500)}])
+    assert after == {1: ((7, 0), 3500), 2: ((1, 0x80), 2000), 3: ((4, 0), 3500)}
+    assert held[1] == ((7, 0), 1000)  # left as it was
 
 
 def test_channel_switch_sequence():

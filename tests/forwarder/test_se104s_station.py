@@ -10,8 +10,9 @@ from fep_forwarder.base import Update
 from fep_forwarder.se104s.station import Session, Station
 from fepha.iec104 import codec as c
 from fepha.iec104.link import STARTED, AsduIn, Event, Link, LinkParams, Role
-from fepha.points import Quality
+from fepha.points import Quality, Value
 
+from .se104s_fixtures import BY_ADDR as BY_ADDR_MON
 from .se104s_fixtures import CA, Sink, rtu, upd
 
 P = {"k": 4, "w": 2, "t1": 5, "t2": 1, "t3": 10}
@@ -233,3 +234,33 @@ def test_single_active_a_startdt_stops_the_started_master_and_takes_over_its_eve
     m1.xfer()
     m2.xfer()
     assert m1.got == [] and values_of(m2.got)[-1] == 77.0
+
+
+NT = int(Quality.NT)
+
+
+@pytest.mark.parametrize("addr, prev, new, same", [
+    (3001, (5, 0, 1000), (5, NT, 1000), True),     # a counter has no NT bit: the NT re-send is the same object
+    (3002, (5, NT, 1000), (5, 0, 1000), True),
+    (3001, (5, 0, 1000), (5, 0, 1000), True),      # the stored value sent again, unchanged
+    (1002, (5, 0, 1000), (5, NT, 1000), False),    # a measurement carries NT: SCADA must see it set
+    (1, (1, NT, 1000), (1, 0, 1000), False),       # and cleared
+    (3001, (5, 0, 1000), (5, 0, 2000), False),     # a new timestamp: a new record
+    (3001, (5, 0, 1000), (6, NT, 1000), False),    # a new value
+    (1004, (200, 0, 1000), (300, 0, 1000), False), # both clipped to the maximum (coef 0.01): still a change
+    (3001, (5, 0, 1000), (5, int(Quality.IV), 1000), False),  # IV is in the counter's quality
+])
+def test_same_object_is_what_the_type_shows_alike(addr: int, prev: tuple, new: tuple, same: bool) -> None:
+    st = station()
+    f = BY_ADDR_MON[addr]
+    assert st.same_object((f.table, f.id), Value(*prev), Value(*new)) is same
+
+
+def test_an_nt_flip_resends_measurements_but_not_counters() -> None:
+    st = station()
+    st.load_image([])
+    feed(st, 1, [[upd(3001, 5, 0, 1000), upd(1002, 5, 0, 1000)]])
+    n = len(st.history)
+    feed(st, 2, [[upd(3001, 5, NT, 1000), upd(1002, 5, NT, 1000)], [upd(3001, 5, 0, 1000), upd(1002, 5, 0, 1000)]])
+    assert len(st.history) - n == 2  # the measurement's NT set and cleared; the counter's re-sends dropped
+    assert st.image[(BY_ADDR_MON[3001].table, BY_ADDR_MON[3001].id)].quality == 0

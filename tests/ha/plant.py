@@ -214,14 +214,35 @@ class Tally:
     dup: int = 0
     order: int = 0           # analog values received out of order
     tag: int = 0             # time tags going backwards or outside [change, arrival]
+    quality: int = 0         # quality-only events: the same value again with NT/IV set or cleared
     per_point_lost: dict[int, int] = field(default_factory=dict)
+
+
+def quality_only(vals: list[tuple[dict[str, Any], float | None]]) -> tuple[list[tuple[dict[str, Any], float | None]], int]:
+    """Split a point's received (record, value) sequence into value events and quality-only events: a
+    record with the previous record's value and another quality (NT set when the lease has no live
+    holder, cleared when the new holder polls: docs/forwarder.md) tells SCADA the value's status, not a
+    new value, so it is neither a duplicate nor a device change. Returns (value events, quality-only count)."""
+    kept: list[tuple[dict[str, Any], float | None]] = []
+    n = 0
+    prev: tuple[float | None, Any] | None = None
+    for r, x in vals:
+        q = r.get("quality")
+        if prev is not None and prev[0] == x and prev[1] != q:
+            n += 1
+        else:
+            kept.append((r, x))
+        prev = (x, q)
+    return kept, n
 
 
 def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[dict[str, Any]], vs: list[View],
           node: str, since: float, until: float) -> Tally:
     """Device changes in [since, until] vs spontaneous events received on `node` (bench/failover.py): answers
-    to GI are not events. Analog: a change is lost when its value never arrives, duplicated when it arrives
-    more than once, out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
+    to GI are not events, and neither are quality-only events (`quality_only`: counted apart). Analog: a
+    change is lost when its value never arrives, duplicated when it arrives more than once (m changes that
+    the protocol shows as one value, e.g. a normalized value clipped at its maximum with OV, need m
+    arrivals of it), out of order when a smaller value follows a larger one. DI: the n-th event is the n-th
     change; the same state twice in a row is a duplicate, changes beyond the distinct events are lost.
     Time tags must not go backwards and must lie between the first change of the window (- 1.5 s) and the
     arrival (+ 0.5 s: clocks of one machine)."""
@@ -234,7 +255,8 @@ def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[d
             continue
         got = [r for r in records if r.get("src") == "iec104" and r.get("node") == node and r["ioa"] == v.key
                and r.get("cot") == "SPONTANEOUS" and r["t"] >= made[0][0]]
-        vals = [(r, proto_value(r, v)) for r in got]
+        vals, nq = quality_only([(r, proto_value(r, v)) for r in got])
+        out.quality += nq
         out.events += len(made)
         is_di = v.type.startswith(("M_SP", "M_DP"))
         if is_di:  # states in order: the n-th event is the n-th change
@@ -243,10 +265,21 @@ def count_spontaneous(dev: dict[int, list[tuple[float, float]]], records: list[d
             lost = max(0, len(made) - (len(seq) - dup))
         else:
             lost = dup = 0
+            # device values the protocol shows alike (a normalized value clipped with OV) are grouped:
+            # m changes showing one protocol value need m arrivals of it, not one each
+            groups: dict[float, int] = {}
             for _, x in made:
-                n = sum(1 for _, g in vals if g is not None and v.same(g, x))
-                lost += n == 0
-                dup += max(0, n - 1)
+                e = v.expected(x)
+                key = next((k for k in groups if math.isclose(k, e, rel_tol=1e-6, abs_tol=1e-4)), e)
+                groups[key] = groups.get(key, 0) + 1
+            # arrivals from the point's first change after the window on may be that change (a clipped value
+            # cannot tell): not counted
+            t_next = next((t for t, _ in dev[v.src] if t > until), math.inf)
+            inside = [(r, g) for r, g in vals if r["t"] < t_next]
+            for e, m in groups.items():
+                n = sum(1 for _, g in inside if g is not None and math.isclose(g, e, rel_tol=1e-6, abs_tol=1e-4))
+                lost += max(0, m - n)
+                dup += max(0, n - m)
             nums = [g for _, g in vals if g is not None]
             out.order += sum(1 for a, b in itertools.pairwise(nums) if b < a)
         out.lost += lost

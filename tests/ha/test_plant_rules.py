@@ -107,8 +107,13 @@ RAMP_DEV = {3001: [(10.0, 1.0), (11.0, 2.0), (12.0, 3.0), (13.0, 4.0)],
             105: [(10.0, 1.0), (11.0, 0.0), (12.0, 1.0), (13.0, 0.0)]}
 
 
-def spont(t: float, ioa: int, value: object, tt: float | None = None, cot: str = "SPONTANEOUS") -> dict:
-    return {**iec(t, ioa, value), "cot": cot, **({"tt": tt} if tt is not None else {})}
+def spont(t: float, ioa: int, value: object, tt: float | None = None, cot: str = "SPONTANEOUS",
+          quality: str | None = None) -> dict:
+    return {**iec(t, ioa, value), "cot": cot, **({"tt": tt} if tt is not None else {}),
+            **({"quality": quality} if quality is not None else {})}
+
+
+NT, GOOD = "Quality set: { NonTopical }, is_good: False", "Quality set: {}, is_good: True"  # str(c104.Quality)
 
 
 CLEAN = [spont(10.1 + i, 3001, float(i + 1), 10.0 + i) for i in range(4)] + \
@@ -129,4 +134,46 @@ CLEAN = [spont(10.1 + i, 3001, float(i + 1), 10.0 + i) for i in range(4)] + \
 ])
 def test_count_spontaneous(records: list[dict], lost: int, dup: int, order: int, tag: int) -> None:
     c = count_spontaneous(RAMP_DEV, sorted(records, key=lambda r: r["t"]), [RAMP, DI], "B", 9.5, 14.0)
-    assert (c.events, c.lost, c.dup, c.order, c.tag) == (8, lost, dup, order, tag)
+    assert (c.events, c.lost, c.dup, c.order, c.tag, c.quality) == (8, lost, dup, order, tag, 0)
+
+
+def good(records: list[dict]) -> list[dict]:
+    return [{**r, "quality": GOOD} for r in records]
+
+
+@pytest.mark.parametrize("records, lost, dup, quality", [
+    (good(CLEAN), 0, 0, 0),
+    # the failover: the last values re-sent with NT (no live holder), then without (the new holder polls)
+    ([*good(CLEAN), spont(13.2, 3001, 4.0, 13.0, quality=NT), spont(13.5, 3001, 4.0, 13.0, quality=GOOD),
+      spont(13.2, 1, False, 13.0, quality=NT), spont(13.5, 1, False, 13.0, quality=GOOD)], 0, 0, 4),
+    # the same value with the same quality again is still a duplicate, after a quality event too
+    ([*good(CLEAN), spont(13.2, 3001, 4.0, 13.0, quality=GOOD)], 0, 1, 0),
+    ([*good(CLEAN), spont(13.2, 3001, 4.0, 13.0, quality=NT), spont(13.5, 3001, 4.0, 13.0, quality=NT)], 0, 1, 1),
+    ([*good(CLEAN), spont(13.2, 1, False, 13.0, quality=NT), spont(13.5, 1, False, 13.0, quality=NT)], 0, 1, 1),
+    # a new value that comes with NT is a value event, not a quality-only one: nothing lost
+    ([r for r in good(CLEAN) if r["t"] < 13] + [spont(13.1, 3001, 4.0, 13.0, quality=NT),
+                                                 spont(13.1, 1, False, 13.0, quality=NT)], 0, 0, 0),
+    # a quality event cannot stand in for a lost change: the DI's last toggle never came
+    ([r for r in good(CLEAN) if not (r["ioa"] == 1 and r["t"] > 13)] + [spont(13.2, 1, True, 12.0, quality=NT)],
+     1, 0, 1),
+])
+def test_count_spontaneous_quality_only(records: list[dict], lost: int, dup: int, quality: int) -> None:
+    c = count_spontaneous(RAMP_DEV, sorted(records, key=lambda r: r["t"]), [RAMP, DI], "B", 9.5, 14.0)
+    assert (c.events, c.lost, c.dup, c.quality) == (8, lost, dup, quality)
+
+
+CLIP_DEV = {201: [(10.0, 9.0), (11.0, 10.0), (12.0, 11.0), (13.0, 12.0), (14.05, 13.0)]}  # NORM: coef 0.1,
+# clipped from 10; the last change comes after the window (9.5-14.0) and arrives at 14.1
+
+
+@pytest.mark.parametrize("values, lost, dup", [
+    ([0.9, 0.999969, 0.999969, 0.999969], 0, 0),            # 10, 11, 12 all show the maximum (OV): one each
+    ([0.9, 0.999969, 0.999969], 1, 0),                      # one of them never came
+    ([0.9, 0.999969, 0.999969, 0.999969, 0.999969], 0, 1),  # one came twice
+    ([0.999969, 0.999969, 0.999969], 1, 0),                 # 9 (0.9) lost
+    ([0.9, 0.999969, 0.999969, 0.999969, None, 0.999969], 0, 0),  # 13 changed after the window, arrives then
+])
+def test_count_spontaneous_clipped_values_are_counted_per_change(values: list[float], lost: int, dup: int) -> None:
+    recs = [spont(10.1 + 0.8 * i, NORM.key, x) for i, x in enumerate(values) if x is not None]  # the 6th: 14.1
+    c = count_spontaneous(CLIP_DEV, recs, [NORM], "B", 9.5, 14.0)
+    assert (c.events, c.lost, c.dup) == (4, lost, dup)
