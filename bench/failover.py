@@ -70,11 +70,11 @@ def extra_sql(n_ai: int, n_di: int) -> str:
     lines = []
     for i in range(n_ai):
         lines.append(f"INSERT INTO T011_POINT VALUES ({AI_PNT0 + i}, 1, 'AI', 'bench analog {i}', 'hr', "
-                     f"{AI_ADDR0 + i}, 'uint16', NULL, NULL, NULL, NULL, NULL, NULL);")
+                     f"{AI_ADDR0 + i}, 'uint16', NULL, NULL, NULL, NULL, NULL, NULL, NULL);")
         lines.append(f"INSERT INTO T005_ZFAI VALUES ({100 + i}, 10, {AI_PNT0 + i}, {AI_IOA0 + i}, 'M_ME_TF_1', NULL);")
     for i in range(n_di):
         lines.append(f"INSERT INTO T011_POINT VALUES ({DI_PNT0 + i}, 1, 'DI', 'bench DI {i}', 'di', "
-                     f"{DI_ADDR0 + i}, 'bool', NULL, NULL, NULL, NULL, NULL, NULL);")
+                     f"{DI_ADDR0 + i}, 'bool', NULL, NULL, NULL, NULL, NULL, NULL, NULL);")
         lines.append(f"INSERT INTO T006_ZFDI VALUES ({100 + i}, 10, {DI_PNT0 + i}, {DI_IOA0 + i}, 'M_SP_TB_1', NULL);")
     return "\n".join(lines) + "\n"
 
