@@ -153,26 +153,29 @@ class RtuRunner(RunnerBase):
         poll, full image, fenced or failed writes) and its dirty points, so its rule stays exact: a point
         left out has the same sample as at the previous poll, which the tracker (or, while standby, the
         standby log) has already judged against the same reference."""
-        samples = self.samples
-        delta: dict[int, Sample] = {}
-        answers = self._answers
+        raws: list[bytes | None] = []
         self.metrics.inc("polls")
         bad = ""
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             try:
-                raw = await link.read(block)
+                raws.append(await link.read(block))
             except DeviceError as exc:
                 bad = f"{block.area}{block.start}+{block.count}: {exc}"
-                answers[i] = None
+                raws.append(None)
+            except LinkError:
+                self.metrics.inc("poll_errors")
+                raise
+        # taken after the reads: an invalidation or a reconnect meanwhile has reset it (decode everything)
+        samples, answers = self.samples, self._answers
+        delta: dict[int, Sample] = {}
+        for i, (block, raw) in enumerate(zip(self.blocks, raws, strict=True)):
+            prev, answers[i] = answers[i], raw
+            if raw is None:
                 for p in block.points:
                     s = (samples.get(p.id, (0, 0))[0], IV)
                     if samples.get(p.id) != s:
                         delta[p.id] = s
                 continue
-            except LinkError:
-                self.metrics.inc("poll_errors")
-                raise
-            prev, answers[i] = answers[i], raw
             for pid, v in decode_block(block, raw, prev).items():
                 delta[pid] = (v, 0)
         if bad:
