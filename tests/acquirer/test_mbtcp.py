@@ -283,8 +283,8 @@ class RecordingWriter:
     async def write(self, rtu: int, epoch: int, pairs: list[str]):
         from fep_acquirer.writer import WriteResult
         from fepha import points as fpt
-        rec = {int(pid): (fpt.decode(r).value, fpt.decode(r).quality) for pid, r in zip(pairs[::2], pairs[1::2])}
-        self.calls.append(rec)
+        recs = [fpt.decode(r) for r in pairs[1::2]]
+        self.calls.append({int(pid): (v.value, v.quality) for pid, v in zip(pairs[::2], recs, strict=True)})
         return WriteResult(self.ok, error="" if self.ok else "down")
 
 
