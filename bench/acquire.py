@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rtus", type=int, default=100)
     ap.add_argument("--points-per-rtu", type=int, default=2000)
     ap.add_argument("--poll-ms", type=int, default=1000)
-    ap.add_argument("--change-pct", type=float, default=5.0, help="% of the points read that change per poll")
+    ap.add_argument("--change-pct", type=float, default=5.0, help="%% of the points read that change per poll")
     ap.add_argument("--delay-ms", type=float, default=2.0, help="device response delay per request")
     ap.add_argument("--sims", type=int, default=4, help="fep-plcsim processes sharing the RTUs")
     ap.add_argument("--seconds", type=float, default=10.0, help="measurement window of each load")

@@ -124,9 +124,9 @@ class StandbyLog:
             self.entries.popleft()
 
     def holding(self, samples: dict[int, Sample]) -> None:
-        """A poll while holding the lease: nothing to keep, but the baseline follows the device.
-        Takes `samples` over without a copy (per poll, hot path): the caller builds a new dict each poll."""
-        self.last = samples
+        """A poll while holding the lease: nothing to keep, but the baseline follows the device. `samples`
+        may hold only the points that changed since the previous poll (rtu.py), as may `observe`'s."""
+        self.last.update(samples)
         if self.entries:
             self.entries.clear()
 

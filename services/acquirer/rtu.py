@@ -108,6 +108,8 @@ class RtuRunner(RunnerBase):
         self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
         self.last_ok: float | None = None  # monotonic time of the last complete answer
         self.link: DeviceLink | None = None
+        self._answers: list[bytes | None] = [None] * len(self.blocks)
+        """Per block, its last answer's data bytes on the current connection (poll: decode what changed)."""
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
@@ -128,6 +130,7 @@ class RtuRunner(RunnerBase):
                 await link.connect()
                 self.switcher.connected(time.monotonic(), wall=time.time())
                 self.link = link
+                self._answers = [None] * len(self.blocks)  # a new connection: decode everything again
                 self.once.clear(f"{self.key} channel {ch}")
                 await self._poll_loop(link)
             except LinkError as exc:
@@ -153,39 +156,68 @@ class RtuRunner(RunnerBase):
             await asyncio.sleep(slot - now)
 
     async def poll(self, link: DeviceLink) -> None:
-        """Read every block; LinkError propagates (channel logic), DeviceError marks that block invalid."""
-        samples: dict[int, Sample] = {}
+        """Read every block; LinkError propagates (channel logic), DeviceError marks that block invalid.
+
+        Only what changed is decoded and passed on: per block, the points whose registers differ from that
+        block's previous answer on this connection (every point after a connect, a failed read of the block
+        or an invalidation: `_answers` is cleared). `self.samples` keeps every point's current sample; the
+        change tracker gets the changed ones, plus all of them while it has not written every point (first
+        poll, full image, fenced or failed writes) and its dirty points, so its rule stays exact: a point
+        left out has the same sample as at the previous poll, which the tracker (or, while standby, the
+        standby log) has already judged against the same reference."""
+        raws: list[bytes | None] = []
         self.metrics.inc("polls")
         bad = ""
         for block in self.blocks:
             try:
-                data = await link.read(block)
-                samples.update({pid: (v, 0) for pid, v in decode_block(block, data).items()})
+                raws.append(await link.read(block))
             except DeviceError as exc:
                 bad = f"{block.area}{block.start}+{block.count}: {exc}"
-                for p in block.points:
-                    samples[p.id] = (self.samples.get(p.id, (0, 0))[0], IV)
+                raws.append(None)
             except LinkError:
                 self.metrics.inc("poll_errors")
                 raise
+        # taken after the reads: an invalidation or a reconnect meanwhile has reset it (decode everything)
+        samples, answers = self.samples, self._answers
+        delta: dict[int, Sample] = {}
+        for i, (block, raw) in enumerate(zip(self.blocks, raws, strict=True)):
+            prev, answers[i] = answers[i], raw
+            if raw is None:
+                for p in block.points:
+                    s = (samples.get(p.id, (0, 0))[0], IV)
+                    if samples.get(p.id) != s:
+                        delta[p.id] = s
+                continue
+            for pid, v in decode_block(block, raw, prev).items():
+                delta[pid] = (v, 0)
         if bad:
             self.metrics.inc("poll_errors")
             self.once.problem(f"{self.key} read", bad)
         else:
             self.once.clear(f"{self.key} read")
         self.last_ok = time.monotonic()
-        self.samples = samples
+        samples.update(delta)
         ts_ms = int(time.time() * 1000)
         if self.lease.held:
-            await self.publish(samples, ts_ms)  # replays the standby log first if the lease is new
-            self.standby.holding(samples)
+            await self.publish(self._due(delta), ts_ms)  # replays the standby log first if the lease is new
+            self.standby.holding(delta)
         else:
-            self.standby.observe(samples, ts_ms)
+            self.standby.observe(delta, ts_ms)
+
+    def _due(self, delta: dict[int, Sample]) -> dict[int, Sample]:
+        """What the tracker must judge this poll: see `poll`."""
+        tracker, samples = self.tracker, self.samples
+        if len(tracker.written) < len(samples) or self._replay_pending:
+            return samples
+        if tracker.dirty:
+            return {**{pid: samples[pid] for pid in tracker.dirty if pid in samples}, **delta}
+        return delta
 
     async def publish(self, samples: dict[int, Sample], ts_ms: int) -> None:
         """One fenced write of what changed (plus compensations) since the last successful write."""
         async with self._write_lock:
             if not self.lease.held:
+                self.tracker.failed(samples)  # not judged: they must be judged (re-sent) when held again
                 return
             if self._sync_pending:
                 self._sync_pending = False
@@ -207,6 +239,7 @@ class RtuRunner(RunnerBase):
             elif res.fenced:
                 self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
                 self.lease.fenced_out(res.holder, res.epoch)
+                self.tracker.failed(changes)  # not written: re-sent if this node writes again
             else:
                 self.metrics.inc("write_errors")
                 self.tracker.failed(changes)
@@ -215,7 +248,8 @@ class RtuRunner(RunnerBase):
     async def invalidate(self) -> None:
         """The holder lost its device: its points become invalid (written once, thanks to the tracker)."""
         samples = {pid: (self.samples.get(pid, (0, 0))[0], IV) for pid in self.points}
-        self.samples = samples
+        self.samples.update(samples)
+        self._answers = [None] * len(self.blocks)  # the next poll decodes everything (quality changes back)
         await self.publish(samples, int(time.time() * 1000))
 
     def full_image(self) -> None:

@@ -25,6 +25,16 @@ def pt(pid: int, area: str, addr: int, typ: str = "uint16", **kw) -> Point:
     return Point(id=pid, rtu=1, kind="AI", name="", area=area, address=addr, datatype=typ, **kw)
 
 
+def regs_bytes(regs: list[int]) -> bytes:
+    """A read answer's data bytes for these registers (big-endian)."""
+    return b"".join(r.to_bytes(2, "big") for r in regs)
+
+
+def bits_bytes(bits: list[bool]) -> bytes:
+    """A read answer's data bytes for these bits (packed LSB first, as Modbus does)."""
+    return bytes(sum(1 << j for j, b in enumerate(bits[i:i + 8]) if b) for i in range(0, len(bits), 8))
+
+
 @pytest.mark.parametrize("points, expected", [
     ([pt(1, "hr", 0), pt(2, "hr", 1), pt(3, "hr", 2, "float32")], [("hr", 0, 4)]),
     ([pt(1, "hr", 0), pt(2, "hr", 20)], [("hr", 0, 1), ("hr", 20, 1)]),            # gap > 8
@@ -59,7 +69,7 @@ def test_decode_registers(p, value):
                                          p.wordorder)
     p = dataclasses.replace(p, address=3)
     blk = plan_reads([p])[0]
-    got = decode_block(blk, regs[blk.start:blk.start + blk.count])[p.id]
+    got = decode_block(blk, regs_bytes(regs[blk.start:blk.start + blk.count]))[p.id]
     assert got == pytest.approx(value)
 
 
@@ -77,7 +87,7 @@ def test_decode_block_fast_path_matches_the_general_routine():
     assert sum(f is not None for f in blk.fast) == 10  # big/big non-bool points take the fast path
     for _ in range(50):
         regs = [rnd.randrange(65536) for _ in range(blk.count)]
-        got = decode_block(blk, regs)
+        got = decode_block(blk, regs_bytes(regs))
         for p in ps:
             raw = dt.decode_registers(regs[p.address:p.address + dt.span(p.datatype, "hr")], p.datatype,
                                       p.byteorder, p.wordorder, p.bit)
@@ -89,8 +99,8 @@ def test_decode_bits_and_register_bits():
     ps = [pt(1, "co", 0, "bool"), pt(2, "co", 2, "bool"), pt(3, "ir", 10, "bool", bit=3),
           pt(4, "ir", 10, "bool", bit=4)]
     blocks = {b.area: b for b in plan_reads(ps)}
-    assert decode_block(blocks["co"], [True, False, False]) == {1: 1, 2: 0}
-    assert decode_block(blocks["ir"], [0b1000]) == {3: 1, 4: 0}
+    assert decode_block(blocks["co"], bits_bytes([True, False, False])) == {1: 1, 2: 0}
+    assert decode_block(blocks["ir"], regs_bytes([0b1000])) == {3: 1, 4: 0}
 
 
 def test_change_tracker_rules():
