@@ -238,14 +238,14 @@ class Device(Se104Server):
         if not self._monitor or n <= 0:
             return
         ts = self.clock_ms()
-        image = self.station.image
+        now = {key: v.value for key, v in self.station.image.items()}  # the station's image changes in apply
         ups = []
         for _ in range(n):
             f = self._monitor[self._next]
             self._next = (self._next + 1) % len(self._monitor)
             key = (f.table, f.id)
-            ups.append(Update(f, Value(_next_value(c.TYPE_IDS[f.type or ""], image[key].value), 0, ts)))
-            image[key] = ups[-1].value  # the next event of the same point in this batch steps from here
+            now[key] = _next_value(c.TYPE_IDS[f.type or ""], now[key])  # a point's next event in this batch
+            ups.append(Update(f, Value(now[key], 0, ts)))                # steps from its previous one
         self._publish(ups)
 
 
