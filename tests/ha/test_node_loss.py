@@ -90,8 +90,9 @@ def node_loss_run(lab: Lab, hold_s: float = plant.HOLD_S, how: str = "crash") ->
     events = plant.journal(lab)
     count = plant.count_changes(plant.device_timelines(events), probe_records(probe), vs, "B",
                                 since=t_kill - hold_s, until=t_last, catch_up=t_kill + lease_s)
-    gap = [bool(r["value"]) for r in probe_records(probe) if r["src"] == "iec104" and r["node"] == "B"
-           and r["ioa"] == GAP_IOA and r["t"] > t_kill and r["cot"] == "SPONTANEOUS"]
+    # B marks the old state NT (A's lease or polls lapse) and clears NT on taking over: quality-only
+    # re-sends of the state before the gap, which are no flips
+    gap = plant.spontaneous_flips(probe_records(probe), "B", GAP_IOA, t_kill)
     recs = plant.parse_json_lines(control.log.read_text())
     answers = [r for r in recs if "value" in r]
     writes = [e for e in events if e["ev"] == "write" and e["rtu"] == SETPOINT_RTU
