@@ -307,6 +307,23 @@ def client_timeline(records: list[dict[str, Any]], view: View, node: str) -> lis
     return out
 
 
+def spontaneous_flips(records: list[dict[str, Any]], node: str, ioa: int, since: float) -> list[bool]:
+    """The states an IEC 104 DI changed to at the client on `node` after `since`, in order, by spontaneous
+    records. A record that repeats the state the client already had (an NT set or cleared re-send of the
+    same value, an interrogation answer, or an event sent twice) is no flip: duplicates are
+    count_spontaneous's business, this says whether the transitions arrived, in order."""
+    out: list[bool] = []
+    prev: bool | None = None
+    for r in records:
+        if r.get("src") != "iec104" or r.get("node") != node or r.get("ioa") != ioa:
+            continue
+        v = bool(r["value"])
+        if r["t"] > since and r.get("cot") == "SPONTANEOUS" and v != prev:
+            out.append(v)
+        prev = v
+    return out
+
+
 @dataclass
 class Count:
     made: int = 0           # device changes in the window

@@ -90,12 +90,9 @@ def node_loss_run(lab: Lab, hold_s: float = plant.HOLD_S, how: str = "crash") ->
     events = plant.journal(lab)
     count = plant.count_changes(plant.device_timelines(events), probe_records(probe), vs, "B",
                                 since=t_kill - hold_s, until=t_last, catch_up=t_kill + lease_s)
-    # value events only: the last value re-sent with NT while no live holder has the lease, and without
-    # once B polls, are quality-only events (plant.quality_only), not flips
-    # (the baseline: every record of the point on B, GI answers included)
-    gap_recs = [(r, bool(r["value"])) for r in probe_records(probe) if r["src"] == "iec104"
-                and r["node"] == "B" and r["ioa"] == GAP_IOA]
-    gap = [x for r, x in plant.quality_only(gap_recs)[0] if r["t"] > t_kill and r["cot"] == "SPONTANEOUS"]
+    # B marks the old state NT (A's lease or polls lapse) and clears NT on taking over: quality-only
+    # re-sends of the state before the gap, which are no flips
+    gap = plant.spontaneous_flips(probe_records(probe), "B", GAP_IOA, t_kill)
     recs = plant.parse_json_lines(control.log.read_text())
     answers = [r for r in recs if "value" in r]
     writes = [e for e in events if e["ev"] == "write" and e["rtu"] == SETPOINT_RTU

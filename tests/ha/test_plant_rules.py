@@ -14,6 +14,7 @@ from tests.ha.plant import (
     device_timelines,
     final_mismatches,
     proto_value,
+    spontaneous_flips,
 )
 
 DI = View(src=105, proto="iec104", key=1, type="M_SP_TB_1", coef=1.0)
@@ -177,3 +178,26 @@ def test_count_spontaneous_clipped_values_are_counted_per_change(values: list[fl
     recs = [spont(10.1 + 0.8 * i, NORM.key, x) for i, x in enumerate(values) if x is not None]  # the 6th: 14.1
     c = count_spontaneous(CLIP_DEV, recs, [NORM], "B", 9.5, 14.0)
     assert (c.events, c.lost, c.dup) == (4, lost, dup)
+
+
+def sp(t: float, value: bool, quality: str = "Quality set: {}, is_good: True", cot: str = "SPONTANEOUS",
+       ioa: int = 2, node: str = "B") -> dict:
+    return {"src": "iec104", "node": node, "ioa": ioa, "cot": cot, "value": value, "quality": quality, "t": t}
+
+
+NT_Q = "Quality set: { NonTopical }, is_good: False"
+
+
+@pytest.mark.parametrize(("records", "flips"), [
+    ([sp(1, True, cot="INTERROGATED_BY_STATION"), sp(11, False), sp(12, True)], [False, True]),
+    # the CI run of 29 Nov: NT set and cleared on the state before the gap, then the two gap flips
+    ([sp(1, True), sp(10.5, True, NT_Q), sp(11, True), sp(12, False), sp(12.1, True), sp(12.2, True),
+      sp(15, False)], [False, True, False]),
+    ([sp(1, True), sp(12, True), sp(13, False)], [False]),                  # a repeat is no flip
+    ([sp(1, True), sp(12, False), sp(13, False, ioa=3), sp(14, True, node="A")], [False]),  # other points, nodes
+    ([sp(1, True), sp(9, False), sp(12, True)], [True]),                     # before `since`: not counted
+    ([sp(1, True), sp(12, False, cot="INTERROGATED_BY_STATION"), sp(13, True)], [True]),  # GI is no event
+    ([sp(11, False), sp(12, False)], [False]),                               # first record after `since`
+])
+def test_spontaneous_flips(records: list[dict], flips: list[bool]) -> None:
+    assert spontaneous_flips(records, "B", 2, 10.0) == flips
