@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 # The suites start the console commands (fep-plcsim, sysload, ...) by name: those of the interpreter that
 # runs the tests (the project venv's .venv/bin) come first, however pytest was started.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """With CI set, a skipped test fails: every prerequisite is installed by .ci/install, so a skip there
+    means a missing one, which must not pass as green (the suites' own guards say which)."""
+    outcome = yield
+    rep = outcome.get_result()
+    if os.environ.get("CI") and rep.skipped and not hasattr(rep, "wasxfail"):
+        rep.outcome = "failed"
+        rep.longrepr = f"skipped with CI set (a missing prerequisite is a failure in CI): {rep.longrepr}"
 
 
 @pytest.fixture
