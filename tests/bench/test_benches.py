@@ -26,7 +26,8 @@ KEYS = {
     "forward": ["runs", "p50_ms", "p99_ms", "c104_p99_ms", "latency_gain", "lossless_values_per_s", "lost",
                 "e2e_p50_ms", "e2e_p99_ms", "e2e_samples"],
     "failover": ["node_loss_to_data_s", "link_cut_to_data_s", "lost_spontaneous", "dup_spontaneous",
-                 "events_total", "takeover_s", "device_loss_takeover_s"],
+                 "events_total", "takeover_s", "device_loss_takeover_s", "scada_switch_lost", "scada_switch_dup",
+                 "scada_switch_dup_bound", "quality_only_spontaneous"],
 }
 
 TINY = {
