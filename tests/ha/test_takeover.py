@@ -63,7 +63,7 @@ def scenario3(lab: Lab, figure: str) -> None:
     lab.wait_for(lambda: link_ok(link_state(master, RTU), holder.id, True), 20, "both nodes reach device 1",
                  interval=0.3)
     lab.wait_for(lambda: all((iec104_last(probe, n, VP_IOA) or {}).get("value") in (True, 1) for n in "AB"),
-                 20, "link virtual point 1 at both IEC 104 clients", interval=0.3)
+                 40, "link virtual point 1 at both IEC 104 clients", interval=0.3)
 
     # --- the holder loses device 1 on both its addresses (device 2 and node B are untouched) -----------
     t_wall, t0 = time.time(), time.monotonic()
