@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.ha.harness import can_run
+from tests.prereq import require
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -66,8 +67,5 @@ def test_failover_bench_runs_once() -> None:
     """The failover bench needs the HA lab (root, network namespaces): skipped like the HA suite without it,
     a failure when CI is set."""
     reason = can_run()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"failover bench cannot run with CI set: {reason}")
-        pytest.skip(reason)
+    require(reason, "failover bench")
     check_keys("failover", last_line("failover", TINY["failover"], timeout=600))

@@ -11,6 +11,7 @@ import pytest
 
 from tests.containers import images
 from tests.containers.lab import FIGURES
+from tests.prereq import print_past_capture, require
 
 
 def prerequisite_missing() -> str | None:
@@ -25,10 +26,7 @@ def prerequisite_missing() -> str | None:
 @pytest.fixture(scope="session")
 def built_images() -> dict[str, float | int | str]:
     reason = prerequisite_missing()
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"container suite cannot run in CI: {reason}")
-        pytest.skip(reason)
+    require(reason, "container suite")
     t0 = time.monotonic()
     figures = images.build_all()
     figures["images ready s"] = round(time.monotonic() - t0, 1)
@@ -47,10 +45,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 def print_figures(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     if FIGURES:
-        line = "container figures: " + " ".join(f"{k.replace(' ', '_')}={v}" for k, v in FIGURES.items())
-        capman = request.config.pluginmanager.get_plugin("capturemanager")
-        if capman is not None:
-            with capman.global_and_fixture_disabled():
-                print("\n" + line)
-        else:
-            print(line)
+        print_past_capture(request, "container figures: " + " ".join(f"{k.replace(' ', '_')}={v}"
+                                                                       for k, v in FIGURES.items()))

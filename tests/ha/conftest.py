@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.ha.harness import FIGURES, running_lab
+from tests.prereq import print_past_capture
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -32,10 +33,4 @@ def print_figures(request: pytest.FixtureRequest):
     """At the end of the suite: the figures the scenarios measured, as one key=value line."""
     yield
     if FIGURES:
-        line = "HA figures: " + " ".join(f"{k}={v}" for k, v in FIGURES.items())
-        capman = request.config.pluginmanager.get_plugin("capturemanager")
-        if capman is not None:
-            with capman.global_and_fixture_disabled():
-                print("\n" + line)
-        else:
-            print(line)
+        print_past_capture(request, "HA figures: " + " ".join(f"{k}={v}" for k, v in FIGURES.items()))
