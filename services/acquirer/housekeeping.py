@@ -1,15 +1,24 @@
 """The per-process periodic work: lease ticks and link states (one pipeline for all RTUs), invalidation
-of lost devices, channel-state hashes, Redis role watch (full image, write mode), heartbeat, metrics."""
+of lost devices, channel-state hashes, Redis role watch (full image, write mode), heartbeat, metrics.
+
+Beside the ticks, a fast watch of the local Redis's role (`role_watch_s`): when it changes, the VIP has
+just moved (to this node: promoted; away: demoted). Commands still waiting on the old master through the
+VIP wait on a peer that may have vanished without a FIN (power cut, cable): they would hang until the
+socket timeout and redis-py's retries (observed: one lease tick blocked 2.8-3.7 s, ending up to 1 s
+after this node's Redis was promoted). So the tick in flight is abandoned, the master connections are
+dropped and a tick runs at once, on a new connection to the VIP now here (docs/ha.md, issue 13)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
 
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer
 from fepha import events, heartbeat, redisfns
 from fepha import keyspace as ks
@@ -18,6 +27,12 @@ from fepha.logsetup import OnceLogger
 from fepha.redisconn import role_of
 
 log = logging.getLogger("acquirer")
+
+
+def role_moved(seen: str | None, now: str) -> bool:
+    """True when the local Redis's role (ROLE's first word; '' when it could not be read) differs from
+    the one seen before: not on the first look, not while the local Redis does not answer."""
+    return seen is not None and now != "" and now != seen
 
 
 def write_window_ms(mode: str, local_role: str, batch_window_ms: int) -> int:
@@ -39,15 +54,61 @@ class Housekeeping:
         self._last_beat = 0.0
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
+        self.moved = asyncio.Event()  # set by watch_local_role: the VIP moved, the master connections are stale
 
     async def loop(self) -> None:
+        watch = asyncio.create_task(self.watch_local_role(), name="acquirer-role-watch")
+        try:
+            while True:
+                t0 = time.monotonic()
+                self.moved.clear()
+                await self._tick_unless_moved()
+                if not self.moved.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.moved.wait(),
+                                               max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+                if self.moved.is_set():
+                    await self.drop_master_connections()
+        finally:
+            await cancel_and_wait(watch)
+
+    async def _tick_unless_moved(self) -> None:
+        """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be
+        waiting on the vanished old master; the loop drops those connections and ticks again at once)."""
+        tick = asyncio.create_task(self.tick(), name="acquirer-tick")
+        moved = asyncio.create_task(self.moved.wait())
+        try:
+            await asyncio.wait([tick, moved], return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when the loop itself is cancelled (stop): neither task outlives it
+            abandoned = not tick.done()
+            await asyncio.gather(cancel_and_wait(moved), cancel_and_wait(tick))
+        if abandoned:
+            log.info("local Redis changed role during a tick: tick abandoned, master connections dropped")
+            return
+        if not tick.cancelled() and tick.exception() is not None:
+            log.error("housekeeping tick failed", exc_info=tick.exception())
+
+    async def watch_local_role(self) -> None:
+        """Reads the local Redis's role every `role_watch_s`; sets `moved` when it changes."""
+        seen: str | None = None
         while True:
-            t0 = time.monotonic()
             try:
-                await self.tick()
-            except Exception:
-                log.exception("housekeeping tick failed")
-            await asyncio.sleep(max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+                now = str((await self.local.execute_command("ROLE"))[0])
+            except Exception:  # noqa: BLE001 - local Redis down: the tick's own role watch reports it
+                now = ""
+            if role_moved(seen, now):
+                log.info("local Redis role %s -> %s seen by the role watch", seen, now)
+                self.moved.set()
+            seen = now or seen
+            await asyncio.sleep(self.cfg.role_watch_s)
+
+    async def drop_master_connections(self) -> None:
+        """Close every connection to the master, in use or idle: whatever waits on one fails now (the
+        writer compensates, the executor retries) and the next command connects to the VIP's new place."""
+        try:
+            await self.master.connection_pool.disconnect(inuse_connections=True)
+        except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail; it is dropped anyway
+            log.info("dropping master connections: %s: %s", type(exc).__name__, exc)
 
     async def tick(self) -> None:
         await self._watch_roles()
