@@ -245,6 +245,41 @@ async def test_timeout_then_the_late_answer_is_not_taken_for_the_next() -> None:
     assert out[1] == b"\x00\x05"
 
 
+async def test_each_request_gets_its_whole_timeout_from_its_own_send() -> None:
+    """One timer per connection (check_deadline): a request sent late in the previous one's timeout still
+    gets its whole timeout, and the one that is not answered fails at its own deadline, not earlier."""
+    timeout = 0.4
+
+    server, port = await serve(lambda tid, unit, pdu: ())
+    client = mbtcp.Client("127.0.0.1", port, 7, timeout)
+    try:
+        await client.connect()
+        loop = asyncio.get_running_loop()
+        proto = client.proto
+        assert proto is not None
+        answers = []
+
+        def reply(data: bytes) -> None:
+            proto.data_received(data)
+
+        for _ in range(3):  # each answered after 0.3 s (most of its timeout): 0.9 s in all
+            t0 = loop.time()
+            fut = asyncio.ensure_future(client.request(HR_BLOCK.request))
+            await asyncio.sleep(0)
+            loop.call_later(0.3, reply, mbtcp.frame(client._tid, 7, b"\x03\x02\x00\x01"))
+            answers.append(await fut)
+            assert 0.25 < loop.time() - t0 < timeout
+        t0 = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request(HR_BLOCK.request)  # never answered
+        assert timeout - 0.02 < loop.time() - t0 < timeout + 0.2
+        assert answers == [b"\x00\x01"] * 3
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_device_closing_the_connection_is_a_link_error() -> None:
     def handler(tid: int, unit: int, pdu: bytes):
         raise ConnectionError  # the server side drops the connection without answering
