@@ -22,13 +22,18 @@ max_points_at_1s: ours at `--search` point counts (same RTU size, more RTUs), up
 sustained (from above the main runs' count when they were all sustained, else from the lowest); the largest
 sustained count (a lower bound when the last step held).
 
+bound: the same process with no write path at all (`NoWriter`: writes nothing, reports success), measured
+in each round after ours: what it still spends per change of ours' run (polls, decoding, change detection,
+record encoding, lease ticks) is paid by the seed's way too, so seed_speedup cannot exceed
+seed_speedup_bound = seed's (acquirer + Redis) CPU per 100k / this, whatever the write path.
+
 write path (labelled, not the headline): the acquirer's RtuRunner objects in this process, publishing
 synthetic responses in a loop in which every point changes every call (no Modbus: the write path's ceiling).
 
 Last line (medians of --runs; max_points_at_1s from one search):
 e2e_changes_per_s= rtus= points= poll_ms= change_pct= poll_to_redis_p50_ms= poll_to_redis_p99_ms=
 acq_cpu_pct= redis_cpu_pct= acq_cpu_s_per_100k= redis_cpu_s_per_100k= seed_speedup= max_points_at_1s=
-changes_per_s=
+changes_per_s= seed_speedup_bound=
 """
 
 from __future__ import annotations
@@ -140,12 +145,21 @@ class SeedWriter:
         return WriteResult(True)
 
 
+class NoWriter(SeedWriter):
+    """The bound: a write path that costs nothing (writes nothing, reports success). What the acquirer
+    still spends then (polls, decoding, change detection, record encoding, lease ticks) both ways pay."""
+
+    async def write(self, rtu: int, epoch: int, pairs: list[str]) -> WriteResult:
+        return WriteResult(True)
+
+
 def seed_acquirer(side: str, batch: int) -> int:
-    """`--seed-acquirer`: fep-acquirer with the seed's write path (same process shape, polls, decoding)."""
+    """`--seed-acquirer`: fep-acquirer with the seed's write path (same process shape, polls, decoding), or
+    with no write path at all (`none`, the bound)."""
     from fep_acquirer import app, cli
 
     SeedWriter.batch = batch if side == "replica" else 0
-    app.Writer = SeedWriter  # type: ignore[misc, assignment]
+    app.Writer = NoWriter if side == "none" else SeedWriter  # type: ignore[misc, assignment]
     return cli.main([])
 
 
@@ -219,10 +233,13 @@ def measure(plant: Plant, mode: str, seconds: float, period_slack: float) -> dic
     try:
         end = time.monotonic() + 60 + plant.points / 10_000
         want = {ks.values(i + 1) for i in range(plant.n_rtus)}
-        while True:  # warm-up: every RTU's full image in Redis
+        while True:  # warm-up: every RTU's full image in Redis (the bound writes nothing: leases held)
             if acq.poll() is not None:
                 raise RuntimeError(f"the {mode} acquirer exited with {acq.returncode}")
-            if all(r.hlen(k) == args.points_per_rtu for k in want):
+            if mode == "none":
+                if all(r.hget(ks.lease(i + 1), "holder") == "A" for i in range(plant.n_rtus)):
+                    break
+            elif all(r.hlen(k) == args.points_per_rtu for k in want):
                 break
             if time.monotonic() > end:
                 raise RuntimeError(f"{mode}: full images not written within the warm-up")
@@ -233,6 +250,8 @@ def measure(plant: Plant, mode: str, seconds: float, period_slack: float) -> dic
         a0, r0, t0 = cpu_s(acq.pid), cpu_s(plant.rp.proc.pid), time.monotonic()
         time.sleep(seconds)
         a1, r1, wall = cpu_s(acq.pid), cpu_s(plant.rp.proc.pid), time.monotonic() - t0
+        if mode == "none":  # no records to count: per change is taken from ours' run (main)
+            return {"acq_cpu_pct": 100 * (a1 - a0) / wall, "redis_cpu_pct": 100 * (r1 - r0) / wall}
         end_id = r.xrevrange(ks.CHANGES, count=1)[0][0]
     finally:
         stop(acq)
@@ -356,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wp-points", type=int, default=1000)
     ap.add_argument("--wp-seconds", type=float, default=3.0)
     ap.add_argument("--tiny", action="store_true", help="a few seconds on tiny parameters (the test suite)")
-    ap.add_argument("--seed-acquirer", choices=("master", "replica"), help=argparse.SUPPRESS)
+    ap.add_argument("--seed-acquirer", choices=("master", "replica", "none"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.seed_acquirer:
         return seed_acquirer(args.seed_acquirer, args.seed_batch)
@@ -374,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="fep-bench-acq-"))
     shutil.copytree(REPO / "cfg", tmp / "cfg")
     try:
-        modes = ["ours", "master"] + (["replica"] if args.seed_replica else [])
+        modes = ["ours", "master", "none"] + (["replica"] if args.seed_replica else [])
         res: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
 
         def runs(plant: Plant) -> None:
@@ -382,6 +401,12 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in modes:  # alternating, on the same plant
                     m = measure(plant, mode, args.seconds, args.period_slack)
                     res[mode].append(m)
+                    if mode == "none":  # the same load as ours' run of this round
+                        offered = res["ours"][-1]["changes_per_s"]
+                        m["acq_s_100k"] = m["acq_cpu_pct"] / 100 / offered * 1e5
+                        print(f"run {i + 1} bound (no write path): acquirer {m['acq_cpu_pct']:.1f} % of a core "
+                              f"({m['acq_s_100k']:.3f} s/100k of ours' {offered:,.0f} changes/s)", flush=True)
+                        continue
                     label = {"ours": "ours", "master": "seed (master side, one write per point)",
                              "replica": f"seed (replica side, pipelines of {args.seed_batch})"}[mode]
                     print(f"run {i + 1} {show(label, m)}", flush=True)
@@ -410,13 +435,20 @@ def main(argv: list[str] | None = None) -> int:
         return min(xs), statistics.median(xs), max(xs)
 
     for mode in modes:
-        print(f"{mode} min/median/max: " + "; ".join(
-            "{} {:.3g}/{:.3g}/{:.3g}".format(k, *stat(mode, k))
-            for k in ("changes_per_s", "p50", "p99", "acq_cpu_pct", "redis_cpu_pct", "acq_s_100k", "redis_s_100k")))
+        keys = (("acq_cpu_pct", "redis_cpu_pct", "acq_s_100k") if mode == "none" else
+                ("changes_per_s", "p50", "p99", "acq_cpu_pct", "redis_cpu_pct", "acq_s_100k", "redis_s_100k"))
+        print(f"{mode} min/median/max: " + "; ".join("{} {:.3g}/{:.3g}/{:.3g}".format(k, *stat(mode, k))
+                                                     for k in keys))
     med = {k: stat("ours", k)[1] for k in res["ours"][0]}
     seed = {k: stat("master", k)[1] for k in res["master"][0]}
     ours_total, seed_total = med["acq_s_100k"] + med["redis_s_100k"], seed["acq_s_100k"] + seed["redis_s_100k"]
     speedup = seed_total / ours_total if ours_total else float("nan")
+    # the bound: seed's CPU per change over what is left with no write path at all (acquirer only; Redis
+    # then does lease ticks alone): what any write path could reach against this baseline at this read cost
+    bound_acq = stat("none", "acq_s_100k")[1]
+    bound = seed_total / bound_acq if bound_acq else float("nan")
+    print(f"bound: with no write path the acquirer still spends {bound_acq:.3f} s per 100k changes (polls, "
+          f"decoding, change detection, lease ticks, shared with the seed's way): seed_speedup <= {bound:.1f}")
     if "replica" in res:
         rep = {k: stat("replica", k)[1] for k in res["replica"][0]}
         print(f"seed replica side: {(rep['acq_s_100k'] + rep['redis_s_100k']) / ours_total:.1f}x our CPU per change")
@@ -425,7 +457,8 @@ def main(argv: list[str] | None = None) -> int:
            "poll_to_redis_p50_ms": f"{med['p50']:.0f}", "poll_to_redis_p99_ms": f"{med['p99']:.0f}",
            "acq_cpu_pct": f"{med['acq_cpu_pct']:.1f}", "redis_cpu_pct": f"{med['redis_cpu_pct']:.1f}",
            "acq_cpu_s_per_100k": f"{med['acq_s_100k']:.3f}", "redis_cpu_s_per_100k": f"{med['redis_s_100k']:.3f}",
-           "seed_speedup": f"{speedup:.1f}", "max_points_at_1s": best, "changes_per_s": f"{wp:.0f}"}
+           "seed_speedup": f"{speedup:.1f}", "max_points_at_1s": best, "changes_per_s": f"{wp:.0f}",
+           "seed_speedup_bound": f"{bound:.1f}"}
     print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 

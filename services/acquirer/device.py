@@ -4,6 +4,7 @@ read comes from plan.py, how to decode from plan.py and fepha.datatypes."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 from fep_acquirer import mbtcp
 from fep_acquirer.plan import Block
@@ -21,11 +22,16 @@ class DeviceError(Exception):
     """The device answered with a Modbus exception (bad address, type...): a configuration problem."""
 
 
+def _exception_error(exc: mbtcp.ExceptionAnswer) -> LinkError | DeviceError:
+    return LinkError(str(exc)) if exc.code in LINK_EXCEPTIONS else DeviceError(str(exc))
+
+
 class DeviceLink:
     def __init__(self, channel: Channel, timeout_s: float) -> None:
         self.channel = channel
         self.client = mbtcp.Client(channel.host, channel.port, channel.unit, timeout_s)
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # a control write and a poll share the connection, one request at a time
+        self.waiting = 0  # control requests waiting for the lock: a poll's reads pause for them
 
     async def connect(self) -> None:
         try:
@@ -36,20 +42,47 @@ class DeviceLink:
     def close(self) -> None:
         self.client.close()
 
-    async def _call(self, pdu: bytes) -> bytes:
+    async def _acquire(self) -> None:
+        self.waiting += 1
         try:
-            async with self.lock:  # a control write and a poll share the connection, one request at a time
-                return await self.client.request(pdu)
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+
+    async def _call(self, pdu: bytes) -> bytes:
+        await self._acquire()
+        try:
+            return await self.client.request(pdu)
         except mbtcp.ExceptionAnswer as exc:
-            if exc.code in LINK_EXCEPTIONS:
-                raise LinkError(str(exc)) from exc
-            raise DeviceError(str(exc)) from exc
+            raise _exception_error(exc) from exc
         except (TimeoutError, OSError, mbtcp.Malformed) as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
+        finally:
+            self.lock.release()
 
-    async def read(self, block: Block) -> bytes:
-        """The answer's data bytes: registers big-endian, or bits packed LSB first (plan.py decodes)."""
-        return await self._call(block.request)
+    async def read_all(self, blocks: Sequence[Block]) -> list[bytes | DeviceError]:
+        """Every block's answer data bytes (registers big-endian, bits packed LSB first: plan.py decodes), or
+        the DeviceError of a block the device refused. The reads go as one sequence (mbtcp.Client.requests),
+        paused between two requests for a waiting control write. Raises LinkError (device not reached)."""
+        out: list[bytes | DeviceError] = []
+        while len(out) < len(blocks):
+            await self._acquire()
+            try:
+                got = await self.client.requests([b.request for b in blocks[len(out):]],
+                                                 lambda: self.waiting > 0)
+            except (TimeoutError, OSError, mbtcp.Malformed) as exc:
+                raise LinkError(str(exc) or type(exc).__name__) from exc
+            finally:
+                self.lock.release()
+            for a in got:
+                if isinstance(a, mbtcp.ExceptionAnswer):
+                    err = _exception_error(a)
+                    if isinstance(err, LinkError):
+                        raise err from a
+                    out.append(err)
+                else:
+                    out.append(a)
+        return out
 
     async def write(self, p: Point, value: float) -> None:
         """Write an engineering value to a coil or holding register(s); raises ValueError if not writable."""

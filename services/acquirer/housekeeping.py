@@ -19,7 +19,7 @@ from typing import Any
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.tasks import cancel_and_wait
-from fep_acquirer.writer import Writer
+from fep_acquirer.writer import Writer, send_fcalls
 from fepha import events, heartbeat, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
@@ -161,23 +161,27 @@ class Housekeeping:
             return
         ttl_ms, takeover_ms = int(self.cfg.lease_ttl_s * 1000), int(self.cfg.takeover_s * 1000)
         node = self.cfg.node_id
-        pipe = self.master.pipeline(transaction=False)
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
-        for r, ok in zip(runners, reach, strict=True):  # lease ticks first: their results are res[0:len(runners)]
-            pipe.fcall(*redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv)
-        for r, ok in zip(runners, reach, strict=True):
-            pipe.fcall(*redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints],
-                                          live_ms=ttl_ms).argv)
+        # lease ticks first (their results are res[0:len(runners)]), then the link states: one round trip
+        # packed by hiredis (send_fcalls), as redis-py's pipeline packs and parses 2 x RTUs calls in Python
+        argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv
+                 for r, ok in zip(runners, reach, strict=True)]
+        argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
+                  for r, ok in zip(runners, reach, strict=True)]
+        extra = self.master.pipeline(transaction=False)  # channel switches and states: rare
+        for r in runners:
             for sw in r.switched:
-                events.add(pipe, "channel", node, r.rtu.id, **sw)
+                events.add(extra, "channel", node, r.rtu.id, **sw)
             r.switched = []
             st = r.switcher.state()
             if st != self.sent_state.get(r.rtu.id):
                 states[r.rtu.id] = st
-                pipe.hset(ks.channel_state(r.rtu.id, node), mapping=st)
+                extra.hset(ks.channel_state(r.rtu.id, node), mapping=st)
         try:
-            res = await pipe.execute(raise_on_error=False)
+            res = await send_fcalls(self.master, argvs)
+            if len(extra):
+                res += await extra.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL
             self.master_ok = False
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")

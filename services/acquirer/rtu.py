@@ -168,15 +168,17 @@ class RtuRunner(RunnerBase):
         raws: list[bytes | None] = []
         self.metrics.inc("polls")
         bad = ""
-        for block in self.blocks:
-            try:
-                raws.append(await link.read(block))
-            except DeviceError as exc:
-                bad = f"{block.area}{block.start}+{block.count}: {exc}"
+        try:
+            got = await link.read_all(self.blocks)
+        except LinkError:
+            self.metrics.inc("poll_errors")
+            raise
+        for block, a in zip(self.blocks, got, strict=True):
+            if isinstance(a, DeviceError):
+                bad = f"{block.area}{block.start}+{block.count}: {a}"
                 raws.append(None)
-            except LinkError:
-                self.metrics.inc("poll_errors")
-                raise
+            else:
+                raws.append(a)
         # taken after the reads: an invalidation or a reconnect meanwhile has reset it (decode everything)
         samples, answers = self.samples, self._answers
         delta: dict[int, Sample] = {}

@@ -188,7 +188,7 @@ async def exchange(handler, timeout_s: float = 0.3) -> tuple[list[bytes | Except
         await link.connect()
         for _ in range(2):
             try:
-                out.append(await link.read(HR_BLOCK))
+                out.append((await link.read_all([HR_BLOCK]))[0])
             except (LinkError, DeviceError) as exc:
                 out.append(exc)
     finally:
@@ -245,6 +245,116 @@ async def test_timeout_then_the_late_answer_is_not_taken_for_the_next() -> None:
     assert out[1] == b"\x00\x05"
 
 
+async def test_each_request_gets_its_whole_timeout_from_its_own_send() -> None:
+    """One timer per connection (check_deadline): a request sent late in the previous one's timeout still
+    gets its whole timeout, and the one that is not answered fails at its own deadline, not earlier."""
+    timeout = 0.4
+
+    server, port = await serve(lambda tid, unit, pdu: ())
+    client = mbtcp.Client("127.0.0.1", port, 7, timeout)
+    try:
+        await client.connect()
+        loop = asyncio.get_running_loop()
+        proto = client.proto
+        assert proto is not None
+        answers = []
+
+        def reply(data: bytes) -> None:
+            proto.data_received(data)
+
+        for _ in range(3):  # each answered after 0.3 s (most of its timeout): 0.9 s in all
+            t0 = loop.time()
+            fut = asyncio.ensure_future(client.request(HR_BLOCK.request))
+            await asyncio.sleep(0)
+            loop.call_later(0.3, reply, mbtcp.frame(proto.tid, 7, b"\x03\x02\x00\x01"))
+            answers.append(await fut)
+            assert 0.25 < loop.time() - t0 < timeout
+        t0 = loop.time()
+        with pytest.raises(TimeoutError):
+            await client.request(HR_BLOCK.request)  # never answered
+        assert timeout - 0.02 < loop.time() - t0 < timeout + 0.2
+        assert answers == [b"\x00\x01"] * 3
+    finally:
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+
+THREE_BLOCKS = plan_reads([Point(id=i + 1, rtu=1, kind="AI", name="", area="hr", address=100 * i, datatype="uint16")
+                           for i in range(3)])
+
+
+async def test_a_poll_is_one_sequence_and_a_refused_block_does_not_stop_it() -> None:
+    """read_all: the blocks' requests one after the other (one in flight), a block the device refuses
+    (illegal address) is that block's DeviceError and the next blocks are still read; a gateway exception
+    (device not reached) is a LinkError for the poll."""
+    assert len(THREE_BLOCKS) == 3
+    log: list[int] = []
+
+    def handler(tid: int, unit: int, pdu: bytes):
+        start = int.from_bytes(pdu[1:3], "big")
+        log.append(start)
+        if start == 100:
+            yield mbtcp.frame(tid, unit, b"\x83\x02")
+        elif start == 200 and len(log) > 3:
+            yield mbtcp.frame(tid, unit, b"\x83\x0b")
+        else:
+            yield mbtcp.frame(tid, unit, b"\x03\x02" + start.to_bytes(2, "big"))
+
+    server, port = await serve(handler)
+    link = link_to(port)
+    try:
+        await link.connect()
+        got = await link.read_all(THREE_BLOCKS)
+        assert got[0] == b"\x00\x00" and isinstance(got[1], DeviceError) and got[2] == b"\x00\xc8"
+        assert log == [0, 100, 200]
+        with pytest.raises(LinkError, match="0x0b"):
+            await link.read_all(THREE_BLOCKS)
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_control_write_waits_one_request_not_the_whole_poll() -> None:
+    """A write that comes while a poll's sequence runs goes out after the request in flight, then the
+    poll's remaining reads: the sequence pauses for it (DeviceLink.waiting)."""
+    blocks = plan_reads([Point(id=i + 1, rtu=1, kind="AI", name="", area="hr", address=100 * i, datatype="uint16")
+                         for i in range(8)])
+    wire: list[str] = []
+
+    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                hdr = await reader.readexactly(7)
+                tid, _, length, unit = mbtcp.MBAP.unpack(hdr)
+                pdu = await reader.readexactly(length - 1)
+                await asyncio.sleep(0.02)  # the device's time per request
+                wire.append("w" if pdu[0] == mbtcp.WRITE_REGISTER else "r")
+                answer = pdu if pdu[0] == mbtcp.WRITE_REGISTER else b"\x03\x02\x00\x01"
+                writer.write(mbtcp.frame(tid, unit, answer))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    link = link_to(server.sockets[0].getsockname()[1], timeout_s=1.0)
+    try:
+        await link.connect()
+        poll = asyncio.ensure_future(link.read_all(blocks))
+        await asyncio.sleep(0.05)  # two or three reads in
+        await link.write(Point(id=99, rtu=1, kind="AO", name="", area="hr", address=5, datatype="uint16"), 7)
+        got = await poll
+        assert got == [b"\x00\x01"] * 8
+        assert wire.count("w") == 1 and wire.count("r") == 8
+        assert 1 <= wire.index("w") <= 4, wire  # after the read in flight, not after the whole poll
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_device_closing_the_connection_is_a_link_error() -> None:
     def handler(tid: int, unit: int, pdu: bytes):
         raise ConnectionError  # the server side drops the connection without answering
@@ -269,10 +379,9 @@ class ScriptedLink:
     def __init__(self, regs: list[int]) -> None:
         self.regs, self.fail = regs, set()
 
-    async def read(self, block):
-        if block.start in self.fail:
-            raise DeviceError("modbus exception 0x02")
-        return regs_bytes(self.regs[block.start:block.start + block.count])
+    async def read_all(self, blocks):
+        return [DeviceError("modbus exception 0x02") if b.start in self.fail
+                else regs_bytes(self.regs[b.start:b.start + b.count]) for b in blocks]
 
 
 class RecordingWriter:

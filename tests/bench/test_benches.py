@@ -23,7 +23,7 @@ KEYS = {
     "sysload": ["points", "init_s", "per_key_s", "speedup", "command_s"],
     "acquire": ["e2e_changes_per_s", "rtus", "points", "poll_ms", "change_pct", "poll_to_redis_p50_ms",
                 "poll_to_redis_p99_ms", "acq_cpu_pct", "redis_cpu_pct", "acq_cpu_s_per_100k",
-                "redis_cpu_s_per_100k", "seed_speedup", "max_points_at_1s", "changes_per_s"],
+                "redis_cpu_s_per_100k", "seed_speedup", "max_points_at_1s", "changes_per_s", "seed_speedup_bound"],
     "forward": ["runs", "p50_ms", "p99_ms", "c104_p99_ms", "latency_gain", "lossless_values_per_s", "lost",
                 "e2e_p50_ms", "e2e_p99_ms", "e2e_samples"],
     "failover": ["node_loss_to_data_s", "link_cut_to_data_s", "lost_spontaneous", "dup_spontaneous",
