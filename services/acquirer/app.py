@@ -83,7 +83,8 @@ class Acquirer:
         self.tasks = [asyncio.create_task(self.house.loop(), name="acquirer-housekeeping"),
                       asyncio.create_task(execute_loop(self.master, self.cfg.node_id, self.runners,
                                                        self.metrics, self.once, self.stopping),
-                                          name="acquirer-controls")]
+                                          name="acquirer-controls"),
+                      asyncio.create_task(self.house.watch_local_role(), name="acquirer-role-watch")]
         try:
             while not stop.is_set():
                 await self.check_config()

@@ -57,20 +57,18 @@ class Housekeeping:
         self.moved = asyncio.Event()  # set by watch_local_role: the VIP moved, the master connections are stale
 
     async def loop(self) -> None:
-        watch = asyncio.create_task(self.watch_local_role(), name="acquirer-role-watch")
-        try:
-            while True:
-                t0 = time.monotonic()
-                self.moved.clear()
-                await self._tick_unless_moved()
-                if not self.moved.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.moved.wait(),
-                                               max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
-                if self.moved.is_set():
-                    await self.drop_master_connections()
-        finally:
-            await cancel_and_wait(watch)
+        """The ticks; `watch_local_role` runs beside it as its own task (app.py), so that stopping one
+        waits for each to end (a child task stopped from a cancelled parent's finally could outlive it)."""
+        while True:
+            t0 = time.monotonic()
+            self.moved.clear()
+            await self._tick_unless_moved()
+            if not self.moved.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.moved.wait(),
+                                           max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+            if self.moved.is_set():
+                await self.drop_master_connections()
 
     async def _tick_unless_moved(self) -> None:
         """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be

@@ -154,13 +154,17 @@ def test_no_previous_or_another_length_decodes_everything() -> None:
 
 # ---- the client against servers that misbehave on purpose (loopback, in process) ----
 
-async def serve(handler) -> tuple[asyncio.Server, int]:
+async def serve(handler, delay_s: float = 0.0) -> tuple[asyncio.Server, int]:
+    """A device on a free loopback port: `handler(tid, unit, pdu)` yields the frames to send back, after
+    `delay_s` (the device's time per request)."""
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
                 hdr = await reader.readexactly(7)
                 tid, _, length, unit = mbtcp.MBAP.unpack(hdr)
                 pdu = await reader.readexactly(length - 1)
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 for out in handler(tid, unit, pdu):
                     writer.write(out)
                 await writer.drain()
@@ -323,23 +327,12 @@ async def test_a_control_write_waits_one_request_not_the_whole_poll() -> None:
                          for i in range(8)])
     wire: list[str] = []
 
-    async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                hdr = await reader.readexactly(7)
-                tid, _, length, unit = mbtcp.MBAP.unpack(hdr)
-                pdu = await reader.readexactly(length - 1)
-                await asyncio.sleep(0.02)  # the device's time per request
-                wire.append("w" if pdu[0] == mbtcp.WRITE_REGISTER else "r")
-                answer = pdu if pdu[0] == mbtcp.WRITE_REGISTER else b"\x03\x02\x00\x01"
-                writer.write(mbtcp.frame(tid, unit, answer))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def handler(tid: int, unit: int, pdu: bytes):
+        wire.append("w" if pdu[0] == mbtcp.WRITE_REGISTER else "r")
+        yield mbtcp.frame(tid, unit, pdu if pdu[0] == mbtcp.WRITE_REGISTER else b"\x03\x02\x00\x01")
 
-    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
-    link = link_to(server.sockets[0].getsockname()[1], timeout_s=1.0)
+    server, port = await serve(handler, delay_s=0.02)
+    link = link_to(port, timeout_s=1.0)
     try:
         await link.connect()
         poll = asyncio.ensure_future(link.read_all(blocks))
