@@ -104,6 +104,31 @@ def test_a_new_master_gets_end_of_initialisation_a_known_one_what_it_missed() ->
     assert st.counts.events_sent == 100 and st.cursors["m1"] == (n - 1, 0)
 
 
+def test_a_resumed_master_gets_what_it_missed_then_the_image_as_a_background_scan() -> None:
+    """Its cursor is per address: a master that keeps a connection to each node started at once gets, on
+    the link that resumes, the events after the cursor (spontaneous) and then the image (cause 2, not
+    events), so a value its other link's interrogation gave it and that does not change again is not
+    missing on this one. A master new to the system gets end of initialisation and no scan."""
+    st = station()
+    st.advanced((1, 0))
+    st.load_image([upd(1001, 1.0), upd(2, 1)])
+    first = Pair(st, "m1:5000")
+    first.start()
+    assert not [a for a in first.got if a.cause == c.COT_BACKGROUND]  # new: end of initialisation only
+    feed(st, 2, [[upd(1001, 7.0)]])
+    first.xfer()
+    second = Pair(st, "m1:5001")  # the same master's other link, started while the first one runs
+    st.cursors["m1"] = (1, 0)  # its cursor from before the event
+    second.start()
+    assert [a.cause for a in second.got][:1] == [c.COT_SPONT] and values_of(second.got) == [7.0]
+    scan = {ioa: c.decode_element(a.type_id, e)[:2] for a in second.got if a.cause == c.COT_BACKGROUND
+            for ioa, e in a.objects}
+    assert scan[1001] == (7.0, 0) and scan[2] == (1.0, 0)
+    assert scan[1003][1] == int(Quality.IV)  # no value yet: invalid, as in an interrogation's answer
+    assert 3001 not in scan  # counters only by counter interrogation
+    assert st.counts.events_sent == 2  # the scan is no event: one to each link
+
+
 def test_events_split_over_frames_move_the_position_only_past_whole_entries() -> None:
     st = station()
     st.advanced((1, 0))

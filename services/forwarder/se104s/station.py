@@ -257,8 +257,11 @@ class Station:
     def resume(self, s: Session, cursor: Sid | None) -> None:
         """Start sending events to a started master whose recorded position is `cursor` (None: none
         known). Covered by the history: the events after it, ahead of anything queued meanwhile (a general
-        interrogation's answer comes after them, so the master ends with current values). Otherwise: end
-        of initialisation, and the master's interrogation gives it the image."""
+        interrogation's answer comes after them, so the master ends with current values), then the image as
+        a background scan (cause 2, not events): the cursor is per master address, and a master that keeps
+        connections to both nodes started at once (two links it keeps apart) would otherwise never get, on
+        the second link, the values its first link's interrogation gave it. Otherwise: end of
+        initialisation, and the master's interrogation gives it the image."""
         s.awaiting_cursor = False
         if s.closed or not s.active or s.resumed:
             return
@@ -281,6 +284,8 @@ class Station:
             s.skip = cursor if cursor > self.position else None
             if booted:
                 s.queue.appendleft(ei)
+            else:  # the image as a background scan (cause 2) after what it missed: see `resume`
+                self._image_answer(s, ("DI", "AI"), c.COT_BACKGROUND)
         s.resumed = True
         self.acked(s.identity, s.cursor)
         self.wake(s)
