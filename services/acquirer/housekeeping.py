@@ -1,4 +1,4 @@
-"""The per-process periodic work: lease ticks and link states (one pipeline for all RTUs), invalidation
+"""The per-process periodic work: lease ticks and link states (one round trip for all RTUs), invalidation
 of lost devices, channel-state hashes, Redis role watch (full image, write mode), heartbeat, metrics.
 
 Beside the ticks, a fast watch of the local Redis's role (`role_watch_s`): when it changes, the VIP has
@@ -24,7 +24,6 @@ from fepha import events, heartbeat, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
-from fepha.redisconn import role_of
 
 log = logging.getLogger("acquirer")
 
@@ -55,6 +54,8 @@ class Housekeeping:
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
         self.moved = asyncio.Event()  # set by watch_local_role: the VIP moved, the master connections are stale
+        self.local_role: str | None = None  # read_local_role's last reading (None: not read yet)
+        self.local_error = ""
 
     async def loop(self) -> None:
         """The ticks; `watch_local_role` runs beside it as its own task (app.py), so that stopping one
@@ -86,14 +87,20 @@ class Housekeeping:
         if not tick.cancelled() and tick.exception() is not None:
             log.error("housekeeping tick failed", exc_info=tick.exception())
 
+    async def read_local_role(self) -> str:
+        """The local Redis's role (ROLE's first word: master / slave; '' when it does not answer, the error
+        kept in `local_error`), kept in `local_role` for the tick: one reader of the role, not two."""
+        try:
+            self.local_role = str((await self.local.execute_command("ROLE"))[0])
+        except Exception as exc:  # noqa: BLE001 - local Redis down: the tick reports it
+            self.local_role, self.local_error = "", f"{type(exc).__name__}: {exc}"
+        return self.local_role
+
     async def watch_local_role(self) -> None:
         """Reads the local Redis's role every `role_watch_s`; sets `moved` when it changes."""
         seen: str | None = None
         while True:
-            try:
-                now = str((await self.local.execute_command("ROLE"))[0])
-            except Exception:  # noqa: BLE001 - local Redis down: the tick's own role watch reports it
-                now = ""
+            now = await self.read_local_role()
             if role_moved(seen, now):
                 log.info("local Redis role %s -> %s seen by the role watch", seen, now)
                 self.moved.set()
@@ -130,10 +137,15 @@ class Housekeeping:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
         try:
             run_id = (await self.master.info("server"))["run_id"]
-            role, _ = role_of(await self.local.info("replication"))
-        except Exception as exc:  # noqa: BLE001 - unreachable master or local Redis
+        except Exception as exc:  # noqa: BLE001 - unreachable master
             self.master_ok = False
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
+            return
+        # the role watch's last reading (every role_watch_s); read here only before its first
+        role = self.local_role if self.local_role is not None else await self.read_local_role()
+        if not role:
+            self.master_ok = False
+            self.once.problem("redis", f"local Redis: {self.local_error}")
             return
         self.once.clear("redis")
         if (self.run_id is not None and run_id != self.run_id) or not self.master_ok:
