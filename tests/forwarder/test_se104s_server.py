@@ -23,8 +23,9 @@ from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_ser
 from .tls_cert import self_signed_server_context
 
 
-def full_image() -> list:
-    t = now_ms() - 5000
+def full_image(t: int | None = None) -> list:
+    """The test image, every value stamped `t` (default: five seconds ago)."""
+    t = now_ms() - 5000 if t is None else t
     return [upd(1001, 230.5, 0, t), upd(1002, 12.5, 0, t), upd(1003, -20, 0, t), upd(1004, 50, 0, t),
             upd(1, 1, 0, t), upd(2, 0, int(Quality.IV), t), upd(3, 1, 0, t), upd(4, 0, int(Quality.NT), t),
             upd(3001, 123456, 0, t), upd(3002, 7, 0, t)]
@@ -32,7 +33,8 @@ def full_image() -> list:
 
 async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> None:
     async with se104_server() as srv:
-        srv.load_image(full_image())
+        stamp = now_ms() - 5000
+        srv.load_image(full_image(stamp))
         async with c104_master(srv.port) as m:  # Init.ALL: STARTDT, station interrogation, clock sync
             assert m.inits  # M_EI_NA_1 reached the first master that started
             gi = {r.ioa: r for r in m.values("INTERROGATED_BY_STATION")}
@@ -45,7 +47,9 @@ async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> Non
             assert c104.Quality.Invalid in gi[2].quality
             assert gi[3].value == c104.Double.ON and c104.Quality.NonTopical in gi[4].quality
             assert gi[1].recorded_at is not None
-            assert abs(gi[1].recorded_at.timestamp() * 1000 - (now_ms() - 5000)) < 2000
+            # the time tag is the value's own stamp (CP56Time2a, to the millisecond), not the time it was sent:
+            # compared with the stamp given, not with the clock, which a slow connect moves on
+            assert abs(gi[1].recorded_at.timestamp() * 1000 - stamp) <= 1
 
             assert await in_thread(m.conn.counter_interrogation, CA)
             ci = {r.ioa: r for r in m.values("REQUESTED_BY_GENERAL_COUNTER")}
