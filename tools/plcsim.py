@@ -126,7 +126,37 @@ def _stamp_some(store: DeviceStore, area: str, address: int, count: int, pct: fl
         regs[i] = stamp if regs[i] != stamp else (stamp + 1) & 0xFFFF
 
 
-class PlcSim:
+class SimControl:
+    """What both simulators (this one and rtu104sim) share: their background tasks and the optional
+    control port (JSON lines, served by the subclass's `_client`), opened and closed the same way."""
+
+    control: tuple[str, int] | None
+    control_port: int | None
+    _tasks: list[asyncio.Task]
+    _control_srv: asyncio.Server | None
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    async def _open_control(self) -> None:
+        if self.control:
+            self._control_srv = await asyncio.start_server(self._client, *self.control)
+            self.control_port = self._control_srv.sockets[0].getsockname()[1]
+
+    async def _cancel_tasks(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    async def _close_control(self) -> None:
+        if self._control_srv:
+            self._control_srv.close()
+            await self._control_srv.wait_closed()
+            self._control_srv = None
+
+
+class PlcSim(SimControl):
     """Modbus TCP servers for every acquisition RTU of a model, on both channels (see docs/plcsim.md)."""
 
     def __init__(self, model: Model, rate: float = 0.0, host_map: dict[str, str] | None = None,
@@ -236,22 +266,14 @@ class PlcSim:
         for ep in self._eps:
             log.info("serving %s:%d", *ep)
         self._tasks.append(asyncio.create_task(self._changer(), name="plcsim-rate"))
-        if self.control:
-            self._control_srv = await asyncio.start_server(self._client, *self.control)
-            self.control_port = self._control_srv.sockets[0].getsockname()[1]
+        await self._open_control()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._cancel_tasks()
         for srv in self._servers.values():
             await srv.shutdown()
         self._servers.clear()
-        if self._control_srv:
-            self._control_srv.close()
-            await self._control_srv.wait_closed()
-            self._control_srv = None
+        await self._close_control()
         await asyncio.sleep(0)
 
     async def _changer(self) -> None:

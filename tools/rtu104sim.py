@@ -32,7 +32,7 @@ from fepha.points import Value
 from fepha.semodel.db import read_rows
 from fepha.semodel.model import FWD_KIND, Channel, FwdPoint, Model, Point, Rtu
 
-from .plcsim import _hostport, serve_until_signal
+from .plcsim import SimControl, _hostport, serve_until_signal
 
 log = logging.getLogger("rtu104sim")
 
@@ -249,7 +249,7 @@ class Device(Se104Server):
         self._publish(ups)
 
 
-class Rtu104Sim:
+class Rtu104Sim(SimControl):
     """Every IEC 104 acquisition RTU of a model as a simulated device (see docs/rtu104sim.md)."""
 
     def __init__(self, rtus: Iterable[Rtu], rate: float = 0.0, host_map: dict[str, str] | None = None,
@@ -315,21 +315,13 @@ class Rtu104Sim:
             await d.start()
         self.note(ev="start", devices=sorted(self.devices))
         self._tasks.append(asyncio.create_task(self._changer(), name="rtu104sim-rate"))
-        if self.control:
-            self._control_srv = await asyncio.start_server(self._client, *self.control)
-            self.control_port = self._control_srv.sockets[0].getsockname()[1]
+        await self._open_control()
 
     async def stop(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self._cancel_tasks()
         for d in self.devices.values():
             await d.stop()
-        if self._control_srv:
-            self._control_srv.close()
-            await self._control_srv.wait_closed()
-            self._control_srv = None
+        await self._close_control()
 
     async def _changer(self) -> None:
         """`rate` events per second per device, in batches every few ms (owed events since the start of
