@@ -16,6 +16,7 @@ import c104
 
 from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
+from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 
@@ -121,6 +122,8 @@ class Master:
     got: list[Received] = field(default_factory=list)
     inits: list[Any] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    trace: list[Any] = field(default_factory=list)
+    """Connection states and raw frames ("<< " in, ">> " out, hex), in the order c104 reported them."""
 
     def point(self, addr: int) -> c104.Point:
         p = self.station.get_point(addr)
@@ -132,10 +135,67 @@ class Master:
             return [r for r in self.got if cot is None or r.cot == cot]
 
     async def command(self, addr: int, info: Any, select: bool = False) -> bool:
+        """One command through c104; True when the server confirmed its execution positively (ACT_CON), and
+        then only once its ACT_TERM came too. The outcome is read from the frames on the wire, not from
+        c104's return value: c104 2.2.1 under load now and then loses a confirmation it received (its
+        "Potential Deadlock: mutex ... > 100ms" message; transmit then returns False after its timeout
+        although the server's positive ACT_CON is in the trace), and sometimes never sends the execute
+        after a confirmed select (then the select is sent again, once: a select runs nothing).
+
+        The wait for ACT_TERM: a next command on the same IOA sent before it crosses it on the wire, and
+        c104 takes that late ACT_TERM for the answer to the new command."""
         p = self.point(addr)
         p.command_mode = c104.CommandMode.SELECT_AND_EXECUTE if select else c104.CommandMode.DIRECT
         p.info = info
-        return bool(await in_thread(p.transmit, c104.Cot.ACTIVATION))
+        seen = len(self.trace)
+        await in_thread(p.transmit, c104.Cot.ACTIVATION)
+        seq = command_frames(self.trace[seen:], addr)
+        if select and ("<<", c.COT_ACTCON, False, True) in seq and not any(d == ">>" and not s for d, _, _, s in seq):
+            seen = len(self.trace)
+            await in_thread(p.transmit, c104.Cot.ACTIVATION)
+        # c104 may return before its raw-frame callback recorded the answer: wait for it on the trace
+        with contextlib.suppress(AssertionError):
+            await until(lambda: execute_answer(command_frames(self.trace[seen:], addr)) is not None, 3,
+                        f"ACT_CON of IOA {addr}")
+        ok = bool(execute_answer(command_frames(self.trace[seen:], addr)))
+        if ok:
+            await until(lambda: ("<<", c.COT_ACTTERM, False, False) in command_frames(self.trace[seen:], addr), 3,
+                        f"ACT_TERM of IOA {addr}")
+        return ok
+
+
+def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bool]]:
+    """(">>" sent / "<<" received, cause, negative, select) of every command object for IOA `addr` among
+    the raw frames of a trace, decoded with our codec."""
+    out: list[tuple[str, int, bool, bool]] = []
+    for entry in list(trace):
+        if not isinstance(entry, str) or entry[:3] not in (">> ", "<< "):
+            continue
+        raw = bytes.fromhex(entry[3:])
+        if len(raw) < 6 or raw[0] != c.START:
+            continue
+        frame = c.parse_apdu(raw[2:])
+        if frame.kind != "I":
+            continue
+        a = c.parse_asdu(frame.asdu)
+        if a.type_id not in c.COMMAND_BASE:
+            continue
+        for ioa, elem in a.objects:
+            if ioa == addr:
+                out.append((entry[:2], a.cause, a.negative, c.decode_command(a.type_id, elem).select))
+    return out
+
+
+def execute_answer(seq: list[tuple[str, int, bool, bool]]) -> bool | None:
+    """The ACT_CON to the last execute (an activation without the select bit) sent: True positive, False
+    negative, None none (yet)."""
+    answer: bool | None = None
+    for d, cause, negative, select in seq:
+        if d == ">>" and cause == c.COT_ACT and not select:
+            answer = None
+        elif d == "<<" and cause == c.COT_ACTCON and not select:
+            answer = not negative
+    return answer
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -176,7 +236,7 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
     client.on_station_initialized(on_init)
     opened = threading.Event()
 
-    states: list[Any] = []
+    states = m.trace
 
     def on_state(connection: c104.Connection, state: c104.ConnectionState) -> None:
         states.append(state)
@@ -196,11 +256,16 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
     client.start()
     try:
         # Wait on the callback: polling conn.state right after start() can stall lib60870's connect. Rarely
-        # (about 1 in 50 under load) the c104 client stays OPEN_MUTED (Init.ALL not carried out); the raw
-        # frames recorded in `states` show it, and one reconnect of the client gets past it.
+        # (about 1 in 50 under load) the c104 client stays OPEN_MUTED (Init.ALL not carried out, not a byte
+        # sent: the raw frames recorded in `states` show it); a reconnect of the client gets past it, and
+        # under load the reconnected one can stick the same way, hence a second.
         if wait_open and not await in_thread(opened.wait, 4):
-            await in_thread(client.reconnect_all)
-            assert await in_thread(opened.wait, 8), f"c104 connection did not open: {states[-30:]} {conn.state}"
+            for _ in range(2):
+                await in_thread(client.reconnect_all)
+                if await in_thread(opened.wait, 6):
+                    break
+            else:
+                raise AssertionError(f"c104 connection did not open: {states[-30:]} {conn.state}")
         yield m
     finally:
         await in_thread(client.stop)

@@ -55,8 +55,24 @@ async def test_tshark_decodes_every_frame_we_send() -> None:
             await asyncio.wait_for(cap.wait(), 20)
             await asyncio.wait_for(reader, 20)
     text = b"".join(chunks).decode(errors="replace")
-    assert "Malformed" not in text and "Expert Info (Error" not in text and "Expert Info (Warning" not in text
+    bad = iec104_findings(text)
+    assert not bad, "\n\n".join(bad[:3])
     for needle in ("M_ME_NC_1", "M_ME_TF_1", "M_ME_NB_1", "M_ME_NA_1", "M_SP_TB_1", "M_SP_NA_1", "M_DP_NA_1",
                    "M_IT_TB_1", "M_IT_NA_1", "M_EI_NA_1", "C_IC_NA_1", "C_CI_NA_1", "C_CS_NA_1", "C_SC_NA_1",
                    "C_SE_NC_1", "C_SE_TA_1", "ActCon_NEGA", "ActTerm", "Spont", "STARTDT con"):
         assert needle in text, f"{needle} not decoded"
+
+
+def iec104_findings(text: str) -> list[str]:
+    """The IEC 104 part of every decoded frame (from the first IEC 60870-5 layer on, which is where
+    Wireshark's dissector puts its own findings and its "[Malformed Packet]") that holds a malformed-packet
+    mark or an error or warning. TCP's own notes are left out: on a loaded loopback the kernel now and then
+    retransmits a segment and Wireshark then warns about the TCP stream (D-SACK), which says nothing of
+    our frames."""
+    out = []
+    for frame in text.split("\nFrame ")[1:]:
+        at = frame.find("\nIEC 60870-5")
+        part = frame[at:] if at >= 0 else ""
+        if "Malformed" in part or "Expert Info (Error" in part or "Expert Info (Warning" in part:
+            out.append("Frame " + frame[:60] + " ..." + part[:1500])
+    return out
