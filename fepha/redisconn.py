@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from fepha.config import NodeConfig
 
@@ -27,6 +29,14 @@ def local_sync(cfg: NodeConfig) -> redis.Redis:
 
 def master_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
     return aredis.Redis(host=cfg.vip, port=cfg.port, **{**_kw(cfg), **kw})
+
+
+def master_async_once(cfg: NodeConfig) -> aredis.Redis:
+    """The master for commands that must reach it at most once (controls): redis-py never sends a command
+    again after a timeout or a dropped connection, the caller gets the error. Its default policy would:
+    a control submitted to a master that then vanished, replicated and submitted again to the promoted
+    replica would run twice."""
+    return master_async(cfg, retry=Retry(NoBackoff(), 0))
 
 
 def local_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
