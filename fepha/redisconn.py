@@ -33,9 +33,9 @@ def master_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
 
 def master_async_once(cfg: NodeConfig) -> aredis.Redis:
     """The master for commands that must reach it at most once (controls): redis-py never sends a command
-    again after a timeout or a dropped connection, the caller gets the error. Its default policy would:
-    a control submitted to a master that then vanished, replicated and submitted again to the promoted
-    replica would run twice."""
+    again after a timeout or a dropped connection, the caller gets the error. Its default policy would,
+    and a control submit re-sent after its answer was lost queues the control again (on the same master,
+    or on the promoted replica that has the first one by replication): it could run twice."""
     return master_async(cfg, retry=Retry(NoBackoff(), 0))
 
 
