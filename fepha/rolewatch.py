@@ -44,10 +44,13 @@ class RoleWatch:
             self.role, self.error = "", f"{type(exc).__name__}: {exc}"
         return self.role
 
-    async def run(self) -> None:
-        """Until cancelled: read the role every `period_s`; on a change, `on_move` before the next read."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set (or cancelled): read the role every `period_s`; on a change, `on_move` before
+        the next read. The flag and not only the cancellation: on Python 3.11 a cancellation arriving while
+        redis-py waits under its timeouts can be swallowed (seen in the forwarder's tests while its local
+        Redis restarted), and the loop would then run on after its service stopped."""
         seen: str | None = None
-        while True:
+        while not stop.is_set():
             now = await self.read()
             if role_moved(seen, now):
                 assert seen is not None

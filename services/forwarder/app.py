@@ -127,7 +127,7 @@ class Forwarder:
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
                  asyncio.create_task(self._freshness(), name="forwarder-freshness"),
-                 asyncio.create_task(self.roles.run(), name="forwarder-role-watch")]
+                 asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
