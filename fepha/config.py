@@ -126,7 +126,8 @@ class NodeConfig:
     lease_ttl_s: float = opt("timers", _positive(float), 3.0, "a lease not renewed this long lapses (dead holder)")
     lease_tick_s: float = opt("timers", _positive(float), 1.0, "how often each node renews / bids for its leases")
     role_watch_s: float = opt("timers", _positive(float), 0.2,
-                              "how often the acquirer reads its local Redis's role (a change: the VIP moved)")
+                              "how often the acquirer and the forwarder read their local Redis's role "
+                              "(a change: the VIP moved)")
     poll_ms: int = opt("timers", _positive(int), 1000, "default poll period when T004_RTU.POLLMS is NULL")
     heartbeat_s: float = opt("timers", _positive(float), 2.0, "heartbeat period; the key lives 3 periods")
     reconnect_min_s: float = opt("timers", _positive(float), 0.5, "first reconnect backoff")

@@ -7,6 +7,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from fepha.config import NodeConfig
 
@@ -27,6 +29,14 @@ def local_sync(cfg: NodeConfig) -> redis.Redis:
 
 def master_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
     return aredis.Redis(host=cfg.vip, port=cfg.port, **{**_kw(cfg), **kw})
+
+
+def master_async_once(cfg: NodeConfig) -> aredis.Redis:
+    """The master for commands that must reach it at most once (controls): redis-py never sends a command
+    again after a timeout or a dropped connection, the caller gets the error. Its default policy would,
+    and a control submit re-sent after its answer was lost queues the control again (on the same master,
+    or on the promoted replica that has the first one by replication): it could run twice."""
+    return master_async(cfg, retry=Retry(NoBackoff(), 0))
 
 
 def local_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:

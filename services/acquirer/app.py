@@ -84,7 +84,7 @@ class Acquirer:
                       asyncio.create_task(execute_loop(self.master, self.cfg.node_id, self.runners,
                                                        self.metrics, self.once, self.stopping),
                                           name="acquirer-controls"),
-                      asyncio.create_task(self.house.watch_local_role(), name="acquirer-role-watch")]
+                      asyncio.create_task(self.house.roles.run(self.stopping), name="acquirer-role-watch")]
         try:
             while not stop.is_set():
                 await self.check_config()

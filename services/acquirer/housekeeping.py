@@ -1,12 +1,12 @@
 """The per-process periodic work: lease ticks and link states (one round trip for all RTUs), invalidation
 of lost devices, channel-state hashes, Redis role watch (full image, write mode), heartbeat, metrics.
 
-Beside the ticks, a fast watch of the local Redis's role (`role_watch_s`): when it changes, the VIP has
-just moved (to this node: promoted; away: demoted). Commands still waiting on the old master through the
-VIP wait on a peer that may have vanished without a FIN (power cut, cable): they would hang until the
-socket timeout and redis-py's retries (observed: one lease tick blocked 2.8-3.7 s, ending up to 1 s
-after this node's Redis was promoted). So the tick in flight is abandoned, the master connections are
-dropped and a tick runs at once, on a new connection to the VIP now here (docs/ha.md, issue 13)."""
+Beside the ticks, a fast watch of the local Redis's role (`fepha.rolewatch`, every `role_watch_s`): when it
+changes, the VIP has just moved (to this node: promoted; away: demoted). Commands still waiting on the old
+master through the VIP wait on a peer that may have vanished without a FIN (power cut, cable): they would hang
+until the socket timeout and redis-py's retries (observed: one lease tick blocked 2.8-3.7 s, ending up to 1 s
+after this node's Redis was promoted). So the tick in flight is abandoned, the master connections are dropped
+and a tick runs at once, on a new connection to the VIP now here (docs/ha.md, issue 13)."""
 
 from __future__ import annotations
 
@@ -20,18 +20,12 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer, send_fcalls
-from fepha import events, heartbeat, redisfns
+from fepha import events, heartbeat, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("acquirer")
-
-
-def role_moved(seen: str | None, now: str) -> bool:
-    """True when the local Redis's role (ROLE's first word; '' when it could not be read) differs from
-    the one seen before: not on the first look, not while the local Redis does not answer."""
-    return seen is not None and now != "" and now != seen
 
 
 def write_window_ms(mode: str, local_role: str, batch_window_ms: int) -> int:
@@ -53,13 +47,12 @@ class Housekeeping:
         self._last_beat = 0.0
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
-        self.moved = asyncio.Event()  # set by watch_local_role: the VIP moved, the master connections are stale
-        self.local_role: str | None = None  # read_local_role's last reading (None: not read yet)
-        self.local_error = ""
+        self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
+        self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
 
     async def loop(self) -> None:
-        """The ticks; `watch_local_role` runs beside it as its own task (app.py), so that stopping one
-        waits for each to end (a child task stopped from a cancelled parent's finally could outlive it)."""
+        """The ticks; the role watch (`roles.run`) runs beside it as its own task (app.py), so that stopping
+        one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it)."""
         while True:
             t0 = time.monotonic()
             self.moved.clear()
@@ -68,8 +61,8 @@ class Housekeeping:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.moved.wait(),
                                            max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
-            if self.moved.is_set():
-                await self.drop_master_connections()
+            if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
+                await rolewatch.drop_connections(self.master)  # the executor retries); the tick reconnects
 
     async def _tick_unless_moved(self) -> None:
         """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be
@@ -87,33 +80,9 @@ class Housekeeping:
         if not tick.cancelled() and tick.exception() is not None:
             log.error("housekeeping tick failed", exc_info=tick.exception())
 
-    async def read_local_role(self) -> str:
-        """The local Redis's role (ROLE's first word: master / slave; '' when it does not answer, the error
-        kept in `local_error`), kept in `local_role` for the tick: one reader of the role, not two."""
-        try:
-            self.local_role = str((await self.local.execute_command("ROLE"))[0])
-        except Exception as exc:  # noqa: BLE001 - local Redis down: the tick reports it
-            self.local_role, self.local_error = "", f"{type(exc).__name__}: {exc}"
-        return self.local_role
-
-    async def watch_local_role(self) -> None:
-        """Reads the local Redis's role every `role_watch_s`; sets `moved` when it changes."""
-        seen: str | None = None
-        while True:
-            now = await self.read_local_role()
-            if role_moved(seen, now):
-                log.info("local Redis role %s -> %s seen by the role watch", seen, now)
-                self.moved.set()
-            seen = now or seen
-            await asyncio.sleep(self.cfg.role_watch_s)
-
-    async def drop_master_connections(self) -> None:
-        """Close every connection to the master, in use or idle: whatever waits on one fails now (the
-        writer compensates, the executor retries) and the next command connects to the VIP's new place."""
-        try:
-            await self.master.connection_pool.disconnect(inuse_connections=True)
-        except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail; it is dropped anyway
-            log.info("dropping master connections: %s: %s", type(exc).__name__, exc)
+    async def _vip_moved(self, seen: str, now: str) -> None:
+        """The role watch saw the local Redis change role: the loop abandons the tick in flight."""
+        self.moved.set()
 
     async def tick(self) -> None:
         await self._watch_roles()
@@ -142,10 +111,10 @@ class Housekeeping:
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
             return
         # the role watch's last reading (every role_watch_s); read here only before its first
-        role = self.local_role if self.local_role is not None else await self.read_local_role()
+        role = self.roles.role if self.roles.role is not None else await self.roles.read()
         if not role:
             self.master_ok = False
-            self.once.problem("redis", f"local Redis: {self.local_error}")
+            self.once.problem("redis", f"local Redis: {self.roles.error}")
             return
         self.once.clear("redis")
         if (self.run_id is not None and run_id != self.run_id) or not self.master_ok:

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 import redis.asyncio as aredis
 
-from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns
+from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig, feproot
 from fepha.logsetup import OnceLogger
@@ -43,7 +43,9 @@ REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
 
 class RedisControlSink:
     """ControlSink over `fepha.controls` on the master Redis: queued for the source point's acquisition RTU,
-    executed by that RTU's lease holder on either node."""
+    executed by that RTU's lease holder on either node. `master` must not re-send commands
+    (`redisconn.master_async_once`): a control whose connection fails or is dropped (the VIP moved) is
+    answered `unknown` at once, never submitted a second time."""
 
     def __init__(self, master: Any, model: Model, timeout_ms: int) -> None:
         self.master = master
@@ -86,7 +88,8 @@ class Forwarder:
         self.options = {"select_timeout_s": cfg.select_timeout_s,
                         "control_timeout_ms": int(cfg.control_timeout_s * 1000), **(options or {})}
         self.master = redisconn.master_async(cfg)
-        self.sink = RedisControlSink(self.master, Model({}, "", ""), int(cfg.control_timeout_s * 1000))
+        self.sink = RedisControlSink(redisconn.master_async_once(cfg), Model({}, "", ""),
+                                     int(cfg.control_timeout_s * 1000))
         self.tls = tls_context(cfg)
         self.model: Model | None = None
         self.servers: dict[int, ForwardServer] = {}
@@ -97,6 +100,7 @@ class Forwarder:
         self.acked = asyncio.Event()  # a master's cursor moved: write it now
         self._acks_pending: dict[int, dict[str, Sid]] = {}
         self.local_rw = redisconn.local_async(cfg)  # cursors of masters new to this node, known cursors
+        self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved)
         self.last_id = "0-0"
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
@@ -122,7 +126,8 @@ class Forwarder:
         tasks = [asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
-                 asyncio.create_task(self._freshness(), name="forwarder-freshness")]
+                 asyncio.create_task(self._freshness(), name="forwarder-freshness"),
+                 asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -147,7 +152,16 @@ class Forwarder:
             await self._flush_cursors()
             await self._write_state(final=True)
             await self.master.aclose()
+            await self.sink.master.aclose()
             await self.local_rw.aclose()
+
+    async def _vip_moved(self, seen: str, now: str) -> None:
+        """The local Redis changed role, so the VIP moved: every master connection is dropped, those of
+        the controls too. A command waiting on the old master (heartbeat, cursors, link refresh) is
+        re-sent by redis-py on a new connection to the VIP's new place; a control whose command waited on
+        one fails at once (`unknown`, never re-sent: it may have reached the old master and been
+        replicated) instead of at its deadline, and the next control goes to the new master."""
+        await rolewatch.drop_connections(self.master, self.sink.master)
 
     async def _sleep(self, seconds: float) -> None:
         try:

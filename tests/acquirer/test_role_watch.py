@@ -9,63 +9,13 @@ import contextlib
 import dataclasses
 import time
 
-import pytest
 import redis.asyncio as aredis
 
 from fep_acquirer.app import Acquirer
-from fep_acquirer.housekeeping import role_moved
 from fepha import redisconn, redisfns
 from tests.acquirer.helpers import free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.redisproc import RedisProc
-
-
-@pytest.mark.parametrize(("seen", "now", "moved"), [
-    (None, "master", False),   # first look: nothing to compare with
-    (None, "", False),
-    ("slave", "slave", False),
-    ("slave", "master", True),  # promoted: the VIP came here
-    ("master", "slave", True),  # demoted: the VIP went away
-    ("slave", "", False),       # local Redis not answering: no move, the tick reports it
-    ("master", "", False),
-])
-def test_role_moved(seen, now, moved):
-    assert role_moved(seen, now) is moved
-
-
-class Vip:
-    """The VIP as a TCP forwarder on a free loopback port: each new connection goes to the Redis the VIP
-    leads to when it is opened; connections opened before a move stay with the old one (as a VIP move
-    leaves established connections with the old peer)."""
-
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.target = target
-        self.tasks: set[asyncio.Task] = set()
-        self.writers: list[asyncio.StreamWriter] = []
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        ur, uw = await asyncio.open_connection(*self.target)
-        self.writers += [w, uw]
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            while data := await src.read(65536):
-                dst.write(data)
-                await dst.drain()
-        for t in (asyncio.create_task(pipe(r, uw)), asyncio.create_task(pipe(ur, w))):
-            self.tasks.add(t)
-            t.add_done_callback(self.tasks.discard)
-
-    async def close(self) -> None:
-        self.server.close()
-        for w in self.writers:
-            w.close()
-        for t in list(self.tasks):
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.server.wait_closed()
+from tests.vip import Vip
 
 
 async def test_promotion_ends_a_tick_waiting_on_the_vanished_master(redis_master, feproot):

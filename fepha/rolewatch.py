@@ -1,0 +1,70 @@
+"""The watch of the local Redis's role that tells a service the VIP has just moved (docs/ha.md, link cut).
+
+keepalived holds the VIP on the master Redis's node and promotes / demotes the local Redis with it, so a
+change of the local Redis's role (ROLE's first word) means the VIP moved. Connections to the VIP opened
+before the move still lead to the old master; when its node vanished without a FIN (power cut, cable),
+any command on one waits out the socket timeout and redis-py's retries (seconds). A service that writes
+through the VIP therefore drops its master connections when the role changes, and its next command
+connects to the VIP's new place. The acquirer and the forwarder both run this one watch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger("fepha.rolewatch")
+
+
+def role_moved(seen: str | None, now: str) -> bool:
+    """True when the local Redis's role (ROLE's first word; '' when it could not be read) differs from
+    the one seen before: not on the first look, not while the local Redis does not answer."""
+    return seen is not None and now != "" and now != seen
+
+
+class RoleWatch:
+    """Reads ROLE of the local Redis every `period_s` and awaits `on_move(seen, now)` when it changed.
+
+    The last reading is kept in `role` (None: not read yet, '': the local Redis did not answer, the error
+    in `error`) so that a service has one reader of the role, not two."""
+
+    def __init__(self, local: Any, period_s: float,
+                 on_move: Callable[[str, str], Awaitable[None]]) -> None:
+        self.local, self.period_s, self.on_move = local, period_s, on_move
+        self.role: str | None = None
+        self.error = ""
+
+    async def read(self) -> str:
+        """The local Redis's role now (master / slave, '' when it does not answer), kept in `role`."""
+        try:
+            self.role = str((await self.local.execute_command("ROLE"))[0])
+        except Exception as exc:  # noqa: BLE001 - local Redis down: the service reports it its own way
+            self.role, self.error = "", f"{type(exc).__name__}: {exc}"
+        return self.role
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set (or cancelled): read the role every `period_s`; on a change, `on_move` before
+        the next read. The flag and not only the cancellation: on Python 3.11 a cancellation arriving while
+        redis-py waits under its timeouts can be swallowed (seen in the forwarder's tests while its local
+        Redis restarted), and the loop would then run on after its service stopped."""
+        seen: str | None = None
+        while not stop.is_set():
+            now = await self.read()
+            if role_moved(seen, now):
+                assert seen is not None
+                log.info("local Redis role %s -> %s seen by the role watch: the VIP moved", seen, now)
+                await self.on_move(seen, now)
+            seen = now or seen
+            await asyncio.sleep(self.period_s)
+
+
+async def drop_connections(*clients: Any) -> None:
+    """Close every connection of these redis-py asyncio clients, in use or idle: a command waiting on one
+    fails at once, and the next command connects anew (to the VIP's new place)."""
+    for client in clients:
+        try:
+            await client.connection_pool.disconnect(inuse_connections=True)
+        except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail; it is dropped anyway
+            log.info("dropping master connections: %s: %s", type(exc).__name__, exc)
