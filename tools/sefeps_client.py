@@ -85,7 +85,8 @@ class SefepsClient:
         if first["t"] != "welcome":
             raise SefepsError(f"expected welcome, got {first['t']}")
         self.welcome = first
-        if "seq" in first:  # resumed from our recorded position (another node): our image stays valid
+        if "seq" in first:  # resumed from our recorded position (another node): our image stays valid for
+            # the events that follow, then a full image replaces it
             self.session, self.seq = first["session"], first["seq"]
             self.image_ready.set()
         elif self.session != first["session"]:

@@ -213,6 +213,83 @@ async def test_resume_too_old_gets_full_image():
         await c2.close()
 
 
+def supd(addr: int, value: float, ms: int) -> Update:
+    """An update from change-stream entry `ms`-0 (what masters' cursors count)."""
+    return dataclasses.replace(upd(addr, value), sid=(ms, 0))
+
+
+async def until_cursor(srv: SefepsServer, identity: str, sid: tuple[int, int], timeout: float = 5.0) -> None:
+    end = asyncio.get_running_loop().time() + timeout
+    while srv.known_cursors().get(identity, (0, 0)) < sid:
+        assert asyncio.get_running_loop().time() < end, f"cursor of {identity}: {srv.known_cursors()}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_master_resumed_from_its_cursor_gets_what_it_missed_then_the_image():
+    """The cursor is per address: a master with two links (one to each node, or two processes on one host)
+    whose second link resumes from the cursor its first link advanced gets, after the events after that
+    cursor, a full image, so a value the first link got and that does not change again is not missing on
+    the second one. The resumed events count as events, the image does not."""
+    async with sefeps_server() as srv, sefeps_client(srv.port) as first, sefeps_client(srv.port) as second:
+        srv.advance("1-0")
+        srv.load_image([upd(1, 1.0), upd(2, 2.0)])
+        await first.connect()
+        await first.wait_image()
+        srv.apply([supd(2, 5.0, 2)])  # never changes again
+        srv.advance("2-0")
+        assert (await first.next_change())[1:3] == (2, 50.0)
+        await until_cursor(srv, "127.0.0.1", (2, 0))  # the first link acknowledged it
+        first.acks = False
+        srv.apply([supd(1, 3.0, 3)])  # the first link gets it, does not acknowledge it
+        srv.advance("3-0")
+        assert (await first.next_change())[1:3] == (1, 3.0)
+        second.session, second.seq = "a-session-of-the-other-node", 40  # its own image, from elsewhere
+        second.image = {1: (1.0, 0, 1000), 2: (2.0, 0, 1000)}
+        w = await second.connect(resume=True)
+        assert w["seq"] == srv.seq - 1  # resumed after entry 2-0
+        assert (await second.next_change())[:3] == (srv.seq, 1, 3.0)  # what it missed, as an event
+        await asyncio.wait_for(_until(lambda: second.images == 1), 5)
+        assert second.image[2] == (50.0, 0, 1000) and second.image[1] == (3.0, 0, 1000)  # then the image
+        assert second.seq == srv.seq and second.changes.empty()
+        assert srv.counts.events_sent == 3  # two to the first link, one to the second; the image is none
+        srv.apply([supd(1, 4.0, 4)])  # then live data, on both links
+        srv.advance("4-0")
+        assert (await second.next_change())[2] == 4.0 and (await first.next_change())[2] == 4.0
+
+
+async def test_a_master_resumed_ahead_of_this_node_gets_the_image_once_the_node_reaches_its_cursor():
+    """Its cursor (acknowledged on the other node) is past what this node's stream has given it: the events
+    up to the cursor are skipped (it has them), and the image waits until this node reaches the cursor; an
+    image sent at once would take the master back to older values that no event then corrects."""
+    async with sefeps_server() as srv, sefeps_client(srv.port) as c:
+        srv.advance("1-0")
+        srv.load_image([upd(1, 1.0), upd(2, 2.0)])
+
+        async def recorded(rtu: int, identity: str) -> tuple[int, int]:
+            return (3, 0)
+
+        srv.cursor_source = recorded
+        c.session, c.seq = "a-session-of-the-other-node", 40
+        w = await c.connect(resume=True)
+        assert w["seq"] == srv.seq
+        srv.apply([supd(1, 2.0, 2)])
+        srv.advance("2-0")
+        await astays(lambda: c.images == 0 and c.changes.empty(), 0.3, "nothing before the node reaches 3-0")
+        srv.apply([supd(2, 5.0, 3)])
+        srv.advance("3-0")
+        await asyncio.wait_for(_until(lambda: c.images == 1), 5)
+        assert c.image[1] == (2.0, 0, 1000) and c.image[2] == (50.0, 0, 1000) and c.seq == srv.seq
+        srv.apply([supd(1, 9.0, 4)])
+        srv.advance("4-0")
+        assert (await c.next_change())[:3] == (srv.seq, 1, 9.0)
+        assert c.changes.empty() and srv.counts.events_sent == 1
+
+
+async def _until(pred: Callable[[], Any]) -> None:
+    while not pred():
+        await asyncio.sleep(0.02)
+
+
 async def test_resume_within_a_session_repeats_nothing_twice(server, client):
     await client.connect()
     await client.wait_image()

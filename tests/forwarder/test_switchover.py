@@ -1,6 +1,7 @@
 """A SCADA master that moves from node A's forwarder to node B's resumes from its acknowledged position
 (fep:fwd:ack:{rtu}): two real forwarders (node A on 127.0.0.1, node B on 127.0.0.2, same port) on one real
-redis-server, real clients. It gets what it had not acknowledged, in order, and nothing it had."""
+redis-server, real clients. It gets what it had not acknowledged, in order, as events, and no event it had;
+then a full image (sefeps: the cursor is per address, docs/sefeps.md)."""
 
 from __future__ import annotations
 
@@ -90,13 +91,18 @@ async def test_sefeps_master_moves_to_the_other_node_without_loss_or_duplicates(
                 await w.write(1, p101=float(i))
             c.host = "127.0.0.2"
             welcome = await c.connect(resume=True)
-            assert welcome["node"] == "B" and "seq" in welcome  # resumed, no image
+            assert welcome["node"] == "B" and "seq" in welcome  # resumed from its cursor
             got = [(await c.next_change())[2] for _ in range(10)]
             assert got == [float(i) for i in range(21, 31)]
+            end = time.monotonic() + 5  # then the full image (the cursor is per address, docs/sefeps.md)
+            while c.images < 2:
+                assert time.monotonic() < end, "no image after the resumed events"
+                await asyncio.sleep(0.02)
+            assert c.image[1][0] == 30.0 and c.changes.empty()
             await w.write(1, p101=31.0)
             assert (await c.next_change())[2] == 31.0  # then live data
             await asyncio.sleep(0.3)
-            assert c.changes.empty() and c.images == 1
+            assert c.changes.empty() and c.images == 2
             await c.close()
             # a master with no image of its own (no resume) gets the full image, never history
             fresh = SefepsClient("127.0.0.2", port)

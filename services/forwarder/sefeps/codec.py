@@ -206,8 +206,8 @@ def hello(versions: Sequence[int] = SUPPORTED, name: str = "", resume: tuple[str
 
 def welcome(version: int, session: str, rtu: int, node: str, hb_s: float, points: Sequence[tuple[int, str]],
             resumed_seq: int | None = None) -> dict[str, Any]:
-    """With `resumed_seq`: the master is resumed from its recorded position (another session): no image
-    follows, the next events continue from resumed_seq + 1 of this session."""
+    """With `resumed_seq`: the master is resumed from its recorded position (another session): the events
+    it missed continue from resumed_seq + 1 of this session, then a full image follows (docs/sefeps.md)."""
     m: dict[str, Any] = {"t": "welcome", "version": version, "session": session, "rtu": rtu, "node": node,
                          "hb_s": hb_s, "points": [[a, k] for a, k in points]}
     if resumed_seq is not None:

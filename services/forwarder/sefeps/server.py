@@ -58,6 +58,8 @@ class _Conn:
         self.cursor: Sid | None = None  # what this master acknowledged (None: not tracked yet)
         self.skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
         self.need_image = False
+        # resumed from the cursor: a full image is due once the events up to this seq are written (`hello`)
+        self.image_after: int | None = None
         self.wake = asyncio.Event()
         now = time.monotonic()
         self.last_rx = self.last_tx = now
@@ -126,7 +128,10 @@ class _Conn:
     async def hello(self, msg: dict[str, Any]) -> None:
         """The first message. Without `resume`: a full image. With a resume of this server's session: the
         events after its seq. With one of another session (another node, or before a restart): the events
-        after the master's recorded cursor, announced by `seq` in welcome; an image when there is none."""
+        after the master's recorded cursor, announced by `seq` in welcome, then a full image; only an image
+        when there is no cursor. The image after the events: the cursor is per address, and a master with
+        two links (one to each node, two processes on one host) would otherwise never get, on the link that
+        resumed, a value its other link got before the cursor and that does not change again."""
         srv = self.server
         version = codec.negotiate(msg["versions"])
         if version is None:
@@ -145,6 +150,7 @@ class _Conn:
             self.skip = cursor if cursor is not None and cursor > srv.position else None
             self.need_image = False
             self.pending = deque(moved)
+            self.image_after = moved[-1][0] if moved else base
             self.wake.set()
             self.track()
         elif r and r["session"] == srv.session:
@@ -234,6 +240,10 @@ class _Conn:
         hb = float(opt["heartbeat_s"])
         try:
             while True:
+                if (self.image_after is not None and self.skip is None
+                        and not (self.pending and self.pending[0][0] <= self.image_after)):
+                    # the resumed events are written (and this node reached the cursor): the image now
+                    self.image_after, self.need_image = None, True
                 if not (self.out or self.need_image or self.pending or self.closing):
                     self.wake.clear()
                     with contextlib.suppress(asyncio.TimeoutError):
@@ -247,12 +257,13 @@ class _Conn:
                 if not self.closing and self.state == "open":
                     if self.need_image:
                         srv = self.server
-                        self.need_image = False
+                        self.need_image, self.image_after = False, None
                         self.pending.clear()
                         frames += codec.image_messages(srv.seq, srv.image_entries(), opt["image_chunk"])
                         self.sent_seq = srv.seq
                         # the image holds every change up to the stream position: acknowledged with its seq
-                        self.inflight = deque([(srv.seq, srv.position)])
+                        # (after the events sent before it, which a master acknowledges first)
+                        self.inflight.append((srv.seq, srv.position))
                     elif self.pending:
                         n = min(len(self.pending), opt["event_chunk"] * 8)
                         batch = [self.pending.popleft() for _ in range(n)]
@@ -377,6 +388,7 @@ class SefepsServer(ForwardServer):
         for conn in self.conns:
             if conn.skip is not None and self.position >= conn.skip:
                 conn.skip = None
+                conn.wake.set()  # an image due after a resume waited for this node to reach the cursor
             if conn.cursor is not None and not conn.inflight and not conn.pending:
                 conn.track()
 
