@@ -49,6 +49,7 @@ from procs import stop, wait_port
 
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
+from fep_tools.scada_probe import open_with_retries
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fepha import keyspace as ks
@@ -101,8 +102,7 @@ class Receiver:
         self.conn.on_state_change(on_state)
 
     def __enter__(self) -> Self:
-        self.client.start()
-        if not self.opened.wait(20):
+        if not open_with_retries(self.client, self.opened, first_s=8, retry_s=8):
             self.client.stop()
             raise RuntimeError("c104 client did not open the connection")
         return self

@@ -42,6 +42,23 @@ def emit(**rec: Any) -> None:
             os._exit(0)
 
 
+def open_with_retries(client: c104.Client, opened: threading.Event, first_s: float = 4.0,
+                      retry_s: float = 6.0, retries: int = 2) -> bool:
+    """Start a c104 client and wait until its connection is OPEN (`opened`, set by its state callback);
+    reconnect up to `retries` times. c104 2.2.1 now and then opens a connection after a failed or slow
+    attempt without sending STARTDT (not a byte from the client), so it stays OPEN_MUTED; a reconnect gets
+    past it, and under load the new attempt can stick the same way. Blocking: from asyncio, run it in a
+    thread."""
+    client.start()
+    if opened.wait(first_s):
+        return True
+    for _ in range(retries):
+        client.reconnect_all()
+        if opened.wait(retry_s):
+            return True
+    return False
+
+
 def forwarding_rtu(model: Model, protocol: str) -> Any:
     return next(r for r in model.rtus.values() if r.protocol == protocol)
 

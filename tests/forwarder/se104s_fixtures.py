@@ -16,6 +16,7 @@ import c104
 
 from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
+from fep_tools.scada_probe import open_with_retries
 from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
@@ -253,19 +254,14 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
 
     conn.on_receive_raw(on_raw_in)
     conn.on_send_raw(on_raw_out)
-    client.start()
     try:
         # Wait on the callback: polling conn.state right after start() can stall lib60870's connect. Rarely
-        # (about 1 in 50 under load) the c104 client stays OPEN_MUTED (Init.ALL not carried out, not a byte
-        # sent: the raw frames recorded in `states` show it); a reconnect of the client gets past it, and
-        # under load the reconnected one can stick the same way, hence a second.
-        if wait_open and not await in_thread(opened.wait, 4):
-            for _ in range(2):
-                await in_thread(client.reconnect_all)
-                if await in_thread(opened.wait, 6):
-                    break
-            else:
-                raise AssertionError(f"c104 connection did not open: {states[-30:]} {conn.state}")
+        # (about 1 in 50 under load) the c104 client stays OPEN_MUTED; open_with_retries reconnects it.
+        if wait_open:
+            assert await in_thread(open_with_retries, client, opened), \
+                f"c104 connection did not open: {states[-30:]} {conn.state}"
+        else:
+            client.start()
         yield m
     finally:
         await in_thread(client.stop)
