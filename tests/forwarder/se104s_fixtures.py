@@ -150,19 +150,28 @@ class Master:
         p.info = info
         seen = len(self.trace)
         await in_thread(p.transmit, c104.Cot.ACTIVATION)
+        await self._answered(addr, seen)
         seq = command_frames(self.trace[seen:], addr)
-        if select and ("<<", c.COT_ACTCON, False, True) in seq and not any(d == ">>" and not s for d, _, _, s in seq):
+        # sent again only when, after waiting for it, the trace shows a confirmed select and neither an
+        # execute sent nor an answer to one: c104's raw-frame callbacks can come after transmit returns, so
+        # an execute not yet in the trace may have been sent (and run) all the same
+        if (select and execute_answer(seq) is None and ("<<", c.COT_ACTCON, False, True) in seq
+                and not any(d == ">>" and not sel for d, _, _, sel in seq)):
             seen = len(self.trace)
             await in_thread(p.transmit, c104.Cot.ACTIVATION)
-        # c104 may return before its raw-frame callback recorded the answer: wait for it on the trace
-        with contextlib.suppress(AssertionError):
-            await until(lambda: execute_answer(command_frames(self.trace[seen:], addr)) is not None, 3,
-                        f"ACT_CON of IOA {addr}")
+            await self._answered(addr, seen)
         ok = bool(execute_answer(command_frames(self.trace[seen:], addr)))
         if ok:
             await until(lambda: ("<<", c.COT_ACTTERM, False, False) in command_frames(self.trace[seen:], addr), 3,
                         f"ACT_TERM of IOA {addr}")
         return ok
+
+    async def _answered(self, addr: int, seen: int) -> None:
+        """Wait (3 s at most) until the trace from `seen` on holds an answer to an execute: c104 may return
+        before its raw-frame callback recorded it."""
+        with contextlib.suppress(AssertionError):
+            await until(lambda: execute_answer(command_frames(self.trace[seen:], addr)) is not None, 3,
+                        f"ACT_CON of IOA {addr}")
 
 
 def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bool]]:
