@@ -14,7 +14,7 @@ import logging
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,9 +134,7 @@ class SimControl:
     control_port: int | None
     _tasks: list[asyncio.Task]
     _control_srv: asyncio.Server | None
-
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raise NotImplementedError
+    _client: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]  # each simulator's own
 
     async def _open_control(self) -> None:
         if self.control:
