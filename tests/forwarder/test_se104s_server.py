@@ -149,6 +149,34 @@ async def test_events_kept_for_a_known_master_reach_it_in_order_when_it_returns(
         assert srv.counters()["events_buffered"] == 1000 and srv.counters()["events_dropped"] == 0
 
 
+async def test_a_master_resumed_ahead_of_the_server_gets_the_background_scan_once_the_server_reaches_it() -> None:
+    """The master's cursor (acknowledged on the other node) is ahead of this server's stream: the events up
+    to it are skipped (it has them), and the background scan waits until the server reaches the cursor, so
+    it never shows the master older values than those it had."""
+    async with se104_server() as srv:
+        srv.advance("1-0")
+        srv.load_image(full_image())
+
+        async def recorded(rtu: int, identity: str) -> tuple[int, int]:
+            return (3, 0)
+
+        srv.cursor_source = recorded
+        async with c104_master(srv.port, init=c104.Init.NONE) as m:  # STARTDT, no interrogation
+            await until(lambda: srv.known_cursors(), what="resumed")
+            feed(srv, 2, [[upd(1001, 300.5)]])  # the master has it (entry 2 <= its cursor)
+            await asyncio.sleep(0.5)
+            assert m.values() == []  # no scan with 1001 = 230.5, no event it has
+            feed(srv, 3, [[upd(2, 1)]])  # the server reaches the cursor
+            await until(lambda: len({r.ioa for r in m.values("BACKGROUND_SCAN")}) == 8, what="background scan")
+            scan = {r.ioa: r.value for r in m.values("BACKGROUND_SCAN")}  # status and measured values
+            assert scan[1001] == pytest.approx(300.5) and scan[2] is True and scan[1002] == pytest.approx(125.0)
+            assert m.values("SPONTANEOUS") == [] and not m.inits
+            feed(srv, 4, [[upd(1001, 9.0)]])  # then live data
+            await until(lambda: m.values("SPONTANEOUS"), what="live event")
+            assert [r.value for r in m.values("SPONTANEOUS")] == [pytest.approx(9.0)]
+            assert [r.cot for r in m.values()][-1] == "SPONTANEOUS"
+
+
 async def test_a_new_master_gets_end_of_initialisation_and_its_interrogation_not_history() -> None:
     async with se104_server() as srv:
         srv.advance("1-0")

@@ -67,6 +67,7 @@ class Session:
     resumed: bool = False  # started and resumed: events flow
     cursor: Sid | None = None  # what this master acknowledged, as a stream entry
     skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
+    scan_due: bool = False  # resumed from its cursor: the image as a background scan, once `skip` is clear
     events_queued: int = 0
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
@@ -260,8 +261,11 @@ class Station:
         interrogation's answer comes after them, so the master ends with current values), then the image as
         a background scan (cause 2, not events): the cursor is per master address, and a master that keeps
         connections to both nodes started at once (two links it keeps apart) would otherwise never get, on
-        the second link, the values its first link's interrogation gave it. Otherwise: end of
-        initialisation, and the master's interrogation gives it the image."""
+        the second link, the values its first link's interrogation gave it. The scan is built by `pump`
+        once this node's stream reached the cursor (`skip` clear): built earlier, it would show the master
+        values older than those it acknowledged on the other node, which no event corrects (the events up
+        to the cursor are skipped). Otherwise: end of initialisation, and the master's interrogation gives
+        it the image."""
         s.awaiting_cursor = False
         if s.closed or not s.active or s.resumed:
             return
@@ -285,7 +289,7 @@ class Station:
             if booted:
                 s.queue.appendleft(ei)
             else:  # the image as a background scan (cause 2) after what it missed: see `resume`
-                self._image_answer(s, ("DI", "AI"), c.COT_BACKGROUND)
+                s.scan_due = True
         s.resumed = True
         self.acked(s.identity, s.cursor)
         self.wake(s)
@@ -297,6 +301,8 @@ class Station:
         for s in self.sessions:
             if s.skip is not None and position >= s.skip:
                 s.skip = None
+                if s.scan_due:  # it waited for this node to reach the cursor (`resume`)
+                    self.wake(s)
             if s.resumed and s.active and s.events_queued == 0 and not any(s.inflight):
                 self._track(s, None)
 
@@ -348,7 +354,7 @@ class Station:
         s.inflight.clear()
         s.queue = deque(it for it in s.queue if not it[0])
         s.events_queued = 0
-        s.resumed = s.awaiting_cursor = False
+        s.resumed = s.awaiting_cursor = s.scan_due = False
         s.skip = None
 
     def _stop_others(self, s: Session) -> None:
@@ -522,8 +528,13 @@ class Station:
 
     def pump(self, s: Session, now: float) -> bytes:
         """Move queued answers (always) and events (once started) into I frames while the k window
-        allows; returns the octets to write (with any S/U frame the link owes)."""
+        allows, after queueing a resumed master's background scan when it is due (`resume`); returns the
+        octets to write (with any S/U frame the link owes)."""
         link = s.link
+        if s.scan_due and s.resumed and s.skip is None and s.active:
+            # after what is queued (the events it missed), as of this node's position (>= its cursor)
+            s.scan_due = False
+            self._image_answer(s, ("DI", "AI"), c.COT_BACKGROUND)
         while s.queue and not s.closed and link.window_open:
             if s.active and not s.resumed:
                 break  # its position is being fetched: what it missed goes first
