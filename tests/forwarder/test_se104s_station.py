@@ -324,3 +324,21 @@ def test_an_nt_flip_resends_measurements_but_not_counters() -> None:
     feed(st, 2, [[upd(3001, 5, NT, 1000), upd(1002, 5, NT, 1000)], [upd(3001, 5, 0, 1000), upd(1002, 5, 0, 1000)]])
     assert len(st.history) - n == 2  # the measurement's NT set and cleared; the counter's re-sends dropped
     assert st.image[(BY_ADDR_MON[3001].table, BY_ADDR_MON[3001].id)].quality == 0
+
+
+def test_the_position_follows_acknowledgements_that_end_inside_an_entry() -> None:
+    """Each entry's events fill two APDUs (two types) and the master acknowledges every w = 2 I frames, one
+    frame out of step (end of initialisation first): every acknowledgement ends inside an entry. The
+    position still moves to the newest entry all of whose APDUs are acknowledged, so after a switchover
+    the other node re-sends at most what is outstanding, not everything since the master started."""
+    st = station()
+    st.advanced((1, 0))
+    st.load_image([upd(1001, 0.0), upd(2, 1)])
+    m = Pair(st)
+    m.start()
+    assert [a.type_id for a in m.got] == [c.M_EI_NA_1] and st.cursors["m1"] == (1, 0)
+    for n in range(2, 8):
+        feed(st, n, [[upd(1001, float(n)), upd(2, n % 2)]])
+        m.xfer()
+        assert m.s.first_outstanding() == (n, 0)  # its second APDU is not acknowledged yet
+        assert st.cursors["m1"] == (n - 1, 0)  # the entry before it is whole

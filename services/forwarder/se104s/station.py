@@ -313,11 +313,16 @@ class Station:
             self.acked(s.identity, cur)
 
     def _on_acked(self, s: Session, n: int) -> None:
-        last: Sid | None = None
-        for _ in range(min(n, len(s.inflight))):
-            items = s.inflight.popleft()
-            if items:
-                last = items[-1][2]
+        """`n` I frames acknowledged: the cursor moves to the newest entry they complete. That is the newest
+        acknowledged entry older than the first one still outstanding, not the newest acknowledged one: a
+        master acknowledges every w frames, so when one entry's events fill more than one APDU (several
+        types) each acknowledgement can end inside an entry, and taking the newest acknowledged entry (then
+        outstanding) kept the cursor where it was on every acknowledgement. The master's position on the
+        other node then stayed behind what it had acknowledged, and a switchover sent it all again (the
+        HA switchover test counted 3 ticks of duplicates, beyond the k frames a master can hold)."""
+        acked = [it[2] for _ in range(min(n, len(s.inflight))) for it in s.inflight.popleft()]
+        first = s.first_outstanding()
+        last = next((sid for sid in reversed(acked) if first is None or sid < first), None)
         if s.resumed:
             self._track(s, last)
 
