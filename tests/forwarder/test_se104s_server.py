@@ -149,10 +149,11 @@ async def test_events_kept_for_a_known_master_reach_it_in_order_when_it_returns(
         assert srv.counters()["events_buffered"] == 1000 and srv.counters()["events_dropped"] == 0
 
 
-async def test_a_master_resumed_ahead_of_the_server_gets_the_background_scan_once_the_server_reaches_it() -> None:
+async def test_a_master_resumed_ahead_of_the_server_gets_its_image_once_the_server_reaches_it() -> None:
     """The master's cursor (acknowledged on the other node) is ahead of this server's stream: the events up
-    to it are skipped (it has them), and the background scan waits until the server reaches the cursor, so
-    it never shows the master older values than those it had."""
+    to it are skipped (it has them), and the background scan and the answers to interrogations (the one
+    c104 sends right after STARTDT, a counter interrogation) wait until the server reaches the cursor, so
+    they never show the master older values than those it had."""
     async with se104_server() as srv:
         srv.advance("1-0")
         srv.load_image(full_image())
@@ -161,15 +162,19 @@ async def test_a_master_resumed_ahead_of_the_server_gets_the_background_scan_onc
             return (3, 0)
 
         srv.cursor_source = recorded
-        async with c104_master(srv.port, init=c104.Init.NONE) as m:  # STARTDT, no interrogation
+        async with c104_master(srv.port) as m:  # Init.ALL: STARTDT, then at once an interrogation
             await until(lambda: srv.known_cursors(), what="resumed")
-            feed(srv, 2, [[upd(1001, 300.5)]])  # the master has it (entry 2 <= its cursor)
+            feed(srv, 2, [[upd(1001, 300.5), upd(3001, 123457)]])  # the master has it (entry 2 <= its cursor)
+            m.conn.counter_interrogation(CA, wait_for_response=False)
             await asyncio.sleep(0.5)
-            assert m.values() == []  # no scan with 1001 = 230.5, no event it has
+            assert m.values() == []  # no answer or scan with 1001 = 230.5 or 3001 = 123456, no event it has
             feed(srv, 3, [[upd(2, 1)]])  # the server reaches the cursor
             await until(lambda: len({r.ioa for r in m.values("BACKGROUND_SCAN")}) == 8, what="background scan")
-            scan = {r.ioa: r.value for r in m.values("BACKGROUND_SCAN")}  # status and measured values
-            assert scan[1001] == pytest.approx(300.5) and scan[2] is True and scan[1002] == pytest.approx(125.0)
+            await until(lambda: m.values("REQUESTED_BY_GENERAL_COUNTER"), what="counter interrogation")
+            for cause in ("INTERROGATED_BY_STATION", "BACKGROUND_SCAN"):  # status and measured values
+                got = {r.ioa: r.value for r in m.values(cause)}
+                assert got[1001] == pytest.approx(300.5) and got[2] is True and got[1002] == pytest.approx(125.0)
+            assert int(m.values("REQUESTED_BY_GENERAL_COUNTER")[0].value) == 123457
             assert m.values("SPONTANEOUS") == [] and not m.inits
             feed(srv, 4, [[upd(1001, 9.0)]])  # then live data
             await until(lambda: m.values("SPONTANEOUS"), what="live event")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from itertools import groupby
 
 import pytest
 
@@ -129,38 +130,43 @@ def test_a_resumed_master_gets_what_it_missed_then_the_image_as_a_background_sca
     assert st.counts.events_sent == 2  # the scan is no event: one to each link
 
 
-def scan_of(asdus: list[c.Asdu]) -> dict[int, tuple[float, int]]:
-    """IOA -> (value, quality) of what came with cause background scan (2)."""
-    return {ioa: c.decode_element(a.type_id, e)[:2] for a in asdus if a.cause == c.COT_BACKGROUND
-            for ioa, e in a.objects}
+def answers_of(asdus: list[c.Asdu], cause: int) -> dict[int, float]:
+    """IOA -> value of what came with `cause`."""
+    return {ioa: c.decode_element(a.type_id, e)[0] for a in asdus if a.cause == cause for ioa, e in a.objects}
 
 
-def test_a_master_resumed_ahead_of_this_node_gets_the_scan_once_the_node_reaches_its_cursor() -> None:
+def test_a_master_resumed_ahead_of_this_node_gets_its_image_once_the_node_reaches_its_cursor() -> None:
     """Its cursor (acknowledged on the other node) is past this node's stream position: the events up to
-    the cursor are skipped (it has them), so a scan built at once would show it this node's older values,
-    as current, with nothing to correct them. The scan waits until this node reaches the cursor."""
+    the cursor are skipped (it has them), so an image built at once would show it this node's older values,
+    as current, with nothing to correct them. The background scan and the interrogations' answers (asked
+    before its position is known, as c104 does right after STARTDT, or after) wait, confirmed, until this
+    node reaches the cursor."""
     st = station()
     st.advanced((1, 0))
-    st.load_image([upd(1001, 1.0), upd(2, 1)])
+    st.load_image([upd(1001, 1.0), upd(2, 1), upd(3001, 5)])
     st.cursors["m1"] = (3, 0)  # acknowledged on the other node, which was ahead
     m = Pair(st)
-    m.start()
-    assert m.got == []  # no scan with 1001 = 1.0
-    m.send(c.interrogation(CA))  # answered at once, with this node's values (docs/se104s.md)
-    assert {ioa: c.decode_element(a.type_id, e)[0] for a in m.got if a.cause == c.COT_INROGEN
-            for ioa, e in a.objects}[1001] == 1.0
-    m.got.clear()
-    feed(st, 2, [[upd(1001, 2.0)]])  # the master has it (entry 2 <= its cursor)
+    m.master.start(0.0)
     m.xfer()
-    assert m.got == []  # no event it has, no scan yet
+    m.send(c.interrogation(CA))  # before its position is read
+    st.resume(m.s, st.cursors["m1"])
+    m.send(c.counter_interrogation(CA))
+    confirmed = [(c.C_IC_NA_1, c.COT_ACTCON), (c.C_CI_NA_1, c.COT_ACTCON)]
+    assert [(a.type_id, a.cause) for a in m.got] == confirmed  # at once, but no value of 1.0 or 5
+    feed(st, 2, [[upd(1001, 2.0), upd(3001, 6)]])  # the master has it (entry 2 <= its cursor)
+    m.xfer()
+    assert len(m.got) == 2  # no event it has, no image yet
     feed(st, 3, [[upd(2, 0)]])  # this node reaches the cursor
     m.xfer()
-    scan = scan_of(m.got)
-    assert scan[1001] == (2.0, 0) and scan[2] == (0.0, 0) and values_of(m.got) == []  # as of the cursor
-    assert m.got[-1].cause == c.COT_BACKGROUND  # it corrects the interrogation's 1001 = 1.0
+    runs = [k for k, _ in groupby(a.cause if a.type_id < 100 else (a.type_id, a.cause) for a in m.got[2:])]
+    assert runs == [c.COT_INROGEN, (c.C_IC_NA_1, c.COT_ACTTERM), c.COT_BACKGROUND,  # in the order asked
+                    c.COT_REQCOGEN, (c.C_CI_NA_1, c.COT_ACTTERM)] and values_of(m.got) == []
+    gi, scan, ci = (answers_of(m.got, cot) for cot in (c.COT_INROGEN, c.COT_BACKGROUND, c.COT_REQCOGEN))
+    assert gi[1001] == scan[1001] == 2.0 and gi[2] == scan[2] == 0.0 and ci == {3001: 6, 3002: 0}  # as of the cursor
+    m.got.clear()
     feed(st, 4, [[upd(1001, 9.0)]])  # then live data
     m.xfer()
-    assert [a.cause for a in m.got][-1] == c.COT_SPONT and values_of(m.got) == [9.0]
+    assert [a.cause for a in m.got] == [c.COT_SPONT] and values_of(m.got) == [9.0]
     assert st.counts.events_sent == 1 and st.cursors["m1"] >= (3, 0)  # never back
 
 

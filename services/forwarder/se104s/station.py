@@ -67,7 +67,8 @@ class Session:
     resumed: bool = False  # started and resumed: events flow
     cursor: Sid | None = None  # what this master acknowledged, as a stream entry
     skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
-    scan_due: bool = False  # resumed from its cursor: the image as a background scan, once `skip` is clear
+    # image answers (kinds, cause, the ASDU to send after them) built once it is resumed and `skip` is clear
+    held: list[tuple[tuple[str, ...], int, bytes | None]] = field(default_factory=list)
     events_queued: int = 0
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
@@ -261,11 +262,12 @@ class Station:
         interrogation's answer comes after them, so the master ends with current values), then the image as
         a background scan (cause 2, not events): the cursor is per master address, and a master that keeps
         connections to both nodes started at once (two links it keeps apart) would otherwise never get, on
-        the second link, the values its first link's interrogation gave it. The scan is built by `pump`
-        once this node's stream reached the cursor (`skip` clear): built earlier, it would show the master
-        values older than those it acknowledged on the other node, which no event corrects (the events up
-        to the cursor are skipped). Otherwise: end of initialisation, and the master's interrogation gives
-        it the image."""
+        the second link, the values its first link's interrogation gave it. A cursor ahead of this node's
+        stream (`skip`): the events up to it are not sent (the master has them), and the scan, like the
+        answer to an interrogation, is built only once this node's stream reaches the cursor (`advanced`):
+        built earlier, it would show the master values older than those it acknowledged on the other node,
+        as current, and no event would correct them. Otherwise: end of initialisation, and the master's
+        interrogation gives it the image."""
         s.awaiting_cursor = False
         if s.closed or not s.active or s.resumed:
             return
@@ -289,9 +291,10 @@ class Station:
             if booted:
                 s.queue.appendleft(ei)
             else:  # the image as a background scan (cause 2) after what it missed: see `resume`
-                s.scan_due = True
+                s.held.append((("DI", "AI"), c.COT_BACKGROUND, None))
         s.resumed = True
         self.acked(s.identity, s.cursor)
+        self._release(s)
         self.wake(s)
 
     def advanced(self, position: Sid) -> None:
@@ -301,8 +304,7 @@ class Station:
         for s in self.sessions:
             if s.skip is not None and position >= s.skip:
                 s.skip = None
-                if s.scan_due:  # it waited for this node to reach the cursor (`resume`)
-                    self.wake(s)
+                self._release(s)
             if s.resumed and s.active and s.events_queued == 0 and not any(s.inflight):
                 self._track(s, None)
 
@@ -359,8 +361,10 @@ class Station:
         s.inflight.clear()
         s.queue = deque(it for it in s.queue if not it[0])
         s.events_queued = 0
-        s.resumed = s.awaiting_cursor = s.scan_due = False
+        s.resumed = s.awaiting_cursor = False
         s.skip = None
+        s.held = [h for h in s.held if h[1] != c.COT_BACKGROUND]  # a scan is for a resumed master only
+        self._release(s)  # an interrogation asked is answered, with what this node has
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -432,8 +436,7 @@ class Station:
             return
         kinds = ("DI", "AI") if qoi == 20 else GROUP_KINDS.get(qoi - 20, ())
         self._answer(s, c.mirror(a, c.COT_ACTCON))
-        self._image_answer(s, kinds, qoi)
-        self._answer(s, c.mirror(a, c.COT_ACTTERM))
+        self._image_answer(s, kinds, qoi, c.mirror(a, c.COT_ACTTERM))
 
     def _counter_interrogation(self, s: Session, a: c.Asdu) -> None:
         qcc = a.objects[0][1][0] if a.objects[0][1] else 0
@@ -442,11 +445,29 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_ACTCON if a.cause == c.COT_ACT else c.COT_UNKNOWN_COT, True))
             return
         self._answer(s, c.mirror(a, c.COT_ACTCON))
-        if rqt == 5:  # general request: every counter; groups 1..4 hold none (docs/se104s.md)
-            self._image_answer(s, ("ACC",), c.COT_REQCOGEN)
-        self._answer(s, c.mirror(a, c.COT_ACTTERM))
+        # general request: every counter; groups 1..4 hold none (docs/se104s.md)
+        self._image_answer(s, ("ACC",) if rqt == 5 else (), c.COT_REQCOGEN, c.mirror(a, c.COT_ACTTERM))
 
-    def _image_answer(self, s: Session, kinds: tuple[str, ...], cot: int) -> None:
+    def _image_answer(self, s: Session, kinds: tuple[str, ...], cot: int, then: bytes | None = None) -> None:
+        """Queue the image of `kinds` with cause `cot`, then `then` (an interrogation's ACT_TERM). A started
+        master's answer waits while its position is being fetched or is ahead of this node's stream
+        (`resume`): this node's image would be older than what the master had, shown as current."""
+        s.held.append((kinds, cot, then))
+        self._release(s)
+
+    def _release(self, s: Session) -> None:
+        """Queue the held image answers, built now, unless `s` must still wait (`_image_answer`)."""
+        if s.closed:
+            s.held = []
+        if not s.held or (s.active and (not s.resumed or s.skip is not None)):
+            return
+        held, s.held = s.held, []
+        for kinds, cot, then in held:
+            self._queue_image(s, kinds, cot)
+            if then is not None:
+                self._answer(s, then)
+
+    def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int) -> None:
         now = int(time.time() * 1000)
         by_type: dict[int, list[tuple[int, bytes]]] = {}
         for key, (f, type_id) in self.monitor.items():
@@ -533,13 +554,8 @@ class Station:
 
     def pump(self, s: Session, now: float) -> bytes:
         """Move queued answers (always) and events (once started) into I frames while the k window
-        allows, after queueing a resumed master's background scan when it is due (`resume`); returns the
-        octets to write (with any S/U frame the link owes)."""
+        allows; returns the octets to write (with any S/U frame the link owes)."""
         link = s.link
-        if s.scan_due and s.resumed and s.skip is None and s.active:
-            # after what is queued (the events it missed), as of this node's position (>= its cursor)
-            s.scan_due = False
-            self._image_answer(s, ("DI", "AI"), c.COT_BACKGROUND)
         while s.queue and not s.closed and link.window_open:
             if s.active and not s.resumed:
                 break  # its position is being fetched: what it missed goes first
