@@ -13,13 +13,14 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from fepha import config, heartbeat, redisconn
 from fepha.config import ConfigError, NodeConfig
 from fepha.logsetup import setup as log_setup
 
-Runner = Callable[[NodeConfig, asyncio.Event], Awaitable[int | None]]
+Runner = Callable[[NodeConfig, asyncio.Event], Coroutine[Any, Any, int | None]]
 
 
 def check(cfg: NodeConfig, services: Sequence[str]) -> int:

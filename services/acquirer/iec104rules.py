@@ -269,7 +269,7 @@ class Schedule:
         return True
 
     def due(self, now: float) -> list[str]:
-        out = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]
+        out: list[str] = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]
         period = {"gi": self.gi_period_s, "ci": self.ci_period_s, "cs": self.cs_period_s}
         for k in out:
             if period[k] > 0:

@@ -11,7 +11,7 @@ from fepha import config
 from fepha.config import ConfigError
 from fepha.logsetup import setup as log_setup
 
-STOP_S = 2.0
+STOP_S = 2  # seconds (uvicorn takes an int)
 """After SIGTERM, requests still open this long later (live dashboards on /api/v1/stream never end by
 themselves) are cut; browsers reconnect to the other node or when the api is back."""
 

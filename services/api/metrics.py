@@ -170,7 +170,7 @@ class SnapshotCollector(Collector):
 
     def _service_counters(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
-        latency: dict[str, tuple[float, float]] = {}
+        latency: dict[str, tuple[int, float]] = {}
         for (service, node), h in sorted(self.snap.counters.items()):
             for fname, raw in sorted(h.items()):
                 v = views.to_float(raw)
@@ -183,7 +183,7 @@ class SnapshotCollector(Collector):
                     families[name] = cls(name, doc, labels=["node"])
                 families[name].add_metric([node], v)  # type: ignore[attr-defined]
             if service == "forwarder" and "control_latency_ms_sum" in h:
-                latency[node] = (views.to_float(h.get("controls")) or 0.0,
+                latency[node] = (views.to_int(h.get("controls")) or 0,
                                  views.to_float(h.get("control_latency_ms_sum")) or 0.0)
         yield from families.values()
         if latency:

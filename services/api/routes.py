@@ -21,14 +21,17 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
     VERSION = "0"
 
 
+Responses = dict[int | str, dict[str, Any]]  # FastAPI's `responses=` type
+
+
 def _err(desc: str) -> dict[str, Any]:
     return {"model": m.ErrorBody, "description": desc}
 
 
-E404 = {404: _err("unknown id")}
-E503 = {503: _err("Redis unreachable or no configuration loaded")}
-AUTH = {401: _err("no bearer token (reads closed by configuration)"), 403: _err("wrong token")}
-READ = {**AUTH, **E503}
+E404: Responses = {404: _err("unknown id")}
+E503: Responses = {503: _err("Redis unreachable or no configuration loaded")}
+AUTH: Responses = {401: _err("no bearer token (reads closed by configuration)"), 403: _err("wrong token")}
+READ: Responses = {**AUTH, **E503}
 
 probes = APIRouter(tags=["probes"])
 v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(require_reader)])
@@ -37,7 +40,7 @@ prom = APIRouter(tags=["metrics"], dependencies=[Depends(require_reader)])
 
 
 def store(request: Request) -> Store:
-    return request.app.state.store  # type: ignore[no-any-return]
+    return request.app.state.store
 
 
 @probes.get("/health", response_model=m.Health, summary="Liveness: the process answers")

@@ -117,7 +117,7 @@ class Store:
         role, master = redisconn.role_of(info)
         kw = self.local.connection_pool.connection_kwargs
         return m.NodeInfo(
-            node=self.cfg.node_id, peer=self.cfg.peer, ip=self.cfg.ip,  # type: ignore[arg-type]
+            node=self.cfg.node_id, peer=self.cfg.peer, ip=self.cfg.ip,
             time_ms=views.redis_time_ms(t),
             redis=m.RedisInfo(address=f"{kw.get('host')}:{kw.get('port')}", role=role, master=master,
                               link_status=info.get("master_link_status")),
@@ -140,7 +140,7 @@ class Store:
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
             checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
         reasons = [c.detail for c in checks if not c.ok]
-        return m.Ready(ready=not reasons, node=self.cfg.node_id,  # type: ignore[arg-type]
+        return m.Ready(ready=not reasons, node=self.cfg.node_id,
                        checks=checks, reasons=reasons)
 
     # --- RTUs and leases ---------------------------------------------------------------------------
@@ -240,7 +240,7 @@ class Store:
         items = []
         for f in r.forwards:
             src = model.points.get(f.src) or model.vpoints.get(f.src)
-            items.append(m.Forward(id=f.id, rtu=f.rtu, table=f.table, kind=f.kind,  # type: ignore[arg-type]
+            items.append(m.Forward(id=f.id, rtu=f.rtu, table=f.table, kind=f.kind,
                                    address=f.addr, type=f.type, coef=f.coef, src=f.src,
                                    src_name=src.name if src else None, src_rtu=src.rtu if src else None,
                                    **views.value_fields(records.get(f.src))))
@@ -386,13 +386,13 @@ class Store:
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
         by = {(h.node, h.service): h for h in info.heartbeats}
-        nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,  # type: ignore[arg-type]
+        nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,
                               master=local_master if n == self.cfg.node_id else peer_master,
                               acquirer=by[(n, "acquirer")], forwarder=by[(n, "forwarder")]) for n in NODES]
         master_node = self.cfg.node_id if local_master else (self.cfg.peer if peer_master else None)
         last = await self.last_event("role", lambda e: e.fields.get("role") == "master")
-        return m.Overview(node=self.cfg.node_id, time_ms=info.time_ms,  # type: ignore[arg-type]
-                          master_node=master_node, nodes=nodes, replication=replication,  # type: ignore[arg-type]
+        return m.Overview(node=self.cfg.node_id, time_ms=info.time_ms,
+                          master_node=master_node, nodes=nodes, replication=replication,
                           last_failover=last, cfg=info.cfg)
 
     # --- controls ----------------------------------------------------------------------------------

@@ -114,7 +114,7 @@ def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str]) -> m.NodeChannels:
                                    since_ms=to_int(h.get(p + "since_ms")) or None,
                                    error=h.get(p + "error") or None,
                                    switches=to_int(h.get(p + "switches"))))
-    return m.NodeChannels(node=node, reported=bool(h),  # type: ignore[arg-type]
+    return m.NodeChannels(node=node, reported=bool(h),
                           active=to_int(h.get("active")), channels=out)
 
 
@@ -133,7 +133,7 @@ def clients(node: str, h: Mapping[str, str]) -> list[m.FwdClient]:
             state = {"raw": raw}
         if not isinstance(state, dict):
             state = {"value": state}
-        out.append(m.FwdClient(node=node, peer=peer, state=state))  # type: ignore[arg-type]
+        out.append(m.FwdClient(node=node, peer=peer, state=state))
     return out
 
 
@@ -151,7 +151,7 @@ def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
 
 
 def point(p: sem.Point, record: str | None, now_ms: int | None = None) -> m.Point:
-    return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,  # type: ignore[arg-type]
+    return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,
                    name=p.name, area=p.area, address=p.address, datatype=p.datatype,
                    **aged(value_fields(record), now_ms))
 
@@ -185,7 +185,7 @@ def heartbeat(service: str, node: str, raw: str | None, max_age_s: float) -> m.H
     ts = to_int(hb.get("ts_ms"))
     age = None if ts is None else round(time.time() - ts / 1000, 3)
     host = hb.get("host")
-    return m.Heartbeat(service=service, node=node, alive=ok, detail=detail, age_s=age,  # type: ignore[arg-type]
+    return m.Heartbeat(service=service, node=node, alive=ok, detail=detail, age_s=age,
                        pid=to_int(hb.get("pid")), host=str(host) if host is not None else None,
                        gen=to_int(hb.get("gen")))
 
@@ -273,7 +273,7 @@ def event(src: int, stream_id: str, f: Mapping[str, str]) -> m.Event | None:
         node, ts = f.get("executor"), to_int(f.get("finished_ms")) or to_int(stream_id.partition("-")[0])
     else:
         node, ts = f.get("node"), to_int(f.get("ts_ms"))
-    return m.Event(id=f"{stream_id}.{src}", kind=kind, ts_ms=ts, time=iso(ts),  # type: ignore[arg-type]
+    return m.Event(id=f"{stream_id}.{src}", kind=kind, ts_ms=ts, time=iso(ts),
                    node=node if node in NODES else None, rtu=to_int(f.get("rtu")), text=event_text(kind, f),
                    fields={str(k): str(v) for k, v in f.items()})
 

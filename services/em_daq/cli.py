@@ -31,7 +31,7 @@ async def run_all(cfg: NodeConfig, stop: asyncio.Event, runners: dict[str, Runne
     """Run every service until `stop` is set or one of them ends; returns the exit status."""
     tasks = {asyncio.create_task(fn(cfg, stop), name=f"em_daq:{name}"): name for name, fn in runners.items()}
     status = 0
-    pending: set[asyncio.Task[None]] = set(tasks)
+    pending: set[asyncio.Task[int | None]] = set(tasks)
     while pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         for t in done:

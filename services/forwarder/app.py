@@ -336,7 +336,7 @@ class Forwarder:
         """A master's recorded cursor, from the local Redis (the master Redis's replica, or itself);
         None when it has none or Redis does not answer (the master then gets an interrogation)."""
         try:
-            raw = await self.local_rw.hget(ks.fwd_acked(rtu), identity)
+            raw = await self.local_rw.hget(ks.fwd_acked(rtu), identity)  # type: ignore[misc]  # redis-py: sync|async union
         except REDIS_ERRORS as exc:
             self.once.problem("cursor", f"local Redis: masters' cursors unreadable ({exc}); a master that "
                               "starts now gets end of initialisation and its interrogation")

@@ -125,8 +125,9 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
         tx.hset(ks.CFG_META, mapping={"gen": gen, "loaded_at_ms": int(time.time() * 1000), "source": source,
                                       "sha256": sha.hexdigest(),
                                       **{f"rows:{t}": n for t, n in counts.items()}})
+        row_counts: dict[str, Any] = {f"rows:{t}": n for t, n in counts.items() if n}
         events.add(tx, "config", gen=gen, source=source, sha256=sha.hexdigest(), removed_rtus=len(removed),
-                   **{f"rows:{t}": n for t, n in counts.items() if n})
+                   **row_counts)
         tx.publish(ks.CFG_CHANGED, gen)
         res = tx.execute()
         if int(res[0]) != gen:  # the lock makes this impossible unless someone bypassed it

@@ -123,7 +123,7 @@ class _Handler(ServerRequestHandler):
         """Drop this connection, logging `why` once per client address."""
         owner: ModbusTrainsServer = self.server.fwd
         owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host}", why)
-        self.transport.abort()  # type: ignore[union-attr]
+        self.transport.abort()  # type: ignore[attr-defined]  # pymodbus types it BaseTransport
 
     def callback_connected(self) -> None:
         super().callback_connected()
@@ -131,7 +131,7 @@ class _Handler(ServerRequestHandler):
         peer = self.transport.get_extra_info("peername") if self.transport else None
         self.host = peer_host(peer)
         if not owner.admit(self.host):  # T004_RTU.ALLOW: logged once per address, counted
-            self.transport.abort()  # type: ignore[union-attr]
+            self.transport.abort()  # type: ignore[attr-defined]  # pymodbus types it BaseTransport
             return
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}

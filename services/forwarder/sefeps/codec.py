@@ -156,12 +156,12 @@ def negotiate(offered: Iterable[int], supported: Sequence[int] = SUPPORTED) -> i
 def entry(fwd: FwdPoint, value: Value) -> Entry:
     """[addr, value, quality, ts_ms] of a forwarding point: analog kinds scaled by COEF; a value that is
     not a finite number travels as null with the OV bit."""
-    v: float | int | None = value.value
+    v = value.value
     q = int(value.quality)
     if fwd.kind in SCALED_KINDS and fwd.coef != 1.0:
         v = v * fwd.coef
     if isinstance(v, float) and not math.isfinite(v):
-        v, q = None, q | int(Quality.OV)
+        return [fwd.addr, None, q | int(Quality.OV), int(value.ts_ms)]
     return [fwd.addr, v, q, int(value.ts_ms)]
 
 
