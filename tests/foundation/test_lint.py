@@ -1,4 +1,5 @@
-"""Lint and types are part of the suite: ruff over the whole tree, mypy over fepha/ (config in pyproject.toml)."""
+"""Lint and types are part of the suite: ruff over the whole tree, mypy over fepha/ and services/ (config in
+pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ def test_ruff_finds_nothing() -> None:
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
-def test_mypy_types_fepha() -> None:
+def test_mypy_types_fepha_and_services() -> None:
     r = subprocess.run([sys.executable, "-m", "mypy", "--no-incremental", "--cache-dir", "/dev/null"],
                        cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0 and "Success" in r.stdout, r.stdout[-4000:] + r.stderr[-2000:]

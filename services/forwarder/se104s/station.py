@@ -276,7 +276,7 @@ class Station:
         if booted:  # a device's first started connection: end of initialisation, then all it buffered
             cursor = self.history.floor
         events = self.history.since(cursor) if cursor is not None else None
-        if events is None:
+        if cursor is None or events is None:
             s.queue.appendleft(ei)
             log.info("se104s RTU %s: master %s %s: end of initialisation, it interrogates", self.rtu.id,
                      s.peer, "is new" if cursor is None else "was away longer than the history")
