@@ -13,7 +13,9 @@ Counting rules (plain functions, table-tested in tests/ha/test_plant_rules.py st
 - a point is counted when its expected values over the window are all distinct (a clamped normalised
   value is not a sequence);
 - lost: device changes in the window never received spontaneously (from either node);
-- dup: receptions beyond the first of one change;
+- dup: receptions beyond the first of one change, except a reception whose quality differs from the
+  point's previous reception: that is a quality change (NT while no node acquires the device during the
+  failover, then good again), which the standard sends spontaneously with the current value;
 - bound: the events k unacknowledged I frames can hold, k x the most counted points one ASDU can carry
   (one event per point per ASDU: each stream entry carries every changed point of its RTU once).
 """
@@ -68,13 +70,14 @@ def count_switch(dev: dict[int, list[tuple[float, float]]], records: list[dict[s
         expected = [view.expected(v) for _, v in changes]
         if not changes or len(set(expected)) != len(expected):
             continue
-        got = [gv for r in records if r.get("src") == "iec104" and r.get("ioa") == view.key
+        got = [(gv, r.get("quality")) for r in records if r.get("src") == "iec104" and r.get("ioa") == view.key
                and r.get("cot") == "SPONTANEOUS" and (gv := plant.proto_value(r, view)) is not None]
         lost = dup = 0
         for _, v in changes:
-            n = sum(1 for gv in got if view.same(gv, v))
-            lost += n == 0
-            dup += max(0, n - 1)
+            seen = [i for i, (gv, _) in enumerate(got) if view.same(gv, v)]
+            quality_changes = sum(1 for i in seen[1:] if got[i][1] != got[i - 1][1])
+            lost += not seen
+            dup += max(0, len(seen) - 1 - quality_changes)
         out.per_point[view.key] = (len(changes), lost, dup)
         out.made += len(changes)
         out.lost += lost
