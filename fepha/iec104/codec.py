@@ -10,6 +10,7 @@ object address 3 octets, little endian; an APDU is at most 253 octets after star
 from __future__ import annotations
 
 import calendar
+import datetime
 import math
 import struct
 import time
@@ -33,7 +34,8 @@ M_SP_TB_1, M_DP_TB_1, M_ME_TD_1, M_ME_TE_1, M_ME_TF_1, M_IT_TB_1 = 30, 31, 34, 3
 M_EI_NA_1 = 70
 C_SC_NA_1, C_DC_NA_1, C_SE_NA_1, C_SE_NB_1, C_SE_NC_1 = 45, 46, 48, 49, 50
 C_SC_TA_1, C_DC_TA_1, C_SE_TA_1, C_SE_TB_1, C_SE_TC_1 = 58, 59, 61, 62, 63
-C_IC_NA_1, C_CI_NA_1, C_CS_NA_1 = 100, 101, 103
+C_IC_NA_1, C_CI_NA_1, C_RD_NA_1, C_CS_NA_1, C_TS_NA_1, C_RP_NA_1, C_TS_TA_1 = 100, 101, 102, 103, 104, 105, 107
+# C_TS_NA_1 (test command without time tag) is IEC 60870-5-101 only: IEC 104 uses C_TS_TA_1.
 
 TYPE_IDS: dict[str, int] = {
     "M_SP_NA_1": M_SP_NA_1, "M_SP_TB_1": M_SP_TB_1, "M_DP_NA_1": M_DP_NA_1, "M_DP_TB_1": M_DP_TB_1,
@@ -155,10 +157,15 @@ def cp56(ts_ms: int, invalid: bool = False) -> bytes:
 
 
 def cp56_ms(b: bytes) -> int:
-    """Epoch ms of a CP56Time2a (UTC, years 2000..2099); ValueError for an impossible date."""
+    """Epoch ms of a CP56Time2a (UTC, years 2000..2099; the IV, SU and day-of-week bits are not read);
+    ValueError for a field out of its range (milliseconds 0..59999, minutes 0..59, hours 0..23, a day
+    the month does not have, month 1..12, year 0..99)."""
     ms, minute, hour, day, month, year = struct.unpack("<HBBBBB", b[:7])
-    secs = calendar.timegm((2000 + (year & 0x7F), month & 0x0F, day & 0x1F, hour & 0x1F, minute & 0x3F, 0))
-    return secs * 1000 + ms
+    minute, hour, day, month, year = minute & 0x3F, hour & 0x1F, day & 0x1F, month & 0x0F, year & 0x7F
+    if ms > 59999 or minute > 59 or year > 99:
+        raise ValueError(f"CP56Time2a field out of range: {bytes(b[:7]).hex()}")
+    datetime.datetime(2000 + year, month, day, hour, minute)  # ValueError: no such date or hour
+    return calendar.timegm((2000 + year, month, day, hour, minute, 0)) * 1000 + ms
 
 
 # --- ASDU ------------------------------------------------------------------------------------------
@@ -193,7 +200,7 @@ def ioa(addr: int) -> bytes:
 def element_size(type_id: int) -> int | None:
     """Octets of one information element (without IOA) of a type this module understands."""
     sizes = {**_ELEM, C_SC_NA_1: 1, C_DC_NA_1: 1, C_SE_NA_1: 3, C_SE_NB_1: 3, C_SE_NC_1: 5, C_IC_NA_1: 1,
-             C_CI_NA_1: 1, C_CS_NA_1: 7, M_EI_NA_1: 1}
+             C_CI_NA_1: 1, C_RD_NA_1: 0, C_CS_NA_1: 7, C_RP_NA_1: 1, C_TS_TA_1: 2 + 7, M_EI_NA_1: 1}
     base = _BASE_OF.get(type_id) or COMMAND_BASE.get(type_id) or type_id
     size = sizes.get(base)
     if size is None:

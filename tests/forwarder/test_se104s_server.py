@@ -268,13 +268,16 @@ async def test_raw_master_window_stopdt_select_timeout_and_unknown_type() -> Non
                 res["after_ack"] = len(m.read(10, timeout=0.5))
                 m.ack()
                 m.send_u(c.STOPDT_ACT)
-                rest = m.read(20, timeout=0.5)
-                res["stop"] = [f.code for f in rest if f.kind == "U"]
+                rest = m.read(20, timeout=0.5)  # STOPDT con only once what was in flight is acknowledged
                 m.ack()
+                rest += m.read(20, timeout=0.5)
+                res["stop"] = [f.code for f in rest if f.kind == "U"]
+                m.send_u(c.STARTDT_ACT)  # I frames only in data transfer: a stopped link is closed by one
+                m.read(1)
                 # commands: select, wait past the select timeout, execute -> refused
                 sel = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SC_NA_1, 1, True))])
                 ex = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SC_NA_1, 1))])
-                unk = c.build_asdu(102, c.COT_ACT, CA, [(1, b"")])
+                unk = c.build_asdu(c.C_TS_NA_1, c.COT_ACT, CA, [(0, b"\xaa\x55")])  # not of IEC 104
                 bad_ca = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA + 1, [(5001, b"\x01")])
                 m.send_asdu(sel)
                 res["select"] = [c.parse_asdu(x.asdu) for x in m.read(1)]

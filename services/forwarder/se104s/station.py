@@ -521,14 +521,13 @@ class Station:
     # --- sending ----------------------------------------------------------------------------------------
 
     def pump(self, s: Session, now: float) -> bytes:
-        """Move queued answers (always) and events (once started) into I frames while the k window
-        allows; returns the octets to write (with any S/U frame the link owes)."""
+        """Move queued answers and events into I frames while data transfer is started (never before
+        STARTDT or after STOPDT: IEC 104 sends only U frames then) and the k window allows; returns the
+        octets to write (with any S/U frame the link owes)."""
         link = s.link
-        while s.queue and not s.closed and link.window_open:
-            if s.active and not s.resumed:
+        while s.queue and s.active and link.window_open:
+            if not s.resumed:
                 break  # its position is being fetched: what it missed goes first
-            if not s.active and s.queue[0][0]:
-                break
             asdu, items = self._next_asdu(s)
             link.send(asdu, now, items)
             s.inflight.append(items)
