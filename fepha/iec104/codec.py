@@ -59,10 +59,12 @@ _BASE_OF = {M_SP_TB_1: M_SP_NA_1, M_DP_TB_1: M_DP_NA_1, M_ME_TD_1: M_ME_NA_1, M_
 # --- causes of transmission ------------------------------------------------------------------------
 COT_PERIODIC, COT_BACKGROUND, COT_SPONT, COT_INIT, COT_REQ = 1, 2, 3, 4, 5
 COT_ACT, COT_ACTCON, COT_DEACT, COT_DEACTCON, COT_ACTTERM = 6, 7, 8, 9, 10
-COT_INROGEN, COT_REQCOGEN = 20, 37
+COT_INROGEN, COT_REQCOGEN = 20, 37  # station interrogation (groups 1 .. 16: 21 .. 36); general counter request
 COT_UNKNOWN_TYPE, COT_UNKNOWN_COT, COT_UNKNOWN_CA, COT_UNKNOWN_IOA = 44, 45, 46, 47
 NEGATIVE = 0x40
 TEST = 0x80
+BROADCAST_CA = 0xFFFF  # global address: only C_IC, C_CI, C_CS and C_RP may use it (IEC 60870-5-101 7.2.4)
+BROADCAST_TYPES = frozenset({C_IC_NA_1, C_CI_NA_1, C_CS_NA_1, C_RP_NA_1})
 
 # --- APCI ------------------------------------------------------------------------------------------
 STARTDT_ACT, STARTDT_CON, STOPDT_ACT, STOPDT_CON, TESTFR_ACT, TESTFR_CON = 0x07, 0x0B, 0x13, 0x23, 0x43, 0x83
@@ -358,11 +360,20 @@ def per_asdu(type_id: int) -> int:
     return min(127, (MAX_ASDU - HEADER) // (IOA_LEN + size))
 
 
-def pack(type_id: int, cot: int, ca: int, objects: list[tuple[int, bytes]]) -> Iterator[bytes]:
+def pack(type_id: int, cot: int, ca: int, objects: list[tuple[int, bytes]], oa: int = 0) -> Iterator[bytes]:
     """ASDUs carrying `objects` of one type, as many per ASDU as fit, in order."""
     n = per_asdu(type_id)
     for i in range(0, len(objects), n):
-        yield build_asdu(type_id, cot, ca, objects[i:i + n])
+        yield build_asdu(type_id, cot, ca, objects[i:i + n], oa)
+
+
+def answer_type(type_id: int, cause: int) -> int:
+    """The type a monitored point is sent as with `cause`: the IEC 60870-5-101 table of causes per type
+    allows the CP56Time2a forms (M_xx_Tx_1) with spontaneous (3), requested (5) and counter interrogation
+    causes (37 .. 41) only, so background scan (2) and interrogated data (20 .. 36) go without time tag."""
+    if cause == COT_BACKGROUND or COT_INROGEN <= cause <= COT_INROGEN + 16:
+        return base_type(type_id)
+    return type_id
 
 
 # --- command elements ------------------------------------------------------------------------------
