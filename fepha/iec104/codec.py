@@ -59,6 +59,7 @@ _BASE_OF = {M_SP_TB_1: M_SP_NA_1, M_DP_TB_1: M_DP_NA_1, M_ME_TD_1: M_ME_NA_1, M_
 # --- causes of transmission ------------------------------------------------------------------------
 COT_PERIODIC, COT_BACKGROUND, COT_SPONT, COT_INIT, COT_REQ = 1, 2, 3, 4, 5
 COT_ACT, COT_ACTCON, COT_DEACT, COT_DEACTCON, COT_ACTTERM = 6, 7, 8, 9, 10
+COT_RETREM, COT_RETLOC = 11, 12  # return information caused by a remote / local command
 COT_INROGEN, COT_REQCOGEN = 20, 37  # station interrogation (groups 1 .. 16: 21 .. 36); general counter request
 COT_UNKNOWN_TYPE, COT_UNKNOWN_COT, COT_UNKNOWN_CA, COT_UNKNOWN_IOA = 44, 45, 46, 47
 NEGATIVE = 0x40
