@@ -233,6 +233,10 @@ class RawMaster:
     bytes.fromhex("680408000000"),  # unknown U function
     c.i_frame(5, 0, c.build_asdu(c.C_IC_NA_1, c.COT_ACT, CA, [(0, b"\x14")])),  # wrong send sequence number
     bytes.fromhex("680e00000000") + bytes([c.M_SP_NA_1, 3, 3, 0, CA, 0]) + c.ioa(1) + b"\x01",  # 3 objects, 1 sent
+    bytes.fromhex("68fe") + bytes(254),  # APDU length 254 > 253
+    bytes.fromhex("6803010000"),  # APDU length 3 < 4
+    c.s_frame(5),  # acknowledges I frames never sent
+    c.i_frame(0, 0, c.interrogation(CA)),  # an I frame before STARTDT
 ])
 async def test_malformed_frame_closes_only_that_connection(garbage: bytes) -> None:
     async with se104_server() as srv:
