@@ -289,8 +289,12 @@ def tagged_type(type_id: int) -> int:
 def element(type_id: int, value: float, quality: int, ts_ms: int) -> bytes:
     """Information element of a monitoring type from an engineering value (COEF already applied) and
     fepha quality bits (which use the IEC layout). Values outside the type's range are clamped with OV
-    (measured values) or wrapped into 32 bits (counters, as counters do)."""
+    (measured values) or wrapped into 32 bits (counters, as counters do); a measured value that is not a
+    number is also invalid (IV), never a good NaN. Counters carry IV only: BCR's CY and CA bits are not
+    NT and SB, and its sequence number stays 0."""
     base = base_type(type_id)
+    if base in (M_ME_NA_1, M_ME_NB_1, M_ME_NC_1) and math.isnan(float(value)):
+        quality |= 0x80
     if base == M_SP_NA_1:
         out = bytes(((1 if value else 0) | (quality & _Q_STATUS),))
     elif base == M_DP_NA_1:

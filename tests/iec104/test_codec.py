@@ -75,6 +75,12 @@ def test_cp56_known_vector_and_roundtrip() -> None:
     (c.M_ME_NC_1, 1.5, 0x80, "0000c03f80"),
     (c.M_IT_NA_1, 123456, 0, "40e2010000"),
     (c.M_IT_NA_1, 2**32 + 5, 0x80, "0500000080"),  # wraps like a counter, IV
+    (c.M_SP_NA_1, 1, 0x20 | 0x10, "31"),  # SB, BL
+    (c.M_ME_NC_1, 1.5, 0x20 | 0x10, "0000c03f30"),  # SB, BL in QDS
+    (c.M_IT_NA_1, 7, 0x40 | 0x20 | 0x10, "0700000000"),  # NT/SB/BL are not BCR's CA/CY: sequence 0, none set
+    (c.M_ME_NC_1, float("nan"), 0, "0000c07f80"),  # not a number: invalid, never a good NaN
+    (c.M_ME_NB_1, float("nan"), 0, "000081"),  # 0, OV and IV
+    (c.M_ME_NA_1, float("nan"), 0, "000081"),
 ])
 def test_monitoring_elements(type_id: int, value: float, quality: int, element_hex: str) -> None:
     assert c.element(type_id, value, quality, T0).hex() == element_hex
