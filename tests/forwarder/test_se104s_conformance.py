@@ -144,6 +144,7 @@ def test_read_command_answers_requested_data_or_unknown_address() -> None:
     assert c.decode_element(m.got[0].type_id, m.got[0].objects[0][1])[1] & 0x80
     m.got.clear()
     for ioa, cause, want in ((4242, c.COT_REQ, c.COT_UNKNOWN_IOA), (5001, c.COT_REQ, c.COT_UNKNOWN_IOA),
+                             (3001, c.COT_REQ, c.COT_UNKNOWN_IOA),  # a counter: counter interrogation only
                              (1002, c.COT_ACT, c.COT_UNKNOWN_COT)):
         m.send(cmd(c.C_RD_NA_1, ioa, b"", cause=cause))
         assert answers(m) == [(c.C_RD_NA_1, want, True, CA)]

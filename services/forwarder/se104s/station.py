@@ -459,12 +459,13 @@ class Station:
 
     def _read(self, s: Session, a: c.Asdu) -> None:
         """C_RD_NA_1 (cause 5 only): the point's value with cause 'requested', or cause 47 for an address
-        that is not a monitored point."""
+        that is not a status or measured point (integrated totals do not take cause 5 in IEC 60870-5-101's
+        table: counters are read by counter interrogation)."""
         if a.cause != c.COT_REQ:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
             return
         addr = a.objects[0][0]
-        key = next((k for k, (f, _) in self.monitor.items() if f.addr == addr), None)
+        key = next((k for k, (f, _) in self.monitor.items() if f.addr == addr and f.kind in ("DI", "AI")), None)
         if key is None:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
             return
