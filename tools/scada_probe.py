@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import c104
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+from fepha.iec104 import codec
 from fepha.semodel import db
 from fepha.semodel.model import Model
 
@@ -59,6 +61,31 @@ def open_with_retries(client: c104.Client, opened: threading.Event, first_s: flo
     return False
 
 
+def take_untagged_answers(conn: Any, station: Any, handler: Callable[[c104.Point, c104.IncomingMessage], Any]) -> None:
+    """Give `handler(point, message)` the objects c104 2.2.1 drops because their type is not the one of
+    the point at that IOA (MISMATCHED_TYPE_ID), when it is that type without time tag: IEC 60870-5-101's
+    table of causes per type sends interrogated data and background scans without time tag (M_SP_NA_1 for
+    a point whose events are M_SP_TB_1), and c104 keeps one type per IOA. `conn` and `station`: c104's
+    Connection and Station (its stubs type both as Optional). `message` is positioned on the object (its
+    io_address, info and cot), as in c104's on_receive. c104 stops at the first mismatched object of an
+    ASDU: the objects after it are handed over too."""
+    def on_unexpected(connection: c104.Connection, message: c104.IncomingMessage, cause: c104.Umc) -> None:
+        if cause != c104.Umc.MISMATCHED_TYPE_ID:
+            return
+        got = codec.TYPE_IDS.get(message.type.name)
+        dropped = False
+        message.first()
+        while message.next():
+            p = station.get_point(message.io_address)
+            want = codec.TYPE_IDS.get(p.type.name) if p is not None else None
+            if p is None or want is None or codec.base_type(want) != got:
+                continue
+            dropped = dropped or want != got
+            if dropped:
+                handler(p, message)
+    conn.on_unexpected_message(on_unexpected)
+
+
 def forwarding_rtu(model: Model, protocol: str) -> Any:
     return next(r for r in model.rtus.values() if r.protocol == protocol)
 
@@ -80,6 +107,7 @@ def start_iec104(node: str, ip: str, model: Model) -> tuple[c104.Client, c104.Co
     for f in rtu.forwards:
         if f.type and f.type.startswith("M_"):
             station.add_point(io_address=f.addr, type=getattr(c104.Type, f.type)).on_receive(on_receive)
+    take_untagged_answers(conn, station, lambda p, message: on_receive(p, p.info, message))
 
     def on_state(connection: c104.Connection, state: c104.ConnectionState) -> None:
         emit(src="iec104-state", node=node, state=state.name)

@@ -10,6 +10,7 @@ object address 3 octets, little endian; an APDU is at most 253 octets after star
 from __future__ import annotations
 
 import calendar
+import datetime
 import math
 import struct
 import time
@@ -33,7 +34,8 @@ M_SP_TB_1, M_DP_TB_1, M_ME_TD_1, M_ME_TE_1, M_ME_TF_1, M_IT_TB_1 = 30, 31, 34, 3
 M_EI_NA_1 = 70
 C_SC_NA_1, C_DC_NA_1, C_SE_NA_1, C_SE_NB_1, C_SE_NC_1 = 45, 46, 48, 49, 50
 C_SC_TA_1, C_DC_TA_1, C_SE_TA_1, C_SE_TB_1, C_SE_TC_1 = 58, 59, 61, 62, 63
-C_IC_NA_1, C_CI_NA_1, C_CS_NA_1 = 100, 101, 103
+C_IC_NA_1, C_CI_NA_1, C_RD_NA_1, C_CS_NA_1, C_TS_NA_1, C_RP_NA_1, C_TS_TA_1 = 100, 101, 102, 103, 104, 105, 107
+# C_TS_NA_1 (test command without time tag) is IEC 60870-5-101 only: IEC 104 uses C_TS_TA_1.
 
 TYPE_IDS: dict[str, int] = {
     "M_SP_NA_1": M_SP_NA_1, "M_SP_TB_1": M_SP_TB_1, "M_DP_NA_1": M_DP_NA_1, "M_DP_TB_1": M_DP_TB_1,
@@ -57,10 +59,13 @@ _BASE_OF = {M_SP_TB_1: M_SP_NA_1, M_DP_TB_1: M_DP_NA_1, M_ME_TD_1: M_ME_NA_1, M_
 # --- causes of transmission ------------------------------------------------------------------------
 COT_PERIODIC, COT_BACKGROUND, COT_SPONT, COT_INIT, COT_REQ = 1, 2, 3, 4, 5
 COT_ACT, COT_ACTCON, COT_DEACT, COT_DEACTCON, COT_ACTTERM = 6, 7, 8, 9, 10
-COT_INROGEN, COT_REQCOGEN = 20, 37
+COT_RETREM, COT_RETLOC = 11, 12  # return information caused by a remote / local command
+COT_INROGEN, COT_REQCOGEN = 20, 37  # station interrogation (groups 1 .. 16: 21 .. 36); general counter request
 COT_UNKNOWN_TYPE, COT_UNKNOWN_COT, COT_UNKNOWN_CA, COT_UNKNOWN_IOA = 44, 45, 46, 47
 NEGATIVE = 0x40
 TEST = 0x80
+BROADCAST_CA = 0xFFFF  # global address: only C_IC, C_CI, C_CS and C_RP may use it (IEC 60870-5-101 7.2.4)
+BROADCAST_TYPES = frozenset({C_IC_NA_1, C_CI_NA_1, C_CS_NA_1, C_RP_NA_1})
 
 # --- APCI ------------------------------------------------------------------------------------------
 STARTDT_ACT, STARTDT_CON, STOPDT_ACT, STOPDT_CON, TESTFR_ACT, TESTFR_CON = 0x07, 0x0B, 0x13, 0x23, 0x43, 0x83
@@ -155,10 +160,15 @@ def cp56(ts_ms: int, invalid: bool = False) -> bytes:
 
 
 def cp56_ms(b: bytes) -> int:
-    """Epoch ms of a CP56Time2a (UTC, years 2000..2099); ValueError for an impossible date."""
+    """Epoch ms of a CP56Time2a (UTC, years 2000..2099; the IV, SU and day-of-week bits are not read);
+    ValueError for a field out of its range (milliseconds 0..59999, minutes 0..59, hours 0..23, a day
+    the month does not have, month 1..12, year 0..99)."""
     ms, minute, hour, day, month, year = struct.unpack("<HBBBBB", b[:7])
-    secs = calendar.timegm((2000 + (year & 0x7F), month & 0x0F, day & 0x1F, hour & 0x1F, minute & 0x3F, 0))
-    return secs * 1000 + ms
+    minute, hour, day, month, year = minute & 0x3F, hour & 0x1F, day & 0x1F, month & 0x0F, year & 0x7F
+    if ms > 59999 or minute > 59 or year > 99:
+        raise ValueError(f"CP56Time2a field out of range: {bytes(b[:7]).hex()}")
+    datetime.datetime(2000 + year, month, day, hour, minute)  # ValueError: no such date or hour
+    return calendar.timegm((2000 + year, month, day, hour, minute, 0)) * 1000 + ms
 
 
 # --- ASDU ------------------------------------------------------------------------------------------
@@ -193,7 +203,7 @@ def ioa(addr: int) -> bytes:
 def element_size(type_id: int) -> int | None:
     """Octets of one information element (without IOA) of a type this module understands."""
     sizes = {**_ELEM, C_SC_NA_1: 1, C_DC_NA_1: 1, C_SE_NA_1: 3, C_SE_NB_1: 3, C_SE_NC_1: 5, C_IC_NA_1: 1,
-             C_CI_NA_1: 1, C_CS_NA_1: 7, M_EI_NA_1: 1}
+             C_CI_NA_1: 1, C_RD_NA_1: 0, C_CS_NA_1: 7, C_RP_NA_1: 1, C_TS_TA_1: 2 + 7, M_EI_NA_1: 1}
     base = _BASE_OF.get(type_id) or COMMAND_BASE.get(type_id) or type_id
     size = sizes.get(base)
     if size is None:
@@ -279,8 +289,12 @@ def tagged_type(type_id: int) -> int:
 def element(type_id: int, value: float, quality: int, ts_ms: int) -> bytes:
     """Information element of a monitoring type from an engineering value (COEF already applied) and
     fepha quality bits (which use the IEC layout). Values outside the type's range are clamped with OV
-    (measured values) or wrapped into 32 bits (counters, as counters do)."""
+    (measured values) or wrapped into 32 bits (counters, as counters do); a measured value that is not a
+    number is also invalid (IV), never a good NaN. Counters carry IV only: BCR's CY and CA bits are not
+    NT and SB, and its sequence number stays 0."""
     base = base_type(type_id)
+    if base in (M_ME_NA_1, M_ME_NB_1, M_ME_NC_1) and math.isnan(float(value)):
+        quality |= 0x80
     if base == M_SP_NA_1:
         out = bytes(((1 if value else 0) | (quality & _Q_STATUS),))
     elif base == M_DP_NA_1:
@@ -351,11 +365,20 @@ def per_asdu(type_id: int) -> int:
     return min(127, (MAX_ASDU - HEADER) // (IOA_LEN + size))
 
 
-def pack(type_id: int, cot: int, ca: int, objects: list[tuple[int, bytes]]) -> Iterator[bytes]:
+def pack(type_id: int, cot: int, ca: int, objects: list[tuple[int, bytes]], oa: int = 0) -> Iterator[bytes]:
     """ASDUs carrying `objects` of one type, as many per ASDU as fit, in order."""
     n = per_asdu(type_id)
     for i in range(0, len(objects), n):
-        yield build_asdu(type_id, cot, ca, objects[i:i + n])
+        yield build_asdu(type_id, cot, ca, objects[i:i + n], oa)
+
+
+def answer_type(type_id: int, cause: int) -> int:
+    """The type a monitored point is sent as with `cause`: the IEC 60870-5-101 table of causes per type
+    allows the CP56Time2a forms (M_xx_Tx_1) with spontaneous (3), requested (5) and counter interrogation
+    causes (37 .. 41) only, so background scan (2) and interrogated data (20 .. 36) go without time tag."""
+    if cause == COT_BACKGROUND or COT_INROGEN <= cause <= COT_INROGEN + 16:
+        return base_type(type_id)
+    return type_id
 
 
 # --- command elements ------------------------------------------------------------------------------

@@ -20,12 +20,18 @@ What it does (IEC 60870-5-104 clause 5):
   their confirmations and reports `Started` / `Stopped`; the controlling station (role CLIENT) sends them
   with `start()` / `stop()` and reports `Started` / `Stopped` on the confirmation. Both roles answer TESTFR
   act. A U frame only the other role may send is a `ProtocolError`.
+- STOPDT act at the controlled station (IEC 60870-5-104 Ed. 2, its state diagram): data transfer stops at
+  once (`Stopped`), received I frames not acknowledged yet are acknowledged with an S frame first, and
+  STOPDT con waits until the peer acknowledged every I frame we sent ("pending unconfirmed stopped"; t1
+  applies: no acknowledgement within t1 is a `LinkTimeout`).
+- Data transfer stopped: no I frame is sent (`send` refuses) and a received I frame is a `ProtocolError`
+  (the connection is closed), except at a controlling station waiting for its STOPDT con, which still
+  takes what the controlled station had sent before it saw the STOPDT act.
 - Each sent I frame may carry a `tag` (whatever the caller needs: the events it holds): `Acked` returns the
   tags of acknowledged frames in order, `release_unacked()` hands back those still unacknowledged (to
   resend them on another connection when this one stops or dies).
 
-Whether I frames may be sent while data transfer is stopped is the caller's decision (`started`): the
-link enforces the window, not the application rules.
+The link enforces the window and the started state, not the application rules.
 """
 
 from __future__ import annotations
@@ -120,6 +126,7 @@ class Link:
         self.last_rx = now
         self._test_sent: float | None = None
         self._pending: tuple[int, float] | None = None  # client: (STARTDT/STOPDT act, sent at)
+        self._stop_con_since: float | None = None  # server: STOPDT con owed once our I frames are acknowledged
         self._reader = c.FrameReader()
         self._out = bytearray()
         self.frames_in = 0
@@ -154,7 +161,10 @@ class Link:
     # --- sending ---------------------------------------------------------------------------------------
 
     def send(self, asdu: bytes, now: float, tag: Any = None) -> None:
-        """Queue one I frame (it also acknowledges what we received). The window must be open."""
+        """Queue one I frame (it also acknowledges what we received). Data transfer must be started and the
+        window open."""
+        if not self.started:
+            raise RuntimeError("data transfer is stopped: no I frame may be sent")
         if not self.window_open:
             raise RuntimeError(f"k window full ({self.in_flight} unacknowledged I frames)")
         self._put(c.i_frame(self.vs, self.vr, asdu))
@@ -198,11 +208,13 @@ class Link:
         for f in self._reader.feed(data):
             self.frames_in += 1
             if f.kind == "U":
-                self._on_u(f.code, events)
+                self._on_u(f.code, events, now)
                 continue
             self._on_ack(f.nr, events)
             if f.kind == "S":
                 continue
+            if not self.started and self.pending != c.STOPDT_ACT:
+                raise c.ProtocolError("I frame while data transfer is stopped")
             if f.ns != self.vr:
                 raise c.ProtocolError(f"send sequence number {f.ns}, expected {self.vr}")
             self.vr = (self.vr + 1) & 0x7FFF
@@ -228,23 +240,34 @@ class Link:
             tags.append(q.popleft()[2])
         self.ack = nr
         events.append(Acked(tuple(tags)))  # also without tags (released frames): the window opened
+        if self._stop_con_since is not None and self.ack == self.vs:
+            self._stop_con_since = None
+            self._put(c.u_frame(c.STOPDT_CON))
 
-    def _on_u(self, code: int, events: list[Event]) -> None:
+    def _on_u(self, code: int, events: list[Event], now: float) -> None:
         if code == c.TESTFR_ACT:
             self._put(c.u_frame(c.TESTFR_CON))
         elif code == c.TESTFR_CON:
             pass  # _test_sent already cleared by receive()
         elif self.role is Role.SERVER:
             if code == c.STARTDT_ACT:
+                self._stop_con_since = None  # started again: the STOPDT con still owed is moot
                 self._put(c.u_frame(c.STARTDT_CON))
                 if not self.started:
                     self.started = True
                     events.append(STARTED)
             elif code == c.STOPDT_ACT:
+                if self.rx_unacked:  # what we received is acknowledged before the confirmation
+                    self._put(c.s_frame(self.vr))
+                    self.rx_unacked = 0
                 if self.started:
                     self.started = False
                     events.append(STOPPED)
-                self._put(c.u_frame(c.STOPDT_CON))
+                if self.in_flight:  # pending unconfirmed stopped: the con once all we sent is acknowledged
+                    if self._stop_con_since is None:
+                        self._stop_con_since = now
+                else:
+                    self._put(c.u_frame(c.STOPDT_CON))
             else:
                 raise c.ProtocolError(f"unexpected U frame 0x{code:02x} from a controlling station")
         else:
@@ -269,6 +292,8 @@ class Link:
             raise LinkTimeout(f"no TESTFR con within t1={p.t1}s")
         if self._pending is not None and now - self._pending[1] >= p.t1:
             raise LinkTimeout(f"U frame 0x{self._pending[0]:02x} not confirmed within t1={p.t1}s")
+        if self._stop_con_since is not None and now - self._stop_con_since >= p.t1:
+            raise LinkTimeout(f"STOPDT act: our I frames not acknowledged within t1={p.t1}s")
         if self.rx_unacked and now - self._rx_first >= p.t2:
             self._put(c.s_frame(self.vr))
             self.rx_unacked = 0
@@ -284,6 +309,8 @@ class Link:
             times.append(self._unacked[0][1] + p.t1)
         if self._pending is not None:
             times.append(self._pending[1] + p.t1)
+        if self._stop_con_since is not None:
+            times.append(self._stop_con_since + p.t1)
         if self.rx_unacked:
             times.append(self._rx_first + p.t2)
         return min(times)

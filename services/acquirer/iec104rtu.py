@@ -130,7 +130,7 @@ class Iec104Runner(RunnerBase):
         self._command, self._command_done = ex, asyncio.Event()
         try:
             if not self._send(link, first):
-                raise RuntimeError("not sent: k unacknowledged frames to the RTU")
+                raise RuntimeError("not sent: k unacknowledged frames to the RTU, or data transfer stopped")
             while ex.result is None and ex.phase != "term":
                 self._command_done.clear()
                 await self._command_done.wait()
@@ -237,8 +237,9 @@ class Iec104Runner(RunnerBase):
                     self._gi_open = True
 
     def _send(self, link: Link, asdu: bytes) -> bool:
-        """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell)."""
-        if not link.window_open:
+        """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell) or data
+        transfer stopped meanwhile (no I frame is sent then)."""
+        if not link.window_open or not link.started:
             return False
         link.send(asdu, time.monotonic())
         self._flush(link)
@@ -326,7 +327,7 @@ class Iec104Runner(RunnerBase):
         ex = self._command
         if ex is not None and ex.mine(a):
             if ex.feed(a) == "execute" and not self._send(link, ex.execute(int(time.time() * 1000))):
-                ex.finish(False, "not executed: k unacknowledged frames to the RTU")
+                ex.finish(False, "not executed: k unacknowledged frames to the RTU, or data transfer stopped")
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new

@@ -29,7 +29,9 @@ DP_INDETERMINATE = "IV"  # a double point in its intermediate (0) or indetermina
 
 _MONITORING = {c.M_SP_NA_1, c.M_SP_TB_1, c.M_DP_NA_1, c.M_DP_TB_1, c.M_ME_NA_1, c.M_ME_NB_1, c.M_ME_NC_1,
                c.M_ME_TD_1, c.M_ME_TE_1, c.M_ME_TF_1, c.M_IT_NA_1, c.M_IT_TB_1}
-SPONTANEOUS_CAUSES = {c.COT_SPONT}
+# Events: spontaneous data and the return information a command caused (remote or local): each is a change
+# at the device, written even when its value equals the last one (not an interrogation's snapshot).
+SPONTANEOUS_CAUSES = {c.COT_SPONT, c.COT_RETREM, c.COT_RETLOC}
 IV = 0x80
 
 

@@ -201,3 +201,21 @@ def test_interrogation_asdus() -> None:
 ])
 def test_reaches(connected: bool, now: float, last: float, window: float, want: bool) -> None:
     assert rules.reaches(connected, now, last, window) is want
+
+
+@pytest.mark.parametrize("cause, event", [
+    (c.COT_SPONT, True), (c.COT_RETREM, True), (c.COT_RETLOC, True),  # a change at the device
+    (c.COT_INROGEN, False), (c.COT_INROGEN + 1, False), (c.COT_BACKGROUND, False), (c.COT_REQ, False),
+    (c.COT_PERIODIC, False),
+])
+def test_return_information_of_a_command_is_an_event_like_spontaneous_data(cause: int, event: bool) -> None:
+    """IEC 60870-5-101 causes 11 / 12: the state a remote or local command brought, reported once; an RTU
+    that sends a breaker's new position that way must not see it dropped as an unchanged snapshot."""
+    got = rules.PointMap(RTU).intake(asdu(c.M_SP_NA_1, cause, [(100, b"\x01")]), RX)
+    assert got.spontaneous is event and got.events == [(1, (1, 0), RX)]
+
+
+def test_time_tag_fields_out_of_range_use_reception_time() -> None:
+    bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 31, 1, 1, 26)  # hour 31: no instant, not 1 January 07:00
+    v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
+    assert (v, q, ts) == (1, 0, RX) and problem and "reception time" in problem

@@ -16,7 +16,7 @@ import c104
 
 from fep_forwarder.base import ControlOutcome, Update
 from fep_forwarder.se104s import Se104Server
-from fep_tools.scada_probe import open_with_retries
+from fep_tools.scada_probe import open_with_retries, take_untagged_answers
 from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
@@ -239,6 +239,7 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
         p = station.add_point(io_address=addr, type=t)
         if t.name.startswith("M_"):
             p.on_receive(on_receive)
+    take_untagged_answers(conn, station, lambda p, message: on_receive(p, p.info, message))
 
     def on_init(client: c104.Client, station: c104.Station, cause: c104.Coi) -> None:
         m.inits.append(cause)

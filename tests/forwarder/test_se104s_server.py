@@ -37,6 +37,7 @@ async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> Non
         srv.load_image(full_image(stamp))
         async with c104_master(srv.port) as m:  # Init.ALL: STARTDT, station interrogation, clock sync
             assert m.inits  # M_EI_NA_1 reached the first master that started
+            await until(lambda: len({r.ioa for r in m.values("INTERROGATED_BY_STATION")}) >= 8, what="GI answers")
             gi = {r.ioa: r for r in m.values("INTERROGATED_BY_STATION")}
             assert sorted(gi) == [1, 2, 3, 4, 1001, 1002, 1003, 1004]  # counters only by counter interrogation
             assert gi[1001].value == pytest.approx(230.5)
@@ -46,18 +47,18 @@ async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> Non
             assert gi[1].value is True and gi[2].quality.is_good() is False
             assert c104.Quality.Invalid in gi[2].quality
             assert gi[3].value == c104.Double.ON and c104.Quality.NonTopical in gi[4].quality
-            assert gi[1].recorded_at is not None
-            # the time tag is the value's own stamp (CP56Time2a, to the millisecond), not the time it was sent:
-            # compared with the stamp given, not with the clock, which a slow connect moves on
-            assert abs(gi[1].recorded_at.timestamp() * 1000 - stamp) <= 1
+            assert gi[1].recorded_at is None  # interrogated data go without time tag (M_SP_TB_1 as M_SP_NA_1)
 
             assert await in_thread(m.conn.counter_interrogation, CA)
             ci = {r.ioa: r for r in m.values("REQUESTED_BY_GENERAL_COUNTER")}
             assert int(ci[3001].value) == 123456 and int(ci[3002].value) == 7
 
-            srv.apply([upd(1001, 231.0), upd(2, 1), upd(1003, 5000, int(Quality.NT))])
-            await until(lambda: len(m.values("SPONTANEOUS")) >= 3, what="spontaneous data")
+            srv.apply([upd(1001, 231.0), upd(2, 1), upd(1003, 5000, int(Quality.NT)), upd(1, 0, 0, stamp)])
+            await until(lambda: len(m.values("SPONTANEOUS")) >= 4, what="spontaneous data")
             sp = {r.ioa: r for r in m.values("SPONTANEOUS")}
+            # a spontaneous M_SP_TB_1 carries the value's own stamp (CP56Time2a, to the millisecond), not the
+            # time it was sent: compared with the stamp given, not with the clock, which a slow connect moves on
+            assert sp[1].recorded_at is not None and abs(sp[1].recorded_at.timestamp() * 1000 - stamp) <= 1
             assert sp[1001].value == pytest.approx(231.0) and sp[2].value is True
             assert int(sp[1003].value) == 32767 and c104.Quality.Overflow in sp[1003].quality  # 50000 clamped
             assert c104.Quality.NonTopical in sp[1003].quality
@@ -265,6 +266,10 @@ class RawMaster:
     bytes.fromhex("680408000000"),  # unknown U function
     c.i_frame(5, 0, c.build_asdu(c.C_IC_NA_1, c.COT_ACT, CA, [(0, b"\x14")])),  # wrong send sequence number
     bytes.fromhex("680e00000000") + bytes([c.M_SP_NA_1, 3, 3, 0, CA, 0]) + c.ioa(1) + b"\x01",  # 3 objects, 1 sent
+    bytes.fromhex("68fe") + bytes(254),  # APDU length 254 > 253
+    bytes.fromhex("6803010000"),  # APDU length 3 < 4
+    c.s_frame(5),  # acknowledges I frames never sent
+    c.i_frame(0, 0, c.interrogation(CA)),  # an I frame before STARTDT
 ])
 async def test_malformed_frame_closes_only_that_connection(garbage: bytes) -> None:
     async with se104_server() as srv:
@@ -301,13 +306,17 @@ async def test_raw_master_window_stopdt_select_timeout_and_unknown_type() -> Non
                 res["after_ack"] = len(m.read(10, timeout=0.5))
                 m.ack()
                 m.send_u(c.STOPDT_ACT)
-                rest = m.read(20, timeout=0.5)
+                rest = m.read(20, timeout=0.5)  # STOPDT con only once what was in flight is acknowledged
+                m.ack()
+                rest += m.read(20, timeout=0.5)
                 res["stop"] = [f.code for f in rest if f.kind == "U"]
+                m.send_u(c.STARTDT_ACT)  # I frames only in data transfer: a stopped link is closed by one
+                m.read(1000, timeout=0.5)  # STARTDT con, then what a resumed master gets (scan, events)
                 m.ack()
                 # commands: select, wait past the select timeout, execute -> refused
                 sel = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SC_NA_1, 1, True))])
                 ex = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SC_NA_1, 1))])
-                unk = c.build_asdu(102, c.COT_ACT, CA, [(1, b"")])
+                unk = c.build_asdu(c.C_TS_NA_1, c.COT_ACT, CA, [(0, b"\xaa\x55")])  # not of IEC 104
                 bad_ca = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA + 1, [(5001, b"\x01")])
                 m.send_asdu(sel)
                 res["select"] = [c.parse_asdu(x.asdu) for x in m.read(1)]

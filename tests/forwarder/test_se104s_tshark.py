@@ -1,17 +1,57 @@
 """Wireshark's IEC 60870-5-104 dissector decodes captured se104s traffic without malformed-packet warnings."""
 
 import asyncio
+import contextlib
 import shutil
 import signal
+import time
+from collections.abc import AsyncIterator
 
 import c104
 import pytest
 
+from fepha.iec104 import codec as c
 from fepha.points import Quality
+from tests.iec104.rawmaster import raw_master
 
-from .se104s_fixtures import c104_master, in_thread, se104_server, until, upd
+from .se104s_fixtures import CA, c104_master, in_thread, se104_server, until, upd
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark (Debian package) not installed")
+
+
+@contextlib.asynccontextmanager
+async def captured(port: int) -> AsyncIterator[list[bytes]]:
+    """tshark decoding (-V) the traffic of `port` as IEC 104 while the body runs; the decoded text is in
+    the list's chunks afterwards."""
+    # Live decode (-l -V) rather than -w: we can see when the capture really runs.
+    cap = await asyncio.create_subprocess_exec(
+        "tshark", "-l", "-i", "lo", "-f", f"tcp port {port}", "-d", f"tcp.port=={port},iec60870_104", "-V",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+    assert cap.stdout is not None
+    chunks: list[bytes] = []
+
+    async def collect() -> None:
+        assert cap.stdout is not None
+        while data := await cap.stdout.read(65536):
+            chunks.append(data)
+
+    reader = asyncio.create_task(collect())
+    try:
+        for _ in range(200):  # probe connections until tshark shows one
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            await w.wait_closed()
+            await asyncio.sleep(0.1)
+            if b"Transmission Control Protocol" in b"".join(chunks):
+                break
+        else:
+            raise AssertionError("tshark never captured")
+        yield chunks
+        await asyncio.sleep(0.5)
+    finally:
+        cap.send_signal(signal.SIGINT)
+        await asyncio.wait_for(cap.wait(), 20)
+        await asyncio.wait_for(reader, 20)
 
 
 async def test_tshark_decodes_every_frame_we_send() -> None:
@@ -19,47 +59,54 @@ async def test_tshark_decodes_every_frame_we_send() -> None:
         port = srv.port
         srv.load_image([upd(1001, 1.5), upd(1002, 2.5), upd(1003, 30), upd(1004, 40), upd(1, 1), upd(2, 0),
                         upd(3, 1), upd(4, 0, int(Quality.NT)), upd(3001, 99), upd(3002, 5)])
-        # Live decode (-l -V) rather than -w: we can see when the capture really runs.
-        cap = await asyncio.create_subprocess_exec(
-            "tshark", "-l", "-i", "lo", "-f", f"tcp port {port}", "-d", f"tcp.port=={port},iec60870_104", "-V",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        assert cap.stdout is not None
-        chunks: list[bytes] = []
-
-        async def collect() -> None:
-            assert cap.stdout is not None
-            while data := await cap.stdout.read(65536):
-                chunks.append(data)
-
-        reader = asyncio.create_task(collect())
-        try:
-            for _ in range(200):  # probe connections until tshark shows one
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
-                await w.wait_closed()
-                await asyncio.sleep(0.1)
-                if b"Transmission Control Protocol" in b"".join(chunks):
-                    break
-            else:
-                raise AssertionError("tshark never captured")
-            async with c104_master(port) as m:
-                assert await in_thread(m.conn.counter_interrogation, 7)
-                srv.apply([upd(1001 + (i % 4), float(i)) for i in range(200)] + [upd(1, 0), upd(3, 0)])
-                await until(lambda: len(m.values("SPONTANEOUS")) >= 202, what="spontaneous data")
-                assert await m.command(5001, c104.SingleCmd(on=True))
-                assert await m.command(6003, c104.ShortCmd(target=99.0)) is False  # negative ACT_CON
-                assert await m.command(6004, c104.NormalizedCmd(target=c104.NormalizedFloat(0.5)), select=True)
-            await asyncio.sleep(0.5)
-        finally:
-            cap.send_signal(signal.SIGINT)
-            await asyncio.wait_for(cap.wait(), 20)
-            await asyncio.wait_for(reader, 20)
+        async with captured(port) as chunks, c104_master(port) as m:
+            assert await in_thread(m.conn.counter_interrogation, 7)
+            srv.apply([upd(1001 + (i % 4), float(i)) for i in range(200)] + [upd(1, 0), upd(3, 0)])
+            await until(lambda: len(m.values("SPONTANEOUS")) >= 202, what="spontaneous data")
+            assert await m.command(5001, c104.SingleCmd(on=True))
+            assert await m.command(6003, c104.ShortCmd(target=99.0)) is False  # negative ACT_CON
+            assert await m.command(6004, c104.NormalizedCmd(target=c104.NormalizedFloat(0.5)), select=True)
     text = b"".join(chunks).decode(errors="replace")
     bad = iec104_findings(text)
     assert not bad, "\n\n".join(bad[:3])
     for needle in ("M_ME_NC_1", "M_ME_TF_1", "M_ME_NB_1", "M_ME_NA_1", "M_SP_TB_1", "M_SP_NA_1", "M_DP_NA_1",
                    "M_IT_TB_1", "M_IT_NA_1", "M_EI_NA_1", "C_IC_NA_1", "C_CI_NA_1", "C_CS_NA_1", "C_SC_NA_1",
                    "C_SE_NC_1", "C_SE_TA_1", "ActCon_NEGA", "ActTerm", "Spont", "STARTDT con"):
+        assert needle in text, f"{needle} not decoded"
+
+
+async def test_tshark_decodes_the_station_wide_commands_refusals_and_stopdt_of_a_raw_master() -> None:
+    """Our own codec as a second master (tests/iec104/rawmaster.py): read, test command, reset process,
+    broadcast and unknown addresses, a freeze request, the T bit, then STOPDT with a frame in flight."""
+    async with se104_server() as srv:
+        port = srv.port
+        srv.load_image([upd(1002, 2.5), upd(1, 1)])
+        now = int(time.time() * 1000)
+        asdus = [
+            c.build_asdu(c.C_RD_NA_1, c.COT_REQ, CA, [(1002, b"")], 9),
+            c.build_asdu(c.C_RD_NA_1, c.COT_REQ, CA, [(4242, b"")]),
+            c.build_asdu(c.C_TS_TA_1, c.COT_ACT, CA, [(0, b"\xaa\x55" + c.cp56(now))]),
+            c.build_asdu(c.C_RP_NA_1, c.COT_ACT, CA, [(0, b"\x01")]),
+            c.interrogation(c.BROADCAST_CA),
+            c.build_asdu(c.C_SC_NA_1, c.COT_ACT, c.BROADCAST_CA, [(5001, b"\x01")]),
+            c.counter_interrogation(CA, 0x45),
+            c.build_asdu(c.C_SC_NA_1, c.COT_ACT | c.TEST, CA, [(5001, b"\x01")]),
+            c.build_asdu(c.C_TS_NA_1, c.COT_ACT, CA, [(0, b"\xaa\x55")]),
+        ]
+        async with captured(port) as chunks, raw_master(port) as m:
+            await m.start()
+            for a in asdus:
+                m.send(a)
+            await until(lambda: sum(1 for a in m.asdus if a.type_id != c.M_EI_NA_1) >= 12, what="answers")
+            m.link.stop(time.monotonic())
+            m.flush()
+            await until(lambda: m.link.pending is None, what="STOPDT con")
+        assert m.error is None
+    text = b"".join(chunks).decode(errors="replace")
+    bad = iec104_findings(text)
+    assert not bad, "\n\n".join(bad[:3])
+    for needle in ("C_RD_NA_1", "C_TS_TA_1", "C_RP_NA_1", "Req", "UkComAdrASDU", "UkIOA", "UkTypeId",
+                   "ActCon_NEGA", "STOPDT con"):
         assert needle in text, f"{needle} not decoded"
 
 

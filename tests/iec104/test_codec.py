@@ -75,6 +75,12 @@ def test_cp56_known_vector_and_roundtrip() -> None:
     (c.M_ME_NC_1, 1.5, 0x80, "0000c03f80"),
     (c.M_IT_NA_1, 123456, 0, "40e2010000"),
     (c.M_IT_NA_1, 2**32 + 5, 0x80, "0500000080"),  # wraps like a counter, IV
+    (c.M_SP_NA_1, 1, 0x20 | 0x10, "31"),  # SB, BL
+    (c.M_ME_NC_1, 1.5, 0x20 | 0x10, "0000c03f30"),  # SB, BL in QDS
+    (c.M_IT_NA_1, 7, 0x40 | 0x20 | 0x10, "0700000000"),  # NT/SB/BL are not BCR's CA/CY: sequence 0, none set
+    (c.M_ME_NC_1, float("nan"), 0, "0000c07f80"),  # not a number: invalid, never a good NaN
+    (c.M_ME_NB_1, float("nan"), 0, "000081"),  # 0, OV and IV
+    (c.M_ME_NA_1, float("nan"), 0, "000081"),
 ])
 def test_monitoring_elements(type_id: int, value: float, quality: int, element_hex: str) -> None:
     assert c.element(type_id, value, quality, T0).hex() == element_hex
@@ -165,3 +171,29 @@ def test_tagged_and_base_forms() -> None:
     assert [c.tagged_type(t) for t in (c.M_SP_NA_1, c.M_DP_NA_1, c.M_ME_NA_1, c.M_ME_NB_1, c.M_ME_NC_1,
                                        c.M_IT_NA_1)] == [30, 31, 34, 35, 36, 37]
     assert c.tagged_type(c.M_ME_TF_1) == c.M_ME_TF_1 and c.base_type(c.M_ME_TF_1) == c.M_ME_NC_1
+
+
+@pytest.mark.parametrize("tag_hex, why", [
+    ("60ea" "00" "00" "01" "01" "1a", "milliseconds 60000"),
+    ("0000" "3c" "00" "01" "01" "1a", "minute 60"),
+    ("0000" "00" "18" "01" "01" "1a", "hour 24"),
+    ("0000" "00" "1f" "01" "01" "1a", "hour 31 (five bits)"),
+    ("0000" "00" "00" "00" "01" "1a", "day 0"),
+    ("0000" "00" "00" "1e" "02" "1a", "30 February"),
+    ("0000" "00" "00" "01" "0d" "1a", "month 13"),
+    ("0000" "00" "00" "01" "01" "64", "year 100"),
+])
+def test_cp56_fields_out_of_range_are_not_a_time(tag_hex: str, why: str) -> None:
+    """An impossible CP56Time2a must not become some other instant (the acquirer would store it, the
+    server would run a time-tagged command on it): every field is checked against its range."""
+    with pytest.raises(ValueError):
+        c.cp56_ms(bytes.fromhex(tag_hex))
+
+
+def test_cp56_iv_su_and_day_of_week_bits() -> None:
+    sunday = 1_764_460_800_000 + 12 * 3_600_000  # Sunday 2025-11-30 12:00 UTC
+    b = c.cp56(sunday, invalid=True)
+    assert b[2] & 0x80 and b[3] & 0x80 == 0  # IV set; SU (summer time) never: we send UTC
+    assert b[4] >> 5 == 7 and b[4] & 0x1F == 30  # day of week 1 = Monday .. 7 = Sunday
+    assert c.cp56_ms(b) == sunday  # IV, SU and day of week do not change the instant
+    assert c.cp56_ms(bytes((b[0], b[1], b[2], b[3] | 0x80, b[4] & 0x1F, b[5], b[6]))) == sunday

@@ -21,6 +21,13 @@ def u(code: int) -> bytes:
     return c.u_frame(code)
 
 
+def started(role: Role, now: float = 0.0) -> Link:
+    """A link in data transfer (as after STARTDT act / con): I frames flow only then."""
+    link = Link(role, P, now=now)
+    link.started = True
+    return link
+
+
 def test_params_defaults_options_and_limits() -> None:
     d = LinkParams()
     assert (d.k, d.w, d.t0, d.t1, d.t2, d.t3) == (12, 8, 30, 15, 10, 20)
@@ -90,7 +97,7 @@ def test_client_act_not_confirmed_within_t1_times_out() -> None:
 
 
 def test_received_i_frames_in_sequence_acknowledged_after_w() -> None:
-    link = Link(Role.CLIENT, P)
+    link = started(Role.CLIENT)
     ev = link.receive(c.i_frame(0, 0, GI), 0.0)
     assert ev == [AsduIn(GI)] and link.vr == 1 and link.data_to_send() == b""
     ev = link.receive(c.i_frame(1, 0, GI) + c.i_frame(2, 0, GI), 0.1)
@@ -114,7 +121,7 @@ def test_byte_at_a_time_feeding_gives_the_same_events() -> None:
 
 
 def test_k_window_acks_and_tags() -> None:
-    link = Link(Role.SERVER, P)
+    link = started(Role.SERVER)
     for i in range(3):
         assert link.window_open
         link.send(GI, float(i), tag=f"t{i}")
@@ -131,7 +138,7 @@ def test_k_window_acks_and_tags() -> None:
 
 
 def test_an_i_frame_acknowledges_and_our_i_frame_acknowledges_theirs() -> None:
-    link = Link(Role.CLIENT, P)
+    link = started(Role.CLIENT)
     link.send(GI, 0.0, tag=1)
     link.data_to_send()
     ev = link.receive(c.i_frame(0, 1, GI), 0.5)  # their I frame carries N(R)=1
@@ -145,7 +152,7 @@ def test_an_i_frame_acknowledges_and_our_i_frame_acknowledges_theirs() -> None:
 
 
 def test_release_unacked_hands_back_tags_and_keeps_numbers_valid() -> None:
-    link = Link(Role.SERVER, P)
+    link = started(Role.SERVER)
     for i in range(3):
         link.send(GI, 0.0, tag=i)
     link.receive(c.s_frame(1), 0.1)
@@ -157,7 +164,7 @@ def test_release_unacked_hands_back_tags_and_keeps_numbers_valid() -> None:
 
 @pytest.mark.parametrize("sent_at, now, expired", [(0.0, 3.99, False), (0.0, 4.0, True), (1.0, 4.5, False)])
 def test_t1_on_an_unacknowledged_i_frame(sent_at: float, now: float, expired: bool) -> None:
-    link = Link(Role.SERVER, P, now=sent_at)
+    link = started(Role.SERVER, now=sent_at)
     link.send(GI, sent_at)
     assert link.next_deadline() == sent_at + P.t1
     if expired:
@@ -168,7 +175,7 @@ def test_t1_on_an_unacknowledged_i_frame(sent_at: float, now: float, expired: bo
 
 
 def test_t2_sends_the_owed_acknowledgement() -> None:
-    link = Link(Role.SERVER, P)
+    link = started(Role.SERVER)
     link.receive(c.i_frame(0, 0, GI), 1.0)
     assert link.next_deadline() == 3.0
     link.tick(2.9)
@@ -199,7 +206,7 @@ def test_t3_testfr_then_t1_without_answer_and_any_data_counts_as_answer() -> Non
 
 
 def test_sequence_numbers_wrap_at_32768() -> None:
-    a, b = Link(Role.SERVER, P), Link(Role.CLIENT, P)
+    a, b = started(Role.SERVER), started(Role.CLIENT)
     a.vs = a.ack = b.vr = 32766
     for i in range(3):
         a.send(GI, 0.0, tag=i)
@@ -246,3 +253,73 @@ def test_client_and_server_back_to_back_lose_nothing(seed: int) -> None:
     assert got == todo
     assert acked == list(range(500))
     assert srv.started and cli.started
+
+
+# --- data transfer stopped, STOPDT (IEC 60870-5-104 Ed. 2 state diagrams) ------------------------------
+
+
+@pytest.mark.parametrize("role", [Role.SERVER, Role.CLIENT])
+def test_an_i_frame_while_data_transfer_is_stopped_is_a_protocol_error(role: Role) -> None:
+    with pytest.raises(c.ProtocolError, match="stopped"):
+        Link(role, P).receive(c.i_frame(0, 0, GI), 0.0)
+    with pytest.raises(RuntimeError, match="stopped"):
+        Link(role, P).send(GI, 0.0)  # and none is sent before STARTDT
+
+
+def test_a_client_waiting_for_its_stopdt_con_still_takes_what_was_sent_before() -> None:
+    link = started(Role.CLIENT)
+    link.stop(0.0)
+    assert link.receive(c.i_frame(0, 0, GI), 0.1) == [AsduIn(GI)]
+    assert link.receive(u(c.STOPDT_CON), 0.2) == [STOPPED]
+    with pytest.raises(c.ProtocolError, match="stopped"):
+        link.receive(c.i_frame(1, 0, GI), 0.3)
+
+
+def test_stopdt_acknowledges_what_was_received_before_its_confirmation() -> None:
+    link = Link(Role.SERVER, P)
+    link.receive(u(c.STARTDT_ACT) + c.i_frame(0, 0, GI), 0.0)  # w=2: one I frame not acknowledged yet
+    link.data_to_send()
+    assert link.receive(u(c.STOPDT_ACT), 0.1) == [STOPPED]
+    assert [(f.kind, f.nr if f.kind == "S" else f.code) for f in frames(link.data_to_send())] == \
+        [("S", 1), ("U", c.STOPDT_CON)]
+
+
+def test_stopdt_con_waits_until_every_sent_i_frame_is_acknowledged() -> None:
+    link = started(Role.SERVER)
+    for i in range(2):
+        link.send(GI, 0.0, tag=i)
+    link.data_to_send()
+    assert link.receive(u(c.STOPDT_ACT), 1.0) == [STOPPED]
+    assert link.data_to_send() == b""  # pending unconfirmed stopped: no confirmation yet
+    with pytest.raises(RuntimeError, match="stopped"):
+        link.send(GI, 1.0)
+    assert link.next_deadline() == 1.0 + P.t1 - 1.0  # the first I frame's t1 (sent at 0) comes first
+    link.receive(c.s_frame(1), 1.5)
+    assert link.data_to_send() == b""
+    link.receive(c.s_frame(2), 2.0)
+    assert [f.code for f in frames(link.data_to_send())] == [c.STOPDT_CON]
+
+
+def test_stopdt_con_pending_times_out_after_t1_or_is_moot_after_startdt() -> None:
+    link = started(Role.SERVER)
+    link.send(GI, 0.0)
+    link.release_unacked()  # the station hands the events back when stopped: t1 of the STOPDT remains
+    link.receive(u(c.STOPDT_ACT), 1.0)
+    assert link.next_deadline() == 1.0 + P.t1
+    with pytest.raises(LinkTimeout, match="STOPDT"):
+        link.tick(1.0 + P.t1)
+    again = started(Role.SERVER)
+    again.send(GI, 0.0)
+    again.receive(u(c.STOPDT_ACT), 1.0)
+    assert again.receive(u(c.STARTDT_ACT), 1.1) == [STARTED]
+    again.receive(c.s_frame(1), 1.2)
+    assert [f.code for f in frames(again.data_to_send()) if f.kind == "U"] == [c.STARTDT_CON]  # no STOPDT con
+
+
+def test_an_acknowledgement_going_backwards_is_a_protocol_error() -> None:
+    link = started(Role.SERVER)
+    for _ in range(3):
+        link.send(GI, 0.0)
+    link.receive(c.s_frame(2), 0.1)
+    with pytest.raises(c.ProtocolError, match="acknowledges 1"):
+        link.receive(c.s_frame(1), 0.2)

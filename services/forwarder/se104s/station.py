@@ -17,6 +17,7 @@ when a queue or the history is full, and the duplicates a switchover may bring (
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import time
@@ -68,7 +69,7 @@ class Session:
     cursor: Sid | None = None  # what this master acknowledged, as a stream entry
     skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
     # image answers (kinds, cause, the ASDU to send after them) built once it is resumed and `skip` is clear
-    held: list[tuple[tuple[str, ...], int, bytes | None]] = field(default_factory=list)
+    held: list[tuple[tuple[str, ...], int, bytes | None, int]] = field(default_factory=list)
     events_queued: int = 0
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
@@ -291,7 +292,7 @@ class Station:
             if booted:
                 s.queue.appendleft(ei)
             else:  # the image as a background scan (cause 2) after what it missed: see `resume`
-                s.held.append((("DI", "AI"), c.COT_BACKGROUND, None))
+                s.held.append((("DI", "AI"), c.COT_BACKGROUND, None, 0))
         s.resumed = True
         self.acked(s.identity, s.cursor)
         self._release(s)
@@ -405,17 +406,34 @@ class Station:
         self.wake(s)
 
     def _on_asdu(self, s: Session, a: c.Asdu, controls: list[Control]) -> None:
-        if a.ca not in (self.ca, 0xFFFF):
+        """One ASDU from a master, checked as IEC 60870-5-101/104 asks: common address (cause 46; the
+        broadcast address only for the station-wide C_IC, C_CI, C_CS and C_RP, answered with our own
+        address), type (44), cause (45), information object address (47; 0 for station-wide commands).
+        Answers mirror the master's originator address."""
+        if a.ca != self.ca and not (a.ca == c.BROADCAST_CA and a.type_id in c.BROADCAST_TYPES):
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_CA, True))
             return
-        if a.type_id == c.C_IC_NA_1:
+        a = dataclasses.replace(a, ca=self.ca)
+        if a.type_id in c.COMMAND_BASE:
+            self._command(s, a, controls)
+            return
+        station_wide = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
+                        c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
+        if a.type_id == c.C_RD_NA_1:
+            self._read(s, a)
+        elif a.type_id not in station_wide:
+            self._answer(s, c.mirror(a, c.COT_UNKNOWN_TYPE, True))
+        elif a.cause not in station_wide[a.type_id]:
+            self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
+        elif a.objects[0][0] != 0:
+            self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
+        elif a.cause == c.COT_DEACT:  # an interrogation is answered at once: nothing left to deactivate
+            self._answer(s, c.mirror(a, c.COT_DEACTCON, True))
+        elif a.type_id == c.C_IC_NA_1:
             self._interrogation(s, a)
         elif a.type_id == c.C_CI_NA_1:
             self._counter_interrogation(s, a)
         elif a.type_id == c.C_CS_NA_1:
-            if a.cause != c.COT_ACT:
-                self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
-                return
             try:
                 offset = c.cp56_ms(a.objects[0][1]) - int(time.time() * 1000)
             except ValueError:
@@ -424,35 +442,58 @@ class Station:
             log.info("se104s RTU %s: clock synchronisation from %s (master - local = %d ms; the system clock "
                      "is NTP's, not changed)", self.rtu.id, s.peer, offset)
             self._answer(s, c.mirror(a, c.COT_ACTCON))
-        elif a.type_id in c.COMMAND_BASE:
-            self._command(s, a, controls)
-        else:
-            self._answer(s, c.mirror(a, c.COT_UNKNOWN_TYPE, True))
+        elif a.type_id == c.C_TS_TA_1:  # test command: confirmed with its test sequence counter and time
+            self._answer(s, c.mirror(a, c.COT_ACTCON))
+        else:  # C_RP_NA_1: a forwarder has no process to reset
+            log.warning("se104s RTU %s: reset process (QRP %d) from %s refused", self.rtu.id,
+                        a.objects[0][1][0], s.peer)
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
 
     def _interrogation(self, s: Session, a: c.Asdu) -> None:
-        qoi = a.objects[0][1][0] if a.objects[0][1] else 0
-        if a.cause != c.COT_ACT or not 20 <= qoi <= 36:
-            self._answer(s, c.mirror(a, c.COT_ACTCON if a.cause == c.COT_ACT else c.COT_UNKNOWN_COT, True))
+        qoi = a.objects[0][1][0]
+        if not 20 <= qoi <= 36:
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
             return
         kinds = ("DI", "AI") if qoi == 20 else GROUP_KINDS.get(qoi - 20, ())
         self._answer(s, c.mirror(a, c.COT_ACTCON))
-        self._image_answer(s, kinds, qoi, c.mirror(a, c.COT_ACTTERM))
+        self._image_answer(s, kinds, qoi, c.mirror(a, c.COT_ACTTERM), a.oa)
 
     def _counter_interrogation(self, s: Session, a: c.Asdu) -> None:
-        qcc = a.objects[0][1][0] if a.objects[0][1] else 0
-        rqt = qcc & 0x3F
-        if a.cause != c.COT_ACT or not 1 <= rqt <= 5:
-            self._answer(s, c.mirror(a, c.COT_ACTCON if a.cause == c.COT_ACT else c.COT_UNKNOWN_COT, True))
+        """QCC: RQT 1 .. 4 (groups: none hold counters here) or 5 (general); FRZ 0 (read) only: the FEP
+        cannot freeze or reset a device's counters, so FRZ 1 .. 3 get a negative ACT_CON."""
+        qcc = a.objects[0][1][0]
+        rqt, frz = qcc & 0x3F, qcc >> 6
+        if not 1 <= rqt <= 5 or frz:
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
             return
         self._answer(s, c.mirror(a, c.COT_ACTCON))
         # general request: every counter; groups 1..4 hold none (docs/se104s.md)
-        self._image_answer(s, ("ACC",) if rqt == 5 else (), c.COT_REQCOGEN, c.mirror(a, c.COT_ACTTERM))
+        self._image_answer(s, ("ACC",) if rqt == 5 else (), c.COT_REQCOGEN, c.mirror(a, c.COT_ACTTERM), a.oa)
 
-    def _image_answer(self, s: Session, kinds: tuple[str, ...], cot: int, then: bytes | None = None) -> None:
-        """Queue the image of `kinds` with cause `cot`, then `then` (an interrogation's ACT_TERM). A started
-        master's answer waits while its position is being fetched or is ahead of this node's stream
-        (`resume`): this node's image would be older than what the master had, shown as current."""
-        s.held.append((kinds, cot, then))
+    def _read(self, s: Session, a: c.Asdu) -> None:
+        """C_RD_NA_1 (cause 5 only): the point's value with cause 'requested', or cause 47 for an address
+        that is not a status or measured point (integrated totals do not take cause 5 in IEC 60870-5-101's
+        table: counters are read by counter interrogation)."""
+        if a.cause != c.COT_REQ:
+            self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
+            return
+        addr = a.objects[0][0]
+        key = next((k for k, (f, _) in self.monitor.items() if f.addr == addr and f.kind in ("DI", "AI")), None)
+        if key is None:
+            self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
+            return
+        f, type_id = self.monitor[key]
+        v = self.image.get(key) or Value(0, int(Quality.IV), int(time.time() * 1000))
+        self._answer(s, c.build_asdu(type_id, c.COT_REQ, self.ca,
+                                     [(addr, c.element(type_id, v.value * f.coef, v.quality, v.ts_ms))], a.oa))
+
+    def _image_answer(self, s: Session, kinds: tuple[str, ...], cot: int, then: bytes | None = None,
+                      oa: int = 0) -> None:
+        """Queue the image of `kinds` with cause `cot` and originator address `oa`, then `then` (an
+        interrogation's ACT_TERM). A started master's answer waits while its position is being fetched or
+        is ahead of this node's stream (`resume`): this node's image would be older than what the master
+        had, shown as current."""
+        s.held.append((kinds, cot, then, oa))
         self._release(s)
 
     def _release(self, s: Session) -> None:
@@ -462,22 +503,23 @@ class Station:
         if not s.held or (s.active and (not s.resumed or s.skip is not None)):
             return
         held, s.held = s.held, []
-        for kinds, cot, then in held:
-            self._queue_image(s, kinds, cot)
+        for kinds, cot, then, oa in held:
+            self._queue_image(s, kinds, cot, oa)
             if then is not None:
                 self._answer(s, then)
 
-    def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int) -> None:
+    def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int = 0) -> None:
         now = int(time.time() * 1000)
         by_type: dict[int, list[tuple[int, bytes]]] = {}
         for key, (f, type_id) in self.monitor.items():
             if f.kind not in kinds:
                 continue
             v = self.image.get(key) or Value(0, int(Quality.IV), now)
+            type_id = c.answer_type(type_id, cot)  # no time tag for interrogated data / background scan
             by_type.setdefault(type_id, []).append(
                 (f.addr, c.element(type_id, v.value * f.coef, v.quality, v.ts_ms)))
         for type_id, objs in by_type.items():
-            for asdu in c.pack(type_id, cot, self.ca, objs):
+            for asdu in c.pack(type_id, cot, self.ca, objs, oa):
                 self._answer(s, asdu)
 
     # --- commands -------------------------------------------------------------------------------------
@@ -487,7 +529,7 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
             return
         con = c.COT_ACTCON if a.cause == c.COT_ACT else c.COT_DEACTCON
-        if len(a.objects) != 1:
+        if len(a.objects) != 1 or a.cot & c.TEST:  # a test ASDU (T bit) must not operate anything
             self._answer(s, c.mirror(a, con, True))
             return
         addr, elem = a.objects[0]
@@ -553,14 +595,13 @@ class Station:
     # --- sending ----------------------------------------------------------------------------------------
 
     def pump(self, s: Session, now: float) -> bytes:
-        """Move queued answers (always) and events (once started) into I frames while the k window
-        allows; returns the octets to write (with any S/U frame the link owes)."""
+        """Move queued answers and events into I frames while data transfer is started (never before
+        STARTDT or after STOPDT: IEC 104 sends only U frames then) and the k window allows; returns the
+        octets to write (with any S/U frame the link owes)."""
         link = s.link
-        while s.queue and not s.closed and link.window_open:
-            if s.active and not s.resumed:
+        while s.queue and s.active and link.window_open:
+            if not s.resumed:
                 break  # its position is being fetched: what it missed goes first
-            if not s.active and s.queue[0][0]:
-                break
             asdu, items = self._next_asdu(s)
             link.send(asdu, now, items)
             s.inflight.append(items)

@@ -1,0 +1,223 @@
+"""se104s against IEC 60870-5-104 / -101 rules a conforming master relies on and c104 never exercises:
+data transfer states, broadcast and originator addresses, the station-wide commands (read, test, reset
+process, counter interrogation qualifiers, deactivation), the T bit, and which types answer which cause.
+Table tests on the station, a client Link of fepha.iec104 as the master (see test_se104s_station.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+
+import pytest
+
+from fepha.iec104 import codec as c
+from fepha.iec104.link import Stopped
+
+from .se104s_fixtures import CA, upd
+from .test_se104s_station import Pair, station
+
+OA = 9  # the master's originator address
+
+
+def answers(m: Pair) -> list[tuple[int, int, bool, int]]:
+    """(type, cause, negative, ca) of what the master got, then forgotten."""
+    out = [(a.type_id, a.cause, a.negative, a.ca) for a in m.got]
+    m.got.clear()
+    return out
+
+
+def started_pair(**options: object) -> Pair:
+    st = station(**options)
+    st.load_image([upd(1, 1, 0, 1_700_000_000_000), upd(1002, 2.5, 0, 1_700_000_000_000),
+                   upd(3001, 42, 0, 1_700_000_000_000)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    return m
+
+
+def cmd(type_id: int, ioa: int, elem: bytes, cause: int = c.COT_ACT, ca: int = CA, oa: int = 0) -> bytes:
+    return c.build_asdu(type_id, cause, ca, [(ioa, elem)], oa)
+
+
+# --- data transfer states --------------------------------------------------------------------------
+
+
+def test_an_i_frame_before_startdt_closes_the_connection_and_nothing_is_answered() -> None:
+    st = station()
+    s = st.connect("m1:5000", 0.0)
+    with pytest.raises(c.ProtocolError, match="stopped"):
+        st.receive(s, c.i_frame(0, 0, c.interrogation(CA)), 0.0)
+    assert st.pump(s, 0.0) == b""
+
+
+def test_an_answer_ready_after_stopdt_waits_for_the_next_startdt() -> None:
+    m = started_pair()
+    controls = m.send(cmd(c.C_SC_NA_1, 5001, b"\x01"))
+    assert len(controls) == 1
+    m.master.stop(0.0)
+    m.xfer()
+    assert any(isinstance(e, Stopped) for e in m.events)
+    asyncio.run(m.st.execute(controls[0]))  # type: ignore[arg-type]  # the device answered after STOPDT
+    assert m.st.pump(m.s, 0.0) == b""  # no I frame while stopped
+    m.master.start(0.0)
+    m.xfer()
+    m.st.resume(m.s, m.st.cursors.get(m.s.identity))  # type: ignore[attr-defined]
+    m.xfer()
+    assert [(t, cause, neg) for t, cause, neg, _ in answers(m) if t == c.C_SC_NA_1] == \
+        [(c.C_SC_NA_1, c.COT_ACTCON, False), (c.C_SC_NA_1, c.COT_ACTTERM, False)]
+
+
+# --- addresses -------------------------------------------------------------------------------------
+
+
+def test_broadcast_address_only_for_station_wide_commands_answered_with_our_address() -> None:
+    m = started_pair()
+    m.send(c.interrogation(c.BROADCAST_CA))
+    got = answers(m)
+    assert got[0] == (c.C_IC_NA_1, c.COT_ACTCON, False, CA) and got[-1] == (c.C_IC_NA_1, c.COT_ACTTERM, False, CA)
+    assert {ca for *_, ca in got} == {CA}
+    m.send(c.clock_sync(c.BROADCAST_CA, int(time.time() * 1000)))
+    assert answers(m) == [(c.C_CS_NA_1, c.COT_ACTCON, False, CA)]
+    for asdu in (cmd(c.C_SC_NA_1, 5001, b"\x01", ca=c.BROADCAST_CA),  # a command is never broadcast
+                 cmd(c.C_RD_NA_1, 1, b"", cause=c.COT_REQ, ca=c.BROADCAST_CA),
+                 cmd(c.C_TS_TA_1, 0, b"\x34\x12" + c.cp56(int(time.time() * 1000)), ca=c.BROADCAST_CA)):
+        assert m.send(asdu) == []
+        (_, cause, neg, ca), = answers(m)
+        assert (cause, neg, ca) == (c.COT_UNKNOWN_CA, True, c.BROADCAST_CA)
+    assert m.st.sink.calls == []  # type: ignore[attr-defined]
+
+
+def test_originator_address_is_mirrored_in_every_answer_to_a_master() -> None:
+    m = started_pair()
+    m.send(c.build_asdu(c.C_IC_NA_1, c.COT_ACT, CA, [(0, b"\x14")], OA))
+    m.send(c.build_asdu(c.C_CI_NA_1, c.COT_ACT, CA, [(0, b"\x05")], OA))
+    m.send(cmd(c.C_RD_NA_1, 1, b"", cause=c.COT_REQ, oa=OA))
+    assert m.got and {a.oa for a in m.got} == {OA}
+
+
+@pytest.mark.parametrize("type_id, elem", [
+    (c.C_IC_NA_1, b"\x14"), (c.C_CI_NA_1, b"\x05"), (c.C_CS_NA_1, c.cp56(1_800_000_000_000)),
+    (c.C_TS_TA_1, b"\x01\x00" + c.cp56(1_800_000_000_000)), (c.C_RP_NA_1, b"\x01"),
+])
+def test_station_wide_commands_take_information_object_address_0_only(type_id: int, elem: bytes) -> None:
+    m = started_pair()
+    m.send(cmd(type_id, 1, elem))
+    assert answers(m) == [(type_id, c.COT_UNKNOWN_IOA, True, CA)]
+
+
+# --- types and causes ------------------------------------------------------------------------------
+
+
+def test_interrogated_data_without_time_tag_spontaneous_and_counters_with_it() -> None:
+    """IEC 60870-5-101's table of causes per type: M_SP_TB_1 / M_ME_TF_1 only for spontaneous and
+    requested data; an interrogation answers M_SP_NA_1 / M_ME_NC_1; M_IT_TB_1 may answer a counter
+    interrogation (cause 37)."""
+    m = started_pair()
+    m.send(c.interrogation(CA))
+    m.send(c.counter_interrogation(CA))
+    types = {(ioa, a.cause): a.type_id for a in m.got for ioa, _ in a.objects if a.type_id < 45}
+    assert types[(1, c.COT_INROGEN)] == c.M_SP_NA_1 and types[(1002, c.COT_INROGEN)] == c.M_ME_NC_1
+    assert types[(3001, c.COT_REQCOGEN)] == c.M_IT_TB_1
+    m.got.clear()
+    m.st.apply([upd(1, 0), upd(1002, 3.0)])
+    m.xfer()
+    assert {(a.type_id, a.cause) for a in m.got} == {(c.M_SP_TB_1, c.COT_SPONT), (c.M_ME_TF_1, c.COT_SPONT)}
+
+
+def test_background_scan_without_time_tag() -> None:
+    m = started_pair()
+    m.st._image_answer(m.s, ("DI", "AI"), c.COT_BACKGROUND)
+    m.xfer()
+    assert m.got and all(a.type_id not in c.TIME_TAGGED for a in m.got)
+
+
+def test_read_command_answers_requested_data_or_unknown_address() -> None:
+    m = started_pair()
+    m.send(cmd(c.C_RD_NA_1, 1002, b"", cause=c.COT_REQ))
+    (a,) = m.got
+    assert (a.type_id, a.cause, a.negative, a.ca) == (c.M_ME_TF_1, c.COT_REQ, False, CA)  # tagged type allowed
+    assert a.objects[0][0] == 1002 and c.decode_element(a.type_id, a.objects[0][1])[:2] == (25.0, 0)  # COEF 10
+    m.got.clear()
+    m.send(cmd(c.C_RD_NA_1, 1003, b"", cause=c.COT_REQ))  # no value yet: invalid
+    assert c.decode_element(m.got[0].type_id, m.got[0].objects[0][1])[1] & 0x80
+    m.got.clear()
+    for ioa, cause, want in ((4242, c.COT_REQ, c.COT_UNKNOWN_IOA), (5001, c.COT_REQ, c.COT_UNKNOWN_IOA),
+                             (3001, c.COT_REQ, c.COT_UNKNOWN_IOA),  # a counter: counter interrogation only
+                             (1002, c.COT_ACT, c.COT_UNKNOWN_COT)):
+        m.send(cmd(c.C_RD_NA_1, ioa, b"", cause=cause))
+        assert answers(m) == [(c.C_RD_NA_1, want, True, CA)]
+
+
+def test_test_command_with_time_tag_is_confirmed_as_sent_and_the_101_one_is_unknown() -> None:
+    m = started_pair()
+    elem = struct.pack("<H", 0x55AA) + c.cp56(1_800_000_000_123)
+    m.send(cmd(c.C_TS_TA_1, 0, elem))
+    (a,) = m.got
+    assert (a.type_id, a.cause, a.negative, a.objects) == (c.C_TS_TA_1, c.COT_ACTCON, False, ((0, elem),))
+    m.got.clear()
+    m.send(cmd(c.C_TS_NA_1, 0, b"\xaa\x55"))
+    assert answers(m) == [(c.C_TS_NA_1, c.COT_UNKNOWN_TYPE, True, CA)]
+
+
+def test_reset_process_is_refused() -> None:
+    m = started_pair()
+    m.send(cmd(c.C_RP_NA_1, 0, b"\x01"))
+    assert answers(m) == [(c.C_RP_NA_1, c.COT_ACTCON, True, CA)]
+    m.send(cmd(c.C_RP_NA_1, 0, b"\x01", cause=c.COT_SPONT))
+    assert answers(m) == [(c.C_RP_NA_1, c.COT_UNKNOWN_COT, True, CA)]
+
+
+@pytest.mark.parametrize("qcc, want", [
+    (0x05, [c.COT_ACTCON, c.COT_REQCOGEN, c.COT_ACTTERM]),  # general request, read
+    (0x01, [c.COT_ACTCON, c.COT_ACTTERM]),  # group 1: no counters in it
+    (0x45, [-c.COT_ACTCON]),  # freeze without reset: the FEP cannot freeze the device's counters
+    (0x85, [-c.COT_ACTCON]),  # freeze with reset
+    (0xC5, [-c.COT_ACTCON]),  # counter reset
+    (0x00, [-c.COT_ACTCON]),  # no counter requested
+])
+def test_counter_interrogation_qualifiers(qcc: int, want: list[int]) -> None:
+    m = started_pair()
+    m.send(c.counter_interrogation(CA, qcc))
+    assert list(dict.fromkeys(-a.cause if a.negative else a.cause for a in m.got)) == want  # one per cause
+
+
+@pytest.mark.parametrize("type_id, elem", [(c.C_IC_NA_1, b"\x14"), (c.C_CI_NA_1, b"\x05")])
+def test_deactivating_an_interrogation_that_is_already_answered(type_id: int, elem: bytes) -> None:
+    m = started_pair()
+    m.send(cmd(type_id, 0, elem, cause=c.COT_DEACT))
+    assert answers(m) == [(type_id, c.COT_DEACTCON, True, CA)]
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def test_a_command_with_the_test_bit_is_not_executed() -> None:
+    m = started_pair()
+    assert m.send(cmd(c.C_SC_NA_1, 5001, b"\x01", cause=c.COT_ACT | c.TEST)) == []
+    (a,) = m.got
+    assert (a.cause, a.negative, bool(a.cot & c.TEST)) == (c.COT_ACTCON, True, True)
+    assert m.st.sink.calls == []  # type: ignore[attr-defined]
+
+
+def test_time_tagged_command_outside_its_window_is_refused_without_reaching_the_device() -> None:
+    m = started_pair(command_max_age_ms=2000)
+    now = int(time.time() * 1000)
+    for tag in (now - 5000, now + 5000):
+        assert m.send(cmd(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1, ts_ms=tag))) == []
+        assert answers(m) == [(c.C_SC_TA_1, c.COT_ACTCON, True, CA)]
+    assert len(m.send(cmd(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1, ts_ms=now)))) == 1
+
+
+def test_select_on_one_address_does_not_cover_an_execute_on_another() -> None:
+    """Every command point accepts a direct execute (docs/se104s.md): an execute on B after a select of A
+    runs B directly and leaves A selected (for the same value only)."""
+    m = started_pair()
+    sel = cmd(c.C_SC_NA_1, 5001, c.encode_command(c.C_SC_NA_1, 1, select=True))
+    assert m.send(sel) == [] and answers(m) == [(c.C_SC_NA_1, c.COT_ACTCON, False, CA)]
+    controls = m.send(cmd(c.C_DC_NA_1, 5002, c.encode_command(c.C_DC_NA_1, 1)))
+    assert [ctl.fwd.addr for ctl in controls] == [5002]  # type: ignore[attr-defined]
+    assert 5001 in m.st.selected
+    assert m.send(cmd(c.C_SC_NA_1, 5001, c.encode_command(c.C_SC_NA_1, 0))) == []  # not the selected value
+    assert answers(m) == [(c.C_SC_NA_1, c.COT_ACTCON, True, CA)] and 5001 not in m.st.selected
