@@ -45,6 +45,14 @@ GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points,
 # Answer = (0, whole ASDU, ZERO).
 Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
+_IMAGE_CAUSES = frozenset((c.COT_BACKGROUND, *range(c.COT_INROGEN, c.COT_INROGEN + 17),
+                           *range(c.COT_REQCOGEN, c.COT_REQCOGEN + 5)))
+
+
+def _interrogation_item(asdu: bytes) -> bool:
+    """An answer ASDU that belongs to an interrogation or a scan: its values (cause 2, 20 .. 41) or the
+    interrogation's own confirmation and termination."""
+    return asdu[0] in (c.C_IC_NA_1, c.C_CI_NA_1) or (asdu[2] & 0x3F) in _IMAGE_CAUSES
 
 
 @dataclass
@@ -364,8 +372,12 @@ class Station:
         s.events_queued = 0
         s.resumed = s.awaiting_cursor = False
         s.skip = None
-        s.held = [h for h in s.held if h[1] != c.COT_BACKGROUND]  # a scan is for a resumed master only
-        self._release(s)  # an interrogation asked is answered, with what this node has
+        # No I frame goes out until the next STARTDT (link.py), which resumes the master afresh: an image
+        # answer built now and sent then would come after the resumed events and show older values as
+        # current. Interrogations in progress are dropped (the master interrogates again); command
+        # confirmations stay queued.
+        s.held = []
+        s.queue = deque(it for it in s.queue if not _interrogation_item(it[1]))
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
