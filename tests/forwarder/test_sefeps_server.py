@@ -576,3 +576,18 @@ async def test_a_resume_of_this_session_moves_the_position_only_to_what_the_mast
         await astays(lambda: cursor_of(srv) == (2, 0), 0.2, "the position stays at entry 2-0")
         c.send_ack(got[-1])
         await until_cursor(srv, "127.0.0.1", (4, 0))
+
+
+async def test_a_new_full_image_moves_the_position_only_once_the_master_acknowledges_it():
+    """After a stream gap (or a Redis reconnect) the runner gives a full image at a later entry; a master
+    with nothing outstanding has not got the entries in between until it acknowledges that image (its
+    position used to follow the image's entry at once: a switchover before the image reached it lost them)."""
+    async with imaged(False) as (srv, c):
+        c.send_ack(c.seq)
+        await until_cursor(srv, "127.0.0.1", (1, 0))
+        c.image_ready.clear()
+        srv.image_at("5-0", [upd(1, 5.0)])  # as the runner loads it
+        await c.wait_image()
+        await astays(lambda: cursor_of(srv) == (1, 0), 0.2, "the position waits for the image's ack")
+        c.send_ack(c.seq)
+        await until_cursor(srv, "127.0.0.1", (5, 0))
