@@ -225,6 +225,10 @@ class SefepsClient:
     def send_resume(self) -> None:
         self._send({"t": "resume", "session": self.session, "seq": self.seq})
 
+    def send_ack(self, seq: int) -> None:
+        """An `ack` of `seq` now (a master acknowledging on its own schedule: set `acks` False first)."""
+        self._send(codec.ack(seq))
+
 
 def _fmt(v: Any) -> str:
     return "null" if v is None else str(v)

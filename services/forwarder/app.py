@@ -250,8 +250,7 @@ class Forwarder:
             merge(per, self.routing.updates(h.items(), bad))
         self.values = {}
         for rid, srv in self.servers.items():
-            srv.advance(self.last_id)  # the image's position first: the server's history starts there
-            srv.load_image(self._overlaid(per.get(rid, [])))
+            srv.image_at(self.last_id, self._overlaid(per.get(rid, [])))
         self.full_images += 1
         n = sum(len(v) for v in per.values())
         log.info("full image loaded: %d values for %d forwarding RTUs, following the stream from %s", n,

@@ -169,6 +169,16 @@ class ForwardServer(abc.ABC):
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
 
+    def image_at(self, entry_id: str, updates: Sequence[Update]) -> None:
+        """A full image as of stream entry `entry_id` (start, stream gap, Redis reconnect): the position
+        moves to the image's entry first (the server's history starts there), then `load_image`, then the
+        `advanced` hook. In that order a master with nothing outstanding does not follow the position to
+        the image's entry before the image is its own (the entries before it were never sent to it): it
+        has the image outstanding (sefeps) or its changed values queued (se104s) by then."""
+        self.position = max(self.position, parse_id(entry_id))
+        self.load_image(updates)
+        self.advanced()
+
     def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
 

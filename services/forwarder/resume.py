@@ -35,20 +35,22 @@ def sid_text(sid: Sid) -> str:
     return f"{sid[0]}-{sid[1]}"
 
 
-def acked_cursor(prev: Sid, last_acked: Sid | None, first_outstanding: Sid | None, position: Sid) -> Sid:
+def acked_cursor(prev: Sid, acked: Iterable[Sid], first_outstanding: Sid | None, position: Sid) -> Sid:
     """A master's new cursor after an acknowledgement.
 
-    `last_acked`: sid of the newest event the master has acknowledged (None: none yet); `first_outstanding`:
+    `acked`: the sids of the events (or image) this acknowledgement covers, in any order; `first_outstanding`:
     sid of the oldest event sent or queued to it and not acknowledged (None: nothing outstanding);
     `position`: the newest stream entry the server has been given. Nothing outstanding: every event up to
-    `position` is acknowledged. Otherwise the cursor may move only to an entry all of whose events are
-    acknowledged: `last_acked` when it is older than the first outstanding one (one entry's events can
-    span several APDUs). Never moves back."""
+    `position` is acknowledged. Otherwise the cursor moves to the newest acknowledged entry older than the
+    first outstanding one: one entry's events can span several messages (APDUs, ev frames), so an
+    acknowledgement can end inside an entry, which is then still partly outstanding and must not be passed;
+    the entries before it are whole. (Taking the newest acknowledged entry, and nothing when it is still
+    outstanding, kept the cursor still on every acknowledgement that ended inside an entry, and a
+    switchover re-sent everything since the master started.) Never moves back."""
     if first_outstanding is None:
         return max(prev, position)
-    if last_acked is not None and last_acked < first_outstanding:
-        return max(prev, last_acked)
-    return prev
+    done = max((s for s in acked if s < first_outstanding), default=None)
+    return prev if done is None else max(prev, done)
 
 
 class History(Generic[T]):

@@ -9,16 +9,35 @@ from fep_forwarder.resume import History, acked_cursor, parse_cursors, parse_id,
 A, B, C, D = (1, 0), (2, 0), (2, 1), (3, 0)
 
 
-@pytest.mark.parametrize(("prev", "last", "first", "pos", "want"), [
-    ((0, 0), None, None, D, D),  # nothing outstanding: everything up to the position
-    ((0, 0), A, B, D, A),  # acked through entry A, B outstanding
-    ((0, 0), B, B, D, (0, 0)),  # entry B only partly acknowledged (its events span two APDUs)
-    (A, B, B, D, A),
-    (C, A, B, D, C),  # never moves back
-    (D, None, None, C, D),  # a position behind the cursor (this node's stream lags): stays
+@pytest.mark.parametrize(("prev", "acked", "first", "pos", "want"), [
+    ((0, 0), [], None, D, D),  # nothing outstanding: everything up to the position
+    ((0, 0), [A], B, D, A),  # acked through entry A, B outstanding
+    ((0, 0), [B], B, D, (0, 0)),  # entry B only partly acknowledged (its events span two messages)
+    (A, [B], B, D, A),
+    (C, [A], B, D, C),  # never moves back
+    (D, [], None, C, D),  # a position behind the cursor (this node's stream lags): stays
+    (A, [], B, D, A),  # an acknowledgement of nothing new
+    # the acknowledgement ends inside an entry after completing others: the newest complete one
+    (A, [B, C, C], C, D, B),
+    ((0, 0), [C, A, B], C, D, B),  # in any order
 ])
-def test_acked_cursor(prev, last, first, pos, want) -> None:
-    assert acked_cursor(prev, last, first, pos) == want
+def test_acked_cursor(prev, acked, first, pos, want) -> None:
+    assert acked_cursor(prev, acked, first, pos) == want
+
+
+def test_one_entry_over_several_messages() -> None:
+    """Entry B's five events go in three messages of two events (B,B | B,B | B,C); the master acknowledges
+    message by message. Inside B the cursor stays at A; the acknowledgement that ends inside C (after B's
+    last event) moves it to B, never to C while C is outstanding; then nothing outstanding: the position."""
+    sent = [[B, B], [B, B], [B, C]]
+    outstanding = [sid for m in sent for sid in m] + [C]  # C's second event queued, not yet sent
+    cursor = A
+    wants = [A, A, B]
+    for msg, want in zip(sent, wants, strict=True):
+        del outstanding[:len(msg)]
+        cursor = acked_cursor(cursor, msg, outstanding[0], D)
+        assert cursor == want
+    assert acked_cursor(cursor, [C], None, C) == C
 
 
 def test_history_covers_from_its_start_and_after_what_it_dropped() -> None:

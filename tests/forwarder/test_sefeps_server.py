@@ -502,3 +502,92 @@ async def test_mutual_tls(tmp_path):
             assert len(srv.clients()) == 1
             srv.apply([upd(1, 8.0)])
             assert (await good.next_change())[1:3] == (1, 8.0)
+
+
+def cursor_of(srv: SefepsServer) -> tuple[int, int]:
+    return srv.known_cursors().get("127.0.0.1", (0, 0))
+
+
+@contextlib.asynccontextmanager
+async def imaged(acks: bool, **options: Any) -> AsyncIterator[tuple[SefepsServer, SefepsClient]]:
+    """A server at stream entry 1-0 and a master that has its image."""
+    async with sefeps_server(**options) as srv, sefeps_client(srv.port, acks=acks) as c:
+        srv.advance("1-0")
+        srv.load_image([upd(1, 0.0)])
+        await c.connect()
+        await c.wait_image()
+        yield srv, c
+
+
+async def test_an_ack_that_ends_inside_an_entry_moves_the_position_to_the_entries_it_completes():
+    """Ev frames of 2 events, entries of 3 events: acknowledgements per frame end inside entries. The
+    position never passes an entry still partly outstanding, and moves to the newest entry that completes
+    (it used to stay where it was whenever an acknowledgement ended inside an entry)."""
+    async with imaged(False, event_chunk=2) as (srv, c):
+        c.send_ack(c.seq)
+        await until_cursor(srv, "127.0.0.1", (1, 0))
+        base = c.seq
+        srv.apply([supd(a, float(ms), ms) for ms in (2, 3) for a in (1, 2, 10)])  # seqs base+1..base+6
+        srv.advance("3-0")
+        assert [(await c.next_change())[0] for _ in range(6)] == [base + i for i in range(1, 7)]
+        c.send_ack(base + 2)  # inside entry 2-0
+        await astays(lambda: cursor_of(srv) == (1, 0), 0.2, "the position stays before entry 2-0")
+        c.send_ack(base + 4)  # entry 2-0 whole, inside 3-0
+        await until_cursor(srv, "127.0.0.1", (2, 0))
+        await astays(lambda: cursor_of(srv) == (2, 0), 0.2, "the position does not pass entry 3-0")
+        c.send_ack(base + 6)
+        await until_cursor(srv, "127.0.0.1", (3, 0))
+
+
+@pytest.mark.parametrize(("offset", "why"), [(1, "was never sent"), (-2, "is behind")])
+async def test_an_ack_out_of_order_or_of_a_seq_never_sent_is_a_protocol_error(offset, why):
+    """It gets `err` `proto` and the connection closes; the master's position does not move."""
+    async with imaged(False) as (srv, c):
+        srv.apply([supd(1, 2.0, 2), supd(1, 3.0, 3)])
+        srv.advance("3-0")
+        await c.next_change()
+        seq = (await c.next_change())[0]
+        c.send_ack(seq - 1)  # entry 2-0
+        await until_cursor(srv, "127.0.0.1", (2, 0))
+        c.send_ack(seq + offset)
+        await asyncio.wait_for(c.closed.wait(), 5)
+        assert c.error is not None and c.error["code"] == "proto" and why in c.error["msg"]
+        assert cursor_of(srv) == (2, 0)
+
+
+async def test_a_resume_of_this_session_moves_the_position_only_to_what_the_master_has():
+    """A master back on the same server with (session, seq) gets the events after seq again: they are
+    outstanding, so its position stays at the entries up to seq (it used to jump to the server's position,
+    past events the master had never received: a switchover then would have lost them)."""
+    async with imaged(True, event_chunk=2) as (srv, c):
+        srv.apply([supd(1, 2.0, 2), supd(2, 2.0, 2)])
+        srv.advance("2-0")
+        await c.next_change()
+        await c.next_change()
+        await until_cursor(srv, "127.0.0.1", (2, 0))
+        await c.close()
+        c.acks = False
+        srv.apply([supd(a, float(ms), ms) for ms in (3, 4) for a in (1, 2)])
+        srv.advance("4-0")
+        c.seq -= 1  # it applied entry 2-0 only partly
+        await c.connect(resume=True)
+        got = [(await c.next_change())[0] for _ in range(5)]  # entry 2-0's second event again, 3-0, 4-0
+        assert got == list(range(got[0], got[0] + 5)) and got[-1] == srv.seq
+        await astays(lambda: cursor_of(srv) == (2, 0), 0.2, "the position stays at entry 2-0")
+        c.send_ack(got[-1])
+        await until_cursor(srv, "127.0.0.1", (4, 0))
+
+
+async def test_a_new_full_image_moves_the_position_only_once_the_master_acknowledges_it():
+    """After a stream gap (or a Redis reconnect) the runner gives a full image at a later entry; a master
+    with nothing outstanding has not got the entries in between until it acknowledges that image (its
+    position used to follow the image's entry at once: a switchover before the image reached it lost them)."""
+    async with imaged(False) as (srv, c):
+        c.send_ack(c.seq)
+        await until_cursor(srv, "127.0.0.1", (1, 0))
+        c.image_ready.clear()
+        srv.image_at("5-0", [upd(1, 5.0)])  # as the runner loads it
+        await c.wait_image()
+        await astays(lambda: cursor_of(srv) == (1, 0), 0.2, "the position waits for the image's ack")
+        c.send_ack(c.seq)
+        await until_cursor(srv, "127.0.0.1", (5, 0))

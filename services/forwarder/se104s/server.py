@@ -77,6 +77,9 @@ class Se104Server(ForwardServer):
             self._server = None
 
     def load_image(self, updates: Sequence[Update]) -> None:
+        # at the image's position (`image_at` moves it before the `advanced` hook): its changed values and
+        # the history's start are of that entry
+        self.station.position = max(self.station.position, self.position)
         self.station.load_image(updates)
 
     def apply(self, updates: Sequence[Update]) -> None:

@@ -315,27 +315,21 @@ class Station:
                 s.skip = None
                 self._release(s)
             if s.resumed and s.active and s.events_queued == 0 and not any(s.inflight):
-                self._track(s, None)
+                self._track(s)
 
-    def _track(self, s: Session, last_acked: Sid | None) -> None:
-        cur = acked_cursor(s.cursor or ZERO, last_acked, s.first_outstanding(), self.position)
+    def _track(self, s: Session, acked: Sequence[Sid] = ()) -> None:
+        cur = acked_cursor(s.cursor or ZERO, acked, s.first_outstanding(), self.position)
         if cur != s.cursor:
             s.cursor = cur
             self.acked(s.identity, cur)
 
     def _on_acked(self, s: Session, n: int) -> None:
-        """`n` I frames acknowledged: the cursor moves to the newest entry they complete. That is the newest
-        acknowledged entry older than the first one still outstanding, not the newest acknowledged one: a
-        master acknowledges every w frames, so when one entry's events fill more than one APDU (several
-        types) each acknowledgement can end inside an entry, and taking the newest acknowledged entry (then
-        outstanding) kept the cursor where it was on every acknowledgement. The master's position on the
-        other node then stayed behind what it had acknowledged, and a switchover sent it all again (the
-        HA switchover test counted 3 ticks of duplicates, beyond the k frames a master can hold)."""
+        """`n` I frames acknowledged: the cursor moves to the newest entry they complete
+        (`resume.acked_cursor`): when one entry's events fill more than one APDU (several types) and the
+        master acknowledges every w frames, each acknowledgement can end inside an entry."""
         acked = [it[2] for _ in range(min(n, len(s.inflight))) for it in s.inflight.popleft()]
-        first = s.first_outstanding()
-        last = next((sid for sid in reversed(acked) if first is None or sid < first), None)
         if s.resumed:
-            self._track(s, last)
+            self._track(s, acked)
 
     # --- sessions ------------------------------------------------------------------------------------
 

@@ -64,7 +64,8 @@ class _Conn:
         now = time.monotonic()
         self.last_rx = self.last_tx = now
         self.since_ms = int(time.time() * 1000)
-        self.sent_seq = 0
+        self.sent_seq = 0  # the newest seq this master was sent (or holds, from its resume or welcome)
+        self.acked_seq = 0  # the newest seq it acknowledged on this connection
         self.overflows = 0
         self.commands: dict[int, asyncio.Task] = {}
         self.tasks: list[asyncio.Task] = []  # reader and writer
@@ -147,6 +148,7 @@ class _Conn:
                                 srv.catalog, resumed_seq=base))
         if moved is not None:
             self.cursor = cursor
+            self.sent_seq = base or 0
             self.skip = cursor if cursor is not None and cursor > srv.position else None
             self.need_image = False
             self.pending = deque(moved)
@@ -167,8 +169,11 @@ class _Conn:
         if t == "hb":
             return
         if t == "resume":
+            if msg["session"] == self.server.session:
+                self.check_ack(msg["seq"], again=True)
             self.resume(msg["session"], msg["seq"])
         elif t == "ack":
+            self.check_ack(msg["seq"])
             self.ack(msg["seq"])
         elif t == "cmd":
             self.command(msg["id"], msg["addr"], msg["value"])
@@ -183,31 +188,50 @@ class _Conn:
         self.wake.set()
 
     def resume(self, session: str, seq: int) -> None:
+        """Send the events after `seq` of this session (an image when they are not all kept). `seq` also
+        acknowledges everything up to it: the cursor moves to the newest entry whose events all have a seq
+        up to `seq`, never to the position (the events after `seq` are outstanding again)."""
         srv = self.server
         events = srv.events_after_seq(seq) if session == srv.session else None
         if events is None:
             self.start_image()
             return
-        self.ack(seq)  # it applied everything up to seq
+        acked = [sid for q, sid in self.inflight if q <= seq]  # an image sent on this connection, too
+        acked += [sid for sid, ev in srv.history.items if ev[0] <= seq]
+        self.acked_seq, self.sent_seq = seq, max(self.sent_seq, seq)
         self.need_image = False
         self.pending = deque(events)
         self.inflight.clear()
         self.wake.set()
+        self.track(acked)
+
+    def check_ack(self, seq: int, again: bool = False) -> None:
+        """An `ack` must lie between the last one and the newest seq sent: one behind the last (out of
+        order) or past what was sent (the master cannot have applied that) is a protocol error, and moves
+        no position. A `resume` of this session (`again`) may go back behind the last ack (the events after
+        it come again; the position never moves back), never past what was sent."""
+        if seq < self.acked_seq and not again:
+            raise codec.ProtocolError("proto", f"seq {seq} is behind the {self.acked_seq} already acknowledged")
+        if seq > self.sent_seq:
+            raise codec.ProtocolError("proto", f"seq {seq} was never sent (the newest sent is {self.sent_seq})")
 
     def ack(self, seq: int) -> None:
-        """The master applied everything up to `seq` of this session: move its cursor."""
-        last: Sid | None = None
+        """The master applied everything up to `seq` of this session (checked by `check_ack`): move its
+        cursor to the newest entry that completes (`resume.acked_cursor`: an ev frame can end inside an
+        entry, whose events then span several frames)."""
+        self.acked_seq = seq
+        acked: list[Sid] = []
         while self.inflight and self.inflight[0][0] <= seq:
-            last = self.inflight.popleft()[1]
-        self.track(last)
+            acked.append(self.inflight.popleft()[1])
+        self.track(acked)
 
-    def track(self, last_acked: Sid | None = None) -> None:
+    def track(self, acked: Sequence[Sid] = ()) -> None:
         """Recompute this master's cursor (after an ack, or when the stream position moved)."""
         if self.state != "open" or (self.need_image and not self.inflight):
             return  # an image is due: its dropped events are outstanding, their entries unknown
         first = self.inflight[0][1] if self.inflight else self.pending[0][2] if self.pending else None
         srv = self.server
-        self.cursor = acked_cursor(self.cursor or (0, 0), last_acked, first, srv.position)
+        self.cursor = acked_cursor(self.cursor or (0, 0), acked, first, srv.position)
         srv.record_ack(self.identity, self.cursor)
 
     def command(self, cmd_id: int, addr: int, value: float) -> None:
