@@ -173,6 +173,9 @@ class NodeConfig:
                                  "events kept while no master is started (oldest dropped)")
     se104s_command_max_age_ms: int = opt("se104s", _positive(int), 10_000,
                                          "a time-tagged command older than this is refused")
+    se104s_untagged_answers: bool = opt("se104s", _bool, False,
+                                        "interrogation answers and background scans as the type without time "
+                                        "tag (IEC 60870-5-101's table of causes); false: the configured type")
 
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,

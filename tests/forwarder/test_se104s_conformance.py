@@ -110,11 +110,20 @@ def test_station_wide_commands_take_information_object_address_0_only(type_id: i
 # --- types and causes ------------------------------------------------------------------------------
 
 
-def test_interrogated_data_without_time_tag_spontaneous_and_counters_with_it() -> None:
-    """IEC 60870-5-101's table of causes per type: M_SP_TB_1 / M_ME_TF_1 only for spontaneous and
-    requested data; an interrogation answers M_SP_NA_1 / M_ME_NC_1; M_IT_TB_1 may answer a counter
-    interrogation (cause 37)."""
+def test_interrogated_data_in_the_configured_type_by_default() -> None:
+    """By default the configured (time-tagged) type answers an interrogation too: a master that keeps one
+    type per IOA (c104) would drop the other form."""
     m = started_pair()
+    m.send(c.interrogation(CA))
+    types = {(ioa, a.cause): a.type_id for a in m.got for ioa, _ in a.objects if a.type_id < 45}
+    assert types[(1, c.COT_INROGEN)] == c.M_SP_TB_1 and types[(1002, c.COT_INROGEN)] == c.M_ME_TF_1
+
+
+def test_interrogated_data_without_time_tag_spontaneous_and_counters_with_it() -> None:
+    """untagged_answers: IEC 60870-5-101's table of causes per type: M_SP_TB_1 / M_ME_TF_1 only for
+    spontaneous and requested data; an interrogation answers M_SP_NA_1 / M_ME_NC_1; M_IT_TB_1 may answer a
+    counter interrogation (cause 37)."""
+    m = started_pair(untagged_answers=True)
     m.send(c.interrogation(CA))
     m.send(c.counter_interrogation(CA))
     types = {(ioa, a.cause): a.type_id for a in m.got for ioa, _ in a.objects if a.type_id < 45}
@@ -127,7 +136,7 @@ def test_interrogated_data_without_time_tag_spontaneous_and_counters_with_it() -
 
 
 def test_background_scan_without_time_tag() -> None:
-    m = started_pair()
+    m = started_pair(untagged_answers=True)
     m.st._image_answer(m.s, ("DI", "AI"), c.COT_BACKGROUND)
     m.xfer()
     assert m.got and all(a.type_id not in c.TIME_TAGGED for a in m.got)

@@ -47,7 +47,7 @@ async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> Non
             assert gi[1].value is True and gi[2].quality.is_good() is False
             assert c104.Quality.Invalid in gi[2].quality
             assert gi[3].value == c104.Double.ON and c104.Quality.NonTopical in gi[4].quality
-            assert gi[1].recorded_at is None  # interrogated data go without time tag (M_SP_TB_1 as M_SP_NA_1)
+            assert gi[1].recorded_at is not None  # interrogated data in the configured type (M_SP_TB_1)
 
             assert await in_thread(m.conn.counter_interrogation, CA)
             ci = {r.ioa: r for r in m.values("REQUESTED_BY_GENERAL_COUNTER")}

@@ -138,6 +138,10 @@ class Station:
         # connections share one cursor, so a connection that starts resumes where the stopped one was
         # acknowledged. se104s serves every started master, each with its own.
         self.single_active = bool(o.get("single_active", False))
+        # Interrogated data (20 .. 36) and background scans (2) as the type without time tag, as IEC
+        # 60870-5-101's table of causes per type has it; off by default: masters that keep one type per IOA
+        # (c104 and the SCADA point lists keyed that way) drop the other form (docs/se104s.md).
+        self.untagged_answers = bool(o.get("untagged_answers", False))
         self.run_control = run_control
         self.origin = origin
         self.wake, self.on_closed, self.clients_changed, self.acked = wake, closed, clients_changed, acked
@@ -521,7 +525,8 @@ class Station:
             if f.kind not in kinds:
                 continue
             v = self.image.get(key) or Value(0, int(Quality.IV), now)
-            type_id = c.answer_type(type_id, cot)  # no time tag for interrogated data / background scan
+            if self.untagged_answers:
+                type_id = c.answer_type(type_id, cot)
             by_type.setdefault(type_id, []).append(
                 (f.addr, c.element(type_id, v.value * f.coef, v.quality, v.ts_ms)))
         for type_id, objs in by_type.items():
