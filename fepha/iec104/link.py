@@ -27,6 +27,13 @@ What it does (IEC 60870-5-104 clause 5):
 - Data transfer stopped: no I frame is sent (`send` refuses) and a received I frame is a `ProtocolError`
   (the connection is closed), except at a controlling station waiting for its STOPDT con, which still
   takes what the controlled station had sent before it saw the STOPDT act.
+- Confirmed before acknowledged: an acknowledgement (S frame, or the N(R) of an I frame we send) covers
+  only the received I frames the application confirmed (`confirm`). By default every frame is confirmed as
+  it is received (se104s, the simulated RTU); a link built with `confirm_by_caller=True` (the acquirer)
+  acknowledges a frame only once the caller has written what it carried (a controlling station may hold
+  its acknowledgement up to t2 < the peer's t1). w and t2 count from reception: once w frames are
+  confirmed and unacknowledged, or the oldest confirmed one waits t2, the S frame goes; an unconfirmed
+  frame is never acknowledged (past the peer's t1 the peer closes the connection and keeps it).
 - Each sent I frame may carry a `tag` (whatever the caller needs: the events it holds): `Acked` returns the
   tags of acknowledged frames in order, `release_unacked()` hands back those still unacknowledged (to
   resend them on another connection when this one stops or dies).
@@ -96,6 +103,7 @@ class AsduIn:
     """The ASDU of a received I frame, in sequence (parse it with codec.parse_asdu)."""
 
     asdu: bytes
+    ns: int  # its send sequence number N(S): `confirm(ns + 1)` once what it carried is handled
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,16 +121,19 @@ STARTED, STOPPED = Started(), Stopped()
 class Link:
     """One IEC 104 connection's APCI state. `now` is any monotonic clock in seconds."""
 
-    def __init__(self, role: Role, params: LinkParams | None = None, now: float = 0.0) -> None:
+    def __init__(self, role: Role, params: LinkParams | None = None, now: float = 0.0,
+                 confirm_by_caller: bool = False) -> None:
         self.role = role
+        self.confirm_by_caller = confirm_by_caller
         self.params = params or LinkParams()
         self.started = False
         self.vs = 0  # next send sequence number
         self.vr = 0  # next expected receive sequence number
         self.ack = 0  # oldest send sequence number the peer has not acknowledged
         self._unacked: deque[tuple[int, float, Any]] = deque()  # (ns, sent at, tag)
-        self.rx_unacked = 0  # received I frames we have not acknowledged yet
-        self._rx_first = 0.0
+        self.confirmed = 0  # received frames before this sequence number may be acknowledged
+        self.rx_acked = 0  # the N(R) we last sent: received frames before it are acknowledged
+        self._rx_times: deque[float] = deque()  # reception times of the frames rx_acked .. vr
         self.last_rx = now
         self._test_sent: float | None = None
         self._pending: tuple[int, float] | None = None  # client: (STARTDT/STOPDT act, sent at)
@@ -138,6 +149,16 @@ class Link:
     def in_flight(self) -> int:
         """Sent I frames not acknowledged yet."""
         return c.seq_diff(self.vs, self.ack)
+
+    @property
+    def rx_unacked(self) -> int:
+        """Received I frames we have not acknowledged yet (confirmed or not)."""
+        return len(self._rx_times)
+
+    @property
+    def rx_unconfirmed(self) -> int:
+        """Received I frames the caller has not confirmed yet."""
+        return c.seq_diff(self.vr, self.confirmed)
 
     @property
     def window_open(self) -> bool:
@@ -167,10 +188,37 @@ class Link:
             raise RuntimeError("data transfer is stopped: no I frame may be sent")
         if not self.window_open:
             raise RuntimeError(f"k window full ({self.in_flight} unacknowledged I frames)")
-        self._put(c.i_frame(self.vs, self.vr, asdu))
+        self._put(c.i_frame(self.vs, self.confirmed, asdu))
         self._unacked.append((self.vs, now, tag))
         self.vs = (self.vs + 1) & 0x7FFF
-        self.rx_unacked = 0
+        self._acked_up_to_confirmed()
+
+    def confirm(self, nr: int, now: float) -> None:
+        """The received I frames before sequence number `nr` are handled (what they carried is written, or
+        deliberately not needed): they may be acknowledged, at once if w of them wait or the oldest has
+        waited t2. ValueError for a number not received yet; one already confirmed changes nothing."""
+        d = c.seq_diff(nr, self.rx_acked)
+        if d > c.seq_diff(self.vr, self.rx_acked):
+            raise ValueError(f"confirm({nr}): only frames before {self.vr} were received")
+        if d <= c.seq_diff(self.confirmed, self.rx_acked):
+            return
+        self.confirmed = nr
+        self._ack_if_due(now)
+
+    def _acked_up_to_confirmed(self) -> None:
+        for _ in range(c.seq_diff(self.confirmed, self.rx_acked)):
+            self._rx_times.popleft()
+        self.rx_acked = self.confirmed
+
+    def _send_s(self) -> None:
+        self._put(c.s_frame(self.confirmed))
+        self._acked_up_to_confirmed()
+
+    def _ack_if_due(self, now: float) -> None:
+        """The S frame w or t2 calls for, covering what is confirmed."""
+        n = c.seq_diff(self.confirmed, self.rx_acked)
+        if n and (n >= self.params.w or now - self._rx_times[0] >= self.params.t2):
+            self._send_s()
 
     def start(self, now: float) -> None:
         """Client: ask the controlled station to start data transfer (STARTDT act)."""
@@ -218,13 +266,11 @@ class Link:
             if f.ns != self.vr:
                 raise c.ProtocolError(f"send sequence number {f.ns}, expected {self.vr}")
             self.vr = (self.vr + 1) & 0x7FFF
-            if self.rx_unacked == 0:
-                self._rx_first = now
-            self.rx_unacked += 1
-            if self.rx_unacked >= self.params.w:
-                self._put(c.s_frame(self.vr))
-                self.rx_unacked = 0
-            events.append(AsduIn(f.asdu))
+            self._rx_times.append(now)
+            if not self.confirm_by_caller:
+                self.confirmed = self.vr
+                self._ack_if_due(now)
+            events.append(AsduIn(f.asdu, f.ns))
         return events
 
     def _on_ack(self, nr: int, events: list[Event]) -> None:
@@ -257,9 +303,8 @@ class Link:
                     self.started = True
                     events.append(STARTED)
             elif code == c.STOPDT_ACT:
-                if self.rx_unacked:  # what we received is acknowledged before the confirmation
-                    self._put(c.s_frame(self.vr))
-                    self.rx_unacked = 0
+                if self.confirmed != self.rx_acked:  # what we received is acknowledged before the confirmation
+                    self._send_s()
                 if self.started:
                     self.started = False
                     events.append(STOPPED)
@@ -294,9 +339,7 @@ class Link:
             raise LinkTimeout(f"U frame 0x{self._pending[0]:02x} not confirmed within t1={p.t1}s")
         if self._stop_con_since is not None and now - self._stop_con_since >= p.t1:
             raise LinkTimeout(f"STOPDT act: our I frames not acknowledged within t1={p.t1}s")
-        if self.rx_unacked and now - self._rx_first >= p.t2:
-            self._put(c.s_frame(self.vr))
-            self.rx_unacked = 0
+        self._ack_if_due(now)
         if self._test_sent is None and now - self.last_rx >= p.t3:
             self._put(c.u_frame(c.TESTFR_ACT))
             self._test_sent = now
@@ -311,6 +354,6 @@ class Link:
             times.append(self._pending[1] + p.t1)
         if self._stop_con_since is not None:
             times.append(self._stop_con_since + p.t1)
-        if self.rx_unacked:
-            times.append(self._rx_first + p.t2)
+        if self.confirmed != self.rx_acked:  # t2 of the oldest confirmed frame (unconfirmed ones wait)
+            times.append(self._rx_times[0] + p.t2)
         return min(times)

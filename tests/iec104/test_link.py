@@ -99,9 +99,9 @@ def test_client_act_not_confirmed_within_t1_times_out() -> None:
 def test_received_i_frames_in_sequence_acknowledged_after_w() -> None:
     link = started(Role.CLIENT)
     ev = link.receive(c.i_frame(0, 0, GI), 0.0)
-    assert ev == [AsduIn(GI)] and link.vr == 1 and link.data_to_send() == b""
+    assert ev == [AsduIn(GI, 0)] and link.vr == 1 and link.data_to_send() == b""
     ev = link.receive(c.i_frame(1, 0, GI) + c.i_frame(2, 0, GI), 0.1)
-    assert ev == [AsduIn(GI), AsduIn(GI)]
+    assert ev == [AsduIn(GI, 1), AsduIn(GI, 2)]
     out = frames(link.data_to_send())  # w=2: S frame after the second I frame
     assert [(f.kind, f.nr) for f in out] == [("S", 2)]
     assert link.rx_unacked == 1
@@ -115,7 +115,7 @@ def test_byte_at_a_time_feeding_gives_the_same_events() -> None:
     events = []
     for i in range(len(data)):
         events += link.receive(data[i:i + 1], float(i))
-    assert events == [STARTED, AsduIn(GI), AsduIn(GI)]
+    assert events == [STARTED, AsduIn(GI, 0), AsduIn(GI, 1)]
     assert [f.kind + str(f.code or f.nr) for f in frames(link.data_to_send())] == \
         [f"U{c.STARTDT_CON}", f"U{c.TESTFR_CON}", "S2"]
 
@@ -142,7 +142,7 @@ def test_an_i_frame_acknowledges_and_our_i_frame_acknowledges_theirs() -> None:
     link.send(GI, 0.0, tag=1)
     link.data_to_send()
     ev = link.receive(c.i_frame(0, 1, GI), 0.5)  # their I frame carries N(R)=1
-    assert ev == [Acked((1,)), AsduIn(GI)]
+    assert ev == [Acked((1,)), AsduIn(GI, 0)]
     assert link.rx_unacked == 1
     link.send(GI, 0.6)  # carries N(R)=1: no S frame owed any more
     assert link.rx_unacked == 0
@@ -207,7 +207,7 @@ def test_t3_testfr_then_t1_without_answer_and_any_data_counts_as_answer() -> Non
 
 def test_sequence_numbers_wrap_at_32768() -> None:
     a, b = started(Role.SERVER), started(Role.CLIENT)
-    a.vs = a.ack = b.vr = 32766
+    a.vs = a.ack = b.vr = b.confirmed = b.rx_acked = 32766
     for i in range(3):
         a.send(GI, 0.0, tag=i)
     assert [f.ns for f in frames(a.data_to_send())] == [32766, 32767, 0]
@@ -269,7 +269,7 @@ def test_an_i_frame_while_data_transfer_is_stopped_is_a_protocol_error(role: Rol
 def test_a_client_waiting_for_its_stopdt_con_still_takes_what_was_sent_before() -> None:
     link = started(Role.CLIENT)
     link.stop(0.0)
-    assert link.receive(c.i_frame(0, 0, GI), 0.1) == [AsduIn(GI)]
+    assert link.receive(c.i_frame(0, 0, GI), 0.1) == [AsduIn(GI, 0)]
     assert link.receive(u(c.STOPDT_CON), 0.2) == [STOPPED]
     with pytest.raises(c.ProtocolError, match="stopped"):
         link.receive(c.i_frame(1, 0, GI), 0.3)
@@ -323,3 +323,72 @@ def test_an_acknowledgement_going_backwards_is_a_protocol_error() -> None:
     link.receive(c.s_frame(2), 0.1)
     with pytest.raises(c.ProtocolError, match="acknowledges 1"):
         link.receive(c.s_frame(1), 0.2)
+
+
+def held(now: float = 0.0) -> Link:
+    """A client that acknowledges only what its caller confirmed (the acquirer: written to Redis)."""
+    link = Link(Role.CLIENT, P, now=now, confirm_by_caller=True)
+    link.started = True
+    return link
+
+
+def acks(link: Link) -> list[int]:
+    return [f.nr for f in frames(link.data_to_send()) if f.kind in "SI"]
+
+
+@pytest.mark.parametrize("received, confirmed, out", [
+    (1, 0, []),         # nothing confirmed: nothing acknowledged, even past w
+    (3, 0, []),
+    (3, 1, []),         # 1 confirmed < w=2: waits (t2)
+    (3, 2, [2]),        # w confirmed: S frame up to what is confirmed, not to what is received
+    (3, 3, [3]),
+])
+def test_only_confirmed_frames_are_acknowledged_w(received: int, confirmed: int, out: list[int]) -> None:
+    link = held()
+    assert [e.ns for e in link.receive(b"".join(c.i_frame(i, 0, GI) for i in range(received)), 0.0)] == \
+        list(range(received))
+    assert link.data_to_send() == b""
+    link.confirm(confirmed, 0.1)
+    assert acks(link) == out
+    assert link.rx_unacked == received - (out[-1] if out else 0)
+    assert link.rx_unconfirmed == received - confirmed
+
+
+def test_t2_acknowledges_only_confirmed_frames_and_does_not_spin_on_unconfirmed() -> None:
+    link = held()
+    link.receive(c.i_frame(0, 0, GI) + c.i_frame(1, 0, GI), 1.0)
+    assert link.next_deadline() == 1.0 + P.t3  # unconfirmed frames set no t2 deadline
+    link.tick(1.0 + P.t2)
+    assert link.data_to_send() == b""  # t2 passed, nothing confirmed: not acknowledged
+    link.confirm(1, 2.0)  # the oldest waited less than t2: not yet
+    assert link.data_to_send() == b"" and link.next_deadline() == 1.0 + P.t2
+    link.tick(1.0 + P.t2)
+    assert acks(link) == [1]
+    link.confirm(2, 3.5)  # confirmed after its t2 already passed: at once
+    assert acks(link) == [2] and link.rx_unacked == 0
+
+
+def test_our_i_frame_carries_the_confirmed_number_and_confirm_checks_its_argument() -> None:
+    link = held()
+    link.receive(c.i_frame(0, 0, GI) + c.i_frame(1, 0, GI), 0.0)
+    link.send(GI, 0.1)
+    assert acks(link) == [0]  # N(R) 0: nothing confirmed yet
+    link.confirm(1, 0.2)
+    link.send(GI, 0.3)
+    assert acks(link) == [1] and link.rx_unacked == 1
+    link.confirm(1, 0.4)  # again: nothing changes
+    with pytest.raises(ValueError, match="received"):
+        link.confirm(3, 0.5)
+    link.confirm(2, 0.6)
+    link.tick(0.6 + P.t2)
+    assert acks(link) == [2]
+
+
+def test_frames_taken_while_our_stopdt_waits_stay_unacknowledged_unless_confirmed() -> None:
+    link = held()
+    link.stop(0.0)
+    link.data_to_send()
+    link.receive(c.i_frame(0, 0, GI) + c.i_frame(1, 0, GI) + c.i_frame(2, 0, GI), 0.1)
+    assert link.receive(u(c.STOPDT_CON), 0.2) == [STOPPED]
+    link.tick(0.1 + P.t2)
+    assert link.data_to_send() == b"" and link.rx_unacked == 3  # the RTU keeps them (its t1 closes)
