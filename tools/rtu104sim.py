@@ -19,6 +19,7 @@ import functools
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,11 +89,38 @@ class Journal:
 
 
 class DeviceStation(Station):
-    """The se104s station as a device: clock synchronisation sets the device clock (an offset)."""
+    """The se104s station as a device: clock synchronisation sets the device clock (an offset).
 
-    def __init__(self, dev: Device, *args: Any, **kwargs: Any) -> None:
+    `forget_acked`: as lib60870's redundancy groups, a stopped connection's late acknowledgements still
+    count: the I frames it had in flight when data transfer stopped (STOPDT, or another connection's
+    STARTDT) and acknowledges afterwards are gone from the device's buffer (the group's cursor moves); by
+    default (the se104s station's rule) they stay for the next started connection whatever happens."""
+
+    def __init__(self, dev: Device, *args: Any, forget_acked: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.dev = dev
+        self.forget_acked = forget_acked
+        self._late: dict[int, deque[list[Any]]] = {}  # session id: events of each frame in flight at its stop
+
+    def _stop_events(self, s: Session) -> None:
+        if self.forget_acked and not s.closed and any(s.inflight):
+            self._late[s.id] = deque(s.inflight)
+        elif s.closed:
+            self._late.pop(s.id, None)
+        super()._stop_events(s)
+
+    def receive(self, s: Session, data: bytes, now: float) -> list[Control]:
+        before = s.link.ack
+        controls = super().receive(s, data, now)
+        late = self._late.get(s.id)
+        if late:
+            acked = [it[2] for _ in range(min(c.seq_diff(s.link.ack, before), len(late))) for it in late.popleft()]
+            first = next((items[0][2] for items in late if items), None)  # an entry still partly in flight
+            done = [sid for sid in acked if first is None or sid < first]
+            if done and (s.cursor is None or max(done) > s.cursor):
+                s.cursor = max(done)
+                self.acked(s.identity, s.cursor)
+        return controls
 
     def _on_asdu(self, s: Session, a: c.Asdu, controls: list[Control]) -> None:
         if a.type_id == c.C_CS_NA_1 and a.cause == c.COT_ACT and a.ca in (self.ca, 0xFFFF):
@@ -116,6 +144,7 @@ class Device(Se104Server):
         self.ca = rtu.channels[0].unit or 1
         self.clock_offset_ms = int(options.pop("clock_offset_ms", 0))
         self.tagged = bool(options.pop("time_tags", True))
+        forget_acked = bool(options.pop("forget_acked", False))
         fwds = []
         for p in rtu.points:
             type_id = c.TYPE_IDS[p.datatype]
@@ -128,7 +157,8 @@ class Device(Se104Server):
         super().__init__(srv_rtu, Model({}, "", ""), "", sim, "sim", **{"single_active": True, **options})
         self.station = DeviceStation(self, srv_rtu, self.options, self.run_control, f"rtu104sim:{rtu.id}",
                                      wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
-                                     acked=self.record_ack, counts=self.counts, make_room=self.make_room)
+                                     acked=self.record_ack, counts=self.counts, make_room=self.make_room,
+                                     forget_acked=forget_acked)
         self.fwd = {f.id: f for f in fwds}
         self.endpoints = {ch.no: (host_map.get(ch.host, ch.host), ch.port) for ch in rtu.channels}
         self._listeners: dict[int, asyncio.base_events.Server] = {}

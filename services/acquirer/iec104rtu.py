@@ -33,7 +33,8 @@ log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
 # After a takeover: how far back the change stream is read for the former holder's last records (its
-# entries of this RTU: the unacknowledged tail the RTU re-sends is at most w I frames, one entry each)
+# entries of this RTU: the unacknowledged tail the RTU re-sends is at most its k I frames, each
+# written as one entry or a few)
 RECENT_ENTRIES, RECENT_SCAN = 64, 20_000
 
 
@@ -58,7 +59,6 @@ class Iec104Runner(RunnerBase):
         self.channel: Channel | None = None
         self._out: asyncio.StreamWriter | None = None
         self._wake = asyncio.Event()
-        self._holding_acks = False  # received frames not written yet: acknowledgements wait (_receive)
         self._command: rules.CommandExchange | None = None
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
@@ -172,7 +172,7 @@ class Iec104Runner(RunnerBase):
             self.switcher.connected(time.monotonic(), wall=time.time())
             self.once.clear(f"{self.key} channel {no}")
             self._recent_pending = True  # what the RTU may send again was written by us or our predecessor
-            link = Link(Role.CLIENT, self.params, now=time.monotonic())
+            link = Link(Role.CLIENT, self.params, now=time.monotonic(), confirm_by_caller=True)
             self.link, self.channel, self._out = link, ch, out
             try:
                 await self._session(link, reader, out)
@@ -246,8 +246,6 @@ class Iec104Runner(RunnerBase):
         return True
 
     def _flush(self, link: Link) -> None:
-        if self._holding_acks:  # an S frame now would acknowledge events not written yet
-            return
         data = link.data_to_send()
         if data and self._out is not None and link is self.link:
             self._out.write(data)
@@ -263,19 +261,17 @@ class Iec104Runner(RunnerBase):
             except c.ProtocolError as exc:
                 self.metrics.inc("poll_errors")
                 raise LinkLost(f"malformed frame from the RTU: {exc}") from None
-            self._holding_acks = True
-            try:
-                await self._take(link, events, now)
-            finally:
-                self._holding_acks = False
+            await self._take(link, events, now)
             self._flush(link)  # acknowledges (w, t2) only frames whose events are in Redis
 
     async def _take(self, link: Link, events: list, now: float) -> None:
-        """Act on one read's events; its monitoring objects are written before anything acknowledges
-        them. A write that fails closes the connection unacknowledged: the RTU keeps those frames and
-        sends them again after the next STARTDT (ours after reconnecting, or the new holder's)."""
+        """Act on one read's events. An I frame is confirmed to the link (which may then acknowledge it)
+        once what it carried is written, or at once when it needs no write (a command confirmation, an
+        ignored object). A write that fails closes the connection unacknowledged: the RTU keeps those
+        frames and sends them again after the next STARTDT (ours after reconnecting, or the new holder's)."""
         written: list[rules.Event] = []
         spont = False
+        upto: int | None = None  # the sequence number after the last I frame handled (or to be written)
         rx_ms = int(time.time() * 1000)
         for ev in events:
             if isinstance(ev, Started):
@@ -291,14 +287,21 @@ class Iec104Runner(RunnerBase):
                 except (c.ProtocolError, ValueError, struct.error) as exc:
                     self.metrics.inc("poll_errors")
                     raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
-                if got is not None:
-                    if got.events and got.spontaneous != spont and written:
+                if got is not None and got.events:
+                    if got.spontaneous != spont and written:
                         await self._written(written, spont)
+                        assert upto is not None  # `written` holds events of frames before this one
+                        link.confirm(upto, time.monotonic())
                         written = []
                     written += got.events
                     spont = got.spontaneous
+                upto = (ev.ns + 1) & 0x7FFF
+                if not written:
+                    link.confirm(upto, now)
         if written:
             await self._written(written, spont)
+        if upto is not None:
+            link.confirm(upto, time.monotonic())
 
     async def _written(self, events: list[rules.Event], spontaneous: bool) -> None:
         if not await self._publish(events, spontaneous):
@@ -311,8 +314,9 @@ class Iec104Runner(RunnerBase):
             self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")
             return None
         if rules.is_monitoring(a.type_id):
-            if not link.started:
-                return None
+            if not link.started:  # sent before the RTU saw our STOPDT act: not ours to write any more
+                raise LinkLost("events after our STOPDT (lease lost): connection closed unacknowledged, "
+                               "the RTU keeps them for the holder")
             got = self.map.intake(a, rx_ms)
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)

@@ -116,7 +116,7 @@ class PointMap:
 
 def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
     """The events not yet written: after a takeover the RTU sends again what the former holder received
-    but had not acknowledged (at most w I frames); those whose record (point, value, quality and the
+    but had not acknowledged (at most the RTU's k I frames: we acknowledge only what is written); those whose record (point, value, quality and the
     device's time tag, to the ms) the former holder already wrote are dropped, once each. Only for
     time-tagged events: an untagged one carries our reception time and is always new."""
     if not tagged or not recent:

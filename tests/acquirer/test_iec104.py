@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Self
 
 import c104
+import pytest
 import redis.asyncio as aredis
 
 from fep_forwarder import app as fwd_app
@@ -20,6 +21,7 @@ from fep_tools.rtu104sim import Rtu104Sim
 from fepha import controls, points
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
+from fepha.iec104 import codec as c
 from fepha.semodel import db
 from tests.acquirer.helpers import Node, load, merge, node_cfg, until
 from tests.forwarder.se104s_fixtures import c104_master
@@ -216,10 +218,11 @@ async def _count(coro, n):
 
 
 @contextlib.asynccontextmanager
-async def sim_system(redis_master, feproot, rows: dict[str, list[dict[str, Any]]], **cfg: Any):
-    """fep-rtu104sim serving `rows`' IEC 104 RTUs, acquirers A and B (IEC_FAST timers plus `cfg`) and a
-    Redis client of the test's own: (sim, nodes, r). Stops what is still running."""
-    sim = Rtu104Sim.from_model(load(redis_master, rows))
+async def sim_system(redis_master, feproot, rows: dict[str, list[dict[str, Any]]],
+                     sim_options: dict[str, Any] | None = None, **cfg: Any):
+    """fep-rtu104sim (with `sim_options`) serving `rows`' IEC 104 RTUs, acquirers A and B (IEC_FAST timers
+    plus `cfg`) and a Redis client of the test's own: (sim, nodes, r). Stops what is still running."""
+    sim = Rtu104Sim.from_model(load(redis_master, rows), **(sim_options or {}))
     await sim.start()
     nodes = {n: Node(node_cfg(feproot, redis_master, n, **{**IEC_FAST, **cfg})) for n in "AB"}
     r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
@@ -422,11 +425,14 @@ async def test_lease_moves_stopdt_clock_sync_periodic_gi_and_channel_switch(redi
         assert (await value_of(r, 5, 5001)).value == 0          # the last value, marked invalid
 
 
-async def test_redis_unreachable_during_events_loses_none(redis_master, feproot):
+@pytest.mark.parametrize("forget_acked", [False, True])
+async def test_redis_unreachable_during_events_loses_none(redis_master, feproot, forget_acked):
     """The master Redis stops answering (CLIENT PAUSE) while the RTU reports: the holder's writes fail,
     it closes its connection without acknowledging what it could not write, and the RTU sends those
-    events again after the next STARTDT (the same holder's or the other node's): none lost, none twice."""
-    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
+    events again after the next STARTDT (the same holder's or the other node's): none lost, none twice.
+    Also with the RTU as lib60870's redundancy group (`forget_acked`)."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port())),
+                          sim_options={"forget_acked": forget_acked}) as (sim, nodes, r):
         await until(lambda: holder(nodes, 5), 5)
         await until(lambda: value_of(r, 5, 5001), 3)
         base = (int(time.time()) - 60) * 1000
@@ -443,3 +449,37 @@ async def test_redis_unreachable_during_events_loses_none(redis_master, feproot)
         assert sorted(set(got)) == sent, str([t - base for t in got]) + f" of {len(sent)}"   # none lost
         assert got == sent, str([t - base for t in got])                                     # none twice
         assert sum(n.acq.metrics.total["write_errors"] for n in nodes.values()) >= 1          # it did fail
+
+
+async def test_events_after_our_stopdt_are_not_acknowledged_and_reach_the_new_holder(redis_master, feproot):
+    """fep-rtu104sim as lib60870's redundancy group (`forget_acked`: what a stopped connection acknowledges
+    is gone from the RTU). The lease moves while the RTU reports: the events the RTU sent just before it saw
+    the old holder's STOPDT act are neither written by it (it may not) nor acknowledged (it closes that
+    connection), so the RTU sends them to the new holder after its STARTDT: none lost, none twice."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port())),
+                          sim_options={"forget_acked": True}) as (sim, nodes, r):
+        await until(lambda: holder(nodes, 5), 5)
+        await until(lambda: len(sim.connections(5)) == 2, 3)
+        await until(lambda: value_of(r, 5, 5001), 3)
+        dev = sim.devices[5]
+        base = (int(time.time()) - 60) * 1000
+        sent: list[int] = []
+        receive = dev.station.receive
+
+        def receive_reporting(s, data, now):  # events on the wire just before the RTU reads our STOPDT act
+            if c.u_frame(c.STOPDT_ACT) in data and s.active and not sent:
+                for i in range(10):           # one I frame each, more than w: the old rule acknowledged them
+                    sim.set_value(5001, i % 2, ts_ms=base + i)
+                    sent.append(base + i)
+                    dev._io[s].writer.write(dev.station.pump(s, now))
+            return receive(s, data, now)
+
+        dev.station.receive = receive_reporting
+        # the lease goes to a node that is not there: the holder sends STOPDT, nobody STARTDT until it lapses
+        await r.hset(ks.lease(5), mapping={"holder": "C", "epoch": "7"})
+        await until(lambda: sent, 3)
+        await until(lambda: holder(nodes, 5), 5)
+        with contextlib.suppress(AssertionError):
+            await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 5)
+        got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
+        assert got == sent, str([t - base for t in got]) + f" of {len(sent)}"
