@@ -21,7 +21,7 @@ What it does (IEC 60870-5-104 clause 5):
   with `start()` / `stop()` and reports `Started` / `Stopped` on the confirmation. Both roles answer TESTFR
   act. A U frame only the other role may send is a `ProtocolError`.
 - STOPDT act at the controlled station (IEC 60870-5-104 Ed. 2, its state diagram): data transfer stops at
-  once (`Stopped`), received I frames not acknowledged yet are acknowledged with an S frame first, and
+  once (`Stopped`), received (confirmed) I frames not acknowledged yet are acknowledged with an S frame first, and
   STOPDT con waits until the peer acknowledged every I frame we sent ("pending unconfirmed stopped"; t1
   applies: no acknowledgement within t1 is a `LinkTimeout`).
 - Data transfer stopped: no I frame is sent (`send` refuses) and a received I frame is a `ProtocolError`
