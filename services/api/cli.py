@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load_node()
         log_setup("fep-api", config.load_log())
     except ConfigError as exc:
-        print(f"fep-api: {exc}", file=sys.stderr)
+        print("\n".join(f"fep-api: {line}" for line in exc.problems), file=sys.stderr)
         return 2
     from fep_api.app import create_app
 
