@@ -46,6 +46,7 @@ class Unprocessable(Exception):
 class _Cache:
     model: Model | None = None
     points: list[SemPoint] = field(default_factory=list)
+    stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats after data loss)
 
 
 class Store:
@@ -77,20 +78,20 @@ class Store:
     # --- configuration -----------------------------------------------------------------------------
 
     async def model(self) -> Model:
-        gen = await cfgstore.gen_async(self.local)
-        cached = self._cache.model
-        if cached is not None and cached.gen == gen:
-            return cached
+        stamp = await cfgstore.stamp_async(self.local)
+        cached = self._cache
+        if cached.model is not None and cached.stamp == stamp:
+            return cached.model
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            cached = self._cache.model
-            if cached is not None and cached.gen == gen:
-                return cached
-            model = await cfgstore.read_async(self.local)
+            cached = self._cache
+            if cached.model is not None and cached.stamp == stamp:
+                return cached.model
+            model, stamp = await cfgstore.read_stamped_async(self.local)
             if model is None:
                 raise NoConfig("no configuration is loaded in Redis: run `sysload init` on the master's node")
-            self._cache = _Cache(model, sorted(model.points.values(), key=lambda p: p.id))
+            self._cache = _Cache(model, sorted(model.points.values(), key=lambda p: p.id), stamp)
             return model
 
     async def _points(self) -> list[SemPoint]:

@@ -92,6 +92,7 @@ class Forwarder:
                                      int(cfg.control_timeout_s * 1000))
         self.tls = tls_context(cfg)
         self.model: Model | None = None
+        self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
         self.servers: dict[int, ForwardServer] = {}
         self.signatures: dict[int, str] = {}
         self.routing = Routing()
@@ -170,7 +171,7 @@ class Forwarder:
             pass
 
     async def _follow(self, local: aredis.Redis) -> None:
-        model = await cfgstore.read_async(local)
+        model, stamp = await cfgstore.read_stamped_async(local)
         while model is None and not self.stop.is_set():
             self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
             self.reload.clear()
@@ -178,21 +179,23 @@ class Forwarder:
                 await asyncio.wait_for(self.reload.wait(), 2.0)
             except TimeoutError:
                 pass
-            model = await cfgstore.read_async(local)
+            model, stamp = await cfgstore.read_stamped_async(local)
         if model is None:
             return
         self.once.clear("nocfg")
         await self._reconcile(model)
+        self.stamp = stamp
         await self._full_image(local)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
         while not self.stop.is_set():
             if self.reload.is_set():
                 self.reload.clear()
-                if await cfgstore.gen_async(local) != self.model.gen:  # type: ignore[union-attr]
-                    model = await cfgstore.read_async(local)
+                if await cfgstore.stamp_async(local) != self.stamp:  # not gen alone: see cfgstore
+                    model, stamp = await cfgstore.read_stamped_async(local)
                     if model is not None:
                         await self._reconcile(model)
+                        self.stamp = stamp
                         await self._full_image(local)
                 continue
             got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)

@@ -44,3 +44,25 @@ async def test_operator_action_with_a_misspelt_field_is_422(loaded, ar, make_api
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "targt"], r.text
     r = await c.get("/api/v1/leases")
     assert [i for i in r.json()["items"] if i["rtu"] == 1][0]["handover"] is None
+
+
+async def test_configuration_loaded_again_after_data_loss_is_served(loaded, feproot, make_api) -> None:
+    """Redis restarted empty, then another configuration loaded: generation 1 again, other RTUs. The api
+    must not keep serving the configuration it cached for generation 1."""
+    from fep_loader.store import replace_config
+    from tests.api.conftest import sample_rows
+
+    c = await make_api(node_cfg(loaded))
+    assert 3 in [i["id"] for i in (await c.get("/api/v1/rtus")).json()["items"]]
+    loaded.restart()
+    rows = sample_rows(feproot)
+    rows["T004_RTU"] = [r for r in rows["T004_RTU"] if r["RTUID"] != 3]
+    rows["T010_CHANNEL"] = [r for r in rows["T010_CHANNEL"] if r["RTUID"] != 3]
+    rows["T011_POINT"] = [r for r in rows["T011_POINT"] if r["RTUID"] != 3]
+    rows["T036_VTPNT"] = [r for r in rows["T036_VTPNT"] if r["RTUID"] != 3]
+    src = {r["PNTID"] for r in rows["T011_POINT"]} | {r["VPID"] for r in rows["T036_VTPNT"]}
+    for t in ("T005_ZFAI", "T006_ZFDI", "T007_ZFACC", "T008_ZFDO", "T009_ZFAO"):
+        rows[t] = [r for r in rows[t] if r["SRCID"] in src]
+    assert replace_config(loaded.client(), rows).gen == 1
+    r = await c.get("/api/v1/rtus/3")
+    assert r.status_code == 404, r.text
