@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
@@ -128,6 +130,7 @@ class Forwarder:
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
                  asyncio.create_task(self._freshness(), name="forwarder-freshness"),
+                 asyncio.create_task(self._links(), name="forwarder-links"),
                  asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
@@ -441,23 +444,33 @@ class Forwarder:
 
     async def _freshness(self) -> None:
         """Once a second (or each lease tick if shorter): judge staleness from the local Redis (INFO
-        replication, TIME, leases) and re-evaluate link liveness on the master (`link_refresh`, so the
-        virtual points fall even when no acquirer is alive)."""
+        replication, TIME, leases). Its client never retries: a check that fails is an observation
+        ("unreachable"), and the next check is the retry (redis-py's default, three retries with backoff,
+        and the link refresh on the same hung master in the same loop, delayed NT by ~25 s on a single node
+        whose Redis was stopped: tests/forwarder/test_redis_hung.py)."""
         period = min(1.0, self.cfg.lease_tick_s)
-        local = redisconn.local_async(self.cfg)
+        local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 0))
         try:
             while not self.stop.is_set():
                 await self._judge(local)
-                await self._refresh_links()
                 await self._sleep(period)
         finally:
             await local.aclose()
+
+    async def _links(self) -> None:
+        """As often as `_freshness`: re-evaluate link liveness on the master (`link_refresh`, so the virtual
+        points fall even when no acquirer is alive); its own task, so a hung master never delays a check."""
+        period = min(1.0, self.cfg.lease_tick_s)
+        while not self.stop.is_set():
+            await self._refresh_links()
+            await self._sleep(period)
 
     async def _judge(self, local: aredis.Redis) -> None:
         model = self.model
         if model is None:
             return
         rtus = sorted({r for r in self.src_rtu.values() if r is not None})
+        asked = int(time.time() * 1000)
         try:
             pipe = local.pipeline(transaction=False)
             pipe.info("replication")
@@ -467,7 +480,7 @@ class Forwarder:
             res = await pipe.execute()
         except REDIS_ERRORS:
             now = int(time.time() * 1000)  # local Redis unreachable: its data is cut off; this clock
-            cut = self.replica.observe(None, now)
+            cut = self.replica.observe(None, now, asked)
             self._set_staleness(freshness.Staleness(
                 f"local Redis unreachable for {cut} ms" if cut > self.limits.replica_down_ms else None,
                 self.staleness.rtus))

@@ -47,8 +47,10 @@ class ReplicaWatch:
     def __init__(self) -> None:
         self.down_since_ms: int | None = None
 
-    def observe(self, info: Mapping[str, Any] | None, now_ms: int) -> int:
-        """`info` = INFO replication of the local Redis, None when it is unreachable -> ms cut off."""
+    def observe(self, info: Mapping[str, Any] | None, now_ms: int, asked_ms: int | None = None) -> int:
+        """`info` = INFO replication of the local Redis, None when it is unreachable -> ms cut off.
+        `asked_ms`: when the request that found it unreachable was sent; a first such observation counts
+        from there (a hung Redis is seen only once the request's timeout has passed)."""
         if info is not None and (info.get("role") != "slave" or info.get("master_link_status") == "up"):
             self.down_since_ms = None
             # a silently broken link (packets dropped) stays "up" until repl-timeout (60 s): the time since
@@ -61,7 +63,7 @@ class ReplicaWatch:
                 ago = max(0, int(reported) - 1) * 1000 if reported is not None else 0
             except (TypeError, ValueError):
                 ago = 0
-            self.down_since_ms = now_ms - ago
+            self.down_since_ms = now_ms - ago if info is not None or asked_ms is None else asked_ms
         return now_ms - self.down_since_ms
 
 

@@ -27,7 +27,7 @@ async def test_redis_restarted_empty_then_loaded_again_gets_every_value(feproot,
             for i in range(4):
                 await until(lambda i=i: value_of(a.master, 1, 1000 + i), 3)
             rp.restart()  # same port, empty
-            time.sleep(0.5)  # noqa: ASYNC251 - the acquirer keeps running against the empty Redis
+            time.sleep(0.5)
             sim.set_value(1001, 77)
             await until(lambda: a.acq.metrics.total["write_errors"] > 0, 5)
             load(rp, rows)  # sysload init again: generation 1 again

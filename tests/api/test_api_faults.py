@@ -43,7 +43,7 @@ async def test_operator_action_with_a_misspelt_field_is_422(loaded, ar, make_api
     r = await c.post("/api/v1/rtus/1/handover", headers=AUTH, json={"targt": "A"})
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "targt"], r.text
     r = await c.get("/api/v1/leases")
-    assert [i for i in r.json()["items"] if i["rtu"] == 1][0]["handover"] is None
+    assert next(i for i in r.json()["items"] if i["rtu"] == 1)["handover"] is None
 
 
 async def test_configuration_loaded_again_after_data_loss_is_served(loaded, feproot, make_api) -> None:
