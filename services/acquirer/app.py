@@ -72,10 +72,10 @@ class Acquirer:
         except Exception as exc:  # noqa: BLE001 - local Redis down or loading: keep running what we have
             self.once.problem("config", f"{type(exc).__name__}: {exc}")
             return
-        self.once.clear("config")
-        if model is None:
+        if model is None:  # logged once while it lasts (a clear first logged "recovered" every second)
             self.once.problem("config", "no configuration in Redis (run sysload init)")
             return
+        self.once.clear("config")
         await self.apply(model)
         self.stamp = stamp
 

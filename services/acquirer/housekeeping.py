@@ -165,10 +165,13 @@ class Housekeeping:
             self.master_ok = False
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
-        self.once.clear("lease")
+        failed = [tick for tick in res[:len(runners)] if isinstance(tick, Exception)]
+        if failed:  # e.g. "Function not found" in a Redis that lost its data: once, not twice a tick
+            self.once.problem("lease", str(failed[0]))
+        else:
+            self.once.clear("lease")
         for r, tick in zip(runners, res, strict=False):
             if isinstance(tick, Exception):
-                self.once.problem("lease", str(tick))
                 continue
             change = r.lease.update(str(tick[0] or ""), int(tick[1]))
             if change:

@@ -41,6 +41,10 @@ SERVICE = "forwarder"
 READ_COUNT = 1000  # stream entries per XREAD
 TLS_PROTOCOLS = ("se104s", "sefeps")
 REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+CONFIG_CHECK_S = 1.0
+"""How often the main loop compares the configuration's stamp besides the CFG_CHANGED announcements: redis-py
+reconnects and re-subscribes by itself, so a Redis restarted empty (or wiped) under the forwarder raises
+nothing it would see (the acquirer compares as often)."""
 
 
 class RedisControlSink:
@@ -191,12 +195,18 @@ class Forwarder:
         await self._full_image(local)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
+        next_check = time.monotonic() + CONFIG_CHECK_S
         while not self.stop.is_set():
-            if self.reload.is_set():
+            if self.reload.is_set() or time.monotonic() >= next_check:
                 self.reload.clear()
+                next_check = time.monotonic() + CONFIG_CHECK_S
                 if await cfgstore.stamp_async(local) != self.stamp:  # not gen alone: see cfgstore
                     model, stamp = await cfgstore.read_stamped_async(local)
-                    if model is not None:
+                    if model is None:  # redis-py reconnected to a Redis that lost its data: say so
+                        self.once.problem("nocfg", f"no configuration in Redis any more (data lost?): serving "
+                                          f"generation {self.model.gen} until one is loaded (sysload init)")  # type: ignore[union-attr]
+                    else:
+                        self.once.clear("nocfg")
                         await self._reconcile(model)
                         self.stamp = stamp
                         await self._full_image(local)
@@ -499,7 +509,11 @@ class Forwarder:
             pipe = self.master.pipeline(transaction=False)
             for r in model.acquisition_rtus():
                 pipe.fcall(*redisfns.link_refresh(r.id, [v.id for v in r.vpoints], live_ms).argv)
-            await pipe.execute()
+            # errors as results: redis-py's own message for a failed pipeline command hides the reason
+            # ("... caused error: {exception.args}", e.g. for "Function not found" after a data loss)
+            failed = [x for x in await pipe.execute(raise_on_error=False) if isinstance(x, Exception)]
+            if failed:
+                raise failed[0]
             self.once.clear("links")
         except REDIS_ERRORS as exc:
             self.once.problem("links", f"link refresh on the master: {exc}")

@@ -1,0 +1,160 @@
+"""Faults injected into the running processes of one node: a real redis-server (no persistence), fep-plcsim's
+PLCs as devices, the real `fep-acquirer` and `fep-forwarder` processes (configured by FEP_* variables as in
+their containers, timers shortened), the api in this test, and a sefeps master (SCADA) reading RTU 12."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from fep_loader.store import replace_config
+from fep_tools.plcsim import PlcSim
+from fep_tools.sefeps_client import SefepsClient
+from fepha import config
+from fepha.points import Quality
+from fepha.semodel.model import Model
+from tests.api.test_with_services import COMMANDS, exited, node_env, system_rows
+from tests.redisproc import RedisProc
+
+NT = int(Quality.NT)
+SEFEPS_RTU = 12
+AI_RTU1, AI_RTU2 = 1, 2  # sefeps addresses of points 101 (RTU 1) and 202 (RTU 2)
+
+
+@dataclass
+class Node:
+    feproot: Path
+    redis: RedisProc
+    rows: dict[str, list[dict[str, Any]]]
+    env: dict[str, str]
+    api: httpx.AsyncClient
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, service: str) -> None:
+        env = {**os.environ, "FEPROOT": str(self.feproot), "FEP_LOG_DIR": "", **self.env}
+        with open(self.log_path(service), "ab") as log:
+            self.procs[service] = subprocess.Popen([sys.executable, "-m", COMMANDS[service]], env=env,
+                                                   stdout=log, stderr=log)
+
+    def log_path(self, service: str) -> Path:
+        return self.feproot / f"{service}.log"
+
+    def log(self, service: str) -> str:
+        return self.log_path(service).read_text(errors="replace")
+
+    @property
+    def sefeps_port(self) -> int:
+        return next(r["LISTENPORT"] for r in self.rows["T004_RTU"] if r["RTUID"] == SEFEPS_RTU)
+
+
+@pytest.fixture
+async def node(feproot: Path, make_api: Any) -> AsyncIterator[Node]:
+    with RedisProc() as rp:
+        rows = system_rows(feproot)
+        replace_config(rp.client(), rows, source="sample")
+        sim = PlcSim(Model.from_rows(rows))
+        await sim.start()
+        env = node_env("A", rp, rp)
+        n = Node(feproot, rp, rows, env, await make_api(config.load_node(feproot, env=env)))
+        try:
+            for service in COMMANDS:
+                n.start(service)
+            yield n
+        finally:
+            for proc in n.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(5)
+            await sim.stop()
+
+
+async def sefeps(node: Node) -> SefepsClient:
+    end = time.monotonic() + 10
+    while True:
+        c = SefepsClient("127.0.0.1", node.sefeps_port)
+        try:
+            await c.connect()
+            return c
+        except OSError:
+            assert time.monotonic() < end, "sefeps server not listening"
+            await asyncio.sleep(0.1)
+
+
+async def until_quality(c: SefepsClient, want: dict[int, bool], timeout: float) -> dict[int, tuple[Any, int]]:
+    """Read changes until each address in `want` last had NT set (True) or clear (False)."""
+    last: dict[int, tuple[Any, int]] = {}
+    end = time.monotonic() + timeout
+    while any((a not in last) or bool(last[a][1] & NT) != nt for a, nt in want.items()):
+        left = end - time.monotonic()
+        assert left > 0, f"quality not reached: want NT {want}, last {last}"
+        try:
+            _, addr, value, q, _ = await c.next_change(left)
+        except TimeoutError:
+            continue
+        last[addr] = (value, q)
+    return last
+
+
+async def valid(node: Node, *pids: int, timeout: float = 10) -> None:
+    """Wait until the api shows each point with a valid value (the acquirer holds and writes)."""
+    end = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            r = await node.api.get(f"/api/v1/points/{pid}")
+            if r.status_code == 200 and r.json()["valid"]:
+                break
+            assert time.monotonic() < end, f"point {pid} not valid: {r.text}"
+            await asyncio.sleep(0.1)
+
+
+async def test_redis_killed_and_restarted_empty(node: Node) -> None:
+    """SIGKILL of the node's Redis, restarted empty on the same port: SCADA sees NT on the acquisition
+    values (no lease holder), the api answers 503 with the reason, neither service exits or loops on a
+    traceback, both log the reason once; after `sysload init` again, every value comes back topical."""
+    await valid(node, 101, 202)
+    c = await sefeps(node)
+    try:
+        img = await c.wait_image(10)
+        assert img[AI_RTU1][1] == img[AI_RTU2][1] == 0, img
+        os.kill(node.redis.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        node.redis.proc.wait(5)  # type: ignore[union-attr]
+        node.redis.proc = None
+        node.redis.start()
+        t0 = time.monotonic()
+        await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 10)
+        took_nt = time.monotonic() - t0
+        r = await node.api.get("/api/v1/points/101")
+        assert r.status_code == 503 and "sysload init" in r.json()["detail"], r.text
+        await asyncio.sleep(2)
+        assert all(p.poll() is None for p in node.procs.values()), {s: p.poll() for s, p in node.procs.items()}
+        for service in COMMANDS:
+            assert "Traceback" not in node.log(service), node.log(service)[-3000:]
+        assert node.log("acquirer").count("no configuration in Redis") == 1, node.log("acquirer")[-3000:]
+        assert node.log("forwarder").count("no configuration in Redis") == 1, node.log("forwarder")[-3000:]
+        assert node.log("acquirer").count("lease: Function not found") == 1  # once, not every tick
+        assert "link refresh on the master: Function not found" in node.log("forwarder")
+        replace_config(node.redis.client(), node.rows, source="sample")
+        t1 = time.monotonic()
+        await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 10)
+        took_back = time.monotonic() - t1
+        await valid(node, 101, 202, timeout=5)  # unchanged values written again (full image)
+        took_values = time.monotonic() - t1
+        print(f"NT after {took_nt:.2f} s, topical again {took_back:.2f} s and every value back {took_values:.2f} s "
+              "after sysload init")
+    finally:
+        await c.close()
+    for service, proc in node.procs.items():
+        proc.send_signal(signal.SIGTERM)
+        assert await exited(proc, 3.0), f"{service} did not exit within 3 s of SIGTERM"
+        assert proc.returncode == 0, (service, proc.returncode, node.log(service)[-2000:])
