@@ -158,3 +158,37 @@ async def test_redis_killed_and_restarted_empty(node: Node) -> None:
         proc.send_signal(signal.SIGTERM)
         assert await exited(proc, 3.0), f"{service} did not exit within 3 s of SIGTERM"
         assert proc.returncode == 0, (service, proc.returncode, node.log(service)[-2000:])
+
+
+async def stale(node: Node, pid: int) -> bool:
+    r = await node.api.get(f"/api/v1/points/{pid}")
+    assert r.status_code == 200, r.text
+    return bool(r.json()["stale"]) and "NT" in r.json()["quality_flags"]
+
+
+async def test_frozen_acquirer_values_go_nt_at_scada_and_in_the_api(node: Node) -> None:
+    """SIGSTOP of the acquirer holding every lease (no other node): SCADA gets NT within lease_ttl_s + one
+    tick + one check (docs/forwarder.md rule 2), and the api shows the same points stale (NT) rather than
+    the stored records, which still look current; SIGCONT: topical again in both."""
+    await valid(node, 101, 202)
+    c = await sefeps(node)
+    acq = node.procs["acquirer"]
+    try:
+        await c.wait_image(10)
+        assert not await stale(node, 101)
+        acq.send_signal(signal.SIGSTOP)
+        t0 = time.monotonic()
+        try:
+            await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 10)
+            took = time.monotonic() - t0
+            assert took <= float(node.env["FEP_TIMERS_LEASE_TTL_S"]) + 0.1 + 1.0 + 0.5, took
+            print(f"NT at SCADA {took:.2f} s after SIGSTOP of the acquirer")
+            assert await stale(node, 101) and await stale(node, 202)
+            page = (await node.api.get("/api/v1/points?quality=NT")).json()
+            assert {101, 202} <= {p["id"] for p in page["items"]}, page
+        finally:
+            acq.send_signal(signal.SIGCONT)
+        await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 10)
+        assert not await stale(node, 101)
+    finally:
+        await c.close()
