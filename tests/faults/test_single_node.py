@@ -39,6 +39,7 @@ class Node:
     rows: dict[str, list[dict[str, Any]]]
     env: dict[str, str]
     api: httpx.AsyncClient
+    sim: PlcSim
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, service: str) -> None:
@@ -66,7 +67,7 @@ async def node(feproot: Path, make_api: Any) -> AsyncIterator[Node]:
         sim = PlcSim(Model.from_rows(rows))
         await sim.start()
         env = node_env("A", rp, rp)
-        n = Node(feproot, rp, rows, env, await make_api(config.load_node(feproot, env=env)))
+        n = Node(feproot, rp, rows, env, await make_api(config.load_node(feproot, env=env)), sim)
         try:
             for service in COMMANDS:
                 n.start(service)
@@ -192,3 +193,96 @@ async def test_frozen_acquirer_values_go_nt_at_scada_and_in_the_api(node: Node) 
         assert not await stale(node, 101)
     finally:
         await c.close()
+
+
+async def test_redis_stopped_past_the_timeouts_then_resumed(node: Node) -> None:
+    """SIGSTOP of the node's Redis for three socket timeouts: SCADA gets NT (local Redis unreachable,
+    rule 1) within replica_down_s + one socket timeout + one check; neither service exits; after SIGCONT
+    the values are topical again and the acquirer still writes (a change reaches SCADA)."""
+    await valid(node, 101, 202)
+    c = await sefeps(node)
+    timeout_s = float(node.env["FEP_REDIS_SOCKET_TIMEOUT_S"])
+    limit_s = 2 * float(node.env["FEP_TIMERS_LEASE_TTL_S"])  # replica_down_s 0: 2 x lease_ttl_s
+    try:
+        await c.wait_image(10)
+        node.redis.pause()
+        t0 = time.monotonic()
+        try:
+            await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 15)
+            took = time.monotonic() - t0
+            assert took <= limit_s + timeout_s + 1.0 + 0.5, took
+            await asyncio.sleep(max(0.0, 3 * timeout_s - took))
+            assert all(p.poll() is None for p in node.procs.values())
+        finally:
+            node.redis.resume()
+        t1 = time.monotonic()
+        await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 15)
+        back = time.monotonic() - t1
+        for service in COMMANDS:
+            assert "Traceback" not in node.log(service), node.log(service)[-3000:]
+        print(f"NT {took:.2f} s after SIGSTOP of Redis, topical {back:.2f} s after SIGCONT")
+    finally:
+        await c.close()
+
+
+DO_ADDR = 30  # sefeps address of DO point 109 (RTU 1's coil)
+
+
+async def test_forwarder_killed_with_a_master_connected(node: Node) -> None:
+    """SIGKILL of the forwarder while a SCADA master is connected, one command in flight: restarted, the
+    master reconnects and gets the image; the command in flight ran at most once, and a new one once."""
+    await valid(node, 101, 202)
+    c = await sefeps(node)
+    try:
+        await c.wait_image(10)
+        assert (await c.command(DO_ADDR, 1, timeout=10))["ok"]
+        assert len(node.sim.writes) == 1
+        c._send({"t": "cmd", "id": 99, "addr": DO_ADDR, "value": 0})  # in flight as the forwarder dies
+        node.procs["forwarder"].kill()
+        node.procs["forwarder"].wait(5)
+    finally:
+        await c.close()
+    node.start("forwarder")
+    c = await sefeps(node)
+    try:
+        img = await c.wait_image(10)
+        assert img[AI_RTU1][1] == 0, img
+        await asyncio.sleep(1.0)  # a control submitted before the kill has run by now
+        in_flight = len(node.sim.writes) - 1
+        assert in_flight in (0, 1), node.sim.writes
+        assert (await c.command(DO_ADDR, 1, timeout=10))["ok"]
+        assert len(node.sim.writes) == 1 + in_flight + 1, node.sim.writes
+    finally:
+        await c.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_api_stops_with_exit_0(redis_master: RedisProc, feproot: Path, sig: int) -> None:
+    """fep-api exits 0 within its stop time after SIGTERM/SIGINT, as the other services do (uvicorn raised
+    the signal again after its shutdown: the process ended killed by it, status -15 / 143)."""
+    from tests.redisproc import free_port
+
+    port = free_port()
+    env = {**os.environ, "FEPROOT": str(feproot), "FEP_LOG_DIR": "", "FEP_REDIS_PORT": str(redis_master.port),
+           "FEP_REDIS_LOCAL_PORT": str(redis_master.port), "FEP_API_PORT": str(port)}
+    proc = subprocess.Popen(["fep-api"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        end = time.monotonic() + 20
+        while True:
+            try:
+                async with httpx.AsyncClient() as h:
+                    if (await h.get(f"http://127.0.0.1:{port}/health", timeout=1)).status_code == 200:
+                        break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < end and proc.poll() is None, "fep-api did not start"
+            await asyncio.sleep(0.1)
+        proc.send_signal(sig)
+        assert await exited(proc, 3.0), "fep-api did not stop within 3 s"
+        err = proc.stderr.read().decode()  # type: ignore[union-attr]
+        assert proc.returncode == 0 and "Traceback" not in err, (proc.returncode, err[-2000:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(5)
+        proc.stderr.close()  # type: ignore[union-attr]
