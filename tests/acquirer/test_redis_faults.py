@@ -58,3 +58,25 @@ async def test_other_configuration_loaded_after_an_empty_restart_is_applied(fepr
         finally:
             await a.stop()
             await sim.stop()
+
+
+async def test_hung_master_is_logged_while_it_lasts(feproot, caplog):
+    """SIGSTOP of the master: the lease tick waits on it (socket timeout, redis-py's retries); the acquirer
+    says so once the wait passes lease_ttl_s, not only when the tick ends, and once when it is over."""
+    with RedisProc() as rp:
+        model = load(rp, merge(rtu_rows(1, free_port())))
+        sim = await start_sim(model)
+        a = Node(node_cfg(feproot, rp, "A"))
+        try:
+            await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+            caplog.set_level("INFO", logger="acquirer")
+            rp.pause()
+            try:
+                await until(lambda: "lease tick waiting on the master Redis" in caplog.text, 3 * 0.6 + 1)
+            finally:
+                rp.resume()
+            await until(lambda: "tick: recovered" in caplog.text, 15)
+            assert caplog.text.count("lease tick waiting") == 1
+        finally:
+            await a.stop()
+            await sim.stop()
