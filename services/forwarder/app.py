@@ -99,6 +99,7 @@ class Forwarder:
         self.tls = tls_context(cfg)
         self.model: Model | None = None
         self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
+        self.cfg_gone = False  # the local Redis lost the configuration `model` came from: every value NT
         self.servers: dict[int, ForwardServer] = {}
         self.signatures: dict[int, str] = {}
         self.routing = Routing()
@@ -202,7 +203,9 @@ class Forwarder:
                 next_check = time.monotonic() + CONFIG_CHECK_S
                 if await cfgstore.stamp_async(local) != self.stamp:  # not gen alone: see cfgstore
                     model, stamp = await cfgstore.read_stamped_async(local)
+                    self.cfg_gone = model is None
                     if model is None:  # redis-py reconnected to a Redis that lost its data: say so
+                        self.stamp = stamp  # (0, ""): the same configuration loaded again is new here
                         self.once.problem("nocfg", f"no configuration in Redis any more (data lost?): serving "
                                           f"generation {self.model.gen} until one is loaded (sysload init)")  # type: ignore[union-attr]
                     else:
@@ -498,7 +501,10 @@ class Forwarder:
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
         polls = {rid: model.rtus[rid].poll_ms or self.cfg.poll_ms for rid in rtus}
-        self._set_staleness(freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits))
+        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
+        if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
+            verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)
+        self._set_staleness(verdict)
 
     async def _refresh_links(self) -> None:
         model = self.model

@@ -30,6 +30,7 @@ from tests.redisproc import RedisProc
 NT = int(Quality.NT)
 SEFEPS_RTU = 12
 AI_RTU1, AI_RTU2 = 1, 2  # sefeps addresses of points 101 (RTU 1) and 202 (RTU 2)
+VP_RTU1 = 11  # sefeps address of virtual point 901 (RTU 1's link)
 
 
 @dataclass
@@ -121,7 +122,7 @@ async def valid(node: Node, *pids: int, timeout: float = 10) -> None:
 
 async def test_redis_killed_and_restarted_empty(node: Node) -> None:
     """SIGKILL of the node's Redis, restarted empty on the same port: SCADA sees NT on the acquisition
-    values (no lease holder), the api answers 503 with the reason, neither service exits or loops on a
+    values (no lease holder) and on the link points (no configuration any more), the api answers 503 with the reason, neither service exits or loops on a
     traceback, both log the reason once; after `sysload init` again, every value comes back topical."""
     await valid(node, 101, 202)
     c = await sefeps(node)
@@ -133,7 +134,7 @@ async def test_redis_killed_and_restarted_empty(node: Node) -> None:
         node.redis.proc = None
         node.redis.start()
         t0 = time.monotonic()
-        await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 10)
+        await until_quality(c, {AI_RTU1: True, AI_RTU2: True, VP_RTU1: True}, 10)
         took_nt = time.monotonic() - t0
         r = await node.api.get("/api/v1/points/101")
         assert r.status_code == 503 and "sysload init" in r.json()["detail"], r.text
@@ -147,7 +148,7 @@ async def test_redis_killed_and_restarted_empty(node: Node) -> None:
         assert "link refresh on the master: Function not found" in node.log("forwarder")
         replace_config(node.redis.client(), node.rows, source="sample")
         t1 = time.monotonic()
-        await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 10)
+        await until_quality(c, {AI_RTU1: False, AI_RTU2: False, VP_RTU1: False}, 10)
         took_back = time.monotonic() - t1
         await valid(node, 101, 202, timeout=5)  # unchanged values written again (full image)
         took_values = time.monotonic() - t1
