@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import ipaddress
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -17,7 +18,15 @@ from typing import Any
 
 
 class ConfigError(Exception):
-    """A configuration value that cannot be used; str() is the one line to print."""
+    """Configuration values that cannot be used: `problems` holds one line per problem (every problem of
+    the files and variables at once, as `sysload check` lists SEMODEL.db's); str() joins them."""
+
+    def __init__(self, *problems: str) -> None:
+        super().__init__(*problems)
+        self.problems: tuple[str, ...] = problems
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
 
 
 def feproot() -> Path:
@@ -40,7 +49,7 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
             v = kind(s)
         except ValueError:
             raise ValueError(what) from None
-        if not (v >= 0 if zero else v > 0):
+        if not math.isfinite(v) or not (v >= 0 if zero else v > 0):  # 'inf', '1e400': no timer lasts forever
             raise ValueError(what)
         return v
     return parse
@@ -216,22 +225,49 @@ def _key(f: Any) -> str:
     return f.name[len(section) + 1:] if f.name.startswith(section + "_") else f.name
 
 
+def _read_ini(path: Path) -> configparser.ConfigParser:
+    """`path` parsed; a missing file is an empty one (every default, the environment still applies: how
+    containers and benches configure a node), but a file that exists must be readable UTF-8 INI.
+    configparser's own `read` skips a file it cannot open and decodes with the locale: an unreadable
+    fep-ha.cfg silently meant node A with every default, a non-UTF-8 byte a traceback."""
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    if not path.exists():
+        return parser
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 "
+                          "(save the file as UTF-8)") from None
+    try:
+        parser.read_string(text, source=str(path))
+    except configparser.Error as exc:
+        raise ConfigError(f"{path}: {exc.message.splitlines()[0]}") from None
+    return parser
+
+
 def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
                   overrides: Mapping[str, Any] | None = None) -> Any:
     """Read `path` into `cls`, applying FEP_<SECTION>_<KEY> variables of `env`; a missing file is
-    allowed only when every value has a default (it is then reported as missing by nobody)."""
+    allowed (every value has a default). Every problem is collected into one ConfigError."""
     env = os.environ if env is None else env
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
-    if path.exists():
-        try:
-            parser.read(path)
-        except configparser.Error as exc:
-            raise ConfigError(f"{path}: {exc.message.splitlines()[0]}") from None
+    parser = _read_ini(path)
+    problems: list[str] = []
     known = {(f.metadata["section"], _key(f)) for f in fields(cls)}
+    sections = {s for s, _ in known}
+    for key in parser.defaults():  # [DEFAULT] would silently apply its keys to every section
+        problems.append(f"{path} [DEFAULT] {key}: unknown setting (put it in its own section)")
     for section in parser.sections():
+        if section not in sections:
+            problems.append(f"{path} [{section}]: unknown section (known: {', '.join(sorted(sections))})")
+            continue
         for key in parser[section]:
-            if (section, key) not in known:
-                raise ConfigError(f"{path} [{section}] {key}: unknown setting")
+            if (section, key) not in known and key not in parser.defaults():
+                problems.append(f"{path} [{section}] {key}: unknown setting")
     values: dict[str, Any] = {}
     for f in fields(cls):
         section, key = f.metadata["section"], _key(f)
@@ -245,7 +281,9 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            raise ConfigError(f"{where} = {raw!r}: {exc}") from None
+            problems.append(f"{where} = {raw!r}: {exc}")
+    if problems:
+        raise ConfigError(*problems)
     values.update(overrides or {})
     return cls(**values)
 
@@ -253,22 +291,28 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
 def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> NodeConfig:
     root = root or feproot()
     cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides)
-    if cfg.lease_ttl_s <= cfg.lease_tick_s * 2:
-        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [timers] lease_ttl_s = {cfg.lease_ttl_s}: "
-                          f"must be more than twice lease_tick_s ({cfg.lease_tick_s})")
-    if cfg.iec104_w > cfg.iec104_k:
-        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [iec104] w = {cfg.iec104_w}: must not exceed k "
-                          f"({cfg.iec104_k})")
-    if cfg.iec104_t2_s >= cfg.iec104_t1_s:
-        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [iec104] t2_s = {cfg.iec104_t2_s}: must be less "
-                          f"than t1_s ({cfg.iec104_t1_s})")
-    if not cfg.se104s_w <= cfg.se104s_k <= 32767:
-        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [se104s] k = {cfg.se104s_k}, w = {cfg.se104s_w}: "
-                          "need w <= k <= 32767 (IEC 104 recommends w at most 2/3 of k)")
-    if cfg.se104s_t2_s >= cfg.se104s_t1_s:
-        raise ConfigError(f"{root / 'cfg' / 'fep-ha.cfg'} [se104s] t2_s = {cfg.se104s_t2_s}: must be less "
-                          f"than t1_s ({cfg.se104s_t1_s})")
+    problems = [f"{root / 'cfg' / 'fep-ha.cfg'} {p}" for p in cross_problems(cfg)]
+    if problems:
+        raise ConfigError(*problems)
     return cfg
+
+
+def cross_problems(cfg: NodeConfig) -> list[str]:
+    """The rules across settings, each broken one as "[section] key = value: why"."""
+    problems = []
+    if cfg.lease_ttl_s <= cfg.lease_tick_s * 2:
+        problems.append(f"[timers] lease_ttl_s = {cfg.lease_ttl_s}: must be more than twice lease_tick_s "
+                        f"({cfg.lease_tick_s})")
+    if cfg.iec104_w > cfg.iec104_k:
+        problems.append(f"[iec104] w = {cfg.iec104_w}: must not exceed k ({cfg.iec104_k})")
+    if cfg.iec104_t2_s >= cfg.iec104_t1_s:
+        problems.append(f"[iec104] t2_s = {cfg.iec104_t2_s}: must be less than t1_s ({cfg.iec104_t1_s})")
+    if not cfg.se104s_w <= cfg.se104s_k <= 32767:
+        problems.append(f"[se104s] k = {cfg.se104s_k}, w = {cfg.se104s_w}: need w <= k <= 32767 (IEC 104 "
+                        "recommends w at most 2/3 of k)")
+    if cfg.se104s_t2_s >= cfg.se104s_t1_s:
+        problems.append(f"[se104s] t2_s = {cfg.se104s_t2_s}: must be less than t1_s ({cfg.se104s_t1_s})")
+    return problems
 
 
 def load_log(root: Path | None = None, env: Mapping[str, str] | None = None) -> LogConfig:

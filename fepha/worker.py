@@ -54,7 +54,7 @@ def main(prog: str, doc: str, services: Sequence[str], runner: Callable[[], Runn
         if not args.check:
             log_setup(prog, config.load_log(root), root)
     except ConfigError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print("\n".join(f"{prog}: {line}" for line in exc.problems), file=sys.stderr)
         return 2
     if args.check:
         return check(cfg, services)

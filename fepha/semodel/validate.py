@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from fepha.semodel.model import (
     FWD_PROTOCOLS,
     FWD_TABLES,
     IEC104,
+    KEYS,
     KINDS,
     RTUTYPES,
     Row,
@@ -85,12 +87,11 @@ def _int(v: Any) -> int | None:
 def _num(v: Any) -> float | None:
     if isinstance(v, bool):
         return None
-    if isinstance(v, (int, float)):
-        return float(v)
     try:
-        return float(v) if isinstance(v, str) else None
+        f = float(v) if isinstance(v, (int, float, str)) else None
     except ValueError:
         return None
+    return f if f is not None and math.isfinite(f) else None  # SQLite stores 9e999 as Inf: not a value
 
 
 def valid_ip(v: Any) -> bool:
@@ -140,6 +141,7 @@ class _Checker:
 def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
     """Every problem of a configuration, sorted by table and row; empty when it may be loaded."""
     c = _Checker()
+    _check_keys_and_blobs(c, rows)
     _check_union(c, rows.get("T020_UNION", ()))
     rtus = _check_rtus(c, rows.get("T004_RTU", ()))
     iec = {rid for r in rows.get("T004_RTU", ()) if (rid := _int(r.get("RTUID"))) is not None
@@ -149,6 +151,26 @@ def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
     _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
     _check_forwards(c, rows, rtus, kinds)
     return sorted(set(c.problems))
+
+
+def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> None:
+    """Rules of every table: a key (the primary key of schema.sql) held by one row only, since rows are
+    stored in Redis under it and a second row would silently replace the first (a database built with
+    other DDL has no PRIMARY KEY to refuse it); and no BLOB value, which no column holds and which cannot
+    be stored as JSON."""
+    for table, trows in rows.items():
+        if table not in KEYS:
+            continue
+        seen: dict[str, int] = {}
+        for row in trows:
+            k = row_key(table, row)
+            seen[k] = seen.get(k, 0) + 1
+            for col, v in row.items():
+                if isinstance(v, bytes):
+                    c.add(table, row, col, f"{v!r} is a BLOB, not text or a number")
+        for k, n in seen.items():
+            if n > 1:
+                c.problems.append(Problem(table, k, ", ".join(KEYS[table]), f"key held by {n} rows"))
 
 
 def _check_union(c: _Checker, union: Sequence[Row]) -> None:

@@ -38,6 +38,7 @@ class Acquirer:
         self.house = Housekeeping(cfg, master, local, self.writer, self.metrics, self.once, self.runners)
         self.tasks: list[asyncio.Task[None]] = []
         self.gen: int | None = None
+        self.stamp: cfgstore.Stamp | None = None  # of the configuration applied (cfgstore: not gen alone)
         self.stopping = asyncio.Event()
 
     async def apply(self, model: Model) -> None:
@@ -65,18 +66,18 @@ class Acquirer:
 
     async def check_config(self) -> None:
         try:
-            gen = await cfgstore.gen_async(self.local)
-            if gen == self.gen:
+            if await cfgstore.stamp_async(self.local) == self.stamp:
                 return
-            model = await cfgstore.read_async(self.local)
+            model, stamp = await cfgstore.read_stamped_async(self.local)
         except Exception as exc:  # noqa: BLE001 - local Redis down or loading: keep running what we have
             self.once.problem("config", f"{type(exc).__name__}: {exc}")
             return
-        self.once.clear("config")
-        if model is None:
+        if model is None:  # logged once while it lasts (a clear first logged "recovered" every second)
             self.once.problem("config", "no configuration in Redis (run sysload init)")
             return
+        self.once.clear("config")
         await self.apply(model)
+        self.stamp = stamp
 
     async def run(self, stop: asyncio.Event, config_check_s: float = 1.0) -> None:
         self.writer.start()

@@ -70,7 +70,15 @@ class Housekeeping:
         tick = asyncio.create_task(self.tick(), name="acquirer-tick")
         moved = asyncio.create_task(self.moved.wait())
         try:
-            await asyncio.wait([tick, moved], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([tick, moved], timeout=self.cfg.lease_ttl_s,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # a hung master (stopped, not closed): say so while it lasts, not only after
+                self.once.problem("tick", f"lease tick waiting on the master Redis {self.cfg.vip}:{self.cfg.port} "
+                                  f"for more than lease_ttl_s ({self.cfg.lease_ttl_s} s): leases lapse, values "
+                                  "go NT")
+                await asyncio.wait([tick, moved], return_when=asyncio.FIRST_COMPLETED)
+            if tick.done():
+                self.once.clear("tick")
         finally:  # also when the loop itself is cancelled (stop): neither task outlives it
             abandoned = not tick.done()
             await asyncio.gather(cancel_and_wait(moved), cancel_and_wait(tick))
@@ -165,10 +173,13 @@ class Housekeeping:
             self.master_ok = False
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
-        self.once.clear("lease")
+        failed = [tick for tick in res[:len(runners)] if isinstance(tick, Exception)]
+        if failed:  # e.g. "Function not found" in a Redis that lost its data: once, not twice a tick
+            self.once.problem("lease", str(failed[0]))
+        else:
+            self.once.clear("lease")
         for r, tick in zip(runners, res, strict=False):
             if isinstance(tick, Exception):
-                self.once.problem("lease", str(tick))
                 continue
             change = r.lease.update(str(tick[0] or ""), int(tick[1]))
             if change:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 import uvicorn
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load_node()
         log_setup("fep-api", config.load_log())
     except ConfigError as exc:
-        print(f"fep-api: {exc}", file=sys.stderr)
+        print("\n".join(f"fep-api: {line}" for line in exc.problems), file=sys.stderr)
         return 2
     from fep_api.app import create_app
 
@@ -33,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
                                            port=args.port or cfg.api_port, log_config=None,
                                            access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=STOP_S))
+    # uvicorn raises the signal again once its graceful shutdown is done, for the handler that was in place
+    # before: with the default one the process ended killed by SIGTERM (status 143), not with 0 as every other
+    # service after a clean stop. Handlers that do nothing take that second delivery.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
     return 0 if server.started else 1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 NodeId = Literal["A", "B"]
 Kind = Literal["AI", "DI", "ACC", "DO", "AO"]
@@ -326,6 +326,10 @@ class ControlPage(BaseModel):
 
 
 class HandoverRequest(BaseModel):
+    # a misspelt field ({"targt": "A"}) is a 422, not ignored: ignored, the lease moved to the default node,
+    # which may be the opposite of the one the operator named
+    model_config = ConfigDict(extra="forbid")
+
     target: NodeId | None = Field(None, description="node to move the lease to; "
                                                     "default: the node that does not hold it")
     window_s: float | None = Field(None, gt=0, le=600,

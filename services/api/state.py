@@ -17,7 +17,7 @@ from redis import exceptions as rex
 from fep_api import models as m
 from fep_api import views
 from fep_api.metrics import MetricsSnapshot, read_snapshot
-from fepha import cfgstore, heartbeat, redisconn, redisfns
+from fepha import cfgstore, freshness, heartbeat, redisconn, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
@@ -46,6 +46,7 @@ class Unprocessable(Exception):
 class _Cache:
     model: Model | None = None
     points: list[SemPoint] = field(default_factory=list)
+    stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats after data loss)
 
 
 class Store:
@@ -57,6 +58,8 @@ class Store:
         self._master: Any = None
         self._cache = _Cache()
         self._lock: asyncio.Lock | None = None
+        self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
+                                       int(cfg.lease_tick_s * 1000))
 
     @property
     def master(self) -> Any:
@@ -77,20 +80,20 @@ class Store:
     # --- configuration -----------------------------------------------------------------------------
 
     async def model(self) -> Model:
-        gen = await cfgstore.gen_async(self.local)
-        cached = self._cache.model
-        if cached is not None and cached.gen == gen:
-            return cached
+        stamp = await cfgstore.stamp_async(self.local)
+        cached = self._cache
+        if cached.model is not None and cached.stamp == stamp:
+            return cached.model
         if self._lock is None:
             self._lock = asyncio.Lock()
         async with self._lock:
-            cached = self._cache.model
-            if cached is not None and cached.gen == gen:
-                return cached
-            model = await cfgstore.read_async(self.local)
+            cached = self._cache
+            if cached.model is not None and cached.stamp == stamp:
+                return cached.model
+            model, stamp = await cfgstore.read_stamped_async(self.local)
             if model is None:
                 raise NoConfig("no configuration is loaded in Redis: run `sysload init` on the master's node")
-            self._cache = _Cache(model, sorted(model.points.values(), key=lambda p: p.id))
+            self._cache = _Cache(model, sorted(model.points.values(), key=lambda p: p.id), stamp)
             return model
 
     async def _points(self) -> list[SemPoint]:
@@ -247,17 +250,30 @@ class Store:
         return m.ForwardList(rtu=rtu_id, time_ms=now, items=items)
 
     async def _records(self, pts: list[SemPoint]) -> dict[int, str | None]:
+        """The value records of `pts` as SCADA is served them: with NT added where the forwarder adds it
+        (`fepha.freshness`: the local Redis cut off from the master, the RTU without a live lease holder or
+        without a complete poll for `stale_polls` periods). Stored records say nothing of that: a frozen or
+        dead acquirer leaves its last values looking current."""
         by_rtu: dict[int, list[SemPoint]] = {}
         for p in pts:
             by_rtu.setdefault(p.rtu, []).append(p)
         if not by_rtu:
             return {}
         pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        pipe.info("replication")
         for rid, ps in by_rtu.items():
             pipe.hmget(ks.values(rid), [str(p.id) for p in ps])
+            pipe.hgetall(ks.lease(rid))
+        res = await pipe.execute()
+        now = views.redis_time_ms(res[0])
+        cut_off = freshness.ReplicaWatch().observe(res[1], now) > self.limits.replica_down_ms  # Redis's counters
+        rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out: dict[int, str | None] = {}
-        for ps, recs in zip(by_rtu.values(), await pipe.execute(), strict=False):
-            out.update({p.id: rec for p, rec in zip(ps, recs, strict=False)})
+        for (rid, ps), recs, lease in zip(by_rtu.items(), res[2::2], res[3::2], strict=False):
+            poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
+            stale = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits) is not None
+            out.update({p.id: views.served(rec, stale) for p, rec in zip(ps, recs, strict=False)})
         return out
 
     async def point(self, pid: int) -> m.Point:

@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fep_api import models as m
+from fepha import freshness, points
 from fepha import heartbeat as hbmod
 from fepha import keyspace as ks
-from fepha import points
 from fepha.semodel import model as sem
 
 NODES: tuple[str, str] = ("A", "B")
@@ -310,6 +310,17 @@ def quality_matches(pv: Mapping[str, Any], want: str | None) -> bool:
     if want == "bad":
         return not good
     return want in (pv.get("quality_flags") or [])
+
+
+def served(record: str | None, stale: bool) -> str | None:
+    """A value record with NT added when its source is not topical (an unreadable record unchanged)."""
+    if record is None or not stale:
+        return record
+    try:
+        v = freshness.overlay(points.decode(record), True)
+    except ValueError:
+        return record
+    return points.encode(v.value, v.quality, v.ts_ms)
 
 
 def aged(fields: dict[str, Any], now_ms: int | None) -> dict[str, Any]:

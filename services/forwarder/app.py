@@ -20,6 +20,8 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
@@ -39,6 +41,10 @@ SERVICE = "forwarder"
 READ_COUNT = 1000  # stream entries per XREAD
 TLS_PROTOCOLS = ("se104s", "sefeps")
 REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+CONFIG_CHECK_S = 1.0
+"""How often the main loop compares the configuration's stamp besides the CFG_CHANGED announcements: redis-py
+reconnects and re-subscribes by itself, so a Redis restarted empty (or wiped) under the forwarder raises
+nothing it would see (the acquirer compares as often)."""
 
 
 class RedisControlSink:
@@ -92,6 +98,8 @@ class Forwarder:
                                      int(cfg.control_timeout_s * 1000))
         self.tls = tls_context(cfg)
         self.model: Model | None = None
+        self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
+        self.cfg_gone = False  # the local Redis lost the configuration `model` came from: every value NT
         self.servers: dict[int, ForwardServer] = {}
         self.signatures: dict[int, str] = {}
         self.routing = Routing()
@@ -127,6 +135,7 @@ class Forwarder:
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
                  asyncio.create_task(self._freshness(), name="forwarder-freshness"),
+                 asyncio.create_task(self._links(), name="forwarder-links"),
                  asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
@@ -170,7 +179,7 @@ class Forwarder:
             pass
 
     async def _follow(self, local: aredis.Redis) -> None:
-        model = await cfgstore.read_async(local)
+        model, stamp = await cfgstore.read_stamped_async(local)
         while model is None and not self.stop.is_set():
             self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
             self.reload.clear()
@@ -178,21 +187,31 @@ class Forwarder:
                 await asyncio.wait_for(self.reload.wait(), 2.0)
             except TimeoutError:
                 pass
-            model = await cfgstore.read_async(local)
+            model, stamp = await cfgstore.read_stamped_async(local)
         if model is None:
             return
         self.once.clear("nocfg")
         await self._reconcile(model)
+        self.stamp = stamp
         await self._full_image(local)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
+        next_check = time.monotonic() + CONFIG_CHECK_S
         while not self.stop.is_set():
-            if self.reload.is_set():
+            if self.reload.is_set() or time.monotonic() >= next_check:
                 self.reload.clear()
-                if await cfgstore.gen_async(local) != self.model.gen:  # type: ignore[union-attr]
-                    model = await cfgstore.read_async(local)
-                    if model is not None:
+                next_check = time.monotonic() + CONFIG_CHECK_S
+                if await cfgstore.stamp_async(local) != self.stamp:  # not gen alone: see cfgstore
+                    model, stamp = await cfgstore.read_stamped_async(local)
+                    self.cfg_gone = model is None
+                    if model is None:  # redis-py reconnected to a Redis that lost its data: say so
+                        self.stamp = stamp  # (0, ""): the same configuration loaded again is new here
+                        self.once.problem("nocfg", f"no configuration in Redis any more (data lost?): serving "
+                                          f"generation {self.model.gen} until one is loaded (sysload init)")  # type: ignore[union-attr]
+                    else:
+                        self.once.clear("nocfg")
                         await self._reconcile(model)
+                        self.stamp = stamp
                         await self._full_image(local)
                 continue
             got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
@@ -437,23 +456,33 @@ class Forwarder:
 
     async def _freshness(self) -> None:
         """Once a second (or each lease tick if shorter): judge staleness from the local Redis (INFO
-        replication, TIME, leases) and re-evaluate link liveness on the master (`link_refresh`, so the
-        virtual points fall even when no acquirer is alive)."""
+        replication, TIME, leases). Its client never retries: a check that fails is an observation
+        ("unreachable"), and the next check is the retry (redis-py's default, three retries with backoff,
+        and the link refresh on the same hung master in the same loop, delayed NT by ~25 s on a single node
+        whose Redis was stopped: tests/forwarder/test_redis_hung.py)."""
         period = min(1.0, self.cfg.lease_tick_s)
-        local = redisconn.local_async(self.cfg)
+        local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 0))
         try:
             while not self.stop.is_set():
                 await self._judge(local)
-                await self._refresh_links()
                 await self._sleep(period)
         finally:
             await local.aclose()
+
+    async def _links(self) -> None:
+        """As often as `_freshness`: re-evaluate link liveness on the master (`link_refresh`, so the virtual
+        points fall even when no acquirer is alive); its own task, so a hung master never delays a check."""
+        period = min(1.0, self.cfg.lease_tick_s)
+        while not self.stop.is_set():
+            await self._refresh_links()
+            await self._sleep(period)
 
     async def _judge(self, local: aredis.Redis) -> None:
         model = self.model
         if model is None:
             return
         rtus = sorted({r for r in self.src_rtu.values() if r is not None})
+        asked = int(time.time() * 1000)
         try:
             pipe = local.pipeline(transaction=False)
             pipe.info("replication")
@@ -463,7 +492,7 @@ class Forwarder:
             res = await pipe.execute()
         except REDIS_ERRORS:
             now = int(time.time() * 1000)  # local Redis unreachable: its data is cut off; this clock
-            cut = self.replica.observe(None, now)
+            cut = self.replica.observe(None, now, asked)
             self._set_staleness(freshness.Staleness(
                 f"local Redis unreachable for {cut} ms" if cut > self.limits.replica_down_ms else None,
                 self.staleness.rtus))
@@ -471,7 +500,10 @@ class Forwarder:
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
         polls = {rid: model.rtus[rid].poll_ms or self.cfg.poll_ms for rid in rtus}
-        self._set_staleness(freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits))
+        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
+        if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
+            verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)
+        self._set_staleness(verdict)
 
     async def _refresh_links(self) -> None:
         model = self.model
@@ -482,7 +514,11 @@ class Forwarder:
             pipe = self.master.pipeline(transaction=False)
             for r in model.acquisition_rtus():
                 pipe.fcall(*redisfns.link_refresh(r.id, [v.id for v in r.vpoints], live_ms).argv)
-            await pipe.execute()
+            # errors as results: redis-py's own message for a failed pipeline command hides the reason
+            # ("... caused error: {exception.args}", e.g. for "Function not found" after a data loss)
+            failed = [x for x in await pipe.execute(raise_on_error=False) if isinstance(x, Exception)]
+            if failed:
+                raise failed[0]
             self.once.clear("links")
         except REDIS_ERRORS as exc:
             self.once.problem("links", f"link refresh on the master: {exc}")

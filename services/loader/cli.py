@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config.load_node(root)
         log_setup("sysload", config.load_log(root), root, console=False)
     except ConfigError as exc:
-        print(f"sysload: {exc}", file=sys.stderr)
+        print("\n".join(f"sysload: {line}" for line in exc.problems), file=sys.stderr)
         return 2
     path: Path = args.db or config.semodel_path(cfg, root)
 

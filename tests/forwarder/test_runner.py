@@ -312,3 +312,20 @@ async def test_reads_the_local_replica_and_writes_the_master(redis_pair: tuple[R
                     await asyncio.sleep(0.05)
     finally:
         await r.aclose()
+
+
+async def test_configuration_loaded_again_after_a_wipe_is_applied(setup: Any, feproot: Path) -> None:
+    """Redis's data wiped under the forwarder (FLUSHALL; a restart without persistence alike), then a
+    configuration loaded again: generation 1 again, other content, and it must still be applied
+    (cfgstore: a configuration is identified by generation and content)."""
+    proc, r, port = setup
+    port2 = free_port()
+    async with forwarder(node_cfg(proc)):
+        await wait_listening(port)
+        await r.flushall()  # connections stay: only the pub/sub announcement says a configuration came
+        rows = se104s_rows(feproot, port)
+        rows["T004_RTU"].append({"RTUID": 13, "NAME": "second 104", "RTUTYPE": 2, "PROTOCOL": "se104s",
+                                 "POLLMS": None, "TIMEOUTMS": None, "LISTENPORT": port2, "ADDRESS": 2,
+                                 "ALLOW": None})
+        assert (await in_thread(replace_config, proc.client(), rows)).gen == 1
+        await wait_listening(port2)

@@ -5,8 +5,10 @@ is played by a task that ticks the lease and the link as the acquirer's housekee
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -92,6 +94,21 @@ async def gi(m: Any) -> dict[int, tuple[Any, bool]]:
             for r in m.values("INTERROGATED_BY_STATION")[n0:]}
 
 
+@contextlib.asynccontextmanager
+async def rule1_scene(r: aredis.Redis, cfg: Any, port: int) -> AsyncIterator[tuple[Holder, Any]]:
+    """Node A holds RTU 1 with a lease of a minute and no poll stamps (only rule 1, the local Redis cut
+    off, can fire), the forwarder `cfg` runs, and a c104 master's first GI shows every watched value
+    topical."""
+    async with Holder(r, 1, ttl_ms=60_000, poll_age=False) as h:
+        await h.write(p101=7.0, p103=20.0, p105=1)
+        async with forwarder(cfg):
+            await wait_listening(port)
+            async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
+                first = await gi(m)
+                assert all(not first[ioa][1] for ioa in WATCHED), first
+                yield h, m
+
+
 async def test_replica_cut_off_sets_nt_on_every_value_then_recovery_clears_it(
         redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
     """Issue 10 problem 2: node B's Redis loses its replication link -> NT on every value served on B
@@ -106,32 +123,26 @@ async def test_replica_cut_off_sets_nt_on_every_value_then_recovery_clears_it(
     cfg = dataclasses.replace(quality_cfg(master, quality_replica_down_s=limit_s), node_id="B",
                               local_host=replica.host, local_port=replica.port)
     try:
-        async with Holder(r, 1, ttl_ms=60_000, poll_age=False) as h:
-            await h.write(p101=7.0, p103=20.0, p105=1)
-            async with forwarder(cfg):
-                await wait_listening(port)
-                async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
-                    first = await gi(m)
-                    assert all(not first[ioa][1] for ioa in WATCHED), first
-                    t0 = time.monotonic()
-                    replica.client().replicaof("127.0.0.1", free_port())  # an address nobody answers
-                    await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
-                                "NT on every watched value")
-                    took = time.monotonic() - t0
-                    assert limit_s - 0.1 <= took <= limit_s + TICK_S + 1.0, took
-                    assert spont_q(m, 1001)[-1] == (pytest.approx(7.0), True)  # the frozen value, marked NT
-                    during = await gi(m)
-                    assert all(during[ioa][1] for ioa in WATCHED), during
-                    await h.write(p101=9.0)  # on the master only: B cannot see it yet
-                    n = {i: len(spont_q(m, i)) for i in WATCHED}
-                    replica.client().replicaof(master.host, master.port)
-                    await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
-                                "fresh value with NT cleared")
-                    for i in WATCHED:
-                        await until(lambda i=i: len(spont_q(m, i)) > n[i] and not spont_q(m, i)[-1][1], 5,
-                                    f"NT cleared on {i}")
-                    after = await gi(m)
-                    assert all(not after[ioa][1] for ioa in WATCHED), after
+        async with rule1_scene(r, cfg, port) as (h, m):
+            t0 = time.monotonic()
+            replica.client().replicaof("127.0.0.1", free_port())  # an address nobody answers
+            await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
+                        "NT on every watched value")
+            took = time.monotonic() - t0
+            assert limit_s - 0.1 <= took <= limit_s + TICK_S + 1.0, took
+            assert spont_q(m, 1001)[-1] == (pytest.approx(7.0), True)  # the frozen value, marked NT
+            during = await gi(m)
+            assert all(during[ioa][1] for ioa in WATCHED), during
+            await h.write(p101=9.0)  # on the master only: B cannot see it yet
+            n = {i: len(spont_q(m, i)) for i in WATCHED}
+            replica.client().replicaof(master.host, master.port)
+            await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
+                        "fresh value with NT cleared")
+            for i in WATCHED:
+                await until(lambda i=i: len(spont_q(m, i)) > n[i] and not spont_q(m, i)[-1][1], 5,
+                            f"NT cleared on {i}")
+            after = await gi(m)
+            assert all(not after[ioa][1] for ioa in WATCHED), after
     finally:
         await r.aclose()
 

@@ -13,9 +13,8 @@ Counting rules (plain functions, table-tested in tests/ha/test_plant_rules.py st
 - a point is counted when its expected values over the window are all distinct (a clamped normalised
   value is not a sequence);
 - lost: device changes in the window never received spontaneously (from either node);
-- dup: receptions beyond the first of one change, except a reception whose quality differs from the
-  point's previous reception: that is a quality change (NT while no node acquires the device during the
-  failover, then good again), which the standard sends spontaneously with the current value;
+- dup: receptions beyond the first of one change (quality-only events, the same value with NT set or
+  cleared, do not count: `plant.quality_only`);
 - bound: the events k unacknowledged I frames can hold, k x the most counted points one ASDU can carry
   (one event per point per ASDU: each stream entry carries every changed point of its RTU once).
 """
@@ -70,14 +69,17 @@ def count_switch(dev: dict[int, list[tuple[float, float]]], records: list[dict[s
         expected = [view.expected(v) for _, v in changes]
         if not changes or len(set(expected)) != len(expected):
             continue
-        got = [(gv, r.get("quality")) for r in records if r.get("src") == "iec104" and r.get("ioa") == view.key
-               and r.get("cot") == "SPONTANEOUS" and (gv := plant.proto_value(r, view)) is not None]
+        recs = [r for r in records if r.get("src") == "iec104" and r.get("ioa") == view.key
+                and r.get("cot") == "SPONTANEOUS"]
+        # quality-only events (the same value with NT set or cleared: B's verdict on A's lease during the
+        # gap, docs/forwarder.md) are neither duplicates nor changes, as in plant.count_spontaneous
+        kept, _ = plant.quality_only([(r, plant.proto_value(r, view)) for r in recs])
+        got = [gv for _, gv in kept if gv is not None]
         lost = dup = 0
         for _, v in changes:
-            seen = [i for i, (gv, _) in enumerate(got) if view.same(gv, v)]
-            quality_changes = sum(1 for i in seen[1:] if got[i][1] != got[i - 1][1])
-            lost += not seen
-            dup += max(0, len(seen) - 1 - quality_changes)
+            n = sum(1 for gv in got if view.same(gv, v))
+            lost += n == 0
+            dup += max(0, n - 1)
         out.per_point[view.key] = (len(changes), lost, dup)
         out.made += len(changes)
         out.lost += lost

@@ -1,0 +1,88 @@
+"""Whether a stored value is topical (IEC 60870-5 NT): the rules the forwarder applies to what it sends
+SCADA and the api to what it shows (docs/forwarder.md "Quality"); pure functions and one small class.
+The forwarder's verdict over all its RTUs (Staleness, judge) is in fep_forwarder.freshness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fepha.points import Quality, Value
+
+NT = int(Quality.NT)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    replica_down_ms: int
+    stale_polls: int
+    tick_ms: int
+
+
+class ReplicaWatch:
+    """How long the local Redis's data has been cut off from the master, from INFO replication.
+
+    A master is not cut off; a replica with its link up is cut off for as long as it has heard nothing from
+    its master (`master_last_io_seconds_ago`). Otherwise the start is the first observation,
+    moved back by `master_link_down_since_seconds` minus one (Redis counts whole seconds) when Redis
+    reports more than one second (a forwarder started while the link was already down)."""
+
+    def __init__(self) -> None:
+        self.down_since_ms: int | None = None
+
+    def observe(self, info: Mapping[str, Any] | None, now_ms: int, asked_ms: int | None = None) -> int:
+        """`info` = INFO replication of the local Redis, None when it is unreachable -> ms cut off.
+        `asked_ms`: when the request that found it unreachable was sent; a first such observation counts
+        from there (a hung Redis is seen only once the request's timeout has passed)."""
+        if info is not None and (info.get("role") != "slave" or info.get("master_link_status") == "up"):
+            self.down_since_ms = None
+            # a silently broken link (packets dropped) stays "up" until repl-timeout (60 s): the time since
+            # the last byte from the master says more, as the holders write every lease tick
+            return max(0, _num(info.get("master_last_io_seconds_ago"))) * 1000 if info.get("role") == "slave" else 0
+        if self.down_since_ms is None:
+            reported = info.get("master_link_down_since_seconds") if info is not None else None
+            try:
+                # whole seconds of Redis's clock: 1 may mean 0.1 s, so one second is taken off
+                ago = max(0, int(reported) - 1) * 1000 if reported is not None else 0
+            except (TypeError, ValueError):
+                ago = 0
+            self.down_since_ms = now_ms - ago if info is not None or asked_ms is None else asked_ms
+        return now_ms - self.down_since_ms
+
+
+def _num(x: Any) -> int:
+    try:
+        return int(x)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _int(h: Mapping[str, str], k: str) -> int | None:
+    try:
+        return int(h[k])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int, lim: Limits) -> str | None:
+    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are."""
+    holder = lease.get("holder") or ""
+    if not holder:
+        return "no lease holder"
+    expires = _int(lease, "expires_ms") or 0
+    if now_ms > expires + lim.tick_ms:
+        return f"lease of {holder} lapsed {now_ms - expires} ms ago"
+    polled = _int(lease, "polled_ms")
+    if polled is not None and now_ms - polled > lim.stale_polls * poll_ms + lim.tick_ms:
+        return f"holder {holder} has not completed a poll for {now_ms - polled} ms"
+    return None
+
+
+def overlay(v: Value, stale: bool) -> Value:
+    """The value as sent: NT added while not topical (the stored value keeps its own quality)."""
+    return Value(v.value, v.quality | NT, v.ts_ms) if stale and not v.quality & NT else v
+
+
+__all__ = ["NT", "Limits", "ReplicaWatch", "overlay", "rtu_reason"]

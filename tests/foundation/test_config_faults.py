@@ -1,0 +1,89 @@
+"""Broken fep-ha.cfg / syslod.cfg inputs as an operator or a fault run produces them: each problem is one
+line naming file, section, key and value, every problem at once, and every command stops with exit 2 and
+no traceback (docs/configuration.md)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fepha import config
+from fepha.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(root: Path, data: bytes, name: str = "fep-ha.cfg") -> Path:
+    (root / "cfg").mkdir(parents=True, exist_ok=True)
+    path = root / "cfg" / name
+    path.write_bytes(data)
+    return path
+
+
+def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as exc:
+        config.load_node(root, env=env or {})
+    return exc.value.problems
+
+
+@pytest.mark.parametrize("data,expect", [
+    (b"[node]\nid = A\n; caf\xe9 (latin-1)\n", "fep-ha.cfg line 3: byte 0xe9 is not UTF-8"),
+    (b"[timers]\ntakeover_s = inf\n", "[timers] takeover_s = 'inf': expected a number > 0"),
+    (b"[timers]\nlease_ttl_s = 1e400\n", "[timers] lease_ttl_s = '1e400': expected a number > 0"),
+    (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected a number >= 0"),
+    (b"[DEFAULT]\nport = 7000\n", "fep-ha.cfg [DEFAULT] port: unknown setting"),
+    (b"[timer]\n", "fep-ha.cfg [timer]: unknown section"),
+])
+def test_broken_file_is_one_line(tmp_path: Path, data: bytes, expect: str) -> None:
+    write(tmp_path, data)
+    (line,) = problems(tmp_path)
+    assert expect in line, line
+
+
+def test_a_file_that_cannot_be_read_is_not_taken_for_defaults(tmp_path: Path) -> None:
+    """configparser skips a file it cannot open: an unreadable fep-ha.cfg was node A with every default."""
+    (tmp_path / "cfg" / "fep-ha.cfg").mkdir(parents=True)
+    (line,) = problems(tmp_path)
+    assert line.endswith("fep-ha.cfg: cannot read: Is a directory")
+
+
+def test_missing_or_empty_file_means_defaults_and_environment(tmp_path: Path) -> None:
+    """Documented: benches and containers configure a node by environment alone."""
+    assert config.load_node(tmp_path, env={"FEP_NODE_ID": "B"}).node_id == "B"
+    write(tmp_path, b"")
+    assert config.load_node(tmp_path, env={}) == config.NodeConfig()
+
+
+def test_every_problem_is_listed_at_once(tmp_path: Path) -> None:
+    write(tmp_path, b"[timers]\ntakeover_s = soon\nlease_ttl_s = 1\nlease_tick_s = 1\n[redis]\nport = 0\n"
+                    b"[node]\nidd = B\n")
+    lines = problems(tmp_path, {"FEP_API_PORT": "http"})
+    assert len(lines) == 4, lines
+    assert any(line.endswith("[node] idd: unknown setting") for line in lines)
+    assert any("[timers] takeover_s = 'soon'" in line for line in lines)
+    assert any("[redis] port = '0'" in line for line in lines)
+    assert any("environment FEP_API_PORT = 'http'" in line for line in lines)
+    write(tmp_path, b"[timers]\nlease_ttl_s = 1\nlease_tick_s = 1\n[iec104]\nk = 2\nw = 3\n")
+    assert len(problems(tmp_path)) == 2  # the rules across settings too
+
+
+@pytest.mark.parametrize("cmd", [["sysload", "check"], ["fep-acquirer"], ["fep-forwarder"], ["fep-api"]])
+def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list[str]) -> None:
+    write(tmp_path, (REPO / "cfg" / "syslod.cfg").read_bytes(), "syslod.cfg")
+    write(tmp_path, b"[timers]\ntakeover_s = -1\n[writer]\nbatch = 5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "FEPROOT": str(tmp_path)},
+                       check=False)
+    lines = p.stderr.strip().splitlines()
+    prog = cmd[0]
+    assert p.returncode == 2, p.stderr
+    assert lines == [f"{prog}: {tmp_path}/cfg/fep-ha.cfg [writer] batch: unknown setting",
+                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number > 0"]
+    write(tmp_path, b"[node]\nid = \xff\n")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "FEPROOT": str(tmp_path)},
+                       check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == f"{prog}: {tmp_path}/cfg/fep-ha.cfg line 2: byte 0xff is not UTF-8 (save the file as UTF-8)"

@@ -1,0 +1,88 @@
+"""SEMODEL.db broken in each way a fault run or an operator's own tooling breaks it: `sysload init` lists
+every problem (table, key, column), exits 1 and leaves Redis untouched; never a traceback."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fep_loader.cli import main as sysload
+from tests.foundation.test_sysload import dump, init
+
+
+def sql(*statements: str) -> Callable[[Path], None]:
+    def run(path: Path) -> None:
+        con = sqlite3.connect(path)
+        for s in statements:
+            con.execute(s)
+        con.commit()
+        con.close()
+    return run
+
+
+def without_primary_key(table: str, *then: str) -> Callable[[Path], None]:
+    """The table rebuilt by other tooling without its PRIMARY KEY, so SQLite no longer refuses duplicates."""
+    return sql(f"CREATE TABLE X AS SELECT * FROM {table}", f"DROP TABLE {table}", f"ALTER TABLE X RENAME TO {table}",
+               *then)
+
+
+BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
+    ("duplicate RTUID", without_primary_key("T004_RTU", "INSERT INTO T004_RTU SELECT * FROM T004_RTU WHERE RTUID=1"),
+     ["T004_RTU [1] RTUID: key held by 2 rows"]),
+    ("duplicate PNTID and channel",
+     lambda p: (without_primary_key("T011_POINT", "INSERT INTO T011_POINT SELECT * FROM T011_POINT WHERE PNTID=101")(p),
+                without_primary_key("T010_CHANNEL", "INSERT INTO T010_CHANNEL SELECT * FROM T010_CHANNEL "
+                                    "WHERE RTUID=1 AND CHANNO=1")(p)),
+     ["T011_POINT [101] PNTID: key held by 2 rows", "T010_CHANNEL [1:1] RTUID, CHANNO: key held by 2 rows"]),
+    ("BLOB in a text column", sql("UPDATE T011_POINT SET NAME = X'FFFE' WHERE PNTID = 101"),
+     ["T011_POINT [101] NAME: b'\\xff\\xfe' is a BLOB, not text or a number"]),
+    ("infinite numbers", sql("UPDATE T011_POINT SET SCALE = 9e999 WHERE PNTID = 101",
+                             "UPDATE T011_POINT SET DEADBAND = -9e999 WHERE PNTID = 102",
+                             "UPDATE T011_POINT SET OFFSET = 'nan' WHERE PNTID = 103"),
+     ["T011_POINT [101] SCALE: inf is not a non-zero number", "T011_POINT [102] DEADBAND: -inf is not a number >= 0",
+      "T011_POINT [103] OFFSET: 'nan' is not a number"]),
+    ("wrong column type and dangling ids", sql("UPDATE T011_POINT SET ADDRESS = 'abc' WHERE PNTID = 101",
+                                               "UPDATE T011_POINT SET RTUID = 999 WHERE PNTID = 102",
+                                               "UPDATE T005_ZFAI SET SRCID = 99999 WHERE ZFID = 1"),
+     ["T011_POINT [101] ADDRESS: 'abc' is not an integer", "T011_POINT [102] RTUID: 999 is not an RTU",
+      "T005_ZFAI [1] SRCID: 99999 is not a point"]),
+    ("zero-length file", lambda p: p.write_bytes(b""), ["not a SQLite database"]),
+    ("truncated file", lambda p: p.write_bytes(p.read_bytes()[:5000]), ["unreadable SQLite database"]),
+]
+
+
+@pytest.mark.parametrize("name,breakage,expect", BREAKAGES, ids=[b[0] for b in BREAKAGES])
+def test_broken_database_listed_and_redis_untouched(feproot: Path, redis_master, capsys, name: str,
+                                                    breakage: Callable[[Path], None], expect: list[str]) -> None:
+    assert init(feproot, redis_master.port) == 0
+    r = redis_master.client()
+    before = dump(r)
+    breakage(feproot / "db" / "SEMODEL.db")
+    capsys.readouterr()
+    assert init(feproot, redis_master.port) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for line in expect:
+        assert line in err, err
+    assert len(err.strip().splitlines()) == 1 + len(expect), err  # the count line, then one per problem
+    assert dump(r) == before
+
+
+def test_locked_and_readonly_database(feproot: Path, capsys) -> None:
+    """A database another program holds an exclusive lock on is reported (after SQLite's 5 s busy wait); a read-only file
+    is read (sysload never writes SEMODEL.db)."""
+    path = feproot / "db" / "SEMODEL.db"
+    os.chmod(path, 0o444)
+    assert sysload(["check"]) == 0
+    os.chmod(path, 0o644)
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("BEGIN EXCLUSIVE")
+    try:
+        assert sysload(["check"]) == 1
+    finally:
+        con.close()
+    assert "database is locked" in capsys.readouterr().err
