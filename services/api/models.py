@@ -139,6 +139,9 @@ class Rtu(BaseModel):
     lease: Lease | None = Field(None, description="acquisition RTUs only")
     channel_state: list[NodeChannels] | None = Field(None, description="acquisition RTUs only, nodes A and B")
     link: Link | None = Field(None, description="acquisition RTUs only")
+    values_nt: str | None = Field(None, description="acquisition RTUs: why SCADA is served this RTU's values "
+                                  "with NT (not topical) now, None when they are topical (docs/forwarder.md "
+                                  "\"Quality\"; /points shows them so too)")
     listen_port: int | None = Field(None, description="forwarding RTUs only")
     clients: list[FwdClient] | None = Field(None, description="forwarding RTUs only: connected masters")
 

@@ -158,6 +158,7 @@ class Store:
             raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
+        pipe.info("replication")
         for r in rtus:
             if r.acquisition:
                 pipe.hgetall(ks.lease(r.id))
@@ -169,13 +170,17 @@ class Store:
                     pipe.hgetall(ks.fwd_clients(r.id, n))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        it = iter(res[1:])
+        cut_off = self._cut_off(res[1], now)
+        it = iter(res[2:])
         items = []
         for r in rtus:
             if r.acquisition:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
-                items.append(views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h))
+                item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h)
+                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
+                                                                 self.limits)
+                items.append(item)
             else:
                 items.append(views.rtu(r, now, fwd={n: next(it) for n in NODES}))
         return m.RtuList(gen=model.gen, time_ms=now, items=items)
@@ -249,6 +254,12 @@ class Store:
                                    **views.value_fields(records.get(f.src))))
         return m.ForwardList(rtu=rtu_id, time_ms=now, items=items)
 
+    def _cut_off(self, info: dict[str, Any], now_ms: int) -> str | None:
+        """Why every value is NT (the local Redis cut off from its master longer than replica_down_s, from
+        Redis's own counters), None when it is not."""
+        ms = freshness.ReplicaWatch().observe(info, now_ms)
+        return f"local Redis cut off from the master for {ms} ms" if ms > self.limits.replica_down_ms else None
+
     async def _records(self, pts: list[SemPoint]) -> dict[int, str | None]:
         """The value records of `pts` as SCADA is served them: with NT added where the forwarder adds it
         (`fepha.freshness`: the local Redis cut off from the master, the RTU without a live lease holder or
@@ -267,7 +278,7 @@ class Store:
             pipe.hgetall(ks.lease(rid))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = freshness.ReplicaWatch().observe(res[1], now) > self.limits.replica_down_ms  # Redis's counters
+        cut_off = self._cut_off(res[1], now) is not None
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out: dict[int, str | None] = {}
         for (rid, ps), recs, lease in zip(by_rtu.items(), res[2::2], res[3::2], strict=False):

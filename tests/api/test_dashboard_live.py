@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +124,21 @@ async def test_dashboard_live(system: System, tmp_path: Path) -> None:  # noqa: 
         await b.screenshot(tmp_path / "invalid.png")
         s.sim.restore(2)
         await b.wait(f"{rows('points')}.every(x => x[0].quality === 'good')", 10, "RTU 2 good again")
+
+        # --- both acquirers frozen: nothing new is written, yet the page shows RTU 2's last values as stale
+        # (NT, as SCADA is served them), without a reload, and good again once they run
+        acquirers = [s.procs[("acquirer", node)] for node in "AB"]
+        for proc in acquirers:
+            os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            await b.wait(f"(() => {{ const r = {rows('points')}; return r.some(x => x[0].point === '201') && "
+                         "r.every(x => x[0].quality === 'stale' && x[1][4].includes('STALE')); })()", 10,
+                         "RTU 2's points stale while no acquirer runs")
+        finally:
+            for proc in acquirers:
+                os.kill(proc.pid, signal.SIGCONT)
+        await b.wait(f"{rows('points')}.every(x => x[0].quality === 'good')", 10, "RTU 2 good again")
+        assert await b.eval("window.__page") == page
 
         # --- a handover (through node B's api, on the replica) is in A's timeline within 2 s
         holder = (await s.get("A", "/api/v1/rtus/1"))["lease"]["holder"]

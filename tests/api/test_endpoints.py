@@ -98,6 +98,8 @@ async def test_rtus_show_leases_channels_links_and_masters(loaded, ar, make_api)
         [("A", "127.0.0.9:40000", True)]
     assert [(x["node"], x["peer"]) for x in rtus[11]["clients"]] == [("B", "127.0.0.8:50000")]
     assert rtus[12]["clients"] == []
+    assert r1["values_nt"] is None and r2["values_nt"] is None and rtus[10]["values_nt"] is None
+    assert rtus[3]["values_nt"] == "no lease holder"  # as /points shows its values (NT)
     one = (await c.get("/api/v1/rtus/2")).json()
     assert one == {**rtus[2], "lease": {**rtus[2]["lease"], "remaining_ms": one["lease"]["remaining_ms"]}}
 

@@ -22,7 +22,12 @@ const S = {
   everLive: false,      // the stream worked once: retry it quickly when it breaks
   evOldest: null,
   evIds: new Set(),
+  nt: "",               // the RTUs whose values are served NT (values_nt), as of the values on screen
 };
+
+// NT (not topical) is the api's verdict on stored values (a frozen or dead holder writes nothing), so the
+// change stream never says it: when the set of RTUs served NT changes, the values on screen are reloaded.
+function ntKey(rtus) { return rtus.items.filter((r) => r.values_nt).map((r) => r.id).join(","); }
 
 function token() { return sessionStorage.getItem("fep-token") || ""; }
 function authHeaders() { return token() ? { "Authorization": "Bearer " + token() } : {}; }
@@ -433,6 +438,7 @@ async function snapshot() {
     api("/api/v1/virtual-points"), api("/api/v1/controls?limit=10")]);
   renderOverview(o);
   renderRtus(rtus);
+  S.nt = ntKey(rtus);
   S.vps = new Map(vps.items.map((v) => [v.id, v]));
   renderVps();
   renderControls(ctls);
@@ -484,7 +490,11 @@ async function onMessage(event, data) {
   else if (event === "timeline") addEvent(data);
   else if (event === "health") {
     renderOverview(data.overview);
-    if (data.rtus) renderRtus(data.rtus);
+    if (data.rtus) {
+      renderRtus(data.rtus);
+      const nt = ntKey(data.rtus);
+      if (nt !== S.nt) { S.nt = nt; await loadValues(); }
+    }
   } else if (event === "overflow") throw new Error(data.detail);
 }
 
