@@ -108,6 +108,15 @@ async def until_quality(c: SefepsClient, want: dict[int, bool], timeout: float) 
     return last
 
 
+async def topical(c: SefepsClient, img: dict[int, tuple[Any, ...]], *addrs: int, timeout: float = 10) -> None:
+    """Wait until each address is served without NT: as in the image, or by the changes after it. With the
+    suite's short timers (a poll every few hundred ms, NT after stale_polls of them) a loaded machine can
+    show NT for a moment at start, which the forwarder clears with a quality change."""
+    pending = {a: False for a in addrs if img[a][1] & NT}
+    if pending:
+        await until_quality(c, pending, timeout)
+
+
 async def valid(node: Node, *pids: int, timeout: float = 10) -> None:
     """Wait until the api shows each point with a valid value (the acquirer holds and writes)."""
     end = time.monotonic() + timeout
@@ -128,7 +137,7 @@ async def test_redis_killed_and_restarted_empty(node: Node) -> None:
     c = await sefeps(node)
     try:
         img = await c.wait_image(10)
-        assert img[AI_RTU1][1] == img[AI_RTU2][1] == 0, img
+        await topical(c, img, AI_RTU1, AI_RTU2)
         os.kill(node.redis.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
         node.redis.proc.wait(5)  # type: ignore[union-attr]
         node.redis.proc = None
@@ -247,7 +256,7 @@ async def test_forwarder_killed_with_a_master_connected(node: Node) -> None:
     c = await sefeps(node)
     try:
         img = await c.wait_image(10)
-        assert img[AI_RTU1][1] == 0, img
+        await topical(c, img, AI_RTU1)
         await asyncio.sleep(1.0)  # a control submitted before the kill has run by now
         in_flight = len(node.sim.writes) - 1
         assert in_flight in (0, 1), node.sim.writes
