@@ -39,12 +39,6 @@ def read_sync(r: Any) -> Model | None:
     return _model(pipe.execute())
 
 
-async def read_async(r: Any) -> Model | None:
-    pipe = r.pipeline(transaction=True)
-    _queue(pipe)
-    return _model(await pipe.execute())
-
-
 def gen_sync(r: Any) -> int:
     g = r.get(ks.CFG_GEN)
     return int(g) if g is not None else 0

@@ -37,7 +37,6 @@ class Acquirer:
         self.signatures: dict[int, str] = {}
         self.house = Housekeeping(cfg, master, local, self.writer, self.metrics, self.once, self.runners)
         self.tasks: list[asyncio.Task[None]] = []
-        self.gen: int | None = None
         self.stamp: cfgstore.Stamp | None = None  # of the configuration applied (cfgstore: not gen alone)
         self.stopping = asyncio.Event()
 
@@ -60,7 +59,6 @@ class Acquirer:
             self.once.problem("identity", why)
         else:
             self.once.clear("identity")
-        self.gen = model.gen
         self.house.gen = model.gen
         log.info("configuration gen %d: %d acquisition RTUs", model.gen, len(self.runners))
 

@@ -150,7 +150,7 @@ async def test_a_refusal_reaches_metrics_through_the_runner(redis_master, feproo
             while int((await r.hgetall(ks.metrics("forwarder", "A"))).get("connections_refused", 0)) < 2:
                 assert time.monotonic() < end
                 await asyncio.sleep(0.05)
-            model = await cfgstore.read_async(r)
+            model, _ = await cfgstore.read_stamped_async(r)
             text = metrics.render(await metrics.read_snapshot(r, model), model, 10.0).decode()
             assert 'fep_forwarder_connections_refused_total{node="A"} 2.0' in text
     finally:

@@ -45,6 +45,9 @@ GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points,
 # Answer = (0, whole ASDU, ZERO).
 Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
+# station-wide commands (IOA 0) and the causes each takes
+_STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
+                 c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
 _IMAGE_CAUSES = frozenset((c.COT_BACKGROUND, *range(c.COT_INROGEN, c.COT_INROGEN + 17),
                            *range(c.COT_REQCOGEN, c.COT_REQCOGEN + 5)))
 
@@ -151,11 +154,14 @@ class Station:
         # keyed by (table, ZFID): ZFIDs are unique per forwarding table only
         self.monitor: dict[tuple[str, int], tuple[FwdPoint, int]] = {}
         self.commands: dict[int, tuple[FwdPoint, int]] = {}
+        self.readable: dict[int, tuple[str, int]] = {}  # IOA -> `monitor` key of a status or measured point
         for f in rtu.forwards:
             if f.kind in ("DO", "AO"):
                 self.commands[f.addr] = (f, c.COMMAND_BASE[c.TYPE_IDS[f.type or "C_SC_NA_1"]])
             else:
                 self.monitor[(f.table, f.id)] = (f, c.TYPE_IDS[f.type or DEFAULT_TYPES[f.kind]])
+                if f.kind in ("DI", "AI"):
+                    self.readable.setdefault(f.addr, (f.table, f.id))
         self.image: dict[tuple[str, int], Value] = {}
         self.has_image = False
         self.history: History[Item] = History(self.buffer_max)
@@ -363,10 +369,10 @@ class Station:
         self.clients_changed()
 
     def _stop_events(self, s: Session) -> None:
-        """A master stopped or left: drop its queued events (the history keeps them for its resume)."""
+        """A master stopped or left: drop its queued events (the history keeps them for its resume) and
+        interrogation answers; command confirmations stay."""
         s.link.release_unacked()
         s.inflight.clear()
-        s.queue = deque(it for it in s.queue if not it[0])
         s.events_queued = 0
         s.resumed = s.awaiting_cursor = False
         s.skip = None
@@ -375,7 +381,7 @@ class Station:
         # current. Interrogations in progress are dropped (the master interrogates again); command
         # confirmations stay queued.
         s.held = []
-        s.queue = deque(it for it in s.queue if not _interrogation_item(it[1]))
+        s.queue = deque(it for it in s.queue if not it[0] and not _interrogation_item(it[1]))
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -427,13 +433,11 @@ class Station:
         if a.type_id in c.COMMAND_BASE:
             self._command(s, a, controls)
             return
-        station_wide = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
-                        c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
         if a.type_id == c.C_RD_NA_1:
             self._read(s, a)
-        elif a.type_id not in station_wide:
+        elif a.type_id not in _STATION_WIDE:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_TYPE, True))
-        elif a.cause not in station_wide[a.type_id]:
+        elif a.cause not in _STATION_WIDE[a.type_id]:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
         elif a.objects[0][0] != 0:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
@@ -488,7 +492,7 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
             return
         addr = a.objects[0][0]
-        key = next((k for k, (f, _) in self.monitor.items() if f.addr == addr and f.kind in ("DI", "AI")), None)
+        key = self.readable.get(addr)
         if key is None:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
             return
