@@ -268,6 +268,7 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         for key in parser[section]:
             if (section, key) not in known and key not in parser.defaults():
                 problems.append(f"{path} [{section}] {key}: unknown setting")
+    problems += unknown_variables(cls, env)
     values: dict[str, Any] = {}
     for f in fields(cls):
         section, key = f.metadata["section"], _key(f)
@@ -286,6 +287,17 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         raise ConfigError(*problems)
     values.update(overrides or {})
     return cls(**values)
+
+
+def unknown_variables(cls: type, env: Mapping[str, str]) -> list[str]:
+    """FEP_<SECTION>_<KEY> variables of a section of `cls` that name no setting, one problem each: a
+    misspelt variable (FEP_TIMERS_LEASE_TTL for FEP_TIMERS_LEASE_TTL_S) would otherwise leave the default
+    in force without a word, as an unknown key in the file would. Variables outside the sections
+    (FEP_RUN, compose's FEP_IMAGE) are not settings and are left alone."""
+    known = {f"FEP_{f.metadata['section']}_{_key(f)}".upper() for f in fields(cls)}
+    prefixes = tuple(sorted({f"FEP_{f.metadata['section']}_".upper() for f in fields(cls)}))
+    return [f"environment {var}: unknown setting (known: {', '.join(sorted(k for k in known if k.startswith(p)))})"
+            for var in sorted(env) for p in prefixes if var.startswith(p) and var not in known]
 
 
 def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> NodeConfig:

@@ -52,6 +52,9 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("[se104s]\nk = 4\nw = 8\n", {}, "[se104s] k = 4, w = 8: need w <= k <= 32767"),
     ("[se104s]\nt1_s = 0\n", {}, "[se104s] t1_s = '0': expected a number > 0"),
     ("[se104s]\nt1_s = 5\nt2_s = 5\n", {}, "[se104s] t2_s = 5.0: must be less than t1_s (5.0)"),
+    ("", {"FEP_TIMERS_LEASE_TTL": "5"}, "environment FEP_TIMERS_LEASE_TTL: unknown setting (known: "
+     "FEP_TIMERS_CHANNEL_SWITCH_S,"),
+    ("", {"FEP_REDIS_HOST": "10.0.0.1"}, "environment FEP_REDIS_HOST: unknown setting"),
 ])
 def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, expect: str) -> None:
     write(tmp_path, text)
@@ -88,3 +91,14 @@ def test_se104s_settings_reach_the_server_options(tmp_path: Path) -> None:
     opts = fwd.protocol_options("se104s")
     assert (opts["k"], opts["w"], opts["t3"], opts["buffer_max"], opts["command_max_age_ms"]) == (20, 3, 0.5, 50, 10_000)
     assert "buffer_max" not in fwd.protocol_options("sefeps")
+
+
+def test_variables_outside_the_sections_are_not_settings(tmp_path: Path) -> None:
+    """FEP_RUN (the keepalived container's run directory) and compose's FEP_IMAGE / FEP_BIND are not
+    settings of any section: they are left alone, while a misspelt one inside a section is refused."""
+    env = {"FEP_RUN": "/run/fep", "FEP_IMAGE": "fep-ha:latest", "FEP_BIND": "0.0.0.0", "FEP_HA_KEEP": "1",
+           "FEP_LOG_LEVEL": "DEBUG", "FEP_TIMERS_TAKEOVER_S": "4"}
+    assert config.load_node(tmp_path, env=env).takeover_s == 4.0
+    assert config.load_log(tmp_path, env=env).level == "DEBUG"
+    with pytest.raises(ConfigError, match="environment FEP_LOG_LVL: unknown setting"):
+        config.load_log(tmp_path, env={"FEP_LOG_LVL": "DEBUG"})
