@@ -1,24 +1,34 @@
 """IEC 104 acquisition: every event written once when connections close. Real sockets: fep-rtu104sim (the
-RTU that keeps what was not acknowledged, and sends it again after the next STARTDT) and a scripted RTU on
-our own link (role SERVER) for the exact orders a real RTU may send: an interrogation answer behind a newer
-spontaneous event, an end of initialisation in the middle of a connection."""
+RTU that keeps what was not acknowledged, and sends it again after the next STARTDT), c104's server
+(lib60870) for untagged spontaneous objects, and a scripted RTU on our own link (role SERVER) for the exact
+orders a real RTU may send: an interrogation answer behind a newer spontaneous event, an end of
+initialisation in the middle of a connection."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from fepha import points
 from fepha.iec104 import codec as c
 from fepha.iec104.link import AsduIn, Link, LinkParams, Role
 from tests.acquirer.helpers import Node, load, merge, node_cfg, until
-from tests.acquirer.test_iec104 import (CA, IEC_FAST, _count, _is, changes_of, holder, iec_rows, sim_system,
-                                        value_of)
+from tests.acquirer.test_iec104 import (
+    CA,
+    IEC_FAST,
+    _count,
+    _is,
+    changes_of,
+    holder,
+    iec_rows,
+    sim_system,
+    value_of,
+)
 from tests.redisproc import free_port
 
 
@@ -114,4 +124,169 @@ async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot,
             # no record repeats the one before it (a quality change in between, IV while the link was
             # down then good again, is not a repeat)
             key = (lambda x: (x.value, x.quality, x.ts_ms)) if tags else (lambda x: (x.value, x.quality))
-            assert all(key(a) != key(b) for a, b in zip(recs, recs[1:])), recs
+            assert all(key(a) != key(b) for a, b in itertools.pairwise(recs)), recs
+
+
+class ScriptRtu:
+    """A controlled station on our own link (role SERVER) over a real socket, answering as a test says:
+    `on_gi(asdu)` sends what follows a general interrogation act (by default `answer_gi`: ACT_CON, the
+    image as interrogated objects, ACT_TERM); clock syncs and counter interrogations are confirmed.
+    `received` lists every ASDU the acquirer sent."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[c.Asdu] = []
+        self.image: dict[int, tuple[int, float]] = {100: (c.M_SP_NA_1, 0), 200: (c.M_ME_NC_1, 0.0)}
+        self.on_gi: Callable[[c.Asdu], None] = self.answer_gi
+        self.conn: tuple[Link, asyncio.StreamWriter] | None = None
+
+    async def __aenter__(self) -> ScriptRtu:
+        self.srv = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.srv.close()
+        if self.conn is not None:
+            self.conn[1].close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.srv.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        link = Link(Role.SERVER, LinkParams(k=12, w=8, t1=5, t2=0.05, t3=10), time.monotonic())
+        self.conn = (link, writer)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), 0.02)
+                except TimeoutError:
+                    data = None
+                if data == b"":
+                    return
+                now = time.monotonic()
+                for ev in link.receive(data, now) if data else ():
+                    if isinstance(ev, AsduIn):
+                        self._asdu(c.parse_asdu(ev.asdu))
+                link.tick(now)
+                writer.write(link.data_to_send())
+        finally:
+            writer.close()
+
+    def send(self, asdu: bytes) -> None:
+        assert self.conn is not None
+        link, writer = self.conn
+        link.send(asdu, time.monotonic())
+        writer.write(link.data_to_send())
+
+    def _asdu(self, a: c.Asdu) -> None:
+        self.received.append(a)
+        if a.type_id == c.C_IC_NA_1:
+            self.on_gi(a)
+        elif a.type_id == c.C_CS_NA_1:
+            self.send(c.mirror(a, c.COT_ACTCON))
+        elif a.type_id == c.C_CI_NA_1:
+            self.send(c.mirror(a, c.COT_ACTCON))
+            self.send(c.mirror(a, c.COT_ACTTERM))
+
+    def answer_gi(self, a: c.Asdu) -> None:
+        self.send(c.mirror(a, c.COT_ACTCON))
+        for ioa, (t, v) in self.image.items():
+            self.send(c.build_asdu(t, c.COT_INROGEN, CA, [(ioa, c.element(t, v, 0, 0))]))
+        self.send(c.mirror(a, c.COT_ACTTERM))
+
+    def sent_types(self, since: int = 0) -> list[int]:
+        return [a.type_id for a in self.received[since:]]
+
+
+def script_rows(port: int, gi_ms: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    return merge(iec_rows(5, port, gi_ms=gi_ms))
+
+
+async def test_end_of_initialisation_mid_connection_brings_clock_sync_gi_and_ci(redis_master, feproot):
+    """The RTU restarts its application without closing the connection and reports M_EI_NA_1 (cause 4):
+    its clock, image and counters may be new, so the acquirer synchronises the clock, interrogates and
+    reads the counters again (as after STARTDT; here with no periodic GI, the default)."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    async with ScriptRtu(port) as rtu:
+        a = Node(node_cfg(feproot, redis_master, "A", **{**IEC_FAST, "iec104_clock_sync_s": 60.0}))
+        try:
+            await until(lambda: rtu.sent_types().count(c.C_CI_NA_1) == 1, 5)
+            assert rtu.sent_types()[:3] == [c.C_CS_NA_1, c.C_IC_NA_1, c.C_CI_NA_1]  # after STARTDT
+            await asyncio.sleep(0.3)
+            n = len(rtu.received)
+            rtu.send(c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x00")]))
+            await until(lambda: len(rtu.received) >= n + 3, 3)
+            assert rtu.sent_types(n) == [c.C_CS_NA_1, c.C_IC_NA_1, c.C_CI_NA_1]
+        finally:
+            await a.stop()
+
+
+async def test_gi_answer_behind_a_newer_spontaneous_event_does_not_overwrite_it(redis_master, feproot):
+    """A periodic GI's snapshot of IOA 100 (OFF) comes after a spontaneous event of that point (ON, the
+    device's time tag) sent while the interrogation was in progress: the point stays ON in Redis (the
+    change stream's last record of it is the event), later answers are written as they change it."""
+    port = free_port()
+    load(redis_master, script_rows(port, gi_ms=800))
+    async with ScriptRtu(port) as rtu:
+        gis: list[int] = []
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append(int(time.time() * 1000))
+            if len(gis) != 2:
+                rtu.answer_gi(a)
+                return
+            rtu.send(c.mirror(a, c.COT_ACTCON))
+            rtu.send(c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, [(100, c.element(c.M_SP_TB_1, 1, 0, gis[1]))]))
+            rtu.send(c.build_asdu(c.M_SP_NA_1, c.COT_INROGEN, CA, [(100, c.element(c.M_SP_NA_1, 0, 0, 0))]))
+            rtu.send(c.build_asdu(c.M_ME_NC_1, c.COT_INROGEN, CA, [(200, c.element(c.M_ME_NC_1, 3.0, 0, 0))]))
+            rtu.send(c.mirror(a, c.COT_ACTTERM))
+            rtu.image.update({100: (c.M_SP_NA_1, 1), 200: (c.M_ME_NC_1, 3.0)})  # the next GIs' state
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: len(gis) >= 3, 5)
+            await until(lambda: _is(value_of(r, 5, 5003), 6.0), 3)   # the second GI's other answer: written
+            v = await value_of(r, 5, 5001)
+            assert (v.value, v.ts_ms) == (1, gis[1]), v
+            recs = await changes_of(r, 5001)
+            assert [(x.value, x.ts_ms) for x in recs if x.ts_ms >= gis[0]][-1] == (1, gis[1]), recs
+        finally:
+            await a.stop()
+
+
+async def test_untagged_spontaneous_repeats_are_no_change_but_counter_readings_are(redis_master, feproot):
+    """c104's server (lib60870) sends untagged spontaneous objects: one equal to its point's value and
+    quality is not written (the change rule; a re-send looks exactly like it), a change is; an integrated
+    total is written every time (each is a reading)."""
+    import c104
+
+    port = free_port()
+    load(redis_master, untagged(merge(iec_rows(5, port))))
+    server = c104.Server(ip="127.0.0.1", port=port, tick_rate_ms=50, max_connections=2)
+    st = server.add_station(common_address=CA)
+    sp = st.add_point(io_address=100, type=c104.Type.M_SP_NA_1)
+    me = st.add_point(io_address=200, type=c104.Type.M_ME_NC_1)
+    it = st.add_point(io_address=300, type=c104.Type.M_IT_NA_1)
+    server.start()
+    a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+    r = a.master
+    try:
+        await until(lambda: holder({"A": a}, 5), 5)
+        await until(lambda: _is(value_of(r, 5, 5003), 0.0), 5)
+        await until(lambda: value_of(r, 5, 5004), 5)          # the counter interrogation's answer
+        await asyncio.sleep(0.3)
+        before = {pid: len(await changes_of(r, pid)) for pid in (5001, 5003, 5004)}
+        for p, values in ((sp, (True, True, False)), (me, (1.5, 1.5)), (it, (7, 7))):
+            for v in values:
+                p.value = v
+                p.transmit(cause=c104.Cot.SPONTANEOUS)
+                await asyncio.sleep(0.05)
+        await until(lambda: _count(changes_of(r, 5004), before[5004] + 2), 3)
+        await asyncio.sleep(0.3)
+        got = {pid: [x.value for x in (await changes_of(r, pid))[before[pid]:]] for pid in before}
+        assert got == {5001: [1, 0], 5003: [3.0], 5004: [7, 7]}, got
+    finally:
+        await a.stop()
+        server.stop()
