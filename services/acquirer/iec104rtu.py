@@ -2,10 +2,13 @@
 
 The same contract as the Modbus `RtuRunner` (housekeeping ticks its lease, the executor runs its controls):
 both nodes keep a connection to the RTU (its redundancy group); only the lease holder sends STARTDT, the
-other stays stopped and learns reachability from TESTFR. After every STARTDT con: clock sync (if
-configured) and a general interrogation. Spontaneous events are written at once with the device's time
-tag; answers to interrogations when they change something. A takeover loses nothing the RTU buffered for
-the group: the new holder's STARTDT makes the RTU send it. The rules are in iec104rules.py; the link
+other stays stopped and learns reachability from TESTFR. After every STARTDT con, and after an end of
+initialisation that follows it: clock sync (if configured), a general interrogation, a counter
+interrogation (if configured). Spontaneous events are written at once (rules.write_mode: time-tagged ones
+and counter readings every one, untagged status and measured ones when they change the point); answers to
+interrogations when they change something. Every read is acknowledged as soon as it is written. A
+takeover or reconnect loses nothing the RTU buffered for the group: the next STARTDT makes the RTU send
+it, and what had been written already is recognised. The rules are in iec104rules.py; the link
 (APCI, k/w, t1..t3) is fepha.iec104.link; this module is the socket and the Redis edge.
 """
 
@@ -32,9 +35,9 @@ from fepha.semodel.model import Channel, Rtu
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
-# After a takeover: how far back the change stream is read for the former holder's last records (its
-# entries of this RTU: the unacknowledged tail the RTU re-sends is at most its k I frames, each
-# written as one entry or a few)
+# Before each STARTDT: how far back the change stream is read for the last records of this RTU (ours or
+# the former holder's: the unacknowledged tail the RTU re-sends is at most its k I frames, each written as
+# one entry or a few)
 RECENT_ENTRIES, RECENT_SCAN = 64, 20_000
 
 

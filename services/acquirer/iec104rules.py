@@ -4,11 +4,13 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 - `PointMap.intake` turns a monitoring ASDU into samples with their timestamps: the device's CP56Time2a
   when the type carries one (it becomes the value's timestamp, which se104s sends on unchanged), the time
   of reception otherwise; the device's quality bits (IV, NT, SB, BL, OV) carried as they are.
+- `write_mode` / `changes_only` / `not_overtaken` / `resent`: which received events are written (every
+  one, changes only, interrogated snapshots not behind a newer event, not what was written already).
 - `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
   (positive or negative) and ACT_TERM.
-- `Schedule`: general interrogation after every STARTDT and periodically, counter interrogation and clock
-  synchronisation periodically, each if configured.
+- `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
+  periodically, counter interrogation and clock synchronisation then too, each if configured.
 - `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection.
 """
 
@@ -170,10 +172,11 @@ class PointMap:
 
 
 def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
-    """The events not yet written: after a takeover the RTU sends again what the former holder received
-    but had not acknowledged (at most the RTU's k I frames: we acknowledge only what is written); those whose record (point, value, quality and the
-    device's time tag, to the ms) the former holder already wrote are dropped, once each. Only for
-    time-tagged events: an untagged one carries our reception time and is always new."""
+    """The events not yet written: after a reconnect or takeover the RTU sends again what it had not seen
+    acknowledged (at most its k I frames: we acknowledge only what is written, at once); those whose
+    record (point, value, quality and the device's time tag, to the ms) was written already (`recent`:
+    this RTU's newest change records) are dropped, once each. Only for time-tagged events: an untagged
+    one carries our reception time (the change rule applies to it, `write_mode`)."""
     if not tagged or not recent:
         return events
     out = []
