@@ -290,3 +290,42 @@ async def test_untagged_spontaneous_repeats_are_no_change_but_counter_readings_a
     finally:
         await a.stop()
         server.stop()
+
+
+async def test_resent_tagged_events_behind_the_gi_answers_are_recognised(redis_master, feproot):
+    """An RTU that answers an interrogation ahead of its queue of events (lib60870: its high-priority
+    queue first) re-sends, after the next STARTDT, three time-tagged events already written, behind the
+    answers to the new GI: each stays once in the change stream."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    t = int(time.time() * 1000) - 5000
+    events = [c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, [(100, c.element(c.M_SP_TB_1, v, 0, t + i))])
+              for i, v in enumerate((1, 0, 1))]
+    async with ScriptRtu(port) as rtu:
+        gis: list[int] = []
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append(len(gis))
+            rtu.answer_gi(a)
+            if len(gis) == 2:               # the second connection: the queue behind the answers
+                for e in events:
+                    rtu.send(e)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: len(gis) == 1 and a.acq.runners[5].link and a.acq.runners[5].link.started, 5)
+            await asyncio.sleep(0.2)
+            rtu.image[100] = (c.M_SP_NA_1, 1)
+            for e in events:
+                rtu.send(e)
+            await until(lambda: _count(changes_of(r, 5001), 4), 3)
+            assert rtu.conn is not None
+            rtu.conn[1].transport.abort()   # the connection ends (say, our S frame never arrived)
+            await until(lambda: len(gis) == 2, 5)
+            await asyncio.sleep(0.5)
+            got = [x.ts_ms - t for x in await changes_of(r, 5001) if t <= x.ts_ms <= t + 2]
+            assert got == [0, 1, 2], got
+        finally:
+            await a.stop()
