@@ -423,7 +423,13 @@ class Iec104Runner(RunnerBase):
                     self._wake.set()
                     return False
                 self.metrics.inc("write_errors")
-                self.tracker.failed(done)
+                # Applied or not (a reply lost leaves it unknown): the connection closes unacknowledged and
+                # the RTU sends these events again, so before the next write the master's values are read
+                # (as after a lease gain) rather than this batch's points re-sent whatever they hold: an
+                # untagged event the write did apply is then no change, one it did not is written.
+                self.tracker.forget()
+                self.tracker.dirty.clear()
+                self._sync_pending = True
                 self.once.problem(f"{self.key} write", res.error)
                 return False
             return True
