@@ -268,7 +268,7 @@ class Iec104Runner(RunnerBase):
                 self.metrics.inc("poll_errors")
                 raise LinkLost(f"malformed frame from the RTU: {exc}") from None
             await self._take(link, events, now)
-            self._flush(link)  # acknowledges (w, t2) only frames whose events are in Redis
+            self._flush(link)  # the S frame of what this read wrote (only frames whose events are in Redis)
 
     async def _take(self, link: Link, events: list, now: float) -> None:
         """Act on one read's events. An I frame is confirmed to the link once what it carried is written,
@@ -387,8 +387,8 @@ class Iec104Runner(RunnerBase):
     async def _publish(self, events: list[rules.Event], mode: str) -> bool:
         """Write events in order, as `mode` says (rules.write_mode): every one (EVERY), those that differ
         from the point's previous one (CHANGES), those that change a point (IMAGE; all after a full
-        image). False when a write failed or was fenced (the tracker re-sends failed points with the next
-        write of them; received events are left to the RTU, see _take)."""
+        image). False when a write failed (the master's values are read before the next write) or was
+        fenced; received events are left to the RTU then, see _take."""
         async with self._write_lock:
             for pid, s, _ in events:
                 self.samples[pid] = s
