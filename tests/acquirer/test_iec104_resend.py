@@ -99,13 +99,15 @@ def drop_acks(sim, rid: int) -> Callable[[], None]:
     return lambda: setattr(station, "receive", receive)
 
 
+@pytest.mark.parametrize("how", ["reconnect", "takeover"])
 @pytest.mark.parametrize("tags", [False, True])
-async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot, tags):
+async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot, tags, how):
     """Three events are written but the RTU never sees our acknowledgement (lost on the way), then the
-    connection is cut. The RTU sends them again after the next STARTDT: each reaches the change stream
-    once. Untagged (they carry our reception time): each equals its point's value and quality in Redis,
-    no change (rules.write_mode CHANGES); time-tagged: recognised by point, value, quality and time tag
-    among the newest change records."""
+    connection is cut (the holder reconnects) or the holder stops (the other node takes over). The RTU
+    sends them again after the next STARTDT: each reaches the change stream once. Untagged (they carry
+    our reception time): each equals its point's value and quality in Redis, no change (rules.write_mode
+    CHANGES; the new holder reads the master's values first); time-tagged: recognised by point, value,
+    quality and time tag among the newest change records."""
     rows = merge(iec_rows(5, free_port()))
     if not tags:
         untagged(rows)
@@ -124,9 +126,16 @@ async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot,
         await until(lambda: _is(value_of(r, 5, 5002), 1), 3)
         assert session(sim, 5).link.in_flight >= 1  # written, never acknowledged at the RTU
         sent = sim.counters(5)["events_sent"]
-        await sim.cut(5)
-        restore()
-        await sim.restore(5)
+        if how == "reconnect":
+            await sim.cut(5)
+            restore()
+            await sim.restore(5)
+        else:
+            await nodes[h].stop()
+            restore()
+            other = "B" if h == "A" else "A"
+            await until(lambda: holder({other: nodes[other]}, 5), 5)
+            no_iv_flicker(nodes[other], 5)
         await until(lambda: sim.counters(5)["events_sent"] >= sent + 3, 5)  # sent again after STARTDT
         await until(lambda: (s := session(sim, 5)) is not None and s.link.in_flight == 0, 5)
         await asyncio.sleep(0.3)                                           # the GI's answers too
