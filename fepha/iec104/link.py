@@ -34,6 +34,7 @@ What it does (IEC 60870-5-104 clause 5):
   its acknowledgement up to t2 < the peer's t1). w and t2 count from reception: once w frames are
   confirmed and unacknowledged, or the oldest confirmed one waits t2, the S frame goes; an unconfirmed
   frame is never acknowledged (past the peer's t1 the peer closes the connection and keeps it).
+  `confirm(nr, now, at_once=True)` acknowledges what is confirmed now, without waiting for w or t2.
 - Each sent I frame may carry a `tag` (whatever the caller needs: the events it holds): `Acked` returns the
   tags of acknowledged frames in order, `release_unacked()` hands back those still unacknowledged (to
   resend them on another connection when this one stops or dies).
@@ -193,17 +194,21 @@ class Link:
         self.vs = (self.vs + 1) & 0x7FFF
         self._acked_up_to_confirmed()
 
-    def confirm(self, nr: int, now: float) -> None:
+    def confirm(self, nr: int, now: float, at_once: bool = False) -> None:
         """The received I frames before sequence number `nr` are handled (what they carried is written, or
         deliberately not needed): they may be acknowledged, at once if w of them wait or the oldest has
-        waited t2. ValueError for a number not received yet; one already confirmed changes nothing."""
+        waited t2, or with `at_once` (the acquirer: every frame handled is acknowledged when its read is
+        written, so that the RTU holds as little already written as possible). ValueError for a number not
+        received yet; one already confirmed changes nothing."""
         d = c.seq_diff(nr, self.rx_acked)
         if d > c.seq_diff(self.vr, self.rx_acked):
             raise ValueError(f"confirm({nr}): only frames before {self.vr} were received")
-        if d <= c.seq_diff(self.confirmed, self.rx_acked):
-            return
-        self.confirmed = nr
-        self._ack_if_due(now)
+        if d > c.seq_diff(self.confirmed, self.rx_acked):
+            self.confirmed = nr
+        if at_once and self.confirmed != self.rx_acked:
+            self._send_s()
+        else:
+            self._ack_if_due(now)
 
     def _acked_up_to_confirmed(self) -> None:
         for _ in range(c.seq_diff(self.confirmed, self.rx_acked)):

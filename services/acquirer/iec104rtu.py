@@ -2,10 +2,13 @@
 
 The same contract as the Modbus `RtuRunner` (housekeeping ticks its lease, the executor runs its controls):
 both nodes keep a connection to the RTU (its redundancy group); only the lease holder sends STARTDT, the
-other stays stopped and learns reachability from TESTFR. After every STARTDT con: clock sync (if
-configured) and a general interrogation. Spontaneous events are written at once with the device's time
-tag; answers to interrogations when they change something. A takeover loses nothing the RTU buffered for
-the group: the new holder's STARTDT makes the RTU send it. The rules are in iec104rules.py; the link
+other stays stopped and learns reachability from TESTFR. After every STARTDT con, and after an end of
+initialisation that follows it: clock sync (if configured), a general interrogation, a counter
+interrogation (if configured). Spontaneous events are written at once (rules.write_mode: time-tagged ones
+and counter readings every one, untagged status and measured ones when they change the point); answers to
+interrogations when they change something. Every read is acknowledged as soon as it is written. A
+takeover or reconnect loses nothing the RTU buffered for the group: the next STARTDT makes the RTU send
+it, and what had been written already is recognised. The rules are in iec104rules.py; the link
 (APCI, k/w, t1..t3) is fepha.iec104.link; this module is the socket and the Redis edge.
 """
 
@@ -32,9 +35,9 @@ from fepha.semodel.model import Channel, Rtu
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 TERM_MARGIN_S = 0.2  # ACT_TERM is awaited until this long before the control's deadline
-# After a takeover: how far back the change stream is read for the former holder's last records (its
-# entries of this RTU: the unacknowledged tail the RTU re-sends is at most its k I frames, each
-# written as one entry or a few)
+# Before each STARTDT: how far back the change stream is read for the last records of this RTU (ours or
+# the former holder's: the unacknowledged tail the RTU re-sends is at most its k I frames, each written as
+# one entry or a few)
 RECENT_ENTRIES, RECENT_SCAN = 64, 20_000
 
 
@@ -66,6 +69,7 @@ class Iec104Runner(RunnerBase):
         self._recent: set[tuple[int, str]] | None = None
         self._recent_pending = False
         self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
+        self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
@@ -104,7 +108,7 @@ class Iec104Runner(RunnerBase):
         now_ms = int(time.time() * 1000)
         events = [(pid, (self.samples.get(pid, (0, 0))[0], IV), now_ms) for pid in
                   (p.id for p in self.map.monitored.values())]
-        await self._publish(events, spontaneous=False)
+        await self._publish(events, rules.IMAGE)
 
     async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> str:
         """Control: send the command (direct or select before operate), wait for ACT_CON and ACT_TERM;
@@ -185,6 +189,7 @@ class Iec104Runner(RunnerBase):
             finally:
                 self.link = self.channel = self._out = None
                 self._gi_open = False
+                self._spont_in_gi.clear()
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
                     self._command.finish(False, "connection to the RTU lost")
@@ -235,6 +240,7 @@ class Iec104Runner(RunnerBase):
             for kind in self.schedule.due(now):
                 if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
                     self._gi_open = True
+                    self._spont_in_gi.clear()
 
     def _send(self, link: Link, asdu: bytes) -> bool:
         """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell) or data
@@ -262,15 +268,17 @@ class Iec104Runner(RunnerBase):
                 self.metrics.inc("poll_errors")
                 raise LinkLost(f"malformed frame from the RTU: {exc}") from None
             await self._take(link, events, now)
-            self._flush(link)  # acknowledges (w, t2) only frames whose events are in Redis
+            self._flush(link)  # the S frame of what this read wrote (only frames whose events are in Redis)
 
     async def _take(self, link: Link, events: list, now: float) -> None:
-        """Act on one read's events. An I frame is confirmed to the link (which may then acknowledge it)
-        once what it carried is written, or at once when it needs no write (a command confirmation, an
-        ignored object). A write that fails closes the connection unacknowledged: the RTU keeps those
-        frames and sends them again after the next STARTDT (ours after reconnecting, or the new holder's)."""
+        """Act on one read's events. An I frame is confirmed to the link once what it carried is written,
+        or at once when it needs no write (a command confirmation, an ignored object); what the read
+        confirmed is acknowledged as soon as it is written (an S frame then, not after w frames or t2), so
+        that a connection that closes leaves the RTU as little already written to send again. A write that
+        fails closes the connection unacknowledged: the RTU keeps those frames and sends them again after
+        the next STARTDT (ours after reconnecting, or the new holder's)."""
         written: list[rules.Event] = []
-        spont = False
+        mode = rules.IMAGE
         upto: int | None = None  # the sequence number after the last I frame handled (or to be written)
         rx_ms = int(time.time() * 1000)
         for ev in events:
@@ -288,23 +296,24 @@ class Iec104Runner(RunnerBase):
                     self.metrics.inc("poll_errors")
                     raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
                 if got is not None and got.events:
-                    if got.spontaneous != spont and written:
-                        await self._written(written, spont)
+                    if got.mode != mode and written:
+                        await self._written(written, mode)
                         assert upto is not None  # `written` holds events of frames before this one
-                        link.confirm(upto, time.monotonic())
+                        link.confirm(upto, time.monotonic(), at_once=True)
+                        self._flush(link)
                         written = []
                     written += got.events
-                    spont = got.spontaneous
+                    mode = got.mode
                 upto = (ev.ns + 1) & 0x7FFF
                 if not written:
                     link.confirm(upto, now)
         if written:
-            await self._written(written, spont)
+            await self._written(written, mode)
         if upto is not None:
-            link.confirm(upto, time.monotonic())
+            link.confirm(upto, time.monotonic(), at_once=True)
 
-    async def _written(self, events: list[rules.Event], spontaneous: bool) -> None:
-        if not await self._publish(events, spontaneous):
+    async def _written(self, events: list[rules.Event], mode: str) -> None:
+        if not await self._publish(events, mode):
             raise LinkLost("events not written to Redis: connection closed unacknowledged, the RTU keeps them")
 
     def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
@@ -320,13 +329,15 @@ class Iec104Runner(RunnerBase):
             got = self.map.intake(a, rx_ms)
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
-            if self._recent is not None:
-                if got.spontaneous:  # the re-sent tail comes first, before the answers to our GI
+            if got.spontaneous:
+                if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
                     kept = rules.resent(got.events, self._recent, got.tagged)
                     self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
                     got.events[:] = kept
-                else:
-                    self._recent = None
+                if self._gi_open:
+                    self._spont_in_gi.update(pid for pid, _, _ in got.events)
+            elif self._gi_open and c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16:
+                got.events[:] = rules.not_overtaken(got.events, self._spont_in_gi)
             return got
         ex = self._command
         if ex is not None and ex.mine(a):
@@ -335,12 +346,16 @@ class Iec104Runner(RunnerBase):
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            # (a GI sent after STARTDT and not terminated yet answers with the new image already)
-            if not self._gi_open and self.schedule.request_gi(time.monotonic()):
-                log.info("%s: RTU reports end of initialisation: general interrogation", self.key)
+            # (a GI sent after STARTDT and not terminated yet answers with the new image already: the RTU
+            # reports M_EI once started, ahead of its answers; the clock sync and CI went with that GI)
+            coi = a.objects[0][1][0] if a.objects and a.objects[0][1] else 0
+            if not self._gi_open and self.schedule.initialised(time.monotonic()):
+                log.info("%s: RTU reports end of initialisation (cause %d, COI %d): clock sync, general and "
+                         "counter interrogation as configured", self.key, a.cause, coi)
                 self._wake.set()
         elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
             self._gi_open = False
+            self._spont_in_gi.clear()
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
         return None
@@ -350,6 +365,7 @@ class Iec104Runner(RunnerBase):
     async def _load_recent(self) -> None:
         """The records of this RTU among the newest change-stream entries (RECENT_SCAN at most)."""
         self._recent_pending = False
+        self._recent = None
         recent: set[tuple[int, str]] = set()
         mine, scanned, top = 0, 0, "+"
         try:
@@ -368,10 +384,11 @@ class Iec104Runner(RunnerBase):
             return
         self._recent = recent
 
-    async def _publish(self, events: list[rules.Event], spontaneous: bool) -> bool:
-        """Write events in order: spontaneous ones always (each is an event), others when they change a
-        point (or after a full image). False when a write failed or was fenced (the tracker re-sends
-        failed points with the next write of them; received events are left to the RTU, see _take)."""
+    async def _publish(self, events: list[rules.Event], mode: str) -> bool:
+        """Write events in order, as `mode` says (rules.write_mode): every one (EVERY), those that differ
+        from the point's previous one (CHANGES), those that change a point (IMAGE; all after a full
+        image). False when a write failed (the master's values are read before the next write) or was
+        fenced; received events are left to the RTU then, see _take."""
         async with self._write_lock:
             for pid, s, _ in events:
                 self.samples[pid] = s
@@ -382,8 +399,10 @@ class Iec104Runner(RunnerBase):
                 held = await self.held_by_master()
                 if held is not None:
                     self.tracker.seed({pid: s for pid, (s, _) in held.items()})
+            if mode == rules.CHANGES:
+                events = rules.changes_only(events, self.tracker.written, self.tracker.dirty)
             for batch in rules.batches(events):
-                if not spontaneous:
+                if mode == rules.IMAGE:
                     changed = self.tracker.changes({pid: s for pid, s, _ in batch})
                     batch = [e for e in batch if e[0] in changed]
                 if not batch:
@@ -404,7 +423,13 @@ class Iec104Runner(RunnerBase):
                     self._wake.set()
                     return False
                 self.metrics.inc("write_errors")
-                self.tracker.failed(done)
+                # Applied or not (a reply lost leaves it unknown): the connection closes unacknowledged and
+                # the RTU sends these events again, so before the next write the master's values are read
+                # (as after a lease gain) rather than this batch's points re-sent whatever they hold: an
+                # untagged event the write did apply is then no change, one it did not is written.
+                self.tracker.forget()
+                self.tracker.dirty.clear()
+                self._sync_pending = True
                 self.once.problem(f"{self.key} write", res.error)
                 return False
             return True

@@ -4,11 +4,13 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 - `PointMap.intake` turns a monitoring ASDU into samples with their timestamps: the device's CP56Time2a
   when the type carries one (it becomes the value's timestamp, which se104s sends on unchanged), the time
   of reception otherwise; the device's quality bits (IV, NT, SB, BL, OV) carried as they are.
+- `write_mode` / `changes_only` / `not_overtaken` / `resent`: which received events are written (every
+  one, changes only, interrogated snapshots not behind a newer event, not what was written already).
 - `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
   (positive or negative) and ACT_TERM.
-- `Schedule`: general interrogation after every STARTDT and periodically, counter interrogation and clock
-  synchronisation periodically, each if configured.
+- `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
+  periodically, counter interrogation and clock synchronisation then too, each if configured.
 - `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection.
 """
 
@@ -16,9 +18,10 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from fep_acquirer.changes import differs
 from fepha import datatypes as dt
 from fepha import points as pt
 from fepha.iec104 import codec as c
@@ -41,14 +44,68 @@ def is_monitoring(type_id: int) -> bool:
 
 @dataclass(frozen=True)
 class Intake:
-    """What one monitoring ASDU gave: events in wire order, whether they were spontaneous (always
-    written) or answers to an interrogation / periodic (written when changed), whether they carry the
-    device's time tags, and problems to log once (keyed so that each distinct problem is logged once)."""
+    """What one monitoring ASDU gave: events in wire order, whether they were spontaneous or answers to
+    an interrogation / periodic, whether they carry the device's time tags, the ASDU's type and cause, and
+    problems to log once (keyed so that each distinct problem is logged once)."""
 
     events: list[Event]
     spontaneous: bool
     problems: dict[str, str] = field(default_factory=dict)
     tagged: bool = False
+    type_id: int = 0
+    cause: int = 0
+
+    @property
+    def mode(self) -> str:
+        """How its events are written (`write_mode`)."""
+        return write_mode(self.type_id, self.cause)
+
+
+EVERY, CHANGES, IMAGE = "every", "changes", "image"
+
+
+def write_mode(type_id: int, cause: int) -> str:
+    """Which of a monitoring object's events are written:
+    - EVERY: a spontaneous object (cause 3, 11, 12) with the device's time tag, or an integrated total:
+      each is an event of its own, even with the same value and quality as the last (a repeated state at
+      another time, a counter reading);
+    - CHANGES: an untagged spontaneous status or measured value: only when its value or quality differs
+      from the point's previous event (`changes_only`, the product's change rule without deadband: the RTU
+      applied its own). Such an event gets our reception time, so the same state sent again (re-sent by
+      the RTU after a connection closed before our acknowledgement reached it) cannot be told from a new
+      one; one equal to the point's value and quality changes nothing a master can see except the time;
+    - IMAGE: an answer to an interrogation or a periodic / background object: a snapshot, written when it
+      changes the point (deadband as for Modbus, changes.py)."""
+    if cause not in SPONTANEOUS_CAUSES:
+        return IMAGE
+    if type_id in c.TIME_TAGGED or c.base_type(type_id) == c.M_IT_NA_1:
+        return EVERY
+    return CHANGES
+
+
+def changes_only(events: list[Event], last: Mapping[int, tuple[float | int, int]], dirty: set[int]) -> list[Event]:
+    """The CHANGES events to write, in order: each compared with the point's previous event in `events`,
+    or else with its last written sample `last` (what Redis holds); a point never written, or whose last
+    write failed (`dirty`: Redis may hold something else), is written."""
+    out: list[Event] = []
+    prev: dict[int, tuple[float | int, int]] = {}
+    for e in events:
+        pid, s, _ = e
+        before = prev.get(pid)
+        if before is None and pid not in dirty:
+            before = last.get(pid)
+        if before is None or differs(before, s, 0.0):
+            out.append(e)
+        prev[pid] = s
+    return out
+
+
+def not_overtaken(events: list[Event], newer: set[int]) -> list[Event]:
+    """Answers to a general interrogation, without the points that had a spontaneous event since the
+    interrogation was sent (`newer`): the RTU reports every change spontaneously, so that event is at
+    least as new as the snapshot (which may have been taken before it, or queued behind it); writing the
+    answer after it could put an older state back."""
+    return [e for e in events if e[0] not in newer] if newer else events
 
 
 def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
@@ -111,14 +168,15 @@ class PointMap:
             if problem:
                 problems[f"time {ioa}"] = f"IOA {ioa}: {problem}"
             out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED)
+        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED, a.type_id, a.cause)
 
 
 def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
-    """The events not yet written: after a takeover the RTU sends again what the former holder received
-    but had not acknowledged (at most the RTU's k I frames: we acknowledge only what is written); those whose record (point, value, quality and the
-    device's time tag, to the ms) the former holder already wrote are dropped, once each. Only for
-    time-tagged events: an untagged one carries our reception time and is always new."""
+    """The events not yet written: after a reconnect or takeover the RTU sends again what it had not seen
+    acknowledged (at most its k I frames: we acknowledge only what is written, at once); those whose
+    record (point, value, quality and the device's time tag, to the ms) was written already (`recent`:
+    this RTU's newest change records) are dropped, once each. Only for time-tagged events: an untagged
+    one carries our reception time (the change rule applies to it, `write_mode`)."""
     if not tagged or not recent:
         return events
     out = []
@@ -251,8 +309,10 @@ class Schedule:
     ci_period_s: float
     cs_period_s: float
     next: dict[str, float] = field(default_factory=dict)
+    running: bool = False  # data transfer started (`next` may be empty then: no periodic GI, CI, CS)
 
     def started(self, now: float) -> None:
+        self.running = True
         self.next = {"gi": now}
         if self.cs_period_s > 0:
             self.next["cs"] = now
@@ -260,14 +320,28 @@ class Schedule:
             self.next["ci"] = now
 
     def stopped(self) -> None:
+        self.running = False
         self.next = {}
 
     def request_gi(self, now: float) -> bool:
         """An extra GI (the RTU restarted: end of initialisation; Redis lost our data: full image); False
         when none is needed (data transfer stopped, or a GI is due already)."""
-        if not self.next or self.next.get("gi", math.inf) <= now:
+        if not self.running or self.next.get("gi", math.inf) <= now:
             return False
         self.next["gi"] = now
+        return True
+
+    def initialised(self, now: float) -> bool:
+        """The RTU reported the end of its initialisation (M_EI_NA_1) after the interrogations that
+        followed our STARTDT: clock sync, GI and CI now, as after STARTDT (its clock, image and counters
+        may be new); False while data transfer is stopped."""
+        if not self.running:
+            return False
+        self.next["gi"] = now
+        if self.cs_period_s > 0:
+            self.next["cs"] = now
+        if self.ci_period_s > 0:
+            self.next["ci"] = now
         return True
 
     def due(self, now: float) -> list[str]:

@@ -105,6 +105,41 @@ def test_resent_drops_what_the_former_holder_wrote_once_each() -> None:
     assert rules.resent([e3], {(3, pt.encode(5.0, 0, T + 2))}, tagged=False) == [e3]  # untagged: always new
 
 
+@pytest.mark.parametrize("type_id,cause,want", [
+    (c.M_SP_TB_1, c.COT_SPONT, rules.EVERY),      # the device's time tag: a repeated state is an event
+    (c.M_ME_TF_1, c.COT_RETREM, rules.EVERY),
+    (c.M_IT_NA_1, c.COT_SPONT, rules.EVERY),      # integrated totals: every reading, even untagged
+    (c.M_IT_TB_1, c.COT_SPONT, rules.EVERY),
+    (c.M_SP_NA_1, c.COT_SPONT, rules.CHANGES),    # untagged status / measured: the change rule
+    (c.M_DP_NA_1, c.COT_RETLOC, rules.CHANGES),
+    (c.M_ME_NA_1, c.COT_SPONT, rules.CHANGES),
+    (c.M_ME_NC_1, c.COT_RETREM, rules.CHANGES),
+    (c.M_SP_TB_1, c.COT_INROGEN, rules.IMAGE),    # interrogated, periodic, background, counter request
+    (c.M_ME_NC_1, c.COT_PERIODIC, rules.IMAGE),
+    (c.M_ME_NC_1, c.COT_BACKGROUND, rules.IMAGE),
+    (c.M_IT_NA_1, c.COT_REQCOGEN, rules.IMAGE),
+])
+def test_write_mode(type_id: int, cause: int, want: str) -> None:
+    assert rules.write_mode(type_id, cause) == want
+
+
+def test_changes_only_applies_the_change_rule_in_order_without_deadband() -> None:
+    last = {1: (1, 0), 3: (5.0, 0)}
+    on, off, on2 = (1, (1, 0), RX), (1, (0, 0), RX + 1), (1, (1, 0), RX + 2)
+    assert rules.changes_only([on], last, set()) == []                  # the value Redis holds: not a change
+    assert rules.changes_only([on, off, on2], last, set()) == [off, on2]  # each against the one before
+    assert rules.changes_only([(1, (1, 0x80), RX)], last, set()) == [(1, (1, 0x80), RX)]  # quality changed
+    assert rules.changes_only([(3, (5.001, 0), RX)], last, set()) == [(3, (5.001, 0), RX)]  # any move
+    assert rules.changes_only([(2, (0, 0), RX)], last, set()) == [(2, (0, 0), RX)]  # never written
+    assert rules.changes_only([on, on2], last, {1}) == [on]            # last write failed: once, then the rule
+
+
+def test_not_overtaken_drops_interrogated_points_with_a_newer_spontaneous_event() -> None:
+    answers = [(1, (1, 0), RX), (3, (5.0, 0), RX)]
+    assert rules.not_overtaken(answers, {1}) == [(3, (5.0, 0), RX)]
+    assert rules.not_overtaken(answers, set()) == answers
+
+
 @pytest.mark.parametrize("p,value,select,want", [
     (SC, 1, True, bytes((0x81,))),
     (SC, 0, False, bytes((0x00,))),
@@ -185,6 +220,19 @@ def test_schedule_after_startdt_and_periodic() -> None:
     assert s.due(61) == ["gi"] and s.due(1000) == ["cs", "ci"]
     s.stopped()
     assert not s.request_gi(1001) and s.due(1001) == []             # stopped: the next STARTDT brings one
+
+
+def test_schedule_end_of_initialisation_asks_clock_sync_gi_and_ci_as_after_startdt() -> None:
+    s = rules.Schedule(gi_period_s=0, ci_period_s=30, cs_period_s=60)
+    assert not s.initialised(0)                                     # stopped: the next STARTDT brings them
+    s.started(0)
+    assert s.due(0) == ["cs", "gi", "ci"]
+    assert s.initialised(10) and s.due(10) == ["cs", "gi", "ci"]
+    assert s.due(40) == ["ci"]                                      # periods run from the new ones
+    s = rules.Schedule(gi_period_s=0, ci_period_s=0, cs_period_s=0)
+    s.started(0)
+    assert s.due(0) == ["gi"] and s.initialised(5) and s.due(5) == ["gi"] and s.deadline() is None
+    assert s.request_gi(6) and s.due(6) == ["gi"]                   # no periodic GI: still asked for (full image)
 
 
 def test_interrogation_asdus() -> None:

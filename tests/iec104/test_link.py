@@ -368,6 +368,17 @@ def test_t2_acknowledges_only_confirmed_frames_and_does_not_spin_on_unconfirmed(
     assert acks(link) == [2] and link.rx_unacked == 0
 
 
+def test_confirm_at_once_acknowledges_without_waiting_for_w_or_t2() -> None:
+    link = held()
+    link.receive(c.i_frame(0, 0, GI) + c.i_frame(1, 0, GI) + c.i_frame(2, 0, GI), 1.0)
+    link.confirm(1, 1.01, at_once=True)  # 1 frame < w=2, long before t2: acknowledged all the same
+    assert acks(link) == [1] and link.rx_unacked == 2
+    link.confirm(1, 1.02, at_once=True)  # nothing more confirmed: no S frame
+    assert link.data_to_send() == b""
+    link.confirm(3, 1.03, at_once=True)
+    assert acks(link) == [3] and link.rx_unacked == 0 and link.next_deadline() == 1.0 + P.t3
+
+
 def test_our_i_frame_carries_the_confirmed_number_and_confirm_checks_its_argument() -> None:
     link = held()
     link.receive(c.i_frame(0, 0, GI) + c.i_frame(1, 0, GI), 0.0)
