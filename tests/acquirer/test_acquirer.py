@@ -111,9 +111,10 @@ async def test_takeover_no_steal_back_and_fencing(redis_master, feproot):
 
 
 async def test_holder_stopped_lease_lapses(redis_master, feproot):
+    """A holder stopped without handing over (stop_handover_s = 0; a crash is the same): the lease lapses."""
     model = load(redis_master, merge(rtu_rows(1, free_port())))
     sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A"))
+    a = Node(node_cfg(feproot, redis_master, "A", stop_handover_s=0))
     await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
     b = Node(node_cfg(feproot, redis_master, "B", takeover_s=30))
     try:
@@ -137,7 +138,7 @@ async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, fe
     gap still reaches the change stream, in order, with the standby's timestamps."""
     model = load(redis_master, merge(rtu_rows(1, free_port())))
     sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5))
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, stop_handover_s=0))  # gone as by a crash
     await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
     b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
     try:
