@@ -42,6 +42,7 @@ class Acquirer:
         self.stamp: cfgstore.Stamp | None = None  # of the configuration applied (cfgstore: not gen alone)
         self.stopping = asyncio.Event()
         self.controls_off = asyncio.Event()  # the executor takes no new control (planned stop, close)
+        self.control_grace_s = 2.0  # close(): how long a control being executed may still take
 
     async def apply(self, model: Model) -> None:
         """Start, stop or restart runners so they match `model`."""
@@ -113,14 +114,20 @@ class Acquirer:
         self.house.stopping = True
         t0 = time.monotonic()
         work = asyncio.create_task(self._hand_over(), name="acquirer-handover")
-        rush = asyncio.create_task(hurry.wait())
-        await asyncio.wait([work, rush], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():
+        rush = asyncio.create_task(hurry.wait(), name="acquirer-stop-again")
+        try:
+            await asyncio.wait([work, rush], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled: neither outlives it
+            unfinished = not work.done()
+            await asyncio.gather(cancel_and_wait(work), cancel_and_wait(rush))
+        if unfinished:  # exit at once: close() gives the executor no further grace
+            self.control_grace_s = 0.0
             why = "second signal" if hurry.is_set() else f"stop_handover_s ({limit:g} s) ran out"
             left = sorted(rid for rid, r in self.runners.items() if r.lease.held)
-            log.warning("stopping after %.2f s: %s%s", time.monotonic() - t0, why,
-                        f"; leases of RTU {', '.join(map(str, left))} not taken, they lapse" if left else "")
-        await asyncio.gather(cancel_and_wait(work), cancel_and_wait(rush))
+            log.warning("stopping after %.2f s: %s%s%s", time.monotonic() - t0, why,
+                        f"; leases of RTU {', '.join(map(str, left))} not taken, they lapse" if left else "",
+                        "" if self.tasks[1].done() else "; the control being executed is left unfinished "
+                        "(reported unknown at its deadline)")
 
     async def _hand_over(self) -> None:
         """Say `stopping` in the heartbeat (the other node then hands nothing to this one), hand the leases
@@ -137,8 +144,8 @@ class Acquirer:
     async def close(self) -> None:
         self.controls_off.set()
         self.stopping.set()
-        if len(self.tasks) > 1:
-            await asyncio.wait([self.tasks[1]], timeout=2.0)
+        if len(self.tasks) > 1 and self.control_grace_s:
+            await asyncio.wait([self.tasks[1]], timeout=self.control_grace_s)
         await asyncio.gather(*(cancel_and_wait(t) for t in self.tasks))
         self.tasks.clear()
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
