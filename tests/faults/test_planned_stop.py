@@ -380,3 +380,22 @@ async def test_second_sigterm_exits_at_once(feproot: Path) -> None:
             assert "second signal" in p.log("acquirer", "A")
         finally:
             os.kill(b.pid, signal.SIGCONT)
+
+
+async def test_master_unreachable_at_the_stop_exits_at_once(feproot: Path) -> None:
+    """The master Redis killed: nothing can be handed over (the leases lapse there, or are gone with it); A
+    says why and exits 0 at once instead of waiting out stop_handover_s."""
+    async with plant(feproot, {**SUITE, "FEP_TIMERS_STOP_HANDOVER_S": "30"}) as p:
+        await a_holds_b_ready(p, 10)
+        os.kill(p.redis.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        p.redis.proc.wait(5)  # type: ignore[union-attr]
+        p.redis.proc = None
+        await asyncio.sleep(0.5)  # a few lease ticks fail
+        a = p.procs[("acquirer", "A")]
+        t0 = time.monotonic()
+        a.send_signal(signal.SIGTERM)
+        assert await exited(a, 5.0), "A did not exit within 5 s"
+        took = time.monotonic() - t0
+        log = p.log("acquirer", "A")
+        assert a.returncode == 0 and took < 3.0, (took, log[-2000:])
+        assert log.count("stopping: master Redis unreachable, leases not handed over") == 1, log[-2000:]
