@@ -342,18 +342,23 @@ async def _state(r: aredis.Redis, ctl: int, want: str) -> bool:
     return await r.hget(ks.control(ctl), "state") == want
 
 
+async def sigterm_a_exits(p: Plant, within_s: float) -> str:
+    """SIGTERM to A, which must exit 0 within `within_s`; returns its log."""
+    a = p.procs[("acquirer", "A")]
+    t0 = time.monotonic()
+    a.send_signal(signal.SIGTERM)
+    assert await exited(a, within_s + 2), f"A did not exit within {within_s + 2} s"
+    took, log = time.monotonic() - t0, p.log("acquirer", "A")
+    assert a.returncode == 0 and took < within_s, (took, a.returncode, log[-2000:])
+    return log
+
+
 async def test_without_the_other_node_the_holder_exits_at_once_and_keeps_its_leases(feproot: Path) -> None:
     """No node B: nothing to hand over to; A says so once and exits at once, its leases lapse as before."""
     async with plant(feproot, SUITE) as p:
         p.start("acquirer", "A")
         await until(lambda: _all(p, "A"), 10, "A holds every lease")
-        a = p.procs[("acquirer", "A")]
-        t0 = time.monotonic()
-        a.send_signal(signal.SIGTERM)
-        assert await exited(a, 3.0), "A did not exit within 3 s"
-        took = time.monotonic() - t0
-        log = p.log("acquirer", "A")
-        assert a.returncode == 0 and took < 1.5, (took, log[-2000:])
+        log = await sigterm_a_exits(p, 1.5)
         assert log.count("stopping: keeping the leases of RTU 1, 2 until they lapse") == 1, log[-2000:]
         assert "node B's acquirer is not running or is stopping" in log
         assert await p.holders() == {1: "A", 2: "A"}  # kept: they lapse after lease_ttl_s
@@ -391,11 +396,5 @@ async def test_master_unreachable_at_the_stop_exits_at_once(feproot: Path) -> No
         p.redis.proc.wait(5)  # type: ignore[union-attr]
         p.redis.proc = None
         await asyncio.sleep(0.5)  # a few lease ticks fail
-        a = p.procs[("acquirer", "A")]
-        t0 = time.monotonic()
-        a.send_signal(signal.SIGTERM)
-        assert await exited(a, 5.0), "A did not exit within 5 s"
-        took = time.monotonic() - t0
-        log = p.log("acquirer", "A")
-        assert a.returncode == 0 and took < 3.0, (took, log[-2000:])
+        log = await sigterm_a_exits(p, 3.0)
         assert log.count("stopping: master Redis unreachable, leases not handed over") == 1, log[-2000:]
