@@ -134,6 +134,9 @@ class NodeConfig:
     takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached this long")
     lease_ttl_s: float = opt("timers", _positive(float), 3.0, "a lease not renewed this long lapses (dead holder)")
     lease_tick_s: float = opt("timers", _positive(float), 1.0, "how often each node renews / bids for its leases")
+    stop_handover_s: float = opt("timers", _positive(float, zero=True), 5.0,
+                                 "at SIGTERM/SIGINT the acquirer hands its leases to the other node and waits "
+                                 "this long at most for it to take them; 0: exit at once (leases lapse)")
     role_watch_s: float = opt("timers", _positive(float), 0.2,
                               "how often the acquirer and the forwarder read their local Redis's role "
                               "(a change: the VIP moved)")
@@ -315,6 +318,9 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
     if cfg.lease_ttl_s <= cfg.lease_tick_s * 2:
         problems.append(f"[timers] lease_ttl_s = {cfg.lease_ttl_s}: must be more than twice lease_tick_s "
                         f"({cfg.lease_tick_s})")
+    if 0 < cfg.stop_handover_s <= cfg.lease_tick_s:
+        problems.append(f"[timers] stop_handover_s = {cfg.stop_handover_s}: must be 0 or more than lease_tick_s "
+                        f"({cfg.lease_tick_s}; the other node takes a handed-over lease at its next tick)")
     if cfg.iec104_w > cfg.iec104_k:
         problems.append(f"[iec104] w = {cfg.iec104_w}: must not exceed k ({cfg.iec104_k})")
     if cfg.iec104_t2_s >= cfg.iec104_t1_s:

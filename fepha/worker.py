@@ -2,8 +2,9 @@
 
 One place for what operators and Docker rely on being the same everywhere: configuration from $FEPROOT
 with a one-line error and exit 2, logging set up once, SIGTERM/SIGINT setting `stop` (so the services shut
-down cleanly and leave no task behind), and `--check`: exit 0 only when each service's heartbeat in the
-local Redis is fresh (three heartbeat periods), the Docker health check.
+down cleanly and leave no task behind; a second signal sets `stop.again`: the acquirer's handover cut
+short), and `--check`: exit 0 only when each service's heartbeat in the local Redis is fresh (three
+heartbeat periods), the Docker health check.
 """
 
 from __future__ import annotations
@@ -21,6 +22,18 @@ from fepha.config import ConfigError, NodeConfig
 from fepha.logsetup import setup as log_setup
 
 Runner = Callable[[NodeConfig, asyncio.Event], Coroutine[Any, Any, int | None]]
+
+
+class Stop(asyncio.Event):
+    """Set by the first SIGTERM/SIGINT; a second one sets `again` too (the acquirer's planned stop, which
+    hands its leases over first, then exits at once)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.again = asyncio.Event()
+
+    def signal(self) -> None:
+        (self.again if self.is_set() else self).set()
 
 
 def check(cfg: NodeConfig, services: Sequence[str]) -> int:
@@ -62,10 +75,10 @@ def main(prog: str, doc: str, services: Sequence[str], runner: Callable[[], Runn
     log = logging.getLogger(prog)
 
     async def _main() -> int:
-        stop = asyncio.Event()
+        stop = Stop()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, stop.signal)
         log.info("%s node %s starting (master Redis %s:%s, local %s:%s)", prog, cfg.node_id, cfg.vip, cfg.port,
                  cfg.local_host, cfg.local_port)
         status = await run(cfg, stop) or 0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import Any
 
+from fep_acquirer import handover
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.housekeeping import Housekeeping
 from fep_acquirer.iec104rtu import Iec104Runner
@@ -39,6 +41,8 @@ class Acquirer:
         self.tasks: list[asyncio.Task[None]] = []
         self.stamp: cfgstore.Stamp | None = None  # of the configuration applied (cfgstore: not gen alone)
         self.stopping = asyncio.Event()
+        self.controls_off = asyncio.Event()  # the executor takes no new control (planned stop, close)
+        self.control_grace_s = 2.0  # close(): how long a control being executed may still take
 
     async def apply(self, model: Model) -> None:
         """Start, stop or restart runners so they match `model`."""
@@ -77,11 +81,13 @@ class Acquirer:
         await self.apply(model)
         self.stamp = stamp
 
-    async def run(self, stop: asyncio.Event, config_check_s: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, config_check_s: float = 1.0, hurry: asyncio.Event | None = None) -> None:
+        """Until `stop` is set; then the planned stop (`planned_stop`), cut short by `hurry` (a second
+        signal)."""
         self.writer.start()
         self.tasks = [asyncio.create_task(self.house.loop(), name="acquirer-housekeeping"),
                       asyncio.create_task(execute_loop(self.master, self.cfg.node_id, self.runners,
-                                                       self.metrics, self.once, self.stopping),
+                                                       self.metrics, self.once, self.controls_off),
                                           name="acquirer-controls"),
                       asyncio.create_task(self.house.roles.run(self.stopping), name="acquirer-role-watch")]
         try:
@@ -89,13 +95,57 @@ class Acquirer:
                 await self.check_config()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), config_check_s)
+            await self.planned_stop(hurry or asyncio.Event())
         finally:
             await self.close()
 
+    async def planned_stop(self, hurry: asyncio.Event) -> None:
+        """Before exiting: no new control (the one in flight is finished), and the leases the other node can
+        take handed over to it (handover.py), all within `stop_handover_s` or until `hurry` is set. With the
+        master Redis unreachable (the last tick failed) or the timer at 0, nothing is tried: as after a crash,
+        the leases lapse after `lease_ttl_s`."""
+        limit = self.cfg.stop_handover_s
+        self.controls_off.set()
+        if not self.tasks or not limit:
+            return
+        if not self.house.master_ok:
+            log.warning("stopping: master Redis unreachable, leases not handed over (they lapse after lease_ttl_s)")
+            return
+        self.house.stopping = True
+        t0 = time.monotonic()
+        work = asyncio.create_task(self._hand_over(), name="acquirer-handover")
+        rush = asyncio.create_task(hurry.wait(), name="acquirer-stop-again")
+        try:
+            await asyncio.wait([work, rush], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:  # also when this task is cancelled: neither outlives it
+            unfinished = not work.done()
+            await asyncio.gather(cancel_and_wait(work), cancel_and_wait(rush))
+        if unfinished:  # exit at once: close() gives the executor no further grace
+            self.control_grace_s = 0.0
+            why = "second signal" if hurry.is_set() else f"stop_handover_s ({limit:g} s) ran out"
+            left = sorted(rid for rid, r in self.runners.items() if r.lease.held)
+            log.warning("stopping after %.2f s: %s%s%s", time.monotonic() - t0, why,
+                        f"; leases of RTU {', '.join(map(str, left))} not taken, they lapse" if left else "",
+                        "" if self.tasks[1].done() else "; the control being executed is left unfinished "
+                        "(reported unknown at its deadline)")
+
+    async def _hand_over(self) -> None:
+        """Say `stopping` in the heartbeat (the other node then hands nothing to this one), hand the leases
+        over, and let the executor finish the control in flight."""
+        try:
+            await self.house.beat()
+            await handover.hand_over(self.master, self.cfg.node_id, self.cfg.peer, int(self.cfg.lease_ttl_s * 1000),
+                                     self.cfg.stop_handover_s, self.runners, self.house.apply_lease)
+        except Exception as exc:  # noqa: BLE001 - master unreachable now: exit as after a crash
+            log.warning("stopping: leases not handed over (they lapse after lease_ttl_s): %s: %s",
+                        type(exc).__name__, exc)
+        await asyncio.wait([self.tasks[1]])
+
     async def close(self) -> None:
+        self.controls_off.set()
         self.stopping.set()
-        if len(self.tasks) > 1:
-            await asyncio.wait([self.tasks[1]], timeout=2.0)
+        if len(self.tasks) > 1 and self.control_grace_s:
+            await asyncio.wait([self.tasks[1]], timeout=self.control_grace_s)
         await asyncio.gather(*(cancel_and_wait(t) for t in self.tasks))
         self.tasks.clear()
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
@@ -104,11 +154,12 @@ class Acquirer:
 
 
 async def run(cfg: NodeConfig, stop: asyncio.Event) -> None:
-    """Run this node's acquirer until `stop` is set; leaves no task behind."""
+    """Run this node's acquirer until `stop` is set, hand its leases over (a second signal, `worker.Stop`'s
+    `again`, cuts that short); leaves no task behind."""
     master = redisconn.master_async(cfg)
     local = redisconn.local_async(cfg)
     try:
-        await Acquirer(cfg, master, local).run(stop)
+        await Acquirer(cfg, master, local).run(stop, hurry=getattr(stop, "again", None))
     finally:
         await master.aclose()
         await local.aclose()

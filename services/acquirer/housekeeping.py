@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from fep_acquirer.metrics import Metrics
-from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer, send_fcalls
 from fepha import events, heartbeat, redisfns, rolewatch
@@ -49,6 +49,9 @@ class Housekeeping:
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
+        self.stopping = False
+        """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
+        say so in the heartbeat, so that the other node hands nothing over to this one."""
 
     async def loop(self) -> None:
         """The ticks; the role watch (`roles.run`) runs beside it as its own task (app.py), so that stopping
@@ -100,15 +103,29 @@ class Housekeeping:
         now = time.monotonic()
         try:
             if now - self._last_beat >= self.cfg.heartbeat_s:
-                await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
-                                     rtus=len(self.runners),
-                                     held=sum(1 for r in self.runners.values() if r.lease.held))
+                await self.beat()
                 self._last_beat = now
             if now - self._last_flush >= 1.0:
                 await self.metrics.flush(self.master)
                 self._last_flush = now
         except Exception as exc:  # noqa: BLE001 - master unreachable: logged once, retried next tick
             self.once.problem("heartbeat", f"{type(exc).__name__}: {exc}")
+
+    async def beat(self) -> None:
+        """The acquirer's heartbeat; `stopping` in it while a planned stop hands the leases over."""
+        await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
+                             rtus=len(self.runners), held=sum(1 for r in self.runners.values() if r.lease.held),
+                             **({"stopping": True} if self.stopping else {}))
+
+    def apply_lease(self, r: RunnerBase, holder: str, epoch: int) -> None:
+        """What a lease tick (or the planned stop's watch of the lease) says: update the runner's view, count
+        and log a change, replay and write the full image with the next poll on a gain."""
+        change = r.lease.update(holder, epoch)
+        if change:
+            self.metrics.inc("lease_changes")
+            log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder, r.lease.epoch)
+            if change == "gained":
+                r.lease_gained()
 
     async def _watch_roles(self) -> None:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
@@ -150,10 +167,12 @@ class Housekeeping:
         node = self.cfg.node_id
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
-        # lease ticks first (their results are res[0:len(runners)]), then the link states: one round trip
+        # stopping (handover.py): renew what is held, bid for nothing (no lease is taken on the way out)
+        ticking = [(r, ok) for r, ok in zip(runners, reach, strict=True) if r.lease.held or not self.stopping]
+        # lease ticks first (their results are res[0:len(ticking)]), then the link states: one round trip
         # packed by hiredis (send_fcalls), as redis-py's pipeline packs and parses 2 x RTUs calls in Python
         argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv
-                 for r, ok in zip(runners, reach, strict=True)]
+                 for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]
         extra = self.master.pipeline(transaction=False)  # channel switches and states: rare
@@ -173,20 +192,13 @@ class Housekeeping:
             self.master_ok = False
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
-        failed = [tick for tick in res[:len(runners)] if isinstance(tick, Exception)]
+        failed = [tick for tick in res[:len(ticking)] if isinstance(tick, Exception)]
         if failed:  # e.g. "Function not found" in a Redis that lost its data: once, not twice a tick
             self.once.problem("lease", str(failed[0]))
         else:
             self.once.clear("lease")
-        for r, tick in zip(runners, res, strict=False):
-            if isinstance(tick, Exception):
-                continue
-            change = r.lease.update(str(tick[0] or ""), int(tick[1]))
-            if change:
-                self.metrics.inc("lease_changes")
-                log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder,
-                         r.lease.epoch)
-                if change == "gained":
-                    r.lease_gained()
-        if not any(isinstance(x, Exception) for x in res[len(runners):]):
+        for (r, _), tick in zip(ticking, res, strict=False):
+            if not isinstance(tick, Exception):
+                self.apply_lease(r, str(tick[0] or ""), int(tick[1]))
+        if not any(isinstance(x, Exception) for x in res[len(ticking):]):
             self.sent_state.update(states)

@@ -19,7 +19,7 @@ from fepha.semodel.model import Model
 from tests.redisproc import RedisProc, free_port
 
 FAST = dict(lease_tick_s=0.1, lease_ttl_s=0.6, takeover_s=1.0, channel_switch_s=0.4, reconnect_min_s=0.05,
-            reconnect_max_s=0.2, heartbeat_s=0.2, poll_ms=100)
+            reconnect_max_s=0.2, heartbeat_s=0.2, poll_ms=100, stop_handover_s=2.0)
 
 
 def rtu_rows(rid: int, port: int, points: int = 4, poll_ms: int = 100) -> dict[str, list[dict[str, Any]]]:

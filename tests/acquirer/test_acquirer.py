@@ -63,6 +63,10 @@ async def _eq(coro, want) -> bool:
     return v is not None and v.value == want and v.quality == 0
 
 
+async def _field_is(r, key: str, field: str, want: str) -> bool:
+    return await r.hget(key, field) == want
+
+
 async def _quality(coro, q) -> bool:
     v = await coro
     return v is not None and bool(v.quality & q)
@@ -111,9 +115,10 @@ async def test_takeover_no_steal_back_and_fencing(redis_master, feproot):
 
 
 async def test_holder_stopped_lease_lapses(redis_master, feproot):
+    """A holder stopped without handing over (stop_handover_s = 0; a crash is the same): the lease lapses."""
     model = load(redis_master, merge(rtu_rows(1, free_port())))
     sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A"))
+    a = Node(node_cfg(feproot, redis_master, "A", stop_handover_s=0))
     await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
     b = Node(node_cfg(feproot, redis_master, "B", takeover_s=30))
     try:
@@ -132,12 +137,47 @@ async def test_holder_stopped_lease_lapses(redis_master, feproot):
         await sim.stop()
 
 
+async def test_stop_hands_over_what_the_other_node_reaches_and_keeps_the_rest(redis_master, feproot, caplog):
+    """A planned stop of the holder of RTUs 1 and 2 while B reaches only RTU 1: RTU 1 is handed over at
+    once (reason handover, well before the TTL), RTU 2 is kept (said once) and lapses as before: handing it
+    to a node that cannot reach its device would stop its data."""
+    model = load(redis_master, merge(rtu_rows(1, free_port()), rtu_rows(2, free_port())))
+    sim = await start_sim(model)
+    sim.cut(2, 1)  # RTU 2 answers on channel 2 only: A switches there (0.4 s), B stays on channel 1
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5))
+    await until(lambda: a.acq.runners and all(a.acq.runners[i].lease.held for i in (1, 2)), 5)
+    b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, channel_switch_s=100))
+    try:
+        r = b.master
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        await until(lambda: _field_is(r, ks.link(1), "valb", "1"), 2)
+        assert not b.acq.runners[2].reaches()
+        t0 = time.monotonic()
+        await a.stop()
+        stopped = time.monotonic() - t0
+        assert await r.hget(ks.lease(1), "holder") == "B"  # A returned once B held it
+        assert stopped < 1.0, stopped  # B took RTU 1 at its next tick (0.1 s), not after the TTL (1.5 s)
+        assert await r.hget(ks.lease(2), "holder") == "A"  # kept
+        kept = [m for m in caplog.messages if "keeping the leases" in m]
+        assert kept == ["stopping: keeping the leases of RTU 2 until they lapse (lease_ttl_s): node B does not "
+                        "reach their devices, handing them over would stop their data"], caplog.messages
+        ev = {e["rtu"]: e for _, e in await r.xrange(ks.LEASE_EVENTS)}
+        assert (ev["1"]["from"], ev["1"]["to"], ev["1"]["reason"]) == ("A", "B", "handover")
+        # RTU 2: lapses, then B (which cannot reach it) takes it to mark its points invalid, as before
+        await until(lambda: b.acq.runners[2].lease.held, 5)
+        ev = (await r.xrevrange(ks.LEASE_EVENTS, count=1))[0][1]
+        assert (ev["rtu"], ev["reason"]) == ("2", "lapsed")
+    finally:
+        await b.stop()
+        await sim.stop()
+
+
 async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, feproot):
     """Holder gone: until its lease lapses nobody writes; a value that changes and changes back in that
     gap still reaches the change stream, in order, with the standby's timestamps."""
     model = load(redis_master, merge(rtu_rows(1, free_port())))
     sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5))
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, stop_handover_s=0))  # gone as by a crash
     await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
     b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
     try:

@@ -236,12 +236,15 @@ async def sim_system(redis_master, feproot, rows: dict[str, list[dict[str, Any]]
         await sim.stop()
 
 
-async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
+@pytest.mark.parametrize("stop_handover_s", [0, 2.0], ids=["lapse", "handover"])
+async def test_takeover_with_events_during_it_loses_none(redis_master, feproot, stop_handover_s):
     """Against fep-rtu104sim (a device that buffers for its redundancy group, as the standard's RTUs do):
-    the holder stops, its lease lapses after the TTL, the RTU keeps reporting meanwhile. The new holder's
-    STARTDT makes the RTU send what it kept, including what the old holder had not acknowledged: every
-    event reaches the change stream, in order, with its own time tag."""
-    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port()))) as (sim, nodes, r):
+    the holder stops, its lease lapses after the TTL (stop_handover_s 0, as after a crash) or is handed
+    over at once (the planned stop), the RTU keeps reporting meanwhile. The new holder's STARTDT makes the
+    RTU send what it kept, including what the old holder had not acknowledged: every event reaches the
+    change stream, in order, with its own time tag."""
+    async with sim_system(redis_master, feproot, merge(iec_rows(5, free_port())),
+                          stop_handover_s=stop_handover_s) as (sim, nodes, r):
         h = await until(lambda: holder(nodes, 5), 5)
         await until(lambda: len(sim.connections(5)) == 2, 3)
         await until(lambda: value_of(r, 5, 5001), 3)
@@ -258,10 +261,12 @@ async def test_takeover_with_events_during_it_loses_none(redis_master, feproot):
         await report(5, 0.02)                        # before: through the old holder
         unchanged = {pid: len(await changes_of(r, pid)) for pid in (5002, 5003)}
         stopping = asyncio.create_task(nodes[h].stop())
-        await report(40, 0.03)                       # during: nobody started (lease TTL 0.6 s)
+        await report(40, 0.03)                       # during: the lease lapses (TTL 0.6 s) or is handed over
         await stopping
         other = "B" if h == "A" else "A"
         await until(lambda: holder({other: nodes[other]}, 5), 5)
+        moved = (await r.xrevrange(ks.LEASE_EVENTS, count=1))[0][1]
+        assert (moved["to"], moved["reason"]) == (other, "handover" if stop_handover_s else "lapsed"), moved
         await report(5, 0.02)                        # after: through the new holder
         with contextlib.suppress(AssertionError):
             await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 5)

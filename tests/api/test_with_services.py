@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +102,14 @@ async def exited(proc: subprocess.Popen[bytes], timeout: float) -> bool:
     while proc.poll() is None and time.monotonic() < end:
         await asyncio.sleep(0.05)
     return proc.poll() is not None
+
+
+def kill_leftovers(procs: Iterable[subprocess.Popen[bytes]]) -> None:
+    """A test's end: SIGKILL (by PID) what it started and is still running."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 @dataclass

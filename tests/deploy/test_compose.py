@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fepha.config import NodeConfig
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed (.ci/install)")
 
@@ -123,3 +125,10 @@ def test_dockerfile_installs_the_distribution_as_non_root() -> None:
     s = yaml.safe_load((REPO / "compose.yml").read_text())["services"]
     for name in ("loader", "acquirer", "forwarder", "api"):
         assert s[name]["command"][0] in scripts
+
+
+def test_acquirer_stop_grace_period_covers_its_handover(tmp_path: Path) -> None:
+    """On SIGTERM the acquirer waits up to stop_handover_s for the other node to take its leases; the
+    engine's SIGKILL must not come before that wait and the exit after it (about a second)."""
+    grace = services(tmp_path)["acquirer"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) >= NodeConfig().stop_handover_s + 2, grace

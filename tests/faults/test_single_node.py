@@ -24,7 +24,7 @@ from fep_tools.sefeps_client import SefepsClient
 from fepha import config
 from fepha.points import Quality
 from fepha.semodel.model import Model
-from tests.api.test_with_services import COMMANDS, exited, node_env, system_rows
+from tests.api.test_with_services import COMMANDS, exited, kill_leftovers, node_env, system_rows
 from tests.redisproc import RedisProc
 
 NT = int(Quality.NT)
@@ -74,10 +74,7 @@ async def node(feproot: Path, make_api: Any) -> AsyncIterator[Node]:
                 n.start(service)
             yield n
         finally:
-            for proc in n.procs.values():
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait(5)
+            kill_leftovers(n.procs.values())
             await sim.stop()
 
 

@@ -44,6 +44,8 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("[timers]\ntakeover = 90\n", {}, "fep-ha.cfg [timers] takeover: unknown setting"),
     ("", {"FEP_REDIS_PORT": "x"}, "environment FEP_REDIS_PORT = 'x': expected a TCP port 1..65535"),
     ("[timers]\nlease_ttl_s = 1\nlease_tick_s = 1\n", {}, "lease_ttl_s = 1.0: must be more than twice lease_tick_s"),
+    ("[timers]\nstop_handover_s = 1\n", {}, "[timers] stop_handover_s = 1.0: must be 0 or more than lease_tick_s"),
+    ("", {"FEP_TIMERS_STOP_HANDOVER_S": "-1"}, "FEP_TIMERS_STOP_HANDOVER_S = '-1': expected a number >= 0"),
     ("[timers\n", {}, "fep-ha.cfg"),
     ("[iec104]\nk = 4\nw = 8\n", {}, "[iec104] w = 8: must not exceed k (4)"),
     ("[iec104]\nt1_s = 5\nt2_s = 5\n", {}, "[iec104] t2_s = 5.0: must be less than t1_s (5.0)"),
@@ -62,6 +64,11 @@ def test_bad_value_is_one_line_naming_it(tmp_path: Path, text: str, env: dict, e
         config.load_node(tmp_path, env=env)
     msg = str(exc.value)
     assert expect in msg and "\n" not in msg
+
+
+def test_stop_handover_zero_means_none(tmp_path: Path) -> None:
+    write(tmp_path, "[timers]\nstop_handover_s = 0\n")
+    assert config.load_node(tmp_path, env={}).stop_handover_s == 0
 
 
 def test_log_level_checked(tmp_path: Path) -> None:
