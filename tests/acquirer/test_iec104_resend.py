@@ -103,7 +103,8 @@ def drop_acks(sim, rid: int) -> Callable[[], None]:
 @pytest.mark.parametrize("tags", [False, True])
 async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot, tags, how):
     """Three events are written but the RTU never sees our acknowledgement (lost on the way), then the
-    connection is cut (the holder reconnects) or the holder stops (the other node takes over). The RTU
+    connection is cut (the holder reconnects) or the holder dies (the other node takes over when the lease
+    lapses: stop_handover_s 0; a planned stop's STOPDT would acknowledge them, as it should). The RTU
     sends them again after the next STARTDT: each reaches the change stream once. Untagged (they carry
     our reception time): each equals its point's value and quality in Redis, no change (rules.write_mode
     CHANGES; the new holder reads the master's values first); time-tagged: recognised by point, value,
@@ -111,7 +112,8 @@ async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot,
     rows = merge(iec_rows(5, free_port()))
     if not tags:
         untagged(rows)
-    async with sim_system(redis_master, feproot, rows, sim_options={"time_tags": tags}) as (sim, nodes, r):
+    async with sim_system(redis_master, feproot, rows, sim_options={"time_tags": tags},
+                          stop_handover_s=0) as (sim, nodes, r):
         h = await until(lambda: holder(nodes, 5), 5)
         await until(lambda: _is(value_of(r, 5, 5003), 0.0), 3)
         await until(lambda: (s := session(sim, 5)) is not None and s.link.in_flight == 0, 5)
