@@ -321,6 +321,11 @@ class ModbusTrainsServer(ForwardServer):
         if code is not None:
             return bytes((fc | 0x80, code))
         assert device is not None
+        if fc == 23 and device != self.quality_unit:  # its read range is checked before the write runs
+            try:
+                self.amap.check("hr", *struct.unpack_from(">HH", pdu, 1))
+            except RequestError as exc:
+                return bytes((fc | 0x80, exc.code))
         if fc in WRITES and self.control_timeout_ms is not None:
             _DEADLINE.set(arrived + self.control_timeout_ms / 1000)
         try:
