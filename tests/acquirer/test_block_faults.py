@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fep_acquirer import mbtcp
-from fep_acquirer.device import LinkError
+from fep_acquirer.device import DeviceError, LinkError
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fepha.config import NodeConfig
@@ -215,6 +215,27 @@ async def test_write_lost_with_its_connection_is_not_sent_again() -> None:
         with pytest.raises(LinkError, match="closed"):
             await link.write(pt(9, "hr", 5), 3.0)
         assert seen == [mbtcp.write_register_pdu(5, 3)] and link.reopened == 0
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.mark.parametrize("code", [0x02, 0x04, 0x06])
+async def test_write_answered_with_an_exception_fails_and_is_sent_once(code: int) -> None:
+    seen: list[bytes] = []
+
+    def refuse(tid: int, unit: int, pdu: bytes):
+        seen.append(pdu)
+        yield mbtcp.frame(tid, unit, bytes((pdu[0] | 0x80, code)))
+
+    server, port = await serve(refuse)
+    link = link_to(port, timeout_s=0.3)
+    try:
+        await link.connect()
+        with pytest.raises(DeviceError, match=f"{code:#04x}"):
+            await link.write(pt(9, "hr", 5), 3.0)
+        assert seen == [mbtcp.write_register_pdu(5, 3)]
     finally:
         link.close()
         server.close()
