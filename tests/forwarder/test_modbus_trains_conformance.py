@@ -291,3 +291,16 @@ async def test_master_redis_unreachable():
         finally:
             await srv.stop()
             await master.aclose()
+
+
+async def test_many_slow_writes_pipelined_are_all_answered_in_order():
+    """40 writes in flight behind slow controls: reading pauses from 16 queued (TCP flow control) and
+    resumes; every write runs once, in order, and is answered under its own transaction id."""
+    srv, sink = await _slow_server(0.01, 5000)
+    try:
+        frames = [req(500 + i, 1, "06 0000 " + f"{i:04x}") for i in range(40)]
+        got = await exchange(srv.port, frames, 40 * 12)
+        assert got == b"".join(ans(500 + i, 1, "06 0000 " + f"{i:04x}") for i in range(40))
+        assert [c[1] for c in sink.calls] == [float(i) for i in range(40)]
+    finally:
+        await srv.stop()
