@@ -160,6 +160,8 @@ async def test_mbpoll_reads_writes_and_exceptions(served):
     assert rc == 0 and "[0]: \t230.5" in out
     rc, out, _ = await mbpoll(port, "-t", "3", "-r", "2", "-c", "2")
     assert rc == 0 and "[2]: \t65413 (-123)" in out and "[3]: \t7" in out
+    rc, out, _ = await mbpoll(port, "-t", "3", "-r", "3", "-a", "255")  # the guide's unit id of a TCP server
+    assert rc == 0 and "[3]: \t7" in out
     rc, out, _ = await mbpoll(port, "-t", "3:int", "-B", "-r", "10", "-c", "2")
     assert rc == 0 and "[10]: \t70000" in out and "[12]: \t-2" in out
     rc, out, _ = await mbpoll(port, "-t", "1", "-r", "0", "-c", "2")
