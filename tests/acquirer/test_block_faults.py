@@ -240,3 +240,37 @@ async def test_write_answered_with_an_exception_fails_and_is_sent_once(code: int
         link.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_tshark_finds_nothing_wrong_in_our_requests(tmp_path) -> None:
+    """The acquirer's client (reads of every area, FC 5/6/16 writes) against a real Modbus server (the
+    forwarder's modbus_trains), through tshark's Modbus/TCP dissector: no malformed packet, no expert
+    warning or error on any request or answer."""
+    from fep_acquirer.plan import plan_reads
+    from fep_forwarder.modbus_trains import ModbusTrainsServer
+    from tests.forwarder.mbt_fixtures import IMAGE, ScriptedSink, rtu
+    from tests.forwarder.test_modbus_trains_server import captured, tshark
+
+    srv = ModbusTrainsServer(rtu(), None, "127.0.0.1", ScriptedSink(), "A")
+    await srv.start()
+    srv.load_image(IMAGE)
+    pts = [pt(1, "ir", 0, "float32"), pt(2, "ir", 3), pt(3, "di", 0, "bool"), pt(4, "di", 1, "bool"),
+           pt(5, "co", 0, "bool"), pt(6, "hr", 0), pt(7, "hr", 1, "float32")]
+    link = link_to(srv.port, timeout_s=1.0)
+    link.client.unit = 1
+    try:
+        async with captured(srv.port, tmp_path / "acq.pcap"):
+            await link.connect()
+            got = await link.read_all(plan_reads(pts))
+            assert not any(isinstance(g, Exception) for g in got), got
+            await link.write(pts[4], 1.0)
+            await link.write(pts[5], 12.0)
+            await link.write(pts[6], 1.5)
+            link.close()
+        out = await tshark(tmp_path / "acq.pcap", srv.port)
+    finally:
+        link.close()
+        await srv.stop()
+    assert out.count("Modbus/TCP") >= 2 * (len(got) + 3)
+    assert "Malformed" not in out and "Expert Info (Error" not in out and "Expert Info (Warning" not in out
+    assert "Exception" not in out
