@@ -2,8 +2,8 @@
 
 Data and controls go through pymodbus's `SimDevice` with an action hook: on a read the hook copies the
 current image (kept by `AddressMap`) into the device's registers, on a write it runs the controls through
-the `ControlSink` and answers with a Modbus exception when one fails. Two things SimDevice cannot express
-are handled by the smallest additions on pymodbus's own server classes (docs/modbus_trains.md):
+the `ControlSink` and answers with a Modbus exception when one fails. What SimDevice and pymodbus's server
+cannot express is added on pymodbus's own server classes (docs/modbus_trains.md):
 
 - `_GuardedCore` (a `SimCore`, the object pymodbus builds from the SimDevices): SimCore answers an unknown
   unit id with a KeyError (logged with a traceback, answered DEVICE_FAILURE) and SimDevice bit areas have
@@ -11,8 +11,12 @@ are handled by the smallest additions on pymodbus's own server classes (docs/mod
   bit read is not told the bit count. The guard checks unit id and every requested address before the
   SimDevice sees the request.
 - `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
-  connected-clients table, which need the peer address pymodbus does not pass to any hook; and a
-  malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus would keep open and deaf.
+  connected-clients table, which need the peer address pymodbus does not pass to any hook; our own framing
+  and one worker per connection answering its requests in order (pymodbus's handler lost or mis-answered
+  pipelined requests); a malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus
+  would keep open and deaf.
+- `ModbusTrainsServer.answer`: unit id routing (ADDRESS, 0xFF, 0, the quality unit) and the request checks
+  of `pdu.py` in the specification's order, before pymodbus's PDU decoder and SimDevice path.
 """
 
 from __future__ import annotations
