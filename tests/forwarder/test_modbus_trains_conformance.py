@@ -304,3 +304,13 @@ async def test_many_slow_writes_pipelined_are_all_answered_in_order():
         assert [c[1] for c in sink.calls] == [float(i) for i in range(40)]
     finally:
         await srv.stop()
+
+
+async def test_pymodbus_async_client_concurrent_requests(served):
+    """pymodbus's async client with several requests outstanding (asyncio.gather): each gets its own answer."""
+    _, sink, c = served
+    got = await asyncio.gather(*(c.read_input_registers(3, count=1) for _ in range(5)), c.write_coil(0, True),
+                               c.read_input_registers(10, count=2))
+    assert [r.registers for r in got[:5]] == [[7]] * 5
+    assert not got[5].isError() and got[6].registers == [1, 4464]
+    assert [x[:2] for x in sink.calls] == [(9, 1.0)]
