@@ -188,6 +188,11 @@ class NodeConfig:
     se104s_untagged_answers: bool = opt("se104s", _bool, False,
                                         "interrogation answers and background scans as the type without time "
                                         "tag (IEC 60870-5-101's table of causes); false: the configured type")
+    # modbus_trains: the unit id on which every modbus_trains server of the node serves its points'
+    # quality bits (docs/modbus_trains.md, "Quality unit"); fep_forwarder.app passes it as an option
+    modbus_trains_quality_unit: int = opt("modbus_trains", _nonneg_int, 0,
+                                          "unit id serving each point's quality bits (1 ... 254, not an "
+                                          "RTU's ADDRESS); 0: none, a master cannot tell a stale value")
 
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
@@ -330,6 +335,9 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
                         "recommends w at most 2/3 of k)")
     if cfg.se104s_t2_s >= cfg.se104s_t1_s:
         problems.append(f"[se104s] t2_s = {cfg.se104s_t2_s}: must be less than t1_s ({cfg.se104s_t1_s})")
+    if cfg.modbus_trains_quality_unit > 254:
+        problems.append(f"[modbus_trains] quality_unit = {cfg.modbus_trains_quality_unit}: a unit id is "
+                        "1 ... 254 (255 and 0 address the server itself), 0 for none")
     return problems
 
 

@@ -11,7 +11,8 @@ from fep_acquirer.plan import Block
 from fepha import datatypes as dt
 from fepha.semodel.model import Channel, Point
 
-LINK_EXCEPTIONS = (0x0A, 0x0B)  # gateway path unavailable / target failed to respond: device not reached
+PATH_UNAVAILABLE, TARGET_NO_RESPONSE = 0x0A, 0x0B  # gateway exceptions: the device behind is not reached
+BUSY = 0x06  # SERVER DEVICE BUSY: "retransmit the request later"
 
 
 class LinkError(Exception):
@@ -22,8 +23,28 @@ class DeviceError(Exception):
     """The device answered with a Modbus exception (bad address, type...): a configuration problem."""
 
 
+class Busy(DeviceError):
+    """The device answered SERVER DEVICE BUSY (0x06) for this block: read it again at the next poll."""
+
+
+class NoAnswer(DeviceError):
+    """This block was not answered (timeout, or a gateway's 0x0B) although the block before it in the same
+    poll was: the device is reached, this block is not (rtu.py: its points go invalid)."""
+
+
 def _exception_error(exc: mbtcp.ExceptionAnswer) -> LinkError | DeviceError:
-    return LinkError(str(exc)) if exc.code in LINK_EXCEPTIONS else DeviceError(str(exc))
+    if exc.code in (PATH_UNAVAILABLE, TARGET_NO_RESPONSE):
+        return LinkError(str(exc))
+    return Busy(str(exc)) if exc.code == BUSY else DeviceError(str(exc))
+
+
+def _missed(out: list[bytes | DeviceError], why: str) -> NoAnswer:
+    """A block not answered: that block's NoAnswer when the block before it in this poll was answered
+    (data or a Modbus exception), else LinkError: the poll's first request, or a second in a row, unanswered
+    means the device (or the path to it) is not reached, found within one or two timeouts."""
+    if not out or isinstance(out[-1], NoAnswer):
+        raise LinkError(why)
+    return NoAnswer(why)
 
 
 class DeviceLink:
@@ -32,6 +53,7 @@ class DeviceLink:
         self.client = mbtcp.Client(channel.host, channel.port, channel.unit, timeout_s)
         self.lock = asyncio.Lock()  # a control write and a poll share the connection, one request at a time
         self.waiting = 0  # control requests waiting for the lock: a poll's reads pause for them
+        self.reopened = 0  # connections opened again after the device closed one (read_all, _call)
 
     async def connect(self) -> None:
         try:
@@ -41,6 +63,13 @@ class DeviceLink:
 
     def close(self) -> None:
         self.client.close()
+
+    async def _reopen(self) -> None:
+        """Connect again at once after the device closed the connection (idle timeout, or a device that
+        closes after each answer); LinkError when it cannot be reached."""
+        self.client.close()
+        self.reopened += 1
+        await self.connect()
 
     async def _acquire(self) -> None:
         self.waiting += 1
@@ -52,7 +81,11 @@ class DeviceLink:
     async def _call(self, pdu: bytes) -> bytes:
         await self._acquire()
         try:
-            return await self.client.request(pdu)
+            try:
+                return await self.client.request(pdu)
+            except mbtcp.NotConnected:  # closed by the device since the last request: nothing was sent
+                await self._reopen()
+                return await self.client.request(pdu)
         except mbtcp.ExceptionAnswer as exc:
             raise _exception_error(exc) from exc
         except (TimeoutError, OSError, mbtcp.Malformed) as exc:
@@ -62,26 +95,53 @@ class DeviceLink:
 
     async def read_all(self, blocks: Sequence[Block]) -> list[bytes | DeviceError]:
         """Every block's answer data bytes (registers big-endian, bits packed LSB first: plan.py decodes), or
-        the DeviceError of a block the device refused. The reads go as one sequence (mbtcp.Client.requests),
-        paused between two requests for a waiting control write. Raises LinkError (device not reached)."""
+        the DeviceError of a block the device refused (Busy for 0x06, NoAnswer for a block not answered, see
+        `_missed`). The reads go as one sequence (mbtcp.Client.requests), paused between two requests for a
+        waiting control write. A connection the device closed (between polls, or after answering some of
+        this poll's requests) is opened again at once and the poll goes on; closed again before any answer,
+        the device is not reached. Raises LinkError (device not reached)."""
         out: list[bytes | DeviceError] = []
+        answered = True  # an answer came since the connection was last opened again in this poll
         while len(out) < len(blocks):
             await self._acquire()
+            lost: str | None = None
+            missed: str | None = None
             try:
                 got = await self.client.requests([b.request for b in blocks[len(out):]],
                                                  lambda: self.waiting > 0)
+            except mbtcp.NotConnected as exc:
+                got, lost = [], str(exc)
+            except mbtcp.SequenceLost as exc:
+                got, lost = exc.answers, str(exc)
+            except mbtcp.SequenceTimeout as exc:  # the connection stays open: late answers are dropped
+                got, missed = exc.answers, str(exc)
             except (TimeoutError, OSError, mbtcp.Malformed) as exc:
                 raise LinkError(str(exc) or type(exc).__name__) from exc
             finally:
                 self.lock.release()
+            answered = answered or bool(got)
             for a in got:
                 if isinstance(a, mbtcp.ExceptionAnswer):
+                    if a.code == TARGET_NO_RESPONSE:
+                        out.append(_missed(out, str(a)))
+                        continue
                     err = _exception_error(a)
                     if isinstance(err, LinkError):
                         raise err from a
                     out.append(err)
                 else:
                     out.append(a)
+            if missed is not None:
+                out.append(_missed(out, missed))
+            elif lost is not None and len(out) < len(blocks):
+                if not answered:
+                    raise LinkError(lost)
+                await self._acquire()  # not while a control write uses the connection
+                try:
+                    await self._reopen()
+                finally:
+                    self.lock.release()
+                answered = False
         return out
 
     async def write(self, p: Point, value: float) -> None:

@@ -38,6 +38,27 @@ class Malformed(Exception):
     """The answer breaks the protocol: the connection must be closed."""
 
 
+class NotConnected(ConnectionError):
+    """The connection was already closed (by the device, or never opened): nothing was sent."""
+
+
+class SequenceLost(ConnectionError):
+    """The connection was lost during a sequence; `answers` holds those of the requests before it."""
+
+    def __init__(self, why: str, answers: list[bytes | ExceptionAnswer]) -> None:
+        super().__init__(why)
+        self.answers = answers
+
+
+class SequenceTimeout(TimeoutError):
+    """A request of a sequence was not answered in time; `answers` holds those of the requests before it
+    (the connection stays open: a late answer is dropped by its transaction id)."""
+
+    def __init__(self, answers: list[bytes | ExceptionAnswer]) -> None:
+        super().__init__("no answer within the timeout")
+        self.answers = answers
+
+
 class ExceptionAnswer(Exception):
     """The device answered with a Modbus exception."""
 
@@ -139,7 +160,8 @@ class _Protocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = ConnectionError(f"connection lost: {exc}" if exc else "connection closed by the device")
-        self.fail(self.lost)
+        if self.seq is not None:
+            self.fail(SequenceLost(str(self.lost), self.seq.answers))
 
     def fail(self, exc: Exception) -> None:
         seq, self.seq = self.seq, None
@@ -170,7 +192,7 @@ class _Protocol(asyncio.Protocol):
             return  # idle: the next request arms it again
         loop = asyncio.get_running_loop()
         if loop.time() >= self.deadline:
-            self.fail(TimeoutError("no answer within the timeout"))
+            self.fail(SequenceTimeout(self.seq.answers))
         else:
             self.timer = loop.call_at(self.deadline, self.check_deadline)
 
@@ -252,7 +274,7 @@ class Client:
         answer or when `stop()` was true after an answer (the caller sends the rest later)."""
         proto = self.proto
         if proto is None or proto.transport is None or proto.transport.is_closing():
-            raise ConnectionError(str(proto.lost) if proto is not None and proto.lost else "not connected")
+            raise NotConnected(str(proto.lost) if proto is not None and proto.lost else "not connected")
         if proto.seq is not None:
             raise RuntimeError("a request is already in flight on this connection")
         if not pdus:

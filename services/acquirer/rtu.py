@@ -12,7 +12,7 @@ import time
 
 from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
-from fep_acquirer.device import DeviceError, DeviceLink, LinkError
+from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
@@ -26,6 +26,8 @@ from fepha.semodel.model import Rtu
 
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
+_KEEP = b"keep"
+"""A busy block's place in a poll's answers: its points keep their samples (RtuRunner.poll)."""
 
 
 class RunnerBase:
@@ -110,6 +112,8 @@ class RtuRunner(RunnerBase):
         self.link: DeviceLink | None = None
         self._answers: list[bytes | None] = [None] * len(self.blocks)
         """Per block, its last answer's data bytes on the current connection (poll: decode what changed)."""
+        self._busy: dict[int, float] = {}
+        """Blocks the device answers BUSY (0x06): block index -> monotonic time of the first busy answer."""
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
@@ -173,16 +177,29 @@ class RtuRunner(RunnerBase):
         except LinkError:
             self.metrics.inc("poll_errors")
             raise
-        for block, a in zip(self.blocks, got, strict=True):
+        now = time.monotonic()
+        busy = self._busy
+        for i, (block, a) in enumerate(zip(self.blocks, got, strict=True)):
             if isinstance(a, DeviceError):
                 bad = f"{block.area}{block.start}+{block.count}: {a}"
+                if isinstance(a, Busy):
+                    since = busy.setdefault(i, now)
+                    # busy: the block keeps its samples (nothing new was learned) while it has an answer on
+                    # this connection and has been busy no longer than the reach window; else invalid
+                    raws.append(_KEEP if self._answers[i] is not None and now - since <= self.window_s else None)
+                    continue
                 raws.append(None)
             else:
                 raws.append(a)
+        if busy:  # blocks answered again are no longer busy (checked only while one is)
+            for i in [i for i in busy if not isinstance(got[i], Busy)]:
+                del busy[i]
         # taken after the reads: an invalidation or a reconnect meanwhile has reset it (decode everything)
         samples, answers = self.samples, self._answers
         delta: dict[int, Sample] = {}
         for i, (block, raw) in enumerate(zip(self.blocks, raws, strict=True)):
+            if raw is _KEEP:
+                continue
             prev, answers[i] = answers[i], raw
             if raw is None:
                 for p in block.points:

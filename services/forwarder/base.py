@@ -104,14 +104,17 @@ class ForwardServer(abc.ABC):
             self.log.warning("%s RTU %s: %s", self.protocol, self.rtu.id, line)
         return False
 
-    async def run_control(self, fwd: FwdPoint, value: float, origin: str) -> ControlOutcome:
+    async def run_control(self, fwd: FwdPoint, value: float, origin: str,
+                          timeout_ms: int | None = None) -> ControlOutcome:
         """Run one control on `fwd`'s source point (engineering units) through the ControlSink, counting
         it (controls, controls_ok, control_latency_ms_sum). Never raises but for cancellation: a sink
-        that raises is logged once and answered as failed, so the master always gets an answer."""
+        that raises is logged once and answered as failed, so the master always gets an answer.
+        `timeout_ms`: what is left of the request's time (default: the server's control timeout)."""
         self.counts.controls += 1
         t0 = time.monotonic()
         try:
-            out = await self.controls.execute(fwd, value, origin, self.control_timeout_ms)
+            out = await self.controls.execute(fwd, value, origin,
+                                              self.control_timeout_ms if timeout_ms is None else timeout_ms)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer

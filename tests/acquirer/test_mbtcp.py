@@ -10,7 +10,7 @@ import random
 import pytest
 
 from fep_acquirer import mbtcp
-from fep_acquirer.device import DeviceError, DeviceLink, LinkError
+from fep_acquirer.device import DeviceError, DeviceLink, LinkError, NoAnswer
 from fep_acquirer.plan import changed_points, decode_block, plan_reads
 from fepha import datatypes as dt
 from fepha.semodel.model import Channel, Point
@@ -154,12 +154,16 @@ def test_no_previous_or_another_length_decodes_everything() -> None:
 
 # ---- the client against servers that misbehave on purpose (loopback, in process) ----
 
-async def serve(handler, delay_s: float = 0.0) -> tuple[asyncio.Server, int]:
+async def serve(handler, delay_s: float = 0.0, per_connection: int | None = None,
+                conns: list[int] | None = None) -> tuple[asyncio.Server, int]:
     """A device on a free loopback port: `handler(tid, unit, pdu)` yields the frames to send back, after
-    `delay_s` (the device's time per request)."""
+    `delay_s` (the device's time per request); it closes a connection after `per_connection` requests
+    (None: never) and appends to `conns` at each connection."""
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if conns is not None:
+            conns.append(0)
         try:
-            while True:
+            for _ in iter(int, 1) if per_connection is None else range(per_connection):
                 hdr = await reader.readexactly(7)
                 tid, _, length, unit = mbtcp.MBAP.unpack(hdr)
                 pdu = await reader.readexactly(length - 1)
@@ -290,8 +294,9 @@ THREE_BLOCKS = plan_reads([Point(id=i + 1, rtu=1, kind="AI", name="", area="hr",
 
 async def test_a_poll_is_one_sequence_and_a_refused_block_does_not_stop_it() -> None:
     """read_all: the blocks' requests one after the other (one in flight), a block the device refuses
-    (illegal address) is that block's DeviceError and the next blocks are still read; a gateway exception
-    (device not reached) is a LinkError for the poll."""
+    (illegal address) is that block's DeviceError and the next blocks are still read; a gateway's 0x0B
+    (target failed to respond) after an answered block is that block's NoAnswer, as the poll's first
+    answer it is a LinkError (device not reached)."""
     assert len(THREE_BLOCKS) == 3
     log: list[int] = []
 
@@ -300,7 +305,7 @@ async def test_a_poll_is_one_sequence_and_a_refused_block_does_not_stop_it() -> 
         log.append(start)
         if start == 100:
             yield mbtcp.frame(tid, unit, b"\x83\x02")
-        elif start == 200 and len(log) > 3:
+        elif (start == 200 and 3 < len(log) <= 6) or (start == 0 and len(log) > 6):
             yield mbtcp.frame(tid, unit, b"\x83\x0b")
         else:
             yield mbtcp.frame(tid, unit, b"\x03\x02" + start.to_bytes(2, "big"))
@@ -312,6 +317,8 @@ async def test_a_poll_is_one_sequence_and_a_refused_block_does_not_stop_it() -> 
         got = await link.read_all(THREE_BLOCKS)
         assert got[0] == b"\x00\x00" and isinstance(got[1], DeviceError) and got[2] == b"\x00\xc8"
         assert log == [0, 100, 200]
+        got = await link.read_all(THREE_BLOCKS)
+        assert got[0] == b"\x00\x00" and isinstance(got[2], NoAnswer) and "0x0b" in str(got[2])
         with pytest.raises(LinkError, match="0x0b"):
             await link.read_all(THREE_BLOCKS)
     finally:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from fep_forwarder.base import ControlOutcome
+from fep_forwarder.base import ControlOutcome, Update
+from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Rtu
 
 
@@ -28,6 +29,15 @@ FORWARDS = (
     fp(13, "T009_ZFAO", 3, "int32", coef=0.5),
 )
 BY_ID = {f.id: f for f in FORWARDS}
+
+
+def upd(fid: int, value: float, quality: int = 0) -> Update:
+    return Update(BY_ID[fid], Value(value, quality, 1_700_000_000_000))
+
+
+IMAGE = [upd(1, 230.5), upd(2, -12.3), upd(3, 7), upd(4, 70000), upd(5, -2), upd(6, 1), upd(7, 0), upd(8, 1),
+         upd(9, 0), upd(10, 1), upd(11, 11), upd(12, 0.5), upd(13, 4)]
+"""The image the `served` fixture (conftest.py) loads."""
 
 
 def rtu(port: int = 0, unit: int = 1, allow: tuple[str, ...] = ()) -> Rtu:

@@ -109,3 +109,20 @@ def test_variables_outside_the_sections_are_not_settings(tmp_path: Path) -> None
     assert config.load_log(tmp_path, env=env).level == "DEBUG"
     with pytest.raises(ConfigError, match="environment FEP_LOG_LVL: unknown setting"):
         config.load_log(tmp_path, env={"FEP_LOG_LVL": "DEBUG"})
+
+
+def test_modbus_trains_quality_unit_reaches_the_server_options(tmp_path: Path) -> None:
+    """[modbus_trains] quality_unit becomes the modbus_trains servers' quality_unit option (0: none); 255 is
+    refused (it addresses the server itself)."""
+    import asyncio
+
+    from fep_forwarder.app import Forwarder
+
+    assert "quality_unit" not in Forwarder(config.load_node(tmp_path, env={}), asyncio.Event()).protocol_options(
+        "modbus_trains")
+    write(tmp_path, "[modbus_trains]\nquality_unit = 9\n")
+    fwd = Forwarder(config.load_node(tmp_path, env={}), asyncio.Event())
+    assert fwd.protocol_options("modbus_trains")["quality_unit"] == 9
+    assert "quality_unit" not in fwd.protocol_options("se104s")
+    with pytest.raises(config.ConfigError, match="quality_unit = 255"):
+        config.load_node(tmp_path, env={"FEP_MODBUS_TRAINS_QUALITY_UNIT": "255"})

@@ -2,8 +2,8 @@
 
 Data and controls go through pymodbus's `SimDevice` with an action hook: on a read the hook copies the
 current image (kept by `AddressMap`) into the device's registers, on a write it runs the controls through
-the `ControlSink` and answers with a Modbus exception when one fails. Two things SimDevice cannot express
-are handled by the smallest additions on pymodbus's own server classes (docs/modbus_trains.md):
+the `ControlSink` and answers with a Modbus exception when one fails. What SimDevice and pymodbus's server
+cannot express is added on pymodbus's own server classes (docs/modbus_trains.md):
 
 - `_GuardedCore` (a `SimCore`, the object pymodbus builds from the SimDevices): SimCore answers an unknown
   unit id with a KeyError (logged with a traceback, answered DEVICE_FAILURE) and SimDevice bit areas have
@@ -11,19 +11,27 @@ are handled by the smallest additions on pymodbus's own server classes (docs/mod
   bit read is not told the bit count. The guard checks unit id and every requested address before the
   SimDevice sees the request.
 - `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
-  connected-clients table, which need the peer address pymodbus does not pass to any hook; and a
-  malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus would keep open and deaf.
+  connected-clients table, which need the peer address pymodbus does not pass to any hook; our own framing
+  and one worker per connection answering its requests in order (pymodbus's handler lost or mis-answered
+  pipelined requests); a malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus
+  would keep open and deaf.
+- `ModbusTrainsServer.answer`: unit id routing (ADDRESS, 0xFF, 0, the quality unit) and the request checks
+  of `pdu.py` in the specification's order, before pymodbus's PDU decoder and SimDevice path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
+import struct
 import time
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import DecodePDU, ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -34,12 +42,14 @@ from fep_forwarder.base import ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
     GATEWAY_PATH_UNAVAILABLE,
+    GATEWAY_TARGET_NO_RESPONSE,
     ILLEGAL_FUNCTION,
     OUTCOME_EXCEPTION,
     SERVER_DEVICE_FAILURE,
     AddressMap,
     RequestError,
 )
+from fep_forwarder.modbus_trains.pdu import WRITES, check, write_echo
 from fepha import datatypes
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
@@ -101,7 +111,7 @@ class _GuardedCore(SimCore):
 MBAP_LENGTH = (2, 254)  # the MBAP length field: unit id + function code ... unit id + a 253-byte PDU
 
 
-def mbap_problem(buf: bytes) -> str | None:
+def mbap_problem(buf: bytes | bytearray) -> str | None:
     """What is wrong with the MBAP header at the start of `buf` (the unprocessed bytes of a connection),
     None when it is well-formed or not complete yet. pymodbus's framer keeps a bad header in its buffer and
     waits for ever (the connection stays open and deaf), so the server closes such a connection instead."""
@@ -113,11 +123,32 @@ def mbap_problem(buf: bytes) -> str | None:
     return None
 
 
+THIS_DEVICE = (0, 0xFF)
+"""Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.2:
+0xFF on TCP/IP, 0 also accepted): answered as the RTU's ADDRESS."""
+MAX_PENDING = 16
+"""Requests queued on one connection before the server stops reading it (TCP flow control holds the rest)."""
+_MBAP = struct.Struct(">HHHB")
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("modbus_trains_deadline", default=None)
+"""Monotonic time by which the controls of the request being answered must have run (arrival + control
+timeout): set per request by the connection's worker, read by the write hook."""
+
+
 class _Handler(ServerRequestHandler):
-    """pymodbus's per-connection handler plus the allowlist check, the clients table and closing a
-    connection whose frame header is malformed."""
+    """One master's connection: the allowlist check, the clients table, our own framing and one worker that
+    answers the requests in order. pymodbus's handler keeps one `last_pdu` per connection and answers only
+    the first frame of a segment (the others wait for the next segment or are overwritten), sends a slow
+    write's answer with the transaction id of a request that came after it, and empties its receive buffer
+    whenever it sends or holds more than 516 bytes: pipelined requests were lost or mis-answered."""
 
     host = "?"
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.buf = bytearray()
+        self.pending: deque[tuple[float, int, int, bytes]] = deque()  # (arrival, tid, unit, pdu), in order
+        self.worker: asyncio.Task[None] | None = None
+        self.paused = False
 
     def _close(self, why: str) -> None:
         """Drop this connection, logging `why` once per client address."""
@@ -136,14 +167,61 @@ class _Handler(ServerRequestHandler):
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
 
-    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
-        if (why := mbap_problem(data)) is not None:
-            self._close(f"malformed frame, connection closed: {why}")
-            return len(data)
-        return super().callback_data(data, addr)
+    def data_received(self, data: bytes) -> None:
+        """Cut the stream into frames (any number per segment, any frame over several segments) and queue
+        them for the worker; a malformed MBAP header closes the connection (no frame boundary any more)."""
+        buf = self.buf
+        buf += data
+        while len(buf) >= 7:
+            if (why := mbap_problem(buf)) is not None:
+                buf.clear()
+                self._close(f"malformed frame, connection closed: {why}")
+                return
+            n = 6 + int.from_bytes(buf[4:6], "big")
+            if len(buf) < n:
+                break
+            tid, _, _, unit = _MBAP.unpack_from(buf)
+            pdu = bytes(buf[7:n])
+            del buf[:n]
+            self._queue(tid, unit, pdu)
+        if self.pending and self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._serve())
+        if len(self.pending) >= MAX_PENDING and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()  # type: ignore[attr-defined]
+
+    def _queue(self, tid: int, unit: int, pdu: bytes) -> None:
+        if pdu[0] in WRITES and any(p[1:] == (tid, unit, pdu) for p in self.pending):
+            # a master's retransmission (same transaction id, same write) of a write not answered yet:
+            # running it again would run its controls twice; the one answer serves both
+            owner: ModbusTrainsServer = self.server.fwd
+            owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host} repeat",
+                               f"write transaction {tid} received again while in progress: not run twice")
+            return
+        self.pending.append((time.monotonic(), tid, unit, pdu))
+
+    async def _serve(self) -> None:
+        """Answer the queued requests one after the other, each with its own transaction and unit id."""
+        owner: ModbusTrainsServer = self.server.fwd
+        try:
+            while self.pending:
+                arrived, tid, unit, pdu = self.pending[0]  # stays queued while in progress (repeat check)
+                answer = await owner.answer(unit, pdu, arrived)
+                self.pending.popleft()
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    return
+                transport.write(_MBAP.pack(tid, 0, len(answer) + 1, unit) + answer)  # type: ignore[attr-defined]
+                if self.paused and len(self.pending) < MAX_PENDING // 2:
+                    self.paused = False
+                    transport.resume_reading()  # type: ignore[attr-defined]
+        finally:
+            self.worker = None
 
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
+        while len(self.pending) > (self.worker is not None):  # the one in progress finishes (not answered)
+            self.pending.pop()
         self.server.fwd.conns.pop(getattr(self, "peer", None), None)
 
 
@@ -168,8 +246,9 @@ class ModbusTrainsServer(ForwardServer):
         self.value_device = self.unit if self.unit != 0 else 1
         q = self.options.get("quality_unit")
         self.quality_unit: int | None = int(q) if q is not None else None
-        if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device):
-            raise ValueError(f"quality_unit {q} equals the RTU's unit id")
+        if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device, *THIS_DEVICE):
+            raise ValueError(f"quality_unit {q} equals the RTU's unit id (or 0 / 255, which address it too)")
+        self._decoder = DecodePDU(True)
         self.conns: dict[str, dict[str, Any]] = {}
         self.origin = f"modbus_trains:{self.rtu.id}@{self.node}"
         if self.tls is not None:
@@ -227,6 +306,51 @@ class ModbusTrainsServer(ForwardServer):
             return int(self.rtu.listen_port or 0)
         return int(self._srv.transport.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
 
+    # -- requests -------------------------------------------------------------------------------------
+    def route(self, unit: int) -> int | None:
+        """The SimDevice that answers a request to `unit`, None when no unit of ours has that id."""
+        if unit == self.quality_unit:
+            return unit
+        if unit == self.unit or unit in THIS_DEVICE or self.unit == 0:
+            return self.value_device
+        return None
+
+    async def answer(self, unit: int, pdu: bytes, arrived: float) -> bytes:
+        """The answer PDU to one request PDU (a normal answer or an exception): unit id (0A), function and
+        form (pdu.check: 01, 03, 02), then pymodbus's SimDevice path (the guard: 02; the write hook: the
+        controls' outcome). Controls must have run by `arrived` + the control timeout."""
+        fc = pdu[0]
+        device = self.route(unit)
+        code = GATEWAY_PATH_UNAVAILABLE if device is None else check(pdu)
+        if code is not None:
+            return bytes((fc | 0x80, code))
+        assert device is not None
+        if fc == 23 and device != self.quality_unit:  # its read range is checked before the write runs
+            try:
+                self.amap.check("hr", *struct.unpack_from(">HH", pdu, 1))
+            except RequestError as exc:
+                return bytes((fc | 0x80, exc.code))
+        if fc in WRITES and self.control_timeout_ms is not None:
+            _DEADLINE.set(arrived + self.control_timeout_ms / 1000)
+        try:
+            req = self._decoder.decode(pdu)
+            assert req is not None
+            req.dev_id = device
+            assert self._srv is not None
+            resp = await req.datastore_update(self._srv.context, device)  # type: ignore[arg-type]  # a SimCore
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the master still gets an answer
+            self.once.problem(f"modbus_trains RTU {self.rtu.id} request", f"{pdu.hex()}: {exc!r}")
+            return bytes((fc | 0x80, SERVER_DEVICE_FAILURE))
+        finally:
+            _DEADLINE.set(None)
+        if isinstance(resp, ExceptionResponse):
+            return bytes((fc | 0x80, resp.exception_code))
+        if fc in WRITES and (echo := write_echo(pdu)) is not None:
+            return echo
+        return bytes((resp.function_code,)) + resp.encode()
+
     # -- SimDevice action hooks -------------------------------------------------------------------------
     async def _values_action(self, function_code: int, start_address: int, address: int, count: int,
                              registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
@@ -266,9 +390,15 @@ class ModbusTrainsServer(ForwardServer):
         task = asyncio.current_task()
         if task is not None:
             self._writes.add(task)
+        deadline = _DEADLINE.get()
         try:
             for fwd, value, words in plan:
-                out = await self.run_control(fwd, value, self.origin)
+                left_ms = None if deadline is None else int((deadline - time.monotonic()) * 1000)
+                if left_ms is not None and left_ms <= 0:  # waited behind earlier requests past its deadline
+                    self.log.info("modbus_trains RTU %s control %s=%s from %s: expired before it ran",
+                                  self.rtu.id, fwd.id, value, self.origin)
+                    return ExcCodes(GATEWAY_TARGET_NO_RESPONSE)
+                out = await self.run_control(fwd, value, self.origin, left_ms)
                 if not out.ok:
                     return ExcCodes(OUTCOME_EXCEPTION.get(out.state, SERVER_DEVICE_FAILURE))
                 self.amap.store(area, fwd.addr, words)
