@@ -18,7 +18,7 @@ from fep_acquirer.housekeeping import Housekeeping
 from fep_acquirer.iec104rtu import Iec104Runner
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
-from fep_acquirer.tasks import cancel_and_wait
+from fep_acquirer.tasks import cancel_all
 from fep_acquirer.writer import Writer
 from fepha import cfgstore, redisconn
 from fepha.config import NodeConfig
@@ -119,7 +119,7 @@ class Acquirer:
             await asyncio.wait([work, rush], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
         finally:  # also when this task is cancelled: neither outlives it
             unfinished = not work.done()
-            await asyncio.gather(cancel_and_wait(work), cancel_and_wait(rush))
+            await cancel_all(work, rush)
         if unfinished:  # exit at once: close() gives the executor no further grace
             self.control_grace_s = 0.0
             why = "second signal" if hurry.is_set() else f"stop_handover_s ({limit:g} s) ran out"
@@ -146,7 +146,7 @@ class Acquirer:
         self.stopping.set()
         if len(self.tasks) > 1 and self.control_grace_s:
             await asyncio.wait([self.tasks[1]], timeout=self.control_grace_s)
-        await asyncio.gather(*(cancel_and_wait(t) for t in self.tasks))
+        await cancel_all(*self.tasks)
         self.tasks.clear()
         await asyncio.gather(*(r.stop() for r in self.runners.values()))
         self.runners.clear()

@@ -18,7 +18,7 @@ from typing import Any
 
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
-from fep_acquirer.tasks import cancel_and_wait
+from fep_acquirer.tasks import cancel_all
 from fep_acquirer.writer import Writer, send_fcalls
 from fepha import events, heartbeat, redisfns, rolewatch
 from fepha import keyspace as ks
@@ -84,7 +84,7 @@ class Housekeeping:
                 self.once.clear("tick")
         finally:  # also when the loop itself is cancelled (stop): neither task outlives it
             abandoned = not tick.done()
-            await asyncio.gather(cancel_and_wait(moved), cancel_and_wait(tick))
+            await cancel_all(moved, tick)
         if abandoned:
             log.info("local Redis changed role during a tick: tick abandoned, master connections dropped")
             return

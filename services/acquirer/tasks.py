@@ -18,3 +18,14 @@ async def cancel_and_wait(task: asyncio.Task | None, step_s: float = 0.5) -> Non
         await asyncio.wait([task], timeout=step_s)
     if task is not None and not task.cancelled():
         task.exception()  # mark retrieved: failures are logged by the task itself
+
+
+async def cancel_all(*tasks: asyncio.Task | None) -> None:
+    """`cancel_and_wait` for several tasks at once. Each is cancelled before the first await: gathering
+    `cancel_and_wait` coroutines alone runs them as new tasks, and a cancellation of the caller in the same
+    loop iteration (a stop arriving as a tick ends) cancelled those before their first step, so a task was
+    never cancelled and outlived its owner (seen as a pending Event.wait after a test)."""
+    for t in tasks:
+        if t is not None:
+            t.cancel()
+    await asyncio.gather(*(cancel_and_wait(t) for t in tasks))

@@ -15,7 +15,7 @@ from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.plan import decode_block, plan_reads
-from fep_acquirer.tasks import cancel_and_wait
+from fep_acquirer.tasks import cancel_all, cancel_and_wait
 from fepha import datatypes as dt
 from fepha import points
 from fepha.semodel.model import Model, Point
@@ -229,6 +229,19 @@ async def test_cancel_and_wait_survives_a_swallowed_cancel():
     await asyncio.sleep(0)
     await asyncio.wait_for(cancel_and_wait(task, step_s=0.02), 2)
     assert task.cancelled() and swallowed == 2
+
+
+async def test_cancel_all_cancels_its_tasks_even_when_the_caller_is_cancelled_at_once():
+    """A stop that cancels the owner in the loop iteration where it starts stopping its children (the
+    housekeeping's tick ending as the acquirer stops): gathering cancel_and_wait coroutines alone left a
+    child never cancelled (their wrapping tasks were cancelled before their first step)."""
+    child = asyncio.create_task(asyncio.Event().wait())
+    owner = asyncio.create_task(cancel_all(child))
+    await asyncio.sleep(0)  # the owner's first step: cancels, then waits in a gather
+    owner.cancel()
+    await asyncio.wait([owner], timeout=1)
+    await asyncio.sleep(0)
+    assert child.cancelled()
 
 
 # --- the standby log: replayed on takeover -------------------------------------------------------------
