@@ -105,10 +105,44 @@ class Store:
 
     # --- node and readiness ------------------------------------------------------------------------
 
-    async def heartbeats(self, nodes: tuple[str, ...] = NODES) -> list[m.Heartbeat]:
+    async def heartbeats(self, nodes: tuple[str, ...] = NODES, unknown: str | None = None) -> list[m.Heartbeat]:
+        """The heartbeats of `nodes` (their age from the keys' remaining TTL); `unknown`: why a missing one
+        says nothing (`hb_unknown`)."""
         keys = [(s, n) for n in nodes for s in heartbeat.SERVICES]
-        raws = await self.local.mget([ks.heartbeat(s, n) for s, n in keys])
-        return [views.heartbeat(s, n, raw, self.hb_max_age_s) for (s, n), raw in zip(keys, raws, strict=False)]
+        pipe = self.local.pipeline(transaction=False)
+        for s, n in keys:
+            pipe.get(ks.heartbeat(s, n))
+            pipe.pttl(ks.heartbeat(s, n))
+        res = await pipe.execute()
+        return [views.heartbeat(s, n, raw, self.hb_max_age_s, ttl, unknown)
+                for (s, n), raw, ttl in zip(keys, res[0::2], res[1::2], strict=False)]
+
+    def behind(self, info: dict[str, Any], now_ms: int) -> str | None:
+        """Why the local Redis's copy of the master's state may be behind (a replica whose link is down,
+        or that has heard nothing from its master for longer than replica_down_s, the rule of `values_nt`),
+        None when it is current: what is evaluated against a clock (lease expiry, links, a node's
+        liveness) is then not shown as current."""
+        if info.get("role") != "slave":
+            return None
+        ms = freshness.ReplicaWatch().observe(info, now_ms)
+        if info.get("master_link_status") != "up":
+            return f"cut off from the master for {ms} ms (replication link down)"
+        if ms > self.limits.replica_down_ms:
+            return f"hearing nothing from the master for {ms} ms"
+        return None
+
+    def hb_unknown(self, info: dict[str, Any], now_ms: int) -> str | None:
+        """Why a missing heartbeat says nothing: heartbeats reach a replica only through replication, so
+        while its link is down, or nothing came for a heartbeat's lifetime, their keys expire there
+        whatever the services do."""
+        if info.get("role") != "slave":
+            return None
+        ms = freshness.ReplicaWatch().observe(info, now_ms)
+        if info.get("master_link_status") != "up":
+            return f"cut off from the master for {ms} ms (replication link down)"
+        if ms >= self.hb_max_age_s * 1000:
+            return f"hearing nothing from the master for {ms} ms"
+        return None
 
     async def node(self) -> m.NodeInfo:
         pipe = self.local.pipeline(transaction=False)
@@ -118,15 +152,16 @@ class Store:
         pipe.hgetall(ks.CFG_META)
         t, info, gen, meta = await pipe.execute()
         role, master = redisconn.role_of(info)
+        now = views.redis_time_ms(t)
         kw = self.local.connection_pool.connection_kwargs
         return m.NodeInfo(
             node=self.cfg.node_id, peer=self.cfg.peer, ip=self.cfg.ip,
-            time_ms=views.redis_time_ms(t),
+            time_ms=now,
             redis=m.RedisInfo(address=f"{kw.get('host')}:{kw.get('port')}", role=role, master=master,
                               link_status=info.get("master_link_status")),
             cfg=m.CfgInfo(gen=views.to_int(gen) or 0, loaded_at_ms=views.to_int(meta.get("loaded_at_ms")),
                           source=meta.get("source"), sha256=meta.get("sha256")),
-            heartbeats=await self.heartbeats(),
+            heartbeats=await self.heartbeats(unknown=self.hb_unknown(info, now)),
         )
 
     async def ready(self) -> m.Ready:
@@ -138,8 +173,15 @@ class Store:
             checks.append(m.Check(name="config", ok=gen > 0,
                                   detail=f"configuration generation {gen}" if gen > 0 else
                                   "no configuration loaded: run `sysload init` on the master's node"))
-            for hb in await self.heartbeats((self.cfg.node_id,)):
-                checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=hb.alive, detail=hb.detail))
+            t, info = await self.local.time(), await self.local.info("replication")
+            now = views.redis_time_ms(t)
+            if info.get("role") == "slave":
+                behind = self.behind(info, now)
+                checks.append(m.Check(name="replication", ok=behind is None,
+                                      detail=f"local Redis {behind}" if behind else
+                                      "local Redis replicates the master"))
+            for hb in await self.heartbeats((self.cfg.node_id,), self.hb_unknown(info, now)):
+                checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=bool(hb.alive), detail=hb.detail))
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
             checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
         reasons = [c.detail for c in checks if not c.ok]
@@ -171,13 +213,19 @@ class Store:
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         cut_off = self._cut_off(res[1], now)
+        behind = self.behind(res[1], now)
+        acq_nc = {hb.node: None if hb.alive else f"the acquirer of node {hb.node} is not seen alive "
+                                                   f"({hb.detail}): its last report is not current"
+                  for hb in await self.heartbeats(unknown=self.hb_unknown(res[1], now))
+                  if hb.service == "acquirer"}
         it = iter(res[2:])
         items = []
         for r in rtus:
             if r.acquisition:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
-                item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h)
+                item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
+                                 behind=f"local Redis {behind}" if behind else None, chan_not_current=acq_nc)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -190,12 +238,15 @@ class Store:
         rtus = sorted(model.acquisition_rtus(), key=lambda r: r.id)
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
+        pipe.info("replication")
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now).model_dump())
-                 for r, h in zip(rtus, res[1:], strict=False)]
+        behind = self.behind(res[1], now)
+        nc = f"local Redis {behind}" if behind else None
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
+                 for r, h in zip(rtus, res[2:], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -206,12 +257,16 @@ class Store:
         if not vps:
             return m.VirtualPointList(items=[])
         pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        pipe.info("replication")
         pipe.hmget(ks.VPOINTS, [str(v.id) for v in vps])
         for v in vps:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
-        return m.VirtualPointList(items=[views.virtual_point(v, rec, lk)
-                                         for v, rec, lk in zip(vps, res[0], res[1:], strict=False)])
+        behind = self.behind(res[1], views.redis_time_ms(res[0]))
+        nc = f"local Redis {behind}" if behind else None
+        return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
+                                         for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
 
     async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
                      quality: str | None = None) -> m.PointPage:
@@ -294,7 +349,8 @@ class Store:
             if pid in model.vpoints:
                 raise NotFound(f"point {pid} is a virtual point: see /api/v1/virtual-points")
             raise NotFound(f"point {pid} is not in the configuration (generation {model.gen})")
-        return views.point(p, (await self._records([p])).get(pid))
+        records = await self._records([p])
+        return views.point(p, records.get(pid), await self.now_ms())
 
     # --- timeline and trends -----------------------------------------------------------------------
 
@@ -412,6 +468,14 @@ class Store:
         local_master = replication.role == "master"
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
+        behind = None if local_master else self.behind(rep, info.time_ms)
+        detail = None
+        if behind is not None:  # an "up" link the master has not spoken on for replica_down_s: it may be hung
+            peer_master = None
+        if peer_master is None:
+            detail = (f"no replica is connected to this node's Redis: node {self.cfg.peer}'s role is unknown"
+                      if local_master else f"local Redis {behind or 'has no link to a master'}: whether node "
+                                           f"{self.cfg.peer}'s Redis is still the master is unknown")
         by = {(h.node, h.service): h for h in info.heartbeats}
         nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,
                               master=local_master if n == self.cfg.node_id else peer_master,
@@ -419,7 +483,7 @@ class Store:
         master_node = self.cfg.node_id if local_master else (self.cfg.peer if peer_master else None)
         last = await self.last_event("role", lambda e: e.fields.get("role") == "master")
         return m.Overview(node=self.cfg.node_id, time_ms=info.time_ms,
-                          master_node=master_node, nodes=nodes, replication=replication,
+                          master_node=master_node, master_detail=detail, nodes=nodes, replication=replication,
                           last_failover=last, cfg=info.cfg)
 
     # --- controls ----------------------------------------------------------------------------------
@@ -499,4 +563,7 @@ class Store:
             model = await self.model()
         except NoConfig:
             model = None
-        return await read_snapshot(self.local, model), model
+        snap = await read_snapshot(self.local, model)
+        snap.behind = self.behind(snap.info, snap.now_ms)
+        snap.hb_unknown = self.hb_unknown(snap.info, snap.now_ms)
+        return snap, model

@@ -1,0 +1,110 @@
+"""What the operator is shown under partial failure (docs/api.md "Under faults"): faults injected into the
+running processes of two nodes (a real Redis master and replica, fep-plcsim's PLCs, the real `fep-acquirer`
+and `fep-forwarder` of nodes A and B, timers shortened as in tests/api/test_with_services.py), read through
+both nodes' apis. Every field is true, or null with the reason; never a last state shown as current."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.api.test_with_services import ACQ, System, settled, start_all, until
+
+
+async def rtus(s: System, node: str) -> dict[int, dict[str, Any]]:
+    return await s.rtus(node)
+
+
+def samples(text: str, name: str) -> list[dict[str, str]]:
+    return [smp.labels for fam in text_string_to_metric_families(text) for smp in fam.samples if smp.name == name]
+
+
+async def test_a_dead_acquirers_last_channel_report_is_not_shown_as_current(system: System) -> None:
+    """SIGKILL of node A's acquirer: its channel-state hash (written on a change only) still says channel 1
+    connected. Both apis show node A's channels with `not_current` and connected/active null, keep node B's,
+    and /metrics drops A's channel samples."""
+    s = system
+    start_all(s)
+    await until(lambda: settled(s), 10, "leases, channel and link states")
+    acq = s.procs.pop(("acquirer", "A"))
+    os.kill(acq.pid, signal.SIGKILL)
+    acq.wait(5)
+
+    async def a_shown_not_current(node: str) -> dict[int, dict[str, Any]] | None:
+        got = await rtus(s, node)
+        st = {c["node"]: c for c in got[1]["channel_state"]}
+        return got if st["A"]["not_current"] else None
+
+    for node in "AB":
+        got = await until(lambda node=node: a_shown_not_current(node), 5, f"A's channels not current on {node}")
+        for rid in ACQ:
+            st = {c["node"]: c for c in got[rid]["channel_state"]}
+            assert "acquirer of node A is not seen alive" in st["A"]["not_current"], st["A"]
+            assert st["A"]["reported"] and st["A"]["active"] is None
+            assert [c["connected"] for c in st["A"]["channels"]] == [None, None], st["A"]
+            assert st["B"]["not_current"] is None and st["B"]["channels"][0]["connected"] is True, st["B"]
+        text = (await s.api[node].get("/metrics")).text
+        assert {smp["node"] for smp in samples(text, "fep_channel_connected")} == {"B"}
+        assert {smp["node"] for smp in samples(text, "fep_channel_active")} == {"B"}
+
+
+async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: System) -> None:
+    """SIGSTOP of the master Redis (hung: the replica's link stays "up" until repl-timeout), then SIGKILL.
+    Node B's api (on the replica) can no longer see heartbeats, leases or links evaluated on the master: it
+    shows them unknown (null) with the reason instead of 'dead' and 'lapsed' read from a copy that stopped
+    moving; /ready says the replica is cut off; the virtual points are NT as SCADA is served them; a link
+    that is down has no lag (Redis's -1) but a down time."""
+    s = system
+    start_all(s)
+    await until(lambda: settled(s), 10, "leases, channel and link states")
+    assert s.master.proc is not None
+    os.kill(s.master.proc.pid, signal.SIGSTOP)
+    try:
+        down_ms = s.cfg["B"].replica_down_s * 1000
+
+        async def behind() -> dict[str, Any] | None:
+            o = (await s.get("B", "/api/v1/overview"))
+            return o if o["master_detail"] else None
+
+        o = await until(behind, down_ms / 1000 + 5, "the replica's api sees it hears nothing")
+        assert o["master_node"] is None and "hearing nothing from the master" in o["master_detail"], o
+        assert o["replication"]["link_status"] == "up" and o["replication"]["lag_s"] >= 1, o["replication"]
+        for n in o["nodes"]:
+            assert n["master"] is None if n["node"] == "A" else n["master"] is False, n
+            for hb in (n["acquirer"], n["forwarder"]):
+                assert hb["alive"] is None and hb["detail"].startswith("unknown: "), hb
+        r = await s.api["B"].get("/ready")
+        assert r.status_code == 503
+        checks = {c["name"]: c for c in r.json()["checks"]}
+        assert not checks["replication"]["ok"] and "hearing nothing" in checks["replication"]["detail"]
+        got = await rtus(s, "B")
+        for rid in ACQ:
+            r_ = got[rid]
+            assert r_["values_nt"], r_
+            lease = r_["lease"]
+            assert lease["holder"] in ("A", "B") and lease["remaining_ms"] is None and lease["lapsed"] is None
+            assert "hearing nothing from the master" in lease["not_current"], lease
+            assert (r_["link"]["vala"], r_["link"]["valb"], r_["link"]["val"]) == (None, None, None), r_["link"]
+            for st in r_["channel_state"]:
+                assert st["not_current"] and [c["connected"] for c in st["channels"]] == [None, None], st
+        for vp in (await s.get("B", "/api/v1/virtual-points"))["items"]:
+            assert "NT" in vp["quality_flags"] and vp["val"] is None and vp["not_current"], vp
+        text = (await s.api["B"].get("/metrics")).text
+        assert samples(text, "fep_service_up") == [] and samples(text, "fep_lease_holder") == []
+    finally:
+        os.kill(s.master.proc.pid, signal.SIGKILL)
+        s.master.proc.wait(5)
+
+    async def link_down() -> dict[str, Any] | None:
+        rep = (await s.get("B", "/api/v1/overview"))["replication"]
+        return rep if rep["link_status"] == "down" else None
+
+    rep = await until(link_down, 10, "the replica's link down")
+    assert rep["lag_s"] is None and rep["down_s"] is not None and rep["down_s"] >= 0, rep
+    lease = (await s.get("B", "/api/v1/leases"))["items"][0]
+    assert lease["lapsed"] is None and "replication link down" in lease["not_current"], lease
+    await asyncio.sleep(0)
