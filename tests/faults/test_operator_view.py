@@ -8,11 +8,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.api.test_with_services import ACQ, System, settled, start_all, until
+from tests.api.test_with_services import ACQ, System, dashboard_dom, settled, start_all, until
 
 
 async def rtus(s: System, node: str) -> dict[int, dict[str, Any]]:
@@ -52,7 +53,7 @@ async def test_a_dead_acquirers_last_channel_report_is_not_shown_as_current(syst
         assert {smp["node"] for smp in samples(text, "fep_channel_active")} == {"B"}
 
 
-async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: System) -> None:
+async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: System, tmp_path: Path) -> None:
     """SIGSTOP of the master Redis (hung: the replica's link stays "up" until repl-timeout), then SIGKILL.
     Node B's api (on the replica) can no longer see heartbeats, leases or links evaluated on the master: it
     shows them unknown (null) with the reason instead of 'dead' and 'lapsed' read from a copy that stopped
@@ -95,6 +96,12 @@ async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: Syst
             assert "NT" in vp["quality_flags"] and vp["val"] is None and vp["not_current"], vp
         text = (await s.api["B"].get("/metrics")).text
         assert samples(text, "fep_service_up") == [] and samples(text, "fep_lease_holder") == []
+        # B's dashboard: services, master, holders and channels unknown, none shown dead, lapsed or up
+        dom = await dashboard_dom(s, tmp_path, "B")
+        assert 'data-rendered="1"' in dom
+        assert "✗ dead" not in dom and "✗ lapsed" not in dom and "ch1 up" not in dom
+        assert dom.count("? unknown") >= 4 and "? not current" in dom and "(last known)" in dom
+        assert "hearing nothing from the master" in dom
     finally:
         os.kill(s.master.proc.pid, signal.SIGKILL)
         s.master.proc.wait(5)
