@@ -115,3 +115,45 @@ async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: Syst
     lease = (await s.get("B", "/api/v1/leases"))["items"][0]
     assert lease["lapsed"] is None and "replication link down" in lease["not_current"], lease
     await asyncio.sleep(0)
+
+
+LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")  # Debian package faketime
+
+
+def clock_off(offset: str) -> dict[str, str]:
+    """Environment that runs a service with its wall clock moved by `offset` (libfaketime; its monotonic
+    clock, which its timers use, is left alone)."""
+    return {"LD_PRELOAD": str(LIBFAKETIME), "FAKETIME": offset, "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+
+
+async def test_services_on_hosts_whose_clocks_differ(system: System) -> None:
+    """Node A's services run 30 s ahead of the api's clock, node B's 30 s behind (their heartbeats and the
+    values their holder stamps carry those clocks). Both apis show all four alive with an age within a
+    heartbeat's lifetime, taken from the key's TTL on one Redis clock (it was 'dead, 30 s old' for B and a
+    negative age for A), and no point with a negative age."""
+    assert LIBFAKETIME.exists(), "the Debian package faketime is needed (.ci/install installs it)"
+    s = system
+    s.env["A"].update(clock_off("+30s"))
+    s.env["B"].update(clock_off("-30s"))
+    start_all(s)
+    await until(lambda: settled(s), 15, "leases, channel and link states")
+    max_age = s.cfg["A"].heartbeat_s * 3
+    for node in "AB":
+        hbs = (await s.get(node, "/api/v1/node"))["heartbeats"]
+        assert all(h["alive"] and 0 <= h["age_s"] <= max_age for h in hbs), hbs
+        o = await s.get(node, "/api/v1/overview")
+        assert all(n[svc]["alive"] for n in o["nodes"] for svc in ("acquirer", "forwarder")), o["nodes"]
+        r = await s.api[node].get("/ready")
+        assert r.status_code == 200, r.text
+        text = (await s.api[node].get("/metrics")).text
+        ups = [smp for fam in text_string_to_metric_families(text) for smp in fam.samples
+               if smp.name == "fep_service_up"]
+        assert len(ups) == 4 and all(smp.value == 1 for smp in ups), ups
+        ages = [smp for fam in text_string_to_metric_families(text) for smp in fam.samples
+                if smp.name == "fep_heartbeat_age_seconds"]
+        assert len(ages) == 4 and all(0 <= smp.value <= max_age for smp in ages), ages
+        pts = (await s.get(node, "/api/v1/points?limit=1000"))["items"]
+        assert all(p["age_ms"] is None or p["age_ms"] >= 0 for p in pts), [(p["id"], p["age_ms"]) for p in pts]
+        for pid in (101, 201):
+            p = await s.get(node, f"/api/v1/points/{pid}")
+            assert p["age_ms"] is None or p["age_ms"] >= 0, p
