@@ -56,6 +56,7 @@ class Store:
         self.cfg = cfg
         self.local = local
         self._master: Any = None
+        self._vip_probe: Any = None
         self._cache = _Cache()
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
@@ -69,8 +70,9 @@ class Store:
 
     async def aclose(self) -> None:
         await self.local.aclose()
-        if self._master is not None:
-            await self._master.aclose()
+        for c in (self._master, self._vip_probe):
+            if c is not None:
+                await c.aclose()
 
     @property
     def hb_max_age_s(self) -> float:
@@ -131,6 +133,31 @@ class Store:
             return f"hearing nothing from the master for {ms} ms"
         return None
 
+    async def left_behind(self, info: dict[str, Any]) -> str | None:
+        """Why a local Redis that is a master without an online replica holds no current state: the VIP
+        leads to another Redis (keepalived moved it and this one was not demoted, e.g. keepalived stopped
+        here), so the services write there and nothing here moves. One INFO through the VIP, asked only
+        in that case; a VIP that does not answer says nothing (None)."""
+        if info.get("role") != "master" or any(isinstance(v, dict) and v.get("state") == "online"
+                                               for k, v in info.items() if str(k).startswith("slave")):
+            return None
+        if self._vip_probe is None:
+            self._vip_probe = redisconn.master_async_once(self.cfg)
+        try:
+            theirs = (await self._vip_probe.info("server")).get("run_id")
+            mine = (await self.local.info("server")).get("run_id")
+        except (rex.RedisError, OSError):
+            return None
+        if theirs and mine and theirs != mine:
+            return (f"left behind as a master: the VIP {self.cfg.vip} leads to another Redis, where the "
+                    f"services write")
+        return None
+
+    async def staleness(self, info: dict[str, Any], now_ms: int) -> tuple[str | None, str | None]:
+        """(`behind`, `hb_unknown`) of the local Redis, a master left behind counting for both."""
+        split = await self.left_behind(info)
+        return self.behind(info, now_ms) or split, self.hb_unknown(info, now_ms) or split
+
     def hb_unknown(self, info: dict[str, Any], now_ms: int) -> str | None:
         """Why a missing heartbeat says nothing: heartbeats reach a replica only through replication, so
         while its link is down, or nothing came for a heartbeat's lifetime, their keys expire there
@@ -161,7 +188,7 @@ class Store:
                               link_status=info.get("master_link_status")),
             cfg=m.CfgInfo(gen=views.to_int(gen) or 0, loaded_at_ms=views.to_int(meta.get("loaded_at_ms")),
                           source=meta.get("source"), sha256=meta.get("sha256")),
-            heartbeats=await self.heartbeats(unknown=self.hb_unknown(info, now)),
+            heartbeats=await self.heartbeats(unknown=(await self.staleness(info, now))[1]),
         )
 
     async def ready(self) -> m.Ready:
@@ -175,12 +202,12 @@ class Store:
                                   "no configuration loaded: run `sysload init` on the master's node"))
             t, info = await self.local.time(), await self.local.info("replication")
             now = views.redis_time_ms(t)
-            if info.get("role") == "slave":
-                behind = self.behind(info, now)
+            behind, unknown = await self.staleness(info, now)
+            if info.get("role") == "slave" or behind:
                 checks.append(m.Check(name="replication", ok=behind is None,
                                       detail=f"local Redis {behind}" if behind else
                                       "local Redis replicates the master"))
-            for hb in await self.heartbeats((self.cfg.node_id,), self.hb_unknown(info, now)):
+            for hb in await self.heartbeats((self.cfg.node_id,), unknown):
                 checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=bool(hb.alive), detail=hb.detail))
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
             checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
@@ -212,11 +239,12 @@ class Store:
                     pipe.hgetall(ks.fwd_clients(r.id, n))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = self._cut_off(res[1], now)
-        behind = self.behind(res[1], now)
+        behind, unknown = await self.staleness(res[1], now)
+        cut_off = self._cut_off(res[1], now) or (f"local Redis {behind}" if behind and res[1].get("role") == "master"
+                                                 else None)
         acq_nc = {hb.node: None if hb.alive else f"the acquirer of node {hb.node} is not seen alive "
                                                    f"({hb.detail}): its last report is not current"
-                  for hb in await self.heartbeats(unknown=self.hb_unknown(res[1], now))
+                  for hb in await self.heartbeats(unknown=unknown)
                   if hb.service == "acquirer"}
         it = iter(res[2:])
         items = []
@@ -243,7 +271,7 @@ class Store:
             pipe.hgetall(ks.lease(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        behind = self.behind(res[1], now)
+        behind = (await self.staleness(res[1], now))[0]
         nc = f"local Redis {behind}" if behind else None
         items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
                  for r, h in zip(rtus, res[2:], strict=False)]
@@ -263,7 +291,7 @@ class Store:
         for v in vps:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
-        behind = self.behind(res[1], views.redis_time_ms(res[0]))
+        behind = (await self.staleness(res[1], views.redis_time_ms(res[0])))[0]
         nc = f"local Redis {behind}" if behind else None
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
                                          for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
@@ -333,7 +361,7 @@ class Store:
             pipe.hgetall(ks.lease(rid))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = self._cut_off(res[1], now) is not None
+        cut_off = self._cut_off(res[1], now) is not None or await self.left_behind(res[1]) is not None
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out: dict[int, str | None] = {}
         for (rid, ps), recs, lease in zip(by_rtu.items(), res[2::2], res[3::2], strict=False):
@@ -468,11 +496,15 @@ class Store:
         local_master = replication.role == "master"
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
-        behind = None if local_master else self.behind(rep, info.time_ms)
+        behind = (await self.staleness(rep, info.time_ms))[0]
         detail = None
-        if behind is not None:  # an "up" link the master has not spoken on for replica_down_s: it may be hung
+        if behind is not None and local_master:  # the VIP leads to the peer's Redis: that is the master
+            local_master, peer_master = False, True
+            detail = (f"node {self.cfg.node_id}'s Redis is {behind.split(':')[0]}: the VIP {self.cfg.vip} leads "
+                      f"to node {self.cfg.peer}'s")
+        elif behind is not None:  # an "up" link the master has not spoken on for replica_down_s: it may be hung
             peer_master = None
-        if peer_master is None:
+        if peer_master is None and detail is None:
             detail = (f"no replica is connected to this node's Redis: node {self.cfg.peer}'s role is unknown"
                       if local_master else f"local Redis {behind or 'has no link to a master'}: whether node "
                                            f"{self.cfg.peer}'s Redis is still the master is unknown")
@@ -564,6 +596,5 @@ class Store:
         except NoConfig:
             model = None
         snap = await read_snapshot(self.local, model)
-        snap.behind = self.behind(snap.info, snap.now_ms)
-        snap.hb_unknown = self.hb_unknown(snap.info, snap.now_ms)
+        snap.behind, snap.hb_unknown = await self.staleness(snap.info, snap.now_ms)
         return snap, model
