@@ -49,6 +49,18 @@ class _Cache:
     stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats after data loss)
 
 
+def _replica_gap(info: dict[str, Any], now_ms: int, limit_ms: int) -> str | None:
+    """On a replica whose link is down (for how long Redis says, in whole seconds), or that has heard
+    nothing from its master for more than `limit_ms`: why its copy may be behind; otherwise None."""
+    if info.get("role") != "slave":
+        return None
+    if info.get("master_link_status") != "up":
+        down = views.to_int(info.get("master_link_down_since_seconds"))
+        return "cut off from the master (replication link down" + (f" for {down} s)" if down is not None else ")")
+    ms = freshness.ReplicaWatch().observe(info, now_ms)
+    return f"hearing nothing from the master for {ms} ms" if ms > limit_ms else None
+
+
 class Store:
     """Reads for one api process. `local` is the node's own Redis (async client, decode on)."""
 
@@ -124,14 +136,7 @@ class Store:
         or that has heard nothing from its master for longer than replica_down_s, the rule of `values_nt`),
         None when it is current: what is evaluated against a clock (lease expiry, links, a node's
         liveness) is then not shown as current."""
-        if info.get("role") != "slave":
-            return None
-        ms = freshness.ReplicaWatch().observe(info, now_ms)
-        if info.get("master_link_status") != "up":
-            return f"cut off from the master for {ms} ms (replication link down)"
-        if ms > self.limits.replica_down_ms:
-            return f"hearing nothing from the master for {ms} ms"
-        return None
+        return _replica_gap(info, now_ms, self.limits.replica_down_ms)
 
     async def left_behind(self, info: dict[str, Any]) -> str | None:
         """Why a local Redis that is a master without an online replica holds no current state: the VIP
@@ -162,14 +167,7 @@ class Store:
         """Why a missing heartbeat says nothing: heartbeats reach a replica only through replication, so
         while its link is down, or nothing came for a heartbeat's lifetime, their keys expire there
         whatever the services do."""
-        if info.get("role") != "slave":
-            return None
-        ms = freshness.ReplicaWatch().observe(info, now_ms)
-        if info.get("master_link_status") != "up":
-            return f"cut off from the master for {ms} ms (replication link down)"
-        if ms >= self.hb_max_age_s * 1000:
-            return f"hearing nothing from the master for {ms} ms"
-        return None
+        return _replica_gap(info, now_ms, int(self.hb_max_age_s * 1000))
 
     async def node(self) -> m.NodeInfo:
         pipe = self.local.pipeline(transaction=False)
@@ -203,10 +201,12 @@ class Store:
             t, info = await self.local.time(), await self.local.info("replication")
             now = views.redis_time_ms(t)
             behind, unknown = await self.staleness(info, now)
-            if info.get("role") == "slave" or behind:
-                checks.append(m.Check(name="replication", ok=behind is None,
-                                      detail=f"local Redis {behind}" if behind else
-                                      "local Redis replicates the master"))
+            # the rule of values_nt (a link down for a moment is not yet a reason), or left behind
+            cut = self._cut_off(info, now) or (f"local Redis {behind}" if info.get("role") == "master" and behind
+                                               else None)
+            if info.get("role") == "slave" or cut:
+                checks.append(m.Check(name="replication", ok=cut is None,
+                                      detail=cut or "local Redis replicates the master"))
             for hb in await self.heartbeats((self.cfg.node_id,), unknown):
                 checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=bool(hb.alive), detail=hb.detail))
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
