@@ -32,7 +32,8 @@ class Health(BaseModel):
 
 
 class Check(BaseModel):
-    name: str = Field(description="redis, config, heartbeat:acquirer, heartbeat:forwarder")
+    name: str = Field(description="redis, config, replication (a replica, or a master left behind), "
+                                  "heartbeat:acquirer, heartbeat:forwarder")
     ok: bool
     detail: str
 
