@@ -12,9 +12,7 @@ that request: nothing is registered globally, so tests and requests never see ea
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,6 +77,10 @@ class MetricsSnapshot:
     role: str
     counters: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (service, node) -> hash
     heartbeats: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    hb_ttl_ms: dict[tuple[str, str], int | None] = field(default_factory=dict)  # PTTL of each heartbeat key
+    info: dict[str, Any] = field(default_factory=dict)  # INFO replication of the local Redis
+    behind: str | None = None  # why the local copy may be behind the master's (Store.behind)
+    hb_unknown: str | None = None  # why a missing heartbeat says nothing (Store.hb_unknown)
     lease_events: StreamInfo = field(default_factory=StreamInfo)
     audit: StreamInfo = field(default_factory=StreamInfo)
     changes: StreamInfo = field(default_factory=StreamInfo)
@@ -112,6 +114,7 @@ async def read_snapshot(r: Any, model: Model | None) -> MetricsSnapshot:
     for s, n in pairs:
         pipe.hgetall(ks.metrics(s, n))
         pipe.get(ks.heartbeat(s, n))
+        pipe.pttl(ks.heartbeat(s, n))
     for key in (ks.LEASE_EVENTS, ks.CTL_AUDIT, ks.CHANGES):
         pipe.xinfo_stream(key)
     for rt in acq:
@@ -129,11 +132,12 @@ async def read_snapshot(r: Any, model: Model | None) -> MetricsSnapshot:
         if isinstance(x, Exception):
             raise x
     snap = MetricsSnapshot(now_ms=views.redis_time_ms(t), gen=views.to_int(gen) or 0,
-                           role=redisconn.role_of(info)[0])
+                           role=redisconn.role_of(info)[0], info=info)
     for s, n in pairs:
-        h, hb = next(res), next(res)
+        h, hb, ttl = next(res), next(res), next(res)
         snap.counters[(s, n)] = h if isinstance(h, dict) else {}
         snap.heartbeats[(s, n)] = hb if isinstance(hb, str) else None
+        snap.hb_ttl_ms[(s, n)] = ttl if isinstance(ttl, int) else None
     snap.lease_events, snap.audit, snap.changes = _stream(next(res)), _stream(next(res)), _stream(next(res))
     for rt in acq:
         snap.leases[rt.id], q, snap.links[rt.id] = next(res), next(res), next(res)
@@ -214,18 +218,13 @@ class SnapshotCollector(Collector):
                                labels=["service", "node"])
         age = GaugeMetricFamily("fep_heartbeat_age_seconds", "age of the service's last heartbeat",
                                 labels=["service", "node"])
-        now = time.time()
         for (service, node), raw in sorted(self.snap.heartbeats.items()):
-            hb = views.heartbeat(service, node, raw, self.hb_max_age_s)
-            up.add_metric([service, node], 1 if hb.alive else 0)
-            ts = None
-            if raw:
-                try:
-                    ts = views.to_int(json.loads(raw).get("ts_ms"))
-                except (ValueError, AttributeError):
-                    ts = None
-            if ts is not None:
-                age.add_metric([service, node], max(0.0, now - ts / 1000))
+            hb = views.heartbeat(service, node, raw, self.hb_max_age_s, self.snap.hb_ttl_ms.get((service, node)),
+                                 self.snap.hb_unknown)
+            if hb.alive is not None:  # unknown (a replica cut off from the master): no sample
+                up.add_metric([service, node], 1 if hb.alive else 0)
+            if raw and hb.age_s is not None:
+                age.add_metric([service, node], max(0.0, hb.age_s))
         yield up
         yield age
 
@@ -243,21 +242,24 @@ class SnapshotCollector(Collector):
                                  labels=["rtu", "node", "channel"])
         active = GaugeMetricFamily("fep_channel_active", "channel the node uses for the RTU (1 or 2)",
                                    labels=["rtu", "node"])
+        acq_alive = {n: views.heartbeat("acquirer", n, s.heartbeats.get(("acquirer", n)), self.hb_max_age_s,
+                                        s.hb_ttl_ms.get(("acquirer", n)), s.hb_unknown).alive for n in NODES}
         for rid, h in sorted(s.leases.items()):
-            ls = views.lease(h if isinstance(h, dict) else {}, s.now_ms)
+            ls = views.lease(h if isinstance(h, dict) else {}, s.now_ms, s.behind)
             for n in NODES:
-                holder.add_metric([str(rid), n], 1 if ls.holder == n and not ls.lapsed else 0)
+                if s.behind is None:  # a copy that may be behind the master's says nothing current
+                    holder.add_metric([str(rid), n], 1 if ls.holder == n and not ls.lapsed else 0)
             epoch.add_metric([str(rid)], ls.epoch)
             queue.add_metric([str(rid)], s.queues.get(rid, 0))
-            lk = views.link(s.links.get(rid) if isinstance(s.links.get(rid), dict) else {})
+            lk = views.link(s.links.get(rid) if isinstance(s.links.get(rid), dict) else {}, s.behind)
             for n, v in (("A", lk.vala), ("B", lk.valb)):
                 if v is not None:
                     link.add_metric([str(rid), n], 1 if v else 0)
             rtu = self.model.rtus.get(rid) if self.model else None
             for n in NODES:
                 ch = s.channels.get((rid, n))
-                if rtu is None or not isinstance(ch, dict) or not ch:
-                    continue
+                if rtu is None or not isinstance(ch, dict) or not ch or s.behind or not acq_alive[n]:
+                    continue  # no report, or one left by an acquirer not seen alive: not current
                 st = views.channels(rtu, n, ch)
                 if st.active is not None:
                     active.add_metric([str(rid), n], st.active)

@@ -32,7 +32,8 @@ class Health(BaseModel):
 
 
 class Check(BaseModel):
-    name: str = Field(description="redis, config, heartbeat:acquirer, heartbeat:forwarder")
+    name: str = Field(description="redis, config, replication (a replica, or a master left behind), "
+                                  "heartbeat:acquirer, heartbeat:forwarder")
     ok: bool
     detail: str
 
@@ -47,7 +48,9 @@ class Ready(BaseModel):
 class Heartbeat(BaseModel):
     service: str
     node: NodeId
-    alive: bool = Field(description="the heartbeat key exists and is younger than 3 heartbeat periods")
+    alive: bool | None = Field(description="the heartbeat key exists (it lives 3 heartbeat periods); null: "
+                                           "unknown, the local Redis is a replica cut off from the master "
+                                           "(detail says so)")
     detail: str
     age_s: float | None = None
     pid: int | None = None
@@ -86,10 +89,14 @@ class Lease(BaseModel):
     since_ms: int | None = None
     expires_ms: int | None = None
     remaining_ms: int | None = Field(None, description="expires_ms minus the local Redis clock; <0 lapsed")
-    lapsed: bool = Field(False, description="the holder stopped renewing (process or node dead)")
+    lapsed: bool | None = Field(False, description="the holder stopped renewing (process or node dead); null "
+                                                   "with remaining_ms when not_current")
     reached_ms: int | None = Field(None, description="last time the holder reached the device")
     handover: NodeId | None = Field(None, description="target of a planned move in progress")
     handover_until_ms: int | None = None
+    not_current: str | None = Field(None, description="why the fields above are null (not current): the local "
+                                                        "Redis is a replica cut off from the master, its copy "
+                                                        "of the lease may be behind")
 
 
 class LeaseItem(Lease):
@@ -112,6 +119,10 @@ class NodeChannels(BaseModel):
     reported: bool = Field(description="the node's acquirer has written a channel state for this RTU")
     active: int | None = Field(None, description="channel in use (1 or 2)")
     channels: list[ChannelStatus]
+    not_current: str | None = Field(None, description="why the fields above are null (not current): that "
+                                                        "node's acquirer is not alive (its last report stays "
+                                                        "behind), or the local Redis is cut off from the master; "
+                                                        "active, connected, since_ms and error are null then")
 
 
 class Link(BaseModel):
@@ -121,6 +132,9 @@ class Link(BaseModel):
     since_a_ms: int | None = None
     since_b_ms: int | None = None
     since_ms: int | None = None
+    not_current: str | None = Field(None, description="why the fields above are null (not current): the local "
+                                                        "Redis is a replica cut off from the master, where links "
+                                                        "are evaluated; vala, valb and val are null then")
 
 
 class FwdClient(BaseModel):
@@ -176,6 +190,9 @@ class VirtualPoint(PointValue):
     valb: bool | None = None
     val: bool | None = None
     since_ms: int | None = Field(None, description="when val last changed")
+    not_current: str | None = Field(None, description="why vala, valb and val are null: the local Redis is a "
+                                                      "replica cut off from the master (the value is served "
+                                                      "with NT then)")
 
 
 class VirtualPointList(BaseModel):
@@ -192,7 +209,9 @@ class Point(PointValue):
     datatype: str
     age_ms: int | None = Field(None, description="time_ms of the page minus ts_ms: how old the source "
                                                  "timestamp is (a value that does not change keeps its "
-                                                 "timestamp, so age alone is not staleness)")
+                                                 "timestamp, so age alone is not staleness); null when the "
+                                                 "source time is ahead of this node's Redis clock (clocks "
+                                                 "differ)")
     stale: bool = Field(False, description="NT (not topical) is set: the value is not current")
 
 
@@ -282,6 +301,8 @@ class Replication(BaseModel):
                                                   "master: the replica's reported lag")
     lag_bytes: int | None = Field(None, description="master: replication offset not yet acknowledged by "
                                                     "the replica")
+    down_s: float | None = Field(None, description="replica with its link down: seconds since it went down "
+                                                   "(lag_s is null then)")
     replicas: list[str] = Field(default_factory=list, description="master only: connected replicas")
 
 
@@ -297,6 +318,7 @@ class Overview(BaseModel):
     node: NodeId
     time_ms: int
     master_node: NodeId | None = Field(None, description="the node whose Redis is the master")
+    master_detail: str | None = Field(None, description="why master_node or a node's master flag is null")
     nodes: list[NodeHealth]
     replication: Replication
     last_failover: Event | None = Field(None, description="the newest role change to master")

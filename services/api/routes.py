@@ -50,8 +50,10 @@ async def health(request: Request) -> m.Health:
 
 @probes.get("/ready", response_model=m.Ready, summary="Readiness of this node",
             responses={503: {"model": m.Ready, "description": "not ready; `reasons` says why"}},
-            description="Ready when the local Redis answers, a configuration is loaded and this node's "
-                        "acquirer and forwarder heartbeats are fresh (younger than 3 heartbeat periods).")
+            description="Ready when the local Redis answers, a configuration is loaded, the local copy is "
+                        "current (check `replication`: a replica not cut off from the master past "
+                        "replica_down_s, a master not left behind by the VIP) and this node's acquirer and "
+                        "forwarder heartbeats are there (their keys live 3 heartbeat periods).")
 async def ready(s: Store = Depends(store)) -> Any:
     r = await s.ready()
     if r.ready:

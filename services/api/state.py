@@ -9,6 +9,7 @@ runtime keys it shows, not a re-read of every table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +50,18 @@ class _Cache:
     stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats after data loss)
 
 
+def _replica_gap(info: dict[str, Any], now_ms: int, limit_ms: int) -> str | None:
+    """On a replica whose link is down (for how long Redis says, in whole seconds), or that has heard
+    nothing from its master for more than `limit_ms`: why its copy may be behind; otherwise None."""
+    if info.get("role") != "slave":
+        return None
+    if info.get("master_link_status") != "up":
+        down = views.to_int(info.get("master_link_down_since_seconds"))
+        return "cut off from the master (replication link down" + (f" for {down} s)" if down is not None else ")")
+    ms = freshness.ReplicaWatch().observe(info, now_ms)
+    return f"hearing nothing from the master for {ms} ms" if ms > limit_ms else None
+
+
 class Store:
     """Reads for one api process. `local` is the node's own Redis (async client, decode on)."""
 
@@ -56,6 +69,10 @@ class Store:
         self.cfg = cfg
         self.local = local
         self._master: Any = None
+        self._vip_probe: Any = None
+        self._split: str | None = None  # the last verdict of the VIP probe (left_behind)
+        self._split_task: asyncio.Task[None] | None = None
+        self._split_at = 0.0
         self._cache = _Cache()
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
@@ -69,8 +86,11 @@ class Store:
 
     async def aclose(self) -> None:
         await self.local.aclose()
-        if self._master is not None:
-            await self._master.aclose()
+        if self._split_task is not None:
+            self._split_task.cancel()
+        for c in (self._master, self._vip_probe):
+            if c is not None:
+                await c.aclose()
 
     @property
     def hb_max_age_s(self) -> float:
@@ -105,10 +125,72 @@ class Store:
 
     # --- node and readiness ------------------------------------------------------------------------
 
-    async def heartbeats(self, nodes: tuple[str, ...] = NODES) -> list[m.Heartbeat]:
+    async def heartbeats(self, nodes: tuple[str, ...] = NODES, unknown: str | None = None) -> list[m.Heartbeat]:
+        """The heartbeats of `nodes` (their age from the keys' remaining TTL); `unknown`: why a missing one
+        says nothing (`hb_unknown`)."""
         keys = [(s, n) for n in nodes for s in heartbeat.SERVICES]
-        raws = await self.local.mget([ks.heartbeat(s, n) for s, n in keys])
-        return [views.heartbeat(s, n, raw, self.hb_max_age_s) for (s, n), raw in zip(keys, raws, strict=False)]
+        pipe = self.local.pipeline(transaction=False)
+        for s, n in keys:
+            pipe.get(ks.heartbeat(s, n))
+            pipe.pttl(ks.heartbeat(s, n))
+        res = await pipe.execute()
+        return [views.heartbeat(s, n, raw, self.hb_max_age_s, ttl, unknown)
+                for (s, n), raw, ttl in zip(keys, res[0::2], res[1::2], strict=False)]
+
+    def behind(self, info: dict[str, Any], now_ms: int) -> str | None:
+        """Why the local Redis's copy of the master's state may be behind (a replica whose link is down,
+        or that has heard nothing from its master for longer than replica_down_s, the rule of `values_nt`),
+        None when it is current: what is evaluated against a clock (lease expiry, links, a node's
+        liveness) is then not shown as current."""
+        return _replica_gap(info, now_ms, self.limits.replica_down_ms)
+
+    SPLIT_EVERY_S = 1.0
+    """How long a verdict of the VIP probe is reused."""
+    SPLIT_WAIT_S = 0.3
+    """How long a request waits for the VIP probe before it uses the last verdict."""
+
+    async def left_behind(self, info: dict[str, Any]) -> str | None:
+        """Why a local Redis that is a master without an online replica holds no current state: the VIP
+        leads to another Redis (keepalived moved it and this one was not demoted, e.g. keepalived stopped
+        here), so the services write there and nothing here moves. Found by INFO run_id through the VIP,
+        asked only in that case, at most once a second; a request waits for it SPLIT_WAIT_S at most (a VIP
+        that nobody holds must not make every page wait for a connect timeout), then uses the last
+        verdict; a VIP that does not answer says nothing."""
+        if info.get("role") != "master" or any(isinstance(v, dict) and v.get("state") == "online"
+                                               for k, v in info.items() if str(k).startswith("slave")):
+            self._split = None
+            return None
+        loop = asyncio.get_running_loop()
+        task = self._split_task
+        if task is None or (task.done() and loop.time() - self._split_at >= self.SPLIT_EVERY_S):
+            task = self._split_task = loop.create_task(self._probe_vip(), name="fep-api-vip-probe")
+        if not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), self.SPLIT_WAIT_S)
+        return self._split
+
+    async def _probe_vip(self) -> None:
+        if self._vip_probe is None:
+            self._vip_probe = redisconn.master_async_once(self.cfg)
+        try:
+            theirs = (await self._vip_probe.info("server")).get("run_id")
+            mine = (await self.local.info("server")).get("run_id")
+        except (rex.RedisError, OSError):
+            theirs = mine = None
+        self._split = (f"left behind as a master: the VIP {self.cfg.vip} leads to another Redis, where the "
+                       f"services write") if theirs and mine and theirs != mine else None
+        self._split_at = asyncio.get_running_loop().time()
+
+    async def staleness(self, info: dict[str, Any], now_ms: int) -> tuple[str | None, str | None]:
+        """(`behind`, `hb_unknown`) of the local Redis, a master left behind counting for both."""
+        split = await self.left_behind(info)
+        return self.behind(info, now_ms) or split, self.hb_unknown(info, now_ms) or split
+
+    def hb_unknown(self, info: dict[str, Any], now_ms: int) -> str | None:
+        """Why a missing heartbeat says nothing: heartbeats reach a replica only through replication, so
+        while its link is down, or nothing came for a heartbeat's lifetime, their keys expire there
+        whatever the services do."""
+        return _replica_gap(info, now_ms, int(self.hb_max_age_s * 1000))
 
     async def node(self) -> m.NodeInfo:
         pipe = self.local.pipeline(transaction=False)
@@ -118,15 +200,16 @@ class Store:
         pipe.hgetall(ks.CFG_META)
         t, info, gen, meta = await pipe.execute()
         role, master = redisconn.role_of(info)
+        now = views.redis_time_ms(t)
         kw = self.local.connection_pool.connection_kwargs
         return m.NodeInfo(
             node=self.cfg.node_id, peer=self.cfg.peer, ip=self.cfg.ip,
-            time_ms=views.redis_time_ms(t),
+            time_ms=now,
             redis=m.RedisInfo(address=f"{kw.get('host')}:{kw.get('port')}", role=role, master=master,
                               link_status=info.get("master_link_status")),
             cfg=m.CfgInfo(gen=views.to_int(gen) or 0, loaded_at_ms=views.to_int(meta.get("loaded_at_ms")),
                           source=meta.get("source"), sha256=meta.get("sha256")),
-            heartbeats=await self.heartbeats(),
+            heartbeats=await self.heartbeats(unknown=(await self.staleness(info, now))[1]),
         )
 
     async def ready(self) -> m.Ready:
@@ -138,8 +221,17 @@ class Store:
             checks.append(m.Check(name="config", ok=gen > 0,
                                   detail=f"configuration generation {gen}" if gen > 0 else
                                   "no configuration loaded: run `sysload init` on the master's node"))
-            for hb in await self.heartbeats((self.cfg.node_id,)):
-                checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=hb.alive, detail=hb.detail))
+            t, info = await self.local.time(), await self.local.info("replication")
+            now = views.redis_time_ms(t)
+            behind, unknown = await self.staleness(info, now)
+            # the rule of values_nt (a link down for a moment is not yet a reason), or left behind
+            cut = self._cut_off(info, now) or (f"local Redis {behind}" if info.get("role") == "master" and behind
+                                               else None)
+            if info.get("role") == "slave" or cut:
+                checks.append(m.Check(name="replication", ok=cut is None,
+                                      detail=cut or "local Redis replicates the master"))
+            for hb in await self.heartbeats((self.cfg.node_id,), unknown):
+                checks.append(m.Check(name=f"heartbeat:{hb.service}", ok=bool(hb.alive), detail=hb.detail))
         except Exception as exc:  # noqa: BLE001 - any Redis failure is a reason, never an error page
             checks.append(m.Check(name="redis", ok=False, detail=f"local Redis unreachable: {exc}"))
         reasons = [c.detail for c in checks if not c.ok]
@@ -170,14 +262,21 @@ class Store:
                     pipe.hgetall(ks.fwd_clients(r.id, n))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = self._cut_off(res[1], now)
+        behind, unknown = await self.staleness(res[1], now)
+        cut_off = self._cut_off(res[1], now) or (f"local Redis {behind}" if behind and res[1].get("role") == "master"
+                                                 else None)
+        acq_nc = {hb.node: None if hb.alive else f"the acquirer of node {hb.node} is not seen alive "
+                                                   f"({hb.detail}): its last report is not current"
+                  for hb in await self.heartbeats(unknown=unknown)
+                  if hb.service == "acquirer"}
         it = iter(res[2:])
         items = []
         for r in rtus:
             if r.acquisition:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
-                item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h)
+                item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
+                                 behind=f"local Redis {behind}" if behind else None, chan_not_current=acq_nc)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -190,12 +289,15 @@ class Store:
         rtus = sorted(model.acquisition_rtus(), key=lambda r: r.id)
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
+        pipe.info("replication")
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now).model_dump())
-                 for r, h in zip(rtus, res[1:], strict=False)]
+        behind = (await self.staleness(res[1], now))[0]
+        nc = f"local Redis {behind}" if behind else None
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
+                 for r, h in zip(rtus, res[2:], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -206,12 +308,16 @@ class Store:
         if not vps:
             return m.VirtualPointList(items=[])
         pipe = self.local.pipeline(transaction=False)
+        pipe.time()
+        pipe.info("replication")
         pipe.hmget(ks.VPOINTS, [str(v.id) for v in vps])
         for v in vps:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
-        return m.VirtualPointList(items=[views.virtual_point(v, rec, lk)
-                                         for v, rec, lk in zip(vps, res[0], res[1:], strict=False)])
+        behind = (await self.staleness(res[1], views.redis_time_ms(res[0])))[0]
+        nc = f"local Redis {behind}" if behind else None
+        return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
+                                         for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
 
     async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
                      quality: str | None = None) -> m.PointPage:
@@ -278,7 +384,7 @@ class Store:
             pipe.hgetall(ks.lease(rid))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = self._cut_off(res[1], now) is not None
+        cut_off = self._cut_off(res[1], now) is not None or await self.left_behind(res[1]) is not None
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out: dict[int, str | None] = {}
         for (rid, ps), recs, lease in zip(by_rtu.items(), res[2::2], res[3::2], strict=False):
@@ -294,7 +400,8 @@ class Store:
             if pid in model.vpoints:
                 raise NotFound(f"point {pid} is a virtual point: see /api/v1/virtual-points")
             raise NotFound(f"point {pid} is not in the configuration (generation {model.gen})")
-        return views.point(p, (await self._records([p])).get(pid))
+        records = await self._records([p])
+        return views.point(p, records.get(pid), await self.now_ms())
 
     # --- timeline and trends -----------------------------------------------------------------------
 
@@ -412,6 +519,18 @@ class Store:
         local_master = replication.role == "master"
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
+        behind = (await self.staleness(rep, info.time_ms))[0]
+        detail = None
+        if behind is not None and local_master:  # the VIP leads to the peer's Redis: that is the master
+            local_master, peer_master = False, True
+            detail = (f"node {self.cfg.node_id}'s Redis is {behind.split(':')[0]}: the VIP {self.cfg.vip} leads "
+                      f"to node {self.cfg.peer}'s")
+        elif behind is not None:  # an "up" link the master has not spoken on for replica_down_s: it may be hung
+            peer_master = None
+        if peer_master is None and detail is None:
+            detail = (f"no replica is connected to this node's Redis: node {self.cfg.peer}'s role is unknown"
+                      if local_master else f"local Redis {behind or 'has no link to a master'}: whether node "
+                                           f"{self.cfg.peer}'s Redis is still the master is unknown")
         by = {(h.node, h.service): h for h in info.heartbeats}
         nodes = [m.NodeHealth(node=n, this=n == self.cfg.node_id,
                               master=local_master if n == self.cfg.node_id else peer_master,
@@ -419,7 +538,7 @@ class Store:
         master_node = self.cfg.node_id if local_master else (self.cfg.peer if peer_master else None)
         last = await self.last_event("role", lambda e: e.fields.get("role") == "master")
         return m.Overview(node=self.cfg.node_id, time_ms=info.time_ms,
-                          master_node=master_node, nodes=nodes, replication=replication,
+                          master_node=master_node, master_detail=detail, nodes=nodes, replication=replication,
                           last_failover=last, cfg=info.cfg)
 
     # --- controls ----------------------------------------------------------------------------------
@@ -499,4 +618,6 @@ class Store:
             model = await self.model()
         except NoConfig:
             model = None
-        return await read_snapshot(self.local, model), model
+        snap = await read_snapshot(self.local, model)
+        snap.behind, snap.hb_unknown = await self.staleness(snap.info, snap.now_ms)
+        return snap, model

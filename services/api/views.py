@@ -82,10 +82,13 @@ def value_fields(record: str | None) -> dict[str, Any]:
             "ts_ms": v.ts_ms, "time": iso(v.ts_ms)}
 
 
-def lease(h: Mapping[str, str], now_ms: int) -> m.Lease:
+def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None) -> m.Lease:
+    """`not_current`: why the local copy may be behind the master's (a replica cut off from it): the
+    expiry is then not compared with this clock (remaining_ms and lapsed null), the holder is the last
+    known one."""
     holder = h.get("holder") or None
     expires = to_int(h.get("expires_ms"))
-    remaining = None if expires is None or holder is None else expires - now_ms
+    remaining = None if expires is None or holder is None or not_current else expires - now_ms
     handover = h.get("handover") or None
     until = to_int(h.get("handover_until_ms"))
     if handover is not None and (until is None or until < now_ms):
@@ -96,29 +99,39 @@ def lease(h: Mapping[str, str], now_ms: int) -> m.Lease:
         since_ms=to_int(h.get("since_ms")),
         expires_ms=expires,
         remaining_ms=remaining,
-        lapsed=remaining is not None and remaining < 0,
+        lapsed=None if not_current and holder is not None else remaining is not None and remaining < 0,
         reached_ms=to_int(h.get("reached_ms")) or None,
         handover=handover if handover in NODES else None,
         handover_until_ms=until if handover in NODES else None,
+        not_current=not_current if holder is not None else None,
     )
 
 
-def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str]) -> m.NodeChannels:
+def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str], not_current: str | None = None) -> m.NodeChannels:
     """One node's channel state (`keyspace.channel_state`: active,
-    ch<n>_connected/_since_ms/_error/_switches). A channel never tried has since_ms 0: shown as null."""
+    ch<n>_connected/_since_ms/_error/_switches). A channel never tried has since_ms 0: shown as null.
+    The acquirer writes it on a change only, so a dead or frozen acquirer leaves its last report behind:
+    with `not_current` (why: that node's acquirer is not alive, or the local copy is behind the master)
+    the connection state, the active channel and the error are null, the switch counts stay."""
     out = []
+    cur = not_current is None
     for ch in rtu.channels:
         p = f"ch{ch.no}_"
         out.append(m.ChannelStatus(no=ch.no, host=ch.host, port=ch.port,
-                                   connected=to_bool(h.get(p + "connected")),
-                                   since_ms=to_int(h.get(p + "since_ms")) or None,
-                                   error=h.get(p + "error") or None,
+                                   connected=to_bool(h.get(p + "connected")) if cur else None,
+                                   since_ms=(to_int(h.get(p + "since_ms")) or None) if cur else None,
+                                   error=(h.get(p + "error") or None) if cur else None,
                                    switches=to_int(h.get(p + "switches"))))
-    return m.NodeChannels(node=node, reported=bool(h),
-                          active=to_int(h.get("active")), channels=out)
+    return m.NodeChannels(node=node, reported=bool(h), active=to_int(h.get("active")) if cur else None,
+                          channels=out, not_current=not_current if h else None)
 
 
-def link(h: Mapping[str, str]) -> m.Link:
+def link(h: Mapping[str, str], not_current: str | None = None) -> m.Link:
+    """`not_current`: the local copy may be behind the master's (where links are evaluated and decayed):
+    vala, valb and val are null then."""
+    if not_current is not None and h:
+        return m.Link(since_a_ms=to_int(h.get("since_a")), since_b_ms=to_int(h.get("since_b")),
+                      since_ms=to_int(h.get("since")), not_current=not_current)
     return m.Link(vala=to_bool(h.get("vala")), valb=to_bool(h.get("valb")), val=to_bool(h.get("val")),
                   since_a_ms=to_int(h.get("since_a")), since_b_ms=to_int(h.get("since_b")),
                   since_ms=to_int(h.get("since")))
@@ -139,12 +152,18 @@ def clients(node: str, h: Mapping[str, str]) -> list[m.FwdClient]:
 
 def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
         chan: Mapping[str, Mapping[str, str]] | None = None, link_h: Mapping[str, str] | None = None,
-        fwd: Mapping[str, Mapping[str, str]] | None = None) -> m.Rtu:
+        fwd: Mapping[str, Mapping[str, str]] | None = None, behind: str | None = None,
+        chan_not_current: Mapping[str, str | None] | None = None) -> m.Rtu:
+    """`behind`: why the local copy may be behind the master's; `chan_not_current`: per node, why its
+    channel report is not current (its acquirer is not alive)."""
     base: dict[str, Any] = {"id": r.id, "name": r.name, "rtutype": r.rtutype, "protocol": r.protocol}
     if r.acquisition:
         chan = chan or {}
-        return m.Rtu(**base, type="acquisition", points=len(r.points), lease=lease(lease_h or {}, now_ms),
-                     channel_state=[channels(r, n, chan.get(n, {})) for n in NODES], link=link(link_h or {}))
+        cnc = chan_not_current or {}
+        return m.Rtu(**base, type="acquisition", points=len(r.points),
+                     lease=lease(lease_h or {}, now_ms, behind),
+                     channel_state=[channels(r, n, chan.get(n, {}), behind or cnc.get(n)) for n in NODES],
+                     link=link(link_h or {}, behind))
     fwd = fwd or {}
     return m.Rtu(**base, type="forwarding", points=len(r.forwards), listen_port=r.listen_port,
                  clients=[c for n in NODES for c in clients(n, fwd.get(n, {}))])
@@ -156,10 +175,14 @@ def point(p: sem.Point, record: str | None, now_ms: int | None = None) -> m.Poin
                    **aged(value_fields(record), now_ms))
 
 
-def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str]) -> m.VirtualPoint:
-    lk = link(link_h)
+def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str],
+                  behind: str | None = None) -> m.VirtualPoint:
+    """`behind`: the local copy may be behind the master's: vala/valb/val null and the value served with
+    NT, as the forwarder serves link points then (docs/forwarder.md "Quality", rule 1)."""
+    lk = link(link_h, behind)
+    record = served(record, behind is not None)
     return m.VirtualPoint(id=vp.id, rtu=vp.rtu, name=vp.name, vala=lk.vala, valb=lk.valb, val=lk.val,
-                          since_ms=lk.since_ms, **value_fields(record))
+                          since_ms=lk.since_ms, not_current=lk.not_current, **value_fields(record))
 
 
 CONTROL_INTS = ("id", "rtu", "point", "epoch", "created_ms", "deadline_ms", "claimed_ms", "finished_ms")
@@ -171,10 +194,14 @@ def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
                      state=f.get("state"), result=f.get("result"), executor=f.get("executor"), **ints)
 
 
-def heartbeat(service: str, node: str, raw: str | None, max_age_s: float) -> m.Heartbeat:
-    """Freshness decided by `fepha.heartbeat.check` (the same rule as the services' `--check`), on the
-    value already read: a dict stands in for the Redis client it calls `get` on."""
-    ok, detail = hbmod.check({ks.heartbeat(service, node): raw}, service, node, max_age_s)
+def heartbeat(service: str, node: str, raw: str | None, max_age_s: float, pttl_ms: int | None = None,
+              unknown: str | None = None) -> m.Heartbeat:
+    """A heartbeat key as read from the local Redis. `pttl_ms`: its remaining lifetime there (PTTL): the
+    key lives 3 periods from its write, so its age is that lifetime minus what is left, on one Redis
+    clock; the writer's `ts_ms` (its host's clock) is compared with this host's only for a key without a
+    TTL, by `fepha.heartbeat.check` (the rule of `--check`). `unknown`: why a missing key says nothing
+    (the local Redis, a replica, hears nothing from the master: heartbeats reach it only through
+    replication), so the service is shown neither alive nor dead."""
     hb: dict[str, Any] = {}
     if raw:
         try:
@@ -182,12 +209,21 @@ def heartbeat(service: str, node: str, raw: str | None, max_age_s: float) -> m.H
             hb = loaded if isinstance(loaded, dict) else {}
         except ValueError:
             pass
-    ts = to_int(hb.get("ts_ms"))
-    age = None if ts is None else round(time.time() - ts / 1000, 3)
     host = hb.get("host")
-    return m.Heartbeat(service=service, node=node, alive=ok, detail=detail, age_s=age,
-                       pid=to_int(hb.get("pid")), host=str(host) if host is not None else None,
-                       gen=to_int(hb.get("gen")))
+    ident: dict[str, Any] = {"pid": to_int(hb.get("pid")), "host": str(host) if host is not None else None,
+                             "gen": to_int(hb.get("gen"))}
+    if raw is not None and pttl_ms is not None and pttl_ms >= 0:
+        age = round(max(0.0, max_age_s - pttl_ms / 1000), 3)
+        detail = f"{service} on node {node} alive (pid {ident['pid']}, {age:.1f} s ago)"
+        return m.Heartbeat(service=service, node=node, alive=True, detail=detail, age_s=age, **ident)
+    if raw is None and unknown is not None:
+        return m.Heartbeat(service=service, node=node, alive=None, age_s=None, **ident,
+                           detail=f"unknown: no heartbeat of {service} on node {node} in the local Redis, "
+                                  f"which is {unknown}")
+    ok, detail = hbmod.check({ks.heartbeat(service, node): raw}, service, node, max_age_s)
+    ts = to_int(hb.get("ts_ms"))
+    age_s = None if ts is None else round(time.time() - ts / 1000, 3)
+    return m.Heartbeat(service=service, node=node, alive=ok, detail=detail, age_s=age_s, **ident)
 
 
 def parse_stream_id(s: str) -> tuple[int, int] | None:
@@ -326,7 +362,8 @@ def served(record: str | None, stale: bool) -> str | None:
 def aged(fields: dict[str, Any], now_ms: int | None) -> dict[str, Any]:
     """`value_fields` plus age_ms (against the page's Redis clock) and stale (NT set)."""
     ts = fields.get("ts_ms")
-    return {**fields, "age_ms": None if ts is None or now_ms is None else now_ms - ts,
+    age = None if ts is None or now_ms is None else now_ms - ts
+    return {**fields, "age_ms": age if age is None or age >= 0 else None,  # a source time ahead of this clock
             "stale": "NT" in (fields.get("quality_flags") or [])}
 
 
@@ -359,6 +396,9 @@ def replication(info: Mapping[str, Any]) -> m.Replication:
         return m.Replication(role=role, link_status="up" if up else "down", lag_s=lag_s, lag_bytes=lag_bytes,
                              replicas=replicas)
     host, port = info.get("master_host"), info.get("master_port")
+    up = info.get("master_link_status") == "up"
+    lag = to_float(info.get("master_last_io_seconds_ago"))  # Redis says -1 while the link is down
     return m.Replication(role=role, master=f"{host}:{port}" if host else None,
                          link_status=info.get("master_link_status"),
-                         lag_s=to_float(info.get("master_last_io_seconds_ago")))
+                         lag_s=lag if up and lag is not None and lag >= 0 else None,
+                         down_s=None if up else to_float(info.get("master_link_down_since_seconds")))

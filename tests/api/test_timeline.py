@@ -74,6 +74,8 @@ async def test_points_quality_filter_and_age(loaded, ar: aredis.Redis, make_api)
     assert [p["id"] for p in page["items"]] == [102] and page["total"] == 1
     p = page["items"][0]
     assert p["stale"] and not p["valid"] and p["age_ms"] == page["time_ms"] - 1_700_000_000_000
+    one = (await c.get("/api/v1/points/102")).json()  # one point: aged by its own page's clock (was null)
+    assert one["age_ms"] is not None and one["age_ms"] >= p["age_ms"], one
     good = (await c.get("/api/v1/points", params={"rtu": 1, "quality": "good"})).json()["items"]
     assert {x["id"] for x in good} == {101, 105} and all(not x["stale"] for x in good)
     bad = (await c.get("/api/v1/points", params={"rtu": 1, "quality": "bad"})).json()

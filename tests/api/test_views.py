@@ -56,9 +56,9 @@ def test_channels_reported_and_not() -> None:
 def test_link_and_virtual_point() -> None:
     lk = {"vala": "0", "valb": "1", "val": "1", "since_a": "1", "since_b": "2", "since": "3"}
     assert views.link(lk).model_dump() == {"vala": False, "valb": True, "val": True, "since_a_ms": 1,
-                                           "since_b_ms": 2, "since_ms": 3}
+                                           "since_b_ms": 2, "since_ms": 3, "not_current": None}
     assert views.link({}).model_dump() == {"vala": None, "valb": None, "val": None, "since_a_ms": None,
-                                           "since_b_ms": None, "since_ms": None}
+                                           "since_b_ms": None, "since_ms": None, "not_current": None}
     vp = views.virtual_point(VirtualPoint(901, 1, "link"), "1|0|3", lk)
     assert (vp.val, vp.value, vp.valid, vp.since_ms) == (True, 1, True, 3)
 
@@ -127,3 +127,58 @@ def test_forwarder_clients() -> None:
     got = views.clients("A", {"b:2": '{"since_ms": 1}', "a:1": "plain", "c:3": "[1]"})
     assert [(c.peer, c.state) for c in got] == [("a:1", {"raw": "plain"}), ("b:2", {"since_ms": 1}),
                                                 ("c:3", {"value": [1]})]
+
+
+# --- under faults (docs/api.md "Under faults") ---------------------------------------------------------
+
+def test_heartbeat_age_from_the_keys_ttl_not_from_clocks_of_other_hosts() -> None:
+    """The peer's clock 60 s behind or ahead of this host's: its heartbeat key exists (Redis applies its
+    TTL of 3 periods), so it is alive and its age comes from the remaining TTL, neither '60 s old' (dead)
+    nor negative."""
+    now_ms = int(time.time() * 1000)
+    for skew_ms in (-60_000, 60_000):
+        raw = json.dumps({"pid": 7, "host": "peer", "ts_ms": now_ms + skew_ms, "gen": 3})
+        hb = views.heartbeat("acquirer", "B", raw, 6, pttl_ms=5_000)
+        assert (hb.alive, hb.age_s, hb.pid) == (True, 1.0, 7), hb
+    assert views.heartbeat("acquirer", "B", raw, 6, pttl_ms=6_500).age_s == 0.0  # never negative
+
+
+def test_heartbeat_missing_on_a_cut_off_replica_is_unknown_not_dead() -> None:
+    hb = views.heartbeat("forwarder", "A", None, 6, pttl_ms=-2,
+                         unknown="cut off from the master for 7000 ms (replication link down)")
+    assert hb.alive is None and hb.age_s is None
+    assert hb.detail.startswith("unknown: no heartbeat of forwarder on node A") and "7000 ms" in hb.detail
+    assert views.heartbeat("forwarder", "A", None, 6, pttl_ms=-2).alive is False  # not cut off: dead
+
+
+def test_replica_link_down_has_no_lag_but_a_down_time() -> None:
+    """Redis reports master_last_io_seconds_ago = -1 while the link is down: not a lag of -1 s."""
+    rep = views.replication({"role": "slave", "master_host": "10.0.0.1", "master_port": 6379,
+                             "master_link_status": "down", "master_last_io_seconds_ago": -1,
+                             "master_link_down_since_seconds": 12})
+    assert (rep.link_status, rep.lag_s, rep.down_s) == ("down", None, 12.0)
+    up = views.replication({"role": "slave", "master_host": "10.0.0.1", "master_port": 6379,
+                            "master_link_status": "up", "master_last_io_seconds_ago": 0})
+    assert (up.lag_s, up.down_s) == (0.0, None)
+
+
+def test_state_not_current_is_null_with_a_reason() -> None:
+    why = "the acquirer of node A is not seen alive (no heartbeat of acquirer on node A)"
+    st = views.channels(RTU, "A", {"active": "1", "ch1_connected": "1", "ch1_since_ms": "5",
+                                   "ch2_error": "refused", "ch2_switches": "2"}, why)
+    assert st.reported and st.active is None and st.not_current == why
+    assert [(c.connected, c.since_ms, c.error, c.switches) for c in st.channels] == \
+        [(None, None, None, None), (None, None, None, 2)]
+    assert views.channels(RTU, "A", {}, why).not_current is None  # nothing reported, nothing to qualify
+    cut = "local Redis cut off from the master for 7000 ms (replication link down)"
+    ls = views.lease({"holder": "A", "epoch": "3", "expires_ms": str(NOW - 5000)}, NOW, cut)
+    assert (ls.holder, ls.epoch, ls.remaining_ms, ls.lapsed, ls.not_current) == ("A", 3, None, None, cut)
+    lk = views.link({"vala": "1", "valb": "1", "val": "1", "since": "3"}, cut)
+    assert (lk.vala, lk.valb, lk.val, lk.since_ms, lk.not_current) == (None, None, None, 3, cut)
+    vp = views.virtual_point(VirtualPoint(901, 1, "link"), "1|0|3", {"vala": "1", "val": "1"}, cut)
+    assert (vp.val, vp.value, vp.quality_flags, vp.not_current) == (None, 1, ["NT"], cut)
+
+
+def test_age_of_a_source_time_ahead_of_this_clock_is_null() -> None:
+    assert views.aged(views.value_fields("1|0|2000"), 1000)["age_ms"] is None
+    assert views.aged(views.value_fields("1|0|1000"), 1500)["age_ms"] == 500

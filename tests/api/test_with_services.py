@@ -405,11 +405,11 @@ async def _started(server: uvicorn.Server) -> bool:
     return server.started
 
 
-async def dashboard_dom(s: System, tmp_path: Path) -> str:
-    """The dashboard of node A's api served by uvicorn (in this loop, next to the test's other clients),
+async def dashboard_dom(s: System, tmp_path: Path, node: str = "A") -> str:
+    """The dashboard of `node`'s api served by uvicorn (in this loop, next to the test's other clients),
     rendered by headless Chromium (an async subprocess: nothing waits for it but this test)."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(s.cfg["A"]), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(s.cfg[node]), host="127.0.0.1", port=port,
                                            log_config=None, access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve(), name="test-uvicorn")
     try:

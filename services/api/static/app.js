@@ -65,7 +65,8 @@ function now() { return Date.now() + S.offset; }
 
 function age(ms) {
   if (ms === null || ms === undefined) return "";
-  const s = Math.max(0, (now() - ms) / 1000);
+  const s = (now() - ms) / 1000;
+  if (s < -1) return "? ahead of this node's clock";  // the source's clock differs from this node's
   if (s < 60) return s.toFixed(1) + " s";
   if (s < 3600) return Math.floor(s / 60) + " min " + Math.floor(s % 60) + " s";
   if (s < 86400) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
@@ -79,7 +80,9 @@ function flag(v, yes = "up", no = "down") {
 
 function hbCell(hb) {
   if (!hb) return el("td", "? unknown", "muted");
-  const td = el("td", hb.alive ? "✓ alive" : "✗ dead", hb.alive ? "ok" : "bad");
+  // alive null: a replica cut off from the master cannot see heartbeats (detail says why)
+  const td = hb.alive === null ? el("td", "? unknown", "muted")
+    : el("td", hb.alive ? "✓ alive" : "✗ dead", hb.alive ? "ok" : "bad");
   td.title = hb.detail;
   return td;
 }
@@ -97,9 +100,10 @@ function renderOverview(o) {
     return row([el("td", n.node + (n.this ? " (this node)" : ""), "holder"), redis, hbCell(n.acquirer),
                 hbCell(n.forwarder)], { "data-node": n.node, "data-master": n.master ? "1" : "0" });
   }));
-  $("#g-master").textContent = o.master_node ? "node " + o.master_node : "? unknown (replication link down)";
+  $("#g-master").textContent = o.master_node ? "node " + o.master_node : "? unknown (" + (o.master_detail || "replication link down") + ")";
   const up = rep.link_status === "up";
   let link = (up ? "✓ up" : "✗ " + (rep.link_status || "unknown"));
+  if (rep.down_s !== null && rep.down_s !== undefined) link += " for " + rep.down_s + " s";
   if (rep.lag_s !== null && rep.lag_s !== undefined) link += ", lag " + rep.lag_s + " s";
   if (rep.lag_bytes !== null && rep.lag_bytes !== undefined) link += ", " + rep.lag_bytes + " bytes behind";
   if (rep.role === "master") link += rep.replicas.length ? " (replica " + rep.replicas.join(", ") + ")" : " (no replica)";
@@ -117,6 +121,11 @@ function renderOverview(o) {
 
 function channelsCell(cs) {
   if (!cs || !cs.reported) return el("td", "? no report", "muted");
+  if (cs.not_current) {  // its acquirer is not alive, or this node's Redis is cut off: the last report is not current
+    const td = el("td", "? not current", "muted");
+    td.title = cs.not_current;
+    return td;
+  }
   const parts = cs.channels.map((c) => {
     const mark = c.connected === null ? "?" : (c.connected ? "up" : "down");
     const act = cs.active === c.no ? "*" : "";
@@ -130,6 +139,7 @@ function channelsCell(cs) {
 
 function leaseText(l) {
   if (!l || !l.holder) return "no holder";
+  if (l.not_current) return "? unknown: " + l.not_current;
   if (l.lapsed) return "✗ lapsed";
   let s = "expires in " + Math.max(0, Math.round(l.remaining_ms / 100) / 10) + " s";
   if (l.handover) s += ", handover to " + l.handover + " pending";
@@ -142,7 +152,8 @@ function renderRtus(list) {
   for (const r of list.items) {
     if (r.type === "acquisition") {
       const l = r.lease || {};
-      const holder = el("td", l.holder ? (l.lapsed ? "✗ " : "") + l.holder : "✗ none", "holder " + (l.holder && !l.lapsed ? "ok" : "bad"));
+      const holder = l.not_current ? el("td", "? " + l.holder + " (last known)", "muted")
+        : el("td", l.holder ? (l.lapsed ? "✗ " : "") + l.holder : "✗ none", "holder " + (l.holder && !l.lapsed ? "ok" : "bad"));
       const btn = el("button", l.holder ? "Move to " + (l.holder === "A" ? "B" : "A") : "Move");
       btn.type = "button";
       btn.disabled = !l.holder;
