@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -165,6 +166,51 @@ async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, fe
                    for pid, rec in f.items() if pid in ("1000", "1001", "1002", "1003")]
         assert written == [("1001", 8), ("1001", 7)], written
         assert b.acq.metrics.total["full_images"] >= 1
+    finally:
+        await b.stop()
+        await sim.stop()
+
+
+async def test_lease_gain_writes_the_replay_then_the_image_at_once(redis_master, feproot):
+    """A new holder whose last poll is younger than its poll period writes the standby replay, then the
+    full image from that poll's samples (with that poll's time), at the lease gain itself, not with its next
+    poll (docs/acquirer.md, "Lease rules"). Polls every second; A stops at a moment of the poll period chosen
+    so that B takes the lapsed lease (TTL 1.5 s) between two of its polls: with the next poll, the first
+    write came up to one poll period after the gain."""
+    model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, takeover_s=30))
+    await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+    b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
+    try:
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        period, phase = 1.0, (1 * 0.6180339887) % 1.0  # both poll RTU 1 at this phase (RtuRunner._poll_loop)
+        await asyncio.sleep((phase - 0.25 - time.monotonic()) % period)
+        # A's last renewal comes 0.1-0.5 s later (its executor ends first), the lease lapses 1.5 s after that:
+        # B takes it 0.35-0.85 s after one of its polls
+        await a.stop()
+        gap_start = (await b.master.xrevrange(ks.CHANGES, count=1))[0][0]
+        sim.set_value(1001, 8)  # seen by B's next poll, logged: the replay
+        await b.master.hdel(ks.values(1), "1003")  # Redis lost a value: the full image writes it again
+        await until(lambda: b.acq.runners[1].samples[1001][0] == 8, 2, step=0.01)
+        polled_ms = b.acq.runners[1].polled_ts_ms
+        await until(lambda: b.acq.runners[1].lease.held, 3, step=0.01)
+        await until(lambda: b.acq.metrics.total["changes_replayed"] >= 1, 2, step=0.01)
+        ev_id, ev = (await b.master.xrevrange(ks.LEASE_EVENTS, count=1))[0]
+        assert ev["to"] == "B" and ev["reason"] == "lapsed", ev
+        await until(lambda: b.master.hexists(ks.values(1), "1003"), 2, step=0.01)
+        entries = await b.master.xrange(ks.CHANGES, min=f"({gap_start}")
+        written = [(pid, points.decode(rec)) for _, f in entries for pid, rec in f.items() if pid != "r"]
+        gain_ms, first_ms = int(ev_id.split("-")[0]), int(entries[0][0].split("-")[0])
+        image_ms = int(next(i for i, f in entries if "1003" in f).split("-")[0])
+        image = dict(written)["1003"]
+        print(f"lease gain -> first write {first_ms - gain_ms} ms, -> image {image_ms - gain_ms} ms "
+              f"(poll period 1000 ms, image of the poll {gain_ms - image.ts_ms} ms before the gain)")
+        assert [pid for pid, _ in written][:2] == ["1001", "1003"], written  # the replay, then the image
+        assert written[0][1].value == 8 and written[0][1].ts_ms == polled_ms, written  # as the standby saw it
+        # the image: the last poll before the gain, younger than one period, with that poll's time, good
+        assert 0 <= gain_ms - image.ts_ms < 1000 and image.quality == 0, (gain_ms, written)
+        assert image_ms - gain_ms < 150, (gain_ms, first_ms, image_ms)
     finally:
         await b.stop()
         await sim.stop()
