@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
+import redis.asyncio as aredis
 
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.writer import Writer
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
+from fepha.logsetup import OnceLogger
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.redisproc import RedisProc
 
@@ -316,3 +322,57 @@ async def test_controls_once_and_expired(redis_master, feproot):
     finally:
         await a.stop()
         await sim.stop()
+
+
+@pytest.mark.parametrize(("poll_age_s", "at_gain", "with_next_poll"), [
+    (0.2, ["1001", "1003"], []),     # younger than the period: replay and image at the gain
+    (1.5, ["1001"], ["1003"]),       # a period old: the replay at the gain, the image with the next poll
+    (3.5, [], ["1001", "1003"]),     # past the reach window and [quality] stale_polls: all with the next poll
+])
+async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis_master, feproot, poll_age_s,
+                                                                           at_gain, with_next_poll):
+    """`changes.at_lease_gain` in the runner, on a real Redis with fencing, the polls played by the test:
+    A wrote every point 7; B, standby, saw point 1001 change to 8 (the replay) and sees point 1003 at 7
+    where Redis has 5 (a value the log does not explain: the image corrects it). The age of B's last poll
+    decides what goes out at the gain; the rest is written by the next poll, even one that sees no change."""
+    pids = (1000, 1001, 1002, 1003, 1900)
+    model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    writer = Writer(r, "B")
+    writer.start()
+    runner = RtuRunner(model.acquisition_rtus()[0], node_cfg(feproot, redis_master, "B"), writer, Metrics("B"),
+                       OnceLogger(logging.getLogger("test")))
+    try:
+        _, epoch_a, _ = await r.fcall(*redisfns.lease_tick(1, "A", True, 60_000, 90_000).argv)
+        t0 = int(time.time() * 1000) - 5000
+        held = {pid: 5 if pid == 1003 else 7 for pid in pids}
+        await r.fcall(*redisfns.write_values(1, "A", int(epoch_a), [x for pid, v in held.items()
+                                                                     for x in (str(pid), points.encode(v, 0, t0))]).argv)
+        runner.standby.observe({pid: (7, 0) for pid in pids}, t0 + 100)  # B's first poll: the baseline
+        runner.standby.observe({1001: (8, 0)}, t0 + 4000)
+        runner.samples = {**{pid: (7, 0) for pid in pids}, 1001: (8, 0)}
+        runner.last_ok = time.monotonic() - poll_age_s
+        runner.polled_ts_ms = int(time.time() * 1000) - int(poll_age_s * 1000)
+        await r.delete(ks.lease(1))  # A's lease lapsed; B takes it
+        holder, epoch_b, _ = await r.fcall(*redisfns.lease_tick(1, "B", True, 60_000, 90_000).argv)
+        start = (await r.xrevrange(ks.CHANGES, count=1))[0][0]
+
+        async def written_since(since: str) -> tuple[list[str], str]:
+            entries = await r.xrange(ks.CHANGES, min=f"({since}")
+            return [pid for _, f in entries for pid in f if pid != "r"], entries[-1][0] if entries else since
+        assert runner.lease.update(holder, int(epoch_b)) == "gained"
+        runner.lease_gained()
+        if runner._gain is not None:
+            await asyncio.wait_for(runner._gain, 2)
+        got, start = await written_since(start)
+        assert got == at_gain
+        await runner.publish(runner._due({}), int(time.time() * 1000))  # the next poll: nothing changed
+        got, start = await written_since(start)
+        assert got == with_next_poll
+        values = {int(pid): points.decode(rec).value for pid, rec in (await r.hgetall(ks.values(1))).items()}
+        assert values == {**{pid: 7 for pid in pids}, 1001: 8}
+    finally:
+        await runner.stop()
+        await writer.stop()
+        await r.aclose()
