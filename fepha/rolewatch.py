@@ -43,6 +43,7 @@ class RoleWatch:
         self.seen: str | None = None  # the role the last move was judged against
         self._lock = asyncio.Lock()  # one reading and its on_move at a time: a move is acted on once
         self._checks: set[asyncio.Task[str]] = set()
+        self._next: asyncio.Task[str] | None = None  # a reading asked by `confirm` that has not started yet
 
     async def read(self) -> str:
         """The local Redis's role now (master / slave, '' when it does not answer), kept in `role`."""
@@ -56,6 +57,8 @@ class RoleWatch:
         """Read the role now; when it moved since the last reading, await `on_move` before returning. One
         check at a time: a caller that waited for another's sees that one's move as already handled."""
         async with self._lock:
+            if self._next is asyncio.current_task():
+                self._next = None  # a reading asked from now on must start after this one
             seen, now = self.seen, await self.read()
             if role_moved(seen, now):
                 assert seen is not None
@@ -68,10 +71,14 @@ class RoleWatch:
         """A reading of the role started now, the move (if any) acted on, waited for at most `wait_s` (the
         local Redis answers ROLE in well under a millisecond; a hung one must not hold a control longer than
         the periodic watch would have). False when it did not end in time: the reading goes on (shielded,
-        so a move it finds is still acted on once) and the caller proceeds as it would have without it."""
-        task = asyncio.ensure_future(self.check())
-        self._checks.add(task)
-        task.add_done_callback(self._checks.discard)
+        so a move it finds is still acted on once) and the caller proceeds as it would have without it.
+        Callers that come while a reading waits for the one in progress share it (it starts after them), so
+        controls sent while the local Redis hangs leave at most two readings behind, not one each."""
+        task = self._next
+        if task is None:
+            task = self._next = asyncio.ensure_future(self.check())
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_s)
         except TimeoutError:

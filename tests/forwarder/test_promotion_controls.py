@@ -186,7 +186,8 @@ async def test_confirm_acts_on_a_move_once_and_never_waits_long_on_a_hung_local_
                                                                                      ) -> None:
     """`RoleWatch.confirm`, the reading before each control: concurrent controls after a promotion drop the
     master connections once (a second drop would fail the control the first one just sent on a new
-    connection); with the local Redis hung it gives up after `wait_s` and the control goes on as before."""
+    connection); with the local Redis hung it gives up after `wait_s` and the control goes on as before,
+    and controls sent meanwhile share the reading queued behind the hung one."""
     moves: list[tuple[str, str]] = []
 
     async def on_move(seen: str, now: str) -> None:
@@ -205,8 +206,10 @@ async def test_confirm_acts_on_a_move_once_and_never_waits_long_on_a_hung_local_
             assert moves == [("slave", "master")]
             local.pause()
             t0 = time.monotonic()
+            assert not any(await asyncio.gather(*(watch.confirm(0.2) for _ in range(5))))
             assert not await watch.confirm(0.2)
-            assert time.monotonic() - t0 < 0.5
+            assert time.monotonic() - t0 < 0.8
+            assert len(watch._checks) <= 2  # one reading waiting on the hung Redis, one queued behind it
         finally:
             local.resume()
             await asyncio.gather(*watch._checks, return_exceptions=True)
