@@ -48,6 +48,7 @@ class Housekeeping:
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
+        self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
 
     async def loop(self) -> None:
@@ -188,5 +189,6 @@ class Housekeeping:
                          r.lease.epoch)
                 if change == "gained":
                     r.lease_gained()
+                    self.gained.set()
         if not any(isinstance(x, Exception) for x in res[len(runners):]):
             self.sent_state.update(states)

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aredis
 
+from fep_acquirer.executor import execute_loop
+from fep_acquirer.lease import LeaseView
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fep_acquirer.writer import Writer
@@ -375,4 +378,36 @@ async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis
     finally:
         await runner.stop()
         await writer.stop()
+        await r.aclose()
+
+
+async def test_the_executor_takes_up_a_queued_control_at_the_lease_gain(redis_master):
+    """A control queued while no node holds the RTU (a failover's gap) is claimed as soon as this node gains
+    the lease, not when the executor's idle wait ends (`block_s`, 1 s here: 0.7 s after the gain)."""
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+
+    class Runner:  # what the executor uses of an RtuRunner: its RTU id, lease view, write_point
+        rtu, lease, writes = SimpleNamespace(id=1), LeaseView("B"), []
+
+        async def write_point(self, point: int, value: float, deadline: float | None = None) -> None:
+            self.writes.append((point, value, time.monotonic()))
+
+    runner, stopping, gained = Runner(), asyncio.Event(), asyncio.Event()
+    loop = asyncio.create_task(execute_loop(r, "B", {1: runner}, Metrics("B"), OnceLogger(logging.getLogger("t")),
+                                            stopping, block_s=1.0, gained=gained))
+    try:
+        ctl = await controls.submit(r, 1, 1002, 7, "test", 3000)
+        await asyncio.sleep(0.3)  # the executor waits, holding nothing
+        holder, epoch, _ = await r.fcall(*redisfns.lease_tick(1, "B", True, 60_000, 90_000).argv)
+        t_gain = time.monotonic()
+        assert runner.lease.update(holder, int(epoch)) == "gained"
+        gained.set()  # what the housekeeping does at a gain
+        res = await controls.wait(r, ctl, 3000)
+        assert res.ok and [(p, v) for p, v, _ in runner.writes] == [(1002, 7.0)], res
+        assert runner.writes[0][2] - t_gain < 0.2
+    finally:
+        stopping.set()
+        gained.set()
+        await asyncio.wait_for(loop, 3)
         await r.aclose()
