@@ -86,11 +86,11 @@ def at_lease_gain(poll_age_ms: int, poll_ms: int, stale_ms: int, reaches: bool) 
     stale_polls periods, docs/forwarder.md) and whether it reaches the device now.
 
     The replay needs no poll: it is what the standby saw, each change with the time it was seen. But each
-    point's last replayed change then stands in Redis as its current value, good quality, until the next poll:
-    so it goes out now only while that poll is within the staleness rule and the device is reached (a lease
+    point's last replayed change then stands in Redis as its current value, good quality, until the next
+    poll: so it goes out now only while that poll is within the staleness rule and the device is reached (a lease
     taken without reaching the device gets its points written invalid by the housekeeping instead). The
-    image from the last poll's samples goes out now only when that poll is younger than one poll period,
-    which no value shown between two polls is not either; an older poll's image waits for the next poll."""
+    image from the last poll's samples goes out now only when that poll is younger than one poll period
+    (as current as any value shown between two polls); an older poll's image waits for the next poll."""
     if poll_age_ms < 0 or not reaches or poll_age_ms > stale_ms:
         return AtGain(replay=False, image=False)
     return AtGain(replay=True, image=poll_age_ms < poll_ms)
