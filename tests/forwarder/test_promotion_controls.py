@@ -2,9 +2,10 @@
 
 Node A (a real acquirer on master R) holds acquisition RTU 1 (a fep-plcsim PLC); node B runs the real
 acquirer and forwarder on its Redis L, a replica of R, writing through a "VIP" that leads to R. SCADA
-masters (two c104 masters on B's se104s, two Modbus masters on B's modbus_trains) send set-points to the
-same AO point, each value unique: two without pause, two that stop while A is gone (their connections to
-R then idle in the forwarder's pool, as after any control) and resume at the promotion. A's node vanishes
+masters (two c104 masters on B's se104s, two Modbus masters on B's modbus_trains, one sefeps master) send
+set-points to the same AO point, each value unique: two without pause, three that stop while A is gone
+(their connections to R then idle in the forwarder's pool, as after any control) and resume at the
+promotion. A's node vanishes
 (R SIGSTOPped: no answer, no FIN), and keepalived's work is done by hand: the VIP moves to L, then L is
 promoted (REPLICAOF NO ONE), the order redis-role.sh keeps. The forwarder's role watch is slow on purpose
 (`role_watch_s` 0.6 s): before each control is sent the forwarder now reads its local Redis's role itself;
@@ -31,6 +32,7 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from fep_acquirer.app import Acquirer
 from fep_forwarder import app as fwd_app
+from fep_tools.sefeps_client import SefepsClient
 from fepha import redisconn, redisfns, rolewatch
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.redisproc import RedisProc
@@ -45,7 +47,7 @@ FWD_WATCH_S = 0.6  # the forwarder's role watch, slow: the window it leaves is t
 ACQ_WATCH_S = 0.2
 
 
-def rows(plc_port: int, iec_port: int, mbt_port: int) -> dict[str, list[dict[str, Any]]]:
+def rows(plc_port: int, iec_port: int, mbt_port: int, fps_port: int) -> dict[str, list[dict[str, Any]]]:
     rtu1 = rtu_rows(1, plc_port)
     rtu1["T011_POINT"].append(dict(PNTID=AO, RTUID=1, KIND="AO", NAME="sp", AREA="hr", ADDRESS=AO_ADDR,
                                    DATATYPE="int16", BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=None,
@@ -54,9 +56,12 @@ def rows(plc_port: int, iec_port: int, mbt_port: int) -> dict[str, list[dict[str
         "T004_RTU": [dict(RTUID=10, NAME="scada 104", RTUTYPE=2, PROTOCOL="se104s", POLLMS=None, TIMEOUTMS=None,
                           LISTENPORT=iec_port, ADDRESS=1, ALLOW=None),
                      dict(RTUID=11, NAME="scada modbus", RTUTYPE=2, PROTOCOL="modbus_trains", POLLMS=None,
-                          TIMEOUTMS=None, LISTENPORT=mbt_port, ADDRESS=1, ALLOW=None)],
+                          TIMEOUTMS=None, LISTENPORT=mbt_port, ADDRESS=1, ALLOW=None),
+                     dict(RTUID=12, NAME="scada sefeps", RTUTYPE=2, PROTOCOL="sefeps", POLLMS=None,
+                          TIMEOUTMS=None, LISTENPORT=fps_port, ADDRESS=None, ALLOW=None)],
         "T009_ZFAO": [dict(ZFID=1, RTUID=10, SRCID=AO, ADDR=IOA, TYPE="C_SE_NB_1", COEF=None),
-                      dict(ZFID=2, RTUID=11, SRCID=AO, ADDR=0, TYPE="int16", COEF=None)],
+                      dict(ZFID=2, RTUID=11, SRCID=AO, ADDR=0, TYPE="int16", COEF=None),
+                      dict(ZFID=3, RTUID=12, SRCID=AO, ADDR=40, TYPE=None, COEF=None)],
     }
     return merge(rtu1, fwd)
 
@@ -104,10 +109,23 @@ async def modbus_sender(port: int, name: str, base: int, out: list[Sent], stop: 
         c.close()
 
 
+async def sefeps_sender(port: int, name: str, base: int, out: list[Sent], stop: asyncio.Event,
+                        go: asyncio.Event) -> None:
+    c = SefepsClient("127.0.0.1", port)
+    await c.connect()
+
+    async def send(v: int) -> bool:
+        return bool((await c.command(40, v, timeout=6))["ok"])
+    try:
+        await keep_sending(name, base, send, out, stop, go)
+    finally:
+        await c.close()
+
+
 async def test_controls_across_a_promotion_run_once_or_are_refused(redis_master: RedisProc, feproot: Any) -> None:
     r = redis_master
-    plc, iec, mbt = free_port(), free_port(), free_port()
-    model = load(r, rows(plc, iec, mbt))
+    plc, iec, mbt, fps = free_port(), free_port(), free_port(), free_port()
+    model = load(r, rows(plc, iec, mbt, fps))
     redisfns.load_sync(r.client())
     sim = await start_sim(model)
     sent: list[Sent] = []
@@ -135,7 +153,8 @@ async def test_controls_across_a_promotion_run_once_or_are_refused(redis_master:
             senders = [c104_sender(iec, "104-a", 1000, sent, stop_send, always),
                        c104_sender(iec, "104-b", 3000, sent, stop_send, sporadic),
                        modbus_sender(mbt, "mb-a", 5000, sent, stop_send, always),
-                       modbus_sender(mbt, "mb-b", 7000, sent, stop_send, sporadic)]
+                       modbus_sender(mbt, "mb-b", 7000, sent, stop_send, sporadic),
+                       sefeps_sender(fps, "fps", 9000, sent, stop_send, sporadic)]
             send_tasks = [asyncio.create_task(s) for s in senders]
             tasks += send_tasks
             await until(lambda: sum(1 for s in sent if s.ok) >= 8, 10)  # every sender works through A
