@@ -6,6 +6,11 @@ before the move still lead to the old master; when its node vanished without a F
 any command on one waits out the socket timeout and redis-py's retries (seconds). A service that writes
 through the VIP therefore drops its master connections when the role changes, and its next command
 connects to the VIP's new place. The acquirer and the forwarder both run this one watch.
+
+Between two readings the watch is blind: a command sent then on a pooled connection still goes to the old
+master. A control must not (it would wait there until the next reading drops it, then be refused), so the
+forwarder asks for a reading of its own before each control (`RoleWatch.confirm`): a move is acted on
+before the control goes out.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class RoleWatch:
         self.local, self.period_s, self.on_move = local, period_s, on_move
         self.role: str | None = None
         self.error = ""
+        self.seen: str | None = None  # the role the last move was judged against
+        self._lock = asyncio.Lock()  # one reading and its on_move at a time: a move is acted on once
+        self._checks: set[asyncio.Task[str]] = set()
+        self._next: asyncio.Task[str] | None = None  # a reading asked by `confirm` that has not started yet
 
     async def read(self) -> str:
         """The local Redis's role now (master / slave, '' when it does not answer), kept in `role`."""
@@ -44,20 +53,50 @@ class RoleWatch:
             self.role, self.error = "", f"{type(exc).__name__}: {exc}"
         return self.role
 
+    async def check(self) -> str:
+        """Read the role now; when it moved since the last reading, await `on_move` before returning. One
+        check at a time: a caller that waited for another's sees that one's move as already handled."""
+        async with self._lock:
+            if self._next is asyncio.current_task():
+                self._next = None  # a reading asked from now on must start after this one
+            seen, now = self.seen, await self.read()
+            if role_moved(seen, now):
+                assert seen is not None
+                log.info("local Redis role %s -> %s seen by the role watch: the VIP moved", seen, now)
+                await self.on_move(seen, now)
+            self.seen = now or seen
+            return now
+
+    async def confirm(self, wait_s: float) -> bool:
+        """A reading of the role started now, the move (if any) acted on, waited for at most `wait_s` (the
+        local Redis answers ROLE in well under a millisecond; a hung one must not hold a control longer than
+        the periodic watch would have). False when it did not end in time: the reading goes on (shielded,
+        so a move it finds is still acted on once) and the caller proceeds as it would have without it.
+        Callers that come while a reading waits for the one in progress share it (it starts after them), so
+        controls sent while the local Redis hangs leave at most two readings behind, not one each."""
+        task = self._next
+        if task is None:
+            task = self._next = asyncio.ensure_future(self.check())
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_s)
+        except TimeoutError:
+            return False
+        return True
+
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set (or cancelled): read the role every `period_s`; on a change, `on_move` before
         the next read. The flag and not only the cancellation: on Python 3.11 a cancellation arriving while
         redis-py waits under its timeouts can be swallowed (seen in the forwarder's tests while its local
         Redis restarted), and the loop would then run on after its service stopped."""
-        seen: str | None = None
-        while not stop.is_set():
-            now = await self.read()
-            if role_moved(seen, now):
-                assert seen is not None
-                log.info("local Redis role %s -> %s seen by the role watch: the VIP moved", seen, now)
-                await self.on_move(seen, now)
-            seen = now or seen
-            await asyncio.sleep(self.period_s)
+        try:
+            while not stop.is_set():
+                await self.check()
+                await asyncio.sleep(self.period_s)
+        finally:
+            for task in list(self._checks):  # readings still waiting on a hung local Redis
+                task.cancel()
 
 
 async def drop_connections(*clients: Any) -> None:

@@ -72,6 +72,30 @@ class ChangeTracker:
 Replay = list[dict[int, tuple[Sample, int]]]  # batches of point id -> (sample, ts_ms)
 
 
+@dataclass(frozen=True, slots=True)
+class AtGain:
+    """What a new holder writes at the lease gain itself instead of with its next poll."""
+
+    replay: bool  # the standby log's replay (then the tracker takes what Redis holds: `_sync`)
+    image: bool  # the full image from the last poll's samples, with that poll's time (after the replay)
+
+
+def at_lease_gain(poll_age_ms: int, poll_ms: int, stale_ms: int, reaches: bool) -> AtGain:
+    """The rule for a Modbus holder that has just gained a lease, given the age of its last complete poll
+    (-1: none), its poll period, how old a poll may be before its RTU's values are not current ([quality]
+    stale_polls periods, docs/forwarder.md) and whether it reaches the device now.
+
+    The replay needs no poll: it is what the standby saw, each change with the time it was seen. But each
+    point's last replayed change then stands in Redis as its current value, good quality, until the next
+    poll: so it goes out now only while that poll is within the staleness rule and the device is reached (a lease
+    taken without reaching the device gets its points written invalid by the housekeeping instead). The
+    image from the last poll's samples goes out now only when that poll is younger than one poll period
+    (as current as any value shown between two polls); an older poll's image waits for the next poll."""
+    if poll_age_ms < 0 or not reaches or poll_age_ms > stale_ms:
+        return AtGain(replay=False, image=False)
+    return AtGain(replay=True, image=poll_age_ms < poll_ms)
+
+
 def held_in_redis(raw: Mapping[str, str]) -> dict[int, tuple[Sample, int]]:
     """A value hash as read from Redis: point id -> ((value, quality), ts_ms); unreadable records are left
     out (so they are written again)."""

@@ -8,6 +8,7 @@ back (in Lua) for the new holder. Only the lease holder's executor ever writes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -22,12 +23,18 @@ log = logging.getLogger("acquirer")
 
 
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
-                       once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5) -> None:
-    """Runs until `stopping` is set (checked between short BLPOPs: cancelling a blocked BLPOP can hang)."""
+                       once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5,
+                       gained: asyncio.Event | None = None) -> None:
+    """Runs until `stopping` is set (checked between short BLPOPs: cancelling a blocked BLPOP can hang).
+    Holding nothing, it waits for `gained` (set by the housekeeping at a lease gain) or `block_s`: the
+    controls queued for a node that has just taken a lease over (after a failover) wait no longer."""
+    gained = gained or asyncio.Event()
     while not stopping.is_set():
+        gained.clear()
         held = {ks.control_queue(r.rtu.id): r for r in runners.values() if r.lease.held}
         if not held:
-            await asyncio.sleep(block_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gained.wait(), block_s)
             continue
         try:
             got = await master.blpop(list(held), timeout=block_s)

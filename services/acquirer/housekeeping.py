@@ -48,6 +48,7 @@ class Housekeeping:
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
+        self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
         self.stopping = False
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
@@ -126,6 +127,7 @@ class Housekeeping:
             log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder, r.lease.epoch)
             if change == "gained":
                 r.lease_gained()
+                self.gained.set()
 
     async def _watch_roles(self) -> None:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""

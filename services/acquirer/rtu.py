@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 
-from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, held_in_redis
+from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
@@ -107,8 +107,12 @@ class RtuRunner(RunnerBase):
         self.standby = StandbyLog(window_ms=int(gap_s * 1000), deadband=self.deadband)
         self._replay_pending = False
         self._sync_pending = False  # full image asked: compare with the master's values once, then write
+        self._image_pending = False  # replayed at a lease gain, the image owed with the next poll
         self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
         self.last_ok: float | None = None  # monotonic time of the last complete answer
+        self.polled_ts_ms = 0  # wall time of that poll: the time of its samples
+        self.stale_ms = int(cfg.quality_stale_polls * self.poll_s * 1000)
+        self._gain: asyncio.Task[None] | None = None  # the writes at a lease gain (`lease_gained`)
         self.link: DeviceLink | None = None
         self._answers: list[bytes | None] = [None] * len(self.blocks)
         """Per block, its last answer's data bytes on the current connection (poll: decode what changed)."""
@@ -216,7 +220,7 @@ class RtuRunner(RunnerBase):
             self.once.clear(f"{self.key} read")
         self.last_ok = time.monotonic()
         samples.update(delta)
-        ts_ms = int(time.time() * 1000)
+        ts_ms = self.polled_ts_ms = int(time.time() * 1000)
         if self.lease.held:
             await self.publish(self._due(delta), ts_ms)  # replays the standby log first if the lease is new
             self.standby.holding(delta)
@@ -226,7 +230,8 @@ class RtuRunner(RunnerBase):
     def _due(self, delta: dict[int, Sample]) -> dict[int, Sample]:
         """What the tracker must judge this poll: see `poll`."""
         tracker, samples = self.tracker, self.samples
-        if len(tracker.written) < len(samples) or self._replay_pending:
+        if len(tracker.written) < len(samples) or self._replay_pending or self._image_pending:
+            self._image_pending = False
             return samples
         if tracker.dirty:
             return {**{pid: samples[pid] for pid in tracker.dirty if pid in samples}, **delta}
@@ -279,9 +284,32 @@ class RtuRunner(RunnerBase):
         self.metrics.inc("full_images")
 
     def lease_gained(self) -> None:
-        """Replay what was seen as standby, then the full image, with the next poll."""
+        """Replay what was seen as standby, then the full image: at once when the last poll allows it
+        (`changes.at_lease_gain`), with the next poll otherwise (and for what was not written at once)."""
         self._replay_pending = True
         self.full_image()
+        gain = at_lease_gain(self.polled_age_ms(), int(self.poll_s * 1000), self.stale_ms, self.reaches())
+        if gain.replay and (self._gain is None or self._gain.done()):
+            self._gain = asyncio.create_task(self._write_at_gain(gain.image), name=f"acquirer-gain-{self.rtu.id}")
+
+    async def _write_at_gain(self, image: bool) -> None:
+        """The replay and, with `image`, the full image from the last poll's samples (with that poll's time),
+        written now, in that order, fenced by the new epoch (the write lock keeps a poll's write after them)."""
+        try:
+            if image:
+                await self.publish(dict(self.samples), self.polled_ts_ms)
+                return
+            async with self._write_lock:
+                if self.lease.held and self._sync_pending:
+                    self._sync_pending = False
+                    self._image_pending = True  # the next poll judges every point against what Redis holds
+                    await self._sync()
+        except Exception as exc:  # noqa: BLE001 - the next poll writes what this could not
+            self.once.problem(f"{self.key} lease gain", f"{type(exc).__name__}: {exc}")
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._gain)
+        await super().stop()
 
     async def _sync(self) -> None:
         """Read the master's value hash once: replay the standby log's changes newer than its values (see

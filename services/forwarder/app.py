@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,26 @@ class RedisControlSink:
     """ControlSink over `fepha.controls` on the master Redis: queued for the source point's acquisition RTU,
     executed by that RTU's lease holder on either node. `master` must not re-send commands
     (`redisconn.master_async_once`): a control whose connection fails or is dropped (the VIP moved) is
-    answered `unknown` at once, never submitted a second time."""
+    answered `unknown` at once, never submitted a second time.
 
-    def __init__(self, master: Any, model: Model, timeout_ms: int) -> None:
+    `confirm_role`, when set, is awaited before each control: a fresh reading of the local Redis's role that
+    drops the master connections first if the VIP has just moved (`RoleWatch.confirm`), so that a control
+    arriving after a promotion never goes out on a pooled connection to the old master."""
+
+    def __init__(self, master: Any, model: Model, timeout_ms: int,
+                 confirm_role: Callable[[], Awaitable[object]] | None = None) -> None:
         self.master = master
         self.model = model
         self.timeout_ms = timeout_ms
+        self.confirm_role = confirm_role
 
     async def execute(self, fwd: FwdPoint, value: float, origin: str,
                       timeout_ms: int | None = None) -> ControlOutcome:
         point = self.model.points.get(fwd.src)
         if point is None:
             return ControlOutcome(False, "rejected", f"source point {fwd.src} is not an acquisition point")
+        if self.confirm_role is not None:
+            await self.confirm_role()
         try:
             res = await controls.execute(self.master, point.rtu, point.id, value, origin,
                                          timeout_ms or self.timeout_ms)
@@ -109,6 +118,7 @@ class Forwarder:
         self._acks_pending: dict[int, dict[str, Sid]] = {}
         self.local_rw = redisconn.local_async(cfg)  # cursors of masters new to this node, known cursors
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved)
+        self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from types import SimpleNamespace
 
 import pytest
+import redis.asyncio as aredis
 
+from fep_acquirer.executor import execute_loop
+from fep_acquirer.lease import LeaseView
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.writer import Writer
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
+from fepha.logsetup import OnceLogger
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.redisproc import RedisProc
 
@@ -210,6 +220,51 @@ async def test_takeover_replays_what_the_standby_saw_in_the_gap(redis_master, fe
         await sim.stop()
 
 
+async def test_lease_gain_writes_the_replay_then_the_image_at_once(redis_master, feproot):
+    """A new holder whose last poll is younger than its poll period writes the standby replay, then the
+    full image from that poll's samples (with that poll's time), at the lease gain itself, not with its next
+    poll (docs/acquirer.md, "Lease rules"). Polls every second; A stops at a moment of the poll period chosen
+    so that B takes the lapsed lease (TTL 1.5 s) between two of its polls: with the next poll, the first
+    write came up to one poll period after the gain."""
+    model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, takeover_s=30))
+    await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+    b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
+    try:
+        await until(lambda: b.acq.runners and b.acq.runners[1].reaches(), 3)
+        period, phase = 1.0, (1 * 0.6180339887) % 1.0  # both poll RTU 1 at this phase (RtuRunner._poll_loop)
+        await asyncio.sleep((phase - 0.25 - time.monotonic()) % period)
+        # A's last renewal comes 0.1-0.5 s later (its executor ends first), the lease lapses 1.5 s after that:
+        # B takes it 0.35-0.85 s after one of its polls
+        await a.stop()
+        gap_start = (await b.master.xrevrange(ks.CHANGES, count=1))[0][0]
+        sim.set_value(1001, 8)  # seen by B's next poll, logged: the replay
+        await b.master.hdel(ks.values(1), "1003")  # Redis lost a value: the full image writes it again
+        await until(lambda: b.acq.runners[1].samples[1001][0] == 8, 2, step=0.01)
+        polled_ms = b.acq.runners[1].polled_ts_ms
+        await until(lambda: b.acq.runners[1].lease.held, 3, step=0.01)
+        await until(lambda: b.acq.metrics.total["changes_replayed"] >= 1, 2, step=0.01)
+        ev_id, ev = (await b.master.xrevrange(ks.LEASE_EVENTS, count=1))[0]
+        assert ev["to"] == "B" and ev["reason"] == "lapsed", ev
+        await until(lambda: b.master.hexists(ks.values(1), "1003"), 2, step=0.01)
+        entries = await b.master.xrange(ks.CHANGES, min=f"({gap_start}")
+        written = [(pid, points.decode(rec)) for _, f in entries for pid, rec in f.items() if pid != "r"]
+        gain_ms, first_ms = int(ev_id.split("-")[0]), int(entries[0][0].split("-")[0])
+        image_ms = int(next(i for i, f in entries if "1003" in f).split("-")[0])
+        image = dict(written)["1003"]
+        print(f"lease gain -> first write {first_ms - gain_ms} ms, -> image {image_ms - gain_ms} ms "
+              f"(poll period 1000 ms, image of the poll {gain_ms - image.ts_ms} ms before the gain)")
+        assert [pid for pid, _ in written][:2] == ["1001", "1003"], written  # the replay, then the image
+        assert written[0][1].value == 8 and written[0][1].ts_ms == polled_ms, written  # as the standby saw it
+        # the image: the last poll before the gain, younger than one period, with that poll's time, good
+        assert 0 <= gain_ms - image.ts_ms < 1000 and image.quality == 0, (gain_ms, written)
+        assert image_ms - gain_ms < 150, (gain_ms, first_ms, image_ms)
+    finally:
+        await b.stop()
+        await sim.stop()
+
+
 async def _is(value, expected) -> bool:
     v = await value
     return v is not None and v.value == expected
@@ -310,3 +365,89 @@ async def test_controls_once_and_expired(redis_master, feproot):
     finally:
         await a.stop()
         await sim.stop()
+
+
+@pytest.mark.parametrize(("poll_age_s", "at_gain", "with_next_poll"), [
+    (0.2, ["1001", "1003"], []),     # younger than the period: replay and image at the gain
+    (1.5, ["1001"], ["1003"]),       # a period old: the replay at the gain, the image with the next poll
+    (3.5, [], ["1001", "1003"]),     # past the reach window and [quality] stale_polls: all with the next poll
+])
+async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis_master, feproot, poll_age_s,
+                                                                           at_gain, with_next_poll):
+    """`changes.at_lease_gain` in the runner, on a real Redis with fencing, the polls played by the test:
+    A wrote every point 7; B, standby, saw point 1001 change to 8 (the replay) and sees point 1003 at 7
+    where Redis has 5 (a value the log does not explain: the image corrects it). The age of B's last poll
+    decides what goes out at the gain; the rest is written by the next poll, even one that sees no change."""
+    pids = (1000, 1001, 1002, 1003, 1900)
+    model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    writer = Writer(r, "B")
+    writer.start()
+    runner = RtuRunner(model.acquisition_rtus()[0], node_cfg(feproot, redis_master, "B"), writer, Metrics("B"),
+                       OnceLogger(logging.getLogger("test")))
+    try:
+        _, epoch_a, _ = await r.fcall(*redisfns.lease_tick(1, "A", True, 60_000, 90_000).argv)
+        t0 = int(time.time() * 1000) - 5000
+        held = {pid: 5 if pid == 1003 else 7 for pid in pids}
+        await r.fcall(*redisfns.write_values(1, "A", int(epoch_a), [x for pid, v in held.items()
+                                                                     for x in (str(pid), points.encode(v, 0, t0))]).argv)
+        runner.standby.observe({pid: (7, 0) for pid in pids}, t0 + 100)  # B's first poll: the baseline
+        runner.standby.observe({1001: (8, 0)}, t0 + 4000)
+        runner.samples = {**{pid: (7, 0) for pid in pids}, 1001: (8, 0)}
+        runner.last_ok = time.monotonic() - poll_age_s
+        runner.polled_ts_ms = int(time.time() * 1000) - int(poll_age_s * 1000)
+        await r.delete(ks.lease(1))  # A's lease lapsed; B takes it
+        holder, epoch_b, _ = await r.fcall(*redisfns.lease_tick(1, "B", True, 60_000, 90_000).argv)
+        start = (await r.xrevrange(ks.CHANGES, count=1))[0][0]
+
+        async def written_since(since: str) -> tuple[list[str], str]:
+            entries = await r.xrange(ks.CHANGES, min=f"({since}")
+            return [pid for _, f in entries for pid in f if pid != "r"], entries[-1][0] if entries else since
+        assert runner.lease.update(holder, int(epoch_b)) == "gained"
+        runner.lease_gained()
+        if runner._gain is not None:
+            await asyncio.wait_for(runner._gain, 2)
+        got, start = await written_since(start)
+        assert got == at_gain
+        await runner.publish(runner._due({}), int(time.time() * 1000))  # the next poll: nothing changed
+        got, start = await written_since(start)
+        assert got == with_next_poll
+        values = {int(pid): points.decode(rec).value for pid, rec in (await r.hgetall(ks.values(1))).items()}
+        assert values == {**{pid: 7 for pid in pids}, 1001: 8}
+    finally:
+        await runner.stop()
+        await writer.stop()
+        await r.aclose()
+
+
+async def test_the_executor_takes_up_a_queued_control_at_the_lease_gain(redis_master):
+    """A control queued while no node holds the RTU (a failover's gap) is claimed as soon as this node gains
+    the lease, not when the executor's idle wait ends (`block_s`, 1 s here: 0.7 s after the gain)."""
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+
+    class Runner:  # what the executor uses of an RtuRunner: its RTU id, lease view, write_point
+        rtu, lease, writes = SimpleNamespace(id=1), LeaseView("B"), []
+
+        async def write_point(self, point: int, value: float, deadline: float | None = None) -> None:
+            self.writes.append((point, value, time.monotonic()))
+
+    runner, stopping, gained = Runner(), asyncio.Event(), asyncio.Event()
+    loop = asyncio.create_task(execute_loop(r, "B", {1: runner}, Metrics("B"), OnceLogger(logging.getLogger("t")),
+                                            stopping, block_s=1.0, gained=gained))
+    try:
+        ctl = await controls.submit(r, 1, 1002, 7, "test", 3000)
+        await asyncio.sleep(0.3)  # the executor waits, holding nothing
+        holder, epoch, _ = await r.fcall(*redisfns.lease_tick(1, "B", True, 60_000, 90_000).argv)
+        t_gain = time.monotonic()
+        assert runner.lease.update(holder, int(epoch)) == "gained"
+        gained.set()  # what the housekeeping does at a gain
+        res = await controls.wait(r, ctl, 3000)
+        assert res.ok and [(p, v) for p, v, _ in runner.writes] == [(1002, 7.0)], res
+        assert runner.writes[0][2] - t_gain < 0.2
+    finally:
+        stopping.set()
+        gained.set()
+        await asyncio.wait_for(loop, 3)
+        await r.aclose()

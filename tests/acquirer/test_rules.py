@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from fep_acquirer.changes import ChangeTracker, StandbyLog, after_replay, held_in_redis
+from fep_acquirer.changes import AtGain, ChangeTracker, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
@@ -283,6 +283,20 @@ def test_standby_log_is_bounded_and_reset_while_holding() -> None:
     assert [e[0] for e in log.entries] == [5000]  # older than the window: gone
     log.holding({1: (100, 0)})
     assert not log.entries and log.last == {1: (100, 0)}
+
+
+# --- what a new holder writes at the lease gain itself (poll 1000 ms, values not current past 3000 ms) ----
+@pytest.mark.parametrize(("poll_age_ms", "reaches", "expected"), [
+    (0, True, AtGain(replay=True, image=True)),       # polled just now: replay, then the image of that poll
+    (999, True, AtGain(replay=True, image=True)),     # younger than one period: as current as any value between polls
+    (1000, True, AtGain(replay=True, image=False)),   # a period old (poll late or slow): the image waits for it
+    (3000, True, AtGain(replay=True, image=False)),   # the replay's last values are within the staleness rule
+    (3001, True, AtGain(replay=False, image=False)),  # past it: written as good they would look current; wait
+    (500, False, AtGain(replay=False, image=False)),  # device not reached (lease taken to invalidate): nothing
+    (-1, True, AtGain(replay=False, image=False)),    # never polled
+])
+def test_at_lease_gain(poll_age_ms: int, reaches: bool, expected: AtGain) -> None:
+    assert at_lease_gain(poll_age_ms, 1000, 3000, reaches) == expected
 
 
 @pytest.mark.parametrize(("node", "ip", "problem"), [

@@ -148,4 +148,11 @@ def test_node_a_lost_b_takes_over_without_losing_changes_and_controls_at_most_on
     outcome = check_controls(res)
     after = [x for x in res["answers"] if x["ok"] and x["sent"] > res["t_kill"]]
     assert after, (outcome, res["answers"], res["audit"])        # B executes controls once it holds
+    # B's forwarder reads its Redis's role before each control: none sent once B's Redis was master (seen
+    # by polling its role every 50 ms, so after the promotion) goes to the vanished A and is refused
+    t_master = res["t_kill"] + res["redis_master_s"]
+    refused = [x for x in res["answers"] if not x["ok"] and x["sent"] >= t_master]
+    print("setpoints (sent, answered) s after B's Redis was seen master:",
+          [(round(x["sent"] - t_master, 2), round(x["answered"] - t_master, 2), x["ok"]) for x in res["answers"]])
+    assert not refused, (refused, t_master, res["answers"], res["audit"])
     FIGURES.update({f"{pre}_controls_ok": outcome["ok"], f"{pre}_controls_rejected": outcome["rejected"]})
