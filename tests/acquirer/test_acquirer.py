@@ -228,7 +228,8 @@ async def test_lease_gain_writes_the_replay_then_the_image_at_once(redis_master,
     write came up to one poll period after the gain."""
     model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
     sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, takeover_s=30))
+    # A stops as after a crash (stop_handover_s 0): its lease lapses rather than being handed over at once
+    a = Node(node_cfg(feproot, redis_master, "A", lease_ttl_s=1.5, takeover_s=30, stop_handover_s=0))
     await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
     b = Node(node_cfg(feproot, redis_master, "B", lease_ttl_s=1.5, takeover_s=30))
     try:
