@@ -21,11 +21,22 @@ async def cancel_and_wait(task: asyncio.Task | None, step_s: float = 0.5) -> Non
 
 
 async def cancel_all(*tasks: asyncio.Task | None) -> None:
-    """`cancel_and_wait` for several tasks at once. Each is cancelled before the first await: gathering
-    `cancel_and_wait` coroutines alone runs them as new tasks, and a cancellation of the caller in the same
-    loop iteration (a stop arriving as a tick ends) cancelled those before their first step, so a task was
-    never cancelled and outlived its owner (seen as a pending Event.wait after a test)."""
+    """`cancel_and_wait` for several tasks at once, which all end before this returns, even when the caller
+    is cancelled meanwhile (the cancellation is raised once they have ended). Each is cancelled before the
+    first await: gathering `cancel_and_wait` coroutines alone runs them as new tasks, and a cancellation of
+    the caller in the same loop iteration (a stop arriving as a tick ends) cancelled those before their
+    first step, so a task was never cancelled and outlived its owner (a pending Event.wait after a test);
+    and a caller re-cancelled by its own `cancel_and_wait` while it waited gave up on a task whose Redis call
+    swallowed the first cancel (a housekeeping tick left running)."""
     for t in tasks:
         if t is not None:
             t.cancel()
-    await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
+    waiting = asyncio.gather(*(cancel_and_wait(t) for t in tasks))
+    cancelled = False
+    while not waiting.done():
+        try:
+            await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

@@ -241,7 +241,32 @@ async def test_cancel_all_cancels_its_tasks_even_when_the_caller_is_cancelled_at
     owner.cancel()
     await asyncio.wait([owner], timeout=1)
     await asyncio.sleep(0)
-    assert child.cancelled()
+    assert child.cancelled() and owner.cancelled()
+
+
+async def test_cancel_all_waits_for_its_tasks_when_the_caller_is_cancelled_again():
+    """The owner re-cancelled while it waits (its own stop repeats the cancel, `cancel_and_wait`) still
+    ends only after its task did: here a task that swallows the first cancels (as a Redis call may on
+    Python 3.11) and ends at a repeated one."""
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        for _ in range(2):  # cancel_all's cancel and cancel_and_wait's first one; the repeat (0.5 s) ends it
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                swallowed.set()
+        await asyncio.sleep(10)
+
+    child = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    owner = asyncio.create_task(cancel_all(child))
+    await swallowed.wait()
+    owner.cancel()
+    await asyncio.sleep(0.05)
+    assert not owner.done() and not child.done()  # the owner waits for its task
+    await asyncio.wait_for(cancel_and_wait(owner, step_s=0.1), 3)  # the repeat reaches the task too
+    assert child.cancelled() and owner.cancelled()
 
 
 # --- the standby log: replayed on takeover -------------------------------------------------------------

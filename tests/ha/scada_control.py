@@ -2,7 +2,7 @@
 
     python -m tests.ha.scada_control --ip 198.18.0.2 --ioa 6001 --values 1001,1002 --go FILE
 
-Connects with c104's client (lib60870), waits for the connection to be open and for FILE to exist (the
+Connects with c104's client (lib60870), waits for data transfer to be started and for FILE to exist (the
 scenario creates it when it kills node A), then sends one command per value, one after the other, at
 most every --interval seconds. Each command is one JSON line on stdout: {"value", "sent", "answered",
 "ok"}; ok is True only for a positive ACT_CON (the device accepted the write), False for a negative one
@@ -16,6 +16,26 @@ import time
 from pathlib import Path
 
 import c104
+
+
+_muted_since: dict[int, float] = {}
+
+
+def started(conn: c104.Connection) -> bool:
+    """Data transfer is started (STARTDT confirmed), so a command may be sent: a controlling station sends
+    no I frame before (IEC 60870-5-104 5.3; se104s closes a connection that does). c104 2.2.1 sometimes opens
+    a connection without sending STARTDT (tools/scada_probe.unmute_stuck): after 1 s muted it is sent."""
+    if conn.state == c104.ConnectionState.OPEN:
+        _muted_since.clear()
+        return True
+    if conn.state == c104.ConnectionState.OPEN_MUTED:
+        since = _muted_since.setdefault(id(conn), time.monotonic())
+        if time.monotonic() - since >= 1.0:
+            _muted_since[id(conn)] = time.monotonic()
+            conn.unmute()
+    else:
+        _muted_since.clear()
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,11 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     point = conn.add_station(args.ca).add_point(io_address=args.ioa, type=c104.Type.C_SE_NB_1)
     client.start()
     deadline = time.monotonic() + 60
-    while not (conn.is_connected and args.go.exists()) and time.monotonic() < deadline:
+    while not (started(conn) and args.go.exists()) and time.monotonic() < deadline:
         time.sleep(0.02)
     print(json.dumps({"state": "go", "connected": conn.is_connected, "t": time.time()}), flush=True)
     for v in (int(x) for x in args.values.split(",")):
         t0 = time.monotonic()
+        while not started(conn) and time.monotonic() - t0 < args.timeout:  # reconnected after a failover
+            time.sleep(0.02)
         point.info = c104.ScaledCmd(target=c104.Int16(v))
         sent = time.time()
         ok = bool(point.transmit(cause=c104.Cot.ACTIVATION))
