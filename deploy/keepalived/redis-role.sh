@@ -7,6 +7,9 @@
 # which boots as a replica of the peer, is put back in its role, and a BACKUP waiting for its peer to
 # become master attaches as soon as it has. Usage: redis-role.sh FIFO  (keepalived passes the FIFO).
 # REDIS_ROLE_ONCE=STATE applies one state and exits (tests, manual use).
+# REDIS_ROLE_ONCE=STOPPED is start.sh's step after keepalived ended (stopped, or killed: its VRRP process
+# then gives the VIP away): the local Redis, if still a master, becomes a replica of the peer once the peer
+# has taken over (see stopped()), waiting at most STOP_DEMOTE_WAIT_S (5) seconds.
 set -u
 # keepalived gives scripts no environment: role.env sits beside the FIFO (written by start.sh)
 ENVFILE=${FEP_ROLE_ENV:-$(dirname "${1:-/run/fep/x}")/role.env}
@@ -45,6 +48,42 @@ apply() {
   esac
 }
 
+run_id() { rcli -h "$1" -p "$2" info server | tr -d '\r' | sed -n 's/^run_id://p'; }
+
+# keepalived is no longer running here. A local Redis left a master would run beside the peer's, promoted
+# when the VIP moved, and nobody would write to it any more. Demote it only when every guard holds, each
+# re-checked at every try: this host does not hold the VIP (a keepalived killed with its VRRP process
+# leaves it here: then this Redis may still be the one written to), the peer's Redis is a master (never
+# both replicas, never chained), and the VIP leads to that very Redis (same INFO run_id: the services write
+# there, so nothing this Redis holds is still written or read as current). The peer's Redis unreachable:
+# nobody took over, stay as is. Not taken over within the wait: stay as is (the services detect a master
+# left behind, docs/ha.md).
+stopped() {
+  local mine peer vip_id peer_id end
+  end=$(( $(date +%s%3N) + ${STOP_DEMOTE_WAIT_S:-5} * 1000 ))   # whole seconds
+  while :; do
+    mine=$(role_of "$LOCAL" "$PORT")
+    [ -z "$mine" ] && { log "keepalived ended: local Redis unreachable, nothing to do"; return 1; }
+    [ "$mine" = master ] || return 0
+    if have_vip; then log "keepalived ended but the VIP $VIP is still on this host: not demoting"; return 1; fi
+    peer=$(role_of "$PEER_IP" "$PEER_PORT")
+    [ -z "$peer" ] && { log "keepalived ended: peer Redis unreachable, staying master"; return 1; }
+    if [ "$peer" = master ]; then
+      vip_id=$(run_id "$VIP" "$PEER_PORT"); peer_id=$(run_id "$PEER_IP" "$PEER_PORT")
+      if [ -n "$vip_id" ] && [ "$vip_id" = "$peer_id" ]; then
+        rcli -h "$LOCAL" -p "$PORT" replicaof "$PEER_IP" "$PEER_PORT" >/dev/null \
+          && { log "keepalived ended: now replica of $PEER_IP:$PEER_PORT, which holds the VIP (was: master)"; return 0; }
+      fi
+    fi
+    if [ "$(date +%s%3N)" -ge "$end" ]; then
+      log "keepalived ended: the peer did not take over within ${STOP_DEMOTE_WAIT_S:-5} s (peer Redis: $peer), staying master"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+if [ "${REDIS_ROLE_ONCE:-}" = STOPPED ]; then stopped; exit $?; fi
 if [ -n "${REDIS_ROLE_ONCE:-}" ]; then apply "$REDIS_ROLE_ONCE"; exit $?; fi
 
 FIFO=${1:?usage: redis-role.sh FIFO}

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Renders keepalived.conf from the environment and runs keepalived in the foreground (the container's
-# process). Also used by tests/ha, which runs it inside a network namespace.
+# Renders keepalived.conf from the environment and runs keepalived in the foreground, as its child (this
+# script stays the container's process). When keepalived ends (SIGTERM/SIGINT to this script are passed
+# on; keepalived stopped or killed by its own PID), `redis-role.sh` STOPPED demotes the local Redis to a
+# replica of the peer once the peer holds the VIP and the master (docs/ha.md "keepalived stopped").
+# Also used by tests/ha, which runs it inside a network namespace.
 set -euo pipefail
 DEPLOY=${DEPLOY:-$(cd "$(dirname "$0")" && pwd)}
 FEP_RUN=${FEP_RUN:-/run/fep}
@@ -17,10 +20,18 @@ sed -e "s|@NODE_ID@|$NODE_ID|g" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@PEER_IP@|$PEE
     "$DEPLOY/keepalived.conf.tmpl" > "$conf"
 # The scripts read these; keepalived does not pass its environment to them.
 {
-  for v in NODE_ID NODE_IP PEER_IP VIP VRRP_INTERFACE REDIS_PORT REDISCLI_AUTH FEP_RUN; do
+  for v in NODE_ID NODE_IP PEER_IP VIP VRRP_INTERFACE REDIS_PORT REDISCLI_AUTH FEP_RUN STOP_DEMOTE_WAIT_S; do
     printf '%s=%q\n' "$v" "${!v:-}"
   done
 } > "$FEP_RUN/role.env"
 chmod 600 "$FEP_RUN/role.env"
 if [ "${RENDER_ONLY:-}" = 1 ]; then echo "$conf"; exit 0; fi
-exec keepalived -n -l -D -f "$conf" -p "$FEP_RUN/keepalived.pid" -r "$FEP_RUN/vrrp.pid"
+set +e
+keepalived -n -l -D -f "$conf" -p "$FEP_RUN/keepalived.pid" -r "$FEP_RUN/vrrp.pid" &
+ka=$!
+trap 'kill -TERM "$ka" 2>/dev/null' TERM INT
+wait "$ka"; rc=$?
+while kill -0 "$ka" 2>/dev/null; do wait "$ka"; rc=$?; done   # a trapped signal interrupts wait
+trap - TERM INT
+REDIS_ROLE_ONCE=STOPPED "$DEPLOY/redis-role.sh" "$FEP_RUN/keepalived.fifo"
+exit "$rc"

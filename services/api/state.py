@@ -9,7 +9,6 @@ runtime keys it shows, not a re-read of every table.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +17,7 @@ from redis import exceptions as rex
 from fep_api import models as m
 from fep_api import views
 from fep_api.metrics import MetricsSnapshot, read_snapshot
-from fepha import cfgstore, freshness, heartbeat, redisconn, redisfns
+from fepha import cfgstore, freshness, heartbeat, leftbehind, redisconn, redisfns
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
@@ -69,10 +68,7 @@ class Store:
         self.cfg = cfg
         self.local = local
         self._master: Any = None
-        self._vip_probe: Any = None
-        self._split: str | None = None  # the last verdict of the VIP probe (left_behind)
-        self._split_task: asyncio.Task[None] | None = None
-        self._split_at = 0.0
+        self.vip_probe = leftbehind.VipProbe(cfg, self.SPLIT_EVERY_S)
         self._cache = _Cache()
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
@@ -86,11 +82,9 @@ class Store:
 
     async def aclose(self) -> None:
         await self.local.aclose()
-        if self._split_task is not None:
-            self._split_task.cancel()
-        for c in (self._master, self._vip_probe):
-            if c is not None:
-                await c.aclose()
+        await self.vip_probe.aclose()
+        if self._master is not None:
+            await self._master.aclose()
 
     @property
     def hb_max_age_s(self) -> float:
@@ -151,35 +145,10 @@ class Store:
 
     async def left_behind(self, info: dict[str, Any]) -> str | None:
         """Why a local Redis that is a master without an online replica holds no current state: the VIP
-        leads to another Redis (keepalived moved it and this one was not demoted, e.g. keepalived stopped
-        here), so the services write there and nothing here moves. Found by INFO run_id through the VIP,
-        asked only in that case, at most once a second; a request waits for it SPLIT_WAIT_S at most (a VIP
-        that nobody holds must not make every page wait for a connect timeout), then uses the last
-        verdict; a VIP that does not answer says nothing."""
-        if info.get("role") != "master" or any(isinstance(v, dict) and v.get("state") == "online"
-                                               for k, v in info.items() if str(k).startswith("slave")):
-            self._split = None
-            return None
-        loop = asyncio.get_running_loop()
-        task = self._split_task
-        if task is None or (task.done() and loop.time() - self._split_at >= self.SPLIT_EVERY_S):
-            task = self._split_task = loop.create_task(self._probe_vip(), name="fep-api-vip-probe")
-        if not task.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(task), self.SPLIT_WAIT_S)
-        return self._split
-
-    async def _probe_vip(self) -> None:
-        if self._vip_probe is None:
-            self._vip_probe = redisconn.master_async_once(self.cfg)
-        try:
-            theirs = (await self._vip_probe.info("server")).get("run_id")
-            mine = (await self.local.info("server")).get("run_id")
-        except (rex.RedisError, OSError):
-            theirs = mine = None
-        self._split = (f"left behind as a master: the VIP {self.cfg.vip} leads to another Redis, where the "
-                       f"services write") if theirs and mine and theirs != mine else None
-        self._split_at = asyncio.get_running_loop().time()
+        leads to another Redis (`fepha.leftbehind`, the forwarder's rule too). A request waits for the
+        probe SPLIT_WAIT_S at most (a VIP that nobody holds must not make every page wait for a connect
+        timeout), then uses the last verdict."""
+        return await self.vip_probe.check(self.local, info, self.SPLIT_WAIT_S)
 
     async def staleness(self, info: dict[str, Any], now_ms: int) -> tuple[str | None, str | None]:
         """(`behind`, `hb_unknown`) of the local Redis, a master left behind counting for both."""

@@ -24,7 +24,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from fepha import cfgstore, controls, events, heartbeat, redisconn, redisfns, rolewatch
+from fepha import cfgstore, controls, events, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig, feproot
 from fepha.logsetup import OnceLogger
@@ -135,6 +135,7 @@ class Forwarder:
         self.src_rtu: dict[int, int | None] = {}  # routed source point -> acquisition RTU, None: virtual
         self.staleness = freshness.Staleness()
         self.replica = freshness.ReplicaWatch()
+        self.vip_probe = leftbehind.VipProbe(cfg)  # a master left behind: every value NT (rule 1)
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
                                        int(cfg.lease_tick_s * 1000))
 
@@ -479,6 +480,7 @@ class Forwarder:
                 await self._judge(local)
                 await self._sleep(period)
         finally:
+            await self.vip_probe.aclose()
             await local.aclose()
 
     async def _links(self) -> None:
@@ -515,6 +517,11 @@ class Forwarder:
         verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
         if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
             verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)
+        # a master left behind (the VIP moved, this Redis was not demoted): nothing here moves any more.
+        # The probe runs in its own task, at most once a second; this check never waits for it.
+        split = await self.vip_probe.check(local, res[0])
+        if split is not None and verdict.all is None:
+            verdict = freshness.Staleness(f"local Redis {split}", verdict.rtus)
         self._set_staleness(verdict)
 
     async def _refresh_links(self) -> None:

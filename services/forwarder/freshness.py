@@ -3,7 +3,8 @@
 The values a forwarder serves come from its local Redis. They are *not topical* (IEC 60870-5 NT) when:
 
 1. the local Redis is a replica whose link to the master has been down (or the local Redis unreachable)
-   longer than `replica_down_ms`: every value of this node is frozen;
+   longer than `replica_down_ms`, or a master left behind (`fepha.leftbehind`, added by the runner): every
+   value of this node is frozen;
 2. an acquisition RTU has no live lease holder: no holder, or its lease expired more than one lease tick
    ago (the tick is the time the other node needs to take a lapsed lease over);
 3. the holder has not completed a poll of the RTU for `stale_polls` poll periods plus one lease tick

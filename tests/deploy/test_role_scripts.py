@@ -147,3 +147,62 @@ def test_rendered_config_passes_keepalived_config_test(tmp_path: Path) -> None:
     assert "REDISCLI_AUTH=pw" in (tmp_path / "role.env").read_text()
     t = subprocess.run(["keepalived", "-t", "-f", out.stdout.strip()], capture_output=True, text=True, timeout=10, check=False)
     assert t.returncode == 0, t.stdout + t.stderr
+
+
+def peer_behind_vip() -> RedisProc:
+    """The peer's Redis, also reachable as the "VIP" 127.0.0.2 (an address on no interface, routed to lo)."""
+    return RedisProc(extra=["--bind", "127.0.0.1", "127.0.0.2"])
+
+
+def stopped(env: dict[str, str], wait_s: int = 1) -> int:
+    """start.sh's step after keepalived ended (REDIS_ROLE_ONCE=STOPPED)."""
+    return once("STOPPED", {**env, "STOP_DEMOTE_WAIT_S": str(wait_s)})
+
+
+def test_stopped_demotes_a_master_once_the_vip_leads_to_the_peers_master(tmp_path: Path) -> None:
+    """keepalived ended on the old master's node; the peer was promoted and the VIP (127.0.0.2 is not on
+    any interface and reaches the peer's port through lo) leads to it: the old master follows it, and the
+    writes the new master accepted are kept."""
+    with RedisProc() as old, peer_behind_vip() as new:
+        new.client().set("k", "accepted-by-the-new-master")
+        t0 = time.monotonic()
+        assert stopped(script_env(old, new, "127.0.0.2", tmp_path)) == 0
+        assert time.monotonic() - t0 < 1.0
+        assert role(old) == f"slave {new.port}" and role(new) == "master"
+        old.wait_synced()
+        assert old.client().get("k") == "accepted-by-the-new-master"
+        assert "now replica of" in (tmp_path / "role.log").read_text()
+
+
+def test_stopped_waits_for_the_peer_to_take_over(tmp_path: Path) -> None:
+    """The peer is still a replica of this master when keepalived ends (it takes the VIP ~1 s later):
+    the step waits for its promotion instead of giving up or chaining."""
+    with RedisProc() as old, peer_behind_vip() as new:
+        new.client().replicaof(old.host, old.port)
+        env = script_env(old, new, "127.0.0.2", tmp_path)
+        p = subprocess.Popen([str(KA / "redis-role.sh")], env={**env, "REDIS_ROLE_ONCE": "STOPPED",
+                                                               "STOP_DEMOTE_WAIT_S": "10"})
+        time.sleep(1.0)
+        assert p.poll() is None and role(old) == "master"
+        new.client().replicaof("NO", "ONE")
+        assert p.wait(10) == 0
+        assert role(old) == f"slave {new.port}" and role(new) == "master"
+
+
+def test_stopped_never_demotes_without_a_master_peer_holding_the_vip(tmp_path: Path) -> None:
+    """Never both replicas, never a Redis that holds the VIP: a peer that stays a replica (nobody took
+    over), a peer that is down, or the VIP still on this host (keepalived's VRRP process killed with it)
+    leave this master as it is."""
+    with RedisProc() as old, peer_behind_vip() as new:
+        new.client().replicaof(old.host, old.port)
+        t0 = time.monotonic()
+        assert stopped(script_env(old, new, "127.0.0.2", tmp_path), 1) == 1   # peer stays a replica
+        assert 1.0 <= time.monotonic() - t0 < 3.0
+        assert role(old) == "master" and role(new) == f"slave {old.port}"
+        new.client().replicaof("NO", "ONE")
+        assert stopped(script_env(old, new, "127.0.0.1", tmp_path)) == 1    # the VIP is on this host
+        assert role(old) == "master"
+        assert stopped(script_env(old, None, "127.0.0.2", tmp_path)) == 1   # peer unreachable
+        assert role(old) == "master"
+    log = (tmp_path / "role.log").read_text()
+    assert "did not take over" in log and "still on this host" in log and "peer Redis unreachable" in log

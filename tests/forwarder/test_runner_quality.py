@@ -266,3 +266,40 @@ async def test_nt_on_sefeps_and_the_modbus_trains_quality_unit(redis_master: Red
                 await asyncio.wait_for(task, 10)
     finally:
         await r.aclose()
+
+
+async def test_master_left_behind_sets_nt_on_every_value_then_demotion_clears_it(
+        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
+    """keepalived moved the VIP to the peer and promoted its Redis, and this node's Redis stayed a master
+    (docs/ha.md): nothing here moves any more, so every value this node serves is NT, the link (virtual)
+    points included, within two checks; when this Redis becomes a replica of the new master, NT clears."""
+    mine, peer = redis_pair   # node A's own Redis (master) and the peer's, behind the VIP (its replica)
+    port = free_port()
+    replace_config(mine.client(), se104s_rows(feproot, port))
+    r = aredis.Redis(host=mine.host, port=mine.port, decode_responses=True)
+    rp = aredis.Redis(host=peer.host, port=peer.port, decode_responses=True)
+    await redisfns.load_async(r)
+    peer.wait_synced()
+    cfg = dataclasses.replace(quality_cfg(mine, quality_replica_down_s=30.0), vip=peer.host, port=peer.port)
+    try:
+        async with rule1_scene(r, cfg, port) as (h, m):
+            await asyncio.sleep(2.5)  # the peer follows this master: not left behind, nothing NT
+            assert not any(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED)
+            t0 = time.monotonic()
+            await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours stays a master
+            h.r = rp                          # the holder writes through the VIP, to the new master
+            await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
+                        "NT on every watched value")
+            took = time.monotonic() - t0
+            assert took <= 2 * TICK_S + 1.0 + 1.0, took   # two checks (the probe runs beside the first)
+            during = await gi(m)
+            assert all(during[ioa][1] for ioa in WATCHED), during
+            await h.write(p101=9.0)           # on the new master only
+            await r.replicaof(peer.host, peer.port)   # demoted: follows the master again
+            await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
+                        "fresh value with NT cleared")
+            after = await gi(m)
+            assert all(not after[ioa][1] for ioa in WATCHED), after
+    finally:
+        await r.aclose()
+        await rp.aclose()

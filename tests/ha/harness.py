@@ -344,6 +344,11 @@ class Lab:
         if self._closed:
             return
         self._closed = True
+        # keepalived first and by SIGKILL: stopped by SIGTERM, start.sh would wait for the peer to take
+        # over (docs/ha.md "keepalived stopped"), seconds of teardown for a handover nobody needs
+        for n in self.nodes.values():
+            if "keepalived" in n.procs:
+                n.procs["keepalived"].stop(signal.SIGKILL)
         for p in reversed(self.extra):
             p.stop()
         for n in self.nodes.values():

@@ -1,18 +1,22 @@
 """What both nodes' apis (`fep-api` as compose.yml runs it, in the node's namespace) show when keepalived
-stops on the VIP's node (docs/api.md "Under faults"): the VIP moves to the peer, whose Redis is promoted;
-the stopped node's Redis stays a master that nobody writes to any more (its notify script stopped with
-keepalived). That node's api must not show its frozen copy as current: not 'every service dead', not
-'every lease lapsed', not itself as the master."""
+is killed on the VIP's node with the script that would demote its Redis (docs/api.md "Under faults"): the
+VIP moves to the peer, whose Redis is promoted; the killed node's Redis stays a master that nobody writes to
+any more. Its forwarder serves every value NT at its SCADA master (docs/forwarder.md "Quality"); its api
+must not show its frozen copy as current: not 'every service dead', not 'every lease lapsed', not itself
+as the master."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
-from tests.ha.harness import Lab, Node, acquisition_rtus, one_holder_each, start_system
+from tests.ha.harness import FIGURES, Lab, Node, acquisition_rtus, iec104_last, one_holder_each, start_system
+from tests.ha.test_keepalived_stop import WATCH, good, keepalived_pid, quality
 
 
 def api(node: Node, path: str) -> tuple[int, Any]:
@@ -27,13 +31,27 @@ def api(node: Node, path: str) -> tuple[int, Any]:
 
 
 def test_keepalived_stopped_on_the_vip_node(lab: Lab) -> None:
-    master, _ = start_system(lab, services=("acquirer", "forwarder", "api"), probe=False)
+    master, probe = start_system(lab, services=("acquirer", "forwarder", "api"))
+    assert probe is not None
     one_holder_each(lab, acquisition_rtus(lab))
     old, new = master, master.peer
     lab.wait_for(lambda: api(old, "/ready")[0] == 200 and api(new, "/ready")[0] == 200, 30, "both apis ready")
-    old.procs["keepalived"].stop(signal.SIGTERM)
+    lab.wait_for(lambda: all(good(quality(probe, n.id, i)) for n in (old, new) for i in WATCH), 40,
+                 "every watched value good at both IEC 104 clients", interval=0.3)
+    # keepalived killed so that no script runs after it: start.sh (which would demote the local Redis,
+    # tests/ha/test_keepalived_stop.py) SIGKILLed first, then keepalived itself; its VRRP process, left
+    # without its parent, gives the VIP away
+    t0_wall, t0 = time.time(), time.monotonic()
+    os.kill(old.procs["keepalived"].pid, signal.SIGKILL)
+    os.kill(keepalived_pid(old), signal.SIGKILL)
     lab.wait_for(lambda: new.has_vip() and new.role() == "master", 30, f"VIP and master on node {new.id}")
     assert old.role() == "master"  # left behind: the fault this test is about
+    # that node's forwarder serves every value NT at its SCADA master, link points included
+    lab.wait_for(lambda: all((iec104_last(probe, old.id, i, t0_wall) or {}).get("quality", "").find("NonTopical")
+                             >= 0 for i in WATCH), 20, f"NT on every watched value at {old.id}'s client", 0.1)
+    FIGURES["left_behind_nt_at_scada_s"] = round(time.monotonic() - t0, 2)
+    assert not any("NonTopical" in (iec104_last(probe, new.id, i, t0_wall) or {}).get("quality", "")
+                   for i in WATCH)
 
     def left_behind() -> dict[str, Any] | None:
         status, o = api(old, "/api/v1/overview")

@@ -1,0 +1,89 @@
+"""A master left behind: the local Redis is a master nobody writes to any more, because the VIP (where every
+service writes) leads to another Redis (docs/ha.md "keepalived stopped"; docs/forwarder.md "Quality").
+
+keepalived moved the VIP to the peer and promoted the peer's Redis, but this node's Redis was not demoted
+(keepalived was killed here, or the peer took longer than the stop script waits): two masters run side by
+side and this node's copy is frozen while it still looks like the master's. Found by comparing INFO
+run_id of the local Redis with that of the Redis reached through the VIP, asked only when the local Redis
+is a master without an online replica (the one case where it can be left behind), at most once per
+`every_s`, in a task of its own so that a VIP nobody answers never holds the caller longer than it chooses
+to wait. The rule (`verdict`) is a plain function; the api and the forwarder both use `VipProbe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from typing import Any
+
+from redis import exceptions as rex
+
+from fepha import redisconn
+from fepha.config import NodeConfig
+
+
+def may_be_left_behind(info: Mapping[str, Any]) -> bool:
+    """From INFO replication of the local Redis: a master without an online replica (a replica follows a
+    master, and a master with an online replica is the one the peer follows: neither is left behind)."""
+    return info.get("role") == "master" and not any(
+        isinstance(v, Mapping) and v.get("state") == "online" for k, v in info.items() if str(k).startswith("slave"))
+
+
+def verdict(info: Mapping[str, Any], mine: str | None, theirs: str | None, vip: str) -> str | None:
+    """Why the local Redis holds no current state (`info`: its INFO replication; `mine` / `theirs`: INFO
+    run_id of the local Redis and of the Redis behind the VIP, None when not known), None when it may:
+    a VIP that does not answer says nothing, and a VIP that leads to the local Redis means it is the
+    master."""
+    if not may_be_left_behind(info) or not mine or not theirs or mine == theirs:
+        return None
+    return f"left behind as a master: the VIP {vip} leads to another Redis, where the services write"
+
+
+class VipProbe:
+    """Asks the Redis behind the VIP for its run_id, at most once per `every_s`, only while the local Redis
+    may be left behind; `check` returns the latest verdict."""
+
+    def __init__(self, cfg: NodeConfig, every_s: float = 1.0) -> None:
+        self.cfg, self.every_s = cfg, every_s
+        self.reason: str | None = None
+        self._vip: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._at = 0.0
+
+    async def check(self, local: Any, info: Mapping[str, Any], wait_s: float = 0.0) -> str | None:
+        """`local`: a client of the local Redis, `info`: its INFO replication just read. Starts a probe
+        when none ran for `every_s`, waits for it at most `wait_s` (0: not at all, the verdict of the
+        previous probe is used), and returns the verdict."""
+        if not may_be_left_behind(info):
+            self.reason = None
+            return None
+        loop = asyncio.get_running_loop()
+        task = self._task
+        if task is None or (task.done() and loop.time() - self._at >= self.every_s):
+            task = self._task = loop.create_task(self._probe(local, dict(info)), name="fep-vip-probe")
+        if not task.done() and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), wait_s)
+        return self.reason
+
+    async def _probe(self, local: Any, info: dict[str, Any]) -> None:
+        if self._vip is None:
+            self._vip = redisconn.master_async_once(self.cfg)
+        try:
+            theirs = (await self._vip.info("server")).get("run_id")
+            mine = (await local.info("server")).get("run_id")
+        except (rex.RedisError, OSError):
+            theirs = mine = None
+        self.reason = verdict(info, mine, theirs, self.cfg.vip)
+        self._at = asyncio.get_running_loop().time()
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._vip is not None:
+            await self._vip.aclose()
+
+
+__all__ = ["VipProbe", "may_be_left_behind", "verdict"]
