@@ -17,7 +17,6 @@ from pathlib import Path
 
 import c104
 
-
 _muted_since: dict[int, float] = {}
 
 
