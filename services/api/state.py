@@ -49,6 +49,11 @@ class _Cache:
     stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats after data loss)
 
 
+def _not_current(behind: str | None) -> str | None:
+    """The reason shown for what the local Redis holds while its copy may be behind (`State.staleness`)."""
+    return f"local Redis {behind}" if behind else None
+
+
 def _replica_gap(info: dict[str, Any], now_ms: int, limit_ms: int) -> str | None:
     """On a replica whose link is down (for how long Redis says, in whole seconds), or that has heard
     nothing from its master for more than `limit_ms`: why its copy may be behind; otherwise None."""
@@ -194,8 +199,7 @@ class Store:
             now = views.redis_time_ms(t)
             behind, unknown = await self.staleness(info, now)
             # the rule of values_nt (a link down for a moment is not yet a reason), or left behind
-            cut = self._cut_off(info, now) or (f"local Redis {behind}" if info.get("role") == "master" and behind
-                                               else None)
+            cut = self._all_nt(info, now, behind)
             if info.get("role") == "slave" or cut:
                 checks.append(m.Check(name="replication", ok=cut is None,
                                       detail=cut or "local Redis replicates the master"))
@@ -232,8 +236,7 @@ class Store:
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         behind, unknown = await self.staleness(res[1], now)
-        cut_off = self._cut_off(res[1], now) or (f"local Redis {behind}" if behind and res[1].get("role") == "master"
-                                                 else None)
+        cut_off = self._all_nt(res[1], now, behind)
         acq_nc = {hb.node: None if hb.alive else f"the acquirer of node {hb.node} is not seen alive "
                                                    f"({hb.detail}): its last report is not current"
                   for hb in await self.heartbeats(unknown=unknown)
@@ -245,7 +248,7 @@ class Store:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
-                                 behind=f"local Redis {behind}" if behind else None, chan_not_current=acq_nc)
+                                 behind=_not_current(behind), chan_not_current=acq_nc)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -264,7 +267,7 @@ class Store:
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         behind = (await self.staleness(res[1], now))[0]
-        nc = f"local Redis {behind}" if behind else None
+        nc = _not_current(behind)
         items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
                  for r, h in zip(rtus, res[2:], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
@@ -284,7 +287,7 @@ class Store:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
         behind = (await self.staleness(res[1], views.redis_time_ms(res[0])))[0]
-        nc = f"local Redis {behind}" if behind else None
+        nc = _not_current(behind)
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
                                          for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
 
@@ -328,6 +331,11 @@ class Store:
                                    src_name=src.name if src else None, src_rtu=src.rtu if src else None,
                                    **views.value_fields(records.get(f.src))))
         return m.ForwardList(rtu=rtu_id, time_ms=now, items=items)
+
+    def _all_nt(self, info: dict[str, Any], now_ms: int, behind: str | None) -> str | None:
+        """Why every value is served NT: cut off from the master (`_cut_off`), or a master left behind
+        (`behind` on a master can only be that)."""
+        return self._cut_off(info, now_ms) or (_not_current(behind) if info.get("role") == "master" else None)
 
     def _cut_off(self, info: dict[str, Any], now_ms: int) -> str | None:
         """Why every value is NT (the local Redis cut off from its master longer than replica_down_s, from
