@@ -190,7 +190,8 @@ async def test_frozen_acquirer_values_go_nt_at_scada_and_in_the_api(node: Node) 
     c = await sefeps(node)
     acq = node.procs["acquirer"]
     try:
-        await c.wait_image(10)
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1, AI_RTU2)  # as in the Redis SIGSTOP test: no NT left from the start
         await not_stale(node, 101)
         acq.send_signal(signal.SIGSTOP)
         t0 = time.monotonic()
