@@ -7,10 +7,25 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+import redis.asyncio.client
+import redis.client
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from fepha.config import NodeConfig
+
+
+def _in_redis_words(self: Any, exception: Exception, number: int, command: Any) -> None:
+    """A command refused inside a pipeline raises Redis's own error, unchanged (NOREPLICAS, OOM, MISCONF,
+    READONLY, "Function not found"). redis-py 6.4 rewrites it as "Command # n (<the command and its
+    arguments>) of pipeline caused error: {exception.args}": in its asyncio client the reason is lost (the
+    format string lacks its f), and with the arguments in it the message differs at every try, so a problem
+    logged once while it lasts (`OnceLogger`) was logged again at every try. Every service builds its
+    clients here, so importing this module sets it for all of them (tests/foundation/test_redisconn.py)."""
+
+
+redis.client.Pipeline.annotate_exception = _in_redis_words  # type: ignore[method-assign]
+aredis.client.Pipeline.annotate_exception = _in_redis_words  # type: ignore[method-assign]
 
 
 def _kw(cfg: NodeConfig) -> dict[str, Any]:

@@ -305,3 +305,48 @@ async def test_api_stops_with_exit_0(redis_master: RedisProc, feproot: Path, sig
             proc.kill()
         proc.wait(5)
         proc.stderr.close()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("refusal", ["noreplicas", "oom"])
+async def test_master_refusing_writes_then_accepting_again(node: Node, refusal: str) -> None:
+    """The master answers but refuses every write (NOREPLICAS: `min-replicas-to-write` set with no replica
+    in reach; OOM: `maxmemory` reached with `noeviction`; a full disk under AOF gives the same MISCONF
+    refusal): no lease can be renewed, so SCADA gets NT once the leases lapse (rule 2); neither service
+    exits or loops on a traceback; writes accepted again: the values are topical again and a change goes
+    through."""
+    await valid(node, 101, 202)
+    c = await sefeps(node)
+    r = node.redis.client()
+    limit_s = 2 * float(node.env["FEP_TIMERS_LEASE_TTL_S"]) + 1.5
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1, AI_RTU2)
+        if refusal == "noreplicas":
+            r.config_set("min-replicas-to-write", 1)
+        else:
+            r.config_set("maxmemory-policy", "noeviction")
+            r.config_set("maxmemory", 1)
+        t0 = time.monotonic()
+        try:
+            await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 15)
+            took = time.monotonic() - t0
+            print(f"{refusal}: NT {took:.2f} s after the master refused writes")
+            assert took <= limit_s, took
+            await asyncio.sleep(2)
+            assert all(p.poll() is None for p in node.procs.values())
+        finally:
+            r.config_set("min-replicas-to-write", 0)
+            r.config_set("maxmemory", 0)
+        t1 = time.monotonic()
+        await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 15)
+        print(f"{refusal}: topical {time.monotonic() - t1:.2f} s after writes were accepted again")
+        word = "NOREPLICAS" if refusal == "noreplicas" else "OOM"
+        for service in COMMANDS:
+            log = node.log(service)
+            assert "Traceback" not in log, log[-3000:]
+            # the refusal in Redis's own words (redis-py's pipeline message lost it), once per problem
+            said = [line.split(" ", 2)[2] for line in log.splitlines() if word in line]
+            assert "{exception.args}" not in log and len(said) == len(set(said)), said
+    finally:
+        r.close()
+        await c.close()
