@@ -4,6 +4,7 @@ every problem (table, key, column), exits 1 and leaves Redis untouched; never a 
 from __future__ import annotations
 
 import os
+import socket
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,41 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
       "T005_ZFAI [1] SRCID: 99999 is not a point"]),
     ("zero-length file", lambda p: p.write_bytes(b""), ["not a SQLite database"]),
     ("truncated file", lambda p: p.write_bytes(p.read_bytes()[:5000]), ["unreadable SQLite database"]),
+    # cfgaudit: broken inputs an independent checker tries, each through the real `sysload init`
+    ("NULL ZFID: every service would fail reading it",
+     without_primary_key("T005_ZFAI", "UPDATE T005_ZFAI SET ZFID = NULL WHERE ZFID = 1"),
+     ["T005_ZFAI [None] ZFID: None is not an integer"]),
+    ("text that is not UTF-8, in two tables",
+     sql("UPDATE T004_RTU SET NAME = CAST(X'FF41' AS TEXT) WHERE RTUID = 1",
+         "UPDATE T011_POINT SET KIND = CAST(X'C3' AS TEXT) WHERE PNTID = 102"),
+     ["T004_RTU [1] NAME: b'\\xffA' is text that is not UTF-8", "T011_POINT [102] KIND: b'\\xc3' is text that is not UTF-8"]),
+    ("modbus_trains float32 past the last register", sql("UPDATE T005_ZFAI SET ADDR = 65535 WHERE ZFID = 12"),
+     ["T005_ZFAI [12] ADDR: float32 at 65535 runs past address 65535"]),
+    ("all-numeric host names", sql("UPDATE T010_CHANNEL SET HOST = '1.2.3' WHERE RTUID = 1 AND CHANNO = 1",
+                                   "UPDATE T010_CHANNEL SET HOST = '999.1.1.1' WHERE RTUID = 2 AND CHANNO = 2"),
+     ["T010_CHANNEL [1:1] HOST: '1.2.3' is not a host name or IP address",
+      "T010_CHANNEL [2:2] HOST: '999.1.1.1' is not a host name or IP address"]),
+    ("both nodes one IPv6 address", sql("UPDATE T020_UNION SET IP1 = '::1', IP2 = '0:0::1'"),
+     ["T020_UNION [1] IP2: must differ from IP1 (the same address)"]),
+    ("columns of the other RTU type", sql("UPDATE T004_RTU SET ALLOW = 'garbage' WHERE RTUID = 1",
+                                          "UPDATE T004_RTU SET POLLMS = -5 WHERE RTUID = 10"),
+     ["T004_RTU [1] ALLOW: is only for forwarding RTUs", "T004_RTU [10] POLLMS: is only for acquisition RTUs"]),
+    ("a deadband that would hide a DI's changes", sql("UPDATE T011_POINT SET DEADBAND = 1 WHERE PNTID = 105"),
+     ["T011_POINT [105] DEADBAND: is only for AI points"]),
+    ("an RTU of no known type, its rows not repeated", sql("UPDATE T004_RTU SET RTUTYPE = 1 WHERE RTUID = 1"),
+     ["T004_RTU [1] RTUTYPE: 1 is not one of 0, 2"]),
+    ("a socket where the file should be", lambda p: (p.unlink(), _bind_unix(p)), ["SEMODEL.db: cannot read: "]),
 ]
+
+
+def _bind_unix(path: Path) -> None:
+    """A listening UNIX socket at `path` (open() of it fails with ENXIO); closed with the test process."""
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    _SOCKETS.append(s)
+
+
+_SOCKETS: list[socket.socket] = []
 
 
 @pytest.mark.parametrize("name,breakage,expect", BREAKAGES, ids=[b[0] for b in BREAKAGES])
@@ -86,3 +121,21 @@ def test_locked_and_readonly_database(feproot: Path, capsys) -> None:
     finally:
         con.close()
     assert "database is locked" in capsys.readouterr().err
+
+
+def test_a_hundred_broken_rows_all_listed_each_line_bounded(feproot: Path, redis_master, capsys) -> None:
+    """100 broken rows (five problems each, one value 100,000 characters long): every problem is listed,
+    each on one line of bounded length, and Redis is untouched."""
+    assert init(feproot, redis_master.port) == 0
+    r = redis_master.client()
+    before = dump(r)
+    sql(*[f"INSERT INTO T011_POINT (PNTID, RTUID, KIND, AREA, ADDRESS, DATATYPE) VALUES ({5000 + i}, 999, 'XX', "
+          f"'{'z' * 100_000 if i == 0 else 'zz'}', -1, 'nope')" for i in range(100)])(feproot / "db" / "SEMODEL.db")
+    capsys.readouterr()
+    assert init(feproot, redis_master.port) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].endswith("SEMODEL.db: 500 problems") and len(lines) == 501, lines[:3]
+    assert {line.split("]")[0].split("[")[1] for line in lines[1:]} == {str(5000 + i) for i in range(100)}
+    assert max(len(line) for line in lines[1:]) < 160, max(lines[1:], key=len)
+    assert "(100000 characters)" in "\n".join(lines)
+    assert dump(r) == before

@@ -134,6 +134,32 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("iec104 scale zero", setv("T011_POINT", {"PNTID": 304}, "SCALE", 0), ("T011_POINT", "304", "SCALE")),
     ("modbus point with an IEC type", setv("T011_POINT", {"PNTID": 101}, "DATATYPE", "M_ME_NC_1"), ("T011_POINT", "101", "DATATYPE")),
     ("fwd 104 IOA 0 is reserved", add("T005_ZFAI", {**ZF, "ADDR": 0}), ("T005_ZFAI", "99", "ADDR")),
+    # broken configurations an independent checker tries (cfgaudit)
+    ("fwd ZFID NULL", add("T005_ZFAI", {**ZF, "ZFID": None}), ("T005_ZFAI", "None", "ZFID")),
+    ("fwd ZFID text", add("T009_ZFAO", {**ZF, "ZFID": "x", "SRCID": 110, "ADDR": 6100, "TYPE": "C_SE_NB_1"}),
+     ("T009_ZFAO", "x", "ZFID")),
+    ("union ID NULL", setv("T020_UNION", {"ID": 1}, "ID", None), ("T020_UNION", "None", "ID")),
+    ("fwd modbus float32 past 65535", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 65535, "TYPE": "float32"}),
+     ("T005_ZFAI", "99", "ADDR")),
+    ("fwd modbus uint16 at 65535 is fine", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 65535, "TYPE": "uint16"}), None),
+    ("channel host all-numeric 1.2.3", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "1.2.3"),
+     ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host 999.1.1.1", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "999.1.1.1"),
+     ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host 12345", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "12345"), ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host name with digits is fine", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "plc-7.site2"), None),
+    ("union one address in two notations", lambda rows: row(rows, "T020_UNION", ID=1).update(IP1="::1", IP2="0:0::1"),
+     ("T020_UNION", "1", "IP2")),
+    ("modbus rtu with a listen port", setv("T004_RTU", {"RTUID": 1}, "LISTENPORT", 2405), ("T004_RTU", "1", "LISTENPORT")),
+    ("modbus rtu with an address", setv("T004_RTU", {"RTUID": 1}, "ADDRESS", 99999), ("T004_RTU", "1", "ADDRESS")),
+    ("modbus rtu with allow", setv("T004_RTU", {"RTUID": 2}, "ALLOW", "garbage"), ("T004_RTU", "2", "ALLOW")),
+    ("fwd rtu with a poll period", setv("T004_RTU", {"RTUID": 10}, "POLLMS", -5), ("T004_RTU", "10", "POLLMS")),
+    ("fwd rtu with a timeout", setv("T004_RTU", {"RTUID": 11}, "TIMEOUTMS", 0), ("T004_RTU", "11", "TIMEOUTMS")),
+    ("deadband on a DI", setv("T011_POINT", {"PNTID": 105}, "DEADBAND", 1), ("T011_POINT", "105", "DEADBAND")),
+    ("deadband on an ACC", setv("T011_POINT", {"PNTID": 108}, "DEADBAND", 10), ("T011_POINT", "108", "DEADBAND")),
+    ("deadband on an iec104 DI", setv("T011_POINT", {"PNTID": 301}, "DEADBAND", 1), ("T011_POINT", "301", "DEADBAND")),
+    ("deadband 0 on a DO is fine", setv("T011_POINT", {"PNTID": 109}, "DEADBAND", 0), None),
+    ("rtu name blank", setv("T004_RTU", {"RTUID": 2}, "NAME", "   "), ("T004_RTU", "2", "NAME")),
 ]
 
 
@@ -184,3 +210,25 @@ def test_unitid_null_is_modbus_default_1(sample_rows: dict) -> None:
     units = {(c.rtu, c.no): c.unit for cs in Model.from_rows(rows).rtus.values() for c in cs.channels}
     assert units[(ch[0]["RTUID"], ch[0]["CHANNO"])] == 1
     assert units[(ch[1]["RTUID"], ch[1]["CHANNO"])] == 0
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (setv("T004_RTU", {"RTUID": 1}, "RTUTYPE", 1), ["T004_RTU [1] RTUTYPE: 1 is not one of 0, 2"]),
+    (setv("T011_POINT", {"PNTID": 101}, "KIND", None), ["T011_POINT [101] KIND: is not set (one of AI, DI, ACC, DO, AO)"]),
+    (setv("T004_RTU", {"RTUID": 10}, "PROTOCOL", "iec61850"),
+     ["T004_RTU [10] PROTOCOL: 'iec61850' is not one of se104s, modbus_trains, sefeps"]),
+], ids=["rtu type", "point kind", "forwarding protocol"])
+def test_one_broken_cell_is_one_problem(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
+    """A broken RTU or point is reported once, at its own cell: its channels, points and forwards, which
+    name it correctly, are not each reported as pointing at nothing (14 lines for one RTUTYPE hid it)."""
+    rows = copy.deepcopy(sample_rows)
+    mutate(rows)
+    assert [str(p) for p in validate(rows)] == expect
+
+
+def test_a_long_value_is_shown_bounded(sample_rows: dict) -> None:
+    """A problem line quotes the value, cut to a readable length with its full length said."""
+    rows = copy.deepcopy(sample_rows)
+    row(rows, "T010_CHANNEL", RTUID=1, CHANNO=1)["HOST"] = "x y" * 100_000
+    (p,) = validate(rows)
+    assert len(str(p)) < 200 and "300000 characters" in str(p), str(p)
