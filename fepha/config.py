@@ -8,13 +8,15 @@ key, the value and what is allowed (`ConfigError`); nothing is silently replaced
 from __future__ import annotations
 
 import configparser
-import ipaddress
 import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from fepha.checks import shown, valid_host, valid_ip
+from fepha.semodel.model import POLL_MS_RANGE
 
 
 class ConfigError(Exception):
@@ -55,8 +57,13 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
     return parse
 
 
+def _digits(s: str) -> bool:
+    """Only ASCII digits ('٨٠' passes str.isdigit and int() reads it as 80)."""
+    return s.isascii() and s.isdigit()
+
+
 def _port(s: str) -> int:
-    if not s.isdigit() or not 1 <= int(s) <= 65535:
+    if not _digits(s) or not 1 <= int(s) <= 65535:
         raise ValueError("expected a TCP port 1..65535")
     return int(s)
 
@@ -68,17 +75,38 @@ def _node(s: str) -> str:
 
 
 def _ip(s: str) -> str:
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        raise ValueError("expected an IP address") from None
+    if not valid_ip(s):
+        raise ValueError("expected an IP address")
     return s
 
 
 def _host(s: str) -> str:
-    if not s or any(c.isspace() for c in s):
-        raise ValueError("expected a host name or IP address")
+    """The same rule as T010_CHANNEL.HOST (fepha.checks): '999.1.1.1' or '1.2.3' is no host name."""
+    if not valid_host(s):
+        raise ValueError("expected an IP address or a host name (RFC 1123, the last label not all-numeric)")
     return s
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        if not (s.lstrip("-") and _digits(s.lstrip("-"))) or not lo <= int(s) <= hi:
+            raise ValueError(f"expected a whole number in {lo}..{hi}")
+        return int(s)
+    return parse
+
+
+IEC104_TIMER_MAX_S = 255.0  # IEC 60870-5-104 9.6: every time-out (t0 ... t3) is 1 ... 255 s
+
+
+def _iec104_timer(s: str) -> float:
+    """t0 ... t3 of IEC 104: a number of seconds > 0 (tests shorten them below 1 s) and at most 255."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= IEC104_TIMER_MAX_S:  # nan fails too
+        raise ValueError(f"expected a number of seconds > 0 and <= {IEC104_TIMER_MAX_S:g}")
+    return v
 
 
 def _bool(s: str) -> bool:
@@ -107,7 +135,7 @@ def _text(s: str) -> str:
 
 
 def _nonneg_int(s: str) -> int:
-    if not s.isdigit():
+    if not _digits(s):
         raise ValueError("expected a whole number >= 0")
     return int(s)
 
@@ -140,7 +168,8 @@ class NodeConfig:
     role_watch_s: float = opt("timers", _positive(float), 0.2,
                               "how often the acquirer and the forwarder read their local Redis's role "
                               "(a change: the VIP moved)")
-    poll_ms: int = opt("timers", _positive(int), 1000, "default poll period when T004_RTU.POLLMS is NULL")
+    poll_ms: int = opt("timers", _int_in(*POLL_MS_RANGE), 1000,
+                       "default poll period when T004_RTU.POLLMS is NULL (10 ... 3,600,000 ms, as POLLMS)")
     heartbeat_s: float = opt("timers", _positive(float), 2.0, "heartbeat period; the key lives 3 periods")
     reconnect_min_s: float = opt("timers", _positive(float), 0.5, "first reconnect backoff")
     reconnect_max_s: float = opt("timers", _positive(float), 5.0, "longest reconnect backoff")
@@ -165,10 +194,10 @@ class NodeConfig:
     # IEC 104 acquisition (T004_RTU.PROTOCOL 'iec104'): the acquirer as controlling station
     iec104_k: int = opt("iec104", _positive(int), 12, "k: I frames sent and not yet acknowledged, at most")
     iec104_w: int = opt("iec104", _positive(int), 8, "w: acknowledge received I frames after this many")
-    iec104_t0_s: float = opt("iec104", _positive(float), 30.0, "t0: connect timeout")
-    iec104_t1_s: float = opt("iec104", _positive(float), 15.0, "t1: unconfirmed frame timeout (close); T004_RTU.TIMEOUTMS overrides")
-    iec104_t2_s: float = opt("iec104", _positive(float), 10.0, "t2: acknowledge received I frames at the latest after this")
-    iec104_t3_s: float = opt("iec104", _positive(float), 20.0, "t3: send TESTFR after this long without a frame")
+    iec104_t0_s: float = opt("iec104", _iec104_timer, 30.0, "t0: connect timeout")
+    iec104_t1_s: float = opt("iec104", _iec104_timer, 15.0, "t1: unconfirmed frame timeout (close); T004_RTU.TIMEOUTMS overrides")
+    iec104_t2_s: float = opt("iec104", _iec104_timer, 10.0, "t2: acknowledge received I frames at the latest after this")
+    iec104_t3_s: float = opt("iec104", _iec104_timer, 20.0, "t3: send TESTFR after this long without a frame")
     iec104_gi_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic general interrogation; 0: only after STARTDT; T004_RTU.POLLMS overrides")
     iec104_ci_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic counter interrogation; 0: never")
     iec104_clock_sync_s: float = opt("iec104", _positive(float, zero=True), 0.0, "clock synchronisation after STARTDT and this often; 0: never")
@@ -176,10 +205,10 @@ class NodeConfig:
     # forwarding RTU of the node uses them (fep_forwarder.app passes them as that server's options)
     se104s_k: int = opt("se104s", _positive(int), 12, "IEC 104 k: I-frames sent and not yet acknowledged, at most")
     se104s_w: int = opt("se104s", _positive(int), 8, "IEC 104 w: acknowledge the master's I-frames after this many")
-    se104s_t0_s: float = opt("se104s", _positive(float), 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
-    se104s_t1_s: float = opt("se104s", _positive(float), 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
-    se104s_t2_s: float = opt("se104s", _positive(float), 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
-    se104s_t3_s: float = opt("se104s", _positive(float), 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
+    se104s_t0_s: float = opt("se104s", _iec104_timer, 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
+    se104s_t1_s: float = opt("se104s", _iec104_timer, 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
+    se104s_t2_s: float = opt("se104s", _iec104_timer, 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
+    se104s_t3_s: float = opt("se104s", _iec104_timer, 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
     se104s_queue_max: int = opt("se104s", _positive(int), 200_000, "events queued per started master before it is closed")
     se104s_buffer_max: int = opt("se104s", _positive(int), 200_000,
                                  "events kept while no master is started (oldest dropped)")
@@ -254,8 +283,26 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        raise ConfigError(f"{path}: {exc.message.splitlines()[0]}") from None
+        raise ConfigError(*_syntax_problems(path, text, exc)) from None
     return parser
+
+
+def _syntax_problems(path: Path, text: str, exc: configparser.Error) -> list[str]:
+    """A syntax error as "file line N: what", every bad line of the file (configparser's own message
+    leaves the line number on a second line or out)."""
+    lines = text.splitlines()
+
+    def quoted(n: int) -> str:
+        return shown(lines[n - 1].strip()) if 0 < n <= len(lines) else "''"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return [f"{path} line {exc.lineno}: {quoted(exc.lineno)} comes before any [section]"]
+    if isinstance(exc, configparser.ParsingError):
+        return [f"{path} line {n}: {quoted(n)} is not 'key = value' or '[section]'" for n, _ in exc.errors]
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return [f"{path} line {exc.lineno}: [{exc.section}] {exc.option} is set twice"]
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return [f"{path} line {exc.lineno}: [{exc.section}] appears twice"]
+    return [f"{path}: {exc.message.splitlines()[0]}"]
 
 
 def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
@@ -290,7 +337,7 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            problems.append(f"{where} = {raw!r}: {exc}")
+            problems.append(f"{where} = {shown(raw)}: {exc}")
     if problems:
         raise ConfigError(*problems)
     values.update(overrides or {})
@@ -326,15 +373,21 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
     if 0 < cfg.stop_handover_s <= cfg.lease_tick_s:
         problems.append(f"[timers] stop_handover_s = {cfg.stop_handover_s}: must be 0 or more than lease_tick_s "
                         f"({cfg.lease_tick_s}; the other node takes a handed-over lease at its next tick)")
-    if cfg.iec104_w > cfg.iec104_k:
-        problems.append(f"[iec104] w = {cfg.iec104_w}: must not exceed k ({cfg.iec104_k})")
-    if cfg.iec104_t2_s >= cfg.iec104_t1_s:
-        problems.append(f"[iec104] t2_s = {cfg.iec104_t2_s}: must be less than t1_s ({cfg.iec104_t1_s})")
-    if not cfg.se104s_w <= cfg.se104s_k <= 32767:
-        problems.append(f"[se104s] k = {cfg.se104s_k}, w = {cfg.se104s_w}: need w <= k <= 32767 (IEC 104 "
-                        "recommends w at most 2/3 of k)")
-    if cfg.se104s_t2_s >= cfg.se104s_t1_s:
-        problems.append(f"[se104s] t2_s = {cfg.se104s_t2_s}: must be less than t1_s ({cfg.se104s_t1_s})")
+    if cfg.reconnect_min_s > cfg.reconnect_max_s:
+        problems.append(f"[timers] reconnect_min_s = {cfg.reconnect_min_s}: must not exceed reconnect_max_s "
+                        f"({cfg.reconnect_max_s})")
+    for section in ("iec104", "se104s"):  # the same link parameters, of the acquirer and of the servers
+        k, w = getattr(cfg, f"{section}_k"), getattr(cfg, f"{section}_w")
+        t1, t2 = getattr(cfg, f"{section}_t1_s"), getattr(cfg, f"{section}_t2_s")
+        if not w <= k <= 32767:  # IEC 60870-5-104 9.6: k, w 1 ... 32767
+            problems.append(f"[{section}] k = {k}, w = {w}: need w <= k <= 32767 (IEC 104 recommends w at most "
+                            "2/3 of k)")
+        if t2 >= t1:
+            problems.append(f"[{section}] t2_s = {t2}: must be less than t1_s ({t1})")
+    for key in ("key", "ca"):
+        if getattr(cfg, f"tls_{key}") and not cfg.tls_cert:
+            problems.append(f"[tls] {key} = {shown(getattr(cfg, f'tls_{key}'))}: needs cert (without cert the "
+                            "servers run without TLS)")
     if cfg.modbus_trains_quality_unit > 254:
         problems.append(f"[modbus_trains] quality_unit = {cfg.modbus_trains_quality_unit}: a unit id is "
                         "1 ... 254 (255 and 0 address the server itself), 0 for none")

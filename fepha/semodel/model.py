@@ -29,6 +29,8 @@ ACQ_PROTOCOLS = (MODBUS_TCP, IEC104)
 FWD_PROTOCOLS = ("se104s", "modbus_trains", "sefeps")
 KINDS = ("AI", "DI", "ACC", "DO", "AO")
 POLLED_KINDS = ("AI", "DI", "ACC")
+# Poll period of a Modbus acquisition RTU, ms: T004_RTU.POLLMS and fep-ha.cfg's default [timers] poll_ms.
+POLL_MS_RANGE = (10, 3_600_000)
 
 # Primary-key columns of each table; their values joined by ":" form the row key in Redis and reports.
 KEYS: dict[str, tuple[str, ...]] = {

@@ -26,6 +26,7 @@ from fepha.semodel.model import (
     IEC104,
     KEYS,
     KINDS,
+    POLL_MS_RANGE,
     RTUTYPES,
     Row,
     row_key,
@@ -222,7 +223,7 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
             c.int_in(t, row, "TIMEOUTMS", 100, 255_000, required=False)  # t1
         elif rtype == ACQUISITION:
             c.one_of(t, row, "PROTOCOL", ACQ_PROTOCOLS, required=False)
-            c.int_in(t, row, "POLLMS", 10, 3_600_000, required=False)
+            c.int_in(t, row, "POLLMS", *POLL_MS_RANGE, required=False)
             c.int_in(t, row, "TIMEOUTMS", 10, 60_000, required=False)
         else:
             proto = c.one_of(t, row, "PROTOCOL", FWD_PROTOCOLS)

@@ -36,6 +36,22 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected a number >= 0"),
     (b"[DEFAULT]\nport = 7000\n", "fep-ha.cfg [DEFAULT] port: unknown setting"),
     (b"[timer]\n", "fep-ha.cfg [timer]: unknown section"),
+    # cfgaudit: what an independent checker tries
+    (b"[node]\nthis is not ini\n", "fep-ha.cfg line 2: 'this is not ini' is not 'key = value' or '[section]'"),
+    (b"id = A\n", "fep-ha.cfg line 1: 'id = A' comes before any [section]"),
+    (b"[node]\nid = A\nid = B\n", "fep-ha.cfg line 3: [node] id is set twice"),
+    (b"[node]\nid = A\n[node]\n", "fep-ha.cfg line 3: [node] appears twice"),
+    ("[redis]\nport = \u0668\u0660\n".encode(), "[redis] port = '\u0668\u0660': expected a TCP port 1..65535"),
+    (b"[node]\nbind = 999.1.1.1\n", "[node] bind = '999.1.1.1': expected an IP address or a host name"),
+    (b"[redis]\nlocal_host = 1.2.3\n", "[redis] local_host = '1.2.3': expected an IP address or a host name"),
+    (b"[timers]\npoll_ms = 5\n", "[timers] poll_ms = '5': expected a whole number in 10..3600000"),
+    (b"[timers]\nreconnect_min_s = 10\nreconnect_max_s = 1\n",
+     "[timers] reconnect_min_s = 10.0: must not exceed reconnect_max_s (1.0)"),
+    (b"[iec104]\nk = 40000\nw = 8\n", "[iec104] k = 40000, w = 8: need w <= k <= 32767"),
+    (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
+    (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
+    (b"[tls]\nkey = node.key\n", "[tls] key = 'node.key': needs cert (without cert the servers run without TLS)"),
+    (b"[tls]\nca = ca.pem\n", "[tls] ca = 'ca.pem': needs cert (without cert the servers run without TLS)"),
 ])
 def test_broken_file_is_one_line(tmp_path: Path, data: bytes, expect: str) -> None:
     write(tmp_path, data)
@@ -87,3 +103,22 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
                        check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == f"{prog}: {tmp_path}/cfg/fep-ha.cfg line 2: byte 0xff is not UTF-8 (save the file as UTF-8)"
+
+
+def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
+    write(tmp_path, b"[node]\nid = " + b"A" * 100_000 + b"\n")
+    (line,) = problems(tmp_path)
+    assert line.endswith("[node] id = '" + "A" * 59 + "... (100000 characters): expected A or B"), line[-200:]
+
+
+def test_a_tls_certificate_that_cannot_be_loaded_stops_the_forwarder_with_one_line(tmp_path: Path) -> None:
+    """A missing or broken certificate is a configuration error (exit 2, one line), not a traceback."""
+    write(tmp_path, (REPO / "cfg" / "syslod.cfg").read_bytes(), "syslod.cfg")
+    write(tmp_path, b"[tls]\ncert = cfg/missing.pem\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(["fep-forwarder"], capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": "", "FEP_LOG_CONSOLE": "false"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"fep-forwarder: [tls] cert = 'cfg/missing.pem', key = '': cannot load {tmp_path}/cfg/missing.pem: "
+        "No such file or directory"), p.stderr
