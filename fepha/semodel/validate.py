@@ -68,6 +68,9 @@ NUMERIC_TYPES = tuple(n for n in datatypes.DATATYPES if n != "bool")
 IEC104_KIND_TYPES: dict[str, tuple[str, ...]] = {kind: IEC104_TYPES[t] for t, kind in FWD_KIND.items()}
 IEC104_CTLMODES = ("direct", "sbo")
 IOA_MAX = 16_777_215
+# RTUID, PNTID, VPID, ZFID: positive, and at most the largest integer a JavaScript number (the dashboard's,
+# the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
+ID_MAX = 2**53 - 1
 # modbus_trains: the area of each forwarding table and the data types it may hold.
 MODBUS_TRAINS_AREA: dict[str, str] = {
     "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
@@ -169,8 +172,13 @@ def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> Non
         for row in trows:
             k = row_key(table, row)
             seen[k] = seen.get(k, 0) + 1
-            if single is not None and _int(row.get(single)) is None:
-                c.add(table, row, single, f"{shown(row.get(single))} is not an integer")
+            if single is not None:
+                i = _int(row.get(single))
+                if i is None:
+                    c.add(table, row, single, f"{shown(row.get(single))} is not an integer")
+                elif table != "T020_UNION" and not 1 <= i <= ID_MAX:
+                    c.add(table, row, single, f"{i} is not an id in 1..{ID_MAX} (the largest integer the dashboard's "
+                          "JavaScript holds exactly)")
             for col, v in row.items():
                 if isinstance(v, NotUtf8):
                     c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8", blob=True)

@@ -76,6 +76,17 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
      ["T011_POINT [105] DEADBAND: is only for AI points"]),
     ("an RTU of no known type, its rows not repeated", sql("UPDATE T004_RTU SET RTUTYPE = 1 WHERE RTUID = 1"),
      ["T004_RTU [1] RTUTYPE: 1 is not one of 0, 2"]),
+    ("ids 0, negative and past 2^53", sql("UPDATE T011_POINT SET PNTID = 0 WHERE PNTID = 104",
+                                          "UPDATE T036_VTPNT SET VPID = -903 WHERE VPID = 903",
+                                          "UPDATE T006_ZFDI SET SRCID = -903 WHERE SRCID = 903",
+                                          "UPDATE T004_RTU SET RTUID = 9223372036854775807 WHERE RTUID = 12",
+                                          "UPDATE T005_ZFAI SET RTUID = 9223372036854775807 WHERE RTUID = 12",
+                                          "UPDATE T006_ZFDI SET RTUID = 9223372036854775807 WHERE RTUID = 12",
+                                          "UPDATE T007_ZFACC SET RTUID = 9223372036854775807 WHERE RTUID = 12",
+                                          "UPDATE T008_ZFDO SET RTUID = 9223372036854775807 WHERE RTUID = 12",
+                                          "UPDATE T009_ZFAO SET RTUID = 9223372036854775807 WHERE RTUID = 12"),
+     ["T011_POINT [0] PNTID: 0 is not an id in 1..9007199254740991", "T036_VTPNT [-903] VPID: -903 is not an id",
+      "T004_RTU [9223372036854775807] RTUID: 9223372036854775807 is not an id"]),
     ("a socket where the file should be", lambda p: (p.unlink(), _bind_unix(p)), ["SEMODEL.db: cannot read: "]),
 ]
 

@@ -160,6 +160,15 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("deadband on an iec104 DI", setv("T011_POINT", {"PNTID": 301}, "DEADBAND", 1), ("T011_POINT", "301", "DEADBAND")),
     ("deadband 0 on a DO is fine", setv("T011_POINT", {"PNTID": 109}, "DEADBAND", 0), None),
     ("rtu name blank", setv("T004_RTU", {"RTUID": 2}, "NAME", "   "), ("T004_RTU", "2", "NAME")),
+    ("point id 0", setv("T011_POINT", {"PNTID": 104}, "PNTID", 0), ("T011_POINT", "0", "PNTID")),
+    ("point id negative", setv("T011_POINT", {"PNTID": 104}, "PNTID", -104), ("T011_POINT", "-104", "PNTID")),
+    ("point id 2^53", setv("T011_POINT", {"PNTID": 104}, "PNTID", 2**53), ("T011_POINT", str(2**53), "PNTID")),
+    ("point id 2^53-1 is fine", setv("T011_POINT", {"PNTID": 104}, "PNTID", 2**53 - 1), None),
+    ("rtu id 2^63-1", add("T004_RTU", {"RTUID": 2**63 - 1, "NAME": "x", "RTUTYPE": 2, "PROTOCOL": "sefeps",
+                                       "LISTENPORT": 7071}), ("T004_RTU", str(2**63 - 1), "RTUID")),
+    ("fwd id negative", add("T006_ZFDI", {**ZF, "ZFID": -1, "RTUID": 12, "SRCID": 106, "ADDR": 50, "TYPE": None}),
+     ("T006_ZFDI", "-1", "ZFID")),
+    ("union id 0 is fine", setv("T020_UNION", {"ID": 1}, "ID", 0), None),
 ]
 
 
