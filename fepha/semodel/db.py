@@ -25,7 +25,8 @@ def schema_columns() -> dict[str, list[str]]:
 
 def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
     if not path.exists():
-        return {}, [Problem("-", "-", "-", f"{path}: no such file")]
+        link = " (a symbolic link to a missing file, or a loop)" if path.is_symlink() else ""
+        return {}, [Problem("-", "-", "-", f"{path}: no such file{link}")]
     if path.is_dir():
         return {}, [Problem("-", "-", "-", f"{path}: is a directory, not a SQLite database")]
     try:

@@ -71,6 +71,7 @@ IOA_MAX = 16_777_215
 # RTUID, PNTID, VPID, ZFID: positive, and at most the largest integer a JavaScript number (the dashboard's,
 # the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
 ID_MAX = 2**53 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it
 # modbus_trains: the area of each forwarding table and the data types it may hold.
 MODBUS_TRAINS_AREA: dict[str, str] = {
     "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
@@ -93,7 +94,7 @@ def _int(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):  # ASCII: int() also reads Arabic-Indic digits
         return int(v)
     return None
 
@@ -179,6 +180,9 @@ def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> Non
                 elif table != "T020_UNION" and not 1 <= i <= ID_MAX:
                     c.add(table, row, single, f"{i} is not an id in 1..{ID_MAX} (the largest integer the dashboard's "
                           "JavaScript holds exactly)")
+            name = row.get("NAME")
+            if isinstance(name, str) and _CONTROL.search(name):
+                c.add(table, row, "NAME", f"{shown(name)} contains a control character")
             for col, v in row.items():
                 if isinstance(v, NotUtf8):
                     c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8", blob=True)
@@ -242,7 +246,12 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
                 ports[port] = row
             hi = 247 if proto == "modbus_trains" else 65534
             c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
-            for net in (row.get("ALLOW") or "").split(","):
+            allow = row.get("ALLOW")
+            if allow is not None and not isinstance(allow, str):  # a number where other DDL kept it one
+                c.add(t, row, "ALLOW", f"{shown(allow)} is not text (comma-separated addresses or networks)")
+            elif isinstance(allow, str) and not allow.replace(",", "").strip():
+                c.add(t, row, "ALLOW", f"{shown(allow)} lists no address (NULL allows every client)")
+            for net in (allow if isinstance(allow, str) else "").split(","):
                 if net.strip():
                     try:
                         ipaddress.ip_network(net.strip(), strict=False)

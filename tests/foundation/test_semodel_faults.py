@@ -87,6 +87,8 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
                                           "UPDATE T009_ZFAO SET RTUID = 9223372036854775807 WHERE RTUID = 12"),
      ["T011_POINT [0] PNTID: 0 is not an id in 1..9007199254740991", "T036_VTPNT [-903] VPID: -903 is not an id",
       "T004_RTU [9223372036854775807] RTUID: 9223372036854775807 is not an id"]),
+    ("a symbolic link to itself", lambda p: (p.unlink(), p.symlink_to(p)),
+     ["SEMODEL.db: no such file (a symbolic link to a missing file, or a loop)"]),
     ("a socket where the file should be", lambda p: (p.unlink(), _bind_unix(p)), ["SEMODEL.db: cannot read: "]),
 ]
 

@@ -169,6 +169,14 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("fwd id negative", add("T006_ZFDI", {**ZF, "ZFID": -1, "RTUID": 12, "SRCID": 106, "ADDR": 50, "TYPE": None}),
      ("T006_ZFDI", "-1", "ZFID")),
     ("union id 0 is fine", setv("T020_UNION", {"ID": 1}, "ID", 0), None),
+    ("allow blank: would allow every client", setv("T004_RTU", {"RTUID": 10}, "ALLOW", " , "), ("T004_RTU", "10", "ALLOW")),
+    ("allow a number (other DDL): was a traceback", setv("T004_RTU", {"RTUID": 10}, "ALLOW", 5), ("T004_RTU", "10", "ALLOW")),
+    ("address in Arabic-Indic digits", setv("T011_POINT", {"PNTID": 102}, "ADDRESS", "\u0665"), ("T011_POINT", "102", "ADDRESS")),
+    ("allow with an empty entry is fine", setv("T004_RTU", {"RTUID": 10}, "ALLOW", "10.0.0.1,,10.0.0.2"), None),
+    ("rtu name with an escape", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x1b[31mred"), ("T004_RTU", "1", "NAME")),
+    ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
+    ("vpoint name with a newline", setv("T036_VTPNT", {"VPID": 901}, "NAME", "a\nb"), ("T036_VTPNT", "901", "NAME")),
+    ("unicode names are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Подстанция 北 ⚡"), None),
 ]
 
 
