@@ -10,6 +10,7 @@ from __future__ import annotations
 import configparser
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -306,9 +307,10 @@ def _syntax_problems(path: Path, text: str, exc: configparser.Error) -> list[str
 
 
 def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Any:
+                  overrides: Mapping[str, Any] | None = None, from_env: dict[str, str] | None = None) -> Any:
     """Read `path` into `cls`, applying FEP_<SECTION>_<KEY> variables of `env`; a missing file is
-    allowed (every value has a default). Every problem is collected into one ConfigError."""
+    allowed (every value has a default). Every problem is collected into one ConfigError. `from_env`, when
+    given, receives field name -> variable of each value a variable set."""
     env = os.environ if env is None else env
     parser = _read_ini(path)
     problems: list[str] = []
@@ -330,6 +332,8 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         var = f"FEP_{section}_{key}".upper()
         if var in env:
             raw, where = env[var], f"environment {var}"
+            if from_env is not None:
+                from_env[f.name] = var
         elif parser.has_option(section, key):
             raw, where = parser.get(section, key).strip(), f"{path} [{section}] {key}"
         else:
@@ -357,11 +361,21 @@ def unknown_variables(cls: type, env: Mapping[str, str]) -> list[str]:
 
 def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> NodeConfig:
     root = root or feproot()
-    cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides)
-    problems = [f"{root / 'cfg' / 'fep-ha.cfg'} {p}" for p in cross_problems(cfg)]
+    from_env: dict[str, str] = {}
+    cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides, from_env)
+    problems = [f"{root / 'cfg' / 'fep-ha.cfg'} {p}{_set_by(p, from_env)}" for p in cross_problems(cfg)]
     if problems:
         raise ConfigError(*problems)
     return cfg
+
+
+def _set_by(problem: str, from_env: Mapping[str, str]) -> str:
+    """" (from environment FEP_...)" naming the variables that set a value a rule's line names: such a line
+    starts "[section] " and names only keys of that section, so the file is not blamed for a variable."""
+    section = problem[1:problem.index("]")]
+    names = [from_env[f.name] for f in fields(NodeConfig) if f.metadata["section"] == section and f.name in from_env
+             and re.search(rf"(?<![\w.]){re.escape(_key(f))}(?![\w.])", problem)]
+    return f" (from environment {', '.join(names)})" if names else ""
 
 
 def cross_problems(cfg: NodeConfig) -> list[str]:

@@ -105,6 +105,23 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
     assert p.stderr.strip() == f"{prog}: {tmp_path}/cfg/fep-ha.cfg line 2: byte 0xff is not UTF-8 (save the file as UTF-8)"
 
 
+@pytest.mark.parametrize("env,suffix", [
+    ({}, ""),
+    ({"FEP_TIMERS_LEASE_TICK_S": "5"}, " (from environment FEP_TIMERS_LEASE_TICK_S)"),
+    ({"FEP_TIMERS_LEASE_TICK_S": "5", "FEP_TIMERS_LEASE_TTL_S": "3"},
+     " (from environment FEP_TIMERS_LEASE_TTL_S, FEP_TIMERS_LEASE_TICK_S)"),
+])
+def test_a_rule_across_settings_names_the_variables_that_set_its_values(tmp_path: Path, env: dict[str, str],
+                                                                        suffix: str) -> None:
+    """lease_ttl_s against a lease_tick_s set by the file or by a variable: the line does not blame the file
+    for a variable's value."""
+    if not env:
+        write(tmp_path, b"[timers]\nlease_tick_s = 5\n")
+    lines = [line for line in problems(tmp_path, env) if "lease_ttl_s" in line]
+    assert lines == [f"{tmp_path}/cfg/fep-ha.cfg [timers] lease_ttl_s = 3.0: must be more than twice lease_tick_s "
+                     f"(5.0){suffix}"], lines
+
+
 def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
     write(tmp_path, b"[node]\nid = " + b"A" * 100_000 + b"\n")
     (line,) = problems(tmp_path)
