@@ -135,6 +135,13 @@ def _text(s: str) -> str:
     return s
 
 
+def _path(s: str) -> str:
+    """A file's path: not empty (an empty one named $FEPROOT itself)."""
+    if not s:
+        raise ValueError("expected a path")
+    return s
+
+
 def _nonneg_int(s: str) -> int:
     if not _digits(s):
         raise ValueError("expected a whole number >= 0")
@@ -188,7 +195,7 @@ class NodeConfig:
                                   "most /api/v1/stream (live dashboard) clients at once; more get 503")
     api_stream_queue: int = opt("api", _positive(int), 256,
                                 "messages queued per stream client; a client this far behind is dropped")
-    semodel: str = opt("paths", _text, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
+    semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
     tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")

@@ -50,6 +50,7 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\nk = 40000\nw = 8\n", "[iec104] k = 40000, w = 8: need w <= k <= 32767"),
     (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
     (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
+    (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
     (b"[tls]\nkey = node.key\n", "[tls] key = 'node.key': needs cert (without cert the servers run without TLS)"),
     (b"[tls]\nca = ca.pem\n", "[tls] ca = 'ca.pem': needs cert (without cert the servers run without TLS)"),
 ])
