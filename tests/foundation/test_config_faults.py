@@ -51,6 +51,16 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
     (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
     (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
+    # already right, pinned
+    (b"[redis]\nport =\n", "[redis] port = '': expected a TCP port 1..65535"),
+    (b"[redis]\nport = +80\n", "[redis] port = '+80': expected a TCP port 1..65535"),
+    (b"[api]\nopen_reads = maybe\n", "[api] open_reads = 'maybe': expected true or false"),
+    (b"[iec104]\nk = 0\n", "[iec104] k = '0': expected a whole number > 0"),
+    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number > 0"),
+    (b"[modbus_trains]\nquality_unit = 255\n", "[modbus_trains] quality_unit = 255: a unit id is 1 ... 254"),
+    (b"[node]\nid = A\n  B\n", "[node] id = 'A\\nB': expected A or B"),
+    (b"[node]\nid = A\x00\n", "[node] id = 'A\\x00': expected A or B"),
+    (b"[NODE]\nid = B\n", "fep-ha.cfg [NODE]: unknown section"),
     (b"[tls]\nkey = node.key\n", "[tls] key = 'node.key': needs cert (without cert the servers run without TLS)"),
     (b"[tls]\nca = ca.pem\n", "[tls] ca = 'ca.pem': needs cert (without cert the servers run without TLS)"),
 ])
@@ -121,6 +131,18 @@ def test_a_rule_across_settings_names_the_variables_that_set_its_values(tmp_path
     lines = [line for line in problems(tmp_path, env) if "lease_ttl_s" in line]
     assert lines == [f"{tmp_path}/cfg/fep-ha.cfg [timers] lease_ttl_s = 3.0: must be more than twice lease_tick_s "
                      f"(5.0){suffix}"], lines
+
+
+@pytest.mark.parametrize("env,expect", [
+    ({"FEP_REDIS_PORT": " 6379 "}, "environment FEP_REDIS_PORT = ' 6379 ': expected a TCP port 1..65535"),
+    ({"FEP_NODE_ID": "a"}, "environment FEP_NODE_ID = 'a': expected A or B"),
+    ({"FEP_API_OPEN_READS": "2"}, "environment FEP_API_OPEN_READS = '2': expected true or false"),
+    ({"FEP_NODE_BIND": "1.2.3"}, "environment FEP_NODE_BIND = '1.2.3': expected an IP address or a host name"),
+    ({"FEP_IEC104_T3_S": "256"}, "environment FEP_IEC104_T3_S = '256': expected a number of seconds > 0 and <= 255"),
+])
+def test_a_bad_variable_is_one_line(tmp_path: Path, env: dict[str, str], expect: str) -> None:
+    (line,) = problems(tmp_path, env)
+    assert line.startswith(expect), line
 
 
 def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
