@@ -173,21 +173,20 @@ def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> Non
         for row in trows:
             k = row_key(table, row)
             seen[k] = seen.get(k, 0) + 1
-            if single is not None:
-                i = _int(row.get(single))
+            if single is not None and not (type(kv := row.get(single)) is int and 1 <= kv <= ID_MAX):  # fast path
+                i = _int(kv)
                 if i is None:
-                    c.add(table, row, single, f"{shown(row.get(single))} is not an integer")
+                    c.add(table, row, single, f"{shown(kv)} is not an integer")
                 elif table != "T020_UNION" and not 1 <= i <= ID_MAX:
                     c.add(table, row, single, f"{i} is not an id in 1..{ID_MAX} (the largest integer the dashboard's "
                           "JavaScript holds exactly)")
             name = row.get("NAME")
-            if isinstance(name, str) and _CONTROL.search(name):
+            if isinstance(name, str) and not name.isprintable() and _CONTROL.search(name):
                 c.add(table, row, "NAME", f"{shown(name)} contains a control character")
             for col, v in row.items():
-                if isinstance(v, NotUtf8):
-                    c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8", blob=True)
-                elif isinstance(v, bytes):
-                    c.add(table, row, col, f"{shown(v)} is a BLOB, not text or a number", blob=True)
+                if isinstance(v, bytes):  # one test per value in the common case (111,602 rows: 1.5 M values)
+                    c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8" if isinstance(v, NotUtf8)
+                          else f"{shown(v)} is a BLOB, not text or a number", blob=True)
         for k, n in seen.items():
             if n > 1:
                 c.problems.append(Problem(table, _cut(k), ", ".join(KEYS[table]), f"key held by {n} rows"))
