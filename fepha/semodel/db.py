@@ -66,7 +66,13 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
                 rows[table] = [dict(zip(columns, r, strict=False)) for r in con.execute(select)]
                 con.text_factory = str
     except sqlite3.DatabaseError as exc:
-        problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
+        journal = path.with_name(path.name + "-journal")
+        if "readonly" in str(exc) and journal.exists():  # rolling a hot journal back needs a write, and we only read
+            problems.append(Problem("-", "-", "-", f"{path}: a program stopped in the middle of writing it: "
+                                    f"{journal.name} holds its unfinished change; open the database once with "
+                                    "sqlite3 (that rolls the change back), then run sysload again"))
+        else:
+            problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
     finally:
         con.close()
     return rows, problems

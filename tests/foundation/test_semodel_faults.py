@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -138,8 +140,24 @@ BREAKAGES: list[tuple[str, Callable[[Path], None], list[str]]] = [
       "T004_RTU [1] POLLMS: 0 is not an integer in 10..3600000", "T004_RTU [2] POLLMS: -1 is not an integer in 10..3600000",
       "T011_POINT [102] DATATYPE: 'int64' is not one of bool, int16, uint16, int32, uint32, float32",
       "T011_POINT [102] DEADBAND: -1.0 is not a number >= 0"]),
+    ("a writer that died mid-transaction (a hot journal)", lambda p: _die_writing(p),
+     ["SEMODEL.db: a program stopped in the middle of writing it: SEMODEL.db-journal holds its unfinished change; "
+      "open the database once with sqlite3 (that rolls the change back), then run sysload again"]),
     ("a socket where the file should be", lambda p: (p.unlink(), _bind_unix(p)), ["SEMODEL.db: cannot read: "]),
 ]
+
+
+def _die_writing(path: Path) -> None:
+    """A process that exits in the middle of a transaction larger than its cache, leaving a hot journal."""
+    code = ("import os, sqlite3, sys\n"
+            "con = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "con.execute('PRAGMA cache_size=1')\n"
+            "con.execute('BEGIN')\n"
+            "for i in range(2000):\n"
+            "    con.execute('INSERT INTO T011_POINT (PNTID, RTUID, KIND, NAME) VALUES (?, 1, ?, ?)', (10000 + i, 'AI', 'x' * 200))\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, timeout=60)
+    assert path.with_name(path.name + "-journal").exists()
 
 
 def _bind_unix(path: Path) -> None:
