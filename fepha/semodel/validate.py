@@ -332,20 +332,26 @@ def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None
             c.int_in(t, row, "BITINDEX", 0, 15)
         elif row.get("BITINDEX") is not None:
             c.add(t, row, "BITINDEX", "is only for bool points in register areas (hr, ir)")
-        _check_scaling(c, row, kind)
+        _check_scaling(c, row, kind, bit=dtype == "bool")
     return kinds
 
 
-def _check_scaling(c: _Checker, row: Row, kind: str | None) -> None:
+def _check_scaling(c: _Checker, row: Row, kind: str | None, bit: bool) -> None:
     """SCALE, OFFSET and DEADBAND of a point (the same for every acquisition protocol). A deadband is for AI
     points only: on a DI, counter or control target it would hide changes (a DI with DEADBAND 1 never showed
-    a change, 0 -> 1 not being more than 1)."""
+    a change, 0 -> 1 not being more than 1). A point whose value is a bit (`bit`) is read and written as 0/1,
+    unscaled: a SCALE or OFFSET other than 1 and 0 there would be ignored (SCALE -1 does not invert a DI)."""
     t = "T011_POINT"
     scale = _num(row.get("SCALE")) if row.get("SCALE") is not None else 1.0
+    offset = _num(row.get("OFFSET")) if row.get("OFFSET") is not None else 0.0
     if scale is None or scale == 0:
         c.add(t, row, "SCALE", f"{shown(row.get('SCALE'))} is not a non-zero number")
-    if row.get("OFFSET") is not None and _num(row.get("OFFSET")) is None:
+    elif bit and scale != 1:
+        c.add(t, row, "SCALE", f"{shown(row.get('SCALE'))}: a bit (0/1) is not scaled; NULL or 1 here")
+    if offset is None:
         c.add(t, row, "OFFSET", f"{shown(row.get('OFFSET'))} is not a number")
+    elif bit and offset != 0:
+        c.add(t, row, "OFFSET", f"{shown(row.get('OFFSET'))}: a bit (0/1) is not offset; NULL or 0 here")
     if row.get("DEADBAND") is not None:
         db = _num(row.get("DEADBAND"))
         if db is None or db < 0:
@@ -370,7 +376,7 @@ def _check_iec104_point(c: _Checker, row: Row, rid: int, kind: str | None,
         c.one_of(t, row, "CTLMODE", IEC104_CTLMODES, required=False)
     elif row.get("CTLMODE") is not None:
         c.add(t, row, "CTLMODE", "is only for DO/AO points (command targets)")
-    _check_scaling(c, row, kind)
+    _check_scaling(c, row, kind, bit=kind in ("DI", "DO"))  # single/double points and commands: 0 or 1
     if addr is not None and kind is not None:
         key = (rid, command, addr)
         if key in ioas:
