@@ -418,6 +418,9 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
                             16_777_215 if proto == "se104s" else 65535)
             if row.get("COEF") is not None and not _num(row.get("COEF")):
                 c.add(table, row, "COEF", f"{shown(row.get('COEF'))} is not a non-zero number")
+            elif table in ("T006_ZFDI", "T008_ZFDO") and row.get("COEF") is not None and _num(row.get("COEF")) != 1:
+                # a DI / DO is forwarded as a bit, unscaled: COEF -1 would not invert it
+                c.add(table, row, "COEF", f"{shown(row.get('COEF'))}: a bit (0/1) is not scaled; NULL or 1 here")
             dtype = _check_fwd_type(c, table, row, proto)
             if rid is None or addr is None or proto is None:
                 continue
