@@ -162,3 +162,16 @@ def test_a_tls_certificate_that_cannot_be_loaded_stops_the_forwarder_with_one_li
     assert p.stderr.strip().splitlines()[-1] == (
         f"fep-forwarder: [tls] cert = 'cfg/missing.pem', key = '': cannot load {tmp_path}/cfg/missing.pem: "
         "No such file or directory"), p.stderr
+
+
+@pytest.mark.parametrize("cmd", [["sysload", "check"], ["fep-acquirer"], ["fep-api"]])
+def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path: Path, cmd: list[str]) -> None:
+    """[log] dir naming a file (or a place no directory can be made) was a traceback and exit 1 at every command."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "afile").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": str(tmp_path / "afile")})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == (f"{cmd[0]}: [log] dir = '{tmp_path}/afile' (syslod.cfg or FEP_LOG_DIR): cannot "
+                                f"create the directory {tmp_path}/afile: File exists"), p.stderr
