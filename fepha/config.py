@@ -7,6 +7,7 @@ key, the value and what is allowed (`ConfigError`); nothing is silently replaced
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import math
 import os
@@ -418,6 +419,21 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
 def load_log(root: Path | None = None, env: Mapping[str, str] | None = None) -> LogConfig:
     root = root or feproot()
     return load_settings(LogConfig, root / "cfg" / "syslod.cfg", env)
+
+
+def cli_arg(name: str) -> Callable[[str], Any]:
+    """The argparse type of a command-line option overriding the NodeConfig field `name`: the field's own
+    parser, so that `fep-api --port 99999` is refused as `[api] port = 99999` would be (it was a traceback;
+    `--port 0` served on a random port)."""
+    parse = next(f.metadata["parse"] for f in fields(NodeConfig) if f.name == name)
+
+    def convert(s: str) -> Any:
+        try:
+            return parse(s)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{shown(s)}: {exc}") from None
+    convert.__name__ = name  # argparse names the option's type by it
+    return convert
 
 
 def semodel_path(cfg: NodeConfig, root: Path | None = None) -> Path:

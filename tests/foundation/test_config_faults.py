@@ -175,3 +175,16 @@ def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path: Path, cmd: li
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == (f"{cmd[0]}: [log] dir = '{tmp_path}/afile' (syslod.cfg or FEP_LOG_DIR): cannot "
                                 f"create the directory {tmp_path}/afile: File exists"), p.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--port", "99999"], "fep-api: error: argument --port: '99999': expected a TCP port 1..65535"),
+    (["--port", "0"], "fep-api: error: argument --port: '0': expected a TCP port 1..65535"),
+    (["--bind", "1.2.3"], "fep-api: error: argument --bind: '1.2.3': expected an IP address or a host name"),
+])
+def test_fep_api_options_are_checked_as_the_settings_they_override(tmp_path: Path, args: list[str], expect: str) -> None:
+    """--port 99999 was an OverflowError traceback, --port 0 served on a random port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(["fep-api", *args], capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": ""})
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(expect), p.stderr
