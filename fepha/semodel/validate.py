@@ -243,8 +243,12 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
                 if port in ports:
                     c.add(t, row, "LISTENPORT", f"{port} is also used by RTU {ports[port]['RTUID']}")
                 ports[port] = row
-            hi = 247 if proto == "modbus_trains" else 65534
-            c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
+            if proto == "sefeps":  # the sefeps protocol has no station address (docs/sefeps.md)
+                if row.get("ADDRESS") is not None:
+                    c.add(t, row, "ADDRESS", "is not used by sefeps (NULL)")
+            else:
+                hi = 247 if proto == "modbus_trains" else 65534
+                c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
             allow = row.get("ALLOW")
             if allow is not None and not isinstance(allow, str):  # a number where other DDL kept it one
                 c.add(t, row, "ALLOW", f"{shown(allow)} is not text (comma-separated addresses or networks)")

@@ -183,6 +183,7 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("coef on a forwarded DO", setv("T008_ZFDO", {"ZFID": 11}, "COEF", 2), ("T008_ZFDO", "11", "COEF")),
     ("coef 1 on a forwarded DI is fine", setv("T006_ZFDI", {"ZFID": 2}, "COEF", 1), None),
     ("coef on a forwarded counter is fine", setv("T007_ZFACC", {"ZFID": 1}, "COEF", 0.001), None),
+    ("sefeps with an address: unused", setv("T004_RTU", {"RTUID": 12}, "ADDRESS", 5), ("T004_RTU", "12", "ADDRESS")),
     ("allow with an empty entry is fine", setv("T004_RTU", {"RTUID": 10}, "ALLOW", "10.0.0.1,,10.0.0.2"), None),
     ("rtu name with an escape", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x1b[31mred"), ("T004_RTU", "1", "NAME")),
     ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
