@@ -7,14 +7,18 @@ key, the value and what is allowed (`ConfigError`); nothing is silently replaced
 
 from __future__ import annotations
 
+import argparse
 import configparser
-import ipaddress
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from fepha.checks import shown, valid_host, valid_ip
+from fepha.semodel.model import POLL_MS_RANGE
 
 
 class ConfigError(Exception):
@@ -55,8 +59,13 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
     return parse
 
 
+def _digits(s: str) -> bool:
+    """Only ASCII digits ('٨٠' passes str.isdigit and int() reads it as 80)."""
+    return s.isascii() and s.isdigit()
+
+
 def _port(s: str) -> int:
-    if not s.isdigit() or not 1 <= int(s) <= 65535:
+    if not _digits(s) or not 1 <= int(s) <= 65535:
         raise ValueError("expected a TCP port 1..65535")
     return int(s)
 
@@ -68,17 +77,38 @@ def _node(s: str) -> str:
 
 
 def _ip(s: str) -> str:
-    try:
-        ipaddress.ip_address(s)
-    except ValueError:
-        raise ValueError("expected an IP address") from None
+    if not valid_ip(s):
+        raise ValueError("expected an IP address")
     return s
 
 
 def _host(s: str) -> str:
-    if not s or any(c.isspace() for c in s):
-        raise ValueError("expected a host name or IP address")
+    """The same rule as T010_CHANNEL.HOST (fepha.checks): '999.1.1.1' or '1.2.3' is no host name."""
+    if not valid_host(s):
+        raise ValueError("expected an IP address or a host name (RFC 1123, the last label not all-numeric)")
     return s
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(s: str) -> int:
+        if not (s.lstrip("-") and _digits(s.lstrip("-"))) or not lo <= int(s) <= hi:
+            raise ValueError(f"expected a whole number in {lo}..{hi}")
+        return int(s)
+    return parse
+
+
+IEC104_TIMER_MAX_S = 255.0  # IEC 60870-5-104 9.6: every time-out (t0 ... t3) is 1 ... 255 s
+
+
+def _iec104_timer(s: str) -> float:
+    """t0 ... t3 of IEC 104: a number of seconds > 0 (tests shorten them below 1 s) and at most 255."""
+    try:
+        v = float(s)
+    except ValueError:
+        v = math.nan
+    if not 0 < v <= IEC104_TIMER_MAX_S:  # nan fails too
+        raise ValueError(f"expected a number of seconds > 0 and <= {IEC104_TIMER_MAX_S:g}")
+    return v
 
 
 def _bool(s: str) -> bool:
@@ -106,8 +136,15 @@ def _text(s: str) -> str:
     return s
 
 
+def _path(s: str) -> str:
+    """A file's path: not empty (an empty one named $FEPROOT itself)."""
+    if not s:
+        raise ValueError("expected a path")
+    return s
+
+
 def _nonneg_int(s: str) -> int:
-    if not s.isdigit():
+    if not _digits(s):
         raise ValueError("expected a whole number >= 0")
     return int(s)
 
@@ -140,7 +177,8 @@ class NodeConfig:
     role_watch_s: float = opt("timers", _positive(float), 0.2,
                               "how often the acquirer and the forwarder read their local Redis's role "
                               "(a change: the VIP moved)")
-    poll_ms: int = opt("timers", _positive(int), 1000, "default poll period when T004_RTU.POLLMS is NULL")
+    poll_ms: int = opt("timers", _int_in(*POLL_MS_RANGE), 1000,
+                       "default poll period when T004_RTU.POLLMS is NULL (10 ... 3,600,000 ms, as POLLMS)")
     heartbeat_s: float = opt("timers", _positive(float), 2.0, "heartbeat period; the key lives 3 periods")
     reconnect_min_s: float = opt("timers", _positive(float), 0.5, "first reconnect backoff")
     reconnect_max_s: float = opt("timers", _positive(float), 5.0, "longest reconnect backoff")
@@ -158,17 +196,17 @@ class NodeConfig:
                                   "most /api/v1/stream (live dashboard) clients at once; more get 503")
     api_stream_queue: int = opt("api", _positive(int), 256,
                                 "messages queued per stream client; a client this far behind is dropped")
-    semodel: str = opt("paths", _text, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
+    semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
     tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
     # IEC 104 acquisition (T004_RTU.PROTOCOL 'iec104'): the acquirer as controlling station
     iec104_k: int = opt("iec104", _positive(int), 12, "k: I frames sent and not yet acknowledged, at most")
     iec104_w: int = opt("iec104", _positive(int), 8, "w: acknowledge received I frames after this many")
-    iec104_t0_s: float = opt("iec104", _positive(float), 30.0, "t0: connect timeout")
-    iec104_t1_s: float = opt("iec104", _positive(float), 15.0, "t1: unconfirmed frame timeout (close); T004_RTU.TIMEOUTMS overrides")
-    iec104_t2_s: float = opt("iec104", _positive(float), 10.0, "t2: acknowledge received I frames at the latest after this")
-    iec104_t3_s: float = opt("iec104", _positive(float), 20.0, "t3: send TESTFR after this long without a frame")
+    iec104_t0_s: float = opt("iec104", _iec104_timer, 30.0, "t0: connect timeout")
+    iec104_t1_s: float = opt("iec104", _iec104_timer, 15.0, "t1: unconfirmed frame timeout (close); T004_RTU.TIMEOUTMS overrides")
+    iec104_t2_s: float = opt("iec104", _iec104_timer, 10.0, "t2: acknowledge received I frames at the latest after this")
+    iec104_t3_s: float = opt("iec104", _iec104_timer, 20.0, "t3: send TESTFR after this long without a frame")
     iec104_gi_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic general interrogation; 0: only after STARTDT; T004_RTU.POLLMS overrides")
     iec104_ci_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic counter interrogation; 0: never")
     iec104_clock_sync_s: float = opt("iec104", _positive(float, zero=True), 0.0, "clock synchronisation after STARTDT and this often; 0: never")
@@ -176,10 +214,10 @@ class NodeConfig:
     # forwarding RTU of the node uses them (fep_forwarder.app passes them as that server's options)
     se104s_k: int = opt("se104s", _positive(int), 12, "IEC 104 k: I-frames sent and not yet acknowledged, at most")
     se104s_w: int = opt("se104s", _positive(int), 8, "IEC 104 w: acknowledge the master's I-frames after this many")
-    se104s_t0_s: float = opt("se104s", _positive(float), 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
-    se104s_t1_s: float = opt("se104s", _positive(float), 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
-    se104s_t2_s: float = opt("se104s", _positive(float), 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
-    se104s_t3_s: float = opt("se104s", _positive(float), 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
+    se104s_t0_s: float = opt("se104s", _iec104_timer, 30.0, "IEC 104 t0 (s): a TLS handshake must end within it")
+    se104s_t1_s: float = opt("se104s", _iec104_timer, 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
+    se104s_t2_s: float = opt("se104s", _iec104_timer, 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
+    se104s_t3_s: float = opt("se104s", _iec104_timer, 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
     se104s_queue_max: int = opt("se104s", _positive(int), 200_000, "events queued per started master before it is closed")
     se104s_buffer_max: int = opt("se104s", _positive(int), 200_000,
                                  "events kept while no master is started (oldest dropped)")
@@ -254,14 +292,33 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        raise ConfigError(f"{path}: {exc.message.splitlines()[0]}") from None
+        raise ConfigError(*_syntax_problems(path, text, exc)) from None
     return parser
 
 
+def _syntax_problems(path: Path, text: str, exc: configparser.Error) -> list[str]:
+    """A syntax error as "file line N: what", every bad line of the file (configparser's own message
+    leaves the line number on a second line or out)."""
+    lines = text.splitlines()
+
+    def quoted(n: int) -> str:
+        return shown(lines[n - 1].strip()) if 0 < n <= len(lines) else "''"
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return [f"{path} line {exc.lineno}: {quoted(exc.lineno)} comes before any [section]"]
+    if isinstance(exc, configparser.ParsingError):
+        return [f"{path} line {n}: {quoted(n)} is not 'key = value' or '[section]'" for n, _ in exc.errors]
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return [f"{path} line {exc.lineno}: [{exc.section}] {exc.option} is set twice"]
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return [f"{path} line {exc.lineno}: [{exc.section}] appears twice"]
+    return [f"{path}: {exc.message.splitlines()[0]}"]
+
+
 def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
-                  overrides: Mapping[str, Any] | None = None) -> Any:
+                  overrides: Mapping[str, Any] | None = None, from_env: dict[str, str] | None = None) -> Any:
     """Read `path` into `cls`, applying FEP_<SECTION>_<KEY> variables of `env`; a missing file is
-    allowed (every value has a default). Every problem is collected into one ConfigError."""
+    allowed (every value has a default). Every problem is collected into one ConfigError. `from_env`, when
+    given, receives field name -> variable of each value a variable set."""
     env = os.environ if env is None else env
     parser = _read_ini(path)
     problems: list[str] = []
@@ -283,6 +340,8 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         var = f"FEP_{section}_{key}".upper()
         if var in env:
             raw, where = env[var], f"environment {var}"
+            if from_env is not None:
+                from_env[f.name] = var
         elif parser.has_option(section, key):
             raw, where = parser.get(section, key).strip(), f"{path} [{section}] {key}"
         else:
@@ -290,7 +349,7 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            problems.append(f"{where} = {raw!r}: {exc}")
+            problems.append(f"{where} = {shown(raw)}: {exc}")
     if problems:
         raise ConfigError(*problems)
     values.update(overrides or {})
@@ -310,11 +369,21 @@ def unknown_variables(cls: type, env: Mapping[str, str]) -> list[str]:
 
 def load_node(root: Path | None = None, env: Mapping[str, str] | None = None, **overrides: Any) -> NodeConfig:
     root = root or feproot()
-    cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides)
-    problems = [f"{root / 'cfg' / 'fep-ha.cfg'} {p}" for p in cross_problems(cfg)]
+    from_env: dict[str, str] = {}
+    cfg = load_settings(NodeConfig, root / "cfg" / "fep-ha.cfg", env, overrides, from_env)
+    problems = [f"{root / 'cfg' / 'fep-ha.cfg'} {p}{_set_by(p, from_env)}" for p in cross_problems(cfg)]
     if problems:
         raise ConfigError(*problems)
     return cfg
+
+
+def _set_by(problem: str, from_env: Mapping[str, str]) -> str:
+    """" (from environment FEP_...)" naming the variables that set a value a rule's line names: such a line
+    starts "[section] " and names only keys of that section, so the file is not blamed for a variable."""
+    section = problem[1:problem.index("]")]
+    names = [from_env[f.name] for f in fields(NodeConfig) if f.metadata["section"] == section and f.name in from_env
+             and re.search(rf"(?<![\w.]){re.escape(_key(f))}(?![\w.])", problem)]
+    return f" (from environment {', '.join(names)})" if names else ""
 
 
 def cross_problems(cfg: NodeConfig) -> list[str]:
@@ -326,15 +395,21 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
     if 0 < cfg.stop_handover_s <= cfg.lease_tick_s:
         problems.append(f"[timers] stop_handover_s = {cfg.stop_handover_s}: must be 0 or more than lease_tick_s "
                         f"({cfg.lease_tick_s}; the other node takes a handed-over lease at its next tick)")
-    if cfg.iec104_w > cfg.iec104_k:
-        problems.append(f"[iec104] w = {cfg.iec104_w}: must not exceed k ({cfg.iec104_k})")
-    if cfg.iec104_t2_s >= cfg.iec104_t1_s:
-        problems.append(f"[iec104] t2_s = {cfg.iec104_t2_s}: must be less than t1_s ({cfg.iec104_t1_s})")
-    if not cfg.se104s_w <= cfg.se104s_k <= 32767:
-        problems.append(f"[se104s] k = {cfg.se104s_k}, w = {cfg.se104s_w}: need w <= k <= 32767 (IEC 104 "
-                        "recommends w at most 2/3 of k)")
-    if cfg.se104s_t2_s >= cfg.se104s_t1_s:
-        problems.append(f"[se104s] t2_s = {cfg.se104s_t2_s}: must be less than t1_s ({cfg.se104s_t1_s})")
+    if cfg.reconnect_min_s > cfg.reconnect_max_s:
+        problems.append(f"[timers] reconnect_min_s = {cfg.reconnect_min_s}: must not exceed reconnect_max_s "
+                        f"({cfg.reconnect_max_s})")
+    for section in ("iec104", "se104s"):  # the same link parameters, of the acquirer and of the servers
+        k, w = getattr(cfg, f"{section}_k"), getattr(cfg, f"{section}_w")
+        t1, t2 = getattr(cfg, f"{section}_t1_s"), getattr(cfg, f"{section}_t2_s")
+        if not w <= k <= 32767:  # IEC 60870-5-104 9.6: k, w 1 ... 32767
+            problems.append(f"[{section}] k = {k}, w = {w}: need w <= k <= 32767 (IEC 104 recommends w at most "
+                            "2/3 of k)")
+        if t2 >= t1:
+            problems.append(f"[{section}] t2_s = {t2}: must be less than t1_s ({t1})")
+    for key in ("key", "ca"):
+        if getattr(cfg, f"tls_{key}") and not cfg.tls_cert:
+            problems.append(f"[tls] {key} = {shown(getattr(cfg, f'tls_{key}'))}: needs cert (without cert the "
+                            "servers run without TLS)")
     if cfg.modbus_trains_quality_unit > 254:
         problems.append(f"[modbus_trains] quality_unit = {cfg.modbus_trains_quality_unit}: a unit id is "
                         "1 ... 254 (255 and 0 address the server itself), 0 for none")
@@ -344,6 +419,21 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
 def load_log(root: Path | None = None, env: Mapping[str, str] | None = None) -> LogConfig:
     root = root or feproot()
     return load_settings(LogConfig, root / "cfg" / "syslod.cfg", env)
+
+
+def cli_arg(name: str) -> Callable[[str], Any]:
+    """The argparse type of a command-line option overriding the NodeConfig field `name`: the field's own
+    parser, so that `fep-api --port 99999` is refused as `[api] port = 99999` would be (it was a traceback;
+    `--port 0` served on a random port)."""
+    parse = next(f.metadata["parse"] for f in fields(NodeConfig) if f.name == name)
+
+    def convert(s: str) -> Any:
+        try:
+            return parse(s)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{shown(s)}: {exc}") from None
+    convert.__name__ = name  # argparse names the option's type by it
+    return convert
 
 
 def semodel_path(cfg: NodeConfig, root: Path | None = None) -> Path:

@@ -11,20 +11,28 @@ import logging.handlers
 import sys
 from pathlib import Path
 
-from fepha.config import LogConfig, feproot
+from fepha.config import ConfigError, LogConfig, feproot
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool | None = None) -> None:
-    """`console` overrides syslod.cfg's (a command that prints its own report logs to the file only)."""
+    """`console` overrides syslod.cfg's (a command that prints its own report logs to the file only).
+    ConfigError when the log directory or file cannot be made."""
     handlers: list[logging.Handler] = []
     if cfg.dir:
         d = Path(cfg.dir)
         d = d if d.is_absolute() else (root or feproot()) / d
-        d.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.handlers.RotatingFileHandler(d / f"{program}.log", maxBytes=cfg.max_bytes,
-                                                             backupCount=cfg.backups))
+        what = f"[log] dir = {cfg.dir!r} (syslod.cfg or FEP_LOG_DIR)"
+        try:  # a directory that cannot be made or written is a configuration error: one line, exit 2
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot create the directory {d}: {exc.strerror or exc}") from None
+        try:
+            handlers.append(logging.handlers.RotatingFileHandler(d / f"{program}.log", maxBytes=cfg.max_bytes,
+                                                                 backupCount=cfg.backups))
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot write {d / f'{program}.log'}: {exc.strerror or exc}") from None
     if (cfg.console if console is None else console) or not handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=cfg.level, format=FORMAT, handlers=handlers, force=True)

@@ -85,4 +85,8 @@ def main(prog: str, doc: str, services: Sequence[str], runner: Callable[[], Runn
         log.info("%s node %s stopped (status %d)", prog, cfg.node_id, status)
         return status
 
-    return asyncio.run(_main())
+    try:
+        return asyncio.run(_main())
+    except ConfigError as exc:  # found only when the service starts using it (a TLS certificate that cannot be loaded)
+        print("\n".join(f"{prog}: {line}" for line in exc.problems), file=sys.stderr)
+        return 2

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from fepha.semodel.model import SCHEMA_SQL, TABLES, Row
-from fepha.semodel.validate import Problem
+from fepha.semodel.validate import NotUtf8, Problem
 
 
 def schema_columns() -> dict[str, list[str]]:
@@ -25,12 +25,17 @@ def schema_columns() -> dict[str, list[str]]:
 
 def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
     if not path.exists():
-        return {}, [Problem("-", "-", "-", f"{path}: no such file")]
+        link = " (a symbolic link to a missing file, or a loop)" if path.is_symlink() else ""
+        return {}, [Problem("-", "-", "-", f"{path}: no such file{link}")]
     if path.is_dir():
         return {}, [Problem("-", "-", "-", f"{path}: is a directory, not a SQLite database")]
-    with open(path, "rb") as fh:
-        if fh.read(16) != b"SQLite format 3\x00":
-            return {}, [Problem("-", "-", "-", f"{path}: not a SQLite database")]
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:  # no permission, a socket or a device where the file should be
+        return {}, [Problem("-", "-", "-", f"{path}: cannot read: {exc.strerror or exc}")]
+    if header != b"SQLite format 3\x00":
+        return {}, [Problem("-", "-", "-", f"{path}: not a SQLite database")]
     try:
         con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     except sqlite3.Error as exc:
@@ -49,13 +54,35 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
                 problems.append(Problem(table, "-", c, "column is missing"))
             if missing:
                 continue
-            cur = con.execute(f"SELECT {', '.join(columns)} FROM {table}")
-            rows[table] = [dict(zip(columns, r, strict=False)) for r in cur]
+            select = f"SELECT {', '.join(columns)} FROM {table}"
+            try:
+                rows[table] = [dict(zip(columns, r, strict=False)) for r in con.execute(select)]
+            except sqlite3.OperationalError as exc:
+                if "decode" not in str(exc):
+                    raise
+                # text that is not UTF-8: read the table again keeping such cells as NotUtf8, which the
+                # validator reports at their row and column (the default decoder stops at the first one)
+                con.text_factory = _text
+                rows[table] = [dict(zip(columns, r, strict=False)) for r in con.execute(select)]
+                con.text_factory = str
     except sqlite3.DatabaseError as exc:
-        problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
+        journal = path.with_name(path.name + "-journal")
+        if "readonly" in str(exc) and journal.exists():  # rolling a hot journal back needs a write, and we only read
+            problems.append(Problem("-", "-", "-", f"{path}: a program stopped in the middle of writing it: "
+                                    f"{journal.name} holds its unfinished change; open the database once with "
+                                    "sqlite3 (that rolls the change back), then run sysload again"))
+        else:
+            problems.append(Problem("-", "-", "-", f"{path}: unreadable SQLite database: {exc}"))
     finally:
         con.close()
     return rows, problems
+
+
+def _text(b: bytes) -> str | NotUtf8:
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return NotUtf8(b)
 
 
 def build(sql_path: Path, db_path: Path) -> None:

@@ -15,6 +15,7 @@ from importlib import resources
 from typing import Any
 
 from fepha import datatypes
+from fepha.checks import ip_address
 
 Row = dict[str, Any]
 Rows = Mapping[str, Sequence[Row]]
@@ -29,6 +30,8 @@ ACQ_PROTOCOLS = (MODBUS_TCP, IEC104)
 FWD_PROTOCOLS = ("se104s", "modbus_trains", "sefeps")
 KINDS = ("AI", "DI", "ACC", "DO", "AO")
 POLLED_KINDS = ("AI", "DI", "ACC")
+# Poll period of a Modbus acquisition RTU, ms: T004_RTU.POLLMS and fep-ha.cfg's default [timers] poll_ms.
+POLL_MS_RANGE = (10, 3_600_000)
 
 # Primary-key columns of each table; their values joined by ":" form the row key in Redis and reports.
 KEYS: dict[str, tuple[str, ...]] = {
@@ -234,8 +237,13 @@ class Model:
         return {v.id: v for r in self.rtus.values() for v in r.vpoints}
 
     def node_of_ip(self, ip: str) -> str | None:
-        """Node id (A/B) of an address in T020_UNION, None when it is neither."""
-        return {self.ip1: "A", self.ip2: "B"}.get(ip)
+        """Node id (A/B) of an address in T020_UNION, None when it is neither; compared as addresses, since
+        fep-ha.cfg and SEMODEL.db may spell one IPv6 address differently (fd00::1, fd00:0::1)."""
+        addr = ip_address(ip)
+        for node, listed in (("A", self.ip1), ("B", self.ip2)):
+            if listed == ip or (addr is not None and ip_address(listed) == addr):
+                return node
+        return None
 
     def identity_problem(self, node_id: str, ip: str) -> str | None:
         """Why fep-ha.cfg's `[node] id`/`ip` disagree with T020_UNION (IP1 is node A, IP2 node B), None when

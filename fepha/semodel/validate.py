@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fepha import datatypes
+from fepha.checks import ip_address, shown, valid_host, valid_ip
 from fepha.semodel.model import (
     ACQ_PROTOCOLS,
     ACQUISITION,
@@ -25,10 +26,21 @@ from fepha.semodel.model import (
     IEC104,
     KEYS,
     KINDS,
+    POLL_MS_RANGE,
     RTUTYPES,
     Row,
     row_key,
 )
+
+
+class NotUtf8(bytes):
+    """A TEXT value whose bytes are not UTF-8, as `db.read_rows` hands it over so that it is reported at its
+    row and column like a BLOB, instead of ending the read of its table (SQLite stores any bytes as TEXT)."""
+
+
+def _cut(key: str) -> str:
+    """A row key as reports show it: a key that is a long text is cut like a value (`shown`)."""
+    return key if len(key) <= 40 else f"{key[:40]}..."
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -56,6 +68,10 @@ NUMERIC_TYPES = tuple(n for n in datatypes.DATATYPES if n != "bool")
 IEC104_KIND_TYPES: dict[str, tuple[str, ...]] = {kind: IEC104_TYPES[t] for t, kind in FWD_KIND.items()}
 IEC104_CTLMODES = ("direct", "sbo")
 IOA_MAX = 16_777_215
+# RTUID, PNTID, VPID, ZFID: positive, and at most the largest integer a JavaScript number (the dashboard's,
+# the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
+ID_MAX = 2**53 - 1
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it
 # modbus_trains: the area of each forwarding table and the data types it may hold.
 MODBUS_TRAINS_AREA: dict[str, str] = {
     "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
@@ -69,7 +85,6 @@ KIND_AREAS: dict[str, tuple[str, ...]] = {
     "AI": datatypes.REGISTER_AREAS, "ACC": datatypes.REGISTER_AREAS, "DI": datatypes.AREAS,
     "DO": datatypes.WRITABLE_AREAS, "AO": ("hr",),
 }
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 def _int(v: Any) -> int | None:
@@ -79,7 +94,7 @@ def _int(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and re.fullmatch(r"-?\d+", v.strip()):
+    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):  # ASCII: int() also reads Arabic-Indic digits
         return int(v)
     return None
 
@@ -94,25 +109,16 @@ def _num(v: Any) -> float | None:
     return f if f is not None and math.isfinite(f) else None  # SQLite stores 9e999 as Inf: not a value
 
 
-def valid_ip(v: Any) -> bool:
-    try:
-        ipaddress.ip_address(str(v))
-        return True
-    except ValueError:
-        return False
-
-
-def valid_host(v: Any) -> bool:
-    return isinstance(v, str) and (valid_ip(v) or bool(_HOSTNAME.match(v)))
-
-
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[Problem] = []
 
-    def add(self, table: str, row: Mapping[str, Any] | None, column: str, message: str) -> None:
+    def add(self, table: str, row: Mapping[str, Any] | None, column: str, message: str, blob: bool = False) -> None:
+        """One problem; a cell holding a BLOB (or text that is not UTF-8) gets that problem only."""
+        if not blob and row is not None and isinstance(row.get(column), bytes):
+            return
         key = "-" if row is None else row_key(table, row)
-        self.problems.append(Problem(table, key, column, message))
+        self.problems.append(Problem(table, _cut(key), column, message))
 
     def int_in(self, table: str, row: Row, column: str, lo: int, hi: int, required: bool = True) -> int | None:
         v = row.get(column)
@@ -122,7 +128,7 @@ class _Checker:
             return None
         i = _int(v)
         if i is None or not lo <= i <= hi:
-            self.add(table, row, column, f"{v!r} is not an integer in {lo}..{hi}")
+            self.add(table, row, column, f"{shown(v)} is not an integer in {lo}..{hi}")
             return None
         return i
 
@@ -133,7 +139,7 @@ class _Checker:
                 self.add(table, row, column, f"is not set (one of {', '.join(map(str, allowed))})")
             return None
         if v not in allowed:
-            self.add(table, row, column, f"{v!r} is not one of {', '.join(map(str, allowed))}")
+            self.add(table, row, column, f"{shown(v)} is not one of {', '.join(map(str, allowed))}")
             return None
         return v
 
@@ -156,21 +162,34 @@ def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
 def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> None:
     """Rules of every table: a key (the primary key of schema.sql) held by one row only, since rows are
     stored in Redis under it and a second row would silently replace the first (a database built with
-    other DDL has no PRIMARY KEY to refuse it); and no BLOB value, which no column holds and which cannot
-    be stored as JSON."""
+    other DDL has no PRIMARY KEY to refuse it); a one-column key an integer, since every service reads it
+    as one (a NULL ZFID was loaded, and every service then failed reading the configuration); and no BLOB
+    value and no text that is not UTF-8, which no column holds and which cannot be stored as JSON."""
     for table, trows in rows.items():
         if table not in KEYS:
             continue
         seen: dict[str, int] = {}
+        single = KEYS[table][0] if len(KEYS[table]) == 1 else None
         for row in trows:
             k = row_key(table, row)
             seen[k] = seen.get(k, 0) + 1
+            if single is not None and not (type(kv := row.get(single)) is int and 1 <= kv <= ID_MAX):  # fast path
+                i = _int(kv)
+                if i is None:
+                    c.add(table, row, single, f"{shown(kv)} is not an integer")
+                elif table != "T020_UNION" and not 1 <= i <= ID_MAX:
+                    c.add(table, row, single, f"{i} is not an id in 1..{ID_MAX} (the largest integer the dashboard's "
+                          "JavaScript holds exactly)")
+            name = row.get("NAME")
+            if isinstance(name, str) and not name.isprintable() and _CONTROL.search(name):
+                c.add(table, row, "NAME", f"{shown(name)} contains a control character")
             for col, v in row.items():
-                if isinstance(v, bytes):
-                    c.add(table, row, col, f"{v!r} is a BLOB, not text or a number")
+                if isinstance(v, bytes):  # one test per value in the common case (111,602 rows: 1.5 M values)
+                    c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8" if isinstance(v, NotUtf8)
+                          else f"{shown(v)} is a BLOB, not text or a number", blob=True)
         for k, n in seen.items():
             if n > 1:
-                c.problems.append(Problem(table, k, ", ".join(KEYS[table]), f"key held by {n} rows"))
+                c.problems.append(Problem(table, _cut(k), ", ".join(KEYS[table]), f"key held by {n} rows"))
 
 
 def _check_union(c: _Checker, union: Sequence[Row]) -> None:
@@ -182,36 +201,40 @@ def _check_union(c: _Checker, union: Sequence[Row]) -> None:
             if row.get(col) is None:
                 c.add(t, row, col, "is not set")
             elif not valid_ip(row[col]):
-                c.add(t, row, col, f"{row[col]!r} is not an IP address")
-        if row.get("IP1") is not None and row.get("IP1") == row.get("IP2"):
-            c.add(t, row, "IP2", "must differ from IP1")
+                c.add(t, row, col, f"{shown(row[col])} is not an IP address")
+        ip1, ip2 = ip_address(row.get("IP1")), ip_address(row.get("IP2"))
+        if row.get("IP1") is not None and (row.get("IP1") == row.get("IP2") or (ip1 is not None and ip1 == ip2)):
+            c.add(t, row, "IP2", "must differ from IP1 (the same address)")
 
 
-def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int]:
-    """Returns RTUID -> RTUTYPE of the RTUs whose type is valid."""
+def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
+    """Returns RTUID -> RTUTYPE of the RTUs with an integer id; the type is None where it is invalid (that
+    RTU's problem is reported once, here, not again at each channel, point and forward naming it)."""
     t = "T004_RTU"
-    rtus: dict[int, int] = {}
+    rtus: dict[int, int | None] = {}
     ports: dict[int, Row] = {}
     for row in rtu_rows:
         rid = _int(row.get("RTUID"))
-        if rid is None:
-            c.add(t, row, "RTUID", f"{row.get('RTUID')!r} is not an integer")
+        if rid is None:  # reported by _check_keys_and_blobs
             continue
-        if not row.get("NAME"):
+        if not str(row.get("NAME") or "").strip():
             c.add(t, row, "NAME", "is not set")
         rtype = c.one_of(t, row, "RTUTYPE", RTUTYPES)
+        rtus[rid] = rtype
         if rtype is None:
             continue
-        rtus[rid] = rtype
+        # a column of the other RTU type would be silently ignored: an operator setting it expects an effect
+        unused = ("LISTENPORT", "ADDRESS", "ALLOW") if rtype == ACQUISITION else ("POLLMS", "TIMEOUTMS")
+        for col in unused:
+            if row.get(col) is not None:
+                c.add(t, row, col, "is only for forwarding RTUs (an acquisition RTU's address is in T010_CHANNEL)"
+                      if rtype == ACQUISITION else "is only for acquisition RTUs")
         if rtype == ACQUISITION and row.get("PROTOCOL") == IEC104:
             c.int_in(t, row, "POLLMS", 1000, 86_400_000, required=False)  # general interrogation period
             c.int_in(t, row, "TIMEOUTMS", 100, 255_000, required=False)  # t1
-            for col in ("LISTENPORT", "ADDRESS", "ALLOW"):
-                if row.get(col) is not None:
-                    c.add(t, row, col, "is only for forwarding RTUs (iec104: the channels give the address)")
         elif rtype == ACQUISITION:
             c.one_of(t, row, "PROTOCOL", ACQ_PROTOCOLS, required=False)
-            c.int_in(t, row, "POLLMS", 10, 3_600_000, required=False)
+            c.int_in(t, row, "POLLMS", *POLL_MS_RANGE, required=False)
             c.int_in(t, row, "TIMEOUTMS", 10, 60_000, required=False)
         else:
             proto = c.one_of(t, row, "PROTOCOL", FWD_PROTOCOLS)
@@ -220,22 +243,33 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int]:
                 if port in ports:
                     c.add(t, row, "LISTENPORT", f"{port} is also used by RTU {ports[port]['RTUID']}")
                 ports[port] = row
-            hi = 247 if proto == "modbus_trains" else 65534
-            c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
-            for net in (row.get("ALLOW") or "").split(","):
+            if proto == "sefeps":  # the sefeps protocol has no station address (docs/sefeps.md)
+                if row.get("ADDRESS") is not None:
+                    c.add(t, row, "ADDRESS", "is not used by sefeps (NULL)")
+            else:
+                hi = 247 if proto == "modbus_trains" else 65534
+                c.int_in(t, row, "ADDRESS", 0 if proto == "modbus_trains" else 1, hi, required=False)
+            allow = row.get("ALLOW")
+            if allow is not None and not isinstance(allow, str):  # a number where other DDL kept it one
+                c.add(t, row, "ALLOW", f"{shown(allow)} is not text (comma-separated addresses or networks)")
+            elif isinstance(allow, str) and not allow.replace(",", "").strip():
+                c.add(t, row, "ALLOW", f"{shown(allow)} lists no address (NULL allows every client)")
+            for net in (allow if isinstance(allow, str) else "").split(","):
                 if net.strip():
                     try:
                         ipaddress.ip_network(net.strip(), strict=False)
                     except ValueError:
-                        c.add(t, row, "ALLOW", f"{net.strip()!r} is not an IP address or network")
+                        c.add(t, row, "ALLOW", f"{shown(net.strip())} is not an IP address or network")
     return rtus
 
 
-def _check_rtu_ref(c: _Checker, t: str, row: Row, rtus: dict[int, int], rtype: int) -> int | None:
+def _check_rtu_ref(c: _Checker, t: str, row: Row, rtus: dict[int, int | None], rtype: int) -> int | None:
     rid = _int(row.get("RTUID"))
     what = "an acquisition" if rtype == ACQUISITION else "a forwarding"
     if rid is None or rid not in rtus:
-        c.add(t, row, "RTUID", f"{row.get('RTUID')!r} is not an RTU of T004_RTU")
+        c.add(t, row, "RTUID", f"{shown(row.get('RTUID'))} is not an RTU of T004_RTU")
+        return None
+    if rtus[rid] is None:  # the RTU's own RTUTYPE is reported
         return None
     if rtus[rid] != rtype:
         c.add(t, row, "RTUID", f"RTU {rid} is not {what} RTU (RTUTYPE {rtype})")
@@ -243,14 +277,14 @@ def _check_rtu_ref(c: _Checker, t: str, row: Row, rtus: dict[int, int], rtype: i
     return rid
 
 
-def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int], iec: set[int]) -> None:
+def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int | None], iec: set[int]) -> None:
     t = "T010_CHANNEL"
     have: dict[int, set[int]] = {}
     for row in chans:
         rid = _check_rtu_ref(c, t, row, rtus, ACQUISITION)
         no = c.one_of(t, row, "CHANNO", (1, 2))
         if not valid_host(row.get("HOST")):
-            c.add(t, row, "HOST", f"{row.get('HOST')!r} is not a host name or IP address")
+            c.add(t, row, "HOST", f"{shown(row.get('HOST'))} is not a host name or IP address")
         c.int_in(t, row, "PORT", 1, 65535)
         if rid in iec:  # the common address of ASDU (65535 is the broadcast address, not a station's)
             c.int_in(t, row, "UNITID", 1, 65534, required=False)
@@ -263,18 +297,18 @@ def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int], iec
             c.add("T004_RTU", {"RTUID": rid}, "RTUID", "acquisition RTU has no channel 1 in T010_CHANNEL")
 
 
-def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int], iec: set[int]) -> dict[int, str]:
-    """Returns PNTID -> KIND of the points with a valid id and kind."""
+def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None],
+                  iec: set[int]) -> dict[int, str | None]:
+    """Returns PNTID -> KIND of the points with an integer id; the kind is None where it is invalid (reported
+    here once, not again at each forward of the point)."""
     t = "T011_POINT"
-    kinds: dict[int, str] = {}
+    kinds: dict[int, str | None] = {}
     ioas: dict[tuple[int, bool, int], Row] = {}
     for row in points:
-        pid = _int(row.get("PNTID"))
-        if pid is None:
-            c.add(t, row, "PNTID", f"{row.get('PNTID')!r} is not an integer")
+        pid = _int(row.get("PNTID"))  # not an integer: reported by _check_keys_and_blobs
         rid = _check_rtu_ref(c, t, row, rtus, ACQUISITION)
         kind = c.one_of(t, row, "KIND", KINDS)
-        if pid is not None and kind is not None:
+        if pid is not None:
             kinds[pid] = kind
         if rid in iec:
             _check_iec104_point(c, row, rid, kind, ioas)
@@ -302,22 +336,32 @@ def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int], iec:
             c.int_in(t, row, "BITINDEX", 0, 15)
         elif row.get("BITINDEX") is not None:
             c.add(t, row, "BITINDEX", "is only for bool points in register areas (hr, ir)")
-        _check_scaling(c, row)
+        _check_scaling(c, row, kind, bit=dtype == "bool")
     return kinds
 
 
-def _check_scaling(c: _Checker, row: Row) -> None:
-    """SCALE, OFFSET and DEADBAND of a point (the same for every acquisition protocol)."""
+def _check_scaling(c: _Checker, row: Row, kind: str | None, bit: bool) -> None:
+    """SCALE, OFFSET and DEADBAND of a point (the same for every acquisition protocol). A deadband is for AI
+    points only: on a DI, counter or control target it would hide changes (a DI with DEADBAND 1 never showed
+    a change, 0 -> 1 not being more than 1). A point whose value is a bit (`bit`) is read and written as 0/1,
+    unscaled: a SCALE or OFFSET other than 1 and 0 there would be ignored (SCALE -1 does not invert a DI)."""
     t = "T011_POINT"
     scale = _num(row.get("SCALE")) if row.get("SCALE") is not None else 1.0
+    offset = _num(row.get("OFFSET")) if row.get("OFFSET") is not None else 0.0
     if scale is None or scale == 0:
-        c.add(t, row, "SCALE", f"{row.get('SCALE')!r} is not a non-zero number")
-    if row.get("OFFSET") is not None and _num(row.get("OFFSET")) is None:
-        c.add(t, row, "OFFSET", f"{row.get('OFFSET')!r} is not a number")
+        c.add(t, row, "SCALE", f"{shown(row.get('SCALE'))} is not a non-zero number")
+    elif bit and scale != 1:
+        c.add(t, row, "SCALE", f"{shown(row.get('SCALE'))}: a bit (0/1) is not scaled; NULL or 1 here")
+    if offset is None:
+        c.add(t, row, "OFFSET", f"{shown(row.get('OFFSET'))} is not a number")
+    elif bit and offset != 0:
+        c.add(t, row, "OFFSET", f"{shown(row.get('OFFSET'))}: a bit (0/1) is not offset; NULL or 0 here")
     if row.get("DEADBAND") is not None:
         db = _num(row.get("DEADBAND"))
         if db is None or db < 0:
-            c.add(t, row, "DEADBAND", f"{row.get('DEADBAND')!r} is not a number >= 0")
+            c.add(t, row, "DEADBAND", f"{shown(row.get('DEADBAND'))} is not a number >= 0")
+        elif db and kind is not None and kind != "AI":
+            c.add(t, row, "DEADBAND", f"is only for AI points (a deadband on a {kind} point hides its changes)")
 
 
 def _check_iec104_point(c: _Checker, row: Row, rid: int, kind: str | None,
@@ -336,7 +380,7 @@ def _check_iec104_point(c: _Checker, row: Row, rid: int, kind: str | None,
         c.one_of(t, row, "CTLMODE", IEC104_CTLMODES, required=False)
     elif row.get("CTLMODE") is not None:
         c.add(t, row, "CTLMODE", "is only for DO/AO points (command targets)")
-    _check_scaling(c, row)
+    _check_scaling(c, row, kind, bit=kind in ("DI", "DO"))  # single/double points and commands: 0 or 1
     if addr is not None and kind is not None:
         key = (rid, command, addr)
         if key in ioas:
@@ -345,12 +389,13 @@ def _check_iec104_point(c: _Checker, row: Row, rid: int, kind: str | None,
             ioas[key] = row
 
 
-def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int], kinds: dict[int, str]) -> None:
+def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int | None],
+                   kinds: dict[int, str | None]) -> None:
     t = "T036_VTPNT"
     for row in vps:
         vid = _int(row.get("VPID"))
-        if vid is None:
-            c.add(t, row, "VPID", f"{row.get('VPID')!r} is not an integer")
+        if vid is None:  # reported by _check_keys_and_blobs
+            pass
         elif vid in kinds:
             c.add(t, row, "VPID", f"{vid} is also a PNTID of T011_POINT (point ids are shared)")
         else:
@@ -358,8 +403,8 @@ def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int], kinds:
         _check_rtu_ref(c, t, row, rtus, ACQUISITION)
 
 
-def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[int, int],
-                    kinds: dict[int, str]) -> None:
+def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[int, int | None],
+                    kinds: dict[int, str | None]) -> None:
     protocols = {int(r["RTUID"]): r.get("PROTOCOL") for r in rows.get("T004_RTU", ())
                  if _int(r.get("RTUID")) is not None}
     used: dict[tuple[int, str], list[tuple[int, int, str, Row]]] = {}
@@ -368,21 +413,26 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
             rid = _check_rtu_ref(c, table, row, rtus, FORWARDING)
             src = _int(row.get("SRCID"))
             if src is None or src not in kinds:
-                c.add(table, row, "SRCID", f"{row.get('SRCID')!r} is not a point of T011_POINT or T036_VTPNT")
-            elif kinds[src] not in src_kinds:
+                c.add(table, row, "SRCID", f"{shown(row.get('SRCID'))} is not a point of T011_POINT or T036_VTPNT")
+            elif kinds[src] is not None and kinds[src] not in src_kinds:  # None: the point's KIND is reported
                 c.add(table, row, "SRCID", f"point {src} is {kinds[src]}, {table} forwards {'/'.join(src_kinds)}")
             proto = protocols.get(rid) if rid is not None else None
             # IOA 0 is reserved in IEC 60870-5-104 (station-wide objects such as interrogation use it)
             addr = c.int_in(table, row, "ADDR", 1 if proto == "se104s" else 0,
                             16_777_215 if proto == "se104s" else 65535)
             if row.get("COEF") is not None and not _num(row.get("COEF")):
-                c.add(table, row, "COEF", f"{row.get('COEF')!r} is not a non-zero number")
+                c.add(table, row, "COEF", f"{shown(row.get('COEF'))} is not a non-zero number")
+            elif table in ("T006_ZFDI", "T008_ZFDO") and row.get("COEF") is not None and _num(row.get("COEF")) != 1:
+                # a DI / DO is forwarded as a bit, unscaled: COEF -1 would not invert it
+                c.add(table, row, "COEF", f"{shown(row.get('COEF'))}: a bit (0/1) is not scaled; NULL or 1 here")
             dtype = _check_fwd_type(c, table, row, proto)
             if rid is None or addr is None or proto is None:
                 continue
             if proto == "modbus_trains":
                 area = MODBUS_TRAINS_AREA[table]
                 width = datatypes.span(dtype, area) if dtype else 1
+                if addr + width - 1 > 65535:
+                    c.add(table, row, "ADDR", f"{dtype} at {addr} runs past address 65535")
                 used.setdefault((rid, area), []).append((addr, addr + width - 1, table, row))
             else:
                 used.setdefault((rid, "all"), []).append((addr, addr, table, row))

@@ -19,8 +19,8 @@ themselves) are cut; browsers reconnect to the other node or when the api is bac
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fep-api", description="fep-ha status api, health checks and dashboard")
-    p.add_argument("--bind", help="override [api] bind")
-    p.add_argument("--port", type=int, help="override [api] port")
+    p.add_argument("--bind", type=config.cli_arg("api_bind"), help="override [api] bind")
+    p.add_argument("--port", type=config.cli_arg("api_port"), help="override [api] port")
     args = p.parse_args(argv)
     try:
         cfg = config.load_node()

@@ -26,7 +26,7 @@ from redis.backoff import NoBackoff
 
 from fepha import cfgstore, controls, events, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
-from fepha.config import NodeConfig, feproot
+from fepha.config import ConfigError, NodeConfig, feproot
 from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
@@ -89,9 +89,18 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
     path = lambda p: str(p if os.path.isabs(p) else base / p)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
+    # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
+    what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
+    try:
+        ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{what}: cannot load {path(cfg.tls_cert)}: {exc.strerror or exc}") from None
     if cfg.tls_ca:
-        ctx.load_verify_locations(path(cfg.tls_ca))
+        try:
+            ctx.load_verify_locations(path(cfg.tls_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: cannot load {path(cfg.tls_ca)}: "
+                              f"{exc.strerror or exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 

@@ -21,6 +21,7 @@ import redis
 
 from fep_loader.store import Busy, NotMaster, replace_config
 from fepha import config
+from fepha.checks import valid_host
 from fepha.config import ConfigError
 from fepha.logsetup import setup as log_setup
 from fepha.semodel import db
@@ -44,9 +45,12 @@ def _print_problems(path: Path, problems: list[Problem]) -> None:
 
 
 def _parse_hostport(s: str) -> tuple[str, int]:
+    """HOST:PORT, the host as fep-ha.cfg's (fepha.checks), an IPv6 address in brackets ([::1]:6379)."""
     host, _, port = s.rpartition(":")
-    if not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{s!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535 and valid_host(host)):
+        raise argparse.ArgumentTypeError(f"{s!r} is not HOST:PORT (a port 1..65535; an IPv6 address in brackets)")
     return host, int(port)
 
 

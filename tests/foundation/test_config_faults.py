@@ -36,6 +36,33 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected a number >= 0"),
     (b"[DEFAULT]\nport = 7000\n", "fep-ha.cfg [DEFAULT] port: unknown setting"),
     (b"[timer]\n", "fep-ha.cfg [timer]: unknown section"),
+    # cfgaudit: what an independent checker tries
+    (b"[node]\nthis is not ini\n", "fep-ha.cfg line 2: 'this is not ini' is not 'key = value' or '[section]'"),
+    (b"id = A\n", "fep-ha.cfg line 1: 'id = A' comes before any [section]"),
+    (b"[node]\nid = A\nid = B\n", "fep-ha.cfg line 3: [node] id is set twice"),
+    (b"[node]\nid = A\n[node]\n", "fep-ha.cfg line 3: [node] appears twice"),
+    ("[redis]\nport = \u0668\u0660\n".encode(), "[redis] port = '\u0668\u0660': expected a TCP port 1..65535"),
+    (b"[node]\nbind = 999.1.1.1\n", "[node] bind = '999.1.1.1': expected an IP address or a host name"),
+    (b"[redis]\nlocal_host = 1.2.3\n", "[redis] local_host = '1.2.3': expected an IP address or a host name"),
+    (b"[timers]\npoll_ms = 5\n", "[timers] poll_ms = '5': expected a whole number in 10..3600000"),
+    (b"[timers]\nreconnect_min_s = 10\nreconnect_max_s = 1\n",
+     "[timers] reconnect_min_s = 10.0: must not exceed reconnect_max_s (1.0)"),
+    (b"[iec104]\nk = 40000\nw = 8\n", "[iec104] k = 40000, w = 8: need w <= k <= 32767"),
+    (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
+    (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
+    (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
+    # already right, pinned
+    (b"[redis]\nport =\n", "[redis] port = '': expected a TCP port 1..65535"),
+    (b"[redis]\nport = +80\n", "[redis] port = '+80': expected a TCP port 1..65535"),
+    (b"[api]\nopen_reads = maybe\n", "[api] open_reads = 'maybe': expected true or false"),
+    (b"[iec104]\nk = 0\n", "[iec104] k = '0': expected a whole number > 0"),
+    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number > 0"),
+    (b"[modbus_trains]\nquality_unit = 255\n", "[modbus_trains] quality_unit = 255: a unit id is 1 ... 254"),
+    (b"[node]\nid = A\n  B\n", "[node] id = 'A\\nB': expected A or B"),
+    (b"[node]\nid = A\x00\n", "[node] id = 'A\\x00': expected A or B"),
+    (b"[NODE]\nid = B\n", "fep-ha.cfg [NODE]: unknown section"),
+    (b"[tls]\nkey = node.key\n", "[tls] key = 'node.key': needs cert (without cert the servers run without TLS)"),
+    (b"[tls]\nca = ca.pem\n", "[tls] ca = 'ca.pem': needs cert (without cert the servers run without TLS)"),
 ])
 def test_broken_file_is_one_line(tmp_path: Path, data: bytes, expect: str) -> None:
     write(tmp_path, data)
@@ -87,3 +114,77 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
                        check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.strip() == f"{prog}: {tmp_path}/cfg/fep-ha.cfg line 2: byte 0xff is not UTF-8 (save the file as UTF-8)"
+
+
+@pytest.mark.parametrize("env,suffix", [
+    ({}, ""),
+    ({"FEP_TIMERS_LEASE_TICK_S": "5"}, " (from environment FEP_TIMERS_LEASE_TICK_S)"),
+    ({"FEP_TIMERS_LEASE_TICK_S": "5", "FEP_TIMERS_LEASE_TTL_S": "3"},
+     " (from environment FEP_TIMERS_LEASE_TTL_S, FEP_TIMERS_LEASE_TICK_S)"),
+])
+def test_a_rule_across_settings_names_the_variables_that_set_its_values(tmp_path: Path, env: dict[str, str],
+                                                                        suffix: str) -> None:
+    """lease_ttl_s against a lease_tick_s set by the file or by a variable: the line does not blame the file
+    for a variable's value."""
+    if not env:
+        write(tmp_path, b"[timers]\nlease_tick_s = 5\n")
+    lines = [line for line in problems(tmp_path, env) if "lease_ttl_s" in line]
+    assert lines == [f"{tmp_path}/cfg/fep-ha.cfg [timers] lease_ttl_s = 3.0: must be more than twice lease_tick_s "
+                     f"(5.0){suffix}"], lines
+
+
+@pytest.mark.parametrize("env,expect", [
+    ({"FEP_REDIS_PORT": " 6379 "}, "environment FEP_REDIS_PORT = ' 6379 ': expected a TCP port 1..65535"),
+    ({"FEP_NODE_ID": "a"}, "environment FEP_NODE_ID = 'a': expected A or B"),
+    ({"FEP_API_OPEN_READS": "2"}, "environment FEP_API_OPEN_READS = '2': expected true or false"),
+    ({"FEP_NODE_BIND": "1.2.3"}, "environment FEP_NODE_BIND = '1.2.3': expected an IP address or a host name"),
+    ({"FEP_IEC104_T3_S": "256"}, "environment FEP_IEC104_T3_S = '256': expected a number of seconds > 0 and <= 255"),
+])
+def test_a_bad_variable_is_one_line(tmp_path: Path, env: dict[str, str], expect: str) -> None:
+    (line,) = problems(tmp_path, env)
+    assert line.startswith(expect), line
+
+
+def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
+    write(tmp_path, b"[node]\nid = " + b"A" * 100_000 + b"\n")
+    (line,) = problems(tmp_path)
+    assert line.endswith("[node] id = '" + "A" * 59 + "... (100000 characters): expected A or B"), line[-200:]
+
+
+def test_a_tls_certificate_that_cannot_be_loaded_stops_the_forwarder_with_one_line(tmp_path: Path) -> None:
+    """A missing or broken certificate is a configuration error (exit 2, one line), not a traceback."""
+    write(tmp_path, (REPO / "cfg" / "syslod.cfg").read_bytes(), "syslod.cfg")
+    write(tmp_path, b"[tls]\ncert = cfg/missing.pem\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(["fep-forwarder"], capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": "", "FEP_LOG_CONSOLE": "false"})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip().splitlines()[-1] == (
+        f"fep-forwarder: [tls] cert = 'cfg/missing.pem', key = '': cannot load {tmp_path}/cfg/missing.pem: "
+        "No such file or directory"), p.stderr
+
+
+@pytest.mark.parametrize("cmd", [["sysload", "check"], ["fep-acquirer"], ["fep-api"]])
+def test_a_log_directory_that_cannot_be_made_is_one_line(tmp_path: Path, cmd: list[str]) -> None:
+    """[log] dir naming a file (or a place no directory can be made) was a traceback and exit 1 at every command."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "afile").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": str(tmp_path / "afile")})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == (f"{cmd[0]}: [log] dir = '{tmp_path}/afile' (syslod.cfg or FEP_LOG_DIR): cannot "
+                                f"create the directory {tmp_path}/afile: File exists"), p.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--port", "99999"], "fep-api: error: argument --port: '99999': expected a TCP port 1..65535"),
+    (["--port", "0"], "fep-api: error: argument --port: '0': expected a TCP port 1..65535"),
+    (["--bind", "1.2.3"], "fep-api: error: argument --bind: '1.2.3': expected an IP address or a host name"),
+])
+def test_fep_api_options_are_checked_as_the_settings_they_override(tmp_path: Path, args: list[str], expect: str) -> None:
+    """--port 99999 was an OverflowError traceback, --port 0 served on a random port."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(["fep-api", *args], capture_output=True, text=True, timeout=60, check=False,
+                       env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": ""})
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(expect), p.stderr

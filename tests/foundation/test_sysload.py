@@ -3,6 +3,7 @@ leftover keys, broken files, and the generation notification."""
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sqlite3
@@ -207,3 +208,19 @@ def test_init_against_unreachable_redis(feproot: Path, capsys) -> None:
     from tests.redisproc import free_port
     assert init(feproot, free_port()) == 3
     assert "Redis 127.0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arg,ok", [("127.0.0.1:99999", False), ("127.0.0.1:0", False), (":80", False),
+                                    ("localhost", False), ("999.1.1.1:6379", False), ("[::1]:6379", True),
+                                    ("redis-a:6379", True)])
+def test_redis_argument_is_checked(arg: str, ok: bool) -> None:
+    """--redis HOST:PORT: a port out of 1..65535 was tried (and reported as 'connection refused'), and an IPv6
+    address in brackets was looked up as a host name."""
+    from fep_loader.cli import _parse_hostport
+
+    if ok:
+        host, port = _parse_hostport(arg)
+        assert port == 6379 and "[" not in host
+    else:
+        with pytest.raises(argparse.ArgumentTypeError, match="is not HOST:PORT"):
+            _parse_hostport(arg)

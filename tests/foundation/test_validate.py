@@ -134,6 +134,61 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("iec104 scale zero", setv("T011_POINT", {"PNTID": 304}, "SCALE", 0), ("T011_POINT", "304", "SCALE")),
     ("modbus point with an IEC type", setv("T011_POINT", {"PNTID": 101}, "DATATYPE", "M_ME_NC_1"), ("T011_POINT", "101", "DATATYPE")),
     ("fwd 104 IOA 0 is reserved", add("T005_ZFAI", {**ZF, "ADDR": 0}), ("T005_ZFAI", "99", "ADDR")),
+    # broken configurations an independent checker tries (cfgaudit)
+    ("fwd ZFID NULL", add("T005_ZFAI", {**ZF, "ZFID": None}), ("T005_ZFAI", "None", "ZFID")),
+    ("fwd ZFID text", add("T009_ZFAO", {**ZF, "ZFID": "x", "SRCID": 110, "ADDR": 6100, "TYPE": "C_SE_NB_1"}),
+     ("T009_ZFAO", "x", "ZFID")),
+    ("union ID NULL", setv("T020_UNION", {"ID": 1}, "ID", None), ("T020_UNION", "None", "ID")),
+    ("fwd modbus float32 past 65535", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 65535, "TYPE": "float32"}),
+     ("T005_ZFAI", "99", "ADDR")),
+    ("fwd modbus uint16 at 65535 is fine", add("T005_ZFAI", {**ZF, "RTUID": 11, "ADDR": 65535, "TYPE": "uint16"}), None),
+    ("channel host all-numeric 1.2.3", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "1.2.3"),
+     ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host 999.1.1.1", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "999.1.1.1"),
+     ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host 12345", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "12345"), ("T010_CHANNEL", "1:1", "HOST")),
+    ("channel host name with digits is fine", setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "plc-7.site2"), None),
+    ("union one address in two notations", lambda rows: row(rows, "T020_UNION", ID=1).update(IP1="::1", IP2="0:0::1"),
+     ("T020_UNION", "1", "IP2")),
+    ("modbus rtu with a listen port", setv("T004_RTU", {"RTUID": 1}, "LISTENPORT", 2405), ("T004_RTU", "1", "LISTENPORT")),
+    ("modbus rtu with an address", setv("T004_RTU", {"RTUID": 1}, "ADDRESS", 99999), ("T004_RTU", "1", "ADDRESS")),
+    ("modbus rtu with allow", setv("T004_RTU", {"RTUID": 2}, "ALLOW", "garbage"), ("T004_RTU", "2", "ALLOW")),
+    ("fwd rtu with a poll period", setv("T004_RTU", {"RTUID": 10}, "POLLMS", -5), ("T004_RTU", "10", "POLLMS")),
+    ("fwd rtu with a timeout", setv("T004_RTU", {"RTUID": 11}, "TIMEOUTMS", 0), ("T004_RTU", "11", "TIMEOUTMS")),
+    ("deadband on a DI", setv("T011_POINT", {"PNTID": 105}, "DEADBAND", 1), ("T011_POINT", "105", "DEADBAND")),
+    ("deadband on an ACC", setv("T011_POINT", {"PNTID": 108}, "DEADBAND", 10), ("T011_POINT", "108", "DEADBAND")),
+    ("deadband on an iec104 DI", setv("T011_POINT", {"PNTID": 301}, "DEADBAND", 1), ("T011_POINT", "301", "DEADBAND")),
+    ("deadband 0 on a DO is fine", setv("T011_POINT", {"PNTID": 109}, "DEADBAND", 0), None),
+    ("rtu name blank", setv("T004_RTU", {"RTUID": 2}, "NAME", "   "), ("T004_RTU", "2", "NAME")),
+    ("point id 0", setv("T011_POINT", {"PNTID": 104}, "PNTID", 0), ("T011_POINT", "0", "PNTID")),
+    ("point id negative", setv("T011_POINT", {"PNTID": 104}, "PNTID", -104), ("T011_POINT", "-104", "PNTID")),
+    ("point id 2^53", setv("T011_POINT", {"PNTID": 104}, "PNTID", 2**53), ("T011_POINT", str(2**53), "PNTID")),
+    ("point id 2^53-1 is fine", setv("T011_POINT", {"PNTID": 104}, "PNTID", 2**53 - 1), None),
+    ("rtu id 2^63-1", add("T004_RTU", {"RTUID": 2**63 - 1, "NAME": "x", "RTUTYPE": 2, "PROTOCOL": "sefeps",
+                                       "LISTENPORT": 7071}), ("T004_RTU", str(2**63 - 1), "RTUID")),
+    ("fwd id negative", add("T006_ZFDI", {**ZF, "ZFID": -1, "RTUID": 12, "SRCID": 106, "ADDR": 50, "TYPE": None}),
+     ("T006_ZFDI", "-1", "ZFID")),
+    ("union id 0 is fine", setv("T020_UNION", {"ID": 1}, "ID", 0), None),
+    ("allow blank: would allow every client", setv("T004_RTU", {"RTUID": 10}, "ALLOW", " , "), ("T004_RTU", "10", "ALLOW")),
+    ("allow a number (other DDL): was a traceback", setv("T004_RTU", {"RTUID": 10}, "ALLOW", 5), ("T004_RTU", "10", "ALLOW")),
+    ("address in Arabic-Indic digits", setv("T011_POINT", {"PNTID": 102}, "ADDRESS", "\u0665"), ("T011_POINT", "102", "ADDRESS")),
+    ("scale on a modbus DI: ignored for a bit", setv("T011_POINT", {"PNTID": 105}, "SCALE", -1), ("T011_POINT", "105", "SCALE")),
+    ("offset on a coil DO: ignored for a bit", setv("T011_POINT", {"PNTID": 109}, "OFFSET", 1), ("T011_POINT", "109", "OFFSET")),
+    ("scale on a bit of a register", setv("T011_POINT", {"PNTID": 107}, "SCALE", 2), ("T011_POINT", "107", "SCALE")),
+    ("scale on an iec104 DI", setv("T011_POINT", {"PNTID": 302}, "SCALE", 2), ("T011_POINT", "302", "SCALE")),
+    ("offset on an iec104 DO", setv("T011_POINT", {"PNTID": 306}, "OFFSET", 1), ("T011_POINT", "306", "OFFSET")),
+    ("scale 1 and offset 0 on a DI are fine", lambda rows: row(rows, "T011_POINT", PNTID=105).update(SCALE=1, OFFSET=0), None),
+    ("scale on an AO is fine", setv("T011_POINT", {"PNTID": 110}, "SCALE", 0.1), None),
+    ("coef on a forwarded DI: a bit is not scaled", setv("T006_ZFDI", {"ZFID": 2}, "COEF", -1), ("T006_ZFDI", "2", "COEF")),
+    ("coef on a forwarded DO", setv("T008_ZFDO", {"ZFID": 11}, "COEF", 2), ("T008_ZFDO", "11", "COEF")),
+    ("coef 1 on a forwarded DI is fine", setv("T006_ZFDI", {"ZFID": 2}, "COEF", 1), None),
+    ("coef on a forwarded counter is fine", setv("T007_ZFACC", {"ZFID": 1}, "COEF", 0.001), None),
+    ("sefeps with an address: unused", setv("T004_RTU", {"RTUID": 12}, "ADDRESS", 5), ("T004_RTU", "12", "ADDRESS")),
+    ("allow with an empty entry is fine", setv("T004_RTU", {"RTUID": 10}, "ALLOW", "10.0.0.1,,10.0.0.2"), None),
+    ("rtu name with an escape", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x1b[31mred"), ("T004_RTU", "1", "NAME")),
+    ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
+    ("vpoint name with a newline", setv("T036_VTPNT", {"VPID": 901}, "NAME", "a\nb"), ("T036_VTPNT", "901", "NAME")),
+    ("unicode names are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Подстанция 北 ⚡"), None),
 ]
 
 
@@ -184,3 +239,36 @@ def test_unitid_null_is_modbus_default_1(sample_rows: dict) -> None:
     units = {(c.rtu, c.no): c.unit for cs in Model.from_rows(rows).rtus.values() for c in cs.channels}
     assert units[(ch[0]["RTUID"], ch[0]["CHANNO"])] == 1
     assert units[(ch[1]["RTUID"], ch[1]["CHANNO"])] == 0
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (setv("T004_RTU", {"RTUID": 1}, "RTUTYPE", 1), ["T004_RTU [1] RTUTYPE: 1 is not one of 0, 2"]),
+    (setv("T011_POINT", {"PNTID": 101}, "KIND", None), ["T011_POINT [101] KIND: is not set (one of AI, DI, ACC, DO, AO)"]),
+    (setv("T004_RTU", {"RTUID": 10}, "PROTOCOL", "iec61850"),
+     ["T004_RTU [10] PROTOCOL: 'iec61850' is not one of se104s, modbus_trains, sefeps"]),
+], ids=["rtu type", "point kind", "forwarding protocol"])
+def test_one_broken_cell_is_one_problem(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
+    """A broken RTU or point is reported once, at its own cell: its channels, points and forwards, which
+    name it correctly, are not each reported as pointing at nothing (14 lines for one RTUTYPE hid it)."""
+    rows = copy.deepcopy(sample_rows)
+    mutate(rows)
+    assert [str(p) for p in validate(rows)] == expect
+
+
+def test_a_long_value_is_shown_bounded(sample_rows: dict) -> None:
+    """A problem line quotes the value, cut to a readable length with its full length said."""
+    rows = copy.deepcopy(sample_rows)
+    row(rows, "T010_CHANNEL", RTUID=1, CHANNO=1)["HOST"] = "x y" * 100_000
+    (p,) = validate(rows)
+    assert len(str(p)) < 200 and "300000 characters" in str(p), str(p)
+
+
+@pytest.mark.parametrize(("node", "ip", "problem"), [
+    ("A", "fd00::1", None), ("B", "fd00:0:0::2", None), ("B", "fd00::1", "[node] id is B but ip fd00::1 is T020_UNION IP1"),
+])
+def test_identity_compares_addresses_not_spellings(node: str, ip: str, problem: str | None) -> None:
+    """fep-ha.cfg [node] ip and T020_UNION may spell one IPv6 address differently: the node is still itself."""
+    from fepha.semodel.model import Model
+
+    got = Model(rtus={}, ip1="fd00:0::1", ip2="fd00::2", gen=1).identity_problem(node, ip)
+    assert got == problem if problem is None else got is not None and got.startswith(problem)
