@@ -7,12 +7,27 @@ values also carry an ISO 8601 `time` for people. Fields that a writer may not ha
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 NodeId = Literal["A", "B"]
 Kind = Literal["AI", "DI", "ACC", "DO", "AO"]
+
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def _digits(v: Any) -> Any:
+    """Refuse an integer parameter not written in ASCII digits: read leniently (`int("1_0")` is 10,
+    `int(" 1")` 1, pydantic takes "1.0" as 1), a typo would name another RTU, and a handover would move it."""
+    if isinstance(v, str) and not _DIGITS.fullmatch(v):
+        raise ValueError(f"{v!r} is not an integer written in digits (such as 12 or -1)")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_digits)]
+"""An integer path or query parameter: decimal digits with an optional minus sign, nothing else."""
 
 
 class ErrorBody(BaseModel):

@@ -4,7 +4,7 @@ exception handlers (unknown id 404, conflict 409, no configuration or Redis down
 from __future__ import annotations
 
 from importlib import metadata
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -74,7 +74,7 @@ async def rtus(s: Store = Depends(store)) -> m.RtuList:
 
 
 @v1.get("/rtus/{rtu_id}", response_model=m.Rtu, tags=["rtus"], responses={**READ, **E404}, summary="One RTU")
-async def rtu(rtu_id: int = Path(description="T004_RTU.RTUID"), s: Store = Depends(store)) -> m.Rtu:
+async def rtu(rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID")], s: Store = Depends(store)) -> m.Rtu:
     return (await s.rtus(rtu_id)).items[0]
 
 
@@ -92,26 +92,29 @@ async def virtual_points(s: Store = Depends(store)) -> m.VirtualPointList:
 
 @v1.get("/points", response_model=m.PointPage, tags=["points"], responses={**READ, **E404},
         summary="Acquisition points with their values, by point id, paged")
-async def points(rtu: int | None = Query(None, description="only this RTU's points (404 if unknown)"),
+async def points(rtu: Annotated[m.Int | None, Query(description="only this RTU's points (404 if unknown)")]
+                 = None,
                  kind: m.Kind | None = Query(None, description="only this kind"),
                  quality: m.Quality | None = Query(None, description="good (quality 0), bad (no value or "
                                                                      "any bit set), or one bit: IV, NT, SB, "
                                                                      "BL, OV"),
-                 offset: int = Query(0, ge=0, le=10**9), limit: int = Query(100, ge=1, le=1000),
+                 offset: Annotated[m.Int, Query(ge=0, le=10**9)] = 0,
+                 limit: Annotated[m.Int, Query(ge=1, le=1000)] = 100,
                  s: Store = Depends(store)) -> m.PointPage:
     return await s.points(rtu, kind, offset, limit, quality)
 
 
 @v1.get("/points/{point_id}", response_model=m.Point, tags=["points"], responses={**READ, **E404},
         summary="One acquisition point: value, quality, timestamp")
-async def point(point_id: int = Path(description="T011_POINT.PNTID"), s: Store = Depends(store)) -> m.Point:
+async def point(point_id: Annotated[m.Int, Path(description="T011_POINT.PNTID")],
+                s: Store = Depends(store)) -> m.Point:
     return await s.point(point_id)
 
 
 @v1.get("/rtus/{rtu_id}/forwards", response_model=m.ForwardList, tags=["points"],
         responses={**READ, **E404, 409: _err("an acquisition RTU (its points are in /points)")},
         summary="The forwarding points of a forwarding RTU with their source points' values")
-async def forwards(rtu_id: int = Path(description="T004_RTU.RTUID of a forwarding RTU"),
+async def forwards(rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID of a forwarding RTU")],
                    s: Store = Depends(store)) -> m.ForwardList:
     return await s.forwards(rtu_id)
 
@@ -122,8 +125,9 @@ async def forwards(rtu_id: int = Path(description="T004_RTU.RTUID of a forwardin
                     "change stream `fep:chg` (bounded: ~20000 entries, so at a high change rate the window "
                     "is shorter; `truncated` says so), at most 20000 entries scanned and 600 samples per "
                     "point (the newest), then the current value at the page time.")
-async def trends(rtu: int = Query(description="an acquisition RTU (404 if unknown)"),
-                 seconds: int = Query(300, ge=1, le=3600, description="window, seconds back from now"),
+async def trends(rtu: Annotated[m.Int, Query(description="an acquisition RTU (404 if unknown)")],
+                 seconds: Annotated[m.Int, Query(ge=1, le=3600, description="window, seconds back from now")]
+                 = 300,
                  s: Store = Depends(store)) -> m.TrendSet:
     return await s.trends(rtu, seconds)
 
@@ -134,10 +138,11 @@ async def trends(rtu: int = Query(description="an acquisition RTU (404 if unknow
         description="The merge of the bounded streams `fep:events`, `fep:lease:events` and `fep:ctl:audit` "
                     "(~10000 entries each, see docs/keyspace.md). Filters scan at most those streams.")
 async def events(kind: m.EventKind | None = Query(None, description="only this kind"),
-                 rtu: int | None = Query(None, ge=0, le=2**63 - 1, description="only events of this RTU"),
+                 rtu: Annotated[m.Int | None, Query(ge=0, le=2**63 - 1, description="only events of this RTU")]
+                 = None,
                  before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?(\.[0-2])?$",
                                             description="only events older than this event id (next_before)"),
-                 limit: int = Query(50, ge=1, le=1000), s: Store = Depends(store)) -> m.EventPage:
+                 limit: Annotated[m.Int, Query(ge=1, le=1000)] = 50, s: Store = Depends(store)) -> m.EventPage:
     return await s.events(kind, rtu, before, limit)
 
 
@@ -186,7 +191,7 @@ async def stream(request: Request,
 async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
                                                description="only entries older than this stream id "
                                                            "(next_before)"),
-                   limit: int = Query(50, ge=1, le=1000), s: Store = Depends(store)) -> m.ControlPage:
+                   limit: Annotated[m.Int, Query(ge=1, le=1000)] = 50, s: Store = Depends(store)) -> m.ControlPage:
     return await s.controls(before, limit)
 
 
@@ -203,7 +208,8 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
                       "lease at its next lease tick only if it reaches the device within the window; "
                       "otherwise the holder keeps it. 202: pending. With `wait`, answers 200 when moved or "
                       "409 when the window passed.")
-async def handover(response: Response, rtu_id: int = Path(description="T004_RTU.RTUID of an acquisition RTU"),
+async def handover(response: Response,
+                   rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID of an acquisition RTU")],
                    req: m.HandoverRequest | None = None, s: Store = Depends(store)) -> m.HandoverResult:
     res = await s.handover(rtu_id, req or m.HandoverRequest())
     if res.status != "pending":
