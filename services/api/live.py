@@ -15,6 +15,8 @@ Messages (`event:` name, JSON `data:`):
   timeline  an `Event` of /api/v1/events
   health    {overview, rtus}: /api/v1/overview and /api/v1/rtus, every `health_s`
   overflow  {detail}: the client fell behind and is dropped (reconnect and reload)
+  unavailable {detail}: the local Redis stopped answering; every stream ends (what a client shows is no
+            longer followed, so it must not go on looking live: the dashboard polls, and sees the 503s)
 A comment line (`: keepalive`) every `keepalive_s` keeps proxies and dead-peer detection working.
 """
 
@@ -52,6 +54,8 @@ class Client:
     values: bool
     queue: asyncio.Queue[str]
     dropped: bool = False
+    ended: bool = False
+    """The hub ended the stream (`unavailable` is the last message in the queue)."""
     sent: int = 0
 
     def wants(self, rtu: str) -> bool:
@@ -104,6 +108,13 @@ class Hub:
             c.dropped = True
         self.clients.clear()
 
+    def _end_all(self, msg: str) -> None:
+        """Queue `msg` as every client's last message and let go of them all (the reader then stops)."""
+        for c in list(self.clients):
+            c.offer(msg)
+            c.ended = True
+        self.clients.clear()
+
     def _broadcast(self, msg: str, rtu: str | None = None) -> None:
         for c in list(self.clients):
             if (rtu is None or c.wants(rtu)) and not c.offer(msg):
@@ -129,7 +140,7 @@ class Hub:
         return sse("health", {"overview": overview.model_dump(mode="json"), "rtus": rtus})
 
     async def _run(self) -> None:
-        """Follow Redis while anybody listens; a Redis error is retried every second (clients stay)."""
+        """Follow Redis while anybody listens; a Redis error ends every stream with `unavailable`."""
         tails: dict[str, str] | None = None
         next_health = 0.0
         while self.clients:
@@ -148,10 +159,9 @@ class Hub:
                         self._entry(stream, sid, f)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis down or no config: keep the clients, retry
-                log.info("live hub: %s: %s", type(exc).__name__, exc)
-                tails = None
-                await asyncio.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - Redis down: nothing here is followed any more
+                log.info("live hub: %s: %s: ending %d streams", type(exc).__name__, exc, len(self.clients))
+                self._end_all(sse("unavailable", {"detail": f"Redis unreachable: {exc}"}))
 
     def _entry(self, stream: str, sid: str, f: dict[str, str]) -> None:
         if stream == ks.CHANGES:
@@ -176,6 +186,8 @@ class Hub:
                     return
                 if c.dropped and c.queue.empty():
                     yield sse("overflow", {"detail": f"more than {self.queue} messages behind: reconnect"})
+                    return
+                if c.ended and c.queue.empty():
                     return
                 try:
                     msg = await asyncio.wait_for(c.queue.get(), timeout)

@@ -155,7 +155,8 @@ async def overview(s: Store = Depends(store)) -> m.Overview:
 
 SSE_EVENT = {"type": "object", "required": ["event", "data"],
              "properties": {"event": {"type": "string",
-                                      "enum": ["hello", "values", "timeline", "health", "overflow"]},
+                                      "enum": ["hello", "values", "timeline", "health", "overflow",
+                                               "unavailable"]},
                             "data": {"type": "string", "description": "JSON"}},
              "description": "one server-sent event"}
 
@@ -164,12 +165,13 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
         responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                          "description": "server-sent events: hello, values, timeline, health, overflow "
                                         "(see docs/api.md)"},
-                   **AUTH, 503: _err("too many live clients ([api] stream_clients)")},
+                   **AUTH, 503: _err("too many live clients ([api] stream_clients), or Redis unreachable")},
         summary="Live updates for dashboards (server-sent events): value changes, new timeline events, "
                 "node health",
         description="One shared reader per api process follows the change stream and the timeline; each "
                     "client has a bounded queue and is dropped (message `overflow`) when it falls that far "
-                    "behind. At most `[api] stream_clients` clients; more get 503.")
+                    "behind. At most `[api] stream_clients` clients; more get 503. When the local Redis stops "
+                    "answering, every stream ends (message `unavailable`) and new ones get 503.")
 async def stream(request: Request,
                  rtu: list[str] | None = Query(None, max_length=100,
                                                description="RTU ids whose value changes to send (`vp`: "
@@ -180,6 +182,7 @@ async def stream(request: Request,
                                                               "(default: until the client leaves)")
                  ) -> StreamingResponse:
     hub = request.app.state.hub
+    await hub.store.local.ping()  # a Redis that does not answer: 503 now, not a stream of keepalives
     client = hub.join(frozenset(rtu) if rtu else None, values)
     return StreamingResponse(hub.messages(client, request.app.state.cfg.node_id, duration_s),
                              media_type="text/event-stream",

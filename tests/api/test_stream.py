@@ -120,3 +120,27 @@ async def test_a_client_that_stops_reading_is_dropped() -> None:
     assert fast.queue.empty()
     msgs = [m async for m in hub.messages(slow, "A", 1.0)]
     assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 5
+
+
+@pytest.mark.parametrize("fault", ["pause", "stop"])
+async def test_a_redis_lost_under_a_live_client_ends_its_stream(fault: str, loaded, ar: aredis.Redis) -> None:
+    """A stream that only kept its keepalives while the local Redis was gone left the dashboard saying
+    "● live" over the last health and values it had: they must not look current. The stream ends with
+    `unavailable` (the dashboard falls back to polling, which shows the 503), and a new one is refused."""
+    await populate(ar)
+    cfg = node_cfg(loaded, socket_timeout_s=0.5)
+    async for u in serve(cfg):
+        async with httpx.AsyncClient(base_url=u, timeout=10) as c, c.stream("GET", "/api/v1/stream") as resp:
+            await read_until(resp, lambda g: any(e == "health" for e, _ in g))
+            getattr(loaded, fault)()
+            try:
+                t0 = time.monotonic()
+                got = await read_until(resp, lambda g: any(e == "unavailable" for e, _ in g), timeout=5)
+                assert time.monotonic() - t0 < 2 * cfg.socket_timeout_s + 2.0
+                assert got[-1][1]["detail"].startswith("Redis unreachable")
+                assert [line async for line in _lines[id(resp)] if line.strip()] == []  # it ended
+                r = await c.get("/api/v1/stream", params={"duration_s": 0.3})
+                assert r.status_code == 503 and r.json()["detail"].startswith("Redis unreachable"), r.text
+            finally:
+                if fault == "pause":
+                    loaded.resume()
