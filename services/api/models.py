@@ -368,11 +368,13 @@ class ControlPage(BaseModel):
 class HandoverRequest(BaseModel):
     # a misspelt field ({"targt": "A"}) is a 422, not ignored: ignored, the lease moved to the default node,
     # which may be the opposite of the one the operator named
-    model_config = ConfigDict(extra="forbid")
+    # strict: "wait": "yes" or "window_s": "10" is refused, not read as true or 10 (a person means something
+    # by what they type; a value of another type is a mistake to show, not to guess)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     target: NodeId | None = Field(None, description="node to move the lease to; "
                                                     "default: the node that does not hold it")
-    window_s: float | None = Field(None, gt=0, le=600,
+    window_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
                                    description="the target must take the lease within this time; "
                                                "default lease_ttl_s")
     wait: bool = Field(False, description="answer only when the target took the lease (200) or the window "

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from fep_api import metrics
+from fep_api import body, metrics
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
 from fep_api.state import Store
@@ -200,20 +200,26 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
 
 @ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
           dependencies=[Depends(require_operator)],
+          # the body is read by body.read (limits, strict JSON); it is described here
+          openapi_extra={"requestBody": {"required": False, "content": {
+              "application/json": {"schema": m.HandoverRequest.model_json_schema()}}}},
           responses={200: {"model": m.HandoverResult,
                            "description": "the target holds the lease (already or moved)"},
                      **AUTH, **E404,
                      409: _err("a forwarding RTU, no holder yet, or (wait) the target did not take the "
                                "lease"),
+                     413: _err(f"a body larger than {body.MAX_BYTES} bytes"),
+                     415: _err("a body that is not JSON (Content-Type)"),
                      503: _err("the master Redis is unreachable, or no configuration loaded")},
           summary="Planned move of an acquisition RTU's lease to the other node",
           description="Marks a handover on the master (function `lease_handover`). The target node takes the "
                       "lease at its next lease tick only if it reaches the device within the window; "
                       "otherwise the holder keeps it. 202: pending. With `wait`, answers 200 when moved or "
                       "409 when the window passed.")
-async def handover(response: Response,
+async def handover(request: Request, response: Response,
                    rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID of an acquisition RTU")],
-                   req: m.HandoverRequest | None = None, s: Store = Depends(store)) -> m.HandoverResult:
+                   s: Store = Depends(store)) -> m.HandoverResult:
+    req = await body.read(request, m.HandoverRequest)
     res = await s.handover(rtu_id, req or m.HandoverRequest())
     if res.status != "pending":
         response.status_code = 200

@@ -38,3 +38,61 @@ async def test_ids_in_digits_are_answered(loaded, ar, make_api) -> None:
         assert r.status_code == 404 and "not in the configuration" in r.json()["detail"], (path, r.text)
     r = await c.get("/api/v1/rtus/" + "9" * 4301)  # past Python's limit on parsing an integer
     assert r.status_code == 422 and "maximum size" in r.text
+
+
+URL = "/api/v1/rtus/1/handover"
+
+
+async def _unmoved(ar) -> bool:
+    lease = await ar.hgetall(ks.lease(1))
+    return lease.get("holder") == "A" and not lease.get("handover")
+
+
+@pytest.mark.parametrize(("content", "ctype", "status", "says"), [
+    (b"\x80\x81\x10\x90", "application/json", 422, "not UTF-8"),          # was a bare 400 "error parsing"
+    (b'"\x80"', "application/json", 422, "not UTF-8"),
+    (b'{"target": "B"}', "text/plain", 415, "application/json"),       # was 422 "valid dictionary"
+    (b"target=B", "application/x-www-form-urlencoded", 415, "application/json"),
+    (b'{"target": "A", "target": "B"}', "application/json", 422, "twice"),  # was: the last one won
+    (b'{"wait": "yes"}', "application/json", 422, "boolean"),          # was taken as true
+    (b'{"window_s": "10"}', "application/json", 422, "number"),
+    (b'{"window_s": NaN}', "application/json", 422, "finite"),
+    (b'{"window_s": Infinity}', "application/json", 422, "finite"),
+    (b"{bad", "application/json", 422, "JSON"),
+    (b"[]", "application/json", 422, "object"),
+    (b'{"target": "B"}' + b" " * 70_000, "application/json", 413, "bytes"),
+], ids=["not-utf8", "not-utf8-string", "text-plain", "form", "duplicate-key", "wait-string", "window-string",
+        "nan", "infinity", "not-json", "array", "too-large"])
+async def test_a_handover_body_that_is_not_a_json_request_is_refused_and_moves_nothing(
+        content: bytes, ctype: str, status: int, says: str, loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    r = await c.post(URL, headers={**AUTH, "Content-Type": ctype}, content=content)
+    assert r.status_code == status and says in r.text, r.text
+    assert await _unmoved(ar)
+
+
+async def test_a_handover_body_too_large_without_a_length_is_413(loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+
+    async def chunks():  # no Content-Length: sent chunked
+        yield b'{"target": "B"'
+        for _ in range(100):
+            yield b" " * 1000
+        yield b"}"
+    r = await c.post(URL, headers={**AUTH, "Content-Type": "application/json"}, content=chunks())
+    assert r.status_code == 413, r.text
+    assert await _unmoved(ar)
+
+
+async def test_a_handover_body_that_is_json_is_taken(loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    for ctype in ("application/json", "application/json; charset=utf-8", "application/merge-patch+json"):
+        r = await c.post(URL, headers={**AUTH, "Content-Type": ctype}, content=b'{"target": "A", "window_s": 5}')
+        assert r.status_code == 200 and r.json()["status"] == "already", r.text
+    r = await c.post(URL, headers=AUTH, content=b'{"target": "A"}')  # no Content-Type: read as JSON
+    assert r.status_code == 200 and r.json()["status"] == "already", r.text
+    r = await c.post(URL, headers={**AUTH, "Content-Type": "application/json"}, content=b"null")
+    assert r.status_code == 202 and r.json()["target"] == "B", r.text  # null and no body: the defaults
