@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from fep_api import body, metrics
+from fep_api import body, metrics, query
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
 from fep_api.state import Store
@@ -34,9 +34,9 @@ AUTH: Responses = {401: _err("no bearer token (reads closed by configuration)"),
 READ: Responses = {**AUTH, **E503}
 
 probes = APIRouter(tags=["probes"])
-v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(require_reader)])
+v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(require_reader), Depends(query.known)])
 ops = APIRouter(prefix="/api/v1", tags=["operator actions"])
-prom = APIRouter(tags=["metrics"], dependencies=[Depends(require_reader)])
+prom = APIRouter(tags=["metrics"], dependencies=[Depends(require_reader), Depends(query.known)])
 
 
 def store(request: Request) -> Store:
@@ -199,7 +199,7 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
 
 
 @ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
-          dependencies=[Depends(require_operator)],
+          dependencies=[Depends(require_operator), Depends(query.known)],
           # the body is read by body.read (limits, strict JSON); it is described here
           openapi_extra={"requestBody": {"required": False, "content": {
               "application/json": {"schema": m.HandoverRequest.model_json_schema()}}}},

@@ -96,3 +96,36 @@ async def test_a_handover_body_that_is_json_is_taken(loaded, ar, make_api) -> No
     assert r.status_code == 200 and r.json()["status"] == "already", r.text
     r = await c.post(URL, headers={**AUTH, "Content-Type": "application/json"}, content=b"null")
     assert r.status_code == 202 and r.json()["target"] == "B", r.text  # null and no body: the defaults
+
+
+@pytest.mark.parametrize("path", ["/api/v1/points?quallity=bad", "/api/v1/points?rtu=1&rtu=2",
+                                  "/api/v1/points?quality=good&quality=bad", "/api/v1/events?limit=1&limit=2",
+                                  "/api/v1/rtus?x=1", "/api/v1/rtus/1?verbose=1", "/metrics?name=x",
+                                  "/api/v1/controls?before=1-0&before=2-0",
+                                  "/api/v1/stream?values=true&values=false&duration_s=0.2"])
+async def test_an_unknown_or_repeated_query_parameter_is_422(path: str, loaded, ar, make_api) -> None:
+    # ignored, a misspelt filter answered every point as if filtered; of rtu=1&rtu=2 one was dropped
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    r = await c.get(path)
+    assert r.status_code == 422, (path, r.status_code, r.text[:200])
+    name = path.split("?")[1].split("=")[0]
+    assert r.json()["detail"][0]["loc"] == ["query", name] and name in r.json()["detail"][0]["msg"], r.text
+
+
+async def test_an_unknown_query_parameter_of_an_action_is_422_and_moves_nothing(loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    assert (await c.post(URL + "?target=B")).status_code == 401  # the token is checked first
+    r = await c.post(URL + "?target=B", headers=AUTH)  # the target goes in the body
+    assert r.status_code == 422 and "unknown query parameter 'target'" in r.text, r.text
+    assert await _unmoved(ar)
+
+
+async def test_known_and_repeatable_query_parameters_are_taken(loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    assert (await c.get("/api/v1/points?rtu=1&kind=AI&quality=good&offset=0&limit=5")).status_code == 200
+    r = await c.get("/api/v1/stream?rtu=1&rtu=vp&duration_s=0.2")  # rtu of the stream is a list
+    assert r.status_code == 200 and r.text.startswith("event: hello")
+    assert (await c.get("/health?probe=1")).status_code == 200  # probes answer whatever a prober adds
