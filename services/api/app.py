@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -113,4 +114,20 @@ def create_app(cfg: NodeConfig) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def openapi() -> dict[str, Any]:
+        """The schema says what this node's configuration enforces: with `[api] open_reads` (the default)
+        a read takes no token and is never 401/403, so no read lists the bearer scheme (a client, or a
+        checker, that believed it would send a token nobody asks for, or expect a 401 that never comes)."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            if cfg.api_open_reads:
+                for op in (ops.get("get") for ops in schema.get("paths", {}).values()):
+                    if op is not None:
+                        op.pop("security", None)
+                        for code in ("401", "403"):
+                            op.get("responses", {}).pop(code, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

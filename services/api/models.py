@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
+from annotated_types import Ge, Le
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 NodeId = Literal["A", "B"]
@@ -28,6 +29,12 @@ def _digits(v: Any) -> Any:
 
 Int = Annotated[int, BeforeValidator(_digits)]
 """An integer path or query parameter: decimal digits with an optional minus sign, nothing else."""
+# Bounded ones carry their bounds inside, before the validator: given as Query(ge=...) they came after it,
+# and the OpenAPI schema said "ge"/"le" (no JSON Schema keyword) instead of minimum/maximum
+Offset = Annotated[int, Ge(0), Le(10**9), BeforeValidator(_digits)]
+Limit = Annotated[int, Ge(1), Le(1000), BeforeValidator(_digits)]
+Seconds = Annotated[int, Ge(1), Le(3600), BeforeValidator(_digits)]
+RtuFilter = Annotated[int, Ge(0), Le(2**63 - 1), BeforeValidator(_digits)]
 
 
 class ErrorBody(BaseModel):

@@ -31,7 +31,10 @@ def _err(desc: str) -> dict[str, Any]:
 E404: Responses = {404: _err("unknown id")}
 E503: Responses = {503: _err("Redis unreachable or no configuration loaded")}
 AUTH: Responses = {401: _err("no bearer token (reads closed by configuration)"), 403: _err("wrong token")}
-READ: Responses = {**AUTH, **E503}
+E422: Responses = {422: {"model": m.ValidationErrorBody,
+                          "description": "a malformed, unknown or repeated parameter (query.py), or a body "
+                                         "that is not the operation's fields"}}
+READ: Responses = {**AUTH, **E503, **E422}
 
 probes = APIRouter(tags=["probes"])
 v1 = APIRouter(prefix="/api/v1", dependencies=[Depends(require_reader), Depends(query.known)])
@@ -98,8 +101,8 @@ async def points(rtu: Annotated[m.Int | None, Query(description="only this RTU's
                  quality: m.Quality | None = Query(None, description="good (quality 0), bad (no value or "
                                                                      "any bit set), or one bit: IV, NT, SB, "
                                                                      "BL, OV"),
-                 offset: Annotated[m.Int, Query(ge=0, le=10**9)] = 0,
-                 limit: Annotated[m.Int, Query(ge=1, le=1000)] = 100,
+                 offset: Annotated[m.Offset, Query()] = 0,
+                 limit: Annotated[m.Limit, Query()] = 100,
                  s: Store = Depends(store)) -> m.PointPage:
     return await s.points(rtu, kind, offset, limit, quality)
 
@@ -126,7 +129,7 @@ async def forwards(rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID of 
                     "is shorter; `truncated` says so), at most 20000 entries scanned and 600 samples per "
                     "point (the newest), then the current value at the page time.")
 async def trends(rtu: Annotated[m.Int, Query(description="an acquisition RTU (404 if unknown)")],
-                 seconds: Annotated[m.Int, Query(ge=1, le=3600, description="window, seconds back from now")]
+                 seconds: Annotated[m.Seconds, Query(description="window, seconds back from now")]
                  = 300,
                  s: Store = Depends(store)) -> m.TrendSet:
     return await s.trends(rtu, seconds)
@@ -138,11 +141,11 @@ async def trends(rtu: Annotated[m.Int, Query(description="an acquisition RTU (40
         description="The merge of the bounded streams `fep:events`, `fep:lease:events` and `fep:ctl:audit` "
                     "(~10000 entries each, see docs/keyspace.md). Filters scan at most those streams.")
 async def events(kind: m.EventKind | None = Query(None, description="only this kind"),
-                 rtu: Annotated[m.Int | None, Query(ge=0, le=2**63 - 1, description="only events of this RTU")]
+                 rtu: Annotated[m.RtuFilter | None, Query(description="only events of this RTU")]
                  = None,
                  before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?(\.[0-2])?$",
                                             description="only events older than this event id (next_before)"),
-                 limit: Annotated[m.Int, Query(ge=1, le=1000)] = 50, s: Store = Depends(store)) -> m.EventPage:
+                 limit: Annotated[m.Limit, Query()] = 50, s: Store = Depends(store)) -> m.EventPage:
     return await s.events(kind, rtu, before, limit)
 
 
@@ -165,7 +168,7 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
         responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                          "description": "server-sent events: hello, values, timeline, health, overflow "
                                         "(see docs/api.md)"},
-                   **AUTH, 503: _err("too many live clients ([api] stream_clients), or Redis unreachable")},
+                   **AUTH, **E422, 503: _err("too many live clients ([api] stream_clients), or Redis unreachable")},
         summary="Live updates for dashboards (server-sent events): value changes, new timeline events, "
                 "node health",
         description="One shared reader per api process follows the change stream and the timeline; each "
@@ -194,7 +197,7 @@ async def stream(request: Request,
 async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9]{1,20})?$",
                                                description="only entries older than this stream id "
                                                            "(next_before)"),
-                   limit: Annotated[m.Int, Query(ge=1, le=1000)] = 50, s: Store = Depends(store)) -> m.ControlPage:
+                   limit: Annotated[m.Limit, Query()] = 50, s: Store = Depends(store)) -> m.ControlPage:
     return await s.controls(before, limit)
 
 
@@ -205,7 +208,7 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
               "application/json": {"schema": m.HandoverRequest.model_json_schema()}}}},
           responses={200: {"model": m.HandoverResult,
                            "description": "the target holds the lease (already or moved)"},
-                     **AUTH, **E404,
+                     **AUTH, **E404, **E422,
                      409: _err("a forwarding RTU, no holder yet, or (wait) the target did not take the "
                                "lease"),
                      413: _err(f"a body larger than {body.MAX_BYTES} bytes"),
