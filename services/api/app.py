@@ -21,6 +21,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from fep_api import routes
+from fep_api.head import HeadAsGet
 from fep_api.live import Hub, TooManyClients
 from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from fepha import redisconn
@@ -130,4 +131,5 @@ def create_app(cfg: NodeConfig) -> FastAPI:
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(HeadAsGet)
     return app

@@ -158,3 +158,18 @@ async def test_the_schema_states_every_bound_in_json_schema_words(loaded, make_a
     limit = next(p for p in (await c.get("/openapi.json")).json()["paths"]["/api/v1/points"]["get"]["parameters"]
                  if p["name"] == "limit")
     assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 1000)
+
+
+async def test_head_answers_as_get_without_a_body(loaded, ar, make_api) -> None:
+    # HEAD was 405 on every route but the static files: a monitor checking /health with HEAD saw it fail
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    for path in ("/health", "/ready", "/api/v1/rtus", "/api/v1/rtus/1", "/api/v1/rtus/999", "/metrics", "/",
+                 "/api/v1/points?limit=0", "/openapi.json"):
+        get, head = await c.get(path), await c.head(path)
+        assert head.status_code == get.status_code, (path, head.status_code, get.status_code)
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+    r = await c.head(URL, headers=AUTH)  # HEAD of an action is not the action
+    assert r.status_code == 405 and await _unmoved(ar)
+    r = await c.request("PUT", "/api/v1/rtus")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD", r.headers

@@ -144,3 +144,17 @@ async def test_a_redis_lost_under_a_live_client_ends_its_stream(fault: str, load
             finally:
                 if fault == "pause":
                     loaded.resume()
+
+
+async def test_head_of_the_stream_answers_at_once_and_keeps_no_place(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as c:
+        for _ in range(5):  # more than the 3 places: each HEAD gives its place back
+            r = await c.head("/api/v1/stream")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert r.content == b""
+        held = [await c.send(c.build_request("GET", "/api/v1/stream"), stream=True) for _ in range(3)]
+        try:
+            assert [h.status_code for h in held] == [200, 200, 200]
+        finally:
+            for h in held:
+                await h.aclose()
