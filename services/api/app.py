@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from redis import exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fep_api import routes
 from fep_api.head import HeadAsGet
@@ -63,6 +64,17 @@ def create_app(cfg: NodeConfig) -> FastAPI:
 
     def error(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own 404 and 405 said "Not Found" and "Method Not Allowed": say what was not found,
+        what was not allowed (the answers of the routes themselves, 401/403/413/415, pass unchanged)."""
+        detail = exc.detail
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such path: {request.url.path} (the api's paths are listed at /docs)"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{request.method} is not allowed on {request.url.path}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:

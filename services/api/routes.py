@@ -122,7 +122,8 @@ async def forwards(rtu_id: Annotated[m.Int, Path(description="T004_RTU.RTUID of 
     return await s.forwards(rtu_id)
 
 
-@v1.get("/trends", response_model=m.TrendSet, tags=["points"], responses={**READ, **E404},
+@v1.get("/trends", response_model=m.TrendSet, tags=["points"],
+        responses={**READ, **E404, 409: _err("a forwarding RTU (its points are in /rtus/{id}/forwards)")},
         summary="Recent values of one RTU's analog (AI) points, from the change stream",
         description="Every change of each AI point of the RTU within the last `seconds` (by source time), read from the "
                     "change stream `fep:chg` (bounded: ~20000 entries, so at a high change rate the window "

@@ -442,6 +442,9 @@ class Store:
         r = model.rtus.get(rtu_id)
         if r is None:
             raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        if not r.acquisition:  # an empty trend would say "no changes", not "nothing to trend here"
+            raise Conflict(f"RTU {rtu_id} is a forwarding RTU: it has no acquisition points to trend; its "
+                           f"forwarding points are in /api/v1/rtus/{rtu_id}/forwards")
         analog = {p.id: p for p in r.points if p.kind == "AI"}
         now = await self.now_ms()
         start = now - seconds * 1000

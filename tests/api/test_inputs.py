@@ -173,3 +173,25 @@ async def test_head_answers_as_get_without_a_body(loaded, ar, make_api) -> None:
     assert r.status_code == 405 and await _unmoved(ar)
     r = await c.request("PUT", "/api/v1/rtus")
     assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD", r.headers
+
+
+async def test_unknown_paths_and_methods_say_which(loaded, ar, make_api) -> None:
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    r = await c.get("/api/v1/rtu/1")  # was {"detail": "Not Found"}
+    assert r.status_code == 404 and r.json()["detail"].startswith("no such path: /api/v1/rtu/1"), r.text
+    r = await c.get("/static/nothing.js")
+    assert r.status_code == 404 and "/static/nothing.js" in r.json()["detail"], r.text
+    r = await c.delete("/api/v1/rtus/1", headers=AUTH)  # was {"detail": "Method Not Allowed"}
+    assert r.status_code == 405 and r.json()["detail"] == "DELETE is not allowed on /api/v1/rtus/1", r.text
+    r = await c.post(URL)  # a route's own answer passes unchanged, headers too
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "bearer token" in r.text
+
+
+async def test_trend_of_a_forwarding_rtu_is_409(loaded, ar, make_api) -> None:
+    # was 200 with no series: "no changes", where there is nothing to trend (as /rtus/{id}/forwards is 409
+    # for an acquisition RTU)
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    r = await c.get("/api/v1/trends?rtu=10")
+    assert r.status_code == 409 and "/api/v1/rtus/10/forwards" in r.json()["detail"], r.text
