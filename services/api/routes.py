@@ -205,8 +205,9 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
 @ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
           dependencies=[Depends(require_operator), Depends(query.known)],
           # the body is read by body.read (limits, strict JSON); it is described here
-          openapi_extra={"requestBody": {"required": False, "content": {
-              "application/json": {"schema": m.HandoverRequest.model_json_schema()}}}},
+          openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": {
+              "anyOf": [m.HandoverRequest.model_json_schema(), {"type": "null"}],
+              "description": "no body or null: the defaults"}}}}},
           responses={200: {"model": m.HandoverResult,
                            "description": "the target holds the lease (already or moved)"},
                      **AUTH, **E404, **E422,

@@ -195,3 +195,12 @@ async def test_trend_of_a_forwarding_rtu_is_409(loaded, ar, make_api) -> None:
     c = await make_api(node_cfg(loaded))
     r = await c.get("/api/v1/trends?rtu=10")
     assert r.status_code == 409 and "/api/v1/rtus/10/forwards" in r.json()["detail"], r.text
+
+
+async def test_the_schema_of_the_handover_body_takes_null(loaded, make_api) -> None:
+    # null is taken as no body (the defaults): the schema said an object only (schemathesis: "schema-
+    # violating request accepted")
+    c = await make_api(node_cfg(loaded))
+    op = (await c.get("/openapi.json")).json()["paths"]["/api/v1/rtus/{rtu_id}/handover"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert {"type": "null"} in schema["anyOf"] and op["requestBody"]["required"] is False
