@@ -4,9 +4,10 @@ One `Hub` per api process reads Redis for everybody: it follows the change strea
 streams with one blocking XREAD on the local Redis and reads the health picture (overview and RTUs) once
 per period. Each message is serialised once and put into every interested client's queue. A client is a
 bounded `asyncio.Queue`: a client that falls `queue` messages behind (a stalled browser, a dead
-connection the kernel has not noticed) is dropped with a final `overflow` message, never waited for, so
-one slow dashboard costs the others nothing and no worker is held. At most `max_clients` clients at once;
-the hub runs only while at least one client is connected.
+connection the kernel has not noticed) is dropped with a final `overflow` message (what it had queued is
+discarded), never waited for, so one slow dashboard costs the others nothing and no worker is held. At most
+`max_clients` clients at once, counted until their responses end (a dropped client that does not read keeps
+its response blocked on its socket); the hub runs only while at least one client is connected.
 
 Messages (`event:` name, JSON `data:`):
   hello     {node, time_ms}: first message; the client reloads its snapshot from the REST endpoints
@@ -82,21 +83,28 @@ class Hub:
     keepalive_s: float = 15.0
     block_ms: int = 500
     clients: set[Client] = field(default_factory=set)
+    """The clients messages are offered to."""
+    places: set[Client] = field(default_factory=set)
+    """Every client whose response has not ended, dropped ones too (a client that does not read keeps its
+    response blocked on its socket): what the limit counts, so such connections cannot pile up."""
     dropped_total: int = 0
     _task: asyncio.Task[None] | None = None
 
     def join(self, rtus: frozenset[str] | None, values: bool) -> Client:
-        if len(self.clients) >= self.max_clients:
-            raise TooManyClients(f"{len(self.clients)} live clients already (limit [api] stream_clients = "
+        if len(self.places) >= self.max_clients:
+            raise TooManyClients(f"{len(self.places)} live clients already (limit [api] stream_clients = "
                                  f"{self.max_clients}): reload later, or poll the REST endpoints")
         c = Client(rtus, values, asyncio.Queue(self.queue))
         self.clients.add(c)
+        self.places.add(c)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="fep-api-live-hub")
         return c
 
     def leave(self, c: Client) -> None:
+        """Its response ended: its place is free."""
         self.clients.discard(c)
+        self.places.discard(c)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -107,6 +115,7 @@ class Hub:
         for c in list(self.clients):
             c.dropped = True
         self.clients.clear()
+        self.places.clear()
 
     def _end_all(self, msg: str) -> None:
         """Queue `msg` as every client's last message and let go of them all (the reader then stops)."""
@@ -119,6 +128,8 @@ class Hub:
         for c in list(self.clients):
             if (rtu is None or c.wants(rtu)) and not c.offer(msg):
                 self.clients.discard(c)
+                while not c.queue.empty():  # it reloads anyway: only `overflow` is left to send
+                    c.queue.get_nowait()
                 self.dropped_total += 1
                 log.info("live client dropped: %d messages behind", self.queue)
 

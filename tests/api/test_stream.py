@@ -16,7 +16,7 @@ import redis.asyncio as aredis
 import uvicorn
 
 from fep_api.app import create_app
-from fep_api.live import Hub, sse
+from fep_api.live import Hub, TooManyClients, sse
 from fepha import events, points, redisfns
 from tests.api.conftest import node_cfg, populate
 from tests.redisproc import free_port
@@ -119,7 +119,8 @@ async def test_a_client_that_stops_reading_is_dropped() -> None:
     hub._broadcast(sse("values", {"rtu": "2"}), "2")  # not asked for: not queued
     assert fast.queue.empty()
     msgs = [m async for m in hub.messages(slow, "A", 1.0)]
-    assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 5
+    # what it had queued is discarded when it is dropped (it reloads anyway): overflow comes next
+    assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 2
 
 
 @pytest.mark.parametrize("fault", ["pause", "stop"])
@@ -158,3 +159,23 @@ async def test_head_of_the_stream_answers_at_once_and_keeps_no_place(url: str) -
         finally:
             for h in held:
                 await h.aclose()
+
+
+async def test_a_dropped_client_frees_its_queue_and_holds_its_place_until_its_response_ends() -> None:
+    """A client that never reads (its socket full) is dropped, but its response stays blocked on the
+    socket: it gave back its place at once, so such connections could pile up without bound, each with a
+    full queue. Now its queue is emptied at once (only `overflow` is left to send) and its place is
+    held until its response ends: at most `stream_clients` connections, whatever the clients do."""
+    hub = Hub(store=None, max_clients=2, queue=3)  # type: ignore[arg-type]
+    slow, fast = hub.join(None, True), hub.join(None, True)
+    hub._task.cancel()  # no Redis here: only the fan-out is under test
+    for i in range(5):
+        hub._broadcast(sse("values", {"rtu": "1", "i": i}), "1")
+        fast.queue.get_nowait()
+    assert slow.dropped and slow.queue.empty() and slow not in hub.clients
+    with pytest.raises(TooManyClients):  # the slow one's response has not ended yet
+        hub.join(None, True)
+    msgs = [m async for m in hub.messages(slow, "A", 1.0)]
+    assert [m.split("\n")[0] for m in msgs] == ["event: hello", "event: overflow"]
+    hub.join(None, True)  # its response ended: its place is free
+    await hub.aclose()
