@@ -181,7 +181,7 @@ async def stream(request: Request,
                                                description="RTU ids whose value changes to send (`vp`: "
                                                            "virtual points); default all"),
                  values: bool = Query(True, description="send value changes at all"),
-                 duration_s: float | None = Query(None, gt=0, le=86400,
+                 duration_s: float | None = Query(None, gt=0, le=86400, allow_inf_nan=False,
                                                   description="end the stream after this long "
                                                               "(default: until the client leaves)")
                  ) -> StreamingResponse:

@@ -204,3 +204,11 @@ async def test_the_schema_of_the_handover_body_takes_null(loaded, make_api) -> N
     op = (await c.get("/openapi.json")).json()["paths"]["/api/v1/rtus/{rtu_id}/handover"]["post"]
     schema = op["requestBody"]["content"]["application/json"]["schema"]
     assert {"type": "null"} in schema["anyOf"] and op["requestBody"]["required"] is False
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+async def test_a_stream_duration_that_is_not_a_number_says_so(value: str, loaded, make_api) -> None:
+    # nan was refused as "should be less than or equal to 86400", which it is not about
+    c = await make_api(node_cfg(loaded))
+    r = await c.get(f"/api/v1/stream?duration_s={value}")
+    assert r.status_code == 422 and "finite number" in r.text, r.text
