@@ -558,6 +558,9 @@ class Store:
                 raise Conflict(f"RTU {rtu_id} has no lease holder yet: nothing to hand over")
             target = "B" if holder == "A" else "A"
         window_ms = int((req.window_s or self.cfg.lease_ttl_s) * 1000)
+        if window_ms < self.cfg.lease_tick_s * 1000:  # 0.0001 s was marked "pending" and lapsed at once
+            raise Unprocessable(f"window_s {window_ms / 1000:g} is shorter than one lease tick "
+                                f"({self.cfg.lease_tick_s:g} s): the target could not take the lease within it")
         res = await self.master.fcall(*redisfns.lease_handover(rtu_id, target, window_ms).argv)
         holder, epoch, status = (res[0] or None), int(res[1]), str(res[2])
         if status == "none":

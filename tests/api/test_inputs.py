@@ -212,3 +212,15 @@ async def test_a_stream_duration_that_is_not_a_number_says_so(value: str, loaded
     c = await make_api(node_cfg(loaded))
     r = await c.get(f"/api/v1/stream?duration_s={value}")
     assert r.status_code == 422 and "finite number" in r.text, r.text
+
+
+async def test_a_handover_window_shorter_than_a_lease_tick_is_422(loaded, ar, make_api) -> None:
+    # 0.0001 s became a 0 ms window: answered 202 "pending", a move that lapsed as it was marked
+    await populate(ar)
+    c = await make_api(node_cfg(loaded, lease_tick_s=0.2))
+    for w in (0.0001, 0.1):
+        r = await c.post(URL, headers=AUTH, json={"target": "B", "window_s": w})
+        assert r.status_code == 422 and "shorter than one lease tick" in r.text, r.text
+        assert await _unmoved(ar)
+    r = await c.post(URL, headers=AUTH, json={"target": "B", "window_s": 0.2})
+    assert r.status_code == 202, r.text
