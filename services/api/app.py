@@ -134,6 +134,7 @@ def create_app(cfg: NodeConfig) -> FastAPI:
         checker, that believed it would send a token nobody asks for, or expect a 401 that never comes)."""
         if app.openapi_schema is None:
             schema = FastAPI.openapi(app)
+            schema["paths"][routes.HANDOVER]["post"]["requestBody"] = routes.handover_body(cfg.lease_tick_s)
             if cfg.api_open_reads:
                 for op in (ops.get("get") for ops in schema.get("paths", {}).values()):
                     if op is not None:

@@ -202,12 +202,22 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
     return await s.controls(before, limit)
 
 
+HANDOVER = "/api/v1/rtus/{rtu_id}/handover"
+
+
+def handover_body(lease_tick_s: float) -> dict[str, Any]:
+    """The handover's request body for the OpenAPI schema (app.openapi puts it in; the route reads the body
+    with body.read): a window shorter than this node's lease tick is refused, so that is its minimum."""
+    schema = m.HandoverRequest.model_json_schema()
+    window = schema["properties"]["window_s"]
+    schema["properties"]["window_s"] = {"anyOf": [{"type": "number", "minimum": lease_tick_s, "maximum": 600},
+                                                  {"type": "null"}], "description": window["description"]}
+    return {"required": False, "content": {"application/json": {"schema": {
+        "anyOf": [schema, {"type": "null"}], "description": "no body or null: the defaults"}}}}
+
+
 @ops.post("/rtus/{rtu_id}/handover", response_model=m.HandoverResult, status_code=202,
           dependencies=[Depends(require_operator), Depends(query.known)],
-          # the body is read by body.read (limits, strict JSON); it is described here
-          openapi_extra={"requestBody": {"required": False, "content": {"application/json": {"schema": {
-              "anyOf": [m.HandoverRequest.model_json_schema(), {"type": "null"}],
-              "description": "no body or null: the defaults"}}}}},
           responses={200: {"model": m.HandoverResult,
                            "description": "the target holds the lease (already or moved)"},
                      **AUTH, **E404, **E422,

@@ -224,3 +224,6 @@ async def test_a_handover_window_shorter_than_a_lease_tick_is_422(loaded, ar, ma
         assert await _unmoved(ar)
     r = await c.post(URL, headers=AUTH, json={"target": "B", "window_s": 0.2})
     assert r.status_code == 202, r.text
+    body = (await c.get("/openapi.json")).json()["paths"]["/api/v1/rtus/{rtu_id}/handover"]["post"]["requestBody"]
+    window = body["content"]["application/json"]["schema"]["anyOf"][0]["properties"]["window_s"]["anyOf"][0]
+    assert (window["minimum"], window["maximum"]) == (0.2, 600)  # the schema says so too
