@@ -32,6 +32,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import exceptions as rex
+
 from fep_api import views
 from fep_api.state import NoConfig, Store
 from fepha import keyspace as ks
@@ -41,6 +43,15 @@ log = logging.getLogger("fep_api.live")
 
 class TooManyClients(Exception):
     """The configured number of stream clients is reached (503)."""
+
+
+def _reason(exc: Exception) -> str:
+    """Why the streams ended, worded as the REST endpoints word their 503s."""
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | ConnectionError | TimeoutError):
+        return f"Redis unreachable: {exc}"
+    if isinstance(exc, rex.RedisError):
+        return f"Redis error: {exc}"
+    return f"live updates failed: {type(exc).__name__}: {exc}"
 
 
 def sse(event: str, data: Any) -> str:
@@ -172,7 +183,7 @@ class Hub:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis down: nothing here is followed any more
                 log.info("live hub: %s: %s: ending %d streams", type(exc).__name__, exc, len(self.clients))
-                self._end_all(sse("unavailable", {"detail": f"Redis unreachable: {exc}"}))
+                self._end_all(sse("unavailable", {"detail": _reason(exc)}))
 
     def _entry(self, stream: str, sid: str, f: dict[str, str]) -> None:
         if stream == ks.CHANGES:

@@ -14,7 +14,9 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import uvicorn
+from redis import exceptions as rex
 
+from fep_api import live
 from fep_api.app import create_app
 from fep_api.live import Hub, TooManyClients, sse
 from fepha import events, points, redisfns
@@ -179,3 +181,13 @@ async def test_a_dropped_client_frees_its_queue_and_holds_its_place_until_its_re
     assert [m.split("\n")[0] for m in msgs] == ["event: hello", "event: overflow"]
     hub.join(None, True)  # its response ended: its place is free
     await hub.aclose()
+
+
+@pytest.mark.parametrize(("exc", "says"), [
+    (rex.ConnectionError("Error 111"), "Redis unreachable: Error 111"),
+    (TimeoutError("Timeout reading"), "Redis unreachable: Timeout reading"),
+    (rex.ResponseError("WRONGTYPE"), "Redis error: WRONGTYPE"),
+    (ValueError("bad"), "live updates failed: ValueError: bad"),  # not called a Redis outage
+])
+def test_why_the_streams_ended_is_worded_as_the_rest_503s(exc: Exception, says: str) -> None:
+    assert live._reason(exc) == says
