@@ -11,7 +11,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 NodeId = Literal["A", "B"]
 Kind = Literal["AI", "DI", "ACC", "DO", "AO"]
@@ -35,6 +35,8 @@ Offset = Annotated[int, Ge(0), Le(10**9), BeforeValidator(_digits)]
 Limit = Annotated[int, Ge(1), Le(1000), BeforeValidator(_digits)]
 Seconds = Annotated[int, Ge(1), Le(3600), BeforeValidator(_digits)]
 RtuFilter = Annotated[int, Ge(0), Le(2**63 - 1), BeforeValidator(_digits)]
+StreamRtu = Annotated[str, StringConstraints(pattern=r"^(vp|[0-9]{1,20})$")]
+"""An RTU id of the live stream's filter, or `vp` (the virtual points)."""
 
 
 class ErrorBody(BaseModel):

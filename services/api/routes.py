@@ -169,7 +169,7 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
         responses={200: {"content": {"text/event-stream": {"schema": SSE_EVENT}},
                          "description": "server-sent events: hello, values, timeline, health, overflow "
                                         "(see docs/api.md)"},
-                   **AUTH, **E422, 503: _err("too many live clients ([api] stream_clients), or Redis unreachable")},
+                   **AUTH, **E404, **E422, 503: _err("too many live clients ([api] stream_clients), or Redis unreachable")},
         summary="Live updates for dashboards (server-sent events): value changes, new timeline events, "
                 "node health",
         description="One shared reader per api process follows the change stream and the timeline; each "
@@ -177,9 +177,10 @@ SSE_EVENT = {"type": "object", "required": ["event", "data"],
                     "behind. At most `[api] stream_clients` clients; more get 503. When the local Redis stops "
                     "answering, every stream ends (message `unavailable`) and new ones get 503.")
 async def stream(request: Request,
-                 rtu: list[str] | None = Query(None, max_length=100,
-                                               description="RTU ids whose value changes to send (`vp`: "
-                                                           "virtual points); default all"),
+                 rtu: list[m.StreamRtu] | None = Query(None, max_length=100,
+                                                     description="RTU ids whose value changes to send (`vp`: "
+                                                                 "virtual points; an unknown RTU is 404); "
+                                                                 "default all"),
                  values: bool = Query(True, description="send value changes at all"),
                  duration_s: float | None = Query(None, gt=0, le=86400, allow_inf_nan=False,
                                                   description="end the stream after this long "
@@ -187,7 +188,9 @@ async def stream(request: Request,
                  ) -> StreamingResponse:
     hub = request.app.state.hub
     await hub.store.local.ping()  # a Redis that does not answer: 503 now, not a stream of keepalives
-    client = hub.join(frozenset(rtu) if rtu else None, values)
+    # an unknown RTU was taken and sent nothing, forever: a dashboard of "RTU 99" looked still, not wrong
+    wanted = await hub.store.stream_rtus(rtu) if rtu else None
+    client = hub.join(wanted, values)
     return StreamingResponse(hub.messages(client, request.app.state.cfg.node_id, duration_s),
                              media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

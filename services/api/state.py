@@ -309,6 +309,16 @@ class Store:
         return m.PointPage(total=len(sel), offset=offset, limit=limit, time_ms=now,
                            items=[views.point(p, records.get(p.id), now) for p in page])
 
+    async def stream_rtus(self, ids: list[str]) -> frozenset[str]:
+        """The live stream's RTU filter as the change stream names RTUs ("01" is "1"; "vp" the virtual
+        points); an RTU the configuration does not have is a 404."""
+        model = await self.model()
+        out = frozenset(r if r == "vp" else str(int(r)) for r in ids)
+        for r in sorted(out - {"vp"}):
+            if int(r) not in model.rtus:
+                raise NotFound(f"RTU {r} is not in the configuration (generation {model.gen})")
+        return out
+
     async def forwards(self, rtu_id: int) -> m.ForwardList:
         """The forwarding points of a forwarding RTU, each with its source point's current value."""
         model = await self.model()

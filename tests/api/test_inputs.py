@@ -227,3 +227,17 @@ async def test_a_handover_window_shorter_than_a_lease_tick_is_422(loaded, ar, ma
     body = (await c.get("/openapi.json")).json()["paths"]["/api/v1/rtus/{rtu_id}/handover"]["post"]["requestBody"]
     window = body["content"]["application/json"]["schema"]["anyOf"][0]["properties"]["window_s"]["anyOf"][0]
     assert (window["minimum"], window["maximum"]) == (0.2, 600)  # the schema says so too
+
+
+async def test_the_stream_of_an_unknown_rtu_is_404_and_of_a_malformed_one_422(loaded, ar, make_api) -> None:
+    # rtu=99 (or abc) was taken: a stream that sent no values, ever, for an RTU that does not exist
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    r = await c.get("/api/v1/stream?rtu=vp&rtu=99&duration_s=0.1")
+    assert r.status_code == 404 and "RTU 99 is not in the configuration" in r.text, r.text
+    r = await c.get("/api/v1/stream?rtu=abc&duration_s=0.1")
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "rtu", 0], r.text
+    r = await c.get("/api/v1/stream?rtu=vp&rtu=01&duration_s=0.1")
+    assert r.status_code == 200 and r.text.startswith("event: hello")
+    store = c._transport.app.state.store  # the filter as the change stream names RTUs
+    assert await store.stream_rtus(["01", "vp", "1"]) == frozenset({"1", "vp"})
