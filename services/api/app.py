@@ -69,11 +69,12 @@ def create_app(cfg: NodeConfig) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         """Starlette's own 404 and 405 said "Not Found" and "Method Not Allowed": say what was not found,
         what was not allowed (the answers of the routes themselves, 401/403/413/415, pass unchanged)."""
-        detail = exc.detail
+        detail, path = exc.detail, request.url.path
+        path = path if len(path) <= 200 else path[:200] + "…"  # a 100 kB path is not sent back whole
         if exc.status_code == 404 and detail == "Not Found":
-            detail = f"no such path: {request.url.path} (the api's paths are listed at /docs)"
+            detail = f"no such path: {path} (the api's paths are listed at /docs)"
         elif exc.status_code == 405 and detail == "Method Not Allowed":
-            detail = f"{request.method} is not allowed on {request.url.path}"
+            detail = f"{request.method} is not allowed on {path}"
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(NotFound)
