@@ -186,7 +186,7 @@ async def test_unknown_paths_and_methods_say_which(loaded, ar, make_api) -> None
     assert r.status_code == 405 and r.json()["detail"] == "DELETE is not allowed on /api/v1/rtus/1", r.text
     r = await c.post(URL)  # a route's own answer passes unchanged, headers too
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer" and "bearer token" in r.text
-    r = await c.get("/x" * 50_000)  # the path is named, not sent back whole
+    r = await c.get("/x" * 30_000)  # the path is named, not sent back whole (httpx sends at most 64 kB)
     assert r.status_code == 404 and len(r.text) < 400, len(r.text)
 
 
