@@ -11,6 +11,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -18,8 +19,10 @@ from fastapi.staticfiles import StaticFiles
 from redis import exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fep_api import routes
+from fep_api.head import HeadAsGet
 from fep_api.live import Hub, TooManyClients
 from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from fepha import redisconn
@@ -61,6 +64,18 @@ def create_app(cfg: NodeConfig) -> FastAPI:
 
     def error(status: int, detail: str) -> JSONResponse:
         return JSONResponse({"detail": detail}, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own 404 and 405 said "Not Found" and "Method Not Allowed": say what was not found,
+        what was not allowed (the answers of the routes themselves, 401/403/413/415, pass unchanged)."""
+        detail, path = exc.detail, request.url.path
+        path = path if len(path) <= 200 else path[:200] + "…"  # a 100 kB path is not sent back whole
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such path: {path} (the api's paths are listed at /docs)"
+        elif exc.status_code == 405 and detail == "Method Not Allowed":
+            detail = f"{request.method} is not allowed on {path}"
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
@@ -113,4 +128,22 @@ def create_app(cfg: NodeConfig) -> FastAPI:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def openapi() -> dict[str, Any]:
+        """The schema says what this node's configuration enforces: with `[api] open_reads` (the default)
+        a read takes no token and is never 401/403, so no read lists the bearer scheme (a client, or a
+        checker, that believed it would send a token nobody asks for, or expect a 401 that never comes)."""
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            schema["paths"][routes.HANDOVER]["post"]["requestBody"] = routes.handover_body(cfg.lease_tick_s)
+            if cfg.api_open_reads:
+                for op in (ops.get("get") for ops in schema.get("paths", {}).values()):
+                    if op is not None:
+                        op.pop("security", None)
+                        for code in ("401", "403"):
+                            op.get("responses", {}).pop(code, None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(HeadAsGet)
     return app

@@ -4,9 +4,10 @@ One `Hub` per api process reads Redis for everybody: it follows the change strea
 streams with one blocking XREAD on the local Redis and reads the health picture (overview and RTUs) once
 per period. Each message is serialised once and put into every interested client's queue. A client is a
 bounded `asyncio.Queue`: a client that falls `queue` messages behind (a stalled browser, a dead
-connection the kernel has not noticed) is dropped with a final `overflow` message, never waited for, so
-one slow dashboard costs the others nothing and no worker is held. At most `max_clients` clients at once;
-the hub runs only while at least one client is connected.
+connection the kernel has not noticed) is dropped with a final `overflow` message (what it had queued is
+discarded), never waited for, so one slow dashboard costs the others nothing and no worker is held. At most
+`max_clients` clients at once, counted until their responses end (a dropped client that does not read keeps
+its response blocked on its socket); the hub runs only while at least one client is connected.
 
 Messages (`event:` name, JSON `data:`):
   hello     {node, time_ms}: first message; the client reloads its snapshot from the REST endpoints
@@ -15,6 +16,8 @@ Messages (`event:` name, JSON `data:`):
   timeline  an `Event` of /api/v1/events
   health    {overview, rtus}: /api/v1/overview and /api/v1/rtus, every `health_s`
   overflow  {detail}: the client fell behind and is dropped (reconnect and reload)
+  unavailable {detail}: the local Redis stopped answering; every stream ends (what a client shows is no
+            longer followed, so it must not go on looking live: the dashboard polls, and sees the 503s)
 A comment line (`: keepalive`) every `keepalive_s` keeps proxies and dead-peer detection working.
 """
 
@@ -29,6 +32,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from redis import exceptions as rex
+
 from fep_api import views
 from fep_api.state import NoConfig, Store
 from fepha import keyspace as ks
@@ -38,6 +43,15 @@ log = logging.getLogger("fep_api.live")
 
 class TooManyClients(Exception):
     """The configured number of stream clients is reached (503)."""
+
+
+def _reason(exc: Exception) -> str:
+    """Why the streams ended, worded as the REST endpoints word their 503s."""
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | ConnectionError | TimeoutError):
+        return f"Redis unreachable: {exc}"
+    if isinstance(exc, rex.RedisError):
+        return f"Redis error: {exc}"
+    return f"live updates failed: {type(exc).__name__}: {exc}"
 
 
 def sse(event: str, data: Any) -> str:
@@ -52,6 +66,8 @@ class Client:
     values: bool
     queue: asyncio.Queue[str]
     dropped: bool = False
+    ended: bool = False
+    """The hub ended the stream (`unavailable` is the last message in the queue)."""
     sent: int = 0
 
     def wants(self, rtu: str) -> bool:
@@ -78,21 +94,28 @@ class Hub:
     keepalive_s: float = 15.0
     block_ms: int = 500
     clients: set[Client] = field(default_factory=set)
+    """The clients messages are offered to."""
+    places: set[Client] = field(default_factory=set)
+    """Every client whose response has not ended, dropped ones too (a client that does not read keeps its
+    response blocked on its socket): what the limit counts, so such connections cannot pile up."""
     dropped_total: int = 0
     _task: asyncio.Task[None] | None = None
 
     def join(self, rtus: frozenset[str] | None, values: bool) -> Client:
-        if len(self.clients) >= self.max_clients:
-            raise TooManyClients(f"{len(self.clients)} live clients already (limit [api] stream_clients = "
+        if len(self.places) >= self.max_clients:
+            raise TooManyClients(f"{len(self.places)} live clients already (limit [api] stream_clients = "
                                  f"{self.max_clients}): reload later, or poll the REST endpoints")
         c = Client(rtus, values, asyncio.Queue(self.queue))
         self.clients.add(c)
+        self.places.add(c)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="fep-api-live-hub")
         return c
 
     def leave(self, c: Client) -> None:
+        """Its response ended: its place is free."""
         self.clients.discard(c)
+        self.places.discard(c)
 
     async def aclose(self) -> None:
         task, self._task = self._task, None
@@ -103,11 +126,21 @@ class Hub:
         for c in list(self.clients):
             c.dropped = True
         self.clients.clear()
+        self.places.clear()
+
+    def _end_all(self, msg: str) -> None:
+        """Queue `msg` as every client's last message and let go of them all (the reader then stops)."""
+        for c in list(self.clients):
+            c.offer(msg)
+            c.ended = True
+        self.clients.clear()
 
     def _broadcast(self, msg: str, rtu: str | None = None) -> None:
         for c in list(self.clients):
             if (rtu is None or c.wants(rtu)) and not c.offer(msg):
                 self.clients.discard(c)
+                while not c.queue.empty():  # it reloads anyway: only `overflow` is left to send
+                    c.queue.get_nowait()
                 self.dropped_total += 1
                 log.info("live client dropped: %d messages behind", self.queue)
 
@@ -129,7 +162,7 @@ class Hub:
         return sse("health", {"overview": overview.model_dump(mode="json"), "rtus": rtus})
 
     async def _run(self) -> None:
-        """Follow Redis while anybody listens; a Redis error is retried every second (clients stay)."""
+        """Follow Redis while anybody listens; a Redis error ends every stream with `unavailable`."""
         tails: dict[str, str] | None = None
         next_health = 0.0
         while self.clients:
@@ -148,10 +181,9 @@ class Hub:
                         self._entry(stream, sid, f)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - Redis down or no config: keep the clients, retry
-                log.info("live hub: %s: %s", type(exc).__name__, exc)
-                tails = None
-                await asyncio.sleep(1.0)
+            except Exception as exc:  # noqa: BLE001 - Redis down: nothing here is followed any more
+                log.info("live hub: %s: %s: ending %d streams", type(exc).__name__, exc, len(self.clients))
+                self._end_all(sse("unavailable", {"detail": _reason(exc)}))
 
     def _entry(self, stream: str, sid: str, f: dict[str, str]) -> None:
         if stream == ks.CHANGES:
@@ -176,6 +208,8 @@ class Hub:
                     return
                 if c.dropped and c.queue.empty():
                     yield sse("overflow", {"detail": f"more than {self.queue} messages behind: reconnect"})
+                    return
+                if c.ended and c.queue.empty():
                     return
                 try:
                     msg = await asyncio.wait_for(c.queue.get(), timeout)

@@ -7,12 +7,36 @@ values also carry an ISO 8601 `time` for people. Fields that a writer may not ha
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 NodeId = Literal["A", "B"]
 Kind = Literal["AI", "DI", "ACC", "DO", "AO"]
+
+_DIGITS = re.compile(r"-?[0-9]+")
+
+
+def _digits(v: Any) -> Any:
+    """Refuse an integer parameter not written in ASCII digits: read leniently (`int("1_0")` is 10,
+    `int(" 1")` 1, pydantic takes "1.0" as 1), a typo would name another RTU, and a handover would move it."""
+    if isinstance(v, str) and not _DIGITS.fullmatch(v):
+        raise ValueError(f"{v!r} is not an integer written in digits (such as 12 or -1)")
+    return v
+
+
+Int = Annotated[int, BeforeValidator(_digits)]
+"""An integer path or query parameter: decimal digits with an optional minus sign, nothing else."""
+# Bounded ones carry their bounds inside, before the validator: given as Query(ge=...) they came after it,
+# and the OpenAPI schema said "ge"/"le" (no JSON Schema keyword) instead of minimum/maximum
+Offset = Annotated[int, Ge(0), Le(10**9), BeforeValidator(_digits)]
+Limit = Annotated[int, Ge(1), Le(1000), BeforeValidator(_digits)]
+Seconds = Annotated[int, Ge(1), Le(3600), BeforeValidator(_digits)]
+RtuFilter = Annotated[int, Ge(0), Le(2**63 - 1), BeforeValidator(_digits)]
+StreamRtu = Annotated[str, StringConstraints(pattern=r"^(vp|[0-9]{1,20})$")]
+"""An RTU id of the live stream's filter, or `vp` (the virtual points)."""
 
 
 class ErrorBody(BaseModel):
@@ -353,11 +377,13 @@ class ControlPage(BaseModel):
 class HandoverRequest(BaseModel):
     # a misspelt field ({"targt": "A"}) is a 422, not ignored: ignored, the lease moved to the default node,
     # which may be the opposite of the one the operator named
-    model_config = ConfigDict(extra="forbid")
+    # strict: "wait": "yes" or "window_s": "10" is refused, not read as true or 10 (a person means something
+    # by what they type; a value of another type is a mistake to show, not to guess)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     target: NodeId | None = Field(None, description="node to move the lease to; "
                                                     "default: the node that does not hold it")
-    window_s: float | None = Field(None, gt=0, le=600,
+    window_s: float | None = Field(None, gt=0, le=600, allow_inf_nan=False,
                                    description="the target must take the lease within this time; "
                                                "default lease_ttl_s")
     wait: bool = Field(False, description="answer only when the target took the lease (200) or the window "

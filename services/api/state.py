@@ -309,6 +309,16 @@ class Store:
         return m.PointPage(total=len(sel), offset=offset, limit=limit, time_ms=now,
                            items=[views.point(p, records.get(p.id), now) for p in page])
 
+    async def stream_rtus(self, ids: list[str]) -> frozenset[str]:
+        """The live stream's RTU filter as the change stream names RTUs ("01" is "1"; "vp" the virtual
+        points); an RTU the configuration does not have is a 404."""
+        model = await self.model()
+        out = frozenset(r if r == "vp" else str(int(r)) for r in ids)
+        for r in sorted(out - {"vp"}):
+            if int(r) not in model.rtus:
+                raise NotFound(f"RTU {r} is not in the configuration (generation {model.gen})")
+        return out
+
     async def forwards(self, rtu_id: int) -> m.ForwardList:
         """The forwarding points of a forwarding RTU, each with its source point's current value."""
         model = await self.model()
@@ -442,6 +452,9 @@ class Store:
         r = model.rtus.get(rtu_id)
         if r is None:
             raise NotFound(f"RTU {rtu_id} is not in the configuration (generation {model.gen})")
+        if not r.acquisition:  # an empty trend would say "no changes", not "nothing to trend here"
+            raise Conflict(f"RTU {rtu_id} is a forwarding RTU: it has no acquisition points to trend; its "
+                           f"forwarding points are in /api/v1/rtus/{rtu_id}/forwards")
         analog = {p.id: p for p in r.points if p.kind == "AI"}
         now = await self.now_ms()
         start = now - seconds * 1000
@@ -555,6 +568,9 @@ class Store:
                 raise Conflict(f"RTU {rtu_id} has no lease holder yet: nothing to hand over")
             target = "B" if holder == "A" else "A"
         window_ms = int((req.window_s or self.cfg.lease_ttl_s) * 1000)
+        if window_ms < self.cfg.lease_tick_s * 1000:  # 0.0001 s was marked "pending" and lapsed at once
+            raise Unprocessable(f"window_s {window_ms / 1000:g} is shorter than one lease tick "
+                                f"({self.cfg.lease_tick_s:g} s): the target could not take the lease within it")
         res = await self.master.fcall(*redisfns.lease_handover(rtu_id, target, window_ms).argv)
         holder, epoch, status = (res[0] or None), int(res[1]), str(res[2])
         if status == "none":

@@ -14,9 +14,11 @@ import httpx
 import pytest
 import redis.asyncio as aredis
 import uvicorn
+from redis import exceptions as rex
 
+from fep_api import live
 from fep_api.app import create_app
-from fep_api.live import Hub, sse
+from fep_api.live import Hub, TooManyClients, sse
 from fepha import events, points, redisfns
 from tests.api.conftest import node_cfg, populate
 from tests.redisproc import free_port
@@ -119,4 +121,73 @@ async def test_a_client_that_stops_reading_is_dropped() -> None:
     hub._broadcast(sse("values", {"rtu": "2"}), "2")  # not asked for: not queued
     assert fast.queue.empty()
     msgs = [m async for m in hub.messages(slow, "A", 1.0)]
-    assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 5
+    # what it had queued is discarded when it is dropped (it reloads anyway): overflow comes next
+    assert msgs[0].startswith("event: hello") and msgs[-1].startswith("event: overflow") and len(msgs) == 2
+
+
+@pytest.mark.parametrize("fault", ["pause", "stop"])
+async def test_a_redis_lost_under_a_live_client_ends_its_stream(fault: str, loaded, ar: aredis.Redis) -> None:
+    """A stream that only kept its keepalives while the local Redis was gone left the dashboard saying
+    "● live" over the last health and values it had: they must not look current. The stream ends with
+    `unavailable` (the dashboard falls back to polling, which shows the 503), and a new one is refused."""
+    await populate(ar)
+    cfg = node_cfg(loaded, socket_timeout_s=0.5)
+    async for u in serve(cfg):
+        async with httpx.AsyncClient(base_url=u, timeout=10) as c, c.stream("GET", "/api/v1/stream") as resp:
+            await read_until(resp, lambda g: any(e == "health" for e, _ in g))
+            getattr(loaded, fault)()
+            try:
+                t0 = time.monotonic()
+                got = await read_until(resp, lambda g: any(e == "unavailable" for e, _ in g), timeout=5)
+                assert time.monotonic() - t0 < 2 * cfg.socket_timeout_s + 2.0
+                assert got[-1][1]["detail"].startswith("Redis unreachable")
+                assert [line async for line in _lines[id(resp)] if line.strip()] == []  # it ended
+                r = await c.get("/api/v1/stream", params={"duration_s": 0.3})
+                assert r.status_code == 503 and r.json()["detail"].startswith("Redis unreachable"), r.text
+            finally:
+                if fault == "pause":
+                    loaded.resume()
+
+
+async def test_head_of_the_stream_answers_at_once_and_keeps_no_place(url: str) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=5) as c:
+        for _ in range(5):  # more than the 3 places: each HEAD gives its place back
+            r = await c.head("/api/v1/stream")
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            assert r.content == b""
+        held = [await c.send(c.build_request("GET", "/api/v1/stream"), stream=True) for _ in range(3)]
+        try:
+            assert [h.status_code for h in held] == [200, 200, 200]
+        finally:
+            for h in held:
+                await h.aclose()
+
+
+async def test_a_dropped_client_frees_its_queue_and_holds_its_place_until_its_response_ends() -> None:
+    """A client that never reads (its socket full) is dropped, but its response stays blocked on the
+    socket: it gave back its place at once, so such connections could pile up without bound, each with a
+    full queue. Now its queue is emptied at once (only `overflow` is left to send) and its place is
+    held until its response ends: at most `stream_clients` connections, whatever the clients do."""
+    hub = Hub(store=None, max_clients=2, queue=3)  # type: ignore[arg-type]
+    slow, fast = hub.join(None, True), hub.join(None, True)
+    hub._task.cancel()  # no Redis here: only the fan-out is under test
+    for i in range(5):
+        hub._broadcast(sse("values", {"rtu": "1", "i": i}), "1")
+        fast.queue.get_nowait()
+    assert slow.dropped and slow.queue.empty() and slow not in hub.clients
+    with pytest.raises(TooManyClients):  # the slow one's response has not ended yet
+        hub.join(None, True)
+    msgs = [m async for m in hub.messages(slow, "A", 1.0)]
+    assert [m.split("\n")[0] for m in msgs] == ["event: hello", "event: overflow"]
+    hub.join(None, True)  # its response ended: its place is free
+    await hub.aclose()
+
+
+@pytest.mark.parametrize(("exc", "says"), [
+    (rex.ConnectionError("Error 111"), "Redis unreachable: Error 111"),
+    (TimeoutError("Timeout reading"), "Redis unreachable: Timeout reading"),
+    (rex.ResponseError("WRONGTYPE"), "Redis error: WRONGTYPE"),
+    (ValueError("bad"), "live updates failed: ValueError: bad"),  # not called a Redis outage
+])
+def test_why_the_streams_ended_is_worded_as_the_rest_503s(exc: Exception, says: str) -> None:
+    assert live._reason(exc) == says

@@ -506,7 +506,7 @@ async function onMessage(event, data) {
       const nt = ntKey(data.rtus);
       if (nt !== S.nt) { S.nt = nt; await loadValues(); }
     }
-  } else if (event === "overflow") throw new Error(data.detail);
+  } else if (event === "overflow" || event === "unavailable") throw new Error(data.detail);
 }
 
 let pollTimer = null;
@@ -515,7 +515,10 @@ async function poll() {
   try {
     await snapshot();
     setStatus("○ polling every 2 s (live stream unavailable), updated " + new Date().toLocaleTimeString());
-  } catch (e) { showError(e); }
+  } catch (e) {
+    showError(e);
+    setStatus("✗ no answer (" + e.message + "): what is shown may not be current; retrying every 2 s");
+  }
   pollTimer = setTimeout(poll, PERIOD_MS);
 }
 
@@ -526,6 +529,8 @@ async function follow() {
     } catch (e) {
       if (e.name === "AbortError") return;  // a new stream replaced this one
       if (e.status === 401 || e.status === 403) { showError(e); }
+      S.live = false;  // what is on screen is no longer followed: never go on saying "live" over it
+      setStatus("✗ live stream lost (" + e.message + "): what is shown may not be current; polling");
     }
     S.live = false;
     if (!pollTimer) poll();
