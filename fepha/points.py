@@ -10,6 +10,7 @@ Quality is a bit set with the meanings of IEC 60870-5-101/104 so that se104s pas
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntFlag
 
@@ -38,11 +39,31 @@ class Value:
         return not self.quality & Quality.IV
 
 
-def encode(value: float, quality: int, ts_ms: int) -> str:
-    """Encode one record. Integral floats are written as integers so DI/ACC values stay exact."""
+def _plain(value: float) -> float | int:
+    """Integral floats are written as integers so DI/ACC values stay exact."""
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)
-    return f"{value}|{quality}|{ts_ms}"
+        return int(value)
+    return value
+
+
+def encode(value: float, quality: int, ts_ms: int) -> str:
+    """Encode one record."""
+    return f"{_plain(value)}|{quality}|{ts_ms}"
+
+
+def encode_pairs(samples: Mapping[int, tuple[float | int, int]], ts_ms: int) -> list[str]:
+    """[point id, record, ...] of samples {point id: (value, quality)} all taken at `ts_ms` (one poll's
+    changes), each record exactly as `encode` writes it: the "|quality|ts_ms" tail is built once per
+    quality and only a float goes through `_plain` (the acquirer encodes 10,000s of records a second)."""
+    out: list[str] = []
+    tails: dict[int, str] = {}
+    for pid, (v, q) in samples.items():
+        tail = tails.get(q)
+        if tail is None:
+            tail = tails[q] = f"|{q}|{ts_ms}"
+        out.append(str(pid))
+        out.append(f"{_plain(v) if isinstance(v, float) else v}{tail}")
+    return out
 
 
 def decode(record: str | bytes) -> Value:

@@ -249,11 +249,7 @@ class RtuRunner(RunnerBase):
             changes = self.tracker.changes(samples)
             if not changes:
                 return
-            pairs: list[str] = []
-            for pid, (v, q) in changes.items():
-                pairs.append(str(pid))
-                pairs.append(pt.encode(v, q, ts_ms))
-            res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
+            res = await self.writer.write(self.rtu.id, self.lease.epoch, pt.encode_pairs(changes, ts_ms))
             if res.ok:
                 self.metrics.inc("changes_written", len(changes))
                 resent = self.tracker.committed(changes)

@@ -152,6 +152,45 @@ def test_no_previous_or_another_length_decodes_everything() -> None:
     assert decode_block(blk, regs_bytes([5, 6]), regs_bytes([5])) == {1: 5, 2: 6}
 
 
+class _Wire:
+    """A transport that keeps what the protocol sends (no network)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+
+def _stream_cuts(n: int) -> list[list[int]]:
+    """Ways to cut a byte stream of n bytes into chunks: whole, at every position, byte by byte."""
+    return [[]] + [[k] for k in range(1, n)] + [list(range(1, n))]
+
+
+async def test_frames_in_any_chunking_give_the_same_answers() -> None:
+    """_Protocol.data_received: two answers (and a late one dropped between them) arriving whole, split at
+    any byte, byte by byte, or all in one chunk give the same answers, and the second request goes out once
+    the first is answered."""
+    pdus = [mbtcp.read_pdu("hr", 0, 2), mbtcp.read_pdu("hr", 10, 1)]
+    stream = (mbtcp.frame(1, 7, b"\x03\x04\x00\x05\x00\x06") + mbtcp.frame(9, 7, b"\x03\x02\x00\x01")
+              + mbtcp.frame(2, 7, b"\x03\x02\x00\x09"))
+    for cuts in _stream_cuts(len(stream)):
+        proto = mbtcp._Protocol(unit=7, timeout_s=5.0)
+        wire = _Wire()
+        proto.connection_made(wire)  # type: ignore[arg-type]
+        fut = asyncio.get_running_loop().create_future()
+        proto.start(mbtcp._Sequence(pdus, fut, None))
+        for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+            proto.data_received(stream[a:b])
+        assert fut.done() and fut.result() == [b"\x00\x05\x00\x06", b"\x00\x09"], cuts
+        assert wire.sent == [mbtcp.frame(1, 7, pdus[0]), mbtcp.frame(2, 7, pdus[1])]
+        assert not proto.buf
+        proto._close()
+
+
 # ---- the client against servers that misbehave on purpose (loopback, in process) ----
 
 async def serve(handler, delay_s: float = 0.0, per_connection: int | None = None,
