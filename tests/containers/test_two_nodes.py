@@ -31,6 +31,8 @@ from tests.ha.harness import (
 )
 
 SERVICES = {"redis", "keepalived", "acquirer", "forwarder", "api"}
+SIGN_AGE = ("from fepha import config, leftbehind;"
+            "print(leftbehind.sign_age(config.load_node().quality_vrrp_alive_file))")
 KILL_DI, KILL_IOA = 105, 1     # Breaker Q1 closed (sample SEMODEL): toggled on the device after the loss
 
 
@@ -74,6 +76,12 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     a, b = lab.cnodes["A"], lab.cnodes["B"]
     assert a.health() == dict.fromkeys(SERVICES, "healthy"), a.health()
     assert b.health() == dict.fromkeys(SERVICES, "healthy"), b.health()
+    # keepalived's sign of life (docs/ha.md "keepalived stopped") reaches the services through the fep-run
+    # volume, readable by their user, fresh: what tells a VIP left behind from a master's
+    for cn in (a, b):
+        for svc in ("forwarder", "api"):
+            out = cn.compose("exec", "-T", svc, "python", "-c", SIGN_AGE).stdout.strip()
+            assert out and float(out) < 4.0, (cn.id, svc, out)
 
     start_plcsim(lab)
     probe = start_probe(lab)
