@@ -74,7 +74,8 @@ def sign_age(path: str, now: float | None = None) -> float | None:
 
 class VipProbe:
     """Asks the Redis behind the VIP for its run_id, at most once per `every_s`, only while the local Redis
-    may be left behind; `check` returns the latest verdict."""
+    may be left behind; `check` returns the verdict on the latest run_ids and on keepalived's sign of life
+    read at that moment (a local file: its age counts from the kill, not from the next probe)."""
 
     def __init__(self, cfg: NodeConfig, every_s: float = 1.0) -> None:
         self.cfg, self.every_s = cfg, every_s
@@ -83,24 +84,28 @@ class VipProbe:
         self._vip: Any = None
         self._task: asyncio.Task[None] | None = None
         self._at = 0.0
+        self._ids: tuple[str | None, str | None] = (None, None)   # run_ids of the local Redis, the VIP's
 
     async def check(self, local: Any, info: Mapping[str, Any], wait_s: float = 0.0) -> str | None:
         """`local`: a client of the local Redis, `info`: its INFO replication just read. Starts a probe
         when none ran for `every_s`, waits for it at most `wait_s` (0: not at all, the verdict of the
-        previous probe is used), and returns the verdict."""
+        previous probe's run_ids are used), and returns the verdict."""
         if not may_be_left_behind(info):
-            self.reason = None
+            self.reason, self._ids = None, (None, None)
             return None
         loop = asyncio.get_running_loop()
         task = self._task
         if task is None or (task.done() and loop.time() - self._at >= self.every_s):
-            task = self._task = loop.create_task(self._probe(local, dict(info)), name="fep-vip-probe")
+            task = self._task = loop.create_task(self._probe(local), name="fep-vip-probe")
         if not task.done() and wait_s > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), wait_s)
+        mine, theirs = self._ids
+        age = sign_age(self.cfg.quality_vrrp_alive_file) if mine and mine == theirs else None
+        self.reason = verdict(info, mine, theirs, self.cfg.vip, age, self.cfg.quality_vrrp_alive_max_age_s)
         return self.reason
 
-    async def _probe(self, local: Any, info: dict[str, Any]) -> None:
+    async def _probe(self, local: Any) -> None:
         if self._vip is None:
             self._vip = redisconn.master_async_once(self.cfg)
         try:
@@ -108,8 +113,7 @@ class VipProbe:
             mine = (await local.info("server")).get("run_id")
         except (rex.RedisError, OSError):
             theirs = mine = None
-        age = sign_age(self.cfg.quality_vrrp_alive_file) if mine and mine == theirs else None
-        self.reason = verdict(info, mine, theirs, self.cfg.vip, age, self.cfg.quality_vrrp_alive_max_age_s)
+        self._ids = (mine, theirs)
         self._at = asyncio.get_running_loop().time()
 
     async def aclose(self) -> None:
