@@ -75,6 +75,8 @@ async def test_a_vip_left_on_this_host_without_keepalived_is_not_current(loaded:
     assert o["master_node"] == "A" and "left behind" not in o["master_detail"], o
     assert (await fresh.get("/ready")).status_code == 200
     os.utime(alive, (time.time() - 10, time.time() - 10))
+    # the sign's age is read at every request, not only by the next VIP probe (at most once a second)
+    assert (await fresh.get("/ready")).status_code == 503
     api = await make_api(cfg)
     o = (await api.get("/api/v1/overview")).json()
     assert o["master_node"] is None and [n["master"] for n in o["nodes"]] == [None, None], o

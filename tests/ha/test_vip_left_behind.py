@@ -90,7 +90,11 @@ def test_start_sh_and_keepalived_killed_the_node_holding_the_vip_serves_nt(lab: 
     def nt_everywhere() -> bool:
         return all("NonTopical" in (iec104_last(probe, old.id, i, t0_wall) or {}).get("quality", "") for i in WATCH)
     lab.wait_for(nt_everywhere, 20, f"NT on every watched value at node {old.id}'s client", 0.1)
-    FIGURES["vip_left_behind_nt_at_scada_s"] = round(time.monotonic() - t0, 2)
+    took = time.monotonic() - t0
+    FIGURES["vip_left_behind_nt_at_scada_s"] = round(took, 2)
+    # bound (docs/ha.md): the sign's age limit (4 s) passed 3-4 s after the kill, plus one forwarder check;
+    # margin for a loaded machine
+    assert took < 8.0, took
 
     def not_ready() -> list[str] | None:
         status, ready = api(old, "/ready")
