@@ -238,6 +238,12 @@ class NodeConfig:
                                         "long; 0: 2 x lease_ttl_s")
     quality_stale_polls: int = opt("quality", _positive(int), 3, "NT on an RTU's values when its holder has "
                                    "not completed a poll for this many poll periods (plus one lease tick)")
+    quality_vrrp_alive_file: str = opt("quality", _text, "/run/fep/vrrp.alive",
+                                       "keepalived's sign of life on this host, rewritten every second by its "
+                                       "track script (docs/ha.md); empty or absent: not checked")
+    quality_vrrp_alive_max_age_s: float = opt("quality", _positive(float), 4.0,
+                                              "NT on every value when this host holds the VIP and that sign "
+                                              "is older than this (keepalived gone, the VIP left behind)")
 
     def se104s_options(self) -> dict[str, Any]:
         """The [se104s] settings as Se104Server options (k, w, t0 ... t3 in s, ... command_max_age_ms)."""

@@ -506,12 +506,16 @@ class Store:
         replication = views.replication(rep)
         # the peer's role is known only through the replication link: as our replica (link up on the
         # master) or as our master (link up on the replica); otherwise it is shown as unknown
-        local_master = replication.role == "master"
+        local_master: bool | None = replication.role == "master"
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
         behind = (await self.staleness(rep, info.time_ms))[0]
         detail = None
-        if behind is not None and local_master:  # the VIP leads to the peer's Redis: that is the master
+        if behind is not None and local_master and behind.startswith(leftbehind.HOLDS_VIP):
+            # the VIP is on this host, keepalived is gone: which node's Redis the others write to is unknown
+            local_master, peer_master = None, None
+            detail = f"node {self.cfg.node_id}'s Redis is {behind}"
+        elif behind is not None and local_master:  # the VIP leads to the peer's Redis: that is the master
             local_master, peer_master = False, True
             detail = (f"node {self.cfg.node_id}'s Redis is {behind.split(':')[0]}: the VIP {self.cfg.vip} leads "
                       f"to node {self.cfg.peer}'s")

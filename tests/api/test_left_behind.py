@@ -4,7 +4,9 @@ while the VIP leads to another Redis. Real Redis servers; the VIP is the other s
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from fepha import heartbeat
@@ -56,3 +58,35 @@ async def test_a_vip_that_does_not_answer_does_not_hold_the_pages(loaded: RedisP
             assert o["master_node"] == "A" and "left behind" not in (o["master_detail"] or ""), o
     finally:
         server.close()
+
+
+async def test_a_vip_left_on_this_host_without_keepalived_is_not_current(loaded: RedisProc, ar: Any, make_api: Any,
+                                                                         tmp_path: Path) -> None:
+    """The VIP leads to the local Redis (it is configured on this host) but keepalived's sign of life here
+    is older than vrrp_alive_max_age_s (keepalived and start.sh killed, docs/ha.md): not current, master
+    unknown, with the reason. A fresh sign (a live keepalived: a real master, or a split brain) or none at
+    all (no keepalived on this host) leaves the same state current."""
+    await populate(ar)
+    alive = tmp_path / "vrrp.alive"
+    alive.write_text("A MASTER\n")
+    cfg = node_cfg(loaded, quality_vrrp_alive_file=str(alive), quality_vrrp_alive_max_age_s=2.0)
+    fresh = await make_api(cfg)
+    o = (await fresh.get("/api/v1/overview")).json()
+    assert o["master_node"] == "A" and "left behind" not in o["master_detail"], o
+    assert (await fresh.get("/ready")).status_code == 200
+    os.utime(alive, (time.time() - 10, time.time() - 10))
+    # the sign's age is read at every request, not only by the next VIP probe (at most once a second)
+    assert (await fresh.get("/ready")).status_code == 503
+    api = await make_api(cfg)
+    o = (await api.get("/api/v1/overview")).json()
+    assert o["master_node"] is None and [n["master"] for n in o["nodes"]] == [None, None], o
+    assert "holding the VIP" in o["master_detail"] and "no sign of life from keepalived" in o["master_detail"], o
+    lease = (await api.get("/api/v1/rtus/1")).json()["lease"]
+    assert lease["lapsed"] is None and "holding the VIP" in lease["not_current"], lease
+    p = (await api.get("/api/v1/points/101")).json()
+    assert "NT" in p["quality_flags"], p
+    r = await api.get("/ready")
+    assert r.status_code == 503 and any("holding the VIP" in x for x in r.json()["reasons"]), r.text
+    alive.unlink()
+    none = await make_api(cfg)
+    assert (await none.get("/ready")).status_code == 200

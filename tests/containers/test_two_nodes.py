@@ -14,6 +14,7 @@ after the loss to the SCADA master. Timings go to the figures printed at the end
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Iterator
 
@@ -29,8 +30,11 @@ from tests.ha.harness import (
     start_plcsim,
     start_probe,
 )
+from tests.ha.test_operator_view import api
 
 SERVICES = {"redis", "keepalived", "acquirer", "forwarder", "api"}
+SIGN_AGE = ("from fepha import config, leftbehind;"
+            "print(leftbehind.sign_age(config.load_node().quality_vrrp_alive_file))")
 KILL_DI, KILL_IOA = 105, 1     # Breaker Q1 closed (sample SEMODEL): toggled on the device after the loss
 
 
@@ -74,6 +78,12 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     a, b = lab.cnodes["A"], lab.cnodes["B"]
     assert a.health() == dict.fromkeys(SERVICES, "healthy"), a.health()
     assert b.health() == dict.fromkeys(SERVICES, "healthy"), b.health()
+    # keepalived's sign of life (docs/ha.md "keepalived stopped") reaches the services through the fep-run
+    # volume, readable by their user, fresh: what tells a VIP left behind from a master's
+    for cn in (a, b):
+        for svc in ("forwarder", "api"):
+            out = cn.compose("exec", "-T", svc, "python", "-c", SIGN_AGE).stdout.strip()
+            assert out and float(out) < 4.0, (cn.id, svc, out)
 
     start_plcsim(lab)
     probe = start_probe(lab)
@@ -110,3 +120,32 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     FIGURES[f"{how}_node_loss_to_ready_s"] = round(time.time() - t_loss, 2)
     # restart: unless-stopped: how many of A's killed containers podman started again by now (reported)
     FIGURES[f"{how}_a_containers_restarted"] = sum(c.get("State") == "running" for c in a.containers())
+
+
+def test_keepalived_container_killed_whole_then_started_again(clab: ContainerLab) -> None:
+    """docs/ha.md "keepalived stopped": node A's keepalived container SIGKILLed as a whole (start.sh and both
+    keepalived processes) leaves the VIP on A while B takes it too; A's api says it is not current (its
+    forwarder serves NT, the same rule). Started again (what `restart: unless-stopped` does, same container
+    and volume, stale pid files included), start.sh removes the VIP before keepalived runs: A stays BACKUP,
+    its Redis follows B's, its api is ready again."""
+    lab = clab
+    bring_up(lab)
+    a, b = lab.cnodes["A"], lab.cnodes["B"]
+    ka = next(c["Id"] for c in a.containers() if c.get("Labels", {}).get("com.docker.compose.service") == "keepalived")
+    t0 = time.monotonic()
+    subprocess.run(["podman", "kill", ka], capture_output=True, check=True, timeout=30)
+    lab.wait_for(lambda: b.node.has_vip() and b.node.role() == "master", 30, "VIP and master on B", 0.05)
+    assert a.node.has_vip() and a.node.role() == "master"   # two holders of one address
+
+    def not_ready() -> bool:
+        status, body = api(a.node, "/ready")
+        return status == 503 and any("holding the VIP" in r for r in body["reasons"])
+    lab.wait_for(not_ready, 30, "node A's api not ready: holding the VIP without keepalived", 0.2)
+    FIGURES["ka_container_killed_a_not_ready_s"] = round(time.monotonic() - t0, 2)
+    a.compose("start", "keepalived")   # through node A's engine: in its network namespace, as on its host
+    lab.wait_for(lambda: not a.node.has_vip(), 30, "the VIP removed from node A", 0.05)
+    lab.wait_for(lambda: "role:slave" in a.node.redis_cli("info", "replication"), 30, "A's Redis a replica of B's")
+    lab.wait_for(a.ready, 60, "/ready on node A again", interval=0.5)
+    assert b.node.has_vip() and not a.node.has_vip() and b.node.role() == "master"
+    logs = subprocess.run(["podman", "logs", ka], capture_output=True, text=True, check=False, timeout=30)
+    assert "start.sh: before keepalived starts: removed the VIP" in logs.stdout + logs.stderr

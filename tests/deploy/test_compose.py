@@ -74,6 +74,7 @@ def test_fep_services_share_settings_and_env_overrides(tmp_path: Path) -> None:
         vols = [str(v) for v in svc["volumes"]]
         assert any(re.search(r"cfg:/opt/fep/cfg:ro", v) for v in vols), vols
         assert any("fep-logs" in v and "/opt/fep/log" in v for v in vols), vols
+        assert any(re.search(r"fep-run:/run/fep:ro$", v) for v in vols), vols   # keepalived's sign of life
     # every FEP_ variable names a real setting of fepha.config
     from dataclasses import fields
 
@@ -110,6 +111,9 @@ def test_keepalived_host_network_net_admin(tmp_path: Path) -> None:
     k = services(tmp_path)["keepalived"]
     assert k["network_mode"] == "host" and "NET_ADMIN" in k["cap_add"] and k["user"] == "root"
     assert k["command"] == ["/opt/fep/deploy/keepalived/start.sh"]
+    # FEP_RUN, where the track script rewrites vrrp.alive, is the volume the services read it from
+    assert k["environment"]["FEP_RUN"] == "/run/fep"
+    assert any(re.search(r"fep-run:/run/fep(:rw)?$", str(v)) for v in k["volumes"]), k["volumes"]
 
 
 def test_dockerfile_installs_the_distribution_as_non_root() -> None:

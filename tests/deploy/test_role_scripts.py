@@ -127,6 +127,25 @@ def test_track_script_checks_redis_itself(tmp_path: Path) -> None:
     assert subprocess.run([str(KA / "check-redis.sh")], env=env, timeout=10, check=False).returncode != 0
 
 
+def test_track_script_rewrites_keepalived_sign_of_life(tmp_path: Path) -> None:
+    """Run by keepalived's VRRP process with an ALIVE file: it rewrites it ("NODE_ID STATE", readable by the
+    services' user) whatever Redis answers, as that process's sign of life (docs/ha.md); run with no
+    arguments (the container's healthcheck, which runs without keepalived) it writes nothing."""
+    (tmp_path / "role.env").write_text("NODE_ID=A\nREDIS_HOST=127.0.0.1\nREDIS_PORT=1\n")
+    (tmp_path / "state").write_text("MASTER\n")
+    alive = tmp_path / "vrrp.alive"
+    env = {"PATH": os.environ["PATH"], "FEP_RUN": str(tmp_path)}
+    assert subprocess.run([str(KA / "check-redis.sh")], env=env, timeout=10, check=False).returncode != 0
+    assert not alive.exists()
+    os.utime(tmp_path / "role.env")
+    rc = subprocess.run([str(KA / "check-redis.sh"), str(tmp_path / "role.env"), str(alive)], env=env,
+                        timeout=10, check=False).returncode
+    assert rc != 0                                   # no Redis on port 1: the check fails, the sign is written
+    assert alive.read_text() == "A MASTER\n" and alive.stat().st_mode & 0o777 == 0o644
+    assert time.time() - alive.stat().st_mtime < 5
+    assert not (tmp_path / "vrrp.alive.tmp").exists()
+
+
 @pytest.mark.skipif(not shutil.which("keepalived"), reason="keepalived not installed (.ci/install)")
 def test_rendered_config_passes_keepalived_config_test(tmp_path: Path) -> None:
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, check=False).stdout.splitlines()
@@ -140,7 +159,8 @@ def test_rendered_config_passes_keepalived_config_test(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     conf = Path(out.stdout.strip()).read_text()
     for must in ("state BACKUP", "nopreempt", "advert_int 1", "unicast_peer", "198.18.0.2",
-                 f"198.18.0.10/24 dev {ifaces[0]}", "track_script", "notify_fifo", "auth_pass secret12"):
+                 f"198.18.0.10/24 dev {ifaces[0]}", "track_script", "notify_fifo", "auth_pass secret12",
+                 f"check-redis.sh {tmp_path}/role.env {tmp_path}/vrrp.alive"):
         assert must in conf, must
     import re
     assert not re.findall(r"@[A-Z_]+@", "\n".join(line for line in conf.splitlines() if not line.lstrip().startswith("#")))

@@ -207,7 +207,11 @@ class Node:
     def start_service(self, service: str, extra_env: dict[str, str] | None = None) -> Proc:
         svc = self.lab.compose(self)[service]
         env = {k: "" if v is None else str(v) for k, v in svc.get("environment", {}).items()}
-        env.update(FEPROOT=str(self.lab.feproot), FEP_LOG_DIR=str(self.dir / "log"), **(extra_env or {}))
+        env.update(FEPROOT=str(self.lab.feproot), FEP_LOG_DIR=str(self.dir / "log"))
+        # keepalived's sign of life: compose.yml shares /run/fep (its FEP_RUN) with the services; here each
+        # node's FEP_RUN is its own directory
+        env["FEP_QUALITY_VRRP_ALIVE_FILE"] = str(self.dir / "run" / "vrrp.alive")
+        env.update(extra_env or {})
         return self.spawn(service, [str(a) for a in svc["command"]], env)
 
     # --- failures ----------------------------------------------------------------------------------
