@@ -33,14 +33,14 @@ local function ctl_submit(keys, args)
 end
 
 -- ctl_claim(KEYS: lease, ctl, queue, reply, audit; ARGV: node, epoch, id)
--- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms} when the holder
+-- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms, created_ms} when the holder
 -- must execute now, {0, reason} otherwise (a control popped by a node that lost the lease goes back to
 -- the head of the queue for the new holder).
 local function ctl_claim(keys, args)
   local lease, ctl, queue, reply, audit = keys[1], keys[2], keys[3], keys[4], keys[5]
   local node, epoch, id = args[1], args[2], args[3]
   local now = now_ms()
-  local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value')
+  local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value', 'created_ms')
   if c[1] ~= 'queued' then
     return {0, 'state ' .. tostring(c[1])}
   end
@@ -54,7 +54,7 @@ local function ctl_claim(keys, args)
     return {0, 'expired'}
   end
   redis.call('HSET', ctl, 'state', 'executing', 'executor', node, 'epoch', epoch, 'claimed_ms', now)
-  return {1, c[3], c[4], tonumber(c[2]) - now}
+  return {1, c[3], c[4], tonumber(c[2]) - now, tonumber(c[5]) or 0}
 end
 
 -- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1, or 0 if it was not executing

@@ -100,33 +100,114 @@ async def execute(master: Any, rtu: int, point: int, value: float, origin: str, 
 
 
 NOT_REPLICATED = "refused: the claim did not reach the replica in time (replication lagging)"
+REPLICA_SILENT = "refused: the replica has not acknowledged for {lag} s (standby's Redis hung, slow or cut off)"
+REPLICA_DROPPED = ("refused: queued before the master dropped its silent replica, which may still hold it "
+                   "queued")
+REPLICA_SILENT_S = 3
+"""A replica acknowledges its master's stream once a second (REPLCONF ACK); INFO's `lag` (whole seconds
+since the last one) reads 0-2 for a live replica. From this lag on, it is not waited for."""
+
+WAIT, RUN, REFUSE = "wait", "run", "refuse"
+
+
+def barrier(info: dict[str, Any], silent_s: int = REPLICA_SILENT_S) -> tuple[str, int]:
+    """What a claim does about replication, from the master's INFO replication -> (action, lag in s).
+
+    RUN: no replica attached. WAIT: wait for a replica's acknowledgement. REFUSE: every attached replica
+    is streaming (`online`) and has been silent for `silent_s` or more: WAIT would sit out its whole
+    timeout, so the control is refused at once. A replica still in its initial sync is waited for (it
+    acknowledges once the sync is done)."""
+    if int(info.get("connected_slaves", 0) or 0) <= 0:
+        return RUN, 0
+    replicas = [v for k, v in info.items() if k.startswith("slave") and k[5:].isdigit() and isinstance(v, dict)]
+    if not replicas or any(r.get("state") != "online" for r in replicas):
+        return WAIT, 0
+    lag = min(int(r.get("lag", 0) or 0) for r in replicas)
+    return (REFUSE if lag >= silent_s else WAIT), lag
+
+
+class ReplicaGuard:
+    """What one executor has seen of its master's replicas: when the master dropped its last one.
+
+    A replica the master drops (silent for `repl-timeout`) may hold, in its copy or its socket buffer,
+    controls queued before the drop; executed here without a barrier, they could be executed again by that
+    replica's node if this master died and it were promoted before their deadline. So a control created
+    before the drop was seen is refused; one created after it cannot be in the dropped replica's copy (it
+    gets it, if ever, through a resync that carries the claim too) and runs. The drop time is the first
+    observation (master clock) with no replica attached after one with a replica, by the same master
+    (`master_replid`: a promoted replica starts a new history, and controls queued there before its
+    promotion were never claimed anywhere). An executor that has never seen a replica attached to this
+    master knows of no drop. `refused` holds the reason of the last claim refused for replication."""
+
+    def __init__(self) -> None:
+        self.replid: str | None = None
+        self.attached = False
+        self.dropped_ms: int | None = None
+        self.refused = ""
+
+    def observe(self, info: dict[str, Any], now_ms: int) -> None:
+        attached = int(info.get("connected_slaves", 0) or 0) > 0
+        replid = info.get("master_replid")
+        if replid != self.replid:
+            self.replid, self.dropped_ms = replid, None
+        elif attached:
+            self.dropped_ms = None  # (re)attached: later claims wait for it again
+        elif self.attached and self.dropped_ms is None:
+            self.dropped_ms = now_ms
+        self.attached = attached
+
+    def at_risk(self, created_ms: int) -> bool:
+        return self.dropped_ms is not None and created_ms <= self.dropped_ms
+
+
+async def observe(master: Any, guard: ReplicaGuard) -> dict[str, Any]:
+    """INFO replication and TIME of the master, fed to `guard`; returns the INFO."""
+    pipe = master.pipeline(transaction=False)
+    pipe.info("replication")
+    pipe.time()
+    info, (sec, usec) = await pipe.execute()
+    guard.observe(info, int(sec) * 1000 + int(usec) // 1000)
+    return info
 
 
 async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
-                replica_wait_ms: int = 1500) -> Claimed | None:
-    """Claim a popped control; None when it must not be executed (not holder, expired, refused).
+                replica_wait_ms: int = 1500, guard: ReplicaGuard | None = None) -> Claimed | None:
+    """Claim a popped control; None when it must not be executed (not holder, expired, refused; a refusal
+    for replication is answered failed and its reason left in `guard.refused`).
 
     Replication barrier: the pop and the claim must be on the replica before the device is written.
     Otherwise, if this master died right after the write, the replica promoted in its place would still
     hold the control as queued and the new holder would execute it a second time before its deadline.
     So the claim is followed by WAIT on the same connection; if a replica is attached but has not
-    acknowledged within `replica_wait_ms`, the control is answered failed instead of executed. With no
-    replica attached (the peer is down) there is no one to take over with stale data: it is executed.
+    acknowledged within `replica_wait_ms`, the control is answered failed instead of executed. A replica
+    attached but silent for REPLICA_SILENT_S or more (hung, cut off: the master keeps it attached until
+    `repl-timeout`) is not waited for: the control is refused at once (`barrier`), so a standby's trouble
+    costs no control a wait, nor the queue behind it a delay. With no replica attached (the peer is down,
+    or the master dropped it at `repl-timeout`) there is no one to take over with stale data: it is
+    executed, unless `guard` saw the master drop its replica after the control was created (above).
     The wait is normally well under a millisecond; only right after a replica's (re)sync, until its first
     acknowledgement (Redis replicas acknowledge once a second), can it take up to about one second.
     """
-    replicated = int((await master.info("replication")).get("connected_slaves", 0)) > 0
+    guard = guard or ReplicaGuard()
+    guard.refused = ""
+    action, lag = barrier(await observe(master, guard))
     pipe = master.pipeline(transaction=False)  # WAIT counts the writes of its own connection: one pipeline
     pipe.fcall(*claim_call(rtu, node, epoch, ctl_id).argv)
-    if replicated:  # WAIT with no replica attached would always sit out its whole timeout
+    if action == WAIT:  # WAIT with no replica attached would always sit out its whole timeout
         pipe.wait(1, replica_wait_ms)
         pipe.info("replication")
     out = await pipe.execute()
     res = out[0]
     if int(res[0]) != 1:
         return None
-    if replicated and int(out[1]) < 1 and int(out[2].get("connected_slaves", 0)) > 0:
-        await finish(master, ctl_id, False, NOT_REPLICATED)
+    if action == REFUSE:
+        guard.refused = REPLICA_SILENT.format(lag=lag)
+    elif action == WAIT and int(out[1]) < 1 and int(out[2].get("connected_slaves", 0)) > 0:
+        guard.refused = NOT_REPLICATED
+    elif action == RUN and guard.at_risk(int(res[4]) if len(res) > 4 else 0):  # 0: an older library
+        guard.refused = REPLICA_DROPPED
+    if guard.refused:
+        await finish(master, ctl_id, False, guard.refused)
         return None
     return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]))
 

@@ -27,10 +27,13 @@ class ReplicaWatch:
     A master is not cut off; a replica with its link up is cut off for as long as it has heard nothing from
     its master (`master_last_io_seconds_ago`). Otherwise the start is the first observation,
     moved back by `master_link_down_since_seconds` minus one (Redis counts whole seconds) when Redis
-    reports more than one second (a forwarder started while the link was already down)."""
+    reports more than one second (a forwarder started while the link was already down), and back to the
+    last byte heard when the link was seen up but silent before it went down (Redis ends a silent link at
+    `repl-timeout`: the count goes on from the silence, it does not start again)."""
 
     def __init__(self) -> None:
         self.down_since_ms: int | None = None
+        self.heard_ms: int | None = None  # when the master was last heard, as last seen on an up link
 
     def observe(self, info: Mapping[str, Any] | None, now_ms: int, asked_ms: int | None = None) -> int:
         """`info` = INFO replication of the local Redis, None when it is unreachable -> ms cut off.
@@ -38,9 +41,14 @@ class ReplicaWatch:
         from there (a hung Redis is seen only once the request's timeout has passed)."""
         if info is not None and (info.get("role") != "slave" or info.get("master_link_status") == "up"):
             self.down_since_ms = None
-            # a silently broken link (packets dropped) stays "up" until repl-timeout (60 s): the time since
+            if info.get("role") != "slave":
+                self.heard_ms = None
+                return 0
+            # a silently broken link (packets dropped) stays "up" until repl-timeout: the time since
             # the last byte from the master says more, as the holders write every lease tick
-            return max(0, _num(info.get("master_last_io_seconds_ago"))) * 1000 if info.get("role") == "slave" else 0
+            silent_ms = max(0, _num(info.get("master_last_io_seconds_ago"))) * 1000
+            self.heard_ms = now_ms - silent_ms if silent_ms else None  # only a silence is carried over
+            return silent_ms
         if self.down_since_ms is None:
             reported = info.get("master_link_down_since_seconds") if info is not None else None
             try:
@@ -49,6 +57,9 @@ class ReplicaWatch:
             except (TypeError, ValueError):
                 ago = 0
             self.down_since_ms = now_ms - ago if info is not None or asked_ms is None else asked_ms
+            if self.heard_ms is not None:
+                self.down_since_ms = min(self.down_since_ms, self.heard_ms)
+            self.heard_ms = None
         return now_ms - self.down_since_ms
 
 

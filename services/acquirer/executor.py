@@ -29,6 +29,7 @@ async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], me
     Holding nothing, it waits for `gained` (set by the housekeeping at a lease gain) or `block_s`: the
     controls queued for a node that has just taken a lease over (after a failover) wait no longer."""
     gained = gained or asyncio.Event()
+    guard = controls.ReplicaGuard()  # when the master dropped its replica, seen between controls too
     while not stopping.is_set():
         gained.clear()
         held = {ks.control_queue(r.rtu.id): r for r in runners.values() if r.lease.held}
@@ -44,15 +45,32 @@ async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], me
             continue
         once.clear("controls")
         if not got:
+            with contextlib.suppress(Exception):  # the next BLPOP reports a master that does not answer
+                await controls.observe(master, guard)
             continue
         runner = held[got[0]]
-        await run_one(master, node, runner, int(got[1]), metrics)
+        try:
+            await run_one(master, node, runner, int(got[1]), metrics, once, guard)
+        except Exception as exc:  # noqa: BLE001 - master unreachable mid-control; the next one is taken up
+            # the control is left as it was (queued or executing, never written twice): the forwarder
+            # waiting for it abandons it at its deadline
+            once.problem("controls", f"control {got[1]}: {type(exc).__name__}: {exc}")
 
 
-async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metrics: Metrics) -> None:
-    claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id)
+async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metrics: Metrics,
+                  once: OnceLogger | None = None, guard: controls.ReplicaGuard | None = None) -> None:
+    guard = guard or controls.ReplicaGuard()
+    claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id, guard=guard)
+    if guard.refused:
+        metrics.inc("controls_refused")
+        if once:  # one line while it lasts; every refusal and its reason is in fep:ctl:audit
+            once.problem("replication", "controls refused: their claim cannot be made sure to reach the "
+                                        "replica (standby's Redis lagging, hung or cut off)")
+        return
     if claimed is None:
         return
+    if once:
+        once.clear("replication")
     left_s = max(0.001, claimed.remaining_ms / 1000)
     try:
         how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,

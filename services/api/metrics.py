@@ -42,6 +42,7 @@ HELP: dict[str, str] = {
     "poll_errors": "device polls that failed",
     "controls_executed": "controls executed on a device",
     "controls_failed": "controls that failed on the device",
+    "controls_refused": "controls refused unexecuted: their claim did not reach the replica (replica lagging, hung or cut off)",
     "duplicates_dropped": "IEC 104 events re-sent by an RTU after a reconnect or takeover and already written",
     "events_sent": "value events sent to masters",
     "events_buffered": "value events buffered for a master",

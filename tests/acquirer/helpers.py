@@ -59,10 +59,10 @@ def node_cfg(feproot, r: RedisProc, node: str, **kw: Any) -> config.NodeConfig:
 class Node:
     """One acquirer (node A or B) running in this test's event loop."""
 
-    def __init__(self, cfg: config.NodeConfig) -> None:
+    def __init__(self, cfg: config.NodeConfig, socket_timeout: float = 1) -> None:
         self.cfg = cfg
-        self.master = aredis.Redis(host=cfg.vip, port=cfg.port, decode_responses=True, socket_timeout=1,
-                                   socket_connect_timeout=1)
+        self.master = aredis.Redis(host=cfg.vip, port=cfg.port, decode_responses=True,
+                                   socket_timeout=socket_timeout, socket_connect_timeout=1)
         self.acq = Acquirer(cfg, self.master, self.master)
         self.stop_ev = asyncio.Event()
         self.task = asyncio.create_task(self.acq.run(self.stop_ev, config_check_s=0.1))

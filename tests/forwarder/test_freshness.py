@@ -59,6 +59,10 @@ REPLICA_CASES = {
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 9}, 10_000), 8000),
         (({"role": "slave", "master_link_status": "up"}, 11_000), 0),
         (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 0}, 12_000), 0)],
+    "a silent link that Redis then ends (repl-timeout) counts on from the master's last byte": [
+        (({"role": "slave", "master_link_status": "up", "master_last_io_seconds_ago": 4}, 10_000), 4000),
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 0}, 11_000), 5000),
+        (({"role": "slave", "master_link_status": "down", "master_link_down_since_seconds": 1}, 12_000), 6000)],
     "local Redis unreachable": [((None, 5000), 0), ((None, 8000), 3000), (({"role": "master"}, 9000), 0)],
 }
 

@@ -3,7 +3,8 @@
 Node B's (the replica's) replication link breaks. Issue 10's problem 2 used REPLICAOF to an unreachable
 address; in the lab keepalived's Redis role check repairs that within a second (see redis-role.log), so
 the lab drops the replication traffic between B and A's Redis port with iptables instead: the worse case,
-as Redis keeps calling such a link "up" until repl-timeout (60 s). (The REPLICAOF case, without keepalived,
+as Redis keeps calling such a link "up" until repl-timeout (5 s in compose.yml, 60 s by default), and NT
+must not wait for it. (The REPLICAOF case, without keepalived,
 is tests/forwarder/test_runner_quality.py.) B's forwarder must mark every value it serves not topical (NT) within `[quality]
 replica_down_s` (0: 2 x lease_ttl_s) plus one check, spontaneously; a value changed on the device
 meanwhile reaches only A. When B's Redis follows the master again, every value goes out again with NT
