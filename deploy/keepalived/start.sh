@@ -78,7 +78,7 @@ while kill -0 "$ka" 2>/dev/null; do wait "$ka"; rc=$?; done   # a trapped signal
 trap - TERM INT
 # keepalived's VRRP process may outlive its parent for a moment: on its way out (SIGTERM, or its parent
 # gone) it sends a priority-0 advert and gives the VIP away itself, which moves it to the peer at once.
-# Give it 2 s, then SIGTERM it (its own stop path) and give it 2 s more.
+# Give it 2 s, then SIGTERM it (its own stop path) and give it 2 s more, then SIGKILL it.
 vrrp=$(ka_running)
 if [ -n "$vrrp" ]; then
   for step in wait term; do
@@ -87,8 +87,8 @@ if [ -n "$vrrp" ]; then
     is_keepalived "$vrrp" || break
     if [ "$step" = wait ]; then
       log "keepalived ended but its VRRP process $vrrp runs on: SIGTERM"; kill -TERM "$vrrp"
-    else
-      log "keepalived's VRRP process $vrrp still runs after SIGTERM"
+    else   # hung: its adverts would keep the peer BACKUP while the VIP is removed below (no holder at all)
+      log "keepalived's VRRP process $vrrp still runs after SIGTERM: SIGKILL"; kill -KILL "$vrrp"
     fi
   done
 fi
