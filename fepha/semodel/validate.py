@@ -394,11 +394,9 @@ def _check_vpoints(c: _Checker, vps: Sequence[Row], rtus: dict[int, int | None],
     t = "T036_VTPNT"
     for row in vps:
         vid = _int(row.get("VPID"))
-        if vid is None:  # reported by _check_keys_and_blobs
-            pass
-        elif vid in kinds:
+        if vid is not None and vid in kinds:  # not an integer: reported by _check_keys_and_blobs
             c.add(t, row, "VPID", f"{vid} is also a PNTID of T011_POINT (point ids are shared)")
-        else:
+        elif vid is not None:
             kinds[vid] = "VP"
         _check_rtu_ref(c, t, row, rtus, ACQUISITION)
 
