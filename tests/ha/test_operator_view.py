@@ -50,8 +50,11 @@ def test_keepalived_stopped_on_the_vip_node(lab: Lab) -> None:
     lab.wait_for(lambda: all((iec104_last(probe, old.id, i, t0_wall) or {}).get("quality", "").find("NonTopical")
                              >= 0 for i in WATCH), 20, f"NT on every watched value at {old.id}'s client", 0.1)
     FIGURES["left_behind_nt_at_scada_s"] = round(time.monotonic() - t0, 2)
-    assert not any("NonTopical" in (iec104_last(probe, new.id, i, t0_wall) or {}).get("quality", "")
-                   for i in WATCH)
+    # the new master's client: current. Its values may have gone NT for a moment during the move (rule 3,
+    # honestly: the holder's writes reach the new master only once its acquirer has left the old one, and
+    # a move right after the leases were gained can outlast stale_polls), but they are good again at once
+    lab.wait_for(lambda: all(good(quality(probe, new.id, i)) for i in WATCH), 10,
+                 f"every watched value good at {new.id}'s client", interval=0.1)
 
     def left_behind() -> dict[str, Any] | None:
         status, o = api(old, "/api/v1/overview")
