@@ -396,9 +396,14 @@ class Command:
 
 
 def decode_command(type_id: int, e: bytes) -> Command:
-    """Raises ValueError for a value the type does not allow (DCS 0 or 3)."""
+    """Raises ValueError for a value the type does not allow (DCS 0 or 3), and for a time tag that is not
+    a possible date or that the master marked invalid (IV): such a command's age cannot be checked."""
     base = COMMAND_BASE[type_id]
-    ts = cp56_ms(e[-7:]) if type_id in TIME_TAGGED else None
+    ts = None
+    if type_id in TIME_TAGGED:
+        if e[-5] & 0x80:
+            raise ValueError("time tag marked invalid (IV) by the master")
+        ts = cp56_ms(e[-7:])
     if base == C_SC_NA_1:
         return Command(float(e[0] & 1), bool(e[0] & 0x80), (e[0] >> 2) & 0x1F, ts)
     if base == C_DC_NA_1:

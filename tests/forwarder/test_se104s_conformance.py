@@ -219,6 +219,19 @@ def test_time_tagged_command_outside_its_window_is_refused_without_reaching_the_
     assert len(m.send(cmd(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1, ts_ms=now)))) == 1
 
 
+def test_time_tagged_command_whose_tag_is_marked_invalid_is_refused_without_reaching_the_device() -> None:
+    """IV set in the CP56Time2a (IEC 60870-5-101 7.2.6.18): the master says its own time is not valid, so
+    the command's age cannot be known and it might be older than command_max_age_ms: negative ACT_CON,
+    as for a tag outside the window, even when the octets read as the current time."""
+    m = started_pair(command_max_age_ms=2000)
+    for type_id, ioa, value in ((c.C_SC_TA_1, 5003, 1), (c.C_DC_TA_1, 5004, 1), (c.C_SE_TC_1, 6006, 1.5)):
+        elem = bytearray(c.encode_command(type_id, value, ts_ms=int(time.time() * 1000)))
+        elem[-5] |= 0x80  # IV: bit 8 of the minutes octet
+        assert m.send(cmd(type_id, ioa, bytes(elem))) == []
+        assert answers(m) == [(type_id, c.COT_ACTCON, True, CA)]
+    assert m.st.sink.calls == []  # type: ignore[attr-defined]
+
+
 def test_select_on_one_address_does_not_cover_an_execute_on_another() -> None:
     """Every command point accepts a direct execute (docs/se104s.md): an execute on B after a select of A
     runs B directly and leaves A selected (for the same value only)."""
