@@ -231,6 +231,8 @@ def test_general_interrogation_answers_status_and_measured_points_with_invalid_f
     (c.build_asdu(c.C_SE_NC_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SE_NC_1, 1.0))]),
      c.COT_UNKNOWN_TYPE, True),
     (c.clock_sync(CA, 1_800_000_000_000), c.COT_ACTCON, False),
+    # a clock sync whose time the master marked invalid (IV): not confirmed as a synchronisation
+    (c.build_asdu(c.C_CS_NA_1, c.COT_ACT, CA, [(0, c.cp56(1_800_000_000_000, invalid=True))]), c.COT_ACTCON, True),
 ])
 def test_refusals_and_answers(asdu: bytes, cause: int, negative: bool) -> None:
     m = Pair(station())

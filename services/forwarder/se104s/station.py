@@ -449,6 +449,8 @@ class Station:
             self._counter_interrogation(s, a)
         elif a.type_id == c.C_CS_NA_1:
             try:
+                if a.objects[0][1][2] & 0x80:  # IV: the master's own clock is not valid
+                    raise ValueError("time marked invalid")
                 offset = c.cp56_ms(a.objects[0][1]) - int(time.time() * 1000)
             except ValueError:
                 self._answer(s, c.mirror(a, c.COT_ACTCON, True))
