@@ -82,8 +82,13 @@ class Peer:
         return self.until(lambda a: a.header.type_id == type_id and a.header.cot.cause == cause
                           and (ioa is None or a.decode_objects()[0].ioa == ioa))
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """STOPDT act, then the socket closed; True when STOPDT con came (within icspacket's t1) and
+        icspacket saw no protocol error."""
+        conn = self.m.connection
         self.m.close()
+        return bool(conn._IEC104_Connection__stopdt_confirmed.is_set()  # type: ignore[attr-defined]
+                    and conn._IEC104_Connection__fail_reason is None)  # type: ignore[attr-defined]
 
 
 def on_loop(fn: Callable[..., Any], *args: Any) -> Callable[[], object]:
@@ -156,7 +161,8 @@ async def test_interrogations_clock_sync_read_and_spontaneous_events_as_icspacke
                 assert sp[1002][2].value == pytest.approx(135.0) and sp[1002][2].quality.nt
                 assert stamp_ms(sp[1002][2].timestamp) == ev
             finally:
-                p.close()  # STOPDT act: icspacket waits for STOPDT con (t1) before it closes
+                closed = p.close()
+            assert closed  # STOPDT act answered by STOPDT con
 
         await in_thread(run)
         assert srv.counters()["events_sent"] >= 2
