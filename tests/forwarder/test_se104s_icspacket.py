@@ -302,3 +302,49 @@ async def test_sequence_numbers_past_32767_wrap_for_an_independent_master() -> N
                 p.close()
 
         await in_thread(run)
+
+
+async def test_originator_broadcast_test_command_deactivation_and_two_started_masters() -> None:
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        events = on_loop(srv.apply, [upd(1001, 77.0)])
+
+        def run() -> None:
+            p, q = Peer(srv.port), Peer(srv.port)
+            try:
+                # station interrogation to the broadcast address from originator 5: answered with our own
+                # address, the originator mirrored in the confirmation, every answer and the termination
+                a = ASDU(header=ASDU_Header(type_id=c.C_IC_NA_1, common_address=c.BROADCAST_CA,
+                                            originator_address=5))
+                a.header.cot.cause = c.COT_ACT
+                p.m.connection.send_data(a.build([InformationObject(ioa=0, element=io.InterrogationCommand(
+                    qualifier=ic.QOI.STATION))]))
+                term = p.answer(c.C_IC_NA_1, c.COT_ACTTERM)
+                answers = [x for x in p.seen if x.header.cot.cause in (c.COT_ACTCON, c.COT_INROGEN)]
+                assert len(answers) == 9 and not term.header.cot.negative
+                assert {(x.header.originator_address, x.header.common_address) for x in [*answers, term]} == {(5, CA)}
+                # test command with time tag: confirmed with the test pattern and time received
+                sent = io.TestCommandWithCP56Time2a(fbp=0x1234, timestamp=CP56Time2a.from_datetime(
+                    datetime.datetime.now(datetime.UTC)))
+                p.send(c.C_TS_TA_1, sent, 0)
+                con = p.answer(c.C_TS_TA_1, c.COT_ACTCON)
+                assert not con.header.cot.negative and con.decode_objects()[0].element == sent
+                # deactivation of a selection that is not there: negative DEACT_CON; of one that is: positive
+                p.send(c.C_SC_NA_1, command(c.C_SC_NA_1, 1, True), 5001, cause=c.COT_DEACT)
+                assert p.answer(c.C_SC_NA_1, c.COT_DEACTCON).header.cot.negative
+                p.send(c.C_SC_NA_1, command(c.C_SC_NA_1, 1, True), 5001)
+                assert not p.answer(c.C_SC_NA_1, c.COT_ACTCON).header.cot.negative
+                p.send(c.C_SC_NA_1, command(c.C_SC_NA_1, 1, True), 5001, cause=c.COT_DEACT)
+                assert not p.answer(c.C_SC_NA_1, c.COT_DEACTCON).header.cot.negative
+                # a counter is not read by C_RD (IEC 60870-5-101: integrated totals take no cause 5): 47
+                p.send(c.C_RD_NA_1, io.ReadCommand(), 3001, cause=c.COT_REQ)
+                assert p.answer(c.C_RD_NA_1, c.COT_UNKNOWN_IOA).header.cot.negative
+                # each started master gets every event
+                events()
+                for m in (p, q):
+                    assert m.answer(c.M_ME_NC_1, c.COT_SPONT).decode_objects()[0].element.value == 77.0
+            finally:
+                closed = p.close(), q.close()
+            assert closed == (True, True)
+
+        await in_thread(run)
