@@ -32,6 +32,7 @@ class ProtocolError(Exception):
 M_SP_NA_1, M_DP_NA_1, M_ME_NA_1, M_ME_NB_1, M_ME_NC_1, M_IT_NA_1 = 1, 3, 9, 11, 13, 15
 M_SP_TB_1, M_DP_TB_1, M_ME_TD_1, M_ME_TE_1, M_ME_TF_1, M_IT_TB_1 = 30, 31, 34, 35, 36, 37
 M_EI_NA_1 = 70
+M_ME_ND_1 = 21  # normalised value without quality descriptor: read by the acquirer, never sent by se104s
 C_SC_NA_1, C_DC_NA_1, C_SE_NA_1, C_SE_NB_1, C_SE_NC_1 = 45, 46, 48, 49, 50
 C_SC_TA_1, C_DC_TA_1, C_SE_TA_1, C_SE_TB_1, C_SE_TC_1 = 58, 59, 61, 62, 63
 C_IC_NA_1, C_CI_NA_1, C_RD_NA_1, C_CS_NA_1, C_TS_NA_1, C_RP_NA_1, C_TS_TA_1 = 100, 101, 102, 103, 104, 105, 107
@@ -203,7 +204,8 @@ def ioa(addr: int) -> bytes:
 def element_size(type_id: int) -> int | None:
     """Octets of one information element (without IOA) of a type this module understands."""
     sizes = {**_ELEM, C_SC_NA_1: 1, C_DC_NA_1: 1, C_SE_NA_1: 3, C_SE_NB_1: 3, C_SE_NC_1: 5, C_IC_NA_1: 1,
-             C_CI_NA_1: 1, C_RD_NA_1: 0, C_CS_NA_1: 7, C_RP_NA_1: 1, C_TS_TA_1: 2 + 7, M_EI_NA_1: 1}
+             C_CI_NA_1: 1, C_RD_NA_1: 0, C_CS_NA_1: 7, C_RP_NA_1: 1, C_TS_TA_1: 2 + 7, M_EI_NA_1: 1,
+             M_ME_ND_1: 2}
     base = _BASE_OF.get(type_id) or COMMAND_BASE.get(type_id) or type_id
     size = sizes.get(base)
     if size is None:
@@ -336,7 +338,10 @@ def element(type_id: int, value: float, quality: int, ts_ms: int) -> bytes:
 
 
 def decode_element(type_id: int, e: bytes) -> tuple[float, int, int | None]:
-    """(value, quality, ts_ms or None) of a monitoring element: the inverse of `element` (tests, bench)."""
+    """(value, quality, ts_ms or None) of a monitoring element: the inverse of `element` (tests, bench), and
+    M_ME_ND_1 (a normalised value without quality: quality 0)."""
+    if type_id == M_ME_ND_1:
+        return struct.unpack_from("<h", e)[0] / 32768, 0, None
     base = base_type(type_id)
     ts = cp56_ms(e[-7:]) if type_id in TIME_TAGGED else None
     if base == M_SP_NA_1:

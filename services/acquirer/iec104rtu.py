@@ -358,6 +358,9 @@ class Iec104Runner(RunnerBase):
             self._spont_in_gi.clear()
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
+        why = rules.unsupported(a)
+        if why:
+            self.once.problem(f"{self.key} type {a.type_id} at {a.objects[0][0] if a.objects else 0}", why)
         return None
 
     # --- fenced writes ----------------------------------------------------------------------------------

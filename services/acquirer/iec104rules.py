@@ -31,7 +31,11 @@ Event = tuple[int, tuple[float | int, int], int]  # point id, (value, quality), 
 DP_INDETERMINATE = "IV"  # a double point in its intermediate (0) or indeterminate (3) state: value kept, IV
 
 _MONITORING = {c.M_SP_NA_1, c.M_SP_TB_1, c.M_DP_NA_1, c.M_DP_TB_1, c.M_ME_NA_1, c.M_ME_NB_1, c.M_ME_NC_1,
-               c.M_ME_TD_1, c.M_ME_TE_1, c.M_ME_TF_1, c.M_IT_NA_1, c.M_IT_TB_1}
+               c.M_ME_TD_1, c.M_ME_TE_1, c.M_ME_TF_1, c.M_IT_NA_1, c.M_IT_TB_1, c.M_ME_ND_1}
+# what the controlled station sends besides monitoring objects that the runner takes: answers to its own
+# commands, interrogations, clock syncs, and the end of initialisation
+_ANSWERS = {*c.COMMAND_BASE, c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1, c.C_RD_NA_1, c.C_TS_TA_1, c.C_RP_NA_1,
+            c.M_EI_NA_1}
 # Events: spontaneous data and the return information a command caused (remote or local): each is a change
 # at the device, written even when its value equals the last one (not an interrogation's snapshot).
 SPONTANEOUS_CAUSES = {c.COT_SPONT, c.COT_RETREM, c.COT_RETLOC}
@@ -40,6 +44,22 @@ IV = 0x80
 
 def is_monitoring(type_id: int) -> bool:
     return type_id in _MONITORING
+
+
+def read_as(type_id: int) -> int:
+    """The point type whose objects `type_id` carries: M_ME_ND_1 (normalised, no quality) an M_ME_NA_1
+    point's, a time-tagged type its untagged form's."""
+    return c.M_ME_NA_1 if type_id == c.M_ME_ND_1 else c.base_type(type_id)
+
+
+def unsupported(a: c.Asdu) -> str | None:
+    """Why an ASDU from the RTU is not taken (None: it is: monitoring data or an answer the runner
+    reads): a type the acquirer cannot read leaves its points as they were, so it must be said."""
+    if a.type_id in _MONITORING or a.type_id in _ANSWERS:
+        return None
+    first = a.objects[0][0] if a.objects else 0
+    return (f"type {a.type_id} (IOA {first}{' ...' if len(a.objects) > 1 else ''}) is not a type the acquirer "
+            "reads: ignored, its points keep their last value")
 
 
 @dataclass(frozen=True)
@@ -160,7 +180,7 @@ class PointMap:
                 problems[f"ioa {ioa}"] = f"IOA {ioa} (type {a.type_id}) is not a point of this RTU: ignored"
                 continue
             want = c.TYPE_IDS[p.datatype]
-            if c.base_type(want) != c.base_type(a.type_id):
+            if c.base_type(want) != read_as(a.type_id):
                 problems[f"type {ioa}"] = (f"IOA {ioa} came as type {a.type_id}, point {p.id} is configured as "
                                            f"{p.datatype}: ignored")
                 continue

@@ -301,6 +301,7 @@ async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logge
     srv = await asyncio.start_server(broken_rtu, "127.0.0.1", bad)
     with Rtu(good) as rtu:
         rtu.server.get_station(CA).add_point(io_address=4242, type=c104.Type.M_SP_NA_1)  # not configured
+        rtu.server.get_station(CA).add_point(io_address=4243, type=c104.Type.M_ST_NA_1)  # a type not read
         a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
         r = a.master
         try:
@@ -318,6 +319,11 @@ async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logge
             await asyncio.sleep(0.3)
             unknown = [m for m in caplog.messages if "IOA 4242" in m]
             assert len(unknown) == 1, unknown
+            for _ in range(2):  # step position (M_ST_NA_1): said once, not dropped without a word
+                rtu.server.get_station(CA).get_point(4243).transmit(cause=c104.Cot.SPONTANEOUS)
+            await asyncio.sleep(0.3)
+            unread = [m for m in caplog.messages if "type 5 " in m and "IOA 4243" in m]
+            assert len(unread) == 1 and "not a type the acquirer reads" in unread[0], unread
         finally:
             await a.stop()
             srv.close()

@@ -135,3 +135,34 @@ def test_each_command_the_acquirer_sends_dissects_as_meant(p: Any, value: float,
         assert (o.qu if hasattr(o, "qu") else o.ql) == 0
         if d.type_id in c.TIME_TAGGED:
             assert {k: getattr(o, k) for k in cp56()} == cp56()
+
+
+def test_normalised_values_without_quality_reach_a_normalised_point() -> None:
+    """M_ME_ND_1 (IEC 60870-5-101 7.3.1.21: a normalised value without quality descriptor, which RTUs send
+    to save octets, often in SQ = 1 blocks) is the value of an M_ME_NA_1 point, good quality, our time."""
+    one = single(c.M_ME_ND_1, 3, sio.IEC104_IO_M_ME_ND_1_IOA(information_object_address=200, normed_value=8192))
+    assert received(one).events == [(NA.id, (25.0, 0), RX)]  # 0.25 x SCALE 100
+    rtu = Rtu(id=3, name="nd", rtutype=0, protocol="iec104", channels=(Channel(3, 3, "h", 2404, CA),),
+              points=tuple(point(40 + i, "AI", 700 + i, "M_ME_NA_1") for i in range(4)))
+    block = IEC104_I_Message_SeqIOA(type_id=c.M_ME_ND_1, cot=20, common_asdu_address=CA,
+                                    information_object_address=700,
+                                    io=[sio.IEC104_IO_M_ME_ND_1(normed_value=-8192 * i) for i in range(4)])
+    got = received(block, rtu)
+    assert got.events == [(40 + i, (-0.25 * i, 0), RX) for i in range(4)] and got.mode == rules.IMAGE
+
+
+@pytest.mark.parametrize("frame", [
+    lambda: single(5, 3, sio.IEC104_IO_M_ST_NA_1_IOA(information_object_address=200, value=3)),  # M_ST_NA_1
+    lambda: single(7, 20, sio.IEC104_IO_M_BO_NA_1_IOA(information_object_address=200, bsi=5)),  # M_BO_NA_1
+])
+def test_a_monitoring_type_we_do_not_read_is_named_not_dropped_silently(frame: Any) -> None:
+    """An RTU that sends a point in a type the acquirer cannot read leaves that point as it was: the
+    operator must learn why (logged once per type), not see a stale value with nothing said."""
+    (f,) = c.FrameReader().feed(bytes(frame()))
+    a = c.parse_asdu(f.asdu)
+    assert not rules.is_monitoring(a.type_id)
+    why = rules.unsupported(a)
+    assert why is not None and f"type {a.type_id}" in why and "IOA 200" in why
+    for handled in (rules.interrogation_asdu("gi", CA, WHEN_MS), rules.command_asdu(SC, CA, 1, False, WHEN_MS),
+                    c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x00")])):
+        assert rules.unsupported(c.parse_asdu(handled)) is None
