@@ -348,3 +348,29 @@ async def test_originator_broadcast_test_command_deactivation_and_two_started_ma
             assert closed == (True, True)
 
         await in_thread(run)
+
+
+
+async def test_a_master_that_does_not_acknowledge_within_t1_is_closed() -> None:
+    """icspacket told to acknowledge only after 1,000 frames or 60 s: se104s (t1 = 0.5 s) closes that
+    connection once its I frames wait longer than t1 for an acknowledgement (IEC 60870-5-104 5.2)."""
+    from icspacket.core.connection import ConnectionClosedError
+
+    async with se104_server(t1=0.5, t2=0.1) as srv:
+        srv.load_image(full_image())
+
+        def run() -> float:
+            p = Peer(srv.port, t1=120, t2=60, t3=120, k=1000, w=1000)
+            try:
+                p.send(c.C_IC_NA_1, io.InterrogationCommand(qualifier=ic.QOI.STATION))
+                start = time.monotonic()
+                with pytest.raises(ConnectionClosedError):
+                    while time.monotonic() - start < 5:
+                        p.m.read_next(5)
+                return time.monotonic() - start
+            finally:
+                p.m.connection._close_socket()
+
+        took = await in_thread(run)
+        assert 0.4 <= took < 3.0
+        assert srv.clients() == {}
