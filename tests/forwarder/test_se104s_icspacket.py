@@ -212,6 +212,8 @@ async def test_every_command_type_direct_and_select_before_operate_runs_once_eac
                         con = p.answer(type_id, c.COT_ACTCON, ioa)
                         assert not con.header.cot.negative, (type_id, select)
                         assert p.answer(type_id, c.COT_ACTTERM, ioa)  # after the positive ACT_CON
+                p.m.read(CA, 1001, timeout=3)  # a round trip later: no other confirmation or termination came
+                assert [describe(a) for a in p.seen if 45 <= a.header.type_id < 70] == []
             finally:
                 p.close()
 
