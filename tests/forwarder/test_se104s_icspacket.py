@@ -376,3 +376,34 @@ async def test_a_master_that_does_not_acknowledge_within_t1_is_closed() -> None:
         took = await in_thread(run)
         assert 0.4 <= took < 3.0
         assert srv.clients() == {}
+
+
+async def test_stopdt_and_startdt_on_one_connection() -> None:
+    """STOPDT act mid-connection (sent with icspacket's APCI codec; its API closes after STOPDT): STOPDT
+    con once icspacket acknowledged what was in flight, no I frame while stopped, data again after STARTDT."""
+    from icspacket.proto.iec104.apci import APCI
+
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        first, during, second = (on_loop(srv.apply, [upd(1001, v)]) for v in (1.0, 2.0, 3.0))
+
+        def run() -> None:
+            p = Peer(srv.port, t2=0.1)
+            conn = p.m.connection
+            stopped = conn._IEC104_Connection__stopdt_confirmed  # type: ignore[attr-defined]
+            try:
+                first()
+                assert p.answer(c.M_ME_NC_1, c.COT_SPONT).decode_objects()[0].element.value == 1.0
+                conn._send_apci(APCI.stopdt_act())
+                assert stopped.wait(3)
+                during()
+                with pytest.raises(AssertionError, match="no such ASDU"):
+                    p.until(lambda a: a.header.type_id == c.M_ME_NC_1, timeout=0.5)
+                conn._send_apci(APCI.startdt_act())
+                second()
+                assert p.until(lambda a: a.header.type_id == c.M_ME_NC_1 and
+                               a.decode_objects()[0].element.value == 3.0)
+            finally:
+                assert p.close()
+
+        await in_thread(run)
