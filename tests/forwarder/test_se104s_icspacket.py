@@ -50,7 +50,7 @@ class Peer:
 
     def __init__(self, port: int, **link: Any) -> None:
         self.seen: list[Any] = []
-        self.m = IEC104_Master(IEC104_Connection(**{"t1": 5, "t2": 1, "t3": 20, **link}),
+        self.m = IEC104_Master(IEC104_Connection(**{"t1": 5, "t2": 0.2, "t3": 20, **link}),
                                on_unsolicited=self.seen.append)
         self.m.connect(("127.0.0.1", port))  # STARTDT act, waits for STARTDT con
 
@@ -392,6 +392,7 @@ async def test_stopdt_and_startdt_on_one_connection() -> None:
             conn = p.m.connection
             stopped = conn._IEC104_Connection__stopdt_confirmed  # type: ignore[attr-defined]
             try:
+                p.answer(c.M_EI_NA_1, c.COT_INIT)
                 first()
                 assert p.answer(c.M_ME_NC_1, c.COT_SPONT).decode_objects()[0].element.value == 1.0
                 conn._send_apci(APCI.stopdt_act())
@@ -400,6 +401,9 @@ async def test_stopdt_and_startdt_on_one_connection() -> None:
                 with pytest.raises(AssertionError, match="no such ASDU"):
                     p.until(lambda a: a.header.type_id == c.M_ME_NC_1, timeout=0.5)
                 conn._send_apci(APCI.startdt_act())
+                # started again (this fixture keeps no positions: a master new to the system each time, so
+                # end of initialisation, and what changed while it was stopped is for its interrogation)
+                p.answer(c.M_EI_NA_1, c.COT_INIT)
                 second()
                 assert p.until(lambda a: a.header.type_id == c.M_ME_NC_1 and
                                a.decode_objects()[0].element.value == 3.0)
