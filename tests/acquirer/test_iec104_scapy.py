@@ -79,6 +79,22 @@ def single(type_id: int, cause: int, *objects: Any) -> Any:
     (lambda: single(c.M_IT_TB_1, 37, sio.IEC104_IO_M_IT_TB_1_IOA(information_object_address=300,
                                                                   counter_value=-2, **cp56())),
      [(IT.id, (-2, 0), WHEN_MS)]),
+    # each type also in its other form (with / without time tag): a point takes both
+    (lambda: single(c.M_DP_TB_1, 3, sio.IEC104_IO_M_DP_TB_1_IOA(information_object_address=101, dpi_value=1,
+                                                                 **cp56())),
+     [(2, (0, 0), WHEN_MS)]),
+    (lambda: single(c.M_ME_TD_1, 3, sio.IEC104_IO_M_ME_TD_1_IOA(information_object_address=200,
+                                                                 normed_value=32767, nt=1, **cp56())),
+     [(NA.id, (100.0 * 32767 / 32768, 0x40), WHEN_MS)]),
+    (lambda: single(c.M_ME_NB_1, 20, sio.IEC104_IO_M_ME_NB_1_IOA(information_object_address=201,
+                                                                  scaled_value=650)),
+     [(NB.id, (25.0, 0), RX)]),
+    (lambda: single(c.M_ME_TF_1, 3, sio.IEC104_IO_M_ME_TF_1_IOA(information_object_address=202,
+                                                                 scaled_value=0.125, sb=1, **cp56())),
+     [(NC.id, (0.125, 0x20), WHEN_MS)]),
+    (lambda: single(c.M_IT_NA_1, 37, sio.IEC104_IO_M_IT_NA_1_IOA(information_object_address=300,
+                                                                  counter_value=2**31 - 1, iv=1)),
+     [(IT.id, (2**31 - 1, 0x80), RX)]),
 ])
 def test_rtu_objects_built_by_scapy_give_the_samples_encoded(frame: Any, want: list[Any]) -> None:
     got = received(frame())
