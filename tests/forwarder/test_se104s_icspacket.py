@@ -266,7 +266,7 @@ async def test_link_windows_and_timers_with_icspacket() -> None:
         events = on_loop(srv.apply, [u for i in range(1, 11) for u in (upd(2, i % 2), upd(1001, float(i)))])
 
         def run() -> None:
-            p = Peer(srv.port, t1=1, t2=0.2, t3=0.4, k=12, w=8)
+            p = Peer(srv.port, t1=2, t2=0.2, t3=0.4, k=12, w=8)
             try:
                 events()
                 got = [p.answer(t, c.COT_SPONT) for _ in range(10) for t in (c.M_SP_NA_1, c.M_ME_NC_1)]
