@@ -403,3 +403,19 @@ def test_frames_taken_while_our_stopdt_waits_stay_unacknowledged_unless_confirme
     assert link.receive(u(c.STOPDT_CON), 0.2) == [STOPPED]
     link.tick(0.1 + P.t2)
     assert link.data_to_send() == b"" and link.rx_unacked == 3  # the RTU keeps them (its t1 closes)
+
+
+def test_the_acquirers_caller_confirmed_acknowledgements_wrap_at_32768() -> None:
+    """The acquirer's link (confirm_by_caller) across the wrap: frames 32766, 32767, 0, 1 received,
+    confirmed as written in two steps; each S frame carries the wrapped N(R), and a confirmation of a frame
+    not received is refused."""
+    link = held()
+    link.vr = link.confirmed = link.rx_acked = 32766
+    got = link.receive(b"".join(c.i_frame(ns, 0, GI) for ns in (32766, 32767, 0, 1)), 0.0)
+    assert [e.ns for e in got] == [32766, 32767, 0, 1] and link.vr == 2
+    link.confirm(0, 0.0, at_once=True)  # 32766 and 32767 written
+    assert acks(link) == [0] and link.rx_unconfirmed == 2
+    with pytest.raises(ValueError, match="received"):
+        link.confirm(3, 0.0)
+    link.confirm(2, 0.0, at_once=True)
+    assert acks(link) == [2] and link.rx_unconfirmed == 0 and link.rx_unacked == 0
