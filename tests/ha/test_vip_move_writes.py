@@ -1,8 +1,12 @@
 """The lease holder's writes when keepalived moves the VIP away from its node (docs/ha.md, "The holder at a
-VIP move"), measured on B's Redis by tests/ha/vip_sampler.py: node A holds the VIP, the master Redis and every lease; keepalived there is killed (with the
-script that would demote A's Redis: A's Redis stays a master left behind) or stopped (start.sh demotes A's
-Redis once the VIP leads to B). B's Redis is promoted; A's acquirer must take its writes to B's Redis at
-once, or B's SCADA client sees the holder's values NT (no poll stamp reaches the new master)."""
+VIP move"), measured on B's Redis by tests/ha/vip_sampler.py: node A holds the VIP, the master Redis and
+every lease; keepalived there is killed (with the script that would demote A's Redis: A's Redis stays a
+master left behind) or stopped (start.sh demotes A's Redis once the VIP leads to B). B's Redis is
+promoted; A's acquirer must take its writes to B's Redis at once, or B's SCADA client sees the holder's
+values NT (no poll stamp reaches the new master). NT at B's client is measured, not asserted: with the
+kill timed just before A's tick the poll stamp is ~2 s old at A's first write even after the change, near
+RTU 1's 2.5 s limit, and a loaded machine may cross it; the first write's bound is what the change moved.
+A's lease stays A's at its epoch on B (fenced: never a second holder)."""
 
 from __future__ import annotations
 
@@ -113,6 +117,8 @@ def vip_move_run(lab: Lab, how: str) -> dict[str, Any]:
     time.sleep(6.0)   # what B's client shows after the move (NT from rule 3 comes within ~2.5 s)
     promoted, first = holder_on_new_master(samples(smp), "A")
     assert promoted is not None and first is not None
+    after = [r for r in samples(smp) if r["t"] >= promoted and "1" in r]
+    assert all(r[str(rtu)][:2] == ["A", "1"] for r in after for rtu in RTUS), after[-1]
     nt_at, nt_s = nt_span(probe_records(probe), "B", WATCH_NT, t0)
     return {"promoted_s": round(promoted - t0, 3), "first_write_after_promotion_s": round(first - promoted, 3),
             "nt_at_b_s": round(nt_s, 3), "nt_from_s": None if nt_at is None else round(nt_at - t0, 3)}
