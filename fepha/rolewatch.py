@@ -11,12 +11,23 @@ Between two readings the watch is blind: a command sent then on a pooled connect
 master. A control must not (it would wait there until the next reading drops it, then be refused), so the
 forwarder asks for a reading of its own before each control (`RoleWatch.confirm`): a move is acted on
 before the control goes out.
+
+The role alone misses the VIP leaving this node while the local Redis stays a master (keepalived killed
+without the script that demotes it, or the demotion still to come: docs/ha.md "keepalived stopped"). Then
+nothing here changes role, the connections to the VIP still lead nowhere, and the services found the new
+master only when a command on an old connection was reset by it and redis-py's retry backoff (random, up
+to 2 s) had passed, or at their next tick. So each reading also asks whether the VIP is an address of this
+host (`vip_here`: a bind, no packet sent); a change of that is a move too. The new connections then wait
+for the VIP's new holder to announce it (its gratuitous ARP), not for a backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import ipaddress
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,18 +40,51 @@ def role_moved(seen: str | None, now: str) -> bool:
     return seen is not None and now != "" and now != seen
 
 
+def vip_moved(seen: bool | None, now: bool | None) -> bool:
+    """True when the VIP came to or left this host between two readings of `vip_here` (None: not known)."""
+    return seen is not None and now is not None and now != seen
+
+
+def _nonlocal_bind(version: int) -> bool:
+    """net.ipv{4,6}.ip_nonlocal_bind: with it set, a bind succeeds on any address and tells nothing."""
+    try:
+        with open(f"/proc/sys/net/ipv{version}/ip_nonlocal_bind") as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return False
+
+
+def vip_here(vip: str) -> bool | None:
+    """Whether `vip` is an address of this host now: a socket binds to it, or fails with EADDRNOTAVAIL.
+    None when that tells nothing: `vip` not an IP address (a name), or non-local binds allowed here."""
+    try:
+        ip = ipaddress.ip_address(vip)
+    except ValueError:
+        return None
+    if _nonlocal_bind(ip.version):
+        return None
+    with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((vip, 0))
+        except OSError as exc:
+            return False if exc.errno == errno.EADDRNOTAVAIL else None
+    return True
+
+
 class RoleWatch:
-    """Reads ROLE of the local Redis every `period_s` and awaits `on_move(seen, now)` when it changed.
+    """Reads ROLE of the local Redis every `period_s` and awaits `on_move(seen, now)` when it changed, or
+    when the VIP (`vip`, '' for none) came to or left this host (`seen` == `now` then: the role did not).
 
     The last reading is kept in `role` (None: not read yet, '': the local Redis did not answer, the error
-    in `error`) so that a service has one reader of the role, not two."""
+    in `error`) so that a service has one reader of the role, not two; whether the VIP is here in `here`."""
 
     def __init__(self, local: Any, period_s: float,
-                 on_move: Callable[[str, str], Awaitable[None]]) -> None:
-        self.local, self.period_s, self.on_move = local, period_s, on_move
+                 on_move: Callable[[str, str], Awaitable[None]], vip: str = "") -> None:
+        self.local, self.period_s, self.on_move, self.vip = local, period_s, on_move, vip
         self.role: str | None = None
         self.error = ""
         self.seen: str | None = None  # the role the last move was judged against
+        self.here: bool | None = None  # the VIP on this host at the last reading (None: not known)
         self._lock = asyncio.Lock()  # one reading and its on_move at a time: a move is acted on once
         self._checks: set[asyncio.Task[str]] = set()
         self._next: asyncio.Task[str] | None = None  # a reading asked by `confirm` that has not started yet
@@ -60,11 +104,17 @@ class RoleWatch:
             if self._next is asyncio.current_task():
                 self._next = None  # a reading asked from now on must start after this one
             seen, now = self.seen, await self.read()
+            was, here = self.here, vip_here(self.vip) if self.vip else None
             if role_moved(seen, now):
                 assert seen is not None
                 log.info("local Redis role %s -> %s seen by the role watch: the VIP moved", seen, now)
                 await self.on_move(seen, now)
+            elif vip_moved(was, here):
+                log.info("the VIP %s %s this host (local Redis %s): the master connections lead to the old "
+                         "place", self.vip, "came to" if here else "left", now or "not answering")
+                await self.on_move(seen or now, now or seen or "")
             self.seen = now or seen
+            self.here = here if here is not None else was
             return now
 
     async def confirm(self, wait_s: float) -> bool:

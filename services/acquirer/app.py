@@ -12,6 +12,9 @@ import logging
 import time
 from typing import Any
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from fep_acquirer import handover
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.housekeeping import Housekeeping
@@ -154,10 +157,21 @@ class Acquirer:
         await self.writer.stop()
 
 
+def master_client(cfg: NodeConfig) -> Any:
+    """The acquirer's client of the master (through the VIP): a command whose connection fails is re-sent
+    once, at once, on a new connection. redis-py's default waits a random backoff first (up to 2, 4, 8 s
+    over three re-sends): after the role watch drops the connections at a VIP move, the control executor's
+    BLPOP (and any command in flight) sat out that backoff before reaching the new master, and a control
+    queued there for an RTU this node holds waited with it. Re-sent no more often than before (once instead
+    of up to three times); whatever fails then is the caller's to handle (next tick, next BLPOP after
+    0.5 s, compensation of a value write: those never go through redis-py's retries)."""
+    return redisconn.master_async(cfg, retry=Retry(NoBackoff(), 1))
+
+
 async def run(cfg: NodeConfig, stop: asyncio.Event) -> None:
     """Run this node's acquirer until `stop` is set, hand its leases over (a second signal, `worker.Stop`'s
     `again`, cuts that short); leaves no task behind."""
-    master = redisconn.master_async(cfg)
+    master = master_client(cfg)
     local = redisconn.local_async(cfg)
     try:
         await Acquirer(cfg, master, local).run(stop, hurry=getattr(stop, "again", None))

@@ -3,6 +3,12 @@ Lua (fenced by the lease epoch, refused after its deadline), writes the device, 
 
 At most once: the claim moves the control to `executing` atomically; a node that lost the lease puts it
 back (in Lua) for the new holder. Only the lease holder's executor ever writes to a device.
+
+The outcome of a control whose device write was made is sent again while the master cannot take it
+(`finish_surely`): at a VIP move the connection it went out on is dropped or reset, and the Redis the VIP
+leads to may not be promoted yet (READONLY). Sent once, it was lost there, the control stayed `executing`
+and the audit said `unknown` at its deadline although the device had been written. `ctl_finish` acts only
+on an executing control, so a second one after one that landed changes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ import logging
 import time
 from typing import Any
 
+from redis import exceptions as rex
+
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fepha import controls
@@ -20,6 +28,27 @@ from fepha import keyspace as ks
 from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("acquirer")
+FINISH_RETRY_S = 0.1
+"""Pause between two sends of a control's outcome the master could not take."""
+FINISH_GRACE_S = 2.0
+"""How long after the control's deadline its outcome is still sent again (the forwarder waiting for it
+abandons it at the deadline; an outcome that lands after that is still the audit's truth)."""
+
+
+async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: float) -> None:
+    """`controls.finish`, sent again every FINISH_RETRY_S while the master cannot take it (connection
+    dropped, reset or timed out; READONLY: the VIP leads to a Redis not yet promoted), until `until`
+    (monotonic); then the error is raised."""
+    while True:
+        try:
+            await controls.finish(master, ctl_id, ok, result)
+            return
+        except (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, OSError) as exc:
+            if time.monotonic() >= until:
+                raise
+            log.info("control %d: outcome not taken by the master (%s: %s), sent again", ctl_id,
+                     type(exc).__name__, exc)
+            await asyncio.sleep(FINISH_RETRY_S)
 
 
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
@@ -72,6 +101,7 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
     if once:
         once.clear("replication")
     left_s = max(0.001, claimed.remaining_ms / 1000)
+    until = time.monotonic() + left_s + FINISH_GRACE_S
     try:
         how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,
                                                         deadline=time.monotonic() + left_s), left_s)
@@ -79,7 +109,7 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         metrics.inc("controls_failed")
         log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point,
                     exc or type(exc).__name__)
-        await controls.finish(master, ctl_id, False, str(exc) or type(exc).__name__)
+        await finish_surely(master, ctl_id, False, str(exc) or type(exc).__name__, until)
         return
     metrics.inc("controls_executed")
-    await controls.finish(master, ctl_id, True, how or "written")
+    await finish_surely(master, ctl_id, True, how or "written", until)

@@ -6,7 +6,15 @@ changes, the VIP has just moved (to this node: promoted; away: demoted). Command
 master through the VIP wait on a peer that may have vanished without a FIN (power cut, cable): they would hang
 until the socket timeout and redis-py's retries (observed: one lease tick blocked 2.8-3.7 s, ending up to 1 s
 after this node's Redis was promoted). So the tick in flight is abandoned, the master connections are dropped
-and a tick runs at once, on a new connection to the VIP now here (docs/ha.md, issue 13)."""
+and a tick runs at once, on a new connection to the VIP now here (docs/ha.md, issue 13). The watch also
+sees the VIP leave this node while the local Redis stays a master (fepha.rolewatch): the same then, and the
+new connection reaches the VIP's new holder as soon as it announces the VIP.
+
+While the master refuses or fails the lease ticks (a Redis behind the VIP that is still a replica: the
+move is under way, its promotion comes a few ms to a second later), the next tick comes after
+`role_watch_s`, not after the rest of `lease_tick_s`, for at most `lease_ttl_s` (`tick_delay`): the
+holder's lease stays alive on the new master, so its first renewal there is what keeps its values current
+(docs/ha.md, "The holder at a VIP move")."""
 
 from __future__ import annotations
 
@@ -26,6 +34,18 @@ from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("acquirer")
+
+
+def tick_delay(tick_s: float, elapsed_s: float, fast_s: float, failing_for_s: float | None,
+               ttl_s: float) -> float:
+    """Seconds until the next lease tick: the rest of `tick_s` after a tick that took `elapsed_s`; at most
+    `fast_s` while the master has refused or failed the ticks for less than `ttl_s` (`failing_for_s`, None:
+    the last tick went through), i.e. while this node's lease may still be alive on a master that is moving.
+    Never less than 0.05 s (a master that refuses at once must not be hammered)."""
+    left = tick_s - elapsed_s
+    if failing_for_s is not None and failing_for_s < ttl_s:
+        left = min(left, fast_s)
+    return max(0.05, left)
 
 
 def write_window_ms(mode: str, local_role: str, batch_window_ms: int) -> int:
@@ -49,7 +69,8 @@ class Housekeeping:
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
         self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
-        self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
+        self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved, cfg.vip)  # run by app.py
+        self.failing_since: float | None = None  # monotonic time of the first lease tick refused or failed
         self.stopping = False
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
         say so in the heartbeat, so that the other node hands nothing over to this one."""
@@ -62,9 +83,11 @@ class Housekeeping:
             self.moved.clear()
             await self._tick_unless_moved()
             if not self.moved.is_set():
+                now = time.monotonic()
+                failing = None if self.failing_since is None else now - self.failing_since
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.moved.wait(),
-                                           max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+                    await asyncio.wait_for(self.moved.wait(), tick_delay(
+                        self.cfg.lease_tick_s, now - t0, self.cfg.role_watch_s, failing, self.cfg.lease_ttl_s))
             if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
                 await rolewatch.drop_connections(self.master)  # the executor retries); the tick reconnects
 
@@ -192,12 +215,15 @@ class Housekeeping:
                 res += await extra.execute(raise_on_error=False)
         except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL
             self.master_ok = False
+            self.failing_since = self.failing_since or time.monotonic()
             self.once.problem("lease", f"{type(exc).__name__}: {exc}")
             return
         failed = [tick for tick in res[:len(ticking)] if isinstance(tick, Exception)]
         if failed:  # e.g. "Function not found" in a Redis that lost its data: once, not twice a tick
+            self.failing_since = self.failing_since or time.monotonic()
             self.once.problem("lease", str(failed[0]))
         else:
+            self.failing_since = None
             self.once.clear("lease")
         for (r, _), tick in zip(ticking, res, strict=False):
             if not isinstance(tick, Exception):

@@ -126,7 +126,7 @@ class Forwarder:
         self.acked = asyncio.Event()  # a master's cursor moved: write it now
         self._acks_pending: dict[int, dict[str, Sid]] = {}
         self.local_rw = redisconn.local_async(cfg)  # cursors of masters new to this node, known cursors
-        self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved)
+        self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
@@ -185,7 +185,7 @@ class Forwarder:
             await self.local_rw.aclose()
 
     async def _vip_moved(self, seen: str, now: str) -> None:
-        """The local Redis changed role, so the VIP moved: every master connection is dropped, those of
+        """The local Redis changed role, or the VIP came to or left this host: the VIP moved. Every master connection is dropped, those of
         the controls too. A command waiting on the old master (heartbeat, cursors, link refresh) is
         re-sent by redis-py on a new connection to the VIP's new place; a control whose command waited on
         one fails at once (`unknown`, never re-sent: it may have reached the old master and been

@@ -12,7 +12,7 @@ import pytest
 
 from fep_acquirer.changes import AtGain, ChangeTracker, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
-from fep_acquirer.housekeeping import write_window_ms
+from fep_acquirer.housekeeping import tick_delay, write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_all, cancel_and_wait
@@ -335,3 +335,16 @@ def test_identity_against_t020_union(node: str, ip: str, problem: str | None) ->
     model = Model(rtus={}, ip1="198.18.0.1", ip2="198.18.0.2", gen=1)
     got = model.identity_problem(node, ip)
     assert got == problem if problem is None else got is not None and got.startswith(problem)
+
+
+@pytest.mark.parametrize(("elapsed", "failing_for", "expected"), [
+    (0.01, None, 0.99),   # the last tick went through: the rest of lease_tick_s
+    (0.01, 0.0, 0.2),     # refused now (the VIP leads to a Redis not yet promoted): again after role_watch_s
+    (0.01, 2.9, 0.2),     # still within lease_ttl_s: the lease may be alive on the new master
+    (0.01, 3.0, 0.99),    # past lease_ttl_s: the lease has lapsed anyway, the normal cadence
+    (0.9, 0.5, 0.1),      # the rest of the period when shorter
+    (1.5, None, 0.05),    # a tick longer than the period: never at once (a refusing master not hammered)
+    (0.0, 0.1, 0.2),
+])
+def test_tick_delay(elapsed, failing_for, expected):
+    assert tick_delay(1.0, elapsed, 0.2, failing_for, 3.0) == pytest.approx(expected)
