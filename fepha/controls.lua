@@ -98,12 +98,15 @@ local function ctl_abandon(keys, args)
   local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms', 'created_ms', 'clock_gen')
   local now = now_ms()
   if c[1] == false then return 'missing' end
-  if now < tonumber(c[2]) and not clock_moved(keys[4], c[3], c[4], now) then return c[1] end
+  local moved = now < tonumber(c[2]) and clock_moved(keys[4], c[3], c[4], now)
+  if now < tonumber(c[2]) and not moved then return c[1] end
   if c[1] == 'queued' then
-    final(keys[1], keys[2], keys[3], 'expired', 'deadline passed before execution', now)
+    final(keys[1], keys[2], keys[3], 'expired', moved and ('deadline cannot be judged: ' .. moved)
+          or 'deadline passed before execution', now)
     return 'expired'
   elseif c[1] == 'executing' then
-    final(keys[1], keys[2], keys[3], 'unknown', 'no answer from the executing node before the deadline', now)
+    final(keys[1], keys[2], keys[3], 'unknown', moved and ('no answer from the executing node, deadline cannot be '
+          .. 'judged: ' .. moved) or 'no answer from the executing node before the deadline', now)
     return 'unknown'
   end
   return c[1]

@@ -27,17 +27,19 @@ def now_ms(r) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-def tick(r, node: str, reaches: bool = True) -> list:
-    return r.fcall(*redisfns.lease_tick(7, node, reaches, TTL_MS, TAKEOVER_MS, 0).argv)
+def tick(r, node: str, reaches: bool = True, ttl_ms: int = TTL_MS, takeover_ms: int = TAKEOVER_MS) -> list:
+    """One lease tick of `node` for RTU 7, as its acquirer makes it (its last poll just completed)."""
+    return r.fcall(*redisfns.lease_tick(7, node, reaches, ttl_ms, takeover_ms, 0).argv)
 
 
-def until_holder(r, node: str, limit_s: float) -> float | None:
-    """B ticks (reaching) until it holds RTU 7's lease -> seconds it took, None if not within limit_s."""
+def until_holder(r, node: str, limit_s: float, ttl_ms: int = TTL_MS, takeover_ms: int = TAKEOVER_MS,
+                 every_s: float = 0.02) -> float | None:
+    """`node` ticks (reaching) until it holds RTU 7's lease -> seconds it took, None if not within limit_s."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit_s:
-        if tick(r, node)[0] == node:
+        if tick(r, node, ttl_ms=ttl_ms, takeover_ms=takeover_ms)[0] == node:
             return time.monotonic() - t0
-        time.sleep(0.02)
+        time.sleep(every_s)
     return None
 
 
