@@ -9,6 +9,8 @@ calls are the ones they make (fepha.redisfns, fepha.controls, fepha.freshness, t
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import shutil
 import subprocess
 import time
@@ -17,14 +19,17 @@ from pathlib import Path
 
 import pytest
 
+from fep_acquirer.app import Acquirer
 from fep_api import views
-from fepha import controls, heartbeat, redisfns
+from fepha import controls, heartbeat, redisconn, redisfns
 from fepha import keyspace as ks
 from fepha.freshness import Limits, rtu_reason
+from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.foundation import test_clocks as clocks
 from tests.foundation.test_clocks import now_ms
 from tests.prereq import require
 from tests.redisproc import RedisProc
+from tests.vip import Vip
 
 TTL_MS, TAKEOVER_MS, TICK_MS = 600, 90_000, 100
 LIM = Limits(replica_down_ms=1200, stale_polls=3, tick_ms=TICK_MS)
@@ -115,3 +120,54 @@ def test_master_clock_stepped_back_10_min_while_running(shifted) -> None:
         state = r.fcall(*controls.abandon_call(1).argv)  # the forwarder's own timer: deadline passed
         assert state == "expired"
         assert "cannot be judged" in r.hget(ks.control(1), "result")
+
+
+async def test_running_acquirer_takes_the_lease_within_ttl_on_a_promoted_replica_30_s_behind(
+        shifted, redis_master: RedisProc, feproot: Path) -> None:
+    """Real acquirers on both nodes, a real PLC: A holds RTU 1 on master R; B writes through a "VIP" to R,
+    its local Redis L (a replica of R) runs 30 s behind. A's node vanishes (R SIGSTOPped), the VIP moves to
+    L and L is promoted. B's acquirer takes the lapsed lease within a second or so and its values are
+    current on L's clock; before the fix it waited until L's clock reached A's stamps, 30 s."""
+    offset, env = shifted
+    offset.write_text("-30000")
+    r = redis_master
+    model = load(r, merge(rtu_rows(1, free_port())))
+    redisfns.load_sync(r.client())
+    sim = await start_sim(model)
+    with RedisProc(replicaof=(r.host, r.port), env=env) as local:
+        local.wait_synced()
+        vip = Vip((r.host, r.port))
+        vip_port = await vip.start()
+        a = Node(node_cfg(feproot, r, "A"))
+        cfg_b = dataclasses.replace(node_cfg(feproot, r, "B", role_watch_s=0.2), port=vip_port,
+                                    local_port=local.port)
+        master_b, local_b = redisconn.master_async(cfg_b), redisconn.local_async(cfg_b)
+        acq_b, stop_b = Acquirer(cfg_b, master_b, local_b), asyncio.Event()
+        task: asyncio.Task[None] | None = None
+        try:
+            await until(lambda: a.acq.runners and a.acq.runners[1].lease.held, 5)
+            task = asyncio.create_task(acq_b.run(stop_b, config_check_s=0.1))
+            await until(lambda: acq_b.runners and acq_b.runners[1].reaches(), 5)
+            lc = local.client()
+            local.caught_up(r)  # A's lease and stamps are on L
+            assert lc.hget(ks.lease(1), "holder") == "A"
+            r.pause()  # A's node vanishes
+            vip.target = (local.host, local.port)  # keepalived on B: the VIP, then the promotion
+            lc.execute_command("REPLICAOF", "NO", "ONE")
+            t0 = time.monotonic()
+            await until(lambda: acq_b.runners[1].lease.held, 5)
+            took = time.monotonic() - t0
+            assert lc.hget(ks.CLOCK, "gen") == "1", (lc.hgetall(ks.CLOCK), lc.xrange(ks.LEASE_EVENTS), now_ms(lc), took)
+            lease = lc.hgetall(ks.lease(1))
+            assert lease["holder"] == "B" and rtu_reason(lease, now_ms(lc), 100, LIM) is None, lease
+        finally:
+            r.resume()
+            stop_b.set()
+            if task is not None:
+                await asyncio.gather(task, return_exceptions=True)
+            await a.stop()
+            await master_b.aclose()
+            await local_b.aclose()
+            await sim.stop()
+            await vip.close()
+    assert took < 2.0, f"B took the lease {took:.2f} s after the promotion"
