@@ -74,7 +74,7 @@ def test_replica_30_s_behind_promoted_after_the_holders_node_died(shifted) -> No
         assert tick(m, "A")[0] == "A"
         m.fcall(*redisfns.link_set(7, "A", True, [900], live_ms=TTL_MS).argv)
         m.fcall(*controls.submit_call(1, 7, 3, 1.0, "test", 10_000).argv)
-        m.set(ks.heartbeat("acquirer", "A"), heartbeat.payload("acquirer", "A", 1), px=3000)
+        m.set(ks.heartbeat("acquirer", "A"), heartbeat.payload("acquirer", "A", 1, 1.0), px=3000)
         replica.caught_up(master)
         master.stop()  # node A is gone
         rc.replicaof("no", "one")
