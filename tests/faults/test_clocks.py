@@ -123,7 +123,7 @@ def test_master_clock_stepped_back_10_min_while_running(shifted) -> None:
 
 
 async def test_running_acquirer_takes_the_lease_within_ttl_on_a_promoted_replica_30_s_behind(
-        shifted, redis_master: RedisProc, feproot: Path) -> None:
+        shifted, redis_master: RedisProc, feproot: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Real acquirers on both nodes, a real PLC: A holds RTU 1 on master R; B writes through a "VIP" to R,
     its local Redis L (a replica of R) runs 30 s behind. A's node vanishes (R SIGSTOPped), the VIP moves to
     L and L is promoted. B's acquirer takes the lapsed lease within a second or so and its values are
@@ -171,3 +171,5 @@ async def test_running_acquirer_takes_the_lease_within_ttl_on_a_promoted_replica
             await sim.stop()
             await vip.close()
     assert took < 2.0, f"B took the lease {took:.2f} s after the promotion"
+    went_back = [x for x in caplog.records if "the master's clock went back (clock gen 0 -> 1" in x.getMessage()]
+    assert len(went_back) == 1, "B's acquirer logs the step once"
