@@ -5,6 +5,10 @@
 --   queued --ctl_claim after deadline / ctl_abandon--> expired          (never executed)
 --   executing --ctl_abandon after deadline--> unknown                    (executor vanished mid-way)
 -- Python side: fepha/controls.py. Keys from fepha/keyspace.py.
+-- A deadline is judged only on the clock that set it: a control queued under another clock gen (`fep:clock`,
+-- kept by lease_tick in functions.lua: it grows when the master's clock is found behind stamps already
+-- written, after an NTP step back or the promotion of a replica whose clock is behind) is expired at its
+-- claim, never executed, and abandoned at once; so is one whose created_ms is later than the clock now.
 -- FEPHA_LIBRARY_VERSION: 1
 
 local function now_ms()
@@ -21,18 +25,35 @@ local function final(ctl, reply, audit, state, result, now)
   redis.call('PEXPIRE', ctl, 86400000)
 end
 
--- ctl_submit(KEYS: ctl, queue; ARGV: id, rtu, point, value, origin, timeout_ms) -> deadline_ms
+-- Why a control (its created_ms and clock_gen) cannot be judged on this clock (`clock`: the fep:clock key or
+-- nil); nil when it can.
+local function clock_moved(clock, created, gen, now)
+  if tonumber(created or '') ~= nil and now < tonumber(created) then
+    return 'the master clock is behind the one that queued it (' .. (tonumber(created) - now) .. ' ms)'
+  end
+  if not clock then return nil end
+  local c = redis.call('HMGET', clock, 'hw_ms', 'gen')
+  if (c[2] or '0') ~= (gen or '0') or (tonumber(c[1] or '') ~= nil and now < tonumber(c[1])) then
+    return 'the master clock went back since it was queued (NTP step, or a master behind took over)'
+  end
+  return nil
+end
+
+-- ctl_submit(KEYS: ctl, queue[, clock]; ARGV: id, rtu, point, value, origin, timeout_ms) -> deadline_ms
 local function ctl_submit(keys, args)
   local now = now_ms()
   local deadline = now + tonumber(args[6])
   redis.call('HSET', keys[1], 'id', args[1], 'rtu', args[2], 'point', args[3], 'value', args[4],
              'origin', args[5], 'created_ms', now, 'deadline_ms', deadline, 'state', 'queued')
+  if keys[3] then
+    redis.call('HSET', keys[1], 'clock_gen', redis.call('HGET', keys[3], 'gen') or '0')
+  end
   redis.call('PEXPIRE', keys[1], 86400000)
   redis.call('RPUSH', keys[2], args[1])
   return deadline
 end
 
--- ctl_claim(KEYS: lease, ctl, queue, reply, audit; ARGV: node, epoch, id)
+-- ctl_claim(KEYS: lease, ctl, queue, reply, audit[, clock]; ARGV: node, epoch, id)
 -- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms, created_ms} when the holder
 -- must execute now, {0, reason} otherwise (a control popped by a node that lost the lease goes back to
 -- the head of the queue for the new holder).
@@ -40,7 +61,7 @@ local function ctl_claim(keys, args)
   local lease, ctl, queue, reply, audit = keys[1], keys[2], keys[3], keys[4], keys[5]
   local node, epoch, id = args[1], args[2], args[3]
   local now = now_ms()
-  local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value', 'created_ms')
+  local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value', 'created_ms', 'clock_gen')
   if c[1] ~= 'queued' then
     return {0, 'state ' .. tostring(c[1])}
   end
@@ -51,6 +72,11 @@ local function ctl_claim(keys, args)
   end
   if now >= tonumber(c[2]) then
     final(ctl, reply, audit, 'expired', 'deadline passed before execution', now)
+    return {0, 'expired'}
+  end
+  local moved = clock_moved(keys[6], c[5], c[6], now)
+  if moved then
+    final(ctl, reply, audit, 'expired', 'deadline cannot be judged: ' .. moved, now)
     return {0, 'expired'}
   end
   redis.call('HSET', ctl, 'state', 'executing', 'executor', node, 'epoch', epoch, 'claimed_ms', now)
@@ -65,18 +91,22 @@ local function ctl_finish(keys, args)
   return 1
 end
 
--- ctl_abandon(KEYS: ctl, reply, audit) -> final state. Called by the waiting forwarder once the deadline
--- has passed without an answer: a queued control can no longer run; an executing one is 'unknown'.
+-- ctl_abandon(KEYS: ctl, reply, audit[, clock]) -> final state. Called by the waiting forwarder once the
+-- deadline has passed by its own clock without an answer: a queued control can no longer run; an executing
+-- one is 'unknown'. Not yet past on the master's clock: left as it is, unless that clock moved (above).
 local function ctl_abandon(keys, args)
-  local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms')
+  local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms', 'created_ms', 'clock_gen')
   local now = now_ms()
   if c[1] == false then return 'missing' end
-  if now < tonumber(c[2]) then return c[1] end
+  local moved = now < tonumber(c[2]) and clock_moved(keys[4], c[3], c[4], now)
+  if now < tonumber(c[2]) and not moved then return c[1] end
   if c[1] == 'queued' then
-    final(keys[1], keys[2], keys[3], 'expired', 'deadline passed before execution', now)
+    final(keys[1], keys[2], keys[3], 'expired', moved and ('deadline cannot be judged: ' .. moved)
+          or 'deadline passed before execution', now)
     return 'expired'
   elseif c[1] == 'executing' then
-    final(keys[1], keys[2], keys[3], 'unknown', 'no answer from the executing node before the deadline', now)
+    final(keys[1], keys[2], keys[3], 'unknown', moved and ('no answer from the executing node, deadline cannot be '
+          .. 'judged: ' .. moved) or 'no answer from the executing node before the deadline', now)
     return 'unknown'
   end
   return c[1]

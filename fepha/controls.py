@@ -37,13 +37,13 @@ class Claimed:
 
 
 def submit_call(ctl_id: int, rtu: int, point: int, value: float, origin: str, timeout_ms: int) -> Call:
-    return Call("ctl_submit", (ks.control(ctl_id), ks.control_queue(rtu)),
+    return Call("ctl_submit", (ks.control(ctl_id), ks.control_queue(rtu), ks.CLOCK),
                 (ctl_id, rtu, point, repr(float(value)), origin, int(timeout_ms)))
 
 
 def claim_call(rtu: int, node: str, epoch: int, ctl_id: int) -> Call:
     return Call("ctl_claim", (ks.lease(rtu), ks.control(ctl_id), ks.control_queue(rtu),
-                              ks.control_reply(ctl_id), ks.CTL_AUDIT), (node, int(epoch), ctl_id))
+                              ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK), (node, int(epoch), ctl_id))
 
 
 def finish_call(ctl_id: int, ok: bool, result: str) -> Call:
@@ -52,7 +52,7 @@ def finish_call(ctl_id: int, ok: bool, result: str) -> Call:
 
 
 def abandon_call(ctl_id: int) -> Call:
-    return Call("ctl_abandon", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT), ())
+    return Call("ctl_abandon", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK), ())
 
 
 def time_tag_too_old(tag_ms: int, now_ms: int, max_age_ms: int) -> bool:
@@ -89,6 +89,10 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
             return parse_reply(ctl_id, got)
         if state in (EXPIRED, UNKNOWN):
             return Result(ctl_id, state, "deadline passed")
+        if state in (DONE, FAILED):  # its reply is gone: expired early by a master clock ahead (docs/ha.md)
+            return Result(ctl_id, state, str(await master.hget(ks.control(ctl_id), "result") or ""))
+        if state == "missing":  # the control itself is gone (its key expired, or the master lost its data)
+            return Result(ctl_id, UNKNOWN, "control no longer in the master Redis")
         # the master's clock is behind ours: try again shortly
         end = time.monotonic() + 0.2
 

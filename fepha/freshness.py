@@ -78,13 +78,19 @@ def _int(h: Mapping[str, str], k: str) -> int | None:
 
 
 def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int, lim: Limits) -> str | None:
-    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are."""
+    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are. A lease whose
+    `polled_ms` or `since_ms` (never later than the writer's clock) lies more than one tick ahead of
+    `now_ms` was written by a clock ahead of this one: its expiry cannot be trusted either."""
     holder = lease.get("holder") or ""
     if not holder:
         return "no lease holder"
     expires = _int(lease, "expires_ms") or 0
     if now_ms > expires + lim.tick_ms:
         return f"lease of {holder} lapsed {now_ms - expires} ms ago"
+    ahead = max(_int(lease, "polled_ms") or 0, _int(lease, "since_ms") or 0) - now_ms
+    if ahead > lim.tick_ms:  # docs/ha.md "Clocks": stamps a clock ahead of this Redis's wrote
+        return (f"lease of {holder} stamped {ahead} ms ahead of this Redis's clock: written by a clock ahead "
+                f"of it, the holder's liveness cannot be judged")
     polled = _int(lease, "polled_ms")
     if polled is not None and now_ms - polled > lim.stale_polls * poll_ms + lim.tick_ms:
         return f"holder {holder} has not completed a poll for {now_ms - polled} ms"

@@ -2,12 +2,44 @@
 -- fep-ha's Redis Functions: the writes that must be decided inside Redis (leases, fenced values,
 -- virtual points). Functions, unlike scripts loaded with SCRIPT LOAD, are replicated and persisted, so
 -- the replica has them the moment it becomes master. Loaded by fepha.redisfns; keys from fepha.keyspace.
--- Times come from the master's clock (TIME), never from the nodes, so node clocks need not agree.
+-- Times come from the master's clock (TIME), never from the nodes, so node clocks need not agree. The
+-- masters' clocks may (a promoted replica whose clock differs, an NTP step): see "Clocks" in docs/ha.md.
 -- FEPHA_LIBRARY_VERSION: 1
 
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- --- clock steps (docs/ha.md "Clocks") ---------------------------------------------------------------
+-- `fep:clock` {hw_ms, gen}: hw_ms is the latest TIME a lease tick saw (rewritten at most every 50 ms, so
+-- a tick costs no write most of the time). A TIME below it means this master's clock is now behind the one
+-- that wrote the stamps in Redis: an NTP step back, or a promoted replica whose clock is behind the former
+-- master's. `gen` then grows (logged once, in Redis's log) and hw_ms restarts at the new time; controls
+-- queued under another gen are never executed (controls.lua), as their deadlines came from another clock.
+local function clock_check(key, now)
+  if not key then return end
+  local c = redis.call('HMGET', key, 'hw_ms', 'gen')
+  local hw = tonumber(c[1] or '')
+  if hw ~= nil and now < hw then
+    local gen = (tonumber(c[2] or '') or 0) + 1
+    redis.call('HSET', key, 'hw_ms', now, 'gen', gen)
+    redis.log(redis.LOG_WARNING, 'fep-ha: the master clock is ' .. (hw - now) .. ' ms behind stamps already '
+              .. 'written (clock stepped back, or a master behind took over): clock gen ' .. gen .. '; controls '
+              .. 'queued before are expired, lease and link stamps ahead of this clock are set back to it')
+  elseif hw == nil or now >= hw + 50 then
+    redis.call('HSET', key, 'hw_ms', now)
+  end
+end
+
+-- A stamp `field` of hash `h` (and `key`) later than `limit` was written by a clock ahead of this one: it
+-- is set to `limit`, the latest this clock allows (so it is set back once, not at every call).
+local function clamp(key, h, field, limit)
+  local v = tonumber(h[field] or '')
+  if v ~= nil and v > limit then
+    redis.call('HSET', key, field, limit)
+    h[field] = tostring(limit)
+  end
 end
 
 -- HSET and XADD the pid/record pairs args[from..] in chunks: Lua's unpack() has a stack limit of a few
@@ -30,8 +62,11 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms[, polled_age_ms])
+-- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms[, polled_age_ms])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
+-- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms or polled_ms beyond now:
+-- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
+-- lapses one TTL later, not when this clock reaches the old stamp (minutes, if it is that far behind).
 -- Rules (seed "load balancing"): a missing lease goes to the first node that ticks while it reaches the
 -- device (a node that has not polled yet, or cannot reach it, must not grab it: the other node would
 -- otherwise take it over at once, since the holder never reached the device); a lapsed lease (its holder
@@ -47,7 +82,9 @@ local function lease_tick(keys, args)
   local ttl, takeover = tonumber(args[4]), tonumber(args[5])
   local polled = tonumber(args[6] or '')  -- ms since the node's last complete poll; -1: none yet
   local now = now_ms()
+  clock_check(keys[3], now)
   local l = hgetall(lease)
+  clamp(lease, l, 'expires_ms', now + ttl); clamp(lease, l, 'reached_ms', now); clamp(lease, l, 'polled_ms', now)
   local holder, epoch = l['holder'], tonumber(l['epoch'] or '0')
   local expires, reached = tonumber(l['expires_ms'] or '0'), tonumber(l['reached_ms'] or '0')
   local reason = nil
@@ -134,6 +171,7 @@ end
 -- points (hash + change record) when val changes or a point has no value yet. Returns {vala, valb, val}.
 local function link_eval(link, vpoints, changes, events, maxlen, live, now, l, args, from)
   for _, n in ipairs(LINK_NODES) do
+    clamp(link, l, 'seen_' .. n, now)  -- a report stamped by a clock ahead counts from now, not from then
     if l['val' .. n] == '1' and now - tonumber(l['seen_' .. n] or '0') > live then
       redis.call('HSET', link, 'val' .. n, '0', 'since_' .. n, now)
       l['val' .. n] = '0'

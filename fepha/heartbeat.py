@@ -19,13 +19,20 @@ from fepha import keyspace as ks
 SERVICES = ("acquirer", "forwarder")
 
 
-def payload(service: str, node: str, gen: int, **extra: Any) -> str:
+def lifetime_ms(period_s: float) -> int:
+    """The key's TTL: three periods."""
+    return int(period_s * 3000)
+
+
+def payload(service: str, node: str, gen: int, period_s: float, **extra: Any) -> str:
+    """The key's JSON; `ttl_ms` (its lifetime) lets a reader whose own heartbeat_s differs judge its TTL."""
     return json.dumps({"service": service, "node": node, "pid": os.getpid(), "host": socket.gethostname(),
-                       "ts_ms": int(time.time() * 1000), "gen": gen, **extra})
+                       "ts_ms": int(time.time() * 1000), "gen": gen, "ttl_ms": lifetime_ms(period_s), **extra})
 
 
 async def beat(r: Any, service: str, node: str, period_s: float, gen: int, **extra: Any) -> None:
-    await r.set(ks.heartbeat(service, node), payload(service, node, gen, **extra), px=int(period_s * 3000))
+    await r.set(ks.heartbeat(service, node), payload(service, node, gen, period_s, **extra),
+                px=lifetime_ms(period_s))
 
 
 def read_sync(r: Any, service: str, node: str) -> dict[str, Any] | None:

@@ -74,6 +74,9 @@ def lease(rtu: int | str) -> str:
 
 LEASE_EVENTS = f"{PREFIX}:lease:events"
 """Stream: one entry per change of holder (rtu, from, to, epoch, reason), MAXLEN ~ 10000."""
+CLOCK = f"{PREFIX}:clock"
+"""Hash `hw_ms`, `gen`: the master clock's latest time seen by a lease tick and how often it was found to have
+gone back (docs/ha.md "Clocks"); controls queued under another gen are never executed."""
 
 # --- channel state (per node and RTU, for the api) ------------------------------------------------
 

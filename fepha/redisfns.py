@@ -55,7 +55,7 @@ def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int
     """-> [holder, epoch, changed]. `polled_age_ms`: ms since this node's last complete poll of the device
     (-1: none yet); the holder's is recorded as the lease's `polled_ms` (None: not recorded)."""
     extra = () if polled_age_ms is None else (int(polled_age_ms),)
-    return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS),
+    return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK),
                 (rtu, node, 1 if reaches else 0, int(ttl_ms), int(takeover_ms), *extra))
 
 

@@ -43,6 +43,7 @@ class RedisProc:
     dir: Path | None = None
     extra: list[str] = field(default_factory=list)
     netns: str | None = None
+    env: dict[str, str] | None = None  # added to the server's environment (e.g. LD_PRELOAD)
     proc: subprocess.Popen | None = None
     _own_dir: bool = False
 
@@ -64,7 +65,8 @@ class RedisProc:
         args += self.extra
         if self.netns:
             args = ["ip", "netns", "exec", self.netns, *args]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     env={**os.environ, **self.env} if self.env else None)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -67,6 +67,7 @@ class Housekeeping:
         self._last_beat = 0.0
         self._last_flush = 0.0
         self.role: str | None = None  # the local Redis role last seen, for the timeline's role changes
+        self.clock_gen: str | None = None  # fep:clock gen last seen (docs/ha.md "Clocks")
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
         self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved, cfg.vip)  # run by app.py
@@ -141,6 +142,18 @@ class Housekeeping:
                              rtus=len(self.runners), held=sum(1 for r in self.runners.values() if r.lease.held),
                              **({"stopping": True} if self.stopping else {}))
 
+    def note_clock(self, gen: Any) -> None:
+        """Log once when a lease tick found the master's clock behind what it had seen (fep:clock gen grew:
+        an NTP step back, or a promoted master whose clock is behind): what that changes is in the WARNING."""
+        if isinstance(gen, Exception):
+            return
+        now = "0" if gen is None else str(gen)
+        if self.clock_gen is not None and now != self.clock_gen:
+            log.warning("the master's clock went back (clock gen %s -> %s: an NTP step, or a master whose clock "
+                        "is behind took over): controls queued before are expired, lease and link stamps ahead "
+                        "of it were set back (docs/ha.md \"Clocks\")", self.clock_gen, now)
+        self.clock_gen = now
+
     def apply_lease(self, r: RunnerBase, holder: str, epoch: int) -> None:
         """What a lease tick (or the planned stop's watch of the lease) says: update the runner's view, count
         and log a change, replay and write the full image with the next poll on a gain."""
@@ -209,10 +222,11 @@ class Housekeeping:
             if st != self.sent_state.get(r.rtu.id):
                 states[r.rtu.id] = st
                 extra.hset(ks.channel_state(r.rtu.id, node), mapping=st)
+        extra.hget(ks.CLOCK, "gen")  # last: the master clock's gen, which the ticks just checked
         try:
             res = await send_fcalls(self.master, argvs)
-            if len(extra):
-                res += await extra.execute(raise_on_error=False)
+            res += await extra.execute(raise_on_error=False)
+            self.note_clock(res[-1])
         except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL
             self.master_ok = False
             self.failing_since = self.failing_since or time.monotonic()

@@ -199,7 +199,10 @@ def heartbeat(service: str, node: str, raw: str | None, max_age_s: float, pttl_m
     """A heartbeat key as read from the local Redis. `pttl_ms`: its remaining lifetime there (PTTL): the
     key lives 3 periods from its write, so its age is that lifetime minus what is left, on one Redis
     clock; the writer's `ts_ms` (its host's clock) is compared with this host's only for a key without a
-    TTL, by `fepha.heartbeat.check` (the rule of `--check`). `unknown`: why a missing key says nothing
+    TTL, by `fepha.heartbeat.check` (the rule of `--check`). The lifetime is the key's own `ttl_ms` (its
+    writer's heartbeat_s), else `max_age_s`. A remaining lifetime beyond the lifetime by more than one
+    period (a third of it) was set by a clock ahead of this Redis's: neither alive nor dead.
+    `unknown`: why a missing key says nothing
     (the local Redis, a replica, hears nothing from the master: heartbeats reach it only through
     replication), so the service is shown neither alive nor dead."""
     hb: dict[str, Any] = {}
@@ -212,8 +215,17 @@ def heartbeat(service: str, node: str, raw: str | None, max_age_s: float, pttl_m
     host = hb.get("host")
     ident: dict[str, Any] = {"pid": to_int(hb.get("pid")), "host": str(host) if host is not None else None,
                              "gen": to_int(hb.get("gen"))}
+    ttl = to_int(hb.get("ttl_ms"))
+    life_ms = ttl if ttl is not None and ttl > 0 else round(max_age_s * 1000)  # the writer's, when it says
+    if raw is not None and pttl_ms is not None and pttl_ms > life_ms * 4 / 3:
+        # docs/ha.md "Clocks": Redis keeps expiries as absolute times, so a key written by a master clock
+        # ahead of this Redis's lives longer here (a dead service's key would look alive that much longer)
+        ahead = pttl_ms - life_ms
+        return m.Heartbeat(service=service, node=node, alive=None, age_s=None, **ident,
+                           detail=f"unknown: the heartbeat of {service} on node {node} expires {ahead} ms "
+                                  f"later than its lifetime allows: written by a clock ahead of this Redis's")
     if raw is not None and pttl_ms is not None and pttl_ms >= 0:
-        age = round(max(0.0, max_age_s - pttl_ms / 1000), 3)
+        age = round(max(0.0, (life_ms - pttl_ms) / 1000), 3)
         detail = f"{service} on node {node} alive (pid {ident['pid']}, {age:.1f} s ago)"
         return m.Heartbeat(service=service, node=node, alive=True, detail=detail, age_s=age, **ident)
     if raw is None and unknown is not None:

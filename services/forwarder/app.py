@@ -611,9 +611,9 @@ class Forwarder:
             elif time.monotonic() >= self._next_beat:
                 self._next_beat = time.monotonic() + self.cfg.heartbeat_s
                 pipe.set(ks.heartbeat(SERVICE, node),
-                         heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0,
+                         heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0, self.cfg.heartbeat_s,
                                            servers=sorted(self.servers), last_id=self.last_id),
-                         px=int(self.cfg.heartbeat_s * 3000))
+                         px=heartbeat.lifetime_ms(self.cfg.heartbeat_s))
             await pipe.execute()
             self._peers = {rid: p for rid, p in peers.items() if p}
             self._pending = {}

@@ -143,6 +143,26 @@ def test_heartbeat_age_from_the_keys_ttl_not_from_clocks_of_other_hosts() -> Non
     assert views.heartbeat("acquirer", "B", raw, 6, pttl_ms=6_500).age_s == 0.0  # never negative
 
 
+@pytest.mark.parametrize("ahead_ms", [2_500, 30_000, 600_000])
+def test_heartbeat_whose_expiry_a_clock_ahead_set_is_unknown_not_alive(ahead_ms: int) -> None:
+    """Redis keeps a key's expiry as an absolute time: a key written by a master whose clock was ahead of
+    this Redis's (the master before a promotion, or this one before its clock stepped back) has more left
+    than its lifetime here and would keep a dead service alive that much longer (docs/ha.md "Clocks")."""
+    raw = json.dumps({"pid": 7, "host": "peer", "ts_ms": 1, "gen": 3})
+    hb = views.heartbeat("acquirer", "B", raw, 6, pttl_ms=6_000 + ahead_ms)
+    assert (hb.alive, hb.age_s) == (None, None), hb
+    assert f"expires {ahead_ms} ms later" in hb.detail
+
+
+def test_heartbeat_judged_by_its_writers_lifetime_when_it_gives_one() -> None:
+    """A service whose heartbeat_s (5 s: lifetime 15 s) differs from this api's (lifetime 6 s) is alive,
+    with its age from its own lifetime; 2.5 s beyond that lifetime and more than a period: unknown."""
+    raw = json.dumps({"pid": 7, "host": "peer", "ts_ms": 1, "gen": 3, "ttl_ms": 15_000})
+    assert (views.heartbeat("acquirer", "B", raw, 6, pttl_ms=14_000).alive,
+            views.heartbeat("acquirer", "B", raw, 6, pttl_ms=14_000).age_s) == (True, 1.0)
+    assert views.heartbeat("acquirer", "B", raw, 6, pttl_ms=20_001).alive is None
+
+
 def test_heartbeat_missing_on_a_cut_off_replica_is_unknown_not_dead() -> None:
     hb = views.heartbeat("forwarder", "A", None, 6, pttl_ms=-2,
                          unknown="cut off from the master for 7000 ms (replication link down)")
