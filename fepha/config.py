@@ -196,6 +196,9 @@ class NodeConfig:
                                   "most /api/v1/stream (live dashboard) clients at once; more get 503")
     api_stream_queue: int = opt("api", _positive(int), 256,
                                 "messages queued per stream client; a client this far behind is dropped")
+    api_stream_write_timeout_s: float = opt("api", _positive(float), 30.0,
+                                            "a stream client that takes no data this long (its socket's buffers "
+                                            "full) is disconnected")
     semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
