@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.api.cdp import Browser
 from tests.api.conftest import TOKEN, populate
-from tests.redisproc import free_port
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -136,3 +136,31 @@ async def test_dashboard_does_not_stay_live_when_redis_is_lost(fault: str, live:
                 loaded.resume()
     finally:
         await b.close()
+
+
+async def test_dashboard_virtual_points_not_current_when_cut_off(live: str, loaded, tmp_path: Path) -> None:
+    """The virtual points' table (link states) was loaded with the page and then changed only with the
+    stream's value changes: with the local Redis (a replica) cut off from its master it went on showing the
+    last links as current. Every health message now brings the links, and the table says "? unknown"
+    within seconds, live, without a reload."""
+    upstream = RedisProc(replicaof=(loaded.host, loaded.port), extra=["--repl-ping-replica-period", "1"]).start()
+    b = Browser(tmp_path / "profile")
+    vals = ("[...document.querySelectorAll('#vps tbody tr')].map(tr => [...tr.cells].slice(3, 6)"
+            ".map(td => td.textContent))")
+    try:
+        upstream.wait_synced()  # the same data, then the roles swapped: this api's Redis is the replica
+        upstream.client().replicaof("no", "one")
+        loaded.client().replicaof(upstream.host, upstream.port)
+        loaded.wait_synced()
+        await b.open(live + "/")
+        await b.wait("document.body.dataset.live === '1'", 15, "the live stream")
+        known = await b.wait(f"(() => {{ const v = {vals}; return v.filter(r => !r.includes('? unknown')).length >= 2 "
+                             "&& v; })()", 5, "links of RTU 1 and 2 known")
+        assert known[0] == ["✓ up"] * 3 and known[1] == ["✗ down", "✓ up", "✓ up"], known
+        upstream.stop()
+        await b.wait(f"{vals}.every(r => r.every(t => t === '? unknown'))", 5, "the links not current")
+        assert await b.eval("document.body.dataset.live") == "1"  # still live: the local Redis answers
+    finally:
+        await b.close()
+        loaded.client().replicaof("no", "one")
+        upstream.close()

@@ -351,8 +351,26 @@ function scheduleValues() {  // at most one re-render per animation frame, howev
 // --- virtual points, controls ------------------------------------------------------------------------
 
 function renderVps() {
-  fill("vps", [...S.vps.values()].map((v) => row([v.id, v.name, v.rtu, flag(v.vala), flag(v.valb), flag(v.val),
-                                                  time(v.since_ms)], { "data-vp": v.id })));
+  fill("vps", [...S.vps.values()].map((v) => {
+    const tr = row([v.id, v.name, v.rtu, flag(v.vala), flag(v.valb), flag(v.val), time(v.since_ms)], { "data-vp": v.id });
+    if (v.not_current) tr.title = "not current: " + v.not_current;
+    return tr;
+  }));
+}
+
+// A virtual point is its RTU's link state: every health message (/rtus) brings the links, so the table
+// follows them, "? unknown" as soon as they are not current (a replica cut off from the master), where the
+// value changes of the stream alone left the last state looking current.
+function linkVps(rtus) {
+  const links = new Map(rtus.items.filter((r) => r.link).map((r) => [r.id, r.link]));
+  let changed = false;
+  for (const v of S.vps.values()) {
+    const l = links.get(v.rtu);
+    if (!l || (v.vala === l.vala && v.valb === l.valb && v.val === l.val && v.not_current === l.not_current)) continue;
+    Object.assign(v, { vala: l.vala, valb: l.valb, val: l.val, since_ms: l.since_ms, not_current: l.not_current });
+    changed = true;
+  }
+  if (changed) renderVps();
 }
 
 function applyVps(items) {
@@ -503,6 +521,7 @@ async function onMessage(event, data) {
     renderOverview(data.overview);
     if (data.rtus) {
       renderRtus(data.rtus);
+      linkVps(data.rtus);
       const nt = ntKey(data.rtus);
       if (nt !== S.nt) { S.nt = nt; await loadValues(); }
     }
