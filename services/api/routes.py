@@ -251,5 +251,7 @@ async def handover(request: Request, response: Response,
                            "description": "Prometheus text format"}, **READ})
 async def prometheus(request: Request, s: Store = Depends(store)) -> Response:
     snap, model = await s.metrics_snapshot()
+    hub = request.app.state.hub
+    snap.api = (request.app.state.cfg.node_id, len(hub.places), hub.dropped_total)
     body = metrics.render(snap, model, s.hb_max_age_s)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

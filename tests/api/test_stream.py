@@ -226,6 +226,8 @@ async def test_a_client_that_never_reads_is_disconnected_and_a_slow_reader_kept(
                     await events.add(ar, "channel", "B", 1, from_ch=1, to_ch=2, pad="x" * 100_000)
                     await asyncio.sleep(0.05)
                 assert r.status_code == 200 and r.text.startswith("event: hello")
+                m = (await c.get("/metrics")).text
+                assert 'fep_api_stream_dropped_total{node="A"} 1.0' in m, m[-600:]
                 stalled.settimeout(5)
                 with pytest.raises(ConnectionResetError):
                     while stalled.recv(1 << 20):
