@@ -47,6 +47,11 @@ from fepha import keyspace as ks
 
 log = logging.getLogger("fep_api.live")
 
+BUFFER = 64 * 1024
+"""Bytes a stream connection buffers on this side, in the kernel and again in the process: what a client
+that does not read fills before its writes block and `write_timeout_s` runs (loopback autotuning let the
+kernel take megabytes: at a dashboard's few kB/s, many minutes)."""
+
 TRANSPORT = "fep.transport"
 """Scope key of the connection's asyncio transport, when the server lets it be found (app.py): ASGI gives an
 app no way to abort a connection, and a graceful close keeps a socket whose peer never reads open for good."""
@@ -261,6 +266,7 @@ class LiveResponse(StreamingResponse):
         transport = scope.get(TRANSPORT)
         if transport is not None:
             self._abort = lambda: reset(transport)
+            bound(transport)
         await super().__call__(scope, receive, send)
 
     async def stream_response(self, send: Send) -> None:
@@ -286,6 +292,18 @@ class LiveResponse(StreamingResponse):
             close = getattr(self.body_iterator, "aclose", None)
             if close is not None:
                 await close()  # its `finally` frees the place now, not when it is collected
+
+
+def bound(transport: Any) -> None:
+    """Give a stream connection `BUFFER` bytes of send buffer in the kernel (a fixed SO_SNDBUF, which Linux
+    doubles for its bookkeeping, ends autotuning) and in the process (uvicorn waits for the transport to
+    drain below its high-water mark before the next write)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        transport.set_write_buffer_limits(high=BUFFER)
 
 
 def reset(transport: Any) -> None:
