@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -29,8 +30,14 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def live(loaded, feproot: Path) -> Iterator[str]:
-    """Base URL of a `fep-api` process for node A; stopped by its PID."""
+def live(live_proc: tuple[str, subprocess.Popen[bytes]]) -> str:
+    """Base URL of a `fep-api` process for node A."""
+    return live_proc[0]
+
+
+@pytest.fixture
+def live_proc(loaded, feproot: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Base URL and process of a `fep-api` for node A; stopped by its PID."""
     async def fill() -> None:
         r = aredis.Redis(host=loaded.host, port=loaded.port, decode_responses=True)
         await populate(r)
@@ -52,8 +59,9 @@ def live(loaded, feproot: Path) -> Iterator[str]:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "fep-api did not start"
             time.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
+        os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
 
@@ -164,3 +172,24 @@ async def test_dashboard_virtual_points_not_current_when_cut_off(live: str, load
         await b.close()
         loaded.client().replicaof("no", "one")
         upstream.close()
+
+
+async def test_dashboard_does_not_stay_live_when_the_api_hangs(live_proc: tuple[str, subprocess.Popen[bytes]],
+                                                              tmp_path: Path) -> None:
+    """An api that hangs (SIGSTOP here; a node that loses power looks the same: no reset, no end) sent
+    nothing and ended nothing, and the page went on saying "● live" over frozen values. Health comes every
+    second: five seconds of silence end the stream and the header says what is shown may not be current."""
+    url, proc = live_proc
+    b = Browser(tmp_path / "profile")
+    try:
+        await b.open(url + "/")
+        await b.wait("document.body.dataset.live === '1'", 15, "the live stream")
+        os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        await b.wait("document.body.dataset.live === '0' && "
+                     "document.querySelector('#status').textContent.includes('may not be current')", 10,
+                     "the status saying the page is not current")
+        assert time.monotonic() - t0 < 7.5
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+        await b.close()

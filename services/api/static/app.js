@@ -10,6 +10,7 @@ const PERIOD_MS = 2000;
 const TREND_S = 300;
 const TREND_MAX = 600;
 const EVENTS_PAGE = 50;
+const SILENT_MS = 5000;  // health comes every second: a stream this long without a byte is dead or hung
 const $ = (sel) => document.querySelector(sel);
 
 const S = {
@@ -483,6 +484,27 @@ async function stream() {
   if (streamAbort) streamAbort.abort();
   const ctl = new AbortController();
   streamAbort = ctl;
+  // An api that hangs, or a connection that dies without a reset (its node lost power), sends nothing and
+  // ends nothing: the page would go on saying "live". Silence for SILENT_MS ends the stream.
+  let last = Date.now(), silent = false;
+  const watch = setInterval(() => {
+    if (silent || Date.now() - last <= SILENT_MS) return;
+    silent = true;
+    ctl.abort();
+    S.live = false;  // at once: a handler may be waiting on the same hung api
+    setStatus("✗ live stream silent for " + SILENT_MS / 1000 + " s: what is shown may not be current");
+  }, 1000);
+  try {
+    await readStream(ctl, () => { last = Date.now(); });
+  } catch (e) {
+    if (silent) throw new Error("nothing received for " + SILENT_MS / 1000 + " s");
+    throw e;
+  } finally {
+    clearInterval(watch);
+  }
+}
+
+async function readStream(ctl, heard) {
   const r = selectedRtu();
   // values of the RTU on screen and of the virtual points; a forwarding RTU's sources may be anywhere: all
   const q = r && r.type === "forwarding" ? "" : "?rtu=vp" + (r ? "&rtu=" + r.id : "");
@@ -496,6 +518,7 @@ async function stream() {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
+    heard();
     buf += dec.decode(value, { stream: true });
     let i;
     while ((i = buf.indexOf("\n\n")) >= 0) {
