@@ -226,6 +226,9 @@ class NodeConfig:
     api_stream_write_timeout_s: float = opt("api", _positive(float), 30.0,
                                             "a stream client that takes no data this long (its socket's buffers "
                                             "full) is disconnected")
+    api_head_timeout_s: float = opt("api", _positive(float), 10.0,
+                                    "a request head not whole this long after its first byte (or the connection) "
+                                    "is answered 408 and the connection closed")
     semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")

@@ -19,11 +19,11 @@ STOP_S = 2  # seconds (uvicorn takes an int)
 themselves) are cut; browsers reconnect to the other node or when the api is back."""
 
 
-def server_config(app: Any, host: str, port: int) -> uvicorn.Config:
+def server_config(app: Any, host: str, port: int, head_timeout_s: float) -> uvicorn.Config:
     """How `fep-api` runs its app: no access log, the lifespan on, streams cut STOP_S after SIGTERM, a
-    request head over 16 kB answered 414/431 (`headlimit`)."""
+    request head over 16 kB answered 414/431 and one not whole within `head_timeout_s` 408 (`headlimit`)."""
     return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, lifespan="on",
-                          timeout_graceful_shutdown=STOP_S, http=headlimit.Protocol)
+                          timeout_graceful_shutdown=STOP_S, http=headlimit.Protocol.with_timeout(head_timeout_s))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fep_api.app import create_app
 
-    server = uvicorn.Server(server_config(create_app(cfg), args.bind or cfg.api_bind, args.port or cfg.api_port))
+    server = uvicorn.Server(server_config(create_app(cfg), args.bind or cfg.api_bind, args.port or cfg.api_port,
+                                          cfg.api_head_timeout_s))
     # uvicorn raises the signal again once its graceful shutdown is done, for the handler that was in place
     # before: with the default one the process ended killed by SIGTERM (status 143), not with 0 as every other
     # service after a clean stop. Handlers that do nothing take that second delivery.

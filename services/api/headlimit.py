@@ -7,10 +7,16 @@ the rest of the request unread: the kernel then reset the connection and the cli
 `Protocol` looks at the head before h11 does, answers one that is over the limit however it arrives,
 half-closes, and reads on (discarding) until the client closes, `LINGER_BYTES` were discarded or
 `LINGER_S` passed, so the answer is read rather than reset away.
+
+A head must also arrive whole within `head_timeout_s` (`[api] head_timeout_s`) of the connection, or of its
+first byte after a previous request: uvicorn timed only the wait between requests, so a connection that
+sent nothing, or half a head, held its socket and a place in the server for good. A late head is answered
+408 (nothing received: the connection is closed without an answer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -22,7 +28,7 @@ MAX_HEAD = 16 * 1024
 LINGER_S = 5.0
 LINGER_BYTES = 16 * 1024 * 1024
 
-REASONS = {414: "URI Too Long", 431: "Request Header Fields Too Large"}
+REASONS = {408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large"}
 
 
 def too_long(head: bytes, limit: int = MAX_HEAD) -> int | None:
@@ -35,20 +41,53 @@ def too_long(head: bytes, limit: int = MAX_HEAD) -> int | None:
     return 414 if line == -1 or line + 1 > limit else 431
 
 
-def answer(status: int, limit: int = MAX_HEAD) -> bytes:
+def answer(status: int, limit: int = MAX_HEAD, detail: str | None = None) -> bytes:
     what = "request line (method, URI, version)" if status == 414 else "request head (with its header fields)"
-    body = json.dumps({"detail": f"{what} longer than {limit} bytes"}).encode()
+    body = json.dumps({"detail": detail or f"{what} longer than {limit} bytes"}).encode()
     return (f"HTTP/1.1 {status} {REASONS[status]}\r\ncontent-type: application/json\r\n"
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
 class Protocol(H11Protocol):
-    """uvicorn's h11 protocol with the head limit above (`uvicorn.Config(http=Protocol)`)."""
+    """uvicorn's h11 protocol with the head limits above (`uvicorn.Config(http=Protocol.with_timeout(s))`)."""
+
+    head_timeout_s = 10.0
+
+    @classmethod
+    def with_timeout(cls, head_timeout_s: float) -> type[Protocol]:
+        return type("Protocol", (cls,), {"head_timeout_s": head_timeout_s})
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._refused = False
         self._discarded = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_late)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._refused or self.conn.their_state is not h11.IDLE or self.transport.is_closing():
+            return
+        if self.conn.trailing_data[0]:
+            self._refuse(408, f"the request head did not arrive whole within {self.head_timeout_s:g} s")
+        else:
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -67,11 +106,16 @@ class Protocol(H11Protocol):
                 self._refuse(status)
                 return
         super().handle_events()
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm()  # a whole head: the request is the app's
+        elif self.conn.trailing_data[0]:
+            self._arm()  # part of the next head (between requests uvicorn's keep-alive timer runs)
 
-    def _refuse(self, status: int) -> None:
+    def _refuse(self, status: int, detail: str | None = None) -> None:
         self._refused = True
+        self._disarm()
         self._unset_keepalive_if_required()
-        self.transport.write(answer(status))
+        self.transport.write(answer(status, detail=detail))
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(LINGER_S, self.transport.close)
