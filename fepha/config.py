@@ -149,9 +149,35 @@ def _nonneg_int(s: str) -> int:
     return int(s)
 
 
-def opt(section: str, parse: Callable[[str], Any], default: Any, doc: str = "") -> Any:
-    """A field of a settings dataclass, read from `[section] <field name>`."""
-    return field(default=default, metadata={"section": section, "parse": parse, "doc": doc})
+def opt(section: str, parse: Callable[[str], Any], default: Any, doc: str = "", secret: bool = False) -> Any:
+    """A field of a settings dataclass, read from `[section] <field name>`. A `secret`'s value is never
+    quoted in a problem, and one that an inline comment would cut is refused (`file_value`)."""
+    return field(default=default, metadata={"section": section, "parse": parse, "doc": doc, "secret": secret})
+
+
+_COMMENT = re.compile(r"(?:^|\s)[;#]")
+
+
+def file_value(raw: str, secret: bool) -> str:
+    """The value of `key = raw` in a .cfg file. A value in double quotes is the text between them, taken
+    whole (" ;" and "#" included); no comment may follow it. Otherwise ";" or "#" at the start or after a
+    space starts a comment, as the original's INI files have it; in a secret (a password, a token) that
+    would cut a value that may hold those characters, so it is refused rather than guessed."""
+    v = raw.strip()
+    if v.startswith('"'):
+        if len(v) < 2 or not v.endswith('"'):
+            raise ValueError('a value that starts with a double quote must end with one (a comment after a '
+                             'quoted value goes on its own line)')
+        return v[1:-1]
+    lines = v.split("\n")
+    for i, line in enumerate(lines):
+        if m := _COMMENT.search(line):
+            if secret:
+                raise ValueError('";" or "#" at its start or after a space would begin a comment and cut it: '
+                                 'write the whole value in double quotes ("...") if they are part of it, or put '
+                                 'the comment on its own line')
+            lines[i] = line[:m.start()].rstrip()
+    return "\n".join(lines).strip()
 
 
 @dataclass(frozen=True)
@@ -165,7 +191,7 @@ class NodeConfig:
     port: int = opt("redis", _port, 6379, "port of the master Redis on the VIP")
     local_host: str = opt("redis", _host, "127.0.0.1", "this node's own Redis")
     local_port: int = opt("redis", _port, 6379, "port of this node's own Redis")
-    password: str = opt("redis", _text, "", "Redis password (requirepass/masterauth), empty for none")
+    password: str = opt("redis", _text, "", "Redis password (requirepass/masterauth), empty for none", secret=True)
     socket_timeout_s: float = opt("redis", _positive(float), 2.0, "timeout of one Redis command")
     channel_switch_s: float = opt("timers", _positive(float), 30.0, "switch channel after this long without reconnect")
     takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached this long")
@@ -190,12 +216,19 @@ class NodeConfig:
     select_timeout_s: float = opt("control", _positive(float), 30.0, "select-before-operate timeout")
     api_bind: str = opt("api", _host, "127.0.0.1", "address the api listens on")
     api_port: int = opt("api", _port, 8080, "port the api listens on")
-    api_token: str = opt("api", _text, "", "bearer token for operator actions; empty: actions disabled")
+    api_token: str = opt("api", _text, "", "bearer token for operator actions; empty: actions disabled",
+                         secret=True)
     api_open_reads: bool = opt("api", _bool, True, "read-only endpoints without a token")
     api_stream_clients: int = opt("api", _positive(int), 50,
                                   "most /api/v1/stream (live dashboard) clients at once; more get 503")
     api_stream_queue: int = opt("api", _positive(int), 256,
                                 "messages queued per stream client; a client this far behind is dropped")
+    api_stream_write_timeout_s: float = opt("api", _positive(float), 30.0,
+                                            "a stream client that takes no data this long (its socket's buffers "
+                                            "full) is disconnected")
+    api_head_timeout_s: float = opt("api", _positive(float), 10.0,
+                                    "a request head not whole this long after its first byte (or the connection) "
+                                    "is answered 408 and the connection closed")
     semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
@@ -282,7 +315,7 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     containers and benches configure a node), but a file that exists must be readable UTF-8 INI.
     configparser's own `read` skips a file it cannot open and decodes with the locale: an unreadable
     fep-ha.cfg silently meant node A with every default, a non-UTF-8 byte a traceback."""
-    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";", "#"))
+    parser = configparser.ConfigParser(interpolation=None)  # inline comments: `file_value`
     if not path.exists():
         return parser
     try:
@@ -349,13 +382,18 @@ def load_settings(cls: type, path: Path, env: Mapping[str, str] | None = None,
             if from_env is not None:
                 from_env[f.name] = var
         elif parser.has_option(section, key):
-            raw, where = parser.get(section, key).strip(), f"{path} [{section}] {key}"
+            where = f"{path} [{section}] {key}"
+            try:
+                raw = file_value(parser.get(section, key), f.metadata["secret"])
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+                continue
         else:
             continue
         try:
             values[f.name] = f.metadata["parse"](raw)
         except ValueError as exc:
-            problems.append(f"{where} = {shown(raw)}: {exc}")
+            problems.append(f"{where}: {exc}" if f.metadata["secret"] else f"{where} = {shown(raw)}: {exc}")
     if problems:
         raise ConfigError(*problems)
     values.update(overrides or {})

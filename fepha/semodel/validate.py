@@ -72,6 +72,11 @@ IOA_MAX = 16_777_215
 # the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
 ID_MAX = 2**53 - 1
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it
+# NAME (RTU, point, virtual point): at most this many characters (Unicode code points, so a name in Chinese
+# or Cyrillic gets as many as one in ASCII). No protocol carries a name; the dashboard's tables, the RTU
+# selector and log lines show it whole, and a SCADA tag name or description fits in 64 (a 10,000-character
+# name made every row of the dashboard a page long).
+NAME_MAX = 64
 # modbus_trains: the area of each forwarding table and the data types it may hold.
 MODBUS_TRAINS_AREA: dict[str, str] = {
     "T005_ZFAI": "ir", "T006_ZFDI": "di", "T007_ZFACC": "ir", "T008_ZFDO": "co", "T009_ZFAO": "hr",
@@ -183,6 +188,8 @@ def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> Non
             name = row.get("NAME")
             if isinstance(name, str) and not name.isprintable() and _CONTROL.search(name):
                 c.add(table, row, "NAME", f"{shown(name)} contains a control character")
+            if isinstance(name, str) and len(name) > NAME_MAX:
+                c.add(table, row, "NAME", f"{shown(name)} is longer than {NAME_MAX} characters")
             for col, v in row.items():
                 if isinstance(v, bytes):  # one test per value in the common case (111,602 rows: 1.5 M values)
                     c.add(table, row, col, f"{shown(bytes(v))} is text that is not UTF-8" if isinstance(v, NotUtf8)

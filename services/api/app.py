@@ -20,10 +20,11 @@ from redis import exceptions as rex
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 from fep_api import routes
 from fep_api.head import HeadAsGet
-from fep_api.live import Hub, TooManyClients
+from fep_api.live import TRANSPORT, Hub, TooManyClients
 from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from fepha import redisconn
 from fepha.config import NodeConfig
@@ -37,6 +38,19 @@ DESCRIPTION = """Status of one fep-ha node, read from the node's own Redis (mast
 Reads are open unless `[api] open_reads = false`; operator actions need `Authorization: Bearer <token>`
 with the token of `[api] token` (empty: actions disabled). Times are milliseconds since the epoch.
 """
+
+
+class App(FastAPI):
+    """FastAPI that puts the connection's transport in the scope (`live.TRANSPORT`) when the server's `send`
+    is a method of an object holding it (uvicorn's request cycle): the live stream aborts a connection whose
+    peer takes no data (a graceful close would wait for it for good); with any other server it is absent and
+    such a stream ends with its response."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = getattr(getattr(send, "__self__", None), "transport", None)
+        if scope["type"] == "http" and transport is not None:
+            scope[TRANSPORT] = transport
+        await super().__call__(scope, receive, send)
 
 
 def create_app(cfg: NodeConfig) -> FastAPI:
@@ -57,7 +71,7 @@ def create_app(cfg: NodeConfig) -> FastAPI:
             await hub.aclose()
             await store.aclose()
 
-    app = FastAPI(title="fep-ha api", version=routes.VERSION, description=DESCRIPTION, lifespan=lifespan)
+    app = App(title="fep-ha api", version=routes.VERSION, description=DESCRIPTION, lifespan=lifespan)
     app.state.cfg = cfg
     app.state.store = store
     app.state.hub = hub

@@ -6,8 +6,11 @@ per period. Each message is serialised once and put into every interested client
 bounded `asyncio.Queue`: a client that falls `queue` messages behind (a stalled browser, a dead
 connection the kernel has not noticed) is dropped with a final `overflow` message (what it had queued is
 discarded), never waited for, so one slow dashboard costs the others nothing and no worker is held. At most
-`max_clients` clients at once, counted until their responses end (a dropped client that does not read keeps
-its response blocked on its socket); the hub runs only while at least one client is connected.
+`max_clients` clients at once, counted until their responses end. A client that does not read at all
+would keep its response blocked on its socket (its place, a task, its buffers) until the connection
+closes: `LiveResponse` gives every write `write_timeout_s` and aborts the connection when one does not
+complete in that time (the socket's buffers are full: nothing was taken). A client is counted and logged
+as dropped once, whichever way it goes. The hub runs only while at least one client is connected.
 
 Messages (`event:` name, JSON `data:`):
   hello     {node, time_ms}: first message; the client reloads its snapshot from the REST endpoints
@@ -27,18 +30,31 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from redis import exceptions as rex
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from fep_api import views
 from fep_api.state import NoConfig, Store
 from fepha import keyspace as ks
 
 log = logging.getLogger("fep_api.live")
+
+BUFFER = 64 * 1024
+"""Bytes a stream connection buffers on this side, in the kernel and again in the process: what a client
+that does not read fills before its writes block and `write_timeout_s` runs (loopback autotuning let the
+kernel take megabytes: at a dashboard's few kB/s, many minutes)."""
+
+TRANSPORT = "fep.transport"
+"""Scope key of the connection's asyncio transport, when the server lets it be found (app.py): ASGI gives an
+app no way to abort a connection, and a graceful close keeps a socket whose peer never reads open for good."""
 
 
 class TooManyClients(Exception):
@@ -69,19 +85,20 @@ class Client:
     ended: bool = False
     """The hub ended the stream (`unavailable` is the last message in the queue)."""
     sent: int = 0
+    peer: str = ""
+    """host:port of the client, for the log."""
 
     def wants(self, rtu: str) -> bool:
         return self.values and (self.rtus is None or rtu in self.rtus)
 
     def offer(self, msg: str) -> bool:
-        """Queue a message; False (and the client is marked dropped) when its queue is full."""
+        """Queue a message; False when it was dropped or its queue is full."""
         if self.dropped:
             return False
         try:
             self.queue.put_nowait(msg)
             return True
         except asyncio.QueueFull:
-            self.dropped = True
             return False
 
 
@@ -101,16 +118,28 @@ class Hub:
     dropped_total: int = 0
     _task: asyncio.Task[None] | None = None
 
-    def join(self, rtus: frozenset[str] | None, values: bool) -> Client:
+    def join(self, rtus: frozenset[str] | None, values: bool, peer: str = "") -> Client:
         if len(self.places) >= self.max_clients:
             raise TooManyClients(f"{len(self.places)} live clients already (limit [api] stream_clients = "
                                  f"{self.max_clients}): reload later, or poll the REST endpoints")
-        c = Client(rtus, values, asyncio.Queue(self.queue))
+        c = Client(rtus, values, asyncio.Queue(self.queue), peer=peer)
         self.clients.add(c)
         self.places.add(c)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="fep-api-live-hub")
         return c
+
+    def drop(self, c: Client, why: str) -> None:
+        """Stop offering `c` messages and discard what it had queued (it reloads anyway: only `overflow` is
+        left to send); counted and logged once per client."""
+        self.clients.discard(c)
+        if c.dropped:
+            return
+        c.dropped = True
+        while not c.queue.empty():
+            c.queue.get_nowait()
+        self.dropped_total += 1
+        log.info("live client %s dropped: %s", c.peer or "?", why)
 
     def leave(self, c: Client) -> None:
         """Its response ended: its place is free."""
@@ -138,11 +167,7 @@ class Hub:
     def _broadcast(self, msg: str, rtu: str | None = None) -> None:
         for c in list(self.clients):
             if (rtu is None or c.wants(rtu)) and not c.offer(msg):
-                self.clients.discard(c)
-                while not c.queue.empty():  # it reloads anyway: only `overflow` is left to send
-                    c.queue.get_nowait()
-                self.dropped_total += 1
-                log.info("live client dropped: %d messages behind", self.queue)
+                self.drop(c, f"{self.queue} messages behind")
 
     async def _tails(self) -> dict[str, str]:
         """The newest id of every followed stream ("0-0" for an empty one): only what comes after counts."""
@@ -220,3 +245,72 @@ class Hub:
                 yield msg
         finally:
             self.leave(c)
+
+
+class LiveResponse(StreamingResponse):
+    """The stream's response: every write gets `write_timeout_s`. A write that does not complete in that time
+    waits for a socket whose buffers are full, a peer that takes nothing: the client is dropped and its
+    connection aborted (reset: a close would wait for the unsent data for as long as the peer keeps its
+    window shut), which frees its place, its task and its buffers. A client that reads, however slowly,
+    completes its writes and keeps its stream (falling `queue` messages behind still drops it)."""
+
+    def __init__(self, hub: Hub, client: Client, content: AsyncIterator[str], write_timeout_s: float,
+                 headers: dict[str, str]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers=headers)
+        self.hub = hub
+        self.client = client
+        self.write_timeout_s = write_timeout_s
+        self._abort: Callable[[], None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transport = scope.get(TRANSPORT)
+        if transport is not None:
+            self._abort = lambda: reset(transport)
+            bound(transport)
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        stalled = False
+
+        async def timed(msg: Any) -> None:
+            nonlocal stalled
+            try:
+                await asyncio.wait_for(send(msg), self.write_timeout_s)
+            except TimeoutError:
+                stalled = True
+                raise
+
+        try:
+            await super().stream_response(timed)
+        except TimeoutError:
+            if not stalled:
+                raise
+            self.hub.drop(self.client, f"took no data for {self.write_timeout_s:g} s: connection aborted")
+            if self._abort is not None:
+                self._abort()
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()  # its `finally` frees the place now, not when it is collected
+
+
+def bound(transport: Any) -> None:
+    """Give a stream connection `BUFFER` bytes of send buffer in the kernel (a fixed SO_SNDBUF, which Linux
+    doubles for its bookkeeping, ends autotuning) and in the process (uvicorn waits for the transport to
+    drain below its high-water mark before the next write)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, BUFFER)
+    with contextlib.suppress(AttributeError, NotImplementedError):
+        transport.set_write_buffer_limits(high=BUFFER)
+
+
+def reset(transport: Any) -> None:
+    """Close a connection with a reset: with SO_LINGER 0 the kernel drops what is unsent and sends RST (a
+    plain close would leave an orphan socket queueing that data behind the peer's shut window)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    transport.abort()

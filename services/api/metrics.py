@@ -90,6 +90,8 @@ class MetricsSnapshot:
     links: dict[int, dict[str, str]] = field(default_factory=dict)
     channels: dict[tuple[int, str], dict[str, str]] = field(default_factory=dict)
     fwd_clients: dict[tuple[int, str], int] = field(default_factory=dict)
+    api: tuple[str, int, int] | None = None
+    """This api process's live stream: (node, clients holding a place, clients dropped since it started)."""
 
 
 def _stream(info: Any) -> StreamInfo:
@@ -172,6 +174,16 @@ class SnapshotCollector(Collector):
         yield from self._streams()
         yield from self._heartbeats()
         yield from self._rtus()
+        if s.api is not None:
+            node, clients, dropped = s.api
+            g = GaugeMetricFamily("fep_api_stream_clients", "live stream clients of this api (places held)",
+                                  labels=["node"])
+            g.add_metric([node], clients)
+            c = CounterMetricFamily("fep_api_stream_dropped", "live stream clients this api dropped (fell "
+                                    "stream_queue behind, or took no data for stream_write_timeout_s)",
+                                    labels=["node"])
+            c.add_metric([node], dropped)
+            yield from (g, c)
 
     def _service_counters(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

@@ -13,6 +13,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from fep_api import body, metrics, query
 from fep_api import models as m
 from fep_api.auth import require_operator, require_reader
+from fep_api.live import LiveResponse
 from fep_api.state import Store
 
 try:
@@ -185,15 +186,16 @@ async def stream(request: Request,
                  duration_s: float | None = Query(None, gt=0, le=86400, allow_inf_nan=False,
                                                   description="end the stream after this long "
                                                               "(default: until the client leaves)")
-                 ) -> StreamingResponse:
+                 ) -> LiveResponse:
     hub = request.app.state.hub
     await hub.store.local.ping()  # a Redis that does not answer: 503 now, not a stream of keepalives
     # an unknown RTU was taken and sent nothing, forever: a dashboard of "RTU 99" looked still, not wrong
     wanted = await hub.store.stream_rtus(rtu) if rtu else None
-    client = hub.join(wanted, values)
-    return StreamingResponse(hub.messages(client, request.app.state.cfg.node_id, duration_s),
-                             media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    peer = request.client
+    client = hub.join(wanted, values, f"{peer.host}:{peer.port}" if peer else "")
+    cfg = request.app.state.cfg
+    return LiveResponse(hub, client, hub.messages(client, cfg.node_id, duration_s), cfg.api_stream_write_timeout_s,
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @v1.get("/controls", response_model=m.ControlPage, tags=["controls"], responses=READ,
@@ -249,5 +251,7 @@ async def handover(request: Request, response: Response,
                            "description": "Prometheus text format"}, **READ})
 async def prometheus(request: Request, s: Store = Depends(store)) -> Response:
     snap, model = await s.metrics_snapshot()
+    hub = request.app.state.hub
+    snap.api = (request.app.state.cfg.node_id, len(hub.places), hub.dropped_total)
     body = metrics.render(snap, model, s.hb_max_age_s)
     return Response(body, media_type=CONTENT_TYPE_PLAIN_0_0_4)

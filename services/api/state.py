@@ -328,10 +328,7 @@ class Store:
         if r.acquisition:
             raise Conflict(f"RTU {rtu_id} is an acquisition RTU: its points are in /api/v1/points?rtu={rtu_id}")
         srcs = [model.points[f.src] for f in r.forwards if f.src in model.points]
-        records = await self._records(srcs)
-        vps = [f.src for f in r.forwards if f.src in model.vpoints]
-        if vps:
-            records.update(zip(vps, await self.local.hmget(ks.VPOINTS, [str(v) for v in vps]), strict=True))
+        records = await self._records(srcs, [f.src for f in r.forwards if f.src in model.vpoints])
         now = await self.now_ms()
         items = []
         for f in r.forwards:
@@ -353,19 +350,24 @@ class Store:
         ms = freshness.ReplicaWatch().observe(info, now_ms)
         return f"local Redis cut off from the master for {ms} ms" if ms > self.limits.replica_down_ms else None
 
-    async def _records(self, pts: list[SemPoint]) -> dict[int, str | None]:
-        """The value records of `pts` as SCADA is served them: with NT added where the forwarder adds it
-        (`fepha.freshness`: the local Redis cut off from the master, the RTU without a live lease holder or
-        without a complete poll for `stale_polls` periods). Stored records say nothing of that: a frozen or
-        dead acquirer leaves its last values looking current."""
+    async def _records(self, pts: list[SemPoint], vps: list[int] | None = None) -> dict[int, str | None]:
+        """The value records of `pts` (and of the virtual points `vps`) as SCADA is served them: with NT
+        added where the forwarder adds it (`fepha.freshness`: the local Redis cut off from the master or a
+        master left behind, for every value; the RTU without a live lease holder or without a complete poll
+        for `stale_polls` periods). Stored records say nothing of that: a frozen or dead acquirer leaves its
+        last values looking current."""
         by_rtu: dict[int, list[SemPoint]] = {}
         for p in pts:
             by_rtu.setdefault(p.rtu, []).append(p)
-        if not by_rtu:
+        if not by_rtu and not vps:
             return {}
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        if vps:
+            pipe.hmget(ks.VPOINTS, [str(v) for v in vps])
+        else:
+            pipe.echo("")  # keeps the replies' places
         for rid, ps in by_rtu.items():
             pipe.hmget(ks.values(rid), [str(p.id) for p in ps])
             pipe.hgetall(ks.lease(rid))
@@ -373,8 +375,9 @@ class Store:
         now = views.redis_time_ms(res[0])
         cut_off = self._cut_off(res[1], now) is not None or await self.left_behind(res[1]) is not None
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
-        out: dict[int, str | None] = {}
-        for (rid, ps), recs, lease in zip(by_rtu.items(), res[2::2], res[3::2], strict=False):
+        out: dict[int, str | None] = {v: views.served(rec, cut_off)
+                                      for v, rec in zip(vps or (), res[2] or (), strict=True)}
+        for (rid, ps), recs, lease in zip(by_rtu.items(), res[3::2], res[4::2], strict=False):
             poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
             stale = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits) is not None
             out.update({p.id: views.served(rec, stale) for p, rec in zip(ps, recs, strict=False)})

@@ -90,3 +90,20 @@ async def test_a_vip_left_on_this_host_without_keepalived_is_not_current(loaded:
     alive.unlink()
     none = await make_api(cfg)
     assert (await none.get("/ready")).status_code == 200
+
+
+async def test_forwards_of_a_master_left_behind_show_every_source_nt(loaded: RedisProc, ar: Any,
+                                                                      make_api: Any) -> None:
+    """/rtus/{id}/forwards shows what masters are served: the forwarder serves every source NT on a master
+    left behind, virtual points (link states) too; the api showed a virtual point's value as good."""
+    await populate(ar)
+    with RedisProc() as other:
+        api = await make_api(node_cfg(loaded, other))
+        items = (await api.get("/api/v1/rtus/10/forwards")).json()["items"]
+        vps = [f for f in items if f["src"] in (901, 902)]
+        assert vps and all(f["quality"] is not None for f in vps), items
+        assert all("NT" in f["quality_flags"] for f in items if f["quality"] is not None), \
+            [(f["src"], f["quality"], f["quality_flags"], f["value"]) for f in items]
+    same = await make_api(node_cfg(loaded))
+    items = (await same.get("/api/v1/rtus/10/forwards")).json()["items"]
+    assert all("NT" not in f["quality_flags"] for f in items if f["src"] in (901, 902)), items

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -22,15 +23,21 @@ from hypothesis import HealthCheck, given, settings
 
 from tests.api.cdp import Browser
 from tests.api.conftest import TOKEN, populate
-from tests.redisproc import free_port
+from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def live(loaded, feproot: Path) -> Iterator[str]:
-    """Base URL of a `fep-api` process for node A; stopped by its PID."""
+def live(live_proc: tuple[str, subprocess.Popen[bytes]]) -> str:
+    """Base URL of a `fep-api` process for node A."""
+    return live_proc[0]
+
+
+@pytest.fixture
+def live_proc(loaded, feproot: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Base URL and process of a `fep-api` for node A; stopped by its PID."""
     async def fill() -> None:
         r = aredis.Redis(host=loaded.host, port=loaded.port, decode_responses=True)
         await populate(r)
@@ -52,8 +59,9 @@ def live(loaded, feproot: Path) -> Iterator[str]:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, "fep-api did not start"
             time.sleep(0.05)
-        yield url
+        yield url, proc
     finally:
+        os.kill(proc.pid, signal.SIGCONT)
         proc.terminate()
         proc.wait(10)
 
@@ -135,4 +143,53 @@ async def test_dashboard_does_not_stay_live_when_redis_is_lost(fault: str, live:
             if fault == "pause":
                 loaded.resume()
     finally:
+        await b.close()
+
+
+async def test_dashboard_virtual_points_not_current_when_cut_off(live: str, loaded, tmp_path: Path) -> None:
+    """The virtual points' table (link states) was loaded with the page and then changed only with the
+    stream's value changes: with the local Redis (a replica) cut off from its master it went on showing the
+    last links as current. Every health message now brings the links, and the table says "? unknown"
+    within seconds, live, without a reload."""
+    upstream = RedisProc(replicaof=(loaded.host, loaded.port), extra=["--repl-ping-replica-period", "1"]).start()
+    b = Browser(tmp_path / "profile")
+    vals = ("[...document.querySelectorAll('#vps tbody tr')].map(tr => [...tr.cells].slice(3, 6)"
+            ".map(td => td.textContent))")
+    try:
+        upstream.wait_synced()  # the same data, then the roles swapped: this api's Redis is the replica
+        upstream.client().replicaof("no", "one")
+        loaded.client().replicaof(upstream.host, upstream.port)
+        loaded.wait_synced()
+        await b.open(live + "/")
+        await b.wait("document.body.dataset.live === '1'", 15, "the live stream")
+        known = await b.wait(f"(() => {{ const v = {vals}; return v.filter(r => !r.includes('? unknown')).length >= 2 "
+                             "&& v; })()", 5, "links of RTU 1 and 2 known")
+        assert known[0] == ["✓ up"] * 3 and known[1] == ["✗ down", "✓ up", "✓ up"], known
+        upstream.stop()
+        await b.wait(f"{vals}.every(r => r.every(t => t === '? unknown'))", 5, "the links not current")
+        assert await b.eval("document.body.dataset.live") == "1"  # still live: the local Redis answers
+    finally:
+        await b.close()
+        loaded.client().replicaof("no", "one")
+        upstream.close()
+
+
+async def test_dashboard_does_not_stay_live_when_the_api_hangs(live_proc: tuple[str, subprocess.Popen[bytes]],
+                                                              tmp_path: Path) -> None:
+    """An api that hangs (SIGSTOP here; a node that loses power looks the same: no reset, no end) sent
+    nothing and ended nothing, and the page went on saying "● live" over frozen values. Health comes every
+    second: five seconds of silence end the stream and the header says what is shown may not be current."""
+    url, proc = live_proc
+    b = Browser(tmp_path / "profile")
+    try:
+        await b.open(url + "/")
+        await b.wait("document.body.dataset.live === '1'", 15, "the live stream")
+        os.kill(proc.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        await b.wait("document.body.dataset.live === '0' && "
+                     "document.querySelector('#status').textContent.includes('may not be current')", 10,
+                     "the status saying the page is not current")
+        assert time.monotonic() - t0 < 7.5
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
         await b.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -191,3 +192,56 @@ async def test_a_dropped_client_frees_its_queue_and_holds_its_place_until_its_re
 ])
 def test_why_the_streams_ended_is_worded_as_the_rest_503s(exc: Exception, says: str) -> None:
     assert live._reason(exc) == says
+
+
+async def test_a_client_that_never_reads_is_disconnected_and_a_slow_reader_kept(
+        loaded, ar: aredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """A real socket that sends its request and then never reads kept its place, a task and its buffers
+    until its TCP connection closed (for good, when the peer keeps its window shut). Once its buffers are
+    full a write waits `stream_write_timeout_s`, then the connection is reset and the place is free; a client
+    that reads slowly keeps its stream. Timeline events of ~2 kB, 100 a second, fill its bounded buffers in
+    about a second (loopback's autotuned ones took megabytes: half a minute at this rate)."""
+    caplog.set_level("INFO", logger="fep_api.live")
+    await populate(ar)
+    async for u in serve(node_cfg(loaded, api_stream_clients=2, api_stream_queue=10_000,
+                                  api_stream_write_timeout_s=1.0)):
+        port = int(u.rsplit(":", 1)[1])
+        stalled = socket.socket()
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", port))
+        stalled.sendall(b"GET /api/v1/stream HTTP/1.1\r\nHost: fep\r\n\r\n")
+        async with httpx.AsyncClient(base_url=u, timeout=10) as c, c.stream("GET", "/api/v1/stream") as slow:
+            assert slow.status_code == 200
+            seen: list[str] = []
+
+            async def read_slowly(seen: list[str]) -> None:
+                async for chunk in slow.aiter_text():
+                    seen.append(chunk)
+                    await asyncio.sleep(0.02)
+
+            reader = asyncio.create_task(read_slowly(seen))
+            try:
+                t0 = time.monotonic()
+                end = t0 + 20
+                while (r := await c.get("/api/v1/stream", params={"duration_s": 0.1})).status_code == 503:
+                    assert time.monotonic() < end, "the stalled client kept its place"
+                    await events.add(ar, "channel", "B", 1, from_ch=1, to_ch=2, pad="x" * 2_000)
+                    await asyncio.sleep(0.01)
+                assert time.monotonic() - t0 < 8, "the stalled client's buffers are not bounded"
+                assert r.status_code == 200 and r.text.startswith("event: hello")
+                m = (await c.get("/metrics")).text
+                assert 'fep_api_stream_dropped_total{node="A"} 1.0' in m, m[-600:]
+                stalled.settimeout(5)
+                with pytest.raises(ConnectionResetError):
+                    while stalled.recv(1 << 20):
+                        pass
+                await events.add(ar, "channel", "B", 1, from_ch=2, to_ch=1)
+                mark = len(seen)
+                while not any('"to_ch":"1"' in s for s in seen[mark:]):
+                    assert not reader.done(), "the slow reader's stream ended"
+                    await asyncio.sleep(0.05)
+            finally:
+                reader.cancel()
+                stalled.close()
+    drops = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and "took no data for 1 s" in drops[0], drops

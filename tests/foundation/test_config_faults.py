@@ -188,3 +188,35 @@ def test_fep_api_options_are_checked_as_the_settings_they_override(tmp_path: Pat
     p = subprocess.run(["fep-api", *args], capture_output=True, text=True, timeout=60, check=False,
                        env={**env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": ""})
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(expect), p.stderr
+
+
+@pytest.mark.parametrize("line, password", [
+    (b'password = "pa ss ;w#rd"', "pa ss ;w#rd"),            # quoted: taken whole
+    (b'password = ""', ""),
+    (b'password = "a"b"', 'a"b'),                             # between the first and the last quote
+    (b"password = p;a#ss", "p;a#ss"),                         # no space before: not a comment
+    (b"password = secret", "secret"),
+])
+def test_a_secret_with_comment_characters_is_expressible(tmp_path: Path, line: bytes, password: str) -> None:
+    """`password = pa ss ;word` was read as "pa ss" (configparser's inline comment): the node then failed to
+    authenticate with a password the file seemed to hold. Quoted, it is taken whole."""
+    write(tmp_path, b"[redis]\n" + line + b'\n[api]\ntoken = "t ;k"\n')
+    cfg = config.load_node(tmp_path, env={})
+    assert cfg.password == password and cfg.api_token == "t ;k"
+
+
+@pytest.mark.parametrize("line", [b"password = zq1 zq2 ;zq3", b"password = zq1  # the redis one", b"password = ;",
+                                  b'password = "zq1', b'password = "zq1"  ; zq2'])
+def test_an_ambiguous_secret_is_refused_without_showing_it(tmp_path: Path, line: bytes) -> None:
+    """What an inline comment would cut from a secret is refused with one line that says how to write it,
+    and that does not show the secret."""
+    write(tmp_path, b"[redis]\n" + line + b"\n")
+    (problem,) = problems(tmp_path)
+    assert problem.startswith(str(tmp_path / "cfg" / "fep-ha.cfg") + " [redis] password: "), problem
+    assert "double quote" in problem and "zq" not in problem, problem
+
+
+def test_an_inline_comment_after_other_values_still_is_one(tmp_path: Path) -> None:
+    write(tmp_path, b'[node]\nid = B   ; node B\nbind = "127.0.0.2"\n[redis]\nport = 6380 #x\n')
+    cfg = config.load_node(tmp_path, env={})
+    assert (cfg.node_id, cfg.bind, cfg.port) == ("B", "127.0.0.2", 6380)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from fepha.checks import shown
 from fepha.semodel import db
 from fepha.semodel.validate import validate
 
@@ -189,6 +190,12 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
     ("vpoint name with a newline", setv("T036_VTPNT", {"VPID": 901}, "NAME", "a\nb"), ("T036_VTPNT", "901", "NAME")),
     ("unicode names are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Подстанция 北 ⚡"), None),
+    ("rtu name of 64 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "北" * 64), None),
+    ("rtu name of 65 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "x" * 65), ("T004_RTU", "1", "NAME")),
+    ("point name of 65 characters", setv("T011_POINT", {"PNTID": 101}, "NAME", "é" * 65),
+     ("T011_POINT", "101", "NAME")),
+    ("vpoint name of 65 characters", setv("T036_VTPNT", {"VPID": 901}, "NAME", "v" * 65),
+     ("T036_VTPNT", "901", "NAME")),
 ]
 
 
@@ -272,3 +279,18 @@ def test_identity_compares_addresses_not_spellings(node: str, ip: str, problem: 
 
     got = Model(rtus={}, ip1="fd00:0::1", ip2="fd00::2", gen=1).identity_problem(node, ip)
     assert got == problem if problem is None else got is not None and got.startswith(problem)
+
+
+def test_every_name_too_long_listed_at_once(sample_rows: dict) -> None:
+    """A name longer than 64 characters had no limit (a 10,000-character one made every dashboard row a page
+    long): each is refused, one short line per cell, all in one validation."""
+    rows = copy.deepcopy(sample_rows)
+    row(rows, "T004_RTU", RTUID=1)["NAME"] = "R" * 10_000
+    row(rows, "T004_RTU", RTUID=2)["NAME"] = "r" * 65
+    row(rows, "T011_POINT", PNTID=101)["NAME"] = "P" * 100
+    row(rows, "T036_VTPNT", VPID=901)["NAME"] = "V" * 64
+    got = [str(p) for p in validate(rows)]
+    assert got == [f"T004_RTU [1] NAME: {shown('R' * 10_000)} is longer than 64 characters",
+                   f"T004_RTU [2] NAME: {shown('r' * 65)} is longer than 64 characters",
+                   f"T011_POINT [101] NAME: {shown('P' * 100)} is longer than 64 characters"], got
+    assert all(len(line) < 150 for line in got)

@@ -10,6 +10,7 @@ const PERIOD_MS = 2000;
 const TREND_S = 300;
 const TREND_MAX = 600;
 const EVENTS_PAGE = 50;
+const SILENT_MS = 5000;  // health comes every second: a stream this long without a byte is dead or hung
 const $ = (sel) => document.querySelector(sel);
 
 const S = {
@@ -351,8 +352,26 @@ function scheduleValues() {  // at most one re-render per animation frame, howev
 // --- virtual points, controls ------------------------------------------------------------------------
 
 function renderVps() {
-  fill("vps", [...S.vps.values()].map((v) => row([v.id, v.name, v.rtu, flag(v.vala), flag(v.valb), flag(v.val),
-                                                  time(v.since_ms)], { "data-vp": v.id })));
+  fill("vps", [...S.vps.values()].map((v) => {
+    const tr = row([v.id, v.name, v.rtu, flag(v.vala), flag(v.valb), flag(v.val), time(v.since_ms)], { "data-vp": v.id });
+    if (v.not_current) tr.title = "not current: " + v.not_current;
+    return tr;
+  }));
+}
+
+// A virtual point is its RTU's link state: every health message (/rtus) brings the links, so the table
+// follows them, "? unknown" as soon as they are not current (a replica cut off from the master), where the
+// value changes of the stream alone left the last state looking current.
+function linkVps(rtus) {
+  const links = new Map(rtus.items.filter((r) => r.link).map((r) => [r.id, r.link]));
+  let changed = false;
+  for (const v of S.vps.values()) {
+    const l = links.get(v.rtu);
+    if (!l || (v.vala === l.vala && v.valb === l.valb && v.val === l.val && v.not_current === l.not_current)) continue;
+    Object.assign(v, { vala: l.vala, valb: l.valb, val: l.val, since_ms: l.since_ms, not_current: l.not_current });
+    changed = true;
+  }
+  if (changed) renderVps();
 }
 
 function applyVps(items) {
@@ -465,6 +484,27 @@ async function stream() {
   if (streamAbort) streamAbort.abort();
   const ctl = new AbortController();
   streamAbort = ctl;
+  // An api that hangs, or a connection that dies without a reset (its node lost power), sends nothing and
+  // ends nothing: the page would go on saying "live". Silence for SILENT_MS ends the stream.
+  let last = Date.now(), silent = false;
+  const watch = setInterval(() => {
+    if (silent || Date.now() - last <= SILENT_MS) return;
+    silent = true;
+    ctl.abort();
+    S.live = false;  // at once: a handler may be waiting on the same hung api
+    setStatus("✗ live stream silent for " + SILENT_MS / 1000 + " s: what is shown may not be current");
+  }, 1000);
+  try {
+    await readStream(ctl, () => { last = Date.now(); });
+  } catch (e) {
+    if (silent) throw new Error("nothing received for " + SILENT_MS / 1000 + " s");
+    throw e;
+  } finally {
+    clearInterval(watch);
+  }
+}
+
+async function readStream(ctl, heard) {
   const r = selectedRtu();
   // values of the RTU on screen and of the virtual points; a forwarding RTU's sources may be anywhere: all
   const q = r && r.type === "forwarding" ? "" : "?rtu=vp" + (r ? "&rtu=" + r.id : "");
@@ -478,6 +518,7 @@ async function stream() {
   for (;;) {
     const { value, done } = await reader.read();
     if (done) break;
+    heard();
     buf += dec.decode(value, { stream: true });
     let i;
     while ((i = buf.indexOf("\n\n")) >= 0) {
@@ -503,6 +544,7 @@ async function onMessage(event, data) {
     renderOverview(data.overview);
     if (data.rtus) {
       renderRtus(data.rtus);
+      linkVps(data.rtus);
       const nt = ntKey(data.rtus);
       if (nt !== S.nt) { S.nt = nt; await loadValues(); }
     }
