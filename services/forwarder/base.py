@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import ssl
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -251,3 +255,47 @@ def server_class(protocol: str) -> type[ForwardServer]:
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, ForwardServer)
     return cls
+
+
+UNFLUSHED_GRACE_S = 1.0
+"""How long a closed connection's unsent bytes may wait for the master to read them before the socket is
+aborted (a master that never reads would otherwise hold it, and its buffer, for ever)."""
+
+
+def abort_unflushed(writer: asyncio.StreamWriter, grace_s: float = UNFLUSHED_GRACE_S) -> None:
+    """After `writer.close()`: abort the transport if what it still has to send is not gone in `grace_s`
+    (asyncio's close() waits for the peer to read it, as long as the peer lives)."""
+    transport = writer.transport
+    if transport.get_write_buffer_size() > 0:
+        asyncio.get_running_loop().call_later(grace_s, transport.abort)
+
+
+def unsent_bytes(transport: asyncio.WriteTransport) -> int:
+    """What `transport` still has to get to its peer: its own buffer plus the kernel's send queue (Linux
+    TIOCOUTQ: bytes not yet acknowledged by the peer), so that a peer reading slowly behind megabytes of
+    kernel buffer is seen making progress long before the kernel lets asyncio write again."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return n
+
+
+async def drain_unless_stalled(writer: asyncio.StreamWriter, stall_s: float) -> bool:
+    """`writer.drain()`, False when nothing of what waits unsent (`unsent_bytes`) reached the peer for
+    `stall_s` (the peer does not read). A slow peer that reads (a narrow link taking a large image) keeps
+    making progress and is waited for."""
+    transport = writer.transport
+    left = unsent_bytes(transport)
+    since = time.monotonic()
+    while True:
+        try:
+            await asyncio.wait_for(writer.drain(), min(stall_s, 0.5))
+            return True
+        except TimeoutError:
+            now_left = unsent_bytes(transport)
+            if now_left < left:
+                left, since = now_left, time.monotonic()
+            elif time.monotonic() - since >= stall_s:
+                return False

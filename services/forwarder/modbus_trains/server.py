@@ -149,6 +149,8 @@ class _Handler(ServerRequestHandler):
         self.pending: deque[tuple[float, int, int, bytes]] = deque()  # (arrival, tid, unit, pdu), in order
         self.worker: asyncio.Task[None] | None = None
         self.paused = False
+        self.writable = asyncio.Event()  # cleared while the transport's write buffer is over its high-water mark
+        self.writable.set()
 
     def _close(self, why: str) -> None:
         """Drop this connection, logging `why` once per client address."""
@@ -205,6 +207,9 @@ class _Handler(ServerRequestHandler):
         owner: ModbusTrainsServer = self.server.fwd
         try:
             while self.pending:
+                # a master that does not read its answers: stop answering (and so, with MAX_PENDING, reading)
+                # until it does, instead of queueing answers without bound
+                await self.writable.wait()
                 arrived, tid, unit, pdu = self.pending[0]  # stays queued while in progress (repeat check)
                 answer = await owner.answer(unit, pdu, arrived)
                 self.pending.popleft()
@@ -218,8 +223,15 @@ class _Handler(ServerRequestHandler):
         finally:
             self.worker = None
 
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
+        self.writable.set()  # the worker sees the closed transport and ends
         while len(self.pending) > (self.worker is not None):  # the one in progress finishes (not answered)
             self.pending.pop()
         self.server.fwd.conns.pop(getattr(self, "peer", None), None)

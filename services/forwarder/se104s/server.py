@@ -19,7 +19,7 @@ from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
 
 from ..allow import peer_host
-from ..base import ForwardServer, Update
+from ..base import ForwardServer, Update, abort_unflushed
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -120,6 +120,7 @@ class Se104Server(ForwardServer):
             io.writer.close()
         except (ConnectionError, OSError, RuntimeError):
             pass
+        abort_unflushed(io.writer)
 
     def _clients_changed(self) -> None:
         if self.on_clients_changed is not None:
@@ -159,6 +160,9 @@ class Se104Server(ForwardServer):
                     s.awaiting_cursor = False
                     self._spawn(io, self._resume(s))
                 self._flush(s, io)
+                # a master that does not read what we owe it (TESTFR con, S frames): read no more from it
+                # until it does, so its answers do not pile up without bound (t1 still runs)
+                await writer.drain()
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             log.warning("se104s RTU %s: master %s sent a malformed frame (%s): closing that connection",
@@ -183,7 +187,7 @@ class Se104Server(ForwardServer):
                 writer.close()
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError):
-                pass
+                writer.transport.abort()  # a master that never reads what is still buffered
 
     def _run(self, io: ConnIO, ctl: Control) -> None:
         self._spawn(io, self.station.execute(ctl))

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.base import ForwardServer, Update, abort_unflushed, drain_unless_stalled
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
 from fepha.semodel.model import FwdPoint
@@ -124,6 +124,10 @@ class _Conn:
                         return
             except codec.ProtocolError as exc:
                 self.fail(exc.code, exc.msg)
+                return
+            try:  # answers to a master that does not read: read no more from it until it does
+                await self.writer.drain()
+            except (ConnectionError, OSError):
                 return
 
     async def hello(self, msg: dict[str, Any]) -> None:
@@ -300,7 +304,11 @@ class _Conn:
                 if frames:
                     self.writer.write(b"".join(codec.encode(f) for f in frames))
                     self.last_tx = time.monotonic()
-                    await self.writer.drain()
+                    if not await drain_unless_stalled(self.writer, 3 * hb):
+                        # it may send (so its silence does not close it) but does not read: the same limit
+                        log.info("sefeps RTU %s master %s: nothing it was sent was read for %g s: closing",
+                                 self.server.rtu.id, self.peer, 3 * hb)
+                        return
                 if self.closing and not self.out:
                     return
         except (ConnectionError, OSError):
@@ -466,6 +474,7 @@ class SefepsServer(ForwardServer):
                 t.cancel()
             await asyncio.gather(wtask, *conn.commands.values(), return_exceptions=True)
             writer.close()
+            abort_unflushed(writer)
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self.conns.pop(conn, None)
