@@ -10,6 +10,7 @@ import uvicorn
 
 from fepha import config
 from fepha.config import ConfigError
+from fepha.listen import listener
 from fepha.logsetup import setup as log_setup
 
 STOP_S = 2  # seconds (uvicorn takes an int)
@@ -30,8 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fep_api.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=args.bind or cfg.api_bind,
-                                           port=args.port or cfg.api_port, log_config=None,
+    host, port = args.bind or cfg.api_bind, args.port or cfg.api_port
+    try:  # our listening socket: it refuses connections cleanly when the process is out of descriptors
+        sock = listener(host, port, "api")
+    except OSError as exc:
+        print(f"fep-api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host=host, port=port, log_config=None,
                                            access_log=False, lifespan="on",
                                            timeout_graceful_shutdown=STOP_S))
     # uvicorn raises the signal again once its graceful shutdown is done, for the handler that was in place
@@ -39,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     # service after a clean stop. Handlers that do nothing take that second delivery.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
+    server.run(sockets=[sock])  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
     return 0 if server.started else 1
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
+from fepha.listen import listener
 
 from ..allow import peer_host
 from ..base import ForwardServer, Update, abort_unflushed
@@ -52,9 +53,8 @@ class Se104Server(ForwardServer):
 
     async def start(self) -> None:
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
-        self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
-                                                  ssl_handshake_timeout=self.t0 if self.tls else None,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"se104s RTU {self.rtu.id}"),
+                                                  ssl=self.tls, ssl_handshake_timeout=self.t0 if self.tls else None)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 

@@ -22,6 +22,7 @@ from fep_forwarder.allow import peer_host
 from fep_forwarder.base import ForwardServer, Update, abort_unflushed, drain_unless_stalled
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
+from fepha.listen import listener
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
@@ -347,8 +348,8 @@ class SefepsServer(ForwardServer):
     async def start(self) -> None:
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
-        self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
-                                                  reuse_address=True)
+        self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"sefeps RTU {self.rtu.id}"),
+                                                  ssl=self.tls)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:

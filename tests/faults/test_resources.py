@@ -1,0 +1,179 @@
+"""Resource exhaustion of the running forwarder (one node of tests/faults/test_single_node.py: real Redis,
+fep-plcsim, the real `fep-acquirer` and `fep-forwarder` processes): its file descriptors used up by SCADA
+connections, and fep-api's by its clients (RLIMIT_NOFILE lowered with prlimit while they run)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+
+import httpx
+
+from fep_tools.sefeps_client import SefepsClient
+from tests.faults.test_single_node import AI_RTU1, Node, sefeps, topical, valid
+from tests.redisproc import free_port
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of `pid` so far."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def ended(s: socket.socket) -> bool:
+    """The server closed this connection (EOF or reset) without it sending anything."""
+    try:
+        return s.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except ConnectionError:
+        return True
+
+
+async def next_value(c: SefepsClient, addr: int, want: float, timeout: float) -> float:
+    """Wait until `addr` changes to `want`; the time it took."""
+    t0 = time.monotonic()
+    while True:
+        left = timeout - (time.monotonic() - t0)
+        assert left > 0, f"address {addr} did not reach {want} within {timeout} s"
+        try:
+            _, a, v, _, _ = await c.next_change(left)
+        except TimeoutError:
+            continue
+        if a == addr and abs(float(v) - want) < 1e-3:
+            return time.monotonic() - t0
+
+
+async def test_forwarder_out_of_file_descriptors_serves_its_masters_and_recovers(node: Node) -> None:
+    """The forwarder's descriptors used up by 200 connections to its sefeps port: the master already
+    connected keeps getting changes, the connections beyond the limit are closed at once (they used to wait
+    unanswered in the backlog), the process neither exits nor spins, and the log says it once (asyncio
+    alone logged a traceback per backlog slot, 5 to 1,868 a second within 10 s); once the connections go, a
+    new master is served again."""
+    await valid(node, 101)
+    c = await sefeps(node)
+    fwd = node.procs["forwarder"].pid
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1)
+        limit = fds(fwd) + 16
+        resource.prlimit(fwd, resource.RLIMIT_NOFILE, (limit, limit))
+        log_before = len(node.log("forwarder").splitlines())
+        with ExitStack() as stack:
+            socks = []
+            for _ in range(200):
+                s = stack.enter_context(socket.socket())
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", node.sefeps_port))
+                socks.append(s)
+            closed: set[int] = set()
+            end = time.monotonic() + 5  # past the listen backlog (100) the kernel drops SYNs: retried after 1 s, 3 s
+            while len(closed) < 200 - 16 and time.monotonic() < end:
+                await asyncio.sleep(0.1)
+                closed |= {i for i, s in enumerate(socks) if i not in closed and ended(s)}
+            assert len(closed) >= 200 - 16, f"only {len(closed)} of the connections beyond the limit were closed"
+            assert fds(fwd) == limit, (fds(fwd), limit)
+            for rtu in (10, 11):  # se104s and modbus_trains, on the same kind of listener
+                port = next(r["LISTENPORT"] for r in node.rows["T004_RTU"] if r["RTUID"] == rtu)
+                more = [stack.enter_context(socket.socket()) for _ in range(30)]
+                for s in more:
+                    s.setblocking(False)
+                    s.connect_ex(("127.0.0.1", port))
+                end = time.monotonic() + 3
+                while not all(ended(s) for s in more):
+                    assert time.monotonic() < end, f"RTU {rtu}: connections beyond the limit not closed"
+                    await asyncio.sleep(0.1)
+            cpu0, t0 = cpu_s(fwd), time.monotonic()
+            node.sim.set_value(101, 4321.0)
+            took = await next_value(c, AI_RTU1, 4321.0, 5)
+            await asyncio.sleep(3.0)
+            cpu = (cpu_s(fwd) - cpu0) / (time.monotonic() - t0)
+            assert node.procs["forwarder"].poll() is None
+            new_lines = node.log("forwarder").splitlines()[log_before:]
+            print(f"out of fds: change served in {took:.3f} s, forwarder CPU {cpu:.0%}, "
+                  f"{len(new_lines)} log lines in {time.monotonic() - t0:.1f} s")
+            assert cpu < 0.3, f"the forwarder spins: {cpu:.0%} CPU while out of descriptors"
+            # a warning per listener, and maybe a Redis connection that could not be opened meanwhile (logged
+            # once, then "recovered"): no traceback, no flood
+            assert len(new_lines) <= 8 and not any("Traceback" in line for line in new_lines), \
+                "\n".join(new_lines[:40])
+            for what in ("sefeps RTU 12", "se104s RTU 10", "modbus_trains RTU 11"):
+                assert sum(f"{what}: out of file descriptors" in line for line in new_lines) == 1, new_lines
+        await asyncio.sleep(1.5)
+        c2 = SefepsClient("127.0.0.1", node.sefeps_port)
+        try:
+            await c2.connect(timeout=5)
+            img2 = await c2.wait_image(5)
+            assert AI_RTU1 in img2
+        finally:
+            await c2.close()
+    finally:
+        await c.close()
+
+
+async def test_api_out_of_file_descriptors_answers_its_clients_and_recovers(node: Node) -> None:
+    """fep-api's descriptors used up by 300 idle clients: a client with an open connection keeps getting
+    answers, the connections beyond the limit are closed at once, the log says it once, no spin; after, new
+    clients are answered again."""
+    port = free_port()
+    log_path = node.feproot / "api.log"
+    env = {**os.environ, "FEPROOT": str(node.feproot), "FEP_LOG_DIR": "", **node.env, "FEP_API_PORT": str(port)}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "fep_api.cli"], env=env, stdout=log, stderr=log)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=node.api.headers) as h:
+            end = time.monotonic() + 20
+            while True:
+                try:
+                    if (await h.get("/health", timeout=1)).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < end and proc.poll() is None, "fep-api did not start"
+                await asyncio.sleep(0.1)
+            assert (await h.get("/api/v1/points/101", timeout=2)).status_code == 200  # warm (lazy imports)
+            limit = fds(proc.pid) + 16
+            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (limit, limit))
+            log_before = len(log_path.read_text().splitlines())
+            with ExitStack() as stack:
+                socks = []
+                for _ in range(300):
+                    s = stack.enter_context(socket.socket())
+                    s.setblocking(False)
+                    s.connect_ex(("127.0.0.1", port))
+                    socks.append(s)
+                closed: set[int] = set()
+                end = time.monotonic() + 6
+                while len(closed) < 300 - 16 and time.monotonic() < end:
+                    await asyncio.sleep(0.1)
+                    closed |= {i for i, s in enumerate(socks) if i not in closed and ended(s)}
+                assert len(closed) >= 300 - 16, f"only {len(closed)} of the connections beyond the limit were closed"
+                cpu0, t0 = cpu_s(proc.pid), time.monotonic()
+                for _ in range(10):  # the client's open (keep-alive) connection is served
+                    r = await h.get("/api/v1/points/101", timeout=2)
+                    assert r.status_code == 200, log_path.read_text()[-5000:]
+                    await asyncio.sleep(0.2)
+                cpu = (cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
+                new_lines = log_path.read_text().splitlines()[log_before:]
+                print(f"api out of fds: CPU {cpu:.0%}, {len(new_lines)} log lines")
+                assert cpu < 0.3, f"fep-api spins: {cpu:.0%} CPU while out of descriptors"
+                assert len(new_lines) <= 8 and not any("Traceback" in line for line in new_lines), \
+                    "\n".join(new_lines[:40])
+                assert sum("api: out of file descriptors" in line for line in new_lines) == 1, new_lines
+            await asyncio.sleep(1.5)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=node.api.headers) as h2:
+                assert (await h2.get("/api/v1/points/101", timeout=2)).status_code == 200
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(5)
