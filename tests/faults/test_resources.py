@@ -177,3 +177,65 @@ async def test_api_out_of_file_descriptors_answers_its_clients_and_recovers(node
     finally:
         proc.kill()
         proc.wait(5)
+
+
+async def test_forwarder_and_acquirer_go_on_when_the_log_disk_is_full(node: Node, tmp_path) -> None:
+    """Both services restarted with their log files on a 64 KiB tmpfs, which is then filled: values still
+    reach the sefeps master, the processes live, stderr gets one line per service saying the file cannot be
+    written (not logging's traceback per record), and one when it can again."""
+    import signal
+    import subprocess as sp
+
+    from tests.api.test_with_services import exited
+    from tests.faults.test_single_node import until_quality
+    from tests.foundation.test_logfile_full import fill
+    from tests.prereq import require
+
+    require(None if os.geteuid() == 0 else "mounting a tmpfs needs root", "the full-disk test")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    sp.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        for service in ("acquirer", "forwarder"):
+            node.procs[service].send_signal(signal.SIGTERM)
+            assert await exited(node.procs[service], 5)
+        node.env["FEP_LOG_DIR"] = str(disk / "log")
+        for service in ("acquirer", "forwarder"):
+            env = {**os.environ, "FEPROOT": str(node.feproot), **node.env}
+            with open(node.log_path(service), "ab") as log:  # stderr (console) stays in the test's file
+                node.procs[service] = sp.Popen([sys.executable, "-m", f"fep_{service}.cli"], env=env,
+                                               stdout=log, stderr=log)
+        await valid(node, 101)
+        c = await sefeps(node)
+        try:
+            img = await c.wait_image(10)
+            await topical(c, img, AI_RTU1)
+            for service in ("acquirer", "forwarder"):  # no room left in their files' last pages either
+                f = disk / "log" / f"fep-{service}.log"
+                with open(f, "ab") as out:
+                    out.write(b"#" * (-(f.stat().st_size + 1) % 4096) + b"\n")
+            fill(disk / "fill")
+            node.sim.cut(1)  # the acquirer logs the device lost, the forwarder the values' NT
+            await until_quality(c, {AI_RTU1: True}, 10)
+            node.sim.restore(1)
+            await until_quality(c, {AI_RTU1: False}, 10)
+            node.sim.set_value(101, 777.0)
+            await next_value(c, AI_RTU1, 777.0, 5)
+            for service in ("acquirer", "forwarder"):
+                assert node.procs[service].poll() is None, service
+                text = node.log(service)
+                assert "Logging error" not in text and text.count("cannot write") == 1, text[-3000:]
+            (disk / "fill").unlink()
+            node.sim.cut(1)
+            await until_quality(c, {AI_RTU1: True}, 10)
+            await asyncio.sleep(0.5)
+            assert "fep-forwarder.log can be written again" in node.log("forwarder"), node.log("forwarder")[-3000:]
+            node.sim.restore(1)
+        finally:
+            await c.close()
+    finally:
+        for service in ("acquirer", "forwarder"):
+            if node.procs[service].poll() is None:
+                node.procs[service].kill()
+                node.procs[service].wait(5)
+        sp.run(["umount", str(disk)], check=True)
