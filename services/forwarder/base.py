@@ -55,6 +55,60 @@ class ControlSink(Protocol):
         ...
 
 
+class StallWatch:
+    """When was this process last able to read its sockets? A request read right after the event loop was
+    stalled (the process SIGSTOPped, starved of CPU, swapped out) may have waited in the kernel's socket
+    buffer for the whole stall: its master sent it that long ago, may have given up on it and closed the
+    connection, and its control must not run as if it had just arrived. A task ticks every TICK_S; a gap
+    over STALL_S between two ticks is a stall. `possible_age_s()` is how long a request being handled now
+    may have waited unread: the stall still going on (the ticker not yet run after it), or one that ended
+    within GRACE_S (requests read in the burst after it), else 0."""
+
+    TICK_S = 0.1
+    STALL_S = 1.0
+    GRACE_S = 0.5
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.stall: tuple[float, float] | None = None  # (start, end) of the last stall
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Callable[[float], None]] = []
+        """Called with the stall's length when one is seen: from the loop's first timers after it, so before
+        the requests read after it are handled (their handling starts in the next iteration)."""
+
+    def ensure_running(self) -> None:
+        """Start ticking on the running loop (a chain of call_later, not a task: nothing to stop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or loop.is_closed():
+            self._loop, self.last, self.stall = loop, time.monotonic(), None
+            loop.call_later(self.TICK_S, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # a loop of the past (tests run one per test)
+        now = time.monotonic()
+        stalled = now - self.last > self.STALL_S
+        if stalled:
+            self.stall = (self.last, now)
+        self.last = now
+        loop.call_later(self.TICK_S, self._tick, loop)
+        if stalled:
+            for listener in list(self.listeners):
+                listener(now - self.stall[0])  # type: ignore[index]
+
+    def possible_age_s(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if now - self.last > self.STALL_S:
+            return now - self.last
+        if self.stall is not None and now - self.stall[1] <= self.GRACE_S:
+            return now - self.stall[0]
+        return 0.0
+
+
+STALLS = StallWatch()
+"""The process's one watch (every server's run_control asks it)."""
+
+
 @dataclass
 class Counters:
     """Monotonic counters of one server since it started; the field names are the metric names of
@@ -116,9 +170,21 @@ class ForwardServer(abc.ABC):
         `timeout_ms`: what is left of the request's time (default: the server's control timeout)."""
         self.counts.controls += 1
         t0 = time.monotonic()
+        if timeout_ms is None:
+            timeout_ms = self.control_timeout_ms or getattr(self.controls, "timeout_ms", None)
+        stalled_s = STALLS.possible_age_s(t0)
+        if stalled_s and timeout_ms is not None:
+            # read right after the process was stalled: it may have waited unread that long; only what is
+            # left of its time (if anything) is given to it, so it never runs after its deadline
+            timeout_ms -= int(stalled_s * 1000)
+            if timeout_ms <= 0:
+                out = ControlOutcome(False, "expired", f"not run: it may have waited {stalled_s:.1f} s unread "
+                                     "while this forwarder was stalled (stopped or starved), past its deadline")
+                self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id,
+                                 value, origin, out.reason)
+                return out
         try:
-            out = await self.controls.execute(fwd, value, origin,
-                                              self.control_timeout_ms if timeout_ms is None else timeout_ms)
+            out = await self.controls.execute(fwd, value, origin, timeout_ms)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer

@@ -5,8 +5,10 @@ connections, and fep-api's by its clients (RLIMIT_NOFILE lowered with prlimit wh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +18,8 @@ from contextlib import ExitStack
 import httpx
 
 from fep_tools.sefeps_client import SefepsClient
-from tests.faults.test_single_node import AI_RTU1, Node, sefeps, topical, valid
+from tests.api.test_with_services import exited
+from tests.faults.test_single_node import AI_RTU1, NT, Node, sefeps, topical, valid
 from tests.redisproc import free_port
 
 
@@ -28,6 +31,20 @@ def cpu_s(pid: int) -> float:
     """User + system CPU time of `pid` so far."""
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def restart(node: Node, services: tuple[str, ...], **env: str) -> None:
+    """Stop `services` (SIGTERM) and start them again with `env` added to the node's settings (the test's
+    log file keeps their stderr)."""
+    for service in services:
+        node.procs[service].send_signal(signal.SIGTERM)
+        assert await exited(node.procs[service], 5)
+    node.env.update(env)
+    for service in services:
+        with open(node.log_path(service), "ab") as log:
+            node.procs[service] = subprocess.Popen(
+                [sys.executable, "-m", f"fep_{service}.cli"], stdout=log, stderr=log,
+                env={**os.environ, "FEPROOT": str(node.feproot), "FEP_LOG_DIR": "", **node.env})
 
 
 def ended(s: socket.socket) -> bool:
@@ -183,10 +200,8 @@ async def test_forwarder_and_acquirer_go_on_when_the_log_disk_is_full(node: Node
     """Both services restarted with their log files on a 64 KiB tmpfs, which is then filled: values still
     reach the sefeps master, the processes live, stderr gets one line per service saying the file cannot be
     written (not logging's traceback per record), and one when it can again."""
-    import signal
     import subprocess as sp
 
-    from tests.api.test_with_services import exited
     from tests.faults.test_single_node import until_quality
     from tests.foundation.test_logfile_full import fill
     from tests.prereq import require
@@ -196,15 +211,7 @@ async def test_forwarder_and_acquirer_go_on_when_the_log_disk_is_full(node: Node
     disk.mkdir()
     sp.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
     try:
-        for service in ("acquirer", "forwarder"):
-            node.procs[service].send_signal(signal.SIGTERM)
-            assert await exited(node.procs[service], 5)
-        node.env["FEP_LOG_DIR"] = str(disk / "log")
-        for service in ("acquirer", "forwarder"):
-            env = {**os.environ, "FEPROOT": str(node.feproot), **node.env}
-            with open(node.log_path(service), "ab") as log:  # stderr (console) stays in the test's file
-                node.procs[service] = sp.Popen([sys.executable, "-m", f"fep_{service}.cli"], env=env,
-                                               stdout=log, stderr=log)
+        await restart(node, ("acquirer", "forwarder"), FEP_LOG_DIR=str(disk / "log"))
         await valid(node, 101)
         c = await sefeps(node)
         try:
@@ -239,3 +246,130 @@ async def test_forwarder_and_acquirer_go_on_when_the_log_disk_is_full(node: Node
                 node.procs[service].kill()
                 node.procs[service].wait(5)
         sp.run(["umount", str(disk)], check=True)
+
+
+async def test_forwarder_stopped_longer_than_the_timers_and_the_control_timeout(node: Node) -> None:
+    """SIGSTOP of the forwarder for 3 s (3 x the sefeps master's silence limit, 2 x the control timeout).
+    First with the acquirer frozen meanwhile too: a master whose hello waited in the backlog gets the values
+    of the frozen acquirer as NT, not as good (the verdict from before the stop). Then alone: a command the
+    master sent during the stop is not run when the forwarder resumes (it waited unread past its deadline);
+    one sent after is."""
+    from fep_forwarder.sefeps import codec
+    from tests.forwarder.test_sefeps_server import read_frames
+
+    await restart(node, ("forwarder",), FEP_CONTROL_TIMEOUT_S="1.5")
+    await valid(node, 101, 207)
+    fwd, acq = node.procs["forwarder"], node.procs["acquirer"]
+    c = await sefeps(node)
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1)
+        fwd.send_signal(signal.SIGSTOP)
+        acq.send_signal(signal.SIGSTOP)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", node.sefeps_port)  # in the backlog
+            writer.write(codec.encode(codec.hello()))
+            await asyncio.sleep(3.0)
+        finally:
+            fwd.send_signal(signal.SIGCONT)
+        frames = await read_frames(reader, "image", timeout=5)
+        image = next(f for f in frames if f["t"] == "image")
+        q1 = next(e for e in image["points"] if e[0] == AI_RTU1)[2]
+        assert q1 & NT, f"a value of the frozen acquirer served as good after the stop: {image}"
+        writer.close()
+    finally:
+        acq.send_signal(signal.SIGCONT)
+        await c.close()
+    c = await sefeps(node)
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1)
+        before = node.sim.value(207)
+        fwd.send_signal(signal.SIGSTOP)
+        try:
+            cmd = asyncio.create_task(c.command(40, before + 1, timeout=10))
+            await asyncio.sleep(3.0)
+        finally:
+            fwd.send_signal(signal.SIGCONT)
+        with contextlib.suppress(Exception):  # the master gave up on the silent server (3 heartbeats)
+            await asyncio.wait_for(cmd, 5)
+        await asyncio.sleep(2.0)  # past the deadline it would have had from its reading
+        assert node.sim.value(207) == before, "the command sent during the stop ran after its deadline"
+        assert "may have waited" in node.log("forwarder"), node.log("forwarder")[-3000:]
+    finally:
+        await c.close()
+    c = await sefeps(node)
+    try:
+        await c.wait_image(10)
+        r = await c.command(40, before + 2, timeout=5)
+        assert r["ok"] and node.sim.value(207) == before + 2, r
+    finally:
+        await c.close()
+
+
+async def test_sigkill_in_the_middle_of_a_control(node: Node) -> None:
+    """A control queued while the acquirer is frozen (control timeout 1.5 s). The forwarder SIGKILLed with it
+    in flight: the master sees its connection closed, and the control runs once, on time, when the
+    acquirer resumes (nothing re-sends it). The acquirer SIGKILLed with one queued: the master gets a
+    negative answer (`expired`) at the deadline, and the restarted acquirer does not run it."""
+    from fepha import keyspace as ks
+
+    await restart(node, ("forwarder",), FEP_CONTROL_TIMEOUT_S="1.5")
+    await valid(node, 207)
+    fwd, acq = node.procs["forwarder"], node.procs["acquirer"]
+    r = node.redis.client()
+
+    async def submitted(seq: int) -> None:
+        """Wait until the forwarder submitted the control (the frozen acquirer's BLPOP may hold it already)."""
+        end = time.monotonic() + 2
+        while int(r.get(ks.CTL_SEQ) or 0) <= seq:
+            assert time.monotonic() < end, "the control was not submitted"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+
+    def audited(value: float) -> list[dict]:
+        return [f for _, f in r.xrange(ks.CTL_AUDIT) if f.get("point") == "207" and float(f["value"]) == value]
+
+    c = await sefeps(node)
+    try:
+        await c.wait_image(10)
+        before = node.sim.value(207)
+        acq.send_signal(signal.SIGSTOP)
+        seq = int(r.get(ks.CTL_SEQ) or 0)
+        cmd = asyncio.create_task(c.command(40, before + 1, timeout=5))
+        await submitted(seq)
+        fwd.kill()
+        fwd.wait(5)
+        await asyncio.wait_for(c.closed.wait(), 3)  # the master sees its connection closed
+        assert not cmd.done() or cmd.exception() is not None
+        acq.send_signal(signal.SIGCONT)
+        end = time.monotonic() + 3
+        while node.sim.value(207) != before + 1:
+            assert time.monotonic() < end, "the queued control did not run once the acquirer resumed"
+            await asyncio.sleep(0.05)
+        states = [a["state"] for a in audited(before + 1)]
+        assert states == ["done"], states
+    finally:
+        cmd.cancel()
+        await c.close()
+    await restart(node, ("forwarder",))
+    c = await sefeps(node)
+    try:
+        await c.wait_image(10)
+        acq.send_signal(signal.SIGSTOP)
+        seq = int(r.get(ks.CTL_SEQ) or 0)
+        t0 = time.monotonic()
+        cmd = asyncio.create_task(c.command(40, before + 2, timeout=5))
+        await submitted(seq)
+        acq.kill()
+        acq.wait(5)
+        res = await cmd
+        took = time.monotonic() - t0
+        assert not res["ok"] and res["state"] == "expired" and 1.5 <= took < 3.5, (res, took)
+        node.start("acquirer")
+        await valid(node, 207)
+        await asyncio.sleep(1.0)
+        assert node.sim.value(207) == before + 1, "the expired control ran after its deadline"
+        assert [a["state"] for a in audited(before + 2)] == ["expired"]
+    finally:
+        await c.close()

@@ -39,7 +39,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.base import STALLS, ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
     GATEWAY_PATH_UNAVAILABLE,
@@ -275,6 +275,7 @@ class ModbusTrainsServer(ForwardServer):
 
     # -- ForwardServer ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         devices = [SimDevice(self.value_device, simdata=_area_blocks(self.amap), action=self._values_action)]
         if self.quality_unit is not None:
             devices.append(SimDevice(self.quality_unit, simdata=_area_blocks(self.amap),

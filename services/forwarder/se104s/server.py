@@ -20,7 +20,7 @@ from fepha.iec104.link import LinkTimeout
 from fepha.listen import listener
 
 from ..allow import peer_host
-from ..base import ForwardServer, Update, abort_unflushed
+from ..base import STALLS, ForwardServer, Update, abort_unflushed
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -52,6 +52,7 @@ class Se104Server(ForwardServer):
     # --- ForwardServer -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
         self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"se104s RTU {self.rtu.id}"),
                                                   ssl=self.tls, ssl_handshake_timeout=self.t0 if self.tls else None)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import ForwardServer, Update, abort_unflushed, drain_unless_stalled
+from fep_forwarder.base import STALLS, ForwardServer, Update, abort_unflushed, drain_unless_stalled
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
 from fepha.listen import listener
@@ -346,6 +346,7 @@ class SefepsServer(ForwardServer):
         # controls_ok, control_latency_ms_sum, connections_refused
 
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
         self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"sefeps RTU {self.rtu.id}"),
