@@ -373,3 +373,72 @@ async def test_sigkill_in_the_middle_of_a_control(node: Node) -> None:
         assert [a["state"] for a in audited(before + 2)] == ["expired"]
     finally:
         await c.close()
+
+
+async def test_iec104_master_across_a_forwarder_stop_longer_than_its_t1(node: Node) -> None:
+    """An IEC 104 master (our own link layer, t1 1 s, t3 0.5 s) on se104s; the forwarder SIGSTOPped 3 s
+    while point 101 changes 5 times (the acquirer runs): the master's TESTFR act goes unanswered, it gives
+    up at t1 and connects again; on resume the forwarder serves the new connection from the position the
+    master acknowledged: the 5 changes, each once and in order, as spontaneous data."""
+    from fepha.iec104 import codec as c
+    from fepha.iec104.link import Link, LinkParams, LinkTimeout, Role
+    from tests.iec104.rawmaster import RawMaster
+
+    port = next(r["LISTENPORT"] for r in node.rows["T004_RTU"] if r["RTUID"] == 10)
+    params = LinkParams(k=12, w=8, t1=1, t2=0.05, t3=0.5)
+    await valid(node, 101)
+    fwd = node.procs["forwarder"]
+
+    async def connect() -> RawMaster:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        m = RawMaster(reader, writer, link=Link(Role.CLIENT, params, time.monotonic()))
+        m.tasks = [asyncio.create_task(m._read()), asyncio.create_task(m._timers())]
+        await m.start()
+        return m
+
+    def changes(m: RawMaster) -> list[float]:
+        return [round(v, 3) for _, ioa, v, _, _ in m.values(c.COT_SPONT) if ioa == 1001]
+
+    first = await connect()
+    second: RawMaster | None = None
+    try:
+        first.send(c.interrogation(1))
+        end = time.monotonic() + 5
+        while not first.values(None):
+            assert time.monotonic() < end, "no answer to the interrogation"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # quiet: everything received acknowledged (t2 0.05 s)
+        before = len(changes(first))
+        fwd.send_signal(signal.SIGSTOP)
+        try:
+            values = [1000.0 + i for i in range(5)]
+            for v in values:
+                node.sim.set_value(101, v)
+                await asyncio.sleep(0.4)  # several polls: each value acquired
+            await asyncio.sleep(1.0)
+            gave_up = first.tasks[1]
+            assert gave_up.done() and isinstance(gave_up.exception(), LinkTimeout), "the master did not give up at t1"
+            first.writer.close()
+            second = RawMaster(*await asyncio.open_connection("127.0.0.1", port),
+                               link=Link(Role.CLIENT, params, time.monotonic()))  # in the backlog
+            second.tasks = [asyncio.create_task(second._read()), asyncio.create_task(second._timers())]
+        finally:
+            fwd.send_signal(signal.SIGCONT)
+        await second.start()
+        end = time.monotonic() + 10
+        while values[-1] not in changes(second):
+            assert time.monotonic() < end, changes(second)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        assert changes(first)[before:] == []  # nothing reached the connection it gave up
+        got = [v for v in changes(second) if v in values]
+        print(f"after the stop, on the new connection: {changes(second)}")
+        assert got == values, changes(second)
+    finally:
+        for m in (first, second):
+            if m is not None:
+                m.closed = True
+                m.writer.close()
+                for t in m.tasks:
+                    t.cancel()
+                await asyncio.gather(*m.tasks, return_exceptions=True)
