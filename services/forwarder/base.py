@@ -59,7 +59,7 @@ class StallWatch:
     """When was this process last able to read its sockets? A request read right after the event loop was
     stalled (the process SIGSTOPped, starved of CPU, swapped out) may have waited in the kernel's socket
     buffer for the whole stall: its master sent it that long ago, may have given up on it and closed the
-    connection, and its control must not run as if it had just arrived. A task ticks every TICK_S; a gap
+    connection, and its control must not run as if it had just arrived. A timer chain ticks every TICK_S; a gap
     over STALL_S between two ticks is a stall. `possible_age_s()` is how long a request being handled now
     may have waited unread: the stall still going on (the ticker not yet run after it), or one that ended
     within GRACE_S (requests read in the burst after it), else 0."""

@@ -108,8 +108,9 @@ async def test_modbus_trains_a_pipelining_master_that_never_reads_is_held_by_flo
 
 async def test_se104s_a_master_that_never_reads_is_bounded_then_dropped_with_its_socket():
     """A master sends STARTDT and then floods TESTFR act without reading the confirmations: the server stops
-    reading it once its buffer is full; after t1 without an acknowledgement the server drops it (its end of initialisation unacknowledged for t1), and the socket is released although the master never reads (close() alone waits for the
-    buffered bytes to be read, forever)."""
+    reading it once its buffer is full; after t1 without an acknowledgement (of its end of initialisation)
+    the server drops it, and the socket is released although the master never reads (close() alone waits
+    for the buffered bytes to be read, for ever)."""
     async with se104_server(t1=3.0, t2=0.2, t3=0.5) as srv:
         before = open_fds()
         async with deaf_socket(srv.port) as s:

@@ -54,8 +54,9 @@ class Se104Server(ForwardServer):
     async def start(self) -> None:
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
-        self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"se104s RTU {self.rtu.id}"),
-                                                  ssl=self.tls, ssl_handshake_timeout=self.t0 if self.tls else None)
+        sock = listener(self.bind, port, f"se104s RTU {self.rtu.id}")
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls,
+                                                  ssl_handshake_timeout=self.t0 if self.tls else None)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 

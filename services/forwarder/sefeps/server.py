@@ -349,8 +349,8 @@ class SefepsServer(ForwardServer):
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
-        self._server = await asyncio.start_server(self._serve, sock=listener(self.bind, port, f"sefeps RTU {self.rtu.id}"),
-                                                  ssl=self.tls)
+        sock = listener(self.bind, port, f"sefeps RTU {self.rtu.id}")
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:
