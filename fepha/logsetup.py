@@ -10,10 +10,49 @@ import logging
 import logging.handlers
 import sys
 from pathlib import Path
+from typing import Any
 
 from fepha.config import ConfigError, LogConfig, feproot
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class LogFile(logging.handlers.RotatingFileHandler):
+    """The rotating log file, for a disk that fills up: the program goes on, and what it cannot write to the
+    file costs one line on stderr when that starts and one when the file can be written again (with the
+    count of records that failed), not logging's traceback per record (about 15 lines each)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed = 0  # records that could not be written since the file last worked
+        self._ok = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._ok = True
+        super().emit(record)  # a failure comes back through handleError
+        if self._ok and self.failed:
+            line = (f"{_when(self, record)} WARNING fepha.logsetup: {self.baseFilename} can be written again; "
+                    f"{self.failed} records failed to be written to it meanwhile (stderr has them)\n")
+            self.failed = 0
+            sys.stderr.write(line)
+            try:
+                if self.stream is not None:
+                    self.stream.write(line)
+                    self.stream.flush()
+            except OSError:
+                pass
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            super().handleError(record)
+            return
+        self._ok = False
+        self.failed += 1
+        if self.failed == 1:
+            sys.stderr.write(f"{_when(self, record)} ERROR fepha.logsetup: cannot write {self.baseFilename}: "
+                             f"{exc.strerror or exc}: records are not written to it (stderr has them) until it "
+                             "can be written again\n")
 
 
 def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool | None = None) -> None:
@@ -29,8 +68,7 @@ def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool 
         except OSError as exc:
             raise ConfigError(f"{what}: cannot create the directory {d}: {exc.strerror or exc}") from None
         try:
-            handlers.append(logging.handlers.RotatingFileHandler(d / f"{program}.log", maxBytes=cfg.max_bytes,
-                                                                 backupCount=cfg.backups))
+            handlers.append(LogFile(d / f"{program}.log", maxBytes=cfg.max_bytes, backupCount=cfg.backups))
         except OSError as exc:
             raise ConfigError(f"{what}: cannot write {d / f'{program}.log'}: {exc.strerror or exc}") from None
     if (cfg.console if console is None else console) or not handlers:
@@ -54,3 +92,7 @@ class OnceLogger:
     def clear(self, key: str) -> None:
         if self.active.pop(key, None) is not None:
             self.log.info("%s: recovered", key)
+
+
+def _when(handler: logging.Handler, record: logging.LogRecord) -> str:
+    return (handler.formatter or logging.Formatter()).formatTime(record)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # keepalived notify_fifo_script: sets the local Redis's role from keepalived's state, in order.
-#   MASTER          -> REPLICAOF NO ONE, but only if this node really holds the VIP right now
+#   MASTER          -> REPLICAOF NO ONE, but only if this node really holds the VIP right now, and never
+#                      an empty Redis (no fep:cfg:gen) while the peer's has a configuration
 #   BACKUP/FAULT/.. -> REPLICAOF <peer> <port>, but only if the peer's Redis is a master (never chain
 #                      onto a replica, never let a booting or empty peer that is not master wipe us)
 # Every second without a new line the last state is applied again (reconcile), so a restarted Redis,
@@ -26,6 +27,12 @@ have_vip() { ip -o addr show 2>/dev/null | grep -qw "inet ${VIP}/[0-9]*"; }
 # "master" or "slave <host> <port>" or "" when unreachable
 role_of() { rcli -h "$1" -p "$2" role | head -n 3 | tr '\n' ' ' | awk '{ if ($1=="slave") print $1, $2, $3; else print $1 }'; }
 
+# the local Redis has no configuration (restarted without its data) and the peer's Redis has one
+lost_data() {
+  [ "$(rcli -h "$LOCAL" -p "$PORT" exists fep:cfg:gen)" = 0 ] \
+    && [ "$(timeout 1 redis-cli --no-auth-warning -h "$PEER_IP" -p "$PEER_PORT" exists fep:cfg:gen 2>/dev/null)" = 1 ]
+}
+
 apply() {
   local state=$1 mine peer
   mine=$(role_of "$LOCAL" "$PORT")
@@ -33,6 +40,10 @@ apply() {
   case "$state" in
     MASTER)
       if ! have_vip; then log "MASTER but VIP $VIP not on this host: not promoting"; return 1; fi
+      if [ "$mine" != master ] && lost_data; then
+        log "MASTER but the local Redis has no configuration and the peer's has: not promoting (it would wipe the peer's copy); check-redis.sh fails, the VIP moves to the peer"
+        return 1
+      fi
       if [ "$mine" != master ]; then
         rcli -h "$LOCAL" -p "$PORT" replicaof no one >/dev/null && log "promoted (was: $mine)"
       fi ;;

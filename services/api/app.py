@@ -28,6 +28,7 @@ from fep_api.live import TRANSPORT, Hub, TooManyClients
 from fep_api.state import Conflict, NoConfig, NotFound, Store, Unprocessable
 from fepha import redisconn
 from fepha.config import NodeConfig
+from fepha.listen import OUT_OF_FDS
 from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("fep_api")
@@ -125,11 +126,22 @@ def create_app(cfg: NodeConfig) -> FastAPI:
     app.add_exception_handler(TimeoutError, redis_down)
     app.add_exception_handler(rex.RedisError, redis_error)
 
+    async def os_error(_: Request, exc: Exception) -> JSONResponse:
+        """Out of file descriptors (a file or module the request needed could not be opened): 503, as a
+        Redis connection that cannot be opened is; any other OSError stays a failure of ours."""
+        if isinstance(exc, OSError) and exc.errno in OUT_OF_FDS:
+            once.problem("files", f"out of file descriptors: {exc}")
+            return error(503, f"out of file descriptors: {exc}")
+        raise exc
+
+    app.add_exception_handler(OSError, os_error)
+
     @app.middleware("http")
     async def recovered(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         response = await call_next(request)
         if response.status_code < 500:
             once.clear("redis")
+            once.clear("files")
         return response
 
     app.include_router(routes.probes)

@@ -12,6 +12,7 @@ import uvicorn
 from fep_api import headlimit
 from fepha import config
 from fepha.config import ConfigError
+from fepha.listen import listener
 from fepha.logsetup import setup as log_setup
 
 STOP_S = 2  # seconds (uvicorn takes an int)
@@ -39,14 +40,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fep_api.app import create_app
 
-    server = uvicorn.Server(server_config(create_app(cfg), args.bind or cfg.api_bind, args.port or cfg.api_port,
-                                          cfg.api_head_timeout_s))
+    host, port = args.bind or cfg.api_bind, args.port or cfg.api_port
+    try:  # our listening socket: it refuses connections cleanly when the process is out of descriptors
+        sock = listener(host, port, "api")
+    except OSError as exc:
+        print(f"fep-api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
+        return 1
+    server = uvicorn.Server(server_config(create_app(cfg), host, port, cfg.api_head_timeout_s))
     # uvicorn raises the signal again once its graceful shutdown is done, for the handler that was in place
     # before: with the default one the process ended killed by SIGTERM (status 143), not with 0 as every other
     # service after a clean stop. Handlers that do nothing take that second delivery.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run()  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
+    server.run(sockets=[sock])  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
     return 0 if server.started else 1
 
 

@@ -10,6 +10,7 @@ RTU changed. docs/forwarder.md describes the whole path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
 
 from . import freshness
-from .base import ControlOutcome, ForwardServer, Update, server_class
+from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
 from .resume import Sid, parse_cursors, sid_text
 from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
@@ -143,6 +144,7 @@ class Forwarder:
         self.values: dict[int, Value] = {}
         self.src_rtu: dict[int, int | None] = {}  # routed source point -> acquisition RTU, None: virtual
         self.staleness = freshness.Staleness()
+        self.judge_now = asyncio.Event()
         self.replica = freshness.ReplicaWatch()
         self.vip_probe = leftbehind.VipProbe(cfg)  # a master left behind: every value NT (rule 1)
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
@@ -150,7 +152,19 @@ class Forwarder:
 
     # --- main loop -------------------------------------------------------------------------------------
 
+    def _stalled(self, seconds: float) -> None:
+        """This process was stalled (SIGSTOP, starved): the verdict is as old as the stall, and a lease holder
+        may have died meanwhile. Every value is NT at once, before any request read after the stall is
+        handled (a master's hello or interrogation waiting in the socket), until the next check, run now,
+        gives the verdict again."""
+        self._set_staleness(freshness.Staleness(
+            f"this forwarder was stalled for {seconds:.1f} s (stopped or starved): checking again",
+            self.staleness.rtus))
+        self.judge_now.set()
+
     async def run(self) -> None:
+        STALLS.ensure_running()
+        STALLS.listeners.append(self._stalled)
         tasks = [asyncio.create_task(self._housekeeping(), name="forwarder-housekeeping"),
                  asyncio.create_task(self._watch_config(), name="forwarder-cfgwatch"),
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
@@ -172,6 +186,7 @@ class Forwarder:
                 finally:
                     await local.aclose()
         finally:
+            STALLS.listeners.remove(self._stalled)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -486,8 +501,10 @@ class Forwarder:
         local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 0))
         try:
             while not self.stop.is_set():
+                self.judge_now.clear()
                 await self._judge(local)
-                await self._sleep(period)
+                with contextlib.suppress(TimeoutError):  # a stall (`_stalled`) asks for a check at once
+                    await asyncio.wait_for(self.judge_now.wait(), period)
         finally:
             await self.vip_probe.aclose()
             await local.aclose()

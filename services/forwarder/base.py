@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import dataclasses
+import fcntl
 import logging
 import ssl
+import struct
+import termios
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -49,6 +53,60 @@ class ControlSink(Protocol):
         """Run a control on the source point of `fwd` (a ZFDO/ZFAO row) through the lease holder;
         `value` is in engineering units of the source point. Never raises for a failed control."""
         ...
+
+
+class StallWatch:
+    """When was this process last able to read its sockets? A request read right after the event loop was
+    stalled (the process SIGSTOPped, starved of CPU, swapped out) may have waited in the kernel's socket
+    buffer for the whole stall: its master sent it that long ago, may have given up on it and closed the
+    connection, and its control must not run as if it had just arrived. A timer chain ticks every TICK_S; a gap
+    over STALL_S between two ticks is a stall. `possible_age_s()` is how long a request being handled now
+    may have waited unread: the stall still going on (the ticker not yet run after it), or one that ended
+    within GRACE_S (requests read in the burst after it), else 0."""
+
+    TICK_S = 0.1
+    STALL_S = 1.0
+    GRACE_S = 0.5
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self.stall: tuple[float, float] | None = None  # (start, end) of the last stall
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Callable[[float], None]] = []
+        """Called with the stall's length when one is seen: from the loop's first timers after it, so before
+        the requests read after it are handled (their handling starts in the next iteration)."""
+
+    def ensure_running(self) -> None:
+        """Start ticking on the running loop (a chain of call_later, not a task: nothing to stop)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or loop.is_closed():
+            self._loop, self.last, self.stall = loop, time.monotonic(), None
+            loop.call_later(self.TICK_S, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # a loop of the past (tests run one per test)
+        now = time.monotonic()
+        stalled = now - self.last > self.STALL_S
+        if stalled:
+            self.stall = (self.last, now)
+        self.last = now
+        loop.call_later(self.TICK_S, self._tick, loop)
+        if stalled:
+            for listener in list(self.listeners):
+                listener(now - self.stall[0])  # type: ignore[index]
+
+    def possible_age_s(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        if now - self.last > self.STALL_S:
+            return now - self.last
+        if self.stall is not None and now - self.stall[1] <= self.GRACE_S:
+            return now - self.stall[0]
+        return 0.0
+
+
+STALLS = StallWatch()
+"""The process's one watch (every server's run_control asks it)."""
 
 
 @dataclass
@@ -112,9 +170,21 @@ class ForwardServer(abc.ABC):
         `timeout_ms`: what is left of the request's time (default: the server's control timeout)."""
         self.counts.controls += 1
         t0 = time.monotonic()
+        if timeout_ms is None:
+            timeout_ms = self.control_timeout_ms or getattr(self.controls, "timeout_ms", None)
+        stalled_s = STALLS.possible_age_s(t0)
+        if stalled_s and timeout_ms is not None:
+            # read right after the process was stalled: it may have waited unread that long; only what is
+            # left of its time (if anything) is given to it, so it never runs after its deadline
+            timeout_ms -= int(stalled_s * 1000)
+            if timeout_ms <= 0:
+                out = ControlOutcome(False, "expired", f"not run: it may have waited {stalled_s:.1f} s unread "
+                                     "while this forwarder was stalled (stopped or starved), past its deadline")
+                self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id,
+                                 value, origin, out.reason)
+                return out
         try:
-            out = await self.controls.execute(fwd, value, origin,
-                                              self.control_timeout_ms if timeout_ms is None else timeout_ms)
+            out = await self.controls.execute(fwd, value, origin, timeout_ms)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
@@ -251,3 +321,47 @@ def server_class(protocol: str) -> type[ForwardServer]:
     cls = getattr(importlib.import_module(module), name)
     assert issubclass(cls, ForwardServer)
     return cls
+
+
+UNFLUSHED_GRACE_S = 1.0
+"""How long a closed connection's unsent bytes may wait for the master to read them before the socket is
+aborted (a master that never reads would otherwise hold it, and its buffer, for ever)."""
+
+
+def abort_unflushed(writer: asyncio.StreamWriter, grace_s: float = UNFLUSHED_GRACE_S) -> None:
+    """After `writer.close()`: abort the transport if what it still has to send is not gone in `grace_s`
+    (asyncio's close() waits for the peer to read it, as long as the peer lives)."""
+    transport = writer.transport
+    if transport.get_write_buffer_size() > 0:
+        asyncio.get_running_loop().call_later(grace_s, transport.abort)
+
+
+def unsent_bytes(transport: asyncio.WriteTransport) -> int:
+    """What `transport` still has to get to its peer: its own buffer plus the kernel's send queue (Linux
+    TIOCOUTQ: bytes not yet acknowledged by the peer), so that a peer reading slowly behind megabytes of
+    kernel buffer is seen making progress long before the kernel lets asyncio write again."""
+    n = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError, ValueError):
+            n += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+    return n
+
+
+async def drain_unless_stalled(writer: asyncio.StreamWriter, stall_s: float) -> bool:
+    """`writer.drain()`, False when nothing of what waits unsent (`unsent_bytes`) reached the peer for
+    `stall_s` (the peer does not read). A slow peer that reads (a narrow link taking a large image) keeps
+    making progress and is waited for."""
+    transport = writer.transport
+    left = unsent_bytes(transport)
+    since = time.monotonic()
+    while True:
+        try:
+            await asyncio.wait_for(writer.drain(), min(stall_s, 0.5))
+            return True
+        except TimeoutError:
+            now_left = unsent_bytes(transport)
+            if now_left < left:
+                left, since = now_left, time.monotonic()
+            elif time.monotonic() - since >= stall_s:
+                return False

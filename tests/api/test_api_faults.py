@@ -66,3 +66,25 @@ async def test_configuration_loaded_again_after_data_loss_is_served(loaded, fepr
     assert replace_config(loaded.client(), rows).gen == 1
     r = await c.get("/api/v1/rtus/3")
     assert r.status_code == 404, r.text
+
+
+async def test_out_of_file_descriptors_is_503_not_500(loaded, ar, make_api, monkeypatch) -> None:
+    """A request that needs a file the process cannot open (EMFILE: its descriptors used up, measured on
+    fep-api in tests/faults/test_resources.py: a lazy import of the first query check) is a 503 saying so;
+    the next one, descriptors free again, a 200."""
+    import errno
+
+    from fep_api import query
+
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    real = query.rules
+
+    def out_of_fds(*_: object) -> object:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(query, "rules", out_of_fds)
+    r = await c.get("/api/v1/points/101")
+    assert r.status_code == 503 and r.json()["detail"].startswith("out of file descriptors"), r.text
+    monkeypatch.setattr(query, "rules", real)
+    assert (await c.get("/api/v1/points/101")).status_code == 200

@@ -226,3 +226,34 @@ def test_stopped_never_demotes_without_a_master_peer_holding_the_vip(tmp_path: P
         assert role(old) == "master"
     log = (tmp_path / "role.log").read_text()
     assert "did not take over" in log and "still on this host" in log and "peer Redis unreachable" in log
+
+
+def test_an_empty_redis_is_not_promoted_nor_kept_master_while_the_peer_has_a_configuration(tmp_path: Path) -> None:
+    """The master's Redis restarted without its data (files lost) boots as a replica of the peer, which is
+    a replica itself (its master was that Redis): no sync either way (NOMASTERLINK). Promoted by the role
+    script's MASTER reconciliation, the empty Redis wiped the peer's copy at the peer's next resync. Now the
+    role script refuses that promotion and the track script fails, so keepalived moves the VIP to the peer,
+    whose Redis has the data. Either check passes again once the local Redis has a configuration, and
+    neither asks more of a peer that does not answer."""
+    with RedisProc() as peer, RedisProc() as empty:
+        peer.client().set("fep:cfg:gen", 1)
+        peer.client().replicaof("127.0.0.1", 1)  # its master gone (the lost Redis, not yet back): link down
+        empty.client().replicaof(peer.host, peer.port)  # booted empty as the peer's replica: NOMASTERLINK
+        env = script_env(empty, peer, "127.0.0.1", tmp_path)  # 127.0.0.1: "this host holds the VIP"
+        assert once("MASTER", env) == 1
+        assert role(empty) == f"slave {peer.port}"
+        assert "not promoting (it would wipe the peer's copy)" in (tmp_path / "role.log").read_text()
+        track = [str(KA / "check-redis.sh")]
+        assert subprocess.run(track, env=env, timeout=10, check=False).returncode != 0
+        assert subprocess.run(track, env={**env, "PEER_REDIS_PORT": "1"}, timeout=10, check=False).returncode == 0
+        peer.client().replicaof("no", "one")  # the VIP moved there: promoted; the empty one resyncs from it
+        end = time.monotonic() + 10
+        while empty.client().get("fep:cfg:gen") != "1":
+            assert time.monotonic() < end, "the empty Redis did not resync from the peer"
+            time.sleep(0.05)
+        assert subprocess.run(track, env=env, timeout=10, check=False).returncode == 0
+        assert once("MASTER", env) == 0 and role(empty) == "master"  # with its data back, it may be promoted
+        fresh = script_env(empty, peer, "127.0.0.1", tmp_path)
+        empty.client().flushall()
+        peer.client().flushall()  # both empty (a first start): nothing to protect
+        assert subprocess.run(track, env=fresh, timeout=10, check=False).returncode == 0

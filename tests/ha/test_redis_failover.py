@@ -68,3 +68,30 @@ def test_partition_between_nodes_heals_to_one_master(lab: Lab) -> None:
     lab.wait_for(lambda: loser.redis_cli("get", "fep:ha:side") == winner.redis_cli("get", "fep:ha:side"), 15,
                  "loser resynced from the winner")
     assert winner.redis_cli("get", "fep:ha:side") == winner.id
+
+
+def test_master_redis_restarted_without_its_data_never_wipes_the_replica(lab: Lab) -> None:
+    """A's Redis (master, A holds the VIP) killed and started again with its data directory gone (a lost
+    volume): it boots empty as a replica of B, which neither can sync from (NOMASTERLINK). The role script
+    used to promote it at once (A still holds the VIP) and B resynced from it: configuration gone on both.
+    Now A's Redis is not promoted, A's track script fails, the VIP moves to B, B's Redis is promoted with
+    the data and A's resyncs from it; B's copy holds the configuration all along."""
+    import shutil
+    import signal
+
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    lab.start_pair()
+    lab.sysload_init(a)
+    lab.wait_for(lambda: b.redis_cli("get", "fep:cfg:gen") == "1", 10, "B in sync")
+    a.procs["redis"].stop(signal.SIGKILL)
+    shutil.rmtree(a.dir / "redis")
+    t0 = time.monotonic()
+    a.start_redis()
+    end = time.monotonic() + 20
+    while not (b.has_vip() and b.role() == "master"):
+        assert b.redis_cli("get", "fep:cfg:gen") == "1", "B's copy wiped by the empty Redis"
+        assert time.monotonic() < end, f"VIP not on B: {(a.dir / 'redis-role.log').read_text()[-1500:]}"
+        time.sleep(0.1)
+    FIGURES["lost_data_vip_to_peer_s"] = round(time.monotonic() - t0, 2)
+    lab.wait_for(lambda: a.redis_cli("get", "fep:cfg:gen") == "1", 15, "A's Redis resynced from B")
+    assert b.redis_cli("get", "fep:cfg:gen") == "1" and a.role() == "slave" and not a.has_vip()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import struct
 import time
@@ -38,7 +39,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.base import STALLS, ForwardServer, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
     GATEWAY_PATH_UNAVAILABLE,
@@ -51,6 +52,7 @@ from fep_forwarder.modbus_trains.addrmap import (
 )
 from fep_forwarder.modbus_trains.pdu import WRITES, check, write_echo
 from fepha import datatypes
+from fepha.listen import listener
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
 _WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
@@ -149,6 +151,8 @@ class _Handler(ServerRequestHandler):
         self.pending: deque[tuple[float, int, int, bytes]] = deque()  # (arrival, tid, unit, pdu), in order
         self.worker: asyncio.Task[None] | None = None
         self.paused = False
+        self.writable = asyncio.Event()  # cleared while the transport's write buffer is over its high-water mark
+        self.writable.set()
 
     def _close(self, why: str) -> None:
         """Drop this connection, logging `why` once per client address."""
@@ -205,6 +209,9 @@ class _Handler(ServerRequestHandler):
         owner: ModbusTrainsServer = self.server.fwd
         try:
             while self.pending:
+                # a master that does not read its answers: stop answering (and so, with MAX_PENDING, reading)
+                # until it does, instead of queueing answers without bound
+                await self.writable.wait()
                 arrived, tid, unit, pdu = self.pending[0]  # stays queued while in progress (repeat check)
                 answer = await owner.answer(unit, pdu, arrived)
                 self.pending.popleft()
@@ -218,8 +225,15 @@ class _Handler(ServerRequestHandler):
         finally:
             self.worker = None
 
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
+        self.writable.set()  # the worker sees the closed transport and ends
         while len(self.pending) > (self.worker is not None):  # the one in progress finishes (not answered)
             self.pending.pop()
         self.server.fwd.conns.pop(getattr(self, "peer", None), None)
@@ -261,6 +275,7 @@ class ModbusTrainsServer(ForwardServer):
 
     # -- ForwardServer ----------------------------------------------------------------------------------
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         devices = [SimDevice(self.value_device, simdata=_area_blocks(self.amap), action=self._values_action)]
         if self.quality_unit is not None:
             devices.append(SimDevice(self.quality_unit, simdata=_area_blocks(self.amap),
@@ -270,8 +285,17 @@ class ModbusTrainsServer(ForwardServer):
         srv.fwd = self
         srv.context = _GuardedCore(self, devices)
         try:
+            sock = listener(self.bind, port, f"modbus_trains RTU {self.rtu.id}")
+        except OSError as exc:
+            raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
+        # pymodbus's listen() creates its server through `call_create`: on our socket, which refuses
+        # connections cleanly when the process is out of file descriptors (fepha.listen)
+        srv.call_create = functools.partial(asyncio.get_running_loop().create_server, srv.handle_new_connection,
+                                            sock=sock, start_serving=True)
+        try:
             await srv.serve_forever(background=True)
-        except RuntimeError as exc:  # pymodbus reports a failed bind this way
+        except RuntimeError as exc:  # pymodbus reports a failed listen this way
+            sock.close()
             raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
         self._srv = srv
         log.info("modbus_trains RTU %s listening on %s:%s unit %s", self.rtu.id, self.bind, self.port, self.unit)

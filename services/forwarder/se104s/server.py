@@ -17,9 +17,10 @@ from typing import Any
 
 from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
+from fepha.listen import listener
 
 from ..allow import peer_host
-from ..base import ForwardServer, Update
+from ..base import STALLS, ForwardServer, Update, abort_unflushed
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -51,10 +52,11 @@ class Se104Server(ForwardServer):
     # --- ForwardServer -------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
-        self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
-                                                  ssl_handshake_timeout=self.t0 if self.tls else None,
-                                                  reuse_address=True)
+        sock = listener(self.bind, port, f"se104s RTU {self.rtu.id}")
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls,
+                                                  ssl_handshake_timeout=self.t0 if self.tls else None)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 
@@ -120,6 +122,7 @@ class Se104Server(ForwardServer):
             io.writer.close()
         except (ConnectionError, OSError, RuntimeError):
             pass
+        abort_unflushed(io.writer)
 
     def _clients_changed(self) -> None:
         if self.on_clients_changed is not None:
@@ -159,6 +162,9 @@ class Se104Server(ForwardServer):
                     s.awaiting_cursor = False
                     self._spawn(io, self._resume(s))
                 self._flush(s, io)
+                # a master that does not read what we owe it (TESTFR con, S frames): read no more from it
+                # until it does, so its answers do not pile up without bound (t1 still runs)
+                await writer.drain()
         except ProtocolError as exc:
             reason = f"protocol error: {exc}"
             log.warning("se104s RTU %s: master %s sent a malformed frame (%s): closing that connection",
@@ -183,7 +189,7 @@ class Se104Server(ForwardServer):
                 writer.close()
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError):
-                pass
+                writer.transport.abort()  # a master that never reads what is still buffered
 
     def _run(self, io: ConnIO, ctl: Control) -> None:
         self._spawn(io, self.station.execute(ctl))

@@ -19,9 +19,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import ForwardServer, Update
+from fep_forwarder.base import STALLS, ForwardServer, Update, abort_unflushed, drain_unless_stalled
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
+from fepha.listen import listener
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
@@ -124,6 +125,10 @@ class _Conn:
                         return
             except codec.ProtocolError as exc:
                 self.fail(exc.code, exc.msg)
+                return
+            try:  # answers to a master that does not read: read no more from it until it does
+                await self.writer.drain()
+            except (ConnectionError, OSError):
                 return
 
     async def hello(self, msg: dict[str, Any]) -> None:
@@ -300,7 +305,11 @@ class _Conn:
                 if frames:
                     self.writer.write(b"".join(codec.encode(f) for f in frames))
                     self.last_tx = time.monotonic()
-                    await self.writer.drain()
+                    if not await drain_unless_stalled(self.writer, 3 * hb):
+                        # it may send (so its silence does not close it) but does not read: the same limit
+                        log.info("sefeps RTU %s master %s: nothing it was sent was read for %g s: closing",
+                                 self.server.rtu.id, self.peer, 3 * hb)
+                        return
                 if self.closing and not self.out:
                     return
         except (ConnectionError, OSError):
@@ -337,10 +346,11 @@ class SefepsServer(ForwardServer):
         # controls_ok, control_latency_ms_sum, connections_refused
 
     async def start(self) -> None:
+        STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
-        self._server = await asyncio.start_server(self._serve, self.bind, port, ssl=self.tls,
-                                                  reuse_address=True)
+        sock = listener(self.bind, port, f"sefeps RTU {self.rtu.id}")
+        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:
@@ -466,6 +476,7 @@ class SefepsServer(ForwardServer):
                 t.cancel()
             await asyncio.gather(wtask, *conn.commands.values(), return_exceptions=True)
             writer.close()
+            abort_unflushed(writer)
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             self.conns.pop(conn, None)

@@ -1,0 +1,72 @@
+"""The log directory's disk full (a real 64 KiB tmpfs): the program goes on logging to stderr, says once
+that its file cannot be written and once that it can again, instead of logging's traceback per record."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fepha.config import LogConfig
+from fepha.logsetup import setup
+from tests.prereq import require
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    require(None if os.geteuid() == 0 else "mounting a tmpfs needs root", "the full-disk test")
+    d = tmp_path / "disk"
+    d.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)], check=True)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        yield d
+    finally:
+        try:
+            for h in root.handlers:
+                if h not in saved[0]:
+                    with contextlib.suppress(OSError):  # its last flush, on the full disk
+                        h.close()
+            root.handlers[:], root.level = saved
+        finally:
+            subprocess.run(["umount", str(d)], check=True)
+
+
+def fill(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def test_a_full_log_disk_costs_two_lines_on_stderr_not_a_traceback_per_record(tiny_disk: Path, capfd) -> None:
+    setup("svc", LogConfig(dir=str(tiny_disk / "log"), level="INFO", max_bytes=1 << 20, backups=2, console=True))
+    log = logging.getLogger("svc")
+    log.warning("before")
+    fill(tiny_disk / "fill")
+    for i in range(50):
+        log.warning("while full %d %s", i, "y" * 200)
+    err = capfd.readouterr().err
+    assert "Logging error" not in err and "Traceback" not in err, err[:3000]
+    assert err.count("cannot write") == 1 and "No space left on device" in err, err[:3000]
+    assert err.count("while full") == 50  # stderr has every record
+    (tiny_disk / "fill").unlink()
+    log.warning("after")
+    err = capfd.readouterr().err
+    m = re.search(r"can be written again; (\d+) records failed", err)
+    assert m and 1 <= int(m.group(1)) <= 50, err  # the file's last page took the first few
+    for h in logging.getLogger().handlers:
+        h.flush()
+    text = (tiny_disk / "log" / "svc.log").read_text(errors="replace")
+    assert "before" in text and "after" in text and "can be written again" in text
