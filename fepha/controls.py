@@ -7,14 +7,24 @@ acquirer's executor. `wait` always ends with a definite result: done, failed, ex
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fepha import keyspace as ks
 from fepha.redisfns import Call
 
 DONE, FAILED, EXPIRED, UNKNOWN = "done", "failed", "expired", "unknown"
+MISSING = "missing"
+"""ctl_abandon's answer for a control the master does not hold (the VIP moved to a Redis that never got it)."""
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+"""A read of the reply that failed on the link (connection dropped as the VIP moved, a lossy link's timeout):
+reading runs nothing, so the wait reads again."""
+REREAD_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,21 +84,37 @@ async def submit(master: Any, rtu: int, point: int, value: float, origin: str, t
 
 
 async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
-    """Wait for the result; past the deadline, abandon it so it can never run late."""
+    """Wait for the result; past the deadline, abandon it so it can never run late.
+
+    The control is already queued: a read that fails on the link (the role watch dropped the connection
+    as the VIP moved, or a lossy link timed it out) is read again on a new connection, wherever the VIP
+    now leads, until the deadline. Reading a reply runs nothing, so a control that ran is confirmed as
+    done instead of answered unknown while its result is there to read. Past the deadline a failure is
+    raised to the caller (unknown)."""
     end = time.monotonic() + timeout_ms / 1000 + 0.5
     while True:
         left = end - time.monotonic()
-        if left > 0:
-            got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
-            if got:
-                return parse_reply(ctl_id, got[1])
+        try:
+            if left > 0:
+                got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
+                if got:
+                    return parse_reply(ctl_id, got[1])
+                continue
+            state = await master.fcall(*abandon_call(ctl_id).argv)
+            got = await master.lpop(ks.control_reply(ctl_id))
+        except LINK_ERRORS:
+            if time.monotonic() >= end:
+                raise
+            await asyncio.sleep(REREAD_S)
             continue
-        state = await master.fcall(*abandon_call(ctl_id).argv)
-        got = await master.lpop(ks.control_reply(ctl_id))
         if got:
             return parse_reply(ctl_id, got)
         if state in (EXPIRED, UNKNOWN):
             return Result(ctl_id, state, "deadline passed")
+        if state == MISSING:
+            return Result(ctl_id, UNKNOWN, "the master Redis does not hold this control (the VIP moved)")
+        if state in (DONE, FAILED):  # final, its reply already read by a read whose answer was lost
+            return Result(ctl_id, state, str(await master.hget(ks.control(ctl_id), "result") or ""))
         # the master's clock is behind ours: try again shortly
         end = time.monotonic() + 0.2
 
