@@ -50,23 +50,28 @@ class Housekeeping:
         self.moved = asyncio.Event()  # set by the role watch: the VIP moved, the master connections are stale
         self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved)  # run by app.py
+        self._side: asyncio.Task | None = None  # heartbeat and metrics, beside the ticks
         self.stopping = False
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
         say so in the heartbeat, so that the other node hands nothing over to this one."""
 
     async def loop(self) -> None:
         """The ticks; the role watch (`roles.run`) runs beside it as its own task (app.py), so that stopping
-        one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it)."""
-        while True:
-            t0 = time.monotonic()
-            self.moved.clear()
-            await self._tick_unless_moved()
-            if not self.moved.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.moved.wait(),
-                                           max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
-            if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
-                await rolewatch.drop_connections(self.master)  # the executor retries); the tick reconnects
+        one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it).
+        The heartbeat and metrics run beside the ticks too (`_side_work`), ended with the loop."""
+        try:
+            while True:
+                t0 = time.monotonic()
+                self.moved.clear()
+                await self._tick_unless_moved()
+                if not self.moved.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.moved.wait(),
+                                               max(0.05, self.cfg.lease_tick_s - (time.monotonic() - t0)))
+                if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
+                    await rolewatch.drop_connections(self.master)  # the executor retries); the tick reconnects
+        finally:
+            await cancel_all(self._side)
 
     async def _tick_unless_moved(self) -> None:
         """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be
@@ -97,10 +102,18 @@ class Housekeeping:
         self.moved.set()
 
     async def tick(self) -> None:
-        await self._watch_roles()
-        await self._leases()
+        """The master's run id and the lease calls in one round trip's time (two requests in parallel), then
+        invalidation; heartbeat and metrics go out beside the ticks (`_side_work`). On a slow link the
+        round trips of one tick add up, and leases renewed further apart than lease_ttl_s lapse: with INFO,
+        the lease calls, the heartbeat and the metrics one after the other, a 0.8 s round trip between the
+        nodes (docs/ha.md "Degraded links") spaced the holder's renewals more than 3 s apart."""
+        await asyncio.gather(self._watch_roles(), self._leases())
         await asyncio.gather(*(r.invalidate() for r in self.runners.values()
                                if r.lease.held and not r.reaches()))
+        if self._side is None or self._side.done():  # one at a time: a slow link does not pile them up
+            self._side = asyncio.create_task(self._side_work(), name="acquirer-heartbeat")
+
+    async def _side_work(self) -> None:
         now = time.monotonic()
         try:
             if now - self._last_beat >= self.cfg.heartbeat_s:
