@@ -20,13 +20,22 @@ from fep_acquirer.app import Acquirer
 from fepha import keyspace as ks
 from fepha import redisconn, redisfns
 from tests.acquirer.helpers import free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.redisproc import RedisProc
 from tests.vip import Vip
 
 ONE_WAY_S = 0.4  # a round trip of 0.8 s
 WATCH_S = 12.0
+PASSWORD = "slow-link"
 
 
-async def test_a_lease_renewed_through_a_slow_link_stays_with_its_holder(redis_master, feproot) -> None:
+async def test_a_lease_renewed_through_a_slow_link_stays_with_its_holder(feproot) -> None:
+    """With a password, as compose.yml runs Redis: a new connection costs AUTH and CLIENT SETINFO, two
+    round trips before its first command."""
+    with RedisProc(password=PASSWORD) as redis_master:
+        await slow_holder(redis_master, feproot)
+
+
+async def slow_holder(redis_master: RedisProc, feproot) -> None:
     rows = merge(rtu_rows(1, free_port()), rtu_rows(2, free_port()))
     model = load(redis_master, rows)
     sim = await start_sim(model)
@@ -34,14 +43,16 @@ async def test_a_lease_renewed_through_a_slow_link_stays_with_its_holder(redis_m
     vip_port = await vip.start()
     # the product's timers (cfg/fep-ha.cfg): tick 1 s, TTL 3 s, heartbeat 2 s
     cfg = dataclasses.replace(node_cfg(feproot, redis_master, "B", lease_tick_s=1.0, lease_ttl_s=3.0,
-                                       heartbeat_s=2.0, takeover_s=90.0, socket_timeout_s=2.0),
+                                       heartbeat_s=2.0, takeover_s=90.0, socket_timeout_s=2.0,
+                                       password=PASSWORD),
                               port=vip_port)
     master = redisconn.master_async(cfg)
     local = redisconn.local_async(cfg)
     acq = Acquirer(cfg, master, local)
     stop = asyncio.Event()
     task = asyncio.create_task(acq.run(stop, config_check_s=1.0))
-    a_conn = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    a_conn = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True,
+                          password=PASSWORD)
     bidding = asyncio.Event()
 
     async def node_a() -> None:  # bids for every lease every 0.2 s, straight on the master
