@@ -44,6 +44,10 @@ class Claimed:
     point: int
     value: float
     remaining_ms: int
+    deadline: float = 0.0
+    """The deadline on this process's monotonic clock, counted from when the claim was sent: the master ran
+    the claim after that, so this is never later than its deadline however slow the link (counted from the
+    answer's arrival it was late by the answer's trip and the replication wait)."""
 
 
 def submit_call(ctl_id: int, rtu: int, point: int, value: float, origin: str, timeout_ms: int) -> Call:
@@ -222,6 +226,7 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     if action == WAIT:  # WAIT with no replica attached would always sit out its whole timeout
         pipe.wait(1, replica_wait_ms)
         pipe.info("replication")
+    sent = time.monotonic()
     out = await pipe.execute()
     res = out[0]
     if int(res[0]) != 1:
@@ -235,7 +240,7 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     if guard.refused:
         await finish(master, ctl_id, False, guard.refused)
         return None
-    return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]))
+    return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]), sent + int(res[3]) / 1000)
 
 
 async def finish(master: Any, ctl_id: int, ok: bool, result: str) -> bool:

@@ -20,6 +20,7 @@ from fepha import keyspace as ks
 from fepha.logsetup import OnceLogger
 
 log = logging.getLogger("acquirer")
+LATE = "not written: the deadline passed before the claim's answer came back from the master (slow link)"
 
 
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
@@ -71,7 +72,12 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         return
     if once:
         once.clear("replication")
-    left_s = max(0.001, claimed.remaining_ms / 1000)
+    left_s = claimed.deadline - time.monotonic()
+    if left_s <= 0:  # the claim's answer came back after the deadline (a slow link): never written late
+        metrics.inc("controls_failed")
+        log.warning("control %d (rtu %d point %d) %s", ctl_id, runner.rtu.id, claimed.point, LATE)
+        await controls.finish(master, ctl_id, False, LATE)
+        return
     try:
         how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,
                                                         deadline=time.monotonic() + left_s), left_s)
