@@ -7,14 +7,24 @@ acquirer's executor. `wait` always ends with a definite result: done, failed, ex
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fepha import keyspace as ks
 from fepha.redisfns import Call
 
 DONE, FAILED, EXPIRED, UNKNOWN = "done", "failed", "expired", "unknown"
+MISSING = "missing"
+"""ctl_abandon's answer for a control the master does not hold (the VIP moved to a Redis that never got it)."""
+LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+"""A read of the reply that failed on the link (connection dropped as the VIP moved, a lossy link's timeout):
+reading runs nothing, so the wait reads again."""
+REREAD_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +44,10 @@ class Claimed:
     point: int
     value: float
     remaining_ms: int
+    deadline: float = 0.0
+    """The deadline on this process's monotonic clock, counted from when the claim was sent: the master ran
+    the claim after that, so this is never later than its deadline however slow the link (counted from the
+    answer's arrival it was late by the answer's trip and the replication wait)."""
 
 
 def submit_call(ctl_id: int, rtu: int, point: int, value: float, origin: str, timeout_ms: int) -> Call:
@@ -74,25 +88,38 @@ async def submit(master: Any, rtu: int, point: int, value: float, origin: str, t
 
 
 async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
-    """Wait for the result; past the deadline, abandon it so it can never run late."""
+    """Wait for the result; past the deadline, abandon it so it can never run late.
+
+    The control is already queued: a read that fails on the link (the role watch dropped the connection
+    as the VIP moved, or a lossy link timed it out) is read again on a new connection, wherever the VIP
+    now leads, until the deadline. Reading a reply runs nothing, so a control that ran is confirmed as
+    done instead of answered unknown while its result is there to read. Past the deadline a failure is
+    raised to the caller (unknown)."""
     end = time.monotonic() + timeout_ms / 1000 + 0.5
     while True:
         left = end - time.monotonic()
-        if left > 0:
-            got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
-            if got:
-                return parse_reply(ctl_id, got[1])
+        try:
+            if left > 0:
+                got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
+                if got:
+                    return parse_reply(ctl_id, got[1])
+                continue
+            state = await master.fcall(*abandon_call(ctl_id).argv)
+            got = await master.lpop(ks.control_reply(ctl_id))
+        except LINK_ERRORS:
+            if time.monotonic() >= end:
+                raise
+            await asyncio.sleep(REREAD_S)
             continue
-        state = await master.fcall(*abandon_call(ctl_id).argv)
-        got = await master.lpop(ks.control_reply(ctl_id))
         if got:
             return parse_reply(ctl_id, got)
         if state in (EXPIRED, UNKNOWN):
             return Result(ctl_id, state, "deadline passed")
-        if state in (DONE, FAILED):  # its reply is gone: expired early by a master clock ahead (docs/ha.md)
+        if state == MISSING:  # gone: its key expired, the master lost its data, or the VIP moved to one without it
+            return Result(ctl_id, UNKNOWN, "the master Redis no longer holds this control")
+        if state in (DONE, FAILED):  # final: its reply read by a read whose answer was lost, or expired early
+            # by a master clock ahead (docs/ha.md "Clocks")
             return Result(ctl_id, state, str(await master.hget(ks.control(ctl_id), "result") or ""))
-        if state == "missing":  # the control itself is gone (its key expired, or the master lost its data)
-            return Result(ctl_id, UNKNOWN, "control no longer in the master Redis")
         # the master's clock is behind ours: try again shortly
         end = time.monotonic() + 0.2
 
@@ -200,6 +227,7 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     if action == WAIT:  # WAIT with no replica attached would always sit out its whole timeout
         pipe.wait(1, replica_wait_ms)
         pipe.info("replication")
+    sent = time.monotonic()
     out = await pipe.execute()
     res = out[0]
     if int(res[0]) != 1:
@@ -213,7 +241,7 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     if guard.refused:
         await finish(master, ctl_id, False, guard.refused)
         return None
-    return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]))
+    return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]), sent + int(res[3]) / 1000)
 
 
 async def finish(master: Any, ctl_id: int, ok: bool, result: str) -> bool:

@@ -4,6 +4,12 @@ Pure: the I/O task asks `next_attempt(now)` which channel to try and when, and r
 `failed(now, error)`. While neither channel works the machine keeps alternating, one channel for
 `switch_s` at a time.
 
+A channel counts as down from its first failure until it has then worked `switch_s` without a failure: a
+flapping channel (a lossy link: connects, times out, connects again) is switched away from `switch_s`
+after its first failure, as a dead one is. Reset at each reconnection, the timer kept such a channel
+active while the other one worked (HA lab, 40 % loss on channel 1: switched after 24 s with a 3 s
+switch time; docs/ha.md "Degraded links").
+
 `now` is a monotonic clock (time.monotonic()): a wall-clock step (NTP, manual setting) must neither
 switch a channel early nor hold it back. The optional `wall` argument is the same instant on the wall
 clock, kept only for display (`since`, written as `ch<n>_since_ms` for the api); without it `since` is `now`.
@@ -29,7 +35,8 @@ class ChannelSwitcher:
     backoff_min_s: float
     backoff_max_s: float
     active: int = 0
-    down_since: float | None = None  # when the active channel went (or started) without a connection
+    down_since: float | None = None  # first failure of the active channel not followed by switch_s of work
+    up_since: float | None = None  # last connection of the active channel
     backoff: float = 0.0
     info: dict[int, ChannelInfo] = field(default_factory=dict)
 
@@ -42,15 +49,19 @@ class ChannelSwitcher:
         info = self.info[self.active]
         if not info.connected:
             info.connected, info.since = True, now if wall is None else wall
-        self.down_since = None
+        self.up_since = now
         self.backoff = self.backoff_min_s
 
     def failed(self, now: float, error: str, wall: float | None = None) -> None:
         """A connect attempt or an established connection of the active channel failed."""
         info = self.info[self.active]
-        if info.connected or self.down_since is None:  # first failure: shortest backoff
+        stable = self.up_since is not None and info.connected and now - self.up_since >= self.switch_s
+        if info.connected or self.down_since is None:
             info.since = now if wall is None else wall
+        if self.down_since is None or stable:  # a new outage (none yet, or it had worked switch_s since)
             self.down_since = now
+            self.backoff = self.backoff_min_s
+        elif info.connected:  # flapping: connected again, failed again; retried at once as after any loss
             self.backoff = self.backoff_min_s
         else:
             self.backoff = min(self.backoff * 2, self.backoff_max_s)
@@ -58,15 +69,14 @@ class ChannelSwitcher:
 
     def next_attempt(self, now: float) -> tuple[int, float]:
         """(channel to try, delay before trying): switches when the active one was down for switch_s."""
-        if (self.down_since is not None and len(self.channels) > 1
-                and now - self.down_since >= self.switch_s):
+        if self.down_since is None or self.info[self.active].connected:
+            return self.active, 0.0
+        if len(self.channels) > 1 and now - self.down_since >= self.switch_s:
             i = self.channels.index(self.active)
             self.active = self.channels[(i + 1) % len(self.channels)]
             self.info[self.active].switches += 1
-            self.down_since = now
+            self.down_since, self.up_since = now, None
             self.backoff = self.backoff_min_s
-            return self.active, 0.0
-        if self.down_since is None:
             return self.active, 0.0
         delay = self.backoff
         if len(self.channels) > 1:

@@ -51,6 +51,9 @@ async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: 
             await asyncio.sleep(FINISH_RETRY_S)
 
 
+LATE = "not written: the deadline passed before the claim's answer came back from the master (slow link)"
+
+
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
                        once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5,
                        gained: asyncio.Event | None = None) -> None:
@@ -100,8 +103,13 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         return
     if once:
         once.clear("replication")
-    left_s = max(0.001, claimed.remaining_ms / 1000)
-    until = time.monotonic() + left_s + FINISH_GRACE_S
+    left_s = claimed.deadline - time.monotonic()
+    until = time.monotonic() + max(0.0, left_s) + FINISH_GRACE_S
+    if left_s <= 0:  # the claim's answer came back after the deadline (a slow link): never written late
+        metrics.inc("controls_failed")
+        log.warning("control %d (rtu %d point %d) %s", ctl_id, runner.rtu.id, claimed.point, LATE)
+        await finish_surely(master, ctl_id, False, LATE, until)
+        return
     try:
         how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,
                                                         deadline=time.monotonic() + left_s), left_s)

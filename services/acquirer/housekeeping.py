@@ -28,7 +28,7 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_all
 from fep_acquirer.writer import Writer, send_fcalls
-from fepha import events, heartbeat, redisfns, rolewatch
+from fepha import events, heartbeat, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
@@ -72,25 +72,35 @@ class Housekeeping:
         self.gained = asyncio.Event()  # set at a lease gain: the control executor looks at that queue now
         self.roles = rolewatch.RoleWatch(local, cfg.role_watch_s, self._vip_moved, cfg.vip)  # run by app.py
         self.failing_since: float | None = None  # monotonic time of the first lease tick refused or failed
+        self._side: asyncio.Task | None = None  # heartbeat and metrics, beside the ticks
+        self._invalid: asyncio.Task | None = None  # IV for held RTUs not reached, beside the ticks
+        self.ticker = redisconn.own_pool(master)
+        """The master for the ticks' INFO and lease calls, with connections of its own (`own_pool`)."""
         self.stopping = False
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
         say so in the heartbeat, so that the other node hands nothing over to this one."""
 
     async def loop(self) -> None:
         """The ticks; the role watch (`roles.run`) runs beside it as its own task (app.py), so that stopping
-        one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it)."""
-        while True:
-            t0 = time.monotonic()
-            self.moved.clear()
-            await self._tick_unless_moved()
-            if not self.moved.is_set():
-                now = time.monotonic()
-                failing = None if self.failing_since is None else now - self.failing_since
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.moved.wait(), tick_delay(
-                        self.cfg.lease_tick_s, now - t0, self.cfg.role_watch_s, failing, self.cfg.lease_ttl_s))
-            if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
-                await rolewatch.drop_connections(self.master)  # the executor retries); the tick reconnects
+        one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it).
+        The heartbeat, metrics and invalidation run beside the ticks (`tick`), ended with the loop."""
+        try:
+            while True:
+                t0 = time.monotonic()
+                self.moved.clear()
+                await self._tick_unless_moved()
+                if not self.moved.is_set():
+                    now = time.monotonic()
+                    failing = None if self.failing_since is None else now - self.failing_since
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.moved.wait(), tick_delay(
+                            self.cfg.lease_tick_s, now - t0, self.cfg.role_watch_s, failing, self.cfg.lease_ttl_s))
+                if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
+                    # the executor retries); the tick reconnects
+                    await rolewatch.drop_connections(self.master, self.ticker)
+        finally:
+            await cancel_all(self._side, self._invalid)
+            await self.ticker.aclose()
 
     async def _tick_unless_moved(self) -> None:
         """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be
@@ -121,10 +131,24 @@ class Housekeeping:
         self.moved.set()
 
     async def tick(self) -> None:
-        await self._watch_roles()
-        await self._leases()
-        await asyncio.gather(*(r.invalidate() for r in self.runners.values()
-                               if r.lease.held and not r.reaches()))
+        """The master's run id and the lease calls in one round trip's time (two requests in parallel, on
+        connections of their own: `ticker`); heartbeat, metrics and the invalidation of devices not reached
+        go out beside the ticks (`_side_work`, `_invalidate`, one of each at a time). On a slow link the
+        round trips of one tick add up, and leases renewed further apart than lease_ttl_s lapse: with INFO,
+        the lease calls, the invalidation, the heartbeat and the metrics one after the other, each new
+        connection paying AUTH and CLIENT SETINFO first, a 0.8 s round trip between the nodes (docs/ha.md
+        "Degraded links") spaced the holder's renewals more than 3 s apart."""
+        await asyncio.gather(self._watch_roles(), self._leases())
+        if self._side is None or self._side.done():  # one at a time: a slow link does not pile them up
+            self._side = asyncio.create_task(self._side_work(), name="acquirer-heartbeat")
+        if self._invalid is None or self._invalid.done():
+            self._invalid = asyncio.create_task(self._invalidate(), name="acquirer-invalidate")
+
+    async def _invalidate(self) -> None:
+        """IV on the points of each held RTU whose device is not reached (written through the writer)."""
+        await asyncio.gather(*(r.invalidate() for r in self.runners.values() if r.lease.held and not r.reaches()))
+
+    async def _side_work(self) -> None:
         now = time.monotonic()
         try:
             if now - self._last_beat >= self.cfg.heartbeat_s:
@@ -168,7 +192,7 @@ class Housekeeping:
     async def _watch_roles(self) -> None:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
         try:
-            run_id = (await self.master.info("server"))["run_id"]
+            run_id = (await self.ticker.info("server"))["run_id"]
         except Exception as exc:  # noqa: BLE001 - unreachable master
             self.master_ok = False
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
@@ -213,7 +237,7 @@ class Housekeeping:
                  for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]
-        extra = self.master.pipeline(transaction=False)  # channel switches and states: rare
+        extra = self.ticker.pipeline(transaction=False)  # channel switches and states: rare
         for r in runners:
             for sw in r.switched:
                 events.add(extra, "channel", node, r.rtu.id, **sw)
@@ -224,7 +248,7 @@ class Housekeeping:
                 extra.hset(ks.channel_state(r.rtu.id, node), mapping=st)
         extra.hget(ks.CLOCK, "gen")  # last: the master clock's gen, which the ticks just checked
         try:
-            res = await send_fcalls(self.master, argvs)
+            res = await send_fcalls(self.ticker, argvs)
             res += await extra.execute(raise_on_error=False)
             self.note_clock(res[-1])
         except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL

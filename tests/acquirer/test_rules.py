@@ -186,6 +186,29 @@ def test_channel_switch_on_monotonic_since_on_wall_clock():
     assert s.state()["ch2_since_ms"] == "1700000005000" and s.state()["active"] == "2"
 
 
+def test_a_flapping_channel_is_switched_as_a_dead_one():
+    """A lossy channel 1 connects again after each failure and fails again within the switch time: it
+    counts as down from its first failure and is switched after switch_s (it used to stay active, its
+    timer reset at every reconnection). A channel that then works switch_s without a failure has
+    recovered: its next failure starts a new outage."""
+    s = ChannelSwitcher((1, 2), switch_s=3, backoff_min_s=0.05, backoff_max_s=0.2)
+    assert s.next_attempt(0) == (1, 0.0)
+    s.connected(0)
+    for t in (10.0, 11.2, 12.4):              # fails, reconnects 0.1 s later, works ~1 s, fails again
+        s.failed(t, "no answer within the timeout")
+        assert s.next_attempt(t) == (1, 0.05)
+        s.connected(t + 0.1)
+    s.failed(13.1, "no answer within the timeout")
+    assert s.next_attempt(13.1) == (2, 0.0)    # 3.1 s after the first failure
+    assert s.info[2].switches == 1
+    s.connected(13.2)
+    s.failed(20.0, "reset")                     # channel 2 worked 6.8 s: a new outage, no switch yet
+    assert s.next_attempt(20.0) == (2, 0.05)
+    s.connected(20.1)
+    s.failed(21.0, "reset")
+    assert s.next_attempt(22.9)[0] == 2 and s.next_attempt(23.0) == (1, 0.0)
+
+
 def test_single_channel_never_switches():
     s = ChannelSwitcher((1,), switch_s=1, backoff_min_s=0.5, backoff_max_s=1)
     s.failed(0, "x")
