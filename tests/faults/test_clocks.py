@@ -148,6 +148,7 @@ async def test_running_acquirer_takes_the_lease_within_ttl_on_a_promoted_replica
             await until(lambda: a.acq.runners and a.acq.runners[1].lease.held, 5)
             task = asyncio.create_task(acq_b.run(stop_b, config_check_s=0.1))
             await until(lambda: acq_b.runners and acq_b.runners[1].reaches(), 5)
+            await until(lambda: acq_b.house.clock_gen == "0", 5)  # B has ticked on R: the step is news to it
             lc = local.client()
             local.caught_up(r)  # A's lease and stamps are on L
             assert lc.hget(ks.lease(1), "holder") == "A"
