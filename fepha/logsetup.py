@@ -6,6 +6,7 @@ so a dead device does not flood the log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.handlers
 import sys
@@ -35,12 +36,10 @@ class LogFile(logging.handlers.RotatingFileHandler):
                     f"{self.failed} records failed to be written to it meanwhile (stderr has them)\n")
             self.failed = 0
             sys.stderr.write(line)
-            try:
-                if self.stream is not None:
+            if self.stream is not None:
+                with contextlib.suppress(OSError):  # it failed again: the next record says so
                     self.stream.write(line)
                     self.stream.flush()
-            except OSError:
-                pass
 
     def handleError(self, record: logging.LogRecord) -> None:
         exc = sys.exc_info()[1]
