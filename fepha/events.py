@@ -33,6 +33,13 @@ def fields(kind: str, node: str | None = None, rtu: int | None = None, ts_ms: in
     return out
 
 
+def command(kind: str, node: str | None = None, rtu: int | None = None, **detail: Any) -> tuple[str, ...]:
+    """The XADD of one event as a raw command, for a caller that packs its commands itself (the acquirer's
+    lease tick sends its channel events in its one round trip: `writer.send_fcalls`)."""
+    pairs = fields(kind, node, rtu, **detail).items()
+    return ("XADD", ks.EVENTS, "MAXLEN", "~", str(ks.EVENTS_MAXLEN), "*", *(x for kv in pairs for x in kv))
+
+
 def add(r: Any, kind: str, node: str | None = None, rtu: int | None = None, **detail: Any) -> Any:
     """XADD one event on `r` (a client, sync or async, or a pipeline: queued with the writer's other
     commands, so the event goes out with the state change it describes). Returns what `xadd` returns."""

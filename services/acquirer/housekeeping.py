@@ -231,25 +231,26 @@ class Housekeeping:
         reach = [r.reaches() for r in runners]
         # stopping (handover.py): renew what is held, bid for nothing (no lease is taken on the way out)
         ticking = [(r, ok) for r, ok in zip(runners, reach, strict=True) if r.lease.held or not self.stopping]
-        # lease ticks first (their results are res[0:len(ticking)]), then the link states: one round trip
-        # packed by hiredis (send_fcalls), as redis-py's pipeline packs and parses 2 x RTUs calls in Python
+        # lease ticks first (their results are res[0:len(ticking)]), then the link states, the channel events
+        # and states when they changed, and the master clock's gen: one round trip packed by hiredis
+        # (send_fcalls), as redis-py's pipeline packs and parses 2 x RTUs calls in Python, and a second round
+        # trip would space the renewals further apart on a slow link (docs/ha.md "Degraded links")
         argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv
                  for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]
-        extra = self.ticker.pipeline(transaction=False)  # channel switches and states: rare
+        tail: list[tuple[str, ...]] = []  # channel switches and states: rare
         for r in runners:
             for sw in r.switched:
-                events.add(extra, "channel", node, r.rtu.id, **sw)
+                tail.append(events.command("channel", node, r.rtu.id, **sw))
             r.switched = []
             st = r.switcher.state()
             if st != self.sent_state.get(r.rtu.id):
                 states[r.rtu.id] = st
-                extra.hset(ks.channel_state(r.rtu.id, node), mapping=st)
-        extra.hget(ks.CLOCK, "gen")  # last: the master clock's gen, which the ticks just checked
+                tail.append(("HSET", ks.channel_state(r.rtu.id, node), *(x for kv in st.items() for x in kv)))
+        tail.append(("HGET", ks.CLOCK, "gen"))  # last: the master clock's gen, which the ticks just checked
         try:
-            res = await send_fcalls(self.ticker, argvs)
-            res += await extra.execute(raise_on_error=False)
+            res = await send_fcalls(self.ticker, argvs, tail)
             self.note_clock(res[-1])
         except Exception as exc:  # noqa: BLE001 - master unreachable: the lease lapses after its TTL
             self.master_ok = False

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,17 +31,20 @@ class WriteResult:
     error: str = ""
 
 
-async def send_fcalls(r: Any, argvs: list[tuple[Any, ...]]) -> list[Any]:
-    """FCALL each argv in one round trip (a pipeline), packed by hiredis: redis-py's asyncio client packs
-    in pure Python, which for one write_values call of 1000 changes (2000+ arguments) cost about 1 ms,
-    about half of the acquirer's whole CPU per change (bench/acquire.py). Error replies come back as
-    exceptions in the list; a broken connection raises (and is dropped, never reused half-read)."""
+async def send_fcalls(r: Any, argvs: list[tuple[Any, ...]], tail: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
+    """FCALL each argv, then each command of `tail` as it stands, in one round trip (a pipeline), packed by
+    hiredis: redis-py's asyncio client packs in pure Python, which for one write_values call of 1000 changes
+    (2000+ arguments) cost about 1 ms, about half of the acquirer's whole CPU per change (bench/acquire.py).
+    Error replies come back as exceptions in the list; a broken connection raises (and is dropped, never
+    reused half-read)."""
+    packed = [hiredis.pack_command(("FCALL", *argv)) for argv in argvs]
+    packed += [hiredis.pack_command(tuple(cmd)) for cmd in tail]
     pool = r.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command([hiredis.pack_command(("FCALL", *argv)) for argv in argvs])
+        await conn.send_packed_command(packed)
         results: list[Any] = []
-        for _ in argvs:
+        for _ in packed:
             try:
                 results.append(await conn.read_response())
             except ResponseError as exc:

@@ -452,3 +452,35 @@ async def test_the_executor_takes_up_a_queued_control_at_the_lease_gain(redis_ma
         gained.set()
         await asyncio.wait_for(loop, 3)
         await r.aclose()
+
+
+async def test_a_tick_with_a_channel_switch_is_one_round_trip(redis_master, feproot, monkeypatch):
+    """A tick's lease calls, link states, channel switch events and states, and its read of the master clock's
+    gen go out as one packed send: on a slow link each further round trip spaces the renewals further apart
+    (docs/ha.md "Degraded links": a channel-state change used to add a pipeline of its own)."""
+    from fep_acquirer import housekeeping
+
+    sends: list[int] = []
+    real = housekeeping.send_fcalls
+
+    async def counted(r, argvs, tail=()):
+        sends.append(len(argvs) + len(tail))
+        return await real(r, argvs, tail)
+
+    monkeypatch.setattr(housekeeping, "send_fcalls", counted)
+    model = load(redis_master, merge(rtu_rows(1, free_port())))
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    try:
+        r = a.master
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+        a.acq.house.ticker.pipeline = lambda *_, **__: pytest.fail("a tick sent a second round trip")
+        sim.cut(1, 1)
+        await until(lambda: _field(r, ks.channel_state(1, "A"), "active", "2"), 5)
+        kinds = [e[1]["kind"] for e in await r.xrange(ks.EVENTS)]
+        assert "channel" in kinds
+        assert a.acq.house.clock_gen == "0"  # read in the same send, last
+        assert sends and max(sends) > 2  # ticks, link states and at least the clock gen
+    finally:
+        await a.stop()
+        await sim.stop()
