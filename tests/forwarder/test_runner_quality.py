@@ -112,13 +112,16 @@ async def rule1_scene(r: aredis.Redis, cfg: Any, port: int) -> AsyncIterator[tup
 async def test_replica_cut_off_sets_nt_on_every_value_then_recovery_clears_it(
         redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
     """Issue 10 problem 2: node B's Redis loses its replication link -> NT on every value served on B
-    within quality_replica_down_s (+ one check period), cleared spontaneously with the fresh value after."""
+    within quality_replica_down_s (+ one check period), cleared spontaneously with the fresh value after.
+    Not before it by more than a second: a quiet link's silence before the cut (Redis's
+    master_last_io_seconds_ago, whole seconds) counts as cut off (fepha.freshness.ReplicaWatch), and "1"
+    may mean 0.01 s (CI saw NT 0.59 s after the cut with a 1.5 s limit)."""
     master, replica = redis_pair
     port = free_port()
     replace_config(master.client(), se104s_rows(feproot, port))
     r = aredis.Redis(host=master.host, port=master.port, decode_responses=True)
     await redisfns.load_async(r)
-    limit_s = 1.5
+    limit_s = 2.5
     # lease TTL of a minute and no poll stamps: only rule 1 (replica cut off) can fire here
     cfg = dataclasses.replace(quality_cfg(master, quality_replica_down_s=limit_s), node_id="B",
                               local_host=replica.host, local_port=replica.port)
@@ -129,7 +132,7 @@ async def test_replica_cut_off_sets_nt_on_every_value_then_recovery_clears_it(
             await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
                         "NT on every watched value")
             took = time.monotonic() - t0
-            assert limit_s - 0.1 <= took <= limit_s + TICK_S + 1.0, took
+            assert limit_s - 1.1 <= took <= limit_s + TICK_S + 1.0, took
             assert spont_q(m, 1001)[-1] == (pytest.approx(7.0), True)  # the frozen value, marked NT
             during = await gi(m)
             assert all(during[ioa][1] for ioa in WATCHED), during
