@@ -35,14 +35,25 @@ def vrrp_pid(node: Node) -> int:
     return int((node.dir / "run" / "vrrp.pid").read_text().split()[0])
 
 
-def kill_keepalived(node: Node, with_start_sh: bool) -> None:
+def kill_keepalived(node: Node, with_start_sh: bool) -> list[int]:
     """SIGKILL by PID: start.sh first when asked (so that no script runs after keepalived), then keepalived's
-    parent and its VRRP process (which, SIGKILLed, gives nothing away)."""
+    parent and its VRRP process (which, SIGKILLed, gives nothing away). Returns keepalived's two PIDs."""
     pids = [keepalived_pid(node), vrrp_pid(node)]
     if with_start_sh:
         os.kill(node.procs["keepalived"].pid, signal.SIGKILL)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def gone(pid: int) -> bool:
+    """No such process any more, not even a zombie waiting to be reaped (keepalived takes a PID in its pid
+    file that still answers signal 0 for a running daemon, and refuses to start: "daemon is already running")."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def follows(node: Node, master: Node) -> bool:
@@ -111,10 +122,13 @@ def test_start_sh_and_keepalived_killed_the_node_holding_the_vip_serves_nt(lab: 
 def test_start_sh_started_again_removes_a_leftover_vip_before_keepalived(lab: Lab) -> None:
     old = lab.start_pair()
     new = old.peer
-    kill_keepalived(old, with_start_sh=True)
+    killed = kill_keepalived(old, with_start_sh=True)
     lab.wait_for(lambda: new.has_vip() and new.role() == "master", 15, f"VIP and master on node {new.id}", 0.05)
     assert old.has_vip()                               # left behind: two holders
     pidfile = old.dir / "run" / "keepalived.pid"     # the killed keepalived's, left behind too
+    # a container restart ends every process of the container; here the killed ones must also have been
+    # reaped by this machine's init first (CI once restarted keepalived while they were still zombies)
+    lab.wait_for(lambda: all(gone(p) for p in killed), 10, f"the killed keepalived gone from node {old.id}", 0.05)
     time.sleep(0.05)
     t_restart = time.time()
     old.start_keepalived()                             # the container restarted (restart: unless-stopped)
