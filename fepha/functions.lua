@@ -62,7 +62,7 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms[, polled_age_ms])
+-- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
 -- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms or polled_ms beyond now:
 -- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
@@ -76,9 +76,14 @@ end
 -- renews and records when it last reached the device (and, given polled_age_ms, its last complete poll as
 -- polled_ms, which forwarders judge staleness by); the other node takes over only if it reaches the
 -- device and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
+-- reaches: 1 fully, 2 in part (a poll failed or left a block unanswered within the node's reach window):
+-- in part counts for a free, lapsed or handed-over lease but neither stamps the holder's reached_ms nor
+-- takes over, so a node that reaches the device fully takes over a partial holder after takeover_ms and
+-- the partial node never takes it back (no flapping between two partial nodes either).
 local function lease_tick(keys, args)
   local lease, events = keys[1], keys[2]
-  local rtu, node, reaches = args[1], args[2], args[3] == '1'
+  local rtu, node = args[1], args[2]
+  local reaches, fully = args[3] == '1' or args[3] == '2', args[3] == '1'
   local ttl, takeover = tonumber(args[4]), tonumber(args[5])
   local polled = tonumber(args[6] or '')  -- ms since the node's last complete poll; -1: none yet
   local now = now_ms()
@@ -90,7 +95,7 @@ local function lease_tick(keys, args)
   local reason = nil
   if holder == node then
     local fields = {'expires_ms', now + ttl}
-    if reaches then
+    if fully then
       table.insert(fields, 'reached_ms'); table.insert(fields, now)
     end
     if polled ~= nil and polled >= 0 then  -- issue 10b: the holder's last complete poll, master clock
@@ -105,7 +110,7 @@ local function lease_tick(keys, args)
     reason = 'lapsed'
   elseif reaches and l['handover'] == node and now <= tonumber(l['handover_until_ms'] or '0') then
     reason = 'handover'
-  elseif reaches and now - reached >= takeover then
+  elseif fully and now - reached >= takeover then
     reason = 'takeover'
   end
   if reason == nil then

@@ -10,6 +10,12 @@ after its first failure, as a dead one is. Reset at each reconnection, the timer
 active while the other one worked (HA lab, 40 % loss on channel 1: switched after 24 s with a 3 s
 switch time; docs/ha.md "Degraded links").
 
+"Works" means complete polls, not only an open connection: a poll in which a block went unanswered (a
+timeout or a gateway's 0x0B, the connection kept: `polled(now, complete=False)`) is a failure of the
+channel too. A device that accepts the connection and answers only some requests never closed it, so the
+RTU stayed on that channel for good while the other one worked; now `polled` tells the runner to close
+the connection once the channel has not worked for `switch_s`, and `next_attempt` switches.
+
 `now` is a monotonic clock (time.monotonic()): a wall-clock step (NTP, manual setting) must neither
 switch a channel early nor hold it back. The optional `wall` argument is the same instant on the wall
 clock, kept only for display (`since`, written as `ch<n>_since_ms` for the api); without it `since` is `now`.
@@ -36,7 +42,8 @@ class ChannelSwitcher:
     backoff_max_s: float
     active: int = 0
     down_since: float | None = None  # first failure of the active channel not followed by switch_s of work
-    up_since: float | None = None  # last connection of the active channel
+    up_since: float | None = None  # start of the active channel's work: its connection, or its first
+    # complete poll after an incomplete one (None: not working now)
     backoff: float = 0.0
     info: dict[int, ChannelInfo] = field(default_factory=dict)
 
@@ -66,6 +73,24 @@ class ChannelSwitcher:
         else:
             self.backoff = min(self.backoff * 2, self.backoff_max_s)
         info.connected, info.last_error = False, error
+
+    def polled(self, now: float, complete: bool, error: str = "") -> bool:
+        """A poll on the connected active channel, `complete` when every block was answered. Returns True
+        when the channel has not worked for `switch_s` (down since its first failure, connection or
+        incomplete poll, without `switch_s` of complete polls since) and there is another channel: the
+        caller then closes the connection and reports it with `failed`."""
+        if complete:
+            if self.up_since is None:
+                self.up_since = now
+            if self.down_since is not None and now - self.up_since >= self.switch_s:
+                self.down_since = None  # worked a whole switch time: recovered
+            return False
+        stable = self.up_since is not None and now - self.up_since >= self.switch_s
+        if self.down_since is None or stable:
+            self.down_since = now
+        self.up_since = None
+        self.info[self.active].last_error = error
+        return len(self.channels) > 1 and now - self.down_since >= self.switch_s
 
     def next_attempt(self, now: float) -> tuple[int, float]:
         """(channel to try, delay before trying): switches when the active one was down for switch_s."""

@@ -16,7 +16,16 @@ def reach_window_s(poll_s: float, timeout_s: float, tick_s: float) -> float:
 
 
 def reaches(now: float, last_ok: float | None, window_s: float) -> bool:
+    """A poll reached the device (answered, completely or in part) within the window."""
     return last_ok is not None and now - last_ok <= window_s
+
+
+def reaches_fully(now: float, last_ok: float | None, last_bad: float | None, window_s: float) -> bool:
+    """Reached, and no poll within the window failed or left a block unanswered. What the lease compares
+    (`lease_tick`'s reach 1 vs 2): a holder whose polls fail now and then (every other one) or that never
+    gets an answer for one block stops stamping `reached_ms`, so a standby that reaches the device fully
+    takes over after `takeover_s`, and cannot be taken back by the partial node."""
+    return reaches(now, last_ok, window_s) and (last_bad is None or now - last_bad > window_s)
 
 
 @dataclass

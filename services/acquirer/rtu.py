@@ -12,8 +12,8 @@ import time
 
 from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
-from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError
-from fep_acquirer.lease import LeaseView, reach_window_s, reaches
+from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError, NoAnswer
+from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
@@ -90,6 +90,14 @@ class RunnerBase:
         self.once.clear(f"{self.key} full image")
         return held_in_redis(raw)
 
+    def reaches(self) -> bool:
+        raise NotImplementedError
+
+    def reaches_fully(self) -> bool:
+        """Reached with nothing missing (the lease's reach 1, else 2): as `reaches` unless a runner can tell
+        a partial answer."""
+        return self.reaches()
+
     async def run(self) -> None:
         raise NotImplementedError
 
@@ -109,7 +117,8 @@ class RtuRunner(RunnerBase):
         self._sync_pending = False  # full image asked: compare with the master's values once, then write
         self._image_pending = False  # replayed at a lease gain, the image owed with the next poll
         self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
-        self.last_ok: float | None = None  # monotonic time of the last complete answer
+        self.last_ok: float | None = None  # monotonic time of the last poll that reached the device
+        self.last_bad: float | None = None  # monotonic time of the last poll with a block unanswered, or failed
         self.polled_ts_ms = 0  # wall time of that poll: the time of its samples
         self.stale_ms = int(cfg.quality_stale_polls * self.poll_s * 1000)
         self._gain: asyncio.Task[None] | None = None  # the writes at a lease gain (`lease_gained`)
@@ -121,6 +130,9 @@ class RtuRunner(RunnerBase):
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
+
+    def reaches_fully(self) -> bool:
+        return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s)
 
     def polled_age_ms(self) -> int:
         """ms since the last complete poll (-1: none yet); the holder's becomes the lease's polled_ms."""
@@ -142,7 +154,8 @@ class RtuRunner(RunnerBase):
                 self.once.clear(f"{self.key} channel {ch}")
                 await self._poll_loop(link)
             except LinkError as exc:
-                self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
+                self.last_bad = time.monotonic()
+                self.switcher.failed(self.last_bad, str(exc), wall=time.time())
                 self.once.problem(f"{self.key} channel {ch}", str(exc))
             finally:
                 self.link = None
@@ -219,6 +232,11 @@ class RtuRunner(RunnerBase):
         else:
             self.once.clear(f"{self.key} read")
         self.last_ok = time.monotonic()
+        unanswered = next((f"{b.area}{b.start}+{b.count}: {a}" for b, a in zip(self.blocks, got, strict=True)
+                           if isinstance(a, NoAnswer)), "")
+        if unanswered:
+            self.last_bad = self.last_ok
+        give_up = self.switcher.polled(self.last_ok, not unanswered, unanswered)
         samples.update(delta)
         ts_ms = self.polled_ts_ms = int(time.time() * 1000)
         if self.lease.held:
@@ -226,6 +244,8 @@ class RtuRunner(RunnerBase):
             self.standby.holding(delta)
         else:
             self.standby.observe(delta, ts_ms)
+        if give_up:  # the connection is open but the channel has not worked for switch_s: switch
+            raise LinkError(f"no complete poll for {self.switcher.switch_s:g} s ({unanswered})")
 
     def _due(self, delta: dict[int, Sample]) -> dict[int, Sample]:
         """What the tracker must judge this poll: see `poll`."""

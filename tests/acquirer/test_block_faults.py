@@ -18,7 +18,7 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
-from fepha.semodel.model import Rtu
+from fepha.semodel.model import Channel, Rtu
 from tests.acquirer.test_mbtcp import RecordingWriter, link_to, serve
 from tests.acquirer.test_rules import pt
 
@@ -274,3 +274,43 @@ async def test_tshark_finds_nothing_wrong_in_our_requests(tmp_path) -> None:
     assert out.count("Modbus/TCP") >= 2 * (len(got) + 3)
     assert "Malformed" not in out and "Expert Info (Error" not in out and "Expert Info (Warning" not in out
     assert "Exception" not in out
+
+
+async def test_a_channel_leaving_a_block_unanswered_is_switched_for_one_that_answers_all(caplog) -> None:
+    """Channel 1's device keeps the connection open and answers blocks hr 0 and hr 200 but never hr 100;
+    channel 2's answers every block. Before: hr 100 stayed invalid for good on channel 1, the device
+    "reached", no switch ever. Now: channel 1 has not worked since its first incomplete poll, so the
+    runner switches after channel_switch_s; hr 100 is invalid meanwhile, then current; the holder does not
+    count as reaching fully meanwhile (the lease's reach 2, docs/acquirer.md)."""
+    bad, good = Device(), Device()
+    bad.script[100] = "silent"
+    servers = [await serve(d) for d in (bad, good)]
+    rtu = Rtu(id=1, name="r", rtutype=0, protocol="modbus", points=POINTS, timeout_ms=100, poll_ms=100,
+              channels=tuple(Channel(rtu=1, no=n, host="127.0.0.1", port=port, unit=7)
+                             for n, (_, port) in enumerate(servers, 1)))
+    cfg = NodeConfig(channel_switch_s=0.8, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    run = RtuRunner(rtu, cfg, RecordingWriter(), Metrics("A"), OnceLogger(logging.getLogger("t.blocks")))  # type: ignore[arg-type]
+    run.lease.update("A", 1)
+    run.start()
+    try:
+        t0 = time.monotonic()
+        while not bad.reads:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        assert run.switcher.active == 1 and qualities(run) == [0, IV, 0]
+        assert run.reaches() and not run.reaches_fully()
+        while run.switcher.active == 1:
+            assert time.monotonic() - t0 < 2.0, "never switched to channel 2"
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - t0 >= 0.8
+        while qualities(run) != [0, 0, 0]:
+            assert time.monotonic() - t0 < 2.5
+            await asyncio.sleep(0.02)
+        assert good.reads and "no complete poll" in run.switcher.info[1].last_error
+        await asyncio.sleep(run.window_s + 0.05)
+        assert run.reaches_fully()
+    finally:
+        await run.stop()
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
