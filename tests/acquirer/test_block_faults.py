@@ -314,3 +314,53 @@ async def test_a_channel_leaving_a_block_unanswered_is_switched_for_one_that_ans
         for server, _ in servers:
             server.close()
             await server.wait_closed()
+
+
+class GatedWriter(RecordingWriter):
+    """Records each write (with its records' times) and answers only when `gate` is set: a slow master."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.times: list[dict[int, int]] = []
+
+    async def write(self, rtu: int, epoch: int, pairs: list[str]):
+        from fepha import points as fpt
+        self.times.append({int(pid): fpt.decode(rec).ts_ms for pid, rec in zip(pairs[::2], pairs[1::2], strict=True)})
+        await self.gate.wait()
+        return await super().write(rtu, epoch, pairs)
+
+
+async def test_polls_go_on_while_a_write_waits_and_their_writes_follow_in_order(polled) -> None:
+    """The poll loop's poll (wait=False) queues its write and returns: while the master does not answer,
+    polls go on; their writes follow in order once it does, merged where no waiting change would be lost
+    (each record with the time of the poll that read it), split where a point changed again. Meanwhile
+    the lease's polled age is that of the newest poll whose values are all written."""
+    dev, run, link, _ = polled
+    w = run.writer = GatedWriter()
+    w.gate.set()
+    await run.poll(link)                                   # everything written once
+    w.gate.clear()
+    w.calls.clear()
+    w.times.clear()
+    dev.bump = 1
+    await run.poll(link, wait=False)                       # 11, 12, 13: in flight, not answered
+    t_first = run.last_ok
+    await asyncio.sleep(0.05)
+    await run.poll(link, wait=False)                       # nothing changed: merged into nothing waiting
+    dev.script[200] = 0x02                                 # hr 200 refused: its point invalid
+    await run.poll(link, wait=False)
+    ts_third = run.polled_ts_ms
+    dev.script.clear()
+    dev.bump = 2
+    await run.poll(link, wait=False)                       # all change again: hr 0 and hr 100 would be lost
+    assert [len(b.samples) for b in run._pending] == [1, 3]  # hr 200 invalid; then all three
+    assert run.polled_age_ms() >= 50 and run.polled_age_ms() >= int((time.monotonic() - t_first) * 1000) - 5
+    w.gate.set()
+    await run.flush()
+    ids = [p.id for p in POINTS]
+    assert w.calls == [{ids[0]: (11.0, 0), ids[1]: (12.0, 0), ids[2]: (13.0, 0)},
+                       {ids[2]: (13.0, IV)},
+                       {ids[0]: (12.0, 0), ids[1]: (13.0, 0), ids[2]: (14.0, 0)}]
+    assert w.times[1] == {ids[2]: ts_third}
+    assert 0 <= run.polled_age_ms() < 50
