@@ -19,6 +19,7 @@ from fep_acquirer.rtu import RtuRunner
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Channel, Rtu
+from tests.acquirer.helpers import free_port, until
 from tests.acquirer.test_mbtcp import RecordingWriter, link_to, serve
 from tests.acquirer.test_rules import pt
 
@@ -364,3 +365,29 @@ async def test_polls_go_on_while_a_write_waits_and_their_writes_follow_in_order(
                        {ids[0]: (12.0, 0), ids[1]: (13.0, 0), ids[2]: (14.0, 0)}]
     assert w.times[1] == {ids[2]: ts_third}
     assert 0 <= run.polled_age_ms() < 50
+
+
+async def test_a_partial_channel_is_taken_back_at_once_when_the_other_is_dead() -> None:
+    """Channel 1 leaves hr 100 unanswered, channel 2 refuses connections: after the switch the runner goes
+    back to channel 1 at channel 2's first failure, so hr 0 and hr 200 are read again within a poll or
+    two, not after channel_switch_s without any value."""
+    bad = Device()
+    bad.script[100] = "silent"
+    server, port = await serve(bad)
+    rtu = Rtu(id=1, name="r", rtutype=0, protocol="modbus", points=POINTS, timeout_ms=100, poll_ms=100,
+              channels=(Channel(rtu=1, no=1, host="127.0.0.1", port=port, unit=7),
+                        Channel(rtu=1, no=2, host="127.0.0.1", port=free_port(), unit=7)))
+    cfg = NodeConfig(channel_switch_s=0.6, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    run = RtuRunner(rtu, cfg, RecordingWriter(), Metrics("A"), OnceLogger(logging.getLogger("t.blocks")))  # type: ignore[arg-type]
+    run.lease.update("A", 1)
+    run.start()
+    try:
+        await until(lambda: run.switcher.info[2].switches == 1, 3)
+        t_switch, reads = time.monotonic(), len(bad.reads)
+        await until(lambda: run.switcher.active == 1 and len(bad.reads) > reads, 1)
+        assert time.monotonic() - t_switch < 0.3
+        assert run.switcher.info[1].switches == 1 and qualities(run) == [0, IV, 0]
+    finally:
+        await run.stop()
+        server.close()
+        await server.wait_closed()

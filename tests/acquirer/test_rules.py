@@ -257,6 +257,32 @@ def test_reaches_and_reaches_fully(now, last_ok, last_bad, expected):
     assert (reaches(now, last_ok, 3.0), reaches_fully(now, last_ok, last_bad, 3.0)) == expected
 
 
+def test_a_partial_channel_left_for_one_that_fails_is_taken_back_at_once():
+    """Channel 1 answers every block but one; channel 2 is dead (not wired). Leaving channel 1 after
+    switch_s, the runner must not spend switch_s without any value on channel 2: it goes back to channel 1
+    at channel 2's first failure, and tries channel 2 again after another switch_s. A channel 2 that
+    answers a poll (even in part) is kept by the normal rules."""
+    s = ChannelSwitcher((1, 2), switch_s=3, backoff_min_s=0.05, backoff_max_s=0.2)
+    s.connected(0)
+    assert not s.polled(0.0, False) and s.polled(3.0, False)
+    s.failed(3.0, "no complete poll")
+    assert s.next_attempt(3.0) == (2, 0.0)
+    s.failed(3.1, "connect refused")
+    assert s.next_attempt(3.1) == (1, 0.0)              # back at once, not at 6.0
+    assert s.info[1].switches == 1 and s.info[2].switches == 1
+    s.connected(3.2)
+    assert not s.polled(3.2, False) and not s.polled(6.1, False) and s.polled(6.2, False)
+    s.failed(6.2, "no complete poll")
+    assert s.next_attempt(6.2) == (2, 0.0)              # channel 2 tried again
+    s.connected(6.3)
+    assert not s.polled(6.3, False)                     # it answers, in part: the normal rules
+    s.failed(6.4, "reset")
+    assert s.next_attempt(6.4) == (2, 0.05)             # no going back: down since 6.3, switch at 9.3
+    assert s.next_attempt(9.3) == (1, 0.0)
+    s.failed(9.4, "refused")                            # a dead channel 1 (not left for partial polls)
+    assert s.next_attempt(9.4)[0] == 1
+
+
 def test_single_channel_never_switches():
     s = ChannelSwitcher((1,), switch_s=1, backoff_min_s=0.5, backoff_max_s=1)
     s.failed(0, "x")
