@@ -391,3 +391,25 @@ async def test_a_partial_channel_is_taken_back_at_once_when_the_other_is_dead() 
         await run.stop()
         server.close()
         await server.wait_closed()
+
+
+async def test_waiting_writes_are_bounded_the_newest_poll_merged_past_the_bound(polled) -> None:
+    """A point that changes at every poll while the master does not answer: each poll waits as a write of
+    its own up to PENDING_MAX, then the newest polls are merged into the last one (only the latest value
+    of each point then, as while Redis is unreachable); the writes follow in order once it answers."""
+    from fep_acquirer.rtu import PENDING_MAX
+
+    dev, run, link, _ = polled
+    w = run.writer = GatedWriter()
+    w.gate.set()
+    await run.poll(link)
+    w.gate.clear()
+    w.calls.clear()
+    for bump in range(1, PENDING_MAX + 4):
+        dev.bump = bump
+        await run.poll(link, wait=False)
+    assert len(run._pending) == PENDING_MAX  # the first in flight, not waiting
+    w.gate.set()
+    await run.flush()
+    firsts = [c[POINTS[0].id][0] for c in w.calls]
+    assert firsts == [10 + b for b in range(1, PENDING_MAX + 1)] + [10 + PENDING_MAX + 3]
