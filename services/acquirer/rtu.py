@@ -17,7 +17,7 @@ from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
-from fep_acquirer.writer import Writer
+from fep_acquirer.writer import Writer, WriteResult
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
@@ -59,6 +59,16 @@ class _Batch:
         for pid, s in samples.items():
             if mine.get(pid) != s:
                 mine[pid], ts_of[pid] = s, ts_ms
+
+    def pairs(self, changes: dict[int, Sample]) -> list[str]:
+        """The write_values arguments of these of its samples, each with its poll's time."""
+        ts_of = self.ts_of
+        if ts_of is None:
+            return pt.encode_pairs(changes, self.ts_ms)
+        by_ts: dict[int, dict[int, Sample]] = {}
+        for pid, s in changes.items():
+            by_ts.setdefault(ts_of[pid], {})[pid] = s
+        return [x for t in sorted(by_ts) for x in pt.encode_pairs(by_ts[t], t)]
 
 
 class RunnerBase:
@@ -307,8 +317,9 @@ class RtuRunner(RunnerBase):
     def _submit(self, samples: dict[int, Sample], ts_ms: int, before: float | None) -> None:
         """Queue a write of `samples` (judged by the tracker when it goes out, as the writes before it
         have then been answered: compensation, fencing and the tracker stay exact) and return at once.
-        Written one after the other, in order; a poll's samples are merged into the last waiting write
-        unless that would replace a waiting sample (a change not yet written), up to PENDING_MAX waiting.
+        Written in order: one round trip at a time, which carries every write waiting when it starts
+        (`_publish`); a poll's samples are merged into the last waiting write unless that would replace a
+        waiting sample (a change not yet written), up to PENDING_MAX waiting.
 
         Why: the poll awaited its own write, so on a slow link to the master (0.8 s round trips, HA lab)
         the next poll waited too; polls were missed and a change shorter than a few round trips, right
@@ -327,12 +338,14 @@ class RtuRunner(RunnerBase):
     async def _write_pending(self) -> None:
         pending = self._pending
         while pending:
-            batch = pending.pop(0)
-            self._behind = batch.before
+            batches = pending[:]
+            pending.clear()
+            self._behind = batches[0].before
             try:
-                await self.publish(batch.samples, batch.ts_ms, batch.ts_of)
+                await self._publish(batches)
             except Exception as exc:  # noqa: BLE001 - not judged: re-sent with the next poll
-                self.tracker.failed(batch.samples)
+                for batch in batches:
+                    self.tracker.failed(batch.samples)
                 self.once.problem(f"{self.key} write", f"{type(exc).__name__}: {exc}")
         self._behind = None
 
@@ -342,41 +355,54 @@ class RtuRunner(RunnerBase):
         if task is not None and not task.done():
             await asyncio.shield(task)
 
-    async def publish(self, samples: dict[int, Sample], ts_ms: int, ts_of: dict[int, int] | None = None) -> None:
-        """One fenced write of what changed (plus compensations) since the last successful write, with the
-        time `ts_ms`, or per point `ts_of` (polls merged into one write)."""
+    async def publish(self, samples: dict[int, Sample], ts_ms: int) -> None:
+        """One fenced write of what changed (plus compensations) since the last successful write."""
+        await self._publish([_Batch(samples, ts_ms, None)])
+
+    async def _publish(self, batches: list[_Batch]) -> None:
+        """The fenced writes of what changed in each batch, in one round trip and in order (each judged as
+        if the ones before it were written: `ChangeTracker.changes(ahead=...)`), then each outcome in that
+        order (a failed one's points dirty, re-sent with the next poll)."""
         async with self._write_lock:
             if not self.lease.held:
-                self.tracker.failed(samples)  # not judged: they must be judged (re-sent) when held again
+                for batch in batches:  # not judged: they must be judged (re-sent) when held again
+                    self.tracker.failed(batch.samples)
                 return
             if self._sync_pending:
                 self._sync_pending = False
                 await self._sync()
-            changes = self.tracker.changes(samples)
-            if not changes:
+            ahead: dict[int, Sample] = {}
+            writes: list[tuple[dict[int, Sample], list[str]]] = []
+            for batch in batches:
+                changes = self.tracker.changes(batch.samples, ahead)
+                if changes:
+                    writes.append((changes, batch.pairs(changes)))
+                    if len(batches) > 1:
+                        ahead.update(changes)
+            if not writes:
                 return
-            if ts_of is None:
-                pairs = pt.encode_pairs(changes, ts_ms)
+            if len(writes) == 1:
+                results = [await self.writer.write(self.rtu.id, self.lease.epoch, writes[0][1])]
             else:
-                by_ts: dict[int, dict[int, Sample]] = {}
-                for pid, s in changes.items():
-                    by_ts.setdefault(ts_of[pid], {})[pid] = s
-                pairs = [x for t in sorted(by_ts) for x in pt.encode_pairs(by_ts[t], t)]
-            res = await self.writer.write(self.rtu.id, self.lease.epoch, pairs)
-            if res.ok:
-                self.metrics.inc("changes_written", len(changes))
-                resent = self.tracker.committed(changes)
-                if resent:
-                    self.metrics.inc("compensations", resent)
-                self.once.clear(f"{self.key} write")
-            elif res.fenced:
-                self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
-                self.lease.fenced_out(res.holder, res.epoch)
-                self.tracker.failed(changes)  # not written: re-sent if this node writes again
-            else:
-                self.metrics.inc("write_errors")
-                self.tracker.failed(changes)
-                self.once.problem(f"{self.key} write", res.error)
+                results = await self.writer.write_many(self.rtu.id, self.lease.epoch, [p for _, p in writes])
+            for (changes, _), res in zip(writes, results, strict=True):
+                self._outcome(changes, res)
+
+    def _outcome(self, changes: dict[int, Sample], res: WriteResult) -> None:
+        if res.ok:
+            self.metrics.inc("changes_written", len(changes))
+            resent = self.tracker.committed(changes)
+            if resent:
+                self.metrics.inc("compensations", resent)
+            self.once.clear(f"{self.key} write")
+        elif res.fenced:
+            self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
+            self.lease.fenced_out(res.holder, res.epoch)
+            self.tracker.failed(changes)  # not written: re-sent if this node writes again
+        else:
+            self.metrics.inc("write_errors")
+            self.tracker.failed(changes)
+            self.once.problem(f"{self.key} write", res.error)
 
     async def invalidate(self) -> None:
         """The holder lost its device: its points become invalid (written once, thanks to the tracker)."""

@@ -435,6 +435,9 @@ class RecordingWriter:
         self.calls.append({int(pid): (v.value, v.quality) for pid, v in zip(pairs[::2], recs, strict=True)})
         return WriteResult(self.ok, error="" if self.ok else "down")
 
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]):
+        return [await self.write(rtu, epoch, pairs) for pairs in writes]
+
 
 async def test_poll_writes_what_a_full_decode_would() -> None:
     """Random register changes, a deadband, a failed write and a failed block: every write carries

@@ -118,6 +118,22 @@ def test_change_tracker_rules():
     assert set(t.changes({1: (10.0, 0), 2: (1, 0)})) == {1, 2}                 # full image
 
 
+def test_change_tracker_judges_a_write_after_those_sent_ahead_of_it_in_the_same_round_trip():
+    """Writes waiting behind a slow one go out together (rtu.py): each is judged as if the ones before it
+    were written; a dirty point they re-send is not re-sent again; the outcomes then apply in order."""
+    t = ChangeTracker(deadband={1: 0.5})
+    t.committed({1: (10.0, 0), 2: (1, 0), 3: (5, 0)})
+    t.failed({3: (5, 0)})
+    first = t.changes({1: (11.0, 0), 3: (5, 0)})
+    assert first == {1: (11.0, 0), 3: (5, 0)}                                   # 3: compensation
+    second = t.changes({1: (11.3, 0), 2: (2, 0), 3: (5, 0)}, ahead=first)
+    assert second == {2: (2, 0)}                   # 1 within the deadband of what goes ahead; 3 re-sent by it
+    assert t.changes({1: (11.3, 0), 3: (5, 0)}) == {1: (11.3, 0), 3: (5, 0)}    # without: as before
+    t.failed(first)                                # the first refused, the second written
+    assert t.committed(second) == 0
+    assert t.changes({1: (11.0, 0), 2: (2, 0), 3: (5, 0)}) == {1: (11.0, 0), 3: (5, 0)}
+
+
 @pytest.mark.parametrize("held, samples, expected", [
     ({1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {}),   # Redis has it all
     ({1: (10.0, 0), 2: (1, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {3: (0, 0)}),     # missing there
