@@ -134,9 +134,9 @@ class RunnerBase:
     def reaches(self) -> bool:
         raise NotImplementedError
 
-    def reaches_fully(self) -> bool:
-        """Reached with nothing missing (the lease's reach 1, else 2): as `reaches` unless a runner can tell
-        a partial answer."""
+    def reaches_fully(self, clean_s: float | None = None) -> bool:
+        """Reached with nothing missing (the lease's reach 1, else 2), for `clean_s` (default: the reach
+        window; lease.reaches_fully): as `reaches` unless a runner can tell a partial answer."""
         return self.reaches()
 
     async def run(self) -> None:
@@ -176,8 +176,8 @@ class RtuRunner(RunnerBase):
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
 
-    def reaches_fully(self) -> bool:
-        return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s)
+    def reaches_fully(self, clean_s: float | None = None) -> bool:
+        return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s, clean_s)
 
     def polled_age_ms(self) -> int:
         """ms since the last poll that reached the device (-1: none yet); the holder's becomes the lease's

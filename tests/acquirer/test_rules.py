@@ -273,6 +273,13 @@ def test_reaches_and_reaches_fully(now, last_ok, last_bad, expected):
     assert (reaches(now, last_ok, 3.0), reaches_fully(now, last_ok, last_bad, 3.0)) == expected
 
 
+def test_the_other_node_reaches_fully_only_after_takeover_s_without_a_failure():
+    """The holder is judged over its reach window, the node that would take over over takeover_s: one
+    lost poll 60 s ago keeps it from a takeover of a holder that reads the device only in part."""
+    assert reaches_fully(100, 99, 40, 3.0) and not reaches_fully(100, 99, 40, 3.0, clean_s=90)
+    assert reaches_fully(100, 99, 9, 3.0, clean_s=90) and reaches_fully(100, 99, None, 3.0, clean_s=90)
+
+
 def test_a_partial_channel_left_for_one_that_fails_is_taken_back_at_once():
     """Channel 1 answers every block but one; channel 2 is dead (not wired). Leaving channel 1 after
     switch_s, the runner must not spend switch_s without any value on channel 2: it goes back to channel 1

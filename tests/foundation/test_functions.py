@@ -37,9 +37,16 @@ CASES = {
         (("B", True, 0.1), ("B", 2)), (("A", True, 0.15), ("B", 2)),  # no stealing back
         (("B", "part", 0.1), ("B", 2)), (("A", "part", 0.15), ("B", 2)),  # a partial node never takes over
         (("A", True, 0), ("A", 3))],  # B in part for the takeover time, A fully: a move, not a flap
-    "reaching in part takes a free or lapsed lease, never over a holder": [
-        (("A", "part", 0), ("A", 1)), (("B", "part", 0.25), ("A", 1)), (("A", "part", 0), ("A", 1)),
-        (("B", "part", 0.4), ("B", 2)), (("A", True, 0.25), ("A", 3))],
+    "reaching in part takes a free or lapsed lease, never over a holder that reaches it": [
+        (("A", "part", 0), ("A", 1)), (("A", "part", 0.15), ("A", 1)), (("B", "part", 0.1), ("A", 1)),
+        (("A", "part", 0), ("A", 1)), (("B", "part", 0.4), ("B", 2)), (("A", True, 0.25), ("A", 3))],
+    "two nodes reaching in part (a lossy device): no move": [
+        (("A", True, 0), ("A", 1)), (("A", "part", 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)),
+        (("A", "part", 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)), (("A", "part", 0.1), ("A", 1)),
+        (("B", "part", 0), ("A", 1))],
+    "a holder that does not reach the device at all is taken over by a node reaching it in part": [
+        (("A", True, 0), ("A", 1)), (("A", False, 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)),
+        (("A", False, 0.1), ("A", 1)), (("B", "part", 0), ("B", 2))],
     "a lease lapsed for one more TTL goes to whoever ticks; a reaching node then takes it over": [
         (("A", True, 0), ("A", 1)), (("B", False, 0.7), ("B", 2)), (("A", True, 0), ("A", 3))],
 }
