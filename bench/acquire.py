@@ -144,6 +144,10 @@ class SeedWriter:
             await pipe.execute()
         return WriteResult(True)
 
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]) -> list[WriteResult]:
+        """The acquirer's writes waiting behind a slow one (rtu.py), in order."""
+        return [await self.write(rtu, epoch, pairs) for pairs in writes]
+
 
 class NoWriter(SeedWriter):
     """The bound: a write path that costs nothing (writes nothing, reports success). What the acquirer

@@ -193,8 +193,8 @@ class NodeConfig:
     local_port: int = opt("redis", _port, 6379, "port of this node's own Redis")
     password: str = opt("redis", _text, "", "Redis password (requirepass/masterauth), empty for none", secret=True)
     socket_timeout_s: float = opt("redis", _positive(float), 2.0, "timeout of one Redis command")
-    channel_switch_s: float = opt("timers", _positive(float), 30.0, "switch channel after this long down (flapping counts as down)")
-    takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached this long")
+    channel_switch_s: float = opt("timers", _positive(float), 30.0, "switch channel after this long down (flapping and incomplete polls count as down)")
+    takeover_s: float = opt("timers", _positive(float), 90.0, "take over a device its holder has not reached (fully) this long")
     lease_ttl_s: float = opt("timers", _positive(float), 3.0, "a lease not renewed this long lapses (dead holder)")
     lease_tick_s: float = opt("timers", _positive(float), 1.0, "how often each node renews / bids for its leases")
     stop_handover_s: float = opt("timers", _positive(float, zero=True), 5.0,

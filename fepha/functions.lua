@@ -62,9 +62,9 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1, ttl_ms, takeover_ms[, polled_age_ms])
+-- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
--- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms or polled_ms beyond now:
+-- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms, answered_ms or polled_ms beyond now:
 -- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
 -- lapses one TTL later, not when this clock reaches the old stamp (minutes, if it is that far behind).
 -- Rules (seed "load balancing"): a missing lease goes to the first node that ticks while it reaches the
@@ -76,22 +76,36 @@ end
 -- renews and records when it last reached the device (and, given polled_age_ms, its last complete poll as
 -- polled_ms, which forwarders judge staleness by); the other node takes over only if it reaches the
 -- device and the holder has not for takeover_ms, or if a handover to it is pending; nobody steals back.
+-- reaches: 1 fully, 2 in part (a poll failed or left a block unanswered: the holder within its reach
+-- window, the other node within takeover_ms). The holder stamps reached_ms when it reaches the device
+-- fully, answered_ms when it reaches it at all. The other node takes over when it reaches the device and
+-- the holder has not at all for takeover_ms (answered_ms; as before), or when it reaches it fully and the
+-- holder has not fully for takeover_ms (reached_ms): a holder that reads the device only in part (every
+-- other poll lost, a block never answered) is replaced by a node that has read all of it for takeover_ms,
+-- which it cannot take back while it reads only in part; two nodes that both lose polls now and then
+-- (a lossy device) never move the lease, since neither goes takeover_ms without a failure.
 local function lease_tick(keys, args)
   local lease, events = keys[1], keys[2]
-  local rtu, node, reaches = args[1], args[2], args[3] == '1'
+  local rtu, node = args[1], args[2]
+  local reaches, fully = args[3] == '1' or args[3] == '2', args[3] == '1'
   local ttl, takeover = tonumber(args[4]), tonumber(args[5])
   local polled = tonumber(args[6] or '')  -- ms since the node's last complete poll; -1: none yet
   local now = now_ms()
   clock_check(keys[3], now)
   local l = hgetall(lease)
   clamp(lease, l, 'expires_ms', now + ttl); clamp(lease, l, 'reached_ms', now); clamp(lease, l, 'polled_ms', now)
+  clamp(lease, l, 'answered_ms', now)
   local holder, epoch = l['holder'], tonumber(l['epoch'] or '0')
   local expires, reached = tonumber(l['expires_ms'] or '0'), tonumber(l['reached_ms'] or '0')
+  local answered = tonumber(l['answered_ms'] or l['reached_ms'] or '0')
   local reason = nil
   if holder == node then
     local fields = {'expires_ms', now + ttl}
-    if reaches then
+    if fully then
       table.insert(fields, 'reached_ms'); table.insert(fields, now)
+    end
+    if reaches then
+      table.insert(fields, 'answered_ms'); table.insert(fields, now)
     end
     if polled ~= nil and polled >= 0 then  -- issue 10b: the holder's last complete poll, master clock
       table.insert(fields, 'polled_ms'); table.insert(fields, now - polled)
@@ -105,7 +119,7 @@ local function lease_tick(keys, args)
     reason = 'lapsed'
   elseif reaches and l['handover'] == node and now <= tonumber(l['handover_until_ms'] or '0') then
     reason = 'handover'
-  elseif reaches and now - reached >= takeover then
+  elseif (reaches and now - answered >= takeover) or (fully and now - reached >= takeover) then
     reason = 'takeover'
   end
   if reason == nil then
@@ -113,7 +127,7 @@ local function lease_tick(keys, args)
   end
   epoch = epoch + 1
   redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
-             'reached_ms', reaches and now or 0)
+             'reached_ms', reaches and now or 0, 'answered_ms', reaches and now or 0)
   if polled ~= nil then
     redis.call('HSET', lease, 'polled_ms', polled >= 0 and now - polled or 0)
   end

@@ -65,8 +65,8 @@ def link(rtu: int | str) -> str:
 
 
 def lease(rtu: int | str) -> str:
-    """Hash: holder (node id), epoch, since_ms, expires_ms, reached_ms (holder last reached the device),
-    polled_ms (holder's last complete poll),
+    """Hash: holder (node id), epoch, since_ms, expires_ms, reached_ms (holder last reached the device fully),
+    answered_ms (holder last reached it at all), polled_ms (holder's last complete poll),
     handover (target node, optional), handover_until_ms. Written only by the `lease_*` functions;
     never expires by itself so the epoch survives a lapse."""
     return f"{PREFIX}:lease:{rtu}"

@@ -51,12 +51,14 @@ class Call:
 
 
 def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int,
-               polled_age_ms: int | None = None) -> Call:
+               polled_age_ms: int | None = None, partly: bool = False) -> Call:
     """-> [holder, epoch, changed]. `polled_age_ms`: ms since this node's last complete poll of the device
-    (-1: none yet); the holder's is recorded as the lease's `polled_ms` (None: not recorded)."""
+    (-1: none yet); the holder's is recorded as the lease's `polled_ms` (None: not recorded). `partly`:
+    it reaches the device, not fully (sent as reach 2: see `lease_tick` in functions.lua)."""
     extra = () if polled_age_ms is None else (int(polled_age_ms),)
+    reach = (2 if partly else 1) if reaches else 0
     return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK),
-                (rtu, node, 1 if reaches else 0, int(ttl_ms), int(takeover_ms), *extra))
+                (rtu, node, reach, int(ttl_ms), int(takeover_ms), *extra))
 
 
 def lease_handover(rtu: int, target: str, window_ms: int) -> Call:

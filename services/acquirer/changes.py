@@ -7,7 +7,7 @@ value" is a table-tested function rather than a side effect of the Redis code. V
 
 from __future__ import annotations
 
-from collections import deque
+from collections import ChainMap, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -31,10 +31,16 @@ class ChangeTracker:
     written: dict[int, Sample] = field(default_factory=dict)
     dirty: set[int] = field(default_factory=set)
 
-    def changes(self, samples: dict[int, Sample]) -> dict[int, Sample]:
-        """Samples to write: value changed beyond the deadband, quality changed, never written, or dirty."""
+    def changes(self, samples: dict[int, Sample], ahead: dict[int, Sample] | None = None) -> dict[int, Sample]:
+        """Samples to write: value changed beyond the deadband, quality changed, never written, or dirty.
+        `ahead`: what writes sent before this one in the same round trip carry (rtu.py sends the polls'
+        waiting writes together, in order), judged as if written; a dirty point among them is re-sent by
+        them, not again by this one."""
         out: dict[int, Sample] = {}
-        written, dirty, deadband = self.written, self.dirty, self.deadband
+        written: Mapping[int, Sample] = self.written
+        dirty, deadband = self.dirty, self.deadband
+        if ahead:
+            written, dirty = ChainMap(ahead, self.written), dirty.difference(ahead)
         for pid, s in samples.items():
             last = written.get(pid)
             if last == s:  # the common case (most points do not change): no rule to apply unless dirty

@@ -235,7 +235,10 @@ class Housekeeping:
         # and states when they changed, and the master clock's gen: one round trip packed by hiredis
         # (send_fcalls), as redis-py's pipeline packs and parses 2 x RTUs calls in Python, and a second round
         # trip would space the renewals further apart on a slow link (docs/ha.md "Degraded links")
-        argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms()).argv
+        # reach 1 (fully) for the holder over its reach window, for the other node over takeover_s
+        # (lease.reaches_fully): a node that loses a poll now and then does not take over
+        argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms(),
+                                     partly=ok and not r.reaches_fully(None if r.lease.held else self.cfg.takeover_s)).argv
                  for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]

@@ -16,7 +16,19 @@ def reach_window_s(poll_s: float, timeout_s: float, tick_s: float) -> float:
 
 
 def reaches(now: float, last_ok: float | None, window_s: float) -> bool:
+    """A poll reached the device (answered, completely or in part) within the window."""
     return last_ok is not None and now - last_ok <= window_s
+
+
+def reaches_fully(now: float, last_ok: float | None, last_bad: float | None, window_s: float,
+                  clean_s: float | None = None) -> bool:
+    """Reached, and no poll within `clean_s` (default: the reach window) failed or left a block
+    unanswered. What the lease compares (`lease_tick`'s reach 1 vs 2): the holder judged over its reach
+    window, the other node over `takeover_s`, so a holder whose polls fail now and then (every other
+    one) or that never gets an answer for one block is taken over by a node that has read everything for
+    `takeover_s`, and two nodes that both lose a poll now and then never move the lease."""
+    clean = window_s if clean_s is None else clean_s
+    return reaches(now, last_ok, window_s) and (last_bad is None or now - last_bad > clean)
 
 
 @dataclass

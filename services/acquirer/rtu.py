@@ -12,12 +12,12 @@ import time
 
 from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
-from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError
-from fep_acquirer.lease import LeaseView, reach_window_s, reaches
+from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError, NoAnswer
+from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_and_wait
-from fep_acquirer.writer import Writer
+from fep_acquirer.writer import Writer, WriteResult
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
@@ -28,6 +28,47 @@ log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
 _KEEP = b"keep"
 """A busy block's place in a poll's answers: its points keep their samples (RtuRunner.poll)."""
+PENDING_MAX = 8
+"""Polls' writes waiting behind the one in flight (RtuRunner._submit): a point may change this many times
+within a write's time (a slow link to the master) without losing a value; past it the newest poll is
+merged into the last waiting write (only the point's latest value then, as while Redis is unreachable)."""
+
+
+class _Batch:
+    """One waiting write: the samples due, their poll time (ms; per point in `ts_of` once a merge mixes
+    polls), and `before`, the monotonic time of the poll before its first one: while it is being written,
+    the newest poll whose values are all in Redis (the holder's `polled_age_ms`)."""
+
+    __slots__ = ("before", "samples", "ts_ms", "ts_of")
+
+    def __init__(self, samples: dict[int, Sample], ts_ms: int, before: float | None) -> None:
+        self.samples, self.ts_ms, self.before = samples, ts_ms, before
+        self.ts_of: dict[int, int] | None = None
+
+    def takes(self, samples: dict[int, Sample]) -> bool:
+        """Whether merging `samples` in replaces no waiting sample with another (no change lost)."""
+        mine = self.samples
+        return all(mine.get(pid, s) == s for pid, s in samples.items())
+
+    def merge(self, samples: dict[int, Sample], ts_ms: int) -> None:
+        """A later poll's samples: a point already waiting with the same sample keeps its first poll time."""
+        mine = self.samples
+        ts_of = self.ts_of
+        if ts_of is None:
+            ts_of = self.ts_of = dict.fromkeys(mine, self.ts_ms)
+        for pid, s in samples.items():
+            if mine.get(pid) != s:
+                mine[pid], ts_of[pid] = s, ts_ms
+
+    def pairs(self, changes: dict[int, Sample]) -> list[str]:
+        """The write_values arguments of these of its samples, each with its poll's time."""
+        ts_of = self.ts_of
+        if ts_of is None:
+            return pt.encode_pairs(changes, self.ts_ms)
+        by_ts: dict[int, dict[int, Sample]] = {}
+        for pid, s in changes.items():
+            by_ts.setdefault(ts_of[pid], {})[pid] = s
+        return [x for t in sorted(by_ts) for x in pt.encode_pairs(by_ts[t], t)]
 
 
 class RunnerBase:
@@ -90,6 +131,14 @@ class RunnerBase:
         self.once.clear(f"{self.key} full image")
         return held_in_redis(raw)
 
+    def reaches(self) -> bool:
+        raise NotImplementedError
+
+    def reaches_fully(self, clean_s: float | None = None) -> bool:
+        """Reached with nothing missing (the lease's reach 1, else 2), for `clean_s` (default: the reach
+        window; lease.reaches_fully): as `reaches` unless a runner can tell a partial answer."""
+        return self.reaches()
+
     async def run(self) -> None:
         raise NotImplementedError
 
@@ -109,7 +158,8 @@ class RtuRunner(RunnerBase):
         self._sync_pending = False  # full image asked: compare with the master's values once, then write
         self._image_pending = False  # replayed at a lease gain, the image owed with the next poll
         self.window_s = reach_window_s(self.poll_s, self.timeout_s, cfg.lease_tick_s)
-        self.last_ok: float | None = None  # monotonic time of the last complete answer
+        self.last_ok: float | None = None  # monotonic time of the last poll that reached the device
+        self.last_bad: float | None = None  # monotonic time of the last poll with a block unanswered, or failed
         self.polled_ts_ms = 0  # wall time of that poll: the time of its samples
         self.stale_ms = int(cfg.quality_stale_polls * self.poll_s * 1000)
         self._gain: asyncio.Task[None] | None = None  # the writes at a lease gain (`lease_gained`)
@@ -118,13 +168,28 @@ class RtuRunner(RunnerBase):
         """Per block, its last answer's data bytes on the current connection (poll: decode what changed)."""
         self._busy: dict[int, float] = {}
         """Blocks the device answers BUSY (0x06): block index -> monotonic time of the first busy answer."""
+        self._pending: list[_Batch] = []  # writes waiting behind the one in flight (`_submit`)
+        self._drain: asyncio.Task[None] | None = None  # writes them, one after the other
+        self._drain_name = f"acquirer-write-{rtu.id}"
+        self._behind: float | None = None  # while writing: the newest poll whose values are all in Redis
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
 
+    def reaches_fully(self, clean_s: float | None = None) -> bool:
+        return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s, clean_s)
+
     def polled_age_ms(self) -> int:
-        """ms since the last complete poll (-1: none yet); the holder's becomes the lease's polled_ms."""
-        return -1 if self.last_ok is None else int((time.monotonic() - self.last_ok) * 1000)
+        """ms since the last poll that reached the device (-1: none yet); the holder's becomes the lease's
+        polled_ms. While the holder's writes lag behind its polls (a slow link to the master), the age of
+        the newest poll whose values are all written: the values in Redis are no newer than that."""
+        last = self.last_ok
+        if last is None:
+            return -1
+        behind = self._behind
+        if behind is not None and self._drain is not None and not self._drain.done():
+            last = min(last, behind)
+        return int((time.monotonic() - last) * 1000)
 
     async def run(self) -> None:
         chans = {c.no: c for c in self.rtu.channels}
@@ -142,7 +207,8 @@ class RtuRunner(RunnerBase):
                 self.once.clear(f"{self.key} channel {ch}")
                 await self._poll_loop(link)
             except LinkError as exc:
-                self.switcher.failed(time.monotonic(), str(exc), wall=time.time())
+                self.last_bad = time.monotonic()
+                self.switcher.failed(self.last_bad, str(exc), wall=time.time())
                 self.once.problem(f"{self.key} channel {ch}", str(exc))
             finally:
                 self.link = None
@@ -156,15 +222,17 @@ class RtuRunner(RunnerBase):
         phase = (self.rtu.id * 0.6180339887) % 1.0 * period  # golden-ratio spread over the period
         slot: float | None = None
         while not self._stopping:
-            await self.poll(link)
+            await self.poll(link, wait=False)
             now = time.monotonic()
             slot = now + (phase - now) % period if slot is None else slot + period
             if slot < now:
                 slot = now
             await asyncio.sleep(slot - now)
 
-    async def poll(self, link: DeviceLink) -> None:
+    async def poll(self, link: DeviceLink, wait: bool = True) -> None:
         """Read every block; LinkError propagates (channel logic), DeviceError marks that block invalid.
+        The holder's write of what changed is queued (`_submit`); with `wait`, the poll returns once it is
+        written (the poll loop does not wait: its schedule must not depend on the master's round trip).
 
         Only what changed is decoded and passed on: per block, the points whose registers differ from that
         block's previous answer on this connection (every point after a connect, a failed read of the block
@@ -218,59 +286,131 @@ class RtuRunner(RunnerBase):
             self.once.problem(f"{self.key} read", bad)
         else:
             self.once.clear(f"{self.key} read")
-        self.last_ok = time.monotonic()
+        before, self.last_ok = self.last_ok, time.monotonic()
+        unanswered = next((f"{b.area}{b.start}+{b.count}: {a}" for b, a in zip(self.blocks, got, strict=True)
+                           if isinstance(a, NoAnswer)), "")
+        if unanswered:
+            self.last_bad = self.last_ok
+        give_up = self.switcher.polled(self.last_ok, not unanswered, unanswered)
         samples.update(delta)
         ts_ms = self.polled_ts_ms = int(time.time() * 1000)
         if self.lease.held:
-            await self.publish(self._due(delta), ts_ms)  # replays the standby log first if the lease is new
+            self._submit(self._due(delta), ts_ms, before)  # replays the standby log first if the lease is new
             self.standby.holding(delta)
+            if wait:
+                await self.flush()
         else:
             self.standby.observe(delta, ts_ms)
+        if give_up:  # the connection is open but the channel has not worked for switch_s: switch
+            raise LinkError(f"no complete poll for {self.switcher.switch_s:g} s ({unanswered})")
 
     def _due(self, delta: dict[int, Sample]) -> dict[int, Sample]:
         """What the tracker must judge this poll: see `poll`."""
         tracker, samples = self.tracker, self.samples
         if len(tracker.written) < len(samples) or self._replay_pending or self._image_pending:
             self._image_pending = False
-            return samples
+            return dict(samples)  # a copy: the write may wait behind another while polls go on
         if tracker.dirty:
             return {**{pid: samples[pid] for pid in tracker.dirty if pid in samples}, **delta}
         return delta
 
+    def _submit(self, samples: dict[int, Sample], ts_ms: int, before: float | None) -> None:
+        """Queue a write of `samples` (judged by the tracker when it goes out, as the writes before it
+        have then been answered: compensation, fencing and the tracker stay exact) and return at once.
+        Written in order: one round trip at a time, which carries every write waiting when it starts
+        (`_publish`); a poll's samples are merged into the last waiting write unless that would replace a
+        waiting sample (a change not yet written), up to PENDING_MAX waiting.
+
+        Why: the poll awaited its own write, so on a slow link to the master (0.8 s round trips, HA lab)
+        the next poll waited too; polls were missed and a change shorter than a few round trips, right
+        after a lease gain (whose writes take three), never read (docs/ha.md "Degraded links")."""
+        if not samples:
+            return
+        pending = self._pending
+        last = pending[-1] if pending else None
+        if last is not None and (len(pending) >= PENDING_MAX or last.takes(samples)):
+            last.merge(samples, ts_ms)
+        else:
+            pending.append(_Batch(samples, ts_ms, before))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._write_pending(), name=self._drain_name)
+
+    async def _write_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            batches = pending[:]
+            pending.clear()
+            self._behind = batches[0].before
+            try:
+                await self._publish(batches)
+            except Exception as exc:  # noqa: BLE001 - not judged: re-sent with the next poll
+                for batch in batches:
+                    self.tracker.failed(batch.samples)
+                self.once.problem(f"{self.key} write", f"{type(exc).__name__}: {exc}")
+        self._behind = None
+
+    async def flush(self) -> None:
+        """Wait until every queued write is done (not cancelled with the caller)."""
+        task = self._drain
+        if task is not None and not task.done():
+            await asyncio.shield(task)
+
     async def publish(self, samples: dict[int, Sample], ts_ms: int) -> None:
         """One fenced write of what changed (plus compensations) since the last successful write."""
+        await self._publish([_Batch(samples, ts_ms, None)])
+
+    async def _publish(self, batches: list[_Batch]) -> None:
+        """The fenced writes of what changed in each batch, in one round trip and in order (each judged as
+        if the ones before it were written: `ChangeTracker.changes(ahead=...)`), then each outcome in that
+        order (a failed one's points dirty, re-sent with the next poll)."""
         async with self._write_lock:
             if not self.lease.held:
-                self.tracker.failed(samples)  # not judged: they must be judged (re-sent) when held again
+                for batch in batches:  # not judged: they must be judged (re-sent) when held again
+                    self.tracker.failed(batch.samples)
                 return
             if self._sync_pending:
                 self._sync_pending = False
                 await self._sync()
-            changes = self.tracker.changes(samples)
-            if not changes:
+            ahead: dict[int, Sample] = {}
+            writes: list[tuple[dict[int, Sample], list[str]]] = []
+            for batch in batches:
+                changes = self.tracker.changes(batch.samples, ahead)
+                if changes:
+                    writes.append((changes, batch.pairs(changes)))
+                    if len(batches) > 1:
+                        ahead.update(changes)
+            if not writes:
                 return
-            res = await self.writer.write(self.rtu.id, self.lease.epoch, pt.encode_pairs(changes, ts_ms))
-            if res.ok:
-                self.metrics.inc("changes_written", len(changes))
-                resent = self.tracker.committed(changes)
-                if resent:
-                    self.metrics.inc("compensations", resent)
-                self.once.clear(f"{self.key} write")
-            elif res.fenced:
-                self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
-                self.lease.fenced_out(res.holder, res.epoch)
-                self.tracker.failed(changes)  # not written: re-sent if this node writes again
+            if len(writes) == 1:
+                results = [await self.writer.write(self.rtu.id, self.lease.epoch, writes[0][1])]
             else:
-                self.metrics.inc("write_errors")
-                self.tracker.failed(changes)
-                self.once.problem(f"{self.key} write", res.error)
+                results = await self.writer.write_many(self.rtu.id, self.lease.epoch, [p for _, p in writes])
+            for (changes, _), res in zip(writes, results, strict=True):
+                self._outcome(changes, res)
+
+    def _outcome(self, changes: dict[int, Sample], res: WriteResult) -> None:
+        if res.ok:
+            self.metrics.inc("changes_written", len(changes))
+            resent = self.tracker.committed(changes)
+            if resent:
+                self.metrics.inc("compensations", resent)
+            self.once.clear(f"{self.key} write")
+        elif res.fenced:
+            self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
+            self.lease.fenced_out(res.holder, res.epoch)
+            self.tracker.failed(changes)  # not written: re-sent if this node writes again
+        else:
+            self.metrics.inc("write_errors")
+            self.tracker.failed(changes)
+            self.once.problem(f"{self.key} write", res.error)
 
     async def invalidate(self) -> None:
         """The holder lost its device: its points become invalid (written once, thanks to the tracker)."""
         samples = {pid: (self.samples.get(pid, (0, 0))[0], IV) for pid in self.points}
         self.samples.update(samples)
         self._answers = [None] * len(self.blocks)  # the next poll decodes everything (quality changes back)
-        await self.publish(samples, int(time.time() * 1000))
+        self._submit(samples, int(time.time() * 1000), None)  # after the polls' writes still waiting
+        await self.flush()
 
     def full_image(self) -> None:
         """With the next poll, write every point whose value or quality differs from the master's (new
@@ -306,6 +446,7 @@ class RtuRunner(RunnerBase):
     async def stop(self) -> None:
         await cancel_and_wait(self._gain)
         await super().stop()
+        await cancel_and_wait(self._drain)
 
     async def _sync(self) -> None:
         """Read the master's value hash once: replay the standby log's changes newer than its values (see

@@ -83,10 +83,19 @@ class Writer:
 
     async def write(self, rtu: int, epoch: int, pairs: list[str]) -> WriteResult:
         """Queue one poll response's changes (flat pid, record, ...) and wait for the outcome."""
-        fut: asyncio.Future[WriteResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((redisfns.write_values(rtu, self.node, epoch, pairs), len(pairs) // 2, fut))
+        return (await self.write_many(rtu, epoch, [pairs]))[0]
+
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]) -> list[WriteResult]:
+        """Several write_values calls queued together, in order (one pipeline: each runs after the one
+        before it), and their outcomes in that order."""
+        loop = asyncio.get_running_loop()
+        futs: list[asyncio.Future[WriteResult]] = []
+        for pairs in writes:
+            fut: asyncio.Future[WriteResult] = loop.create_future()
+            self._queue.append((redisfns.write_values(rtu, self.node, epoch, pairs), len(pairs) // 2, fut))
+            futs.append(fut)
         self._wake.set()
-        return await fut
+        return [await fut for fut in futs]
 
     async def _run(self) -> None:
         while True:

@@ -115,7 +115,8 @@ class Lease(BaseModel):
     remaining_ms: int | None = Field(None, description="expires_ms minus the local Redis clock; <0 lapsed")
     lapsed: bool | None = Field(False, description="the holder stopped renewing (process or node dead); null "
                                                    "with remaining_ms when not_current")
-    reached_ms: int | None = Field(None, description="last time the holder reached the device")
+    reached_ms: int | None = Field(None, description="last time the holder reached the device fully (every block "
+                                                    "answered, no failed poll within its reach window)")
     handover: NodeId | None = Field(None, description="target of a planned move in progress")
     handover_until_ms: int | None = None
     not_current: str | None = Field(None, description="why the fields above are null (not current): the local "

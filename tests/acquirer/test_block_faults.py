@@ -18,7 +18,8 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
-from fepha.semodel.model import Rtu
+from fepha.semodel.model import Channel, Rtu
+from tests.acquirer.helpers import free_port, until
 from tests.acquirer.test_mbtcp import RecordingWriter, link_to, serve
 from tests.acquirer.test_rules import pt
 
@@ -274,3 +275,141 @@ async def test_tshark_finds_nothing_wrong_in_our_requests(tmp_path) -> None:
     assert out.count("Modbus/TCP") >= 2 * (len(got) + 3)
     assert "Malformed" not in out and "Expert Info (Error" not in out and "Expert Info (Warning" not in out
     assert "Exception" not in out
+
+
+async def test_a_channel_leaving_a_block_unanswered_is_switched_for_one_that_answers_all(caplog) -> None:
+    """Channel 1's device keeps the connection open and answers blocks hr 0 and hr 200 but never hr 100;
+    channel 2's answers every block. Before: hr 100 stayed invalid for good on channel 1, the device
+    "reached", no switch ever. Now: channel 1 has not worked since its first incomplete poll, so the
+    runner switches after channel_switch_s; hr 100 is invalid meanwhile, then current; the holder does not
+    count as reaching fully meanwhile (the lease's reach 2, docs/acquirer.md)."""
+    bad, good = Device(), Device()
+    bad.script[100] = "silent"
+    servers = [await serve(d) for d in (bad, good)]
+    rtu = Rtu(id=1, name="r", rtutype=0, protocol="modbus", points=POINTS, timeout_ms=100, poll_ms=100,
+              channels=tuple(Channel(rtu=1, no=n, host="127.0.0.1", port=port, unit=7)
+                             for n, (_, port) in enumerate(servers, 1)))
+    cfg = NodeConfig(channel_switch_s=0.8, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    run = RtuRunner(rtu, cfg, RecordingWriter(), Metrics("A"), OnceLogger(logging.getLogger("t.blocks")))  # type: ignore[arg-type]
+    run.lease.update("A", 1)
+    run.start()
+    try:
+        t0 = time.monotonic()
+        while not bad.reads:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        assert run.switcher.active == 1 and qualities(run) == [0, IV, 0]
+        assert run.reaches() and not run.reaches_fully()
+        while run.switcher.active == 1:
+            assert time.monotonic() - t0 < 2.0, "never switched to channel 2"
+            await asyncio.sleep(0.02)
+        assert time.monotonic() - t0 >= 0.8
+        while qualities(run) != [0, 0, 0]:
+            assert time.monotonic() - t0 < 2.5
+            await asyncio.sleep(0.02)
+        assert good.reads and "no complete poll" in run.switcher.info[1].last_error
+        await asyncio.sleep(run.window_s + 0.05)
+        assert run.reaches_fully()
+    finally:
+        await run.stop()
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()
+
+
+class GatedWriter(RecordingWriter):
+    """Records each write (with its records' times) and answers only when `gate` is set: a slow master."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.times: list[dict[int, int]] = []
+
+    async def write(self, rtu: int, epoch: int, pairs: list[str]):
+        from fepha import points as fpt
+        self.times.append({int(pid): fpt.decode(rec).ts_ms for pid, rec in zip(pairs[::2], pairs[1::2], strict=True)})
+        await self.gate.wait()
+        return await super().write(rtu, epoch, pairs)
+
+
+async def test_polls_go_on_while_a_write_waits_and_their_writes_follow_in_order(polled) -> None:
+    """The poll loop's poll (wait=False) queues its write and returns: while the master does not answer,
+    polls go on; their writes follow in order once it does, merged where no waiting change would be lost
+    (each record with the time of the poll that read it), split where a point changed again. Meanwhile
+    the lease's polled age is that of the newest poll whose values are all written."""
+    dev, run, link, _ = polled
+    w = run.writer = GatedWriter()
+    w.gate.set()
+    await run.poll(link)                                   # everything written once
+    w.gate.clear()
+    w.calls.clear()
+    w.times.clear()
+    dev.bump = 1
+    await run.poll(link, wait=False)                       # 11, 12, 13: in flight, not answered
+    t_first = run.last_ok
+    await asyncio.sleep(0.05)
+    await run.poll(link, wait=False)                       # nothing changed: merged into nothing waiting
+    dev.script[200] = 0x02                                 # hr 200 refused: its point invalid
+    await run.poll(link, wait=False)
+    ts_third = run.polled_ts_ms
+    dev.script.clear()
+    dev.bump = 2
+    await run.poll(link, wait=False)                       # all change again: hr 0 and hr 100 would be lost
+    assert [len(b.samples) for b in run._pending] == [1, 3]  # hr 200 invalid; then all three
+    assert run.polled_age_ms() >= 50 and run.polled_age_ms() >= int((time.monotonic() - t_first) * 1000) - 5
+    w.gate.set()
+    await run.flush()
+    ids = [p.id for p in POINTS]
+    assert w.calls == [{ids[0]: (11.0, 0), ids[1]: (12.0, 0), ids[2]: (13.0, 0)},
+                       {ids[2]: (13.0, IV)},
+                       {ids[0]: (12.0, 0), ids[1]: (13.0, 0), ids[2]: (14.0, 0)}]
+    assert w.times[1] == {ids[2]: ts_third}
+    assert 0 <= run.polled_age_ms() < 50
+
+
+async def test_a_partial_channel_is_taken_back_at_once_when_the_other_is_dead() -> None:
+    """Channel 1 leaves hr 100 unanswered, channel 2 refuses connections: after the switch the runner goes
+    back to channel 1 at channel 2's first failure, so hr 0 and hr 200 are read again within a poll or
+    two, not after channel_switch_s without any value."""
+    bad = Device()
+    bad.script[100] = "silent"
+    server, port = await serve(bad)
+    rtu = Rtu(id=1, name="r", rtutype=0, protocol="modbus", points=POINTS, timeout_ms=100, poll_ms=100,
+              channels=(Channel(rtu=1, no=1, host="127.0.0.1", port=port, unit=7),
+                        Channel(rtu=1, no=2, host="127.0.0.1", port=free_port(), unit=7)))
+    cfg = NodeConfig(channel_switch_s=0.6, reconnect_min_s=0.05, reconnect_max_s=0.2)
+    run = RtuRunner(rtu, cfg, RecordingWriter(), Metrics("A"), OnceLogger(logging.getLogger("t.blocks")))  # type: ignore[arg-type]
+    run.lease.update("A", 1)
+    run.start()
+    try:
+        await until(lambda: run.switcher.info[2].switches == 1, 3)
+        t_switch, reads = time.monotonic(), len(bad.reads)
+        await until(lambda: run.switcher.active == 1 and len(bad.reads) > reads, 1)
+        assert time.monotonic() - t_switch < 0.3
+        assert run.switcher.info[1].switches == 1 and qualities(run) == [0, IV, 0]
+    finally:
+        await run.stop()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_waiting_writes_are_bounded_the_newest_poll_merged_past_the_bound(polled) -> None:
+    """A point that changes at every poll while the master does not answer: each poll waits as a write of
+    its own up to PENDING_MAX, then the newest polls are merged into the last one (only the latest value
+    of each point then, as while Redis is unreachable); the writes follow in order once it answers."""
+    from fep_acquirer.rtu import PENDING_MAX
+
+    dev, run, link, _ = polled
+    w = run.writer = GatedWriter()
+    w.gate.set()
+    await run.poll(link)
+    w.gate.clear()
+    w.calls.clear()
+    for bump in range(1, PENDING_MAX + 4):
+        dev.bump = bump
+        await run.poll(link, wait=False)
+    assert len(run._pending) == PENDING_MAX  # the first in flight, not waiting
+    w.gate.set()
+    await run.flush()
+    firsts = [c[POINTS[0].id][0] for c in w.calls]
+    assert firsts == [10 + b for b in range(1, PENDING_MAX + 1)] + [10 + PENDING_MAX + 3]

@@ -55,3 +55,41 @@ async def test_start_up_lease_goes_to_the_node_that_reaches(redis_master, feproo
 async def _value_is(r, rtu: int, pid: int, want: int) -> bool:
     raw = await r.hget(ks.values(rtu), str(pid))
     return raw is not None and raw.split("|")[0] == str(want)
+
+
+async def test_a_holder_reaching_its_device_in_part_is_taken_over_without_flapping(redis_master, feproot):
+    """Channel 1 (127.0.0.1) leaves block hr 100 unanswered at every poll, channel 2 (127.0.0.2) answers
+    every block. A holds the lease and stays on channel 1 (switch time 100 s): it reaches the device in
+    part only. B switches to channel 2 and reaches it fully, so it takes over after takeover_s; A, still
+    partial, never takes it back. Before: A counted as reaching, kept the lease for good."""
+    from tests.acquirer.test_block_faults import Device
+    from tests.acquirer.test_mbtcp import serve
+
+    bad, good = Device(), Device()
+    bad.script[100] = "silent"
+    port = free_port()
+    servers = [await serve(bad, host="127.0.0.1", port=port), await serve(good, host="127.0.0.2", port=port)]
+    rows = rtu_rows(1, port, points=0)
+    rows["T011_POINT"] = [{**rows["T011_POINT"][0], "PNTID": 1000 + i, "NAME": f"p{i}", "KIND": "AI",
+                           "AREA": "hr", "ADDRESS": 100 * i, "DATATYPE": "uint16"} for i in range(3)]
+    load(redis_master, merge(rows))
+    a = Node(node_cfg(feproot, redis_master, "A", channel_switch_s=100))
+    b: Node | None = None
+    try:
+        r = a.master
+        await until(lambda: a.acq.runners[1].lease.held, 5)
+        b = Node(node_cfg(feproot, redis_master, "B"))
+        await until(lambda: b.acq.runners and b.acq.runners[1].lease.held, 4)
+        events = [e for _, e in await r.xrange(ks.LEASE_EVENTS)]
+        assert [(e["to"], e["reason"]) for e in events] == [("A", "initial"), ("B", "takeover")], events
+        assert a.acq.runners[1].reaches() and not a.acq.runners[1].reaches_fully()
+
+        async def no_new_event() -> bool:
+            return await r.xlen(ks.LEASE_EVENTS) == 2
+
+        await astays(no_new_event, 1.5, "no move back to the partial node", interval=0.05)
+    finally:
+        await asyncio.gather(a.stop(), *([b.stop()] if b else []))
+        for server, _ in servers:
+            server.close()
+            await server.wait_closed()

@@ -194,10 +194,10 @@ async def test_frames_in_any_chunking_give_the_same_answers() -> None:
 # ---- the client against servers that misbehave on purpose (loopback, in process) ----
 
 async def serve(handler, delay_s: float = 0.0, per_connection: int | None = None,
-                conns: list[int] | None = None) -> tuple[asyncio.Server, int]:
-    """A device on a free loopback port: `handler(tid, unit, pdu)` yields the frames to send back, after
-    `delay_s` (the device's time per request); it closes a connection after `per_connection` requests
-    (None: never) and appends to `conns` at each connection."""
+                conns: list[int] | None = None, host: str = "127.0.0.1", port: int = 0) -> tuple[asyncio.Server, int]:
+    """A device on a free loopback port (or `host`:`port`): `handler(tid, unit, pdu)` yields the frames to
+    send back, after `delay_s` (the device's time per request); it closes a connection after
+    `per_connection` requests (None: never) and appends to `conns` at each connection."""
     async def on_conn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if conns is not None:
             conns.append(0)
@@ -216,7 +216,7 @@ async def serve(handler, delay_s: float = 0.0, per_connection: int | None = None
         finally:
             writer.close()
 
-    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_conn, host, port)
     return server, server.sockets[0].getsockname()[1]
 
 
@@ -434,6 +434,9 @@ class RecordingWriter:
         recs = [fpt.decode(r) for r in pairs[1::2]]
         self.calls.append({int(pid): (v.value, v.quality) for pid, v in zip(pairs[::2], recs, strict=True)})
         return WriteResult(self.ok, error="" if self.ok else "down")
+
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]):
+        return [await self.write(rtu, epoch, pairs) for pairs in writes]
 
 
 async def test_poll_writes_what_a_full_decode_would() -> None:

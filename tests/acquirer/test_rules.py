@@ -13,7 +13,7 @@ import pytest
 from fep_acquirer.changes import AtGain, ChangeTracker, StandbyLog, after_replay, at_lease_gain, held_in_redis
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import tick_delay, write_window_ms
-from fep_acquirer.lease import LeaseView, reach_window_s, reaches
+from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
 from fep_acquirer.plan import decode_block, plan_reads
 from fep_acquirer.tasks import cancel_all, cancel_and_wait
 from fepha import datatypes as dt
@@ -118,6 +118,22 @@ def test_change_tracker_rules():
     assert set(t.changes({1: (10.0, 0), 2: (1, 0)})) == {1, 2}                 # full image
 
 
+def test_change_tracker_judges_a_write_after_those_sent_ahead_of_it_in_the_same_round_trip():
+    """Writes waiting behind a slow one go out together (rtu.py): each is judged as if the ones before it
+    were written; a dirty point they re-send is not re-sent again; the outcomes then apply in order."""
+    t = ChangeTracker(deadband={1: 0.5})
+    t.committed({1: (10.0, 0), 2: (1, 0), 3: (5, 0)})
+    t.failed({3: (5, 0)})
+    first = t.changes({1: (11.0, 0), 3: (5, 0)})
+    assert first == {1: (11.0, 0), 3: (5, 0)}                                   # 3: compensation
+    second = t.changes({1: (11.3, 0), 2: (2, 0), 3: (5, 0)}, ahead=first)
+    assert second == {2: (2, 0)}                   # 1 within the deadband of what goes ahead; 3 re-sent by it
+    assert t.changes({1: (11.3, 0), 3: (5, 0)}) == {1: (11.3, 0), 3: (5, 0)}    # without: as before
+    t.failed(first)                                # the first refused, the second written
+    assert t.committed(second) == 0
+    assert t.changes({1: (11.0, 0), 2: (2, 0), 3: (5, 0)}) == {1: (11.0, 0), 3: (5, 0)}
+
+
 @pytest.mark.parametrize("held, samples, expected", [
     ({1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {}),   # Redis has it all
     ({1: (10.0, 0), 2: (1, 0)}, {1: (10.0, 0), 2: (1, 0), 3: (0, 0)}, {3: (0, 0)}),     # missing there
@@ -207,6 +223,87 @@ def test_a_flapping_channel_is_switched_as_a_dead_one():
     s.connected(20.1)
     s.failed(21.0, "reset")
     assert s.next_attempt(22.9)[0] == 2 and s.next_attempt(23.0) == (1, 0.0)
+
+
+def test_a_channel_whose_polls_go_unanswered_is_switched_though_connected():
+    """A device that keeps the connection open but leaves a block unanswered at every poll (or at every
+    other poll): the channel has not worked since the first such poll, so after switch_s the runner is
+    told to close it (it used to stay for good, no LinkError ever came). Complete polls for a whole
+    switch time end the outage; a failure after that starts a new one."""
+    s = ChannelSwitcher((1, 2), switch_s=3, backoff_min_s=0.05, backoff_max_s=0.2)
+    assert s.next_attempt(0) == (1, 0.0)
+    s.connected(0)
+    assert not s.polled(0.5, True)
+    for t in (1.0, 2.0, 3.0, 3.9):
+        assert not s.polled(t, t == 2.0, "hr100+1: no answer")   # every other poll incomplete: no recovery
+    assert s.info[1].last_error == "hr100+1: no answer" and s.info[1].connected
+    assert s.polled(4.0, False, "hr100+1: no answer")           # 3 s after the first incomplete poll
+    s.failed(4.0, "no complete poll for 3 s")
+    assert s.next_attempt(4.0) == (2, 0.0) and s.info[2].switches == 1
+    s.connected(4.1)
+    assert not any(s.polled(t, True) for t in (5.0, 6.0, 7.0, 8.0))
+    assert not s.polled(8.5, False, "x")                        # channel 2 worked 4 s: a new outage
+    assert not s.polled(11.4, False, "x") and s.polled(11.5, False, "x")
+
+
+def test_a_block_unanswered_on_every_channel_keeps_alternating_one_on_a_single_channel_never_switches():
+    s = ChannelSwitcher((1, 2), switch_s=3, backoff_min_s=0.05, backoff_max_s=0.2)
+    s.connected(0)
+    assert s.polled(3.0, False) if not s.polled(0.0, False) else False
+    s.failed(3.0, "no complete poll")
+    assert s.next_attempt(3.0) == (2, 0.0)
+    s.connected(3.0)
+    assert not s.polled(3.0, False) and s.polled(6.0, False)
+    s.failed(6.0, "no complete poll")
+    assert s.next_attempt(6.0) == (1, 0.0)
+    one = ChannelSwitcher((1,), switch_s=1, backoff_min_s=0.5, backoff_max_s=1)
+    one.connected(0)
+    assert not any(one.polled(t, False) for t in range(10))
+
+
+@pytest.mark.parametrize("now, last_ok, last_bad, expected", [
+    (10, 9, None, (True, True)),
+    (10, 9, 6.9, (True, True)),     # the failure is older than the window
+    (10, 9, 8, (True, False)),      # every other poll failing, or a block unanswered at each poll
+    (10, 9, 9, (True, False)),
+    (10, 6.9, None, (False, False)),
+    (10, None, None, (False, False)),
+])
+def test_reaches_and_reaches_fully(now, last_ok, last_bad, expected):
+    assert (reaches(now, last_ok, 3.0), reaches_fully(now, last_ok, last_bad, 3.0)) == expected
+
+
+def test_the_other_node_reaches_fully_only_after_takeover_s_without_a_failure():
+    """The holder is judged over its reach window, the node that would take over over takeover_s: one
+    lost poll 60 s ago keeps it from a takeover of a holder that reads the device only in part."""
+    assert reaches_fully(100, 99, 40, 3.0) and not reaches_fully(100, 99, 40, 3.0, clean_s=90)
+    assert reaches_fully(100, 99, 9, 3.0, clean_s=90) and reaches_fully(100, 99, None, 3.0, clean_s=90)
+
+
+def test_a_partial_channel_left_for_one_that_fails_is_taken_back_at_once():
+    """Channel 1 answers every block but one; channel 2 is dead (not wired). Leaving channel 1 after
+    switch_s, the runner must not spend switch_s without any value on channel 2: it goes back to channel 1
+    at channel 2's first failure, and tries channel 2 again after another switch_s. A channel 2 that
+    answers a poll (even in part) is kept by the normal rules."""
+    s = ChannelSwitcher((1, 2), switch_s=3, backoff_min_s=0.05, backoff_max_s=0.2)
+    s.connected(0)
+    assert not s.polled(0.0, False) and s.polled(3.0, False)
+    s.failed(3.0, "no complete poll")
+    assert s.next_attempt(3.0) == (2, 0.0)
+    s.failed(3.1, "connect refused")
+    assert s.next_attempt(3.1) == (1, 0.0)              # back at once, not at 6.0
+    assert s.info[1].switches == 1 and s.info[2].switches == 1
+    s.connected(3.2)
+    assert not s.polled(3.2, False) and not s.polled(6.1, False) and s.polled(6.2, False)
+    s.failed(6.2, "no complete poll")
+    assert s.next_attempt(6.2) == (2, 0.0)              # channel 2 tried again
+    s.connected(6.3)
+    assert not s.polled(6.3, False)                     # it answers, in part: the normal rules
+    s.failed(6.4, "reset")
+    assert s.next_attempt(6.4) == (2, 0.05)             # no going back: down since 6.3, switch at 9.3
+    assert s.next_attempt(9.3) == (1, 0.0)
+    s.failed(9.4, "refused")                            # a dead channel 1 (not left for partial polls)
+    assert s.next_attempt(9.4)[0] == 1
 
 
 def test_single_channel_never_switches():

@@ -83,3 +83,54 @@ async def slow_holder(redis_master: RedisProc, feproot) -> None:
         await local.aclose()
         await vip.close()
         await sim.stop()
+
+
+async def test_polls_keep_their_schedule_and_short_changes_reach_redis_through_a_slow_link(feproot) -> None:
+    """The holder's poll used to wait for its own write: with a 0.8 s round trip to the master it polled
+    once per write, and the three round trips of a lease gain (the master's values, the replay, the image)
+    held the polls for more than 2 s, so a value that lasted less than that was never read (HA lab, 400 ms
+    row). Polled every 0.2 s right after the gain, a point takes 8 values of 0.45 s each: every one reaches
+    the master once, in order, with the time of the poll that read it, the polls keep their schedule, and
+    the writes keep up (those waiting go out together, one round trip for all)."""
+    with RedisProc() as redis_master:
+        rows = rtu_rows(1, free_port(), points=1, poll_ms=200)
+        sim = await start_sim(load(redis_master, rows))
+        vip = Vip((redis_master.host, redis_master.port), delay_s=ONE_WAY_S)
+        vip_port = await vip.start()
+        cfg = dataclasses.replace(node_cfg(feproot, redis_master, "B", lease_tick_s=1.0, lease_ttl_s=3.0,
+                                           heartbeat_s=2.0, takeover_s=90.0, socket_timeout_s=2.0),
+                                  port=vip_port)
+        master, local = redisconn.master_async(cfg), redisconn.local_async(cfg)
+        acq = Acquirer(cfg, master, local)
+        stop = asyncio.Event()
+        task = asyncio.create_task(acq.run(stop, config_check_s=1.0))
+        r = redis_master.client()
+        try:
+            await until(lambda: acq.runners and acq.runners[1].lease.held, 20)
+            polls0, t0 = acq.metrics.total["polls"], time.monotonic()
+            set_at: list[int] = []
+            for v in range(1, 9):
+                sim.set_value(1000, v)
+                set_at.append(int(time.time() * 1000))
+                await asyncio.sleep(0.45)
+            polled = (acq.metrics.total["polls"] - polls0) / (time.monotonic() - t0)
+            t_last = time.monotonic() - 0.45
+            await until(lambda: r.hget(ks.values(1), "1000").split("|")[0] == "8", 10, step=0.01)
+            lag = time.monotonic() - t_last
+            seen = [(int(f["1000"].split("|")[0]), int(f["1000"].split("|")[2]))
+                    for _, f in r.xrange(ks.CHANGES) if "1000" in f]
+            values = [v for v, _ in seen if v > 0]
+            assert values == list(range(1, 9)), f"{seen}: values lost or written twice (polls {polled:.1f}/s)"
+            for (v, ts), t in zip((x for x in seen if x[0] > 0), set_at, strict=True):
+                assert t - 50 <= ts <= t + 450, (v, ts - t)  # the time of the poll that read it
+            assert polled > 3.5, f"{polled:.1f} polls/s at a 0.2 s period"
+            # the waiting writes go out together: the last value within a poll, the round trip in flight
+            # and its own (1.8 s), not behind one round trip per value written before it
+            assert lag < 2.5, f"the last value reached Redis {lag:.2f} s after it was set"
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+            await master.aclose()
+            await local.aclose()
+            await vip.close()
+            await sim.stop()

@@ -27,9 +27,10 @@ def now_ms(r) -> int:
     return int(sec) * 1000 + int(usec) // 1000
 
 
-def tick(r, node: str, reaches: bool = True, ttl_ms: int = TTL_MS, takeover_ms: int = TAKEOVER_MS) -> list:
+def tick(r, node: str, reaches: bool = True, ttl_ms: int = TTL_MS, takeover_ms: int = TAKEOVER_MS,
+         partly: bool = False) -> list:
     """One lease tick of `node` for RTU 7, as its acquirer makes it (its last poll just completed)."""
-    return r.fcall(*redisfns.lease_tick(7, node, reaches, ttl_ms, takeover_ms, 0).argv)
+    return r.fcall(*redisfns.lease_tick(7, node, reaches, ttl_ms, takeover_ms, 0, partly=partly).argv)
 
 
 def until_holder(r, node: str, limit_s: float, ttl_ms: int = TTL_MS, takeover_ms: int = TAKEOVER_MS,
@@ -77,16 +78,18 @@ def test_live_holder_keeps_its_lease_and_its_stamps_are_set_back_once(r, skew: i
     assert int(lease["reached_ms"]) <= now and int(lease["polled_ms"]) <= now
 
 
+@pytest.mark.parametrize("partly", [False, True])
 @pytest.mark.parametrize("skew", [30_000, 600_000])
-def test_takeover_counts_from_now_when_the_reached_stamp_is_ahead(r, skew: int) -> None:
-    """A holds and keeps ticking without reaching the device; its reached_ms came from a clock ahead.
-    B (reaching) takes over after the takeover time, not after skew + takeover."""
+def test_takeover_counts_from_now_when_the_reached_stamp_is_ahead(r, skew: int, partly: bool) -> None:
+    """A holds and keeps ticking without reaching the device; its reached_ms and answered_ms came from a
+    clock ahead. B (reaching, fully or in part) takes over after the takeover time, not after skew +
+    takeover."""
     tick(r, "A")
-    r.hset(ks.lease(7), "reached_ms", now_ms(r) + skew)
+    r.hset(ks.lease(7), mapping={"reached_ms": now_ms(r) + skew, "answered_ms": now_ms(r) + skew})
     t0 = time.monotonic()
     while time.monotonic() - t0 < 2.0:
         tick(r, "A", reaches=False)
-        if tick(r, "B")[0] == "B":
+        if tick(r, "B", partly=partly)[0] == "B":
             break
         time.sleep(0.02)
     took = time.monotonic() - t0

@@ -14,7 +14,7 @@ from fepha import redisfns
 
 TTL_MS, TAKEOVER_MS = 300, 200
 
-# (node, reaches, sleep_before_s) -> (holder, epoch)
+# (node, reaches (True, False or "part"), sleep_before_s) -> (holder, epoch)
 CASES = {
     "first reaching node takes it": [(("A", True, 0), ("A", 1)), (("B", True, 0), ("A", 1))],
     "a node that does not reach never grabs a free lease": [
@@ -31,6 +31,22 @@ CASES = {
         (("B", True, 0.1), ("B", 2)), (("A", True, 0.15), ("B", 2))],
     "a lapsed lease goes to a node that reaches the device": [
         (("A", True, 0), ("A", 1)), (("B", False, 0.4), ("A", 1)), (("B", True, 0), ("B", 2))],
+    "a holder reaching its device only in part is taken over by a node that reaches it fully": [
+        (("A", True, 0), ("A", 1)), (("A", "part", 0.1), ("A", 1)), (("B", True, 0.05), ("A", 1)),
+        (("A", "part", 0.1), ("A", 1)), (("B", True, 0), ("B", 2)),
+        (("B", True, 0.1), ("B", 2)), (("A", True, 0.15), ("B", 2)),  # no stealing back
+        (("B", "part", 0.1), ("B", 2)), (("A", "part", 0.15), ("B", 2)),  # a partial node never takes over
+        (("A", True, 0), ("A", 3))],  # B in part for the takeover time, A fully: a move, not a flap
+    "reaching in part takes a free or lapsed lease, never over a holder that reaches it": [
+        (("A", "part", 0), ("A", 1)), (("A", "part", 0.15), ("A", 1)), (("B", "part", 0.1), ("A", 1)),
+        (("A", "part", 0), ("A", 1)), (("B", "part", 0.4), ("B", 2)), (("A", True, 0.25), ("A", 3))],
+    "two nodes reaching in part (a lossy device): no move": [
+        (("A", True, 0), ("A", 1)), (("A", "part", 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)),
+        (("A", "part", 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)), (("A", "part", 0.1), ("A", 1)),
+        (("B", "part", 0), ("A", 1))],
+    "a holder that does not reach the device at all is taken over by a node reaching it in part": [
+        (("A", True, 0), ("A", 1)), (("A", False, 0.1), ("A", 1)), (("B", "part", 0.05), ("A", 1)),
+        (("A", False, 0.1), ("A", 1)), (("B", "part", 0), ("B", 2))],
     "a lease lapsed for one more TTL goes to whoever ticks; a reaching node then takes it over": [
         (("A", True, 0), ("A", 1)), (("B", False, 0.7), ("B", 2)), (("A", True, 0), ("A", 3))],
 }
@@ -42,7 +58,8 @@ def test_lease_rules(redis_master, case: str) -> None:
     redisfns.load_sync(r)
     for (node, reaches, pause), (holder, epoch) in CASES[case]:
         time.sleep(pause)
-        got = r.fcall(*redisfns.lease_tick(7, node, reaches, TTL_MS, TAKEOVER_MS).argv)
+        partly = reaches == "part"
+        got = r.fcall(*redisfns.lease_tick(7, node, bool(reaches), TTL_MS, TAKEOVER_MS, partly=partly).argv)
         assert (got[0] or "", int(got[1])) == (holder, epoch), (case, node, reaches)
     moves = r.xrange(ks.LEASE_EVENTS)
     assert len(moves) == CASES[case][-1][1][1]
