@@ -145,7 +145,8 @@ class SeedWriter:
         return WriteResult(True)
 
     async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]) -> list[WriteResult]:
-        """The acquirer's writes waiting behind a slow one (rtu.py), in order."""
+        """The acquirer's writes waiting behind a slow one (rtu.py), in order (none wait here: the seed's
+        polls wait for their writes, `seed_acquirer`)."""
         return [await self.write(rtu, epoch, pairs) for pairs in writes]
 
 
@@ -160,10 +161,21 @@ class NoWriter(SeedWriter):
 def seed_acquirer(side: str, batch: int) -> int:
     """`--seed-acquirer`: fep-acquirer with the seed's write path (same process shape, polls, decoding), or
     with no write path at all (`none`, the bound)."""
-    from fep_acquirer import app, cli
+    from fep_acquirer import app, cli, rtu
 
     SeedWriter.batch = batch if side == "replica" else 0
     app.Writer = NoWriter if side == "none" else SeedWriter  # type: ignore[misc, assignment]
+    if side != "none":
+        # the seed's poll writes what it processed before it reads again: its polls wait for their writes
+        # (ours queue them and keep their schedule, rtu.py). Without this the seed's way would poll at the
+        # full rate while its writes fall behind, merged: CPU spent on polls whose changes are never
+        # counted as written, which would inflate its CPU per change and seed_speedup.
+        poll = rtu.RtuRunner.poll
+
+        async def poll_then_write(self: rtu.RtuRunner, link: Any, wait: bool = True) -> None:
+            await poll(self, link, wait=True)
+
+        rtu.RtuRunner.poll = poll_then_write  # type: ignore[method-assign]
     return cli.main([])
 
 
