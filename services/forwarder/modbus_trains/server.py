@@ -13,8 +13,8 @@ cannot express is added on pymodbus's own server classes (docs/modbus_trains.md)
 - `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
   connected-clients table, which need the peer address pymodbus does not pass to any hook; our own framing
   and one worker per connection answering its requests in order (pymodbus's handler lost or mis-answered
-  pipelined requests); a malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus
-  would keep open and deaf.
+  pipelined requests); an MBAP length field out of range (`mbap_problem`) closes that connection, which
+  pymodbus would keep open and deaf; a frame whose protocol id is not 0 is discarded (`not_modbus`).
 - `ModbusTrainsServer.answer`: unit id routing (ADDRESS, 0xFF, 0, the quality unit) and the request checks
   of `pdu.py` in the specification's order, before pymodbus's PDU decoder and SimDevice path.
 """
@@ -114,15 +114,23 @@ MBAP_LENGTH = (2, 254)  # the MBAP length field: unit id + function code ... uni
 
 
 def mbap_problem(buf: bytes | bytearray) -> str | None:
-    """What is wrong with the MBAP header at the start of `buf` (the unprocessed bytes of a connection),
-    None when it is well-formed or not complete yet. pymodbus's framer keeps a bad header in its buffer and
-    waits for ever (the connection stays open and deaf), so the server closes such a connection instead."""
-    if len(buf) >= 4 and (pid := int.from_bytes(buf[2:4], "big")) != 0:
-        return f"protocol id {pid} (Modbus is 0)"
+    """What makes the stream unreadable at the MBAP header at the start of `buf` (the unprocessed bytes of
+    a connection), None when its length field is in range or not complete yet: with a length outside
+    2 .. 254 there is no frame boundary any more. pymodbus's framer keeps such a header in its buffer and
+    waits for ever (the connection stays open and deaf), so the server closes the connection instead."""
     lo, hi = MBAP_LENGTH
     if len(buf) >= 6 and not lo <= (n := int.from_bytes(buf[4:6], "big")) <= hi:
         return f"length field {n} (allowed {lo}..{hi})"
     return None
+
+
+def not_modbus(header: bytes | bytearray) -> int | None:
+    """The protocol id of a complete frame's MBAP header when it is not Modbus's (0), else None. Such a frame
+    is discarded, not answered, and the connection goes on (MODBUS Messaging on TCP/IP Implementation
+    Guide V1.0b, 4.4.2 server MBAP checks: a protocol identifier other than MODBUS's means the indication
+    is discarded); its length field still delimits it."""
+    pid = int.from_bytes(header[2:4], "big")
+    return pid if pid != 0 else None
 
 
 THIS_DEVICE = (0, 0xFF)
@@ -173,7 +181,8 @@ class _Handler(ServerRequestHandler):
 
     def data_received(self, data: bytes) -> None:
         """Cut the stream into frames (any number per segment, any frame over several segments) and queue
-        them for the worker; a malformed MBAP header closes the connection (no frame boundary any more)."""
+        them for the worker; a frame of another protocol id is dropped; a length field out of range closes
+        the connection (no frame boundary any more)."""
         buf = self.buf
         buf += data
         while len(buf) >= 7:
@@ -185,8 +194,14 @@ class _Handler(ServerRequestHandler):
             if len(buf) < n:
                 break
             tid, _, _, unit = _MBAP.unpack_from(buf)
+            pid = not_modbus(buf)
             pdu = bytes(buf[7:n])
             del buf[:n]
+            if pid is not None:
+                owner: ModbusTrainsServer = self.server.fwd
+                owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host} protocol id",
+                                   f"frame with protocol id {pid} (Modbus is 0) discarded, not answered")
+                continue
             self._queue(tid, unit, pdu)
         if self.pending and self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._serve())
