@@ -52,7 +52,7 @@ from fep_forwarder.modbus_trains.addrmap import (
 )
 from fep_forwarder.modbus_trains.pdu import WRITES, check, write_echo
 from fepha import datatypes
-from fepha.listen import listener
+from fepha.listen import listeners, serve_all
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
 _WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
@@ -300,17 +300,19 @@ class ModbusTrainsServer(ForwardServer):
         srv.fwd = self
         srv.context = _GuardedCore(self, devices)
         try:
-            sock = listener(self.bind, port, f"modbus_trains RTU {self.rtu.id}")
+            socks = listeners(self.bind, port, f"modbus_trains RTU {self.rtu.id}")
         except OSError as exc:
             raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
-        # pymodbus's listen() creates its server through `call_create`: on our socket, which refuses
-        # connections cleanly when the process is out of file descriptors (fepha.listen)
-        srv.call_create = functools.partial(asyncio.get_running_loop().create_server, srv.handle_new_connection,
-                                            sock=sock, start_serving=True)
+        # pymodbus's listen() creates its server through `call_create`: on our sockets (every address of the
+        # bind host), which refuse connections cleanly when the process is out of file descriptors (fepha.listen)
+        create = functools.partial(asyncio.get_running_loop().create_server, srv.handle_new_connection,
+                                   start_serving=True)
+        srv.call_create = functools.partial(serve_all, create, socks)
         try:
             await srv.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus reports a failed listen this way
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
         self._srv = srv
         log.info("modbus_trains RTU %s listening on %s:%s unit %s", self.rtu.id, self.bind, self.port, self.unit)
