@@ -112,7 +112,7 @@ async def test_unit_ids(served):
 
 
 async def test_other_protocol_id_is_discarded_and_the_connection_goes_on(served):
-    """Implementation Guide V1.0b 4.4.2: a frame whose protocol id is not Modbus's (0) is discarded, not
+    """Implementation Guide V1.0b 4.4.2.2: a frame whose protocol id is not Modbus's (0) is discarded, not
     answered; its length field still delimits it, so the next request on the connection, in the same
     segment or a later one, is answered under its own transaction id. A write in such a frame runs
     nothing. (Before: the connection was closed, the good request after it never answered.)"""

@@ -127,14 +127,14 @@ def mbap_problem(buf: bytes | bytearray) -> str | None:
 def not_modbus(header: bytes | bytearray) -> int | None:
     """The protocol id of a complete frame's MBAP header when it is not Modbus's (0), else None. Such a frame
     is discarded, not answered, and the connection goes on (MODBUS Messaging on TCP/IP Implementation
-    Guide V1.0b, 4.4.2 server MBAP checks: a protocol identifier other than MODBUS's means the indication
+    Guide V1.0b, 4.4.2.2 "MODBUS PDU Checking": a protocol identifier other than MODBUS's means the indication
     is discarded); its length field still delimits it."""
     pid = int.from_bytes(header[2:4], "big")
     return pid if pid != 0 else None
 
 
 THIS_DEVICE = (0, 0xFF)
-"""Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.2:
+"""Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.1.2:
 0xFF on TCP/IP, 0 also accepted): answered as the RTU's ADDRESS."""
 MAX_PENDING = 16
 """Requests queued on one connection before the server stops reading it (TCP flow control holds the rest)."""
