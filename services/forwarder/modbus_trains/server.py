@@ -25,6 +25,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import socket
 import struct
 import time
 from collections import deque
@@ -136,6 +137,20 @@ def not_modbus(header: bytes | bytearray) -> int | None:
 THIS_DEVICE = (0, 0xFF)
 """Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.1.2:
 0xFF on TCP/IP, 0 also accepted): answered as the RTU's ADDRESS."""
+
+
+def keep_alive(sock: socket.socket, seconds: int) -> None:
+    """TCP keep-alive on a master's connection (Implementation Guide V1.0b 4.3.2 recommends it; Modbus TCP has
+    none of its own): probes after `seconds` of silence, then every quarter of that; the kernel closes the
+    connection once nothing has been acknowledged for twice `seconds` (TCP_USER_TIMEOUT, which also bounds
+    answers a vanished master never acknowledges)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // 4))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2 * seconds * 1000)
+
+
 MAX_PENDING = 16
 """Requests queued on one connection before the server stops reading it (TCP flow control holds the rest)."""
 _MBAP = struct.Struct(">HHHB")
@@ -178,6 +193,9 @@ class _Handler(ServerRequestHandler):
             return
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
+        sock = self.transport.get_extra_info("socket")
+        if owner.keepalive_s and sock is not None:
+            keep_alive(sock, owner.keepalive_s)
 
     def data_received(self, data: bytes) -> None:
         """Cut the stream into frames (any number per segment, any frame over several segments) and queue
@@ -263,7 +281,8 @@ class _TcpServer(ModbusTcpServer):
 
 class ModbusTrainsServer(ForwardServer):
     """Options: quality_unit (int, unit id serving quality bits; default none), control_timeout_ms
-    (int, default: the ControlSink's)."""
+    (int, default: the ControlSink's), keepalive_s (int, TCP keep-alive on masters' connections; default
+    none: the runner passes `[modbus_trains] keepalive_s`)."""
 
     protocol = "modbus_trains"
     log = log
@@ -277,6 +296,7 @@ class ModbusTrainsServer(ForwardServer):
         self.quality_unit: int | None = int(q) if q is not None else None
         if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device, *THIS_DEVICE):
             raise ValueError(f"quality_unit {q} equals the RTU's unit id (or 0 / 255, which address it too)")
+        self.keepalive_s = int(self.options.get("keepalive_s") or 0)
         self._decoder = DecodePDU(True)
         self.conns: dict[str, dict[str, Any]] = {}
         self.origin = f"modbus_trains:{self.rtu.id}@{self.node}"
