@@ -264,6 +264,13 @@ class NodeConfig:
     modbus_trains_quality_unit: int = opt("modbus_trains", _nonneg_int, 0,
                                           "unit id serving each point's quality bits (1 ... 254, not an "
                                           "RTU's ADDRESS); 0: none, a master cannot tell a stale value")
+    # modbus_trains: TCP keep-alive on every master's connection (MODBUS Messaging on TCP/IP Implementation
+    # Guide V1.0b 4.3.2 recommends it), so that a vanished master's connection is closed
+    # (docs/modbus_trains.md, "Connections"); fep_forwarder.app passes it as an option
+    modbus_trains_keepalive_s: int = opt("modbus_trains", _nonneg_int, 60,
+                                         "TCP keep-alive on each master's connection: probes after this many "
+                                         "seconds of silence; a master gone without closing is dropped about "
+                                         "twice this after its last packet; 0: off")
 
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,

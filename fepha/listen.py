@@ -6,8 +6,8 @@ and 100 retries per wake-up, which multiply every second (measured on fep-forwar
 records per second within 10 s, growing with the CPU). New connections meanwhile wait unanswered in the
 kernel's backlog.
 
-`listener()` returns a socket for `loop.create_server(sock=...)` / `asyncio.start_server(sock=...)` whose
-accept() handles that itself, as libuv does: it keeps one spare descriptor; when accept() fails for want
+`listeners()` returns the sockets for `loop.create_server(sock=...)` / `asyncio.start_server(sock=...)`
+(one per address the listen host resolves to, joined by `serve_all`) whose accept() handles that itself, as libuv does: it keeps one spare descriptor; when accept() fails for want
 of descriptors it frees the spare, accepts the waiting connection and closes it at once (the peer sees a
 clean close, not a hang), takes the spare back, and does so for every connection waiting; then it tells
 asyncio "nothing more to accept". Refusals are counted and logged at most once a minute (WARNING), the
@@ -17,11 +17,14 @@ not even the spare can be had back, asyncio's own handling applies, once per wak
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("fepha.listen")
 
@@ -105,18 +108,88 @@ def _spare() -> int | None:
         return None
 
 
-def listener(host: str, port: int, what: str, backlog: int = 100) -> GuardedListener:
-    """A bound, listening, non-blocking GuardedListener on `host`:`port` (SO_REUSEADDR, as asyncio's
-    servers); `what` names it in the log. Raises OSError when the address cannot be bound."""
-    info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-    sock = GuardedListener(info[0], socket.SOCK_STREAM)
+def listeners(host: str, port: int, what: str, backlog: int = 100) -> list[GuardedListener]:
+    """Bound, listening, non-blocking GuardedListeners on `host`:`port`, one per address `host` resolves to
+    (a name such as "localhost" with ::1 and 127.0.0.1: both, as asyncio's create_server does with a host
+    string; binding only getaddrinfo's first answer left the other family unserved). All on one port: with
+    port 0 the first socket's port is taken for the others. When IPv4 and IPv6 addresses are both bound, the
+    IPv6 sockets are IPv6-only (else "::" would take the IPv4 port too); a lone IPv6 address keeps the
+    system's default. SO_REUSEADDR, as asyncio's servers; `what` names them in the log. Raises OSError when
+    an address cannot be bound (none is left open then)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    addrs: list[tuple[socket.AddressFamily, Any]] = []
+    for family, _, _, _, addr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, addr) not in addrs:
+            addrs.append((family, addr))
+    for attempt in range(5):
+        try:
+            return _bind_all(addrs, port, what, backlog)
+        except OSError as exc:
+            # port 0: the port chosen for the first address may be taken on another one; choose again
+            if not (port == 0 and len(addrs) > 1 and exc.errno == errno.EADDRINUSE and attempt < 4):
+                raise
+    raise AssertionError("unreachable")
+
+
+def _bind_all(addrs: list[tuple[socket.AddressFamily, Any]], port: int, what: str,
+              backlog: int) -> list[GuardedListener]:
+    both = len({family for family, _ in addrs}) > 1
+    socks: list[GuardedListener] = []
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(info[4])
-        sock.listen(backlog)
-        sock.setblocking(False)
-        sock.setup(what)
+        for family, addr in addrs:
+            if port == 0 and socks:  # the port the system chose for the first address
+                addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
+            sock = GuardedListener(family, socket.SOCK_STREAM)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and both:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+            sock.listen(backlog)
+            sock.setblocking(False)
+            sock.setup(what)
     except BaseException:
-        sock.close()
+        for sock in socks:
+            sock.close()
         raise
-    return sock
+    return socks
+
+
+class Servers:
+    """Several asyncio servers (one per listening socket) as one: `loop.create_server(sock=...)` takes a
+    single socket. Offers what the services use of `asyncio.Server`."""
+
+    def __init__(self, servers: list[asyncio.Server]) -> None:
+        self.servers = servers
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(s for srv in self.servers for s in srv.sockets)
+
+    def is_serving(self) -> bool:
+        return any(srv.is_serving() for srv in self.servers)
+
+    def close(self) -> None:
+        for srv in self.servers:
+            srv.close()
+
+    async def wait_closed(self) -> None:
+        for srv in self.servers:
+            await srv.wait_closed()
+
+
+async def serve_all(create: Callable[..., Awaitable[asyncio.Server]], socks: list[GuardedListener]) -> Servers:
+    """`create(sock=sock)` (a partial of asyncio.start_server or loop.create_server) for every socket of
+    `socks`, as one Servers.
+    When one fails, the servers already made and every socket are closed."""
+    servers: list[asyncio.Server] = []
+    try:
+        for sock in socks:
+            servers.append(await create(sock=sock))
+    except BaseException:
+        for srv in servers:
+            srv.close()
+        for sock in socks:
+            sock.close()
+        raise
+    return Servers(servers)

@@ -12,7 +12,7 @@ import uvicorn
 from fep_api import headlimit
 from fepha import config
 from fepha.config import ConfigError
-from fepha.listen import listener
+from fepha.listen import listeners
 from fepha.logsetup import setup as log_setup
 
 STOP_S = 2  # seconds (uvicorn takes an int)
@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     from fep_api.app import create_app
 
     host, port = args.bind or cfg.api_bind, args.port or cfg.api_port
-    try:  # our listening socket: it refuses connections cleanly when the process is out of descriptors
-        sock = listener(host, port, "api")
+    try:  # our listening sockets (every address of the host): they refuse connections cleanly when the process
+        # is out of descriptors
+        socks = listeners(host, port, "api")
     except OSError as exc:
         print(f"fep-api: cannot listen on {host}:{port}: {exc}", file=sys.stderr)
         return 1
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     # service after a clean stop. Handlers that do nothing take that second delivery.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    server.run(sockets=[sock])  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
+    server.run(sockets=[*socks])  # handles SIGTERM/SIGINT: stops accepting, finishes requests, runs the lifespan's close
     return 0 if server.started else 1
 
 

@@ -348,8 +348,10 @@ class Forwarder:
         """A server's options: its protocol's fep-ha.cfg section ([se104s], [modbus_trains]), then the
         runner's options (which tests use to shorten timers) on top."""
         per: dict[str, Any] = self.cfg.se104s_options() if protocol == "se104s" else {}
-        if protocol == "modbus_trains" and self.cfg.modbus_trains_quality_unit:
-            per = {"quality_unit": self.cfg.modbus_trains_quality_unit}
+        if protocol == "modbus_trains":
+            per = {"keepalive_s": self.cfg.modbus_trains_keepalive_s}
+            if self.cfg.modbus_trains_quality_unit:
+                per["quality_unit"] = self.cfg.modbus_trains_quality_unit
         return {**per, **self.options}
 
     async def _stop_server(self, rid: int) -> None:

@@ -111,6 +111,33 @@ async def test_unit_ids(served):
         ModbusTrainsServer(rtu(), None, "127.0.0.1", ScriptedSink(), "A", quality_unit=255)
 
 
+async def test_other_protocol_id_is_discarded_and_the_connection_goes_on(served):
+    """Implementation Guide V1.0b 4.4.2.2: a frame whose protocol id is not Modbus's (0) is discarded, not
+    answered; its length field still delimits it, so the next request on the connection, in the same
+    segment or a later one, is answered under its own transaction id. A write in such a frame runs
+    nothing. (Before: the connection was closed, the good request after it never answered.)"""
+    srv, sink, _ = served
+
+    def other(tid: int, pid: int, pdu: str) -> bytes:
+        p = bytes.fromhex(pdu)
+        return MBAP.pack(tid, pid, len(p) + 1, 1) + p
+
+    seg = other(1, 1, "05 0000 ff00") + req(2, 1, "04 0003 0001") + other(3, 0xFFFF, "04 0003 0001")
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    try:
+        writer.write(seg)
+        assert await asyncio.wait_for(reader.readexactly(11), 3) == ans(2, 1, "04 02 0007")
+        writer.write(req(4, 1, "02 0000 0001"))
+        assert await asyncio.wait_for(reader.readexactly(10), 3) == ans(4, 1, "02 01 01")
+        writer.write(other(5, 2, "06 0000 0009"))
+        await asyncio.sleep(0.3)
+        writer.write(req(6, 1, "04 0003 0001"))
+        assert await asyncio.wait_for(reader.readexactly(11), 3) == ans(6, 1, "04 02 0007")  # 5: no answer
+    finally:
+        writer.close()
+    assert sink.calls == []
+
+
 async def test_pipelined_and_split_frames(served):
     """Several requests in one segment are all answered, in order, each with its own transaction id; a frame
     split over segments (down to one byte each) is answered once whole; 60 requests in one 720-byte segment

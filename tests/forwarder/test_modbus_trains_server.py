@@ -204,12 +204,12 @@ GOOD_READ = bytes.fromhex("0001 0000 0006 01 04 0000 0001")  # FC 4, input regis
 @pytest.mark.parametrize(("buf", "problem"), [
     (GOOD_READ, None),
     (GOOD_READ[:5], None),  # header not complete yet: wait
-    (bytes.fromhex("0001 1234 0006 01 04 0000 0001"), "protocol id 4660"),
+    (bytes.fromhex("0001 1234 0006 01 04 0000 0001"), None),  # another protocol id: discarded (not_modbus)
     (bytes.fromhex("0001 0000 ffff 01 03"), "length field 65535"),
     (bytes.fromhex("0001 0000 0001 01"), "length field 1"),
     (bytes.fromhex("0001 0000 00ff 01"), "length field 255"),
     (bytes.fromhex("0001 0000 00fe 01"), None),  # 254: a 253-byte PDU, the largest there is
-    (b"\xde\xad\xbe\xef" * 8, "protocol id 48879"),
+    (b"\xde\xad\xbe\xef" * 8, "length field 57005"),
 ])
 def test_mbap_header_rules(buf: bytes, problem: str | None) -> None:
     got = mbap_problem(buf)
@@ -217,8 +217,9 @@ def test_mbap_header_rules(buf: bytes, problem: str | None) -> None:
 
 
 async def test_malformed_frame_closes_only_that_connection(served):
-    """A bad MBAP header closes that connection (pymodbus alone would keep it open and deaf); a PDU that
-    does not decode gets an exception answer; the other master and new connections are served."""
+    """An MBAP length field out of range (garbage, another protocol) closes that connection (pymodbus alone
+    would keep it open and deaf); a PDU that does not decode gets an exception answer; the other master and
+    new connections are served."""
     srv, _, c = served
 
     async def exchange(data: bytes) -> bytes:
@@ -229,8 +230,8 @@ async def test_malformed_frame_closes_only_that_connection(served):
         finally:
             writer.close()
 
-    for bad in (bytes.fromhex("0001 1234 0006 01 04 0000 0001"), bytes.fromhex("0001 0000 ffff 01 03") + bytes(20),
-                b"\xde\xad\xbe\xef" * 8):
+    for bad in (bytes.fromhex("0001 0000 ffff 01 03") + bytes(20), bytes.fromhex("0001 0000 0001 01") + GOOD_READ,
+                b"\xde\xad\xbe\xef" * 8, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"):
         assert await exchange(bad) == b""
         assert (await c.read_input_registers(10, count=1)).registers == [1]
     # a header that is fine around a PDU that is not: an exception answer, the connection stays usable

@@ -100,6 +100,23 @@ def test_se104s_settings_reach_the_server_options(tmp_path: Path) -> None:
     assert "buffer_max" not in fwd.protocol_options("sefeps")
 
 
+def test_modbus_trains_settings_reach_the_server_options(tmp_path: Path) -> None:
+    """[modbus_trains] keepalive_s (default 60) and quality_unit become ModbusTrainsServer options."""
+    import asyncio
+
+    from fep_forwarder.app import Forwarder
+
+    write(tmp_path, "")
+    fwd = Forwarder(config.load_node(tmp_path, env={}), asyncio.Event(), {})
+    opts = fwd.protocol_options("modbus_trains")
+    assert opts["keepalive_s"] == 60 and "quality_unit" not in opts
+    write(tmp_path, "[modbus_trains]\nkeepalive_s = 5\nquality_unit = 9\n")
+    fwd = Forwarder(config.load_node(tmp_path, env={}), asyncio.Event(), {})
+    opts = fwd.protocol_options("modbus_trains")
+    assert (opts["keepalive_s"], opts["quality_unit"]) == (5, 9)
+    assert "keepalive_s" not in fwd.protocol_options("sefeps")
+
+
 def test_variables_outside_the_sections_are_not_settings(tmp_path: Path) -> None:
     """FEP_RUN (the keepalived container's run directory) and compose's FEP_IMAGE / FEP_BIND are not
     settings of any section: they are left alone, while a misspelt one inside a section is refused."""

@@ -13,8 +13,8 @@ cannot express is added on pymodbus's own server classes (docs/modbus_trains.md)
 - `_Handler` (pymodbus's per-connection `ServerRequestHandler`): the client address allowlist and the
   connected-clients table, which need the peer address pymodbus does not pass to any hook; our own framing
   and one worker per connection answering its requests in order (pymodbus's handler lost or mis-answered
-  pipelined requests); a malformed MBAP header (`mbap_problem`) closes that connection, which pymodbus
-  would keep open and deaf.
+  pipelined requests); an MBAP length field out of range (`mbap_problem`) closes that connection, which
+  pymodbus would keep open and deaf; a frame whose protocol id is not 0 is discarded (`not_modbus`).
 - `ModbusTrainsServer.answer`: unit id routing (ADDRESS, 0xFF, 0, the quality unit) and the request checks
   of `pdu.py` in the specification's order, before pymodbus's PDU decoder and SimDevice path.
 """
@@ -25,6 +25,7 @@ import asyncio
 import contextvars
 import functools
 import logging
+import socket
 import struct
 import time
 from collections import deque
@@ -52,7 +53,7 @@ from fep_forwarder.modbus_trains.addrmap import (
 )
 from fep_forwarder.modbus_trains.pdu import WRITES, check, write_echo
 from fepha import datatypes
-from fepha.listen import listener
+from fepha.listen import listeners, serve_all
 
 log = logging.getLogger("fep.forwarder.modbus_trains")
 _WRITE_FUNCTIONS = (5, 6, 15, 16, 22, 23)
@@ -114,20 +115,42 @@ MBAP_LENGTH = (2, 254)  # the MBAP length field: unit id + function code ... uni
 
 
 def mbap_problem(buf: bytes | bytearray) -> str | None:
-    """What is wrong with the MBAP header at the start of `buf` (the unprocessed bytes of a connection),
-    None when it is well-formed or not complete yet. pymodbus's framer keeps a bad header in its buffer and
-    waits for ever (the connection stays open and deaf), so the server closes such a connection instead."""
-    if len(buf) >= 4 and (pid := int.from_bytes(buf[2:4], "big")) != 0:
-        return f"protocol id {pid} (Modbus is 0)"
+    """What makes the stream unreadable at the MBAP header at the start of `buf` (the unprocessed bytes of
+    a connection), None when its length field is in range or not complete yet: with a length outside
+    2 .. 254 there is no frame boundary any more. pymodbus's framer keeps such a header in its buffer and
+    waits for ever (the connection stays open and deaf), so the server closes the connection instead."""
     lo, hi = MBAP_LENGTH
     if len(buf) >= 6 and not lo <= (n := int.from_bytes(buf[4:6], "big")) <= hi:
         return f"length field {n} (allowed {lo}..{hi})"
     return None
 
 
+def not_modbus(header: bytes | bytearray) -> int | None:
+    """The protocol id of a complete frame's MBAP header when it is not Modbus's (0), else None. Such a frame
+    is discarded, not answered, and the connection goes on (MODBUS Messaging on TCP/IP Implementation
+    Guide V1.0b, 4.4.2.2 "MODBUS PDU Checking": a protocol identifier other than MODBUS's means the indication
+    is discarded); its length field still delimits it."""
+    pid = int.from_bytes(header[2:4], "big")
+    return pid if pid != 0 else None
+
+
 THIS_DEVICE = (0, 0xFF)
-"""Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.2:
+"""Unit ids that address the server itself (MODBUS Messaging on TCP/IP Implementation Guide V1.0b, 4.4.1.2:
 0xFF on TCP/IP, 0 also accepted): answered as the RTU's ADDRESS."""
+
+
+def keep_alive(sock: socket.socket, seconds: int) -> None:
+    """TCP keep-alive on a master's connection (Implementation Guide V1.0b 4.3.2 recommends it; Modbus TCP has
+    none of its own): probes after `seconds` of silence, then every quarter of that; the kernel closes the
+    connection once nothing has been acknowledged for twice `seconds` (TCP_USER_TIMEOUT, which also bounds
+    answers a vanished master never acknowledges)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // 4))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, 2 * seconds * 1000)
+
+
 MAX_PENDING = 16
 """Requests queued on one connection before the server stops reading it (TCP flow control holds the rest)."""
 _MBAP = struct.Struct(">HHHB")
@@ -170,10 +193,14 @@ class _Handler(ServerRequestHandler):
             return
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
+        sock = self.transport.get_extra_info("socket")
+        if owner.keepalive_s and sock is not None:
+            keep_alive(sock, owner.keepalive_s)
 
     def data_received(self, data: bytes) -> None:
         """Cut the stream into frames (any number per segment, any frame over several segments) and queue
-        them for the worker; a malformed MBAP header closes the connection (no frame boundary any more)."""
+        them for the worker; a frame of another protocol id is dropped; a length field out of range closes
+        the connection (no frame boundary any more)."""
         buf = self.buf
         buf += data
         while len(buf) >= 7:
@@ -185,8 +212,14 @@ class _Handler(ServerRequestHandler):
             if len(buf) < n:
                 break
             tid, _, _, unit = _MBAP.unpack_from(buf)
+            pid = not_modbus(buf)
             pdu = bytes(buf[7:n])
             del buf[:n]
+            if pid is not None:
+                owner: ModbusTrainsServer = self.server.fwd
+                owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host} protocol id",
+                                   f"frame with protocol id {pid} (Modbus is 0) discarded, not answered")
+                continue
             self._queue(tid, unit, pdu)
         if self.pending and self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._serve())
@@ -248,7 +281,8 @@ class _TcpServer(ModbusTcpServer):
 
 class ModbusTrainsServer(ForwardServer):
     """Options: quality_unit (int, unit id serving quality bits; default none), control_timeout_ms
-    (int, default: the ControlSink's)."""
+    (int, default: the ControlSink's), keepalive_s (int, TCP keep-alive on masters' connections; default
+    none: the runner passes `[modbus_trains] keepalive_s`)."""
 
     protocol = "modbus_trains"
     log = log
@@ -262,6 +296,7 @@ class ModbusTrainsServer(ForwardServer):
         self.quality_unit: int | None = int(q) if q is not None else None
         if self.quality_unit is not None and self.quality_unit in (self.unit, self.value_device, *THIS_DEVICE):
             raise ValueError(f"quality_unit {q} equals the RTU's unit id (or 0 / 255, which address it too)")
+        self.keepalive_s = int(self.options.get("keepalive_s") or 0)
         self._decoder = DecodePDU(True)
         self.conns: dict[str, dict[str, Any]] = {}
         self.origin = f"modbus_trains:{self.rtu.id}@{self.node}"
@@ -285,17 +320,19 @@ class ModbusTrainsServer(ForwardServer):
         srv.fwd = self
         srv.context = _GuardedCore(self, devices)
         try:
-            sock = listener(self.bind, port, f"modbus_trains RTU {self.rtu.id}")
+            socks = listeners(self.bind, port, f"modbus_trains RTU {self.rtu.id}")
         except OSError as exc:
             raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
-        # pymodbus's listen() creates its server through `call_create`: on our socket, which refuses
-        # connections cleanly when the process is out of file descriptors (fepha.listen)
-        srv.call_create = functools.partial(asyncio.get_running_loop().create_server, srv.handle_new_connection,
-                                            sock=sock, start_serving=True)
+        # pymodbus's listen() creates its server through `call_create`: on our sockets (every address of the
+        # bind host), which refuse connections cleanly when the process is out of file descriptors (fepha.listen)
+        create = functools.partial(asyncio.get_running_loop().create_server, srv.handle_new_connection,
+                                   start_serving=True)
+        srv.call_create = functools.partial(serve_all, create, socks)
         try:
             await srv.serve_forever(background=True)
         except RuntimeError as exc:  # pymodbus reports a failed listen this way
-            sock.close()
+            for sock in socks:
+                sock.close()
             raise OSError(f"modbus_trains RTU {self.rtu.id}: cannot listen on {self.bind}:{port}") from exc
         self._srv = srv
         log.info("modbus_trains RTU %s listening on %s:%s unit %s", self.rtu.id, self.bind, self.port, self.unit)

@@ -9,6 +9,7 @@ the station pumps out within the k window) and a timer task (the link's t1/t2/t3
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
-from fepha.listen import listener
+from fepha.listen import Servers, listeners, serve_all
 
 from ..allow import peer_host
 from ..base import STALLS, ForwardServer, Update, abort_unflushed
@@ -47,16 +48,17 @@ class Se104Server(ForwardServer):
                                wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
                                acked=self.record_ack, counts=self.counts, make_room=self.make_room)
         self._io: dict[Session, ConnIO] = {}
-        self._server: asyncio.base_events.Server | None = None
+        self._server: Servers | None = None
 
     # --- ForwardServer -------------------------------------------------------------------------------
 
     async def start(self) -> None:
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
-        sock = listener(self.bind, port, f"se104s RTU {self.rtu.id}")
-        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls,
-                                                  ssl_handshake_timeout=self.t0 if self.tls else None)
+        socks = listeners(self.bind, port, f"se104s RTU {self.rtu.id}")
+        self._server = await serve_all(functools.partial(
+            asyncio.start_server, self._serve, ssl=self.tls, ssl_handshake_timeout=self.t0 if self.tls else None),
+            socks)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 

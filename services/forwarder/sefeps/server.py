@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import deque
@@ -22,7 +23,7 @@ from fep_forwarder.allow import peer_host
 from fep_forwarder.base import STALLS, ForwardServer, Update, abort_unflushed, drain_unless_stalled
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
-from fepha.listen import listener
+from fepha.listen import Servers, listeners, serve_all
 from fepha.semodel.model import FwdPoint
 
 log = logging.getLogger("fep.forwarder.sefeps")
@@ -340,7 +341,7 @@ class SefepsServer(ForwardServer):
         self.image: dict[int, codec.Entry] = self._empty_image()
         self.history: History[Event] = History(int(self.opt["replay_max"]))
         self.conns: dict[_Conn, asyncio.Task] = {}
-        self._server: asyncio.Server | None = None
+        self._server: Servers | None = None
         self._stopping = False
         # counts: events_sent, events_dropped (queued events replaced by a full image), controls,
         # controls_ok, control_latency_ms_sum, connections_refused
@@ -349,8 +350,8 @@ class SefepsServer(ForwardServer):
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
-        sock = listener(self.bind, port, f"sefeps RTU {self.rtu.id}")
-        self._server = await asyncio.start_server(self._serve, sock=sock, ssl=self.tls)
+        socks = listeners(self.bind, port, f"sefeps RTU {self.rtu.id}")
+        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve, ssl=self.tls), socks)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:
