@@ -97,7 +97,7 @@ async def test_a_lost_connection_reports_only_the_answers_before_the_first_missi
 
 
 async def test_malformed_answer_closes_the_connection() -> None:
-    proto, wire, fut = start()
+    proto, _, fut = start()
     proto.data_received(mbtcp.frame(2, UNIT, b"\x03\x04\x00\x01\x00\x02"))  # byte count for another read
     with pytest.raises(mbtcp.Malformed):
         fut.result()
@@ -111,7 +111,7 @@ async def test_each_request_times_out_from_its_own_send() -> None:
     """The oldest request not answered fails the sequence at its own deadline; the answers after it are
     not returned in its place."""
     loop = asyncio.get_running_loop()
-    proto, wire, fut = start(window=2, timeout_s=0.3)
+    proto, _, fut = start(window=2, timeout_s=0.3)
     t0 = loop.time()
     await asyncio.sleep(0.2)
     proto.data_received(mbtcp.frame(1, UNIT, ans(0)))  # the third goes out now, 0.2 s after the second
