@@ -24,9 +24,9 @@ from pymodbus.exceptions import ModbusIOException, NoSuchIdException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
-from pymodbus.transaction import TransactionManager
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simutils import SimUtils
+from pymodbus.transaction import TransactionManager
 
 from fepha import datatypes as dt
 from fepha.semodel.db import read_rows
