@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import SimDevice
 
 from fep_acquirer import mbtcp
 from fep_acquirer.device import DeviceLink
@@ -151,3 +154,20 @@ async def test_device_link_with_several_in_flight_reads_plcsim() -> None:
     finally:
         link.close()
         await sim.stop()
+
+
+async def test_pymodbus_own_handler_leaves_the_second_request_of_a_segment_unanswered() -> None:
+    """Why fep-plcsim has its own handler (docs/plcsim.md): pymodbus 3.16's server, given two requests in
+    one TCP segment, answers the first only; the second waits for more bytes that a client awaiting its
+    answer never sends. (If a pymodbus upgrade makes this fail, its server handles pipelined requests.)"""
+    port = free_port()
+    sim = PlcSim(Model.from_rows(_pipelined_rows(port)))
+    srv = ModbusTcpServer([SimDevice(id=1, simdata=sim.stores[1].simdata())], address=("127.0.0.1", port))
+    await srv.serve_forever(background=True)
+    try:
+        frames = [mbtcp.frame(1, 1, mbtcp.read_pdu("hr", 0, 1)), mbtcp.frame(2, 1, mbtcp.read_pdu("hr", 1, 1))]
+        assert len(await _send_in_one_segment(port, frames, 1)) == 1
+        with pytest.raises(TimeoutError):
+            await _send_in_one_segment(port, frames, 2)
+    finally:
+        await srv.shutdown()
