@@ -97,9 +97,10 @@ class DeviceLink:
         """Every block's answer data bytes (registers big-endian, bits packed LSB first: plan.py decodes), or
         the DeviceError of a block the device refused (Busy for 0x06, NoAnswer for a block not answered, see
         `_missed`). The reads go as one sequence (mbtcp.Client.requests), paused for a waiting control
-        write once the requests already sent are answered (one with INFLIGHT 1, up to INFLIGHT). A connection the device closed (between polls, or after answering some of
-        this poll's requests) is opened again at once and the poll goes on; closed again before any answer,
-        the device is not reached. Raises LinkError (device not reached)."""
+        write once the requests already sent are answered (one with INFLIGHT 1, up to INFLIGHT). A
+        connection the device closed (between polls, or after answering some of this poll's requests) is
+        opened again at once and the poll goes on; closed again before any answer, the device is not
+        reached. Raises LinkError (device not reached)."""
         out: list[bytes | DeviceError] = []
         answered = True  # an answer came since the connection was last opened again in this poll
         while len(out) < len(blocks):

@@ -18,7 +18,8 @@ devices serve one request at a time and some drop or mishandle a second one sent
 answered. With N > 1 a sequence keeps up to N requests outstanding and matches answers by transaction id.
 
 Answers: a Modbus exception answer is an `ExceptionAnswer` (its code; `request` raises it, `requests`
-returns it in its place and stops the sequence there); anything malformed (protocol id
+returns it in its place and stops the sequence there, with several in flight once the requests already
+sent are answered); anything malformed (protocol id
 not 0, a length outside the MBAP range, another unit id, another function, a byte count that does not
 fit the request, a write echo that does not match) raises `Malformed` and the connection is closed, as
 its byte stream can no longer be trusted. An answer with another transaction id (a late answer to a
