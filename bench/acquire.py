@@ -1,12 +1,14 @@
 """Acquisition benchmark, end to end: real Modbus devices -> the real `fep-acquirer` process -> real Redis.
 
 Load (all printed at the start): `--rtus` RTUs of `--points-per-rtu` uint16 holding registers each, polled
-every `--poll-ms`, served by `--sims` `fep-plcsim` processes (each serving a share of the RTUs, one TCP
-port per RTU). Every read request changes about `--change-pct` % of the registers it reads to the moment
-the device serves them (`--stamp-pct`, ms modulo 2**16) and answers after `--delay-ms` (a device's
-response time). So each value written to Redis says when the device served it, and the stream record's id
-says when Redis stored it: poll_to_redis = stream id ms - served ms (the device's answer -> the change in
-Redis: the rest of that poll's reads, decoding, change detection, the fenced write). Clocks: one machine.
+every `--poll-ms` with `--inflight` Modbus requests outstanding at most (T004_RTU.INFLIGHT of every RTU, in
+every mode below: the poll path is the same for all), served by `--sims` `fep-plcsim` processes (each serving
+a share of the RTUs, one TCP port per RTU, answering one request after the other). Every read request changes
+about `--change-pct` % of the registers it reads to the moment the device serves them (`--stamp-pct`, ms
+modulo 2**16) and answers after `--delay-ms` (a device's response time). So each value written to Redis says
+when the device served it, and the stream record's id says when Redis stored it: poll_to_redis = stream id
+ms - served ms (the device's answer -> the change in Redis: the rest of that poll's reads, decoding, change
+detection, the fenced write). Clocks: one machine.
 
 Per run, for `--seconds` after a warm-up (leases held, full images written):
 - ours: `fep-acquirer` (product code and timers, node A, direct Redis). changes/s = change records in the
@@ -33,7 +35,7 @@ synthetic responses in a loop in which every point changes every call (no Modbus
 Last line (medians of --runs; max_points_at_1s from one search):
 e2e_changes_per_s= rtus= points= poll_ms= change_pct= poll_to_redis_p50_ms= poll_to_redis_p99_ms=
 acq_cpu_pct= redis_cpu_pct= acq_cpu_s_per_100k= redis_cpu_s_per_100k= seed_speedup= max_points_at_1s=
-changes_per_s= seed_speedup_bound=
+changes_per_s= seed_speedup_bound= inflight=
 """
 
 from __future__ import annotations
@@ -76,14 +78,15 @@ CLK = os.sysconf("SC_CLK_TCK")
 log = logging.getLogger("bench")
 
 
-def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int, first: int = 1) -> dict[str, list]:
+def rows(n_rtus: int, n_points: int, ports: list[int], poll_ms: int, first: int = 1,
+         inflight: int = 1) -> dict[str, list]:
     out: dict[str, list[dict[str, Any]]] = {"T020_UNION": [{"ID": 1, "IP1": "127.0.0.1", "IP2": "127.0.0.2"}],
                                             "T004_RTU": [], "T010_CHANNEL": [], "T011_POINT": []}
     for i in range(n_rtus):
         rid = first + i
         out["T004_RTU"].append({"RTUID": rid, "NAME": f"bench{rid}", "RTUTYPE": 0, "PROTOCOL": "modbus_tcp",
                                 "POLLMS": poll_ms, "TIMEOUTMS": 1000, "LISTENPORT": None, "ADDRESS": None,
-                                "ALLOW": None})
+                                "ALLOW": None, "INFLIGHT": inflight})
         out["T010_CHANNEL"] += [{"RTUID": rid, "CHANNO": ch, "HOST": f"127.0.0.{ch}", "PORT": ports[i],
                                  "UNITID": 1} for ch in (1, 2)]
         out["T011_POINT"] += [{"PNTID": rid * 100_000 + a, "RTUID": rid, "KIND": "AI", "NAME": f"p{a}",
@@ -185,7 +188,7 @@ class Plant:
     def __init__(self, args: argparse.Namespace, n_rtus: int, tmp: Path) -> None:
         self.args, self.n_rtus, self.tmp = args, n_rtus, tmp
         ports = free_ports(n_rtus)
-        self.rows = rows(n_rtus, args.points_per_rtu, ports, args.poll_ms)
+        self.rows = rows(n_rtus, args.points_per_rtu, ports, args.poll_ms, inflight=args.inflight)
         self.points = n_rtus * args.points_per_rtu
         self.rp = RedisProc().start()
         self.r = redis.Redis(host=self.rp.host, port=self.rp.port, decode_responses=True)
@@ -377,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--change-pct", type=float, default=5.0, help="%% of the points read that change per poll")
     ap.add_argument("--delay-ms", type=float, default=2.0, help="device response delay per request")
     ap.add_argument("--sims", type=int, default=4, help="fep-plcsim processes sharing the RTUs")
+    ap.add_argument("--inflight", type=int, default=1, choices=range(1, 17), metavar="N",
+                    help="T004_RTU.INFLIGHT of every RTU, every mode: Modbus requests outstanding per device (1..16)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measurement window of each load")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--period-slack", type=float, default=0.1,
@@ -404,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     points = args.rtus * args.points_per_rtu
     print(f"parameters: {args.rtus} RTUs x {args.points_per_rtu} uint16 points = {points:,} points, poll "
           f"{args.poll_ms} ms, {args.change_pct:g} % changing per poll, device delay {args.delay_ms:g} ms, "
-          f"{args.sims} fep-plcsim processes, {args.seconds:g} s windows, {args.runs} runs, poll on time within "
+          f"{args.inflight} request(s) in flight per device, {args.sims} fep-plcsim processes, {args.seconds:g} s windows, {args.runs} runs, poll on time within "
           f"+{args.period_slack:.0%}; cpu count {os.cpu_count()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="fep-bench-acq-"))
     shutil.copytree(REPO / "cfg", tmp / "cfg")
@@ -474,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
            "acq_cpu_pct": f"{med['acq_cpu_pct']:.1f}", "redis_cpu_pct": f"{med['redis_cpu_pct']:.1f}",
            "acq_cpu_s_per_100k": f"{med['acq_s_100k']:.3f}", "redis_cpu_s_per_100k": f"{med['redis_s_100k']:.3f}",
            "seed_speedup": f"{speedup:.1f}", "max_points_at_1s": best, "changes_per_s": f"{wp:.0f}",
-           "seed_speedup_bound": f"{bound:.1f}"}
+           "seed_speedup_bound": f"{bound:.1f}", "inflight": args.inflight}
     print(" ".join(f"{k}={v}" for k, v in out.items()))
     return 0
 

@@ -12,6 +12,10 @@ from pathlib import Path
 from fepha.semodel.model import SCHEMA_SQL, TABLES, Row
 from fepha.semodel.validate import NotUtf8, Problem
 
+# Columns added to the schema after databases were made without them, each meaning its default when NULL: a
+# database without one reads as NULL there (a configuration made before T004_RTU.INFLIGHT keeps working).
+ADDED_COLUMNS: frozenset[tuple[str, str]] = frozenset({("T004_RTU", "INFLIGHT")})
+
 
 def schema_columns() -> dict[str, list[str]]:
     """Columns of each table as the schema defines them (read from the DDL, not written twice)."""
@@ -49,21 +53,25 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
                 problems.append(Problem(table, "-", "-", "table is missing"))
                 continue
             have = {r[1] for r in con.execute(f"PRAGMA table_info({table})")}
-            missing = [c for c in columns if c not in have]
+            missing = [c for c in columns if c not in have and (table, c) not in ADDED_COLUMNS]
             for c in missing:
                 problems.append(Problem(table, "-", c, "column is missing"))
             if missing:
                 continue
+            null = [c for c in columns if c not in have]  # added columns: NULL
+            columns = [c for c in columns if c in have]
             select = f"SELECT {', '.join(columns)} FROM {table}"
             try:
-                rows[table] = [dict(zip(columns, r, strict=False)) for r in con.execute(select)]
+                rows[table] = [dict(zip(columns, r, strict=False)) | dict.fromkeys(null)
+                               for r in con.execute(select)]
             except sqlite3.OperationalError as exc:
                 if "decode" not in str(exc):
                     raise
                 # text that is not UTF-8: read the table again keeping such cells as NotUtf8, which the
                 # validator reports at their row and column (the default decoder stops at the first one)
                 con.text_factory = _text
-                rows[table] = [dict(zip(columns, r, strict=False)) for r in con.execute(select)]
+                rows[table] = [dict(zip(columns, r, strict=False)) | dict.fromkeys(null)
+                               for r in con.execute(select)]
                 con.text_factory = str
     except sqlite3.DatabaseError as exc:
         journal = path.with_name(path.name + "-journal")

@@ -32,6 +32,8 @@ KINDS = ("AI", "DI", "ACC", "DO", "AO")
 POLLED_KINDS = ("AI", "DI", "ACC")
 # Poll period of a Modbus acquisition RTU, ms: T004_RTU.POLLMS and fep-ha.cfg's default [timers] poll_ms.
 POLL_MS_RANGE = (10, 3_600_000)
+# Modbus TCP requests outstanding at most per connection of an acquisition RTU: T004_RTU.INFLIGHT.
+INFLIGHT_RANGE = (1, 16)
 
 # Primary-key columns of each table; their values joined by ":" form the row key in Redis and reports.
 KEYS: dict[str, tuple[str, ...]] = {
@@ -125,6 +127,7 @@ class Rtu:
     listen_port: int | None = None
     address: int = 1
     allow: tuple[str, ...] = ()
+    inflight: int = 1  # Modbus TCP requests outstanding at most on a connection (T004_RTU.INFLIGHT)
     channels: tuple[Channel, ...] = ()
     points: tuple[Point, ...] = ()
     vpoints: tuple[VirtualPoint, ...] = ()
@@ -208,6 +211,7 @@ class Model:
                 listen_port=None if r.get("LISTENPORT") is None else int(r["LISTENPORT"]),
                 address=1 if r.get("ADDRESS") is None else int(r["ADDRESS"]),
                 allow=allow,
+                inflight=1 if r.get("INFLIGHT") is None else int(r["INFLIGHT"]),
                 channels=tuple(sorted(channels.get(rid, ()), key=lambda c: c.no)),
                 points=tuple(sorted(points.get(rid, ()), key=lambda p: p.id)),
                 vpoints=tuple(sorted(vpoints.get(rid, ()), key=lambda v: v.id)),

@@ -15,7 +15,8 @@ CREATE TABLE T004_RTU (
                                  --   iec104: t1 (confirmation timeout) in ms; NULL: [iec104] t1_s
     LISTENPORT INTEGER,          -- RTUTYPE 2: TCP port the server listens on, on both nodes
     ADDRESS    INTEGER,          -- RTUTYPE 2: IEC 104 common address / Modbus unit id; NULL: 1
-    ALLOW      TEXT              -- RTUTYPE 2: optional comma-separated client IP addresses/networks allowed
+    ALLOW      TEXT,             -- RTUTYPE 2: optional comma-separated client IP addresses/networks allowed
+    INFLIGHT   INTEGER           -- RTUTYPE 0 modbus_tcp: requests outstanding at most, 1..16; NULL: 1
 );
 
 -- Channels of acquisition RTUs: channel 1 is the preferred one, channel 2 the alternative.

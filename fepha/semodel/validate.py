@@ -24,6 +24,7 @@ from fepha.semodel.model import (
     FWD_PROTOCOLS,
     FWD_TABLES,
     IEC104,
+    INFLIGHT_RANGE,
     KEYS,
     KINDS,
     POLL_MS_RANGE,
@@ -231,7 +232,7 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
         if rtype is None:
             continue
         # a column of the other RTU type would be silently ignored: an operator setting it expects an effect
-        unused = ("LISTENPORT", "ADDRESS", "ALLOW") if rtype == ACQUISITION else ("POLLMS", "TIMEOUTMS")
+        unused = ("LISTENPORT", "ADDRESS", "ALLOW") if rtype == ACQUISITION else ("POLLMS", "TIMEOUTMS", "INFLIGHT")
         for col in unused:
             if row.get(col) is not None:
                 c.add(t, row, col, "is only for forwarding RTUs (an acquisition RTU's address is in T010_CHANNEL)"
@@ -239,10 +240,13 @@ def _check_rtus(c: _Checker, rtu_rows: Sequence[Row]) -> dict[int, int | None]:
         if rtype == ACQUISITION and row.get("PROTOCOL") == IEC104:
             c.int_in(t, row, "POLLMS", 1000, 86_400_000, required=False)  # general interrogation period
             c.int_in(t, row, "TIMEOUTMS", 100, 255_000, required=False)  # t1
+            if row.get("INFLIGHT") is not None:  # IEC 104 has its own window: [iec104] k
+                c.add(t, row, "INFLIGHT", "is only for modbus_tcp RTUs (IEC 104's window is [iec104] k)")
         elif rtype == ACQUISITION:
             c.one_of(t, row, "PROTOCOL", ACQ_PROTOCOLS, required=False)
             c.int_in(t, row, "POLLMS", *POLL_MS_RANGE, required=False)
             c.int_in(t, row, "TIMEOUTMS", 10, 60_000, required=False)
+            c.int_in(t, row, "INFLIGHT", *INFLIGHT_RANGE, required=False)
         else:
             proto = c.one_of(t, row, "PROTOCOL", FWD_PROTOCOLS)
             port = c.int_in(t, row, "LISTENPORT", 1, 65535)

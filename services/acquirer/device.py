@@ -48,10 +48,10 @@ def _missed(out: list[bytes | DeviceError], why: str) -> NoAnswer:
 
 
 class DeviceLink:
-    def __init__(self, channel: Channel, timeout_s: float) -> None:
+    def __init__(self, channel: Channel, timeout_s: float, inflight: int = 1) -> None:
         self.channel = channel
-        self.client = mbtcp.Client(channel.host, channel.port, channel.unit, timeout_s)
-        self.lock = asyncio.Lock()  # a control write and a poll share the connection, one request at a time
+        self.client = mbtcp.Client(channel.host, channel.port, channel.unit, timeout_s, inflight)
+        self.lock = asyncio.Lock()  # a control write and a poll share the connection, one at a time
         self.waiting = 0  # control requests waiting for the lock: a poll's reads pause for them
         self.reopened = 0  # connections opened again after the device closed one (read_all, _call)
 
@@ -96,10 +96,11 @@ class DeviceLink:
     async def read_all(self, blocks: Sequence[Block]) -> list[bytes | DeviceError]:
         """Every block's answer data bytes (registers big-endian, bits packed LSB first: plan.py decodes), or
         the DeviceError of a block the device refused (Busy for 0x06, NoAnswer for a block not answered, see
-        `_missed`). The reads go as one sequence (mbtcp.Client.requests), paused between two requests for a
-        waiting control write. A connection the device closed (between polls, or after answering some of
-        this poll's requests) is opened again at once and the poll goes on; closed again before any answer,
-        the device is not reached. Raises LinkError (device not reached)."""
+        `_missed`). The reads go as one sequence (mbtcp.Client.requests), paused for a waiting control
+        write once the requests already sent are answered (one with INFLIGHT 1, up to INFLIGHT). A
+        connection the device closed (between polls, or after answering some of this poll's requests) is
+        opened again at once and the poll goes on; closed again before any answer, the device is not
+        reached. Raises LinkError (device not reached)."""
         out: list[bytes | DeviceError] = []
         answered = True  # an answer came since the connection was last opened again in this poll
         while len(out) < len(blocks):

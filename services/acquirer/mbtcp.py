@@ -5,7 +5,7 @@ Why our own and not pymodbus's client: at 100 RTUs x 2,000 points (1,600 read re
 bench/acquire.py) pymodbus's request/response path (its transaction manager, framer, PDU objects and
 the conversion of every answer into a list of ints) was the larger part of the acquirer's CPU. A read
 here is one `bytes` request out and the answer's data bytes back, which plan.py diffs and decodes
-directly. Only what the acquirer uses: reads FC1-4, writes FC5, FC6 and FC16, one request in flight.
+directly. Only what the acquirer uses: reads FC1-4, writes FC5, FC6 and FC16.
 
 A poll's reads go as one sequence (`Client.requests`): the protocol sends the next request from the
 callback that received the previous answer, and wakes the poll once at the end. Awaiting each request
@@ -13,8 +13,13 @@ cost two event-loop rounds per request (the answer, then the task's step that se
 the bench's load (1,600 requests/s, one answer per wakeup) that loop overhead was the largest part of
 the acquirer's CPU. Still one request in flight: the device sees exactly what it saw before.
 
+Several requests in flight (`Client(inflight=N)`, T004_RTU.INFLIGHT, `_Pipelined`) is opt-in per RTU: many
+devices serve one request at a time and some drop or mishandle a second one sent before the first is
+answered. With N > 1 a sequence keeps up to N requests outstanding and matches answers by transaction id.
+
 Answers: a Modbus exception answer is an `ExceptionAnswer` (its code; `request` raises it, `requests`
-returns it in its place and stops the sequence there); anything malformed (protocol id
+returns it in its place and stops the sequence there, with several in flight once the requests already
+sent are answered); anything malformed (protocol id
 not 0, a length outside the MBAP range, another unit id, another function, a byte count that does not
 fit the request, a write echo that does not match) raises `Malformed` and the connection is closed, as
 its byte stream can no longer be trusted. An answer with another transaction id (a late answer to a
@@ -213,32 +218,39 @@ class _Protocol(asyncio.Protocol):
                 return
             if end - pos < n:
                 break
-            pdu = data[pos + 7:pos + n]
             pos += n
-            seq = self.seq
-            if seq is None or tid != self.tid:
-                continue  # a late answer to a request that timed out (or none pending)
-            if unit != self.unit:
-                self._malformed(Malformed(f"unit id {unit} in the answer, {self.unit} asked"))
-                return
-            try:
-                seq.answers.append(answer(self.request, pdu))
-            except ExceptionAnswer as exc:
-                seq.answers.append(exc)
-            except Malformed as exc:
-                self._malformed(exc)
-                return
-            if (len(seq.answers) == len(seq.pdus) or isinstance(seq.answers[-1], ExceptionAnswer)
-                    or (seq.stop is not None and seq.stop())):
-                self.seq = None
-                if not seq.fut.done():
-                    seq.fut.set_result(seq.answers)
-            elif seq.fut.done():  # cancelled by the caller: send nothing more
-                self.seq = None
-            else:
-                self._send(seq.pdus[len(seq.answers)])
+            if not self._frame(tid, unit, data[pos - n + 7:pos]):
+                return  # the connection is closed: the rest of the stream is not read
         if pos < end:
             self.buf += data[pos:]
+
+    def _frame(self, tid: int, unit: int, pdu: bytes) -> bool:
+        """One answer frame: the pending request's answer goes to the sequence, which ends or sends its next
+        request; another transaction id (a late answer to a request that timed out, or none pending) is
+        dropped. False when the frame was malformed and the connection is closed."""
+        seq = self.seq
+        if seq is None or tid != self.tid:
+            return True
+        if unit != self.unit:
+            self._malformed(Malformed(f"unit id {unit} in the answer, {self.unit} asked"))
+            return False
+        try:
+            seq.answers.append(answer(self.request, pdu))
+        except ExceptionAnswer as exc:
+            seq.answers.append(exc)
+        except Malformed as exc:
+            self._malformed(exc)
+            return False
+        if (len(seq.answers) == len(seq.pdus) or isinstance(seq.answers[-1], ExceptionAnswer)
+                or (seq.stop is not None and seq.stop())):
+            self.seq = None
+            if not seq.fut.done():
+                seq.fut.set_result(seq.answers)
+        elif seq.fut.done():  # cancelled by the caller: send nothing more
+            self.seq = None
+        else:
+            self._send(seq.pdus[len(seq.answers)])
+        return True
 
     def _malformed(self, exc: Malformed) -> None:
         self.fail(exc)
@@ -253,20 +265,121 @@ class _Protocol(asyncio.Protocol):
             self.transport.close()
 
 
-class Client:
-    """One Modbus TCP connection, one request in flight. `request` and `requests` raise Malformed
-    (connection closed), TimeoutError, or OSError / ConnectionError when the connection is gone;
-    `request` raises ExceptionAnswer too."""
+class _Pipelined(_Protocol):
+    """A sequence with up to `window` requests outstanding (T004_RTU.INFLIGHT > 1): the Modbus Messaging on
+    TCP/IP Implementation Guide lets a client send requests before the earlier ones are answered, each with
+    its own transaction id. Request i of a sequence has transaction id `base + i`; an answer is matched by
+    it, so a device may answer out of order; one outside the requests outstanding (late, unknown, or a
+    second answer to the same request) is dropped. Each request's timeout runs from its own send (one timer
+    per connection: the oldest request not answered is the one whose deadline comes first). An exception
+    answer or `stop()` ends the sending; the requests already sent are still awaited and their answers
+    returned. On a timeout or a lost connection the answers returned are those before the first request not
+    answered (`answers` is always that prefix, in block order: an answer after a missing one is never taken
+    for it)."""
 
-    def __init__(self, host: str, port: int, unit: int, timeout_s: float) -> None:
+    def __init__(self, unit: int, timeout_s: float, window: int) -> None:
+        super().__init__(unit, timeout_s)
+        self.window = window
+        self.base = 0  # transaction id of the sequence's first request
+        self.sent = 0  # requests of the sequence sent
+        self.deadlines: list[float] = []  # per request sent: loop time by which it must be answered
+        self.ahead: dict[int, bytes | ExceptionAnswer] = {}  # answers that came before an earlier request's
+        self.halted = False  # an exception answer or stop(): send nothing more in this sequence
+
+    def start(self, seq: _Sequence) -> None:
+        self.seq = seq
+        self.base = (self.tid + 1) & 0xFFFF
+        self.sent, self.deadlines, self.ahead, self.halted = 0, [], {}, False
+        self._fill(seq)
+
+    def _fill(self, seq: _Sequence) -> None:
+        """Send the next requests until `window` are outstanding, in one write (one segment, one send)."""
+        limit = min(len(seq.pdus), len(seq.answers) + len(self.ahead) + self.window)
+        if self.sent >= limit:
+            return
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_s
+        frames = []
+        while self.sent < limit:
+            self.tid = (self.tid + 1) & 0xFFFF
+            frames.append(frame(self.tid, self.unit, seq.pdus[self.sent]))
+            self.deadlines.append(deadline)
+            self.sent += 1
+        self.transport.write(b"".join(frames))
+        if self.timer is None:
+            self.timer = loop.call_at(self.deadlines[len(seq.answers)], self.check_deadline)
+
+    def check_deadline(self) -> None:
+        self.timer = None
+        seq = self.seq
+        if seq is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = self.deadlines[len(seq.answers)]  # the oldest request not answered
+        if loop.time() >= deadline:
+            self.fail(SequenceTimeout(seq.answers))
+        else:
+            self.timer = loop.call_at(deadline, self.check_deadline)
+
+    def _frame(self, tid: int, unit: int, pdu: bytes) -> bool:
+        seq = self.seq
+        if seq is None:
+            return True
+        answers = seq.answers
+        i = (tid - self.base) & 0xFFFF
+        if not len(answers) <= i < self.sent or i in self.ahead:
+            return True
+        if unit != self.unit:
+            self._malformed(Malformed(f"unit id {unit} in the answer, {self.unit} asked"))
+            return False
+        got: bytes | ExceptionAnswer
+        try:
+            got = answer(seq.pdus[i], pdu)
+        except ExceptionAnswer as exc:
+            got, self.halted = exc, True
+        except Malformed as exc:
+            self._malformed(exc)
+            return False
+        if i == len(answers):
+            answers.append(got)
+            while len(answers) in self.ahead:
+                answers.append(self.ahead.pop(len(answers)))
+        else:
+            self.ahead[i] = got
+        if seq.fut.done():  # cancelled by the caller: send nothing more
+            self.seq = None
+            return True
+        if seq.stop is not None and seq.stop():
+            self.halted = True
+        if not self.halted:
+            self._fill(seq)
+        if len(answers) == self.sent:  # nothing outstanding: all answered, or halted
+            self.seq = None
+            seq.fut.set_result(answers)
+        return True
+
+
+class Client:
+    """One Modbus TCP connection, `inflight` requests outstanding at most (1: the next request goes once
+    the previous one is answered). `request` and `requests` raise Malformed (connection closed),
+    TimeoutError, or OSError / ConnectionError when the connection is gone; `request` raises
+    ExceptionAnswer too."""
+
+    def __init__(self, host: str, port: int, unit: int, timeout_s: float, inflight: int = 1) -> None:
         self.host, self.port, self.unit, self.timeout_s = host, port, unit, timeout_s
+        self.inflight = inflight
         self.proto: _Protocol | None = None
+
+    def _protocol(self) -> _Protocol:
+        if self.inflight > 1:
+            return _Pipelined(self.unit, self.timeout_s, self.inflight)
+        return _Protocol(self.unit, self.timeout_s)
 
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: _Protocol(self.unit, self.timeout_s), self.host, self.port),
-            self.timeout_s)
+            loop.create_connection(self._protocol, self.host, self.port), self.timeout_s)
         self.proto = proto
 
     def close(self) -> None:
@@ -277,9 +390,12 @@ class Client:
 
     async def requests(self, pdus: Sequence[bytes],
                        stop: Callable[[], bool] | None = None) -> list[bytes | ExceptionAnswer]:
-        """Send `pdus` one after the other, each as soon as the previous one is answered, each with the
-        whole timeout. Returns the answers in order: all of them, or fewer when the last is an exception
-        answer or when `stop()` was true after an answer (the caller sends the rest later)."""
+        """Send `pdus` in order, each with the whole timeout from its own send: with `inflight` 1 each as
+        soon as the previous one is answered, else as long as fewer than `inflight` are outstanding.
+        Returns the answers in order: all of them, or fewer when an exception answer came or `stop()` was
+        true after an answer (the caller sends the rest later). With `inflight` 1 the last answer is then
+        that exception answer; above 1 the requests already sent are awaited too, so exception answers
+        may stand anywhere in the list."""
         proto = self.proto
         if proto is None or proto.transport is None or proto.transport.is_closing():
             raise NotConnected(str(proto.lost) if proto is not None and proto.lost else "not connected")

@@ -198,7 +198,7 @@ class RtuRunner(RunnerBase):
             return
         while not self._stopping:
             ch = await self.next_channel()
-            link = DeviceLink(chans[ch], self.timeout_s)
+            link = DeviceLink(chans[ch], self.timeout_s, self.rtu.inflight)
             try:
                 await link.connect()
                 self.switcher.connected(time.monotonic(), wall=time.time())

@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 import redis.asyncio as aredis
 
+from fep_acquirer import mbtcp
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.lease import LeaseView
 from fep_acquirer.metrics import Metrics
@@ -335,6 +336,35 @@ async def test_reload_without_restart(redis_master, feproot):
         load(redis_master, swapped)
         await until(lambda: "identity" in a.acq.once.active, 3)
         assert "i.e. node B" in a.acq.once.active["identity"]
+    finally:
+        await a.stop()
+        await sim.stop()
+
+
+async def test_several_requests_in_flight_end_to_end(redis_master, feproot):
+    """T004_RTU.INFLIGHT 4: the acquirer polls fep-plcsim with several requests outstanding (three blocks:
+    hr 0.., hr 500, the coil); values and a control go through as with one, the control written once."""
+    rows = merge(rtu_rows(1, free_port()))
+    rows["T004_RTU"][0]["INFLIGHT"] = 4
+    rows["T011_POINT"].append({**rows["T011_POINT"][0], "PNTID": 1500, "NAME": "far", "ADDRESS": 500})
+    model = load(redis_master, rows)
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, redis_master, "A"))
+    try:
+        r = a.master
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held and a.acq.runners[1].link)
+        assert isinstance(a.acq.runners[1].link.client.proto, mbtcp._Pipelined)
+        assert len(a.acq.runners[1].blocks) == 3
+        sim.set_value(1002, 42)
+        sim.set_value(1500, 77)
+        await until(lambda: _eq(value_of(r, 1, 1002), 42), 3)
+        await until(lambda: _eq(value_of(r, 1, 1500), 77), 3)
+        res = await controls.execute(r, 1, 1003, 321, "test", 2000)
+        assert res.ok, res
+        assert sim.value(1003) == 321 and [w for w in sim.writes if w[1] == "hr"] == [(1, "hr", 3, [321])]
+        sim.set_value(1500, 78)
+        await until(lambda: _eq(value_of(r, 1, 1500), 78), 3)
+        assert a.acq.metrics.total["poll_errors"] == 0
     finally:
         await a.stop()
         await sim.stop()

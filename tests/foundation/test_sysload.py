@@ -18,7 +18,7 @@ from fep_loader.store import digest, replace_config
 from fepha import cfgstore, redisfns
 from fepha import keyspace as ks
 from fepha.semodel import db
-from fepha.semodel.model import TABLES, row_key
+from fepha.semodel.model import TABLES, Model, row_key
 
 
 def dump(r) -> dict[str, object]:
@@ -194,6 +194,20 @@ def test_check_reports_missing_table_and_column(feproot: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert "T036_VTPNT [-] -: table is missing" in err
     assert "T011_POINT [-] DEADBAND: column is missing" in err
+
+
+def test_a_database_made_before_inflight_reads_it_as_null(feproot: Path, capsys) -> None:
+    """T004_RTU.INFLIGHT came after databases were made without it: such a database is still valid and
+    reads as NULL there (one request in flight); a value in the column is still checked."""
+    path = feproot / "db" / "SEMODEL.db"
+    con = sqlite3.connect(path)
+    con.execute("ALTER TABLE T004_RTU DROP COLUMN INFLIGHT")
+    con.commit()
+    con.close()
+    assert sysload(["check"]) == 0, capsys.readouterr().err
+    rows, problems = db.read_rows(path)
+    assert problems == [] and all(r["INFLIGHT"] is None for r in rows["T004_RTU"])
+    assert Model.from_rows(rows).rtus[1].inflight == 1
 
 
 def test_console_script_check_and_build(feproot: Path) -> None:

@@ -156,6 +156,15 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("modbus rtu with allow", setv("T004_RTU", {"RTUID": 2}, "ALLOW", "garbage"), ("T004_RTU", "2", "ALLOW")),
     ("fwd rtu with a poll period", setv("T004_RTU", {"RTUID": 10}, "POLLMS", -5), ("T004_RTU", "10", "POLLMS")),
     ("fwd rtu with a timeout", setv("T004_RTU", {"RTUID": 11}, "TIMEOUTMS", 0), ("T004_RTU", "11", "TIMEOUTMS")),
+    # T004_RTU.INFLIGHT: Modbus TCP requests outstanding, 1 ... 16, modbus_tcp acquisition RTUs only
+    ("inflight 0", setv("T004_RTU", {"RTUID": 1}, "INFLIGHT", 0), ("T004_RTU", "1", "INFLIGHT")),
+    ("inflight 17", setv("T004_RTU", {"RTUID": 1}, "INFLIGHT", 17), ("T004_RTU", "1", "INFLIGHT")),
+    ("inflight not a number", setv("T004_RTU", {"RTUID": 1}, "INFLIGHT", "4x"), ("T004_RTU", "1", "INFLIGHT")),
+    ("inflight 2.5", setv("T004_RTU", {"RTUID": 1}, "INFLIGHT", 2.5), ("T004_RTU", "1", "INFLIGHT")),
+    ("inflight 16 is fine", setv("T004_RTU", {"RTUID": 1}, "INFLIGHT", 16), None),
+    ("inflight 1 is fine", setv("T004_RTU", {"RTUID": 2}, "INFLIGHT", 1), None),
+    ("inflight on an iec104 rtu", setv("T004_RTU", {"RTUID": 3}, "INFLIGHT", 4), ("T004_RTU", "3", "INFLIGHT")),
+    ("inflight on a fwd rtu", setv("T004_RTU", {"RTUID": 11}, "INFLIGHT", 1), ("T004_RTU", "11", "INFLIGHT")),
     ("deadband on a DI", setv("T011_POINT", {"PNTID": 105}, "DEADBAND", 1), ("T011_POINT", "105", "DEADBAND")),
     ("deadband on an ACC", setv("T011_POINT", {"PNTID": 108}, "DEADBAND", 10), ("T011_POINT", "108", "DEADBAND")),
     ("deadband on an iec104 DI", setv("T011_POINT", {"PNTID": 301}, "DEADBAND", 1), ("T011_POINT", "301", "DEADBAND")),
@@ -246,6 +255,18 @@ def test_unitid_null_is_modbus_default_1(sample_rows: dict) -> None:
     units = {(c.rtu, c.no): c.unit for cs in Model.from_rows(rows).rtus.values() for c in cs.channels}
     assert units[(ch[0]["RTUID"], ch[0]["CHANNO"])] == 1
     assert units[(ch[1]["RTUID"], ch[1]["CHANNO"])] == 0
+
+
+def test_inflight_null_is_one_request_in_flight(sample_rows: dict) -> None:
+    """docs/semodel.md: T004_RTU.INFLIGHT NULL means 1; a value is the RTU's, and changes its signature
+    (the acquirer restarts that RTU's connection with the new setting)."""
+    from fepha.semodel.model import Model
+
+    rows = copy.deepcopy(sample_rows)
+    row(rows, "T004_RTU", RTUID=2)["INFLIGHT"] = 4
+    rtus = Model.from_rows(rows).rtus
+    assert rtus[1].inflight == 1 and rtus[2].inflight == 4
+    assert rtus[2].signature() != Model.from_rows(sample_rows).rtus[2].signature()
 
 
 @pytest.mark.parametrize("mutate,expect", [
