@@ -118,14 +118,14 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     # B's own heartbeats reach its (now master) Redis again within a few periods: /ready follows the data
     lab.wait_for(lambda: b.health().get("api") == "healthy" and b.ready(), 30, "B's api healthy and ready", 0.5)
     FIGURES[f"{how}_node_loss_to_ready_s"] = round(time.time() - t_loss, 2)
-    # restart: unless-stopped: how many of A's killed containers podman started again by now (reported)
+    # restart: always: how many of A's killed containers podman started again by now (reported)
     FIGURES[f"{how}_a_containers_restarted"] = sum(c.get("State") == "running" for c in a.containers())
 
 
 def test_keepalived_container_killed_whole_then_started_again(clab: ContainerLab) -> None:
     """docs/ha.md "keepalived stopped": node A's keepalived container SIGKILLed as a whole (start.sh and both
     keepalived processes) leaves the VIP on A while B takes it too; A's api says it is not current (its
-    forwarder serves NT, the same rule). Started again (what `restart: unless-stopped` does, same container
+    forwarder serves NT, the same rule). Started again (what `restart: always` does, same container
     and volume, stale pid files included), start.sh removes the VIP before keepalived runs: A stays BACKUP,
     its Redis follows B's, its api is ready again."""
     lab = clab
