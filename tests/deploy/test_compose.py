@@ -153,3 +153,13 @@ def test_every_service_comes_back_after_a_host_reboot(tmp_path: Path) -> None:
     (podman-restart.service: `podman start --all --filter restart-policy=always`) only `always` ones."""
     s = services(tmp_path)
     assert {k for k, v in s.items() if v.get("restart") == "always"} == set(s) - {"loader"}
+
+
+def test_redis_password_with_spaces_and_quotes_reaches_redis_whole(tmp_path: Path) -> None:
+    """The password is one argument of redis-server, whatever it holds (compose splits a string command)."""
+    env = env_example() | {"REDIS_PASSWORD": "pa ss'w\"rd#1"}
+    r = config(tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    cmd = yaml.safe_load(r.stdout)["services"]["redis"]["command"]
+    assert isinstance(cmd, list), cmd
+    assert cmd[cmd.index("--requirepass") + 1] == cmd[cmd.index("--masterauth") + 1] == env["REDIS_PASSWORD"]
