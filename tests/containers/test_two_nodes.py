@@ -14,6 +14,7 @@ after the loss to the SCADA master. Timings go to the figures printed at the end
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -78,6 +79,11 @@ def test_compose_up_on_two_nodes_then_node_a_lost(clab: ContainerLab, how: str) 
     a, b = lab.cnodes["A"], lab.cnodes["B"]
     assert a.health() == dict.fromkeys(SERVICES, "healthy"), a.health()
     assert b.health() == dict.fromkeys(SERVICES, "healthy"), b.health()
+    # `docker compose logs`: a line per record with its UTC time, no traceback for what a start goes through
+    for cn in (a, b):
+        logs = cn.compose("logs", "--no-color", "acquirer", "forwarder", "api").stdout
+        assert "Traceback" not in logs, logs[-3000:]
+        assert re.search(r"\| \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO fep-acquirer: fep-acquirer node", logs), logs[-2000:]
     # keepalived's sign of life (docs/ha.md "keepalived stopped") reaches the services through the fep-run
     # volume, readable by their user, fresh: what tells a VIP left behind from a master's
     for cn in (a, b):
