@@ -10,12 +10,25 @@ import contextlib
 import logging
 import logging.handlers
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from fepha.config import ConfigError, LogConfig, feproot
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UTCFormatter(logging.Formatter):
+    """Times in UTC, ISO 8601 with a Z (2026-11-30T17:40:44.123Z), whatever the process's time zone: a
+    container's is UTC unless the operator sets one, the host's often is not, and a log line without its
+    zone could not be set beside keepalived's (start.sh: `date -u`), the other node's, or SCADA's UTC
+    timestamps (CP56Time2a)."""
+
+    converter = time.gmtime
+    default_time_format = "%Y-%m-%dT%H:%M:%S"
+    default_msec_format = "%s.%03dZ"
+
 
 
 class LogFile(logging.handlers.RotatingFileHandler):
@@ -72,7 +85,9 @@ def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool 
             raise ConfigError(f"{what}: cannot write {d / f'{program}.log'}: {exc.strerror or exc}") from None
     if (cfg.console if console is None else console) or not handlers:
         handlers.append(logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=cfg.level, format=FORMAT, handlers=handlers, force=True)
+    for h in handlers:
+        h.setFormatter(UTCFormatter(FORMAT))
+    logging.basicConfig(level=cfg.level, handlers=handlers, force=True)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 

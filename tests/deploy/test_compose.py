@@ -92,7 +92,7 @@ def test_healthchecks_restart_and_dependencies(tmp_path: Path) -> None:
     assert "/ready" in " ".join(s["api"]["healthcheck"]["test"])
     assert "ping" in " ".join(s["redis"]["healthcheck"]["test"])
     for name in ("redis", "keepalived", "acquirer", "forwarder", "api"):
-        assert s[name]["restart"] == "unless-stopped"
+        assert s[name]["restart"] == "always"   # podman-restart.service starts only these at boot
     assert s["acquirer"]["depends_on"]["redis"]["condition"] == "service_healthy"
     assert s["api"]["depends_on"]["acquirer"]["condition"] == "service_healthy"
 
@@ -136,3 +136,30 @@ def test_acquirer_stop_grace_period_covers_its_handover(tmp_path: Path) -> None:
     engine's SIGKILL must not come before that wait and the exit after it (about a second)."""
     grace = services(tmp_path)["acquirer"]["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) >= NodeConfig().stop_handover_s + 2, grace
+
+
+def test_keepalived_stop_grace_period_covers_its_demotion(tmp_path: Path) -> None:
+    """On SIGTERM start.sh gives keepalived's VRRP process up to 4 s (deploy/keepalived/start.sh), then waits
+    up to STOP_DEMOTE_WAIT_S for the peer to take the master over before demoting the local Redis: the
+    engine's SIGKILL (compose's default: 10 s) must come after both, with a second or two to spare."""
+    k = services(tmp_path)["keepalived"]
+    grace = k.get("stop_grace_period", "10s")
+    wait = float(k["environment"]["STOP_DEMOTE_WAIT_S"])
+    assert grace.endswith("s") and float(grace[:-1]) >= 4 + wait + 2, (grace, wait)
+
+
+def test_every_service_comes_back_after_a_host_reboot(tmp_path: Path) -> None:
+    """Docker starts `always` and `unless-stopped` containers at boot; podman's boot unit
+    (podman-restart.service: `podman start --all --filter restart-policy=always`) only `always` ones."""
+    s = services(tmp_path)
+    assert {k for k, v in s.items() if v.get("restart") == "always"} == set(s) - {"loader"}
+
+
+def test_redis_password_with_spaces_and_quotes_reaches_redis_whole(tmp_path: Path) -> None:
+    """The password is one argument of redis-server, whatever it holds (compose splits a string command)."""
+    env = env_example() | {"REDIS_PASSWORD": "pa ss'w\"rd#1"}
+    r = config(tmp_path, env)
+    assert r.returncode == 0, r.stderr
+    cmd = yaml.safe_load(r.stdout)["services"]["redis"]["command"]
+    assert isinstance(cmd, list), cmd
+    assert cmd[cmd.index("--requirepass") + 1] == cmd[cmd.index("--masterauth") + 1] == env["REDIS_PASSWORD"]

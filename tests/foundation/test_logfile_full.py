@@ -70,3 +70,32 @@ def test_a_full_log_disk_costs_two_lines_on_stderr_not_a_traceback_per_record(ti
         h.flush()
     text = (tiny_disk / "log" / "svc.log").read_text(errors="replace")
     assert "before" in text and "after" in text and "can be written again" in text
+
+
+def test_log_times_are_utc_with_their_zone_whatever_the_process_time_zone(tmp_path: Path, capfd,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A container runs in UTC, its host often not: each line says UTC (Z), in the file and on stderr."""
+    import calendar
+    import time
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")   # UTC+14: a local time would be another calendar day
+    time.tzset()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        setup("svc", LogConfig(dir=str(tmp_path / "log"), level="INFO", max_bytes=1 << 20, backups=1, console=True))
+        before = time.time()
+        logging.getLogger("svc").warning("a line")
+        for h in root.handlers:
+            h.flush()
+        lines = [capfd.readouterr().err.strip(), (tmp_path / "log" / "svc.log").read_text().strip()]
+    finally:
+        for h in root.handlers:
+            if h not in saved[0]:
+                h.close()
+        root.handlers[:], root.level = saved
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    for line in lines:
+        m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d{3}Z WARNING svc: a line$", line)
+        assert m, line
+        assert abs(calendar.timegm(time.strptime(m[1], "%Y-%m-%dT%H:%M:%S")) - before) < 3, line

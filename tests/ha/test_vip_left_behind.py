@@ -6,7 +6,7 @@ by PID, its VRRP process with it, so that nobody gives the VIP away.
 - start.sh killed too: the VIP stays configured here while the peer takes it as well (two holders); no
   script can fix that, so this node's services detect it (keepalived's sign of life, vrrp.alive, goes
   stale): its forwarder serves every value NT, its api says it is not current;
-- start.sh started again (compose's `restart: unless-stopped`) with that VIP still here: it removes it
+- start.sh started again (compose's `restart: always`) with that VIP still here: it removes it
   before keepalived runs; keepalived starts clean and stays BACKUP beside the peer's MASTER."""
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def test_start_sh_started_again_removes_a_leftover_vip_before_keepalived(lab: La
     lab.wait_for(lambda: all(gone(p) for p in killed), 10, f"the killed keepalived gone from node {old.id}", 0.05)
     time.sleep(0.05)
     t_restart = time.time()
-    old.start_keepalived()                             # the container restarted (restart: unless-stopped)
+    old.start_keepalived()                             # the container restarted (restart: always)
     lab.wait_for(lambda: pidfile.stat().st_mtime >= t_restart, 10, f"keepalived started again on node {old.id}",
                  0.02)
     lab.wait_for(lambda: not old.has_vip(), 5, f"the VIP removed from node {old.id}", 0.02)
