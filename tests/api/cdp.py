@@ -131,3 +131,23 @@ class Browser:
         os.close(self._to_chrome)
         self._reader.join(2)
         os.close(self._from_chrome)
+
+
+RENDERED = "document.body.dataset.rendered === '1'"
+
+
+async def rendered_dom(url: str, profile: Path, timeout: float = 20.0, shot: Path | None = None) -> str:
+    """The dashboard's DOM once its first view is on screen (`data-rendered="1"` on the body: the snapshot
+    from the REST endpoints rendered), waited for against a real-time deadline; `shot` gets a screenshot.
+    `--dump-dom --virtual-time-budget` counted virtual time instead, which headless Chromium advances at
+    once while the page only waits for the live stream's first message: on a busy machine it dumped a page
+    still "loading…" (3 runs in 30)."""
+    b = Browser(profile)
+    try:
+        await b.open(url)
+        await b.wait(RENDERED, timeout, "the dashboard's first view (data-rendered)")
+        if shot is not None:
+            await b.screenshot(shot)
+        return str(await b.eval("document.documentElement.outerHTML"))
+    finally:
+        await b.close()

@@ -21,12 +21,11 @@ import redis.asyncio as aredis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.api.cdp import Browser
+from tests.api.cdp import Browser, rendered_dom
 from tests.api.conftest import TOKEN, populate
 from tests.redisproc import RedisProc, free_port
 
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
@@ -101,20 +100,13 @@ def test_schemathesis_finds_no_server_error(live: str) -> None:
         run()
 
 
-def test_dashboard_shows_rtus_with_holders(live: str, tmp_path: Path) -> None:
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
-             "--window-size=1400,1000"]
-    dom = subprocess.run([*flags, "--dump-dom", live + "/"], capture_output=True, text=True, timeout=60,
-                         check=False).stdout
-    assert 'data-rendered="1"' in dom
+async def test_dashboard_shows_rtus_with_holders(live: str, tmp_path: Path) -> None:
+    shot = tmp_path / "dashboard.png"
+    dom = await rendered_dom(live + "/", tmp_path / "profile", shot=shot)
     assert '<tr data-rtu="1" data-holder="A">' in dom and '<tr data-rtu="2" data-holder="B">' in dom
     for name in ("Substation North", "Pump Station 7", "SCADA IEC 104", "Train Modbus", "SCADA sefeps",
                  "Substation North link", "device refused"):
         assert name in dom
-    shot = tmp_path / "dashboard.png"
-    subprocess.run([*flags, f"--screenshot={shot}", live + "/"], capture_output=True, timeout=60, check=False)
     assert shot.stat().st_size > 10_000
     docs = REPO / "docs" / "img" / "dashboard.png"
     if not docs.exists():

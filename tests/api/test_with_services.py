@@ -31,11 +31,11 @@ from fep_tools.plcsim import PlcSim
 from fepha import config, controls
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
+from tests.api.cdp import rendered_dom
 from tests.api.conftest import TOKEN, sample_rows
 from tests.redisproc import RedisProc, free_port
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-CHROMIUM = "/usr/bin/chromium"
 NODE_IP = {"A": "127.0.0.1", "B": "127.0.0.2"}
 # Shortened timers (the acquirer's tests use the same order of magnitude). A heartbeat is fresh for three
 # periods: 0.9 s, long enough not to flap on a busy two-core machine.
@@ -410,27 +410,14 @@ async def _started(server: uvicorn.Server) -> bool:
 
 async def dashboard_dom(s: System, tmp_path: Path, node: str = "A") -> str:
     """The dashboard of `node`'s api served by uvicorn (in this loop, next to the test's other clients),
-    rendered by headless Chromium (an async subprocess: nothing waits for it but this test)."""
+    once headless Chromium has rendered its first view."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(s.cfg[node]), host="127.0.0.1", port=port,
                                            log_config=None, access_log=False, lifespan="on"))
     serving = asyncio.create_task(server.serve(), name="test-uvicorn")
     try:
         await until(lambda: _started(server), 10, "uvicorn started")
-        flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000",
-                 "--window-size=1400,1000"]
-        proc = await asyncio.create_subprocess_exec(*flags, "--dump-dom", f"http://127.0.0.1:{port}/",
-                                                    stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.DEVNULL)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), 60)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        return await rendered_dom(f"http://127.0.0.1:{port}/", tmp_path / "profile")
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
-    return out.decode()

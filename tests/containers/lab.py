@@ -201,6 +201,8 @@ class ContainerLab(Lab):
             self.health_driver.join(10)
         for cn in self.cnodes.values():
             cn.down()
+            if cn.service is not None:  # podman's own stop (SIGTERM), not the lab's SIGKILL of what is left
+                cn.service.stop()
         super().close()
 
     def logs(self) -> str:

@@ -247,9 +247,9 @@ class Node:
         return [["OUTPUT", "-d", addr, "-p", "tcp", "--dport", str(port)],
                 ["INPUT", "-s", addr, "-p", "tcp", "--sport", str(port)]]
 
-    def stop_all(self) -> None:
+    def stop_all(self, sig: int = signal.SIGTERM) -> None:
         for name in reversed(list(self.procs)):
-            self.procs[name].stop()
+            self.procs[name].stop(sig)
 
 
 class Lab:
@@ -348,15 +348,18 @@ class Lab:
         if self._closed:
             return
         self._closed = True
-        # keepalived first and by SIGKILL: stopped by SIGTERM, start.sh would wait for the peer to take
-        # over (docs/ha.md "keepalived stopped"), seconds of teardown for a handover nobody needs
+        # keepalived first, and everything by SIGKILL: the lab is thrown away, and a graceful stop is seconds
+        # of teardown for nothing (start.sh waiting for the peer to take over, docs/ha.md "keepalived
+        # stopped"; a master Redis waiting up to its shutdown-timeout, 10 s, for a replica that is cut off;
+        # the SCADA probe's client threads; the acquirer's handover). How each stops on SIGTERM is proven
+        # by the tests that stop them (tests/faults/test_planned_stop.py, test_keepalived_stop.py).
         for n in self.nodes.values():
             if "keepalived" in n.procs:
                 n.procs["keepalived"].stop(signal.SIGKILL)
         for p in reversed(self.extra):
-            p.stop()
+            p.stop(signal.SIGKILL)
         for n in self.nodes.values():
-            n.stop_all()
+            n.stop_all(signal.SIGKILL)
         for ns in self.ns.values():
             sh("ip", "netns", "del", ns, check=False)
         if not os.environ.get("FEP_HA_KEEP"):
