@@ -25,10 +25,12 @@ class UTCFormatter(logging.Formatter):
     zone could not be set beside keepalived's (start.sh: `date -u`), the other node's, or SCADA's UTC
     timestamps (CP56Time2a)."""
 
-    converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
 
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self.converter = time.gmtime  # on the instance: as a class attribute it would be bound as a method
 
 
 class LogFile(logging.handlers.RotatingFileHandler):
