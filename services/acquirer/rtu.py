@@ -243,7 +243,7 @@ class RtuRunner(RunnerBase):
         standby log) has already judged against the same reference."""
         raws: list[bytes | None] = []
         self.metrics.inc("polls")
-        bad = ""
+        bad = unanswered = ""  # the last block refused / the first block not answered (a channel failure)
         try:
             got = await link.read_all(self.blocks)
         except LinkError:
@@ -254,6 +254,8 @@ class RtuRunner(RunnerBase):
         for i, (block, a) in enumerate(zip(self.blocks, got, strict=True)):
             if isinstance(a, DeviceError):
                 bad = f"{block.area}{block.start}+{block.count}: {a}"
+                if isinstance(a, NoAnswer) and not unanswered:
+                    unanswered = bad
                 if isinstance(a, Busy):
                     since = busy.setdefault(i, now)
                     # busy: the block keeps its samples (nothing new was learned) while it has an answer on
@@ -287,8 +289,6 @@ class RtuRunner(RunnerBase):
         else:
             self.once.clear(f"{self.key} read")
         before, self.last_ok = self.last_ok, time.monotonic()
-        unanswered = next((f"{b.area}{b.start}+{b.count}: {a}" for b, a in zip(self.blocks, got, strict=True)
-                           if isinstance(a, NoAnswer)), "")
         if unanswered:
             self.last_bad = self.last_ok
         give_up = self.switcher.polled(self.last_ok, not unanswered, unanswered)
