@@ -10,7 +10,7 @@ import ipaddress
 import itertools
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,10 +150,23 @@ class _Checker:
         return v
 
 
-def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
-    """Every problem of a configuration, sorted by table and row; empty when it may be loaded."""
+NO_CHANNEL_1 = "acquisition RTU has no channel 1 in T010_CHANNEL"
+NEEDS_RTUS = frozenset({"T010_CHANNEL", "T011_POINT", "T036_VTPNT", *FWD_TABLES})
+"""Tables whose rules read their RTU's row (its type, protocol and address ranges): without T004_RTU they
+would report problems that are not their own (every row's RTU "is not an RTU of T004_RTU", a point of an
+IEC 104 RTU checked as a Modbus one). A forward's SRCID rule reads T011_POINT and T036_VTPNT likewise."""
+
+
+def validate(rows: Mapping[str, Sequence[Row]], unread: Collection[str] = ()) -> list[Problem]:
+    """Every problem of a configuration, sorted by table and row; empty when it may be loaded.
+
+    `unread`: tables that could not be read (missing, or missing a column: `db.read_rows` reports those).
+    The tables that were read are still checked, so that one run lists every problem, not one layer of them
+    per run; only the rules that need an unread table are left out (`NEEDS_RTUS`, a forward's SRCID, and the
+    channel 1 rule of T004_RTU without T010_CHANNEL), so that nothing is reported that is not wrong in its own row."""
     c = _Checker()
     _check_keys_and_blobs(c, rows)
+    own = set(c.problems)  # key and BLOB rules read nothing but the row
     _check_union(c, rows.get("T020_UNION", ()))
     rtus = _check_rtus(c, rows.get("T004_RTU", ()))
     iec = {rid for r in rows.get("T004_RTU", ()) if (rid := _int(r.get("RTUID"))) is not None
@@ -162,7 +175,21 @@ def validate(rows: Mapping[str, Sequence[Row]]) -> list[Problem]:
     kinds = _check_points(c, rows.get("T011_POINT", ()), rtus, iec)
     _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
     _check_forwards(c, rows, rtus, kinds)
-    return sorted(set(c.problems))
+    if not unread:
+        return sorted(set(c.problems))
+    gone = frozenset(unread)
+    return sorted(own | {p for p in c.problems if not _needs_unread(p, gone)})
+
+
+def _needs_unread(p: Problem, gone: frozenset[str]) -> bool:
+    """Whether problem `p` may come from a table that could not be read rather than from its own row."""
+    if p.table in gone:  # its rows were not read: only db.read_rows's own problem stands
+        return True
+    if p.message == NO_CHANNEL_1:
+        return "T010_CHANNEL" in gone
+    if p.table in FWD_TABLES and p.column == "SRCID" and not gone.isdisjoint(("T011_POINT", "T036_VTPNT")):
+        return True
+    return p.table in NEEDS_RTUS and "T004_RTU" in gone
 
 
 def _check_keys_and_blobs(c: _Checker, rows: Mapping[str, Sequence[Row]]) -> None:
@@ -305,7 +332,7 @@ def _check_channels(c: _Checker, chans: Sequence[Row], rtus: dict[int, int | Non
             have.setdefault(rid, set()).add(no)
     for rid, rtype in rtus.items():
         if rtype == ACQUISITION and 1 not in have.get(rid, set()):
-            c.add("T004_RTU", {"RTUID": rid}, "RTUID", "acquisition RTU has no channel 1 in T010_CHANNEL")
+            c.add("T004_RTU", {"RTUID": rid}, "RTUID", NO_CHANNEL_1)
 
 
 def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None],

@@ -35,6 +35,8 @@ def check_file(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
     rows, problems = db.read_rows(path)
     if not problems:
         problems = validate(rows)
+    elif all(p.table in TABLES for p in problems):  # tables or columns missing: the others are checked too
+        problems = sorted(set(problems).union(validate(rows, unread=set(TABLES) - set(rows))))
     return rows, problems
 
 
