@@ -29,7 +29,7 @@ def black_hole(addr: str, port: int) -> list[socket.socket]:
         c.setblocking(False)
         c.connect_ex((addr, port))
         held.append(c)
-    try:   # the premise, checked: a connect there times out
+    try:  # the premise, checked: a connect there times out
         socket.create_connection((addr, port), timeout=0.5).close()
         raise AssertionError(f"{addr}:{port} accepted a connection: not a black hole")
     except TimeoutError:
@@ -41,21 +41,25 @@ def test_sigterm_during_a_hanging_connect_exits_at_once(feproot: Path) -> None:
     dbfile = feproot / "db" / "SEMODEL.db"
     rows, _ = db.read_rows(dbfile)
     se104s = next(r for r in Model.from_rows(rows).rtus.values() if r.protocol == "se104s")
-    addr = f"127.{os.getpid() % 200 + 20}.{os.getpid() // 200 % 250 + 1}.9"   # a loopback address of our own
+    addr = f"127.{os.getpid() % 200 + 20}.{os.getpid() // 200 % 250 + 1}.9"  # a loopback address of our own
     held = black_hole(addr, se104s.listen_port)
     try:
-        p = subprocess.Popen([sys.executable, "-m", "fep_tools.scada_probe", "--db", str(dbfile), "--node",
-                              f"A={addr}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "fep_tools.scada_probe", "--db", str(dbfile), "--node", f"A={addr}"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         try:
             assert p.stdout is not None
             seen: set[str] = set()
-            for line in p.stdout:   # 'started': SIGTERM handled; CLOSED_AWAIT_OPEN: c104's first connect begun
+            for line in p.stdout:  # 'started': SIGTERM handled; CLOSED_AWAIT_OPEN: c104's first connect begun
                 rec = json.loads(line)
                 seen.add(rec.get("state", ""))
                 if {"started", "CLOSED_AWAIT_OPEN"} <= seen:
                     break
             assert {"started", "CLOSED_AWAIT_OPEN"} <= seen, seen
-            time.sleep(1.0)   # the connect hangs (c104's connect timeout, t0: 10 s)
+            time.sleep(1.0)  # the connect hangs (c104's connect timeout, t0: 10 s)
             t0 = time.monotonic()
             p.send_signal(signal.SIGTERM)
             rc = p.wait(15)
