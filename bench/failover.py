@@ -41,7 +41,8 @@ read the device after the cut: its records are invalid, so the good one is B's).
 SCADA switchover (tests/ha/switchover.py, as tests/ha/test_scada_switchover.py): an IEC 104 master
 receiving continuous spontaneous events from node A moves to node B when A is killed; per point, the
 spontaneous events lost and duplicated (interrogation answers not counted); the bound is the events k
-unacknowledged I frames can hold (docs/se104s.md).
+unacknowledged I frames can hold (docs/se104s.md). The changes start `--switch-before-s` before the kill
+and go on `--switch-after-s` after B holds every lease (6 s and 8 s, as in the test).
 
 Last line (medians over --runs, counts summed): node_loss_to_data_s= link_cut_to_data_s=
 lost_spontaneous= dup_spontaneous= events_total= takeover_s= device_loss_takeover_s= scada_switch_lost=
@@ -188,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--after-s", type=float, default=15.0, help="changes go on this long after the kill")
     ap.add_argument("--takeover-s", type=float, default=6.0,
                     help="takeover time of the device-loss runs (product: 90; shortened by default)")
+    ap.add_argument("--switch-before-s", type=float, default=6.0,
+                    help="SCADA switchover: changes this long before node A is killed")
+    ap.add_argument("--switch-after-s", type=float, default=8.0,
+                    help="SCADA switchover: changes go on this long after B holds every lease")
     ap.add_argument("--seed", type=int, default=None, help="random kill phases (default: from the clock)")
     args = ap.parse_args(argv)
     reason = can_run()
@@ -234,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     # issue 10 c: the SCADA switchover, product lease TTL (tests/ha/switchover.py), keys appended
     from tests.ha.switchover import scada_switch_figures
-    switch = scada_switch_figures(plant.BASE, args.runs, {"lease_ttl_s": prod.lease_ttl_s, "takeover_s": 90})
+    switch = scada_switch_figures(plant.BASE, args.runs, {"lease_ttl_s": prod.lease_ttl_s, "takeover_s": 90},
+                                  args.switch_before_s, args.switch_after_s)
     quality = f"quality_only_spontaneous={sum(t.quality for t in tallies)}"
     print(" ".join(f"{k}={v}" for k, v in out.items()) + " " + switch + " " + quality)
     return 0

@@ -36,7 +36,11 @@ TINY = {
     "sysload": ["--points", "2000", "--per-rtu", "100", "--runs", "1"],
     "acquire": ["--tiny"],
     "forward": ["--tiny"],
-    "failover": ["--runs", "1", "--before-s", "3", "--after-s", "8", "--extra-ai", "4", "--extra-di", "4"],
+    # failover: one run of each kind; the windows just long enough that the kill has a change of the window
+    # before it (period 1.2 s) and B (leases ~3.3 s after the kill, product TTL 3 s) delivers changes made after
+    # it; the device-loss takeover 3 s (the lab's channel switch); the switchover's windows 2 s / 3 s
+    "failover": ["--runs", "1", "--before-s", "1.5", "--after-s", "5", "--takeover-s", "3", "--switch-before-s", "2",
+                 "--switch-after-s", "3", "--extra-ai", "4", "--extra-di", "4"],
 }
 
 

@@ -9,8 +9,10 @@ containers and volumes do not collide (on two real hosts the directory may be th
 
 Health checks: podman runs a container's health check from a systemd timer; this machine has no systemd
 (PID 1 is not systemd), so `HealthDriver` does what the timer does: `podman healthcheck run` on each
-container at the interval its compose health check gives. Status, retries and the resulting
-`depends_on: {condition: service_healthy}` stay podman's and docker-compose's own.
+container at the interval its compose health check gives; within the check's start period, until its first
+success, every second instead (Docker's start_interval: a failure there does not count, so only the wait
+for the first healthy is shorter; 10 s intervals made a two-node bring-up ~40 s). Status, retries and the
+resulting `depends_on: {condition: service_healthy}` stay podman's and docker-compose's own.
 """
 
 from __future__ import annotations
@@ -130,10 +132,13 @@ class ComposeNode:
             subprocess.run(["podman", "kill", *ids], capture_output=True, check=False, timeout=30)
 
     def down(self) -> None:
-        if self.service is not None and self.service.alive():
-            self.compose("--profile", "loader", "down", "-v", "-t", "3", timeout=120, check=False)
-        for c in self.containers():   # whatever compose could not reach (service gone): by id
-            subprocess.run(["podman", "rm", "-f", "-v", c["Id"]], capture_output=True, check=False, timeout=60)
+        """The node thrown away: its containers SIGKILLed and removed at once with their anonymous volumes, the
+        named ones pruned; not compose's graceful `down`, seconds per node for nothing (keepalived's start.sh
+        waiting to give the VIP away, the acquirer's handover), as tests/ha's lab stops its processes."""
+        ids = [c["Id"] for c in self.containers()]
+        if ids:
+            subprocess.run(["podman", "rm", "-f", "-t", "0", "-v", *ids], capture_output=True, check=False,
+                           timeout=60)
         subprocess.run(["podman", "volume", "prune", "-f", "--filter",
                         f"label=com.docker.compose.project={self.project.name}"],
                        capture_output=True, check=False, timeout=60)
@@ -141,22 +146,29 @@ class ComposeNode:
 
 class HealthDriver(threading.Thread):
     """What podman's systemd timer does where there is no systemd: `podman healthcheck run` on every
-    running container of the lab that has a health check, each at its own interval."""
+    running container of the lab that has a health check, each at its own interval; in the check's start
+    period until its first success, every START_INTERVAL_S (as Docker's start_interval)."""
+
+    START_INTERVAL_S = 1.0
 
     def __init__(self, nodes: list[ComposeNode]) -> None:
         super().__init__(daemon=True, name="health-driver")
         self.nodes = nodes
         self.stop = threading.Event()
         self.due: dict[str, float] = {}
-        self.interval: dict[str, float] = {}
+        self.timing: dict[str, tuple[float, float]] = {}
+        self.seen: dict[str, float] = {}      # container -> when first seen running (its start, within 0.5 s)
+        self.passed: set[str] = set()         # containers whose check has succeeded once
 
-    def _interval(self, cid: str) -> float:
-        if cid not in self.interval:
+    def _timing(self, cid: str) -> tuple[float, float]:
+        """The check's (interval, start period) in s; interval 0: the container has no health check."""
+        if cid not in self.timing:
             out = subprocess.run(["podman", "inspect", "--format", "{{json .Config.Healthcheck}}", cid],
                                  capture_output=True, text=True, check=False).stdout.strip()
             hc = json.loads(out) if out and out != "null" else None
-            self.interval[cid] = (hc.get("Interval", 0) / 1e9 or 30.0) if hc and hc.get("Test") else 0.0
-        return self.interval[cid]
+            self.timing[cid] = ((hc.get("Interval", 0) / 1e9 or 30.0, hc.get("StartPeriod", 0) / 1e9)
+                                if hc and hc.get("Test") else (0.0, 0.0))
+        return self.timing[cid]
 
     def run(self) -> None:
         while not self.stop.wait(0.5):
@@ -167,13 +179,17 @@ class HealthDriver(threading.Thread):
                     continue
                 now = time.monotonic()
                 for cid in running:
-                    iv = self._interval(cid)
-                    if iv and now >= self.due.get(cid, 0.0):
-                        self.due[cid] = now + iv
-                        # from the node's network namespace: a host-network container has none of its own,
-                        # so the check's exec runs in the caller's (the timer's, on a real host the host's)
-                        subprocess.run(["nsenter", f"--net=/run/netns/{n.node.ns}", "podman", "healthcheck", "run",
+                    iv, start_period = self._timing(cid)
+                    if not iv or now < self.due.get(cid, 0.0):
+                        continue
+                    starting = cid not in self.passed and now - self.seen.setdefault(cid, now) < start_period
+                    self.due[cid] = now + (min(iv, self.START_INTERVAL_S) if starting else iv)
+                    # from the node's network namespace: a host-network container has none of its own,
+                    # so the check's exec runs in the caller's (the timer's, on a real host the host's)
+                    r = subprocess.run(["nsenter", f"--net=/run/netns/{n.node.ns}", "podman", "healthcheck", "run",
                                         cid], capture_output=True, check=False, timeout=60)
+                    if r.returncode == 0:
+                        self.passed.add(cid)
 
 
 class ContainerLab(Lab):

@@ -143,16 +143,17 @@ def scada_switch_run(lab: Lab, tick_s: float = 1.5, before_s: float = 6.0, after
             "ticks_after_kill": sum(1 for t in ticks if t > t_kill)}
 
 
-def scada_switch_figures(base: Any, runs: int, timers: dict[str, float] | None = None) -> str:
-    """bench/failover.py's measurement: `runs` fresh labs under `base`, one switchover each; prints one line
-    per run and returns the keys for the bench's last line: lost = total over the runs, dup = the worst
-    run, bound = the per-run bound (the same every run)."""
+def scada_switch_figures(base: Any, runs: int, timers: dict[str, float] | None = None, before_s: float = 6.0,
+                         after_s: float = 8.0) -> str:
+    """bench/failover.py's measurement: `runs` fresh labs under `base`, one switchover each (`before_s`,
+    `after_s`: scada_switch_run's); prints one line per run and returns the keys for the bench's last line:
+    lost = total over the runs, dup = the worst run, bound = the per-run bound (the same every run)."""
     lost, dups, bound = 0, [], 0
     for i in range(runs):
         lab = Lab(timers, base=base)
         try:
             lab.start()
-            res = scada_switch_run(lab)
+            res = scada_switch_run(lab, before_s=before_s, after_s=after_s)
         finally:
             lab.close()
         c = res["count"]
