@@ -1,0 +1,293 @@
+"""Fault audit: faults injected into the running processes of one node (tests/faults/test_single_node.py's
+`node`: real redis-server, fep-plcsim PLCs, real fep-acquirer and fep-forwarder) that the other fault tests
+do not inject."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fep_loader.store import replace_config
+from fep_tools.sefeps_client import SefepsClient
+from fepha.iec104 import codec as c
+from fepha.iec104.link import Link, LinkParams, LinkTimeout, Role
+from tests.faults.test_planned_stop import SUITE, Scada, a_holds_b_ready, plant, until
+from tests.faults.test_single_node import AI_RTU1, NT, Node, sefeps, topical, valid
+from tests.iec104.rawmaster import RawMaster
+from tests.stays import astays
+
+SE104_RTU = 10
+DO_IOA = 5001  # se104s C_SC_NA_1 on point 109 (RTU 1's coil)
+
+
+def se104_port(node: Node) -> int:
+    return next(r["LISTENPORT"] for r in node.rows["T004_RTU"] if r["RTUID"] == SE104_RTU)
+
+
+async def connect(port: int, params: LinkParams) -> RawMaster:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    m = RawMaster(reader, writer, link=Link(Role.CLIENT, params, time.monotonic()))
+    m.tasks = [asyncio.create_task(m._read()), asyncio.create_task(m._timers())]
+    await m.start()
+    return m
+
+
+async def close(m: RawMaster | None) -> None:
+    if m is None:
+        return
+    m.closed = True
+    m.writer.close()
+    for t in m.tasks:
+        t.cancel()
+    await asyncio.gather(*m.tasks, return_exceptions=True)
+
+
+def answers(m: RawMaster, ioa: int) -> list[tuple[int, bool]]:
+    """(cause, negative) of every answer to a command on `ioa`."""
+    return [
+        (a.cause, a.negative)
+        for a in list(m.asdus)
+        if a.type_id >= 45 and a.objects and a.objects[0][0] == ioa
+    ]
+
+
+def coil_writes(node: Node) -> list:
+    """The device writes of point 109 (RTU 1's coil): every control run."""
+    return [w for w in node.sim.writes if w[0] == 1]
+
+
+def command(m: RawMaster, value: int) -> None:
+    m.send(c.build_asdu(c.C_SC_NA_1, c.COT_ACT, 1, [(DO_IOA, c.encode_command(c.C_SC_NA_1, value))]))
+
+
+async def test_iec104_control_across_forwarder_stops_shorter_and_longer_than_the_masters_t1(
+    node: Node,
+) -> None:
+    """An IEC 104 master (t1 1 s) sends C_SC_NA_1 while the forwarder is SIGSTOPped. For 0.5 s (less than
+    t1): the command runs once when the forwarder resumes and the master gets ACT_CON and ACT_TERM. For 2 s
+    (more than t1, less than the control timeout, 10 s): the master gives up at t1 and closes the
+    connection with its command unanswered; on SIGCONT the forwarder finds the command in the socket of a
+    connection its master has closed. Nobody can be told the outcome and the operator retries on a new
+    connection: it must not run (at most once)."""
+    params = LinkParams(k=12, w=8, t1=1, t2=0.05, t3=0.5)
+    await valid(node, 101)
+    fwd = node.procs["forwarder"]
+    first = await connect(se104_port(node), params)
+    try:
+        before = len(coil_writes(node))
+        fwd.send_signal(signal.SIGSTOP)
+        try:
+            command(first, 1)
+            await asyncio.sleep(0.5)
+        finally:
+            fwd.send_signal(signal.SIGCONT)
+        end = time.monotonic() + 5
+        while len(answers(first, DO_IOA)) < 2:
+            assert time.monotonic() < end, answers(first, DO_IOA)
+            await asyncio.sleep(0.02)
+        assert answers(first, DO_IOA) == [(c.COT_ACTCON, False), (c.COT_ACTTERM, False)]
+        assert not first.tasks[1].done(), "the master gave up before t1"
+        assert len(coil_writes(node)) == before + 1, coil_writes(node)
+        fwd.send_signal(signal.SIGSTOP)
+        try:
+            command(first, 0)
+            end = time.monotonic() + 3
+            while not first.tasks[1].done():
+                assert time.monotonic() < end, "the master did not give up at t1"
+                await asyncio.sleep(0.02)
+            assert isinstance(first.tasks[1].exception(), LinkTimeout)
+            first.writer.close()
+            await asyncio.sleep(2.0 - params.t1)
+        finally:
+            fwd.send_signal(signal.SIGCONT)
+        await astays(
+            lambda: len(coil_writes(node)) == before + 1,
+            2.0,
+            "the command of a master that had given up (closed its connection) ran",
+        )
+    finally:
+        await close(first)
+
+
+async def record(c: SefepsClient, seen: list[tuple[float, int, float, int]]) -> None:
+    """Every change the master is sent: (monotonic, addr, value, quality)."""
+    while True:
+        _, addr, value, q, _ = await c.next_change(3600)
+        seen.append((time.monotonic(), addr, value, q))
+
+
+async def steps(node: Node, pid: int, values: list[float], hold_s: float, during: Any = None) -> None:
+    """Set `pid` to each of `values` in turn, holding each `hold_s` (several polls: each one acquired);
+    `during()` is awaited after the first third of them."""
+    for i, v in enumerate(values):
+        node.sim.set_value(pid, v)
+        if during is not None and i == len(values) // 3:
+            await during()
+        await asyncio.sleep(hold_s)
+
+
+def of(seen: list[tuple[float, int, float, int]], addr: int) -> list[tuple[float, int]]:
+    return [(round(v, 3), q) for _, a, v, q in seen if a == addr]
+
+
+async def test_sysload_init_while_running_changes_nothing_a_master_sees(node: Node) -> None:
+    """`sysload init` of the same configuration three times while point 101 steps through 12 values (each
+    held for several polls) and a sefeps master is connected: the master keeps its connection and gets
+    no new image, each value once and in order, none with NT (a reload is not an outage)."""
+    await valid(node, 101)
+    c = await sefeps(node)
+    seen: list[tuple[float, int, float, int]] = []
+    rec: asyncio.Task[None] | None = None
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1)
+        images = c.images
+        rec = asyncio.create_task(record(c, seen))
+        values = [500.0 + i for i in range(12)]
+
+        async def reload() -> None:
+            for _ in range(3):
+                with node.redis.client() as r:
+                    replace_config(r, node.rows, source="sample")
+                await asyncio.sleep(0.3)
+
+        await steps(node, 101, values, 0.4, reload)
+        end = time.monotonic() + 5
+        while not of(seen, AI_RTU1) or of(seen, AI_RTU1)[-1][0] != values[-1]:
+            assert time.monotonic() < end, of(seen, AI_RTU1)
+            await asyncio.sleep(0.05)
+        got = of(seen, AI_RTU1)
+        assert [v for v, _ in got] == values, got
+        assert not [q for _, q in got if q & NT], got
+        assert not c.closed.is_set() and c.images == images, "a new image was sent"
+        assert "configuration generation 4:" in node.log("forwarder")  # each reload was taken
+    finally:
+        if rec is not None:
+            rec.cancel()
+        await c.close()
+
+
+async def test_master_pausing_writes_past_the_socket_timeout(node: Node) -> None:
+    """`CLIENT PAUSE 3000 WRITE` on the master (every write waits; reads go on; the acquirer's writes time
+    out after 2 s and Redis drops what a closed client had sent) while point 101 changes: the master
+    gets NT (the leases' stamps grow old on the master's clock) and no value that was not current; after
+    the pause, the values are topical again, the last value is the device's, and no value is sent twice."""
+    await valid(node, 101)
+    c = await sefeps(node)
+    seen: list[tuple[float, int, float, int]] = []
+    rec: asyncio.Task[None] | None = None
+    r = node.redis.client()
+    try:
+        img = await c.wait_image(10)
+        await topical(c, img, AI_RTU1)
+        rec = asyncio.create_task(record(c, seen))
+        values = [700.0 + i for i in range(9)]
+
+        t_pause = [0.0]
+
+        async def pause() -> None:
+            r.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+            t_pause[0] = time.monotonic()
+
+        await steps(node, 101, values, 0.4, pause)
+        end = time.monotonic() + 8
+        while not of(seen, AI_RTU1) or of(seen, AI_RTU1)[-1] != (values[-1], of(seen, AI_RTU1)[-1][1] & ~NT):
+            assert time.monotonic() < end, of(seen, AI_RTU1)
+            await asyncio.sleep(0.05)
+        got = of(seen, AI_RTU1)
+        print(
+            "CLIENT PAUSE WRITE 3 s, at SCADA (s from the pause, value, quality):",
+            [(round(t - t_pause[0], 2), v, q) for t, a, v, q in seen if a == AI_RTU1],
+        )
+        assert any(q & NT for _, q in got), got
+        # a value sent again with its NT flipped is not a duplicate; the same value twice in a row is
+        vals = [v for i, (v, q) in enumerate(got) if i == 0 or got[i - 1][0] != v]
+        assert vals == sorted(vals) and len(vals) == len(set(vals)), got
+        assert all(not (a == b) for a, b in itertools.pairwise(got)), f"a change sent twice: {got}"
+        for service in ("acquirer", "forwarder"):
+            assert "Traceback" not in node.log(service), node.log(service)[-3000:]
+    finally:
+        r.execute_command("CLIENT", "UNPAUSE")
+        r.close()
+        if rec is not None:
+            rec.cancel()
+        await c.close()
+
+
+@pytest.mark.parametrize("stop_s", [1.0, 3.5])
+async def test_holder_frozen_while_values_change(feproot: Path, stop_s: float) -> None:
+    """SIGSTOP of the acquirer holding every lease (node A) while point 101 steps up every 0.15 s, node B's
+    acquirer ready and a sefeps master on B's forwarder: for less than the lease TTL (2 s), A keeps its leases;
+    for more, B takes them over once they lapse, and A, resumed with the poll it had read before the stop,
+    is fenced out. Either way the master never sees the value go back (no stale write after the resume),
+    gets the device's last value topical, and is never shown a value as good later than one TTL plus a
+    tick, a check and two polls after the device moved past it."""
+    ttl = float(SUITE["FEP_TIMERS_LEASE_TTL_S"])
+    async with plant(feproot, SUITE) as p:
+        await a_holds_b_ready(p, 10)
+        p.start("forwarder", "B")
+        scada = Scada(await p.sefeps_port())
+        await scada.start()
+        sets: list[tuple[float, float]] = []  # (monotonic, value) of each step at the device
+        done = asyncio.Event()
+
+        async def step() -> None:
+            k = 0
+            while not done.is_set():
+                k += 1
+                p.sim.set_value(101, 1000 + k)
+                sets.append((time.monotonic(), 1000 + k))
+                await asyncio.sleep(0.15)
+
+        changer = asyncio.create_task(step())
+        a = p.procs[("acquirer", "A")]
+        try:
+            await until(
+                lambda: sum(1 for s in scada.seen if s[1] == 1 and not s[3] & NT) >= 3,
+                10,
+                "SCADA sees point 101 change, topical",
+            )
+            a.send_signal(signal.SIGSTOP)
+            try:
+                await asyncio.sleep(stop_s)
+            finally:
+                a.send_signal(signal.SIGCONT)
+            await asyncio.sleep(1.5)
+            done.set()
+            await changer
+            last = sets[-1][1]
+            await until(
+                lambda: any(s[1] == 1 and s[2] == last and not s[3] & NT for s in scada.seen),
+                5,
+                f"SCADA gets the last value {last} topical",
+            )
+        finally:
+            done.set()
+            await asyncio.wait_for(scada.close(), 10)
+        seen = [(t, v, q) for t, addr, v, q in scada.seen if addr == 1]
+        values = [v for _, v, _ in seen]
+        assert all(b >= a for a, b in itertools.pairwise(values)), f"a value went back: {values}"
+        bound = ttl + 0.1 + 1.0 + 0.2
+        late = [
+            (round(t - moved, 2), v)
+            for t, v, q in seen
+            if not q & NT and (moved := next((ts for ts, sv in sets if sv > v), None)) is not None
+        ]
+        print(
+            f"frozen {stop_s} s: {len(values)} values at SCADA, {sum(1 for *_, q in seen if q & NT)} with NT, "
+            f"latest good one {max(late)[0]:.2f} s after the device moved past it"
+        )
+        assert max(late)[0] <= bound, f"shown good after the device moved past it: {max(late)}"
+        holders = await p.holders()
+        want = "A" if stop_s < ttl else "B"
+        assert set(holders.values()) == {want}, holders
+        if want == "B":
+            assert "fenced out" in p.log("acquirer", "A") or "lease lost" in p.log("acquirer", "A")
+        for who in (("acquirer", "A"), ("acquirer", "B"), ("forwarder", "B")):
+            assert "Traceback" not in p.log(*who), p.log(*who)[-3000:]
