@@ -5,21 +5,35 @@ do not inject."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from fep_loader.store import replace_config
 from fep_tools.sefeps_client import SefepsClient
 from fepha.iec104 import codec as c
 from fepha.iec104.link import Link, LinkParams, LinkTimeout, Role
 from tests.faults.test_planned_stop import SUITE, Scada, a_holds_b_ready, plant, until
-from tests.faults.test_single_node import AI_RTU1, NT, Node, sefeps, topical, valid
+from tests.faults.test_single_node import (
+    AI_RTU1,
+    AI_RTU2,
+    NT,
+    Node,
+    running_node,
+    sefeps,
+    topical,
+    until_quality,
+    valid,
+)
 from tests.iec104.rawmaster import RawMaster
+from tests.redisproc import RedisProc
 from tests.stays import astays
 
 SE104_RTU = 10
@@ -31,7 +45,15 @@ def se104_port(node: Node) -> int:
 
 
 async def connect(port: int, params: LinkParams) -> RawMaster:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    """A started master (STARTDT con) on se104s, once it listens (within 10 s)."""
+    end = time.monotonic() + 10
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            break
+        except OSError:
+            assert time.monotonic() < end, "se104s not listening"
+            await asyncio.sleep(0.1)
     m = RawMaster(reader, writer, link=Link(Role.CLIENT, params, time.monotonic()))
     m.tasks = [asyncio.create_task(m._read()), asyncio.create_task(m._timers())]
     await m.start()
@@ -291,3 +313,132 @@ async def test_holder_frozen_while_values_change(feproot: Path, stop_s: float) -
             assert "fenced out" in p.log("acquirer", "A") or "lease lost" in p.log("acquirer", "A")
         for who in (("acquirer", "A"), ("acquirer", "B"), ("forwarder", "B")):
             assert "Traceback" not in p.log(*who), p.log(*who)[-3000:]
+
+
+async def test_master_with_its_aof_disk_full(feproot: Path, make_api: Any, tmp_path: Path) -> None:
+    """The node's Redis persists as in compose.yml (appendonly, everysec) on a 4 MiB tmpfs, which is then
+    filled: Redis refuses every write (MISCONF, the AOF cannot be written), so no lease is renewed and SCADA
+    gets NT once the leases lapse; neither service exits or loops on a traceback. Room again: Redis writes its
+    AOF again by itself, the values are topical again and a change goes through."""
+    import subprocess as sp
+
+    from tests.foundation.test_logfile_full import fill
+    from tests.prereq import require
+
+    require(None if os.geteuid() == 0 else "mounting a tmpfs needs root", "the full AOF disk test")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    sp.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], check=True)
+    try:
+        rp = RedisProc(appendonly=True, dir=disk, extra=["--appendfsync", "everysec"])
+        with rp, rp.client() as r:
+            async with running_node(feproot, make_api, rp) as node:
+                await valid(node, 101, 202)
+                c = await sefeps(node)
+                limit_s = 2 * float(node.env["FEP_TIMERS_LEASE_TTL_S"]) + 1.5
+                try:
+                    img = await c.wait_image(10)
+                    await topical(c, img, AI_RTU1, AI_RTU2)
+                    fill(disk / "fill")
+                    t0 = time.monotonic()
+                    await until_quality(c, {AI_RTU1: True, AI_RTU2: True}, 15)
+                    took = time.monotonic() - t0
+                    with contextlib.suppress(redis.ResponseError):
+                        r.set("probe", 1)
+                        raise AssertionError("the master accepted a write with its AOF disk full")
+                    print(f"AOF disk full: NT {took:.2f} s after the disk filled")
+                    assert took <= limit_s, took
+                    await asyncio.sleep(2)
+                    assert all(p.poll() is None for p in node.procs.values())
+                    (disk / "fill").unlink()
+                    t1 = time.monotonic()
+                    await until_quality(c, {AI_RTU1: False, AI_RTU2: False}, 15)
+                    print(f"AOF disk full: topical {time.monotonic() - t1:.2f} s after room was made")
+                    node.sim.set_value(101, 4321.0)
+                    end = time.monotonic() + 5
+                    while c.image.get(AI_RTU1, (None,))[0] != 4321.0:
+                        assert time.monotonic() < end, c.image.get(AI_RTU1)
+                        await asyncio.sleep(0.05)
+                    for service in ("acquirer", "forwarder"):
+                        log = node.log(service)
+                        assert "Traceback" not in log, log[-3000:]
+                        said = [line.split(" ", 1)[1] for line in log.splitlines() if "MISCONF" in line]
+                        assert len(said) == len(set(said)), said  # once per problem, not per attempt
+                finally:
+                    await c.close()
+    finally:
+        sp.run(["umount", "-l", str(disk)], check=True)
+
+
+def gi_answers(m: RawMaster, since: int) -> tuple[list[int], set[int], bool]:
+    """Of the ASDUs received from index `since`: the causes of the C_IC_NA_1 answers, the IOAs sent as
+    interrogated (cause 20) and whether the interrogation ended (ACT_TERM)."""
+    asdus = list(m.asdus)[since:]
+    causes = [a.cause for a in asdus if a.type_id == c.C_IC_NA_1]
+    ioas = {ioa for a in asdus if a.type_id < 45 and a.cause == c.COT_INROGEN for ioa, _ in a.objects}
+    return causes, ioas, c.COT_ACTTERM in causes
+
+
+async def test_forwarder_sigkilled_in_the_middle_of_a_general_interrogation(node: Node) -> None:
+    """se104s with k = 1 and a master that stops acknowledging after its interrogation's ACT_CON: the
+    forwarder holds the rest of the answer, and is SIGKILLed there (half an interrogation sent). Restarted,
+    the master connects again and interrogates: ACT_CON, every point the first interrogation gave (none
+    missing, each once), with point 101's value as the device has it now, then ACT_TERM."""
+    from tests.faults.test_resources import restart
+
+    await restart(node, ("forwarder",), FEP_SE104S_K="1", FEP_SE104S_W="1")
+    await valid(node, 101)
+    params = LinkParams(k=12, w=8, t1=5, t2=0.05, t3=10)
+    port = se104_port(node)
+    m = await connect(port, params)
+    try:
+        n0 = len(m.asdus)
+        m.send(c.interrogation(1))
+        end = time.monotonic() + 10
+        while not gi_answers(m, n0)[2]:
+            assert time.monotonic() < end, gi_answers(m, n0)
+            await asyncio.sleep(0.02)
+        _, all_ioas, _ = gi_answers(m, n0)
+        assert len(all_ioas) >= 3, all_ioas
+        await asyncio.sleep(0.2)  # everything acknowledged
+        n1 = len(m.asdus)
+        m.send(c.interrogation(1))
+        m.ack = False  # the C_IC went out; from here on the master writes nothing (no S frame)
+        end = time.monotonic() + 5
+        while c.COT_ACTCON not in gi_answers(m, n1)[0]:
+            assert time.monotonic() < end, gi_answers(m, n1)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        causes, got, ended = gi_answers(m, n1)
+        assert not ended and len(got) < len(all_ioas), (causes, got)  # held by k = 1: half an interrogation
+        node.procs["forwarder"].kill()
+        node.procs["forwarder"].wait(5)
+    finally:
+        await close(m)
+    node.sim.set_value(101, 2468.0)
+    node.start("forwarder")
+    m2 = await connect(port, params)
+    try:
+        end = time.monotonic() + 10
+        while True:
+            n2 = len(m2.asdus)
+            m2.send(c.interrogation(1))
+            while not gi_answers(m2, n2)[2] and time.monotonic() < end:
+                await asyncio.sleep(0.02)
+            causes, got, ended = gi_answers(m2, n2)
+            assert ended, (causes, got)
+            ai = [v for _, ioa, v, _, _ in m2.values(c.COT_INROGEN)[-len(got) :] if ioa == 1001]
+            if ai and round(ai[-1], 3) == 2468.0:
+                break
+            assert time.monotonic() < end, f"point 101 not the device's value in the interrogation: {ai}"
+            await asyncio.sleep(0.3)  # the acquirer's next poll
+        assert causes == [c.COT_ACTCON, c.COT_ACTTERM] and got == all_ioas, (causes, got, all_ioas)
+        per_ioa = [
+            ioa
+            for a in list(m2.asdus)[n2:]
+            if a.type_id < 45 and a.cause == c.COT_INROGEN
+            for ioa, _ in a.objects
+        ]
+        assert len(per_ioa) == len(set(per_ioa)), f"a point sent twice in one interrogation: {per_ioa}"
+    finally:
+        await close(m2)
