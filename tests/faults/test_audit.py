@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -442,3 +443,63 @@ async def test_forwarder_sigkilled_in_the_middle_of_a_general_interrogation(node
         assert len(per_ioa) == len(set(per_ioa)), f"a point sent twice in one interrogation: {per_ioa}"
     finally:
         await close(m2)
+
+
+async def test_master_asleep_shorter_than_the_socket_timeout_during_writes_and_a_control(
+    feproot: Path, make_api: Any
+) -> None:
+    """`DEBUG SLEEP 1.5` on the master (the whole server blocked, less than the 2 s socket timeout) while point
+    101 steps every 0.3 s and a sefeps command is sent in the middle: nothing times out, so nothing is lost or
+    sent twice: the master gets every value once and in order, the command is written to the PLC once and
+    answered ok, and the last value is topical."""
+    rp = RedisProc(extra=["--enable-debug-command", "yes"])
+    with rp, rp.client() as r:
+        async with running_node(feproot, make_api, rp) as node:
+            await valid(node, 101, 207)
+            c = await sefeps(node)
+            seen: list[tuple[float, int, float, int]] = []
+            rec: asyncio.Task[None] | None = None
+            try:
+                img = await c.wait_image(10)
+                await topical(c, img, AI_RTU1)
+                rec = asyncio.create_task(record(c, seen))
+                before = node.sim.value(207)
+                writes = len(node.sim.writes)
+                values = [900.0 + i for i in range(9)]
+                cmd: list[asyncio.Task[dict[str, Any]]] = []
+
+                slept: list[float] = []
+
+                def debug_sleep() -> None:
+                    t0 = time.monotonic()
+                    r.execute_command("DEBUG", "SLEEP", 1.5)
+                    slept.append(time.monotonic() - t0)
+
+                async def sleep() -> None:
+                    r.execute_command(
+                        "DEBUG", "SLEEP", 0
+                    )  # refused unless enabled: fails here, not in the thread
+                    threading.Thread(target=debug_sleep, daemon=True).start()
+                    await asyncio.sleep(0.2)
+                    cmd.append(asyncio.create_task(c.command(40, before + 1, timeout=10)))
+
+                await steps(node, 101, values, 0.3, sleep)
+                res = await cmd[0]
+                assert res["ok"], res
+                assert slept and slept[0] >= 1.4, slept
+                end = time.monotonic() + 5
+                while not of(seen, AI_RTU1) or of(seen, AI_RTU1)[-1] != (values[-1], 0):
+                    assert time.monotonic() < end, of(seen, AI_RTU1)
+                    await asyncio.sleep(0.05)
+                got = of(seen, AI_RTU1)
+                print("DEBUG SLEEP 1.5 s, at SCADA (value, quality):", got)
+                vals = [v for i, (v, _) in enumerate(got) if i == 0 or got[i - 1][0] != v]
+                assert vals == values, got
+                assert not [g for g in itertools.pairwise(got) if g[0] == g[1]], f"a change sent twice: {got}"
+                assert node.sim.value(207) == before + 1 and len(node.sim.writes) == writes + 1, (
+                    node.sim.writes
+                )
+            finally:
+                if rec is not None:
+                    rec.cancel()
+                await c.close()
