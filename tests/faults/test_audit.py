@@ -503,3 +503,44 @@ async def test_master_asleep_shorter_than_the_socket_timeout_during_writes_and_a
                 if rec is not None:
                     rec.cancel()
                 await c.close()
+
+
+async def test_sysload_init_of_a_changed_configuration_sends_no_unchanged_value_again(node: Node) -> None:
+    """A new configuration loaded while running (RTUs 1, 2 polled every 150 ms instead of 100: the acquirer
+    reloads it, the forwarder loads its full image) with the devices' values unchanged: an IEC 104 master
+    connected to se104s keeps its connection and gets no spontaneous event (nothing changed), and a change
+    made after the reload reaches it once."""
+    await valid(node, 101, 202)
+    m = await connect(se104_port(node), LinkParams(k=12, w=8, t1=5, t2=0.05, t3=10))
+    try:
+        m.send(c.interrogation(1))
+        end = time.monotonic() + 5
+        while c.COT_ACTTERM not in gi_answers(m, 0)[0]:
+            assert time.monotonic() < end, gi_answers(m, 0)
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.0)  # the values are steady (the simulated PLCs do not change them)
+        n0 = len(m.values(c.COT_SPONT))
+        rows = {
+            **node.rows,
+            "T004_RTU": [{**r, "POLLMS": 150} if r["RTUID"] in (1, 2) else r for r in node.rows["T004_RTU"]],
+        }
+        with node.redis.client() as r:
+            replace_config(r, rows, source="changed")
+        end = time.monotonic() + 5
+        while "configuration generation 2:" not in node.log("forwarder"):
+            assert time.monotonic() < end, node.log("forwarder")[-2000:]
+            await asyncio.sleep(0.05)
+        await astays(
+            lambda: len(m.values(c.COT_SPONT)) == n0 and not m.closed,
+            1.5,
+            "an unchanged value sent again after the reload",
+        )
+        node.sim.set_value(101, 1357.0)
+        end = time.monotonic() + 5
+        while not [v for v in m.values(c.COT_SPONT)[n0:] if v[1] == 1001 and round(v[2], 3) == 1357.0]:
+            assert time.monotonic() < end, m.values(c.COT_SPONT)[n0:]
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)
+        assert [round(v[2], 3) for v in m.values(c.COT_SPONT)[n0:]] == [1357.0], m.values(c.COT_SPONT)[n0:]
+    finally:
+        await close(m)
