@@ -360,6 +360,11 @@ async def test_master_with_its_aof_disk_full(feproot: Path, make_api: Any, tmp_p
                     while c.image.get(AI_RTU1, (None,))[0] != 4321.0:
                         assert time.monotonic() < end, c.image.get(AI_RTU1)
                         await asyncio.sleep(0.05)
+                    # each problem said once, and its end said too (the acquirer's heartbeat never was)
+                    end = time.monotonic() + 3
+                    while "heartbeat: recovered" not in node.log("acquirer"):
+                        assert time.monotonic() < end, node.log("acquirer")[-3000:]
+                        await asyncio.sleep(0.1)
                     for service in ("acquirer", "forwarder"):
                         log = node.log(service)
                         assert "Traceback" not in log, log[-3000:]
