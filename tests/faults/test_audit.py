@@ -549,3 +549,54 @@ async def test_sysload_init_of_a_changed_configuration_sends_no_unchanged_value_
         assert [round(v[2], 3) for v in m.values(c.COT_SPONT)[n0:]] == [1357.0], m.values(c.COT_SPONT)[n0:]
     finally:
         await close(m)
+
+
+async def test_control_sent_while_the_holder_is_frozen_runs_at_most_once_and_is_answered(
+    feproot: Path,
+) -> None:
+    """Node A's acquirer holds every lease and is SIGSTOPped; a sefeps master on B's forwarder sends a
+    set-point right away. A's executor was blocked in BLPOP on the control queue, so Redis hands the control
+    to the frozen process; B takes the leases over (about 1.5 s); A is resumed after 4 s, and its read of
+    that BLPOP's answer times out (the connection dropped with the answer unread). The control runs once,
+    by B, well before its deadline (6 s), and is answered ok; A never runs it. Before ctl_requeue it was
+    popped and lost: never run, answered `expired` at the deadline while B held the lease for 5 s."""
+    timeout_s = 6.0
+    async with plant(feproot, {**SUITE, "FEP_CONTROL_TIMEOUT_S": str(timeout_s)}) as p:
+        await a_holds_b_ready(p, 10)
+        p.start("forwarder", "B")
+        scada = Scada(await p.sefeps_port())
+        await scada.start()
+        a = p.procs[("acquirer", "A")]
+        try:
+            before = p.sim.value(207)
+            writes = len(p.sim.writes)
+            a.send_signal(signal.SIGSTOP)
+            t0 = time.monotonic()
+            try:
+                cmd = asyncio.create_task(scada.c.command(40, before + 1, timeout=timeout_s + 5))
+                answered: list[float] = []
+                cmd.add_done_callback(lambda _: answered.append(time.monotonic()))
+                await until(lambda: _holder_is(p, "B"), 8, "B holds every lease")
+                t_b = time.monotonic() - t0
+                await asyncio.sleep(max(0.0, 4.0 - (time.monotonic() - t0)))
+            finally:
+                a.send_signal(signal.SIGCONT)
+            res = await cmd
+            took = answered[0] - t0
+            await asyncio.sleep(1.0)  # A resumed: whatever it still holds of the control is done by now
+            ran = len(p.sim.writes) - writes
+            print(
+                f"holder frozen 4 s, control sent at once: B held the leases {t_b:.2f} s after the stop; answer "
+                f"{res} after {took:.2f} s; written to the PLC {ran} time(s)"
+            )
+            print(p.log("acquirer", "A")[-2500:])
+            assert ran == 1 and res["ok"], (res, p.sim.writes)
+            assert took < 4.0, took  # by B, while A was still frozen
+            for who in (("acquirer", "A"), ("acquirer", "B"), ("forwarder", "B")):
+                assert "Traceback" not in p.log(*who), p.log(*who)[-3000:]
+        finally:
+            await asyncio.wait_for(scada.close(), 10)
+
+
+async def _holder_is(p: Any, node: str) -> bool:
+    return set((await p.holders()).values()) == {node}
