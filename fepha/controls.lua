@@ -112,7 +112,22 @@ local function ctl_abandon(keys, args)
   return c[1]
 end
 
+-- ctl_requeue(KEYS: ctl, queue; ARGV: id, after_ms) -> 1 when put back at the head of the queue, else 0.
+-- Called by the waiting forwarder once a second. A control still queued `after_ms` after it was created and
+-- in no queue was popped by an executor that never claimed it: the answer to its BLPOP was lost (the
+-- executor stopped or starved past its socket timeout, which dropped the connection with the answer
+-- unread, or a link cut it). Without this it waited for its deadline while the lease holder was idle. A
+-- copy popped twice is harmless: the second ctl_claim finds it executing or final and runs nothing.
+local function ctl_requeue(keys, args)
+  local c = redis.call('HMGET', keys[1], 'state', 'created_ms')
+  if c[1] ~= 'queued' or now_ms() - tonumber(c[2]) < tonumber(args[2]) then return 0 end
+  if redis.call('LPOS', keys[2], args[1]) then return 0 end
+  redis.call('LPUSH', keys[2], args[1])
+  return 1
+end
+
 redis.register_function('ctl_submit', ctl_submit)
 redis.register_function('ctl_claim', ctl_claim)
 redis.register_function('ctl_finish', ctl_finish)
 redis.register_function('ctl_abandon', ctl_abandon)
+redis.register_function('ctl_requeue', ctl_requeue)

@@ -8,11 +8,13 @@ acquirer's executor. `wait` always ends with a definite result: done, failed, ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from fepha import keyspace as ks
@@ -65,6 +67,10 @@ def finish_call(ctl_id: int, ok: bool, result: str) -> Call:
                 (1 if ok else 0, result))
 
 
+def requeue_call(ctl_id: int, rtu: int, after_ms: int = 1000) -> Call:
+    return Call("ctl_requeue", (ks.control(ctl_id), ks.control_queue(rtu)), (ctl_id, after_ms))
+
+
 def abandon_call(ctl_id: int) -> Call:
     return Call("ctl_abandon", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK), ())
 
@@ -87,8 +93,12 @@ async def submit(master: Any, rtu: int, point: int, value: float, origin: str, t
     return ctl_id
 
 
-async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
+async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None) -> Result:
     """Wait for the result; past the deadline, abandon it so it can never run late.
+
+    With `rtu` (the queue it was submitted to), each second without a result puts it back in its queue if an
+    executor popped it and never claimed it (`ctl_requeue`: the answer to that BLPOP was lost), so the
+    holder runs it before the deadline instead of it expiring there.
 
     The control is already queued: a read that fails on the link (the role watch dropped the connection
     as the VIP moved, or a lossy link timed it out) is read again on a new connection, wherever the VIP
@@ -103,6 +113,9 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
                 got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
                 if got:
                     return parse_reply(ctl_id, got[1])
+                if rtu is not None:
+                    with contextlib.suppress(ResponseError):  # a library from before ctl_requeue: as before
+                        await master.fcall(*requeue_call(ctl_id, rtu).argv)
                 continue
             state = await master.fcall(*abandon_call(ctl_id).argv)
             got = await master.lpop(ks.control_reply(ctl_id))
@@ -127,7 +140,7 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int) -> Result:
 async def execute(master: Any, rtu: int, point: int, value: float, origin: str, timeout_ms: int) -> Result:
     """submit + wait, for a forwarder."""
     ctl_id = await submit(master, rtu, point, value, origin, timeout_ms)
-    return await wait(master, ctl_id, timeout_ms)
+    return await wait(master, ctl_id, timeout_ms, rtu)
 
 
 NOT_REPLICATED = "refused: the claim did not reach the replica in time (replication lagging)"

@@ -159,6 +159,8 @@ class Housekeeping:
                 self._last_flush = now
         except Exception as exc:  # noqa: BLE001 - master unreachable: logged once, retried next tick
             self.once.problem("heartbeat", f"{type(exc).__name__}: {exc}")
+            return
+        self.once.clear("heartbeat")  # said when it recovers; the next outage is logged again
 
     async def beat(self) -> None:
         """The acquirer's heartbeat; `stopping` in it while a planned stop hands the leases over."""

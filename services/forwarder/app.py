@@ -245,9 +245,15 @@ class Forwarder:
                                           f"generation {self.model.gen} until one is loaded (sysload init)")  # type: ignore[union-attr]
                     else:
                         self.once.clear("nocfg")
+                        # the configuration served loaded again (`sysload init` of the same rows: same
+                        # digest, a later generation): sysload touched no value, every server keeps its
+                        # masters, image and history; a full image would resend every value (sefeps: an
+                        # image to every master) and cut resumes short, for nothing
+                        same = bool(stamp[1]) and stamp[1] == self.stamp[1] and stamp[0] > self.stamp[0]
                         await self._reconcile(model)
                         self.stamp = stamp
-                        await self._full_image(local)
+                        if not same:
+                            await self._full_image(local)
                 continue
             got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
             if not got:

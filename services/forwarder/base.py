@@ -14,6 +14,8 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import os
+import socket
 import ssl
 import struct
 import termios
@@ -107,6 +109,26 @@ class StallWatch:
 
 STALLS = StallWatch()
 """The process's one watch (every server's run_control asks it)."""
+
+
+def closed_during_stall(writer: asyncio.StreamWriter) -> bool:
+    """True for a request read right after a stall (`STALLS.possible_age_s()`) from a connection whose master
+    has closed it meanwhile: its FIN (or a reset) waits in the socket behind what was read. That master gave
+    up on the request (an IEC 104 master closes at t1 when its command is not acknowledged, and t1 can be
+    shorter than the control timeout) and nobody can be told its outcome: run, it could run twice when the
+    operator sends it again on a new connection. Only asked after a stall: one peek at the socket."""
+    if not STALLS.possible_age_s():
+        return False
+    sock = writer.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        with socket.socket(fileno=os.dup(sock.fileno())) as peek:  # asyncio's own socket object forbids recv
+            return peek.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # nothing more sent, the connection open
+    except OSError:
+        return True  # reset, or already closed
 
 
 @dataclass

@@ -395,6 +395,48 @@ async def test_a_control_write_waits_one_request_not_the_whole_poll(inflight: in
         await server.wait_closed()
 
 
+TWO_BLOCKS = plan_reads([Point(id=1, rtu=1, kind="AI", name="", area="hr", address=0, datatype="uint16"),
+                         Point(id=2, rtu=1, kind="AI", name="", area="hr", address=500, datatype="uint16")])
+
+
+@pytest.mark.parametrize("inflight", [1, 2])
+@pytest.mark.parametrize("cut", [3, 7, 9, 10])
+async def test_a_truncated_answer_then_the_next_gives_no_value_and_the_link_recovers(inflight: int, cut: int) -> None:
+    """A device that sends only the first `cut` bytes of its first answer, then answers on normally: the next
+    answer completes the truncated frame (MBAP length-based framing), so what follows is cut mid-frame. No
+    poll yields a value the device did not send for that block (each register holds 0x11 and its request's
+    transaction id): the poll fails (timeout, a malformed frame closing the connection) until the link is
+    connected again and answers whole."""
+    sent = [0]
+
+    def handler(tid: int, unit: int, pdu: bytes):
+        sent[0] += 1
+        whole = mbtcp.frame(tid, unit, b"\x03\x02" + bytes([0x11, tid & 0xFF]))
+        yield whole[:cut] if sent[0] == 1 else whole
+
+    server, port = await serve(handler)
+    link = DeviceLink(Channel(rtu=1, no=1, host="127.0.0.1", port=port, unit=7), 0.3, inflight)
+    got: list[list[bytes] | Exception] = []
+    try:
+        for _ in range(4):
+            try:
+                if link.client.proto is None or link.client.proto.transport.is_closing():
+                    await link.connect()
+                got.append(await link.read_all(TWO_BLOCKS))
+            except (LinkError, DeviceError) as exc:
+                got.append(exc)
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
+    answers = [g for g in got if isinstance(g, list)]
+    for a in answers:  # a block may be unanswered (DeviceError), never answered with a header's bytes
+        assert all(r[0] == 0x11 for r in a if isinstance(r, bytes)), got
+        if all(isinstance(r, bytes) for r in a):
+            assert a[1][1] == a[0][1] + 1, got  # each block its own request's answer
+    assert isinstance(got[-1], list) and all(isinstance(r, bytes) for r in got[-1]), got  # recovered
+
+
 async def test_device_closing_the_connection_is_a_link_error() -> None:
     def handler(tid: int, unit: int, pdu: bytes):
         raise ConnectionError  # the server side drops the connection without answering

@@ -5,6 +5,7 @@ their containers, timers shortened), the api in this test, and a sefeps master (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -60,22 +61,29 @@ class Node:
         return next(r["LISTENPORT"] for r in self.rows["T004_RTU"] if r["RTUID"] == SEFEPS_RTU)
 
 
+@contextlib.asynccontextmanager
+async def running_node(feproot: Path, make_api: Any, rp: RedisProc) -> AsyncIterator[Node]:
+    """The sample configuration loaded into `rp` (started), its PLCs simulated, both services started."""
+    rows = system_rows(feproot)
+    replace_config(rp.client(), rows, source="sample")
+    sim = PlcSim(Model.from_rows(rows))
+    await sim.start()
+    env = node_env("A", rp, rp)
+    n = Node(feproot, rp, rows, env, await make_api(config.load_node(feproot, env=env)), sim)
+    try:
+        for service in COMMANDS:
+            n.start(service)
+        yield n
+    finally:
+        kill_leftovers(n.procs.values())
+        await sim.stop()
+
+
 @pytest.fixture
 async def node(feproot: Path, make_api: Any) -> AsyncIterator[Node]:
     with RedisProc() as rp:
-        rows = system_rows(feproot)
-        replace_config(rp.client(), rows, source="sample")
-        sim = PlcSim(Model.from_rows(rows))
-        await sim.start()
-        env = node_env("A", rp, rp)
-        n = Node(feproot, rp, rows, env, await make_api(config.load_node(feproot, env=env)), sim)
-        try:
-            for service in COMMANDS:
-                n.start(service)
+        async with running_node(feproot, make_api, rp) as n:
             yield n
-        finally:
-            kill_leftovers(n.procs.values())
-            await sim.stop()
 
 
 async def sefeps(node: Node) -> SefepsClient:

@@ -105,3 +105,27 @@ async def test_a_claim_waits_for_the_replica(redis_pair) -> None:
         assert res.state == controls.FAILED and res.reason == controls.NOT_REPLICATED
     finally:
         await m.aclose()
+
+
+def test_a_control_popped_and_never_claimed_is_put_back_in_its_queue(redis_master) -> None:
+    """ctl_requeue: a control still queued `after_ms` after it was created and in no queue (its executor's
+    BLPOP answer was lost) goes back to the head of its queue, once; not before `after_ms`, not while it is
+    still queued there, and never once claimed (executing) or final."""
+    from fepha import controls
+
+    r = redis_master.client()
+    redisfns.load_sync(r)
+    r.fcall(*redisfns.lease_tick(7, "A", True, 60_000, 90_000).argv)
+    ctl = 41
+    r.fcall(*controls.submit_call(ctl, 7, 1, 5.0, "test", 10_000).argv)
+    q = ks.control_queue(7)
+    assert r.fcall(*controls.requeue_call(ctl, 7, 200).argv) == 0 and r.lrange(q, 0, -1) == [str(ctl)]  # queued
+    assert r.lpop(q) == str(ctl)  # popped; the answer lost with its connection
+    assert r.fcall(*controls.requeue_call(ctl, 7, 200).argv) == 0  # too soon: its executor may be claiming it
+    time.sleep(0.25)
+    assert r.fcall(*controls.requeue_call(ctl, 7, 200).argv) == 1 and r.lrange(q, 0, -1) == [str(ctl)]
+    assert r.fcall(*controls.requeue_call(ctl, 7, 200).argv) == 0 and r.llen(q) == 1  # there already
+    assert r.lpop(q) == str(ctl)
+    assert r.fcall(*controls.claim_call(7, "A", 1, ctl).argv)[0] == 1  # claimed: executing
+    assert r.fcall(*controls.requeue_call(ctl, 7, 200).argv) == 0 and r.llen(q) == 0
+    assert r.fcall(*controls.requeue_call(99, 7, 200).argv) == 0 and r.llen(q) == 0  # no such control

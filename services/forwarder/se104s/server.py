@@ -21,7 +21,7 @@ from fepha.iec104.link import LinkTimeout
 from fepha.listen import Servers, listeners, serve_all
 
 from ..allow import peer_host
-from ..base import STALLS, ForwardServer, Update, abort_unflushed
+from ..base import STALLS, ForwardServer, Update, abort_unflushed, closed_during_stall
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -158,7 +158,13 @@ class Se104Server(ForwardServer):
                 data = await reader.read(65536)
                 if not data:
                     break
-                for ctl in self.station.receive(s, data, time.monotonic()):
+                ctls = self.station.receive(s, data, time.monotonic())
+                if ctls and closed_during_stall(writer):
+                    log.warning("se104s RTU %s: master %s: %d command(s) not run: read after this forwarder was "
+                                "stalled, from a connection the master had closed meanwhile (it gave up on them)",
+                                self.rtu.id, peer, len(ctls))
+                    ctls = []
+                for ctl in ctls:
                     self._run(io, ctl)
                 if s.awaiting_cursor:
                     s.awaiting_cursor = False

@@ -20,7 +20,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import STALLS, ForwardServer, Update, abort_unflushed, drain_unless_stalled
+from fep_forwarder.base import (
+    STALLS,
+    ForwardServer,
+    Update,
+    abort_unflushed,
+    closed_during_stall,
+    drain_unless_stalled,
+)
 from fep_forwarder.resume import History, Sid, acked_cursor
 from fep_forwarder.sefeps import codec
 from fepha.listen import Servers, listeners, serve_all
@@ -243,7 +250,11 @@ class _Conn:
     def command(self, cmd_id: int, addr: int, value: float) -> None:
         srv = self.server
         fwd = srv.commands_by_addr.get(addr)
-        if cmd_id in self.commands:
+        if closed_during_stall(self.writer):  # nobody to answer; the operator may send it again elsewhere
+            log.warning("sefeps RTU %s master %s: cmd %s on %s = %s not run: read after this forwarder was "
+                        "stalled, from a connection the master had closed meanwhile", srv.rtu.id, self.peer, cmd_id,
+                        addr, value)
+        elif cmd_id in self.commands:
             self.send(codec.result(cmd_id, False, "rejected", codec.REJECT_DUPLICATE_ID))
         elif (why := codec.command_problem(fwd, value, addr in srv.catalog_addrs)) is not None:
             log.info("sefeps RTU %s master %s: cmd %s on %s = %s rejected: %s", srv.rtu.id, self.peer, cmd_id,
