@@ -117,8 +117,21 @@ class Lease(BaseModel):
                                                    "with remaining_ms when not_current")
     reached_ms: int | None = Field(None, description="last time the holder reached the device fully (every block "
                                                     "answered, no failed poll within its reach window)")
+    answered_ms: int | None = Field(None, description="last time the holder reached the device at all (fully or "
+                                                     "in part: some blocks answered)")
+    polled_ms: int | None = Field(None, description="the holder's last complete poll (the NT rule goes by it)")
     handover: NodeId | None = Field(None, description="target of a planned move in progress")
     handover_until_ms: int | None = None
+    reach: Literal["full", "partial", "none"] | None = Field(
+        None, description="how the holder reached the device at its last renewal: full (every block answered), "
+                          "partial (a poll failed or left a block unanswered), none; null without a live, "
+                          "current lease")
+    reach_detail: str | None = Field(None, description="with reach partial or none: what the operator sees and "
+                                                       "whether, and when, the other node takes the lease over")
+    takeover_in_ms: int | None = Field(None, description="with reach partial or none: the earliest time, from now, "
+                                                         "at which the other node can take the lease over (if it "
+                                                         "reaches the device, fully for a partial holder; 0: as "
+                                                         "soon as it does); null when it is known not to reach it")
     not_current: str | None = Field(None, description="why the fields above are null (not current): the local "
                                                         "Redis is a replica cut off from the master, its copy "
                                                         "of the lease may be behind")

@@ -78,6 +78,8 @@ class Store:
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
                                        int(cfg.lease_tick_s * 1000))
+        self.timers = views.LeaseTimers(round(cfg.lease_ttl_s * 1000), round(cfg.takeover_s * 1000),
+                                        round(cfg.lease_tick_s * 1000))
 
     @property
     def master(self) -> Any:
@@ -248,7 +250,7 @@ class Store:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
-                                 behind=_not_current(behind), chan_not_current=acq_nc)
+                                 behind=_not_current(behind), chan_not_current=acq_nc, timers=self.timers)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -264,12 +266,13 @@ class Store:
         pipe.info("replication")
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
+            pipe.hgetall(ks.link(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         behind = (await self.staleness(res[1], now))[0]
         nc = _not_current(behind)
-        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
-                 for r, h in zip(rtus, res[2:], strict=False)]
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, self.timers).model_dump())
+                 for r, h, lk in zip(rtus, res[2::2], res[3::2], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
