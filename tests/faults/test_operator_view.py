@@ -8,11 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api.cdp import Browser
+from tests.api.test_dashboard_live import answers, start_api
 from tests.api.test_with_services import ACQ, System, dashboard_dom, settled, start_all, until
 
 
@@ -102,6 +105,8 @@ async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: Syst
         assert "✗ dead" not in dom and "✗ lapsed" not in dom and "ch1 up" not in dom
         assert dom.count("? unknown") >= 4 and "? not current" in dom and "(last known)" in dom
         assert "hearing nothing from the master" in dom
+        # above the values: why they are served STALE, in words
+        assert 'data-why="stale"' in dom and "SCADA is served these values as not topical" in dom
     finally:
         os.kill(s.master.proc.pid, signal.SIGKILL)
         s.master.proc.wait(5)
@@ -157,3 +162,122 @@ async def test_services_on_hosts_whose_clocks_differ(system: System) -> None:
         for pid in (101, 201):
             p = await s.get(node, f"/api/v1/points/{pid}")
             assert p["age_ms"] is None or p["age_ms"] >= 0, p
+
+
+async def _lease(s: System, node: str, rid: int, reach: str) -> dict[str, Any] | None:
+    lease = (await s.get(node, f"/api/v1/rtus/{rid}"))["lease"]
+    return lease if lease["reach"] == reach else None
+
+
+async def _both(s: System, rid: int, reach: str) -> dict[str, dict[str, Any]] | None:
+    got = {node: await _lease(s, node, rid, reach) for node in "AB"}
+    return got if all(got.values()) else None  # type: ignore[return-value]
+
+
+def _why(key: str, text: str) -> str:
+    """JS: the box above the values has a line of this kind saying `text`."""
+    return (f"[...document.querySelectorAll('#v-why [data-why=\"{key}\"]')]"
+            f".some(p => p.textContent.includes({text!r}))")
+
+
+ROW1 = "document.querySelector('#acq tr[data-rtu=\"1\"]').textContent"
+
+
+async def test_partial_reach_a_lost_channel_and_a_lost_device_on_both_apis_and_the_dashboard(
+        system: System, tmp_path: Path) -> None:
+    """RTU 1's device first answers every block but one (fep-plcsim `mute`: points 105, 106 of the `di`
+    block), then loses its channel 1, then stops answering: node B's dashboard (fep-api on the replica,
+    watched live in Chromium, no reload) and both apis say how the holder reaches the device, which points
+    are invalid and whether the other node takes over, within a few seconds, and clear it when it ends."""
+    s = system
+    start_all(s)
+    rtus0 = await until(lambda: settled(s), 10, "leases, channel and link states")
+    holder = rtus0[1]["lease"]["holder"]
+    other = "B" if holder == "A" else "A"
+    url = start_api(s, "B")
+    await until(lambda: answers(url), 10, "fep-api of node B")
+    b = Browser(tmp_path / "profile")
+    try:
+        await b.open(url + "/")
+        await b.wait("document.body.dataset.live === '1'", 20, "the dashboard live")
+        await b.wait(f"{ROW1}.includes('✓ fully')", 5, "RTU 1 reached fully")
+
+        # --- one block unanswered: partial reach, its points invalid, the others good, no move
+        t0 = time.monotonic()
+        s.sim.mute(1, "di", 0)
+        got = await until(lambda: _both(s, 1, "partial"), 5, "RTU 1 reached in part on both apis")
+        api_s = time.monotonic() - t0
+        for lease in got.values():
+            assert lease["holder"] == holder and "in part only" in lease["reach_detail"], lease
+            assert lease["answered_ms"] > lease["reached_ms"], lease
+        await until(lambda: _invalid_only(s, 1, {105, 106}), 5, "points 105, 106 invalid, the others valid")
+        await b.wait(_why("reach", "in part only"), 5, "the reach line above RTU 1's values")
+        await b.wait(f"{ROW1}.includes('⚠ in part only')", 5, "RTU 1's row: in part only")
+        dash_s = time.monotonic() - t0
+        p105 = "document.querySelector('#points tr[data-point=\"105\"]')"
+        await b.wait(f"{p105}.dataset.quality === 'invalid' && {p105}.cells[4].title.includes('in part only')",
+                     5, "point 105 invalid, the reason in its quality cell's title")
+        # the other node reads it in part too: it never takes over (checked beyond the takeover time)
+        await asyncio.sleep(s.cfg["A"].takeover_s + 0.5)
+        lease = (await s.get("A", "/api/v1/rtus/1"))["lease"]
+        assert lease["holder"] == holder and lease["reach"] == "partial", lease
+        assert f"node {other} takes the lease over if it reads the device fully" in lease["reach_detail"], lease
+        s.sim.unmute(1, "di", 0)
+        await until(lambda: _both(s, 1, "full"), 5, "RTU 1 reached fully again")
+        await b.wait(f"!document.querySelector('#v-why [data-why]') && {ROW1}.includes('✓ fully')", 5,
+                     "the reach line gone")
+        print(f"partial reach shown: api {api_s:.2f} s, dashboard {dash_s:.2f} s after the mute")
+
+        # --- the holder's channel in use lost (a block left unanswered above may have switched channels:
+        # the one in use now is cut): the other channel taken, the lost one's error said on the row
+        st0 = {c["node"]: c for c in (await s.get("A", "/api/v1/rtus/1"))["channel_state"]}[holder]
+        act = st0["active"]
+        alt = 3 - act
+        t0 = time.monotonic()
+        s.sim.cut(1, act)
+
+        def sw(st: dict[str, Any]) -> int:
+            return sum(c["switches"] or 0 for c in st["channels"])
+
+        async def switched(node: str) -> dict[str, Any] | None:
+            r1 = (await s.get(node, "/api/v1/rtus/1"))
+            st = {c["node"]: c for c in r1["channel_state"]}[holder]
+            chans = {c["no"]: c for c in st["channels"]}
+            assert (st["active"] == alt and chans[alt]["connected"] and chans[act]["connected"] is False and
+                    chans[act]["error"] and sw(st) > sw(st0)), (st0, st)
+            return r1
+
+        for node in "AB":
+            r1 = await until(lambda node=node: switched(node), 5, f"the holder on channel {alt}, seen on {node}")
+            assert r1["lease"]["holder"] == holder and r1["link"]["val"] is True, r1
+        cell = f"{ROW1.replace('.textContent', '')}.cells[{6 if holder == 'A' else 7}].textContent"
+        await b.wait(f"{cell}.includes('*ch{alt} up') && {cell}.includes('ch{act} standby (last error: ')", 5,
+                     f"the holder's channels: {alt} in use, {act}'s error")
+        print(f"channel switch shown: dashboard {time.monotonic() - t0:.2f} s after the cut")
+        s.sim.restore(1, act)
+
+        # --- the device lost: nobody reaches it, no takeover, every point invalid; then back
+        t0 = time.monotonic()
+        s.sim.cut(1)
+        got = await until(lambda: _both(s, 1, "none"), 5, "RTU 1 not reached on both apis")
+        for lease in got.values():
+            assert lease["takeover_in_ms"] is None, lease
+            assert f"node {other} does not reach it either: no takeover" in lease["reach_detail"], lease
+        await b.wait(_why("reach", "does not reach it either"), 5, "the reach line: no takeover")
+        await b.wait(_why("channels", f"node {holder}'s channels: ch"), 5, "the holder's channel errors")
+        await b.wait(f"{ROW1}.includes('✗ not reached, no takeover')", 5, "RTU 1's row: not reached")
+        print(f"device lost shown: dashboard {time.monotonic() - t0:.2f} s after the cut")
+        s.sim.restore(1)
+        await until(lambda: _both(s, 1, "full"), 10, "RTU 1 reached fully after the restore")
+        await b.wait(f"!document.querySelector('#v-why [data-why]') && {ROW1}.includes('✓ fully')", 5,
+                     "the reach lines gone")
+    finally:
+        await b.close()
+
+
+async def _invalid_only(s: System, rid: int, bad: set[int]) -> bool:
+    for node in "AB":
+        items = (await s.get(node, "/api/v1/points", params={"rtu": rid}))["items"]
+        got = {p["id"] for p in items if not p["valid"]}
+        assert got == bad, (node, got)
+    return True
