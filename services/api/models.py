@@ -363,21 +363,26 @@ class Overview(BaseModel):
     cfg: CfgInfo
 
 
-class Control(BaseModel):
-    stream_id: str = Field(description="id of the audit entry; pass it as `before` to page on")
+class ControlRecord(BaseModel):
     id: int | None = None
     rtu: int | None = None
     point: int | None = None
     value: float | None = None
     origin: str | None = None
-    state: str | None = Field(None, description="done, failed, expired, unknown")
-    result: str | None = None
+    state: str | None = Field(None, description="queued, executing (not in the audit), then done, failed, expired "
+                                                "(never executed) or unknown (the executing node vanished)")
+    result: str | None = Field(None, description="why it ended so: the device's answer, or the reason it was not "
+                                                 "executed")
     executor: str | None = None
     epoch: int | None = None
     created_ms: int | None = None
     deadline_ms: int | None = None
     claimed_ms: int | None = None
     finished_ms: int | None = None
+
+
+class Control(ControlRecord):
+    stream_id: str = Field(description="id of the audit entry; pass it as `before` to page on")
 
 
 class ControlPage(BaseModel):

@@ -561,6 +561,20 @@ class Store:
         return m.ControlPage(total=res[0], limit=limit, items=[views.control(sid, f) for sid, f in entries],
                              next_before=entries[-1][0] if more and entries else None)
 
+    async def control(self, ctl_id: int) -> m.ControlRecord:
+        """One control as its hash holds it now (queued and executing ones too, which the audit has not)."""
+        pipe = self.local.pipeline(transaction=False)
+        pipe.hgetall(ks.control(ctl_id))
+        pipe.get(ks.CTL_SEQ)
+        h, seq = await pipe.execute()
+        if h:
+            return views.control_record(h)
+        last = views.to_int(seq) or 0
+        if not 0 < ctl_id <= last:
+            raise NotFound(f"control {ctl_id} does not exist: ids run from 1 to {last}, the last one given")
+        raise NotFound(f"control {ctl_id} is no longer kept: a control's record expires a day after it was queued or finished "
+                       f"(the audit, /api/v1/controls, keeps the last ~10000 finished)")
+
     # --- the operator action -----------------------------------------------------------------------
 
     async def handover(self, rtu_id: int, req: m.HandoverRequest) -> m.HandoverResult:

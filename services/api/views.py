@@ -248,10 +248,15 @@ def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str,
 CONTROL_INTS = ("id", "rtu", "point", "epoch", "created_ms", "deadline_ms", "claimed_ms", "finished_ms")
 
 
-def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
+def control_record(f: Mapping[str, str]) -> m.ControlRecord:
+    """A control's fields (its hash `fep:ctl:{id}`, or its audit entry)."""
     ints = {k: to_int(f.get(k)) for k in CONTROL_INTS}
-    return m.Control(stream_id=stream_id, value=to_float(f.get("value")), origin=f.get("origin"),
-                     state=f.get("state"), result=f.get("result"), executor=f.get("executor"), **ints)
+    return m.ControlRecord(value=to_float(f.get("value")), origin=f.get("origin"), state=f.get("state"),
+                           result=f.get("result"), executor=f.get("executor"), **ints)
+
+
+def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
+    return m.Control(stream_id=stream_id, **control_record(f).model_dump())
 
 
 def heartbeat(service: str, node: str, raw: str | None, max_age_s: float, pttl_ms: int | None = None,
