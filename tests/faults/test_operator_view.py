@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from fepha import controls
 from tests.api.cdp import Browser
 from tests.api.test_dashboard_live import answers, start_api
 from tests.api.test_with_services import ACQ, System, dashboard_dom, settled, start_all, until
@@ -281,3 +283,58 @@ async def _invalid_only(s: System, rid: int, bad: set[int]) -> bool:
         got = {p["id"] for p in items if not p["valid"]}
         assert got == bad, (node, got)
     return True
+
+
+async def test_controls_that_failed_or_expired_are_shown_with_their_reason(system: System, tmp_path: Path) -> None:
+    """A control the device does not answer (its register muted in fep-plcsim) ends `failed`, one queued
+    while the holder's acquirer is frozen (SIGSTOP) ends `expired` (never executed): /controls, /controls/{id}
+    and node B's dashboard (live, no reload) show each with its reason."""
+    s = system
+    start_all(s)
+    rtus0 = await until(lambda: settled(s), 10, "leases, channel and link states")
+    holder = rtus0[1]["lease"]["holder"]
+    url = start_api(s, "B")
+    await until(lambda: answers(url), 10, "fep-api of node B")
+    master = aredis.Redis(host=s.master.host, port=s.master.port, decode_responses=True)
+    b = Browser(tmp_path / "profile")
+    try:
+        await b.open(url + "/")
+        await b.wait("document.body.dataset.live === '1'", 20, "the dashboard live")
+        s.sim.mute(1, "hr", 100)  # point 110, the tap changer setpoint (AO)
+        res = await controls.execute(master, 1, 110, 5.0, "test:operator", 3000)
+        s.sim.unmute(1, "hr", 100)
+        assert not res.ok, res
+        failed = await s.get("B", f"/api/v1/controls/{res.id}")
+        assert failed["state"] == "failed" and failed["executor"] == holder, failed
+        assert failed["result"] == "modbus exception 0x0b (gateway target device failed to respond)", failed
+        await b.wait(f"[...document.querySelectorAll('#controls tbody tr')].some(tr => tr.cells[0].textContent === "
+                     f"'{res.id}' && tr.cells[4].textContent === '✗ failed' && "
+                     f"tr.cells[5].textContent === {failed['result']!r})", 5, "the failed control and its result")
+
+        acq = s.procs[("acquirer", holder)]
+        os.kill(acq.pid, signal.SIGSTOP)
+        try:
+            res2 = await controls.execute(master, 1, 109, 1.0, "test:operator", 500)
+        finally:
+            os.kill(acq.pid, signal.SIGCONT)
+        assert not res2.ok, res2
+
+        async def ended() -> dict[str, Any] | None:
+            c = await s.get("B", f"/api/v1/controls/{res2.id}")
+            return c if c["state"] not in ("queued", "executing") else None
+
+        expired = await until(ended, 5, "the queued control ended")
+        assert expired["state"] == "expired" and "deadline" in expired["result"], expired
+        assert expired["claimed_ms"] is None and s.sim.value(109) == 0, expired  # never executed
+        listed = {c["id"]: c for c in (await s.get("B", "/api/v1/controls"))["items"]}
+        assert (listed[res2.id]["state"], listed[res2.id]["result"]) == ("expired", expired["result"])
+        await b.wait(f"[...document.querySelectorAll('#controls tbody tr')].some(tr => tr.cells[0].textContent === "
+                     f"'{res2.id}' && tr.cells[4].textContent === '✗ expired' && "
+                     f"tr.cells[5].textContent.includes('deadline'))", 5, "the expired control and its reason")
+        await b.wait(f"[...document.querySelectorAll('#events tbody tr[data-kind=\"control\"]')].some(tr => "
+                     f"tr.textContent.includes('control {res2.id} point 109') && tr.textContent.includes('expired'))",
+                     5, "the expired control in the timeline")
+        print(f"control {res.id}: failed, {failed['result']!r}; control {res2.id}: expired, {expired['result']!r}")
+    finally:
+        await b.close()
+        await master.aclose()
