@@ -245,6 +245,12 @@ class Point(PointValue):
     area: str
     address: int
     datatype: str
+    nt_reason: str | None = Field(None, description="with NT: why it is served not topical (its RTU's "
+                                                    "`values_nt`); null when NT is not set, or set by the device")
+    iv_reason: str | None = Field(None, description="with IV: the holder reaches the device in part or not at "
+                                                    "all (its lease's `reach_detail`); null otherwise: the "
+                                                    "device's own quality, or a block refused with a Modbus "
+                                                    "exception (the acquirer's log and channel error say which)")
     age_ms: int | None = Field(None, description="time_ms of the page minus ts_ms: how old the source "
                                                  "timestamp is (a value that does not change keeps its "
                                                  "timestamp, so age alone is not staleness); null when the "

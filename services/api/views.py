@@ -229,10 +229,15 @@ def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
                  clients=[c for n in NODES for c in clients(n, fwd.get(n, {}))])
 
 
-def point(p: sem.Point, record: str | None, now_ms: int | None = None) -> m.Point:
+def point(p: sem.Point, record: str | None, now_ms: int | None = None,
+          why: tuple[str | None, str | None] | None = None) -> m.Point:
+    """`why`: the RTU's (NT reason, IV reason), each given where the value has that flag."""
+    fields = aged(value_fields(record), now_ms)
+    flags = fields.get("quality_flags") or []
+    nt, iv = why or (None, None)
     return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,
-                   name=p.name, area=p.area, address=p.address, datatype=p.datatype,
-                   **aged(value_fields(record), now_ms))
+                   name=p.name, area=p.area, address=p.address, datatype=p.datatype, **fields,
+                   nt_reason=nt if "NT" in flags else None, iv_reason=iv if "IV" in flags else None)
 
 
 def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str],

@@ -11,6 +11,7 @@ import pytest
 from fep_api import views
 from fepha import points
 from fepha.semodel.model import Channel, Rtu, VirtualPoint
+from fepha.semodel.model import Point as SemPoint
 
 NOW = 1_000_000
 
@@ -241,3 +242,13 @@ def test_lease_reach_only_of_a_live_current_lease() -> None:
     assert views.lease({**stale, "expires_ms": str(NOW - 1)}, NOW, None, {}, T).reach is None  # lapsed
     assert views.lease({}, NOW, None, {}, T).reach is None  # no holder
     assert views.lease(stale, NOW).reach is None  # no timers given (metrics)
+
+
+def test_point_reasons_only_where_the_flag_is() -> None:
+    p = SemPoint(id=5, rtu=1, kind="AI", name="p", area="hr", address=0, datatype="int16")
+    why = ("holder A has not completed a poll for 900 ms", "holder A has not reached the device for 2.0 s")
+    good, nt, iv = (views.point(p, rec, NOW, why) for rec in ("1|0|5", "1|64|5", "1|128|5"))
+    assert (good.nt_reason, good.iv_reason) == (None, None)
+    assert (nt.nt_reason, nt.iv_reason) == (why[0], None)
+    assert (iv.nt_reason, iv.iv_reason) == (None, why[1])
+    assert views.point(p, "1|192|5").iv_reason is None  # no reason known: null, not a guess

@@ -105,6 +105,8 @@ async def test_master_hung_then_killed_as_the_replicas_api_shows_it(system: Syst
             assert (r_["link"]["vala"], r_["link"]["valb"], r_["link"]["val"]) == (None, None, None), r_["link"]
             for st in r_["channel_state"]:
                 assert st["not_current"] and [c["connected"] for c in st["channels"]] == [None, None], st
+        for p in (await s.get("B", "/api/v1/points", params={"limit": 1000}))["items"]:
+            assert "NT" in p["quality_flags"] and "cut off from the master" in p["nt_reason"], p
         for vp in (await s.get("B", "/api/v1/virtual-points"))["items"]:
             assert "NT" in vp["quality_flags"] and vp["val"] is None and vp["not_current"], vp
         text = (await s.api["B"].get("/metrics")).text
@@ -221,6 +223,9 @@ async def test_partial_reach_a_lost_channel_and_a_lost_device_on_both_apis_and_t
             assert lease["holder"] == holder and "in part only" in lease["reach_detail"], lease
             assert lease["answered_ms"] > lease["reached_ms"], lease
         await until(lambda: _invalid_only(s, 1, {105, 106}), 5, "points 105, 106 invalid, the others valid")
+        for node in "AB":
+            pts = {p["id"]: p for p in (await s.get(node, "/api/v1/points", params={"rtu": 1}))["items"]}
+            assert "in part only" in pts[105]["iv_reason"] and pts[101]["iv_reason"] is None, pts[105]
         await b.wait(_why("reach", "in part only"), 5, "the reach line above RTU 1's values")
         await b.wait(f"{ROW1}.includes('⚠ in part only')", 5, "RTU 1's row: in part only")
         dash_s = time.monotonic() - t0
@@ -279,6 +284,14 @@ async def test_partial_reach_a_lost_channel_and_a_lost_device_on_both_apis_and_t
         got = await until(no_takeover, 5, "RTU 1 not reached on both apis, by neither node")
         for lease in got.values():
             assert f"node {other} does not reach it either: no takeover" in lease["reach_detail"], lease
+
+        async def all_invalid_why() -> bool:
+            items = (await s.get("B", "/api/v1/points", params={"rtu": 1}))["items"]
+            assert all(p["iv_reason"] and f"holder {holder} has not reached the device" in p["iv_reason"]
+                       for p in items), items
+            return True
+
+        await until(all_invalid_why, 5, "every point of RTU 1 invalid, the reason given")
         await b.wait(_why("reach", "does not reach it either"), 5, "the reach line: no takeover")
         await b.wait(_why("channels", f"node {holder}'s channels: ch"), 5, "the holder's channel errors")
         await b.wait(f"{ROW1}.includes('✗ not reached, no takeover')", 5, "RTU 1's row: not reached")
