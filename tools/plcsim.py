@@ -252,6 +252,7 @@ class PlcSim(SimControl):
         self.points = {p.id: p for r in model.modbus_rtus() for p in r.points}
         self.writes: list[tuple[int, str, int, list]] = []
         self._cut: set[tuple[int, int]] = set()
+        self._muted: set[tuple[int, str, int]] = set()  # (rtu, area, address): see mute()
         self._eps: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # endpoint -> (rtu, ch, unit)
         for r in model.modbus_rtus():
             for ch in r.channels:
@@ -281,6 +282,8 @@ class PlcSim(SimControl):
         if (rtu, ch) in self._cut:
             return ExcCodes.GATEWAY_NO_RESPONSE
         area = _FC_AREA.get(fc)
+        if any((rtu, area, a) in self._muted for a in range(address, address + count)):
+            return ExcCodes.GATEWAY_NO_RESPONSE
         store = self.stores[rtu]
         if area is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -385,6 +388,15 @@ class PlcSim(SimControl):
     def restore(self, rtu: int, channel: int | None = None) -> None:
         self._cut.difference_update(self._channels(rtu, channel))
         self._resync()
+
+    def mute(self, rtu: int, area: str, address: int) -> None:
+        """The device answers no request that covers `address` of `area` (Modbus exception 0x0B, on both
+        channels) and every other: a device that answers some blocks only (the acquirer's partial reach)."""
+        self._channels(rtu, None)  # an unknown RTU is a KeyError
+        self._muted.add((rtu, area, address))
+
+    def unmute(self, rtu: int, area: str, address: int) -> None:
+        self._muted.discard((rtu, area, address))
 
     def is_cut(self, rtu: int, channel: int) -> bool:
         return (rtu, channel) in self._cut

@@ -64,11 +64,18 @@ class SequenceTimeout(TimeoutError):
         self.answers = answers
 
 
+EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
+                   4: "server device failure", 5: "acknowledge", 6: "server device busy", 8: "memory parity error",
+                   0x0A: "gateway path unavailable", 0x0B: "gateway target device failed to respond"}
+"""The Modbus specification's names: a control's result and a channel's error are read by operators."""
+
+
 class ExceptionAnswer(Exception):
     """The device answered with a Modbus exception."""
 
     def __init__(self, code: int) -> None:
-        super().__init__(f"modbus exception {code:#04x}")
+        name = EXCEPTION_NAMES.get(code)
+        super().__init__(f"modbus exception {code:#04x}" + (f" ({name})" if name else ""))
         self.code = code
 
 

@@ -117,8 +117,21 @@ class Lease(BaseModel):
                                                    "with remaining_ms when not_current")
     reached_ms: int | None = Field(None, description="last time the holder reached the device fully (every block "
                                                     "answered, no failed poll within its reach window)")
+    answered_ms: int | None = Field(None, description="last time the holder reached the device at all (fully or "
+                                                     "in part: some blocks answered)")
+    polled_ms: int | None = Field(None, description="the holder's last complete poll (the NT rule goes by it)")
     handover: NodeId | None = Field(None, description="target of a planned move in progress")
     handover_until_ms: int | None = None
+    reach: Literal["full", "partial", "none"] | None = Field(
+        None, description="how the holder reached the device at its last renewal: full (every block answered), "
+                          "partial (a poll failed or left a block unanswered), none; null without a live, "
+                          "current lease")
+    reach_detail: str | None = Field(None, description="with reach partial or none: what the operator sees and "
+                                                       "whether, and when, the other node takes the lease over")
+    takeover_in_ms: int | None = Field(None, description="with reach partial or none: the earliest time, from now, "
+                                                         "at which the other node can take the lease over (if it "
+                                                         "reaches the device, fully for a partial holder; 0: as "
+                                                         "soon as it does); null when it is known not to reach it")
     not_current: str | None = Field(None, description="why the fields above are null (not current): the local "
                                                         "Redis is a replica cut off from the master, its copy "
                                                         "of the lease may be behind")
@@ -232,6 +245,12 @@ class Point(PointValue):
     area: str
     address: int
     datatype: str
+    nt_reason: str | None = Field(None, description="with NT: why it is served not topical (its RTU's "
+                                                    "`values_nt`); null when NT is not set, or set by the device")
+    iv_reason: str | None = Field(None, description="with IV: the holder reaches the device in part or not at "
+                                                    "all (its lease's `reach_detail`); null otherwise: the "
+                                                    "device's own quality, or a block refused with a Modbus "
+                                                    "exception (the acquirer's log and channel error say which)")
     age_ms: int | None = Field(None, description="time_ms of the page minus ts_ms: how old the source "
                                                  "timestamp is (a value that does not change keeps its "
                                                  "timestamp, so age alone is not staleness); null when the "
@@ -350,21 +369,26 @@ class Overview(BaseModel):
     cfg: CfgInfo
 
 
-class Control(BaseModel):
-    stream_id: str = Field(description="id of the audit entry; pass it as `before` to page on")
+class ControlRecord(BaseModel):
     id: int | None = None
     rtu: int | None = None
     point: int | None = None
     value: float | None = None
     origin: str | None = None
-    state: str | None = Field(None, description="done, failed, expired, unknown")
-    result: str | None = None
+    state: str | None = Field(None, description="queued, executing (not in the audit), then done, failed, expired "
+                                                "(never executed) or unknown (the executing node vanished)")
+    result: str | None = Field(None, description="why it ended so: the device's answer, or the reason it was not "
+                                                 "executed")
     executor: str | None = None
     epoch: int | None = None
     created_ms: int | None = None
     deadline_ms: int | None = None
     claimed_ms: int | None = None
     finished_ms: int | None = None
+
+
+class Control(ControlRecord):
+    stream_id: str = Field(description="id of the audit entry; pass it as `before` to page on")
 
 
 class ControlPage(BaseModel):

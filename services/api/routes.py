@@ -207,6 +207,14 @@ async def controls(before: str | None = Query(None, pattern=r"^[0-9]{1,20}(-[0-9
     return await s.controls(before, limit)
 
 
+@v1.get("/controls/{ctl_id}", response_model=m.ControlRecord, tags=["controls"], responses={**READ, **E404},
+        summary="One control by id, as it stands now: queued, executing, done, failed, expired or unknown, "
+                "with its result")
+async def control(ctl_id: Annotated[m.Int, Path(description="the control id (fep:ctl:seq)")],
+                  s: Store = Depends(store)) -> m.ControlRecord:
+    return await s.control(ctl_id)
+
+
 HANDOVER = "/api/v1/rtus/{rtu_id}/handover"
 
 

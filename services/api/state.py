@@ -43,6 +43,15 @@ class Unprocessable(Exception):
 
 
 @dataclass
+class Served:
+    """Value records as SCADA is served them (`Store._records`), and per RTU why its values are NT and why
+    they may be IV (`views.point`'s nt_reason, iv_reason)."""
+
+    records: dict[int, str | None]
+    why: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+
+
+@dataclass
 class _Cache:
     model: Model | None = None
     points: list[SemPoint] = field(default_factory=list)
@@ -78,6 +87,8 @@ class Store:
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
                                        int(cfg.lease_tick_s * 1000))
+        self.timers = views.LeaseTimers(round(cfg.lease_ttl_s * 1000), round(cfg.takeover_s * 1000),
+                                        round(cfg.lease_tick_s * 1000))
 
     @property
     def master(self) -> Any:
@@ -248,7 +259,7 @@ class Store:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
-                                 behind=_not_current(behind), chan_not_current=acq_nc)
+                                 behind=_not_current(behind), chan_not_current=acq_nc, timers=self.timers)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -264,12 +275,13 @@ class Store:
         pipe.info("replication")
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
+            pipe.hgetall(ks.link(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         behind = (await self.staleness(res[1], now))[0]
         nc = _not_current(behind)
-        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc).model_dump())
-                 for r, h in zip(rtus, res[2:], strict=False)]
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, self.timers).model_dump())
+                 for r, h, lk in zip(rtus, res[2::2], res[3::2], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -300,14 +312,15 @@ class Store:
                if (rtu is None or p.rtu == rtu) and (kind is None or p.kind == kind)]
         now = await self.now_ms()
         if quality is not None:  # the filter needs every selected value before paging
-            records = await self._records(sel)
-            sel = [p for p in sel if views.quality_matches(views.value_fields(records.get(p.id)), quality)]
+            served = await self._records(sel)
+            sel = [p for p in sel if views.quality_matches(views.value_fields(served.records.get(p.id)), quality)]
             page = sel[offset:offset + limit]
         else:
             page = sel[offset:offset + limit]
-            records = await self._records(page)
+            served = await self._records(page)
         return m.PointPage(total=len(sel), offset=offset, limit=limit, time_ms=now,
-                           items=[views.point(p, records.get(p.id), now) for p in page])
+                           items=[views.point(p, served.records.get(p.id), now, served.why.get(p.rtu))
+                                  for p in page])
 
     async def stream_rtus(self, ids: list[str]) -> frozenset[str]:
         """The live stream's RTU filter as the change stream names RTUs ("01" is "1"; "vp" the virtual
@@ -328,7 +341,7 @@ class Store:
         if r.acquisition:
             raise Conflict(f"RTU {rtu_id} is an acquisition RTU: its points are in /api/v1/points?rtu={rtu_id}")
         srcs = [model.points[f.src] for f in r.forwards if f.src in model.points]
-        records = await self._records(srcs, [f.src for f in r.forwards if f.src in model.vpoints])
+        records = (await self._records(srcs, [f.src for f in r.forwards if f.src in model.vpoints])).records
         now = await self.now_ms()
         items = []
         for f in r.forwards:
@@ -350,17 +363,18 @@ class Store:
         ms = freshness.ReplicaWatch().observe(info, now_ms)
         return f"local Redis cut off from the master for {ms} ms" if ms > self.limits.replica_down_ms else None
 
-    async def _records(self, pts: list[SemPoint], vps: list[int] | None = None) -> dict[int, str | None]:
+    async def _records(self, pts: list[SemPoint], vps: list[int] | None = None) -> Served:
         """The value records of `pts` (and of the virtual points `vps`) as SCADA is served them: with NT
         added where the forwarder adds it (`fepha.freshness`: the local Redis cut off from the master or a
         master left behind, for every value; the RTU without a live lease holder or without a complete poll
         for `stale_polls` periods). Stored records say nothing of that: a frozen or dead acquirer leaves its
-        last values looking current."""
+        last values looking current. `why`, per RTU of `pts`: that NT reason, and the lease's
+        `reach_detail` (the holder reaches the device in part or not at all: why points are invalid)."""
         by_rtu: dict[int, list[SemPoint]] = {}
         for p in pts:
             by_rtu.setdefault(p.rtu, []).append(p)
         if not by_rtu and not vps:
-            return {}
+            return Served({})
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
@@ -371,16 +385,20 @@ class Store:
         for rid, ps in by_rtu.items():
             pipe.hmget(ks.values(rid), [str(p.id) for p in ps])
             pipe.hgetall(ks.lease(rid))
+            pipe.hgetall(ks.link(rid))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        cut_off = self._cut_off(res[1], now) is not None or await self.left_behind(res[1]) is not None
+        split = await self.left_behind(res[1])
+        cut_off = self._cut_off(res[1], now) or _not_current(split)
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
-        out: dict[int, str | None] = {v: views.served(rec, cut_off)
-                                      for v, rec in zip(vps or (), res[2] or (), strict=True)}
-        for (rid, ps), recs, lease in zip(by_rtu.items(), res[3::2], res[4::2], strict=False):
+        out = Served({v: views.served(rec, cut_off is not None)
+                      for v, rec in zip(vps or (), res[2] or (), strict=True)})
+        behind = _not_current(self.behind(res[1], now) or split)
+        for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[3::3], res[4::3], res[5::3], strict=False):
             poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
-            stale = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits) is not None
-            out.update({p.id: views.served(rec, stale) for p, rec in zip(ps, recs, strict=False)})
+            nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits)
+            out.why[rid] = (nt, views.lease(lease, now, behind, link_h, self.timers).reach_detail)
+            out.records.update({p.id: views.served(rec, nt is not None) for p, rec in zip(ps, recs, strict=False)})
         return out
 
     async def point(self, pid: int) -> m.Point:
@@ -390,8 +408,8 @@ class Store:
             if pid in model.vpoints:
                 raise NotFound(f"point {pid} is a virtual point: see /api/v1/virtual-points")
             raise NotFound(f"point {pid} is not in the configuration (generation {model.gen})")
-        records = await self._records([p])
-        return views.point(p, records.get(pid), await self.now_ms())
+        served = await self._records([p])
+        return views.point(p, served.records.get(pid), await self.now_ms(), served.why.get(p.rtu))
 
     # --- timeline and trends -----------------------------------------------------------------------
 
@@ -488,7 +506,7 @@ class Store:
             lo = f"({batch[-1][0]}" if sid else "+"
         else:
             truncated = truncated or scanned >= self.TREND_SCAN
-        current = await self._records(list(analog.values()))
+        current = (await self._records(list(analog.values()))).records
         out = []
         for pid, p in sorted(analog.items()):
             samples = series[pid]
@@ -557,6 +575,20 @@ class Store:
         entries = entries[:limit]
         return m.ControlPage(total=res[0], limit=limit, items=[views.control(sid, f) for sid, f in entries],
                              next_before=entries[-1][0] if more and entries else None)
+
+    async def control(self, ctl_id: int) -> m.ControlRecord:
+        """One control as its hash holds it now (queued and executing ones too, which the audit has not)."""
+        pipe = self.local.pipeline(transaction=False)
+        pipe.hgetall(ks.control(ctl_id))
+        pipe.get(ks.CTL_SEQ)
+        h, seq = await pipe.execute()
+        if h:
+            return views.control_record(h)
+        last = views.to_int(seq) or 0
+        if not 0 < ctl_id <= last:
+            raise NotFound(f"control {ctl_id} does not exist: ids run from 1 to {last}, the last one given")
+        raise NotFound(f"control {ctl_id} is no longer kept: a control's record expires a day after it was queued or finished "
+                       f"(the audit, /api/v1/controls, keeps the last ~10000 finished)")
 
     # --- the operator action -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,10 +83,21 @@ def value_fields(record: str | None) -> dict[str, Any]:
             "ts_ms": v.ts_ms, "time": iso(v.ts_ms)}
 
 
-def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None) -> m.Lease:
+@dataclass(frozen=True, slots=True)
+class LeaseTimers:
+    """The lease timers of the acquirers ([timers], the same file on both nodes), in ms."""
+
+    ttl_ms: int
+    takeover_ms: int
+    tick_ms: int
+
+
+def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None,
+          link_h: Mapping[str, str] | None = None, timers: LeaseTimers | None = None) -> m.Lease:
     """`not_current`: why the local copy may be behind the master's (a replica cut off from it): the
     expiry is then not compared with this clock (remaining_ms and lapsed null), the holder is the last
-    known one."""
+    known one. With `timers` (and the RTU's link, `link_h`), how the holder reached the device at its last
+    renewal and whether the other node takes the lease over (`reach`)."""
     holder = h.get("holder") or None
     expires = to_int(h.get("expires_ms"))
     remaining = None if expires is None or holder is None or not_current else expires - now_ms
@@ -93,7 +105,7 @@ def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None) -> 
     until = to_int(h.get("handover_until_ms"))
     if handover is not None and (until is None or until < now_ms):
         handover, until = None, None  # a planned move whose window passed is no longer in progress
-    return m.Lease(
+    out = m.Lease(
         holder=holder if holder in NODES else None,
         epoch=to_int(h.get("epoch")) or 0,
         since_ms=to_int(h.get("since_ms")),
@@ -101,10 +113,58 @@ def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None) -> 
         remaining_ms=remaining,
         lapsed=None if not_current and holder is not None else remaining is not None and remaining < 0,
         reached_ms=to_int(h.get("reached_ms")) or None,
+        answered_ms=to_int(h.get("answered_ms")) or None,
+        polled_ms=to_int(h.get("polled_ms")) or None,
         handover=handover if handover in NODES else None,
         handover_until_ms=until if handover in NODES else None,
         not_current=not_current if holder is not None else None,
     )
+    if timers is not None and out.holder is not None and out.lapsed is False:
+        out.reach, out.reach_detail, out.takeover_in_ms = reach(h, out.holder, now_ms, link_h or {}, timers)
+    return out
+
+
+def _s(ms: int) -> str:
+    return f"{max(0, ms) / 1000:.1f} s"
+
+
+def reach(h: Mapping[str, str], holder: str, now_ms: int, link_h: Mapping[str, str],
+          t: LeaseTimers) -> tuple[str | None, str | None, int | None]:
+    """(reach, reach_detail, takeover_in_ms) of a live lease, by the rules of `lease_tick`
+    (fepha/functions.lua, docs/keyspace.md): the holder's last renewal is `expires_ms` - TTL; at it, it
+    set `reached_ms` when it reached the device fully and `answered_ms` when it reached it at all. The
+    other node takes the lease over once it reaches the device and the holder has not for the takeover
+    time (from `answered_ms`), or it reaches it fully and the holder has not fully for as long (from
+    `reached_ms`). Whether the other node reaches it is its link (`vala`/`valb`); whether fully is not
+    stored."""
+    expires = to_int(h.get("expires_ms"))
+    if expires is None:
+        return None, None, None
+    renewed = expires - t.ttl_ms - t.tick_ms // 2  # half a tick of slack: a stamp of the same renewal
+    since = to_int(h.get("since_ms")) or 0
+    reached = to_int(h.get("reached_ms")) or since  # 0: taken without reaching it (fully) yet
+    answered = to_int(h.get("answered_ms")) or reached
+    if reached >= renewed:
+        return "full", None, None
+    other = "B" if holder == "A" else "A"
+    other_reaches = to_bool(link_h.get("val" + other.lower()))
+    if answered >= renewed:
+        at = reached + t.takeover_ms
+        detail = (f"the device answers holder {holder} in part only (a poll failed or left a block unanswered; "
+                  f"its points of the blocks not answered are invalid) for {_s(now_ms - reached)}")
+        if other_reaches is False:
+            return "partial", f"{detail}; node {other} does not reach the device: no takeover", None
+        when = f"in {_s(at - now_ms)}" if at > now_ms else "as soon as it does"
+        return "partial", (f"{detail}; node {other} takes the lease over if it reads the device fully for the "
+                           f"takeover time ({_s(t.takeover_ms)}): {when}"), max(0, at - now_ms)
+    at = answered + t.takeover_ms
+    detail = f"holder {holder} has not reached the device for {_s(now_ms - answered)} (its points are invalid)"
+    if other_reaches is False:
+        return "none", (f"{detail}; node {other} does not reach it either: no takeover, the holder keeps the "
+                        f"lease"), None
+    when = f"in {_s(at - now_ms)}" if at > now_ms else "at its next tick"
+    cond = "" if other_reaches else " if it reaches the device"
+    return "none", f"{detail}; node {other} takes the lease over{cond} {when}", max(0, at - now_ms)
 
 
 def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str], not_current: str | None = None) -> m.NodeChannels:
@@ -153,15 +213,15 @@ def clients(node: str, h: Mapping[str, str]) -> list[m.FwdClient]:
 def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
         chan: Mapping[str, Mapping[str, str]] | None = None, link_h: Mapping[str, str] | None = None,
         fwd: Mapping[str, Mapping[str, str]] | None = None, behind: str | None = None,
-        chan_not_current: Mapping[str, str | None] | None = None) -> m.Rtu:
+        chan_not_current: Mapping[str, str | None] | None = None, timers: LeaseTimers | None = None) -> m.Rtu:
     """`behind`: why the local copy may be behind the master's; `chan_not_current`: per node, why its
-    channel report is not current (its acquirer is not alive)."""
+    channel report is not current (its acquirer is not alive); `timers`: the lease's `reach` (`lease`)."""
     base: dict[str, Any] = {"id": r.id, "name": r.name, "rtutype": r.rtutype, "protocol": r.protocol}
     if r.acquisition:
         chan = chan or {}
         cnc = chan_not_current or {}
         return m.Rtu(**base, type="acquisition", points=len(r.points),
-                     lease=lease(lease_h or {}, now_ms, behind),
+                     lease=lease(lease_h or {}, now_ms, behind, link_h, timers),
                      channel_state=[channels(r, n, chan.get(n, {}), behind or cnc.get(n)) for n in NODES],
                      link=link(link_h or {}, behind))
     fwd = fwd or {}
@@ -169,10 +229,15 @@ def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
                  clients=[c for n in NODES for c in clients(n, fwd.get(n, {}))])
 
 
-def point(p: sem.Point, record: str | None, now_ms: int | None = None) -> m.Point:
+def point(p: sem.Point, record: str | None, now_ms: int | None = None,
+          why: tuple[str | None, str | None] | None = None) -> m.Point:
+    """`why`: the RTU's (NT reason, IV reason), each given where the value has that flag."""
+    fields = aged(value_fields(record), now_ms)
+    flags = fields.get("quality_flags") or []
+    nt, iv = why or (None, None)
     return m.Point(id=p.id, rtu=p.rtu, kind=p.kind,
-                   name=p.name, area=p.area, address=p.address, datatype=p.datatype,
-                   **aged(value_fields(record), now_ms))
+                   name=p.name, area=p.area, address=p.address, datatype=p.datatype, **fields,
+                   nt_reason=nt if "NT" in flags else None, iv_reason=iv if "IV" in flags else None)
 
 
 def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str, str],
@@ -188,10 +253,15 @@ def virtual_point(vp: sem.VirtualPoint, record: str | None, link_h: Mapping[str,
 CONTROL_INTS = ("id", "rtu", "point", "epoch", "created_ms", "deadline_ms", "claimed_ms", "finished_ms")
 
 
-def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
+def control_record(f: Mapping[str, str]) -> m.ControlRecord:
+    """A control's fields (its hash `fep:ctl:{id}`, or its audit entry)."""
     ints = {k: to_int(f.get(k)) for k in CONTROL_INTS}
-    return m.Control(stream_id=stream_id, value=to_float(f.get("value")), origin=f.get("origin"),
-                     state=f.get("state"), result=f.get("result"), executor=f.get("executor"), **ints)
+    return m.ControlRecord(value=to_float(f.get("value")), origin=f.get("origin"), state=f.get("state"),
+                           result=f.get("result"), executor=f.get("executor"), **ints)
+
+
+def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
+    return m.Control(stream_id=stream_id, **control_record(f).model_dump())
 
 
 def heartbeat(service: str, node: str, raw: str | None, max_age_s: float, pttl_ms: int | None = None,

@@ -1,5 +1,5 @@
 """The PLC simulator's own behaviour over real sockets (pymodbus client): the benchmark's change-on-read
-load, a cut unit answering exception 0x0B, the line control interface and the read hook."""
+load, a cut unit answering exception 0x0B, a muted address, the line control interface and the read hook."""
 
 from __future__ import annotations
 
@@ -41,6 +41,29 @@ async def test_change_on_read_and_cut() -> None:
         await sim.settle()
         assert await client.connect()
         assert (await client.read_holding_registers(0, count=1, device_id=1)).registers[0] == second[0] + 1
+    finally:
+        client.close()
+        await sim.stop()
+
+
+async def test_a_muted_address_leaves_the_requests_that_cover_it_unanswered() -> None:
+    """mute(rtu, area, address): requests covering that address get 0x0B (a gateway's "no answer"), the
+    others are answered; unmute undoes it; an unknown RTU is refused."""
+    port = free_port()
+    sim = PlcSim(Model.from_rows(merge(rtu_rows(1, port, points=4))))
+    await sim.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    try:
+        assert await client.connect()
+        sim.mute(1, "hr", 2)
+        covering = await client.read_holding_registers(0, count=4, device_id=1)
+        assert covering.isError() and covering.exception_code == 0x0B, covering
+        assert not (await client.read_holding_registers(0, count=2, device_id=1)).isError()
+        assert not (await client.read_coils(100, count=1, device_id=1)).isError()  # another area
+        sim.unmute(1, "hr", 2)
+        assert not (await client.read_holding_registers(0, count=4, device_id=1)).isError()
+        with pytest.raises(KeyError):
+            sim.mute(9, "hr", 0)
     finally:
         client.close()
         await sim.stop()

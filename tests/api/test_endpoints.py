@@ -182,6 +182,27 @@ async def test_controls_newest_first_paged(loaded, ar, make_api) -> None:
     assert (await c.get("/api/v1/controls", params={"before": "1"})).json()["items"] == []
 
 
+async def test_one_control_by_id_as_it_stands_now(loaded, ar, make_api) -> None:
+    """/controls/{id} reads the control's hash: finished ones with their result, a queued one (not in the
+    audit yet) as queued; an id never given and one whose record expired are 404s that say which."""
+    pop = await populate(ar, ctl_count=2)
+    queued = await controls.submit(ar, 1, 109, 1.0, "test:queued", 10_000)
+    c = await make_api(node_cfg(loaded))
+    done, failed = [(await c.get(f"/api/v1/controls/{i}")).json() for i in pop.ctl_ids]
+    assert (done["id"], done["state"], done["result"], done["executor"]) == (pop.ctl_ids[0], "done", "ok", "A")
+    assert (failed["state"], failed["result"]) == ("failed", "device refused")
+    q = (await c.get(f"/api/v1/controls/{queued}")).json()
+    assert (q["state"], q["result"], q["origin"], q["finished_ms"]) == ("queued", None, "test:queued", None)
+    for unknown in (queued + 1, 0, -1, 10**30):
+        r = await c.get(f"/api/v1/controls/{unknown}")
+        assert r.status_code == 404 and r.json()["detail"] == \
+            f"control {unknown} does not exist: ids run from 1 to {queued}, the last one given", r.text
+    await ar.delete(ks.control(pop.ctl_ids[0]))  # as its expiry a day later
+    r = await c.get(f"/api/v1/controls/{pop.ctl_ids[0]}")
+    assert r.status_code == 404 and "is no longer kept" in r.json()["detail"], r.text
+    assert (await c.get("/api/v1/controls/abc")).status_code == 422
+
+
 async def test_metrics(loaded, ar, make_api) -> None:
     await populate(ar)
     await controls.submit(ar, 2, 206, 1.0, "waiting", 10_000)  # queued, nobody executes it

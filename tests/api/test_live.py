@@ -78,7 +78,7 @@ def bounded_stream(case):  # type: ignore[no-untyped-def]
 def test_schemathesis_finds_no_server_error(live: str) -> None:
     schema = schemathesis.openapi.from_url(live + "/openapi.json")
     ops = [r.ok() for r in schema.get_all_operations()]
-    assert len(ops) == 17
+    assert len(ops) == 18
     assert {"/api/v1/events", "/api/v1/stream"} <= {op.path for op in ops}
     for op in ops:
         strategy = op.as_strategy()

@@ -11,6 +11,7 @@ import pytest
 from fep_api import views
 from fepha import points
 from fepha.semodel.model import Channel, Rtu, VirtualPoint
+from fepha.semodel.model import Point as SemPoint
 
 NOW = 1_000_000
 
@@ -202,3 +203,52 @@ def test_state_not_current_is_null_with_a_reason() -> None:
 def test_age_of_a_source_time_ahead_of_this_clock_is_null() -> None:
     assert views.aged(views.value_fields("1|0|2000"), 1000)["age_ms"] is None
     assert views.aged(views.value_fields("1|0|1000"), 1500)["age_ms"] == 500
+
+
+T = views.LeaseTimers(ttl_ms=3000, takeover_ms=90_000, tick_ms=1000)
+RENEWED = NOW - 200  # the holder's last tick: expires_ms = RENEWED + TTL
+LIVE = {"holder": "A", "epoch": "2", "since_ms": "1000", "expires_ms": str(RENEWED + 3000)}
+
+
+@pytest.mark.parametrize("h, link, expect", [
+    # reached fully at the last renewal: nothing to say
+    ({**LIVE, "reached_ms": str(RENEWED), "answered_ms": str(RENEWED)}, {"valb": "1"}, ("full", None, None)),
+    # answered in part since 5 s: B can take over in 85 s if it reads the device fully
+    ({**LIVE, "reached_ms": str(NOW - 5000), "answered_ms": str(RENEWED)}, {"valb": "1"},
+     ("partial", "in part only", 85_000)),
+    ({**LIVE, "reached_ms": str(NOW - 5000), "answered_ms": str(RENEWED)}, {"valb": "0"},
+     ("partial", "node B does not reach the device: no takeover", None)),
+    # not reached for 60 s: B, which reaches it, takes over in 30 s; unknown link: "if it reaches"
+    ({**LIVE, "reached_ms": str(NOW - 60_000), "answered_ms": str(NOW - 60_000)}, {"valb": "1"},
+     ("none", "node B takes the lease over in 30.0 s", 30_000)),
+    ({**LIVE, "reached_ms": str(NOW - 60_000), "answered_ms": str(NOW - 60_000)}, {},
+     ("none", "takes the lease over if it reaches the device in 30.0 s", 30_000)),
+    ({**LIVE, "reached_ms": str(NOW - 95_000), "answered_ms": str(NOW - 95_000)}, {"valb": "1"},
+     ("none", "at its next tick", 0)),
+    ({**LIVE, "reached_ms": str(NOW - 60_000), "answered_ms": str(NOW - 60_000)}, {"valb": "0"},
+     ("none", "node B does not reach it either: no takeover", None)),
+    # a lease written before answered_ms existed: reached_ms stands for both
+    ({**LIVE, "reached_ms": str(NOW - 60_000)}, {"valb": "1"}, ("none", "for 60.0 s", 30_000)),
+])
+def test_lease_reach_and_takeover(h: dict, link: dict, expect: tuple) -> None:
+    ls = views.lease(h, NOW, None, link, T)
+    assert (ls.reach, ls.takeover_in_ms) == (expect[0], expect[2]), ls
+    assert (ls.reach_detail is None) if expect[1] is None else (expect[1] in (ls.reach_detail or "")), ls
+
+
+def test_lease_reach_only_of_a_live_current_lease() -> None:
+    stale = {**LIVE, "reached_ms": "1", "answered_ms": "1"}
+    assert views.lease(stale, NOW, "local Redis cut off", {}, T).reach is None  # not current
+    assert views.lease({**stale, "expires_ms": str(NOW - 1)}, NOW, None, {}, T).reach is None  # lapsed
+    assert views.lease({}, NOW, None, {}, T).reach is None  # no holder
+    assert views.lease(stale, NOW).reach is None  # no timers given (metrics)
+
+
+def test_point_reasons_only_where_the_flag_is() -> None:
+    p = SemPoint(id=5, rtu=1, kind="AI", name="p", area="hr", address=0, datatype="int16")
+    why = ("holder A has not completed a poll for 900 ms", "holder A has not reached the device for 2.0 s")
+    good, nt, iv = (views.point(p, rec, NOW, why) for rec in ("1|0|5", "1|64|5", "1|128|5"))
+    assert (good.nt_reason, good.iv_reason) == (None, None)
+    assert (nt.nt_reason, nt.iv_reason) == (why[0], None)
+    assert (iv.nt_reason, iv.iv_reason) == (None, why[1])
+    assert views.point(p, "1|192|5").iv_reason is None  # no reason known: null, not a guess

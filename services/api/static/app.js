@@ -127,10 +127,14 @@ function channelsCell(cs) {
     td.title = cs.not_current;
     return td;
   }
+  // the channel in use is up or down; the other one is only connected when switched to: "standby", its
+  // last error said on screen (a channel lost on one node while the other channel is in use)
   const parts = cs.channels.map((c) => {
-    const mark = c.connected === null ? "?" : (c.connected ? "up" : "down");
-    const act = cs.active === c.no ? "*" : "";
-    return act + "ch" + c.no + " " + mark + (c.switches ? " (" + c.switches + " sw)" : "");
+    const act = cs.active === c.no;
+    const mark = c.connected === null ? "?" : (c.connected ? "up" : (act ? "down" : "standby"));
+    const e = c.error && !c.connected ? (c.error.length > 60 ? c.error.slice(0, 57) + "…" : c.error) : "";
+    const err = !e ? "" : (act ? ": " + e : " (last error: " + e + ")");
+    return (act ? "*" : "") + "ch" + c.no + " " + mark + err + (c.switches ? " (" + c.switches + " sw)" : "");
   });
   const anyUp = cs.channels.some((c) => c.connected);
   const td = el("td", (anyUp ? "✓ " : "✗ ") + parts.join(", "), anyUp ? "ok" : "bad");
@@ -145,6 +149,21 @@ function leaseText(l) {
   let s = "expires in " + Math.max(0, Math.round(l.remaining_ms / 100) / 10) + " s";
   if (l.handover) s += ", handover to " + l.handover + " pending";
   return s;
+}
+
+// How the holder reaches its device, and whether the other node takes over (lease.reach, reach_detail)
+function reachCell(l) {
+  if (!l || !l.reach) return el("td", "", "muted");  // no holder, lapsed or not current: the lease cell says it
+  if (l.reach === "full") return el("td", "✓ fully", "ok");
+  const other = l.holder === "A" ? "B" : "A";
+  let text = l.reach === "partial" ? "⚠ in part only" : "✗ not reached";
+  if (l.takeover_in_ms !== null && l.takeover_in_ms !== undefined) {
+    text += l.takeover_in_ms > 0 ? ", " + other + " may take over in " + (l.takeover_in_ms / 1000).toFixed(1) + " s"
+      : ", " + other + " takes over when it reaches it" + (l.reach === "partial" ? " fully" : "");
+  } else text += ", no takeover";
+  const td = el("td", text, l.reach === "partial" ? "warn" : "bad");
+  td.title = l.reach_detail || "";
+  return td;
 }
 
 function renderRtus(list) {
@@ -162,7 +181,7 @@ function renderRtus(list) {
       btn.addEventListener("click", () => handover(r.id, l.holder));
       const act = el("td"); act.appendChild(btn);
       const cs = {}; for (const c of r.channel_state || []) cs[c.node] = c;
-      acq.push(row([r.id, r.name, holder, l.epoch, leaseText(l), channelsCell(cs.A), channelsCell(cs.B),
+      acq.push(row([r.id, r.name, holder, l.epoch, leaseText(l), reachCell(l), channelsCell(cs.A), channelsCell(cs.B),
                     flag(r.link && r.link.vala), flag(r.link && r.link.valb), act],
                    { "data-rtu": r.id, "data-holder": l.holder || "" }));
     } else {
@@ -173,6 +192,30 @@ function renderRtus(list) {
   fill("acq", acq);
   fill("fwd", fwd);
   fillRtuSelects();
+  renderWhy();
+}
+
+// Above the values: why the selected RTU's values are not current (values_nt: NT, as SCADA is served them)
+// and why some or all of them are invalid (the holder reaches the device in part or not at all)
+function renderWhy() {
+  const r = selectedRtu();
+  const lines = [];
+  if (r && r.type === "acquisition") {
+    const l = r.lease || {};
+    if (r.values_nt) lines.push(["stale", "⚠ STALE (NT): SCADA is served these values as not topical: " + r.values_nt, "warn"]);
+    if (l.reach === "partial" || l.reach === "none") lines.push(["reach", "✗ " + l.reach_detail, l.reach === "none" ? "bad" : "warn"]);
+    const cs = (r.channel_state || []).filter((c) => c.node === l.holder)[0];
+    if (l.reach === "none" && cs && !cs.not_current) {
+      const errs = cs.channels.filter((c) => c.error).map((c) => "ch" + c.no + ": " + c.error);
+      if (errs.length) lines.push(["channels", "✗ node " + l.holder + "'s channels: " + errs.join("; "), "bad"]);
+    }
+  }
+  const box = $("#v-why");
+  const sig = JSON.stringify(lines.map((x) => x[1]));
+  if (box.dataset.sig === sig) return;
+  box.dataset.sig = sig;
+  box.replaceChildren(...lines.map(([k, text, cls]) => { const p = el("p", text, cls); p.dataset.why = k; return p; }));
+  scheduleValues();  // the quality cells' titles say the same
 }
 
 function fillRtuSelects() {
@@ -211,6 +254,9 @@ function qualityCell(p) {
   if (flags.length && state !== "flagged") text += " (" + flags.join(" ") + ")";
   const td = el("td", text, cls);
   td.title = "quality byte " + p.quality + (flags.length ? ": " + flags.join(", ") : "");
+  const r = selectedRtu();  // why, when the RTU says it (the box above the values says it too)
+  if (state === "stale" && r && r.values_nt) td.title += "\nnot topical: " + r.values_nt;
+  if (state === "invalid" && r && r.lease && r.lease.reach_detail) td.title += "\n" + r.lease.reach_detail;
   return [td, state];
 }
 
@@ -505,6 +551,9 @@ async function stream() {
 }
 
 async function readStream(ctl, heard) {
+  // the RTU on screen decides which values the stream sends: at the first load no RTU was selected yet, and
+  // the stream opened for the virtual points only left the values on screen frozen (looking live)
+  if (!S.rtus.length) renderRtus(await api("/api/v1/rtus"));
   const r = selectedRtu();
   // values of the RTU on screen and of the virtual points; a forwarding RTU's sources may be anywhere: all
   const q = r && r.type === "forwarding" ? "" : "?rtu=vp" + (r ? "&rtu=" + r.id : "");
@@ -600,7 +649,7 @@ $("#auth").addEventListener("submit", (ev) => {
   $("#auth").classList.add("hidden");
   restartStream();
 });
-$("#v-rtu").addEventListener("change", () => { loadValues().catch(showError); restartStream(); });
+$("#v-rtu").addEventListener("change", () => { renderWhy(); loadValues().catch(showError); restartStream(); });
 $("#v-kind").addEventListener("change", renderValues);
 $("#v-quality").addEventListener("change", renderValues);
 $("#t-kind").addEventListener("change", () => loadEvents(false).catch(showError));
