@@ -252,6 +252,7 @@ class PlcSim(SimControl):
         self.points = {p.id: p for r in model.modbus_rtus() for p in r.points}
         self.writes: list[tuple[int, str, int, list]] = []
         self._cut: set[tuple[int, int]] = set()
+        self._muted: set[tuple[int, str, int]] = set()  # (rtu, area, address): reads covering it go unanswered
         self._eps: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # endpoint -> (rtu, ch, unit)
         for r in model.modbus_rtus():
             for ch in r.channels:
@@ -284,6 +285,8 @@ class PlcSim(SimControl):
         store = self.stores[rtu]
         if area is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if values is None and self._muted and self._covers_muted(rtu, area, address, count):
+            return ExcCodes.GATEWAY_NO_RESPONSE
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if values is None and self.change_on_read:
@@ -389,6 +392,22 @@ class PlcSim(SimControl):
     def is_cut(self, rtu: int, channel: int) -> bool:
         return (rtu, channel) in self._cut
 
+    def mute(self, rtu: int, area: str, address: int) -> None:
+        """Reads of `rtu` (both channels) that cover `area` `address` are answered with exception 0x0B
+        (gateway: target failed to respond) while the rest of the device answers: a device reached in part."""
+        self._channels(rtu, None)
+        if area not in dt.AREAS:
+            raise ValueError(f"unknown area {area!r}")
+        self._muted.add((rtu, area, address))
+
+    def unmute(self, rtu: int, area: str, address: int) -> None:
+        self._muted.discard((rtu, area, address))
+
+    def _covers_muted(self, rtu: int, area: str, address: int, count: int) -> bool:
+        # for bit areas pymodbus passes the bit address and the count of 16-bit words covering the request
+        end = address + (16 * count if area in dt.BIT_AREAS else count)
+        return any(r == rtu and a == area and address <= m < end for r, a, m in self._muted)
+
     def _resync(self) -> None:
         """cut/restore are plain calls (usable from tests and the control port): apply them in a task."""
         task = asyncio.get_running_loop().create_task(self._sync_endpoints())
@@ -423,6 +442,9 @@ class PlcSim(SimControl):
             cmd, args = words[0].lower(), words[1:]
             if cmd in ("cut", "restore") and 1 <= len(args) <= 2:
                 getattr(self, cmd)(int(args[0]), int(args[1]) if len(args) == 2 else None)
+                return "ok"
+            if cmd in ("mute", "unmute") and len(args) == 3:
+                getattr(self, cmd)(int(args[0]), args[1].lower(), int(args[2]))
                 return "ok"
             if cmd == "set" and len(args) == 2:
                 self.set_value(int(args[0]), float(args[1]))

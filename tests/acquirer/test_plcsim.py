@@ -67,6 +67,45 @@ async def test_control_interface() -> None:
         await sim.stop()
 
 
+async def test_a_muted_address_leaves_the_reads_covering_it_unanswered_on_both_channels() -> None:
+    """`mute RTU AREA ADDR` (docs/plcsim.md): a read covering the address gets exception 0x0B on either
+    channel, a read beside it is answered; `unmute` answers it again (the HA lab's device reached in part)."""
+    port = free_port()
+    sim = PlcSim(Model.from_rows(merge(rtu_rows(1, port, points=4))), control=("127.0.0.1", 0))
+    await sim.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.control_port)
+
+        async def command(line: str) -> str:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+        assert await command("mute 1 hr 2") == "ok"
+        assert (await command("mute 1 xx 2")).startswith("err")
+        assert (await command("mute 7 hr 2")).startswith("err")
+        assert await client.connect()
+        covering = await client.read_holding_registers(0, count=4, device_id=1)
+        assert covering.isError() and covering.exception_code == 0x0B
+        beside = await client.read_holding_registers(0, count=2, device_id=1)
+        assert not beside.isError() and len(beside.registers) == 2
+        after = await client.read_holding_registers(3, count=1, device_id=1)
+        assert not after.isError()
+        other = AsyncModbusTcpClient("127.0.0.2", port=port, timeout=2, retries=0)   # channel 2
+        try:
+            assert await other.connect()
+            assert (await other.read_holding_registers(2, count=1, device_id=1)).exception_code == 0x0B
+        finally:
+            other.close()
+        assert await command("unmute 1 hr 2") == "ok"
+        assert not (await client.read_holding_registers(0, count=4, device_id=1)).isError()
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        client.close()
+        await sim.stop()
+
+
 async def test_on_read_sees_each_read_and_the_data_it_serves() -> None:
     port = free_port()
     seen: list[tuple[int, int, str, int, int, int | float]] = []
