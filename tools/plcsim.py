@@ -174,6 +174,8 @@ class _InOrderHandler(ServerRequestHandler):
                 if isinstance(pdu, ExceptionResponse):
                     self.server_send(pdu, addr)
                     continue
+                if self.server.unanswered(pdu):   # `silence`: a request the device never answers
+                    continue
                 try:
                     response = await pdu.datastore_update(self.server.context, pdu.dev_id)
                 except NoSuchIdException:
@@ -193,7 +195,10 @@ class _InOrderHandler(ServerRequestHandler):
 
 
 class _InOrderServer(ModbusTcpServer):
-    """pymodbus's Modbus TCP server with `_InOrderHandler` connections."""
+    """pymodbus's Modbus TCP server with `_InOrderHandler` connections; `unanswered(pdu)` tells a request
+    to leave without an answer (PlcSim.silence)."""
+
+    unanswered: Callable[[ModbusPDU], bool] = staticmethod(lambda pdu: False)  # type: ignore[assignment]
 
     def callback_new_connection(self) -> _InOrderHandler:
         return _InOrderHandler(self)
@@ -252,7 +257,8 @@ class PlcSim(SimControl):
         self.points = {p.id: p for r in model.modbus_rtus() for p in r.points}
         self.writes: list[tuple[int, str, int, list]] = []
         self._cut: set[tuple[int, int]] = set()
-        self._muted: set[tuple[int, str, int]] = set()  # (rtu, area, address): see mute()
+        # (rtu, channel or None: both, area, address, silent): reads covering it answered 0x0B, or not at all
+        self._muted: set[tuple[int, int | None, str, int, bool]] = set()
         self._eps: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # endpoint -> (rtu, ch, unit)
         for r in model.modbus_rtus():
             for ch in r.channels:
@@ -282,11 +288,11 @@ class PlcSim(SimControl):
         if (rtu, ch) in self._cut:
             return ExcCodes.GATEWAY_NO_RESPONSE
         area = _FC_AREA.get(fc)
-        if any((rtu, area, a) in self._muted for a in range(address, address + count)):
-            return ExcCodes.GATEWAY_NO_RESPONSE
         store = self.stores[rtu]
         if area is None:
             return ExcCodes.ILLEGAL_FUNCTION
+        if values is None and self._muted and self._covers_muted(rtu, ch, area, address, count):
+            return ExcCodes.GATEWAY_NO_RESPONSE
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if values is None and self.change_on_read:
@@ -318,7 +324,20 @@ class PlcSim(SimControl):
         for rtu, ch, unit in self._eps[ep]:
             devices.append(SimDevice(id=unit, simdata=self.stores[rtu].simdata(),
                                      action=functools.partial(self._action, rtu, ch)))
-        return _InOrderServer(devices, address=ep)
+        srv = _InOrderServer(devices, address=ep)
+        units = {unit: (rtu, ch) for rtu, ch, unit in self._eps[ep]}
+
+        def unanswered(pdu: ModbusPDU) -> bool:
+            rtu, ch = units.get(pdu.dev_id, (0, 0))
+            area = _FC_AREA.get(pdu.function_code)
+            if not self._muted or pdu.function_code not in _READ_FC or area is None:
+                return False
+            count = getattr(pdu, "count", 0)
+            if area in dt.BIT_AREAS:
+                count = (count + 15) // 16  # as _covers_muted counts them: 16-bit words
+            return self._covers_muted(rtu, ch, area, getattr(pdu, "address", 0), count, silent=True)
+        srv.unanswered = unanswered  # type: ignore[method-assign]
+        return srv
 
     async def _listen(self, ep: tuple[str, int]) -> None:
         srv = self._server(ep)
@@ -389,17 +408,29 @@ class PlcSim(SimControl):
         self._cut.difference_update(self._channels(rtu, channel))
         self._resync()
 
-    def mute(self, rtu: int, area: str, address: int) -> None:
-        """The device answers no request that covers `address` of `area` (Modbus exception 0x0B, on both
-        channels) and every other: a device that answers some blocks only (the acquirer's partial reach)."""
-        self._channels(rtu, None)  # an unknown RTU is a KeyError
-        self._muted.add((rtu, area, address))
-
-    def unmute(self, rtu: int, area: str, address: int) -> None:
-        self._muted.discard((rtu, area, address))
-
     def is_cut(self, rtu: int, channel: int) -> bool:
         return (rtu, channel) in self._cut
+
+    def mute(self, rtu: int, area: str, address: int, channel: int | None = None, silent: bool = False) -> None:
+        """Reads of `rtu` (on `channel`, or both) that cover `area` `address` are answered with exception
+        0x0B (gateway: target failed to respond), or with `silent` not at all (`silence`), while the rest
+        of the device answers: a device reached in part."""
+        self._channels(rtu, channel)
+        if area not in dt.AREAS:
+            raise ValueError(f"unknown area {area!r}")
+        self._muted.add((rtu, channel, area, address, silent))
+
+    def silence(self, rtu: int, area: str, address: int, channel: int | None = None) -> None:
+        self.mute(rtu, area, address, channel, silent=True)
+
+    def unmute(self, rtu: int, area: str, address: int, channel: int | None = None) -> None:
+        self._muted -= {(rtu, channel, area, address, silent) for silent in (False, True)}
+
+    def _covers_muted(self, rtu: int, ch: int, area: str, address: int, count: int, silent: bool = False) -> bool:
+        # for bit areas pymodbus passes the bit address and the count of 16-bit words covering the request
+        end = address + (16 * count if area in dt.BIT_AREAS else count)
+        return any(r == rtu and c in (None, ch) and a == area and address <= m < end and q == silent
+                   for r, c, a, m, q in self._muted)
 
     def _resync(self) -> None:
         """cut/restore are plain calls (usable from tests and the control port): apply them in a task."""
@@ -435,6 +466,9 @@ class PlcSim(SimControl):
             cmd, args = words[0].lower(), words[1:]
             if cmd in ("cut", "restore") and 1 <= len(args) <= 2:
                 getattr(self, cmd)(int(args[0]), int(args[1]) if len(args) == 2 else None)
+                return "ok"
+            if cmd in ("mute", "silence", "unmute") and 3 <= len(args) <= 4:
+                getattr(self, cmd)(int(args[0]), args[1].lower(), int(args[2]), int(args[3]) if len(args) == 4 else None)
                 return "ok"
             if cmd == "set" and len(args) == 2:
                 self.set_value(int(args[0]), float(args[1]))

@@ -167,13 +167,28 @@ class StandbyLog:
         (the former holder already wrote those; the standby only saw them a poll later). Batches keep
         the global time order and hold each point at most once (one stream entry cannot carry a point
         twice). Clears the log.
+
+        A point invalid in Redis (IV: the former holder did not read it, its last value kept) is replayed
+        from after the standby's last logged change to that value at or before the IV record: the
+        holder wrote nothing it read after that one, so the changes the standby saw between it and the
+        IV record were never written (a holder reading its device in part, then taken over: they were
+        skipped as older than the IV record, and lost; docs/ha.md "Degraded links"). A value that came
+        back to that one before the IV record (a DI flipped and back) is taken from its last return: the
+        flips before it are not replayed. The last value not in the log (seen before the log's window, or
+        missed by the standby's polls): only what is newer than the IV record, as for a valid point.
         """
         batches: Replay = []
         batch: dict[int, tuple[Sample, int]] = {}
         started: set[int] = set()
+        cutoff = {pid: ts for pid, (_, ts) in current.items()}
         for ts, pid, s in self.entries:
             cur = current.get(pid)
-            if cur is not None and ts <= cur[1]:
+            if cur is not None and cur[0][1] & pt.Quality.IV and ts <= cur[1] \
+                    and not differs((cur[0][0], s[1]), s, self.deadband.get(pid, 0.0)):
+                cutoff[pid] = ts   # the holder's last value: replay what came after it
+        for ts, pid, s in self.entries:
+            cur = current.get(pid)
+            if cur is not None and ts <= cutoff[pid]:
                 continue
             if pid not in started:
                 if cur is not None and not differs(cur[0], s, self.deadband.get(pid, 0.0)):

@@ -4,6 +4,7 @@ load, a cut unit answering exception 0x0B, a muted address, the line control int
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
@@ -88,6 +89,79 @@ async def test_control_interface() -> None:
         assert answers[6].startswith("err unknown command")
     finally:
         await sim.stop()
+
+
+async def test_a_muted_address_leaves_the_reads_covering_it_unanswered_on_both_channels() -> None:
+    """`mute RTU AREA ADDR [CH]` (docs/plcsim.md): a read covering the address gets exception 0x0B on either
+    channel (or on CH only), a read beside it is answered; `silence`: no answer at all, the next request
+    on the connection answered; `unmute` answers it again (the HA lab's device reached in part)."""
+    port = free_port()
+    sim = PlcSim(Model.from_rows(merge(rtu_rows(1, port, points=4))), control=("127.0.0.1", 0))
+    await sim.start()
+    client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2, retries=0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", sim.control_port)
+
+        async def command(line: str) -> str:
+            writer.write(line.encode() + b"\n")
+            await writer.drain()
+            return (await reader.readline()).decode().strip()
+        assert await command("mute 1 hr 2") == "ok"
+        assert (await command("mute 1 xx 2")).startswith("err")
+        assert (await command("mute 7 hr 2")).startswith("err")
+        assert await client.connect()
+        covering = await client.read_holding_registers(0, count=4, device_id=1)
+        assert covering.isError() and covering.exception_code == 0x0B
+        beside = await client.read_holding_registers(0, count=2, device_id=1)
+        assert not beside.isError() and len(beside.registers) == 2
+        after = await client.read_holding_registers(3, count=1, device_id=1)
+        assert not after.isError()
+        other = AsyncModbusTcpClient("127.0.0.2", port=port, timeout=2, retries=0)   # channel 2
+        try:
+            assert await other.connect()
+            assert (await other.read_holding_registers(2, count=1, device_id=1)).exception_code == 0x0B
+        finally:
+            other.close()
+        assert await command("unmute 1 hr 2") == "ok"
+        assert not (await client.read_holding_registers(0, count=4, device_id=1)).isError()
+        assert await command("mute 1 hr 2 2") == "ok"   # channel 2 only
+        assert not (await client.read_holding_registers(0, count=4, device_id=1)).isError()
+        other = AsyncModbusTcpClient("127.0.0.2", port=port, timeout=2, retries=0)
+        try:
+            assert await other.connect()
+            assert (await other.read_holding_registers(2, count=1, device_id=1)).exception_code == 0x0B
+        finally:
+            other.close()
+        assert await command("unmute 1 hr 2 2") == "ok"
+        assert await command("silence 1 hr 2") == "ok"   # no answer at all; the next request is answered
+        frames = [mbtcp.read_pdu("hr", 0, 4), mbtcp.read_pdu("hr", 0, 2)]
+        assert [tid for _, tid in await _answers(port, frames, 0.5)] == [2]
+        assert await command("unmute 1 hr 2") == "ok"
+        assert [tid for _, tid in await _answers(port, frames, 0.5)] == [1, 2]
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        client.close()
+        await sim.stop()
+
+
+async def _answers(port: int, pdus: list[bytes], wait_s: float) -> list[tuple[bytes, int]]:
+    """Send the read PDUs (unit 1, transaction ids 1, 2, ...) on one connection; (pdu, tid) of the answers
+    received within `wait_s`."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for tid, pdu in enumerate(pdus, 1):
+        writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, 1) + pdu)
+    await writer.drain()
+    out = []
+    try:
+        while True:
+            head = await asyncio.wait_for(reader.readexactly(7), wait_s)
+            tid, _, length, _ = struct.unpack(">HHHB", head)
+            out.append((await reader.readexactly(length - 1), tid))
+    except TimeoutError:
+        pass
+    writer.close()
+    return out
 
 
 async def test_on_read_sees_each_read_and_the_data_it_serves() -> None:

@@ -390,6 +390,7 @@ async def test_cancel_all_waits_for_its_tasks_when_the_caller_is_cancelled_again
 
 
 # --- the standby log: replayed on takeover -------------------------------------------------------------
+IV = int(points.Quality.IV)
 STANDBY_CASES = {
     # polls seen by the standby (ts, {pid: value}), Redis's values at takeover {pid: (value, ts)}, batches
     "a DI that changed and changed back in the gap is replayed in order": (
@@ -405,6 +406,18 @@ STANDBY_CASES = {
         [(100, {3: 5}), (200, {3: 6})], {}, [{3: (6, 200)}]),
     "deadband: small moves are not logged": (
         [(100, {4: 10.0}), (200, {4: 10.4}), (300, {4: 11.0})], {4: (10.0, 50)}, [{4: (11.0, 300)}]),
+    # a holder reading in part, or not at all until its reach window passed: its IV record (last value kept)
+    # is newer than changes it never read
+    "invalid in Redis: the changes after the holder's last value are replayed, older than the IV record": (
+        [(50, {1: 4}), (100, {1: 5}), (200, {1: 6}), (300, {1: 7}), (500, {1: 8})], {1: (5, 350, IV)},
+        [{1: (6, 200)}, {1: (7, 300)}, {1: (8, 500)}]),
+    "invalid in Redis, its last value not in the log: only what is newer than the IV record": (
+        [(50, {1: 5}), (200, {1: 6}), (400, {1: 8})], {1: (5, 350, IV)}, [{1: (8, 400)}]),
+    "invalid in Redis, a DI back at its last value before the IV record: from that return on": (
+        [(50, {1: 0}), (100, {1: 1}), (300, {1: 0}), (400, {1: 1}), (500, {1: 0})], {1: (1, 450, IV)},
+        [{1: (0, 500)}]),
+    "invalid in Redis, the device at that value since: it again, good": (
+        [(50, {1: 4}), (100, {1: 5})], {1: (5, 350, IV)}, []),
 }
 
 
@@ -414,7 +427,7 @@ def test_standby_log_replay(case: str) -> None:
     log = StandbyLog(window_ms=10_000, deadband={4: 0.5})
     for ts, values in polls:
         log.observe({pid: (v, 0) for pid, v in values.items()}, ts)
-    got = log.replay({pid: ((v, 0), ts) for pid, (v, ts) in redis_now.items()})
+    got = log.replay({pid: ((v, q[0] if q else 0), ts) for pid, (v, ts, *q) in redis_now.items()})
     assert got == [{pid: ((v, 0), ts) for pid, (v, ts) in b.items()} for b in expected]
     assert not log.entries
 

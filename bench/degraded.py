@@ -1,0 +1,293 @@
+"""The rows of docs/ha.md "Degraded links", measured on the HA suite's lab (tests/ha/harness.py, plant.py,
+netem.py): two namespaced nodes with real Redis and keepalived, the PLC simulator, both nodes' acquirer and
+forwarder (compose.yml's command and environment), the SCADA probe (a c104 client per node) and a control
+client sending IEC 104 set-points.
+
+    sudo flock /tmp/fepha-heavy.lock python bench/degraded.py --fault delay --delay-ms 400 --jitter-ms 200
+
+Faults (one per run; tests/ha/netem.py builds them without sch_netem):
+  delay       B's TCP to A's Redis (its address and the VIP: replication, B's services) delayed by
+              --delay-ms ± --jitter-ms each way, B holding the leases (its acquirer started first, after
+              the relay is in place; A's Redis drops B's replication link so that it reconnects through it)
+  loss        --loss-pct % random loss both ways between B and A (A's address, the VIP, VRRP), B holding
+  repl-drop   every packet of A's Redis (port 6379) to B dropped at B, A holding
+  channel     --loss-pct % loss on RTU 1's channel 1 between its holder A and the device, both ways
+  scada-loss  --loss-pct % loss both ways on the SCADA host's TCP to A's se104s (port 2404), A holding
+  scada-delay the SCADA host's TCP to A's se104s delayed (--delay-ms ± --jitter-ms), from its first connect
+With --rate, the simulator also changes every point that often (per second) during the fault, and the
+spontaneous events of every forwarded point are counted per client (plant.count_spontaneous: lost,
+duplicated, out of order, time tags, quality-only).
+During the fault (--seconds): the device's AI 101 (IEC 104 IOA 1001, float) takes a new value every
+--change-s, and the control client sends a set-point (IOA 6001 -> point 110, holding register 100 of
+RTU 1) every --control-s to node --control-node, with the forwarders' control deadline --deadline-s.
+
+Printed, one JSON object: the lease events of the window (from A's Redis, or B's when A's is not the
+master), per client the delay of each change (device set -> first record of that value; `lost`: never),
+the records with NT or IV on IOA 1001, and per set-point its answer, its delay and how many times the
+device wrote it (and whether after its deadline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fepha import keyspace as ks  # noqa: E402
+from tests.ha import netem, plant  # noqa: E402
+from tests.ha.harness import (  # noqa: E402
+    IP,
+    PLC_IPS,
+    VIP,
+    Lab,
+    Node,
+    channel_state,
+    device_port,
+    lab_model,
+    plc,
+    probe_records,
+)
+
+AI, AI_IOA = 101, 1001
+SP_IOA, SP_RTU, SP_AREA, SP_ADDR = 6001, 1, "hr", 100
+RTUS = [1, 2]
+BASE = Path("/tmp/fepha-degraded")
+
+
+def lease_events(node: Node) -> list[dict[str, str]]:
+    out = node.redis_cli("--json", "xrange", ks.LEASE_EVENTS, "-", "+")
+    rows = json.loads(out) if out.startswith("[") else []
+    return [dict(zip(f[::2], f[1::2], strict=False)) if isinstance(f, list) else f for _, f in rows]
+
+
+def setup(
+    lab: Lab, holder: str, fault: contextlib.AbstractContextManager[None] | None, deadline_s: float
+) -> tuple[Node, Node]:
+    """Redis pair and configuration, the simulator, `holder`'s acquirer first (holding every lease), then
+    the other's, both forwarders. `fault`, when given, is entered before B's services start."""
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    lab.start_pair()
+    lab.sysload_init(a)
+    lab.wait_for(lambda: b.redis_cli("get", ks.CFG_GEN) == "1", 15, "configuration on B")
+    plant.start_plcsim(lab, rate=0)
+    first = lab.nodes[holder]
+    if fault is not None:
+        fault.__enter__()
+        a.redis_cli("client", "kill", "type", "replica")  # B's replication link reconnects through the fault
+        lab.wait_for(
+            lambda: "master_link_status:up" in b.redis_cli("info", "replication"),
+            30,
+            "B in sync again",
+            interval=0.3,
+        )
+    plant.start_services(first, "acquirer")
+    lab.wait_for(lambda: all(plant.holder(a, r) == holder for r in RTUS), 40, f"{holder} holding", 0.3)
+    plant.start_services(first.peer, "acquirer")
+    for n in (a, b):
+        plant.start_services(n, "forwarder", control_timeout_s=deadline_s)
+    return a, b
+
+
+@contextlib.contextmanager
+def both_ways_loss(b: Node, pct: float) -> Iterator[None]:
+    with contextlib.ExitStack() as st:
+        st.enter_context(netem.loss(b.ns, pct, "both", peer=IP["A"]))
+        st.enter_context(netem.loss(b.ns, pct, "both", peer=VIP))
+        st.enter_context(netem.loss(b.ns, pct, "out", proto="vrrp"))
+        yield
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    BASE.mkdir(exist_ok=True)
+    lab = Lab(None, base=BASE)
+    lab.start()
+    try:
+        return measure(lab, args)
+    finally:
+        if args.keep:
+            print(f"lab dir {lab.dir}", file=sys.stderr)
+        lab.close()
+
+
+def measure(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
+    a, b = lab.nodes["A"], lab.nodes["B"]
+    pre: contextlib.AbstractContextManager[None] | None = None
+    during: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    holder = "A"
+    if args.fault == "delay":
+        holder = "B"
+        pre = netem.delay(
+            b.ns,
+            [(IP["A"], 6379), (VIP, 6379)],
+            args.delay_ms,
+            args.jitter_ms,
+            log=str(lab.dir / "relay.log"),
+        )
+    elif args.fault == "loss":
+        holder = "B"
+        during = both_ways_loss(b, args.loss_pct)
+    elif args.fault == "repl-drop":
+        during = netem.loss(b.ns, 100, "in", proto="tcp", peer=IP["A"], port=6379)
+    elif args.fault == "scada-loss":
+        during = netem.loss(lab.ns["scada"], args.loss_pct, "both", proto="tcp", peer=IP["A"], port=2404)
+    elif args.fault == "scada-delay":  # the SCADA host's connections to A's se104s, opened through the relay
+        pre = netem.delay(
+            lab.ns["scada"], [(IP["A"], 2404)], args.delay_ms, args.jitter_ms, log=str(lab.dir / "relay.log")
+        )
+    elif args.fault == "channel":
+        during = netem.loss(
+            a.ns, args.loss_pct, "both", proto="tcp", peer=PLC_IPS[0], port=device_port(lab, 1)
+        )
+    try:
+        a, b = setup(lab, holder, pre, args.deadline_s)
+        vs = plant.views(lab_model(lab))
+        probe = plant.start_scada(lab, vs)
+        n_events0 = len(lease_events(a))
+        go = lab.dir / "controls.go"
+        values = [2001 + i for i in range(int(args.seconds / args.control_s))]
+        control = plant.start_control_client(
+            lab, args.control_node, SP_IOA, values, str(go), args.control_s, args.deadline_s + 5
+        )
+        time.sleep(2.0)  # the client connected and data transfer started (it waits for `go` anyway)
+        t0 = time.time()
+        changes: list[tuple[float, float]] = []
+        with during:
+            go.touch()
+            if args.rate:
+                assert plc(lab, f"rate {args.rate}") == "ok"
+            k = 0
+            while time.time() - t0 < args.seconds:
+                k += 1
+                v = 500.0 + k
+                assert plc(lab, f"set {AI} {v}") == "ok"
+                changes.append((time.time(), v))
+                time.sleep(max(0.0, min(t0 + k * args.change_s, t0 + args.seconds) - time.time()))
+            t_end = time.time()
+            if args.rate:
+                assert plc(lab, "rate 0") == "ok"
+        time.sleep(args.after_s)
+        return figures(lab, a, b, probe, control, changes, t0, t_end, n_events0, args)
+    finally:
+        if pre is not None:
+            pre.__exit__(None, None, None)
+
+
+def figures(
+    lab: Lab,
+    a: Node,
+    b: Node,
+    probe: Any,
+    control: Any,
+    changes: list[tuple[float, float]],
+    t0: float,
+    t_end: float,
+    n_events0: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    recs = probe_records(probe)
+    dev = plant.device_timelines(plant.journal(lab))
+    vs = plant.views(lab_model(lab))
+    master = a if a.role() == "master" else b
+    out: dict[str, Any] = {"fault": vars(args), "t0": t0, "window_s": round(t_end - t0, 1)}
+    out["lease_events"] = [
+        {**e, "at_s": round(int(e.get("ts_ms", 0)) / 1000 - t0, 2)} for e in lease_events(master)[n_events0:]
+    ]
+    out["holders_end"] = {r: plant.holder(master, r) for r in RTUS}
+    for node in ("A", "B"):
+        mine = [r for r in recs if r["src"] == "iec104" and r["node"] == node and r["ioa"] == AI_IOA]
+        delays: list[float | None] = []
+        for t, v in changes:
+            got = next((r["t"] for r in mine if r["t"] >= t and abs(float(r["value"]) - v) < 1e-3), None)
+            delays.append(None if got is None else round(got - t, 2))
+        seen = [d for d in delays if d is not None]
+        win = [r for r in mine if t0 <= r["t"] <= t_end + args.after_s]
+        tally = plant.count_spontaneous(dev, recs, vs, node, t0, t_end)
+        out[f"spontaneous_{node}"] = {
+            k: getattr(tally, k)
+            for k in ("events", "lost", "dup", "order", "tag", "quality", "per_point_lost")
+        }
+        out[f"client_{node}"] = {
+            "changes": len(changes),
+            "lost": delays.count(None),
+            "delay_min_max_s": [min(seen), max(seen)] if seen else None,
+            "first_delay_s": delays[0] if delays else None,
+            "delays": delays,
+            "records": len(win),
+            "nt_records": sum("NonTopical" in r["quality"] for r in win),
+            "iv_records": sum("Invalid" in r["quality"] for r in win),
+            "bad_records_at_s": [
+                round(r["t"] - t0, 1)
+                for r in win
+                if "NonTopical" in r["quality"] or "Invalid" in r["quality"]
+            ][:40],
+        }
+    answers = [json.loads(x) for x in control.log.read_text().splitlines() if x.startswith('{"value"')]
+    writes = [
+        e
+        for e in plant.journal(lab)
+        if e.get("ev") == "write" and e["rtu"] == SP_RTU and e["area"] == SP_AREA and e["address"] == SP_ADDR
+    ]
+    sp = []
+    for ans in answers:
+        w = [e["t"] for e in writes if e["values"] == [ans["value"]]]
+        sp.append(
+            {
+                "value": ans["value"],
+                "ok": ans["ok"],
+                "answer_s": round(ans["answered"] - ans["sent"], 2),
+                "writes": len(w),
+                "write_after_deadline": any(t > ans["sent"] + args.deadline_s for t in w),
+            }
+        )
+    out["setpoints"] = sp
+    out["setpoint_summary"] = {
+        "sent": len(sp),
+        "confirmed": sum(s["ok"] for s in sp),
+        "negative": sum(not s["ok"] for s in sp),
+        "written": sum(s["writes"] > 0 for s in sp),
+        "written_twice": sum(s["writes"] > 1 for s in sp),
+        "negative_but_written": sum((not s["ok"]) and s["writes"] > 0 for s in sp),
+        "written_after_deadline": sum(s["write_after_deadline"] for s in sp),
+        "confirm_s": [min(ok), max(ok)] if (ok := [s["answer_s"] for s in sp if s["ok"]]) else None,
+    }
+    out["slow_tick_warnings"] = {
+        n.id: sum("lease tick waiting" in x for x in n.procs["acquirer"].log.read_text().splitlines())
+        for n in (a, b)
+    }
+    out["channel_state_A"] = channel_state(a, 1)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--fault",
+        choices=("delay", "loss", "repl-drop", "channel", "scada-loss", "scada-delay"),
+        required=True,
+    )
+    ap.add_argument("--delay-ms", type=float, default=400)
+    ap.add_argument("--jitter-ms", type=float, default=200)
+    ap.add_argument("--loss-pct", type=float, default=30)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--after-s", type=float, default=8)
+    ap.add_argument("--change-s", type=float, default=2.0)
+    ap.add_argument("--control-s", type=float, default=2.0)
+    ap.add_argument("--control-node", default="A")
+    ap.add_argument("--deadline-s", type=float, default=5.0)
+    ap.add_argument("--rate", type=float, default=0.0, help="device changes of every point per second")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args(argv)
+    print(json.dumps(run(args)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
