@@ -3,7 +3,11 @@ netem.py): two namespaced nodes with real Redis and keepalived, the PLC simulato
 forwarder (compose.yml's command and environment), the SCADA probe (a c104 client per node) and a control
 client sending IEC 104 set-points.
 
-    sudo flock /tmp/fepha-heavy.lock python bench/degraded.py --fault delay --delay-ms 400 --jitter-ms 200
+    sudo flock /tmp/fepha-heavy.lock python -m tests.ha.degraded_run --fault delay --delay-ms 400 --jitter-ms 200
+
+A measurement of behaviour, not a benchmark (no performance figure: what an operator sees under each fault,
+for the table's rows), so it lives with the lab it drives; tests/ha/test_degraded_links.py runs the same lab
+code (netem, plant, harness) on every CI run.
 
 Faults (one per run; tests/ha/netem.py builds them without sch_netem):
   delay       B's TCP to A's Redis (its address and the VIP: replication, B's services) delayed by
@@ -38,7 +42,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from fepha import keyspace as ks  # noqa: E402
