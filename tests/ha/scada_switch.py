@@ -1,14 +1,20 @@
 """A SCADA master that moves from one node to the other, run on the SCADA host of the HA lab (the SCADA
-switchover scenario, tests/ha/switchover.py).
+switchover scenario, tests/ha/switchover.py; the rolling upgrade, tests/containers/test_two_nodes.py).
 
     python -m tests.ha.scada_switch --db SEMODEL.db --first A=198.18.0.1 --second B=198.18.0.2 \\
-        --switch FILE --stop FILE
+        --switch FILE --stop FILE [--follow] [--control-ioa IOA --control-every S --control-timeout S]
 
 One c104 (lib60870) client to the first node (general interrogation at connect, then spontaneous data);
 when FILE --switch exists it drops that connection and connects to the second node the same way (as a
-SCADA master's redundancy logic does when its node is lost); it stops when --stop exists. Every received
-object is one JSON line as fep_tools.scada_probe prints it (src iec104, node, ioa, value, cot, t); an end
-of initialisation is a line with src "iec104-init".
+SCADA master's redundancy logic does when its node is lost); it stops when --stop exists. With --follow
+there is no switch file: the master moves to the other node whenever its connection has been down for
+--follow-s (or never opened within 10 s), back and forth, as a redundancy group does. With --control-ioa
+it also sends a set-point (C_SE_NB_1, values 1001, 1002, ...) every --control-every seconds on its open
+connection, one at a time, and prints each as {"src": "control", "node", "value", "sent", "answered", "ok",
+"connected"} (ok: a positive ACT_CON within --control-timeout; connected: the connection was still open
+when the answer came, or the wait ended: False is a command whose connection was lost meanwhile). Every received object is one JSON line as
+fep_tools.scada_probe prints it (src iec104, node, ioa, value, cot, t); an end of initialisation is a line
+with src "iec104-init".
 """
 
 import argparse
@@ -23,6 +29,8 @@ from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
 from fepha.semodel import db
 from fepha.semodel.model import Model
 
+NEVER_OPENED_S = 10.0
+
 
 def _initialised(node: str) -> Any:
     def on_init(client: c104.Client, station: c104.Station, cause: c104.Coi) -> None:
@@ -30,27 +38,71 @@ def _initialised(node: str) -> Any:
     return on_init
 
 
+class Follow:
+    """--follow: the connection counts as lost once it has been down for `down_s` after being open, or
+    when it never opened within NEVER_OPENED_S."""
+
+    def __init__(self, down_s: float) -> None:
+        self.down_s = down_s
+        self.start = time.monotonic()
+        self.opened = False
+        self.down_since: float | None = None
+
+    def lost(self, conn: c104.Connection) -> bool:
+        now = time.monotonic()
+        if conn.is_connected:
+            self.opened, self.down_since = True, None
+            return False
+        if not self.opened:
+            return now - self.start >= NEVER_OPENED_S
+        self.down_since = self.down_since or now
+        return now - self.down_since >= self.down_s
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", type=Path, required=True)
     ap.add_argument("--first", required=True, help="ID=IP")
     ap.add_argument("--second", required=True, help="ID=IP")
-    ap.add_argument("--switch", type=Path, required=True)
+    ap.add_argument("--switch", type=Path)
     ap.add_argument("--stop", type=Path, required=True)
+    ap.add_argument("--follow", action="store_true", help="move to the other node when the connection is lost")
+    ap.add_argument("--follow-s", type=float, default=0.2)
+    ap.add_argument("--control-ioa", type=int)
+    ap.add_argument("--control-every", type=float, default=1.0)
+    ap.add_argument("--control-timeout", type=float, default=15.0)
     ap.add_argument("--timeout", type=float, default=600.0)
     args = ap.parse_args(argv)
+    if not args.follow and args.switch is None:
+        ap.error("--switch FILE or --follow")
     rows, problems = db.read_rows(args.db)
     assert not problems, problems
     model = Model.from_rows(rows)
     end = time.monotonic() + args.timeout
-    for spec, until in ((args.first, args.switch), (args.second, args.stop)):
-        node, _, ip = spec.partition("=")
-        client, conn, ca = start_iec104(node, ip, model)
+    specs = (args.first, args.second)
+    value, next_control = 1000, 0.0
+    for i in range(10**6 if args.follow else 2):
+        if args.stop.exists() or time.monotonic() >= end:
+            break
+        node, _, ip = specs[i % 2].partition("=")
+        client, conn, ca = start_iec104(node, ip, model, command_timeout_ms=int(args.control_timeout * 1000))
         client.on_station_initialized(_initialised(node))
+        control = (conn.get_station(ca).add_point(io_address=args.control_ioa, type=c104.Type.C_SE_NB_1)
+                   if args.control_ioa else None)
+        until = args.stop if args.follow or i else args.switch
+        follow = Follow(args.follow_s) if args.follow else None
         muted: dict[str, float] = {}
-        while not until.exists() and time.monotonic() < end:
+        while not until.exists() and time.monotonic() < end and not (follow and follow.lost(conn)):
             time.sleep(0.02)
             unmute_stuck(node, conn, ca, muted)
+            if control is not None and conn.state == c104.ConnectionState.OPEN and time.monotonic() >= next_control:
+                next_control = time.monotonic() + args.control_every
+                value += 1
+                control.info = c104.ScaledCmd(target=c104.Int16(value))
+                sent = time.time()
+                ok = bool(control.transmit(cause=c104.Cot.ACTIVATION))
+                emit(src="control", node=node, value=value, sent=sent, answered=time.time(), ok=ok,
+                     connected=conn.is_connected)
         emit(src="switch", node=node, state="leaving")
         client.stop()
     return 0
