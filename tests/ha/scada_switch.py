@@ -40,20 +40,23 @@ def _initialised(node: str) -> Any:
 
 class Follow:
     """--follow: the connection counts as lost once it has been down for `down_s` after being open, or
-    when it never opened within NEVER_OPENED_S."""
+    was opened again meanwhile (c104 reconnects by itself: while the master waited for a command's answer
+    the node's server may have gone and come back), or when it never opened within NEVER_OPENED_S."""
 
     def __init__(self, down_s: float) -> None:
         self.down_s = down_s
         self.start = time.monotonic()
-        self.opened = False
+        self.opened: Any = None       # connected_at of the first opening
         self.down_since: float | None = None
 
     def lost(self, conn: c104.Connection) -> bool:
         now = time.monotonic()
         if conn.is_connected:
-            self.opened, self.down_since = True, None
-            return False
-        if not self.opened:
+            if self.opened is None:
+                self.opened = conn.connected_at
+            self.down_since = None
+            return conn.connected_at != self.opened
+        if self.opened is None:
             return now - self.start >= NEVER_OPENED_S
         self.down_since = self.down_since or now
         return now - self.down_since >= self.down_s
