@@ -307,7 +307,9 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
         assert c.points >= 3 and c.made >= 2 * c.points, (step, c)    # every counted point changed in the step
         assert c.lost == 0, (step, c.per_point)
         assert c.dup <= c.bound, (step, c.per_point)   # at the master's move only, k unacknowledged I frames
-        assert FIGURES[f"upgrade_{step}_controls_unanswered"] == 0, (step, ans)
+        # a control in flight when the forwarder the master uses stops is not answered (its connection
+        # closes first; docs/deployment.md "Upgrade"): at most one per move of the master
+        assert FIGURES[f"upgrade_{step}_controls_unanswered"] <= FIGURES[f"upgrade_{step}_master_moves"], (step, ans)
         assert len(ans) >= 2, (step, ans)
         check_controls({"answers": ans, "writes": writes, "audit": audit}, cfg.control_timeout_s)
     assert (FIGURES["upgrade_first_vip_moves"], FIGURES["upgrade_second_vip_moves"]) == (0, 1), vip.changes
