@@ -194,6 +194,10 @@ NEW_FEP_IMAGE = "localhost/fep-ha:next"
 """The "new release": the suite's image under another tag (same code); compose sees another image and
 replaces the containers, which is what an upgrade does to the running system."""
 UPGRADE_TICK_S = 1.2     # every device point changes this often (> the slowest poll, 1 s: every change seen)
+ANSWER_S = 4.0
+"""The master's wait for a set-point's answer (they come in milliseconds, 1.5 s at most at the VIP's move):
+c104 blocks while it waits, so a control left unanswered by a stopping forwarder would otherwise hold
+the master on that node (c104 reconnects to its new forwarder meanwhile) for the product's whole 10 s."""
 
 
 class VipWatch(threading.Thread):
@@ -248,7 +252,7 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
         sys.executable, "-m", "tests.ha.scada_switch", "--db", str(lab.feproot / "db" / "SEMODEL.db"),
         "--first", f"{first.id}={IP[first.id]}", "--second", f"{second.id}={IP[second.id]}", "--stop", str(stop),
         "--follow", "--control-ioa", str(SETPOINT_IOA), "--control-every", "1",
-        "--control-timeout", str(cfg.control_timeout_s + 5)], {"PYTHONPATH": str(REPO)})
+        "--control-timeout", str(ANSWER_S)], {"PYTHONPATH": str(REPO)})
     ioas = {v.key for v in vs if not v.type.startswith("M_IT")}
     lab.wait_for(lambda: {r["ioa"] for r in probe_records(master) if r.get("src") == "iec104"
                           and r.get("cot") == "INTERROGATED_BY_STATION"} >= ioas, 40,
@@ -286,13 +290,16 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
         c = count_switch(dev, recs, vs, since, until, cfg.se104s_k)
         ts = [since, *(t for t in spont if since < t < until), until]
         ans = [x for x in answers if since <= x["sent"] < until]
-        lost_answer = [x for x in ans if not x["connected"] or x["answered"] - x["sent"] > cfg.control_timeout_s + 1]
+        lost_answer = [x for x in ans if not x["connected"] or x["answered"] - x["sent"] >= ANSWER_S - 0.1]
+        drops = sum(1 for r in recs if r.get("src") == "iec104-state" and since <= r["t"] < until
+                    and r["state"] == "CLOSED_AWAIT_RECONNECT")
         steps[step] = c, ans
         figures = {"events": c.made, "lost": c.lost, "dup": c.dup, "dup_bound": c.bound,
                    "no_data_s": round(max(b - a for a, b in itertools.pairwise(ts)), 2),
                    "controls": len(ans), "controls_refused": sum(not x["ok"] for x in ans) - len(lost_answer),
                    "controls_unanswered": len(lost_answer), "vip_moves": vip.moves(since, until),
-                   "master_moves": sum(1 for r in recs if r.get("src") == "switch" and since <= r["t"] < until)}
+                   "master_moves": sum(1 for r in recs if r.get("src") == "switch" and since <= r["t"] < until),
+                   "connections_lost": drops}
         print(f"upgrade step {step}:", figures, {k: v for k, v in c.per_point.items() if v[1] or v[2]})
         print("  controls (s after the step's start, s to the answer, node, ok):",
               [(round(x["sent"] - since, 2), round(x["answered"] - x["sent"], 2), x["node"], x["ok"]) for x in ans])
@@ -306,10 +313,13 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
         assert FIGURES[f"upgrade_{step}_master_moves"] == 1, f"{step} step: the master did not move"
         assert c.points >= 3 and c.made >= 2 * c.points, (step, c)    # every counted point changed in the step
         assert c.lost == 0, (step, c.per_point)
-        assert c.dup <= c.bound, (step, c.per_point)   # at the master's move only, k unacknowledged I frames
+        # at a lost connection only (the master's move, or c104's reconnect to the new forwarder while it
+        # waited for an answer), k unacknowledged I frames each
+        drops = FIGURES[f"upgrade_{step}_connections_lost"]
+        assert c.dup <= c.bound * drops, (step, drops, c.per_point)
         # a control in flight when the forwarder the master uses stops is not answered (its connection
-        # closes first; docs/deployment.md "Upgrade"): at most one per move of the master
-        assert FIGURES[f"upgrade_{step}_controls_unanswered"] <= FIGURES[f"upgrade_{step}_master_moves"], (step, ans)
+        # closes first; docs/deployment.md "Upgrade"): at most one per lost connection
+        assert FIGURES[f"upgrade_{step}_controls_unanswered"] <= drops, (step, ans)
         assert len(ans) >= 2, (step, ans)
         check_controls({"answers": ans, "writes": writes, "audit": audit}, cfg.control_timeout_s)
     assert (FIGURES["upgrade_first_vip_moves"], FIGURES["upgrade_second_vip_moves"]) == (0, 1), vip.changes
