@@ -18,8 +18,11 @@ with src "iec104-init".
 """
 
 import argparse
+import itertools
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +65,21 @@ class Follow:
         return now - self.down_since >= self.down_s
 
 
+def send_controls(node: str, conn: c104.Connection, point: c104.Point, values: Iterator[int], every: float,
+                  leaving: threading.Event) -> None:
+    """A set-point every `every` seconds while the connection is open, one at a time, until `leaving`."""
+    while not leaving.wait(0.02):
+        if conn.state != c104.ConnectionState.OPEN:
+            continue
+        t0, value = time.monotonic(), next(values)
+        point.info = c104.ScaledCmd(target=c104.Int16(value))
+        sent = time.time()
+        ok = bool(point.transmit(cause=c104.Cot.ACTIVATION))
+        emit(src="control", node=node, value=value, sent=sent, answered=time.time(), ok=ok,
+             connected=conn.is_connected and not leaving.is_set())
+        leaving.wait(max(0.0, every - (time.monotonic() - t0)))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--db", type=Path, required=True)
@@ -83,31 +101,31 @@ def main(argv: list[str] | None = None) -> int:
     model = Model.from_rows(rows)
     end = time.monotonic() + args.timeout
     specs = (args.first, args.second)
-    value, next_control = 1000, 0.0
+    values = itertools.count(1001)
     for i in range(10**6 if args.follow else 2):
         if args.stop.exists() or time.monotonic() >= end:
             break
         node, _, ip = specs[i % 2].partition("=")
         client, conn, ca = start_iec104(node, ip, model, command_timeout_ms=int(args.control_timeout * 1000))
         client.on_station_initialized(_initialised(node))
-        control = (conn.get_station(ca).add_point(io_address=args.control_ioa, type=c104.Type.C_SE_NB_1)
-                   if args.control_ioa else None)
+        leaving = threading.Event()
+        sender = None
+        if args.control_ioa:   # its own thread: c104 blocks while it waits for an answer, the move must not
+            point = conn.get_station(ca).add_point(io_address=args.control_ioa, type=c104.Type.C_SE_NB_1)
+            sender = threading.Thread(target=send_controls, args=(node, conn, point, values, args.control_every,
+                                                                  leaving), daemon=True)
+            sender.start()
         until = args.stop if args.follow or i else args.switch
         follow = Follow(args.follow_s) if args.follow else None
         muted: dict[str, float] = {}
         while not until.exists() and time.monotonic() < end and not (follow and follow.lost(conn)):
             time.sleep(0.02)
             unmute_stuck(node, conn, ca, muted)
-            if control is not None and conn.state == c104.ConnectionState.OPEN and time.monotonic() >= next_control:
-                next_control = time.monotonic() + args.control_every
-                value += 1
-                control.info = c104.ScaledCmd(target=c104.Int16(value))
-                sent = time.time()
-                ok = bool(control.transmit(cause=c104.Cot.ACTIVATION))
-                emit(src="control", node=node, value=value, sent=sent, answered=time.time(), ok=ok,
-                     connected=conn.is_connected)
         emit(src="switch", node=node, state="leaving")
+        leaving.set()
         client.stop()
+        if sender is not None:
+            sender.join(args.control_timeout + 1)
     return 0
 
 
