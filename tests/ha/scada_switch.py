@@ -109,12 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         client, conn, ca = start_iec104(node, ip, model, command_timeout_ms=int(args.control_timeout * 1000))
         client.on_station_initialized(_initialised(node))
         leaving = threading.Event()
-        sender = None
         if args.control_ioa:   # its own thread: c104 blocks while it waits for an answer, the move must not
             point = conn.get_station(ca).add_point(io_address=args.control_ioa, type=c104.Type.C_SE_NB_1)
-            sender = threading.Thread(target=send_controls, args=(node, conn, point, values, args.control_every,
-                                                                  leaving), daemon=True)
-            sender.start()
+            threading.Thread(target=send_controls, args=(node, conn, point, values, args.control_every,
+                                                                  leaving), daemon=True).start()
         until = args.stop if args.follow or i else args.switch
         follow = Follow(args.follow_s) if args.follow else None
         muted: dict[str, float] = {}
@@ -122,10 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.02)
             unmute_stuck(node, conn, ca, muted)
         emit(src="switch", node=node, state="leaving")
-        leaving.set()
+        leaving.set()      # the sender ends after the answer it may be waiting for: not waited for here
         client.stop()
-        if sender is not None:
-            sender.join(args.control_timeout + 1)
     return 0
 
 
