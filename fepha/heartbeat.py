@@ -41,7 +41,10 @@ def read_sync(r: Any, service: str, node: str) -> dict[str, Any] | None:
 
 
 def check(r: Any, service: str, node: str, max_age_s: float) -> tuple[bool, str]:
-    """(fresh, reason) for a `--check` command: fresh when the key exists and is younger than max_age_s."""
+    """(fresh, reason) for a `--check` command: fresh when the key exists, is younger than max_age_s and
+    does not say `stopping`. A planned stop's last heartbeat (the acquirer's, `stopping` while it hands its
+    leases over) outlives the process by up to its TTL: the container that replaces it (`docker compose
+    up -d` with a new image) must not be called healthy on it before its own process has beaten."""
     try:
         hb = read_sync(r, service, node)
     except (redis.RedisError, OSError, ValueError) as exc:  # unreachable or garbled: not healthy, say why
@@ -51,4 +54,6 @@ def check(r: Any, service: str, node: str, max_age_s: float) -> tuple[bool, str]
     age = time.time() - hb["ts_ms"] / 1000
     if age > max_age_s:
         return False, f"heartbeat of {service} on node {node} is {age:.1f} s old"
+    if hb.get("stopping"):
+        return False, f"{service} on node {node} is stopping (pid {hb['pid']}, {age:.1f} s ago)"
     return True, f"{service} on node {node} alive (pid {hb['pid']}, {age:.1f} s ago)"

@@ -90,9 +90,10 @@ def forwarding_rtu(model: Model, protocol: str) -> Any:
     return next(r for r in model.rtus.values() if r.protocol == protocol)
 
 
-def start_iec104(node: str, ip: str, model: Model) -> tuple[c104.Client, c104.Connection, int]:
+def start_iec104(node: str, ip: str, model: Model,
+                 command_timeout_ms: int = 3000) -> tuple[c104.Client, c104.Connection, int]:
     rtu = forwarding_rtu(model, "se104s")
-    client = c104.Client(tick_rate_ms=50, command_timeout_ms=3000)
+    client = c104.Client(tick_rate_ms=50, command_timeout_ms=command_timeout_ms)
     conn = client.add_connection(ip=ip, port=rtu.listen_port, init=c104.Init.ALL)
     station = conn.add_station(rtu.address)
 

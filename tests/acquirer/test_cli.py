@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from fepha import heartbeat
+from fepha import keyspace as ks
 from tests.redisproc import RedisProc, free_port
 
 HEARTBEAT_S = 0.2  # --check wants the heartbeat younger than 3 periods: 0.6 s
@@ -60,3 +62,18 @@ def test_check_without_redis_is_one_clear_line(feproot: Path) -> None:
     out = (res.stdout + res.stderr).strip()
     assert len(out.splitlines()) == 1 and "Traceback" not in out, out
     assert "redis" in out.lower() and ("refused" in out.lower() or "connect" in out.lower()), out
+
+
+def test_check_fails_on_a_stopping_heartbeat(redis_master: RedisProc, feproot: Path) -> None:
+    """The last heartbeat of a planned stop (`stopping`: the acquirer handing its leases over) lives on
+    for its TTL after the process: the health check of the container replacing it (an upgrade's `up -d`)
+    must wait for the new process's own."""
+    env = {**env_for(feproot, redis_master.port), "FEP_TIMERS_HEARTBEAT_S": "5"}  # fresh for 15 s: no race
+    r = redis_master.client()
+    key, life = ks.heartbeat("acquirer", "A"), heartbeat.lifetime_ms(5)
+    r.set(key, heartbeat.payload("acquirer", "A", 1, 5, stopping=True), px=life)
+    res = check(env)
+    assert res.returncode == 1 and "acquirer on node A is stopping" in res.stdout, res.stdout
+    r.set(key, heartbeat.payload("acquirer", "A", 1, 5), px=life)
+    res = check(env)
+    assert res.returncode == 0 and "acquirer on node A alive" in res.stdout, res.stdout

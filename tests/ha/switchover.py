@@ -10,8 +10,9 @@ covered by B's standby replay, tests/ha/test_node_loss.py), so what is lost or d
 side: node B resuming the master after the position it acknowledged on A (docs/se104s.md).
 
 Counting rules (plain functions, table-tested in tests/ha/test_plant_rules.py style):
-- a point is counted when its expected values over the window are all distinct (a clamped normalised
-  value is not a sequence);
+- a point is counted when its expected values over the whole run are all distinct (a clamped normalised
+  value is not a sequence; receptions are matched whatever their time, so a value the point takes again
+  after the window would be a false duplicate);
 - lost: device changes in the window never received spontaneously (from either node);
 - dup: receptions beyond the first of one change (quality-only events, the same value with NT set or
   cleared, do not count: `plant.quality_only`);
@@ -66,7 +67,7 @@ def count_switch(dev: dict[int, list[tuple[float, float]]], records: list[dict[s
     used: list[plant.View] = []
     for view in counted_views(vs):
         changes = [(t, v) for t, v in dev.get(view.src, []) if since <= t <= until]
-        expected = [view.expected(v) for _, v in changes]
+        expected = [view.expected(v) for _, v in dev.get(view.src, [])]   # receptions of any time are matched
         if not changes or len(set(expected)) != len(expected):
             continue
         recs = [r for r in records if r.get("src") == "iec104" and r.get("ioa") == view.key

@@ -48,3 +48,11 @@ def test_a_quality_change_is_not_a_duplicate_but_a_replay_is() -> None:
 
 def test_bound_is_k_frames_of_the_fullest_type() -> None:
     assert dup_bound([FLOAT], 12) == 12 and dup_bound([FLOAT, FLOAT2, DI], 4) == 8 and dup_bound([], 12) == 0
+
+
+def test_a_point_that_clamps_after_the_window_is_no_sequence() -> None:
+    # 0.8, 0.9, clamped in the window [0.5, 3]; clamped twice more after it: those receptions are no duplicates
+    dev = device_timelines([{"t": t, "ev": "start" if t == 0 else "tick", "values": {"201": 7 + t}} for t in range(6)])
+    recs = [rx(1004, NORM.expected(7 + t)) for t in range(1, 6)]
+    c = count_switch(dev, recs, [NORM], since=0.5, until=3, k=12)
+    assert (c.points, c.made, c.dup) == (0, 0, 0)
