@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -159,19 +160,31 @@ def of(seen: list[tuple[float, int, float, int]], addr: int) -> list[tuple[float
     return [(round(v, 3), q) for _, a, v, q in seen if a == addr]
 
 
-async def test_sysload_init_while_running_changes_nothing_a_master_sees(node: Node) -> None:
-    """`sysload init` of the same configuration three times while point 101 steps through 12 values (each
-    held for several polls) and a sefeps master is connected: the master keeps its connection and gets
-    no new image, each value once and in order, none with NT (a reload is not an outage)."""
-    await valid(node, 101)
+@contextlib.asynccontextmanager
+async def recorded(node: Node) -> AsyncIterator[tuple[SefepsClient, list[tuple[float, int, float, int]]]]:
+    """A sefeps master whose first image holds point 101 topical, then every change it is sent, in `seen`
+    (`record`); closed at the end."""
     c = await sefeps(node)
     seen: list[tuple[float, int, float, int]] = []
     rec: asyncio.Task[None] | None = None
     try:
         img = await c.wait_image(10)
         await topical(c, img, AI_RTU1)
-        images = c.images
         rec = asyncio.create_task(record(c, seen))
+        yield c, seen
+    finally:
+        if rec is not None:
+            rec.cancel()
+        await c.close()
+
+
+async def test_sysload_init_while_running_changes_nothing_a_master_sees(node: Node) -> None:
+    """`sysload init` of the same configuration three times while point 101 steps through 12 values (each
+    held for several polls) and a sefeps master is connected: the master keeps its connection and gets
+    no new image, each value once and in order, none with NT (a reload is not an outage)."""
+    await valid(node, 101)
+    async with recorded(node) as (c, seen):
+        images = c.images
         values = [500.0 + i for i in range(12)]
 
         async def reload() -> None:
@@ -190,10 +203,6 @@ async def test_sysload_init_while_running_changes_nothing_a_master_sees(node: No
         assert not [q for _, q in got if q & NT], got
         assert not c.closed.is_set() and c.images == images, "a new image was sent"
         assert "configuration generation 4:" in node.log("forwarder")  # each reload was taken
-    finally:
-        if rec is not None:
-            rec.cancel()
-        await c.close()
 
 
 async def test_master_pausing_writes_past_the_socket_timeout(node: Node) -> None:
@@ -202,45 +211,37 @@ async def test_master_pausing_writes_past_the_socket_timeout(node: Node) -> None
     gets NT (the leases' stamps grow old on the master's clock) and no value that was not current; after
     the pause, the values are topical again, the last value is the device's, and no value is sent twice."""
     await valid(node, 101)
-    c = await sefeps(node)
-    seen: list[tuple[float, int, float, int]] = []
-    rec: asyncio.Task[None] | None = None
     r = node.redis.client()
     try:
-        img = await c.wait_image(10)
-        await topical(c, img, AI_RTU1)
-        rec = asyncio.create_task(record(c, seen))
-        values = [700.0 + i for i in range(9)]
+        async with recorded(node) as (_, seen):
+            values = [700.0 + i for i in range(9)]
 
-        t_pause = [0.0]
+            t_pause = [0.0]
 
-        async def pause() -> None:
-            r.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-            t_pause[0] = time.monotonic()
+            async def pause() -> None:
+                r.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+                t_pause[0] = time.monotonic()
 
-        await steps(node, 101, values, 0.4, pause)
-        end = time.monotonic() + 8
-        while not of(seen, AI_RTU1) or of(seen, AI_RTU1)[-1] != (values[-1], of(seen, AI_RTU1)[-1][1] & ~NT):
-            assert time.monotonic() < end, of(seen, AI_RTU1)
-            await asyncio.sleep(0.05)
-        got = of(seen, AI_RTU1)
-        print(
-            "CLIENT PAUSE WRITE 3 s, at SCADA (s from the pause, value, quality):",
-            [(round(t - t_pause[0], 2), v, q) for t, a, v, q in seen if a == AI_RTU1],
-        )
-        assert any(q & NT for _, q in got), got
-        # a value sent again with its NT flipped is not a duplicate; the same value twice in a row is
-        vals = [v for i, (v, q) in enumerate(got) if i == 0 or got[i - 1][0] != v]
-        assert vals == sorted(vals) and len(vals) == len(set(vals)), got
-        assert all(not (a == b) for a, b in itertools.pairwise(got)), f"a change sent twice: {got}"
-        for service in ("acquirer", "forwarder"):
-            assert "Traceback" not in node.log(service), node.log(service)[-3000:]
+            await steps(node, 101, values, 0.4, pause)
+            end = time.monotonic() + 8
+            while not of(seen, AI_RTU1) or of(seen, AI_RTU1)[-1] != (values[-1], of(seen, AI_RTU1)[-1][1] & ~NT):
+                assert time.monotonic() < end, of(seen, AI_RTU1)
+                await asyncio.sleep(0.05)
+            got = of(seen, AI_RTU1)
+            print(
+                "CLIENT PAUSE WRITE 3 s, at SCADA (s from the pause, value, quality):",
+                [(round(t - t_pause[0], 2), v, q) for t, a, v, q in seen if a == AI_RTU1],
+            )
+            assert any(q & NT for _, q in got), got
+            # a value sent again with its NT flipped is not a duplicate; the same value twice in a row is
+            vals = [v for i, (v, q) in enumerate(got) if i == 0 or got[i - 1][0] != v]
+            assert vals == sorted(vals) and len(vals) == len(set(vals)), got
+            assert all(not (a == b) for a, b in itertools.pairwise(got)), f"a change sent twice: {got}"
+            for service in ("acquirer", "forwarder"):
+                assert "Traceback" not in node.log(service), node.log(service)[-3000:]
     finally:
         r.execute_command("CLIENT", "UNPAUSE")
         r.close()
-        if rec is not None:
-            rec.cancel()
-        await c.close()
 
 
 @pytest.mark.parametrize("stop_s", [1.0, 3.5])
@@ -461,13 +462,7 @@ async def test_master_asleep_shorter_than_the_socket_timeout_during_writes_and_a
     with rp, rp.client() as r:
         async with running_node(feproot, make_api, rp) as node:
             await valid(node, 101, 207)
-            c = await sefeps(node)
-            seen: list[tuple[float, int, float, int]] = []
-            rec: asyncio.Task[None] | None = None
-            try:
-                img = await c.wait_image(10)
-                await topical(c, img, AI_RTU1)
-                rec = asyncio.create_task(record(c, seen))
+            async with recorded(node) as (c, seen):
                 before = node.sim.value(207)
                 writes = len(node.sim.writes)
                 values = [900.0 + i for i in range(9)]
@@ -504,10 +499,6 @@ async def test_master_asleep_shorter_than_the_socket_timeout_during_writes_and_a
                 assert node.sim.value(207) == before + 1 and len(node.sim.writes) == writes + 1, (
                     node.sim.writes
                 )
-            finally:
-                if rec is not None:
-                    rec.cancel()
-                await c.close()
 
 
 async def test_sysload_init_of_a_changed_configuration_sends_no_unchanged_value_again(node: Node) -> None:
