@@ -497,23 +497,23 @@ def test_tick_delay(elapsed, failing_for, expected):
 
 # one round trip: (lease epoch, sizes of the new writes, outcome of each write sent) ->
 # (sequences sent in order, those dropped before it, those neither in Redis nor kept after it)
-O, F, E = OK, FENCED, FAILED
+S, F, E = OK, FENCED, FAILED  # written (now or before), fenced out, error or time-out
 RESEND = {
     "a failed write is re-sent first, before the newer one": (
-        9, [(1, [2], [E]), (1, [1], [O, O])], [([1], [], []), ([1, 2], [], [])], []),
+        9, [(1, [2], [E]), (1, [1], [S, S])], [([1], [], []), ([1, 2], [], [])], []),
     "still failing: kept in order, all re-sent by each round trip, even one with nothing new": (
-        9, [(1, [2], [E]), (1, [1], [E, E]), (1, [], [O, O])],
+        9, [(1, [2], [E]), (1, [1], [E, E]), (1, [], [S, S])],
         [([1], [], []), ([1, 2], [], []), ([1, 2], [], [])], []),
     "the older re-sent and written, the newer failed: only the newer kept": (
-        9, [(1, [1], [E]), (1, [1], [O, E]), (1, [], [O])], [([1], [], []), ([1, 2], [], []), ([2], [], [])], []),
+        9, [(1, [1], [E]), (1, [1], [S, E]), (1, [], [S])], [([1], [], []), ([1, 2], [], []), ([2], [], [])], []),
     "past the bound a failed write is not kept (the seed's rule); a smaller one that fits is": (
         3, [(1, [2], [E]), (1, [2], [E, E]), (1, [1], [E, E])],
         [([1], [], []), ([1, 2], [], [2]), ([1, 3], [], [])], [1, 3]),
     "fenced: the lease is lost, nothing kept is re-sent": (
-        9, [(1, [1], [E]), (1, [1], [F, F]), (1, [1], [O])], [([1], [], []), ([1, 2], [], [1, 2]), ([3], [], [])],
+        9, [(1, [1], [E]), (1, [1], [F, F]), (1, [1], [S])], [([1], [], []), ([1, 2], [], [1, 2]), ([3], [], [])],
         []),
     "a lease held again under a new epoch: the writes of the former one are dropped, never sent": (
-        9, [(1, [1], [E]), (2, [1], [O])], [([1], [], []), ([2], [1], [])], []),
+        9, [(1, [1], [E]), (2, [1], [S])], [([1], [], []), ([2], [1], [])], []),
 }
 
 
