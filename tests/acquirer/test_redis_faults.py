@@ -4,19 +4,22 @@ but was applied)."""
 
 from __future__ import annotations
 
-import logging
 import time
 
-import redis.asyncio as aredis
-
-from fep_acquirer.metrics import Metrics
-from fep_acquirer.rtu import RtuRunner
-from fep_acquirer.writer import Writer
 from fepha import keyspace as ks
 from fepha import points, redisfns
-from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Model
-from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.acquirer.helpers import (
+    Node,
+    free_port,
+    load,
+    lone_runner,
+    merge,
+    node_cfg,
+    rtu_rows,
+    start_sim,
+    until,
+)
 from tests.acquirer.test_acquirer import value_of
 from tests.redisproc import RedisProc
 
@@ -98,12 +101,7 @@ async def test_a_write_that_timed_out_but_was_applied_is_not_written_twice(fepro
     not two (the seed's rule re-sent the point's current value: a second record), then the next change."""
     with RedisProc() as rp:
         model = load(rp, merge(rtu_rows(1, free_port())))
-        r = aredis.Redis(host=rp.host, port=rp.port, decode_responses=True, socket_timeout=0.3)
-        writer = Writer(r, "A")
-        writer.start()
-        runner = RtuRunner(model.acquisition_rtus()[0], node_cfg(feproot, rp, "A"), writer, Metrics("A"),
-                           OnceLogger(logging.getLogger("test")))
-        try:
+        async with lone_runner(feproot, rp, model, "A", socket_timeout=0.3) as (r, runner):
             holder, epoch, _ = await r.fcall(*redisfns.lease_tick(1, "A", True, 60_000, 90_000).argv)
             runner.lease.update(holder, int(epoch))
             t0 = int(time.time() * 1000)
@@ -120,6 +118,3 @@ async def test_a_write_that_timed_out_but_was_applied_is_not_written_twice(fepro
             stream = [(f["1000"]) for _, f in rp.client().xrange(ks.CHANGES) if f.get("r") == "1"]
             assert stream == [points.encode(v, 0, t0 + ms) for v, ms in ((1, 0), (2, 100), (3, 300))]
             assert runner.metrics.total["writes_duplicate"] == 1
-        finally:
-            await writer.stop()
-            await r.aclose()
