@@ -59,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,9 +155,10 @@ class SeedWriter:
             await pipe.execute()
         return WriteResult(True)
 
-    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]) -> list[WriteResult]:
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]],
+                         wids: Sequence[tuple[str, int]] | None = None) -> list[WriteResult]:
         """The acquirer's writes waiting behind a slow one (rtu.py), in order (none wait here: the seed's
-        polls wait for their writes, `seed_acquirer`)."""
+        polls wait for their writes, `seed_acquirer`); no write sequence (`wids`): the seed has none."""
         return [await self.write(rtu, epoch, pairs) for pairs in writes]
 
 

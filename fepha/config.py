@@ -212,6 +212,9 @@ class NodeConfig:
                           "auto: direct when the local Redis is the master, batched otherwise")
     batch_size: int = opt("writer", _positive(int), 500, "batched mode: flush after this many changes")
     batch_window_ms: int = opt("writer", _positive(int), 20, "batched mode: flush at least this often")
+    resend_max_changes: int = opt("writer", _positive(int), 5000,
+                                  "per RTU, changes of failed or timed-out writes kept to be re-sent as they "
+                                  "were; past it a failed write's points are re-sent with their current value")
     control_timeout_s: float = opt("control", _positive(float), 10.0, "default deadline of a control")
     select_timeout_s: float = opt("control", _positive(float), 30.0, "select-before-operate timeout")
     api_bind: str = opt("api", _host, "127.0.0.1", "address the api listens on")

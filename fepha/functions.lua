@@ -149,18 +149,29 @@ local function lease_handover(keys, args)
   return {l['holder'], tonumber(l['epoch']), 'pending'}
 end
 
--- write_values(KEYS: lease, values, changes; ARGV: node, epoch, maxlen, rtu, pid1, rec1, pid2, rec2, ...)
+-- write_values(KEYS: lease, values, changes; ARGV: node, epoch, maxlen, rtu, wtok, wseq, pid1, rec1, ...)
 -- The fenced write of one poll's changes: applied only if `node` holds the lease at `epoch`, as one hash
--- update plus one change-stream record. Returns {1, n} when written, {0, holder, epoch} when fenced out.
+-- update plus one change-stream record. `wtok`/`wseq` (empty/0: not checked) make it idempotent: the
+-- writer's token (one per acquisition runner) and its write sequence, growing with every write. The lease
+-- keeps the last applied pair (fields `wtok`, `wseq`); a write of the same token whose sequence is not
+-- above it was applied already (a write that timed out, re-sent) or is older than one applied (a late
+-- copy): it is not applied again. Another token starts its own sequence (a new holder, a restarted
+-- acquirer). Returns {1, n} when written, {2, 0} when already applied, {0, holder, epoch} when fenced out.
 local function write_values(keys, args)
   local lease, values, changes = keys[1], keys[2], keys[3]
-  local node, epoch = args[1], args[2]
-  local l = redis.call('HMGET', lease, 'holder', 'epoch')
+  local node, epoch, tok, seq = args[1], args[2], args[5], tonumber(args[6])
+  local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq')
   if l[1] ~= node or l[2] ~= epoch then
     return {0, l[1] or '', tonumber(l[2] or '0')}
   end
-  put_pairs(values, changes, tonumber(args[3]), args[4], args, 5)
-  return {1, (#args - 4) / 2}
+  if tok ~= '' then
+    if l[3] == tok and seq <= tonumber(l[4] or '0') then
+      return {2, 0}
+    end
+    redis.call('HSET', lease, 'wtok', tok, 'wseq', seq)
+  end
+  put_pairs(values, changes, tonumber(args[3]), args[4], args, 7)
+  return {1, (#args - 6) / 2}
 end
 
 -- --- link state with liveness (issue 10a) ----------------------------------------------------------

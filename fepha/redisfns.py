@@ -67,10 +67,12 @@ def lease_handover(rtu: int, target: str, window_ms: int) -> Call:
 
 
 def write_values(rtu: int, node: str, epoch: int, pairs: Sequence[str] | Iterable[str],
-                 maxlen: int = ks.CHANGES_MAXLEN) -> Call:
-    """Fenced write; `pairs` is flat: pid, record, pid, record... -> [1, n] or [0, holder, epoch]"""
+                 maxlen: int = ks.CHANGES_MAXLEN, wid: tuple[str, int] | None = None) -> Call:
+    """Fenced write; `pairs` is flat: pid, record, pid, record... -> [1, n], [2, 0] (`wid`, the writer's
+    (token, sequence), applied already) or [0, holder, epoch]. Without `wid` it is applied every time."""
+    tok, seq = wid or ("", 0)
     return Call("write_values", (ks.lease(rtu), ks.values(rtu), ks.CHANGES),
-                (node, int(epoch), int(maxlen), rtu, *pairs))
+                (node, int(epoch), int(maxlen), rtu, tok, int(seq), *pairs))
 
 
 LINK_LIVE_MS = 3000

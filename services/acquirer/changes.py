@@ -1,8 +1,10 @@
 """Change detection with deadband and write compensation: which values a poll must write.
 
-Kept apart from I/O so the rule "a point whose write failed is re-sent with its next poll, whatever its
-value" is a table-tested function rather than a side effect of the Redis code. Values are
-(engineering value, quality bits) per point id.
+Kept apart from I/O so the rules are table-tested functions rather than side effects of the Redis code:
+a write that failed or timed out is kept and re-sent as it was, first, with its own write sequence
+(`ResendQueue`); past the queue's bound, or once the lease it was made under is no longer held, its
+points are re-sent with their next poll whatever their value (`ChangeTracker.failed`: only their current
+value reaches Redis). Values are (engineering value, quality bits) per point id.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ class ChangeTracker:
         return resent
 
     def failed(self, samples: dict[int, Sample]) -> None:
-        """The write failed: re-send these points with the next poll whatever their value."""
+        """The write failed and is not kept (`ResendQueue`): re-send these points with the next poll
+        whatever their value."""
         self.dirty.update(samples)
 
     def forget(self) -> None:
@@ -73,6 +76,93 @@ class ChangeTracker:
         the dirty ones. A new holder or a replaced master thus does not send every unchanged value to the
         masters again as a change (bench/failover.py counted those as duplicates, docs/ha.md)."""
         self.written = dict(held)
+
+
+OK, FENCED, FAILED = "ok", "fenced", "failed"
+"""A write's outcome (`ResendQueue.settle`)."""
+
+
+@dataclass(eq=False, slots=True)
+class Kept:
+    """One write as sent: its write sequence, the lease epoch it was made under, the samples it carries
+    and its `write_values` pairs (each record with its poll's time)."""
+
+    seq: int
+    epoch: int
+    changes: dict[int, Sample]
+    pairs: list[str]
+
+
+@dataclass
+class ResendQueue:
+    """The writes of one RTU that failed or timed out, re-sent as they were, in order, before any newer one.
+
+    A write that timed out may have been applied anyway: it is re-sent with the same sequence, which
+    `write_values` recognises (the lease's `wtok`/`wseq`), so it never makes a second stream record.
+    Every write gets the next sequence (`next_seq`), kept or not, so the master's check is by order: a
+    kept write re-sent after a later one was applied is not applied either (it would write older values
+    over newer ones). Bounded by `max_changes` (samples over the kept writes): a failed write that does
+    not fit is not kept (`keep` is False) and the caller falls back to the seed's rule
+    (`ChangeTracker.failed`). A write is re-sent only under the epoch it was made under (`due`): one of a
+    lease no longer held is never written (fenced anyway) but dropped, its points then re-sent by the rule."""
+
+    max_changes: int = 5000
+    kept: deque[Kept] = field(default_factory=deque)
+    size: int = 0
+    seq: int = 0
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def due(self, epoch: int) -> tuple[list[Kept], list[Kept]]:
+        """(the kept writes to send first, in order; those dropped: made under another epoch)."""
+        if not self.kept:
+            return [], []
+        if all(k.epoch == epoch for k in self.kept):
+            return list(self.kept), []
+        dropped = [k for k in self.kept if k.epoch != epoch]
+        self.kept = deque(k for k in self.kept if k.epoch == epoch)
+        self.size = sum(len(k.changes) for k in self.kept)
+        return list(self.kept), dropped
+
+    def keep(self, w: Kept) -> bool:
+        """`w` failed (sent first time or again): kept, in order, unless it would pass the bound (False)."""
+        if any(k is w for k in self.kept):
+            return True
+        if self.size + len(w.changes) > self.max_changes:
+            return False
+        self.kept.append(w)
+        self.size += len(w.changes)
+        return True
+
+    def done(self, w: Kept) -> None:
+        """`w` is in Redis (written now or before): no longer kept."""
+        for i, k in enumerate(self.kept):
+            if k is w:
+                del self.kept[i]
+                self.size -= len(w.changes)
+                return
+
+    def drop(self) -> list[Kept]:
+        """Every kept write (the lease is lost): none is re-sent."""
+        out = list(self.kept)
+        self.kept.clear()
+        self.size = 0
+        return out
+
+    def settle(self, w: Kept, outcome: str) -> list[Kept]:
+        """One write's outcome, applied in send order: OK (in Redis: applied now, or before when the master
+        answers it was a duplicate), FENCED (the lease is lost: nothing kept is re-sent) or FAILED (an
+        error or a time-out: kept, if it fits). Returns the writes neither in Redis nor kept: their points
+        go by the seed's rule (`ChangeTracker.failed`)."""
+        if outcome == OK:
+            self.done(w)
+            return []
+        if outcome == FENCED:
+            out = self.drop()
+            return out if any(k is w for k in out) else [*out, w]
+        return [] if self.keep(w) else [w]
 
 
 Replay = list[dict[int, tuple[Sample, int]]]  # batches of point id -> (sample, ts_ms)

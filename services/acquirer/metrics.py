@@ -10,7 +10,7 @@ from fepha import keyspace as ks
 NAMES = ("changes_written", "write_errors", "compensations", "full_images", "lease_changes",
          "channel_switches", "polls", "poll_errors", "controls_executed", "controls_failed",
          "controls_refused",
-         "duplicates_dropped")
+         "duplicates_dropped", "writes_duplicate", "changes_not_kept")
 
 
 class Metrics:

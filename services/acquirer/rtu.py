@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 
-from fep_acquirer.changes import ChangeTracker, Sample, StandbyLog, after_replay, at_lease_gain, held_in_redis
+from fep_acquirer.changes import (
+    FAILED,
+    FENCED,
+    OK,
+    ChangeTracker,
+    Kept,
+    ResendQueue,
+    Sample,
+    StandbyLog,
+    after_replay,
+    at_lease_gain,
+    held_in_redis,
+)
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError, NoAnswer
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
@@ -172,6 +185,8 @@ class RtuRunner(RunnerBase):
         self._drain: asyncio.Task[None] | None = None  # writes them, one after the other
         self._drain_name = f"acquirer-write-{rtu.id}"
         self._behind: float | None = None  # while writing: the newest poll whose values are all in Redis
+        self.resend = ResendQueue(max_changes=cfg.resend_max_changes)  # failed writes, re-sent as they were
+        self.token = secrets.token_hex(4)  # this runner's write sequences (a restart starts another)
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
@@ -323,8 +338,9 @@ class RtuRunner(RunnerBase):
 
         Why: the poll awaited its own write, so on a slow link to the master (0.8 s round trips, HA lab)
         the next poll waited too; polls were missed and a change shorter than a few round trips, right
-        after a lease gain (whose writes take three), never read (docs/ha.md "Degraded links")."""
-        if not samples:
+        after a lease gain (whose writes take three), never read (docs/ha.md "Degraded links").
+        A poll with nothing to write still queues one while failed writes are kept: they are re-sent then."""
+        if not samples and not self.resend.kept:
             return
         pending = self._pending
         last = pending[-1] if pending else None
@@ -360,37 +376,49 @@ class RtuRunner(RunnerBase):
         await self._publish([_Batch(samples, ts_ms, None)])
 
     async def _publish(self, batches: list[_Batch]) -> None:
-        """The fenced writes of what changed in each batch, in one round trip and in order (each judged as
-        if the ones before it were written: `ChangeTracker.changes(ahead=...)`), then each outcome in that
-        order (a failed one's points dirty, re-sent with the next poll)."""
+        """The fenced writes in one round trip and in order: first the kept ones (failed or timed out
+        before, re-sent as they were: `changes.ResendQueue`), then what changed in each batch (each judged
+        as if the ones before it were written: `ChangeTracker.changes(ahead=...)`), then each outcome in
+        that order (a failed one kept, re-sent first by the next round trip)."""
         async with self._write_lock:
+            resend = self.resend
             if not self.lease.held:
                 for batch in batches:  # not judged: they must be judged (re-sent) when held again
                     self.tracker.failed(batch.samples)
+                self._unkeep(resend.drop(), "the lease is lost")
                 return
             if self._sync_pending:
                 self._sync_pending = False
                 await self._sync()
+            epoch = self.lease.epoch
+            writes, dropped = resend.due(epoch)
+            self._unkeep(dropped, "made under an earlier lease")
             ahead: dict[int, Sample] = {}
-            writes: list[tuple[dict[int, Sample], list[str]]] = []
+            for w in writes:
+                ahead.update(w.changes)
             for batch in batches:
                 changes = self.tracker.changes(batch.samples, ahead)
                 if changes:
-                    writes.append((changes, batch.pairs(changes)))
+                    writes.append(Kept(resend.next_seq(), epoch, changes, batch.pairs(changes)))
                     if len(batches) > 1:
                         ahead.update(changes)
             if not writes:
                 return
-            if len(writes) == 1:
-                results = [await self.writer.write(self.rtu.id, self.lease.epoch, writes[0][1])]
-            else:
-                results = await self.writer.write_many(self.rtu.id, self.lease.epoch, [p for _, p in writes])
-            for (changes, _), res in zip(writes, results, strict=True):
-                self._outcome(changes, res)
+            results = await self.writer.write_many(self.rtu.id, epoch, [w.pairs for w in writes],
+                                                   [(self.token, w.seq) for w in writes])
+            for w, res in zip(writes, results, strict=True):
+                self._outcome(w, res)
 
-    def _outcome(self, changes: dict[int, Sample], res: WriteResult) -> None:
+    def _outcome(self, w: Kept, res: WriteResult) -> None:
+        changes = w.changes
+        unkept = self.resend.settle(w, OK if res.ok else FENCED if res.fenced else FAILED)
         if res.ok:
-            self.metrics.inc("changes_written", len(changes))
+            if not self.resend.kept:
+                self.once.clear(f"{self.key} write not kept")
+            if res.duplicate:  # a write that timed out had been applied: not written twice
+                self.metrics.inc("writes_duplicate")
+            else:
+                self.metrics.inc("changes_written", len(changes))
             resent = self.tracker.committed(changes)
             if resent:
                 self.metrics.inc("compensations", resent)
@@ -398,11 +426,23 @@ class RtuRunner(RunnerBase):
         elif res.fenced:
             self.once.problem(f"{self.key} write", f"fenced out: lease is {res.holder}@{res.epoch}")
             self.lease.fenced_out(res.holder, res.epoch)
-            self.tracker.failed(changes)  # not written: re-sent if this node writes again
+            self._unkeep(unkept, "the lease is lost")  # not written: re-sent if this node writes again
         else:
             self.metrics.inc("write_errors")
-            self.tracker.failed(changes)
+            self._unkeep(unkept, f"past [writer] resend_max_changes ({self.resend.max_changes})")
             self.once.problem(f"{self.key} write", res.error)
+
+    def _unkeep(self, writes: list[Kept], why: str) -> None:
+        """Failed writes not re-sent as they were: their points are re-sent with the next poll, whatever
+        their value (the seed's rule; their values between are lost), counted and logged once."""
+        n = 0
+        for w in writes:
+            self.tracker.failed(w.changes)
+            n += len(w.changes)
+        if n:
+            self.metrics.inc("changes_not_kept", n)
+            self.once.problem(f"{self.key} write not kept",
+                              f"{why}: the points' current values are re-sent (changes_not_kept)")
 
     async def invalidate(self) -> None:
         """The holder lost its device: its points become invalid (written once, thanks to the tracker)."""

@@ -4,7 +4,8 @@ Direct mode (local Redis is the master) sends each poll's call at once; whatever
 previous pipeline was in flight goes out together in the next. Batched mode (writing through the VIP to
 a remote master) holds calls up to `window_ms` or until `batch_size` changes are queued, so a remote
 round trip carries many poll responses. Both modes report failures to the caller, which re-sends the
-points with its next poll (compensation, see changes.py).
+write as it was, with its write sequence (`wid`: applied at most once), or past its bound the points with
+their next poll (compensation, see changes.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class WriteResult:
     holder: str = ""
     epoch: int = 0
     error: str = ""
+    duplicate: bool = False  # ok, but not written now: the master had applied this write sequence already
 
 
 async def send_fcalls(r: Any, argvs: list[tuple[Any, ...]], tail: Sequence[tuple[Any, ...]] = ()) -> list[Any]:
@@ -85,14 +87,17 @@ class Writer:
         """Queue one poll response's changes (flat pid, record, ...) and wait for the outcome."""
         return (await self.write_many(rtu, epoch, [pairs]))[0]
 
-    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]) -> list[WriteResult]:
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]],
+                         wids: Sequence[tuple[str, int]] | None = None) -> list[WriteResult]:
         """Several write_values calls queued together, in order (one pipeline: each runs after the one
-        before it), and their outcomes in that order."""
+        before it), and their outcomes in that order. `wids`: each write's (token, sequence), checked by
+        the master (redisfns.write_values)."""
         loop = asyncio.get_running_loop()
         futs: list[asyncio.Future[WriteResult]] = []
-        for pairs in writes:
+        for i, pairs in enumerate(writes):
             fut: asyncio.Future[WriteResult] = loop.create_future()
-            self._queue.append((redisfns.write_values(rtu, self.node, epoch, pairs), len(pairs) // 2, fut))
+            call = redisfns.write_values(rtu, self.node, epoch, pairs, wid=wids[i] if wids else None)
+            self._queue.append((call, len(pairs) // 2, fut))
             futs.append(fut)
         self._wake.set()
         return [await fut for fut in futs]
@@ -123,7 +128,7 @@ class Writer:
                 continue
             if isinstance(res, Exception):
                 fut.set_result(WriteResult(False, error=f"{type(res).__name__}: {res}"))
-            elif int(res[0]) == 1:
-                fut.set_result(WriteResult(True))
+            elif int(res[0]) in (1, 2):
+                fut.set_result(WriteResult(True, duplicate=int(res[0]) == 2))
             else:
                 fut.set_result(WriteResult(False, fenced=True, holder=str(res[1] or ""), epoch=int(res[2])))

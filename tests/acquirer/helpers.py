@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aredis
 
 from fep_acquirer.app import Acquirer
+from fep_acquirer.metrics import Metrics
+from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.writer import Writer
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
-from fepha import config
+from fepha import config, redisfns
+from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Model
 from tests.redisproc import RedisProc, free_port
 
@@ -54,6 +60,26 @@ def node_cfg(feproot, r: RedisProc, node: str, **kw: Any) -> config.NodeConfig:
     ip = "127.0.0.1" if node == "A" else "127.0.0.2"
     return config.load_node(feproot, env={}, node_id=node, vip=r.host, port=r.port, local_host=r.host,
                             local_port=r.port, **{"ip": ip, **FAST, **kw})
+
+
+@contextlib.asynccontextmanager
+async def lone_runner(feproot, rp: RedisProc, model: Model, node: str,
+                      **client_kw: Any) -> AsyncIterator[tuple[aredis.Redis, RtuRunner]]:
+    """The runner of `model`'s first acquisition RTU as node `node`'s, alone (no acquirer: the test plays
+    its polls and its lease), writing through a real Writer to `rp` (functions loaded) with a client of
+    `client_kw`; stopped and closed at the end."""
+    r = aredis.Redis(host=rp.host, port=rp.port, decode_responses=True, **client_kw)
+    await redisfns.load_async(r)
+    writer = Writer(r, node)
+    writer.start()
+    runner = RtuRunner(model.acquisition_rtus()[0], node_cfg(feproot, rp, node), writer, Metrics(node),
+                       OnceLogger(logging.getLogger("test")))
+    try:
+        yield r, runner
+    finally:
+        await runner.stop()
+        await writer.stop()
+        await r.aclose()
 
 
 class Node:

@@ -14,12 +14,20 @@ from fep_acquirer import mbtcp
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.lease import LeaseView
 from fep_acquirer.metrics import Metrics
-from fep_acquirer.rtu import RtuRunner
-from fep_acquirer.writer import Writer
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
 from fepha.logsetup import OnceLogger
-from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.acquirer.helpers import (
+    Node,
+    free_port,
+    load,
+    lone_runner,
+    merge,
+    node_cfg,
+    rtu_rows,
+    start_sim,
+    until,
+)
 from tests.redisproc import RedisProc
 
 
@@ -411,13 +419,7 @@ async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis
     decides what goes out at the gain; the rest is written by the next poll, even one that sees no change."""
     pids = (1000, 1001, 1002, 1003, 1900)
     model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
-    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
-    await redisfns.load_async(r)
-    writer = Writer(r, "B")
-    writer.start()
-    runner = RtuRunner(model.acquisition_rtus()[0], node_cfg(feproot, redis_master, "B"), writer, Metrics("B"),
-                       OnceLogger(logging.getLogger("test")))
-    try:
+    async with lone_runner(feproot, redis_master, model, "B") as (r, runner):
         _, epoch_a, _ = await r.fcall(*redisfns.lease_tick(1, "A", True, 60_000, 90_000).argv)
         t0 = int(time.time() * 1000) - 5000
         held = {pid: 5 if pid == 1003 else 7 for pid in pids}
@@ -446,10 +448,6 @@ async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis
         assert got == with_next_poll
         values = {int(pid): points.decode(rec).value for pid, rec in (await r.hgetall(ks.values(1))).items()}
         assert values == {**{pid: 7 for pid in pids}, 1001: 8}
-    finally:
-        await runner.stop()
-        await writer.stop()
-        await r.aclose()
 
 
 async def test_the_executor_takes_up_a_queued_control_at_the_lease_gain(redis_master):

@@ -478,13 +478,14 @@ class RecordingWriter:
         self.calls.append({int(pid): (v.value, v.quality) for pid, v in zip(pairs[::2], recs, strict=True)})
         return WriteResult(self.ok, error="" if self.ok else "down")
 
-    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]]):
+    async def write_many(self, rtu: int, epoch: int, writes: list[list[str]], wids=None):
         return [await self.write(rtu, epoch, pairs) for pairs in writes]
 
 
 async def test_poll_writes_what_a_full_decode_would() -> None:
-    """Random register changes, a deadband, a failed write and a failed block: every write carries
-    exactly the points the change rule over full decodes selects (a model tracker fed full polls)."""
+    """Random register changes, a deadband, failed writes and a failed block: every write carries
+    exactly the points the change rule over full decodes selects (a model tracker fed full polls); the
+    failed writes are re-sent as they were, first, then what changed after them."""
     import logging
 
     from fep_acquirer.changes import ChangeTracker
@@ -500,6 +501,7 @@ async def test_poll_writes_what_a_full_decode_would() -> None:
     run = RtuRunner(rtu, NodeConfig(), writer, Metrics("A"), OnceLogger(logging.getLogger("t")))  # type: ignore[arg-type]
     run.lease.update("A", 1)
     model = ChangeTracker(deadband=dict(run.deadband))
+    kept: list[dict[int, tuple[float, int]]] = []  # the model's failed writes, re-sent first
     rnd = random.Random(11)
     link = ScriptedLink([rnd.randrange(100) for _ in range(300)])
     blocks = run.blocks
@@ -516,14 +518,17 @@ async def test_poll_writes_what_a_full_decode_would() -> None:
             for p in b.points:
                 full[p.id] = ((run.samples.get(p.id, (0, 0))[0], IV_Q) if b.start in link.fail
                               else (link.regs[p.address], 0))
-        want = model.changes(full)
+        want = model.changes(full, {pid: s for w in kept for pid, s in w.items()})
         writer.calls.clear()
         await run.poll(link)  # type: ignore[arg-type]
-        got = writer.calls[0] if writer.calls else {}
-        assert got == want, step
+        assert writer.calls == kept + ([want] if want else []), step
         assert run.samples == full
         if want:
-            model.committed(want) if writer.ok else model.failed(want)
+            kept.append(want)
+        if writer.ok:
+            for w in kept:
+                model.committed(w)
+            kept.clear()
 
 
 IV_Q = 0x80

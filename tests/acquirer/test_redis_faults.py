@@ -1,13 +1,25 @@
 """The acquirer when its Redis fails in ways the other tests do not cover: restarted empty (data lost),
-then the configuration loaded again; hung (SIGSTOP) past the timeouts, then resumed."""
+then the configuration loaded again; hung (SIGSTOP) past the timeouts, then resumed (a write that timed out
+but was applied)."""
 
 from __future__ import annotations
 
 import time
 
 from fepha import keyspace as ks
+from fepha import points, redisfns
 from fepha.semodel.model import Model
-from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.acquirer.helpers import (
+    Node,
+    free_port,
+    load,
+    lone_runner,
+    merge,
+    node_cfg,
+    rtu_rows,
+    start_sim,
+    until,
+)
 from tests.acquirer.test_acquirer import value_of
 from tests.redisproc import RedisProc
 
@@ -80,3 +92,29 @@ async def test_hung_master_is_logged_while_it_lasts(feproot, caplog):
         finally:
             await a.stop()
             await sim.stop()
+
+
+async def test_a_write_that_timed_out_but_was_applied_is_not_written_twice(feproot):
+    """The master hung (SIGSTOP) past the writer's socket timeout with a write in its socket: the write
+    fails here, but the master applies it when it resumes. The next poll (the value unchanged) re-sends
+    it as it was, with its write sequence: the master recognises it, so the value is one stream record,
+    not two (the seed's rule re-sent the point's current value: a second record), then the next change."""
+    with RedisProc() as rp:
+        model = load(rp, merge(rtu_rows(1, free_port())))
+        async with lone_runner(feproot, rp, model, "A", socket_timeout=0.3) as (r, runner):
+            holder, epoch, _ = await r.fcall(*redisfns.lease_tick(1, "A", True, 60_000, 90_000).argv)
+            runner.lease.update(holder, int(epoch))
+            t0 = int(time.time() * 1000)
+            await runner.publish({1000: (1, 0)}, t0)
+            rp.pause()
+            try:
+                await runner.publish({1000: (2, 0)}, t0 + 100)  # times out
+            finally:
+                rp.resume()
+            assert runner.metrics.total["write_errors"] == 1
+            await until(lambda: rp.client().hget(ks.values(1), "1000") == points.encode(2, 0, t0 + 100), 3)
+            await runner.publish({1000: (2, 0)}, t0 + 200)  # the next poll: the timed-out write re-sent
+            await runner.publish({1000: (3, 0)}, t0 + 300)
+            stream = [(f["1000"]) for _, f in rp.client().xrange(ks.CHANGES) if f.get("r") == "1"]
+            assert stream == [points.encode(v, 0, t0 + ms) for v, ms in ((1, 0), (2, 100), (3, 300))]
+            assert runner.metrics.total["writes_duplicate"] == 1

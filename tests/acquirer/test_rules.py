@@ -10,7 +10,19 @@ import random
 
 import pytest
 
-from fep_acquirer.changes import AtGain, ChangeTracker, StandbyLog, after_replay, at_lease_gain, held_in_redis
+from fep_acquirer.changes import (
+    FAILED,
+    FENCED,
+    OK,
+    AtGain,
+    ChangeTracker,
+    Kept,
+    ResendQueue,
+    StandbyLog,
+    after_replay,
+    at_lease_gain,
+    held_in_redis,
+)
 from fep_acquirer.channel import ChannelSwitcher
 from fep_acquirer.housekeeping import tick_delay, write_window_ms
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
@@ -481,3 +493,40 @@ def test_identity_against_t020_union(node: str, ip: str, problem: str | None) ->
 ])
 def test_tick_delay(elapsed, failing_for, expected):
     assert tick_delay(1.0, elapsed, 0.2, failing_for, 3.0) == pytest.approx(expected)
+
+
+# one round trip: (lease epoch, sizes of the new writes, outcome of each write sent) ->
+# (sequences sent in order, those dropped before it, those neither in Redis nor kept after it)
+S, F, E = OK, FENCED, FAILED  # written (now or before), fenced out, error or time-out
+RESEND = {
+    "a failed write is re-sent first, before the newer one": (
+        9, [(1, [2], [E]), (1, [1], [S, S])], [([1], [], []), ([1, 2], [], [])], []),
+    "still failing: kept in order, all re-sent by each round trip, even one with nothing new": (
+        9, [(1, [2], [E]), (1, [1], [E, E]), (1, [], [S, S])],
+        [([1], [], []), ([1, 2], [], []), ([1, 2], [], [])], []),
+    "the older re-sent and written, the newer failed: only the newer kept": (
+        9, [(1, [1], [E]), (1, [1], [S, E]), (1, [], [S])], [([1], [], []), ([1, 2], [], []), ([2], [], [])], []),
+    "past the bound a failed write is not kept (the seed's rule); a smaller one that fits is": (
+        3, [(1, [2], [E]), (1, [2], [E, E]), (1, [1], [E, E])],
+        [([1], [], []), ([1, 2], [], [2]), ([1, 3], [], [])], [1, 3]),
+    "fenced: the lease is lost, nothing kept is re-sent": (
+        9, [(1, [1], [E]), (1, [1], [F, F]), (1, [1], [S])], [([1], [], []), ([1, 2], [], [1, 2]), ([3], [], [])],
+        []),
+    "a lease held again under a new epoch: the writes of the former one are dropped, never sent": (
+        9, [(1, [1], [E]), (2, [1], [S])], [([1], [], []), ([2], [1], [])], []),
+}
+
+
+@pytest.mark.parametrize("case", list(RESEND))
+def test_resend_queue(case):
+    bound, trips, expected, kept = RESEND[case]
+    q = ResendQueue(max_changes=bound)
+    got = []
+    for epoch, sizes, outcomes in trips:
+        writes, dropped = q.due(epoch)
+        writes += [Kept(q.next_seq(), epoch, {i: (0, 0) for i in range(n)}, []) for n in sizes]
+        assert len(writes) == len(outcomes), case
+        unkept = [u.seq for w, o in zip(writes, outcomes, strict=True) for u in q.settle(w, o)]
+        got.append(([w.seq for w in writes], [d.seq for d in dropped], unkept))
+    assert got == expected
+    assert [k.seq for k in q.kept] == kept and q.size == sum(len(k.changes) for k in q.kept)

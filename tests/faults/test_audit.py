@@ -20,6 +20,8 @@ import redis
 
 from fep_loader.store import replace_config
 from fep_tools.sefeps_client import SefepsClient
+from fepha import keyspace as ks
+from fepha import points
 from fepha.iec104 import codec as c
 from fepha.iec104.link import Link, LinkParams, LinkTimeout, Role
 from tests.faults.test_planned_stop import SUITE, Scada, a_holds_b_ready, plant, until
@@ -209,12 +211,15 @@ async def test_master_pausing_writes_past_the_socket_timeout(node: Node) -> None
     """`CLIENT PAUSE 3000 WRITE` on the master (every write waits; reads go on; the acquirer's writes time
     out after 2 s and Redis drops what a closed client had sent) while point 101 changes: the master
     gets NT (the leases' stamps grow old on the master's clock) and no value that was not current; after
-    the pause, the values are topical again, the last value is the device's, and no value is sent twice."""
+    the pause, the values are topical again, the last value is the device's, and no value is sent twice.
+    Every value reaches the change stream once and in order: the write that timed out is re-sent as it
+    was, before the newer ones (with the seed's rule, the point's current value instead: 703 was lost)."""
     await valid(node, 101)
     r = node.redis.client()
     try:
         async with recorded(node) as (_, seen):
             values = [700.0 + i for i in range(9)]
+            since = r.xrevrange(ks.CHANGES, count=1)[0][0]
 
             t_pause = [0.0]
 
@@ -235,8 +240,11 @@ async def test_master_pausing_writes_past_the_socket_timeout(node: Node) -> None
             assert any(q & NT for _, q in got), got
             # a value sent again with its NT flipped is not a duplicate; the same value twice in a row is
             vals = [v for i, (v, q) in enumerate(got) if i == 0 or got[i - 1][0] != v]
-            assert vals == sorted(vals) and len(vals) == len(set(vals)), got
+            assert vals == values, got
             assert all(not (a == b) for a, b in itertools.pairwise(got)), f"a change sent twice: {got}"
+            stream = [round(points.decode(f["101"]).value, 3)
+                      for eid, f in r.xrange(ks.CHANGES, min=since) if eid != since and "101" in f]
+            assert stream == values, f"point 101 in the change stream: {stream}"
             for service in ("acquirer", "forwarder"):
                 assert "Traceback" not in node.log(service), node.log(service)[-3000:]
     finally:

@@ -168,8 +168,8 @@ def writes_by_node(cmds: list[tuple[float, list[str]]]) -> list[tuple[str, int, 
     """(node, rtu, pairs) of every write_values call seen."""
     out = []
     for _, c in cmds:
-        if len(c) > 9 and c[0].upper() == "FCALL" and c[1] == "write_values":
-            node, rtu, pairs = c[6], int(c[9]), c[10:]
+        if len(c) > 11 and c[0].upper() == "FCALL" and c[1] == "write_values":
+            node, rtu, pairs = c[6], int(c[9]), c[12:]
             out.append((node, rtu, dict(zip(pairs[::2], pairs[1::2], strict=True))))
     return out
 

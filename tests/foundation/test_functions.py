@@ -76,6 +76,33 @@ def test_fenced_write_only_by_the_holder_at_its_epoch(redis_master) -> None:
     assert r.xlen(ks.CHANGES) == 1
 
 
+def test_a_write_sequence_is_applied_once(redis_master) -> None:
+    """The same write twice (a write that timed out, re-sent): one hash update, one stream record; a late
+    copy of an older write is not applied over a newer one; another token (a new holder or a restarted
+    acquirer) starts its own sequence; the fencing comes first (a write of a lease no longer held is
+    fenced out whatever its sequence)."""
+    r = redis_master.client()
+    redisfns.load_sync(r)
+    r.fcall(*redisfns.lease_tick(7, "A", True, 10_000, 90_000).argv)
+
+    def write(node: str, epoch: int, rec: str, wid: tuple[str, int]) -> list:
+        return r.fcall(*redisfns.write_values(7, node, epoch, ["1", rec, "2", rec], wid=wid).argv)
+
+    assert write("A", 1, "5|0|1000", ("a1", 1)) == [1, 2]
+    assert write("A", 1, "5|0|1000", ("a1", 1)) == [2, 0]                 # the same batch again
+    assert r.xlen(ks.CHANGES) == 1
+    assert write("A", 1, "6|0|1001", ("a1", 3)) == [1, 2]                 # a gap is no reason to refuse
+    assert write("A", 1, "4|0|999", ("a1", 2)) == [2, 0]                  # older than the one applied
+    assert r.hmget(ks.values(7), "1", "2") == ["6|0|1001", "6|0|1001"]
+    assert write("A", 1, "7|0|1002", ("a2", 1)) == [1, 2]                 # a restarted runner's own sequence
+    assert write("B", 1, "8|0|1003", ("b1", 9)) == [0, "A", 1]            # fenced, not "already applied"
+    r.hset(ks.lease(7), mapping={"holder": "B", "epoch": 2})
+    assert write("A", 1, "8|0|1003", ("a2", 2)) == [0, "B", 2]
+    assert write("B", 2, "8|0|1003", ("b1", 1)) == [1, 2]
+    assert [f["1"] for _, f in r.xrange(ks.CHANGES)] == ["5|0|1000", "6|0|1001", "7|0|1002", "8|0|1003"]
+    assert r.hmget(ks.lease(7), "wtok", "wseq") == ["b1", "1"]
+
+
 async def test_a_claim_waits_for_the_replica(redis_pair) -> None:
     """A control is executed only once its claim is on the replica (else a failover could run it twice)."""
     import redis.asyncio as aioredis
