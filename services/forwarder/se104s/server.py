@@ -80,6 +80,9 @@ class Se104Server(ForwardServer):
             await self._server.wait_closed()
             self._server = None
 
+    def unanswered(self) -> int:
+        return self.station.unanswered()
+
     def load_image(self, updates: Sequence[Update]) -> None:
         # at the image's position (`image_at` moves it before the `advanced` hook): its changed values and
         # the history's start are of that entry

@@ -230,6 +230,11 @@ class Station:
         """Events queued for started masters, plus those kept for masters that are away."""
         return len(self.history) + sum(s.events_queued for s in self.sessions)
 
+    def unanswered(self) -> int:
+        """Answers (command confirmations, interrogation answers: every queued item that is not an event)
+        queued on open connections and not yet sent (the planned stop waits for them)."""
+        return sum(len(s.queue) - s.events_queued for s in self.sessions if not s.closed)
+
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
         v = u.value
