@@ -352,7 +352,7 @@ class Forwarder:
                 await self._stop_server(rid)
         self.sink.model = model
         for rid, rtu in wanted.items():
-            if rid in self.servers:
+            if rid in self.servers or self.signal.is_set():  # none starts once the planned stop began
                 continue
             try:
                 cls = server_class(rtu.protocol)
