@@ -220,8 +220,7 @@ class Forwarder:
             await asyncio.gather(drains, hurry, return_exceptions=True)
             for rid in list(self.servers):
                 await self._stop_server(rid)
-            log.info("planned stop: controls in flight answered, masters' connections closed %.2f s after the "
-                     "signal", time.monotonic() - t0)
+            log.info("planned stop: masters' connections closed %.2f s after the signal", time.monotonic() - t0)
         self.stop.set()
 
     async def _vip_moved(self, seen: str, now: str) -> None:

@@ -378,6 +378,7 @@ def server_class(protocol: str) -> type[ForwardServer]:
 
 
 DRAIN_POLL_S = 0.02
+"""How often a draining server looks at its controls in flight and its unsent answers."""
 
 UNFLUSHED_GRACE_S = 1.0
 """How long a closed connection's unsent bytes may wait for the master to read them before the socket is
