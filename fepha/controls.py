@@ -27,6 +27,9 @@ LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.Timeout
 """A read of the reply that failed on the link (connection dropped as the VIP moved, a lossy link's timeout):
 reading runs nothing, so the wait reads again."""
 REREAD_S = 0.1
+LATE_S = 0.5
+"""`wait` reads a control's result until this long past its deadline before it abandons it (the executor
+finishes a control claimed just before the deadline a little after it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +108,7 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None
     now leads, until the deadline. Reading a reply runs nothing, so a control that ran is confirmed as
     done instead of answered unknown while its result is there to read. Past the deadline a failure is
     raised to the caller (unknown)."""
-    end = time.monotonic() + timeout_ms / 1000 + 0.5
+    end = time.monotonic() + timeout_ms / 1000 + LATE_S
     while True:
         left = end - time.monotonic()
         try:

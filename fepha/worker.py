@@ -2,8 +2,8 @@
 
 One place for what operators and Docker rely on being the same everywhere: configuration from $FEPROOT
 with a one-line error and exit 2, logging set up once, SIGTERM/SIGINT setting `stop` (so the services shut
-down cleanly and leave no task behind; a second signal sets `stop.again`: the acquirer's handover cut
-short), and `--check`: exit 0 only when each service's heartbeat in the local Redis is fresh (three
+down cleanly and leave no task behind; a second signal sets `stop.again`: the acquirer's handover or the
+forwarder's drain cut short), and `--check`: exit 0 only when each service's heartbeat in the local Redis is fresh (three
 heartbeat periods), the Docker health check.
 """
 
@@ -26,7 +26,8 @@ Runner = Callable[[NodeConfig, asyncio.Event], Coroutine[Any, Any, int | None]]
 
 class Stop(asyncio.Event):
     """Set by the first SIGTERM/SIGINT; a second one sets `again` too (the acquirer's planned stop, which
-    hands its leases over first, then exits at once)."""
+    hands its leases over first, and the forwarder's, which answers its controls in flight first, then
+    exit at once)."""
 
     def __init__(self) -> None:
         super().__init__()

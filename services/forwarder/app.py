@@ -109,7 +109,8 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
 class Forwarder:
     def __init__(self, cfg: NodeConfig, stop: asyncio.Event, options: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
-        self.stop = stop
+        self.signal = stop  # SIGTERM/SIGINT: the planned stop (`_planned_stop`) begins
+        self.stop = asyncio.Event()  # the planned stop is over: every loop ends
         self.options = {"select_timeout_s": cfg.select_timeout_s,
                         "control_timeout_ms": int(cfg.control_timeout_s * 1000), **(options or {})}
         self.master = redisconn.master_async(cfg)
@@ -170,7 +171,8 @@ class Forwarder:
                  asyncio.create_task(self._write_cursors(), name="forwarder-cursors"),
                  asyncio.create_task(self._freshness(), name="forwarder-freshness"),
                  asyncio.create_task(self._links(), name="forwarder-links"),
-                 asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch")]
+                 asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch"),
+                 asyncio.create_task(self._planned_stop(), name="forwarder-planned-stop")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -198,6 +200,28 @@ class Forwarder:
             await self.master.aclose()
             await self.sink.master.aclose()
             await self.local_rw.aclose()
+
+    async def _planned_stop(self) -> None:
+        """At SIGTERM/SIGINT every server drains (ForwardServer.drain, drain.py): it refuses new controls and
+        waits for those in flight to be answered, at most `[timers] stop_drain_s`, while everything else
+        runs on (values flow, the role watch drops a moved VIP's connections); each is then stopped, which
+        closes its masters' connections, and the runner ends. A second signal ends the drain at once."""
+        await self.signal.wait()
+        t0 = time.monotonic()
+        if self.servers and self.cfg.stop_drain_s > 0:
+            drains = asyncio.gather(*(srv.drain(self.cfg.stop_drain_s) for srv in self.servers.values()))
+            again = getattr(self.signal, "again", None)  # worker.Stop's second signal
+            hurry = asyncio.ensure_future(again.wait() if again is not None else asyncio.Event().wait())
+            await asyncio.wait({drains, hurry}, return_when=asyncio.FIRST_COMPLETED)
+            hurry.cancel()
+            if not drains.done():
+                drains.cancel()
+                log.warning("planned stop: second signal, closing at once")
+            await asyncio.gather(drains, hurry, return_exceptions=True)
+            for rid in list(self.servers):
+                await self._stop_server(rid)
+            log.info("planned stop: masters' connections closed %.2f s after the signal", time.monotonic() - t0)
+        self.stop.set()
 
     async def _vip_moved(self, seen: str, now: str) -> None:
         """The local Redis changed role, or the VIP came to or left this host: the VIP moved. Every master connection is dropped, those of
@@ -327,7 +351,7 @@ class Forwarder:
                 await self._stop_server(rid)
         self.sink.model = model
         for rid, rtu in wanted.items():
-            if rid in self.servers:
+            if rid in self.servers or self.signal.is_set():  # none starts once the planned stop began
                 continue
             try:
                 cls = server_class(rtu.protocol)

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import fcntl
 import logging
+import math
 import os
 import socket
 import ssl
@@ -29,6 +30,7 @@ from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
 
 from .allow import Allowlist
+from .drain import CLOSE, REFUSED, SINK_MARGIN_S, WAIT, Drain
 from .resume import ZERO, Sid, parse_id, prune_floor
 
 
@@ -173,6 +175,8 @@ class ForwardServer(abc.ABC):
         self._acked: dict[str, Sid] = {}  # newest cursor per master identity seen by this server
         self._dirty: dict[str, Sid] = {}  # not yet taken by the runner
         self._known: dict[str, Sid] = {}  # read from Redis by the runner
+        self.draining: Drain | None = None  # the planned stop's drain, once started (`drain`)
+        self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -192,6 +196,10 @@ class ForwardServer(abc.ABC):
         `timeout_ms`: what is left of the request's time (default: the server's control timeout)."""
         self.counts.controls += 1
         t0 = time.monotonic()
+        if self.draining is not None:  # planned stop: answered negatively at once, never queued
+            self.log.info("%s RTU %s control %s=%s from %s: refused: %s", self.protocol, self.rtu.id, fwd.id,
+                          value, origin, REFUSED)
+            return ControlOutcome(False, "rejected", REFUSED)
         if timeout_ms is None:
             timeout_ms = self.control_timeout_ms or getattr(self.controls, "timeout_ms", None)
         stalled_s = STALLS.possible_age_s(t0)
@@ -205,6 +213,8 @@ class ForwardServer(abc.ABC):
                 self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id,
                                  value, origin, out.reason)
                 return out
+        token = object()  # in flight until its outcome: a planned stop waits for it (`drain`)
+        self._in_flight[token] = (t0 + timeout_ms / 1000 + SINK_MARGIN_S) if timeout_ms is not None else math.inf
         try:
             out = await self.controls.execute(fwd, value, origin, timeout_ms)
         except asyncio.CancelledError:
@@ -212,6 +222,10 @@ class ForwardServer(abc.ABC):
         except Exception as exc:  # noqa: BLE001  a sink must not raise; the master still gets an answer
             self.once.problem(f"{self.protocol} RTU {self.rtu.id} controls", f"control sink raised {exc!r}")
             out = ControlOutcome(False, "failed", "internal error")
+        finally:
+            del self._in_flight[token]
+            if self.draining is not None:
+                self.draining.outcome(time.monotonic())
         self.counts.control_latency_ms_sum += int((time.monotonic() - t0) * 1000)
         if out.ok:
             self.counts.controls_ok += 1
@@ -219,6 +233,24 @@ class ForwardServer(abc.ABC):
             self.log.info("%s RTU %s control %s=%s from %s: %s %s", self.protocol, self.rtu.id, fwd.id, value,
                           origin, out.state, out.reason)
         return out
+
+    async def drain(self, bound_s: float) -> str:
+        """The planned stop (SIGTERM): from now on refuse every new control (`run_control`), and wait for the
+        controls in flight to get their outcome and for their answers to be sent, as `Drain` rules (each
+        control at most until its own deadline, the whole at most `bound_s`). Values keep flowing
+        meanwhile; the runner calls `stop` afterwards. Returns why the wait ended (logged)."""
+        rule = self.draining = Drain(time.monotonic(), bound_s)
+        while (v := rule.verdict(time.monotonic(), list(self._in_flight.values()), self.unanswered())).action == WAIT:
+            await asyncio.sleep(DRAIN_POLL_S)
+        took = time.monotonic() - rule.started
+        (self.log.info if v.action == CLOSE else self.log.warning)(
+            "%s RTU %s: planned stop: %s after %.2f s", self.protocol, self.rtu.id, v.why, took)
+        return v.why
+
+    def unanswered(self) -> int:
+        """Answers to controls queued and not yet written to their master's socket (the drain waits for
+        them); a server that writes an answer as soon as its control's outcome is known has none."""
+        return 0
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -344,6 +376,9 @@ def server_class(protocol: str) -> type[ForwardServer]:
     assert issubclass(cls, ForwardServer)
     return cls
 
+
+DRAIN_POLL_S = 0.02
+"""How often a draining server looks at its controls in flight and its unsent answers."""
 
 UNFLUSHED_GRACE_S = 1.0
 """How long a closed connection's unsent bytes may wait for the master to read them before the socket is

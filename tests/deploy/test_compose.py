@@ -138,6 +138,13 @@ def test_acquirer_stop_grace_period_covers_its_handover(tmp_path: Path) -> None:
     assert grace.endswith("s") and float(grace[:-1]) >= NodeConfig().stop_handover_s + 2, grace
 
 
+def test_forwarder_stop_grace_period_covers_its_drain(tmp_path: Path) -> None:
+    """On SIGTERM the forwarder waits up to stop_drain_s for the controls in flight to be answered; the
+    engine's SIGKILL must not come before that wait and the exit after it."""
+    grace = services(tmp_path)["forwarder"]["stop_grace_period"]
+    assert grace.endswith("s") and float(grace[:-1]) >= NodeConfig().stop_drain_s + 2, grace
+
+
 def test_keepalived_stop_grace_period_covers_its_demotion(tmp_path: Path) -> None:
     """On SIGTERM start.sh gives keepalived's VRRP process up to 4 s (deploy/keepalived/start.sh), then waits
     up to STOP_DEMOTE_WAIT_S for the peer to take the master over before demoting the local Redis: the

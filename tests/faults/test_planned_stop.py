@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import c104
 import pytest
 import redis.asyncio as aredis
 
@@ -31,9 +32,11 @@ from fep_tools.plcsim import PlcSim
 from fep_tools.sefeps_client import SefepsClient
 from fepha import controls
 from fepha import keyspace as ks
+from fepha.iec104 import codec as iec
 from fepha.points import Quality
 from fepha.semodel.model import Model
 from tests.api.test_with_services import COMMANDS, TIMERS, exited, kill_leftovers, node_env, system_rows
+from tests.forwarder.se104s_fixtures import c104_master, command_frames, in_thread
 from tests.redisproc import RedisProc
 
 NT, IV = int(Quality.NT), int(Quality.IV)
@@ -99,18 +102,23 @@ async def until(pred: Any, timeout: float, what: str) -> Any:
         await asyncio.sleep(0.02)
 
 
-def rows_for(feproot: Path, product: bool) -> dict[str, list[dict[str, Any]]]:
+def rows_for(feproot: Path, product: bool, timeout_ms: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The suite's rows; `product`: the sample's own poll periods; `timeout_ms`: the devices' request timeout
+    (a slow write stays within it)."""
     rows = system_rows(feproot)
     if product:  # the sample's own poll periods (RTU 1 500 ms, RTU 2 1000 ms) and request timeouts
         rows["T004_RTU"] = [{**r, "POLLMS": {1: 500, 2: 1000}[r["RTUID"]], "TIMEOUTMS": 1000}
                             if r["RTUID"] in ACQ else r for r in rows["T004_RTU"]]
+    if timeout_ms is not None:
+        rows["T004_RTU"] = [{**r, "TIMEOUTMS": timeout_ms} if r["RTUID"] in ACQ else r for r in rows["T004_RTU"]]
     return rows
 
 
 @contextlib.asynccontextmanager
-async def plant(feproot: Path, timers: dict[str, str], product: bool = False) -> AsyncIterator[Plant]:
+async def plant(feproot: Path, timers: dict[str, str], product: bool = False,
+                timeout_ms: int | None = None) -> AsyncIterator[Plant]:
     with RedisProc() as rp:
-        rows = rows_for(feproot, product)
+        rows = rows_for(feproot, product, timeout_ms)
         replace_config(rp.client(), rows, source="sample")
         sim = SlowWrites(Model.from_rows(rows))
         await sim.start()
@@ -398,3 +406,57 @@ async def test_master_unreachable_at_the_stop_exits_at_once(feproot: Path) -> No
         await asyncio.sleep(0.5)  # a few lease ticks fail
         log = await sigterm_a_exits(p, 3.0)
         assert log.count("stopping: master Redis unreachable, leases not handed over") == 1, log[-2000:]
+
+
+SE104 = 10  # the forwarding RTU served by se104s (cfg/SEMODEL.sql)
+SETPOINT_IOA, SWITCH_IOA = 6001, 5001  # C_SE_NB_1 on point 110 (RTU 1's register 100), C_SC_NA_1 on 109 (coil 100)
+
+
+async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(feproot: Path) -> None:
+    """The forwarder's planned stop (docs/forwarder.md "A planned stop"): the real acquirer and forwarder of
+    one node, a device that takes 2 s to apply a write, two c104 masters on se104s. The first sends a
+    set-point; once A's executor is writing it, SIGTERM to the forwarder; 0.2 s later the second master sends
+    a switch command. The first master must get ACT_CON and ACT_TERM (positive) before its connection
+    closes, the set-point be written once; the switch must get a negative ACT_CON, never be queued nor
+    written; the forwarder exits 0. On the code before (closing at once) the set-point was never answered."""
+    async with plant(feproot, SUITE, timeout_ms=4000) as p:
+        p.start("acquirer", "A")
+        await until(lambda: _all(p, "A"), 10, "A holds every lease")
+        p.start("forwarder", "A")
+        await until(lambda: p.r.exists(ks.heartbeat("forwarder", "A")), 10, "the forwarder runs")
+        port = next(r["LISTENPORT"] for r in p.rows["T004_RTU"] if r["RTUID"] == SE104)
+        fwd = p.procs[("forwarder", "A")]
+        async with (c104_master(port, points={SETPOINT_IOA: c104.Type.C_SE_NB_1}, ca=1) as m1,
+                    c104_master(port, points={SWITCH_IOA: c104.Type.C_SC_NA_1}, ca=1) as m2):
+            p.sim.write_delay_s = 2.0
+            seq0 = int(await p.r.get(ks.CTL_SEQ) or 0)
+            sp = m1.point(SETPOINT_IOA)
+            sp.info = c104.ScaledCmd(target=c104.Int16(42))
+            sent = asyncio.ensure_future(in_thread(sp.transmit, c104.Cot.ACTIVATION))
+            await until(lambda: _state(p.r, seq0 + 1, "executing"), 5, "A writes the set-point")
+            fwd.send_signal(signal.SIGTERM)
+            t_term = time.monotonic()
+            await asyncio.sleep(0.2)
+            sw = m2.point(SWITCH_IOA)
+            sw.info = c104.SingleCmd(on=True)
+            refused = asyncio.ensure_future(in_thread(sw.transmit, c104.Cot.ACTIVATION))
+            await until(lambda: m1.conn.state != c104.ConnectionState.OPEN, 10, "the forwarder closes")
+            closed_s = time.monotonic() - t_term
+            assert await exited(fwd, 5) and fwd.returncode == 0, p.log("forwarder", "A")[-3000:]
+            await asyncio.gather(sent, refused, return_exceptions=True)
+            print(f"SIGTERM to the connection's close with a set-point in flight: {closed_s:.2f} s")
+            got = [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"]
+            assert got == [("<<", iec.COT_ACTCON, False, False), ("<<", iec.COT_ACTTERM, False, False)], \
+                (got, p.log("forwarder", "A")[-3000:])
+            opened = m1.trace.index(c104.ConnectionState.OPEN)
+            term = next(i for i, e in enumerate(m1.trace) if isinstance(e, str)
+                        and ("<<", iec.COT_ACTTERM, False, False) in command_frames([e], SETPOINT_IOA))
+            states = [e for e in m1.trace[opened:term] if not isinstance(e, str)]
+            assert all(st in (c104.ConnectionState.OPEN, c104.ConnectionState.OPEN_MUTED) for st in states), \
+                f"closed before ACT_TERM: {states}"
+            assert [f for f in command_frames(m2.trace, SWITCH_IOA) if f[0] == "<<"] == \
+                [("<<", iec.COT_ACTCON, True, False)], m2.trace[-20:]
+        assert [w for w in p.sim.writes if w[:3] == (1, "hr", 100)] == [(1, "hr", 100, [42])], p.sim.writes
+        assert not [w for w in p.sim.writes if w[:3] == (1, "co", 100)], p.sim.writes
+        assert int(await p.r.get(ks.CTL_SEQ)) == seq0 + 1, "the switch command was queued"
+        assert await p.r.hget(ks.control(seq0 + 1), "state") == "done"

@@ -261,6 +261,25 @@ def test_select_then_execute_runs_one_control_with_positive_con_and_term() -> No
     assert m.send(exe) and st.selected == {}  # a second execute is a direct one: the selection is gone
 
 
+def test_during_the_planned_stop_a_select_is_refused_and_queued_answers_are_counted() -> None:
+    """The forwarder's drain (ForwardServer.drain): a select gets a negative ACT_CON at once (its execute
+    would be refused), and `unanswered` counts the answers queued but not yet sent, not the events."""
+    st = station()
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    sel = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, c.encode_command(c.C_SC_NA_1, 1, select=True))])
+    st.refusing = lambda: True
+    assert m.send(sel) == []
+    assert [(a.cause, a.negative) for a in m.got] == [(c.COT_ACTCON, True)] and st.selected == {}
+    assert st.unanswered() == 0
+    st.apply([upd(1001, 5.0)])  # an event: not an answer
+    m.s.queue.append((0, c.mirror(c.parse_asdu(sel), c.COT_ACTCON, True), (0, 0)))
+    assert st.unanswered() == 1
+    m.xfer()
+    assert st.unanswered() == 0 and st.sink.calls == []  # type: ignore[attr-defined]
+
+
 def test_what_a_master_left_unacknowledged_reaches_its_next_connection() -> None:
     st = station()
     st.advanced((1, 0))

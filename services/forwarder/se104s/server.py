@@ -46,7 +46,8 @@ class Se104Server(ForwardServer):
         self.t0 = float(self.options.get("t0", 30.0))  # TLS handshake limit ([se104s] t0_s)
         self.station = Station(self.rtu, self.options, self.run_control, f"se104s:{self.rtu.id}:{self.node}",
                                wake=self._wake, closed=self._closed, clients_changed=self._clients_changed,
-                               acked=self.record_ack, counts=self.counts, make_room=self.make_room)
+                               acked=self.record_ack, counts=self.counts, make_room=self.make_room,
+                               refusing=lambda: self.draining is not None)
         self._io: dict[Session, ConnIO] = {}
         self._server: Servers | None = None
 
@@ -79,6 +80,9 @@ class Se104Server(ForwardServer):
         if self._server is not None:
             await self._server.wait_closed()
             self._server = None
+
+    def unanswered(self) -> int:
+        return self.station.unanswered()
 
     def load_image(self, updates: Sequence[Update]) -> None:
         # at the image's position (`image_at` moves it before the `advanced` hook): its changed values and

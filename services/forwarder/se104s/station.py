@@ -129,7 +129,7 @@ class Station:
                  wake: Callable[[Session], None] = _nothing, closed: Callable[[Session], None] = _nothing,
                  clients_changed: Callable[[], None] = _nothing,
                  acked: Callable[[str, Sid], None] = _nothing, counts: Counters | None = None,
-                 make_room: Callable[[], None] = _nothing) -> None:
+                 make_room: Callable[[], None] = _nothing, refusing: Callable[[], bool] = lambda: False) -> None:
         o = options
         self.rtu = rtu
         self.link_params = LinkParams.from_options(o)
@@ -149,6 +149,7 @@ class Station:
         self.origin = origin
         self.wake, self.on_closed, self.clients_changed, self.acked = wake, closed, clients_changed, acked
         self.make_room = make_room
+        self.refusing = refusing  # the forwarder's planned stop: a select is refused too (ForwardServer.drain)
         self.position: Sid = ZERO  # the newest stream entry handed to the station (ForwardServer.advance)
         self.ca = rtu.address
         # keyed by (table, ZFID): ZFIDs are unique per forwarding table only
@@ -229,6 +230,11 @@ class Station:
     def queue_depth(self) -> int:
         """Events queued for started masters, plus those kept for masters that are away."""
         return len(self.history) + sum(s.events_queued for s in self.sessions)
+
+    def unanswered(self) -> int:
+        """Answers (command confirmations, interrogation answers: every queued item that is not an event)
+        queued on open connections and not yet sent (the planned stop waits for them)."""
+        return sum(len(s.queue) - s.events_queued for s in self.sessions if not s.closed)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
@@ -582,6 +588,9 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_ACTCON, True))
             return
         if sel is not None and sel.conn != s.id:  # selected by another master
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+            return
+        if cmd.select and self.refusing():  # its execute would be refused: say so now
             self._answer(s, c.mirror(a, c.COT_ACTCON, True))
             return
         if cmd.select:

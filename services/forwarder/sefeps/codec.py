@@ -20,6 +20,8 @@ from typing import Any
 from fepha.points import Quality, Value
 from fepha.semodel.model import FwdPoint
 
+from ..drain import REFUSED
+
 VERSION = 1
 SUPPORTED = (1,)
 MAX_FRAME = 1 << 20
@@ -171,7 +173,9 @@ REJECT_NOT_COMMAND = "not a command point"
 REJECT_DO_VALUE = "a DO takes 0 or 1"
 REJECT_BUSY = "too many commands in flight"
 REJECT_DUPLICATE_ID = "a command with this id is in flight"
-REJECT_REASONS = (REJECT_UNKNOWN, REJECT_NOT_COMMAND, REJECT_DO_VALUE, REJECT_BUSY, REJECT_DUPLICATE_ID)
+REJECT_STOPPING = REFUSED  # sent during the forwarder's planned stop (drain.py)
+REJECT_REASONS = (REJECT_UNKNOWN, REJECT_NOT_COMMAND, REJECT_DO_VALUE, REJECT_BUSY, REJECT_DUPLICATE_ID,
+                  REJECT_STOPPING)
 
 
 def command_problem(fwd: FwdPoint | None, value: float, known: bool) -> str | None:

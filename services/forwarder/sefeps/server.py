@@ -381,6 +381,10 @@ class SefepsServer(ForwardServer):
         if srv is not None:
             await srv.wait_closed()
 
+    def unanswered(self) -> int:
+        """Results (and other control messages) queued and not yet written: the writer sends them first."""
+        return sum(len(c.out) for c in self.conns if c.state != "closed")
+
     @property
     def port(self) -> int:
         if self._server is None or not self._server.sockets:
