@@ -173,6 +173,7 @@ class ForwardServer(abc.ABC):
         self._acked: dict[str, Sid] = {}  # newest cursor per master identity seen by this server
         self._dirty: dict[str, Sid] = {}  # not yet taken by the runner
         self._known: dict[str, Sid] = {}  # read from Redis by the runner
+        self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -264,15 +265,41 @@ class ForwardServer(abc.ABC):
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
 
-    def image_at(self, entry_id: str, updates: Sequence[Update]) -> None:
+    def image_at(self, entry_id: str, updates: Sequence[Update], past: Sequence[Update] = (),
+                 since: Sid | None = None) -> None:
         """A full image as of stream entry `entry_id` (start, stream gap, Redis reconnect): the position
         moves to the image's entry first (the server's history starts there), then `load_image`, then the
         `advanced` hook. In that order a master with nothing outstanding does not follow the position to
         the image's entry before the image is its own (the entries before it were never sent to it): it
-        has the image outstanding (sefeps) or its changed values queued (se104s) by then."""
+        has the image outstanding (sefeps) or its changed values queued (se104s) by then.
+
+        `past`: the changes of the stream entries after `since` up to the image's (`resume.backfill_from`,
+        read back by the runner), in stream order: they fill the history behind the image (`backfill`), so a
+        master whose cursor is at or after `since` is resumed with them as events, as if this server had
+        been running then."""
         self.position = max(self.position, parse_id(entry_id))
         self.load_image(updates)
+        if since is not None:
+            self.backfill(since, past)
+        self.image_ready.set()
         self.advanced()
+
+    def history_max(self) -> int:
+        """How many events this server's history keeps (0: none, nothing to resume): what the runner reads
+        back from the stream for it at most."""
+        return 0
+
+    def backfill(self, since: Sid, past: Sequence[Update]) -> int:
+        """Hook: fill the history, just started or reset by an image, with the changes `past` of the stream
+        entries after `since` up to the image (stream order), encoded as the live path encodes them, not
+        sent to anyone (connected masters have them, or get the image). Returns how many events it kept."""
+        return 0
+
+    async def until_image(self, timeout_s: float = 5.0) -> None:
+        """Wait (at most `timeout_s`) for the first image and the history behind it: a master that starts
+        in the moment between this server's listening and its image is resumed, not re-initialised."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.image_ready.wait(), timeout_s)
 
     def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
