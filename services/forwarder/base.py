@@ -295,12 +295,6 @@ class ForwardServer(abc.ABC):
         sent to anyone (connected masters have them, or get the image). Returns how many events it kept."""
         return 0
 
-    async def until_image(self, timeout_s: float = 5.0) -> None:
-        """Wait (at most `timeout_s`) for the first image and the history behind it: a master that starts
-        in the moment between this server's listening and its image is resumed, not re-initialised."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.image_ready.wait(), timeout_s)
-
     def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
 
@@ -346,6 +340,17 @@ class ForwardServer(abc.ABC):
         local = self._acked.get(identity)
         got = [c for c in (fetched, local) if c is not None]
         return max(got) if got else None
+
+    async def resume_cursor(self, identity: str, wait_s: float = 5.0) -> Sid | None:
+        """`master_cursor` of a master that starts now; when it has one, once the first image and the
+        history behind it are loaded (at most `wait_s`): a master that starts in the moment between this
+        server's listening and its image is resumed, not re-initialised. One without a cursor waits for
+        nothing (it gets end of initialisation, or an image, anyway)."""
+        cursor = await self.master_cursor(identity)
+        if cursor is not None and not self.image_ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.image_ready.wait(), wait_s)
+        return cursor
 
     def counters(self) -> dict[str, int]:
         """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the

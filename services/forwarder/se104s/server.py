@@ -113,8 +113,7 @@ class Se104Server(ForwardServer):
     async def _resume(self, s: Session) -> None:
         """STARTDT: fetch the master's recorded position (Redis, the freshest) and resume it from there
         (once the first image and the history behind it are loaded)."""
-        await self.until_image()
-        cursor = await self.master_cursor(s.identity)
+        cursor = await self.resume_cursor(s.identity)
         self.station.resume(s, cursor)
 
     # --- station hooks ---------------------------------------------------------------------------------

@@ -151,10 +151,7 @@ class _Conn:
         if version is None:
             raise codec.ProtocolError("version", f"no common version; server speaks {list(codec.SUPPORTED)}")
         r = msg.get("resume")
-        cursor = None
-        if r and r["session"] != srv.session:
-            await srv.until_image()  # started a moment ago: its image and the history behind it first
-            cursor = await srv.master_cursor(self.identity)
+        cursor = await srv.resume_cursor(self.identity) if r and r["session"] != srv.session else None
         if self.closing:
             return
         self.version, self.name, self.state = version, str(msg.get("name", "")), "open"
