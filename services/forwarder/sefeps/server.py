@@ -435,16 +435,15 @@ class SefepsServer(ForwardServer):
 
     def backfill(self, since: Sid, past: Sequence[Update]) -> int:
         """The history behind the image just loaded (it reset the history), from the stream entries after
-        `since` (ForwardServer.backfill). Their seqs follow the image's, and the image takes a new seq after
-        them: no master holds a seq between (a connected one is sent the image, with the newest seq), so a
-        resume of this session from before the image still gets an image (`events_after_seq`), and one from
-        inside these events gets the events after it, in order."""
+        `since` (ForwardServer.backfill). Their seqs follow the one the image took, which no master holds (a
+        master connected now is sent the image later, with the newest seq), and live events follow them:
+        the history's seqs stay contiguous, as an `ev` frame's (one seq, then one more per point) need. A
+        resume of this session from before the image still gets an image (`events_after_seq`), one from
+        inside these events the events after it."""
         if len(self.history):
             return 0
         self.history.start(self.position)  # as `advanced` does next: the history starts at the image
-        kept = self.history.fill(since, ((ev[2], ev) for ev in self._events(past)))
-        self.seq += 1
-        return kept
+        return self.history.fill(since, ((ev[2], ev) for ev in self._events(past)))
 
     def clients(self) -> dict[str, dict[str, Any]]:
         return {c.peer: c.info() for c in self.conns}
