@@ -133,13 +133,17 @@ async def test_a_reload_that_keeps_the_server_reads_its_history_back_from_the_st
             probe = SefepsClient("127.0.0.1", port)
             probe.acks = False  # moves no cursor
             before = (await probe.connect())["session"]
-            await probe.close()
+            await probe.wait_image()
             for i in (2, 3):
                 await w.write(1, p101=float(i))
             rows["T004_RTU"] = [dict(t, NAME=t["NAME"] + " (renamed)") if t["RTUID"] == 1 else t
                                 for t in rows["T004_RTU"]]
             replace_config(redis_master.client(), rows)  # RTU 12 unchanged: its server is kept
-            await asyncio.sleep(1.5)  # the runner compares the configuration's stamp every second
+            end = time.monotonic() + 5
+            while probe.images < 2:  # the kept server's connections get its new image
+                assert time.monotonic() < end, "no image after the reload"
+                await asyncio.sleep(0.02)
+            await probe.close()
             await w.write(1, p101=4.0)
             c = SefepsClient("127.0.0.1", port)
             c.session, c.seq = "the-session-it-had", 7
