@@ -318,7 +318,10 @@ class Forwarder:
         for rid, raw in zip(rids, res[3 + len(rtus):], strict=True):
             srv = self.servers[rid]
             if srv.history_max() > 0:
-                start = backfill_from({**parse_cursors(raw), **srv.known_cursors()}.values(), first, position)
+                known = parse_cursors(raw)  # as read with the image, and this server's newer ones (a reload)
+                for ident, c in srv.known_cursors().items():
+                    known[ident] = max(c, known.get(ident, c))
+                start = backfill_from(known.values(), first, position)
                 if start is not None:
                     since[rid] = start
         past = await self._read_back(local, since) if since else {}
