@@ -34,7 +34,7 @@ from fepha.semodel.model import FwdPoint, Model
 
 from . import freshness
 from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
-from .resume import Sid, parse_cursors, sid_text
+from .resume import Sid, backfill_floor, backfill_from, parse_cursors, sid_text
 from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
 log = logging.getLogger("fep_forwarder")
@@ -315,12 +315,15 @@ class Forwarder:
         between the image and the first entry followed."""
         assert self.model is not None
         rtus = image_keys(self.model, self.routing)
+        rids = list(self.servers)
         pipe = local.pipeline(transaction=True)
         pipe.xrevrange(ks.CHANGES, "+", "-", count=1)
         pipe.xinfo_stream(ks.CHANGES)
         for rid in rtus:
             pipe.hgetall(ks.values(rid))
         pipe.hgetall(ks.VPOINTS)
+        for rid in rids:
+            pipe.hgetall(ks.fwd_acked(rid))
         res = await pipe.execute(raise_on_error=False)
         for x in res[:1] + res[2:]:
             if isinstance(x, Exception):
@@ -330,15 +333,80 @@ class Forwarder:
         self.consumed = 0 if isinstance(info, Exception) else int(info["entries-added"])  # no stream yet
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
-        for h in res[2:]:
+        for h in res[2:3 + len(rtus)]:
             merge(per, self.routing.updates(h.items(), bad))
+        position = parse_id(self.last_id)
+        first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(
+            info["first-entry"][0])
+        since: dict[int, Sid] = {}
+        for rid, raw in zip(rids, res[3 + len(rtus):], strict=True):
+            srv = self.servers[rid]
+            if srv.history_max() > 0:
+                known = parse_cursors(raw)  # as read with the image, and this server's newer ones (a reload)
+                for ident, c in srv.known_cursors().items():
+                    known[ident] = max(c, known.get(ident, c))
+                start = backfill_from(known.values(), first, position)
+                if start is not None:
+                    since[rid] = start
+        past = await self._read_back(local, since) if since else {}
         self.values = {}
         for rid, srv in self.servers.items():
-            srv.image_at(self.last_id, self._overlaid(per.get(rid, [])))
+            floor, ups = past.get(rid, (None, []))
+            srv.image_at(self.last_id, self._overlaid(per.get(rid, [])), ups, floor)
+            if floor is not None:
+                log.info("forwarding RTU %d: history filled back to stream entry %s from the stream (%d changes):"
+                         " masters acknowledged up to there are resumed", rid, sid_text(floor), len(ups))
         self.full_images += 1
         n = sum(len(v) for v in per.values())
         log.info("full image loaded: %d values for %d forwarding RTUs, following the stream from %s", n,
                  len(self.servers), self.last_id)
+
+    async def _read_back(self, local: aredis.Redis, since: dict[int, Sid]) -> dict[int, tuple[Sid, list[Update]]]:
+        """The changes of the stream entries after each server's `since` up to the image's (`last_id`), read
+        newest first (XREVRANGE, READ_COUNT entries a call) until each server has its history's maxlen or the
+        read reached its `since`, and routed as the live path routes them (`Routing.updates`). Per server:
+        the floor its history then covers from (`resume.backfill_floor`) and its changes in stream order.
+        Stored values as they were: NT is judged for what is current, not for the past."""
+        want = {rid: self.servers[rid].history_max() for rid in since}
+        got: dict[int, list[list[Update]]] = {rid: [] for rid in since}
+        count = dict.fromkeys(since, 0)
+        oldest: dict[int, Sid | None] = dict.fromkeys(since)
+        reached: set[int] = set()
+        open_ = set(since)
+        low, hi = sid_text(min(since.values())), self.last_id
+        bad: list[str] = []
+        while open_:
+            batch = await local.xrevrange(ks.CHANGES, hi, f"({low}", count=READ_COUNT)
+            for eid, fields in batch:
+                sid = parse_id(eid)
+                per = self.routing.updates(entry_pairs(fields), bad, sid)
+                for rid in list(open_):
+                    if sid <= since[rid]:
+                        reached.add(rid)
+                        open_.discard(rid)
+                        continue
+                    ups = per.get(rid, [])
+                    got[rid].append(ups)
+                    count[rid] += len(ups)
+                    oldest[rid] = sid
+                    if count[rid] >= want[rid]:
+                        open_.discard(rid)
+            if len(batch) < READ_COUNT:
+                reached |= open_
+                break
+            hi = f"({batch[-1][0]}"
+        try:  # trimmed meanwhile: the entries not read yet, older than the first one now, may be gone
+            info = await local.xinfo_stream(ks.CHANGES)
+            first: Sid | None = parse_id(info["first-entry"][0]) if info.get("first-entry") else None
+        except redis.ResponseError:
+            first = None
+        out: dict[int, tuple[Sid, list[Update]]] = {}
+        for rid, start in since.items():
+            if first is None:
+                continue
+            floor = backfill_floor(start, oldest[rid], rid in reached, first)
+            out[rid] = (floor, [u for ups in reversed(got[rid]) for u in ups])
+        return out
 
     # --- configuration -----------------------------------------------------------------------------------
 

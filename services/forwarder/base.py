@@ -177,6 +177,7 @@ class ForwardServer(abc.ABC):
         self._known: dict[str, Sid] = {}  # read from Redis by the runner
         self.draining: Drain | None = None  # the planned stop's drain, once started (`drain`)
         self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
+        self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -296,15 +297,35 @@ class ForwardServer(abc.ABC):
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
 
-    def image_at(self, entry_id: str, updates: Sequence[Update]) -> None:
+    def image_at(self, entry_id: str, updates: Sequence[Update], past: Sequence[Update] = (),
+                 since: Sid | None = None) -> None:
         """A full image as of stream entry `entry_id` (start, stream gap, Redis reconnect): the position
         moves to the image's entry first (the server's history starts there), then `load_image`, then the
         `advanced` hook. In that order a master with nothing outstanding does not follow the position to
         the image's entry before the image is its own (the entries before it were never sent to it): it
-        has the image outstanding (sefeps) or its changed values queued (se104s) by then."""
+        has the image outstanding (sefeps) or its changed values queued (se104s) by then.
+
+        `past`: the changes of the stream entries after `since` up to the image's (`resume.backfill_from`,
+        read back by the runner), in stream order: they fill the history behind the image (`backfill`), so a
+        master whose cursor is at or after `since` is resumed with them as events, as if this server had
+        been running then."""
         self.position = max(self.position, parse_id(entry_id))
         self.load_image(updates)
+        if since is not None:
+            self.backfill(since, past)
+        self.image_ready.set()
         self.advanced()
+
+    def history_max(self) -> int:
+        """How many events this server's history keeps (0: none, nothing to resume): what the runner reads
+        back from the stream for it at most."""
+        return 0
+
+    def backfill(self, since: Sid, past: Sequence[Update]) -> int:
+        """Hook: fill the history, just started or reset by an image, with the changes `past` of the stream
+        entries after `since` up to the image (stream order), encoded as the live path encodes them, not
+        sent to anyone (connected masters have them, or get the image). Returns how many events it kept."""
+        return 0
 
     def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
@@ -351,6 +372,17 @@ class ForwardServer(abc.ABC):
         local = self._acked.get(identity)
         got = [c for c in (fetched, local) if c is not None]
         return max(got) if got else None
+
+    async def resume_cursor(self, identity: str, wait_s: float = 5.0) -> Sid | None:
+        """`master_cursor` of a master that starts now; when it has one, once the first image and the
+        history behind it are loaded (at most `wait_s`): a master that starts in the moment between this
+        server's listening and its image is resumed, not re-initialised. One without a cursor waits for
+        nothing (it gets end of initialisation, or an image, anyway)."""
+        cursor = await self.master_cursor(identity)
+        if cursor is not None and not self.image_ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.image_ready.wait(), wait_s)
+        return cursor
 
     def counters(self) -> dict[str, int]:
         """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the

@@ -95,6 +95,23 @@ class History(Generic[T]):
             self.items.popleft()
         self.floor = max(self.floor, floor)
 
+    def fill(self, floor: Sid, items: Iterable[tuple[Sid, T]]) -> int:
+        """Events from before the history's start, read back from the change stream (`backfill_from`): put
+        in front of what it holds, and the floor lowered to `floor` (the entry they follow), as if this
+        server had been running since. `items` in stream order, none newer than the history's floor; only
+        the newest that fit within maxlen are kept, and the floor is then the newest entry dropped (as in
+        `append`). Returns how many were kept."""
+        room = self.maxlen - len(self.items)
+        new = [it for it in items if it[0] <= self.floor]
+        if room <= 0 or not self.started:
+            return 0
+        if len(new) > room:
+            floor = max(floor, new[-room - 1][0])
+            new = new[-room:]
+        self.items.extendleft(reversed(new))
+        self.floor = min(self.floor, floor)
+        return len(new)
+
     def covers(self, cursor: Sid) -> bool:
         return self.started and cursor >= self.floor
 
@@ -114,6 +131,29 @@ def prune_floor(known: Iterable[Sid], position: Sid) -> Sid:
     return min(known, default=position)
 
 
+def backfill_from(cursors: Iterable[Sid], first: Sid | None, position: Sid) -> Sid | None:
+    """Where a server whose history starts at stream entry `position` (its image's) reads the change stream
+    back from, to cover its known masters' `cursors`: the oldest cursor behind `position` whose following
+    entries the stream still holds all of (`first`: the stream's first entry; the stream is trimmed from its
+    head, so a cursor at or after it has everything after it there, and one before it may have lost some).
+    None: nothing to read (no such cursor). A cursor the stream no longer covers stays uncovered: that
+    master gets end of initialisation and its interrogation (sefeps: a full image), as before."""
+    if first is None:
+        return None
+    usable = [c for c in cursors if first <= c < position]
+    return min(usable, default=None)
+
+
+def backfill_floor(start: Sid, oldest_read: Sid | None, reached: bool, first: Sid) -> Sid:
+    """The floor of a history filled from the stream back to `start`, read newest first: `start` when the
+    read got back to it (`reached`); otherwise (the history's maxlen was collected first) the oldest entry
+    read, whose events may be only partly kept. `first`: the stream's first entry after the read: when it
+    passed `start`, the head was trimmed during the read, and only the entries from `first` on are surely
+    all there."""
+    floor = start if reached or oldest_read is None else max(start, oldest_read)
+    return max(floor, first)
+
+
 def parse_cursors(raw: Mapping[Any, Any]) -> dict[str, Sid]:
     """HGETALL of `fep:fwd:ack:{rtu}` -> identity -> sid; unusable values are left out."""
     out: dict[str, Sid] = {}
@@ -127,4 +167,5 @@ def parse_cursors(raw: Mapping[Any, Any]) -> dict[str, Sid]:
     return out
 
 
-__all__ = ["ZERO", "History", "Sid", "acked_cursor", "parse_cursors", "parse_id", "prune_floor", "sid_text"]
+__all__ = ["ZERO", "History", "Sid", "acked_cursor", "backfill_floor", "backfill_from", "parse_cursors", "parse_id",
+           "prune_floor", "sid_text"]

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from fep_forwarder.resume import History, acked_cursor, parse_cursors, parse_id, prune_floor, sid_text
+from fep_forwarder.resume import (
+    History,
+    acked_cursor,
+    backfill_floor,
+    backfill_from,
+    parse_cursors,
+    parse_id,
+    prune_floor,
+    sid_text,
+)
 
 A, B, C, D = (1, 0), (2, 0), (2, 1), (3, 0)
 
@@ -61,3 +70,52 @@ def test_prune_floor_and_cursor_text() -> None:
     assert prune_floor([C, A], D) == A and prune_floor([], D) == D
     assert parse_cursors({"10.0.0.1": "2-1", b"10.0.0.2": b"3-0", "bad": "x-y"}) == {"10.0.0.1": C, "10.0.0.2": D}
     assert parse_id(sid_text((1700000000000, 3))) == (1700000000000, 3) and parse_id("") == (0, 0)
+
+
+E, F = (4, 0), (5, 0)
+
+
+@pytest.mark.parametrize(("cursors", "first", "pos", "want"), [
+    ([B, C], A, E, B),  # the oldest cursor behind the image: read back from there
+    ([A], A, E, A),  # a cursor at the stream's first entry: everything after it is there
+    ([(0, 5), C], A, E, C),  # one older than the stream's first entry: it may have lost entries, left out
+    ([(0, 0)], A, E, None),  # a master without a usable cursor: nothing to read for it
+    ([E, F], A, E, None),  # masters at or after the image's entry: nothing behind it to read
+    ([], A, E, None),  # no known master
+    ([B], None, E, None),  # no stream (empty, deleted)
+])
+def test_backfill_from(cursors, first, pos, want) -> None:
+    assert backfill_from(cursors, first, pos) == want
+
+
+@pytest.mark.parametrize(("start", "oldest", "reached", "first", "want"), [
+    (A, B, True, A, A),  # read back to the start: covers from there
+    (A, C, False, A, C),  # maxlen collected at entry C first: only from C
+    (A, None, True, (0, 1), A),  # nothing routed to this server in the range
+    (A, C, True, B, B),  # the stream's head passed the start during the read: from its first entry
+    (A, C, False, D, D),
+])
+def test_backfill_floor(start, oldest, reached, first, want) -> None:
+    assert backfill_floor(start, oldest, reached, first) == want
+
+
+def test_history_filled_from_the_stream_behind_its_start() -> None:
+    h: History[str] = History(4)
+    assert h.fill(A, [(B, "b")]) == 0 and h.since(A) is None  # not started: nothing to fill
+    h.start(D)  # the image's entry
+    h.append(E, "e")  # live after it
+    assert h.fill(A, [(B, "b1"), (B, "b2"), (C, "c"), (E, "late")]) == 3  # only what is not newer than D
+    assert h.since(A) == ["b1", "b2", "c", "e"] and h.since(B) == ["c", "e"] and h.since((0, 9)) is None
+    g: History[str] = History(3)
+    g.start(D)
+    g.append(D, "d")  # se104s: a value the reloaded image changed, at the image's entry
+    assert g.fill(A, [(B, "b1"), (B, "b2"), (C, "c")]) == 2  # room for two: the newest, B only partly
+    assert list(g.items) == [(B, "b2"), (C, "c"), (D, "d")]
+    assert g.since(A) is None and g.since(B) == ["c", "d"] and g.floor == B
+    full: History[str] = History(1)
+    full.start(D)
+    full.append(E, "e")
+    assert full.fill(A, [(B, "b")]) == 0 and full.floor == D  # full: nothing behind it, floor kept
+    none: History[str] = History(5)
+    none.start(D)
+    assert none.fill(A, []) == 0 and none.since(A) == []  # no change of its points since A: covered

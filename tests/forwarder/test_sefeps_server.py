@@ -285,6 +285,37 @@ async def test_a_master_resumed_ahead_of_this_node_gets_the_image_once_the_node_
         assert c.changes.empty() and srv.counts.events_sent == 1
 
 
+async def test_a_restarted_server_resumes_a_master_from_the_history_read_back_from_the_stream():
+    """A server (re)started at entry 5-0 whose history the runner filled back from the stream to a master's
+    cursor 2-0 (ForwardServer.image_at with `past`): that master, from another session, gets the changes
+    after its cursor as events, in order, then the image, then live events numbered on; one whose cursor
+    is older than what was read back gets the image only."""
+    async with sefeps_server() as srv, sefeps_client(srv.port) as c, sefeps_client(srv.port) as old:
+        cursors = {"127.0.0.1": (2, 0)}
+
+        async def recorded(rtu: int, identity: str) -> tuple[int, int]:
+            return cursors[identity]
+
+        srv.cursor_source = recorded
+        srv.image_at("5-0", [upd(1, 3.0), upd(2, 4.0)],
+                     [supd(1, 2.5, 3), supd(2, 4.0, 4), supd(1, 3.0, 5)], since=(2, 0))
+        cursors["127.0.0.1"] = (1, 0)  # behind the history read back: an image, no events
+        old.session, old.seq, old.acks = "the-session-before-the-restart", 40, False  # moves no cursor
+        w = await old.connect(resume=True)
+        await asyncio.wait_for(_until(lambda: old.images == 1), 5)
+        assert "seq" not in w and old.changes.empty() and old.image[1] == (3.0, 0, 1000)
+        cursors["127.0.0.1"] = (2, 0)
+        c.session, c.seq = "the-session-before-the-restart", 40
+        w = await c.connect(resume=True)
+        got = [(await c.next_change())[:3] for _ in range(3)]
+        assert got == [(w["seq"] + 1, 1, 2.5), (w["seq"] + 2, 2, 40.0), (w["seq"] + 3, 1, 3.0)]
+        await asyncio.wait_for(_until(lambda: c.images == 1), 5)
+        assert c.seq == srv.seq == w["seq"] + 3 and c.changes.empty()  # the image as of the newest
+        srv.apply([supd(2, 5.0, 6)])
+        srv.advance("6-0")
+        assert (await c.next_change())[:3] == (w["seq"] + 4, 2, 50.0)  # live, numbered on after them
+
+
 async def _until(pred: Callable[[], Any]) -> None:
     while not pred():
         await asyncio.sleep(0.02)

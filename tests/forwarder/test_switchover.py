@@ -112,3 +112,47 @@ async def test_sefeps_master_moves_to_the_other_node_without_loss_or_duplicates(
             await fresh.close()
     finally:
         await r.aclose()
+
+
+async def test_a_reload_that_keeps_the_server_reads_its_history_back_from_the_stream(redis_master: RedisProc,
+                                                                                 feproot: Path) -> None:
+    """A new configuration that keeps the sefeps server reloads its image, which resets its history; the
+    runner reads the stream back to the masters' oldest recorded position (docs/forwarder.md), so a master
+    away since then is still resumed with the changes after it, as events, then the image."""
+    port = free_port()
+    rows = only_rtu(feproot, SEFEPS, port)
+    replace_config(redis_master.client(), rows)
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    await redisfns.load_async(r)
+    w = Writer(r)
+    await w.write(1, p101=1.0)
+    await r.hset(ks.fwd_acked(SEFEPS), "127.0.0.1", await last_entry(r))  # a master away since value 1
+    try:
+        async with forwarder(node_cfg(redis_master)):
+            await listening("127.0.0.1", port)
+            probe = SefepsClient("127.0.0.1", port)
+            probe.acks = False  # moves no cursor
+            before = (await probe.connect())["session"]
+            await probe.wait_image()
+            for i in (2, 3):
+                await w.write(1, p101=float(i))
+            rows["T004_RTU"] = [dict(t, NAME=t["NAME"] + " (renamed)") if t["RTUID"] == 1 else t
+                                for t in rows["T004_RTU"]]
+            replace_config(redis_master.client(), rows)  # RTU 12 unchanged: its server is kept
+            end = time.monotonic() + 5
+            while probe.images < 2:  # the kept server's connections get its new image
+                assert time.monotonic() < end, "no image after the reload"
+                await asyncio.sleep(0.02)
+            await probe.close()
+            await w.write(1, p101=4.0)
+            c = SefepsClient("127.0.0.1", port)
+            c.session, c.seq = "the-session-it-had", 7
+            try:
+                welcome = await c.connect(resume=True)
+                assert "seq" in welcome and welcome["session"] == before  # resumed by the same server
+                got = [(await c.next_change())[2] for _ in range(3)]
+                assert got == [2.0, 3.0, 4.0]
+            finally:
+                await c.close()
+    finally:
+        await r.aclose()

@@ -89,6 +89,7 @@ class Se104Server(ForwardServer):
         # the history's start are of that entry
         self.station.position = max(self.station.position, self.position)
         self.station.load_image(updates)
+        self.image_ready.set()
 
     def apply(self, updates: Sequence[Update]) -> None:
         self.station.apply(updates)
@@ -107,9 +108,16 @@ class Se104Server(ForwardServer):
     def prune(self, floor: Sid) -> None:
         self.station.history.prune(floor)
 
+    def history_max(self) -> int:
+        return self.station.history.maxlen
+
+    def backfill(self, since: Sid, past: Sequence[Update]) -> int:
+        return self.station.backfill(since, past)
+
     async def _resume(self, s: Session) -> None:
-        """STARTDT: fetch the master's recorded position (Redis, the freshest) and resume it from there."""
-        cursor = await self.master_cursor(s.identity)
+        """STARTDT: fetch the master's recorded position (Redis, the freshest) and resume it from there
+        (once the first image and the history behind it are loaded)."""
+        cursor = await self.resume_cursor(s.identity)
         self.station.resume(s, cursor)
 
     # --- station hooks ---------------------------------------------------------------------------------

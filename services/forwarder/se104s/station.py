@@ -197,17 +197,28 @@ class Station:
     def apply(self, updates: Sequence[Update]) -> None:
         """Update the image and send each update as a spontaneous event, except a stored value sent again
         that this point's type shows exactly as before (`same_object`)."""
+        ups = self._changes(updates, self.image)
+        if ups:
+            self._emit(ups)
+
+    def _changes(self, updates: Sequence[Update], image: dict[tuple[str, int], Value]) -> list[Update]:
+        """The updates of this station's points that are events against `image` (updated on the way)."""
         ups = []
         for u in updates:
             key = (u.fwd.table, u.fwd.id)
             if key not in self.monitor:
                 continue
-            prev = self.image.get(key)
-            self.image[key] = u.value
+            prev = image.get(key)
+            image[key] = u.value
             if prev is None or not self.same_object(key, prev, u.value):
                 ups.append(u)
-        if ups:
-            self._emit(ups)
+        return ups
+
+    def backfill(self, since: Sid, past: Sequence[Update]) -> int:
+        """The history behind the image, from the stream entries after `since` (ForwardServer.backfill):
+        the events the live path (`apply`) would have made of them, queued to no one."""
+        items = [self._event(u) for u in self._changes(past, {})]
+        return self.history.fill(since, ((it[2], it) for it in items))
 
     def same_object(self, key: tuple[str, int], prev: Value, new: Value) -> bool:
         """True when `new` is the stored value `prev` again (same value and timestamp) and the point's type

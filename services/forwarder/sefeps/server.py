@@ -151,7 +151,7 @@ class _Conn:
         if version is None:
             raise codec.ProtocolError("version", f"no common version; server speaks {list(codec.SUPPORTED)}")
         r = msg.get("resume")
-        cursor = await srv.master_cursor(self.identity) if r and r["session"] != srv.session else None
+        cursor = await srv.resume_cursor(self.identity) if r and r["session"] != srv.session else None
         if self.closing:
             return
         self.version, self.name, self.state = version, str(msg.get("name", "")), "open"
@@ -406,28 +406,48 @@ class SefepsServer(ForwardServer):
                 self.image[u.fwd.addr] = codec.entry(u.fwd, u.value)
         self.seq += 1
         self.history.reset(self.position)
+        self.image_ready.set()
         for conn in self.conns:
             if conn.state == "open":
                 conn.start_image()
 
     def apply(self, updates: Sequence[Update]) -> None:
-        events: list[Event] = []
         if len(self.history) + len(updates) > self.history.maxlen:
             self.make_room()
-        for u in updates:
-            if u.fwd.rtu != self.rtu.id or u.fwd.addr not in self.catalog_addrs:
-                continue
-            e = codec.entry(u.fwd, u.value)
-            self.seq += 1
-            self.image[u.fwd.addr] = e
-            ev = (self.seq, e, u.sid)
-            if self.history.append(u.sid, ev):
+        events = self._events(updates)
+        for ev in events:
+            self.image[ev[1][0]] = ev[1]
+            if self.history.append(ev[2], ev):
                 self.once.problem(f"sefeps RTU {self.rtu.id} history", f"more than {self.history.maxlen} "
                                   "events not acknowledged by a known master: the oldest are dropped (such a "
                                   "master gets a full image when it comes back)")
-            events.append(ev)
         for conn in self.conns:
             conn.push(events)
+
+    def _events(self, updates: Sequence[Update]) -> list[Event]:
+        """The events of `updates` (this RTU's catalogued points), numbered on in this session."""
+        out: list[Event] = []
+        for u in updates:
+            if u.fwd.rtu != self.rtu.id or u.fwd.addr not in self.catalog_addrs:
+                continue
+            self.seq += 1
+            out.append((self.seq, codec.entry(u.fwd, u.value), u.sid))
+        return out
+
+    def history_max(self) -> int:
+        return self.history.maxlen
+
+    def backfill(self, since: Sid, past: Sequence[Update]) -> int:
+        """The history behind the image just loaded (it reset the history), from the stream entries after
+        `since` (ForwardServer.backfill). Their seqs follow the one the image took, which no master holds (a
+        master connected now is sent the image later, with the newest seq), and live events follow them:
+        the history's seqs stay contiguous, as an `ev` frame's (one seq, then one more per point) need. A
+        resume of this session from before the image still gets an image (`events_after_seq`), one from
+        inside these events the events after it."""
+        if len(self.history):
+            return 0
+        self.history.start(self.position)  # as `advanced` does next: the history starts at the image
+        return self.history.fill(since, ((ev[2], ev) for ev in self._events(past)))
 
     def clients(self) -> dict[str, dict[str, Any]]:
         return {c.peer: c.info() for c in self.conns}
