@@ -22,13 +22,22 @@ With --rate, the simulator also changes every point that often (per second) duri
 spontaneous events of every forwarded point are counted per client (plant.count_spontaneous: lost,
 duplicated, out of order, time tags, quality-only).
 During the fault (--seconds): the device's AI 101 (IEC 104 IOA 1001, float) takes a new value every
---change-s, and the control client sends a set-point (IOA 6001 -> point 110, holding register 100 of
-RTU 1) every --control-s to node --control-node, with the forwarders' control deadline --deadline-s.
+--change-s (with --rate: the ticks' changes only, one per 1/rate s; a set besides would be overwritten by
+the next tick, milliseconds later, before any poll could read it), and the control client sends a
+set-point (IOA 6001 -> point 110, holding register 100 of RTU 1) every --control-s to node
+--control-node, with the forwarders' control deadline --deadline-s. The control client is a second
+master on the SCADA host's address, beside the probe.
 
 Printed, one JSON object: the lease events of the window (from A's Redis, or B's when A's is not the
-master), per client the delay of each change (device set -> first record of that value; `lost`: never),
-the records with NT or IV on IOA 1001, and per set-point its answer, its delay and how many times the
-device wrote it (and whether after its deadline).
+master), the probe's IEC 104 link state changes, per client the delay of each change (device change ->
+first record of that value; `lost`: never), the records with NT or IV on IOA 1001, each client's last
+value of a point that differs from the device's (`final_mismatches`: src, key, expected, got), what
+reached neither of the probe's links (se104s keeps one position per master address: a link resumed after
+a close is sent only what the other link did not acknowledge), and per set-point its answer (`no_answer`:
+the client's own timeout, deadline + 5 s), how many times the device wrote it, its control in
+`fep:ctl:audit` (when the forwarder read it, relative to the send) and whether a write came after the
+client's deadline (send + --deadline-s) or after the forwarder's (`deadline_ms`: from when it read the
+command; IEC 104's untagged commands carry no send time). --keep keeps the lab's directory.
 """
 
 from __future__ import annotations
@@ -227,7 +236,12 @@ def measure(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
             t_end = time.time()
             if args.rate:
                 assert plc(lab, "rate 0") == "ok"
-                changes = rate_changes(plant.device_timelines(plant.journal(lab)), t0, t_end)
+        if args.rate:
+            # a tick already waiting still comes (up to 1/rate s after the fault): inside the window, else
+            # the count takes it for the window's next change and ignores every arrival after it
+            time.sleep(1.0 / args.rate + 0.2)
+            t_end = time.time()
+            changes = rate_changes(plant.device_timelines(plant.journal(lab)), t0, t_end)
         time.sleep(args.after_s)
         return figures(lab, a, b, probe, control, changes, t0, t_end, n_events0, args)
     finally:
@@ -266,6 +280,7 @@ def figures(
     }
     both = plant.count_spontaneous(dev, either_link(recs), vs, "AB", t0, t_end)
     out["spontaneous_either_link"] = {"events": both.events, "lost": both.lost, "per_point_lost": both.per_point_lost}
+    out["final_mismatches"] = {node: plant.final_mismatches(dev, recs, vs, node) for node in ("A", "B")}
     for node in ("A", "B"):
         mine = [r for r in recs if r["src"] == "iec104" and r["node"] == node and r["ioa"] == AI_IOA]
         delays: list[float | None] = []
