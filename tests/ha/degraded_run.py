@@ -22,13 +22,22 @@ With --rate, the simulator also changes every point that often (per second) duri
 spontaneous events of every forwarded point are counted per client (plant.count_spontaneous: lost,
 duplicated, out of order, time tags, quality-only).
 During the fault (--seconds): the device's AI 101 (IEC 104 IOA 1001, float) takes a new value every
---change-s, and the control client sends a set-point (IOA 6001 -> point 110, holding register 100 of
-RTU 1) every --control-s to node --control-node, with the forwarders' control deadline --deadline-s.
+--change-s (with --rate: the ticks' changes only, one per 1/rate s; a set besides would be overwritten by
+the next tick, milliseconds later, before any poll could read it), and the control client sends a
+set-point (IOA 6001 -> point 110, holding register 100 of RTU 1) every --control-s to node
+--control-node, with the forwarders' control deadline --deadline-s. The control client is a second
+master on the SCADA host's address, beside the probe.
 
 Printed, one JSON object: the lease events of the window (from A's Redis, or B's when A's is not the
-master), per client the delay of each change (device set -> first record of that value; `lost`: never),
-the records with NT or IV on IOA 1001, and per set-point its answer, its delay and how many times the
-device wrote it (and whether after its deadline).
+master), the probe's IEC 104 link state changes, per client the delay of each change (device change ->
+first record of that value; `lost`: never), the records with NT or IV on IOA 1001, each client's last
+value of a point that differs from the device's (`final_mismatches`: src, key, expected, got), what
+reached neither of the probe's links (se104s keeps one position per master address: a link resumed after
+a close is sent only what the other link did not acknowledge), and per set-point its answer (`no_answer`:
+the client's own timeout, deadline + 5 s), how many times the device wrote it, its control in
+`fep:ctl:audit` (when the forwarder read it, relative to the send) and whether a write came after the
+client's deadline (send + --deadline-s) or after the forwarder's (`deadline_ms`: from when it read the
+command; IEC 104's untagged commands carry no send time). --keep keeps the lab's directory.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -70,6 +80,52 @@ def lease_events(node: Node) -> list[dict[str, str]]:
     out = node.redis_cli("--json", "xrange", ks.LEASE_EVENTS, "-", "+")
     rows = json.loads(out) if out.startswith("[") else []
     return [dict(zip(f[::2], f[1::2], strict=False)) if isinstance(f, list) else f for _, f in rows]
+
+
+def rate_changes(dev: dict[int, list[tuple[float, float]]], t0: float, t_end: float) -> list[tuple[float, float]]:
+    """AI's changes in [t0, t_end] when the simulator's ticks make them (--rate): each held a tick's period.
+    Setting AI besides would be no change a client can see: a tick a few ms after a set (both on a fixed
+    period) overwrote the set value before any poll read it, and such changes were tallied as lost."""
+    return [(t, v) for t, v in dev.get(AI, []) if t0 <= t <= t_end]
+
+
+def either_link(recs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The probe's IEC 104 records of both links as those of one master ("AB"): se104s keeps one position
+    per master address (docs/se104s.md), so a link resumed after a close gets only the events after what
+    the other link acknowledged; what the master as a whole missed is what reached neither link."""
+    return [{**r, "node": "AB"} for r in recs if r.get("src") == "iec104"]
+
+
+def setpoint_figures(
+    answers: list[dict[str, Any]], writes: list[dict[str, Any]], audit: list[dict[str, str]], deadline_s: float,
+    client_timeout_s: float,
+) -> list[dict[str, Any]]:
+    """Per set-point of the control client: its answer, the device's writes of its value, and its control
+    in the audit (`fep:ctl:audit`, by value: each set-point has its own). Two deadlines: the client's (its
+    send time + deadline_s: what the master means) and the forwarder's (`deadline_ms`, counted from when it
+    read the command, which TCP retransmission can delay: what the product can keep). `no_answer`: the
+    client's own timeout, no ACT_CON at all."""
+    out = []
+    for ans in answers:
+        w = [e["t"] for e in writes if e["values"] == [ans["value"]]]
+        ctl = [c for c in audit if float(c.get("value", "nan")) == ans["value"]]
+        row: dict[str, Any] = {
+            "value": ans["value"],
+            "ok": ans["ok"],
+            "answer_s": round(ans["answered"] - ans["sent"], 2),
+            "no_answer": not ans["ok"] and ans["answered"] - ans["sent"] >= client_timeout_s - 0.2,
+            "writes": len(w),
+            "write_after_client_deadline": any(t > ans["sent"] + deadline_s for t in w),
+            "controls": len(ctl),
+        }
+        if ctl:
+            c = ctl[0]
+            row["state"] = c.get("state")
+            row["fep_received_s"] = round(int(c["created_ms"]) / 1000 - ans["sent"], 2)
+            row["write_after_fep_deadline"] = any(t > int(c["deadline_ms"]) / 1000 for t in w)
+            row["finished_s"] = round(int(c.get("finished_ms") or 0) / 1000 - ans["sent"], 2)
+        out.append(row)
+    return out
 
 
 def setup(
@@ -111,6 +167,8 @@ def both_ways_loss(b: Node, pct: float) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     BASE.mkdir(exist_ok=True)
+    if args.keep:  # Lab.close keeps its directory (logs, Redis data, the probe's records) only then
+        os.environ["FEP_HA_KEEP"] = "1"
     lab = Lab(None, base=BASE)
     lab.start()
     try:
@@ -167,8 +225,9 @@ def measure(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
             go.touch()
             if args.rate:
                 assert plc(lab, f"rate {args.rate}") == "ok"
+                time.sleep(args.seconds)  # AI's changes are the ticks' (rate_changes), none set besides
             k = 0
-            while time.time() - t0 < args.seconds:
+            while not args.rate and time.time() - t0 < args.seconds:
                 k += 1
                 v = 500.0 + k
                 assert plc(lab, f"set {AI} {v}") == "ok"
@@ -177,6 +236,12 @@ def measure(lab: Lab, args: argparse.Namespace) -> dict[str, Any]:
             t_end = time.time()
             if args.rate:
                 assert plc(lab, "rate 0") == "ok"
+        if args.rate:
+            # a tick already waiting still comes (up to 1/rate s after the fault): inside the window, else
+            # the count takes it for the window's next change and ignores every arrival after it
+            time.sleep(1.0 / args.rate + 0.2)
+            t_end = time.time()
+            changes = rate_changes(plant.device_timelines(plant.journal(lab)), t0, t_end)
         time.sleep(args.after_s)
         return figures(lab, a, b, probe, control, changes, t0, t_end, n_events0, args)
     finally:
@@ -205,6 +270,17 @@ def figures(
         {**e, "at_s": round(int(e.get("ts_ms", 0)) / 1000 - t0, 2)} for e in lease_events(master)[n_events0:]
     ]
     out["holders_end"] = {r: plant.holder(master, r) for r in RTUS}
+    out["link_states"] = {
+        node: [
+            (round(r["t"] - t0, 1), r["state"])
+            for r in recs
+            if r["src"] == "iec104-state" and r["node"] == node and r["t"] >= t0
+        ]
+        for node in ("A", "B")
+    }
+    both = plant.count_spontaneous(dev, either_link(recs), vs, "AB", t0, t_end)
+    out["spontaneous_either_link"] = {"events": both.events, "lost": both.lost, "per_point_lost": both.per_point_lost}
+    out["final_mismatches"] = {node: plant.final_mismatches(dev, recs, vs, node) for node in ("A", "B")}
     for node in ("A", "B"):
         mine = [r for r in recs if r["src"] == "iec104" and r["node"] == node and r["ioa"] == AI_IOA]
         delays: list[float | None] = []
@@ -239,27 +315,19 @@ def figures(
         for e in plant.journal(lab)
         if e.get("ev") == "write" and e["rtu"] == SP_RTU and e["area"] == SP_AREA and e["address"] == SP_ADDR
     ]
-    sp = []
-    for ans in answers:
-        w = [e["t"] for e in writes if e["values"] == [ans["value"]]]
-        sp.append(
-            {
-                "value": ans["value"],
-                "ok": ans["ok"],
-                "answer_s": round(ans["answered"] - ans["sent"], 2),
-                "writes": len(w),
-                "write_after_deadline": any(t > ans["sent"] + args.deadline_s for t in w),
-            }
-        )
+    sp = setpoint_figures(answers, writes, plant.audit(master), args.deadline_s, args.deadline_s + 5)
     out["setpoints"] = sp
     out["setpoint_summary"] = {
         "sent": len(sp),
         "confirmed": sum(s["ok"] for s in sp),
         "negative": sum(not s["ok"] for s in sp),
+        "no_answer": sum(s["no_answer"] for s in sp),
         "written": sum(s["writes"] > 0 for s in sp),
         "written_twice": sum(s["writes"] > 1 for s in sp),
         "negative_but_written": sum((not s["ok"]) and s["writes"] > 0 for s in sp),
-        "written_after_deadline": sum(s["write_after_deadline"] for s in sp),
+        "written_after_client_deadline": sum(s["write_after_client_deadline"] for s in sp),
+        "written_after_fep_deadline": sum(s.get("write_after_fep_deadline", False) for s in sp),
+        "not_audited": sum(s["controls"] == 0 for s in sp),
         "confirm_s": [min(ok), max(ok)] if (ok := [s["answer_s"] for s in sp if s["ok"]]) else None,
     }
     out["slow_tick_warnings"] = {
