@@ -523,12 +523,15 @@ class Forwarder:
             for rid, cur in pending.items():
                 pipe.hset(ks.fwd_acked(rid), mapping={k: sid_text(v) for k, v in cur.items()})
             await pipe.execute()
+            self.once.clear("master cursors")
         except REDIS_ERRORS as exc:
             for rid, cur in pending.items():  # keep them (newer moves win) for the next try
                 for k, v in cur.items():
                     now = self._acks_pending.setdefault(rid, {})
                     now[k] = max(v, now.get(k, v))
-            self.once.problem("master", f"master Redis {self.cfg.vip}:{self.cfg.port}: {exc}; "
+            # a key of its own: sharing the heartbeat's ("master"), the two messages took turns and each
+            # was logged again at every turn while the master refused writes
+            self.once.problem("master cursors", f"master Redis {self.cfg.vip}:{self.cfg.port}: {exc}; "
                               "masters' cursors wait for it")
 
     async def _read_known_cursors(self) -> None:
