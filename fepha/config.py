@@ -262,7 +262,8 @@ class NodeConfig:
     se104s_buffer_max: int = opt("se104s", _positive(int), 200_000,
                                  "events kept while no master is started (oldest dropped)")
     se104s_command_max_age_ms: int = opt("se104s", _positive(int), 10_000,
-                                         "a time-tagged command older than this is refused")
+                                         "a time-tagged command older than this is refused; one accepted runs no later "
+                                         "than its tag plus this")
     se104s_untagged_answers: bool = opt("se104s", _bool, False,
                                         "interrogation answers and background scans as the type without time "
                                         "tag (IEC 60870-5-101's table of causes); false: the configured type")

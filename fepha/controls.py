@@ -84,6 +84,17 @@ def time_tag_too_old(tag_ms: int, now_ms: int, max_age_ms: int) -> bool:
     return abs(now_ms - tag_ms) > max_age_ms
 
 
+def time_left_ms(timeout_ms: int | None, not_after_ms: int | None, now_ms: int) -> int | None:
+    """The time a control may still take: its timeout, cut to what is left before `not_after_ms` (a
+    time-tagged command: its tag + `command_max_age_ms`, a wall-clock limit), None when neither bounds it.
+    A tagged command accepted at 9.5 s of a 10 s age limit must not get the full control timeout from its
+    receipt (it would run up to 14.5 s after its tag): 0 or less means too late to run."""
+    if not_after_ms is None:
+        return timeout_ms
+    left = not_after_ms - now_ms
+    return left if timeout_ms is None else min(timeout_ms, left)
+
+
 def parse_reply(ctl_id: int, raw: str) -> Result:
     state, _, reason = raw.partition("|")
     return Result(ctl_id, state, reason)

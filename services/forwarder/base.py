@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+from fepha.controls import time_left_ms
 from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
@@ -190,11 +191,12 @@ class ForwardServer(abc.ABC):
         return False
 
     async def run_control(self, fwd: FwdPoint, value: float, origin: str,
-                          timeout_ms: int | None = None) -> ControlOutcome:
+                          timeout_ms: int | None = None, not_after_ms: int | None = None) -> ControlOutcome:
         """Run one control on `fwd`'s source point (engineering units) through the ControlSink, counting
         it (controls, controls_ok, control_latency_ms_sum). Never raises but for cancellation: a sink
         that raises is logged once and answered as failed, so the master always gets an answer.
-        `timeout_ms`: what is left of the request's time (default: the server's control timeout)."""
+        `timeout_ms`: what is left of the request's time (default: the server's control timeout);
+        `not_after_ms`: a wall-clock limit (a time-tagged command's tag + its maximum age), which cuts it."""
         self.counts.controls += 1
         t0 = time.monotonic()
         if self.draining is not None:  # planned stop: answered negatively at once, never queued
@@ -203,6 +205,13 @@ class ForwardServer(abc.ABC):
             return ControlOutcome(False, "rejected", REFUSED)
         if timeout_ms is None:
             timeout_ms = self.control_timeout_ms or getattr(self.controls, "timeout_ms", None)
+        timeout_ms = time_left_ms(timeout_ms, not_after_ms, int(time.time() * 1000))
+        if timeout_ms is not None and timeout_ms <= 0:
+            out = ControlOutcome(False, "expired", "not run: its time tag's maximum age passed before it could "
+                                 "be run")
+            self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id, value,
+                             origin, out.reason)
+            return out
         stalled_s = STALLS.possible_age_s(t0)
         if stalled_s and timeout_ms is not None:
             # read right after the process was stalled: it may have waited unread that long; only what is

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from fep_forwarder.base import ControlOutcome
 from fepha.iec104 import codec as c
 from fepha.iec104.link import Stopped
 
@@ -217,6 +218,24 @@ def test_time_tagged_command_outside_its_window_is_refused_without_reaching_the_
         assert m.send(cmd(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1, ts_ms=tag))) == []
         assert answers(m) == [(c.C_SC_TA_1, c.COT_ACTCON, True, CA)]
     assert len(m.send(cmd(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1, ts_ms=now)))) == 1
+
+
+def test_time_tagged_command_is_run_with_its_tag_plus_the_maximum_age_as_its_limit() -> None:
+    """The station hands a tagged command's wall-clock limit (tag + `command_max_age_ms`) to the server's
+    run_control, which cuts the control's time to it (test_se104s_server); an untagged one has none."""
+    m = started_pair(command_max_age_ms=2000)
+    limits: list[int | None] = []
+
+    async def run_control(fwd, value, origin, timeout_ms=None, not_after_ms=None):  # type: ignore[no-untyped-def]
+        limits.append(not_after_ms)
+        return ControlOutcome(True, "done")
+
+    m.st.run_control = run_control  # type: ignore[method-assign]
+    tag = int(time.time() * 1000) - 1500
+    for elem, type_id in ((c.encode_command(c.C_SC_TA_1, 1, ts_ms=tag), c.C_SC_TA_1), (b"\x01", c.C_SC_NA_1)):
+        (ctl,) = m.send(cmd(type_id, 5003 if type_id == c.C_SC_TA_1 else 5001, elem))
+        asyncio.run(m.st.execute(ctl))  # type: ignore[arg-type]
+    assert limits == [tag + 2000, None]
 
 
 def test_time_tagged_command_whose_tag_is_marked_invalid_is_refused_without_reaching_the_device() -> None:

@@ -454,3 +454,24 @@ async def test_impossible_time_tags_get_negative_answers_not_a_closed_connection
     assert got == [(c.C_SC_TA_1, c.COT_ACTCON, True), (c.C_CS_NA_1, c.COT_ACTCON, True),
                    (c.C_DC_NA_1, c.COT_ACTCON, True)]
     assert sink.calls == []
+
+
+async def test_a_control_gets_no_more_time_than_its_wall_clock_limit_leaves() -> None:
+    """run_control with `not_after_ms` (a time-tagged command's tag + command_max_age_ms): the sink gets
+    what is left before it, not the full control timeout; past it the control is answered `expired`
+    without reaching the device."""
+    seen: list[int | None] = []
+
+    class Recording(Sink):
+        async def execute(self, fwd, value, origin, timeout_ms=None):  # type: ignore[no-untyped-def]
+            seen.append(timeout_ms)
+            return await super().execute(fwd, value, origin, timeout_ms)
+
+    sink = Recording()
+    async with se104_server(sink, control_timeout_ms=5000) as srv:
+        fwd = next(f for f in srv.rtu.forwards if f.kind == "DO")
+        ok = await srv.run_control(fwd, 1, "test", not_after_ms=int(time.time() * 1000) + 400)
+        assert ok.ok and len(seen) == 1 and 0 < seen[0] <= 400, seen  # type: ignore[operator]
+        assert (await srv.run_control(fwd, 1, "test")).ok and seen[1] == 5000
+        late = await srv.run_control(fwd, 1, "test", not_after_ms=int(time.time() * 1000) - 1)
+        assert (late.ok, late.state, len(sink.calls)) == (False, "expired", 2)

@@ -113,6 +113,7 @@ class Control:
     asdu: c.Asdu
     fwd: FwdPoint
     value: float  # source units (COEF removed)
+    not_after_ms: int | None = None  # a time-tagged command: its tag + command_max_age_ms (wall clock)
 
 
 def _nothing(*_: Any) -> None:
@@ -125,7 +126,7 @@ class Station:
     `clients_changed()`: a master connected, left, started or stopped."""
 
     def __init__(self, rtu: Rtu, options: dict[str, Any],
-                 run_control: Callable[[FwdPoint, float, str], Awaitable[ControlOutcome]], origin: str,
+                 run_control: Callable[..., Awaitable[ControlOutcome]], origin: str,
                  wake: Callable[[Session], None] = _nothing, closed: Callable[[Session], None] = _nothing,
                  clients_changed: Callable[[], None] = _nothing,
                  acked: Callable[[str, Sid], None] = _nothing, counts: Counters | None = None,
@@ -616,13 +617,14 @@ class Station:
                             "with another value than selected")
                 self._answer(s, c.mirror(a, c.COT_ACTCON, True))
                 return
-        controls.append(Control(s, a, fwd, cmd.value / fwd.coef))
+        controls.append(Control(s, a, fwd, cmd.value / fwd.coef,
+                                None if cmd.ts_ms is None else cmd.ts_ms + self.command_max_age_ms))
 
     async def execute(self, ctl: Control) -> None:
         """Run an accepted command (ForwardServer.run_control: counted, never raises); positive ACT_CON +
         ACT_TERM only after the device accepted it, a negative ACT_CON otherwise."""
         s, a, fwd = ctl.session, ctl.asdu, ctl.fwd
-        out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}")
+        out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}", not_after_ms=ctl.not_after_ms)
         if out.ok:
             self._answer(s, c.mirror(a, c.COT_ACTCON))
             self._answer(s, c.mirror(a, c.COT_ACTTERM))
