@@ -60,10 +60,18 @@ class Pair:
         return self.xfer()
 
 
+def runs_on(sink: Sink):  # type: ignore[no-untyped-def]
+    """The station's run_control (ForwardServer.run_control in the server) played by the sink alone: the
+    time-tagged command's limit (`not_after_ms`) is the server's to apply (test_se104s_server)."""
+    async def run_control(fwd, value, origin, timeout_ms=None, not_after_ms=None):  # type: ignore[no-untyped-def]
+        return await sink.execute(fwd, value, origin, timeout_ms)
+    return run_control
+
+
 def station(**options: object) -> Station:
     """A station whose recorded master positions are kept in `st.cursors` and whose sink is `st.sink`."""
     sink, cursors = Sink(), {}
-    st = Station(rtu(), {**P, **options}, sink.execute, "se104s:10:A", acked=cursors.__setitem__)
+    st = Station(rtu(), {**P, **options}, runs_on(sink), "se104s:10:A", acked=cursors.__setitem__)
     st.sink, st.cursors = sink, cursors  # type: ignore[attr-defined]
     return st
 
@@ -300,7 +308,7 @@ def test_what_a_master_left_unacknowledged_reaches_its_next_connection() -> None
 
 def test_a_master_that_does_not_keep_up_is_closed_and_its_queue_counted_as_dropped() -> None:
     closed: list[Session] = []
-    st = Station(rtu(), {**P, "queue_max": 50}, Sink().execute, "o", closed=closed.append)
+    st = Station(rtu(), {**P, "queue_max": 50}, runs_on(Sink()), "o", closed=closed.append)
     st.cursors = {}  # type: ignore[attr-defined]
     m = Pair(st)
     m.start()
@@ -390,3 +398,21 @@ def test_the_position_follows_acknowledgements_that_end_inside_an_entry() -> Non
         m.xfer()
         assert m.s.first_outstanding() == (n, 0)  # its second APDU is not acknowledged yet
         assert st.cursors["m1"] == (n - 1, 0)  # the entry before it is whole
+
+
+def test_a_command_answer_goes_ahead_of_the_events_queued_for_its_master() -> None:
+    """A backlog of events (a slow link) does not hold a command's ACT_CON / ACT_TERM behind it: they go out
+    first, in their order, and the events after them in theirs."""
+    st = station()
+    m = Pair(st)
+    m.start()
+    (ctl,) = m.send(c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(5001, b"\x01")]))
+    m.got.clear()
+    feed(st, 2, [[upd(1001 if i % 2 else 1002, float(i))] for i in range(20)])  # queued, not yet pumped
+    assert m.s.events_queued == 20
+    asyncio.run(st.execute(ctl))  # type: ignore[arg-type]
+    m.xfer()
+    kinds = [(a.type_id, a.cause) for a in m.got]
+    assert kinds[:2] == [(c.C_SC_NA_1, c.COT_ACTCON), (c.C_SC_NA_1, c.COT_ACTTERM)], kinds
+    events = [(a.objects[0][0], a.cause) for a in m.got[2:]]
+    assert events == [(1001 if i % 2 else 1002, c.COT_SPONT) for i in range(20)], events  # all, in order

@@ -436,7 +436,18 @@ class Station:
         s.link.tick(now)
 
     def _answer(self, s: Session, asdu: bytes) -> None:
-        s.queue.append((0, asdu, ZERO))
+        """Queue an answer. A command's (its ACT_CON, ACT_TERM, DEACT_CON, or its refusal) goes ahead of the
+        events queued for the master, behind the answers already ahead of them, as lib60870's servers send
+        command answers from a queue of their own: on a backlogged link (a slow or lossy master link, before
+        t1 closes it) it waited behind every queued event, past the master's command timeout, for a command
+        that had run (docs/ha.md "Degraded links", 800 ms). Interrogation answers keep their place: a
+        current value must not overtake an older event."""
+        item = (0, asdu, ZERO)
+        if s.events_queued and asdu[0] in c.COMMAND_BASE:
+            q = s.queue
+            q.insert(next((n for n, it in enumerate(q) if it[0]), len(q)), item)
+        else:
+            s.queue.append(item)
         self.wake(s)
 
     def _on_asdu(self, s: Session, a: c.Asdu, controls: list[Control]) -> None:
