@@ -165,8 +165,9 @@ class Device(Se104Server):
         self._peer_ch: dict[str, int] = {}
         self._cut: set[int] = set()
         now = self.clock_ms()
-        self.station.load_image([Update(f, Value(0.0, 0, now)) for f in fwds if f.kind in MONITOR_KINDS])
-        self.image_ready.set()  # its history starts here: a master with a recorded position need not wait
+        # through the server's load_image: the history starts here, so a master with a recorded position
+        # (the new holder at a takeover) is resumed at once, not after the wait for a first image
+        self.load_image([Update(f, Value(0.0, 0, now)) for f in fwds if f.kind in MONITOR_KINDS])
         self._monitor = [f for f in fwds if f.kind in MONITOR_KINDS]
         self._next = 0
         self._seq = 0  # the device's own event sequence: the station's history and cursor count in it

@@ -206,23 +206,19 @@ class ForwardServer(abc.ABC):
         if timeout_ms is None:
             timeout_ms = self.control_timeout_ms or getattr(self.controls, "timeout_ms", None)
         timeout_ms = time_left_ms(timeout_ms, not_after_ms, int(time.time() * 1000))
-        if timeout_ms is not None and timeout_ms <= 0:
-            out = ControlOutcome(False, "expired", "not run: its time tag's maximum age passed before it could "
-                                 "be run")
-            self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id, value,
-                             origin, out.reason)
-            return out
+        late = "its time tag's maximum age passed before it could be run"
         stalled_s = STALLS.possible_age_s(t0)
-        if stalled_s and timeout_ms is not None:
+        if stalled_s and timeout_ms is not None and timeout_ms > 0:
             # read right after the process was stalled: it may have waited unread that long; only what is
             # left of its time (if anything) is given to it, so it never runs after its deadline
             timeout_ms -= int(stalled_s * 1000)
-            if timeout_ms <= 0:
-                out = ControlOutcome(False, "expired", f"not run: it may have waited {stalled_s:.1f} s unread "
-                                     "while this forwarder was stalled (stopped or starved), past its deadline")
-                self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id,
-                                 value, origin, out.reason)
-                return out
+            late = (f"it may have waited {stalled_s:.1f} s unread while this forwarder was stalled (stopped or "
+                    "starved), past its deadline")
+        if timeout_ms is not None and timeout_ms <= 0:
+            out = ControlOutcome(False, "expired", f"not run: {late}")
+            self.log.warning("%s RTU %s control %s=%s from %s: %s", self.protocol, self.rtu.id, fwd.id, value,
+                             origin, out.reason)
+            return out
         token = object()  # in flight until its outcome: a planned stop waits for it (`drain`)
         self._in_flight[token] = (t0 + timeout_ms / 1000 + SINK_MARGIN_S) if timeout_ms is not None else math.inf
         try:
