@@ -16,7 +16,7 @@ from fep_tools.plcsim import ANSWER, REQUEST
 from fepha import controls
 from fepha import keyspace as ks
 from fepha.semodel.model import Point
-from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
+from tests.acquirer.helpers import free_port, holding, merge, rtu_rows
 
 from .test_mbtcp import link_to, serve
 
@@ -85,13 +85,8 @@ async def test_a_set_point_executed_whose_answer_is_lost_is_done_once(redis_mast
     rows["T011_POINT"].append(dict(PNTID=AO_ID, RTUID=1, KIND="AO", NAME="sp", AREA="hr", ADDRESS=10,
                                    DATATYPE="int32", BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=0.1,
                                    OFFSET=None, DEADBAND=None))
-    model = load(redis_master, rows)
-    sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A"))
-    try:
+    async with holding(redis_master, feproot, rows) as (model, sim, a):
         r = a.master
-        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
-        await until(lambda: a.acq.runners[1].link is not None)
         words = register_words(model.points[AO_ID], 1234.5)  # FC 16, two registers
         sim.lose(1, "hr", 10, ANSWER)
         res = await controls.execute(r, 1, AO_ID, 1234.5, "test", 2000)
@@ -108,6 +103,3 @@ async def test_a_set_point_executed_whose_answer_is_lost_is_done_once(redis_mast
         assert sim.value(AO_ID) == 1234.5 and len([w for w in sim.writes if w[1] == "hr"]) == 1
         m = a.acq.metrics.total
         assert (m["controls_executed"], m["controls_read_back"], m["controls_failed"]) == (1, 1, 1)
-    finally:
-        await a.stop()
-        await sim.stop()
