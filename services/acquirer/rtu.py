@@ -531,13 +531,14 @@ class RtuRunner(RunnerBase):
             raise LinkError("device not connected")
         try:
             await link.write(p, value)
-        except Unanswered as exc:
-            if deadline is None or not readback_due(p.kind, p.area, True, deadline - time.monotonic()):
+        except (LinkError, DeviceError) as exc:
+            if deadline is None or not readback_due(p.kind, p.area, isinstance(exc, Unanswered),
+                                                    deadline - time.monotonic()):
                 raise
             return await self._read_back(p, value, exc, deadline - MARGIN_S)
         return None
 
-    async def _read_back(self, p: Point, value: float, lost: Unanswered, until: float) -> str:
+    async def _read_back(self, p: Point, value: float, lost: Exception, until: float) -> str:
         """Read a set-point's registers back, never writing them again, on the connection the runner has
         now (the same channel, or the other one if it switched), until `until`: the commanded raw values
         there -> how it was confirmed; else LinkError (the control fails as it did before the read-back)."""
