@@ -7,16 +7,19 @@ lost (done, written once) and with its request lost (failed, not written)."""
 
 from __future__ import annotations
 
+import struct
+import time
+
 import pytest
 
 from fep_acquirer import mbtcp
-from fep_acquirer.device import DeviceError, LinkError, Unanswered, register_words
+from fep_acquirer.device import DeviceError, DeviceLink, LinkError, Unanswered, register_words
 from fep_acquirer.readback import MARGIN_S, confirmed, readback_due
 from fep_tools.plcsim import ANSWER, REQUEST
 from fepha import controls
 from fepha import keyspace as ks
-from fepha.semodel.model import Point
-from tests.acquirer.helpers import free_port, holding, merge, rtu_rows
+from fepha.semodel.model import Model, Point
+from tests.acquirer.helpers import free_port, holding, lone_runner, merge, rtu_rows
 
 from .test_mbtcp import link_to, serve
 
@@ -78,14 +81,50 @@ async def test_a_write_sent_and_unanswered_is_told_from_one_refused(device: str,
 AO_ID = 1800
 
 
-async def test_a_set_point_executed_whose_answer_is_lost_is_done_once(redis_master, feproot):
-    """Real Redis, fep-plcsim, the acquirer (node A): a set-point's write executed and its answer lost is
-    confirmed by read-back (done, written once); its request lost, it is failed and not written."""
-    rows = merge(rtu_rows(1, free_port()))
+def with_setpoint(port: int) -> dict:
+    """RTU 1 (helpers.rtu_rows) plus a set-point: int32 x 0.1 in holding registers 10-11 (FC 16)."""
+    rows = merge(rtu_rows(1, port))
     rows["T011_POINT"].append(dict(PNTID=AO_ID, RTUID=1, KIND="AO", NAME="sp", AREA="hr", ADDRESS=10,
                                    DATATYPE="int32", BYTEORDER=None, WORDORDER=None, BITINDEX=None, SCALE=0.1,
                                    OFFSET=None, DEADBAND=None))
-    async with holding(redis_master, feproot, rows) as (model, sim, a):
+    return rows
+
+
+async def test_a_set_point_whose_connection_drops_after_the_write_is_read_back_on_a_new_one(redis_master,
+                                                                                           feproot):
+    """A device that executes the write and closes the connection without answering: the read-back opens
+    it again and confirms the write, which went out once."""
+    regs = [0] * 16
+    writes: list[bytes] = []
+
+    def device(tid: int, unit: int, pdu: bytes):
+        if pdu[0] == mbtcp.WRITE_REGISTERS:
+            writes.append(pdu)
+            address, n = struct.unpack_from(">HH", pdu, 1)
+            regs[address:address + n] = struct.unpack_from(f">{n}H", pdu, 6)
+            raise ConnectionError  # executed; the connection drops before the answer
+        address, n = struct.unpack_from(">HH", pdu, 1)
+        yield mbtcp.frame(tid, unit, bytes([3, 2 * n]) + struct.pack(f">{n}H", *regs[address:address + n]))
+    conns: list[int] = []
+    server, port = await serve(device, conns=conns)
+    model = Model.from_rows(with_setpoint(port))
+    async with lone_runner(feproot, redis_master, model, "A") as (_, runner):
+        runner.link = link = DeviceLink(model.rtus[1].channels[0], 0.2)
+        try:
+            await link.connect()
+            how = await runner.write_point(AO_ID, 1234.5, deadline=time.monotonic() + 1.5)
+        finally:
+            link.close()
+            server.close()
+            await server.wait_closed()
+    assert how is not None and "confirmed by read-back on channel 1" in how, how
+    assert len(writes) == 1 and len(conns) == 2 and regs[10:12] == register_words(model.points[AO_ID], 1234.5)
+
+
+async def test_a_set_point_executed_whose_answer_is_lost_is_done_once(redis_master, feproot):
+    """Real Redis, fep-plcsim, the acquirer (node A): a set-point's write executed and its answer lost is
+    confirmed by read-back (done, written once); its request lost, it is failed and not written."""
+    async with holding(redis_master, feproot, with_setpoint(free_port())) as (model, sim, a):
         r = a.master
         words = register_words(model.points[AO_ID], 1234.5)  # FC 16, two registers
         sim.lose(1, "hr", 10, ANSWER)
