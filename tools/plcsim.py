@@ -38,6 +38,9 @@ _RANGES = {"int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-(2**31), 2
            "uint32": (0, 2**32 - 1)}
 _READ_FC = {1, 2, 3, 4, 23}
 _FC_AREA = {1: "co", 5: "co", 15: "co", 2: "di", 3: "hr", 6: "hr", 16: "hr", 22: "hr", 23: "hr", 4: "ir"}
+_WRITE_FC = {5, 6, 15, 16}
+REQUEST, ANSWER = "request", "answer"
+"""What `PlcSim.lose` loses of a write: the request (never executed) or its answer (executed)."""
 
 
 class DeviceStore:
@@ -176,12 +179,17 @@ class _InOrderHandler(ServerRequestHandler):
                     continue
                 if self.server.unanswered(pdu):   # `silence`: a request the device never answers
                     continue
+                lost = self.server.lost(pdu)
+                if lost == REQUEST:  # `lose`: a write that never reaches the device
+                    continue
                 try:
                     response = await pdu.datastore_update(self.server.context, pdu.dev_id)
                 except NoSuchIdException:
                     response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
                 except Exception:  # noqa: BLE001 - as pymodbus's handler: e.g. a unit id not served here
                     response = ExceptionResponse(pdu.function_code, ExcCodes.DEVICE_FAILURE)
+                if lost == ANSWER:  # executed, its answer lost on the way back
+                    continue
                 response.transaction_id, response.dev_id = pdu.transaction_id, pdu.dev_id
                 self.server_send(response, addr)
         finally:
@@ -196,9 +204,11 @@ class _InOrderHandler(ServerRequestHandler):
 
 class _InOrderServer(ModbusTcpServer):
     """pymodbus's Modbus TCP server with `_InOrderHandler` connections; `unanswered(pdu)` tells a request
-    to leave without an answer (PlcSim.silence)."""
+    to leave without an answer (PlcSim.silence), `lost(pdu)` a write whose request or answer is lost
+    (PlcSim.lose: REQUEST, ANSWER or None)."""
 
     unanswered: Callable[[ModbusPDU], bool] = staticmethod(lambda pdu: False)  # type: ignore[assignment]
+    lost: Callable[[ModbusPDU], str | None] = staticmethod(lambda pdu: None)  # type: ignore[assignment]
 
     def callback_new_connection(self) -> _InOrderHandler:
         return _InOrderHandler(self)
@@ -259,6 +269,8 @@ class PlcSim(SimControl):
         self._cut: set[tuple[int, int]] = set()
         # (rtu, channel or None: both, area, address, silent): reads covering it answered 0x0B, or not at all
         self._muted: set[tuple[int, int | None, str, int, bool]] = set()
+        # (rtu, channel or None: both, area, address) -> REQUEST or ANSWER: writes covering it lose that
+        self._lost: dict[tuple[int, int | None, str, int], str] = {}
         self._eps: dict[tuple[str, int], list[tuple[int, int, int]]] = {}  # endpoint -> (rtu, ch, unit)
         for r in model.modbus_rtus():
             for ch in r.channels:
@@ -336,7 +348,17 @@ class PlcSim(SimControl):
             if area in dt.BIT_AREAS:
                 count = (count + 15) // 16  # as _covers_muted counts them: 16-bit words
             return self._covers_muted(rtu, ch, area, getattr(pdu, "address", 0), count, silent=True)
+        def lost(pdu: ModbusPDU) -> str | None:
+            if not self._lost or pdu.function_code not in _WRITE_FC:
+                return None
+            rtu, ch = units.get(pdu.dev_id, (0, 0))
+            start = getattr(pdu, "address", 0)
+            end = start + max(1, getattr(pdu, "count", 0))  # FC 5's count is 0, FC 6's 1
+            return next((what for (r, c, a, m), what in self._lost.items()
+                         if r == rtu and c in (None, ch) and a == _FC_AREA[pdu.function_code] and start <= m < end),
+                        None)
         srv.unanswered = unanswered  # type: ignore[method-assign]
+        srv.lost = lost  # type: ignore[method-assign]
         return srv
 
     async def _listen(self, ep: tuple[str, int]) -> None:
@@ -425,6 +447,16 @@ class PlcSim(SimControl):
 
     def unmute(self, rtu: int, area: str, address: int, channel: int | None = None) -> None:
         self._muted -= {(rtu, channel, area, address, silent) for silent in (False, True)}
+        self._lost.pop((rtu, channel, area, address), None)
+
+    def lose(self, rtu: int, area: str, address: int, what: str = ANSWER, channel: int | None = None) -> None:
+        """Writes of `rtu` (on `channel`, or both) covering `area` `address` (`co`, `hr`) are not answered:
+        with `what` ANSWER they are executed and their answer is lost on the way back, with REQUEST the
+        request is lost on the way there (not executed). `unmute` undoes it."""
+        self._channels(rtu, channel)
+        if area not in dt.WRITABLE_AREAS or what not in (REQUEST, ANSWER):
+            raise ValueError(f"cannot lose the {what!r} of a write to {area!r}")
+        self._lost[(rtu, channel, area, address)] = what
 
     def _covers_muted(self, rtu: int, ch: int, area: str, address: int, count: int, silent: bool = False) -> bool:
         # for bit areas pymodbus passes the bit address and the count of 16-bit words covering the request
@@ -469,6 +501,10 @@ class PlcSim(SimControl):
                 return "ok"
             if cmd in ("mute", "silence", "unmute") and 3 <= len(args) <= 4:
                 getattr(self, cmd)(int(args[0]), args[1].lower(), int(args[2]), int(args[3]) if len(args) == 4 else None)
+                return "ok"
+            if cmd == "lose" and 4 <= len(args) <= 5:
+                self.lose(int(args[0]), args[1].lower(), int(args[2]), args[3].lower(),
+                          int(args[4]) if len(args) == 5 else None)
                 return "ok"
             if cmd == "set" and len(args) == 2:
                 self.set_value(int(args[0]), float(args[1]))

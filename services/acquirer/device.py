@@ -19,6 +19,12 @@ class LinkError(Exception):
     """The device was not reached over this channel (connect, timeout, gateway): switch logic applies."""
 
 
+class Unanswered(LinkError):
+    """A request sent whose answer never came: no answer within the timeout, or the connection lost after
+    the send. A write may have been executed by the device (readback.py judges a set-point's by reading it
+    back); one not sent (connection already closed and not opened again) is a plain LinkError."""
+
+
 class DeviceError(Exception):
     """The device answered with a Modbus exception (bad address, type...): a configuration problem."""
 
@@ -54,6 +60,7 @@ class DeviceLink:
         self.lock = asyncio.Lock()  # a control write and a poll share the connection, one at a time
         self.waiting = 0  # control requests waiting for the lock: a poll's reads pause for them
         self.reopened = 0  # connections opened again after the device closed one (read_all, _call)
+        self.closed = False  # closed by its runner (a channel's connection ended): never opened again
 
     async def connect(self) -> None:
         try:
@@ -62,11 +69,15 @@ class DeviceLink:
             raise LinkError(f"connect {self.channel.host}:{self.channel.port}: {exc or type(exc).__name__}") from exc
 
     def close(self) -> None:
+        self.closed = True
         self.client.close()
 
     async def _reopen(self) -> None:
         """Connect again at once after the device closed the connection (idle timeout, or a device that
-        closes after each answer); LinkError when it cannot be reached."""
+        closes after each answer); LinkError when it cannot be reached, or when its runner has closed this
+        link (a control's read-back that took it just before must not leave a connection open behind it)."""
+        if self.closed:
+            raise LinkError("connection closed by its runner")
         self.client.close()
         self.reopened += 1
         await self.connect()
@@ -88,6 +99,8 @@ class DeviceLink:
                 return await self.client.request(pdu)
         except mbtcp.ExceptionAnswer as exc:
             raise _exception_error(exc) from exc
+        except (mbtcp.SequenceTimeout, mbtcp.SequenceLost) as exc:  # sent: the device may have executed it
+            raise Unanswered(str(exc) or type(exc).__name__) from exc
         except (TimeoutError, OSError, mbtcp.Malformed) as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
         finally:
@@ -146,7 +159,8 @@ class DeviceLink:
         return out
 
     async def write(self, p: Point, value: float) -> None:
-        """Write an engineering value to a coil or holding register(s); raises ValueError if not writable."""
+        """Write an engineering value to a coil or holding register(s); raises ValueError if not writable,
+        Unanswered when the write went out and its answer never came."""
         if p.area not in dt.WRITABLE_AREAS:
             raise ValueError(f"point {p.id} is in area {p.area}, not writable")
         if p.area == "co":
@@ -158,9 +172,18 @@ class DeviceLink:
             bit = 1 << (p.bit or 0)
             await self._call(mbtcp.write_register_pdu(p.address, (cur | bit) if value else (cur & ~bit)))
             return
-        words = dt.encode_registers(dt.unscaled(value, p.scale, p.offset), p.datatype, p.byteorder,
-                                    p.wordorder)
+        words = register_words(p, value)
         if len(words) == 1:
             await self._call(mbtcp.write_register_pdu(p.address, words[0]))
         else:
             await self._call(mbtcp.write_registers_pdu(p.address, words))
+
+    async def read_registers(self, address: int, count: int) -> bytes:
+        """Holding registers `address`.. (`count`), as the answer's data bytes: one FC3 request on this
+        connection (a control's read-back, rtu.py); LinkError / DeviceError as `_call`."""
+        return await self._call(mbtcp.read_pdu("hr", address, count))
+
+
+def register_words(p: Point, value: float) -> list[int]:
+    """The raw registers a numeric holding-register point is written with for an engineering value."""
+    return dt.encode_registers(dt.unscaled(value, p.scale, p.offset), p.datatype, p.byteorder, p.wordorder)

@@ -9,7 +9,7 @@ from fepha import keyspace as ks
 
 NAMES = ("changes_written", "write_errors", "compensations", "full_images", "lease_changes",
          "channel_switches", "polls", "poll_errors", "controls_executed", "controls_failed",
-         "controls_refused",
+         "controls_refused", "controls_read_back",
          "duplicates_dropped", "writes_duplicate", "changes_not_kept")
 
 

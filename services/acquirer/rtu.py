@@ -25,17 +25,18 @@ from fep_acquirer.changes import (
     held_in_redis,
 )
 from fep_acquirer.channel import ChannelSwitcher
-from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError, NoAnswer
+from fep_acquirer.device import Busy, DeviceError, DeviceLink, LinkError, NoAnswer, Unanswered, register_words
 from fep_acquirer.lease import LeaseView, reach_window_s, reaches, reaches_fully
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.plan import decode_block, plan_reads
+from fep_acquirer.readback import MARGIN_S, confirmed, readback_due
 from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer, WriteResult
 from fepha import keyspace as ks
 from fepha import points as pt
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
-from fepha.semodel.model import Rtu
+from fepha.semodel.model import Point, Rtu
 
 log = logging.getLogger("acquirer")
 IV = int(pt.Quality.IV)
@@ -45,6 +46,9 @@ PENDING_MAX = 8
 """Polls' writes waiting behind the one in flight (RtuRunner._submit): a point may change this many times
 within a write's time (a slow link to the master) without losing a value; past it the newest poll is
 merged into the last waiting write (only the point's latest value then, as while Redis is unreachable)."""
+READBACK_RETRY_S = 0.05
+"""A control's read-back with no connection to read on (lost, the runner reconnecting or switching
+channel) tries again this often, until its deadline."""
 
 
 class _Batch:
@@ -514,13 +518,52 @@ class RtuRunner(RunnerBase):
             current = after_replay(current, batches)
         self.tracker.seed({pid: s for pid, (s, _) in current.items()})
 
-    async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> None:
+    async def write_point(self, point_id: int, value: float, deadline: float | None = None) -> str | None:
         """Control output: write one point to the device over the connected channel (the executor's
-        wait_for enforces `deadline`; a Modbus write has no later phase to bound)."""
+        wait_for enforces `deadline`; a Modbus write has no later phase to bound). A set-point whose write
+        went out unanswered is read back before `deadline` (readback.py): returns how it was confirmed,
+        or raises the write's error with what the read-back found. None: the write was answered."""
         p = self.points.get(point_id)
         if p is None:
             raise ValueError(f"point {point_id} is not a point of RTU {self.rtu.id}")
         link = self.link
         if link is None:
             raise LinkError("device not connected")
-        await link.write(p, value)
+        try:
+            await link.write(p, value)
+        except (LinkError, DeviceError) as exc:
+            if deadline is None or not readback_due(p.kind, p.area, isinstance(exc, Unanswered),
+                                                    deadline - time.monotonic()):
+                raise
+            return await self._read_back(p, value, exc, deadline - MARGIN_S)
+        return None
+
+    async def _read_back(self, p: Point, value: float, lost: Exception, until: float) -> str:
+        """Read a set-point's registers back, never writing them again, on the connection the runner has
+        now (the same channel, or the other one if it switched), until `until`: the commanded raw values
+        there -> how it was confirmed; else LinkError (the control fails as it did before the read-back)."""
+        want = register_words(p, value)
+        found = "no connection to the device"
+        while (left := until - time.monotonic()) > 0:
+            link = self.link
+            if link is None or link.closed:
+                await asyncio.sleep(min(READBACK_RETRY_S, left))
+                continue
+            try:
+                got = await asyncio.wait_for(link.read_registers(p.address, len(want)), left)
+            except (LinkError, TimeoutError) as exc:  # read again, on the connection there is then
+                found = f"unreadable: {exc or type(exc).__name__}"
+                await asyncio.sleep(min(READBACK_RETRY_S, max(0.0, until - time.monotonic())))
+                continue
+            except DeviceError as exc:
+                found = f"unreadable: {exc}"
+                break
+            if confirmed(want, got):
+                self.metrics.inc("controls_read_back")
+                log.warning("%s: control write to point %d unanswered (%s), confirmed by read-back on channel "
+                            "%d", self.key, p.id, lost, link.channel.no)
+                return f"written: its answer was lost ({lost}), confirmed by read-back on channel {link.channel.no}"
+            held = [int.from_bytes(got[i:i + 2], "big") for i in range(0, len(got), 2)]
+            found = f"the device holds {held}, not the commanded {want}"
+            break
+        raise LinkError(f"{lost}; read back: {found}") from lost

@@ -125,4 +125,20 @@ async def start_sim(model: Model) -> PlcSim:
     return sim
 
 
-__all__ = ["FAST", "Node", "free_port", "load", "merge", "node_cfg", "rtu_rows", "start_sim", "until"]
+@contextlib.asynccontextmanager
+async def holding(rp: RedisProc, feproot, rows: dict[str, list[dict[str, Any]]]) -> AsyncIterator[tuple[Model, PlcSim, Node]]:
+    """`rows` loaded into `rp`, served by a PlcSim, and node A's acquirer holding RTU 1's lease and
+    connected to its device (a control is written at once); both stopped at the end."""
+    model = load(rp, rows)
+    sim = await start_sim(model)
+    a = Node(node_cfg(feproot, rp, "A"))
+    try:
+        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
+        await until(lambda: a.acq.runners[1].link is not None)
+        yield model, sim, a
+    finally:
+        await a.stop()
+        await sim.stop()
+
+
+__all__ = ["FAST", "Node", "free_port", "holding", "load", "merge", "node_cfg", "rtu_rows", "start_sim", "until"]

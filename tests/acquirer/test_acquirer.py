@@ -20,6 +20,7 @@ from fepha.logsetup import OnceLogger
 from tests.acquirer.helpers import (
     Node,
     free_port,
+    holding,
     load,
     lone_runner,
     merge,
@@ -379,13 +380,8 @@ async def test_several_requests_in_flight_end_to_end(redis_master, feproot):
 
 
 async def test_controls_once_and_expired(redis_master, feproot):
-    model = load(redis_master, merge(rtu_rows(1, free_port())))
-    sim = await start_sim(model)
-    a = Node(node_cfg(feproot, redis_master, "A"))
-    try:
+    async with holding(redis_master, feproot, merge(rtu_rows(1, free_port()))) as (_, sim, a):
         r = a.master
-        await until(lambda: a.acq.runners and a.acq.runners[1].lease.held)
-        await until(lambda: a.acq.runners[1].link is not None)
         res = await controls.execute(r, 1, 1003, 321, "test", 2000)
         assert res.ok, res
         assert sim.value(1003) == 321
@@ -401,9 +397,6 @@ async def test_controls_once_and_expired(redis_master, feproot):
         assert res.state == controls.FAILED and "not a point" in res.reason
         m = a.acq.metrics.total
         assert m["controls_executed"] == 2 and m["controls_failed"] == 1
-    finally:
-        await a.stop()
-        await sim.stop()
 
 
 @pytest.mark.parametrize(("poll_age_s", "at_gain", "with_next_poll"), [

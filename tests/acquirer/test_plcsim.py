@@ -77,7 +77,8 @@ async def test_control_interface() -> None:
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", sim.control_port)
         answers = []
-        for line in ("set 1001 42", "get 1001", "cut 1 2", "status", "restore 1", "get 424242", "fly"):
+        for line in ("set 1001 42", "get 1001", "cut 1 2", "status", "restore 1", "get 424242", "fly",
+                     "lose 1 hr 3 answer 1", "lose 1 ir 3 answer", "unmute 1 hr 3 1"):
             writer.write(line.encode() + b"\n")
             await writer.drain()
             answers.append((await reader.readline()).decode().strip())
@@ -87,6 +88,7 @@ async def test_control_interface() -> None:
         assert answers[4] == "ok" and not sim.is_cut(1, 2)
         assert answers[5].startswith("err") and "424242" in answers[5]
         assert answers[6].startswith("err unknown command")
+        assert answers[7:] == ["ok", "err cannot lose the 'answer' of a write to 'ir'", "ok"] and not sim._lost
     finally:
         await sim.stop()
 
