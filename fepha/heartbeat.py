@@ -24,6 +24,14 @@ def lifetime_ms(period_s: float) -> int:
     return int(period_s * 3000)
 
 
+def lease_timers(cfg: Any) -> dict[str, int]:
+    """The timers (ms) that decide a lease takeover, as the acquirer sends them to `lease_tick` and reports
+    them in its heartbeat: the api forecasts a takeover by the acquirers' own (docs/api.md "Device
+    reached"), not by its own configuration, which may differ."""
+    return {"lease_ttl_ms": int(cfg.lease_ttl_s * 1000), "lease_tick_ms": int(cfg.lease_tick_s * 1000),
+            "takeover_ms": int(cfg.takeover_s * 1000)}
+
+
 def payload(service: str, node: str, gen: int, period_s: float, **extra: Any) -> str:
     """The key's JSON; `ttl_ms` (its lifetime) lets a reader whose own heartbeat_s differs judge its TTL."""
     return json.dumps({"service": service, "node": node, "pid": os.getpid(), "host": socket.gethostname(),

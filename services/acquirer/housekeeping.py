@@ -163,9 +163,11 @@ class Housekeeping:
         self.once.clear("heartbeat")  # said when it recovers; the next outage is logged again
 
     async def beat(self) -> None:
-        """The acquirer's heartbeat; `stopping` in it while a planned stop hands the leases over."""
+        """The acquirer's heartbeat; `stopping` in it while a planned stop hands the leases over; the
+        timers its lease ticks go by (the api forecasts takeovers by them)."""
         await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
                              rtus=len(self.runners), held=sum(1 for r in self.runners.values() if r.lease.held),
+                             **heartbeat.lease_timers(self.cfg),
                              **({"stopping": True} if self.stopping else {}))
 
     def note_clock(self, gen: Any) -> None:
@@ -227,7 +229,8 @@ class Housekeeping:
         runners = list(self.runners.values())
         if not runners:
             return
-        ttl_ms, takeover_ms = int(self.cfg.lease_ttl_s * 1000), int(self.cfg.takeover_s * 1000)
+        timers = heartbeat.lease_timers(self.cfg)
+        ttl_ms, takeover_ms = timers["lease_ttl_ms"], timers["takeover_ms"]
         node = self.cfg.node_id
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]

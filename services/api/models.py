@@ -132,6 +132,12 @@ class Lease(BaseModel):
                                                          "at which the other node can take the lease over (if it "
                                                          "reaches the device, fully for a partial holder; 0: as "
                                                          "soon as it does); null when it is known not to reach it")
+    timers_from: Literal["acquirers", "api"] | None = Field(
+        None, description="with reach: whose [timers] the reach and the takeover time go by: acquirers (as "
+                          "their heartbeats report them: the holder's lease_ttl_s and lease_tick_s, the other "
+                          "node's takeover_s; a node whose acquirer reports none by the other's), api (no "
+                          "acquirer reports its timers: the api's own [timers], which may differ from "
+                          "theirs)")
     not_current: str | None = Field(None, description="why the fields above are null (not current): the local "
                                                         "Redis is a replica cut off from the master, its copy "
                                                         "of the lease may be behind")

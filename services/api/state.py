@@ -87,8 +87,8 @@ class Store:
         self._lock: asyncio.Lock | None = None
         self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
                                        int(cfg.lease_tick_s * 1000))
-        self.timers = views.LeaseTimers(round(cfg.lease_ttl_s * 1000), round(cfg.takeover_s * 1000),
-                                        round(cfg.lease_tick_s * 1000))
+        self.own_timers = views.LeaseTimers.of(heartbeat.lease_timers(cfg))
+        """The api's own [timers]: a forecast goes by them only while no acquirer reports its own."""
 
     @property
     def master(self) -> Any:
@@ -146,6 +146,18 @@ class Store:
         res = await pipe.execute()
         return [views.heartbeat(s, n, raw, self.hb_max_age_s, ttl, unknown)
                 for (s, n), raw, ttl in zip(keys, res[0::2], res[1::2], strict=False)]
+
+    @staticmethod
+    def ask_timers(pipe: Any) -> None:
+        """Queue the reads of both nodes' acquirer heartbeats on `pipe`: their replies, in `timers`, give the
+        timers a takeover forecast goes by."""
+        for n in NODES:
+            pipe.get(ks.heartbeat("acquirer", n))
+
+    def timers(self, raws: list[Any]) -> views.NodeTimers:
+        """The forecast's timers from the replies of `ask_timers` (`views.NodeTimers`)."""
+        return views.NodeTimers(self.own_timers,
+                                {n: views.reported_timers(raw) for n, raw in zip(NODES, raws, strict=True)})
 
     def behind(self, info: dict[str, Any], now_ms: int) -> str | None:
         """Why the local Redis's copy of the master's state may be behind (a replica whose link is down,
@@ -235,6 +247,7 @@ class Store:
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        self.ask_timers(pipe)
         for r in rtus:
             if r.acquisition:
                 pipe.hgetall(ks.lease(r.id))
@@ -252,14 +265,15 @@ class Store:
                                                    f"({hb.detail}): its last report is not current"
                   for hb in await self.heartbeats(unknown=unknown)
                   if hb.service == "acquirer"}
-        it = iter(res[2:])
+        timers = self.timers(res[2:4])
+        it = iter(res[4:])
         items = []
         for r in rtus:
             if r.acquisition:
                 lease_h, link_h = next(it), next(it)
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
-                                 behind=_not_current(behind), chan_not_current=acq_nc, timers=self.timers)
+                                 behind=_not_current(behind), chan_not_current=acq_nc, timers=timers)
                 item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
                                                                  self.limits)
                 items.append(item)
@@ -273,6 +287,7 @@ class Store:
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        self.ask_timers(pipe)
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
             pipe.hgetall(ks.link(r.id))
@@ -280,8 +295,9 @@ class Store:
         now = views.redis_time_ms(res[0])
         behind = (await self.staleness(res[1], now))[0]
         nc = _not_current(behind)
-        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, self.timers).model_dump())
-                 for r, h, lk in zip(rtus, res[2::2], res[3::2], strict=False)]
+        timers = self.timers(res[2:4])
+        items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, timers).model_dump())
+                 for r, h, lk in zip(rtus, res[4::2], res[5::2], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -378,6 +394,7 @@ class Store:
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        self.ask_timers(pipe)
         if vps:
             pipe.hmget(ks.VPOINTS, [str(v) for v in vps])
         else:
@@ -392,12 +409,13 @@ class Store:
         cut_off = self._cut_off(res[1], now) or _not_current(split)
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out = Served({v: views.served(rec, cut_off is not None)
-                      for v, rec in zip(vps or (), res[2] or (), strict=True)})
+                      for v, rec in zip(vps or (), res[4] or (), strict=True)})
         behind = _not_current(self.behind(res[1], now) or split)
-        for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[3::3], res[4::3], res[5::3], strict=False):
+        timers = self.timers(res[2:4])
+        for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[5::3], res[6::3], res[7::3], strict=False):
             poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
             nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits)
-            out.why[rid] = (nt, views.lease(lease, now, behind, link_h, self.timers).reach_detail)
+            out.why[rid] = (nt, views.lease(lease, now, behind, link_h, timers).reach_detail)
             out.records.update({p.id: views.served(rec, nt is not None) for p, rec in zip(ps, recs, strict=False)})
         return out
 

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,15 +85,55 @@ def value_fields(record: str | None) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class LeaseTimers:
-    """The lease timers of the acquirers ([timers], the same file on both nodes), in ms."""
+    """One acquirer's lease timers ([timers]), in ms."""
 
     ttl_ms: int
     takeover_ms: int
     tick_ms: int
 
+    @classmethod
+    def of(cls, d: Mapping[str, int]) -> LeaseTimers:
+        """From the dict of `fepha.heartbeat.lease_timers` (an acquirer's heartbeat, the api's own cfg)."""
+        return cls(d["lease_ttl_ms"], d["takeover_ms"], d["lease_tick_ms"])
+
+
+def reported_timers(raw: str | None) -> LeaseTimers | None:
+    """The lease timers in an acquirer's heartbeat key (its JSON); None without them (no key, or the key of
+    an acquirer that does not report them) or with one that is not a positive number."""
+    try:
+        hb = json.loads(raw) if raw else None
+    except ValueError:
+        return None
+    if not isinstance(hb, dict):
+        return None
+    got = {k: to_int(hb.get(k)) for k in ("lease_ttl_ms", "takeover_ms", "lease_tick_ms")}
+    ok = {k: v for k, v in got.items() if v is not None and v > 0}
+    return LeaseTimers.of(ok) if len(ok) == len(got) else None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeTimers:
+    """The timers a forecast goes by: each node's acquirer's, as its heartbeat reports them (`reported`:
+    node -> timers, None for a node whose acquirer reports none: dead, or older), else the api's own
+    [timers] (`own`), which may differ from theirs (another file, an override in one environment)."""
+
+    own: LeaseTimers
+    reported: Mapping[str, LeaseTimers | None] = field(default_factory=dict)
+
+    def for_node(self, node: str) -> LeaseTimers:
+        """The timers of the acquirer of `node`: its own; the other node's when it reports none (one [timers]
+        for both nodes, as documented); the api's when neither reports any."""
+        other = "B" if node == "A" else "A"
+        return self.reported.get(node) or self.reported.get(other) or self.own
+
+    @property
+    def source(self) -> str:
+        """`Lease.timers_from`: "acquirers" when one reports its timers, else "api"."""
+        return "acquirers" if any(self.reported.values()) else "api"
+
 
 def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None,
-          link_h: Mapping[str, str] | None = None, timers: LeaseTimers | None = None) -> m.Lease:
+          link_h: Mapping[str, str] | None = None, timers: NodeTimers | None = None) -> m.Lease:
     """`not_current`: why the local copy may be behind the master's (a replica cut off from it): the
     expiry is then not compared with this clock (remaining_ms and lapsed null), the holder is the last
     known one. With `timers` (and the RTU's link, `link_h`), how the holder reached the device at its last
@@ -120,7 +160,8 @@ def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None,
         not_current=not_current if holder is not None else None,
     )
     if timers is not None and out.holder is not None and out.lapsed is False:
-        out.reach, out.reach_detail, out.takeover_in_ms = reach(h, out.holder, now_ms, link_h or {}, timers)
+        out.reach, out.reach_detail, out.takeover_in_ms, out.timers_from = reach(h, out.holder, now_ms,
+                                                                                  link_h or {}, timers)
     return out
 
 
@@ -129,42 +170,44 @@ def _s(ms: int) -> str:
 
 
 def reach(h: Mapping[str, str], holder: str, now_ms: int, link_h: Mapping[str, str],
-          t: LeaseTimers) -> tuple[str | None, str | None, int | None]:
-    """(reach, reach_detail, takeover_in_ms) of a live lease, by the rules of `lease_tick`
+          timers: NodeTimers) -> tuple[str | None, str | None, int | None, str | None]:
+    """(reach, reach_detail, takeover_in_ms, timers_from) of a live lease, by the rules of `lease_tick`
     (fepha/functions.lua, docs/keyspace.md): the holder's last renewal is `expires_ms` - TTL; at it, it
     set `reached_ms` when it reached the device fully and `answered_ms` when it reached it at all. The
     other node takes the lease over once it reaches the device and the holder has not for the takeover
     time (from `answered_ms`), or it reaches it fully and the holder has not fully for as long (from
     `reached_ms`). Whether the other node reaches it is its link (`vala`/`valb`); whether fully is not
-    stored."""
+    stored. Each by the timers of the acquirer that acts (`timers`): the holder's TTL and tick date its
+    last renewal, the other node's takeover time its takeover; `timers_from` says whose they were."""
     expires = to_int(h.get("expires_ms"))
     if expires is None:
-        return None, None, None
-    renewed = expires - t.ttl_ms - t.tick_ms // 2  # half a tick of slack: a stamp of the same renewal
+        return None, None, None, None
+    other = "B" if holder == "A" else "A"
+    held, taker, src = timers.for_node(holder), timers.for_node(other), timers.source
+    renewed = expires - held.ttl_ms - held.tick_ms // 2  # half a tick of slack: a stamp of the same renewal
     since = to_int(h.get("since_ms")) or 0
     reached = to_int(h.get("reached_ms")) or since  # 0: taken without reaching it (fully) yet
     answered = to_int(h.get("answered_ms")) or reached
     if reached >= renewed:
-        return "full", None, None
-    other = "B" if holder == "A" else "A"
+        return "full", None, None, src
     other_reaches = to_bool(link_h.get("val" + other.lower()))
     if answered >= renewed:
-        at = reached + t.takeover_ms
+        at = reached + taker.takeover_ms
         detail = (f"the device answers holder {holder} in part only (a poll failed or left a block unanswered; "
                   f"its points of the blocks not answered are invalid) for {_s(now_ms - reached)}")
         if other_reaches is False:
-            return "partial", f"{detail}; node {other} does not reach the device: no takeover", None
+            return "partial", f"{detail}; node {other} does not reach the device: no takeover", None, src
         when = f"in {_s(at - now_ms)}" if at > now_ms else "as soon as it does"
         return "partial", (f"{detail}; node {other} takes the lease over if it reads the device fully for the "
-                           f"takeover time ({_s(t.takeover_ms)}): {when}"), max(0, at - now_ms)
-    at = answered + t.takeover_ms
+                           f"takeover time ({_s(taker.takeover_ms)}): {when}"), max(0, at - now_ms), src
+    at = answered + taker.takeover_ms
     detail = f"holder {holder} has not reached the device for {_s(now_ms - answered)} (its points are invalid)"
     if other_reaches is False:
         return "none", (f"{detail}; node {other} does not reach it either: no takeover, the holder keeps the "
-                        f"lease"), None
+                        f"lease"), None, src
     when = f"in {_s(at - now_ms)}" if at > now_ms else "at its next tick"
     cond = "" if other_reaches else " if it reaches the device"
-    return "none", f"{detail}; node {other} takes the lease over{cond} {when}", max(0, at - now_ms)
+    return "none", f"{detail}; node {other} takes the lease over{cond} {when}", max(0, at - now_ms), src
 
 
 def channels(rtu: sem.Rtu, node: str, h: Mapping[str, str], not_current: str | None = None) -> m.NodeChannels:
@@ -213,7 +256,7 @@ def clients(node: str, h: Mapping[str, str]) -> list[m.FwdClient]:
 def rtu(r: sem.Rtu, now_ms: int, lease_h: Mapping[str, str] | None = None,
         chan: Mapping[str, Mapping[str, str]] | None = None, link_h: Mapping[str, str] | None = None,
         fwd: Mapping[str, Mapping[str, str]] | None = None, behind: str | None = None,
-        chan_not_current: Mapping[str, str | None] | None = None, timers: LeaseTimers | None = None) -> m.Rtu:
+        chan_not_current: Mapping[str, str | None] | None = None, timers: NodeTimers | None = None) -> m.Rtu:
     """`behind`: why the local copy may be behind the master's; `chan_not_current`: per node, why its
     channel report is not current (its acquirer is not alive); `timers`: the lease's `reach` (`lease`)."""
     base: dict[str, Any] = {"id": r.id, "name": r.name, "rtutype": r.rtutype, "protocol": r.protocol}

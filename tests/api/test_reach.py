@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import redis.asyncio as aredis
@@ -29,25 +30,33 @@ from tests.redisproc import RedisProc, free_port
 TICK_S, TTL_S, TAKEOVER_S = 0.2, 2.0, 5.0
 
 
+def acquirer_timers(takeover_s: float = TAKEOVER_S) -> dict[str, int]:
+    """An acquirer's timers as its heartbeat reports them and its lease ticks send them."""
+    return heartbeat.lease_timers(SimpleNamespace(lease_tick_s=TICK_S, lease_ttl_s=TTL_S, takeover_s=takeover_s))
+
+
 @dataclass
 class Nodes:
-    """What each node's acquirer reports at each tick for RTU 1: 0 not reached, 1 fully, 2 in part."""
+    """What each node's acquirer reports at each tick for RTU 1: 0 not reached, 1 fully, 2 in part; the
+    timers its ticks go by, and whether its heartbeat reports them (`report`)."""
 
     reach: dict[str, int] = field(default_factory=lambda: {"A": 1, "B": 1})
     moved_at: float | None = None  # monotonic time the lease changed holder (seen by the ticking node)
+    timers: dict[str, int] = field(default_factory=acquirer_timers)
+    report: bool = True
 
 
 async def ticking(r: aredis.Redis, nodes: Nodes) -> None:
-    ttl, takeover = int(TTL_S * 1000), int(TAKEOVER_S * 1000)
     while True:
+        t = nodes.timers
         for node in "AB":
             reach = nodes.reach[node]
-            _, _, changed = await r.fcall(*redisfns.lease_tick(1, node, reach > 0, ttl, takeover,
-                                                                partly=reach == 2).argv)
+            _, _, changed = await r.fcall(*redisfns.lease_tick(1, node, reach > 0, t["lease_ttl_ms"],
+                                                                t["takeover_ms"], partly=reach == 2).argv)
             if int(changed) and nodes.moved_at is None and node == "B":
                 nodes.moved_at = time.monotonic()
             await r.fcall(*redisfns.link_set(1, node, reach > 0, [901]).argv)
-            await heartbeat.beat(r, "acquirer", node, TICK_S * 3, 1)
+            await heartbeat.beat(r, "acquirer", node, TICK_S * 3, 1, **(t if nodes.report else {}))
         await asyncio.sleep(TICK_S)
 
 
@@ -155,3 +164,41 @@ async def _moved(nodes: Nodes) -> bool:
 async def _no_takeover(api: Any) -> bool:
     got = (await api.get("/api/v1/leases")).json()["items"][0]
     return got["takeover_in_ms"] is None and "does not reach it either: no takeover" in got["reach_detail"]
+
+
+async def test_takeover_forecast_by_the_acquirers_timers(loaded: RedisProc, ar: aredis.Redis, make_api) -> None:
+    """The api's own cfg says takeover_s 90 s, the acquirers' (an override in their environment) 1 s: the
+    forecast follows the acquirers', as the move does; with no acquirer reporting its timers, the api says
+    it went by its own."""
+    api = await make_api(node_cfg(loaded, lease_tick_s=TICK_S, lease_ttl_s=TTL_S, takeover_s=90.0))
+    nodes = Nodes(timers=acquirer_timers(takeover_s=1.0))
+    ticks = asyncio.create_task(ticking(ar, nodes))
+
+    async def lease(reach: str) -> dict[str, Any] | None:
+        got = (await api.get("/api/v1/leases")).json()["items"][0]
+        return got if got["reach"] == reach else None
+
+    try:
+        first = await until(lambda: lease("full"), 3, "RTU 1 held and reached fully")
+        assert first["holder"] == "A", first
+        nodes.reach["A"] = 0
+        got = await until(lambda: lease("none"), 3, "RTU 1 not reached by its holder")
+        seen = time.monotonic()
+        assert 0 <= got["takeover_in_ms"] <= 1000 and "node B takes the lease over in" in got["reach_detail"], got
+        assert (first["timers_from"], got["timers_from"]) == ("acquirers", "acquirers"), (first, got)
+        due = seen + got["takeover_in_ms"] / 1000
+        await until(lambda: _moved(nodes), 3, "B takes the lease over")
+        assert nodes.moved_at is not None and abs(nodes.moved_at - due) <= 2 * TICK_S + 0.2, (nodes.moved_at - due)
+        print(f"takeover forecast {got['takeover_in_ms']} ms by the acquirers' takeover_s (the api's: 90 s), "
+              f"moved {nodes.moved_at - due:+.3f} s from it")
+
+        nodes.report = False  # acquirers that do not report their timers: the api's own, and it says so
+        await until(lambda: _timers_from(api, "api"), 3, "the forecast by the api's own timers")
+    finally:
+        ticks.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticks
+
+
+async def _timers_from(api: Any, source: str) -> bool:
+    return (await api.get("/api/v1/leases")).json()["items"][0]["timers_from"] == source

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from fep_api import views
-from fepha import points
+from fepha import heartbeat, points
 from fepha.semodel.model import Channel, Rtu, VirtualPoint
 from fepha.semodel.model import Point as SemPoint
 
@@ -205,7 +206,8 @@ def test_age_of_a_source_time_ahead_of_this_clock_is_null() -> None:
     assert views.aged(views.value_fields("1|0|1000"), 1500)["age_ms"] == 500
 
 
-T = views.LeaseTimers(ttl_ms=3000, takeover_ms=90_000, tick_ms=1000)
+OWN = views.LeaseTimers(ttl_ms=3000, takeover_ms=90_000, tick_ms=1000)
+T = views.NodeTimers(OWN)  # no acquirer reports its timers: the api's own
 RENEWED = NOW - 200  # the holder's last tick: expires_ms = RENEWED + TTL
 LIVE = {"holder": "A", "epoch": "2", "since_ms": "1000", "expires_ms": str(RENEWED + 3000)}
 
@@ -234,6 +236,48 @@ def test_lease_reach_and_takeover(h: dict, link: dict, expect: tuple) -> None:
     ls = views.lease(h, NOW, None, link, T)
     assert (ls.reach, ls.takeover_in_ms) == (expect[0], expect[2]), ls
     assert (ls.reach_detail is None) if expect[1] is None else (expect[1] in (ls.reach_detail or "")), ls
+    assert ls.timers_from == "api", ls
+
+
+SHORT = views.LeaseTimers(ttl_ms=3000, takeover_ms=20_000, tick_ms=1000)
+LONG_TTL = views.LeaseTimers(ttl_ms=10_000, takeover_ms=90_000, tick_ms=1000)
+LOST = {**LIVE, "reached_ms": str(NOW - 5000), "answered_ms": str(NOW - 5000)}  # A not reached for 5 s
+
+
+@pytest.mark.parametrize("reported, h, expect", [
+    # B, which would take over, reports takeover_s 20 s (the api's is 90): B takes over in 15 s, not 85
+    ({"A": OWN, "B": SHORT}, LOST, ("none", "in 15.0 s", 15_000, "acquirers")),
+    # the holder's takeover_s is not the one that acts: B's (the api's) 90 s
+    ({"A": SHORT, "B": OWN}, LOST, ("none", "in 85.0 s", 85_000, "acquirers")),
+    # B reports none (an older acquirer): A's stand for both
+    ({"A": SHORT, "B": None}, LOST, ("none", "in 15.0 s", 15_000, "acquirers")),
+    ({"B": SHORT}, LOST, ("none", "in 15.0 s", 15_000, "acquirers")),
+    # a partial holder: B's takeover time in the detail too
+    ({"A": OWN, "B": SHORT}, {**LIVE, "reached_ms": str(NOW - 5000), "answered_ms": str(RENEWED)},
+     ("partial", "takeover time (20.0 s): in 15.0 s", 15_000, "acquirers")),
+    # the holder's TTL dates its last renewal: with A's 10 s TTL, expires_ms - 10 s is 7.2 s before NOW, so a
+    # reach stamped 5 s ago is of its last renewal (full); by the api's 3 s TTL it would not be
+    ({"A": LONG_TTL, "B": LONG_TTL}, LOST, ("full", None, None, "acquirers")),
+    ({}, LOST, ("none", "in 85.0 s", 85_000, "api")),
+    ({"A": None, "B": None}, LOST, ("none", "in 85.0 s", 85_000, "api")),
+])
+def test_takeover_by_the_timers_of_the_acquirer_that_acts(reported: dict, h: dict, expect: tuple) -> None:
+    ls = views.lease(h, NOW, None, {"valb": "1"}, views.NodeTimers(OWN, reported))
+    assert (ls.reach, ls.takeover_in_ms, ls.timers_from) == (expect[0], expect[2], expect[3]), ls
+    assert (ls.reach_detail is None) if expect[1] is None else (expect[1] in (ls.reach_detail or "")), ls
+
+
+@pytest.mark.parametrize("raw, expect", [
+    (json.dumps({"node": "B", **heartbeat.lease_timers(SimpleNamespace(lease_ttl_s=2.0, takeover_s=30.0,
+                                                                            lease_tick_s=0.5))}),
+     views.LeaseTimers(ttl_ms=2000, takeover_ms=30_000, tick_ms=500)),
+    (json.dumps({"node": "B", "ttl_ms": 6000}), None),  # an acquirer that does not report them
+    (json.dumps({"lease_ttl_ms": 2000, "takeover_ms": 0, "lease_tick_ms": 500}), None),
+    (json.dumps({"lease_ttl_ms": 2000, "takeover_ms": "x", "lease_tick_ms": 500}), None),
+    (json.dumps([1, 2]), None), ("{not json", None), (None, None),
+])
+def test_timers_reported_in_a_heartbeat(raw: str | None, expect: views.LeaseTimers | None) -> None:
+    assert views.reported_timers(raw) == expect
 
 
 def test_lease_reach_only_of_a_live_current_lease() -> None:

@@ -162,7 +162,8 @@ function reachCell(l) {
       : ", " + other + " takes over when it reaches it" + (l.reach === "partial" ? " fully" : "");
   } else text += ", no takeover";
   const td = el("td", text, l.reach === "partial" ? "warn" : "bad");
-  td.title = l.reach_detail || "";
+  td.title = (l.reach_detail || "") + (l.timers_from === "api"
+    ? " (by the api's own [timers]: no acquirer reports its timers)" : "");
   return td;
 }
 
