@@ -34,6 +34,7 @@ from fepha.semodel.model import FwdPoint, Model
 
 from . import freshness
 from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
+from .drain import reload_plan
 from .resume import Sid, backfill_floor, backfill_from, parse_cursors, sid_text
 from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
@@ -250,9 +251,10 @@ class Forwarder:
         if model is None:
             return
         self.once.clear("nocfg")
-        await self._reconcile(model)
+        if not await self._reconcile(model) and self.model is None:
+            return  # the planned stop began before any configuration was served: nothing to follow
         self.stamp = stamp
-        await self._full_image(local)
+        await self._full_image(local)  # of the configuration served (a reconnect during the planned stop)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
         next_check = time.monotonic() + CONFIG_CHECK_S
@@ -274,9 +276,9 @@ class Forwarder:
                         # masters, image and history; a full image would resend every value (sefeps: an
                         # image to every master) and cut resumes short, for nothing
                         same = bool(stamp[1]) and stamp[1] == self.stamp[1] and stamp[0] > self.stamp[0]
-                        await self._reconcile(model)
-                        self.stamp = stamp
-                        if not same:
+                        applied = await self._reconcile(model)
+                        self.stamp = stamp  # applied, or seen during the planned stop (logged once)
+                        if applied and not same:
                             await self._full_image(local)
                 continue
             got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
@@ -410,17 +412,22 @@ class Forwarder:
 
     # --- configuration -----------------------------------------------------------------------------------
 
-    async def _reconcile(self, model: Model) -> None:
-        """Start, stop or restart servers so they match `model`; an unchanged RTU keeps its server and its
-        masters' connections."""
+    async def _reconcile(self, model: Model) -> bool:
+        """Start, stop or restart servers so they match `model` (`drain.reload_plan`); an unchanged RTU keeps
+        its server and its masters' connections. Once the planned stop began nothing changes and `model` is
+        not applied: False."""
         wanted = {r.id: r for r in model.forwarding_rtus()}
-        for rid in list(self.servers):
-            if rid not in wanted or wanted[rid].signature() != self.signatures.get(rid):
-                await self._stop_server(rid)
+        plan = reload_plan(self.signatures, {rid: r.signature() for rid, r in wanted.items()}, self.signal.is_set())
+        if not plan.apply:
+            log.info("configuration generation %s not applied: the forwarder is stopping", model.gen)
+            return False
+        for rid in plan.stop:
+            await self._stop_server(rid)
         self.sink.model = model
-        for rid, rtu in wanted.items():
-            if rid in self.servers or self.signal.is_set():  # none starts once the planned stop began
-                continue
+        for rid in plan.start:
+            if self.signal.is_set():  # the planned stop began meanwhile: none starts
+                break
+            rtu = wanted[rid]
             try:
                 cls = server_class(rtu.protocol)
                 srv = cls(rtu, model, self.cfg.bind, self.sink, self.cfg.node_id,
@@ -433,6 +440,9 @@ class Forwarder:
             except (OSError, KeyError, ValueError, ImportError) as exc:
                 self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
                 continue
+            if self.signal.is_set():  # began while it bound: it would take controls the drain does not wait for
+                await srv.stop()
+                break
             self.once.clear(f"start:{rid}")
             self.servers[rid] = srv
             self.signatures[rid] = rtu.signature()
@@ -441,6 +451,7 @@ class Forwarder:
         pts, vps = model.points, model.vpoints
         self.src_rtu = {src: pts[src].rtu for src in self.routing.by_src if src in pts and src not in vps}
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
+        return True
 
     def protocol_options(self, protocol: str) -> dict[str, Any]:
         """A server's options: its protocol's fep-ha.cfg section ([se104s], [modbus_trains]), then the
