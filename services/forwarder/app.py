@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ class Forwarder:
             while not self.stop.is_set():
                 local = redisconn.local_async(self.cfg)
                 try:
-                    await self._follow(local)
+                    await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
                 except REDIS_ERRORS as exc:
                     self.once.problem("local", f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: {exc}; "
@@ -202,6 +202,21 @@ class Forwarder:
             await self.sink.master.aclose()
             await self.local_rw.aclose()
 
+    async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
+        """Run `follow` until it returns or raises, or until the planned stop is over (`stop`): then it is
+        cancelled, so that its blocking read of the change stream (up to half of `socket_timeout_s`) does
+        not hold the exit once the masters' connections are closed."""
+        task = asyncio.ensure_future(follow)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            task.cancel()  # nothing when it is done
+            stopped.cancel()
+            await asyncio.gather(task, stopped, return_exceptions=True)
+        if not task.cancelled():
+            task.result()  # its error, if any (a Redis error: the caller reconnects)
+
     async def _planned_stop(self) -> None:
         """At SIGTERM/SIGINT every server drains (ForwardServer.drain, drain.py): it refuses new controls and
         waits for those in flight to be answered, at most `[timers] stop_drain_s`, while everything else
@@ -210,6 +225,8 @@ class Forwarder:
         await self.signal.wait()
         t0 = time.monotonic()
         if self.servers and self.cfg.stop_drain_s > 0:
+            log.info("planned stop: %d server(s) refuse new controls and answer those in flight, at most %g s",
+                     len(self.servers), self.cfg.stop_drain_s)
             drains = asyncio.gather(*(srv.drain(self.cfg.stop_drain_s) for srv in self.servers.values()))
             again = getattr(self.signal, "again", None)  # worker.Stop's second signal
             hurry = asyncio.ensure_future(again.wait() if again is not None else asyncio.Event().wait())
