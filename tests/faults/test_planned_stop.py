@@ -488,14 +488,14 @@ async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(fe
 
 
 async def test_forwarder_second_sigterm_closes_at_once_and_a_reload_meanwhile_changes_nothing(feproot: Path) -> None:
-    """`setpoint_in_flight` with a device that takes 1.5 s to apply a write: SIGTERM to the forwarder, then a
+    """`setpoint_in_flight` with a device that takes 2 s to apply a write: SIGTERM to the forwarder, then a
     configuration reload that changes the se104s server's RTU (its port: a restart, were it applied), then a
     second SIGTERM. The reload must change nothing (the master's connection stays open, the set-point still
     in flight: on the code before, the server was stopped there and not started again); the second signal
     must close the connection and end the forwarder at once, exit 0, the set-point unanswered (its outcome
     unknown to the master), which the forwarder logs; the set-point still runs, once, and the audit says so
     (done by A, after the forwarder exited)."""
-    async with setpoint_in_flight(feproot, 1.5) as lab:
+    async with setpoint_in_flight(feproot, 2.0) as lab:
         p, fwd, m1 = lab.p, lab.fwd, lab.m1
         fwd.send_signal(signal.SIGTERM)
         await until(lambda: "planned stop: " in p.log("forwarder", "A"), 5, "the drain begins")
