@@ -132,6 +132,7 @@ class Forwarder:
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
+        self.reading = False  # in the blocking read of the change stream (`_until_stopped` may cancel it)
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
         self.full_images = 0
@@ -203,16 +204,20 @@ class Forwarder:
             await self.local_rw.aclose()
 
     async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
-        """Run `follow` until it returns or raises, or until the planned stop is over (`stop`): then it is
-        cancelled, so that its blocking read of the change stream (up to half of `socket_timeout_s`) does
-        not hold the exit once the masters' connections are closed."""
+        """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in its
+        blocking read of the change stream (up to half of `socket_timeout_s`), that read is cancelled, so that
+        it does not hold the exit once the masters' connections are closed; anywhere else (a reload
+        starting or stopping a server, an image) it ends by itself at its next look at `stop`."""
         task = asyncio.ensure_future(follow)
         stopped = asyncio.ensure_future(self.stop.wait())
         try:
             await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and self.reading:
+                task.cancel()
         finally:
-            task.cancel()  # nothing when it is done
             stopped.cancel()
+            if not task.done() and not self.stop.is_set():  # this coroutine itself was cancelled
+                task.cancel()
             await asyncio.gather(task, stopped, return_exceptions=True)
         if not task.cancelled():
             task.result()  # its error, if any (a Redis error: the caller reconnects)
@@ -298,7 +303,11 @@ class Forwarder:
                         if applied and not same:
                             await self._full_image(local)
                 continue
-            got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            self.reading = True
+            try:
+                got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            finally:
+                self.reading = False
             if not got:
                 continue
             prev, before = self.last_id, self.consumed
