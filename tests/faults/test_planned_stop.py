@@ -432,7 +432,8 @@ async def setpoint_in_flight(feproot: Path, write_delay_s: float) -> AsyncIterat
         p.start("acquirer", "A")
         await until(lambda: _all(p, "A"), 10, "A holds every lease")
         p.start("forwarder", "A")
-        await until(lambda: p.r.exists(ks.heartbeat("forwarder", "A")), 10, "the forwarder runs")
+        # its servers listen (its heartbeat comes before them: c104 then retries after 4 s)
+        await until(lambda: "forwarding servers" in p.log("forwarder", "A"), 10, "the forwarder serves")
         port = next(r["LISTENPORT"] for r in p.rows["T004_RTU"] if r["RTUID"] == SE104)
         sent: asyncio.Future[Any] | None = None
         try:
