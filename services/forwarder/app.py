@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from fepha.semodel.model import FwdPoint, Model
 
 from . import freshness
 from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
+from .drain import reload_plan
 from .resume import Sid, backfill_floor, backfill_from, parse_cursors, sid_text
 from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
@@ -131,6 +132,7 @@ class Forwarder:
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
+        self.reading = False  # in the blocking read of the change stream (`_until_stopped` may cancel it)
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
         self.full_images = 0
@@ -178,7 +180,7 @@ class Forwarder:
             while not self.stop.is_set():
                 local = redisconn.local_async(self.cfg)
                 try:
-                    await self._follow(local)
+                    await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
                 except REDIS_ERRORS as exc:
                     self.once.problem("local", f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: {exc}; "
@@ -201,6 +203,25 @@ class Forwarder:
             await self.sink.master.aclose()
             await self.local_rw.aclose()
 
+    async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
+        """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in its
+        blocking read of the change stream (up to half of `socket_timeout_s`), that read is cancelled, so that
+        it does not hold the exit once the masters' connections are closed; anywhere else (a reload
+        starting or stopping a server, an image) it ends by itself at its next look at `stop`."""
+        task = asyncio.ensure_future(follow)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and self.reading:
+                task.cancel()
+        finally:
+            stopped.cancel()
+            if not task.done() and not self.stop.is_set():  # this coroutine itself was cancelled
+                task.cancel()
+            await asyncio.gather(task, stopped, return_exceptions=True)
+        if not task.cancelled():
+            task.result()  # its error, if any (a Redis error: the caller reconnects)
+
     async def _planned_stop(self) -> None:
         """At SIGTERM/SIGINT every server drains (ForwardServer.drain, drain.py): it refuses new controls and
         waits for those in flight to be answered, at most `[timers] stop_drain_s`, while everything else
@@ -209,6 +230,8 @@ class Forwarder:
         await self.signal.wait()
         t0 = time.monotonic()
         if self.servers and self.cfg.stop_drain_s > 0:
+            log.info("planned stop: %d server(s) refuse new controls and answer those in flight, at most %g s",
+                     len(self.servers), self.cfg.stop_drain_s)
             drains = asyncio.gather(*(srv.drain(self.cfg.stop_drain_s) for srv in self.servers.values()))
             again = getattr(self.signal, "again", None)  # worker.Stop's second signal
             hurry = asyncio.ensure_future(again.wait() if again is not None else asyncio.Event().wait())
@@ -250,9 +273,10 @@ class Forwarder:
         if model is None:
             return
         self.once.clear("nocfg")
-        await self._reconcile(model)
+        if not await self._reconcile(model) and self.model is None:
+            return  # the planned stop began before any configuration was served: nothing to follow
         self.stamp = stamp
-        await self._full_image(local)
+        await self._full_image(local)  # of the configuration served (a reconnect during the planned stop)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
         next_check = time.monotonic() + CONFIG_CHECK_S
@@ -274,12 +298,16 @@ class Forwarder:
                         # masters, image and history; a full image would resend every value (sefeps: an
                         # image to every master) and cut resumes short, for nothing
                         same = bool(stamp[1]) and stamp[1] == self.stamp[1] and stamp[0] > self.stamp[0]
-                        await self._reconcile(model)
-                        self.stamp = stamp
-                        if not same:
+                        applied = await self._reconcile(model)
+                        self.stamp = stamp  # applied, or seen during the planned stop (logged once)
+                        if applied and not same:
                             await self._full_image(local)
                 continue
-            got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            self.reading = True
+            try:
+                got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            finally:
+                self.reading = False
             if not got:
                 continue
             prev, before = self.last_id, self.consumed
@@ -410,17 +438,22 @@ class Forwarder:
 
     # --- configuration -----------------------------------------------------------------------------------
 
-    async def _reconcile(self, model: Model) -> None:
-        """Start, stop or restart servers so they match `model`; an unchanged RTU keeps its server and its
-        masters' connections."""
+    async def _reconcile(self, model: Model) -> bool:
+        """Start, stop or restart servers so they match `model` (`drain.reload_plan`); an unchanged RTU keeps
+        its server and its masters' connections. Once the planned stop began nothing changes and `model` is
+        not applied: False."""
         wanted = {r.id: r for r in model.forwarding_rtus()}
-        for rid in list(self.servers):
-            if rid not in wanted or wanted[rid].signature() != self.signatures.get(rid):
-                await self._stop_server(rid)
+        plan = reload_plan(self.signatures, {rid: r.signature() for rid, r in wanted.items()}, self.signal.is_set())
+        if not plan.apply:
+            log.info("configuration generation %s not applied: the forwarder is stopping", model.gen)
+            return False
+        for rid in plan.stop:
+            await self._stop_server(rid)
         self.sink.model = model
-        for rid, rtu in wanted.items():
-            if rid in self.servers or self.signal.is_set():  # none starts once the planned stop began
-                continue
+        for rid in plan.start:
+            if self.signal.is_set():  # the planned stop began meanwhile: none starts
+                break
+            rtu = wanted[rid]
             try:
                 cls = server_class(rtu.protocol)
                 srv = cls(rtu, model, self.cfg.bind, self.sink, self.cfg.node_id,
@@ -433,6 +466,9 @@ class Forwarder:
             except (OSError, KeyError, ValueError, ImportError) as exc:
                 self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
                 continue
+            if self.signal.is_set():  # began while it bound: it would take controls the drain does not wait for
+                await srv.stop()
+                break
             self.once.clear(f"start:{rid}")
             self.servers[rid] = srv
             self.signatures[rid] = rtu.signature()
@@ -441,6 +477,7 @@ class Forwarder:
         pts, vps = model.points, model.vpoints
         self.src_rtu = {src: pts[src].rtu for src in self.routing.by_src if src in pts and src not in vps}
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
+        return True
 
     def protocol_options(self, protocol: str) -> dict[str, Any]:
         """A server's options: its protocol's fep-ha.cfg section ([se104s], [modbus_trains]), then the

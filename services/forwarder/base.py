@@ -244,10 +244,18 @@ class ForwardServer(abc.ABC):
         """The planned stop (SIGTERM): from now on refuse every new control (`run_control`), and wait for the
         controls in flight to get their outcome and for their answers to be sent, as `Drain` rules (each
         control at most until its own deadline, the whole at most `bound_s`). Values keep flowing
-        meanwhile; the runner calls `stop` afterwards. Returns why the wait ended (logged)."""
+        meanwhile; the runner calls `stop` afterwards, or cancels it at a second signal. Returns why the wait
+        ended (logged)."""
         rule = self.draining = Drain(time.monotonic(), bound_s)
-        while (v := rule.verdict(time.monotonic(), list(self._in_flight.values()), self.unanswered())).action == WAIT:
-            await asyncio.sleep(DRAIN_POLL_S)
+        try:
+            while (v := rule.verdict(time.monotonic(), list(self._in_flight.values()),
+                                     self.unanswered())).action == WAIT:
+                await asyncio.sleep(DRAIN_POLL_S)
+        except asyncio.CancelledError:  # a second signal: the runner closes at once
+            self.log.warning("%s RTU %s: planned stop cut short by a second signal after %.2f s: %d control(s) in "
+                             "flight and %d answer(s) unsent, their outcome unknown to their masters", self.protocol,
+                             self.rtu.id, time.monotonic() - rule.started, len(self._in_flight), self.unanswered())
+            raise
         took = time.monotonic() - rule.started
         (self.log.info if v.action == CLOSE else self.log.warning)(
             "%s RTU %s: planned stop: %s after %.2f s", self.protocol, self.rtu.id, v.why, took)

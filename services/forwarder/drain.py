@@ -9,11 +9,15 @@ state), so that every one gets its answer (IEC 104: ACT_CON then ACT_TERM) befor
 never longer than `bound_s` (`[timers] stop_drain_s`). Once they have their outcome their answers get `ANSWER_GRACE_S` to be sent
 (an IEC 104 master whose k window is full, or one that reads nothing, must not hold the stop); then the
 server closes.
+
+A configuration reload during the drain changes nothing (`reload_plan`): no server is stopped, started or
+restarted, and the new configuration is not applied (the process is exiting); a server a reload would
+restart would otherwise close its masters' connections with their controls in flight, and never start again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
 from fepha import controls
@@ -65,3 +69,22 @@ class Drain:
         if now >= since + ANSWER_GRACE_S:
             return Verdict(GIVE_UP, f"{unsent} answer(s) not taken by their master within {ANSWER_GRACE_S:g} s")
         return Verdict(WAIT)
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    """What a configuration reload does to the servers (`reload_plan`)."""
+
+    apply: bool  # False: the new configuration is not applied at all (the planned stop began)
+    stop: tuple[int, ...] = ()  # RTU ids whose server is stopped: gone from the configuration, or changed
+    start: tuple[int, ...] = ()  # then started: new, changed (restarted), or not running (its start had failed)
+
+
+def reload_plan(running: Mapping[int, str], wanted: Mapping[int, str], stopping: bool) -> Reload:
+    """`running`: the servers' RTU ids -> the signature (`Rtu.signature`) they were started with; `wanted`:
+    the forwarding RTUs of the new configuration, the same way; `stopping`: the planned stop began. An
+    unchanged RTU keeps its server and its masters' connections."""
+    if stopping:
+        return Reload(False)
+    stop = tuple(rid for rid, sig in running.items() if wanted.get(rid) != sig)
+    return Reload(True, stop, tuple(rid for rid in wanted if rid not in running or rid in stop))

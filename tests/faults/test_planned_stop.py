@@ -37,7 +37,7 @@ from fepha.points import Quality
 from fepha.semodel.model import Model
 from tests.api.test_with_services import COMMANDS, TIMERS, exited, kill_leftovers, node_env, system_rows
 from tests.forwarder.se104s_fixtures import c104_master, command_frames, in_thread
-from tests.redisproc import RedisProc
+from tests.redisproc import RedisProc, free_port
 
 NT, IV = int(Quality.NT), int(Quality.IV)
 ACQ = (1, 2)
@@ -412,51 +412,121 @@ SE104 = 10  # the forwarding RTU served by se104s (cfg/SEMODEL.sql)
 SETPOINT_IOA, SWITCH_IOA = 6001, 5001  # C_SE_NB_1 on point 110 (RTU 1's register 100), C_SC_NA_1 on 109 (coil 100)
 
 
-async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(feproot: Path) -> None:
-    """The forwarder's planned stop (docs/forwarder.md "A planned stop"): the real acquirer and forwarder of
-    one node, a device that takes 2 s to apply a write, two c104 masters on se104s. The first sends a
-    set-point; once A's executor is writing it, SIGTERM to the forwarder; 0.2 s later the second master sends
-    a switch command. The first master must get ACT_CON and ACT_TERM (positive) before its connection
-    closes, the set-point be written once; the switch must get a negative ACT_CON, never be queued nor
-    written; the forwarder exits 0. On the code before (closing at once) the set-point was never answered."""
+@dataclass
+class SetpointInFlight:
+    """The forwarder's planned-stop lab (`setpoint_in_flight`)."""
+
+    p: Plant
+    fwd: subprocess.Popen[bytes]
+    m1: Any  # the c104 master whose set-point is in flight
+    m2: Any  # a second c104 master on the same server
+    ctl: int  # the set-point's control id
+    sent: asyncio.Future[Any]  # its transmit (c104, in a thread)
+
+
+@contextlib.asynccontextmanager
+async def setpoint_in_flight(feproot: Path, write_delay_s: float) -> AsyncIterator[SetpointInFlight]:
+    """The real acquirer and forwarder of one node, a device that takes `write_delay_s` to apply a write, two
+    c104 masters on se104s; the first has sent a set-point (IOA 6001 = 42) and A's executor is writing it."""
     async with plant(feproot, SUITE, timeout_ms=4000) as p:
         p.start("acquirer", "A")
         await until(lambda: _all(p, "A"), 10, "A holds every lease")
         p.start("forwarder", "A")
-        await until(lambda: p.r.exists(ks.heartbeat("forwarder", "A")), 10, "the forwarder runs")
+        # its servers listen (its heartbeat comes before them: c104 then retries after 4 s)
+        await until(lambda: "forwarding servers" in p.log("forwarder", "A"), 10, "the forwarder serves")
         port = next(r["LISTENPORT"] for r in p.rows["T004_RTU"] if r["RTUID"] == SE104)
-        fwd = p.procs[("forwarder", "A")]
-        async with (c104_master(port, points={SETPOINT_IOA: c104.Type.C_SE_NB_1}, ca=1) as m1,
-                    c104_master(port, points={SWITCH_IOA: c104.Type.C_SC_NA_1}, ca=1) as m2):
-            p.sim.write_delay_s = 2.0
-            seq0 = int(await p.r.get(ks.CTL_SEQ) or 0)
-            sp = m1.point(SETPOINT_IOA)
-            sp.info = c104.ScaledCmd(target=c104.Int16(42))
-            sent = asyncio.ensure_future(in_thread(sp.transmit, c104.Cot.ACTIVATION))
-            await until(lambda: _state(p.r, seq0 + 1, "executing"), 5, "A writes the set-point")
-            fwd.send_signal(signal.SIGTERM)
-            t_term = time.monotonic()
-            await asyncio.sleep(0.2)
-            sw = m2.point(SWITCH_IOA)
-            sw.info = c104.SingleCmd(on=True)
-            refused = asyncio.ensure_future(in_thread(sw.transmit, c104.Cot.ACTIVATION))
-            await until(lambda: m1.conn.state != c104.ConnectionState.OPEN, 10, "the forwarder closes")
-            closed_s = time.monotonic() - t_term
-            assert await exited(fwd, 5) and fwd.returncode == 0, p.log("forwarder", "A")[-3000:]
-            await asyncio.gather(sent, refused, return_exceptions=True)
-            print(f"SIGTERM to the connection's close with a set-point in flight: {closed_s:.2f} s")
-            got = [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"]
-            assert got == [("<<", iec.COT_ACTCON, False, False), ("<<", iec.COT_ACTTERM, False, False)], \
-                (got, p.log("forwarder", "A")[-3000:])
-            opened = m1.trace.index(c104.ConnectionState.OPEN)
-            term = next(i for i, e in enumerate(m1.trace) if isinstance(e, str)
-                        and ("<<", iec.COT_ACTTERM, False, False) in command_frames([e], SETPOINT_IOA))
-            states = [e for e in m1.trace[opened:term] if not isinstance(e, str)]
-            assert all(st in (c104.ConnectionState.OPEN, c104.ConnectionState.OPEN_MUTED) for st in states), \
-                f"closed before ACT_TERM: {states}"
-            assert [f for f in command_frames(m2.trace, SWITCH_IOA) if f[0] == "<<"] == \
-                [("<<", iec.COT_ACTCON, True, False)], m2.trace[-20:]
+        sent: asyncio.Future[Any] | None = None
+        try:
+            async with (c104_master(port, points={SETPOINT_IOA: c104.Type.C_SE_NB_1}, ca=1) as m1,
+                        c104_master(port, points={SWITCH_IOA: c104.Type.C_SC_NA_1}, ca=1) as m2):
+                p.sim.write_delay_s = write_delay_s
+                ctl = int(await p.r.get(ks.CTL_SEQ) or 0) + 1
+                sp = m1.point(SETPOINT_IOA)
+                sp.info = c104.ScaledCmd(target=c104.Int16(42))
+                sent = asyncio.ensure_future(in_thread(sp.transmit, c104.Cot.ACTIVATION))
+                await until(lambda: _state(p.r, ctl, "executing"), 5, "A writes the set-point")
+                yield SetpointInFlight(p, p.procs[("forwarder", "A")], m1, m2, ctl, sent)
+        finally:  # a transmit left unanswered ends with its client (not at c104's command timeout)
+            if sent is not None:
+                await asyncio.gather(sent, return_exceptions=True)
+
+
+async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(feproot: Path) -> None:
+    """The forwarder's planned stop (docs/forwarder.md "A planned stop"): `setpoint_in_flight` with a device
+    that takes 2 s to apply a write; once A's executor is writing the first master's set-point, SIGTERM to
+    the forwarder; 0.2 s later the second master sends a switch command. The first master must get ACT_CON
+    and ACT_TERM (positive) before its connection closes, the set-point be written once; the switch must get
+    a negative ACT_CON, never be queued nor written; the forwarder exits 0. On the code before (closing at
+    once) the set-point was never answered."""
+    async with setpoint_in_flight(feproot, 2.0) as lab:
+        p, fwd, m1, m2 = lab.p, lab.fwd, lab.m1, lab.m2
+        fwd.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        await asyncio.sleep(0.2)
+        sw = m2.point(SWITCH_IOA)
+        sw.info = c104.SingleCmd(on=True)
+        refused = asyncio.ensure_future(in_thread(sw.transmit, c104.Cot.ACTIVATION))
+        await until(lambda: m1.conn.state != c104.ConnectionState.OPEN, 10, "the forwarder closes")
+        closed_s = time.monotonic() - t_term
+        assert await exited(fwd, 5) and fwd.returncode == 0, p.log("forwarder", "A")[-3000:]
+        await asyncio.gather(lab.sent, refused, return_exceptions=True)
+        print(f"SIGTERM to the connection's close with a set-point in flight: {closed_s:.2f} s")
+        got = [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"]
+        assert got == [("<<", iec.COT_ACTCON, False, False), ("<<", iec.COT_ACTTERM, False, False)], \
+            (got, p.log("forwarder", "A")[-3000:])
+        opened = m1.trace.index(c104.ConnectionState.OPEN)
+        term = next(i for i, e in enumerate(m1.trace) if isinstance(e, str)
+                    and ("<<", iec.COT_ACTTERM, False, False) in command_frames([e], SETPOINT_IOA))
+        states = [e for e in m1.trace[opened:term] if not isinstance(e, str)]
+        assert all(st in (c104.ConnectionState.OPEN, c104.ConnectionState.OPEN_MUTED) for st in states), \
+            f"closed before ACT_TERM: {states}"
+        assert [f for f in command_frames(m2.trace, SWITCH_IOA) if f[0] == "<<"] == \
+            [("<<", iec.COT_ACTCON, True, False)], m2.trace[-20:]
         assert [w for w in p.sim.writes if w[:3] == (1, "hr", 100)] == [(1, "hr", 100, [42])], p.sim.writes
         assert not [w for w in p.sim.writes if w[:3] == (1, "co", 100)], p.sim.writes
-        assert int(await p.r.get(ks.CTL_SEQ)) == seq0 + 1, "the switch command was queued"
-        assert await p.r.hget(ks.control(seq0 + 1), "state") == "done"
+        assert int(await p.r.get(ks.CTL_SEQ)) == lab.ctl, "the switch command was queued"
+        assert await p.r.hget(ks.control(lab.ctl), "state") == "done"
+
+
+async def test_forwarder_second_sigterm_closes_at_once_and_a_reload_meanwhile_changes_nothing(feproot: Path) -> None:
+    """`setpoint_in_flight` with a device that takes 2 s to apply a write: SIGTERM to the forwarder, then a
+    configuration reload that changes the se104s server's RTU (its port: a restart, were it applied), then a
+    second SIGTERM. The reload must change nothing (the master's connection stays open, the set-point still
+    in flight: on the code before, the server was stopped there and not started again); the second signal
+    must close the connection and end the forwarder at once, exit 0, the set-point unanswered (its outcome
+    unknown to the master), which the forwarder logs; the set-point still runs, once, and the audit says so
+    (done by A, after the forwarder exited)."""
+    async with setpoint_in_flight(feproot, 2.0) as lab:
+        p, fwd, m1 = lab.p, lab.fwd, lab.m1
+        fwd.send_signal(signal.SIGTERM)
+        await until(lambda: "planned stop: " in p.log("forwarder", "A"), 5, "the drain begins")
+        rows = {**p.rows, "T004_RTU": [{**r, "LISTENPORT": free_port()} if r["RTUID"] == SE104 else r
+                                       for r in p.rows["T004_RTU"]]}
+        await in_thread(replace_config, p.redis.client(), rows, "changed during the drain")
+        await until(lambda: "not applied: the forwarder is stopping" in p.log("forwarder", "A"), 5,
+                    "the forwarder sees the reload")
+        await asyncio.sleep(0.1)  # a stop or restart it would have made is done by now
+        assert m1.conn.state == c104.ConnectionState.OPEN, m1.trace[-10:]
+        assert fwd.poll() is None and await _state(p.r, lab.ctl, "executing")
+        t0 = time.monotonic()
+        fwd.send_signal(signal.SIGTERM)
+        await until(lambda: m1.conn.state != c104.ConnectionState.OPEN, 5, "the forwarder closes")
+        closed_s = time.monotonic() - t0
+        assert await exited(fwd, 5), "the forwarder did not exit after a second SIGTERM"
+        exit_s, exit_ms = time.monotonic() - t0, int(time.time() * 1000)
+        print(f"second SIGTERM to the connection's close: {closed_s:.3f} s, to the forwarder's exit: {exit_s:.3f} s")
+        log = p.log("forwarder", "A")
+        assert fwd.returncode == 0 and closed_s < 0.5 and exit_s < 1.0, (closed_s, exit_s, log[-3000:])
+        assert not [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"], m1.trace[-20:]
+        assert "se104s RTU 10: planned stop cut short by a second signal" in log and \
+            "1 control(s) in flight and 0 answer(s) unsent, their outcome unknown to their masters" in log, log[-3000:]
+        assert "Traceback" not in log, log[-3000:]
+
+        async def audited() -> dict[str, str] | None:
+            return next((e for _, e in await p.r.xrange(ks.CTL_AUDIT) if e.get("id") == str(lab.ctl)), None)
+
+        entry = await until(audited, 5, "the set-point's audit entry")
+        assert (entry["state"], entry["result"], entry["executor"], entry["value"]) == ("done", "written", "A", "42.0") \
+            and entry["origin"].startswith("se104s:10:A:127.0.0.1:"), entry  # the master it came from, through A
+        assert int(entry["finished_ms"]) > exit_ms, entry  # the forwarder did not wait for it
+        assert [w for w in p.sim.writes if w[:3] == (1, "hr", 100)] == [(1, "hr", 100, [42])], p.sim.writes

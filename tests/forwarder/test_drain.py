@@ -1,4 +1,5 @@
-"""The planned stop's rule (fep_forwarder.drain): when a draining server closes, table-driven."""
+"""The planned stop's rules (fep_forwarder.drain): when a draining server closes, and what a configuration reload
+does to the servers (nothing once the stop began); table-driven."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import math
 
 import pytest
 
-from fep_forwarder.drain import ANSWER_GRACE_S, CLOSE, GIVE_UP, WAIT, Drain
+from fep_forwarder.drain import ANSWER_GRACE_S, CLOSE, GIVE_UP, WAIT, Drain, reload_plan
 
 BOUND = 12.0
 
@@ -38,3 +39,27 @@ def test_drain_verdict(now: float, deadlines: list[float], unsent: int, last: fl
     v = d.verdict(now, deadlines, unsent)
     assert v.action == want, v
     assert (v.why != "") == (want != WAIT), v
+
+
+# (servers running: RTU -> signature, the new configuration's forwarding RTUs, planned stop began)
+#   -> (applied, servers stopped, servers started)
+RELOADS = [
+    ("unchanged: nothing moves", {10: "a", 12: "b"}, {10: "a", 12: "b"}, False, (True, (), ())),
+    ("changed: restarted", {10: "a", 12: "b"}, {10: "a2", 12: "b"}, False, (True, (10,), (10,))),
+    ("gone: stopped", {10: "a", 12: "b"}, {12: "b"}, False, (True, (10,), ())),
+    ("new: started", {10: "a"}, {10: "a", 13: "c"}, False, (True, (), (13,))),
+    ("its start had failed: started again", {}, {10: "a"}, False, (True, (), (10,))),
+    ("stopping, unchanged", {10: "a", 12: "b"}, {10: "a", 12: "b"}, True, (False, (), ())),
+    ("stopping, changed: not restarted, kept", {10: "a", 12: "b"}, {10: "a2", 12: "b"}, True, (False, (), ())),
+    ("stopping, gone: kept until its drain ends", {10: "a", 12: "b"}, {12: "b"}, True, (False, (), ())),
+    ("stopping, new: not started", {10: "a"}, {10: "a", 13: "c"}, True, (False, (), ())),
+    ("stopping before any server ran", {}, {10: "a"}, True, (False, (), ())),
+]
+
+
+@pytest.mark.parametrize(("running", "wanted", "stopping", "want"), [c[1:] for c in RELOADS],
+                         ids=[c[0] for c in RELOADS])
+def test_reload_plan(running: dict[int, str], wanted: dict[int, str], stopping: bool,
+                     want: tuple[bool, tuple[int, ...], tuple[int, ...]]) -> None:
+    plan = reload_plan(running, wanted, stopping)
+    assert (plan.apply, plan.stop, plan.start) == want
