@@ -250,7 +250,7 @@ class StandbyLog:
         which reads and clears it, has not read it yet): the first poll after a gain comes before the
         replay when the replay waits for that poll (`at_lease_gain`) or for the master's values it reads
         first, and clearing the log then lost every change the standby had seen since the former holder's
-        last write (a rolling upgrade's second step, docs/ha.md "The holder at a VIP move")."""
+        last write (docs/acquirer.md "Lease rules")."""
         self.last.update(samples)
         if self.entries and not replay_due:
             self.entries.clear()
