@@ -2,8 +2,8 @@
 
 Reads go to the local Redis only (master or replica): the configuration snapshot, the full image and the
 change stream (XREAD BLOCK, no polling). Writes (heartbeat, metrics, connected masters, controls) go to the
-master. The full image is loaded on start, after every reconnect and when the stream was trimmed past the
-last entry read; a new configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose
+master. The full image is loaded on start, after every reconnect (not when the local Redis turns replica
+under the stream read: `stream.demoted`) and when the stream was trimmed past the last entry read; a new configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose
 RTU changed. docs/forwarder.md describes the whole path.
 """
 
@@ -35,7 +35,7 @@ from fepha.semodel.model import FwdPoint, Model
 from . import freshness
 from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
 from .resume import Sid, backfill_floor, backfill_from, parse_cursors, sid_text
-from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
+from .stream import Routing, demoted, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
 
 log = logging.getLogger("fep_forwarder")
 
@@ -279,7 +279,14 @@ class Forwarder:
                         if not same:
                             await self._full_image(local)
                 continue
-            got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            try:
+                got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            except redis.ResponseError as exc:
+                if not demoted(str(exc)):
+                    raise
+                log.info("local Redis turned replica under the stream read (%s): reading on from %s", exc,
+                         self.last_id)
+                continue
             if not got:
                 continue
             prev, before = self.last_id, self.consumed

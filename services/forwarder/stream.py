@@ -17,6 +17,17 @@ from .resume import parse_id
 MONITOR_KINDS = ("AI", "DI", "ACC")
 
 
+def demoted(error: str) -> bool:
+    """Whether an error answered to the stream read (`XREAD BLOCK` on the local Redis) is the local Redis
+    turning replica under it: REPLICAOF unblocks every blocked client with `UNBLOCKED ... (master ->
+    replica?)`. Not a lost connection nor a stream gap: the stream is the same one, continued with the new
+    master's entries by the partial resync (a full one answers LOADING meanwhile, an error that reloads),
+    so the read goes on from the last entry read. Reloading the full image there sent the masters connected
+    to this node only each point's latest value, and a value between it and the last entry read was lost
+    (the rolling upgrade's second step, docs/forwarder.md)."""
+    return error.startswith("UNBLOCKED")
+
+
 def trimmed_past(consumed: int, entries_added: int, length: int) -> bool:
     """True when an entry after the ones already consumed may have been trimmed away.
 

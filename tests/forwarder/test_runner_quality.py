@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from fep_forwarder import app
 from fep_loader.store import replace_config
 from fep_tools.sefeps_client import SefepsClient
+from fepha import keyspace as ks
 from fepha import points, redisfns
 from fepha.points import Quality
 from fepha.semodel import db
@@ -303,6 +304,40 @@ async def test_master_left_behind_sets_nt_on_every_value_then_demotion_clears_it
                         "fresh value with NT cleared")
             after = await gi(m)
             assert all(not after[ioa][1] for ioa in WATCHED), after
+    finally:
+        await r.aclose()
+        await rp.aclose()
+
+
+async def test_demoted_under_a_connected_master_it_sends_every_change_made_meanwhile(
+        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
+    """The rolling upgrade's second step on the node that held the VIP: the peer's Redis is promoted and the
+    holder writes there while this node's Redis is still a master, then this one is demoted (REPLICAOF) and
+    catches up. Its forwarder, still serving a master, reads the stream on from its last entry, so each
+    change made on the new master meanwhile reaches the master as an event of its own. It took REPLICAOF's
+    UNBLOCKED answer to its stream read for a lost connection and reloaded the full image, which sends only
+    each point's latest value: here 9.0 never came (the upgrade's SCADA master missed one device tick)."""
+    mine, peer = redis_pair
+    port = free_port()
+    replace_config(mine.client(), se104s_rows(feproot, port))
+    r = aredis.Redis(host=mine.host, port=mine.port, decode_responses=True)
+    rp = aredis.Redis(host=peer.host, port=peer.port, decode_responses=True)
+    await redisfns.load_async(r)
+    peer.wait_synced()
+    cfg = dataclasses.replace(quality_cfg(mine, quality_replica_down_s=30.0), vip=peer.host, port=peer.port)
+    try:
+        async with rule1_scene(r, cfg, port) as (h, m):
+            for _ in range(100):   # the peer has the functions and the lease (replicated) before it is promoted
+                if await rp.function_list() and await rp.hget(ks.lease(1), "holder") == "A":
+                    break
+                await asyncio.sleep(0.05)
+            await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours still a master
+            h.r = rp                          # the holder writes through the VIP, to the new master
+            await h.write(p101=9.0)
+            await h.write(p101=10.0)
+            await r.replicaof(peer.host, peer.port)   # demoted: catches up with the new master
+            await until(lambda: any(v == pytest.approx(10.0) for v, _ in spont_q(m, 1001)), 10, "10.0 at the master")
+            assert [v for v, _ in spont_q(m, 1001) if v in (9.0, 10.0)] == [9.0, 10.0], spont_q(m, 1001)
     finally:
         await r.aclose()
         await rp.aclose()

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fep_forwarder.stream import Routing, entry_pairs, image_keys, lag_ms, parse_id, trimmed_past
+from fep_forwarder.stream import Routing, demoted, entry_pairs, image_keys, lag_ms, parse_id, trimmed_past
 from fepha.points import Value
 from fepha.semodel.model import Model
 
@@ -41,6 +41,16 @@ def test_parse_id(raw: str | None, parsed: tuple[int, int]) -> None:
 ])
 def test_trimmed_past(consumed: int, added: int, length: int, gap: bool) -> None:
     assert trimmed_past(consumed, added, length) is gap
+
+
+@pytest.mark.parametrize("error, yes", [
+    ("UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)", True),
+    ("LOADING Redis is loading the dataset in memory", False),    # a full resync: the image is reloaded
+    ("Connection closed by server.", False),
+    ("ERR unknown command", False),
+])
+def test_demoted(error: str, yes: bool) -> None:
+    assert demoted(error) is yes
 
 
 def test_routing_maps_sources_to_each_forwarding_point_of_running_servers() -> None:
