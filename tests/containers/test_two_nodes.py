@@ -236,14 +236,16 @@ def upgrade_diagnosis(lab: ContainerLab, master: ComposeNode, replaced: dict[str
                       missed: list[tuple[str, int, float, float]]) -> str:
     """What a lost event is traced with: the changes never received (step, ioa, s after the upgrade's start,
     device value), each acquirer's log (the replaced containers' and the new ones'), their counters, the
-    lease changes and the change stream's entries of the acquisition RTUs (Redis time, s after t0)."""
+    lease changes and the change stream's entries of the acquisition RTUs (Redis time, s after t0); the
+    forwarders' logs."""
     out = ["lost: " + str([(step, ioa, round(t - t0, 2), v) for step, ioa, t, v in missed])]
     for node, logs in replaced.items():
         for svc in ("acquirer", "keepalived", "forwarder"):
             text = logs.get(svc, "")
             out.append(f"--- node {node}: replaced {svc}\n{text if svc == 'acquirer' else text[-3000:]}")
     for cn in lab.cnodes.values():
-        out.append(f"--- node {cn.id}: acquirer now\n" + cn.compose("logs", "--no-color", "acquirer", check=False).stdout)
+        for svc in ("acquirer", "forwarder"):
+            out.append(f"--- node {cn.id}: {svc} now\n" + cn.compose("logs", "--no-color", svc, check=False).stdout)
         out.append(f"metrics {cn.id}: " + master.node.redis_cli("hgetall", ks.metrics("acquirer", cn.id)).replace("\n", " "))
     out.append("lease events: " + master.node.redis_cli("--json", "xrevrange", ks.LEASE_EVENTS, "+", "-", "count", "12"))
     chg = master.node.redis_cli("--json", "xrange", ks.CHANGES, str(int(t0 * 1000) - 2000), "+")
