@@ -317,6 +317,39 @@ async def test_demoted_under_a_connected_master_it_sends_every_change_made_meanw
     change made on the new master meanwhile reaches the master as an event of its own. It took REPLICAOF's
     UNBLOCKED answer to its stream read for a lost connection and reloaded the full image, which sends only
     each point's latest value: here 9.0 never came (the upgrade's SCADA master missed one device tick)."""
+    async with demotion_scene(redis_pair, feproot) as (r, rp, h, m):
+        h.r = rp                          # the holder writes through the VIP, to the new master
+        await h.write(p101=9.0)
+        await h.write(p101=10.0)
+        kw = rp.connection_pool.connection_kwargs
+        await r.replicaof(kw["host"], kw["port"])   # demoted: catches up with the new master
+        await until(lambda: any(v == pytest.approx(10.0) for v, _ in spont_q(m, 1001)), 10, "10.0 at the master")
+        assert [v for v, _ in spont_q(m, 1001) if v in (9.0, 10.0)] == [9.0, 10.0], spont_q(m, 1001)
+
+
+async def test_demoted_after_a_split_it_reloads_the_image_of_the_stream_it_now_follows(
+        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
+    """docs/ha.md scenario 7: this node's Redis wrote alone after the peer's promotion (a split), so its
+    demotion replaces its stream by a full resync. Its forwarder must not read on from its own last entry
+    (an entry the new master never had): it reloads the image, and the change made on the new master before
+    that entry (103) reaches the master."""
+    async with demotion_scene(redis_pair, feproot) as (r, rp, h, m):
+        h.r = rp
+        await h.write(p103=21.0)          # on the new master only
+        h.r = r
+        await h.write(p101=9.0)           # on this node's Redis only, after it: the forwarder's last entry
+        await until(lambda: any(v == pytest.approx(9.0) for v, _ in spont_q(m, 1001)), 10, "9.0 at the master")
+        h.r = rp
+        kw = rp.connection_pool.connection_kwargs
+        await r.replicaof(kw["host"], kw["port"])
+        await until(lambda: spont_q(m, 1003), 10, "the change of 103 at the master")
+
+
+@contextlib.asynccontextmanager
+async def demotion_scene(redis_pair: tuple[RedisProc, RedisProc], feproot: Path
+                         ) -> AsyncIterator[tuple[aredis.Redis, aredis.Redis, Holder, Any]]:
+    """`rule1_scene` on this node's Redis (`r`, a master), its peer's (`rp`) promoted as keepalived does when
+    the VIP moves: (r, rp, holder, c104 master)."""
     mine, peer = redis_pair
     port = free_port()
     replace_config(mine.client(), se104s_rows(feproot, port))
@@ -332,12 +365,7 @@ async def test_demoted_under_a_connected_master_it_sends_every_change_made_meanw
                     break
                 await asyncio.sleep(0.05)
             await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours still a master
-            h.r = rp                          # the holder writes through the VIP, to the new master
-            await h.write(p101=9.0)
-            await h.write(p101=10.0)
-            await r.replicaof(peer.host, peer.port)   # demoted: catches up with the new master
-            await until(lambda: any(v == pytest.approx(10.0) for v, _ in spont_q(m, 1001)), 10, "10.0 at the master")
-            assert [v for v, _ in spont_q(m, 1001) if v in (9.0, 10.0)] == [9.0, 10.0], spont_q(m, 1001)
+            yield r, rp, h, m
     finally:
         await r.aclose()
         await rp.aclose()
