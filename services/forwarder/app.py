@@ -319,7 +319,8 @@ class Forwarder:
 
     async def _kept_stream(self, local: aredis.Redis) -> bool:
         """The local Redis turned replica under the stream read (`stream.demoted`): whether, once its sync
-        is done (within DEMOTED_SYNC_S), it still has the last entry read as read (`stream.kept_stream`)."""
+        is done (within DEMOTED_SYNC_S, or until the runner stops), it still has the last entry read as
+        read (`stream.kept_stream`)."""
         end = time.monotonic() + DEMOTED_SYNC_S
         while True:
             pipe = local.pipeline(transaction=False)
@@ -329,7 +330,7 @@ class Forwarder:
             kept = kept_stream(info, self.last_fields, now[0][1] if now else None)
             if kept is not None:
                 return kept
-            if time.monotonic() >= end:
+            if time.monotonic() >= end or self.stop.is_set():  # a planned stop does not wait for the sync
                 return False
             await asyncio.sleep(0.05)
 
