@@ -315,24 +315,6 @@ async def test_demoted_under_a_connected_master_it_sends_every_change_made_meanw
         assert [v for v, _ in spont_q(m, 1001) if v in (9.0, 10.0)] == [9.0, 10.0], spont_q(m, 1001)
 
 
-async def test_demoted_after_a_split_it_reloads_the_image_of_the_stream_it_now_follows(
-        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
-    """docs/ha.md scenario 7: this node's Redis wrote alone after the peer's promotion (a split), so its
-    demotion replaces its stream by a full resync. Its forwarder must not read on from its own last entry
-    (an entry the new master never had): it reloads the image, and the change made on the new master before
-    that entry (103) reaches the master."""
-    async with demotion_scene(redis_pair, feproot) as (r, rp, h, m):
-        await rp.replicaof("NO", "ONE")
-        h.r = rp
-        await h.write(p103=21.0)          # on the new master only
-        h.r = r
-        await h.write(p101=9.0)           # on this node's Redis only, after it: the forwarder's last entry
-        await until(lambda: any(v == pytest.approx(9.0) for v, _ in spont_q(m, 1001)), 10, "9.0 at the master")
-        h.r = rp
-        await demote(r, rp)
-        await until(lambda: spont_q(m, 1003), 10, "the change of 103 at the master")
-
-
 async def demote(r: aredis.Redis, rp: aredis.Redis) -> None:
     """`r`'s Redis made a replica of `rp`'s (keepalived's script, or start.sh, at the VIP's move)."""
     kw = rp.connection_pool.connection_kwargs
