@@ -29,6 +29,7 @@ from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Model
 
 log = logging.getLogger("acquirer")
+UNREACHABLE = "stopping: master Redis unreachable, leases not handed over (they lapse after lease_ttl_s)"
 
 
 class Acquirer:
@@ -105,19 +106,24 @@ class Acquirer:
 
     async def planned_stop(self, hurry: asyncio.Event) -> None:
         """Before exiting: no new control (the one in flight is finished), and the leases the other node can
-        take handed over to it (handover.py), all within `stop_handover_s` or until `hurry` is set. With the
-        master Redis unreachable (the last tick failed) or the timer at 0, nothing is tried: as after a crash,
-        the leases lapse after `lease_ttl_s`."""
+        take handed over to it (handover.py), all within `stop_handover_s` or until `hurry` is set. A master
+        Redis that failed the last tick is waited for first while the leases may still be alive on it
+        (`handover.master_wait_s`: the VIP moving, as in a rolling upgrade's second step, where the holder
+        used to exit without handing over and its RTUs had no writer until the lease lapsed). Unreachable
+        for longer, or the timer at 0: nothing is tried, as after a crash the leases lapse."""
         limit = self.cfg.stop_handover_s
         self.controls_off.set()
         if not self.tasks or not limit:
             return
-        if not self.house.master_ok:
-            log.warning("stopping: master Redis unreachable, leases not handed over (they lapse after lease_ttl_s)")
+        h = self.house
+        wait = handover.master_wait_s(h.tick_ok, None if h.failing_since is None
+                                      else time.monotonic() - h.failing_since, self.cfg.lease_ttl_s)
+        if wait is None:
+            log.warning(UNREACHABLE)
             return
         self.house.stopping = True
         t0 = time.monotonic()
-        work = asyncio.create_task(self._hand_over(), name="acquirer-handover")
+        work = asyncio.create_task(self._hand_over(wait), name="acquirer-handover")
         rush = asyncio.create_task(hurry.wait(), name="acquirer-stop-again")
         try:
             await asyncio.wait([work, rush], timeout=limit, return_when=asyncio.FIRST_COMPLETED)
@@ -133,17 +139,34 @@ class Acquirer:
                         "" if self.tasks[1].done() else "; the control being executed is left unfinished "
                         "(reported unknown at its deadline)")
 
-    async def _hand_over(self) -> None:
-        """Say `stopping` in the heartbeat (the other node then hands nothing to this one), hand the leases
-        over, and let the executor finish the control in flight."""
-        try:
-            await self.house.beat()
-            await handover.hand_over(self.master, self.cfg.node_id, self.cfg.peer, int(self.cfg.lease_ttl_s * 1000),
-                                     self.cfg.stop_handover_s, self.runners, self.house.apply_lease)
-        except Exception as exc:  # noqa: BLE001 - master unreachable now: exit as after a crash
-            log.warning("stopping: leases not handed over (they lapse after lease_ttl_s): %s: %s",
-                        type(exc).__name__, exc)
+    async def _hand_over(self, wait_s: float) -> None:
+        """Wait up to `wait_s` for a lease tick to go through, say `stopping` in the heartbeat (the other node
+        then hands nothing to this one), hand the leases over, and let the executor finish the control in
+        flight."""
+        if wait_s and not await self._master_back(wait_s):
+            log.warning(UNREACHABLE)
+        else:
+            try:
+                await self.house.beat()
+                await handover.hand_over(self.master, self.cfg.node_id, self.cfg.peer,
+                                         int(self.cfg.lease_ttl_s * 1000), self.cfg.stop_handover_s, self.runners,
+                                         self.house.apply_lease)
+            except Exception as exc:  # noqa: BLE001 - master unreachable now: exit as after a crash
+                log.warning("stopping: leases not handed over (they lapse after lease_ttl_s): %s: %s",
+                            type(exc).__name__, exc)
         await asyncio.wait([self.tasks[1]])
+
+    async def _master_back(self, wait_s: float) -> bool:
+        """Whether a lease tick goes through within `wait_s` (the housekeeping ticks every role_watch_s
+        meanwhile: `housekeeping.tick_delay`)."""
+        log.info("stopping: master Redis unreachable (moving?): waiting up to %.1f s for it", wait_s)
+        end = time.monotonic() + wait_s
+        while not self.house.tick_ok:
+            if time.monotonic() >= end:
+                return False
+            await asyncio.sleep(handover.WATCH_S)
+        log.info("stopping: master Redis reached again")
+        return True
 
     async def close(self) -> None:
         self.controls_off.set()

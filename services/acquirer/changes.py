@@ -243,11 +243,16 @@ class StandbyLog:
         while self.entries and (self.entries[0][0] < cutoff or len(self.entries) > self.max_entries):
             self.entries.popleft()
 
-    def holding(self, samples: dict[int, Sample]) -> None:
-        """A poll while holding the lease: nothing to keep, but the baseline follows the device. `samples`
-        may hold only the points that changed since the previous poll (rtu.py), as may `observe`'s."""
+    def holding(self, samples: dict[int, Sample], replay_due: bool = False) -> None:
+        """A poll while holding the lease: nothing to log, but the baseline follows the device. `samples`
+        may hold only the points that changed since the previous poll (rtu.py), as may `observe`'s. The log
+        is dropped unless its replay is still due (`replay_due`: the lease was just gained and the replay,
+        which reads and clears it, has not read it yet): the first poll after a gain comes before the
+        replay when the replay waits for that poll (`at_lease_gain`) or for the master's values it reads
+        first, and clearing the log then lost every change the standby had seen since the former holder's
+        last write (docs/acquirer.md "Lease rules")."""
         self.last.update(samples)
-        if self.entries:
+        if self.entries and not replay_due:
             self.entries.clear()
 
     def replay(self, current: dict[int, tuple[Sample, int]]) -> Replay:

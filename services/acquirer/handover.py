@@ -5,8 +5,9 @@ RTUs without a writer until they lapse (`lease_ttl_s` + one tick): the gap of a 
 node marks a handover (`lease_handover`, the function the api's POST .../handover calls) of every lease the
 other node can take, keeps polling and writing (fenced) until the other node's next tick takes it (new
 epoch: any later write of ours is rejected by `write_values`, before the new holder's first write), then
-exits. Bounded by `stop_handover_s`; a second signal ends the wait at once. The rules are plain functions
-(`peer_alive`, `peer_reaches`); `hand_over` is their Redis edge.
+exits. Bounded by `stop_handover_s`; a second signal ends the wait at once. A master Redis that failed the
+last tick is waited for while the leases may still be alive on it (`master_wait_s`: the VIP moving). The
+rules are plain functions (`master_wait_s`, `peer_alive`, `peer_reaches`); `hand_over` is their Redis edge.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ from fepha import redisfns
 log = logging.getLogger("acquirer")
 WATCH_S = 0.05
 """How often the stopping node reads the leases it handed over (and the other node's heartbeat)."""
+
+
+def master_wait_s(tick_ok: bool, failing_for_s: float | None, ttl_s: float) -> float | None:
+    """How long a stopping holder waits for the master Redis before it hands its leases over: 0 when its
+    last lease tick went through (`tick_ok`); while its ticks have failed or been refused for less than
+    `ttl_s` (`failing_for_s`, None: no lease call failed yet), the rest of that TTL: the master is moving
+    (the VIP's holder replaced, a rolling upgrade's second step), the leases are alive on the one taking
+    over (still a replica for a moment: it refuses them) and can be handed over there; None (give up: exit,
+    as after a crash) once they may have lapsed. Bounded by the caller's timer."""
+    if tick_ok:
+        return 0.0
+    left = ttl_s - (failing_for_s or 0.0)
+    return left if left > 0 else None
 
 
 def peer_alive(heartbeat_raw: str | None) -> bool:

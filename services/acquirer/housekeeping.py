@@ -80,6 +80,11 @@ class Housekeeping:
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
         say so in the heartbeat, so that the other node hands nothing over to this one."""
 
+    @property
+    def tick_ok(self) -> bool:
+        """The last lease tick went through: the master reached and its lease calls answered."""
+        return self.master_ok and self.failing_since is None
+
     async def loop(self) -> None:
         """The ticks; the role watch (`roles.run`) runs beside it as its own task (app.py), so that stopping
         one waits for each to end (a child task stopped from a cancelled parent's finally could outlive it).

@@ -313,15 +313,21 @@ class RtuRunner(RunnerBase):
         give_up = self.switcher.polled(self.last_ok, not unanswered, unanswered)
         samples.update(delta)
         ts_ms = self.polled_ts_ms = int(time.time() * 1000)
-        if self.lease.held:
-            self._submit(self._due(delta), ts_ms, before)  # replays the standby log first if the lease is new
-            self.standby.holding(delta)
-            if wait:
-                await self.flush()
-        else:
-            self.standby.observe(delta, ts_ms)
+        self._polled(delta, ts_ms, before)
+        if wait and self.lease.held:
+            await self.flush()
         if give_up:  # the connection is open but the channel has not worked for switch_s: switch
             raise LinkError(f"no complete poll for {self.switcher.switch_s:g} s ({unanswered})")
+
+    def _polled(self, delta: dict[int, Sample], ts_ms: int, before: float | None) -> None:
+        """A poll's changes (`delta`, polled at `ts_ms`) passed on: the holder queues their write, which
+        replays the standby log first if the lease is new (`_sync`; the log is kept until it has been read);
+        the standby logs them."""
+        if self.lease.held:
+            self._submit(self._due(delta), ts_ms, before)
+            self.standby.holding(delta, self._replay_pending)
+        else:
+            self.standby.observe(delta, ts_ms)
 
     def _due(self, delta: dict[int, Sample]) -> dict[int, Sample]:
         """What the tracker must judge this poll: see `poll`."""
@@ -496,8 +502,9 @@ class RtuRunner(RunnerBase):
         """Read the master's value hash once: replay the standby log's changes newer than its values (see
         changes.StandbyLog), then let the tracker take what Redis holds as written, so the full image
         writes only what differs. Unreadable: no replay, and every point is written (tracker forgotten)."""
-        replay, self._replay_pending = self._replay_pending, False
         current = await self.held_by_master()
+        # due until the log is read (below): a poll meanwhile keeps it (StandbyLog.holding)
+        replay, self._replay_pending = self._replay_pending, False
         if current is None:
             return
         if replay and self.standby.entries:

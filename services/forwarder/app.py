@@ -2,8 +2,8 @@
 
 Reads go to the local Redis only (master or replica): the configuration snapshot, the full image and the
 change stream (XREAD BLOCK, no polling). Writes (heartbeat, metrics, connected masters, controls) go to the
-master. The full image is loaded on start, after every reconnect and when the stream was trimmed past the
-last entry read; a new configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose
+master. The full image is loaded on start, after every reconnect (not when the local Redis turns replica
+under the stream read: `stream.demoted`) and when the stream was trimmed past the last entry read; a new configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose
 RTU changed. docs/forwarder.md describes the whole path.
 """
 
@@ -36,7 +36,17 @@ from . import freshness
 from .base import STALLS, ControlOutcome, ForwardServer, Update, server_class
 from .drain import reload_plan
 from .resume import Sid, backfill_floor, backfill_from, parse_cursors, sid_text
-from .stream import Routing, entry_pairs, image_keys, lag_ms, merge, parse_id, trimmed_past
+from .stream import (
+    Routing,
+    demoted,
+    entry_pairs,
+    image_keys,
+    kept_stream,
+    lag_ms,
+    merge,
+    parse_id,
+    trimmed_past,
+)
 
 log = logging.getLogger("fep_forwarder")
 
@@ -44,6 +54,9 @@ SERVICE = "forwarder"
 READ_COUNT = 1000  # stream entries per XREAD
 TLS_PROTOCOLS = ("se104s", "sefeps")
 REDIS_ERRORS = (redis.RedisError, OSError, asyncio.TimeoutError)
+DEMOTED_SYNC_S = 3.0
+"""How long the stream read waits for the local Redis, turned replica under it, to finish its sync before it
+reloads the full image instead of reading on (`_kept_stream`)."""
 CONFIG_CHECK_S = 1.0
 """How often the main loop compares the configuration's stamp besides the CFG_CHANGED announcements: redis-py
 reconnects and re-subscribes by itself, so a Redis restarted empty (or wiped) under the forwarder raises
@@ -133,6 +146,7 @@ class Forwarder:
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
         self.reading = False  # in the blocking read of the change stream (`_until_stopped` may cancel it)
+        self.last_fields: dict[str, str] | None = None  # the fields of entry last_id (`_kept_stream`)
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
         self.full_images = 0
@@ -306,6 +320,13 @@ class Forwarder:
             self.reading = True
             try:
                 got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+            except redis.ResponseError as exc:
+                self.reading = False
+                if not demoted(str(exc)) or not await self._kept_stream(local):
+                    raise  # an outage, or a stream replaced by a full resync: the full image is reloaded
+                log.info("local Redis turned replica under the stream read and kept the stream: reading on "
+                         "from %s", self.last_id)
+                continue
             finally:
                 self.reading = False
             if not got:
@@ -313,7 +334,7 @@ class Forwarder:
             prev, before = self.last_id, self.consumed
             entries = got[0][1]
             self._dispatch(entries)
-            self.last_id = entries[-1][0]
+            self.last_id, self.last_fields = entries[-1]
             self.consumed += len(entries)
             self.lag = lag_ms(self.last_id, int(time.time() * 1000))
             try:
@@ -323,6 +344,23 @@ class Forwarder:
             if trimmed_past(before, int(info["entries-added"]), int(info["length"])):
                 log.warning("change stream trimmed past the last entry read (%s): loading the full image", prev)
                 await self._full_image(local)
+
+    async def _kept_stream(self, local: aredis.Redis) -> bool:
+        """The local Redis turned replica under the stream read (`stream.demoted`): whether, once its sync
+        is done (within DEMOTED_SYNC_S, or until the runner stops), it still has the last entry read as
+        read (`stream.kept_stream`)."""
+        end = time.monotonic() + DEMOTED_SYNC_S
+        while True:
+            pipe = local.pipeline(transaction=False)
+            pipe.info("replication")
+            pipe.xrange(ks.CHANGES, self.last_id, self.last_id)
+            info, now = await pipe.execute()
+            kept = kept_stream(info, self.last_fields, now[0][1] if now else None)
+            if kept is not None:
+                return kept
+            if time.monotonic() >= end or self.stop.is_set():  # a planned stop does not wait for the sync
+                return False
+            await asyncio.sleep(0.05)
 
     def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         per: dict[int, list[Any]] = {}
@@ -356,7 +394,7 @@ class Forwarder:
         for x in res[:1] + res[2:]:
             if isinstance(x, Exception):
                 raise x
-        self.last_id = res[0][0][0] if res[0] else "0-0"
+        self.last_id, self.last_fields = res[0][0] if res[0] else ("0-0", None)
         info = res[1]
         self.consumed = 0 if isinstance(info, Exception) else int(info["entries-added"])  # no stream yet
         per: dict[int, list[Any]] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from fepha import points
 from fepha.semodel.model import FwdPoint, Model
@@ -15,6 +16,29 @@ from .base import Update
 from .resume import parse_id
 
 MONITOR_KINDS = ("AI", "DI", "ACC")
+
+
+def demoted(error: str) -> bool:
+    """Whether an error answered to the stream read (`XREAD BLOCK` on the local Redis) is the local Redis
+    turning replica under it: REPLICAOF unblocks every blocked client with `UNBLOCKED ... (master ->
+    replica?)`. Not a lost connection: the runner then asks `kept_stream` whether to read on."""
+    return error.startswith("UNBLOCKED")
+
+
+def kept_stream(replication: Mapping[str, Any], last_read: Mapping[str, str] | None,
+                now: Mapping[str, str] | None) -> bool | None:
+    """After `demoted`: whether the local Redis, now a replica, kept the stream read so far, so that reading
+    on from the last entry read misses nothing. `replication`: its INFO replication; `last_read`: the
+    fields of the last entry read (None: none, or not known); `now`: that entry as the replica has it now
+    (None: gone). None while its sync is not done yet (ask again). A partial resync (the rolling upgrade's
+    second step: the new master has everything this node wrote) keeps the entry and appends the new
+    master's; a full one (a split brain healed, docs/ha.md scenario 7) replaces the stream, and the entry
+    this node wrote alone is gone: reload the full image, as after an outage. Reloading at every demotion
+    sent the masters connected to this node only each point's latest value, so a change made on the new
+    master between the last entry read and the image never reached them (docs/forwarder.md)."""
+    if replication.get("master_link_status") != "up" or str(replication.get("master_sync_in_progress")) == "1":
+        return None
+    return last_read is not None and now is not None and dict(now) == dict(last_read)
 
 
 def trimmed_past(consumed: int, entries_added: int, length: int) -> bool:

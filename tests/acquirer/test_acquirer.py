@@ -409,7 +409,10 @@ async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis
     """`changes.at_lease_gain` in the runner, on a real Redis with fencing, the polls played by the test:
     A wrote every point 7; B, standby, saw point 1001 change to 8 (the replay) and sees point 1003 at 7
     where Redis has 5 (a value the log does not explain: the image corrects it). The age of B's last poll
-    decides what goes out at the gain; the rest is written by the next poll, even one that sees no change."""
+    decides what goes out at the gain; the rest is written by the next poll, even one that sees no change.
+    The replay keeps the change's own time whichever writes it: a poll before the replay (it waits for that
+    poll, or a poll comes while it reads Redis) does not drop the log (it did: 1001 went out as the image's
+    current value, at the poll's time, and a change gone again by then was lost)."""
     pids = (1000, 1001, 1002, 1003, 1900)
     model = load(redis_master, merge(rtu_rows(1, free_port(), poll_ms=1000)))
     async with lone_runner(feproot, redis_master, model, "B") as (r, runner):
@@ -436,11 +439,13 @@ async def test_what_a_new_holder_writes_at_the_gain_and_with_the_next_poll(redis
             await asyncio.wait_for(runner._gain, 2)
         got, start = await written_since(start)
         assert got == at_gain
-        await runner.publish(runner._due({}), int(time.time() * 1000))  # the next poll: nothing changed
+        runner._polled({}, int(time.time() * 1000), None)  # the next poll passes on what changed: nothing
+        await runner.flush()
         got, start = await written_since(start)
         assert got == with_next_poll
-        values = {int(pid): points.decode(rec).value for pid, rec in (await r.hgetall(ks.values(1))).items()}
-        assert values == {**{pid: 7 for pid in pids}, 1001: 8}
+        held = {int(pid): points.decode(rec) for pid, rec in (await r.hgetall(ks.values(1))).items()}
+        assert {pid: v.value for pid, v in held.items()} == {**{pid: 7 for pid in pids}, 1001: 8}
+        assert held[1001].ts_ms == t0 + 4000  # replayed, with the time the standby saw it
 
 
 async def test_the_executor_takes_up_a_queued_control_at_the_lease_gain(redis_master):

@@ -1,5 +1,6 @@
-"""The planned stop's rules (services/acquirer/handover.py), without a network: which leases go to the other
-node and which are kept until they lapse; and the second signal (fepha.worker.Stop)."""
+"""The planned stop's rules (services/acquirer/handover.py), without a network: how long to wait for a master
+Redis that failed the last tick, which leases go to the other node and which are kept until they lapse; and
+the second signal (fepha.worker.Stop)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,22 @@ import json
 
 import pytest
 
-from fep_acquirer.handover import peer_alive, peer_reaches, split
+from fep_acquirer.handover import master_wait_s, peer_alive, peer_reaches, split
 from fepha.worker import Stop
 
 NOW, LIVE = 1_000_000, 3000
+
+
+@pytest.mark.parametrize("tick_ok, failing_for_s, want", [
+    (True, None, 0.0),       # the last tick went through: hand over at once
+    (False, None, 4.0),      # unreachable, no lease call failed yet: the whole TTL
+    (False, 0.5, 3.5),       # the VIP moving (or its new holder not yet promoted, refusing the lease calls):
+                             # the rest of the TTL, the leases are alive on the new master
+    (False, 4.0, None),      # failing for the TTL: the leases may have lapsed, exit as after a crash
+    (False, 9.0, None),
+])
+def test_master_wait_s(tick_ok: bool, failing_for_s: float | None, want: float | None) -> None:
+    assert master_wait_s(tick_ok, failing_for_s, 4.0) == want
 
 
 @pytest.mark.parametrize("raw, want", [

@@ -455,6 +455,19 @@ def test_standby_log_is_bounded_and_reset_while_holding() -> None:
     assert not log.entries and log.last == {1: (100, 0)}
 
 
+@pytest.mark.parametrize(("replay_due", "kept"), [
+    (False, []),               # holding, nothing to replay: the log goes
+    (True, [(1200, 1, (2, 0)), (2400, 1, (3, 0))]),  # a poll before the gain's replay read the log: kept for it
+])
+def test_standby_log_kept_while_its_replay_is_due(replay_due: bool, kept: list) -> None:
+    log = StandbyLog(window_ms=10_000)
+    for ts, v in ((0, 1), (1200, 2), (2400, 3)):
+        log.observe({1: (v, 0)}, ts)
+    log.holding({1: (4, 0)}, replay_due)
+    assert list(log.entries) == kept and log.last == {1: (4, 0)}
+    assert log.replay({1: ((1, 0), 100)}) == [{1: ((2, 0), 1200)}, {1: ((3, 0), 2400)}][:len(kept)]
+
+
 # --- what a new holder writes at the lease gain itself (poll 1000 ms, values not current past 3000 ms) ----
 @pytest.mark.parametrize(("poll_age_ms", "reaches", "expected"), [
     (0, True, AtGain(replay=True, image=True)),       # polled just now: replay, then the image of that poll

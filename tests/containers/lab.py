@@ -125,6 +125,31 @@ class ComposeNode:
                            capture_output=True, check=False, timeout=10)
         return r.returncode == 0
 
+    def replace(self, *args: str) -> dict[str, str]:
+        """`docker-compose *args` (an `up -d` that recreates containers), keeping the logs of the containers
+        it replaces (compose removes them): followed from before the command to each one's end. Returns
+        service -> log text of the container that was running before."""
+        follow = {}
+        for c in self.containers():
+            if c.get("State") == "running":
+                svc = c.get("Labels", {}).get("com.docker.compose.service", c["Id"][:12])
+                path = self.node.dir / f"replaced-{svc}-{c['Id'][:12]}.txt"
+                follow[svc] = (c["Id"], subprocess.Popen(["podman", "logs", "-f", c["Id"]], stdout=path.open("wb"),
+                                                         stderr=subprocess.STDOUT), path)
+        try:
+            self.compose(*args)
+        finally:
+            kept = {c["Id"] for c in self.containers()}   # not replaced: its follower would never end
+            for cid, p, _ in follow.values():
+                if cid in kept:
+                    p.kill()
+                try:
+                    p.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        return {svc: path.read_text(errors="replace") for svc, (cid, _, path) in follow.items() if cid not in kept}
+
     def kill_containers(self) -> None:
         """Every container of the node SIGKILLed at once (`podman kill`, like a crash of the node's engine)."""
         ids = [c["Id"] for c in self.containers() if c.get("State") == "running"]

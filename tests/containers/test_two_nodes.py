@@ -20,6 +20,7 @@ sends controls), counted per step.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from fepha import keyspace as ks
 from fepha.config import load_node
 from tests.containers import images
 from tests.containers.lab import FIGURES, ComposeNode, ContainerLab
@@ -221,12 +223,35 @@ class VipWatch(threading.Thread):
         return sum(1 for x, y in itertools.pairwise(held) if x != y)
 
 
-def upgrade_node(cn: ComposeNode, image: str) -> None:
+def upgrade_node(cn: ComposeNode, image: str) -> dict[str, str]:
     """docs/deployment.md "Upgrade" on one node, the way of a new image under a new tag: FEP_IMAGE in .env,
-    then `docker compose up -d` in the same directory (compose replaces the containers in place)."""
+    then `docker compose up -d` in the same directory (compose replaces the containers in place). Returns
+    the replaced containers' logs (service -> text), for a failure's diagnosis."""
     env = cn.project / ".env"
     env.write_text(re.sub(r"(?m)^FEP_IMAGE=.*$", f"FEP_IMAGE={image}", env.read_text()))
-    cn.compose("up", "-d")
+    return cn.replace("up", "-d")
+
+
+def upgrade_diagnosis(lab: ContainerLab, master: ComposeNode, replaced: dict[str, dict[str, str]], t0: float,
+                      missed: list[tuple[str, int, float, float]]) -> str:
+    """What a lost event is traced with: the changes never received (step, ioa, s after the upgrade's start,
+    device value), each acquirer's log (the replaced containers' and the new ones'), their counters, the
+    lease changes and the change stream's entries of the acquisition RTUs (Redis time, s after t0); the
+    forwarders' logs."""
+    out = ["lost: " + str([(step, ioa, round(t - t0, 2), v) for step, ioa, t, v in missed])]
+    for node, logs in replaced.items():
+        for svc in ("acquirer", "keepalived", "forwarder"):
+            text = logs.get(svc, "")
+            out.append(f"--- node {node}: replaced {svc}\n{text if svc == 'acquirer' else text[-3000:]}")
+    for cn in lab.cnodes.values():
+        for svc in ("acquirer", "forwarder"):
+            out.append(f"--- node {cn.id}: {svc} now\n" + cn.compose("logs", "--no-color", svc, check=False).stdout)
+        out.append(f"metrics {cn.id}: " + master.node.redis_cli("hgetall", ks.metrics("acquirer", cn.id)).replace("\n", " "))
+    out.append("lease events: " + master.node.redis_cli("--json", "xrevrange", ks.LEASE_EVENTS, "+", "-", "count", "12"))
+    chg = master.node.redis_cli("--json", "xrange", ks.CHANGES, str(int(t0 * 1000) - 2000), "+")
+    for eid, fields in (json.loads(chg) if chg.startswith("[") else []):
+        out.append(f"chg {int(eid.split('-')[0]) / 1000 - t0:7.2f} {eid} {fields[:12]}")
+    return "\n".join(out)
 
 
 def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
@@ -263,8 +288,9 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
     assert plc(lab, f"rate {1 / UPGRADE_TICK_S}") == "ok"
     time.sleep(3 * UPGRADE_TICK_S)
     marks = [time.time()]
+    replaced = {}
     for cn in (first, second):      # the operator goes on as soon as /ready answers
-        upgrade_node(cn, NEW_FEP_IMAGE)
+        replaced[cn.id] = upgrade_node(cn, NEW_FEP_IMAGE)
         FIGURES[f"upgrade_{cn.id}_up_s"] = round(time.time() - marks[-1], 1)
         lab.wait_for(cn.ready, 90, f"/ready on node {cn.id} after its upgrade", interval=0.2)
         FIGURES[f"upgrade_{cn.id}_to_ready_s"] = round(time.time() - marks[-1], 1)
@@ -309,6 +335,9 @@ def test_rolling_upgrade_as_the_operator_runs_it(up_lab: ContainerLab) -> None:
               "written", [w for w in writes if w["values"][0] in refused])
         FIGURES.update({f"upgrade_{step}_{k}": v for k, v in figures.items()})
     FIGURES["upgrade_test_s"] = round(time.monotonic() - t_test, 1)
+    missed = [(step, *m) for step, (c, _) in steps.items() for m in c.missed]
+    if missed:
+        print(upgrade_diagnosis(lab, first, replaced, marks[0], missed))
     assert "AB" not in [h for _, h in vip.changes], vip.changes
     for step, (c, ans) in steps.items():
         assert FIGURES[f"upgrade_{step}_master_moves"] == 1, f"{step} step: the master did not move"

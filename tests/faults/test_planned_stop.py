@@ -70,10 +70,11 @@ class Plant:
     timers: dict[str, str]
     r: aredis.Redis
     procs: dict[tuple[str, str], subprocess.Popen[bytes]] = field(default_factory=dict)
+    env: dict[str, dict[str, str]] = field(default_factory=dict)  # per node, settings of its own
 
     def start(self, service: str, node: str) -> None:
         env = {**os.environ, "FEPROOT": str(self.feproot), "FEP_LOG_DIR": "",
-               **node_env(node, self.redis, self.redis), **self.timers}
+               **node_env(node, self.redis, self.redis), **self.timers, **self.env.get(node, {})}
         if not self.timers:  # product timers: node_env's shortened ones removed
             env = {k: v for k, v in env.items() if not k.startswith("FEP_TIMERS_")}
         with open(self.feproot / f"{service}-{node}.log", "ab") as log:
@@ -395,9 +396,11 @@ async def test_second_sigterm_exits_at_once(feproot: Path) -> None:
             os.kill(b.pid, signal.SIGCONT)
 
 
-async def test_master_unreachable_at_the_stop_exits_at_once(feproot: Path) -> None:
-    """The master Redis killed: nothing can be handed over (the leases lapse there, or are gone with it); A
-    says why and exits 0 at once instead of waiting out stop_handover_s."""
+async def test_master_unreachable_at_the_stop_exits_once_the_leases_may_have_lapsed(feproot: Path) -> None:
+    """The master Redis killed and not coming back: nothing can be handed over (the leases lapse there, or are
+    gone with it); A waits for it only while its leases may still be alive (lease_ttl_s from the first
+    failed tick: a master that moves comes back within it), says why and exits 0, without waiting out
+    stop_handover_s."""
     async with plant(feproot, {**SUITE, "FEP_TIMERS_STOP_HANDOVER_S": "30"}) as p:
         await a_holds_b_ready(p, 10)
         os.kill(p.redis.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
@@ -406,6 +409,76 @@ async def test_master_unreachable_at_the_stop_exits_at_once(feproot: Path) -> No
         await asyncio.sleep(0.5)  # a few lease ticks fail
         log = await sigterm_a_exits(p, 3.0)
         assert log.count("stopping: master Redis unreachable, leases not handed over") == 1, log[-2000:]
+
+
+class Path2Master:
+    """Node A's way to the master Redis (a TCP relay): `cut()` resets every connection and every new one,
+    as the VIP's move does to the old holder's connections until the VIP's new holder answers; `mend()`
+    lets them through again."""
+
+    def __init__(self, target: RedisProc) -> None:
+        self.target, self.up = target, True
+        self.server: asyncio.Server | None = None
+        self.pipes: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if not self.up:
+            w.transport.abort()
+            return
+        tr, tw = await asyncio.open_connection(self.target.host, self.target.port)
+        self.pipes.update((w, tw))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.transport.abort()
+        await asyncio.gather(pipe(r, tw), pipe(tr, w))
+        self.pipes.difference_update((w, tw))
+
+    def cut(self) -> None:
+        self.up = False
+        for w in list(self.pipes):
+            w.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def test_master_moving_at_the_stop_is_waited_for_then_handed_over(feproot: Path) -> None:
+    """The rolling upgrade's second step: the holder's master Redis moves (its path cut, every lease tick
+    fails) as the holder is stopped, and comes back within lease_ttl_s. A waits for it and hands the leases
+    over (reason `handover`, B holding them within a TTL of the signal); it used to exit at once ("master
+    Redis unreachable") and leave the RTUs without a writer until the leases lapsed."""
+    async with plant(feproot, SUITE) as p:
+        relay = Path2Master(p.redis)
+        p.env["A"] = {"FEP_REDIS_PORT": str(await relay.start())}
+        try:
+            await a_holds_b_ready(p, 10)
+            relay.cut()
+            await until(lambda: "lease: ConnectionError" in p.log("acquirer", "A"), 3, "A's lease ticks fail")
+            a = p.procs[("acquirer", "A")]
+            t0, t0_ms = time.monotonic(), int(time.time() * 1000)
+            a.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            relay.up = True  # the master reached again (the VIP's new holder answers)
+            await until(lambda: _all(p, "B"), 3, "B holds every lease")
+            t_held = time.monotonic() - t0
+            assert await exited(a, 3) and a.returncode == 0, p.log("acquirer", "A")[-3000:]
+        finally:
+            await relay.close()
+        events = [e for _, e in await p.r.xrange(ks.LEASE_EVENTS) if int(e["ts_ms"]) >= t0_ms]
+        assert sorted((int(e["rtu"]), e["from"], e["to"], e["reason"]) for e in events) == \
+            [(rid, "A", "B", "handover") for rid in ACQ], (events, p.log("acquirer", "A")[-3000:])
+        assert t_held < float(SUITE["FEP_TIMERS_LEASE_TTL_S"]), t_held
 
 
 SE104 = 10  # the forwarding RTU served by se104s (cfg/SEMODEL.sql)

@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from fep_forwarder import app
 from fep_loader.store import replace_config
 from fep_tools.sefeps_client import SefepsClient
+from fepha import keyspace as ks
 from fepha import points, redisfns
 from fepha.points import Quality
 from fepha.semodel import db
@@ -276,7 +277,57 @@ async def test_master_left_behind_sets_nt_on_every_value_then_demotion_clears_it
     """keepalived moved the VIP to the peer and promoted its Redis, and this node's Redis stayed a master
     (docs/ha.md): nothing here moves any more, so every value this node serves is NT, the link (virtual)
     points included, within two checks; when this Redis becomes a replica of the new master, NT clears."""
-    mine, peer = redis_pair   # node A's own Redis (master) and the peer's, behind the VIP (its replica)
+    async with demotion_scene(redis_pair, feproot) as (r, rp, h, m):
+        await asyncio.sleep(2.5)  # the peer follows this master: not left behind, nothing NT
+        assert not any(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED)
+        t0 = time.monotonic()
+        await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours stays a master
+        h.r = rp                          # the holder writes through the VIP, to the new master
+        await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
+                    "NT on every watched value")
+        took = time.monotonic() - t0
+        assert took <= 2 * TICK_S + 1.0 + 1.0, took   # two checks (the probe runs beside the first)
+        during = await gi(m)
+        assert all(during[ioa][1] for ioa in WATCHED), during
+        await h.write(p101=9.0)           # on the new master only
+        await demote(r, rp)               # demoted: follows the master again
+        await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
+                    "fresh value with NT cleared")
+        after = await gi(m)
+        assert all(not after[ioa][1] for ioa in WATCHED), after
+
+
+async def test_demoted_under_a_connected_master_it_sends_every_change_made_meanwhile(
+        redis_pair: tuple[RedisProc, RedisProc], feproot: Path) -> None:
+    """The rolling upgrade's second step on the node that held the VIP: the peer's Redis is promoted and the
+    holder writes there while this node's Redis is still a master, then this one is demoted (REPLICAOF) and
+    catches up. Its forwarder, still serving a master, reads the stream on from its last entry, so each
+    change made on the new master meanwhile reaches the master as an event of its own. It took REPLICAOF's
+    UNBLOCKED answer to its stream read for a lost connection and reloaded the full image, which sends only
+    each point's latest value: here 9.0 never came (the upgrade's SCADA master missed one device tick)."""
+    async with demotion_scene(redis_pair, feproot) as (r, rp, h, m):
+        await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours still a master
+        h.r = rp                          # the holder writes through the VIP, to the new master
+        await h.write(p101=9.0)
+        await h.write(p101=10.0)
+        await demote(r, rp)               # catches up with the new master
+        await until(lambda: any(v == pytest.approx(10.0) for v, _ in spont_q(m, 1001)), 10, "10.0 at the master")
+        assert [v for v, _ in spont_q(m, 1001) if v in (9.0, 10.0)] == [9.0, 10.0], spont_q(m, 1001)
+
+
+async def demote(r: aredis.Redis, rp: aredis.Redis) -> None:
+    """`r`'s Redis made a replica of `rp`'s (keepalived's script, or start.sh, at the VIP's move)."""
+    kw = rp.connection_pool.connection_kwargs
+    await r.replicaof(kw["host"], kw["port"])
+
+
+@contextlib.asynccontextmanager
+async def demotion_scene(redis_pair: tuple[RedisProc, RedisProc], feproot: Path
+                         ) -> AsyncIterator[tuple[aredis.Redis, aredis.Redis, Holder, Any]]:
+    """`rule1_scene` on this node's Redis (`r`, a master) with the forwarder's VIP at its peer's (`rp`, its
+    replica, in step: the functions and the lease there), which a test promotes as keepalived does when the
+    VIP moves: (r, rp, holder, c104 master)."""
+    mine, peer = redis_pair
     port = free_port()
     replace_config(mine.client(), se104s_rows(feproot, port))
     r = aredis.Redis(host=mine.host, port=mine.port, decode_responses=True)
@@ -286,23 +337,11 @@ async def test_master_left_behind_sets_nt_on_every_value_then_demotion_clears_it
     cfg = dataclasses.replace(quality_cfg(mine, quality_replica_down_s=30.0), vip=peer.host, port=peer.port)
     try:
         async with rule1_scene(r, cfg, port) as (h, m):
-            await asyncio.sleep(2.5)  # the peer follows this master: not left behind, nothing NT
-            assert not any(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED)
-            t0 = time.monotonic()
-            await rp.replicaof("NO", "ONE")   # the VIP's Redis promoted; ours stays a master
-            h.r = rp                          # the holder writes through the VIP, to the new master
-            await until(lambda: all(spont_q(m, i) and spont_q(m, i)[-1][1] for i in WATCHED), 10,
-                        "NT on every watched value")
-            took = time.monotonic() - t0
-            assert took <= 2 * TICK_S + 1.0 + 1.0, took   # two checks (the probe runs beside the first)
-            during = await gi(m)
-            assert all(during[ioa][1] for ioa in WATCHED), during
-            await h.write(p101=9.0)           # on the new master only
-            await r.replicaof(peer.host, peer.port)   # demoted: follows the master again
-            await until(lambda: spont_q(m, 1001)[-1] == (pytest.approx(9.0), False), 10,
-                        "fresh value with NT cleared")
-            after = await gi(m)
-            assert all(not after[ioa][1] for ioa in WATCHED), after
+            for _ in range(100):   # the peer has the functions and the lease (replicated) before it is promoted
+                if await rp.function_list() and await rp.hget(ks.lease(1), "holder") == "A":
+                    break
+                await asyncio.sleep(0.05)
+            yield r, rp, h, m
     finally:
         await r.aclose()
         await rp.aclose()

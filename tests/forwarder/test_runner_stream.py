@@ -2,7 +2,16 @@
 
 import pytest
 
-from fep_forwarder.stream import Routing, entry_pairs, image_keys, lag_ms, parse_id, trimmed_past
+from fep_forwarder.stream import (
+    Routing,
+    demoted,
+    entry_pairs,
+    image_keys,
+    kept_stream,
+    lag_ms,
+    parse_id,
+    trimmed_past,
+)
 from fepha.points import Value
 from fepha.semodel.model import Model
 
@@ -41,6 +50,33 @@ def test_parse_id(raw: str | None, parsed: tuple[int, int]) -> None:
 ])
 def test_trimmed_past(consumed: int, added: int, length: int, gap: bool) -> None:
     assert trimmed_past(consumed, added, length) is gap
+
+
+@pytest.mark.parametrize("error, yes", [
+    ("UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)", True),
+    ("LOADING Redis is loading the dataset in memory", False),    # a full resync: the image is reloaded
+    ("Connection closed by server.", False),
+    ("ERR unknown command", False),
+])
+def test_demoted(error: str, yes: bool) -> None:
+    assert demoted(error) is yes
+
+
+UP, SYNCING = {"master_link_status": "up", "master_sync_in_progress": 0}, {"master_link_status": "up",
+                                                                           "master_sync_in_progress": 1}
+READ = {"r": "1", "101": "7|0|1000"}
+
+
+@pytest.mark.parametrize("replication, last_read, now, kept", [
+    (UP, READ, dict(READ), True),                          # partial resync: the entry is there, as read
+    ({"master_link_status": "down"}, READ, READ, None),    # not synced yet: ask again
+    (SYNCING, READ, READ, None),                           # full sync under way
+    (UP, READ, None, False),                               # the stream replaced (split brain healed): reload
+    (UP, READ, {"r": "1", "101": "8|0|1000"}, False),       # an entry of the same id, another one
+    (UP, None, READ, False),                               # nothing read to compare with: reload
+])
+def test_kept_stream(replication: dict, last_read: dict | None, now: dict | None, kept: bool | None) -> None:
+    assert kept_stream(replication, last_read, now) is kept
 
 
 def test_routing_maps_sources_to_each_forwarding_point_of_running_servers() -> None:

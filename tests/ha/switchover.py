@@ -44,6 +44,7 @@ class SwitchCount:
     bound: int = 0
     points: int = 0
     per_point: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # ioa -> (made, lost, dup)
+    missed: list[tuple[int, float, float]] = field(default_factory=list)  # (ioa, device time, value) lost
 
 
 def counted_views(vs: list[plant.View]) -> list[plant.View]:
@@ -77,9 +78,11 @@ def count_switch(dev: dict[int, list[tuple[float, float]]], records: list[dict[s
         kept, _ = plant.quality_only([(r, plant.proto_value(r, view)) for r in recs])
         got = [gv for _, gv in kept if gv is not None]
         lost = dup = 0
-        for _, v in changes:
+        for t, v in changes:
             n = sum(1 for gv in got if view.same(gv, v))
             lost += n == 0
+            if not n:
+                out.missed.append((view.key, t, v))
             dup += max(0, n - 1)
         out.per_point[view.key] = (len(changes), lost, dup)
         out.made += len(changes)
