@@ -203,7 +203,7 @@ class NodeConfig:
     stop_drain_s: float = opt("timers", _positive(float, zero=True), 12.0,
                               "at SIGTERM/SIGINT the forwarder refuses new controls and waits this long at most "
                               "for those in flight (each at most until its own deadline) to be answered before "
-                              "it closes its masters' connections; 0: close at once")
+                              "it closes its masters' connections; 0: close at once; a second signal closes at once")
     role_watch_s: float = opt("timers", _positive(float), 0.2,
                               "how often the acquirer and the forwarder read their local Redis's role "
                               "(a change: the VIP moved)")
