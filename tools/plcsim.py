@@ -348,6 +348,7 @@ class PlcSim(SimControl):
             if area in dt.BIT_AREAS:
                 count = (count + 15) // 16  # as _covers_muted counts them: 16-bit words
             return self._covers_muted(rtu, ch, area, getattr(pdu, "address", 0), count, silent=True)
+
         def lost(pdu: ModbusPDU) -> str | None:
             if not self._lost or pdu.function_code not in _WRITE_FC:
                 return None

@@ -60,6 +60,7 @@ class Housekeeping:
                  once: OnceLogger, runners: dict[int, RtuRunner]) -> None:
         self.cfg, self.master, self.local, self.writer = cfg, master, local, writer
         self.metrics, self.once, self.runners = metrics, once, runners
+        self.timers = heartbeat.lease_timers(cfg)  # what its lease ticks go by, reported in its heartbeat
         self.gen = 0
         self.run_id: str | None = None
         self.master_ok = True
@@ -172,7 +173,7 @@ class Housekeeping:
         timers its lease ticks go by (the api forecasts takeovers by them)."""
         await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
                              rtus=len(self.runners), held=sum(1 for r in self.runners.values() if r.lease.held),
-                             **heartbeat.lease_timers(self.cfg),
+                             **self.timers,
                              **({"stopping": True} if self.stopping else {}))
 
     def note_clock(self, gen: Any) -> None:
@@ -234,8 +235,7 @@ class Housekeeping:
         runners = list(self.runners.values())
         if not runners:
             return
-        timers = heartbeat.lease_timers(self.cfg)
-        ttl_ms, takeover_ms = timers["lease_ttl_ms"], timers["takeover_ms"]
+        ttl_ms, takeover_ms = self.timers["lease_ttl_ms"], self.timers["takeover_ms"]
         node = self.cfg.node_id
         states: dict[int, dict[str, str]] = {}
         reach = [r.reaches() for r in runners]
