@@ -2,7 +2,7 @@
 -- Controls: queued in the master Redis per acquisition RTU, executed by that RTU's lease holder, at most
 -- once and never after the deadline. Every state change happens here, atomically:
 --   queued --ctl_claim--> executing --ctl_finish--> done | failed
---   queued --ctl_claim after deadline / ctl_abandon--> expired          (never executed)
+--   queued --ctl_claim after deadline / ctl_abandon / ctl_expire--> expired   (never executed)
 --   executing --ctl_abandon after deadline--> unknown                    (executor vanished mid-way)
 -- Python side: fepha/controls.py. Keys from fepha/keyspace.py.
 -- A deadline is judged only on the clock that set it: a control queued under another clock gen (`fep:clock`,
@@ -91,9 +91,10 @@ local function ctl_finish(keys, args)
   return 1
 end
 
--- ctl_abandon(KEYS: ctl, reply, audit[, clock]) -> final state. Called by the waiting forwarder once the
--- deadline has passed by its own clock without an answer: a queued control can no longer run; an executing
--- one is 'unknown'. Not yet past on the master's clock: left as it is, unless that clock moved (above).
+-- ctl_abandon(KEYS: ctl, reply, audit[, clock]) -> final state. Called by the waiting forwarder LATE_S after
+-- the deadline by its own clock without an answer: a queued control (ctl_expire at the deadline ended it,
+-- unless the library was from before it) can no longer run; an executing one is 'unknown'. Not yet past on
+-- the master's clock: left as it is, unless that clock moved (above).
 local function ctl_abandon(keys, args)
   local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms', 'created_ms', 'clock_gen')
   local now = now_ms()
@@ -110,6 +111,21 @@ local function ctl_abandon(keys, args)
     return 'unknown'
   end
   return c[1]
+end
+
+-- ctl_expire(KEYS: ctl, reply, audit) -> the state it leaves ('missing': not held). Called by the waiting
+-- forwarder at the deadline as its own monotonic clock counts it (the control's timeout from its submit): a
+-- control still queued is expired whatever this clock says, so none is claimed after the deadline its
+-- submitter counts, also on a master whose clock is behind the one that set deadline_ms by less than
+-- clock_moved can tell (a promoted replica behind by less than the failover time). An executing control is
+-- left as it is (its device write may be under way): ctl_abandon ends it LATE_S later.
+local function ctl_expire(keys, args)
+  local state = redis.call('HGET', keys[1], 'state')
+  if state == false then return 'missing' end
+  if state ~= 'queued' then return state end
+  final(keys[1], keys[2], keys[3], 'expired', 'deadline passed before execution (by its submitter\'s clock)',
+        now_ms())
+  return 'expired'
 end
 
 -- ctl_requeue(KEYS: ctl, queue; ARGV: id, after_ms) -> 1 when put back at the head of the queue, else 0.
@@ -131,3 +147,4 @@ redis.register_function('ctl_claim', ctl_claim)
 redis.register_function('ctl_finish', ctl_finish)
 redis.register_function('ctl_abandon', ctl_abandon)
 redis.register_function('ctl_requeue', ctl_requeue)
+redis.register_function('ctl_expire', ctl_expire)

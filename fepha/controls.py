@@ -74,6 +74,10 @@ def requeue_call(ctl_id: int, rtu: int, after_ms: int = 1000) -> Call:
     return Call("ctl_requeue", (ks.control(ctl_id), ks.control_queue(rtu)), (ctl_id, after_ms))
 
 
+def expire_call(ctl_id: int) -> Call:
+    return Call("ctl_expire", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT), ())
+
+
 def abandon_call(ctl_id: int) -> Call:
     return Call("ctl_abandon", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK), ())
 
@@ -107,8 +111,16 @@ async def submit(master: Any, rtu: int, point: int, value: float, origin: str, t
     return ctl_id
 
 
-async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None) -> Result:
-    """Wait for the result; past the deadline, abandon it so it can never run late.
+async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None,
+               since: float | None = None) -> Result:
+    """Wait for the result; at the deadline, expire it if still queued, so it can never run late.
+
+    The deadline is `timeout_ms` after `since` (this process's monotonic clock when the submit was sent;
+    default: now), independent of any Redis host's clock. At it `ctl_expire` ends a control still queued
+    (`expired`, never claimed after it) whatever the master's clock says: a master whose clock is behind
+    the one that set the control's deadline_ms would otherwise let it be claimed until its own clock got
+    there (docs/ha.md "Clocks"). A control already executing is left to its executor until LATE_S past the
+    deadline, then abandoned (`ctl_abandon`: `unknown`, judged on the master's clock).
 
     With `rtu` (the queue it was submitted to), each second without a result puts it back in its queue if an
     executor popped it and never claimed it (`ctl_requeue`: the answer to that BLPOP was lost), so the
@@ -118,16 +130,25 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None
     as the VIP moved, or a lossy link timed it out) is read again on a new connection, wherever the VIP
     now leads, until the deadline. Reading a reply runs nothing, so a control that ran is confirmed as
     done instead of answered unknown while its result is there to read. Past the deadline a failure is
-    raised to the caller (unknown)."""
-    end = time.monotonic() + timeout_ms / 1000 + LATE_S
+    raised to the caller (unknown); the expiry, if it could not be sent, is then left to the master's
+    clock."""
+    due = (time.monotonic() if since is None else since) + timeout_ms / 1000
+    end = due + LATE_S
+    expired_sent = False
     while True:
-        left = end - time.monotonic()
+        now = time.monotonic()
+        left = end - now
         try:
+            if not expired_sent and now >= due:
+                with contextlib.suppress(ResponseError):  # a library from before ctl_expire: as before
+                    await master.fcall(*expire_call(ctl_id).argv)
+                expired_sent = True  # a queued control's reply is there now: read below
             if left > 0:
-                got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.05, min(left, 1.0)))
+                block = min(left, 1.0) if expired_sent else min(due - now, 1.0)
+                got = await master.blpop([ks.control_reply(ctl_id)], timeout=max(0.01, block))
                 if got:
                     return parse_reply(ctl_id, got[1])
-                if rtu is not None:
+                if rtu is not None and time.monotonic() < due:
                     with contextlib.suppress(ResponseError):  # a library from before ctl_requeue: as before
                         await master.fcall(*requeue_call(ctl_id, rtu).argv)
                 continue
@@ -147,14 +168,16 @@ async def wait(master: Any, ctl_id: int, timeout_ms: int, rtu: int | None = None
         if state in (DONE, FAILED):  # final: its reply read by a read whose answer was lost, or expired early
             # by a master clock ahead (docs/ha.md "Clocks")
             return Result(ctl_id, state, str(await master.hget(ks.control(ctl_id), "result") or ""))
-        # the master's clock is behind ours: try again shortly
+        # executing, and the master's clock is behind ours (or a library from before ctl_expire: queued):
+        # try again shortly
         end = time.monotonic() + 0.2
 
 
 async def execute(master: Any, rtu: int, point: int, value: float, origin: str, timeout_ms: int) -> Result:
-    """submit + wait, for a forwarder."""
+    """submit + wait, for a forwarder; the deadline counts from when the submit was sent."""
+    sent = time.monotonic()
     ctl_id = await submit(master, rtu, point, value, origin, timeout_ms)
-    return await wait(master, ctl_id, timeout_ms, rtu)
+    return await wait(master, ctl_id, timeout_ms, rtu, since=sent)
 
 
 NOT_REPLICATED = "refused: the claim did not reach the replica in time (replication lagging)"

@@ -220,3 +220,86 @@ async def test_wait_ends_when_the_reply_expired_before_it_was_read(redis_master,
     finally:
         await a.aclose()
     assert got.state == expect
+
+
+@pytest.mark.parametrize("state, expect", [("queued", "expired"), ("executing", "executing"), ("done", "done"),
+                                           (None, "missing")])
+def test_expire_at_the_submitters_deadline_ends_only_a_queued_control(r, state, expect) -> None:
+    """`ctl_expire` (the forwarder's own deadline, docs/ha.md "Clocks"): the deadline below lies 2 s ahead on
+    this clock (a master behind the one that set it by less than the failover time: no gen, no created_ms
+    ahead), yet a queued control is expired and never claimed after it; any other state is left as it is."""
+    tick(r, "A")
+    submit(r, 1, timeout_ms=100)
+    r.hset(ks.control(1), "deadline_ms", int(r.hget(ks.control(1), "deadline_ms")) + 2_000)
+    if state is None:
+        r.delete(ks.control(1))
+    elif state != "queued":
+        r.hset(ks.control(1), "state", state)
+    assert r.fcall(*controls.expire_call(1).argv) == expect
+    if state == "queued":
+        assert r.lpop(ks.control_reply(1)) == "expired|deadline passed before execution (by its submitter's clock)"
+        assert claim(r, 1) == [0, "state expired"]
+        assert [a["state"] for _, a in r.xrange(ks.CTL_AUDIT)] == ["expired"]
+    else:
+        assert r.llen(ks.control_reply(1)) == 0 and not r.exists(ks.CTL_AUDIT)
+        assert r.hget(ks.control(1), "state") == state
+
+
+T_MS = 300
+
+
+@pytest.mark.parametrize("behind_ms, claim_at_s, expect", [
+    (0, 0.15, "expired"),       # same clock, as before: expired (at the latest by the late claim itself)
+    (2_000, 0.15, "expired"),   # master 2 s behind: before, claimed 0.15 s after the deadline and run
+    (2_000, -0.2, "done"),      # claimed before the deadline: not stopped, its outcome within LATE_S is the answer
+])
+async def test_wait_expires_a_queued_control_at_its_own_deadline_whatever_the_master_clock(
+        redis_master, behind_ms: int, claim_at_s: float, expect: str) -> None:
+    """The forwarder's wait counts the deadline on its own monotonic clock. An executor pops the control
+    `claim_at_s` after that deadline (or before it) and claims it; the master's clock is `behind_ms` behind
+    the one that set deadline_ms. Before, `wait` abandoned it only LATE_S after the deadline, and on a clock
+    behind not until that clock got there: the claim 0.15 s late ran the control."""
+    c = redis_master.client()
+    redisfns.load_sync(c)
+    tick(c, "A")
+    a = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        sent = time.monotonic()
+        ctl_id = await controls.submit(a, 7, 3, 1.0, "test", T_MS)
+        c.hset(ks.control(ctl_id), "deadline_ms", int(c.hget(ks.control(ctl_id), "deadline_ms")) + behind_ms)
+
+        async def executor() -> list:
+            await asyncio.sleep(max(0.0, sent + T_MS / 1000 + claim_at_s - time.monotonic()))
+            got = claim(c, ctl_id)
+            if got[0] == 1:
+                await asyncio.sleep(0.2 - claim_at_s)  # the device write: its outcome within LATE_S
+                await controls.finish(a, ctl_id, True, "written")
+            return got
+
+        ex = asyncio.create_task(executor())
+        res = await asyncio.wait_for(controls.wait(a, ctl_id, T_MS, since=sent), 3)
+        took = time.monotonic() - sent
+        claimed = await ex
+    finally:
+        await a.aclose()
+    assert res.state == expect, res
+    assert (claimed[0] == 1) is (expect == "done"), f"claimed {claim_at_s} s after its deadline: {claimed}"
+    assert took < T_MS / 1000 + controls.LATE_S, f"answered {took:.2f} s after the submit"
+
+
+async def test_wait_with_a_library_from_before_ctl_expire_abandons_as_before(redis_master) -> None:
+    """A master holding the fepctl library of before (no `ctl_expire`): the wait goes on as it did, the
+    control abandoned LATE_S after the deadline on the master's clock."""
+    c = redis_master.client()
+    src = next(s for s in redisfns.library_sources() if "ctl_expire" in s)
+    c.function_load(src.replace("redis.register_function('ctl_expire', ctl_expire)\n", ""), replace=True)
+    submit(c, 1, timeout_ms=100)
+    a = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+    try:
+        t0 = time.monotonic()
+        res = await asyncio.wait_for(controls.wait(a, 1, 100), 3)
+        took = time.monotonic() - t0
+    finally:
+        await a.aclose()
+    assert res.state == "expired" and res.reason == "deadline passed before execution"
+    assert 0.1 + controls.LATE_S <= took < 1.5
