@@ -4,6 +4,7 @@
 --   queued --ctl_claim--> executing --ctl_finish--> done | failed
 --   queued --ctl_claim after deadline / ctl_abandon / ctl_expire--> expired   (never executed)
 --   executing --ctl_abandon after deadline--> unknown                    (executor vanished mid-way)
+--   unknown --ctl_finish--> done | failed, `answered` = unknown          (its outcome came after the answer)
 -- Python side: fepha/controls.py. Keys from fepha/keyspace.py.
 -- A deadline is judged only on the clock that set it: a control queued under another clock gen (`fep:clock`,
 -- kept by lease_tick in functions.lua: it grows when the master's clock is found behind stamps already
@@ -16,13 +17,19 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function final(ctl, reply, audit, state, result, now)
+-- The control's end in its hash and the audit (every field of the hash).
+local function record(ctl, audit, state, result, now)
   redis.call('HSET', ctl, 'state', state, 'result', result, 'finished_ms', now)
   local flat = redis.call('HGETALL', ctl)
   redis.call('XADD', audit, 'MAXLEN', '~', 10000, '*', unpack(flat))
+  redis.call('PEXPIRE', ctl, 86400000)
+end
+
+-- The control's final state: recorded, and its one reply to the waiting forwarder.
+local function final(ctl, reply, audit, state, result, now)
+  record(ctl, audit, state, result, now)
   redis.call('RPUSH', reply, state .. '|' .. result)
   redis.call('PEXPIRE', reply, 60000)
-  redis.call('PEXPIRE', ctl, 86400000)
 end
 
 -- Why a control (its created_ms and clock_gen) cannot be judged on this clock (`clock`: the fep:clock key or
@@ -83,11 +90,21 @@ local function ctl_claim(keys, args)
   return {1, c[3], c[4], tonumber(c[2]) - now, tonumber(c[5]) or 0}
 end
 
--- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1, or 0 if it was not executing
+-- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1; 2 if it had been answered `unknown`
+-- (its outcome recorded, late); 0 otherwise (not executing: an outcome already taken, or never claimed).
+-- A control abandoned while executing (its forwarder answered `unknown` at the deadline) whose executor's
+-- outcome comes after that: the device was written or refused all the same, so the hash and the audit get
+-- that outcome, with `answered` = unknown (what its master was told); no second reply is pushed.
 local function ctl_finish(keys, args)
   local state = redis.call('HGET', keys[1], 'state')
+  local outcome = args[1] == '1' and 'done' or 'failed'
+  if state == 'unknown' then
+    redis.call('HSET', keys[1], 'answered', 'unknown')
+    record(keys[1], keys[3], outcome, args[2], now_ms())
+    return 2
+  end
   if state ~= 'executing' then return 0 end
-  final(keys[1], keys[2], keys[3], args[1] == '1' and 'done' or 'failed', args[2], now_ms())
+  final(keys[1], keys[2], keys[3], outcome, args[2], now_ms())
   return 1
 end
 

@@ -294,5 +294,10 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]), sent + int(res[3]) / 1000)
 
 
-async def finish(master: Any, ctl_id: int, ok: bool, result: str) -> bool:
-    return int(await master.fcall(*finish_call(ctl_id, ok, result).argv)) == 1
+FINISHED, FINISHED_LATE = 1, 2
+"""ctl_finish's answers when it recorded the outcome: in time, or after the control was answered `unknown`."""
+
+
+async def finish(master: Any, ctl_id: int, ok: bool, result: str) -> int:
+    """The executor's outcome: FINISHED, FINISHED_LATE, or 0 (not executing: one already taken)."""
+    return int(await master.fcall(*finish_call(ctl_id, ok, result).argv))

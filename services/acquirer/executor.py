@@ -32,7 +32,8 @@ FINISH_RETRY_S = 0.1
 """Pause between two sends of a control's outcome the master could not take."""
 FINISH_GRACE_S = 2.0
 """How long after the control's deadline its outcome is still sent again (the forwarder waiting for it
-abandons it at the deadline; an outcome that lands after that is still the audit's truth)."""
+abandons it at the deadline; an outcome that lands after that is still recorded: `ctl_finish` on a control
+answered `unknown` puts its outcome in its hash and the audit, with `answered` = unknown)."""
 
 
 async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: float) -> None:
@@ -41,7 +42,9 @@ async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: 
     (monotonic); then the error is raised."""
     while True:
         try:
-            await controls.finish(master, ctl_id, ok, result)
+            if await controls.finish(master, ctl_id, ok, result) == controls.FINISHED_LATE:
+                log.warning("control %d: %s (%s) recorded after its forwarder had answered unknown at the "
+                            "deadline", ctl_id, "done" if ok else "failed", result)
             return
         except (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, OSError) as exc:
             if time.monotonic() >= until:

@@ -385,6 +385,9 @@ class ControlRecord(BaseModel):
                                                 "(never executed) or unknown (the executing node vanished)")
     result: str | None = Field(None, description="why it ended so: the device's answer, or the reason it was not "
                                                  "executed")
+    answered: str | None = Field(None, description="what the submitting forwarder answered its master when "
+                                                   "that differs from `state`: `unknown` (the executor's "
+                                                   "outcome reached the master after the deadline's answer)")
     executor: str | None = None
     epoch: int | None = None
     created_ms: int | None = None

@@ -300,7 +300,8 @@ def control_record(f: Mapping[str, str]) -> m.ControlRecord:
     """A control's fields (its hash `fep:ctl:{id}`, or its audit entry)."""
     ints = {k: to_int(f.get(k)) for k in CONTROL_INTS}
     return m.ControlRecord(value=to_float(f.get("value")), origin=f.get("origin"), state=f.get("state"),
-                           result=f.get("result"), executor=f.get("executor"), **ints)
+                           result=f.get("result"), executor=f.get("executor"), answered=f.get("answered"),
+                           **ints)
 
 
 def control(stream_id: str, f: Mapping[str, str]) -> m.Control:

@@ -74,3 +74,27 @@ async def test_a_control_the_master_does_not_hold_is_unknown_at_its_deadline(red
         assert res.state == controls.UNKNOWN and not res.ok
     finally:
         await m.aclose()
+
+
+async def test_an_outcome_after_the_answer_unknown_is_recorded_once_and_not_replied(redis_master) -> None:
+    """Claimed, then its executor slow past the deadline: the forwarder answers unknown; the device was
+    written all the same, so the late outcome goes to the hash and the audit (`answered` says what the
+    master was told), no second reply, and only once."""
+    redisfns.load_sync(redis_master.client())
+    m = client(redis_master)
+    try:
+        await m.fcall(*redisfns.lease_tick(RTU, "A", True, 60_000, 90_000).argv)
+        ctl = await controls.submit(m, RTU, 1, 5.0, "test", 200)
+        assert int(await m.lpop(ks.control_queue(RTU))) == ctl
+        assert await controls.claim(m, RTU, "A", 1, ctl) is not None
+        res = await asyncio.wait_for(controls.wait(m, ctl, 200), 5)
+        assert res.state == controls.UNKNOWN
+        assert await controls.finish(m, ctl, True, "written") == controls.FINISHED_LATE
+        assert await m.hmget(ks.control(ctl), "state", "result", "answered") == ["done", "written", "unknown"]
+        audit = [f for _, f in await m.xrange(ks.CTL_AUDIT) if f["id"] == str(ctl)]
+        assert [(f["state"], f.get("answered")) for f in audit] == [("unknown", None), ("done", "unknown")]
+        assert await m.llen(ks.control_reply(ctl)) == 0
+        assert await controls.finish(m, ctl, False, "again") == 0  # one outcome only
+        assert await m.hget(ks.control(ctl), "state") == "done"
+    finally:
+        await m.aclose()
