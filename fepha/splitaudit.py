@@ -16,7 +16,8 @@ audit (`split_id` with this node's `from_split`) is not copied again: a repeated
 At most `TAIL` entries of the loser are examined: none of them held by the winner (its audit lost or
 trimmed past them) means all of them are copied, since the winner holds none of them.
 
-Bounded: everything is given `WAIT_S` (1 s; each Redis call 0.5 s at most): the demotion waits for it, and
+Bounded: everything is given `WAIT_S` (1 s; each Redis call 0.5 s at most, none started later: at most
+1.5 s; the role script kills it at 2 s, python's start included): the demotion waits for it, and
 until then the loser's Redis is a master nobody writes to (the VIP left it). A winner that cannot be reached
 or does not answer in time never blocks the demotion: one line says what is lost, and the script demotes.
 The I/O (`keep`) is at the edge; it prints one line for the role script's log, or nothing when there was
@@ -81,6 +82,10 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
     """Copy this node's own audit entries to the winner's audit; one line saying what was done or lost
     ("" when there was nothing to copy). Never raises for a Redis that fails or is too slow."""
     end = time.monotonic() + wait_s
+
+    def in_time() -> None:   # no call starts after `wait_s`: at most wait_s + CALL_S in all
+        if time.monotonic() > end:
+            raise TimeoutError(f"no answer within {wait_s:g} s")
     try:
         loser: list[Entry] = list(reversed(local.xrevrange(ks.CTL_AUDIT, "+", "-", count=TAIL)))
     except redis.RedisError as e:
@@ -91,8 +96,7 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
         held: dict[str, dict[str, str]] = {}
         common: str | None = None
         for hi in range(len(loser), 0, -PAGE):
-            if time.monotonic() > end:
-                raise TimeoutError(f"no answer within {wait_s:g} s")
+            in_time()
             page = loser[max(0, hi - PAGE):hi]
             pipe = winner.pipeline(transaction=False)
             for sid, _ in page:
@@ -103,6 +107,7 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
             common = next((sid for sid, fields in reversed(page) if held.get(sid) == fields), None)
             if common is not None:
                 break
+        in_time()
         if common is not None:
             after = winner.xrange(ks.CTL_AUDIT, f"({common}", "+", count=ks.CTL_AUDIT_MAXLEN)
         else:
@@ -110,8 +115,7 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
         copies = to_copy(loser, held, already_copied((f for _, f in after), node), node)
         if not copies:
             return ""
-        if time.monotonic() > end:
-            raise TimeoutError(f"no answer within {wait_s:g} s")
+        in_time()
         pipe = winner.pipeline(transaction=True)
         for _, fields in copies:
             pipe.xadd(ks.CTL_AUDIT, fields, maxlen=ks.CTL_AUDIT_MAXLEN, approximate=True)  # type: ignore[arg-type]
@@ -119,8 +123,8 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
     except (redis.RedisError, TimeoutError) as e:
         mine = [sid for sid, _ in loser if sid not in held]
         return (f"audit of the split: the winner's Redis failed ({e}): this node's audit entries it does not "
-                f"hold are lost at the resync ({len(mine)} of the newest {len(loser)} were not found there, "
-                f"newest {loser[-1][0]}; ids not looked up count as not found)")
+                f"hold are lost at the resync, unless a copy sent reached it ({len(mine)} of the newest "
+                f"{len(loser)} were not found there, newest {loser[-1][0]}; ids not looked up count as not found)")
     ids = ", ".join(sid for sid, _ in copies)
     return f"audit of the split: copied {len(copies)} entries of this node's audit to the winner's ({ids})"
 
