@@ -36,8 +36,8 @@ lost_data() {
 # This Redis, a master, is about to become a replica of the peer's (the master to follow): its full resync
 # discards what only this Redis holds. The control audit entries it wrote that the peer's does not hold (the
 # controls this node ran during a split brain) are copied to the peer's audit first, marked from_split
-# (fepha.splitaudit: 1 s, a call started by then 0.5 s more; killed after 2 s, python's start included). Whatever happens there the
-# demotion goes on; what was copied or lost is logged.
+# (fepha.splitaudit: 1 s, a call started by then 0.5 s more; killed after 2 s, python's start included).
+# Whatever happens there the demotion goes on; what was copied or lost is logged.
 keep_audit() {
   local out rc
   out=$(timeout 2 "${FEP_PYTHON:-python3}" -m fepha.splitaudit --local "$LOCAL:$PORT" \
