@@ -31,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import cast
 
 import redis
 from redis.backoff import NoBackoff
@@ -87,7 +88,7 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
         if time.monotonic() > end:
             raise TimeoutError(f"no answer within {wait_s:g} s")
     try:
-        loser: list[Entry] = list(reversed(local.xrevrange(ks.CTL_AUDIT, "+", "-", count=TAIL)))
+        loser = list(reversed(cast(list[Entry], local.xrevrange(ks.CTL_AUDIT, "+", "-", count=TAIL))))
     except redis.RedisError as e:
         return f"audit of the split: the local Redis could not be read ({e}): nothing copied"
     if not loser:
@@ -108,10 +109,8 @@ def keep(local: redis.Redis, winner: redis.Redis, node: str, wait_s: float = WAI
             if common is not None:
                 break
         in_time()
-        if common is not None:
-            after = winner.xrange(ks.CTL_AUDIT, f"({common}", "+", count=ks.CTL_AUDIT_MAXLEN)
-        else:
-            after = winner.xrevrange(ks.CTL_AUDIT, "+", "-", count=ks.CTL_AUDIT_MAXLEN)
+        after = cast(list[Entry], winner.xrange(ks.CTL_AUDIT, f"({common}", "+", count=ks.CTL_AUDIT_MAXLEN)
+                     if common is not None else winner.xrevrange(ks.CTL_AUDIT, "+", "-", count=ks.CTL_AUDIT_MAXLEN))
         copies = to_copy(loser, held, already_copied((f for _, f in after), node), node)
         if not copies:
             return ""
