@@ -63,9 +63,14 @@ def test_split_brain_then_join_converges_to_the_devices_values(lab: Lab) -> None
     assert all(plant.holder(a, r) == "A" for r in RTUS)
     t_split = time.time()
     go = lab.dir / "split-controls.go"
-    go.touch()
     controls = {n: plant.start_control_client(lab, n, SETPOINT_IOA, [v], str(go), 0, 10)
                 for n, v in SPLIT_SETPOINT.items()}
+    # A's controls are refused until its Redis drops the cut-off replica (repl-timeout, 5-6 s after the cut)
+    # and its executor sees that (docs/forwarder.md "Controls path"): then both sides run them
+    lab.wait_for(lambda: "connected_slaves:0" in a.redis_cli("info", "replication"), 20,
+                 "A's Redis dropping the cut-off replica", 0.1)
+    time.sleep(1.0)
+    go.touch()
     for n in ("A", "B"):
         lab.wait_for(lambda n=n: plant.count_changes(plant.device_timelines(plant.journal(lab)),
                                                      probe_records(probe), vs, n, t_split, time.time() - 1,
