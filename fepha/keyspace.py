@@ -134,7 +134,10 @@ def control_reply(ctl_id: int | str) -> str:
 
 
 CTL_AUDIT = f"{PREFIX}:ctl:audit"
-"""Stream: one entry per finished control (all fields of the control hash), MAXLEN ~ 10000."""
+"""Stream: one entry per finished control (all fields of the control hash), MAXLEN ~ `CTL_AUDIT_MAXLEN`
+(fepctl's `final`); also the loser's entries of a split brain copied before its demotion (`fepha.splitaudit`:
+fields `from_split`, `split_id` added)."""
+CTL_AUDIT_MAXLEN = 10_000
 
 # --- metrics shared between processes ----------------------------------------------------------------
 

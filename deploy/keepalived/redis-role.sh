@@ -33,6 +33,20 @@ lost_data() {
     && [ "$(timeout 1 redis-cli --no-auth-warning -h "$PEER_IP" -p "$PEER_PORT" exists fep:cfg:gen 2>/dev/null)" = 1 ]
 }
 
+# This Redis, a master, is about to become a replica of the peer's (the master to follow): its full resync
+# discards what only this Redis holds. The control audit entries it wrote that the peer's does not hold (the
+# controls this node ran during a split brain) are copied to the peer's audit first, marked from_split
+# (fepha.splitaudit: 1 s, a call started by then 0.5 s more; killed after 2 s, python's start included).
+# Whatever happens there the demotion goes on; what was copied or lost is logged.
+keep_audit() {
+  local out rc
+  out=$(timeout 2 "${FEP_PYTHON:-python3}" -m fepha.splitaudit --local "$LOCAL:$PORT" \
+        --winner "$PEER_IP:$PEER_PORT" --node "${NODE_ID:-$LOCAL}" 2>&1); rc=$?
+  [ -n "$out" ] && log "$(echo "$out" | tail -n 1)"
+  [ "$rc" = 0 ] || [ -n "$out" ] || log "audit of the split: the copy to the winner failed (rc $rc): this node's audit entries of the split are lost at the resync"
+  return 0
+}
+
 apply() {
   local state=$1 mine peer
   mine=$(role_of "$LOCAL" "$PORT")
@@ -54,6 +68,7 @@ apply() {
         [ "$mine" = master ] || return 1
         log "$state: peer Redis is '${peer:-unreachable}', staying master until it is a master"; return 1
       fi
+      [ "$mine" = master ] && keep_audit
       rcli -h "$LOCAL" -p "$PORT" replicaof "$PEER_IP" "$PEER_PORT" >/dev/null \
         && log "$state: now replica of $PEER_IP:$PEER_PORT (was: $mine)" ;;
   esac
@@ -82,6 +97,7 @@ stopped() {
     if [ "$peer" = master ]; then
       vip_id=$(run_id "$VIP" "$PEER_PORT"); peer_id=$(run_id "$PEER_IP" "$PEER_PORT")
       if [ -n "$vip_id" ] && [ "$vip_id" = "$peer_id" ]; then
+        keep_audit
         rcli -h "$LOCAL" -p "$PORT" replicaof "$PEER_IP" "$PEER_PORT" >/dev/null \
           && { log "keepalived ended: now replica of $PEER_IP:$PEER_PORT, which holds the VIP (was: master)"; return 0; }
       fi

@@ -26,6 +26,8 @@ sed -e "s|@NODE_ID@|$NODE_ID|g" -e "s|@NODE_IP@|$NODE_IP|g" -e "s|@PEER_IP@|$PEE
   for v in NODE_ID NODE_IP PEER_IP VIP VRRP_INTERFACE REDIS_PORT REDISCLI_AUTH FEP_RUN STOP_DEMOTE_WAIT_S; do
     printf '%s=%q\n' "$v" "${!v:-}"
   done
+  # the python that has fepha (the role script's audit copy, fepha.splitaudit): keepalived gives no PATH
+  printf 'FEP_PYTHON=%q\n' "${FEP_PYTHON:-$(command -v python3)}"
 } > "$FEP_RUN/role.env"
 chmod 600 "$FEP_RUN/role.env"
 if [ "${RENDER_ONLY:-}" = 1 ]; then echo "$conf"; exit 0; fi

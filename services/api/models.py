@@ -394,6 +394,10 @@ class ControlRecord(BaseModel):
     deadline_ms: int | None = None
     claimed_ms: int | None = None
     finished_ms: int | None = None
+    from_split: str | None = Field(None, description="audit entries only: the node whose Redis ran this control "
+                                                     "during a split brain, copied here before that Redis was "
+                                                     "demoted (docs/ha.md \"Split brain\"); null otherwise")
+    split_id: str | None = Field(None, description="with from_split: the entry's id in that node's audit")
 
 
 class Control(ControlRecord):

@@ -301,7 +301,7 @@ def control_record(f: Mapping[str, str]) -> m.ControlRecord:
     ints = {k: to_int(f.get(k)) for k in CONTROL_INTS}
     return m.ControlRecord(value=to_float(f.get("value")), origin=f.get("origin"), state=f.get("state"),
                            result=f.get("result"), executor=f.get("executor"), answered=f.get("answered"),
-                           **ints)
+                           from_split=f.get("from_split"), split_id=f.get("split_id"), **ints)
 
 
 def control(stream_id: str, f: Mapping[str, str]) -> m.Control:
@@ -408,7 +408,8 @@ def event_text(kind: str, f: Mapping[str, str]) -> str:
     if kind == "control":
         res = f" ({f['result']})" if f.get("result") else ""
         by = f" by {f['executor']}" if f.get("executor") else ""
-        return f"{rtu}: control {g('id')} point {g('point')} = {g('value')}: {g('state')}{res}{by}"
+        split = f" (run on node {f['from_split']} during a split brain)" if f.get("from_split") else ""
+        return f"{rtu}: control {g('id')} point {g('point')} = {g('value')}: {g('state')}{res}{by}{split}"
     if kind == "channel":
         err = f" after: {f['error']}" if f.get("error") else ""
         return f"{rtu} on node {g('node')}: channel {g('from_ch')} → {g('to_ch')}{err}"

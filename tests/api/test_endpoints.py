@@ -180,6 +180,13 @@ async def test_controls_newest_first_paged(loaded, ar, make_api) -> None:
     assert seen[0]["rtu"] == 1 and seen[0]["point"] == 109 and seen[0]["origin"] == "test:6"
     assert (await c.get("/api/v1/controls", params={"before": "0-0"})).json()["items"] == []
     assert (await c.get("/api/v1/controls", params={"before": "1"})).json()["items"] == []
+    # a control the loser of a split brain ran, copied here before its demotion (fepha.splitaudit)
+    copied = {**(await ar.xrevrange(ks.CTL_AUDIT, count=1))[0][1], "from_split": "B", "split_id": "5-0"}
+    await ar.xadd(ks.CTL_AUDIT, copied)
+    top = (await c.get("/api/v1/controls", params={"limit": 1})).json()["items"][0]
+    assert (top["id"], top["from_split"], top["split_id"]) == (pop.ctl_ids[-1], "B", "5-0")
+    ev = (await c.get("/api/v1/events", params={"kind": "control", "limit": 1})).json()["items"][0]
+    assert ev["text"].endswith("(run on node B during a split brain)") and ev["fields"]["from_split"] == "B"
 
 
 async def test_one_control_by_id_as_it_stands_now(loaded, ar, make_api) -> None:

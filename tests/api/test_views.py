@@ -123,6 +123,14 @@ def test_control_entry() -> None:
     assert (c.stream_id, c.id, c.value, c.state, c.epoch, c.finished_ms, c.claimed_ms) == \
         ("9-1", 4, 1.0, "done", 2, 77, None)
     assert views.control("1-0", {"value": "nan", "id": "z"}).model_dump()["value"] is None
+    assert (c.from_split, c.split_id) == (None, None)
+    # run on the loser of a split brain, copied to the winner's audit before its demotion (fepha.splitaudit)
+    f = {"id": "4", "rtu": "1", "point": "109", "value": "1", "state": "done", "executor": "B",
+         "from_split": "B", "split_id": "5-0"}
+    s = views.control("9-2", f)
+    assert (s.id, s.state, s.from_split, s.split_id) == (4, "done", "B", "5-0")
+    ev = views.event(2, "9-2", f)
+    assert ev is not None and ev.text == "RTU 1: control 4 point 109 = 1: done by B (run on node B during a split brain)"
 
 
 def test_forwarder_clients() -> None:

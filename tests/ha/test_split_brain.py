@@ -5,7 +5,9 @@ During the cut both nodes are VRRP MASTER, both Redis are masters, and each node
 lease in its own Redis (B takes them when A's lapse there) and writes the devices' values: SCADA clients
 on both nodes keep receiving changes. After the join one master remains, the other Redis resyncs from it
 (its writes of the split are discarded, docs/ha.md "Split brain"), and the values in both Redis and at
-both SCADA clients converge to the devices' values, with one lease holder per RTU.
+both SCADA clients converge to the devices' values, with one lease holder per RTU. A setpoint sent to each
+node during the split runs there; the loser's audit entry of it is copied to the winner's before the
+loser's demotion (fepha.splitaudit), once, marked `from_split`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from tests.ha import plant
 from tests.ha.harness import FIGURES, IP, Lab, lab_model, one_holder_each, plc, probe_records
 
 RTUS = [1, 2]
+SETPOINT_IOA = 6001   # se104s C_SE_NB_1 -> point 110 of RTU 1 (tests/ha/test_node_loss.py)
+SPLIT_SETPOINT = {"A": 2101, "B": 2102}   # one setpoint sent to each node during the split
 HOLD_S = 2.0   # a change of every point every 2 s: values move all the time during the split
 
 
@@ -58,11 +62,25 @@ def test_split_brain_then_join_converges_to_the_devices_values(lab: Lab) -> None
     lab.wait_for(lambda: all(plant.holder(b, r) == "B" for r in RTUS), 30, "B holding the leases in B's Redis", 0.2)
     assert all(plant.holder(a, r) == "A" for r in RTUS)
     t_split = time.time()
+    go = lab.dir / "split-controls.go"
+    controls = {n: plant.start_control_client(lab, n, SETPOINT_IOA, [v], str(go), 0, 10)
+                for n, v in SPLIT_SETPOINT.items()}
+    # A's controls are refused until its Redis drops the cut-off replica (repl-timeout, 5-6 s after the cut)
+    # and its executor sees that (docs/forwarder.md "Controls path"): then both sides run them
+    lab.wait_for(lambda: "connected_slaves:0" in a.redis_cli("info", "replication"), 20,
+                 "A's Redis dropping the cut-off replica", 0.1)
+    time.sleep(1.0)
+    go.touch()
     for n in ("A", "B"):
         lab.wait_for(lambda n=n: plant.count_changes(plant.device_timelines(plant.journal(lab)),
                                                      probe_records(probe), vs, n, t_split, time.time() - 1,
                                                      late_s=HOLD_S).received >= 2 * len(vs), 30,
                      f"changes reaching the client on {n} during the split", 0.5)
+
+    for n, ctl in controls.items():
+        lab.wait_for(lambda ctl=ctl: any("ok" in r for r in plant.parse_json_lines(ctl.log.read_text())), 30,
+                     f"the setpoint sent to {n} during the split answered", 0.2)
+        assert [r["ok"] for r in plant.parse_json_lines(ctl.log.read_text()) if "ok" in r] == [True], n
 
     t_join = time.time()
     a.heal(IP["B"])
@@ -75,6 +93,12 @@ def test_split_brain_then_join_converges_to_the_devices_values(lab: Lab) -> None
     assert winner.has_vip()
     lab.wait_for(lambda: "master_link_status:up" in loser.redis_cli("info", "replication"), 30,
                  "the loser's Redis resynced from the winner", 0.2)
+    # each node ran its setpoint in its own Redis; the loser's audit entry was copied to the winner's
+    # before the loser's resync, marked, once (docs/ha.md "Split brain")
+    ran = [(float(f["value"]), f.get("executor"), f.get("from_split")) for f in plant.audit(winner)
+           if f.get("value") and float(f["value"]) in map(float, SPLIT_SETPOINT.values())]
+    assert sorted(ran) == sorted([(float(SPLIT_SETPOINT[winner.id]), winner.id, None),
+                                  (float(SPLIT_SETPOINT[loser.id]), loser.id, loser.id)]), ran
     holders = one_holder_each(lab, RTUS, 30)
     lab.wait_for(lambda: redis_matches_devices(lab, "A") and redis_matches_devices(lab, "B"), 30,
                  "both Redis holding the devices' values (while they change)", 0.3)
