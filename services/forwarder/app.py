@@ -476,6 +476,7 @@ class Forwarder:
                 srv.on_clients_changed = self.state_changed.set
                 srv.on_acked = self.acked.set
                 srv.cursor_source = self._cursor_of
+                srv.stream_head = self._stream_head
                 await srv.start()
             except (OSError, KeyError, ValueError, ImportError) as exc:
                 self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
@@ -549,6 +550,15 @@ class Forwarder:
             return None
         self.once.clear("cursor")
         return parse_id(raw) if raw else None
+
+    async def _stream_head(self) -> Sid | None:
+        """The change stream's newest entry in the local Redis (what the runner reads), None when there is
+        none or Redis does not answer: a resuming master then waits for nothing (ForwardServer.caught_up)."""
+        try:
+            last = await self.local_rw.xrevrange(ks.CHANGES, "+", "-", count=1)
+        except REDIS_ERRORS:
+            return None
+        return parse_id(last[0][0]) if last else None
 
     async def _write_cursors(self) -> None:
         """Write every moved cursor to the master Redis as soon as it moved (coalesced: the writes of one
