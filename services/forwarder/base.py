@@ -424,20 +424,23 @@ class ForwardServer(abc.ABC):
         only as the image's latest, the intermediate ones lost. True when caught up (or there is nothing to
         wait for: no head readable, Redis down, as before); False when `wait_s` passed first (logged)."""
         head = await self.stream_head() if self.stream_head is not None else None
-        if head is None:
+        if head is None or self.position >= head:
             return True
-        end = time.monotonic() + wait_s
+        t0 = time.monotonic()
+        end = t0 + wait_s
         while self.position < head:
             left = end - time.monotonic()
             moved = self._moved
             if left <= 0:
                 self.log.warning("%s RTU %s: master %s resumes before this node read the change stream up to %s "
-                                 "(it is at %s after %g s): what it missed after that comes with the image",
+                                 "(it is at %s after %g s): the changes not read yet reach it after its image",
                                  self.protocol, self.rtu.id, identity, sid_text(head), sid_text(self.position),
                                  wait_s)
                 return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(moved.wait(), left)
+        self.log.info("%s RTU %s: master %s resumes once this node read the change stream up to %s (%.3f s)",
+                      self.protocol, self.rtu.id, identity, sid_text(head), time.monotonic() - t0)
         return True
 
     def counters(self) -> dict[str, int]:
