@@ -16,7 +16,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,7 @@ class Forwarder:
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
+        self.reading = False  # in the blocking read of the change stream (`_until_stopped` may cancel it)
         self.last_fields: dict[str, str] | None = None  # the fields of entry last_id (`_kept_stream`)
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
@@ -193,7 +194,7 @@ class Forwarder:
             while not self.stop.is_set():
                 local = redisconn.local_async(self.cfg)
                 try:
-                    await self._follow(local)
+                    await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
                 except REDIS_ERRORS as exc:
                     self.once.problem("local", f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: {exc}; "
@@ -215,6 +216,25 @@ class Forwarder:
             await self.master.aclose()
             await self.sink.master.aclose()
             await self.local_rw.aclose()
+
+    async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
+        """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in its
+        blocking read of the change stream (up to half of `socket_timeout_s`), that read is cancelled, so that
+        it does not hold the exit once the masters' connections are closed; anywhere else (a reload
+        starting or stopping a server, an image) it ends by itself at its next look at `stop`."""
+        task = asyncio.ensure_future(follow)
+        stopped = asyncio.ensure_future(self.stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and self.reading:
+                task.cancel()
+        finally:
+            stopped.cancel()
+            if not task.done() and not self.stop.is_set():  # this coroutine itself was cancelled
+                task.cancel()
+            await asyncio.gather(task, stopped, return_exceptions=True)
+        if not task.cancelled():
+            task.result()  # its error, if any (a Redis error: the caller reconnects)
 
     async def _planned_stop(self) -> None:
         """At SIGTERM/SIGINT every server drains (ForwardServer.drain, drain.py): it refuses new controls and
@@ -297,14 +317,18 @@ class Forwarder:
                         if applied and not same:
                             await self._full_image(local)
                 continue
+            self.reading = True
             try:
                 got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
             except redis.ResponseError as exc:
+                self.reading = False
                 if not demoted(str(exc)) or not await self._kept_stream(local):
                     raise  # an outage, or a stream replaced by a full resync: the full image is reloaded
                 log.info("local Redis turned replica under the stream read and kept the stream: reading on "
                          "from %s", self.last_id)
                 continue
+            finally:
+                self.reading = False
             if not got:
                 continue
             prev, before = self.last_id, self.consumed
@@ -476,6 +500,7 @@ class Forwarder:
                 srv.on_clients_changed = self.state_changed.set
                 srv.on_acked = self.acked.set
                 srv.cursor_source = self._cursor_of
+                srv.stream_head = self._stream_head
                 await srv.start()
             except (OSError, KeyError, ValueError, ImportError) as exc:
                 self.once.problem(f"start:{rid}", f"forwarding RTU {rid} ({rtu.protocol}) not started: {exc!r}")
@@ -549,6 +574,15 @@ class Forwarder:
             return None
         self.once.clear("cursor")
         return parse_id(raw) if raw else None
+
+    async def _stream_head(self) -> Sid | None:
+        """The change stream's newest entry in the local Redis (what the runner reads), None when there is
+        none or Redis does not answer: a resuming master then waits for nothing (ForwardServer.caught_up)."""
+        try:
+            last = await self.local_rw.xrevrange(ks.CHANGES, "+", "-", count=1)
+        except REDIS_ERRORS:
+            return None
+        return parse_id(last[0][0]) if last else None
 
     async def _write_cursors(self) -> None:
         """Write every moved cursor to the master Redis as soon as it moved (coalesced: the writes of one

@@ -32,7 +32,13 @@ from fepha.semodel.model import FwdPoint, Model, Rtu
 
 from .allow import Allowlist
 from .drain import CLOSE, REFUSED, SINK_MARGIN_S, WAIT, Drain
-from .resume import ZERO, Sid, parse_id, prune_floor
+from .resume import ZERO, Sid, parse_id, prune_floor, sid_text
+
+CATCH_UP_S = 2.0
+"""How long a master that resumes from its cursor waits for this node's runner to reach the change stream's
+head as it stood at the master's start (`ForwardServer.caught_up`): the runner reads on at once, so this takes
+milliseconds unless it has a backlog; bounded so that a stuck runner delays a master's start, never stops
+it (it is then resumed as before, the entries not yet read reaching it after its image)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +185,7 @@ class ForwardServer(abc.ABC):
         self.draining: Drain | None = None  # the planned stop's drain, once started (`drain`)
         self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
         self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
+        self._moved = asyncio.Event()  # set (and replaced) whenever `position` moves: `caught_up` waits on it
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -303,12 +310,20 @@ class ForwardServer(abc.ABC):
     """Set by the runner: called when a master's cursor moved, so the runner writes it at once."""
     cursor_source: Callable[[int, str], Awaitable[Sid | None]] | None = None
     """Set by the runner: the cursor of (rtu, master identity) recorded in Redis, None when it has none."""
+    stream_head: Callable[[], Awaitable[Sid | None]] | None = None
+    """Set by the runner: the newest entry of the change stream in the local Redis now, None when it cannot
+    be read (or the stream is empty)."""
 
     def advance(self, entry_id: str) -> None:
         """The runner has handed over everything up to stream entry `entry_id` (after each batch of
         entries, and before a full image with the image's position)."""
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
+        self._wake_waiters()
+
+    def _wake_waiters(self) -> None:
+        moved, self._moved = self._moved, asyncio.Event()
+        moved.set()
 
     def image_at(self, entry_id: str, updates: Sequence[Update], past: Sequence[Update] = (),
                  since: Sid | None = None) -> None:
@@ -328,6 +343,7 @@ class ForwardServer(abc.ABC):
             self.backfill(since, past)
         self.image_ready.set()
         self.advanced()
+        self._wake_waiters()
 
     def history_max(self) -> int:
         """How many events this server's history keeps (0: none, nothing to resume): what the runner reads
@@ -395,7 +411,37 @@ class ForwardServer(abc.ABC):
         if cursor is not None and not self.image_ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.image_ready.wait(), wait_s)
+        if cursor is not None:
+            await self.caught_up(identity)
         return cursor
+
+    async def caught_up(self, identity: str, wait_s: float = CATCH_UP_S) -> bool:
+        """Wait until this server has been handed the change stream up to its head as it stands now (the
+        local Redis's newest entry, `stream_head`), at most `wait_s`. A master that resumes from its cursor
+        (another node, or before a restart) missed the entries written meanwhile; those this node's runner
+        has not read yet are not in the history, and would reach the master only later, as live changes,
+        after (sefeps: dropped for) the image that follows the resumed events: their values would reach it
+        only as the image's latest, the intermediate ones lost. True when caught up (or there is nothing to
+        wait for: no head readable, Redis down, as before); False when `wait_s` passed first (logged)."""
+        head = await self.stream_head() if self.stream_head is not None else None
+        if head is None or self.position >= head:
+            return True
+        t0 = time.monotonic()
+        end = t0 + wait_s
+        while self.position < head:
+            left = end - time.monotonic()
+            moved = self._moved
+            if left <= 0:
+                self.log.warning("%s RTU %s: master %s resumes before this node read the change stream up to %s "
+                                 "(it is at %s after %g s): the changes not read yet reach it after its image",
+                                 self.protocol, self.rtu.id, identity, sid_text(head), sid_text(self.position),
+                                 wait_s)
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(moved.wait(), left)
+        self.log.info("%s RTU %s: master %s resumes once this node read the change stream up to %s (%.3f s)",
+                      self.protocol, self.rtu.id, identity, sid_text(head), time.monotonic() - t0)
+        return True
 
     def counters(self) -> dict[str, int]:
         """`counts` as a dict (names from docs/keyspace.md); the runner adds their increases to the

@@ -562,14 +562,14 @@ async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(fe
 
 
 async def test_forwarder_second_sigterm_closes_at_once_and_a_reload_meanwhile_changes_nothing(feproot: Path) -> None:
-    """`setpoint_in_flight` with a device that takes 3 s to apply a write: SIGTERM to the forwarder, then a
+    """`setpoint_in_flight` with a device that takes 2 s to apply a write: SIGTERM to the forwarder, then a
     configuration reload that changes the se104s server's RTU (its port: a restart, were it applied), then a
     second SIGTERM. The reload must change nothing (the master's connection stays open, the set-point still
     in flight: on the code before, the server was stopped there and not started again); the second signal
     must close the connection and end the forwarder at once, exit 0, the set-point unanswered (its outcome
     unknown to the master), which the forwarder logs; the set-point still runs, once, and the audit says so
     (done by A, after the forwarder exited)."""
-    async with setpoint_in_flight(feproot, 3.0) as lab:
+    async with setpoint_in_flight(feproot, 2.0) as lab:
         p, fwd, m1 = lab.p, lab.fwd, lab.m1
         fwd.send_signal(signal.SIGTERM)
         await until(lambda: "planned stop: " in p.log("forwarder", "A"), 5, "the drain begins")
@@ -589,8 +589,8 @@ async def test_forwarder_second_sigterm_closes_at_once_and_a_reload_meanwhile_ch
         exit_s, exit_ms = time.monotonic() - t0, int(time.time() * 1000)
         print(f"second SIGTERM to the connection's close: {closed_s:.3f} s, to the forwarder's exit: {exit_s:.3f} s")
         log = p.log("forwarder", "A")
-        # the exit waits for the runner's read of the change stream to return (half of socket_timeout_s: 1 s)
-        assert fwd.returncode == 0 and closed_s < 0.5 and exit_s < 1.5, (closed_s, exit_s, log[-3000:])
+        # the runner's read of the change stream (up to 1 s) is cancelled: without that the exit took 0.93-0.98 s
+        assert fwd.returncode == 0 and closed_s < 0.5 and exit_s < 0.5, (closed_s, exit_s, log[-3000:])
         assert not [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"], m1.trace[-20:]
         assert "se104s RTU 10: planned stop cut short by a second signal" in log and \
             "1 control(s) in flight and 0 answer(s) unsent, their outcome unknown to their masters" in log, log[-3000:]

@@ -329,3 +329,22 @@ async def test_configuration_loaded_again_after_a_wipe_is_applied(setup: Any, fe
                                  "ALLOW": None})
         assert (await in_thread(replace_config, proc.client(), rows)).gen == 1
         await wait_listening(port2)
+
+
+async def test_the_stream_head_a_resuming_master_waits_for(redis_master: RedisProc) -> None:
+    """`Forwarder._stream_head` (ForwardServer.caught_up): the local stream's newest entry; None for no
+    stream, and for a local Redis that does not answer (the master then waits for nothing, as before)."""
+    fwd = app.Forwarder(node_cfg(redis_master), asyncio.Event())
+    try:
+        assert await fwd._stream_head() is None
+        r = redis_master.client()
+        r.xadd(ks.CHANGES, {"r": "1"}, id="5-1")
+        r.xadd(ks.CHANGES, {"r": "1"}, id="7-3")
+        assert await fwd._stream_head() == (7, 3)
+    finally:
+        await fwd.local_rw.aclose()
+    down = app.Forwarder(dataclasses.replace(node_cfg(redis_master), local_port=free_port()), asyncio.Event())
+    try:
+        assert await down._stream_head() is None
+    finally:
+        await down.local_rw.aclose()

@@ -285,6 +285,71 @@ async def test_a_master_resumed_ahead_of_this_node_gets_the_image_once_the_node_
         assert c.changes.empty() and srv.counts.events_sent == 1
 
 
+async def test_a_master_resumed_on_a_node_that_has_not_read_the_stream_up_to_its_head_gets_every_change():
+    """The master's cursor is 3-0; this node was handed entries up to 3-0, but the stream already holds 4-0
+    to 13-0 (written while the master was away, not yet read by this node's runner). They must reach the
+    master as events, in order, once each, then the image. The runner hands them over at the first turn
+    after the server asked for the stream's head or, on the code before (which did not ask), after the
+    welcome was written: the events were then queued after the hello's (empty) resumed ones, and the image
+    due next dropped them, holding only the newest value (the sefeps master of test_switchover.py, 1 run in
+    13 to 35, when the runner's loop ran as a task of its own)."""
+    async with sefeps_server() as srv, sefeps_client(srv.port) as c:
+        srv.advance("3-0")
+        srv.load_image([upd(1, 3.0), upd(2, 2.0)])
+        asked = asyncio.Event()
+
+        async def recorded(rtu: int, identity: str) -> tuple[int, int]:
+            return (3, 0)
+
+        async def head() -> tuple[int, int]:
+            asked.set()
+            return (13, 0)
+
+        def welcomed() -> bool:
+            return any(conn.state == "open" and not conn.out for conn in srv.conns)
+
+        async def runner() -> None:
+            while not (asked.is_set() or welcomed()):
+                await asyncio.sleep(0)
+            srv.apply([supd(1, float(ms), ms) for ms in range(4, 14)])
+            srv.advance("13-0")
+
+        srv.cursor_source, srv.stream_head = recorded, head
+        reads = asyncio.create_task(asyncio.wait_for(runner(), 2))
+        c.session, c.seq = "a-session-of-the-other-node", 40
+        w = await c.connect(resume=True)
+        await reads
+        await asyncio.wait_for(_until(lambda: c.images == 1), 2)
+        got = []
+        while not c.changes.empty():
+            got.append((await c.next_change())[:3])
+        assert got == [(w["seq"] + i, 1, float(3 + i)) for i in range(1, 11)]
+        assert c.image[1] == (13.0, 0, 1000) and c.seq == srv.seq
+
+
+@pytest.mark.parametrize(("head", "moves", "caught"), [
+    (None, False, True),  # no head readable (Redis down, no stream): no wait, as before
+    ((3, 0), False, True),  # already there
+    ((5, 0), True, True),  # reached while waiting
+    ((9, 0), True, False),  # not reached within the bound: resumed anyway, logged
+])
+async def test_caught_up_waits_for_the_stream_head_at_most_its_bound(head, moves, caught, caplog):
+    async with sefeps_server() as srv:
+        srv.advance("3-0")
+
+        async def stream_head() -> tuple[int, int] | None:
+            if moves:
+                asyncio.get_running_loop().call_later(0.05, srv.advance, "5-0")
+            return head
+
+        srv.stream_head = stream_head
+        t0 = asyncio.get_running_loop().time()
+        assert await srv.caught_up("10.0.0.9", 0.2) is caught
+        took = asyncio.get_running_loop().time() - t0
+        assert took < 0.15 if caught else took >= 0.2
+        assert ("resumes before this node read the change stream up to 9-0" in caplog.text) is (not caught)
+
+
 async def test_a_restarted_server_resumes_a_master_from_the_history_read_back_from_the_stream():
     """A server (re)started at entry 5-0 whose history the runner filled back from the stream to a master's
     cursor 2-0 (ForwardServer.image_at with `past`): that master, from another session, gets the changes
