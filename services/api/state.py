@@ -306,16 +306,17 @@ class Store:
         pipe.time()
         pipe.info("replication")
         self.ask_timers(pipe)
+        self.ask_limits(pipe)
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
             pipe.hgetall(ks.link(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        behind = (await self.staleness(res[1], now))[0]
+        behind = (await self.staleness(res[1], now, self.limits(res[4])[0]))[0]
         nc = _not_current(behind)
         timers = self.timers(res[2:4])
         items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, timers).model_dump())
-                 for r, h, lk in zip(rtus, res[4::2], res[5::2], strict=False)]
+                 for r, h, lk in zip(rtus, res[5::2], res[6::2], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -328,14 +329,15 @@ class Store:
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        self.ask_limits(pipe)
         pipe.hmget(ks.VPOINTS, [str(v.id) for v in vps])
         for v in vps:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
-        behind = (await self.staleness(res[1], views.redis_time_ms(res[0])))[0]
+        behind = (await self.staleness(res[1], views.redis_time_ms(res[0]), self.limits(res[2])[0]))[0]
         nc = _not_current(behind)
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
-                                         for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
+                                         for v, rec, lk in zip(vps, res[3], res[4:], strict=False)])
 
     async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
                      quality: str | None = None) -> m.PointPage:

@@ -56,3 +56,10 @@ async def test_nt_by_the_limits_the_forwarder_reports(redis_pair: tuple[RedisPro
     assert (p101_a["stale"], page_a["limits_from"]) == (False, "forwarder"), p101_a
     assert (p101_b["stale"], p101_b["nt_reason"]) == (True, rtu_b["values_nt"]), p101_b
     assert page_b["limits_from"] == "api"
+
+    # behind by the same limits: the links behind virtual points are current on A, not on B (and NT there)
+    vps_a = (await api_a.get("/api/v1/virtual-points")).json()["items"]
+    vps_b = (await api_b.get("/api/v1/virtual-points")).json()["items"]
+    valued = [(a, b) for a, b in zip(vps_a, vps_b, strict=True) if a["quality"] is not None]
+    assert valued and all(a["not_current"] is None and "NT" not in a["quality_flags"] and b["not_current"]
+                          and "NT" in b["quality_flags"] for a, b in valued), valued
