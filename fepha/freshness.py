@@ -16,9 +16,34 @@ NT = int(Quality.NT)
 
 @dataclass(frozen=True, slots=True)
 class Limits:
+    """What a value's topicality is judged by: the local Redis cut off from the master for longer than
+    `replica_down_ms` (rule 1), no complete poll for `stale_polls` poll periods, and `tick_ms` (a lease
+    tick) of slack on the lease's times (rules 2 and 3)."""
+
     replica_down_ms: int
     stale_polls: int
     tick_ms: int
+
+    FIELDS = ("replica_down_ms", "stale_polls", "lease_tick_ms")
+    """The names `report` gives them."""
+
+    @classmethod
+    def of(cls, cfg: Any) -> Limits:
+        """The one conversion from a node's configuration: the forwarder judges by it and reports it in its
+        heartbeat (`report`); the api shows NT by the limits this node's forwarder reports, its own only
+        while none does (docs/api.md "Quality as served")."""
+        return cls(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls, int(cfg.lease_tick_s * 1000))
+
+    def report(self) -> dict[str, int]:
+        """The heartbeat's fields (docs/keyspace.md `fep:hb:{service}:{node}`); `reported` reads them back."""
+        return {"replica_down_ms": self.replica_down_ms, "stale_polls": self.stale_polls,
+                "lease_tick_ms": self.tick_ms}
+
+    @classmethod
+    def reported(cls, got: Mapping[str, int]) -> Limits:
+        """From the fields of `report` (a forwarder's heartbeat)."""
+        return cls(got["replica_down_ms"], got["stale_polls"], got["lease_tick_ms"])
+
 
 
 class ReplicaWatch:

@@ -187,6 +187,10 @@ class FwdClient(BaseModel):
     state: dict[str, Any] = Field(description="as the forwarder reported it")
 
 
+LimitsFrom = Literal["forwarder", "api"]
+"""Whose freshness limits NT is shown by (`Rtu.limits_from`)."""
+
+
 class Rtu(BaseModel):
     id: int
     name: str
@@ -200,6 +204,11 @@ class Rtu(BaseModel):
     values_nt: str | None = Field(None, description="acquisition RTUs: why SCADA is served this RTU's values "
                                   "with NT (not topical) now, None when they are topical (docs/forwarder.md "
                                   "\"Quality\"; /points shows them so too)")
+    limits_from: LimitsFrom | None = Field(
+        None, description="acquisition RTUs: whose freshness limits values_nt goes by: forwarder (the limits "
+                          "this node's forwarder serves SCADA by, as its heartbeat reports them), api (no "
+                          "forwarder of this node reports them: the api's own replica_down_s, "
+                          "quality_stale_polls and lease_tick_s, which may differ from its)")
     listen_port: int | None = Field(None, description="forwarding RTUs only")
     clients: list[FwdClient] | None = Field(None, description="forwarding RTUs only: connected masters")
 
@@ -270,6 +279,8 @@ class PointPage(BaseModel):
     offset: int
     limit: int
     time_ms: int | None = Field(None, description="the local Redis clock when the page was read")
+    limits_from: LimitsFrom | None = Field(
+        None, description="whose freshness limits NT goes by (as `Rtu.limits_from`); null: no value was read")
     items: list[Point]
 
 

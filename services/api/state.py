@@ -49,6 +49,7 @@ class Served:
 
     records: dict[int, str | None]
     why: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    limits_from: m.LimitsFrom | None = None  # whose freshness limits the NT above goes by (`Store.limits`)
 
 
 @dataclass
@@ -85,8 +86,8 @@ class Store:
         self.vip_probe = leftbehind.VipProbe(cfg, self.SPLIT_EVERY_S)
         self._cache = _Cache()
         self._lock: asyncio.Lock | None = None
-        self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
-                                       int(cfg.lease_tick_s * 1000))
+        self.own_limits = freshness.Limits.of(cfg)
+        """The api's own limits: NT is shown by them only while this node's forwarder reports none."""
         self.own_timers = views.LeaseTimers.of(heartbeat.lease_timers(cfg))
         """The api's own [timers]: a forecast goes by them only while no acquirer reports its own."""
 
@@ -159,12 +160,21 @@ class Store:
         return views.NodeTimers(self.own_timers,
                                 {n: views.reported_timers(raw) for n, raw in zip(NODES, raws, strict=True)})
 
-    def behind(self, info: dict[str, Any], now_ms: int) -> str | None:
+    def ask_limits(self, pipe: Any) -> None:
+        """Queue the read of this node's forwarder's heartbeat on `pipe`: its reply, in `limits`, gives the
+        freshness limits NT is shown by."""
+        pipe.get(ks.heartbeat("forwarder", self.cfg.node_id))
+
+    def limits(self, raw: Any) -> tuple[freshness.Limits, m.LimitsFrom]:
+        """(limits, limits_from) from the reply of `ask_limits` (`views.served_limits`)."""
+        return views.served_limits(raw, self.own_limits)
+
+    def behind(self, info: dict[str, Any], now_ms: int, lim: freshness.Limits | None = None) -> str | None:
         """Why the local Redis's copy of the master's state may be behind (a replica whose link is down,
         or that has heard nothing from its master for longer than replica_down_s, the rule of `values_nt`),
         None when it is current: what is evaluated against a clock (lease expiry, links, a node's
-        liveness) is then not shown as current."""
-        return _replica_gap(info, now_ms, self.limits.replica_down_ms)
+        liveness) is then not shown as current. `lim`: the limits of `limits` (default the api's own)."""
+        return _replica_gap(info, now_ms, (lim or self.own_limits).replica_down_ms)
 
     SPLIT_EVERY_S = 1.0
     """How long a verdict of the VIP probe is reused."""
@@ -178,10 +188,11 @@ class Store:
         timeout), then uses the last verdict."""
         return await self.vip_probe.check(self.local, info, self.SPLIT_WAIT_S)
 
-    async def staleness(self, info: dict[str, Any], now_ms: int) -> tuple[str | None, str | None]:
+    async def staleness(self, info: dict[str, Any], now_ms: int,
+                        lim: freshness.Limits | None = None) -> tuple[str | None, str | None]:
         """(`behind`, `hb_unknown`) of the local Redis, a master left behind counting for both."""
         split = await self.left_behind(info)
-        return self.behind(info, now_ms) or split, self.hb_unknown(info, now_ms) or split
+        return self.behind(info, now_ms, lim) or split, self.hb_unknown(info, now_ms) or split
 
     def hb_unknown(self, info: dict[str, Any], now_ms: int) -> str | None:
         """Why a missing heartbeat says nothing: heartbeats reach a replica only through replication, so
@@ -218,11 +229,16 @@ class Store:
             checks.append(m.Check(name="config", ok=gen > 0,
                                   detail=f"configuration generation {gen}" if gen > 0 else
                                   "no configuration loaded: run `sysload init` on the master's node"))
-            t, info = await self.local.time(), await self.local.info("replication")
+            pipe = self.local.pipeline(transaction=False)
+            pipe.time()
+            pipe.info("replication")
+            self.ask_limits(pipe)
+            t, info, fwd_hb = await pipe.execute()
             now = views.redis_time_ms(t)
-            behind, unknown = await self.staleness(info, now)
+            lim = self.limits(fwd_hb)[0]
+            behind, unknown = await self.staleness(info, now, lim)
             # the rule of values_nt (a link down for a moment is not yet a reason), or left behind
-            cut = self._all_nt(info, now, behind)
+            cut = self._all_nt(info, now, behind, lim)
             if info.get("role") == "slave" or cut:
                 checks.append(m.Check(name="replication", ok=cut is None,
                                       detail=cut or "local Redis replicates the master"))
@@ -248,6 +264,7 @@ class Store:
         pipe.time()
         pipe.info("replication")
         self.ask_timers(pipe)
+        self.ask_limits(pipe)
         for r in rtus:
             if r.acquisition:
                 pipe.hgetall(ks.lease(r.id))
@@ -259,14 +276,15 @@ class Store:
                     pipe.hgetall(ks.fwd_clients(r.id, n))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        behind, unknown = await self.staleness(res[1], now)
-        cut_off = self._all_nt(res[1], now, behind)
+        lim, lim_from = self.limits(res[4])
+        behind, unknown = await self.staleness(res[1], now, lim)
+        cut_off = self._all_nt(res[1], now, behind, lim)
         acq_nc = {hb.node: None if hb.alive else f"the acquirer of node {hb.node} is not seen alive "
                                                    f"({hb.detail}): its last report is not current"
                   for hb in await self.heartbeats(unknown=unknown)
                   if hb.service == "acquirer"}
         timers = self.timers(res[2:4])
-        it = iter(res[4:])
+        it = iter(res[5:])
         items = []
         for r in rtus:
             if r.acquisition:
@@ -274,8 +292,8 @@ class Store:
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
                                  behind=_not_current(behind), chan_not_current=acq_nc, timers=timers)
-                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms,
-                                                                 self.limits)
+                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms, lim)
+                item.limits_from = lim_from
                 items.append(item)
             else:
                 items.append(views.rtu(r, now, fwd={n: next(it) for n in NODES}))
@@ -288,16 +306,17 @@ class Store:
         pipe.time()
         pipe.info("replication")
         self.ask_timers(pipe)
+        self.ask_limits(pipe)
         for r in rtus:
             pipe.hgetall(ks.lease(r.id))
             pipe.hgetall(ks.link(r.id))
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
-        behind = (await self.staleness(res[1], now))[0]
+        behind = (await self.staleness(res[1], now, self.limits(res[4])[0]))[0]
         nc = _not_current(behind)
         timers = self.timers(res[2:4])
         items = [m.LeaseItem(rtu=r.id, name=r.name, **views.lease(h, now, nc, lk, timers).model_dump())
-                 for r, h, lk in zip(rtus, res[4::2], res[5::2], strict=False)]
+                 for r, h, lk in zip(rtus, res[5::2], res[6::2], strict=False)]
         return m.LeaseList(time_ms=now, items=items)
 
     # --- values ------------------------------------------------------------------------------------
@@ -310,14 +329,15 @@ class Store:
         pipe = self.local.pipeline(transaction=False)
         pipe.time()
         pipe.info("replication")
+        self.ask_limits(pipe)
         pipe.hmget(ks.VPOINTS, [str(v.id) for v in vps])
         for v in vps:
             pipe.hgetall(ks.link(v.rtu))
         res = await pipe.execute()
-        behind = (await self.staleness(res[1], views.redis_time_ms(res[0])))[0]
+        behind = (await self.staleness(res[1], views.redis_time_ms(res[0]), self.limits(res[2])[0]))[0]
         nc = _not_current(behind)
         return m.VirtualPointList(items=[views.virtual_point(v, rec, lk, nc)
-                                         for v, rec, lk in zip(vps, res[2], res[3:], strict=False)])
+                                         for v, rec, lk in zip(vps, res[3], res[4:], strict=False)])
 
     async def points(self, rtu: int | None, kind: str | None, offset: int, limit: int,
                      quality: str | None = None) -> m.PointPage:
@@ -335,6 +355,7 @@ class Store:
             page = sel[offset:offset + limit]
             served = await self._records(page)
         return m.PointPage(total=len(sel), offset=offset, limit=limit, time_ms=now,
+                           limits_from=served.limits_from,
                            items=[views.point(p, served.records.get(p.id), now, served.why.get(p.rtu))
                                   for p in page])
 
@@ -368,16 +389,17 @@ class Store:
                                    **views.value_fields(records.get(f.src))))
         return m.ForwardList(rtu=rtu_id, time_ms=now, items=items)
 
-    def _all_nt(self, info: dict[str, Any], now_ms: int, behind: str | None) -> str | None:
+    def _all_nt(self, info: dict[str, Any], now_ms: int, behind: str | None, lim: freshness.Limits) -> str | None:
         """Why every value is served NT: cut off from the master (`_cut_off`), or a master left behind
         (`behind` on a master can only be that)."""
-        return self._cut_off(info, now_ms) or (_not_current(behind) if info.get("role") == "master" else None)
+        return self._cut_off(info, now_ms, lim) or (_not_current(behind) if info.get("role") == "master" else None)
 
-    def _cut_off(self, info: dict[str, Any], now_ms: int) -> str | None:
-        """Why every value is NT (the local Redis cut off from its master longer than replica_down_s, from
-        Redis's own counters), None when it is not."""
+    @staticmethod
+    def _cut_off(info: dict[str, Any], now_ms: int, lim: freshness.Limits) -> str | None:
+        """Why every value is NT (the local Redis cut off from its master longer than `lim`'s replica_down_ms,
+        from Redis's own counters), None when it is not."""
         ms = freshness.ReplicaWatch().observe(info, now_ms)
-        return f"local Redis cut off from the master for {ms} ms" if ms > self.limits.replica_down_ms else None
+        return f"local Redis cut off from the master for {ms} ms" if ms > lim.replica_down_ms else None
 
     async def _records(self, pts: list[SemPoint], vps: list[int] | None = None) -> Served:
         """The value records of `pts` (and of the virtual points `vps`) as SCADA is served them: with NT
@@ -395,6 +417,7 @@ class Store:
         pipe.time()
         pipe.info("replication")
         self.ask_timers(pipe)
+        self.ask_limits(pipe)
         if vps:
             pipe.hmget(ks.VPOINTS, [str(v) for v in vps])
         else:
@@ -406,15 +429,16 @@ class Store:
         res = await pipe.execute()
         now = views.redis_time_ms(res[0])
         split = await self.left_behind(res[1])
-        cut_off = self._cut_off(res[1], now) or _not_current(split)
+        lim, lim_from = self.limits(res[4])
+        cut_off = self._cut_off(res[1], now, lim) or _not_current(split)
         rtus = self._cache.model.rtus if self._cache.model is not None else {}
         out = Served({v: views.served(rec, cut_off is not None)
-                      for v, rec in zip(vps or (), res[4] or (), strict=True)})
-        behind = _not_current(self.behind(res[1], now) or split)
+                      for v, rec in zip(vps or (), res[5] or (), strict=True)}, limits_from=lim_from)
+        behind = _not_current(self.behind(res[1], now, lim) or split)
         timers = self.timers(res[2:4])
-        for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[5::3], res[6::3], res[7::3], strict=False):
+        for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[6::3], res[7::3], res[8::3], strict=False):
             poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
-            nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, self.limits)
+            nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, lim)
             out.why[rid] = (nt, views.lease(lease, now, behind, link_h, timers).reach_detail)
             out.records.update({p.id: views.served(rec, nt is not None) for p, rec in zip(ps, recs, strict=False)})
         return out

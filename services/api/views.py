@@ -97,18 +97,32 @@ class LeaseTimers:
         return cls(d["lease_ttl_ms"], d["takeover_ms"], d["lease_tick_ms"])
 
 
-def reported_timers(raw: str | None) -> LeaseTimers | None:
-    """The lease timers in an acquirer's heartbeat key (its JSON); None without them (no key, or the key of
-    an acquirer that does not report them) or with one that is not a positive number."""
+def _reported(raw: str | None, keys: tuple[str, ...]) -> dict[str, int] | None:
+    """The fields `keys` of a heartbeat key (its JSON), each a positive integer; None without them all (no
+    key, or the key of a service that does not report them) or with one that is not a positive number."""
     try:
         hb = json.loads(raw) if raw else None
     except ValueError:
         return None
     if not isinstance(hb, dict):
         return None
-    got = {k: to_int(hb.get(k)) for k in ("lease_ttl_ms", "takeover_ms", "lease_tick_ms")}
+    got = {k: to_int(hb.get(k)) for k in keys}
     ok = {k: v for k, v in got.items() if v is not None and v > 0}
-    return LeaseTimers.of(ok) if len(ok) == len(got) else None
+    return ok if len(ok) == len(got) else None
+
+
+def reported_timers(raw: str | None) -> LeaseTimers | None:
+    """The lease timers in an acquirer's heartbeat key (`_reported`)."""
+    got = _reported(raw, ("lease_ttl_ms", "takeover_ms", "lease_tick_ms"))
+    return LeaseTimers.of(got) if got is not None else None
+
+
+def served_limits(raw: str | None, own: freshness.Limits) -> tuple[freshness.Limits, m.LimitsFrom]:
+    """(limits, limits_from): the freshness limits NT is shown by, from the heartbeat key of this node's
+    forwarder (`raw`): the limits it serves SCADA by ("forwarder"), else the api's own (`own`, "api": no
+    forwarder reports them, dead or older), which may differ (another file, an override in one container)."""
+    got = _reported(raw, freshness.Limits.FIELDS)
+    return (freshness.Limits.reported(got), "forwarder") if got is not None else (own, "api")
 
 
 @dataclass(frozen=True, slots=True)

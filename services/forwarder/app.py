@@ -164,8 +164,7 @@ class Forwarder:
         self.judge_now = asyncio.Event()
         self.replica = freshness.ReplicaWatch()
         self.vip_probe = leftbehind.VipProbe(cfg)  # a master left behind: every value NT (rule 1)
-        self.limits = freshness.Limits(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls,
-                                       int(cfg.lease_tick_s * 1000))
+        self.limits = freshness.Limits.of(cfg)  # reported in the heartbeat: the api shows NT by them
 
     # --- main loop -------------------------------------------------------------------------------------
 
@@ -817,7 +816,8 @@ class Forwarder:
                 self._next_beat = time.monotonic() + self.cfg.heartbeat_s
                 pipe.set(ks.heartbeat(SERVICE, node),
                          heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0, self.cfg.heartbeat_s,
-                                           servers=sorted(self.servers), last_id=self.last_id),
+                                           servers=sorted(self.servers), last_id=self.last_id,
+                                           **self.limits.report()),
                          px=heartbeat.lifetime_ms(self.cfg.heartbeat_s))
             await pipe.execute()
             self._peers = {rid: p for rid, p in peers.items() if p}

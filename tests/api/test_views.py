@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from fep_api import views
-from fepha import heartbeat, points
+from fepha import freshness, heartbeat, points
 from fepha.semodel.model import Channel, Rtu, VirtualPoint
 from fepha.semodel.model import Point as SemPoint
 
@@ -286,6 +286,30 @@ def test_takeover_by_the_timers_of_the_acquirer_that_acts(reported: dict, h: dic
 ])
 def test_timers_reported_in_a_heartbeat(raw: str | None, expect: views.LeaseTimers | None) -> None:
     assert views.reported_timers(raw) == expect
+
+
+OWN_LIM = freshness.Limits(replica_down_ms=10_000, stale_polls=3, tick_ms=1000)  # the api's own
+FWD_CFG = SimpleNamespace(replica_down_s=30.0, quality_stale_polls=5, lease_tick_s=0.5)  # the forwarder's
+POLLED = {"holder": "A", "since_ms": str(NOW - 60_000), "expires_ms": str(NOW + 2000), "polled_ms": str(NOW - 4500)}
+
+
+@pytest.mark.parametrize("raw, expect, nt", [
+    # the forwarder's heartbeat: 5 polls of 1 s + 0.5 s, the lease polled 4.5 s ago is topical to SCADA
+    (heartbeat.payload("forwarder", "A", 1, 1.0, servers=[10], **freshness.Limits.of(FWD_CFG).report()),
+     (freshness.Limits(30_000, 5, 500), "forwarder"), None),
+    # no forwarder reports them (none, an older one, a garbled key): the api's own, 3 polls of 1 s + 1 s
+    (None, (OWN_LIM, "api"), "holder A has not completed a poll for 4500 ms"),
+    (heartbeat.payload("forwarder", "A", 1, 1.0, servers=[10]), (OWN_LIM, "api"), "holder A"),
+    (json.dumps({"replica_down_ms": 30_000, "stale_polls": 0, "lease_tick_ms": 500}), (OWN_LIM, "api"), "holder"),
+    (json.dumps({"replica_down_ms": "x", "stale_polls": 5, "lease_tick_ms": 500}), (OWN_LIM, "api"), "holder"),
+    ("{not json", (OWN_LIM, "api"), "holder"),
+])
+def test_nt_by_the_limits_the_forwarder_reports(raw: str | None, expect: tuple[freshness.Limits, str],
+                                                nt: str | None) -> None:
+    lim, src = views.served_limits(raw, OWN_LIM)
+    assert (lim, src) == expect
+    why = freshness.rtu_reason(POLLED, NOW, 1000, lim)
+    assert why == nt if nt is None else why is not None and why.startswith(nt), why
 
 
 def test_lease_reach_only_of_a_live_current_lease() -> None:

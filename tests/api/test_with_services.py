@@ -28,7 +28,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from fep_api.app import create_app
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
-from fepha import config, controls, heartbeat
+from fepha import config, controls, freshness, heartbeat
 from fepha.config import NodeConfig
 from fepha.semodel.model import Model
 from tests.api.cdp import rendered_dom
@@ -249,6 +249,12 @@ async def test_status_of_a_running_system(system: System, tmp_path: Path) -> Non
             hb = heartbeat.read_sync(r, "acquirer", node) or {}
             assert [hb.get(k) for k in ("lease_ttl_ms", "lease_tick_ms", "takeover_ms")] == [1000, 100, 1500], hb
     assert [rtus[rid]["lease"]["timers_from"] for rid in ACQ] == ["acquirers", "acquirers"]
+    # each forwarder reports the freshness limits it serves SCADA by; the api's NT goes by them
+    with s.master.client() as r:
+        for node in "AB":
+            hb = heartbeat.read_sync(r, "forwarder", node) or {}
+            assert {k: hb.get(k) for k in freshness.Limits.FIELDS} == freshness.Limits.of(s.cfg[node]).report(), hb
+    assert [rtus[rid]["limits_from"] for rid in ACQ] == ["forwarder", "forwarder"]
 
     # --- values: every point polled with good quality; a change in the device changes value and time
     pts = await until(lambda: _all_good(s), 5, "every point polled with good quality")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from fep_forwarder.freshness import NT, Limits, ReplicaWatch, Staleness, judge, overlay, rtu_reason
@@ -96,3 +98,11 @@ def test_overlay(q: int, stale: bool, want: int) -> None:
     v = Value(5, q, 123)
     got = overlay(v, stale)
     assert (got.value, got.quality, got.ts_ms) == (5, want, 123)
+
+
+def test_limits_of_a_configuration_and_reported() -> None:
+    """The one conversion (the forwarder judges by it and reports it); what is reported reads back the same."""
+    lim = Limits.of(SimpleNamespace(replica_down_s=6.5, quality_stale_polls=4, lease_tick_s=0.25))
+    assert lim == Limits(6500, 4, 250)
+    assert lim.report() == {"replica_down_ms": 6500, "stale_polls": 4, "lease_tick_ms": 250}
+    assert Limits.reported(lim.report()) == lim

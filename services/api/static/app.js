@@ -203,7 +203,8 @@ function renderWhy() {
   const lines = [];
   if (r && r.type === "acquisition") {
     const l = r.lease || {};
-    if (r.values_nt) lines.push(["stale", "⚠ STALE (NT): SCADA is served these values as not topical: " + r.values_nt, "warn"]);
+    if (r.values_nt) lines.push(["stale", "⚠ STALE (NT): SCADA is served these values as not topical: " + r.values_nt
+      + (r.limits_from === "api" ? " (by the api's own limits: this node's forwarder reports none)" : ""), "warn"]);
     if (l.reach === "partial" || l.reach === "none") lines.push(["reach", "✗ " + l.reach_detail, l.reach === "none" ? "bad" : "warn"]);
     const cs = (r.channel_state || []).filter((c) => c.node === l.holder)[0];
     if (l.reach === "none" && cs && !cs.not_current) {
