@@ -36,14 +36,12 @@ class Limits:
 
     def report(self) -> dict[str, int]:
         """The heartbeat's fields (docs/keyspace.md `fep:hb:{service}:{node}`); `reported` reads them back."""
-        return {"replica_down_ms": self.replica_down_ms, "stale_polls": self.stale_polls,
-                "lease_tick_ms": self.tick_ms}
+        return dict(zip(self.FIELDS, (self.replica_down_ms, self.stale_polls, self.tick_ms), strict=True))
 
     @classmethod
     def reported(cls, got: Mapping[str, int]) -> Limits:
         """From the fields of `report` (a forwarder's heartbeat)."""
-        return cls(got["replica_down_ms"], got["stale_polls"], got["lease_tick_ms"])
-
+        return cls(*(got[k] for k in cls.FIELDS))
 
 
 class ReplicaWatch:

@@ -4,7 +4,8 @@ Reads go to the local Redis only (master or replica): the configuration snapshot
 change stream (XREAD BLOCK, no polling). Writes (heartbeat, metrics, connected masters, controls) go to the
 master. The full image is loaded on start, after every reconnect (not when the local Redis turns replica
 under the stream read: `stream.demoted`) and when the stream was trimmed past the last entry read; a new
-configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose RTU changed. docs/forwarder.md describes the whole path.
+configuration generation (pub/sub `CFG_CHANGED`) restarts only the servers whose RTU changed.
+docs/forwarder.md describes the whole path.
 """
 
 from __future__ import annotations

@@ -185,7 +185,7 @@ class ForwardServer(abc.ABC):
         self.draining: Drain | None = None  # the planned stop's drain, once started (`drain`)
         self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
         self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
-        self._moved = asyncio.Event()  # set (and replaced) whenever `position` moves: `caught_up` waits on it
+        self._moved = asyncio.Event()  # set whenever `position` moves; `caught_up` clears it, then waits on it
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -319,11 +319,7 @@ class ForwardServer(abc.ABC):
         entries, and before a full image with the image's position)."""
         self.position = max(self.position, parse_id(entry_id))
         self.advanced()
-        self._wake_waiters()
-
-    def _wake_waiters(self) -> None:
-        moved, self._moved = self._moved, asyncio.Event()
-        moved.set()
+        self._moved.set()
 
     def image_at(self, entry_id: str, updates: Sequence[Update], past: Sequence[Update] = (),
                  since: Sid | None = None) -> None:
@@ -343,7 +339,7 @@ class ForwardServer(abc.ABC):
             self.backfill(since, past)
         self.image_ready.set()
         self.advanced()
-        self._wake_waiters()
+        self._moved.set()
 
     def history_max(self) -> int:
         """How many events this server's history keeps (0: none, nothing to resume): what the runner reads
@@ -430,15 +426,15 @@ class ForwardServer(abc.ABC):
         end = t0 + wait_s
         while self.position < head:
             left = end - time.monotonic()
-            moved = self._moved
             if left <= 0:
                 self.log.warning("%s RTU %s: master %s resumes before this node read the change stream up to %s "
                                  "(it is at %s after %g s): the changes not read yet reach it after its image",
                                  self.protocol, self.rtu.id, identity, sid_text(head), sid_text(self.position),
                                  wait_s)
                 return False
+            self._moved.clear()  # set again by the next move (no await since `position` was read)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(moved.wait(), left)
+                await asyncio.wait_for(self._moved.wait(), left)
         self.log.info("%s RTU %s: master %s resumes once this node read the change stream up to %s (%.3f s)",
                       self.protocol, self.rtu.id, identity, sid_text(head), time.monotonic() - t0)
         return True

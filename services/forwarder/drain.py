@@ -5,8 +5,9 @@ From the moment the drain starts a server takes no new control: one that reaches
 protocol's negative answer at once and never queued (`ForwardServer.run_control`, `REFUSED`). The
 controls queued before it (in `fep:ctl:q:{rtu}` or running in the device) are waited for, each at most
 until its own deadline (with the sink's margin: `controls.wait` expires a queued one there, abandons an
-executing one LATE_S later, and answers its final state), so that every one gets its answer (IEC 104: ACT_CON then ACT_TERM) before the connection closes,
-never longer than `bound_s` (`[timers] stop_drain_s`). Once they have their outcome their answers get `ANSWER_GRACE_S` to be sent
+executing one LATE_S later, and answers its final state), so that every one gets its answer (IEC 104:
+ACT_CON then ACT_TERM) before the connection closes, never longer than `bound_s` (`[timers] stop_drain_s`).
+Once they have their outcome their answers get `ANSWER_GRACE_S` to be sent
 (an IEC 104 master whose k window is full, or one that reads nothing, must not hold the stop); then the
 server closes.
 
