@@ -18,13 +18,15 @@ NT = int(Quality.NT)
 class Limits:
     """What a value's topicality is judged by: the local Redis cut off from the master for longer than
     `replica_down_ms` (rule 1), no complete poll for `stale_polls` poll periods, and `tick_ms` (a lease
-    tick) of slack on the lease's times (rules 2 and 3)."""
+    tick) of slack on the lease's times (rules 2 and 3); `poll_ms` is the poll period of an RTU with no
+    POLLMS of its own (`[timers] poll_ms`)."""
 
     replica_down_ms: int
     stale_polls: int
     tick_ms: int
+    poll_ms: int
 
-    FIELDS = ("replica_down_ms", "stale_polls", "lease_tick_ms")
+    FIELDS = ("replica_down_ms", "stale_polls", "lease_tick_ms", "poll_ms")
     """The names `report` gives them."""
 
     @classmethod
@@ -32,11 +34,13 @@ class Limits:
         """The one conversion from a node's configuration: the forwarder judges by it and reports it in its
         heartbeat (`report`); the api shows NT by the limits this node's forwarder reports, its own only
         while none does (docs/api.md "Quality as served")."""
-        return cls(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls, int(cfg.lease_tick_s * 1000))
+        return cls(int(cfg.replica_down_s * 1000), cfg.quality_stale_polls, int(cfg.lease_tick_s * 1000),
+                   int(cfg.poll_ms))
 
     def report(self) -> dict[str, int]:
         """The heartbeat's fields (docs/keyspace.md `fep:hb:{service}:{node}`); `reported` reads them back."""
-        return dict(zip(self.FIELDS, (self.replica_down_ms, self.stale_polls, self.tick_ms), strict=True))
+        return dict(zip(self.FIELDS, (self.replica_down_ms, self.stale_polls, self.tick_ms, self.poll_ms),
+                        strict=True))
 
     @classmethod
     def reported(cls, got: Mapping[str, int]) -> Limits:
@@ -100,8 +104,9 @@ def _int(h: Mapping[str, str], k: str) -> int | None:
         return None
 
 
-def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int, lim: Limits) -> str | None:
-    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are. A lease whose
+def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: Limits) -> str | None:
+    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are. `poll_ms`: the
+    RTU's own POLLMS, None for `lim.poll_ms` (the default of the node judging). A lease whose
     `polled_ms` or `since_ms` (never later than the writer's clock) lies more than one tick ahead of
     `now_ms` was written by a clock ahead of this one: its expiry cannot be trusted either."""
     holder = lease.get("holder") or ""
@@ -115,7 +120,7 @@ def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int, lim: Limits)
         return (f"lease of {holder} stamped {ahead} ms ahead of this Redis's clock: written by a clock ahead "
                 f"of it, the holder's liveness cannot be judged")
     polled = _int(lease, "polled_ms")
-    if polled is not None and now_ms - polled > lim.stale_polls * poll_ms + lim.tick_ms:
+    if polled is not None and now_ms - polled > lim.stale_polls * (poll_ms or lim.poll_ms) + lim.tick_ms:
         return f"holder {holder} has not completed a poll for {now_ms - polled} ms"
     return None
 

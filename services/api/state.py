@@ -292,7 +292,7 @@ class Store:
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
                                  behind=_not_current(behind), chan_not_current=acq_nc, timers=timers)
-                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms or self.cfg.poll_ms, lim)
+                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms, lim)
                 item.limits_from = lim_from
                 items.append(item)
             else:
@@ -437,7 +437,7 @@ class Store:
         behind = _not_current(self.behind(res[1], now, lim) or split)
         timers = self.timers(res[2:4])
         for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[6::3], res[7::3], res[8::3], strict=False):
-            poll_ms = (rtus[rid].poll_ms if rid in rtus else None) or self.cfg.poll_ms
+            poll_ms = rtus[rid].poll_ms if rid in rtus else None
             nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, lim)
             out.why[rid] = (nt, views.lease(lease, now, behind, link_h, timers).reach_detail)
             out.records.update({p.id: views.served(rec, nt is not None) for p, rec in zip(ps, recs, strict=False)})

@@ -727,7 +727,7 @@ class Forwarder:
             return
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
-        polls = {rid: model.rtus[rid].poll_ms or self.cfg.poll_ms for rid in rtus}
+        polls = {rid: model.rtus[rid].poll_ms for rid in rtus}
         verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
         if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
             verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)

@@ -44,9 +44,10 @@ class Staleness:
         return {r for r in rtus if self.stale(r) != other.stale(r)}
 
 
-def judge(cut_off_ms: int, leases: Mapping[int, Mapping[str, str]], poll_ms: Mapping[int, int], now_ms: int,
+def judge(cut_off_ms: int, leases: Mapping[int, Mapping[str, str]], poll_ms: Mapping[int, int | None], now_ms: int,
           lim: Limits) -> Staleness:
-    """Rules 1-3 over every routed acquisition RTU (`leases`: RTU -> its lease hash on the local Redis)."""
+    """Rules 1-3 over every routed acquisition RTU (`leases`: RTU -> its lease hash on the local Redis;
+    `poll_ms`: RTU -> its POLLMS, None for `lim.poll_ms`)."""
     every = f"local Redis cut off from the master for {cut_off_ms} ms" if cut_off_ms > lim.replica_down_ms else None
     rtus = {}
     for rid, lease in leases.items():

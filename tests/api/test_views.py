@@ -288,27 +288,32 @@ def test_timers_reported_in_a_heartbeat(raw: str | None, expect: views.LeaseTime
     assert views.reported_timers(raw) == expect
 
 
-OWN_LIM = freshness.Limits(replica_down_ms=10_000, stale_polls=3, tick_ms=1000)  # the api's own
-FWD_CFG = SimpleNamespace(replica_down_s=30.0, quality_stale_polls=5, lease_tick_s=0.5)  # the forwarder's
+OWN_LIM = freshness.Limits(replica_down_ms=10_000, stale_polls=3, tick_ms=1000, poll_ms=1000)  # the api's own
+FWD_CFG = SimpleNamespace(replica_down_s=30.0, quality_stale_polls=2, lease_tick_s=0.5, poll_ms=2000)  # the forwarder's
 POLLED = {"holder": "A", "since_ms": str(NOW - 60_000), "expires_ms": str(NOW + 2000), "polled_ms": str(NOW - 4500)}
 
 
 @pytest.mark.parametrize("raw, expect, nt", [
-    # the forwarder's heartbeat: 5 polls of 1 s + 0.5 s, the lease polled 4.5 s ago is topical to SCADA
+    # the forwarder's heartbeat: 2 polls of its default 2 s + 0.5 s, the lease of an RTU with no POLLMS polled
+    # 4.5 s ago is topical to SCADA
     (heartbeat.payload("forwarder", "A", 1, 1.0, servers=[10], **freshness.Limits.of(FWD_CFG).report()),
-     (freshness.Limits(30_000, 5, 500), "forwarder"), None),
+     (freshness.Limits(30_000, 2, 500, 2000), "forwarder"), None),
     # no forwarder reports them (none, an older one, a garbled key): the api's own, 3 polls of 1 s + 1 s
     (None, (OWN_LIM, "api"), "holder A has not completed a poll for 4500 ms"),
     (heartbeat.payload("forwarder", "A", 1, 1.0, servers=[10]), (OWN_LIM, "api"), "holder A"),
-    (json.dumps({"replica_down_ms": 30_000, "stale_polls": 0, "lease_tick_ms": 500}), (OWN_LIM, "api"), "holder"),
-    (json.dumps({"replica_down_ms": "x", "stale_polls": 5, "lease_tick_ms": 500}), (OWN_LIM, "api"), "holder"),
+    (json.dumps({"replica_down_ms": 30_000, "stale_polls": 0, "lease_tick_ms": 500, "poll_ms": 2000}),
+     (OWN_LIM, "api"), "holder"),
+    (json.dumps({"replica_down_ms": "x", "stale_polls": 5, "lease_tick_ms": 500, "poll_ms": 2000}),
+     (OWN_LIM, "api"), "holder"),
+    # a forwarder that reports no default poll period (an older version): the api's own limits, all of them
+    (json.dumps({"replica_down_ms": 30_000, "stale_polls": 2, "lease_tick_ms": 500}), (OWN_LIM, "api"), "holder"),
     ("{not json", (OWN_LIM, "api"), "holder"),
 ])
 def test_nt_by_the_limits_the_forwarder_reports(raw: str | None, expect: tuple[freshness.Limits, str],
                                                 nt: str | None) -> None:
     lim, src = views.served_limits(raw, OWN_LIM)
     assert (lim, src) == expect
-    why = freshness.rtu_reason(POLLED, NOW, 1000, lim)
+    why = freshness.rtu_reason(POLLED, NOW, None, lim)  # an RTU with no POLLMS: the default of the limits
     assert why == nt if nt is None else why is not None and why.startswith(nt), why
 
 

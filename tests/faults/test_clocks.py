@@ -32,7 +32,7 @@ from tests.redisproc import RedisProc
 from tests.vip import Vip
 
 TTL_MS, TAKEOVER_MS, TICK_MS = 600, 90_000, 100
-LIM = Limits(replica_down_ms=1200, stale_polls=3, tick_ms=TICK_MS)
+LIM = Limits(replica_down_ms=1200, stale_polls=3, tick_ms=TICK_MS, poll_ms=1000)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ import pytest
 from fep_forwarder.freshness import NT, Limits, ReplicaWatch, Staleness, judge, overlay, rtu_reason
 from fepha.points import Quality, Value
 
-LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000)
+LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000, poll_ms=2000)
 NOW = 1_000_000
 
-# lease hash, poll_ms -> reason prefix or None
+# lease hash, poll_ms (the RTU's POLLMS, None: LIM.poll_ms) -> reason prefix or None
 RTU_CASES = {
     "holder renewing and polling": ({"holder": "A", "expires_ms": NOW + 2000, "polled_ms": NOW - 500}, 1000, None),
     "no lease at all": ({}, 1000, "no lease holder"),
@@ -27,6 +27,10 @@ RTU_CASES = {
         {"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 20_000}, 10_000, None),
     "holder that never polled (polled_ms 0)": ({"holder": "A", "expires_ms": NOW + 1, "polled_ms": 0}, 1000,
                                                "holder A has not completed a poll"),
+    "no POLLMS: 3 polls of the node's default 2 s + 1 tick, 7 s old poll is fine": (
+        {"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 7000}, None, None),
+    "no POLLMS: a poll older than that": ({"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 7001}, None,
+                                          "holder B has not completed a poll"),
     "no polled_ms: judged by the lease only": ({"holder": "A", "expires_ms": NOW + 1}, 1000, None),
 }
 
@@ -102,7 +106,7 @@ def test_overlay(q: int, stale: bool, want: int) -> None:
 
 def test_limits_of_a_configuration_and_reported() -> None:
     """The one conversion (the forwarder judges by it and reports it); what is reported reads back the same."""
-    lim = Limits.of(SimpleNamespace(replica_down_s=6.5, quality_stale_polls=4, lease_tick_s=0.25))
-    assert lim == Limits(6500, 4, 250)
-    assert lim.report() == {"replica_down_ms": 6500, "stale_polls": 4, "lease_tick_ms": 250}
+    lim = Limits.of(SimpleNamespace(replica_down_s=6.5, quality_stale_polls=4, lease_tick_s=0.25, poll_ms=500))
+    assert lim == Limits(6500, 4, 250, 500)
+    assert lim.report() == {"replica_down_ms": 6500, "stale_polls": 4, "lease_tick_ms": 250, "poll_ms": 500}
     assert Limits.reported(lim.report()) == lim

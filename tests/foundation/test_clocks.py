@@ -176,7 +176,7 @@ def test_abandon_after_a_step_back_ends_the_wait_at_once(r, state: str, final: s
     assert r.fcall(*controls.abandon_call(1).argv) == final
 
 
-LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000)
+LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000, poll_ms=1000)
 
 
 @pytest.mark.parametrize("skew, stale", [(0, False), (900, False), (2_000, True), (30_000, True),
