@@ -565,14 +565,15 @@ class Store:
         info = await self.node()
         pipe = self.local.pipeline(transaction=False)
         pipe.info("replication")
-        (rep,) = await pipe.execute()
+        self.ask_limits(pipe)  # "may be hung" by the replica_down_s the values are served by, as on every page
+        rep, fwd_hb = await pipe.execute()
         replication = views.replication(rep)
         # the peer's role is known only through the replication link: as our replica (link up on the
         # master) or as our master (link up on the replica); otherwise it is shown as unknown
         local_master: bool | None = replication.role == "master"
         link_up = replication.link_status == "up"
         peer_master = (False if link_up else None) if local_master else (True if link_up else None)
-        behind = (await self.staleness(rep, info.time_ms))[0]
+        behind = (await self.staleness(rep, info.time_ms, self.limits(fwd_hb)[0]))[0]
         detail = None
         if behind is not None and local_master and behind.startswith(leftbehind.HOLDS_VIP):
             # the VIP is on this host, keepalived is gone: which node's Redis the others write to is unknown

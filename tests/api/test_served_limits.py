@@ -57,6 +57,12 @@ async def test_nt_by_the_limits_the_forwarder_reports(redis_pair: tuple[RedisPro
     assert (p101_b["stale"], p101_b["nt_reason"]) == (True, rtu_b["values_nt"]), p101_b
     assert page_b["limits_from"] == "api"
 
+    # the overview by the same limits: A's master (the peer's Redis, its link up) is not suspected hung
+    ov_a = (await api_a.get("/api/v1/overview")).json()
+    ov_b = (await api_b.get("/api/v1/overview")).json()
+    assert (ov_a["master_node"], ov_a["master_detail"]) == ("B", None), ov_a
+    assert ov_b["master_node"] is None and "is still the master is unknown" in ov_b["master_detail"], ov_b
+
     # behind by the same limits: the links behind virtual points are current on A, not on B (and NT there)
     vps_a = (await api_a.get("/api/v1/virtual-points")).json()["items"]
     vps_b = (await api_b.get("/api/v1/virtual-points")).json()["items"]
