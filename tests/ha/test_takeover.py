@@ -42,9 +42,11 @@ REAL = {"channel_switch_s": 30, "takeover_s": 90, "lease_ttl_s": 10}
 
 def link_ok(st: dict[str, str], holder: str, holder_reaches: bool) -> bool:
     """The invariant of the link hash: val = vala || valb; the node that is not cut always reaches
-    (1); the cut holder's own state is what it can see."""
+    (1); the cut holder's own state is what it can see. A node that has not ticked yet has no field: it
+    does not reach (seen at the start: B's `valb` written, A's `vala` not yet)."""
     if not st:
         return False
+    st = {k: st.get(k, "0") for k in ("val", "vala", "valb")}
     mine, other = f"val{holder.lower()}", "valb" if holder == "A" else "vala"
     val_ok = st["val"] == ("1" if "1" in (st["vala"], st["valb"]) else "0")
     return val_ok and st[other] == "1" and st["val"] == "1" and (st[mine] == "1") == holder_reaches
