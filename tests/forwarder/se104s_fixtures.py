@@ -135,13 +135,46 @@ class Master:
         with self.lock:
             return [r for r in self.got if cot is None or r.cot == cot]
 
+    async def interrogate(self, ca: int, qualifier: Any = c104.Qoi.STATION, counter: bool = False) -> bool:
+        """A (counter) interrogation through c104; True once the server confirmed it (ACT_CON) and terminated it
+        (ACT_TERM), False at a negative ACT_CON or when that did not come within c104's command timeout (3 s).
+        Read from the frames on the wire, as `command` does, not from c104's blocking call: c104 2.2.1's
+        wait (Connection::awaitCommandSuccess) registers the command, sends it, then waits on a condition
+        variable without first looking whether the answer is already in. When the calling thread is
+        descheduled for a moment after the send (a loaded machine), our server's ACT_CON and ACT_TERM arrive
+        and are recorded meanwhile, their notification goes to nobody, and the call returns False after
+        exactly its timeout although both answers came within milliseconds."""
+        type_id = c.C_CI_NA_1 if counter else c.C_IC_NA_1
+        seen = len(self.trace)
+        if counter:
+            sent = await in_thread(lambda: self.conn.counter_interrogation(ca, qualifier=qualifier,
+                                                                           wait_for_response=False))
+        else:
+            sent = await in_thread(lambda: self.conn.interrogation(ca, qualifier=qualifier, wait_for_response=False))
+        assert sent, "interrogation not sent"
+        qual = int(qualifier)
+        outcome: list[bool] = []
+
+        def answered() -> bool:
+            got = [(cause, neg) for d, t, cause, neg, q in station_frames(self.trace[seen:])
+                   if d == "<<" and t == type_id and q & 0x3F == qual & 0x3F]
+            if (c.COT_ACTCON, True) in got:
+                outcome.append(False)
+            elif (c.COT_ACTCON, False) in got and (c.COT_ACTTERM, False) in got:
+                outcome.append(True)
+            return bool(outcome)
+        with contextlib.suppress(AssertionError):
+            await until(answered, 3, f"the answer to the interrogation {type_id}/{qual}")
+        return bool(outcome and outcome[0])
+
     async def command(self, addr: int, info: Any, select: bool = False) -> bool:
         """One command through c104; True when the server confirmed its execution positively (ACT_CON), and
         then only once its ACT_TERM came too. The outcome is read from the frames on the wire, not from
-        c104's return value: c104 2.2.1 under load now and then loses a confirmation it received (its
-        "Potential Deadlock: mutex ... > 100ms" message; transmit then returns False after its timeout
-        although the server's positive ACT_CON is in the trace), and sometimes never sends the execute
-        after a confirmed select (then the select is sent again, once: a select runs nothing).
+        c104's return value: c104 2.2.1 now and then loses a confirmation it received (transmit then returns
+        False after its timeout although the server's positive ACT_CON is in the trace: its wait misses an
+        answer that came before it began, see `interrogate`, and under load its "Potential Deadlock: mutex
+        ... > 100ms" drops one), and sometimes never sends the execute after a confirmed select (then the
+        select is sent again, once: a select runs nothing).
 
         The wait for ACT_TERM: a next command on the same IOA sent before it crosses it on the wire, and
         c104 takes that late ACT_TERM for the answer to the new command."""
@@ -174,10 +207,19 @@ class Master:
                         f"ACT_CON of IOA {addr}")
 
 
-def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bool]]:
-    """(">>" sent / "<<" received, cause, negative, select) of every command object for IOA `addr` among
-    the raw frames of a trace, decoded with our codec."""
-    out: list[tuple[str, int, bool, bool]] = []
+def station_frames(trace: list[Any]) -> list[tuple[str, int, int, bool, int]]:
+    """(">>" sent / "<<" received, type, cause, negative, qualifier) of every interrogation and counter
+    interrogation among the raw frames of a trace, decoded with our codec."""
+    out: list[tuple[str, int, int, bool, int]] = []
+    for d, a in i_frames(trace):
+        if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1) and a.objects:
+            out.append((d, a.type_id, a.cause, a.negative, a.objects[0][1][0]))
+    return out
+
+
+def i_frames(trace: list[Any]) -> list[tuple[str, c.Asdu]]:
+    """(">>" sent / "<<" received, ASDU) of every I frame among the raw frames of a trace."""
+    out: list[tuple[str, c.Asdu]] = []
     for entry in list(trace):
         if not isinstance(entry, str) or entry[:3] not in (">> ", "<< "):
             continue
@@ -185,14 +227,21 @@ def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bo
         if len(raw) < 6 or raw[0] != c.START:
             continue
         frame = c.parse_apdu(raw[2:])
-        if frame.kind != "I":
-            continue
-        a = c.parse_asdu(frame.asdu)
+        if frame.kind == "I":
+            out.append((entry[:2], c.parse_asdu(frame.asdu)))
+    return out
+
+
+def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bool]]:
+    """(">>" sent / "<<" received, cause, negative, select) of every command object for IOA `addr` among
+    the raw frames of a trace, decoded with our codec."""
+    out: list[tuple[str, int, bool, bool]] = []
+    for d, a in i_frames(trace):
         if a.type_id not in c.COMMAND_BASE:
             continue
         for ioa, elem in a.objects:
             if ioa == addr:
-                out.append((entry[:2], a.cause, a.negative, c.decode_command(a.type_id, elem).select))
+                out.append((d, a.cause, a.negative, c.decode_command(a.type_id, elem).select))
     return out
 
 
@@ -220,10 +269,11 @@ async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "cond
 
 @contextlib.asynccontextmanager
 async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = True,
-                      points: dict[int, Any] | None = None, ca: int = CA) -> AsyncIterator[Master]:
+                      points: dict[int, Any] | None = None, ca: int = CA,
+                      command_timeout_ms: int = 3000) -> AsyncIterator[Master]:
     """A started c104 client with one station (`ca`) holding `points` (IOA -> c104.Type, default: the test
     RTU's); monitoring points (types M_*) record what they receive."""
-    client = c104.Client(tick_rate_ms=50, command_timeout_ms=3000)
+    client = c104.Client(tick_rate_ms=50, command_timeout_ms=command_timeout_ms)
     conn = client.add_connection(ip="127.0.0.1", port=port, init=init)
     station = conn.add_station(ca)
     m = Master(client, conn, station)

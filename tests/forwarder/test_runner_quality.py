@@ -26,7 +26,7 @@ from fepha.points import Quality
 from fepha.semodel import db
 from tests.redisproc import RedisProc, free_port
 
-from .se104s_fixtures import c104_master, in_thread, until
+from .se104s_fixtures import c104_master, until
 from .test_runner import SAMPLE_POINTS, forwarder, node_cfg, se104s_rows, wait_listening
 
 TICK_S, TTL_MS = 0.2, 1000
@@ -88,7 +88,7 @@ def spont_q(m: Any, ioa: int) -> list[tuple[Any, bool]]:
 async def gi(m: Any) -> dict[int, tuple[Any, bool]]:
     """A general interrogation: IOA -> (value, NT) of the answer."""
     n0 = len(m.values("INTERROGATED_BY_STATION"))
-    assert await in_thread(lambda: m.conn.interrogation(1, c104.Cot.ACTIVATION, c104.Qoi.STATION, True))
+    assert await m.interrogate(1)
     await until(lambda: len(m.values("INTERROGATED_BY_STATION")) >= n0 + len(WATCHED), what="GI answer")
     await asyncio.sleep(0.2)
     return {r.ioa: (r.value, c104.Quality.NonTopical in r.quality)

@@ -49,7 +49,7 @@ async def test_interrogation_spontaneous_data_and_end_of_initialisation() -> Non
             assert gi[3].value == c104.Double.ON and c104.Quality.NonTopical in gi[4].quality
             assert gi[1].recorded_at is not None  # interrogated data in the configured type (M_SP_TB_1)
 
-            assert await in_thread(m.conn.counter_interrogation, CA)
+            assert await m.interrogate(CA, c104.Rqt.GENERAL, counter=True)
             ci = {r.ioa: r for r in m.values("REQUESTED_BY_GENERAL_COUNTER")}
             assert int(ci[3001].value) == 123456 and int(ci[3002].value) == 7
 
@@ -365,9 +365,9 @@ async def test_group_interrogation_returns_its_group_only() -> None:
         async with c104_master(srv.port, init=c104.Init.NONE, wait_open=False) as m:
             await until(lambda: m.conn.is_connected, what="connected")
             assert await in_thread(m.conn.unmute)
-            assert await in_thread(lambda: m.conn.interrogation(CA, qualifier=c104.Qoi.GROUP_1))
-            assert await in_thread(lambda: m.conn.interrogation(CA, qualifier=c104.Qoi.GROUP_2))
-            assert await in_thread(lambda: m.conn.interrogation(CA, qualifier=c104.Qoi.GROUP_5))
+            assert await m.interrogate(CA, c104.Qoi.GROUP_1)
+            assert await m.interrogate(CA, c104.Qoi.GROUP_2)
+            assert await m.interrogate(CA, c104.Qoi.GROUP_5)
             g1 = sorted(r.ioa for r in m.values("INTERROGATED_BY_GROUP_1"))
             g2 = sorted(r.ioa for r in m.values("INTERROGATED_BY_GROUP_2"))
             assert (g1, g2) == ([1, 2, 3, 4], [1001, 1002, 1003, 1004])

@@ -14,7 +14,7 @@ from fepha.iec104 import codec as c
 from fepha.points import Quality
 from tests.iec104.rawmaster import raw_master
 
-from .se104s_fixtures import CA, c104_master, in_thread, se104_server, until, upd
+from .se104s_fixtures import CA, c104_master, se104_server, until, upd
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark (Debian package) not installed")
 
@@ -60,7 +60,7 @@ async def test_tshark_decodes_every_frame_we_send() -> None:
         srv.load_image([upd(1001, 1.5), upd(1002, 2.5), upd(1003, 30), upd(1004, 40), upd(1, 1), upd(2, 0),
                         upd(3, 1), upd(4, 0, int(Quality.NT)), upd(3001, 99), upd(3002, 5)])
         async with captured(port) as chunks, c104_master(port) as m:
-            assert await in_thread(m.conn.counter_interrogation, 7)
+            assert await m.interrogate(7, c104.Rqt.GENERAL, counter=True)
             srv.apply([upd(1001 + (i % 4), float(i)) for i in range(200)] + [upd(1, 0), upd(3, 0)])
             await until(lambda: len(m.values("SPONTANEOUS")) >= 202, what="spontaneous data")
             assert await m.command(5001, c104.SingleCmd(on=True))
