@@ -51,15 +51,19 @@ class Acquirer:
     async def apply(self, model: Model) -> None:
         """Start, stop or restart runners so they match `model`."""
         wanted = {r.id: r for r in model.acquisition_rtus()}
+        stopped: dict[int, RunnerBase] = {}
         for rid in list(self.runners):
             if rid not in wanted or wanted[rid].signature() != self.signatures[rid]:
-                await self.runners.pop(rid).stop()
+                stopped[rid] = self.runners.pop(rid)
+                await stopped[rid].stop()
                 self.signatures.pop(rid)
                 self.house.sent_state.pop(rid, None)
         for rid, rtu in wanted.items():
             if rid not in self.runners:
                 cls = Iec104Runner if rtu.iec104 else RtuRunner
                 runner = cls(rtu, self.cfg, self.writer, self.metrics, self.once)
+                if rid in stopped:
+                    runner.carry_over(stopped[rid])
                 self.runners[rid] = runner
                 self.signatures[rid] = rtu.signature()
                 runner.start()

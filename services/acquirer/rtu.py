@@ -151,6 +151,11 @@ class RunnerBase:
     def reaches(self) -> bool:
         raise NotImplementedError
 
+    def carry_over(self, old: RunnerBase) -> None:
+        """Take what `old` (this RTU's runner before a reload restarted it) knew of the device and still holds
+        true after the restart. Nothing by default: an IEC 104 runner's reach is its connection's, which
+        the restart closed."""
+
     def reaches_fully(self, clean_s: float | None = None) -> bool:
         """Reached with nothing missing (the lease's reach 1, else 2), for `clean_s` (default: the reach
         window; lease.reaches_fully): as `reaches` unless a runner can tell a partial answer."""
@@ -194,6 +199,16 @@ class RtuRunner(RunnerBase):
 
     def reaches(self) -> bool:
         return reaches(time.monotonic(), self.last_ok, self.window_s)
+
+    def carry_over(self, old: RunnerBase) -> None:
+        """A reload that changed this RTU but not its channels (a poll period, a point) restarts its runner:
+        the device was reached when the old one last polled it, and says so until the reach window (of the
+        new period) from then has passed, as it would have without the restart. Without this, the housekeeping
+        tick between the restart and the new runner's first poll wrote "not reached", and the link virtual
+        point fell to 0 at SCADA for a moment, a false link alarm at every such reload. A device that no longer
+        answers is still not reached one window after its last answer."""
+        if isinstance(old, RtuRunner) and old.rtu.channels == self.rtu.channels:
+            self.last_ok, self.last_bad = old.last_ok, old.last_bad
 
     def reaches_fully(self, clean_s: float | None = None) -> bool:
         return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s, clean_s)
