@@ -5,6 +5,7 @@ The forwarder's verdict over all its RTUs (Staleness, judge) is in fep_forwarder
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,8 +40,7 @@ class Limits:
 
     def report(self) -> dict[str, int]:
         """The heartbeat's fields (docs/keyspace.md `fep:hb:{service}:{node}`); `reported` reads them back."""
-        return dict(zip(self.FIELDS, (self.replica_down_ms, self.stale_polls, self.tick_ms, self.poll_ms),
-                        strict=True))
+        return dict(zip(self.FIELDS, dataclasses.astuple(self), strict=True))
 
     @classmethod
     def reported(cls, got: Mapping[str, int]) -> Limits:

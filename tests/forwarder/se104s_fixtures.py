@@ -146,11 +146,8 @@ class Master:
         exactly its timeout although both answers came within milliseconds."""
         type_id = c.C_CI_NA_1 if counter else c.C_IC_NA_1
         seen = len(self.trace)
-        if counter:
-            sent = await in_thread(lambda: self.conn.counter_interrogation(ca, qualifier=qualifier,
-                                                                           wait_for_response=False))
-        else:
-            sent = await in_thread(lambda: self.conn.interrogation(ca, qualifier=qualifier, wait_for_response=False))
+        ask = self.conn.counter_interrogation if counter else self.conn.interrogation
+        sent = await in_thread(lambda: ask(ca, qualifier=qualifier, wait_for_response=False))
         assert sent, "interrogation not sent"
         qual = int(qualifier)
         outcome: list[bool] = []

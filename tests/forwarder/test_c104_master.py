@@ -23,8 +23,6 @@ from . import se104s_fixtures
 from .se104s_fixtures import CA, c104_master, in_thread, se104_server, station_frames, until
 from .test_se104s_server import full_image
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="needs Linux scheduling policies")
-
 
 @contextlib.contextmanager
 def one_cpu() -> Iterator[None]:
