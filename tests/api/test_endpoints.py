@@ -101,7 +101,9 @@ async def test_rtus_show_leases_channels_links_and_masters(loaded, ar, make_api)
     assert r1["values_nt"] is None and r2["values_nt"] is None and rtus[10]["values_nt"] is None
     assert rtus[3]["values_nt"] == "no lease holder"  # as /points shows its values (NT)
     one = (await c.get("/api/v1/rtus/2")).json()
-    assert one == {**rtus[2], "lease": {**rtus[2]["lease"], "remaining_ms": one["lease"]["remaining_ms"]}}
+    now = {k: one["lease"][k] for k in ("remaining_ms", "reach_detail")}  # both say how long ago: time moved
+    assert one == {**rtus[2], "lease": {**rtus[2]["lease"], **now}}
+    assert one["lease"]["reach_detail"].startswith("holder B has not reached the device for ")
 
 
 async def test_unknown_ids_are_404(loaded, ar, make_api) -> None:

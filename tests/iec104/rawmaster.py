@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ class RawMaster:
     asdus: list[c.Asdu] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
     ack: bool = True  # False: write nothing any more (no S frames, no answers)
+    # set ack to False on the first ASDU this accepts, before anything is written in answer to it or to the
+    # frames that came with it: leaves exactly what followed it unacknowledged, whatever came before
+    mute_after: Callable[[c.Asdu], bool] | None = None
     error: Exception | None = None
     closed: bool = False
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -40,7 +43,10 @@ class RawMaster:
                 self.raw.append(data)
                 for ev in self.link.receive(data, time.monotonic()):
                     if isinstance(ev, AsduIn):
-                        self.asdus.append(c.parse_asdu(ev.asdu))
+                        asdu = c.parse_asdu(ev.asdu)
+                        self.asdus.append(asdu)
+                        if self.mute_after is not None and self.mute_after(asdu):
+                            self.ack, self.mute_after = False, None
                 self.flush()
         except (c.ProtocolError, ConnectionError) as exc:
             self.error = exc
