@@ -234,8 +234,9 @@ async def test_status_of_a_running_system(system: System, tmp_path: Path) -> Non
             ch1, ch2 = st["channels"]
             assert (ch1["no"], ch1["connected"]) == (1, True)
             # the last error stays shown after a reconnect: on a loaded CI machine one 300 ms read timeout
-            # of these 100 ms polls was seen once in a full CI run; any other error is a defect
-            assert ch1["error"] in (None, "no answer within the timeout"), ch1
+            # of these 100 ms polls was seen in full CI runs (prefixed with the block unanswered, "di0+2: ");
+            # any other error is a defect
+            assert ch1["error"] is None or ch1["error"].endswith("no answer within the timeout"), ch1
             assert 0 < ch1["since_ms"] <= t0 and ch1["switches"] == 0
             assert (ch2["connected"], ch2["since_ms"]) == (False, None)  # never tried: channel 1 works
     node_info = await s.get("B", "/api/v1/node")
