@@ -71,21 +71,47 @@ class Iec104Runner(RunnerBase):
         self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
         self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
+        # a reload's restart (`carry_over`): the last frame of the old runner's open connection, until this
+        # runner's first connection attempt ends (rules.reaches)
+        self.carried_rx: float | None = None
+        self.closed_rx: float | None = None  # `stop`: the last frame of the connection it closed (None: none)
 
     # --- the contract housekeeping and the executor use -----------------------------------------------
 
     def reaches(self) -> bool:
         link = self.link
-        return link is not None and rules.reaches(True, time.monotonic(), link.last_rx, self.window_s)
+        return rules.reaches(None if link is None else link.last_rx, self.carried_rx, time.monotonic(), self.window_s)
 
     def polled_age_ms(self) -> int:
         """The lease's polled_ms (forwarder staleness, docs/forwarder.md): a device that reports by exception
         is topical while its link is alive (frames or TESTFR answers within t3 + t1), so 0 then; otherwise
         ms since its last frame (-1: none yet)."""
         link = self.link
-        if link is None:
+        last = self.carried_rx if link is None else link.last_rx
+        if last is None:
             return -1
-        return 0 if self.reaches() else int((time.monotonic() - link.last_rx) * 1000)
+        return 0 if self.reaches() else int((time.monotonic() - last) * 1000)
+
+    def open_channel(self) -> int | None:
+        return None if self.link is None or self.channel is None else self.channel.no
+
+    async def stop(self) -> None:
+        link = self.link
+        self.closed_rx = None if link is None else link.last_rx  # for the runner a reload starts (`carry_over`)
+        await super().stop()
+
+    def carry_over(self, old: RunnerBase) -> None:
+        """A reload that changed this RTU's points or parameters but not its channels restarts its runner,
+        which closes the connection: until this runner's first connection attempt ends, the RTU is reached
+        as that connection was (rules.reaches: by its last frame, within the reach window), and the attempt
+        is made on the channel it was open on (RunnerBase.carry_over). A connection that opens carries on
+        the old one's t3 / t1 timers (`run`); a first attempt that fails leaves the RTU not reached at once.
+        Without this, the housekeeping tick before the new connection opened wrote "not reached", and the
+        link virtual point fell to 0 at SCADA for a moment, a false link alarm at every such reload. Nothing
+        is carried when the old connection was not open: the RTU was not reached then, nor is it now."""
+        super().carry_over(old)
+        if isinstance(old, Iec104Runner) and old.rtu.channels == self.rtu.channels:
+            self.carried_rx = old.closed_rx
 
     def lease_gained(self) -> None:
         """Write every point again (the GI after our STARTDT brings them) and start data transfer, after
@@ -169,6 +195,7 @@ class Iec104Runner(RunnerBase):
             try:
                 reader, out = await asyncio.wait_for(asyncio.open_connection(ch.host, ch.port), self.params.t0)
             except (OSError, TimeoutError) as exc:
+                self.carried_rx = None  # the connection a reload closed tells nothing any more
                 self.switcher.failed(time.monotonic(), f"connect {ch.host}:{ch.port}: {exc or 'timeout'}",
                                      wall=time.time())
                 self.once.problem(f"{self.key} channel {no}", f"connect {ch.host}:{ch.port}: {exc or 'timeout'}")
@@ -176,7 +203,11 @@ class Iec104Runner(RunnerBase):
             self.switcher.connected(time.monotonic(), wall=time.time())
             self.once.clear(f"{self.key} channel {no}")
             self._recent_pending = True  # what the RTU may send again was written by us or our predecessor
-            link = Link(Role.CLIENT, self.params, now=time.monotonic(), confirm_by_caller=True)
+            # the first connection after a reload's restart goes on from the old one's last frame: tested
+            # (TESTFR) and given up when that one would have been, so the device is not reached any later
+            since, self.carried_rx = self.carried_rx, None
+            link = Link(Role.CLIENT, self.params, now=time.monotonic() if since is None else since,
+                        confirm_by_caller=True)
             self.link, self.channel, self._out = link, ch, out
             try:
                 await self._session(link, reader, out)

@@ -11,7 +11,8 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
   (positive or negative) and ACT_TERM.
 - `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
   periodically, counter interrogation and clock synchronisation then too, each if configured.
-- `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection.
+- `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection (and, after a
+  reload restarted the runner, for the one it closed, until the new runner's first connection attempt ends).
 """
 
 from __future__ import annotations
@@ -386,8 +387,17 @@ def interrogation_asdu(kind: str, ca: int, now_ms: int) -> bytes:
     return c.clock_sync(ca, now_ms)
 
 
-def reaches(connected: bool, now: float, last_rx: float, window_s: float) -> bool:
+def reaches(link_rx: float | None, carried_rx: float | None, now: float, window_s: float) -> bool:
     """An IEC 104 RTU is reached while its connection is open and it sent a frame within `window_s`
     (t3 + t1: an idle link is tested with TESTFR after t3 and closed when no answer comes within t1, so a
-    standby node that never starts data transfer learns the same as the holder)."""
-    return connected and now - last_rx <= window_s
+    standby node that never starts data transfer learns the same as the holder). `link_rx`: the time of
+    the open connection's last frame (its opening counts as one; None: no connection open).
+
+    `carried_rx`: after a reload restarted the runner (its channels unchanged), the last frame of the
+    connection the restart closed, while the new runner's first connection attempt is under way (None
+    otherwise): reached by it meanwhile, within the same window, as that connection would still have been.
+    The attempt's end drops it: a connection that opens goes by its own frames, and carries on the old
+    one's t3 / t1 timers from that time (`Iec104Runner.run`); one that fails leaves the RTU not reached
+    at once, as a connection that closes does."""
+    last = link_rx if link_rx is not None else carried_rx
+    return last is not None and now - last <= window_s

@@ -109,6 +109,8 @@ class RunnerBase:
         self._stopping = False
         self.switched: list[dict[str, str | int]] = []
         """Channel switches not yet in the timeline; housekeeping writes them with the channel state."""
+        self.closed_channel: int | None = None
+        """The channel whose connection `stop` closed (None: none was open); see `carry_over`."""
 
     async def next_channel(self) -> int:
         """Wait for the next connection attempt (backoff, channel_switch_s) and return its channel; the same
@@ -133,6 +135,7 @@ class RunnerBase:
 
     async def stop(self) -> None:
         """Stop the task (see tasks.py: the loops also check `_stopping`, a cancel may be swallowed)."""
+        self.closed_channel = self.open_channel()
         self._stopping = True
         task, self.task = self.task, None
         await cancel_and_wait(task)
@@ -151,10 +154,18 @@ class RunnerBase:
     def reaches(self) -> bool:
         raise NotImplementedError
 
+    def open_channel(self) -> int | None:
+        """The channel of the connection open now (None: none is)."""
+        return None
+
     def carry_over(self, old: RunnerBase) -> None:
-        """Take what `old` (this RTU's runner before a reload restarted it) knew of the device and still holds
-        true after the restart. Nothing by default: an IEC 104 runner's reach is its connection's, which
-        the restart closed."""
+        """Take what `old` (this RTU's runner before a reload restarted it, stopped) knew of the device and
+        still holds true after the restart: its reach (RtuRunner, Iec104Runner) and, here, the channel. With
+        the same channels, the first connection is made on the one that was open: the other may be dead,
+        and a fresh runner tried channel 1 first, leaving a device reached on channel 2 not reached (and,
+        Modbus, reached only in part) until channel_switch_s had passed."""
+        if type(old) is type(self) and old.rtu.channels == self.rtu.channels and old.closed_channel is not None:
+            self.switcher.active = old.closed_channel
 
     def reaches_fully(self, clean_s: float | None = None) -> bool:
         """Reached with nothing missing (the lease's reach 1, else 2), for `clean_s` (default: the reach
@@ -207,11 +218,15 @@ class RtuRunner(RunnerBase):
         tick between the restart and the new runner's first poll wrote "not reached", and the link virtual
         point fell to 0 at SCADA for a moment, a false link alarm at every such reload. A device that no longer
         answers is still not reached one window after its last answer."""
+        super().carry_over(old)
         if isinstance(old, RtuRunner) and old.rtu.channels == self.rtu.channels:
             self.last_ok, self.last_bad = old.last_ok, old.last_bad
 
     def reaches_fully(self, clean_s: float | None = None) -> bool:
         return reaches_fully(time.monotonic(), self.last_ok, self.last_bad, self.window_s, clean_s)
+
+    def open_channel(self) -> int | None:
+        return self.switcher.active if self.link is not None else None
 
     def polled_age_ms(self) -> int:
         """ms since the last poll that reached the device (-1: none yet); the holder's becomes the lease's

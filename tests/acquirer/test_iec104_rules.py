@@ -242,13 +242,19 @@ def test_interrogation_asdus() -> None:
     assert cs.type_id == c.C_CS_NA_1 and cs.ca == 7 and c.cp56_ms(cs.objects[0][1]) == T
 
 
-@pytest.mark.parametrize("connected,now,last,window,want", [
-    (True, 10.0, 9.0, 2.0, True),
-    (True, 10.0, 7.0, 2.0, False),       # silent longer than t3 + t1
-    (False, 10.0, 10.0, 2.0, False),     # no connection
+@pytest.mark.parametrize("link_rx,carried,now,window,want", [
+    (9.0, None, 10.0, 2.0, True),
+    (7.0, None, 10.0, 2.0, False),       # silent longer than t3 + t1
+    (None, None, 10.0, 2.0, False),      # no connection
+    # a reload restarted the runner; its first connection attempt under way: the closed connection's last frame
+    (None, 9.0, 10.0, 2.0, True),
+    (None, 7.0, 10.0, 2.0, False),       # that one would have been given up by now too
+    # the attempt's connection is open: its own frames (it starts from the carried time, Iec104Runner.run)
+    (9.5, 7.0, 10.0, 2.0, True),
+    (7.0, 9.0, 10.0, 2.0, False),        # a carried time no longer counts once a connection is open
 ])
-def test_reaches(connected: bool, now: float, last: float, window: float, want: bool) -> None:
-    assert rules.reaches(connected, now, last, window) is want
+def test_reaches(link_rx: float | None, carried: float | None, now: float, window: float, want: bool) -> None:
+    assert rules.reaches(link_rx, carried, now, window) is want
 
 
 @pytest.mark.parametrize("cause, event", [
