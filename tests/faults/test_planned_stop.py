@@ -483,7 +483,10 @@ async def test_master_moving_at_the_stop_is_waited_for_then_handed_over(feproot:
 
 
 SE104 = 10  # the forwarding RTU served by se104s (cfg/SEMODEL.sql)
-SETPOINT_WAIT_S = 6.0  # the in-flight set-point's answer: after the device's write delay (2 s)
+SETPOINT_WAIT_S = 6.0
+"""The in-flight set-point's wait for its answer (after the device's write delay, 2 s): it ends a second after
+c104's transmit gave up (its command timeout, 3 s), which the unanswered one waits for (a longer one, the
+second test that much longer)."""
 SETPOINT_IOA, SWITCH_IOA = 6001, 5001  # C_SE_NB_1 on point 110 (RTU 1's register 100), C_SC_NA_1 on 109 (coil 100)
 
 
@@ -512,8 +515,7 @@ async def setpoint_in_flight(feproot: Path, write_delay_s: float) -> AsyncIterat
         port = next(r["LISTENPORT"] for r in p.rows["T004_RTU"] if r["RTUID"] == SE104)
         sent: asyncio.Future[Any] | None = None
         try:
-            async with (c104_master(port, points={SETPOINT_IOA: c104.Type.C_SE_NB_1}, ca=1,
-                                    command_timeout_ms=int(SETPOINT_WAIT_S * 1000)) as m1,
+            async with (c104_master(port, points={SETPOINT_IOA: c104.Type.C_SE_NB_1}, ca=1) as m1,
                         c104_master(port, points={SWITCH_IOA: c104.Type.C_SC_NA_1}, ca=1) as m2):
                 p.sim.write_delay_s = write_delay_s
                 ctl = int(await p.r.get(ks.CTL_SEQ) or 0) + 1
