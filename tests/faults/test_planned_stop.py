@@ -36,7 +36,8 @@ from fepha.iec104 import codec as iec
 from fepha.points import Quality
 from fepha.semodel.model import Model
 from tests.api.test_with_services import COMMANDS, TIMERS, exited, kill_leftovers, node_env, system_rows
-from tests.forwarder.se104s_fixtures import c104_master, command_frames, in_thread
+from tests.c104wire import command, command_frames
+from tests.forwarder.se104s_fixtures import c104_master, in_thread
 from tests.redisproc import RedisProc, free_port
 
 NT, IV = int(Quality.NT), int(Quality.IV)
@@ -482,6 +483,10 @@ async def test_master_moving_at_the_stop_is_waited_for_then_handed_over(feproot:
 
 
 SE104 = 10  # the forwarding RTU served by se104s (cfg/SEMODEL.sql)
+SETPOINT_WAIT_S = 6.0
+"""The in-flight set-point's wait for its answer (after the device's write delay, 2 s): it ends a second after
+c104's transmit gave up (its command timeout, 3 s), which the unanswered one waits for (a longer one, the
+second test that much longer)."""
 SETPOINT_IOA, SWITCH_IOA = 6001, 5001  # C_SE_NB_1 on point 110 (RTU 1's register 100), C_SC_NA_1 on 109 (coil 100)
 
 
@@ -494,7 +499,7 @@ class SetpointInFlight:
     m1: Any  # the c104 master whose set-point is in flight
     m2: Any  # a second c104 master on the same server
     ctl: int  # the set-point's control id
-    sent: asyncio.Future[Any]  # its transmit (c104, in a thread)
+    sent: asyncio.Future[Any]  # its c104wire.command (in a thread): its Outcome, read from the wire
 
 
 @contextlib.asynccontextmanager
@@ -516,10 +521,11 @@ async def setpoint_in_flight(feproot: Path, write_delay_s: float) -> AsyncIterat
                 ctl = int(await p.r.get(ks.CTL_SEQ) or 0) + 1
                 sp = m1.point(SETPOINT_IOA)
                 sp.info = c104.ScaledCmd(target=c104.Int16(42))
-                sent = asyncio.ensure_future(in_thread(sp.transmit, c104.Cot.ACTIVATION))
+                sent = asyncio.ensure_future(in_thread(command, sp, m1.trace, SETPOINT_WAIT_S))
                 await until(lambda: _state(p.r, ctl, "executing"), 5, "A writes the set-point")
                 yield SetpointInFlight(p, p.procs[("forwarder", "A")], m1, m2, ctl, sent)
-        finally:  # a transmit left unanswered ends with its client (not at c104's command timeout)
+        finally:  # a transmit left unanswered ends with its client (not at c104's command timeout), the
+            # command's wait a second after it
             if sent is not None:
                 await asyncio.gather(sent, return_exceptions=True)
 
@@ -538,13 +544,18 @@ async def test_forwarder_sigterm_answers_the_control_in_flight_before_closing(fe
         await asyncio.sleep(0.2)
         sw = m2.point(SWITCH_IOA)
         sw.info = c104.SingleCmd(on=True)
-        refused = asyncio.ensure_future(in_thread(sw.transmit, c104.Cot.ACTIVATION))
+        refused = asyncio.ensure_future(in_thread(command, sw, m2.trace, 3.0))
         await until(lambda: m1.conn.state != c104.ConnectionState.OPEN, 10, "the forwarder closes")
         closed_s = time.monotonic() - t_term
         assert await exited(fwd, 5) and fwd.returncode == 0, p.log("forwarder", "A")[-3000:]
-        await asyncio.gather(lab.sent, refused, return_exceptions=True)
+        # the outcomes read from the frames (c104's transmit may lose an answer it received)
+        sent, switched = await lab.sent, await refused
         print(f"SIGTERM to the connection's close with a set-point in flight: {closed_s:.2f} s")
-        got = [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"]
+        assert sent.answer is True and switched.answer is False, (sent, switched, p.log("forwarder", "A")[-3000:])
+        received = lambda: [f for f in command_frames(m1.trace, SETPOINT_IOA) if f[0] == "<<"]
+        with contextlib.suppress(AssertionError):  # its ACT_TERM may be recorded a moment after the ACT_CON
+            await until(lambda: len(received()) >= 2, 2, "the set-point's ACT_TERM")
+        got = received()
         assert got == [("<<", iec.COT_ACTCON, False, False), ("<<", iec.COT_ACTTERM, False, False)], \
             (got, p.log("forwarder", "A")[-3000:])
         opened = m1.trace.index(c104.ConnectionState.OPEN)

@@ -20,6 +20,7 @@ from fep_tools.scada_probe import open_with_retries, take_untagged_answers
 from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
+from tests.c104wire import command_frames, execute_answer, i_frames, record_wire
 
 
 def fp(zfid: int, table: str, addr: int, type_: str, coef: float = 1.0) -> FwdPoint:
@@ -181,16 +182,17 @@ class Master:
         seen = len(self.trace)
         await in_thread(p.transmit, c104.Cot.ACTIVATION)
         await self._answered(addr, seen)
-        seq = command_frames(self.trace[seen:], addr)
+        frames = self.trace[seen:]
+        seq = command_frames(frames, addr)
         # sent again only when, after waiting for it, the trace shows a confirmed select and neither an
         # execute sent nor an answer to one: c104's raw-frame callbacks can come after transmit returns, so
         # an execute not yet in the trace may have been sent (and run) all the same
-        if (select and execute_answer(seq) is None and ("<<", c.COT_ACTCON, False, True) in seq
+        if (select and execute_answer(frames, addr) is None and ("<<", c.COT_ACTCON, False, True) in seq
                 and not any(d == ">>" and not sel for d, _, _, sel in seq)):
             seen = len(self.trace)
             await in_thread(p.transmit, c104.Cot.ACTIVATION)
             await self._answered(addr, seen)
-        ok = bool(execute_answer(command_frames(self.trace[seen:], addr)))
+        ok = bool(execute_answer(self.trace[seen:], addr))
         if ok:
             await until(lambda: ("<<", c.COT_ACTTERM, False, False) in command_frames(self.trace[seen:], addr), 3,
                         f"ACT_TERM of IOA {addr}")
@@ -200,7 +202,7 @@ class Master:
         """Wait (3 s at most) until the trace from `seen` on holds an answer to an execute: c104 may return
         before its raw-frame callback recorded it."""
         with contextlib.suppress(AssertionError):
-            await until(lambda: execute_answer(command_frames(self.trace[seen:], addr)) is not None, 3,
+            await until(lambda: execute_answer(self.trace[seen:], addr) is not None, 3,
                         f"ACT_CON of IOA {addr}")
 
 
@@ -212,46 +214,6 @@ def station_frames(trace: list[Any]) -> list[tuple[str, int, int, bool, int]]:
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1) and a.objects:
             out.append((d, a.type_id, a.cause, a.negative, a.objects[0][1][0]))
     return out
-
-
-def i_frames(trace: list[Any]) -> list[tuple[str, c.Asdu]]:
-    """(">>" sent / "<<" received, ASDU) of every I frame among the raw frames of a trace."""
-    out: list[tuple[str, c.Asdu]] = []
-    for entry in list(trace):
-        if not isinstance(entry, str) or entry[:3] not in (">> ", "<< "):
-            continue
-        raw = bytes.fromhex(entry[3:])
-        if len(raw) < 6 or raw[0] != c.START:
-            continue
-        frame = c.parse_apdu(raw[2:])
-        if frame.kind == "I":
-            out.append((entry[:2], c.parse_asdu(frame.asdu)))
-    return out
-
-
-def command_frames(trace: list[Any], addr: int) -> list[tuple[str, int, bool, bool]]:
-    """(">>" sent / "<<" received, cause, negative, select) of every command object for IOA `addr` among
-    the raw frames of a trace, decoded with our codec."""
-    out: list[tuple[str, int, bool, bool]] = []
-    for d, a in i_frames(trace):
-        if a.type_id not in c.COMMAND_BASE:
-            continue
-        for ioa, elem in a.objects:
-            if ioa == addr:
-                out.append((d, a.cause, a.negative, c.decode_command(a.type_id, elem).select))
-    return out
-
-
-def execute_answer(seq: list[tuple[str, int, bool, bool]]) -> bool | None:
-    """The ACT_CON to the last execute (an activation without the select bit) sent: True positive, False
-    negative, None none (yet)."""
-    answer: bool | None = None
-    for d, cause, negative, select in seq:
-        if d == ">>" and cause == c.COT_ACT and not select:
-            answer = None
-        elif d == "<<" and cause == c.COT_ACTCON and not select:
-            answer = not negative
-    return answer
 
 
 async def until(pred: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
@@ -303,14 +265,7 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
 
     conn.on_state_change(on_state)
 
-    def on_raw_in(connection: c104.Connection, data: bytes) -> None:
-        states.append("<< " + data.hex())
-
-    def on_raw_out(connection: c104.Connection, data: bytes) -> None:
-        states.append(">> " + data.hex())
-
-    conn.on_receive_raw(on_raw_in)
-    conn.on_send_raw(on_raw_out)
+    record_wire(conn, states)
     try:
         # Wait on the callback: polling conn.state right after start() can stall lib60870's connect. Rarely
         # (about 1 in 50 under load) the c104 client stays OPEN_MUTED; open_with_retries reconnects it.

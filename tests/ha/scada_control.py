@@ -5,8 +5,10 @@
 Connects with c104's client (lib60870), waits for data transfer to be started and for FILE to exist (the
 scenario creates it when it kills node A), then sends one command per value, one after the other, at
 most every --interval seconds. Each command is one JSON line on stdout: {"value", "sent", "answered",
-"ok"}; ok is True only for a positive ACT_CON (the device accepted the write), False for a negative one
-or no answer within --timeout.
+"ok", "transmit"}; ok is True only for a positive ACT_CON (the device accepted the write), False for a
+negative one or no answer within --timeout; answered is the time that answer was seen on the wire, or the
+wait ended. Both are read from the frames on the wire (tests.c104wire.command), not from c104's transmit,
+which now and then returns False although the positive ACT_CON came: transmit is what it returned.
 """
 
 import argparse
@@ -16,6 +18,8 @@ import time
 from pathlib import Path
 
 import c104
+
+from tests.c104wire import command, record_wire
 
 _muted_since: dict[int, float] = {}
 
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     client = c104.Client(tick_rate_ms=50, command_timeout_ms=int(args.timeout * 1000))
     conn = client.add_connection(ip=args.ip, port=args.port, init=c104.Init.NONE)
     point = conn.add_station(args.ca).add_point(io_address=args.ioa, type=c104.Type.C_SE_NB_1)
+    wire: list[str] = []
+    record_wire(conn, wire)
     client.start()
     deadline = time.monotonic() + 60
     while not (started(conn) and args.go.exists()) and time.monotonic() < deadline:
@@ -62,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.02)
         point.info = c104.ScaledCmd(target=c104.Int16(v))
         sent = time.time()
-        ok = bool(point.transmit(cause=c104.Cot.ACTIVATION))
-        print(json.dumps({"value": v, "sent": sent, "answered": time.time(), "ok": ok}), flush=True)
+        out = command(point, wire, args.timeout)
+        print(json.dumps({"value": v, "sent": sent, "answered": out.answered, "ok": out.ok,
+                          "transmit": out.transmit}), flush=True)
         time.sleep(max(0.0, args.interval - (time.monotonic() - t0)))
     client.stop()
     return 0

@@ -11,9 +11,11 @@ there is no switch file: the master moves to the other node whenever its connect
 --follow-s (or never opened within 10 s), back and forth, as a redundancy group does. With --control-ioa
 it also sends a set-point (C_SE_NB_1, values 1001, 1002, ...) every --control-every seconds on its open
 connection, one at a time, and prints each as {"src": "control", "node", "value", "sent", "answered", "ok",
-"connected"} (ok: a positive ACT_CON within --control-timeout; connected: the connection was still open
-when the answer came, or the wait ended: False is a command whose connection was lost meanwhile). Every received object is one JSON line as
-fep_tools.scada_probe prints it (src iec104, node, ioa, value, cot, t); an end of initialisation is a line
+"transmit", "connected"} (ok: a positive ACT_CON within --control-timeout; answered: the time that answer
+was seen on the wire, or the wait ended; both read from the frames on the wire as tests/ha/scada_control.py
+does, transmit: what c104's transmit returned; connected: the connection was still open when the answer
+came, or the wait ended: False is a command whose connection was lost meanwhile). Every received object is
+one JSON line as fep_tools.scada_probe prints it (src iec104, node, ioa, value, cot, t); an end of initialisation is a line
 with src "iec104-init".
 """
 
@@ -31,6 +33,7 @@ import c104
 from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
 from fepha.semodel import db
 from fepha.semodel.model import Model
+from tests.c104wire import command, record_wire
 
 NEVER_OPENED_S = 10.0
 
@@ -66,17 +69,20 @@ class Follow:
 
 
 def send_controls(node: str, conn: c104.Connection, point: c104.Point, values: Iterator[int], every: float,
-                  leaving: threading.Event) -> None:
-    """A set-point every `every` seconds while the connection is open, one at a time, until `leaving`."""
+                  timeout: float, leaving: threading.Event) -> None:
+    """A set-point every `every` seconds while the connection is open, one at a time, until `leaving`; each
+    answered within `timeout` (c104's command timeout too), read from the frames on the wire."""
+    wire: list[str] = []
+    record_wire(conn, wire)
     while not leaving.wait(0.02):
         if conn.state != c104.ConnectionState.OPEN:
             continue
         t0, value = time.monotonic(), next(values)
         point.info = c104.ScaledCmd(target=c104.Int16(value))
         sent = time.time()
-        ok = bool(point.transmit(cause=c104.Cot.ACTIVATION))
-        emit(src="control", node=node, value=value, sent=sent, answered=time.time(), ok=ok,
-             connected=conn.is_connected and not leaving.is_set())
+        out = command(point, wire, timeout, lambda: conn.is_connected and not leaving.is_set())
+        emit(src="control", node=node, value=value, sent=sent, answered=out.answered, ok=out.ok,
+             transmit=out.transmit, connected=out.then)
         leaving.wait(max(0.0, every - (time.monotonic() - t0)))
 
 
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.control_ioa:   # its own thread: c104 blocks while it waits for an answer, the move must not
             point = conn.get_station(ca).add_point(io_address=args.control_ioa, type=c104.Type.C_SE_NB_1)
             threading.Thread(target=send_controls, args=(node, conn, point, values, args.control_every,
-                                                                  leaving), daemon=True).start()
+                                                         args.control_timeout, leaving), daemon=True).start()
         until = args.stop if args.follow or i else args.switch
         follow = Follow(args.follow_s) if args.follow else None
         muted: dict[str, float] = {}
