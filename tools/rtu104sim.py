@@ -231,6 +231,13 @@ class Device(Se104Server):
             if srv is not None:
                 await srv.wait_closed()
 
+    def refuse_connections(self, ch: int) -> None:
+        """Close channel `ch`'s listener only: new connections refused, the open ones kept (a device at its
+        connection limit); `restore` listens again."""
+        srv = self._listeners.pop(ch, None)
+        if srv is not None:
+            srv.close()
+
     async def restore(self, ch: int | None) -> None:
         for no in [ch] if ch is not None else list(self.endpoints):
             self._cut.discard(no)
@@ -392,6 +399,12 @@ class Rtu104Sim(SimControl):
         d, ch = self._channel(rtu, channel)
         await d.cut(ch)
         self.note(ev="cut", rtu=rtu, channel=channel)
+
+    def refuse_connections(self, rtu: int, channel: int) -> None:
+        """New connections to `rtu`'s `channel` refused, its open ones kept (Device.refuse_connections)."""
+        d, _ = self._channel(rtu, channel)
+        d.refuse_connections(channel)
+        self.note(ev="refuse_connections", rtu=rtu, channel=channel)
 
     async def restore(self, rtu: int, channel: int | None = None) -> None:
         d, ch = self._channel(rtu, channel)

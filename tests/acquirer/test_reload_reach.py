@@ -166,7 +166,7 @@ async def test_an_iec104_reload_keeps_the_link_up_while_reconnecting_and_drops_i
         # the new connection goes on from the closed one's last frame: tested and given up when it would have been
         assert first.closed_rx is not None and second.link is not None and second.link.last_rx == first.closed_rx
         # the device now refuses connections (its open one kept): the next restart's first attempt fails
-        sim.devices[1]._listeners.pop(1).close()
+        sim.refuse_connections(1, 1)
         await acq.apply(iec_model(dev, 3))
         third = acq.runners[1]
         assert isinstance(third, Iec104Runner) and third.reaches()  # until the attempt ends
