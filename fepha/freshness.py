@@ -112,7 +112,9 @@ def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: 
     holder = lease.get("holder") or ""
     if not holder:
         return "no lease holder"
-    expires = _int(lease, "expires_ms") or 0
+    expires = _int(lease, "expires_ms")
+    if expires is None:  # was "lapsed <the epoch's age> ms ago"
+        return f"lease of {holder} has no readable expiry (expires_ms {lease.get('expires_ms')!r}): it renews nothing"
     if now_ms > expires + lim.tick_ms:
         return f"lease of {holder} lapsed {now_ms - expires} ms ago"
     ahead = max(_int(lease, "polled_ms") or 0, _int(lease, "since_ms") or 0) - now_ms

@@ -7,6 +7,7 @@ service is dead, hung or cut off from the master Redis.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -52,16 +53,24 @@ def check(r: Any, service: str, node: str, max_age_s: float) -> tuple[bool, str]
     """(fresh, reason) for a `--check` command: fresh when the key exists, is younger than max_age_s and
     does not say `stopping`. A planned stop's last heartbeat (the acquirer's, `stopping` while it hands its
     leases over) outlives the process by up to its TTL: the container that replaces it (`docker compose
-    up -d` with a new image) must not be called healthy on it before its own process has beaten."""
+    up -d` with a new image) must not be called healthy on it before its own process has beaten. A key
+    that is not a JSON object with a finite number `ts_ms` (another writer's, a garbled one) is not fresh:
+    `{"ts_ms": NaN}` was "alive (nan s ago)", and no `ts_ms`, a string or a list raised (a 500 in the api)."""
     try:
         hb = read_sync(r, service, node)
-    except (redis.RedisError, OSError, ValueError) as exc:  # unreachable or garbled: not healthy, say why
+    except (redis.RedisError, OSError) as exc:  # unreachable: not healthy, say why
         return False, f"redis: {exc}"
+    except ValueError as exc:  # garbled
+        return False, f"heartbeat of {service} on node {node} is not JSON: {exc}"
     if hb is None:
         return False, f"no heartbeat of {service} on node {node}"
-    age = time.time() - hb["ts_ms"] / 1000
+    ts = hb.get("ts_ms") if isinstance(hb, dict) else None
+    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
+        what = "is not a JSON object" if not isinstance(hb, dict) else f"has no valid ts_ms ({ts!r})"
+        return False, f"heartbeat of {service} on node {node} {what}: its age is unknown"
+    age = time.time() - ts / 1000
     if age > max_age_s:
         return False, f"heartbeat of {service} on node {node} is {age:.1f} s old"
     if hb.get("stopping"):
-        return False, f"{service} on node {node} is stopping (pid {hb['pid']}, {age:.1f} s ago)"
-    return True, f"{service} on node {node} alive (pid {hb['pid']}, {age:.1f} s ago)"
+        return False, f"{service} on node {node} is stopping (pid {hb.get('pid')}, {age:.1f} s ago)"
+    return True, f"{service} on node {node} alive (pid {hb.get('pid')}, {age:.1f} s ago)"

@@ -138,9 +138,14 @@ def create_app(cfg: NodeConfig) -> FastAPI:
 
     @app.middleware("http")
     async def recovered(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        """An outage logged once (`once`) is over when the local Redis answered again: a reply read while
+        this request ran. Any answer below 500 cleared it, so while Redis was down every 405, 422, /health
+        or dashboard file in between logged the outage again at its next 503."""
+        replies = store.replies
         response = await call_next(request)
         if response.status_code < 500:
-            once.clear("redis")
+            if store.replies > replies:
+                once.clear("redis")
             once.clear("files")
         return response
 

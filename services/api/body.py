@@ -7,6 +7,8 @@ nothing:
 - a `Content-Type` other than JSON (`application/json`, `application/*+json`): 415 (FastAPI passed the
   raw text on and answered "Input should be a valid dictionary");
 - not UTF-8: 422 (FastAPI answered a bare 400 "There was an error parsing the body", in no schema);
+- nested deeper than the JSON decoder recurses (`[[[[…` a few thousand deep, well under 64 KiB): 422 (the
+  decoder's RecursionError was a 500);
 - not JSON, a name given twice (`{"target": "A", "target": "B"}`: the last one won), or fields the model
   refuses (strict: `"wait": "yes"` is not true): 422 in FastAPI's format (`detail`: a list with `loc`).
 An empty body or `null` is no body: the action's defaults.
@@ -72,6 +74,8 @@ async def read(request: Request, model: type[M]) -> M | None:
         raise _invalid("json_invalid", f"the body is not JSON: {exc.msg} at character {exc.pos}") from exc
     except ValueError as exc:  # a name given twice
         raise _invalid("json_invalid", f"{exc}: give each field once") from exc
+    except RecursionError as exc:  # `[` * 5000: json's decoder recurses per level
+        raise _invalid("json_invalid", "the body is nested too deeply to be read: send a flat JSON object") from exc
     if data is None:
         return None
     if not isinstance(data, dict):

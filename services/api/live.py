@@ -117,6 +117,9 @@ class Hub:
     response blocked on its socket): what the limit counts, so such connections cannot pile up."""
     dropped_total: int = 0
     _task: asyncio.Task[None] | None = None
+    _nt: dict[str, str] = field(default_factory=dict)
+    """RTU id (as the change stream names it) -> why its values are served NT (`values_nt` of the last
+    health picture): their changes are sent with NT, as /points shows them and SCADA is served them."""
 
     def join(self, rtus: frozenset[str] | None, values: bool, peer: str = "") -> Client:
         if len(self.places) >= self.max_clients:
@@ -184,6 +187,7 @@ class Hub:
             rtus = (await self.store.rtus()).model_dump(mode="json")
         except NoConfig:
             rtus = None
+        self._nt = {str(r["id"]): r["values_nt"] for r in (rtus or {}).get("items", []) if r.get("values_nt")}
         return sse("health", {"overview": overview.model_dump(mode="json"), "rtus": rtus})
 
     async def _run(self) -> None:
@@ -214,6 +218,10 @@ class Hub:
         if stream == ks.CHANGES:
             rtu = f.get("r", "")
             if any(c.wants(rtu) for c in self.clients):
+                if rtu in self._nt:  # changes that still come while the RTU is not topical (a holder whose
+                    # lease stamps are ahead of this Redis's clock, writes lagging behind its polls) were sent
+                    # with the stored quality: the dashboard showed them good over the NT of its snapshot
+                    f = {k: v if k == "r" else views.served(v, True) for k, v in f.items()}
                 self._broadcast(sse("values", views.live_values(rtu, f)), rtu)
             return
         ev = views.event(views.EVENT_SOURCES.index(stream), sid, f)

@@ -76,12 +76,32 @@ def _replica_gap(info: dict[str, Any], now_ms: int, limit_ms: int) -> str | None
     return f"hearing nothing from the master for {ms} ms" if ms > limit_ms else None
 
 
+def _count_replies(client: Any) -> list[int]:
+    """Count the replies `client` reads (its pool's connections, made from now on): [count]. A reply is
+    proof that the Redis answers; an error reply (LOADING, WRONGTYPE) is raised, not counted."""
+    pool = getattr(client, "connection_pool", None)
+    count = [0]
+    if pool is None:
+        return count
+    base = pool.connection_class
+
+    class Counted(base):  # type: ignore[misc, valid-type]
+        async def read_response(self, *args: Any, **kw: Any) -> Any:
+            reply = await super().read_response(*args, **kw)
+            count[0] += 1
+            return reply
+
+    pool.connection_class = Counted
+    return count
+
+
 class Store:
     """Reads for one api process. `local` is the node's own Redis (async client, decode on)."""
 
     def __init__(self, cfg: NodeConfig, local: Any) -> None:
         self.cfg = cfg
         self.local = local
+        self._replies = _count_replies(local)
         self._master: Any = None
         self.vip_probe = leftbehind.VipProbe(cfg, self.SPLIT_EVERY_S)
         self._cache = _Cache()
@@ -90,6 +110,12 @@ class Store:
         """The api's own limits: NT is shown by them only while this node's forwarder reports none."""
         self.own_timers = views.LeaseTimers.of(heartbeat.lease_timers(cfg))
         """The api's own [timers]: a forecast goes by them only while no acquirer reports its own."""
+
+    @property
+    def replies(self) -> int:
+        """Replies read from the local Redis so far: the api logs an outage as over only once one more came
+        (`app.py`), not on any answer below 500 (a 405, a 422, /health touch no Redis)."""
+        return self._replies[0]
 
     @property
     def master(self) -> Any:
@@ -628,6 +654,8 @@ class Store:
         if h:
             return views.control_record(h)
         last = views.to_int(seq) or 0
+        if last <= 0:  # "ids run from 1 to 0" said nothing
+            raise NotFound(f"control {ctl_id} does not exist: no control has been given yet")
         if not 0 < ctl_id <= last:
             raise NotFound(f"control {ctl_id} does not exist: ids run from 1 to {last}, the last one given")
         raise NotFound(f"control {ctl_id} is no longer kept: a control's record expires a day after it was queued or finished "

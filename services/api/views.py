@@ -26,10 +26,14 @@ MAX_STREAM_ID = 2**64 - 1
 
 
 def to_int(v: Any) -> int | None:
+    """An integer from a Redis field or a heartbeat's JSON value, None when it is none: a float is truncated,
+    and one that is not finite (`1e400` in a heartbeat's JSON is float infinity) is None, not an error."""
     if v is None or v == "":
         return None
     try:
         return int(v)
+    except OverflowError:  # int(float("inf")): a 500 on every page that read the forwarder's limits
+        return None
     except (TypeError, ValueError):
         try:
             f = float(v)
@@ -165,7 +169,10 @@ def lease(h: Mapping[str, str], now_ms: int, not_current: str | None = None,
         since_ms=to_int(h.get("since_ms")),
         expires_ms=expires,
         remaining_ms=remaining,
-        lapsed=None if not_current and holder is not None else remaining is not None and remaining < 0,
+        # a holder without a readable expiry renews nothing: lapsed, as `lease_tick` (a missing expires_ms is
+        # 0 there) and the NT rule (`freshness.rtu_reason`) take it; it was shown live beside values served NT
+        lapsed=(None if not_current and holder is not None
+                else holder is not None and (remaining is None or remaining < 0)),
         reached_ms=to_int(h.get("reached_ms")) or None,
         answered_ms=to_int(h.get("answered_ms")) or None,
         polled_ms=to_int(h.get("polled_ms")) or None,

@@ -31,6 +31,10 @@ NOW = 1_000_000
      {"handover": None, "handover_until_ms": None}),
     # garbage in a field is shown as unknown, not raised
     ({"holder": "Z", "epoch": "x", "expires_ms": "soon"}, {"holder": None, "epoch": 0, "expires_ms": None}),
+    # a holder with no readable expiry renews nothing: lapsed (was false, beside its values served NT)
+    ({"holder": "A", "epoch": "1"}, {"holder": "A", "remaining_ms": None, "lapsed": True, "reach": None}),
+    ({"holder": "A", "epoch": "1", "expires_ms": "soon"}, {"lapsed": True}),
+    ({"holder": "A", "epoch": "1", "expires_ms": "inf"}, {"expires_ms": None, "lapsed": True}),
 ])
 def test_lease(h: dict, expect: dict) -> None:
     got = views.lease(h, NOW).model_dump()
@@ -114,6 +118,13 @@ def test_heartbeat_fresh_old_missing_broken() -> None:
     assert not missing.alive and missing.detail == "no heartbeat of forwarder on node B"
     broken = views.heartbeat("forwarder", "B", "{not json", 6)
     assert not broken.alive and broken.pid is None
+    # a key without a TTL (another writer's) is judged by its ts_ms: one that is not a finite number is no age
+    # (NaN was "alive (nan s ago)"; none, a string or a JSON list raised: a 500 on /node, /rtus, /metrics)
+    for garbled in ('{"pid": 7}', '{"pid": 7, "ts_ms": "now"}', '{"pid": 7, "ts_ms": NaN}', '{"ts_ms": true}',
+                    "[1, 2]", '{"ts_ms": 1e400}'):
+        hb = views.heartbeat("acquirer", "A", garbled, 6, pttl_ms=-1)
+        assert hb.alive is False and "age is unknown" in hb.detail, (garbled, hb)
+    assert views.to_int(json.loads('{"x": 1e400}')["x"]) is None  # was OverflowError: every page a 500
 
 
 def test_control_entry() -> None:

@@ -19,6 +19,8 @@ RTU_CASES = {
     "empty holder": ({"holder": "", "expires_ms": NOW + 2000}, 1000, "no lease holder"),
     "expired within one tick: the takeover window": ({"holder": "A", "expires_ms": NOW - 1000}, 1000, None),
     "expired longer than one tick": ({"holder": "A", "expires_ms": NOW - 1001}, 1000, "lease of A lapsed"),
+    "a holder without a readable expiry (was: lapsed since the epoch)": (
+        {"holder": "A", "expires_ms": "soon"}, 1000, "lease of A has no readable expiry"),
     "last poll 3 periods + 1 tick ago: still topical": (
         {"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 4000}, 1000, None),
     "last poll longer ago": ({"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 4001}, 1000,
