@@ -515,15 +515,22 @@ def aged(fields: dict[str, Any], now_ms: int | None) -> dict[str, Any]:
             "stale": "NT" in (fields.get("quality_flags") or [])}
 
 
+LIVE_EMPTY: dict[str, Any] = {"value": None, "quality": None, "quality_flags": [], "valid": False, "ts_ms": None,
+                              "error": None}
+"""Every field of a live item: a client merges an item into what it shows (the dashboard does), so a field
+left out kept its old value (a point once unreadable stayed "unreadable" under every good value after it)."""
+
+
 def live_values(rtu: str, pairs: Mapping[str, str] | list[tuple[str, str]]) -> dict[str, Any]:
-    """A change-stream entry as the live stream sends it: {rtu, items: [{id, value, quality, ...}]}."""
+    """A change-stream entry as the live stream sends it: {rtu, items: [{id, value, quality, ...}]}, every
+    field in every item (`LIVE_EMPTY`); a field that names no point (another writer's) is left out."""
     items = []
     for pid, rec in (pairs.items() if isinstance(pairs, Mapping) else pairs):
-        if pid == "r":
+        if not (pid.isascii() and pid.isdigit()):  # "r" is the RTU; another field names no point (sent with id null)
             continue
         pv = value_fields(rec)
         pv.pop("time", None)
-        items.append({"id": to_int(pid), **pv})
+        items.append({"id": int(pid), **LIVE_EMPTY, **pv})
     return {"rtu": rtu, "items": items}
 
 

@@ -21,6 +21,7 @@ import redis.asyncio as aredis
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
+from fepha import points, redisfns
 from tests.api.cdp import Browser, rendered_dom
 from tests.api.conftest import TOKEN, populate
 from tests.redisproc import RedisProc, free_port
@@ -185,3 +186,33 @@ async def test_dashboard_does_not_stay_live_when_the_api_hangs(live_proc: tuple[
     finally:
         os.kill(proc.pid, signal.SIGCONT)
         await b.close()
+
+
+async def test_dashboard_shows_every_forwarding_point_with_its_own_id(live: str, loaded, tmp_path: Path) -> None:
+    """A forwarding RTU's points were kept by ZFID alone, which is unique within its table only: RTU 10 showed
+    some of its rows only (T005 ZFID 1 hidden by T006 ZFID 1 …), and a live change of a source point overwrote the
+    forwarding point's id with the source's (ZFID 1 shown as 101)."""
+    fwds = httpx.get(live + "/api/v1/rtus/10/forwards").json()["items"]
+    assert len({f["id"] for f in fwds}) < len(fwds)  # ids repeat across tables
+    rows = "[...document.querySelectorAll('#points tbody tr')]"
+    b = Browser(tmp_path / "profile")
+    r = aredis.Redis(host=loaded.host, port=loaded.port, decode_responses=True)
+    try:
+        await b.open(live + "/")
+        await b.wait("document.body.dataset.live === '1'", 15, "the live stream")
+        await b.eval("(() => { const s = document.querySelector('#v-rtu'); s.value = '10';"
+                     " s.dispatchEvent(new Event('change')); })()")
+        shown = await b.wait(f"(() => {{ const r = {rows}.map(tr => [...tr.cells].slice(0, 2).map(td => td.textContent));"
+                             f" return r.length >= {len(fwds)} && document.body.dataset.live === '1' && r; }})()",
+                             10, "every forwarding point")
+        assert sorted(map(tuple, shown)) == sorted((str(f["id"]), f["table"]) for f in fwds), shown
+        now = int((await r.time())[0]) * 1000
+        w = await r.fcall(*redisfns.write_values(1, "A", 1, ["101", points.encode(77.25, 0, now)]).argv)
+        assert int(w[0]) == 1
+        row = await b.wait(f"(() => {{ const tr = {rows}.find(tr => tr.cells[4].textContent === '77.25');"
+                           " return tr && [...tr.cells].slice(0, 4).map(td => td.textContent); })()", 5,
+                           "source 101's change in its forwarding point's row")
+        assert row[:3] == ["1", "T005_ZFAI", "1001"] and row[3].startswith("101 "), row
+    finally:
+        await b.close()
+        await r.aclose()

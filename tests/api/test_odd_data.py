@@ -163,3 +163,30 @@ async def test_live_values_of_an_rtu_served_nt_carry_nt(loaded, ar, make_api) ->
         assert "NT" in i["quality_flags"] and i["quality"] == int(points.Quality.NT), i
     stream = await ar.xrevrange(ks.CHANGES, count=1)
     assert stream[0][1]["101"] == points.encode(21.5, 0, now)  # stored as written: NT is the api's verdict
+
+
+async def test_live_items_carry_every_field_and_only_points(loaded, ar, make_api) -> None:
+    # an item carried only the fields its record decoded to: the dashboard merges items into the points it
+    # shows, so a point whose record was once unreadable kept `error` under every good value after it (shown
+    # "unreadable"); a field naming no point was sent as an item with id null
+    await populate(ar)
+    c = await make_api(node_cfg(loaded))
+    ts = 1_700_000_000_000
+
+    async def write_later() -> None:
+        await asyncio.sleep(0.4)
+        for recs in (["101", "garbage"], ["101", points.encode(21.5, 0, ts)]):
+            w = await ar.fcall(*redisfns.write_values(1, "A", 1, recs).argv)
+            assert int(w[0]) == 1
+        await ar.xadd(ks.CHANGES, {"r": "1", "zz": "1", "٣": "1|0|1", "105": "1|0|1"})  # another writer's
+
+    writer = asyncio.create_task(write_later())
+    r = await c.get("/api/v1/stream?rtu=1&duration_s=1.2")
+    await writer
+    values = [json.loads(m.split("data: ", 1)[1]) for m in r.text.split("\n\n") if m.startswith("event: values")]
+    bad, good, other = (v["items"] for v in values)
+    assert bad == [{"id": 101, "value": None, "quality": None, "quality_flags": [], "valid": False, "ts_ms": None,
+                    "error": "malformed value record 'garbage'"}], bad
+    assert good == [{"id": 101, "value": 21.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": ts,
+                     "error": None}], good
+    assert [i["id"] for i in other] == [105], other

@@ -80,8 +80,9 @@ async def test_values_timeline_and_health_arrive(url: str, ar: aredis.Redis) -> 
         got = await read_until(resp, lambda g: any(e == "timeline" for e, _ in g))
         vals = [d for e, d in got if e == "values"]
         assert vals == [{"rtu": "1", "items": [
-            {"id": 101, "value": 99.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": t},
-            {"id": 102, "value": 1.0, "quality": 128, "quality_flags": ["IV"], "valid": False, "ts_ms": t}]}]
+            {"id": 101, "value": 99.5, "quality": 0, "quality_flags": [], "valid": True, "ts_ms": t, "error": None},
+            {"id": 102, "value": 1.0, "quality": 128, "quality_flags": ["IV"], "valid": False, "ts_ms": t,
+             "error": None}]}]
         ev = next(d for e, d in got if e == "timeline")
         assert ev["kind"] == "channel" and ev["text"] == "RTU 1 on node B: channel 1 → 2"
 

@@ -353,7 +353,9 @@ async function loadValues() {
   if (r.type === "forwarding") {
     const list = await api("/api/v1/rtus/" + r.id + "/forwards");
     S.offset = list.time_ms - Date.now();
-    for (const f of list.items) S.points.set(f.id, f);
+    // a ZFID is unique within its table only (T005 1 and T006 1): keyed by the id alone, a forwarding RTU's
+    // points of one table hid those of another with the same id (RTU 10: 5 rows of its 12)
+    for (const f of list.items) S.points.set(f.table + ":" + f.id, f);
   } else {
     const [page, trends] = await Promise.all([
       api("/api/v1/points?limit=1000&rtu=" + r.id), api("/api/v1/trends?seconds=" + TREND_S + "&rtu=" + r.id)]);
@@ -372,7 +374,9 @@ function applyValues(msg) {
   if (!fwd && String(r.id) !== msg.rtu) return;
   for (const it of msg.items) {
     if (fwd) {
-      for (const f of S.points.values()) if (f.src === it.id) Object.assign(f, it);
+      // the item's id is the source point's: the forwarding point keeps its own (its ZFID was replaced)
+      const { id, ...v } = it;
+      for (const f of S.points.values()) if (f.src === id) Object.assign(f, v);
       continue;
     }
     const p = S.points.get(it.id);
