@@ -112,6 +112,8 @@ def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: 
     holder = lease.get("holder") or ""
     if not holder:
         return "no lease holder"
+    if holder not in ("A", "B"):  # another writer's key: no acquirer renews it or writes under it
+        return f"lease held by {holder!r}, which is no node: nobody acquires these values"
     expires = _int(lease, "expires_ms")
     if expires is None:  # was "lapsed <the epoch's age> ms ago"
         return f"lease of {holder} has no readable expiry (expires_ms {lease.get('expires_ms')!r}): it renews nothing"

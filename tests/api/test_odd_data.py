@@ -40,6 +40,13 @@ async def check_lease_lapsed(get: Get) -> None:
     assert "NT" in (await get("/api/v1/points/101"))["quality_flags"]
 
 
+async def check_held_by_no_node(get: Get) -> None:
+    lease = next(i for i in (await get("/api/v1/leases"))["items"] if i["rtu"] == 1)
+    assert lease["holder"] is None and lease["reach"] is None, lease
+    p = await get("/api/v1/points/101")
+    assert "NT" in p["quality_flags"] and "which is no node" in p["nt_reason"], p
+
+
 async def check_limits_from_api(get: Get) -> None:
     assert (await get("/api/v1/points"))["limits_from"] == "api"
     assert (await get("/api/v1/rtus/1"))["limits_from"] == "api"
@@ -84,6 +91,8 @@ CASES: dict[str, tuple[Callable[[aredis.Redis], Awaitable[Any]], Callable[[Get],
     "lease without expires_ms": (lambda r: r.hdel(ks.lease(1), "expires_ms"), check_lease_lapsed),
     "lease with a garbage expires_ms": (lambda r: r.hset(ks.lease(1), "expires_ms", "soon"), check_lease_lapsed),
     "lease without epoch": (lambda r: r.hdel(ks.lease(1), "epoch"), None),
+    # a holder that is no node: shown without a holder, its values were topical (nobody writes them)
+    "lease held by no node": (lambda r: r.hset(ks.lease(1), "holder", "C"), check_held_by_no_node),
     "value without quality": (lambda r: r.hset(ks.values(1), "101", "20.5"), check_value_not_good),
     "value with an empty quality": (lambda r: r.hset(ks.values(1), "101", "20.5||1700000000000"),
                                     check_value_not_good),

@@ -17,6 +17,7 @@ RTU_CASES = {
     "holder renewing and polling": ({"holder": "A", "expires_ms": NOW + 2000, "polled_ms": NOW - 500}, 1000, None),
     "no lease at all": ({}, 1000, "no lease holder"),
     "empty holder": ({"holder": "", "expires_ms": NOW + 2000}, 1000, "no lease holder"),
+    "a holder that is no node (was topical)": ({"holder": "C", "expires_ms": NOW + 2000}, 1000, "lease held by 'C'"),
     "expired within one tick: the takeover window": ({"holder": "A", "expires_ms": NOW - 1000}, 1000, None),
     "expired longer than one tick": ({"holder": "A", "expires_ms": NOW - 1001}, 1000, "lease of A lapsed"),
     "a holder without a readable expiry (was: lapsed since the epoch)": (
