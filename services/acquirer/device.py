@@ -113,7 +113,8 @@ class DeviceLink:
         write once the requests already sent are answered (one with INFLIGHT 1, up to INFLIGHT). A
         connection the device closed (between polls, or after answering some of this poll's requests) is
         opened again at once and the poll goes on; closed again before any answer, the device is not
-        reached. Raises LinkError (device not reached)."""
+        reached; closed by us for a malformed frame that came between polls, it is not (as for a malformed
+        answer). Raises LinkError (device not reached)."""
         out: list[bytes | DeviceError] = []
         answered = True  # an answer came since the connection was last opened again in this poll
         while len(out) < len(blocks):
@@ -123,6 +124,8 @@ class DeviceLink:
             try:
                 got = await self.client.requests([b.request for b in blocks[len(out):]],
                                                  lambda: self.waiting > 0)
+            except mbtcp.ClosedMalformed as exc:  # garbage between polls: not a device that closed
+                raise LinkError(str(exc)) from exc
             except mbtcp.NotConnected as exc:
                 got, lost = [], str(exc)
             except mbtcp.SequenceLost as exc:

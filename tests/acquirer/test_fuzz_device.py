@@ -24,8 +24,10 @@ import pytest
 
 from fep_acquirer import iec104rules as rules
 from fep_acquirer import mbtcp
+from fep_acquirer.device import DeviceLink, LinkError
 from fep_acquirer.iec104rtu import Iec104Runner, LinkLost
 from fep_acquirer.metrics import Metrics
+from fep_acquirer.plan import plan_reads
 from fep_acquirer.rtu import RtuRunner
 from fepha import keyspace as ks
 from fepha import points
@@ -33,7 +35,7 @@ from fepha.config import NodeConfig
 from fepha.iec104 import codec as c
 from fepha.iec104.link import Link, LinkParams, Role
 from fepha.logsetup import OnceLogger
-from fepha.semodel.model import Model, Rtu
+from fepha.semodel.model import Channel, Model, Rtu
 from tests.acquirer.helpers import Node, free_port, load, merge, node_cfg, rtu_rows, start_sim, until
 from tests.acquirer.test_iec104 import CA, IEC_FAST, _is, changes_of, iec_rows, value_of
 from tests.acquirer.test_iec104_resend import ScriptRtu
@@ -173,6 +175,37 @@ async def test_mutated_modbus_answers_give_a_genuine_answer_or_close_the_connect
     assert cases > 2500
     assert all(outcomes.get(k, 0) > 50 for k in ("answered", "malformed")), outcomes  # both sides exercised
     print(f"{cases} Modbus answer cases: {outcomes}")
+
+
+@pytest.mark.parametrize("inflight", [1, 2])
+async def test_garbage_between_polls_is_a_malformed_stream_not_a_device_that_closed(inflight: int) -> None:
+    """A device that sends seeded garbage after its answer, while no request is pending: the acquirer
+    closes that connection (the stream cannot be trusted) and the next poll fails as for a malformed
+    answer (LinkError naming it: logged, the channel's failure), the connection opened again by the
+    runner's reconnect. Before, the close was taken for the device's own (an idle timeout): the poll opened
+    a new connection at once and went on, so a device spewing garbage after every answer was never said."""
+    rnd = random.Random(1234 + inflight)
+
+    def handler(tid: int, unit: int, pdu: bytes):
+        yield _answer(tid, unit, pdu, GOOD_BEFORE)
+        junk = bytearray(rnd.randbytes(8))
+        junk[2] |= 0x80  # the protocol id of whatever this is taken for: not 0
+        yield bytes(junk)
+
+    server, port = await serve(handler)
+    link = DeviceLink(Channel(rtu=1, no=1, host="127.0.0.1", port=port, unit=UNIT), 0.5, inflight)
+    block = plan_reads([pt(1, "hr", 0)])
+    try:
+        await link.connect()
+        assert await link.read_all(block) == [GOOD_BEFORE.to_bytes(2, "big")]
+        await asyncio.sleep(0.05)  # the garbage arrives between the polls
+        with pytest.raises(LinkError, match="protocol id"):
+            await link.read_all(block)
+        assert link.reopened == 0
+    finally:
+        link.close()
+        server.close()
+        await server.wait_closed()
 
 
 NOT_NUMBERS = ((0x7FC0, 0), (0xFFC0, 0), (0x7F80, 0), (0xFF80, 0), (0x7FFF, 0xFFFF), (0x7F80, 1))
