@@ -308,22 +308,36 @@ class CommandExchange:
                 and any(ioa == self.point.address for ioa, _ in a.objects))
 
     def feed(self, a: c.Asdu) -> str | None:
-        """'execute' when the execute command must be sent now, else None (result may be set)."""
+        """'execute' when the execute command must be sent now, else None (result may be set). Only an
+        answer to what is under way counts: while the execute waits for its ACT_CON, a confirmation with
+        S/E 1 (a select's, sent again) is not its answer, and an ACT_TERM before that ACT_CON (an earlier
+        command's, late) is none either; once it is confirmed, only its ACT_TERM or a refusal (44-47)
+        changes anything. Before, either made a command whose execute was never confirmed a success."""
         if self.result is not None or not self.mine(a):
             return None
         cause = a.cause
         if cause in (c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_COT, c.COT_UNKNOWN_CA, c.COT_UNKNOWN_IOA):
             self.finish(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
-        elif cause == c.COT_ACTCON and a.negative:
-            self.finish(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
         elif cause == c.COT_ACTCON and self.phase == "select":
+            if a.negative:
+                self.finish(False, "negative confirmation of the select")
+                return None
             self.phase = "execute"
             return "execute"
-        elif cause == c.COT_ACTCON and self.phase == "execute":
-            self.phase = "term"
-        elif cause == c.COT_ACTTERM and self.phase in ("term", "execute"):
+        elif cause == c.COT_ACTCON and self.phase == "execute" and not self._selects(a):
+            if a.negative:
+                self.finish(False, "negative confirmation of the execute")
+            else:
+                self.phase = "term"
+        elif cause == c.COT_ACTTERM and self.phase == "term":
             self.finish(True, "executed (ACT_CON, ACT_TERM)")
         return None
+
+    def _selects(self, a: c.Asdu) -> bool:
+        """The S/E bit of our object in `a` (the last octet before a time tag: SCO, DCO, QOS)."""
+        elem = next(e for ioa, e in a.objects if ioa == self.point.address)
+        size = c.element_size(c.COMMAND_BASE[a.type_id])
+        return bool(size and len(elem) >= size and elem[size - 1] & 0x80)
 
     def finish(self, ok: bool, reason: str) -> None:
         self.phase, self.result = "done", (ok, reason)

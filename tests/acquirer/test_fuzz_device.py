@@ -680,3 +680,67 @@ async def test_hostile_iec104_rtu_leaves_the_other_rtu_alone_and_recovers(redis_
             assert not [rec for rec in caplog.records if rec.exc_info or "Traceback" in rec.getMessage()]
         finally:
             await a.stop()
+
+
+def _answer_to(p, kind: str, cause: int, negative: bool, select: bool, ca: int = IEC_CA, ioa: int | None = None,
+               type_id: int | None = None) -> c.Asdu:
+    """An RTU's answer to a command to `p`: its object as a mirror would carry it (S/E as `select`)."""
+    elem = rules.command_element(p, 1, select, T)
+    cot = cause | (c.NEGATIVE if negative else 0)
+    return c.parse_asdu(c.build_asdu(type_id or c.TYPE_IDS[p.datatype], cot, ca,
+                                     [(p.address if ioa is None else ioa, elem)]))
+
+
+def test_command_answers_in_any_order_succeed_only_after_the_executes_positive_confirmation() -> None:
+    """Seeded sequences of answers to a command (direct and select before operate, each command type):
+    confirmations of the select and of the execute (positive, negative), terminations, refusals (44-47),
+    and answers that are not ours (another IOA, type or common address), in any order and repeated (a
+    late termination of an earlier command, a select's confirmation sent twice). The command succeeds only
+    when a positive confirmation of its execute (S/E 0) came after the execute was sent, and the
+    termination after that; a refusal or a negative confirmation of the phase under way fails it. Before,
+    a termination before the execute's confirmation, or a select's confirmation while the execute's was
+    awaited, let a command whose execute the RTU never confirmed (or refused after) succeed."""
+    rnd = random.Random(4546)
+    targets = [p for p in IEC_RTU.points if p.kind in ("DO", "AO")]
+    cases = outcomes = 0
+    for _ in range(3000):
+        p = rnd.choice(targets)
+        sbo = rnd.random() < 0.5
+        ex = rules.CommandExchange(p, IEC_CA, 1, sbo, T)
+        phase = "select" if sbo else "execute"  # the reference: what the exchange waits for
+        want: tuple[bool, str] | None = None
+        for _ in range(rnd.randrange(1, 9)):
+            kind = rnd.choice(("con", "con", "term", "refusal", "other ioa", "other type", "other ca"))
+            select = rnd.random() < 0.5
+            negative = rnd.random() < 0.15
+            if kind == "con":
+                a = _answer_to(p, kind, c.COT_ACTCON, negative, select)
+            elif kind == "term":
+                a = _answer_to(p, kind, c.COT_ACTTERM, False, select)
+            elif kind == "refusal":
+                a = _answer_to(p, kind, rnd.choice((44, 45, 46, 47)), True, select)
+            elif kind == "other ioa":
+                a = _answer_to(p, kind, c.COT_ACTCON, negative, select, ioa=p.address + 1)
+            elif kind == "other type":
+                other = next(t for t in (c.C_SC_NA_1, c.C_SE_NC_1) if t != c.TYPE_IDS[p.datatype])
+                a = c.parse_asdu(c.build_asdu(other, c.COT_ACTCON, IEC_CA, [(p.address, c.encode_command(other, 1))]))
+            else:
+                a = _answer_to(p, kind, c.COT_ACTCON, negative, select, ca=IEC_CA + 1)
+            ex.feed(a)
+            ours = phase == "select" or (phase == "execute" and not select)  # a confirmation of the phase
+            if want is None and kind in ("con", "term", "refusal"):
+                if kind == "refusal" or (kind == "con" and negative and ours):
+                    want = (False, "")
+                elif kind == "con" and ours:
+                    phase = "execute" if phase == "select" else "term"
+                elif kind == "term" and phase == "term":
+                    want = (True, "")
+            cases += 1
+            got = ex.result
+            assert (got is None) == (want is None), (p.datatype, sbo, kind, select, negative, got, phase)
+            if got is not None:
+                assert got[0] == want[0], (p.datatype, sbo, got, want)  # type: ignore[index]
+                outcomes += got[0]
+                break
+    assert cases > 5000 and outcomes > 100, (cases, outcomes)
+    print(f"{cases} command answers, {outcomes} successes")
