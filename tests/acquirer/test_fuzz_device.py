@@ -177,6 +177,51 @@ async def test_mutated_modbus_answers_give_a_genuine_answer_or_close_the_connect
     print(f"{cases} Modbus answer cases: {outcomes}")
 
 
+async def test_mutated_answer_among_answers_out_of_order_with_several_in_flight() -> None:
+    """Three or four requests in flight (INFLIGHT 4), their answers in a seeded order, one of them mutated
+    (as above): the answers handed on are, in block order, answers of a prefix of the requests that the
+    device sent whole, each its own request's (none taken for another's), or the sequence fails with `Malformed` and the connection is
+    closed."""
+    rnd = random.Random(4242)
+    loop = asyncio.get_running_loop()
+    pdus = [mbtcp.read_pdu("hr", 10 * k, k + 1) for k in range(4)]
+    cases = 0
+    for n in (3, 4):
+        for victim in range(n):
+            for name, bad in mutations(rnd, victim + 1, pdus[victim]):
+                cases += 1
+                proto = mbtcp._Pipelined(UNIT, 5.0, 4)
+                wire = _Wire()
+                closed: list[bool] = []
+                wire.close = lambda closed=closed: closed.append(True)  # type: ignore[method-assign]
+                proto.connection_made(wire)  # type: ignore[arg-type]
+                fut = loop.create_future()
+                proto.start(mbtcp._Sequence(pdus[:n], fut, None))
+                frames = [bad if k == victim else genuine(k + 1, pdus[k]) for k in range(n)]
+                rnd.shuffle(frames)
+                stream = b"".join(frames)
+                for part in chunks(rnd, stream, cases % 3):
+                    if closed:
+                        break
+                    proto.data_received(part)
+                if proto.timer is not None:
+                    proto.timer.cancel()
+                case = f"{n} in flight, answer {victim} {name}"
+                if not fut.done():
+                    continue  # waits for an answer still missing (its timeout would end it)
+                if fut.exception() is not None:
+                    assert isinstance(fut.exception(), mbtcp.Malformed) and closed, case
+                    continue
+                got = fut.result()
+                for k, data in enumerate(got):
+                    if isinstance(data, mbtcp.ExceptionAnswer):
+                        assert mbtcp.frame(k + 1, UNIT, bytes((pdus[k][0] | 0x80, data.code))) in stream, case
+                    else:  # its own request's answer, as the device sent it whole
+                        assert len(data) == 2 * (k + 1), (case, k)
+                        assert mbtcp.frame(k + 1, UNIT, bytes((3, len(data))) + data) in stream, (case, k)
+    assert cases > 500
+
+
 @pytest.mark.parametrize("inflight", [1, 2])
 async def test_garbage_between_polls_is_a_malformed_stream_not_a_device_that_closed(inflight: int) -> None:
     """A device that sends seeded garbage after its answer, while no request is pending: the acquirer
