@@ -65,7 +65,7 @@ def genuine(tid: int, request: bytes) -> bytes:
 
 def mutations(rnd: random.Random, tid: int, request: bytes) -> list[tuple[str, bytes]]:
     """Mutated forms of the answer to `request` (transaction `tid`): each header field, the function code
-    (other functions, the exception bit with every length), the byte count against the quantity asked,
+    (other functions, the exception bit with 1, 2 and 3 octets), the byte count against the quantity asked,
     the payload against the MBAP length, truncation at every length, extra bytes, two answers in one
     chunk, random octets replaced."""
     good = genuine(tid, request)
