@@ -339,7 +339,8 @@ def element(type_id: int, value: float, quality: int, ts_ms: int) -> bytes:
 
 def decode_element(type_id: int, e: bytes) -> tuple[float, int, int | None]:
     """(value, quality, ts_ms or None) of a monitoring element: the inverse of `element` (tests, bench), and
-    M_ME_ND_1 (a normalised value without quality: quality 0)."""
+    M_ME_ND_1 (a normalised value without quality: quality 0). The quality is only the descriptor's quality
+    bits (SIQ, DIQ: BL SB NT IV; QDS: and OV; BCR: IV), never its reserved bits."""
     if type_id == M_ME_ND_1:
         return struct.unpack_from("<h", e)[0] / 32768, 0, None
     base = base_type(type_id)
@@ -350,13 +351,13 @@ def decode_element(type_id: int, e: bytes) -> tuple[float, int, int | None]:
         return float(e[0] & 3), e[0] & _Q_STATUS, ts
     if base == M_ME_NA_1:
         v, q = struct.unpack_from("<hB", e)
-        return v / 32768, q, ts
+        return v / 32768, q & _Q_MEAS, ts
     if base == M_ME_NB_1:
         v, q = struct.unpack_from("<hB", e)
-        return float(v), q, ts
+        return float(v), q & _Q_MEAS, ts
     if base == M_ME_NC_1:
         fv, q = struct.unpack_from("<fB", e)
-        return fv, q, ts
+        return fv, q & _Q_MEAS, ts
     if base == M_IT_NA_1:
         v, q = struct.unpack_from("<iB", e)
         return float(v), q & 0x80, ts

@@ -20,9 +20,10 @@ class LinkError(Exception):
 
 
 class Unanswered(LinkError):
-    """A request sent whose answer never came: no answer within the timeout, or the connection lost after
-    the send. A write may have been executed by the device (readback.py judges a set-point's by reading it
-    back); one not sent (connection already closed and not opened again) is a plain LinkError."""
+    """A request sent whose answer never came: no answer within the timeout, the connection lost after
+    the send, or an answer too malformed to tell anything (the connection is closed). A write may have
+    been executed by the device (readback.py judges a set-point's by reading it back); one not sent
+    (connection already closed and not opened again) is a plain LinkError."""
 
 
 class DeviceError(Exception):
@@ -99,9 +100,9 @@ class DeviceLink:
                 return await self.client.request(pdu)
         except mbtcp.ExceptionAnswer as exc:
             raise _exception_error(exc) from exc
-        except (mbtcp.SequenceTimeout, mbtcp.SequenceLost) as exc:  # sent: the device may have executed it
-            raise Unanswered(str(exc) or type(exc).__name__) from exc
-        except (TimeoutError, OSError, mbtcp.Malformed) as exc:
+        except (mbtcp.SequenceTimeout, mbtcp.SequenceLost, mbtcp.Malformed) as exc:  # sent: the device may
+            raise Unanswered(str(exc) or type(exc).__name__) from exc  # have executed it (a malformed answer too)
+        except (TimeoutError, OSError) as exc:
             raise LinkError(str(exc) or type(exc).__name__) from exc
         finally:
             self.lock.release()
@@ -113,7 +114,8 @@ class DeviceLink:
         write once the requests already sent are answered (one with INFLIGHT 1, up to INFLIGHT). A
         connection the device closed (between polls, or after answering some of this poll's requests) is
         opened again at once and the poll goes on; closed again before any answer, the device is not
-        reached. Raises LinkError (device not reached)."""
+        reached; closed by us for a malformed frame that came between polls, it is not (as for a malformed
+        answer). Raises LinkError (device not reached)."""
         out: list[bytes | DeviceError] = []
         answered = True  # an answer came since the connection was last opened again in this poll
         while len(out) < len(blocks):
@@ -123,6 +125,8 @@ class DeviceLink:
             try:
                 got = await self.client.requests([b.request for b in blocks[len(out):]],
                                                  lambda: self.waiting > 0)
+            except mbtcp.ClosedMalformed as exc:  # garbage between polls: not a device that closed
+                raise LinkError(str(exc)) from exc
             except mbtcp.NotConnected as exc:
                 got, lost = [], str(exc)
             except mbtcp.SequenceLost as exc:

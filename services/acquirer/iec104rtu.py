@@ -353,6 +353,9 @@ class Iec104Runner(RunnerBase):
         if a.ca != ca:
             self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")
             return None
+        if why := rules.refused(a):
+            self.once.problem(f"{self.key} cot {a.type_id}/{a.cot}", why)
+            return None
         if rules.is_monitoring(a.type_id):
             if not link.started:  # sent before the RTU saw our STOPDT act: not ours to write any more
                 raise LinkLost("events after our STOPDT (lease lost): connection closed unacknowledged, "

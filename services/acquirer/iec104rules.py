@@ -40,6 +40,10 @@ _ANSWERS = {*c.COMMAND_BASE, c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1, c.C_RD_NA_1,
 # Events: spontaneous data and the return information a command caused (remote or local): each is a change
 # at the device, written even when its value equals the last one (not an interrogation's snapshot).
 SPONTANEOUS_CAUSES = {c.COT_SPONT, c.COT_RETREM, c.COT_RETLOC}
+# the causes IEC 60870-5-101's table of causes gives monitoring types: periodic, background, spontaneous,
+# requested, return information (remote, local), interrogated (station and groups), counter interrogation
+MONITORING_CAUSES = frozenset({c.COT_PERIODIC, c.COT_BACKGROUND, c.COT_SPONT, c.COT_REQ, c.COT_RETREM,
+                               c.COT_RETLOC, *range(c.COT_INROGEN, c.COT_REQCOGEN + 5)})
 IV = 0x80
 
 
@@ -51,6 +55,19 @@ def read_as(type_id: int) -> int:
     """The point type whose objects `type_id` carries: M_ME_ND_1 (normalised, no quality) an M_ME_NA_1
     point's, a time-tagged type its untagged form's."""
     return c.M_ME_NA_1 if type_id == c.M_ME_ND_1 else c.base_type(type_id)
+
+
+def refused(a: c.Asdu) -> str | None:
+    """Why an ASDU from the RTU is ignored whatever it carries (None: it is not): the test bit T (an ASDU
+    generated under test conditions, IEC 60870-5-101 7.2.3: not the process's state, not the answer to a
+    command of ours, which never carries it; se104s refuses a test command likewise), or a monitoring type
+    with a cause monitoring data does not have (MONITORING_CAUSES: an activation, a cause 0 or 44..63 is
+    no report of the process). Its values were written as good before."""
+    if a.cot & c.TEST:
+        return f"type {a.type_id} (cause {a.cause}) has the test bit T set: ignored"
+    if a.type_id in _MONITORING and a.cause not in MONITORING_CAUSES:
+        return f"type {a.type_id} with cause {a.cause}, which monitoring data does not have: ignored"
+    return None
 
 
 def unsupported(a: c.Asdu) -> str | None:
@@ -291,22 +308,36 @@ class CommandExchange:
                 and any(ioa == self.point.address for ioa, _ in a.objects))
 
     def feed(self, a: c.Asdu) -> str | None:
-        """'execute' when the execute command must be sent now, else None (result may be set)."""
+        """'execute' when the execute command must be sent now, else None (result may be set). Only an
+        answer to what is under way counts: while the execute waits for its ACT_CON, a confirmation with
+        S/E 1 (a select's, sent again) is not its answer, and an ACT_TERM before that ACT_CON (an earlier
+        command's, late) is none either; once it is confirmed, only its ACT_TERM or a refusal (44-47)
+        changes anything. Before, either made a command whose execute was never confirmed a success."""
         if self.result is not None or not self.mine(a):
             return None
         cause = a.cause
         if cause in (c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_COT, c.COT_UNKNOWN_CA, c.COT_UNKNOWN_IOA):
             self.finish(False, f"refused by the RTU: cause {cause} ({_COT_NAMES[cause]})")
-        elif cause == c.COT_ACTCON and a.negative:
-            self.finish(False, f"negative confirmation of the {self.phase if self.phase != 'term' else 'execute'}")
         elif cause == c.COT_ACTCON and self.phase == "select":
+            if a.negative:
+                self.finish(False, "negative confirmation of the select")
+                return None
             self.phase = "execute"
             return "execute"
-        elif cause == c.COT_ACTCON and self.phase == "execute":
-            self.phase = "term"
-        elif cause == c.COT_ACTTERM and self.phase in ("term", "execute"):
+        elif cause == c.COT_ACTCON and self.phase == "execute" and not self._selects(a):
+            if a.negative:
+                self.finish(False, "negative confirmation of the execute")
+            else:
+                self.phase = "term"
+        elif cause == c.COT_ACTTERM and self.phase == "term":
             self.finish(True, "executed (ACT_CON, ACT_TERM)")
         return None
+
+    def _selects(self, a: c.Asdu) -> bool:
+        """The S/E bit of our object in `a` (the last octet before a time tag: SCO, DCO, QOS)."""
+        elem = next(e for ioa, e in a.objects if ioa == self.point.address)
+        size = c.element_size(c.COMMAND_BASE[a.type_id])
+        return bool(size and len(elem) >= size and elem[size - 1] & 0x80)
 
     def finish(self, ok: bool, reason: str) -> None:
         self.phase, self.result = "done", (ok, reason)

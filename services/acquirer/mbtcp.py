@@ -22,8 +22,9 @@ returns it in its place and stops the sequence there, with several in flight onc
 sent are answered); anything malformed (protocol id
 not 0, a length outside the MBAP range, another unit id, another function, a byte count that does not
 fit the request, a write echo that does not match) raises `Malformed` and the connection is closed, as
-its byte stream can no longer be trusted. An answer with another transaction id (a late answer to a
-request that timed out) is dropped.
+its byte stream can no longer be trusted; a malformed frame while no request is pending closes it too,
+and the next sequence on it raises `ClosedMalformed` (nothing sent). An answer with another transaction
+id (a late answer to a request that timed out) is dropped.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ class Malformed(Exception):
 
 class NotConnected(ConnectionError):
     """The connection was already closed (by the device, or never opened): nothing was sent."""
+
+
+class ClosedMalformed(NotConnected):
+    """The connection was closed for a malformed frame that came while no request was pending (garbage
+    between polls): nothing was sent; the device's stream is not to be trusted, as for a malformed answer."""
 
 
 class SequenceLost(ConnectionError):
@@ -164,6 +170,7 @@ class _Protocol(asyncio.Protocol):
         self.request = b""
         self.seq: _Sequence | None = None
         self.lost: Exception | None = None
+        self.malformed: Malformed | None = None  # why this side closed the connection
         self.deadline = 0.0  # loop time by which the pending request must be answered
         self.timer: asyncio.TimerHandle | None = None
 
@@ -260,6 +267,7 @@ class _Protocol(asyncio.Protocol):
         return True
 
     def _malformed(self, exc: Malformed) -> None:
+        self.malformed = exc
         self.fail(exc)
         self._close()
 
@@ -405,6 +413,8 @@ class Client:
         may stand anywhere in the list."""
         proto = self.proto
         if proto is None or proto.transport is None or proto.transport.is_closing():
+            if proto is not None and proto.malformed is not None:
+                raise ClosedMalformed(f"closed for a malformed frame between requests: {proto.malformed}")
             raise NotConnected(str(proto.lost) if proto is not None and proto.lost else "not connected")
         if proto.seq is not None:
             raise RuntimeError("a request is already in flight on this connection")

@@ -331,7 +331,9 @@ class RtuRunner(RunnerBase):
                         delta[p.id] = s
                 continue
             for pid, v in decode_block(block, raw, prev).items():
-                delta[pid] = (v, 0)
+                # v - v is 0 for every number; NaN for a float32 NaN or infinity: no value, so invalid
+                # with its last one (as IEC 104 takes a short float that is no number), never a good NaN
+                delta[pid] = (v, 0) if v - v == 0 else (samples.get(pid, (0, 0))[0], IV)
         if bad:
             self.metrics.inc("poll_errors")
             self.once.problem(f"{self.key} read", bad)

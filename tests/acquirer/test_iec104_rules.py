@@ -54,6 +54,7 @@ def tagged(elem: bytes, ts: int = T, invalid: bool = False) -> bytes:
     (NB, c.M_ME_TE_1, tagged(struct.pack("<hB", 650, 0x01)), (25.0, 0x01, T)),  # OV carried, scaled
     (NC, c.M_ME_NC_1, struct.pack("<fB", 231.5, 0), (231.5, 0, RX)),
     (NC, c.M_ME_NC_1, struct.pack("<fB", float("nan"), 0), (0, 0x80, RX)),
+    (NC, c.M_ME_NC_1, struct.pack("<fB", 1.5, 0x0E | 0x01), (1.5, 0x01, RX)),  # reserved QDS bits: not quality
     (IT, c.M_IT_TB_1, tagged(struct.pack("<iB", 123456, 0)), (123456, 0, T)),
     (IT, c.M_IT_NA_1, struct.pack("<iB", -5, 0x80), (-5, 0x80, RX)),
 ])

@@ -57,6 +57,7 @@ SETPOINT = Point(id=1, rtu=1, kind="AO", name="sp", area="hr", address=5, dataty
     ("exception", DeviceError),   # refused by the device: not executed
     ("silent", Unanswered),       # executed or not: no answer within the timeout
     ("closes", Unanswered),       # the connection dropped after the request was sent
+    ("garbled", Unanswered),      # executed or not: an echo that is not the request's (connection closed)
 ])
 async def test_a_write_sent_and_unanswered_is_told_from_one_refused(device: str, raised: type) -> None:
     def handler(tid: int, unit: int, pdu: bytes):
@@ -64,6 +65,8 @@ async def test_a_write_sent_and_unanswered_is_told_from_one_refused(device: str,
             yield mbtcp.frame(tid, unit, bytes([pdu[0] | 0x80, 4]))
         elif device == "closes":
             raise ConnectionError
+        elif device == "garbled":
+            yield mbtcp.frame(tid, unit, pdu[:3] + b"\x00\x00")
         return
     server, port = await serve(handler)
     link = link_to(port, timeout_s=0.2)
