@@ -7,7 +7,6 @@ Nothing here rewrites a bad value into a good one: a value is either accepted as
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from fepha.semodel.model import (
     POLL_MS_RANGE,
     RTUTYPES,
     Row,
+    int_value,
     row_key,
 )
 
@@ -40,7 +40,11 @@ class NotUtf8(bytes):
 
 
 def _cut(key: str) -> str:
-    """A row key as reports show it: a key that is a long text is cut like a value (`shown`)."""
+    """A row key as reports show it: a key that is a long text is cut like a value (`shown`), one holding a
+    line break or another character that is not printable is quoted with it escaped (each problem is one
+    line, and an ESC in a key would rewrite the terminal showing it)."""
+    if not key.isprintable():
+        key = repr(key)
     return key if len(key) <= 40 else f"{key[:40]}..."
 
 
@@ -93,16 +97,7 @@ KIND_AREAS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):  # ASCII: int() also reads Arabic-Indic digits
-        return int(v)
-    return None
+_int = int_value
 
 
 def _num(v: Any) -> float | None:
@@ -474,11 +469,17 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
                 used.setdefault((rid, "all"), []).append((addr, addr, table, row))
     for (rid, space), spans in used.items():
         spans.sort(key=lambda s: (s[0], s[2], row_key(s[2], s[3])))
-        for (_lo1, hi1, t1, r1), (lo2, _hi2, t2, r2) in itertools.pairwise(spans):
+        # each span against the one reaching furthest of those before it, not only its neighbour: an int32 at
+        # 0 (0..1), an int16 at 0 and an int16 at 1 overlap twice, and both are reported in one run
+        hi1, t1 = -1, ""
+        r1: Row = {}
+        for lo2, hi2, t2, r2 in spans:
             if lo2 <= hi1:
                 where = f" in area {space}" if space != "all" else ""
                 c.add(t2, r2, "ADDR", f"address {lo2} of forwarding RTU {rid}{where} is already used by "
-                      f"{t1} [{row_key(t1, r1)}]")
+                      f"{t1} [{_cut(row_key(t1, r1))}]")
+            if hi2 > hi1:
+                hi1, t1, r1 = hi2, t2, r2
 
 
 def _check_fwd_type(c: _Checker, table: str, row: Row, proto: str | None) -> str | None:

@@ -283,6 +283,37 @@ def test_one_broken_cell_is_one_problem(sample_rows: dict, mutate: Callable[[dic
     assert [str(p) for p in validate(rows)] == expect
 
 
+def _spans_in_one_area(rows: dict) -> None:
+    """modbus_trains RTU 11's input registers: float32 at 0 (0..1, ZFID 11), then an int16 at 0 and one at 1."""
+    rows["T005_ZFAI"] += [{**ZF, "ZFID": 13, "RTUID": 11, "SRCID": 201, "ADDR": 0, "TYPE": "int16"},
+                          {**ZF, "ZFID": 14, "RTUID": 11, "SRCID": 202, "ADDR": 1, "TYPE": "int16"}]
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    # a table written with other DDL keeps 1 as '01' or 1.0: one key, a second row with it silently replaced
+    # the first in Redis (an RTU was lost without a word)
+    (add("T004_RTU", {"RTUID": "01", "NAME": "again", "RTUTYPE": 0, "PROTOCOL": "modbus_tcp"}),
+     ["T004_RTU [1] RTUID: key held by 2 rows"]),
+    (add("T010_CHANNEL", {"RTUID": 1.0, "CHANNO": 1.0, "HOST": "127.0.0.9", "PORT": 502, "UNITID": 1}),
+     ["T010_CHANNEL [1:1] RTUID, CHANNO: key held by 2 rows"]),
+    # '$' matched before a final line break
+    (setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "plc1\n"),
+     ["T010_CHANNEL [1:1] HOST: 'plc1\\n' is not a host name or IP address"]),
+    # a key with a line break is quoted: one problem, one line
+    (setv("T005_ZFAI", {"ZFID": 21}, "ZFID", "x\ny"), ["T005_ZFAI ['x\\ny'] ZFID: 'x\\ny' is not an integer"]),
+    # the int16 at 1 overlaps the float32 at 0, not its neighbour the int16 at 0: it went unreported
+    (_spans_in_one_area,
+     ["T005_ZFAI [13] ADDR: address 0 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]",
+      "T005_ZFAI [14] ADDR: address 1 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]"]),
+], ids=["rtu id spelt 01", "channel key spelt 1.0", "host with a final line break", "key with a line break",
+        "overlap past the neighbour"])
+def test_fuzz_findings(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
+    """What tools/fuzz's seeded SEMODEL mutations found: each was accepted, or its problem not a line of its own."""
+    rows = copy.deepcopy(sample_rows)
+    mutate(rows)
+    assert [str(p) for p in validate(rows)] == expect
+
+
 def test_a_long_value_is_shown_bounded(sample_rows: dict) -> None:
     """A problem line quotes the value, cut to a readable length with its full length said."""
     rows = copy.deepcopy(sample_rows)
