@@ -44,9 +44,18 @@ def feproot() -> Path:
 # --- value parsers: each returns the typed value or raises ValueError with what is allowed ------------
 
 
+TIMER_MAX_S = 86_400.0
+"""The longest time a seconds setting (every float one) may give: one day, as T004_RTU.POLLMS's longest
+general interrogation period. Without a bound, '1e10' was taken, and the first socket given such a timeout
+(`[redis] socket_timeout_s`) ended sysload and every service with a traceback (OverflowError)."""
+
+
 def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
-    """A number > 0 (or >= 0 with `zero`, for periods where 0 means "never")."""
+    """A number > 0 (or >= 0 with `zero`, for periods where 0 means "never"); a float one is a time in
+    seconds, at most TIMER_MAX_S."""
     what = f"expected a {'number' if kind is float else 'whole number'} {'>=' if zero else '>'} 0"
+    if kind is float:
+        what += f" and <= {TIMER_MAX_S:.0f} (seconds: one day)"
 
     def parse(s: str) -> Any:
         try:
@@ -54,6 +63,8 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
         except ValueError:
             raise ValueError(what) from None
         if not math.isfinite(v) or not (v >= 0 if zero else v > 0):  # 'inf', '1e400': no timer lasts forever
+            raise ValueError(what)
+        if kind is float and v > TIMER_MAX_S:
             raise ValueError(what)
         return v
     return parse
@@ -275,10 +286,11 @@ class NodeConfig:
     # modbus_trains: TCP keep-alive on every master's connection (MODBUS Messaging on TCP/IP Implementation
     # Guide V1.0b 4.3.2 recommends it), so that a vanished master's connection is closed
     # (docs/modbus_trains.md, "Connections"); fep_forwarder.app passes it as an option
-    modbus_trains_keepalive_s: int = opt("modbus_trains", _nonneg_int, 60,
+    # at most 32767, Linux's longest TCP_KEEPIDLE: the kernel refused a longer one at each master's connection
+    modbus_trains_keepalive_s: int = opt("modbus_trains", _int_in(0, 32767), 60,
                                          "TCP keep-alive on each master's connection: probes after this many "
-                                         "seconds of silence; a master gone without closing is dropped about "
-                                         "twice this after its last packet; 0: off")
+                                         "seconds of silence (at most 32767); a master gone without closing is "
+                                         "dropped about twice this after its last packet; 0: off")
 
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
@@ -315,7 +327,9 @@ class LogConfig:
     dir: str = opt("log", _text, "log", "log directory, relative to $FEPROOT; empty: no file")
     level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR")
     max_bytes: int = opt("log", _positive(int), 10 * 1024 * 1024, "rotate a log file at this size")
-    backups: int = opt("log", _nonneg_int, 5, "rotated files kept")
+    # at most 1000: each rotation looks for every numbered file up to it (logging's
+    # RotatingFileHandler), and 10**9 held the program logging for minutes at each rotation
+    backups: int = opt("log", _int_in(0, 1000), 5, "rotated files kept, 0 ... 1000")
     console: bool = opt("log", _bool, True, "also log to stderr")
 
 

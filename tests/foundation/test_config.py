@@ -82,7 +82,7 @@ def test_a_command_stops_with_the_line_and_exit_2(tmp_path: Path) -> None:
     p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "FEPROOT": str(tmp_path)}, check=False)
     assert p.returncode == 2
-    assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number > 0")
+    assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number > 0 and <= 86400 (seconds: one day)")
     assert "Traceback" not in p.stderr
 
 

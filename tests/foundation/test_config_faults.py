@@ -51,6 +51,13 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
     (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
     (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
+    # cfgfuzz: a timeout too long for a socket ended sysload and every service with an OverflowError traceback
+    (b"[redis]\nsocket_timeout_s = 1e10\n",
+     "[redis] socket_timeout_s = '1e10': expected a number > 0 and <= 86400 (seconds: one day)"),
+    (b"[modbus_trains]\nkeepalive_s = 32768\n",  # the kernel refused it at each master's connection
+     "[modbus_trains] keepalive_s = '32768': expected a whole number in 0..32767"),
+    (b"[iec104]\nclock_sync_s = 86401\n",
+     "[iec104] clock_sync_s = '86401': expected a number >= 0 and <= 86400 (seconds: one day)"),
     # already right, pinned
     (b"[redis]\nport =\n", "[redis] port = '': expected a TCP port 1..65535"),
     (b"[redis]\nport = +80\n", "[redis] port = '+80': expected a TCP port 1..65535"),
@@ -108,7 +115,7 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
     prog = cmd[0]
     assert p.returncode == 2, p.stderr
     assert lines == [f"{prog}: {tmp_path}/cfg/fep-ha.cfg [writer] batch: unknown setting",
-                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number > 0"]
+                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number > 0 and <= 86400 (seconds: one day)"]
     write(tmp_path, b"[node]\nid = \xff\n")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "FEPROOT": str(tmp_path)},
                        check=False)
@@ -139,10 +146,24 @@ def test_a_rule_across_settings_names_the_variables_that_set_its_values(tmp_path
     ({"FEP_API_OPEN_READS": "2"}, "environment FEP_API_OPEN_READS = '2': expected true or false"),
     ({"FEP_NODE_BIND": "1.2.3"}, "environment FEP_NODE_BIND = '1.2.3': expected an IP address or a host name"),
     ({"FEP_IEC104_T3_S": "256"}, "environment FEP_IEC104_T3_S = '256': expected a number of seconds > 0 and <= 255"),
+    # cfgfuzz: '$' of the host name pattern matched before a final line break: 'plc1\n' was a host
+    ({"FEP_REDIS_VIP": "plc1\n"}, "environment FEP_REDIS_VIP = 'plc1\\n': expected an IP address or a host name"),
 ])
 def test_a_bad_variable_is_one_line(tmp_path: Path, env: dict[str, str], expect: str) -> None:
     (line,) = problems(tmp_path, env)
     assert line.startswith(expect), line
+
+
+def test_log_backups_are_bounded(tmp_path: Path) -> None:
+    """cfgfuzz: [log] backups = 10**9 was taken, and each rotation then looked for a billion numbered files
+    (logging's RotatingFileHandler) while the program could not log."""
+    write(tmp_path, b"[log]\nbackups = 1000000000\n", "syslod.cfg")
+    with pytest.raises(ConfigError) as exc:
+        config.load_log(tmp_path, env={})
+    assert exc.value.problems == (f"{tmp_path}/cfg/syslod.cfg [log] backups = '1000000000': expected a whole number "
+                                  "in 0..1000",)
+    write(tmp_path, b"[log]\nbackups = 1000\n", "syslod.cfg")
+    assert config.load_log(tmp_path, env={}).backups == 1000
 
 
 def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
