@@ -33,6 +33,8 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
         return {}, [Problem("-", "-", "-", f"{path}: no such file{link}")]
     if path.is_dir():
         return {}, [Problem("-", "-", "-", f"{path}: is a directory, not a SQLite database")]
+    if path.is_fifo():  # open() would wait for a writer for ever: sysload hung
+        return {}, [Problem("-", "-", "-", f"{path}: is a named pipe (FIFO), not a SQLite database")]
     try:
         with open(path, "rb") as fh:
             header = fh.read(16)
