@@ -76,7 +76,9 @@ IOA_MAX = 16_777_215
 # RTUID, PNTID, VPID, ZFID: positive, and at most the largest integer a JavaScript number (the dashboard's,
 # the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
 ID_MAX = 2**53 - 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it
+# in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it; the C1 controls too (U+0085, NEL, is a
+# line break to Python's str.splitlines and other log readers; U+009B is CSI, an ESC [ to a terminal reading C1)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # NAME (RTU, point, virtual point): at most this many characters (Unicode code points, so a name in Chinese
 # or Cyrillic gets as many as one in ASCII). No protocol carries a name; the dashboard's tables, the RTU
 # selector and log lines show it whole, and a SCADA tag name or description fits in 64 (a 10,000-character

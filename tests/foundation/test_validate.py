@@ -198,6 +198,10 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("rtu name with an escape", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x1b[31mred"), ("T004_RTU", "1", "NAME")),
     ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
     ("vpoint name with a newline", setv("T036_VTPNT", {"VPID": 901}, "NAME", "a\nb"), ("T036_VTPNT", "901", "NAME")),
+    # cfgfuzz: the C1 controls passed: NEL (U+0085) breaks the line for str.splitlines, CSI (U+009B) is ESC [
+    ("point name with a NEL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x85b"), ("T011_POINT", "101", "NAME")),
+    ("rtu name with a CSI", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x9b31mred"), ("T004_RTU", "1", "NAME")),
+    ("names with U+00A0 and accents are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Poste\xa0Nord é"), None),
     ("unicode names are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Подстанция 北 ⚡"), None),
     ("rtu name of 64 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "北" * 64), None),
     ("rtu name of 65 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "x" * 65), ("T004_RTU", "1", "NAME")),
