@@ -44,18 +44,22 @@ def feproot() -> Path:
 # --- value parsers: each returns the typed value or raises ValueError with what is allowed ------------
 
 
-TIMER_MAX_S = 86_400.0
-"""The longest time a seconds setting (every float one) may give: one day, as T004_RTU.POLLMS's longest
-general interrogation period. Without a bound, '1e10' was taken, and the first socket given such a timeout
-(`[redis] socket_timeout_s`) ended sysload and every service with a traceback (OverflowError)."""
+TIMER_MIN_S, TIMER_MAX_S = 0.001, 86_400.0
+"""The range of a time a seconds setting (every float one) may give. At most one day, as T004_RTU.POLLMS's
+longest general interrogation period: '1e10' was taken, and the first socket given such a timeout (`[redis]
+socket_timeout_s`) ended sysload and every service with a traceback (OverflowError). At least a millisecond,
+since times are kept in Redis in whole ms: a `heartbeat_s` of 0.0001 gave the heartbeat key a lifetime of 0 ms,
+which Redis refuses, so no heartbeat was ever written (and a loop on so short a period only spins)."""
 
 
 def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
-    """A number > 0 (or >= 0 with `zero`, for periods where 0 means "never"); a float one is a time in
-    seconds, at most TIMER_MAX_S."""
-    what = f"expected a {'number' if kind is float else 'whole number'} {'>=' if zero else '>'} 0"
+    """A number > 0 (or 0 as well with `zero`, for periods where 0 means "never"); a float one is a time in
+    seconds, TIMER_MIN_S ... TIMER_MAX_S."""
     if kind is float:
-        what += f" and <= {TIMER_MAX_S:.0f} (seconds: one day)"
+        what = (f"expected {'0 or ' if zero else ''}a number of seconds >= {TIMER_MIN_S:g} and "
+                f"<= {TIMER_MAX_S:.0f} (one day)")
+    else:
+        what = f"expected a whole number {'>=' if zero else '>'} 0"
 
     def parse(s: str) -> Any:
         try:
@@ -64,7 +68,7 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
             raise ValueError(what) from None
         if not math.isfinite(v) or not (v >= 0 if zero else v > 0):  # 'inf', '1e400': no timer lasts forever
             raise ValueError(what)
-        if kind is float and v > TIMER_MAX_S:
+        if kind is float and v and not TIMER_MIN_S <= v <= TIMER_MAX_S:
             raise ValueError(what)
         return v
     return parse

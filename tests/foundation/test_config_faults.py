@@ -31,9 +31,9 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("data,expect", [
     (b"[node]\nid = A\n; caf\xe9 (latin-1)\n", "fep-ha.cfg line 3: byte 0xe9 is not UTF-8"),
-    (b"[timers]\ntakeover_s = inf\n", "[timers] takeover_s = 'inf': expected a number > 0"),
-    (b"[timers]\nlease_ttl_s = 1e400\n", "[timers] lease_ttl_s = '1e400': expected a number > 0"),
-    (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected a number >= 0"),
+    (b"[timers]\ntakeover_s = inf\n", "[timers] takeover_s = 'inf': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[timers]\nlease_ttl_s = 1e400\n", "[timers] lease_ttl_s = '1e400': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     (b"[DEFAULT]\nport = 7000\n", "fep-ha.cfg [DEFAULT] port: unknown setting"),
     (b"[timer]\n", "fep-ha.cfg [timer]: unknown section"),
     # cfgaudit: what an independent checker tries
@@ -53,17 +53,19 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
     # cfgfuzz: a timeout too long for a socket ended sysload and every service with an OverflowError traceback
     (b"[redis]\nsocket_timeout_s = 1e10\n",
-     "[redis] socket_timeout_s = '1e10': expected a number > 0 and <= 86400 (seconds: one day)"),
+     "[redis] socket_timeout_s = '1e10': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[timers]\nheartbeat_s = 0.0001\n",  # a heartbeat key of lifetime 0 ms: Redis refused every one
+     "[timers] heartbeat_s = '0.0001': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
     (b"[modbus_trains]\nkeepalive_s = 32768\n",  # the kernel refused it at each master's connection
      "[modbus_trains] keepalive_s = '32768': expected a whole number in 0..32767"),
     (b"[iec104]\nclock_sync_s = 86401\n",
-     "[iec104] clock_sync_s = '86401': expected a number >= 0 and <= 86400 (seconds: one day)"),
+     "[iec104] clock_sync_s = '86401': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     # already right, pinned
     (b"[redis]\nport =\n", "[redis] port = '': expected a TCP port 1..65535"),
     (b"[redis]\nport = +80\n", "[redis] port = '+80': expected a TCP port 1..65535"),
     (b"[api]\nopen_reads = maybe\n", "[api] open_reads = 'maybe': expected true or false"),
     (b"[iec104]\nk = 0\n", "[iec104] k = '0': expected a whole number > 0"),
-    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number > 0"),
+    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
     (b"[modbus_trains]\nquality_unit = 255\n", "[modbus_trains] quality_unit = 255: a unit id is 1 ... 254"),
     (b"[node]\nid = A\n  B\n", "[node] id = 'A\\nB': expected A or B"),
     (b"[node]\nid = A\x00\n", "[node] id = 'A\\x00': expected A or B"),
@@ -115,7 +117,7 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
     prog = cmd[0]
     assert p.returncode == 2, p.stderr
     assert lines == [f"{prog}: {tmp_path}/cfg/fep-ha.cfg [writer] batch: unknown setting",
-                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number > 0 and <= 86400 (seconds: one day)"]
+                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number of seconds >= 0.001 and <= 86400 (one day)"]
     write(tmp_path, b"[node]\nid = \xff\n")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "FEPROOT": str(tmp_path)},
                        check=False)
