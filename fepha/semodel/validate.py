@@ -148,6 +148,8 @@ class _Checker:
 
 
 NO_CHANNEL_1 = "acquisition RTU has no channel 1 in T010_CHANNEL"
+NOTHING_POLLED = ("modbus_tcp RTU has no point in T011_POINT: nothing would be read from it, so whether it is "
+                  "reached could not be told (its link would stay up once connected)")
 NEEDS_RTUS = frozenset({"T010_CHANNEL", "T011_POINT", "T036_VTPNT", *FWD_TABLES})
 """Tables whose rules read their RTU's row (its type, protocol and address ranges): without T004_RTU they
 would report problems that are not their own (every row's RTU "is not an RTU of T004_RTU", a point of an
@@ -170,6 +172,7 @@ def validate(rows: Mapping[str, Sequence[Row]], unread: Collection[str] = ()) ->
            and rtus.get(rid) == ACQUISITION and r.get("PROTOCOL") == IEC104}
     _check_channels(c, rows.get("T010_CHANNEL", ()), rtus, iec)
     kinds = _check_points(c, rows.get("T011_POINT", ()), rtus, iec)
+    _check_polled(c, rows.get("T011_POINT", ()), rtus, iec)
     _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
     _check_forwards(c, rows, rtus, kinds)
     if not unread:
@@ -184,6 +187,8 @@ def _needs_unread(p: Problem, gone: frozenset[str]) -> bool:
         return True
     if p.message == NO_CHANNEL_1:
         return "T010_CHANNEL" in gone
+    if p.message == NOTHING_POLLED:
+        return "T011_POINT" in gone
     if p.table in FWD_TABLES and p.column == "SRCID" and not gone.isdisjoint(("T011_POINT", "T036_VTPNT")):
         return True
     return p.table in NEEDS_RTUS and "T004_RTU" in gone
@@ -373,6 +378,18 @@ def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None
             c.add(t, row, "BITINDEX", "is only for bool points in register areas (hr, ir)")
         _check_scaling(c, row, kind, bit=dtype == "bool")
     return kinds
+
+
+def _check_polled(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None], iec: set[int]) -> None:
+    """A Modbus acquisition RTU is reached when its poll is answered (every point is read, control targets
+    too); with no point at all (a virtual point of its link only) a poll sends nothing, so the acquirer found
+    it reached at every poll once its connection was open, however long the device had been silent (a cut
+    cable is not seen by a TCP connection that sends nothing). An IEC 104 RTU's link has its own test frames
+    (t3)."""
+    read = {rid for row in points if (rid := _int(row.get("RTUID"))) is not None}
+    for rid, rtype in rtus.items():
+        if rtype == ACQUISITION and rid not in iec and rid not in read:
+            c.add("T004_RTU", {"RTUID": rid}, "RTUID", NOTHING_POLLED)
 
 
 def _check_scaling(c: _Checker, row: Row, kind: str | None, bit: bool) -> None:

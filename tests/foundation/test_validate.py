@@ -293,6 +293,19 @@ def _spans_in_one_area(rows: dict) -> None:
                           {**ZF, "ZFID": 14, "RTUID": 11, "SRCID": 202, "ADDR": 1, "TYPE": "int16"}]
 
 
+def _new_rtu(protocol: str, point: bool) -> Callable[[dict], None]:
+    """A new acquisition RTU 4 with a virtual point of its link and, with `point`, a control target (a siren's
+    coil)."""
+    def mutate(rows: dict) -> None:
+        rows["T004_RTU"].append({"RTUID": 4, "NAME": "Siren", "RTUTYPE": 0, "PROTOCOL": protocol})
+        rows["T010_CHANNEL"].append({"RTUID": 4, "CHANNO": 1, "HOST": "127.0.0.4", "PORT": 502, "UNITID": 1})
+        rows["T036_VTPNT"].append({"VPID": 904, "RTUID": 4, "NAME": "Siren link"})
+        if point:
+            rows["T011_POINT"].append({"PNTID": 401, "RTUID": 4, "KIND": "DO", "NAME": "siren", "ADDRESS": 1,
+                                       "AREA": "co", "DATATYPE": "bool"})
+    return mutate
+
+
 @pytest.mark.parametrize("mutate,expect", [
     # a table written with other DDL keeps 1 as '01' or 1.0: one key, a second row with it silently replaced
     # the first in Redis (an RTU was lost without a word)
@@ -309,8 +322,15 @@ def _spans_in_one_area(rows: dict) -> None:
     (_spans_in_one_area,
      ["T005_ZFAI [13] ADDR: address 0 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]",
       "T005_ZFAI [14] ADDR: address 1 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]"]),
+    # a poll of a device with nothing to read sends nothing: it was found reached at every poll once connected
+    (_new_rtu("modbus_tcp", point=False),
+     ["T004_RTU [4] RTUID: modbus_tcp RTU has no point in T011_POINT: nothing would be read from it, so whether "
+      "it is reached could not be told (its link would stay up once connected)"]),
+    (_new_rtu("modbus_tcp", point=True), []),  # a control target is read too
+    (_new_rtu("iec104", point=False), []),  # its link has test frames of its own
 ], ids=["rtu id spelt 01", "channel key spelt 1.0", "host with a final line break", "key with a line break",
-        "overlap past the neighbour"])
+        "overlap past the neighbour", "modbus rtu without a point", "modbus rtu with one control target",
+        "iec104 rtu without a point"])
 def test_fuzz_findings(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
     """What tools/fuzz's seeded SEMODEL mutations found: each was accepted, or its problem not a line of its own."""
     rows = copy.deepcopy(sample_rows)
