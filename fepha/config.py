@@ -351,6 +351,8 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)  # inline comments: `file_value`
     if not path.exists():
         return parser
+    if path.is_fifo():  # reading one waits for a writer: every command hung at its start
+        raise ConfigError(f"{path}: is a named pipe (FIFO), not a file")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -107,6 +107,9 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
     what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
+    for key in ("cert", "key", "ca"):  # OpenSSL reading a named pipe waits for a writer: the forwarder hung
+        if (v := getattr(cfg, f"tls_{key}")) and Path(path(v)).is_fifo():
+            raise ConfigError(f"[tls] {key} = {v!r}: {path(v)} is a named pipe (FIFO), not a file")
     try:
         ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
     except (OSError, ssl.SSLError) as exc:

@@ -86,6 +86,26 @@ def test_a_file_that_cannot_be_read_is_not_taken_for_defaults(tmp_path: Path) ->
     assert line.endswith("fep-ha.cfg: cannot read: Is a directory")
 
 
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("name", ["fep-ha.cfg", "syslod.cfg"])
+def test_a_named_pipe_is_not_read(tmp_path: Path, name: str) -> None:
+    """cfgfuzz: reading a named pipe waits for a writer: every command hung at its start."""
+    (tmp_path / "cfg").mkdir()
+    os.mkfifo(tmp_path / "cfg" / name)
+    with pytest.raises(ConfigError) as exc:
+        config.load_log(tmp_path, env={}) if name == "syslod.cfg" else config.load_node(tmp_path, env={})
+    assert exc.value.problems == (f"{tmp_path}/cfg/{name}: is a named pipe (FIFO), not a file",)
+
+
+@pytest.mark.timeout(10)
+def test_a_tls_file_that_is_a_named_pipe_is_not_read(tmp_path: Path) -> None:
+    from fep_forwarder.app import tls_context
+    os.mkfifo(tmp_path / "node.pem")
+    with pytest.raises(ConfigError) as exc:
+        tls_context(config.NodeConfig(tls_cert="node.pem"), tmp_path)
+    assert str(exc.value) == f"[tls] cert = 'node.pem': {tmp_path}/node.pem is a named pipe (FIFO), not a file"
+
+
 def test_missing_or_empty_file_means_defaults_and_environment(tmp_path: Path) -> None:
     """Documented: benches and containers configure a node by environment alone."""
     assert config.load_node(tmp_path, env={"FEP_NODE_ID": "B"}).node_id == "B"
