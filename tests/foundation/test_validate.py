@@ -313,6 +313,10 @@ def _new_rtu(protocol: str, point: bool) -> Callable[[dict], None]:
      ["T004_RTU [1] RTUID: key held by 2 rows"]),
     (add("T010_CHANNEL", {"RTUID": 1.0, "CHANNO": 1.0, "HOST": "127.0.0.9", "PORT": 502, "UNITID": 1}),
      ["T010_CHANNEL [1:1] RTUID, CHANNO: key held by 2 rows"]),
+    # an integer column holds text of digits where other DDL kept it so: CHANNO '2' was "'2' is not one of 1, 2"
+    (lambda rows: (row(rows, "T010_CHANNEL", RTUID=1, CHANNO=2).update(CHANNO="2"),
+                   row(rows, "T004_RTU", RTUID=12).update(RTUTYPE="2")), []),
+    (setv("T004_RTU", {"RTUID": 12}, "RTUTYPE", "1"), ["T004_RTU [12] RTUTYPE: '1' is not one of 0, 2"]),
     # '$' matched before a final line break
     (setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "plc1\n"),
      ["T010_CHANNEL [1:1] HOST: 'plc1\\n' is not a host name or IP address"]),
@@ -328,7 +332,7 @@ def _new_rtu(protocol: str, point: bool) -> Callable[[dict], None]:
       "it is reached could not be told (its link would stay up once connected)"]),
     (_new_rtu("modbus_tcp", point=True), []),  # a control target is read too
     (_new_rtu("iec104", point=False), []),  # its link has test frames of its own
-], ids=["rtu id spelt 01", "channel key spelt 1.0", "host with a final line break", "key with a line break",
+], ids=["rtu id spelt 01", "channel key spelt 1.0", "CHANNO and RTUTYPE as text", "RTUTYPE '1'", "host with a final line break", "key with a line break",
         "overlap past the neighbour", "modbus rtu without a point", "modbus rtu with one control target",
         "iec104 rtu without a point"])
 def test_fuzz_findings(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
