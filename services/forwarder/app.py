@@ -402,8 +402,13 @@ class Forwarder:
         self.consumed = 0 if isinstance(info, Exception) else int(info["entries-added"])  # no stream yet
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
-        for h in res[2:3 + len(rtus)]:
-            merge(per, self.routing.updates(h.items(), bad))
+        for rid, h in zip(rtus, res[2:2 + len(rtus)], strict=True):
+            # a point's value from its own RTU's hash only: a point a reload moved to another RTU is still in
+            # the old one's (the value its old device gave), and was taken from whichever hash came last
+            own = self.src_rtu
+            merge(per, self.routing.updates([(k, v) for k, v in h.items()
+                                             if not (k.isdigit() and own.get(int(k), rid) != rid)], bad))
+        merge(per, self.routing.updates(res[2 + len(rtus)].items(), bad))  # virtual points
         position = parse_id(self.last_id)
         first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(
             info["first-entry"][0])
