@@ -17,7 +17,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -365,11 +365,24 @@ class Forwarder:
                 return False
             await asyncio.sleep(0.05)
 
+    def _own_pairs(self, pairs: Iterable[tuple[str, str]], source: int | str | None) -> list[tuple[str, str]]:
+        """The point id -> record pairs of acquisition RTU `source` (its values hash, or a stream entry whose
+        `r` names it) without those of points configured on another RTU: a point a reload moved keeps, in its
+        old RTU's hash, the value its old device gave it, and an acquirer not yet reloaded may still write it
+        there; taken, that value was served for the point (from whichever hash was read last, at every full
+        image) until the point changed on its new RTU. `source` None (an entry naming none): every pair."""
+        if source is None:
+            return list(pairs)
+        own, rid = self.src_rtu, str(source)
+        return [(k, v) for k, v in pairs
+                if not (k.isdigit() and (r := own.get(int(k))) is not None and str(r) != rid)]
+
     def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
         for eid, fields in entries:
-            merge(per, self.routing.updates(entry_pairs(fields), bad, parse_id(eid)))
+            merge(per, self.routing.updates(self._own_pairs(entry_pairs(fields), fields.get("r")), bad,
+                                            parse_id(eid)))
         for rid, ups in per.items():
             srv = self.servers.get(rid)
             if srv is not None:
@@ -403,11 +416,7 @@ class Forwarder:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
         for rid, h in zip(rtus, res[2:2 + len(rtus)], strict=True):
-            # a point's value from its own RTU's hash only: a point a reload moved to another RTU is still in
-            # the old one's (the value its old device gave), and was taken from whichever hash came last
-            own = self.src_rtu
-            merge(per, self.routing.updates([(k, v) for k, v in h.items()
-                                             if not (k.isdigit() and own.get(int(k), rid) != rid)], bad))
+            merge(per, self.routing.updates(self._own_pairs(h.items(), rid), bad))
         merge(per, self.routing.updates(res[2 + len(rtus)].items(), bad))  # virtual points
         position = parse_id(self.last_id)
         first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(

@@ -11,7 +11,7 @@ import c104
 import pytest
 
 from fep_loader.store import replace_config
-from tests.forwarder.se104s_fixtures import c104_master, in_thread
+from tests.forwarder.se104s_fixtures import c104_master, in_thread, until
 from tests.forwarder.test_runner import (
     SAMPLE_POINTS,
     Writer,
@@ -19,6 +19,7 @@ from tests.forwarder.test_runner import (
     node_cfg,
     se104s_rows,
     setup,
+    spont,
     wait_listening,
 )
 
@@ -39,4 +40,9 @@ async def test_a_moved_point_is_served_from_its_new_rtu(setup: Any, feproot: Pat
         await wait_listening(port)
         async with c104_master(port, points={**SAMPLE_POINTS, 1009: c104.Type.M_ME_NC_1}, ca=1) as m:
             gi = {x.ioa: x.value for x in m.values("INTERROGATED_BY_STATION")}
-    assert float(gi[1004]) == pytest.approx(0.3, abs=1e-3)  # COEF 0.1 of 3.0; 0.7 was the old device's value
+            assert float(gi[1004]) == pytest.approx(0.3, abs=1e-3)  # COEF 0.1 of 3.0; 0.7: the old device's
+            # an acquirer not reloaded yet still writes the point under its old RTU: not forwarded either
+            await w.write(2, p201=9.0)
+            await w.write(1, p101=5.0)  # after it in the stream
+            await until(lambda: spont(m, 1001), what="the change after it")
+            assert spont(m, 1004) == []
