@@ -13,8 +13,9 @@ SHOWN_CHARS = 60  # a value longer than this is quoted cut, with its length (a 1
 
 # RFC 1123 host name; RFC 3696 2: a top-level label is never all-numeric, since resolvers read a dotted
 # all-numeric name as an IPv4 address in a legacy form ('1.2.3' connects to 1.2.0.3, '12345' to 0.0.48.57).
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
-_NUMERIC_LAST_LABEL = re.compile(r"(^|\.)[0-9]+$")
+# \Z, not $: $ also matches before a final line break, and 'plc1\n' was taken for a host name.
+_HOSTNAME = re.compile(r"^(?=.{1,253}\Z)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z")
+_NUMERIC_LAST_LABEL = re.compile(r"(^|\.)[0-9]+\Z")
 
 
 def shown(v: Any) -> str:

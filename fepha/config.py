@@ -44,9 +44,22 @@ def feproot() -> Path:
 # --- value parsers: each returns the typed value or raises ValueError with what is allowed ------------
 
 
+TIMER_MIN_S, TIMER_MAX_S = 0.001, 86_400.0
+"""The range of a time a seconds setting (every float one) may give. At most one day, as T004_RTU.POLLMS's
+longest general interrogation period: '1e10' was taken, and the first socket given such a timeout (`[redis]
+socket_timeout_s`) ended sysload and every service with a traceback (OverflowError). At least a millisecond,
+since times are kept in Redis in whole ms: a `heartbeat_s` of 0.0001 gave the heartbeat key a lifetime of 0 ms,
+which Redis refuses, so no heartbeat was ever written (and a loop on so short a period only spins)."""
+
+
 def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
-    """A number > 0 (or >= 0 with `zero`, for periods where 0 means "never")."""
-    what = f"expected a {'number' if kind is float else 'whole number'} {'>=' if zero else '>'} 0"
+    """A number > 0 (or 0 as well with `zero`, for periods where 0 means "never"); a float one is a time in
+    seconds, TIMER_MIN_S ... TIMER_MAX_S."""
+    if kind is float:
+        what = (f"expected {'0 or ' if zero else ''}a number of seconds >= {TIMER_MIN_S:g} and "
+                f"<= {TIMER_MAX_S:.0f} (one day)")
+    else:
+        what = f"expected a whole number {'>=' if zero else '>'} 0"
 
     def parse(s: str) -> Any:
         try:
@@ -54,6 +67,8 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
         except ValueError:
             raise ValueError(what) from None
         if not math.isfinite(v) or not (v >= 0 if zero else v > 0):  # 'inf', '1e400': no timer lasts forever
+            raise ValueError(what)
+        if kind is float and v and not TIMER_MIN_S <= v <= TIMER_MAX_S:
             raise ValueError(what)
         return v
     return parse
@@ -275,10 +290,11 @@ class NodeConfig:
     # modbus_trains: TCP keep-alive on every master's connection (MODBUS Messaging on TCP/IP Implementation
     # Guide V1.0b 4.3.2 recommends it), so that a vanished master's connection is closed
     # (docs/modbus_trains.md, "Connections"); fep_forwarder.app passes it as an option
-    modbus_trains_keepalive_s: int = opt("modbus_trains", _nonneg_int, 60,
+    # at most 32767, Linux's longest TCP_KEEPIDLE: the kernel refused a longer one at each master's connection
+    modbus_trains_keepalive_s: int = opt("modbus_trains", _int_in(0, 32767), 60,
                                          "TCP keep-alive on each master's connection: probes after this many "
-                                         "seconds of silence; a master gone without closing is dropped about "
-                                         "twice this after its last packet; 0: off")
+                                         "seconds of silence (at most 32767); a master gone without closing is "
+                                         "dropped about twice this after its last packet; 0: off")
 
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
@@ -315,7 +331,9 @@ class LogConfig:
     dir: str = opt("log", _text, "log", "log directory, relative to $FEPROOT; empty: no file")
     level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR")
     max_bytes: int = opt("log", _positive(int), 10 * 1024 * 1024, "rotate a log file at this size")
-    backups: int = opt("log", _nonneg_int, 5, "rotated files kept")
+    # at most 1000: each rotation looks for every numbered file up to it (logging's
+    # RotatingFileHandler), and 10**9 held the program logging for minutes at each rotation
+    backups: int = opt("log", _int_in(0, 1000), 5, "rotated files kept, 0 ... 1000")
     console: bool = opt("log", _bool, True, "also log to stderr")
 
 
@@ -333,6 +351,8 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
     parser = configparser.ConfigParser(interpolation=None)  # inline comments: `file_value`
     if not path.exists():
         return parser
+    if path.is_fifo():  # reading one waits for a writer: every command hung at its start
+        raise ConfigError(f"{path}: is a named pipe (FIFO), not a file")
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -33,6 +33,8 @@ def read_rows(path: Path) -> tuple[dict[str, list[Row]], list[Problem]]:
         return {}, [Problem("-", "-", "-", f"{path}: no such file{link}")]
     if path.is_dir():
         return {}, [Problem("-", "-", "-", f"{path}: is a directory, not a SQLite database")]
+    if path.is_fifo():  # open() would wait for a writer for ever: sysload hung
+        return {}, [Problem("-", "-", "-", f"{path}: is a named pipe (FIFO), not a SQLite database")]
     try:
         with open(path, "rb") as fh:
             header = fh.read(16)
@@ -94,17 +96,32 @@ def _text(b: bytes) -> str | NotUtf8:
 
 
 def build(sql_path: Path, db_path: Path) -> None:
-    """Create `db_path` anew from the schema and the data statements in `sql_path`."""
+    """Create `db_path` anew from the schema and the data statements in `sql_path`. Raises OSError,
+    sqlite3.Error, or ValueError for SQL text that cannot be run (not UTF-8, a NUL character); `db_path` is
+    then left as it was."""
+    if sql_path.is_fifo():  # reading one waits for a writer
+        raise ValueError("is a named pipe (FIFO), not a file")
+    data = sql_path.read_bytes()
+    try:
+        sql = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValueError(f"line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 (save the file as UTF-8)") from None
+    if "\x00" in sql:  # sqlite3 refuses it with "embedded null character", naming no line
+        raise ValueError(f"line {sql[:sql.index(chr(0))].count(chr(10)) + 1}: a NUL character (U+0000)")
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_suffix(db_path.suffix + ".tmp")
     tmp.unlink(missing_ok=True)
     con = sqlite3.connect(tmp)
     try:
         con.executescript(SCHEMA_SQL)
-        con.executescript(sql_path.read_text())
+        con.executescript(sql)
         con.commit()
-    finally:
+    except BaseException:
         con.close()
+        tmp.unlink(missing_ok=True)  # a half-built database is left nowhere
+        raise
+    con.close()
     tmp.replace(db_path)
 
 

@@ -8,6 +8,7 @@ rows that passed `fepha.semodel.validate`; defaults for NULL columns are applied
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -62,8 +63,31 @@ FWD_KIND: dict[str, str] = {"T005_ZFAI": "AI", "T006_ZFDI": "DI", "T007_ZFACC": 
                             "T009_ZFAO": "AO"}
 
 
+_DIGITS = re.compile(r"-?[0-9]+")  # ASCII: int() also reads Arabic-Indic digits
+
+
+def int_value(v: Any) -> int | None:
+    """The integer an integer column's cell holds: an integer, a real with no fraction (2.0) or text of ASCII
+    digits ('5', which a table written with other DDL keeps as text); None for anything else."""
+    if type(v) is int:
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str) and _DIGITS.fullmatch(v.strip()):
+        return int(v)
+    return None
+
+
 def row_key(table: str, row: Mapping[str, Any]) -> str:
-    return ":".join(str(row.get(c)) for c in KEYS[table])
+    """The row's key in Redis and in reports: its key columns joined by ":", each integer written as one
+    (a table written with other DDL may hold the id 2 as 2.0 or '02': one key, not three, so that a second
+    row with it is reported as a duplicate instead of silently replacing the first in Redis)."""
+    parts = []
+    for c in KEYS[table]:
+        v = row.get(c)
+        i = v if type(v) is int else int_value(v)
+        parts.append(str(v) if i is None else str(i))
+    return ":".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ Nothing here rewrites a bad value into a good one: a value is either accepted as
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import math
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -30,6 +29,7 @@ from fepha.semodel.model import (
     POLL_MS_RANGE,
     RTUTYPES,
     Row,
+    int_value,
     row_key,
 )
 
@@ -40,7 +40,11 @@ class NotUtf8(bytes):
 
 
 def _cut(key: str) -> str:
-    """A row key as reports show it: a key that is a long text is cut like a value (`shown`)."""
+    """A row key as reports show it: a key that is a long text is cut like a value (`shown`), one holding a
+    line break or another character that is not printable is quoted with it escaped (each problem is one
+    line, and an ESC in a key would rewrite the terminal showing it)."""
+    if not key.isprintable():
+        key = repr(key)
     return key if len(key) <= 40 else f"{key[:40]}..."
 
 
@@ -72,7 +76,9 @@ IOA_MAX = 16_777_215
 # RTUID, PNTID, VPID, ZFID: positive, and at most the largest integer a JavaScript number (the dashboard's,
 # the api's JSON read by browsers) holds exactly; a larger id would be shown, and asked for, as another one
 ID_MAX = 2**53 - 1
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it
+# in a NAME: an ESC rewrites the terminal showing a log line, a NUL cuts it; the C1 controls too (U+0085, NEL, is a
+# line break to Python's str.splitlines and other log readers; U+009B is CSI, an ESC [ to a terminal reading C1)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 # NAME (RTU, point, virtual point): at most this many characters (Unicode code points, so a name in Chinese
 # or Cyrillic gets as many as one in ASCII). No protocol carries a name; the dashboard's tables, the RTU
 # selector and log lines show it whole, and a SCADA tag name or description fits in 64 (a 10,000-character
@@ -93,16 +99,7 @@ KIND_AREAS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):  # ASCII: int() also reads Arabic-Indic digits
-        return int(v)
-    return None
+_int = int_value
 
 
 def _num(v: Any) -> float | None:
@@ -144,13 +141,17 @@ class _Checker:
             if required:
                 self.add(table, row, column, f"is not set (one of {', '.join(map(str, allowed))})")
             return None
-        if v not in allowed:
+        if all(type(a) is int for a in allowed):  # an integer column: '2' and 2.0 are 2, as everywhere else
+            v = _int(v) if _int(v) in allowed else v
+        if v not in allowed or isinstance(v, bool):
             self.add(table, row, column, f"{shown(v)} is not one of {', '.join(map(str, allowed))}")
             return None
         return v
 
 
 NO_CHANNEL_1 = "acquisition RTU has no channel 1 in T010_CHANNEL"
+NOTHING_POLLED = ("modbus_tcp RTU has no point in T011_POINT: nothing would be read from it, so whether it is "
+                  "reached could not be told (its link would stay up once connected)")
 NEEDS_RTUS = frozenset({"T010_CHANNEL", "T011_POINT", "T036_VTPNT", *FWD_TABLES})
 """Tables whose rules read their RTU's row (its type, protocol and address ranges): without T004_RTU they
 would report problems that are not their own (every row's RTU "is not an RTU of T004_RTU", a point of an
@@ -173,6 +174,7 @@ def validate(rows: Mapping[str, Sequence[Row]], unread: Collection[str] = ()) ->
            and rtus.get(rid) == ACQUISITION and r.get("PROTOCOL") == IEC104}
     _check_channels(c, rows.get("T010_CHANNEL", ()), rtus, iec)
     kinds = _check_points(c, rows.get("T011_POINT", ()), rtus, iec)
+    _check_polled(c, rows.get("T011_POINT", ()), rtus, iec)
     _check_vpoints(c, rows.get("T036_VTPNT", ()), rtus, kinds)
     _check_forwards(c, rows, rtus, kinds)
     if not unread:
@@ -187,6 +189,8 @@ def _needs_unread(p: Problem, gone: frozenset[str]) -> bool:
         return True
     if p.message == NO_CHANNEL_1:
         return "T010_CHANNEL" in gone
+    if p.message == NOTHING_POLLED:
+        return "T011_POINT" in gone
     if p.table in FWD_TABLES and p.column == "SRCID" and not gone.isdisjoint(("T011_POINT", "T036_VTPNT")):
         return True
     return p.table in NEEDS_RTUS and "T004_RTU" in gone
@@ -378,6 +382,18 @@ def _check_points(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None
     return kinds
 
 
+def _check_polled(c: _Checker, points: Sequence[Row], rtus: dict[int, int | None], iec: set[int]) -> None:
+    """A Modbus acquisition RTU is reached when its poll is answered (every point is read, control targets
+    too); with no point at all (a virtual point of its link only) a poll sends nothing, so the acquirer found
+    it reached at every poll once its connection was open, however long the device had been silent (a cut
+    cable is not seen by a TCP connection that sends nothing). An IEC 104 RTU's link has its own test frames
+    (t3)."""
+    read = {rid for row in points if (rid := _int(row.get("RTUID"))) is not None}
+    for rid, rtype in rtus.items():
+        if rtype == ACQUISITION and rid not in iec and rid not in read:
+            c.add("T004_RTU", {"RTUID": rid}, "RTUID", NOTHING_POLLED)
+
+
 def _check_scaling(c: _Checker, row: Row, kind: str | None, bit: bool) -> None:
     """SCALE, OFFSET and DEADBAND of a point (the same for every acquisition protocol). A deadband is for AI
     points only: on a DI, counter or control target it would hide changes (a DI with DEADBAND 1 never showed
@@ -474,11 +490,17 @@ def _check_forwards(c: _Checker, rows: Mapping[str, Sequence[Row]], rtus: dict[i
                 used.setdefault((rid, "all"), []).append((addr, addr, table, row))
     for (rid, space), spans in used.items():
         spans.sort(key=lambda s: (s[0], s[2], row_key(s[2], s[3])))
-        for (_lo1, hi1, t1, r1), (lo2, _hi2, t2, r2) in itertools.pairwise(spans):
+        # each span against the one reaching furthest of those before it, not only its neighbour: an int32 at
+        # 0 (0..1), an int16 at 0 and an int16 at 1 overlap twice, and both are reported in one run
+        hi1, t1 = -1, ""
+        r1: Row = {}
+        for lo2, hi2, t2, r2 in spans:
             if lo2 <= hi1:
                 where = f" in area {space}" if space != "all" else ""
                 c.add(t2, r2, "ADDR", f"address {lo2} of forwarding RTU {rid}{where} is already used by "
-                      f"{t1} [{row_key(t1, r1)}]")
+                      f"{t1} [{_cut(row_key(t1, r1))}]")
+            if hi2 > hi1:
+                hi1, t1, r1 = hi2, t2, r2
 
 
 def _check_fwd_type(c: _Checker, table: str, row: Row, proto: str | None) -> str | None:

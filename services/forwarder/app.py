@@ -17,7 +17,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,9 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
     what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
+    for key in ("cert", "key", "ca"):  # OpenSSL reading a named pipe waits for a writer: the forwarder hung
+        if (v := getattr(cfg, f"tls_{key}")) and Path(path(v)).is_fifo():
+            raise ConfigError(f"[tls] {key} = {v!r}: {path(v)} is a named pipe (FIFO), not a file")
     try:
         ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
     except (OSError, ssl.SSLError) as exc:
@@ -362,11 +365,24 @@ class Forwarder:
                 return False
             await asyncio.sleep(0.05)
 
+    def _own_pairs(self, pairs: Iterable[tuple[str, str]], source: int | str | None) -> list[tuple[str, str]]:
+        """The point id -> record pairs of acquisition RTU `source` (its values hash, or a stream entry whose
+        `r` names it) without those of points configured on another RTU: a point a reload moved keeps, in its
+        old RTU's hash, the value its old device gave it, and an acquirer not yet reloaded may still write it
+        there; taken, that value was served for the point (from whichever hash was read last, at every full
+        image) until the point changed on its new RTU. `source` None (an entry naming none): every pair."""
+        if source is None:
+            return list(pairs)
+        own, rid = self.src_rtu, str(source)
+        return [(k, v) for k, v in pairs
+                if not (k.isdigit() and (r := own.get(int(k))) is not None and str(r) != rid)]
+
     def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
         for eid, fields in entries:
-            merge(per, self.routing.updates(entry_pairs(fields), bad, parse_id(eid)))
+            merge(per, self.routing.updates(self._own_pairs(entry_pairs(fields), fields.get("r")), bad,
+                                            parse_id(eid)))
         for rid, ups in per.items():
             srv = self.servers.get(rid)
             if srv is not None:
@@ -399,8 +415,9 @@ class Forwarder:
         self.consumed = 0 if isinstance(info, Exception) else int(info["entries-added"])  # no stream yet
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
-        for h in res[2:3 + len(rtus)]:
-            merge(per, self.routing.updates(h.items(), bad))
+        for rid, h in zip(rtus, res[2:2 + len(rtus)], strict=True):
+            merge(per, self.routing.updates(self._own_pairs(h.items(), rid), bad))
+        merge(per, self.routing.updates(res[2 + len(rtus)].items(), bad))  # virtual points
         position = parse_id(self.last_id)
         first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(
             info["first-entry"][0])

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         sql = args.sql or root / "cfg" / "SEMODEL.sql"
         try:
             db.build(sql, path)
-        except (OSError, sqlite3.Error) as exc:  # a missing file or bad SQL: one line, no traceback
+        except (OSError, sqlite3.Error, ValueError) as exc:  # a missing file, bad SQL or text: one line, no traceback
             print(f"sysload build: {sql}: {exc}", file=sys.stderr)
             return 1
         print(f"built {path} from {sql}")

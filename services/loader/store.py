@@ -22,7 +22,7 @@ import orjson
 
 from fepha import events, redisfns
 from fepha import keyspace as ks
-from fepha.semodel.model import TABLES, Row, row_key
+from fepha.semodel.model import TABLES, Row, int_value, row_key
 
 FIELDS_PER_HSET = 1000
 LOCK_TTL_MS = 120_000
@@ -85,7 +85,10 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
     phases: dict[str, float] = {}
     try:
         redisfns.load_sync(r)
-        old_rtus = {int(k) for k in r.hkeys(ks.cfg_table("T004_RTU"))}
+        # the ids of the rows, not the hash's fields: a sysload before row_key wrote integers as one stored an
+        # id held as 2.0 under the field '2.0' (int() of it ended every later init with a traceback)
+        old_rtus = {i for v in r.hvals(ks.cfg_table("T004_RTU"))
+                    if (i := int_value(orjson.loads(v).get("RTUID"))) is not None}
         t1 = time.perf_counter()
         pipe = r.pipeline(transaction=False)
         sha = hashlib.sha256()  # the digest of `digest(rows)`, taken while encoding (rows encoded once)
@@ -103,10 +106,10 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
                 pipe.hset(ks.cfg_stage(t), mapping=mapping)
         pipe.execute()
         phases["stage_s"] = time.perf_counter() - t1
-        new_rtus = {int(row["RTUID"]) for row in rows.get("T004_RTU", ())}
+        new_rtus = {int_value(row["RTUID"]) for row in rows.get("T004_RTU", ())}
         removed = sorted(old_rtus - new_rtus)
         counts = {t: len(rows.get(t, ())) for t in TABLES}
-        keep_vps = {str(row["VPID"]) for row in rows.get("T036_VTPNT", ())}
+        keep_vps = {row_key("T036_VTPNT", row) for row in rows.get("T036_VTPNT", ())}  # as the acquirer writes them
         stale_vps = [k for k in r.hkeys(ks.VPOINTS) if k not in keep_vps]
         t2 = time.perf_counter()
         gen = int(r.get(ks.CFG_GEN) or 0) + 1

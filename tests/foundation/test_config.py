@@ -35,8 +35,8 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("text,env,expect", [
-    ("[timers]\ntakeover_s = soon\n", {}, "fep-ha.cfg [timers] takeover_s = 'soon': expected a number > 0"),
-    ("[timers]\nchannel_switch_s = -3\n", {}, "[timers] channel_switch_s = '-3': expected a number > 0"),
+    ("[timers]\ntakeover_s = soon\n", {}, "fep-ha.cfg [timers] takeover_s = 'soon': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    ("[timers]\nchannel_switch_s = -3\n", {}, "[timers] channel_switch_s = '-3': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
     ("[node]\nid = C\n", {}, "fep-ha.cfg [node] id = 'C': expected A or B"),
     ("[node]\nip = 999.1.1.1\n", {}, "[node] ip = '999.1.1.1': expected an IP address"),
     ("[redis]\nport = 70000\n", {}, "[redis] port = '70000': expected a TCP port 1..65535"),
@@ -45,12 +45,12 @@ def test_environment_overrides_every_value(tmp_path: Path) -> None:
     ("", {"FEP_REDIS_PORT": "x"}, "environment FEP_REDIS_PORT = 'x': expected a TCP port 1..65535"),
     ("[timers]\nlease_ttl_s = 1\nlease_tick_s = 1\n", {}, "lease_ttl_s = 1.0: must be more than twice lease_tick_s"),
     ("[timers]\nstop_handover_s = 1\n", {}, "[timers] stop_handover_s = 1.0: must be 0 or more than lease_tick_s"),
-    ("", {"FEP_TIMERS_STOP_HANDOVER_S": "-1"}, "FEP_TIMERS_STOP_HANDOVER_S = '-1': expected a number >= 0"),
+    ("", {"FEP_TIMERS_STOP_HANDOVER_S": "-1"}, "FEP_TIMERS_STOP_HANDOVER_S = '-1': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     ("[timers\n", {}, "fep-ha.cfg"),
     ("[iec104]\nk = 4\nw = 8\n", {}, "[iec104] k = 4, w = 8: need w <= k <= 32767"),
     ("[iec104]\nt1_s = 5\nt2_s = 5\n", {}, "[iec104] t2_s = 5.0: must be less than t1_s (5.0)"),
-    ("[iec104]\ngi_period_s = -1\n", {}, "[iec104] gi_period_s = '-1': expected a number >= 0"),
-    ("", {"FEP_IEC104_CLOCK_SYNC_S": "often"}, "FEP_IEC104_CLOCK_SYNC_S = 'often': expected a number >= 0"),
+    ("[iec104]\ngi_period_s = -1\n", {}, "[iec104] gi_period_s = '-1': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
+    ("", {"FEP_IEC104_CLOCK_SYNC_S": "often"}, "FEP_IEC104_CLOCK_SYNC_S = 'often': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     ("[se104s]\nk = 4\nw = 8\n", {}, "[se104s] k = 4, w = 8: need w <= k <= 32767"),
     ("[se104s]\nt1_s = 0\n", {}, "[se104s] t1_s = '0': expected a number of seconds > 0 and <= 255"),
     ("[se104s]\nt1_s = 5\nt2_s = 5\n", {}, "[se104s] t2_s = 5.0: must be less than t1_s (5.0)"),
@@ -82,7 +82,7 @@ def test_a_command_stops_with_the_line_and_exit_2(tmp_path: Path) -> None:
     p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "FEPROOT": str(tmp_path)}, check=False)
     assert p.returncode == 2
-    assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number > 0")
+    assert p.stderr.strip().endswith("[timers] takeover_s = 'never': expected a number of seconds >= 0.001 and <= 86400 (one day)")
     assert "Traceback" not in p.stderr
 
 

@@ -31,9 +31,9 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
 
 @pytest.mark.parametrize("data,expect", [
     (b"[node]\nid = A\n; caf\xe9 (latin-1)\n", "fep-ha.cfg line 3: byte 0xe9 is not UTF-8"),
-    (b"[timers]\ntakeover_s = inf\n", "[timers] takeover_s = 'inf': expected a number > 0"),
-    (b"[timers]\nlease_ttl_s = 1e400\n", "[timers] lease_ttl_s = '1e400': expected a number > 0"),
-    (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected a number >= 0"),
+    (b"[timers]\ntakeover_s = inf\n", "[timers] takeover_s = 'inf': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[timers]\nlease_ttl_s = 1e400\n", "[timers] lease_ttl_s = '1e400': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[iec104]\ngi_period_s = nan\n", "[iec104] gi_period_s = 'nan': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     (b"[DEFAULT]\nport = 7000\n", "fep-ha.cfg [DEFAULT] port: unknown setting"),
     (b"[timer]\n", "fep-ha.cfg [timer]: unknown section"),
     # cfgaudit: what an independent checker tries
@@ -51,12 +51,21 @@ def problems(root: Path, env: dict[str, str] | None = None) -> tuple[str, ...]:
     (b"[iec104]\nt1_s = 300\n", "[iec104] t1_s = '300': expected a number of seconds > 0 and <= 255"),
     (b"[se104s]\nt3_s = 1e300\n", "[se104s] t3_s = '1e300': expected a number of seconds > 0 and <= 255"),
     (b"[paths]\nsemodel =\n", "[paths] semodel = '': expected a path"),
+    # cfgfuzz: a timeout too long for a socket ended sysload and every service with an OverflowError traceback
+    (b"[redis]\nsocket_timeout_s = 1e10\n",
+     "[redis] socket_timeout_s = '1e10': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[timers]\nheartbeat_s = 0.0001\n",  # a heartbeat key of lifetime 0 ms: Redis refused every one
+     "[timers] heartbeat_s = '0.0001': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
+    (b"[modbus_trains]\nkeepalive_s = 32768\n",  # the kernel refused it at each master's connection
+     "[modbus_trains] keepalive_s = '32768': expected a whole number in 0..32767"),
+    (b"[iec104]\nclock_sync_s = 86401\n",
+     "[iec104] clock_sync_s = '86401': expected 0 or a number of seconds >= 0.001 and <= 86400 (one day)"),
     # already right, pinned
     (b"[redis]\nport =\n", "[redis] port = '': expected a TCP port 1..65535"),
     (b"[redis]\nport = +80\n", "[redis] port = '+80': expected a TCP port 1..65535"),
     (b"[api]\nopen_reads = maybe\n", "[api] open_reads = 'maybe': expected true or false"),
     (b"[iec104]\nk = 0\n", "[iec104] k = '0': expected a whole number > 0"),
-    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number > 0"),
+    (b"[control]\ntimeout_s = 0\n", "[control] timeout_s = '0': expected a number of seconds >= 0.001 and <= 86400 (one day)"),
     (b"[modbus_trains]\nquality_unit = 255\n", "[modbus_trains] quality_unit = 255: a unit id is 1 ... 254"),
     (b"[node]\nid = A\n  B\n", "[node] id = 'A\\nB': expected A or B"),
     (b"[node]\nid = A\x00\n", "[node] id = 'A\\x00': expected A or B"),
@@ -75,6 +84,26 @@ def test_a_file_that_cannot_be_read_is_not_taken_for_defaults(tmp_path: Path) ->
     (tmp_path / "cfg" / "fep-ha.cfg").mkdir(parents=True)
     (line,) = problems(tmp_path)
     assert line.endswith("fep-ha.cfg: cannot read: Is a directory")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("name", ["fep-ha.cfg", "syslod.cfg"])
+def test_a_named_pipe_is_not_read(tmp_path: Path, name: str) -> None:
+    """cfgfuzz: reading a named pipe waits for a writer: every command hung at its start."""
+    (tmp_path / "cfg").mkdir()
+    os.mkfifo(tmp_path / "cfg" / name)
+    with pytest.raises(ConfigError) as exc:
+        config.load_log(tmp_path, env={}) if name == "syslod.cfg" else config.load_node(tmp_path, env={})
+    assert exc.value.problems == (f"{tmp_path}/cfg/{name}: is a named pipe (FIFO), not a file",)
+
+
+@pytest.mark.timeout(10)
+def test_a_tls_file_that_is_a_named_pipe_is_not_read(tmp_path: Path) -> None:
+    from fep_forwarder.app import tls_context
+    os.mkfifo(tmp_path / "node.pem")
+    with pytest.raises(ConfigError) as exc:
+        tls_context(config.NodeConfig(tls_cert="node.pem"), tmp_path)
+    assert str(exc.value) == f"[tls] cert = 'node.pem': {tmp_path}/node.pem is a named pipe (FIFO), not a file"
 
 
 def test_missing_or_empty_file_means_defaults_and_environment(tmp_path: Path) -> None:
@@ -108,7 +137,7 @@ def test_every_command_stops_with_one_line_per_problem(tmp_path: Path, cmd: list
     prog = cmd[0]
     assert p.returncode == 2, p.stderr
     assert lines == [f"{prog}: {tmp_path}/cfg/fep-ha.cfg [writer] batch: unknown setting",
-                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number > 0"]
+                     f"{prog}: {tmp_path}/cfg/fep-ha.cfg [timers] takeover_s = '-1': expected a number of seconds >= 0.001 and <= 86400 (one day)"]
     write(tmp_path, b"[node]\nid = \xff\n")
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**env, "FEPROOT": str(tmp_path)},
                        check=False)
@@ -139,10 +168,24 @@ def test_a_rule_across_settings_names_the_variables_that_set_its_values(tmp_path
     ({"FEP_API_OPEN_READS": "2"}, "environment FEP_API_OPEN_READS = '2': expected true or false"),
     ({"FEP_NODE_BIND": "1.2.3"}, "environment FEP_NODE_BIND = '1.2.3': expected an IP address or a host name"),
     ({"FEP_IEC104_T3_S": "256"}, "environment FEP_IEC104_T3_S = '256': expected a number of seconds > 0 and <= 255"),
+    # cfgfuzz: '$' of the host name pattern matched before a final line break: 'plc1\n' was a host
+    ({"FEP_REDIS_VIP": "plc1\n"}, "environment FEP_REDIS_VIP = 'plc1\\n': expected an IP address or a host name"),
 ])
 def test_a_bad_variable_is_one_line(tmp_path: Path, env: dict[str, str], expect: str) -> None:
     (line,) = problems(tmp_path, env)
     assert line.startswith(expect), line
+
+
+def test_log_backups_are_bounded(tmp_path: Path) -> None:
+    """cfgfuzz: [log] backups = 10**9 was taken, and each rotation then looked for a billion numbered files
+    (logging's RotatingFileHandler) while the program could not log."""
+    write(tmp_path, b"[log]\nbackups = 1000000000\n", "syslod.cfg")
+    with pytest.raises(ConfigError) as exc:
+        config.load_log(tmp_path, env={})
+    assert exc.value.problems == (f"{tmp_path}/cfg/syslod.cfg [log] backups = '1000000000': expected a whole number "
+                                  "in 0..1000",)
+    write(tmp_path, b"[log]\nbackups = 1000\n", "syslod.cfg")
+    assert config.load_log(tmp_path, env={}).backups == 1000
 
 
 def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:

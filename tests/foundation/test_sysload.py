@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import sqlite3
 import subprocess
 import threading
@@ -216,6 +217,30 @@ def test_console_script_check_and_build(feproot: Path) -> None:
     assert p.returncode == 0, p.stderr
     p = subprocess.run(["sysload", "check"], capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0 and "valid (75 rows" in p.stdout
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("sql,expect", [
+    (b"-- ok\nINSERT INTO T004_RTU (RTUID, NAME) VALUES (1, 'caf\xe9');\n",
+     "line 2: byte 0xe9 is not UTF-8 (save the file as UTF-8)"),
+    (b"INSERT INTO T004_RTU (RTUID, NAME) VALUES (1, 'a\x00b');\n", "line 1: a NUL character (U+0000)"),
+    (b"INSERT INTO T004_RTU VALUES (1, 'too few');\n", "table T004_RTU has 10 columns but 2 values were supplied"),
+    (None, "is a named pipe (FIFO), not a file"),
+], ids=["latin-1", "NUL", "bad SQL", "named pipe"])
+def test_build_of_broken_sql_is_one_line(feproot: Path, capsys, sql: bytes | None, expect: str) -> None:
+    """cfgfuzz: SQL text that is not UTF-8, or holds a NUL, was a traceback; a named pipe hung; the database
+    built before is left as it was, and no half-built one is left beside it."""
+    path = feproot / "cfg" / "broken.sql"
+    if sql is None:
+        os.mkfifo(path)
+    else:
+        path.write_bytes(sql)
+    before = (feproot / "db" / "SEMODEL.db").read_bytes()
+    assert sysload(["build", "--sql", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"sysload build: {path}: {expect}\n", err
+    assert (feproot / "db" / "SEMODEL.db").read_bytes() == before
+    assert sorted(p.name for p in (feproot / "db").iterdir()) == ["SEMODEL.db"]
 
 
 def test_init_against_unreachable_redis(feproot: Path, capsys) -> None:

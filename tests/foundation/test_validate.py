@@ -198,6 +198,10 @@ CASES: list[tuple[str, Callable[[dict], None], tuple[str, str, str] | None]] = [
     ("rtu name with an escape", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x1b[31mred"), ("T004_RTU", "1", "NAME")),
     ("point name with a NUL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x00b"), ("T011_POINT", "101", "NAME")),
     ("vpoint name with a newline", setv("T036_VTPNT", {"VPID": 901}, "NAME", "a\nb"), ("T036_VTPNT", "901", "NAME")),
+    # cfgfuzz: the C1 controls passed: NEL (U+0085) breaks the line for str.splitlines, CSI (U+009B) is ESC [
+    ("point name with a NEL", setv("T011_POINT", {"PNTID": 101}, "NAME", "a\x85b"), ("T011_POINT", "101", "NAME")),
+    ("rtu name with a CSI", setv("T004_RTU", {"RTUID": 1}, "NAME", "a\x9b31mred"), ("T004_RTU", "1", "NAME")),
+    ("names with U+00A0 and accents are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Poste\xa0Nord é"), None),
     ("unicode names are fine", setv("T004_RTU", {"RTUID": 1}, "NAME", "Подстанция 北 ⚡"), None),
     ("rtu name of 64 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "北" * 64), None),
     ("rtu name of 65 characters", setv("T004_RTU", {"RTUID": 1}, "NAME", "x" * 65), ("T004_RTU", "1", "NAME")),
@@ -278,6 +282,61 @@ def test_inflight_null_is_one_request_in_flight(sample_rows: dict) -> None:
 def test_one_broken_cell_is_one_problem(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
     """A broken RTU or point is reported once, at its own cell: its channels, points and forwards, which
     name it correctly, are not each reported as pointing at nothing (14 lines for one RTUTYPE hid it)."""
+    rows = copy.deepcopy(sample_rows)
+    mutate(rows)
+    assert [str(p) for p in validate(rows)] == expect
+
+
+def _spans_in_one_area(rows: dict) -> None:
+    """modbus_trains RTU 11's input registers: float32 at 0 (0..1, ZFID 11), then an int16 at 0 and one at 1."""
+    rows["T005_ZFAI"] += [{**ZF, "ZFID": 13, "RTUID": 11, "SRCID": 201, "ADDR": 0, "TYPE": "int16"},
+                          {**ZF, "ZFID": 14, "RTUID": 11, "SRCID": 202, "ADDR": 1, "TYPE": "int16"}]
+
+
+def _new_rtu(protocol: str, point: bool) -> Callable[[dict], None]:
+    """A new acquisition RTU 4 with a virtual point of its link and, with `point`, a control target (a siren's
+    coil)."""
+    def mutate(rows: dict) -> None:
+        rows["T004_RTU"].append({"RTUID": 4, "NAME": "Siren", "RTUTYPE": 0, "PROTOCOL": protocol})
+        rows["T010_CHANNEL"].append({"RTUID": 4, "CHANNO": 1, "HOST": "127.0.0.4", "PORT": 502, "UNITID": 1})
+        rows["T036_VTPNT"].append({"VPID": 904, "RTUID": 4, "NAME": "Siren link"})
+        if point:
+            rows["T011_POINT"].append({"PNTID": 401, "RTUID": 4, "KIND": "DO", "NAME": "siren", "ADDRESS": 1,
+                                       "AREA": "co", "DATATYPE": "bool"})
+    return mutate
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    # a table written with other DDL keeps 1 as '01' or 1.0: one key, a second row with it silently replaced
+    # the first in Redis (an RTU was lost without a word)
+    (add("T004_RTU", {"RTUID": "01", "NAME": "again", "RTUTYPE": 0, "PROTOCOL": "modbus_tcp"}),
+     ["T004_RTU [1] RTUID: key held by 2 rows"]),
+    (add("T010_CHANNEL", {"RTUID": 1.0, "CHANNO": 1.0, "HOST": "127.0.0.9", "PORT": 502, "UNITID": 1}),
+     ["T010_CHANNEL [1:1] RTUID, CHANNO: key held by 2 rows"]),
+    # an integer column holds text of digits where other DDL kept it so: CHANNO '2' was "'2' is not one of 1, 2"
+    (lambda rows: (row(rows, "T010_CHANNEL", RTUID=1, CHANNO=2).update(CHANNO="2"),
+                   row(rows, "T004_RTU", RTUID=12).update(RTUTYPE="2")), []),
+    (setv("T004_RTU", {"RTUID": 12}, "RTUTYPE", "1"), ["T004_RTU [12] RTUTYPE: '1' is not one of 0, 2"]),
+    # '$' matched before a final line break
+    (setv("T010_CHANNEL", {"RTUID": 1, "CHANNO": 1}, "HOST", "plc1\n"),
+     ["T010_CHANNEL [1:1] HOST: 'plc1\\n' is not a host name or IP address"]),
+    # a key with a line break is quoted: one problem, one line
+    (setv("T005_ZFAI", {"ZFID": 21}, "ZFID", "x\ny"), ["T005_ZFAI ['x\\ny'] ZFID: 'x\\ny' is not an integer"]),
+    # the int16 at 1 overlaps the float32 at 0, not its neighbour the int16 at 0: it went unreported
+    (_spans_in_one_area,
+     ["T005_ZFAI [13] ADDR: address 0 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]",
+      "T005_ZFAI [14] ADDR: address 1 of forwarding RTU 11 in area ir is already used by T005_ZFAI [11]"]),
+    # a poll of a device with nothing to read sends nothing: it was found reached at every poll once connected
+    (_new_rtu("modbus_tcp", point=False),
+     ["T004_RTU [4] RTUID: modbus_tcp RTU has no point in T011_POINT: nothing would be read from it, so whether "
+      "it is reached could not be told (its link would stay up once connected)"]),
+    (_new_rtu("modbus_tcp", point=True), []),  # a control target is read too
+    (_new_rtu("iec104", point=False), []),  # its link has test frames of its own
+], ids=["rtu id spelt 01", "channel key spelt 1.0", "CHANNO and RTUTYPE as text", "RTUTYPE '1'", "host with a final line break", "key with a line break",
+        "overlap past the neighbour", "modbus rtu without a point", "modbus rtu with one control target",
+        "iec104 rtu without a point"])
+def test_fuzz_findings(sample_rows: dict, mutate: Callable[[dict], None], expect: list[str]) -> None:
+    """What tools/fuzz's seeded SEMODEL mutations found: each was accepted, or its problem not a line of its own."""
     rows = copy.deepcopy(sample_rows)
     mutate(rows)
     assert [str(p) for p in validate(rows)] == expect
