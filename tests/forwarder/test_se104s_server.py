@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import socket
 import ssl
 import time
@@ -283,6 +284,23 @@ async def test_malformed_frame_closes_only_that_connection(garbage: bytes) -> No
             srv.apply([upd(1001, 42.0)])
             await until(lambda: any(r.value == 42.0 for r in m.values("SPONTANEOUS")), what="data after the bad peer")
             assert len(srv.clients()) == 1
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_a_master_leaving_as_the_server_stops_logs_no_error(turns: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A master that closes its connection `turns` loop iterations before the server stops: the server's
+    stop cancelled that connection's handler in the middle of its own clean-up, the handler task ended
+    cancelled and asyncio's streams logged it as an error with a traceback (one of these did)."""
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(c.u_frame(c.STARTDT_ACT))
+        await asyncio.wait_for(reader.readexactly(6 + 6 + 10), 3)  # STARTDT con, end of initialisation
+        writer.close()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors
 
 
 async def test_raw_master_window_stopdt_select_timeout_and_unknown_type() -> None:

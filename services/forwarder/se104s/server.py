@@ -202,7 +202,10 @@ class Se104Server(ForwardServer):
             others = [t for t in io.tasks if t is not me]
             for t in others:
                 t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            try:
+                await asyncio.gather(*others, return_exceptions=True)
+            except asyncio.CancelledError:  # `stop` cancelled this handler while it was cleaning up: it goes on
+                pass  # (a handler task that ended cancelled was logged as an error by asyncio's streams)
             self._io.pop(s, None)
             self.station.disconnect(s)
             try:
