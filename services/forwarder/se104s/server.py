@@ -233,6 +233,10 @@ class Se104Server(ForwardServer):
                     await io.writer.drain()
         except (ConnectionError, OSError) as exc:
             self.station.close(s, f"send failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - that connection only, closed rather than left open and deaf
+            log.error("se104s RTU %s: master %s: sending failed (%r): closing that connection", self.rtu.id, s.peer,
+                      exc)
+            self.station.close(s, f"internal error: {exc!r}")
 
     async def _timers(self, s: Session, io: ConnIO) -> None:
         p = s.link.params
