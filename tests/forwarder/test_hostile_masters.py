@@ -12,6 +12,7 @@ The codec-level fuzzing of the same mutations: tests/iec104/test_codec_fuzz.py a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -167,6 +168,39 @@ async def test_se104s_hostile_master(redis_master: Any, caplog: pytest.LogCaptur
             assert sentinel.error is None and not sentinel.closed
             await s104.until(lambda: len(srv.station.sessions) == 1, WAIT_S, "every other connection gone")
     no_errors_logged(caplog, executor)
+
+
+async def test_se104s_master_flooding_requests_without_acknowledging_is_closed(caplog: pytest.LogCaptureFixture) -> None:
+    """A master that sends interrogations (it acknowledges nothing, so no answer leaves the k window) is
+    closed once `answers_max` answers wait for it; before, they piled up until its t1 (15 s): 530,000 ASDUs
+    after 3 s. Another master is served meanwhile."""
+    caplog.set_level(logging.INFO)
+    async with s104.se104_server(answers_max=2_000) as srv:
+        srv.load_image([s104.upd(f.addr, 1.0) for f in s104.MONITOR])
+        async with raw_master(srv.port) as sentinel:
+            await sentinel.start()
+            reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+            writer.write(c.u_frame(c.STARTDT_ACT))
+            await asyncio.wait_for(reader.readexactly(6), WAIT_S)
+            async def closed() -> None:
+                with contextlib.suppress(ConnectionResetError):  # reset: it was still sending
+                    await closed_by_server(reader, 5.0)  # else: TimeoutError
+            flood = asyncio.create_task(closed())
+            peak, ns = 0, 0
+            while not flood.done() and not writer.is_closing():
+                writer.write(b"".join(c.i_frame((ns + i) & 0x7FFF, 0, c.interrogation(s104.CA)) for i in range(200)))
+                ns += 200
+                with contextlib.suppress(ConnectionError):
+                    await writer.drain()
+                peak = max([peak] + [len(s.queue) for s in srv.station.sessions])
+            await flood
+            writer.close()
+            assert peak < 2_000 + 50, peak
+            srv.apply([s104.upd(1001, 42.5)])
+            await soon(lambda: (s104.CA, 1001, 42.5) in [v[:3] for v in sentinel.values()], "the sentinel's change")
+    assert any("without reading their answers" in r.getMessage() for r in caplog.records)
+    bad = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not bad
 
 
 # --- Modbus TCP (modbus_trains) -----------------------------------------------------------------------------

@@ -45,6 +45,11 @@ GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points,
 # Answer = (0, whole ASDU, ZERO).
 Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
+ANSWERS_MAX = 20_000
+"""Answer ASDUs (confirmations, interrogated and read data) queued unsent for one master before it is closed:
+a master that sends requests without acknowledging what it is sent had the server queue their answers
+without bound (the k window holds them; only S and U frames reach its socket). A station interrogation of
+600,000 points fits."""
 # station-wide commands (IOA 0) and the causes each takes
 _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
                  c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
@@ -135,6 +140,7 @@ class Station:
         self.rtu = rtu
         self.link_params = LinkParams.from_options(o)
         self.queue_max = int(o.get("queue_max", 200_000))
+        self.answers_max = int(o.get("answers_max", ANSWERS_MAX))
         self.buffer_max = int(o.get("buffer_max", 200_000))
         self.select_timeout_s = float(o.get("select_timeout_s", 30.0))
         self.command_max_age_ms = int(o.get("command_max_age_ms", 10_000))
@@ -418,6 +424,11 @@ class Station:
         for ev in s.link.receive(data, now):
             if isinstance(ev, AsduIn):
                 self._on_asdu(s, c.parse_asdu(ev.asdu), controls)
+                if len(s.queue) - s.events_queued > self.answers_max:
+                    log.warning("se104s RTU %s: master %s sends requests without reading their answers (more "
+                                "than %d unsent): closing it", self.rtu.id, s.peer, self.answers_max)
+                    self.close(s, "answers not read")
+                    return []  # nor are the controls it asked for run: nobody would be told their outcome
             elif isinstance(ev, Started):
                 if self.single_active:
                     self._stop_others(s)
