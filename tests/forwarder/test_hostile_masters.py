@@ -203,6 +203,28 @@ async def test_se104s_master_flooding_requests_without_acknowledging_is_closed(c
     assert not bad
 
 
+async def test_se104s_master_flooding_executes_has_a_bounded_number_running() -> None:
+    """200 valid executes sent as fast as the k window allows: `controls_max` of them run (the device slow to answer), the others
+    are refused at once with a negative ACT_CON; before, all 200 were queued for the device together (28,000
+    in a second of flooding)."""
+    sink = s104.Sink(delay_s=0.5)
+    async with s104.se104_server(sink, controls_max=8) as srv:
+        srv.load_image([])
+        async with raw_master(srv.port) as m:
+            await m.start()
+            cmd = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, s104.CA, [(5001, b"\x01")])
+            for _ in range(200):
+                await soon(lambda: m.link.window_open, "the k window")
+                m.send(cmd)
+            negative = lambda: [a for a in m.asdus if a.type_id == c.C_SC_NA_1 and a.negative]
+            await soon(lambda: len(negative()) == 192, "192 refusals")
+            assert len(srv._in_flight) == 8  # handed to the ControlSink, not answered yet
+            await soon(lambda: len([a for a in m.asdus if a.cause == c.COT_ACTTERM]) == 8, "8 executed")
+            assert len(sink.calls) == 8
+            m.send(cmd)  # answered: room again
+            await soon(lambda: len(sink.calls) == 9, "the next one run")
+
+
 # --- Modbus TCP (modbus_trains) -----------------------------------------------------------------------------
 
 MBAP = struct.Struct(">HHHB")

@@ -175,6 +175,8 @@ class Se104Server(ForwardServer):
                     log.warning("se104s RTU %s: master %s: %d command(s) not run: read after this forwarder was "
                                 "stalled, from a connection the master had closed meanwhile (it gave up on them)",
                                 self.rtu.id, peer, len(ctls))
+                    for ctl in ctls:
+                        self.station.dropped(ctl)
                     ctls = []
                 for ctl in ctls:
                     self._run(io, ctl)

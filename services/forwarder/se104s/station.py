@@ -45,6 +45,9 @@ GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points,
 # Answer = (0, whole ASDU, ZERO).
 Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
+CONTROLS_MAX = 64
+"""Commands of one master executing at once; one more gets a negative ACT_CON at once (sefeps: 16 per
+connection). A master flooding valid executes had every one of them queued for the device together."""
 ANSWERS_MAX = 20_000
 """Answer ASDUs (confirmations, interrogated and read data) queued unsent for one master before it is closed:
 a master that sends requests without acknowledging what it is sent had the server queue their answers
@@ -87,6 +90,7 @@ class Session:
     # image answers (kinds, cause, the ASDU to send after them) built once it is resumed and `skip` is clear
     held: list[tuple[tuple[str, ...], int, bytes | None, int]] = field(default_factory=list)
     events_queued: int = 0
+    controls: int = 0  # commands accepted and not answered yet (`Station.execute`)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
     closed: bool = False
@@ -141,6 +145,7 @@ class Station:
         self.link_params = LinkParams.from_options(o)
         self.queue_max = int(o.get("queue_max", 200_000))
         self.answers_max = int(o.get("answers_max", ANSWERS_MAX))
+        self.controls_max = int(o.get("controls_max", CONTROLS_MAX))
         self.buffer_max = int(o.get("buffer_max", 200_000))
         self.select_timeout_s = float(o.get("select_timeout_s", 30.0))
         self.command_max_age_ms = int(o.get("command_max_age_ms", 10_000))
@@ -639,14 +644,29 @@ class Station:
                             "with another value than selected")
                 self._answer(s, c.mirror(a, c.COT_ACTCON, True))
                 return
+        if s.controls >= self.controls_max:
+            self._once.problem(f"controls {s.identity}", f"se104s RTU {self.rtu.id}: master {s.peer} has {s.controls} "
+                               "commands executing: more are refused until they are answered")
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+            return
+        s.controls += 1
         controls.append(Control(s, a, fwd, cmd.value / fwd.coef,
                                 None if cmd.ts_ms is None else cmd.ts_ms + self.command_max_age_ms))
+
+    def dropped(self, ctl: Control) -> None:
+        """`ctl` was answered, or will not be run (the transport drops it): no longer executing."""
+        ctl.session.controls -= 1
+        if ctl.session.controls < self.controls_max // 2:
+            self._once.clear(f"controls {ctl.session.identity}")
 
     async def execute(self, ctl: Control) -> None:
         """Run an accepted command (ForwardServer.run_control: counted, never raises); positive ACT_CON +
         ACT_TERM only after the device accepted it, a negative ACT_CON otherwise."""
         s, a, fwd = ctl.session, ctl.asdu, ctl.fwd
-        out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}", not_after_ms=ctl.not_after_ms)
+        try:
+            out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}", not_after_ms=ctl.not_after_ms)
+        finally:
+            self.dropped(ctl)
         if out.ok:
             self._answer(s, c.mirror(a, c.COT_ACTCON))
             self._answer(s, c.mirror(a, c.COT_ACTTERM))
