@@ -82,6 +82,8 @@ class Session:
     link: Link
     id: int = field(default_factory=lambda: next(_ids))
     queue: deque[Item] = field(default_factory=deque)
+    # command answers to send after the answers at the head of `queue`, before its first event (`_answer`)
+    ahead: deque[Item] = field(default_factory=deque)
     inflight: deque[list[Item]] = field(default_factory=deque)  # events of each unacknowledged I frame
     awaiting_cursor: bool = False  # started; the transport fetches its cursor and calls Station.resume
     resumed: bool = False  # started and resumed: events flow
@@ -257,7 +259,7 @@ class Station:
     def unanswered(self) -> int:
         """Answers (command confirmations, interrogation answers: every queued item that is not an event)
         queued on open connections and not yet sent (the planned stop waits for them)."""
-        return sum(len(s.queue) - s.events_queued for s in self.sessions if not s.closed)
+        return sum(len(s.queue) + len(s.ahead) - s.events_queued for s in self.sessions if not s.closed)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
@@ -297,6 +299,7 @@ class Station:
         log.warning("se104s RTU %s: master %s does not keep up (%d events queued, limit %d): closing it; "
                     "it must reconnect and interrogate", self.rtu.id, s.peer, dropped, self.queue_max)
         s.queue.clear()
+        s.ahead.clear()
         s.events_queued = 0
         s.link.release_unacked()
         s.inflight.clear()
@@ -410,7 +413,10 @@ class Station:
         # current. Interrogations in progress are dropped (the master interrogates again); command
         # confirmations stay queued.
         s.held = []
-        s.queue = deque(it for it in s.queue if not it[0] and not _interrogation_item(it[1]))
+        lead = next((n for n, it in enumerate(s.queue) if it[0]), len(s.queue))  # in the order `pump` sends
+        merged = [*itertools.islice(s.queue, lead), *s.ahead, *itertools.islice(s.queue, lead, None)]
+        s.queue = deque(it for it in merged if not it[0] and not _interrogation_item(it[1]))
+        s.ahead.clear()
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -429,7 +435,7 @@ class Station:
         for ev in s.link.receive(data, now):
             if isinstance(ev, AsduIn):
                 self._on_asdu(s, c.parse_asdu(ev.asdu), controls)
-                if len(s.queue) - s.events_queued > self.answers_max:
+                if len(s.queue) + len(s.ahead) - s.events_queued > self.answers_max:
                     log.warning("se104s RTU %s: master %s sends requests without reading their answers (more "
                                 "than %d unsent): closing it", self.rtu.id, s.peer, self.answers_max)
                     self.close(s, "answers not read")
@@ -457,11 +463,12 @@ class Station:
         command answers from a queue of their own: on a backlogged link (a slow or lossy master link, before
         t1 closes it) it waited behind every queued event, past the master's command timeout, for a command
         that had run (docs/ha.md "Degraded links", 800 ms). Interrogation answers keep their place: a
-        current value must not overtake an older event."""
+        current value must not overtake an older event. Kept apart in `ahead` (`_next_asdu` takes them in
+        that order): found by a scan of the queue, each cost as many steps as answers were ahead of the
+        events, and a master flooding commands that it did not acknowledge stalled the process 6 s."""
         item = (0, asdu, ZERO)
         if s.events_queued and asdu[0] in c.COMMAND_BASE:
-            q = s.queue
-            q.insert(next((n for n, it in enumerate(q) if it[0]), len(q)), item)
+            s.ahead.append(item)
         else:
             s.queue.append(item)
         self.wake(s)
@@ -680,7 +687,7 @@ class Station:
         STARTDT or after STOPDT: IEC 104 sends only U frames then) and the k window allows; returns the
         octets to write (with any S/U frame the link owes)."""
         link = s.link
-        while s.queue and s.active and link.window_open:
+        while (s.queue or s.ahead) and s.active and link.window_open:
             if not s.resumed:
                 break  # its position is being fetched: what it missed goes first
             asdu, items = self._next_asdu(s)
@@ -689,8 +696,11 @@ class Station:
         return link.data_to_send()
 
     def _next_asdu(self, s: Session) -> tuple[bytes, list[Item]]:
-        """Pop the next ASDU: an answer as is, or a run of events of one type packed into one ASDU."""
+        """Pop the next ASDU: an answer as is, or a run of events of one type packed into one ASDU. The
+        answers at the head of the queue go first, then the command answers put `ahead` of the events."""
         q = s.queue
+        if s.ahead and not (q and not q[0][0]):
+            return s.ahead.popleft()[1], []
         first = q.popleft()
         type_id, data, _ = first
         if not type_id:
