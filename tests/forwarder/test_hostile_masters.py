@@ -225,6 +225,39 @@ async def test_se104s_master_flooding_executes_has_a_bounded_number_running() ->
             await soon(lambda: len(sink.calls) == 9, "the next one run")
 
 
+async def test_se104s_master_alternating_startdt_and_stopdt_has_one_position_fetch_at_a_time() -> None:
+    """300 STARTDT / STOPDT pairs, each frame in a segment of its own, while reading the master's position
+    (Redis) takes 50 ms: one fetch runs at a time; before, each STARTDT started its own (a task and a Redis
+    read each). A STARTDT after them resumes the master as usual (events after its position, then the
+    image as a background scan)."""
+    fetches = 0
+
+    async def cursor(rtu: int, identity: str) -> tuple[int, int]:
+        nonlocal fetches
+        fetches += 1
+        await asyncio.sleep(0.05)
+        return (0, 0)  # known, with nothing to replay
+
+    async with s104.se104_server() as srv:
+        srv.load_image([s104.upd(1001, 1.0)])
+        srv.cursor_source = cursor
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        peak = 0
+        for _ in range(300):
+            for code in (c.STARTDT_ACT, c.STOPDT_ACT):
+                writer.write(c.u_frame(code))
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            peak = max([peak] + [len(io.tasks) for io in srv._io.values()])
+        assert peak <= 4 and fetches < 100, (peak, fetches)  # reader, sender, timers, one fetch
+        writer.write(c.u_frame(c.STARTDT_ACT))
+        frames: list[c.Frame] = []
+        rx = c.FrameReader()
+        while not any(f.kind == "I" and f.asdu[2] == c.COT_BACKGROUND for f in frames):  # resumed: its scan
+            frames += rx.feed(await asyncio.wait_for(reader.read(65536), WAIT_S))
+        writer.close()
+
+
 # --- Modbus TCP (modbus_trains) -----------------------------------------------------------------------------
 
 MBAP = struct.Struct(">HHHB")
