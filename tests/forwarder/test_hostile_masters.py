@@ -540,3 +540,38 @@ async def test_sefeps_hostile_master(redis_master: Any, caplog: pytest.LogCaptur
             assert sentinel.changes.empty() and sentinel.error is None and not sentinel.closed.is_set()
             await soon(lambda: len(srv.conns) == 1, "every other connection gone")
     no_errors_logged(caplog, executor)
+
+
+async def test_sefeps_master_flooding_resumes_does_not_hold_the_event_loop() -> None:
+    """`resume` of this session from the oldest kept seq, over and over in one write (10,000 events kept):
+    each costs a pass over the history, and the ~1,500 of one 64 KiB read held the event loop 1.3 s (every
+    master of the process waited); the server now lets the others run every 64 messages."""
+    async with sef.sefeps_server(heartbeat_s=5) as srv:
+        srv.load_image([sef.upd(1, 1.0)])
+        reader, writer, _ = await sefeps_open(srv.port)
+        for k in range(10):
+            srv.apply([sef.upd(1, float(i), ts=1000 + i) for i in range(k * 1000, k * 1000 + 1000)])
+        first = srv.history.items[0][1][0]
+        await soon(lambda: next(iter(srv.conns)).sent_seq == srv.seq, "the events sent")
+
+        async def discard() -> None:
+            while await reader.read(1 << 20):
+                pass
+
+        lags: list[float] = []
+
+        async def probe() -> None:
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                lags.append(time.monotonic() - t - 0.01)
+
+        tasks = [asyncio.create_task(discard()), asyncio.create_task(probe())]
+        resume = codec.encode({"t": "resume", "session": srv.session, "seq": first - 1})
+        writer.write(resume * 5_000)  # (each answered with the 10,000 events again: read and discarded)
+        await asyncio.sleep(1.0)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        writer.close()
+        assert len(lags) > 3 and max(lags) < 0.6, lags
