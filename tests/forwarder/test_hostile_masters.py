@@ -225,6 +225,27 @@ async def test_se104s_master_flooding_executes_has_a_bounded_number_running() ->
             await soon(lambda: len(sink.calls) == 9, "the next one run")
 
 
+async def test_se104s_interrogations_held_while_resuming_are_built_within_the_limit() -> None:
+    """STARTDT and 1,000 interrogations in one write from a master whose position is being read: they wait
+    (held), then are built only as far as `answers_max` allows and the connection is closed; before, all
+    were built at once when the position came (4,000 of a 2,000-point RTU: 276,000 ASDUs, the event loop
+    held 10 s), and the connection stayed."""
+    async def cursor(rtu: int, identity: str) -> tuple[int, int]:
+        await asyncio.sleep(0.05)
+        return (0, 0)  # known, with nothing to replay
+
+    async with s104.se104_server(answers_max=2_000) as srv:
+        srv.load_image([s104.upd(f.addr, 1.0) for f in s104.MONITOR])
+        srv.cursor_source = cursor
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(c.u_frame(c.STARTDT_ACT) + b"".join(c.i_frame(n, 0, c.interrogation(s104.CA))
+                                                          for n in range(1_000)))
+        await soon(lambda: any(len(s.held) == 1_000 for s in srv.station.sessions), "1,000 held")
+        with contextlib.suppress(ConnectionResetError):
+            await closed_by_server(reader)
+        writer.close()
+
+
 async def test_se104s_master_alternating_startdt_and_stopdt_has_one_position_fetch_at_a_time() -> None:
     """300 STARTDT / STOPDT pairs, each frame in a segment of its own, while reading the master's position
     (Redis) takes 50 ms: one fetch runs at a time; before, each STARTDT started its own (a task and a Redis

@@ -435,10 +435,7 @@ class Station:
         for ev in s.link.receive(data, now):
             if isinstance(ev, AsduIn):
                 self._on_asdu(s, c.parse_asdu(ev.asdu), controls)
-                if len(s.queue) + len(s.ahead) - s.events_queued > self.answers_max:
-                    log.warning("se104s RTU %s: master %s sends requests without reading their answers (more "
-                                "than %d unsent): closing it", self.rtu.id, s.peer, self.answers_max)
-                    self.close(s, "answers not read")
+                if s.closed or self._answers_overflow(s):
                     return []  # nor are the controls it asked for run: nobody would be told their outcome
             elif isinstance(ev, Started):
                 if self.single_active:
@@ -452,6 +449,15 @@ class Station:
                 self._on_acked(s, len(ev.tags))
                 self.wake(s)
         return controls
+
+    def _answers_overflow(self, s: Session) -> bool:
+        """More than `answers_max` answers wait unsent for `s`: it is closed (True)."""
+        if len(s.queue) + len(s.ahead) - s.events_queued <= self.answers_max:
+            return False
+        log.warning("se104s RTU %s: master %s sends requests without reading their answers (more than %d "
+                    "unsent): closing it", self.rtu.id, s.peer, self.answers_max)
+        self.close(s, "answers not read")
+        return True
 
     def tick(self, s: Session, now: float) -> None:
         """The link's timers; raises LinkTimeout when t1 expired (the transport closes the connection)."""
@@ -571,10 +577,14 @@ class Station:
         if not s.held or (s.active and (not s.resumed or s.skip is not None)):
             return
         held, s.held = s.held, []
+        # as many as `answers_max` allows: 4,000 interrogations read with the STARTDT, held while the
+        # master's position was read, were built at once (276,000 ASDUs, the event loop held 10 s)
         for kinds, cot, then, oa in held:
             self._queue_image(s, kinds, cot, oa)
             if then is not None:
                 self._answer(s, then)
+            if self._answers_overflow(s):
+                return
 
     def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int = 0) -> None:
         now = int(time.time() * 1000)
