@@ -15,7 +15,7 @@ import math
 import struct
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 START = 0x68
 MAX_APDU = 253  # length octet: control field (4) + ASDU
@@ -183,6 +183,7 @@ class Asdu:
     ca: int
     sq: bool
     objects: tuple[tuple[int, bytes], ...]  # (ioa, element octets)
+    raw: bytes = field(default=b"", compare=False, repr=False)  # as received (parse_asdu): what `mirror` sends back
 
     @property
     def cause(self) -> int:
@@ -225,7 +226,7 @@ def parse_asdu(b: bytes) -> Asdu:
     if size is None:
         if len(body) < IOA_LEN:
             raise ProtocolError(f"ASDU type {type_id} without an object")
-        return Asdu(type_id, cot, oa, ca, sq, ((int.from_bytes(body[:3], "little"), body[3:]),))
+        return Asdu(type_id, cot, oa, ca, sq, ((int.from_bytes(body[:3], "little"), body[3:]),), bytes(b))
     if n == 0:
         raise ProtocolError("ASDU with zero objects")
     want = IOA_LEN + n * size if sq else n * (IOA_LEN + size)
@@ -241,7 +242,7 @@ def parse_asdu(b: bytes) -> Asdu:
         for i in range(n):
             o = i * step
             objs.append((int.from_bytes(body[o:o + 3], "little"), body[o + 3:o + step]))
-    return Asdu(type_id, cot, oa, ca, sq, tuple(objs))
+    return Asdu(type_id, cot, oa, ca, sq, tuple(objs), bytes(b))
 
 
 def build_asdu(type_id: int, cot: int, ca: int, objects: Iterable[tuple[int, bytes]], oa: int = 0) -> bytes:
@@ -265,8 +266,13 @@ def clock_sync(ca: int, ts_ms: int, cause: int = COT_ACT) -> bytes:
 
 
 def mirror(a: Asdu, cause: int, negative: bool = False) -> bytes:
-    """The answer to a command: the same ASDU with another cause (and the P/N bit)."""
+    """The answer to a command: the same ASDU with another cause (and the P/N bit) and `a.ca`. A received
+    ASDU (`raw`) is mirrored octet for octet, its variable structure qualifier included: rebuilt from its
+    objects, one with sequential addressing (SQ = 1) would carry an IOA per object and could exceed
+    MAX_ASDU (a C_RD_NA_1 with SQ = 1 and 127 objects: 9 octets received, 387 to send)."""
     cot = cause | (NEGATIVE if negative else 0) | (a.cot & TEST)
+    if a.raw:
+        return a.raw[:2] + struct.pack("<BBH", cot, a.oa, a.ca) + a.raw[HEADER:]
     return build_asdu(a.type_id, cot, a.ca, a.objects, a.oa)
 
 

@@ -34,6 +34,10 @@ from .allow import Allowlist
 from .drain import CLOSE, REFUSED, SINK_MARGIN_S, WAIT, Drain
 from .resume import ZERO, Sid, parse_id, prune_floor, sid_text
 
+OUT_OF_RANGE = "value out of range"
+"""The reason of a control refused because its value in the source's units (the master's divided by COEF)
+is not a finite number: nothing such reaches the device (`ForwardServer.run_control`)."""
+
 CATCH_UP_S = 2.0
 """How long a master that resumes from its cursor waits for this node's runner to reach the change stream's
 head as it stood at the master's start (`ForwardServer.caught_up`): the runner reads on at once, so this takes
@@ -206,6 +210,10 @@ class ForwardServer(abc.ABC):
         `not_after_ms`: a wall-clock limit (a time-tagged command's tag + its maximum age), which cuts it."""
         self.counts.controls += 1
         t0 = time.monotonic()
+        if not math.isfinite(value):  # a finite command value divided by a COEF below 1 can overflow
+            self.log.warning("%s RTU %s control %s=%s from %s: refused: %s", self.protocol, self.rtu.id, fwd.id,
+                             value, origin, OUT_OF_RANGE)
+            return ControlOutcome(False, "rejected", OUT_OF_RANGE)
         if self.draining is not None:  # planned stop: answered negatively at once, never queued
             self.log.info("%s RTU %s control %s=%s from %s: refused: %s", self.protocol, self.rtu.id, fwd.id,
                           value, origin, REFUSED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import socket
 import ssl
 import time
@@ -18,6 +19,7 @@ from fep_forwarder.base import Update
 from fep_forwarder.se104s import Se104Server
 from fepha.iec104 import codec as c
 from fepha.points import Quality
+from tests.iec104.rawmaster import raw_master
 
 from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd
 from .tls_cert import self_signed_server_context
@@ -283,6 +285,47 @@ async def test_malformed_frame_closes_only_that_connection(garbage: bytes) -> No
             srv.apply([upd(1001, 42.0)])
             await until(lambda: any(r.value == 42.0 for r in m.values("SPONTANEOUS")), what="data after the bad peer")
             assert len(srv.clients()) == 1
+
+
+@pytest.mark.parametrize("turns", range(8))
+async def test_a_master_leaving_as_the_server_stops_logs_no_error(turns: int, caplog: pytest.LogCaptureFixture) -> None:
+    """A master that closes its connection `turns` loop iterations before the server stops: the server's
+    stop cancelled that connection's handler in the middle of its own clean-up, the handler task ended
+    cancelled and asyncio's streams logged it as an error with a traceback (one of these did)."""
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write(c.u_frame(c.STARTDT_ACT))
+        await asyncio.wait_for(reader.readexactly(6 + 6 + 10), 3)  # STARTDT con, end of initialisation
+        writer.close()
+        for _ in range(turns):
+            await asyncio.sleep(0)
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors
+
+
+async def test_a_connection_whose_sender_fails_is_closed_not_left_deaf(caplog: pytest.LogCaptureFixture) -> None:
+    """What a connection's sender task cannot send (an answer it fails to frame: a mirror larger than an APDU
+    did) closes that connection, logged; before, the sender died, and the master, whose TESTFR the reader
+    still answered, got no data nor answers any more. The other master is served on."""
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        pump = srv.station.pump
+        async with raw_master(srv.port) as ok, raw_master(srv.port) as bad:
+            await ok.start()
+            await bad.start()
+            port = bad.writer.get_extra_info("sockname")[1]
+
+            def failing(s: object, now: float) -> bytes:
+                if s.peer.endswith(f":{port}"):  # type: ignore[attr-defined]
+                    raise ValueError("cannot frame this")
+                return pump(s, now)  # type: ignore[arg-type]
+            srv.station.pump = failing  # type: ignore[method-assign]
+            srv.apply([upd(1001, 42.0)])
+            await until(lambda: bad.closed, 3, "the failing connection closed")
+            await until(lambda: (CA, 1001, 42.0) in [v[:3] for v in ok.values()], 3, "data at the other master")
+            assert not ok.closed
+    assert any(r.levelno == logging.ERROR and "sending failed" in r.getMessage() for r in caplog.records)
 
 
 async def test_raw_master_window_stopdt_select_timeout_and_unknown_type() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from itertools import groupby
 
 import pytest
@@ -416,3 +417,28 @@ def test_a_command_answer_goes_ahead_of_the_events_queued_for_its_master() -> No
     assert kinds[:2] == [(c.C_SC_NA_1, c.COT_ACTCON), (c.C_SC_NA_1, c.COT_ACTTERM)], kinds
     events = [(a.objects[0][0], a.cause) for a in m.got[2:]]
     assert events == [(1001 if i % 2 else 1002, c.COT_SPONT) for i in range(20)], events  # all, in order
+
+
+def test_a_flood_of_command_answers_ahead_of_queued_events_takes_linear_time() -> None:
+    """20,000 refused commands from a master while events wait for it: each answer goes ahead of the events
+    (as above) without a scan of what is already ahead; before, the scan made it quadratic, and such a flood
+    held the event loop (every master, every server of the process) for 6 s."""
+    st = station(answers_max=10**6)
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, [[upd(1001 if i % 2 else 1002, float(i))] for i in range(20)])  # queued, not pumped
+    refused = c.build_asdu(c.C_SC_NA_1, c.COT_ACT, CA, [(4999, b"\x01")])  # no such command point: cause 47
+    flood = b"".join(c.i_frame(n, m.master.vr, refused) for n in range(20_000))
+    t0 = time.monotonic()
+    assert st.receive(m.s, flood, 0.0) == []
+    assert time.monotonic() - t0 < 2.0
+    assert m.s.events_queued == 20 and st.unanswered() == 20_000
+    m.master.vs = 20_000  # what it sent without its link
+    for _ in range(1_000):
+        if len(m.got) >= 20_020:
+            break
+        m.xfer()
+    kinds = [(a.type_id, a.cause, a.negative) for a in m.got]
+    assert kinds[:20_000] == [(c.C_SC_NA_1, c.COT_UNKNOWN_IOA, True)] * 20_000
+    assert [a.objects[0][0] for a in m.got[20_000:]] == [1001 if i % 2 else 1002 for i in range(20)]

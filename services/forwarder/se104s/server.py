@@ -35,6 +35,7 @@ class ConnIO:
     writer: asyncio.StreamWriter
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    resuming: bool = False  # the master's position is being fetched (`Se104Server._resume`)
 
 
 class Se104Server(ForwardServer):
@@ -114,11 +115,21 @@ class Se104Server(ForwardServer):
     def backfill(self, since: Sid, past: Sequence[Update]) -> int:
         return self.station.backfill(since, past)
 
-    async def _resume(self, s: Session) -> None:
+    async def _resume(self, s: Session, io: ConnIO) -> None:
         """STARTDT: fetch the master's recorded position (Redis, the freshest) and resume it from there
-        (once the first image and the history behind it are loaded)."""
-        cursor = await self.resume_cursor(s.identity)
-        self.station.resume(s, cursor)
+        (once the first image and the history behind it are loaded). One fetch per connection at a time: a
+        STARTDT that comes during it (after a STOPDT) has the position fetched again once it is done; before,
+        each STARTDT had a fetch of its own, and a master alternating STARTDT and STOPDT had one task per
+        STARTDT waiting (a Redis read, then up to 2 s for the stream), 800 of them after 2 s."""
+        try:
+            while True:
+                cursor = await self.resume_cursor(s.identity)
+                if not s.awaiting_cursor:
+                    break
+                s.awaiting_cursor = False
+            self.station.resume(s, cursor)
+        finally:
+            io.resuming = False
 
     # --- station hooks ---------------------------------------------------------------------------------
 
@@ -175,12 +186,14 @@ class Se104Server(ForwardServer):
                     log.warning("se104s RTU %s: master %s: %d command(s) not run: read after this forwarder was "
                                 "stalled, from a connection the master had closed meanwhile (it gave up on them)",
                                 self.rtu.id, peer, len(ctls))
+                    for ctl in ctls:
+                        self.station.dropped(ctl)
                     ctls = []
                 for ctl in ctls:
                     self._run(io, ctl)
-                if s.awaiting_cursor:
-                    s.awaiting_cursor = False
-                    self._spawn(io, self._resume(s))
+                if s.awaiting_cursor and not io.resuming:
+                    s.awaiting_cursor, io.resuming = False, True
+                    self._spawn(io, self._resume(s, io))
                 self._flush(s, io)
                 # a master that does not read what we owe it (TESTFR con, S frames): read no more from it
                 # until it does, so its answers do not pile up without bound (t1 still runs)
@@ -202,7 +215,10 @@ class Se104Server(ForwardServer):
             others = [t for t in io.tasks if t is not me]
             for t in others:
                 t.cancel()
-            await asyncio.gather(*others, return_exceptions=True)
+            try:
+                await asyncio.gather(*others, return_exceptions=True)
+            except asyncio.CancelledError:  # `stop` cancelled this handler while it was cleaning up: it goes on
+                pass  # (a handler task that ended cancelled was logged as an error by asyncio's streams)
             self._io.pop(s, None)
             self.station.disconnect(s)
             try:
@@ -230,6 +246,10 @@ class Se104Server(ForwardServer):
                     await io.writer.drain()
         except (ConnectionError, OSError) as exc:
             self.station.close(s, f"send failed: {exc}")
+        except Exception as exc:  # noqa: BLE001 - that connection only, closed rather than left open and deaf
+            log.error("se104s RTU %s: master %s: sending failed (%r): closing that connection", self.rtu.id, s.peer,
+                      exc)
+            self.station.close(s, f"internal error: {exc!r}")
 
     async def _timers(self, s: Session, io: ConnIO) -> None:
         p = s.link.params

@@ -45,6 +45,14 @@ GROUP_KINDS = {1: ("DI",), 2: ("AI",)}  # interrogation groups: 1 status points,
 # Answer = (0, whole ASDU, ZERO).
 Item = tuple[int, bytes, Sid]
 _ids = itertools.count(1)
+CONTROLS_MAX = 64
+"""Commands of one master executing at once; one more gets a negative ACT_CON at once (sefeps: 16 per
+connection). A master flooding valid executes had every one of them queued for the device together."""
+ANSWERS_MAX = 20_000
+"""Answer ASDUs (confirmations, interrogated and read data) queued unsent for one master before it is closed:
+a master that sends requests without acknowledging what it is sent had the server queue their answers
+without bound (the k window holds them; only S and U frames reach its socket). A station interrogation of
+300,000 points fits (16 to 60 per ASDU)."""
 # station-wide commands (IOA 0) and the causes each takes
 _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
                  c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
@@ -74,6 +82,8 @@ class Session:
     link: Link
     id: int = field(default_factory=lambda: next(_ids))
     queue: deque[Item] = field(default_factory=deque)
+    # command answers to send after the answers at the head of `queue`, before its first event (`_answer`)
+    ahead: deque[Item] = field(default_factory=deque)
     inflight: deque[list[Item]] = field(default_factory=deque)  # events of each unacknowledged I frame
     awaiting_cursor: bool = False  # started; the transport fetches its cursor and calls Station.resume
     resumed: bool = False  # started and resumed: events flow
@@ -82,6 +92,7 @@ class Session:
     # image answers (kinds, cause, the ASDU to send after them) built once it is resumed and `skip` is clear
     held: list[tuple[tuple[str, ...], int, bytes | None, int]] = field(default_factory=list)
     events_queued: int = 0
+    controls: int = 0  # commands accepted and not answered yet (`Station.execute`)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
     closed: bool = False
@@ -135,6 +146,8 @@ class Station:
         self.rtu = rtu
         self.link_params = LinkParams.from_options(o)
         self.queue_max = int(o.get("queue_max", 200_000))
+        self.answers_max = int(o.get("answers_max", ANSWERS_MAX))
+        self.controls_max = int(o.get("controls_max", CONTROLS_MAX))
         self.buffer_max = int(o.get("buffer_max", 200_000))
         self.select_timeout_s = float(o.get("select_timeout_s", 30.0))
         self.command_max_age_ms = int(o.get("command_max_age_ms", 10_000))
@@ -246,7 +259,7 @@ class Station:
     def unanswered(self) -> int:
         """Answers (command confirmations, interrogation answers: every queued item that is not an event)
         queued on open connections and not yet sent (the planned stop waits for them)."""
-        return sum(len(s.queue) - s.events_queued for s in self.sessions if not s.closed)
+        return sum(len(s.queue) + len(s.ahead) - s.events_queued for s in self.sessions if not s.closed)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
@@ -286,6 +299,7 @@ class Station:
         log.warning("se104s RTU %s: master %s does not keep up (%d events queued, limit %d): closing it; "
                     "it must reconnect and interrogate", self.rtu.id, s.peer, dropped, self.queue_max)
         s.queue.clear()
+        s.ahead.clear()
         s.events_queued = 0
         s.link.release_unacked()
         s.inflight.clear()
@@ -399,7 +413,10 @@ class Station:
         # current. Interrogations in progress are dropped (the master interrogates again); command
         # confirmations stay queued.
         s.held = []
-        s.queue = deque(it for it in s.queue if not it[0] and not _interrogation_item(it[1]))
+        lead = next((n for n, it in enumerate(s.queue) if it[0]), len(s.queue))  # in the order `pump` sends
+        merged = [*itertools.islice(s.queue, lead), *s.ahead, *itertools.islice(s.queue, lead, None)]
+        s.queue = deque(it for it in merged if not it[0] and not _interrogation_item(it[1]))
+        s.ahead.clear()
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -418,6 +435,8 @@ class Station:
         for ev in s.link.receive(data, now):
             if isinstance(ev, AsduIn):
                 self._on_asdu(s, c.parse_asdu(ev.asdu), controls)
+                if s.closed or self._answers_overflow(s):
+                    return []  # nor are the controls it asked for run: nobody would be told their outcome
             elif isinstance(ev, Started):
                 if self.single_active:
                     self._stop_others(s)
@@ -431,6 +450,15 @@ class Station:
                 self.wake(s)
         return controls
 
+    def _answers_overflow(self, s: Session) -> bool:
+        """More than `answers_max` answers wait unsent for `s`: it is closed (True)."""
+        if len(s.queue) + len(s.ahead) - s.events_queued <= self.answers_max:
+            return False
+        log.warning("se104s RTU %s: master %s sends requests without reading their answers (more than %d "
+                    "unsent): closing it", self.rtu.id, s.peer, self.answers_max)
+        self.close(s, "answers not read")
+        return True
+
     def tick(self, s: Session, now: float) -> None:
         """The link's timers; raises LinkTimeout when t1 expired (the transport closes the connection)."""
         s.link.tick(now)
@@ -441,11 +469,12 @@ class Station:
         command answers from a queue of their own: on a backlogged link (a slow or lossy master link, before
         t1 closes it) it waited behind every queued event, past the master's command timeout, for a command
         that had run (docs/ha.md "Degraded links", 800 ms). Interrogation answers keep their place: a
-        current value must not overtake an older event."""
+        current value must not overtake an older event. Kept apart in `ahead` (`_next_asdu` takes them in
+        that order): found by a scan of the queue, each cost as many steps as answers were ahead of the
+        events, and a master flooding commands that it did not acknowledge stalled the process 6 s."""
         item = (0, asdu, ZERO)
         if s.events_queued and asdu[0] in c.COMMAND_BASE:
-            q = s.queue
-            q.insert(next((n for n, it in enumerate(q) if it[0]), len(q)), item)
+            s.ahead.append(item)
         else:
             s.queue.append(item)
         self.wake(s)
@@ -548,10 +577,14 @@ class Station:
         if not s.held or (s.active and (not s.resumed or s.skip is not None)):
             return
         held, s.held = s.held, []
+        # as many as `answers_max` allows: 4,000 interrogations read with the STARTDT, held while the
+        # master's position was read, were built at once (276,000 ASDUs, the event loop held 10 s)
         for kinds, cot, then, oa in held:
             self._queue_image(s, kinds, cot, oa)
             if then is not None:
                 self._answer(s, then)
+            if self._answers_overflow(s):
+                return
 
     def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int = 0) -> None:
         now = int(time.time() * 1000)
@@ -628,14 +661,29 @@ class Station:
                             "with another value than selected")
                 self._answer(s, c.mirror(a, c.COT_ACTCON, True))
                 return
+        if s.controls >= self.controls_max:
+            self._once.problem(f"controls {s.identity}", f"se104s RTU {self.rtu.id}: master {s.peer} has {s.controls} "
+                               "commands executing: more are refused until they are answered")
+            self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+            return
+        s.controls += 1
         controls.append(Control(s, a, fwd, cmd.value / fwd.coef,
                                 None if cmd.ts_ms is None else cmd.ts_ms + self.command_max_age_ms))
+
+    def dropped(self, ctl: Control) -> None:
+        """`ctl` was answered, or will not be run (the transport drops it): no longer executing."""
+        ctl.session.controls -= 1
+        if ctl.session.controls < self.controls_max // 2:
+            self._once.clear(f"controls {ctl.session.identity}")
 
     async def execute(self, ctl: Control) -> None:
         """Run an accepted command (ForwardServer.run_control: counted, never raises); positive ACT_CON +
         ACT_TERM only after the device accepted it, a negative ACT_CON otherwise."""
         s, a, fwd = ctl.session, ctl.asdu, ctl.fwd
-        out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}", not_after_ms=ctl.not_after_ms)
+        try:
+            out = await self.run_control(fwd, ctl.value, f"{self.origin}:{s.peer}", not_after_ms=ctl.not_after_ms)
+        finally:
+            self.dropped(ctl)
         if out.ok:
             self._answer(s, c.mirror(a, c.COT_ACTCON))
             self._answer(s, c.mirror(a, c.COT_ACTTERM))
@@ -649,7 +697,7 @@ class Station:
         STARTDT or after STOPDT: IEC 104 sends only U frames then) and the k window allows; returns the
         octets to write (with any S/U frame the link owes)."""
         link = s.link
-        while s.queue and s.active and link.window_open:
+        while (s.queue or s.ahead) and s.active and link.window_open:
             if not s.resumed:
                 break  # its position is being fetched: what it missed goes first
             asdu, items = self._next_asdu(s)
@@ -658,8 +706,11 @@ class Station:
         return link.data_to_send()
 
     def _next_asdu(self, s: Session) -> tuple[bytes, list[Item]]:
-        """Pop the next ASDU: an answer as is, or a run of events of one type packed into one ASDU."""
+        """Pop the next ASDU: an answer as is, or a run of events of one type packed into one ASDU. The
+        answers at the head of the queue go first, then the command answers put `ahead` of the events."""
         q = s.queue
+        if s.ahead and not (q and not q[0][0]):
+            return s.ahead.popleft()[1], []
         first = q.popleft()
         type_id, data, _ = first
         if not type_id:

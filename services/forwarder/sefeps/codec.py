@@ -20,6 +20,7 @@ from typing import Any
 from fepha.points import Quality, Value
 from fepha.semodel.model import FwdPoint
 
+from ..base import OUT_OF_RANGE
 from ..drain import REFUSED
 
 VERSION = 1
@@ -73,7 +74,12 @@ def _is(kind: str, v: Any) -> bool:
     if kind == _INT:
         return isinstance(v, int) and not isinstance(v, bool)
     if kind == _NUM:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            return False
+        try:
+            return math.isfinite(v)
+        except OverflowError:  # an integer beyond a double's range (JSON has no limit): not a value
+            return False
     if kind == _STR:
         return isinstance(v, str)
     if kind == _BOOL:
@@ -174,8 +180,9 @@ REJECT_DO_VALUE = "a DO takes 0 or 1"
 REJECT_BUSY = "too many commands in flight"
 REJECT_DUPLICATE_ID = "a command with this id is in flight"
 REJECT_STOPPING = REFUSED  # sent during the forwarder's planned stop (drain.py)
+REJECT_RANGE = OUT_OF_RANGE  # an AO value that divided by COEF is not a finite number (ForwardServer.run_control)
 REJECT_REASONS = (REJECT_UNKNOWN, REJECT_NOT_COMMAND, REJECT_DO_VALUE, REJECT_BUSY, REJECT_DUPLICATE_ID,
-                  REJECT_STOPPING)
+                  REJECT_STOPPING, REJECT_RANGE)
 
 
 def command_problem(fwd: FwdPoint | None, value: float, known: bool) -> str | None:
