@@ -20,10 +20,13 @@ from tests.ha.test_keepalived_stop import WATCH, good, keepalived_pid, quality
 
 
 def api(node: Node, path: str) -> tuple[int, Any]:
-    """GET on the node's api from inside its namespace -> (status, JSON body)."""
+    """GET on the node's api from inside its namespace -> (status, JSON body); (0, the reason) when no HTTP
+    answer came (an api not listening yet: the waits for /ready retry; it raised, and a loaded CI's api,
+    still starting when its node's leases were taken, failed the wait at once)."""
     code = ("import json, sys, urllib.request, urllib.error\n"
             "try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=8); print(r.status); print(r.read().decode())\n"
-            "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n")
+            "except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+            "except OSError as e:\n    print(0); print(json.dumps(repr(e)))\n")
     out = subprocess.run(["ip", "netns", "exec", node.ns, sys.executable, "-c", code,
                           f"http://{node.ip}:8080{path}"], capture_output=True, text=True, timeout=20, check=True)
     status, _, body = out.stdout.partition("\n")
