@@ -117,6 +117,18 @@ CASES: dict[str, tuple[Callable[[aredis.Redis], Awaitable[Any]], Callable[[Get],
 }
 
 
+async def following(c: Any) -> None:
+    """Wait until the api's live hub follows the streams for the stream request under way: a change written
+    before it reads their tails is not sent. A fixed 0.4 s was too short on a loaded CI machine (no change
+    sent at all); the hub reads its tails right after a client joins, which /metrics counts."""
+    for _ in range(250):
+        if 'fep_api_stream_clients{node="A"} 1.0' in (await c.get("/metrics")).text:
+            await asyncio.sleep(0.3)  # the tails are read with the hub's first Redis round trip after the join
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the live stream's client never joined")
+
+
 async def test_odd_but_valid_keys_are_answered_and_never_shown_good(loaded, feproot, ar, make_api) -> None:
     c = await make_api(node_cfg(loaded))
     schema = (await c.get("/openapi.json")).json()
@@ -157,13 +169,13 @@ async def test_live_values_of_an_rtu_served_nt_carry_nt(loaded, ar, make_api) ->
     assert "has not completed a poll" in (await c.get("/api/v1/rtus/1")).json()["values_nt"]
 
     async def write_later() -> None:
-        await asyncio.sleep(0.4)  # after the stream's first health picture
+        await following(c)
         w = await ar.fcall(*redisfns.write_values(1, "A", 1, ["101", points.encode(21.5, 0, now), "105",
                                                               points.encode(0, 0, now)]).argv)
         assert int(w[0]) == 1
 
     writer = asyncio.create_task(write_later())
-    r = await c.get("/api/v1/stream?rtu=1&duration_s=1.2")
+    r = await c.get("/api/v1/stream?rtu=1&duration_s=2.5")
     await writer
     values = [json.loads(m.split("data: ", 1)[1]) for m in r.text.split("\n\n") if m.startswith("event: values")]
     items = [i for v in values for i in v["items"]]
@@ -183,14 +195,14 @@ async def test_live_items_carry_every_field_and_only_points(loaded, ar, make_api
     ts = 1_700_000_000_000
 
     async def write_later() -> None:
-        await asyncio.sleep(0.4)
+        await following(c)
         for recs in (["101", "garbage"], ["101", points.encode(21.5, 0, ts)]):
             w = await ar.fcall(*redisfns.write_values(1, "A", 1, recs).argv)
             assert int(w[0]) == 1
         await ar.xadd(ks.CHANGES, {"r": "1", "zz": "1", "٣": "1|0|1", "105": "1|0|1"})  # another writer's
 
     writer = asyncio.create_task(write_later())
-    r = await c.get("/api/v1/stream?rtu=1&duration_s=1.2")
+    r = await c.get("/api/v1/stream?rtu=1&duration_s=2.5")
     await writer
     values = [json.loads(m.split("data: ", 1)[1]) for m in r.text.split("\n\n") if m.startswith("event: values")]
     bad, good, other = (v["items"] for v in values)
