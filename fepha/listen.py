@@ -139,7 +139,10 @@ def _bind_all(addrs: list[tuple[socket.AddressFamily, Any]], port: int, what: st
         for family, addr in addrs:
             if port == 0 and socks:  # the port the system chose for the first address
                 addr = (addr[0], socks[0].getsockname()[1], *addr[2:])
-            sock = GuardedListener(family, socket.SOCK_STREAM)
+            # IPPROTO_TCP, not 0: an accepted socket takes the listener's proto, and asyncio sets TCP_NODELAY
+            # only on sockets whose proto says TCP; with 0 every connection served (SCADA masters, the api)
+            # ran Nagle against the peer's delayed ACK: 22 ms median, 44 ms p99 added to se104s's sends
+            sock = GuardedListener(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6 and both:
