@@ -85,7 +85,7 @@ def row_key(table: str, row: Mapping[str, Any]) -> str:
     parts = []
     for c in KEYS[table]:
         v = row.get(c)
-        i = v if type(v) is int else int_value(v)
+        i = int_value(v)
         parts.append(str(v) if i is None else str(i))
     return ":".join(parts)
 

@@ -142,7 +142,8 @@ class _Checker:
                 self.add(table, row, column, f"is not set (one of {', '.join(map(str, allowed))})")
             return None
         if all(type(a) is int for a in allowed):  # an integer column: '2' and 2.0 are 2, as everywhere else
-            v = _int(v) if _int(v) in allowed else v
+            i = _int(v)
+            v = i if i in allowed else v
         if v not in allowed or isinstance(v, bool):
             self.add(table, row, column, f"{shown(v)} is not one of {', '.join(map(str, allowed))}")
             return None

@@ -17,7 +17,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,6 @@ class Forwarder:
         self._next_known = 0.0
         # issue 10b: the source values as stored (NT is overlaid when sent), and the current verdict
         self.values: dict[int, Value] = {}
-        self.src_rtu: dict[int, int | None] = {}  # routed source point -> acquisition RTU, None: virtual
         self.staleness = freshness.Staleness()
         self.judge_now = asyncio.Event()
         self.replica = freshness.ReplicaWatch()
@@ -365,24 +364,11 @@ class Forwarder:
                 return False
             await asyncio.sleep(0.05)
 
-    def _own_pairs(self, pairs: Iterable[tuple[str, str]], source: int | str | None) -> list[tuple[str, str]]:
-        """The point id -> record pairs of acquisition RTU `source` (its values hash, or a stream entry whose
-        `r` names it) without those of points configured on another RTU: a point a reload moved keeps, in its
-        old RTU's hash, the value its old device gave it, and an acquirer not yet reloaded may still write it
-        there; taken, that value was served for the point (from whichever hash was read last, at every full
-        image) until the point changed on its new RTU. `source` None (an entry naming none): every pair."""
-        if source is None:
-            return list(pairs)
-        own, rid = self.src_rtu, str(source)
-        return [(k, v) for k, v in pairs
-                if not (k.isdigit() and (r := own.get(int(k))) is not None and str(r) != rid)]
-
     def _dispatch(self, entries: list[tuple[str, dict[str, str]]]) -> None:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
         for eid, fields in entries:
-            merge(per, self.routing.updates(self._own_pairs(entry_pairs(fields), fields.get("r")), bad,
-                                            parse_id(eid)))
+            merge(per, self.routing.updates(entry_pairs(fields), bad, parse_id(eid), fields.get("r")))
         for rid, ups in per.items():
             srv = self.servers.get(rid)
             if srv is not None:
@@ -416,7 +402,7 @@ class Forwarder:
         per: dict[int, list[Any]] = {}
         bad: list[str] = []
         for rid, h in zip(rtus, res[2:2 + len(rtus)], strict=True):
-            merge(per, self.routing.updates(self._own_pairs(h.items(), rid), bad))
+            merge(per, self.routing.updates(h.items(), bad, source=str(rid)))
         merge(per, self.routing.updates(res[2 + len(rtus)].items(), bad))  # virtual points
         position = parse_id(self.last_id)
         first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(
@@ -462,7 +448,7 @@ class Forwarder:
             batch = await local.xrevrange(ks.CHANGES, hi, f"({low}", count=READ_COUNT)
             for eid, fields in batch:
                 sid = parse_id(eid)
-                per = self.routing.updates(entry_pairs(fields), bad, sid)
+                per = self.routing.updates(entry_pairs(fields), bad, sid, fields.get("r"))
                 for rid in list(open_):
                     if sid <= since[rid]:
                         reached.add(rid)
@@ -530,8 +516,6 @@ class Forwarder:
             self.signatures[rid] = rtu.signature()
         self.model = model
         self.routing = Routing.of(model, self.servers)
-        pts, vps = model.points, model.vpoints
-        self.src_rtu = {src: pts[src].rtu for src in self.routing.by_src if src in pts and src not in vps}
         log.info("configuration generation %s: %d forwarding servers", model.gen, len(self.servers))
         return True
 
@@ -661,7 +645,7 @@ class Forwarder:
         out = []
         for u in ups:
             self.values[u.fwd.src] = u.value
-            v = freshness.overlay(u.value, self.staleness.stale(self.src_rtu.get(u.fwd.src)))
+            v = freshness.overlay(u.value, self.staleness.stale(self.routing.src_rtu.get(u.fwd.src)))
             out.append(u if v is u.value else Update(u.fwd, v, u.sid))
         return out
 
@@ -669,7 +653,7 @@ class Forwarder:
         """Switch to a new verdict: the last value of every source whose NT state flipped goes out again,
         spontaneously, with NT set or cleared."""
         old, self.staleness = self.staleness, new
-        flipped = old.flipped(new, set(self.src_rtu.values()) | {None})
+        flipped = old.flipped(new, set(self.routing.src_rtu.values()) | {None})
         if not flipped:
             return
         for why in {new.all} - {old.all, None}:
@@ -684,7 +668,7 @@ class Forwarder:
         per: dict[int, list[Update]] = {}
         at = parse_id(self.last_id)  # re-sent in order after everything handed over so far
         for src, fwds in self.routing.by_src.items():
-            rtu = self.src_rtu.get(src)
+            rtu = self.routing.src_rtu.get(src)
             v = self.values.get(src)
             if rtu not in flipped or v is None:
                 continue
@@ -726,7 +710,7 @@ class Forwarder:
         model = self.model
         if model is None:
             return
-        rtus = sorted({r for r in self.src_rtu.values() if r is not None})
+        rtus = sorted({r for r in self.routing.src_rtu.values() if r is not None})
         asked = int(time.time() * 1000)
         try:
             pipe = local.pipeline(transaction=False)

@@ -57,6 +57,8 @@ class Routing:
     """Which forwarding points (of running servers) a source point id feeds."""
 
     by_src: dict[int, list[FwdPoint]] = field(default_factory=dict)
+    src_rtu: dict[int, int] = field(default_factory=dict)
+    """Routed source point -> the acquisition RTU it is configured on (virtual points: none)."""
 
     @classmethod
     def of(cls, model: Model, rtus: Iterable[int]) -> Routing:
@@ -68,21 +70,30 @@ class Routing:
             for f in rtu.forwards:
                 if f.kind in MONITOR_KINDS:
                     r.by_src.setdefault(f.src, []).append(f)
+        pts, vps = model.points, model.vpoints
+        r.src_rtu = {src: pts[src].rtu for src in r.by_src if src in pts and src not in vps}
         return r
 
     def updates(self, pairs: Iterable[tuple[str, str]], bad: list[str] | None = None,
-                sid: tuple[int, int] = (0, 0)) -> dict[int, list[Update]]:
+                sid: tuple[int, int] = (0, 0), source: str | None = None) -> dict[int, list[Update]]:
         """Point id -> record pairs (one stream entry, whose id is `sid`, or an image hash) -> Updates per
-        forwarding RTU, in order. Malformed records and non-numeric ids are skipped and reported in `bad`."""
+        forwarding RTU, in order. Malformed records and non-numeric ids are skipped and reported in `bad`.
+        `source` (the entry's `r`, or the RTU whose values hash it is) leaves out the points configured on
+        another acquisition RTU: a point a reload moved keeps, in its old RTU's hash, the value its old device
+        gave it, and an acquirer not yet reloaded may still write it there; taken, that value was served for
+        the point (from whichever hash was read last, at every full image) until it changed on its new RTU."""
         out: dict[int, list[Update]] = {}
         for pid, rec in pairs:
             try:
-                fwds = self.by_src.get(int(pid))
+                src = int(pid)
             except ValueError:
                 if bad is not None and pid != "r":
                     bad.append(f"point id {pid!r}")
                 continue
+            fwds = self.by_src.get(src)
             if not fwds:
+                continue
+            if source is not None and (rtu := self.src_rtu.get(src)) is not None and str(rtu) != source:
                 continue
             try:
                 v = points.decode(rec)

@@ -99,6 +99,11 @@ class Session:
     group: str | None = None  # single_active: every connection is one redundancy group, one cursor
 
     @property
+    def answers_waiting(self) -> int:
+        """Answers queued and not sent yet (every queued item that is not an event, `ahead` included)."""
+        return len(self.queue) + len(self.ahead) - self.events_queued
+
+    @property
     def active(self) -> bool:
         """Data transfer started (STARTDT) and the connection not closed."""
         return self.link.started and not self.closed
@@ -259,7 +264,7 @@ class Station:
     def unanswered(self) -> int:
         """Answers (command confirmations, interrogation answers: every queued item that is not an event)
         queued on open connections and not yet sent (the planned stop waits for them)."""
-        return sum(len(s.queue) + len(s.ahead) - s.events_queued for s in self.sessions if not s.closed)
+        return sum(s.answers_waiting for s in self.sessions if not s.closed)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
@@ -452,7 +457,7 @@ class Station:
 
     def _answers_overflow(self, s: Session) -> bool:
         """More than `answers_max` answers wait unsent for `s`: it is closed (True)."""
-        if len(s.queue) + len(s.ahead) - s.events_queued <= self.answers_max:
+        if s.answers_waiting <= self.answers_max:
             return False
         log.warning("se104s RTU %s: master %s sends requests without reading their answers (more than %d "
                     "unsent): closing it", self.rtu.id, s.peer, self.answers_max)
