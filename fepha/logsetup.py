@@ -105,6 +105,13 @@ class OnceLogger:
             self.active[key] = message
             self.log.warning("%s: %s", key, message)
 
+    def begin(self, key: str, message: str) -> None:
+        """Logs `message` when `key` is not a problem already, whatever it said then: for a message with a
+        detail that varies while the problem lasts (an example, how far a clock is off), which `problem`
+        would log every time."""
+        if key not in self.active:
+            self.problem(key, message)
+
     def clear(self, key: str) -> None:
         if self.active.pop(key, None) is not None:
             self.log.info("%s: recovered", key)

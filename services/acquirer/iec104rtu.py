@@ -363,9 +363,10 @@ class Iec104Runner(RunnerBase):
             got = self.map.intake(a, rx_ms)
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
+            self._clock(got)
             if got.spontaneous:
                 if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
-                    kept = rules.resent(got.events, self._recent, got.tagged)
+                    kept = rules.resent(got.events, self._recent, got.device_times)
                     self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
                     got.events[:] = kept
                 if self._gi_open:
@@ -396,6 +397,16 @@ class Iec104Runner(RunnerBase):
         if why:
             self.once.problem(f"{self.key} type {a.type_id} at {a.objects[0][0] if a.objects else 0}", why)
         return None
+
+    def _clock(self, got: rules.Intake) -> None:
+        """The device's time tags the reception time replaced, logged once per RTU and kind of fault (not per
+        object: a wrong clock is wrong for every tag) with its first example; an ASDU whose every tag was
+        taken ends them (its clock is right again)."""
+        for kind, why in got.clock.items():
+            self.once.begin(f"{self.key} {kind}", why)
+        if got.tagged and got.events and not got.clock:
+            for kind in rules.TAG_FAULTS:
+                self.once.clear(f"{self.key} {kind}")
 
     # --- fenced writes ----------------------------------------------------------------------------------
 

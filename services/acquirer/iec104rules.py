@@ -3,7 +3,9 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 
 - `PointMap.intake` turns a monitoring ASDU into samples with their timestamps: the device's CP56Time2a
   when the type carries one (it becomes the value's timestamp, which se104s sends on unchanged), the time
-  of reception otherwise; the device's quality bits (IV, NT, SB, BL, OV) carried as they are.
+  of reception otherwise, and instead of a tag marked invalid, impossible, or beyond the tolerances of a
+  wrong device clock (`device_time`: CLOCK_AHEAD_MS ahead, CLOCK_BEHIND_MS behind); the device's quality
+  bits (IV, NT, SB, BL, OV) carried as they are.
 - `write_mode` / `changes_only` / `not_overtaken` / `resent`: which received events are written (every
   one, changes only, interrogated snapshots not behind a newer event, not what was written already).
 - `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
@@ -17,10 +19,12 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 
 from __future__ import annotations
 
+import datetime
 import math
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from fep_acquirer.changes import differs
 from fepha import datatypes as dt
@@ -83,8 +87,10 @@ def unsupported(a: c.Asdu) -> str | None:
 @dataclass(frozen=True)
 class Intake:
     """What one monitoring ASDU gave: events in wire order, whether they were spontaneous or answers to
-    an interrogation / periodic, whether they carry the device's time tags, the ASDU's type and cause, and
-    problems to log once (keyed so that each distinct problem is logged once)."""
+    an interrogation / periodic, whether its type carries time tags, the ASDU's type and cause, problems
+    to log once (keyed so that each distinct problem is logged once), and the device's time tags the
+    reception time replaced (`clock`: kind -> why, TAG_FAULTS; logged once per RTU and kind while it
+    lasts, not per object or tag) with how many of its events kept their tag (`timed`)."""
 
     events: list[Event]
     spontaneous: bool
@@ -92,11 +98,21 @@ class Intake:
     tagged: bool = False
     type_id: int = 0
     cause: int = 0
+    clock: dict[str, str] = field(default_factory=dict)
+    timed: int = 0
+
+    @property
+    def device_times(self) -> bool:
+        """Whether its events carry the device's time tags: a time-tagged type with at least one tag taken
+        (a device's clock is wrong for all its tags: an ASDU whose every tag was replaced is as untagged)."""
+        return self.tagged and self.timed > 0
 
     @property
     def mode(self) -> str:
-        """How its events are written (`write_mode`)."""
-        return write_mode(self.type_id, self.cause)
+        """How its events are written (`write_mode`); as an untagged ASDU's when every tag was replaced by
+        the reception time, which leaves the same state sent again (a re-send after a cut) no different from
+        a new report, as for untagged objects: the change rule then, not one event each."""
+        return write_mode(self.type_id if self.device_times else c.base_type(self.type_id), self.cause)
 
 
 EVERY, CHANGES, IMAGE = "every", "changes", "image"
@@ -146,21 +162,73 @@ def not_overtaken(events: list[Event], newer: set[int]) -> list[Event]:
     return [e for e in events if e[0] not in newer] if newer else events
 
 
-def device_time(elem: bytes, rx_ms: int) -> tuple[int, str | None]:
-    """Timestamp of a time-tagged element: its CP56Time2a, or the reception time with a reason when the
-    tag is marked invalid (IV bit of the minutes octet) or is not a possible date."""
+CLOCK_AHEAD_MS = 60_000
+"""How far a device's time tag may lie ahead of our reception time and still be taken as the event's time.
+A tag cannot be ahead by anything but a clock difference (transmission and buffering only make it older),
+and two good clocks differ by milliseconds (both NTP / GPS synchronised) to seconds (a free-running RTC
+drifts about 4 s a day at 50 ppm; our clock sync, `clock_sync_s`, sets it back). The clocks this catches
+are off by hours (a device set to local time or summer time instead of UTC) to years (an RTC gone wrong
+after a power cut, whose CP56Time2a year 70 from 1970 reads as 2070): one minute lets the first through
+and stops the others, so it is a constant, not a setting."""
+
+CLOCK_BEHIND_MS = 366 * 86_400_000
+"""How far a tag may lie behind our reception time and still be taken: an RTU buffers its events while no
+connection is started and sends them, with their tags, on the next STARTDT (hours, days: an outage), so
+an old tag is normal and kept; none buffers a year (its buffer overflows long before). A tag older than
+this comes from a clock reset (CP56Time2a year 00: 2000-01-01, or the firmware's date): the event is
+not history but what happened now or within the outage."""
+
+TAG_INVALID, TAG_IMPOSSIBLE, TAG_AHEAD, TAG_BEHIND = "time tag invalid", "time tag impossible", "clock ahead", "clock behind"
+TAG_FAULTS = (TAG_INVALID, TAG_IMPOSSIBLE, TAG_AHEAD, TAG_BEHIND)
+"""The kinds of time tag the reception time replaces: each is logged once per RTU while it lasts
+(`Intake.clock`), cleared by an ASDU whose every tag is taken."""
+
+
+class TagFault(NamedTuple):
+    """Why a time tag was not taken: its kind (TAG_FAULTS), what that means, the tag (or empty)."""
+
+    kind: str
+    summary: str
+    detail: str = ""
+
+
+def _iso(ms: int) -> str:
+    return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _span(ms: int) -> str:
+    for unit, size in (("days", 86_400_000), ("h", 3_600_000), ("min", 60_000)):
+        if ms >= size:
+            return f"{ms / size:.1f} {unit}"
+    return f"{ms / 1000:.1f} s"
+
+
+def device_time(elem: bytes, rx_ms: int) -> tuple[int, TagFault | None]:
+    """Timestamp of a time-tagged element: its CP56Time2a, or the reception time with the fault when the
+    tag is marked invalid (IV bit of the minutes octet), is not a possible date, lies more than
+    CLOCK_AHEAD_MS ahead of the reception time (the device's clock is ahead) or more than CLOCK_BEHIND_MS
+    behind it (its clock was reset)."""
     tag = elem[-7:]
     if tag[2] & 0x80:
-        return rx_ms, "time tag marked invalid by the device: reception time used"
+        return rx_ms, TagFault(TAG_INVALID, "time tags marked invalid by the device")
     try:
-        return c.cp56_ms(tag), None
+        ts = c.cp56_ms(tag)
     except (ValueError, OverflowError):
-        return rx_ms, f"impossible time tag {tag.hex()}: reception time used"
+        return rx_ms, TagFault(TAG_IMPOSSIBLE, "impossible time tags", tag.hex())
+    if ts - rx_ms > CLOCK_AHEAD_MS:
+        return rx_ms, TagFault(TAG_AHEAD, "the device's clock is ahead: time tags more than "
+                               f"{CLOCK_AHEAD_MS // 1000} s ahead of the reception time",
+                               f"{_iso(ts)}, {_span(ts - rx_ms)} ahead")
+    if rx_ms - ts > CLOCK_BEHIND_MS:
+        return rx_ms, TagFault(TAG_BEHIND, "the device's clock was reset: time tags more than "
+                               f"{CLOCK_BEHIND_MS // 86_400_000} days behind the reception time", _iso(ts))
+    return ts, None
 
 
-def sample_of(p: Point, type_id: int, elem: bytes, rx_ms: int) -> tuple[float | int, int, int, str | None]:
-    """(engineering value, quality, ts_ms, problem or None) of one monitoring element for point `p`."""
-    problem = None
+def sample_of(p: Point, type_id: int, elem: bytes, rx_ms: int) -> tuple[float | int, int, int, TagFault | None]:
+    """(engineering value, quality, ts_ms, time tag fault or None: `device_time`) of one monitoring element
+    for point `p`."""
+    problem: TagFault | None = None
     ts = rx_ms
     base = c.base_type(type_id)
     if type_id in c.TIME_TAGGED:
@@ -192,6 +260,8 @@ class PointMap:
     def intake(self, a: c.Asdu, rx_ms: int) -> Intake:
         out: list[Event] = []
         problems: dict[str, str] = {}
+        clock: dict[str, str] = {}
+        timed = 0
         for ioa, elem in a.objects:
             p = self.monitored.get(ioa)
             if p is None:
@@ -202,11 +272,15 @@ class PointMap:
                 problems[f"type {ioa}"] = (f"IOA {ioa} came as type {a.type_id}, point {p.id} is configured as "
                                            f"{p.datatype}: ignored")
                 continue
-            v, q, ts, problem = sample_of(p, a.type_id, elem, rx_ms)
-            if problem:
-                problems[f"time {ioa}"] = f"IOA {ioa}: {problem}"
+            v, q, ts, fault = sample_of(p, a.type_id, elem, rx_ms)
+            if fault:
+                clock.setdefault(fault.kind, f"{fault.summary} (IOA {ioa} first{': ' if fault.detail else ''}"
+                                             f"{fault.detail}): reception time used")
+            elif a.type_id in c.TIME_TAGGED:
+                timed += 1
             out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED, a.type_id, a.cause)
+        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED, a.type_id, a.cause,
+                      clock, timed)
 
 
 def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:

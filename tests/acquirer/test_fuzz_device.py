@@ -402,7 +402,10 @@ def acceptable(asdu: bytes, rx_ms: int) -> set[tuple[int, float, int, int]] | No
         v, q, _, _ = rules.sample_of(p, typ, elem, rx_ms)
         if q & IV == 0:
             q &= QUALITY_BITS[c.base_type(typ)]
-        out.add((p.id, v, q, tag_ms(elem[-7:]) or rx_ms if typ in c.TIME_TAGGED else rx_ms))
+        tag = tag_ms(elem[-7:]) if typ in c.TIME_TAGGED else None
+        # a tag beyond the tolerances of a wrong device clock is not taken either (docs/acquirer.md)
+        taken = tag is not None and -rules.CLOCK_BEHIND_MS <= tag - rx_ms <= rules.CLOCK_AHEAD_MS
+        out.add((p.id, v, q, tag if taken else rx_ms))
     return out
 
 

@@ -8,6 +8,7 @@ commands (direct and select before operate), takeover with events during it, mal
 import asyncio
 import contextlib
 import datetime as dtm
+import logging
 import time
 from pathlib import Path
 from typing import Any, Self
@@ -166,32 +167,52 @@ async def test_gi_spontaneous_time_tags_quality_and_only_the_holder_started(redi
                 await n.stop()
 
 
+async def test_device_clock_ahead_gives_reception_time_logged_once_per_rtu(redis_master, feproot, caplog):
+    """An RTU whose clock is 3 h ahead (local summer time for UTC): its tags would give values that seem to
+    come from the future (SCADA's sequence of events out of order, a later right tag older than the value
+    held); the reception time replaces them, said once for the RTU, not per point or event, and cleared
+    when a right tag comes; a tag two days back (buffered during an outage) is the event's own time."""
+    caplog.set_level(logging.INFO, logger="acquirer")  # "recovered" is logged at INFO
+    async with held_by_a(redis_master, feproot) as (rtu, r):
+        await until(lambda: _is(value_of(r, 5, 5003), 0.0), 5)      # the GI's answers are in
+        ahead = int(time.time() * 1000) + 3 * 3_600_000
+        before = int(time.time() * 1000)
+        rtu.event(rtu.sp, c104.SingleInfo(on=True, recorded_at=when(ahead)))
+        rtu.event(rtu.dp, c104.DoubleInfo(state=c104.Double.ON, recorded_at=when(ahead + 10)))
+        rtu.event(rtu.me, c104.ShortInfo(actual=4.0, recorded_at=when(ahead + 20)))
+        sp = await until(lambda: _is(value_of(r, 5, 5001), 1), 3)
+        dp = await until(lambda: _is(value_of(r, 5, 5002), 1), 3)
+        me = await until(lambda: _is(value_of(r, 5, 5003), 8.0), 3)
+        after = int(time.time() * 1000)
+        assert all(before <= v.ts_ms <= after for v in (sp, dp, me)), (before, sp, dp, me, after)
+        said = [m for m in caplog.messages if "clock ahead" in m]
+        assert len(said) == 1, said             # three events of three points: said once
+        assert "3.0 h ahead" in said[0] and "reception time used" in said[0], said
+        old = int(time.time() * 1000) - 2 * 86_400_000           # buffered two days: kept
+        rtu.event(rtu.sp, c104.SingleInfo(on=False, recorded_at=when(old)))
+        v = await until(lambda: _is(value_of(r, 5, 5001), 0), 3)
+        assert v.ts_ms == old
+        assert [m for m in caplog.messages if "clock ahead" in m][1:] == ["rtu 5 clock ahead: recovered"]
+
+
 async def test_commands_direct_and_select_before_operate(redis_master, feproot):
-    port = free_port()
-    load(redis_master, merge(iec_rows(5, port)))
-    with Rtu(port) as rtu:
-        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
-        r = a.master
-        try:
-            await until(lambda: holder({"A": a}, 5) and a.acq.runners[5].link.started, 5)
-            res = await controls.execute(r, 5, 5005, 1, "test", 3000)       # SBO single command
-            assert res.ok, res
-            res = await controls.execute(r, 5, 5006, 12.5, "test", 3000)    # direct set-point
-            assert res.ok, res
-            assert rtu.commands == [(1000, True), (1100, 12.5)]
-            rtu.refuse = True                                                # negative ACT_CON: failed
-            res = await controls.execute(r, 5, 5006, 1.0, "test", 3000)
-            assert res.state == controls.FAILED and "negative" in res.reason, res
-            rtu.refuse = False
-            res = await controls.execute(r, 5, 5005, 7, "test", 3000)       # not 0/1: nothing sent
-            assert res.state == controls.FAILED and "0 or 1" in res.reason
-            ctl = await controls.submit(r, 5, 5006, 99, "test", 0)          # expired: never sent
-            assert (await controls.wait(r, ctl, 500)).state == controls.EXPIRED
-            assert rtu.commands == [(1000, True), (1100, 12.5)]
-            audit = await r.xrange(ks.CTL_AUDIT)
-            assert len(audit) >= 4
-        finally:
-            await a.stop()
+    async with held_by_a(redis_master, feproot) as (rtu, r):
+        res = await controls.execute(r, 5, 5005, 1, "test", 3000)       # SBO single command
+        assert res.ok, res
+        res = await controls.execute(r, 5, 5006, 12.5, "test", 3000)    # direct set-point
+        assert res.ok, res
+        assert rtu.commands == [(1000, True), (1100, 12.5)]
+        rtu.refuse = True                                                # negative ACT_CON: failed
+        res = await controls.execute(r, 5, 5006, 1.0, "test", 3000)
+        assert res.state == controls.FAILED and "negative" in res.reason, res
+        rtu.refuse = False
+        res = await controls.execute(r, 5, 5005, 7, "test", 3000)       # not 0/1: nothing sent
+        assert res.state == controls.FAILED and "0 or 1" in res.reason
+        ctl = await controls.submit(r, 5, 5006, 99, "test", 0)          # expired: never sent
+        assert (await controls.wait(r, ctl, 500)).state == controls.EXPIRED
+        assert rtu.commands == [(1000, True), (1100, 12.5)]
+        audit = await r.xrange(ks.CTL_AUDIT)
+        assert len(audit) >= 4
 
 
 async def _is(coro, want):
@@ -215,6 +236,21 @@ async def _field(r, key, field, want) -> bool:
 
 async def _count(coro, n):
     return len(await coro) >= n
+
+
+@contextlib.asynccontextmanager
+async def held_by_a(redis_master, feproot):
+    """c104's server as RTU 5 (`iec_rows`), acquirer A its holder with data transfer started: (rtu, the
+    master Redis client)."""
+    port = free_port()
+    load(redis_master, merge(iec_rows(5, port)))
+    with Rtu(port) as rtu:
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        try:
+            await until(lambda: holder({"A": a}, 5) and a.acq.runners[5].link.started, 5)
+            yield rtu, a.master
+        finally:
+            await a.stop()
 
 
 @contextlib.asynccontextmanager

@@ -66,7 +66,52 @@ def test_sample_of(p: Point, type_id: int, elem: bytes, want: tuple) -> None:
 def test_impossible_time_tag_uses_reception_time_and_says_so() -> None:
     bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 0, 0, 13, 26)  # day 0, month 13
     v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
-    assert (v, q, ts) == (1, 0, RX) and problem and "reception time" in problem
+    assert (v, q, ts) == (1, 0, RX) and problem and problem[0] == rules.TAG_IMPOSSIBLE
+
+
+AHEAD, BEHIND, DAY = rules.CLOCK_AHEAD_MS, rules.CLOCK_BEHIND_MS, 86_400_000
+
+
+@pytest.mark.parametrize("tag,want,fault", [
+    (RX, RX, None),
+    (RX + 1500, RX + 1500, None),                        # small skew ahead: the device's time
+    (RX + AHEAD, RX + AHEAD, None),                      # at the tolerance: taken
+    (RX + AHEAD + 1, RX, rules.TAG_AHEAD),               # beyond it: reception time
+    (RX + 3 * 3_600_000, RX, rules.TAG_AHEAD),           # a clock on local (summer) time east of UTC
+    (RX + 5 * 365 * DAY, RX, rules.TAG_AHEAD),           # years ahead: an RTC gone wrong
+    (RX - 2 * DAY, RX - 2 * DAY, None),                  # buffered during an outage: the event's own time
+    (RX - 60 * DAY, RX - 60 * DAY, None),
+    (RX - BEHIND, RX - BEHIND, None),                    # at the tolerance: taken
+    (RX - BEHIND - 1, RX, rules.TAG_BEHIND),
+    (946_684_800_000, RX, rules.TAG_BEHIND),             # 2000-01-01T00:00: an RTC reset to CP56Time2a year 00
+])
+def test_device_clock_tolerances(tag: int, want: int, fault: str | None) -> None:
+    ts, got = rules.device_time(tagged(b"\x01", tag), RX)
+    assert ts == want and (got[0] if got else None) == fault
+
+
+def test_wrong_clock_is_one_fault_per_asdu_and_kind_and_all_replaced_tags_write_as_untagged() -> None:
+    m = rules.PointMap(RTU)
+    ahead = RX + 3 * 3_600_000
+    objs = [(100, tagged(b"\x01", ahead)), (101, tagged(b"\x02", ahead + 10))]
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, objs[:1]), RX)
+    assert got.events == [(1, (1, 0), RX)] and list(got.clock) == [rules.TAG_AHEAD] and not got.problems
+    assert "IOA 100" in got.clock[rules.TAG_AHEAD] and "3.0 h ahead" in got.clock[rules.TAG_AHEAD]
+    assert not got.device_times and got.mode == rules.CHANGES  # a re-send could not be recognised: change rule
+    # two points of one RTU, each with a wrong tag: one entry, not one per object
+    sp, dp = (m.intake(asdu(t, c.COT_SPONT, [o]), RX) for t, o in ((c.M_SP_TB_1, objs[0]), (c.M_DP_TB_1, objs[1])))
+    assert list(sp.clock) == list(dp.clock) == [rules.TAG_AHEAD]
+    # one tag taken, one beyond: the ASDU keeps its device times (each event written), both faults named
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01")), (100, tagged(b"\x00", 946_684_800_000)),
+                                                    (100, tagged(b"\x01", ahead))]), RX)
+    assert got.events == [(1, (1, 0), T), (1, (0, 0), RX), (1, (1, 0), RX)]
+    assert set(got.clock) == {rules.TAG_BEHIND, rules.TAG_AHEAD} and got.device_times and got.mode == rules.EVERY
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01", invalid=True))]), RX)
+    assert list(got.clock) == [rules.TAG_INVALID] and got.mode == rules.CHANGES
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01"))]), RX)   # a right clock again
+    assert got.events == [(1, (1, 0), T)] and not got.clock and got.device_times and got.mode == rules.EVERY
+    got = m.intake(asdu(c.M_IT_TB_1, c.COT_SPONT, [(300, tagged(struct.pack("<iB", 7, 0), ahead))]), RX)
+    assert got.events == [(6, (7, 0), RX)] and got.mode == rules.EVERY  # a counter reading: each one still
 
 
 def asdu(type_id: int, cause: int, objs: list[tuple[int, bytes]], ca: int = 7, negative: bool = False) -> c.Asdu:
@@ -273,4 +318,4 @@ def test_return_information_of_a_command_is_an_event_like_spontaneous_data(cause
 def test_time_tag_fields_out_of_range_use_reception_time() -> None:
     bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 31, 1, 1, 26)  # hour 31: no instant, not 1 January 07:00
     v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
-    assert (v, q, ts) == (1, 0, RX) and problem and "reception time" in problem
+    assert (v, q, ts) == (1, 0, RX) and problem and problem[0] == rules.TAG_IMPOSSIBLE
