@@ -81,6 +81,19 @@ local function unreadable(h, names)
   return table.concat(bad, ', ')
 end
 
+-- An error reply naming the first of the arguments args[i] (i in `at`) that is not a number, nil when all
+-- are. Checked before anything is written: a function that fails midway keeps its writes so far (a
+-- write_values given a bad maxlen had updated the values hash and then failed before the stream record).
+local function bad_args(fn, args, at)
+  for _, i in ipairs(at) do
+    if tonumber(args[i] or '') == nil then
+      return redis.error_reply('fep-ha ' .. fn .. ': argument ' .. i .. " is not a number: '" .. tostring(args[i])
+                               .. "'")
+    end
+  end
+  return nil
+end
+
 local function hgetall(key)
   local flat = redis.call('HGETALL', key)
   local h = {}
@@ -158,6 +171,8 @@ local function grant(lease, events, rtu, from, node, epoch, now, ttl, reaches, p
 end
 
 local function lease_tick(keys, args)
+  local err = bad_args('lease_tick', args, {4, 5})
+  if err then return err end
   local lease, events = keys[1], keys[2]
   local rtu, node = args[1], args[2]
   local reaches, fully = args[3] == '1' or args[3] == '2', args[3] == '1'
@@ -216,6 +231,8 @@ end
 -- window_ms. Returns {holder, epoch, status} with status 'pending', 'already' (target holds) or 'none'
 -- (no holder, or an unreadable record: as good as none, the next tick grants it anew).
 local function lease_handover(keys, args)
+  local err = bad_args('lease_handover', args, {2})
+  if err then return err end
   local lease, target, window = keys[1], args[1], tonumber(args[2])
   local l = hgetall(lease)
   if l['holder'] == nil or lease_unreadable(l) then return {'', 0, 'none'} end
@@ -238,6 +255,8 @@ end
 -- a node reaching the device grants it anew). An unreadable `wseq` is as none: the write is applied (at
 -- worst the same values once more) and the pair rewritten.
 local function write_values(keys, args)
+  local err = bad_args('write_values', args, {3, 6})
+  if err then return err end
   local lease, values, changes = keys[1], keys[2], keys[3]
   local node, epoch, tok, seq = args[1], args[2], args[5], tonumber(args[6])
   local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq', unpack(LEASE_NUMBERS))
@@ -307,6 +326,8 @@ end
 -- Records one node's link state to an RTU (and that the node is alive: seen_<node>) and recomputes the
 -- virtual points' val in the same step, so val is never out of step with its inputs.
 local function link_set(keys, args)
+  local err = bad_args('link_set', args, {3, 4})
+  if err then return err end
   local link, vpoints, changes = keys[1], keys[2], keys[3]
   local node, state, maxlen, live = string.lower(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
@@ -327,6 +348,8 @@ end
 -- The same evaluation without a report: decays the states of nodes that stopped reporting. A link no
 -- node ever reported is left alone (returns {'', '', ''}).
 local function link_refresh(keys, args)
+  local err = bad_args('link_refresh', args, {1, 2})
+  if err then return err end
   local link, vpoints, changes = keys[1], keys[2], keys[3]
   local l = hgetall(link)
   if next(l) == nil then return {'', '', ''} end

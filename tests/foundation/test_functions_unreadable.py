@@ -123,3 +123,28 @@ def test_a_control_whose_times_are_unreadable_is_never_executed(redis_master) ->
     assert r.fcall(*controls.requeue_call(43, 7, 200).argv) == 1 and r.lrange(ks.control_queue(7), 0, -1) == ["43"]
     r.hset(ks.control(43), "created_ms", "x")
     assert r.fcall(*controls.claim_call(7, "A", 1, 43).argv)[0] == 1
+
+
+@pytest.mark.parametrize("call,at", [
+    (redisfns.write_values(7, "A", 1, ["1", "9|0|1009"], maxlen=100, wid=("a1", 1)), 2),  # maxlen
+    (redisfns.write_values(7, "A", 1, ["1", "9|0|1009"], wid=("a1", 1)), 5),              # wseq
+    (redisfns.lease_tick(7, "A", True, TTL_MS, TAKEOVER_MS), 3),                          # ttl_ms
+    (redisfns.lease_handover(7, "B", 5000), 1),
+    (redisfns.link_set(7, "A", False, [901]), 3),                                         # live_ms
+    (redisfns.link_refresh(7, [901]), 0),
+])
+def test_an_argument_that_is_not_a_number_is_refused_before_anything_is_written(redis_master, call, at: int) -> None:
+    """Before: write_values given a bad maxlen updated the values hash and then failed before the change
+    stream's record (a value no forwarder would ever be sent)."""
+    import redis
+
+    r = redis_master.client()
+    redisfns.load_sync(r)
+    tick(r, "A", True)
+    r.fcall(*redisfns.link_set(7, "A", True, [901]).argv)
+    before = {k: r.dump(k) for k in r.keys("*")}
+    args = list(call.args)
+    args[at] = "lots"
+    with pytest.raises(redis.ResponseError, match=rf"fep-ha {call.name}: argument {at + 1} is not a number: 'lots'"):
+        r.fcall(call.name, len(call.keys), *call.keys, *args)
+    assert {k: r.dump(k) for k in r.keys("*")} == before
