@@ -229,11 +229,21 @@ class NodeConfig:
     reconnect_max_s: float = opt("timers", _positive(float), 5.0, "longest reconnect backoff")
     write_mode: str = opt("writer", _choice("auto", "direct", "batched"), "auto",
                           "auto: direct when the local Redis is the master, batched otherwise")
-    batch_size: int = opt("writer", _positive(int), 500, "batched mode: flush after this many changes")
-    batch_window_ms: int = opt("writer", _positive(int), 20, "batched mode: flush at least this often")
-    resend_max_changes: int = opt("writer", _positive(int), 5000,
+    # at most 100,000: a batch is one round trip to the master, and a bigger one holds the master's single
+    # thread (and every other writer) for tens of milliseconds while it is applied
+    batch_size: int = opt("writer", _int_in(1, 100_000), 500,
+                          "batched mode: flush after this many changes (1 ... 100,000)")
+    # at most 1000 ms: the window is how long a value may wait before it is written, so a longer one delays
+    # every value of a batched node by that much (a typo such as 2000000 would hold values for 33 minutes)
+    batch_window_ms: int = opt("writer", _int_in(1, 1000), 20,
+                               "batched mode: flush at least this often (1 ... 1000 ms; every value waits up "
+                               "to this long)")
+    # at most 1,000,000 per RTU: the kept changes are held in memory (some 100 bytes each), and a failed
+    # write's points are re-sent with their current value past it in any case
+    resend_max_changes: int = opt("writer", _int_in(1, 1_000_000), 5000,
                                   "per RTU, changes of failed or timed-out writes kept to be re-sent as they "
-                                  "were; past it a failed write's points are re-sent with their current value")
+                                  "were (1 ... 1,000,000); past it a failed write's points are re-sent with "
+                                  "their current value")
     control_timeout_s: float = opt("control", _positive(float), 10.0, "default deadline of a control")
     select_timeout_s: float = opt("control", _positive(float), 30.0, "select-before-operate timeout")
     api_bind: str = opt("api", _host, "127.0.0.1", "address the api listens on")
@@ -241,10 +251,14 @@ class NodeConfig:
     api_token: str = opt("api", _text, "", "bearer token for operator actions; empty: actions disabled",
                          secret=True)
     api_open_reads: bool = opt("api", _bool, True, "read-only endpoints without a token")
-    api_stream_clients: int = opt("api", _positive(int), 50,
-                                  "most /api/v1/stream (live dashboard) clients at once; more get 503")
-    api_stream_queue: int = opt("api", _positive(int), 256,
-                                "messages queued per stream client; a client this far behind is dropped")
+    # at most 10,000 clients, each a socket (a file descriptor) and a queue, of 100,000 messages at most: a
+    # client further behind than that is better dropped (it resynchronises on reconnecting) than kept
+    api_stream_clients: int = opt("api", _int_in(1, 10_000), 50,
+                                  "most /api/v1/stream (live dashboard) clients at once (1 ... 10,000); more "
+                                  "get 503")
+    api_stream_queue: int = opt("api", _int_in(1, 100_000), 256,
+                                "messages queued per stream client (1 ... 100,000); a client this far behind "
+                                "is dropped")
     api_stream_write_timeout_s: float = opt("api", _positive(float), 30.0,
                                             "a stream client that takes no data this long (its socket's buffers "
                                             "full) is disconnected")
@@ -273,12 +287,17 @@ class NodeConfig:
     se104s_t1_s: float = opt("se104s", _iec104_timer, 15.0, "IEC 104 t1 (s): an unacknowledged I/U frame closes the link")
     se104s_t2_s: float = opt("se104s", _iec104_timer, 10.0, "IEC 104 t2 (s): acknowledge received I-frames at the latest")
     se104s_t3_s: float = opt("se104s", _iec104_timer, 20.0, "IEC 104 t3 (s): idle time before a TESTFR act")
-    se104s_queue_max: int = opt("se104s", _positive(int), 200_000, "events queued per started master before it is closed")
-    se104s_buffer_max: int = opt("se104s", _positive(int), 200_000,
-                                 "events kept while no master is started (oldest dropped)")
-    se104s_command_max_age_ms: int = opt("se104s", _positive(int), 10_000,
+    # queue and buffer at most 10,000,000 events each (held in memory, some hundreds of bytes each: GBs per
+    # RTU at the bound); a master that far behind interrogates anyway
+    se104s_queue_max: int = opt("se104s", _int_in(1, 10_000_000), 200_000,
+                                "events queued per started master before it is closed (1 ... 10,000,000)")
+    se104s_buffer_max: int = opt("se104s", _int_in(1, 10_000_000), 200_000,
+                                 "events kept while no master is started, oldest dropped (1 ... 10,000,000)")
+    # at most 255,000 ms, IEC 104's longest time-out (t1 ... t3 at most 255 s, 9.6): a master has given up on
+    # a command long before, so an older one carried out would act on a decision nobody waits for
+    se104s_command_max_age_ms: int = opt("se104s", _int_in(1, 255_000), 10_000,
                                          "a time-tagged command older than this is refused; one accepted runs no later "
-                                         "than its tag plus this")
+                                         "than its tag plus this (1 ... 255,000 ms, IEC 104's longest time-out)")
     se104s_untagged_answers: bool = opt("se104s", _bool, False,
                                         "interrogation answers and background scans as the type without time "
                                         "tag (IEC 60870-5-101's table of causes); false: the configured type")
@@ -300,8 +319,11 @@ class NodeConfig:
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
                                         "NT on every value once the local replica's master link is down this "
                                         "long; 0: 2 x lease_ttl_s")
-    quality_stale_polls: int = opt("quality", _positive(int), 3, "NT on an RTU's values when its holder has "
-                                   "not completed a poll for this many poll periods (plus one lease tick)")
+    # at most 1000 poll periods: beyond, a holder that has stopped polling would practically never be told
+    # apart (1000 periods of the longest POLLMS are 41 days)
+    quality_stale_polls: int = opt("quality", _int_in(1, 1000), 3, "NT on an RTU's values when its holder has "
+                                   "not completed a poll for this many poll periods (1 ... 1000; plus one "
+                                   "lease tick)")
     quality_vrrp_alive_file: str = opt("quality", _text, "/run/fep/vrrp.alive",
                                        "keepalived's sign of life on this host, rewritten every second by its "
                                        "track script (docs/ha.md); empty or absent: not checked")
@@ -330,7 +352,9 @@ class LogConfig:
 
     dir: str = opt("log", _text, "log", "log directory, relative to $FEPROOT; empty: no file")
     level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR")
-    max_bytes: int = opt("log", _positive(int), 10 * 1024 * 1024, "rotate a log file at this size")
+    # at most 10 GB: rotation is there to bound a file, and one of 10 GB already takes hours to read or ship
+    max_bytes: int = opt("log", _int_in(1, 10_000_000_000), 10 * 1024 * 1024,
+                         "rotate a log file at this size, in bytes (1 ... 10,000,000,000)")
     # at most 1000: each rotation looks for every numbered file up to it (logging's
     # RotatingFileHandler), and 10**9 held the program logging for minutes at each rotation
     backups: int = opt("log", _int_in(0, 1000), 5, "rotated files kept, 0 ... 1000")

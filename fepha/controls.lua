@@ -17,6 +17,14 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- A whole number >= 0 as these functions write one, or nil (as `whole` in functions.lua, another library).
+-- A control's `deadline_ms` or `created_ms` that an operator's HSET or a fault left unreadable is taken as
+-- a clear state (below) instead of failing on arithmetic with nil at every call.
+local function whole(v)
+  if type(v) ~= 'string' or #v > 15 or not (v == '0' or string.match(v, '^[1-9]%d*$')) then return nil end
+  return tonumber(v)
+end
+
 -- The control's end in its hash and the audit (every field of the hash).
 local function record(ctl, audit, state, result, now)
   redis.call('HSET', ctl, 'state', state, 'result', result, 'finished_ms', now)
@@ -35,8 +43,9 @@ end
 -- Why a control (its created_ms and clock_gen) cannot be judged on this clock (`clock`: the fep:clock key or
 -- nil); nil when it can.
 local function clock_moved(clock, created, gen, now)
-  if tonumber(created or '') ~= nil and now < tonumber(created) then
-    return 'the master clock is behind the one that queued it (' .. (tonumber(created) - now) .. ' ms)'
+  local at = whole(created or '')
+  if at ~= nil and now < at then
+    return 'the master clock is behind the one that queued it (' .. (at - now) .. ' ms)'
   end
   if not clock then return nil end
   local c = redis.call('HMGET', clock, 'hw_ms', 'gen')
@@ -63,7 +72,8 @@ end
 -- ctl_claim(KEYS: lease, ctl, queue, reply, audit[, clock]; ARGV: node, epoch, id)
 -- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms, created_ms} when the holder
 -- must execute now, {0, reason} otherwise (a control popped by a node that lost the lease goes back to
--- the head of the queue for the new holder).
+-- the head of the queue for the new holder). An unreadable deadline_ms: expired, never executed (when it
+-- ends cannot be told).
 local function ctl_claim(keys, args)
   local lease, ctl, queue, reply, audit = keys[1], keys[2], keys[3], keys[4], keys[5]
   local node, epoch, id = args[1], args[2], args[3]
@@ -77,7 +87,12 @@ local function ctl_claim(keys, args)
     redis.call('LPUSH', queue, id)
     return {0, 'not holder'}
   end
-  if now >= tonumber(c[2]) then
+  local deadline = whole(c[2] or '')
+  if deadline == nil then
+    final(ctl, reply, audit, 'expired', 'deadline_ms unreadable: cannot tell whether it passed', now)
+    return {0, 'expired'}
+  end
+  if now >= deadline then
     final(ctl, reply, audit, 'expired', 'deadline passed before execution', now)
     return {0, 'expired'}
   end
@@ -87,7 +102,7 @@ local function ctl_claim(keys, args)
     return {0, 'expired'}
   end
   redis.call('HSET', ctl, 'state', 'executing', 'executor', node, 'epoch', epoch, 'claimed_ms', now)
-  return {1, c[3], c[4], tonumber(c[2]) - now, tonumber(c[5]) or 0}
+  return {1, c[3], c[4], deadline - now, whole(c[5] or '') or 0}
 end
 
 -- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1; 2 if it had been answered `unknown`
@@ -111,13 +126,15 @@ end
 -- ctl_abandon(KEYS: ctl, reply, audit[, clock]) -> final state. Called by the waiting forwarder LATE_S after
 -- the deadline by its own clock without an answer: a queued control (ctl_expire at the deadline ended it,
 -- unless the library was from before it) can no longer run; an executing one is 'unknown'. Not yet past on
--- the master's clock: left as it is, unless that clock moved (above).
+-- the master's clock: left as it is, unless that clock moved (above). An unreadable deadline_ms counts as
+-- passed (its submitter's own clock says it has).
 local function ctl_abandon(keys, args)
   local c = redis.call('HMGET', keys[1], 'state', 'deadline_ms', 'created_ms', 'clock_gen')
   local now = now_ms()
   if c[1] == false then return 'missing' end
-  local moved = now < tonumber(c[2]) and clock_moved(keys[4], c[3], c[4], now)
-  if now < tonumber(c[2]) and not moved then return c[1] end
+  local deadline = whole(c[2] or '') or 0
+  local moved = now < deadline and clock_moved(keys[4], c[3], c[4], now)
+  if now < deadline and not moved then return c[1] end
   if c[1] == 'queued' then
     final(keys[1], keys[2], keys[3], 'expired', moved and ('deadline cannot be judged: ' .. moved)
           or 'deadline passed before execution', now)
@@ -150,10 +167,11 @@ end
 -- in no queue was popped by an executor that never claimed it: the answer to its BLPOP was lost (the
 -- executor stopped or starved past its socket timeout, which dropped the connection with the answer
 -- unread, or a link cut it). Without this it waited for its deadline while the lease holder was idle. A
--- copy popped twice is harmless: the second ctl_claim finds it executing or final and runs nothing.
+-- copy popped twice is harmless: the second ctl_claim finds it executing or final and runs nothing. An
+-- unreadable created_ms counts as old enough (put back: its claim then decides, by its deadline).
 local function ctl_requeue(keys, args)
   local c = redis.call('HMGET', keys[1], 'state', 'created_ms')
-  if c[1] ~= 'queued' or now_ms() - tonumber(c[2]) < tonumber(args[2]) then return 0 end
+  if c[1] ~= 'queued' or now_ms() - (whole(c[2] or '') or 0) < tonumber(args[2]) then return 0 end
   if redis.call('LPOS', keys[2], args[1]) then return 0 end
   redis.call('LPUSH', keys[2], args[1])
   return 1

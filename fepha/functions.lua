@@ -17,8 +17,9 @@ end
 -- that wrote the stamps in Redis: an NTP step back, or a promoted replica whose clock is behind the former
 -- master's. `gen` then grows (logged once, in Redis's log) and hw_ms restarts at the new time; controls
 -- queued under another gen are never executed (controls.lua), as their deadlines came from another clock.
+-- Returns the hw_ms it found (nil: none, or unreadable).
 local function clock_check(key, now)
-  if not key then return end
+  if not key then return nil end
   local c = redis.call('HMGET', key, 'hw_ms', 'gen')
   local hw = tonumber(c[1] or '')
   if hw ~= nil and now < hw then
@@ -30,6 +31,7 @@ local function clock_check(key, now)
   elseif hw == nil or now >= hw + 50 then
     redis.call('HSET', key, 'hw_ms', now)
   end
+  return hw
 end
 
 -- A stamp `field` of hash `h` (and `key`) later than `limit` was written by a clock ahead of this one: it
@@ -53,6 +55,43 @@ local function put_pairs(hash, stream, maxlen, source, args, from)
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'r', source, unpack(args, i, j))
     i = j + 1
   end
+end
+
+-- A whole number >= 0 as these functions write one (decimal digits, no sign, no leading zero, at most 15
+-- digits, exact in Lua's numbers), or nil. A field an operator's HSET or a fault left as 'x', '', '-1',
+-- '1e3' or '07' is unreadable: each function takes that as a state of its own (below) instead of failing on
+-- arithmetic with nil, which made it fail at every call, on both nodes, for good.
+local function whole(v)
+  if type(v) ~= 'string' or #v > 15 or not (v == '0' or string.match(v, '^[1-9]%d*$')) then return nil end
+  return tonumber(v)
+end
+
+-- The fields of hash `h` among `names` that are present and not whole numbers, as "name = 'value'" (cut
+-- at 40 characters) joined by ', '; nil when every one present is readable.
+local function unreadable(h, names)
+  local bad = {}
+  for _, f in ipairs(names) do
+    if h[f] and not whole(h[f]) then
+      local v = h[f]
+      if #v > 40 then v = string.sub(v, 1, 40) .. '...' end
+      table.insert(bad, f .. " = '" .. v .. "'")
+    end
+  end
+  if #bad == 0 then return nil end
+  return table.concat(bad, ', ')
+end
+
+-- An error reply naming the first of the arguments args[i] (i in `at`) that is not a number, nil when all
+-- are. Checked before anything is written: a function that fails midway keeps its writes so far (a
+-- write_values given a bad maxlen had updated the values hash and then failed before the stream record).
+local function bad_args(fn, args, at)
+  for _, i in ipairs(at) do
+    if tonumber(args[i] or '') == nil then
+      return redis.error_reply('fep-ha ' .. fn .. ': argument ' .. i .. " is not a number: '" .. tostring(args[i])
+                               .. "'")
+    end
+  end
+  return nil
 end
 
 local function hgetall(key)
@@ -84,15 +123,73 @@ end
 -- other poll lost, a block never answered) is replaced by a node that has read all of it for takeover_ms,
 -- which it cannot take back while it reads only in part; two nodes that both lose polls now and then
 -- (a lossy device) never move the lease, since neither goes takeover_ms without a failure.
+-- Unreadable record: a lease whose epoch or a stamp (LEASE_NUMBERS) is present but not a whole number
+-- (`whole`), or that has no epoch, is as good as no holder: every tick answers that nobody holds it, write_values refuses every
+-- write, and the first node that ticks while it reaches the device (as for an absent lease) is granted it
+-- on a fresh record, with event reason 'unreadable' and `detail` naming the fields and their values. The
+-- new epoch must be one no writer can still hold: the readable epoch + 1 when only a stamp was bad (every
+-- epoch granted is at most it); when the epoch itself cannot be read, above everything readable: the
+-- master's clock in ms (ordinary epochs count up from 1, one per grant, and would need ~10^12 grants to get
+-- there), the clock's high-water mark `fep:clock` hw_ms as this tick found it (before a step back of the
+-- clock set it back) and every epoch of this RTU still in the lease events (the last grants, among them
+-- those of earlier recoveries, which counted on from a clock that may since have been stepped back).
+local LEASE_NUMBERS = {'epoch', 'expires_ms', 'reached_ms', 'answered_ms', 'polled_ms', 'since_ms',
+                       'handover_until_ms'}
+
+-- What makes lease record `l` unreadable (a field present and not `whole`, or a record without an epoch:
+-- every grant writes one), nil when it is readable or absent.
+local function lease_unreadable(l)
+  if next(l) ~= nil and l['epoch'] == nil then return 'epoch missing' end
+  return unreadable(l, LEASE_NUMBERS)
+end
+
+local function recovered_epoch(l, events, hw, rtu, now)
+  local e = whole(l['epoch'])
+  if e then return e + 1 end
+  local top = math.max(now, hw or 0)
+  for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
+    local f = entry[2]
+    for i = 1, #f - 1, 2 do
+      if f[i] == 'rtu' and f[i + 1] ~= rtu then break end
+      if f[i] == 'epoch' then top = math.max(top, whole(f[i + 1]) or 0) end
+    end
+  end
+  return top + 1
+end
+
+-- The lease granted to `node` at `epoch`, recorded as an event (`why`: its reason and any other fields).
+local function grant(lease, events, rtu, from, node, epoch, now, ttl, reaches, polled, why)
+  redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
+             'reached_ms', reaches and now or 0, 'answered_ms', reaches and now or 0)
+  if polled ~= nil then
+    redis.call('HSET', lease, 'polled_ms', polled >= 0 and now - polled or 0)
+  end
+  redis.call('HDEL', lease, 'handover', 'handover_until_ms')
+  redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'rtu', rtu, 'from', from, 'to', node,
+             'epoch', epoch, unpack(why))
+  return {node, epoch, 1}
+end
+
 local function lease_tick(keys, args)
+  local err = bad_args('lease_tick', args, {4, 5})
+  if err then return err end
   local lease, events = keys[1], keys[2]
   local rtu, node = args[1], args[2]
   local reaches, fully = args[3] == '1' or args[3] == '2', args[3] == '1'
   local ttl, takeover = tonumber(args[4]), tonumber(args[5])
   local polled = tonumber(args[6] or '')  -- ms since the node's last complete poll; -1: none yet
   local now = now_ms()
-  clock_check(keys[3], now)
+  local hw = clock_check(keys[3], now)
   local l = hgetall(lease)
+  local bad = lease_unreadable(l)
+  if bad then
+    if not reaches then return {'', 0, 0} end
+    redis.log(redis.LOG_WARNING, 'fep-ha: lease of RTU ' .. rtu .. ' unreadable (' .. bad .. '): granted anew')
+    redis.call('DEL', lease)  -- nothing of it is kept, so no bad field is left behind
+    local from = l['holder'] or ''
+    return grant(lease, events, rtu, from, node, recovered_epoch(l, events, hw, rtu, now), now, ttl,
+                 reaches, polled, {'reason', 'unreadable', 'ts_ms', now, 'detail', bad})
+  end
   clamp(lease, l, 'expires_ms', now + ttl); clamp(lease, l, 'reached_ms', now); clamp(lease, l, 'polled_ms', now)
   clamp(lease, l, 'answered_ms', now)
   local holder, epoch = l['holder'], tonumber(l['epoch'] or '0')
@@ -125,28 +222,24 @@ local function lease_tick(keys, args)
   if reason == nil then
     return {holder or '', epoch, 0}
   end
-  epoch = epoch + 1
-  redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
-             'reached_ms', reaches and now or 0, 'answered_ms', reaches and now or 0)
-  if polled ~= nil then
-    redis.call('HSET', lease, 'polled_ms', polled >= 0 and now - polled or 0)
-  end
-  redis.call('HDEL', lease, 'handover', 'handover_until_ms')
-  redis.call('XADD', events, 'MAXLEN', '~', 10000, '*', 'rtu', rtu, 'from', holder or '', 'to', node,
-             'epoch', epoch, 'reason', reason, 'ts_ms', now)
-  return {node, epoch, 1}
+  return grant(lease, events, rtu, holder or '', node, epoch + 1, now, ttl, reaches, polled,
+               {'reason', reason, 'ts_ms', now})
 end
 
 -- lease_handover(KEYS: lease; ARGV: target node, window_ms)
 -- Marks a planned move: the target takes the lease at its next tick if it reaches the device within
--- window_ms. Returns {holder, epoch, status} with status 'pending', 'already' (target holds) or 'none'.
+-- window_ms. Returns {holder, epoch, status} with status 'pending', 'already' (target holds) or 'none'
+-- (no holder, or an unreadable record: as good as none, the next tick grants it anew).
 local function lease_handover(keys, args)
+  local err = bad_args('lease_handover', args, {2})
+  if err then return err end
   local lease, target, window = keys[1], args[1], tonumber(args[2])
   local l = hgetall(lease)
-  if l['holder'] == nil then return {'', 0, 'none'} end
-  if l['holder'] == target then return {l['holder'], tonumber(l['epoch']), 'already'} end
+  if l['holder'] == nil or lease_unreadable(l) then return {'', 0, 'none'} end
+  local epoch = whole(l['epoch'] or '0')
+  if l['holder'] == target then return {l['holder'], epoch, 'already'} end
   redis.call('HSET', lease, 'handover', target, 'handover_until_ms', now_ms() + window)
-  return {l['holder'], tonumber(l['epoch']), 'pending'}
+  return {l['holder'], epoch, 'pending'}
 end
 
 -- write_values(KEYS: lease, values, changes; ARGV: node, epoch, maxlen, rtu, wtok, wseq, pid1, rec1, ...)
@@ -157,15 +250,23 @@ end
 -- above it was applied already (a write that timed out, re-sent) or is older than one applied (a late
 -- copy): it is not applied again. Another token starts its own sequence (a new holder, a restarted
 -- acquirer). Returns {1, n} when written, {2, 0} when already applied, {0, holder, epoch} when fenced out.
+-- Only an exact (node, epoch) match writes, and never while the lease record is unreadable (lease_tick:
+-- it has no holder then; fenced out, with epoch 0 if the epoch itself is unreadable; the next lease tick of
+-- a node reaching the device grants it anew). An unreadable `wseq` is as none: the write is applied (at
+-- worst the same values once more) and the pair rewritten.
 local function write_values(keys, args)
+  local err = bad_args('write_values', args, {3, 6})
+  if err then return err end
   local lease, values, changes = keys[1], keys[2], keys[3]
   local node, epoch, tok, seq = args[1], args[2], args[5], tonumber(args[6])
-  local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq')
-  if l[1] ~= node or l[2] ~= epoch then
-    return {0, l[1] or '', tonumber(l[2] or '0')}
+  local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq', unpack(LEASE_NUMBERS))
+  local h = {}
+  for i, f in ipairs(LEASE_NUMBERS) do h[f] = l[4 + i] or nil end
+  if l[1] ~= node or l[2] ~= epoch or lease_unreadable(h) then
+    return {0, l[1] or '', whole(l[2] or '0') or 0}
   end
   if tok ~= '' then
-    if l[3] == tok and seq <= tonumber(l[4] or '0') then
+    if l[3] == tok and seq <= (whole(l[4] or '0') or -1) then
       return {2, 0}
     end
     redis.call('HSET', lease, 'wtok', tok, 'wseq', seq)
@@ -197,10 +298,12 @@ end
 local function link_eval(link, vpoints, changes, events, maxlen, live, now, l, args, from)
   for _, n in ipairs(LINK_NODES) do
     clamp(link, l, 'seen_' .. n, now)  -- a report stamped by a clock ahead counts from now, not from then
-    if l['val' .. n] == '1' and now - tonumber(l['seen_' .. n] or '0') > live then
+    local seen = whole(l['seen_' .. n] or '0')  -- unreadable: not reporting (its next report rewrites it)
+    if l['val' .. n] == '1' and (seen == nil or now - seen > live) then
       redis.call('HSET', link, 'val' .. n, '0', 'since_' .. n, now)
       l['val' .. n] = '0'
-      link_event(events, link, n, '0', '1', now, 'not reporting')
+      link_event(events, link, n, '0', '1', now, seen and 'not reporting' or 'not reporting (seen_' .. n
+                 .. ' unreadable)')
     end
   end
   local val = ((l['vala'] == '1') or (l['valb'] == '1')) and '1' or '0'
@@ -223,6 +326,8 @@ end
 -- Records one node's link state to an RTU (and that the node is alive: seen_<node>) and recomputes the
 -- virtual points' val in the same step, so val is never out of step with its inputs.
 local function link_set(keys, args)
+  local err = bad_args('link_set', args, {3, 4})
+  if err then return err end
   local link, vpoints, changes = keys[1], keys[2], keys[3]
   local node, state, maxlen, live = string.lower(args[1]), args[2], tonumber(args[3]), tonumber(args[4])
   local now = now_ms()
@@ -243,6 +348,8 @@ end
 -- The same evaluation without a report: decays the states of nodes that stopped reporting. A link no
 -- node ever reported is left alone (returns {'', '', ''}).
 local function link_refresh(keys, args)
+  local err = bad_args('link_refresh', args, {1, 2})
+  if err then return err end
   local link, vpoints, changes = keys[1], keys[2], keys[3]
   local l = hgetall(link)
   if next(l) == nil then return {'', '', ''} end

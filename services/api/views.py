@@ -425,7 +425,8 @@ def event_text(kind: str, f: Mapping[str, str]) -> str:
     rtu = f"RTU {f['rtu']}" if f.get("rtu") else "?"
     if kind == "lease":
         frm = f.get("from") or "nobody"
-        return f"{rtu}: lease {frm} → {g('to')} (epoch {g('epoch')}, {g('reason')})"
+        detail = f": {f['detail']}" if f.get("detail") else ""  # reason unreadable: the fields that were
+        return f"{rtu}: lease {frm} → {g('to')} (epoch {g('epoch')}, {g('reason')}{detail})"
     if kind == "control":
         res = f" ({f['result']})" if f.get("result") else ""
         by = f" by {f['executor']}" if f.get("executor") else ""

@@ -59,6 +59,17 @@ async def test_timeline_merges_every_source_newest_first(loaded, ar: aredis.Redi
     assert top["items"][0]["fields"]["gen"] == "2" and top["next_before"] is not None
 
 
+async def test_a_lease_granted_anew_after_an_unreadable_record_says_which_fields(loaded, ar: aredis.Redis,
+                                                                                 make_api) -> None:
+    await ar.fcall(*redisfns.lease_tick(1, "A", True, 10_000, 90_000).argv)
+    await ar.hset(ks.lease(1), "reached_ms", "soon")
+    holder, epoch, _ = await ar.fcall(*redisfns.lease_tick(1, "B", True, 10_000, 90_000).argv)
+    c = await make_api(node_cfg(loaded))
+    leases = (await c.get("/api/v1/events", params={"kind": "lease"})).json()["items"]
+    assert (holder, epoch) == ("B", 2)
+    assert leases[0]["text"] == "RTU 1: lease A → B (epoch 2, unreadable: reached_ms = 'soon')"
+
+
 async def test_link_set_records_changes_only(loaded, ar: aredis.Redis) -> None:
     for up in (True, True, False, False, True):
         await ar.fcall(*redisfns.link_set(1, "A", up, [901]).argv)

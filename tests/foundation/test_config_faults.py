@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -186,6 +187,40 @@ def test_log_backups_are_bounded(tmp_path: Path) -> None:
                                   "in 0..1000",)
     write(tmp_path, b"[log]\nbackups = 1000\n", "syslod.cfg")
     assert config.load_log(tmp_path, env={}).backups == 1000
+
+
+@pytest.mark.parametrize("name,section,key,highest", [
+    # bounds review: these took any positive whole number (batch_window_ms = 2000000 held every value of a
+    # batched node 33 minutes; command_max_age_ms past IEC 104's longest time-out ran commands nobody waits for)
+    ("fep-ha.cfg", "writer", "batch_window_ms", 1000),
+    ("fep-ha.cfg", "writer", "batch_size", 100_000),
+    ("fep-ha.cfg", "writer", "resend_max_changes", 1_000_000),
+    ("fep-ha.cfg", "se104s", "command_max_age_ms", 255_000),
+    ("fep-ha.cfg", "se104s", "queue_max", 10_000_000),
+    ("fep-ha.cfg", "se104s", "buffer_max", 10_000_000),
+    ("fep-ha.cfg", "api", "stream_clients", 10_000),
+    ("fep-ha.cfg", "api", "stream_queue", 100_000),
+    ("fep-ha.cfg", "quality", "stale_polls", 1000),
+    ("syslod.cfg", "log", "max_bytes", 10_000_000_000),
+])
+def test_whole_numbers_are_bounded(tmp_path: Path, name: str, section: str, key: str, highest: int) -> None:
+    """Each whole-number setting is taken at its highest value and refused one above it (in the file and as
+    a variable), with one line naming the setting, the value and the range."""
+    load, cls = (config.load_log, config.LogConfig) if name == "syslod.cfg" else (config.load_node, config.NodeConfig)
+    (field,) = [f.name for f in fields(cls) if (f.metadata["section"], config._key(f)) == (section, key)]
+    write(tmp_path, f"[{section}]\n{key} = {highest}\n".encode(), name)
+    assert getattr(load(tmp_path, env={}), field) == highest
+    write(tmp_path, f"[{section}]\n{key} = {highest + 1}\n".encode(), name)
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, env={})
+    assert exc.value.problems == (f"{tmp_path}/cfg/{name} [{section}] {key} = '{highest + 1}': expected a whole "
+                                  f"number in 1..{highest}",)
+    var = f"FEP_{section}_{key}".upper()
+    write(tmp_path, b"", name)
+    with pytest.raises(ConfigError) as exc:
+        load(tmp_path, env={var: str(highest * 1000)})
+    assert exc.value.problems == (f"environment {var} = '{highest * 1000}': expected a whole number in "
+                                  f"1..{highest}",)
 
 
 def test_a_long_value_is_quoted_bounded(tmp_path: Path) -> None:
