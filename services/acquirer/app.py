@@ -23,7 +23,7 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_all
 from fep_acquirer.writer import Writer
-from fepha import cfgstore, redisconn
+from fepha import cfgstore, heap, redisconn
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Model
@@ -88,6 +88,7 @@ class Acquirer:
         self.once.clear("config")
         await self.apply(model)
         self.stamp = stamp
+        heap.settle()  # the configuration and runners live on: out of the collector's full passes
 
     async def run(self, stop: asyncio.Event, config_check_s: float = 1.0, hurry: asyncio.Event | None = None) -> None:
         """Until `stop` is set; then the planned stop (`planned_stop`), cut short by `hurry` (a second

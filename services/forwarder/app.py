@@ -26,7 +26,7 @@ import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from fepha import cfgstore, controls, events, heartbeat, leftbehind, redisconn, redisfns, rolewatch
+from fepha import cfgstore, controls, events, heap, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import ConfigError, NodeConfig, feproot
 from fepha.logsetup import OnceLogger
@@ -429,6 +429,7 @@ class Forwarder:
         n = sum(len(v) for v in per.values())
         log.info("full image loaded: %d values for %d forwarding RTUs, following the stream from %s", n,
                  len(self.servers), self.last_id)
+        heap.settle()  # the configuration, image and history live on: out of the collector's full passes
 
     async def _read_back(self, local: aredis.Redis, since: dict[int, Sid]) -> dict[int, tuple[Sid, list[Update]]]:
         """The changes of the stream entries after each server's `since` up to the image's (`last_id`), read
