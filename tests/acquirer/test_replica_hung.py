@@ -190,12 +190,14 @@ async def test_a_silent_replica_is_not_waited_for_at_each_control(feproot):
 
 
 async def test_the_executor_outlives_a_claim_that_fails(feproot):
-    """A claim that raises (here a control record garbled by a foreign client: the Function fails on its
-    deadline) leaves that control as it was, never written, and the executor takes up the next ones: it
-    used to end there, the acquirer holding its leases while every later control expired in its queue."""
+    """A claim that raises (here a control key a foreign client made a string: the Function fails on it)
+    leaves that key as it was and the executor takes up the next controls: it used to end there, the
+    acquirer holding its leases while every later control expired in its queue. A control whose deadline
+    a foreign client garbled is ended as expired, never run (controls.lua `whole`)."""
     async with plant(feproot, ["--repl-timeout", "60"]) as (_, _, sim, fwd):
+        await fwd.set(ks.control(998), "not a control")
         await fwd.hset(ks.control(999), mapping={"state": "queued", "deadline_ms": "soon", "point": 1003})
-        await fwd.rpush(ks.control_queue(1), 999)
+        await fwd.rpush(ks.control_queue(1), 998, 999)
 
         async def popped() -> bool:
             return not await fwd.llen(ks.control_queue(1))
@@ -203,4 +205,7 @@ async def test_the_executor_outlives_a_claim_that_fails(feproot):
         await until(popped)
         res = await controls.execute(fwd, 1, 1003, 8, "test", 2000)
         assert res.ok, res
-        assert hr_writes(sim) == [1, 8] and await fwd.hget(ks.control(999), "state") == "queued"
+        assert hr_writes(sim) == [1, 8]
+        assert await fwd.get(ks.control(998)) == "not a control"
+        assert await fwd.hget(ks.control(999), "state") == "expired"
+        assert "unreadable" in (await fwd.hget(ks.control(999), "result") or "")
