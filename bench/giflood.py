@@ -52,7 +52,10 @@ def master(port: int, seconds: float, flood: bool, result: "mp.Queue[dict[str, o
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         got["connections"] += 1
-        session(port, end, flood, lat, got)
+        try:
+            session(port, end, flood, lat, got)
+        except OSError:  # reset while connecting or starting: the server closed it (answers_max)
+            pass
         if not flood:
             break
     result.put({"flood": flood, "lat": lat, **got})
@@ -97,12 +100,12 @@ def session(port: int, end: float, flood: bool, lat: list[float], got: dict[str,
             out, unacked = c.s_frame(vr), 0
         try:
             if out:
-                sock.setblocking(True)
+                sock.settimeout(0.5)  # not forever: a server that stopped reading has it closed (below)
                 sock.sendall(out)
                 sock.setblocking(False)
             elif not data:
                 time.sleep(0.0005)
-        except ConnectionError:
+        except (ConnectionError, TimeoutError):  # a write cut short breaks the framing: connect again
             closed = True
     sock.close()
 
@@ -141,7 +144,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         await asyncio.sleep(max(0.0, due - t))
         loop_max = max(loop_max, time.monotonic() - max(due, t))
         srv.apply([Update(probe, Value(k, 0, int(w0 + k * args.period_ms)))])
-    got = [result.get(timeout=30) for _ in ctx]
+    got = [await asyncio.get_running_loop().run_in_executor(None, result.get, True, 60) for _ in ctx]
     for p in ctx:
         await asyncio.get_running_loop().run_in_executor(None, p.join)
     await srv.stop()
