@@ -27,6 +27,8 @@ KEYS = {
                 "inflight"],
     "forward": ["runs", "p50_ms", "p99_ms", "c104_p99_ms", "latency_gain", "lossless_values_per_s", "lost",
                 "e2e_p50_ms", "e2e_p99_ms", "e2e_samples"],
+    "giflood": ["points", "seconds", "runs", "events", "p50_ms", "p99_ms", "max_ms", "loop_max_ms", "gi_answered",
+                "gi_refused", "hostile_connections"],
     "failover": ["node_loss_to_data_s", "link_cut_to_data_s", "lost_spontaneous", "dup_spontaneous",
                  "events_total", "takeover_s", "device_loss_takeover_s", "scada_switch_lost", "scada_switch_dup",
                  "scada_switch_dup_bound", "quality_only_spontaneous"],
@@ -36,6 +38,7 @@ TINY = {
     "sysload": ["--points", "2000", "--per-rtu", "100", "--runs", "1"],
     "acquire": ["--tiny"],
     "forward": ["--tiny"],
+    "giflood": ["--tiny"],
     # failover: one run of each kind; the windows just long enough that the kill has a change of the window
     # before it (period 1.2 s) and B (leases ~3.3 s after the kill, product TTL 3 s) delivers changes made after
     # it; the device-loss takeover 3 s (the lab's channel switch); the switchover's windows 2 s / 3 s
@@ -62,7 +65,7 @@ def check_keys(name: str, got: dict[str, str]) -> None:
         assert math.isfinite(float(v)), f"bench/{name}.py: {k}={v} is not a finite number"
 
 
-@pytest.mark.parametrize("name", ["sysload", "acquire", "forward"])
+@pytest.mark.parametrize("name", ["sysload", "acquire", "forward", "giflood"])
 def test_bench_runs_with_tiny_parameters(name: str) -> None:
     check_keys(name, last_line(name, TINY[name], timeout=240))
 

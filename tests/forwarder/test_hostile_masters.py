@@ -25,10 +25,14 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from fep_forwarder.base import Update
 from fep_forwarder.modbus_trains import ModbusTrainsServer
 from fep_forwarder.modbus_trains.pdu import WRITES, check
+from fep_forwarder.se104s import Se104Server
 from fep_forwarder.sefeps import codec
 from fepha.iec104 import codec as c
+from fepha.points import Value
+from fepha.semodel.model import FwdPoint, Model, Rtu
 from tests.forwarder import mbt_fixtures as mbt
 from tests.forwarder import se104s_fixtures as s104
 from tests.forwarder import test_sefeps_server as sef
@@ -225,11 +229,11 @@ async def test_se104s_master_flooding_executes_has_a_bounded_number_running() ->
             await soon(lambda: len(sink.calls) == 9, "the next one run")
 
 
-async def test_se104s_interrogations_held_while_resuming_are_built_within_the_limit() -> None:
-    """STARTDT and 1,000 interrogations in one write from a master whose position is being read: they wait
-    (held), then are built only as far as `answers_max` allows and the connection is closed; before, all
-    were built at once when the position came (4,000 of a 2,000-point RTU: 276,000 ASDUs, the event loop
-    held 10 s), and the connection stayed."""
+async def test_se104s_interrogations_sent_while_resuming_hold_one_answer() -> None:
+    """STARTDT and 1,000 interrogations in one write from a master whose position is being read: one waits
+    (held) and is built when the position comes, the 999 others are refused at once (negative ACT_CON);
+    before, all were held, then built at once when the position came (4,000 of a 2,000-point RTU: 276,000
+    ASDUs, the event loop held 10 s) and the connection closed once past `answers_max`."""
     async def cursor(rtu: int, identity: str) -> tuple[int, int]:
         await asyncio.sleep(0.05)
         return (0, 0)  # known, with nothing to replay
@@ -237,13 +241,101 @@ async def test_se104s_interrogations_held_while_resuming_are_built_within_the_li
     async with s104.se104_server(answers_max=2_000) as srv:
         srv.load_image([s104.upd(f.addr, 1.0) for f in s104.MONITOR])
         srv.cursor_source = cursor
-        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
         writer.write(c.u_frame(c.STARTDT_ACT) + b"".join(c.i_frame(n, 0, c.interrogation(s104.CA))
                                                           for n in range(1_000)))
-        await soon(lambda: any(len(s.held) == 1_000 for s in srv.station.sessions), "1,000 held")
-        with contextlib.suppress(ConnectionResetError):
-            await closed_by_server(reader)
+        await soon(lambda: any(s.interrogations_refused == 999 for s in srv.station.sessions), "999 refused")
+        (s,) = srv.station.sessions
+        assert len(s.held) == 1
+        await soon(lambda: s.resumed and not s.held and not s.building, "the one answer built")
+        assert not s.closed
         writer.close()
+
+
+async def flood_interrogations(port: int, seconds: float) -> dict[str, int]:
+    """A master that writes station interrogations as fast as the socket takes them for `seconds` and
+    acknowledges everything it receives (an S frame after each read), connecting again whenever it is
+    closed (it sends more than the k window lets the server answer: `answers_max`). What it got:
+    terminated interrogations (`done`), refused ones (`refused`), connections (`connections`)."""
+    got = {"done": 0, "refused": 0, "connections": 0}
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        got["connections"] += 1
+        writer.write(c.u_frame(c.STARTDT_ACT))
+        vr = 0
+
+        async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal vr
+            buf = bytearray()
+            while data := await reader.read(65536):
+                buf += data
+                while len(buf) >= 2 and len(buf) >= 2 + buf[1]:
+                    body = bytes(buf[2:2 + buf[1]])
+                    del buf[:2 + buf[1]]
+                    if not body[0] & 1:  # an I frame
+                        vr = (vr + 1) & 0x7FFF
+                        a = c.parse_asdu(body[4:])
+                        got["done"] += a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTTERM
+                        got["refused"] += a.type_id == c.C_IC_NA_1 and a.negative
+                writer.write(c.s_frame(vr))
+
+        reading = asyncio.create_task(read(reader, writer))
+        await asyncio.sleep(0.02)  # STARTDT con
+        ns = 0
+        with contextlib.suppress(ConnectionError):
+            while time.monotonic() < end and not reading.done():
+                writer.write(b"".join(c.i_frame((ns + i) & 0x7FFF, vr, c.interrogation(s104.CA)) for i in range(50)))
+                ns += 50
+                await writer.drain()
+                await asyncio.sleep(0)
+        reading.cancel()
+        writer.close()
+        await asyncio.gather(reading, return_exceptions=True)
+    return got
+
+
+async def test_se104s_master_flooding_interrogations_does_not_delay_the_other_masters_events() -> None:
+    """A master flooding station interrogations of a 5,000-point RTU and acknowledging what it gets, for
+    2 s, while another master receives a change every 10 ms: that master gets each within 150 ms of the
+    change (the interrogation in progress is built in slices of `SLICE_POINTS` points, and those asked
+    meanwhile are refused; here 8 ms at most). Before, each interrogation read was built in full at once:
+    the changes came up to 0.5 s late (p99 0.43 s)."""
+    fwds = tuple(FwdPoint(i, "T005_ZFAI", "AI", 10, 100 + i, 10_000 + i, "M_ME_NC_1") for i in range(5_000))
+    probe = FwdPoint(9_999, "T005_ZFAI", "AI", 10, 9_999, 900_000, "M_ME_TF_1")
+    rtu = Rtu(id=10, name="flood", rtutype=2, protocol="se104s", listen_port=0, address=s104.CA,
+              forwards=(*fwds, probe))
+    srv = Se104Server(rtu, Model({}, "", ""), "127.0.0.1", s104.Sink(), "A")
+    await srv.start()
+    try:
+        srv.load_image([Update(f, Value(1.0, 0, s104.now_ms())) for f in fwds])
+        async with raw_master(srv.port) as steady:
+            steady.asdus = Stamped()
+            await steady.start()
+            flood = asyncio.create_task(flood_interrogations(srv.port, 2.0))
+            for k in range(1, 201):
+                srv.apply([Update(probe, Value(k, 0, s104.now_ms()))])
+                await asyncio.sleep(0.01)
+            got = await flood
+            await soon(lambda: len([v for v in steady.values() if v[1] == 900_000]) == 200, "every change")
+    finally:
+        await srv.stop()
+    late = sorted(at - ts for a, at in zip(steady.asdus, steady.asdus.at, strict=True) if a.type_id == c.M_ME_TF_1
+                  for _, e in a.objects for *_, ts in [c.decode_element(a.type_id, e)] if ts)
+    assert late[-1] < 150, (late[-1], late[len(late) * 99 // 100], len(late), got)
+    assert got["done"] >= 2 and got["refused"] > 0, got
+
+
+class Stamped(list[c.Asdu]):
+    """The ASDUs a RawMaster received, with when each came (wall clock ms, `at`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: list[float] = []
+
+    def append(self, asdu: c.Asdu) -> None:
+        super().append(asdu)
+        self.at.append(time.time() * 1000)
 
 
 async def test_se104s_master_alternating_startdt_and_stopdt_has_one_position_fetch_at_a_time() -> None:

@@ -9,10 +9,11 @@ from itertools import groupby
 import pytest
 
 from fep_forwarder.base import Update
-from fep_forwarder.se104s.station import Session, Station
+from fep_forwarder.se104s.station import SLICE_POINTS, Session, Station
 from fepha.iec104 import codec as c
 from fepha.iec104.link import STARTED, AsduIn, Event, Link, LinkParams, Role
 from fepha.points import Quality, Value
+from fepha.semodel.model import FWD_KIND, FwdPoint, Rtu
 
 from .se104s_fixtures import BY_ADDR as BY_ADDR_MON
 from .se104s_fixtures import CA, Sink, rtu, upd
@@ -69,10 +70,11 @@ def runs_on(sink: Sink):  # type: ignore[no-untyped-def]
     return run_control
 
 
-def station(**options: object) -> Station:
-    """A station whose recorded master positions are kept in `st.cursors` and whose sink is `st.sink`."""
+def station(of: Rtu | None = None, **options: object) -> Station:
+    """A station (of the test RTU unless `of`) whose recorded master positions are kept in `st.cursors` and
+    whose sink is `st.sink`."""
     sink, cursors = Sink(), {}
-    st = Station(rtu(), {**P, **options}, runs_on(sink), "se104s:10:A", acked=cursors.__setitem__)
+    st = Station(of or rtu(), {**P, **options}, runs_on(sink), "se104s:10:A", acked=cursors.__setitem__)
     st.sink, st.cursors = sink, cursors  # type: ignore[attr-defined]
     return st
 
@@ -442,3 +444,99 @@ def test_a_flood_of_command_answers_ahead_of_queued_events_takes_linear_time() -
     kinds = [(a.type_id, a.cause, a.negative) for a in m.got]
     assert kinds[:20_000] == [(c.C_SC_NA_1, c.COT_UNKNOWN_IOA, True)] * 20_000
     assert [a.objects[0][0] for a in m.got[20_000:]] == [1001 if i % 2 else 1002 for i in range(20)]
+
+
+def ic_answers(got: list[c.Asdu]) -> list[tuple[int, int, int, bool]]:
+    """(type, qualifier, cause, negative) of every interrogation and counter interrogation mirror received."""
+    return [(a.type_id, a.objects[0][1][0], a.cause, a.negative) for a in got
+            if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1)]
+
+
+IC, CI, CON, TERM = c.C_IC_NA_1, c.C_CI_NA_1, c.COT_ACTCON, c.COT_ACTTERM
+
+
+@pytest.mark.parametrize("first, second, expected", [
+    # a second station interrogation, or a group one, while the first is in progress: negative ACT_CON
+    # (cause 7), queued behind the first's answer
+    (c.interrogation(CA), c.interrogation(CA), [(IC, 20, CON, False), (IC, 20, TERM, False), (IC, 20, CON, True)]),
+    (c.interrogation(CA), c.interrogation(CA, qoi=21),
+     [(IC, 20, CON, False), (IC, 20, TERM, False), (IC, 21, CON, True)]),
+    (c.interrogation(CA, qoi=22), c.interrogation(CA),
+     [(IC, 22, CON, False), (IC, 22, TERM, False), (IC, 20, CON, True)]),
+    (c.counter_interrogation(CA), c.counter_interrogation(CA),
+     [(CI, 5, CON, False), (CI, 5, TERM, False), (CI, 5, CON, True)]),
+    # a counter interrogation beside a station interrogation: each type has its own
+    (c.interrogation(CA), c.counter_interrogation(CA),
+     [(IC, 20, CON, False), (IC, 20, TERM, False), (CI, 5, CON, False), (CI, 5, TERM, False)]),
+    # a refused interrogation is not in progress
+    (c.interrogation(CA, qoi=50), c.interrogation(CA),
+     [(IC, 50, CON, True), (IC, 20, CON, False), (IC, 20, TERM, False)]),
+], ids=["station twice", "group during station", "station during group", "counter twice", "counter beside station",
+        "after a refused one"])
+def test_an_interrogation_while_the_masters_previous_one_is_in_progress_is_refused(
+        first: bytes, second: bytes, expected: list[tuple[int, int, int, bool]]) -> None:
+    st = station()
+    st.load_image([upd(1001, 2.5)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    m.master.send(first, 0.0)
+    m.master.send(second, 0.0)  # read together: the first's ACT_TERM is not sent yet
+    m.xfer()
+    assert ic_answers(m.got) == expected
+    m.got.clear()
+    m.send(second)  # every ACT_TERM sent: the next one is accepted
+    assert ic_answers(m.got) == [(second[0], second[9], CON, False), (second[0], second[9], TERM, False)]
+
+
+def test_an_interrogation_refused_while_the_answer_waits_for_the_masters_position_is_not_held() -> None:
+    """Interrogations sent with the STARTDT, while the master's position is read: one is held, the others
+    are refused at once (before, every one was held, then built)."""
+    st = station()
+    st.load_image([upd(1001, 2.5)])
+    m = Pair(st)
+    m.master.start(0.0)
+    m.xfer()
+    for _ in range(50):
+        m.send(c.interrogation(CA))
+    assert len(m.s.held) == 1
+    st.resume(m.s, None)
+    m.xfer()
+    got = ic_answers(m.got)
+    assert got.count((IC, 20, CON, True)) == 49 and got[-1] == (IC, 20, TERM, False), got
+
+
+def big_station(n: int) -> Station:
+    """A station of `n` measured values (M_ME_NC_1, IOA 10,000 on), each 1.0."""
+    fwds = tuple(FwdPoint(i, "T005_ZFAI", FWD_KIND["T005_ZFAI"], 10, 100 + i, 10_000 + i, "M_ME_NC_1")
+                 for i in range(n))
+    st = station(Rtu(id=10, name="big", rtutype=2, protocol="se104s", listen_port=0, address=CA, forwards=fwds))
+    st.load_image([Update(f, Value(1.0, 0, 1), (0, 0)) for f in fwds])
+    return st
+
+
+def test_an_interrogation_is_built_a_slice_at_a_time_and_never_shows_a_value_older_than_an_event() -> None:
+    """A station interrogation of 2,500 points: the first slice (`SLICE_POINTS`) is queued when it is read,
+    the others by `build` (the transport calls it once the event loop has served the other connections).
+    Events that come between slices: of a point already answered, sent after its answer; of a point not
+    answered yet, its answer carries the new value, after the event (never an older value after an event)."""
+    st = big_station(2_500)
+    fwds = [f for f, _ in st.monitor.values()]
+    m = Pair(st)
+    m.start()
+    m.master.send(c.interrogation(CA), 0.0)
+    m.xfer()
+    assert sum(len(a.objects) for a in m.got if a.cause == c.COT_INROGEN) == SLICE_POINTS
+    early, late = fwds[0], fwds[-1]  # in the first slice, in the last one
+    st.apply([Update(early, Value(2.0, 0, 2), (1, 0)), Update(late, Value(3.0, 0, 3), (1, 0))])
+    slices = 2
+    while st.build(m.s):
+        slices += 1
+    assert slices == 3
+    m.xfer()
+    seq = [(a.cause, ioa, c.decode_element(a.type_id, e)[0])
+           for a in m.got for ioa, e in a.objects if a.type_id == c.M_ME_NC_1 and ioa in (early.addr, late.addr)]
+    assert seq == [(c.COT_INROGEN, early.addr, 1.0), (c.COT_SPONT, early.addr, 2.0),
+                   (c.COT_SPONT, late.addr, 3.0), (c.COT_INROGEN, late.addr, 3.0)], seq
+    assert sum(len(a.objects) for a in m.got if a.cause == c.COT_INROGEN) == 2_500
+    assert ic_answers(m.got)[-1] == (IC, 20, TERM, False)

@@ -53,6 +53,10 @@ ANSWERS_MAX = 20_000
 a master that sends requests without acknowledging what it is sent had the server queue their answers
 without bound (the k window holds them; only S and U frames reach its socket). A station interrogation of
 300,000 points fits (16 to 60 per ASDU)."""
+SLICE_POINTS = 1_000
+"""Points of an image answer (interrogation, background scan) built at a time: the transport builds the next
+slice after the event loop has served the other connections (`Station.build`): about 1 ms each. A station
+interrogation of a 10,000-point RTU built at once held the loop about 9 ms."""
 # station-wide commands (IOA 0) and the causes each takes
 _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
                  c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
@@ -91,6 +95,12 @@ class Session:
     skip: Sid | None = None  # resumed at a cursor this node's stream has not reached yet
     # image answers (kinds, cause, the ASDU to send after them) built once it is resumed and `skip` is clear
     held: list[tuple[tuple[str, ...], int, bytes | None, int]] = field(default_factory=list)
+    # image answers released and being built, a slice at a time (`Station.build`): [next point, held entry]
+    building: deque[list[Any]] = field(default_factory=deque)
+    # interrogation types (C_IC_NA_1, C_CI_NA_1) confirmed to this master and not terminated yet (ACT_TERM
+    # not sent): another of the same type is refused (`Station._busy`)
+    in_progress: set[int] = field(default_factory=set)
+    interrogations_refused: int = 0
     events_queued: int = 0
     controls: int = 0  # commands accepted and not answered yet (`Station.execute`)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
@@ -182,6 +192,7 @@ class Station:
                 self.monitor[(f.table, f.id)] = (f, c.TYPE_IDS[f.type or DEFAULT_TYPES[f.kind]])
                 if f.kind in ("DI", "AI"):
                     self.readable.setdefault(f.addr, (f.table, f.id))
+        self._points = list(self.monitor.items())  # in the order image answers are built, a slice at a time
         self.image: dict[tuple[str, int], Value] = {}
         self.has_image = False
         self.history: History[Item] = History(self.buffer_max)
@@ -263,8 +274,9 @@ class Station:
 
     def unanswered(self) -> int:
         """Answers (command confirmations, interrogation answers: every queued item that is not an event)
-        queued on open connections and not yet sent (the planned stop waits for them)."""
-        return sum(s.answers_waiting for s in self.sessions if not s.closed)
+        queued on open connections and not yet sent, and image answers still being built (the planned stop
+        waits for them)."""
+        return sum(s.answers_waiting + len(s.building) for s in self.sessions if not s.closed)
 
     def _event(self, u: Update) -> Item:
         f, type_id = self.monitor[(u.fwd.table, u.fwd.id)]
@@ -397,6 +409,8 @@ class Station:
         s.closed = True
         for sel_ioa in [a for a, sel in self.selected.items() if sel.conn == s.id]:
             del self.selected[sel_ioa]
+        s.queue.clear()  # nothing more is sent on it: sorting out the answers to keep, as a STOPDT does,
+        s.ahead.clear()  # took 15 ms for a flooding master closed with 20,000 of them queued
         self._stop_events(s)
         log.info("se104s RTU %s: master %s left (%s)", self.rtu.id, s.peer, reason)
         self.on_closed(s)
@@ -413,6 +427,8 @@ class Station:
         s.events_queued = 0
         s.resumed = s.awaiting_cursor = False
         s.skip = None
+        s.building.clear()
+        s.in_progress.clear()
         # No I frame goes out until the next STARTDT (link.py), which resumes the master afresh: an image
         # answer built now and sent then would come after the resumed events and show older values as
         # current. Interrogations in progress are dropped (the master interrogates again); command
@@ -504,7 +520,7 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
         elif a.objects[0][0] != 0:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
-        elif a.cause == c.COT_DEACT:  # an interrogation is answered at once: nothing left to deactivate
+        elif a.cause == c.COT_DEACT:  # an interrogation accepted runs to its end: not deactivated
             self._answer(s, c.mirror(a, c.COT_DEACTCON, True))
         elif a.type_id == c.C_IC_NA_1:
             self._interrogation(s, a)
@@ -533,9 +549,26 @@ class Station:
         if not 20 <= qoi <= 36:
             self._answer(s, c.mirror(a, c.COT_ACTCON, True))
             return
+        if self._busy(s, a):
+            return
         kinds = ("DI", "AI") if qoi == 20 else GROUP_KINDS.get(qoi - 20, ())
         self._answer(s, c.mirror(a, c.COT_ACTCON))
         self._image_answer(s, kinds, qoi, c.mirror(a, c.COT_ACTTERM), a.oa)
+
+    def _busy(self, s: Session, a: c.Asdu) -> bool:
+        """An interrogation (C_IC_NA_1, any QOI) or counter interrogation of `s` is in progress, confirmed
+        and its ACT_TERM not sent yet: another of the same type gets a negative ACT_CON (cause 7, P/N 1) and
+        True. Each was queued in full before: a master flooding station interrogations that it acknowledged
+        had the image built for every one, and held the event loop 0.5 s at a time (docs/se104s.md)."""
+        if a.type_id not in s.in_progress:
+            s.in_progress.add(a.type_id)
+            return False
+        if not s.interrogations_refused:  # once per connection: a flood would log each
+            log.warning("se104s RTU %s: master %s sent an interrogation while its previous one is in progress: "
+                        "refused (negative ACT_CON), as any more on this connection", self.rtu.id, s.peer)
+        s.interrogations_refused += 1
+        self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+        return True
 
     def _counter_interrogation(self, s: Session, a: c.Asdu) -> None:
         """QCC: RQT 1 .. 4 (groups: none hold counters here) or 5 (general); FRZ 0 (read) only: the FEP
@@ -544,6 +577,8 @@ class Station:
         rqt, frz = qcc & 0x3F, qcc >> 6
         if not 1 <= rqt <= 5 or frz:
             self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+            return
+        if self._busy(s, a):
             return
         self._answer(s, c.mirror(a, c.COT_ACTCON))
         # general request: every counter; groups 1..4 hold none (docs/se104s.md)
@@ -576,25 +611,48 @@ class Station:
         self._release(s)
 
     def _release(self, s: Session) -> None:
-        """Queue the held image answers, built now, unless `s` must still wait (`_image_answer`)."""
+        """Start building the held image answers, unless `s` must still wait (`_image_answer`): the first
+        slice now, the others when the transport calls `build`."""
         if s.closed:
             s.held = []
+            s.building.clear()
         if not s.held or (s.active and (not s.resumed or s.skip is not None)):
             return
         held, s.held = s.held, []
-        # as many as `answers_max` allows: 4,000 interrogations read with the STARTDT, held while the
-        # master's position was read, were built at once (276,000 ASDUs, the event loop held 10 s)
-        for kinds, cot, then, oa in held:
-            self._queue_image(s, kinds, cot, oa)
-            if then is not None:
-                self._answer(s, then)
-            if self._answers_overflow(s):
-                return
+        s.building.extend([0, h] for h in held)
+        self.build(s)
 
-    def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int = 0) -> None:
+    def build(self, s: Session) -> bool:
+        """Queue the next `SLICE_POINTS` points of the image answers being built for `s` (each answer's
+        ACT_TERM after its last slice); True while more remain: the transport calls again once the event
+        loop has served the other connections. Each slice carries the image as it is when built, queued
+        behind the events already queued and ahead of later ones, so a point's interrogated value never
+        follows a newer event of it (IEC 60870-5-101 7.4.5 lets events interleave with an interrogation).
+        As far as `answers_max` allows: 4,000 interrogations read with the STARTDT, held while the master's
+        position was read, were built at once (276,000 ASDUs, the event loop held 10 s)."""
+        budget = SLICE_POINTS
+        while s.building and budget > 0 and not s.closed:
+            job = s.building[0]
+            start, (kinds, cot, then, oa) = job
+            end = min(start + budget, len(self._points)) if kinds else len(self._points)
+            self._queue_image(s, kinds, cot, oa, self._points[start:end])
+            budget -= end - start
+            job[0] = end
+            if end == len(self._points):
+                s.building.popleft()
+                if then is not None:
+                    self._answer(s, then)
+            if self._answers_overflow(s):
+                return False
+        if s.building:
+            self.wake(s)
+        return bool(s.building)
+
+    def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int,
+                     points: Sequence[tuple[tuple[str, int], tuple[FwdPoint, int]]]) -> None:
         now = int(time.time() * 1000)
         by_type: dict[int, list[tuple[int, bytes]]] = {}
-        for key, (f, type_id) in self.monitor.items():
+        for key, (f, type_id) in points:
             if f.kind not in kinds:
                 continue
             v = self.image.get(key) or Value(0, int(Quality.IV), now)
@@ -719,6 +777,8 @@ class Station:
         first = q.popleft()
         type_id, data, _ = first
         if not type_id:
+            if data[0] in s.in_progress and data[2] & 0x3F == c.COT_ACTTERM:
+                s.in_progress.discard(data[0])  # that interrogation is over: the master may ask again
             return data, []
         items = [first]
         limit = c.per_asdu(type_id)
