@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fep_forwarder.base import Update
 from fep_forwarder.se104s import Se104Server
+from fepha import heap
 from fepha.iec104 import codec as c
 from fepha.points import Value
 from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
@@ -127,6 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     await srv.start()
     now = int(time.time() * 1000)
     srv.load_image([Update(f, Value(1.0, 0, now)) for f in fwds] + [Update(probe, Value(0, 0, now))])
+    heap.settle()  # as the runner does after a full image (fepha.heap)
     result: mp.Queue[dict[str, object]] = mp.Queue()
     ctx = [mp.Process(target=master, args=(srv.port, args.seconds + 1.0, False, result))]
     ctx[0].start()
