@@ -267,15 +267,12 @@ async def flood_interrogations(port: int, seconds: float) -> dict[str, int]:
 
         async def read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal vr
-            buf = bytearray()
+            frames = c.FrameReader()
             while data := await reader.read(65536):
-                buf += data
-                while len(buf) >= 2 and len(buf) >= 2 + buf[1]:
-                    body = bytes(buf[2:2 + buf[1]])
-                    del buf[:2 + buf[1]]
-                    if not body[0] & 1:  # an I frame
+                for f in frames.feed(data):
+                    if f.kind == "I":
                         vr = (vr + 1) & 0x7FFF
-                        a = c.parse_asdu(body[4:])
+                        a = c.parse_asdu(f.asdu)
                         got["done"] += a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTTERM
                         got["refused"] += a.type_id == c.C_IC_NA_1 and a.negative
                 writer.write(c.s_frame(vr))
