@@ -101,7 +101,7 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events[, clock]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms])
+-- lease_tick(KEYS: lease, events[, clock[, epochs]]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
 -- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms, answered_ms or polled_ms beyond now:
 -- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
@@ -133,6 +133,15 @@ end
 -- there), the clock's high-water mark `fep:clock` hw_ms as this tick found it (before a step back of the
 -- clock set it back) and every epoch of this RTU still in the lease events (the last grants, among them
 -- those of earlier recoveries, which counted on from a clock that may since have been stepped back).
+-- Epoch high-water (KEYS[4], `fep:lease:epochs`, field rtu): the highest epoch granted for each RTU,
+-- written by every grant in the same call, kept apart from the lease hash. Every grant's epoch is above
+-- it and above the record's (`next_epoch`), so an epoch is never granted twice for one RTU, also when the
+-- lease hash was deleted outright (an operator's DEL, a key lost): a fenced writer still holding (node, 1)
+-- from an earlier tenure never matches the record that replaces it. A missing lease with a high-water is
+-- granted with event reason 'record missing' (`detail`: the high-water) and a line in Redis's log; a
+-- high-water that is unreadable makes the epoch one above everything readable (as an unreadable epoch:
+-- `recovered_epoch`), with `detail` naming it, logged, and rewritten by that grant. Read at grants only:
+-- a renewal, or a tick that grants nothing, costs nothing more. Both gone (FLUSHALL): epoch 1 again.
 local LEASE_NUMBERS = {'epoch', 'expires_ms', 'reached_ms', 'answered_ms', 'polled_ms', 'since_ms',
                        'handover_until_ms'}
 
@@ -143,10 +152,11 @@ local function lease_unreadable(l)
   return unreadable(l, LEASE_NUMBERS)
 end
 
-local function recovered_epoch(l, events, hw, rtu, now)
-  local e = whole(l['epoch'])
-  if e then return e + 1 end
-  local top = math.max(now, hw or 0)
+-- Above every epoch granted for `rtu`, when one of the two places it is kept is unreadable: above the
+-- master's clock in ms, the clock's high-water `hw`, the readable one of `floor` (record epoch, epoch
+-- high-water) and every epoch of this RTU still in the lease events.
+local function recovered_epoch(events, hw, rtu, now, floor)
+  local top = math.max(now, hw or 0, floor)
   for _, entry in ipairs(redis.call('XRANGE', events, '-', '+')) do
     local f = entry[2]
     for i = 1, #f - 1, 2 do
@@ -157,8 +167,28 @@ local function recovered_epoch(l, events, hw, rtu, now)
   return top + 1
 end
 
+-- The epoch high-water of `rtu` in hash `epochs`: (number or nil when absent, what makes it unreadable
+-- or nil). No key given (a caller of before): none.
+local function epoch_high_water(epochs, rtu)
+  if not epochs then return nil, nil end
+  local v = redis.call('HGET', epochs, rtu)
+  if not v then return nil, nil end
+  local e = whole(v)
+  if e then return e, nil end
+  return nil, unreadable({['high-water'] = v}, {'high-water'})
+end
+
+-- The epoch of a grant: one above the record's `epoch` (0: no record; nil: unreadable) and the
+-- high-water `top` (nil: none), or, when either is unreadable, `recovered_epoch`.
+local function next_epoch(epoch, top, top_bad, events, hw, rtu, now)
+  if epoch ~= nil and not top_bad then return math.max(epoch, top or 0) + 1 end
+  return recovered_epoch(events, hw, rtu, now, math.max(epoch or 0, top or 0))
+end
+
 -- The lease granted to `node` at `epoch`, recorded as an event (`why`: its reason and any other fields).
-local function grant(lease, events, rtu, from, node, epoch, now, ttl, reaches, polled, why)
+-- `epochs`: the high-water hash (nil: not kept), set to `epoch` in the same call.
+local function grant(lease, events, epochs, rtu, from, node, epoch, now, ttl, reaches, polled, why)
+  if epochs then redis.call('HSET', epochs, rtu, epoch) end
   redis.call('HSET', lease, 'holder', node, 'epoch', epoch, 'since_ms', now, 'expires_ms', now + ttl,
              'reached_ms', reaches and now or 0, 'answered_ms', reaches and now or 0)
   if polled ~= nil then
@@ -184,11 +214,14 @@ local function lease_tick(keys, args)
   local bad = lease_unreadable(l)
   if bad then
     if not reaches then return {'', 0, 0} end
+    local top, top_bad = epoch_high_water(keys[4], rtu)
+    if top_bad then bad = bad .. ', ' .. top_bad end
     redis.log(redis.LOG_WARNING, 'fep-ha: lease of RTU ' .. rtu .. ' unreadable (' .. bad .. '): granted anew')
     redis.call('DEL', lease)  -- nothing of it is kept, so no bad field is left behind
     local from = l['holder'] or ''
-    return grant(lease, events, rtu, from, node, recovered_epoch(l, events, hw, rtu, now), now, ttl,
-                 reaches, polled, {'reason', 'unreadable', 'ts_ms', now, 'detail', bad})
+    local epoch = next_epoch(whole(l['epoch'] or ''), top, top_bad, events, hw, rtu, now)
+    return grant(lease, events, keys[4], rtu, from, node, epoch, now, ttl, reaches, polled,
+                 {'reason', 'unreadable', 'ts_ms', now, 'detail', bad})
   end
   clamp(lease, l, 'expires_ms', now + ttl); clamp(lease, l, 'reached_ms', now); clamp(lease, l, 'polled_ms', now)
   clamp(lease, l, 'answered_ms', now)
@@ -222,8 +255,20 @@ local function lease_tick(keys, args)
   if reason == nil then
     return {holder or '', epoch, 0}
   end
-  return grant(lease, events, rtu, holder or '', node, epoch + 1, now, ttl, reaches, polled,
-               {'reason', reason, 'ts_ms', now})
+  local top, top_bad = epoch_high_water(keys[4], rtu)
+  local new = next_epoch(epoch, top, top_bad, events, hw, rtu, now)
+  local why = {'reason', reason, 'ts_ms', now}
+  if next(l) == nil and (top or top_bad) then
+    why[2] = 'record missing'
+    table.insert(why, 'detail'); table.insert(why, top_bad or string.format('high-water = %d', top))
+    redis.log(redis.LOG_WARNING, 'fep-ha: lease of RTU ' .. rtu .. ' missing (deleted or lost; ' .. why[6]
+              .. '): granted anew at epoch ' .. string.format('%d', new))
+  elseif top_bad then
+    table.insert(why, 'detail'); table.insert(why, top_bad)
+    redis.log(redis.LOG_WARNING, 'fep-ha: epoch high-water of RTU ' .. rtu .. ' unreadable (' .. top_bad
+              .. '): lease granted at epoch ' .. string.format('%d', new) .. ', above every epoch readable')
+  end
+  return grant(lease, events, keys[4], rtu, holder or '', node, new, now, ttl, reaches, polled, why)
 end
 
 -- lease_handover(KEYS: lease; ARGV: target node, window_ms)

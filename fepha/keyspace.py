@@ -74,6 +74,10 @@ def lease(rtu: int | str) -> str:
 
 LEASE_EVENTS = f"{PREFIX}:lease:events"
 """Stream: one entry per change of holder (rtu, from, to, epoch, reason), MAXLEN ~ 10000."""
+LEASE_EPOCHS = f"{PREFIX}:lease:epochs"
+"""Hash: RTU id -> the highest lease epoch ever granted for it, written by every grant of `lease_tick` (same call);
+the next grant's epoch is above it, so a lease hash deleted outright does not restart at epoch 1. Kept by
+`sysload init`, also for RTUs it removes (not in `node_keys_for_rtu`): an RTU id added again counts on."""
 CLOCK = f"{PREFIX}:clock"
 """Hash `hw_ms`, `gen`: the master clock's latest time seen by a lease tick and how often it was found to have
 gone back (docs/ha.md "Clocks"); controls queued under another gen are never executed."""

@@ -57,7 +57,7 @@ def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int
     it reaches the device, not fully (sent as reach 2: see `lease_tick` in functions.lua)."""
     extra = () if polled_age_ms is None else (int(polled_age_ms),)
     reach = (2 if partly else 1) if reaches else 0
-    return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK),
+    return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK, ks.LEASE_EPOCHS),
                 (rtu, node, reach, int(ttl_ms), int(takeover_ms), *extra))
 
 

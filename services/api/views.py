@@ -425,7 +425,7 @@ def event_text(kind: str, f: Mapping[str, str]) -> str:
     rtu = f"RTU {f['rtu']}" if f.get("rtu") else "?"
     if kind == "lease":
         frm = f.get("from") or "nobody"
-        detail = f": {f['detail']}" if f.get("detail") else ""  # reason unreadable: the fields that were
+        detail = f": {f['detail']}" if f.get("detail") else ""  # the bad fields, or the epoch high-water
         return f"{rtu}: lease {frm} → {g('to')} (epoch {g('epoch')}, {g('reason')}{detail})"
     if kind == "control":
         res = f" ({f['result']})" if f.get("result") else ""
