@@ -253,8 +253,8 @@ class Plant:
         return p
 
     def reset(self) -> None:
-        """Values, change stream and leases dropped between loads (every load starts alike)."""
-        self.r.delete(ks.CHANGES, ks.LEASE_EVENTS, *(ks.values(i + 1) for i in range(self.n_rtus)),
+        """Values, change stream, leases and their epochs dropped between loads (every load starts alike)."""
+        self.r.delete(ks.CHANGES, ks.LEASE_EVENTS, ks.LEASE_EPOCHS, *(ks.values(i + 1) for i in range(self.n_rtus)),
                       *(ks.lease(i + 1) for i in range(self.n_rtus)))
 
     def close(self) -> None:
