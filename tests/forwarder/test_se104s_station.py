@@ -636,19 +636,34 @@ def test_an_interrogation_held_for_the_masters_position_is_deactivated_before_it
 
 
 def test_the_next_slice_is_due_once_the_master_has_taken_most_of_what_is_queued() -> None:
-    """`build_due` (the transport builds the next slice only then): fewer than `BUILD_AHEAD` answers unsent.
-    A master that takes nothing gets no more than that built ahead of it."""
+    """`build_due` (the transport builds the next slice only then): fewer than `BUILD_AHEAD` ASDUs of image
+    answers unsent. A master that takes nothing gets no more than that built ahead of it."""
     st = big_station(5_000)
     m = Pair(st)
     m.start()
     m.master.send(GI, 0.0)
     st.receive(m.s, m.master.data_to_send(), 0.0)  # nothing sent yet: ACT_CON and the first slice (34 ASDUs)
-    assert m.s.answers_waiting < BUILD_AHEAD and st.build_due(m.s)
+    assert m.s.image_queued < BUILD_AHEAD and st.build_due(m.s)
     st.build(m.s)
-    assert m.s.answers_waiting >= BUILD_AHEAD and not st.build_due(m.s)
+    assert m.s.image_queued >= BUILD_AHEAD and not st.build_due(m.s)
     m.xfer()  # the master takes them
-    assert m.s.answers_waiting == 0 and st.build_due(m.s)
+    assert m.s.image_queued == 0 and st.build_due(m.s)
     while st.build_due(m.s):
         st.build(m.s)
         m.xfer()
     assert ic_answers(m.got)[-1] == (IC, 20, TERM, False) and interrogated(m.got) == 5_000
+
+
+def test_the_slices_are_built_on_for_a_master_flooding_interrogations() -> None:
+    """As many other answers as `BUILD_AHEAD` unsent (here the 99 refusals of the interrogations read with
+    the first): the next slice is due whatever waits of the answer, or it would come after them all (and
+    after those of every later request: a master flooding interrogations got none answered before
+    `answers_max` closed it, `test_hostile_masters.py`)."""
+    st = big_station(5_000)
+    m = Pair(st)
+    m.start()
+    st.receive(m.s, c.i_frame(0, 0, GI), 0.0)
+    st.build(m.s)
+    assert m.s.image_queued >= BUILD_AHEAD and not st.build_due(m.s)
+    st.receive(m.s, b"".join(c.i_frame(n, 0, GI) for n in range(1, 100)), 0.0)
+    assert m.s.interrogations_refused == 99 and st.build_due(m.s)

@@ -52,17 +52,17 @@ ANSWERS_MAX = 20_000
 """Answer ASDUs (confirmations, interrogated and read data) queued unsent for one master before it is closed:
 a master that sends requests without acknowledging what it is sent had the server queue their answers
 without bound (the k window holds them; only S and U frames reach its socket). An interrogation's answer
-adds only what is built ahead of the master (`BUILD_AHEAD`, `Station.build_due`)."""
+is built as the master takes it (`BUILD_AHEAD`), unless other answers pile up too (`Station.build_due`)."""
 SLICE_POINTS = 1_000
 """Points of an image answer (interrogation, background scan) built at a time: the transport builds the next
 slice after the event loop has served the other connections (`Station.build`): about 1 ms each. A station
 interrogation of a 10,000-point RTU built at once held the loop about 9 ms."""
 BUILD_AHEAD = 64
-"""Answers queued unsent for a master (or twice its k, if more) below which the transport builds the next
-slice (`Station.build_due`): the answer is built as the master takes it, not all at once ahead of it, so a
-deactivation stops what it has not been sent yet, and its values are those of when they are sent. Built back
-to back, the 5 slices of a 5,000-point RTU were all queued before the master's DEACT sent on its ACT_CON was
-read."""
+"""ASDUs of image answers (interrogated data, background scans) queued unsent for a master (or twice its k,
+if more) below which the transport builds the next slice (`Station.build_due`): the answer is built as the
+master takes it, not all at once ahead of it, so a deactivation stops what it has not been sent yet, and its
+values are those of when they are sent. Built back to back, the 5 slices of a 5,000-point RTU were all
+queued before the master's DEACT sent on its ACT_CON was read."""
 _ENDING = -1
 """`Session.in_progress` of an interrogation deactivated whose positive DEACT_CON is not sent yet: no
 qualifier matches it (another DEACT gets a negative DEACT_CON), and another interrogation of its type is
@@ -113,6 +113,7 @@ class Session:
     in_progress: dict[int, int] = field(default_factory=dict)
     interrogations_refused: int = 0
     events_queued: int = 0
+    image_queued: int = 0  # ASDUs of image answers (interrogated data, background scan) queued and not sent
     controls: int = 0  # commands accepted and not answered yet (`Station.execute`)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
@@ -449,6 +450,7 @@ class Station:
         merged = [*itertools.islice(s.queue, lead), *s.ahead, *itertools.islice(s.queue, lead, None)]
         s.queue = deque(it for it in merged if not it[0] and not _interrogation_item(it[1]))
         s.ahead.clear()
+        s.image_queued = 0
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -695,10 +697,14 @@ class Station:
         return bool(s.building)
 
     def build_due(self, s: Session) -> bool:
-        """An image answer is being built for `s` and few enough answers wait unsent for it (`BUILD_AHEAD`)
+        """An image answer is being built for `s` and few enough of its ASDUs wait unsent (`BUILD_AHEAD`)
         that the transport builds the next slice now; otherwise it builds it once the master has taken
-        more (the station wakes it from `pump`)."""
-        return bool(s.building) and s.answers_waiting < max(BUILD_AHEAD, 2 * s.link.params.k)
+        more (the station wakes it from `pump`). Unless as many other answers wait (a master sending
+        requests faster than it takes their answers, the refusals of a flood of interrogations): then the
+        slices are built on, back to back, or the answer would fall behind the answers to every later
+        request and the connection be closed (`answers_max`) before it ends."""
+        ahead = max(BUILD_AHEAD, 2 * s.link.params.k)
+        return bool(s.building) and (s.image_queued < ahead or s.answers_waiting - s.image_queued >= ahead)
 
     def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int,
                      points: Sequence[tuple[tuple[str, int], tuple[FwdPoint, int]]]) -> None:
@@ -715,6 +721,7 @@ class Station:
         for type_id, objs in by_type.items():
             for asdu in c.pack(type_id, cot, self.ca, objs, oa):
                 self._answer(s, asdu)
+                s.image_queued += 1
 
     # --- commands -------------------------------------------------------------------------------------
 
@@ -831,7 +838,9 @@ class Station:
         first = q.popleft()
         type_id, data, _ = first
         if not type_id:
-            if data[0] in s.in_progress and (data[2] & 0x3F == c.COT_ACTTERM or (
+            if data[2] & 0x3F in _IMAGE_CAUSES:
+                s.image_queued -= 1
+            elif data[0] in s.in_progress and (data[2] & 0x3F == c.COT_ACTTERM or (
                     data[2] & 0x3F == c.COT_DEACTCON and not data[2] & c.NEGATIVE)):
                 del s.in_progress[data[0]]  # that interrogation is over: the master may ask again
             return data, []
