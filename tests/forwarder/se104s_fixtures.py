@@ -95,6 +95,31 @@ async def se104_server(sink: Any = None, **options: Any) -> AsyncIterator[Se104S
         await srv.stop()
 
 
+@contextlib.asynccontextmanager
+async def measured_server(n: int) -> AsyncIterator[Se104Server]:
+    """Our server for an RTU of `n` measured values (M_ME_NC_1, IOA 10,000 on), each 1.0."""
+    fwds = tuple(fp(i, "T005_ZFAI", 10_000 + i, "M_ME_NC_1") for i in range(n))
+    srv = Se104Server(Rtu(id=10, name=f"{n} points", rtutype=2, protocol="se104s", listen_port=0, address=CA,
+                          forwards=fwds), Model({}, "", ""), "127.0.0.1", Sink(), "A")
+    await srv.start()
+    try:
+        srv.load_image([Update(f, Value(1.0, 0, now_ms())) for f in fwds])
+        yield srv
+    finally:
+        await srv.stop()
+
+
+def deactivate_on_act_con(link: Any) -> Callable[[c.Asdu], bool]:
+    """For a RawMaster's `mute_after` (called on each ASDU it reads, before it acknowledges any): on the
+    ACT_CON of a station interrogation, queue the DEACT of it on the master's `link`, so that it goes out
+    with the master's first acknowledgement. Mutes nothing."""
+    def on_asdu(a: c.Asdu) -> bool:
+        if (a.type_id, a.cause, a.negative) == (c.C_IC_NA_1, c.COT_ACTCON, False):
+            link.send(c.interrogation(CA, a.objects[0][1][0], c.COT_DEACT), time.monotonic())
+        return False
+    return on_asdu
+
+
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
     """Run a blocking call (c104, raw sockets) in a thread of its own that is gone when this returns
     (asyncio.to_thread's executor would outlive the test)."""

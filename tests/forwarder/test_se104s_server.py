@@ -19,9 +19,22 @@ from fep_forwarder.base import Update
 from fep_forwarder.se104s import Se104Server
 from fepha.iec104 import codec as c
 from fepha.points import Quality
+from tests.c104wire import i_frames
 from tests.iec104.rawmaster import raw_master
 
-from .se104s_fixtures import CA, Sink, c104_master, in_thread, now_ms, se104_server, until, upd
+from .se104s_fixtures import (
+    CA,
+    Sink,
+    c104_master,
+    deactivate_on_act_con,
+    in_thread,
+    measured_server,
+    now_ms,
+    se104_server,
+    station_frames,
+    until,
+    upd,
+)
 from .tls_cert import self_signed_server_context
 
 
@@ -518,3 +531,63 @@ async def test_a_control_gets_no_more_time_than_its_wall_clock_limit_leaves() ->
         assert (await srv.run_control(fwd, 1, "test")).ok and seen[1] == 5000
         late = await srv.run_control(fwd, 1, "test", not_after_ms=int(time.time() * 1000) - 1)
         assert (late.ok, late.state, len(sink.calls)) == (False, "expired", 2)
+
+
+async def test_a_master_deactivates_its_station_interrogation_on_the_act_con_then_gets_one_in_full() -> None:
+    """A master on our own codec sends DEACT the moment it reads the ACT_CON of its station interrogation
+    of a 5,000-point RTU (c104 cannot: its DEACT leaves after its acknowledgements, test below): positive
+    DEACT_CON, no ACT_TERM, fewer than the 5,000 points (the answer is built as the master takes it,
+    `BUILD_AHEAD`: here the 3 slices built before its first acknowledgement, which the DEACT goes with). A
+    station interrogation after the DEACT_CON is accepted and answered in full. Before, the DEACT got a
+    negative DEACT_CON and every point came, then the ACT_TERM; with the DEACT handled but the slices built
+    back to back, every point came too (5 slices queued before the DEACT was read)."""
+    async with measured_server(5_000) as srv, raw_master(srv.port) as m:
+        await m.start()
+        await until(lambda: m.asdus, what="end of initialisation")
+        m.mute_after = deactivate_on_act_con(m.link)
+        m.send(c.interrogation(CA))
+        ends = lambda: [(a.cause, a.negative) for a in m.asdus if a.type_id == c.C_IC_NA_1]
+        await until(lambda: (c.COT_DEACTCON, False) in ends(), what="DEACT_CON")
+        await asyncio.sleep(0.3)  # an ACT_TERM or more values would come now
+        assert ends() == [(c.COT_ACTCON, False), (c.COT_DEACTCON, False)]
+        assert 0 < len(m.values(c.COT_INROGEN)) < 5_000, len(m.values(c.COT_INROGEN))
+        m.mute_after = None
+        m.asdus.clear()
+        m.send(c.interrogation(CA))
+        await until(lambda: (c.COT_ACTTERM, False) in ends(), what="the next interrogation's ACT_TERM")
+        assert ends() == [(c.COT_ACTCON, False), (c.COT_ACTTERM, False)]
+        assert sorted(ioa for _, ioa, *_ in m.values(c.COT_INROGEN)) == list(range(10_000, 15_000))
+    assert m.error is None
+
+
+async def test_a_c104_master_deactivates_its_station_interrogation() -> None:
+    """c104 2.2.1 (lib60870-C) as the master, a 20,000-point RTU: its DEACT (`interrogation` with cause
+    DEACTIVATION), sent once the ACT_CON is on the wire, ends the interrogation: positive DEACT_CON, no
+    ACT_TERM, not every point; its next station interrogation is answered in full. c104's own call cannot
+    tell: it takes any first answer but an ACT_CON for a failure (it returns False on the positive
+    DEACT_CON), so the outcome is read from the frames, as `Master.interrogate` does."""
+    async with measured_server(20_000) as srv, c104_master(srv.port, init=c104.Init.NONE, wait_open=False,
+                                                           points={}) as m:
+        await until(lambda: m.conn.is_connected, what="connected")
+        assert await in_thread(m.conn.unmute)
+        seen = len(m.trace)
+
+        def answers() -> list[tuple[str, int, bool]]:
+            return [(d, cause, neg) for d, t, cause, neg, _ in station_frames(m.trace[seen:]) if t == c.C_IC_NA_1]
+
+        def points() -> int:
+            return sum(len(a.objects) for d, a in i_frames(m.trace[seen:]) if d == "<<" and a.cause == c.COT_INROGEN)
+
+        assert await in_thread(lambda: m.conn.interrogation(CA, wait_for_response=False))
+        await until(lambda: ("<<", c.COT_ACTCON, False) in answers(), what="ACT_CON")
+        assert await in_thread(lambda: m.conn.interrogation(CA, cause=c104.Cot.DEACTIVATION, wait_for_response=False))
+        await until(lambda: ("<<", c.COT_DEACTCON, False) in answers(), what="DEACT_CON")
+        await asyncio.sleep(0.3)  # an ACT_TERM or more values would come now
+        assert answers() == [(">>", c.COT_ACT, False), ("<<", c.COT_ACTCON, False), (">>", c.COT_DEACT, False),
+                             ("<<", c.COT_DEACTCON, False)]
+        assert 0 < points() < 20_000, points()
+        seen = len(m.trace)
+        assert await in_thread(lambda: m.conn.interrogation(CA, wait_for_response=False))
+        await until(lambda: ("<<", c.COT_ACTTERM, False) in answers(), 20, "the next interrogation's ACT_TERM")
+        assert answers() == [(">>", c.COT_ACT, False), ("<<", c.COT_ACTCON, False), ("<<", c.COT_ACTTERM, False)]
+        assert points() == 20_000

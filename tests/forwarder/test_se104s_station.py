@@ -9,7 +9,7 @@ from itertools import groupby
 import pytest
 
 from fep_forwarder.base import Update
-from fep_forwarder.se104s.station import SLICE_POINTS, Session, Station
+from fep_forwarder.se104s.station import BUILD_AHEAD, SLICE_POINTS, Session, Station
 from fepha.iec104 import codec as c
 from fepha.iec104.link import STARTED, AsduIn, Event, Link, LinkParams, Role
 from fepha.points import Quality, Value
@@ -540,3 +540,130 @@ def test_an_interrogation_is_built_a_slice_at_a_time_and_never_shows_a_value_old
                    (c.COT_SPONT, late.addr, 3.0), (c.COT_INROGEN, late.addr, 3.0)], seq
     assert sum(len(a.objects) for a in m.got if a.cause == c.COT_INROGEN) == 2_500
     assert ic_answers(m.got)[-1] == (IC, 20, TERM, False)
+
+
+DCON = c.COT_DEACTCON
+GI, GI22, CIG = c.interrogation(CA), c.interrogation(CA, qoi=22), c.counter_interrogation(CA)
+STOP_GI, STOP_GI21, STOP_CI = (c.interrogation(CA, cause=c.COT_DEACT), c.interrogation(CA, qoi=21, cause=c.COT_DEACT),
+                               c.counter_interrogation(CA, cause=c.COT_DEACT))
+
+
+def interrogated(got: list[c.Asdu]) -> int:
+    """Objects received with causes 20 .. 36 (station or group interrogation)."""
+    return sum(len(a.objects) for a in got if c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16)
+
+
+@pytest.mark.parametrize("together, expected, points", [
+    # the station interrogation in progress (its first slice queued) deactivated: the slices not built are
+    # not built, no ACT_TERM, a positive DEACT_CON after the answers already queued
+    ([GI, STOP_GI], [(IC, 20, CON, False), (IC, 20, DCON, False)], SLICE_POINTS),
+    # a counter interrogation likewise (this RTU has no counters: nothing answered either way)
+    ([CIG, STOP_CI], [(CI, 5, CON, False), (CI, 5, DCON, False)], 0),
+    # another qualifier than the one in progress: negative, the interrogation runs to its ACT_TERM
+    ([GI, STOP_GI21], [(IC, 20, CON, False), (IC, 21, DCON, True), (IC, 20, TERM, False)], 2_500),
+    ([GI22, STOP_GI], [(IC, 22, CON, False), (IC, 20, DCON, True), (IC, 22, TERM, False)], 2_500),
+    # nothing of that type in progress: negative (the other type's interrogation goes on)
+    ([STOP_GI], [(IC, 20, DCON, True)], 0),
+    ([CIG, STOP_GI], [(CI, 5, CON, False), (IC, 20, DCON, True), (CI, 5, TERM, False)], 0),
+    # the counter interrogation deactivated beside a station interrogation, which goes on
+    ([GI, CIG, STOP_CI], [(IC, 20, CON, False), (CI, 5, CON, False), (CI, 5, DCON, False), (IC, 20, TERM, False)],
+     2_500),
+    # deactivated twice: the second finds nothing in progress
+    ([GI, STOP_GI, STOP_GI], [(IC, 20, CON, False), (IC, 20, DCON, False), (IC, 20, DCON, True)], SLICE_POINTS),
+    # a new interrogation before the DEACT_CON is sent is still refused, as during the answer
+    ([GI, STOP_GI, GI], [(IC, 20, CON, False), (IC, 20, DCON, False), (IC, 20, CON, True)], SLICE_POINTS),
+], ids=["station", "counter", "other qoi", "other group", "none", "other type", "counter beside station", "twice",
+        "asked again at once"])
+def test_a_deactivation_ends_the_masters_interrogation_of_that_type_and_qualifier_in_progress(
+        together: list[bytes], expected: list[tuple[int, int, int, bool]], points: int) -> None:
+    """Read together with the interrogation (its first slice is built when it is read, the others by
+    `build`); then a station interrogation is accepted and answered in full."""
+    st = big_station(2_500)
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    for a in together:
+        m.master.send(a, 0.0)
+    m.xfer()
+    while st.build(m.s):
+        pass
+    m.xfer()
+    assert ic_answers(m.got) == expected
+    assert interrogated(m.got) == points
+    assert not m.s.in_progress and not m.s.building
+    m.got.clear()
+    m.send(GI)
+    while st.build(m.s):
+        pass
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, TERM, False)]
+    assert interrogated(m.got) == 2_500
+
+
+def test_an_interrogation_built_in_full_is_deactivated_until_its_act_term_is_sent() -> None:
+    """Its answer queued in full, its ACT_TERM not sent yet: the answer stays (it is already queued), the
+    ACT_TERM goes, a positive DEACT_CON comes last. Once the ACT_TERM is sent, a DEACT is too late."""
+    st = station()
+    st.load_image([upd(1001, 2.5), upd(2, 1)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    m.master.send(GI, 0.0)
+    m.master.send(STOP_GI, 0.0)
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, DCON, False)]
+    assert interrogated(m.got) == 8  # every status and measured point
+    assert m.got[-1].cause == DCON
+    m.got.clear()
+    m.send(GI)
+    m.send(STOP_GI)
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, TERM, False), (IC, 20, DCON, True)]
+
+
+def test_an_interrogation_held_for_the_masters_position_is_deactivated_before_it_is_built() -> None:
+    st = station()
+    st.load_image([upd(1001, 2.5)])
+    m = Pair(st)
+    m.master.start(0.0)
+    m.xfer()
+    m.send(GI)
+    m.send(STOP_GI)
+    assert m.s.held == [] and m.got == []  # nothing sent before the master is resumed
+    st.resume(m.s, None)
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, DCON, False)]
+    assert interrogated(m.got) == 0
+
+
+def test_the_next_slice_is_due_once_the_master_has_taken_most_of_what_is_queued() -> None:
+    """`build_due` (the transport builds the next slice only then): fewer than `BUILD_AHEAD` ASDUs of image
+    answers unsent. A master that takes nothing gets no more than that built ahead of it."""
+    st = big_station(5_000)
+    m = Pair(st)
+    m.start()
+    m.master.send(GI, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)  # nothing sent yet: ACT_CON and the first slice (34 ASDUs)
+    assert m.s.image_queued < BUILD_AHEAD and st.build_due(m.s)
+    st.build(m.s)
+    assert m.s.image_queued >= BUILD_AHEAD and not st.build_due(m.s)
+    m.xfer()  # the master takes them
+    assert m.s.image_queued == 0 and st.build_due(m.s)
+    while st.build_due(m.s):
+        st.build(m.s)
+        m.xfer()
+    assert ic_answers(m.got)[-1] == (IC, 20, TERM, False) and interrogated(m.got) == 5_000
+
+
+def test_the_slices_are_built_on_for_a_master_flooding_interrogations() -> None:
+    """As many other answers as `BUILD_AHEAD` unsent (here the 99 refusals of the interrogations read with
+    the first): the next slice is due whatever waits of the answer, or it would come after them all (and
+    after those of every later request: a master flooding interrogations got none answered before
+    `answers_max` closed it, `test_hostile_masters.py`)."""
+    st = big_station(5_000)
+    m = Pair(st)
+    m.start()
+    st.receive(m.s, c.i_frame(0, 0, GI), 0.0)
+    st.build(m.s)
+    assert m.s.image_queued >= BUILD_AHEAD and not st.build_due(m.s)
+    st.receive(m.s, b"".join(c.i_frame(n, 0, GI) for n in range(1, 100)), 0.0)
+    assert m.s.interrogations_refused == 99 and st.build_due(m.s)

@@ -14,7 +14,7 @@ from fepha.iec104 import codec as c
 from fepha.points import Quality
 from tests.iec104.rawmaster import raw_master
 
-from .se104s_fixtures import CA, c104_master, se104_server, until, upd
+from .se104s_fixtures import CA, c104_master, deactivate_on_act_con, measured_server, se104_server, until, upd
 
 pytestmark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark (Debian package) not installed")
 
@@ -110,6 +110,26 @@ async def test_tshark_decodes_the_station_wide_commands_refusals_and_stopdt_of_a
     for needle in ("C_RD_NA_1", "C_TS_TA_1", "C_RP_NA_1", "Req", "UkComAdrASDU", "UkIOA", "UkTypeId",
                    "ActCon_NEGA", "STOPDT con"):
         assert needle in text, f"{needle} not decoded"
+
+
+async def test_tshark_decodes_a_deactivated_interrogation() -> None:
+    """A raw master deactivates its station interrogation of a 5,000-point RTU on the ACT_CON (positive
+    DEACT_CON), then sends a DEACT with nothing in progress (negative DEACT_CON)."""
+    async with measured_server(5_000) as srv, captured(srv.port) as chunks, raw_master(srv.port) as m:
+        await m.start()
+        m.mute_after = deactivate_on_act_con(m.link)
+        m.send(c.interrogation(CA))
+        deact_cons = lambda: [a.negative for a in m.asdus if a.cause == c.COT_DEACTCON]
+        await until(lambda: deact_cons() == [False], what="the positive DEACT_CON")
+        m.send(c.interrogation(CA, cause=c.COT_DEACT))
+        await until(lambda: deact_cons() == [False, True], what="the negative DEACT_CON")
+    assert m.error is None
+    text = b"".join(chunks).decode(errors="replace")
+    bad = iec104_findings(text)
+    assert not bad, "\n\n".join(bad[:3])
+    for needle in ("C_IC_NA_1 Act ", "ActCon ", "Deact ", "DeactCon ", "DeactCon_NEGA"):
+        assert needle in text, f"{needle} not decoded"
+    assert "ActTerm" not in text
 
 
 NEG = c.NEGATIVE

@@ -245,7 +245,8 @@ class Se104Server(ForwardServer):
             while not s.closed:
                 await io.wake.wait()
                 io.wake.clear()
-                more = bool(s.building) and self.station.build(s)  # the next slice of an image answer
+                # the next slice of an image answer, once the master has taken most of what is queued
+                more = self.station.build_due(s) and self.station.build(s)
                 data = self.station.pump(s, time.monotonic())
                 if data and not s.closed:
                     io.writer.write(data)

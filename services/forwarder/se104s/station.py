@@ -51,12 +51,22 @@ connection). A master flooding valid executes had every one of them queued for t
 ANSWERS_MAX = 20_000
 """Answer ASDUs (confirmations, interrogated and read data) queued unsent for one master before it is closed:
 a master that sends requests without acknowledging what it is sent had the server queue their answers
-without bound (the k window holds them; only S and U frames reach its socket). A station interrogation of
-300,000 points fits (16 to 60 per ASDU)."""
+without bound (the k window holds them; only S and U frames reach its socket). An interrogation's answer
+is built as the master takes it (`BUILD_AHEAD`), unless other answers pile up too (`Station.build_due`)."""
 SLICE_POINTS = 1_000
 """Points of an image answer (interrogation, background scan) built at a time: the transport builds the next
 slice after the event loop has served the other connections (`Station.build`): about 1 ms each. A station
 interrogation of a 10,000-point RTU built at once held the loop about 9 ms."""
+BUILD_AHEAD = 64
+"""ASDUs of image answers (interrogated data, background scans) queued unsent for a master (or twice its k,
+if more) below which the transport builds the next slice (`Station.build_due`): the answer is built as the
+master takes it, not all at once ahead of it, so a deactivation stops what it has not been sent yet, and its
+values are those of when they are sent. Built back to back, the 5 slices of a 5,000-point RTU were all
+queued before the master's DEACT sent on its ACT_CON was read."""
+_ENDING = -1
+"""`Session.in_progress` of an interrogation deactivated whose positive DEACT_CON is not sent yet: no
+qualifier matches it (another DEACT gets a negative DEACT_CON), and another interrogation of its type is
+still refused until that DEACT_CON is sent."""
 # station-wide commands (IOA 0) and the causes each takes
 _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
                  c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
@@ -97,11 +107,13 @@ class Session:
     held: list[tuple[tuple[str, ...], int, bytes | None, int]] = field(default_factory=list)
     # image answers released and being built, a slice at a time (`Station.build`): [next point, held entry]
     building: deque[list[Any]] = field(default_factory=deque)
-    # interrogation types (C_IC_NA_1, C_CI_NA_1) confirmed to this master and not terminated yet (ACT_TERM
-    # not sent): another of the same type is refused (`Station._busy`)
-    in_progress: set[int] = field(default_factory=set)
+    # interrogation types (C_IC_NA_1, C_CI_NA_1) confirmed to this master and not ended yet (its ACT_TERM or
+    # positive DEACT_CON not sent), each with its qualifier (QOI, QCC; `_ENDING` once deactivated): another
+    # of the same type is refused (`Station._busy`), a DEACT of the same qualifier stops it (`_deactivate`)
+    in_progress: dict[int, int] = field(default_factory=dict)
     interrogations_refused: int = 0
     events_queued: int = 0
+    image_queued: int = 0  # ASDUs of image answers (interrogated data, background scan) queued and not sent
     controls: int = 0  # commands accepted and not answered yet (`Station.execute`)
     since_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     sent: int = 0
@@ -438,6 +450,7 @@ class Station:
         merged = [*itertools.islice(s.queue, lead), *s.ahead, *itertools.islice(s.queue, lead, None)]
         s.queue = deque(it for it in merged if not it[0] and not _interrogation_item(it[1]))
         s.ahead.clear()
+        s.image_queued = 0
 
     def _stop_others(self, s: Session) -> None:
         """single_active: `s` started, so the connection started before it is stopped (without a word, as
@@ -520,8 +533,8 @@ class Station:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_COT, True))
         elif a.objects[0][0] != 0:
             self._answer(s, c.mirror(a, c.COT_UNKNOWN_IOA, True))
-        elif a.cause == c.COT_DEACT:  # an interrogation accepted runs to its end: not deactivated
-            self._answer(s, c.mirror(a, c.COT_DEACTCON, True))
+        elif a.cause == c.COT_DEACT:
+            self._deactivate(s, a)
         elif a.type_id == c.C_IC_NA_1:
             self._interrogation(s, a)
         elif a.type_id == c.C_CI_NA_1:
@@ -561,7 +574,7 @@ class Station:
         True. Each was queued in full before: a master flooding station interrogations that it acknowledged
         had the image built for every one, and held the event loop 0.5 s at a time (docs/se104s.md)."""
         if a.type_id not in s.in_progress:
-            s.in_progress.add(a.type_id)
+            s.in_progress[a.type_id] = a.objects[0][1][0]
             return False
         if not s.interrogations_refused:  # once per connection: a flood would log each
             log.warning("se104s RTU %s: master %s sent an interrogation while its previous one is in progress: "
@@ -569,6 +582,41 @@ class Station:
         s.interrogations_refused += 1
         self._answer(s, c.mirror(a, c.COT_ACTCON, True))
         return True
+
+    def _deactivate(self, s: Session, a: c.Asdu) -> None:
+        """DEACT (cause 8) of an interrogation or counter interrogation: the one of that type in progress for
+        `s` with the same qualifier (QOI, QCC) ends. What is not built of its answer is not built, its ACT_TERM
+        is not sent (dropped from the queue if it was built) and a positive DEACT_CON is queued behind the
+        answers already queued, which stay: the DEACT_CON is the last answer of that interrogation, and the
+        next one of its type is accepted once it is sent (`_next_asdu`). Nothing of that type in progress,
+        or another qualifier: a negative DEACT_CON (docs/se104s.md)."""
+        qual = a.objects[0][1][0]
+        ok = s.in_progress.get(a.type_id) == qual and self._drop_answer(s, a.type_id)
+        if ok:
+            s.in_progress[a.type_id] = _ENDING
+            log.info("se104s RTU %s: master %s deactivated its interrogation (type %d, qualifier %d): the rest of "
+                     "its answer is not sent", self.rtu.id, s.peer, a.type_id, qual)
+        self._answer(s, c.mirror(a, c.COT_DEACTCON, not ok))
+
+    @staticmethod
+    def _drop_answer(s: Session, type_id: int) -> bool:
+        """Drop what is left of the answer to `s`'s interrogation of `type_id` in progress: held (waiting for
+        the master's position), being built (the slices not built yet) or built in full (its ACT_TERM still
+        queued). False when none is found."""
+        for i, (_, _, then, _) in enumerate(s.held):
+            if then is not None and then[0] == type_id:
+                del s.held[i]
+                return True
+        for job in s.building:
+            then = job[1][2]
+            if then is not None and then[0] == type_id:
+                s.building.remove(job)
+                return True
+        for back, (kind, data, _) in enumerate(reversed(s.queue)):  # after its answer: looked for from the end
+            if not kind and data[0] == type_id and data[2] & 0x3F == c.COT_ACTTERM:
+                del s.queue[len(s.queue) - 1 - back]
+                return True
+        return False
 
     def _counter_interrogation(self, s: Session, a: c.Asdu) -> None:
         """QCC: RQT 1 .. 4 (groups: none hold counters here) or 5 (general); FRZ 0 (read) only: the FEP
@@ -625,9 +673,9 @@ class Station:
     def build(self, s: Session) -> bool:
         """Queue the next `SLICE_POINTS` points of the image answers being built for `s` (each answer's
         ACT_TERM after its last slice); True while more remain: the transport calls again once the event
-        loop has served the other connections. Each slice carries the image as it is when built, queued
-        behind the events already queued and ahead of later ones, so a point's interrogated value never
-        follows a newer event of it (IEC 60870-5-101 7.4.5 lets events interleave with an interrogation).
+        loop has served the other connections and the master has taken most of what is queued (`build_due`).
+        Each slice carries the image as it is when built, queued behind the events already queued and ahead
+        of later ones, so a point's interrogated value never follows a newer event of it (IEC 60870-5-101 7.4.5 lets events interleave with an interrogation).
         As far as `answers_max` allows: 4,000 interrogations read with the STARTDT, held while the master's
         position was read, were built at once (276,000 ASDUs, the event loop held 10 s)."""
         budget = SLICE_POINTS
@@ -648,6 +696,16 @@ class Station:
             self.wake(s)
         return bool(s.building)
 
+    def build_due(self, s: Session) -> bool:
+        """An image answer is being built for `s` and few enough of its ASDUs wait unsent (`BUILD_AHEAD`)
+        that the transport builds the next slice now; otherwise it builds it once the master has taken
+        more (the station wakes it from `pump`). Unless as many other answers wait (a master sending
+        requests faster than it takes their answers, the refusals of a flood of interrogations): then the
+        slices are built on, back to back, or the answer would fall behind the answers to every later
+        request and the connection be closed (`answers_max`) before it ends."""
+        ahead = max(BUILD_AHEAD, 2 * s.link.params.k)
+        return bool(s.building) and (s.image_queued < ahead or s.answers_waiting - s.image_queued >= ahead)
+
     def _queue_image(self, s: Session, kinds: tuple[str, ...], cot: int, oa: int,
                      points: Sequence[tuple[tuple[str, int], tuple[FwdPoint, int]]]) -> None:
         now = int(time.time() * 1000)
@@ -663,6 +721,7 @@ class Station:
         for type_id, objs in by_type.items():
             for asdu in c.pack(type_id, cot, self.ca, objs, oa):
                 self._answer(s, asdu)
+                s.image_queued += 1
 
     # --- commands -------------------------------------------------------------------------------------
 
@@ -766,6 +825,8 @@ class Station:
             asdu, items = self._next_asdu(s)
             link.send(asdu, now, items)
             s.inflight.append(items)
+        if self.build_due(s):
+            self.wake(s)  # the next slice of an answer being built
         return link.data_to_send()
 
     def _next_asdu(self, s: Session) -> tuple[bytes, list[Item]]:
@@ -777,8 +838,11 @@ class Station:
         first = q.popleft()
         type_id, data, _ = first
         if not type_id:
-            if data[0] in s.in_progress and data[2] & 0x3F == c.COT_ACTTERM:
-                s.in_progress.discard(data[0])  # that interrogation is over: the master may ask again
+            if data[2] & 0x3F in _IMAGE_CAUSES:
+                s.image_queued -= 1
+            elif data[0] in s.in_progress and (data[2] & 0x3F == c.COT_ACTTERM or (
+                    data[2] & 0x3F == c.COT_DEACTCON and not data[2] & c.NEGATIVE)):
+                del s.in_progress[data[0]]  # that interrogation is over: the master may ask again
             return data, []
         items = [first]
         limit = c.per_asdu(type_id)
