@@ -326,15 +326,17 @@ class Iec104Runner(RunnerBase):
                 except (c.ProtocolError, ValueError, struct.error) as exc:
                     self.metrics.inc("poll_errors")
                     raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
-                if got is not None and got.events:
-                    if got.mode != mode and written:
+                for run in got or ():  # each object written as its own mode says, in wire order
+                    if not run.events:
+                        continue
+                    if run.mode != mode and written:
                         await self._written(written, mode)
-                        assert upto is not None  # `written` holds events of frames before this one
-                        link.confirm(upto, time.monotonic(), at_once=True)
-                        self._flush(link)
+                        if upto is not None:  # frames before this one: all written (or none to write)
+                            link.confirm(upto, time.monotonic(), at_once=True)
+                            self._flush(link)
                         written = []
-                    written += got.events
-                    mode = got.mode
+                    written += run.events
+                    mode = run.mode
                 upto = (ev.ns + 1) & 0x7FFF
                 if not written:
                     link.confirm(upto, now)
@@ -347,7 +349,8 @@ class Iec104Runner(RunnerBase):
         if not await self._publish(events, mode):
             raise LinkLost("events not written to Redis: connection closed unacknowledged, the RTU keeps them")
 
-    def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
+    def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> list[rules.Run] | None:
+        """What to write of one ASDU (None: nothing; acting on what is no monitoring data)."""
         a = c.parse_asdu(raw)  # ProtocolError: the connection is closed, as for a malformed frame
         ca = (self.channel.unit if self.channel else 1) or 1
         if a.ca != ca:
@@ -364,16 +367,16 @@ class Iec104Runner(RunnerBase):
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
             self._clock(got)
+            runs = got.runs
             if got.spontaneous:
                 if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
-                    kept = rules.resent(got.events, self._recent, got.device_times)
-                    self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
-                    got.events[:] = kept
+                    runs = rules.resent(runs, self._recent)
+                    self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
                 if self._gi_open:
-                    self._spont_in_gi.update(pid for pid, _, _ in got.events)
+                    self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
             elif self._gi_open and c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16:
-                got.events[:] = rules.not_overtaken(got.events, self._spont_in_gi)
-            return got
+                runs = [r._replace(events=rules.not_overtaken(r.events, self._spont_in_gi)) for r in runs]
+            return runs
         ex = self._command
         if ex is not None and ex.mine(a):
             if ex.feed(a) == "execute" and not self._send(link, ex.execute(int(time.time() * 1000))):

@@ -84,35 +84,42 @@ def unsupported(a: c.Asdu) -> str | None:
             "reads: ignored, its points keep their last value")
 
 
+class Run(NamedTuple):
+    """Consecutive objects of one ASDU written the same way (`write_mode`): with the device's time tags
+    (`device_times`: each one's tag taken) or not (an untagged type, or tags the reception time replaced)."""
+
+    mode: str
+    device_times: bool
+    events: list[Event]
+
+
 @dataclass(frozen=True)
 class Intake:
-    """What one monitoring ASDU gave: events in wire order, whether they were spontaneous or answers to
-    an interrogation / periodic, whether its type carries time tags, the ASDU's type and cause, problems
-    to log once (keyed so that each distinct problem is logged once), and the device's time tags the
-    reception time replaced (`clock`: kind -> why, TAG_FAULTS; logged once per RTU and kind while it
-    lasts, not per object or tag) with how many of its events kept their tag (`timed`)."""
+    """What one monitoring ASDU gave: its events in wire order, cut into `runs` (each object's write mode,
+    `object_mode`), whether they were spontaneous or answers to an interrogation / periodic, whether its
+    type carries time tags, the ASDU's type and cause, problems to log once (keyed so that each distinct
+    problem is logged once), and the device's time tags the reception time replaced (`clock`: kind -> why,
+    TAG_FAULTS; logged once per RTU and kind while it lasts, not per object or tag)."""
 
-    events: list[Event]
+    runs: list[Run]
     spontaneous: bool
     problems: dict[str, str] = field(default_factory=dict)
     tagged: bool = False
     type_id: int = 0
     cause: int = 0
     clock: dict[str, str] = field(default_factory=dict)
-    timed: int = 0
 
     @property
-    def device_times(self) -> bool:
-        """Whether its events carry the device's time tags: a time-tagged type with at least one tag taken
-        (a device's clock is wrong for all its tags: an ASDU whose every tag was replaced is as untagged)."""
-        return self.tagged and self.timed > 0
+    def events(self) -> list[Event]:
+        return [e for r in self.runs for e in r.events]
 
-    @property
-    def mode(self) -> str:
-        """How its events are written (`write_mode`); as an untagged ASDU's when every tag was replaced by
-        the reception time, which leaves the same state sent again (a re-send after a cut) no different from
-        a new report, as for untagged objects: the change rule then, not one event each."""
-        return write_mode(self.type_id if self.device_times else c.base_type(self.type_id), self.cause)
+
+def object_mode(type_id: int, cause: int, taken: bool) -> str:
+    """How one object is written (`write_mode`), its own time tag deciding, not the ASDU's other objects:
+    one whose tag the reception time replaced (`taken` False) as an untagged object of its type, since the
+    same state sent again (a re-send after a cut) carries another reception time and cannot be told from a
+    new report: the change rule then, not one event each (an integrated total stays a reading each time)."""
+    return write_mode(type_id if taken else c.base_type(type_id), cause)
 
 
 EVERY, CHANGES, IMAGE = "every", "changes", "image"
@@ -258,10 +265,10 @@ class PointMap:
         self.by_id: dict[int, Point] = {p.id: p for p in rtu.points}
 
     def intake(self, a: c.Asdu, rx_ms: int) -> Intake:
-        out: list[Event] = []
+        runs: list[Run] = []
         problems: dict[str, str] = {}
         clock: dict[str, str] = {}
-        timed = 0
+        tagged = a.type_id in c.TIME_TAGGED
         for ioa, elem in a.objects:
             p = self.monitored.get(ioa)
             if p is None:
@@ -276,28 +283,42 @@ class PointMap:
             if fault:
                 clock.setdefault(fault.kind, f"{fault.summary} (IOA {ioa} first{': ' if fault.detail else ''}"
                                              f"{fault.detail}): reception time used")
-            elif a.type_id in c.TIME_TAGGED:
-                timed += 1
-            out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED, a.type_id, a.cause,
-                      clock, timed)
+            taken = tagged and fault is None
+            mode = object_mode(a.type_id, a.cause, taken)
+            if not runs or (runs[-1].mode, runs[-1].device_times) != (mode, taken):
+                runs.append(Run(mode, taken, []))
+            runs[-1].events.append((p.id, (v, q), ts))
+        return Intake(runs, a.cause in SPONTANEOUS_CAUSES, problems, tagged, a.type_id, a.cause, clock)
 
 
-def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
-    """The events not yet written: after a reconnect or takeover the RTU sends again what it had not seen
-    acknowledged (at most its k I frames: we acknowledge only what is written, at once); those whose
-    record (point, value, quality and the device's time tag, to the ms) was written already (`recent`:
-    this RTU's newest change records) are dropped, once each. Only for time-tagged events: an untagged
-    one carries our reception time (the change rule applies to it, `write_mode`)."""
-    if not tagged or not recent:
-        return events
-    out = []
-    for e in events:
-        key = (e[0], pt.encode(e[1][0], e[1][1], e[2]))
-        if key in recent:
-            recent.discard(key)
-        else:
-            out.append(e)
+def resent(runs: list[Run], recent: set[tuple[int, str]]) -> list[Run]:
+    """The events of one spontaneous ASDU not yet written: after a reconnect or takeover the RTU sends again
+    what it had not seen acknowledged (at most its k I frames: we acknowledge only what is written, at
+    once). An event with the device's time tag whose record (point, value, quality and tag, to the ms) was
+    written already (`recent`: this RTU's newest change records) is recognised, once each; an untagged one,
+    or one whose tag the reception time replaced, carries our time and cannot be (the change rule applies to
+    it, `object_mode`). An ASDU is sent again whole, and its objects were written in wire order: every
+    object before its last recognised one was handled already (written, or left by the change rule), and is
+    dropped with it whatever its tag; else an object with the reception time ahead of a recognised event of
+    the same point (SQ = 0 carries several events of one point) is written again and leaves the point on
+    its earlier state. The runs kept, in order (those left empty dropped)."""
+    if not recent:
+        return runs
+    last, n = -1, 0
+    for r in runs:
+        for pid, (v, q), ts in r.events:
+            key = (pid, pt.encode(v, q, ts))
+            if r.device_times and key in recent:
+                recent.discard(key)
+                last = n
+            n += 1
+    out: list[Run] = []
+    n = 0
+    for r in runs:
+        kept = r.events[max(0, last + 1 - n):]
+        n += len(r.events)
+        if kept:
+            out.append(r._replace(events=kept))
     return out
 
 

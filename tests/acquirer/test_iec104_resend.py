@@ -314,6 +314,33 @@ async def test_untagged_spontaneous_repeats_are_no_change_but_counter_readings_a
         server.stop()
 
 
+def resend_on_second_gi(rtu: ScriptRtu, frames: list[bytes]) -> list[int]:
+    """The RTU answers every GI; on the second connection's it sends `frames` behind the answers (its
+    queue of what it had not seen acknowledged). Returns the list of GIs received so far."""
+    gis: list[int] = []
+
+    def on_gi(a: c.Asdu) -> None:
+        gis.append(len(gis))
+        rtu.answer_gi(a)
+        if len(gis) == 2:
+            for f in frames:
+                rtu.send(f)
+
+    rtu.on_gi = on_gi
+    return gis
+
+
+async def started_holder(feproot, redis_master, gis: list[int]) -> Node:
+    """Node A, the holder of RTU 5 with data transfer started and the first GI sent."""
+    a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+    try:
+        await until(lambda: len(gis) == 1 and a.acq.runners[5].link and a.acq.runners[5].link.started, 5)
+    except BaseException:
+        await a.stop()
+        raise
+    return a
+
+
 async def test_resent_tagged_events_behind_the_gi_answers_are_recognised(redis_master, feproot):
     """An RTU that answers an interrogation ahead of its queue of events (lib60870: its high-priority
     queue first) re-sends, after the next STARTDT, three time-tagged events already written, behind the
@@ -324,20 +351,10 @@ async def test_resent_tagged_events_behind_the_gi_answers_are_recognised(redis_m
     events = [c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, [(100, c.element(c.M_SP_TB_1, v, 0, t + i))])
               for i, v in enumerate((1, 0, 1))]
     async with ScriptRtu(port) as rtu:
-        gis: list[int] = []
-
-        def on_gi(a: c.Asdu) -> None:
-            gis.append(len(gis))
-            rtu.answer_gi(a)
-            if len(gis) == 2:               # the second connection: the queue behind the answers
-                for e in events:
-                    rtu.send(e)
-
-        rtu.on_gi = on_gi
-        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        gis = resend_on_second_gi(rtu, events)
+        a = await started_holder(feproot, redis_master, gis)
         r = a.master
         try:
-            await until(lambda: len(gis) == 1 and a.acq.runners[5].link and a.acq.runners[5].link.started, 5)
             await asyncio.sleep(0.2)
             rtu.image[100] = (c.M_SP_NA_1, 1)
             for e in events:
@@ -387,3 +404,48 @@ async def test_untagged_event_whose_write_reply_was_lost_is_not_written_again(re
         recs = (await changes_of(r, 5001))[before:]
         assert [(x.value, x.quality) for x in recs if x.quality == 0][:1] == [(1, 0)], recs
         assert all((a.value, a.quality) != (b.value, b.quality) for a, b in itertools.pairwise(recs)), recs
+
+
+@pytest.mark.parametrize("shape", ["replaced first", "replaced last"])
+async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_once(redis_master, feproot, shape):
+    """An RTU whose clock is sometimes wrong sends one ASDU (SQ = 0) with several events of IOA 100, some
+    tags taken, some beyond the tolerance (3 h ahead: the reception time replaces them); the connection
+    ends before it sees our acknowledgement, and after the next STARTDT it sends the ASDU again. The
+    replaced objects follow the change rule, the taken ones are recognised: nothing is written the second
+    time and the point stays on the ASDU's last state. Before, the whole ASDU counted as tagged: its
+    replaced objects were written again with the new reception time, and one ahead of a recognised event
+    left the point on that earlier state."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    t = int(time.time() * 1000) - 5000
+    ahead = t + 5000 + 3 * 3_600_000
+
+    def obj(v: int, ts: int) -> tuple[int, bytes]:
+        return 100, c.element(c.M_SP_TB_1, v, 0, ts)
+
+    objs = ([obj(1, ahead), obj(0, t)] if shape == "replaced first"
+            else [obj(1, ahead), obj(0, t), obj(1, ahead)])
+    last = objs[-1][1][0]
+    frame = c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, objs)
+    async with ScriptRtu(port) as rtu:
+        gis = resend_on_second_gi(rtu, [frame])
+        a = await started_holder(feproot, redis_master, gis)
+        r = a.master
+        try:
+            no_iv_flicker(a, 5)
+            await asyncio.sleep(0.2)
+            before = len(await changes_of(r, 5001))
+            rtu.image[100] = (c.M_SP_NA_1, last)
+            rtu.send(frame)
+            await until(lambda: _count(changes_of(r, 5001), before + len(objs)), 3)
+            first_recs = [(x.value, x.quality, x.ts_ms) for x in (await changes_of(r, 5001))[before:]]
+            assert [(v, ts == t) for v, _, ts in first_recs] == [(e[0], e[-7:] != c.cp56(ahead)) for _, e in objs]
+            assert rtu.conn is not None
+            rtu.conn[1].transport.abort()   # the connection ends (say, our S frame never arrived)
+            await until(lambda: len(gis) == 2, 5)
+            await asyncio.sleep(0.5)
+            recs = (await changes_of(r, 5001))[before:]
+            assert [(x.value, x.quality, x.ts_ms) for x in recs] == first_recs, recs
+            assert (await value_of(r, 5, 5001)).value == last
+        finally:
+            await a.stop()
