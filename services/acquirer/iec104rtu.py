@@ -68,7 +68,8 @@ class Iec104Runner(RunnerBase):
         # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
         self._recent: set[tuple[int, str]] | None = None
         self._recent_pending = False
-        self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
+        self._gi = rules.Interrogation(self.params.t1)  # the GI under way on this connection (until ACT_TERM)
+        self._gi_any = False  # a GI was sent on this connection (the next one is not the first after STARTDT)
         self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
         # a reload's restart (`carry_over`): the last frame of the old runner's open connection, until this
@@ -219,7 +220,8 @@ class Iec104Runner(RunnerBase):
                 self.switcher.failed(time.monotonic(), f"{type(exc).__name__}: {exc}", wall=time.time())
             finally:
                 self.link = self.channel = self._out = None
-                self._gi_open = False
+                self._gi.ended()
+                self._gi_any = False
                 self._spont_in_gi.clear()
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
@@ -239,6 +241,10 @@ class Iec104Runner(RunnerBase):
                     link.tick(now)
                 except LinkTimeout as exc:
                     raise LinkLost(str(exc)) from None
+                if self._gi.expired(now):
+                    self.once.problem(f"{self.key} gi", "general interrogation not terminated: no ACT_TERM, nor any "
+                                      f"frame of it, within t1 ({self.params.t1:g} s); taken as ended")
+                    self._spont_in_gi.clear()
                 if self._recent_pending and self.lease.held and not link.started and link.pending is None:
                     await self._load_recent()
                 self._drive(link, now)
@@ -270,7 +276,8 @@ class Iec104Runner(RunnerBase):
             ca = self.channel.unit or 1
             for kind in self.schedule.due(now):
                 if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
-                    self._gi_open = True
+                    self._gi.sent(now, first=not self._gi_any)
+                    self._gi_any = True
                     self._spont_in_gi.clear()
 
     def _send(self, link: Link, asdu: bytes) -> bool:
@@ -372,9 +379,10 @@ class Iec104Runner(RunnerBase):
                 if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
                     runs = rules.resent(runs, self._recent)
                     self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
-                if self._gi_open:
+                if self._gi.open(time.monotonic()):
                     self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
-            elif self._gi_open and c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16:
+            elif c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16 and self._gi.open(time.monotonic()):
+                self._gi.heard(time.monotonic())
                 runs = [r._replace(events=rules.not_overtaken(r.events, self._spont_in_gi)) for r in runs]
             return runs
         ex = self._command
@@ -384,16 +392,20 @@ class Iec104Runner(RunnerBase):
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            # (a GI sent after STARTDT and not terminated yet answers with the new image already: the RTU
-            # reports M_EI once started, ahead of its answers; the clock sync and CI went with that GI)
+            # (the GI sent right after STARTDT, still open, answers with the new image already: the RTU
+            # reports M_EI once started, ahead of its answers; the clock sync and CI went with that GI. Any
+            # other GI open, or one never terminated (given up after t1), does not: rules.Interrogation)
             coi = a.objects[0][1][0] if a.objects and a.objects[0][1] else 0
-            if not self._gi_open and self.schedule.initialised(time.monotonic()):
+            if not self._gi.covers_restart(time.monotonic()) and self.schedule.initialised(time.monotonic()):
                 log.info("%s: RTU reports end of initialisation (cause %d, COI %d): clock sync, general and "
                          "counter interrogation as configured", self.key, a.cause, coi)
                 self._wake.set()
         elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
-            self._gi_open = False
+            self._gi.ended()
             self._spont_in_gi.clear()
+            self.once.clear(f"{self.key} gi")
+        elif a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTCON:
+            self._gi.heard(time.monotonic())
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
         why = rules.unsupported(a)

@@ -12,7 +12,8 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
   (positive or negative) and ACT_TERM.
 - `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
-  periodically, counter interrogation and clock synchronisation then too, each if configured.
+  periodically, counter interrogation and clock synchronisation then too, each if configured;
+  `Interrogation`: the GI under way (until its ACT_TERM, or t1 without a frame of it).
 - `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection (and, after a
   reload restarted the runner, for the one it closed, until the new runner's first connection attempt ends).
 """
@@ -503,6 +504,49 @@ class Schedule:
 
     def deadline(self) -> float | None:
         return min(self.next.values()) if self.next else None
+
+
+@dataclass
+class Interrogation:
+    """The general interrogation under way on one connection, from its sending (`sent`) to its ACT_TERM or
+    refusal (`ended`). An RTU that confirms a GI and never terminates it (or never answers it at all) would
+    keep it open for the whole connection: an end of initialisation would bring no GI any more, and
+    interrogated answers sent later (unasked, cause 20) would still be judged against the events since that
+    GI. So a GI is also given up when `quiet_s` (the link's t1, the time an RTU has to answer) passes
+    without a frame of it (its ACT_CON, an interrogated answer: `heard`); `expired` says so once.
+    `first`: it is the GI sent right after STARTDT."""
+
+    quiet_s: float
+    deadline: float | None = None  # None: no GI open
+    first: bool = False
+
+    def sent(self, now: float, first: bool) -> None:
+        self.deadline, self.first = now + self.quiet_s, first
+
+    def heard(self, now: float) -> None:
+        if self.deadline is not None:
+            self.deadline = now + self.quiet_s
+
+    def ended(self) -> None:
+        self.deadline, self.first = None, False
+
+    def open(self, now: float) -> bool:
+        return self.deadline is not None and now <= self.deadline
+
+    def expired(self, now: float) -> bool:
+        """True once when the open GI is given up (nothing of it for `quiet_s`); it is ended then."""
+        if self.deadline is None or now <= self.deadline:
+            return False
+        self.ended()
+        return True
+
+    def covers_restart(self, now: float) -> bool:
+        """Whether an end of initialisation (M_EI_NA_1) needs no new GI: the GI sent right after STARTDT is
+        open, which the RTU answers once initialised (it reports M_EI as soon as it is started, ahead of its
+        answers, and accepts STARTDT only once its application runs). Any other GI open was sent before the
+        application restarted without closing the connection, answered from the old image or dropped with
+        it: clock sync, GI and CI are sent again (`Schedule.initialised`)."""
+        return self.first and self.open(now)
 
 
 def interrogation_asdu(kind: str, ca: int, now_ms: int) -> bytes:

@@ -209,11 +209,12 @@ class ScriptRtu:
             self.send(c.mirror(a, c.COT_ACTCON))
             self.send(c.mirror(a, c.COT_ACTTERM))
 
-    def answer_gi(self, a: c.Asdu) -> None:
+    def answer_gi(self, a: c.Asdu, term: bool = True) -> None:
         self.send(c.mirror(a, c.COT_ACTCON))
         for ioa, (t, v) in self.image.items():
             self.send(c.build_asdu(t, c.COT_INROGEN, CA, [(ioa, c.element(t, v, 0, 0))]))
-        self.send(c.mirror(a, c.COT_ACTTERM))
+        if term:
+            self.send(c.mirror(a, c.COT_ACTTERM))
 
     def sent_types(self, since: int = 0) -> list[int]:
         return [a.type_id for a in self.received[since:]]
@@ -239,6 +240,45 @@ async def test_end_of_initialisation_mid_connection_brings_clock_sync_gi_and_ci(
             rtu.send(c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x00")]))
             await until(lambda: len(rtu.received) >= n + 3, 3)
             assert rtu.sent_types(n) == [c.C_CS_NA_1, c.C_IC_NA_1, c.C_CI_NA_1]
+        finally:
+            await a.stop()
+
+
+async def test_end_of_initialisation_after_a_gi_never_terminated_or_during_a_later_gi_brings_a_gi(
+        redis_master, feproot, caplog):
+    """An RTU that confirms and answers every GI but never sends its ACT_TERM. An end of initialisation
+    while the GI after STARTDT is open needs nothing more (that GI reaches the initialised station); t1
+    (3 s here) after its last answer the GI is given up (logged once), and an end of initialisation then
+    brings a GI again. The RTU restarts once more while that second GI is open (confirmed and answered,
+    not terminated): a GI again at once, since that one was sent before the restart. Before, a GI never
+    terminated stayed open for the whole connection and no end of initialisation brought a GI any more."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    ei = c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x01")])  # COI 1: local manual reset
+    async with ScriptRtu(port) as rtu:
+        gis: list[float] = []
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append(time.monotonic())
+            rtu.answer_gi(a, term=False)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **{**IEC_FAST, "iec104_t1_s": 3.0}))
+        try:
+            await until(lambda: len(gis) == 1, 5)
+            await asyncio.sleep(0.3)
+            rtu.send(ei)                                  # the GI after STARTDT still open: covered
+            await asyncio.sleep(0.5)
+            assert len(gis) == 1
+            await asyncio.sleep(3.2)                      # t1 after its answers: given up
+            rtu.send(ei)
+            await until(lambda: len(gis) == 2, 2)
+            assert "general interrogation not terminated" in caplog.text
+            await asyncio.sleep(0.2)                      # confirmed and answered, open
+            rtu.send(ei)
+            await until(lambda: len(gis) == 3, 2)
+            assert gis[2] - gis[1] < 2.5                  # at once, not after that GI was given up
+            assert caplog.text.count("general interrogation not terminated") == 1
         finally:
             await a.stop()
 

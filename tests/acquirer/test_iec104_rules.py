@@ -409,3 +409,32 @@ def test_time_tag_fields_out_of_range_use_reception_time() -> None:
     bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 31, 1, 1, 26)  # hour 31: no instant, not 1 January 07:00
     v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
     assert (v, q, ts) == (1, 0, RX) and problem and problem[0] == rules.TAG_IMPOSSIBLE
+
+
+def test_interrogation_open_until_act_term_or_t1_without_a_frame_of_it() -> None:
+    g = rules.Interrogation(quiet_s=15)
+    assert not g.open(0) and not g.expired(100)
+    g.sent(0, first=True)
+    assert g.open(15) and not g.expired(15)
+    g.heard(10)                                                     # its ACT_CON, an answer: t1 again
+    assert g.open(25) and not g.open(25.1)
+    assert g.expired(26) and not g.expired(27) and not g.open(26)   # said once, then ended
+    g.sent(30, first=False)
+    g.ended()                                                        # ACT_TERM
+    assert not g.open(30) and not g.expired(100)
+    g.heard(200)                                                     # a late answer opens nothing
+    assert not g.open(200)
+
+
+@pytest.mark.parametrize("first,at,covered", [
+    (True, 5, True),      # the GI right after STARTDT, open: the initialised station answers it
+    (True, 20, False),    # never terminated, given up after t1: a GI is sent again
+    (False, 5, False),    # a later GI (periodic, full image) open: sent before the restart
+])
+def test_end_of_initialisation_needs_a_gi_unless_the_one_after_startdt_is_open(first: bool, at: float,
+                                                                                covered: bool) -> None:
+    g = rules.Interrogation(quiet_s=15)
+    g.sent(0, first=first)
+    assert g.covers_restart(at) is covered
+    g.ended()
+    assert not g.covers_restart(at)
