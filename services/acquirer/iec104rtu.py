@@ -66,7 +66,7 @@ class Iec104Runner(RunnerBase):
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
         # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
-        self._recent: set[tuple[int, str]] | None = None
+        self._tail: rules.Tail | None = None
         self._recent_pending = False
         self._gi = rules.Interrogation(self.params.t1)  # the GI under way on this connection (until ACT_TERM)
         self._gi_any = False  # a GI was sent on this connection (the next one is not the first after STARTDT)
@@ -271,6 +271,8 @@ class Iec104Runner(RunnerBase):
             elif not self.lease.held and link.started:
                 link.stop(now)
                 self.schedule.stopped()
+                self._gi.ended()  # its ACT_TERM may never come now: not a GI left unterminated
+                self._spont_in_gi.clear()
                 log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
         if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
@@ -376,8 +378,8 @@ class Iec104Runner(RunnerBase):
             self._clock(got)
             runs = got.runs
             if got.spontaneous:
-                if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
-                    runs = rules.resent(runs, self._recent)
+                if self._tail is not None and self._tail.recent:  # the tail the RTU had not seen acknowledged
+                    runs = self._tail.take(runs, self.tracker.written)
                     self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
                 if self._gi.open(time.monotonic()):
                     self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
@@ -428,7 +430,7 @@ class Iec104Runner(RunnerBase):
     async def _load_recent(self) -> None:
         """The records of this RTU among the newest change-stream entries (RECENT_SCAN at most)."""
         self._recent_pending = False
-        self._recent = None
+        self._tail = None
         recent: set[tuple[int, str]] = set()
         mine, scanned, top = 0, 0, "+"
         try:
@@ -445,7 +447,7 @@ class Iec104Runner(RunnerBase):
         except Exception as exc:  # noqa: BLE001 - no deduplication then: a re-sent event is written twice
             self.once.problem(f"{self.key} recent", f"{type(exc).__name__}: {exc}")
             return
-        self._recent = recent
+        self._tail = rules.Tail(recent)
 
     async def _publish(self, events: list[rules.Event], mode: str) -> bool:
         """Write events in order, as `mode` says (rules.write_mode): every one (EVERY), those that differ

@@ -6,7 +6,7 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
   of reception otherwise, and instead of a tag marked invalid, impossible, or beyond the tolerances of a
   wrong device clock (`device_time`: CLOCK_AHEAD_MS ahead, CLOCK_BEHIND_MS behind); the device's quality
   bits (IV, NT, SB, BL, OV) carried as they are.
-- `write_mode` / `changes_only` / `not_overtaken` / `resent`: which received events are written (every
+- `write_mode` / `changes_only` / `not_overtaken` / `Tail`: which received events are written (every
   one, changes only, interrogated snapshots not behind a newer event, not what was written already).
 - `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
@@ -292,35 +292,60 @@ class PointMap:
         return Intake(runs, a.cause in SPONTANEOUS_CAUSES, problems, tagged, a.type_id, a.cause, clock)
 
 
-def resent(runs: list[Run], recent: set[tuple[int, str]]) -> list[Run]:
-    """The events of one spontaneous ASDU not yet written: after a reconnect or takeover the RTU sends again
-    what it had not seen acknowledged (at most its k I frames: we acknowledge only what is written, at
-    once). An event with the device's time tag whose record (point, value, quality and tag, to the ms) was
-    written already (`recent`: this RTU's newest change records) is recognised, once each; an untagged one,
-    or one whose tag the reception time replaced, carries our time and cannot be (the change rule applies to
-    it, `object_mode`). An ASDU is sent again whole, and its objects were written in wire order: every
-    object before its last recognised one was handled already (written, or left by the change rule), and is
-    dropped with it whatever its tag; else an object with the reception time ahead of a recognised event of
-    the same point (SQ = 0 carries several events of one point) is written again and leaves the point on
-    its earlier state. The runs kept, in order (those left empty dropped)."""
-    if not recent:
-        return runs
-    last, n = -1, 0
-    for r in runs:
-        for pid, (v, q), ts in r.events:
-            key = (pid, pt.encode(v, q, ts))
-            if r.device_times and key in recent:
-                recent.discard(key)
-                last = n
-            n += 1
-    out: list[Run] = []
-    n = 0
-    for r in runs:
-        kept = r.events[max(0, last + 1 - n):]
-        n += len(r.events)
-        if kept:
-            out.append(r._replace(events=kept))
-    return out
+@dataclass
+class Tail:
+    """What the RTU sends again after our STARTDT: the frames it had not seen acknowledged (at most its k I
+    frames: we acknowledge only what is written, at once), ahead of anything new. `recent`: this RTU's
+    newest change records (point, record), read before the STARTDT (ours or the former holder's), each
+    recognised once; `shown`: per point, the state the value hash holds once the objects kept so far are
+    written; `moved`: the points an object kept since moved to another state."""
+
+    recent: set[tuple[int, str]]
+    shown: dict[int, tuple[float | int, int]] = field(default_factory=dict)
+    moved: set[int] = field(default_factory=set)
+
+    def take(self, runs: list[Run], held: Mapping[int, tuple[float | int, int]]) -> list[Run]:
+        """The events of one spontaneous ASDU not yet written (`held`: what the value hash holds as far as
+        the runner knows, its tracker's; the runs kept, in order).
+
+        An event with the device's time tag whose record (point, value, quality and tag, to the ms) is among
+        `recent` is recognised; an untagged one, or one whose tag the reception time replaced, carries our
+        time and cannot be (the change rule applies to it, `object_mode`). An ASDU is sent again whole and
+        its objects were written in wire order: every object before its last recognised one was handled
+        already (written, or left by the change rule), and is dropped with it whatever its tag; else an
+        object with the reception time ahead of a recognised event of the same point (SQ = 0 carries several
+        events of one point) would be written again and leave the point on its earlier state.
+
+        Across ASDUs the same holds for a point `moved`: an object of it with the reception time, in an
+        earlier ASDU of the tail, was written again and changed its state (or its state was unknown), so
+        every object of it is kept from then on, a recognised one too, and the point ends on its last state:
+        the tail's events of it written twice rather than a state the device left behind."""
+        if not self.recent:
+            return runs
+        last, n = -1, 0
+        for r in runs:
+            for pid, (v, q), ts in r.events:
+                key = (pid, pt.encode(v, q, ts))
+                if r.device_times and key in self.recent:
+                    self.recent.discard(key)
+                    last = n
+                n += 1
+        out: list[Run] = []
+        n = 0
+        for r in runs:
+            kept: list[Event] = []
+            for e in r.events:
+                pid, state, _ = e
+                if n > last or pid in self.moved:
+                    before = self.shown.get(pid, held.get(pid))
+                    if before is None or differs(before, state, 0.0):
+                        self.moved.add(pid)
+                    self.shown[pid] = state
+                    kept.append(e)
+                n += 1
+            if kept:
+                out.append(r._replace(events=kept))
+        return out
 
 
 def batches(events: Iterable[Event]) -> list[list[Event]]:

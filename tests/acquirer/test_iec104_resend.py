@@ -446,15 +446,16 @@ async def test_untagged_event_whose_write_reply_was_lost_is_not_written_again(re
         assert all((a.value, a.quality) != (b.value, b.quality) for a, b in itertools.pairwise(recs)), recs
 
 
-@pytest.mark.parametrize("shape", ["replaced first", "replaced last"])
+@pytest.mark.parametrize("shape", ["replaced first", "replaced last", "across frames"])
 async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_once(redis_master, feproot, shape):
-    """An RTU whose clock is sometimes wrong sends one ASDU (SQ = 0) with several events of IOA 100, some
-    tags taken, some beyond the tolerance (3 h ahead: the reception time replaces them); the connection
-    ends before it sees our acknowledgement, and after the next STARTDT it sends the ASDU again. The
-    replaced objects follow the change rule, the taken ones are recognised: nothing is written the second
-    time and the point stays on the ASDU's last state. Before, the whole ASDU counted as tagged: its
-    replaced objects were written again with the new reception time, and one ahead of a recognised event
-    left the point on that earlier state."""
+    """An RTU whose clock is sometimes wrong sends events of IOA 100, some tags taken, some beyond the
+    tolerance (3 h ahead: the reception time replaces them), several in one ASDU (SQ = 0); the connection
+    ends before it sees our acknowledgement, and after the next STARTDT it sends them again. The replaced
+    objects follow the change rule, the taken ones are recognised: within one ASDU nothing is written the
+    second time; a replaced object that changes the point in an earlier frame of the tail is written again
+    and so is the recognised event after it. Either way the point ends on the last state the RTU sent.
+    Before, a whole ASDU with a tag taken counted as tagged: its replaced objects were written again with
+    the new reception time, and one ahead of a recognised event left the point on that earlier state."""
     port = free_port()
     load(redis_master, script_rows(port))
     t = int(time.time() * 1000) - 5000
@@ -463,12 +464,14 @@ async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_on
     def obj(v: int, ts: int) -> tuple[int, bytes]:
         return 100, c.element(c.M_SP_TB_1, v, 0, ts)
 
-    objs = ([obj(1, ahead), obj(0, t)] if shape == "replaced first"
-            else [obj(1, ahead), obj(0, t), obj(1, ahead)])
+    frames = {"replaced first": [[obj(1, ahead), obj(0, t)]],
+              "replaced last": [[obj(1, ahead), obj(0, t), obj(1, ahead)]],
+              "across frames": [[obj(1, ahead)], [obj(0, t)]]}[shape]
+    objs = [o for f in frames for o in f]
     last = objs[-1][1][0]
-    frame = c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, objs)
+    asdus = [c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, f) for f in frames]
     async with ScriptRtu(port) as rtu:
-        gis = resend_on_second_gi(rtu, [frame])
+        gis = resend_on_second_gi(rtu, asdus)
         a = await started_holder(feproot, redis_master, gis)
         r = a.master
         try:
@@ -476,7 +479,8 @@ async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_on
             await asyncio.sleep(0.2)
             before = len(await changes_of(r, 5001))
             rtu.image[100] = (c.M_SP_NA_1, last)
-            rtu.send(frame)
+            for f in asdus:
+                rtu.send(f)
             await until(lambda: _count(changes_of(r, 5001), before + len(objs)), 3)
             first_recs = [(x.value, x.quality, x.ts_ms) for x in (await changes_of(r, 5001))[before:]]
             assert [(v, ts == t) for v, _, ts in first_recs] == [(e[0], e[-7:] != c.cp56(ahead)) for _, e in objs]
@@ -484,8 +488,11 @@ async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_on
             rtu.conn[1].transport.abort()   # the connection ends (say, our S frame never arrived)
             await until(lambda: len(gis) == 2, 5)
             await asyncio.sleep(0.5)
-            recs = (await changes_of(r, 5001))[before:]
-            assert [(x.value, x.quality, x.ts_ms) for x in recs] == first_recs, recs
+            recs = [(x.value, x.quality, x.ts_ms) for x in (await changes_of(r, 5001))[before:]]
+            if shape == "across frames":    # the replaced one written again, then the event after it
+                assert recs[:2] == first_recs and [(v, ts == t) for v, _, ts in recs[2:]] == [(1, False), (0, True)]
+            else:
+                assert recs == first_recs
             assert (await value_of(r, 5, 5001)).value == last
         finally:
             await a.stop()

@@ -147,15 +147,19 @@ def test_batches_hold_a_point_at_most_once_in_order(pids: list[int], want: list[
     assert [e for b in rules.batches(events) for e in b] == events
 
 
-def test_resent_drops_what_the_former_holder_wrote_once_each() -> None:
+def test_tail_drops_what_the_former_holder_wrote_once_each() -> None:
     e1, e2, e3 = (1, (1, 0), T), (1, (0, 0), T + 1), (3, (5.0, 0), T + 2)
-    recent = {(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))}
-    assert rules.resent([rules.Run(rules.EVERY, True, [e1, e3])], recent) == []
-    assert rules.resent([rules.Run(rules.EVERY, True, [e1])], recent) == [rules.Run(rules.EVERY, True, [e1])]  # once
-    assert rules.resent([rules.Run(rules.EVERY, True, [e2, e3])], recent) == [rules.Run(rules.EVERY, True, [e2, e3])]
-    recent = {(3, pt.encode(5.0, 0, T + 2))}
-    assert rules.resent([rules.Run(rules.CHANGES, False, [e3])], recent) == [rules.Run(rules.CHANGES, False, [e3])]
-    assert recent                                                  # the reception time's: never recognised
+    held = {1: (0, 0), 3: (5.0, 0)}                                # what the value hash holds
+    tail = rules.Tail({(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))})
+    assert tail.take([rules.Run(rules.EVERY, True, [e1, e3])], held) == [] and not tail.moved
+    tail = rules.Tail({(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))})
+    assert tail.take([rules.Run(rules.EVERY, True, [e2, e3])], held) == []  # e2 before a recognised one
+    tail = rules.Tail({(1, pt.encode(1, 0, T))})
+    runs = [rules.Run(rules.EVERY, True, [e1])]
+    assert tail.take(runs, held) == [] and tail.take(runs, held) == runs  # recognised once
+    tail = rules.Tail({(3, pt.encode(5.0, 0, T + 2))})
+    runs = [rules.Run(rules.CHANGES, False, [e3])]
+    assert tail.take(runs, held) == runs and tail.recent            # the reception time's: never recognised
 
 
 AHEAD_TAG = RX + 3 * 3_600_000  # a device clock 3 h ahead: the reception time replaces it
@@ -228,7 +232,7 @@ def test_an_asdu_with_some_tags_replaced_sent_again_is_written_once(objs: list, 
     assert written(got.runs, last) == first and last[1] == state
     recent = {(pid, pt.encode(v, q, ts)) for pid, (v, q), ts in first if ts != RX}  # the change records
     again = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, objs), RX + 5000)
-    assert written(rules.resent(again.runs, recent), last) == [] and last[1] == state
+    assert written(rules.Tail(recent).take(again.runs, last), last) == [] and last[1] == state
 
 
 def test_resent_keeps_what_follows_the_last_recognised_object() -> None:
@@ -237,7 +241,7 @@ def test_resent_keeps_what_follows_the_last_recognised_object() -> None:
     m = rules.PointMap(RTU)
     got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [sp(1), sp(0, AHEAD_TAG), sp(1, T + 1), sp(0, T + 2)]), RX)
     recent = {(1, pt.encode(1, 0, T))}                             # the writes stopped after the first
-    kept = rules.resent(got.runs, recent)
+    kept = rules.Tail(recent).take(got.runs, {1: (0, 0)})
     assert [(r.mode, [e[2] for e in r.events]) for r in kept] == [(C, [RX]), (E, [T + 1, T + 2])]
 
 
@@ -438,3 +442,34 @@ def test_end_of_initialisation_needs_a_gi_unless_the_one_after_startdt_is_open(f
     assert g.covers_restart(at) is covered
     g.ended()
     assert not g.covers_restart(at)
+
+
+RX2 = RX + 5000  # the re-send's reception time
+
+
+@pytest.mark.parametrize("frames,again", [
+    # a replaced object that changed the point, then a later ASDU's recognised event of it: written again
+    # (the replaced one could not be recognised), so the event is too and the point ends on its state
+    ([[sp(1, AHEAD_TAG)], [sp(0)]], [(1, (1, 0), RX2), (1, (0, 0), T)]),
+    ([[sp(1, AHEAD_TAG)], [sp(0), sp(1, T + 1)], [sp(0, T + 2)]],
+     [(1, (1, 0), RX2), (1, (0, 0), T), (1, (1, 0), T + 1), (1, (0, 0), T + 2)]),
+    # a replaced object equal to what the hash holds is no change: nothing moved, nothing written
+    ([[sp(0, AHEAD_TAG)], [sp(1)], [sp(0, T + 1)]], []),
+    ([[sp(1)], [sp(0, AHEAD_TAG)]], []),
+    # untagged objects of an untagged type: the change rule alone (its residual: a pulse written again)
+    ([[(100, b"\x01")], [(100, b"\x00")]], [(1, (1, 0), RX2), (1, (0, 0), RX2)]),
+])
+def test_a_tail_sent_again_ends_every_point_on_its_last_state(frames: list, again: list) -> None:
+    """ASDUs written, then sent again after a cut (the RTU's unacknowledged tail, with our new reception
+    time): what is written the second time, and the point ends on the state the first pass left."""
+    m = rules.PointMap(RTU)
+
+    def intake(objs: list, rx: int) -> rules.Intake:
+        return m.intake(asdu(c.M_SP_TB_1 if len(objs[0][1]) > 1 else c.M_SP_NA_1, c.COT_SPONT, objs), rx)
+
+    hashed: dict[int, tuple[float | int, int]] = {1: (1 - frames[0][0][1][0], 0)}  # the first object changes it
+    first = [e for f in frames for e in written(intake(f, RX).runs, hashed)]
+    state = hashed[1]
+    tail = rules.Tail({(pid, pt.encode(v, q, ts)) for pid, (v, q), ts in first if ts != RX})
+    assert [e for f in frames for e in written(tail.take(intake(f, RX2).runs, hashed), hashed)] == again
+    assert hashed[1] == state
