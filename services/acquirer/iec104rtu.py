@@ -250,8 +250,10 @@ class Iec104Runner(RunnerBase):
                 self._drive(link, now)
                 self._flush(link)
                 until = [link.next_deadline(), now + self.cfg.lease_tick_s]
-                if (d := self.schedule.deadline()) is not None:
+                if (d := self.schedule.deadline(self._waiting(now))) is not None:
                     until.append(d)
+                if self._gi.deadline is not None:
+                    until.append(self._gi.deadline + 0.001)
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
                 try:
@@ -276,11 +278,15 @@ class Iec104Runner(RunnerBase):
                 log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
         if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
-            for kind in self.schedule.due(now):
+            for kind in self.schedule.due(now, self._waiting(now)):
                 if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
                     self._gi.sent(now, first=not self._gi_any)
                     self._gi_any = True
                     self._spont_in_gi.clear()
+
+    def _waiting(self, now: float) -> tuple[str, ...]:
+        """What the schedule keeps due, unsent: a GI while one is open (sent when it ends)."""
+        return ("gi",) if self._gi.open(now) else ()
 
     def _send(self, link: Link, asdu: bytes) -> bool:
         """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell) or data
@@ -399,6 +405,7 @@ class Iec104Runner(RunnerBase):
             # other GI open, or one never terminated (given up after t1), does not: rules.Interrogation)
             coi = a.objects[0][1][0] if a.objects and a.objects[0][1] else 0
             if not self._gi.covers_restart(time.monotonic()) and self.schedule.initialised(time.monotonic()):
+                self._gi.ended()  # one open was sent before the restart: a new one at once, not after it
                 log.info("%s: RTU reports end of initialisation (cause %d, COI %d): clock sync, general and "
                          "counter interrogation as configured", self.key, a.cause, coi)
                 self._wake.set()
@@ -406,6 +413,7 @@ class Iec104Runner(RunnerBase):
             self._gi.ended()
             self._spont_in_gi.clear()
             self.once.clear(f"{self.key} gi")
+            self._wake.set()  # a GI kept due while this one was open goes now
         elif a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTCON:
             self._gi.heard(time.monotonic())
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import datetime
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -517,8 +517,10 @@ class Schedule:
             self.next["ci"] = now
         return True
 
-    def due(self, now: float) -> list[str]:
-        out: list[str] = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]
+    def due(self, now: float, wait: Collection[str] = ()) -> list[str]:
+        """The kinds due now, each re-armed for its next period; a kind in `wait` stays due, unsent (a GI
+        while one is open: an RTU refuses a second, or answers both interleaved)."""
+        out: list[str] = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now and k not in wait]
         period = {"gi": self.gi_period_s, "ci": self.ci_period_s, "cs": self.cs_period_s}
         for k in out:
             if period[k] > 0:
@@ -527,8 +529,9 @@ class Schedule:
                 del self.next[k]
         return out
 
-    def deadline(self) -> float | None:
-        return min(self.next.values()) if self.next else None
+    def deadline(self, wait: Collection[str] = ()) -> float | None:
+        times = [t for k, t in self.next.items() if k not in wait]
+        return min(times) if times else None
 
 
 @dataclass

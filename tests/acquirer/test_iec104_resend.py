@@ -209,8 +209,9 @@ class ScriptRtu:
             self.send(c.mirror(a, c.COT_ACTCON))
             self.send(c.mirror(a, c.COT_ACTTERM))
 
-    def answer_gi(self, a: c.Asdu, term: bool = True) -> None:
-        self.send(c.mirror(a, c.COT_ACTCON))
+    def answer_gi(self, a: c.Asdu, term: bool = True, con: bool = True) -> None:
+        if con:
+            self.send(c.mirror(a, c.COT_ACTCON))
         for ioa, (t, v) in self.image.items():
             self.send(c.build_asdu(t, c.COT_INROGEN, CA, [(ioa, c.element(t, v, 0, 0))]))
         if term:
@@ -279,6 +280,36 @@ async def test_end_of_initialisation_after_a_gi_never_terminated_or_during_a_lat
             await until(lambda: len(gis) == 3, 2)
             assert gis[2] - gis[1] < 2.5                  # at once, not after that GI was given up
             assert caplog.text.count("general interrogation not terminated") == 1
+        finally:
+            await a.stop()
+
+
+async def test_a_periodic_gi_waits_for_the_open_one_to_end(redis_master, feproot):
+    """An RTU whose GI takes longer than the GI period (POLLMS 300 ms, answers and ACT_TERM 0.8 s after the
+    ACT_CON): the next GI is sent once the open one is terminated, never while it is open (an RTU refuses
+    a second one, P/N 1, or answers both interleaved). Before, a GI went every period whatever was open."""
+    port = free_port()
+    load(redis_master, script_rows(port, gi_ms=300))
+    async with ScriptRtu(port) as rtu:
+        gis: list[tuple[float, bool]] = []  # (when, another GI open then)
+        open_gis: list[c.Asdu] = []
+
+        def finish(a: c.Asdu) -> None:
+            open_gis.remove(a)
+            rtu.answer_gi(a, con=False)     # the answers, ACT_TERM
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append((time.monotonic(), bool(open_gis)))
+            open_gis.append(a)
+            rtu.send(c.mirror(a, c.COT_ACTCON))
+            asyncio.get_running_loop().call_later(0.8, finish, a)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        try:
+            await until(lambda: len(gis) >= 3, 6)
+            assert not any(overlap for _, overlap in gis), gis
+            assert all(b[0] - a_[0] >= 0.75 for a_, b in itertools.pairwise(gis)), gis
         finally:
             await a.stop()
 

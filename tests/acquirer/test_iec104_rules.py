@@ -473,3 +473,13 @@ def test_a_tail_sent_again_ends_every_point_on_its_last_state(frames: list, agai
     tail = rules.Tail({(pid, pt.encode(v, q, ts)) for pid, (v, q), ts in first if ts != RX})
     assert [e for f in frames for e in written(tail.take(intake(f, RX2).runs, hashed), hashed)] == again
     assert hashed[1] == state
+
+
+def test_a_gi_due_while_one_is_open_waits_for_it() -> None:
+    s = rules.Schedule(gi_period_s=10, ci_period_s=10, cs_period_s=0)
+    s.started(0)
+    assert s.due(0) == ["gi", "ci"]
+    assert s.due(10, wait=("gi",)) == ["ci"] and s.deadline(wait=("gi",)) == 20  # the GI stays due, unsent
+    assert s.due(12, wait=("gi",)) == [] and s.deadline() == 10
+    assert s.due(13) == ["gi"] and s.deadline() == 20                           # the open one ended: sent
+    assert s.due(20, wait=("gi",)) == ["ci"] and s.due(23) == ["gi"] and s.deadline() == 30
