@@ -270,6 +270,7 @@ class PointMap:
         problems: dict[str, str] = {}
         clock: dict[str, str] = {}
         tagged = a.type_id in c.TIME_TAGGED
+        modes = {taken: object_mode(a.type_id, a.cause, taken) for taken in (False, True)}
         for ioa, elem in a.objects:
             p = self.monitored.get(ioa)
             if p is None:
@@ -285,9 +286,8 @@ class PointMap:
                 clock.setdefault(fault.kind, f"{fault.summary} (IOA {ioa} first{': ' if fault.detail else ''}"
                                              f"{fault.detail}): reception time used")
             taken = tagged and fault is None
-            mode = object_mode(a.type_id, a.cause, taken)
-            if not runs or (runs[-1].mode, runs[-1].device_times) != (mode, taken):
-                runs.append(Run(mode, taken, []))
+            if not runs or runs[-1].device_times != taken:
+                runs.append(Run(modes[taken], taken, []))
             runs[-1].events.append((p.id, (v, q), ts))
         return Intake(runs, a.cause in SPONTANEOUS_CAUSES, problems, tagged, a.type_id, a.cause, clock)
 
