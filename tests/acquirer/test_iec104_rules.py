@@ -255,6 +255,7 @@ def test_resent_keeps_what_follows_the_last_recognised_object() -> None:
     (c.M_ME_NA_1, c.COT_SPONT, rules.CHANGES),
     (c.M_ME_NC_1, c.COT_RETREM, rules.CHANGES),
     (c.M_SP_TB_1, c.COT_INROGEN, rules.IMAGE),    # interrogated, periodic, background, counter request
+    (c.M_SP_NA_1, c.COT_INROGEN + 5, rules.IMAGE),  # group 5's answer, asked or not: a snapshot
     (c.M_ME_NC_1, c.COT_PERIODIC, rules.IMAGE),
     (c.M_ME_NC_1, c.COT_BACKGROUND, rules.IMAGE),
     (c.M_IT_NA_1, c.COT_REQCOGEN, rules.IMAGE),
