@@ -69,7 +69,7 @@ class Iec104Runner(RunnerBase):
         self._tail: rules.Tail | None = None
         self._recent_pending = False
         self._gi = rules.Interrogation(self.params.t1)  # the GI under way on this connection (until ACT_TERM)
-        self._gi_any = False  # a GI was sent on this connection (the next one is not the first after STARTDT)
+        self._gi_any = False  # a GI was sent since the last STARTDT con (the next one is not the first after it)
         self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
         # a reload's restart (`carry_over`): the last frame of the old runner's open connection, until this
@@ -331,6 +331,7 @@ class Iec104Runner(RunnerBase):
             if isinstance(ev, Started):
                 log.info("%s: data transfer started", self.key)
                 self.schedule.started(now)
+                self._gi_any = False  # the next GI is the one after this STARTDT (an M_EI may follow)
                 self._started_evt.set()
                 self._wake.set()
             elif isinstance(ev, Stopped):

@@ -535,10 +535,11 @@ async def test_events_after_our_stopdt_are_not_acknowledged_and_reach_the_new_ho
 def test_stopdt_ends_the_open_gi_so_it_is_not_reported_unterminated():
     """A holder that loses the lease while its GI is open sends STOPDT: the RTU may never send that GI's
     ACT_TERM now, so the GI ends there (neither reported as "not terminated" t1 later, nor covering an end
-    of initialisation on the next STARTDT)."""
+    of initialisation). The lease back on the same connection: the GI after the new STARTDT is the first
+    again, which an end of initialisation right after that STARTDT needs no other GI beside."""
     from fep_acquirer.iec104rtu import Iec104Runner
     from fep_acquirer.metrics import Metrics
-    from fepha.iec104.link import Link, LinkParams, Role
+    from fepha.iec104.link import AsduIn, Link, LinkParams, Role
     from fepha.logsetup import OnceLogger
     from fepha.semodel.model import Channel, Point, Rtu
 
@@ -557,3 +558,11 @@ def test_stopdt_ends_the_open_gi_so_it_is_not_reported_unterminated():
     run.lease.update("B", 2)
     run._drive(link, now + 0.1)                              # STOPDT act
     assert link.pending is not None and not run._gi.open(now + 0.1) and not run._gi.expired(now + 100)
+    # the lease comes back on the same connection: the GI after the new STARTDT is the first again
+    for ev in link.receive(c.u_frame(c.STOPDT_CON), now + 0.2):
+        assert not isinstance(ev, AsduIn)
+    run.lease.update(run.lease.node, 3)
+    run._drive(link, now + 0.3)                              # STARTDT act
+    asyncio.run(run._take(link, link.receive(c.u_frame(c.STARTDT_CON), now + 0.4), now + 0.4))
+    run._drive(link, now + 0.4)
+    assert run._gi.open(now + 0.4) and run._gi.covers_restart(now + 0.4)
