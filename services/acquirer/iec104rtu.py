@@ -66,9 +66,10 @@ class Iec104Runner(RunnerBase):
         self._command_done = asyncio.Event()
         self._started_evt = asyncio.Event()
         # records the former holder wrote last (point, record): the RTU's re-sent tail after our STARTDT
-        self._recent: set[tuple[int, str]] | None = None
+        self._tail: rules.Tail | None = None
         self._recent_pending = False
-        self._gi_open = False  # a GI sent on this connection, its ACT_TERM not received yet
+        self._gi = rules.Interrogation(self.params.t1)  # the GI under way on this connection (until ACT_TERM)
+        self._gi_any = False  # a GI was sent since the last STARTDT con (the next one is not the first after it)
         self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
         # a reload's restart (`carry_over`): the last frame of the old runner's open connection, until this
@@ -219,7 +220,8 @@ class Iec104Runner(RunnerBase):
                 self.switcher.failed(time.monotonic(), f"{type(exc).__name__}: {exc}", wall=time.time())
             finally:
                 self.link = self.channel = self._out = None
-                self._gi_open = False
+                self._gi.ended()
+                self._gi_any = False
                 self._spont_in_gi.clear()
                 self.schedule.stopped()
                 if self._command is not None and self._command.result is None:
@@ -239,13 +241,19 @@ class Iec104Runner(RunnerBase):
                     link.tick(now)
                 except LinkTimeout as exc:
                     raise LinkLost(str(exc)) from None
+                if self._gi.expired(now):
+                    self.once.problem(f"{self.key} gi", "general interrogation not terminated: no ACT_TERM, nor any "
+                                      f"frame of it, within t1 ({self.params.t1:g} s); taken as ended")
+                    self._spont_in_gi.clear()
                 if self._recent_pending and self.lease.held and not link.started and link.pending is None:
                     await self._load_recent()
                 self._drive(link, now)
                 self._flush(link)
                 until = [link.next_deadline(), now + self.cfg.lease_tick_s]
-                if (d := self.schedule.deadline()) is not None:
+                if (d := self.schedule.deadline(self._waiting(now))) is not None:
                     until.append(d)
+                if self._gi.deadline is not None:
+                    until.append(self._gi.deadline + 0.001)
                 self._wake.clear()
                 wake = asyncio.ensure_future(self._wake.wait())
                 try:
@@ -265,13 +273,20 @@ class Iec104Runner(RunnerBase):
             elif not self.lease.held and link.started:
                 link.stop(now)
                 self.schedule.stopped()
+                self._gi.ended()  # its ACT_TERM may never come now: not a GI left unterminated
+                self._spont_in_gi.clear()
                 log.info("%s: STOPDT sent (lease now %s)", self.key, self.lease.holder or "free")
         if link.started and self.channel is not None and link.in_flight + 3 <= self.params.k:
             ca = self.channel.unit or 1
-            for kind in self.schedule.due(now):
+            for kind in self.schedule.due(now, self._waiting(now)):
                 if self._send(link, rules.interrogation_asdu(kind, ca, int(time.time() * 1000))) and kind == "gi":
-                    self._gi_open = True
+                    self._gi.sent(now, first=not self._gi_any)
+                    self._gi_any = True
                     self._spont_in_gi.clear()
+
+    def _waiting(self, now: float) -> tuple[str, ...]:
+        """What the schedule keeps due, unsent: a GI while one is open (sent when it ends)."""
+        return ("gi",) if self._gi.open(now) else ()
 
     def _send(self, link: Link, asdu: bytes) -> bool:
         """Send one ASDU; False when k frames are unacknowledged (the RTU is behind; t1 will tell) or data
@@ -316,6 +331,7 @@ class Iec104Runner(RunnerBase):
             if isinstance(ev, Started):
                 log.info("%s: data transfer started", self.key)
                 self.schedule.started(now)
+                self._gi_any = False  # the next GI is the one after this STARTDT (an M_EI may follow)
                 self._started_evt.set()
                 self._wake.set()
             elif isinstance(ev, Stopped):
@@ -326,15 +342,17 @@ class Iec104Runner(RunnerBase):
                 except (c.ProtocolError, ValueError, struct.error) as exc:
                     self.metrics.inc("poll_errors")
                     raise LinkLost(f"malformed ASDU from the RTU: {exc}") from None
-                if got is not None and got.events:
-                    if got.mode != mode and written:
+                for run in got or ():  # each object written as its own mode says, in wire order
+                    if not run.events:
+                        continue
+                    if run.mode != mode and written:
                         await self._written(written, mode)
-                        assert upto is not None  # `written` holds events of frames before this one
-                        link.confirm(upto, time.monotonic(), at_once=True)
-                        self._flush(link)
+                        if upto is not None:  # frames before this one: all written (or none to write)
+                            link.confirm(upto, time.monotonic(), at_once=True)
+                            self._flush(link)
                         written = []
-                    written += got.events
-                    mode = got.mode
+                    written += run.events
+                    mode = run.mode
                 upto = (ev.ns + 1) & 0x7FFF
                 if not written:
                     link.confirm(upto, now)
@@ -347,7 +365,8 @@ class Iec104Runner(RunnerBase):
         if not await self._publish(events, mode):
             raise LinkLost("events not written to Redis: connection closed unacknowledged, the RTU keeps them")
 
-    def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> rules.Intake | None:
+    def _asdu(self, link: Link, raw: bytes, rx_ms: int) -> list[rules.Run] | None:
+        """What to write of one ASDU (None: nothing; acting on what is no monitoring data)."""
         a = c.parse_asdu(raw)  # ProtocolError: the connection is closed, as for a malformed frame
         ca = (self.channel.unit if self.channel else 1) or 1
         if a.ca != ca:
@@ -364,16 +383,17 @@ class Iec104Runner(RunnerBase):
             for k, msg in got.problems.items():
                 self.once.problem(f"{self.key} {k}", msg)
             self._clock(got)
+            runs = got.runs
             if got.spontaneous:
-                if self._recent:  # re-sent by the RTU: the tail it had not seen acknowledged
-                    kept = rules.resent(got.events, self._recent, got.device_times)
-                    self.metrics.inc("duplicates_dropped", len(got.events) - len(kept))
-                    got.events[:] = kept
-                if self._gi_open:
-                    self._spont_in_gi.update(pid for pid, _, _ in got.events)
-            elif self._gi_open and c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16:
-                got.events[:] = rules.not_overtaken(got.events, self._spont_in_gi)
-            return got
+                if self._tail is not None and self._tail.recent:  # the tail the RTU had not seen acknowledged
+                    runs = self._tail.take(runs, self.tracker.written)
+                    self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
+                if self._gi.open(time.monotonic()):
+                    self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
+            elif c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16 and self._gi.open(time.monotonic()):
+                self._gi.heard(time.monotonic())
+                runs = [r._replace(events=rules.not_overtaken(r.events, self._spont_in_gi)) for r in runs]
+            return runs
         ex = self._command
         if ex is not None and ex.mine(a):
             if ex.feed(a) == "execute" and not self._send(link, ex.execute(int(time.time() * 1000))):
@@ -381,16 +401,22 @@ class Iec104Runner(RunnerBase):
             self._command_done.set()
             return None
         if a.type_id == c.M_EI_NA_1:  # end of initialisation: the RTU restarted, its image may be new
-            # (a GI sent after STARTDT and not terminated yet answers with the new image already: the RTU
-            # reports M_EI once started, ahead of its answers; the clock sync and CI went with that GI)
+            # (the GI sent right after STARTDT, still open, answers with the new image already: the RTU
+            # reports M_EI once started, ahead of its answers; the clock sync and CI went with that GI. Any
+            # other GI open, or one never terminated (given up after t1), does not: rules.Interrogation)
             coi = a.objects[0][1][0] if a.objects and a.objects[0][1] else 0
-            if not self._gi_open and self.schedule.initialised(time.monotonic()):
+            if not self._gi.covers_restart(time.monotonic()) and self.schedule.initialised(time.monotonic()):
+                self._gi.ended()  # one open was sent before the restart: a new one at once, not after it
                 log.info("%s: RTU reports end of initialisation (cause %d, COI %d): clock sync, general and "
                          "counter interrogation as configured", self.key, a.cause, coi)
                 self._wake.set()
         elif a.type_id == c.C_IC_NA_1 and (a.cause == c.COT_ACTTERM or a.negative):
-            self._gi_open = False
+            self._gi.ended()
             self._spont_in_gi.clear()
+            self.once.clear(f"{self.key} gi")
+            self._wake.set()  # a GI kept due while this one was open goes now
+        elif a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTCON:
+            self._gi.heard(time.monotonic())
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
             self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
         why = rules.unsupported(a)
@@ -413,7 +439,7 @@ class Iec104Runner(RunnerBase):
     async def _load_recent(self) -> None:
         """The records of this RTU among the newest change-stream entries (RECENT_SCAN at most)."""
         self._recent_pending = False
-        self._recent = None
+        self._tail = None
         recent: set[tuple[int, str]] = set()
         mine, scanned, top = 0, 0, "+"
         try:
@@ -430,7 +456,7 @@ class Iec104Runner(RunnerBase):
         except Exception as exc:  # noqa: BLE001 - no deduplication then: a re-sent event is written twice
             self.once.problem(f"{self.key} recent", f"{type(exc).__name__}: {exc}")
             return
-        self._recent = recent
+        self._tail = rules.Tail(recent)
 
     async def _publish(self, events: list[rules.Event], mode: str) -> bool:
         """Write events in order, as `mode` says (rules.write_mode): every one (EVERY), those that differ

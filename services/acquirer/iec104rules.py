@@ -6,13 +6,14 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
   of reception otherwise, and instead of a tag marked invalid, impossible, or beyond the tolerances of a
   wrong device clock (`device_time`: CLOCK_AHEAD_MS ahead, CLOCK_BEHIND_MS behind); the device's quality
   bits (IV, NT, SB, BL, OV) carried as they are.
-- `write_mode` / `changes_only` / `not_overtaken` / `resent`: which received events are written (every
+- `write_mode` / `changes_only` / `not_overtaken` / `Tail`: which received events are written (every
   one, changes only, interrogated snapshots not behind a newer event, not what was written already).
 - `batches` splits events so that no write_values call carries a point twice (one stream entry per call).
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
   (positive or negative) and ACT_TERM.
 - `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
-  periodically, counter interrogation and clock synchronisation then too, each if configured.
+  periodically, counter interrogation and clock synchronisation then too, each if configured;
+  `Interrogation`: the GI under way (until its ACT_TERM, or t1 without a frame of it).
 - `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection (and, after a
   reload restarted the runner, for the one it closed, until the new runner's first connection attempt ends).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import datetime
 import math
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -84,35 +85,42 @@ def unsupported(a: c.Asdu) -> str | None:
             "reads: ignored, its points keep their last value")
 
 
+class Run(NamedTuple):
+    """Consecutive objects of one ASDU written the same way (`write_mode`): with the device's time tags
+    (`device_times`: each one's tag taken) or not (an untagged type, or tags the reception time replaced)."""
+
+    mode: str
+    device_times: bool
+    events: list[Event]
+
+
 @dataclass(frozen=True)
 class Intake:
-    """What one monitoring ASDU gave: events in wire order, whether they were spontaneous or answers to
-    an interrogation / periodic, whether its type carries time tags, the ASDU's type and cause, problems
-    to log once (keyed so that each distinct problem is logged once), and the device's time tags the
-    reception time replaced (`clock`: kind -> why, TAG_FAULTS; logged once per RTU and kind while it
-    lasts, not per object or tag) with how many of its events kept their tag (`timed`)."""
+    """What one monitoring ASDU gave: its events in wire order, cut into `runs` (each object's write mode,
+    `object_mode`), whether they were spontaneous or answers to an interrogation / periodic, whether its
+    type carries time tags, the ASDU's type and cause, problems to log once (keyed so that each distinct
+    problem is logged once), and the device's time tags the reception time replaced (`clock`: kind -> why,
+    TAG_FAULTS; logged once per RTU and kind while it lasts, not per object or tag)."""
 
-    events: list[Event]
+    runs: list[Run]
     spontaneous: bool
     problems: dict[str, str] = field(default_factory=dict)
     tagged: bool = False
     type_id: int = 0
     cause: int = 0
     clock: dict[str, str] = field(default_factory=dict)
-    timed: int = 0
 
     @property
-    def device_times(self) -> bool:
-        """Whether its events carry the device's time tags: a time-tagged type with at least one tag taken
-        (a device's clock is wrong for all its tags: an ASDU whose every tag was replaced is as untagged)."""
-        return self.tagged and self.timed > 0
+    def events(self) -> list[Event]:
+        return [e for r in self.runs for e in r.events]
 
-    @property
-    def mode(self) -> str:
-        """How its events are written (`write_mode`); as an untagged ASDU's when every tag was replaced by
-        the reception time, which leaves the same state sent again (a re-send after a cut) no different from
-        a new report, as for untagged objects: the change rule then, not one event each."""
-        return write_mode(self.type_id if self.device_times else c.base_type(self.type_id), self.cause)
+
+def object_mode(type_id: int, cause: int, taken: bool) -> str:
+    """How one object is written (`write_mode`), its own time tag deciding, not the ASDU's other objects:
+    one whose tag the reception time replaced (`taken` False) as an untagged object of its type, since the
+    same state sent again (a re-send after a cut) carries another reception time and cannot be told from a
+    new report: the change rule then, not one event each (an integrated total stays a reading each time)."""
+    return write_mode(type_id if taken else c.base_type(type_id), cause)
 
 
 EVERY, CHANGES, IMAGE = "every", "changes", "image"
@@ -258,10 +266,11 @@ class PointMap:
         self.by_id: dict[int, Point] = {p.id: p for p in rtu.points}
 
     def intake(self, a: c.Asdu, rx_ms: int) -> Intake:
-        out: list[Event] = []
+        runs: list[Run] = []
         problems: dict[str, str] = {}
         clock: dict[str, str] = {}
-        timed = 0
+        tagged = a.type_id in c.TIME_TAGGED
+        modes = {taken: object_mode(a.type_id, a.cause, taken) for taken in (False, True)}
         for ioa, elem in a.objects:
             p = self.monitored.get(ioa)
             if p is None:
@@ -276,29 +285,67 @@ class PointMap:
             if fault:
                 clock.setdefault(fault.kind, f"{fault.summary} (IOA {ioa} first{': ' if fault.detail else ''}"
                                              f"{fault.detail}): reception time used")
-            elif a.type_id in c.TIME_TAGGED:
-                timed += 1
-            out.append((p.id, (v, q), ts))
-        return Intake(out, a.cause in SPONTANEOUS_CAUSES, problems, a.type_id in c.TIME_TAGGED, a.type_id, a.cause,
-                      clock, timed)
+            taken = tagged and fault is None
+            if not runs or runs[-1].device_times != taken:
+                runs.append(Run(modes[taken], taken, []))
+            runs[-1].events.append((p.id, (v, q), ts))
+        return Intake(runs, a.cause in SPONTANEOUS_CAUSES, problems, tagged, a.type_id, a.cause, clock)
 
 
-def resent(events: list[Event], recent: set[tuple[int, str]], tagged: bool) -> list[Event]:
-    """The events not yet written: after a reconnect or takeover the RTU sends again what it had not seen
-    acknowledged (at most its k I frames: we acknowledge only what is written, at once); those whose
-    record (point, value, quality and the device's time tag, to the ms) was written already (`recent`:
-    this RTU's newest change records) are dropped, once each. Only for time-tagged events: an untagged
-    one carries our reception time (the change rule applies to it, `write_mode`)."""
-    if not tagged or not recent:
-        return events
-    out = []
-    for e in events:
-        key = (e[0], pt.encode(e[1][0], e[1][1], e[2]))
-        if key in recent:
-            recent.discard(key)
-        else:
-            out.append(e)
-    return out
+@dataclass
+class Tail:
+    """What the RTU sends again after our STARTDT: the frames it had not seen acknowledged (at most its k I
+    frames: we acknowledge only what is written, at once), ahead of anything new. `recent`: this RTU's
+    newest change records (point, record), read before the STARTDT (ours or the former holder's), each
+    recognised once; `shown`: per point, the state the value hash holds once the objects kept so far are
+    written; `moved`: the points an object kept since moved to another state."""
+
+    recent: set[tuple[int, str]]
+    shown: dict[int, tuple[float | int, int]] = field(default_factory=dict)
+    moved: set[int] = field(default_factory=set)
+
+    def take(self, runs: list[Run], held: Mapping[int, tuple[float | int, int]]) -> list[Run]:
+        """The events of one spontaneous ASDU not yet written (`held`: what the value hash holds as far as
+        the runner knows, its tracker's; the runs kept, in order).
+
+        An event with the device's time tag whose record (point, value, quality and tag, to the ms) is among
+        `recent` is recognised; an untagged one, or one whose tag the reception time replaced, carries our
+        time and cannot be (the change rule applies to it, `object_mode`). An ASDU is sent again whole and
+        its objects were written in wire order: every object before its last recognised one was handled
+        already (written, or left by the change rule), and is dropped with it whatever its tag; else an
+        object with the reception time ahead of a recognised event of the same point (SQ = 0 carries several
+        events of one point) would be written again and leave the point on its earlier state.
+
+        Across ASDUs the same holds for a point `moved`: an object of it with the reception time, in an
+        earlier ASDU of the tail, was written again and changed its state (or its state was unknown), so
+        every object of it is kept from then on, a recognised one too, and the point ends on its last state:
+        the tail's events of it written twice rather than a state the device left behind."""
+        if not self.recent:
+            return runs
+        last, n = -1, 0
+        for r in runs:
+            for pid, (v, q), ts in r.events:
+                key = (pid, pt.encode(v, q, ts))
+                if r.device_times and key in self.recent:
+                    self.recent.discard(key)
+                    last = n
+                n += 1
+        out: list[Run] = []
+        n = 0
+        for r in runs:
+            kept: list[Event] = []
+            for e in r.events:
+                pid, state, _ = e
+                if n > last or pid in self.moved:
+                    before = self.shown.get(pid, held.get(pid))
+                    if before is None or differs(before, state, 0.0):
+                        self.moved.add(pid)
+                    self.shown[pid] = state
+                    kept.append(e)
+                n += 1
+            if kept:
+                out.append(r._replace(events=kept))
+        return out
 
 
 def batches(events: Iterable[Event]) -> list[list[Event]]:
@@ -470,8 +517,10 @@ class Schedule:
             self.next["ci"] = now
         return True
 
-    def due(self, now: float) -> list[str]:
-        out: list[str] = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now]
+    def due(self, now: float, wait: Collection[str] = ()) -> list[str]:
+        """The kinds due now, each re-armed for its next period; a kind in `wait` stays due, unsent (a GI
+        while one is open: an RTU refuses a second, or answers both interleaved)."""
+        out: list[str] = [k for k in ("cs", "gi", "ci") if k in self.next and self.next[k] <= now and k not in wait]
         period = {"gi": self.gi_period_s, "ci": self.ci_period_s, "cs": self.cs_period_s}
         for k in out:
             if period[k] > 0:
@@ -480,8 +529,52 @@ class Schedule:
                 del self.next[k]
         return out
 
-    def deadline(self) -> float | None:
-        return min(self.next.values()) if self.next else None
+    def deadline(self, wait: Collection[str] = ()) -> float | None:
+        times = [t for k, t in self.next.items() if k not in wait]
+        return min(times) if times else None
+
+
+@dataclass
+class Interrogation:
+    """The general interrogation under way on one connection, from its sending (`sent`) to its ACT_TERM or
+    refusal (`ended`). An RTU that confirms a GI and never terminates it (or never answers it at all) would
+    keep it open for the whole connection: an end of initialisation would bring no GI any more, and
+    interrogated answers sent later (unasked, cause 20) would still be judged against the events since that
+    GI. So a GI is also given up when `quiet_s` (the link's t1, the time an RTU has to answer) passes
+    without a frame of it (its ACT_CON, an interrogated answer: `heard`); `expired` says so once.
+    `first`: it is the GI sent right after STARTDT."""
+
+    quiet_s: float
+    deadline: float | None = None  # None: no GI open
+    first: bool = False
+
+    def sent(self, now: float, first: bool) -> None:
+        self.deadline, self.first = now + self.quiet_s, first
+
+    def heard(self, now: float) -> None:
+        if self.deadline is not None:
+            self.deadline = now + self.quiet_s
+
+    def ended(self) -> None:
+        self.deadline, self.first = None, False
+
+    def open(self, now: float) -> bool:
+        return self.deadline is not None and now <= self.deadline
+
+    def expired(self, now: float) -> bool:
+        """True once when the open GI is given up (nothing of it for `quiet_s`); it is ended then."""
+        if self.deadline is None or now <= self.deadline:
+            return False
+        self.ended()
+        return True
+
+    def covers_restart(self, now: float) -> bool:
+        """Whether an end of initialisation (M_EI_NA_1) needs no new GI: the GI sent right after STARTDT is
+        open, which the RTU answers once initialised (it reports M_EI as soon as it is started, ahead of its
+        answers, and accepts STARTDT only once its application runs). Any other GI open was sent before the
+        application restarted without closing the connection, answered from the old image or dropped with
+        it: clock sync, GI and CI are sent again (`Schedule.initialised`)."""
+        return self.first and self.open(now)
 
 
 def interrogation_asdu(kind: str, ca: int, now_ms: int) -> bytes:

@@ -530,3 +530,39 @@ async def test_events_after_our_stopdt_are_not_acknowledged_and_reach_the_new_ho
             await until(lambda: _count(changes_of(r, 5001), len(sent) + 1), 5)
         got = [x.ts_ms for x in await changes_of(r, 5001) if base <= x.ts_ms < base + 1000]
         assert got == sent, str([t - base for t in got]) + f" of {len(sent)}"
+
+
+def test_stopdt_ends_the_open_gi_so_it_is_not_reported_unterminated():
+    """A holder that loses the lease while its GI is open sends STOPDT: the RTU may never send that GI's
+    ACT_TERM now, so the GI ends there (neither reported as "not terminated" t1 later, nor covering an end
+    of initialisation). The lease back on the same connection: the GI after the new STARTDT is the first
+    again, which an end of initialisation right after that STARTDT needs no other GI beside."""
+    from fep_acquirer.iec104rtu import Iec104Runner
+    from fep_acquirer.metrics import Metrics
+    from fepha.iec104.link import AsduIn, Link, LinkParams, Role
+    from fepha.logsetup import OnceLogger
+    from fepha.semodel.model import Channel, Point, Rtu
+
+    rtu = Rtu(id=5, name="r", rtutype=0, protocol="iec104", channels=(Channel(5, 1, "h", 2404, CA),),
+              points=(Point(id=5001, rtu=5, kind="DI", name="", area="", address=100, datatype="M_SP_TB_1"),))
+    run = Iec104Runner(rtu, NodeConfig(), None, Metrics("A"), OnceLogger(logging.getLogger("t")))  # type: ignore[arg-type]
+    run.lease.update(run.lease.node, 1)
+    now = 1000.0
+    link = Link(Role.CLIENT, LinkParams(), now, confirm_by_caller=True)
+    link.start(now)
+    link.receive(c.u_frame(c.STARTDT_CON), now)
+    run.link, run.channel = link, rtu.channels[0]
+    run.schedule.started(now)
+    run._drive(link, now)                                    # the GI after STARTDT
+    assert run._gi.open(now)
+    run.lease.update("B", 2)
+    run._drive(link, now + 0.1)                              # STOPDT act
+    assert link.pending is not None and not run._gi.open(now + 0.1) and not run._gi.expired(now + 100)
+    # the lease comes back on the same connection: the GI after the new STARTDT is the first again
+    for ev in link.receive(c.u_frame(c.STOPDT_CON), now + 0.2):
+        assert not isinstance(ev, AsduIn)
+    run.lease.update(run.lease.node, 3)
+    run._drive(link, now + 0.3)                              # STARTDT act
+    asyncio.run(run._take(link, link.receive(c.u_frame(c.STARTDT_CON), now + 0.4), now + 0.4))
+    run._drive(link, now + 0.4)
+    assert run._gi.open(now + 0.4) and run._gi.covers_restart(now + 0.4)

@@ -209,11 +209,13 @@ class ScriptRtu:
             self.send(c.mirror(a, c.COT_ACTCON))
             self.send(c.mirror(a, c.COT_ACTTERM))
 
-    def answer_gi(self, a: c.Asdu) -> None:
-        self.send(c.mirror(a, c.COT_ACTCON))
+    def answer_gi(self, a: c.Asdu, term: bool = True, con: bool = True) -> None:
+        if con:
+            self.send(c.mirror(a, c.COT_ACTCON))
         for ioa, (t, v) in self.image.items():
             self.send(c.build_asdu(t, c.COT_INROGEN, CA, [(ioa, c.element(t, v, 0, 0))]))
-        self.send(c.mirror(a, c.COT_ACTTERM))
+        if term:
+            self.send(c.mirror(a, c.COT_ACTTERM))
 
     def sent_types(self, since: int = 0) -> list[int]:
         return [a.type_id for a in self.received[since:]]
@@ -239,6 +241,75 @@ async def test_end_of_initialisation_mid_connection_brings_clock_sync_gi_and_ci(
             rtu.send(c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x00")]))
             await until(lambda: len(rtu.received) >= n + 3, 3)
             assert rtu.sent_types(n) == [c.C_CS_NA_1, c.C_IC_NA_1, c.C_CI_NA_1]
+        finally:
+            await a.stop()
+
+
+async def test_end_of_initialisation_after_a_gi_never_terminated_or_during_a_later_gi_brings_a_gi(
+        redis_master, feproot, caplog):
+    """An RTU that confirms and answers every GI but never sends its ACT_TERM. An end of initialisation
+    while the GI after STARTDT is open needs nothing more (that GI reaches the initialised station); t1
+    (3 s here) after its last answer the GI is given up (logged once), and an end of initialisation then
+    brings a GI again. The RTU restarts once more while that second GI is open (confirmed and answered,
+    not terminated): a GI again at once, since that one was sent before the restart. Before, a GI never
+    terminated stayed open for the whole connection and no end of initialisation brought a GI any more."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    ei = c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x01")])  # COI 1: local manual reset
+    async with ScriptRtu(port) as rtu:
+        gis: list[float] = []
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append(time.monotonic())
+            rtu.answer_gi(a, term=False)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **{**IEC_FAST, "iec104_t1_s": 3.0}))
+        try:
+            await until(lambda: len(gis) == 1, 5)
+            await asyncio.sleep(0.3)
+            rtu.send(ei)                                  # the GI after STARTDT still open: covered
+            await asyncio.sleep(0.5)
+            assert len(gis) == 1
+            await asyncio.sleep(3.2)                      # t1 after its answers: given up
+            rtu.send(ei)
+            await until(lambda: len(gis) == 2, 2)
+            assert "general interrogation not terminated" in caplog.text
+            await asyncio.sleep(0.2)                      # confirmed and answered, open
+            rtu.send(ei)
+            await until(lambda: len(gis) == 3, 2)
+            assert gis[2] - gis[1] < 2.5                  # at once, not after that GI was given up
+            assert caplog.text.count("general interrogation not terminated") == 1
+        finally:
+            await a.stop()
+
+
+async def test_a_periodic_gi_waits_for_the_open_one_to_end(redis_master, feproot):
+    """An RTU whose GI takes longer than the GI period (POLLMS 300 ms, answers and ACT_TERM 0.8 s after the
+    ACT_CON): the next GI is sent once the open one is terminated, never while it is open (an RTU refuses
+    a second one, P/N 1, or answers both interleaved). Before, a GI went every period whatever was open."""
+    port = free_port()
+    load(redis_master, script_rows(port, gi_ms=300))
+    async with ScriptRtu(port) as rtu:
+        gis: list[tuple[float, bool]] = []  # (when, another GI open then)
+        open_gis: list[c.Asdu] = []
+
+        def finish(a: c.Asdu) -> None:
+            open_gis.remove(a)
+            rtu.answer_gi(a, con=False)     # the answers, ACT_TERM
+
+        def on_gi(a: c.Asdu) -> None:
+            gis.append((time.monotonic(), bool(open_gis)))
+            open_gis.append(a)
+            rtu.send(c.mirror(a, c.COT_ACTCON))
+            asyncio.get_running_loop().call_later(0.8, finish, a)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        try:
+            await until(lambda: len(gis) >= 3, 6)
+            assert not any(overlap for _, overlap in gis), gis
+            assert all(b[0] - a_[0] >= 0.75 for a_, b in itertools.pairwise(gis)), gis
         finally:
             await a.stop()
 
@@ -314,6 +385,33 @@ async def test_untagged_spontaneous_repeats_are_no_change_but_counter_readings_a
         server.stop()
 
 
+def resend_on_second_gi(rtu: ScriptRtu, frames: list[bytes]) -> list[int]:
+    """The RTU answers every GI; on the second connection's it sends `frames` behind the answers (its
+    queue of what it had not seen acknowledged). Returns the list of GIs received so far."""
+    gis: list[int] = []
+
+    def on_gi(a: c.Asdu) -> None:
+        gis.append(len(gis))
+        rtu.answer_gi(a)
+        if len(gis) == 2:
+            for f in frames:
+                rtu.send(f)
+
+    rtu.on_gi = on_gi
+    return gis
+
+
+async def started_holder(feproot, redis_master, gis: list[int]) -> Node:
+    """Node A, the holder of RTU 5 with data transfer started and the first GI sent."""
+    a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+    try:
+        await until(lambda: len(gis) == 1 and a.acq.runners[5].link and a.acq.runners[5].link.started, 5)
+    except BaseException:
+        await a.stop()
+        raise
+    return a
+
+
 async def test_resent_tagged_events_behind_the_gi_answers_are_recognised(redis_master, feproot):
     """An RTU that answers an interrogation ahead of its queue of events (lib60870: its high-priority
     queue first) re-sends, after the next STARTDT, three time-tagged events already written, behind the
@@ -324,20 +422,10 @@ async def test_resent_tagged_events_behind_the_gi_answers_are_recognised(redis_m
     events = [c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, [(100, c.element(c.M_SP_TB_1, v, 0, t + i))])
               for i, v in enumerate((1, 0, 1))]
     async with ScriptRtu(port) as rtu:
-        gis: list[int] = []
-
-        def on_gi(a: c.Asdu) -> None:
-            gis.append(len(gis))
-            rtu.answer_gi(a)
-            if len(gis) == 2:               # the second connection: the queue behind the answers
-                for e in events:
-                    rtu.send(e)
-
-        rtu.on_gi = on_gi
-        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        gis = resend_on_second_gi(rtu, events)
+        a = await started_holder(feproot, redis_master, gis)
         r = a.master
         try:
-            await until(lambda: len(gis) == 1 and a.acq.runners[5].link and a.acq.runners[5].link.started, 5)
             await asyncio.sleep(0.2)
             rtu.image[100] = (c.M_SP_NA_1, 1)
             for e in events:
@@ -387,3 +475,55 @@ async def test_untagged_event_whose_write_reply_was_lost_is_not_written_again(re
         recs = (await changes_of(r, 5001))[before:]
         assert [(x.value, x.quality) for x in recs if x.quality == 0][:1] == [(1, 0)], recs
         assert all((a.value, a.quality) != (b.value, b.quality) for a, b in itertools.pairwise(recs)), recs
+
+
+@pytest.mark.parametrize("shape", ["replaced first", "replaced last", "across frames"])
+async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_once(redis_master, feproot, shape):
+    """An RTU whose clock is sometimes wrong sends events of IOA 100, some tags taken, some beyond the
+    tolerance (3 h ahead: the reception time replaces them), several in one ASDU (SQ = 0); the connection
+    ends before it sees our acknowledgement, and after the next STARTDT it sends them again. The replaced
+    objects follow the change rule, the taken ones are recognised: within one ASDU nothing is written the
+    second time; a replaced object that changes the point in an earlier frame of the tail is written again
+    and so is the recognised event after it. Either way the point ends on the last state the RTU sent.
+    Before, a whole ASDU with a tag taken counted as tagged: its replaced objects were written again with
+    the new reception time, and one ahead of a recognised event left the point on that earlier state."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    t = int(time.time() * 1000) - 5000
+    ahead = t + 5000 + 3 * 3_600_000
+
+    def obj(v: int, ts: int) -> tuple[int, bytes]:
+        return 100, c.element(c.M_SP_TB_1, v, 0, ts)
+
+    frames = {"replaced first": [[obj(1, ahead), obj(0, t)]],
+              "replaced last": [[obj(1, ahead), obj(0, t), obj(1, ahead)]],
+              "across frames": [[obj(1, ahead)], [obj(0, t)]]}[shape]
+    objs = [o for f in frames for o in f]
+    last = objs[-1][1][0]
+    asdus = [c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, f) for f in frames]
+    async with ScriptRtu(port) as rtu:
+        gis = resend_on_second_gi(rtu, asdus)
+        a = await started_holder(feproot, redis_master, gis)
+        r = a.master
+        try:
+            no_iv_flicker(a, 5)
+            await asyncio.sleep(0.2)
+            before = len(await changes_of(r, 5001))
+            rtu.image[100] = (c.M_SP_NA_1, last)
+            for f in asdus:
+                rtu.send(f)
+            await until(lambda: _count(changes_of(r, 5001), before + len(objs)), 3)
+            first_recs = [(x.value, x.quality, x.ts_ms) for x in (await changes_of(r, 5001))[before:]]
+            assert [(v, ts == t) for v, _, ts in first_recs] == [(e[0], e[-7:] != c.cp56(ahead)) for _, e in objs]
+            assert rtu.conn is not None
+            rtu.conn[1].transport.abort()   # the connection ends (say, our S frame never arrived)
+            await until(lambda: len(gis) == 2, 5)
+            await asyncio.sleep(0.5)
+            recs = [(x.value, x.quality, x.ts_ms) for x in (await changes_of(r, 5001))[before:]]
+            if shape == "across frames":    # the replaced one written again, then the event after it
+                assert recs[:2] == first_recs and [(v, ts == t) for v, _, ts in recs[2:]] == [(1, False), (0, True)]
+            else:
+                assert recs == first_recs
+            assert (await value_of(r, 5, 5001)).value == last
+        finally:
+            await a.stop()

@@ -97,21 +97,25 @@ def test_wrong_clock_is_one_fault_per_asdu_and_kind_and_all_replaced_tags_write_
     got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, objs[:1]), RX)
     assert got.events == [(1, (1, 0), RX)] and list(got.clock) == [rules.TAG_AHEAD] and not got.problems
     assert "IOA 100" in got.clock[rules.TAG_AHEAD] and "3.0 h ahead" in got.clock[rules.TAG_AHEAD]
-    assert not got.device_times and got.mode == rules.CHANGES  # a re-send could not be recognised: change rule
+    assert modes(got) == [rules.CHANGES]  # a re-send could not be recognised: the change rule
     # two points of one RTU, each with a wrong tag: one entry, not one per object
     sp, dp = (m.intake(asdu(t, c.COT_SPONT, [o]), RX) for t, o in ((c.M_SP_TB_1, objs[0]), (c.M_DP_TB_1, objs[1])))
     assert list(sp.clock) == list(dp.clock) == [rules.TAG_AHEAD]
-    # one tag taken, one beyond: the ASDU keeps its device times (each event written), both faults named
+    # one tag taken, two beyond: both faults named, each object written as its own tag says (below)
     got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01")), (100, tagged(b"\x00", 946_684_800_000)),
                                                     (100, tagged(b"\x01", ahead))]), RX)
     assert got.events == [(1, (1, 0), T), (1, (0, 0), RX), (1, (1, 0), RX)]
-    assert set(got.clock) == {rules.TAG_BEHIND, rules.TAG_AHEAD} and got.device_times and got.mode == rules.EVERY
+    assert set(got.clock) == {rules.TAG_BEHIND, rules.TAG_AHEAD} and modes(got) == [rules.EVERY, rules.CHANGES]
     got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01", invalid=True))]), RX)
-    assert list(got.clock) == [rules.TAG_INVALID] and got.mode == rules.CHANGES
+    assert list(got.clock) == [rules.TAG_INVALID] and modes(got) == [rules.CHANGES]
     got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [(100, tagged(b"\x01"))]), RX)   # a right clock again
-    assert got.events == [(1, (1, 0), T)] and not got.clock and got.device_times and got.mode == rules.EVERY
+    assert got.events == [(1, (1, 0), T)] and not got.clock and modes(got) == [rules.EVERY]
     got = m.intake(asdu(c.M_IT_TB_1, c.COT_SPONT, [(300, tagged(struct.pack("<iB", 7, 0), ahead))]), RX)
-    assert got.events == [(6, (7, 0), RX)] and got.mode == rules.EVERY  # a counter reading: each one still
+    assert got.events == [(6, (7, 0), RX)] and modes(got) == [rules.EVERY]  # a counter reading: each one still
+
+
+def modes(got: rules.Intake) -> list[str]:
+    return [r.mode for r in got.runs]
 
 
 def asdu(type_id: int, cause: int, objs: list[tuple[int, bytes]], ca: int = 7, negative: bool = False) -> c.Asdu:
@@ -143,12 +147,102 @@ def test_batches_hold_a_point_at_most_once_in_order(pids: list[int], want: list[
     assert [e for b in rules.batches(events) for e in b] == events
 
 
-def test_resent_drops_what_the_former_holder_wrote_once_each() -> None:
+def test_tail_drops_what_the_former_holder_wrote_once_each() -> None:
     e1, e2, e3 = (1, (1, 0), T), (1, (0, 0), T + 1), (3, (5.0, 0), T + 2)
-    recent = {(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))}
-    assert rules.resent([e1, e2, e3], recent, tagged=True) == [e2]
-    assert rules.resent([e1], recent, tagged=True) == [e1]       # matched once: a second one is new
-    assert rules.resent([e3], {(3, pt.encode(5.0, 0, T + 2))}, tagged=False) == [e3]  # untagged: always new
+    held = {1: (0, 0), 3: (5.0, 0)}                                # what the value hash holds
+    tail = rules.Tail({(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))})
+    assert tail.take([rules.Run(rules.EVERY, True, [e1, e3])], held) == [] and not tail.moved
+    tail = rules.Tail({(1, pt.encode(1, 0, T)), (3, pt.encode(5.0, 0, T + 2))})
+    assert tail.take([rules.Run(rules.EVERY, True, [e2, e3])], held) == []  # e2 before a recognised one
+    tail = rules.Tail({(1, pt.encode(1, 0, T))})
+    runs = [rules.Run(rules.EVERY, True, [e1])]
+    assert tail.take(runs, held) == [] and tail.take(runs, held) == runs  # recognised once
+    tail = rules.Tail({(3, pt.encode(5.0, 0, T + 2))})
+    runs = [rules.Run(rules.CHANGES, False, [e3])]
+    assert tail.take(runs, held) == runs and tail.recent            # the reception time's: never recognised
+
+
+AHEAD_TAG = RX + 3 * 3_600_000  # a device clock 3 h ahead: the reception time replaces it
+
+
+def sp(v: int, ts: int = T, invalid: bool = False) -> tuple[int, bytes]:
+    return 100, tagged(bytes((v,)), ts, invalid)
+
+
+def runs_of(got: rules.Intake) -> list[tuple[str, bool, list[tuple[int, int, int]]]]:
+    return [(r.mode, r.device_times, [(pid, v, ts) for pid, (v, _), ts in r.events]) for r in got.runs]
+
+
+E, C, IM = rules.EVERY, rules.CHANGES, rules.IMAGE
+
+
+@pytest.mark.parametrize("type_id,cause,objs,want", [
+    # SQ = 0, several events of one point: each object by its own tag, wire order kept
+    (c.M_SP_TB_1, c.COT_SPONT, [sp(1), sp(0, AHEAD_TAG), sp(1, T + 5)],
+     [(E, True, [(1, 1, T)]), (C, False, [(1, 0, RX)]), (E, True, [(1, 1, T + 5)])]),
+    (c.M_SP_TB_1, c.COT_SPONT, [sp(0, AHEAD_TAG), sp(1, invalid=True), sp(0)],
+     [(C, False, [(1, 0, RX), (1, 1, RX)]), (E, True, [(1, 0, T)])]),
+    (c.M_SP_TB_1, c.COT_RETREM, [sp(1), sp(0, 946_684_800_000)], [(E, True, [(1, 1, T)]), (C, False, [(1, 0, RX)])]),
+    # every tag taken, every tag replaced: one run, as before
+    (c.M_SP_TB_1, c.COT_SPONT, [sp(1), sp(0, T + 1)], [(E, True, [(1, 1, T), (1, 0, T + 1)])]),
+    (c.M_SP_TB_1, c.COT_SPONT, [sp(1, AHEAD_TAG), sp(0, AHEAD_TAG)], [(C, False, [(1, 1, RX), (1, 0, RX)])]),
+    # a counter: every reading written, with its tag or ours (told apart: only a tag taken is recognised)
+    (c.M_IT_TB_1, c.COT_SPONT, [(300, tagged(struct.pack("<iB", 7, 0))), (300, tagged(struct.pack("<iB", 8, 0), AHEAD_TAG))],
+     [(E, True, [(6, 7, T)]), (E, False, [(6, 8, RX)])]),
+    # interrogated: snapshots whatever their tags
+    (c.M_SP_TB_1, c.COT_INROGEN, [sp(1), sp(0, AHEAD_TAG)], [(IM, True, [(1, 1, T)]), (IM, False, [(1, 0, RX)])]),
+    # an untagged type: the change rule, no device time
+    (c.M_SP_NA_1, c.COT_SPONT, [(100, b"\x01"), (100, b"\x00")], [(C, False, [(1, 1, RX), (1, 0, RX)])]),
+])
+def test_each_object_is_written_as_its_own_time_tag_says(type_id: int, cause: int, objs: list, want: list) -> None:
+    """An object whose tag the reception time replaced follows the untagged change rule, one whose tag was
+    taken is an event of its own, whatever the other objects of its ASDU carry."""
+    assert runs_of(rules.PointMap(RTU).intake(asdu(type_id, cause, objs), RX)) == want
+
+
+def written(runs: list[rules.Run], last: dict[int, tuple[float | int, int]]) -> list[rules.Event]:
+    """What the runner writes of these runs, in order (`_publish`: EVERY each, CHANGES by the change rule
+    against what the hash holds), `last` updated as the value hash would be."""
+    out: list[rules.Event] = []
+    for r in runs:
+        evs = rules.changes_only(r.events, last, set()) if r.mode == rules.CHANGES else r.events
+        for pid, s, _ in evs:
+            last[pid] = s
+        out += evs
+    return out
+
+
+@pytest.mark.parametrize("objs,first,state", [
+    # a replaced object after a recognised one: it was handled, and is the change rule's anyway
+    ([sp(1), sp(0, AHEAD_TAG)], [(1, (1, 0), T), (1, (0, 0), RX)], (0, 0)),
+    # a replaced object ahead of a recognised event of its point: dropped with it, the point stays on its
+    # last state (written again, it would come after the event and leave the point on the earlier state)
+    ([sp(1, AHEAD_TAG), sp(0)], [(1, (1, 0), RX), (1, (0, 0), T)], (0, 0)),
+    ([sp(1, AHEAD_TAG), sp(0), sp(1, AHEAD_TAG)], [(1, (1, 0), RX), (1, (0, 0), T), (1, (1, 0), RX)], (1, 0)),
+    ([sp(1, invalid=True), sp(0), sp(1, T + 1), sp(0, AHEAD_TAG)],
+     [(1, (1, 0), RX), (1, (0, 0), T), (1, (1, 0), T + 1), (1, (0, 0), RX)], (0, 0)),
+])
+def test_an_asdu_with_some_tags_replaced_sent_again_is_written_once(objs: list, first: list, state: tuple) -> None:
+    """An ASDU whose tags are partly replaced (SQ = 0, several events of one point), written, then sent again
+    by the RTU after a cut (with another reception time): the first time each object is written in order
+    and the point ends on the last one's state; the second time nothing is written and the state stays."""
+    m = rules.PointMap(RTU)
+    last: dict[int, tuple[float | int, int]] = {1: (1 - first[0][1][0], 0)}  # the first object changes it
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, objs), RX)
+    assert written(got.runs, last) == first and last[1] == state
+    recent = {(pid, pt.encode(v, q, ts)) for pid, (v, q), ts in first if ts != RX}  # the change records
+    again = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, objs), RX + 5000)
+    assert written(rules.Tail(recent).take(again.runs, last), last) == [] and last[1] == state
+
+
+def test_resent_keeps_what_follows_the_last_recognised_object() -> None:
+    """Only the objects up to the last recognised one were written before (a connection that closed in the
+    middle of an ASDU's writes leaves the rest unwritten): those after it are kept, in order."""
+    m = rules.PointMap(RTU)
+    got = m.intake(asdu(c.M_SP_TB_1, c.COT_SPONT, [sp(1), sp(0, AHEAD_TAG), sp(1, T + 1), sp(0, T + 2)]), RX)
+    recent = {(1, pt.encode(1, 0, T))}                             # the writes stopped after the first
+    kept = rules.Tail(recent).take(got.runs, {1: (0, 0)})
+    assert [(r.mode, [e[2] for e in r.events]) for r in kept] == [(C, [RX]), (E, [T + 1, T + 2])]
 
 
 @pytest.mark.parametrize("type_id,cause,want", [
@@ -161,6 +255,7 @@ def test_resent_drops_what_the_former_holder_wrote_once_each() -> None:
     (c.M_ME_NA_1, c.COT_SPONT, rules.CHANGES),
     (c.M_ME_NC_1, c.COT_RETREM, rules.CHANGES),
     (c.M_SP_TB_1, c.COT_INROGEN, rules.IMAGE),    # interrogated, periodic, background, counter request
+    (c.M_SP_NA_1, c.COT_INROGEN + 5, rules.IMAGE),  # group 5's answer, asked or not: a snapshot
     (c.M_ME_NC_1, c.COT_PERIODIC, rules.IMAGE),
     (c.M_ME_NC_1, c.COT_BACKGROUND, rules.IMAGE),
     (c.M_IT_NA_1, c.COT_REQCOGEN, rules.IMAGE),
@@ -319,3 +414,73 @@ def test_time_tag_fields_out_of_range_use_reception_time() -> None:
     bad = b"\x01" + struct.pack("<HBBBBB", 0, 0, 31, 1, 1, 26)  # hour 31: no instant, not 1 January 07:00
     v, q, ts, problem = rules.sample_of(SP, c.M_SP_TB_1, bad, RX)
     assert (v, q, ts) == (1, 0, RX) and problem and problem[0] == rules.TAG_IMPOSSIBLE
+
+
+def test_interrogation_open_until_act_term_or_t1_without_a_frame_of_it() -> None:
+    g = rules.Interrogation(quiet_s=15)
+    assert not g.open(0) and not g.expired(100)
+    g.sent(0, first=True)
+    assert g.open(15) and not g.expired(15)
+    g.heard(10)                                                     # its ACT_CON, an answer: t1 again
+    assert g.open(25) and not g.open(25.1)
+    assert g.expired(26) and not g.expired(27) and not g.open(26)   # said once, then ended
+    g.sent(30, first=False)
+    g.ended()                                                        # ACT_TERM
+    assert not g.open(30) and not g.expired(100)
+    g.heard(200)                                                     # a late answer opens nothing
+    assert not g.open(200)
+
+
+@pytest.mark.parametrize("first,at,covered", [
+    (True, 5, True),      # the GI right after STARTDT, open: the initialised station answers it
+    (True, 20, False),    # never terminated, given up after t1: a GI is sent again
+    (False, 5, False),    # a later GI (periodic, full image) open: sent before the restart
+])
+def test_end_of_initialisation_needs_a_gi_unless_the_one_after_startdt_is_open(first: bool, at: float,
+                                                                                covered: bool) -> None:
+    g = rules.Interrogation(quiet_s=15)
+    g.sent(0, first=first)
+    assert g.covers_restart(at) is covered
+    g.ended()
+    assert not g.covers_restart(at)
+
+
+RX2 = RX + 5000  # the re-send's reception time
+
+
+@pytest.mark.parametrize("frames,again", [
+    # a replaced object that changed the point, then a later ASDU's recognised event of it: written again
+    # (the replaced one could not be recognised), so the event is too and the point ends on its state
+    ([[sp(1, AHEAD_TAG)], [sp(0)]], [(1, (1, 0), RX2), (1, (0, 0), T)]),
+    ([[sp(1, AHEAD_TAG)], [sp(0), sp(1, T + 1)], [sp(0, T + 2)]],
+     [(1, (1, 0), RX2), (1, (0, 0), T), (1, (1, 0), T + 1), (1, (0, 0), T + 2)]),
+    # a replaced object equal to what the hash holds is no change: nothing moved, nothing written
+    ([[sp(0, AHEAD_TAG)], [sp(1)], [sp(0, T + 1)]], []),
+    ([[sp(1)], [sp(0, AHEAD_TAG)]], []),
+    # untagged objects of an untagged type: the change rule alone (its residual: a pulse written again)
+    ([[(100, b"\x01")], [(100, b"\x00")]], [(1, (1, 0), RX2), (1, (0, 0), RX2)]),
+])
+def test_a_tail_sent_again_ends_every_point_on_its_last_state(frames: list, again: list) -> None:
+    """ASDUs written, then sent again after a cut (the RTU's unacknowledged tail, with our new reception
+    time): what is written the second time, and the point ends on the state the first pass left."""
+    m = rules.PointMap(RTU)
+
+    def intake(objs: list, rx: int) -> rules.Intake:
+        return m.intake(asdu(c.M_SP_TB_1 if len(objs[0][1]) > 1 else c.M_SP_NA_1, c.COT_SPONT, objs), rx)
+
+    hashed: dict[int, tuple[float | int, int]] = {1: (1 - frames[0][0][1][0], 0)}  # the first object changes it
+    first = [e for f in frames for e in written(intake(f, RX).runs, hashed)]
+    state = hashed[1]
+    tail = rules.Tail({(pid, pt.encode(v, q, ts)) for pid, (v, q), ts in first if ts != RX})
+    assert [e for f in frames for e in written(tail.take(intake(f, RX2).runs, hashed), hashed)] == again
+    assert hashed[1] == state
+
+
+def test_a_gi_due_while_one_is_open_waits_for_it() -> None:
+    s = rules.Schedule(gi_period_s=10, ci_period_s=10, cs_period_s=0)
+    s.started(0)
+    assert s.due(0) == ["gi", "ci"]
+    assert s.due(10, wait=("gi",)) == ["ci"] and s.deadline(wait=("gi",)) == 20  # the GI stays due, unsent
+    assert s.due(12, wait=("gi",)) == [] and s.deadline() == 10
+    assert s.due(13) == ["gi"] and s.deadline() == 20                           # the open one ended: sent
+    assert s.due(20, wait=("gi",)) == ["ci"] and s.due(23) == ["gi"] and s.deadline() == 30

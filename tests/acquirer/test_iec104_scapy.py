@@ -164,7 +164,8 @@ def test_normalised_values_without_quality_reach_a_normalised_point() -> None:
                                     information_object_address=700,
                                     io=[sio.IEC104_IO_M_ME_ND_1(normed_value=-8192 * i) for i in range(4)])
     got = received(block, rtu)
-    assert got.events == [(40 + i, (-0.25 * i, 0), RX) for i in range(4)] and got.mode == rules.IMAGE
+    assert got.events == [(40 + i, (-0.25 * i, 0), RX) for i in range(4)]
+    assert [r.mode for r in got.runs] == [rules.IMAGE]
 
 
 @pytest.mark.parametrize("frame", [
