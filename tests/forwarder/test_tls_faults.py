@@ -358,15 +358,13 @@ async def test_a_peer_that_goes_away_during_the_handshake(proto: Proto, sent: by
         assert not sc.lines(bad.peer)
 
 
-@pytest.mark.parametrize("sent", ["nothing", "half a ClientHello"])
-async def test_a_stalled_handshake_ends_at_t0(proto: Proto, sent: str, caplog, certs) -> None:
-    """Connected, then silence (before or inside the ClientHello): closed at t0, one line; the good master
-    is served on time meanwhile."""
+async def test_a_stalled_handshake_ends_at_t0(proto: Proto, caplog, certs) -> None:
+    """Half a ClientHello, then silence: closed at t0, one line; the good master is served on time
+    meanwhile. (Silence from the start: the fifty below.)"""
     async with scene(proto, caplog, certs) as sc:
         bad = await RawPeer.open(sc.port)
-        if sent != "nothing":
-            hello = bad.client_hello(client_ctx(certs))
-            bad.writer.write(hello[: len(hello) // 2])
+        hello = bad.client_hello(client_ctx(certs))
+        bad.writer.write(hello[: len(hello) // 2])
         closing = asyncio.ensure_future(bad.closed_after(T0 + 1))
         await asyncio.sleep(T0 / 4)
         await sc.on_time()
@@ -375,8 +373,9 @@ async def test_a_stalled_handshake_ends_at_t0(proto: Proto, sent: str, caplog, c
 
 
 async def test_fifty_stalled_handshakes_hold_nothing_up(proto: Proto, caplog, certs) -> None:
-    """50 connections stall their handshakes at once: a master connecting meanwhile gets in and gets its
-    events on time; all 50 are closed at t0; one line for their address (not 50)."""
+    """50 connections stall their handshakes at once (half of them silent from the start, half inside their
+    ClientHello): a master connecting meanwhile gets in and gets its events on time; all 50 are closed at
+    t0; one line for their address (not 50)."""
     async with scene(proto, caplog, certs) as sc:
         bad = [await RawPeer.open(sc.port) for _ in range(50)]
         half = bad[0].client_hello(client_ctx(certs))[:40]
@@ -427,6 +426,18 @@ async def test_an_abrupt_close_mid_frame(proto: Proto, caplog, certs) -> None:
         bad.abort()
         await sc.check(bad.peer, "left (closed by the master)", level=logging.INFO)
         assert len(sc.srv.clients()) == 1  # the good master only
+
+
+async def test_a_master_that_never_answers_close_notify_is_let_go(proto: Proto, caplog, certs) -> None:
+    """A master that sends a malformed frame after the handshake, then neither answers the server's
+    close_notify nor closes: the server lets its socket go within about a second, as with plain TCP (not
+    after asyncio's 30 s TLS shutdown timeout), its handler and descriptor gone."""
+    async with scene(proto, caplog, certs) as sc:
+        bad = await RawPeer.open(sc.port)
+        await bad.handshake(client_ctx(certs))
+        bad.send(b"\x68\x01\x00\x00" if proto.name == "se104s" else b"\x00\x00\x00\x00")
+        assert await bad.closed_after(5) < 1.5
+        await sc.check(bad.peer, "length", level=proto.error_level)
 
 
 @pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")

@@ -23,6 +23,7 @@ from typing import Any
 from fep_forwarder.allow import peer_host
 from fep_forwarder.base import (
     STALLS,
+    UNFLUSHED_GRACE_S,
     ForwardServer,
     Update,
     abort_unflushed,
@@ -545,8 +546,10 @@ class SefepsServer(ForwardServer):
             await asyncio.gather(wtask, *conn.commands.values(), return_exceptions=True)
             close_once(writer)
             abort_unflushed(writer)
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:  # TLS: a master that never answers close_notify would hold it for asyncio's 30 s shutdown timeout
+                await asyncio.wait_for(writer.wait_closed(), UNFLUSHED_GRACE_S)
+            except Exception:  # noqa: BLE001 - the timeout, or how the connection failed: let it go now
+                writer.transport.abort()
             self.conns.pop(conn, None)
             log.info("sefeps RTU %s master %s left (%s)", self.rtu.id, conn.peer,
                      "server stopping" if self._stopping else conn.why)
