@@ -296,7 +296,8 @@ class ForwardServer(abc.ABC):
             writer.transport.abort()
             return False
         finally:
-            self._handshakes.discard(task)  # type: ignore[arg-type]
+            if task is not None:
+                self._handshakes.discard(task)
 
     def tls_on_plain_port(self, first: bytes) -> str | None:
         """Why a master is closed whose first octets `first` start a TLS handshake (a ClientHello) at this
