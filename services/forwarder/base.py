@@ -145,37 +145,36 @@ def closed_during_stall(writer: asyncio.StreamWriter) -> bool:
 
 
 TLS_LOG_EVERY_S = 60.0
-"""A failed TLS handshake is logged at most once per peer address in this time (`TlsFailureLog`)."""
+"""A failed TLS handshake is logged at most once per peer address and reason in this time (`TlsFailureLog`)."""
 
 
 class TlsFailureLog:
     """The log lines of one server's failed TLS handshakes. Each failure closes its one connection; a line
-    (naming the peer and why) is written for the first failure of an address, then at most once per
-    TLS_LOG_EVERY_S for it, saying how many were not logged since: a peer retrying every few seconds, or a
-    scan opening thousands of connections, does not fill the log. WARNING, but INFO for a peer that closed
-    before the handshake ended (`quiet`: a TCP port probe connects and closes without a word; counted apart,
-    so a probe's line never hides a failure's). At most MAX_HOSTS addresses are remembered (a flood of
-    addresses: the oldest are forgotten)."""
+    (naming the peer and why) is written for the first failure of an address for a reason, then at most
+    once per TLS_LOG_EVERY_S for that address and reason, saying how many were not logged since: a peer
+    retrying every few seconds, or a scan opening thousands of connections, does not fill the log, and a
+    failure for another reason is not hidden behind it. WARNING, but INFO for a peer that closed before
+    the handshake ended (`quiet`: a TCP port probe connects and closes without a word). At most MAX_KEYS
+    (address, reason) are remembered (a flood of addresses: the oldest are forgotten)."""
 
-    MAX_HOSTS = 1000
+    MAX_KEYS = 1000
 
     def __init__(self, log: logging.Logger, what: str) -> None:
         self.log = log
         self.what = what  # "se104s RTU 10"
-        # (host, quiet) -> (when last logged, failures not logged since)
-        self.hosts: dict[tuple[str, bool], tuple[float, int]] = {}
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}  # (host, why) -> (last logged, not logged since)
 
     def failed(self, peer: str, why: str, now: float | None = None, quiet: bool = False) -> None:
         now = time.monotonic() if now is None else now
-        host = peer.rsplit(":", 1)[0]
-        last, unlogged = self.hosts.pop((host, quiet), (-math.inf, 0))
+        key = (peer.rsplit(":", 1)[0], why)
+        last, unlogged = self.seen.pop(key, (-math.inf, 0))
         if now - last < TLS_LOG_EVERY_S:
-            self.hosts[host, quiet] = (last, unlogged + 1)
+            self.seen[key] = (last, unlogged + 1)
             return
-        while len(self.hosts) >= self.MAX_HOSTS:
-            del self.hosts[next(iter(self.hosts))]
-        self.hosts[host, quiet] = (now, 0)
-        more = f" ({unlogged} more from {host} not logged since its last such line)" if unlogged else ""
+        while len(self.seen) >= self.MAX_KEYS:
+            del self.seen[next(iter(self.seen))]
+        self.seen[key] = (now, 0)
+        more = f" ({unlogged} more from {key[0]} since its last such line)" if unlogged else ""
         self.log.log(logging.INFO if quiet else logging.WARNING, "%s: master %s: TLS handshake failed (%s): "
                      "connection closed%s", self.what, peer, why, more)
 

@@ -5,9 +5,9 @@ certificates the real openssl makes; the good master speaks through Python's ssl
 `openssl s_client` for a renegotiation.
 
 The rule: each bad peer has its one connection closed (a handshake that stalls: at t0), logged with a clear
-reason naming its address (a failed handshake: at most one line per address and minute), no traceback; the
-good master connected meanwhile gets its events on time; the process's file descriptors and tasks are back
-where they were once the bad connection is gone."""
+reason naming its address (a failed handshake: at most one line per address, reason and minute), no
+traceback; the good master connected meanwhile gets its events on time; the process's file descriptors and
+tasks are back where they were once the bad connection is gone."""
 
 from __future__ import annotations
 
@@ -563,20 +563,22 @@ async def test_a_renegotiation_is_refused(proto: Proto, caplog, certs) -> None:
         await sc.check(logged[1], "ended TLS with a fatal alert")
 
 
-def test_failed_handshakes_are_logged_once_a_minute_per_address(caplog) -> None:
-    """The limiter of those lines: the first failure of an address is logged, the next within a minute only
-    counted, and said with the next line logged for that address; a peer that went away is logged apart."""
+def test_failed_handshakes_are_logged_once_a_minute_per_address_and_reason(caplog) -> None:
+    """The limiter of those lines: the first failure of an address for a reason is logged, the next ones
+    within a minute only counted, and said with the next line logged for that address and reason; another
+    address, or another reason, has lines of its own."""
     log = base.TlsFailureLog(logging.getLogger("t"), "se104s RTU 1")
     caplog.set_level(logging.INFO)
     log.failed("10.0.0.1:1000", "not TLS", now=0.0)
     log.failed("10.0.0.1:1001", "not TLS", now=10.0)
+    log.failed("10.0.0.1:1002", "not TLS", now=20.0)
     log.failed("10.0.0.2:1000", "not TLS", now=20.0)
-    log.failed("10.0.0.1:1003", "went away", now=30.0, quiet=True)  # a probe's line apart, at INFO
+    log.failed("10.0.0.1:1003", "went away", now=30.0, quiet=True)
     log.failed("10.0.0.1:1004", "went away", now=40.0, quiet=True)
-    log.failed("10.0.0.1:1002", "certificate", now=70.0)
+    log.failed("10.0.0.1:1005", "not TLS", now=70.0)
     assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
         ("WARNING", "se104s RTU 1: master 10.0.0.1:1000: TLS handshake failed (not TLS): connection closed"),
         ("WARNING", "se104s RTU 1: master 10.0.0.2:1000: TLS handshake failed (not TLS): connection closed"),
         ("INFO", "se104s RTU 1: master 10.0.0.1:1003: TLS handshake failed (went away): connection closed"),
-        ("WARNING", "se104s RTU 1: master 10.0.0.1:1002: TLS handshake failed (certificate): connection closed "
-         "(1 more from 10.0.0.1 not logged since its last such line)")]
+        ("WARNING", "se104s RTU 1: master 10.0.0.1:1005: TLS handshake failed (not TLS): connection closed "
+         "(2 more from 10.0.0.1 since its last such line)")]
