@@ -104,7 +104,10 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
     base = root or feproot()
     path = lambda p: str(p if os.path.isabs(p) else base / p)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # IEC 62351-3
+    # a TLS 1.2 renegotiation costs a handshake's CPU at the peer's will: refused (OpenSSL 3's default for a
+    # server; set so that an older OpenSSL does the same), docs/forwarder.md "TLS"
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
     what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
     for key in ("cert", "key", "ca"):  # OpenSSL reading a named pipe waits for a writer: the forwarder hung

@@ -144,6 +144,72 @@ def closed_during_stall(writer: asyncio.StreamWriter) -> bool:
         return True  # reset, or already closed
 
 
+TLS_LOG_EVERY_S = 60.0
+"""A failed TLS handshake is logged at most once per peer address and reason in this time (`TlsFailureLog`)."""
+
+
+class TlsFailureLog:
+    """The log lines of one server's failed TLS handshakes. Each failure closes its one connection; a line
+    (naming the peer and why) is written for the first failure of an address for a reason, then at most
+    once per TLS_LOG_EVERY_S for that address and reason, saying how many were not logged since: a peer
+    retrying every few seconds, or a scan opening thousands of connections, does not fill the log, and a
+    failure for another reason is not hidden behind it. WARNING, but INFO for a peer that closed before
+    the handshake ended (`quiet`: a TCP port probe connects and closes without a word). At most MAX_KEYS
+    (address, reason) are remembered (a flood of addresses: the oldest are forgotten)."""
+
+    MAX_KEYS = 1000
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log = log
+        self.what = what  # "se104s RTU 10"
+        self.seen: dict[tuple[str, str], tuple[float, int]] = {}  # (host, why) -> (last logged, not logged since)
+
+    def failed(self, peer: str, why: str, now: float | None = None, quiet: bool = False) -> None:
+        now = time.monotonic() if now is None else now
+        key = (peer.rsplit(":", 1)[0], why)
+        last, unlogged = self.seen.pop(key, (-math.inf, 0))
+        if now - last < TLS_LOG_EVERY_S:
+            self.seen[key] = (last, unlogged + 1)
+            return
+        while len(self.seen) >= self.MAX_KEYS:
+            del self.seen[next(iter(self.seen))]
+        self.seen[key] = (now, 0)
+        more = f" ({unlogged} more from {key[0]} since its last such line)" if unlogged else ""
+        self.log.log(logging.INFO if quiet else logging.WARNING, "%s: master %s: TLS handshake failed (%s): "
+                     "connection closed%s", self.what, peer, why, more)
+
+
+def tls_failure(exc: BaseException, timeout_s: float, bound: str) -> str:
+    """Why a server-side TLS handshake failed, for an operator (`ForwardServer.tls_accept`)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its certificate was not accepted: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        reason = exc.reason or ""
+        if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
+            return "it sent no client certificate, and [tls] ca requires one"
+        if reason in ("UNSUPPORTED_PROTOCOL", "WRONG_SSL_VERSION", "TLSV1_ALERT_PROTOCOL_VERSION"):
+            return "it offered only a TLS version below 1.2"
+        if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL",
+                      "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"):
+            return f"what it sent is not TLS (a master without TLS?): {reason}"
+        if reason.startswith("TLSV1_ALERT_") or reason.startswith("SSLV3_ALERT_"):
+            return f"it aborted the handshake with an alert: {reason}"
+        return f"{reason or exc.__class__.__name__}: {exc.strerror or exc}"
+    if isinstance(exc, ConnectionAbortedError):  # asyncio's handshake timeout
+        return f"not completed within {timeout_s:g} s ({bound})"
+    if isinstance(exc, (ConnectionError, EOFError)):
+        return "the master closed the connection during the handshake"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+def close_once(writer: asyncio.StreamWriter) -> None:
+    """`writer.close()` unless its transport is closing already. Python 3.11's TLS transport forgets its
+    connection at a second close() (or a close() after it failed on its own: garbage from the peer): its
+    get_write_buffer_size() then raises AttributeError and its abort() does nothing."""
+    if not writer.transport.is_closing():
+        writer.close()
+
+
 @dataclass
 class Counters:
     """Monotonic counters of one server since it started; the field names are the metric names of
@@ -190,6 +256,8 @@ class ForwardServer(abc.ABC):
         self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
         self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
         self._moved = asyncio.Event()  # set whenever `position` moves; `caught_up` clears it, then waits on it
+        self.tls_failures = TlsFailureLog(self.log, f"{self.protocol} RTU {rtu.id}")
+        self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -200,6 +268,57 @@ class ForwardServer(abc.ABC):
         if (line := self.allowlist.first_refusal(host)) is not None:
             self.log.warning("%s RTU %s: %s", self.protocol, self.rtu.id, line)
         return False
+
+    async def tls_accept(self, writer: asyncio.StreamWriter, peer: str, timeout_s: float, bound: str) -> bool:
+        """The TLS handshake of a connection just accepted (and admitted: a refused address costs no
+        handshake), run in its handler, bounded by `timeout_s` (the setting `bound` names). True when it
+        succeeded (the writer and its reader speak through TLS from now on). False when it failed, timed
+        out, or the server stopped meanwhile (`stop_handshakes`): the connection is then closed, a failure
+        logged by `tls_failures` (its peer and why, never a traceback). Run here rather than by
+        `start_server(ssl=...)`, which drops a failed handshake without a word (asyncio logs those only in
+        debug mode), after the ALLOW check instead of before it, and leaves it running at `stop`.
+        Race-free on CPython's event loop: the handler's first step runs before the connection's first
+        read callback, and `start_tls` pauses reading before it yields, so the ClientHello reaches TLS."""
+        assert self.tls is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._handshakes.add(task)
+        try:
+            await writer.start_tls(self.tls, ssl_handshake_timeout=timeout_s)
+            return True
+        except asyncio.CancelledError:  # the server stops; a stream handler that ends cancelled is logged
+            writer.transport.abort()  # as an error by asyncio (3.11): this one returns
+            return False
+        except Exception as exc:  # noqa: BLE001 - ssl.SSLError, a reset, the timeout: that connection only
+            quiet = isinstance(exc, (ConnectionResetError, EOFError))  # it went away (a port probe does)
+            self.tls_failures.failed(peer, tls_failure(exc, timeout_s, bound), quiet=quiet)
+            writer.transport.abort()
+            return False
+        finally:
+            if task is not None:
+                self._handshakes.discard(task)
+
+    def tls_on_plain_port(self, first: bytes) -> str | None:
+        """Why a master is closed whose first octets `first` start a TLS handshake (a ClientHello) at this
+        server without TLS; None for anything else (the protocol's own error applies)."""
+        if self.tls is None and len(first) >= 2 and first[0] == 0x16 and first[1] == 0x03:
+            return "a TLS ClientHello: this server has no [tls] cert and speaks plain TCP"
+        return None
+
+    @staticmethod
+    def tls_read_failure(exc: ssl.SSLError) -> str:
+        """Why reading an established TLS connection failed (what the line closing it says)."""
+        reason = exc.reason or str(exc)
+        if "_ALERT_" in reason:  # the peer's fatal alert (a master giving up, e.g. on its refused renegotiation)
+            return f"the master ended TLS with a fatal alert: {reason}"
+        return f"TLS record not valid: {reason}"
+
+    async def stop_handshakes(self) -> None:
+        """Close the connections still in their TLS handshake (`stop`): their handlers return."""
+        tasks = list(self._handshakes)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_control(self, fwd: FwdPoint, value: float, origin: str,
                           timeout_ms: int | None = None, not_after_ms: int | None = None) -> ControlOutcome:

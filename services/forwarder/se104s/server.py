@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from fepha.iec104.link import LinkTimeout
 from fepha.listen import Servers, listeners, serve_all
 
 from ..allow import peer_host
-from ..base import STALLS, ForwardServer, Update, abort_unflushed, closed_during_stall
+from ..base import STALLS, ForwardServer, Update, abort_unflushed, close_once, closed_during_stall
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -62,9 +63,8 @@ class Se104Server(ForwardServer):
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
         socks = listeners(self.bind, port, f"se104s RTU {self.rtu.id}")
-        self._server = await serve_all(functools.partial(
-            asyncio.start_server, self._serve, ssl=self.tls, ssl_handshake_timeout=self.t0 if self.tls else None),
-            socks)
+        # TLS: the handshake runs in each connection's handler (`tls_accept`), after the ALLOW check
+        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve), socks)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 
@@ -76,6 +76,7 @@ class Se104Server(ForwardServer):
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        await self.stop_handshakes()
         for s in list(self._io):
             self.station.close(s, "server stopping")
         tasks = [t for io in list(self._io.values()) for t in io.tasks]
@@ -148,7 +149,7 @@ class Se104Server(ForwardServer):
             return
         io.wake.set()
         try:
-            io.writer.close()
+            close_once(io.writer)
         except (ConnectionError, OSError, RuntimeError):
             pass
         abort_unflushed(io.writer)
@@ -171,6 +172,8 @@ class Se104Server(ForwardServer):
             return
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        if self.tls is not None and not await self.tls_accept(writer, peer, self.t0, "t0"):
+            return  # closed, logged
         io = ConnIO(writer)
         s = self.station.connect(peer, time.monotonic())
         self._io[s] = io
@@ -180,11 +183,13 @@ class Se104Server(ForwardServer):
         io.tasks.add(asyncio.create_task(self._sender(s, io), name=f"se104s-send-{peer}"))
         io.tasks.add(asyncio.create_task(self._timers(s, io), name=f"se104s-timers-{peer}"))
         reason = "closed by the master"
+        first = b""  # the connection's first octets: a TLS ClientHello at a plain-TCP server is said so
         try:
             while not s.closed:
                 data = await reader.read(READ_CHUNK)
                 if not data:
                     break
+                first = first or data
                 ctls = self.station.receive(s, data, time.monotonic())
                 if ctls and closed_during_stall(writer):
                     log.warning("se104s RTU %s: master %s: %d command(s) not run: read after this forwarder was "
@@ -204,9 +209,13 @@ class Se104Server(ForwardServer):
                 await writer.drain()
                 await asyncio.sleep(0)  # the other connections' turn (read and drain need not yield)
         except ProtocolError as exc:
-            reason = f"protocol error: {exc}"
+            why = self.tls_on_plain_port(first) or exc
+            reason = f"protocol error: {why}"
             log.warning("se104s RTU %s: master %s sent a malformed frame (%s): closing that connection",
-                        self.rtu.id, peer, exc)
+                        self.rtu.id, peer, why)
+        except ssl.SSLError as exc:  # no valid TLS record (garbage, a forged or cut record), a fatal alert
+            reason = self.tls_read_failure(exc)
+            log.warning("se104s RTU %s: master %s: %s: closing that connection", self.rtu.id, peer, reason)
         except (ConnectionError, OSError) as exc:
             reason = f"connection error: {exc}"
         except asyncio.CancelledError:
@@ -227,7 +236,7 @@ class Se104Server(ForwardServer):
             self._io.pop(s, None)
             self.station.disconnect(s)
             try:
-                writer.close()
+                close_once(writer)
                 await asyncio.wait_for(writer.wait_closed(), 1.0)
             except (TimeoutError, ConnectionError, OSError, asyncio.CancelledError):
                 writer.transport.abort()  # a master that never reads what is still buffered

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -22,9 +23,11 @@ from typing import Any
 from fep_forwarder.allow import peer_host
 from fep_forwarder.base import (
     STALLS,
+    UNFLUSHED_GRACE_S,
     ForwardServer,
     Update,
     abort_unflushed,
+    close_once,
     closed_during_stall,
     drain_unless_stalled,
 )
@@ -50,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "max_inflight": 16,  # commands running at once per connection
     "max_frame": codec.MAX_FRAME,
     "control_timeout_ms": None,  # None: the ControlSink's default
+    "handshake_s": 30.0,  # with TLS: the handshake must end within it (as se104s's t0), else closed
 }
 
 
@@ -84,6 +88,7 @@ class _Conn:
         self.commands: dict[int, asyncio.Task] = {}
         self.tasks: list[asyncio.Task] = []  # reader and writer
         self.closing = False
+        self.why = "closed by the master"  # why the connection ended, for the line that says it left
 
     # -- fed by the server ---------------------------------------------------------------------------
     def push(self, events: Sequence[Event]) -> None:
@@ -112,6 +117,7 @@ class _Conn:
         if self.closing:
             return
         log.info("sefeps RTU %s master %s: %s: %s", self.server.rtu.id, self.peer, code, msg)
+        self.why = f"after err {code}"
         self.out.clear()
         self.out.append(codec.error(code, msg))
         self.closing = True
@@ -120,13 +126,24 @@ class _Conn:
     # -- tasks ---------------------------------------------------------------------------------------
     async def read_loop(self) -> None:
         dec = codec.Decoder(codec.CLIENT_MESSAGES, self.server.opt["max_frame"])
+        first = True
         while not self.closing:
             try:
                 data = await self.reader.read(65536)
-            except (ConnectionError, OSError):
+            except ssl.SSLError as exc:  # no valid TLS record (garbage, a forged or cut record), a fatal alert
+                self.why = self.server.tls_read_failure(exc)
+                log.warning("sefeps RTU %s master %s: %s: closing that connection", self.server.rtu.id, self.peer,
+                            self.why)
+                return
+            except (ConnectionError, OSError) as exc:
+                self.why = f"connection error: {exc}"
                 return
             if not data:
                 return
+            if first and (why := self.server.tls_on_plain_port(data)) is not None:
+                self.fail("frame", why)
+                return
+            first = False
             self.last_rx = time.monotonic()
             try:
                 for n, msg in enumerate(dec.feed(data), 1):
@@ -143,7 +160,8 @@ class _Conn:
                 return
             try:  # answers to a master that does not read: read no more from it until it does
                 await self.writer.drain()
-            except (ConnectionError, OSError):
+            except (ConnectionError, OSError) as exc:
+                self.why = f"connection error: {exc}"
                 return
 
     async def hello(self, msg: dict[str, Any]) -> None:
@@ -328,10 +346,12 @@ class _Conn:
                         # it may send (so its silence does not close it) but does not read: the same limit
                         log.info("sefeps RTU %s master %s: nothing it was sent was read for %g s: closing",
                                  self.server.rtu.id, self.peer, 3 * hb)
+                        self.why = f"read nothing for {3 * hb:g} s"
                         return
                 if self.closing and not self.out:
                     return
-        except (ConnectionError, OSError):
+        except (ConnectionError, OSError) as exc:
+            self.why = f"send failed: {exc}"
             return
 
     def info(self) -> dict[str, Any]:
@@ -369,7 +389,8 @@ class SefepsServer(ForwardServer):
         self._stopping = False
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
         socks = listeners(self.bind, port, f"sefeps RTU {self.rtu.id}")
-        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve, ssl=self.tls), socks)
+        # TLS: the handshake runs in each connection's handler (`tls_accept`), after the ALLOW check
+        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve), socks)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:
@@ -377,6 +398,7 @@ class SefepsServer(ForwardServer):
         self._stopping = True
         if srv is not None:
             srv.close()
+        await self.stop_handshakes()
         for conn in list(self.conns):
             # cancel the connection's own tasks, not the stream handler task: on Python 3.11 a cancelled
             # handler task is logged as an error by asyncio.streams
@@ -494,6 +516,10 @@ class SefepsServer(ForwardServer):
         if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
             writer.transport.abort()
             return
+        peer = writer.get_extra_info("peername")
+        if self.tls is not None and not await self.tls_accept(writer, f"{peer[0]}:{peer[1]}" if peer else "?",
+                                                              float(self.opt["handshake_s"]), "handshake_s"):
+            return  # closed, logged
         conn = _Conn(self, reader, writer)
         task = asyncio.current_task()
         assert task is not None
@@ -518,8 +544,12 @@ class SefepsServer(ForwardServer):
             for t in list(conn.commands.values()):
                 t.cancel()
             await asyncio.gather(wtask, *conn.commands.values(), return_exceptions=True)
-            writer.close()
+            close_once(writer)
             abort_unflushed(writer)
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            try:  # TLS: a master that never answers close_notify would hold it for asyncio's 30 s shutdown timeout
+                await asyncio.wait_for(writer.wait_closed(), UNFLUSHED_GRACE_S)
+            except Exception:  # noqa: BLE001 - the timeout, or how the connection failed: let it go now
+                writer.transport.abort()
             self.conns.pop(conn, None)
+            log.info("sefeps RTU %s master %s left (%s)", self.rtu.id, conn.peer,
+                     "server stopping" if self._stopping else conn.why)
