@@ -243,8 +243,8 @@ class Iec104Runner(RunnerBase):
                     raise LinkLost(str(exc)) from None
                 if self._gi.expired(now):
                     self.once.problem(f"{self.key} gi", "general interrogation not terminated: no ACT_TERM, nor any "
-                                      f"frame of it, within t1 ({self.params.t1:g} s); taken as ended")
-                    self._spont_in_gi.clear()
+                                      f"frame of it, within t1 ({self.params.t1:g} s); taken as ended (late "
+                                      "answers still never overwrite a newer event)")
                 if self._recent_pending and self.lease.held and not link.started and link.pending is None:
                     await self._load_recent()
                 self._drive(link, now)
@@ -388,9 +388,9 @@ class Iec104Runner(RunnerBase):
                 if self._tail is not None and self._tail.recent:  # the tail the RTU had not seen acknowledged
                     runs = self._tail.take(runs, self.tracker.written)
                     self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
-                if self._gi.open(time.monotonic()):
+                if self._gi.watch:
                     self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
-            elif c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16 and self._gi.open(time.monotonic()):
+            elif c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16 and self._gi.watch:
                 self._gi.heard(time.monotonic())
                 runs = [r._replace(events=rules.not_overtaken(r.events, self._spont_in_gi)) for r in runs]
             return runs

@@ -542,30 +542,37 @@ class Interrogation:
     interrogated answers sent later (unasked, cause 20) would still be judged against the events since that
     GI. So a GI is also given up when `quiet_s` (the link's t1, the time an RTU has to answer) passes
     without a frame of it (its ACT_CON, an interrogated answer: `heard`); `expired` says so once.
-    `first`: it is the GI sent right after STARTDT."""
+    `first`: it is the GI sent right after STARTDT.
+
+    `watch`: interrogated answers are still judged against the spontaneous events since that GI was sent,
+    from its sending until its ACT_TERM or refusal, our STOPDT, the connection's end or the next GI, also
+    once it is given up: an RTU slower than t1 (a gateway polling the devices behind it) still answers it
+    later, and a late snapshot must not overwrite a newer event of its point."""
 
     quiet_s: float
     deadline: float | None = None  # None: no GI open
     first: bool = False
+    watch: bool = False
 
     def sent(self, now: float, first: bool) -> None:
-        self.deadline, self.first = now + self.quiet_s, first
+        self.deadline, self.first, self.watch = now + self.quiet_s, first, True
 
     def heard(self, now: float) -> None:
         if self.deadline is not None:
             self.deadline = now + self.quiet_s
 
     def ended(self) -> None:
-        self.deadline, self.first = None, False
+        self.deadline, self.first, self.watch = None, False, False
 
     def open(self, now: float) -> bool:
         return self.deadline is not None and now <= self.deadline
 
     def expired(self, now: float) -> bool:
-        """True once when the open GI is given up (nothing of it for `quiet_s`); it is ended then."""
+        """True once when the open GI is given up (nothing of it for `quiet_s`): it is no longer open (a GI
+        due may be sent), its late answers are still watched (`watch`)."""
         if self.deadline is None or now <= self.deadline:
             return False
-        self.ended()
+        self.deadline, self.first = None, False
         return True
 
     def covers_restart(self, now: float) -> bool:

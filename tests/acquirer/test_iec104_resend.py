@@ -527,3 +527,39 @@ async def test_asdu_with_some_tags_replaced_sent_again_after_a_cut_is_written_on
             assert (await value_of(r, 5, 5001)).value == last
         finally:
             await a.stop()
+
+
+async def test_gi_answers_later_than_t1_never_overwrite_a_newer_event(redis_master, feproot, caplog):
+    """An RTU slower than t1 (1 s here; a gateway polling the devices behind it): it confirms the GI, says
+    nothing more for 1.4 s (the GI is given up, logged), then reports a spontaneous event of IOA 100 (ON,
+    its time tag) and only after it its snapshot of that point (OFF) and the ACT_TERM. The point stays ON:
+    the late answer is still judged against the events since the GI was sent. Before, giving the GI up
+    dropped that record, and the older snapshot overwrote the event."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    async with ScriptRtu(port) as rtu:
+        event_ms: list[int] = []
+
+        def late(a: c.Asdu) -> None:
+            event_ms.append(int(time.time() * 1000))
+            rtu.send(c.build_asdu(c.M_SP_TB_1, c.COT_SPONT, CA, [(100, c.element(c.M_SP_TB_1, 1, 0, event_ms[0]))]))
+            rtu.send(c.build_asdu(c.M_SP_NA_1, c.COT_INROGEN, CA, [(100, c.element(c.M_SP_NA_1, 0, 0, 0))]))
+            rtu.send(c.build_asdu(c.M_ME_NC_1, c.COT_INROGEN, CA, [(200, c.element(c.M_ME_NC_1, 3.0, 0, 0))]))
+            rtu.send(c.mirror(a, c.COT_ACTTERM))
+
+        def on_gi(a: c.Asdu) -> None:
+            rtu.send(c.mirror(a, c.COT_ACTCON))
+            asyncio.get_running_loop().call_later(1.4, late, a)
+
+        rtu.on_gi = on_gi
+        a = Node(node_cfg(feproot, redis_master, "A", **IEC_FAST))
+        r = a.master
+        try:
+            await until(lambda: _is(value_of(r, 5, 5003), 6.0), 5)   # the late GI's other answer: written
+            assert "general interrogation not terminated" in caplog.text
+            v = await value_of(r, 5, 5001)
+            assert (v.value, v.ts_ms) == (1, event_ms[0]), v
+            recs = await changes_of(r, 5001)
+            assert [(x.value, x.ts_ms) for x in recs][-1] == (1, event_ms[0]), recs
+        finally:
+            await a.stop()

@@ -424,9 +424,10 @@ def test_interrogation_open_until_act_term_or_t1_without_a_frame_of_it() -> None
     g.heard(10)                                                     # its ACT_CON, an answer: t1 again
     assert g.open(25) and not g.open(25.1)
     assert g.expired(26) and not g.expired(27) and not g.open(26)   # said once, then ended
+    assert g.watch                                   # given up: its late answers still judged against events
     g.sent(30, first=False)
     g.ended()                                                        # ACT_TERM
-    assert not g.open(30) and not g.expired(100)
+    assert not g.open(30) and not g.expired(100) and not g.watch
     g.heard(200)                                                     # a late answer opens nothing
     assert not g.open(200)
 
