@@ -117,12 +117,21 @@ FIFO=${1:?usage: redis-role.sh FIFO}
 state=BACKUP
 echo "$state" > "${FEP_RUN:-/run/fep}/state" 2>/dev/null
 exec 3<> "$FIFO"                     # read+write: never sees EOF when keepalived reopens it
+# bash reads a pipe byte by byte and checks read -t's deadline before each byte: a line that arrives just
+# before the deadline (or while this script waits for the CPU) is cut after its first bytes, which read
+# consumes and hands back, failing. They are kept in $part and the line completed by the next read;
+# dropped, its rest ('NSTANCE ...') would be skipped and that state (MASTER) never applied.
+part=""
 while true; do
-  if read -r -t 1 kind name st _ <&3; then
+  if IFS= read -r -t 1 more <&3; then
+    line=$part$more; part=""
+    read -r kind name st _ <<< "$line"
     [ "$kind" = INSTANCE ] || continue
     state=$st
     echo "$state" > "${FEP_RUN:-/run/fep}/state" 2>/dev/null
     log "keepalived: $name $state"
+  else
+    part=$part$more                   # timed out (nothing, or a line cut at the deadline)
   fi
   apply "$state"
 done

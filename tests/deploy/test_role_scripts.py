@@ -4,11 +4,14 @@ rendered keepalived.conf (checked by keepalived's own config test)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -81,36 +84,59 @@ def test_backup_with_unreachable_peer_stays_master(tmp_path: Path) -> None:
         assert role(a) == "master"
 
 
-def test_fifo_reader_applies_states_in_order_and_reconciles(pair, tmp_path: Path) -> None:
-    m, s = pair
-    fifo = tmp_path / "keepalived.fifo"
+@contextlib.contextmanager
+def fifo_reader(env: dict[str, str], tmp: Path) -> Iterator[TextIO]:
+    """redis-role.sh reading its FIFO as keepalived's notify_fifo_script; yields the FIFO opened to write."""
+    fifo = tmp / "keepalived.fifo"
     os.mkfifo(fifo)
-    env = script_env(s, m, "127.0.0.1", tmp_path)
     p = subprocess.Popen([str(KA / "redis-role.sh"), str(fifo)], env=env, start_new_session=True)
     try:
         with open(fifo, "w") as f:
-            f.write('INSTANCE "VI_FEP" MASTER 100\n')
-            f.flush()
-            deadline = time.monotonic() + 10
-            while role(s) != "master" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert role(s) == "master"
-            # A restarted Redis boots as a replica (compose.yml): the reader puts it back within ~1 s.
-            s.client().replicaof(m.host, m.port)
-            deadline = time.monotonic() + 10
-            while role(s) != "master" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert role(s) == "master"
-            assert (tmp_path / "state").read_text().strip() == "MASTER"
-            f.write('INSTANCE "VI_FEP" BACKUP 100\n')
-            f.flush()
-            deadline = time.monotonic() + 10
-            while role(s) != f"slave {m.port}" and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert role(s) == f"slave {m.port}"
+            yield f
     finally:
         os.killpg(p.pid, 15)
         p.wait(5)
+
+
+def wait_role(r: RedisProc, want: str, timeout: float = 10) -> str:
+    deadline = time.monotonic() + timeout
+    while role(r) != want and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return role(r)
+
+
+def test_fifo_reader_applies_states_in_order_and_reconciles(pair, tmp_path: Path) -> None:
+    m, s = pair
+    with fifo_reader(script_env(s, m, "127.0.0.1", tmp_path), tmp_path) as f:
+        f.write('INSTANCE "VI_FEP" MASTER 100\n')
+        f.flush()
+        assert wait_role(s, "master") == "master"
+        # A restarted Redis boots as a replica (compose.yml): the reader puts it back within ~1 s.
+        s.client().replicaof(m.host, m.port)
+        assert wait_role(s, "master") == "master"
+        assert (tmp_path / "state").read_text().strip() == "MASTER"
+        f.write('INSTANCE "VI_FEP" BACKUP 100\n')
+        f.flush()
+        assert wait_role(s, f"slave {m.port}") == f"slave {m.port}"
+
+
+def test_fifo_reader_keeps_a_line_cut_at_its_read_deadline(pair, tmp_path: Path) -> None:
+    """bash reads the FIFO byte by byte and checks `read -t 1`'s deadline before each byte: a line that
+    arrives just before the deadline, or while the reader waits for the CPU, is cut after its first bytes,
+    which read consumes and hands back, failing. keepalived writes each line at once; here the line is
+    written in two parts around a deadline, so the cut is certain. The reader used to drop the first part
+    and skip the rest ('TER 100'): the MASTER state was never applied, B's Redis never promoted (a CI run:
+    VIP on B, its Redis a replica of the crashed node 10 s later)."""
+    m, s = pair
+    with fifo_reader(script_env(s, m, "127.0.0.1", tmp_path), tmp_path) as f:
+        f.write('INSTANCE "VI_FEP" MAS')
+        f.flush()
+        time.sleep(2.5)    # past the deadline of the read that took the first part (1 s + one apply)
+        f.write('TER 100\n')
+        f.flush()
+        assert wait_role(s, "master", 5) == "master"
+        assert (tmp_path / "state").read_text().strip() == "MASTER"
+        assert 'keepalived: "VI_FEP" MASTER' in (tmp_path / "role.log").read_text()
 
 
 def test_track_script_checks_redis_itself(tmp_path: Path) -> None:
