@@ -387,7 +387,8 @@ class Iec104Runner(RunnerBase):
             if got.spontaneous:
                 if self._tail is not None and self._tail.recent:  # the tail the RTU had not seen acknowledged
                     runs = self._tail.take(runs, self.tracker.written)
-                    self.metrics.inc("duplicates_dropped", len(got.events) - sum(len(r.events) for r in runs))
+                    self.metrics.inc("duplicates_dropped", sum(len(r.events) for r in got.runs)
+                                     - sum(len(r.events) for r in runs))
                 if self._gi.watch:
                     self._spont_in_gi.update(pid for r in runs for pid, _, _ in r.events)
             elif c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16 and self._gi.watch:
@@ -430,7 +431,7 @@ class Iec104Runner(RunnerBase):
         taken ends them (its clock is right again)."""
         for kind, why in got.clock.items():
             self.once.begin(f"{self.key} {kind}", why)
-        if got.tagged and got.events and not got.clock:
+        if got.tagged and got.runs and not got.clock:  # a run holds one event at least
             for kind in rules.TAG_FAULTS:
                 self.once.clear(f"{self.key} {kind}")
 

@@ -324,9 +324,12 @@ class Tail:
             return runs
         last, n = -1, 0
         for r in runs:
+            if not r.device_times:  # our reception time: never recognised, nothing to encode
+                n += len(r.events)
+                continue
             for pid, (v, q), ts in r.events:
                 key = (pid, pt.encode(v, q, ts))
-                if r.device_times and key in self.recent:
+                if key in self.recent:
                     self.recent.discard(key)
                     last = n
                 n += 1

@@ -58,3 +58,10 @@ def peer_host(peername: object) -> str:
     if isinstance(peername, tuple) and peername:
         return str(peername[0])
     return "?"
+
+
+def peer_name(peername: object) -> str:
+    """'address:port' of a socket's peername, as the log lines name a master ('?' when there is none)."""
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return "?"

@@ -21,7 +21,7 @@ from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
 from fepha.listen import Servers, listeners, serve_all
 
-from ..allow import peer_host
+from ..allow import peer_host, peer_name
 from ..base import STALLS, ForwardServer, Update, abort_unflushed, close_once, closed_during_stall
 from ..resume import Sid
 from .station import Control, Session, Station
@@ -170,8 +170,7 @@ class Se104Server(ForwardServer):
         if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
             writer.transport.abort()
             return
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
+        peer = peer_name(writer.get_extra_info("peername"))
         if self.tls is not None and not await self.tls_accept(writer, peer, self.t0, "t0"):
             return  # closed, logged
         io = ConnIO(writer)

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from fep_forwarder.allow import peer_host
+from fep_forwarder.allow import peer_host, peer_name
 from fep_forwarder.base import (
     STALLS,
     UNFLUSHED_GRACE_S,
@@ -65,7 +65,7 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.peer = peer_name(peer)
         self.identity = peer_host(peer)  # the master across reconnects and nodes: its address
         self.state = "hello"  # hello -> open -> closed
         self.name = ""
@@ -516,8 +516,7 @@ class SefepsServer(ForwardServer):
         if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
             writer.transport.abort()
             return
-        peer = writer.get_extra_info("peername")
-        if self.tls is not None and not await self.tls_accept(writer, f"{peer[0]}:{peer[1]}" if peer else "?",
+        if self.tls is not None and not await self.tls_accept(writer, peer_name(writer.get_extra_info("peername")),
                                                               float(self.opt["handshake_s"]), "handshake_s"):
             return  # closed, logged
         conn = _Conn(self, reader, writer)
