@@ -44,19 +44,52 @@ def emit(**rec: Any) -> None:
             os._exit(0)
 
 
+# c104 2.2.1's Connection::setOpen (src/remote/Connection.cpp) queues the STARTDT of a connection just
+# opened as a task for the client's thread *before* it sets the state OPEN_MUTED; when that thread runs the
+# task first, unmute() finds the connection not open and returns without a byte sent: the connection stays
+# OPEN_MUTED for good (no STARTDT, so no data), more often on a busy machine. A reconnect can hit the same
+# race. What a SCADA operator would do by hand: send STARTDT again.
+STUCK_MUTED_S = 0.5
+
+
+def unmute_if_stuck(conn: c104.Connection, muted_since: dict[int, float], after_s: float = STUCK_MUTED_S) -> bool:
+    """Send STARTDT on `conn` when it has been OPEN_MUTED for `after_s` (c104's lost STARTDT, above);
+    `muted_since` (keyed by id(conn)) remembers since when, across calls. True when STARTDT was sent. With
+    Init.ALL c104 then sends its general interrogation and clock sync on the STARTDT_CON as usual. Only for
+    connections whose init is not Init.MUTED."""
+    key = id(conn)
+    if conn.state != c104.ConnectionState.OPEN_MUTED:
+        muted_since.pop(key, None)
+        return False
+    since = muted_since.setdefault(key, time.monotonic())
+    if time.monotonic() - since < after_s:
+        return False
+    muted_since[key] = time.monotonic()
+    return bool(conn.unmute())
+
+
 def open_with_retries(client: c104.Client, opened: threading.Event, first_s: float = 4.0,
                       retry_s: float = 6.0, retries: int = 2) -> bool:
-    """Start a c104 client and wait until its connection is OPEN (`opened`, set by its state callback);
-    reconnect up to `retries` times. c104 2.2.1 now and then opens a connection after a failed or slow
-    attempt without sending STARTDT (not a byte from the client), so it stays OPEN_MUTED; a reconnect gets
-    past it, and under load the new attempt can stick the same way. Blocking: from asyncio, run it in a
-    thread."""
+    """Start a c104 client and wait until its connection is OPEN (`opened`, set by its state callback),
+    sending STARTDT again when c104 lost its own (`unmute_if_stuck`), and reconnecting up to `retries` times
+    when even that does not open it. Blocking: from asyncio, run it in a thread."""
+    muted_since: dict[int, float] = {}
+
+    def wait(seconds: float) -> bool:
+        end = time.monotonic() + seconds
+        while not opened.wait(min(0.1, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end:
+                return False
+            for conn in client.connections:
+                unmute_if_stuck(conn, muted_since)
+        return True
+
     client.start()
-    if opened.wait(first_s):
+    if wait(first_s):
         return True
     for _ in range(retries):
         client.reconnect_all()
-        if opened.wait(retry_s):
+        if wait(retry_s):
             return True
     return False
 
@@ -117,21 +150,6 @@ def start_iec104(node: str, ip: str, model: Model,
     return client, conn, rtu.address
 
 
-def unmute_stuck(node: str, conn: c104.Connection, ca: int, muted_since: dict[str, float]) -> None:
-    """c104 2.2.1 sometimes opens a connection after a failed attempt (refused / timed out) without sending
-    STARTDT (seen with tshark: no byte from the client), so it stays OPEN_MUTED and receives nothing. A
-    SCADA master would restart it; so does the probe: STARTDT + general interrogation after 2 s muted."""
-    if conn.state != c104.ConnectionState.OPEN_MUTED:
-        muted_since.pop(node, None)
-        return
-    since = muted_since.setdefault(node, time.monotonic())
-    if time.monotonic() - since >= 2.0:
-        muted_since[node] = time.monotonic()
-        emit(src="probe", node=node, state="unmute-stuck-connection")
-        if conn.unmute():
-            conn.interrogation(common_address=ca, wait_for_response=False)
-
-
 def poll_modbus(node: str, ip: str, model: Model, stop: threading.Event) -> None:
     rtu = forwarding_rtu(model, "modbus_trains")
     dis = sorted(f.addr for f in rtu.forwards if f.table == "T006_ZFDI")
@@ -174,21 +192,22 @@ def main(argv: list[str] | None = None) -> NoReturn:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     clients, threads = [], []
-    iec: list[tuple[str, c104.Connection, int]] = []
+    iec: list[tuple[str, c104.Connection]] = []
     for spec in args.node:
         node, _, ip = spec.partition("=")
-        client, conn, ca = start_iec104(node, ip, model)
+        client, conn, _ca = start_iec104(node, ip, model)
         clients.append(client)
-        iec.append((node, conn, ca))
+        iec.append((node, conn))
         t = threading.Thread(target=poll_modbus, args=(node, ip, model, stop), daemon=True)
         t.start()
         threads.append(t)
     emit(src="probe", state="started")
-    muted_since: dict[str, float] = {}
+    muted_since: dict[int, float] = {}
     while not stop.is_set():
         stop.wait(0.5)
-        for node, conn, ca in iec:
-            unmute_stuck(node, conn, ca, muted_since)
+        for node, conn in iec:
+            if unmute_if_stuck(conn, muted_since, after_s=2.0):
+                emit(src="probe", node=node, state="unmute-stuck-connection")
 
     def wind_down() -> None:
         for c in clients:

@@ -18,6 +18,7 @@ import time
 import c104
 
 from fep_forwarder.resume import parse_id
+from fep_tools.scada_probe import unmute_if_stuck
 from fepha import keyspace as ks
 from fepha.points import decode
 from tests.api.test_with_services import exited
@@ -52,19 +53,14 @@ def spontaneous(m: Master, since: int) -> list[Received]:
     return [r for r in m.got[since:] if r.cot == "SPONTANEOUS"]
 
 
-async def reopened(m: Master, since: int, muted_s: float = 1.0) -> None:
-    """Wait until the master's connection is OPEN again (after trace entry `since`). c104 2.2.1 now and then
-    reconnects after failed attempts without sending STARTDT and stays OPEN_MUTED
-    (tools/scada_probe.open_with_retries; here about one reconnect in two): muted for `muted_s`, it is told
-    to reconnect, twice at most."""
-    end, retries, muted_at = time.monotonic() + 15, 2, None
+async def reopened(m: Master, since: int) -> None:
+    """Wait until the master's connection is OPEN again (after trace entry `since`), sending STARTDT again
+    when c104 lost its own (tools/scada_probe.unmute_if_stuck: c104 2.2.1's race, here about one reconnect
+    in two)."""
+    end, muted_since = time.monotonic() + 15, dict[int, float]()
     while c104.ConnectionState.OPEN not in m.trace[since:]:
         assert time.monotonic() < end, f"the master did not start data transfer again: {m.trace[since:][-10:]}"
-        if muted_at is None and c104.ConnectionState.OPEN_MUTED in m.trace[since:]:
-            muted_at = time.monotonic()
-        if muted_at is not None and time.monotonic() - muted_at > muted_s and retries:
-            since, retries, muted_at = len(m.trace), retries - 1, None
-            await in_thread(m.client.reconnect_all)
+        await in_thread(unmute_if_stuck, m.conn, muted_since)
         await asyncio.sleep(0.02)
 
 

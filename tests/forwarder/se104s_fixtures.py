@@ -292,8 +292,8 @@ async def c104_master(port: int, init: Any = c104.Init.ALL, wait_open: bool = Tr
 
     record_wire(conn, states)
     try:
-        # Wait on the callback: polling conn.state right after start() can stall lib60870's connect. Rarely
-        # (about 1 in 50 under load) the c104 client stays OPEN_MUTED; open_with_retries reconnects it.
+        # Wait on the callback: polling conn.state right after start() can stall lib60870's connect. Now and
+        # then c104 drops its own STARTDT and stays OPEN_MUTED; open_with_retries sends it again.
         if wait_open:
             assert await in_thread(open_with_retries, client, opened), \
                 f"c104 connection did not open: {states[-30:]} {conn.state}"

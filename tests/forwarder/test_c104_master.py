@@ -141,3 +141,22 @@ def test_a_late_answer_to_the_previous_command_is_not_the_next_ones() -> None:
     trace.append(frame(">> ", 1003, c.COT_ACT, at=3.0))
     trace.append(frame("<< ", 1003, c.COT_ACTCON, at=3.1))
     assert execute_answer_at(trace, SETPOINT) == (True, 3.1)
+
+
+async def test_a_connection_left_muted_by_c104_is_started_without_a_reconnect() -> None:
+    """c104 2.2.1 queues a new connection's STARTDT before it marks the connection OPEN_MUTED; when its
+    client thread runs the task first the STARTDT is dropped and the connection stays OPEN_MUTED (the CI
+    failure of test_two_masters_both_get_spontaneous_data: three connects in a row stuck so). Init.MUTED
+    leaves a connection in that very state every time: open_with_retries starts it with STARTDT on that same
+    connection (no reconnect), soon after it is seen muted."""
+    async with se104_server() as srv:
+        srv.load_image(full_image())
+        t0 = time.monotonic()
+        async with c104_master(srv.port, init=c104.Init.MUTED) as m:
+            took = time.monotonic() - t0
+            states = [s for s in m.trace if isinstance(s, c104.ConnectionState)]
+            assert states == [c104.ConnectionState.CLOSED_AWAIT_OPEN, c104.ConnectionState.OPEN_MUTED,
+                              c104.ConnectionState.OPEN], states
+            sent = [bytes.fromhex(x[3:]) for x in m.trace if isinstance(x, str) and x.startswith(">> ")]
+            assert sent.count(bytes.fromhex("680407000000")) == 1, sent  # one STARTDT act
+            assert took < 3.0, took  # before the first reconnect (4 s)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import c104
 
+from fep_tools.scada_probe import unmute_if_stuck
 from tests.c104wire import command, record_wire
 
 _muted_since: dict[int, float] = {}
@@ -26,18 +27,11 @@ _muted_since: dict[int, float] = {}
 
 def started(conn: c104.Connection) -> bool:
     """Data transfer is started (STARTDT confirmed), so a command may be sent: a controlling station sends
-    no I frame before (IEC 60870-5-104 5.3; se104s closes a connection that does). c104 2.2.1 sometimes opens
-    a connection without sending STARTDT (tools/scada_probe.unmute_stuck): after 1 s muted it is sent."""
+    no I frame before (IEC 60870-5-104 5.3; se104s closes a connection that does). c104 2.2.1 sometimes drops
+    its own STARTDT (tools/scada_probe.unmute_if_stuck): after 1 s muted it is sent again."""
     if conn.state == c104.ConnectionState.OPEN:
-        _muted_since.clear()
         return True
-    if conn.state == c104.ConnectionState.OPEN_MUTED:
-        since = _muted_since.setdefault(id(conn), time.monotonic())
-        if time.monotonic() - since >= 1.0:
-            _muted_since[id(conn)] = time.monotonic()
-            conn.unmute()
-    else:
-        _muted_since.clear()
+    unmute_if_stuck(conn, _muted_since, after_s=1.0)
     return False
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 import c104
 
-from fep_tools.scada_probe import emit, start_iec104, unmute_stuck
+from fep_tools.scada_probe import emit, start_iec104, unmute_if_stuck
 from fepha.semodel import db
 from fepha.semodel.model import Model
 from tests.c104wire import command, record_wire
@@ -121,10 +121,11 @@ def main(argv: list[str] | None = None) -> int:
                                                          args.control_timeout, leaving), daemon=True).start()
         until = args.stop if args.follow or i else args.switch
         follow = Follow(args.follow_s) if args.follow else None
-        muted: dict[str, float] = {}
+        muted: dict[int, float] = {}
         while not until.exists() and time.monotonic() < end and not (follow and follow.lost(conn)):
             time.sleep(0.02)
-            unmute_stuck(node, conn, ca, muted)
+            if unmute_if_stuck(conn, muted, after_s=2.0):
+                emit(src="probe", node=node, state="unmute-stuck-connection")
         emit(src="switch", node=node, state="leaving")
         leaving.set()      # the sender ends after the answer it may be waiting for: not waited for here
         client.stop()
