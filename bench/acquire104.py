@@ -295,7 +295,7 @@ def setup(root: Path, rp: RedisProc, n_dev: int, n_points: int) -> Lab:
         rx = Receiver(fwd_port)
         try:
             rx.__enter__()
-        except RuntimeError:  # lib60870 rarely stays muted on the first connect (tests/forwarder fixtures)
+        except RuntimeError:  # not open after open_with_retries' STARTDT resends and reconnects: one more try
             rx.client.reconnect_all()
             if not rx.opened.wait(20):
                 rx.__exit__()
