@@ -13,14 +13,16 @@ No I/O here: the servers and the runner call these with what they hold, and tabl
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 Sid = tuple[int, int]
 T = TypeVar("T")
 
 ZERO: Sid = (0, 0)
+_sid = itemgetter(0)
 
 
 def parse_id(entry_id: str | None) -> Sid:
@@ -59,13 +61,27 @@ class History(Generic[T]):
     It keeps what some known master has not acknowledged: `prune(floor)` drops what every known master has
     (the "no master started" buffer of IEC 104 holds exactly this), and `maxlen` bounds it (oldest
     dropped). `floor` is the newest sid the history does NOT fully cover: a cursor older than it cannot be
-    resumed from (its events were dropped, or came before this server started)."""
+    resumed from (its events were dropped, or came before this server started).
+
+    The sids never decrease (events are appended in stream order, `fill` puts older ones in front), so
+    `prune` and `since` find their cut by bisection and drop or copy with one slice (10,000 events pruned
+    one by one in Python took 2.3 ms, 1.3 ms so, most of it freeing them). The events are kept in a list
+    from `_head` on; those before it (dropped by `append` at maxlen, one per event) are deleted `COMPACT`
+    at a time, not with one list shift per event."""
+
+    COMPACT = 1024
 
     def __init__(self, maxlen: int) -> None:
-        self.items: deque[tuple[Sid, T]] = deque()
+        self._buf: list[tuple[Sid, T]] = []
+        self._head = 0
         self.maxlen = maxlen
         self.floor: Sid = ZERO
         self.started = False
+
+    @property
+    def items(self) -> list[tuple[Sid, T]]:
+        """The events kept, oldest first (a copy)."""
+        return self._buf[self._head:]
 
     def start(self, position: Sid) -> None:
         """The first image: nothing before `position` is here (a later call is ignored)."""
@@ -75,24 +91,31 @@ class History(Generic[T]):
 
     def reset(self, position: Sid) -> None:
         """A new full image after a stream gap: events before it may be missing."""
-        self.items.clear()
+        self._buf.clear()
+        self._head = 0
         self.floor = max(self.floor, position)
 
     def append(self, sid: Sid, item: T) -> int:
-        """Add one event; returns how many old ones were dropped to stay within maxlen."""
-        self.items.append((sid, item))
-        dropped = 0
-        while len(self.items) > self.maxlen:
-            old, _ = self.items.popleft()
-            # an entry partly dropped is not covered any more
-            self.floor = max(self.floor, old)
-            dropped += 1
+        """Add one event (`sid` not older than the last one's); returns how many old ones were dropped to
+        stay within maxlen."""
+        self._buf.append((sid, item))
+        dropped = len(self) - self.maxlen
+        if dropped <= 0:
+            return 0
+        self._head += dropped
+        # an entry partly dropped is not covered any more
+        self.floor = max(self.floor, self._buf[self._head - 1][0])
+        if self._head >= self.COMPACT:
+            del self._buf[:self._head]
+            self._head = 0
         return dropped
 
     def prune(self, floor: Sid) -> None:
         """Forget events every known master acknowledged (sid <= floor)."""
-        while self.items and self.items[0][0] <= floor:
-            self.items.popleft()
+        cut = bisect_right(self._buf, floor, lo=self._head, key=_sid)
+        if cut > self._head:
+            del self._buf[:cut]
+            self._head = 0
         self.floor = max(self.floor, floor)
 
     def fill(self, floor: Sid, items: Iterable[tuple[Sid, T]]) -> int:
@@ -101,14 +124,15 @@ class History(Generic[T]):
         server had been running since. `items` in stream order, none newer than the history's floor; only
         the newest that fit within maxlen are kept, and the floor is then the newest entry dropped (as in
         `append`). Returns how many were kept."""
-        room = self.maxlen - len(self.items)
+        room = self.maxlen - len(self)
         new = [it for it in items if it[0] <= self.floor]
         if room <= 0 or not self.started:
             return 0
         if len(new) > room:
             floor = max(floor, new[-room - 1][0])
             new = new[-room:]
-        self.items.extendleft(reversed(new))
+        self._buf[:self._head] = new
+        self._head = 0
         self.floor = min(self.floor, floor)
         return len(new)
 
@@ -119,10 +143,10 @@ class History(Generic[T]):
         """The events after `cursor`, in order; None when the history does not cover it."""
         if not self.covers(cursor):
             return None
-        return [it for s, it in self.items if s > cursor]
+        return [it for _, it in self._buf[bisect_right(self._buf, cursor, lo=self._head, key=_sid):]]
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._buf) - self._head
 
 
 def prune_floor(known: Iterable[Sid], position: Sid) -> Sid:

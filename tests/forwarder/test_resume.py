@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from fep_forwarder.resume import (
@@ -64,6 +66,49 @@ def test_history_covers_from_its_start_and_after_what_it_dropped() -> None:
     assert list(h.items) == [(D, "d")] and h.since(B) is None and h.since(C) == ["d"]
     h.reset((4, 0))  # a full image after a stream gap
     assert len(h) == 0 and h.since(D) is None and h.since((4, 0)) == []
+
+
+def _counting(op: str) -> Callable[[tuple[int, int], object], bool]:
+    def compare(self: tuple[int, int], other: object) -> bool:
+        Counted.n += 1
+        return bool(getattr(tuple, op)(self, other))
+    return compare
+
+
+class Counted(tuple):
+    """A sid that counts the comparisons made with it."""
+
+    n = 0
+    __lt__, __le__, __gt__, __ge__ = (_counting(op) for op in ("__lt__", "__le__", "__gt__", "__ge__"))
+
+
+def test_prune_finds_its_cut_by_bisection() -> None:
+    """10,000 events, two per stream entry, the oldest 100 dropped at maxlen: `prune` and `since` compare a
+    few sids (bisection), not one per event dropped or skipped (pruning a second of 10,000 events one by
+    one held the event loop milliseconds), and keep exactly what they kept: a floor before the first event
+    kept, on an entry, between entries (its events go), after the last."""
+    def history() -> History[int]:
+        h: History[int] = History(9_900)
+        h.start((0, 0))
+        for i in range(10_000):
+            h.append(Counted((1 + i // 2, 0)), i)
+        assert len(h) == 9_900 and h.floor == (50, 0)  # events 0 .. 99 (entries 1 .. 50) dropped
+        return h
+
+    for floor, first, want_floor in [((2_500, 0), 5_000, (2_500, 0)),  # on entry 2,500: both its events go
+                                     ((10, 0), 100, (50, 0)),  # before the first event kept: nothing goes
+                                     ((2_500, 7), 5_000, (2_500, 7)),  # between entries 2,500 and 2,501
+                                     ((9_999, 0), 10_000, (9_999, 0))]:  # after the last: everything goes
+        h = history()
+        Counted.n = 0
+        h.prune(floor)
+        assert Counted.n <= 20, f"prune({floor}): {Counted.n} comparisons"
+        assert [it for _, it in h.items] == list(range(first, 10_000)) and h.floor == want_floor
+        Counted.n = 0
+        assert h.since(want_floor) == list(range(first, 10_000)) and h.since((want_floor[0] - 1, 0)) is None
+        assert Counted.n <= 40, f"since after prune({floor}): {Counted.n} comparisons"
+    h = history()
+    assert h.since((2_500, 0)) == list(range(5_000, 10_000))  # since alone: the events after that entry
 
 
 def test_prune_floor_and_cursor_text() -> None:
