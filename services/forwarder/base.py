@@ -482,11 +482,20 @@ class ForwardServer(abc.ABC):
     def advanced(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: the position moved (a server whose idle masters' cursors follow it updates them)."""
 
+    forget_on_ack = False
+    """`record_ack` prunes the history (`forget_acknowledged`), not only the once-a-second read (se104s:
+    pruned once a second, the history of masters that keep up held a second of events, 10,000 at 10,000
+    changes/s, dropped at once, a stall of milliseconds in the event loop). Not sefeps: a master resuming its session may
+    go back behind its last `ack` and gets those events again from the history (docs/sefeps.md)."""
+
     def record_ack(self, identity: str, cursor: Sid) -> None:
-        """A master's cursor moved forward: keep it for the runner to write (latest value wins)."""
+        """A master's cursor moved forward: keep it for the runner to write (latest value wins); with
+        `forget_on_ack`, forget at once what every known master has now (`forget_acknowledged`)."""
         if cursor > self._acked.get(identity, ZERO) and cursor > self._known.get(identity, ZERO):
             self._acked[identity] = cursor
             self._dirty[identity] = cursor
+            if self.forget_on_ack:
+                self.forget_acknowledged()
             if self.on_acked is not None:
                 self.on_acked()
 
@@ -506,15 +515,21 @@ class ForwardServer(abc.ABC):
     def set_known(self, cursors: dict[str, Sid]) -> None:
         """The runner's once-a-second read of `fep:fwd:ack:{rtu}` (local Redis)."""
         self._known = cursors
+        self.forget_acknowledged()
+
+    def forget_acknowledged(self) -> None:
+        """Forget what every known master acknowledged (`resume.prune_floor`): on each acknowledgement
+        that moves a cursor (`forget_on_ack`), on the once-a-second read of the recorded cursors, and when
+        the history is full (`make_room`). A known master that is away keeps its events."""
         self.prune(prune_floor(self.known_cursors().values(), self.position))
 
     def prune(self, floor: Sid) -> None:  # noqa: B027 - an optional hook, empty by default
         """Hook: forget buffered events every known master acknowledged (sid <= floor)."""
 
     def make_room(self) -> None:
-        """The history is full: forget what every known master has now (the once-a-second prune may be
-        up to a second behind), before anything is dropped."""
-        self.prune(prune_floor(self.known_cursors().values(), self.position))
+        """The history is full: forget what every known master has now (another node's masters' cursors
+        are read once a second, and may be up to a second behind), before anything is dropped."""
+        self.forget_acknowledged()
 
     async def master_cursor(self, identity: str) -> Sid | None:
         """The cursor of `identity`: Redis's (asked now, the freshest) or this server's, the newer."""

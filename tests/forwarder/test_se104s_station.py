@@ -9,11 +9,12 @@ from itertools import groupby
 import pytest
 
 from fep_forwarder.base import Update
+from fep_forwarder.se104s import Se104Server
 from fep_forwarder.se104s.station import BUILD_AHEAD, SLICE_POINTS, Session, Station
 from fepha.iec104 import codec as c
 from fepha.iec104.link import STARTED, AsduIn, Event, Link, LinkParams, Role
 from fepha.points import Quality, Value
-from fepha.semodel.model import FWD_KIND, FwdPoint, Rtu
+from fepha.semodel.model import FWD_KIND, FwdPoint, Model, Rtu
 
 from .se104s_fixtures import BY_ADDR as BY_ADDR_MON
 from .se104s_fixtures import CA, Sink, rtu, upd
@@ -332,6 +333,45 @@ def test_a_full_history_first_forgets_what_every_known_master_acknowledged() -> 
         m.xfer()
     assert values_of(m.got) == [float(i) for i in range(300)]
     assert st.counts.events_dropped == 0 and len(st.history) <= 100
+
+
+def test_an_acknowledgement_forgets_at_once_what_every_known_master_has() -> None:
+    """The server forgets what every known master has on each acknowledgement (`ForwardServer.record_ack`),
+    not only at the once-a-second read of the recorded positions (`set_known`): pruned once a second, a
+    master that keeps up left a second of events behind (10,000 at 10,000 changes/s), all dropped at once, a
+    stall of milliseconds. A known master that is away keeps what it has not acknowledged, and gets it."""
+    srv = Se104Server(rtu(), Model({}, "", ""), "127.0.0.1", Sink(), "A", **P)
+    st = srv.station
+    srv.image_at("1-0", [])
+    srv.set_known({"m2": (5, 0)})  # away (served on the other node), acknowledged up to entry 5
+
+    def started(peer: str, cursor: tuple[int, int] | None) -> Pair:
+        m = Pair(st, peer)
+        m.master.start(0.0)
+        m.xfer()
+        st.resume(m.s, cursor)  # as the transport does with the position it read
+        m.xfer()
+        return m
+
+    def acked_all(m: Pair) -> None:
+        m.master.tick(2.0)  # t2: the master acknowledges the frames that fell short of w as well
+        m.xfer(2.0)
+
+    m1 = started("m1:5000", None)  # new to the system: end of initialisation
+    for e in range(2, 12):  # one entry, one frame at a time; m1 acknowledges every w = 2
+        u = upd(1001, float(e))
+        srv.apply([Update(u.fwd, u.value, (e, 0))])
+        srv.advance(f"{e}-0")
+        m1.xfer()
+    acked_all(m1)
+    assert values_of(m1.got) == [float(e) for e in range(2, 12)]
+    assert srv.known_cursors() == {"m1": (11, 0), "m2": (5, 0)}
+    # no set_known since: what m1 acknowledged is gone up to m2's position, what m2 has not is kept
+    assert [sid for sid, _ in st.history.items] == [(e, 0) for e in range(6, 12)]
+    m2 = started("m2:5000", (5, 0))
+    assert values_of(m2.got) == [float(e) for e in range(6, 12)]  # resumed with what it missed
+    acked_all(m2)
+    assert srv.known_cursors()["m2"] == (11, 0) and len(st.history) == 0  # every known master has it all
 
 
 def test_single_active_a_startdt_stops_the_started_master_and_takes_over_its_events() -> None:

@@ -46,6 +46,7 @@ class ConnIO:
 class Se104Server(ForwardServer):
     protocol = "se104s"
     log = log
+    forget_on_ack = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
