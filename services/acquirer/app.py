@@ -128,6 +128,9 @@ class Acquirer:
         for longer, or the timer at 0: nothing is tried, as after a crash the leases lapse."""
         limit = self.cfg.stop_handover_s
         self.controls_off.set()
+        # on every path, handing over or not: the ticks until close() bid for no lease, so none is gained
+        # (and no gain's writes started) on the way out
+        self.house.stopping = True
         if not self.tasks or not limit:
             return
         h = self.house
@@ -136,7 +139,6 @@ class Acquirer:
         if wait is None:
             log.warning(UNREACHABLE)
             return
-        self.house.stopping = True
         t0 = time.monotonic()
         work = asyncio.create_task(self._hand_over(wait), name="acquirer-handover")
         rush = asyncio.create_task(hurry.wait(), name="acquirer-stop-again")
