@@ -21,7 +21,7 @@ from fep_acquirer.housekeeping import Housekeeping
 from fep_acquirer.iec104rtu import Iec104Runner
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
-from fep_acquirer.tasks import cancel_all
+from fep_acquirer.tasks import cancel_all, unless_set
 from fep_acquirer.writer import Writer
 from fepha import cfgstore, heap, redisconn
 from fepha.config import NodeConfig
@@ -74,14 +74,18 @@ class Acquirer:
         self.house.gen = model.gen
         log.info("configuration gen %d: %d acquisition RTUs", model.gen, len(self.runners))
 
-    async def check_config(self) -> None:
+    async def check_config(self, stop: asyncio.Event | None = None) -> None:
+        """Apply the configuration of the local Redis when its stamp changed. The read is given up as soon as
+        `stop` is set (`unless_set`): the stop does not wait on a local Redis that hangs or was killed, whose
+        answer (an error) would come only after redis-py's socket timeouts and retries."""
         try:
-            if await cfgstore.stamp_async(self.local) == self.stamp:
-                return
-            model, stamp = await cfgstore.read_stamped_async(self.local)
+            read = await unless_set(stop or asyncio.Event(), self._read_config())
         except Exception as exc:  # noqa: BLE001 - local Redis down or loading: keep running what we have
             self.once.problem("config", f"{type(exc).__name__}: {exc}")
             return
+        if read is None:  # unchanged, or stopping
+            return
+        model, stamp = read
         if model is None:  # logged once while it lasts (a clear first logged "recovered" every second)
             self.once.problem("config", "no configuration in Redis (run sysload init)")
             return
@@ -89,6 +93,12 @@ class Acquirer:
         await self.apply(model)
         self.stamp = stamp
         heap.settle()  # the configuration and runners live on: out of the collector's full passes
+
+    async def _read_config(self) -> tuple[Model | None, cfgstore.Stamp] | None:
+        """The local Redis's configuration and its stamp; None when the stamp is the one applied."""
+        if await cfgstore.stamp_async(self.local) == self.stamp:
+            return None
+        return await cfgstore.read_stamped_async(self.local)
 
     async def run(self, stop: asyncio.Event, config_check_s: float = 1.0, hurry: asyncio.Event | None = None) -> None:
         """Until `stop` is set; then the planned stop (`planned_stop`), cut short by `hurry` (a second
@@ -102,7 +112,7 @@ class Acquirer:
                       asyncio.create_task(self.house.roles.run(self.stopping), name="acquirer-role-watch")]
         try:
             while not stop.is_set():
-                await self.check_config()
+                await self.check_config(stop)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), config_check_s)
             await self.planned_stop(hurry or asyncio.Event())
@@ -118,6 +128,9 @@ class Acquirer:
         for longer, or the timer at 0: nothing is tried, as after a crash the leases lapse."""
         limit = self.cfg.stop_handover_s
         self.controls_off.set()
+        # on every path, handing over or not: the ticks until close() bid for no lease, so none is gained
+        # (and no gain's writes started) on the way out
+        self.house.stopping = True
         if not self.tasks or not limit:
             return
         h = self.house
@@ -126,7 +139,6 @@ class Acquirer:
         if wait is None:
             log.warning(UNREACHABLE)
             return
-        self.house.stopping = True
         t0 = time.monotonic()
         work = asyncio.create_task(self._hand_over(wait), name="acquirer-handover")
         rush = asyncio.create_task(hurry.wait(), name="acquirer-stop-again")

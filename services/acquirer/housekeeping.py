@@ -207,19 +207,20 @@ class Housekeeping:
             self.master_ok = False
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
             return
-        # the role watch's last reading (every role_watch_s); read here only before its first
-        role = self.roles.role if self.roles.role is not None else await self.roles.read()
-        if not role:
-            self.master_ok = False
-            self.once.problem("redis", f"local Redis: {self.roles.error}")
-            return
-        self.once.clear("redis")
         if (self.run_id is not None and run_id != self.run_id) or not self.master_ok:
             log.info("master Redis changed or came back (run_id %s): writing full images", run_id)
             for r in self.runners.values():
                 if r.lease.held:
                     r.full_image()
         self.run_id, self.master_ok = run_id, True
+        # the role watch's last reading (every role_watch_s); read here only before its first. Not answering:
+        # the write mode and the timeline wait for it, but the master is reached (`tick_ok`: a planned stop
+        # hands the leases over; it said "master Redis unreachable" and handed nothing over)
+        role = self.roles.role if self.roles.role is not None else await self.roles.read()
+        if not role:
+            self.once.problem("redis", f"local Redis: {self.roles.error}")
+            return
+        self.once.clear("redis")
         if role != self.role:
             if self.role is not None:
                 log.info("local Redis role %s -> %s", self.role, role)

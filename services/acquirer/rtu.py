@@ -503,7 +503,12 @@ class RtuRunner(RunnerBase):
 
     def lease_gained(self) -> None:
         """Replay what was seen as standby, then the full image: at once when the last poll allows it
-        (`changes.at_lease_gain`), with the next poll otherwise (and for what was not written at once)."""
+        (`changes.at_lease_gain`), with the next poll otherwise (and for what was not written at once).
+        Nothing once the runner is stopping: a gain reported then (a tick that read the runners before a
+        reload stopped this one) would start writes that nobody awaits or cancels, left pending after the
+        acquirer stopped (`stop` cancels only the one started before it)."""
+        if self._stopping:
+            return
         self._replay_pending = True
         self.full_image()
         gain = at_lease_gain(self.polled_age_ms(), int(self.poll_s * 1000), self.stale_ms, self.reaches())
@@ -526,8 +531,8 @@ class RtuRunner(RunnerBase):
             self.once.problem(f"{self.key} lease gain", f"{type(exc).__name__}: {exc}")
 
     async def stop(self) -> None:
+        await super().stop()  # `_stopping` set before its first await: no gain starts writes from then on
         await cancel_and_wait(self._gain)
-        await super().stop()
         await cancel_and_wait(self._drain)
 
     async def _sync(self) -> None:

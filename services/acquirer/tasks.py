@@ -9,6 +9,10 @@ until the task is done, and long-running loops also check a stop flag of their o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 async def cancel_and_wait(task: asyncio.Task | None, step_s: float = 0.5) -> None:
@@ -40,3 +44,19 @@ async def cancel_all(*tasks: asyncio.Task | None) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
+
+
+async def unless_set(event: asyncio.Event, aw: Awaitable[T]) -> T | None:
+    """`aw`'s result (or its exception), or None as soon as `event` is set first: `aw` is then cancelled
+    and waited for (`cancel_and_wait`), so nothing of it outlives the call. For a read a stop must not wait
+    on: a command to a hung or killed Redis is answered only after redis-py's socket timeouts and its
+    retries' backoff (with its default policy, up to 4 timeouts plus 2 + 4 + 8 s)."""
+    work = asyncio.ensure_future(aw)
+    setter = asyncio.ensure_future(event.wait())
+    finished = False
+    try:
+        await asyncio.wait([work, setter], return_when=asyncio.FIRST_COMPLETED)
+        finished = work.done()
+    finally:  # also when the caller is cancelled: neither outlives it (a cancelled `aw`'s outcome is discarded)
+        await cancel_all(setter, None if finished else work)
+    return work.result() if finished else None
