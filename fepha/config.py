@@ -315,6 +315,14 @@ class NodeConfig:
                                          "seconds of silence (at most 32767); a master gone without closing is "
                                          "dropped about twice this after its last packet; 0: off")
 
+    # every forwarding server: connections per peer address still in their opening (TLS handshake, then the
+    # first se104s frame / sefeps hello / Modbus request), docs/forwarder.md "Connections in their opening";
+    # fep_forwarder.app passes it to every server as an option
+    forwarder_opening_max: int = opt("forwarder", _int_in(1, 10_000), 16,
+                                     "connections from one address still in their opening (TLS handshake, "
+                                     "first frame) per forwarding server, at most (1 ... 10,000); more are "
+                                     "closed at once, counted and logged")
+
     # when forwarded values are not topical (NT quality): docs/forwarder.md "Quality"
     quality_replica_down_s: float = opt("quality", _positive(float, zero=True), 0.0,
                                         "NT on every value once the local replica's master link is down this "

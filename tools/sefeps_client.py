@@ -29,8 +29,9 @@ class SefepsError(Exception):
 class SefepsClient:
     def __init__(self, host: str, port: int, name: str = "fep_tools.sefeps_client",
                  versions: tuple[int, ...] = codec.SUPPORTED, tls: ssl.SSLContext | None = None,
-                 acks: bool = True) -> None:
+                 acks: bool = True, local_addr: tuple[str, int] | None = None) -> None:
         self.host, self.port, self.name, self.versions, self.tls = host, port, name, versions, tls
+        self.local_addr = local_addr  # the address (and port, 0: any) this end connects from; None: the system's
         self.acks = acks  # send `ack` after each applied frame (a master that never acks: False)
         self.welcome: dict[str, Any] = {}
         self.session = ""
@@ -60,7 +61,7 @@ class SefepsClient:
         self.image_ready.clear()
         self.error, self.close_reason = None, ""
         self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self.host, self.port, ssl=self.tls), timeout)
+            asyncio.open_connection(self.host, self.port, ssl=self.tls, local_addr=self.local_addr), timeout)
         self._last_rx = self._last_tx = time.monotonic()
         dec = codec.Decoder(codec.SERVER_MESSAGES)
         try:

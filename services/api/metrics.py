@@ -51,6 +51,9 @@ HELP: dict[str, str] = {
     "controls_ok": "controls that ended done",
     "control_latency_ms_sum": "sum of the control latencies in ms",
     "connections_refused": "master connections refused by T004_RTU.ALLOW",
+    "connections_opening_refused": "master connections closed at accept: their address had [forwarder] "
+                                   "opening_max connections in their opening already",
+    "tls_handshakes_failed": "TLS handshakes of master connections that failed or timed out",
     "stream_lag_ms": "age of the last change-stream entry the forwarder processed, ms",
     "clients": "masters connected to this node's forwarding servers",
 }

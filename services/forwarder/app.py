@@ -133,7 +133,8 @@ class Forwarder:
         self.signal = stop  # SIGTERM/SIGINT: the planned stop (`_planned_stop`) begins
         self.stop = asyncio.Event()  # the planned stop is over: every loop ends
         self.options = {"select_timeout_s": cfg.select_timeout_s,
-                        "control_timeout_ms": int(cfg.control_timeout_s * 1000), **(options or {})}
+                        "control_timeout_ms": int(cfg.control_timeout_s * 1000),
+                        "opening_max": cfg.forwarder_opening_max, **(options or {})}
         self.master = redisconn.master_async(cfg)
         self.sink = RedisControlSink(redisconn.master_async_once(cfg), Model({}, "", ""),
                                      int(cfg.control_timeout_s * 1000))

@@ -30,7 +30,7 @@ from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model, Rtu
 
-from .allow import Allowlist
+from .allow import Allowlist, peer_host, peer_name
 from .drain import CLOSE, REFUSED, SINK_MARGIN_S, WAIT, Drain
 from .resume import ZERO, Sid, parse_id, prune_floor, sid_text
 
@@ -144,39 +144,99 @@ def closed_during_stall(writer: asyncio.StreamWriter) -> bool:
         return True  # reset, or already closed
 
 
-TLS_LOG_EVERY_S = 60.0
-"""A failed TLS handshake is logged at most once per peer address and reason in this time (`TlsFailureLog`)."""
+PEER_LOG_EVERY_S = 60.0
+"""A connection closed for a peer's fault (a failed TLS handshake, one over `[forwarder] opening_max`) is logged
+at most once per peer address and reason in this time (`PeerFailureLog`)."""
 
 
-class TlsFailureLog:
-    """The log lines of one server's failed TLS handshakes. Each failure closes its one connection; a line
-    (naming the peer and why) is written for the first failure of an address for a reason, then at most
-    once per TLS_LOG_EVERY_S for that address and reason, saying how many were not logged since: a peer
-    retrying every few seconds, or a scan opening thousands of connections, does not fill the log, and a
-    failure for another reason is not hidden behind it. WARNING, but INFO for a peer that closed before
-    the handshake ended (`quiet`: a TCP port probe connects and closes without a word). At most MAX_KEYS
-    (address, reason) are remembered (a flood of addresses: the oldest are forgotten)."""
+class PeerFailureLog:
+    """The log lines of one server's connections closed for one kind of fault of their peer (`event`: "TLS
+    handshake failed", "refused"). Each closes its one connection; a line (naming the peer and why) is
+    written for the first one of an address for a reason, then at most once per PEER_LOG_EVERY_S for that
+    address and reason, saying how many were not logged since: a peer retrying every few seconds, or a scan
+    opening thousands of connections, does not fill the log, and a failure for another reason is not hidden
+    behind it. WARNING, but INFO for a peer that closed before the handshake ended (`quiet`: a TCP port probe
+    connects and closes without a word). At most MAX_KEYS (address, reason) are remembered (a flood of
+    addresses: the oldest are forgotten)."""
 
     MAX_KEYS = 1000
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, event: str) -> None:
         self.log = log
         self.what = what  # "se104s RTU 10"
+        self.event = event  # "TLS handshake failed"
         self.seen: dict[tuple[str, str], tuple[float, int]] = {}  # (host, why) -> (last logged, not logged since)
 
     def failed(self, peer: str, why: str, now: float | None = None, quiet: bool = False) -> None:
         now = time.monotonic() if now is None else now
         key = (peer.rsplit(":", 1)[0], why)
         last, unlogged = self.seen.pop(key, (-math.inf, 0))
-        if now - last < TLS_LOG_EVERY_S:
+        if now - last < PEER_LOG_EVERY_S:
             self.seen[key] = (last, unlogged + 1)
             return
         while len(self.seen) >= self.MAX_KEYS:
             del self.seen[next(iter(self.seen))]
         self.seen[key] = (now, 0)
         more = f" ({unlogged} more from {key[0]} since its last such line)" if unlogged else ""
-        self.log.log(logging.INFO if quiet else logging.WARNING, "%s: master %s: TLS handshake failed (%s): "
-                     "connection closed%s", self.what, peer, why, more)
+        self.log.log(logging.INFO if quiet else logging.WARNING, "%s: master %s: %s (%s): connection closed%s",
+                     self.what, peer, self.event, why, more)
+
+
+class Opening:
+    """The connections of one server still in their opening, per peer address, at most `limit` at once
+    (`[forwarder] opening_max`): from the accept to the end of the TLS handshake and then of the protocol's
+    opening (se104s: the master's first complete frame; sefeps: its hello; modbus_trains: its first complete
+    request). A connection that would be one more from its address is closed at once, before its handshake
+    (`enter` returns None: the caller aborts it), counted (`connections_opening_refused`) and logged by
+    `refusals` (one line per address a minute). A peer, or a scan, that opens thousands of silent connections
+    so holds at most `limit` sockets of this process, until its handshakes time out (t0, handshake_s) or
+    the protocol's own timers close them; the masters of other addresses are served meanwhile."""
+
+    def __init__(self, limit: int, counts: Counters, refusals: PeerFailureLog) -> None:
+        self.limit = limit
+        self.counts = counts
+        self.refusals = refusals
+        self.held: dict[str, int] = {}  # host -> its connections in their opening
+
+    def enter(self, host: str, peer: str) -> OpeningSlot | None:
+        """A slot for a connection just accepted from `host` (`peer`: address:port, for the line), None when
+        `host` holds `limit` already (counted, logged: the caller closes the connection at once)."""
+        n = self.held.get(host, 0)
+        if n >= self.limit:
+            self.counts.connections_opening_refused += 1
+            self.refusals.failed(peer, f"{n} connections from {host} in their opening already, "
+                                 "[forwarder] opening_max")
+            return None
+        self.held[host] = n + 1
+        return OpeningSlot(self, host)
+
+    def leave(self, host: str) -> None:
+        n = self.held.get(host, 0) - 1
+        if n > 0:
+            self.held[host] = n
+        else:
+            self.held.pop(host, None)
+
+
+class OpeningSlot:
+    """One connection's place among its address's openings: `done()` frees it (idempotent), when its protocol
+    says the opening is over or the connection ends, whichever comes first."""
+
+    __slots__ = ("host", "opening")
+
+    def __init__(self, opening: Opening | None, host: str) -> None:
+        self.opening = opening
+        self.host = host
+
+    def done(self) -> None:
+        if self.opening is not None:
+            self.opening.leave(self.host)
+            self.opening = None
+
+    @property
+    def open(self) -> bool:
+        """True while the connection is still in its opening."""
+        return self.opening is not None
 
 
 def tls_failure(exc: BaseException, timeout_s: float, bound: str) -> str:
@@ -210,6 +270,10 @@ def close_once(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
+OPENING_MAX = 16
+"""`[forwarder] opening_max`'s default: a server given no `opening_max` option bounds its openings so."""
+
+
 @dataclass
 class Counters:
     """Monotonic counters of one server since it started; the field names are the metric names of
@@ -222,6 +286,8 @@ class Counters:
     controls_ok: int = 0
     control_latency_ms_sum: int = 0
     connections_refused: int = 0  # peers not in T004_RTU.ALLOW
+    connections_opening_refused: int = 0  # over [forwarder] opening_max from their address (`Opening`)
+    tls_handshakes_failed: int = 0  # failed or timed out (`ForwardServer.tls_accept`)
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -256,7 +322,9 @@ class ForwardServer(abc.ABC):
         self._in_flight: dict[object, float] = {}  # controls handed to the sink -> their deadline (monotonic)
         self.image_ready = asyncio.Event()  # set by the first image (the history starts there)
         self._moved = asyncio.Event()  # set whenever `position` moves; `caught_up` clears it, then waits on it
-        self.tls_failures = TlsFailureLog(self.log, f"{self.protocol} RTU {rtu.id}")
+        self.tls_failures = PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "TLS handshake failed")
+        self.opening = Opening(int(options.get("opening_max") or OPENING_MAX), self.counts,
+                               PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "refused"))
         self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
 
     def admit(self, host: str) -> bool:
@@ -268,6 +336,38 @@ class ForwardServer(abc.ABC):
         if (line := self.allowlist.first_refusal(host)) is not None:
             self.log.warning("%s RTU %s: %s", self.protocol, self.rtu.id, line)
         return False
+
+    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The handler of each connection of a streams server (se104s, sefeps): `T004_RTU.ALLOW` (`admit`),
+        a place among its address's openings (`opening`; none left: closed at once, before any handshake),
+        the TLS handshake (`tls_accept`, bounded by `handshake_bound`), then the protocol (`serve`), which
+        frees the place (`slot.done()`) when its opening is over; freed here at the latest, when the
+        connection ends."""
+        peername = writer.get_extra_info("peername")
+        host = peer_host(peername)
+        if not self.admit(host):  # T004_RTU.ALLOW
+            writer.transport.abort()
+            return
+        peer = peer_name(peername)
+        slot = self.opening.enter(host, peer)
+        if slot is None:  # [forwarder] opening_max: counted, logged
+            writer.transport.abort()
+            return
+        try:
+            if self.tls is not None and not await self.tls_accept(writer, peer, *self.handshake_bound()):
+                return  # closed, logged
+            await self.serve(reader, writer, slot)
+        finally:
+            slot.done()
+
+    def handshake_bound(self) -> tuple[float, str]:
+        """How long a TLS handshake may take here, and the setting that says so (`accept`)."""
+        raise NotImplementedError
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: OpeningSlot) -> None:
+        """A streams server's protocol on a connection admitted (and through TLS, with TLS): calls `slot.done()`
+        once the connection's opening is over (its first complete frame, its hello)."""
+        raise NotImplementedError
 
     async def tls_accept(self, writer: asyncio.StreamWriter, peer: str, timeout_s: float, bound: str) -> bool:
         """The TLS handshake of a connection just accepted (and admitted: a refused address costs no
@@ -291,6 +391,7 @@ class ForwardServer(abc.ABC):
             return False
         except Exception as exc:  # noqa: BLE001 - ssl.SSLError, a reset, the timeout: that connection only
             quiet = isinstance(exc, (ConnectionResetError, EOFError))  # it went away (a port probe does)
+            self.counts.tls_handshakes_failed += 1
             self.tls_failures.failed(peer, tls_failure(exc, timeout_s, bound), quiet=quiet)
             writer.transport.abort()
             return False

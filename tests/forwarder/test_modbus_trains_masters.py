@@ -186,13 +186,14 @@ async def test_libmodbus_master(served, tmp_path):
 
 
 async def test_many_concurrent_masters(served):
-    """40 masters at once, each with its own connection, interleaving reads and a write of its own value:
-    every read answered with the image, every write run exactly once."""
+    """40 masters at once, each with its own connection from its own address, interleaving reads and a write
+    of its own value: every read answered with the image, every write run exactly once. (From one address,
+    40 connections opened in the same moment would be bounded by `[forwarder] opening_max`: test_opening.py.)"""
     srv, sink, _ = served
     port = srv.port
 
     async def master(i: int) -> None:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(f"127.0.1.{i + 1}", 0))
         try:
             for k in range(10):
                 tid = i * 100 + k

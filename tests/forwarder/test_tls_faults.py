@@ -42,6 +42,9 @@ from .tls_cert import make_cert_now
 
 T0 = 0.6
 """The handshake bound these servers get (se104s `t0`, sefeps `handshake_s`)."""
+OPENING_MAX = 64
+"""`[forwarder] opening_max` of these servers: above the fifty stalled handshakes of one address below (the
+default, 16, would refuse 34 of them at accept; test_opening.py checks the bound)."""
 ON_TIME_S = 0.5
 """How late an event may reach the good master on this shared machine (it takes a few ms)."""
 
@@ -149,12 +152,12 @@ class Proto:
 PROTOS = {
     "se104s": Proto("se104s", lambda ctx, allow=(): Se104Server(
                         dataclasses.replace(s104.rtu(0), allow=allow), Model({}, "", ""), "127.0.0.1", s104.Sink(),
-                        "A", tls=ctx, t0=T0),
+                        "A", tls=ctx, t0=T0, opening_max=OPENING_MAX),
                     Good104.open, c.u_frame(c.STARTDT_ACT), c.u_frame(c.STARTDT_ACT)[:3], logging.WARNING,
                     "t0"),
     "sefeps": Proto("sefeps", lambda ctx, allow=(): SefepsServer(
                         dataclasses.replace(sef.RTU, allow=allow), None, "127.0.0.1", sef.Sink(), "A", tls=ctx,
-                        handshake_s=T0),
+                        handshake_s=T0, opening_max=OPENING_MAX),
                     GoodFeps.open, codec.encode(codec.hello()), codec.encode(codec.hello())[:7], logging.INFO,
                     "handshake_s"),
 }
@@ -318,6 +321,7 @@ async def test_plaintext_on_the_tls_port(proto: Proto, first: str, caplog, certs
         bad.writer.write(proto.plain_start if first == "protocol" else b"\x00\xff" * 40)
         assert await bad.closed_after(T0) < T0 / 2
         await sc.check(bad.peer, "TLS handshake failed", "is not TLS")
+        assert sc.srv.counts.tls_handshakes_failed == 1
 
 
 async def test_a_clienthello_on_the_plain_port(proto: Proto, caplog, certs) -> None:
@@ -370,6 +374,7 @@ async def test_a_stalled_handshake_ends_at_t0(proto: Proto, caplog, certs) -> No
         await sc.on_time()
         assert T0 - 0.1 < await closing < T0 + 0.5
         await sc.check(bad.peer, "TLS handshake failed", f"not completed within {T0:g} s ({proto.bound})")
+        assert sc.srv.counts.tls_handshakes_failed == 1  # /metrics: fep_forwarder_tls_handshakes_failed_total
 
 
 async def test_fifty_stalled_handshakes_hold_nothing_up(proto: Proto, caplog, certs) -> None:
@@ -567,7 +572,7 @@ def test_failed_handshakes_are_logged_once_a_minute_per_address_and_reason(caplo
     """The limiter of those lines: the first failure of an address for a reason is logged, the next ones
     within a minute only counted, and said with the next line logged for that address and reason; another
     address, or another reason, has lines of its own."""
-    log = base.TlsFailureLog(logging.getLogger("t"), "se104s RTU 1")
+    log = base.PeerFailureLog(logging.getLogger("t"), "se104s RTU 1", "TLS handshake failed")
     caplog.set_level(logging.INFO)
     log.failed("10.0.0.1:1000", "not TLS", now=0.0)
     log.failed("10.0.0.1:1001", "not TLS", now=10.0)

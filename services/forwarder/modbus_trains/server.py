@@ -40,7 +40,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simcore import SimCore
 
 from fep_forwarder.allow import peer_host
-from fep_forwarder.base import STALLS, ForwardServer, Update
+from fep_forwarder.base import STALLS, ForwardServer, OpeningSlot, Update
 from fep_forwarder.modbus_trains.addrmap import (
     FUNCTION_AREA,
     GATEWAY_PATH_UNAVAILABLE,
@@ -176,6 +176,7 @@ class _Handler(ServerRequestHandler):
         self.paused = False
         self.writable = asyncio.Event()  # cleared while the transport's write buffer is over its high-water mark
         self.writable.set()
+        self.opening: OpeningSlot | None = None  # its place among its address's openings, until its first request
 
     def _close(self, why: str) -> None:
         """Drop this connection, logging `why` once per client address."""
@@ -192,6 +193,10 @@ class _Handler(ServerRequestHandler):
             self.transport.abort()  # type: ignore[attr-defined]  # pymodbus types it BaseTransport
             return
         self.peer = f"{self.host}:{peer[1]}" if peer else "?"
+        self.opening = owner.opening.enter(self.host, self.peer)
+        if self.opening is None:  # [forwarder] opening_max: counted, logged
+            self.transport.abort()  # type: ignore[attr-defined]  # pymodbus types it BaseTransport
+            return
         owner.conns[self.peer] = {"since_ms": int(time.time() * 1000)}
         sock = self.transport.get_extra_info("socket")
         if owner.keepalive_s and sock is not None:
@@ -215,6 +220,8 @@ class _Handler(ServerRequestHandler):
             pid = not_modbus(buf)
             pdu = bytes(buf[7:n])
             del buf[:n]
+            if self.opening is not None:
+                self.opening.done()  # its first complete request: its opening is over
             if pid is not None:
                 owner: ModbusTrainsServer = self.server.fwd
                 owner.once.problem(f"modbus_trains RTU {owner.rtu.id} client {self.host} protocol id",
@@ -266,6 +273,8 @@ class _Handler(ServerRequestHandler):
 
     def callback_disconnected(self, exc: Exception | None) -> None:
         super().callback_disconnected(exc)
+        if self.opening is not None:
+            self.opening.done()
         self.writable.set()  # the worker sees the closed transport and ends
         while len(self.pending) > (self.worker is not None):  # the one in progress finishes (not answered)
             self.pending.pop()
@@ -305,7 +314,8 @@ class ModbusTrainsServer(ForwardServer):
                      self.rtu.id)
         self._srv: _TcpServer | None = None
         self._writes: set[asyncio.Task] = set()
-        # counts: controls, controls_ok, control_latency_ms_sum, connections_refused (Modbus is polled,
+        # counts: controls, controls_ok, control_latency_ms_sum, connections_refused,
+        # connections_opening_refused (Modbus is polled,
         # so there are no events to count)
 
     # -- ForwardServer ----------------------------------------------------------------------------------

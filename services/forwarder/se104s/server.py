@@ -21,8 +21,16 @@ from fepha.iec104.codec import ProtocolError
 from fepha.iec104.link import LinkTimeout
 from fepha.listen import Servers, listeners, serve_all
 
-from ..allow import peer_host, peer_name
-from ..base import STALLS, ForwardServer, Update, abort_unflushed, close_once, closed_during_stall
+from ..allow import peer_name
+from ..base import (
+    STALLS,
+    ForwardServer,
+    OpeningSlot,
+    Update,
+    abort_unflushed,
+    close_once,
+    closed_during_stall,
+)
 from ..resume import Sid
 from .station import Control, Session, Station
 
@@ -65,7 +73,7 @@ class Se104Server(ForwardServer):
         port = 2404 if self.rtu.listen_port is None else self.rtu.listen_port
         socks = listeners(self.bind, port, f"se104s RTU {self.rtu.id}")
         # TLS: the handshake runs in each connection's handler (`tls_accept`), after the ALLOW check
-        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve), socks)
+        self._server = await serve_all(functools.partial(asyncio.start_server, self.accept), socks)
         log.info("se104s RTU %s listening on %s:%s%s (CA %s)", self.rtu.id, self.bind, port,
                  " with TLS" if self.tls else "", self.station.ca)
 
@@ -167,13 +175,13 @@ class Se104Server(ForwardServer):
         if data and not s.closed:
             io.writer.write(data)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
-            writer.transport.abort()
-            return
+    def handshake_bound(self) -> tuple[float, str]:
+        return self.t0, "t0"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: OpeningSlot) -> None:
+        """One master's connection (`ForwardServer.accept` admitted it): its opening ends at its first complete
+        frame."""
         peer = peer_name(writer.get_extra_info("peername"))
-        if self.tls is not None and not await self.tls_accept(writer, peer, self.t0, "t0"):
-            return  # closed, logged
         io = ConnIO(writer)
         s = self.station.connect(peer, time.monotonic())
         self._io[s] = io
@@ -191,6 +199,8 @@ class Se104Server(ForwardServer):
                     break
                 first = first or data
                 ctls = self.station.receive(s, data, time.monotonic())
+                if slot.open and s.link.frames_in:
+                    slot.done()  # its first complete frame: its opening is over ([forwarder] opening_max)
                 if ctls and closed_during_stall(writer):
                     log.warning("se104s RTU %s: master %s: %d command(s) not run: read after this forwarder was "
                                 "stalled, from a connection the master had closed meanwhile (it gave up on them)",

@@ -25,6 +25,7 @@ from fep_forwarder.base import (
     STALLS,
     UNFLUSHED_GRACE_S,
     ForwardServer,
+    OpeningSlot,
     Update,
     abort_unflushed,
     close_once,
@@ -60,8 +61,10 @@ DEFAULTS: dict[str, Any] = {
 class _Conn:
     """One master's connection."""
 
-    def __init__(self, server: SefepsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, server: SefepsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 opening: OpeningSlot | None = None) -> None:
         self.server = server
+        self.opening = opening  # freed by its hello ([forwarder] opening_max)
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
@@ -148,6 +151,8 @@ class _Conn:
             try:
                 for n, msg in enumerate(dec.feed(data), 1):
                     if self.state == "hello" and msg["t"] == "hello":
+                        if self.opening is not None:
+                            self.opening.done()  # its opening is over: a hello, whatever its outcome
                         await self.hello(msg)
                     else:
                         self.handle(msg)
@@ -382,7 +387,8 @@ class SefepsServer(ForwardServer):
         self._server: Servers | None = None
         self._stopping = False
         # counts: events_sent, events_dropped (queued events replaced by a full image), controls,
-        # controls_ok, control_latency_ms_sum, connections_refused
+        # controls_ok, control_latency_ms_sum, connections_refused, connections_opening_refused,
+        # tls_handshakes_failed
 
     async def start(self) -> None:
         STALLS.ensure_running()  # run_control asks it how long a request may have waited unread
@@ -390,7 +396,7 @@ class SefepsServer(ForwardServer):
         port = self.rtu.listen_port if self.rtu.listen_port is not None else 7070
         socks = listeners(self.bind, port, f"sefeps RTU {self.rtu.id}")
         # TLS: the handshake runs in each connection's handler (`tls_accept`), after the ALLOW check
-        self._server = await serve_all(functools.partial(asyncio.start_server, self._serve), socks)
+        self._server = await serve_all(functools.partial(asyncio.start_server, self.accept), socks)
         log.info("sefeps RTU %s listening on %s:%s", self.rtu.id, self.bind, self.port)
 
     async def stop(self) -> None:
@@ -512,14 +518,12 @@ class SefepsServer(ForwardServer):
     def queue_depth(self) -> int:
         return sum(len(c.pending) for c in self.conns)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self.admit(peer_host(writer.get_extra_info("peername"))):  # T004_RTU.ALLOW
-            writer.transport.abort()
-            return
-        if self.tls is not None and not await self.tls_accept(writer, peer_name(writer.get_extra_info("peername")),
-                                                              float(self.opt["handshake_s"]), "handshake_s"):
-            return  # closed, logged
-        conn = _Conn(self, reader, writer)
+    def handshake_bound(self) -> tuple[float, str]:
+        return float(self.opt["handshake_s"]), "handshake_s"
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, slot: OpeningSlot) -> None:
+        """One master's connection (`ForwardServer.accept` admitted it): its opening ends with its hello."""
+        conn = _Conn(self, reader, writer, slot)
         task = asyncio.current_task()
         assert task is not None
         self.conns[conn] = task
