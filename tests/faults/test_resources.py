@@ -20,6 +20,7 @@ import httpx
 from fep_tools.sefeps_client import SefepsClient
 from tests.api.test_with_services import exited
 from tests.faults.test_single_node import AI_RTU1, NT, Node, sefeps, topical, valid
+from tests.forwarder.test_runner import wait_listening
 from tests.redisproc import free_port
 
 
@@ -386,7 +387,8 @@ async def test_iec104_master_across_a_forwarder_stop_longer_than_its_t1(node: No
 
     port = next(r["LISTENPORT"] for r in node.rows["T004_RTU"] if r["RTUID"] == 10)
     params = LinkParams(k=12, w=8, t1=1, t2=0.05, t3=0.5)
-    await valid(node, 101)
+    await valid(node, 101)  # in Redis: the forwarder may not listen yet (a first connect was refused on CI)
+    await wait_listening(port)
     fwd = node.procs["forwarder"]
 
     async def connect() -> RawMaster:
