@@ -204,7 +204,7 @@ class Device(Se104Server):
         peername = writer.get_extra_info("peername")
         self._peer_ch[f"{peername[0]}:{peername[1]}" if peername else "?"] = ch
         with contextlib.suppress(asyncio.CancelledError):  # cut or stop while it cleans up: it is done
-            await self._serve(reader, writer)
+            await self.accept(reader, writer)  # ALLOW, opening, TLS, then the station (ForwardServer.accept)
 
     async def stop(self) -> None:
         for srv in self._listeners.values():
