@@ -62,7 +62,7 @@ class _Conn:
     """One master's connection."""
 
     def __init__(self, server: SefepsServer, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 opening: OpeningSlot | None = None) -> None:
+                 opening: OpeningSlot) -> None:
         self.server = server
         self.opening = opening  # freed by its hello ([forwarder] opening_max)
         self.reader = reader
@@ -151,8 +151,7 @@ class _Conn:
             try:
                 for n, msg in enumerate(dec.feed(data), 1):
                     if self.state == "hello" and msg["t"] == "hello":
-                        if self.opening is not None:
-                            self.opening.done()  # its opening is over: a hello, whatever its outcome
+                        self.opening.done()  # its opening is over: a hello, whatever its outcome (idempotent)
                         await self.hello(msg)
                     else:
                         self.handle(msg)
