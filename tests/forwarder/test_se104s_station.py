@@ -461,6 +461,47 @@ def test_a_command_answer_goes_ahead_of_the_events_queued_for_its_master() -> No
     assert events == [(1001 if i % 2 else 1002, c.COT_SPONT) for i in range(20)], events  # all, in order
 
 
+@pytest.mark.parametrize("request_, answer", [
+    (c.build_asdu(c.C_TS_TA_1, c.COT_ACT, CA, [(0, b"\x01\x00" + c.cp56(1_800_000_000_000))]),
+     (c.C_TS_TA_1, 7, False)),
+    (c.clock_sync(CA, 1_800_000_000_000), (c.C_CS_NA_1, 7, False)),
+    (c.build_asdu(c.C_RP_NA_1, c.COT_ACT, CA, [(0, b"\x01")]), (c.C_RP_NA_1, 7, True)),
+    (c.build_asdu(c.C_RD_NA_1, c.COT_REQ, CA, [(4242, b"")]), (c.C_RD_NA_1, 47, True)),
+    (c.interrogation(CA + 1), (c.C_IC_NA_1, 46, True)),
+    (c.build_asdu(47, c.COT_ACT, CA, [(5001, b"\x01")]), (47, 44, True)),  # C_RC_NA_1
+], ids=["test command", "clock sync", "reset process", "read refused", "unknown CA", "unknown type"])
+def test_an_answer_without_values_goes_ahead_of_the_events_queued_for_its_master(
+        request_: bytes, answer: tuple[int, int, bool]) -> None:
+    """As a command's: the confirmations of test, clock synchronisation and reset process and every refusal
+    with cause 44 .. 47 carry no value of the process and go out before a backlog of events (lib60870's
+    servers send every answer to a request from a queue of their own); before, they waited behind it."""
+    st = station()
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, [[upd(1001 if i % 2 else 1002, float(i))] for i in range(20)])  # queued, not yet pumped
+    m.master.send(request_, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    m.xfer()
+    assert [(a.type_id, a.cause, a.negative) for a in m.got[:1]] == [answer]
+    assert [a.objects[0][0] for a in m.got[1:]] == [1001 if i % 2 else 1002 for i in range(20)]
+
+
+def test_a_read_answer_keeps_its_place_behind_the_events_queued_for_its_master() -> None:
+    """A point's value read (cause 5) must not overtake an older event of it."""
+    st = station()
+    st.load_image([upd(1002, 1.0)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, [[upd(1002, float(i))] for i in range(20)])
+    m.master.send(c.build_asdu(c.C_RD_NA_1, c.COT_REQ, CA, [(1002, b"")]), 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    m.xfer()
+    assert [(a.cause, len(a.objects)) for a in m.got][-1] == (c.COT_REQ, 1)
+    assert sum(len(a.objects) for a in m.got if a.cause == c.COT_SPONT) == 20
+
+
 def test_a_flood_of_command_answers_ahead_of_queued_events_takes_linear_time() -> None:
     """20,000 refused commands from a master while events wait for it: each answer goes ahead of the events
     (as above) without a scan of what is already ahead; before, the scan made it quadratic, and such a flood

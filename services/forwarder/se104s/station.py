@@ -70,6 +70,10 @@ still refused until that DEACT_CON is sent."""
 # station-wide commands (IOA 0) and the causes each takes
 _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT, c.COT_DEACT),
                  c.C_CS_NA_1: (c.COT_ACT,), c.C_TS_TA_1: (c.COT_ACT,), c.C_RP_NA_1: (c.COT_ACT,)}
+# answers that carry no value of the process and go ahead of the events queued for their master (`_answer`):
+# those of commands, clock synchronisation, test and reset process, and every refusal with cause 44 .. 47
+_AHEAD_TYPES = frozenset((*c.COMMAND_BASE, c.C_CS_NA_1, c.C_TS_TA_1, c.C_RP_NA_1))
+_AHEAD_CAUSES = frozenset(range(c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_IOA + 1))
 _IMAGE_CAUSES = frozenset((c.COT_BACKGROUND, *range(c.COT_INROGEN, c.COT_INROGEN + 17),
                            *range(c.COT_REQCOGEN, c.COT_REQCOGEN + 5)))
 
@@ -500,14 +504,17 @@ class Station:
     def _answer(self, s: Session, asdu: bytes) -> None:
         """Queue an answer. A command's (its ACT_CON, ACT_TERM, DEACT_CON, or its refusal) goes ahead of the
         events queued for the master, behind the answers already ahead of them, as lib60870's servers send
-        command answers from a queue of their own: on a backlogged link (a slow or lossy master link, before
-        t1 closes it) it waited behind every queued event, past the master's command timeout, for a command
-        that had run (docs/ha.md "Degraded links", 800 ms). Interrogation answers keep their place: a
-        current value must not overtake an older event. Kept apart in `ahead` (`_next_asdu` takes them in
-        that order): found by a scan of the queue, each cost as many steps as answers were ahead of the
-        events, and a master flooding commands that it did not acknowledge stalled the process 6 s."""
+        every answer to a request from a queue of their own: on a backlogged link (a slow or lossy master
+        link, before t1 closes it) it waited behind every queued event, past the master's command timeout,
+        for a command that had run (docs/ha.md "Degraded links", 800 ms). So do the other answers that carry
+        no value (`_AHEAD_TYPES`, `_AHEAD_CAUSES`: the confirmations of clock synchronisation, test and reset
+        process, and every refusal with cause 44 .. 47), which waited behind the events as well.
+        Interrogation and read answers keep their place: a current value must not overtake an older event.
+        Kept apart in `ahead` (`_next_asdu` takes them in that order): found by a scan of the queue, each cost
+        as many steps as answers were ahead of the events, and a master flooding commands that it did not
+        acknowledge stalled the process 6 s."""
         item = (0, asdu, ZERO)
-        if s.events_queued and asdu[0] in c.COMMAND_BASE:
+        if s.events_queued and (asdu[0] in _AHEAD_TYPES or asdu[2] & 0x3F in _AHEAD_CAUSES):
             s.ahead.append(item)
         else:
             s.queue.append(item)
