@@ -262,3 +262,143 @@ def test_select_on_one_address_does_not_cover_an_execute_on_another() -> None:
     assert 5001 in m.st.selected
     assert m.send(cmd(c.C_SC_NA_1, 5001, c.encode_command(c.C_SC_NA_1, 0))) == []  # not the selected value
     assert answers(m) == [(c.C_SC_NA_1, c.COT_ACTCON, True, CA)] and 5001 not in m.st.selected
+
+
+# --- what each request gets (docs/se104s.md "What each request gets") -----------------------------------
+
+DATA = "data"  # the monitoring ASDUs of an answer (any type), one entry per run of one cause
+SEL = c.encode_command(c.C_SC_NA_1, 1, select=True)
+
+
+def req(type_id: int, ioa: int, elem: bytes, cause: int = c.COT_ACT, ca: int = CA) -> bytes:
+    """A request from originator address OA."""
+    return cmd(type_id, ioa, elem, cause, ca, OA)
+
+
+def got_in_order(m: Pair) -> list[tuple[object, int, bool, bool]]:
+    """(type, or DATA, cause, P/N, T) of what the master got, a run of data of one cause as one entry."""
+    out: list[tuple[object, int, bool, bool]] = []
+    for a in m.got:
+        row = (DATA if a.type_id < c.C_SC_NA_1 else a.type_id, a.cause, a.negative, bool(a.cot & c.TEST))
+        if not (row[0] == DATA and out and out[-1] == row):
+            out.append(row)
+    return out
+
+
+def pos(type_id: object, cause: int, test: bool = False) -> tuple[object, int, bool, bool]:
+    return (type_id, cause, False, test)
+
+
+def neg(type_id: object, cause: int, test: bool = False) -> tuple[object, int, bool, bool]:
+    return (type_id, cause, True, test)
+
+
+IC, CI, RD, CS, TS, RP = c.C_IC_NA_1, c.C_CI_NA_1, c.C_RD_NA_1, c.C_CS_NA_1, c.C_TS_TA_1, c.C_RP_NA_1
+ACT, CON, DEACT, DCON, TERM = c.COT_ACT, c.COT_ACTCON, c.COT_DEACT, c.COT_DEACTCON, c.COT_ACTTERM
+GI, GI_STOP = req(IC, 0, b"\x14"), req(IC, 0, b"\x14", DEACT)
+CIG, CI_STOP = req(CI, 0, b"\x05"), req(CI, 0, b"\x05", DEACT)
+
+# (requests, what the master gets in order): each request is answered before the next is sent, but a
+# tuple's requests are read together (an interrogation is then still in progress when the next is read: its
+# ACT_TERM is queued, not sent). Every answer carries our CA (a cause 46 mirror: the CA received) and the
+# originator address OA.
+Steps = list[bytes | tuple[bytes, ...]]
+
+
+def what_each_request_gets(now: int) -> dict[str, tuple[Steps, list[tuple[object, int, bool, bool]]]]:
+    """The rows, with time tags of `now` (the test's time: a command's tag must be within its window)."""
+    ts_elem = b"\x34\x12" + c.cp56(now)
+    sc_ta_sel = c.encode_command(c.C_SC_TA_1, 1, select=True, ts_ms=now)
+    return {
+        "C_IC QOI 20": ([GI], [pos(IC, CON), pos(DATA, 20), pos(IC, TERM)]),
+        "C_IC QOI 21 (group 1: status)": ([req(IC, 0, b"\x15")], [pos(IC, CON), pos(DATA, 21), pos(IC, TERM)]),
+        "C_IC QOI 22 (group 2: measured)": ([req(IC, 0, b"\x16")], [pos(IC, CON), pos(DATA, 22), pos(IC, TERM)]),
+        "C_IC QOI 23 .. 36 (empty groups)": ([req(IC, 0, b"\x17"), req(IC, 0, b"\x24")],
+                                             [pos(IC, CON), pos(IC, TERM)] * 2),
+        "C_IC QOI 0, 19, 37": ([req(IC, 0, bytes((q,))) for q in (0, 19, 37)], [neg(IC, CON)] * 3),
+        "C_IC T bit": ([req(IC, 0, b"\x14", ACT | c.TEST)], [pos(IC, CON, True), pos(DATA, 20), pos(IC, TERM, True)]),
+        "C_IC broadcast CA": ([req(IC, 0, b"\x14", ca=c.BROADCAST_CA)], [pos(IC, CON), pos(DATA, 20), pos(IC, TERM)]),
+        "C_IC during the previous one": ([(GI, GI)], [pos(IC, CON), pos(DATA, 20), pos(IC, TERM), neg(IC, CON)]),
+        "C_IC DEACT in progress": ([(GI, GI_STOP)], [pos(IC, CON), pos(DATA, 20), pos(IC, DCON)]),
+        "C_IC DEACT of another QOI": ([(GI, req(IC, 0, b"\x15", DEACT))],
+                                      [pos(IC, CON), pos(DATA, 20), pos(IC, TERM), neg(IC, DCON)]),
+        "C_IC DEACT, none in progress": ([GI_STOP], [neg(IC, DCON)]),
+        "C_IC cause 5, 7": ([req(IC, 0, b"\x14", c.COT_REQ), req(IC, 0, b"\x14", CON)], [neg(IC, 45)] * 2),
+        "C_IC IOA 1": ([req(IC, 1, b"\x14")], [neg(IC, 47)]),
+        "C_CI RQT 5 FRZ 0": ([CIG], [pos(CI, CON), pos(DATA, 37), pos(CI, TERM)]),
+        "C_CI RQT 1 .. 4 (no counters)": ([req(CI, 0, b"\x01")], [pos(CI, CON), pos(CI, TERM)]),
+        "C_CI RQT 0, 6, FRZ 1 .. 3": ([req(CI, 0, bytes((q,))) for q in (0x00, 0x06, 0x45, 0x85, 0xC5)],
+                                      [neg(CI, CON)] * 5),
+        "C_CI broadcast CA": ([req(CI, 0, b"\x05", ca=c.BROADCAST_CA)], [pos(CI, CON), pos(DATA, 37), pos(CI, TERM)]),
+        "C_CI DEACT in progress": ([(CIG, CI_STOP)], [pos(CI, CON), pos(DATA, 37), pos(CI, DCON)]),
+        "C_CI DEACT, none in progress": ([CI_STOP], [neg(CI, DCON)]),
+        "C_CI cause 3": ([req(CI, 0, b"\x05", c.COT_SPONT)], [neg(CI, 45)]),
+        "C_RD status or measured point": ([req(RD, 1, b"", c.COT_REQ), req(RD, 1002, b"", c.COT_REQ)],
+                                          [pos(DATA, c.COT_REQ)]),
+        "C_RD T bit (data without T)": ([req(RD, 1002, b"", c.COT_REQ | c.TEST)], [pos(DATA, c.COT_REQ)]),
+        "C_RD counter, command, unknown, 0": ([req(RD, a, b"", c.COT_REQ) for a in (3001, 5001, 4242, 0)],
+                                              [neg(RD, 47)] * 4),
+        "C_RD cause 6": ([req(RD, 1002, b"")], [neg(RD, 45)]),
+        "C_RD broadcast CA": ([req(RD, 1002, b"", c.COT_REQ, c.BROADCAST_CA)], [neg(RD, 46)]),
+        "C_CS": ([req(CS, 0, c.cp56(now))], [pos(CS, CON)]),
+        "C_CS broadcast CA": ([req(CS, 0, c.cp56(now), ca=c.BROADCAST_CA)], [pos(CS, CON)]),
+        "C_CS time invalid (IV) or impossible": ([req(CS, 0, c.cp56(now, invalid=True)),
+                                                  req(CS, 0, b"\x00\x00\x00\x00\x1f\x0d\x63")], [neg(CS, CON)] * 2),
+        "C_CS DEACT, cause 3": ([req(CS, 0, c.cp56(now), DEACT), req(CS, 0, c.cp56(now), c.COT_SPONT)],
+                                [neg(CS, 45)] * 2),
+        "C_CS IOA 1": ([req(CS, 1, c.cp56(now))], [neg(CS, 47)]),
+        "C_TS_TA_1": ([req(TS, 0, ts_elem)], [pos(TS, CON)]),
+        "C_TS_TA_1 DEACT": ([req(TS, 0, ts_elem, DEACT)], [neg(TS, 45)]),
+        "C_TS_TA_1 broadcast CA": ([req(TS, 0, ts_elem, ca=c.BROADCAST_CA)], [neg(TS, 46)]),
+        "C_TS_NA_1 (101 only)": ([req(c.C_TS_NA_1, 0, b"\xaa\x55")], [neg(c.C_TS_NA_1, 44)]),
+        "C_RP QRP 1, 2": ([req(RP, 0, b"\x01"), req(RP, 0, b"\x02")], [neg(RP, CON)] * 2),
+        "C_RP broadcast CA": ([req(RP, 0, b"\x01", ca=c.BROADCAST_CA)], [neg(RP, CON)]),
+        "C_RP DEACT": ([req(RP, 0, b"\x01", DEACT)], [neg(RP, 45)]),
+        "C_SC direct execute": ([req(c.C_SC_NA_1, 5001, b"\x01")], [pos(c.C_SC_NA_1, CON), pos(c.C_SC_NA_1, TERM)]),
+        "C_SE_NC refused by the device": ([req(c.C_SE_NC_1, 6003, c.encode_command(c.C_SE_NC_1, 99.0))],
+                                          [neg(c.C_SE_NC_1, CON)]),
+        "C_SC select, execute": ([req(c.C_SC_NA_1, 5001, SEL), req(c.C_SC_NA_1, 5001, b"\x01")],
+                                 [pos(c.C_SC_NA_1, CON), pos(c.C_SC_NA_1, CON), pos(c.C_SC_NA_1, TERM)]),
+        "C_SC select, execute of another value": ([req(c.C_SC_NA_1, 5001, SEL), req(c.C_SC_NA_1, 5001, b"\x00")],
+                                                  [pos(c.C_SC_NA_1, CON), neg(c.C_SC_NA_1, CON)]),
+        "C_SC select, DEACT, DEACT": ([req(c.C_SC_NA_1, 5001, SEL)] + [req(c.C_SC_NA_1, 5001, SEL, DEACT)] * 2,
+                                      [pos(c.C_SC_NA_1, CON), pos(c.C_SC_NA_1, DCON), neg(c.C_SC_NA_1, DCON)]),
+        "C_SC_TA_1 select, DEACT": ([req(c.C_SC_TA_1, 5003, sc_ta_sel), req(c.C_SC_TA_1, 5003, sc_ta_sel, DEACT)],
+                                    [pos(c.C_SC_TA_1, CON), pos(c.C_SC_TA_1, DCON)]),
+        "C_SC_TA_1 tag out of its window": ([req(c.C_SC_TA_1, 5003, c.encode_command(c.C_SC_TA_1, 1,
+                                                                                   ts_ms=now - 60_000))],
+                                            [neg(c.C_SC_TA_1, CON)]),
+        "C_DC DCS 0": ([req(c.C_DC_NA_1, 5002, b"\x00")], [neg(c.C_DC_NA_1, CON)]),
+        "C_SC T bit": ([req(c.C_SC_NA_1, 5001, b"\x01", ACT | c.TEST)], [neg(c.C_SC_NA_1, CON, True)]),
+        "C_SC cause 3, 7": ([req(c.C_SC_NA_1, 5001, b"\x01", c.COT_SPONT), req(c.C_SC_NA_1, 5001, b"\x01", CON)],
+                            [neg(c.C_SC_NA_1, 45)] * 2),
+        "C_SC unknown IOA, a monitored point's": ([req(c.C_SC_NA_1, 9999, b"\x01"), req(c.C_SC_NA_1, 1, b"\x01")],
+                                                  [neg(c.C_SC_NA_1, 47)] * 2),
+        "C_SC on a double command point": ([req(c.C_SC_NA_1, 5002, b"\x01")], [neg(c.C_SC_NA_1, 44)]),
+        "C_SC broadcast CA": ([req(c.C_SC_NA_1, 5001, b"\x01", ca=c.BROADCAST_CA)], [neg(c.C_SC_NA_1, 46)]),
+        "C_SC other CA": ([req(c.C_SC_NA_1, 5001, b"\x01", ca=CA + 1)], [neg(c.C_SC_NA_1, 46)]),
+        "C_IC other CA": ([req(IC, 0, b"\x14", ca=CA + 1)], [neg(IC, 46)]),
+        "unknown types": ([req(t, 5001, b"\x01") for t in (47, 51, 106, 113, 200)]
+                          + [req(c.M_SP_NA_1, 1, b"\x01", c.COT_SPONT)],
+                          [neg(t, 44) for t in (47, 51, 106, 113, 200, DATA)]),
+        "unknown type, other CA": ([req(200, 1, b"\x01", ca=CA + 1)], [neg(200, 46)]),
+    }
+
+
+@pytest.mark.parametrize("name", list(what_each_request_gets(0)))
+def test_what_each_request_gets(name: str) -> None:
+    """Each request of the control direction and what a master gets for it, in order (the table of
+    docs/se104s.md), with the requests of a row read together (an interrogation is then still in progress
+    when the next one is read: its ACT_TERM is queued, not sent)."""
+    steps, want = what_each_request_gets(int(time.time() * 1000))[name]
+    m = started_pair()
+    for step in steps:
+        for asdu in step if isinstance(step, tuple) else (step,):
+            m.master.send(asdu, 0.0)
+        for ctl in m.xfer():
+            asyncio.run(m.st.execute(ctl))  # type: ignore[arg-type]
+        m.xfer()
+    assert got_in_order(m) == want
+    cas = {c.parse_asdu(a).ca for step in steps for a in (step if isinstance(step, tuple) else (step,))}
+    assert all(a.ca in cas - {CA} if a.cause == c.COT_UNKNOWN_CA else a.ca == CA for a in m.got)
+    assert {a.oa for a in m.got} == {OA}

@@ -77,7 +77,8 @@ async def test_tshark_decodes_every_frame_we_send() -> None:
 
 async def test_tshark_decodes_the_station_wide_commands_refusals_and_stopdt_of_a_raw_master() -> None:
     """Our own codec as a second master (tests/iec104/rawmaster.py): read, test command, reset process,
-    broadcast and unknown addresses, a freeze request, the T bit, then STOPDT with a frame in flight."""
+    broadcast and unknown addresses, a freeze request, the T bit, a cause the type does not take, then
+    STOPDT with a frame in flight."""
     async with se104_server() as srv:
         port = srv.port
         srv.load_image([upd(1002, 2.5), upd(1, 1)])
@@ -92,6 +93,7 @@ async def test_tshark_decodes_the_station_wide_commands_refusals_and_stopdt_of_a
             c.counter_interrogation(CA, 0x45),
             c.build_asdu(c.C_SC_NA_1, c.COT_ACT | c.TEST, CA, [(5001, b"\x01")]),
             c.build_asdu(c.C_TS_NA_1, c.COT_ACT, CA, [(0, b"\xaa\x55")]),
+            c.build_asdu(c.C_CS_NA_1, c.COT_DEACT, CA, [(0, c.cp56(now))]),
         ]
         async with captured(port) as chunks, raw_master(port) as m:
             await m.start()
@@ -108,7 +110,7 @@ async def test_tshark_decodes_the_station_wide_commands_refusals_and_stopdt_of_a
     bad = iec104_findings(text)
     assert not bad, "\n\n".join(bad[:3])
     for needle in ("C_RD_NA_1", "C_TS_TA_1", "C_RP_NA_1", "Req", "UkComAdrASDU", "UkIOA", "UkTypeId",
-                   "ActCon_NEGA", "STOPDT con"):
+                   "UkCauseTx", "ActCon_NEGA", "STOPDT con"):
         assert needle in text, f"{needle} not decoded"
 
 
@@ -136,7 +138,8 @@ NEG = c.NEGATIVE
 LAST_ANSWERS = {
     (c.C_RD_NA_1, NEG | c.COT_UNKNOWN_IOA), (c.C_TS_TA_1, c.COT_ACTCON), (c.C_RP_NA_1, NEG | c.COT_ACTCON),
     (c.C_IC_NA_1, c.COT_ACTTERM), (c.C_SC_NA_1, NEG | c.COT_UNKNOWN_CA), (c.C_CI_NA_1, NEG | c.COT_ACTCON),
-    (c.C_SC_NA_1, c.TEST | NEG | c.COT_ACTCON), (c.C_TS_NA_1, NEG | c.COT_UNKNOWN_TYPE)}
+    (c.C_SC_NA_1, c.TEST | NEG | c.COT_ACTCON), (c.C_TS_NA_1, NEG | c.COT_UNKNOWN_TYPE),
+    (c.C_CS_NA_1, NEG | c.COT_UNKNOWN_COT)}
 """(type, cause with its P/N and T bits) of the final answer to each command the raw master sends but the
 read of a known point, which is answered with that point's type and the cause "request"."""
 
