@@ -19,8 +19,10 @@ import logging
 import os
 import re
 import shutil
+import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -30,7 +32,7 @@ from typing import Any
 import pytest
 
 from fep_forwarder import app, base
-from fep_forwarder.base import ForwardServer
+from fep_forwarder.base import ForwardServer, tls_failure
 from fep_forwarder.se104s import Se104Server
 from fep_forwarder.sefeps import SefepsServer, codec
 from fep_forwarder.tlspolicy import TlsPolicy, tls_context
@@ -777,3 +779,48 @@ async def test_the_forwarder_gives_its_servers_a_new_crl(certs, monkeypatch) -> 
         await watch
         for r in (fwd.master, fwd.sink.master, fwd.local_rw):
             await r.aclose()
+
+
+def test_a_revoked_master_cannot_resume_a_session_of_before(certs) -> None:
+    """TLS 1.3 session tickets skip the certificate check: a master revoked by a new CRL must not come back
+    with a ticket the server gave it before. The new CRL makes a new context (new ticket keys), so its ticket
+    is not taken and its full handshake is refused; with the context before, the ticket resumes."""
+    write_crl(certs, "ca", (), out="crl-tickets.pem")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-tickets.pem"), certs)
+    client = client_ctx(certs, "revoked")
+    server: list[str] = []  # what the server side of each connection ended with
+
+    def serve(ctx: ssl.SSLContext, sock: socket.socket) -> None:
+        try:
+            with ctx.wrap_socket(sock, server_side=True) as s:
+                s.sendall(b"x")
+                s.recv(1)
+            server.append("served")
+        except (ssl.SSLError, OSError) as exc:
+            server.append(tls_failure(exc, 1, "t0"))
+
+    def connect(session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession | None, bool]:
+        """One connection over a socket pair: -> (its session, whether it was resumed)."""
+        assert policy.context is not None
+        ours, theirs = socket.socketpair()
+        t = threading.Thread(target=serve, args=(policy.context, ours))
+        t.start()
+        try:
+            with client.wrap_socket(theirs, server_hostname="127.0.0.1", session=session) as c:
+                c.recv(1)  # the TLS 1.3 tickets come after the handshake
+                c.sendall(b"y")
+                return c.session, c.session_reused
+        except (ssl.SSLError, OSError):
+            return None, False
+        finally:
+            t.join(5)
+            ours.close()
+
+    first, resumed = connect()
+    assert first is not None and not resumed
+    again, resumed = connect(first)
+    assert again is not None and resumed  # the same context: its ticket is taken
+    write_crl(certs, "ca", (2,), out="crl-tickets.pem")
+    assert policy.refresh()
+    assert connect(again) == (None, False)
+    assert server == ["served", "served", "certificate revoked: [tls] crl lists it"]
