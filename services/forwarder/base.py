@@ -343,6 +343,7 @@ class ForwardServer(abc.ABC):
                                PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "refused"))
         self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
         self._sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_revoked`)
+        self._revoked: set[asyncio.StreamWriter] = set()  # those `close_revoked` closed (`left_why`)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -379,6 +380,7 @@ class ForwardServer(abc.ABC):
         finally:
             slot.done()
             self._sessions.pop(writer, None)
+            self._revoked.discard(writer)
 
     def handshake_bound(self) -> tuple[float, str]:
         """How long a TLS handshake may take here, and the setting that says so (`accept`)."""
@@ -445,9 +447,15 @@ class ForwardServer(abc.ABC):
             if der and revoked(der) and not writer.transport.is_closing():
                 self.log.warning("%s RTU %s: master %s: certificate revoked: the new [tls] crl lists it: "
                                  "connection closed", self.protocol, self.rtu.id, peer)
+                self._revoked.add(writer)
                 writer.transport.abort()
                 closed += 1
         return closed
+
+    def left_why(self, writer: asyncio.StreamWriter, why: str) -> str:
+        """Why the connection of `writer` ended, for the protocol's line that says its master left: `why`,
+        unless `close_revoked` closed it (the master then seems to have closed it)."""
+        return "certificate revoked by the new [tls] crl" if writer in self._revoked else why
 
     async def stop_handshakes(self) -> None:
         """Close the connections still in their TLS handshake (`stop`): their handlers return."""

@@ -666,6 +666,10 @@ async def test_a_new_crl_is_taken_while_running(proto: Proto, caplog, certs) -> 
         await asyncio.sleep(0.05)
         lines = [m for m in sc.lines("127.0.0.1:") if "certificate revoked" in m]
         assert len(lines) == 1 and "the new [tls] crl lists it" in lines[0], lines
+        doomed_peer = re.search(r"master (127\.0\.0\.1:\d+)", lines[0])
+        assert doomed_peer is not None
+        left = [m for m in sc.lines(doomed_peer[1], logging.INFO) if "left" in m]
+        assert len(left) == 1 and "left (certificate revoked by the new [tls] crl)" in left[0], left
         await sc.on_time()
         await refused(sc, client_ctx(certs, "revoked"), "certificate revoked")
         taken = policy.context
