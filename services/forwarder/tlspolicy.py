@@ -66,6 +66,7 @@ def _time(der: bytes, tag: int, c: int, e: int) -> dt.datetime:
 @dataclass(frozen=True)
 class Crl:
     issuer: bytes  # the DER of its issuer's Name, as in the certificates that CA issued
+    this_update: dt.datetime
     next_update: dt.datetime | None
     revoked: frozenset[int]  # serial numbers
 
@@ -83,6 +84,7 @@ def parse_crl(der: bytes) -> Crl:
     if items and items[0][0] == 0x02:  # version
         items = items[1:]
     issuer = der[items[1][1]:items[1][3]]
+    this_update = _time(der, items[2][0], items[2][2], items[2][3])
     rest = items[3:]  # after signature, issuer, thisUpdate
     next_update = None
     if rest and rest[0][0] in (0x17, 0x18):
@@ -93,7 +95,7 @@ def parse_crl(der: bytes) -> Crl:
         for _, _, ec, _ in _children(der, rest[0][2], rest[0][3]):
             _, sc, se = _tlv(der, ec)
             revoked.add(int.from_bytes(der[sc:se], "big", signed=True))
-    return Crl(issuer, next_update, frozenset(revoked))
+    return Crl(issuer, this_update, next_update, frozenset(revoked))
 
 
 def cert_serial_issuer(der: bytes) -> tuple[int, bytes]:
@@ -122,15 +124,30 @@ def read_crls(data: bytes) -> list[Crl]:
         raise ValueError(f"a CRL in it is not valid DER: {exc}") from None
 
 
-def expired(crls: list[Crl], now: dt.datetime) -> list[Crl]:
-    """The CRLs past their nextUpdate, of the issuers that have no CRL newer than that."""
+def _newest(crls: list[Crl]) -> list[Crl]:
+    """The CRL of each issuer that is valid the longest (OpenSSL takes the newest too)."""
+    end = lambda c: c.next_update or dt.datetime.max.replace(tzinfo=dt.UTC)
     newest: dict[bytes, Crl] = {}
     for crl in crls:
-        best = newest.get(crl.issuer)
-        if best is None or (crl.next_update or dt.datetime.max.replace(tzinfo=dt.UTC)) > (
-                best.next_update or dt.datetime.max.replace(tzinfo=dt.UTC)):
+        if crl.issuer not in newest or end(crl) > end(newest[crl.issuer]):
             newest[crl.issuer] = crl
-    return [c for c in newest.values() if c.next_update is not None and c.next_update <= now]
+    return list(newest.values())
+
+
+def expired(crls: list[Crl], now: dt.datetime) -> list[Crl]:
+    """The CRLs past their nextUpdate, of the issuers that have no CRL newer than that."""
+    return [c for c in _newest(crls) if c.next_update is not None and c.next_update <= now]
+
+
+EXPIRY_WARNING = dt.timedelta(days=1)
+"""A CRL this close to its nextUpdate (or within the last quarter of its validity, when that is shorter) is
+said to expire soon (`TlsPolicy.refresh`): time to put the next one there."""
+
+
+def expiring(crls: list[Crl], now: dt.datetime) -> list[Crl]:
+    """The CRLs whose nextUpdate is near (EXPIRY_WARNING) but not passed, of issuers with no newer one."""
+    return [c for c in _newest(crls) if c.next_update is not None
+            and c.next_update - min(EXPIRY_WARNING, (c.next_update - c.this_update) / 4) <= now < c.next_update]
 
 
 def _when(t: dt.datetime | None) -> str:
@@ -223,9 +240,9 @@ class TlsPolicy:
     `refresh` (every CRL_CHECK_S) builds a new context when the file changed, and `apply` gives it to the
     servers (their next handshakes) and closes their sessions whose certificate it revokes. A changed file
     that cannot be used (half written, not CRLs, expired) leaves the context as it was, said once (WARNING)
-    until the file changes again. A CRL that expires while running (its nextUpdate passed, no newer one put
-    in place) is said once (WARNING): OpenSSL then refuses every new handshake (`CRL has expired`) until a
-    newer one is taken; the sessions open are kept."""
+    until the file changes again. A CRL near its nextUpdate (EXPIRY_WARNING) is said once (WARNING); one that
+    expires while running (its nextUpdate passed, no newer one put in place) is said once too: OpenSSL then
+    refuses every new handshake (`CRL has expired`) until a newer one is taken; the sessions open are kept."""
 
     def __init__(self, cfg: NodeConfig, root: Path | None = None) -> None:
         self.cfg = cfg
@@ -236,7 +253,7 @@ class TlsPolicy:
             self.context, self.crls = _context(cfg, root)
         self._seen = self._stat()
         self._refused: tuple[Any, ...] | None = None  # the file's stat whose problem was logged
-        self._expired = False
+        self._said = ""  # "expiring", "expired": the state of the CRLs taken last said (once per state)
 
     def _stat(self) -> tuple[Any, ...] | None:
         if not (self.cfg.tls_cert and self.cfg.tls_crl):
@@ -262,18 +279,23 @@ class TlsPolicy:
                     self._refused = st
                     log.warning("%s: the changed file is not taken, the CRLs taken before still apply", exc)
                 return False
-            self.context, self.crls, self._seen, self._refused = ctx, crls, st, None
-            self._expired = False
+            self.context, self.crls, self._seen, self._refused, self._said = ctx, crls, st, None, ""
             log.info("%s: new CRLs taken (%s): the next handshakes are checked against them", what,
                      "; ".join(f"{c.issuer_text()}: {len(c.revoked)} revoked, next update {_when(c.next_update)}"
                                for c in crls))
             return True
-        gone = expired(self.crls, now)
-        if gone and not self._expired:
-            log.warning("%s: the CRL of %s expired at %s (its nextUpdate): every new TLS handshake is refused "
-                        "(CRL has expired) until a newer one is put in that file; the sessions open are kept",
-                        what, gone[0].issuer_text(), _when(gone[0].next_update))
-        self._expired = bool(gone)
+        if gone := expired(self.crls, now):
+            if self._said != "expired":
+                log.warning("%s: the CRL of %s expired at %s (its nextUpdate): every new TLS handshake is refused "
+                            "(CRL has expired) until a newer one is put in that file; the sessions open are kept",
+                            what, gone[0].issuer_text(), _when(gone[0].next_update))
+            self._said = "expired"
+        elif soon := expiring(self.crls, now):
+            if self._said != "expiring":
+                log.warning("%s: the CRL of %s expires at %s (its nextUpdate): put a newer one in that file "
+                            "before, or every new TLS handshake will be refused", what, soon[0].issuer_text(),
+                            _when(soon[0].next_update))
+            self._said = "expiring"
         return False
 
     def revoked(self, der: bytes) -> bool:

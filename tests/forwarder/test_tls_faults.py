@@ -681,15 +681,17 @@ async def test_a_new_crl_is_taken_while_running(proto: Proto, caplog, certs) -> 
 
 
 def test_a_crl_that_expires_while_running_is_said_once(caplog, certs) -> None:
-    """nextUpdate passed and no newer CRL in the file: one WARNING (not one per look) says that every new
-    handshake is refused until a newer one is there."""
+    """Its nextUpdate a day ahead: one WARNING (not one per look) to put the next one there; passed and no
+    newer CRL in the file: one WARNING that every new handshake is refused until a newer one is there."""
     write_crl(certs, "ca", (), out="crl-ending.pem", next_update="20990101000000Z")
     policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-ending.pem"), certs)
-    later = datetime.datetime(2099, 1, 2, tzinfo=datetime.UTC)
     caplog.set_level(logging.INFO)
-    assert not policy.refresh(later) and not policy.refresh(later)
+    for at in ((2098, 12, 30), (2098, 12, 31, 1), (2098, 12, 31, 2), (2099, 1, 2), (2099, 1, 3)):
+        assert not policy.refresh(datetime.datetime(*at, tzinfo=datetime.UTC))
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 1 and "expired at 2099-01-01 00:00:00 UTC" in lines[0] and "refused" in lines[0], lines
+    assert len(lines) == 2, lines
+    assert "expires at 2099-01-01 00:00:00 UTC" in lines[0] and "put a newer one" in lines[0], lines
+    assert "expired at 2099-01-01 00:00:00 UTC" in lines[1] and "refused" in lines[1], lines
 
 
 @pytest.mark.parametrize("case", ["missing", "a certificate", "expired", "not a CRL"])
