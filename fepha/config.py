@@ -158,6 +158,19 @@ def _path(s: str) -> str:
     return s
 
 
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+"""`[tls] ciphers`' default (TLS 1.2): ECDHE key exchange (forward secrecy; no RSA key exchange) with an AEAD
+cipher (AES-GCM, ChaCha20-Poly1305; no CBC, whose MAC-then-encrypt gave Lucky 13 and its kin). OpenSSL checks
+the string when fep-forwarder starts (`fep_forwarder.tlspolicy.tls_context`)."""
+
+
+def _ciphers(s: str) -> str:
+    """An OpenSSL cipher string, not empty (OpenSSL alone knows which select something: checked at start)."""
+    if not s.strip():
+        raise ValueError("expected an OpenSSL cipher string, e.g. " + TLS_CIPHERS)
+    return s
+
+
 def _nonneg_int(s: str) -> int:
     if not _digits(s):
         raise ValueError("expected a whole number >= 0")
@@ -269,6 +282,12 @@ class NodeConfig:
     tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
     tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
+    tls_crl: str = opt("tls", _text, "", "PEM file of the client CAs' CRLs (needs ca): a master whose "
+                       "certificate it revokes is refused, its open sessions closed; a changed file is taken "
+                       "within 10 s; empty: no revocation check")
+    tls_ciphers: str = opt("tls", _ciphers, TLS_CIPHERS,
+                           "OpenSSL cipher string for TLS 1.2 (TLS 1.3's suites are all AEAD, OpenSSL's)")
+    tls_min_version: str = opt("tls", _choice("1.2", "1.3"), "1.2", "lowest TLS version accepted: 1.2 or 1.3")
     # IEC 104 acquisition (T004_RTU.PROTOCOL 'iec104'): the acquirer as controlling station
     iec104_k: int = opt("iec104", _positive(int), 12, "k: I frames sent and not yet acknowledged, at most")
     iec104_w: int = opt("iec104", _positive(int), 8, "w: acknowledge received I frames after this many")
@@ -517,10 +536,13 @@ def cross_problems(cfg: NodeConfig) -> list[str]:
                             "2/3 of k)")
         if t2 >= t1:
             problems.append(f"[{section}] t2_s = {t2}: must be less than t1_s ({t1})")
-    for key in ("key", "ca"):
+    for key in ("key", "ca", "crl"):
         if getattr(cfg, f"tls_{key}") and not cfg.tls_cert:
             problems.append(f"[tls] {key} = {shown(getattr(cfg, f'tls_{key}'))}: needs cert (without cert the "
                             "servers run without TLS)")
+    if cfg.tls_crl and cfg.tls_cert and not cfg.tls_ca:
+        problems.append(f"[tls] crl = {shown(cfg.tls_crl)}: needs ca (a CRL revokes client certificates, which "
+                        "only a ca asks for)")
     if cfg.modbus_trains_quality_unit > 254:
         problems.append(f"[modbus_trains] quality_unit = {cfg.modbus_trains_quality_unit}: a unit id is "
                         "1 ... 254 (255 and 0 address the server itself), 0 for none")

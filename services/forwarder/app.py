@@ -14,11 +14,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import redis
@@ -28,7 +25,7 @@ from redis.backoff import NoBackoff
 
 from fepha import cfgstore, controls, events, heap, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
-from fepha.config import ConfigError, NodeConfig, feproot
+from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
@@ -48,6 +45,7 @@ from .stream import (
     parse_id,
     trimmed_past,
 )
+from .tlspolicy import CRL_CHECK_S, TlsPolicy
 
 log = logging.getLogger("fep_forwarder")
 
@@ -97,36 +95,6 @@ class RedisControlSink:
         return ControlOutcome(res.ok, res.state, res.reason)
 
 
-def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | None:
-    """Server TLS context from [tls] cert/key (and ca for mutual TLS), None when no certificate is set."""
-    if not cfg.tls_cert:
-        return None
-    base = root or feproot()
-    path = lambda p: str(p if os.path.isabs(p) else base / p)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # IEC 62351-3
-    # a TLS 1.2 renegotiation costs a handshake's CPU at the peer's will: refused (OpenSSL 3's default for a
-    # server; set so that an older OpenSSL does the same), docs/forwarder.md "TLS"
-    ctx.options |= ssl.OP_NO_RENEGOTIATION
-    # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
-    what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
-    for key in ("cert", "key", "ca"):  # OpenSSL reading a named pipe waits for a writer: the forwarder hung
-        if (v := getattr(cfg, f"tls_{key}")) and Path(path(v)).is_fifo():
-            raise ConfigError(f"[tls] {key} = {v!r}: {path(v)} is a named pipe (FIFO), not a file")
-    try:
-        ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"{what}: cannot load {path(cfg.tls_cert)}: {exc.strerror or exc}") from None
-    if cfg.tls_ca:
-        try:
-            ctx.load_verify_locations(path(cfg.tls_ca))
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: cannot load {path(cfg.tls_ca)}: "
-                              f"{exc.strerror or exc}") from None
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    return ctx
-
-
 class Forwarder:
     def __init__(self, cfg: NodeConfig, stop: asyncio.Event, options: dict[str, Any] | None = None) -> None:
         self.cfg = cfg
@@ -138,7 +106,8 @@ class Forwarder:
         self.master = redisconn.master_async(cfg)
         self.sink = RedisControlSink(redisconn.master_async_once(cfg), Model({}, "", ""),
                                      int(cfg.control_timeout_s * 1000))
-        self.tls = tls_context(cfg)
+        self.tls_policy = TlsPolicy(cfg)  # [tls]: the context, and the CRL file taken anew (`_watch_crl`)
+        self.tls = self.tls_policy.context
         self.model: Model | None = None
         self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
         self.cfg_gone = False  # the local Redis lost the configuration `model` came from: every value NT
@@ -194,7 +163,8 @@ class Forwarder:
                  asyncio.create_task(self._freshness(), name="forwarder-freshness"),
                  asyncio.create_task(self._links(), name="forwarder-links"),
                  asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch"),
-                 asyncio.create_task(self._planned_stop(), name="forwarder-planned-stop")]
+                 asyncio.create_task(self._planned_stop(), name="forwarder-planned-stop"),
+                 asyncio.create_task(self._watch_crl(), name="forwarder-crl-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -757,6 +727,15 @@ class Forwarder:
             self.once.clear("links")
         except REDIS_ERRORS as exc:
             self.once.problem("links", f"link refresh on the master: {exc}")
+
+    async def _watch_crl(self) -> None:
+        """[tls] crl changed: its new CRLs for the next handshakes, and the sessions they revoke closed
+        (`TlsPolicy`, docs/forwarder.md "TLS")."""
+        while not self.stop.is_set() and self.cfg.tls_crl and self.tls is not None:
+            await self._sleep(CRL_CHECK_S)
+            if self.tls_policy.refresh():
+                self.tls = self.tls_policy.context
+                self.tls_policy.apply(self.servers.values())
 
     # --- heartbeat, metrics, connected masters -------------------------------------------------------
 

@@ -239,16 +239,32 @@ class OpeningSlot:
         return self.opening is not None
 
 
-def tls_failure(exc: BaseException, timeout_s: float, bound: str) -> str:
-    """Why a server-side TLS handshake failed, for an operator (`ForwardServer.tls_accept`)."""
+CRL_VERIFY_ERRORS = {
+    23: "certificate revoked: [tls] crl lists it",  # X509_V_ERR_CERT_REVOKED
+    3: "no CRL of its certificate's issuer in [tls] crl",  # X509_V_ERR_UNABLE_TO_GET_CRL
+    12: "[tls] crl has expired (its nextUpdate passed): a newer CRL is needed",  # X509_V_ERR_CRL_HAS_EXPIRED
+    11: "[tls] crl is not yet valid (its thisUpdate is ahead of this clock)",  # X509_V_ERR_CRL_NOT_YET_VALID
+    8: "a CRL in [tls] crl has a bad signature (not signed by its CA?)",  # X509_V_ERR_CRL_SIGNATURE_FAILURE
+}
+"""The reasons of a client certificate refused by the CRL check (`[tls] crl`), by OpenSSL's verify code."""
+
+
+def tls_failure(exc: BaseException, timeout_s: float, bound: str,
+                minimum: ssl.TLSVersion = ssl.TLSVersion.TLSv1_2) -> str:
+    """Why a server-side TLS handshake failed, for an operator (`ForwardServer.tls_accept`; `minimum`: the
+    context's lowest TLS version, `[tls] min_version`)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
+        if (why := CRL_VERIFY_ERRORS.get(exc.verify_code)) is not None:
+            return why
         return f"its certificate was not accepted: {exc.verify_message}"
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
         if reason == "PEER_DID_NOT_RETURN_A_CERTIFICATE":
             return "it sent no client certificate, and [tls] ca requires one"
         if reason in ("UNSUPPORTED_PROTOCOL", "WRONG_SSL_VERSION", "TLSV1_ALERT_PROTOCOL_VERSION"):
-            return "it offered only a TLS version below 1.2"
+            return f"it offered only a TLS version below {'1.3' if minimum == ssl.TLSVersion.TLSv1_3 else '1.2'}"
+        if reason == "NO_SHARED_CIPHER":
+            return "it offered no cipher suite that [tls] ciphers allows"
         if reason in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "UNKNOWN_PROTOCOL",
                       "PACKET_LENGTH_TOO_LONG", "RECORD_LAYER_FAILURE"):
             return f"what it sent is not TLS (a master without TLS?): {reason}"
@@ -326,6 +342,8 @@ class ForwardServer(abc.ABC):
         self.opening = Opening(int(options.get("opening_max") or OPENING_MAX), self.counts,
                                PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "refused"))
         self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
+        self._sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_revoked`)
+        self._revoked: set[asyncio.StreamWriter] = set()  # those `close_revoked` closed (`left_why`)
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -354,11 +372,15 @@ class ForwardServer(abc.ABC):
             writer.transport.abort()
             return
         try:
-            if self.tls is not None and not await self.tls_accept(writer, peer, *self.handshake_bound()):
-                return  # closed, logged
+            if self.tls is not None:
+                if not await self.tls_accept(writer, peer, *self.handshake_bound()):
+                    return  # closed, logged
+                self._sessions[writer] = peer
             await self.serve(reader, writer, slot)
         finally:
             slot.done()
+            self._sessions.pop(writer, None)
+            self._revoked.discard(writer)
 
     def handshake_bound(self) -> tuple[float, str]:
         """How long a TLS handshake may take here, and the setting that says so (`accept`)."""
@@ -379,12 +401,13 @@ class ForwardServer(abc.ABC):
         debug mode), after the ALLOW check instead of before it, and leaves it running at `stop`.
         Race-free on CPython's event loop: the handler's first step runs before the connection's first
         read callback, and `start_tls` pauses reading before it yields, so the ClientHello reaches TLS."""
-        assert self.tls is not None
+        tls = self.tls  # the context of this connection (a new [tls] crl replaces it for the next ones)
+        assert tls is not None
         task = asyncio.current_task()
         if task is not None:
             self._handshakes.add(task)
         try:
-            await writer.start_tls(self.tls, ssl_handshake_timeout=timeout_s)
+            await writer.start_tls(tls, ssl_handshake_timeout=timeout_s)
             return True
         except asyncio.CancelledError:  # the server stops; a stream handler that ends cancelled is logged
             writer.transport.abort()  # as an error by asyncio (3.11): this one returns
@@ -392,7 +415,7 @@ class ForwardServer(abc.ABC):
         except Exception as exc:  # noqa: BLE001 - ssl.SSLError, a reset, the timeout: that connection only
             quiet = isinstance(exc, (ConnectionResetError, EOFError))  # it went away (a port probe does)
             self.counts.tls_handshakes_failed += 1
-            self.tls_failures.failed(peer, tls_failure(exc, timeout_s, bound), quiet=quiet)
+            self.tls_failures.failed(peer, tls_failure(exc, timeout_s, bound, tls.minimum_version), quiet=quiet)
             writer.transport.abort()
             return False
         finally:
@@ -413,6 +436,26 @@ class ForwardServer(abc.ABC):
         if "_ALERT_" in reason:  # the peer's fatal alert (a master giving up, e.g. on its refused renegotiation)
             return f"the master ended TLS with a fatal alert: {reason}"
         return f"TLS record not valid: {reason}"
+
+    def close_revoked(self, revoked: Callable[[bytes], bool]) -> int:
+        """Close the TLS sessions whose master's certificate `revoked` says is revoked (a new [tls] crl,
+        IEC 62351-3: a revoked certificate's sessions end), one WARNING each: -> how many."""
+        closed = 0
+        for writer, peer in list(self._sessions.items()):
+            tls = writer.get_extra_info("ssl_object")
+            der = tls.getpeercert(binary_form=True) if tls is not None else None
+            if der and revoked(der) and not writer.transport.is_closing():
+                self.log.warning("%s RTU %s: master %s: certificate revoked: the new [tls] crl lists it: "
+                                 "connection closed", self.protocol, self.rtu.id, peer)
+                self._revoked.add(writer)
+                writer.transport.abort()
+                closed += 1
+        return closed
+
+    def left_why(self, writer: asyncio.StreamWriter, why: str) -> str:
+        """Why the connection of `writer` ended, for the protocol's line that says its master left: `why`,
+        unless `close_revoked` closed it (the master then seems to have closed it)."""
+        return "certificate revoked by the new [tls] crl" if writer in self._revoked else why
 
     async def stop_handshakes(self) -> None:
         """Close the connections still in their TLS handshake (`stop`): their handlers return."""

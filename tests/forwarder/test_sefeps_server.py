@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from fep_forwarder.app import tls_context
 from fep_forwarder.base import ControlOutcome, Update, server_class
 from fep_forwarder.sefeps import SefepsServer, codec
+from fep_forwarder.tlspolicy import tls_context
 from fep_tools.sefeps_client import SefepsClient, SefepsError
 from fepha.config import NodeConfig
 from fepha.points import Value

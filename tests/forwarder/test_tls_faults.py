@@ -14,10 +14,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import datetime
 import logging
 import os
 import re
+import shutil
+import socket
 import ssl
+import subprocess
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,41 +31,50 @@ from typing import Any
 
 import pytest
 
-from fep_forwarder import base
-from fep_forwarder.app import tls_context
-from fep_forwarder.base import ForwardServer
+from fep_forwarder import app, base
+from fep_forwarder.base import ForwardServer, tls_failure
 from fep_forwarder.se104s import Se104Server
 from fep_forwarder.sefeps import SefepsServer, codec
+from fep_forwarder.tlspolicy import TlsPolicy, tls_context
 from fep_tools.sefeps_client import SefepsClient
-from fepha.config import NodeConfig
+from fepha.config import ConfigError, NodeConfig
 from fepha.iec104 import codec as c
 from fepha.semodel.model import Model
 
 from . import se104s_fixtures as s104
 from . import test_sefeps_server as sef
-from .tls_cert import make_cert_now
+from .tls_cert import make_cert_now, make_signed_now, write_crl
 
 T0 = 0.6
 """The handshake bound these servers get (se104s `t0`, sefeps `handshake_s`)."""
 OPENING_MAX = 64
 """`[forwarder] opening_max` of these servers: above the fifty stalled handshakes of one address below (the
 default, 16, would refuse 34 of them at accept; test_opening.py checks the bound)."""
+REPO = Path(__file__).resolve().parents[2]
 ON_TIME_S = 0.5
 """How late an event may reach the good master on this shared machine (it takes a few ms)."""
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """server, master (also the CA of mutual TLS) and intruder (another CA) certificates."""
+    """server, master (also the CA of mutual TLS) and intruder (another CA) certificates; a CA `ca` and two
+    masters it signed, `member` (serial 1) and `revoked` (serial 2, which the CRLs of the tests revoke)."""
     d = tmp_path_factory.mktemp("tls")
-    for name in ("server", "master", "intruder"):
+    for name in ("server", "master", "intruder", "ca"):
         make_cert_now(d, name)
+    make_signed_now(d, "member", "ca", 1)
+    make_signed_now(d, "revoked", "ca", 2)
     return d
 
 
-def server_ctx(certs: Path, mutual: bool = False) -> ssl.SSLContext:
-    ctx = tls_context(NodeConfig(tls_cert="server-cert.pem", tls_key="server-key.pem",
-                                 tls_ca="master-cert.pem" if mutual else ""), root=certs)
+def server_cfg(mutual: bool = False, **tls: str) -> NodeConfig:
+    """The [tls] settings of the servers here (`tls`: more of them, e.g. crl="crl.pem")."""
+    settings = {"cert": "server-cert.pem", "key": "server-key.pem", "ca": "master-cert.pem" if mutual else "", **tls}
+    return NodeConfig(**{f"tls_{k}": v for k, v in settings.items()})
+
+
+def server_ctx(certs: Path, mutual: bool = False, **tls: str) -> ssl.SSLContext:
+    ctx = tls_context(server_cfg(mutual, **tls), root=certs)
     assert ctx is not None
     return ctx
 
@@ -276,14 +290,15 @@ class Scene:
 
 @contextlib.asynccontextmanager
 async def scene(proto: Proto, caplog: pytest.LogCaptureFixture, certs: Path, mutual: bool = False,
-                tls: bool = True) -> AsyncIterator[Scene]:
+                tls: bool = True, ctx: ssl.SSLContext | None = None, who: str = "master") -> AsyncIterator[Scene]:
+    """A started server (its context `ctx`, else `server_ctx`) and its good master (certificate `who`)."""
     caplog.set_level(logging.INFO)
-    srv = proto.make(server_ctx(certs, mutual) if tls else None)
+    srv = proto.make((ctx or server_ctx(certs, mutual)) if tls else None)
     await srv.start()
     good = None
     try:
         srv.load_image([s104.upd(1001, 0.0)] if proto.name == "se104s" else [sef.upd(1, 0.0)])
-        good = await proto.good(srv.port, client_ctx(certs) if tls else None)  # type: ignore[attr-defined]
+        good = await proto.good(srv.port, client_ctx(certs, who) if tls else None)  # type: ignore[attr-defined]
         sc = Scene(srv, good, caplog, fds(), len(asyncio.all_tasks()))
         await sc.on_time()
         yield sc
@@ -587,3 +602,231 @@ def test_failed_handshakes_are_logged_once_a_minute_per_address_and_reason(caplo
         ("INFO", "se104s RTU 1: master 10.0.0.1:1003: TLS handshake failed (went away): connection closed"),
         ("WARNING", "se104s RTU 1: master 10.0.0.1:1005: TLS handshake failed (not TLS): connection closed "
          "(2 more from 10.0.0.1 since its last such line)")]
+
+
+# --- the TLS policy: [tls] crl, ciphers, min_version ---------------------------------------------------------
+
+
+def crl_ctx(certs: Path, crl: Path) -> ssl.SSLContext:
+    """Mutual TLS with `ca` (which signed `member` and `revoked`) and the CRL file `crl`."""
+    return server_ctx(certs, ca="ca-cert.pem", crl=crl.name)
+
+
+async def refused(sc: Scene, ctx: ssl.SSLContext, *words: str) -> None:
+    """A master with the client context `ctx` is refused at its handshake: one line with `words`, counted."""
+    before = sc.srv.counts.tls_handshakes_failed
+    bad = await RawPeer.open(sc.port)
+    with contextlib.suppress(ConnectionError, ssl.SSLError):  # TLS 1.3: the client finishes first
+        await bad.handshake(ctx)
+        bad.send(b"\x68\x04\x07\x00\x00\x00")
+    assert await bad.closed_after(T0) < T0 / 2
+    await sc.check(bad.peer, "TLS handshake failed", *words)
+    assert sc.srv.counts.tls_handshakes_failed == before + 1  # /metrics: fep_forwarder_tls_handshakes_failed_total
+
+
+async def test_a_revoked_master_is_refused_at_its_handshake(proto: Proto, caplog, certs) -> None:
+    """[tls] crl: the master whose certificate the CRL revokes is refused at its handshake, the line saying
+    so and naming it, counted in tls_handshakes_failed; the master of the same CA not revoked is served."""
+    crl = write_crl(certs, "ca", (2,), out="crl-revoking.pem")
+    async with scene(proto, caplog, certs, ctx=crl_ctx(certs, crl), who="member") as sc:
+        await refused(sc, client_ctx(certs, "revoked"), "certificate revoked")
+
+
+async def test_a_master_of_a_ca_without_crl_is_refused(proto: Proto, caplog, certs) -> None:
+    """[tls] crl checks the master's own certificate against its issuer's CRL (VERIFY_CRL_CHECK_LEAF): a CA of
+    [tls] ca that has no CRL in the file has its masters refused, the line saying why."""
+    crl = write_crl(certs, "ca", (), out="crl-of-ca-only.pem")
+    (certs / "two-cas.pem").write_bytes((certs / "ca-cert.pem").read_bytes() + (certs / "master-cert.pem").read_bytes())
+    ctx = server_ctx(certs, ca="two-cas.pem", crl=crl.name)
+    async with scene(proto, caplog, certs, ctx=ctx, who="member") as sc:
+        await refused(sc, client_ctx(certs, "master"), "no CRL of its certificate's issuer")
+
+
+async def test_a_new_crl_is_taken_while_running(proto: Proto, caplog, certs) -> None:
+    """The CRL file replaced while the servers run: `TlsPolicy.refresh` takes it, `apply` gives the servers
+    its context and closes the open session of the master it revokes (one line); the other master is kept
+    and served on time; the revoked one is refused at its next handshake. A file replaced by garbage is not
+    taken (one warning, however often it is looked at): the CRLs before still apply."""
+    write_crl(certs, "ca", (), out="crl-live.pem")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-live.pem"), certs)
+    assert policy.context is not None
+    async with scene(proto, caplog, certs, ctx=policy.context, who="member") as sc:
+        assert not policy.refresh()  # unchanged
+        doomed = await proto.good(sc.port, client_ctx(certs, "revoked"))  # not revoked yet: served
+        await doomed.event_s(sc.srv, 0.5)
+        write_crl(certs, "ca", (2,), out="crl-live.pem")
+        assert policy.refresh()
+        assert policy.apply([sc.srv]) == 1
+        assert sc.srv.tls is policy.context
+        end = time.monotonic() + 2
+        while len(sc.srv.clients()) > 1 and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        assert len(sc.srv.clients()) == 1
+        await doomed.close()
+        await asyncio.sleep(0.05)
+        lines = [m for m in sc.lines("127.0.0.1:") if "certificate revoked" in m]
+        assert len(lines) == 1 and "the new [tls] crl lists it" in lines[0], lines
+        doomed_peer = re.search(r"master (127\.0\.0\.1:\d+)", lines[0])
+        assert doomed_peer is not None
+        left = [m for m in sc.lines(doomed_peer[1], logging.INFO) if "left" in m]
+        assert len(left) == 1 and "left (certificate revoked by the new [tls] crl)" in left[0], left
+        await sc.on_time()
+        await refused(sc, client_ctx(certs, "revoked"), "certificate revoked")
+        taken = policy.context
+        (certs / "crl-live.pem").write_text("-----BEGIN X509 CRL-----\nbm90IGEgY3Js\n-----END X509 CRL-----\n")
+        assert not policy.refresh() and not policy.refresh()
+        kept = [m for m in sc.lines("crl-live.pem") if "not taken" in m]
+        assert len(kept) == 1 and "not valid DER" in kept[0], kept
+        assert policy.context is taken
+
+
+def test_a_crl_that_expires_while_running_is_said_once(caplog, certs) -> None:
+    """Its nextUpdate a day ahead: one WARNING (not one per look) to put the next one there; passed and no
+    newer CRL in the file: one WARNING that every new handshake is refused until a newer one is there."""
+    write_crl(certs, "ca", (), out="crl-ending.pem", next_update="20990101000000Z")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-ending.pem"), certs)
+    caplog.set_level(logging.INFO)
+    for at in ((2098, 12, 30), (2098, 12, 31, 1), (2098, 12, 31, 2), (2099, 1, 2), (2099, 1, 3)):
+        assert not policy.refresh(datetime.datetime(*at, tzinfo=datetime.UTC))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "expires at 2099-01-01 00:00:00 UTC" in lines[0] and "put a newer one" in lines[0], lines
+    assert "expired at 2099-01-01 00:00:00 UTC" in lines[1] and "refused" in lines[1], lines
+
+
+@pytest.mark.parametrize("case", ["missing", "a certificate", "expired", "not a CRL"])
+def test_a_crl_file_that_cannot_be_used_is_one_line(certs, case: str) -> None:
+    """At start (`tls_context`): one line naming the setting, the file and why (fep-forwarder: exit 2)."""
+    name = {"missing": "no-such-crl.pem", "a certificate": "master-cert.pem"}.get(case, f"crl-{case}.pem")
+    if case == "expired":
+        write_crl(certs, "ca", (), out=name, next_update="20200102000000Z")
+    elif case == "not a CRL":
+        (certs / name).write_text("nothing of PEM\n")
+    with pytest.raises(ConfigError) as exc:
+        server_ctx(certs, ca="ca-cert.pem", crl=name)
+    assert str(exc.value).startswith(f"[tls] crl = '{name}': "), exc.value
+    assert {"missing": "cannot load", "a certificate": "holds CERTIFICATE, not only X509 CRLs",
+            "expired": "the CRL of fep-ca expired at 2020-01-02 00:00:00 UTC",
+            "not a CRL": "holds no PEM X509 CRL"}[case] in str(exc.value), exc.value
+
+
+def test_an_invalid_cipher_string_is_one_line(certs) -> None:
+    with pytest.raises(ConfigError) as exc:
+        server_ctx(certs, ciphers="NO-SUCH-CIPHER")
+    assert str(exc.value).startswith("[tls] ciphers = 'NO-SUCH-CIPHER': OpenSSL selects no cipher from it")
+
+
+async def test_a_master_offering_only_a_cbc_cipher_is_refused(proto: Proto, caplog, certs) -> None:
+    """[tls] ciphers' default (ECDHE with AES-GCM or ChaCha20): a TLS 1.2 master offering only ECDHE with
+    AES-CBC (which Python's default list took) is refused, the line saying so."""
+    ctx = client_ctx(certs)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-SHA256")
+    async with scene(proto, caplog, certs) as sc:
+        await refused(sc, ctx, "no cipher suite that [tls] ciphers allows")
+
+
+async def test_min_version_1_3_refuses_a_tls_1_2_master(proto: Proto, caplog, certs) -> None:
+    ctx = client_ctx(certs)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    async with scene(proto, caplog, certs, ctx=server_ctx(certs, min_version="1.3")) as sc:
+        await refused(sc, ctx, "TLS version below 1.3")
+
+
+@pytest.mark.parametrize("env,line", [
+    ({"FEP_TLS_CRL": "cfg/none.pem"}, "[tls] crl = 'cfg/none.pem': cannot load {root}/cfg/none.pem: No such file "
+                                      "or directory"),
+    ({"FEP_TLS_CIPHERS": "RC4-MD5"}, "[tls] ciphers = 'RC4-MD5': OpenSSL selects no cipher from it"),
+    ({"FEP_TLS_CRL": "crl.pem", "FEP_TLS_CA": ""}, "[tls] crl = 'crl.pem': needs ca")])
+def test_fep_forwarder_stops_with_one_line(certs, tmp_path: Path, env: dict[str, str], line: str) -> None:
+    """The real fep-forwarder with such a [tls]: exit 2, its last line says why, no traceback."""
+    (tmp_path / "cfg").mkdir()
+    shutil.copy(REPO / "cfg" / "syslod.cfg", tmp_path / "cfg")
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
+    p = subprocess.run(["fep-forwarder"], capture_output=True, text=True, timeout=30, check=False, env={
+        **base_env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": "", "FEP_LOG_CONSOLE": "false",
+        "FEP_TLS_CERT": str(certs / "server-cert.pem"), "FEP_TLS_KEY": str(certs / "server-key.pem"),
+        "FEP_TLS_CA": str(certs / "ca-cert.pem"), **env})
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert line.format(root=tmp_path) in p.stderr.strip().splitlines()[-1], p.stderr
+
+
+async def test_the_forwarder_gives_its_servers_a_new_crl(certs, monkeypatch) -> None:
+    """The runner's `_watch_crl`: the CRL file replaced, every TLS server gets the new context (and its
+    revoked sessions closed) within a look; a server without TLS (modbus_trains) is left alone."""
+    monkeypatch.setattr(app, "CRL_CHECK_S", 0.02)
+    monkeypatch.setenv("FEPROOT", str(certs))
+    write_crl(certs, "ca", (), out="crl-runner.pem")
+    fwd = app.Forwarder(server_cfg(ca="ca-cert.pem", crl="crl-runner.pem"), asyncio.Event())
+
+    class Srv:
+        def __init__(self, tls: ssl.SSLContext | None) -> None:
+            self.tls, self.checked = tls, 0
+
+        def close_revoked(self, revoked: Callable[[bytes], bool]) -> int:
+            self.checked += 1
+            return 0
+
+    tls, plain = Srv(fwd.tls), Srv(None)
+    fwd.servers = {1: tls, 2: plain}  # type: ignore[dict-item]
+    first = fwd.tls
+    watch = asyncio.create_task(fwd._watch_crl())
+    try:
+        await asyncio.sleep(0.1)
+        assert tls.tls is first and not tls.checked  # unchanged file: nothing done
+        write_crl(certs, "ca", (2,), out="crl-runner.pem")
+        end = time.monotonic() + 2
+        while tls.tls is first and time.monotonic() < end:
+            await asyncio.sleep(0.01)
+        assert tls.tls is fwd.tls is not first and tls.checked == 1
+        assert plain.tls is None and not plain.checked
+    finally:
+        fwd.stop.set()
+        await watch
+        for r in (fwd.master, fwd.sink.master, fwd.local_rw):
+            await r.aclose()
+
+
+def test_a_revoked_master_cannot_resume_a_session_of_before(certs) -> None:
+    """TLS 1.3 session tickets skip the certificate check: a master revoked by a new CRL must not come back
+    with a ticket the server gave it before. The new CRL makes a new context (new ticket keys), so its ticket
+    is not taken and its full handshake is refused; with the context before, the ticket resumes."""
+    write_crl(certs, "ca", (), out="crl-tickets.pem")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-tickets.pem"), certs)
+    client = client_ctx(certs, "revoked")
+    server: list[str] = []  # what the server side of each connection ended with
+
+    def serve(ctx: ssl.SSLContext, sock: socket.socket) -> None:
+        try:
+            with ctx.wrap_socket(sock, server_side=True) as s:
+                s.sendall(b"x")
+                s.recv(1)
+            server.append("served")
+        except (ssl.SSLError, OSError) as exc:
+            server.append(tls_failure(exc, 1, "t0"))
+
+    def connect(session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession | None, bool]:
+        """One connection over a socket pair: -> (its session, whether it was resumed)."""
+        assert policy.context is not None
+        ours, theirs = socket.socketpair()
+        t = threading.Thread(target=serve, args=(policy.context, ours))
+        t.start()
+        try:
+            with client.wrap_socket(theirs, server_hostname="127.0.0.1", session=session) as c:
+                c.recv(1)  # the TLS 1.3 tickets come after the handshake
+                c.sendall(b"y")
+                return c.session, c.session_reused
+        except (ssl.SSLError, OSError):
+            return None, False
+        finally:
+            t.join(5)
+            ours.close()
+
+    first, resumed = connect()
+    assert first is not None and not resumed
+    again, resumed = connect(first)
+    assert again is not None and resumed  # the same context: its ticket is taken
+    write_crl(certs, "ca", (2,), out="crl-tickets.pem")
+    assert policy.refresh()
+    assert connect(again) == (None, False)
+    assert server == ["served", "served", "certificate revoked: [tls] crl lists it"]

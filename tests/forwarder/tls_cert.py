@@ -42,3 +42,35 @@ async def self_signed_server_context(tmp_path: Path) -> tuple[ssl.SSLContext, Pa
     sctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     sctx.load_cert_chain(cert, key)
     return sctx, cert
+
+
+def make_signed_now(tmp_path: Path, name: str, ca: str, serial: int) -> tuple[Path, Path]:
+    """-> (certificate, key) of a fresh EC client certificate `CN=fep-<name>`, serial number `serial`, signed
+    by `<ca>-cert.pem` (one `make_cert_now` made: its certificate is a CA's)."""
+    cert, key, csr, ext = (tmp_path / f"{name}-{kind}" for kind in ("cert.pem", "key.pem", "csr.pem", "ext.cnf"))
+    ext.write_text("basicConstraints = CA:FALSE\nextendedKeyUsage = clientAuth\n")
+    for cmd in (["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", str(key), "-out", str(csr), "-subj", f"/CN=fep-{name}"],
+                ["openssl", "x509", "-req", "-in", str(csr), "-CA", str(tmp_path / f"{ca}-cert.pem"), "-CAkey",
+                 str(tmp_path / f"{ca}-key.pem"), "-set_serial", str(serial), "-days", "1", "-extfile", str(ext),
+                 "-out", str(cert)]):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def write_crl(tmp_path: Path, ca: str, revoked: tuple[int, ...] = (), out: str = "crl.pem",
+              last: str = "20200101000000Z", next_update: str = "20991231000000Z") -> Path:
+    """-> a PEM CRL of `<ca>-cert.pem` (`openssl ca -gencrl`), revoking the serial numbers `revoked`, its
+    lastUpdate and nextUpdate `last`, `next_update` (YYYYMMDDHHMMSSZ: one in the past makes an expired CRL),
+    written to `out` through a temporary file and a rename (as an operator replaces it)."""
+    work = tmp_path / f"{out}.d"
+    work.mkdir(exist_ok=True)
+    (work / "index.txt").write_text("".join(f"R\t991231000000Z\t200101000000Z\t{s:02X}\tunknown\t/CN=fep-{s}\n"
+                                            for s in revoked))
+    (work / "ca.cnf").write_text(f"[ca]\ndefault_ca = d\n[d]\ndatabase = {work / 'index.txt'}\ndefault_md = sha256\n")
+    subprocess.run(["openssl", "ca", "-gencrl", "-config", str(work / "ca.cnf"), "-keyfile",
+                    str(tmp_path / f"{ca}-key.pem"), "-cert", str(tmp_path / f"{ca}-cert.pem"), "-out",
+                    str(work / "crl.pem"), "-crl_lastupdate", last, "-crl_nextupdate", next_update],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    (work / "crl.pem").rename(tmp_path / out)
+    return tmp_path / out

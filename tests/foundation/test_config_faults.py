@@ -100,7 +100,7 @@ def test_a_named_pipe_is_not_read(tmp_path: Path, name: str) -> None:
 
 @pytest.mark.timeout(10)
 def test_a_tls_file_that_is_a_named_pipe_is_not_read(tmp_path: Path) -> None:
-    from fep_forwarder.app import tls_context
+    from fep_forwarder.tlspolicy import tls_context
     os.mkfifo(tmp_path / "node.pem")
     with pytest.raises(ConfigError) as exc:
         tls_context(config.NodeConfig(tls_cert="node.pem"), tmp_path)

@@ -235,7 +235,7 @@ class Se104Server(ForwardServer):
             log.error("se104s RTU %s: master %s: frame not handled (%r): closing that connection", self.rtu.id,
                       peer, exc)
         finally:
-            self.station.close(s, reason)
+            self.station.close(s, self.left_why(writer, reason))
             others = [t for t in io.tasks if t is not me]
             for t in others:
                 t.cancel()

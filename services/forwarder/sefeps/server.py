@@ -554,4 +554,4 @@ class SefepsServer(ForwardServer):
                 writer.transport.abort()
             self.conns.pop(conn, None)
             log.info("sefeps RTU %s master %s left (%s)", self.rtu.id, conn.peer,
-                     "server stopping" if self._stopping else conn.why)
+                     "server stopping" if self._stopping else self.left_why(writer, conn.why))

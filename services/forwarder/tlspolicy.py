@@ -1,0 +1,317 @@
+"""The TLS policy of the se104s and sefeps servers (`[tls]`, docs/forwarder.md "TLS"): the server context
+(`tls_context`: TLS 1.2 or 1.3 at least, the TLS 1.2 cipher list, no renegotiation, mutual TLS with `ca`, the
+client CAs' CRLs with `crl`), and `TlsPolicy`, which takes a changed CRL file while the forwarder runs: a new
+context for the next handshakes, and the open sessions of a certificate it revokes closed (IEC 62351-3).
+
+The CRLs are read twice: by OpenSSL, which checks them (their signature, their time) at every handshake, and
+here (`read_crls`, a few DER fields of each: issuer, nextUpdate, revoked serial numbers) to refuse a file that
+holds anything but CRLs or an expired one at start, to say when one expires, and to find the open sessions a
+new one revokes (Python's ssl module reads no CRL; the `cryptography` package is not a dependency)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import logging
+import os
+import re
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fepha.config import ConfigError, NodeConfig, feproot
+
+log = logging.getLogger("fep_forwarder")
+
+CRL_CHECK_S = 10.0
+"""How often the forwarder looks at `[tls] crl`'s file (its mtime, size and inode; a stat): a changed file is
+read, checked and taken within this (`TlsPolicy.refresh`)."""
+
+_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)-----END \1-----", re.S)
+
+
+# --- a few DER fields of a CRL and of a certificate --------------------------------------------------------
+
+
+def _tlv(der: bytes, i: int) -> tuple[int, int, int]:
+    """The DER element at `i`: -> (its tag, where its content starts, where it ends)."""
+    tag, n = der[i], der[i + 1]
+    i += 2
+    if n & 0x80:
+        size = n & 0x7F
+        n = int.from_bytes(der[i:i + size], "big")
+        i += size
+    if i + n > len(der):
+        raise ValueError("truncated DER")
+    return tag, i, i + n
+
+
+def _children(der: bytes, start: int, end: int) -> Iterable[tuple[int, int, int, int]]:
+    """The elements inside [start, end): (tag, their first octet, content start, end)."""
+    while start < end:
+        tag, c, e = _tlv(der, start)
+        yield tag, start, c, e
+        start = e
+
+
+def _time(der: bytes, tag: int, c: int, e: int) -> dt.datetime:
+    text = der[c:e].decode("ascii")
+    if tag == 0x17:  # UTCTime, RFC 5280 4.1.2.5.1: YY >= 50 is 19YY
+        text = ("19" if int(text[:2]) >= 50 else "20") + text
+    return dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Crl:
+    issuer: bytes  # the DER of its issuer's Name, as in the certificates that CA issued
+    this_update: dt.datetime
+    next_update: dt.datetime | None
+    revoked: frozenset[int]  # serial numbers
+
+    def issuer_text(self) -> str:
+        """The issuer's CN (or the DER's length), for a line."""
+        m = re.search(rb"\x06\x03\x55\x04\x03[\x0c\x13](.)(.*)", self.issuer, re.S)
+        return m[2][:m[1][0]].decode("utf-8", "replace") if m else f"({len(self.issuer)} octets)"
+
+
+def parse_crl(der: bytes) -> Crl:
+    """CertificateList (RFC 5280 5.1): its issuer, nextUpdate and revoked serial numbers."""
+    _, c, _ = _tlv(der, 0)
+    _, tc, te = _tlv(der, c)  # tbsCertList
+    items = list(_children(der, tc, te))
+    if items and items[0][0] == 0x02:  # version
+        items = items[1:]
+    issuer = der[items[1][1]:items[1][3]]
+    this_update = _time(der, items[2][0], items[2][2], items[2][3])
+    rest = items[3:]  # after signature, issuer, thisUpdate
+    next_update = None
+    if rest and rest[0][0] in (0x17, 0x18):
+        next_update = _time(der, rest[0][0], rest[0][2], rest[0][3])
+        rest = rest[1:]
+    revoked: set[int] = set()
+    if rest and rest[0][0] == 0x30:
+        for _, _, ec, _ in _children(der, rest[0][2], rest[0][3]):
+            _, sc, se = _tlv(der, ec)
+            revoked.add(int.from_bytes(der[sc:se], "big", signed=True))
+    return Crl(issuer, this_update, next_update, frozenset(revoked))
+
+
+def cert_serial_issuer(der: bytes) -> tuple[int, bytes]:
+    """A certificate's (serial number, DER of its issuer's Name) (RFC 5280 4.1)."""
+    _, c, _ = _tlv(der, 0)
+    _, tc, te = _tlv(der, c)  # tbsCertificate
+    items = list(_children(der, tc, te))
+    if items[0][0] == 0xA0:  # [0] version
+        items = items[1:]
+    serial = int.from_bytes(der[items[0][2]:items[0][3]], "big", signed=True)
+    return serial, der[items[2][1]:items[2][3]]
+
+
+def read_crls(data: bytes) -> list[Crl]:
+    """The CRLs of a PEM file; ValueError when it holds none, or anything else (a certificate there would
+    be taken by OpenSSL as one more trusted CA)."""
+    blocks = _PEM.findall(data)
+    others = sorted({kind.decode() for kind, _ in blocks if kind != b"X509 CRL"})
+    if others:
+        raise ValueError(f"holds {', '.join(others)}, not only X509 CRLs")
+    if not blocks:
+        raise ValueError("holds no PEM X509 CRL")
+    try:
+        return [parse_crl(base64.b64decode(body)) for _, body in blocks]
+    except (ValueError, IndexError) as exc:
+        raise ValueError(f"a CRL in it is not valid DER: {exc}") from None
+
+
+def _newest(crls: list[Crl]) -> list[Crl]:
+    """The CRL of each issuer that is valid the longest (OpenSSL takes the newest too)."""
+    end = lambda c: c.next_update or dt.datetime.max.replace(tzinfo=dt.UTC)
+    newest: dict[bytes, Crl] = {}
+    for crl in crls:
+        if crl.issuer not in newest or end(crl) > end(newest[crl.issuer]):
+            newest[crl.issuer] = crl
+    return list(newest.values())
+
+
+def expired(crls: list[Crl], now: dt.datetime) -> list[Crl]:
+    """The CRLs past their nextUpdate, of the issuers that have no CRL newer than that."""
+    return [c for c in _newest(crls) if c.next_update is not None and c.next_update <= now]
+
+
+EXPIRY_WARNING = dt.timedelta(days=1)
+"""A CRL this close to its nextUpdate (or within the last quarter of its validity, when that is shorter) is
+said to expire soon (`TlsPolicy.refresh`): time to put the next one there."""
+
+
+def expiring(crls: list[Crl], now: dt.datetime) -> list[Crl]:
+    """The CRLs whose nextUpdate is near (EXPIRY_WARNING) but not passed, of issuers with no newer one."""
+    return [c for c in _newest(crls) if c.next_update is not None
+            and c.next_update - min(EXPIRY_WARNING, (c.next_update - c.this_update) / 4) <= now < c.next_update]
+
+
+def _when(t: dt.datetime | None) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "never"
+
+
+# --- the server context ---------------------------------------------------------------------------------------
+
+
+def _path(root: Path | None, p: str) -> str:
+    return str(p if os.path.isabs(p) else (root or feproot()) / p)
+
+
+def load_crls(cfg: NodeConfig, root: Path | None = None,
+              now: dt.datetime | None = None) -> list[Crl]:
+    """`[tls] crl`'s CRLs, checked: ConfigError (one line) when the file cannot be read, holds anything but
+    CRLs, or holds one past its nextUpdate."""
+    where = _path(root, cfg.tls_crl)
+    what = f"[tls] crl = {cfg.tls_crl!r}"
+    try:
+        if Path(where).is_fifo():
+            raise ConfigError(f"{what}: {where} is a named pipe (FIFO), not a file")
+        data = Path(where).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot load {where}: {exc.strerror or exc}") from None
+    try:
+        crls = read_crls(data)
+    except ValueError as exc:
+        raise ConfigError(f"{what}: cannot load {where}: {exc}") from None
+    for crl in expired(crls, now or dt.datetime.now(dt.UTC)):
+        raise ConfigError(f"{what}: {where}: the CRL of {crl.issuer_text()} expired at {_when(crl.next_update)} "
+                          "(its nextUpdate): put a newer one there")
+    return crls
+
+
+def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | None:
+    """Server TLS context from [tls] cert/key (and ca for mutual TLS, crl, ciphers, min_version), None when no
+    certificate is set. A file or value that cannot be used: ConfigError, one line (exit 2 at start)."""
+    return _context(cfg, root)[0] if cfg.tls_cert else None
+
+
+def _context(cfg: NodeConfig, root: Path | None, now: dt.datetime | None = None) -> tuple[ssl.SSLContext, list[Crl]]:
+    """`tls_context`, and the CRLs it holds."""
+    path = lambda p: _path(root, p)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+    # a TLS 1.2 renegotiation costs a handshake's CPU at the peer's will: refused (OpenSSL 3's default for a
+    # server; set so that an older OpenSSL does the same), docs/forwarder.md "TLS"
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
+    try:
+        ctx.set_ciphers(cfg.tls_ciphers)  # TLS 1.2 and below only; TLS 1.3's suites are all AEAD
+    except ssl.SSLError:
+        raise ConfigError(f"[tls] ciphers = {cfg.tls_ciphers!r}: OpenSSL selects no cipher from it "
+                          "(an OpenSSL cipher string, e.g. the default ECDHE+AESGCM:ECDHE+CHACHA20)") from None
+    # a missing or broken file is a configuration error (one line, exit 2), not a traceback at start
+    what = f"[tls] cert = {cfg.tls_cert!r}, key = {cfg.tls_key!r}"
+    for key in ("cert", "key", "ca"):  # OpenSSL reading a named pipe waits for a writer: the forwarder hung
+        if (v := getattr(cfg, f"tls_{key}")) and Path(path(v)).is_fifo():
+            raise ConfigError(f"[tls] {key} = {v!r}: {path(v)} is a named pipe (FIFO), not a file")
+    try:
+        ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"{what}: cannot load {path(cfg.tls_cert)}: {exc.strerror or exc}") from None
+    if cfg.tls_ca:
+        try:
+            ctx.load_verify_locations(path(cfg.tls_ca))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: cannot load {path(cfg.tls_ca)}: "
+                              f"{exc.strerror or exc}") from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    crls = []
+    if cfg.tls_crl:
+        crls = load_crls(cfg, root, now)  # only CRLs, none expired
+        try:
+            ctx.load_verify_locations(path(cfg.tls_crl))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"[tls] crl = {cfg.tls_crl!r}: cannot load {path(cfg.tls_crl)}: "
+                              f"{exc.strerror or exc}") from None
+        # the master's own certificate against its issuer's CRL (LEAF), not every CA of its chain (CHAIN
+        # would refuse every master as soon as one CA of [tls] ca has no CRL in the file): docs/forwarder.md
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return ctx, crls
+
+
+# --- the CRL taken anew while running ---------------------------------------------------------------------
+
+
+class TlsPolicy:
+    """The servers' TLS context (`context`, None without [tls] cert) and, with [tls] crl, that file watched:
+    `refresh` (every CRL_CHECK_S) builds a new context when the file changed, and `apply` gives it to the
+    servers (their next handshakes) and closes their sessions whose certificate it revokes. A changed file
+    that cannot be used (half written, not CRLs, expired) leaves the context as it was, said once (WARNING)
+    until the file changes again. A CRL near its nextUpdate (EXPIRY_WARNING) is said once (WARNING); one that
+    expires while running (its nextUpdate passed, no newer one put in place) is said once too: OpenSSL then
+    refuses every new handshake (`CRL has expired`) until a newer one is taken; the sessions open are kept."""
+
+    def __init__(self, cfg: NodeConfig, root: Path | None = None) -> None:
+        self.cfg = cfg
+        self.root = root
+        self.context: ssl.SSLContext | None = None
+        self.crls: list[Crl] = []
+        if cfg.tls_cert:
+            self.context, self.crls = _context(cfg, root)
+        self._seen = self._stat()
+        self._refused: tuple[Any, ...] | None = None  # the file's stat whose problem was logged
+        self._said = ""  # "expiring", "expired": the state of the CRLs taken last said (once per state)
+
+    def _stat(self) -> tuple[Any, ...] | None:
+        if not (self.cfg.tls_cert and self.cfg.tls_crl):
+            return None
+        try:
+            st = os.stat(_path(self.root, self.cfg.tls_crl))
+        except OSError as exc:
+            return ("error", exc.errno)
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def refresh(self, now: dt.datetime | None = None) -> bool:
+        """Look at the CRL file: True when a new context was built from it (`apply` it)."""
+        if self.context is None or not self.cfg.tls_crl:
+            return False
+        now = now or dt.datetime.now(dt.UTC)
+        what = f"[tls] crl = {self.cfg.tls_crl!r}"
+        st = self._stat()
+        if st != self._seen:
+            try:
+                ctx, crls = _context(self.cfg, self.root, now)
+            except ConfigError as exc:
+                if st != self._refused:
+                    self._refused = st
+                    log.warning("%s: the changed file is not taken, the CRLs taken before still apply", exc)
+                return False
+            self.context, self.crls, self._seen, self._refused, self._said = ctx, crls, st, None, ""
+            log.info("%s: new CRLs taken (%s): the next handshakes are checked against them", what,
+                     "; ".join(f"{c.issuer_text()}: {len(c.revoked)} revoked, next update {_when(c.next_update)}"
+                               for c in crls))
+            return True
+        if gone := expired(self.crls, now):
+            if self._said != "expired":
+                log.warning("%s: the CRL of %s expired at %s (its nextUpdate): every new TLS handshake is refused "
+                            "(CRL has expired) until a newer one is put in that file; the sessions open are kept",
+                            what, gone[0].issuer_text(), _when(gone[0].next_update))
+            self._said = "expired"
+        elif soon := expiring(self.crls, now):
+            if self._said != "expiring":
+                log.warning("%s: the CRL of %s expires at %s (its nextUpdate): put a newer one in that file "
+                            "before, or every new TLS handshake will be refused", what, soon[0].issuer_text(),
+                            _when(soon[0].next_update))
+            self._said = "expiring"
+        return False
+
+    def revoked(self, der: bytes) -> bool:
+        """True when the CRLs taken revoke the certificate `der` (a master's, as its session presented it)."""
+        try:
+            serial, issuer = cert_serial_issuer(der)
+        except (ValueError, IndexError):
+            return False
+        return any(c.issuer == issuer and serial in c.revoked for c in self.crls)
+
+    def apply(self, servers: Iterable[Any]) -> int:
+        """The current context to those of `servers` that speak TLS, and their sessions whose certificate
+        is now revoked closed: -> how many were closed."""
+        closed = 0
+        for srv in servers:
+            if srv.tls is not None:
+                srv.tls = self.context
+                closed += srv.close_revoked(self.revoked)
+        return closed
