@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -250,13 +251,14 @@ class Forwarder:
             with contextlib.suppress(_Stopped):
                 task.result()  # its error, if any (a Redis error: the caller reconnects)
 
-    async def _read(self, aw: Coroutine[Any, Any, T]) -> T:
+    async def _read(self, aw: Awaitable[T]) -> T:
         """Every read of the local Redis by the follow loop: one under way when the planned stop is over is
         cancelled (`_until_stopped`), one not begun yet then never begins (`_Stopped`). Before, only the
         stream's blocking read was: with the local Redis hung (SIGSTOP) during the configuration check the
         exit waited 14.5-15.2 s for redis-py's timeouts and retries (tests/forwarder/test_stop_local_hung.py)."""
         if self.stop.is_set():
-            aw.close()
+            if inspect.iscoroutine(aw):
+                aw.close()  # never awaited: not an error
             raise _Stopped
         self.reading = True
         try:
