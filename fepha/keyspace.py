@@ -132,6 +132,13 @@ def control_queue(rtu: int | str) -> str:
     return f"{PREFIX}:ctl:q:{rtu}"
 
 
+def control_wake(node: str) -> str:
+    """List, short TTL: a token pushed by one node's control executor to itself when its planned stop begins,
+    so that its BLPOP (on its queues and this key) returns at once instead of at its timeout; never cancelled
+    mid-command, a BLPOP that popped a control returns it (`fep_acquirer.executor`)."""
+    return f"{PREFIX}:ctl:wake:{node}"
+
+
 def control_reply(ctl_id: int | str) -> str:
     """List: the result of one control, pushed once by `ctl_finish`; the waiting forwarder BLPOPs it."""
     return f"{PREFIX}:ctl:r:{ctl_id}"

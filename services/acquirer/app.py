@@ -81,7 +81,10 @@ class Acquirer:
         try:
             read = await unless_set(stop or asyncio.Event(), self._read_config())
         except Exception as exc:  # noqa: BLE001 - local Redis down or loading: keep running what we have
-            self.once.problem("config", f"{type(exc).__name__}: {exc}")
+            self.once.problem("config", f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: configuration "
+                              f"not read ({type(exc).__name__}: {exc}): " + (
+                                  f"the RTUs of generation {self.house.gen} go on" if self.stamp is not None
+                                  else "no RTU is polled until it is"))
             return
         if read is None:  # unchanged, or stopping
             return

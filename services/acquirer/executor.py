@@ -23,6 +23,7 @@ from redis import exceptions as rex
 
 from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner
+from fep_acquirer.tasks import cancel_all
 from fepha import controls
 from fepha import keyspace as ks
 from fepha.logsetup import OnceLogger
@@ -54,17 +55,54 @@ async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: 
             await asyncio.sleep(FINISH_RETRY_S)
 
 
+WAKE_TTL_MS = 5000
+"""How long a wake token (`ks.control_wake`) the executor did not pop itself stays: one pushed as the executor
+was running a control, not in its BLPOP, wakes only a new executor of the same node started within that
+time, which then takes one turn of its loop more."""
+
+
+async def _wake_at(stopping: asyncio.Event, master: Any, node: str, gained: asyncio.Event) -> None:
+    """Once `stopping` is set: wake the executor's idle wait (`gained`) and its BLPOP (a token pushed to the
+    key it also blocks on). A failure (master unreachable) is left to the BLPOP, which fails too."""
+    await stopping.wait()
+    gained.set()
+    key = ks.control_wake(node)
+    with contextlib.suppress(Exception):
+        pipe = master.pipeline(transaction=False)
+        pipe.lpush(key, "stop")
+        pipe.pexpire(key, WAKE_TTL_MS)
+        await pipe.execute()
+
+
 LATE = "not written: the deadline passed before the claim's answer came back from the master (slow link)"
 
 
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
                        once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5,
                        gained: asyncio.Event | None = None) -> None:
-    """Runs until `stopping` is set (checked between short BLPOPs: cancelling a blocked BLPOP can hang).
-    Holding nothing, it waits for `gained` (set by the housekeeping at a lease gain) or `block_s`: the
-    controls queued for a node that has just taken a lease over (after a failover) wait no longer."""
+    """Runs until `stopping` is set (checked between short BLPOPs). Holding nothing, it waits for `gained`
+    (set by the housekeeping at a lease gain) or `block_s`: the controls queued for a node that has just taken
+    a lease over (after a failover) wait no longer.
+
+    When `stopping` is set, neither wait is sat out (`_wake_at`): the idle one is woken, and the BLPOP gets a
+    token on this node's wake key (`ks.control_wake`), which it blocks on with its queues. It is not cancelled
+    instead: Redis may have popped a control by then, whose id would be lost with the unread reply (the
+    control left `queued` in no queue until a forwarder's `ctl_requeue`); so a control the BLPOP returned is
+    run as always. A planned stop used to wait for the BLPOP's timeout (up to `block_s`: 0.5 s, 2.0 s seen in
+    CI under load)."""
     gained = gained or asyncio.Event()
     guard = controls.ReplicaGuard()  # when the master dropped its replica, seen between controls too
+    waker = asyncio.create_task(_wake_at(stopping, master, node, gained), name="acquirer-controls-wake")
+    try:
+        await _execute(master, node, runners, metrics, once, stopping, block_s, gained, guard)
+    finally:
+        await cancel_all(waker)
+
+
+async def _execute(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics, once: OnceLogger,
+                   stopping: asyncio.Event, block_s: float, gained: asyncio.Event,
+                   guard: controls.ReplicaGuard) -> None:
+    wake = ks.control_wake(node)
     while not stopping.is_set():
         gained.clear()
         held = {ks.control_queue(r.rtu.id): r for r in runners.values() if r.lease.held}
@@ -73,12 +111,15 @@ async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], me
                 await asyncio.wait_for(gained.wait(), block_s)
             continue
         try:
-            got = await master.blpop(list(held), timeout=block_s)
+            got = await master.blpop([*held, wake], timeout=block_s)
         except Exception as exc:  # noqa: BLE001 - master unreachable; retried
             once.problem("controls", f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(block_s)
+            with contextlib.suppress(TimeoutError):  # retried after block_s, unless the stop begins
+                await asyncio.wait_for(stopping.wait(), block_s)
             continue
         once.clear("controls")
+        if got and got[0] == wake:  # the stop began (or a token left by an earlier one: one turn more)
+            continue
         if not got:
             with contextlib.suppress(Exception):  # the next BLPOP reports a master that does not answer
                 await controls.observe(master, guard)

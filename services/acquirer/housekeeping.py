@@ -213,12 +213,20 @@ class Housekeeping:
                 if r.lease.held:
                     r.full_image()
         self.run_id, self.master_ok = run_id, True
-        # the role watch's last reading (every role_watch_s); read here only before its first. Not answering:
-        # the write mode and the timeline wait for it, but the master is reached (`tick_ok`: a planned stop
-        # hands the leases over; it said "master Redis unreachable" and handed nothing over)
-        role = self.roles.role if self.roles.role is not None else await self.roles.read()
+        # the role watch's last reading (every role_watch_s); read here only before its first, and waited for
+        # at most role_watch_s as the watch's (`confirm`: a hung local Redis held this tick, so the next lease
+        # tick and the heartbeat, for redis-py's timeouts and retries, while "lease tick waiting on the master
+        # Redis" was logged). Not answering: the write mode and the timeline wait for it, but the master is
+        # reached (`tick_ok`: a planned stop hands the leases over; it said "master Redis unreachable" and
+        # handed nothing over)
+        role = self.roles.role
+        if role is None and await self.roles.confirm(self.cfg.role_watch_s):
+            role = self.roles.role
         if not role:
-            self.once.problem("redis", f"local Redis: {self.roles.error}")
+            self.once.problem("redis", f"local Redis: {self.roles.error}" if role == "" else
+                              f"local Redis {self.cfg.local_host}:{self.cfg.local_port}: its role not read within "
+                              f"role_watch_s ({self.cfg.role_watch_s:g} s), hung?: the write mode and the "
+                              "timeline wait for it, the lease ticks go on")
             return
         self.once.clear("redis")
         if role != self.role:

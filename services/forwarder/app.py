@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aredis
@@ -60,6 +61,11 @@ CONFIG_CHECK_S = 1.0
 """How often the main loop compares the configuration's stamp besides the CFG_CHANGED announcements: redis-py
 reconnects and re-subscribes by itself, so a Redis restarted empty (or wiped) under the forwarder raises
 nothing it would see (the acquirer compares as often)."""
+T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The planned stop is over as the follow loop was about to read the local Redis (`Forwarder._read`)."""
 
 
 class RedisControlSink:
@@ -122,7 +128,7 @@ class Forwarder:
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
-        self.reading = False  # in the blocking read of the change stream (`_until_stopped` may cancel it)
+        self.reading = False  # in a read of the local Redis by the follow loop (`_read`: `_until_stopped` may cancel it)
         self.last_fields: dict[str, str] | None = None  # the fields of entry last_id (`_kept_stream`)
         self.consumed = 0  # stream entries up to last_id (see stream.trimmed_past)
         self.lag = 0
@@ -194,10 +200,12 @@ class Forwarder:
             await self.local_rw.aclose()
 
     async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
-        """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in its
-        blocking read of the change stream (up to half of `socket_timeout_s`), that read is cancelled, so that
-        it does not hold the exit once the masters' connections are closed; anywhere else (a reload
-        starting or stopping a server, an image) it ends by itself at its next look at `stop`."""
+        """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in a read
+        of the local Redis (`_read`: the blocking read of the change stream, up to half of `socket_timeout_s`,
+        the configuration check, an image), that read is cancelled, so that it does not hold the exit once the
+        masters' connections are closed: a hung or killed local Redis answers only after redis-py's socket
+        timeouts and retries. Anywhere else (a reload starting or stopping a server) it ends by itself at its
+        next look at `stop` or its next read, which does not begin (`_Stopped`)."""
         task = asyncio.ensure_future(follow)
         stopped = asyncio.ensure_future(self.stop.wait())
         try:
@@ -210,7 +218,23 @@ class Forwarder:
                 task.cancel()
             await asyncio.gather(task, stopped, return_exceptions=True)
         if not task.cancelled():
-            task.result()  # its error, if any (a Redis error: the caller reconnects)
+            with contextlib.suppress(_Stopped):
+                task.result()  # its error, if any (a Redis error: the caller reconnects)
+
+    async def _read(self, aw: Awaitable[T]) -> T:
+        """Every read of the local Redis by the follow loop: one under way when the planned stop is over is
+        cancelled (`_until_stopped`), one not begun yet then never begins (`_Stopped`). Before, only the
+        stream's blocking read was: with the local Redis hung (SIGSTOP) during the configuration check the
+        exit waited 14.5-15.2 s for redis-py's timeouts and retries (tests/forwarder/test_stop_local_hung.py)."""
+        if self.stop.is_set():
+            if inspect.iscoroutine(aw):
+                aw.close()  # never awaited: not an error
+            raise _Stopped
+        self.reading = True
+        try:
+            return await aw
+        finally:
+            self.reading = False
 
     async def _planned_stop(self) -> None:
         """At SIGTERM/SIGINT every server drains (ForwardServer.drain, drain.py): it refuses new controls and
@@ -251,7 +275,7 @@ class Forwarder:
             pass
 
     async def _follow(self, local: aredis.Redis) -> None:
-        model, stamp = await cfgstore.read_stamped_async(local)
+        model, stamp = await self._read(cfgstore.read_stamped_async(local))
         while model is None and not self.stop.is_set():
             self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
             self.reload.clear()
@@ -259,7 +283,7 @@ class Forwarder:
                 await asyncio.wait_for(self.reload.wait(), 2.0)
             except TimeoutError:
                 pass
-            model, stamp = await cfgstore.read_stamped_async(local)
+            model, stamp = await self._read(cfgstore.read_stamped_async(local))
         if model is None:
             return
         self.once.clear("nocfg")
@@ -274,8 +298,8 @@ class Forwarder:
             if self.reload.is_set() or time.monotonic() >= next_check:
                 self.reload.clear()
                 next_check = time.monotonic() + CONFIG_CHECK_S
-                if await cfgstore.stamp_async(local) != self.stamp:  # not gen alone: see cfgstore
-                    model, stamp = await cfgstore.read_stamped_async(local)
+                if await self._read(cfgstore.stamp_async(local)) != self.stamp:  # not gen alone: see cfgstore
+                    model, stamp = await self._read(cfgstore.read_stamped_async(local))
                     self.cfg_gone = model is None
                     if model is None:  # redis-py reconnected to a Redis that lost its data: say so
                         self.stamp = stamp  # (0, ""): the same configuration loaded again is new here
@@ -293,18 +317,14 @@ class Forwarder:
                         if applied and not same:
                             await self._full_image(local)
                 continue
-            self.reading = True
             try:
-                got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
+                got = await self._read(local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms))
             except redis.ResponseError as exc:
-                self.reading = False
                 if not demoted(str(exc)) or not await self._kept_stream(local):
                     raise  # an outage, or a stream replaced by a full resync: the full image is reloaded
                 log.info("local Redis turned replica under the stream read and kept the stream: reading on "
                          "from %s", self.last_id)
                 continue
-            finally:
-                self.reading = False
             if not got:
                 continue
             prev, before = self.last_id, self.consumed
@@ -314,7 +334,7 @@ class Forwarder:
             self.consumed += len(entries)
             self.lag = lag_ms(self.last_id, int(time.time() * 1000))
             try:
-                info = await local.xinfo_stream(ks.CHANGES)
+                info = await self._read(local.xinfo_stream(ks.CHANGES))
             except redis.ResponseError:  # the stream was deleted after our read: nothing to compare
                 continue
             if trimmed_past(before, int(info["entries-added"]), int(info["length"])):
@@ -330,7 +350,7 @@ class Forwarder:
             pipe = local.pipeline(transaction=False)
             pipe.info("replication")
             pipe.xrange(ks.CHANGES, self.last_id, self.last_id)
-            info, now = await pipe.execute()
+            info, now = await self._read(pipe.execute())
             kept = kept_stream(info, self.last_fields, now[0][1] if now else None)
             if kept is not None:
                 return kept
@@ -366,7 +386,7 @@ class Forwarder:
         pipe.hgetall(ks.VPOINTS)
         for rid in rids:
             pipe.hgetall(ks.fwd_acked(rid))
-        res = await pipe.execute(raise_on_error=False)
+        res = await self._read(pipe.execute(raise_on_error=False))
         for x in res[:1] + res[2:]:
             if isinstance(x, Exception):
                 raise x
@@ -420,7 +440,7 @@ class Forwarder:
         low, hi = sid_text(min(since.values())), self.last_id
         bad: list[str] = []
         while open_:
-            batch = await local.xrevrange(ks.CHANGES, hi, f"({low}", count=READ_COUNT)
+            batch = await self._read(local.xrevrange(ks.CHANGES, hi, f"({low}", count=READ_COUNT))
             for eid, fields in batch:
                 sid = parse_id(eid)
                 per = self.routing.updates(entry_pairs(fields), bad, sid, fields.get("r"))
@@ -440,7 +460,7 @@ class Forwarder:
                 break
             hi = f"({batch[-1][0]}"
         try:  # trimmed meanwhile: the entries not read yet, older than the first one now, may be gone
-            info = await local.xinfo_stream(ks.CHANGES)
+            info = await self._read(local.xinfo_stream(ks.CHANGES))
             first: Sid | None = parse_id(info["first-entry"][0]) if info.get("first-entry") else None
         except redis.ResponseError:
             first = None
