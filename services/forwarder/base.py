@@ -342,7 +342,7 @@ class ForwardServer(abc.ABC):
         self.opening = Opening(int(options.get("opening_max") or OPENING_MAX), self.counts,
                                PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "refused"))
         self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
-        self._sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_revoked`)
+        self._tls_sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_revoked`)
         self._revoked: set[asyncio.StreamWriter] = set()  # those `close_revoked` closed (`left_why`)
 
     def admit(self, host: str) -> bool:
@@ -375,11 +375,11 @@ class ForwardServer(abc.ABC):
             if self.tls is not None:
                 if not await self.tls_accept(writer, peer, *self.handshake_bound()):
                     return  # closed, logged
-                self._sessions[writer] = peer
+                self._tls_sessions[writer] = peer
             await self.serve(reader, writer, slot)
         finally:
             slot.done()
-            self._sessions.pop(writer, None)
+            self._tls_sessions.pop(writer, None)
             self._revoked.discard(writer)
 
     def handshake_bound(self) -> tuple[float, str]:
@@ -441,7 +441,7 @@ class ForwardServer(abc.ABC):
         """Close the TLS sessions whose master's certificate `revoked` says is revoked (a new [tls] crl,
         IEC 62351-3: a revoked certificate's sessions end), one WARNING each: -> how many."""
         closed = 0
-        for writer, peer in list(self._sessions.items()):
+        for writer, peer in list(self._tls_sessions.items()):
             tls = writer.get_extra_info("ssl_object")
             der = tls.getpeercert(binary_form=True) if tls is not None else None
             if der and revoked(der) and not writer.transport.is_closing():
