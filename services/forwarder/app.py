@@ -48,6 +48,7 @@ from .stream import (
     parse_id,
     trimmed_past,
 )
+from .trace import TRACE
 
 log = logging.getLogger("fep_forwarder")
 
@@ -324,6 +325,7 @@ class Forwarder:
                             await self._full_image(local)
                 continue
             self.reading = True
+            called = time.monotonic()
             try:
                 got = await local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms)
             except redis.ResponseError as exc:
@@ -339,6 +341,8 @@ class Forwarder:
                 continue
             prev, before = self.last_id, self.consumed
             entries = got[0][1]
+            if TRACE is not None:
+                TRACE.read(called, entries)
             self._dispatch(entries)
             self.last_id, self.last_fields = entries[-1]
             self.consumed += len(entries)
