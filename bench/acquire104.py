@@ -115,7 +115,7 @@ class Control:
 @dataclass
 class StreamReader:
     """Follows the change stream in a thread: per point, the last value seen, the values skipped and the
-    arrival time (perf_counter) of the last new value. Reads raw replies: a record may hold a point twice."""
+    arrival time (monotonic) of the last new value. Reads raw replies: a record may hold a point twice."""
 
     port: int
     last: dict[int, int] = field(default_factory=dict)
@@ -138,7 +138,7 @@ class StreamReader:
             resp = self.r.execute_command("XREAD", "COUNT", 5000, "BLOCK", 200, "STREAMS", ks.CHANGES, self.last_id)
             if not resp:
                 continue
-            t = time.perf_counter()
+            t = time.monotonic()
             with self.lock:
                 for _stream, entries in resp:
                     for eid, flat in entries:
@@ -205,11 +205,11 @@ def step(lab: Lab, n_dev: int, rate: int, seconds: float) -> dict[str, float]:
     start = lab.values()
     lab.reader.begin(start)
     cpu0 = lab.cpu()
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     lab.ctl(f"rate {rate / n_dev}")
     time.sleep(seconds)
     lab.ctl("rate 0")
-    made_s = time.perf_counter() - t0
+    made_s = time.monotonic() - t0
     final = lab.values()
     settle(lab.reader, final)
     cpu1 = lab.cpu()
@@ -218,7 +218,7 @@ def step(lab: Lab, n_dev: int, rate: int, seconds: float) -> dict[str, float]:
         tail = sum(max(0, final[p] - lab.reader.last.get(p, start[p])) for p in start)
         lost = lab.reader.skipped + tail
         delivered = made - lost
-        span = (lab.reader.last_arrival or time.perf_counter()) - t0
+        span = (lab.reader.last_arrival or time.monotonic()) - t0
     return {"offered": rate, "made": made / made_s, "lost": lost, "rate": delivered / max(span, 1e-9),
             **{f"cpu_{k}": (cpu1[k] - cpu0[k]) / span for k in cpu0}}
 
@@ -251,7 +251,7 @@ def latency(lab: Lab, n: int, run: int) -> tuple[list[float], int, bool]:
     sent: dict[float, tuple[float, int]] = {}
     for k in range(n):
         v = LAT_BASE + run * 100_000 + k
-        t = time.perf_counter()
+        t = time.monotonic()
         sent[v] = (t, int(lab.ctl(f"set {pid} {v}")))
         time.sleep(rng.uniform(0.002, 0.008))
     end = time.monotonic() + 5

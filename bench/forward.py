@@ -8,7 +8,9 @@ Two servers on the same load, `--runs` alternating runs each (ours, c104, ours, 
 
 Load 1 (latency): `--rate` changes/s for `--seconds`, written as fenced `write_values` calls every 5 ms (a
 poll's worth each); each value is a sequence number, so the client knows which write it came from.
-Latency = arrival at the client's raw-frame callback - the moment before the write call. Load 2
+Latency = arrival at the client's raw-frame callback - the moment before the write call (both
+time.monotonic()); the bench's own garbage collector is off during this load (a full collection of its
+records, 10 to 14 ms, inside a write call was counted as the server's latency). Load 2
 (throughput, last run): paced loads of `--rates` values/s (a call every 10 ms), stepped up until a step
 loses values or the delivered rate saturates; lossless_values_per_s is the best delivered rate of a step
 that lost nothing. The c104 reference runs the first step only.
@@ -20,6 +22,12 @@ changes on its own random schedule (1.2 to 2.2 poll periods apart: every change 
 phase is uniform); latency = arrival at the client - the change in the device, so it includes waiting for
 the next poll (on average half a period). `--e2e-samples` changes in all.
 
+`--trace DIR` (se104s runs): each latency value cut into stages (the write call; -> the forwarder's stream
+read returned it; -> its frame written to the socket; -> the client's callback) from `fep_forwarder.trace`
+(FEP_TRACE_FORWARDER) and the bench's times, with the slowest 1% summarised (`stage_report`), garbage
+collections and slow event loop callbacks of both processes, and each process's CPU time and run-queue
+wait during the load (/proc schedstat); per-value rows in DIR.
+
 Last line: runs= p50_ms= p99_ms= c104_p99_ms= latency_gain= lossless_values_per_s= lost= e2e_p50_ms=
 e2e_p99_ms= e2e_samples= (medians of the runs; latency_gain = c104's median p99 / ours; lost: values of our
 latency loads and end-to-end changes that never arrived).
@@ -28,6 +36,8 @@ latency loads and end-to-end changes that never arrived).
 # no `from __future__ import annotations`: c104 checks the callbacks' annotations as objects
 import argparse
 import asyncio
+import gc
+import json
 import logging
 import os
 import random
@@ -47,6 +57,7 @@ import c104
 import redis
 from procs import stop, wait_port
 
+from fep_forwarder.trace import ENV as TRACE_ENV
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 from fep_tools.scada_probe import open_with_retries
@@ -92,7 +103,7 @@ class Receiver:
         frames = self.frames
 
         def on_raw(connection: c104.Connection, data: bytes) -> None:
-            frames.append((time.perf_counter(), data))
+            frames.append((time.monotonic(), data))
 
         def on_state(connection: c104.Connection, state: c104.ConnectionState) -> None:
             if state == c104.ConnectionState.OPEN:
@@ -138,44 +149,56 @@ class Writer:
         self.r, self.n, self.seq = r, n, 0
         _holder, self.epoch, _ = r.fcall(*redisfns.lease_tick(ACQ_RTU, "A", True, 600_000, 900_000).argv)
         self.sent: dict[int, float] = {}
+        self.batches: list[tuple[int, int, float, float, float]] = []
+        """(first sequence number, count, building started, write call started, write call returned)"""
 
     def batch(self, count: int) -> None:
         flat: list[str] = []
+        built = time.monotonic()
         now_ms = int(time.time() * 1000)
         first = self.seq
         for _ in range(count):
             self.seq += 1
             flat += (str(1 + self.seq % self.n), points.encode(float(self.seq), 0, now_ms))
-        t = time.perf_counter()
+        t = time.monotonic()
         for s in range(first + 1, self.seq + 1):
             self.sent[s] = t
         res = self.r.fcall(*redisfns.write_values(ACQ_RTU, "A", int(self.epoch), flat).argv)
+        self.batches.append((first + 1, count, built, t, time.monotonic()))
         if int(res[0]) != 1:
             raise RuntimeError(f"fenced write refused: {res}")
 
 
 def paced_writes(w: Writer, per: int, period: float, seconds: float) -> float:
     """A batch of `per` values every `period` s for `seconds`, on a fixed schedule (a late call does not
-    shift the later ones); -> when it started (perf_counter)."""
-    t0 = time.perf_counter()
+    shift the later ones); -> when it started (monotonic)."""
+    t0 = time.monotonic()
     k = 0
-    while time.perf_counter() - t0 < seconds:
+    while time.monotonic() - t0 < seconds:
         w.batch(per)
         k += 1
-        delay = t0 + k * period - time.perf_counter()
+        delay = t0 + k * period - time.monotonic()
         if delay > 0:
             time.sleep(delay)
     return t0
 
 
-def latency_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[list[float], int, int]:
+def latency_load(w: Writer, rx: Receiver, rate: int, seconds: float) -> tuple[list[float], int, dict[int, float]]:
+    """-> (latencies ms, values written, sequence number -> arrival of those that arrived)."""
     first_seq, start_frame = w.seq + 1, len(rx.frames)
-    paced_writes(w, max(1, rate // 200), 0.005, seconds)
+    # no collection of the bench's own during the load: it holds every frame and send time, and a full one
+    # (10 to 14 ms) inside a write call or a callback was counted as the server's latency (--trace)
+    gc.collect()
+    gc.disable()
+    try:
+        paced_writes(w, max(1, rate // 200), 0.005, seconds)
+    finally:
+        gc.enable()
     last_seq = w.seq
     settle(rx, last_seq - first_seq + 1, start_frame, first_seq)
     got = {s: t for t, s in rx.values(start_frame) if first_seq <= s <= last_seq}
     lat = [(got[s] - w.sent[s]) * 1000 for s in got]
-    return lat, last_seq - first_seq + 1, len(got)
+    return lat, last_seq - first_seq + 1, got
 
 
 def settle(rx: Receiver, want: int, start_frame: int, first_seq: int, quiet_s: float = 2.0) -> None:
@@ -266,13 +289,35 @@ def connected(port: int) -> Receiver:
         return Receiver(port).__enter__()
 
 
-def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: list[int]) -> dict[str, float]:
+def schedstat(pids: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """Per process (all its threads): ns on a CPU, ns waiting on a run queue (runnable, no CPU free),
+    time slices (/proc/PID/task/*/schedstat; a thread gone since is not counted)."""
+    out = {}
+    for name, pid in pids.items():
+        tot = [0, 0, 0]
+        for f in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+            try:
+                tot = [a + int(b) for a, b in zip(tot, f.read_text().split(), strict=True)]
+            except (OSError, ValueError):
+                continue
+        out[name] = (tot[0], tot[1], tot[2])
+    return out
+
+
+def run_phase(name: str, port: int, w: Writer, args: argparse.Namespace, rates: list[int],
+              watch: dict[str, int] | None = None) -> dict[str, Any]:
+    """`watch` (--trace): processes whose CPU time and run-queue wait during the latency load are reported."""
     with connected(port) as rx:
         time.sleep(0.3)
-        lat, sent, got = latency_load(w, rx, args.rate, args.seconds)
+        before = schedstat(watch or {})
+        lat, sent, arrivals = latency_load(w, rx, args.rate, args.seconds)
+        after = schedstat(watch or {})
         rate, lost, log = throughput(w, rx, rates, args.step_seconds)
+    got = len(arrivals)
     res = {"p50": pct(lat, 50), "p99": pct(lat, 99), "lat_lost": sent - got, "rate": rate, "lost": lost,
-           "max": max(lat) if lat else float("nan")}
+           "max": max(lat) if lat else float("nan"), "arrivals": arrivals,
+           "runq": "; ".join(f"{k} on CPU {(after[k][0] - v[0]) / 1e6:.0f} ms, waited for one {(after[k][1] - v[1]) / 1e6:.0f}"
+                             f" ms in {after[k][2] - v[2]} slices" for k, v in before.items())}
     print(f"{name}: latency at {args.rate}/s: {got}/{sent} values arrived, p50 {res['p50']:.2f} ms, "
           f"p99 {res['p99']:.2f} ms, max {res['max']:.2f} ms; throughput steps: {'; '.join(log)}", flush=True)
     return res
@@ -347,7 +392,7 @@ async def _e2e_drive(model: Model, fwd_port: int, samples: int, poll_ms: int) ->
                 await asyncio.sleep(rng.uniform(1.2, 2.2) * poll_ms / 1000)
                 v = float(k % 2) if kind == "bool" else float(2000 + k)
                 sim.set_value(pid, v)
-                changed[pid].append((time.perf_counter(), v))
+                changed[pid].append((time.monotonic(), v))
 
         await asyncio.gather(*(drive(1 + i, -(-samples // n)) for i in range(n)))
         await asyncio.sleep(3 * poll_ms / 1000 + 1.0)
@@ -385,6 +430,96 @@ async def arrived(rx: Receiver, want: set[int], start_frame: int, timeout: float
         await asyncio.sleep(0.05)
 
 
+def stage_report(w: Writer, arrivals: dict[int, float], path: Path, gcs: list[tuple[float, float, int]],
+                 out: Path) -> str:
+    """`--trace`: each value of a latency load cut into stages, from the forwarder's trace (`path`,
+    fep_forwarder.trace) and the bench's own times (one clock: CLOCK_MONOTONIC); every value's row goes to
+    `out` (CSV). Stages: write (the bench's write call), redis (write call started -> the forwarder's stream
+    read returned it), fwd (-> its frame written to the socket), client (-> the c104 client's callback).
+    Flags of a value: read_late (the forwarder issued that read after the write call started: it was busy),
+    window (events left queued at that write: k window full), fwd_gc / bench_gc (a collection in the
+    forwarder before the frame, in the bench during the value's journey), writer (the bench's writer thread was
+    building or writing a batch between the frame and the callback: the callback waits for the GIL)."""
+    tr = json.loads(path.read_text())
+    entry_of = {int(first): (eid, called, got) for called, got, entries in tr["reads"]
+                for eid, first in entries if first is not None}
+    written: dict[tuple[int, int], list[tuple[float, int, int]]] = {}
+    for t, runs, left in tr["writes"]:
+        for sid, n in runs:
+            written.setdefault((int(sid[0]), int(sid[1])), []).append((t, n, left))
+    busy = [(b[2], b[4]) for b in w.batches]
+    span = (min((b[3] for b in w.batches if b[0] in arrivals), default=0.0),  # this load's values' journeys
+            max(arrivals.values(), default=0.0))
+
+    def within(spans: list[Any]) -> list[Any]:
+        return [tuple(x) for x in spans if x[1] > span[0] and x[0] < span[1]]
+    fwd_gcs, gcs, slow_cbs = within(tr["gcs"]), within(gcs), within(tr["slow"])
+
+    def overlaps(spans: list[Any], a: float, b: float) -> bool:
+        return any(s < b and e > a for s, e, *_ in spans)
+
+    rows = []
+    for first, count, _built, t0, t1 in w.batches:
+        if first not in entry_of:
+            continue
+        eid, called, got = entry_of[first]
+        ms, _, sq = eid.partition("-")
+        writes, done = written.get((int(ms), int(sq)), []), 0
+        for i in range(count):
+            ta = arrivals.get(first + i)
+            while writes and done + writes[0][1] <= i:
+                done += writes.pop(0)[1]
+            if ta is None or not writes:
+                continue
+            tw, _, left = writes[0]
+            rows.append({"seq": first + i, "total": ta - t0, "write": t1 - t0, "redis": got - t0, "fwd": tw - got,
+                         "client": ta - tw, "read_late": called > t0, "window": left > 0,
+                         "fwd_gc": overlaps(fwd_gcs, t0, tw), "fwd_slow": overlaps(slow_cbs, t0, tw),
+                         "bench_gc": overlaps(gcs, t0, ta),
+                         "writer": overlaps(busy, tw, ta)})
+    if not rows:
+        return "trace: no value could be followed"
+    with out.open("w", encoding="utf-8") as f:
+        f.write(",".join(rows[0]) + "\n")
+        f.writelines(",".join(f"{v * 1000:.3f}" if isinstance(v, float) else str(int(v)) for v in r.values()) + "\n"
+                     for r in rows)
+    rows.sort(key=lambda r: r["total"])
+    slow = rows[int(0.99 * len(rows)):]
+    stages, flags = ("write", "redis", "fwd", "client"), ("read_late", "window", "fwd_gc", "fwd_slow", "bench_gc",
+                                                         "writer")
+    med = ", ".join(f"{k} {statistics.median(r[k] for r in rows) * 1000:.2f}" for k in stages)
+    sl = ", ".join(f"{k} {statistics.median(r[k] for r in slow) * 1000:.2f}/{max(r[k] for r in slow) * 1000:.2f}"
+                   for k in stages)
+    top = {k: sum(1 for r in slow if max(stages[1:], key=lambda s: r[s]) == k) for k in stages[1:]}
+    def gc_text(spans: list[Any]) -> str:
+        return " ".join(f"gen{g} {sum(1 for x in spans if x[2] == g)} (max "
+                        f"{max((x[1] - x[0] for x in spans if x[2] == g), default=0) * 1000:.2f} ms)" for g in (0, 1, 2))
+    names: dict[str, list[float]] = {}
+    for s, e, name in slow_cbs:
+        names.setdefault(name, []).append(e - s)
+    slowest = sorted(names.items(), key=lambda kv: -max(kv[1]))[:4]
+    return (f"trace: {len(rows)} values followed; median ms: {med}; slowest {len(slow)} (>= "
+            f"{slow[0]['total'] * 1000:.2f} ms) median/max ms: {sl}; their largest stage: "
+            f"{', '.join(f'{k} {n}' for k, n in top.items())}; flags among them: "
+            f"{', '.join(f'{k} {sum(1 for r in slow if r[k])}' for k in flags)} (all values: "
+            f"{', '.join(f'{k} {sum(1 for r in rows if r[k])}' for k in flags)}); during the load: forwarder GCs "
+            f"{gc_text(fwd_gcs)}, bench GCs {gc_text(gcs)}; forwarder loop callbacks over 0.5 ms: "
+            f"{'; '.join(f'{n} {len(d)} (max {max(d) * 1000:.2f} ms)' for n, d in slowest) or 'none'}; "
+            f"rows in {out}")
+
+
+def gc_timer(spans: list[tuple[float, float, int]]) -> Any:
+    """A gc.callbacks hook appending (start, end, generation) of every collection to `spans`."""
+    start = [0.0]
+
+    def hook(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            start[0] = time.monotonic()
+        else:
+            spans.append((start[0], time.monotonic(), int(info.get("generation", -1))))
+    return hook
+
+
 def mmm(xs: list[float]) -> str:
     return f"{min(xs):.2f}/{statistics.median(xs):.2f}/{max(xs):.2f}"
 
@@ -401,6 +536,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--e2e-samples", type=int, default=2000, help="device changes of the end-to-end load")
     ap.add_argument("--e2e-poll-ms", type=int, default=100, help="poll period of the end-to-end load")
     ap.add_argument("--tiny", action="store_true", help="a few seconds on tiny parameters (the test suite)")
+    ap.add_argument("--trace", type=Path, metavar="DIR",
+                    help="cut each se104s latency value into stages (fep_forwarder.trace) and report its slowest 1%%; "
+                         "traces and per-value rows go to DIR")
     ap.add_argument("--c104-ref", nargs=2, type=int, metavar=("REDIS_PORT", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.c104_ref:
@@ -428,15 +566,26 @@ def main(argv: list[str] | None = None) -> int:
             w = Writer(r, args.points)
             env = {**os.environ, "FEPROOT": str(root), "FEP_REDIS_PORT": str(rp.port),
                    "FEP_REDIS_LOCAL_PORT": str(rp.port), "FEP_LOG_DIR": "", "FEP_LOG_LEVEL": "WARNING"}
+            gcs: list[tuple[float, float, int]] = []
+            if args.trace:
+                args.trace.mkdir(parents=True, exist_ok=True)
+                gc.callbacks.append(gc_timer(gcs))
             for run in range(args.runs):
                 last = run == args.runs - 1
-                fwd = subprocess.Popen([sys.executable, "-m", "fep_forwarder.cli"], env=env)
+                trace = args.trace / f"fwd-{run + 1}.json" if args.trace else None
+                fwd = subprocess.Popen([sys.executable, "-m", "fep_forwarder.cli"],
+                                       env={**env, TRACE_ENV: str(trace)} if trace else env)
                 try:
                     wait_port(port)
+                    watch = {"fep-forwarder": fwd.pid, "bench": os.getpid(), "redis-server": rp.proc.pid} \
+                        if trace and rp.proc else None
                     ours.append(run_phase(f"run {run + 1} se104s (fep-forwarder)", port, w, args,
-                                          rates if last else []))
+                                          rates if last else [], watch))
                 finally:
                     stop(fwd)
+                if trace:
+                    print(stage_report(w, ours[-1]["arrivals"], trace, gcs, trace.with_suffix(".csv")), flush=True)
+                    print(f"during the load ({args.seconds:g} s, {os.cpu_count()} cores): {ours[-1]['runq']}", flush=True)
                 ref = subprocess.Popen([sys.executable, __file__, "--points", str(args.points), "--c104-ref",
                                         str(rp.port), str(ref_port)])
                 try:

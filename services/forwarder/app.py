@@ -47,6 +47,7 @@ from .stream import (
     trimmed_past,
 )
 from .tlspolicy import CRL_CHECK_S, TlsPolicy
+from .trace import TRACE
 
 log = logging.getLogger("fep_forwarder")
 
@@ -317,6 +318,7 @@ class Forwarder:
                         if applied and not same:
                             await self._full_image(local)
                 continue
+            called = time.monotonic()
             try:
                 got = await self._read(local.xread({ks.CHANGES: self.last_id}, count=READ_COUNT, block=block_ms))
             except redis.ResponseError as exc:
@@ -329,10 +331,15 @@ class Forwarder:
                 continue
             prev, before = self.last_id, self.consumed
             entries = got[0][1]
+            if TRACE is not None:
+                TRACE.read(called, entries)
             self._dispatch(entries)
             self.last_id, self.last_fields = entries[-1]
             self.consumed += len(entries)
             self.lag = lag_ms(self.last_id, int(time.time() * 1000))
+            # the servers' senders write what was just dispatched before the trim check's round trip: sending
+            # the XINFO first (about 0.1 ms of redis-py) delayed every frame by it (bench/forward.py --trace)
+            await asyncio.sleep(0)
             try:
                 info = await self._read(local.xinfo_stream(ks.CHANGES))
             except redis.ResponseError:  # the stream was deleted after our read: nothing to compare

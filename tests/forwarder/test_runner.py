@@ -16,6 +16,7 @@ import pytest
 import redis.asyncio as aredis
 
 from fep_forwarder import app, cli
+from fep_forwarder.se104s.server import Se104Server
 from fep_loader.store import replace_config
 from fepha import controls, points, redisfns
 from fepha import keyspace as ks
@@ -138,6 +139,36 @@ async def test_image_then_stream_reach_the_client_and_state_is_written(setup: An
             await asyncio.sleep(0.05)
     assert not await r.exists(ks.heartbeat("forwarder", "A"))
     assert await in_thread(cli.main, ["--check"]) == 1
+
+
+async def test_a_change_is_written_to_the_masters_before_the_trim_check(setup: Any, monkeypatch: Any) -> None:
+    """The frames of a stream read go to the masters' sockets before the runner's trim check (XINFO STREAM)
+    is sent: sending it first (about 0.1 ms of redis-py) delayed every frame by it (bench/forward.py --trace)."""
+    proc, r, port = setup
+    servers: set[Se104Server] = set()
+    queued: list[int] = []  # events dispatched and not yet written, at each trim check
+    apply, xinfo = Se104Server.apply, aredis.Redis.xinfo_stream
+
+    def recording_apply(self: Se104Server, updates: Any) -> None:
+        servers.add(self)
+        apply(self, updates)
+
+    def checking_xinfo(self: aredis.Redis, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(self, aredis.client.Pipeline):  # the full image's pipeline queues its own
+            queued.append(sum(s.events_queued for srv in servers for s in srv.station.sessions))
+        return xinfo(self, *args, **kwargs)
+
+    monkeypatch.setattr(Se104Server, "apply", recording_apply)
+    monkeypatch.setattr(aredis.Redis, "xinfo_stream", checking_xinfo)
+    w = Writer(r)
+    async with forwarder(node_cfg(proc)):
+        await wait_listening(port)
+        async with c104_master(port, points=SAMPLE_POINTS, ca=1) as m:
+            for k in range(5):
+                queued.clear()
+                await w.write(1, p101=300.0 + k)
+                await until(lambda k=k: 300.0 + k in spont(m, 1001), what="the change at the client")
+                assert queued and not any(queued), f"changes still queued at the trim check: {queued}"
 
 
 async def test_stream_trimmed_past_last_read_loads_the_full_image(setup: Any) -> None:

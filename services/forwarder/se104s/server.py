@@ -32,6 +32,7 @@ from ..base import (
     closed_during_stall,
 )
 from ..resume import Sid
+from ..trace import TRACE
 from .station import Control, Session, Station
 
 log = logging.getLogger("fep_forwarder.se104s")
@@ -269,6 +270,8 @@ class Se104Server(ForwardServer):
                 data = self.station.pump(s, time.monotonic())
                 if data and not s.closed:
                     io.writer.write(data)
+                    if TRACE is not None:
+                        TRACE.wrote(s.events_queued)
                     await io.writer.drain()
                 if more:  # the other connections' turn before the next slice (drain need not yield)
                     await asyncio.sleep(0)

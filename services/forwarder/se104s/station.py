@@ -36,6 +36,7 @@ from fepha.semodel.model import FwdPoint, Rtu
 from ..allow import peer_host
 from ..base import ControlOutcome, Counters, Update
 from ..resume import ZERO, History, Sid, acked_cursor
+from ..trace import TRACE
 
 log = logging.getLogger("fep_forwarder.se104s")
 
@@ -832,6 +833,8 @@ class Station:
             asdu, items = self._next_asdu(s)
             link.send(asdu, now, items)
             s.inflight.append(items)
+            if TRACE is not None:
+                TRACE.sent(items)
         if self.build_due(s):
             self.wake(s)  # the next slice of an answer being built
         return link.data_to_send()
