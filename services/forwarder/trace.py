@@ -42,11 +42,12 @@ class Trace:
             t = time.monotonic()
             run(handle)
             if (end := time.monotonic()) - t > SLOW_S:
-                cb = handle._callback  # what ran, named only when slow
+                cb: Any = getattr(handle, "_callback", None)  # what ran, named only when slow
                 task = getattr(cb, "__self__", None)
-                name = task.get_coro().__qualname__ if isinstance(task, asyncio.Task) else repr(cb)[:80]
+                coro: Any = task.get_coro() if isinstance(task, asyncio.Task) else None
+                name = getattr(coro, "__qualname__", None) or repr(cb)[:80]
                 slow.append((t, end, name))
-        asyncio.events.Handle._run = timed  # type: ignore[method-assign]
+        asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
 
     def _gc(self, phase: str, info: Mapping[str, Any]) -> None:
         if phase == "start":
