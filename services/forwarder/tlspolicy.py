@@ -139,6 +139,12 @@ def expired(crls: list[Crl], now: dt.datetime) -> list[Crl]:
     return [c for c in _newest(crls) if c.next_update is not None and c.next_update <= now]
 
 
+def not_yet_valid(crls: list[Crl], now: dt.datetime) -> list[Crl]:
+    """The CRLs whose thisUpdate is still ahead (a clock behind the CA's, or a CRL issued for later): OpenSSL
+    refuses every handshake checked against one (`CRL is not yet valid`), with no tolerance."""
+    return [c for c in crls if c.this_update > now]
+
+
 EXPIRY_WARNING = dt.timedelta(days=1)
 """A CRL this close to its nextUpdate (or within the last quarter of its validity, when that is shorter) is
 said to expire soon (`TlsPolicy.refresh`): time to put the next one there."""
@@ -164,7 +170,8 @@ def _path(root: Path | None, p: str) -> str:
 def load_crls(cfg: NodeConfig, root: Path | None = None,
               now: dt.datetime | None = None) -> list[Crl]:
     """`[tls] crl`'s CRLs, checked: ConfigError (one line) when the file cannot be read, holds anything but
-    CRLs, or holds one past its nextUpdate."""
+    CRLs, or holds one past its nextUpdate or before its thisUpdate. While running (`TlsPolicy.refresh`) a
+    replacement refused for that is looked at again every CRL_CHECK_S, so it is taken once its time comes."""
     where = _path(root, cfg.tls_crl)
     what = f"[tls] crl = {cfg.tls_crl!r}"
     try:
@@ -177,9 +184,14 @@ def load_crls(cfg: NodeConfig, root: Path | None = None,
         crls = read_crls(data)
     except ValueError as exc:
         raise ConfigError(f"{what}: cannot load {where}: {exc}") from None
-    for crl in expired(crls, now or dt.datetime.now(dt.UTC)):
+    now = now or dt.datetime.now(dt.UTC)
+    for crl in expired(crls, now):
         raise ConfigError(f"{what}: {where}: the CRL of {crl.issuer_text()} expired at {_when(crl.next_update)} "
                           "(its nextUpdate): put a newer one there")
+    for crl in not_yet_valid(crls, now):
+        raise ConfigError(f"{what}: {where}: the CRL of {crl.issuer_text()} is not valid before "
+                          f"{_when(crl.this_update)} (its thisUpdate; this host's clock reads {_when(now)}): "
+                          "OpenSSL would refuse every master until then; check this host's clock and the CA's")
     return crls
 
 

@@ -694,12 +694,32 @@ def test_a_crl_that_expires_while_running_is_said_once(caplog, certs) -> None:
     assert "expired at 2099-01-01 00:00:00 UTC" in lines[1] and "refused" in lines[1], lines
 
 
-@pytest.mark.parametrize("case", ["missing", "a certificate", "expired", "not a CRL"])
+def test_a_crl_not_yet_valid_is_taken_when_its_time_comes(caplog, certs) -> None:
+    """A replacement whose thisUpdate is still ahead (this host's clock behind the CA's) would make OpenSSL
+    refuse every master: not taken (one WARNING), looked at again, taken once its thisUpdate has passed."""
+    write_crl(certs, "ca", (), out="crl-next.pem")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-next.pem"), certs)
+    taken = policy.context
+    caplog.set_level(logging.INFO)
+    write_crl(certs, "ca", (7,), out="crl-next.pem", last="20990101000000Z")
+    for at in ((2098, 12, 31), (2098, 12, 31, 12)):
+        assert not policy.refresh(datetime.datetime(*at, tzinfo=datetime.UTC))
+    assert policy.context is taken
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "not valid before 2099-01-01 00:00:00 UTC" in lines[0], lines
+    assert "not taken" in lines[0], lines
+    assert policy.refresh(datetime.datetime(2099, 1, 1, 0, 0, 10, tzinfo=datetime.UTC))
+    assert policy.context is not taken and any(7 in c.revoked for c in policy.crls)
+
+
+@pytest.mark.parametrize("case", ["missing", "a certificate", "expired", "not yet valid", "not a CRL"])
 def test_a_crl_file_that_cannot_be_used_is_one_line(certs, case: str) -> None:
     """At start (`tls_context`): one line naming the setting, the file and why (fep-forwarder: exit 2)."""
     name = {"missing": "no-such-crl.pem", "a certificate": "master-cert.pem"}.get(case, f"crl-{case}.pem")
     if case == "expired":
         write_crl(certs, "ca", (), out=name, next_update="20200102000000Z")
+    elif case == "not yet valid":
+        write_crl(certs, "ca", (), out=name, last="20990101000000Z")
     elif case == "not a CRL":
         (certs / name).write_text("nothing of PEM\n")
     with pytest.raises(ConfigError) as exc:
@@ -707,6 +727,7 @@ def test_a_crl_file_that_cannot_be_used_is_one_line(certs, case: str) -> None:
     assert str(exc.value).startswith(f"[tls] crl = '{name}': "), exc.value
     assert {"missing": "cannot load", "a certificate": "holds CERTIFICATE, not only X509 CRLs",
             "expired": "the CRL of fep-ca expired at 2020-01-02 00:00:00 UTC",
+            "not yet valid": "the CRL of fep-ca is not valid before 2099-01-01 00:00:00 UTC (its thisUpdate",
             "not a CRL": "holds no PEM X509 CRL"}[case] in str(exc.value), exc.value
 
 
