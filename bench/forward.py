@@ -58,6 +58,7 @@ import redis
 from procs import stop, wait_port
 
 from fep_forwarder.trace import ENV as TRACE_ENV
+from fep_forwarder.trace import gc_timer
 from fep_loader.store import replace_config
 from fep_tools.plcsim import PlcSim
 from fep_tools.scada_probe import open_with_retries
@@ -506,18 +507,6 @@ def stage_report(w: Writer, arrivals: dict[int, float], path: Path, gcs: list[tu
             f"{gc_text(fwd_gcs)}, bench GCs {gc_text(gcs)}; forwarder loop callbacks over 0.5 ms: "
             f"{'; '.join(f'{n} {len(d)} (max {max(d) * 1000:.2f} ms)' for n, d in slowest) or 'none'}; "
             f"rows in {out}")
-
-
-def gc_timer(spans: list[tuple[float, float, int]]) -> Any:
-    """A gc.callbacks hook appending (start, end, generation) of every collection to `spans`."""
-    start = [0.0]
-
-    def hook(phase: str, info: dict[str, Any]) -> None:
-        if phase == "start":
-            start[0] = time.monotonic()
-        else:
-            spans.append((start[0], time.monotonic(), int(info.get("generation", -1))))
-    return hook
 
 
 def mmm(xs: list[float]) -> str:

@@ -15,6 +15,7 @@ import contextlib
 import inspect
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -113,8 +114,7 @@ class Forwarder:
         self.master = redisconn.master_async(cfg)
         self.sink = RedisControlSink(redisconn.master_async_once(cfg), Model({}, "", ""),
                                      int(cfg.control_timeout_s * 1000))
-        self.tls_policy = TlsPolicy(cfg)  # [tls]: the context, and the CRL file taken anew (`_watch_crl`)
-        self.tls = self.tls_policy.context
+        self.tls_policy = TlsPolicy(cfg)  # [tls]: the context (`tls`), and the CRL file taken anew (`_watch_crl`)
         self.model: Model | None = None
         self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
         self.cfg_gone = False  # the local Redis lost the configuration `model` came from: every value NT
@@ -199,6 +199,11 @@ class Forwarder:
             await self.master.aclose()
             await self.sink.master.aclose()
             await self.local_rw.aclose()
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """The servers' TLS context for their next handshakes: the policy's, new after a changed [tls] crl."""
+        return self.tls_policy.context
 
     async def _until_stopped(self, follow: Coroutine[Any, Any, None]) -> None:
         """Run `follow` until it returns or raises. When the planned stop is over (`stop`) while it is in a read
@@ -761,7 +766,6 @@ class Forwarder:
         while not self.stop.is_set() and self.cfg.tls_crl and self.tls is not None:
             await self._sleep(CRL_CHECK_S)
             if self.tls_policy.refresh():
-                self.tls = self.tls_policy.context
                 self.tls_policy.apply(self.servers.values())
 
     # --- heartbeat, metrics, connected masters -------------------------------------------------------

@@ -16,13 +16,26 @@ import gc
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from fepha import points
 
 ENV = "FEP_TRACE_FORWARDER"
 SLOW_S = 0.0005
+
+
+def gc_timer(spans: list[tuple[float, float, int]]) -> Callable[[str, Mapping[str, Any]], None]:
+    """A `gc.callbacks` hook appending (start, end, generation) of every collection to `spans` (the trace's,
+    and bench/forward.py's own)."""
+    start = [0.0]
+
+    def hook(phase: str, info: Mapping[str, Any]) -> None:
+        if phase == "start":
+            start[0] = time.monotonic()
+        else:
+            spans.append((start[0], time.monotonic(), int(info.get("generation", -1))))
+    return hook
 
 
 class Trace:
@@ -33,8 +46,7 @@ class Trace:
         self.gcs: list[tuple[float, float, int]] = []
         self.slow: list[tuple[float, float, str]] = []
         self._sent: list[Any] = []
-        self._gc_start = 0.0
-        gc.callbacks.append(self._gc)
+        gc.callbacks.append(gc_timer(self.gcs))
         atexit.register(self.dump)
         run, slow = asyncio.events.Handle._run, self.slow
 
@@ -48,12 +60,6 @@ class Trace:
                 name = getattr(coro, "__qualname__", None) or repr(cb)[:80]
                 slow.append((t, end, name))
         asyncio.events.Handle._run = timed  # type: ignore[method-assign,assignment]
-
-    def _gc(self, phase: str, info: Mapping[str, Any]) -> None:
-        if phase == "start":
-            self._gc_start = time.monotonic()
-        else:
-            self.gcs.append((self._gc_start, time.monotonic(), int(info.get("generation", -1))))
 
     def read(self, called: float, entries: Iterable[tuple[str, Mapping[str, str]]]) -> None:
         """A stream read issued at `called` returned (now) these entries."""
