@@ -62,6 +62,8 @@ def _positive(kind: type, zero: bool = False) -> Callable[[str], Any]:
         what = f"expected a whole number {'>=' if zero else '>'} 0"
 
     def parse(s: str) -> Any:
+        if kind is int and not _digits(s):  # int() also reads '+12', '1_0', ' 12' and '١٢' (Arabic-Indic 12)
+            raise ValueError(what)
         try:
             v = kind(s)
         except ValueError:
@@ -106,7 +108,7 @@ def _host(s: str) -> str:
 
 def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     def parse(s: str) -> int:
-        if not (s.lstrip("-") and _digits(s.lstrip("-"))) or not lo <= int(s) <= hi:
+        if not _digits(s.removeprefix("-")) or not lo <= int(s) <= hi:  # '--5': int() raised its own message
             raise ValueError(f"expected a whole number in {lo}..{hi}")
         return int(s)
     return parse

@@ -177,6 +177,22 @@ def test_a_bad_variable_is_one_line(tmp_path: Path, env: dict[str, str], expect:
     assert line.startswith(expect), line
 
 
+@pytest.mark.parametrize("env,expect", [
+    # docsaudit: docs/configuration.md says a whole number is ASCII digits only; int() read these for k and w
+    ({"FEP_IEC104_K": "\u0661\u0662"}, "environment FEP_IEC104_K = '\u0661\u0662': expected a whole number > 0"),
+    ({"FEP_IEC104_W": "1_0"}, "environment FEP_IEC104_W = '1_0': expected a whole number > 0"),
+    ({"FEP_SE104S_K": "+12"}, "environment FEP_SE104S_K = '+12': expected a whole number > 0"),
+    ({"FEP_SE104S_W": " 8"}, "environment FEP_SE104S_W = ' 8': expected a whole number > 0"),
+    # docsaudit: '--5' got int()'s own message, not the range the docs promise
+    ({"FEP_WRITER_BATCH_SIZE": "--5"}, "environment FEP_WRITER_BATCH_SIZE = '--5': expected a whole number in "
+     "1..100000"),
+])
+def test_a_whole_number_is_ascii_digits_refused_with_its_range(tmp_path: Path, env: dict[str, str],
+                                                              expect: str) -> None:
+    (line,) = problems(tmp_path, env)
+    assert line == expect
+
+
 def test_log_backups_are_bounded(tmp_path: Path) -> None:
     """cfgfuzz: [log] backups = 10**9 was taken, and each rotation then looked for a billion numbered files
     (logging's RotatingFileHandler) while the program could not log."""
