@@ -39,3 +39,98 @@ def test_every_key_of_the_keyspace_module_is_documented() -> None:
     documented = set(re.findall(r"`(fep:[^`]+)`", doc))
     missing = [n for n in _documented_names() if n not in documented]
     assert not missing, f"keys missing from docs/keyspace.md: {missing}"
+
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    """A keyspace name with its `{placeholders}` as one key segment each."""
+    return re.compile("".join("[^:]+" if part.startswith("{") else re.escape(part)
+                              for part in re.split(r"(\{[^}]+\})", name)))
+
+
+def test_every_key_the_docs_name_is_one_the_keyspace_module_builds() -> None:
+    """The other direction: a key a document names (`fep:m:forwarder:{node}`, `fep:chan:*`) that the
+    keyspace module cannot build is a key no service reads or writes (a renamed or misspelt one)."""
+    patterns = [_pattern(n) for n in _documented_names()]
+    unknown = []
+    for path in DOCS:
+        for key in set(re.findall(r"`(fep:[^`\s]+)`", path.read_text())):
+            if "*" in key:  # a glob (docs/ha.md: `fep:chan:*`): it must cover some key
+                glob = re.compile(".*".join(re.escape(p) for p in key.split("*")))
+                if not any(glob.fullmatch(n) for n in _documented_names()):
+                    unknown.append(f"{path.name}: {key}")
+                continue
+            concrete = re.sub(r"\{[^}]+\}|<[^>]+>", "x", key)
+            if not any(p.fullmatch(concrete) for p in patterns):
+                unknown.append(f"{path.name}: {key}")
+    assert not unknown, f"keys the docs name that fepha/keyspace.py does not build: {unknown}"
+
+
+NOT_SETTINGS = {
+    "FEP_RUN", "FEP_IMAGE", "FEP_BIND", "FEP_PYTHON",  # compose.yml's and the keepalived container's
+    "FEP_TRACE_FORWARDER",  # bench/forward.py --trace (docs/configuration.md says it is no setting)
+    "FEP_SCREENSHOTS",  # tests/api/test_dashboard_live.py
+    "FEP_TIMERS_LEASE_TTL",  # docs/configuration.md's example of a misspelt variable
+}
+
+
+def test_every_setting_the_docs_name_exists() -> None:
+    """`[section] key` and FEP_<SECTION>_<KEY> in any document name a setting of fepha.config (a renamed
+    setting left in the prose sends an operator to a key that is refused as unknown)."""
+    from dataclasses import fields
+
+    from fepha.config import LogConfig, NodeConfig, _key
+    known = {(f.metadata["section"], _key(f)) for cls in (NodeConfig, LogConfig) for f in fields(cls)}
+    sections = {s for s, _ in known}
+    variables = {f"FEP_{s}_{k}".upper() for s, k in known}
+    wrong = []
+    for path in DOCS:
+        text = path.read_text()
+        for section, key in re.findall(r"`\[(\w+)\] (\w+)`", text):
+            if section in sections and (section, key) not in known:
+                wrong.append(f"{path.name}: [{section}] {key}")
+        for var in set(re.findall(r"\bFEP_[A-Z0-9_]*[A-Z0-9]\b", text)):
+            if var not in variables and var not in NOT_SETTINGS:
+                wrong.append(f"{path.name}: {var}")
+    assert not wrong, f"settings the docs name that fepha/config.py does not have: {wrong}"
+
+
+def test_the_api_docs_endpoints_are_the_apps_operations() -> None:
+    """docs/api.md's Endpoints table against the app's OpenAPI schema: every operation documented and
+    every documented one served, each documented query parameter taken with the documented default, and
+    each status its row names (404, 409) one the operation declares."""
+    from fep_api.app import create_app
+    from fepha.config import NodeConfig
+
+    schema = create_app(NodeConfig()).openapi()
+    served = {(m.upper(), re.sub(r"\{\w+\}", "{id}", p)) for p, ops in schema["paths"].items() for m in ops}
+    text = (ROOT / "docs" / "api.md").read_text()
+    section = text.split("## Endpoints", 1)[1].split("\n## ", 1)[0]
+    documented: set[tuple[str, str]] = set()
+    problems = []
+    for method, path, query, answer in re.findall(r"^\| `(GET|POST) ([^`?]+)(?:\?([^`]*))?` \| (.*) \|$",
+                                                  section, re.M):
+        if path == "/":  # the dashboard, not in the schema
+            continue
+        documented.add((method, path))
+        spath = next((p for p in schema["paths"] if re.sub(r"\{\w+\}", "{id}", p) == path), None)
+        if spath is None:
+            continue
+        op = schema["paths"][spath][method.lower()]
+        params = {q["name"]: q.get("schema", {}) for q in op.get("parameters", []) if q["in"] == "query"}
+        for item in filter(None, (query or "").split("&")):
+            name, _, default = item.partition("=")
+            if name == "...":
+                continue
+            if name not in params:
+                problems.append(f"{method} {path}: no query parameter {name}")
+            elif default and str(params[name].get("default")) != default:
+                problems.append(f"{method} {path}: {name} defaults to {params[name].get('default')}, not {default}")
+        for status in set(re.findall(r"\b(40[49])\b", answer)):
+            if status not in op["responses"]:
+                problems.append(f"{method} {path}: the schema declares no {status}")
+    assert documented == served, (f"documented, not served: {sorted(documented - served)}; "
+                                  f"served, not documented: {sorted(served - documented)}")
+    assert not problems, problems
