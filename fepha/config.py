@@ -380,7 +380,7 @@ class LogConfig:
     """syslod.cfg: logging."""
 
     dir: str = opt("log", _text, "log", "log directory, relative to $FEPROOT; empty: no file")
-    level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR")
+    level: str = opt("log", _level, "INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL (any case)")
     # at most 10 GB: rotation is there to bound a file, and one of 10 GB already takes hours to read or ship
     max_bytes: int = opt("log", _int_in(1, 10_000_000_000), 10 * 1024 * 1024,
                          "rotate a log file at this size, in bytes (1 ... 10,000,000,000)")

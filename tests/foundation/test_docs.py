@@ -134,3 +134,35 @@ def test_the_api_docs_endpoints_are_the_apps_operations() -> None:
     assert documented == served, (f"documented, not served: {sorted(documented - served)}; "
                                   f"served, not documented: {sorted(served - documented)}")
     assert not problems, problems
+
+
+def test_each_settings_documented_range_is_the_one_taken() -> None:
+    """A setting whose meaning names its range ("(1 ... 100,000)", "at most 32767") takes both ends and is
+    refused one above: the generated table of docs/configuration.md cannot promise a bound the parser does
+    not hold."""
+    from dataclasses import fields
+
+    from fepha.config import ConfigError, LogConfig, NodeConfig, _key, load_log, load_node
+    checked, wrong = 0, []
+    for cls, load in ((NodeConfig, load_node), (LogConfig, load_log)):
+        for f in fields(cls):
+            doc = f.metadata["doc"]
+            if m := re.search(r"(\d[\d,]*) \.\.\. (\d[\d,]*)", doc):
+                lo, hi = (int(g.replace(",", "")) for g in m.groups())
+            elif m := re.search(r"at most (\d[\d,]*)\)", doc):
+                lo, hi = None, int(m.group(1).replace(",", ""))
+            else:
+                continue
+            var = f"FEP_{f.metadata['section']}_{_key(f)}".upper()
+            for value, ok in ((lo, True), (hi, True), (hi + 1, False)):
+                if value is None:
+                    continue
+                try:
+                    load(ROOT / "nonexistent", env={var: str(value)})
+                    taken = True
+                except ConfigError:
+                    taken = False
+                if taken != ok:
+                    wrong.append(f"{var}={value}: {'refused' if ok else 'taken'}, the doc says {doc!r}")
+            checked += 1
+    assert checked >= 14 and not wrong, wrong
