@@ -166,3 +166,27 @@ def test_each_settings_documented_range_is_the_one_taken() -> None:
                     wrong.append(f"{var}={value}: {'refused' if ok else 'taken'}, the doc says {doc!r}")
             checked += 1
     assert checked >= 14 and not wrong, wrong
+
+
+def test_the_counters_keyspace_md_names_are_the_ones_counted() -> None:
+    """docs/keyspace.md's counter names of `fep:m:acquirer:{node}` and `fep:m:forwarder:{node}` against what
+    the services count: the acquirer's `metrics.inc("name")` calls, the forwarder's `Counters` fields, its
+    `full_images` and the two gauges it sets."""
+    from dataclasses import fields
+
+    from fep_forwarder.base import Counters
+    doc = (ROOT / "docs" / "keyspace.md").read_text()
+    para = doc.split("Counter names. Acquirer:", 1)[1].split("\n\n", 1)[0]
+    acq_text, fwd_text = para.split("Forwarder:", 1)
+    named = {  # a name in backticks that starts the item, not the settings and keys its parentheses name
+        "acquirer": set(re.findall(r"(?:^\s*|,\s*)`([a-z_]+)`", acq_text.replace("\n", " "))),
+        "forwarder": set(re.findall(r"(?:^\s*|,\s*)`([a-z_]+)`", fwd_text.replace("\n", " "))),
+    }
+    added = doc.split("## Added by the services", 1)[1].split("\n## ", 1)[0]  # "Forwarder ...: also `full_images`"
+    named["forwarder"] |= set(re.findall(r"also `([a-z_]+)`", added))
+    counted = {
+        "acquirer": set(re.findall(r"\.inc\(\s*\"([a-z_]+)\"",
+                                   "".join(p.read_text() for p in (ROOT / "services" / "acquirer").glob("*.py")))),
+        "forwarder": {f.name for f in fields(Counters)} | {"full_images", "stream_lag_ms", "clients"},
+    }
+    assert named == counted, {s: (sorted(named[s] - counted[s]), sorted(counted[s] - named[s])) for s in named}
