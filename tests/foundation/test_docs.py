@@ -190,3 +190,27 @@ def test_the_counters_keyspace_md_names_are_the_ones_counted() -> None:
         "forwarder": {f.name for f in fields(Counters)} | {"full_images", "stream_lag_ms", "clients"},
     }
     assert named == counted, {s: (sorted(named[s] - counted[s]), sorted(counted[s] - named[s])) for s in named}
+
+
+def test_a_default_the_prose_gives_is_the_settings_default() -> None:
+    """"`[section] key` (N)" or "(default N)" anywhere in the docs, and "`key` (N)" in docs/configuration.md,
+    is the setting's default (the generated table cannot drift, the prose could)."""
+    from dataclasses import fields
+
+    from fepha.config import LogConfig, NodeConfig, _key
+    defaults = {(f.metadata["section"], _key(f)): f.default for cls in (NodeConfig, LogConfig) for f in fields(cls)}
+    pattern = re.compile(r"`(?:\[(\w+)\] )?(\w+)`\s*\((?:default )?(\d[\d,]*(?:\.\d+)?)(?: ?(s|ms)\b)?(?=[,;)\s])")
+    checked, wrong = 0, []
+    for path in DOCS:
+        for m in pattern.finditer(path.read_text()):
+            section, key, number, unit = m.groups()
+            if section is None and path.name != "configuration.md":
+                continue  # another doc's `heartbeat_s` (10) may be a server option (docs/sefeps.md)
+            found = [(s, d) for (s, k), d in defaults.items() if k == key and section in (None, s)]
+            if len(found) != 1:
+                continue
+            value = float(number.replace(",", "")) * (1000 if unit == "s" and key.endswith("_ms") else 1)
+            checked += 1
+            if float(found[0][1]) != value:
+                wrong.append(f"{path.name}: {m.group()} but [{found[0][0]}] {key} defaults to {found[0][1]}")
+    assert checked >= 20 and not wrong, wrong
