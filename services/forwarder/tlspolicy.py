@@ -303,6 +303,9 @@ def _context(cfg: NodeConfig, root: Path | None,
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: cannot load {path(cfg.tls_ca)}: "
                               f"{exc.strerror or exc}") from None
+        if not ctx.cert_store_stats()["x509"]:  # CRLs only: OpenSSL takes the file, and refuses every master
+            raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: {path(cfg.tls_ca)} holds no certificate: every master "
+                              "would be refused")
         ctx.verify_mode = ssl.CERT_REQUIRED
     crls = []
     if cfg.tls_crl:
@@ -328,12 +331,18 @@ UNTRUSTED = ("certificate no longer trusted: the new [tls] ca holds no certifica
 """Why `TlsPolicy.distrusts` closes an open session: (the WARNING's words, the protocol's `left (...)`)."""
 
 
-def _anchors(ctx: ssl.SSLContext) -> frozenset[tuple[bytes, bytes]]:
-    """(subject, public key) of each CA certificate `ctx` trusts ([tls] ca)."""
+def _anchors(cfg: NodeConfig, root: Path | None) -> frozenset[tuple[bytes, bytes]]:
+    """(subject, public key) of each certificate of [tls] ca (read here: `SSLContext.get_ca_certs` lists only
+    those marked CA, and a master's own self-signed certificate may be there too)."""
     out = set()
-    for der in ctx.get_ca_certs(binary_form=True):
+    try:
+        blocks = _PEM.findall(Path(_path(root, cfg.tls_ca)).read_bytes()) if cfg.tls_ca else []
+    except OSError:
+        blocks = []  # OpenSSL read it a moment ago: rewritten since, and read again at the next look
+    for kind, body in blocks:
         try:
-            out.add(cert_subject_key(der))
+            if kind == b"CERTIFICATE":
+                out.add(cert_subject_key(base64.b64decode(body)))
         except (ValueError, IndexError):
             continue
     return frozenset(out)
@@ -360,7 +369,7 @@ class TlsPolicy:
         self.cert: Cert | None = None
         if cfg.tls_cert:
             self.context, self.crls, self.cert = _context(cfg, root)
-        self.anchors = _anchors(self.context) if self.context is not None else frozenset()
+        self.anchors = _anchors(cfg, root) if self.context is not None else frozenset()
         self._before = self.anchors  # the CAs trusted before the last change (`distrusts`)
         self._seen = self._stat()
         self._refused: dict[str, Any] | None = None  # the files' stats whose problem was logged
@@ -396,7 +405,7 @@ class TlsPolicy:
                 self._expiry(now)  # of what still applies
                 return False
             changed = [k for k in FILES if st.get(k) != self._seen.get(k)]
-            self._before, self.anchors = self.anchors, _anchors(ctx)
+            self._before, self.anchors = self.anchors, _anchors(self.cfg, self.root)
             self.context, self.crls, self.cert, self._seen, self._refused = ctx, crls, cert, st, None
             self._said = self._cert_said = ""
             self._taken(changed)

@@ -934,7 +934,7 @@ async def test_a_new_server_certificate_is_taken_while_running(proto: Proto, cap
 
 
 @pytest.mark.parametrize("case", ["cert half written", "cert of another key", "expired", "not valid yet",
-                                  "ca half written", "ca not certificates"])
+                                  "ca half written", "ca not certificates", "ca of crls only"])
 def test_a_changed_tls_file_that_cannot_be_used_is_not_taken(caplog, certs, case: str) -> None:
     """A change of [tls] cert, key or ca that cannot be used is not taken: the context before still applies, one
     WARNING (however often it is looked at) says why; once the files are right they are taken. Before, the
@@ -961,6 +961,9 @@ def test_a_changed_tls_file_that_cannot_be_used_is_not_taken(caplog, certs, case
         install(certs, "early-server", "live-server")
         why = "the certificate of fep-early-server is not valid before 2099-01-01 00:00:00 UTC (its notBefore"
         later = datetime.datetime(2099, 1, 1, 0, 0, 10, tzinfo=datetime.UTC)
+    elif case == "ca of crls only":  # OpenSSL takes such a file, and then refuses every master
+        write_crl(certs, "ca", (), out="live-ca.pem")
+        why = "live-ca.pem holds no certificate: every master would be refused"
     else:
         good = (certs / "ca-cert.pem").read_bytes() + (certs / "master-cert.pem").read_bytes()
         (certs / "live-ca.pem").write_bytes(good[:len(good) - 200] if case == "ca half written" else b"garbage\n")
