@@ -281,9 +281,11 @@ class NodeConfig:
                                     "a request head not whole this long after its first byte (or the connection) "
                                     "is answered 408 and the connection closed")
     semodel: str = opt("paths", _path, "db/SEMODEL.db", "SEMODEL.db, relative to $FEPROOT")
-    tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS")
+    tls_cert: str = opt("tls", _text, "", "se104s/sefeps TLS certificate (PEM), empty: no TLS; a changed "
+                        "file is taken within 10 s for the next handshakes (open sessions kept)")
     tls_key: str = opt("tls", _text, "", "private key of tls_cert")
-    tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check")
+    tls_ca: str = opt("tls", _text, "", "CA to verify clients with (mutual TLS), empty: no client check; a "
+                      "changed file is taken within 10 s, the open sessions it no longer trusts closed")
     tls_crl: str = opt("tls", _text, "", "PEM file of the client CAs' CRLs (needs ca): a master whose "
                        "certificate it revokes is refused, its open sessions closed; a changed file is taken "
                        "within 10 s; empty: no revocation check")

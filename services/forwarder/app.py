@@ -47,7 +47,7 @@ from .stream import (
     parse_id,
     trimmed_past,
 )
-from .tlspolicy import CRL_CHECK_S, TlsPolicy
+from .tlspolicy import TLS_CHECK_S, TlsPolicy
 from .trace import TRACE
 
 log = logging.getLogger("fep_forwarder")
@@ -114,7 +114,7 @@ class Forwarder:
         self.master = redisconn.master_async(cfg)
         self.sink = RedisControlSink(redisconn.master_async_once(cfg), Model({}, "", ""),
                                      int(cfg.control_timeout_s * 1000))
-        self.tls_policy = TlsPolicy(cfg)  # [tls]: the context (`tls`), and the CRL file taken anew (`_watch_crl`)
+        self.tls_policy = TlsPolicy(cfg)  # [tls]: the context (`tls`), and its files taken anew (`_watch_tls`)
         self.model: Model | None = None
         self.stamp: cfgstore.Stamp = (0, "")  # of `model` (cfgstore: the generation alone repeats)
         self.cfg_gone = False  # the local Redis lost the configuration `model` came from: every value NT
@@ -171,7 +171,7 @@ class Forwarder:
                  asyncio.create_task(self._links(), name="forwarder-links"),
                  asyncio.create_task(self.roles.run(self.stop), name="forwarder-role-watch"),
                  asyncio.create_task(self._planned_stop(), name="forwarder-planned-stop"),
-                 asyncio.create_task(self._watch_crl(), name="forwarder-crl-watch")]
+                 asyncio.create_task(self._watch_tls(), name="forwarder-tls-watch")]
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
@@ -760,11 +760,12 @@ class Forwarder:
         except REDIS_ERRORS as exc:
             self.once.problem("links", f"link refresh on the master: {exc}")
 
-    async def _watch_crl(self) -> None:
-        """[tls] crl changed: its new CRLs for the next handshakes, and the sessions they revoke closed
-        (`TlsPolicy`, docs/forwarder.md "TLS")."""
-        while not self.stop.is_set() and self.cfg.tls_crl and self.tls is not None:
-            await self._sleep(CRL_CHECK_S)
+    async def _watch_tls(self) -> None:
+        """[tls] cert, key, ca or crl changed: a new context for the next handshakes, and the sessions the new
+        CRLs revoke or the new CAs no longer trust closed; the expiry of the CRLs and of the server certificate
+        said (`TlsPolicy`, docs/forwarder.md "TLS")."""
+        while not self.stop.is_set() and self.tls is not None:
+            await self._sleep(TLS_CHECK_S)
             if self.tls_policy.refresh():
                 self.tls_policy.apply(self.servers.values())
 

@@ -342,8 +342,9 @@ class ForwardServer(abc.ABC):
         self.opening = Opening(int(options.get("opening_max") or OPENING_MAX), self.counts,
                                PeerFailureLog(self.log, f"{self.protocol} RTU {rtu.id}", "refused"))
         self._handshakes: set[asyncio.Task[Any]] = set()  # connections in their TLS handshake (`tls_accept`)
-        self._tls_sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_revoked`)
-        self._revoked: set[asyncio.StreamWriter] = set()  # those `close_revoked` closed (`left_why`)
+        self._tls_sessions: dict[asyncio.StreamWriter, str] = {}  # connections past it -> their peer (`close_distrusted`)
+        self._distrusted: dict[asyncio.StreamWriter, str] = {}  # those `close_distrusted` closed -> why (`left_why`)
+        self._distrusts: Callable[[bytes], tuple[str, str] | None] | None = None  # the last `close_distrusted` check
 
     def admit(self, host: str) -> bool:
         """The ALLOW check of a just-accepted connection from `host`: False (counted, and logged once
@@ -372,15 +373,17 @@ class ForwardServer(abc.ABC):
             writer.transport.abort()
             return
         try:
-            if self.tls is not None:
+            if (tls := self.tls) is not None:
                 if not await self.tls_accept(writer, peer, *self.handshake_bound()):
                     return  # closed, logged
                 self._tls_sessions[writer] = peer
+                if self.tls is not tls and self._distrust(writer, peer):
+                    return  # its handshake checked against the files before a change made meanwhile
             await self.serve(reader, writer, slot)
         finally:
             slot.done()
             self._tls_sessions.pop(writer, None)
-            self._revoked.discard(writer)
+            self._distrusted.pop(writer, None)
 
     def handshake_bound(self) -> tuple[float, str]:
         """How long a TLS handshake may take here, and the setting that says so (`accept`)."""
@@ -437,25 +440,30 @@ class ForwardServer(abc.ABC):
             return f"the master ended TLS with a fatal alert: {reason}"
         return f"TLS record not valid: {reason}"
 
-    def close_revoked(self, revoked: Callable[[bytes], bool]) -> int:
-        """Close the TLS sessions whose master's certificate `revoked` says is revoked (a new [tls] crl,
-        IEC 62351-3: a revoked certificate's sessions end), one WARNING each: -> how many."""
-        closed = 0
-        for writer, peer in list(self._tls_sessions.items()):
-            tls = writer.get_extra_info("ssl_object")
-            der = tls.getpeercert(binary_form=True) if tls is not None else None
-            if der and revoked(der) and not writer.transport.is_closing():
-                self.log.warning("%s RTU %s: master %s: certificate revoked: the new [tls] crl lists it: "
-                                 "connection closed", self.protocol, self.rtu.id, peer)
-                self._revoked.add(writer)
-                writer.transport.abort()
-                closed += 1
-        return closed
+    def close_distrusted(self, distrusts: Callable[[bytes], tuple[str, str] | None]) -> int:
+        """Close the TLS sessions whose master's certificate `distrusts` says is no longer accepted (revoked by
+        a new [tls] crl, no longer trusted by a new [tls] ca: IEC 62351-3, such a certificate's sessions end),
+        one WARNING each (`distrusts`' first words): -> how many."""
+        self._distrusts = distrusts  # a handshake in progress meanwhile is checked by it once done (`accept`)
+        return sum(self._distrust(writer, peer) for writer, peer in list(self._tls_sessions.items()))
+
+    def _distrust(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        """Close the TLS session of `writer` when the last `close_distrusted` check says its master's certificate
+        is no longer accepted (one WARNING): True when it did."""
+        tls = writer.get_extra_info("ssl_object")
+        der = tls.getpeercert(binary_form=True) if tls is not None else None
+        why = self._distrusts(der) if der and self._distrusts is not None else None
+        if why is None or writer.transport.is_closing():
+            return False
+        self.log.warning("%s RTU %s: master %s: %s: connection closed", self.protocol, self.rtu.id, peer, why[0])
+        self._distrusted[writer] = why[1]
+        writer.transport.abort()
+        return True
 
     def left_why(self, writer: asyncio.StreamWriter, why: str) -> str:
         """Why the connection of `writer` ended, for the protocol's line that says its master left: `why`,
-        unless `close_revoked` closed it (the master then seems to have closed it)."""
-        return "certificate revoked by the new [tls] crl" if writer in self._revoked else why
+        unless `close_distrusted` closed it (the master then seems to have closed it)."""
+        return self._distrusted.get(writer, why)
 
     async def stop_handshakes(self) -> None:
         """Close the connections still in their TLS handshake (`stop`): their handlers return."""

@@ -1,7 +1,8 @@
 """The TLS policy of the se104s and sefeps servers (`[tls]`, docs/forwarder.md "TLS"): the server context
 (`tls_context`: TLS 1.2 or 1.3 at least, the TLS 1.2 cipher list, no renegotiation, mutual TLS with `ca`, the
-client CAs' CRLs with `crl`), and `TlsPolicy`, which takes a changed CRL file while the forwarder runs: a new
-context for the next handshakes, and the open sessions of a certificate it revokes closed (IEC 62351-3).
+client CAs' CRLs with `crl`), and `TlsPolicy`, which takes changed `[tls]` files (cert, key, ca, crl) while the
+forwarder runs: a new context for the next handshakes, and the open sessions of a certificate the new CRLs
+revoke or the new CAs no longer trust closed (IEC 62351-3); and says when the server certificate expires.
 
 The CRLs are read twice: by OpenSSL, which checks them (their signature, their time) at every handshake, and
 here (`read_crls`, a few DER fields of each: issuer, nextUpdate, revoked serial numbers) to refuse a file that
@@ -25,9 +26,9 @@ from fepha.config import ConfigError, NodeConfig, feproot
 
 log = logging.getLogger("fep_forwarder")
 
-CRL_CHECK_S = 10.0
-"""How often the forwarder looks at `[tls] crl`'s file (its mtime, size and inode; a stat): a changed file is
-read, checked and taken within this (`TlsPolicy.refresh`)."""
+TLS_CHECK_S = 10.0
+"""How often the forwarder looks at the `[tls]` files, cert, key, ca and crl (their mtime, size and inode; a
+stat each): a changed file is read, checked and taken within this (`TlsPolicy.refresh`)."""
 
 _PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)-----END \1-----", re.S)
 
@@ -72,8 +73,13 @@ class Crl:
 
     def issuer_text(self) -> str:
         """The issuer's CN (or the DER's length), for a line."""
-        m = re.search(rb"\x06\x03\x55\x04\x03[\x0c\x13](.)(.*)", self.issuer, re.S)
-        return m[2][:m[1][0]].decode("utf-8", "replace") if m else f"({len(self.issuer)} octets)"
+        return _cn(self.issuer)
+
+
+def _cn(name: bytes) -> str:
+    """The CN of the DER of a Name (or its length), for a line."""
+    m = re.search(rb"\x06\x03\x55\x04\x03[\x0c\x13](.)(.*)", name, re.S)
+    return m[2][:m[1][0]].decode("utf-8", "replace") if m else f"({len(name)} octets)"
 
 
 def parse_crl(der: bytes) -> Crl:
@@ -98,15 +104,46 @@ def parse_crl(der: bytes) -> Crl:
     return Crl(issuer, this_update, next_update, frozenset(revoked))
 
 
-def cert_serial_issuer(der: bytes) -> tuple[int, bytes]:
-    """A certificate's (serial number, DER of its issuer's Name) (RFC 5280 4.1)."""
+def _tbs(der: bytes) -> list[tuple[int, int, int, int]]:
+    """The fields of a certificate's tbsCertificate (RFC 5280 4.1) after its version: serialNumber,
+    signature, issuer, validity, subject, subjectPublicKeyInfo, ..."""
     _, c, _ = _tlv(der, 0)
     _, tc, te = _tlv(der, c)  # tbsCertificate
     items = list(_children(der, tc, te))
-    if items[0][0] == 0xA0:  # [0] version
-        items = items[1:]
+    return items[1:] if items[0][0] == 0xA0 else items  # [0] version
+
+
+def cert_serial_issuer(der: bytes) -> tuple[int, bytes]:
+    """A certificate's (serial number, DER of its issuer's Name) (RFC 5280 4.1)."""
+    items = _tbs(der)
     serial = int.from_bytes(der[items[0][2]:items[0][3]], "big", signed=True)
     return serial, der[items[2][1]:items[2][3]]
+
+
+def cert_subject_key(der: bytes) -> tuple[bytes, bytes]:
+    """A certificate's (DER of its subject's Name, DER of its subjectPublicKeyInfo): what a certificate it
+    issued is checked against (its issuer's Name, and a signature by that key)."""
+    items = _tbs(der)
+    return der[items[4][1]:items[4][3]], der[items[5][1]:items[5][3]]
+
+
+@dataclass(frozen=True)
+class Cert:
+    """The few fields of the server certificate the policy says something about."""
+
+    subject: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+    def subject_text(self) -> str:
+        return _cn(self.subject)
+
+
+def parse_cert(der: bytes) -> Cert:
+    items = _tbs(der)
+    times = list(_children(der, items[3][2], items[3][3]))  # validity: notBefore, notAfter
+    return Cert(der[items[4][1]:items[4][3]], _time(der, times[0][0], times[0][2], times[0][3]),
+                _time(der, times[1][0], times[1][2], times[1][3]))
 
 
 def read_crls(data: bytes) -> list[Crl]:
@@ -153,7 +190,19 @@ said to expire soon (`TlsPolicy.refresh`): time to put the next one there."""
 def expiring(crls: list[Crl], now: dt.datetime) -> list[Crl]:
     """The CRLs whose nextUpdate is near (EXPIRY_WARNING) but not passed, of issuers with no newer one."""
     return [c for c in _newest(crls) if c.next_update is not None
-            and c.next_update - min(EXPIRY_WARNING, (c.next_update - c.this_update) / 4) <= now < c.next_update]
+            and _near(c.this_update, c.next_update, EXPIRY_WARNING, now)]
+
+
+CERT_EXPIRY_WARNING = dt.timedelta(days=7)
+"""A server certificate this close to its notAfter (or within the last quarter of its validity, when that is
+shorter) is said to expire soon (`TlsPolicy.refresh`). A week: SCADA operators renew certificates once a year,
+through a change in the control room that takes days; a day's notice would come too late for it."""
+
+
+def _near(start: dt.datetime, end: dt.datetime, warning: dt.timedelta, now: dt.datetime) -> bool:
+    """`end` (a CRL's nextUpdate, a certificate's notAfter) is near (within `warning`, or the last quarter of
+    the validity from `start` when that is shorter), not passed."""
+    return end - min(warning, (end - start) / 4) <= now < end
 
 
 def _when(t: dt.datetime | None) -> str:
@@ -171,7 +220,7 @@ def load_crls(cfg: NodeConfig, root: Path | None = None,
               now: dt.datetime | None = None) -> list[Crl]:
     """`[tls] crl`'s CRLs, checked: ConfigError (one line) when the file cannot be read, holds anything but
     CRLs, or holds one past its nextUpdate or before its thisUpdate. While running (`TlsPolicy.refresh`) a
-    replacement refused for that is looked at again every CRL_CHECK_S, so it is taken once its time comes."""
+    replacement refused for that is looked at again every TLS_CHECK_S, so it is taken once its time comes."""
     where = _path(root, cfg.tls_crl)
     what = f"[tls] crl = {cfg.tls_crl!r}"
     try:
@@ -201,8 +250,32 @@ def tls_context(cfg: NodeConfig, root: Path | None = None) -> ssl.SSLContext | N
     return _context(cfg, root)[0] if cfg.tls_cert else None
 
 
-def _context(cfg: NodeConfig, root: Path | None, now: dt.datetime | None = None) -> tuple[ssl.SSLContext, list[Crl]]:
-    """`tls_context`, and the CRLs it holds."""
+def load_cert(cfg: NodeConfig, root: Path | None = None, now: dt.datetime | None = None) -> Cert:
+    """`[tls] cert`'s certificate (the first of the file: OpenSSL's too), checked: ConfigError (one line) when it
+    is past its notAfter or before its notBefore (masters refuse it, as OpenSSL's clients do). While running
+    (`TlsPolicy.refresh`) a replacement refused for that is looked at again every TLS_CHECK_S."""
+    where = _path(root, cfg.tls_cert)
+    what = f"[tls] cert = {cfg.tls_cert!r}"
+    try:
+        der = next(base64.b64decode(body) for kind, body in _PEM.findall(Path(where).read_bytes())
+                   if kind == b"CERTIFICATE")
+        cert = parse_cert(der)
+    except (OSError, StopIteration, ValueError, IndexError) as exc:  # OpenSSL took it: rewritten since
+        raise ConfigError(f"{what}: cannot load {where}: {exc or 'no PEM CERTIFICATE'}") from None
+    now = now or dt.datetime.now(dt.UTC)
+    if cert.not_after <= now:
+        raise ConfigError(f"{what}: {where}: the certificate of {cert.subject_text()} expired at "
+                          f"{_when(cert.not_after)} (its notAfter): masters refuse it; put a renewed one there")
+    if cert.not_before > now:
+        raise ConfigError(f"{what}: {where}: the certificate of {cert.subject_text()} is not valid before "
+                          f"{_when(cert.not_before)} (its notBefore; this host's clock reads {_when(now)}): masters "
+                          "refuse it until then; check this host's clock and the CA's")
+    return cert
+
+
+def _context(cfg: NodeConfig, root: Path | None,
+             now: dt.datetime | None = None) -> tuple[ssl.SSLContext, list[Crl], Cert]:
+    """`tls_context`, the CRLs it holds and its certificate."""
     path = lambda p: _path(root, p)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if cfg.tls_min_version == "1.3" else ssl.TLSVersion.TLSv1_2
@@ -223,12 +296,16 @@ def _context(cfg: NodeConfig, root: Path | None, now: dt.datetime | None = None)
         ctx.load_cert_chain(path(cfg.tls_cert), path(cfg.tls_key) if cfg.tls_key else None)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"{what}: cannot load {path(cfg.tls_cert)}: {exc.strerror or exc}") from None
+    cert = load_cert(cfg, root, now)  # not expired, not before its time
     if cfg.tls_ca:
         try:
             ctx.load_verify_locations(path(cfg.tls_ca))
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: cannot load {path(cfg.tls_ca)}: "
                               f"{exc.strerror or exc}") from None
+        if not ctx.cert_store_stats()["x509"]:  # CRLs only: OpenSSL takes the file, and refuses every master
+            raise ConfigError(f"[tls] ca = {cfg.tls_ca!r}: {path(cfg.tls_ca)} holds no certificate: every master "
+                              "would be refused")
         ctx.verify_mode = ssl.CERT_REQUIRED
     crls = []
     if cfg.tls_crl:
@@ -241,61 +318,118 @@ def _context(cfg: NodeConfig, root: Path | None, now: dt.datetime | None = None)
         # the master's own certificate against its issuer's CRL (LEAF), not every CA of its chain (CHAIN
         # would refuse every master as soon as one CA of [tls] ca has no CRL in the file): docs/forwarder.md
         ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
-    return ctx, crls
+    return ctx, crls, cert
 
 
-# --- the CRL taken anew while running ---------------------------------------------------------------------
+# --- the [tls] files taken anew while running -----------------------------------------------------------
+
+FILES = ("cert", "key", "ca", "crl")
+"""The `[tls]` settings naming a file the policy watches (those set)."""
+REVOKED = ("certificate revoked: the new [tls] crl lists it", "certificate revoked by the new [tls] crl")
+UNTRUSTED = ("certificate no longer trusted: the new [tls] ca holds no certificate of its issuer",
+             "certificate not trusted by the new [tls] ca")
+"""Why `TlsPolicy.distrusts` closes an open session: (the WARNING's words, the protocol's `left (...)`)."""
+
+
+def _anchors(cfg: NodeConfig, root: Path | None) -> frozenset[tuple[bytes, bytes]]:
+    """(subject, public key) of each certificate of [tls] ca (read here: `SSLContext.get_ca_certs` lists only
+    those marked CA, and a master's own self-signed certificate may be there too)."""
+    out = set()
+    try:
+        blocks = _PEM.findall(Path(_path(root, cfg.tls_ca)).read_bytes()) if cfg.tls_ca else []
+    except OSError:
+        blocks = []  # OpenSSL read it a moment ago: rewritten since, and read again at the next look
+    for kind, body in blocks:
+        try:
+            if kind == b"CERTIFICATE":
+                out.add(cert_subject_key(base64.b64decode(body)))
+        except (ValueError, IndexError):
+            continue
+    return frozenset(out)
 
 
 class TlsPolicy:
-    """The servers' TLS context (`context`, None without [tls] cert) and, with [tls] crl, that file watched:
-    `refresh` (every CRL_CHECK_S) builds a new context when the file changed, and `apply` gives it to the
-    servers (their next handshakes) and closes their sessions whose certificate it revokes. A changed file
-    that cannot be used (half written, not CRLs, expired) leaves the context as it was, said once (WARNING)
-    until the file changes again. A CRL near its nextUpdate (EXPIRY_WARNING) is said once (WARNING); one that
-    expires while running (its nextUpdate passed, no newer one put in place) is said once too: OpenSSL then
-    refuses every new handshake (`CRL has expired`) until a newer one is taken; the sessions open are kept."""
+    """The servers' TLS context (`context`, None without [tls] cert) and its files watched (cert, key, ca,
+    crl, those set): `refresh` (every TLS_CHECK_S) builds a new context when one of them changed, and `apply`
+    gives it to the servers (their next handshakes) and closes their sessions whose certificate the new CRLs
+    revoke or the new CAs no longer trust (`distrusts`); the sessions open keep the server certificate they
+    got. A change that cannot be used (a file half written, a key that does not match the certificate, a
+    certificate expired or not valid yet, CRLs expired) leaves the context as it was, said once (WARNING)
+    until a file changes again, and is looked at again every TLS_CHECK_S (one not valid yet is taken once its
+    time comes). A CRL near its nextUpdate (EXPIRY_WARNING) or the server certificate near its notAfter
+    (CERT_EXPIRY_WARNING) is said once (WARNING), and once more when it passes: an expired CRL makes OpenSSL
+    refuse every new handshake (`CRL has expired`), an expired certificate every master that checks it, until
+    a newer one is taken; the sessions open are kept."""
 
     def __init__(self, cfg: NodeConfig, root: Path | None = None) -> None:
         self.cfg = cfg
         self.root = root
         self.context: ssl.SSLContext | None = None
         self.crls: list[Crl] = []
+        self.cert: Cert | None = None
         if cfg.tls_cert:
-            self.context, self.crls = _context(cfg, root)
+            self.context, self.crls, self.cert = _context(cfg, root)
+        self.anchors = _anchors(cfg, root) if self.context is not None else frozenset()
+        self._before = self.anchors  # the CAs trusted before the last change (`distrusts`)
         self._seen = self._stat()
-        self._refused: tuple[Any, ...] | None = None  # the file's stat whose problem was logged
+        self._refused: dict[str, Any] | None = None  # the files' stats whose problem was logged
         self._said = ""  # "expiring", "expired": the state of the CRLs taken last said (once per state)
+        self._cert_said = ""  # the same, of the server certificate
 
-    def _stat(self) -> tuple[Any, ...] | None:
-        if not (self.cfg.tls_cert and self.cfg.tls_crl):
-            return None
-        try:
-            st = os.stat(_path(self.root, self.cfg.tls_crl))
-        except OSError as exc:
-            return ("error", exc.errno)
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    def _stat(self) -> dict[str, Any]:
+        if not self.cfg.tls_cert:
+            return {}
+        seen: dict[str, Any] = {}
+        for key in FILES:
+            if name := getattr(self.cfg, f"tls_{key}"):
+                try:
+                    st = os.stat(_path(self.root, name))
+                    seen[key] = (st.st_mtime_ns, st.st_size, st.st_ino)
+                except OSError as exc:
+                    seen[key] = ("error", exc.errno)
+        return seen
 
     def refresh(self, now: dt.datetime | None = None) -> bool:
-        """Look at the CRL file: True when a new context was built from it (`apply` it)."""
-        if self.context is None or not self.cfg.tls_crl:
+        """Look at the [tls] files: True when a new context was built from them (`apply` it)."""
+        if self.context is None:
             return False
         now = now or dt.datetime.now(dt.UTC)
-        what = f"[tls] crl = {self.cfg.tls_crl!r}"
         st = self._stat()
         if st != self._seen:
             try:
-                ctx, crls = _context(self.cfg, self.root, now)
+                ctx, crls, cert = _context(self.cfg, self.root, now)
             except ConfigError as exc:
                 if st != self._refused:
                     self._refused = st
-                    log.warning("%s: the changed file is not taken, the CRLs taken before still apply", exc)
+                    log.warning("%s: the changed file is not taken, the [tls] files taken before still apply", exc)
+                self._expiry(now)  # of what still applies
                 return False
-            self.context, self.crls, self._seen, self._refused, self._said = ctx, crls, st, None, ""
-            log.info("%s: new CRLs taken (%s): the next handshakes are checked against them", what,
-                     "; ".join(f"{c.issuer_text()}: {len(c.revoked)} revoked, next update {_when(c.next_update)}"
-                               for c in crls))
+            changed = [k for k in FILES if st.get(k) != self._seen.get(k)]
+            self._before, self.anchors = self.anchors, _anchors(self.cfg, self.root)
+            self.context, self.crls, self.cert, self._seen, self._refused = ctx, crls, cert, st, None
+            self._said = self._cert_said = ""
+            self._taken(changed)
             return True
+        self._expiry(now)
+        return False
+
+    def _taken(self, changed: list[str]) -> None:
+        """One INFO line for each kind of file taken (`refresh`)."""
+        what = lambda key: f"[tls] {key} = {getattr(self.cfg, f'tls_{key}')!r}"
+        if ("cert" in changed or "key" in changed) and self.cert is not None:
+            log.info("%s: new certificate taken (%s, valid until %s): the next handshakes present it, the sessions "
+                     "open keep theirs", what("cert"), self.cert.subject_text(), _when(self.cert.not_after))
+        if "ca" in changed:
+            log.info("%s: new CA certificates taken (%d): the next handshakes are checked against them", what("ca"),
+                     len(self.anchors))
+        if "crl" in changed:
+            log.info("%s: new CRLs taken (%s): the next handshakes are checked against them", what("crl"),
+                     "; ".join(f"{c.issuer_text()}: {len(c.revoked)} revoked, next update {_when(c.next_update)}"
+                               for c in self.crls))
+
+    def _expiry(self, now: dt.datetime) -> None:
+        """Say (once per state) that the CRLs or the server certificate taken expire soon, or have expired."""
+        what = f"[tls] crl = {self.cfg.tls_crl!r}"
         if gone := expired(self.crls, now):
             if self._said != "expired":
                 log.warning("%s: the CRL of %s expired at %s (its nextUpdate): every new TLS handshake is refused "
@@ -308,7 +442,22 @@ class TlsPolicy:
                             "before, or every new TLS handshake will be refused", what, soon[0].issuer_text(),
                             _when(soon[0].next_update))
             self._said = "expiring"
-        return False
+        cert, what = self.cert, f"[tls] cert = {self.cfg.tls_cert!r}"
+        if cert is None:
+            return
+        if cert.not_after <= now:
+            if self._cert_said != "expired":
+                log.warning("%s: the server certificate of %s expired at %s (its notAfter): every master that checks "
+                            "it refuses the next handshakes until a renewed one is put in that file (taken within "
+                            "%.0f s); the sessions open are kept", what, cert.subject_text(), _when(cert.not_after),
+                            TLS_CHECK_S)
+            self._cert_said = "expired"
+        elif _near(cert.not_before, cert.not_after, CERT_EXPIRY_WARNING, now):
+            if self._cert_said != "expiring":
+                log.warning("%s: the server certificate of %s expires at %s (its notAfter): put a renewed one (and "
+                            "its key) in place before, or masters will refuse the handshakes", what,
+                            cert.subject_text(), _when(cert.not_after))
+            self._cert_said = "expiring"
 
     def revoked(self, der: bytes) -> bool:
         """True when the CRLs taken revoke the certificate `der` (a master's, as its session presented it)."""
@@ -318,12 +467,28 @@ class TlsPolicy:
             return False
         return any(c.issuer == issuer and serial in c.revoked for c in self.crls)
 
+    def untrusted(self, der: bytes) -> bool:
+        """True when the CAs taken last no longer trust the certificate `der` (a master's, as its session
+        presented it, checked against the CAs before): none of them has the name and public key of the CA
+        that issued it. A certificate whose issuer was no CA of [tls] ca (an intermediate CA the master sent
+        with it: Python 3.11 gives no session's chain) is not judged: kept."""
+        try:
+            _, issuer = cert_serial_issuer(der)
+        except (ValueError, IndexError):
+            return False
+        was = {a for a in self._before if a[0] == issuer}
+        return bool(was) and not was & self.anchors
+
+    def distrusts(self, der: bytes) -> tuple[str, str] | None:
+        """Why an open session whose master presented `der` is closed now (REVOKED, UNTRUSTED), or None."""
+        return REVOKED if self.revoked(der) else UNTRUSTED if self.untrusted(der) else None
+
     def apply(self, servers: Iterable[Any]) -> int:
         """The current context to those of `servers` that speak TLS, and their sessions whose certificate
-        is now revoked closed: -> how many were closed."""
+        is now revoked or no longer trusted closed: -> how many were closed."""
         closed = 0
         for srv in servers:
             if srv.tls is not None:
                 srv.tls = self.context
-                closed += srv.close_revoked(self.revoked)
+                closed += srv.close_distrusted(self.distrusts)
         return closed

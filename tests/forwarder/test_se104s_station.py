@@ -634,6 +634,18 @@ def interrogated(got: list[c.Asdu]) -> int:
     return sum(len(a.objects) for a in got if c.COT_INROGEN <= a.cause <= c.COT_INROGEN + 16)
 
 
+def next_interrogation_answered(st: Station, m: Pair) -> None:
+    """The master's interrogation before is over: a station interrogation is accepted and answered in full
+    (`big_station`'s 2,500 points)."""
+    m.got.clear()
+    m.send(GI)
+    while st.build(m.s):
+        pass
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, TERM, False)]
+    assert interrogated(m.got) == 2_500
+
+
 @pytest.mark.parametrize("together, expected, points", [
     # the station interrogation in progress (its first slice queued) deactivated: the slices not built are
     # not built, no ACT_TERM, a positive DEACT_CON after the answers already queued
@@ -672,13 +684,7 @@ def test_a_deactivation_ends_the_masters_interrogation_of_that_type_and_qualifie
     assert ic_answers(m.got) == expected
     assert interrogated(m.got) == points
     assert not m.s.in_progress and not m.s.building
-    m.got.clear()
-    m.send(GI)
-    while st.build(m.s):
-        pass
-    m.xfer()
-    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, TERM, False)]
-    assert interrogated(m.got) == 2_500
+    next_interrogation_answered(st, m)
 
 
 def test_an_interrogation_built_in_full_is_deactivated_until_its_act_term_is_sent() -> None:
@@ -714,6 +720,91 @@ def test_an_interrogation_held_for_the_masters_position_is_deactivated_before_it
     m.xfer()
     assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, DCON, False)]
     assert interrogated(m.got) == 0
+
+
+BACKLOG = [[upd(1001 if i % 2 else 1002, float(i))] for i in range(20)]
+"""Twenty changes of two points of different types: twenty event ASDUs queued for a master (a slow link)."""
+
+
+@pytest.mark.parametrize("request_, confirmed, answered", [
+    (c.interrogation(CA), (IC, 20, CON, False), c.COT_INROGEN),
+    (c.counter_interrogation(CA), (CI, 5, CON, False), c.COT_REQCOGEN),
+    (c.interrogation(CA, qoi=19), (IC, 19, CON, True), None),
+    (c.counter_interrogation(CA, qcc=5 | 0x40), (CI, 0x45, CON, True), None),  # freeze: refused
+], ids=["station", "counter", "bad qoi", "freeze"])
+def test_an_interrogations_act_con_goes_ahead_of_the_events_queued_its_answer_after_them(
+        request_: bytes, confirmed: tuple[int, int, int, bool], answered: int | None) -> None:
+    """A backlog of events (a slow link): the interrogation's ACT_CON, positive or negative, goes out first
+    (a master times it out within seconds; before, it waited behind every event queued); its values and its
+    ACT_TERM come after those events, so the master never gets the current image and then older events."""
+    st = station()
+    st.load_image([upd(1001, 2.5), upd(1002, 3.5), upd(3001, 9)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, BACKLOG)  # queued, not yet pumped
+    m.master.send(request_, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    m.xfer()
+    assert ic_answers(m.got[:1]) == [confirmed], ic_answers(m.got)
+    assert [(a.cause, a.objects[0][0]) for a in m.got[1:21]] == [
+        (c.COT_SPONT, 1001 if i % 2 else 1002) for i in range(20)]
+    rest = m.got[21:]
+    if answered is None:
+        assert rest == []
+        return
+    assert rest and all(a.cause == answered for a in rest[:-1]), [(a.type_id, a.cause) for a in rest]
+    assert ic_answers(rest[-1:]) == [(confirmed[0], confirmed[1], TERM, False)]
+    values = {ioa: c.decode_element(a.type_id, e)[0] for a in rest[:-1] for ioa, e in a.objects}
+    assert values[3001 if answered == c.COT_REQCOGEN else 1001] == (9 if answered == c.COT_REQCOGEN else 19.0)
+
+
+def test_a_station_interrogation_confirmed_ahead_of_a_backlog_is_deactivated() -> None:
+    """Its ACT_CON ahead of the events: the master, which now has it early, sends DEACT while the events and
+    the first slice of the answer are still queued: the rest is not built, no ACT_TERM, a positive DEACT_CON
+    after what was queued (every event included); the next interrogation is accepted and answered."""
+    st = big_station(2_500)
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    big = [f for f, _ in st.monitor.values()][:2]
+    feed(st, 1, [[Update(big[i % 2], Value(float(i), 0, 2), (0, 0))] for i in range(20)])
+    m.master.send(GI, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    assert m.s.events_queued == 20
+    m.got = [c.parse_asdu(e.asdu) for e in m.master.receive(st.pump(m.s, 0.0), 0.0) if isinstance(e, AsduIn)]
+    assert ic_answers(m.got[:1]) == [(IC, 20, CON, False)]  # the first I frame
+    m.master.send(STOP_GI, 0.0)
+    m.xfer()
+    while st.build(m.s):
+        pass
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, DCON, False)]
+    assert sum(len(a.objects) for a in m.got if a.cause == c.COT_SPONT) == 20
+    assert interrogated(m.got) == SLICE_POINTS and m.got[-1].cause == DCON
+    assert not m.s.in_progress and not m.s.building
+    next_interrogation_answered(st, m)
+
+
+def test_an_interrogation_sent_while_the_masters_position_is_read_is_confirmed_ahead_of_what_it_missed() -> None:
+    """Sent with its STARTDT (as masters do), before it is resumed: its ACT_CON goes ahead of the events it
+    missed, its answer after them (before, the ACT_CON waited behind the whole resumed backlog)."""
+    st = station()
+    st.load_image([upd(1001, 2.5)])
+    st.cursors["m1"] = (1, 0)  # a known master, away while these changed
+    feed(st, 2, BACKLOG)
+    m = Pair(st)
+    m.master.start(0.0)
+    m.xfer()
+    m.send(GI)
+    assert m.got == []
+    st.resume(m.s, st.cursors["m1"])
+    m.xfer()
+    causes = [a.cause for a in m.got]
+    assert ic_answers(m.got[:1]) == [(IC, 20, CON, False)], causes
+    assert causes[1:21] == [c.COT_SPONT] * 20, causes
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 20, TERM, False)], causes
+    assert c.COT_SPONT not in causes[21:] and causes[21] == c.COT_INROGEN, causes  # then the scan (cause 2)
 
 
 def test_the_next_slice_is_due_once_the_master_has_taken_most_of_what_is_queued() -> None:

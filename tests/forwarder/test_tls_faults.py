@@ -43,7 +43,7 @@ from fepha.semodel.model import Model
 
 from . import se104s_fixtures as s104
 from . import test_sefeps_server as sef
-from .tls_cert import make_cert_now, make_signed_now, write_crl
+from .tls_cert import make_cert_dated, make_cert_now, make_signed_now, renew_cert_now, write_crl
 
 T0 = 0.6
 """The handshake bound these servers get (se104s `t0`, sefeps `handshake_s`)."""
@@ -58,9 +58,12 @@ ON_TIME_S = 0.5
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """server, master (also the CA of mutual TLS) and intruder (another CA) certificates; a CA `ca` and two
-    masters it signed, `member` (serial 1) and `revoked` (serial 2, which the CRLs of the tests revoke)."""
+    masters it signed, `member` (serial 1) and `revoked` (serial 2, which the CRLs of the tests revoke). The
+    server's valid until 2100 or so: the CRL tests look at the policy in 2099 (the server certificate is
+    checked too)."""
     d = tmp_path_factory.mktemp("tls")
-    for name in ("server", "master", "intruder", "ca"):
+    make_cert_now(d, "server", days=27_000)
+    for name in ("master", "intruder", "ca"):
         make_cert_now(d, name)
     make_signed_now(d, "member", "ca", 1)
     make_signed_now(d, "revoked", "ca", 2)
@@ -290,15 +293,17 @@ class Scene:
 
 @contextlib.asynccontextmanager
 async def scene(proto: Proto, caplog: pytest.LogCaptureFixture, certs: Path, mutual: bool = False,
-                tls: bool = True, ctx: ssl.SSLContext | None = None, who: str = "master") -> AsyncIterator[Scene]:
-    """A started server (its context `ctx`, else `server_ctx`) and its good master (certificate `who`)."""
+                tls: bool = True, ctx: ssl.SSLContext | None = None, who: str = "master",
+                client: ssl.SSLContext | None = None) -> AsyncIterator[Scene]:
+    """A started server (its context `ctx`, else `server_ctx`) and its good master (certificate `who`, or the
+    client context `client`)."""
     caplog.set_level(logging.INFO)
     srv = proto.make((ctx or server_ctx(certs, mutual)) if tls else None)
     await srv.start()
     good = None
     try:
         srv.load_image([s104.upd(1001, 0.0)] if proto.name == "se104s" else [sef.upd(1, 0.0)])
-        good = await proto.good(srv.port, client_ctx(certs, who) if tls else None)  # type: ignore[attr-defined]
+        good = await proto.good(srv.port, (client or client_ctx(certs, who)) if tls else None)  # type: ignore[attr-defined]
         sc = Scene(srv, good, caplog, fds(), len(asyncio.all_tasks()))
         await sc.on_time()
         yield sc
@@ -642,6 +647,27 @@ async def test_a_master_of_a_ca_without_crl_is_refused(proto: Proto, caplog, cer
         await refused(sc, client_ctx(certs, "master"), "no CRL of its certificate's issuer")
 
 
+async def one_closed(sc: Scene, policy: TlsPolicy, doomed: Any, why: str, left: str) -> None:
+    """The [tls] files changed: `policy` takes them and gives the server the new context, which closes the
+    session of `doomed` (a good master) and no other: one WARNING naming it with `why` (`... : connection
+    closed`), then one line that it left, with `left`."""
+    assert policy.refresh()
+    assert policy.apply([sc.srv]) == 1
+    assert sc.srv.tls is policy.context
+    end = time.monotonic() + 2
+    while len(sc.srv.clients()) > 1 and time.monotonic() < end:
+        await asyncio.sleep(0.01)
+    assert len(sc.srv.clients()) == 1
+    await doomed.close()
+    await asyncio.sleep(0.05)
+    lines = [m for m in sc.lines("127.0.0.1:") if why in m]
+    assert len(lines) == 1 and lines[0].endswith(f"{why}: connection closed"), lines
+    peer = re.search(r"master (127\.0\.0\.1:\d+)", lines[0])
+    assert peer is not None
+    gone = [m for m in sc.lines(peer[1], logging.INFO) if "left" in m]
+    assert len(gone) == 1 and left in gone[0], gone
+
+
 async def test_a_new_crl_is_taken_while_running(proto: Proto, caplog, certs) -> None:
     """The CRL file replaced while the servers run: `TlsPolicy.refresh` takes it, `apply` gives the servers
     its context and closes the open session of the master it revokes (one line); the other master is kept
@@ -655,21 +681,8 @@ async def test_a_new_crl_is_taken_while_running(proto: Proto, caplog, certs) -> 
         doomed = await proto.good(sc.port, client_ctx(certs, "revoked"))  # not revoked yet: served
         await doomed.event_s(sc.srv, 0.5)
         write_crl(certs, "ca", (2,), out="crl-live.pem")
-        assert policy.refresh()
-        assert policy.apply([sc.srv]) == 1
-        assert sc.srv.tls is policy.context
-        end = time.monotonic() + 2
-        while len(sc.srv.clients()) > 1 and time.monotonic() < end:
-            await asyncio.sleep(0.01)
-        assert len(sc.srv.clients()) == 1
-        await doomed.close()
-        await asyncio.sleep(0.05)
-        lines = [m for m in sc.lines("127.0.0.1:") if "certificate revoked" in m]
-        assert len(lines) == 1 and "the new [tls] crl lists it" in lines[0], lines
-        doomed_peer = re.search(r"master (127\.0\.0\.1:\d+)", lines[0])
-        assert doomed_peer is not None
-        left = [m for m in sc.lines(doomed_peer[1], logging.INFO) if "left" in m]
-        assert len(left) == 1 and "left (certificate revoked by the new [tls] crl)" in left[0], left
+        await one_closed(sc, policy, doomed, "certificate revoked: the new [tls] crl lists it",
+                         "left (certificate revoked by the new [tls] crl)")
         await sc.on_time()
         await refused(sc, client_ctx(certs, "revoked"), "certificate revoked")
         taken = policy.context
@@ -758,44 +771,59 @@ async def test_min_version_1_3_refuses_a_tls_1_2_master(proto: Proto, caplog, ce
     ({"FEP_TLS_CRL": "cfg/none.pem"}, "[tls] crl = 'cfg/none.pem': cannot load {root}/cfg/none.pem: No such file "
                                       "or directory"),
     ({"FEP_TLS_CIPHERS": "RC4-MD5"}, "[tls] ciphers = 'RC4-MD5': OpenSSL selects no cipher from it"),
-    ({"FEP_TLS_CRL": "crl.pem", "FEP_TLS_CA": ""}, "[tls] crl = 'crl.pem': needs ca")])
+    ({"FEP_TLS_CRL": "crl.pem", "FEP_TLS_CA": ""}, "[tls] crl = 'crl.pem': needs ca"),
+    ({"FEP_TLS_CERT": "{certs}/stale-cert.pem", "FEP_TLS_KEY": "{certs}/stale-key.pem"},
+     "[tls] cert = '{certs}/stale-cert.pem': {certs}/stale-cert.pem: the certificate of fep-stale expired at "
+     "2020-01-02 00:00:00 UTC (its notAfter): masters refuse it; put a renewed one there")])
 def test_fep_forwarder_stops_with_one_line(certs, tmp_path: Path, env: dict[str, str], line: str) -> None:
     """The real fep-forwarder with such a [tls]: exit 2, its last line says why, no traceback."""
+    make_cert_dated(certs, "stale", "20200101000000Z", "20200102000000Z")
     (tmp_path / "cfg").mkdir()
     shutil.copy(REPO / "cfg" / "syslod.cfg", tmp_path / "cfg")
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("FEP_")}
     p = subprocess.run(["fep-forwarder"], capture_output=True, text=True, timeout=30, check=False, env={
         **base_env, "FEPROOT": str(tmp_path), "FEP_LOG_DIR": "", "FEP_LOG_CONSOLE": "false",
         "FEP_TLS_CERT": str(certs / "server-cert.pem"), "FEP_TLS_KEY": str(certs / "server-key.pem"),
-        "FEP_TLS_CA": str(certs / "ca-cert.pem"), **env})
+        "FEP_TLS_CA": str(certs / "ca-cert.pem"), **{k: v.format(certs=certs) for k, v in env.items()}})
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
-    assert line.format(root=tmp_path) in p.stderr.strip().splitlines()[-1], p.stderr
+    assert line.format(root=tmp_path, certs=certs) in p.stderr.strip().splitlines()[-1], p.stderr
 
 
-async def test_the_forwarder_gives_its_servers_a_new_crl(certs, monkeypatch) -> None:
-    """The runner's `_watch_crl`: the CRL file replaced, every TLS server gets the new context (and its
-    revoked sessions closed) within a look; a server without TLS (modbus_trains) is left alone."""
-    monkeypatch.setattr(app, "CRL_CHECK_S", 0.02)
+@pytest.mark.parametrize("change", ["crl", "cert"])
+async def test_the_forwarder_gives_its_servers_a_new_context(certs, monkeypatch, change: str) -> None:
+    """The runner's `_watch_tls`: the CRL file replaced, or (without [tls] crl: before, nothing was watched
+    then) the certificate and key, every TLS server gets the new context (and its revoked sessions closed)
+    within a look; a server without TLS (modbus_trains) is left alone."""
+    monkeypatch.setattr(app, "TLS_CHECK_S", 0.02)
     monkeypatch.setenv("FEPROOT", str(certs))
-    write_crl(certs, "ca", (), out="crl-runner.pem")
-    fwd = app.Forwarder(server_cfg(ca="ca-cert.pem", crl="crl-runner.pem"), asyncio.Event())
+    if change == "crl":
+        write_crl(certs, "ca", (), out="crl-runner.pem")
+        cfg = server_cfg(ca="ca-cert.pem", crl="crl-runner.pem")
+    else:
+        make_cert_now(certs, "runner-next")
+        install(certs, "master", "runner")
+        cfg = server_cfg(cert="runner-cert.pem", key="runner-key.pem")
+    fwd = app.Forwarder(cfg, asyncio.Event())
 
     class Srv:
         def __init__(self, tls: ssl.SSLContext | None) -> None:
             self.tls, self.checked = tls, 0
 
-        def close_revoked(self, revoked: Callable[[bytes], bool]) -> int:
+        def close_distrusted(self, distrusts: Callable[[bytes], tuple[str, str] | None]) -> int:
             self.checked += 1
             return 0
 
     tls, plain = Srv(fwd.tls), Srv(None)
     fwd.servers = {1: tls, 2: plain}  # type: ignore[dict-item]
     first = fwd.tls
-    watch = asyncio.create_task(fwd._watch_crl())
+    watch = asyncio.create_task(fwd._watch_tls())
     try:
         await asyncio.sleep(0.1)
         assert tls.tls is first and not tls.checked  # unchanged file: nothing done
-        write_crl(certs, "ca", (2,), out="crl-runner.pem")
+        if change == "crl":
+            write_crl(certs, "ca", (2,), out="crl-runner.pem")
+        else:
+            install(certs, "runner-next", "runner")
         end = time.monotonic() + 2
         while tls.tls is first and time.monotonic() < end:
             await asyncio.sleep(0.01)
@@ -851,3 +879,188 @@ def test_a_revoked_master_cannot_resume_a_session_of_before(certs) -> None:
     assert policy.refresh()
     assert connect(again) == (None, False)
     assert server == ["served", "served", "certificate revoked: [tls] crl lists it"]
+
+
+# --- [tls] cert, key and ca taken anew while running ------------------------------------------------------
+
+
+def install(certs: Path, src: str, dst: str, kinds: tuple[str, ...] = ("cert", "key")) -> None:
+    """`<src>-cert.pem` and its key put in place of `<dst>-cert.pem` and `<dst>-key.pem`, each written beside
+    and renamed over (as an operator replaces them)."""
+    for kind in kinds:
+        (certs / f"{dst}-{kind}.pem.new").write_bytes((certs / f"{src}-{kind}.pem").read_bytes())
+        (certs / f"{dst}-{kind}.pem.new").rename(certs / f"{dst}-{kind}.pem")
+
+
+def trusting(certs: Path, *names: str, who: str | None = None) -> ssl.SSLContext:
+    """A master's context that trusts the server certificates `<name>-cert.pem` (and presents `who`'s)."""
+    ctx = ssl.create_default_context()
+    for name in names:
+        ctx.load_verify_locations(certs / f"{name}-cert.pem")
+    if who:
+        ctx.load_cert_chain(certs / f"{who}-cert.pem", certs / f"{who}-key.pem")
+    return ctx
+
+
+def warnings_with(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+            and all(w in r.getMessage() for w in words)]
+
+
+async def test_a_new_server_certificate_is_taken_while_running(proto: Proto, caplog, certs) -> None:
+    """[tls] cert and key replaced while the servers run (renewed, with a new key): `refresh` takes them (one
+    INFO line), `apply` gives the servers the new context. The master connected before keeps its session and
+    is served on time; a new master gets the new certificate: one trusting only it is served, one trusting
+    only the old one refuses it. Before, [tls] cert and key were read at start only."""
+    make_cert_now(certs, "old-server", days=30)
+    make_cert_now(certs, "new-server", days=365)
+    install(certs, "old-server", "live-server")
+    policy = TlsPolicy(server_cfg(cert="live-server-cert.pem", key="live-server-key.pem"), certs)
+    assert policy.context is not None
+    async with scene(proto, caplog, certs, ctx=policy.context, client=trusting(certs, "old-server", "new-server")) as sc:
+        assert not policy.refresh()  # unchanged
+        install(certs, "new-server", "live-server")
+        assert policy.refresh()
+        assert policy.apply([sc.srv]) == 0 and sc.srv.tls is policy.context
+        await sc.on_time()  # the session from before goes on
+        fresh = await proto.good(sc.port, trusting(certs, "new-server"))
+        await fresh.event_s(sc.srv, 0.5)
+        await fresh.close()
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await proto.good(sc.port, trusting(certs, "old-server"))
+        await sc.on_time()
+    taken = [r.getMessage() for r in caplog.records if "new certificate taken" in r.getMessage()]
+    assert len(taken) == 1 and "(fep-new-server, valid until " in taken[0], taken
+
+
+@pytest.mark.parametrize("case", ["cert half written", "cert of another key", "expired", "not valid yet",
+                                  "ca half written", "ca not certificates", "ca of crls only"])
+def test_a_changed_tls_file_that_cannot_be_used_is_not_taken(caplog, certs, case: str) -> None:
+    """A change of [tls] cert, key or ca that cannot be used is not taken: the context before still applies, one
+    WARNING (however often it is looked at) says why; once the files are right they are taken. Before, the
+    change was never looked at (without [tls] crl) or taken only at the next start, which it stopped."""
+    make_cert_now(certs, "next-server")
+    install(certs, "master", "live-server")
+    (certs / "live-ca.pem").write_bytes((certs / "ca-cert.pem").read_bytes())
+    policy = TlsPolicy(server_cfg(cert="live-server-cert.pem", key="live-server-key.pem", ca="live-ca.pem"), certs)
+    before = policy.context
+    caplog.set_level(logging.INFO)
+    later = None  # the clock at which the refused change is taken
+    if case == "cert half written":
+        (certs / "live-server-cert.pem").write_bytes((certs / "next-server-cert.pem").read_bytes()[:300])
+        why = "[tls] cert = 'live-server-cert.pem', key = 'live-server-key.pem': cannot load"
+    elif case == "cert of another key":  # the certificate replaced, its key not yet
+        install(certs, "next-server", "live-server", ("cert",))
+        why = "KEY_VALUES_MISMATCH"
+    elif case == "expired":
+        make_cert_dated(certs, "old-server", "20200101000000Z", "20200102000000Z")
+        install(certs, "old-server", "live-server")
+        why = "the certificate of fep-old-server expired at 2020-01-02 00:00:00 UTC (its notAfter)"
+    elif case == "not valid yet":
+        make_cert_dated(certs, "early-server", "20990101000000Z", "21000101000000Z")
+        install(certs, "early-server", "live-server")
+        why = "the certificate of fep-early-server is not valid before 2099-01-01 00:00:00 UTC (its notBefore"
+        later = datetime.datetime(2099, 1, 1, 0, 0, 10, tzinfo=datetime.UTC)
+    elif case == "ca of crls only":  # OpenSSL takes such a file, and then refuses every master
+        write_crl(certs, "ca", (), out="live-ca.pem")
+        why = "live-ca.pem holds no certificate: every master would be refused"
+    else:
+        good = (certs / "ca-cert.pem").read_bytes() + (certs / "master-cert.pem").read_bytes()
+        (certs / "live-ca.pem").write_bytes(good[:len(good) - 200] if case == "ca half written" else b"garbage\n")
+        why = "[tls] ca = 'live-ca.pem': cannot load"
+    assert not policy.refresh() and not policy.refresh()
+    assert policy.context is before
+    refused = warnings_with(caplog, "not taken")
+    assert len(refused) == 1 and why in refused[0] and "taken before still apply" in refused[0], refused
+    if later is None:  # the files put right
+        install(certs, "next-server", "live-server")
+        (certs / "live-ca.pem").write_bytes((certs / "ca-cert.pem").read_bytes())
+    assert policy.refresh(later)
+    assert policy.context is not before and len(warnings_with(caplog, "not taken")) == 1
+
+
+def test_the_server_certificate_is_said_to_expire_a_week_before_and_when_it_does(caplog, certs) -> None:
+    """A server certificate renewed yearly: one WARNING a week before its notAfter (not one per look), one when
+    it passes (masters that check it refuse the handshakes from then on); none before."""
+    make_cert_now(certs, "yearly", days=365)
+    policy = TlsPolicy(server_cfg(cert="yearly-cert.pem", key="yearly-key.pem"), certs)
+    assert policy.cert is not None
+    end = policy.cert.not_after
+    caplog.set_level(logging.INFO)
+    for before in (30, 8, 6.9, 6, 1, 1e-5, -1e-5, -1, -2):
+        assert not policy.refresh(end - datetime.timedelta(days=before))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    when = end.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert lines[0].startswith("[tls] cert = 'yearly-cert.pem': the server certificate of fep-yearly expires at "
+                               f"{when} (its notAfter): put a renewed one"), lines
+    assert f"expired at {when}" in lines[1] and "refuses the next handshakes" in lines[1], lines
+
+
+@pytest.mark.parametrize("case", ["expired", "not valid yet"])
+def test_a_server_certificate_out_of_its_validity_stops_the_start_with_one_line(certs, case: str) -> None:
+    """At start (`tls_context`): one line naming the setting, the file and why (fep-forwarder: exit 2), as for
+    a CRL; before, the forwarder started and every master that checks the certificate refused it."""
+    if case == "expired":
+        make_cert_dated(certs, "stale", "20200101000000Z", "20200102000000Z")
+    else:
+        make_cert_dated(certs, "stale", "20990101000000Z", "21000101000000Z")
+    with pytest.raises(ConfigError) as exc:
+        server_ctx(certs, cert="stale-cert.pem", key="stale-key.pem")
+    assert str(exc.value).startswith("[tls] cert = 'stale-cert.pem': "), exc.value
+    assert {"expired": "the certificate of fep-stale expired at 2020-01-02 00:00:00 UTC (its notAfter): masters "
+                       "refuse it; put a renewed one there",
+            "not valid yet": "the certificate of fep-stale is not valid before 2099-01-01 00:00:00 UTC (its "
+                             "notBefore"}[case] in str(exc.value), exc.value
+
+
+async def test_a_new_ca_file_closes_the_sessions_it_no_longer_trusts(proto: Proto, caplog, certs) -> None:
+    """[tls] ca replaced while the servers run. Its CA certificate renewed (the same name and key): every
+    session kept. The CA of a master taken out (as a compromised CA is): that master's open session is closed
+    like a revoked one (one WARNING, then `left (certificate not trusted by the new [tls] ca)`) and its next
+    handshake refused; the master of the CA kept is served on time. Before, the file was read at start only."""
+    renew_cert_now(certs, "ca", "ca-renewed.pem")
+    (certs / "live-cas.pem").write_bytes((certs / "ca-cert.pem").read_bytes() + (certs / "master-cert.pem").read_bytes())
+    policy = TlsPolicy(server_cfg(ca="live-cas.pem"), certs)
+    assert policy.context is not None
+    async with scene(proto, caplog, certs, ctx=policy.context, who="master") as sc:
+        doomed = await proto.good(sc.port, client_ctx(certs, "member"))  # of `ca`
+        await doomed.event_s(sc.srv, 0.5)
+        (certs / "live-cas.pem").write_bytes((certs / "ca-renewed.pem").read_bytes()
+                                             + (certs / "master-cert.pem").read_bytes())
+        assert policy.refresh()
+        assert policy.apply([sc.srv]) == 0  # the same CA: trusted as before
+        await doomed.event_s(sc.srv, 0.75)
+        (certs / "live-cas.pem").write_bytes((certs / "master-cert.pem").read_bytes())
+        await one_closed(sc, policy, doomed, "certificate no longer trusted: the new [tls] ca holds no certificate "
+                         "of its issuer", "left (certificate not trusted by the new [tls] ca)")
+        await sc.on_time()
+        await refused(sc, client_ctx(certs, "member"), "certificate")
+    assert len([r for r in caplog.records if "new CA certificates taken (1)" in r.getMessage()]) == 1
+
+
+async def test_a_handshake_in_progress_when_a_new_crl_is_taken_is_checked_against_it(proto: Proto, caplog,
+                                                                                        certs) -> None:
+    """A master whose certificate a new CRL revokes, in its handshake when the CRL is taken (its ClientHello
+    answered, its certificate not sent yet): the handshake ends against the context it began with, then its
+    session is checked against the new CRL and closed (one WARNING). Before, it was kept, for months."""
+    write_crl(certs, "ca", (), out="crl-midway.pem")
+    policy = TlsPolicy(server_cfg(ca="ca-cert.pem", crl="crl-midway.pem"), certs)
+    async with scene(proto, caplog, certs, ctx=policy.context, who="member") as sc:
+        bad = await RawPeer.open(sc.port)
+        bad.writer.write(bad.client_hello(client_ctx(certs, "revoked")))
+        bad.inc.write(await asyncio.wait_for(bad.reader.read(65536), 5))  # the server's flight: it waits
+        write_crl(certs, "ca", (2,), out="crl-midway.pem")
+        assert policy.refresh()
+        assert policy.apply([sc.srv]) == 0  # not a session yet
+        assert bad.tls is not None
+        while True:
+            try:
+                bad.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                bad.writer.write(bad.out.read())
+                bad.inc.write(await asyncio.wait_for(bad.reader.read(65536), 5))
+        bad.writer.write(bad.out.read())  # its certificate: the server's handshake ends
+        assert await bad.closed_after(2) < 1
+        await sc.check(bad.peer, "certificate revoked: the new [tls] crl lists it: connection closed")

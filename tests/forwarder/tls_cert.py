@@ -9,12 +9,12 @@ import subprocess
 from pathlib import Path
 
 
-def _openssl_req(tmp_path: Path, name: str) -> tuple[list[str], Path, Path]:
+def _openssl_req(tmp_path: Path, name: str, days: int = 1) -> tuple[list[str], Path, Path]:
     """-> (the openssl command making a fresh self-signed EC certificate `CN=fep-<name>` for IP 127.0.0.1,
-    the certificate file, the key file)."""
+    valid `days` from now, the certificate file, the key file)."""
     cert, key = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem"
     return (["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN=fep-{name}",
+             "-keyout", str(key), "-out", str(cert), "-days", str(days), "-subj", f"/CN=fep-{name}",
              "-addext", "subjectAltName=IP:127.0.0.1"], cert, key)
 
 
@@ -28,9 +28,9 @@ async def make_cert(tmp_path: Path, name: str = "server") -> tuple[Path, Path]:
     return cert, key
 
 
-def make_cert_now(tmp_path: Path, name: str = "server") -> tuple[Path, Path]:
-    """`make_cert` outside an event loop (a module-scoped fixture)."""
-    cmd, cert, key = _openssl_req(tmp_path, name)
+def make_cert_now(tmp_path: Path, name: str = "server", days: int = 1) -> tuple[Path, Path]:
+    """`make_cert` outside an event loop (a module-scoped fixture), valid `days` from now."""
+    cmd, cert, key = _openssl_req(tmp_path, name, days)
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return cert, key
 
@@ -73,4 +73,33 @@ def write_crl(tmp_path: Path, ca: str, revoked: tuple[int, ...] = (), out: str =
                     str(work / "crl.pem"), "-crl_lastupdate", last, "-crl_nextupdate", next_update],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     (work / "crl.pem").rename(tmp_path / out)
+    return tmp_path / out
+
+
+def make_cert_dated(tmp_path: Path, name: str, start: str, end: str) -> tuple[Path, Path]:
+    """-> (certificate, key) of a self-signed EC certificate `CN=fep-<name>` for IP 127.0.0.1 valid from
+    `start` to `end` (YYYYMMDDHHMMSSZ: an expired one, or one not valid yet), made by `openssl ca -selfsign`
+    (`openssl req` takes no dates)."""
+    cert, key, work = tmp_path / f"{name}-cert.pem", tmp_path / f"{name}-key.pem", tmp_path / f"{name}.d"
+    work.mkdir(exist_ok=True)
+    (work / "index.txt").write_text("")
+    (work / "serial").write_text("01\n")
+    (work / "ca.cnf").write_text(f"[ca]\ndefault_ca = d\n[d]\ndatabase = {work / 'index.txt'}\nnew_certs_dir = {work}\n"
+                                 f"serial = {work / 'serial'}\ndefault_md = sha256\npolicy = p\ncopy_extensions = copy\n"
+                                 "[p]\ncommonName = supplied\n")
+    for cmd in (["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", str(key), "-out", str(work / "csr.pem"), "-subj", f"/CN=fep-{name}",
+                 "-addext", "subjectAltName=IP:127.0.0.1"],
+                ["openssl", "ca", "-batch", "-selfsign", "-config", str(work / "ca.cnf"), "-keyfile", str(key),
+                 "-in", str(work / "csr.pem"), "-startdate", start, "-enddate", end, "-out", str(cert)]):
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return cert, key
+
+
+def renew_cert_now(tmp_path: Path, name: str, out: str) -> Path:
+    """-> `out`: the self-signed certificate `<name>-cert.pem` renewed (the same subject and key, a new serial
+    number and validity), as a CA renews its certificate."""
+    subprocess.run(["openssl", "req", "-x509", "-new", "-key", str(tmp_path / f"{name}-key.pem"), "-out",
+                    str(tmp_path / out), "-days", "2", "-subj", f"/CN=fep-{name}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return tmp_path / out

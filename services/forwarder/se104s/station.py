@@ -75,8 +75,19 @@ _STATION_WIDE = {c.C_IC_NA_1: (c.COT_ACT, c.COT_DEACT), c.C_CI_NA_1: (c.COT_ACT,
 # those of commands, clock synchronisation, test and reset process, and every refusal with cause 44 .. 47
 _AHEAD_TYPES = frozenset((*c.COMMAND_BASE, c.C_CS_NA_1, c.C_TS_TA_1, c.C_RP_NA_1))
 _AHEAD_CAUSES = frozenset(range(c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_IOA + 1))
+# and the ACT_CON (positive or negative) of an interrogation or counter interrogation: it carries no value,
+# and a master times the ACT_CON of its interrogation out within seconds; the values and the ACT_TERM keep
+# their place behind the events queued before the interrogation
+_AHEAD_CONFIRMED = frozenset((c.C_IC_NA_1, c.C_CI_NA_1))
 _IMAGE_CAUSES = frozenset((c.COT_BACKGROUND, *range(c.COT_INROGEN, c.COT_INROGEN + 17),
                            *range(c.COT_REQCOGEN, c.COT_REQCOGEN + 5)))
+
+
+def _goes_ahead(asdu: bytes) -> bool:
+    """An answer that goes ahead of the events queued for its master (`Station._answer`)."""
+    cause = asdu[2] & 0x3F
+    return (asdu[0] in _AHEAD_TYPES or cause in _AHEAD_CAUSES
+            or (asdu[0] in _AHEAD_CONFIRMED and cause == c.COT_ACTCON))
 
 
 def _interrogation_item(asdu: bytes) -> bool:
@@ -344,7 +355,8 @@ class Station:
     def resume(self, s: Session, cursor: Sid | None) -> None:
         """Start sending events to a started master whose recorded position is `cursor` (None: none
         known). Covered by the history: the events after it, ahead of anything queued meanwhile (a general
-        interrogation's answer comes after them, so the master ends with current values), then the image as
+        interrogation's answer comes after them, so the master ends with current values) but the answers
+        that go ahead of events (`_answer`: its ACT_CON, a command's confirmations), then the image as
         a background scan (cause 2, not events): the cursor is per master address, and a master that keeps
         connections to both nodes started at once (two links it keeps apart) would otherwise never get, on
         the second link, the values its first link's interrogation gave it. A cursor ahead of this node's
@@ -367,6 +379,9 @@ class Station:
                      s.peer, "is new" if cursor is None else "was away longer than the history")
             s.cursor, s.skip = self.position, None
         else:
+            if events:  # the answers queued meanwhile that go ahead of events (`_answer`) go ahead of these
+                s.ahead.extend(it for it in s.queue if _goes_ahead(it[1]))
+                s.queue = deque(it for it in s.queue if not _goes_ahead(it[1]))
             s.queue.extendleft(reversed(events))
             s.events_queued += len(events)
             log.info("se104s RTU %s: master %s resumed after stream entry %s: %d events", self.rtu.id, s.peer,
@@ -502,20 +517,24 @@ class Station:
         """The link's timers; raises LinkTimeout when t1 expired (the transport closes the connection)."""
         s.link.tick(now)
 
-    def _answer(self, s: Session, asdu: bytes) -> None:
+    def _answer(self, s: Session, asdu: bytes, in_turn: bool = False) -> None:
         """Queue an answer. A command's (its ACT_CON, ACT_TERM, DEACT_CON, or its refusal) goes ahead of the
         events queued for the master, behind the answers already ahead of them, as lib60870's servers send
         every answer to a request from a queue of their own: on a backlogged link (a slow or lossy master
         link, before t1 closes it) it waited behind every queued event, past the master's command timeout,
         for a command that had run (docs/ha.md "Degraded links", 800 ms). So do the other answers that carry
         no value (`_AHEAD_TYPES`, `_AHEAD_CAUSES`: the confirmations of clock synchronisation, test and reset
-        process, and every refusal with cause 44 .. 47), which waited behind the events as well.
-        Interrogation and read answers keep their place: a current value must not overtake an older event.
+        process, and every refusal with cause 44 .. 47), which waited behind the events as well, and the
+        ACT_CON of an interrogation or counter interrogation (`_AHEAD_CONFIRMED`, positive or negative: many
+        masters give up an interrogation whose ACT_CON does not come within seconds). Interrogated and read
+        values keep their place, and so do an interrogation's ACT_TERM and DEACT_CON (which end it): a
+        current value must not overtake an older event. `in_turn`: queued in its turn all the same (the
+        refusal of an interrogation sent while the master's previous one is in progress, `_busy`).
         Kept apart in `ahead` (`_next_asdu` takes them in that order): found by a scan of the queue, each cost
         as many steps as answers were ahead of the events, and a master flooding commands that it did not
         acknowledge stalled the process 6 s."""
         item = (0, asdu, ZERO)
-        if s.events_queued and (asdu[0] in _AHEAD_TYPES or asdu[2] & 0x3F in _AHEAD_CAUSES):
+        if s.events_queued and not in_turn and _goes_ahead(asdu):
             s.ahead.append(item)
         else:
             s.queue.append(item)
@@ -588,7 +607,9 @@ class Station:
             log.warning("se104s RTU %s: master %s sent an interrogation while its previous one is in progress: "
                         "refused (negative ACT_CON), as any more on this connection", self.rtu.id, s.peer)
         s.interrogations_refused += 1
-        self._answer(s, c.mirror(a, c.COT_ACTCON, True))
+        # in its turn, not ahead: a master flooding interrogations had their refusals overtake, again and
+        # again, the answer of the one in progress (one answered in 2 s of flood instead of five)
+        self._answer(s, c.mirror(a, c.COT_ACTCON, True), in_turn=True)
         return True
 
     def _deactivate(self, s: Session, a: c.Asdu) -> None:
