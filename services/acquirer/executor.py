@@ -75,6 +75,7 @@ async def _wake_at(stopping: asyncio.Event, master: Any, node: str, gained: asyn
 
 
 LATE = "not written: the deadline passed before the claim's answer came back from the master (slow link)"
+DEADLINE = "no answer from the device before the control's deadline"
 
 
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
@@ -133,6 +134,16 @@ async def _execute(master: Any, node: str, runners: dict[int, RtuRunner], metric
             once.problem("controls", f"control {got[1]}: {type(exc).__name__}: {exc}")
 
 
+def failure(exc: BaseException, past_deadline: bool) -> str:
+    """A failed write's reason, as logged and recorded: its message; for one without (the deadline's
+    TimeoutError, which used to be logged as `failed: ` and recorded as `TimeoutError`), what happened."""
+    if str(exc):
+        return str(exc)
+    if past_deadline:
+        return DEADLINE
+    return type(exc).__name__
+
+
 async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metrics: Metrics,
                   once: OnceLogger | None = None, guard: controls.ReplicaGuard | None = None) -> None:
     guard = guard or controls.ReplicaGuard()
@@ -154,14 +165,14 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         log.warning("control %d (rtu %d point %d) %s", ctl_id, runner.rtu.id, claimed.point, LATE)
         await finish_surely(master, ctl_id, False, LATE, until)
         return
+    deadline = time.monotonic() + left_s
     try:
-        how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value,
-                                                        deadline=time.monotonic() + left_s), left_s)
+        how = await asyncio.wait_for(runner.write_point(claimed.point, claimed.value, deadline=deadline), left_s)
     except Exception as exc:  # noqa: BLE001 - any failure is the control's answer, not ours
         metrics.inc("controls_failed")
-        log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point,
-                    exc or type(exc).__name__)
-        await finish_surely(master, ctl_id, False, str(exc) or type(exc).__name__, until)
+        why = failure(exc, time.monotonic() >= deadline)
+        log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point, why)
+        await finish_surely(master, ctl_id, False, why, until)
         return
     metrics.inc("controls_executed")
     await finish_surely(master, ctl_id, True, how or "written", until)

@@ -414,10 +414,12 @@ class Forwarder:
         first = None if isinstance(info, Exception) or not info.get("first-entry") else parse_id(
             info["first-entry"][0])
         since: dict[int, Sid] = {}
+        recorded: dict[int, dict[str, Sid]] = {}
         for rid, raw in zip(rids, res[3 + len(rtus):], strict=True):
             srv = self.servers[rid]
+            recorded[rid] = parse_cursors(raw)
             if srv.history_max() > 0:
-                known = parse_cursors(raw)  # as read with the image, and this server's newer ones (a reload)
+                known = dict(recorded[rid])  # as read with the image, and this server's newer ones (a reload)
                 for ident, c in srv.known_cursors().items():
                     known[ident] = max(c, known.get(ident, c))
                 start = backfill_from(known.values(), first, position)
@@ -428,6 +430,9 @@ class Forwarder:
         for rid, srv in self.servers.items():
             floor, ups = past.get(rid, (None, []))
             srv.image_at(self.last_id, self._overlaid(per.get(rid, [])), ups, floor)
+            # known from now on, not from the next once-a-second read: the first master to acknowledge
+            # would otherwise have the history forget what the others, not yet resumed, still need
+            srv.set_known(recorded[rid])
             if floor is not None:
                 log.info("forwarding RTU %d: history filled back to stream entry %s from the stream (%d changes):"
                          " masters acknowledged up to there are resumed", rid, sid_text(floor), len(ups))

@@ -8,12 +8,15 @@ replication wait) after the master had computed it. It now counts from when it s
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from types import SimpleNamespace
 
+import pytest
 import redis.asyncio as aredis
 
-from fep_acquirer.executor import LATE, run_one
+from fep_acquirer.executor import DEADLINE, LATE, run_one
 from fep_acquirer.metrics import Metrics
 from fepha import controls, redisfns
 from fepha import keyspace as ks
@@ -57,3 +60,28 @@ async def test_no_device_write_after_the_deadline_through_a_slow_link(redis_mast
         await slow.aclose()
         await direct.aclose()
         await vip.close()
+
+
+async def test_a_device_that_never_answers_fails_the_control_with_a_reason(redis_master,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """Found with lib60870-C as an IEC 104 RTU that confirms no set-point: the deadline's TimeoutError has no
+    message, so the log said `failed: ` and nothing more, and the control's result was `TimeoutError`."""
+    redisfns.load_sync(redis_master.client())
+    r = aredis.Redis(host=redis_master.host, port=redis_master.port, decode_responses=True)
+
+    async def silent(point: int, value: float, deadline: float) -> str:
+        await asyncio.Event().wait()
+        return "written"
+
+    runner = SimpleNamespace(rtu=SimpleNamespace(id=7), lease=SimpleNamespace(epoch=1), write_point=silent)
+    try:
+        await r.fcall(*redisfns.lease_tick(7, "B", True, 60_000, 90_000).argv)
+        ctl = await controls.submit(r, 7, 1, 5.0, "test", 300)
+        assert int(await r.lpop(ks.control_queue(7))) == ctl
+        with caplog.at_level(logging.WARNING, logger="acquirer"):
+            await run_one(r, "B", runner, ctl, Metrics("B"))
+        state = await r.hgetall(ks.control(ctl))
+        assert (state["state"], state["result"]) == ("failed", DEADLINE), state
+        assert f"failed: {DEADLINE}" in caplog.text
+    finally:
+        await r.aclose()

@@ -76,8 +76,9 @@ class RawMaster:
 
 
 @contextlib.asynccontextmanager
-async def raw_master(port: int, host: str = "127.0.0.1") -> AsyncIterator[RawMaster]:
-    reader, writer = await asyncio.open_connection(host, port)
+async def raw_master(port: int, host: str = "127.0.0.1",
+                     local_addr: tuple[str, int] | None = None) -> AsyncIterator[RawMaster]:
+    reader, writer = await asyncio.open_connection(host, port, local_addr=local_addr)
     m = RawMaster(reader, writer)
     m.tasks = [asyncio.create_task(m._read()), asyncio.create_task(m._timers())]
     try:
