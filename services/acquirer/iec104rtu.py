@@ -373,7 +373,7 @@ class Iec104Runner(RunnerBase):
             self.once.problem(f"{self.key} ca {a.ca}", f"ASDU for common address {a.ca}, this RTU is {ca}: ignored")
             return None
         if why := rules.refused(a):
-            self.once.problem(f"{self.key} cot {a.type_id}/{a.cot}", why)
+            self.once.problem(f"{self.key} type {a.type_id} cause {rules.cause_text(a)}", why)
             return None
         if rules.is_monitoring(a.type_id):
             if not link.started:  # sent before the RTU saw our STOPDT act: not ours to write any more
@@ -419,10 +419,10 @@ class Iec104Runner(RunnerBase):
         elif a.type_id == c.C_IC_NA_1 and a.cause == c.COT_ACTCON:
             self._gi.heard(time.monotonic())
         if a.type_id in (c.C_IC_NA_1, c.C_CI_NA_1, c.C_CS_NA_1) and a.negative:
-            self.once.problem(f"{self.key} {a.type_id}", f"RTU refused type {a.type_id} (cause {a.cause})")
+            self.once.problem(f"{self.key} type {a.type_id}", f"RTU refused type {a.type_id} (cause {rules.cause_text(a)})")
         why = rules.unsupported(a)
         if why:
-            self.once.problem(f"{self.key} type {a.type_id} at {a.objects[0][0] if a.objects else 0}", why)
+            self.once.problem(f"{self.key} ioa {a.objects[0][0] if a.objects else 0} type {a.type_id}", why)
         return None
 
     def _clock(self, got: rules.Intake) -> None:

@@ -62,6 +62,12 @@ def read_as(type_id: int) -> int:
     return c.M_ME_NA_1 if type_id == c.M_ME_ND_1 else c.base_type(type_id)
 
 
+def cause_text(a: c.Asdu) -> str:
+    """`a`'s cause of transmission as an operator reads it: the number, then "P/N" when negative and "test"
+    when the test bit T is set ("7 P/N", "3 test"), never the raw octet with those bits in it."""
+    return f"{a.cause}{' P/N' if a.negative else ''}{' test' if a.cot & c.TEST else ''}"
+
+
 def refused(a: c.Asdu) -> str | None:
     """Why an ASDU from the RTU is ignored whatever it carries (None: it is not): the test bit T (an ASDU
     generated under test conditions, IEC 60870-5-101 7.2.3: not the process's state, not the answer to a
@@ -278,8 +284,8 @@ class PointMap:
                 continue
             want = c.TYPE_IDS[p.datatype]
             if c.base_type(want) != read_as(a.type_id):
-                problems[f"type {ioa}"] = (f"IOA {ioa} came as type {a.type_id}, point {p.id} is configured as "
-                                           f"{p.datatype}: ignored")
+                problems[f"ioa {ioa} type {a.type_id}"] = (f"IOA {ioa} came as type {a.type_id}, point {p.id} is "
+                                                          f"configured as {p.datatype}: ignored")
                 continue
             v, q, ts, fault = sample_of(p, a.type_id, elem, rx_ms)
             if fault:

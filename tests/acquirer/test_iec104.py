@@ -358,7 +358,7 @@ async def test_malformed_frame_closes_that_connection_only_and_unknown_ioa_logge
             for _ in range(2):  # step position (M_ST_NA_1): said once, not dropped without a word
                 rtu.server.get_station(CA).get_point(4243).transmit(cause=c104.Cot.SPONTANEOUS)
             await asyncio.sleep(0.3)
-            unread = [m for m in caplog.messages if "type 5 " in m and "IOA 4243" in m]
+            unread = [m for m in caplog.messages if "ioa 4243 type 5:" in m]
             assert len(unread) == 1 and "not a type the acquirer reads" in unread[0], unread
         finally:
             await a.stop()

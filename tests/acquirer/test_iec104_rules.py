@@ -1,14 +1,21 @@
-"""Table tests of the IEC 104 acquisition rules (services/acquirer/iec104rules.py): no network, no clock."""
+"""Table tests of the IEC 104 acquisition rules (services/acquirer/iec104rules.py) and of what the runner logs
+of the ASDUs they ignore: no network, no clock."""
 
 from __future__ import annotations
 
+import logging
 import struct
+import types
 
 import pytest
 
 from fep_acquirer import iec104rules as rules
+from fep_acquirer.iec104rtu import Iec104Runner
+from fep_acquirer.metrics import Metrics
 from fepha import points as pt
+from fepha.config import NodeConfig
 from fepha.iec104 import codec as c
+from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Channel, Point, Rtu
 
 T = 1_790_000_000_123  # a device time tag (ms)
@@ -130,7 +137,7 @@ def test_intake_spontaneous_untagged_gi_unknown_ioa_and_wrong_type() -> None:
     got = m.intake(asdu(c.M_SP_NA_1, c.COT_INROGEN, [(100, b"\x00")]), RX)          # GI answer, untagged
     assert not got.spontaneous and not got.tagged and got.events == [(1, (0, 0), RX)]
     got = m.intake(asdu(c.M_ME_NC_1, c.COT_SPONT, [(100, struct.pack("<fB", 1.0, 0))]), RX)  # IOA of a DI
-    assert got.events == [] and list(got.problems) == ["type 100"]
+    assert got.events == [] and list(got.problems) == ["ioa 100 type 13"]
     got = m.intake(asdu(c.M_SP_NA_1, c.COT_SPONT, [(1000, b"\x01")]), RX)           # a command IOA
     assert got.events == [] and list(got.problems) == ["ioa 1000"]
 
@@ -485,3 +492,23 @@ def test_a_gi_due_while_one_is_open_waits_for_it() -> None:
     assert s.due(12, wait=("gi",)) == [] and s.deadline() == 10
     assert s.due(13) == ["gi"] and s.deadline() == 20                           # the open one ended: sent
     assert s.due(20, wait=("gi",)) == ["ci"] and s.due(23) == ["gi"] and s.deadline() == 30
+
+
+def test_log_prefixes_say_ioa_type_and_cause_as_they_are(caplog) -> None:
+    """What the runner logs of an ASDU it ignores names each number for what it is: the IOA as "ioa", the
+    type id as "type", the cause as its number with "P/N" and "test" for those bits (not the raw octet)."""
+    caplog.set_level(logging.WARNING, logger="t.prefix")
+    run = Iec104Runner(RTU, NodeConfig(), None, Metrics("A"), OnceLogger(logging.getLogger("t.prefix")))  # type: ignore[arg-type]
+    run.channel = RTU.channels[0]
+    link = types.SimpleNamespace(started=True)
+    sent = [(c.M_ME_NC_1, c.COT_SPONT, [(100, struct.pack("<fB", 1.0, 0))]),          # IOA of a DI
+            (c.M_SP_NA_1, c.COT_SPONT | c.TEST, [(100, b"\x01")]),                     # test bit
+            (c.M_SP_NA_1, c.COT_ACT | c.NEGATIVE | c.TEST, [(100, b"\x01")]),          # no monitoring cause
+            (5, c.COT_SPONT, [(4243, b"\x05\x00")]),                                 # M_ST_NA_1: not read
+            (c.C_IC_NA_1, c.COT_ACTCON | c.NEGATIVE, [(0, b"\x14")])]                  # GI refused
+    for type_id, cot, objs in sent:
+        assert run._asdu(link, c.build_asdu(type_id, cot, 7, objs), RX) in (None, [])  # type: ignore[arg-type]
+    said = [m.split(": ")[0] for m in caplog.messages]
+    assert said == ["rtu 1 ioa 100 type 13", "rtu 1 type 1 cause 3 test", "rtu 1 type 1 cause 6 P/N test",
+                    "rtu 1 ioa 4243 type 5", "rtu 1 type 100"], caplog.messages
+    assert "cause 7 P/N" in caplog.messages[-1]
