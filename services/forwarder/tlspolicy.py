@@ -2,7 +2,8 @@
 (`tls_context`: TLS 1.2 or 1.3 at least, the TLS 1.2 cipher list, no renegotiation, mutual TLS with `ca`, the
 client CAs' CRLs with `crl`), and `TlsPolicy`, which takes changed `[tls]` files (cert, key, ca, crl) while the
 forwarder runs: a new context for the next handshakes, and the open sessions of a certificate the new CRLs
-revoke or the new CAs no longer trust closed (IEC 62351-3); and says when the server certificate expires.
+revoke or the new CAs no longer trust closed (IEC 62351-3); and says when the server certificate, a CA
+certificate of `ca` or a CRL expires.
 
 The CRLs are read twice: by OpenSSL, which checks them (their signature, their time) at every handshake, and
 here (`read_crls`, a few DER fields of each: issuer, nextUpdate, revoked serial numbers) to refuse a file that
@@ -194,9 +195,10 @@ def expiring(crls: list[Crl], now: dt.datetime) -> list[Crl]:
 
 
 CERT_EXPIRY_WARNING = dt.timedelta(days=7)
-"""A server certificate this close to its notAfter (or within the last quarter of its validity, when that is
-shorter) is said to expire soon (`TlsPolicy.refresh`). A week: SCADA operators renew certificates once a year,
-through a change in the control room that takes days; a day's notice would come too late for it."""
+"""A server certificate, or a CA certificate of `[tls] ca`, this close to its notAfter (or within the last
+quarter of its validity, when that is shorter) is said to expire soon (`TlsPolicy.refresh`). A week: SCADA
+operators renew certificates once a year, through a change in the control room that takes days; a day's notice
+would come too late for it."""
 
 
 def _near(start: dt.datetime, end: dt.datetime, warning: dt.timedelta, now: dt.datetime) -> bool:
@@ -207,6 +209,28 @@ def _near(start: dt.datetime, end: dt.datetime, warning: dt.timedelta, now: dt.d
 
 def _when(t: dt.datetime | None) -> str:
     return t.strftime("%Y-%m-%d %H:%M:%S UTC") if t else "never"
+
+
+def _say_expiry(said: str, cert: Cert, now: dt.datetime, what: str, noun: str, renew: str, refused: str) -> str:
+    """Say (WARNING, once per state: `said` is the state said last) that `cert` (the `noun` of the setting
+    `what`) expires soon (CERT_EXPIRY_WARNING: `renew`, what to do) or has expired (`refused`: who refuses
+    what since): -> the state now ("expiring", "expired"; `said` while its notAfter is not near)."""
+    if cert.not_after <= now:
+        state = "expired"
+    elif _near(cert.not_before, cert.not_after, CERT_EXPIRY_WARNING, now):
+        state = "expiring"
+    else:
+        return said
+    if said == state:
+        return state
+    if state == "expiring":
+        log.warning("%s: the %s of %s expires at %s (its notAfter): %s", what, noun, cert.subject_text(),
+                    _when(cert.not_after), renew)
+    else:
+        log.warning("%s: the %s of %s expired at %s (its notAfter): %s until a renewed one is put in that file "
+                    "(taken within %.0f s); the sessions open are kept", what, noun, cert.subject_text(),
+                    _when(cert.not_after), refused, TLS_CHECK_S)
+    return state
 
 
 # --- the server context ---------------------------------------------------------------------------------------
@@ -331,10 +355,13 @@ UNTRUSTED = ("certificate no longer trusted: the new [tls] ca holds no certifica
 """Why `TlsPolicy.distrusts` closes an open session: (the WARNING's words, the protocol's `left (...)`)."""
 
 
-def _anchors(cfg: NodeConfig, root: Path | None) -> frozenset[tuple[bytes, bytes]]:
-    """(subject, public key) of each certificate of [tls] ca (read here: `SSLContext.get_ca_certs` lists only
-    those marked CA, and a master's own self-signed certificate may be there too)."""
-    out = set()
+def _anchors(cfg: NodeConfig, root: Path | None) -> dict[tuple[bytes, bytes], Cert | None]:
+    """The certificates of [tls] ca by (subject, public key), the one valid the longest of each (a CA renewed
+    with the same key, the former one left in the file: OpenSSL takes the one valid; None: its validity could
+    not be read here, it is still a CA the sessions are checked against), read here:
+    `SSLContext.get_ca_certs` lists only those marked CA, and a master's own self-signed certificate may be
+    there too."""
+    out: dict[tuple[bytes, bytes], Cert | None] = {}
     try:
         blocks = _PEM.findall(Path(_path(root, cfg.tls_ca)).read_bytes()) if cfg.tls_ca else []
     except OSError:
@@ -342,10 +369,15 @@ def _anchors(cfg: NodeConfig, root: Path | None) -> frozenset[tuple[bytes, bytes
     for kind, body in blocks:
         try:
             if kind == b"CERTIFICATE":
-                out.add(cert_subject_key(base64.b64decode(body)))
+                der = base64.b64decode(body)
+                anchor = cert_subject_key(der)
+                out.setdefault(anchor, None)
+                cert, known = parse_cert(der), out[anchor]
+                if known is None or cert.not_after > known.not_after:
+                    out[anchor] = cert
         except (ValueError, IndexError):
             continue
-    return frozenset(out)
+    return out
 
 
 class TlsPolicy:
@@ -356,9 +388,10 @@ class TlsPolicy:
     got. A change that cannot be used (a file half written, a key that does not match the certificate, a
     certificate expired or not valid yet, CRLs expired) leaves the context as it was, said once (WARNING)
     until a file changes again, and is looked at again every TLS_CHECK_S (one not valid yet is taken once its
-    time comes). A CRL near its nextUpdate (EXPIRY_WARNING) or the server certificate near its notAfter
-    (CERT_EXPIRY_WARNING) is said once (WARNING), and once more when it passes: an expired CRL makes OpenSSL
-    refuse every new handshake (`CRL has expired`), an expired certificate every master that checks it, until
+    time comes). A CRL near its nextUpdate (EXPIRY_WARNING), the server certificate or a CA certificate of
+    [tls] ca near its notAfter (CERT_EXPIRY_WARNING) is said once (WARNING; each CA apart), and once more when
+    it passes: an expired CRL makes OpenSSL refuse every new handshake (`CRL has expired`), an expired server
+    certificate every master that checks it, an expired CA every master whose certificate chains to it, until
     a newer one is taken; the sessions open are kept."""
 
     def __init__(self, cfg: NodeConfig, root: Path | None = None) -> None:
@@ -369,12 +402,14 @@ class TlsPolicy:
         self.cert: Cert | None = None
         if cfg.tls_cert:
             self.context, self.crls, self.cert = _context(cfg, root)
-        self.anchors = _anchors(cfg, root) if self.context is not None else frozenset()
+        self.cas = _anchors(cfg, root) if self.context is not None else {}
+        self.anchors = frozenset(self.cas)  # (subject, public key) of each CA certificate of [tls] ca
         self._before = self.anchors  # the CAs trusted before the last change (`distrusts`)
         self._seen = self._stat()
         self._refused: dict[str, Any] | None = None  # the files' stats whose problem was logged
         self._said = ""  # "expiring", "expired": the state of the CRLs taken last said (once per state)
         self._cert_said = ""  # the same, of the server certificate
+        self._ca_said: dict[tuple[bytes, bytes], str] = {}  # the same, of each CA certificate (`cas`)
 
     def _stat(self) -> dict[str, Any]:
         if not self.cfg.tls_cert:
@@ -405,9 +440,11 @@ class TlsPolicy:
                 self._expiry(now)  # of what still applies
                 return False
             changed = [k for k in FILES if st.get(k) != self._seen.get(k)]
-            self._before, self.anchors = self.anchors, _anchors(self.cfg, self.root)
+            self.cas = _anchors(self.cfg, self.root)
+            self._before, self.anchors = self.anchors, frozenset(self.cas)
             self.context, self.crls, self.cert, self._seen, self._refused = ctx, crls, cert, st, None
             self._said = self._cert_said = ""
+            self._ca_said = {}
             self._taken(changed)
             return True
         self._expiry(now)
@@ -428,7 +465,8 @@ class TlsPolicy:
                                for c in self.crls))
 
     def _expiry(self, now: dt.datetime) -> None:
-        """Say (once per state) that the CRLs or the server certificate taken expire soon, or have expired."""
+        """Say (once per state) that the CRLs, the server certificate or a CA certificate taken expire soon, or
+        have expired."""
         what = f"[tls] crl = {self.cfg.tls_crl!r}"
         if gone := expired(self.crls, now):
             if self._said != "expired":
@@ -442,22 +480,17 @@ class TlsPolicy:
                             "before, or every new TLS handshake will be refused", what, soon[0].issuer_text(),
                             _when(soon[0].next_update))
             self._said = "expiring"
-        cert, what = self.cert, f"[tls] cert = {self.cfg.tls_cert!r}"
-        if cert is None:
-            return
-        if cert.not_after <= now:
-            if self._cert_said != "expired":
-                log.warning("%s: the server certificate of %s expired at %s (its notAfter): every master that checks "
-                            "it refuses the next handshakes until a renewed one is put in that file (taken within "
-                            "%.0f s); the sessions open are kept", what, cert.subject_text(), _when(cert.not_after),
-                            TLS_CHECK_S)
-            self._cert_said = "expired"
-        elif _near(cert.not_before, cert.not_after, CERT_EXPIRY_WARNING, now):
-            if self._cert_said != "expiring":
-                log.warning("%s: the server certificate of %s expires at %s (its notAfter): put a renewed one (and "
-                            "its key) in place before, or masters will refuse the handshakes", what,
-                            cert.subject_text(), _when(cert.not_after))
-            self._cert_said = "expiring"
+        if self.cert is not None:
+            self._cert_said = _say_expiry(self._cert_said, self.cert, now, f"[tls] cert = {self.cfg.tls_cert!r}",
+                                          "server certificate", "put a renewed one (and its key) in place before, "
+                                          "or masters will refuse the handshakes",
+                                          "every master that checks it refuses the next handshakes")
+        for anchor, ca in self.cas.items():
+            if ca is not None:
+                self._ca_said[anchor] = _say_expiry(
+                    self._ca_said.get(anchor, ""), ca, now, f"[tls] ca = {self.cfg.tls_ca!r}", "CA certificate",
+                    "put a renewed one in that file before, or every master whose certificate chains to it will "
+                    "be refused", "every master whose certificate chains to it is refused at its next handshake")
 
     def revoked(self, der: bytes) -> bool:
         """True when the CRLs taken revoke the certificate `der` (a master's, as its session presented it)."""

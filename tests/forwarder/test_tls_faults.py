@@ -35,7 +35,7 @@ from fep_forwarder import app, base
 from fep_forwarder.base import ForwardServer, tls_failure
 from fep_forwarder.se104s import Se104Server
 from fep_forwarder.sefeps import SefepsServer, codec
-from fep_forwarder.tlspolicy import TlsPolicy, tls_context
+from fep_forwarder.tlspolicy import TlsPolicy, load_cert, tls_context
 from fep_tools.sefeps_client import SefepsClient
 from fepha.config import ConfigError, NodeConfig
 from fepha.iec104 import codec as c
@@ -59,12 +59,11 @@ ON_TIME_S = 0.5
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """server, master (also the CA of mutual TLS) and intruder (another CA) certificates; a CA `ca` and two
     masters it signed, `member` (serial 1) and `revoked` (serial 2, which the CRLs of the tests revoke). The
-    server's valid until 2100 or so: the CRL tests look at the policy in 2099 (the server certificate is
-    checked too)."""
+    server and the CAs valid until 2100 or so: the CRL tests look at the policy in 2099 (the server certificate
+    and the CA certificates are checked too)."""
     d = tmp_path_factory.mktemp("tls")
-    make_cert_now(d, "server", days=27_000)
-    for name in ("master", "intruder", "ca"):
-        make_cert_now(d, name)
+    for name in ("server", "master", "intruder", "ca"):
+        make_cert_now(d, name, days=27_000)
     make_signed_now(d, "member", "ca", 1)
     make_signed_now(d, "revoked", "ca", 2)
     return d
@@ -995,6 +994,40 @@ def test_the_server_certificate_is_said_to_expire_a_week_before_and_when_it_does
     assert lines[0].startswith("[tls] cert = 'yearly-cert.pem': the server certificate of fep-yearly expires at "
                                f"{when} (its notAfter): put a renewed one"), lines
     assert f"expired at {when}" in lines[1] and "refuses the next handshakes" in lines[1], lines
+
+
+def test_each_ca_certificate_is_said_to_expire_a_week_before_and_when_it_does(caplog, certs) -> None:
+    """[tls] ca holding a CA renewed yearly and one valid until 2100 or so: one WARNING naming the first a week
+    before its notAfter, one when it passes (every master whose certificate chains to it is refused from then
+    on), none for the other; a CA renewed with the same key, the former one left in the file, is said only
+    when the renewed one expires. Before, a CA's expiry was never said."""
+    make_cert_now(certs, "yearca", days=365)
+    make_cert_now(certs, "dayca", days=1)
+    renewed = renew_cert_now(certs, "dayca", "dayca-renewed.pem")  # fep-dayca again: the same key, 2 days
+    (certs / "cas-expiring.pem").write_bytes(b"".join((certs / name).read_bytes() for name in (
+        "yearca-cert.pem", renewed.name, "server-cert.pem", "dayca-cert.pem")))  # the renewed one first
+    policy = TlsPolicy(server_cfg(ca="cas-expiring.pem"), certs)
+    caplog.set_level(logging.INFO)
+    ca_end = load_cert(server_cfg(cert=renewed.name), certs).not_after  # a day after the former's
+    for before in (3, -1, -3):  # the former fep-dayca near its end, then past it; the renewed one not yet near
+        assert not policy.refresh(ca_end - datetime.timedelta(days=1, hours=before))
+    assert not [r.getMessage() for r in caplog.records]
+    assert not policy.refresh(ca_end + datetime.timedelta(seconds=1))
+    assert not policy.refresh(ca_end + datetime.timedelta(seconds=2))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "the CA certificate of fep-dayca expired at" in lines[0], lines
+    caplog.clear()
+    end = load_cert(server_cfg(cert="yearca-cert.pem"), certs).not_after
+    for before in (30, 8, 6.9, 6, 1, 1e-5, -1e-5, -1, -2):
+        assert not policy.refresh(end - datetime.timedelta(days=before))
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    when = end.strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert lines[0] == (f"[tls] ca = 'cas-expiring.pem': the CA certificate of fep-yearca expires at {when} (its "
+                        "notAfter): put a renewed one in that file before, or every master whose certificate "
+                        "chains to it will be refused"), lines
+    assert lines[1].startswith(f"[tls] ca = 'cas-expiring.pem': the CA certificate of fep-yearca expired at {when} "
+                               "(its notAfter): every master whose certificate chains to it is refused"), lines
 
 
 @pytest.mark.parametrize("case", ["expired", "not valid yet"])
