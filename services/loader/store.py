@@ -124,9 +124,9 @@ def replace_config(r: Any, rows: Mapping[str, Sequence[Row]], source: str = "") 
         gen = int(r.get(ks.CFG_GEN) or 0) + 1
         tx = r.pipeline(transaction=True)
         tx.watch(ks.CFG_LOCK)  # a load whose lock lapsed and was taken by another switches nothing (WatchError)
-        if tx.get(ks.CFG_LOCK) != token:
+        if tx.get(ks.CFG_LOCK) not in (token, None):  # None: lapsed (a load past the TTL), no other holder
             tx.reset()
-            raise Busy(f"the load lock ({ks.CFG_LOCK}) lapsed during the load and another sysload init holds it; "
+            raise Busy(f"the load lock ({ks.CFG_LOCK}) lapsed during the load and another sysload init took it; "
                        "nothing was switched")
         tx.multi()
         tx.incr(ks.CFG_GEN)
@@ -170,8 +170,9 @@ def lock_token(r: Any) -> str:
 
 def take_lock(r: Any, token: str) -> str:
     """Take the load lock, or raise Busy saying who holds it. A lock whose holder's connection to this
-    server is gone is taken over: the holder was stopped (SIGKILL, SIGTERM, its host lost) and can send
-    nothing more, since its client has no retry (a sysload whose connection drops fails). Returns the
+    server is gone is taken over: the holder was stopped (SIGKILL, SIGTERM) and can send nothing more,
+    since its client has no retry (a sysload whose connection drops fails). A holder whose host was lost
+    keeps its connection in Redis until TCP keepalive drops it, or its lock until its TTL. Returns the
     holder taken over from ("" when the lock was free)."""
     while True:
         if r.set(ks.CFG_LOCK, token, nx=True, px=LOCK_TTL_MS):
@@ -194,8 +195,7 @@ def take_lock(r: Any, token: str) -> str:
                 tx.execute()
             except redis.WatchError:
                 continue
-        log.warning("took over the load lock of a sysload init that was stopped while loading (%s); the "
-                    "configuration it was loading was never switched in", holder)
+        log.warning("took over the load lock of a sysload init that was stopped while loading (%s)", holder)
         return holder
 
 

@@ -308,3 +308,25 @@ def test_a_load_lock_left_by_a_killed_sysload_is_taken_over(feproot: Path, redis
     assert f"took over the load lock of a sysload init stopped while loading (pid {holder.pid} on " in out, out
     assert r.get(ks.CFG_GEN) == "1" and r.get(ks.CFG_LOCK) is None
     assert init(feproot, redis_master.port) == 0 and "took over" not in capsys.readouterr().out
+
+
+def test_a_load_whose_lock_was_taken_over_switches_nothing(feproot: Path, redis_master, monkeypatch) -> None:
+    """The load lock taken by another init while this one stages (its lock lapsed, or was taken over as a
+    killed one's): this load's switch is refused and nothing is switched (it switched its staged tables,
+    which the other load was writing too)."""
+    from fep_loader import store
+
+    r = redis_master.client()
+    rows = rows_of(feproot)
+    replace_config(r, rows, source="first")
+    load = store.redisfns.load_sync
+
+    def taken_meanwhile(rr) -> None:
+        load(rr)
+        r.set(ks.CFG_LOCK, '{"pid": 1}', px=60_000)
+
+    monkeypatch.setattr(store.redisfns, "load_sync", taken_meanwhile)
+    with pytest.raises(store.Busy, match="nothing was switched"):
+        replace_config(r, rows, source="second")
+    assert r.get(ks.CFG_GEN) == "1" and r.hget(ks.CFG_META, "source") == "first"
+    assert r.get(ks.CFG_LOCK) == '{"pid": 1}'  # the other load's lock is left to it
