@@ -175,7 +175,11 @@ class Forwarder:
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
-                local = redisconn.local_async(self.cfg)
+                # a read whose connection drops (CLIENT KILL, a Redis restarted, maxclients) is sent again at once
+                # on a new connection: redis-py's default waited a random backoff first (0-2, 0-4, 0-8 s), and
+                # meanwhile no change reached a master while the freshness checks, on their own connection,
+                # showed the values it held topical (0.5-7.6 s behind after a CLIENT KILL; 0.2 s now)
+                local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 1))
                 try:
                     await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
