@@ -287,7 +287,12 @@ class Forwarder:
     async def _follow(self, local: aredis.Redis) -> None:
         model, stamp = await self._read(cfgstore.read_stamped_async(local))
         while model is None and not self.stop.is_set():
-            self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
+            if self.model is None:
+                self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
+            else:  # reconnected to a Redis that lost its data: as the stamp check below says it (every value NT)
+                self.cfg_gone, self.stamp = True, stamp
+                self.once.problem("nocfg", f"no configuration in Redis any more (data lost?): serving generation "
+                                  f"{self.model.gen} until one is loaded (sysload init)")
             self.reload.clear()
             try:
                 await asyncio.wait_for(self.reload.wait(), 2.0)
@@ -297,6 +302,7 @@ class Forwarder:
         if model is None:
             return
         self.once.clear("nocfg")
+        self.cfg_gone = False
         if not await self._reconcile(model) and self.model is None:
             return  # the planned stop began before any configuration was served: nothing to follow
         self.stamp = stamp
