@@ -96,14 +96,25 @@ def setup(program: str, cfg: LogConfig, root: Path | None = None, console: bool 
 class OnceLogger:
     """Logs a problem when it appears and when it clears, not on every repetition."""
 
+    RECENT = 4
+    """Messages of a problem remembered while it lasts: one of them coming again is not logged again. A problem
+    whose tries fail in turns (Redis refusing connections at `maxclients`: redis-py says "max number of clients
+    reached", then "Connection lost" at the next try) was logged at every try, ten lines a second."""
+
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
         self.active: dict[str, str] = {}
+        self._said: dict[str, list[str]] = {}
 
     def problem(self, key: str, message: str) -> None:
-        if self.active.get(key) != message:
-            self.active[key] = message
-            self.log.warning("%s: %s", key, message)
+        if self.active.get(key) == message:
+            return
+        self.active[key] = message
+        said = self._said.setdefault(key, [])
+        if message in said:
+            return
+        said[:] = [*said[-(self.RECENT - 1):], message]
+        self.log.warning("%s: %s", key, message)
 
     def begin(self, key: str, message: str) -> None:
         """Logs `message` when `key` is not a problem already, whatever it said then: for a message with a
@@ -113,6 +124,7 @@ class OnceLogger:
             self.problem(key, message)
 
     def clear(self, key: str) -> None:
+        self._said.pop(key, None)
         if self.active.pop(key, None) is not None:
             self.log.info("%s: recovered", key)
 

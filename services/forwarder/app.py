@@ -175,7 +175,11 @@ class Forwarder:
         backoff = self.cfg.reconnect_min_s
         try:
             while not self.stop.is_set():
-                local = redisconn.local_async(self.cfg)
+                # a read whose connection drops (CLIENT KILL, a Redis restarted, maxclients) is sent again at once
+                # on a new connection: redis-py's default waited a random backoff first (0-2, 0-4, 0-8 s), and
+                # meanwhile no change reached a master while the freshness checks, on their own connection,
+                # showed the values it held topical (0.5-7.6 s behind after a CLIENT KILL; 0.2 s now)
+                local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 1))
                 try:
                     await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
@@ -283,7 +287,12 @@ class Forwarder:
     async def _follow(self, local: aredis.Redis) -> None:
         model, stamp = await self._read(cfgstore.read_stamped_async(local))
         while model is None and not self.stop.is_set():
-            self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
+            if self.model is None:
+                self.once.problem("nocfg", "no configuration in Redis yet (run sysload init); waiting")
+            else:  # reconnected to a Redis that lost its data: as the stamp check below says it (every value NT)
+                self.cfg_gone, self.stamp = True, stamp
+                self.once.problem("nocfg", f"no configuration in Redis any more (data lost?): serving generation "
+                                  f"{self.model.gen} until one is loaded (sysload init)")
             self.reload.clear()
             try:
                 await asyncio.wait_for(self.reload.wait(), 2.0)
@@ -293,6 +302,7 @@ class Forwarder:
         if model is None:
             return
         self.once.clear("nocfg")
+        self.cfg_gone = False
         if not await self._reconcile(model) and self.model is None:
             return  # the planned stop began before any configuration was served: nothing to follow
         self.stamp = stamp

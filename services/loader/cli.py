@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from fep_loader.store import Busy, NotMaster, replace_config
 from fepha import config
@@ -99,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     host, port = args.redis or (cfg.vip, cfg.port)
+    # no retry: a load whose connection drops fails (the operator runs it again) rather than going on over
+    # another connection, so the load lock's connection tells whether its holder can still write (store.take_lock)
     r = redis.Redis(host=host, port=port, password=cfg.password or None, decode_responses=True,
-                    socket_timeout=30, socket_connect_timeout=cfg.socket_timeout_s)
+                    socket_timeout=30, socket_connect_timeout=cfg.socket_timeout_s, retry=Retry(NoBackoff(), 0))
     try:
         report = replace_config(r, rows, source=str(path))
     except NotMaster as exc:
@@ -118,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{t:<14} {report.rows[t]:>8} rows"
         print(line)
         log.info("loaded %s", line)
+    if report.took_over:
+        print(f"took over the load lock of a sysload init stopped while loading ({report.took_over})")
     if report.removed_rtus:
         print(f"removed runtime keys of RTUs no longer configured: {report.removed_rtus}")
     msg = (f"loaded {report.total_rows} rows into {host}:{port} as generation {report.gen} "

@@ -603,3 +603,27 @@ async def test_control_sent_while_the_holder_is_frozen_runs_at_most_once_and_is_
 
 async def _holder_is(p: Any, node: str) -> bool:
     return set((await p.holders()).values()) == {node}
+
+
+async def test_connections_killed_by_redis_delay_no_change(node: Node) -> None:
+    """`CLIENT KILL TYPE normal` (every service's connections dropped at once, as a Redis restart or a proxy
+    does), then point 101 changes, five times: each change reaches the master as fast as without the kill
+    (within 0.6 s), good, in the same session (no new image). The forwarder's stream read sat out
+    redis-py's random retry backoff (0.2-1.5 s, up to 7.6 s with `maxclients` refusing the first tries),
+    while its freshness checks, on their own connection, kept the value it held shown topical."""
+    await valid(node, 101)
+    with node.redis.client() as r:
+        async with recorded(node) as (c, seen):
+            images = c.images
+            for i in range(5):
+                assert r.client_kill_filter(_type="normal", skipme=True) > 0
+                want = 600.0 + i
+                t0 = time.monotonic()
+                node.sim.set_value(101, want)
+                await until(lambda w=want: (w, 0) in of(seen, AI_RTU1), 3, f"{want} at the master")
+                took = next(t for t, a, v, _ in seen if a == AI_RTU1 and round(v, 3) == want) - t0
+                print(f"kill {i + 1}: the change at the master {took:.3f} s after it")
+                assert took <= 0.6, took
+                await asyncio.sleep(0.3)
+            assert c.images == images and len(of(seen, AI_RTU1)) == 5, of(seen, AI_RTU1)
+    assert "reloading the full image" not in node.log("forwarder"), node.log("forwarder")[-2000:]

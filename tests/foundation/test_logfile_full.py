@@ -99,3 +99,22 @@ def test_log_times_are_utc_with_their_zone_whatever_the_process_time_zone(tmp_pa
         m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)\.\d{3}Z WARNING svc: a line$", line)
         assert m, line
         assert abs(calendar.timegm(time.strptime(m[1], "%Y-%m-%dT%H:%M:%S")) - before) < 3, line
+
+
+def test_a_problem_whose_message_alternates_is_logged_once_per_message(caplog) -> None:
+    """Redis refusing connections at `maxclients`: each try of a loop fails with "max number of clients
+    reached", the next with "Connection lost", in turns (measured on fep-forwarder: 28 lines in 8 s, ten a
+    second at times). Each message is logged once while the problem lasts, and again after it cleared."""
+    from fepha.logsetup import OnceLogger
+
+    once = OnceLogger(logging.getLogger("t"))
+    with caplog.at_level(logging.INFO, logger="t"):
+        for _ in range(10):
+            once.problem("links", "max number of clients reached")
+            once.problem("links", "Error UNKNOWN while writing to socket. Connection lost.")
+        once.problem("links", "Connection refused")  # a new reason: said
+        once.clear("links")
+        once.problem("links", "max number of clients reached")  # a new episode: said again
+    assert [r.getMessage() for r in caplog.records] == [
+        "links: max number of clients reached", "links: Error UNKNOWN while writing to socket. Connection lost.",
+        "links: Connection refused", "links: recovered", "links: max number of clients reached"]

@@ -10,6 +10,7 @@ import os
 import sqlite3
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,69 @@ def test_redis_argument_is_checked(arg: str, ok: bool) -> None:
     else:
         with pytest.raises(argparse.ArgumentTypeError, match="is not HOST:PORT"):
             _parse_hostport(arg)
+
+
+HOLDER = """
+import json, os, socket, sys, time, redis
+r = redis.Redis(port=int(sys.argv[1]), decode_responses=True)
+token = json.dumps({"run_id": r.info("server")["run_id"], "client": r.client_id(), "host": socket.gethostname(),
+                    "pid": os.getpid(), "since_ms": int(time.time() * 1000)})  # as store.lock_token
+assert r.set("fep:cfg:lock", token, nx=True, px=120_000)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_load_lock_left_by_a_killed_sysload_is_taken_over(feproot: Path, redis_master, capsys) -> None:
+    """A sysload holding the load lock (as `sysload init` does while it loads): while it lives, another init
+    is refused with one line naming it, Redis untouched; SIGKILLed (the lock is left, its TTL 120 s), the
+    next init takes the lock over at once and loads (it was refused for those 120 s: "another sysload init
+    is loading")."""
+    import sys
+    r = redis_master.client()
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(redis_master.port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"  # type: ignore[union-attr]
+        before = dump(r)
+        assert init(feproot, redis_master.port) == 3
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1 and f"another sysload init is loading (pid {holder.pid} on " in err[0], err
+        assert dump(r) == before
+        holder.kill()
+        holder.wait(5)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait(5)
+        holder.stdout.close()  # type: ignore[union-attr]
+    assert r.pttl(ks.CFG_LOCK) > 100_000  # left behind
+    gone = json.loads(r.get(ks.CFG_LOCK))["client"]
+    while r.execute_command("CLIENT", "LIST", "ID", gone):  # Redis has seen the killed process's socket close
+        time.sleep(0.01)
+    assert init(feproot, redis_master.port) == 0
+    out = capsys.readouterr().out
+    assert f"took over the load lock of a sysload init stopped while loading (pid {holder.pid} on " in out, out
+    assert r.get(ks.CFG_GEN) == "1" and r.get(ks.CFG_LOCK) is None
+    assert init(feproot, redis_master.port) == 0 and "took over" not in capsys.readouterr().out
+
+
+def test_a_load_whose_lock_was_taken_over_switches_nothing(feproot: Path, redis_master, monkeypatch) -> None:
+    """The load lock taken by another init while this one stages (its lock lapsed, or was taken over as a
+    killed one's): this load's switch is refused and nothing is switched (it switched its staged tables,
+    which the other load was writing too)."""
+    from fep_loader import store
+
+    r = redis_master.client()
+    rows = rows_of(feproot)
+    replace_config(r, rows, source="first")
+    load = store.redisfns.load_sync
+
+    def taken_meanwhile(rr) -> None:
+        load(rr)
+        r.set(ks.CFG_LOCK, '{"pid": 1}', px=60_000)
+
+    monkeypatch.setattr(store.redisfns, "load_sync", taken_meanwhile)
+    with pytest.raises(store.Busy, match="nothing was switched"):
+        replace_config(r, rows, source="second")
+    assert r.get(ks.CFG_GEN) == "1" and r.hget(ks.CFG_META, "source") == "first"
+    assert r.get(ks.CFG_LOCK) == '{"pid": 1}'  # the other load's lock is left to it
