@@ -403,13 +403,17 @@ class TlsPolicy:
         if cfg.tls_cert:
             self.context, self.crls, self.cert = _context(cfg, root)
         self.cas = _anchors(cfg, root) if self.context is not None else {}
-        self.anchors = frozenset(self.cas)  # (subject, public key) of each CA certificate of [tls] ca
         self._before = self.anchors  # the CAs trusted before the last change (`distrusts`)
         self._seen = self._stat()
         self._refused: dict[str, Any] | None = None  # the files' stats whose problem was logged
         self._said = ""  # "expiring", "expired": the state of the CRLs taken last said (once per state)
         self._cert_said = ""  # the same, of the server certificate
         self._ca_said: dict[tuple[bytes, bytes], str] = {}  # the same, of each CA certificate (`cas`)
+
+    @property
+    def anchors(self) -> frozenset[tuple[bytes, bytes]]:
+        """(subject, public key) of each CA certificate of [tls] ca taken (`cas`)."""
+        return frozenset(self.cas)
 
     def _stat(self) -> dict[str, Any]:
         if not self.cfg.tls_cert:
@@ -440,8 +444,7 @@ class TlsPolicy:
                 self._expiry(now)  # of what still applies
                 return False
             changed = [k for k in FILES if st.get(k) != self._seen.get(k)]
-            self.cas = _anchors(self.cfg, self.root)
-            self._before, self.anchors = self.anchors, frozenset(self.cas)
+            self._before, self.cas = self.anchors, _anchors(self.cfg, self.root)
             self.context, self.crls, self.cert, self._seen, self._refused = ctx, crls, cert, st, None
             self._said = self._cert_said = ""
             self._ca_said = {}
@@ -510,7 +513,7 @@ class TlsPolicy:
         except (ValueError, IndexError):
             return False
         was = {a for a in self._before if a[0] == issuer}
-        return bool(was) and not was & self.anchors
+        return bool(was) and not any(a in self.cas for a in was)
 
     def distrusts(self, der: bytes) -> tuple[str, str] | None:
         """Why an open session whose master presented `der` is closed now (REVOKED, UNTRUSTED), or None."""
