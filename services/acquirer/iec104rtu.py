@@ -72,8 +72,8 @@ class Iec104Runner(RunnerBase):
         self._gi_any = False  # a GI was sent since the last STARTDT con (the next one is not the first after it)
         self._spont_in_gi: set[int] = set()  # points with a spontaneous event since that GI was sent
         self._sync_pending = False  # full image asked: compare with the master's values before the next write
-        # a reload's restart (`carry_over`): the last frame of the old runner's open connection, until this
-        # runner's first connection attempt ends (rules.reaches)
+        # a reload's restart (`carry_over`), or a connection closed by t1 (`_session`): the last frame of that
+        # connection, until the next connection attempt ends (rules.reaches)
         self.carried_rx: float | None = None
         self.closed_rx: float | None = None  # `stop`: the last frame of the connection it closed (None: none)
 
@@ -204,8 +204,9 @@ class Iec104Runner(RunnerBase):
             self.switcher.connected(time.monotonic(), wall=time.time())
             self.once.clear(f"{self.key} channel {no}")
             self._recent_pending = True  # what the RTU may send again was written by us or our predecessor
-            # the first connection after a reload's restart goes on from the old one's last frame: tested
-            # (TESTFR) and given up when that one would have been, so the device is not reached any later
+            # the first connection after a reload's restart, or after one closed by t1, goes on from the old
+            # one's last frame: tested (TESTFR) and given up when that one would have been, so the device is
+            # not reached any later (nor again by the opening alone, when it left that connection unanswered)
             since, self.carried_rx = self.carried_rx, None
             link = Link(Role.CLIENT, self.params, now=time.monotonic() if since is None else since,
                         confirm_by_caller=True)
@@ -240,6 +241,10 @@ class Iec104Runner(RunnerBase):
                 try:
                     link.tick(now)
                 except LinkTimeout as exc:
+                    # the RTU left a frame of ours unanswered for t1: the next connection goes on from this one's
+                    # last frame (`run`), so it is not reached by its opening alone (an RTU whose application
+                    # hangs while its host still accepts connections)
+                    self.carried_rx = link.last_rx
                     raise LinkLost(str(exc)) from None
                 if self._gi.expired(now):
                     self.once.problem(f"{self.key} gi", "general interrogation not terminated: no ACT_TERM, nor any "

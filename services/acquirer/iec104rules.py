@@ -607,11 +607,13 @@ def reaches(link_rx: float | None, carried_rx: float | None, now: float, window_
     standby node that never starts data transfer learns the same as the holder). `link_rx`: the time of
     the open connection's last frame (its opening counts as one; None: no connection open).
 
-    `carried_rx`: after a reload restarted the runner (its channels unchanged), the last frame of the
-    connection the restart closed, while the new runner's first connection attempt is under way (None
-    otherwise): reached by it meanwhile, within the same window, as that connection would still have been.
+    `carried_rx`: after a reload restarted the runner (its channels unchanged), or after t1 closed a
+    connection (a frame of ours left unanswered), the last frame of the connection closed, while the next
+    connection attempt is under way (None otherwise): reached by it meanwhile, within the same window, as
+    that connection would still have been.
     The attempt's end drops it: a connection that opens goes by its own frames, and carries on the old
-    one's t3 / t1 timers from that time (`Iec104Runner.run`); one that fails leaves the RTU not reached
-    at once, as a connection that closes does."""
+    one's t3 / t1 timers from that time (`Iec104Runner.run`: its opening does not count as a frame then, so
+    an RTU whose application hangs while its host accepts connections is not reached again at every
+    reconnect); one that fails leaves the RTU not reached at once, as a connection that closes does."""
     last = link_rx if link_rx is not None else carried_rx
     return last is not None and now - last <= window_s
