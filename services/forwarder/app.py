@@ -855,7 +855,7 @@ class Forwarder:
                 pipe.set(ks.heartbeat(SERVICE, node),
                          heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0, self.cfg.heartbeat_s,
                                            servers=sorted(self.servers), last_id=self.last_id,
-                                           **self.limits.report()),
+                                           tls_expiry=self.tls_policy.expiries(), **self.limits.report()),
                          px=heartbeat.lifetime_ms(self.cfg.heartbeat_s))
             await pipe.execute()
             self._peers = {rid: p for rid, p in peers.items() if p}

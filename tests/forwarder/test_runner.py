@@ -390,6 +390,23 @@ async def test_a_dropped_config_subscription_is_made_again_at_once(redis_master:
         other.close()
 
 
+async def test_the_heartbeat_says_when_the_server_certificate_expires(redis_master: RedisProc, tmp_path: Path) -> None:
+    """The forwarder's heartbeat carries the ends of its [tls] files (`tls_expiry`, which /metrics exports as
+    `fep_tls_expiry_timestamp_seconds`); before, only its log said them."""
+    from .tls_cert import make_cert_now
+    cert, key = make_cert_now(tmp_path, "server", days=30)
+    fwd = app.Forwarder(node_cfg(redis_master, tls_cert=str(cert), tls_key=str(key)), asyncio.Event())
+    try:
+        await fwd._write_state()
+        hb = json.loads(redis_master.client().get(ks.heartbeat("forwarder", "A")))
+        [end] = hb["tls_expiry"]
+        assert (end["file"], end["cn"]) == ("cert", "fep-server")
+        assert abs(end["ms"] / 1000 - (time.time() + 30 * 86400)) < 120
+    finally:
+        await fwd.master.aclose()
+        await fwd.local_rw.aclose()
+
+
 async def test_the_stream_head_a_resuming_master_waits_for(redis_master: RedisProc) -> None:
     """`Forwarder._stream_head` (ForwardServer.caught_up): the local stream's newest entry; None for no
     stream, and for a local Redis that does not answer (the master then waits for nothing, as before)."""
