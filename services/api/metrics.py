@@ -175,6 +175,7 @@ class SnapshotCollector(Collector):
                                  labels=["role"])
         role.add_metric([s.role], 1)
         yield role
+        yield from self._replication()
         yield from self._service_counters()
         yield from self._streams()
         yield from self._heartbeats()
@@ -190,6 +191,21 @@ class SnapshotCollector(Collector):
                                     labels=["node"])
             c.add_metric([node], dropped)
             yield from (g, c)
+
+    def _replication(self) -> Iterator[Metric]:
+        """The replication link as the api's node view shows it (`views.replication`), and whether what the
+        local Redis holds is current (`behind`: the rule /api/v1 shows "not current" by)."""
+        s = self.snap
+        rep = views.replication(s.info)
+        yield GaugeMetricFamily("fep_redis_replication_link_up", "1 when the local Redis's replication link is "
+                                "up (a replica: to its master; a master: a replica online)",
+                                value=1 if rep.link_status == "up" else 0)
+        if rep.lag_bytes is not None:
+            yield GaugeMetricFamily("fep_redis_replication_lag_bytes", "master: replication offset its replica "
+                                    "has not acknowledged", value=rep.lag_bytes)
+        yield GaugeMetricFamily("fep_redis_current", "1 when the local Redis's copy of the master's state is "
+                                "current; 0: a replica whose link is down (or that heard nothing for "
+                                "replica_down_s), or a master left behind by the VIP", value=0 if s.behind else 1)
 
     def _service_counters(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}

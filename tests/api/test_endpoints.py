@@ -265,6 +265,30 @@ async def test_metrics_tls_ends_from_the_forwarders_heartbeats(loaded, ar, make_
                    (("cn", "fep-ca"), ("file", "ca"), ("node", "A")): 1_700_000_000.5}, got
 
 
+async def test_metrics_replication_link_and_whether_the_local_copy_is_current(redis_pair, make_api) -> None:
+    """`fep_redis_replication_link_up` and `_lag_bytes` (as /api/v1/node shows the link) and
+    `fep_redis_current` on each node: both up and current; the master gone, the replica's link down and its
+    copy not current. Before, /metrics said only each Redis's role: a lost standby copy (replication broken
+    while every service beats) or a node serving from a copy cut off had no series to alarm on."""
+    master, replica = redis_pair
+
+    async def scrape(c) -> dict[str, float]:
+        r = await c.get("/metrics")
+        assert r.status_code == 200, r.text
+        return {s.name: s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
+                if s.name.startswith(("fep_redis_replication", "fep_redis_current"))}
+
+    on_a = await make_api(node_cfg(master))
+    on_b = await make_api(node_cfg(replica, master, node_id="B"))
+    got = await scrape(on_a)
+    assert got["fep_redis_replication_link_up"] == 1 and got["fep_redis_current"] == 1, got
+    assert 0 <= got["fep_redis_replication_lag_bytes"] < 10_000, got
+    assert await scrape(on_b) == {"fep_redis_replication_link_up": 1, "fep_redis_current": 1}
+    master.stop()
+    await asyncio.sleep(0.3)
+    assert await scrape(on_b) == {"fep_redis_replication_link_up": 0, "fep_redis_current": 0}
+
+
 async def test_metrics_without_configuration_or_streams(redis_master, make_api) -> None:
     c = await make_api(node_cfg(redis_master))
     r = await c.get("/metrics")
