@@ -300,7 +300,7 @@ class NodeConfig:
     iec104_t2_s: float = opt("iec104", _iec104_timer, 10.0, "t2: acknowledge received I frames at the latest after this")
     iec104_t3_s: float = opt("iec104", _iec104_timer, 20.0, "t3: send TESTFR after this long without a frame")
     iec104_gi_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic general interrogation; 0: only after STARTDT; T004_RTU.POLLMS overrides")
-    iec104_ci_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic counter interrogation; 0: never")
+    iec104_ci_period_s: float = opt("iec104", _positive(float, zero=True), 0.0, "periodic counter interrogation; 0: only after STARTDT, to an RTU with counters")
     iec104_clock_sync_s: float = opt("iec104", _positive(float, zero=True), 0.0, "clock synchronisation after STARTDT and this often; 0: never")
     # se104s operator settings (IEC 60870-5-104 link parameters and the server's limits); every se104s
     # forwarding RTU of the node uses them (fep_forwarder.app passes them as that server's options)

@@ -58,6 +58,18 @@ def local_async(cfg: NodeConfig, **kw: Any) -> aredis.Redis:
     return aredis.Redis(host=cfg.local_host, port=cfg.local_port, **{**_kw(cfg), **kw})
 
 
+def resend_once() -> Retry:
+    """The retry policy of an asyncio client whose commands may be sent twice (reads, lease ticks, fenced
+    writes): a command whose connection drops (`CLIENT KILL`, a proxy, a Redis restarted, the role watch
+    dropping connections at a VIP move) is sent again at once on a new connection, once. redis-py's default
+    waits a random backoff first (0-2 s, then 0-4, 0-8 over three re-sends): a command in flight when its
+    connection was killed came back 0.3-1.9 s late (the role watch's ROLE, then "role not read within
+    role_watch_s, hung?"; a pub/sub message 0.2-1.9 s late; a stream read's changes held back). What fails
+    then is the caller's to handle, as before. A new object per client (redis-py adds to a client's retry
+    errors)."""
+    return Retry(NoBackoff(), 1)
+
+
 def role_of(info: dict[str, Any]) -> tuple[str, str | None]:
     """('master', None) or ('slave', 'host:port') from INFO replication."""
     role = str(info.get("role", "unknown"))

@@ -12,9 +12,6 @@ import logging
 import time
 from typing import Any
 
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from fep_acquirer import handover
 from fep_acquirer.executor import execute_loop
 from fep_acquirer.housekeeping import Housekeeping
@@ -208,14 +205,23 @@ def master_client(cfg: NodeConfig) -> Any:
     queued there for an RTU this node holds waited with it. Re-sent no more often than before (once instead
     of up to three times); whatever fails then is the caller's to handle (next tick, next BLPOP after
     0.5 s, compensation of a value write: those never go through redis-py's retries)."""
-    return redisconn.master_async(cfg, retry=Retry(NoBackoff(), 1))
+    return redisconn.master_async(cfg, retry=redisconn.resend_once())
+
+
+def local_client(cfg: NodeConfig) -> Any:
+    """The acquirer's client of its local Redis (the role watch's ROLE, the configuration's stamp): a
+    command whose connection drops is re-sent at once on a new connection (`redisconn.resend_once`), as the
+    master client's. With redis-py's default, a ROLE in flight when a `CLIENT KILL` dropped its connection
+    came back after a random backoff (up to 1.9 s measured), longer than the tick waits for it
+    (role_watch_s): "its role not read within role_watch_s, hung?" was logged and a VIP move was seen late."""
+    return redisconn.local_async(cfg, retry=redisconn.resend_once())
 
 
 async def run(cfg: NodeConfig, stop: asyncio.Event) -> None:
     """Run this node's acquirer until `stop` is set, hand its leases over (a second signal, `worker.Stop`'s
     `again`, cuts that short); leaves no task behind."""
     master = master_client(cfg)
-    local = redisconn.local_async(cfg)
+    local = local_client(cfg)
     try:
         await Acquirer(cfg, master, local).run(stop, hurry=getattr(stop, "again", None))
     finally:

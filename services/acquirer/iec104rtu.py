@@ -4,7 +4,7 @@ The same contract as the Modbus `RtuRunner` (housekeeping ticks its lease, the e
 both nodes keep a connection to the RTU (its redundancy group); only the lease holder sends STARTDT, the
 other stays stopped and learns reachability from TESTFR. After every STARTDT con, and after an end of
 initialisation that follows it: clock sync (if configured), a general interrogation, a counter
-interrogation (if configured). Spontaneous events are written at once (rules.write_mode: time-tagged ones
+interrogation (if the RTU has counters or a CI period is configured). Spontaneous events are written at once (rules.write_mode: time-tagged ones
 and counter readings every one, untagged status and measured ones when they change the point); answers to
 interrogations when they change something. Every read is acknowledged as soon as it is written. A
 takeover or reconnect loses nothing the RTU buffered for the group: the next STARTDT makes the RTU send
@@ -54,7 +54,8 @@ class Iec104Runner(RunnerBase):
         self.params = LinkParams(k=cfg.iec104_k, w=cfg.iec104_w, t0=cfg.iec104_t0_s, t1=t1,
                                  t2=min(cfg.iec104_t2_s, t1 / 2), t3=cfg.iec104_t3_s)
         gi_s = rtu.poll_ms / 1000 if rtu.poll_ms else cfg.iec104_gi_period_s
-        self.schedule = rules.Schedule(gi_s, cfg.iec104_ci_period_s, cfg.iec104_clock_sync_s)
+        self.schedule = rules.Schedule(gi_s, cfg.iec104_ci_period_s, cfg.iec104_clock_sync_s,
+                                       counters=any(p.kind == "ACC" for p in rtu.points))
         self.map = rules.PointMap(rtu)
         self.points = self.map.by_id
         self.window_s = max(self.params.t3 + self.params.t1, 2 * cfg.lease_tick_s)

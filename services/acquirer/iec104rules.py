@@ -12,7 +12,8 @@ it sends. Pure (no sockets, no clock, no Redis): tests/acquirer/test_iec104_rule
 - `command_asdu` / `CommandExchange`: a command (direct, or select then execute), answered by ACT_CON
   (positive or negative) and ACT_TERM.
 - `Schedule`: general interrogation after every STARTDT (and an end of initialisation after it) and
-  periodically, counter interrogation and clock synchronisation then too, each if configured;
+  periodically, counter interrogation (after STARTDT always when the RTU has counters) and clock
+  synchronisation then too, each if configured;
   `Interrogation`: the GI under way (until its ACT_TERM, or t1 without a frame of it).
 - `reaches`: the lease rule's "this node reaches the device" for an IEC 104 connection (and, after a
   reload restarted the runner, for the one it closed, until the new runner's first connection attempt ends).
@@ -484,21 +485,29 @@ _COT_NAMES = {c.COT_UNKNOWN_TYPE: "unknown type", c.COT_UNKNOWN_COT: "unknown ca
 class Schedule:
     """When to send a general interrogation (GI), a counter interrogation (CI) and a clock sync (CS):
     right after every STARTDT con (CS first, so that the answers carry the set time), then every period;
-    a period of 0 disables the periodic GI, and CI or CS entirely. `due(now)` returns the kinds due now
-    and re-arms them."""
+    a period of 0 disables the periodic GI and CI, and CS entirely. The CI after STARTDT goes whenever the
+    RTU has counters (`counters`: ACC points, which a GI does not bring), whatever `ci_period_s` says
+    (the station initialisation of IEC 60870-5-5), and with a period > 0 also to an RTU without counters,
+    as before. `due(now)` returns the kinds due now and re-arms them."""
 
     gi_period_s: float
     ci_period_s: float
     cs_period_s: float
+    counters: bool = False
     next: dict[str, float] = field(default_factory=dict)
     running: bool = False  # data transfer started (`next` may be empty then: no periodic GI, CI, CS)
 
     def started(self, now: float) -> None:
         self.running = True
-        self.next = {"gi": now}
+        self.next = {}
+        self._initialise(now)
+
+    def _initialise(self, now: float) -> None:
+        """The station initialisation, after STARTDT or an RTU's end of initialisation: CS, GI, CI now."""
+        self.next["gi"] = now
         if self.cs_period_s > 0:
             self.next["cs"] = now
-        if self.ci_period_s > 0:
+        if self.ci_period_s > 0 or self.counters:
             self.next["ci"] = now
 
     def stopped(self) -> None:
@@ -519,11 +528,7 @@ class Schedule:
         may be new); False while data transfer is stopped."""
         if not self.running:
             return False
-        self.next["gi"] = now
-        if self.cs_period_s > 0:
-            self.next["cs"] = now
-        if self.ci_period_s > 0:
-            self.next["ci"] = now
+        self._initialise(now)
         return True
 
     def due(self, now: float, wait: Collection[str] = ()) -> list[str]:

@@ -17,8 +17,6 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from redis import exceptions as rex
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
@@ -59,7 +57,7 @@ def create_app(cfg: NodeConfig) -> FastAPI:
     # one retry, without backoff: a dropped connection (Redis restarted) is reopened at once, and a hung
     # Redis gets its 503 after two socket timeouts (redis-py's default, three retries with backoff, answered
     # the first request after ~9 s with a 1 s timeout, past the compose health check's 4 s)
-    store = Store(cfg, redisconn.local_async(cfg, retry=Retry(NoBackoff(), 1)))
+    store = Store(cfg, redisconn.local_async(cfg, retry=redisconn.resend_once()))
     hub = Hub(store, cfg.api_stream_clients, cfg.api_stream_queue, health_s=min(1.0, cfg.heartbeat_s),
               block_ms=int(min(500, cfg.socket_timeout_s * 500)))  # XREAD BLOCK within the socket timeout
     once = OnceLogger(log)

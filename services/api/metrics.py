@@ -3,7 +3,7 @@
 The services count in their own processes and HINCRBY the totals into `keyspace.metrics(service, node)`
 once a second; the api is the one place that exposes them, for both nodes, plus what only Redis knows:
 lease changes, audited controls, control queue depths, the change stream's length and age, heartbeat
-ages, link and channel states.
+ages, link and channel states, and the ends of the [tls] files each forwarder reports in its heartbeat.
 
 Reading Redis is async and a prometheus-client `Collector` is sync, so a request first reads a
 `MetricsSnapshot` (one pipeline) and then renders it with a `SnapshotCollector` in a registry made for
@@ -12,6 +12,8 @@ that request: nothing is registered globally, so tests and requests never see ea
 
 from __future__ import annotations
 
+import json
+import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -173,9 +175,11 @@ class SnapshotCollector(Collector):
                                  labels=["role"])
         role.add_metric([s.role], 1)
         yield role
+        yield from self._replication()
         yield from self._service_counters()
         yield from self._streams()
         yield from self._heartbeats()
+        yield from self._tls()
         yield from self._rtus()
         if s.api is not None:
             node, clients, dropped = s.api
@@ -187,6 +191,21 @@ class SnapshotCollector(Collector):
                                     labels=["node"])
             c.add_metric([node], dropped)
             yield from (g, c)
+
+    def _replication(self) -> Iterator[Metric]:
+        """The replication link as the api's node view shows it (`views.replication`), and whether what the
+        local Redis holds is current (`behind`: the rule /api/v1 shows "not current" by)."""
+        s = self.snap
+        rep = views.replication(s.info)
+        yield GaugeMetricFamily("fep_redis_replication_link_up", "1 when the local Redis's replication link is "
+                                "up (a replica: to its master; a master: a replica online)",
+                                value=1 if rep.link_status == "up" else 0)
+        if rep.lag_bytes is not None:
+            yield GaugeMetricFamily("fep_redis_replication_lag_bytes", "master: replication offset its replica "
+                                    "has not acknowledged", value=rep.lag_bytes)
+        yield GaugeMetricFamily("fep_redis_current", "1 when the local Redis's copy of the master's state is "
+                                "current; 0: a replica whose link is down (or that heard nothing for "
+                                "replica_down_s), or a master left behind by the VIP", value=0 if s.behind else 1)
 
     def _service_counters(self) -> Iterator[Metric]:
         families: dict[str, Metric] = {}
@@ -244,6 +263,23 @@ class SnapshotCollector(Collector):
         yield up
         yield age
 
+    def _tls(self) -> Iterator[Metric]:
+        """The [tls] files' ends each forwarder reports in its heartbeat (`tls_expiry`, `TlsPolicy.expiries`):
+        the earliest per file and CN (two CAs of one name), nothing of an entry that is not one."""
+        ends: dict[tuple[str, str, str], float] = {}
+        for n in NODES:
+            for e in _entries(self.snap.heartbeats.get(("forwarder", n)), "tls_expiry"):
+                ms = views.to_int(e.get("ms"))
+                if ms is not None and isinstance(e.get("file"), str) and isinstance(e.get("cn"), str):
+                    key = (n, e["file"], e["cn"])
+                    ends[key] = min(ends.get(key, math.inf), ms / 1000)
+        g = GaugeMetricFamily("fep_tls_expiry_timestamp_seconds", "when a [tls] file of the node's forwarder "
+                              "expires (the server certificate's or a CA certificate's notAfter, a CRL's "
+                              "nextUpdate), Unix seconds", labels=["node", "file", "cn"])
+        for (n, f, cn), t in sorted(ends.items()):
+            g.add_metric([n, f, cn], t)
+        yield g
+
     def _rtus(self) -> Iterator[Metric]:
         s = self.snap
         holder = GaugeMetricFamily("fep_lease_holder", "1 for the node that holds the RTU's lease",
@@ -287,6 +323,16 @@ class SnapshotCollector(Collector):
         for (rid, n), c in sorted(s.fwd_clients.items()):
             clients.add_metric([str(rid), n], c)
         yield from (holder, epoch, queue, link, conn, active, clients)
+
+
+def _entries(raw: str | None, name: str) -> list[dict[str, Any]]:
+    """The objects of the list `name` of a heartbeat's JSON (none when it is not one: another writer's, garbled)."""
+    try:
+        hb = json.loads(raw) if raw else {}
+    except ValueError:
+        return []
+    items = hb.get(name) if isinstance(hb, dict) else None
+    return [e for e in items if isinstance(e, dict)] if isinstance(items, list) else []
 
 
 def render(snap: MetricsSnapshot, model: Model | None, hb_max_age_s: float) -> bytes:

@@ -125,7 +125,9 @@ class Forwarder:
         self.state_changed = asyncio.Event()  # a master connected or left: write the client lists now
         self.acked = asyncio.Event()  # a master's cursor moved: write it now
         self._acks_pending: dict[int, dict[str, Sid]] = {}
-        self.local_rw = redisconn.local_async(cfg)  # cursors of masters new to this node, known cursors
+        # cursors of masters new to this node, known cursors; the role watch's ROLE: re-sent at once on a new
+        # connection when one drops (`redisconn.resend_once`), not after redis-py's random backoff
+        self.local_rw = redisconn.local_async(cfg, retry=redisconn.resend_once())
         self.roles = rolewatch.RoleWatch(self.local_rw, cfg.role_watch_s, self._vip_moved, cfg.vip)
         self.sink.confirm_role = lambda: self.roles.confirm(cfg.role_watch_s)
         self.last_id = "0-0"
@@ -179,7 +181,7 @@ class Forwarder:
                 # on a new connection: redis-py's default waited a random backoff first (0-2, 0-4, 0-8 s), and
                 # meanwhile no change reached a master while the freshness checks, on their own connection,
                 # showed the values it held topical (0.5-7.6 s behind after a CLIENT KILL; 0.2 s now)
-                local = redisconn.local_async(self.cfg, retry=Retry(NoBackoff(), 1))
+                local = redisconn.local_async(self.cfg, retry=redisconn.resend_once())
                 try:
                     await self._until_stopped(self._follow(local))
                     backoff = self.cfg.reconnect_min_s
@@ -566,7 +568,10 @@ class Forwarder:
         is set too, and the main loop compares generations, so a missed message is not a missed reload."""
         backoff = self.cfg.reconnect_min_s
         while not self.stop.is_set():
-            local = redisconn.local_async(self.cfg)
+            # a dropped subscription (CLIENT KILL TYPE pubsub, a proxy) is made again at once on a new
+            # connection (`redisconn.resend_once`): redis-py's default waited a random backoff first, and an
+            # announcement came 0.2-1.9 s late (the stamp check every CONFIG_CHECK_S bounds it at ~1 s)
+            local = redisconn.local_async(self.cfg, retry=redisconn.resend_once())
             ps = local.pubsub()
             try:
                 await ps.subscribe(ks.CFG_CHANGED)
@@ -850,7 +855,7 @@ class Forwarder:
                 pipe.set(ks.heartbeat(SERVICE, node),
                          heartbeat.payload(SERVICE, node, self.model.gen if self.model else 0, self.cfg.heartbeat_s,
                                            servers=sorted(self.servers), last_id=self.last_id,
-                                           **self.limits.report()),
+                                           tls_expiry=self.tls_policy.expiries(), **self.limits.report()),
                          px=heartbeat.lifetime_ms(self.cfg.heartbeat_s))
             await pipe.execute()
             self._peers = {rid: p for rid, p in peers.items() if p}

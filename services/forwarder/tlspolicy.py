@@ -495,6 +495,19 @@ class TlsPolicy:
                     "put a renewed one in that file before, or every master whose certificate chains to it will "
                     "be refused", "every master whose certificate chains to it is refused at its next handshake")
 
+    def expiries(self) -> list[dict[str, Any]]:
+        """When what is taken expires, for the heartbeat (`tls_expiry`) and so /metrics
+        (`fep_tls_expiry_timestamp_seconds`): the server certificate's and each CA certificate's notAfter, the
+        nextUpdate of each issuer's newest CRL (none: no end), as `{"file": "cert" | "ca" | "crl", "cn": its
+        CN (a CRL's issuer), "ms": epoch ms}`; what the WARNINGs of `_expiry` say a week (a day) before, an
+        alarm can say earlier."""
+        ms = lambda t: int(t.timestamp() * 1000)
+        out = [{"file": "cert", "cn": self.cert.subject_text(), "ms": ms(self.cert.not_after)}] if self.cert else []
+        out += [{"file": "ca", "cn": ca.subject_text(), "ms": ms(ca.not_after)} for ca in self.cas.values() if ca]
+        out += [{"file": "crl", "cn": c.issuer_text(), "ms": ms(c.next_update)} for c in _newest(self.crls)
+                if c.next_update is not None]
+        return out
+
     def revoked(self, der: bytes) -> bool:
         """True when the CRLs taken revoke the certificate `der` (a master's, as its session presented it)."""
         try:

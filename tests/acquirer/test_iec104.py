@@ -167,6 +167,27 @@ async def test_gi_spontaneous_time_tags_quality_and_only_the_holder_started(redi
                 await n.stop()
 
 
+async def test_counters_read_after_every_startdt_from_c104_without_a_ci_period(redis_master, feproot):
+    """c104's server (lib60870) as the RTU, ci_period_s 0: its counter (IOA 300), which its GI answer does not
+    carry, is read after the first STARTDT and again after the RTU restarted (a new connection), by the
+    counter interrogation that follows the GI. Before, none was sent: the counter stayed without a value."""
+    port = free_port()
+    load(redis_master, merge(iec_rows(5, port)))
+    with Rtu(port) as rtu:
+        rtu.it.value = 1234
+        a = Node(node_cfg(feproot, redis_master, "A", **{**IEC_FAST, "iec104_ci_period_s": 0.0}))
+        r = a.master
+        try:
+            await until(lambda: _is(value_of(r, 5, 5003), 0.0), 5)    # the GI's answers are in
+            await until(lambda: _is(value_of(r, 5, 5004), 1234), 3)
+            rtu.server.stop()                                          # the RTU restarts
+            rtu.it.value = 1300
+            rtu.server.start()
+            await until(lambda: _is(value_of(r, 5, 5004), 1300), 6)
+        finally:
+            await a.stop()
+
+
 async def test_device_clock_ahead_gives_reception_time_logged_once_per_rtu(redis_master, feproot, caplog):
     """An RTU whose clock is 3 h ahead (local summer time for UTC): its tags would give values that seem to
     come from the future (SCADA's sequence of events out of order, a later right tag older than the value

@@ -152,7 +152,8 @@ async def test_events_resent_after_a_cut_are_written_once(redis_master, feproot,
 class ScriptRtu:
     """A controlled station on our own link (role SERVER) over a real socket, answering as a test says:
     `on_gi(asdu)` sends what follows a general interrogation act (by default `answer_gi`: ACT_CON, the
-    image as interrogated objects, ACT_TERM); clock syncs and counter interrogations are confirmed.
+    image as interrogated objects, ACT_TERM), `on_ci(asdu)` what follows a counter interrogation (by default
+    `answer_ci`: ACT_CON, ACT_TERM); clock syncs are confirmed.
     `received` lists every ASDU the acquirer sent."""
 
     def __init__(self, port: int) -> None:
@@ -160,6 +161,7 @@ class ScriptRtu:
         self.received: list[c.Asdu] = []
         self.image: dict[int, tuple[int, float]] = {100: (c.M_SP_NA_1, 0), 200: (c.M_ME_NC_1, 0.0)}
         self.on_gi: Callable[[c.Asdu], None] = self.answer_gi
+        self.on_ci: Callable[[c.Asdu], None] = self.answer_ci
         self.conn: tuple[Link, asyncio.StreamWriter] | None = None
 
     async def __aenter__(self) -> ScriptRtu:
@@ -206,8 +208,11 @@ class ScriptRtu:
         elif a.type_id == c.C_CS_NA_1:
             self.send(c.mirror(a, c.COT_ACTCON))
         elif a.type_id == c.C_CI_NA_1:
-            self.send(c.mirror(a, c.COT_ACTCON))
-            self.send(c.mirror(a, c.COT_ACTTERM))
+            self.on_ci(a)
+
+    def answer_ci(self, a: c.Asdu) -> None:
+        self.send(c.mirror(a, c.COT_ACTCON))
+        self.send(c.mirror(a, c.COT_ACTTERM))
 
     def answer_gi(self, a: c.Asdu, term: bool = True, con: bool = True) -> None:
         if con:
@@ -241,6 +246,47 @@ async def test_end_of_initialisation_mid_connection_brings_clock_sync_gi_and_ci(
             rtu.send(c.build_asdu(c.M_EI_NA_1, c.COT_INIT, CA, [(0, b"\x00")]))
             await until(lambda: len(rtu.received) >= n + 3, 3)
             assert rtu.sent_types(n) == [c.C_CS_NA_1, c.C_IC_NA_1, c.C_CI_NA_1]
+        finally:
+            await a.stop()
+
+
+@pytest.mark.parametrize("refuse", [False, True])
+async def test_counters_read_after_every_startdt_without_a_ci_period(redis_master, feproot, caplog, refuse):
+    """ci_period_s 0 (no periodic counter interrogation) and an RTU with a counter (IOA 300): a CI follows
+    the GI after the first STARTDT and after a reconnect (the RTU closed the connection), so the counter is
+    read again at once; before, none was ever sent and the counter stayed IV after a reconnect until the RTU
+    sent it by itself. An RTU that refuses the CI (negative ACT_CON) is logged once and its counter stays
+    as it was (never shown good)."""
+    port = free_port()
+    load(redis_master, script_rows(port))
+    reading = iter(range(41, 50))
+
+    def on_ci(a: c.Asdu) -> None:
+        rtu.send(c.mirror(a, c.COT_ACTCON, negative=refuse))
+        if not refuse:
+            rtu.send(c.build_asdu(c.M_IT_NA_1, c.COT_REQCOGEN, CA, [(300, c.element(c.M_IT_NA_1, next(reading), 0, 0))]))
+            rtu.send(c.mirror(a, c.COT_ACTTERM))
+
+    async with ScriptRtu(port) as rtu:
+        rtu.on_ci = on_ci
+        a = Node(node_cfg(feproot, redis_master, "A", **{**IEC_FAST, "iec104_ci_period_s": 0.0}))
+        r = a.master
+        try:
+            await until(lambda: c.C_CI_NA_1 in rtu.sent_types(), 5)
+            assert rtu.sent_types()[:2] == [c.C_IC_NA_1, c.C_CI_NA_1]  # after STARTDT: GI, then CI
+            if not refuse:
+                await until(lambda: _is(value_of(r, 5, 5004), 41), 3)
+            n, first = len(rtu.received), rtu.conn
+            rtu.conn[1].close()                                       # the RTU drops the connection
+            await until(lambda: rtu.conn is not first and c.C_CI_NA_1 in rtu.sent_types(n), 5)
+            assert rtu.sent_types(n)[:2] == [c.C_IC_NA_1, c.C_CI_NA_1]
+            if refuse:
+                await asyncio.sleep(0.3)
+                v = await value_of(r, 5, 5004)
+                assert v is None or v.quality & 0x80, v                  # never good: no reading came
+                assert caplog.text.count("RTU refused type 101") == 1
+            else:
+                await until(lambda: _is(value_of(r, 5, 5004), 42), 3)  # read again, good
         finally:
             await a.stop()
 

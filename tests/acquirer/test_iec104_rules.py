@@ -383,6 +383,21 @@ def test_schedule_end_of_initialisation_asks_clock_sync_gi_and_ci_as_after_start
     assert s.request_gi(6) and s.due(6) == ["gi"]                   # no periodic GI: still asked for (full image)
 
 
+def test_schedule_reads_counters_after_every_startdt_when_the_rtu_has_them_whatever_the_period() -> None:
+    """ci_period_s 0 is no periodic CI, not none at all: a GI does not bring counters, so without the CI of
+    the station initialisation an RTU's counters stayed IV after every reconnect until it sent them itself."""
+    s = rules.Schedule(gi_period_s=0, ci_period_s=0, cs_period_s=0, counters=True)
+    s.started(0)
+    assert s.due(0) == ["gi", "ci"] and s.deadline() is None        # once, no periodic one
+    assert s.initialised(5) and s.due(5) == ["gi", "ci"]             # end of initialisation: again
+    s.stopped()
+    s.started(9)
+    assert s.due(9) == ["gi", "ci"]                                  # the next STARTDT (reconnect): again
+    s = rules.Schedule(gi_period_s=0, ci_period_s=30, cs_period_s=0, counters=True)
+    s.started(0)
+    assert s.due(0) == ["gi", "ci"] and s.due(30) == ["ci"]          # with a period: as before
+
+
 def test_interrogation_asdus() -> None:
     assert c.parse_asdu(rules.interrogation_asdu("gi", 7, T)).type_id == c.C_IC_NA_1
     assert c.parse_asdu(rules.interrogation_asdu("ci", 7, T)).type_id == c.C_CI_NA_1

@@ -1,7 +1,8 @@
 """The acquirer's stop with its local Redis hung (SIGSTOP: sockets open, no answer), the master healthy.
 
-Real redis-server master and local replica, the acquirer built as fep-acquirer builds it (`app.master_client`,
-`redisconn.local_async`: redis-py's default retry policy on the local Redis) holding RTU 1 of a PlcSim. The
+Real redis-server master and local replica, the acquirer built as fep-acquirer builds it (`app.master_client`)
+but with redis-py's default retry policy on the local Redis (the longest wait; `app.local_client` re-sends
+once, at once), holding RTU 1 of a PlcSim. The
 configuration check reads the local Redis every `config_check_s`; a read sent to the hung Redis is answered
 (with an error) only after four socket timeouts and up to 2 + 4 + 8 s of backoff, and the stop used to wait
 for it (over 16 s at the product's 2 s timeout). Checked here: the stop gives that read up and the acquirer

@@ -12,7 +12,7 @@ import redis.asyncio as aredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from fep_loader.store import replace_config
-from fepha import controls, redisfns
+from fepha import controls, heartbeat, redisfns
 from fepha import keyspace as ks
 from tests.api.conftest import TOKEN, node_cfg, populate, sample_rows
 from tests.redisproc import RedisProc
@@ -244,6 +244,49 @@ async def test_metrics(loaded, ar, make_api) -> None:
     # a second app's scrape is independent (no global registry)
     c2 = await make_api(node_cfg(loaded))
     assert (await c2.get("/metrics")).text.count("fep_cfg_generation 1.0") == 1
+
+
+async def test_metrics_tls_ends_from_the_forwarders_heartbeats(loaded, ar, make_api) -> None:
+    """`fep_tls_expiry_timestamp_seconds{node,file,cn}` from each forwarder's heartbeat (`tls_expiry`): the
+    earliest per file and CN; entries that are not one (another writer's, garbled) give no sample and no 500.
+    Before, the certificates' and CRLs' ends were said in the forwarder's log only."""
+    ends = [{"file": "cert", "cn": "fep-server", "ms": 4_102_444_800_000},
+            {"file": "ca", "cn": "fep-ca", "ms": 1_800_000_000_000},
+            {"file": "ca", "cn": "fep-ca", "ms": 1_700_000_000_500},       # two CAs of one name: the earliest
+            {"file": "crl", "cn": "fep-ca", "ms": 1e400}, {"file": 3, "cn": "x", "ms": 1}, "junk", {"cn": "y"}]
+    await heartbeat.beat(ar, "forwarder", "A", 5.0, 1, tls_expiry=ends)
+    await heartbeat.beat(ar, "forwarder", "B", 5.0, 1, tls_expiry="garbled")
+    c = await make_api(node_cfg(loaded))
+    r = await c.get("/metrics")
+    assert r.status_code == 200, r.text
+    got = {tuple(sorted(s.labels.items())): s.value for fam in text_string_to_metric_families(r.text)
+           for s in fam.samples if s.name == "fep_tls_expiry_timestamp_seconds"}
+    assert got == {(("cn", "fep-server"), ("file", "cert"), ("node", "A")): 4_102_444_800.0,
+                   (("cn", "fep-ca"), ("file", "ca"), ("node", "A")): 1_700_000_000.5}, got
+
+
+async def test_metrics_replication_link_and_whether_the_local_copy_is_current(redis_pair, make_api) -> None:
+    """`fep_redis_replication_link_up` and `_lag_bytes` (as /api/v1/node shows the link) and
+    `fep_redis_current` on each node: both up and current; the master gone, the replica's link down and its
+    copy not current. Before, /metrics said only each Redis's role: a lost standby copy (replication broken
+    while every service beats) or a node serving from a copy cut off had no series to alarm on."""
+    master, replica = redis_pair
+
+    async def scrape(c) -> dict[str, float]:
+        r = await c.get("/metrics")
+        assert r.status_code == 200, r.text
+        return {s.name: s.value for fam in text_string_to_metric_families(r.text) for s in fam.samples
+                if s.name.startswith(("fep_redis_replication", "fep_redis_current"))}
+
+    on_a = await make_api(node_cfg(master))
+    on_b = await make_api(node_cfg(replica, master, node_id="B"))
+    got = await scrape(on_a)
+    assert got["fep_redis_replication_link_up"] == 1 and got["fep_redis_current"] == 1, got
+    assert 0 <= got["fep_redis_replication_lag_bytes"] < 10_000, got
+    assert await scrape(on_b) == {"fep_redis_replication_link_up": 1, "fep_redis_current": 1}
+    master.stop()
+    await asyncio.sleep(0.3)
+    assert await scrape(on_b) == {"fep_redis_replication_link_up": 0, "fep_redis_current": 0}
 
 
 async def test_metrics_without_configuration_or_streams(redis_master, make_api) -> None:

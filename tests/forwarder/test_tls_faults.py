@@ -1097,3 +1097,20 @@ async def test_a_handshake_in_progress_when_a_new_crl_is_taken_is_checked_agains
         bad.writer.write(bad.out.read())  # its certificate: the server's handshake ends
         assert await bad.closed_after(2) < 1
         await sc.check(bad.peer, "certificate revoked: the new [tls] crl lists it: connection closed")
+
+
+def test_the_ends_of_the_tls_files_taken_are_reported_for_metrics(certs) -> None:
+    """`TlsPolicy.expiries` (the forwarder's heartbeat `tls_expiry`, /metrics
+    `fep_tls_expiry_timestamp_seconds`): the server certificate's notAfter, each CA's, the CRL's nextUpdate;
+    before, only the log said them (a week, a day before), nothing an operator's Prometheus could alarm on."""
+    (certs / "cas-two.pem").write_bytes((certs / "ca-cert.pem").read_bytes() + (certs / "intruder-cert.pem").read_bytes())
+    write_crl(certs, "ca", (), out="crl-ends.pem", next_update="20990630120000Z")
+    policy = TlsPolicy(server_cfg(ca="cas-two.pem", crl="crl-ends.pem"), certs)
+    end = lambda name: int(load_cert(server_cfg(cert=f"{name}-cert.pem"), certs).not_after.timestamp() * 1000)
+    assert sorted(policy.expiries(), key=lambda e: (e["file"], e["cn"])) == [
+        {"file": "ca", "cn": "fep-ca", "ms": end("ca")},
+        {"file": "ca", "cn": "fep-intruder", "ms": end("intruder")},
+        {"file": "cert", "cn": "fep-server", "ms": end("server")},
+        {"file": "crl", "cn": "fep-ca", "ms": int(datetime.datetime(2099, 6, 30, 12, tzinfo=datetime.UTC).timestamp() * 1000)},
+    ]
+    assert TlsPolicy(NodeConfig(), certs).expiries() == []     # no [tls]: nothing
