@@ -84,9 +84,9 @@ async def answer_orphans(presence: Any, node: str, instance: str, once: OnceLogg
     unreachable)."""
     try:
         answered = await controls.answer_orphans(presence, node, instance)
-    except rex.ResponseError as exc:  # CLIENT LIST refused: left to the deadline, as before
-        log.warning("controls: the claims of this node's earlier acquirer processes not looked at (%s): any "
-                    "left unfinished is answered unknown at its deadline", exc)
+    except rex.ResponseError as exc:  # refused (CLIENT LIST not allowed, no ctl_orphan): the deadline, as before
+        log.warning("controls: the claims of this node's earlier acquirer processes not looked at (the master "
+                    "refused: %s): any left unfinished is answered unknown at its deadline", exc)
         return True
     except Exception as exc:  # noqa: BLE001 - master unreachable: tried again at the next turn
         once.problem("orphans", f"claims of earlier processes not looked at yet: {type(exc).__name__}: {exc}")

@@ -23,7 +23,7 @@ from tests.api.test_with_services import COMMANDS, exited
 from tests.faults.test_single_node import Node, sefeps, valid
 
 AO, AO_ADDR = 207, 40  # RTU 2's set-point (hr 50) and its sefeps address
-SOON_S = 1.5
+SOON_S = 2.0
 """How long after the new process starts the master may wait for its answer (before: the 10 s deadline)."""
 
 
