@@ -4,6 +4,7 @@
 --   queued --ctl_claim--> executing --ctl_finish--> done | failed
 --   queued --ctl_claim after deadline / ctl_abandon / ctl_expire--> expired   (never executed)
 --   executing --ctl_abandon after deadline--> unknown                    (executor vanished mid-way)
+--   executing --ctl_orphan--> unknown        (its executor's process was restarted: its claim can be run no more)
 --   unknown --ctl_finish--> done | failed, `answered` = unknown          (its outcome came after the answer)
 -- Python side: fepha/controls.py. Keys from fepha/keyspace.py.
 -- A deadline is judged only on the clock that set it: a control queued under another clock gen (`fep:clock`,
@@ -69,14 +70,16 @@ local function ctl_submit(keys, args)
   return deadline
 end
 
--- ctl_claim(KEYS: lease, ctl, queue, reply, audit[, clock]; ARGV: node, epoch, id)
+-- ctl_claim(KEYS: lease, ctl, queue, reply, audit[, clock[, claimed]]; ARGV: node, epoch, id[, instance])
 -- After the holder popped `id` from the queue. Returns {1, point, value, remaining_ms, created_ms} when the holder
 -- must execute now, {0, reason} otherwise (a control popped by a node that lost the lease goes back to
 -- the head of the queue for the new holder). An unreadable deadline_ms: expired, never executed (when it
--- ends cannot be told).
+-- ends cannot be told). `instance` names the executor's process (its incarnation): written as the control's
+-- `instance`, and the id added to `claimed` (the node's set of claims, fep:ctl:claimed:{node}), so that the
+-- node's next process can answer the claims this one leaves unfinished (ctl_orphan).
 local function ctl_claim(keys, args)
   local lease, ctl, queue, reply, audit = keys[1], keys[2], keys[3], keys[4], keys[5]
-  local node, epoch, id = args[1], args[2], args[3]
+  local node, epoch, id, instance = args[1], args[2], args[3], args[4]
   local now = now_ms()
   local c = redis.call('HMGET', ctl, 'state', 'deadline_ms', 'point', 'value', 'created_ms', 'clock_gen')
   if c[1] ~= 'queued' then
@@ -102,15 +105,22 @@ local function ctl_claim(keys, args)
     return {0, 'expired'}
   end
   redis.call('HSET', ctl, 'state', 'executing', 'executor', node, 'epoch', epoch, 'claimed_ms', now)
+  if instance and instance ~= '' and keys[7] then
+    redis.call('HSET', ctl, 'instance', instance)
+    redis.call('SADD', keys[7], id)
+    redis.call('PEXPIRE', keys[7], 86400000)
+  end
   return {1, c[3], c[4], deadline - now, whole(c[5] or '') or 0}
 end
 
--- ctl_finish(KEYS: ctl, reply, audit; ARGV: ok 1/0, result) -> 1; 2 if it had been answered `unknown`
--- (its outcome recorded, late); 0 otherwise (not executing: an outcome already taken, or never claimed).
--- A control abandoned while executing (its forwarder answered `unknown` at the deadline) whose executor's
--- outcome comes after that: the device was written or refused all the same, so the hash and the audit get
--- that outcome, with `answered` = unknown (what its master was told); no second reply is pushed.
+-- ctl_finish(KEYS: ctl, reply, audit[, claimed]; ARGV: ok 1/0, result[, id]) -> 1; 2 if it had been answered
+-- `unknown` (its outcome recorded, late); 0 otherwise (not executing: an outcome already taken, or never
+-- claimed). A control abandoned while executing (its forwarder answered `unknown` at the deadline) whose
+-- executor's outcome comes after that: the device was written or refused all the same, so the hash and the
+-- audit get that outcome, with `answered` = unknown (what its master was told); no second reply is pushed.
+-- `id` leaves the executor node's set of claims (`claimed`) whatever the state.
 local function ctl_finish(keys, args)
+  if keys[4] and args[3] then redis.call('SREM', keys[4], args[3]) end
   local state = redis.call('HGET', keys[1], 'state')
   local outcome = args[1] == '1' and 'done' or 'failed'
   if state == 'unknown' then
@@ -145,6 +155,24 @@ local function ctl_abandon(keys, args)
     return 'unknown'
   end
   return c[1]
+end
+
+-- ctl_orphan(KEYS: ctl, reply, audit, claimed; ARGV: id, node, instance, result) -> the state it leaves
+-- ('missing': not held). Called by a node's acquirer as it starts, for each control in its node's set of
+-- claims (`claimed`) whose claiming process (`instance`) it found gone from the master (no connection of
+-- it left: killed, or stopped without finishing it): a control still `executing` for `node` under that
+-- `instance` is answered `unknown` at once (`result`: its claim can be run no more, and whether the device
+-- ran it cannot be known), instead of at its deadline. Another process's claim (a live one: another
+-- `instance`), or a control no longer executing, is left as it is; the id leaves `claimed` unless it is
+-- still executing there.
+local function ctl_orphan(keys, args)
+  local c = redis.call('HMGET', keys[1], 'state', 'executor', 'instance')
+  if c[1] == 'executing' and (c[2] ~= args[2] or c[3] ~= args[3]) then return c[1] end
+  redis.call('SREM', keys[4], args[1])
+  if c[1] == false then return 'missing' end
+  if c[1] ~= 'executing' then return c[1] end
+  final(keys[1], keys[2], keys[3], 'unknown', args[4], now_ms())
+  return 'unknown'
 end
 
 -- ctl_expire(KEYS: ctl, reply, audit) -> the state it leaves ('missing': not held). Called by the waiting
@@ -183,3 +211,4 @@ redis.register_function('ctl_finish', ctl_finish)
 redis.register_function('ctl_abandon', ctl_abandon)
 redis.register_function('ctl_requeue', ctl_requeue)
 redis.register_function('ctl_expire', ctl_expire)
+redis.register_function('ctl_orphan', ctl_orphan)

@@ -2,13 +2,15 @@
 
 The state machine lives in `controls.lua` (atomic, at most once, deadline checked on the master's clock).
 This module is the one client of it: `submit` + `wait` for forwarders, `claim` + `finish` for the
-acquirer's executor. `wait` always ends with a definite result: done, failed, expired or unknown.
+acquirer's executor, `answer_orphans` for a new acquirer process (the claims its node's previous one left). `wait` always ends with a definite result: done, failed, expired or unknown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -60,14 +62,29 @@ def submit_call(ctl_id: int, rtu: int, point: int, value: float, origin: str, ti
                 (ctl_id, rtu, point, repr(float(value)), origin, int(timeout_ms)))
 
 
-def claim_call(rtu: int, node: str, epoch: int, ctl_id: int) -> Call:
+def claim_call(rtu: int, node: str, epoch: int, ctl_id: int, instance: str = "") -> Call:
+    """`instance`: the claiming process (`instance_id`); with it the claim is written in the node's set of
+    claims, where the node's next process finds it if this one never finishes it (`answer_orphans`)."""
     return Call("ctl_claim", (ks.lease(rtu), ks.control(ctl_id), ks.control_queue(rtu),
-                              ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK), (node, int(epoch), ctl_id))
+                              ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.CLOCK, ks.control_claims(node)),
+                (node, int(epoch), ctl_id, instance))
 
 
-def finish_call(ctl_id: int, ok: bool, result: str) -> Call:
-    return Call("ctl_finish", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT),
-                (1 if ok else 0, result))
+def finish_call(ctl_id: int, ok: bool, result: str, node: str = "") -> Call:
+    """`node`: the executor's, whose set of claims the control leaves."""
+    claimed = (ks.control_claims(node),) if node else ()
+    return Call("ctl_finish", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT, *claimed),
+                (1 if ok else 0, result, *((ctl_id,) if node else ())))
+
+
+RESTARTED = ("the acquirer that claimed it was restarted before it answered; the device may or may not have "
+             "run it")
+"""ctl_orphan's result: the claim of an acquirer process that is gone, found by the node's next process."""
+
+
+def orphan_call(ctl_id: int, node: str, instance: str, result: str = RESTARTED) -> Call:
+    return Call("ctl_orphan", (ks.control(ctl_id), ks.control_reply(ctl_id), ks.CTL_AUDIT, ks.control_claims(node)),
+                (ctl_id, node, instance, result))
 
 
 def requeue_call(ctl_id: int, rtu: int, after_ms: int = 1000) -> Call:
@@ -252,7 +269,7 @@ async def observe(master: Any, guard: ReplicaGuard) -> dict[str, Any]:
 
 
 async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
-                replica_wait_ms: int = 1500, guard: ReplicaGuard | None = None) -> Claimed | None:
+                replica_wait_ms: int = 1500, guard: ReplicaGuard | None = None, instance: str = "") -> Claimed | None:
     """Claim a popped control; None when it must not be executed (not holder, expired, refused; a refusal
     for replication is answered failed and its reason left in `guard.refused`).
 
@@ -268,12 +285,13 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     executed, unless `guard` saw the master drop its replica after the control was created (above).
     The wait is normally well under a millisecond; only right after a replica's (re)sync, until its first
     acknowledgement (Redis replicas acknowledge once a second), can it take up to about one second.
+    `instance`: the claiming process (`claim_call`).
     """
     guard = guard or ReplicaGuard()
     guard.refused = ""
     action, lag = barrier(await observe(master, guard))
     pipe = master.pipeline(transaction=False)  # WAIT counts the writes of its own connection: one pipeline
-    pipe.fcall(*claim_call(rtu, node, epoch, ctl_id).argv)
+    pipe.fcall(*claim_call(rtu, node, epoch, ctl_id, instance).argv)
     if action == WAIT:  # WAIT with no replica attached would always sit out its whole timeout
         pipe.wait(1, replica_wait_ms)
         pipe.info("replication")
@@ -289,7 +307,7 @@ async def claim(master: Any, rtu: int, node: str, epoch: int, ctl_id: int,
     elif action == RUN and guard.at_risk(int(res[4]) if len(res) > 4 else 0):  # 0: an older library
         guard.refused = REPLICA_DROPPED
     if guard.refused:
-        await finish(master, ctl_id, False, guard.refused)
+        await finish(master, ctl_id, False, guard.refused, node)
         return None
     return Claimed(ctl_id, int(res[1]), float(res[2]), int(res[3]), sent + int(res[3]) / 1000)
 
@@ -298,6 +316,58 @@ FINISHED, FINISHED_LATE = 1, 2
 """ctl_finish's answers when it recorded the outcome: in time, or after the control was answered `unknown`."""
 
 
-async def finish(master: Any, ctl_id: int, ok: bool, result: str) -> int:
-    """The executor's outcome: FINISHED, FINISHED_LATE, or 0 (not executing: one already taken)."""
-    return int(await master.fcall(*finish_call(ctl_id, ok, result).argv))
+async def finish(master: Any, ctl_id: int, ok: bool, result: str, node: str = "") -> int:
+    """The executor's outcome: FINISHED, FINISHED_LATE, or 0 (not executing: one already taken). `node`: the
+    executor's (`finish_call`)."""
+    return int(await master.fcall(*finish_call(ctl_id, ok, result, node).argv))
+
+
+PRESENCE_PREFIX = "fep-acquirer"
+
+
+def instance_id() -> str:
+    """This process's name among the acquirer processes of its node, past and present: its pid, for the
+    operator, and a random part (a restarted container's process often gets the same pid)."""
+    return f"{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def presence_name(node: str, instance: str) -> str:
+    """The Redis client name (CLIENT SETNAME) of an acquirer process's connection to the master that says it
+    is alive (`answer_orphans`): a process that is gone has no connection left (the kernel closes them
+    at its end, SIGKILL included)."""
+    return f"{PRESENCE_PREFIX}:{node}:{instance}"
+
+
+async def live_instances(r: Any, node: str) -> set[str]:
+    """The acquirer processes of `node` that have a connection to this Redis under `presence_name`."""
+    prefix = presence_name(node, "")
+    return {str(c["name"])[len(prefix):] for c in await r.client_list(_type="normal")
+            if str(c.get("name", "")).startswith(prefix)}
+
+
+async def answer_orphans(r: Any, node: str, instance: str) -> list[int] | None:
+    """Answer `unknown` at once (`ctl_orphan`) the controls still `executing` for `node` whose claiming
+    process is gone from the master: the claims an earlier process of this node (killed, or stopped
+    before it finished them) left. Run by a new acquirer process (`instance`) as it starts, on its named
+    connection (`presence_name`), so that this process is among those CLIENT LIST shows; if it is not (the
+    names are not shown), nothing is judged: None. A claim of a process that is still connected (two
+    acquirers of one node by mistake) or of a process from before instances were written is left to its
+    executor, or to the deadline. Returns the ids answered."""
+    ids = sorted(await r.smembers(ks.control_claims(node)), key=int)
+    if not ids:
+        return []
+    live = await live_instances(r, node)
+    if instance not in live:
+        return None
+    pipe = r.pipeline(transaction=False)
+    for ctl_id in ids:
+        pipe.hmget(ks.control(ctl_id), "state", "executor", "instance")
+    answered = []
+    for ctl_id, (state, executor, inst) in zip(ids, await pipe.execute(), strict=True):
+        if state == "executing" and (executor != node or not inst or inst in live):
+            continue
+        # gone, or no longer executing (its id left in the set: abandoned at the deadline): checked again and
+        # ended there, atomically (its executor's finish or the forwarder's abandon may come first)
+        if await r.fcall(*orphan_call(int(ctl_id), node, inst or "").argv) == UNKNOWN:
+            answered.append(int(ctl_id))
+    return answered

@@ -123,7 +123,7 @@ CTL_SEQ = f"{PREFIX}:ctl:seq"
 
 def control(ctl_id: int | str) -> str:
     """Hash: one control: id, rtu, point, value, origin, created_ms, deadline_ms, state, result,
-    executor, epoch, claimed_ms, finished_ms. Expires a day after it finished."""
+    executor, epoch, instance, claimed_ms, finished_ms. Expires a day after it finished."""
     return f"{PREFIX}:ctl:{ctl_id}"
 
 
@@ -137,6 +137,13 @@ def control_wake(node: str) -> str:
     so that its BLPOP (on its queues and this key) returns at once instead of at its timeout; never cancelled
     mid-command, a BLPOP that popped a control returns it (`fep_acquirer.executor`)."""
     return f"{PREFIX}:ctl:wake:{node}"
+
+
+def control_claims(node: str) -> str:
+    """Set, expires a day after its last claim: ids of the controls one node's acquirer claimed and has not
+    finished (`ctl_claim` adds, `ctl_finish` and `ctl_orphan` remove). The node's next acquirer process reads
+    it as it starts, and answers `unknown` at once the claims its previous process left unfinished."""
+    return f"{PREFIX}:ctl:claimed:{node}"
 
 
 def control_reply(ctl_id: int | str) -> str:

@@ -78,13 +78,13 @@ def role_of(info: dict[str, Any]) -> tuple[str, str | None]:
     return role, None
 
 
-def own_pool(client: aredis.Redis) -> aredis.Redis:
-    """A client to the same server with the same settings and a connection pool of its own: its connections,
-    once made, are not taken by the other users of `client`. On a slow link a new connection costs two round
-    trips (AUTH, CLIENT SETINFO) before its first command; the acquirer's lease ticks use their own pool so
-    that a burst of writes at a lease gain does not make the next renewal pay them (docs/ha.md "Degraded
-    links")."""
+def own_pool(client: aredis.Redis, **kw: Any) -> aredis.Redis:
+    """A client to the same server with the same settings (`kw` added) and a connection pool of its own: its
+    connections, once made, are not taken by the other users of `client`. On a slow link a new connection
+    costs two round trips (AUTH, CLIENT SETINFO) before its first command; the acquirer's lease ticks use
+    their own pool so that a burst of writes at a lease gain does not make the next renewal pay them
+    (docs/ha.md "Degraded links"). With `client_name` each new connection pays one more (CLIENT SETNAME)."""
     pool = client.connection_pool
     return aredis.Redis(connection_pool=type(pool)(connection_class=pool.connection_class,
-                                                   **pool.connection_kwargs))
+                                                   **{**pool.connection_kwargs, **kw}))
 

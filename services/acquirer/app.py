@@ -107,7 +107,8 @@ class Acquirer:
         self.tasks = [asyncio.create_task(self.house.loop(), name="acquirer-housekeeping"),
                       asyncio.create_task(execute_loop(self.master, self.cfg.node_id, self.runners,
                                                        self.metrics, self.once, self.controls_off,
-                                                       gained=self.house.gained),
+                                                       gained=self.house.gained, instance=self.house.instance,
+                                                       presence=self.house.presence),
                                           name="acquirer-controls"),
                       asyncio.create_task(self.house.roles.run(self.stopping), name="acquirer-role-watch")]
         try:

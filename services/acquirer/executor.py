@@ -37,13 +37,13 @@ abandons it at the deadline; an outcome that lands after that is still recorded:
 answered `unknown` puts its outcome in its hash and the audit, with `answered` = unknown)."""
 
 
-async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: float) -> None:
+async def finish_surely(master: Any, ctl_id: int, ok: bool, result: str, until: float, node: str = "") -> None:
     """`controls.finish`, sent again every FINISH_RETRY_S while the master cannot take it (connection
     dropped, reset or timed out; READONLY: the VIP leads to a Redis not yet promoted), until `until`
-    (monotonic); then the error is raised."""
+    (monotonic); then the error is raised. `node`: the executor's."""
     while True:
         try:
-            if await controls.finish(master, ctl_id, ok, result) == controls.FINISHED_LATE:
+            if await controls.finish(master, ctl_id, ok, result, node) == controls.FINISHED_LATE:
                 log.warning("control %d: %s (%s) recorded after its forwarder had answered unknown at the "
                             "deadline", ctl_id, "done" if ok else "failed", result)
             return
@@ -78,9 +78,33 @@ LATE = "not written: the deadline passed before the claim's answer came back fro
 DEADLINE = "no answer from the device before the control's deadline"
 
 
+async def answer_orphans(presence: Any, node: str, instance: str, once: OnceLogger) -> bool:
+    """`controls.answer_orphans` on the process's named connection to the master (`presence`); True when
+    done (or not possible: the master does not show the names), False when to be tried again (the master
+    unreachable)."""
+    try:
+        answered = await controls.answer_orphans(presence, node, instance)
+    except rex.ResponseError as exc:  # refused (CLIENT LIST not allowed, no ctl_orphan): the deadline, as before
+        log.warning("controls: the claims of this node's earlier acquirer processes not looked at (the master "
+                    "refused: %s): any left unfinished is answered unknown at its deadline", exc)
+        return True
+    except Exception as exc:  # noqa: BLE001 - master unreachable: tried again at the next turn
+        once.problem("orphans", f"claims of earlier processes not looked at yet: {type(exc).__name__}: {exc}")
+        return False
+    once.clear("orphans")
+    if answered is None:
+        log.warning("controls: the master does not show this process's connection name (%s): the claims of this "
+                    "node's earlier acquirer processes are left to their deadline",
+                    controls.presence_name(node, instance))
+    elif answered:
+        log.warning("control %s: claimed by an earlier acquirer process of this node, which ended before it "
+                    "answered: answered unknown (%s)", ", ".join(map(str, answered)), controls.RESTARTED)
+    return True
+
+
 async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics,
                        once: OnceLogger, stopping: asyncio.Event, block_s: float = 0.5,
-                       gained: asyncio.Event | None = None) -> None:
+                       gained: asyncio.Event | None = None, instance: str = "", presence: Any = None) -> None:
     """Runs until `stopping` is set (checked between short BLPOPs). Holding nothing, it waits for `gained`
     (set by the housekeeping at a lease gain) or `block_s`: the controls queued for a node that has just taken
     a lease over (after a failover) wait no longer.
@@ -90,22 +114,30 @@ async def execute_loop(master: Any, node: str, runners: dict[int, RtuRunner], me
     instead: Redis may have popped a control by then, whose id would be lost with the unread reply (the
     control left `queued` in no queue until a forwarder's `ctl_requeue`); so a control the BLPOP returned is
     run as always. A planned stop used to wait for the BLPOP's timeout (up to `block_s`: 0.5 s, 2.0 s seen in
-    CI under load)."""
+    CI under load).
+
+    `instance` (`controls.instance_id`) is written with each claim. With `presence` (a client of the master
+    whose connections are named `controls.presence_name(node, instance)`), the claims an earlier process of
+    this node left unfinished are answered `unknown` first (`answer_orphans`), tried again at each turn until
+    the master has answered."""
     gained = gained or asyncio.Event()
     guard = controls.ReplicaGuard()  # when the master dropped its replica, seen between controls too
     waker = asyncio.create_task(_wake_at(stopping, master, node, gained), name="acquirer-controls-wake")
     try:
-        await _execute(master, node, runners, metrics, once, stopping, block_s, gained, guard)
+        await _execute(master, node, runners, metrics, once, stopping, block_s, gained, guard, instance, presence)
     finally:
         await cancel_all(waker)
 
 
 async def _execute(master: Any, node: str, runners: dict[int, RtuRunner], metrics: Metrics, once: OnceLogger,
                    stopping: asyncio.Event, block_s: float, gained: asyncio.Event,
-                   guard: controls.ReplicaGuard) -> None:
+                   guard: controls.ReplicaGuard, instance: str, presence: Any) -> None:
     wake = ks.control_wake(node)
+    orphans_due = bool(instance) and presence is not None
     while not stopping.is_set():
         gained.clear()
+        if orphans_due:
+            orphans_due = not await answer_orphans(presence, node, instance, once)
         held = {ks.control_queue(r.rtu.id): r for r in runners.values() if r.lease.held}
         if not held:
             with contextlib.suppress(TimeoutError):
@@ -127,7 +159,7 @@ async def _execute(master: Any, node: str, runners: dict[int, RtuRunner], metric
             continue
         runner = held[got[0]]
         try:
-            await run_one(master, node, runner, int(got[1]), metrics, once, guard)
+            await run_one(master, node, runner, int(got[1]), metrics, once, guard, instance)
         except Exception as exc:  # noqa: BLE001 - master unreachable mid-control; the next one is taken up
             # the control is left as it was (queued or executing, never written twice): the forwarder
             # waiting for it abandons it at its deadline
@@ -145,9 +177,11 @@ def failure(exc: BaseException, past_deadline: bool) -> str:
 
 
 async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metrics: Metrics,
-                  once: OnceLogger | None = None, guard: controls.ReplicaGuard | None = None) -> None:
+                  once: OnceLogger | None = None, guard: controls.ReplicaGuard | None = None,
+                  instance: str = "") -> None:
     guard = guard or controls.ReplicaGuard()
-    claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id, guard=guard)
+    claimed = await controls.claim(master, runner.rtu.id, node, runner.lease.epoch, ctl_id, guard=guard,
+                                   instance=instance)
     if guard.refused:
         metrics.inc("controls_refused")
         if once:  # one line while it lasts; every refusal and its reason is in fep:ctl:audit
@@ -163,7 +197,7 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
     if left_s <= 0:  # the claim's answer came back after the deadline (a slow link): never written late
         metrics.inc("controls_failed")
         log.warning("control %d (rtu %d point %d) %s", ctl_id, runner.rtu.id, claimed.point, LATE)
-        await finish_surely(master, ctl_id, False, LATE, until)
+        await finish_surely(master, ctl_id, False, LATE, until, node)
         return
     deadline = time.monotonic() + left_s
     try:
@@ -172,7 +206,7 @@ async def run_one(master: Any, node: str, runner: RtuRunner, ctl_id: int, metric
         metrics.inc("controls_failed")
         why = failure(exc, time.monotonic() >= deadline)
         log.warning("control %d (rtu %d point %d) failed: %s", ctl_id, runner.rtu.id, claimed.point, why)
-        await finish_surely(master, ctl_id, False, why, until)
+        await finish_surely(master, ctl_id, False, why, until, node)
         return
     metrics.inc("controls_executed")
-    await finish_surely(master, ctl_id, True, how or "written", until)
+    await finish_surely(master, ctl_id, True, how or "written", until, node)

@@ -28,7 +28,7 @@ from fep_acquirer.metrics import Metrics
 from fep_acquirer.rtu import RtuRunner, RunnerBase
 from fep_acquirer.tasks import cancel_all
 from fep_acquirer.writer import Writer, send_fcalls
-from fepha import events, heartbeat, redisconn, redisfns, rolewatch
+from fepha import controls, events, heartbeat, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
@@ -57,7 +57,7 @@ def write_window_ms(mode: str, local_role: str, batch_window_ms: int) -> int:
 
 class Housekeeping:
     def __init__(self, cfg: NodeConfig, master: Any, local: Any, writer: Writer, metrics: Metrics,
-                 once: OnceLogger, runners: dict[int, RtuRunner]) -> None:
+                 once: OnceLogger, runners: dict[int, RtuRunner], instance: str = "") -> None:
         self.cfg, self.master, self.local, self.writer = cfg, master, local, writer
         self.metrics, self.once, self.runners = metrics, once, runners
         self.timers = heartbeat.lease_timers(cfg)  # what its lease ticks go by, reported in its heartbeat
@@ -77,6 +77,11 @@ class Housekeeping:
         self._invalid: asyncio.Task | None = None  # IV for held RTUs not reached, beside the ticks
         self.ticker = redisconn.own_pool(master)
         """The master for the ticks' INFO and lease calls, with connections of its own (`own_pool`)."""
+        self.instance = instance or controls.instance_id()
+        self.presence = redisconn.own_pool(master, client_name=controls.presence_name(cfg.node_id, self.instance))
+        """The master for the heartbeat, on connections named after this process (`controls.presence_name`):
+        the node's next acquirer process tells by them whether the process that claimed a control is still
+        alive (`controls.answer_orphans`, run on it by the executor)."""
         self.stopping = False
         """A planned stop is under way (handover.py): tick only the leases held (renew them, take none) and
         say so in the heartbeat, so that the other node hands nothing over to this one."""
@@ -103,10 +108,11 @@ class Housekeeping:
                             self.cfg.lease_tick_s, now - t0, self.cfg.role_watch_s, failing, self.cfg.lease_ttl_s))
                 if self.moved.is_set():  # what waits on the old master fails now (the writer compensates,
                     # the executor retries); the tick reconnects
-                    await rolewatch.drop_connections(self.master, self.ticker)
+                    await rolewatch.drop_connections(self.master, self.ticker, self.presence)
         finally:
             await cancel_all(self._side, self._invalid)
             await self.ticker.aclose()
+            await self.presence.aclose()
 
     async def _tick_unless_moved(self) -> None:
         """One tick, abandoned if the local Redis changes role meanwhile (its master commands may be
@@ -170,9 +176,11 @@ class Housekeeping:
 
     async def beat(self) -> None:
         """The acquirer's heartbeat; `stopping` in it while a planned stop hands the leases over; the
-        timers its lease ticks go by (the api forecasts takeovers by them)."""
-        await heartbeat.beat(self.master, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
+        timers its lease ticks go by (the api forecasts takeovers by them). Sent on the named connection
+        (`presence`), which it keeps open."""
+        await heartbeat.beat(self.presence, "acquirer", self.cfg.node_id, self.cfg.heartbeat_s, self.gen,
                              rtus=len(self.runners), held=sum(1 for r in self.runners.values() if r.lease.held),
+                             instance=self.instance,
                              **self.timers,
                              **({"stopping": True} if self.stopping else {}))
 

@@ -759,6 +759,45 @@ def test_an_interrogations_act_con_goes_ahead_of_the_events_queued_its_answer_af
     assert values[3001 if answered == c.COT_REQCOGEN else 1001] == (9 if answered == c.COT_REQCOGEN else 19.0)
 
 
+@pytest.mark.parametrize("stop, refused", [(STOP_GI, (IC, 20, DCON, True)), (STOP_CI, (CI, 5, DCON, True))],
+                         ids=["station", "counter"])
+def test_a_deactivation_refused_with_nothing_in_progress_goes_ahead_of_the_events(
+        stop: bytes, refused: tuple[int, int, int, bool]) -> None:
+    """A DEACT with no interrogation of its type in progress (the master's ACT_TERM crossed it, say) is
+    refused: its negative DEACT_CON ends nothing and carries no value, so it goes out ahead of a backlog of
+    events, as a negative ACT_CON does (before, it waited behind every event queued)."""
+    st = station()
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, BACKLOG)
+    m.master.send(stop, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    m.xfer()
+    assert ic_answers(m.got[:1]) == [refused], ic_answers(m.got)
+    assert [(a.cause, a.objects[0][0]) for a in m.got[1:]] == [
+        (c.COT_SPONT, 1001 if i % 2 else 1002) for i in range(20)]
+
+
+def test_a_deactivation_refused_while_an_interrogation_is_in_progress_keeps_its_turn() -> None:
+    """A DEACT of another group while the station interrogation is answered, then a second DEACT: their
+    negative DEACT_CONs come in their turn, after the answer in progress and after the positive DEACT_CON of
+    the first DEACT of that interrogation (ahead, they would overtake what they answer after)."""
+    st = station()
+    st.load_image([upd(1001, 2.5), upd(1002, 3.5)])
+    m = Pair(st)
+    m.start()
+    m.got.clear()
+    feed(st, 2, BACKLOG)
+    for request_ in (GI, STOP_GI21, STOP_GI, STOP_GI):
+        m.master.send(request_, 0.0)
+    st.receive(m.s, m.master.data_to_send(), 0.0)
+    m.xfer()
+    assert ic_answers(m.got) == [(IC, 20, CON, False), (IC, 21, DCON, True), (IC, 20, DCON, False),
+                                 (IC, 20, DCON, True)], ic_answers(m.got)
+    assert all(a.cause == c.COT_SPONT for a in m.got[1:21])
+
+
 def test_a_station_interrogation_confirmed_ahead_of_a_backlog_is_deactivated() -> None:
     """Its ACT_CON ahead of the events: the master, which now has it early, sends DEACT while the events and
     the first slice of the answer are still queued: the rest is not built, no ACT_TERM, a positive DEACT_CON

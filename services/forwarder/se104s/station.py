@@ -77,7 +77,9 @@ _AHEAD_TYPES = frozenset((*c.COMMAND_BASE, c.C_CS_NA_1, c.C_TS_TA_1, c.C_RP_NA_1
 _AHEAD_CAUSES = frozenset(range(c.COT_UNKNOWN_TYPE, c.COT_UNKNOWN_IOA + 1))
 # and the ACT_CON (positive or negative) of an interrogation or counter interrogation: it carries no value,
 # and a master times the ACT_CON of its interrogation out within seconds; the values and the ACT_TERM keep
-# their place behind the events queued before the interrogation
+# their place behind the events queued before the interrogation; so does a positive DEACT_CON (it ends the
+# interrogation, after the values already queued), while a negative one (a refusal, it ends nothing) goes
+# ahead unless one of its type is in progress (`Station._deactivate`)
 _AHEAD_CONFIRMED = frozenset((c.C_IC_NA_1, c.C_CI_NA_1))
 _IMAGE_CAUSES = frozenset((c.COT_BACKGROUND, *range(c.COT_INROGEN, c.COT_INROGEN + 17),
                            *range(c.COT_REQCOGEN, c.COT_REQCOGEN + 5)))
@@ -87,7 +89,8 @@ def _goes_ahead(asdu: bytes) -> bool:
     """An answer that goes ahead of the events queued for its master (`Station._answer`)."""
     cause = asdu[2] & 0x3F
     return (asdu[0] in _AHEAD_TYPES or cause in _AHEAD_CAUSES
-            or (asdu[0] in _AHEAD_CONFIRMED and cause == c.COT_ACTCON))
+            or (asdu[0] in _AHEAD_CONFIRMED and (cause == c.COT_ACTCON
+                                                 or (cause == c.COT_DEACTCON and bool(asdu[2] & c.NEGATIVE)))))
 
 
 def _interrogation_item(asdu: bytes) -> bool:
@@ -618,14 +621,16 @@ class Station:
         is not sent (dropped from the queue if it was built) and a positive DEACT_CON is queued behind the
         answers already queued, which stay: the DEACT_CON is the last answer of that interrogation, and the
         next one of its type is accepted once it is sent (`_next_asdu`). Nothing of that type in progress,
-        or another qualifier: a negative DEACT_CON (docs/se104s.md)."""
+        or another qualifier: a negative DEACT_CON (docs/se104s.md), ahead of the events queued for the master
+        when none of that type is in progress (a refusal that ends nothing: as a negative ACT_CON), else in its
+        turn (behind the answer in progress, and behind the positive DEACT_CON of a first DEACT)."""
         qual = a.objects[0][1][0]
         ok = s.in_progress.get(a.type_id) == qual and self._drop_answer(s, a.type_id)
         if ok:
             s.in_progress[a.type_id] = _ENDING
             log.info("se104s RTU %s: master %s deactivated its interrogation (type %d, qualifier %d): the rest of "
                      "its answer is not sent", self.rtu.id, s.peer, a.type_id, qual)
-        self._answer(s, c.mirror(a, c.COT_DEACTCON, not ok))
+        self._answer(s, c.mirror(a, c.COT_DEACTCON, not ok), in_turn=not ok and a.type_id in s.in_progress)
 
     @staticmethod
     def _drop_answer(s: Session, type_id: int) -> bool:
