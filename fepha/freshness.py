@@ -105,7 +105,8 @@ def _int(h: Mapping[str, str], k: str) -> int | None:
 
 
 def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: Limits) -> str | None:
-    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are. `poll_ms`: the
+    """Why an acquisition RTU's values are not topical (rules 2 and 3, and a data set rolled back: the lease's
+    `rolled_back_ms`, written by `lease_tick` in functions.lua), None when they are. `poll_ms`: the
     RTU's own POLLMS, None for `lim.poll_ms` (the default of the node judging). A lease whose
     `polled_ms` or `since_ms` (never later than the writer's clock) lies more than one tick ahead of
     `now_ms` was written by a clock ahead of this one: its expiry cannot be trusted either."""
@@ -123,6 +124,9 @@ def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: 
     if ahead > lim.tick_ms:  # docs/ha.md "Clocks": stamps a clock ahead of this Redis's wrote
         return (f"lease of {holder} stamped {ahead} ms ahead of this Redis's clock: written by a clock ahead "
                 f"of it, the holder's liveness cannot be judged")
+    if lease.get("rolled_back_ms"):  # lease_tick's mark: the record is older than a write the holder saw applied
+        return (f"values older than the last write of holder {holder}: the data set was rolled back (Redis "
+                f"restarted from an older copy, or writes lost); not current until {holder} writes them again")
     polled = _int(lease, "polled_ms")
     if polled is not None and now_ms - polled > lim.stale_polls * (poll_ms or lim.poll_ms) + lim.tick_ms:
         return f"holder {holder} has not completed a poll for {now_ms - polled} ms"

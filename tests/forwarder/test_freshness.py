@@ -35,6 +35,11 @@ RTU_CASES = {
     "no POLLMS: a poll older than that": ({"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 7001}, None,
                                           "holder B has not completed a poll"),
     "no polled_ms: judged by the lease only": ({"holder": "A", "expires_ms": NOW + 1}, 1000, None),
+    "renewed and polling, but rolled back (was topical)": (
+        {"holder": "A", "expires_ms": NOW + 2000, "polled_ms": NOW - 500, "rolled_back_ms": NOW - 10}, 1000,
+        "values older than the last write of holder A: the data set was rolled back"),
+    "rolled back and lapsed: the lapse first": (
+        {"holder": "A", "expires_ms": NOW - 5000, "rolled_back_ms": NOW - 10}, 1000, "lease of A lapsed"),
 }
 
 
