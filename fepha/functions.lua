@@ -102,7 +102,7 @@ local function hgetall(key)
 end
 
 -- lease_tick(KEYS: lease, events[, clock[, epochs]]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms[,
--- written]])
+-- written[, replid]]])
 -- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}, and to the
 -- holder renewing a record marked rolled back (below) {holder, epoch, 0, 1}.
 -- Rolled back: `write_values` counts the writes applied under the record (`wn`) and answers the count; the
@@ -112,6 +112,10 @@ end
 -- sets `wn` to `written` and answers 1 while the stamp is there: the holder writes every value again that
 -- differs from the master's, then clears it (`lease_synced`). Readers take the RTU's values as not current
 -- while it is there (fepha.freshness.rtu_reason).
+-- `replid`: the master's replication id (INFO replication master_replid) as the holder last read it, kept as the
+-- lease's `replid` by its renewals. A Redis restarted gets a new one, and a replica shares its master's, so a
+-- record a reader finds under another id than its local Redis's (`master_replid`, or `master_replid2`: the id
+-- a promoted replica took over) was not renewed since this copy was loaded: not current until it is.
 -- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms, answered_ms or polled_ms beyond now:
 -- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
 -- lapses one TTL later, not when this clock reaches the old stamp (minutes, if it is that far behind).
@@ -252,6 +256,10 @@ local function lease_tick(keys, args)
                 .. 'not current until it writes them again')
     end
     local fields = {'expires_ms', now + ttl}
+    local rid = args[8]  -- the master's replication id as the holder last read it: readers compare (`replid`)
+    if rid and rid ~= '' and l['replid'] ~= rid then
+      table.insert(fields, 'replid'); table.insert(fields, rid)
+    end
     if fully then
       table.insert(fields, 'reached_ms'); table.insert(fields, now)
     end

@@ -51,16 +51,18 @@ class Call:
 
 
 def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int,
-               polled_age_ms: int | None = None, partly: bool = False, written: int | None = None) -> Call:
+               polled_age_ms: int | None = None, partly: bool = False, written: int | None = None,
+               replid: str | None = None) -> Call:
     """-> [holder, epoch, changed] ([holder, epoch, 0, 1] to the holder renewing a record marked rolled back:
     see `lease_tick` in functions.lua). `polled_age_ms`: ms since
     this node's last complete poll of the device (-1: none yet); the holder's is recorded as the lease's
     `polled_ms` (None: not recorded). `partly`: it reaches the device, not fully (sent as reach 2: see
     `lease_tick` in functions.lua). `written`: the holder's count of its writes applied under its epoch
-    (`write_values`' answer), which a record rolled back is below (needs `polled_age_ms`)."""
-    extra = () if polled_age_ms is None else (int(polled_age_ms),)
-    if written is not None and extra:
-        extra += (int(written),)
+    (`write_values`' answer), which a record rolled back is below; `replid`: the master's replication id as
+    this node last read it, kept by the holder's renewals (both need `polled_age_ms`)."""
+    extra: tuple[Any, ...] = () if polled_age_ms is None else (int(polled_age_ms),)
+    if extra and (written is not None or replid):
+        extra += ("" if written is None else int(written), replid or "")
     reach = (2 if partly else 1) if reaches else 0
     return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK, ks.LEASE_EPOCHS),
                 (rtu, node, reach, int(ttl_ms), int(takeover_ms), *extra))

@@ -63,6 +63,7 @@ class Housekeeping:
         self.timers = heartbeat.lease_timers(cfg)  # what its lease ticks go by, reported in its heartbeat
         self.gen = 0
         self.run_id: str | None = None
+        self.replid: str | None = None  # the master's replication id at the last tick (functions.lua lease_tick)
         self.master_ok = True
         self.sent_state: dict[int, dict[str, str]] = {}
         self._last_beat = 0.0
@@ -210,7 +211,12 @@ class Housekeeping:
     async def _watch_roles(self) -> None:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
         try:
-            run_id = (await self.ticker.info("server"))["run_id"]
+            pipe = self.ticker.pipeline(transaction=False)
+            pipe.info("server")
+            pipe.info("replication")
+            server, rep = await pipe.execute()
+            run_id = server["run_id"]
+            self.replid = rep.get("master_replid") or None  # the holder's renewals keep it (lease `replid`)
         except Exception as exc:  # noqa: BLE001 - unreachable master
             self.master_ok = False
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
@@ -267,7 +273,7 @@ class Housekeeping:
         # the holder's count of its writes applied (write_values' answer): a record below it was rolled back
         argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms(),
                                      partly=ok and not r.reaches_fully(None if r.lease.held else self.cfg.takeover_s),
-                                     written=self._written(r)).argv
+                                     written=self._written(r), replid=self.replid).argv
                  for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]

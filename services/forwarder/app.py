@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from fepha import cfgstore, controls, events, heap, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
+from fepha.freshness import replids
 from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
@@ -757,7 +758,8 @@ class Forwarder:
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
         polls = {rid: model.rtus[rid].poll_ms for rid in rtus}
-        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
+        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits,
+                                  replids(res[0]))
         if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
             verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)
         # a master left behind (the VIP moved, this Redis was not demoted): nothing here moves any more.

@@ -76,3 +76,35 @@ def test_the_count_is_not_a_roll_back_when_it_is_at_or_above_the_holders(redis_m
     r.hset(ks.lease(7), "wn", "x")
     assert write(r, "A", 1, "7|0|1001") == [1, 1, 1]
     assert tick(r, "A", written=4)[3] == 1 and r.hget(ks.lease(7), "wn") == "4"
+
+
+def test_a_lease_renewed_before_a_restart_is_not_current_until_its_holder_renews_it_again() -> None:
+    """The holder's renewals keep the master's replication id it read (`replid`); a Redis restarted from a copy
+    gets a new one, so its lease record, renewed under the old id, is not current for a reader (whose ids are
+    its local Redis's `replids`) from the first moment, before any tick: a copy younger than the other rules'
+    limits (its lease not lapsed) was current until the holder's first tick. Renewed under the new id: current."""
+    with RedisProc() as rp:
+        r = rp.client()
+        redisfns.load_sync(r)
+        old = r.info("replication")["master_replid"]
+        tick(r, "A")
+        r.fcall(*redisfns.lease_tick(7, "A", True, TTL_MS, TAKEOVER_MS, polled_age_ms=5, replid=old).argv)
+        assert r.hget(ks.lease(7), "replid") == old
+        ids = freshness.replids(r.info("replication"))
+        now = r.time()
+        assert freshness.rtu_reason(r.hgetall(ks.lease(7)), now[0] * 1000 + now[1] // 1000, None, LIM, ids) is None
+        r.save()
+        rp.proc.kill()
+        rp.proc.wait(5)
+        rp.proc = None
+        rp.start()
+        r = rp.client()
+        new = r.info("replication")["master_replid"]
+        assert new != old
+        ids = freshness.replids(r.info("replication"))
+        now = r.time()
+        got = freshness.rtu_reason(r.hgetall(ks.lease(7)), now[0] * 1000 + now[1] // 1000, None, LIM, ids)
+        assert got is not None and "not renewed since this copy of the data set was loaded" in got, got
+        r.fcall(*redisfns.lease_tick(7, "A", True, TTL_MS, TAKEOVER_MS, polled_age_ms=5, replid=new).argv)
+        now = r.time()
+        assert freshness.rtu_reason(r.hgetall(ks.lease(7)), now[0] * 1000 + now[1] // 1000, None, LIM, ids) is None
