@@ -104,9 +104,21 @@ def _int(h: Mapping[str, str], k: str) -> int | None:
         return None
 
 
-def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: Limits) -> str | None:
-    """Why an acquisition RTU's values are not topical (rules 2 and 3), None when they are. `poll_ms`: the
-    RTU's own POLLMS, None for `lim.poll_ms` (the default of the node judging). A lease whose
+def replids(info: Mapping[str, Any] | None) -> frozenset[str]:
+    """The replication ids under which a lease renewed by the holder belongs to the local Redis's copy (INFO
+    replication: `master_replid`, and `master_replid2`, the one a promoted replica took over)."""
+    if info is None:
+        return frozenset()
+    return frozenset(v for k in ("master_replid", "master_replid2")
+                     if isinstance(v := info.get(k), str) and v.strip("0"))
+
+
+def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: Limits,
+               ids: frozenset[str] = frozenset()) -> str | None:
+    """Why an acquisition RTU's values are not topical (rules 2 and 3, and a data set rolled back: the lease's
+    `rolled_back_ms`, written by `lease_tick` in functions.lua), None when they are. `poll_ms`: the
+    RTU's own POLLMS, None for `lim.poll_ms` (the default of the node judging); `ids`: `replids` of the local
+    Redis (empty: not judged), which a lease's `replid` must be among. A lease whose
     `polled_ms` or `since_ms` (never later than the writer's clock) lies more than one tick ahead of
     `now_ms` was written by a clock ahead of this one: its expiry cannot be trusted either."""
     holder = lease.get("holder") or ""
@@ -123,6 +135,13 @@ def rtu_reason(lease: Mapping[str, str], now_ms: int, poll_ms: int | None, lim: 
     if ahead > lim.tick_ms:  # docs/ha.md "Clocks": stamps a clock ahead of this Redis's wrote
         return (f"lease of {holder} stamped {ahead} ms ahead of this Redis's clock: written by a clock ahead "
                 f"of it, the holder's liveness cannot be judged")
+    rid = lease.get("replid")
+    if ids and rid and rid not in ids:  # functions.lua lease_tick: renewed under another copy of the data set
+        return (f"lease of {holder} not renewed since this copy of the data set was loaded (Redis restarted or "
+                f"synced anew): its values may be older than {holder}'s writes")
+    if lease.get("rolled_back_ms"):  # lease_tick's mark: the record is older than a write the holder saw applied
+        return (f"values older than the last write of holder {holder}: the data set was rolled back (Redis "
+                f"restarted from an older copy, or writes lost); not current until {holder} writes them again")
     polled = _int(lease, "polled_ms")
     if polled is not None and now_ms - polled > lim.stale_polls * (poll_ms or lim.poll_ms) + lim.tick_ms:
         return f"holder {holder} has not completed a poll for {now_ms - polled} ms"
@@ -134,4 +153,4 @@ def overlay(v: Value, stale: bool) -> Value:
     return Value(v.value, v.quality | NT, v.ts_ms) if stale and not v.quality & NT else v
 
 
-__all__ = ["NT", "Limits", "ReplicaWatch", "overlay", "rtu_reason"]
+__all__ = ["NT", "Limits", "ReplicaWatch", "overlay", "replids", "rtu_reason"]

@@ -101,8 +101,21 @@ local function hgetall(key)
   return h
 end
 
--- lease_tick(KEYS: lease, events[, clock[, epochs]]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms])
--- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}.
+-- lease_tick(KEYS: lease, events[, clock[, epochs]]; ARGV: rtu, node, reaches 0/1/2, ttl_ms, takeover_ms[, polled_age_ms[,
+-- written[, replid]]])
+-- Called by both nodes for every acquisition RTU, every lease tick. Returns {holder, epoch, changed}, and to the
+-- holder renewing a record marked rolled back (below) {holder, epoch, 0, 1}.
+-- Rolled back: `write_values` counts the writes applied under the record (`wn`) and answers the count; the
+-- holder passes the highest it was answered under its epoch as `written`. A record whose count is below it is
+-- older than a write the holder saw applied: the data set was rolled back (Redis restarted from an older
+-- copy; a promoted replica that missed the last writes). The tick stamps `rolled_back_ms` (kept while it lasts),
+-- sets `wn` to `written` and answers 1 while the stamp is there: the holder writes every value again that
+-- differs from the master's, then clears it (`lease_synced`). Readers take the RTU's values as not current
+-- while it is there (fepha.freshness.rtu_reason).
+-- `replid`: the master's replication id (INFO replication master_replid) as the holder last read it, kept as the
+-- lease's `replid` by its renewals. A Redis restarted gets a new one, and a replica shares its master's, so a
+-- record a reader finds under another id than its local Redis's (`master_replid`, or `master_replid2`: the id
+-- a promoted replica took over) was not renewed since this copy was loaded: not current until it is.
 -- Stamps later than this clock allows (expires_ms beyond now + ttl, reached_ms, answered_ms or polled_ms beyond now:
 -- written by a clock ahead of this one) are first set back to those limits, so a dead holder's lease
 -- lapses one TTL later, not when this clock reaches the old stamp (minutes, if it is that far behind).
@@ -230,7 +243,23 @@ local function lease_tick(keys, args)
   local answered = tonumber(l['answered_ms'] or l['reached_ms'] or '0')
   local reason = nil
   if holder == node then
+    local rolled = l['rolled_back_ms']
+    local claim = whole(args[7] or '')  -- the holder's last applied write under this epoch (`wn`), if any
+    if claim and (whole(l['wn'] or '0') or 0) < claim then
+      -- this record is older than a write the holder saw applied: the data set was rolled back (a restart
+      -- from an older copy, writes lost in a failover). Its values are not current until the holder has
+      -- written them again (`lease_synced`); the count goes on from the holder's
+      rolled = rolled or tostring(now)
+      redis.call('HSET', lease, 'rolled_back_ms', rolled, 'wn', claim)
+      redis.log(redis.LOG_WARNING, 'fep-ha: lease of RTU ' .. rtu .. ': values older than the last write of '
+                .. node .. ' (write ' .. claim .. ', record at ' .. (l['wn'] or 'none') .. '): rolled back, '
+                .. 'not current until it writes them again')
+    end
     local fields = {'expires_ms', now + ttl}
+    local rid = args[8]  -- the master's replication id as the holder last read it: readers compare (`replid`)
+    if rid and rid ~= '' and l['replid'] ~= rid then
+      table.insert(fields, 'replid'); table.insert(fields, rid)
+    end
     if fully then
       table.insert(fields, 'reached_ms'); table.insert(fields, now)
     end
@@ -241,6 +270,7 @@ local function lease_tick(keys, args)
       table.insert(fields, 'polled_ms'); table.insert(fields, now - polled)
     end
     redis.call('HSET', lease, unpack(fields))
+    if rolled then return {holder, epoch, 0, 1} end
     return {holder, epoch, 0}
   end
   if holder == nil or holder == '' then
@@ -294,7 +324,10 @@ end
 -- keeps the last applied pair (fields `wtok`, `wseq`); a write of the same token whose sequence is not
 -- above it was applied already (a write that timed out, re-sent) or is older than one applied (a late
 -- copy): it is not applied again. Another token starts its own sequence (a new holder, a restarted
--- acquirer). Returns {1, n} when written, {2, 0} when already applied, {0, holder, epoch} when fenced out.
+-- acquirer). Returns {1, n, wn} when written, {2, 0, wn} when already applied, {0, holder, epoch} when fenced
+-- out; `wn`: the writes applied under this lease record so far, this one included (the lease's `wn`, which
+-- `lease_tick` compares with the holder's count to find a data set rolled back; an unreadable one counts on
+-- from 0).
 -- Only an exact (node, epoch) match writes, and never while the lease record is unreadable (lease_tick:
 -- it has no holder then; fenced out, with epoch 0 if the epoch itself is unreadable; the next lease tick of
 -- a node reaching the device grants it anew). An unreadable `wseq` is as none: the write is applied (at
@@ -304,20 +337,33 @@ local function write_values(keys, args)
   if err then return err end
   local lease, values, changes = keys[1], keys[2], keys[3]
   local node, epoch, tok, seq = args[1], args[2], args[5], tonumber(args[6])
-  local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq', unpack(LEASE_NUMBERS))
+  local l = redis.call('HMGET', lease, 'holder', 'epoch', 'wtok', 'wseq', 'wn', unpack(LEASE_NUMBERS))
   local h = {}
-  for i, f in ipairs(LEASE_NUMBERS) do h[f] = l[4 + i] or nil end
+  for i, f in ipairs(LEASE_NUMBERS) do h[f] = l[5 + i] or nil end
   if l[1] ~= node or l[2] ~= epoch or lease_unreadable(h) then
     return {0, l[1] or '', whole(l[2] or '0') or 0}
   end
+  local wn = whole(l[5] or '0') or 0  -- unreadable: counted on from 0 (the holder's next tick sets it right)
   if tok ~= '' then
     if l[3] == tok and seq <= (whole(l[4] or '0') or -1) then
-      return {2, 0}
+      return {2, 0, wn}
     end
-    redis.call('HSET', lease, 'wtok', tok, 'wseq', seq)
+    redis.call('HSET', lease, 'wtok', tok, 'wseq', seq, 'wn', wn + 1)
+  else
+    redis.call('HSET', lease, 'wn', wn + 1)
   end
   put_pairs(values, changes, tonumber(args[3]), args[4], args, 7)
-  return {1, (#args - 6) / 2}
+  return {1, (#args - 6) / 2, wn + 1}
+end
+
+-- lease_synced(KEYS: lease; ARGV: node, epoch) -> 1 when the mark `rolled_back_ms` was cleared, 0 when there
+-- was none or `node` does not hold the lease at `epoch`. Called by the holder once it has written again every
+-- value the rolled-back data set held older than its own (lease_tick set the mark): they are current again.
+local function lease_synced(keys, args)
+  local l = redis.call('HMGET', keys[1], 'holder', 'epoch', 'rolled_back_ms')
+  if l[1] ~= args[1] or l[2] ~= args[2] or not l[3] then return 0 end
+  redis.call('HDEL', keys[1], 'rolled_back_ms')
+  return 1
 end
 
 -- --- link state with liveness (issue 10a) ----------------------------------------------------------
@@ -405,5 +451,6 @@ end
 redis.register_function('lease_tick', lease_tick)
 redis.register_function('lease_handover', lease_handover)
 redis.register_function('write_values', write_values)
+redis.register_function('lease_synced', lease_synced)
 redis.register_function('link_set', link_set)
 redis.register_function('link_refresh', link_refresh)

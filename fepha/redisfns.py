@@ -51,11 +51,18 @@ class Call:
 
 
 def lease_tick(rtu: int, node: str, reaches: bool, ttl_ms: int, takeover_ms: int,
-               polled_age_ms: int | None = None, partly: bool = False) -> Call:
-    """-> [holder, epoch, changed]. `polled_age_ms`: ms since this node's last complete poll of the device
-    (-1: none yet); the holder's is recorded as the lease's `polled_ms` (None: not recorded). `partly`:
-    it reaches the device, not fully (sent as reach 2: see `lease_tick` in functions.lua)."""
-    extra = () if polled_age_ms is None else (int(polled_age_ms),)
+               polled_age_ms: int | None = None, partly: bool = False, written: int | None = None,
+               replid: str | None = None) -> Call:
+    """-> [holder, epoch, changed] ([holder, epoch, 0, 1] to the holder renewing a record marked rolled back:
+    see `lease_tick` in functions.lua). `polled_age_ms`: ms since
+    this node's last complete poll of the device (-1: none yet); the holder's is recorded as the lease's
+    `polled_ms` (None: not recorded). `partly`: it reaches the device, not fully (sent as reach 2: see
+    `lease_tick` in functions.lua). `written`: the holder's count of its writes applied under its epoch
+    (`write_values`' answer), which a record rolled back is below; `replid`: the master's replication id as
+    this node last read it, kept by the holder's renewals (both need `polled_age_ms`)."""
+    extra: tuple[Any, ...] = () if polled_age_ms is None else (int(polled_age_ms),)
+    if extra and (written is not None or replid):
+        extra += ("" if written is None else int(written), replid or "")
     reach = (2 if partly else 1) if reaches else 0
     return Call("lease_tick", (ks.lease(rtu), ks.LEASE_EVENTS, ks.CLOCK, ks.LEASE_EPOCHS),
                 (rtu, node, reach, int(ttl_ms), int(takeover_ms), *extra))
@@ -68,11 +75,18 @@ def lease_handover(rtu: int, target: str, window_ms: int) -> Call:
 
 def write_values(rtu: int, node: str, epoch: int, pairs: Sequence[str] | Iterable[str],
                  maxlen: int = ks.CHANGES_MAXLEN, wid: tuple[str, int] | None = None) -> Call:
-    """Fenced write; `pairs` is flat: pid, record, pid, record... -> [1, n], [2, 0] (`wid`, the writer's
-    (token, sequence), applied already) or [0, holder, epoch]. Without `wid` it is applied every time."""
+    """Fenced write; `pairs` is flat: pid, record, pid, record... -> [1, n, wn], [2, 0, wn] (`wid`, the writer's
+    (token, sequence), applied already) or [0, holder, epoch]; `wn` counts the writes applied under the lease
+    record (`lease_tick`'s `written`). Without `wid` it is applied every time."""
     tok, seq = wid or ("", 0)
     return Call("write_values", (ks.lease(rtu), ks.values(rtu), ks.CHANGES),
                 (node, int(epoch), int(maxlen), rtu, tok, int(seq), *pairs))
+
+
+def lease_synced(rtu: int, node: str, epoch: int) -> Call:
+    """-> 1 when the lease's `rolled_back_ms` was cleared: the holder (`node` at `epoch`) has written again what
+    the rolled-back data set held older than its own writes; 0 otherwise."""
+    return Call("lease_synced", (ks.lease(rtu),), (node, int(epoch)))
 
 
 LINK_LIVE_MS = 3000

@@ -63,6 +63,7 @@ class Housekeeping:
         self.timers = heartbeat.lease_timers(cfg)  # what its lease ticks go by, reported in its heartbeat
         self.gen = 0
         self.run_id: str | None = None
+        self.replid: str | None = None  # the master's replication id at the last tick (functions.lua lease_tick)
         self.master_ok = True
         self.sent_state: dict[int, dict[str, str]] = {}
         self._last_beat = 0.0
@@ -196,10 +197,18 @@ class Housekeeping:
                         "of it were set back (docs/ha.md \"Clocks\")", self.clock_gen, now)
         self.clock_gen = now
 
-    def apply_lease(self, r: RunnerBase, holder: str, epoch: int) -> None:
+    def _written(self, r: RunnerBase) -> int | None:
+        """The count of this holder's writes applied under its current epoch (Writer.written), None when it
+        holds nothing or has written nothing under it."""
+        got = self.writer.written.get(r.rtu.id)
+        return got[1] if got is not None and r.lease.held and got[0] == r.lease.epoch else None
+
+    def apply_lease(self, r: RunnerBase, holder: str, epoch: int, granted: bool = False) -> None:
         """What a lease tick (or the planned stop's watch of the lease) says: update the runner's view, count
-        and log a change, replay and write the full image with the next poll on a gain."""
-        change = r.lease.update(holder, epoch)
+        and log a change, replay and write the full image with the next poll on a gain. `granted`: the tick
+        granted the lease to this node now, a gain even at the epoch this node last held (epochs start at 1
+        again once the lease and its high-water are gone: FLUSHALL)."""
+        change = r.lease.update(holder, epoch, granted)
         if change:
             self.metrics.inc("lease_changes")
             log.info("rtu %d: lease %s (holder %s, epoch %d)", r.rtu.id, change, r.lease.holder, r.lease.epoch)
@@ -210,7 +219,12 @@ class Housekeeping:
     async def _watch_roles(self) -> None:
         """Master restarted / replaced / reconnected -> holders write full images; write mode per role."""
         try:
-            run_id = (await self.ticker.info("server"))["run_id"]
+            pipe = self.ticker.pipeline(transaction=False)
+            pipe.info("server")
+            pipe.info("replication")
+            server, rep = await pipe.execute()
+            run_id = server["run_id"]
+            self.replid = rep.get("master_replid") or None  # the holder's renewals keep it (lease `replid`)
         except Exception as exc:  # noqa: BLE001 - unreachable master
             self.master_ok = False
             self.once.problem("redis", f"{type(exc).__name__}: {exc}")
@@ -264,8 +278,10 @@ class Housekeeping:
         # trip would space the renewals further apart on a slow link (docs/ha.md "Degraded links")
         # reach 1 (fully) for the holder over its reach window, for the other node over takeover_s
         # (lease.reaches_fully): a node that loses a poll now and then does not take over
+        # the holder's count of its writes applied (write_values' answer): a record below it was rolled back
         argvs = [redisfns.lease_tick(r.rtu.id, node, ok, ttl_ms, takeover_ms, r.polled_age_ms(),
-                                     partly=ok and not r.reaches_fully(None if r.lease.held else self.cfg.takeover_s)).argv
+                                     partly=ok and not r.reaches_fully(None if r.lease.held else self.cfg.takeover_s),
+                                     written=self._written(r), replid=self.replid).argv
                  for r, ok in ticking]
         argvs += [redisfns.link_set(r.rtu.id, node, ok, [v.id for v in r.rtu.vpoints], live_ms=ttl_ms).argv
                   for r, ok in zip(runners, reach, strict=True)]
@@ -296,6 +312,8 @@ class Housekeeping:
             self.once.clear("lease")
         for (r, _), tick in zip(ticking, res, strict=False):
             if not isinstance(tick, Exception):
-                self.apply_lease(r, str(tick[0] or ""), int(tick[1]))
+                self.apply_lease(r, str(tick[0] or ""), int(tick[1]), granted=int(tick[2]) == 1)
+                if len(tick) > 3 and int(tick[3]) == 1 and r.lease.held:
+                    r.resync()
         if not any(isinstance(x, Exception) for x in res[len(ticking):]):
             self.sent_state.update(states)

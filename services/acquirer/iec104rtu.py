@@ -131,6 +131,15 @@ class Iec104Runner(RunnerBase):
         self.schedule.request_gi(time.monotonic())
         self._wake.set()
 
+    async def rewrite(self) -> bool:
+        """The values received last, as a full image would write them (timed now, as the answers to the GI it
+        asks); the GI's answers follow."""
+        if not self.samples or not self.reaches():
+            return False
+        self.full_image()
+        now_ms = int(time.time() * 1000)
+        return await self._publish([(pid, s, now_ms) for pid, s in self.samples.items()], rules.IMAGE)
+
     async def invalidate(self) -> None:
         """The holder lost its RTU: its monitored points become invalid (written once, thanks to the tracker)."""
         now_ms = int(time.time() * 1000)

@@ -43,11 +43,13 @@ class LeaseView:
     def held(self) -> bool:
         return self.holder == self.node
 
-    def update(self, holder: str, epoch: int) -> str | None:
-        """Apply a tick result; returns 'gained' or 'lost' when this node's holding changed."""
+    def update(self, holder: str, epoch: int, granted: bool = False) -> str | None:
+        """Apply a tick result; returns 'gained' or 'lost' when this node's holding changed. `granted`: the
+        tick granted it to this node now (a gain also at the epoch it held before: an epoch repeats once the
+        lease and its high-water are gone, FLUSHALL)."""
         was = self.held and self.epoch
         self.holder, self.epoch = holder or "", int(epoch)
-        if self.held and (not was or was != self.epoch):
+        if self.held and (not was or was != self.epoch or granted):
             return "gained"
         if was and not self.held:
             return "lost"

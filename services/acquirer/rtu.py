@@ -34,6 +34,7 @@ from fep_acquirer.tasks import cancel_and_wait
 from fep_acquirer.writer import Writer, WriteResult
 from fepha import keyspace as ks
 from fepha import points as pt
+from fepha import redisfns
 from fepha.config import NodeConfig
 from fepha.logsetup import OnceLogger
 from fepha.semodel.model import Point, Rtu
@@ -111,6 +112,7 @@ class RunnerBase:
         """Channel switches not yet in the timeline; housekeeping writes them with the channel state."""
         self.closed_channel: int | None = None
         """The channel whose connection `stop` closed (None: none was open); see `carry_over`."""
+        self._resync: asyncio.Task[None] | None = None  # the rewrite of a rolled-back data set (`resync`)
 
     async def next_channel(self) -> int:
         """Wait for the next connection attempt (backoff, channel_switch_s) and return its channel; the same
@@ -139,6 +141,34 @@ class RunnerBase:
         self._stopping = True
         task, self.task = self.task, None
         await cancel_and_wait(task)
+        await cancel_and_wait(self._resync)
+
+    def resync(self) -> None:
+        """The lease tick says the master's values of this RTU are older than a write of this holder (the data
+        set was rolled back: `lease_tick`'s `rolled_back_ms`, which makes them NT for every reader): write again,
+        now, every value that differs from the master's (`rewrite`), then clear the mark (`lease_synced`). One
+        at a time; the ticks ask again while the mark lasts (a rewrite that failed is tried again)."""
+        if self._stopping or (self._resync is not None and not self._resync.done()):
+            return
+        self._resync = asyncio.create_task(self._resync_now(), name=f"acquirer-resync-{self.rtu.id}")
+
+    async def _resync_now(self) -> None:
+        epoch = self.lease.epoch
+        try:
+            if not await self.rewrite() or not self.lease.held or self.lease.epoch != epoch:
+                return
+            await self.writer.master.fcall(*redisfns.lease_synced(self.rtu.id, self.node, epoch).argv)
+        except Exception as exc:  # noqa: BLE001 - the next tick asks again while the mark lasts
+            self.once.problem(f"{self.key} resync", f"{type(exc).__name__}: {exc}")
+            return
+        self.once.clear(f"{self.key} resync")
+        log.warning("%s: the master's values were older than this holder's writes (data set rolled back): "
+                    "written again where they differed, current again", self.key)
+
+    async def rewrite(self) -> bool:
+        """Write now every value of the last poll (or event) that differs from the master's; True when done,
+        False when it could not be (nothing acquired yet, a write failed or was fenced)."""
+        raise NotImplementedError
 
     async def held_by_master(self) -> dict[int, tuple[Sample, int]] | None:
         """The RTU's values as the master Redis holds them (one HGETALL; a full image compares with it);
@@ -534,6 +564,13 @@ class RtuRunner(RunnerBase):
         await super().stop()  # `_stopping` set before its first await: no gain starts writes from then on
         await cancel_and_wait(self._gain)
         await cancel_and_wait(self._drain)
+
+    async def rewrite(self) -> bool:
+        if not self.samples or not self.reaches():
+            return False
+        self.full_image()
+        await self.publish(dict(self.samples), self.polled_ts_ms)
+        return not self._sync_pending and not self.resend.kept and not self.tracker.dirty
 
     async def _sync(self) -> None:
         """Read the master's value hash once: replay the standby log's changes newer than its values (see

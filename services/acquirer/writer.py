@@ -68,6 +68,10 @@ class Writer:
         self._queue: list[tuple[redisfns.Call, int, asyncio.Future[WriteResult]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.written: dict[int, tuple[int, int]] = {}
+        """RTU -> (epoch, the highest count of writes applied under its lease record that the master answered
+        under that epoch: `write_values`' `wn`), which the holder's lease tick passes on (`lease_tick`'s
+        `written`: a record whose count is below it was rolled back)."""
 
     def set_mode(self, window_ms: int, batch_size: int) -> None:
         self.window_s, self.batch_size = window_ms / 1000, batch_size
@@ -118,12 +122,19 @@ class Writer:
             if batch:
                 await self._send(batch)
 
+    def _count(self, rtu: int, epoch: int, wn: int) -> None:
+        was = self.written.get(rtu)
+        if was is None or was[0] < epoch or (was[0] == epoch and was[1] < wn):
+            self.written[rtu] = (epoch, wn)
+
     async def _send(self, batch: list[tuple[redisfns.Call, int, asyncio.Future[WriteResult]]]) -> None:
         try:
             results = await send_fcalls(self.master, [call.argv for call, _, _ in batch])
         except Exception as exc:  # noqa: BLE001 - Redis unreachable, failover...: caller compensates
             results = [exc] * len(batch)
-        for (_, _, fut), res in zip(batch, results, strict=True):
+        for (call, _, fut), res in zip(batch, results, strict=True):
+            if not isinstance(res, Exception) and int(res[0]) in (1, 2) and len(res) > 2:
+                self._count(int(call.args[3]), int(call.args[1]), int(res[2]))
             if fut.done():
                 continue
             if isinstance(res, Exception):

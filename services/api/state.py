@@ -318,7 +318,7 @@ class Store:
                 chan = {n: next(it) for n in NODES}
                 item = views.rtu(r, now, lease_h=lease_h, chan=chan, link_h=link_h,
                                  behind=_not_current(behind), chan_not_current=acq_nc, timers=timers)
-                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms, lim)
+                item.values_nt = cut_off or freshness.rtu_reason(lease_h, now, r.poll_ms, lim, freshness.replids(res[1]))
                 item.limits_from = lim_from
                 items.append(item)
             else:
@@ -462,9 +462,10 @@ class Store:
                       for v, rec in zip(vps or (), res[5] or (), strict=True)}, limits_from=lim_from)
         behind = _not_current(self.behind(res[1], now, lim) or split)
         timers = self.timers(res[2:4])
+        ids = freshness.replids(res[1])
         for (rid, ps), recs, lease, link_h in zip(by_rtu.items(), res[6::3], res[7::3], res[8::3], strict=False):
             poll_ms = rtus[rid].poll_ms if rid in rtus else None
-            nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, lim)
+            nt = cut_off or freshness.rtu_reason(lease, now, poll_ms, lim, ids)
             out.why[rid] = (nt, views.lease(lease, now, behind, link_h, timers).reach_detail)
             out.records.update({p.id: views.served(rec, nt is not None) for p, rec in zip(ps, recs, strict=False)})
         return out

@@ -28,6 +28,7 @@ from redis.backoff import NoBackoff
 from fepha import cfgstore, controls, events, heap, heartbeat, leftbehind, redisconn, redisfns, rolewatch
 from fepha import keyspace as ks
 from fepha.config import NodeConfig
+from fepha.freshness import replids
 from fepha.logsetup import OnceLogger
 from fepha.points import Value
 from fepha.semodel.model import FwdPoint, Model
@@ -308,6 +309,10 @@ class Forwarder:
         if not await self._reconcile(model) and self.model is None:
             return  # the planned stop began before any configuration was served: nothing to follow
         self.stamp = stamp
+        # the verdict as of this data set, not as of before the outage: a Redis restarted from an older copy holds
+        # values its lease record already says are not current (lapsed, or rolled back), and the image's values
+        # went out under the old verdict, topical, until the next check (up to a second later)
+        await self._judge(local, probe=False)
         await self._full_image(local)  # of the configuration served (a reconnect during the planned stop)
         self.once.clear("local")
         block_ms = max(100, int(self.cfg.socket_timeout_s * 500))
@@ -733,7 +738,9 @@ class Forwarder:
             await self._refresh_links()
             await self._sleep(period)
 
-    async def _judge(self, local: aredis.Redis) -> None:
+    async def _judge(self, local: aredis.Redis, probe: bool = True) -> None:
+        """The verdict (rules 1-4) from `local`; `probe`: the VIP probe may start a probe on `local` (not
+        on the follow loop's client, which a reconnect closes: its latest verdict is used then)."""
         model = self.model
         if model is None:
             return
@@ -756,12 +763,13 @@ class Forwarder:
         now = int(res[1][0]) * 1000 + int(res[1][1]) // 1000
         cut = self.replica.observe(res[0], now)
         polls = {rid: model.rtus[rid].poll_ms for rid in rtus}
-        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits)
+        verdict = freshness.judge(cut, dict(zip(rtus, res[2:], strict=True)), polls, now, self.limits,
+                                  replids(res[0]))
         if self.cfg_gone and verdict.all is None:  # virtual points too: nothing refreshes their links now
             verdict = freshness.Staleness("no configuration in the local Redis (data lost?)", verdict.rtus)
         # a master left behind (the VIP moved, this Redis was not demoted): nothing here moves any more.
         # The probe runs in its own task, at most once a second; this check never waits for it.
-        split = await self.vip_probe.check(local, res[0])
+        split = await self.vip_probe.check(local, res[0]) if probe else self.vip_probe.reason
         if split is not None and verdict.all is None:
             verdict = freshness.Staleness(f"local Redis {split}", verdict.rtus)
         self._set_staleness(verdict)

@@ -9,7 +9,11 @@ The values a forwarder serves come from its local Redis. They are *not topical* 
    ago (the tick is the time the other node needs to take a lapsed lease over);
 3. the holder has not completed a poll of the RTU for `stale_polls` poll periods plus one lease tick
    (`polled_ms` in the lease, stamped by the holder's lease tick; Modbus polls write only changes, so the
-   per-RTU stamp says "still refreshed" for every point of the RTU without a write per point).
+   per-RTU stamp says "still refreshed" for every point of the RTU without a write per point);
+4. the RTU's values were rolled back: the lease's `rolled_back_ms`, stamped by the holder's tick when the record
+   is older than a write the holder saw applied (Redis restarted from an older copy), until the holder has
+   written them again (docs/keyspace.md "A data set rolled back"); and before the holder's first tick
+   after a restart, its lease renewed under another replication id than the local Redis's (`replid`).
 
 Rules 2 and 3 compare stamps on the master's clock with the local Redis's TIME: on the master's node that
 is the master's clock, on the other node it is that node's clock (nodes are NTP-synchronised; an offset
@@ -45,13 +49,13 @@ class Staleness:
 
 
 def judge(cut_off_ms: int, leases: Mapping[int, Mapping[str, str]], poll_ms: Mapping[int, int | None], now_ms: int,
-          lim: Limits) -> Staleness:
-    """Rules 1-3 over every routed acquisition RTU (`leases`: RTU -> its lease hash on the local Redis;
-    `poll_ms`: RTU -> its POLLMS, None for `lim.poll_ms`)."""
+          lim: Limits, ids: frozenset[str] = frozenset()) -> Staleness:
+    """Rules 1-4 over every routed acquisition RTU (`leases`: RTU -> its lease hash on the local Redis;
+    `poll_ms`: RTU -> its POLLMS, None for `lim.poll_ms`; `ids`: the local Redis's replication ids, `replids`)."""
     every = f"local Redis cut off from the master for {cut_off_ms} ms" if cut_off_ms > lim.replica_down_ms else None
     rtus = {}
     for rid, lease in leases.items():
-        why = rtu_reason(lease, now_ms, poll_ms[rid], lim)
+        why = rtu_reason(lease, now_ms, poll_ms[rid], lim, ids)
         if why is not None:
             rtus[rid] = why
     return Staleness(every, rtus)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from fep_forwarder.freshness import NT, Limits, ReplicaWatch, Staleness, judge, overlay, rtu_reason
+from fepha.freshness import replids
 from fepha.points import Quality, Value
 
 LIM = Limits(replica_down_ms=6000, stale_polls=3, tick_ms=1000, poll_ms=2000)
@@ -35,6 +36,11 @@ RTU_CASES = {
     "no POLLMS: a poll older than that": ({"holder": "B", "expires_ms": NOW + 1, "polled_ms": NOW - 7001}, None,
                                           "holder B has not completed a poll"),
     "no polled_ms: judged by the lease only": ({"holder": "A", "expires_ms": NOW + 1}, 1000, None),
+    "renewed and polling, but rolled back (was topical)": (
+        {"holder": "A", "expires_ms": NOW + 2000, "polled_ms": NOW - 500, "rolled_back_ms": NOW - 10}, 1000,
+        "values older than the last write of holder A: the data set was rolled back"),
+    "rolled back and lapsed: the lapse first": (
+        {"holder": "A", "expires_ms": NOW - 5000, "rolled_back_ms": NOW - 10}, 1000, "lease of A lapsed"),
 }
 
 
@@ -45,6 +51,21 @@ def test_rtu_rules(case: str) -> None:
     assert (got is None) == (want is None), got
     if want:
         assert got is not None and got.startswith(want)
+
+
+def test_a_lease_renewed_under_another_copy_of_the_data_set_is_not_topical() -> None:
+    """`replid` (kept by the holder's renewals) among the local Redis's ids: its own, or the one a promoted
+    replica took over (master_replid2: no NT at a failover); another (a restart from a copy): NT. No id known
+    on either side: not judged. An unset master_replid2 (all zeros) is no id."""
+    lease = {"holder": "A", "expires_ms": str(NOW + 2000), "polled_ms": str(NOW - 500), "replid": "r0"}
+    ids = replids({"master_replid": "r1", "master_replid2": "r0"})
+    assert rtu_reason(lease, NOW, 1000, LIM, ids) is None
+    fresh = replids({"master_replid": "r1", "master_replid2": "0" * 40})
+    assert fresh == {"r1"}
+    got = rtu_reason(lease, NOW, 1000, LIM, fresh)
+    assert got is not None and got.startswith("lease of A not renewed since this copy of the data set was loaded")
+    assert rtu_reason(lease, NOW, 1000, LIM) is None and replids(None) == frozenset()
+    assert rtu_reason({k: v for k, v in lease.items() if k != "replid"}, NOW, 1000, LIM, fresh) is None
 
 
 # (INFO replication or None = unreachable, now_ms) steps -> ms cut off after each

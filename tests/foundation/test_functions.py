@@ -88,17 +88,17 @@ def test_a_write_sequence_is_applied_once(redis_master) -> None:
     def write(node: str, epoch: int, rec: str, wid: tuple[str, int]) -> list:
         return r.fcall(*redisfns.write_values(7, node, epoch, ["1", rec, "2", rec], wid=wid).argv)
 
-    assert write("A", 1, "5|0|1000", ("a1", 1)) == [1, 2]
-    assert write("A", 1, "5|0|1000", ("a1", 1)) == [2, 0]                 # the same batch again
+    assert write("A", 1, "5|0|1000", ("a1", 1)) == [1, 2, 1]              # and the writes applied so far
+    assert write("A", 1, "5|0|1000", ("a1", 1)) == [2, 0, 1]              # the same batch again
     assert r.xlen(ks.CHANGES) == 1
-    assert write("A", 1, "6|0|1001", ("a1", 3)) == [1, 2]                 # a gap is no reason to refuse
-    assert write("A", 1, "4|0|999", ("a1", 2)) == [2, 0]                  # older than the one applied
+    assert write("A", 1, "6|0|1001", ("a1", 3)) == [1, 2, 2]               # a gap is no reason to refuse
+    assert write("A", 1, "4|0|999", ("a1", 2)) == [2, 0, 2]                # older than the one applied
     assert r.hmget(ks.values(7), "1", "2") == ["6|0|1001", "6|0|1001"]
-    assert write("A", 1, "7|0|1002", ("a2", 1)) == [1, 2]                 # a restarted runner's own sequence
+    assert write("A", 1, "7|0|1002", ("a2", 1)) == [1, 2, 3]               # a restarted runner's own sequence
     assert write("B", 1, "8|0|1003", ("b1", 9)) == [0, "A", 1]            # fenced, not "already applied"
     r.hset(ks.lease(7), mapping={"holder": "B", "epoch": 2})
     assert write("A", 1, "8|0|1003", ("a2", 2)) == [0, "B", 2]
-    assert write("B", 2, "8|0|1003", ("b1", 1)) == [1, 2]
+    assert write("B", 2, "8|0|1003", ("b1", 1)) == [1, 2, 4]
     assert [f["1"] for _, f in r.xrange(ks.CHANGES)] == ["5|0|1000", "6|0|1001", "7|0|1002", "8|0|1003"]
     assert r.hmget(ks.lease(7), "wtok", "wseq") == ["b1", "1"]
 

@@ -54,7 +54,7 @@ def test_a_deleted_lease_is_granted_above_every_epoch_granted_before(redis_maste
     r = redis_master.client()
     redisfns.load_sync(r)
     assert tick(r, "A") == ("A", 1, 1)
-    assert write(r, "A", 1, "5|0|1000") == [1, 1]
+    assert write(r, "A", 1, "5|0|1000") == [1, 1, 1]
     r.delete(ks.lease(7))  # an operator's DEL; A's acquirer, paused, still holds (A, 1)
     assert tick(r, "B", reaches=False) == ("", 0, 0)  # absent: nobody holds it, a node not reaching takes nothing
     assert write(r, "A", 1, "6|0|1001")[0] == 0
@@ -62,7 +62,7 @@ def test_a_deleted_lease_is_granted_above_every_epoch_granted_before(redis_maste
     assert write(r, "A", 1, "7|0|1002") == [0, "A", 2]  # the writer of the earlier tenure stays fenced out
     r.fcall(*controls.submit_call(41, 7, 1, 5.0, "test", 10_000).argv)
     assert r.fcall(*controls.claim_call(7, "A", 1, 41).argv)[0] == 0  # and cannot claim a control either
-    assert write(r, "A", 2, "8|0|1003") == [1, 1]
+    assert write(r, "A", 2, "8|0|1003") == [1, 1, 1]  # a count of its own (the record is new)
     assert r.hget(ks.values(7), "1") == "8|0|1003"
     ev = lease_events(r)[-1]
     assert (ev["reason"], ev["from"], ev["to"], ev["epoch"], ev["detail"]) == ("record missing", "", "A", "2",
