@@ -135,6 +135,7 @@ class SeedWriter:
 
     def __init__(self, master: Any, node: str, window_ms: int = 0, batch_size: int = 500) -> None:
         self.master = master
+        self.written: dict[int, tuple[int, int]] = {}  # Writer.written: no count of writes kept (no rollback rule)
 
     def set_mode(self, window_ms: int, batch_size: int) -> None:
         pass
