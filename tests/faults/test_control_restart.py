@@ -21,6 +21,7 @@ from fepha import controls
 from fepha import keyspace as ks
 from tests.api.test_with_services import COMMANDS, exited
 from tests.faults.test_single_node import Node, sefeps, valid
+from tests.stays import astays
 
 AO, AO_ADDR = 207, 40  # RTU 2's set-point (hr 50) and its sefeps address
 SOON_S = 2.0
@@ -75,10 +76,10 @@ async def test_a_claim_left_by_a_killed_acquirer_is_answered_unknown_as_its_next
             ("unknown", controls.RESTARTED, claim["instance"])], entries
         assert not r.sismember(ks.control_claims("A"), claim["id"])
         node.sim.unmute(2, "hr", 50)  # the device answers again: the new process runs nothing of it
-        await asyncio.sleep(0.5)
-        assert r.hget(ks.control(claim["id"]), "claimed_ms") == claim["claimed_ms"]
-        assert not [w for w in node.sim.writes if w[:3] == (2, "hr", 50)], node.sim.writes
-        assert len(audited(r, claim["id"])) == 1
+        await astays(lambda: (r.hget(ks.control(claim["id"]), "claimed_ms") == claim["claimed_ms"]
+                              and not [w for w in node.sim.writes if w[:3] == (2, "hr", 50)]
+                              and len(audited(r, claim["id"])) == 1),
+                     0.5, "not claimed again, not written to the device, one audit entry")
 
 
 async def test_a_claim_of_a_live_acquirer_of_the_same_node_is_left_to_it(node: Node) -> None:
@@ -97,10 +98,9 @@ async def test_a_claim_of_a_live_acquirer_of_the_same_node_is_left_to_it(node: N
             while len({n for n in (x.get("name", "") for x in r.client_list()) if n.startswith(prefix)}) < 2:
                 assert time.monotonic() < end, "the second acquirer did not connect"
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(SOON_S)  # what the first test allows the answer
-            assert r.hget(ks.control(claim["id"]), "state") == "executing"
-            assert not cmd.done()
-            assert r.sismember(ks.control_claims("A"), claim["id"])
+            await astays(lambda: (r.hget(ks.control(claim["id"]), "state") == "executing" and not cmd.done()
+                                  and r.sismember(ks.control_claims("A"), claim["id"])),
+                         SOON_S, "the live acquirer's claim left executing (what the first test allows the answer)")
         finally:
             if second is not None:
                 second.kill()
