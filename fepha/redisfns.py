@@ -83,6 +83,11 @@ def write_values(rtu: int, node: str, epoch: int, pairs: Sequence[str] | Iterabl
                 (node, int(epoch), int(maxlen), rtu, tok, int(seq), *pairs))
 
 
+def write_target(call: Call) -> tuple[int, int]:
+    """(rtu, epoch) of a `write_values` call, read back from its arguments (whose layout is this module's)."""
+    return int(call.args[3]), int(call.args[1])
+
+
 def lease_synced(rtu: int, node: str, epoch: int) -> Call:
     """-> 1 when the lease's `rolled_back_ms` was cleared: the holder (`node` at `epoch`) has written again what
     the rolled-back data set held older than its own writes; 0 otherwise."""

@@ -134,7 +134,7 @@ class Writer:
             results = [exc] * len(batch)
         for (call, _, fut), res in zip(batch, results, strict=True):
             if not isinstance(res, Exception) and int(res[0]) in (1, 2) and len(res) > 2:
-                self._count(int(call.args[3]), int(call.args[1]), int(res[2]))
+                self._count(*redisfns.write_target(call), int(res[2]))
             if fut.done():
                 continue
             if isinstance(res, Exception):
